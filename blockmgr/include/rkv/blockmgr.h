@@ -1,0 +1,211 @@
+/* librkv block manager: a paged KV allocator whose blocks each hold the tokens of ONE stream
+ * (sequence x layer x kv head), so per-head eviction can free whole blocks.
+ *
+ * Metadata only: block ids, ref counts and per-stream tables. KV bytes live in a backend's
+ * rkv_kv_pool at base + id * block_bytes; the manager hands out slots and emits copy / move
+ * plans that the caller applies to the pool (rkv_kv_pool_copy_blocks / _apply_moves, or the
+ * CUDA kernels). All calls are all-or-nothing: a failed call changes nothing.
+ *
+ * Threading: a manager is not internally synchronised; one thread at a time per handle.
+ * Pointers it returns (stream rows, exported tables) are valid until the next mutating call. */
+#ifndef RKV_BLOCKMGR_H
+#define RKV_BLOCKMGR_H
+
+#include <rkv/runtime.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct rkv_blockmgr rkv_blockmgr;
+
+#define RKV_BLOCKMGR_CONFIG_VERSION 1
+typedef struct rkv_blockmgr_config {
+  uint32_t struct_size;   /* sizeof(rkv_blockmgr_config) */
+  uint32_t num_blocks;    /* blocks in the pool (>= 1, < 2^31 / block_size) */
+  uint32_t block_size;    /* token slots per block (1..1024; 16 typical) */
+  uint32_t num_layers;    /* >= 1 */
+  uint32_t num_kv_heads;  /* >= 1 */
+  uint32_t head_dim;      /* for byte accounting (1..4096) */
+  rkv_dtype dtype;        /* KV element type */
+  uint32_t max_seqs;      /* live sequences at once (0 = 4096) */
+  float watermark;        /* fraction of blocks admission keeps free (0..1; vLLM uses 0.01) */
+  bool check_every_op;    /* run rkv_blockmgr_check after every mutation (slow; tests) */
+  const rkv_allocator *allocator; /* NULL = libc */
+  const rkv_logger *logger;       /* NULL = silent */
+} rkv_blockmgr_config;
+#define RKV_BLOCKMGR_CONFIG_INIT \
+  {sizeof(rkv_blockmgr_config), 0, 16, 1, 1, 128, RKV_DTYPE_BF16, 0, 0.01f, false, NULL, NULL}
+
+/* Creates a manager. RKV_ERR_INVALID_ARG on a bad config (text in *err when err_buf given),
+ * RKV_ERR_NO_MEMORY. *out = NULL on failure. O(num_blocks + max_seqs). */
+RKV_API rkv_status rkv_blockmgr_create(const rkv_blockmgr_config *cfg, rkv_blockmgr **out);
+/* Accepts NULL. Frees all metadata (the KV pool is the caller's). */
+RKV_API void rkv_blockmgr_destroy(rkv_blockmgr *m);
+/* Text of the last failed call on this handle ("" if none); valid until the next call. */
+RKV_API const char *rkv_blockmgr_last_error(const rkv_blockmgr *m);
+/* The configuration in force (defaults filled in). */
+RKV_API const rkv_blockmgr_config *rkv_blockmgr_get_config(const rkv_blockmgr *m);
+/* num_layers * num_kv_heads: streams per sequence. Stream index = layer * kv_heads + head. */
+RKV_API uint32_t rkv_blockmgr_streams_per_seq(const rkv_blockmgr *m);
+/* The KV layout implied by the config (for rkv_kv_pool_create). */
+RKV_API rkv_kv_layout rkv_blockmgr_kv_layout(const rkv_blockmgr *m);
+
+/* ---- Sequences ------------------------------------------------------------------------- */
+
+/* New empty sequence (every stream length 0). Ids are caller-chosen, >= 0.
+ * RKV_ERR_EXISTS, RKV_ERR_CAPACITY (max_seqs live), RKV_ERR_INVALID_ARG. O(1) amortised. */
+RKV_API rkv_status rkv_blockmgr_seq_create(rkv_blockmgr *m, int64_t seq);
+/* Drops the sequence's references; blocks reaching ref 0 return to the free list.
+ * RKV_ERR_NOT_FOUND. O(blocks of the sequence). */
+RKV_API rkv_status rkv_blockmgr_seq_free(rkv_blockmgr *m, int64_t seq);
+/* Child shares every block of the parent (ref counts +1, nothing allocated); the first write
+ * into a shared partial block copies it (see append). RKV_ERR_NOT_FOUND (parent),
+ * RKV_ERR_EXISTS (child), RKV_ERR_CAPACITY, RKV_ERR_NO_MEMORY. */
+RKV_API rkv_status rkv_blockmgr_seq_fork(rkv_blockmgr *m, int64_t parent, int64_t child);
+/* Recreates a sequence with given per-stream lengths and fresh private blocks (swap-in):
+ * lens [streams_per_seq]. The caller then writes the saved KV into the new blocks.
+ * RKV_ERR_EXISTS, RKV_ERR_NO_BLOCKS, RKV_ERR_INVALID_ARG, RKV_ERR_CAPACITY. */
+RKV_API rkv_status rkv_blockmgr_seq_restore(rkv_blockmgr *m, int64_t seq, const int32_t *lens);
+RKV_API bool rkv_blockmgr_seq_exists(const rkv_blockmgr *m, int64_t seq);
+RKV_API uint32_t rkv_blockmgr_num_seqs(const rkv_blockmgr *m);
+/* Writes up to cap live sequence ids (in slot order) and returns how many are live. */
+RKV_API uint32_t rkv_blockmgr_list_seqs(const rkv_blockmgr *m, int64_t *ids, uint32_t cap);
+
+/* Appends n tokens to EVERY stream of the sequence.
+ *  slots:    [streams_per_seq][n] global slot numbers to write the new K/V into (stream-major,
+ *            stream = layer * kv_heads + head), or NULL;
+ *  copies:   [streams_per_seq] room for copy-on-write ops (src block -> dst block) that the
+ *            caller must apply to the pool before writing the new tokens; may be NULL only if
+ *            the sequence shares no partial last block (never forked), else
+ *            RKV_ERR_INVALID_ARG;
+ *  n_copies: number of copy ops written (one per stream whose shared partial block was
+ *            copied; exactly once per stream per fork).
+ * RKV_ERR_NO_BLOCKS when the pool cannot supply the blocks (nothing changes),
+ * RKV_ERR_NOT_FOUND, RKV_ERR_INVALID_ARG (n == 0 or a stream would exceed 2^31 tokens).
+ * Hot path: O(streams_per_seq) simple work plus O(1) per new block; no allocation except
+ * amortised doubling of the sequence's row capacity. */
+RKV_API rkv_status rkv_blockmgr_append(rkv_blockmgr *m, int64_t seq, uint32_t n, int64_t *slots,
+                                       rkv_block_copy *copies, uint32_t *n_copies);
+/* Blocks an append of n tokens would take from the free list (new blocks + CoW copies). */
+RKV_API rkv_status rkv_blockmgr_blocks_needed(const rkv_blockmgr *m, int64_t seq, uint32_t n,
+                                              uint32_t *out);
+/* True iff rkv_blockmgr_append(seq, n) would not return RKV_ERR_NO_BLOCKS. */
+RKV_API bool rkv_blockmgr_can_append(const rkv_blockmgr *m, int64_t seq, uint32_t n);
+
+/* ---- Streams --------------------------------------------------------------------------- */
+
+RKV_API rkv_status rkv_blockmgr_stream_len(const rkv_blockmgr *m, int64_t seq, uint32_t layer,
+                                           uint32_t head, int32_t *len);
+/* Borrowed pointer to the stream's block ids in cache order (valid until the next mutation). */
+RKV_API rkv_status rkv_blockmgr_stream_blocks(const rkv_blockmgr *m, int64_t seq,
+                                              uint32_t layer, uint32_t head,
+                                              const int32_t **ids, int32_t *n_blocks);
+/* Global slot of cache position pos of a stream (RKV_ERR_INVALID_ARG if pos >= len). */
+RKV_API rkv_status rkv_blockmgr_stream_slot(const rkv_blockmgr *m, int64_t seq, uint32_t layer,
+                                            uint32_t head, int32_t pos, int64_t *slot);
+/* Reference count of a block (0 = free). RKV_ERR_INVALID_ARG for a bad id. */
+RKV_API rkv_status rkv_blockmgr_block_ref(const rkv_blockmgr *m, int32_t block, uint32_t *ref);
+
+/* ---- Compaction ------------------------------------------------------------------------ */
+
+/* The positions one stream keeps: strictly increasing, each < the stream's length. */
+typedef struct rkv_keep_list {
+  uint32_t layer;
+  uint32_t head;
+  const int32_t *pos; /* [n] */
+  uint32_t n;
+} rkv_keep_list;
+
+/* Packs each listed stream's kept tokens, in position order, into its leading
+ * ceil(n / block_size) blocks and returns the tail blocks whole to the free list. A leading
+ * block shared with another sequence is never written: it is kept by reference when its whole
+ * content stays in place, else replaced by a fresh block. Fresh blocks are taken before any
+ * tail is freed, so a plan never writes a block it still reads.
+ *  moves: room for the move plan (src slot -> dst slot); applied in order it is correct (every
+ *         move goes to a lower-or-equal position of its stream or into a fresh block); size
+ *         bound: sum of the lists' n. May be NULL only with moves_cap 0 when nothing moves.
+ * Streams not listed are untouched; a stream listed twice is RKV_ERR_INVALID_ARG.
+ * RKV_ERR_INVALID_ARG (unsorted, duplicate, out-of-range positions; bad layer/head),
+ * RKV_ERR_CAPACITY (moves_cap too small; *n_moves = required), RKV_ERR_NO_BLOCKS (fresh
+ * blocks for shared leading blocks unavailable), RKV_ERR_NOT_FOUND. Nothing changes on error.
+ * O(sum of n + blocks touched). */
+RKV_API rkv_status rkv_blockmgr_compact(rkv_blockmgr *m, int64_t seq, const rkv_keep_list *lists,
+                                        uint32_t n_lists, rkv_slot_move *moves,
+                                        uint32_t moves_cap, uint32_t *n_moves);
+
+/* Uniform-budget compaction planned before any score is known (the GPU path): every stream
+ * of `layer` (or of all layers when layer < 0) longer than `keep` tokens is cut to exactly
+ * `keep` tokens; its blocks past ceil(keep / block_size) are freed now, and shared leading
+ * blocks are replaced by fresh ones (the device will rewrite them). For each such stream the
+ * old row is reported so a device kernel can move selected tokens (src from the old row, dst
+ * from the new row read with rkv_blockmgr_stream_blocks or an exported table):
+ *  maps:       [streams touched] one record each;
+ *  old_blocks: the old rows back to back, maps[i].old_offset .. + maps[i].old_n_blocks.
+ * Sizes: at most streams_per_seq maps and the sequence's total blocks of old ids; pass
+ * caps, RKV_ERR_CAPACITY reports the need in *n_maps / *n_old. */
+typedef struct rkv_compact_map {
+  uint32_t layer;
+  uint32_t head;
+  int32_t old_len;
+  int32_t new_len;
+  int32_t old_offset;   /* into old_blocks */
+  int32_t old_n_blocks;
+} rkv_compact_map;
+
+RKV_API rkv_status rkv_blockmgr_compact_uniform(rkv_blockmgr *m, int64_t seq, int32_t layer,
+                                                int32_t keep, rkv_compact_map *maps,
+                                                uint32_t maps_cap, uint32_t *n_maps,
+                                                int32_t *old_blocks, uint32_t old_cap,
+                                                uint32_t *n_old);
+
+/* ---- Export ---------------------------------------------------------------------------- */
+
+/* Number of table entries (blocks) a CSR export of `layer` over these sequences needs. */
+RKV_API rkv_status rkv_blockmgr_export_size(const rkv_blockmgr *m, uint32_t layer,
+                                            const int64_t *seqs, uint32_t n_seqs,
+                                            uint32_t *nnz);
+/* Writes one layer's CSR block table over a batch, streams ordered batch-major, head-minor:
+ *  indptr [n_seqs * kv_heads + 1], indices [nnz], last_len [n_seqs * kv_heads];
+ *  slot-free ready to copy to a GPU. RKV_ERR_CAPACITY if indices_cap < nnz (*nnz = need).
+ *  table (optional) is filled with a view over the caller's arrays. O(nnz). */
+RKV_API rkv_status rkv_blockmgr_export_csr(const rkv_blockmgr *m, uint32_t layer,
+                                           const int64_t *seqs, uint32_t n_seqs,
+                                           int32_t *indptr, int32_t *indices,
+                                           uint32_t indices_cap, int32_t *last_len,
+                                           uint32_t *nnz, rkv_block_table *table);
+
+/* ---- Accounting ------------------------------------------------------------------------ */
+
+typedef struct rkv_blockmgr_stats {
+  uint32_t total_blocks;
+  uint32_t free_blocks;
+  uint32_t used_blocks;       /* total - free */
+  uint32_t watermark_blocks;  /* ceil(watermark * total) */
+  uint32_t shared_blocks;     /* blocks with ref > 1 */
+  uint32_t num_seqs;
+  uint64_t allocated_slots;   /* used_blocks * block_size */
+  uint64_t token_slots;       /* slots holding tokens (shared blocks counted once) */
+  uint64_t fragmentation_slots; /* allocated_slots - token_slots */
+  uint32_t peak_used_blocks;  /* since create */
+} rkv_blockmgr_stats;
+
+RKV_API void rkv_blockmgr_get_stats(const rkv_blockmgr *m, rkv_blockmgr_stats *out);
+/* Blocks the sequence references (`total`, shared counted) and those only it references
+ * (`exclusive`, freed if it were freed now). */
+RKV_API rkv_status rkv_blockmgr_seq_footprint(const rkv_blockmgr *m, int64_t seq,
+                                              uint32_t *total, uint32_t *exclusive);
+/* Blocks needed to hold `tokens` in every stream of one sequence (admission arithmetic). */
+RKV_API uint64_t rkv_blockmgr_blocks_for_tokens(const rkv_blockmgr *m, uint64_t tokens);
+
+/* Walks every invariant: each block free xor referenced; ref count == number of table
+ * references; free + used == total; a block in two streams only if they are the same
+ * (layer, head) of different sequences (fork sharing); rows hold ceil(len/block_size)
+ * blocks; the free list holds distinct ids; the id map matches the live slots.
+ * RKV_OK or RKV_ERR_CORRUPT with the first violation in the last error. O(everything). */
+RKV_API rkv_status rkv_blockmgr_check(const rkv_blockmgr *m);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* RKV_BLOCKMGR_H */

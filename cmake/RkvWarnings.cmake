@@ -1,0 +1,34 @@
+# Warnings, sanitizers and the per-module library helper.
+set(RKV_C_WARNINGS -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes
+    -Wno-unused-parameter)
+if(RKV_WERROR)
+  list(APPEND RKV_C_WARNINGS -Werror)
+endif()
+if(RKV_SANITIZE)
+  add_compile_options(-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=address,undefined -fno-sanitize-recover=all)
+endif()
+
+# rkv_add_module(NAME SOURCES... [DEPS ...] [CUDA_SOURCES ...])
+# A static library librkv_<name>, public headers in <module>/include, private in <module>/src.
+function(rkv_add_module name)
+  cmake_parse_arguments(M "" "" "SOURCES;DEPS;CUDA_SOURCES;PRIVATE_DEPS" ${ARGN})
+  set(srcs ${M_SOURCES})
+  if(RKV_HAVE_CUDA)
+    list(APPEND srcs ${M_CUDA_SOURCES})
+  endif()
+  if(NOT srcs)
+    # A module whose sources are still being written: keep the target so dependents link.
+    set(srcs ${PROJECT_SOURCE_DIR}/cmake/empty_module.c)
+  endif()
+  add_library(rkv_${name} STATIC ${srcs})
+  target_include_directories(rkv_${name} PUBLIC ${CMAKE_CURRENT_SOURCE_DIR}/include
+                             PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/src ${PROJECT_SOURCE_DIR}/runtime/src)
+  target_compile_options(rkv_${name} PRIVATE $<$<COMPILE_LANGUAGE:C>:${RKV_C_WARNINGS}>)
+  target_compile_definitions(rkv_${name} PRIVATE RKV_DEBUG=${RKV_DEBUG} $<$<BOOL:${RKV_HAVE_CUDA}>:RKV_HAVE_CUDA=1>)
+  target_link_libraries(rkv_${name} PUBLIC ${M_DEPS} PRIVATE ${M_PRIVATE_DEPS})
+  if(RKV_HAVE_CUDA AND M_CUDA_SOURCES)
+    target_link_libraries(rkv_${name} PRIVATE CUDA::cudart)
+    target_compile_options(rkv_${name} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-lineinfo --expt-relaxed-constexpr>)
+  endif()
+endfunction()

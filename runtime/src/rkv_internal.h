@@ -1,0 +1,61 @@
+/* Private helpers shared by every librkv module (not installed): allocation through the
+ * caller's allocator, per-handle error text, logging, assert levels, cleanup macros.
+ * Modules include it from runtime/src (their CMake target adds that directory privately). */
+#ifndef RKV_INTERNAL_H
+#define RKV_INTERNAL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <rkv/runtime.h>
+
+#ifndef RKV_DEBUG
+#define RKV_DEBUG 1
+#endif
+
+#define RKV_ERRBUF 256
+
+/* Allocation (alloc == NULL or its fns NULL -> libc). Zeroed variant for convenience. */
+void *rkvi_alloc(const rkv_allocator *a, size_t size, size_t align);
+void *rkvi_calloc(const rkv_allocator *a, size_t size, size_t align);
+void rkvi_free(const rkv_allocator *a, void *p, size_t size);
+/* Grows an array to new_size bytes, copying old_size bytes; NULL on failure (old intact). */
+void *rkvi_realloc(const rkv_allocator *a, void *p, size_t old_size, size_t new_size,
+                   size_t align);
+
+/* Formats into a handle's error buffer (RKV_ERRBUF bytes) and returns `s` unchanged. */
+rkv_status rkvi_fail(char *errbuf, rkv_status s, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void rkvi_log(const rkv_logger *lg, rkv_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Overflow-checked size arithmetic: returns 0 and sets *out, or 1 on overflow. */
+static inline int rkvi_mul_size(size_t a, size_t b, size_t *out) {
+  if (a && b > SIZE_MAX / a) return 1;
+  *out = a * b;
+  return 0;
+}
+
+#define RKV_TRY(expr)                   \
+  do {                                  \
+    rkv_status rkv_try_s_ = (expr);     \
+    if (rkv_try_s_ != RKV_OK) return rkv_try_s_; \
+  } while (0)
+
+#define RKV_TRY_GOTO(expr, label) \
+  do {                            \
+    ret = (expr);                 \
+    if (ret != RKV_OK) goto label; \
+  } while (0)
+
+/* Assert levels: 1 cheap, 2 internal, 3 expensive walks. Failing asserts abort: they guard
+ * librkv's own invariants, never caller input. */
+void rkvi_assert_fail(const char *expr, const char *file, int line);
+#define RKV_ASSERT_LEVEL(lvl, cond)                                   \
+  do {                                                                \
+    if (RKV_DEBUG >= (lvl) && !(cond)) rkvi_assert_fail(#cond, __FILE__, __LINE__); \
+  } while (0)
+#define RKV_ASSERT(cond) RKV_ASSERT_LEVEL(1, cond)
+
+#endif /* RKV_INTERNAL_H */

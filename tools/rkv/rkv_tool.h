@@ -1,0 +1,45 @@
+/* Shared helpers for the `rkv` subcommands: the generated command prototypes, option
+ * parsing with clear errors, a monotonic clock, and progress lines on stderr. Every
+ * tools/rkv/cmd_<name>.c includes this first. */
+#ifndef RKV_TOOL_H
+#define RKV_TOOL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <rkv/runtime.h>
+
+#include "rkv_commands.h"
+
+/* Seconds on a monotonic clock. */
+double rkv_tool_now(void);
+
+/* Option value parsers: print "rkv <cmd>: bad value for --opt: '...'" and return false on a
+ * malformed or out-of-range value. */
+bool rkv_tool_parse_u64(const char *cmd, const char *opt, const char *s, uint64_t lo, uint64_t hi,
+                        uint64_t *out);
+bool rkv_tool_parse_i64(const char *cmd, const char *opt, const char *s, int64_t lo, int64_t hi,
+                        int64_t *out);
+bool rkv_tool_parse_f64(const char *cmd, const char *opt, const char *s, double lo, double hi,
+                        double *out);
+
+/* Fetches the value of option argv[*i] (advancing *i); prints an error and returns NULL when
+ * it is missing. */
+const char *rkv_tool_optval(const char *cmd, int argc, char **argv, int *i);
+
+/* Progress on stderr at most every `interval` seconds (pass the state struct zeroed). */
+typedef struct rkv_progress {
+  double start;
+  double last;
+  double interval;
+} rkv_progress;
+void rkv_progress_init(rkv_progress *p, double interval);
+/* Prints "\r<label> done/total (pct) rate/s eta" when due; final=true prints a newline. */
+void rkv_progress_update(rkv_progress *p, const char *label, uint64_t done, uint64_t total,
+                         bool final);
+
+/* A logger that prints library messages on stderr at the given level. */
+rkv_logger rkv_tool_stderr_logger(rkv_log_level level);
+
+#endif /* RKV_TOOL_H */

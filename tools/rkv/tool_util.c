@@ -1,0 +1,127 @@
+/* Implementation of the shared tool helpers declared in rkv_tool.h. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "rkv_tool.h"
+
+double rkv_tool_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void bad_value(const char *cmd, const char *opt, const char *s, const char *why) {
+  fprintf(stderr, "rkv %s: bad value for %s: '%s' (%s)\n", cmd, opt, s ? s : "", why);
+}
+
+bool rkv_tool_parse_u64(const char *cmd, const char *opt, const char *s, uint64_t lo, uint64_t hi,
+                        uint64_t *out) {
+  if (!s || !*s || *s == '-') {
+    bad_value(cmd, opt, s, "expected a non-negative integer");
+    return false;
+  }
+  errno = 0;
+  char *end = NULL;
+  unsigned long long v = strtoull(s, &end, 0);
+  if (errno || *end) {
+    bad_value(cmd, opt, s, "expected a non-negative integer");
+    return false;
+  }
+  if (v < lo || v > hi) {
+    char why[96];
+    snprintf(why, sizeof why, "must be in [%llu, %llu]", (unsigned long long)lo,
+             (unsigned long long)hi);
+    bad_value(cmd, opt, s, why);
+    return false;
+  }
+  *out = v;
+  return true;
+}
+
+bool rkv_tool_parse_i64(const char *cmd, const char *opt, const char *s, int64_t lo, int64_t hi,
+                        int64_t *out) {
+  if (!s || !*s) {
+    bad_value(cmd, opt, s, "expected an integer");
+    return false;
+  }
+  errno = 0;
+  char *end = NULL;
+  long long v = strtoll(s, &end, 0);
+  if (errno || *end) {
+    bad_value(cmd, opt, s, "expected an integer");
+    return false;
+  }
+  if (v < lo || v > hi) {
+    char why[96];
+    snprintf(why, sizeof why, "must be in [%lld, %lld]", (long long)lo, (long long)hi);
+    bad_value(cmd, opt, s, why);
+    return false;
+  }
+  *out = v;
+  return true;
+}
+
+bool rkv_tool_parse_f64(const char *cmd, const char *opt, const char *s, double lo, double hi,
+                        double *out) {
+  if (!s || !*s) {
+    bad_value(cmd, opt, s, "expected a number");
+    return false;
+  }
+  errno = 0;
+  char *end = NULL;
+  double v = strtod(s, &end);
+  if (errno || *end || v != v) {
+    bad_value(cmd, opt, s, "expected a number");
+    return false;
+  }
+  if (v < lo || v > hi) {
+    char why[96];
+    snprintf(why, sizeof why, "must be in [%g, %g]", lo, hi);
+    bad_value(cmd, opt, s, why);
+    return false;
+  }
+  *out = v;
+  return true;
+}
+
+const char *rkv_tool_optval(const char *cmd, int argc, char **argv, int *i) {
+  if (*i + 1 >= argc) {
+    fprintf(stderr, "rkv %s: option %s needs a value\n", cmd, argv[*i]);
+    return NULL;
+  }
+  *i += 1;
+  return argv[*i];
+}
+
+void rkv_progress_init(rkv_progress *p, double interval) {
+  p->start = p->last = rkv_tool_now();
+  p->interval = interval;
+}
+
+void rkv_progress_update(rkv_progress *p, const char *label, uint64_t done, uint64_t total,
+                         bool final) {
+  double now = rkv_tool_now();
+  if (!final && now - p->last < p->interval) return;
+  p->last = now;
+  double el = now - p->start;
+  double rate = el > 0 ? (double)done / el : 0;
+  double eta = rate > 0 && total > done ? (double)(total - done) / rate : 0;
+  fprintf(stderr, "\r%s %llu/%llu (%.1f%%) %.3g/s eta %.0fs   ", label, (unsigned long long)done,
+          (unsigned long long)total, total ? 100.0 * (double)done / (double)total : 100.0, rate,
+          eta);
+  if (final) fprintf(stderr, "\n");
+  fflush(stderr);
+}
+
+static void stderr_log(void *ctx, rkv_log_level level, const char *msg) {
+  (void)ctx;
+  static const char *const kNames[] = {"error", "warn", "info", "debug"};
+  fprintf(stderr, "[librkv %s] %s\n", kNames[level <= RKV_LOG_DEBUG ? level : 0], msg);
+}
+
+rkv_logger rkv_tool_stderr_logger(rkv_log_level level) {
+  rkv_logger lg = {stderr_log, NULL, level};
+  return lg;
+}
