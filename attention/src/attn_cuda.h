@@ -1,0 +1,36 @@
+/* Private contract between the attention dispatcher (attention/src/attention.c, C) and the
+ * CUDA kernels (attention/src/*.cu). The public entry points validate every argument on the
+ * host before calling these launchers, so a launcher may assume a well-formed batch: pool
+ * backend is CUDA, p->head_dim equals the pool layout's head_dim, num_q_heads %
+ * num_kv_heads == 0, the workspace is at least rkvi_attn_cuda_workspace_bound(...) bytes for
+ * the batch. Table arrays, q, out, k, v and slots are device pointers.
+ *
+ * err is an RKV_ERRBUF-sized buffer (the pool backend's last-error text): on failure write a
+ * one-line reason there and return a non-OK status. When CUDA is not built,
+ * attention/src/attn_cuda_stub.c provides versions that return RKV_ERR_UNSUPPORTED. */
+#ifndef RKV_ATTN_CUDA_H
+#define RKV_ATTN_CUDA_H
+
+#include <rkv/attention.h>
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+rkv_status rkvi_attn_cuda_decode(rkv_kv_pool *pool, const rkv_attn_params *p, void *ws,
+                                 size_t ws_bytes, char *err);
+rkv_status rkvi_attn_cuda_prefill(rkv_kv_pool *pool, const rkv_attn_params *p, void *ws,
+                                  size_t ws_bytes, char *err);
+rkv_status rkvi_attn_cuda_write_kv(rkv_kv_pool *pool, const float *k, const float *v,
+                                   const int64_t *slots, uint32_t n_rows, char *err);
+rkv_status rkvi_attn_cuda_workspace_bound(const rkv_kv_pool *pool, uint32_t max_seqs,
+                                          uint32_t num_q_heads, uint32_t head_dim,
+                                          int64_t max_len, size_t *bytes);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* RKV_ATTN_CUDA_H */

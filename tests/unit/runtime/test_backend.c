@@ -1,0 +1,147 @@
+/* Backends and KV pools: CPU pool creation, copy-on-write block copies, compaction moves,
+ * host transfers, argument validation, the caller allocator, and CUDA availability rules. */
+#include "rkv_test.h"
+
+typedef struct counting_alloc {
+  size_t live;
+  size_t calls;
+} counting_alloc;
+
+static void *count_alloc(void *ctx, size_t size, size_t align) {
+  counting_alloc *c = ctx;
+  void *p = NULL;
+  if (posix_memalign(&p, align, size) != 0) return NULL;
+  c->live += size;
+  c->calls++;
+  return p;
+}
+static void count_free(void *ctx, void *p, size_t size) {
+  counting_alloc *c = ctx;
+  c->live -= size;
+  free(p);
+}
+
+static void fill_block(rkv_kv_pool *pool, int32_t id, float base) {
+  const rkv_kv_layout *l = rkv_kv_pool_layout(pool);
+  uint8_t *blk = (uint8_t *)rkv_kv_pool_base(pool) + (size_t)id * rkv_kv_block_bytes(l);
+  for (uint32_t s = 0; s < l->block_size; s++)
+    for (uint32_t d = 0; d < l->head_dim; d++) {
+      rkv_dtype_store(l->dtype, blk + rkv_kv_k_offset(l, s), d, base + (float)s + 0.5f * (float)d);
+      rkv_dtype_store(l->dtype, blk + rkv_kv_v_offset(l, s), d, -(base + (float)s));
+    }
+  float *sc = rkv_kv_pool_scores(pool);
+  for (uint32_t s = 0; s < l->block_size; s++) sc[(size_t)id * l->block_size + s] = base + (float)s;
+}
+
+static float k_at(rkv_kv_pool *pool, int64_t slot, uint32_t d) {
+  const rkv_kv_layout *l = rkv_kv_pool_layout(pool);
+  uint8_t *blk = (uint8_t *)rkv_kv_pool_base(pool) + (size_t)(slot / l->block_size) * rkv_kv_block_bytes(l);
+  return rkv_dtype_load(l->dtype, blk + rkv_kv_k_offset(l, (uint32_t)(slot % l->block_size)), d);
+}
+
+static void test_cpu_pool(rkv_dtype dt) {
+  counting_alloc ca = {0, 0};
+  rkv_allocator al = {count_alloc, count_free, &ca};
+  rkv_backend_config cfg = RKV_BACKEND_CONFIG_INIT;
+  cfg.kind = RKV_BACKEND_CPU;
+  cfg.allocator = &al;
+  rkv_backend *b = NULL;
+  EXPECT_OK(rkv_backend_create(&cfg, &b));
+  EXPECT_EQ_INT(rkv_backend_get_kind(b), RKV_BACKEND_CPU);
+  EXPECT_STREQ(rkv_backend_name(b), "cpu");
+  EXPECT(rkv_backend_stream(b) == NULL);
+  EXPECT_OK(rkv_backend_sync(b));
+  rkv_kv_layout l = {dt, 4, 8};
+  rkv_kv_pool *p = NULL;
+  EXPECT_OK(rkv_kv_pool_create(b, &l, 6, &p));
+  EXPECT(ca.calls >= 3);
+  EXPECT_EQ_INT(rkv_kv_pool_num_blocks(p), 6);
+  EXPECT(rkv_kv_pool_backend(p) == b);
+  EXPECT_NEAR(k_at(p, 5, 3), 0.0, 0); /* zeroed */
+  for (int i = 0; i < 6; i++) fill_block(p, i, 8.0f * (float)i);
+
+  rkv_block_copy ops[1] = {{1, 4}};
+  EXPECT_OK(rkv_kv_pool_copy_blocks(p, ops, 1));
+  EXPECT_NEAR(k_at(p, 4 * 4 + 2, 1), 10.5, 0);
+  EXPECT_NEAR(rkv_kv_pool_scores(p)[4 * 4 + 3], 11.0, 0);
+  rkv_block_copy bad[1] = {{1, 6}};
+  EXPECT_STATUS(rkv_kv_pool_copy_blocks(p, bad, 1), RKV_ERR_INVALID_ARG);
+  EXPECT(strstr(rkv_backend_last_error(b), "out of range") != NULL);
+
+  /* A compaction plan: positions 1 and 3 of block 2 move down to 0 and 1. */
+  rkv_slot_move mv[2] = {{2 * 4 + 1, 2 * 4 + 0}, {2 * 4 + 3, 2 * 4 + 1}};
+  EXPECT_OK(rkv_kv_pool_apply_moves(p, mv, 2));
+  EXPECT_NEAR(k_at(p, 8, 0), 17.0, 0);
+  EXPECT_NEAR(k_at(p, 9, 0), 19.0, 0);
+  EXPECT_NEAR(rkv_kv_pool_scores(p)[9], 19.0, 0);
+  rkv_slot_move badm[1] = {{0, 24}};
+  EXPECT_STATUS(rkv_kv_pool_apply_moves(p, badm, 1), RKV_ERR_INVALID_ARG);
+
+  size_t bb = rkv_kv_block_bytes(&l);
+  uint8_t *host = malloc(2 * bb);
+  int32_t ids[2] = {3, 0};
+  EXPECT_OK(rkv_kv_pool_read_blocks(p, ids, 2, host));
+  int32_t ids2[2] = {5, 1};
+  EXPECT_OK(rkv_kv_pool_write_blocks(p, ids2, 2, host));
+  EXPECT_NEAR(k_at(p, 5 * 4 + 1, 0), 25.0, 0);
+  EXPECT_NEAR(k_at(p, 1 * 4 + 1, 0), 1.0, 0);
+  int32_t badids[1] = {-1};
+  EXPECT_STATUS(rkv_kv_pool_read_blocks(p, badids, 1, host), RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rkv_kv_pool_write_blocks(p, NULL, 1, host), RKV_ERR_INVALID_ARG);
+  free(host);
+
+  rkv_kv_pool *q = (rkv_kv_pool *)0x1;
+  rkv_kv_layout badl = {dt, 0, 8};
+  EXPECT_STATUS(rkv_kv_pool_create(b, &badl, 6, &q), RKV_ERR_INVALID_ARG);
+  EXPECT(q == NULL);
+  EXPECT_STATUS(rkv_kv_pool_create(b, &l, 0, &q), RKV_ERR_INVALID_ARG);
+  rkv_kv_pool_destroy(p);
+  rkv_backend_destroy(b);
+  EXPECT_EQ_INT(ca.live, 0);
+}
+
+static void test_backend_kinds(void) {
+  rkv_backend *b = (rkv_backend *)0x1;
+  rkv_backend_config cfg = RKV_BACKEND_CONFIG_INIT;
+  cfg.kind = RKV_BACKEND_CUDA;
+  rkv_status s = rkv_backend_create(&cfg, &b);
+  if (!rkv_build_has_cuda()) {
+    EXPECT_EQ_INT(s, RKV_ERR_UNSUPPORTED);
+  } else {
+    EXPECT(s == RKV_OK || s == RKV_ERR_CUDA);
+  }
+  if (s == RKV_OK) {
+    rkv_backend_destroy(b);
+  } else {
+    EXPECT(b == NULL);
+  }
+  cfg.kind = RKV_BACKEND_AUTO; /* never fails for lack of a GPU */
+  EXPECT_OK(rkv_backend_create(&cfg, &b));
+  rkv_backend_destroy(b);
+  EXPECT_OK(rkv_backend_create(NULL, &b));
+  rkv_backend_destroy(b);
+  cfg.kind = (rkv_backend_kind)9;
+  EXPECT_STATUS(rkv_backend_create(&cfg, &b), RKV_ERR_INVALID_ARG);
+  cfg = (rkv_backend_config)RKV_BACKEND_CONFIG_INIT;
+  cfg.struct_size = 3;
+  EXPECT_STATUS(rkv_backend_create(&cfg, &b), RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rkv_backend_create(NULL, NULL), RKV_ERR_INVALID_ARG);
+  rkv_backend_destroy(NULL);
+  rkv_kv_pool_destroy(NULL);
+  EXPECT_STATUS(rkv_backend_sync(NULL), RKV_ERR_INVALID_ARG);
+}
+
+static void test_build_flags(void) {
+  /* The flags are consistent with each other: NCCL needs CUDA. */
+  if (rkv_build_has_nccl()) EXPECT(rkv_build_has_cuda());
+  EXPECT(strlen(rkv_version_string()) > 0);
+}
+
+int main(void) {
+  test_cpu_pool(RKV_DTYPE_F32);
+  test_cpu_pool(RKV_DTYPE_F16);
+  test_cpu_pool(RKV_DTYPE_BF16);
+  test_backend_kinds();
+  test_build_flags();
+  return rkv_test_finish();
+}

@@ -1,0 +1,10 @@
+/* Benchmarks reachable as `rkv bench <what>`: each reports ratios against a reference measured
+ * in the same run (see docs/BENCHMARKS.md). */
+#ifndef RKV_TOOL_BENCH_H
+#define RKV_TOOL_BENCH_H
+
+int rkv_bench_blockmgr(int argc, char **argv);
+int rkv_bench_evict(int argc, char **argv);
+int rkv_bench_attention(int argc, char **argv);
+
+#endif /* RKV_TOOL_BENCH_H */

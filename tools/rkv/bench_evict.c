@@ -1,0 +1,12 @@
+/* `rkv bench evict`: placeholder until the benchmark lands (reports unsupported, exit 2). */
+#include <stdio.h>
+
+#include "rkv_tool.h"
+
+#include "bench.h"
+
+int rkv_bench_evict(int argc, char **argv) {
+  (void)argc, (void)argv;
+  fprintf(stderr, "rkv bench evict: not implemented yet\n");
+  return 2;
+}

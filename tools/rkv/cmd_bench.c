@@ -1,0 +1,37 @@
+/* `rkv bench <what>`: dispatch to the benchmarks (tools, not tests). */
+#include <stdio.h>
+#include <string.h>
+
+#include "rkv_tool.h"
+
+#include "bench.h"
+
+const char rkv_cmd_bench_summary[] = "benchmarks: blockmgr, evict, attention (rkv bench --help)";
+
+static const struct {
+  const char *name;
+  int (*run)(int argc, char **argv);
+  const char *what;
+} kBenches[] = {
+    {"blockmgr", rkv_bench_blockmgr, "host time per decode step and per compaction"},
+    {"evict", rkv_bench_evict, "one-layer compression time vs a same-size sgemm"},
+    {"attention", rkv_bench_attention, "paged attention bandwidth vs a memory copy"},
+};
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: rkv bench <what> [options]   (rkv bench <what> --help)\n\n");
+  for (size_t i = 0; i < sizeof kBenches / sizeof kBenches[0]; i++)
+    fprintf(f, "  %-10s %s\n", kBenches[i].name, kBenches[i].what);
+}
+
+int rkv_cmd_bench(int argc, char **argv) {
+  if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+    usage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  for (size_t i = 0; i < sizeof kBenches / sizeof kBenches[0]; i++)
+    if (strcmp(argv[1], kBenches[i].name) == 0) return kBenches[i].run(argc - 1, argv + 1);
+  fprintf(stderr, "rkv bench: unknown benchmark '%s'\n", argv[1]);
+  usage(stderr);
+  return 2;
+}
