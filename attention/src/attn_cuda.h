@@ -1,9 +1,19 @@
 /* Private contract between the attention dispatcher (attention/src/attention.c, C) and the
- * CUDA kernels (attention/src/*.cu). The public entry points validate every argument on the
- * host before calling these launchers, so a launcher may assume a well-formed batch: pool
+ * CUDA kernels (the .cu files in attention/src). The public entry points validate every argument on
+ * the host before calling these launchers, so a launcher may assume a well-formed batch: pool
  * backend is CUDA, p->head_dim equals the pool layout's head_dim, num_q_heads %
- * num_kv_heads == 0, the workspace is at least rkvi_attn_cuda_workspace_bound(...) bytes for
- * the batch. Table arrays, q, out, k, v and slots are device pointers.
+ * num_kv_heads == 0, num_streams == num_seqs * num_kv_heads, table.block_size equals the
+ * layout's, scale is already resolved (never 0), and (head_dim, block_size, dtype) passed
+ * rkv_attn_cuda_supported. The launcher itself checks ws != NULL and ws_bytes against what it
+ * needs (the host cannot, lengths live on the device). Table arrays,
+ * q, q_indptr, out, k, v and slots are device pointers (never read on the host here), so
+ * table contents (indptr, indices, last_len) are NOT validated for CUDA pools.
+ *
+ * Semantics shared with the CPU reference (attn_cpu.c): an empty stream in decode gives zero
+ * output for its query heads; write_kv also sets rkv_kv_pool_scores(pool)[slot] = 0 for every
+ * written slot (a new token starts with no attention mass); accumulate_scores adds, per slot,
+ * the softmax probabilities summed over the group's query heads (and over all new rows in
+ * prefill). qwindow != NULL is refused for CUDA pools before reaching these launchers.
  *
  * err is an RKV_ERRBUF-sized buffer (the pool backend's last-error text): on failure write a
  * one-line reason there and return a non-OK status. When CUDA is not built,
@@ -27,8 +37,8 @@ rkv_status rkvi_attn_cuda_prefill(rkv_kv_pool *pool, const rkv_attn_params *p, v
 rkv_status rkvi_attn_cuda_write_kv(rkv_kv_pool *pool, const float *k, const float *v,
                                    const int64_t *slots, uint32_t n_rows, char *err);
 rkv_status rkvi_attn_cuda_workspace_bound(const rkv_kv_pool *pool, uint32_t max_seqs,
-                                          uint32_t num_q_heads, uint32_t head_dim,
-                                          int64_t max_len, size_t *bytes);
+                                          uint32_t num_q_heads, uint32_t head_dim, int64_t max_len,
+                                          size_t *bytes);
 
 #ifdef __cplusplus
 }

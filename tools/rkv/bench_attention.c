@@ -1,12 +1,498 @@
-/* `rkv bench attention`: placeholder until the benchmark lands (reports unsupported, exit 2). */
-#include <stdio.h>
+/* `rkv bench attention`: paged decode (or, with --prefill N, prefill) attention bandwidth
+ * through the public API, against a plain copy of the same bytes measured in the same run
+ * (memcpy split over the same number of threads on CPU, rkv_kv_pool_copy_blocks on CUDA).
+ * For prefill the K+V bytes are counted once although causal tiles re-read the prefix.
+ *
+ * Bytes of one decode call = K + V rows actually read (every stream's length x head_dim x
+ * dtype size, twice) + Q + O (f32). The copy moves that many bytes: it reads and writes
+ * them, so its traffic is twice the bytes. Both GB/s columns count traffic (read + write),
+ * and "ratio" = attention GB/s / copy GB/s. Blocks are shuffled over the pool, so the
+ * kernel's accesses are as scattered as a long-running server's. */
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "rkv_tool.h"
 
+#include <rkv/attention.h>
+
 #include "bench.h"
 
+#ifdef RKV_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+#define CMD "bench attention"
+#define MAX_LIST 8
+#define MAX_COPY_THREADS 64
+
+typedef struct bench_opts {
+  rkv_backend_kind kind;
+  rkv_dtype dtype;
+  uint32_t q_heads, kv_heads, head_dim, block;
+  uint64_t batches[MAX_LIST], ctxs[MAX_LIST];
+  int n_batches, n_ctxs;
+  bool explicit_shapes;
+  double min_time;
+  uint64_t max_kv_mib;
+  int32_t threads;
+  bool scores;
+  uint64_t prefill; /* new rows per sequence; 0 = decode */
+  uint64_t seed;
+} bench_opts;
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: rkv bench attention [options]\n"
+          "Decode (or prefill) attention GB/s (K+V read + Q + O) vs a copy of the same bytes, per "
+          "batch x context.\n\n"
+          "  --backend cpu|cuda   backend (default cpu; cuda needs a CUDA build and a GPU)\n"
+          "  --dtype f32|f16|bf16 KV dtype (default bf16)\n"
+          "  --q-heads N          query heads (default 32)\n"
+          "  --kv-heads N         kv heads (default 8)\n"
+          "  --head-dim N         head dim (default 128)\n"
+          "  --block N            block size in tokens (default 16)\n"
+          "  --batch LIST         comma-separated batch sizes (default 1,8,64)\n"
+          "  --ctx LIST           comma-separated context lengths (default 1024,4096)\n"
+          "  --max-kv-mib N       skip default shapes whose KV exceeds N MiB (default 512 on "
+          "CPU,\n"
+          "                       unlimited on CUDA; shapes given with --batch/--ctx always "
+          "run)\n"
+          "  --threads N          CPU threads (default 0 = one per core)\n"
+          "  --min-time S         seconds per measurement (default 0.3)\n"
+          "  --scores             also accumulate H2O scores\n"
+          "  --prefill N          time rkv_attn_prefill with the last N tokens of each context\n"
+          "                       as new rows (causal), instead of decode; K+V counted once\n"
+          "  --seed N             data seed (default 1)\n\n"
+          "Shape defaults: a Llama-3-8B layer (32 q / 8 kv heads, d 128, bf16, block 16).\n");
+}
+
+static bool parse_list(const char *opt, const char *s, uint64_t *out, int *n) {
+  char buf[256];
+  if (!s || strlen(s) >= sizeof buf) {
+    fprintf(stderr, "rkv " CMD ": bad value for %s\n", opt);
+    return false;
+  }
+  strcpy(buf, s);
+  *n = 0;
+  for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    if (*n == MAX_LIST) {
+      fprintf(stderr, "rkv " CMD ": at most %d values for %s\n", MAX_LIST, opt);
+      return false;
+    }
+    if (!rkv_tool_parse_u64(CMD, opt, tok, 1, 1u << 20, &out[*n])) return false;
+    (*n)++;
+  }
+  if (*n == 0) fprintf(stderr, "rkv " CMD ": empty list for %s\n", opt);
+  return *n > 0;
+}
+
+/* Returns 0 to run, 1 after --help, 2 on a usage error. */
+static int parse(int argc, char **argv, bench_opts *o) {
+  memset(o, 0, sizeof *o);
+  o->kind = RKV_BACKEND_CPU;
+  o->dtype = RKV_DTYPE_BF16;
+  o->q_heads = 32, o->kv_heads = 8, o->head_dim = 128, o->block = 16;
+  o->batches[0] = 1, o->batches[1] = 8, o->batches[2] = 64, o->n_batches = 3;
+  o->ctxs[0] = 1024, o->ctxs[1] = 4096, o->n_ctxs = 2;
+  o->min_time = 0.3;
+  o->max_kv_mib = 0;
+  o->seed = 1;
+  bool have_max = false;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *v;
+    uint64_t u;
+    if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+      usage(stdout);
+      return 1;
+    } else if (strcmp(a, "--scores") == 0) {
+      o->scores = true;
+    } else if (strcmp(a, "--backend") == 0) {
+      if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return 2;
+      if (strcmp(v, "cpu") == 0) {
+        o->kind = RKV_BACKEND_CPU;
+      } else if (strcmp(v, "cuda") == 0) {
+        o->kind = RKV_BACKEND_CUDA;
+      } else {
+        fprintf(stderr, "rkv " CMD ": bad value for --backend: '%s' (cpu or cuda)\n", v);
+        return 2;
+      }
+    } else if (strcmp(a, "--dtype") == 0) {
+      if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return 2;
+      if (rkv_dtype_parse(v, &o->dtype) != RKV_OK) {
+        fprintf(stderr, "rkv " CMD ": bad value for --dtype: '%s' (f32, f16, bf16)\n", v);
+        return 2;
+      }
+    } else if (strcmp(a, "--batch") == 0 || strcmp(a, "--ctx") == 0) {
+      if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return 2;
+      bool batch = a[2] == 'b';
+      if (!parse_list(a, v, batch ? o->batches : o->ctxs, batch ? &o->n_batches : &o->n_ctxs))
+        return 2;
+      o->explicit_shapes = true;
+    } else if (strcmp(a, "--q-heads") == 0 || strcmp(a, "--kv-heads") == 0 ||
+               strcmp(a, "--head-dim") == 0 || strcmp(a, "--block") == 0) {
+      if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return 2;
+      if (!rkv_tool_parse_u64(CMD, a, v, 1, 4096, &u)) return 2;
+      uint32_t *dst = strcmp(a, "--q-heads") == 0    ? &o->q_heads
+                      : strcmp(a, "--kv-heads") == 0 ? &o->kv_heads
+                      : strcmp(a, "--head-dim") == 0 ? &o->head_dim
+                                                     : &o->block;
+      *dst = (uint32_t)u;
+    } else if (strcmp(a, "--max-kv-mib") == 0) {
+      if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return 2;
+      if (!rkv_tool_parse_u64(CMD, a, v, 1, UINT64_C(1) << 30, &o->max_kv_mib)) return 2;
+      have_max = true;
+    } else if (strcmp(a, "--threads") == 0) {
+      if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return 2;
+      if (!rkv_tool_parse_u64(CMD, a, v, 0, 256, &u)) return 2;
+      o->threads = (int32_t)u;
+    } else if (strcmp(a, "--min-time") == 0) {
+      if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return 2;
+      if (!rkv_tool_parse_f64(CMD, a, v, 0.0, 600.0, &o->min_time)) return 2;
+    } else if (strcmp(a, "--prefill") == 0) {
+      if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return 2;
+      if (!rkv_tool_parse_u64(CMD, a, v, 1, 1u << 20, &o->prefill)) return 2;
+    } else if (strcmp(a, "--seed") == 0) {
+      if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return 2;
+      if (!rkv_tool_parse_u64(CMD, a, v, 0, UINT64_MAX, &o->seed)) return 2;
+    } else {
+      fprintf(stderr, "rkv " CMD ": unknown option '%s'\n", a);
+      usage(stderr);
+      return 2;
+    }
+  }
+  if (o->q_heads % o->kv_heads != 0) {
+    fprintf(stderr, "rkv " CMD ": --q-heads %u is not a multiple of --kv-heads %u\n", o->q_heads,
+            o->kv_heads);
+    return 2;
+  }
+  for (int c = 0; c < o->n_ctxs; c++)
+    if (o->prefill > o->ctxs[c]) {
+      fprintf(stderr, "rkv " CMD ": --prefill %llu exceeds the context %llu\n",
+              (unsigned long long)o->prefill, (unsigned long long)o->ctxs[c]);
+      return 2;
+    }
+  if (!have_max) o->max_kv_mib = o->kind == RKV_BACKEND_CPU ? 512 : 0;
+  return 0;
+}
+
+static uint64_t rng_next(uint64_t *s) {
+  uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+/* ---- Buffers on the backend's side (host memory on CPU, device memory on CUDA) ---------- */
+
+static void *buf_alloc(rkv_backend_kind kind, size_t bytes) {
+#ifdef RKV_HAVE_CUDA
+  if (kind == RKV_BACKEND_CUDA) {
+    void *p = NULL;
+    return cudaMalloc(&p, bytes ? bytes : 1) == cudaSuccess ? p : NULL;
+  }
+#endif
+  (void)kind;
+  return malloc(bytes ? bytes : 1);
+}
+
+static void buf_free(rkv_backend_kind kind, void *p) {
+#ifdef RKV_HAVE_CUDA
+  if (kind == RKV_BACKEND_CUDA) {
+    cudaFree(p);
+    return;
+  }
+#endif
+  (void)kind;
+  free(p);
+}
+
+/* Copies host data into a backend buffer made by buf_alloc. */
+static bool buf_upload(rkv_backend_kind kind, void *dst, const void *src, size_t bytes) {
+#ifdef RKV_HAVE_CUDA
+  if (kind == RKV_BACKEND_CUDA) return cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice) == 0;
+#endif
+  (void)kind;
+  memcpy(dst, src, bytes);
+  return true;
+}
+
+/* ---- Threaded memcpy reference (CPU) ---------------------------------------------------- */
+
+typedef struct copy_part {
+  unsigned char *dst;
+  const unsigned char *src;
+  size_t n;
+} copy_part;
+
+static void *copy_main(void *arg) {
+  copy_part *c = arg;
+  memcpy(c->dst, c->src, c->n);
+  return NULL;
+}
+
+static void threaded_copy(unsigned char *dst, const unsigned char *src, size_t n,
+                          uint32_t threads) {
+  copy_part parts[MAX_COPY_THREADS];
+  pthread_t tid[MAX_COPY_THREADS];
+  if (threads > MAX_COPY_THREADS) threads = MAX_COPY_THREADS;
+  if (threads < 1) threads = 1;
+  const size_t chunk = (n / threads + 63) & ~(size_t)63;
+  uint32_t started = 0;
+  for (uint32_t i = 0; i < threads; i++) {
+    size_t lo = (size_t)i * chunk;
+    parts[i].dst = dst + (lo < n ? lo : n);
+    parts[i].src = src + (lo < n ? lo : n);
+    parts[i].n = lo < n ? (n - lo < chunk ? n - lo : chunk) : 0;
+  }
+  for (uint32_t i = 1; i < threads; i++) {
+    if (pthread_create(&tid[i], NULL, copy_main, &parts[i]) != 0) {
+      copy_main(&parts[i]);
+      continue;
+    }
+    tid[started++] = tid[i];
+  }
+  copy_main(&parts[0]);
+  for (uint32_t i = 0; i < started; i++) pthread_join(tid[i], NULL);
+}
+
+/* ---- One shape ------------------------------------------------------------------------- */
+
+typedef struct result {
+  double attn_s, copy_s;
+  double bytes;
+  int iters;
+} result;
+
+/* Repeats fn until min_time has passed (at least 3 runs, after one warm-up); returns seconds per
+ * call. */
+#define TIME_LOOP(min_time, iters_out, secs_out, sync, body) \
+  do {                                                       \
+    body;                                                    \
+    sync;                                                    \
+    int it_ = 0;                                             \
+    double t0_ = rkv_tool_now(), el_ = 0.0;                  \
+    while (it_ < 3 || el_ < (min_time)) {                    \
+      body;                                                  \
+      it_++;                                                 \
+      if (it_ % 4 == 0 || it_ < 4) {                         \
+        sync;                                                \
+        el_ = rkv_tool_now() - t0_;                          \
+      }                                                      \
+    }                                                        \
+    sync;                                                    \
+    el_ = rkv_tool_now() - t0_;                              \
+    (iters_out) = it_;                                       \
+    (secs_out) = el_ / it_;                                  \
+  } while (0)
+
+static int run_shape(rkv_backend *be, const bench_opts *o, uint32_t batch, uint32_t ctx,
+                     result *r) {
+  const rkv_backend_kind kind = rkv_backend_get_kind(be);
+  const uint32_t H = o->kv_heads, Hq = o->q_heads, d = o->head_dim, bs = o->block;
+  const uint32_t S = batch * H, per = (ctx + bs - 1) / bs;
+  const uint32_t used = S * per;
+  /* Twice the blocks: the copy reference writes into the second half (CUDA). */
+  const uint32_t nblocks = used * 2;
+  rkv_kv_layout lay = {o->dtype, bs, d};
+  rkv_kv_pool *pool = NULL;
+  int ret = 1;
+  void *dq = NULL, *dout = NULL, *dindptr = NULL, *dindices = NULL, *dlast = NULL, *ws = NULL;
+  void *dqi = NULL;
+  int32_t *q_indptr = NULL;
+  const uint32_t new_rows = o->prefill ? (uint32_t)o->prefill : 1u, rows = batch * new_rows;
+  if (new_rows > ctx) {
+    fprintf(stderr, "rkv " CMD ": --prefill %u exceeds the context %u\n", new_rows, ctx);
+    return 1;
+  }
+  unsigned char *csrc = NULL, *cdst = NULL;
+  rkv_block_copy *ops = NULL;
+  rkv_status st = rkv_kv_pool_create(be, &lay, nblocks, &pool);
+  if (st != RKV_OK) {
+    fprintf(stderr, "rkv " CMD ": pool of %u blocks: %s (%s)\n", nblocks, rkv_status_str(st),
+            rkv_backend_last_error(be));
+    return 1;
+  }
+  /* Random K/V in [-1, 1] block by block (rounded by the conversion). */
+  const size_t bb = rkv_kv_block_bytes(&lay), esz = rkv_dtype_size(o->dtype);
+  const uint32_t chunk_blocks = 256;
+  unsigned char *host = malloc(bb * chunk_blocks);
+  int32_t *ids = malloc(sizeof(int32_t) * (nblocks > chunk_blocks ? nblocks : chunk_blocks));
+  int32_t *indptr = malloc(sizeof(int32_t) * (S + 1)), *last = malloc(sizeof(int32_t) * S);
+  float *q = malloc(sizeof(float) * (size_t)rows * Hq * d);
+  q_indptr = malloc(sizeof(int32_t) * (batch + 1));
+  uint64_t rng = o->seed;
+  if (!host || !ids || !indptr || !last || !q || !q_indptr) {
+    fprintf(stderr, "rkv " CMD ": out of host memory\n");
+    goto done;
+  }
+  for (uint32_t b0 = 0; b0 < nblocks; b0 += chunk_blocks) {
+    uint32_t n = nblocks - b0 < chunk_blocks ? nblocks - b0 : chunk_blocks;
+    for (size_t e = 0; e < (size_t)n * bb / esz; e++) {
+      float x = (float)((double)(rng_next(&rng) >> 11) * (2.0 / 9007199254740992.0) - 1.0);
+      rkv_dtype_store(o->dtype, host, e, x);
+    }
+    for (uint32_t i = 0; i < n; i++) ids[i] = (int32_t)(b0 + i);
+    if ((st = rkv_kv_pool_write_blocks(pool, ids, n, host)) != RKV_OK) {
+      fprintf(stderr, "rkv " CMD ": write_blocks: %s\n", rkv_backend_last_error(be));
+      goto done;
+    }
+  }
+  /* Scattered table: streams take blocks from a shuffled permutation of the whole pool. */
+  for (uint32_t i = 0; i < nblocks; i++) ids[i] = (int32_t)i;
+  for (uint32_t i = nblocks; i > 1; i--) {
+    uint32_t j = (uint32_t)(rng_next(&rng) % i);
+    int32_t t = ids[i - 1];
+    ids[i - 1] = ids[j];
+    ids[j] = t;
+  }
+  for (uint32_t s = 0; s <= S; s++) indptr[s] = (int32_t)(s * per);
+  for (uint32_t s = 0; s < S; s++) last[s] = (int32_t)(ctx - (per - 1) * bs);
+  for (size_t i = 0; i < (size_t)rows * Hq * d; i++)
+    q[i] = (float)((double)(rng_next(&rng) >> 11) * (2.0 / 9007199254740992.0) - 1.0);
+  for (uint32_t b = 0; b <= batch; b++) q_indptr[b] = (int32_t)(b * new_rows);
+
+  const size_t qbytes = sizeof(float) * (size_t)rows * Hq * d;
+  dqi = buf_alloc(kind, sizeof(int32_t) * (batch + 1));
+  dq = buf_alloc(kind, qbytes);
+  dout = buf_alloc(kind, qbytes);
+  dindptr = buf_alloc(kind, sizeof(int32_t) * (S + 1));
+  dindices = buf_alloc(kind, sizeof(int32_t) * used);
+  dlast = buf_alloc(kind, sizeof(int32_t) * S);
+  if (!dq || !dout || !dindptr || !dindices || !dlast || !dqi || !buf_upload(kind, dq, q, qbytes) ||
+      !buf_upload(kind, dqi, q_indptr, sizeof(int32_t) * (batch + 1)) ||
+      !buf_upload(kind, dindptr, indptr, sizeof(int32_t) * (S + 1)) ||
+      !buf_upload(kind, dindices, ids, sizeof(int32_t) * used) ||
+      !buf_upload(kind, dlast, last, sizeof(int32_t) * S)) {
+    fprintf(stderr, "rkv " CMD ": buffer allocation or upload failed\n");
+    goto done;
+  }
+  rkv_attn_params p = RKV_ATTN_PARAMS_INIT;
+  p.num_seqs = batch, p.num_q_heads = Hq, p.num_kv_heads = H, p.head_dim = d;
+  p.q = dq, p.out = dout;
+  p.accumulate_scores = o->scores;
+  rkv_status (*const fn)(rkv_kv_pool *, const rkv_attn_params *, void *, size_t) =
+      o->prefill ? rkv_attn_prefill : rkv_attn_decode;
+  /* Workspace sizing reads a host copy of the table (required on CUDA). */
+  rkv_block_table host_t = {(int32_t)S, (int32_t)bs, indptr, ids, last};
+  p.table = host_t;
+  p.q_indptr = o->prefill ? q_indptr : NULL;
+  size_t wsb = 0;
+  if ((st = rkv_attn_workspace_size(pool, &p, &wsb)) != RKV_OK) {
+    fprintf(stderr, "rkv " CMD ": workspace_size: %s (%s)\n", rkv_status_str(st),
+            rkv_backend_last_error(be));
+    goto done;
+  }
+  ws = buf_alloc(kind, wsb);
+  rkv_block_table dev_t = {(int32_t)S, (int32_t)bs, dindptr, dindices, dlast};
+  p.table = dev_t;
+  p.q_indptr = o->prefill ? dqi : NULL;
+  if (!ws) goto done;
+  if ((st = fn(pool, &p, ws, wsb)) != RKV_OK) {
+    fprintf(stderr, "rkv " CMD ": %s: %s (%s)\n", o->prefill ? "prefill" : "decode",
+            rkv_status_str(st), rkv_backend_last_error(be));
+    goto done;
+  }
+  const double kv_bytes = 2.0 * S * (double)ctx * d * esz;
+  r->bytes = kv_bytes + 2.0 * (double)qbytes;
+  TIME_LOOP(o->min_time, r->iters, r->attn_s, rkv_backend_sync(be), fn(pool, &p, ws, wsb));
+
+  /* Reference: a copy of the same bytes. */
+  int copy_iters = 0;
+  if (kind == RKV_BACKEND_CUDA) {
+    /* Whole blocks of the first half into the second: as close to r->bytes as blocks allow. */
+    size_t nops = (size_t)ceil(r->bytes / (double)bb);
+    if (nops > used) nops = used;
+    ops = malloc(sizeof *ops * (nops ? nops : 1));
+    if (!ops) goto done;
+    for (size_t i = 0; i < nops; i++) ops[i].src = (int32_t)i, ops[i].dst = (int32_t)(used + i);
+    const double copied = (double)nops * bb;
+    TIME_LOOP(o->min_time, copy_iters, r->copy_s, rkv_backend_sync(be),
+              rkv_kv_pool_copy_blocks(pool, ops, nops));
+    r->copy_s *= r->bytes / copied; /* scale to the same byte count */
+  } else {
+    const size_t n = (size_t)r->bytes;
+    csrc = malloc(n);
+    cdst = malloc(n);
+    if (!csrc || !cdst) goto done;
+    memset(csrc, 1, n);
+    memset(cdst, 0, n);
+    uint32_t threads = (uint32_t)(o->threads > 0 ? o->threads : sysconf(_SC_NPROCESSORS_ONLN));
+    TIME_LOOP(o->min_time, copy_iters, r->copy_s, (void)0, threaded_copy(cdst, csrc, n, threads));
+  }
+  (void)copy_iters;
+  ret = 0;
+done:
+  free(csrc), free(cdst), free(ops), free(host), free(ids), free(indptr), free(last), free(q);
+  free(q_indptr), buf_free(kind, dqi);
+  buf_free(kind, ws), buf_free(kind, dq), buf_free(kind, dout);
+  buf_free(kind, dindptr), buf_free(kind, dindices), buf_free(kind, dlast);
+  rkv_kv_pool_destroy(pool);
+  return ret;
+}
+
 int rkv_bench_attention(int argc, char **argv) {
-  (void)argc, (void)argv;
-  fprintf(stderr, "rkv bench attention: not implemented yet\n");
-  return 2;
+  bench_opts o;
+  int rc = parse(argc, argv, &o);
+  if (rc) return rc == 1 ? 0 : 2;
+  if (o.kind == RKV_BACKEND_CUDA && !rkv_build_has_cuda()) {
+    fprintf(stderr, "rkv " CMD ": --backend cuda: librkv was built without CUDA\n");
+    return 2;
+  }
+  rkv_backend_config bc = RKV_BACKEND_CONFIG_INIT;
+  bc.kind = o.kind;
+  bc.num_threads = o.threads;
+  rkv_backend *be = NULL;
+  rkv_status st = rkv_backend_create(&bc, &be);
+  if (st != RKV_OK) {
+    fprintf(stderr, "rkv " CMD ": backend %s: %s\n", o.kind == RKV_BACKEND_CUDA ? "cuda" : "cpu",
+            rkv_status_str(st));
+    return 1;
+  }
+  if (o.kind == RKV_BACKEND_CUDA) {
+    char err[160];
+    if (rkv_attn_cuda_supported(o.head_dim, o.block, o.dtype, err, sizeof err) != RKV_OK) {
+      fprintf(stderr, "rkv " CMD ": %s\n", err);
+      rkv_backend_destroy(be);
+      return 2;
+    }
+  }
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  if (o.prefill)
+    printf("# prefill: %llu new rows per sequence (causal)\n", (unsigned long long)o.prefill);
+  printf(
+      "# rkv bench attention: backend %s, %s KV, %u q / %u kv heads, head_dim %u, block %u, "
+      "threads %d (cores %ld)%s\n",
+      rkv_backend_name(be), rkv_dtype_name(o.dtype), o.q_heads, o.kv_heads, o.head_dim, o.block,
+      o.threads, cores, o.scores ? ", scores" : "");
+  printf("# GB/s = (read + written bytes) / time; copy = %s of the same bytes\n",
+         o.kind == RKV_BACKEND_CUDA ? "rkv_kv_pool_copy_blocks" : "threaded memcpy");
+  printf("%6s %6s %10s %12s %10s %10s %7s\n", "batch", "ctx", "MB/call", "us/call", "attn_GB/s",
+         "copy_GB/s", "ratio");
+  int failed = 0;
+  for (int bi = 0; bi < o.n_batches; bi++)
+    for (int ci = 0; ci < o.n_ctxs; ci++) {
+      const uint32_t batch = (uint32_t)o.batches[bi], ctx = (uint32_t)o.ctxs[ci];
+      const double kv_mib =
+          2.0 * batch * o.kv_heads * (double)ctx * o.head_dim * rkv_dtype_size(o.dtype) / 1048576.0;
+      if (!o.explicit_shapes && o.max_kv_mib && kv_mib > (double)o.max_kv_mib) {
+        printf("%6u %6u   skipped: KV %.0f MiB > --max-kv-mib %llu\n", batch, ctx, kv_mib,
+               (unsigned long long)o.max_kv_mib);
+        continue;
+      }
+      result r;
+      memset(&r, 0, sizeof r);
+      if (run_shape(be, &o, batch, ctx, &r) != 0) {
+        failed++;
+        continue;
+      }
+      const double ag = r.bytes / r.attn_s / 1e9, cg = 2.0 * r.bytes / r.copy_s / 1e9;
+      printf("%6u %6u %10.2f %12.1f %10.2f %10.2f %7.3f\n", batch, ctx, r.bytes / 1e6,
+             r.attn_s * 1e6, ag, cg, ag / cg);
+      fflush(stdout);
+    }
+  rkv_backend_destroy(be);
+  return failed ? 1 : 0;
 }

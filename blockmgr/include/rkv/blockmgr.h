@@ -37,9 +37,14 @@ typedef struct rkv_blockmgr_config {
 #define RKV_BLOCKMGR_CONFIG_INIT \
   {sizeof(rkv_blockmgr_config), 0, 16, 1, 1, 128, RKV_DTYPE_BF16, 0, 0.01f, false, NULL, NULL}
 
-/* Creates a manager. RKV_ERR_INVALID_ARG on a bad config (text in *err when err_buf given),
- * RKV_ERR_NO_MEMORY. *out = NULL on failure. O(num_blocks + max_seqs). */
+/* Creates a manager. RKV_ERR_INVALID_ARG on a bad config (the reason goes to cfg->logger at
+ * RKV_LOG_ERROR; rkv_blockmgr_validate_config returns it as text), RKV_ERR_NO_MEMORY.
+ * *out = NULL on failure. O(num_blocks + max_seqs). */
 RKV_API rkv_status rkv_blockmgr_create(const rkv_blockmgr_config *cfg, rkv_blockmgr **out);
+/* Checks a config as create would: RKV_OK or RKV_ERR_INVALID_ARG with the reason written to
+ * err [err_cap] (NUL-terminated; err may be NULL). */
+RKV_API rkv_status rkv_blockmgr_validate_config(const rkv_blockmgr_config *cfg, char *err,
+                                                size_t err_cap);
 /* Accepts NULL. Frees all metadata (the KV pool is the caller's). */
 RKV_API void rkv_blockmgr_destroy(rkv_blockmgr *m);
 /* Text of the last failed call on this handle ("" if none); valid until the next call. */
@@ -174,6 +179,18 @@ RKV_API rkv_status rkv_blockmgr_export_csr(const rkv_blockmgr *m, uint32_t layer
                                            int32_t *indptr, int32_t *indices,
                                            uint32_t indices_cap, int32_t *last_len,
                                            uint32_t *nnz, rkv_block_table *table);
+
+/* Incremental export for device-resident tables (docs/ARCHITECTURE.md, "Hot paths"): the
+ * caller keeps, per sequence, a padded mirror rows [streams_per_seq][stride] (int32 block ids,
+ * stream = layer * kv_heads + head) and lens [streams_per_seq]. This writes only the row
+ * entries that changed since the previous sync of this sequence (all entries when `full`, e.g.
+ * for a new mirror), and every stream's length. A decode step between block boundaries writes
+ * no row entry; a boundary step writes one per stream; a compaction re-sends compacted rows.
+ * *n_written (may be NULL) = row entries written. RKV_ERR_CAPACITY when a row has more than
+ * `stride` blocks (nothing written), RKV_ERR_NOT_FOUND, RKV_ERR_INVALID_ARG.
+ * Hot path: O(streams_per_seq + entries written), no allocation. */
+RKV_API rkv_status rkv_blockmgr_sync_rows(rkv_blockmgr *m, int64_t seq, bool full, int32_t *rows,
+                                          uint32_t stride, int32_t *lens, uint32_t *n_written);
 
 /* ---- Accounting ------------------------------------------------------------------------ */
 

@@ -28,18 +28,18 @@ RKV_API rkv_status rkv_evict_policy_parse(const char *name, rkv_evict_policy *ou
 
 #define RKV_EVICT_PARAMS_VERSION 1
 typedef struct rkv_evict_params {
-  uint32_t struct_size;    /* sizeof(rkv_evict_params) */
+  uint32_t struct_size; /* sizeof(rkv_evict_params) */
   rkv_evict_policy policy;
-  int32_t budget;          /* B: tokens a stream keeps after compression (> window) */
-  int32_t window;          /* alpha: newest tokens always kept; query window rows (8) */
-  int32_t buffer;          /* tokens decoded between compressions (128) */
-  int32_t kernel;          /* max-pool width, odd (7) */
-  float lambda;            /* joint score weight, 0..1 (0.1) */
-  float threshold;         /* redundancy similarity threshold T (0.5) */
-  int32_t sinks;           /* StreamingLLM attention sinks (4) */
+  int32_t budget;  /* B: tokens a stream keeps after compression (> window) */
+  int32_t window;  /* alpha: newest tokens always kept; query window rows (8) */
+  int32_t buffer;  /* tokens decoded between compressions (128) */
+  int32_t kernel;  /* max-pool width, odd (7) */
+  float lambda;    /* joint score weight, 0..1 (0.1) */
+  float threshold; /* redundancy similarity threshold T (0.5) */
+  int32_t sinks;   /* StreamingLLM attention sinks (4) */
 } rkv_evict_params;
 #define RKV_EVICT_PARAMS_INIT \
-  {sizeof(rkv_evict_params), RKV_EVICT_RKV, 1024, 8, 128, 7, 0.1f, 0.5f, 4}
+  { sizeof(rkv_evict_params), RKV_EVICT_RKV, 1024, 8, 128, 7, 0.1f, 0.5f, 4 }
 
 /* RKV_OK or RKV_ERR_INVALID_ARG with a message in err (when err_len > 0). */
 RKV_API rkv_status rkv_evict_params_validate(const rkv_evict_params *p, char *err, size_t err_len);
@@ -53,8 +53,8 @@ RKV_API bool rkv_evict_should_compress(const rkv_evict_params *p, int32_t len, b
 typedef struct rkv_evict_result {
   uint32_t streams_compressed; /* streams that were over budget and got compacted */
   uint64_t tokens_evicted;
-  uint32_t blocks_freed;       /* blocks returned to the free list (net of fresh CoW blocks) */
-  uint32_t slot_moves;         /* K/V rows moved by compaction */
+  uint32_t blocks_freed; /* blocks returned to the free list (net of fresh CoW blocks) */
+  uint32_t slot_moves;   /* K/V rows moved by compaction */
 } rkv_evict_result;
 
 /* Workspace bytes rkv_evict_layer needs for streams up to max_len tokens (caller-provided,
@@ -69,11 +69,80 @@ RKV_API rkv_status rkv_evict_workspace_size(const rkv_evict_params *p, uint32_t 
  * the per-slot scores). The query window comes from `qw` (R-KV, SnapKV; may be NULL for
  * streaming/h2o/full); H2O reads rkv_kv_pool_scores(pool). CPU pools only (a CUDA pool is
  * RKV_ERR_UNSUPPORTED here; the CUDA path has its own entry). num_q_heads must be a multiple
- * of the manager's kv heads. RKV_ERR_CAPACITY if ws_bytes is too small. */
+ * of the manager's kv heads. RKV_ERR_CAPACITY if ws_bytes is too small.
+ * Also: RKV_ERR_INVALID_ARG (params, shapes, layer, query window shape), RKV_ERR_NOT_FOUND
+ * (seq unknown to the manager or the window), RKV_ERR_STATE (the window holds fewer than
+ * `window` rows), RKV_ERR_NO_BLOCKS (fresh blocks for shared leading blocks), all changing
+ * nothing; RKV_ERR_INTERNAL if the pool rejects the move plan after the tables changed.
+ * After compaction the per-slot scores of slots that hold no token any more are zeroed.
+ * Streams of length <= budget are untouched; FULL returns at once. Not thread-safe on one
+ * manager (it mutates it); thread-safe across managers with distinct workspaces.
+ * Cost per compressed stream O(n^2 d / 2) (R-KV), O(G window n d) (SnapKV), O(n) otherwise. */
 RKV_API rkv_status rkv_evict_layer(const rkv_evict_params *p, rkv_blockmgr *m, rkv_kv_pool *pool,
                                    const rkv_qwindow *qw, uint32_t num_q_heads, int64_t seq,
                                    uint32_t layer, void *workspace, size_t ws_bytes,
                                    rkv_evict_result *res);
+
+/* Like rkv_evict_layer, with the reason of a failure written into err (when err_len > 0):
+ * rkv_evict_layer has no handle to keep error text in. */
+RKV_API rkv_status rkv_evict_layer_ex(const rkv_evict_params *p, rkv_blockmgr *m, rkv_kv_pool *pool,
+                                      const rkv_qwindow *qw, uint32_t num_q_heads, int64_t seq,
+                                      uint32_t layer, void *workspace, size_t ws_bytes,
+                                      rkv_evict_result *res, char *err, size_t err_len);
+
+/* ---- Dense entry (tools, tests, references) -------------------------------------------- */
+
+/* Tokens a stream of length n holds after one compression step: n for RKV_EVICT_FULL or
+ * n <= budget, else budget. 0 for invalid parameters or n < 0. */
+RKV_API int32_t rkv_evict_kept_count(const rkv_evict_params *p, int32_t n);
+
+/* Optional per-head score dumps of rkv_evict_select_dense, each [num_kv_heads][n - window]
+ * f32 (candidates only): importance I (after pooling; R-KV and SnapKV), redundancy R (after
+ * the softmax over n; R-KV), joint Z (the selection key of every scored policy: Z of R-KV,
+ * I of SnapKV, the accumulated mass of H2O). Any pointer may be NULL. Rows of heads that do
+ * not compress (n <= budget, streaming, full) are left untouched. */
+typedef struct rkv_evict_scores {
+  float *importance;
+  float *redundancy;
+  float *joint;
+} rkv_evict_scores;
+
+/* Workspace bytes rkv_evict_select_dense needs for n tokens of head_dim. RKV_ERR_INVALID_ARG
+ * for invalid parameters or sizes. */
+RKV_API rkv_status rkv_evict_dense_workspace_size(const rkv_evict_params *p, uint32_t head_dim,
+                                                  int32_t n, size_t *bytes);
+
+/* One compression step on dense f32 inputs, per kv head, exactly as rkv_evict_layer scores
+ * and selects (same code), without a block manager:
+ *  keys    [num_kv_heads][n][head_dim] post-RoPE keys in cache order (NULL allowed for
+ *          streaming / full / h2o);
+ *  queries [num_q_heads][window][head_dim] the window queries, oldest first (R-KV, SnapKV);
+ *  acc     [num_kv_heads][n] accumulated attention mass (H2O only, else ignored);
+ *  keep    [num_kv_heads][rkv_evict_kept_count(p, n)] receives each head's kept positions,
+ *          ascending;
+ *  dump    optional score dumps (see rkv_evict_scores), NULL = none.
+ * num_q_heads must be a positive multiple of num_kv_heads (query head q belongs to kv head
+ * q / (num_q_heads / num_kv_heads)). All pointers are borrowed for the call only.
+ * RKV_ERR_INVALID_ARG (text in err), RKV_ERR_CAPACITY (ws_bytes too small). Thread-safe on
+ * distinct workspaces. Cost O(n^2 d) per kv head for R-KV (the similarity), else O(n d G). */
+RKV_API rkv_status rkv_evict_select_dense(const rkv_evict_params *p, const float *keys,
+                                          const float *queries, const float *acc,
+                                          uint32_t num_kv_heads, uint32_t num_q_heads, int32_t n,
+                                          uint32_t head_dim, int32_t *keep,
+                                          const rkv_evict_scores *dump, void *workspace,
+                                          size_t ws_bytes, char *err, size_t err_len);
+
+/* ---- H2O score accumulation (CPU path until the attention module feeds it) ------------- */
+
+/* Adds one decode step's attention probabilities to the per-slot score buffer
+ * (rkv_kv_pool_scores(pool)) of every stream of (seq, layer): for kv head h and each query
+ * head q of its group, softmax over the stream's n keys of q . k / sqrt(d), added to the
+ * slot of each key (summed over the group). q [num_q_heads][head_dim] f32, borrowed.
+ * Reads keys block by block; no workspace, no allocation (two passes, online softmax).
+ * CPU pools only (RKV_ERR_UNSUPPORTED otherwise); RKV_ERR_INVALID_ARG (shapes, layer),
+ * RKV_ERR_NOT_FOUND (seq). O(n * d * num_q_heads). */
+RKV_API rkv_status rkv_evict_h2o_accumulate(const rkv_blockmgr *m, rkv_kv_pool *pool, int64_t seq,
+                                            uint32_t layer, const float *q, uint32_t num_q_heads);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,230 @@
+/* Compaction: rkv_blockmgr_compact packs the tokens eviction keeps into a stream's leading
+ * blocks and returns the tail blocks whole (the point of per-stream tables); the uniform
+ * variant cuts every stream of a layer to one budget before scores exist (the GPU path, where
+ * the device picks the tokens and moves them itself).
+ *
+ * Both validate and count everything first, so a failing call changes nothing, and both pop
+ * every fresh block of the call before releasing any tail block. */
+#include <string.h>
+
+#include "blockmgr_impl.h"
+
+static int32_t bm_min32(int32_t a, int32_t b) {
+  return a < b ? a : b;
+}
+
+/* Row position r of a stream keeping k tokens at pos[] needs a fresh block iff its block is
+ * shared and some kept token of r's destination range is not already in place. Positions are
+ * strictly increasing and >= 0, so pos[i] >= i, and pos[i] == i for the last index of the range
+ * implies it for every earlier one: one comparison decides. */
+static bool bm_needs_fresh(const rkv_blockmgr *m, const int32_t *row, const int32_t *pos, int32_t k,
+                           int32_t r) {
+  if (m->ref[row[r]] <= 1) return false;
+  int32_t last = bm_min32(k, (r + 1) * m->bs) - 1;
+  return pos[last] != last;
+}
+
+/* Move plan correctness. For a destination position i of a reused block (ref 1, or shared and
+ * wholly in place), the source is position pos[i] >= i of the same stream; moves are emitted in
+ * increasing i, so a slot is overwritten (as destination i) only after every move reading it
+ * (sources pos[j] for j <= i, since pos[j] > pos[i] >= i for j > i) has been emitted. Fresh
+ * blocks come off the free list: no source lives in them, and tail blocks are only released
+ * after every fresh pop of the call, so a fresh block is never a tail block of this plan. */
+RKV_API rkv_status rkv_blockmgr_compact(rkv_blockmgr *m, int64_t seq, const rkv_keep_list *lists,
+                                        uint32_t n_lists, rkv_slot_move *moves, uint32_t moves_cap,
+                                        uint32_t *n_moves) {
+  if (!m) return RKV_ERR_INVALID_ARG;
+  if (n_moves) *n_moves = 0;
+  if (n_lists && !lists) return bm_fail(m, RKV_ERR_INVALID_ARG, "compact: lists is NULL");
+  if (moves_cap && !moves)
+    return bm_fail(m, RKV_ERR_INVALID_ARG, "compact: moves is NULL with moves_cap %u", moves_cap);
+  bm_seq *q = NULL;
+  RKV_TRY(bm_get_seq(m, seq, &q));
+  const uint32_t H = m->cfg.num_kv_heads;
+  const int32_t bs = m->bs;
+  if (++m->mark_epoch == 0) {
+    memset(m->mark, 0, m->streams * sizeof(uint32_t));
+    m->mark_epoch = 1;
+  }
+
+  /* Pass 1: validate every list, count fresh blocks and moves. */
+  int64_t fresh = 0;
+  uint64_t nmov = 0;
+  for (uint32_t l = 0; l < n_lists; l++) {
+    const rkv_keep_list *kl = &lists[l];
+    if (kl->layer >= m->cfg.num_layers || kl->head >= H)
+      return bm_fail(m, RKV_ERR_INVALID_ARG, "compact: list %u layer %u / head %u out of range", l,
+                     kl->layer, kl->head);
+    uint32_t s = kl->layer * H + kl->head;
+    if (m->mark[s] == m->mark_epoch)
+      return bm_fail(m, RKV_ERR_INVALID_ARG, "compact: stream (layer %u, head %u) listed twice",
+                     kl->layer, kl->head);
+    m->mark[s] = m->mark_epoch;
+    int32_t len = q->len[s];
+    if (kl->n > (uint32_t)len)
+      return bm_fail(m, RKV_ERR_INVALID_ARG, "compact: list %u keeps %u of %d tokens", l, kl->n,
+                     len);
+    int32_t k = (int32_t)kl->n;
+    const int32_t *pos = kl->pos;
+    if (k && !pos) return bm_fail(m, RKV_ERR_INVALID_ARG, "compact: list %u pos is NULL", l);
+    const int32_t *row = q->tab + (size_t)s * (size_t)q->cap;
+    int32_t prev = -1;
+    for (int32_t r = 0, lo = 0; lo < k; r++, lo += bs) {
+      int32_t hi = bm_min32(k, lo + bs), same = 0;
+      for (int32_t i = lo; i < hi; i++) {
+        int32_t p = pos[i];
+        if (p <= prev || p >= len)
+          return bm_fail(m, RKV_ERR_INVALID_ARG,
+                         "compact: list %u pos[%d] = %d not increasing or outside [0, %d)", l, i, p,
+                         len);
+        prev = p;
+        same += p == i;
+      }
+      if (bm_needs_fresh(m, row, pos, k, r)) {
+        fresh++;
+        nmov += (uint64_t)(hi - lo);
+      } else {
+        nmov += (uint64_t)(hi - lo - same);
+      }
+    }
+  }
+  if (n_moves) *n_moves = nmov > UINT32_MAX ? UINT32_MAX : (uint32_t)nmov;
+  if (fresh > m->free_top)
+    return bm_fail(m, RKV_ERR_NO_BLOCKS, "compact: needs %lld fresh blocks, %d free",
+                   (long long)fresh, m->free_top);
+  if (nmov > moves_cap)
+    return bm_fail(m, RKV_ERR_CAPACITY, "compact: %llu moves, capacity %u",
+                   (unsigned long long)nmov, moves_cap);
+
+  /* Pass 2: pop fresh blocks, emit moves, set lengths. Row positions above r still hold the
+   * old blocks while r is processed; only r's own old block is replaced, after its moves. */
+  uint32_t w = 0;
+  bool shared_tail = false;
+  for (uint32_t l = 0; l < n_lists; l++) {
+    const rkv_keep_list *kl = &lists[l];
+    uint32_t s = kl->layer * H + kl->head;
+    int32_t *row = q->tab + (size_t)s * (size_t)q->cap;
+    int32_t k = (int32_t)kl->n;
+    const int32_t *pos = kl->pos;
+    int32_t nbn = bm_div_up(k, bs);
+    for (int32_t r = 0; r < nbn; r++) {
+      int32_t lo = r * bs, hi = bm_min32(k, lo + bs);
+      int32_t old = row[r];
+      bool fr = bm_needs_fresh(m, row, pos, k, r);
+      int32_t dstb = fr ? bm_pop(m) : old;
+      int64_t dbase = (int64_t)dstb * bs - lo; /* dst slot of position i = dbase + i */
+      if (m->bs_shift >= 0) { /* the usual power-of-two block: no division per token */
+        const int sh = m->bs_shift, mask = bs - 1;
+        for (int32_t i = lo; i < hi; i++) {
+          int32_t p = pos[i];
+          int64_t src = (int64_t)row[p >> sh] * bs + (p & mask), dst = dbase + i;
+          if (src != dst) moves[w++] = (rkv_slot_move){src, dst};
+        }
+      } else {
+        for (int32_t i = lo; i < hi; i++) {
+          int32_t p = pos[i];
+          int64_t src = (int64_t)row[p / bs] * bs + p % bs, dst = dbase + i;
+          if (src != dst) moves[w++] = (rkv_slot_move){src, dst};
+        }
+      }
+      if (fr) {
+        row[r] = dstb;
+        bm_unref(m, old); /* was shared: stays referenced by the other sequence */
+      }
+    }
+    if (k % bs != 0 && m->ref[row[nbn - 1]] > 1) shared_tail = true;
+    m->tokens -= (uint64_t)(q->len[s] - k);
+    q->len[s] = k;
+  }
+  /* Pass 3: release tails (old row positions >= the new block count). */
+  for (uint32_t l = 0; l < n_lists; l++) {
+    uint32_t s = lists[l].layer * H + lists[l].head;
+    int32_t *row = q->tab + (size_t)s * (size_t)q->cap;
+    int32_t nbn = bm_div_up(q->len[s], bs);
+    for (int32_t j = nbn; j < q->nblk[s]; j++) bm_unref(m, row[j]);
+    q->nblk[s] = nbn;
+    bm_set_tbase(m, q, s);
+    bm_mark_dirty(q, s, 0); /* rare: the compacted row is re-sent whole */
+  }
+  /* A shared block kept in place as a partial tail must be copied before the next write. */
+  if (shared_tail) q->maybe_shared_tail = true;
+  bm_update_room(m, q);
+  if (n_moves) *n_moves = w;
+  return bm_after_op(m);
+}
+
+RKV_API rkv_status rkv_blockmgr_compact_uniform(rkv_blockmgr *m, int64_t seq, int32_t layer,
+                                                int32_t keep, rkv_compact_map *maps,
+                                                uint32_t maps_cap, uint32_t *n_maps,
+                                                int32_t *old_blocks, uint32_t old_cap,
+                                                uint32_t *n_old) {
+  if (!m) return RKV_ERR_INVALID_ARG;
+  if (n_maps) *n_maps = 0;
+  if (n_old) *n_old = 0;
+  if (layer >= (int64_t)m->cfg.num_layers)
+    return bm_fail(m, RKV_ERR_INVALID_ARG, "compact_uniform: layer %d >= %u", layer,
+                   m->cfg.num_layers);
+  if (keep < 0) return bm_fail(m, RKV_ERR_INVALID_ARG, "compact_uniform: keep %d < 0", keep);
+  if ((maps_cap && !maps) || (old_cap && !old_blocks))
+    return bm_fail(m, RKV_ERR_INVALID_ARG, "compact_uniform: NULL array with nonzero capacity");
+  bm_seq *q = NULL;
+  RKV_TRY(bm_get_seq(m, seq, &q));
+  const uint32_t H = m->cfg.num_kv_heads;
+  const int32_t bs = m->bs;
+  uint32_t s0 = layer < 0 ? 0 : (uint32_t)layer * H;
+  uint32_t s1 = layer < 0 ? m->streams : s0 + H;
+  int32_t nbn = bm_div_up(keep, bs);
+
+  uint64_t nm = 0, no = 0;
+  int64_t fresh = 0;
+  for (uint32_t s = s0; s < s1; s++) {
+    if (q->len[s] <= keep) continue;
+    const int32_t *row = q->tab + (size_t)s * (size_t)q->cap;
+    nm++;
+    no += (uint64_t)q->nblk[s];
+    for (int32_t r = 0; r < nbn; r++) fresh += m->ref[row[r]] > 1;
+  }
+  if (n_maps) *n_maps = (uint32_t)nm;
+  if (n_old) *n_old = no > UINT32_MAX ? UINT32_MAX : (uint32_t)no;
+  if (fresh > m->free_top)
+    return bm_fail(m, RKV_ERR_NO_BLOCKS, "compact_uniform: needs %lld fresh blocks, %d free",
+                   (long long)fresh, m->free_top);
+  if (nm > maps_cap || no > old_cap)
+    return bm_fail(m, RKV_ERR_CAPACITY,
+                   "compact_uniform: needs %llu maps (cap %u) and %llu old ids (cap %u)",
+                   (unsigned long long)nm, maps_cap, (unsigned long long)no, old_cap);
+
+  uint32_t mi = 0, oi = 0;
+  for (uint32_t s = s0; s < s1; s++) {
+    if (q->len[s] <= keep) continue;
+    int32_t *row = q->tab + (size_t)s * (size_t)q->cap;
+    rkv_compact_map *mp = &maps[mi++];
+    mp->layer = s / H;
+    mp->head = s % H;
+    mp->old_len = q->len[s];
+    mp->new_len = keep;
+    mp->old_offset = (int32_t)oi;
+    mp->old_n_blocks = q->nblk[s];
+    memcpy(old_blocks + oi, row, (size_t)q->nblk[s] * sizeof(int32_t));
+    oi += (uint32_t)q->nblk[s];
+    for (int32_t r = 0; r < nbn; r++) {
+      if (m->ref[row[r]] > 1) {
+        int32_t old = row[r];
+        row[r] = bm_pop(m);
+        bm_unref(m, old);
+      }
+    }
+    m->tokens -= (uint64_t)(q->len[s] - keep);
+    q->len[s] = keep;
+  }
+  for (uint32_t i = 0; i < mi; i++) {
+    uint32_t s = maps[i].layer * H + maps[i].head;
+    int32_t *row = q->tab + (size_t)s * (size_t)q->cap;
+    for (int32_t j = nbn; j < q->nblk[s]; j++) bm_unref(m, row[j]);
+    q->nblk[s] = nbn;
+    bm_set_tbase(m, q, s);
+    bm_mark_dirty(q, s, 0); /* rare: the compacted row is re-sent whole */
+  }
+  bm_update_room(m, q);
+  return bm_after_op(m);
+}

@@ -1,0 +1,34 @@
+/* Incremental table export: keeps a caller's padded per-sequence mirror of the block tables
+ * current by writing only what changed since the last sync (DESIGN-NOTES §1 and §3: per-step
+ * host work must not touch every table entry). Change tracking is the per-stream `dirty`
+ * watermark maintained by append, fork, restore and the compactions. */
+#include <string.h>
+
+#include "blockmgr_impl.h"
+
+RKV_API rkv_status rkv_blockmgr_sync_rows(rkv_blockmgr *m, int64_t seq, bool full, int32_t *rows,
+                                          uint32_t stride, int32_t *lens, uint32_t *n_written) {
+  if (!m) return RKV_ERR_INVALID_ARG;
+  if (!rows || !lens) return bm_fail(m, RKV_ERR_INVALID_ARG, "sync_rows: rows or lens is NULL");
+  bm_seq *q = NULL;
+  RKV_TRY(bm_get_seq(m, seq, &q));
+  const uint32_t S = m->streams;
+  for (uint32_t s = 0; s < S; s++)
+    if ((uint32_t)q->nblk[s] > stride)
+      return bm_fail(m, RKV_ERR_CAPACITY, "sync_rows: stream %u has %d blocks > stride %u", s,
+                     q->nblk[s], stride);
+  uint32_t written = 0;
+  for (uint32_t s = 0; s < S; s++) {
+    lens[s] = q->len[s];
+    int32_t from = full ? 0 : q->dirty[s];
+    int32_t nb = q->nblk[s];
+    if (from < nb) {
+      memcpy(rows + (size_t)s * stride + from, q->tab + (size_t)s * (size_t)q->cap + from,
+             (size_t)(nb - from) * sizeof(int32_t));
+      written += (uint32_t)(nb - from);
+    }
+    q->dirty[s] = INT32_MAX;
+  }
+  if (n_written) *n_written = written;
+  return RKV_OK;
+}

@@ -1,0 +1,96 @@
+/* Private interface of the eviction module: the per-head scoring core shared by the dense
+ * entry (tools, tests) and the paged entry (rkv_evict_layer), the similarity kernels (BLAS and
+ * the blocked fallback), the selection step and the workspace carving.
+ *
+ * Everything here works on one kv head at a time on f32 rows already gathered into the
+ * caller's workspace; nothing allocates. */
+#ifndef RKV_EVICT_INTERNAL_H
+#define RKV_EVICT_INTERNAL_H
+
+#include <rkv/evict.h>
+
+#include "rkv_internal.h"
+
+/* Rows of the similarity matrix computed per tile: bounds the workspace to
+ * RKVI_SIM_TILE * n floats instead of n * n while keeping the product GEMM-shaped. */
+#define RKVI_SIM_TILE 256
+
+/* Query rows per logits product: the f64 output [rows][n] fits the similarity tile. */
+#define RKVI_LOGIT_ROWS (RKVI_SIM_TILE / 2)
+
+/* Alignment of every workspace region (cache line, and what AVX-512 loads like). */
+#define RKVI_WS_ALIGN 64
+
+/* Sizes (bytes) of the scratch regions the scorer needs for one head of up to max_len
+ * tokens; every region is rounded up to RKVI_WS_ALIGN. */
+typedef struct rkvi_head_ws {
+  float *k;      /* [n][d] keys (raw, then normalised in place) */
+  float *kt;     /* [d][64] transposed panel for the blocked kernel (fallback only) */
+  float *sim;    /* [tile][n] similarity tile (first the window logits, <= tile rows) */
+  double *logit; /* [window][n] GQA-max logits, then probabilities */
+  double *imp;   /* [n] importance (pooled) */
+  double *imp0;  /* [n] importance before pooling */
+  double *red;   /* [n] redundancy r then R */
+  double *z;     /* [n] joint score */
+  int32_t *heap; /* [n] selection heap */
+  uint8_t *mark; /* [n] kept flags */
+  int32_t *js;   /* [n] redundancy: j*(i) found right of the diagonal, or -1 */
+  int32_t *la;   /* [n] redundancy: last row j < i with S[j][i] > T, or -1 */
+  double *jv;    /* [n] S[i][js[i]] */
+  double *lv;    /* [n] S[la[i]][i] */
+  double *s0;    /* [n] S[0][i] (the no-neighbour entry) */
+  double *kd;    /* [n][d] keys as f64 (logits through dgemm) */
+  double *qd;    /* [RKVI_LOGIT_ROWS][d] query rows as f64 */
+} rkvi_head_ws;
+
+/* Bytes of one head's scratch for up to max_len tokens (0 on overflow). */
+size_t rkvi_head_ws_bytes(int32_t max_len, uint32_t head_dim, int32_t window);
+/* Carves `base` (RKVI_WS_ALIGN aligned, rkvi_head_ws_bytes long) into the regions. */
+void rkvi_head_ws_carve(void *base, int32_t max_len, uint32_t head_dim, int32_t window,
+                        rkvi_head_ws *ws);
+
+/* Optional score dumps of one head, each [n - window] (NULL = not wanted). */
+typedef struct rkvi_head_dump {
+  float *importance;
+  float *redundancy;
+  float *joint;
+} rkvi_head_dump;
+
+/* Scores and selects one kv head.
+ *  ws->k holds the head's keys [n][d] as f32 (overwritten: normalised in place);
+ *  q    [group][window][d] the window queries of the head's query group (R-KV, SnapKV);
+ *  acc  [n] accumulated attention mass (H2O), else NULL;
+ *  keep [min(n, budget)] receives the kept positions, ascending.
+ * Requires n > budget (callers handle n <= budget). Never fails on valid parameters. */
+void rkvi_evict_head(const rkv_evict_params *p, int32_t n, uint32_t d, uint32_t group,
+                     const float *q, const float *acc, rkvi_head_ws *ws, int32_t *keep,
+                     const rkvi_head_dump *dump);
+
+/* out[i][j] = a[i] . b[j] for i < m, j < nb; a [m][d], b [nb][d], out [m][nb], all
+ * row-major and dense. cblas_sgemm when built with a BLAS and use_blas; otherwise the blocked
+ * kernel, which needs kt [d][64]. */
+void rkvi_gemm_abt(const float *a, int32_t m, const float *b, int32_t nb, uint32_t d, float *out,
+                   float *kt, bool use_blas);
+/* out[i][j] = a[i] . b[j] in f64 (products of f32 values are exact, sums in f64) for
+ * i < m <= RKVI_LOGIT_ROWS, j < nb: cblas_dgemm on f64 copies (ad [m][d], bd [nb][d]) when
+ * built with a BLAS and use_blas, else eight-way f64 dot products. */
+void rkvi_gemm_abt_f64(const float *a, int32_t m, const float *b, int32_t nb, uint32_t d,
+                       double *out, double *ad, double *bd, bool use_blas);
+/* Vector loops of the redundancy row pass (in the -O3 file): the f64 sum of m floats; r[t] +=
+ * u[t]; and for every t with u[t] > thr: last_row[t] = row, last_val[t] = u[t]. */
+double rkvi_sum_f32(const float *u, int32_t m);
+/* f64 dot product of f32 vectors (exact products, eight partial sums). */
+double rkvi_dot_f32(const float *a, const float *b, uint32_t d);
+void rkvi_add_f32(double *r, const float *u, int32_t m);
+void rkvi_mark_above(const float *u, int32_t m, float thr, int32_t row, int32_t *last_row,
+                     double *last_val);
+/* True when this build links a BLAS. */
+bool rkvi_have_blas(void);
+
+/* Top-k selection: keeps the `k` positions j < n_cand with the highest z (ties: lower
+ * position), plus positions [n_cand, n); writes the kept positions ascending into keep.
+ * heap [k] and mark [n] are scratch. */
+void rkvi_select_top(const double *z, int32_t n_cand, int32_t k, int32_t n, int32_t *heap,
+                     uint8_t *mark, int32_t *keep);
+
+#endif /* RKV_EVICT_INTERNAL_H */

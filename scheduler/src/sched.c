@@ -1,0 +1,1107 @@
+/* The continuous-batching scheduler (rkv/scheduler.h): request bookkeeping, the per-step
+ * planner (decodes, chunked prefills, preemption by recompute or swap, swap-in, admission by
+ * bounded footprint), the report path, metrics and the invariant walker.
+ *
+ * Requests live in individually allocated records (so pointers the plan hands out stay put),
+ * found by id through an open-addressing hash map, and threaded on intrusive doubly linked
+ * queues kept in one total order: priority descending, then arrival, then insertion number.
+ * The head of `running` is scheduled first; its tail is the preemption victim. */
+#include <stdio.h>
+#include <string.h>
+
+#include <rkv/scheduler.h>
+
+#include "rkv_internal.h"
+
+typedef enum { Q_NONE = 0, Q_WAITING, Q_RUNNING, Q_SWAPPED } queue_id;
+
+typedef struct req {
+  int64_t id;
+  int64_t prompt_len;
+  int64_t max_new;
+  int32_t priority;
+  double arrival;
+  uint64_t order; /* insertion number: the last tie-break */
+  rkv_evict_params evict;
+  queue_id q;
+  struct req *prev, *next;
+  int64_t generated;
+  int64_t computed; /* logical tokens whose K/V is cached */
+  int64_t target;   /* tokens the current (re)prefill must compute */
+  int32_t kv_len;   /* per-stream cached tokens */
+  uint32_t preemptions;
+  uint32_t compressions;
+  uint64_t bound;      /* bound of the current admission (reserved while running) */
+  bool reserved;       /* bound counted in s->reserved */
+  uint64_t sched_step; /* step + 1 of the plan that scheduled it (0 = none) */
+  uint32_t plan_idx;
+  bool reported;
+  /* swap */
+  int32_t host_head; /* first host block of the chain, -1 = none */
+  uint32_t host_n;
+  int32_t *lens; /* [streams] per-stream lengths at swap-out (swap mode only) */
+} req;
+
+typedef struct queue {
+  req *head, *tail;
+  uint32_t n;
+} queue;
+
+struct rkv_sched {
+  rkv_sched_config cfg;
+  rkv_allocator alloc_copy;
+  const rkv_allocator *alloc;
+  rkv_logger log_copy;
+  const rkv_logger *log;
+  rkv_blockmgr *bm;
+  uint32_t streams;
+  uint32_t block_size;
+  uint32_t total_blocks;
+  uint32_t watermark_blocks;
+  uint32_t bm_max_seqs;
+  uint32_t free_limit;
+  char err[RKV_ERRBUF];
+
+  /* id -> req map (linear probing, backward-shift deletion) */
+  req **map;
+  uint32_t map_cap; /* power of two */
+  uint32_t live;
+  uint64_t next_order;
+
+  queue waiting, running, swapped;
+  uint64_t reserved;
+
+  /* host pool */
+  int32_t *host_next; /* [host_blocks] chain links */
+  int32_t *host_free; /* [host_blocks] free stack */
+  uint32_t host_n_free;
+
+  /* plan storage, sized at create */
+  rkv_sched_plan plan;
+  bool outstanding;
+  uint64_t step_no;
+  rkv_sched_seq *seqs;    /* [max_seqs] */
+  req **seq_req;          /* [max_seqs] */
+  rkv_block_copy *copies; /* [copies_cap] */
+  uint32_t copies_cap;
+  rkv_sched_swap *swap_out; /* [host_blocks] */
+  rkv_sched_swap *swap_in;  /* [host_blocks] */
+  int64_t *preempted;       /* [max_seqs] */
+  int64_t *swapped_out;     /* [max_seqs] */
+  int64_t *swapped_in;      /* [max_seqs] */
+  int64_t *finished;        /* [fin_cap] finished since the last plan */
+  uint32_t fin_cap, n_fin;
+  int64_t *plan_fin;        /* [fin_cap] the copy handed out with the plan */
+  rkv_sched_fork_op *forks; /* [forks_cap] forks since the last plan */
+  rkv_sched_fork_op *plan_forks;
+  uint32_t forks_cap, n_forks;
+
+  rkv_sched_metrics m;
+};
+
+/* ---- small helpers ---------------------------------------------------------------------- */
+
+static uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+static uint64_t ceil_div(uint64_t a, uint64_t b) {
+  return (a + b - 1) / b;
+}
+
+/* true if a must run before b */
+static bool before(const req *a, const req *b) {
+  if (a->priority != b->priority) return a->priority > b->priority;
+  if (a->arrival != b->arrival) return a->arrival < b->arrival;
+  return a->order < b->order;
+}
+
+static queue *queue_of(rkv_sched *s, queue_id q) {
+  return q == Q_WAITING ? &s->waiting : q == Q_RUNNING ? &s->running : &s->swapped;
+}
+
+static void q_remove(rkv_sched *s, req *r) {
+  queue *q = queue_of(s, r->q);
+  if (r->prev)
+    r->prev->next = r->next;
+  else
+    q->head = r->next;
+  if (r->next)
+    r->next->prev = r->prev;
+  else
+    q->tail = r->prev;
+  r->prev = r->next = NULL;
+  q->n--;
+  r->q = Q_NONE;
+}
+
+/* Ordered insert, scanning from the tail (new and recent requests belong near it). */
+static void q_insert(rkv_sched *s, queue_id qid, req *r) {
+  queue *q = queue_of(s, qid);
+  req *after = q->tail;
+  while (after && before(r, after)) after = after->prev;
+  r->prev = after;
+  r->next = after ? after->next : q->head;
+  if (r->next)
+    r->next->prev = r;
+  else
+    q->tail = r;
+  if (after)
+    after->next = r;
+  else
+    q->head = r;
+  q->n++;
+  r->q = qid;
+}
+
+static uint32_t map_slot(const rkv_sched *s, int64_t id) {
+  return (uint32_t)(mix64((uint64_t)id) & (s->map_cap - 1));
+}
+
+static req *map_find(const rkv_sched *s, int64_t id) {
+  if (!s->map_cap) return NULL;
+  for (uint32_t i = map_slot(s, id);; i = (i + 1) & (s->map_cap - 1)) {
+    if (!s->map[i]) return NULL;
+    if (s->map[i]->id == id) return s->map[i];
+  }
+}
+
+static void map_put_nogrow(rkv_sched *s, req *r) {
+  uint32_t i = map_slot(s, r->id);
+  while (s->map[i]) i = (i + 1) & (s->map_cap - 1);
+  s->map[i] = r;
+}
+
+static rkv_status map_reserve(rkv_sched *s, uint32_t want_live) {
+  if ((uint64_t)want_live * 2 <= s->map_cap) return RKV_OK;
+  uint32_t cap = s->map_cap ? s->map_cap : 64;
+  while ((uint64_t)want_live * 2 > cap) {
+    if (cap >= (1u << 30)) return rkvi_fail(s->err, RKV_ERR_NO_MEMORY, "request map full");
+    cap *= 2;
+  }
+  req **nm = rkvi_calloc(s->alloc, sizeof(req *) * cap, sizeof(void *));
+  if (!nm) return rkvi_fail(s->err, RKV_ERR_NO_MEMORY, "request map of %u entries", cap);
+  req **old = s->map;
+  uint32_t old_cap = s->map_cap;
+  s->map = nm;
+  s->map_cap = cap;
+  for (uint32_t i = 0; i < old_cap; i++)
+    if (old[i]) map_put_nogrow(s, old[i]);
+  rkvi_free(s->alloc, old, sizeof(req *) * old_cap);
+  return RKV_OK;
+}
+
+static void map_del(rkv_sched *s, int64_t id) {
+  uint32_t mask = s->map_cap - 1, i = map_slot(s, id);
+  while (s->map[i] && s->map[i]->id != id) i = (i + 1) & mask;
+  if (!s->map[i]) return;
+  s->map[i] = NULL;
+  /* backward-shift: re-place the rest of the cluster so lookups never stop early */
+  for (uint32_t j = (i + 1) & mask; s->map[j]; j = (j + 1) & mask) {
+    req *r = s->map[j];
+    s->map[j] = NULL;
+    map_put_nogrow(s, r);
+  }
+}
+
+static void req_free(rkv_sched *s, req *r) {
+  if (r->lens) rkvi_free(s->alloc, r->lens, sizeof(int32_t) * s->streams);
+  rkvi_free(s->alloc, r, sizeof(req));
+}
+
+static const rkv_evict_params *req_evict(const req *r) {
+  return &r->evict;
+}
+
+static bool evicts(const rkv_evict_params *e) {
+  return e->policy != RKV_EVICT_FULL;
+}
+
+static uint64_t bound_tokens(const rkv_evict_params *e, int64_t prefill, int64_t remaining) {
+  int64_t total = prefill + remaining;
+  if (!evicts(e)) return (uint64_t)total;
+  int64_t cap = (int64_t)e->budget + e->buffer;
+  int64_t peak = prefill > cap ? prefill : cap;
+  return (uint64_t)(total < peak ? total : peak);
+}
+
+static uint64_t bound_blocks_of(const rkv_sched *s, const rkv_evict_params *e, int64_t prefill,
+                                int64_t remaining) {
+  return (uint64_t)s->streams * ceil_div(bound_tokens(e, prefill, remaining), s->block_size);
+}
+
+/* Bound of a request's next admission: its (re)prefill plus what it may still generate. */
+static uint64_t req_bound(const rkv_sched *s, const req *r) {
+  int64_t remaining = r->max_new - r->generated;
+  return bound_blocks_of(s, &r->evict, r->target, remaining > 0 ? remaining : 0);
+}
+
+static uint32_t reserve_capacity(const rkv_sched *s) {
+  return s->total_blocks > s->watermark_blocks ? s->total_blocks - s->watermark_blocks : 0;
+}
+
+static void release_reservation(rkv_sched *s, req *r) {
+  if (r->reserved) {
+    s->reserved -= r->bound;
+    r->reserved = false;
+  }
+}
+
+static uint32_t bm_free(const rkv_sched *s) {
+  rkv_blockmgr_stats st;
+  rkv_blockmgr_get_stats(s->bm, &st);
+  return st.free_blocks;
+}
+
+/* Makes room for `extra` more finished ids plus a whole plan's worth (report never fails). */
+static rkv_status reserve_finished(rkv_sched *s, uint32_t extra) {
+  uint64_t want = (uint64_t)s->n_fin + extra + s->cfg.max_seqs;
+  if (want <= s->fin_cap) return RKV_OK;
+  if (want > (1u << 30)) return rkvi_fail(s->err, RKV_ERR_NO_MEMORY, "finished list");
+  uint32_t nc = s->fin_cap;
+  while (nc < want) nc *= 2;
+  int64_t *a = rkvi_realloc(s->alloc, s->finished, sizeof(int64_t) * (s->fin_cap + 1),
+                            sizeof(int64_t) * (nc + 1), 16);
+  if (!a) return rkvi_fail(s->err, RKV_ERR_NO_MEMORY, "finished list");
+  s->finished = a;
+  int64_t *b = rkvi_realloc(s->alloc, s->plan_fin, sizeof(int64_t) * (s->fin_cap + 1),
+                            sizeof(int64_t) * (nc + 1), 16);
+  if (!b) return rkvi_fail(s->err, RKV_ERR_NO_MEMORY, "finished list");
+  s->plan_fin = b;
+  s->fin_cap = nc;
+  return RKV_OK;
+}
+
+static void push_finished(rkv_sched *s, int64_t id) {
+  RKV_ASSERT(s->n_fin < s->fin_cap);
+  s->finished[s->n_fin++] = id;
+}
+
+/* Frees a live request everywhere: queue, block manager, host pool, map, memory. */
+static void drop_request(rkv_sched *s, req *r) {
+  if (r->q == Q_RUNNING) (void)rkv_blockmgr_seq_free(s->bm, r->id);
+  int32_t h = r->host_head;
+  while (h >= 0) {
+    int32_t nx = s->host_next[h];
+    s->host_free[s->host_n_free++] = h;
+    h = nx;
+  }
+  release_reservation(s, r);
+  if (r->q != Q_NONE) q_remove(s, r);
+  map_del(s, r->id);
+  s->live--;
+  req_free(s, r);
+}
+
+/* ---- lifecycle -------------------------------------------------------------------------- */
+
+const char *rkv_sched_admission_name(rkv_sched_admission a) {
+  return a == RKV_SCHED_RESERVE ? "reserve" : a == RKV_SCHED_OPTIMISTIC ? "optimistic" : "invalid";
+}
+
+const char *rkv_sched_preempt_mode_name(rkv_sched_preempt_mode p) {
+  return p == RKV_SCHED_PREEMPT_RECOMPUTE ? "recompute"
+         : p == RKV_SCHED_PREEMPT_SWAP    ? "swap"
+                                          : "invalid";
+}
+
+static rkv_status cfg_fail(char *err, size_t err_len, const char *msg) {
+  if (err && err_len) snprintf(err, err_len, "%s", msg);
+  return RKV_ERR_INVALID_ARG;
+}
+
+rkv_status rkv_sched_create(const rkv_sched_config *cfg_in, rkv_blockmgr *m, rkv_sched **out,
+                            char *err, size_t err_len) {
+  if (err && err_len) err[0] = '\0';
+  if (!out) return cfg_fail(err, err_len, "rkv_sched_create: out is NULL");
+  *out = NULL;
+  if (!m) return cfg_fail(err, err_len, "rkv_sched_create: block manager is NULL");
+  rkv_sched_config def = RKV_SCHED_CONFIG_INIT;
+  rkv_sched_config cfg = def;
+  if (cfg_in) {
+    if (cfg_in->struct_size < sizeof(rkv_sched_config))
+      return cfg_fail(err, err_len, "rkv_sched_create: struct_size too small (old header?)");
+    cfg = *cfg_in;
+  }
+  if (cfg.max_batched_tokens < 1 || cfg.max_seqs < 1 || cfg.max_seqs > (1u << 20))
+    return cfg_fail(err, err_len, "max_batched_tokens must be >= 1 and max_seqs in [1, 2^20]");
+  if (cfg.max_prefill_chunk == 0 || cfg.max_prefill_chunk > cfg.max_batched_tokens)
+    cfg.max_prefill_chunk = cfg.max_batched_tokens;
+  if (cfg.admission != RKV_SCHED_RESERVE && cfg.admission != RKV_SCHED_OPTIMISTIC)
+    return cfg_fail(err, err_len, "admission must be reserve or optimistic");
+  if (cfg.preempt != RKV_SCHED_PREEMPT_RECOMPUTE && cfg.preempt != RKV_SCHED_PREEMPT_SWAP)
+    return cfg_fail(err, err_len, "preempt must be recompute or swap");
+  if (cfg.host_blocks > (1u << 30)) return cfg_fail(err, err_len, "host_blocks too large");
+  char e2[RKV_ERRBUF];
+  if (rkv_evict_params_validate(&cfg.evict, e2, sizeof e2) != RKV_OK) {
+    if (err && err_len) snprintf(err, err_len, "default evict params: %s", e2);
+    return RKV_ERR_INVALID_ARG;
+  }
+
+  const rkv_blockmgr_config *bc = rkv_blockmgr_get_config(m);
+  rkv_allocator ac = {0};
+  if (cfg.allocator) ac = *cfg.allocator;
+  rkv_sched *s = rkvi_calloc(cfg.allocator ? &ac : NULL, sizeof *s, 16);
+  if (!s) {
+    if (err && err_len) snprintf(err, err_len, "out of memory");
+    return RKV_ERR_NO_MEMORY;
+  }
+  s->cfg = cfg;
+  if (cfg.allocator) {
+    s->alloc_copy = *cfg.allocator;
+    s->alloc = &s->alloc_copy;
+  }
+  s->cfg.allocator = s->alloc;
+  if (cfg.logger) {
+    s->log_copy = *cfg.logger;
+    s->log = &s->log_copy;
+  }
+  s->cfg.logger = s->log;
+  s->bm = m;
+  s->streams = rkv_blockmgr_streams_per_seq(m);
+  s->block_size = bc->block_size;
+  rkv_blockmgr_stats st;
+  rkv_blockmgr_get_stats(m, &st);
+  s->total_blocks = st.total_blocks;
+  s->watermark_blocks = st.watermark_blocks;
+  s->bm_max_seqs = bc->max_seqs ? bc->max_seqs : 4096;
+  s->free_limit = UINT32_MAX;
+  s->copies_cap = s->streams * cfg.max_seqs; /* at most one CoW copy per stream per step */
+
+  uint32_t ms = cfg.max_seqs, hb = cfg.host_blocks;
+  s->fin_cap = ms + 16;
+  rkv_status ret = RKV_OK;
+#define ALLOC_ARR(p, n) \
+  if (!((p) = rkvi_calloc(s->alloc, sizeof(*(p)) * ((size_t)(n) + 1), 16))) goto oom
+  ALLOC_ARR(s->seqs, ms);
+  ALLOC_ARR(s->seq_req, ms);
+  ALLOC_ARR(s->copies, s->copies_cap);
+  ALLOC_ARR(s->swap_out, hb);
+  ALLOC_ARR(s->swap_in, hb);
+  ALLOC_ARR(s->preempted, ms);
+  ALLOC_ARR(s->swapped_out, ms);
+  ALLOC_ARR(s->swapped_in, ms);
+  ALLOC_ARR(s->finished, s->fin_cap);
+  ALLOC_ARR(s->plan_fin, s->fin_cap);
+  ALLOC_ARR(s->host_next, hb);
+  ALLOC_ARR(s->host_free, hb);
+#undef ALLOC_ARR
+  /* free stack popped from the end: lowest ids first, deterministic */
+  for (uint32_t i = 0; i < hb; i++) s->host_free[i] = (int32_t)(hb - 1 - i);
+  s->host_n_free = hb;
+  ret = map_reserve(s, 32);
+  if (ret != RKV_OK) goto oom;
+  s->m.total_blocks = s->total_blocks;
+  s->m.host_total_blocks = hb;
+  *out = s;
+  return RKV_OK;
+oom:
+  rkv_sched_destroy(s);
+  if (err && err_len) snprintf(err, err_len, "out of memory for scheduler arrays");
+  return RKV_ERR_NO_MEMORY;
+}
+
+void rkv_sched_destroy(rkv_sched *s) {
+  if (!s) return;
+  for (uint32_t i = 0; s->map && i < s->map_cap; i++) {
+    req *r = s->map[i];
+    if (!r) continue;
+    if (r->q == Q_RUNNING) (void)rkv_blockmgr_seq_free(s->bm, r->id);
+    req_free(s, r);
+  }
+  uint32_t ms = s->cfg.max_seqs, hb = s->cfg.host_blocks;
+  const rkv_allocator *a = s->alloc;
+  rkvi_free(a, s->map, sizeof(req *) * s->map_cap);
+  rkvi_free(a, s->seqs, sizeof(*s->seqs) * (ms + 1));
+  rkvi_free(a, s->seq_req, sizeof(*s->seq_req) * (ms + 1));
+  rkvi_free(a, s->copies, sizeof(*s->copies) * (s->copies_cap + 1));
+  rkvi_free(a, s->swap_out, sizeof(*s->swap_out) * (hb + 1));
+  rkvi_free(a, s->swap_in, sizeof(*s->swap_in) * (hb + 1));
+  rkvi_free(a, s->preempted, sizeof(int64_t) * (ms + 1));
+  rkvi_free(a, s->swapped_out, sizeof(int64_t) * (ms + 1));
+  rkvi_free(a, s->swapped_in, sizeof(int64_t) * (ms + 1));
+  rkvi_free(a, s->finished, sizeof(int64_t) * (s->fin_cap + 1));
+  rkvi_free(a, s->plan_fin, sizeof(int64_t) * (s->fin_cap + 1));
+  rkvi_free(a, s->forks, sizeof(*s->forks) * s->forks_cap);
+  rkvi_free(a, s->plan_forks, sizeof(*s->plan_forks) * s->forks_cap);
+  rkvi_free(a, s->host_next, sizeof(int32_t) * (hb + 1));
+  rkvi_free(a, s->host_free, sizeof(int32_t) * (hb + 1));
+  rkvi_free(a, s, sizeof *s);
+}
+
+const char *rkv_sched_last_error(const rkv_sched *s) {
+  return s ? s->err : "NULL scheduler";
+}
+
+void rkv_sched_set_free_blocks_limit(rkv_sched *s, uint32_t limit) {
+  if (s) s->free_limit = limit;
+}
+
+uint64_t rkv_sched_bound_blocks(const rkv_sched *s, int64_t prompt_len, int64_t max_new_tokens,
+                                const rkv_evict_params *evict) {
+  if (!s || prompt_len < 0 || max_new_tokens < 0) return 0;
+  return bound_blocks_of(s, evict ? evict : &s->cfg.evict, prompt_len, max_new_tokens);
+}
+
+rkv_status rkv_sched_add_request(rkv_sched *s, const rkv_sched_request *rq) {
+  if (!s) return RKV_ERR_INVALID_ARG;
+  rkv_status ret;
+  if (!rq) {
+    ret = rkvi_fail(s->err, RKV_ERR_INVALID_ARG, "add_request: request is NULL");
+    goto rejected;
+  }
+  if (rq->id < 0) {
+    ret = rkvi_fail(s->err, RKV_ERR_INVALID_ARG, "request id %lld: ids must be >= 0",
+                    (long long)rq->id);
+    goto rejected;
+  }
+  if (rq->prompt_len < 1 || rq->max_new_tokens < 1 || rq->prompt_len > INT32_MAX / 2 ||
+      rq->max_new_tokens > INT32_MAX / 2) {
+    ret = rkvi_fail(s->err, RKV_ERR_INVALID_ARG,
+                    "request %lld: prompt_len %lld and max_new_tokens %lld must be in [1, 2^30)",
+                    (long long)rq->id, (long long)rq->prompt_len, (long long)rq->max_new_tokens);
+    goto rejected;
+  }
+  const rkv_evict_params *e = rq->evict ? rq->evict : &s->cfg.evict;
+  if (rq->evict) {
+    char e2[RKV_ERRBUF];
+    if (rq->evict->struct_size < sizeof(rkv_evict_params) ||
+        rkv_evict_params_validate(rq->evict, e2, sizeof e2) != RKV_OK) {
+      ret = rkvi_fail(s->err, RKV_ERR_INVALID_ARG, "request %lld: bad evict params: %s",
+                      (long long)rq->id,
+                      rq->evict->struct_size < sizeof(rkv_evict_params) ? "struct_size" : e2);
+      goto rejected;
+    }
+  }
+  if (map_find(s, rq->id)) {
+    ret = rkvi_fail(s->err, RKV_ERR_EXISTS, "request id %lld is already live", (long long)rq->id);
+    goto rejected;
+  }
+  uint64_t bound = bound_blocks_of(s, e, rq->prompt_len, rq->max_new_tokens);
+  uint64_t prompt_blocks = (uint64_t)s->streams * ceil_div((uint64_t)rq->prompt_len, s->block_size);
+  if (prompt_blocks > s->total_blocks || bound > reserve_capacity(s)) {
+    ret = rkvi_fail(s->err, RKV_ERR_CAPACITY,
+                    "request %lld can never fit: needs up to %llu blocks (prompt alone %llu), "
+                    "pool has %u usable of %u",
+                    (long long)rq->id, (unsigned long long)bound, (unsigned long long)prompt_blocks,
+                    reserve_capacity(s), s->total_blocks);
+    goto rejected;
+  }
+  ret = map_reserve(s, s->live + 1);
+  if (ret != RKV_OK) goto rejected;
+  req *r = rkvi_calloc(s->alloc, sizeof(req), 16);
+  if (!r) {
+    ret = rkvi_fail(s->err, RKV_ERR_NO_MEMORY, "request record");
+    goto rejected;
+  }
+  if (s->cfg.preempt == RKV_SCHED_PREEMPT_SWAP && s->cfg.host_blocks) {
+    r->lens = rkvi_calloc(s->alloc, sizeof(int32_t) * s->streams, 16);
+    if (!r->lens) {
+      rkvi_free(s->alloc, r, sizeof(req));
+      ret = rkvi_fail(s->err, RKV_ERR_NO_MEMORY, "request swap lengths");
+      goto rejected;
+    }
+  }
+  r->id = rq->id;
+  r->prompt_len = rq->prompt_len;
+  r->max_new = rq->max_new_tokens;
+  r->priority = rq->priority;
+  r->arrival = rq->arrival;
+  r->order = s->next_order++;
+  r->evict = *e;
+  r->evict.struct_size = sizeof(rkv_evict_params);
+  r->target = rq->prompt_len;
+  r->host_head = -1;
+  map_put_nogrow(s, r);
+  s->live++;
+  q_insert(s, Q_WAITING, r);
+  return RKV_OK;
+rejected:
+  s->m.num_rejected++;
+  return ret;
+}
+
+rkv_status rkv_sched_abort(rkv_sched *s, int64_t id) {
+  if (!s) return RKV_ERR_INVALID_ARG;
+  req *r = map_find(s, id);
+  if (!r)
+    return rkvi_fail(s->err, RKV_ERR_NOT_FOUND, "abort: request %lld is not live", (long long)id);
+  if (s->outstanding && r->sched_step == s->step_no + 1)
+    return rkvi_fail(s->err, RKV_ERR_STATE,
+                     "abort: request %lld is in the outstanding plan; report first", (long long)id);
+  RKV_TRY(reserve_finished(s, 1));
+  push_finished(s, id);
+  drop_request(s, r);
+  s->m.num_aborted++;
+  return RKV_OK;
+}
+
+rkv_status rkv_sched_fork(rkv_sched *s, int64_t parent, int64_t child, int64_t max_new_tokens) {
+  if (!s) return RKV_ERR_INVALID_ARG;
+  req *pr = map_find(s, parent);
+  if (!pr)
+    return rkvi_fail(s->err, RKV_ERR_NOT_FOUND, "fork: parent %lld is not live", (long long)parent);
+  if (pr->q != Q_RUNNING || (s->outstanding && pr->sched_step == s->step_no + 1))
+    return rkvi_fail(s->err, RKV_ERR_STATE,
+                     "fork: parent %lld must be running and not in the outstanding plan",
+                     (long long)parent);
+  if (child < 0 || max_new_tokens <= pr->generated || max_new_tokens > INT32_MAX / 2)
+    return rkvi_fail(s->err, RKV_ERR_INVALID_ARG,
+                     "fork: child id %lld must be >= 0 and max_new_tokens %lld > the %lld "
+                     "tokens already generated",
+                     (long long)child, (long long)max_new_tokens, (long long)pr->generated);
+  if (map_find(s, child))
+    return rkvi_fail(s->err, RKV_ERR_EXISTS, "fork: child id %lld is already live",
+                     (long long)child);
+  if (s->running.n >= s->cfg.max_seqs || rkv_blockmgr_num_seqs(s->bm) >= s->bm_max_seqs)
+    return rkvi_fail(s->err, RKV_ERR_CAPACITY, "fork: %u sequences already running", s->running.n);
+  req tmp = *pr;
+  tmp.id = child;
+  tmp.max_new = max_new_tokens;
+  uint64_t bound = req_bound(s, &tmp);
+  if (s->cfg.admission == RKV_SCHED_RESERVE && s->reserved + bound > reserve_capacity(s))
+    return rkvi_fail(s->err, RKV_ERR_NO_BLOCKS,
+                     "fork: child bound %llu blocks does not fit (%llu of %u reserved)",
+                     (unsigned long long)bound, (unsigned long long)s->reserved,
+                     reserve_capacity(s));
+  if (s->n_forks == s->forks_cap) {
+    uint32_t nc = s->forks_cap ? s->forks_cap * 2 : 16;
+    rkv_sched_fork_op *a =
+        rkvi_realloc(s->alloc, s->forks, sizeof(*a) * s->forks_cap, sizeof(*a) * nc, 16);
+    if (!a) return rkvi_fail(s->err, RKV_ERR_NO_MEMORY, "fork list");
+    s->forks = a;
+    rkv_sched_fork_op *b =
+        rkvi_realloc(s->alloc, s->plan_forks, sizeof(*b) * s->forks_cap, sizeof(*b) * nc, 16);
+    if (!b) return rkvi_fail(s->err, RKV_ERR_NO_MEMORY, "fork list");
+    s->plan_forks = b;
+    s->forks_cap = nc;
+  }
+  RKV_TRY(map_reserve(s, s->live + 1));
+  RKV_TRY(reserve_finished(s, 1));
+  req *r = rkvi_calloc(s->alloc, sizeof(req), 16);
+  if (!r) return rkvi_fail(s->err, RKV_ERR_NO_MEMORY, "request record");
+  if (pr->lens) {
+    r->lens = rkvi_calloc(s->alloc, sizeof(int32_t) * s->streams, 16);
+    if (!r->lens) {
+      rkvi_free(s->alloc, r, sizeof(req));
+      return rkvi_fail(s->err, RKV_ERR_NO_MEMORY, "request swap lengths");
+    }
+  }
+  rkv_status st = rkv_blockmgr_seq_fork(s->bm, parent, child);
+  if (st != RKV_OK) {
+    req_free(s, r);
+    return rkvi_fail(s->err, st, "fork: block manager: %s", rkv_blockmgr_last_error(s->bm));
+  }
+  int32_t *lens = r->lens;
+  *r = tmp;
+  r->lens = lens;
+  r->order = s->next_order++;
+  r->prev = r->next = NULL;
+  r->q = Q_NONE;
+  r->sched_step = 0;
+  r->reported = false;
+  r->preemptions = 0;
+  r->compressions = 0;
+  r->host_head = -1;
+  r->host_n = 0;
+  r->bound = bound;
+  r->reserved = true;
+  s->reserved += bound;
+  map_put_nogrow(s, r);
+  s->live++;
+  q_insert(s, Q_RUNNING, r);
+  s->forks[s->n_forks].parent = parent;
+  s->forks[s->n_forks].child = child;
+  s->n_forks++;
+  return RKV_OK;
+}
+
+/* ---- planning --------------------------------------------------------------------------- */
+
+/* Free blocks admission may count on. */
+static uint32_t admit_free(const rkv_sched *s, uint32_t free_now) {
+  return free_now < s->free_limit ? free_now : s->free_limit;
+}
+
+static uint32_t stream_blocks_total(rkv_sched *s, const req *r) {
+  uint32_t nb = 0;
+  const rkv_blockmgr_config *bc = rkv_blockmgr_get_config(s->bm);
+  for (uint32_t l = 0; l < bc->num_layers; l++)
+    for (uint32_t h = 0; h < bc->num_kv_heads; h++) {
+      const int32_t *ids;
+      int32_t n;
+      if (rkv_blockmgr_stream_blocks(s->bm, r->id, l, h, &ids, &n) == RKV_OK) nb += (uint32_t)n;
+    }
+  return nb;
+}
+
+/* Preempts a running request that is not in this step's plan. */
+static rkv_status preempt(rkv_sched *s, req *r) {
+  rkv_sched_plan *p = &s->plan;
+  const rkv_blockmgr_config *bc = rkv_blockmgr_get_config(s->bm);
+  bool swap = false;
+  if (s->cfg.preempt == RKV_SCHED_PREEMPT_SWAP && r->lens) {
+    uint32_t nb = stream_blocks_total(s, r);
+    swap = nb <= s->host_n_free && p->n_swap_out + nb <= s->cfg.host_blocks;
+  }
+  if (swap) {
+    rkv_sched_swap *ops = s->swap_out + p->n_swap_out;
+    uint32_t k = 0;
+    int32_t prev = -1;
+    r->host_head = -1;
+    for (uint32_t l = 0; l < bc->num_layers; l++)
+      for (uint32_t h = 0; h < bc->num_kv_heads; h++) {
+        const int32_t *ids;
+        int32_t n = 0;
+        RKV_TRY(rkv_blockmgr_stream_blocks(s->bm, r->id, l, h, &ids, &n));
+        RKV_TRY(rkv_blockmgr_stream_len(s->bm, r->id, l, h, &r->lens[l * bc->num_kv_heads + h]));
+        for (int32_t b = 0; b < n; b++) {
+          int32_t hb = s->host_free[--s->host_n_free];
+          s->host_next[hb] = -1;
+          if (prev < 0)
+            r->host_head = hb;
+          else
+            s->host_next[prev] = hb;
+          prev = hb;
+          ops[k].device = ids[b];
+          ops[k].host = hb;
+          k++;
+        }
+      }
+    r->host_n = k;
+    p->n_swap_out += k;
+    s->m.swapped_out_blocks += k;
+    s->m.num_preempt_swap++;
+    s->swapped_out[p->n_swapped_out++] = r->id;
+  } else {
+    s->m.num_preempt_recompute++;
+  }
+  RKV_TRY(rkv_blockmgr_seq_free(s->bm, r->id));
+  release_reservation(s, r);
+  q_remove(s, r);
+  r->preemptions++;
+  s->m.num_preemptions++;
+  s->preempted[p->n_preempted++] = r->id;
+  if (swap) {
+    q_insert(s, Q_SWAPPED, r);
+  } else {
+    /* everything sampled so far is re-fed; the chunk that completes it samples again */
+    r->target = r->prompt_len + r->generated;
+    r->computed = 0;
+    r->kv_len = 0;
+    q_insert(s, Q_WAITING, r);
+  }
+  return RKV_OK;
+}
+
+/* Appends n tokens for r and records it in the plan. */
+static rkv_status schedule(rkv_sched *s, req *r, uint32_t n) {
+  rkv_sched_plan *p = &s->plan;
+  bool decode = r->computed >= r->target;
+  uint32_t nc = 0;
+  RKV_ASSERT(s->copies_cap - p->n_copies >= s->streams);
+  RKV_TRY(rkv_blockmgr_append(s->bm, r->id, n, NULL, s->copies + p->n_copies, &nc));
+  p->n_copies += nc;
+  rkv_sched_seq *q = &s->seqs[p->n_seqs];
+  q->id = r->id;
+  q->kind = decode ? RKV_SCHED_DECODE : RKV_SCHED_PREFILL;
+  q->n_tokens = n;
+  q->pos = r->computed;
+  r->computed += n;
+  r->kv_len += (int32_t)n;
+  q->kv_len = r->kv_len;
+  q->samples = decode || r->computed >= r->target;
+  q->compress = q->samples && rkv_evict_should_compress(&r->evict, r->kv_len, !decode);
+  q->evict = req_evict(r);
+  s->seq_req[p->n_seqs] = r;
+  r->sched_step = s->step_no + 1;
+  r->plan_idx = p->n_seqs;
+  r->reported = false;
+  p->n_seqs++;
+  if (decode) p->n_decode++;
+  p->n_batched_tokens += n;
+  if (!decode) s->m.prompt_tokens += n;
+  return RKV_OK;
+}
+
+static uint32_t chunk_for(const rkv_sched *s, const req *r, uint32_t tokens_left) {
+  if (r->computed >= r->target) return tokens_left ? 1 : 0;
+  int64_t left = r->target - r->computed;
+  uint32_t n = s->cfg.max_prefill_chunk < tokens_left ? s->cfg.max_prefill_chunk : tokens_left;
+  return left < n ? (uint32_t)left : n;
+}
+
+static rkv_status plan_step(rkv_sched *s) {
+  req *r;
+  rkv_sched_plan *p = &s->plan;
+  uint32_t tokens_left = s->cfg.max_batched_tokens;
+  bool preempted_any = false;
+  uint32_t used_watermark = s->watermark_blocks;
+
+  /* 1. running sequences in priority order: decodes first (pass 0), then prefill chunks
+   * (pass 1), so a long prompt never starves the decodes of the token budget. Victims are
+   * the lowest-priority, most recent running sequences not yet scheduled in this step. */
+  for (int pass = 0; pass < 2; pass++) {
+    r = s->running.head;
+    while (r && p->n_seqs < s->cfg.max_seqs && tokens_left) {
+      bool decode = r->computed >= r->target;
+      if (r->sched_step == s->step_no + 1 || decode != (pass == 0)) {
+        r = r->next;
+        continue;
+      }
+      uint32_t n = chunk_for(s, r, tokens_left);
+      if (!n) break;
+      uint32_t need = 0;
+      RKV_TRY(rkv_blockmgr_blocks_needed(s->bm, r->id, n, &need));
+      bool self_preempted = false;
+      while (need > bm_free(s)) {
+        req *victim = s->running.tail;
+        while (victim->sched_step == s->step_no + 1) victim = victim->prev; /* r is unscheduled */
+        self_preempted = victim == r;
+        RKV_TRY(preempt(s, victim));
+        preempted_any = true;
+        if (self_preempted) break;
+      }
+      if (self_preempted) break; /* r was the last unscheduled: nothing follows it */
+      RKV_TRY(schedule(s, r, n));
+      tokens_left -= n;
+      r = r->next;
+    }
+  }
+
+  /* 2. swapped sequences come back before anything new is admitted */
+  while (!preempted_any && s->swapped.head && p->n_seqs < s->cfg.max_seqs && tokens_left &&
+         s->running.n < s->cfg.max_seqs) {
+    r = s->swapped.head;
+    uint32_t n = chunk_for(s, r, tokens_left);
+    if (!n) break;
+    uint64_t blocks = r->host_n + (uint64_t)s->streams * 2; /* room for the next chunk's edge */
+    if (n > 1) blocks = r->host_n + (uint64_t)s->streams * (ceil_div(n, s->block_size) + 1);
+    uint32_t f = admit_free(s, bm_free(s));
+    if (blocks + used_watermark > f) break;
+    uint64_t bound = req_bound(s, r);
+    if (s->cfg.admission == RKV_SCHED_RESERVE && s->reserved + bound > reserve_capacity(s)) break;
+    RKV_TRY(rkv_blockmgr_seq_restore(s->bm, r->id, r->lens));
+    const rkv_blockmgr_config *bc = rkv_blockmgr_get_config(s->bm);
+    int32_t hb = r->host_head;
+    for (uint32_t l = 0; l < bc->num_layers; l++)
+      for (uint32_t h = 0; h < bc->num_kv_heads; h++) {
+        const int32_t *ids;
+        int32_t nb = 0;
+        RKV_TRY(rkv_blockmgr_stream_blocks(s->bm, r->id, l, h, &ids, &nb));
+        for (int32_t b = 0; b < nb; b++) {
+          RKV_ASSERT(hb >= 0);
+          s->swap_in[p->n_swap_in].device = ids[b];
+          s->swap_in[p->n_swap_in].host = hb;
+          p->n_swap_in++;
+          int32_t nx = s->host_next[hb];
+          s->host_free[s->host_n_free++] = hb;
+          hb = nx;
+        }
+      }
+    s->m.swapped_in_blocks += r->host_n;
+    r->host_head = -1;
+    r->host_n = 0;
+    q_remove(s, r);
+    q_insert(s, Q_RUNNING, r);
+    r->bound = bound;
+    r->reserved = true;
+    s->reserved += bound;
+    s->swapped_in[p->n_swapped_in++] = r->id;
+    RKV_TRY(schedule(s, r, n));
+    tokens_left -= n;
+  }
+
+  /* 3. admission of waiting requests, in order, stopping at the first that does not fit */
+  while (!preempted_any && !s->swapped.head && s->waiting.head && p->n_seqs < s->cfg.max_seqs &&
+         tokens_left && s->running.n < s->cfg.max_seqs &&
+         rkv_blockmgr_num_seqs(s->bm) < s->bm_max_seqs) {
+    r = s->waiting.head;
+    uint64_t bound = req_bound(s, r);
+    if (bound > reserve_capacity(s)) {
+      /* a recompute grew past anything the pool can hold: it can never run again */
+      rkvi_log(s->log, RKV_LOG_WARN, "request %lld aborted: recompute needs %llu blocks",
+               (long long)r->id, (unsigned long long)bound);
+      RKV_TRY(reserve_finished(s, 1));
+      push_finished(s, r->id);
+      drop_request(s, r);
+      s->m.num_aborted++;
+      continue;
+    }
+    uint32_t n = chunk_for(s, r, tokens_left);
+    if (!n) break;
+    uint64_t first = rkv_blockmgr_blocks_for_tokens(s->bm, n);
+    uint32_t f = admit_free(s, bm_free(s));
+    if (first + used_watermark > f) break;
+    if (s->cfg.admission == RKV_SCHED_RESERVE && s->reserved + bound > reserve_capacity(s)) break;
+    RKV_TRY(rkv_blockmgr_seq_create(s->bm, r->id));
+    q_remove(s, r);
+    q_insert(s, Q_RUNNING, r);
+    r->bound = bound;
+    r->reserved = true;
+    s->reserved += bound;
+    r->kv_len = 0;
+    r->computed = 0;
+    RKV_TRY(schedule(s, r, n));
+    tokens_left -= n;
+  }
+  return RKV_OK;
+}
+
+rkv_status rkv_sched_step(rkv_sched *s, const rkv_sched_plan **plan) {
+  if (!s) return RKV_ERR_INVALID_ARG;
+  if (!plan) return rkvi_fail(s->err, RKV_ERR_INVALID_ARG, "step: plan is NULL");
+  *plan = NULL;
+  if (s->outstanding)
+    return rkvi_fail(s->err, RKV_ERR_STATE, "step %llu was not reported",
+                     (unsigned long long)s->step_no);
+  rkv_sched_plan *p = &s->plan;
+  memset(p, 0, sizeof *p);
+  p->step = s->step_no;
+  rkv_status ret = plan_step(s);
+  if (ret != RKV_OK) {
+    /* Only block-manager failures that its own accounting excluded get here (a bug, or a
+     * manager shared with someone else); the queues are consistent but the step is lost. */
+    if (!s->err[0] || ret != RKV_ERR_INTERNAL)
+      rkvi_fail(s->err, ret, "step %llu: block manager: %s", (unsigned long long)s->step_no,
+                rkv_blockmgr_last_error(s->bm));
+    return ret;
+  }
+  if (s->n_forks) memcpy(s->plan_forks, s->forks, sizeof(*s->forks) * s->n_forks);
+  p->forks = s->plan_forks;
+  p->n_forks = s->n_forks;
+  s->n_forks = 0;
+  memcpy(s->plan_fin, s->finished, sizeof(int64_t) * s->n_fin);
+  p->finished = s->plan_fin;
+  p->n_finished = s->n_fin;
+  s->n_fin = 0;
+  p->seqs = s->seqs;
+  p->copies = s->copies;
+  p->swap_out = s->swap_out;
+  p->swap_in = s->swap_in;
+  p->preempted = s->preempted;
+  p->swapped_out = s->swapped_out;
+  p->swapped_in = s->swapped_in;
+  s->outstanding = true;
+  s->m.steps++;
+  if (s->running.n > s->m.max_running) s->m.max_running = s->running.n;
+  *plan = p;
+  if (s->cfg.check_every_step) RKV_TRY(rkv_sched_check(s));
+  return RKV_OK;
+}
+
+rkv_status rkv_sched_report(rkv_sched *s, const rkv_sched_output *outs, uint32_t n) {
+  if (!s) return RKV_ERR_INVALID_ARG;
+  if (!s->outstanding) return rkvi_fail(s->err, RKV_ERR_STATE, "report: no plan outstanding");
+  rkv_sched_plan *p = &s->plan;
+  if (n != p->n_seqs || (n && !outs))
+    return rkvi_fail(s->err, RKV_ERR_INVALID_ARG, "report: %u outputs for %u scheduled", n,
+                     p->n_seqs);
+  rkv_status ret = RKV_OK;
+  uint32_t i = 0;
+  for (; i < n; i++) {
+    req *r = map_find(s, outs[i].id);
+    if (!r || r->sched_step != s->step_no + 1 || r->reported) {
+      ret = rkvi_fail(s->err, RKV_ERR_INVALID_ARG, "report: id %lld is %s", (long long)outs[i].id,
+                      !r            ? "unknown"
+                      : r->reported ? "reported twice"
+                                    : "not scheduled");
+      break;
+    }
+    r->reported = true;
+  }
+  if (ret != RKV_OK) {
+    for (uint32_t j = 0; j < i; j++) map_find(s, outs[j].id)->reported = false;
+    return ret;
+  }
+  for (i = 0; i < n; i++) {
+    req *r = map_find(s, outs[i].id);
+    const rkv_sched_seq *q = &s->seqs[r->plan_idx];
+    r->sched_step = 0;
+    r->reported = false;
+    if (outs[i].compressed) {
+      int32_t len = r->kv_len;
+      if (rkv_blockmgr_stream_len(s->bm, r->id, 0, 0, &len) == RKV_OK) r->kv_len = len;
+      r->compressions++;
+      s->m.compressions++;
+      s->m.evicted_tokens += outs[i].tokens_evicted;
+      s->m.compaction_freed_blocks += outs[i].blocks_freed;
+    }
+    if (q->samples) {
+      r->generated++;
+      s->m.generation_tokens++;
+      if (outs[i].eos || r->generated >= r->max_new) {
+        push_finished(s, r->id); /* reserve_finished keeps room for a whole plan */
+        drop_request(s, r);
+        s->m.num_finished++;
+      }
+    }
+  }
+  s->outstanding = false;
+  s->step_no++;
+  if (s->cfg.check_every_step) RKV_TRY(rkv_sched_check(s));
+  return RKV_OK;
+}
+
+/* ---- queries ---------------------------------------------------------------------------- */
+
+rkv_status rkv_sched_get_request(const rkv_sched *s, int64_t id, rkv_sched_request_info *out) {
+  if (!s || !out) return RKV_ERR_INVALID_ARG;
+  const req *r = map_find(s, id);
+  if (!r) return RKV_ERR_NOT_FOUND;
+  out->state = r->q == Q_RUNNING   ? RKV_SCHED_RUNNING
+               : r->q == Q_SWAPPED ? RKV_SCHED_SWAPPED
+                                   : RKV_SCHED_WAITING;
+  out->prompt_len = r->prompt_len;
+  out->generated = r->generated;
+  out->computed = r->computed;
+  out->kv_len = r->kv_len;
+  out->preemptions = r->preemptions;
+  out->compressions = r->compressions;
+  out->bound_blocks = r->reserved ? r->bound : req_bound(s, r);
+  return RKV_OK;
+}
+
+void rkv_sched_get_metrics(const rkv_sched *s, rkv_sched_metrics *out) {
+  if (!s || !out) return;
+  *out = s->m;
+  rkv_blockmgr_stats st;
+  rkv_blockmgr_get_stats(s->bm, &st);
+  out->total_blocks = st.total_blocks;
+  out->used_blocks = st.used_blocks;
+  out->free_blocks = st.free_blocks;
+  out->kv_cache_usage = st.total_blocks ? (double)st.used_blocks / st.total_blocks : 0.0;
+  out->fragmentation =
+      st.allocated_slots ? (double)st.fragmentation_slots / (double)st.allocated_slots : 0.0;
+  out->num_running = s->running.n;
+  out->num_waiting = s->waiting.n;
+  out->num_swapped = s->swapped.n;
+  out->host_total_blocks = s->cfg.host_blocks;
+  out->host_used_blocks = s->cfg.host_blocks - s->host_n_free;
+  out->reserved_blocks = s->reserved;
+}
+
+uint64_t rkv_sched_plan_hash(const rkv_sched_plan *p) {
+  if (!p) return 0;
+  uint64_t h = 0x6A09E667F3BCC908ull;
+#define H(v) (h = mix64(h ^ (uint64_t)(v)) + 0x9E3779B97F4A7C15ull)
+  H(p->step);
+  H(p->n_seqs);
+  for (uint32_t i = 0; i < p->n_seqs; i++) {
+    const rkv_sched_seq *q = &p->seqs[i];
+    H(q->id);
+    H(q->kind);
+    H(q->n_tokens);
+    H(q->pos);
+    H(q->kv_len);
+    H((q->samples ? 1u : 0u) | (q->compress ? 2u : 0u));
+  }
+  H(p->n_copies);
+  for (uint32_t i = 0; i < p->n_copies; i++)
+    H(((uint64_t)(uint32_t)p->copies[i].src << 32) | (uint32_t)p->copies[i].dst);
+  H(p->n_swap_out);
+  for (uint32_t i = 0; i < p->n_swap_out; i++)
+    H(((uint64_t)(uint32_t)p->swap_out[i].device << 32) | (uint32_t)p->swap_out[i].host);
+  H(p->n_swap_in);
+  for (uint32_t i = 0; i < p->n_swap_in; i++)
+    H(((uint64_t)(uint32_t)p->swap_in[i].device << 32) | (uint32_t)p->swap_in[i].host);
+  H(p->n_preempted);
+  for (uint32_t i = 0; i < p->n_preempted; i++) H(p->preempted[i]);
+  H(p->n_swapped_out);
+  for (uint32_t i = 0; i < p->n_swapped_out; i++) H(p->swapped_out[i]);
+  H(p->n_finished);
+  for (uint32_t i = 0; i < p->n_finished; i++) H(p->finished[i]);
+  H(p->n_forks);
+  for (uint32_t i = 0; i < p->n_forks; i++) {
+    H(p->forks[i].parent);
+    H(p->forks[i].child);
+  }
+#undef H
+  return h;
+}
+
+/* ---- invariants ------------------------------------------------------------------------- */
+
+static rkv_status check_queue(const rkv_sched *s, const queue *q, queue_id qid, uint32_t *count,
+                              char *err) {
+  uint32_t n = 0;
+  const req *prev = NULL;
+  for (const req *r = q->head; r; prev = r, r = r->next) {
+    if (r->q != qid)
+      return rkvi_fail(err, RKV_ERR_CORRUPT, "request %lld in the wrong queue", (long long)r->id);
+    if (r->prev != prev)
+      return rkvi_fail(err, RKV_ERR_CORRUPT, "queue links broken at %lld", (long long)r->id);
+    if (prev && before(r, prev))
+      return rkvi_fail(err, RKV_ERR_CORRUPT, "queue order broken at %lld", (long long)r->id);
+    if (map_find(s, r->id) != r)
+      return rkvi_fail(err, RKV_ERR_CORRUPT, "request %lld not in the id map", (long long)r->id);
+    if (++n > s->live) return rkvi_fail(err, RKV_ERR_CORRUPT, "queue cycle");
+  }
+  if (q->tail != prev || q->n != n)
+    return rkvi_fail(err, RKV_ERR_CORRUPT, "queue tail/count wrong (%u vs %u)", q->n, n);
+  *count += n;
+  return RKV_OK;
+}
+
+rkv_status rkv_sched_check(const rkv_sched *s_const) {
+  if (!s_const) return RKV_ERR_INVALID_ARG;
+  rkv_sched *s = (rkv_sched *)s_const; /* only the error buffer is written */
+  char *err = s->err;
+  uint32_t n = 0;
+  RKV_TRY(check_queue(s, &s->waiting, Q_WAITING, &n, err));
+  RKV_TRY(check_queue(s, &s->running, Q_RUNNING, &n, err));
+  RKV_TRY(check_queue(s, &s->swapped, Q_SWAPPED, &n, err));
+  if (n != s->live) return rkvi_fail(err, RKV_ERR_CORRUPT, "%u queued but %u live", n, s->live);
+  uint64_t reserved = 0, host_used = 0, map_n = 0;
+  for (uint32_t i = 0; i < s->map_cap; i++) {
+    const req *r = s->map[i];
+    if (!r) continue;
+    map_n++;
+    if (r->reserved) reserved += r->bound;
+    if (r->reserved != (r->q == Q_RUNNING))
+      return rkvi_fail(err, RKV_ERR_CORRUPT, "request %lld: reservation vs state",
+                       (long long)r->id);
+    bool exists = rkv_blockmgr_seq_exists(s->bm, r->id);
+    if (exists != (r->q == Q_RUNNING))
+      return rkvi_fail(err, RKV_ERR_CORRUPT, "request %lld: block-manager sequence %s",
+                       (long long)r->id, exists ? "exists while not running" : "missing");
+    if (r->computed > r->target + r->generated || r->generated > r->max_new)
+      return rkvi_fail(err, RKV_ERR_CORRUPT, "request %lld: progress counters", (long long)r->id);
+    if (exists) {
+      int32_t len = -1;
+      (void)rkv_blockmgr_stream_len(s->bm, r->id, 0, 0, &len);
+      if (len != r->kv_len)
+        return rkvi_fail(err, RKV_ERR_CORRUPT, "request %lld: kv_len %d but stream holds %d",
+                         (long long)r->id, r->kv_len, len);
+      if (!evicts(&r->evict) && (int64_t)len != r->computed)
+        return rkvi_fail(err, RKV_ERR_CORRUPT, "request %lld: full policy lost tokens",
+                         (long long)r->id);
+    }
+    uint32_t chain = 0;
+    for (int32_t h = r->host_head; h >= 0; h = s->host_next[h]) {
+      if ((uint32_t)h >= s->cfg.host_blocks || ++chain > s->cfg.host_blocks)
+        return rkvi_fail(err, RKV_ERR_CORRUPT, "request %lld: host chain broken", (long long)r->id);
+    }
+    if (chain != r->host_n || (r->q == Q_SWAPPED) != (r->host_head >= 0 || r->host_n > 0))
+      return rkvi_fail(err, RKV_ERR_CORRUPT, "request %lld: host chain of %u, recorded %u",
+                       (long long)r->id, chain, r->host_n);
+    host_used += chain;
+  }
+  if (map_n != s->live)
+    return rkvi_fail(err, RKV_ERR_CORRUPT, "map holds %llu, live %u", (unsigned long long)map_n,
+                     s->live);
+  if (reserved != s->reserved)
+    return rkvi_fail(err, RKV_ERR_CORRUPT, "reserved %llu but requests sum to %llu",
+                     (unsigned long long)s->reserved, (unsigned long long)reserved);
+  if (host_used + s->host_n_free != s->cfg.host_blocks)
+    return rkvi_fail(err, RKV_ERR_CORRUPT, "host pool: %llu used + %u free != %u",
+                     (unsigned long long)host_used, s->host_n_free, s->cfg.host_blocks);
+  if (rkv_blockmgr_num_seqs(s->bm) != s->running.n)
+    return rkvi_fail(err, RKV_ERR_CORRUPT, "block manager holds %u sequences, %u running",
+                     rkv_blockmgr_num_seqs(s->bm), s->running.n);
+  if (rkv_blockmgr_check(s->bm) != RKV_OK)
+    return rkvi_fail(err, RKV_ERR_CORRUPT, "block manager: %s", rkv_blockmgr_last_error(s->bm));
+  return RKV_OK;
+}

@@ -1,0 +1,1227 @@
+/* A trivially correct shadow model of the block manager, shared (one copy) by the property test
+ * tests/unit/blockmgr/test_property.c, the fuzz target tests/fuzz/fuzz_blockmgr.c and the
+ * `rkv stress` tool. Header-only (static inline) so each user stays one plain source file.
+ *
+ * The shadow keeps, per sequence and stream, the list of logical token ids (every appended
+ * token gets a unique id), a mirror of the stream's block row, its own ref counts, and a map
+ * slot -> token id that it updates from the slot mappings, copy ops and move plans the
+ * manager returns (applied in order, exactly as a KV pool would). Each bms_* driver predicts
+ * the status of one call from the shadow alone (block arithmetic, sharing via the shadow's ref
+ * counts), performs the call, and verifies the result: statuses, new rows (unchanged prefixes,
+ * fresh blocks really free, tails released), plan contents, and that every position of every
+ * touched stream still reads its expected token. A failed call must change nothing.
+ *
+ * Shared-block rules the shadow encodes (from rkv/blockmgr.h): an append into a partial last
+ * block with ref > 1 copies it first (one copy op, one extra block); compact keeps a shared
+ * leading block by reference iff every position it holds in the new stream keeps its token in
+ * place (pos[q] == q), else takes a fresh block; compact_uniform replaces every shared leading
+ * block of a cut stream. Fresh blocks are taken before tails are freed, so an operation fails
+ * with RKV_ERR_NO_BLOCKS exactly when its fresh blocks exceed the free blocks before it.
+ *
+ * Every driver returns 0 when the manager agreed with the model and -1 (text in s->err) on a
+ * mismatch. Users decide what a mismatch means (count, abort, exit status). */
+#ifndef RKV_BM_SHADOW_H
+#define RKV_BM_SHADOW_H
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <rkv/blockmgr.h>
+
+typedef struct bms_stream {
+  uint64_t *tok; /* [len] logical token ids in cache order */
+  int32_t len;
+  int32_t tok_cap;
+  int32_t *row; /* [nrow] mirror of the manager's row, validated on every change */
+  int32_t nrow;
+  int32_t row_cap;
+} bms_stream;
+
+typedef struct bms_seq {
+  int64_t id;
+  bool live;
+  bms_stream *st; /* [streams per seq] */
+} bms_seq;
+
+enum {
+  BMS_OP_CREATE,
+  BMS_OP_APPEND,
+  BMS_OP_FORK,
+  BMS_OP_COMPACT,
+  BMS_OP_UNIFORM,
+  BMS_OP_FREE,
+  BMS_OP_RESTORE,
+  BMS_OP_BAD,
+  BMS_OP_KINDS
+};
+
+static inline const char *bms_op_name(int k) {
+  switch (k) {
+    case BMS_OP_CREATE:
+      return "create";
+    case BMS_OP_APPEND:
+      return "append";
+    case BMS_OP_FORK:
+      return "fork";
+    case BMS_OP_COMPACT:
+      return "compact";
+    case BMS_OP_UNIFORM:
+      return "compact_uniform";
+    case BMS_OP_FREE:
+      return "free";
+    case BMS_OP_RESTORE:
+      return "restore";
+    case BMS_OP_BAD:
+      return "bad_input";
+    default:
+      return "?";
+  }
+}
+
+/* Tallies kept by bms_random_op (and by the fuzz driver). */
+typedef struct bms_counts {
+  uint64_t ops;
+  uint64_t kind[BMS_OP_KINDS]; /* attempted */
+  uint64_t ok[BMS_OP_KINDS];   /* returned RKV_OK */
+  uint64_t no_blocks;          /* RKV_ERR_NO_BLOCKS (predicted and returned) */
+  uint64_t full_checks;        /* bms_verify_all runs */
+} bms_counts;
+
+typedef struct bm_shadow {
+  rkv_blockmgr *m;
+  uint32_t layers, heads, S, bs, nblocks, max_seqs;
+  bms_seq *seq; /* [max_seqs] slots */
+  uint32_t nlive;
+  uint32_t *ref;  /* [nblocks] the model's ref counts */
+  uint32_t *mark; /* [nblocks] stamps for "distinct within one op" checks */
+  uint32_t stamp;
+  uint32_t nfree;
+  uint32_t peak_used;
+  uint64_t *slot_tok; /* [nblocks * bs] token id held by each slot (0 = never written) */
+  uint64_t next_tok;
+  uint64_t rng; /* drives the simulated device selection of compact_uniform */
+  /* scratch, grown on demand */
+  int64_t *slots;
+  size_t slots_cap;
+  rkv_block_copy *copies; /* [S] */
+  rkv_slot_move *moves;
+  size_t moves_cap;
+  rkv_compact_map *maps; /* [S] */
+  int32_t *old_blocks;
+  size_t old_cap;
+  int32_t *keep_pos; /* keep positions of every stream, S segments of keep_seg each */
+  size_t keep_seg;
+  rkv_keep_list *lists; /* [S + 1] */
+  uint64_t *tmp_tok;
+  size_t tmp_cap;
+  int32_t *lens; /* [S] */
+  char err[1024];
+} bm_shadow;
+
+__attribute__((format(printf, 2, 3))) static inline int bms_fail_(bm_shadow *s, const char *fmt,
+                                                                  ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(s->err, sizeof s->err, fmt, ap);
+  va_end(ap);
+  return -1;
+}
+#define BMS_FAIL(s, ...) bms_fail_((s), __VA_ARGS__)
+
+static inline uint64_t bms_rand(uint64_t *st) {
+  uint64_t z = (*st += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+/* Uniform in [0, n) (n > 0); the modulo bias is irrelevant here. */
+static inline uint32_t bms_below(uint64_t *st, uint32_t n) {
+  return (uint32_t)(bms_rand(st) % n);
+}
+
+/* memcpy that accepts NULL pointers with a zero size (empty rows have no storage). */
+static inline void bms_copy_(void *dst, const void *src, size_t bytes) {
+  if (bytes) memcpy(dst, src, bytes);
+}
+
+static inline int32_t bms_ceil_div(int32_t a, int32_t b) {
+  return (a + b - 1) / b;
+}
+
+static inline bool bms_grow_(void **p, size_t *cap, size_t need, size_t elem) {
+  if (need <= *cap) return true;
+  size_t n = *cap ? *cap : 16;
+  while (n < need) n *= 2;
+  void *q = realloc(*p, n * elem);
+  if (!q) return false;
+  *p = q;
+  *cap = n;
+  return true;
+}
+
+static inline bool bms_stream_reserve_(bms_stream *t, int32_t len, int32_t nrow) {
+  if (len > t->tok_cap) {
+    int32_t n = t->tok_cap ? t->tok_cap : 16;
+    while (n < len) n *= 2;
+    uint64_t *q = realloc(t->tok, (size_t)n * sizeof *q);
+    if (!q) return false;
+    t->tok = q;
+    t->tok_cap = n;
+  }
+  if (nrow > t->row_cap) {
+    int32_t n = t->row_cap ? t->row_cap : 8;
+    while (n < nrow) n *= 2;
+    int32_t *q = realloc(t->row, (size_t)n * sizeof *q);
+    if (!q) return false;
+    t->row = q;
+    t->row_cap = n;
+  }
+  return true;
+}
+
+static inline void bms_fini(bm_shadow *s) {
+  if (s->seq)
+    for (uint32_t i = 0; i < s->max_seqs; i++) {
+      if (!s->seq[i].st) continue;
+      for (uint32_t k = 0; k < s->S; k++) {
+        free(s->seq[i].st[k].tok);
+        free(s->seq[i].st[k].row);
+      }
+      free(s->seq[i].st);
+    }
+  free(s->seq);
+  free(s->ref);
+  free(s->mark);
+  free(s->slot_tok);
+  free(s->slots);
+  free(s->copies);
+  free(s->moves);
+  free(s->maps);
+  free(s->old_blocks);
+  free(s->keep_pos);
+  free(s->lists);
+  free(s->tmp_tok);
+  free(s->lens);
+  memset(s, 0, sizeof *s);
+}
+
+/* Mirrors an empty manager `m` (just created). Returns 0, or -1 when out of memory. */
+static inline int bms_init(bm_shadow *s, rkv_blockmgr *m, uint64_t seed) {
+  memset(s, 0, sizeof *s);
+  const rkv_blockmgr_config *c = rkv_blockmgr_get_config(m);
+  s->m = m;
+  s->layers = c->num_layers;
+  s->heads = c->num_kv_heads;
+  s->S = c->num_layers * c->num_kv_heads;
+  s->bs = c->block_size;
+  s->nblocks = c->num_blocks;
+  s->max_seqs = c->max_seqs ? c->max_seqs : 4096;
+  s->nfree = s->nblocks;
+  s->next_tok = 1;
+  s->rng = seed ^ 0x5eed5eedull;
+  s->seq = calloc(s->max_seqs, sizeof *s->seq);
+  s->ref = calloc(s->nblocks, sizeof *s->ref);
+  s->mark = calloc(s->nblocks, sizeof *s->mark);
+  s->slot_tok = calloc((size_t)s->nblocks * s->bs, sizeof *s->slot_tok);
+  s->copies = calloc(s->S, sizeof *s->copies);
+  s->maps = calloc(s->S, sizeof *s->maps);
+  s->lists = calloc(s->S + 1, sizeof *s->lists);
+  s->lens = calloc(s->S, sizeof *s->lens);
+  if (!s->seq || !s->ref || !s->mark || !s->slot_tok || !s->copies || !s->maps || !s->lists ||
+      !s->lens) {
+    bms_fini(s);
+    return -1;
+  }
+  for (uint32_t i = 0; i < s->max_seqs; i++) {
+    s->seq[i].st = calloc(s->S, sizeof *s->seq[i].st);
+    if (!s->seq[i].st) {
+      bms_fini(s);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static inline bms_seq *bms_find(bm_shadow *s, int64_t id) {
+  for (uint32_t i = 0; i < s->max_seqs; i++)
+    if (s->seq[i].live && s->seq[i].id == id) return &s->seq[i];
+  return NULL;
+}
+
+static inline bms_seq *bms_free_slot_(bm_shadow *s) {
+  for (uint32_t i = 0; i < s->max_seqs; i++)
+    if (!s->seq[i].live) return &s->seq[i];
+  return NULL;
+}
+
+/* The i-th live sequence (i < nlive), in slot order. */
+static inline bms_seq *bms_nth_live(bm_shadow *s, uint32_t i) {
+  for (uint32_t k = 0; k < s->max_seqs; k++)
+    if (s->seq[k].live && i-- == 0) return &s->seq[k];
+  return NULL;
+}
+
+static inline void bms_next_stamp_(bm_shadow *s) {
+  if (++s->stamp == 0) {
+    memset(s->mark, 0, s->nblocks * sizeof *s->mark);
+    s->stamp = 1;
+  }
+}
+
+/* A block the manager just handed out must be in range, free in the model before the op, and
+ * not handed out twice in the same op. */
+static inline int bms_check_fresh_(bm_shadow *s, int32_t b, const char *what) {
+  if (b < 0 || (uint32_t)b >= s->nblocks)
+    return BMS_FAIL(s, "%s: block id %d out of range", what, b);
+  if (s->ref[b] != 0)
+    return BMS_FAIL(s, "%s: new block %d was not free (model ref %u)", what, b, s->ref[b]);
+  if (s->mark[b] == s->stamp) return BMS_FAIL(s, "%s: block %d handed out twice", what, b);
+  s->mark[b] = s->stamp;
+  return 0;
+}
+
+static inline void bms_ref_inc_(bm_shadow *s, int32_t b) {
+  if (s->ref[b]++ == 0) s->nfree--;
+}
+static inline void bms_ref_dec_(bm_shadow *s, int32_t b) {
+  if (--s->ref[b] == 0) s->nfree++;
+}
+
+static inline void bms_note_peak_(bm_shadow *s) {
+  uint32_t used = s->nblocks - s->nfree;
+  if (used > s->peak_used) s->peak_used = used;
+}
+
+static inline int64_t bms_slot_(const bm_shadow *s, const int32_t *row, int32_t pos) {
+  return (int64_t)row[pos / (int32_t)s->bs] * s->bs + pos % (int32_t)s->bs;
+}
+
+/* Fetches the manager's row of stream k of q. */
+static inline int bms_mgr_row_(bm_shadow *s, const bms_seq *q, uint32_t k, const int32_t **ids,
+                               int32_t *n) {
+  rkv_status st = rkv_blockmgr_stream_blocks(s->m, q->id, k / s->heads, k % s->heads, ids, n);
+  if (st != RKV_OK)
+    return BMS_FAIL(s, "stream_blocks(seq %" PRId64 ", stream %u) returned %s", q->id, k,
+                    rkv_status_name(st));
+  return 0;
+}
+
+/* Verifies one stream against the manager: length, row, and every position's token. */
+static inline int bms_verify_stream(bm_shadow *s, const bms_seq *q, uint32_t k) {
+  const bms_stream *t = &q->st[k];
+  int32_t len = -1;
+  rkv_status st = rkv_blockmgr_stream_len(s->m, q->id, k / s->heads, k % s->heads, &len);
+  if (st != RKV_OK || len != t->len)
+    return BMS_FAIL(s, "seq %" PRId64 " stream %u: stream_len %s %d, model %d", q->id, k,
+                    rkv_status_name(st), len, t->len);
+  const int32_t *ids;
+  int32_t n;
+  if (bms_mgr_row_(s, q, k, &ids, &n)) return -1;
+  if (n != t->nrow || n != bms_ceil_div(t->len, (int32_t)s->bs))
+    return BMS_FAIL(s, "seq %" PRId64 " stream %u: %d blocks, model %d (len %d, block %u)", q->id,
+                    k, n, t->nrow, t->len, s->bs);
+  for (int32_t j = 0; j < n; j++)
+    if (ids[j] != t->row[j])
+      return BMS_FAIL(s, "seq %" PRId64 " stream %u: row[%d] = %d, model %d", q->id, k, j, ids[j],
+                      t->row[j]);
+  for (int32_t p = 0; p < t->len; p++) {
+    int64_t slot = bms_slot_(s, t->row, p);
+    if (s->slot_tok[slot] != t->tok[p])
+      return BMS_FAIL(s,
+                      "seq %" PRId64 " stream %u pos %d: slot %" PRId64 " holds token %" PRIu64
+                      ", expected %" PRIu64,
+                      q->id, k, p, slot, s->slot_tok[slot], t->tok[p]);
+  }
+  if (t->len > 0) {
+    int64_t slot = -1;
+    st = rkv_blockmgr_stream_slot(s->m, q->id, k / s->heads, k % s->heads, t->len - 1, &slot);
+    if (st != RKV_OK || slot != bms_slot_(s, t->row, t->len - 1))
+      return BMS_FAIL(s, "seq %" PRId64 " stream %u: stream_slot(%d) %s %" PRId64, q->id, k,
+                      t->len - 1, rkv_status_name(st), slot);
+  }
+  int64_t slot = -1;
+  st = rkv_blockmgr_stream_slot(s->m, q->id, k / s->heads, k % s->heads, t->len, &slot);
+  if (st != RKV_ERR_INVALID_ARG)
+    return BMS_FAIL(s, "seq %" PRId64 " stream %u: stream_slot(len) returned %s", q->id, k,
+                    rkv_status_name(st));
+  return 0;
+}
+
+static inline int bms_verify_seq(bm_shadow *s, const bms_seq *q) {
+  if (!rkv_blockmgr_seq_exists(s->m, q->id)) return BMS_FAIL(s, "seq %" PRId64 " vanished", q->id);
+  for (uint32_t k = 0; k < s->S; k++)
+    if (bms_verify_stream(s, q, k)) return -1;
+  return 0;
+}
+
+/* Cheap global agreement: free count and live sequence count. */
+static inline int bms_verify_counts(bm_shadow *s) {
+  rkv_blockmgr_stats stt;
+  rkv_blockmgr_get_stats(s->m, &stt);
+  if (stt.free_blocks != s->nfree || stt.used_blocks != s->nblocks - s->nfree ||
+      stt.num_seqs != s->nlive || rkv_blockmgr_num_seqs(s->m) != s->nlive)
+    return BMS_FAIL(s, "stats: free %u used %u seqs %u; model free %u used %u seqs %u",
+                    stt.free_blocks, stt.used_blocks, stt.num_seqs, s->nfree, s->nblocks - s->nfree,
+                    s->nlive);
+  return 0;
+}
+
+/* Everything: rkv_blockmgr_check, every stream of every sequence, every block's ref count
+ * (which proves free = total - |union of referenced blocks|), stats, footprints, the live
+ * id list, and one layer's CSR export over all live sequences. O(everything). */
+static inline int bms_verify_all(bm_shadow *s) {
+  rkv_status st = rkv_blockmgr_check(s->m);
+  if (st != RKV_OK)
+    return BMS_FAIL(s, "rkv_blockmgr_check: %s: %s", rkv_status_name(st),
+                    rkv_blockmgr_last_error(s->m));
+  if (bms_verify_counts(s)) return -1;
+  uint32_t shared = 0, nfree = 0;
+  for (uint32_t b = 0; b < s->nblocks; b++) {
+    uint32_t r = 99;
+    st = rkv_blockmgr_block_ref(s->m, (int32_t)b, &r);
+    if (st != RKV_OK || r != s->ref[b])
+      return BMS_FAIL(s, "block %u: ref %u (%s), model %u", b, r, rkv_status_name(st), s->ref[b]);
+    shared += s->ref[b] > 1;
+    nfree += s->ref[b] == 0;
+  }
+  if (nfree != s->nfree) return BMS_FAIL(s, "model free count %u != %u zero refs", s->nfree, nfree);
+  rkv_blockmgr_stats stt;
+  rkv_blockmgr_get_stats(s->m, &stt);
+  if (stt.total_blocks != s->nblocks || stt.shared_blocks != shared ||
+      stt.allocated_slots != (uint64_t)(s->nblocks - s->nfree) * s->bs ||
+      stt.fragmentation_slots != stt.allocated_slots - stt.token_slots ||
+      stt.token_slots > stt.allocated_slots || stt.peak_used_blocks < s->peak_used)
+    return BMS_FAIL(s,
+                    "stats: total %u shared %u (model %u) allocated %" PRIu64 " tokens %" PRIu64
+                    " frag %" PRIu64 " peak %u (model >= %u)",
+                    stt.total_blocks, stt.shared_blocks, shared, stt.allocated_slots,
+                    stt.token_slots, stt.fragmentation_slots, stt.peak_used_blocks, s->peak_used);
+  for (uint32_t i = 0; i < s->max_seqs; i++) {
+    const bms_seq *q = &s->seq[i];
+    if (!q->live) continue;
+    if (bms_verify_seq(s, q)) return -1;
+    uint32_t tot = 0, excl = 0, mt = 0, me = 0;
+    for (uint32_t k = 0; k < s->S; k++)
+      for (int32_t j = 0; j < q->st[k].nrow; j++) {
+        tot++;
+        excl += s->ref[q->st[k].row[j]] == 1;
+      }
+    st = rkv_blockmgr_seq_footprint(s->m, q->id, &mt, &me);
+    if (st != RKV_OK || mt != tot || me != excl)
+      return BMS_FAIL(s, "seq %" PRId64 " footprint %s total %u excl %u, model %u %u", q->id,
+                      rkv_status_name(st), mt, me, tot, excl);
+  }
+  /* The live id list and a CSR export of one layer over all of them. */
+  int64_t *ids = calloc(s->nlive + 1, sizeof *ids);
+  if (!ids) return BMS_FAIL(s, "out of memory");
+  uint32_t got = rkv_blockmgr_list_seqs(s->m, ids, s->nlive + 1);
+  int ret = 0;
+  if (got != s->nlive) ret = BMS_FAIL(s, "list_seqs: %u live, model %u", got, s->nlive);
+  for (uint32_t i = 0; !ret && i < got; i++)
+    if (!bms_find(s, ids[i])) ret = BMS_FAIL(s, "list_seqs: unknown id %" PRId64, ids[i]);
+  uint32_t layer = s->layers > 1 ? (uint32_t)(s->stamp % s->layers) : 0, nnz = 0;
+  int32_t *indptr = NULL, *indices = NULL, *last = NULL;
+  if (!ret && got > 0) {
+    st = rkv_blockmgr_export_size(s->m, layer, ids, got, &nnz);
+    indptr = calloc((size_t)got * s->heads + 1, sizeof *indptr);
+    indices = calloc(nnz + 1, sizeof *indices);
+    last = calloc((size_t)got * s->heads, sizeof *last);
+    if (st != RKV_OK) ret = BMS_FAIL(s, "export_size: %s", rkv_status_name(st));
+    if (!ret && (!indptr || !indices || !last)) ret = BMS_FAIL(s, "out of memory");
+    uint32_t nnz2 = 0;
+    rkv_block_table tab;
+    if (!ret)
+      st = rkv_blockmgr_export_csr(s->m, layer, ids, got, indptr, indices, nnz, last, &nnz2, &tab);
+    if (!ret && (st != RKV_OK || nnz2 != nnz || tab.num_streams != (int32_t)(got * s->heads)))
+      ret = BMS_FAIL(s, "export_csr: %s nnz %u vs %u", rkv_status_name(st), nnz2, nnz);
+    for (uint32_t i = 0; !ret && i < got; i++) {
+      const bms_seq *q = bms_find(s, ids[i]);
+      for (uint32_t h = 0; !ret && h < s->heads; h++) {
+        const bms_stream *t = &q->st[layer * s->heads + h];
+        uint32_t r = i * s->heads + h;
+        int32_t want_last = t->len == 0 ? 0 : t->len - (t->nrow - 1) * (int32_t)s->bs;
+        if (indptr[r + 1] - indptr[r] != t->nrow || last[r] != want_last ||
+            rkv_block_table_stream_len(&tab, (int32_t)r) != t->len)
+          ret = BMS_FAIL(s, "export_csr: row %u has %d blocks last_len %d, model %d %d", r,
+                         indptr[r + 1] - indptr[r], last[r], t->nrow, want_last);
+        for (int32_t j = 0; !ret && j < t->nrow; j++)
+          if (indices[indptr[r] + j] != t->row[j])
+            ret = BMS_FAIL(s, "export_csr: row %u entry %d = %d, model %d", r, j,
+                           indices[indptr[r] + j], t->row[j]);
+      }
+    }
+  }
+  free(indptr);
+  free(indices);
+  free(last);
+  free(ids);
+  return ret;
+}
+
+/* After a call that should have failed: the status matched; now prove nothing changed. */
+static inline int bms_verify_unchanged_(bm_shadow *s, int64_t id) {
+  if (bms_verify_counts(s)) return -1;
+  bms_seq *q = bms_find(s, id);
+  return q ? bms_verify_seq(s, q) : 0;
+}
+
+static inline int bms_expect_(bm_shadow *s, const char *op, rkv_status got, rkv_status want) {
+  if (got == want) return 0;
+  return BMS_FAIL(s, "%s returned %s (%s), model expected %s", op, rkv_status_name(got),
+                  rkv_blockmgr_last_error(s->m), rkv_status_name(want));
+}
+
+/* ---- Drivers: predict, call, verify, update the model ------------------------------------ */
+
+static inline int bms_create(bm_shadow *s, int64_t id, rkv_status *out) {
+  rkv_status want = RKV_OK;
+  if (id < 0)
+    want = RKV_ERR_INVALID_ARG;
+  else if (bms_find(s, id))
+    want = RKV_ERR_EXISTS;
+  else if (s->nlive >= s->max_seqs)
+    want = RKV_ERR_CAPACITY;
+  rkv_status st = rkv_blockmgr_seq_create(s->m, id);
+  *out = st;
+  if (bms_expect_(s, "seq_create", st, want)) return -1;
+  if (want != RKV_OK) return bms_verify_unchanged_(s, id);
+  bms_seq *q = bms_free_slot_(s);
+  q->live = true;
+  q->id = id;
+  for (uint32_t k = 0; k < s->S; k++) q->st[k].len = q->st[k].nrow = 0;
+  s->nlive++;
+  return bms_verify_seq(s, q);
+}
+
+static inline int bms_free(bm_shadow *s, int64_t id, rkv_status *out) {
+  bms_seq *q = bms_find(s, id);
+  rkv_status st = rkv_blockmgr_seq_free(s->m, id);
+  *out = st;
+  if (bms_expect_(s, "seq_free", st, q ? RKV_OK : RKV_ERR_NOT_FOUND)) return -1;
+  if (!q) return bms_verify_unchanged_(s, id);
+  for (uint32_t k = 0; k < s->S; k++) {
+    for (int32_t j = 0; j < q->st[k].nrow; j++) bms_ref_dec_(s, q->st[k].row[j]);
+    q->st[k].len = q->st[k].nrow = 0;
+  }
+  q->live = false;
+  s->nlive--;
+  if (rkv_blockmgr_seq_exists(s->m, id)) return BMS_FAIL(s, "seq %" PRId64 " still exists", id);
+  return bms_verify_counts(s);
+}
+
+static inline int bms_fork(bm_shadow *s, int64_t parent, int64_t child, rkv_status *out) {
+  bms_seq *p = bms_find(s, parent);
+  rkv_status want = RKV_OK;
+  if (!p)
+    want = RKV_ERR_NOT_FOUND;
+  else if (child < 0)
+    want = RKV_ERR_INVALID_ARG;
+  else if (bms_find(s, child))
+    want = RKV_ERR_EXISTS;
+  else if (s->nlive >= s->max_seqs)
+    want = RKV_ERR_CAPACITY;
+  rkv_status st = rkv_blockmgr_seq_fork(s->m, parent, child);
+  *out = st;
+  if (bms_expect_(s, "seq_fork", st, want)) return -1;
+  if (want != RKV_OK)
+    return (bms_verify_unchanged_(s, child) || bms_verify_unchanged_(s, parent)) ? -1 : 0;
+  bms_seq *c = bms_free_slot_(s);
+  for (uint32_t k = 0; k < s->S; k++) {
+    bms_stream *tp = &p->st[k], *tc = &c->st[k];
+    if (!bms_stream_reserve_(tc, tp->len, tp->nrow)) return BMS_FAIL(s, "out of memory");
+    bms_copy_(tc->tok, tp->tok, (size_t)tp->len * sizeof *tc->tok);
+    bms_copy_(tc->row, tp->row, (size_t)tp->nrow * sizeof *tc->row);
+    tc->len = tp->len;
+    tc->nrow = tp->nrow;
+    for (int32_t j = 0; j < tp->nrow; j++) bms_ref_inc_(s, tp->row[j]);
+  }
+  c->live = true;
+  c->id = child;
+  s->nlive++;
+  if (bms_verify_counts(s)) return -1;
+  return bms_verify_seq(s, c);
+}
+
+/* Blocks an append of n tokens takes in the model: new blocks + copies of shared partial
+ * tails. *cows = streams that copy. */
+static inline uint32_t bms_append_need_(const bm_shadow *s, const bms_seq *q, uint32_t n,
+                                        uint32_t *cows) {
+  uint32_t need = 0, c = 0;
+  for (uint32_t k = 0; k < s->S; k++) {
+    const bms_stream *t = &q->st[k];
+    int32_t nb = t->nrow;
+    need += (uint32_t)(bms_ceil_div(t->len + (int32_t)n, (int32_t)s->bs) - nb);
+    if (t->len % (int32_t)s->bs != 0 && s->ref[t->row[nb - 1]] > 1) c++;
+  }
+  if (cows) *cows = c;
+  return need + c;
+}
+
+/* Appends n tokens to every stream of `id`; with_slots = false passes slots = NULL and reads
+ * the placement back through stream_blocks instead; with_copies = false passes copies = NULL,
+ * which must fail with RKV_ERR_INVALID_ARG (before any block check) exactly when some stream
+ * would copy a shared partial tail. */
+static inline int bms_append_ex(bm_shadow *s, int64_t id, uint32_t n, bool with_slots,
+                                bool with_copies, rkv_status *out) {
+  bms_seq *q = bms_find(s, id);
+  rkv_status want = RKV_OK;
+  uint32_t need = 0, cows = 0;
+  if (!q)
+    want = RKV_ERR_NOT_FOUND;
+  else if (n == 0)
+    want = RKV_ERR_INVALID_ARG;
+  else {
+    need = bms_append_need_(s, q, n, &cows);
+    if (!with_copies && cows > 0)
+      want = RKV_ERR_INVALID_ARG;
+    else if (need > s->nfree)
+      want = RKV_ERR_NO_BLOCKS;
+    uint32_t got = 0;
+    rkv_status st = rkv_blockmgr_blocks_needed(s->m, id, n, &got);
+    if (st != RKV_OK || got != need)
+      return BMS_FAIL(s, "blocks_needed(%" PRId64 ", %u) %s %u, model %u", id, n,
+                      rkv_status_name(st), got, need);
+    if (rkv_blockmgr_can_append(s->m, id, n) != (need <= s->nfree))
+      return BMS_FAIL(s, "can_append(%" PRId64 ", %u) disagrees (need %u free %u)", id, n, need,
+                      s->nfree);
+  }
+  if (with_slots &&
+      !bms_grow_((void **)&s->slots, &s->slots_cap, (size_t)s->S * (n ? n : 1), sizeof *s->slots))
+    return BMS_FAIL(s, "out of memory");
+  uint32_t n_copies = 12345;
+  rkv_status st =
+      rkv_blockmgr_append(s->m, id, n, with_slots ? s->slots : NULL, with_copies ? s->copies : NULL,
+                          with_copies ? &n_copies : NULL);
+  if (!with_copies) n_copies = 0;
+  *out = st;
+  if (bms_expect_(s, "append", st, want)) return -1;
+  if (want != RKV_OK) return bms_verify_unchanged_(s, id);
+  if (n_copies != cows) return BMS_FAIL(s, "append: %u copy ops, model %u", n_copies, cows);
+  /* Pass 1: validate every new row against the old one using pre-op ref counts. */
+  bms_next_stamp_(s);
+  uint32_t seen_cows = 0;
+  for (uint32_t k = 0; k < s->S; k++) {
+    const bms_stream *t = &q->st[k];
+    const int32_t *ids;
+    int32_t nr;
+    if (bms_mgr_row_(s, q, k, &ids, &nr)) return -1;
+    int32_t want_nr = bms_ceil_div(t->len + (int32_t)n, (int32_t)s->bs);
+    if (nr != want_nr)
+      return BMS_FAIL(s, "append: stream %u has %d blocks, model %d", k, nr, want_nr);
+    bool cow = t->len % (int32_t)s->bs != 0 && s->ref[t->row[t->nrow - 1]] > 1;
+    for (int32_t j = 0; j < t->nrow - (cow ? 1 : 0); j++)
+      if (ids[j] != t->row[j])
+        return BMS_FAIL(s, "append: stream %u row[%d] changed %d -> %d", k, j, t->row[j], ids[j]);
+    if (cow) {
+      int32_t src = t->row[t->nrow - 1], dst = ids[t->nrow - 1];
+      if (bms_check_fresh_(s, dst, "append copy-on-write")) return -1;
+      uint32_t c;
+      for (c = 0; c < n_copies; c++)
+        if (s->copies[c].src == src) break;
+      if (c == n_copies || s->copies[c].dst != dst)
+        return BMS_FAIL(s, "append: stream %u copied tail %d -> %d has no matching copy op", k, src,
+                        dst);
+      seen_cows++;
+    }
+    for (int32_t j = t->nrow; j < nr; j++)
+      if (bms_check_fresh_(s, ids[j], "append")) return -1;
+  }
+  if (seen_cows != n_copies) return BMS_FAIL(s, "append: stray copy ops");
+  /* Apply the copies to the slot map (as the pool would), then write the new tokens. */
+  for (uint32_t c = 0; c < n_copies; c++)
+    memcpy(&s->slot_tok[(size_t)s->copies[c].dst * s->bs],
+           &s->slot_tok[(size_t)s->copies[c].src * s->bs], s->bs * sizeof *s->slot_tok);
+  for (uint32_t k = 0; k < s->S; k++) {
+    bms_stream *t = &q->st[k];
+    const int32_t *ids;
+    int32_t nr;
+    if (bms_mgr_row_(s, q, k, &ids, &nr)) return -1;
+    if (!bms_stream_reserve_(t, t->len + (int32_t)n, nr)) return BMS_FAIL(s, "out of memory");
+    for (int32_t j = 0; j < t->nrow; j++) bms_ref_dec_(s, t->row[j]);
+    for (int32_t j = 0; j < nr; j++) bms_ref_inc_(s, ids[j]);
+    bms_copy_(t->row, ids, (size_t)nr * sizeof *ids);
+    t->nrow = nr;
+    for (uint32_t i = 0; i < n; i++) {
+      int32_t p = t->len + (int32_t)i;
+      int64_t slot = bms_slot_(s, t->row, p);
+      if (with_slots && s->slots[(size_t)k * n + i] != slot)
+        return BMS_FAIL(s, "append: slots[%u][%u] = %" PRId64 ", expected %" PRId64, k, i,
+                        s->slots[(size_t)k * n + i], slot);
+      s->slot_tok[slot] = t->tok[p] = s->next_tok++;
+    }
+    t->len += (int32_t)n;
+  }
+  bms_note_peak_(s);
+  if (bms_verify_counts(s)) return -1;
+  return bms_verify_seq(s, q);
+}
+
+static inline int bms_append(bm_shadow *s, int64_t id, uint32_t n, bool with_slots,
+                             rkv_status *out) {
+  return bms_append_ex(s, id, n, with_slots, true, out);
+}
+
+/* Fresh blocks a compaction of stream t keeping pos[0..n) needs, and the moves it implies
+ * (tokens whose slot changes). Returns the fresh count. */
+static inline uint32_t bms_compact_need_(const bm_shadow *s, const bms_stream *t,
+                                         const int32_t *pos, uint32_t n, uint32_t *moves) {
+  int32_t bs = (int32_t)s->bs, nb = bms_ceil_div((int32_t)n, bs);
+  uint32_t fresh = 0, mv = 0;
+  for (int32_t j = 0; j < nb; j++) {
+    int32_t lo = j * bs, hi = (j + 1) * bs < (int32_t)n ? (j + 1) * bs : (int32_t)n;
+    bool inplace = true;
+    uint32_t out_of_place = 0;
+    for (int32_t q = lo; q < hi; q++)
+      if (pos[q] != q) {
+        inplace = false;
+        out_of_place++;
+      }
+    if (s->ref[t->row[j]] > 1 && !inplace) {
+      fresh++;
+      mv += (uint32_t)(hi - lo);
+    } else {
+      mv += out_of_place;
+    }
+  }
+  if (moves) *moves = mv;
+  return fresh;
+}
+
+/* Validates a keep list against the model: 0 = well formed for stream length len. */
+static inline bool bms_keep_valid_(const int32_t *pos, uint32_t n, int32_t len) {
+  for (uint32_t i = 0; i < n; i++)
+    if (pos[i] < 0 || pos[i] >= len || (i > 0 && pos[i] <= pos[i - 1])) return false;
+  return true;
+}
+
+/* rkv_blockmgr_compact with the given lists; moves_cap_override >= 0 passes that capacity
+ * (and NULL moves when 0) instead of a large enough buffer. */
+static inline int bms_compact_ex(bm_shadow *s, int64_t id, const rkv_keep_list *lists,
+                                 uint32_t n_lists, int64_t moves_cap_override, rkv_status *out) {
+  bms_seq *q = bms_find(s, id);
+  rkv_status want = RKV_OK;
+  uint32_t fresh = 0, need_moves = 0, total_n = 0;
+  if (!q) {
+    want = RKV_ERR_NOT_FOUND;
+  } else {
+    for (uint32_t i = 0; i < n_lists && want == RKV_OK; i++) {
+      const rkv_keep_list *L = &lists[i];
+      if (L->layer >= s->layers || L->head >= s->heads) {
+        want = RKV_ERR_INVALID_ARG;
+        break;
+      }
+      uint32_t k = L->layer * s->heads + L->head;
+      for (uint32_t i2 = 0; i2 < i; i2++)
+        if (lists[i2].layer == L->layer && lists[i2].head == L->head) want = RKV_ERR_INVALID_ARG;
+      if (want != RKV_OK) break;
+      if (L->n > 0 && !L->pos)
+        want = RKV_ERR_INVALID_ARG;
+      else if (!bms_keep_valid_(L->pos, L->n, q->st[k].len))
+        want = RKV_ERR_INVALID_ARG;
+      if (want != RKV_OK) break;
+      uint32_t mv = 0;
+      fresh += bms_compact_need_(s, &q->st[k], L->pos, L->n, &mv);
+      need_moves += mv;
+      total_n += L->n;
+    }
+    if (want == RKV_OK && fresh > s->nfree) want = RKV_ERR_NO_BLOCKS;
+    if (want == RKV_OK && moves_cap_override >= 0 && (uint64_t)moves_cap_override < need_moves)
+      want = RKV_ERR_CAPACITY;
+  }
+  size_t cap = total_n;
+  if (!bms_grow_((void **)&s->moves, &s->moves_cap, cap + 1, sizeof *s->moves))
+    return BMS_FAIL(s, "out of memory");
+  uint32_t n_moves = 0;
+  rkv_slot_move *mv_buf = s->moves;
+  uint32_t mv_cap = (uint32_t)cap;
+  if (moves_cap_override >= 0) {
+    mv_cap = (uint32_t)moves_cap_override;
+    if (mv_cap == 0) mv_buf = NULL;
+  }
+  rkv_status st = rkv_blockmgr_compact(s->m, id, lists, n_lists, mv_buf, mv_cap, &n_moves);
+  *out = st;
+  if (bms_expect_(s, "compact", st, want)) return -1;
+  if (want == RKV_ERR_CAPACITY && n_moves != need_moves)
+    return BMS_FAIL(s, "compact: CAPACITY reported %u moves needed, model %u", n_moves, need_moves);
+  if (want != RKV_OK) return bms_verify_unchanged_(s, id);
+  if (n_moves != need_moves)
+    return BMS_FAIL(s, "compact: %u moves, model %u (minimal plan)", n_moves, need_moves);
+  /* Pass 1: validate new rows with pre-op refs. */
+  bms_next_stamp_(s);
+  int32_t bs = (int32_t)s->bs;
+  for (uint32_t i = 0; i < n_lists; i++) {
+    const rkv_keep_list *L = &lists[i];
+    uint32_t k = L->layer * s->heads + L->head;
+    const bms_stream *t = &q->st[k];
+    const int32_t *ids;
+    int32_t nr;
+    if (bms_mgr_row_(s, q, k, &ids, &nr)) return -1;
+    int32_t want_nr = bms_ceil_div((int32_t)L->n, bs);
+    if (nr != want_nr)
+      return BMS_FAIL(s, "compact: stream %u has %d blocks, model %d", k, nr, want_nr);
+    for (int32_t j = 0; j < nr; j++) {
+      int32_t lo = j * bs, hi = (j + 1) * bs < (int32_t)L->n ? (j + 1) * bs : (int32_t)L->n;
+      bool inplace = true;
+      for (int32_t p = lo; p < hi; p++) inplace = inplace && L->pos[p] == p;
+      if (s->ref[t->row[j]] > 1 && !inplace) {
+        if (bms_check_fresh_(s, ids[j], "compact (shared leading block)")) return -1;
+      } else if (ids[j] != t->row[j]) {
+        return BMS_FAIL(s, "compact: stream %u row[%d] changed %d -> %d (ref %u, in place %d)", k,
+                        j, t->row[j], ids[j], s->ref[t->row[j]], (int)inplace);
+      }
+    }
+  }
+  /* Pass 2: update refs and rows; remember new kept tokens. */
+  for (uint32_t i = 0; i < n_lists; i++) {
+    const rkv_keep_list *L = &lists[i];
+    uint32_t k = L->layer * s->heads + L->head;
+    bms_stream *t = &q->st[k];
+    const int32_t *ids;
+    int32_t nr;
+    if (bms_mgr_row_(s, q, k, &ids, &nr)) return -1;
+    for (int32_t j = 0; j < t->nrow; j++) bms_ref_dec_(s, t->row[j]);
+    for (int32_t j = 0; j < nr; j++) bms_ref_inc_(s, ids[j]);
+    /* Moves still read old rows, but only through the global slot numbers in the plan. */
+    bms_copy_(t->row, ids, (size_t)nr * sizeof *ids);
+    t->nrow = nr;
+    for (uint32_t p = 0; p < L->n; p++) t->tok[p] = t->tok[L->pos[p]];
+    t->len = (int32_t)L->n;
+  }
+  /* Pass 3: apply the plan in order. Every destination must be a block of a listed stream's
+   * new row that nobody else references (else the plan would write into shared KV). */
+  bms_next_stamp_(s);
+  for (uint32_t i = 0; i < n_lists; i++) {
+    const bms_stream *t = &q->st[lists[i].layer * s->heads + lists[i].head];
+    for (int32_t j = 0; j < t->nrow; j++) s->mark[t->row[j]] = s->stamp;
+  }
+  int64_t nslots = (int64_t)s->nblocks * s->bs;
+  for (uint32_t i = 0; i < n_moves; i++) {
+    int64_t src = s->moves[i].src, dst = s->moves[i].dst;
+    if (src < 0 || src >= nslots || dst < 0 || dst >= nslots)
+      return BMS_FAIL(s, "compact: move %u %" PRId64 " -> %" PRId64 " out of range", i, src, dst);
+    int32_t db = (int32_t)(dst / s->bs);
+    if (s->mark[db] != s->stamp || s->ref[db] != 1)
+      return BMS_FAIL(s, "compact: move %u writes block %d (ref %u) outside the compacted rows", i,
+                      db, s->ref[db]);
+    s->slot_tok[dst] = s->slot_tok[src];
+  }
+  bms_note_peak_(s);
+  if (bms_verify_counts(s)) return -1;
+  return bms_verify_seq(s, q);
+}
+
+static inline int bms_compact(bm_shadow *s, int64_t id, const rkv_keep_list *lists,
+                              uint32_t n_lists, rkv_status *out) {
+  return bms_compact_ex(s, id, lists, n_lists, -1, out);
+}
+
+/* rkv_blockmgr_compact_uniform; the model then plays the device: it picks a random sorted
+ * subset of `keep` old positions per cut stream and gathers those tokens into the new row
+ * (reading the old rows the call reported). short_cap 1 / 2 passes one map / one old-block
+ * entry too few, which must fail with RKV_ERR_CAPACITY and report the need. */
+static inline int bms_compact_uniform_ex(bm_shadow *s, int64_t id, int32_t layer, int32_t keep,
+                                         int short_cap, rkv_status *out) {
+  bms_seq *q = bms_find(s, id);
+  rkv_status want = RKV_OK;
+  uint32_t fresh = 0, touched = 0, old_total = 0, old_touched = 0;
+  int32_t bs = (int32_t)s->bs;
+  if (!q) {
+    want = RKV_ERR_NOT_FOUND;
+  } else if (layer >= (int32_t)s->layers || keep < 0) {
+    want = RKV_ERR_INVALID_ARG;
+  } else {
+    for (uint32_t k = 0; k < s->S; k++) {
+      const bms_stream *t = &q->st[k];
+      old_total += (uint32_t)t->nrow;
+      if (layer >= 0 && k / s->heads != (uint32_t)layer) continue;
+      if (t->len <= keep) continue;
+      touched++;
+      old_touched += (uint32_t)t->nrow;
+      for (int32_t j = 0; j < bms_ceil_div(keep, bs); j++) fresh += s->ref[t->row[j]] > 1;
+    }
+    if (fresh > s->nfree) want = RKV_ERR_NO_BLOCKS;
+  }
+  if (want != RKV_OK || (short_cap == 1 && touched == 0) || (short_cap == 2 && old_touched == 0))
+    short_cap = 0; /* only the capacity is wrong, or the call is not made short */
+  if (short_cap) want = RKV_ERR_CAPACITY;
+  if (!bms_grow_((void **)&s->old_blocks, &s->old_cap, old_total + 1, sizeof *s->old_blocks))
+    return BMS_FAIL(s, "out of memory");
+  uint32_t n_maps = 0, n_old = 0;
+  uint32_t maps_cap = short_cap == 1 ? touched - 1 : s->S;
+  uint32_t old_cap = short_cap == 2 ? old_touched - 1 : (uint32_t)s->old_cap;
+  rkv_status st = rkv_blockmgr_compact_uniform(s->m, id, layer, keep, s->maps, maps_cap, &n_maps,
+                                               s->old_blocks, old_cap, &n_old);
+  *out = st;
+  if (bms_expect_(s, "compact_uniform", st, want)) return -1;
+  if (short_cap == 1 && n_maps != touched)
+    return BMS_FAIL(s, "compact_uniform: CAPACITY reported %u maps needed, model %u", n_maps,
+                    touched);
+  if (short_cap == 2 && n_old != old_touched)
+    return BMS_FAIL(s, "compact_uniform: CAPACITY reported %u old blocks needed, model %u", n_old,
+                    old_touched);
+  if (want != RKV_OK) return bms_verify_unchanged_(s, id);
+  if (n_old != old_touched)
+    return BMS_FAIL(s, "compact_uniform: %u old blocks, model %u", n_old, old_touched);
+  if (n_maps != touched) return BMS_FAIL(s, "compact_uniform: %u maps, model %u", n_maps, touched);
+  /* Pass 1: maps describe the old rows; new rows keep unshared leading blocks. */
+  bms_next_stamp_(s);
+  for (uint32_t i = 0; i < n_maps; i++) {
+    const rkv_compact_map *mp = &s->maps[i];
+    if (mp->layer >= s->layers || mp->head >= s->heads)
+      return BMS_FAIL(s, "compact_uniform: map %u bad stream", i);
+    uint32_t k = mp->layer * s->heads + mp->head;
+    const bms_stream *t = &q->st[k];
+    if ((layer >= 0 && mp->layer != (uint32_t)layer) || t->len <= keep || mp->old_len != t->len ||
+        mp->new_len != keep || mp->old_n_blocks != t->nrow || mp->old_offset < 0 ||
+        (uint32_t)(mp->old_offset + mp->old_n_blocks) > n_old)
+      return BMS_FAIL(s, "compact_uniform: map %u (stream %u) old_len %d new_len %d old %d+%d", i,
+                      k, mp->old_len, mp->new_len, mp->old_offset, mp->old_n_blocks);
+    for (int32_t j = 0; j < t->nrow; j++)
+      if (s->old_blocks[mp->old_offset + j] != t->row[j])
+        return BMS_FAIL(s, "compact_uniform: map %u old row[%d] = %d, model %d", i, j,
+                        s->old_blocks[mp->old_offset + j], t->row[j]);
+    for (uint32_t i2 = 0; i2 < i; i2++)
+      if (s->maps[i2].layer == mp->layer && s->maps[i2].head == mp->head)
+        return BMS_FAIL(s, "compact_uniform: stream %u mapped twice", k);
+    const int32_t *ids;
+    int32_t nr;
+    if (bms_mgr_row_(s, q, k, &ids, &nr)) return -1;
+    if (nr != bms_ceil_div(keep, bs))
+      return BMS_FAIL(s, "compact_uniform: stream %u has %d blocks", k, nr);
+    for (int32_t j = 0; j < nr; j++) {
+      if (s->ref[t->row[j]] > 1) {
+        if (bms_check_fresh_(s, ids[j], "compact_uniform (shared leading block)")) return -1;
+      } else if (ids[j] != t->row[j]) {
+        return BMS_FAIL(s, "compact_uniform: stream %u row[%d] changed %d -> %d", k, j, t->row[j],
+                        ids[j]);
+      }
+    }
+  }
+  /* Pass 2: gather (device simulation) and update refs and rows. */
+  if (!bms_grow_((void **)&s->tmp_tok, &s->tmp_cap, (size_t)keep + 1, sizeof *s->tmp_tok))
+    return BMS_FAIL(s, "out of memory");
+  for (uint32_t i = 0; i < n_maps; i++) {
+    const rkv_compact_map *mp = &s->maps[i];
+    bms_stream *t = &q->st[mp->layer * s->heads + mp->head];
+    const int32_t *ids;
+    int32_t nr;
+    if (bms_mgr_row_(s, q, mp->layer * s->heads + mp->head, &ids, &nr)) return -1;
+    /* Selection sampling: a uniformly random sorted subset of `keep` old positions. */
+    int32_t chosen = 0;
+    for (int32_t p = 0; p < t->len && chosen < keep; p++) {
+      if (bms_below(&s->rng, (uint32_t)(t->len - p)) < (uint32_t)(keep - chosen)) {
+        int64_t src = (int64_t)s->old_blocks[mp->old_offset + p / bs] * bs + p % bs;
+        s->tmp_tok[chosen] = s->slot_tok[src];
+        if (s->tmp_tok[chosen] != t->tok[p])
+          return BMS_FAIL(s, "compact_uniform: old slot of pos %d lost its token", p);
+        chosen++;
+      }
+    }
+    for (int32_t j = 0; j < t->nrow; j++) bms_ref_dec_(s, t->row[j]);
+    for (int32_t j = 0; j < nr; j++) bms_ref_inc_(s, ids[j]);
+    bms_copy_(t->row, ids, (size_t)nr * sizeof *ids);
+    t->nrow = nr;
+    t->len = keep;
+    for (int32_t p = 0; p < keep; p++) {
+      t->tok[p] = s->tmp_tok[p];
+      s->slot_tok[bms_slot_(s, t->row, p)] = s->tmp_tok[p];
+    }
+  }
+  /* Every written block must be private now. */
+  for (uint32_t i = 0; i < n_maps; i++) {
+    const bms_stream *t = &q->st[s->maps[i].layer * s->heads + s->maps[i].head];
+    for (int32_t j = 0; j < t->nrow; j++)
+      if (s->ref[t->row[j]] != 1)
+        return BMS_FAIL(s, "compact_uniform: cut stream keeps shared block %d", t->row[j]);
+  }
+  bms_note_peak_(s);
+  if (bms_verify_counts(s)) return -1;
+  return bms_verify_seq(s, q);
+}
+
+static inline int bms_compact_uniform(bm_shadow *s, int64_t id, int32_t layer, int32_t keep,
+                                      rkv_status *out) {
+  return bms_compact_uniform_ex(s, id, layer, keep, 0, out);
+}
+
+/* rkv_blockmgr_seq_restore with lens [S]; the model then writes fresh tokens into the new
+ * blocks (the caller's swap-in). */
+static inline int bms_restore(bm_shadow *s, int64_t id, const int32_t *lens, rkv_status *out) {
+  rkv_status want = RKV_OK;
+  uint32_t need = 0;
+  for (uint32_t k = 0; k < s->S; k++) {
+    if (lens[k] < 0)
+      want = RKV_ERR_INVALID_ARG;
+    else
+      need += (uint32_t)bms_ceil_div(lens[k], (int32_t)s->bs);
+  }
+  if (id < 0) want = RKV_ERR_INVALID_ARG;
+  if (want == RKV_OK) {
+    if (bms_find(s, id))
+      want = RKV_ERR_EXISTS;
+    else if (s->nlive >= s->max_seqs)
+      want = RKV_ERR_CAPACITY;
+    else if (need > s->nfree)
+      want = RKV_ERR_NO_BLOCKS;
+  }
+  rkv_status st = rkv_blockmgr_seq_restore(s->m, id, lens);
+  *out = st;
+  if (bms_expect_(s, "seq_restore", st, want)) return -1;
+  if (want != RKV_OK) return bms_verify_unchanged_(s, id);
+  bms_seq *q = bms_free_slot_(s);
+  q->live = true;
+  q->id = id;
+  s->nlive++;
+  bms_next_stamp_(s);
+  for (uint32_t k = 0; k < s->S; k++) {
+    bms_stream *t = &q->st[k];
+    const int32_t *ids;
+    int32_t nr;
+    if (bms_mgr_row_(s, q, k, &ids, &nr)) return -1;
+    if (nr != bms_ceil_div(lens[k], (int32_t)s->bs))
+      return BMS_FAIL(s, "restore: stream %u has %d blocks for len %d", k, nr, lens[k]);
+    for (int32_t j = 0; j < nr; j++)
+      if (bms_check_fresh_(s, ids[j], "restore")) return -1;
+    if (!bms_stream_reserve_(t, lens[k], nr)) return BMS_FAIL(s, "out of memory");
+    bms_copy_(t->row, ids, (size_t)nr * sizeof *ids);
+    t->nrow = nr;
+    t->len = lens[k];
+  }
+  for (uint32_t k = 0; k < s->S; k++) {
+    bms_stream *t = &q->st[k];
+    for (int32_t j = 0; j < t->nrow; j++) bms_ref_inc_(s, t->row[j]);
+    for (int32_t p = 0; p < t->len; p++)
+      s->slot_tok[bms_slot_(s, t->row, p)] = t->tok[p] = s->next_tok++;
+  }
+  bms_note_peak_(s);
+  if (bms_verify_counts(s)) return -1;
+  return bms_verify_seq(s, q);
+}
+
+/* ---- Random operation mixes (property test, stress) -------------------------------------- */
+
+/* Writes a random strictly increasing keep list over [0, len) into pos; returns its size.
+ * Shapes: empty, full, prefix, suffix, or each position kept with a random probability. */
+static inline uint32_t bms_random_keep(uint64_t *rng, int32_t len, int32_t *pos) {
+  uint32_t n = 0, mode = bms_below(rng, 10);
+  if (len == 0 || mode == 0) return 0;
+  if (mode == 1) {
+    for (int32_t p = 0; p < len; p++) pos[n++] = p;
+  } else if (mode == 2 || mode == 3) {
+    int32_t cut = (int32_t)bms_below(rng, (uint32_t)len + 1);
+    for (int32_t p = mode == 2 ? 0 : cut; p < (mode == 2 ? cut : len); p++) pos[n++] = p;
+  } else {
+    uint32_t thr = bms_below(rng, 1025);
+    for (int32_t p = 0; p < len; p++)
+      if (bms_below(rng, 1024) < thr) pos[n++] = p;
+  }
+  return n;
+}
+
+/* Prepares s->lists over a random non-empty subset of streams of q (random order), with keep
+ * lists in s->keep_pos. Returns the number of lists, or -1 when out of memory. */
+static inline int bms_random_lists(bm_shadow *s, uint64_t *rng, const bms_seq *q) {
+  int32_t maxlen = 1;
+  for (uint32_t k = 0; k < s->S; k++)
+    if (q->st[k].len > maxlen) maxlen = q->st[k].len;
+  size_t cap = s->keep_seg * s->S;
+  /* +2: bms_random_bad_op may append up to two positions past a full list. */
+  if ((size_t)maxlen + 2 > s->keep_seg) {
+    size_t seg = (size_t)maxlen * 2 + 2;
+    int32_t *p = realloc(s->keep_pos, seg * s->S * sizeof *p);
+    if (!p) return -1;
+    s->keep_pos = p;
+    s->keep_seg = seg;
+    cap = seg * s->S;
+  }
+  (void)cap;
+  uint32_t n = 0;
+  uint32_t start = bms_below(rng, s->S);
+  bool all = bms_below(rng, 4) == 0;
+  for (uint32_t i = 0; i < s->S; i++) {
+    uint32_t k = (start + i * 7919u) % s->S; /* 7919 is prime: a permutation unless S % 7919 */
+    if (!all && bms_below(rng, 2) && !(i == s->S - 1 && n == 0)) continue;
+    int32_t *pos = s->keep_pos + (size_t)k * s->keep_seg;
+    rkv_keep_list *L = &s->lists[n++];
+    L->layer = k / s->heads;
+    L->head = k % s->heads;
+    L->pos = pos;
+    L->n = bms_random_keep(rng, q->st[k].len, pos);
+  }
+  /* A duplicate stream (the permutation above can repeat when S is a multiple of 7919). */
+  for (uint32_t i = 0; i < n; i++)
+    for (uint32_t j = 0; j < i; j++)
+      if (s->lists[i].layer == s->lists[j].layer && s->lists[i].head == s->lists[j].head) {
+        s->lists[i] = s->lists[--n];
+        i--;
+        break;
+      }
+  return (int)n;
+}
+
+/* Picks an id: usually a live sequence, sometimes a fresh or unknown one. */
+static inline int64_t bms_pick_live_(bm_shadow *s, uint64_t *rng) {
+  if (s->nlive == 0) return (int64_t)bms_below(rng, 2 * s->max_seqs);
+  return bms_nth_live(s, bms_below(rng, s->nlive))->id;
+}
+static inline int64_t bms_pick_unused_(bm_shadow *s, uint64_t *rng) {
+  for (;;) {
+    int64_t id = (int64_t)bms_below(rng, 4 * s->max_seqs + 4);
+    if (!bms_find(s, id)) return id;
+  }
+}
+
+/* One malformed or impossible call that must fail with the predicted status and change
+ * nothing (the drivers check both). */
+static inline int bms_random_bad_op(bm_shadow *s, uint64_t *rng, rkv_status *st) {
+  int64_t unknown = bms_pick_unused_(s, rng);
+  bms_seq *q = s->nlive ? bms_find(s, bms_pick_live_(s, rng)) : NULL;
+  uint32_t kind = bms_below(rng, q ? 14 : 4);
+  switch (kind) {
+    case 0:
+      return bms_append(s, unknown, 1 + bms_below(rng, 8), true, st);
+    case 1:
+      return bms_free(s, unknown, st);
+    case 2:
+      return bms_fork(s, unknown, bms_pick_unused_(s, rng), st);
+    case 3: {
+      rkv_keep_list L = {0, 0, NULL, 0};
+      return bms_compact(s, unknown, &L, 1, st);
+    }
+    case 4:
+      return bms_create(s, q->id, st);
+    case 5:
+      return bms_fork(s, q->id, q->id, st);
+    case 6:
+      return bms_append(s, q->id, 0, true, st);
+    case 7:
+      return bms_compact_uniform(s, q->id, (int32_t)s->layers, 0, st);
+    case 8:
+      return bms_compact_uniform(s, q->id, -1, -1 - (int32_t)bms_below(rng, 3), st);
+    case 12: /* maps or old-block buffer one entry short (when the cut touches anything) */
+    case 13: {
+      int32_t maxlen = 0;
+      for (uint32_t k = 0; k < s->S; k++)
+        if (q->st[k].len > maxlen) maxlen = q->st[k].len;
+      int32_t layer = bms_below(rng, 2) ? -1 : (int32_t)bms_below(rng, s->layers);
+      return bms_compact_uniform_ex(s, q->id, layer, (int32_t)bms_below(rng, (uint32_t)maxlen + 1),
+                                    kind == 12 ? 1 : 2, st);
+    }
+    default: {
+      int nl = bms_random_lists(s, rng, q);
+      if (nl < 0) return BMS_FAIL(s, "out of memory");
+      rkv_keep_list *L = &s->lists[0];
+      int32_t len = q->st[L->layer * s->heads + L->head].len;
+      int32_t *pos = (int32_t *)L->pos;
+      if (kind == 9) { /* unsorted or duplicate positions */
+        if (L->n >= 2) {
+          int32_t t = pos[0];
+          pos[0] = pos[L->n - 1];
+          pos[L->n - 1] = t;
+        } else if (L->n == 1) {
+          pos[1] = pos[0];
+          L->n = 2;
+        } else {
+          pos[0] = 0;
+          L->n = 1;
+          if (len > 0) return bms_compact(s, q->id, s->lists, (uint32_t)nl, st); /* valid */
+        }
+      } else if (kind == 10) { /* out of range: past the end, or negative */
+        pos[L->n] = bms_below(rng, 2) ? len + (int32_t)bms_below(rng, 3) : -1;
+        if (pos[L->n] < 0) {
+          pos[0] = -1;
+          if (L->n == 0) L->n = 1;
+        } else {
+          L->n++;
+        }
+      } else { /* a stream listed twice, or a bad layer */
+        if (bms_below(rng, 2)) {
+          s->lists[nl] = s->lists[0];
+          nl++;
+        } else {
+          L->layer = s->layers + bms_below(rng, 3);
+        }
+      }
+      return bms_compact(s, q->id, s->lists, (uint32_t)nl, st);
+    }
+  }
+}
+
+/* One random operation from the standard mix; updates c. Free probability rises with pool
+ * pressure so sequences churn and NO_BLOCKS is frequent but not permanent. */
+static inline int bms_random_op(bm_shadow *s, uint64_t *rng, uint32_t max_append, bms_counts *c) {
+  rkv_status st = RKV_OK;
+  int kind, ret;
+  uint32_t r = bms_below(rng, 1000);
+  uint32_t pressure = (s->nblocks - s->nfree) * 100u / s->nblocks;  /* percent used */
+  uint32_t p_free = 40 + (pressure > 60 ? (pressure - 60) * 8 : 0); /* per mille */
+  if (s->nlive == 0 || r < 60) {
+    kind = BMS_OP_CREATE;
+    int64_t id = bms_below(rng, 8) == 0 ? bms_pick_live_(s, rng) : bms_pick_unused_(s, rng);
+    ret = bms_create(s, id, &st);
+  } else if (r < 60 + p_free) {
+    kind = BMS_OP_FREE;
+    ret = bms_free(s, bms_pick_live_(s, rng), &st);
+  } else if (r < 220 + p_free) {
+    kind = BMS_OP_FORK;
+    ret = bms_fork(s, bms_pick_live_(s, rng), bms_pick_unused_(s, rng), &st);
+  } else if (r < 340 + p_free) {
+    kind = BMS_OP_COMPACT;
+    bms_seq *q = bms_find(s, bms_pick_live_(s, rng));
+    int nl = bms_random_lists(s, rng, q);
+    if (nl < 0) return BMS_FAIL(s, "out of memory");
+    if (bms_below(rng, 16) == 0) { /* a too-small move buffer (CAPACITY when anything moves) */
+      ret = bms_compact_ex(s, q->id, s->lists, (uint32_t)nl, 0, &st);
+    } else {
+      ret = bms_compact(s, q->id, s->lists, (uint32_t)nl, &st);
+    }
+  } else if (r < 400 + p_free) {
+    kind = BMS_OP_UNIFORM;
+    bms_seq *q = bms_find(s, bms_pick_live_(s, rng));
+    int32_t maxlen = 0;
+    for (uint32_t k = 0; k < s->S; k++)
+      if (q->st[k].len > maxlen) maxlen = q->st[k].len;
+    int32_t layer = bms_below(rng, 3) == 0 ? -1 : (int32_t)bms_below(rng, s->layers);
+    ret = bms_compact_uniform(s, q->id, layer, (int32_t)bms_below(rng, (uint32_t)maxlen + 2), &st);
+  } else if (r < 420 + p_free) {
+    kind = BMS_OP_RESTORE;
+    uint32_t maxlen = 1 + bms_below(rng, 3 * max_append);
+    for (uint32_t k = 0; k < s->S; k++) s->lens[k] = (int32_t)bms_below(rng, maxlen + 1);
+    int64_t id = bms_below(rng, 8) == 0 ? bms_pick_live_(s, rng) : bms_pick_unused_(s, rng);
+    ret = bms_restore(s, id, s->lens, &st);
+  } else if (r < 500 + p_free) {
+    kind = BMS_OP_BAD;
+    ret = bms_random_bad_op(s, rng, &st);
+  } else {
+    kind = BMS_OP_APPEND;
+    /* copies = NULL now and then: valid unless a shared partial tail must be copied. */
+    ret = bms_append_ex(s, bms_pick_live_(s, rng), 1 + bms_below(rng, max_append),
+                        bms_below(rng, 8) != 0, bms_below(rng, 8) != 0, &st);
+  }
+  c->ops++;
+  c->kind[kind]++;
+  if (st == RKV_OK) c->ok[kind]++;
+  if (st == RKV_ERR_NO_BLOCKS) c->no_blocks++;
+  return ret;
+}
+
+/* Frees every live sequence and proves the pool is whole again. Returns -1 on a mismatch or
+ * when blocks leaked (*leaked = used blocks left over). */
+static inline int bms_free_all(bm_shadow *s, uint32_t *leaked) {
+  rkv_status st;
+  while (s->nlive > 0)
+    if (bms_free(s, bms_nth_live(s, 0)->id, &st)) return -1;
+  rkv_blockmgr_stats stt;
+  rkv_blockmgr_get_stats(s->m, &stt);
+  *leaked = stt.used_blocks;
+  if (stt.used_blocks != 0 || stt.free_blocks != s->nblocks)
+    return BMS_FAIL(s, "after freeing everything: %u blocks still used", stt.used_blocks);
+  return bms_verify_all(s);
+}
+
+#endif /* RKV_BM_SHADOW_H */

@@ -1,0 +1,37 @@
+# Scheduler tool tests (included by tests/CMakeLists.txt): short `rkv sim` runs that keep the
+# simulator's paths working — compute none with the invariant walk after every step (table and
+# JSON), a few requests through the real CPU kernels with swap preemption, the SVG writer,
+# and the option errors. No claims about speed.
+add_test(NAME scheduler_sim_none_check
+         COMMAND $<TARGET_FILE:rkv> sim --model tiny --compute none --check --quiet
+                 --admission optimistic --pool-blocks 512)
+set_tests_properties(scheduler_sim_none_check PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77
+                     LABELS "unit;scheduler"
+                     PASS_REGULAR_EXPRESSION "streaming +[0-9.]+ +[0-9.]+ +[0-9]+ +[0-9]+ +32/32 +0 ")
+
+add_test(NAME scheduler_sim_cpu_swap_json
+         COMMAND $<TARGET_FILE:rkv> sim --model tiny --compute cpu --requests 6 --gen-mean 300
+                 --pool-blocks 192 --admission optimistic --preempt swap --check --quiet --json
+                 --policy full,rkv,h2o --threads 1
+                 --plot ${CMAKE_CURRENT_BINARY_DIR}/scheduler_sim_cpu_swap.svg)
+set_tests_properties(scheduler_sim_cpu_swap_json PROPERTIES TIMEOUT 300 SKIP_RETURN_CODE 77
+                     LABELS "unit;scheduler"
+                     PASS_REGULAR_EXPRESSION "\"policy\": \"h2o\", \"complete\": true")
+
+add_test(NAME scheduler_sim_bad_option COMMAND $<TARGET_FILE:rkv> sim --policy nope)
+set_tests_properties(scheduler_sim_bad_option PROPERTIES TIMEOUT 30 WILL_FAIL TRUE
+                     LABELS "unit;scheduler")
+
+# The paper's serving-table arithmetic (docs/BENCHMARKS.md, "Serving simulator"): Llama-8B
+# shape, 80 GiB pool, 16K generations, B = 1024 -> full KV sustains 39 sequences, R-KV 563.
+# The first dozen steps admit everything; exact numbers, so any change to the admission
+# arithmetic shows up here. Skipped at RKV_DEBUG 3, where the block manager walks its 10 M
+# blocks after every operation.
+if(RKV_DEBUG LESS 3)
+  add_test(NAME scheduler_sim_paper_batch
+           COMMAND $<TARGET_FILE:rkv> sim --model llama-8b --workload fixed --requests 600
+                   --prompt-len 128 --gen-len 16384 --pool-gib 80 --budget 1024 --compute none
+                   --gpu a100 --policy full,rkv --steps 12 --quiet --json)
+  set_tests_properties(scheduler_sim_paper_batch PROPERTIES TIMEOUT 120 LABELS "unit;scheduler"
+    PASS_REGULAR_EXPRESSION "\"policy\": \"full\"[^}]*\"max_batch\": 39,.*\"policy\": \"rkv\"[^}]*\"max_batch\": 563,")
+endif()

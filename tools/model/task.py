@@ -1,0 +1,181 @@
+"""Synthetic chain-of-thought task for the librkv test model: labelled n-digit addition.
+
+A problem is written as a prompt (the two operands, every digit tagged with its column label)
+followed by a reasoning trace: one fixed-width line per column with its carries, a redundant
+"wait, let me verify:" pass repeating every line, and the labelled answer. Two properties make
+KV eviction matter: the operands the last lines need appear at the very start, and the
+verification pass duplicates earlier tokens. The format is documented in docs/MODEL.md; the C
+side (tools/rkv/model_task.c) generates byte-identical problems from the same seeds.
+
+Problems are a pure function of (seed, index, digit range) through splitmix64, so training,
+held-out evaluation and `rkv eval` never depend on Python's random module.
+"""
+
+import argparse
+import sys
+
+GENERATOR_VERSION = 1
+
+# Character vocabulary. Index 0 is padding and never appears in text. Column labels: operand a
+# uses 'A'.., operand b uses 'a'..; the answer reuses the uppercase labels.
+PAD = "\0"
+VOCAB = PAD + "\n :;+=.?" + "0123456789" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ" + "abcdefghijklmnopqrstuvwxyz" + ","
+STOI = {c: i for i, c in enumerate(VOCAB)}
+MIN_DIGITS = 1
+MAX_DIGITS = 25  # label alphabet bound: column n (final carry) needs letter n
+
+VERIFY = "wait, let me verify:"
+ANSWER = "so the answer is "
+EOS = "."
+
+MASK64 = (1 << 64) - 1
+
+
+def splitmix64(state):
+    """One splitmix64 step: returns (new_state, output)."""
+    state = (state + 0x9E3779B97F4A7C15) & MASK64
+    z = state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return state, z ^ (z >> 31)
+
+
+class Rng:
+    """splitmix64 stream; the C generator uses the same arithmetic."""
+
+    def __init__(self, seed):
+        self.state = seed & MASK64
+
+    def next(self):
+        self.state, out = splitmix64(self.state)
+        return out
+
+    def below(self, n):
+        # Plain modulo: the bias (< 2^-50 for our ranges) is irrelevant and trivially portable.
+        return self.next() % n
+
+
+def problem_seed(seed, index):
+    """Seed of problem `index` of a problem set: independent streams per index."""
+    _, s = splitmix64((seed * 0x100000001B3 + index) & MASK64)
+    return s
+
+
+def make_operands(seed, index, lo, hi):
+    """Digit count in [lo, hi] and two n-digit operands (no leading zero) for one problem."""
+    if not (MIN_DIGITS <= lo <= hi <= MAX_DIGITS):
+        raise ValueError(f"digit range {lo}..{hi} outside {MIN_DIGITS}..{MAX_DIGITS}")
+    rng = Rng(problem_seed(seed, index))
+    n = lo + rng.below(hi - lo + 1)
+    digits = []
+    for _ in range(2):
+        d = [1 + rng.below(9)] + [rng.below(10) for _ in range(n - 1)]  # most significant first
+        digits.append(int("".join(map(str, d))))
+    return n, digits[0], digits[1]
+
+
+def upper(i):
+    return chr(ord("A") + i)
+
+
+def lower(i):
+    return chr(ord("a") + i)
+
+
+def prompt_text(n, a, b):
+    """'Q:' + labelled a (most significant first) + '+' + labelled b + newline."""
+    da = str(a).zfill(n)
+    db = str(b).zfill(n)
+    pa = "".join(upper(n - 1 - k) + da[k] for k in range(n))
+    pb = "".join(lower(n - 1 - k) + db[k] for k in range(n))
+    return "Q:" + pa + "+" + pb + "\n"
+
+
+def column_lines(n, a, b):
+    """One 10-character line per column, least significant first: 'A6+4+0=10;'."""
+    da = str(a).zfill(n)[::-1]
+    db = str(b).zfill(n)[::-1]
+    carry = 0
+    out = []
+    for i in range(n):
+        s = int(da[i]) + int(db[i]) + carry
+        out.append(f"{upper(i)}{da[i]}+{db[i]}+{carry}={s // 10}{s % 10};")
+        carry = s // 10
+    return "".join(out), carry
+
+
+def answer_text(n, a, b):
+    """Labelled sum, n + 1 digits (leading carry included even when 0), most significant first."""
+    s = str(a + b).zfill(n + 1)
+    return "".join(upper(n - k) + s[k] for k in range(n + 1))
+
+
+def target_text(n, a, b):
+    """Everything the model generates after the prompt, EOS included."""
+    lines, _ = column_lines(n, a, b)
+    return lines + "\n" + VERIFY + lines + "\n" + ANSWER + answer_text(n, a, b) + EOS
+
+
+def problem(seed, index, lo, hi):
+    """(n, a, b, prompt, target) of problem `index` of the set `seed` with digits in [lo, hi]."""
+    n, a, b = make_operands(seed, index, lo, hi)
+    return n, a, b, prompt_text(n, a, b), target_text(n, a, b)
+
+
+def parse_answer(generated):
+    """Integer answer of a generated trace, or None when the answer is missing or malformed.
+
+    The answer is the text between ANSWER and EOS with its labels dropped; every label must be
+    followed by exactly one digit.
+    """
+    k = generated.rfind(ANSWER)
+    if k < 0:
+        return None
+    rest = generated[k + len(ANSWER):]
+    end = rest.find(EOS)
+    if end < 0:
+        return None
+    body = rest[:end]
+    if len(body) < 2 or len(body) % 2:
+        return None
+    digits = []
+    for j in range(0, len(body), 2):
+        if not ("A" <= body[j] <= "Z") or not body[j + 1].isdigit():
+            return None
+        digits.append(body[j + 1])
+    return int("".join(digits))
+
+
+def is_correct(a, b, generated):
+    return parse_answer(generated) == a + b
+
+
+def encode(text):
+    return [STOI[c] for c in text]
+
+
+def decode(ids):
+    return "".join(VOCAB[i] for i in ids if i != 0)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Print problems of the labelled-addition task.")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--count", type=int, default=3)
+    ap.add_argument("--min-digits", type=int, default=6)
+    ap.add_argument("--max-digits", type=int, default=20)
+    ap.add_argument("--tsv", action="store_true",
+                    help="one line per problem: index n a b len(prompt) len(target) (cross-checks)")
+    args = ap.parse_args(argv)
+    for i in range(args.count):
+        n, a, b, p, t = problem(args.seed, i, args.min_digits, args.max_digits)
+        assert is_correct(a, b, t)
+        if args.tsv:
+            print(f"{i}\t{n}\t{a}\t{b}\t{len(p)}\t{len(t)}")
+        else:
+            sys.stdout.write(p + t + "\n\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

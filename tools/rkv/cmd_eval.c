@@ -1,0 +1,933 @@
+/* `rkv eval`: does reasoning still come out right with a fraction of the KV cache? Serves the
+ * project's trained test model (tools/model, docs/MODEL.md) through librkv on the CPU backend,
+ * decoding many held-out addition problems at once with continuous batching (new problems
+ * are admitted, prefilled and decoded in the same step as running ones), under every
+ * eviction policy and budget, and reports exact-match accuracy, mean generated length, peak
+ * KV blocks and tokens/s as a table, JSON and an SVG plot.
+ *
+ * The batching loop is this tool's own (one step = every live sequence feeds its next token,
+ * newly admitted ones their whole prompt); compression runs right after the step whose
+ * attention saw the full cache, as docs/RKV-ALGORITHM.md prescribes. */
+#include "rkv_tool.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <rkv/evict.h>
+#include <rkv/scheduler.h>
+
+#include "model.h"
+
+const char rkv_cmd_eval_summary[] =
+    "accuracy of the test model under each eviction policy and budget";
+
+#define EVAL_MAX_LIST 16
+#define EVAL_SEED_DEFAULT 777
+
+typedef struct eval_opts {
+  const char *model_path;
+  rkv_evict_policy policies[EVAL_MAX_LIST];
+  int n_policies;
+  int32_t budgets[EVAL_MAX_LIST];
+  int n_budgets;
+  int32_t buffer;
+  int32_t window;
+  uint32_t problems;
+  int32_t min_digits, max_digits;
+  uint64_t seed;
+  uint32_t batch;
+  uint32_t block_size;
+  rkv_dtype kv_dtype;
+  int32_t threads;
+  bool json;
+  const char *plot;
+  int show;
+  bool check;
+  bool require_bounds;
+  double min_full_accuracy; /* < 0: no requirement */
+  bool simple_loop;         /* the tool's own batching loop instead of the scheduler */
+} eval_opts;
+
+typedef struct eval_result {
+  rkv_evict_policy policy;
+  int32_t budget; /* 0 for full */
+  uint32_t problems;
+  uint32_t correct;
+  uint64_t generated_tokens;
+  uint64_t prompt_tokens;
+  uint32_t peak_blocks;
+  int32_t max_stream_len;     /* longest stream seen (before the step's compression) */
+  int32_t max_after_compress; /* longest stream right after any compression */
+  int32_t max_prompt_len;
+  uint64_t compressions;
+  uint64_t tokens_evicted;
+  uint64_t blocks_freed;
+  uint64_t steps;
+  uint64_t preemptions;
+  uint32_t max_running;
+  double seconds;
+  bool budget_ok;
+} eval_result;
+
+typedef struct eval_seq {
+  int64_t id;
+  rkv_task_problem prob;
+  int32_t prompt[RKV_TASK_MAX_TEXT];
+  int32_t prompt_len;
+  char gen[RKV_TASK_MAX_TEXT + 64];
+  int32_t gen_len;
+  int32_t pos;      /* tokens fed so far = logical position of the next one */
+  int32_t next_tok; /* token to feed next (decode) */
+  int32_t prev_tok; /* token fed before next_tok */
+  bool prefill;     /* feeds its prompt this step */
+  bool done;
+} eval_seq;
+
+static void eval_usage(void) {
+  printf(
+      "usage: rkv eval [--model FILE] [--policies LIST] [--budgets LIST] [--buffer N]\n"
+      "                [--window N] [--problems N] [--digits LO-HI] [--seed N] [--batch N]\n"
+      "                [--block-size N] [--kv-dtype f32|f16|bf16] [--threads N] [--json]\n"
+      "                [--plot FILE.svg] [--show N] [--check] [--simple-loop]\n"
+      "  Decodes held-out problems of the labelled-addition task (docs/MODEL.md) with the\n"
+      "  trained test model through librkv (CPU backend, paged KV, continuous batching) and\n"
+      "  reports, per policy and budget: exact-match accuracy, mean generated tokens, peak KV\n"
+      "  blocks in use, and generated tokens per second.\n"
+      "  --model FILE      weights (default tools/model/weights/adder.safetensors)\n"
+      "  --policies LIST   comma list of full,rkv,snapkv,streaming,h2o (default all)\n"
+      "  --budgets LIST    comma list of per-stream budgets B (default 32,48,64,96,128)\n"
+      "  --buffer N        tokens decoded between compressions (default 16)\n"
+      "  --window N        alpha: newest tokens kept / query-window rows (default 8)\n"
+      "  --problems N      problems per (policy, budget) (default 500)\n"
+      "  --digits LO-HI    operand digit range (default 6-20, the trained range)\n"
+      "  --seed N          problem-set seed (default %d; training never uses it)\n"
+      "  --batch N         sequences decoded at once (default 32)\n"
+      "  --show N          print the first N generations of each run on stderr\n"
+      "  --check           run the block manager / scheduler checks after every step (slow)\n"
+      "  --simple-loop     batch with the tool's own loop instead of the librkv scheduler\n"
+      "  --require-bounds  exit 3 unless every run kept its streams within max(prompt, B +\n"
+      "                    buffer) tokens and at most B right after each compression\n"
+      "  --min-full-accuracy X  exit 3 when the full-cache accuracy is below X (CI floor)\n"
+      "  --json            one JSON object instead of the table\n"
+      "  --plot FILE       write an SVG plot of accuracy against budget\n"
+      "  Exit status: 0, 1 on a runtime failure, 2 on bad usage, 3 when a --require-bounds /\n"
+      "  --min-full-accuracy check fails.\n",
+      EVAL_SEED_DEFAULT);
+}
+
+static bool parse_policies(const char *s, eval_opts *o) {
+  char buf[256];
+  snprintf(buf, sizeof buf, "%s", s);
+  o->n_policies = 0;
+  for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+    rkv_evict_policy p;
+    if (o->n_policies >= EVAL_MAX_LIST || rkv_evict_policy_parse(t, &p) != RKV_OK) {
+      fprintf(stderr, "rkv eval: bad policy '%s' (full, rkv, snapkv, streaming, h2o)\n", t);
+      return false;
+    }
+    o->policies[o->n_policies++] = p;
+  }
+  return o->n_policies > 0;
+}
+
+static bool parse_budgets(const char *s, eval_opts *o) {
+  char buf[256];
+  snprintf(buf, sizeof buf, "%s", s);
+  o->n_budgets = 0;
+  for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+    uint64_t v;
+    if (o->n_budgets >= EVAL_MAX_LIST ||
+        !rkv_tool_parse_u64("eval", "--budgets", t, 2, 1 << 20, &v))
+      return false;
+    o->budgets[o->n_budgets++] = (int32_t)v;
+  }
+  return o->n_budgets > 0;
+}
+
+static int32_t argmax(const float *x, int32_t n) {
+  int32_t best = 0;
+  for (int32_t i = 1; i < n; i++)
+    if (x[i] > x[best]) best = i;
+  return best;
+}
+
+/* Longest stream of a sequence (all layers and heads). */
+static int32_t seq_max_len(rkv_blockmgr *bm, const rkv_model_config *mc, int64_t id) {
+  int32_t best = 0;
+  for (uint32_t l = 0; l < (uint32_t)mc->n_layers; l++)
+    for (uint32_t h = 0; h < (uint32_t)mc->n_kv_heads; h++) {
+      int32_t ln = 0;
+      if (rkv_blockmgr_stream_len(bm, id, l, h, &ln) == RKV_OK && ln > best) best = ln;
+    }
+  return best;
+}
+
+/* Compresses the layers of sequence `id` (every layer when `all_layers`, else those whose
+ * streams reached the trigger) and accumulates the outcome. Returns RKV_OK or the failure. */
+static rkv_status eval_compress(const rkv_evict_params *ep, rkv_model_runner *r,
+                                const rkv_model_config *mc, int64_t id, bool all_layers,
+                                bool after_prefill, void *ework, size_t ews, eval_result *res,
+                                uint64_t *evicted, uint32_t *freed, bool *did) {
+  rkv_blockmgr *bm = rkv_model_runner_blockmgr(r);
+  *did = false;
+  for (uint32_t l = 0; l < (uint32_t)mc->n_layers; l++) {
+    int32_t len = 0;
+    rkv_blockmgr_stream_len(bm, id, l, 0, &len);
+    if (!all_layers && !rkv_evict_should_compress(ep, len, after_prefill)) continue;
+    rkv_evict_result er = {0};
+    rkv_status es = rkv_evict_layer(ep, bm, rkv_model_runner_pool(r), rkv_model_runner_qwindow(r),
+                                    (uint32_t)mc->n_heads, id, l, ework, ews, &er);
+    if (es != RKV_OK) {
+      fprintf(stderr, "rkv eval: eviction (%s, layer %u) failed: %s (%s)\n",
+              rkv_evict_policy_name(ep->policy), l, rkv_status_str(es),
+              rkv_blockmgr_last_error(bm));
+      return es;
+    }
+    *did = true;
+    res->tokens_evicted += er.tokens_evicted;
+    res->blocks_freed += er.blocks_freed;
+    *evicted += er.tokens_evicted;
+    *freed += er.blocks_freed;
+    for (uint32_t h = 0; h < (uint32_t)mc->n_kv_heads; h++) {
+      int32_t ln = 0;
+      rkv_blockmgr_stream_len(bm, id, l, h, &ln);
+      if (ln > res->max_after_compress) res->max_after_compress = ln;
+    }
+  }
+  if (*did) res->compressions++;
+  return RKV_OK;
+}
+
+/* What one (policy, budget) run needs, whichever loop drives it. */
+typedef struct eval_ctx {
+  const rkv_model_config *mc;
+  rkv_evict_params ep;
+  rkv_model_runner *r;
+  rkv_blockmgr *bm;
+  void *ework;
+  size_t ews;
+  int32_t max_prompt, max_new, max_len;
+  uint32_t max_rows;
+} eval_ctx;
+
+static void eval_ctx_fini(eval_ctx *c) {
+  free(c->ework);
+  rkv_model_runner_destroy(c->r);
+  memset(c, 0, sizeof *c);
+}
+
+/* Parameters, runner (pool, block manager, query window) and eviction workspace for a run.
+ * Returns 0 or 1 (error printed). */
+static int eval_ctx_init(eval_ctx *c, const eval_opts *o, const rkv_model *model,
+                         rkv_backend *backend, rkv_evict_policy policy, int32_t budget,
+                         bool external_append) {
+  memset(c, 0, sizeof *c);
+  c->mc = rkv_model_get_config(model);
+  const rkv_model_config *mc = c->mc;
+  rkv_evict_params ep = RKV_EVICT_PARAMS_INIT;
+  ep.policy = policy;
+  ep.budget = policy == RKV_EVICT_FULL ? 1 << 20 : budget;
+  ep.window = o->window;
+  ep.buffer = o->buffer;
+  c->ep = ep;
+  char err[512] = "";
+  if (policy != RKV_EVICT_FULL && rkv_evict_params_validate(&ep, err, sizeof err) != RKV_OK) {
+    fprintf(stderr, "rkv eval: %s budget %d: %s\n", rkv_evict_policy_name(policy), budget, err);
+    return 1;
+  }
+  c->max_prompt = 4 * o->max_digits + 4;
+  c->max_new = 22 * o->max_digits + 64;
+  c->max_len = c->max_prompt + c->max_new + 1;
+  const uint32_t streams = (uint32_t)(mc->n_layers * mc->n_kv_heads);
+  const uint32_t blocks_per_stream =
+      (uint32_t)((c->max_len + (int32_t)o->block_size - 1) / (int32_t)o->block_size) + 1;
+  c->max_rows = o->batch * (uint32_t)c->max_prompt;
+
+  rkv_model_runner_config rc = {0};
+  rc.max_seqs = o->batch;
+  rc.max_rows = c->max_rows;
+  /* Sized for every live sequence at full length, so nothing ever has to be preempted; the
+   * peak actually used is what the report measures. */
+  rc.num_blocks = o->batch * streams * blocks_per_stream;
+  rc.block_size = o->block_size;
+  rc.kv_dtype = o->kv_dtype;
+  rc.max_stream_len = c->max_len;
+  rc.qwindow = (uint32_t)o->window;
+  rc.accumulate_scores = policy == RKV_EVICT_H2O;
+  rc.external_append = external_append;
+  if (rkv_model_runner_create(model, backend, &rc, &c->r, err, sizeof err) != RKV_OK) {
+    fprintf(stderr, "rkv eval: %s\n", err);
+    return 1;
+  }
+  c->bm = rkv_model_runner_blockmgr(c->r);
+  if (policy != RKV_EVICT_FULL) {
+    if (rkv_evict_workspace_size(&ep, (uint32_t)mc->n_kv_heads, (uint32_t)mc->n_heads,
+                                 (uint32_t)mc->head_dim, c->max_len, &c->ews) != RKV_OK ||
+        !(c->ework = malloc(c->ews ? c->ews : 1))) {
+      fprintf(stderr, "rkv eval: eviction workspace unavailable\n");
+      eval_ctx_fini(c);
+      return 1;
+    }
+  }
+  return 0;
+}
+
+/* Budget respected: no stream ever held more than max(prompt, B + buffer) tokens, and each
+ * compression left at most B. */
+static void eval_finish(const eval_opts *o, eval_ctx *c, eval_result *res, double t0) {
+  res->seconds = rkv_tool_now() - t0;
+  rkv_blockmgr_stats st;
+  rkv_blockmgr_get_stats(c->bm, &st);
+  res->peak_blocks = st.peak_used_blocks;
+  if (res->policy == RKV_EVICT_FULL) {
+    res->budget_ok = true;
+  } else {
+    int32_t bound = res->budget + o->buffer;
+    if (res->max_prompt_len > bound) bound = res->max_prompt_len;
+    res->budget_ok = res->max_stream_len <= bound && res->max_after_compress <= res->budget;
+  }
+}
+
+static void eval_show(const eval_opts *o, const eval_result *res, int64_t id,
+                      const rkv_task_problem *prob, const char *gen, bool ok, uint32_t *shown) {
+  if ((int)*shown >= o->show) return;
+  fprintf(stderr, "[%s B=%d #%lld %s] %s%s\n", rkv_evict_policy_name(res->policy), res->budget,
+          (long long)id, ok ? "ok" : "WRONG", prob->prompt, gen);
+  (*shown)++;
+}
+
+/* The tool's own batching loop (--simple-loop): one (policy, budget) over all problems.
+ * Returns 0 or 1 (error printed). */
+static int eval_run_simple(const eval_opts *o, const rkv_model *model, rkv_backend *backend,
+                           rkv_evict_policy policy, int32_t budget, eval_result *res) {
+  memset(res, 0, sizeof *res);
+  res->policy = policy;
+  res->budget = policy == RKV_EVICT_FULL ? 0 : budget;
+  res->problems = o->problems;
+  eval_ctx c;
+  if (eval_ctx_init(&c, o, model, backend, policy, budget, false)) return 1;
+  const rkv_model_config *mc = c.mc;
+  rkv_model_runner *r = c.r;
+  rkv_blockmgr *bm = c.bm;
+  const rkv_evict_params ep = c.ep;
+  void *ework = c.ework;
+  const size_t ews = c.ews;
+  const int32_t max_prompt = c.max_prompt, max_new = c.max_new;
+
+  int rc_ret = 1;
+  eval_seq *seqs = calloc(o->batch, sizeof *seqs);
+  int64_t *ids = malloc(o->batch * sizeof *ids);
+  int32_t *qind = malloc((o->batch + 1) * sizeof *qind);
+  int32_t *toks = malloc(c.max_rows * sizeof *toks);
+  int32_t *prev = malloc(o->batch * sizeof *prev);
+  int32_t *pos0 = malloc(o->batch * sizeof *pos0);
+  uint32_t *slot_of = malloc(o->batch * sizeof *slot_of);
+  float *logits = malloc((size_t)o->batch * (size_t)mc->vocab_size * sizeof *logits);
+  if (!seqs || !ids || !qind || !toks || !prev || !pos0 || !slot_of || !logits) {
+    fprintf(stderr, "rkv eval: out of memory\n");
+    goto done;
+  }
+  for (uint32_t i = 0; i < o->batch; i++) seqs[i].id = -1;
+
+  uint32_t next_problem = 0, finished = 0, shown = 0;
+  const double t0 = rkv_tool_now();
+  while (finished < o->problems) {
+    /* Admit new problems into free batch slots while the pool has room for their prompt. */
+    rkv_blockmgr_stats st;
+    rkv_blockmgr_get_stats(bm, &st);
+    uint64_t free_blocks = st.free_blocks;
+    uint32_t live = 0;
+    for (uint32_t i = 0; i < o->batch; i++) {
+      eval_seq *s = &seqs[i];
+      if (s->id < 0 && next_problem < o->problems) {
+        uint64_t need = rkv_blockmgr_blocks_for_tokens(bm, (uint64_t)max_prompt + 1);
+        if (need > free_blocks) continue;
+        memset(s, 0, sizeof *s);
+        s->id = next_problem;
+        if (rkv_task_problem_make(o->seed, next_problem, o->min_digits, o->max_digits, &s->prob) !=
+            RKV_OK) {
+          fprintf(stderr, "rkv eval: bad digit range\n");
+          goto done;
+        }
+        size_t n = 0;
+        if (rkv_model_encode(model, s->prob.prompt, s->prompt, RKV_TASK_MAX_TEXT, &n) != RKV_OK) {
+          fprintf(stderr, "rkv eval: the model's vocabulary cannot encode the prompt\n");
+          goto done;
+        }
+        s->prompt_len = (int32_t)n;
+        s->prefill = true;
+        if (rkv_model_runner_seq_add(r, s->id) != RKV_OK) {
+          fprintf(stderr, "rkv eval: %s\n", rkv_model_runner_last_error(r));
+          goto done;
+        }
+        free_blocks -= need;
+        res->prompt_tokens += n;
+        if ((int32_t)n > res->max_prompt_len) res->max_prompt_len = (int32_t)n;
+        next_problem++;
+      }
+      if (s->id >= 0) {
+        slot_of[live] = i;
+        ids[live] = s->id;
+        live++;
+      }
+    }
+    if (live == 0) {
+      fprintf(stderr, "rkv eval: the KV pool cannot hold even one prompt\n");
+      goto done;
+    }
+    /* One step: prefilling sequences feed their prompt, the others their last token. */
+    qind[0] = 0;
+    for (uint32_t b = 0; b < live; b++) {
+      eval_seq *s = &seqs[slot_of[b]];
+      if (s->prefill) {
+        memcpy(toks + qind[b], s->prompt, (size_t)s->prompt_len * sizeof *toks);
+        qind[b + 1] = qind[b] + s->prompt_len;
+        prev[b] = 0;
+        pos0[b] = 0;
+      } else {
+        toks[qind[b]] = s->next_tok;
+        qind[b + 1] = qind[b] + 1;
+        prev[b] = s->prev_tok;
+        pos0[b] = s->pos;
+      }
+    }
+    res->steps++;
+    if (live > res->max_running) res->max_running = live;
+    rkv_status stt = rkv_model_runner_step(r, live, ids, qind, toks, prev, pos0, logits, false);
+    if (stt != RKV_OK) {
+      fprintf(stderr, "rkv eval: step failed: %s\n", rkv_model_runner_last_error(r));
+      goto done;
+    }
+    for (uint32_t b = 0; b < live; b++) {
+      eval_seq *s = &seqs[slot_of[b]];
+      const int32_t fed = qind[b + 1] - qind[b];
+      const int32_t last_fed = toks[qind[b + 1] - 1];
+      const bool was_prefill = s->prefill;
+      s->prefill = false;
+      s->pos += fed;
+      const int32_t t = argmax(logits + (size_t)b * (size_t)mc->vocab_size, mc->vocab_size);
+      s->prev_tok = last_fed;
+      s->next_tok = t;
+      const char ch = mc->vocab[t];
+      s->gen[s->gen_len++] = ch ? ch : '?';
+      s->gen[s->gen_len] = '\0';
+      res->generated_tokens++;
+      if (ch == '.' || s->gen_len >= max_new) s->done = true;
+
+      const int32_t longest = seq_max_len(bm, mc, s->id);
+      if (longest > res->max_stream_len) res->max_stream_len = longest;
+      if (s->done || policy == RKV_EVICT_FULL) continue;
+      /* Compress every layer whose streams reached the trigger, right after the attention
+       * that saw them whole. */
+      uint64_t ev = 0;
+      uint32_t fr = 0;
+      bool did = false;
+      if (eval_compress(&ep, r, mc, s->id, false, was_prefill, ework, ews, res, &ev, &fr, &did) !=
+          RKV_OK)
+        goto done;
+    }
+    if (o->check && rkv_blockmgr_check(bm) != RKV_OK) {
+      fprintf(stderr, "rkv eval: block manager check failed: %s\n", rkv_blockmgr_last_error(bm));
+      goto done;
+    }
+    /* Retire finished sequences: score them and free their blocks. */
+    for (uint32_t b = 0; b < live; b++) {
+      eval_seq *s = &seqs[slot_of[b]];
+      if (!s->done) continue;
+      bool ok = rkv_task_check(&s->prob, s->gen);
+      res->correct += ok;
+      eval_show(o, res, s->id, &s->prob, s->gen, ok, &shown);
+      rkv_model_runner_seq_remove(r, s->id);
+      s->id = -1;
+      finished++;
+    }
+  }
+  eval_finish(o, &c, res, t0);
+  rc_ret = 0;
+done:
+  free(seqs);
+  free(ids);
+  free(qind);
+  free(toks);
+  free(prev);
+  free(pos0);
+  free(slot_of);
+  free(logits);
+  eval_ctx_fini(&c);
+  return rc_ret;
+}
+
+/* Per-request state of a scheduler-driven run (indexed by request id = problem index). */
+typedef struct eval_req {
+  rkv_task_problem prob;
+  int32_t hist[RKV_TASK_MAX_TEXT * 2]; /* prompt + generated tokens: token at each position */
+  int32_t hist_len;
+  int32_t prompt_len;
+  char gen[RKV_TASK_MAX_TEXT + 64];
+  int32_t gen_len;
+  bool registered; /* query window row allocated */
+} eval_req;
+
+/* One (policy, budget) over all problems, batched by the librkv scheduler (reserve
+ * admission: a request is admitted only when its whole-life KV bound fits, so nothing is
+ * preempted; compression flagged by the plan runs right after the step's attention).
+ * Returns 0 or 1 (error printed). */
+static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backend *backend,
+                          rkv_evict_policy policy, int32_t budget, eval_result *res) {
+  memset(res, 0, sizeof *res);
+  res->policy = policy;
+  res->budget = policy == RKV_EVICT_FULL ? 0 : budget;
+  res->problems = o->problems;
+  eval_ctx c;
+  if (eval_ctx_init(&c, o, model, backend, policy, budget, true)) return 1;
+  const rkv_model_config *mc = c.mc;
+  rkv_model_runner *r = c.r;
+
+  int rc_ret = 1;
+  rkv_sched *sch = NULL;
+  eval_req *reqs = calloc(o->problems, sizeof *reqs);
+  int64_t *ids = malloc(o->batch * sizeof *ids);
+  int32_t *qind = malloc((o->batch + 1) * sizeof *qind);
+  int32_t *toks = malloc(c.max_rows * sizeof *toks);
+  int32_t *prev = malloc(o->batch * sizeof *prev);
+  int32_t *pos0 = malloc(o->batch * sizeof *pos0);
+  rkv_sched_output *outs = malloc(o->batch * sizeof *outs);
+  float *logits = malloc((size_t)o->batch * (size_t)mc->vocab_size * sizeof *logits);
+  if (!reqs || !ids || !qind || !toks || !prev || !pos0 || !outs || !logits) {
+    fprintf(stderr, "rkv eval: out of memory\n");
+    goto done;
+  }
+  rkv_sched_config sc = RKV_SCHED_CONFIG_INIT;
+  sc.max_batched_tokens = c.max_rows;
+  sc.max_seqs = o->batch;
+  sc.admission = RKV_SCHED_RESERVE;
+  sc.preempt = RKV_SCHED_PREEMPT_RECOMPUTE;
+  sc.evict = c.ep;
+  sc.check_every_step = o->check;
+  char err[512] = "";
+  if (rkv_sched_create(&sc, c.bm, &sch, err, sizeof err) != RKV_OK) {
+    fprintf(stderr, "rkv eval: scheduler: %s\n", err);
+    goto done;
+  }
+  for (uint32_t i = 0; i < o->problems; i++) {
+    eval_req *q = &reqs[i];
+    if (rkv_task_problem_make(o->seed, i, o->min_digits, o->max_digits, &q->prob) != RKV_OK) {
+      fprintf(stderr, "rkv eval: bad digit range\n");
+      goto done;
+    }
+    size_t n = 0;
+    if (rkv_model_encode(model, q->prob.prompt, q->hist, RKV_TASK_MAX_TEXT, &n) != RKV_OK) {
+      fprintf(stderr, "rkv eval: the model's vocabulary cannot encode the prompt\n");
+      goto done;
+    }
+    q->prompt_len = q->hist_len = (int32_t)n;
+    res->prompt_tokens += n;
+    if ((int32_t)n > res->max_prompt_len) res->max_prompt_len = (int32_t)n;
+    rkv_sched_request rq = {i, (int64_t)n, c.max_new, 0, (double)i, NULL};
+    if (rkv_sched_add_request(sch, &rq) != RKV_OK) {
+      fprintf(stderr, "rkv eval: add_request %u: %s\n", i, rkv_sched_last_error(sch));
+      goto done;
+    }
+  }
+
+  uint32_t finished = 0, shown = 0;
+  const double t0 = rkv_tool_now();
+  while (finished < o->problems) {
+    const rkv_sched_plan *plan = NULL;
+    if (rkv_sched_step(sch, &plan) != RKV_OK) {
+      fprintf(stderr, "rkv eval: scheduler step: %s\n", rkv_sched_last_error(sch));
+      goto done;
+    }
+    if (plan->n_seqs == 0) {
+      fprintf(stderr, "rkv eval: the scheduler planned nothing with %u problems left\n",
+              o->problems - finished);
+      goto done;
+    }
+    res->steps++;
+    if (plan->n_seqs > res->max_running) res->max_running = plan->n_seqs;
+    res->preemptions += plan->n_preempted;
+    /* A preempted (recomputed) sequence starts its query window afresh. */
+    for (uint32_t i = 0; i < plan->n_preempted; i++) {
+      eval_req *q = &reqs[plan->preempted[i]];
+      if (q->registered) rkv_model_runner_seq_remove(r, plan->preempted[i]);
+      q->registered = false;
+    }
+    qind[0] = 0;
+    for (uint32_t b = 0; b < plan->n_seqs; b++) {
+      const rkv_sched_seq *ss = &plan->seqs[b];
+      eval_req *q = &reqs[ss->id];
+      if (!q->registered) {
+        if (rkv_model_runner_seq_add(r, ss->id) != RKV_OK) {
+          fprintf(stderr, "rkv eval: %s\n", rkv_model_runner_last_error(r));
+          goto done;
+        }
+        q->registered = true;
+      }
+      const int32_t p0 = (int32_t)ss->pos, n = (int32_t)ss->n_tokens;
+      if (p0 + n > q->hist_len) {
+        fprintf(stderr, "rkv eval: plan feeds positions %d..%d of request %lld, known %d\n", p0,
+                p0 + n, (long long)ss->id, q->hist_len);
+        goto done;
+      }
+      memcpy(toks + qind[b], q->hist + p0, (size_t)n * sizeof *toks);
+      qind[b + 1] = qind[b] + n;
+      ids[b] = ss->id;
+      prev[b] = p0 ? q->hist[p0 - 1] : 0;
+      pos0[b] = p0;
+    }
+    if (rkv_model_runner_step(r, plan->n_seqs, ids, qind, toks, prev, pos0, logits, false) !=
+        RKV_OK) {
+      fprintf(stderr, "rkv eval: step failed: %s\n", rkv_model_runner_last_error(r));
+      goto done;
+    }
+    for (uint32_t b = 0; b < plan->n_seqs; b++) {
+      const rkv_sched_seq *ss = &plan->seqs[b];
+      eval_req *q = &reqs[ss->id];
+      rkv_sched_output *out = &outs[b];
+      memset(out, 0, sizeof *out);
+      out->id = ss->id;
+      const int32_t longest = seq_max_len(c.bm, mc, ss->id);
+      if (longest > res->max_stream_len) res->max_stream_len = longest;
+      bool done_now = false;
+      if (ss->samples) {
+        const int32_t t = argmax(logits + (size_t)b * (size_t)mc->vocab_size, mc->vocab_size);
+        const char ch = mc->vocab[t];
+        if (q->hist_len < (int32_t)(sizeof q->hist / sizeof q->hist[0])) q->hist[q->hist_len++] = t;
+        q->gen[q->gen_len++] = ch ? ch : '?';
+        q->gen[q->gen_len] = '\0';
+        res->generated_tokens++;
+        out->eos = ch == '.';
+        done_now = out->eos || q->gen_len >= c.max_new;
+      }
+      if (ss->compress && !done_now) {
+        bool did = false;
+        if (eval_compress(ss->evict ? ss->evict : &c.ep, r, mc, ss->id, true,
+                          ss->kind == RKV_SCHED_PREFILL, c.ework, c.ews, res, &out->tokens_evicted,
+                          &out->blocks_freed, &did) != RKV_OK)
+          goto done;
+        out->compressed = did;
+      }
+      if (done_now) {
+        const bool ok = rkv_task_check(&q->prob, q->gen);
+        res->correct += ok;
+        eval_show(o, res, ss->id, &q->prob, q->gen, ok, &shown);
+        rkv_model_runner_seq_remove(r, ss->id); /* the query window; the scheduler frees KV */
+        q->registered = false;
+        finished++;
+      }
+    }
+    if (rkv_sched_report(sch, outs, plan->n_seqs) != RKV_OK) {
+      fprintf(stderr, "rkv eval: scheduler report: %s\n", rkv_sched_last_error(sch));
+      goto done;
+    }
+    if (o->check && rkv_sched_check(sch) != RKV_OK) {
+      fprintf(stderr, "rkv eval: scheduler check failed: %s\n", rkv_sched_last_error(sch));
+      goto done;
+    }
+  }
+  eval_finish(o, &c, res, t0);
+  rc_ret = 0;
+done:
+  rkv_sched_destroy(sch);
+  free(reqs);
+  free(ids);
+  free(qind);
+  free(toks);
+  free(prev);
+  free(pos0);
+  free(outs);
+  free(logits);
+  eval_ctx_fini(&c);
+  return rc_ret;
+}
+
+static void write_plot(const char *path, const eval_opts *o, const eval_result *res, int n) {
+  FILE *f = fopen(path, "w");
+  if (!f) {
+    fprintf(stderr, "rkv eval: cannot write %s\n", path);
+    return;
+  }
+  const double W = 640, H = 420, L = 60, R = 130, T = 30, B = 50;
+  int32_t bmin = o->budgets[0], bmax = o->budgets[0];
+  for (int i = 0; i < o->n_budgets; i++) {
+    if (o->budgets[i] < bmin) bmin = o->budgets[i];
+    if (o->budgets[i] > bmax) bmax = o->budgets[i];
+  }
+  if (bmax == bmin) bmax = bmin + 1;
+#define PX(b) (L + ((double)(b)-bmin) / (double)(bmax - bmin) * (W - L - R))
+#define PY(a) (T + (1.0 - (a)) * (H - T - B))
+  fprintf(f,
+          "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%g\" height=\"%g\" "
+          "font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" "
+          "fill=\"white\"/>\n",
+          W, H);
+  fprintf(
+      f,
+      "<text x=\"%g\" y=\"18\">rkv eval: exact match vs budget (buffer %d, %u problems)</text>\n",
+      L, o->buffer, o->problems);
+  for (int k = 0; k <= 10; k += 2) {
+    double y = PY(k / 10.0);
+    fprintf(f, "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"#ddd\"/>\n", L, y, W - R, y);
+    fprintf(f, "<text x=\"%g\" y=\"%g\" text-anchor=\"end\">%.1f</text>\n", L - 6, y + 4, k / 10.0);
+  }
+  for (int i = 0; i < o->n_budgets; i++)
+    fprintf(f, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">%d</text>\n", PX(o->budgets[i]),
+            H - B + 18, o->budgets[i]);
+  fprintf(f, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">budget B (tokens per stream)</text>\n",
+          (L + W - R) / 2, H - 12);
+  static const char *const colors[] = {"#000000", "#d62728", "#1f77b4", "#2ca02c", "#9467bd"};
+  int legend = 0;
+  for (int p = 0; p < o->n_policies; p++) {
+    rkv_evict_policy pol = o->policies[p];
+    const char *col = colors[(int)pol % 5];
+    if (pol == RKV_EVICT_FULL) {
+      for (int i = 0; i < n; i++)
+        if (res[i].policy == pol) {
+          double y = PY((double)res[i].correct / res[i].problems);
+          fprintf(f,
+                  "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"%s\" "
+                  "stroke-dasharray=\"6,4\"/>\n",
+                  L, y, W - R, y, col);
+        }
+    } else {
+      fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\" points=\"", col);
+      for (int i = 0; i < n; i++)
+        if (res[i].policy == pol)
+          fprintf(f, "%g,%g ", PX(res[i].budget), PY((double)res[i].correct / res[i].problems));
+      fprintf(f, "\"/>\n");
+      for (int i = 0; i < n; i++)
+        if (res[i].policy == pol)
+          fprintf(f, "<circle cx=\"%g\" cy=\"%g\" r=\"3\" fill=\"%s\"/>\n", PX(res[i].budget),
+                  PY((double)res[i].correct / res[i].problems), col);
+    }
+    fprintf(f, "<text x=\"%g\" y=\"%g\" fill=\"%s\">%s</text>\n", W - R + 12, T + 16.0 * legend + 4,
+            col, rkv_evict_policy_name(pol));
+    legend++;
+  }
+#undef PX
+#undef PY
+  fprintf(f, "</svg>\n");
+  fclose(f);
+}
+
+static bool eval_takes_value(const char *opt) {
+  static const char *const names[] = {"--model",  "--policies",   "--budgets",          "--buffer",
+                                      "--window", "--problems",   "--digits",           "--seed",
+                                      "--batch",  "--block-size", "--kv-dtype",         "--threads",
+                                      "--plot",   "--show",       "--min-full-accuracy"};
+  for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
+    if (strcmp(opt, names[k]) == 0) return true;
+  return false;
+}
+
+int rkv_cmd_eval(int argc, char **argv) {
+  eval_opts o;
+  memset(&o, 0, sizeof o);
+  static char default_model[1024];
+  snprintf(default_model, sizeof default_model, "%s/tools/model/weights/adder.safetensors",
+           RKV_SOURCE_DIR);
+  o.model_path = default_model;
+  parse_policies("full,rkv,snapkv,streaming,h2o", &o);
+  parse_budgets("32,48,64,96,128", &o);
+  o.buffer = 16;
+  o.window = 8;
+  o.problems = 500;
+  o.min_digits = 6;
+  o.max_digits = 20;
+  o.seed = EVAL_SEED_DEFAULT;
+  o.batch = 32;
+  o.block_size = 16;
+  o.kv_dtype = RKV_DTYPE_F32;
+  o.threads = 0;
+  o.min_full_accuracy = -1.0;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    const char *v;
+    uint64_t u;
+    if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+      eval_usage();
+      return 0;
+    } else if (strcmp(a, "--json") == 0) {
+      o.json = true;
+    } else if (strcmp(a, "--check") == 0) {
+      o.check = true;
+    } else if (strcmp(a, "--simple-loop") == 0) {
+      o.simple_loop = true;
+    } else if (strcmp(a, "--require-bounds") == 0) {
+      o.require_bounds = true;
+    } else if (!eval_takes_value(a)) {
+      fprintf(stderr, "rkv eval: unknown option '%s' (see rkv eval --help)\n", a);
+      return 2;
+    } else if (!(v = rkv_tool_optval("eval", argc, argv, &i))) {
+      return 2;
+    } else if (strcmp(a, "--model") == 0) {
+      o.model_path = v;
+    } else if (strcmp(a, "--policies") == 0) {
+      if (!parse_policies(v, &o)) return 2;
+    } else if (strcmp(a, "--budgets") == 0) {
+      if (!parse_budgets(v, &o)) return 2;
+    } else if (strcmp(a, "--buffer") == 0) {
+      if (!rkv_tool_parse_u64("eval", a, v, 1, 1 << 20, &u)) return 2;
+      o.buffer = (int32_t)u;
+    } else if (strcmp(a, "--window") == 0) {
+      if (!rkv_tool_parse_u64("eval", a, v, 1, 1024, &u)) return 2;
+      o.window = (int32_t)u;
+    } else if (strcmp(a, "--problems") == 0) {
+      if (!rkv_tool_parse_u64("eval", a, v, 1, 1000000, &u)) return 2;
+      o.problems = (uint32_t)u;
+    } else if (strcmp(a, "--digits") == 0) {
+      int lo, hi;
+      char extra;
+      if (sscanf(v, "%d-%d%c", &lo, &hi, &extra) != 2 || lo < RKV_TASK_MIN_DIGITS ||
+          hi > RKV_TASK_MAX_DIGITS || lo > hi) {
+        fprintf(stderr, "rkv eval: bad value for --digits: '%s' (LO-HI within %d-%d)\n", v,
+                RKV_TASK_MIN_DIGITS, RKV_TASK_MAX_DIGITS);
+        return 2;
+      }
+      o.min_digits = lo;
+      o.max_digits = hi;
+    } else if (strcmp(a, "--seed") == 0) {
+      if (!rkv_tool_parse_u64("eval", a, v, 0, UINT64_MAX, &o.seed)) return 2;
+    } else if (strcmp(a, "--batch") == 0) {
+      if (!rkv_tool_parse_u64("eval", a, v, 1, 4096, &u)) return 2;
+      o.batch = (uint32_t)u;
+    } else if (strcmp(a, "--block-size") == 0) {
+      if (!rkv_tool_parse_u64("eval", a, v, 1, 1024, &u)) return 2;
+      o.block_size = (uint32_t)u;
+    } else if (strcmp(a, "--kv-dtype") == 0) {
+      if (rkv_dtype_parse(v, &o.kv_dtype) != RKV_OK) {
+        fprintf(stderr, "rkv eval: bad value for --kv-dtype: '%s'\n", v);
+        return 2;
+      }
+    } else if (strcmp(a, "--threads") == 0) {
+      if (!rkv_tool_parse_u64("eval", a, v, 0, 1024, &u)) return 2;
+      o.threads = (int32_t)u;
+    } else if (strcmp(a, "--min-full-accuracy") == 0) {
+      if (!rkv_tool_parse_f64("eval", a, v, 0.0, 1.0, &o.min_full_accuracy)) return 2;
+    } else if (strcmp(a, "--plot") == 0) {
+      o.plot = v;
+    } else if (strcmp(a, "--show") == 0) {
+      if (!rkv_tool_parse_u64("eval", a, v, 0, 1000000, &u)) return 2;
+      o.show = (int)u;
+    } else {
+      fprintf(stderr, "rkv eval: unknown option '%s' (see rkv eval --help)\n", a);
+      return 2;
+    }
+  }
+  for (int i = 0; i < o.n_budgets; i++)
+    if (o.budgets[i] <= o.window) {
+      fprintf(stderr, "rkv eval: budget %d must exceed the window %d\n", o.budgets[i], o.window);
+      return 2;
+    }
+
+  char err[512] = "";
+  rkv_model *model = NULL;
+  if (rkv_model_load(o.model_path, &model, err, sizeof err) != RKV_OK) {
+    fprintf(stderr, "rkv eval: %s\n", err);
+    return 1;
+  }
+  const rkv_model_config *mc = rkv_model_get_config(model);
+  if (mc->generator_version && mc->generator_version != RKV_TASK_GENERATOR_VERSION)
+    fprintf(stderr, "rkv eval: warning: model trained on task version %d, generator is %d\n",
+            mc->generator_version, RKV_TASK_GENERATOR_VERSION);
+  rkv_backend_config bc = RKV_BACKEND_CONFIG_INIT;
+  bc.kind = RKV_BACKEND_CPU;
+  bc.num_threads = o.threads;
+  rkv_backend *backend = NULL;
+  if (rkv_backend_create(&bc, &backend) != RKV_OK) {
+    fprintf(stderr, "rkv eval: cannot create the CPU backend\n");
+    rkv_model_destroy(model);
+    return 1;
+  }
+
+  eval_result results[EVAL_MAX_LIST * EVAL_MAX_LIST];
+  int n_res = 0, ret = 0;
+  for (int p = 0; p < o.n_policies && !ret; p++) {
+    const int nb = o.policies[p] == RKV_EVICT_FULL ? 1 : o.n_budgets;
+    for (int bi = 0; bi < nb && !ret; bi++) {
+      eval_result *er = &results[n_res];
+      ret = (o.simple_loop ? eval_run_simple : eval_run_sched)(&o, model, backend, o.policies[p],
+                                                               o.budgets[bi], er);
+      if (ret) break;
+      n_res++;
+      if (!o.json)
+        fprintf(stderr, "%s B=%d: %u/%u correct (%.1fs)\n", rkv_evict_policy_name(er->policy),
+                er->budget, er->correct, er->problems, er->seconds);
+    }
+  }
+  if (!ret) {
+    if (o.json) {
+      printf(
+          "{\"model\": \"%s\", \"params\": %zu, \"problems\": %u, \"digits\": [%d, %d], "
+          "\"seed\": %llu, \"batch\": %u, \"buffer\": %d, \"window\": %d, \"block_size\": %u, "
+          "\"kv_dtype\": \"%s\", \"batching\": \"%s\", \"runs\": [",
+          o.model_path, rkv_model_num_params(model), o.problems, o.min_digits, o.max_digits,
+          (unsigned long long)o.seed, o.batch, o.buffer, o.window, o.block_size,
+          rkv_dtype_name(o.kv_dtype), o.simple_loop ? "simple" : "scheduler");
+      for (int i = 0; i < n_res; i++) {
+        const eval_result *e = &results[i];
+        printf(
+            "%s\n  {\"policy\": \"%s\", \"budget\": %d, \"accuracy\": %.4f, \"correct\": %u, "
+            "\"problems\": %u, \"mean_generated\": %.1f, \"peak_kv_blocks\": %u, "
+            "\"max_stream_len\": %d, \"max_after_compress\": %d, \"max_prompt_len\": %d, "
+            "\"budget_respected\": %s, \"compressions\": %llu, \"tokens_evicted\": %llu, "
+            "\"blocks_freed\": %llu, \"steps\": %llu, \"max_running\": %u, "
+            "\"preemptions\": %llu, \"seconds\": %.3f, \"tokens_per_s\": %.1f}",
+            i ? "," : "", rkv_evict_policy_name(e->policy), e->budget,
+            (double)e->correct / e->problems, e->correct, e->problems,
+            (double)e->generated_tokens / e->problems, e->peak_blocks, e->max_stream_len,
+            e->max_after_compress, e->max_prompt_len, e->budget_ok ? "true" : "false",
+            (unsigned long long)e->compressions, (unsigned long long)e->tokens_evicted,
+            (unsigned long long)e->blocks_freed, (unsigned long long)e->steps, e->max_running,
+            (unsigned long long)e->preemptions, e->seconds,
+            e->seconds > 0 ? (double)e->generated_tokens / e->seconds : 0.0);
+      }
+      printf("\n]}\n");
+    } else {
+      printf(
+          "model %s (%zu params), %u problems, %d-%d digits, seed %llu, batch %u, buffer %d, "
+          "window %d, kv %s, batching by %s\n",
+          o.model_path, rkv_model_num_params(model), o.problems, o.min_digits, o.max_digits,
+          (unsigned long long)o.seed, o.batch, o.buffer, o.window, rkv_dtype_name(o.kv_dtype),
+          o.simple_loop ? "the tool's loop" : "the librkv scheduler");
+      printf("%-10s %6s %9s %9s %11s %10s %8s %6s\n", "policy", "budget", "accuracy", "mean_gen",
+             "peak_blocks", "max_stream", "tok/s", "bounds");
+      for (int i = 0; i < n_res; i++) {
+        const eval_result *e = &results[i];
+        char bud[16];
+        if (e->policy == RKV_EVICT_FULL)
+          snprintf(bud, sizeof bud, "-");
+        else
+          snprintf(bud, sizeof bud, "%d", e->budget);
+        printf("%-10s %6s %9.3f %9.1f %11u %10d %8.0f %6s\n", rkv_evict_policy_name(e->policy), bud,
+               (double)e->correct / e->problems, (double)e->generated_tokens / e->problems,
+               e->peak_blocks, e->max_stream_len,
+               e->seconds > 0 ? (double)e->generated_tokens / e->seconds : 0.0,
+               e->budget_ok ? "ok" : "BROKEN");
+      }
+    }
+    if (o.plot) write_plot(o.plot, &o, results, n_res);
+    for (int i = 0; i < n_res; i++) {
+      const eval_result *e = &results[i];
+      if (o.require_bounds && !e->budget_ok) {
+        fprintf(stderr,
+                "rkv eval: %s B=%d broke its bounds: longest stream %d (allowed max(prompt %d, "
+                "B + buffer %d)), %d after a compression\n",
+                rkv_evict_policy_name(e->policy), e->budget, e->max_stream_len, e->max_prompt_len,
+                e->budget + o.buffer, e->max_after_compress);
+        ret = 3;
+      }
+      if (e->policy == RKV_EVICT_FULL && o.min_full_accuracy >= 0 &&
+          (double)e->correct / e->problems < o.min_full_accuracy) {
+        fprintf(stderr, "rkv eval: full-cache accuracy %.3f is below the floor %.3f\n",
+                (double)e->correct / e->problems, o.min_full_accuracy);
+        ret = 3;
+      }
+    }
+  }
+  rkv_backend_destroy(backend);
+  rkv_model_destroy(model);
+  return ret;
+}

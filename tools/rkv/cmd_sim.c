@@ -1,0 +1,804 @@
+/* `rkv sim`: the serving simulator. Drives the scheduler, the block manager, eviction and
+ * (with --compute cpu) the attention kernels over a synthetic model of a given shape, for
+ * several eviction policies on the same workload, and compares them: KV memory, batch,
+ * preemptions, throughput on this backend and modelled on a named GPU, and where the time
+ * went. Table on stdout (or JSON), an SVG plot, progress on stderr. docs/SIMULATOR.md. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rkv_tool.h"
+#include "sim.h"
+
+const char rkv_cmd_sim_summary[] =
+    "serving simulator: compare eviction policies (KV memory, batch, throughput)";
+
+#define MAX_POLICIES 8
+
+typedef struct sim_opts {
+  sim_model model;
+  const char *model_name;
+  rkv_dtype dtype;
+  uint32_t block_size;
+  double pool_gib;
+  uint64_t pool_blocks;
+  double host_gib;
+  sim_workload_opts wl;
+  rkv_evict_policy policies[MAX_POLICIES];
+  uint32_t n_policies;
+  rkv_evict_params ev;
+  rkv_sched_admission admission;
+  rkv_sched_preempt_mode preempt;
+  uint32_t max_batched_tokens, max_seqs, max_prefill_chunk;
+  sim_compute compute;
+  const sim_gpu *gpu;
+  uint64_t max_steps;
+  int threads;
+  bool json, quiet, check;
+  const char *plot;
+} sim_opts;
+
+typedef struct sim_sample {
+  float t;
+  uint32_t used_blocks;
+  uint32_t running;
+} sim_sample;
+
+typedef struct sim_result {
+  rkv_evict_policy policy;
+  uint64_t pool_blocks;
+  double block_bytes;
+  uint32_t peak_blocks;
+  double mean_blocks; /* time-weighted over the modelled run */
+  uint32_t max_running;
+  rkv_sched_metrics m;
+  double model_time, model_evict, model_attn_flops, model_evict_flops;
+  double wall, sched_wall;
+  sim_engine_times et;
+  uint64_t steps, rejected;
+  double lat_sum, lat_max;
+  uint64_t lat_n;
+  bool complete; /* every request finished (not cut by --steps) */
+  sim_sample *tl;
+  size_t tl_n, tl_cap;
+} sim_result;
+
+static void usage(FILE *f) {
+  fprintf(
+      f,
+      "usage: rkv sim [options]\n"
+      "Simulates continuous-batching serving with R-KV-style eviction and compares policies.\n\n"
+      "model:\n"
+      "  --model tiny|llama-8b|qwen-14b   shape preset (default tiny: 2 layers, 4 q / 2 kv heads,"
+      " d 64)\n"
+      "  --layers N --q-heads N --kv-heads N --head-dim N   explicit shape (overrides)\n"
+      "  --params-b X        parameters in billions for the cost model (default: preset/estimate)\n"
+      "  --dtype bf16|f16|f32  KV element type (default bf16; f32 for tiny)\n"
+      "  --block-size N      tokens per block (default 16)\n"
+      "  --pool-gib X | --pool-blocks N   KV pool (default tiny 1024 blocks, others 64 GiB)\n"
+      "workload:\n"
+      "  --workload azure-conv|azure-code|poisson|fixed   (default azure-conv)\n"
+      "  --trace FILE        CSV with TIMESTAMP,ContextTokens,GeneratedTokens\n"
+      "  --requests N        (default tiny 32, others 256)\n"
+      "  --rate R            poisson arrivals per second (default 4)\n"
+      "  --span S            rescale trace arrivals to S seconds (0 = as recorded;"
+      " default tiny 0.05)\n"
+      "  --prompt-len N      prompt of poisson/fixed requests (default 128)\n"
+      "  --prompt-cap N      clip trace prompts (default tiny 128, others 0 = none)\n"
+      "  --gen reasoning|trace|fixed      generation lengths (default reasoning)\n"
+      "  --gen-preset math500|aime24      reasoning mean/cap from the R-KV paper (2979/16K,"
+      " 15536/32K)\n"
+      "  --gen-mean X --gen-sigma X --gen-cap N   lognormal before clipping"
+      " (default tiny 768/0.8/2048)\n"
+      "  --gen-len N         fixed generation length (implies --gen fixed)\n"
+      "  --seed N            (default 1)\n"
+      "eviction and scheduling:\n"
+      "  --policy LIST       comma list of full,rkv,snapkv,streaming,h2o (default"
+      " full,rkv,snapkv,streaming)\n"
+      "  --budget B --buffer N --window A   (default tiny 128/64/8, others 1024/128/8)\n"
+      "  --admission reserve|optimistic   (default reserve)\n"
+      "  --preempt recompute|swap         (default recompute)\n"
+      "  --host-gib X        host swap pool (default 0; 4 x the pool's blocks with swap)\n"
+      "  --max-batched-tokens N --max-seqs N --max-prefill-chunk N\n"
+      "compute and output:\n"
+      "  --compute none|cpu|cuda   none: block accounting only, timed by the cost model\n"
+      "                      (default cpu for tiny, none otherwise)\n"
+      "  --gpu h100|a100|h200      GPU of the roofline cost model (default h100)\n"
+      "  --threads N         CPU kernel threads (0 = all cores)\n"
+      "  --steps N           stop each policy after N steps\n"
+      "  --check             rkv_sched_check after every step (slow)\n"
+      "  --json              JSON on stdout instead of the table\n"
+      "  --plot FILE.svg     KV memory and running batch over time per policy\n"
+      "  --quiet             no progress on stderr\n");
+}
+
+static bool parse_policies(const char *s, sim_opts *o) {
+  char buf[256];
+  snprintf(buf, sizeof buf, "%s", s);
+  o->n_policies = 0;
+  for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+    rkv_evict_policy p;
+    if (rkv_evict_policy_parse(tok, &p) != RKV_OK) {
+      fprintf(stderr, "rkv sim: unknown policy '%s' (full, rkv, snapkv, streaming, h2o)\n", tok);
+      return false;
+    }
+    if (o->n_policies == MAX_POLICIES) {
+      fprintf(stderr, "rkv sim: at most %d policies\n", MAX_POLICIES);
+      return false;
+    }
+    o->policies[o->n_policies++] = p;
+  }
+  if (!o->n_policies) {
+    fprintf(stderr, "rkv sim: --policy is empty\n");
+    return false;
+  }
+  return true;
+}
+
+static void set_defaults(sim_opts *o, const char *model) {
+  memset(o, 0, sizeof *o);
+  bool tiny = strcmp(model, "tiny") == 0;
+  o->model_name = model;
+  o->dtype = tiny ? RKV_DTYPE_F32 : RKV_DTYPE_BF16;
+  o->block_size = 16;
+  o->pool_blocks = tiny ? 1024 : 0;
+  o->pool_gib = tiny ? 0.0 : 64.0;
+  o->wl.kind = "azure-conv";
+  o->wl.n = tiny ? 32 : 256;
+  o->wl.rate = 4.0;
+  o->wl.span = tiny ? 0.05 : 0.0;
+  o->wl.gen = "reasoning";
+  o->wl.gen_mean = tiny ? 768 : 2979;
+  o->wl.gen_sigma = 0.8;
+  o->wl.gen_cap = tiny ? 2048 : 16384;
+  o->wl.prompt_len = 128;
+  o->wl.prompt_cap = tiny ? 128 : 0;
+  o->wl.seed = 1;
+  o->policies[0] = RKV_EVICT_FULL;
+  o->policies[1] = RKV_EVICT_RKV;
+  o->policies[2] = RKV_EVICT_SNAPKV;
+  o->policies[3] = RKV_EVICT_STREAMING;
+  o->n_policies = 4;
+  rkv_evict_params ev = RKV_EVICT_PARAMS_INIT;
+  o->ev = ev;
+  o->ev.budget = tiny ? 128 : 1024;
+  o->ev.buffer = tiny ? 64 : 128;
+  o->admission = RKV_SCHED_RESERVE;
+  o->preempt = RKV_SCHED_PREEMPT_RECOMPUTE;
+  o->max_batched_tokens = tiny ? 2048 : 8192;
+  o->max_seqs = tiny ? 64 : 1024;
+  o->compute = tiny ? SIM_COMPUTE_CPU : SIM_COMPUTE_NONE;
+  o->gpu = sim_gpu_find("h100");
+  o->host_gib = -1.0;
+}
+
+static bool parse_args(int argc, char **argv, sim_opts *o) {
+  const char *model = "tiny";
+  for (int i = 1; i < argc; i++)
+    if (strcmp(argv[i], "--model") == 0 && i + 1 < argc) model = argv[i + 1];
+  set_defaults(o, model);
+  if (!sim_model_preset(model, &o->model)) {
+    fprintf(stderr, "rkv sim: unknown model '%s' (tiny, llama-8b, qwen-14b)\n", model);
+    return false;
+  }
+  double params_b = 0.0;
+  bool shape_set = false;
+  const char *C = "sim";
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *v;
+    uint64_t u;
+    double f;
+#define VAL() \
+  if (!(v = rkv_tool_optval(C, argc, argv, &i))) return false
+#define U64(lo, hi, dst)                                            \
+  do {                                                              \
+    VAL();                                                          \
+    if (!rkv_tool_parse_u64(C, a, v, (lo), (hi), &u)) return false; \
+    dst = u;                                                        \
+  } while (0)
+#define F64(lo, hi, dst)                                            \
+  do {                                                              \
+    VAL();                                                          \
+    if (!rkv_tool_parse_f64(C, a, v, (lo), (hi), &f)) return false; \
+    dst = f;                                                        \
+  } while (0)
+    if (strcmp(a, "--model") == 0) {
+      VAL();
+    } else if (strcmp(a, "--layers") == 0) {
+      U64(1, 1024, o->model.layers);
+      shape_set = true;
+    } else if (strcmp(a, "--q-heads") == 0) {
+      U64(1, 1024, o->model.q_heads);
+      shape_set = true;
+    } else if (strcmp(a, "--kv-heads") == 0) {
+      U64(1, 1024, o->model.kv_heads);
+      shape_set = true;
+    } else if (strcmp(a, "--head-dim") == 0) {
+      U64(1, 4096, o->model.head_dim);
+      shape_set = true;
+    } else if (strcmp(a, "--params-b") == 0) {
+      F64(1e-6, 1e5, params_b);
+    } else if (strcmp(a, "--dtype") == 0) {
+      VAL();
+      if (rkv_dtype_parse(v, &o->dtype) != RKV_OK) {
+        fprintf(stderr, "rkv sim: bad --dtype '%s'\n", v);
+        return false;
+      }
+    } else if (strcmp(a, "--block-size") == 0) {
+      U64(1, 1024, o->block_size);
+    } else if (strcmp(a, "--pool-gib") == 0) {
+      F64(1e-6, 1e6, o->pool_gib);
+      o->pool_blocks = 0;
+    } else if (strcmp(a, "--pool-blocks") == 0) {
+      U64(1, (1u << 31) - 1, o->pool_blocks);
+      o->pool_gib = 0.0;
+    } else if (strcmp(a, "--host-gib") == 0) {
+      F64(0, 1e6, o->host_gib);
+    } else if (strcmp(a, "--workload") == 0) {
+      VAL();
+      o->wl.kind = v;
+    } else if (strcmp(a, "--trace") == 0) {
+      VAL();
+      o->wl.trace = v;
+    } else if (strcmp(a, "--requests") == 0) {
+      U64(1, 10000000, o->wl.n);
+    } else if (strcmp(a, "--rate") == 0) {
+      F64(1e-9, 1e9, o->wl.rate);
+    } else if (strcmp(a, "--span") == 0) {
+      F64(0, 1e9, o->wl.span);
+    } else if (strcmp(a, "--prompt-len") == 0) {
+      U64(1, 1u << 30, o->wl.prompt_len);
+    } else if (strcmp(a, "--prompt-cap") == 0) {
+      U64(0, 1u << 30, o->wl.prompt_cap);
+    } else if (strcmp(a, "--gen") == 0) {
+      VAL();
+      o->wl.gen = v;
+    } else if (strcmp(a, "--gen-preset") == 0) {
+      VAL();
+      if (strcmp(v, "math500") == 0) {
+        o->wl.gen_mean = 2979;
+        o->wl.gen_cap = 16384;
+      } else if (strcmp(v, "aime24") == 0) {
+        o->wl.gen_mean = 15536;
+        o->wl.gen_cap = 32768;
+        o->wl.gen_sigma = 0.5;
+      } else {
+        fprintf(stderr, "rkv sim: unknown --gen-preset '%s' (math500, aime24)\n", v);
+        return false;
+      }
+    } else if (strcmp(a, "--gen-mean") == 0) {
+      F64(1, 1e9, o->wl.gen_mean);
+    } else if (strcmp(a, "--gen-sigma") == 0) {
+      F64(0, 10, o->wl.gen_sigma);
+    } else if (strcmp(a, "--gen-cap") == 0) {
+      U64(1, 1u << 30, o->wl.gen_cap);
+    } else if (strcmp(a, "--gen-len") == 0) {
+      U64(1, 1u << 30, o->wl.gen_fixed);
+      o->wl.gen = "fixed";
+      if (o->wl.gen_cap < o->wl.gen_fixed) o->wl.gen_cap = o->wl.gen_fixed;
+    } else if (strcmp(a, "--seed") == 0) {
+      U64(0, UINT64_MAX, o->wl.seed);
+    } else if (strcmp(a, "--policy") == 0) {
+      VAL();
+      if (!parse_policies(v, o)) return false;
+    } else if (strcmp(a, "--budget") == 0) {
+      U64(2, 1u << 30, o->ev.budget);
+    } else if (strcmp(a, "--buffer") == 0) {
+      U64(1, 1u << 30, o->ev.buffer);
+    } else if (strcmp(a, "--window") == 0) {
+      U64(1, 1u << 20, o->ev.window);
+    } else if (strcmp(a, "--admission") == 0) {
+      VAL();
+      if (strcmp(v, "reserve") == 0)
+        o->admission = RKV_SCHED_RESERVE;
+      else if (strcmp(v, "optimistic") == 0)
+        o->admission = RKV_SCHED_OPTIMISTIC;
+      else {
+        fprintf(stderr, "rkv sim: bad --admission '%s' (reserve, optimistic)\n", v);
+        return false;
+      }
+    } else if (strcmp(a, "--preempt") == 0) {
+      VAL();
+      if (strcmp(v, "recompute") == 0)
+        o->preempt = RKV_SCHED_PREEMPT_RECOMPUTE;
+      else if (strcmp(v, "swap") == 0)
+        o->preempt = RKV_SCHED_PREEMPT_SWAP;
+      else {
+        fprintf(stderr, "rkv sim: bad --preempt '%s' (recompute, swap)\n", v);
+        return false;
+      }
+    } else if (strcmp(a, "--max-batched-tokens") == 0) {
+      U64(1, 1u << 30, o->max_batched_tokens);
+    } else if (strcmp(a, "--max-seqs") == 0) {
+      U64(1, 1u << 20, o->max_seqs);
+    } else if (strcmp(a, "--max-prefill-chunk") == 0) {
+      U64(0, 1u << 30, o->max_prefill_chunk);
+    } else if (strcmp(a, "--compute") == 0) {
+      VAL();
+      if (strcmp(v, "none") == 0)
+        o->compute = SIM_COMPUTE_NONE;
+      else if (strcmp(v, "cpu") == 0)
+        o->compute = SIM_COMPUTE_CPU;
+      else if (strcmp(v, "cuda") == 0)
+        o->compute = SIM_COMPUTE_CUDA;
+      else {
+        fprintf(stderr, "rkv sim: bad --compute '%s' (none, cpu, cuda)\n", v);
+        return false;
+      }
+    } else if (strcmp(a, "--gpu") == 0) {
+      VAL();
+      if (!(o->gpu = sim_gpu_find(v))) {
+        fprintf(stderr, "rkv sim: unknown --gpu '%s' (h100, a100, h200)\n", v);
+        return false;
+      }
+    } else if (strcmp(a, "--threads") == 0) {
+      U64(0, 1024, o->threads);
+    } else if (strcmp(a, "--steps") == 0) {
+      U64(1, UINT64_MAX, o->max_steps);
+    } else if (strcmp(a, "--check") == 0) {
+      o->check = true;
+    } else if (strcmp(a, "--json") == 0) {
+      o->json = true;
+    } else if (strcmp(a, "--quiet") == 0) {
+      o->quiet = true;
+    } else if (strcmp(a, "--plot") == 0) {
+      VAL();
+      o->plot = v;
+    } else {
+      fprintf(stderr, "rkv sim: unknown option '%s' (rkv sim --help)\n", a);
+      return false;
+    }
+#undef VAL
+#undef U64
+#undef F64
+  }
+  if (o->model.q_heads % o->model.kv_heads) {
+    fprintf(stderr, "rkv sim: q heads (%u) must be a multiple of kv heads (%u)\n", o->model.q_heads,
+            o->model.kv_heads);
+    return false;
+  }
+  if (shape_set) {
+    snprintf(o->model.name, sizeof o->model.name, "custom");
+    o->model.params = sim_model_params_estimate(&o->model);
+  }
+  if (params_b > 0) o->model.params = params_b * 1e9;
+  if (strcmp(o->wl.gen, "fixed") == 0 && !o->wl.gen_fixed) {
+    fprintf(stderr, "rkv sim: --gen fixed needs --gen-len N\n");
+    return false;
+  }
+  char err[256];
+  o->ev.sinks = o->ev.sinks < o->ev.budget ? o->ev.sinks : 0;
+  if (rkv_evict_params_validate(&o->ev, err, sizeof err) != RKV_OK) {
+    fprintf(stderr, "rkv sim: eviction parameters: %s\n", err);
+    return false;
+  }
+  return true;
+}
+
+static double kv_block_bytes(const sim_opts *o) {
+  return (double)o->block_size * o->model.head_dim * 2.0 * (double)rkv_dtype_size(o->dtype);
+}
+
+static bool tl_push(sim_result *r, float t, uint32_t used, uint32_t running) {
+  if (r->tl_n == r->tl_cap) {
+    size_t nc = r->tl_cap ? r->tl_cap * 2 : 1024;
+    sim_sample *n = realloc(r->tl, nc * sizeof *n);
+    if (!n) return false;
+    r->tl = n;
+    r->tl_cap = nc;
+  }
+  r->tl[r->tl_n++] = (sim_sample){t, used, running};
+  return true;
+}
+
+static bool run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evict_policy pol,
+                       sim_result *res) {
+  memset(res, 0, sizeof *res);
+  res->policy = pol;
+  double bb = kv_block_bytes(o);
+  uint64_t blocks = o->pool_blocks ? o->pool_blocks : (uint64_t)(o->pool_gib * 1073741824.0 / bb);
+  if (blocks < 1 || blocks >= (1ull << 31) / o->block_size) {
+    fprintf(stderr, "rkv sim: pool of %llu blocks is out of range\n", (unsigned long long)blocks);
+    return false;
+  }
+  res->pool_blocks = blocks;
+  res->block_bytes = bb;
+  uint32_t host_blocks = 0;
+  if (o->preempt == RKV_SCHED_PREEMPT_SWAP)
+    host_blocks = o->host_gib >= 0 ? (uint32_t)(o->host_gib * 1073741824.0 / bb)
+                                   : (uint32_t)(blocks * 4 < (1u << 30) ? blocks * 4 : (1u << 30));
+  rkv_blockmgr_config bc = RKV_BLOCKMGR_CONFIG_INIT;
+  bc.num_blocks = (uint32_t)blocks;
+  bc.block_size = o->block_size;
+  bc.num_layers = o->model.layers;
+  bc.num_kv_heads = o->model.kv_heads;
+  bc.head_dim = o->model.head_dim;
+  bc.dtype = o->dtype;
+  bc.max_seqs = o->max_seqs;
+  rkv_blockmgr *bm = NULL;
+  rkv_sched *s = NULL;
+  sim_engine *eng = NULL;
+  rkv_sched_output *outs = NULL;
+  double *arrival = NULL;
+  bool ok = false;
+  rkv_status st = rkv_blockmgr_create(&bc, &bm);
+  if (st != RKV_OK) {
+    fprintf(stderr, "rkv sim: block manager: %s\n", rkv_status_str(st));
+    goto done;
+  }
+  rkv_sched_config sc = RKV_SCHED_CONFIG_INIT;
+  sc.max_batched_tokens = o->max_batched_tokens;
+  sc.max_seqs = o->max_seqs;
+  sc.max_prefill_chunk = o->max_prefill_chunk;
+  sc.admission = o->admission;
+  sc.preempt = o->preempt;
+  sc.host_blocks = host_blocks;
+  sc.evict = o->ev;
+  sc.evict.policy = pol;
+  sc.check_every_step = o->check;
+  char err[256];
+  if (rkv_sched_create(&sc, bm, &s, err, sizeof err) != RKV_OK) {
+    fprintf(stderr, "rkv sim: scheduler: %s\n", err);
+    goto done;
+  }
+  if (!sim_engine_create(o->compute, &o->model, bm, &sc.evict, host_blocks, o->max_seqs, o->wl.seed,
+                         reqs, n, o->threads, &eng))
+    goto done;
+  outs = calloc(o->max_seqs + 1, sizeof *outs);
+  arrival = calloc(n + 1, sizeof *arrival);
+  if (!outs || !arrival) goto done;
+  for (uint32_t i = 0; i < n; i++)
+    if (reqs[i].id >= 0 && reqs[i].id < n) arrival[reqs[i].id] = reqs[i].arrival;
+  rkv_progress prog;
+  rkv_progress_init(&prog, 1.0);
+  char label[64];
+  snprintf(label, sizeof label, "sim %s", rkv_evict_policy_name(pol));
+  double clock = 0.0, w0 = rkv_tool_now();
+  uint32_t next = 0;
+  size_t kv_elem = rkv_dtype_size(o->dtype);
+  for (;;) {
+    double ts = rkv_tool_now();
+    while (next < n && reqs[next].arrival <= clock) {
+      rkv_sched_request rq = {
+          reqs[next].id, reqs[next].prompt, reqs[next].gen, 0, reqs[next].arrival, NULL};
+      st = rkv_sched_add_request(s, &rq);
+      if (st == RKV_ERR_CAPACITY) {
+        res->rejected++;
+        if (res->rejected == 1 && !o->quiet)
+          fprintf(stderr, "\nrkv sim: %s: %s (counted as rejected)\n", rkv_evict_policy_name(pol),
+                  rkv_sched_last_error(s));
+      } else if (st != RKV_OK) {
+        fprintf(stderr, "rkv sim: add_request: %s\n", rkv_sched_last_error(s));
+        goto done;
+      }
+      next++;
+    }
+    const rkv_sched_plan *p = NULL;
+    st = rkv_sched_step(s, &p);
+    res->sched_wall += rkv_tool_now() - ts;
+    if (st != RKV_OK) {
+      fprintf(stderr, "rkv sim: step: %s\n", rkv_sched_last_error(s));
+      goto done;
+    }
+    for (uint32_t i = 0; i < p->n_finished; i++) {
+      int64_t id = p->finished[i];
+      double lat = clock - (id >= 0 && id < n ? arrival[id] : clock);
+      res->lat_sum += lat;
+      res->lat_max = lat > res->lat_max ? lat : res->lat_max;
+      res->lat_n++;
+    }
+    if (!p->n_seqs) {
+      rkv_sched_report(s, NULL, 0);
+      rkv_sched_metrics mt;
+      rkv_sched_get_metrics(s, &mt);
+      if (next < n) {
+        if (mt.num_running + mt.num_waiting + mt.num_swapped == 0 || reqs[next].arrival > clock) {
+          clock = clock > reqs[next].arrival ? clock : reqs[next].arrival;
+          continue;
+        }
+      }
+      if (mt.num_running + mt.num_waiting + mt.num_swapped == 0) {
+        res->complete = true;
+        break;
+      }
+      fprintf(stderr, "rkv sim: %s: no progress with %u waiting and nothing running\n",
+              rkv_evict_policy_name(pol), mt.num_waiting);
+      goto done;
+    }
+    if (!sim_engine_run(eng, p, outs)) goto done;
+    sim_cost cost;
+    sim_cost_step(&o->model, o->gpu, kv_elem, p, &cost);
+    ts = rkv_tool_now();
+    st = rkv_sched_report(s, outs, p->n_seqs);
+    res->sched_wall += rkv_tool_now() - ts;
+    if (st != RKV_OK) {
+      fprintf(stderr, "rkv sim: report: %s\n", rkv_sched_last_error(s));
+      goto done;
+    }
+    rkv_sched_metrics mt;
+    rkv_sched_get_metrics(s, &mt);
+    /* memory held during this step: after its appends, before its compressions' frees are
+     * visible to the next one (the report has applied them, so add them back) */
+    uint32_t used = mt.used_blocks;
+    uint32_t freed = 0;
+    for (uint32_t i = 0; i < p->n_seqs; i++) freed += outs[i].blocks_freed;
+    uint32_t held = used + freed;
+    if (held > res->peak_blocks) res->peak_blocks = held;
+    res->mean_blocks += (double)held * cost.total;
+    if (p->n_seqs > res->max_running) res->max_running = p->n_seqs;
+    clock += cost.total;
+    res->model_evict += cost.evict;
+    res->model_attn_flops += cost.attn_flops;
+    res->model_evict_flops += cost.evict_flops;
+    res->steps++;
+    if (!tl_push(res, (float)clock, held, p->n_seqs)) goto done;
+    if (!o->quiet) rkv_progress_update(&prog, label, mt.num_finished, n, false);
+    if (o->max_steps && res->steps >= o->max_steps) break;
+  }
+  if (!o->quiet) {
+    rkv_sched_metrics mt;
+    rkv_sched_get_metrics(s, &mt);
+    rkv_progress_update(&prog, label, mt.num_finished, n, true);
+  }
+  res->wall = rkv_tool_now() - w0;
+  res->model_time = clock;
+  res->mean_blocks = clock > 0 ? res->mean_blocks / clock : 0.0;
+  rkv_sched_get_metrics(s, &res->m);
+  res->et = *sim_engine_get_times(eng);
+  if (o->check && rkv_sched_check(s) != RKV_OK) {
+    fprintf(stderr, "rkv sim: check: %s\n", rkv_sched_last_error(s));
+    goto done;
+  }
+  ok = true;
+done:
+  free(outs);
+  free(arrival);
+  sim_engine_destroy(eng);
+  rkv_sched_destroy(s);
+  rkv_blockmgr_destroy(bm);
+  return ok;
+}
+
+/* ---- output ----------------------------------------------------------------------------- */
+
+static double gib(double blocks, double bb) {
+  return blocks * bb / 1073741824.0;
+}
+
+static const char *compute_name(sim_compute c) {
+  return c == SIM_COMPUTE_NONE ? "none" : c == SIM_COMPUTE_CPU ? "cpu" : "cuda";
+}
+
+static void print_table(const sim_opts *o, const sim_result *r, uint32_t np, uint32_t n_req) {
+  const sim_model *m = &o->model;
+  printf("rkv sim: model %s (%u layers, %u q / %u kv heads, d %u, %.2fB params), KV %s, block %u\n",
+         m->name, m->layers, m->q_heads, m->kv_heads, m->head_dim, m->params / 1e9,
+         rkv_dtype_name(o->dtype), o->block_size);
+  printf(
+      "pool %llu blocks = %.3f GiB; workload %s, %u requests, gen %s; B=%d buffer=%d "
+      "window=%d; admission %s, preempt %s; compute %s, cost model %s\n\n",
+      (unsigned long long)r[0].pool_blocks, gib((double)r[0].pool_blocks, r[0].block_bytes),
+      o->wl.trace ? o->wl.trace : o->wl.kind, n_req, o->wl.gen, o->ev.budget, o->ev.buffer,
+      o->ev.window, rkv_sched_admission_name(o->admission), rkv_sched_preempt_mode_name(o->preempt),
+      compute_name(o->compute), o->gpu->name);
+  /* MiB for pools under 1 GiB (the tiny preset), GiB otherwise */
+  bool mib = gib((double)r[0].pool_blocks, r[0].block_bytes) < 1.0;
+  double unit = mib ? 1024.0 : 1.0;
+  printf("%-10s %9s %9s %7s %6s %8s %4s %9s %10s %10s %10s %8s %8s %8s %8s\n", "policy",
+         mib ? "peakKV_MB" : "peakKV_GB", mib ? "meanKV_MB" : "meanKV_GB", "maxbat", "preem",
+         "finished", "rej", "gen_tok", "model_s", "model_t/s", "host_t/s", "evict_s", "attn_s",
+         "sched_s", "synth_s");
+  for (uint32_t i = 0; i < np; i++) {
+    const sim_result *x = &r[i];
+    double gen = (double)x->m.generation_tokens;
+    printf(
+        "%-10s %9.3f %9.3f %7u %6llu %5llu/%-3u %4llu %9llu %10.3f %10.1f %10.1f %8.2f %8.2f %8.2f "
+        "%8.2f\n",
+        rkv_evict_policy_name(x->policy), gib(x->peak_blocks, x->block_bytes) * unit,
+        gib(x->mean_blocks, x->block_bytes) * unit, x->max_running,
+        (unsigned long long)x->m.num_preemptions, (unsigned long long)x->m.num_finished, n_req,
+        (unsigned long long)x->rejected, (unsigned long long)x->m.generation_tokens, x->model_time,
+        x->model_time > 0 ? gen / x->model_time : 0.0, x->wall > 0 ? gen / x->wall : 0.0,
+        x->et.evict, x->et.attn, x->sched_wall, x->et.kv_synth);
+  }
+  const sim_result *full = NULL;
+  for (uint32_t i = 0; i < np; i++)
+    if (r[i].policy == RKV_EVICT_FULL) full = &r[i];
+  if (full && full->max_running && np > 1) {
+    printf("\nvs full:");
+    for (uint32_t i = 0; i < np; i++)
+      if (&r[i] != full)
+        printf("  %s batch %.2fx, model tok/s %.2fx, peak KV %.2fx;",
+               rkv_evict_policy_name(r[i].policy), (double)r[i].max_running / full->max_running,
+               (full->model_time > 0 && r[i].model_time > 0)
+                   ? ((double)r[i].m.generation_tokens / r[i].model_time) /
+                         ((double)full->m.generation_tokens / full->model_time)
+                   : 0.0,
+               full->peak_blocks ? (double)r[i].peak_blocks / full->peak_blocks : 0.0);
+    printf("\n");
+  }
+  bool any_dup = false;
+  for (uint32_t i = 0; i < np; i++) any_dup |= r[i].et.keys_after > 0;
+  if (any_dup) {
+    printf(
+        "redundancy: near-duplicate keys (cosine > 0.5) per key in layer 0, kv head 0, "
+        "before -> after each compression:");
+    for (uint32_t i = 0; i < np; i++)
+      if (r[i].et.keys_after)
+        printf("  %s %.2f -> %.2f;", rkv_evict_policy_name(r[i].policy),
+               (double)r[i].et.dup_before / r[i].et.keys_before,
+               (double)r[i].et.dup_after / r[i].et.keys_after);
+    printf("\n");
+  }
+  for (uint32_t i = 0; i < np; i++)
+    if (!r[i].complete)
+      printf("note: %s stopped after %llu steps (--steps) before every request finished\n",
+             rkv_evict_policy_name(r[i].policy), (unsigned long long)r[i].steps);
+  printf(
+      "columns: KV in %s; maxbat = most sequences in one step; rej = requests that can never "
+      "fit the pool; model_* = roofline on %s; host_t/s = generated tokens per wall second on "
+      "this machine; evict/attn/sched/synth_s = wall seconds in eviction, KV write + "
+      "attention, scheduler step + report, K/V synthesis\n",
+      mib ? "MiB" : "GiB", o->gpu->name);
+}
+
+static void print_json(const sim_opts *o, const sim_result *r, uint32_t np, uint32_t n_req) {
+  const sim_model *m = &o->model;
+  printf(
+      "{\n  \"model\": {\"name\": \"%s\", \"layers\": %u, \"q_heads\": %u, \"kv_heads\": %u, "
+      "\"head_dim\": %u, \"params\": %.6g},\n",
+      m->name, m->layers, m->q_heads, m->kv_heads, m->head_dim, m->params);
+  printf(
+      "  \"config\": {\"dtype\": \"%s\", \"block_size\": %u, \"pool_blocks\": %llu, "
+      "\"pool_gib\": %.6g, \"workload\": \"%s\", \"requests\": %u, \"gen\": \"%s\", "
+      "\"budget\": %d, \"buffer\": %d, \"window\": %d, \"admission\": \"%s\", "
+      "\"preempt\": \"%s\", \"compute\": \"%s\", \"gpu\": \"%s\", \"seed\": %llu},\n",
+      rkv_dtype_name(o->dtype), o->block_size, (unsigned long long)r[0].pool_blocks,
+      gib((double)r[0].pool_blocks, r[0].block_bytes), o->wl.trace ? o->wl.trace : o->wl.kind,
+      n_req, o->wl.gen, o->ev.budget, o->ev.buffer, o->ev.window,
+      rkv_sched_admission_name(o->admission), rkv_sched_preempt_mode_name(o->preempt),
+      compute_name(o->compute), o->gpu->name, (unsigned long long)o->wl.seed);
+  printf("  \"policies\": [\n");
+  for (uint32_t i = 0; i < np; i++) {
+    const sim_result *x = &r[i];
+    double gen = (double)x->m.generation_tokens;
+    printf(
+        "    {\"policy\": \"%s\", \"complete\": %s, \"steps\": %llu, \"peak_kv_gib\": %.6g, "
+        "\"mean_kv_gib\": %.6g, \"peak_blocks\": %u, \"max_batch\": %u, \"max_running\": %u, "
+        "\"preemptions\": %llu, \"finished\": %llu, \"rejected\": %llu, "
+        "\"generation_tokens\": %llu, \"prompt_tokens\": %llu, \"compressions\": %llu, "
+        "\"evicted_tokens\": %llu, \"compaction_freed_blocks\": %llu, "
+        "\"model_seconds\": %.6g, \"model_tokens_per_s\": %.6g, \"model_evict_seconds\": %.6g, "
+        "\"mean_latency_s\": %.6g, \"max_latency_s\": %.6g, "
+        "\"wall_seconds\": %.6g, \"host_tokens_per_s\": %.6g, \"evict_seconds\": %.6g, "
+        "\"attention_seconds\": %.6g, \"sched_seconds\": %.6g, \"synth_seconds\": %.6g, "
+        "\"swap_seconds\": %.6g, \"dup_before\": %.6g, \"dup_after\": %.6g}%s\n",
+        rkv_evict_policy_name(x->policy), x->complete ? "true" : "false",
+        (unsigned long long)x->steps, gib(x->peak_blocks, x->block_bytes),
+        gib(x->mean_blocks, x->block_bytes), x->peak_blocks, x->max_running, x->m.max_running,
+        (unsigned long long)x->m.num_preemptions, (unsigned long long)x->m.num_finished,
+        (unsigned long long)x->rejected, (unsigned long long)x->m.generation_tokens,
+        (unsigned long long)x->m.prompt_tokens, (unsigned long long)x->m.compressions,
+        (unsigned long long)x->m.evicted_tokens, (unsigned long long)x->m.compaction_freed_blocks,
+        x->model_time, x->model_time > 0 ? gen / x->model_time : 0.0, x->model_evict,
+        x->lat_n ? x->lat_sum / (double)x->lat_n : 0.0, x->lat_max, x->wall,
+        x->wall > 0 ? gen / x->wall : 0.0, x->et.evict, x->et.attn, x->sched_wall, x->et.kv_synth,
+        x->et.swap, x->et.keys_before ? (double)x->et.dup_before / x->et.keys_before : 0.0,
+        x->et.keys_after ? (double)x->et.dup_after / x->et.keys_after : 0.0, i + 1 < np ? "," : "");
+  }
+  printf("  ]\n}\n");
+}
+
+static bool write_svg(const char *path, const sim_opts *o, const sim_result *r, uint32_t np) {
+  FILE *f = fopen(path, "w");
+  if (!f) {
+    fprintf(stderr, "rkv sim: cannot write '%s'\n", path);
+    return false;
+  }
+  static const char *colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e",
+                                 "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"};
+  const double W = 960, H = 640, L = 80, R = 170, T = 50, gap = 60;
+  const double ph = (H - T - gap - 50) / 2.0, pw = W - L - R;
+  double tmax = 0, kmax = 0, bmax = 0;
+  bool mib = np && gib((double)r[0].pool_blocks, r[0].block_bytes) < 1.0;
+  double unit = mib ? 1024.0 : 1.0;
+  for (uint32_t i = 0; i < np; i++) {
+    tmax = r[i].model_time > tmax ? r[i].model_time : tmax;
+    for (size_t k = 0; k < r[i].tl_n; k++) {
+      double g = gib(r[i].tl[k].used_blocks, r[i].block_bytes) * unit;
+      kmax = g > kmax ? g : kmax;
+      bmax = r[i].tl[k].running > bmax ? r[i].tl[k].running : bmax;
+    }
+  }
+  if (tmax <= 0) tmax = 1;
+  if (kmax <= 0) kmax = 1;
+  if (bmax <= 0) bmax = 1;
+  fprintf(f,
+          "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
+          "font-family=\"sans-serif\" font-size=\"12\">\n"
+          "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n"
+          "<text x=\"%.0f\" y=\"24\" font-size=\"15\">rkv sim: %s, %s, B=%d, modelled time on "
+          "%s</text>\n",
+          W, H, L, o->model.name, o->wl.trace ? "trace" : o->wl.kind, o->ev.budget, o->gpu->name);
+  for (int panel = 0; panel < 2; panel++) {
+    double y0 = T + panel * (ph + gap), ymax = panel ? bmax : kmax;
+    fprintf(f,
+            "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" "
+            "stroke=\"#333\"/>\n",
+            L, y0, pw, ph);
+    fprintf(f,
+            "<text x=\"%.1f\" y=\"%.1f\" transform=\"rotate(-90 %.1f %.1f)\" "
+            "text-anchor=\"middle\">%s</text>\n",
+            L - 55, y0 + ph / 2, L - 55, y0 + ph / 2,
+            panel ? "running sequences"
+            : mib ? "KV memory (MiB)"
+                  : "KV memory (GiB)");
+    for (int k = 0; k <= 4; k++) {
+      double yv = ymax * k / 4, yy = y0 + ph - ph * k / 4;
+      fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", L, yy,
+              L + pw, yy);
+      fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.*f</text>\n", L - 6, yy + 4,
+              panel ? 0 : 2, yv);
+      double xv = tmax * k / 4, xx = L + pw * k / 4;
+      fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%.3g s</text>\n", xx,
+              y0 + ph + 16, xv);
+    }
+    for (uint32_t i = 0; i < np; i++) {
+      size_t stride = r[i].tl_n / 2000 + 1;
+      fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" points=\"",
+              colors[i % 8]);
+      for (size_t k = 0; k < r[i].tl_n; k += stride) {
+        double v =
+            panel ? r[i].tl[k].running : gib(r[i].tl[k].used_blocks, r[i].block_bytes) * unit;
+        fprintf(f, "%.1f,%.1f ", L + pw * r[i].tl[k].t / tmax, y0 + ph - ph * v / ymax);
+      }
+      fprintf(f, "\"/>\n");
+    }
+  }
+  for (uint32_t i = 0; i < np; i++) {
+    double y = T + 10 + 20 * i;
+    fprintf(f,
+            "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" "
+            "stroke-width=\"3\"/><text x=\"%.1f\" y=\"%.1f\">%s</text>\n",
+            L + pw + 15, y, L + pw + 40, y, colors[i % 8], L + pw + 46, y + 4,
+            rkv_evict_policy_name(r[i].policy));
+  }
+  fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">modelled time</text>\n</svg>\n",
+          L + pw / 2, H - 10);
+  bool ok = fclose(f) == 0;
+  if (!ok) fprintf(stderr, "rkv sim: error writing '%s'\n", path);
+  return ok;
+}
+
+int rkv_cmd_sim(int argc, char **argv) {
+  for (int i = 1; i < argc; i++)
+    if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+      usage(stdout);
+      return 0;
+    }
+  sim_opts o;
+  if (!parse_args(argc, argv, &o)) return 2;
+  sim_req *reqs = NULL;
+  uint32_t n = 0;
+  if (!sim_workload_build(&o.wl, &reqs, &n)) return 2;
+  sim_result res[MAX_POLICIES];
+  memset(res, 0, sizeof res);
+  int rc = 0;
+  uint32_t done = 0;
+  for (uint32_t i = 0; i < o.n_policies; i++, done++) {
+    if (!run_policy(&o, reqs, n, o.policies[i], &res[i])) {
+      rc = 1;
+      break;
+    }
+  }
+  if (rc == 0) {
+    if (o.json)
+      print_json(&o, res, done, n);
+    else
+      print_table(&o, res, done, n);
+    if (o.plot && !write_svg(o.plot, &o, res, done)) rc = 1;
+  }
+  for (uint32_t i = 0; i < MAX_POLICIES; i++) free(res[i].tl);
+  free(reqs);
+  return rc;
+}

@@ -1,0 +1,176 @@
+/* The librkv test model on the C side (tool-private, used by `rkv eval` and the model tests):
+ *  - a safetensors reader (8-byte header length, JSON header, raw little-endian tensors) that
+ *    validates everything and never crashes on bad input;
+ *  - the model (tools/model/model.py: RMSNorm, GQA + RoPE at logical positions, SwiGLU,
+ *    previous-token embedding) loaded from such a file;
+ *  - a runner that decodes batches of sequences through librkv: KV in a blockmgr-managed pool,
+ *    attention by rkv_attn_prefill / rkv_attn_decode, the query window filled by attention;
+ *  - the task generator and answer checker (tools/model/task.py, byte-identical problems).
+ * Errors: functions return rkv_status and write a message into err / the runner's last error. */
+#ifndef RKV_TOOL_MODEL_H
+#define RKV_TOOL_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <rkv/attention.h>
+#include <rkv/blockmgr.h>
+#include <rkv/qwindow.h>
+#include <rkv/runtime.h>
+
+/* ---- safetensors ----------------------------------------------------------------------- */
+
+#define RKV_ST_MAX_DIMS 8
+
+typedef enum rkv_st_dtype {
+  RKV_ST_F32 = 0,
+  RKV_ST_F16 = 1,
+  RKV_ST_BF16 = 2,
+  RKV_ST_I32 = 3,
+  RKV_ST_I64 = 4,
+  RKV_ST_U8 = 5,
+  RKV_ST_DTYPE_COUNT_
+} rkv_st_dtype;
+
+typedef struct rkv_st_tensor {
+  const char *name;
+  rkv_st_dtype dtype;
+  uint32_t ndim;
+  int64_t shape[RKV_ST_MAX_DIMS];
+  uint64_t begin; /* byte offsets relative to the start of the data section */
+  uint64_t end;
+} rkv_st_tensor;
+
+typedef struct rkv_st_file rkv_st_file;
+
+/* Parses a whole file held in memory (copied; the caller keeps `data`). RKV_ERR_FORMAT with
+ * a message naming the problem (truncation, JSON syntax, unknown dtype, offsets outside the
+ * data or not matching the shape, duplicate names), RKV_ERR_NO_MEMORY. *out = NULL on
+ * failure. */
+rkv_status rkv_st_parse(const void *data, size_t size, rkv_st_file **out, char *err,
+                        size_t err_len);
+/* Reads and parses a file: RKV_ERR_IO when it cannot be read, else as rkv_st_parse. */
+rkv_status rkv_st_read(const char *path, rkv_st_file **out, char *err, size_t err_len);
+void rkv_st_free(rkv_st_file *f);
+uint32_t rkv_st_num_tensors(const rkv_st_file *f);
+const rkv_st_tensor *rkv_st_tensor_at(const rkv_st_file *f, uint32_t i);
+/* NULL when absent. */
+const rkv_st_tensor *rkv_st_find(const rkv_st_file *f, const char *name);
+/* Bytes of a tensor (not necessarily aligned: copy out with memcpy). */
+const void *rkv_st_data(const rkv_st_file *f, const rkv_st_tensor *t);
+/* Value of a "__metadata__" key, NULL when absent. */
+const char *rkv_st_meta(const rkv_st_file *f, const char *key);
+size_t rkv_st_dtype_size(rkv_st_dtype dt);
+
+/* ---- the model ------------------------------------------------------------------------- */
+
+#define RKV_MODEL_MAX_VOCAB 256
+
+typedef struct rkv_model_config {
+  int32_t vocab_size;
+  int32_t d_model;
+  int32_t n_layers;
+  int32_t n_heads;
+  int32_t n_kv_heads;
+  int32_t head_dim;
+  int32_t d_ff;
+  int32_t prev_embed; /* 1: the previous token's embedding is added to each position */
+  float rope_theta;
+  float norm_eps;
+  int32_t generator_version;       /* task format the weights were trained on (0 = unknown) */
+  char vocab[RKV_MODEL_MAX_VOCAB]; /* id -> character; id 0 is padding */
+} rkv_model_config;
+
+typedef struct rkv_model rkv_model;
+
+/* Loads weights + config from a safetensors file written by tools/model/train.py. Every
+ * expected tensor must be present with the exact F32 shape. RKV_ERR_IO, RKV_ERR_FORMAT,
+ * RKV_ERR_UNSUPPORTED (odd head_dim, n_heads not a multiple of n_kv_heads), RKV_ERR_NO_MEMORY. */
+rkv_status rkv_model_load(const char *path, rkv_model **out, char *err, size_t err_len);
+void rkv_model_destroy(rkv_model *m);
+const rkv_model_config *rkv_model_get_config(const rkv_model *m);
+size_t rkv_model_num_params(const rkv_model *m);
+/* Token id of a character, -1 when it is not in the vocabulary. */
+int32_t rkv_model_token(const rkv_model *m, char c);
+/* Encodes text; RKV_ERR_INVALID_ARG on an unknown character, RKV_ERR_CAPACITY when cap is too
+ * small (*n = needed). */
+rkv_status rkv_model_encode(const rkv_model *m, const char *text, int32_t *ids, size_t cap,
+                            size_t *n);
+
+/* ---- the runner: batched forward through librkv ---------------------------------------- */
+
+typedef struct rkv_model_runner_config {
+  uint32_t max_seqs;      /* sequences alive at once */
+  uint32_t max_rows;      /* tokens fed in one step, all sequences together */
+  uint32_t num_blocks;    /* KV pool blocks */
+  uint32_t block_size;    /* tokens per block (16) */
+  rkv_dtype kv_dtype;     /* pool dtype (f32 for exact cross-checks) */
+  int32_t max_stream_len; /* longest stream ever attended (sizes the workspace) */
+  uint32_t qwindow;       /* query-window rows kept (alpha); 0 = no query window */
+  bool accumulate_scores; /* decode attention adds attention mass per slot (H2O) */
+  bool check_every_op;    /* blockmgr invariant walk after each mutation (tests) */
+  /* The block manager's sequences and appends belong to someone else (a scheduler): seq_add /
+   * seq_remove only touch the query window, and a step's new tokens are taken to be already
+   * appended, i.e. the last n positions of every stream of the sequence. */
+  bool external_append;
+} rkv_model_runner_config;
+
+typedef struct rkv_model_runner rkv_model_runner;
+
+/* The pool lives on `backend` (CPU). Borrowed: model and backend outlive the runner. */
+rkv_status rkv_model_runner_create(const rkv_model *model, rkv_backend *backend,
+                                   const rkv_model_runner_config *cfg, rkv_model_runner **out,
+                                   char *err, size_t err_len);
+void rkv_model_runner_destroy(rkv_model_runner *r);
+const char *rkv_model_runner_last_error(const rkv_model_runner *r);
+rkv_blockmgr *rkv_model_runner_blockmgr(rkv_model_runner *r);
+rkv_kv_pool *rkv_model_runner_pool(rkv_model_runner *r);
+rkv_qwindow *rkv_model_runner_qwindow(rkv_model_runner *r); /* NULL when cfg.qwindow == 0 */
+
+/* Registers / drops a sequence (block manager + query window; query window only with
+ * external_append). */
+rkv_status rkv_model_runner_seq_add(rkv_model_runner *r, int64_t seq);
+rkv_status rkv_model_runner_seq_remove(rkv_model_runner *r, int64_t seq);
+
+/* Blocks a step feeding n tokens to seq would take from the pool. */
+uint32_t rkv_model_runner_blocks_needed(const rkv_model_runner *r, int64_t seq, uint32_t n);
+
+/* One forward step over a batch. Sequence b (seqs[b], distinct) feeds the tokens
+ * tokens[q_indptr[b] .. q_indptr[b+1]) (at least one) at logical positions pos0[b], pos0[b]+1,
+ * ...; prev_tok[b] is the token before the first one (0 at the start of a sequence). Their K/V
+ * are appended to every stream of the sequence. logits: [n_seqs][vocab] for each sequence's
+ * last token, or [rows][vocab] for every fed token when all_rows. Uses rkv_attn_decode when
+ * every sequence feeds one token, else rkv_attn_prefill. RKV_ERR_NO_BLOCKS (nothing changed)
+ * when the pool cannot hold the new tokens; RKV_ERR_CAPACITY beyond max_rows / max_seqs. */
+rkv_status rkv_model_runner_step(rkv_model_runner *r, uint32_t n_seqs, const int64_t *seqs,
+                                 const int32_t *q_indptr, const int32_t *tokens,
+                                 const int32_t *prev_tok, const int32_t *pos0, float *logits,
+                                 bool all_rows);
+
+/* ---- the task (tools/model/task.py) ---------------------------------------------------- */
+
+#define RKV_TASK_GENERATOR_VERSION 1
+#define RKV_TASK_MIN_DIGITS 1
+#define RKV_TASK_MAX_DIGITS 25
+/* Prompt / target lengths for n digits: 4n + 4 and 22n + 42 characters (n <= 25 fits). */
+#define RKV_TASK_MAX_TEXT 640
+
+typedef struct rkv_task_problem {
+  int32_t digits;
+  char a[RKV_TASK_MAX_DIGITS + 1]; /* decimal, most significant first */
+  char b[RKV_TASK_MAX_DIGITS + 1];
+  char sum[RKV_TASK_MAX_DIGITS + 2]; /* digits + 1 characters (leading carry kept) */
+  char prompt[RKV_TASK_MAX_TEXT];
+  char target[RKV_TASK_MAX_TEXT];
+} rkv_task_problem;
+
+/* Problem `index` of the set `seed` with a digit count in [lo, hi] (task.problem).
+ * RKV_ERR_INVALID_ARG for a range outside 1..25. */
+rkv_status rkv_task_problem_make(uint64_t seed, uint64_t index, int32_t lo, int32_t hi,
+                                 rkv_task_problem *p);
+/* True iff `generated` holds a well-formed labelled answer equal to the problem's sum
+ * (task.is_correct). */
+bool rkv_task_check(const rkv_task_problem *p, const char *generated);
+
+#endif /* RKV_TOOL_MODEL_H */

@@ -1,0 +1,38 @@
+/* Private to `rkv replay`: the parsed form of one script line and the line parser
+ * (tools/rkv/replay_parse.c). The script format is documented in docs/REPLAY.md. */
+#ifndef RKV_TOOL_REPLAY_H
+#define RKV_TOOL_REPLAY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum replay_kind {
+  REPLAY_POOL,
+  REPLAY_CREATE,
+  REPLAY_APPEND,
+  REPLAY_FORK,
+  REPLAY_KEEP,
+  REPLAY_COMPACT,
+  REPLAY_UNIFORM,
+  REPLAY_FREE,
+  REPLAY_CHECK,
+  REPLAY_SHOW
+} replay_kind;
+
+typedef struct replay_op {
+  replay_kind kind;
+  int64_t seq;  /* create/append/fork(parent)/keep/compact/compact_uniform/free */
+  int64_t arg;  /* append: n; fork: child; keep: layer; compact_uniform: layer (-1 = all) */
+  int64_t arg2; /* keep: head; compact_uniform: keep */
+  int32_t *pos; /* keep: positions in list order (malloc'd, caller frees); NULL when empty */
+  uint32_t npos;
+  /* pool */
+  uint32_t blocks, block_size, layers, kv_heads, head_dim;
+} replay_op;
+
+/* Parses one script line (modified in place: comments are cut off). Returns 1 for a blank or
+ * comment-only line, 0 with *op filled, or -1 with a message in msg (syntax only: whether
+ * keep positions are sorted and in range is checked when the line runs). */
+int rkv_replay_parse_line(char *line, replay_op *op, char *msg, size_t msg_size);
+
+#endif /* RKV_TOOL_REPLAY_H */

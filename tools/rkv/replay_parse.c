@@ -1,0 +1,175 @@
+/* Line parser for `rkv replay` scripts (format in docs/REPLAY.md): splits a line into words,
+ * strips `#` comments, and turns the words into a replay_op with strict number parsing, so a
+ * malformed line is reported with a precise message instead of being half-executed. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "replay.h"
+
+enum { MAX_WORDS = 16 };
+
+__attribute__((format(printf, 3, 4))) static int fail(char *msg, size_t size, const char *fmt,
+                                                      ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, size, fmt, ap);
+  va_end(ap);
+  return -1;
+}
+
+static int parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out) {
+  if (!s || !*s) return -1;
+  errno = 0;
+  char *end = NULL;
+  long long v = strtoll(s, &end, 10);
+  if (errno || *end || v < lo || v > hi) return -1;
+  *out = v;
+  return 0;
+}
+
+/* "i,j,k-l,..." (ranges inclusive, ascending) or "-" / nothing for an empty list. */
+static int parse_positions(const char *s, replay_op *op, char *msg, size_t size) {
+  op->pos = NULL;
+  op->npos = 0;
+  if (!s || strcmp(s, "-") == 0) return 0;
+  size_t cap = 0;
+  const char *p = s;
+  while (*p) {
+    const char *comma = strchr(p, ',');
+    size_t len = comma ? (size_t)(comma - p) : strlen(p);
+    char item[64];
+    if (len == 0 || len >= sizeof item)
+      return fail(msg, size, "keep: bad position item near '%.20s'", p);
+    memcpy(item, p, len);
+    item[len] = '\0';
+    int64_t lo, hi;
+    char *dash = strchr(item + 1, '-'); /* item + 1: a leading '-' is a sign, not a range */
+    if (dash) {
+      *dash = '\0';
+      if (parse_i64(item, INT32_MIN, INT32_MAX, &lo) ||
+          parse_i64(dash + 1, INT32_MIN, INT32_MAX, &hi))
+        return fail(msg, size, "keep: bad range '%.*s'", (int)len, p);
+      if (hi < lo) return fail(msg, size, "keep: descending range '%.*s'", (int)len, p);
+    } else {
+      if (parse_i64(item, INT32_MIN, INT32_MAX, &lo))
+        return fail(msg, size, "keep: bad position '%s'", item);
+      hi = lo;
+    }
+    if ((uint64_t)(hi - lo) + op->npos >= (1u << 26)) return fail(msg, size, "keep: list too long");
+    size_t need = op->npos + (size_t)(hi - lo) + 1;
+    if (need > cap) {
+      size_t ncap = cap ? cap : 64;
+      while (ncap < need) ncap *= 2;
+      int32_t *q = realloc(op->pos, ncap * sizeof *q);
+      if (!q) return fail(msg, size, "keep: out of memory");
+      op->pos = q;
+      cap = ncap;
+    }
+    for (int64_t v = lo; v <= hi; v++) op->pos[op->npos++] = (int32_t)v;
+    p += len;
+    if (*p == ',') {
+      p++;
+      if (!*p) return fail(msg, size, "keep: trailing comma");
+    }
+  }
+  return 0;
+}
+
+static int want_words(int n, int lo, int hi, const char *cmd, char *msg, size_t size) {
+  if (n - 1 < lo || n - 1 > hi) {
+    if (lo == hi)
+      return fail(msg, size, "%s takes %d argument%s, got %d", cmd, lo, lo == 1 ? "" : "s", n - 1);
+    return fail(msg, size, "%s takes %d to %d arguments, got %d", cmd, lo, hi, n - 1);
+  }
+  return 0;
+}
+
+static int parse_pool(char **w, int n, replay_op *op, char *msg, size_t size) {
+  op->blocks = op->block_size = op->layers = op->kv_heads = 0;
+  op->head_dim = 128;
+  for (int i = 1; i < n; i++) {
+    char *eq = strchr(w[i], '=');
+    if (!eq) return fail(msg, size, "pool: expected key=value, got '%s'", w[i]);
+    *eq = '\0';
+    int64_t v;
+    if (parse_i64(eq + 1, 1, INT32_MAX, &v))
+      return fail(msg, size, "pool: bad value for %s: '%s'", w[i], eq + 1);
+    if (strcmp(w[i], "blocks") == 0)
+      op->blocks = (uint32_t)v;
+    else if (strcmp(w[i], "block_size") == 0)
+      op->block_size = (uint32_t)v;
+    else if (strcmp(w[i], "layers") == 0)
+      op->layers = (uint32_t)v;
+    else if (strcmp(w[i], "kv_heads") == 0)
+      op->kv_heads = (uint32_t)v;
+    else if (strcmp(w[i], "head_dim") == 0)
+      op->head_dim = (uint32_t)v;
+    else
+      return fail(msg, size, "pool: unknown key '%s'", w[i]);
+  }
+  if (!op->blocks || !op->block_size || !op->layers || !op->kv_heads)
+    return fail(msg, size, "pool: blocks, block_size, layers and kv_heads are required");
+  return 0;
+}
+
+int rkv_replay_parse_line(char *line, replay_op *op, char *msg, size_t msg_size) {
+  memset(op, 0, sizeof *op);
+  char *hash = strchr(line, '#');
+  if (hash) *hash = '\0';
+  char *w[MAX_WORDS];
+  int n = 0;
+  for (char *save = NULL, *t = strtok_r(line, " \t\r\n", &save); t;
+       t = strtok_r(NULL, " \t\r\n", &save)) {
+    if (n == MAX_WORDS) return fail(msg, msg_size, "too many words");
+    w[n++] = t;
+  }
+  if (n == 0) return 1;
+  const char *cmd = w[0];
+  int64_t v[3] = {0, 0, 0};
+  static const struct {
+    const char *name;
+    replay_kind kind;
+    int nargs;
+  } simple[] = {
+      {"create", REPLAY_CREATE, 1}, {"append", REPLAY_APPEND, 2},
+      {"fork", REPLAY_FORK, 2},     {"compact", REPLAY_COMPACT, 1},
+      {"free", REPLAY_FREE, 1},     {"compact_uniform", REPLAY_UNIFORM, 3},
+      {"check", REPLAY_CHECK, 0},   {"show", REPLAY_SHOW, 0},
+  };
+  if (strcmp(cmd, "pool") == 0) {
+    op->kind = REPLAY_POOL;
+    return parse_pool(w, n, op, msg, msg_size);
+  }
+  if (strcmp(cmd, "keep") == 0) {
+    op->kind = REPLAY_KEEP;
+    if (want_words(n, 3, 4, cmd, msg, msg_size)) return -1;
+    if (parse_i64(w[1], INT64_MIN, INT64_MAX, &v[0]) || parse_i64(w[2], 0, INT32_MAX, &v[1]) ||
+        parse_i64(w[3], 0, INT32_MAX, &v[2]))
+      return fail(msg, msg_size, "keep: expected SEQ LAYER HEAD [POSITIONS]");
+    op->seq = v[0];
+    op->arg = v[1];
+    op->arg2 = v[2];
+    return parse_positions(n > 4 ? w[4] : NULL, op, msg, msg_size);
+  }
+  for (size_t k = 0; k < sizeof simple / sizeof simple[0]; k++) {
+    if (strcmp(cmd, simple[k].name) != 0) continue;
+    op->kind = simple[k].kind;
+    if (want_words(n, simple[k].nargs, simple[k].nargs, cmd, msg, msg_size)) return -1;
+    for (int i = 0; i < simple[k].nargs; i++)
+      if (parse_i64(w[i + 1], INT64_MIN, INT64_MAX, &v[i]))
+        return fail(msg, msg_size, "%s: argument %d is not an integer: '%s'", cmd, i + 1, w[i + 1]);
+    op->seq = v[0];
+    op->arg = v[1];
+    op->arg2 = v[2];
+    if (op->kind == REPLAY_APPEND && (op->arg < 0 || op->arg > UINT32_MAX))
+      return fail(msg, msg_size, "append: token count %lld out of range", (long long)op->arg);
+    if (op->kind == REPLAY_UNIFORM && (op->arg < INT32_MIN || op->arg > INT32_MAX ||
+                                       op->arg2 < INT32_MIN || op->arg2 > INT32_MAX))
+      return fail(msg, msg_size, "compact_uniform: LAYER or KEEP out of range");
+    return 0;
+  }
+  return fail(msg, msg_size, "unknown op '%s'", cmd);
+}

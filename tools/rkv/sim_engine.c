@@ -1,0 +1,532 @@
+/* `rkv sim` compute engines. `none` keeps real block accounting but does no tensor math:
+ * a flagged compression cuts every stream of the sequence to the budget with
+ * rkv_blockmgr_compact_uniform (which tokens survive does not change any block count).
+ * `cpu` runs the real kernels on a CPU KV pool: synthetic K/V/Q rows (see sim_tokens and
+ * docs/SIMULATOR.md) are written with rkv_attn_write_kv, attention runs per layer over the
+ * batch's exported per-head tables (decode and prefill groups), and compression runs
+ * rkv_evict_layer per layer. Swaps go through a host buffer. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <rkv/attention.h>
+#include <rkv/qwindow.h>
+
+#include "rkv_tool.h"
+#include "sim.h"
+
+struct sim_engine {
+  sim_compute kind;
+  sim_model m;
+  rkv_blockmgr *bm;
+  rkv_evict_params ev;
+  uint64_t seed;
+  sim_engine_times times;
+  /* none */
+  rkv_compact_map *maps;
+  uint32_t maps_cap;
+  int32_t *old;
+  uint32_t old_cap;
+  /* cpu */
+  rkv_backend *be;
+  rkv_kv_pool *pool;
+  rkv_qwindow *qw;
+  unsigned char *host;
+  size_t block_bytes;
+  uint32_t host_blocks;
+  const sim_req *reqs;
+  uint32_t n_reqs;
+  int32_t **tokens;        /* [n_reqs] by id, made on first use */
+  float *ek, *ev_tab, *mu; /* [L][Hkv][V][d], [L][Hkv][V][d], [L][Hkv][d] */
+  float *krows, *vrows, *q, *out;
+  int64_t *slots;
+  size_t krows_cap, vrows_cap, slots_cap, q_cap, out_cap;
+  int32_t *indptr, *indices, *last_len, *q_indptr;
+  int64_t *ids;
+  uint32_t *sel;
+  size_t nnz_cap, seqs_cap, ids_cap, indptr_cap, last_len_cap, q_indptr_cap;
+  void *ws;
+  size_t ws_cap;
+  float *dup_k;
+  size_t dup_cap;
+};
+
+static uint64_t mix(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+/* Unit-variance noise in [-sqrt(3), sqrt(3)] from a counter hash. */
+static float noise(uint64_t key, uint32_t e) {
+  uint64_t z = mix(key ^ ((uint64_t)e * 0xD1B54A32D192ED03ull));
+  return (float)(((double)(z >> 11) * (1.0 / 9007199254740992.0) - 0.5) * 3.4641016151377544);
+}
+
+static float gauss(uint64_t *s) {
+  double u1 = ((double)(mix(*s += 1) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+  double u2 = ((double)(mix(*s += 1) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+  return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+static bool grow(void **p, size_t *cap, size_t need, size_t elem) {
+  if (need <= *cap) return true;
+  size_t nc = *cap ? *cap : 64;
+  while (nc < need) nc *= 2;
+  void *np = realloc(*p, nc * elem);
+  if (!np) {
+    fprintf(stderr, "rkv sim: out of memory (%zu bytes)\n", nc * elem);
+    return false;
+  }
+  *p = np;
+  *cap = nc;
+  return true;
+}
+
+static bool uses_qwindow(rkv_evict_policy p) {
+  return p == RKV_EVICT_RKV || p == RKV_EVICT_SNAPKV;
+}
+
+bool sim_engine_create(sim_compute kind, const sim_model *m, rkv_blockmgr *bm,
+                       const rkv_evict_params *ev, uint32_t host_blocks, uint32_t max_seqs,
+                       uint64_t seed, const sim_req *reqs, uint32_t n_reqs, int threads,
+                       sim_engine **out) {
+  *out = NULL;
+  sim_engine *e = calloc(1, sizeof *e);
+  if (!e) return false;
+  e->kind = kind;
+  e->m = *m;
+  e->bm = bm;
+  e->ev = *ev;
+  e->seed = seed;
+  e->reqs = reqs;
+  e->n_reqs = n_reqs;
+  if (kind == SIM_COMPUTE_NONE) {
+    *out = e;
+    return true;
+  }
+  if (kind == SIM_COMPUTE_CUDA) {
+    if (!rkv_build_has_cuda()) {
+      fprintf(stderr,
+              "rkv sim: --compute cuda: this build of librkv has no CUDA "
+              "(configure with nvcc available, RKV_ENABLE_CUDA=ON)\n");
+    } else {
+      rkv_backend_config bc = RKV_BACKEND_CONFIG_INIT;
+      bc.kind = RKV_BACKEND_CUDA;
+      rkv_backend *b = NULL;
+      rkv_status st = rkv_backend_create(&bc, &b);
+      if (st != RKV_OK)
+        fprintf(stderr, "rkv sim: --compute cuda: no usable GPU (%s)\n", rkv_status_str(st));
+      else
+        fprintf(stderr,
+                "rkv sim: --compute cuda: the simulator's CUDA engine is not "
+                "implemented yet; use --compute cpu or none\n");
+      rkv_backend_destroy(b);
+    }
+    free(e);
+    return false;
+  }
+  rkv_backend_config bc = RKV_BACKEND_CONFIG_INIT;
+  bc.kind = RKV_BACKEND_CPU;
+  bc.num_threads = threads;
+  rkv_status st = rkv_backend_create(&bc, &e->be);
+  rkv_kv_layout lay = rkv_blockmgr_kv_layout(bm);
+  const rkv_blockmgr_config *c = rkv_blockmgr_get_config(bm);
+  if (st == RKV_OK) st = rkv_kv_pool_create(e->be, &lay, c->num_blocks, &e->pool);
+  if (st != RKV_OK) {
+    fprintf(stderr, "rkv sim: CPU KV pool of %u blocks: %s (%s)\n", c->num_blocks,
+            rkv_status_str(st), e->be ? rkv_backend_last_error(e->be) : "");
+    sim_engine_destroy(e);
+    return false;
+  }
+  e->block_bytes = rkv_kv_block_bytes(&lay);
+  e->host_blocks = host_blocks;
+  if (host_blocks) {
+    e->host = malloc((size_t)host_blocks * e->block_bytes);
+    if (!e->host) {
+      fprintf(stderr, "rkv sim: host swap pool of %u blocks: out of memory\n", host_blocks);
+      sim_engine_destroy(e);
+      return false;
+    }
+  }
+  if (uses_qwindow(ev->policy)) {
+    rkv_qwindow_config qc = RKV_QWINDOW_CONFIG_INIT;
+    qc.num_layers = m->layers;
+    qc.num_q_heads = m->q_heads;
+    qc.head_dim = m->head_dim;
+    qc.window = (uint32_t)ev->window;
+    qc.max_seqs = max_seqs;
+    st = rkv_qwindow_create(&qc, &e->qw);
+    if (st != RKV_OK) {
+      fprintf(stderr, "rkv sim: query window: %s\n", rkv_status_str(st));
+      sim_engine_destroy(e);
+      return false;
+    }
+  }
+  e->tokens = calloc(n_reqs, sizeof(int32_t *));
+  size_t d = m->head_dim, tab = (size_t)m->layers * m->kv_heads * SIM_VOCAB * d;
+  e->ek = malloc(tab * sizeof(float));
+  e->ev_tab = malloc(tab * sizeof(float));
+  e->mu = malloc((size_t)m->layers * m->kv_heads * d * sizeof(float));
+  if (!e->tokens || !e->ek || !e->ev_tab || !e->mu) {
+    fprintf(stderr, "rkv sim: out of memory for the synthetic model tables\n");
+    sim_engine_destroy(e);
+    return false;
+  }
+  uint64_t s = seed * 31 + 7;
+  for (size_t i = 0; i < tab; i++) e->ek[i] = gauss(&s);
+  for (size_t i = 0; i < tab; i++) e->ev_tab[i] = gauss(&s);
+  for (size_t i = 0; i < (size_t)m->layers * m->kv_heads * d; i++) e->mu[i] = gauss(&s);
+  *out = e;
+  return true;
+}
+
+void sim_engine_destroy(sim_engine *e) {
+  if (!e) return;
+  free(e->maps);
+  free(e->old);
+  if (e->tokens)
+    for (uint32_t i = 0; i < e->n_reqs; i++) free(e->tokens[i]);
+  free(e->tokens);
+  free(e->ek);
+  free(e->ev_tab);
+  free(e->mu);
+  free(e->krows);
+  free(e->vrows);
+  free(e->q);
+  free(e->out);
+  free(e->slots);
+  free(e->indptr);
+  free(e->indices);
+  free(e->last_len);
+  free(e->q_indptr);
+  free(e->ids);
+  free(e->sel);
+  free(e->ws);
+  free(e->dup_k);
+  free(e->host);
+  rkv_qwindow_destroy(e->qw);
+  rkv_kv_pool_destroy(e->pool);
+  rkv_backend_destroy(e->be);
+  free(e);
+}
+
+const sim_engine_times *sim_engine_get_times(const sim_engine *e) {
+  return &e->times;
+}
+
+/* ---- none ------------------------------------------------------------------------------ */
+
+static bool compress_uniform(sim_engine *e, const rkv_sched_seq *q, rkv_sched_output *o) {
+  rkv_blockmgr_stats a, b;
+  rkv_blockmgr_get_stats(e->bm, &a);
+  for (;;) {
+    uint32_t nm = 0, no = 0;
+    rkv_status st = rkv_blockmgr_compact_uniform(e->bm, q->id, -1, q->evict->budget, e->maps,
+                                                 e->maps_cap, &nm, e->old, e->old_cap, &no);
+    if (st == RKV_ERR_CAPACITY) {
+      size_t mc = e->maps_cap, oc = e->old_cap;
+      if (!grow((void **)&e->maps, &mc, nm, sizeof *e->maps) ||
+          !grow((void **)&e->old, &oc, no, sizeof *e->old))
+        return false;
+      e->maps_cap = (uint32_t)mc;
+      e->old_cap = (uint32_t)oc;
+      continue;
+    }
+    if (st != RKV_OK) {
+      fprintf(stderr, "rkv sim: compact_uniform(seq %lld): %s\n", (long long)q->id,
+              rkv_blockmgr_last_error(e->bm));
+      return false;
+    }
+    for (uint32_t i = 0; i < nm; i++)
+      o->tokens_evicted += (uint64_t)(e->maps[i].old_len - e->maps[i].new_len);
+    break;
+  }
+  rkv_blockmgr_get_stats(e->bm, &b);
+  o->blocks_freed = b.free_blocks - a.free_blocks;
+  o->compressed = true;
+  return true;
+}
+
+/* ---- cpu ------------------------------------------------------------------------------- */
+
+static const sim_req *req_of(const sim_engine *e, int64_t id) {
+  /* ids are trace indices 0..n-1; the array is sorted by arrival, so search */
+  for (uint32_t i = 0; i < e->n_reqs; i++)
+    if (e->reqs[i].id == id) return &e->reqs[i];
+  return NULL;
+}
+
+static const int32_t *tokens_of(sim_engine *e, int64_t id) {
+  if (id < 0 || (uint64_t)id >= e->n_reqs) return NULL;
+  if (!e->tokens[id]) {
+    const sim_req *r = req_of(e, id);
+    if (!r) return NULL;
+    int64_t len = r->prompt + r->gen + 1;
+    e->tokens[id] = malloc(sizeof(int32_t) * (size_t)len);
+    if (!e->tokens[id]) return NULL;
+    sim_tokens(e->seed, id, e->tokens[id], len);
+  }
+  return e->tokens[id];
+}
+
+/* K and V rows of the token at logical position pos (layer l, kv head h). */
+static void make_kv(const sim_engine *e, int64_t id, int64_t pos, int32_t tok, uint32_t l,
+                    uint32_t h, float *k, float *v) {
+  size_t d = e->m.head_dim;
+  size_t base = (((size_t)l * e->m.kv_heads + h) * SIM_VOCAB + (size_t)tok) * d;
+  const float *mu = e->mu + ((size_t)l * e->m.kv_heads + h) * d;
+  uint64_t key = mix((uint64_t)id * 0x100000001B3ull ^ (uint64_t)pos) ^ ((uint64_t)l << 40) ^
+                 ((uint64_t)h << 52);
+  for (size_t i = 0; i < d; i++) {
+    k[i] = e->ek[base + i] + 0.5f * mu[i] + 0.3f * noise(key, (uint32_t)i);
+    v[i] = e->ev_tab[base + i] + 0.3f * noise(key ^ 0xABCDEFull, (uint32_t)i);
+  }
+}
+
+static void make_q(const sim_engine *e, int64_t id, int64_t pos, int32_t tok, uint32_t l,
+                   float *q) {
+  size_t d = e->m.head_dim;
+  uint32_t G = e->m.q_heads / e->m.kv_heads;
+  for (uint32_t j = 0; j < e->m.q_heads; j++) {
+    uint32_t h = j / G;
+    size_t base = (((size_t)l * e->m.kv_heads + h) * SIM_VOCAB + (size_t)tok) * d;
+    uint64_t key = mix((uint64_t)id * 0x100000001B3ull ^ (uint64_t)pos) ^ ((uint64_t)l << 40) ^
+                   ((uint64_t)j << 48) ^ 0x5151ull;
+    for (size_t i = 0; i < d; i++)
+      q[(size_t)j * d + i] = 0.7f * e->ek[base + i] + 0.7f * noise(key, (uint32_t)i);
+  }
+}
+
+static bool check(rkv_status st, const char *what, const char *detail) {
+  if (st == RKV_OK) return true;
+  fprintf(stderr, "rkv sim: %s: %s (%s)\n", what, rkv_status_str(st), detail ? detail : "");
+  return false;
+}
+
+/* One layer's attention over a group of plan seqs (decode or prefill). */
+static bool attend(sim_engine *e, const rkv_sched_plan *p, const uint32_t *sel, uint32_t ns,
+                   bool decode, uint32_t l) {
+  if (!ns) return true;
+  size_t d = e->m.head_dim, Hq = e->m.q_heads, Hkv = e->m.kv_heads;
+  for (uint32_t i = 0; i < ns; i++) e->ids[i] = p->seqs[sel[i]].id;
+  uint32_t nnz = 0;
+  if (!check(rkv_blockmgr_export_size(e->bm, l, e->ids, ns, &nnz), "export_size",
+             rkv_blockmgr_last_error(e->bm)))
+    return false;
+  if (!grow((void **)&e->indices, &e->nnz_cap, nnz + 1, sizeof(int32_t))) return false;
+  rkv_block_table tab;
+  if (!check(rkv_blockmgr_export_csr(e->bm, l, e->ids, ns, e->indptr, e->indices,
+                                     (uint32_t)e->nnz_cap, e->last_len, &nnz, &tab),
+             "export_csr", rkv_blockmgr_last_error(e->bm)))
+    return false;
+  size_t rows = 0;
+  e->q_indptr[0] = 0;
+  for (uint32_t i = 0; i < ns; i++) {
+    rows += p->seqs[sel[i]].n_tokens;
+    e->q_indptr[i + 1] = (int32_t)rows;
+  }
+  if (!grow((void **)&e->q, &e->q_cap, rows * Hq * d, sizeof(float)) ||
+      !grow((void **)&e->out, &e->out_cap, rows * Hq * d, sizeof(float)))
+    return false;
+  double t0 = rkv_tool_now();
+  size_t r = 0;
+  for (uint32_t i = 0; i < ns; i++) {
+    const rkv_sched_seq *q = &p->seqs[sel[i]];
+    const int32_t *tk = tokens_of(e, q->id);
+    if (!tk) return false;
+    for (uint32_t t = 0; t < q->n_tokens; t++, r++)
+      make_q(e, q->id, q->pos + t, tk[q->pos + t], l, e->q + r * Hq * d);
+  }
+  double t1 = rkv_tool_now();
+  e->times.kv_synth += t1 - t0;
+  rkv_attn_params ap = RKV_ATTN_PARAMS_INIT;
+  ap.num_seqs = ns;
+  ap.num_q_heads = (uint32_t)Hq;
+  ap.num_kv_heads = (uint32_t)Hkv;
+  ap.head_dim = (uint32_t)d;
+  ap.q = e->q;
+  ap.out = e->out;
+  ap.table = tab;
+  ap.q_indptr = decode ? NULL : e->q_indptr;
+  ap.accumulate_scores = e->ev.policy == RKV_EVICT_H2O;
+  ap.qwindow = e->qw;
+  ap.seq_ids = e->ids;
+  ap.layer = l;
+  size_t ws = 0;
+  if (!check(rkv_attn_workspace_size(e->pool, &ap, &ws), "attention workspace",
+             rkv_backend_last_error(e->be)))
+    return false;
+  if (!grow(&e->ws, &e->ws_cap, ws + 64, 1)) return false;
+  rkv_status st = decode ? rkv_attn_decode(e->pool, &ap, e->ws, e->ws_cap)
+                         : rkv_attn_prefill(e->pool, &ap, e->ws, e->ws_cap);
+  e->times.attn += rkv_tool_now() - t1;
+  return check(st, decode ? "attention decode" : "attention prefill",
+               rkv_backend_last_error(e->be));
+}
+
+/* Redundancy left in a cache: for the keys of stream (layer 0, kv head 0), the number of
+ * near-duplicates (cosine > 0.5, R-KV's threshold T) each has among the others, summed.
+ * Counted before and after each compression, so the report can show how much redundancy
+ * each policy removes. O(n^2 d) per compression: a diagnostic for small models. */
+static void dup_stat(sim_engine *e, int64_t seq, uint64_t *dups, uint64_t *keys) {
+  int32_t n = 0;
+  if (rkv_blockmgr_stream_len(e->bm, seq, 0, 0, &n) != RKV_OK || n < 2) return;
+  size_t d = e->m.head_dim;
+  size_t need = (size_t)n * d;
+  if (!grow((void **)&e->dup_k, &e->dup_cap, need, sizeof(float))) return;
+  const rkv_kv_layout *lay = rkv_kv_pool_layout(e->pool);
+  const char *base = rkv_kv_pool_base(e->pool);
+  for (int32_t j = 0; j < n; j++) {
+    int64_t slot = 0;
+    (void)rkv_blockmgr_stream_slot(e->bm, seq, 0, 0, j, &slot);
+    const char *blk = base + (size_t)(slot / lay->block_size) * e->block_bytes;
+    const void *row = blk + rkv_kv_k_offset(lay, (uint32_t)(slot % lay->block_size));
+    double nn = 0.0;
+    float *k = e->dup_k + (size_t)j * d;
+    for (size_t t = 0; t < d; t++) {
+      k[t] = rkv_dtype_load(lay->dtype, row, t);
+      nn += (double)k[t] * k[t];
+    }
+    float inv = (float)(1.0 / (sqrt(nn) + 1e-8));
+    for (size_t t = 0; t < d; t++) k[t] *= inv;
+  }
+  for (int32_t i = 0; i < n; i++) {
+    for (int32_t j = 0; j < n; j++) {
+      if (i == j) continue;
+      float dot = 0.0f;
+      for (size_t t = 0; t < d; t++)
+        dot += e->dup_k[(size_t)i * d + t] * e->dup_k[(size_t)j * d + t];
+      if (dot > 0.5f) (*dups)++;
+    }
+  }
+  *keys += (uint64_t)n;
+}
+
+static bool run_cpu(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *outs) {
+  double t0 = rkv_tool_now();
+  for (uint32_t i = 0; i < p->n_swap_out; i++)
+    if (!check(rkv_kv_pool_read_blocks(e->pool, &p->swap_out[i].device, 1,
+                                       e->host + (size_t)p->swap_out[i].host * e->block_bytes),
+               "swap out", NULL))
+      return false;
+  for (uint32_t i = 0; i < p->n_swap_in; i++)
+    if (!check(rkv_kv_pool_write_blocks(e->pool, &p->swap_in[i].device, 1,
+                                        e->host + (size_t)p->swap_in[i].host * e->block_bytes),
+               "swap in", NULL))
+      return false;
+  if (p->n_copies &&
+      !check(rkv_kv_pool_copy_blocks(e->pool, p->copies, p->n_copies), "copies", NULL))
+    return false;
+  e->times.swap += rkv_tool_now() - t0;
+  /* query windows follow the sequences' KV: forked with it, dropped with it, kept across a
+   * swap (the simulator itself never forks; an engine embedding the scheduler would) */
+  for (uint32_t i = 0; i < p->n_forks; i++)
+    if (e->qw) (void)rkv_qwindow_seq_fork(e->qw, p->forks[i].parent, p->forks[i].child);
+  for (uint32_t i = 0; i < p->n_finished; i++) {
+    if (e->qw) (void)rkv_qwindow_seq_remove(e->qw, p->finished[i]);
+    int64_t id = p->finished[i];
+    if (id >= 0 && (uint64_t)id < e->n_reqs) {
+      free(e->tokens[id]);
+      e->tokens[id] = NULL;
+    }
+  }
+  for (uint32_t i = 0; i < p->n_preempted; i++) {
+    bool swapped = false;
+    for (uint32_t j = 0; j < p->n_swapped_out; j++) swapped |= p->swapped_out[j] == p->preempted[i];
+    if (!swapped && e->qw) (void)rkv_qwindow_seq_remove(e->qw, p->preempted[i]);
+  }
+  uint32_t ns = p->n_seqs;
+  size_t d = e->m.head_dim, Hkv = e->m.kv_heads;
+  if (!grow((void **)&e->sel, &e->seqs_cap, ns + 1, sizeof(uint32_t))) return false;
+  if (!grow((void **)&e->ids, &e->ids_cap, ns + 1, sizeof(int64_t)) ||
+      !grow((void **)&e->indptr, &e->indptr_cap, ns * Hkv + 1, sizeof(int32_t)) ||
+      !grow((void **)&e->last_len, &e->last_len_cap, ns * Hkv + 1, sizeof(int32_t)) ||
+      !grow((void **)&e->q_indptr, &e->q_indptr_cap, ns + 1, sizeof(int32_t)))
+    return false;
+  for (uint32_t i = 0; i < ns; i++) {
+    const rkv_sched_seq *q = &p->seqs[i];
+    if (e->qw && q->kind == RKV_SCHED_PREFILL && q->pos == 0)
+      (void)rkv_qwindow_seq_add(e->qw, q->id);
+  }
+  size_t rows = p->n_batched_tokens * Hkv;
+  if (!grow((void **)&e->krows, &e->krows_cap, rows * d + 1, sizeof(float)) ||
+      !grow((void **)&e->vrows, &e->vrows_cap, rows * d + 1, sizeof(float)) ||
+      !grow((void **)&e->slots, &e->slots_cap, rows + 1, sizeof(int64_t)))
+    return false;
+  for (uint32_t l = 0; l < e->m.layers; l++) {
+    double t1 = rkv_tool_now();
+    size_t r = 0;
+    for (uint32_t i = 0; i < ns; i++) {
+      const rkv_sched_seq *q = &p->seqs[i];
+      const int32_t *tk = tokens_of(e, q->id);
+      if (!tk) return false;
+      for (uint32_t h = 0; h < Hkv; h++)
+        for (uint32_t t = 0; t < q->n_tokens; t++, r++) {
+          int32_t cpos = q->kv_len - (int32_t)q->n_tokens + (int32_t)t;
+          if (!check(rkv_blockmgr_stream_slot(e->bm, q->id, l, h, cpos, &e->slots[r]),
+                     "stream_slot", rkv_blockmgr_last_error(e->bm)))
+            return false;
+          make_kv(e, q->id, q->pos + t, tk[q->pos + t], l, h, e->krows + r * d, e->vrows + r * d);
+        }
+    }
+    double t2 = rkv_tool_now();
+    e->times.kv_synth += t2 - t1;
+    if (!check(rkv_attn_write_kv(e->pool, e->krows, e->vrows, e->slots, (uint32_t)r), "write_kv",
+               rkv_backend_last_error(e->be)))
+      return false;
+    e->times.attn += rkv_tool_now() - t2;
+    uint32_t nd = 0;
+    for (uint32_t i = 0; i < ns; i++)
+      if (p->seqs[i].kind == RKV_SCHED_DECODE) e->sel[nd++] = i;
+    if (!attend(e, p, e->sel, nd, true, l)) return false;
+    uint32_t np = 0;
+    for (uint32_t i = 0; i < ns; i++)
+      if (p->seqs[i].kind == RKV_SCHED_PREFILL) e->sel[np++] = i;
+    if (!attend(e, p, e->sel, np, false, l)) return false;
+  }
+  /* compression after this step's attention */
+  double t3 = rkv_tool_now();
+  for (uint32_t i = 0; i < ns; i++) {
+    const rkv_sched_seq *q = &p->seqs[i];
+    if (!q->compress) continue;
+    size_t need = 0;
+    if (!check(rkv_evict_workspace_size(q->evict, e->m.kv_heads, e->m.q_heads, e->m.head_dim,
+                                        q->kv_len, &need),
+               "evict workspace", NULL))
+      return false;
+    if (!grow(&e->ws, &e->ws_cap, need + 64, 1)) return false;
+    rkv_blockmgr_stats a, b;
+    rkv_blockmgr_get_stats(e->bm, &a);
+    dup_stat(e, q->id, &e->times.dup_before, &e->times.keys_before);
+    for (uint32_t l = 0; l < e->m.layers; l++) {
+      rkv_evict_result res;
+      memset(&res, 0, sizeof res);
+      rkv_status st =
+          rkv_evict_layer(q->evict, e->bm, e->pool, uses_qwindow(q->evict->policy) ? e->qw : NULL,
+                          e->m.q_heads, q->id, l, e->ws, e->ws_cap, &res);
+      if (!check(st, "rkv_evict_layer", rkv_blockmgr_last_error(e->bm))) return false;
+      outs[i].tokens_evicted += res.tokens_evicted;
+    }
+    dup_stat(e, q->id, &e->times.dup_after, &e->times.keys_after);
+    rkv_blockmgr_get_stats(e->bm, &b);
+    outs[i].blocks_freed = b.free_blocks - a.free_blocks;
+    outs[i].compressed = true;
+  }
+  e->times.evict += rkv_tool_now() - t3;
+  return true;
+}
+
+bool sim_engine_run(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *outs) {
+  for (uint32_t i = 0; i < p->n_seqs; i++) {
+    memset(&outs[i], 0, sizeof outs[i]);
+    outs[i].id = p->seqs[i].id;
+  }
+  if (e->kind != SIM_COMPUTE_NONE) return run_cpu(e, p, outs);
+  double t0 = rkv_tool_now();
+  for (uint32_t i = 0; i < p->n_seqs; i++)
+    if (p->seqs[i].compress && !compress_uniform(e, &p->seqs[i], &outs[i])) return false;
+  e->times.evict += rkv_tool_now() - t0;
+  return true;
+}
