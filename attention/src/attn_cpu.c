@@ -4,11 +4,11 @@
  * Work item = one stream = (sequence, kv head). An item walks the stream block by block: it
  * converts a block's K rows to f32 once and scores them against the whole GQA group (four
  * heads per K load; in prefill, for a tile of up to RKVI_ATTN_TILE_ROWS new rows), stores the
- * logits, takes an exact two-pass softmax over them (max, then exp/sum; causally masked
- * positions get weight 0), then converts each V block once and accumulates it into the
- * group's outputs with a register-held slice of the accumulator. Stored logits cost
- * rows x max_len floats of workspace but make the softmax safe and give the exact
- * probabilities the H2O score accumulation needs.
+ * logits, takes an exact two-pass softmax over them (max first, then an inline vectorised exp
+ * of ~1e-7 relative error and the sum; causally masked positions get weight 0), then converts
+ * each V block once and accumulates it into the group's outputs with a register-held slice of
+ * the accumulator. Stored logits cost rows x max_len floats of workspace but make the softmax
+ * safe and give the exact probabilities the H2O score accumulation needs.
  *
  * Items are handed out through an atomic counter to worker threads spawned per call (only
  * when the batch is big enough to pay for them). Score mass is written per item into a
@@ -142,6 +142,7 @@ static ALWAYS_INLINE const float *load_rows(rkv_dtype dt, const uint8_t *src, fl
  * slices in memory. An 8-float vector is one AVX2 register or two SSE ones. */
 typedef float rkvi_v8f __attribute__((vector_size(32)));
 typedef int32_t rkvi_v8i __attribute__((vector_size(32)));
+typedef uint32_t rkvi_v8u __attribute__((vector_size(32)));
 #define V8_LOAD(x, p) memcpy(&(x), (p), sizeof(rkvi_v8f))
 #define V8_STORE(p, x) memcpy((p), &(x), sizeof(rkvi_v8f))
 #if defined(__clang__)
@@ -344,7 +345,8 @@ static ALWAYS_INLINE void v8_exp_le0(rkvi_v8f *xp) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   rkvi_v8f y = p * (r * r) + r + 1.0f;
-  const rkvi_v8i e = (((rkvi_v8i)big - 0x4B400000) + 127) << 23;
+  /* Unsigned: wraps instead of overflowing on the NaN lanes (masked out below). */
+  const rkvi_v8u e = (((rkvi_v8u)big - 0x4B400000u) + 127u) << 23;
   y = y * (rkvi_v8f)e;
   const rkvi_v8i yi = ((rkvi_v8i)y & ~tiny & ~nan) | ((rkvi_v8i)x & nan);
   *xp = (rkvi_v8f)yi;

@@ -412,9 +412,11 @@ __device__ int block_scan(FinShared &sh, int flag) {
   return before + in_warp;
 }
 
-// Order-preserving map of a double to an unsigned key (NaN ranks below everything).
+// Order-preserving map of a double to an unsigned key (NaN ranks below everything; -0 and +0
+// are one key, as they compare equal on the CPU).
 __device__ __forceinline__ unsigned long long order_key(double v) {
   if (v != v) v = -INFINITY;
+  if (v == 0.0) v = 0.0;
   unsigned long long u = (unsigned long long)__double_as_longlong(v);
   return (u >> 63) ? ~u : (u | 0x8000000000000000ull);
 }

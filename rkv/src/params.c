@@ -85,22 +85,29 @@ static size_t align_up(size_t x) {
   return (x + RKVI_WS_ALIGN - 1) & ~(size_t)(RKVI_WS_ALIGN - 1);
 }
 
-/* Region sizes in carve order; 0 total on overflow. Limits keep every product far below
- * SIZE_MAX: max_len < 2^31, d <= 4096, window < 2^31 (checked by callers). */
+/* Region sizes in carve order; 0 on overflow (n, d and window are caller-controlled). */
 size_t rkvi_head_ws_bytes(int32_t max_len, uint32_t head_dim, int32_t window) {
   if (max_len < 1 || head_dim < 1 || window < 1) return 0;
   size_t n = (size_t)max_len, d = head_dim, w = (size_t)window, tile = RKVI_SIM_TILE;
-  size_t sz[17] = {n * d * sizeof(double),   (size_t)RKVI_LOGIT_ROWS * d * sizeof(double),
-                   n * d * sizeof(float),    d * 64 * sizeof(float),
-                   tile * n * sizeof(float), w * n * sizeof(double),
-                   n * sizeof(double),       n * sizeof(double),
-                   n * sizeof(double),       n * sizeof(double),
-                   n * sizeof(int32_t),      n * sizeof(uint8_t),
-                   n * sizeof(int32_t),      n * sizeof(int32_t),
-                   n * sizeof(double),       n * sizeof(double),
+  size_t nd, wn, tn;
+  if (rkvi_mul_size(n, d, &nd) || nd > SIZE_MAX / 16 || rkvi_mul_size(w, n, &wn) ||
+      wn > SIZE_MAX / 16 || rkvi_mul_size(tile, n, &tn) || tn > SIZE_MAX / 16)
+    return 0;
+  size_t sz[17] = {nd * sizeof(double), (size_t)RKVI_LOGIT_ROWS * d * sizeof(double),
+                   nd * sizeof(float),  d * 64 * sizeof(float),
+                   tn * sizeof(float),  wn * sizeof(double),
+                   n * sizeof(double),  n * sizeof(double),
+                   n * sizeof(double),  n * sizeof(double),
+                   n * sizeof(int32_t), n * sizeof(uint8_t),
+                   n * sizeof(int32_t), n * sizeof(int32_t),
+                   n * sizeof(double),  n * sizeof(double),
                    n * sizeof(double)};
   size_t total = 0;
-  for (int i = 0; i < 17; i++) total += align_up(sz[i]);
+  for (int i = 0; i < 17; i++) {
+    size_t a = align_up(sz[i]);
+    if (total > SIZE_MAX - a) return 0;
+    total += a;
+  }
   return total;
 }
 

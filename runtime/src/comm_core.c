@@ -111,6 +111,9 @@ rkv_status rkv_comm_create(const rkv_comm_config *cfg, rkv_comm **out, char *err
     case RKV_COMM_NCCL:
       ret = rkvi_comm_nccl_init(c, cfg);
       break;
+    case RKV_COMM_LOCAL:
+      ret = rkvi_comm_local_init(c, cfg);
+      break;
     default:
       ret = RKV_ERR_INTERNAL;
       break;
@@ -155,7 +158,7 @@ const char *rkv_comm_last_error(const rkv_comm *c) {
   return c ? c->err : "NULL comm";
 }
 
-static const char *const kKindNames[RKV_COMM_KIND_COUNT_] = {"single", "mpi", "nccl"};
+static const char *const kKindNames[RKV_COMM_KIND_COUNT_] = {"single", "mpi", "nccl", "local"};
 
 const char *rkv_comm_kind_name(rkv_comm_kind k) {
   return (unsigned)k < RKV_COMM_KIND_COUNT_ ? kKindNames[k] : "invalid";

@@ -50,5 +50,7 @@ void rkvi_comm_backoff(uint64_t iteration);
  * reason in c->err. Built without the transport they return RKV_ERR_UNSUPPORTED. */
 rkv_status rkvi_comm_mpi_init(rkv_comm *c, const rkv_comm_config *cfg);
 rkv_status rkvi_comm_nccl_init(rkv_comm *c, const rkv_comm_config *cfg);
+/* comm_local.c: threads of one process (always built). */
+rkv_status rkvi_comm_local_init(rkv_comm *c, const rkv_comm_config *cfg);
 
 #endif /* RKV_COMM_IMPL_H */

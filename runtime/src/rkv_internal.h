@@ -16,6 +16,10 @@
 
 #define RKV_ERRBUF 256
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* Allocation (alloc == NULL or its fns NULL -> libc). Zeroed variant for convenience. */
 void *rkvi_alloc(const rkv_allocator *a, size_t size, size_t align);
 void *rkvi_calloc(const rkv_allocator *a, size_t size, size_t align);
@@ -58,4 +62,7 @@ void rkvi_assert_fail(const char *expr, const char *file, int line);
   } while (0)
 #define RKV_ASSERT(cond) RKV_ASSERT_LEVEL(1, cond)
 
+#ifdef __cplusplus
+}
+#endif
 #endif /* RKV_INTERNAL_H */

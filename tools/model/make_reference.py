@@ -1,4 +1,4 @@
-"""Writes the reference the C forward-pass test compares against (PyTorch model, f32).
+"""Writes the reference the C forward-pass test compares against (PyTorch model, float64).
 
     /usr/bin/python3 tools/model/make_reference.py \
         --weights tests/unit/model/data/smoke.safetensors \
@@ -7,7 +7,7 @@
 Contents (safetensors): for each fixed problem i (seed REF_SEED, digit counts REF_DIGITS)
   tokens.i  I32 [T]      prompt + target, encoded
   prompt.i  I32 [1]      prompt length
-  logits.i  F32 [T, V]   full causal forward logits (teacher forcing)
+  logits.i  F32 [T, V]   full causal forward logits (teacher forcing), computed in float64
   greedy.i  I32 [G]      greedy continuation of the prompt with the full explicit KV cache
   stream.i  I32 [G']     greedy continuation under StreamingLLM eviction (budget STREAM_BUDGET,
                          buffer STREAM_BUFFER, 4 sinks, librkv's trigger)
@@ -40,9 +40,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--f32", action="store_true",
+                    help="compute in float32 instead of float64 (the default: the reference is "
+                         "then the model's exact value, and a C f32 pass is judged on its own "
+                         "rounding only)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     model, meta = load_model(args.weights)
+    if not args.f32:
+        model = model.double()
     eos = task.STOI[task.EOS]
     out = {}
     with torch.no_grad():
@@ -53,7 +59,7 @@ def main(argv=None):
             gen = model.generate(torch.tensor([task.encode(p)]), len(t) + 8, eos)[0]
             out[f"tokens.{i}"] = np.array(ids, dtype=np.int32)
             out[f"prompt.{i}"] = np.array([len(p)], dtype=np.int32)
-            out[f"logits.{i}"] = logits.astype(np.float32)
+            out[f"logits.{i}"] = logits.astype(np.float32)  # f64 -> f32: error <= 1e-6
             out[f"greedy.{i}"] = np.array(gen, dtype=np.int32)
             sgen = model.generate(torch.tensor([task.encode(p)]), len(t) + 8, eos,
                                   streaming_evictor(STREAM_BUDGET, STREAM_BUFFER))[0]
@@ -69,7 +75,7 @@ def main(argv=None):
                 "ref_digits": ",".join(map(str, REF_DIGITS)), "task_seed": str(TASK_SEED),
                 "task_count": str(TASK_COUNT), "stream_budget": str(STREAM_BUDGET),
                 "stream_buffer": str(STREAM_BUFFER), "generator_version": str(task.GENERATOR_VERSION),
-                "torch": torch.__version__}
+                "torch": torch.__version__, "precision": "f32" if args.f32 else "f64"}
     save(args.out, out, meta_out)
     print(f"wrote {args.out}")
     return 0

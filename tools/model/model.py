@@ -113,13 +113,29 @@ if torch is not None:
             return self.rope(q, cos, sin), self.rope(k, cos, sin), v
 
         def attend(self, q, k, v, mask):
-            # q [B, H, Tq, hd], k/v [B, Hkv, Tk, hd], mask [B or 1, 1, Tq, Tk] bool (True = see)
+            # q [B, H, Tq, hd], k/v [B, Hkv, Tk, hd], mask [B or 1, 1, Tq, Tk] bool (True = see).
+            # GQA without copying K/V: the G query heads of a kv head become G*Tq rows.
+            B, H, Tq, hd = q.shape
             g = self.nh // self.nkv
-            k = k.repeat_interleave(g, dim=1)
-            v = v.repeat_interleave(g, dim=1)
-            s = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.hd)
-            s = s.masked_fill(~mask, float("-inf"))
-            return torch.matmul(torch.softmax(s, dim=-1), v)
+            qg = q.reshape(B, self.nkv, g * Tq, hd)
+            s = torch.matmul(qg, k.transpose(-1, -2)) / math.sqrt(self.hd)
+            s = s.view(B, self.nkv, g, Tq, -1).masked_fill(~mask[:, :, None], float("-inf"))
+            p = torch.softmax(s, dim=-1).view(B, self.nkv, g * Tq, -1)
+            return torch.matmul(p, v).view(B, H, Tq, hd)
+
+        def attend_causal(self, q, k, v, chunk=128):
+            """Causal self-attention over positions 0..T-1 computed by query chunks, each
+            against only the keys it may see (skips the masked upper triangle: about half the
+            work at T ~ 500). Same result as attend() with a lower-triangular mask."""
+            T = q.shape[2]
+            if T <= chunk:
+                return self.attend(q, k, v, torch.ones(T, T, dtype=torch.bool).tril()[None, None])
+            tri = torch.ones(T, T, dtype=torch.bool).tril()[None, None]
+            outs = []
+            for s0 in range(0, T, chunk):
+                e = min(T, s0 + chunk)
+                outs.append(self.attend(q[:, :, s0:e], k[:, :, :e], v[:, :, :e], tri[:, :, s0:e, :e]))
+            return torch.cat(outs, dim=2)
 
         def finish(self, x, o):
             B, _, T, _ = o.shape
@@ -193,10 +209,9 @@ if torch is not None:
             B, T = tokens.shape
             x = self.embed(tokens, torch.zeros(B, dtype=torch.long))
             cos, sin = self._rope(torch.arange(T)[None, :])
-            mask = torch.ones(T, T, dtype=torch.bool).tril()[None, None]
             for blk in self.layers:
                 q, k, v = blk.qkv(x, cos, sin)
-                x = blk.finish(x, blk.attend(q, k, v, mask))
+                x = blk.finish(x, blk.attend_causal(q, k, v))
             return self.lm_head(self.final_norm(x))
 
         def extend(self, cache, tokens, prev):

@@ -40,6 +40,7 @@ typedef struct bench_opts {
   int32_t threads;
   bool scores;
   uint64_t prefill; /* new rows per sequence; 0 = decode */
+  uint64_t repeat;  /* measurements per shape, best kept */
   uint64_t seed;
 } bench_opts;
 
@@ -62,6 +63,8 @@ static void usage(FILE *f) {
           "run)\n"
           "  --threads N          CPU threads (default 0 = one per core)\n"
           "  --min-time S         seconds per measurement (default 0.3)\n"
+          "  --repeat N           measurements per shape, attention and copy alternating; the\n"
+          "                       fastest of each is reported (default 1)\n"
           "  --scores             also accumulate H2O scores\n"
           "  --prefill N          time rkv_attn_prefill with the last N tokens of each context\n"
           "                       as new rows (causal), instead of decode; K+V counted once\n"
@@ -98,6 +101,7 @@ static int parse(int argc, char **argv, bench_opts *o) {
   o->batches[0] = 1, o->batches[1] = 8, o->batches[2] = 64, o->n_batches = 3;
   o->ctxs[0] = 1024, o->ctxs[1] = 4096, o->n_ctxs = 2;
   o->min_time = 0.3;
+  o->repeat = 1;
   o->max_kv_mib = 0;
   o->seed = 1;
   bool have_max = false;
@@ -151,6 +155,9 @@ static int parse(int argc, char **argv, bench_opts *o) {
     } else if (strcmp(a, "--min-time") == 0) {
       if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return 2;
       if (!rkv_tool_parse_f64(CMD, a, v, 0.0, 600.0, &o->min_time)) return 2;
+    } else if (strcmp(a, "--repeat") == 0) {
+      if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return 2;
+      if (!rkv_tool_parse_u64(CMD, a, v, 1, 1000, &o->repeat)) return 2;
     } else if (strcmp(a, "--prefill") == 0) {
       if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return 2;
       if (!rkv_tool_parse_u64(CMD, a, v, 1, 1u << 20, &o->prefill)) return 2;
@@ -397,32 +404,41 @@ static int run_shape(rkv_backend *be, const bench_opts *o, uint32_t batch, uint3
   }
   const double kv_bytes = 2.0 * S * (double)ctx * d * esz;
   r->bytes = kv_bytes + 2.0 * (double)qbytes;
-  TIME_LOOP(o->min_time, r->iters, r->attn_s, rkv_backend_sync(be), fn(pool, &p, ws, wsb));
-
   /* Reference: a copy of the same bytes. */
-  int copy_iters = 0;
+  size_t nops = 0, ncopy = (size_t)r->bytes;
+  double copied = r->bytes;
+  uint32_t threads = (uint32_t)(o->threads > 0 ? o->threads : sysconf(_SC_NPROCESSORS_ONLN));
   if (kind == RKV_BACKEND_CUDA) {
     /* Whole blocks of the first half into the second: as close to r->bytes as blocks allow. */
-    size_t nops = (size_t)ceil(r->bytes / (double)bb);
+    nops = (size_t)ceil(r->bytes / (double)bb);
     if (nops > used) nops = used;
     ops = malloc(sizeof *ops * (nops ? nops : 1));
     if (!ops) goto done;
     for (size_t i = 0; i < nops; i++) ops[i].src = (int32_t)i, ops[i].dst = (int32_t)(used + i);
-    const double copied = (double)nops * bb;
-    TIME_LOOP(o->min_time, copy_iters, r->copy_s, rkv_backend_sync(be),
-              rkv_kv_pool_copy_blocks(pool, ops, nops));
-    r->copy_s *= r->bytes / copied; /* scale to the same byte count */
+    copied = (double)nops * bb;
   } else {
-    const size_t n = (size_t)r->bytes;
-    csrc = malloc(n);
-    cdst = malloc(n);
+    csrc = malloc(ncopy);
+    cdst = malloc(ncopy);
     if (!csrc || !cdst) goto done;
-    memset(csrc, 1, n);
-    memset(cdst, 0, n);
-    uint32_t threads = (uint32_t)(o->threads > 0 ? o->threads : sysconf(_SC_NPROCESSORS_ONLN));
-    TIME_LOOP(o->min_time, copy_iters, r->copy_s, (void)0, threaded_copy(cdst, csrc, n, threads));
+    memset(csrc, 1, ncopy);
+    memset(cdst, 0, ncopy);
   }
-  (void)copy_iters;
+  r->attn_s = r->copy_s = INFINITY;
+  for (uint64_t rep = 0; rep < o->repeat; rep++) {
+    int it = 0, copy_it = 0;
+    double a_s = 0.0, c_s = 0.0;
+    TIME_LOOP(o->min_time, it, a_s, rkv_backend_sync(be), fn(pool, &p, ws, wsb));
+    if (kind == RKV_BACKEND_CUDA) {
+      TIME_LOOP(o->min_time, copy_it, c_s, rkv_backend_sync(be),
+                rkv_kv_pool_copy_blocks(pool, ops, nops));
+      c_s *= r->bytes / copied; /* scale to the same byte count */
+    } else {
+      TIME_LOOP(o->min_time, copy_it, c_s, (void)0, threaded_copy(cdst, csrc, ncopy, threads));
+    }
+    (void)copy_it;
+    if (a_s < r->attn_s) r->attn_s = a_s, r->iters = it;
+    if (c_s < r->copy_s) r->copy_s = c_s;
+  }
   ret = 0;
 done:
   free(csrc), free(cdst), free(ops), free(host), free(ids), free(indptr), free(last), free(q);
@@ -467,6 +483,7 @@ int rkv_bench_attention(int argc, char **argv) {
       "threads %d (cores %ld)%s\n",
       rkv_backend_name(be), rkv_dtype_name(o.dtype), o.q_heads, o.kv_heads, o.head_dim, o.block,
       o.threads, cores, o.scores ? ", scores" : "");
+  if (o.repeat > 1) printf("# best of %llu measurements per shape\n", (unsigned long long)o.repeat);
   printf("# GB/s = (read + written bytes) / time; copy = %s of the same bytes\n",
          o.kind == RKV_BACKEND_CUDA ? "rkv_kv_pool_copy_blocks" : "threaded memcpy");
   printf("%6s %6s %10s %12s %10s %10s %7s\n", "batch", "ctx", "MB/call", "us/call", "attn_GB/s",

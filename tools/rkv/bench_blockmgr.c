@@ -2,7 +2,9 @@
  * Llama-8B-shaped cache: 32 layers x 8 kv heads, batch 256, block 16, budget 1024 + buffer 128):
  *  (1) one decode step = append one token to every stream of every sequence, with and without
  *      the slot mapping output, over enough steps to cross many block boundaries; the
- *      reference is a loop incrementing layers*heads*batch int32 lengths;
+ *      reference is a loop incrementing layers*heads*batch int32 lengths; and the same step
+ *      followed by rkv_blockmgr_sync_rows into a per-sequence padded table mirror (the
+ *      delta export a device-resident table needs);
  *  (2) exporting every layer's CSR table at context budget+buffer (O(entries): the reason the
  *      design keeps device tables updated by deltas), and one layer; the reference is a memcpy
  *      of the same number of table bytes;
@@ -126,9 +128,9 @@ static bool fill(rkv_blockmgr *m, const bench_opts *o, uint32_t tokens) {
 }
 
 typedef struct bench_result {
-  stat2 append_slots, append_noslots, ref_inc; /* seconds per step */
-  stat2 export_all, export_layer, ref_memcpy;  /* seconds per step / per layer */
-  stat2 compact, uniform;                      /* seconds per sequence compaction */
+  stat2 append_slots, append_noslots, append_sync, ref_inc; /* seconds per step */
+  stat2 export_all, export_layer, ref_memcpy;               /* seconds per step / per layer */
+  stat2 compact, uniform;                                   /* seconds per sequence compaction */
   uint64_t export_bytes, nnz_all, moves_per_seq;
 } bench_result;
 
@@ -138,21 +140,30 @@ static bool bench_append(const bench_opts *o, bench_result *r) {
   uint64_t per_stream = (o->steps + o->block_size - 1) / o->block_size;
   uint64_t blocks = per_stream * S * o->batch + 1;
   double *t_slots = calloc(o->reps, sizeof(double)), *t_none = calloc(o->reps, sizeof(double));
-  double *t_ref = calloc(o->reps, sizeof(double));
+  double *t_ref = calloc(o->reps, sizeof(double)), *t_sync = calloc(o->reps, sizeof(double));
+  /* Delta export: every sequence keeps a padded device-table mirror [S][stride] that
+   * rkv_blockmgr_sync_rows updates after each append (what a GPU engine uploads by deltas). */
+  uint32_t stride = (uint32_t)per_stream + 1;
+  int32_t *mirror = calloc((size_t)S * stride * o->batch, sizeof *mirror);
+  int32_t *mlens = calloc((size_t)S * o->batch, sizeof *mlens);
   int64_t *slots = calloc(S, sizeof *slots);
   rkv_block_copy *copies = calloc(S, sizeof *copies);
   int32_t *lens = calloc((size_t)S * o->batch, sizeof *lens);
-  bool ok = t_slots && t_none && t_ref && slots && copies && lens;
+  bool ok = t_slots && t_none && t_ref && t_sync && mirror && mlens && slots && copies && lens;
   if (ok) memset(lens, 0, (size_t)S * o->batch * sizeof *lens); /* fault the pages in */
   for (uint64_t rep = 0; ok && rep < o->reps; rep++) {
-    for (int with = 0; ok && with < 2; with++) {
+    for (int with = 0; ok && with < 3; with++) { /* 0 no slots, 1 slots, 2 no slots + sync */
       rkv_blockmgr *m = make_mgr(o, blocks);
       ok = m && fill(m, o, 0);
       double t0 = rkv_tool_now();
       for (uint64_t step = 0; ok && step < o->steps; step++)
         for (uint64_t b = 0; b < o->batch; b++) {
           uint32_t nc;
-          rkv_status st = rkv_blockmgr_append(m, (int64_t)b, 1, with ? slots : NULL, copies, &nc);
+          rkv_status st =
+              rkv_blockmgr_append(m, (int64_t)b, 1, with == 1 ? slots : NULL, copies, &nc);
+          if (st == RKV_OK && with == 2)
+            st = rkv_blockmgr_sync_rows(m, (int64_t)b, step == 0, mirror + (size_t)b * S * stride,
+                                        stride, mlens + (size_t)b * S, NULL);
           if (st != RKV_OK) {
             fprintf(stderr, "rkv bench blockmgr: append: %s\n", rkv_status_name(st));
             ok = false;
@@ -160,7 +171,7 @@ static bool bench_append(const bench_opts *o, bench_result *r) {
           }
         }
       double dt = (rkv_tool_now() - t0) / (double)o->steps;
-      (with ? t_slots : t_none)[rep] = dt;
+      (with == 0 ? t_none : with == 1 ? t_slots : t_sync)[rep] = dt;
       rkv_blockmgr_destroy(m);
     }
     double t0 = rkv_tool_now();
@@ -173,11 +184,15 @@ static bool bench_append(const bench_opts *o, bench_result *r) {
   if (ok) {
     r->append_slots = summarize(t_slots, o->reps);
     r->append_noslots = summarize(t_none, o->reps);
+    r->append_sync = summarize(t_sync, o->reps);
     r->ref_inc = summarize(t_ref, o->reps);
   }
   free(t_slots);
   free(t_none);
   free(t_ref);
+  free(t_sync);
+  free(mirror);
+  free(mlens);
   free(slots);
   free(copies);
   free(lens);
@@ -351,12 +366,15 @@ int rkv_bench_blockmgr(int argc, char **argv) {
            RKV_DEBUG);
     json_stat("append_slots_us_per_step", r.append_slots, 1e6, ", ");
     json_stat("append_noslots_us_per_step", r.append_noslots, 1e6, ", ");
+    json_stat("append_sync_rows_us_per_step", r.append_sync, 1e6, ", ");
     json_stat("ref_increment_us_per_step", r.ref_inc, 1e6, ", ");
     printf(
         "\"append_slots_ns_per_seq\": %.1f, \"append_noslots_ns_per_seq\": %.1f, "
-        "\"append_ns_per_stream\": %.2f, \"append_within_budget\": %s, ",
+        "\"append_ns_per_stream\": %.2f, \"append_within_budget\": %s, "
+        "\"append_sync_rows_ns_per_seq\": %.1f, \"append_sync_rows_within_budget\": %s, ",
         per_seq_ns, r.append_noslots.median / B * 1e9, r.append_slots.median / (B * S) * 1e9,
-        per_seq_ns <= budget_us * 1e3 ? "true" : "false");
+        per_seq_ns <= budget_us * 1e3 ? "true" : "false", r.append_sync.median / B * 1e9,
+        r.append_sync.median / B * 1e9 <= budget_us * 1e3 ? "true" : "false");
     json_stat("export_all_layers_us", r.export_all, 1e6, ", ");
     json_stat("export_one_layer_us", r.export_layer, 1e6, ", ");
     json_stat("ref_memcpy_us", r.ref_memcpy, 1e6, ", ");
@@ -385,6 +403,11 @@ int rkv_bench_blockmgr(int argc, char **argv) {
          "decode step: append 1, no slots", r.append_noslots.min * 1e6,
          r.append_noslots.median * 1e6, r.append_noslots.median / B * 1e9,
          r.append_noslots.median / (B * S) * 1e9, r.append_noslots.median / r.ref_inc.median);
+  printf("%-40s %9.1f us %9.1f us  %.1f ns/seq, %.1fx ref (budget %.0f ns/seq: %s)\n",
+         "decode step: append 1 + sync_rows (delta)", r.append_sync.min * 1e6,
+         r.append_sync.median * 1e6, r.append_sync.median / B * 1e9,
+         r.append_sync.median / r.ref_inc.median, budget_us * 1e3,
+         r.append_sync.median / B * 1e9 <= budget_us * 1e3 ? "ok" : "OVER");
   printf("%-40s %9.1f us %9.1f us  %.3f ns/length\n", "  ref: increment all stream lengths",
          r.ref_inc.min * 1e6, r.ref_inc.median * 1e6, r.ref_inc.median / (B * S) * 1e9);
   printf("%-40s %9.1f us %9.1f us  %" PRIu64 " entries, %.1f MB, %.1fx ref\n",

@@ -255,12 +255,8 @@ int rkv_bench_evict(int argc, char **argv) {
     }
     if (!(v = rkv_tool_optval(cmd, argc, argv, &i))) return 2;
     if (strcmp(a, "--backend") == 0) {
-      if (strcmp(v, "cuda") == 0) {
-        fprintf(stderr,
-                "rkv bench evict: CUDA eviction benchmark not built/available (the CPU "
-                "path is --backend cpu)\n");
-        return 2;
-      }
+      /* The CUDA benchmark parses the same options itself (bench_evict_cuda.c). */
+      if (strcmp(v, "cuda") == 0) return rkvi_bench_evict_cuda(argc, argv);
       if (strcmp(v, "cpu") != 0) {
         fprintf(stderr, "rkv bench evict: unknown backend '%s' (cpu, cuda)\n", v);
         return 2;

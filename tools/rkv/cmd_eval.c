@@ -5,9 +5,11 @@
  * eviction policy and budget, and reports exact-match accuracy, mean generated length, peak
  * KV blocks and tokens/s as a table, JSON and an SVG plot.
  *
- * The batching loop is this tool's own (one step = every live sequence feeds its next token,
- * newly admitted ones their whole prompt); compression runs right after the step whose
- * attention saw the full cache, as docs/RKV-ALGORITHM.md prescribes. */
+ * Batching is the librkv scheduler's (its plan says which sequences prefill or decode and
+ * which compress; the model runner reads the slots it appended), or with --simple-loop the
+ * tool's own loop (one step = every live sequence feeds its next token, newly admitted ones
+ * their whole prompt). Either way compression runs right after the step whose attention saw
+ * the full cache, as docs/RKV-ALGORITHM.md prescribes. */
 #include "rkv_tool.h"
 
 #include <math.h>
@@ -69,6 +71,8 @@ typedef struct eval_result {
   uint32_t max_running;
   double seconds;
   bool budget_ok;
+  uint32_t by_digits_total[RKV_TASK_MAX_DIGITS + 1];
+  uint32_t by_digits_correct[RKV_TASK_MAX_DIGITS + 1];
 } eval_result;
 
 typedef struct eval_seq {
@@ -438,6 +442,8 @@ static int eval_run_simple(const eval_opts *o, const rkv_model *model, rkv_backe
       if (!s->done) continue;
       bool ok = rkv_task_check(&s->prob, s->gen);
       res->correct += ok;
+      res->by_digits_total[s->prob.digits]++;
+      res->by_digits_correct[s->prob.digits] += ok;
       eval_show(o, res, s->id, &s->prob, s->gen, ok, &shown);
       rkv_model_runner_seq_remove(r, s->id);
       s->id = -1;
@@ -612,6 +618,8 @@ static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backen
       if (done_now) {
         const bool ok = rkv_task_check(&q->prob, q->gen);
         res->correct += ok;
+        res->by_digits_total[q->prob.digits]++;
+        res->by_digits_correct[q->prob.digits] += ok;
         eval_show(o, res, ss->id, &q->prob, q->gen, ok, &shown);
         rkv_model_runner_seq_remove(r, ss->id); /* the query window; the scheduler frees KV */
         q->registered = false;
@@ -874,7 +882,8 @@ int rkv_cmd_eval(int argc, char **argv) {
             "\"max_stream_len\": %d, \"max_after_compress\": %d, \"max_prompt_len\": %d, "
             "\"budget_respected\": %s, \"compressions\": %llu, \"tokens_evicted\": %llu, "
             "\"blocks_freed\": %llu, \"steps\": %llu, \"max_running\": %u, "
-            "\"preemptions\": %llu, \"seconds\": %.3f, \"tokens_per_s\": %.1f}",
+            "\"preemptions\": %llu, \"seconds\": %.3f, \"tokens_per_s\": %.1f, "
+            "\"accuracy_by_digits\": {",
             i ? "," : "", rkv_evict_policy_name(e->policy), e->budget,
             (double)e->correct / e->problems, e->correct, e->problems,
             (double)e->generated_tokens / e->problems, e->peak_blocks, e->max_stream_len,
@@ -883,6 +892,14 @@ int rkv_cmd_eval(int argc, char **argv) {
             (unsigned long long)e->blocks_freed, (unsigned long long)e->steps, e->max_running,
             (unsigned long long)e->preemptions, e->seconds,
             e->seconds > 0 ? (double)e->generated_tokens / e->seconds : 0.0);
+        bool first = true;
+        for (int dgt = 0; dgt <= RKV_TASK_MAX_DIGITS; dgt++) {
+          if (!e->by_digits_total[dgt]) continue;
+          printf("%s\"%d\": %.4f", first ? "" : ", ", dgt,
+                 (double)e->by_digits_correct[dgt] / e->by_digits_total[dgt]);
+          first = false;
+        }
+        printf("}}");
       }
       printf("\n]}\n");
     } else {

@@ -13,56 +13,6 @@
 const char rkv_cmd_sim_summary[] =
     "serving simulator: compare eviction policies (KV memory, batch, throughput)";
 
-#define MAX_POLICIES 8
-
-typedef struct sim_opts {
-  sim_model model;
-  const char *model_name;
-  rkv_dtype dtype;
-  uint32_t block_size;
-  double pool_gib;
-  uint64_t pool_blocks;
-  double host_gib;
-  sim_workload_opts wl;
-  rkv_evict_policy policies[MAX_POLICIES];
-  uint32_t n_policies;
-  rkv_evict_params ev;
-  rkv_sched_admission admission;
-  rkv_sched_preempt_mode preempt;
-  uint32_t max_batched_tokens, max_seqs, max_prefill_chunk;
-  sim_compute compute;
-  const sim_gpu *gpu;
-  uint64_t max_steps;
-  int threads;
-  bool json, quiet, check;
-  const char *plot;
-} sim_opts;
-
-typedef struct sim_sample {
-  float t;
-  uint32_t used_blocks;
-  uint32_t running;
-} sim_sample;
-
-typedef struct sim_result {
-  rkv_evict_policy policy;
-  uint64_t pool_blocks;
-  double block_bytes;
-  uint32_t peak_blocks;
-  double mean_blocks; /* time-weighted over the modelled run */
-  uint32_t max_running;
-  rkv_sched_metrics m;
-  double model_time, model_evict, model_attn_flops, model_evict_flops;
-  double wall, sched_wall;
-  sim_engine_times et;
-  uint64_t steps, rejected;
-  double lat_sum, lat_max;
-  uint64_t lat_n;
-  bool complete; /* every request finished (not cut by --steps) */
-  sim_sample *tl;
-  size_t tl_n, tl_cap;
-} sim_result;
-
 static void usage(FILE *f) {
   fprintf(
       f,
@@ -109,7 +59,21 @@ static void usage(FILE *f) {
       "  --check             rkv_sched_check after every step (slow)\n"
       "  --json              JSON on stdout instead of the table\n"
       "  --plot FILE.svg     KV memory and running batch over time per policy\n"
-      "  --quiet             no progress on stderr\n");
+      "  --quiet             no progress on stderr\n"
+      "tensor parallelism (docs/TP.md; --pool-* are per rank):\n"
+      "  --tp N              N ranks, each with kv_heads / N kv heads (whole GQA groups), its\n"
+      "                      own block manager and pool; one step sync per step\n"
+      "  --tp-launch auto|threads|mpi   threads: N threads over an in-process communicator;\n"
+      "                      mpi: one rank per process (mpirun -np N rkv sim ...); auto "
+      "(default):\n"
+      "                      mpi when mpirun started several ranks, else threads\n"
+      "  --tp-timeout SEC    deadline of every collective (default 60)\n"
+      "  --tp-rank-blocks-scale R:F   rank R's memory holds F x the pool (test heterogeneity)\n"
+      "  --tp-inject-divergence STEP  rank 1 perturbs its plan hash of step STEP (test)\n"
+      "  --tp-die STEP       rank 1 dies at step STEP without a word (test)\n"
+      "  --tp-no-pool-min    skip the start-up MIN of pool sizes: with unequal pools the\n"
+      "                      schedulers then diverge and the step sync must stop them (test)\n"
+      "  --tp-bind           bind each rank's thread to its cores (rkv_topo_place)\n");
 }
 
 static bool parse_policies(const char *s, sim_opts *o) {
@@ -170,6 +134,11 @@ static void set_defaults(sim_opts *o, const char *model) {
   o->compute = tiny ? SIM_COMPUTE_CPU : SIM_COMPUTE_NONE;
   o->gpu = sim_gpu_find("h100");
   o->host_gib = -1.0;
+  o->tp.inject_step = -1;
+  o->tp.die_step = -1;
+  o->tp.scale_rank = -1;
+  o->tp.scale = 1.0;
+  o->tp.timeout_s = 60.0;
 }
 
 static bool parse_args(int argc, char **argv, sim_opts *o) {
@@ -344,6 +313,43 @@ static bool parse_args(int argc, char **argv, sim_opts *o) {
     } else if (strcmp(a, "--plot") == 0) {
       VAL();
       o->plot = v;
+    } else if (strcmp(a, "--tp") == 0) {
+      U64(1, SIM_TP_MAX_RANKS, o->tp.tp);
+    } else if (strcmp(a, "--tp-launch") == 0) {
+      VAL();
+      if (strcmp(v, "threads") == 0)
+        o->tp.launch = SIM_TP_THREADS;
+      else if (strcmp(v, "mpi") == 0)
+        o->tp.launch = SIM_TP_MPI;
+      else if (strcmp(v, "auto") == 0)
+        o->tp.launch = SIM_TP_AUTO;
+      else {
+        fprintf(stderr, "rkv sim: bad --tp-launch '%s' (auto, threads, mpi)\n", v);
+        return false;
+      }
+    } else if (strcmp(a, "--tp-inject-divergence") == 0) {
+      U64(0, INT64_MAX, o->tp.inject_step);
+    } else if (strcmp(a, "--tp-die") == 0) {
+      U64(0, INT64_MAX, o->tp.die_step);
+    } else if (strcmp(a, "--tp-rank-blocks-scale") == 0) {
+      VAL();
+      char *colon = NULL;
+      long rk = strtol(v, &colon, 10);
+      char *end = NULL;
+      double fs = colon && *colon == ':' ? strtod(colon + 1, &end) : 0.0;
+      if (!colon || *colon != ':' || colon == v || rk < 0 || rk >= SIM_TP_MAX_RANKS || !end ||
+          *end || !(fs > 0.0 && fs <= 1e3)) {
+        fprintf(stderr, "rkv sim: bad --tp-rank-blocks-scale '%s' (RANK:FACTOR, e.g. 1:0.5)\n", v);
+        return false;
+      }
+      o->tp.scale_rank = (int32_t)rk;
+      o->tp.scale = fs;
+    } else if (strcmp(a, "--tp-timeout") == 0) {
+      F64(0.01, 1e6, o->tp.timeout_s);
+    } else if (strcmp(a, "--tp-bind") == 0) {
+      o->tp.bind = true;
+    } else if (strcmp(a, "--tp-no-pool-min") == 0) {
+      o->tp.no_pool_min = true;
     } else {
       fprintf(stderr, "rkv sim: unknown option '%s' (rkv sim --help)\n", a);
       return false;
@@ -391,17 +397,32 @@ static bool tl_push(sim_result *r, float t, uint32_t used, uint32_t running) {
   return true;
 }
 
-static bool run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evict_policy pol,
-                       sim_result *res) {
+bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evict_policy pol,
+                    sim_tp_rank *tp, sim_result *res) {
   memset(res, 0, sizeof *res);
   res->policy = pol;
   double bb = kv_block_bytes(o);
   uint64_t blocks = o->pool_blocks ? o->pool_blocks : (uint64_t)(o->pool_gib * 1073741824.0 / bb);
+  /* a TP rank holds kv_heads / tp heads (whole GQA groups) and pays 1/tp of the weights */
+  sim_model shard = o->model;
+  if (tp) {
+    if (tp->rank == tp->o->scale_rank) blocks = (uint64_t)((double)blocks * tp->o->scale);
+    if (blocks < 1) blocks = 1;
+    shard.kv_heads /= (uint32_t)tp->size;
+    shard.q_heads /= (uint32_t)tp->size;
+    shard.params /= tp->size;
+  }
   if (blocks < 1 || blocks >= (1ull << 31) / o->block_size) {
     fprintf(stderr, "rkv sim: pool of %llu blocks is out of range\n", (unsigned long long)blocks);
+    if (tp) rkv_comm_abort(tp->comm, 2);
     return false;
   }
   res->pool_blocks = blocks;
+  if (tp) {
+    tp->st.pool_blocks = blocks;
+    if (!sim_tp_pool_min(tp, blocks, &blocks)) return false;
+    tp->st.usable_blocks = blocks;
+  }
   res->block_bytes = bb;
   uint32_t host_blocks = 0;
   if (o->preempt == RKV_SCHED_PREEMPT_SWAP)
@@ -411,7 +432,7 @@ static bool run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_e
   bc.num_blocks = (uint32_t)blocks;
   bc.block_size = o->block_size;
   bc.num_layers = o->model.layers;
-  bc.num_kv_heads = o->model.kv_heads;
+  bc.num_kv_heads = shard.kv_heads;
   bc.head_dim = o->model.head_dim;
   bc.dtype = o->dtype;
   bc.max_seqs = o->max_seqs;
@@ -441,7 +462,7 @@ static bool run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_e
     fprintf(stderr, "rkv sim: scheduler: %s\n", err);
     goto done;
   }
-  if (!sim_engine_create(o->compute, &o->model, bm, &sc.evict, host_blocks, o->max_seqs, o->wl.seed,
+  if (!sim_engine_create(o->compute, &shard, bm, &sc.evict, host_blocks, o->max_seqs, o->wl.seed,
                          reqs, n, o->threads, &eng))
     goto done;
   outs = calloc(o->max_seqs + 1, sizeof *outs);
@@ -456,7 +477,13 @@ static bool run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_e
   double clock = 0.0, w0 = rkv_tool_now();
   uint32_t next = 0;
   size_t kv_elem = rkv_dtype_size(o->dtype);
+  uint64_t planned = 0, prev_hash = 0; /* plans made so far, hash of the latest (TP) */
   for (;;) {
+    if (tp) {
+      rkv_blockmgr_stats bs;
+      rkv_blockmgr_get_stats(bm, &bs);
+      if (!sim_tp_sync(tp, s, planned, prev_hash, bs.free_blocks)) goto done;
+    }
     double ts = rkv_tool_now();
     while (next < n && reqs[next].arrival <= clock) {
       rkv_sched_request rq = {
@@ -480,6 +507,8 @@ static bool run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_e
       fprintf(stderr, "rkv sim: step: %s\n", rkv_sched_last_error(s));
       goto done;
     }
+    if (tp) prev_hash = sim_tp_plan_hash(tp, planned, p);
+    planned++;
     for (uint32_t i = 0; i < p->n_finished; i++) {
       int64_t id = p->finished[i];
       double lat = clock - (id >= 0 && id < n ? arrival[id] : clock);
@@ -507,7 +536,7 @@ static bool run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_e
     }
     if (!sim_engine_run(eng, p, outs)) goto done;
     sim_cost cost;
-    sim_cost_step(&o->model, o->gpu, kv_elem, p, &cost);
+    sim_cost_step(&shard, o->gpu, kv_elem, p, &cost);
     ts = rkv_tool_now();
     st = rkv_sched_report(s, outs, p->n_seqs);
     res->sched_wall += rkv_tool_now() - ts;
@@ -535,6 +564,13 @@ static bool run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_e
     if (!o->quiet) rkv_progress_update(&prog, label, mt.num_finished, n, false);
     if (o->max_steps && res->steps >= o->max_steps) break;
   }
+  /* the last plan is checked too: every rank leaves the loop at the same step only if the
+   * plans agreed, and this sync proves it */
+  if (tp) {
+    rkv_blockmgr_stats bs;
+    rkv_blockmgr_get_stats(bm, &bs);
+    if (!sim_tp_sync(tp, s, planned, prev_hash, bs.free_blocks)) goto done;
+  }
   if (!o->quiet) {
     rkv_sched_metrics mt;
     rkv_sched_get_metrics(s, &mt);
@@ -549,8 +585,16 @@ static bool run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_e
     fprintf(stderr, "rkv sim: check: %s\n", rkv_sched_last_error(s));
     goto done;
   }
+  if (tp) {
+    tp->st.peak_blocks = res->peak_blocks;
+    tp->st.max_running = res->max_running;
+    tp->st.preemptions = res->m.num_preemptions;
+    tp->st.steps = res->steps;
+  }
   ok = true;
 done:
+  /* a rank that fails on its own (not in a collective) must not leave the others waiting */
+  if (!ok && tp && !tp->handled && !rkv_comm_is_failed(tp->comm)) rkv_comm_abort(tp->comm, 1);
   free(outs);
   free(arrival);
   sim_engine_destroy(eng);
@@ -567,6 +611,40 @@ static double gib(double blocks, double bb) {
 
 static const char *compute_name(sim_compute c) {
   return c == SIM_COMPUTE_NONE ? "none" : c == SIM_COMPUTE_CPU ? "cpu" : "cuda";
+}
+
+/* Per-rank memory and agreement under --tp: one row per policy and rank. */
+static void print_tp(const sim_result *r, uint32_t np, double unit) {
+  const sim_tp_stats *t0 = &r[0].tp;
+  printf(
+      "\ntensor parallelism: %d ranks (%s), %u kv / %u q heads per rank, step sync (MIN of free "
+      "blocks + plan hash) every step\n",
+      (int)t0->size, t0->launch, t0->kv_heads_per_rank, t0->q_heads_per_rank);
+  printf("%-10s %4s %10s %10s %10s %9s %7s %6s %7s %16s %8s %8s %7s\n", "policy", "rank",
+         "pool_blk", "usable_blk", "peak_blk", unit > 1 ? "peakKV_MB" : "peakKV_GB", "maxbat",
+         "preem", "steps", "plan_digest", "syncs", "sync_us", "max_ms");
+  for (uint32_t i = 0; i < np; i++) {
+    const sim_tp_stats *t = &r[i].tp;
+    bool agree = true;
+    for (int32_t k = 0; k < t->size; k++) {
+      const sim_tp_rank_stats *x = &t->rank[k];
+      agree &= x->digest == t->rank[0].digest && x->steps == t->rank[0].steps;
+      printf("%-10s %4d %10llu %10llu %10llu %9.3f %7llu %6llu %7llu %016llx %8llu %8.2f %7.2f\n",
+             rkv_evict_policy_name(r[i].policy), (int)k, (unsigned long long)x->pool_blocks,
+             (unsigned long long)x->usable_blocks, (unsigned long long)x->peak_blocks,
+             gib((double)x->peak_blocks, r[i].block_bytes) * unit,
+             (unsigned long long)x->max_running, (unsigned long long)x->preemptions,
+             (unsigned long long)x->steps, (unsigned long long)x->digest,
+             (unsigned long long)x->syncs, x->syncs ? 1e6 * x->sync_s / (double)x->syncs : 0.0,
+             1e3 * x->sync_max_s);
+    }
+    printf("tp %s: plan digests %s on all %d ranks\n", rkv_evict_policy_name(r[i].policy),
+           agree ? "agree" : "DIFFER", (int)t->size);
+  }
+  printf(
+      "tp columns: pool_blk = blocks this rank's memory holds; usable_blk = after the start-up "
+      "MIN over ranks; peak_blk / peakKV = this rank's shard; plan_digest = hash chain of every "
+      "step plan; sync_us = mean wall time of one step sync, max_ms = slowest\n");
 }
 
 static void print_table(const sim_opts *o, const sim_result *r, uint32_t np, uint32_t n_req) {
@@ -630,6 +708,7 @@ static void print_table(const sim_opts *o, const sim_result *r, uint32_t np, uin
                (double)r[i].et.dup_after / r[i].et.keys_after);
     printf("\n");
   }
+  if (r[0].tp.size > 0) print_tp(r, np, unit);
   for (uint32_t i = 0; i < np; i++)
     if (!r[i].complete)
       printf("note: %s stopped after %llu steps (--steps) before every request finished\n",
@@ -686,7 +765,29 @@ static void print_json(const sim_opts *o, const sim_result *r, uint32_t np, uint
         x->et.swap, x->et.keys_before ? (double)x->et.dup_before / x->et.keys_before : 0.0,
         x->et.keys_after ? (double)x->et.dup_after / x->et.keys_after : 0.0, i + 1 < np ? "," : "");
   }
-  printf("  ]\n}\n");
+  printf("  ]");
+  if (r[0].tp.size > 0) {
+    printf(
+        ",\n  \"tp\": {\"size\": %d, \"launch\": \"%s\", \"kv_heads_per_rank\": %u, \"ranks\": [\n",
+        (int)r[0].tp.size, r[0].tp.launch, r[0].tp.kv_heads_per_rank);
+    for (uint32_t i = 0; i < np; i++)
+      for (int32_t k = 0; k < r[i].tp.size; k++) {
+        const sim_tp_rank_stats *x = &r[i].tp.rank[k];
+        printf(
+            "    {\"policy\": \"%s\", \"rank\": %d, \"pool_blocks\": %llu, \"usable_blocks\": "
+            "%llu, \"peak_blocks\": %llu, \"peak_kv_gib\": %.6g, \"max_batch\": %llu, "
+            "\"preemptions\": %llu, \"steps\": %llu, \"plan_digest\": \"%016llx\", "
+            "\"syncs\": %llu, \"sync_seconds\": %.6g, \"sync_max_seconds\": %.6g}%s\n",
+            rkv_evict_policy_name(r[i].policy), (int)k, (unsigned long long)x->pool_blocks,
+            (unsigned long long)x->usable_blocks, (unsigned long long)x->peak_blocks,
+            gib((double)x->peak_blocks, r[i].block_bytes), (unsigned long long)x->max_running,
+            (unsigned long long)x->preemptions, (unsigned long long)x->steps,
+            (unsigned long long)x->digest, (unsigned long long)x->syncs, x->sync_s, x->sync_max_s,
+            (i + 1 < np || k + 1 < r[i].tp.size) ? "," : "");
+      }
+    printf("  ]}");
+  }
+  printf("\n}\n");
 }
 
 static bool write_svg(const char *path, const sim_opts *o, const sim_result *r, uint32_t np) {
@@ -770,6 +871,15 @@ static bool write_svg(const char *path, const sim_opts *o, const sim_result *r, 
   return ok;
 }
 
+bool sim_report(const sim_opts *o, const sim_result *r, uint32_t np, uint32_t n_req) {
+  if (o->json)
+    print_json(o, r, np, n_req);
+  else
+    print_table(o, r, np, n_req);
+  fflush(stdout);
+  return !o->plot || write_svg(o->plot, o, r, np);
+}
+
 int rkv_cmd_sim(int argc, char **argv) {
   for (int i = 1; i < argc; i++)
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -781,23 +891,23 @@ int rkv_cmd_sim(int argc, char **argv) {
   sim_req *reqs = NULL;
   uint32_t n = 0;
   if (!sim_workload_build(&o.wl, &reqs, &n)) return 2;
+  if (o.tp.tp > 1 || o.tp.launch == SIM_TP_MPI ||
+      (o.tp.launch == SIM_TP_AUTO && sim_tp_env_world_size() > 1)) {
+    int trc = sim_tp_main(&o, reqs, n);
+    free(reqs);
+    return trc;
+  }
   sim_result res[MAX_POLICIES];
   memset(res, 0, sizeof res);
   int rc = 0;
   uint32_t done = 0;
   for (uint32_t i = 0; i < o.n_policies; i++, done++) {
-    if (!run_policy(&o, reqs, n, o.policies[i], &res[i])) {
+    if (!sim_run_policy(&o, reqs, n, o.policies[i], NULL, &res[i])) {
       rc = 1;
       break;
     }
   }
-  if (rc == 0) {
-    if (o.json)
-      print_json(&o, res, done, n);
-    else
-      print_table(&o, res, done, n);
-    if (o.plot && !write_svg(o.plot, &o, res, done)) rc = 1;
-  }
+  if (rc == 0 && !sim_report(&o, res, done, n)) rc = 1;
   for (uint32_t i = 0; i < MAX_POLICIES; i++) free(res[i].tl);
   free(reqs);
   return rc;

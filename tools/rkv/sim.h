@@ -10,6 +10,7 @@
 #include <stdio.h>
 
 #include <rkv/blockmgr.h>
+#include <rkv/comm.h>
 #include <rkv/evict.h>
 #include <rkv/scheduler.h>
 
@@ -80,6 +81,63 @@ bool sim_workload_build(const sim_workload_opts *o, sim_req **out, uint32_t *n_o
 /* Writes the first `len` synthetic token ids of request `id` (deterministic in (seed, id)). */
 void sim_tokens(uint64_t seed, int64_t id, int32_t *out, int64_t len);
 
+/* ---- tensor parallelism (sim_tp.c, docs/TP.md) ---------------------------------------- */
+
+typedef enum sim_tp_launch {
+  SIM_TP_AUTO = 0,    /* mpi when started by mpirun with several ranks, else threads */
+  SIM_TP_THREADS = 1, /* N threads in this process over an rkv_comm of kind local */
+  SIM_TP_MPI = 2      /* one rank per process over an rkv_comm of kind mpi */
+} sim_tp_launch;
+
+typedef struct sim_tp_opts {
+  uint32_t tp; /* ranks (0/1 = no tensor parallelism) */
+  sim_tp_launch launch;
+  int64_t inject_step; /* rank 1 perturbs its plan hash of this step (-1 = never) */
+  int64_t die_step;    /* rank 1 stops dead at this step (-1 = never) */
+  int32_t scale_rank;  /* this rank's pool is scale x the others' (-1 = none) */
+  double scale;
+  double timeout_s; /* deadline of every collective */
+  bool bind;        /* bind each rank's thread with rkv_topo_place + rkv_topo_bind_thread */
+  bool no_pool_min; /* skip the start-up MIN of pool sizes (test: schedulers then diverge) */
+} sim_tp_opts;
+
+/* Per rank and policy, gathered to rank 0 after each policy's run. */
+#define SIM_TP_MAX_RANKS 64
+typedef struct sim_tp_rank_stats {
+  uint64_t pool_blocks;   /* what this rank's memory holds */
+  uint64_t usable_blocks; /* after the start-up MIN over ranks */
+  uint64_t peak_blocks, max_running, preemptions, steps, digest, syncs;
+  double sync_s;     /* wall seconds inside rkv_comm_step_sync */
+  double sync_max_s; /* slowest single sync */
+} sim_tp_rank_stats;
+
+typedef struct sim_tp_stats {
+  int32_t size;
+  const char *launch;
+  uint32_t kv_heads_per_rank, q_heads_per_rank;
+  sim_tp_rank_stats rank[SIM_TP_MAX_RANKS];
+} sim_tp_stats;
+
+/* One rank inside a policy run: its communicator and the per-step protocol's bookkeeping. */
+typedef struct sim_tp_rank {
+  rkv_comm *comm;
+  int32_t rank, size;
+  const sim_tp_opts *o;
+  sim_tp_rank_stats st;
+  bool handled; /* the failure was reported and handled in sim_tp_*: do not abort again */
+} sim_tp_rank;
+
+/* Start of a policy run: MIN all-reduce of the pool sizes (reserve admission and the
+ * add-request fit test count the pool total, which must be equal on every rank).
+ * Returns false after printing the error (and aborting the job on a transport failure). */
+bool sim_tp_pool_min(sim_tp_rank *t, uint64_t local_blocks, uint64_t *usable);
+/* Top of step k: step_sync(k, hash of plan k-1, local free) -> the scheduler's free-blocks
+ * limit. Also where --tp-die strikes. Returns false after printing the error. */
+bool sim_tp_sync(sim_tp_rank *t, rkv_sched *s, uint64_t k, uint64_t prev_hash, uint64_t local_free);
+/* Hash of plan k as this rank reports it (perturbed on rank 1 at --tp-inject-divergence),
+ * folded into the rank's digest. */
+uint64_t sim_tp_plan_hash(sim_tp_rank *t, uint64_t k, const rkv_sched_plan *p);
+
 /* ---- compute engines -------------------------------------------------------------------- */
 
 typedef enum sim_compute {
@@ -110,5 +168,71 @@ void sim_engine_destroy(sim_engine *e);
  * [plan->n_seqs]. Returns false with a message on stderr. */
 bool sim_engine_run(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *outs);
 const sim_engine_times *sim_engine_get_times(const sim_engine *e);
+
+/* ---- a whole run (cmd_sim.c) ------------------------------------------------------------ */
+
+#define MAX_POLICIES 8
+
+typedef struct sim_opts {
+  sim_model model;
+  const char *model_name;
+  rkv_dtype dtype;
+  uint32_t block_size;
+  double pool_gib;
+  uint64_t pool_blocks;
+  double host_gib;
+  sim_workload_opts wl;
+  rkv_evict_policy policies[MAX_POLICIES];
+  uint32_t n_policies;
+  rkv_evict_params ev;
+  rkv_sched_admission admission;
+  rkv_sched_preempt_mode preempt;
+  uint32_t max_batched_tokens, max_seqs, max_prefill_chunk;
+  sim_compute compute;
+  const sim_gpu *gpu;
+  uint64_t max_steps;
+  int threads;
+  bool json, quiet, check;
+  const char *plot;
+  sim_tp_opts tp;
+} sim_opts;
+
+typedef struct sim_sample {
+  float t;
+  uint32_t used_blocks;
+  uint32_t running;
+} sim_sample;
+
+typedef struct sim_result {
+  rkv_evict_policy policy;
+  uint64_t pool_blocks;
+  double block_bytes;
+  uint32_t peak_blocks;
+  double mean_blocks; /* time-weighted over the modelled run */
+  uint32_t max_running;
+  rkv_sched_metrics m;
+  double model_time, model_evict, model_attn_flops, model_evict_flops;
+  double wall, sched_wall;
+  sim_engine_times et;
+  uint64_t steps, rejected;
+  double lat_sum, lat_max;
+  uint64_t lat_n;
+  bool complete; /* every request finished (not cut by --steps) */
+  sim_sample *tl;
+  size_t tl_n, tl_cap;
+  /* tensor parallelism (rank 0's view; tp.size == 0 in a single-rank run) */
+  sim_tp_stats tp;
+} sim_result;
+
+/* One policy over the workload; tp NULL = a single-rank run, else this rank's shard
+ * (kv_heads / tp heads, its own block manager and pool) in lockstep with the others. */
+bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evict_policy pol,
+                    sim_tp_rank *tp, sim_result *res);
+/* Table or JSON on stdout, then the SVG plot; false when the plot cannot be written. */
+bool sim_report(const sim_opts *o, const sim_result *r, uint32_t np, uint32_t n_req);
+/* `rkv sim --tp N` (sim_tp.c): runs every policy on N ranks; rank 0 reports. Exit code. */
+int sim_tp_main(const sim_opts *o, const sim_req *reqs, uint32_t n);
+/* World size announced by mpirun in the environment (0 when not under a launcher). */
+int sim_tp_env_world_size(void);
 
 #endif /* RKV_TOOL_SIM_H */

@@ -4,7 +4,8 @@
  * `cpu` runs the real kernels on a CPU KV pool: synthetic K/V/Q rows (see sim_tokens and
  * docs/SIMULATOR.md) are written with rkv_attn_write_kv, attention runs per layer over the
  * batch's exported per-head tables (decode and prefill groups), and compression runs
- * rkv_evict_layer per layer. Swaps go through a host buffer. */
+ * rkv_evict_layer per layer. Swaps go through a host buffer. `cuda` (sim_engine_cuda.c, through
+ * sim_cuda.h) runs the same step on a GPU with this file's synthesis. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 
 #include "rkv_tool.h"
 #include "sim.h"
+#include "sim_cuda.h"
 
 struct sim_engine {
   sim_compute kind;
@@ -49,6 +51,8 @@ struct sim_engine {
   size_t ws_cap;
   float *dup_k;
   size_t dup_cap;
+  /* cuda (sim_engine_cuda.c; the synthesis above is shared) */
+  sim_cuda *cuda;
 };
 
 static uint64_t mix(uint64_t z) {
@@ -88,6 +92,24 @@ static bool uses_qwindow(rkv_evict_policy p) {
   return p == RKV_EVICT_RKV || p == RKV_EVICT_SNAPKV;
 }
 
+/* The synthetic model's embedding tables (shared by the cpu and cuda engines). */
+static bool make_tables(sim_engine *e, const sim_model *m, uint64_t seed, uint32_t n_reqs) {
+  e->tokens = calloc(n_reqs, sizeof(int32_t *));
+  size_t d = m->head_dim, tab = (size_t)m->layers * m->kv_heads * SIM_VOCAB * d;
+  e->ek = malloc(tab * sizeof(float));
+  e->ev_tab = malloc(tab * sizeof(float));
+  e->mu = malloc((size_t)m->layers * m->kv_heads * d * sizeof(float));
+  if (!e->tokens || !e->ek || !e->ev_tab || !e->mu) {
+    fprintf(stderr, "rkv sim: out of memory for the synthetic model tables\n");
+    return false;
+  }
+  uint64_t s = seed * 31 + 7;
+  for (size_t i = 0; i < tab; i++) e->ek[i] = gauss(&s);
+  for (size_t i = 0; i < tab; i++) e->ev_tab[i] = gauss(&s);
+  for (size_t i = 0; i < (size_t)m->layers * m->kv_heads * d; i++) e->mu[i] = gauss(&s);
+  return true;
+}
+
 bool sim_engine_create(sim_compute kind, const sim_model *m, rkv_blockmgr *bm,
                        const rkv_evict_params *ev, uint32_t host_blocks, uint32_t max_seqs,
                        uint64_t seed, const sim_req *reqs, uint32_t n_reqs, int threads,
@@ -107,25 +129,13 @@ bool sim_engine_create(sim_compute kind, const sim_model *m, rkv_blockmgr *bm,
     return true;
   }
   if (kind == SIM_COMPUTE_CUDA) {
-    if (!rkv_build_has_cuda()) {
-      fprintf(stderr,
-              "rkv sim: --compute cuda: this build of librkv has no CUDA "
-              "(configure with nvcc available, RKV_ENABLE_CUDA=ON)\n");
-    } else {
-      rkv_backend_config bc = RKV_BACKEND_CONFIG_INIT;
-      bc.kind = RKV_BACKEND_CUDA;
-      rkv_backend *b = NULL;
-      rkv_status st = rkv_backend_create(&bc, &b);
-      if (st != RKV_OK)
-        fprintf(stderr, "rkv sim: --compute cuda: no usable GPU (%s)\n", rkv_status_str(st));
-      else
-        fprintf(stderr,
-                "rkv sim: --compute cuda: the simulator's CUDA engine is not "
-                "implemented yet; use --compute cpu or none\n");
-      rkv_backend_destroy(b);
+    if (!sim_cuda_create(e, m, bm, ev, host_blocks, max_seqs, &e->times, &e->cuda) ||
+        !make_tables(e, m, seed, n_reqs)) {
+      sim_engine_destroy(e);
+      return false;
     }
-    free(e);
-    return false;
+    *out = e;
+    return true;
   }
   rkv_backend_config bc = RKV_BACKEND_CONFIG_INIT;
   bc.kind = RKV_BACKEND_CPU;
@@ -164,20 +174,10 @@ bool sim_engine_create(sim_compute kind, const sim_model *m, rkv_blockmgr *bm,
       return false;
     }
   }
-  e->tokens = calloc(n_reqs, sizeof(int32_t *));
-  size_t d = m->head_dim, tab = (size_t)m->layers * m->kv_heads * SIM_VOCAB * d;
-  e->ek = malloc(tab * sizeof(float));
-  e->ev_tab = malloc(tab * sizeof(float));
-  e->mu = malloc((size_t)m->layers * m->kv_heads * d * sizeof(float));
-  if (!e->tokens || !e->ek || !e->ev_tab || !e->mu) {
-    fprintf(stderr, "rkv sim: out of memory for the synthetic model tables\n");
+  if (!make_tables(e, m, seed, n_reqs)) {
     sim_engine_destroy(e);
     return false;
   }
-  uint64_t s = seed * 31 + 7;
-  for (size_t i = 0; i < tab; i++) e->ek[i] = gauss(&s);
-  for (size_t i = 0; i < tab; i++) e->ev_tab[i] = gauss(&s);
-  for (size_t i = 0; i < (size_t)m->layers * m->kv_heads * d; i++) e->mu[i] = gauss(&s);
   *out = e;
   return true;
 }
@@ -209,6 +209,7 @@ void sim_engine_destroy(sim_engine *e) {
   rkv_qwindow_destroy(e->qw);
   rkv_kv_pool_destroy(e->pool);
   rkv_backend_destroy(e->be);
+  sim_cuda_destroy(e->cuda);
   free(e);
 }
 
@@ -523,10 +524,34 @@ bool sim_engine_run(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *ou
     memset(&outs[i], 0, sizeof outs[i]);
     outs[i].id = p->seqs[i].id;
   }
+  if (e->cuda) return sim_cuda_run(e->cuda, p, outs);
   if (e->kind != SIM_COMPUTE_NONE) return run_cpu(e, p, outs);
   double t0 = rkv_tool_now();
   for (uint32_t i = 0; i < p->n_seqs; i++)
     if (p->seqs[i].compress && !compress_uniform(e, &p->seqs[i], &outs[i])) return false;
   e->times.evict += rkv_tool_now() - t0;
   return true;
+}
+
+/* ---- the synthesis, for the cuda engine (sim_cuda.h) ------------------------------------ */
+
+const int32_t *sim_engine_tokens(sim_engine *e, int64_t id) {
+  return tokens_of(e, id);
+}
+
+void sim_engine_drop_tokens(sim_engine *e, int64_t id) {
+  if (id >= 0 && (uint64_t)id < e->n_reqs) {
+    free(e->tokens[id]);
+    e->tokens[id] = NULL;
+  }
+}
+
+void sim_engine_make_kv(const sim_engine *e, int64_t id, int64_t pos, int32_t tok, uint32_t l,
+                        uint32_t h, float *k, float *v) {
+  make_kv(e, id, pos, tok, l, h, k, v);
+}
+
+void sim_engine_make_q(const sim_engine *e, int64_t id, int64_t pos, int32_t tok, uint32_t l,
+                       float *q) {
+  make_q(e, id, pos, tok, l, q);
 }

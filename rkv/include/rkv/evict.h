@@ -19,7 +19,7 @@ typedef enum rkv_evict_policy {
   RKV_EVICT_RKV = 1,       /* importance - redundancy */
   RKV_EVICT_SNAPKV = 2,    /* importance only */
   RKV_EVICT_STREAMING = 3, /* sinks + newest */
-  RKV_EVICT_H2O = 4,       /* accumulated attention mass + newest */
+  RKV_EVICT_H2O = 4,       /* accumulated attention mass + newest (`window` of them) */
   RKV_EVICT_POLICY_COUNT_
 } rkv_evict_policy;
 

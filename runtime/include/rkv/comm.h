@@ -4,10 +4,12 @@
  * stream, so ranks never ship block tables. They only agree on two numbers per step: the MIN of
  * their free-block counts (admission may not promise blocks some rank lacks) and a hash of the
  * step plan (a mismatch means the schedulers diverged; continuing would corrupt KV, so the
- * check fails loudly instead). Three implementations sit behind one handle:
+ * check fails loudly instead). Four implementations sit behind one handle:
  *   single  world size 1, no dependency (every build);
  *   mpi     CPU ranks over MPI (Open MPI);
- *   nccl    GPU ranks over NCCL, unique id bootstrapped through MPI or a file handshake.
+ *   nccl    GPU ranks over NCCL, unique id bootstrapped through MPI or a file handshake;
+ *   local   ranks that are threads of one process, meeting in a shared rkv_comm_local_group
+ *           (the simulator's `--tp N` without mpirun, and tests).
  * Every collective has a deadline: a dead or stuck peer yields RKV_ERR_TIMEOUT, never a hang.
  * After a timeout or transport error the handle is "failed" (sticky): later collectives return
  * RKV_ERR_STATE and the caller should call rkv_comm_abort. Handles are not thread-safe; all
@@ -22,11 +24,15 @@ extern "C" {
 #endif
 
 typedef struct rkv_comm rkv_comm;
+/* The meeting point of RKV_COMM_LOCAL ranks: one per group of threads, created before and
+ * destroyed after every handle that uses it. */
+typedef struct rkv_comm_local_group rkv_comm_local_group;
 
 typedef enum rkv_comm_kind {
   RKV_COMM_SINGLE = 0, /* world size 1, no transport */
   RKV_COMM_MPI = 1,    /* MPI (needs rkv_build_has_mpi()) */
   RKV_COMM_NCCL = 2,   /* NCCL on one CUDA device per rank (needs rkv_build_has_nccl()) */
+  RKV_COMM_LOCAL = 3,  /* threads of one process sharing an rkv_comm_local_group */
   RKV_COMM_KIND_COUNT_
 } rkv_comm_kind;
 
@@ -67,15 +73,16 @@ typedef struct rkv_comm_config {
   rkv_comm_bootstrap bootstrap;
   /* FILE bootstrap: a fresh path per job on a filesystem all ranks see; read during create. */
   const char *nccl_id_path;
-  int32_t rank;                   /* FILE bootstrap: this rank (MPI bootstrap: ignored) */
-  int32_t world_size;             /* FILE bootstrap: number of ranks */
-  const rkv_allocator *allocator; /* copied at create; NULL = libc */
-  const rkv_logger *logger;       /* copied at create; NULL = silent */
+  int32_t rank;                      /* FILE bootstrap and LOCAL: this rank (MPI: ignored) */
+  int32_t world_size;                /* FILE bootstrap: number of ranks (LOCAL: the group's) */
+  const rkv_allocator *allocator;    /* copied at create; NULL = libc */
+  const rkv_logger *logger;          /* copied at create; NULL = silent */
+  rkv_comm_local_group *local_group; /* LOCAL: the group (borrowed; must outlive the handle) */
 } rkv_comm_config;
 #define RKV_COMM_CONFIG_INIT                                                                     \
   {                                                                                              \
     sizeof(rkv_comm_config), RKV_COMM_SINGLE, 0.0, NULL, 0, NULL, RKV_COMM_BOOTSTRAP_AUTO, NULL, \
-        0, 1, NULL, NULL                                                                         \
+        0, 1, NULL, NULL, NULL                                                                   \
   }
 
 /* Creates a communicator (collective over all ranks for MPI and NCCL). NULL cfg = single.
@@ -85,21 +92,33 @@ typedef struct rkv_comm_config {
  * failure, the reason is copied to err_out (may be NULL) of err_len bytes. */
 RKV_API rkv_status rkv_comm_create(const rkv_comm_config *cfg, rkv_comm **out, char *err_out,
                                    size_t err_len);
+/* Creates the meeting point of `size` (1..4096) LOCAL ranks; each thread then creates its
+ * handle with kind RKV_COMM_LOCAL, local_group = the group and its own rank (rank may join
+ * once). Collectives wait on a condition variable with the handle's deadline. A handle that
+ * times out or aborts breaks the group: every rank waiting or arriving later fails at once
+ * with RKV_ERR_COMM (a thread that just stops calling is only noticed by the deadline, like a
+ * dead process). RKV_ERR_INVALID_ARG, RKV_ERR_NO_MEMORY. */
+RKV_API rkv_status rkv_comm_local_group_create(int32_t size, const rkv_allocator *allocator,
+                                               rkv_comm_local_group **out);
+/* Accepts NULL. Only after every handle of the group was destroyed. */
+RKV_API void rkv_comm_local_group_destroy(rkv_comm_local_group *g);
+
 /* Frees the handle (accepts NULL). A failed NCCL handle is aborted instead of finalised; a
  * failed MPI handle leaks its staging buffers on purpose (the pending request may still write
  * them) and skips MPI_Comm_free. */
 RKV_API void rkv_comm_destroy(rkv_comm *c);
 /* Abandons the job after an error. nccl: ncclCommAbort (the process continues; the handle is
  * failed). mpi: MPI_Abort(errorcode), which Open MPI implements by terminating every rank of
- * the job, this process included. single: marks the handle failed. Never blocks for long. */
+ * the job, this process included. local: breaks the group, so every other rank's pending or
+ * next collective fails at once. single: marks the handle failed. Never blocks for long. */
 RKV_API void rkv_comm_abort(rkv_comm *c, int errorcode);
 
 RKV_API int32_t rkv_comm_rank(const rkv_comm *c);
 RKV_API int32_t rkv_comm_size(const rkv_comm *c);
 RKV_API rkv_comm_kind rkv_comm_get_kind(const rkv_comm *c);
-/* "single" / "mpi" / "nccl" ("invalid" otherwise). */
+/* "single" / "mpi" / "nccl" / "local" ("invalid" otherwise). */
 RKV_API const char *rkv_comm_kind_name(rkv_comm_kind k);
-/* Parses "single", "mpi", "nccl". RKV_ERR_INVALID_ARG otherwise. */
+/* Parses "single", "mpi", "nccl", "local". RKV_ERR_INVALID_ARG otherwise. */
 RKV_API rkv_status rkv_comm_kind_parse(const char *name, rkv_comm_kind *out);
 /* True after a timeout or transport error (sticky). */
 RKV_API bool rkv_comm_is_failed(const rkv_comm *c);

@@ -237,6 +237,29 @@ static void test_shared_block_scores(void) {
   fixture_fini(&f);
 }
 
+/* A NaN in one query head's vector makes that head's output NaN (never a silent finite
+ * value) and leaves the other heads finite. */
+static void test_nan_propagates(void) {
+  fixture f;
+  fixture_init(&f);
+  f.q[(size_t)(4 + 1) * 16 + 3] = NAN; /* sequence 1, query head 1 */
+  f.p.accumulate_scores = false;
+  EXPECT_OK(rkv_attn_decode(f.m.pool, &f.p, f.ws, f.wsb));
+  int nan_in = 0, nan_out = 0;
+  for (uint32_t r = 0; r < 2; r++)
+    for (uint32_t h = 0; h < 4; h++)
+      for (uint32_t k = 0; k < 16; k++) {
+        const bool is_nan = isnan(f.out[((size_t)r * 4 + h) * 16 + k]);
+        if (r == 1 && h == 1)
+          nan_in += is_nan;
+        else
+          nan_out += is_nan;
+      }
+  EXPECT_EQ_INT(nan_in, 16);
+  EXPECT_EQ_INT(nan_out, 0);
+  fixture_fini(&f);
+}
+
 /* Writes rows with special values and reads the pool back. */
 static void test_write_kv(void) {
   static const rkv_dtype dts[] = {RKV_DTYPE_F32, RKV_DTYPE_F16, RKV_DTYPE_BF16};
@@ -372,6 +395,7 @@ int main(void) {
   test_errors();
   test_workspace();
   test_shared_block_scores();
+  test_nan_propagates();
   test_write_kv();
   test_exhaustive_loads(RKV_DTYPE_F16);
   test_exhaustive_loads(RKV_DTYPE_BF16);

@@ -401,6 +401,24 @@ static inline int bms_verify_all(bm_shadow *s) {
                     " frag %" PRIu64 " peak %u (model >= %u)",
                     stt.total_blocks, stt.shared_blocks, shared, stt.allocated_slots,
                     stt.token_slots, stt.fragmentation_slots, stt.peak_used_blocks, s->peak_used);
+  /* token_slots counts a shared block once, with the most tokens any referencing stream
+   * holds in it (a compacted sharer may hold fewer). */
+  uint32_t *fill = calloc(s->nblocks, sizeof *fill);
+  if (!fill) return BMS_FAIL(s, "out of memory");
+  uint64_t tokens = 0;
+  for (uint32_t i = 0; i < s->max_seqs; i++)
+    for (uint32_t k = 0; s->seq[i].live && k < s->S; k++) {
+      const bms_stream *t = &s->seq[i].st[k];
+      for (int32_t j = 0; j < t->nrow; j++) {
+        int32_t f = t->len - j * (int32_t)s->bs;
+        if (f > (int32_t)s->bs) f = (int32_t)s->bs;
+        if ((uint32_t)f > fill[t->row[j]]) fill[t->row[j]] = (uint32_t)f;
+      }
+    }
+  for (uint32_t b = 0; b < s->nblocks; b++) tokens += fill[b];
+  free(fill);
+  if (stt.token_slots != tokens)
+    return BMS_FAIL(s, "stats: token_slots %" PRIu64 ", model %" PRIu64, stt.token_slots, tokens);
   for (uint32_t i = 0; i < s->max_seqs; i++) {
     const bms_seq *q = &s->seq[i];
     if (!q->live) continue;

@@ -100,8 +100,8 @@ static void test_random_ops(void) {
       static rkv_compact_map maps[S];
       static int32_t old[S * STRIDE];
       uint32_t nm = 0, no = 0;
-      rkv_blockmgr_compact_uniform(m, id, -1, 1 + (int32_t)(rkv_test_rand(&rng) % 20), maps, S,
-                                   &nm, old, S * STRIDE, &no);
+      rkv_blockmgr_compact_uniform(m, id, -1, 1 + (int32_t)(rkv_test_rand(&rng) % 20), maps, S, &nm,
+                                   old, S * STRIDE, &no);
     } else if (kind == 8) {
       EXPECT_OK(rkv_blockmgr_seq_free(m, id));
       mr[id].live = false;

@@ -1,6 +1,7 @@
 # Block-manager tool tests (included by tests/CMakeLists.txt):
 #  - every replay/<name>.txt script runs through `rkv replay` and must print exactly
-#    replay/<name>.json (blockmgr_replay_<name>);
+#    replay/<name>.json and exit with the status in replay/<name>.rc (0 when absent)
+#    (blockmgr_replay_<name>);
 #  - a short `rkv stress` run with the full invariant walk after every op;
 #  - a tiny `rkv bench blockmgr` run (smoke test: options, table, exit status).
 file(GLOB RKV_BM_REPLAYS CONFIGURE_DEPENDS ${CMAKE_CURRENT_LIST_DIR}/replay/*.txt)

@@ -124,6 +124,11 @@ static void test_counts_and_sizes(void) {
   EXPECT_STATUS(rkv_evict_workspace_size(&p, 8, 32, 128, 10, NULL), RKV_ERR_INVALID_ARG);
   EXPECT_OK(rkv_evict_dense_workspace_size(&p, 64, 300, &a));
   EXPECT(a >= 300 * 64 * 4);
+  /* Absurd sizes are refused, never wrapped around. */
+  p.window = 1 << 30, p.budget = (1 << 30) + 1, p.buffer = 1, p.sinks = 0;
+  EXPECT_STATUS(rkv_evict_dense_workspace_size(&p, 4096, INT32_MAX - 1, &a), RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rkv_evict_workspace_size(&p, 8, 32, 4096, INT32_MAX - 1, &a), RKV_ERR_INVALID_ARG);
+  p = (rkv_evict_params)RKV_EVICT_PARAMS_INIT;
   p.kernel = 2;
   EXPECT_STATUS(rkv_evict_dense_workspace_size(&p, 64, 300, &a), RKV_ERR_INVALID_ARG);
 }

@@ -1,0 +1,57 @@
+/* Stand-in for <cuda_runtime.h> used only by test_sim_cuda_emu (see emu_shim.h): "device"
+ * memory is host memory, copies are immediate, streams do nothing. Fresh device buffers are
+ * filled with 0xFF bytes (NaN as f32, -1 as int32) so a read of something never uploaded
+ * shows up in the comparison instead of reading zeros. Only what sim_engine_cuda.c calls. */
+#ifndef RKV_TEST_FAKE_CUDA_RUNTIME_H
+#define RKV_TEST_FAKE_CUDA_RUNTIME_H
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef int cudaError_t;
+#define cudaSuccess 0
+#define cudaErrorMemoryAllocation 2
+typedef void *cudaStream_t;
+enum cudaMemcpyKind {
+  cudaMemcpyHostToDevice = 1,
+  cudaMemcpyDeviceToHost = 2,
+  cudaMemcpyDeviceToDevice = 3
+};
+
+static inline const char *cudaGetErrorString(cudaError_t e) {
+  return e == cudaSuccess ? "no error" : "fake cuda: out of memory";
+}
+static inline cudaError_t cudaMalloc(void **p, size_t n) {
+  *p = malloc(n ? n : 1);
+  if (!*p) return cudaErrorMemoryAllocation;
+  memset(*p, 0xFF, n);
+  return cudaSuccess;
+}
+static inline cudaError_t cudaFree(void *p) {
+  free(p);
+  return cudaSuccess;
+}
+static inline cudaError_t cudaMallocHost(void **p, size_t n) {
+  return cudaMalloc(p, n);
+}
+static inline cudaError_t cudaFreeHost(void *p) {
+  free(p);
+  return cudaSuccess;
+}
+static inline cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n,
+                                          enum cudaMemcpyKind kind, cudaStream_t s) {
+  (void)kind, (void)s;
+  if (n) memmove(dst, src, n);
+  return cudaSuccess;
+}
+static inline cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s) {
+  (void)s;
+  memset(p, v, n);
+  return cudaSuccess;
+}
+static inline cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  (void)s;
+  return cudaSuccess;
+}
+
+#endif /* RKV_TEST_FAKE_CUDA_RUNTIME_H */

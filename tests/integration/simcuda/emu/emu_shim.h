@@ -1,0 +1,45 @@
+/* Test-only seam for test_sim_cuda_emu: included first by the wrapped simulator sources, it
+ * renames the few library entries that need a GPU (a CUDA backend, the device query-window
+ * push, the device eviction) to host emulations over a CPU pool (emu_shim.c). Everything else
+ * (KV write, attention, tables, compaction, descriptors) is the real library on a CPU pool. The
+ * rkv headers are included before the renames so their prototypes keep the real names. */
+#ifndef RKV_TEST_EMU_SHIM_H
+#define RKV_TEST_EMU_SHIM_H
+
+#include <rkv/attention.h>
+#include <rkv/attention_cuda.h>
+#include <rkv/evict.h>
+#include <rkv/evict_cuda.h>
+#include <rkv/runtime.h>
+
+/* CUDA requests get a one-thread CPU backend. */
+rkv_status emu_backend_create(const rkv_backend_config *cfg, rkv_backend **out);
+/* Real pool; remembered in creation order (emu_pool). */
+rkv_status emu_kv_pool_create(rkv_backend *b, const rkv_kv_layout *layout, uint32_t num_blocks,
+                              rkv_kv_pool **out);
+rkv_status emu_attn_cuda_qwindow_push(rkv_backend *backend, const rkv_cuda_qwindow *w,
+                                      uint32_t layer, const float *q, const int32_t *q_indptr,
+                                      const int32_t *seq_slots, const int64_t *pos,
+                                      uint32_t num_seqs);
+rkv_status emu_evict_cuda_workspace_size(const rkv_evict_params *p, const rkv_kv_pool *pool,
+                                         uint32_t num_streams, uint32_t group, int32_t max_len,
+                                         size_t *bytes);
+rkv_status emu_evict_cuda_compress(const rkv_evict_params *p, rkv_kv_pool *pool,
+                                   const rkv_evict_cuda_batch *batch, void *workspace,
+                                   size_t ws_bytes);
+
+/* Test side: pools created since the last reset, and the count of emulated calls. */
+void emu_reset(void);
+rkv_kv_pool *emu_pool(unsigned i);
+unsigned long emu_compress_calls(void);
+unsigned long emu_push_calls(void);
+
+#ifndef EMU_SHIM_IMPL
+#define rkv_backend_create emu_backend_create
+#define rkv_kv_pool_create emu_kv_pool_create
+#define rkv_attn_cuda_qwindow_push emu_attn_cuda_qwindow_push
+#define rkv_evict_cuda_workspace_size emu_evict_cuda_workspace_size
+#define rkv_evict_cuda_compress emu_evict_cuda_compress
+#endif
+
+#endif /* RKV_TEST_EMU_SHIM_H */

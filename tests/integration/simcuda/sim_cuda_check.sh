@@ -1,0 +1,117 @@
+#!/bin/sh
+# Checks of `rkv sim --compute cuda` (tools/rkv/sim_engine_cuda.c), run by ctest
+# (tests/integration/simcuda/tests.cmake).
+#   nogpu: without a usable GPU (or in a build without CUDA) the engine must refuse with one
+#          clear line on stderr, exit 1 and print no table; where a GPU is usable it skips (77).
+#   match: with a GPU, the scheduling results (steps, batch, preemptions, compressions, evicted
+#          tokens, freed blocks, ...) of --compute cuda must equal those of --compute cpu for
+#          the same workload: the scheduler only sees block counts, which do not depend on the
+#          backend. Skips (77) without a GPU unless RKV_TEST_REQUIRE_GPU=1.
+# usage: sim_cuda_check.sh PATH/TO/rkv nogpu|match
+set -u
+rkv=$1
+mode=$2
+tmp=$(mktemp -d) || exit 1
+trap 'rm -rf "$tmp"' EXIT
+pass=0
+fail=0
+NOGPU_RE='--compute cuda: (no usable GPU|this build of rkv has no CUDA)'
+
+ok() { pass=$((pass + 1)); echo "ok: $*"; }
+bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
+finish() {
+  echo "$pass passed, $fail failed"
+  [ "$fail" -eq 0 ] || exit 1
+  exit 0
+}
+skip() {
+  echo "SKIP: $*"
+  if [ "$mode" = match ] && [ "${RKV_TEST_REQUIRE_GPU:-0}" = 1 ]; then
+    echo "RKV_TEST_REQUIRE_GPU=1: a skip is a failure"
+    echo "0 passed, 1 failed"
+    exit 1
+  fi
+  echo "0 passed, 0 failed, 1 skipped"
+  exit 77
+}
+
+# run NAME ARGS...: stdout in $tmp/NAME.out, stderr in $tmp/NAME.err, status in $rc
+run() {
+  name=$1
+  shift
+  "$rkv" sim --model tiny --quiet "$@" >"$tmp/$name.out" 2>"$tmp/$name.err"
+  rc=$?
+}
+
+# values of one JSON key, one line per policy
+field() { grep -o "\"$2\": [a-z0-9.e+-]*" "$1" | sed 's/^[^:]*: //'; }
+
+if [ "$mode" = nogpu ]; then
+  run nogpu --compute cuda --policy full,rkv
+  if [ "$rc" -eq 0 ]; then
+    skip "a GPU is usable here (simcuda_sim_gpu_matches_cpu covers it)"
+  fi
+  cat "$tmp/nogpu.err"
+  [ "$rc" -eq 1 ] && ok "exit status 1" || bad "exit status $rc, want 1"
+  if grep -Eq -e "^rkv sim: $NOGPU_RE" "$tmp/nogpu.err"; then
+    ok "stderr says why"
+  else
+    bad "stderr lacks 'rkv sim: --compute cuda: no usable GPU' (or 'no CUDA')"
+  fi
+  n=$(wc -l <"$tmp/nogpu.err")
+  [ "$n" -eq 1 ] && ok "one line on stderr" || bad "$n lines on stderr, want 1"
+  [ ! -s "$tmp/nogpu.out" ] && ok "nothing on stdout" || bad "stdout is not empty"
+  # --compute cpu with the same options still works (the failure is the engine's, not the
+  # options')
+  run cpu --compute cpu --policy full,rkv --requests 4 --gen-cap 256
+  [ "$rc" -eq 0 ] && ok "--compute cpu runs" || bad "--compute cpu failed ($rc): $(cat "$tmp/cpu.err")"
+  "$rkv" sim --help | grep -q -e '--compute none|cpu|cuda' && ok "--help lists cuda" ||
+    bad "--help does not list --compute cuda"
+  finish
+fi
+
+[ "$mode" = match ] || {
+  echo "usage: $0 RKV nogpu|match"
+  exit 2
+}
+
+KEYS="complete steps peak_blocks max_batch max_running preemptions finished rejected
+generation_tokens prompt_tokens compressions evicted_tokens compaction_freed_blocks"
+i=0
+# 1: recompute preemption under a small pool; 2: swap preemption, every policy
+for cfg in "--policy full,rkv --pool-blocks 256 --admission optimistic" \
+  "--policy full,rkv,snapkv,streaming,h2o --pool-blocks 256 --admission optimistic --preempt swap"; do
+  i=$((i + 1))
+  # shellcheck disable=SC2086
+  run cuda$i --compute cuda --json $cfg
+  if [ "$rc" -ne 0 ]; then
+    if grep -Eq -e "$NOGPU_RE" "$tmp/cuda$i.err"; then
+      skip "$(cat "$tmp/cuda$i.err")"
+    fi
+    bad "config $i: --compute cuda failed ($rc): $(cat "$tmp/cuda$i.err")"
+    continue
+  fi
+  # shellcheck disable=SC2086
+  run cpu$i --compute cpu --json $cfg
+  if [ "$rc" -ne 0 ]; then
+    bad "config $i: --compute cpu failed ($rc): $(cat "$tmp/cpu$i.err")"
+    continue
+  fi
+  grep -q '"compute": "cuda"' "$tmp/cuda$i.out" && ok "config $i: ran on cuda" ||
+    bad "config $i: JSON does not say compute cuda"
+  for k in $KEYS; do
+    a=$(field "$tmp/cuda$i.out" "$k" | tr '\n' ' ')
+    b=$(field "$tmp/cpu$i.out" "$k" | tr '\n' ' ')
+    if [ -n "$b" ] && [ "$a" = "$b" ]; then
+      ok "config $i: $k [$a]"
+    else
+      bad "config $i: $k cuda [$a] != cpu [$b]"
+    fi
+  done
+  # the comparison must cover what it claims: preemptions and compressions happened
+  pre=$(field "$tmp/cpu$i.out" preemptions | sort -n | tail -1)
+  com=$(field "$tmp/cpu$i.out" compressions | sort -n | tail -1)
+  [ "${pre:-0}" -gt 0 ] && [ "${com:-0}" -gt 0 ] && ok "config $i: preemptions and compressions exercised" ||
+    bad "config $i: workload no longer preempts ($pre) or compresses ($com); retune it"
+done
+finish
