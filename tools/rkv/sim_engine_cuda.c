@@ -13,7 +13,8 @@
  * exports, all staged in one pinned arena; no device allocation once buffers have grown. The
  * stream is synchronised at the end of the forward pass and of the compression, so the
  * attention and eviction times are wall times that include the GPU work. See
- * docs/SIMULATOR.md, "--compute cuda". */
+ * docs/SIMULATOR.md, "--compute cuda"; tests/integration/simcuda/ runs this file's CUDA branch
+ * without a GPU against a stand-in CUDA runtime (test_sim_cuda_emu.c). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -51,6 +52,11 @@ bool sim_cuda_run(sim_cuda *c, const rkv_sched_plan *p, rkv_sched_output *outs) 
 #include <cuda_runtime.h>
 
 #define ALIGN 256u
+/* First size of the pinned staging arena; the emulation test shrinks it so that arena resets
+ * happen every step. */
+#ifndef SIM_CUDA_STAGE_MIN
+#define SIM_CUDA_STAGE_MIN ((size_t)1 << 22)
+#endif
 
 struct sim_cuda {
   sim_engine *host;
@@ -152,7 +158,7 @@ static unsigned char *stage(sim_cuda *c, size_t bytes) {
     if (!cu_ok(cudaStreamSynchronize(c->cs), "stream sync")) return NULL;
     c->stage_off = 0;
     if (bytes > c->stage_cap) {
-      size_t nc = c->stage_cap ? c->stage_cap : (size_t)1 << 22;
+      size_t nc = c->stage_cap ? c->stage_cap : SIM_CUDA_STAGE_MIN;
       while (nc < bytes) nc *= 2;
       cudaFreeHost(c->stage);
       c->stage = NULL;

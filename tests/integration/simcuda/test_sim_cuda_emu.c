@@ -85,8 +85,8 @@ static long compare_seq(const side *a, const side *b, const sim_model *m, int64_
       rkv_status ra = rkv_blockmgr_stream_len(a->bm, seq, l, h, &na);
       rkv_status rb = rkv_blockmgr_stream_len(b->bm, seq, l, h, &nb);
       if (ra != rb || na != nb) {
-        fprintf(stderr, "seq %lld l %u h %u: length %d (%d) vs %d (%d)\n", (long long)seq, l, h,
-                na, ra, nb, rb);
+        fprintf(stderr, "seq %lld l %u h %u: length %d (%d) vs %d (%d)\n", (long long)seq, l, h, na,
+                ra, nb, rb);
         return -1;
       }
       if (ra != RKV_OK) continue; /* finished on both sides */
@@ -181,11 +181,12 @@ static void run_config(rkv_evict_policy pol, rkv_sched_preempt_mode pm, const si
     rkv_sched_get_metrics(a.s, &ma);
     rkv_sched_get_metrics(b.s, &mb);
   }
-  printf("%s/%s: %llu steps, %llu compressions, %llu preemptions, %u finished, %ld rows "
-         "compared, %lu emulated compress calls, %lu pushes, %ld mismatches\n",
-         name, pmn, (unsigned long long)steps, (unsigned long long)compressions,
-         (unsigned long long)ma.num_preemptions, (unsigned)ma.num_finished, rows,
-         emu_compress_calls(), emu_push_calls(), mismatches);
+  printf(
+      "%s/%s: %llu steps, %llu compressions, %llu preemptions, %u finished, %ld rows "
+      "compared, %lu emulated compress calls, %lu pushes, %lu copy hazards, %ld mismatches\n",
+      name, pmn, (unsigned long long)steps, (unsigned long long)compressions,
+      (unsigned long long)ma.num_preemptions, (unsigned)ma.num_finished, rows, emu_compress_calls(),
+      emu_push_calls(), emu_fake_hazards(), mismatches);
   EXPECT_EQ_INT(mismatches, 0);
   EXPECT_EQ_INT(ma.num_finished, NREQ);
   EXPECT_EQ_INT(mb.num_finished, NREQ);
@@ -194,6 +195,7 @@ static void run_config(rkv_evict_policy pol, rkv_sched_preempt_mode pm, const si
   EXPECT(compressions > 0 && emu_compress_calls() > 0);
   EXPECT(ma.num_preemptions > 0);
   EXPECT(rows > 0);
+  EXPECT_EQ_INT(emu_fake_hazards(), 0);
   if (pol == RKV_EVICT_RKV || pol == RKV_EVICT_SNAPKV) EXPECT(emu_push_calls() > 0);
   side_destroy(&a);
   side_destroy(&b);

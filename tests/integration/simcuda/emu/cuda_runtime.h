@@ -1,7 +1,11 @@
 /* Stand-in for <cuda_runtime.h> used only by test_sim_cuda_emu (see emu_shim.h): "device"
- * memory is host memory, copies are immediate, streams do nothing. Fresh device buffers are
- * filled with 0xFF bytes (NaN as f32, -1 as int32) so a read of something never uploaded
- * shows up in the comparison instead of reading zeros. Only what sim_engine_cuda.c calls. */
+ * memory is host memory and there is one in-order stream. Copies are queued, as on a GPU, and
+ * run when the stream would reach them: at a stream sync, at a free, or before the next
+ * (emulated) kernel reads device memory (emu_fake_flush, called by the shim's wrappers). A
+ * source changed between enqueue and that moment is counted as a hazard (on a device the copy
+ * may run at any moment in between). Fresh device buffers are filled with 0xFF bytes (NaN as f32,
+ * -1 as int32) so a read of something never uploaded shows up in the comparison. Only what
+ * sim_engine_cuda.c calls. */
 #ifndef RKV_TEST_FAKE_CUDA_RUNTIME_H
 #define RKV_TEST_FAKE_CUDA_RUNTIME_H
 
@@ -18,6 +22,10 @@ enum cudaMemcpyKind {
   cudaMemcpyDeviceToDevice = 3
 };
 
+/* the queue (emu_shim.c) */
+void emu_fake_enqueue(void *dst, const void *src, size_t n);
+void emu_fake_flush(void);
+
 static inline const char *cudaGetErrorString(cudaError_t e) {
   return e == cudaSuccess ? "no error" : "fake cuda: out of memory";
 }
@@ -28,6 +36,7 @@ static inline cudaError_t cudaMalloc(void **p, size_t n) {
   return cudaSuccess;
 }
 static inline cudaError_t cudaFree(void *p) {
+  emu_fake_flush(); /* cudaFree waits for the device */
   free(p);
   return cudaSuccess;
 }
@@ -35,22 +44,25 @@ static inline cudaError_t cudaMallocHost(void **p, size_t n) {
   return cudaMalloc(p, n);
 }
 static inline cudaError_t cudaFreeHost(void *p) {
+  emu_fake_flush();
   free(p);
   return cudaSuccess;
 }
 static inline cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n,
                                           enum cudaMemcpyKind kind, cudaStream_t s) {
   (void)kind, (void)s;
-  if (n) memmove(dst, src, n);
+  if (n) emu_fake_enqueue(dst, src, n);
   return cudaSuccess;
 }
 static inline cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t s) {
   (void)s;
+  emu_fake_flush();
   memset(p, v, n);
   return cudaSuccess;
 }
 static inline cudaError_t cudaStreamSynchronize(cudaStream_t s) {
   (void)s;
+  emu_fake_flush();
   return cudaSuccess;
 }
 

@@ -23,7 +23,95 @@ static struct {
   unsigned long pushes, compresses;
 } E;
 
+/* the fake stream's queued copies (emu/cuda_runtime.h) */
+static struct {
+  struct {
+    void *dst;
+    const void *src;
+    void *snap; /* the source bytes when the copy was enqueued */
+    size_t n;
+  } * q;
+  size_t n, cap;
+  unsigned long hazards; /* sources changed while their copy was in flight */
+} Q;
+
+unsigned long emu_fake_hazards(void) {
+  return Q.hazards;
+}
+
+void emu_fake_enqueue(void *dst, const void *src, size_t n) {
+  if (Q.n == Q.cap) {
+    size_t nc = Q.cap ? 2 * Q.cap : 64;
+    void *nq = realloc(Q.q, nc * sizeof *Q.q);
+    if (!nq) { /* cannot queue: copy now (only loses the ordering check) */
+      memmove(dst, src, n);
+      return;
+    }
+    Q.q = nq;
+    Q.cap = nc;
+  }
+  void *snap = malloc(n);
+  if (!snap) {
+    memmove(dst, src, n);
+    return;
+  }
+  memcpy(snap, src, n);
+  Q.q[Q.n].dst = dst;
+  Q.q[Q.n].src = src;
+  Q.q[Q.n].snap = snap;
+  Q.q[Q.n].n = n;
+  Q.n++;
+}
+
+/* A GPU runs the copy at some moment between enqueue and the next sync, so a source that
+ * changes in between makes the result depend on timing: counted as a hazard. */
+void emu_fake_flush(void) {
+  for (size_t i = 0; i < Q.n; i++) {
+    if (memcmp(Q.q[i].snap, Q.q[i].src, Q.q[i].n) != 0) Q.hazards++;
+    memmove(Q.q[i].dst, Q.q[i].src, Q.q[i].n);
+    free(Q.q[i].snap);
+  }
+  Q.n = 0;
+}
+
+rkv_status emu_attn_write_kv(rkv_kv_pool *pool, const float *k, const float *v,
+                             const int64_t *slots, uint32_t n_rows) {
+  emu_fake_flush();
+  return rkv_attn_write_kv(pool, k, v, slots, n_rows);
+}
+
+rkv_status emu_attn_decode(rkv_kv_pool *pool, const rkv_attn_params *p, void *workspace,
+                           size_t ws_bytes) {
+  emu_fake_flush();
+  return rkv_attn_decode(pool, p, workspace, ws_bytes);
+}
+
+rkv_status emu_attn_prefill(rkv_kv_pool *pool, const rkv_attn_params *p, void *workspace,
+                            size_t ws_bytes) {
+  emu_fake_flush();
+  return rkv_attn_prefill(pool, p, workspace, ws_bytes);
+}
+
+rkv_status emu_kv_pool_read_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n_ids, void *host) {
+  emu_fake_flush();
+  return rkv_kv_pool_read_blocks(p, ids, n_ids, host);
+}
+
+rkv_status emu_kv_pool_write_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n_ids,
+                                    const void *host) {
+  emu_fake_flush();
+  return rkv_kv_pool_write_blocks(p, ids, n_ids, host);
+}
+
+rkv_status emu_kv_pool_copy_blocks(rkv_kv_pool *p, const rkv_block_copy *ops, size_t n) {
+  emu_fake_flush();
+  return rkv_kv_pool_copy_blocks(p, ops, n);
+}
+
 void emu_reset(void) {
+  emu_fake_flush();
+  free(Q.q);
+  memset(&Q, 0, sizeof Q);
   free(E.last);
   memset(&E, 0, sizeof E);
 }
@@ -61,6 +149,7 @@ rkv_status emu_attn_cuda_qwindow_push(rkv_backend *backend, const rkv_cuda_qwind
                                       const int32_t *seq_slots, const int64_t *pos,
                                       uint32_t num_seqs) {
   (void)backend;
+  emu_fake_flush();
   if (!w || !w->data || !q || !seq_slots || !pos || layer >= w->num_layers || !w->window)
     return RKV_ERR_INVALID_ARG;
   if (E.last_n != w->max_seqs) {
@@ -104,6 +193,7 @@ static bool scored(rkv_evict_policy p) {
 rkv_status emu_evict_cuda_compress(const rkv_evict_params *p, rkv_kv_pool *pool,
                                    const rkv_evict_cuda_batch *batch, void *workspace,
                                    size_t ws_bytes) {
+  emu_fake_flush();
   if (!p || !pool || !batch || !workspace || ws_bytes < 64 || p->policy == RKV_EVICT_FULL ||
       batch->struct_size != sizeof *batch || !batch->num_streams || !batch->streams ||
       !batch->old_blocks || !batch->new_blocks || batch->max_len <= 0)
@@ -151,8 +241,8 @@ rkv_status emu_evict_cuda_compress(const rkv_evict_params *p, rkv_kv_pool *pool,
       for (uint32_t g = 0; g < G; g++)
         for (uint32_t i = 0; i < W; i++) {
           const size_t r = (size_t)((oldest + i) % (int64_t)W);
-          memcpy(qs + ((size_t)g * W + i) * d, batch->qwin + st->qwin_offset + ((size_t)g * W + r) * d,
-                 d * sizeof(float));
+          memcpy(qs + ((size_t)g * W + i) * d,
+                 batch->qwin + st->qwin_offset + ((size_t)g * W + r) * d, d * sizeof(float));
         }
     }
     char err[256] = "";

@@ -28,6 +28,23 @@ rkv_status emu_evict_cuda_compress(const rkv_evict_params *p, rkv_kv_pool *pool,
                                    const rkv_evict_cuda_batch *batch, void *workspace,
                                    size_t ws_bytes);
 
+/* The real calls, after the queued copies have run (stream order). */
+rkv_status emu_attn_write_kv(rkv_kv_pool *pool, const float *k, const float *v,
+                             const int64_t *slots, uint32_t n_rows);
+rkv_status emu_attn_decode(rkv_kv_pool *pool, const rkv_attn_params *p, void *workspace,
+                           size_t ws_bytes);
+rkv_status emu_attn_prefill(rkv_kv_pool *pool, const rkv_attn_params *p, void *workspace,
+                            size_t ws_bytes);
+rkv_status emu_kv_pool_read_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n_ids, void *host);
+rkv_status emu_kv_pool_write_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n_ids,
+                                    const void *host);
+rkv_status emu_kv_pool_copy_blocks(rkv_kv_pool *p, const rkv_block_copy *ops, size_t n);
+
+/* The fake stream's copy queue (emu/cuda_runtime.h). */
+void emu_fake_enqueue(void *dst, const void *src, size_t n);
+void emu_fake_flush(void);
+unsigned long emu_fake_hazards(void);
+
 /* Test side: pools created since the last reset, and the count of emulated calls. */
 void emu_reset(void);
 rkv_kv_pool *emu_pool(unsigned i);
@@ -40,6 +57,12 @@ unsigned long emu_push_calls(void);
 #define rkv_attn_cuda_qwindow_push emu_attn_cuda_qwindow_push
 #define rkv_evict_cuda_workspace_size emu_evict_cuda_workspace_size
 #define rkv_evict_cuda_compress emu_evict_cuda_compress
+#define rkv_attn_write_kv emu_attn_write_kv
+#define rkv_attn_decode emu_attn_decode
+#define rkv_attn_prefill emu_attn_prefill
+#define rkv_kv_pool_read_blocks emu_kv_pool_read_blocks
+#define rkv_kv_pool_write_blocks emu_kv_pool_write_blocks
+#define rkv_kv_pool_copy_blocks emu_kv_pool_copy_blocks
 #endif
 
 #endif /* RKV_TEST_EMU_SHIM_H */

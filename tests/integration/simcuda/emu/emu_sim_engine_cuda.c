@@ -5,4 +5,6 @@
 #ifndef RKV_HAVE_CUDA
 #define RKV_HAVE_CUDA 1
 #endif
+/* a small pinned arena, so the reset-after-sync path runs many times per step */
+#define SIM_CUDA_STAGE_MIN ((size_t)1 << 10)
 #include "sim_engine_cuda.c"
