@@ -13,10 +13,18 @@ const rkv_allocator *rkvi_backend_allocator(const rkv_backend *b) {
 rkv_status rkvi_cuda_backend_init(rkv_backend *b) {
   return rkvi_fail(b->err, RKV_ERR_UNSUPPORTED, "librkv was built without CUDA");
 }
-void rkvi_cuda_backend_fini(rkv_backend *b) { (void)b; }
-rkv_status rkvi_cuda_sync(rkv_backend *b) { return rkvi_cuda_backend_init(b); }
-rkv_status rkvi_cuda_pool_alloc(rkv_kv_pool *p) { return rkvi_cuda_backend_init(p->backend); }
-void rkvi_cuda_pool_free(rkv_kv_pool *p) { (void)p; }
+void rkvi_cuda_backend_fini(rkv_backend *b) {
+  (void)b;
+}
+rkv_status rkvi_cuda_sync(rkv_backend *b) {
+  return rkvi_cuda_backend_init(b);
+}
+rkv_status rkvi_cuda_pool_alloc(rkv_kv_pool *p) {
+  return rkvi_cuda_backend_init(p->backend);
+}
+void rkvi_cuda_pool_free(rkv_kv_pool *p) {
+  (void)p;
+}
 rkv_status rkvi_cuda_copy_blocks(rkv_kv_pool *p, const rkv_block_copy *o, size_t n) {
   (void)o, (void)n;
   return rkvi_cuda_backend_init(p->backend);
@@ -33,7 +41,9 @@ rkv_status rkvi_cuda_write_blocks(rkv_kv_pool *p, const int32_t *i, size_t n, co
   (void)i, (void)n, (void)h;
   return rkvi_cuda_backend_init(p->backend);
 }
-int rkvi_cuda_device_count(void) { return 0; }
+int rkvi_cuda_device_count(void) {
+  return 0;
+}
 #endif
 
 rkv_status rkv_backend_create(const rkv_backend_config *cfg, rkv_backend **out) {
@@ -61,7 +71,8 @@ rkv_status rkv_backend_create(const rkv_backend_config *cfg, rkv_backend **out) 
   b->num_threads = cfg->num_threads;
   b->kind = RKV_BACKEND_CPU;
   rkv_backend_kind want = cfg->kind;
-  if (want == RKV_BACKEND_AUTO) want = rkvi_cuda_device_count() > 0 ? RKV_BACKEND_CUDA : RKV_BACKEND_CPU;
+  if (want == RKV_BACKEND_AUTO)
+    want = rkvi_cuda_device_count() > 0 ? RKV_BACKEND_CUDA : RKV_BACKEND_CPU;
   if (want == RKV_BACKEND_CUDA) {
     if (!rkv_build_has_cuda()) {
       rkvi_free(cfg->allocator, b, sizeof *b);
@@ -97,14 +108,18 @@ const char *rkv_backend_name(const rkv_backend *b) {
   return b->kind == RKV_BACKEND_CUDA ? "cuda" : "cpu";
 }
 
-const char *rkv_backend_last_error(const rkv_backend *b) { return b ? b->err : ""; }
+const char *rkv_backend_last_error(const rkv_backend *b) {
+  return b ? b->err : "";
+}
 
 rkv_status rkv_backend_sync(rkv_backend *b) {
   if (!b) return RKV_ERR_INVALID_ARG;
   return b->kind == RKV_BACKEND_CUDA ? rkvi_cuda_sync(b) : RKV_OK;
 }
 
-void *rkv_backend_stream(const rkv_backend *b) { return b ? b->stream : NULL; }
+void *rkv_backend_stream(const rkv_backend *b) {
+  return b ? b->stream : NULL;
+}
 
 rkv_status rkv_kv_pool_create(rkv_backend *b, const rkv_kv_layout *layout, uint32_t num_blocks,
                               rkv_kv_pool **out) {
@@ -160,11 +175,21 @@ void rkv_kv_pool_destroy(rkv_kv_pool *p) {
   rkvi_free(a, p, sizeof *p);
 }
 
-void *rkv_kv_pool_base(const rkv_kv_pool *p) { return p ? p->base : NULL; }
-float *rkv_kv_pool_scores(const rkv_kv_pool *p) { return p ? p->scores : NULL; }
-const rkv_kv_layout *rkv_kv_pool_layout(const rkv_kv_pool *p) { return p ? &p->layout : NULL; }
-uint32_t rkv_kv_pool_num_blocks(const rkv_kv_pool *p) { return p ? p->num_blocks : 0; }
-rkv_backend *rkv_kv_pool_backend(const rkv_kv_pool *p) { return p ? p->backend : NULL; }
+void *rkv_kv_pool_base(const rkv_kv_pool *p) {
+  return p ? p->base : NULL;
+}
+float *rkv_kv_pool_scores(const rkv_kv_pool *p) {
+  return p ? p->scores : NULL;
+}
+const rkv_kv_layout *rkv_kv_pool_layout(const rkv_kv_pool *p) {
+  return p ? &p->layout : NULL;
+}
+uint32_t rkv_kv_pool_num_blocks(const rkv_kv_pool *p) {
+  return p ? p->num_blocks : 0;
+}
+rkv_backend *rkv_kv_pool_backend(const rkv_kv_pool *p) {
+  return p ? p->backend : NULL;
+}
 
 static rkv_status check_block_ids(rkv_kv_pool *p, const int32_t *ids, size_t n) {
   for (size_t i = 0; i < n; i++)
@@ -222,8 +247,8 @@ rkv_status rkv_kv_pool_read_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n,
   RKV_TRY(check_block_ids(p, ids, n));
   if (p->backend->kind == RKV_BACKEND_CUDA) return rkvi_cuda_read_blocks(p, ids, n, host);
   for (size_t i = 0; i < n; i++)
-    memcpy((uint8_t *)host + i * p->block_bytes, (uint8_t *)p->base + (size_t)ids[i] * p->block_bytes,
-           p->block_bytes);
+    memcpy((uint8_t *)host + i * p->block_bytes,
+           (uint8_t *)p->base + (size_t)ids[i] * p->block_bytes, p->block_bytes);
   return RKV_OK;
 }
 

@@ -19,9 +19,9 @@ rkv_status cuda_fail(rkv_backend *b, cudaError_t e, const char *what, const char
                    line, b->poisoned ? " [context poisoned]" : "");
 }
 
-#define CUDA_TRY(b, expr)                                                  \
-  do {                                                                     \
-    cudaError_t e_ = (expr);                                               \
+#define CUDA_TRY(b, expr)                                                        \
+  do {                                                                           \
+    cudaError_t e_ = (expr);                                                     \
     if (e_ != cudaSuccess) return cuda_fail((b), e_, #expr, __FILE__, __LINE__); \
   } while (0)
 
@@ -82,7 +82,9 @@ __global__ void scatter_moves_kernel(MovesParams p) {
   if (threadIdx.x == 0) p.scores[m.dst] = p.scratch_scores[i];
 }
 
-cudaStream_t stream_of(const rkv_backend *b) { return static_cast<cudaStream_t>(b->stream); }
+cudaStream_t stream_of(const rkv_backend *b) {
+  return static_cast<cudaStream_t>(b->stream);
+}
 
 }  // namespace
 
@@ -166,8 +168,8 @@ rkv_status rkvi_cuda_apply_moves(rkv_kv_pool *p, const rkv_slot_move *moves, siz
   size_t scratch_bytes = n * sizeof(rkv_slot_move) + n * 2 * row + n * sizeof(float);
   uint8_t *scratch = nullptr;
   CUDA_TRY(b, cudaMallocAsync(reinterpret_cast<void **>(&scratch), scratch_bytes, stream_of(b)));
-  CUDA_TRY(b, cudaMemcpyAsync(scratch, moves, n * sizeof *moves, cudaMemcpyHostToDevice,
-                              stream_of(b)));
+  CUDA_TRY(
+      b, cudaMemcpyAsync(scratch, moves, n * sizeof *moves, cudaMemcpyHostToDevice, stream_of(b)));
   MovesParams prm{};
   prm.base = static_cast<uint8_t *>(p->base);
   prm.scores = p->scores;

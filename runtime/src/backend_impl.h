@@ -18,7 +18,7 @@ struct rkv_backend {
   bool has_alloc;
   rkv_logger logger;
   bool has_logger;
-  void *stream; /* cudaStream_t on CUDA */
+  void *stream;  /* cudaStream_t on CUDA */
   bool poisoned; /* a sticky CUDA error happened; every later call fails */
   char err[RKV_ERRBUF];
 };

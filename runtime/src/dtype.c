@@ -7,19 +7,27 @@
 
 size_t rkv_dtype_size(rkv_dtype dt) {
   switch (dt) {
-    case RKV_DTYPE_F32: return 4;
-    case RKV_DTYPE_F16: return 2;
-    case RKV_DTYPE_BF16: return 2;
-    default: return 0;
+    case RKV_DTYPE_F32:
+      return 4;
+    case RKV_DTYPE_F16:
+      return 2;
+    case RKV_DTYPE_BF16:
+      return 2;
+    default:
+      return 0;
   }
 }
 
 const char *rkv_dtype_name(rkv_dtype dt) {
   switch (dt) {
-    case RKV_DTYPE_F32: return "f32";
-    case RKV_DTYPE_F16: return "f16";
-    case RKV_DTYPE_BF16: return "bf16";
-    default: return "invalid";
+    case RKV_DTYPE_F32:
+      return "f32";
+    case RKV_DTYPE_F16:
+      return "f16";
+    case RKV_DTYPE_BF16:
+      return "bf16";
+    default:
+      return "invalid";
   }
 }
 
@@ -28,8 +36,8 @@ rkv_status rkv_dtype_parse(const char *name, rkv_dtype *out) {
   static const struct {
     const char *name;
     rkv_dtype dt;
-  } kNames[] = {{"f32", RKV_DTYPE_F32},   {"float32", RKV_DTYPE_F32}, {"fp32", RKV_DTYPE_F32},
-                {"f16", RKV_DTYPE_F16},   {"fp16", RKV_DTYPE_F16},    {"float16", RKV_DTYPE_F16},
+  } kNames[] = {{"f32", RKV_DTYPE_F32},   {"float32", RKV_DTYPE_F32},  {"fp32", RKV_DTYPE_F32},
+                {"f16", RKV_DTYPE_F16},   {"fp16", RKV_DTYPE_F16},     {"float16", RKV_DTYPE_F16},
                 {"bf16", RKV_DTYPE_BF16}, {"bfloat16", RKV_DTYPE_BF16}};
   for (size_t i = 0; i < sizeof kNames / sizeof kNames[0]; i++) {
     if (strcmp(name, kNames[i].name) == 0) {
@@ -58,13 +66,15 @@ uint16_t rkv_f32_to_bf16(float f) {
   return (uint16_t)(u >> 16);
 }
 
-float rkv_bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
+float rkv_bf16_to_f32(uint16_t h) {
+  return bits_f32((uint32_t)h << 16);
+}
 
 uint16_t rkv_f32_to_f16(float f) {
   uint32_t u = f32_bits(f);
   uint32_t sign = (u >> 16) & 0x8000u;
   uint32_t a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u); /* NaN */
+  if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);  /* NaN */
   if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* overflow (>= 65520) -> inf */
   if (a < 0x38800000u) {                                   /* subnormal or zero in f16 */
     /* value = a_float; f16 subnormal unit is 2^-24: round(value * 2^24) to nearest even. */
@@ -94,19 +104,30 @@ float rkv_f16_to_f32(uint16_t h) {
 
 float rkv_dtype_load(rkv_dtype dt, const void *base, size_t i) {
   switch (dt) {
-    case RKV_DTYPE_F32: return ((const float *)base)[i];
-    case RKV_DTYPE_F16: return rkv_f16_to_f32(((const uint16_t *)base)[i]);
-    case RKV_DTYPE_BF16: return rkv_bf16_to_f32(((const uint16_t *)base)[i]);
-    default: return 0.0f;
+    case RKV_DTYPE_F32:
+      return ((const float *)base)[i];
+    case RKV_DTYPE_F16:
+      return rkv_f16_to_f32(((const uint16_t *)base)[i]);
+    case RKV_DTYPE_BF16:
+      return rkv_bf16_to_f32(((const uint16_t *)base)[i]);
+    default:
+      return 0.0f;
   }
 }
 
 void rkv_dtype_store(rkv_dtype dt, void *base, size_t i, float v) {
   switch (dt) {
-    case RKV_DTYPE_F32: ((float *)base)[i] = v; break;
-    case RKV_DTYPE_F16: ((uint16_t *)base)[i] = rkv_f32_to_f16(v); break;
-    case RKV_DTYPE_BF16: ((uint16_t *)base)[i] = rkv_f32_to_bf16(v); break;
-    default: break;
+    case RKV_DTYPE_F32:
+      ((float *)base)[i] = v;
+      break;
+    case RKV_DTYPE_F16:
+      ((uint16_t *)base)[i] = rkv_f32_to_f16(v);
+      break;
+    case RKV_DTYPE_BF16:
+      ((uint16_t *)base)[i] = rkv_f32_to_bf16(v);
+      break;
+    default:
+      break;
   }
 }
 

@@ -25,8 +25,7 @@ void *rkvi_alloc(const rkv_allocator *a, size_t size, size_t align);
 void *rkvi_calloc(const rkv_allocator *a, size_t size, size_t align);
 void rkvi_free(const rkv_allocator *a, void *p, size_t size);
 /* Grows an array to new_size bytes, copying old_size bytes; NULL on failure (old intact). */
-void *rkvi_realloc(const rkv_allocator *a, void *p, size_t old_size, size_t new_size,
-                   size_t align);
+void *rkvi_realloc(const rkv_allocator *a, void *p, size_t old_size, size_t new_size, size_t align);
 
 /* Formats into a handle's error buffer (RKV_ERRBUF bytes) and returns `s` unchanged. */
 rkv_status rkvi_fail(char *errbuf, rkv_status s, const char *fmt, ...)
@@ -41,23 +40,23 @@ static inline int rkvi_mul_size(size_t a, size_t b, size_t *out) {
   return 0;
 }
 
-#define RKV_TRY(expr)                   \
-  do {                                  \
-    rkv_status rkv_try_s_ = (expr);     \
+#define RKV_TRY(expr)                            \
+  do {                                           \
+    rkv_status rkv_try_s_ = (expr);              \
     if (rkv_try_s_ != RKV_OK) return rkv_try_s_; \
   } while (0)
 
-#define RKV_TRY_GOTO(expr, label) \
-  do {                            \
-    ret = (expr);                 \
+#define RKV_TRY_GOTO(expr, label)  \
+  do {                             \
+    ret = (expr);                  \
     if (ret != RKV_OK) goto label; \
   } while (0)
 
 /* Assert levels: 1 cheap, 2 internal, 3 expensive walks. Failing asserts abort: they guard
  * librkv's own invariants, never caller input. */
 void rkvi_assert_fail(const char *expr, const char *file, int line);
-#define RKV_ASSERT_LEVEL(lvl, cond)                                   \
-  do {                                                                \
+#define RKV_ASSERT_LEVEL(lvl, cond)                                                 \
+  do {                                                                              \
     if (RKV_DEBUG >= (lvl) && !(cond)) rkvi_assert_fail(#cond, __FILE__, __LINE__); \
   } while (0)
 #define RKV_ASSERT(cond) RKV_ASSERT_LEVEL(1, cond)

@@ -15,66 +15,66 @@
 static int rkv_test_passed_;
 static int rkv_test_failed_;
 
-#define RKV_TEST_FAIL_(...)                                   \
-  do {                                                        \
-    fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);      \
-    fprintf(stderr, __VA_ARGS__);                             \
-    fprintf(stderr, "\n");                                    \
-    rkv_test_failed_++;                                       \
+#define RKV_TEST_FAIL_(...)                              \
+  do {                                                   \
+    fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+    fprintf(stderr, __VA_ARGS__);                        \
+    fprintf(stderr, "\n");                               \
+    rkv_test_failed_++;                                  \
   } while (0)
 
-#define EXPECT(cond)                                  \
-  do {                                                \
-    if (cond) {                                       \
-      rkv_test_passed_++;                             \
-    } else {                                          \
-      RKV_TEST_FAIL_("expected %s", #cond);           \
-    }                                                 \
+#define EXPECT(cond)                        \
+  do {                                      \
+    if (cond) {                             \
+      rkv_test_passed_++;                   \
+    } else {                                \
+      RKV_TEST_FAIL_("expected %s", #cond); \
+    }                                       \
   } while (0)
 
-#define EXPECT_STATUS(expr, want)                                                  \
-  do {                                                                             \
-    rkv_status got_ = (expr);                                                      \
-    rkv_status want_ = (want);                                                     \
-    if (got_ == want_) {                                                           \
-      rkv_test_passed_++;                                                          \
-    } else {                                                                       \
+#define EXPECT_STATUS(expr, want)                                                      \
+  do {                                                                                 \
+    rkv_status got_ = (expr);                                                          \
+    rkv_status want_ = (want);                                                         \
+    if (got_ == want_) {                                                               \
+      rkv_test_passed_++;                                                              \
+    } else {                                                                           \
       RKV_TEST_FAIL_("%s returned %s (%s), expected %s", #expr, rkv_status_name(got_), \
-                     rkv_status_str(got_), rkv_status_name(want_));                \
-    }                                                                              \
+                     rkv_status_str(got_), rkv_status_name(want_));                    \
+    }                                                                                  \
   } while (0)
 
 #define EXPECT_OK(expr) EXPECT_STATUS(expr, RKV_OK)
 
-#define EXPECT_EQ_INT(a, b)                                                          \
-  do {                                                                               \
-    long long a_ = (long long)(a), b_ = (long long)(b);                              \
-    if (a_ == b_) {                                                                  \
-      rkv_test_passed_++;                                                            \
-    } else {                                                                         \
-      RKV_TEST_FAIL_("%s == %s: %lld vs %lld", #a, #b, a_, b_);                      \
-    }                                                                                \
+#define EXPECT_EQ_INT(a, b)                                     \
+  do {                                                          \
+    long long a_ = (long long)(a), b_ = (long long)(b);         \
+    if (a_ == b_) {                                             \
+      rkv_test_passed_++;                                       \
+    } else {                                                    \
+      RKV_TEST_FAIL_("%s == %s: %lld vs %lld", #a, #b, a_, b_); \
+    }                                                           \
   } while (0)
 
-#define EXPECT_NEAR(a, b, tol)                                                       \
-  do {                                                                               \
-    double a_ = (double)(a), b_ = (double)(b), t_ = (double)(tol);                   \
-    if (fabs(a_ - b_) <= t_) {                                                       \
-      rkv_test_passed_++;                                                            \
-    } else {                                                                         \
-      RKV_TEST_FAIL_("%s ~= %s: %.9g vs %.9g (tol %.3g)", #a, #b, a_, b_, t_);       \
-    }                                                                                \
+#define EXPECT_NEAR(a, b, tol)                                                 \
+  do {                                                                         \
+    double a_ = (double)(a), b_ = (double)(b), t_ = (double)(tol);             \
+    if (fabs(a_ - b_) <= t_) {                                                 \
+      rkv_test_passed_++;                                                      \
+    } else {                                                                   \
+      RKV_TEST_FAIL_("%s ~= %s: %.9g vs %.9g (tol %.3g)", #a, #b, a_, b_, t_); \
+    }                                                                          \
   } while (0)
 
-#define EXPECT_STREQ(a, b)                                                           \
-  do {                                                                               \
-    const char *a_ = (a), *b_ = (b);                                                 \
-    if (a_ && b_ && strcmp(a_, b_) == 0) {                                           \
-      rkv_test_passed_++;                                                            \
-    } else {                                                                         \
-      RKV_TEST_FAIL_("%s == %s: \"%s\" vs \"%s\"", #a, #b, a_ ? a_ : "(null)",       \
-                     b_ ? b_ : "(null)");                                            \
-    }                                                                                \
+#define EXPECT_STREQ(a, b)                                                     \
+  do {                                                                         \
+    const char *a_ = (a), *b_ = (b);                                           \
+    if (a_ && b_ && strcmp(a_, b_) == 0) {                                     \
+      rkv_test_passed_++;                                                      \
+    } else {                                                                   \
+      RKV_TEST_FAIL_("%s == %s: \"%s\" vs \"%s\"", #a, #b, a_ ? a_ : "(null)", \
+                     b_ ? b_ : "(null)");                                      \
+    }                                                                          \
   } while (0)
 
 /* Ends a test binary: prints the closing line and returns the exit code. */

@@ -24,15 +24,15 @@ extern "C" {
  * (prefill). The table has num_seqs * num_kv_heads streams, batch-major (stream = b *
  * num_kv_heads + h) and already contains the new tokens (write K/V first). */
 typedef struct rkv_attn_params {
-  uint32_t struct_size;    /* sizeof(rkv_attn_params) */
+  uint32_t struct_size; /* sizeof(rkv_attn_params) */
   uint32_t num_seqs;
   uint32_t num_q_heads;
-  uint32_t num_kv_heads;   /* num_q_heads % num_kv_heads == 0 */
-  uint32_t head_dim;       /* must equal the pool layout's head_dim */
-  float scale;             /* softmax scale; 0 = 1/sqrt(head_dim) */
-  const float *q;          /* [rows][num_q_heads][head_dim] */
-  float *out;              /* [rows][num_q_heads][head_dim] */
-  rkv_block_table table;   /* per-stream CSR over the pool's blocks */
+  uint32_t num_kv_heads; /* num_q_heads % num_kv_heads == 0 */
+  uint32_t head_dim;     /* must equal the pool layout's head_dim */
+  float scale;           /* softmax scale; 0 = 1/sqrt(head_dim) */
+  const float *q;        /* [rows][num_q_heads][head_dim] */
+  float *out;            /* [rows][num_q_heads][head_dim] */
+  rkv_block_table table; /* per-stream CSR over the pool's blocks */
   /* Prefill/extend only: new query rows of sequence b are q_indptr[b] .. q_indptr[b+1]; they
    * are the LAST (q_indptr[b+1]-q_indptr[b]) tokens of each of b's streams, causally masked
    * (new token t sees stream positions <= len - n_new + t). NULL for decode. */
@@ -44,11 +44,14 @@ typedef struct rkv_attn_params {
    * pushed into qwindow for (seq_ids[b], layer). CPU backend only (CUDA keeps a device
    * window: see rkv_attn_cuda_qwindow_push). */
   rkv_qwindow *qwindow;
-  const int64_t *seq_ids;  /* [num_seqs] */
+  const int64_t *seq_ids; /* [num_seqs] */
   uint32_t layer;
 } rkv_attn_params;
-#define RKV_ATTN_PARAMS_INIT \
-  {sizeof(rkv_attn_params), 0, 0, 0, 0, 0.0f, NULL, NULL, {0, 0, NULL, NULL, NULL}, NULL, false, NULL, NULL, 0}
+#define RKV_ATTN_PARAMS_INIT                                                                      \
+  {                                                                                               \
+    sizeof(rkv_attn_params), 0, 0, 0, 0, 0.0f, NULL, NULL, {0, 0, NULL, NULL, NULL}, NULL, false, \
+        NULL, NULL, 0                                                                             \
+  }
 
 /* Workspace bytes rkv_attn_decode / rkv_attn_prefill need for this batch shape (split-KV
  * partials on CUDA; small on CPU). Depends on num_seqs, heads, head_dim and the longest

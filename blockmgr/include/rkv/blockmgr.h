@@ -21,21 +21,21 @@ typedef struct rkv_blockmgr rkv_blockmgr;
 
 #define RKV_BLOCKMGR_CONFIG_VERSION 1
 typedef struct rkv_blockmgr_config {
-  uint32_t struct_size;   /* sizeof(rkv_blockmgr_config) */
-  uint32_t num_blocks;    /* blocks in the pool (>= 1, < 2^31 / block_size) */
-  uint32_t block_size;    /* token slots per block (1..1024; 16 typical) */
-  uint32_t num_layers;    /* >= 1 */
-  uint32_t num_kv_heads;  /* >= 1 */
-  uint32_t head_dim;      /* for byte accounting (1..4096) */
-  rkv_dtype dtype;        /* KV element type */
-  uint32_t max_seqs;      /* live sequences at once (0 = 4096) */
-  float watermark;        /* fraction of blocks admission keeps free (0..1; vLLM uses 0.01) */
-  bool check_every_op;    /* run rkv_blockmgr_check after every mutation (slow; tests) */
+  uint32_t struct_size;  /* sizeof(rkv_blockmgr_config) */
+  uint32_t num_blocks;   /* blocks in the pool (>= 1, < 2^31 / block_size) */
+  uint32_t block_size;   /* token slots per block (1..1024; 16 typical) */
+  uint32_t num_layers;   /* >= 1 */
+  uint32_t num_kv_heads; /* >= 1 */
+  uint32_t head_dim;     /* for byte accounting (1..4096) */
+  rkv_dtype dtype;       /* KV element type */
+  uint32_t max_seqs;     /* live sequences at once (0 = 4096) */
+  float watermark;       /* fraction of blocks admission keeps free (0..1; vLLM uses 0.01) */
+  bool check_every_op;   /* run rkv_blockmgr_check after every mutation (slow; tests) */
   const rkv_allocator *allocator; /* NULL = libc */
   const rkv_logger *logger;       /* NULL = silent */
 } rkv_blockmgr_config;
 #define RKV_BLOCKMGR_CONFIG_INIT \
-  {sizeof(rkv_blockmgr_config), 0, 16, 1, 1, 128, RKV_DTYPE_BF16, 0, 0.01f, false, NULL, NULL}
+  { sizeof(rkv_blockmgr_config), 0, 16, 1, 1, 128, RKV_DTYPE_BF16, 0, 0.01f, false, NULL, NULL }
 
 /* Creates a manager. RKV_ERR_INVALID_ARG on a bad config (the reason goes to cfg->logger at
  * RKV_LOG_ERROR; rkv_blockmgr_validate_config returns it as text), RKV_ERR_NO_MEMORY.
@@ -103,9 +103,9 @@ RKV_API bool rkv_blockmgr_can_append(const rkv_blockmgr *m, int64_t seq, uint32_
 RKV_API rkv_status rkv_blockmgr_stream_len(const rkv_blockmgr *m, int64_t seq, uint32_t layer,
                                            uint32_t head, int32_t *len);
 /* Borrowed pointer to the stream's block ids in cache order (valid until the next mutation). */
-RKV_API rkv_status rkv_blockmgr_stream_blocks(const rkv_blockmgr *m, int64_t seq,
-                                              uint32_t layer, uint32_t head,
-                                              const int32_t **ids, int32_t *n_blocks);
+RKV_API rkv_status rkv_blockmgr_stream_blocks(const rkv_blockmgr *m, int64_t seq, uint32_t layer,
+                                              uint32_t head, const int32_t **ids,
+                                              int32_t *n_blocks);
 /* Global slot of cache position pos of a stream (RKV_ERR_INVALID_ARG if pos >= len). */
 RKV_API rkv_status rkv_blockmgr_stream_slot(const rkv_blockmgr *m, int64_t seq, uint32_t layer,
                                             uint32_t head, int32_t pos, int64_t *slot);
@@ -136,8 +136,8 @@ typedef struct rkv_keep_list {
  * blocks for shared leading blocks unavailable), RKV_ERR_NOT_FOUND. Nothing changes on error.
  * O(sum of n + blocks touched). */
 RKV_API rkv_status rkv_blockmgr_compact(rkv_blockmgr *m, int64_t seq, const rkv_keep_list *lists,
-                                        uint32_t n_lists, rkv_slot_move *moves,
-                                        uint32_t moves_cap, uint32_t *n_moves);
+                                        uint32_t n_lists, rkv_slot_move *moves, uint32_t moves_cap,
+                                        uint32_t *n_moves);
 
 /* Uniform-budget compaction planned before any score is known (the GPU path): every stream
  * of `layer` (or of all layers when layer < 0) longer than `keep` tokens is cut to exactly
@@ -154,7 +154,7 @@ typedef struct rkv_compact_map {
   uint32_t head;
   int32_t old_len;
   int32_t new_len;
-  int32_t old_offset;   /* into old_blocks */
+  int32_t old_offset; /* into old_blocks */
   int32_t old_n_blocks;
 } rkv_compact_map;
 
@@ -168,17 +168,16 @@ RKV_API rkv_status rkv_blockmgr_compact_uniform(rkv_blockmgr *m, int64_t seq, in
 
 /* Number of table entries (blocks) a CSR export of `layer` over these sequences needs. */
 RKV_API rkv_status rkv_blockmgr_export_size(const rkv_blockmgr *m, uint32_t layer,
-                                            const int64_t *seqs, uint32_t n_seqs,
-                                            uint32_t *nnz);
+                                            const int64_t *seqs, uint32_t n_seqs, uint32_t *nnz);
 /* Writes one layer's CSR block table over a batch, streams ordered batch-major, head-minor:
  *  indptr [n_seqs * kv_heads + 1], indices [nnz], last_len [n_seqs * kv_heads];
  *  slot-free ready to copy to a GPU. RKV_ERR_CAPACITY if indices_cap < nnz (*nnz = need).
  *  table (optional) is filled with a view over the caller's arrays. O(nnz). */
 RKV_API rkv_status rkv_blockmgr_export_csr(const rkv_blockmgr *m, uint32_t layer,
-                                           const int64_t *seqs, uint32_t n_seqs,
-                                           int32_t *indptr, int32_t *indices,
-                                           uint32_t indices_cap, int32_t *last_len,
-                                           uint32_t *nnz, rkv_block_table *table);
+                                           const int64_t *seqs, uint32_t n_seqs, int32_t *indptr,
+                                           int32_t *indices, uint32_t indices_cap,
+                                           int32_t *last_len, uint32_t *nnz,
+                                           rkv_block_table *table);
 
 /* Incremental export for device-resident tables (docs/ARCHITECTURE.md, "Hot paths"): the
  * caller keeps, per sequence, a padded mirror rows [streams_per_seq][stride] (int32 block ids,
@@ -197,21 +196,21 @@ RKV_API rkv_status rkv_blockmgr_sync_rows(rkv_blockmgr *m, int64_t seq, bool ful
 typedef struct rkv_blockmgr_stats {
   uint32_t total_blocks;
   uint32_t free_blocks;
-  uint32_t used_blocks;       /* total - free */
-  uint32_t watermark_blocks;  /* ceil(watermark * total) */
-  uint32_t shared_blocks;     /* blocks with ref > 1 */
+  uint32_t used_blocks;      /* total - free */
+  uint32_t watermark_blocks; /* ceil(watermark * total) */
+  uint32_t shared_blocks;    /* blocks with ref > 1 */
   uint32_t num_seqs;
-  uint64_t allocated_slots;   /* used_blocks * block_size */
-  uint64_t token_slots;       /* slots holding tokens (shared blocks counted once) */
+  uint64_t allocated_slots;     /* used_blocks * block_size */
+  uint64_t token_slots;         /* slots holding tokens (shared blocks counted once) */
   uint64_t fragmentation_slots; /* allocated_slots - token_slots */
-  uint32_t peak_used_blocks;  /* since create */
+  uint32_t peak_used_blocks;    /* since create */
 } rkv_blockmgr_stats;
 
 RKV_API void rkv_blockmgr_get_stats(const rkv_blockmgr *m, rkv_blockmgr_stats *out);
 /* Blocks the sequence references (`total`, shared counted) and those only it references
  * (`exclusive`, freed if it were freed now). */
-RKV_API rkv_status rkv_blockmgr_seq_footprint(const rkv_blockmgr *m, int64_t seq,
-                                              uint32_t *total, uint32_t *exclusive);
+RKV_API rkv_status rkv_blockmgr_seq_footprint(const rkv_blockmgr *m, int64_t seq, uint32_t *total,
+                                              uint32_t *exclusive);
 /* Blocks needed to hold `tokens` in every stream of one sequence (admission arithmetic). */
 RKV_API uint64_t rkv_blockmgr_blocks_for_tokens(const rkv_blockmgr *m, uint64_t tokens);
 

@@ -15,15 +15,16 @@ typedef struct rkv_qwindow rkv_qwindow;
 
 #define RKV_QWINDOW_CONFIG_VERSION 1
 typedef struct rkv_qwindow_config {
-  uint32_t struct_size;   /* sizeof(rkv_qwindow_config) */
+  uint32_t struct_size; /* sizeof(rkv_qwindow_config) */
   uint32_t num_layers;
   uint32_t num_q_heads;
   uint32_t head_dim;
-  uint32_t window;        /* alpha, rows kept per (sequence, layer); default 8 */
-  uint32_t max_seqs;      /* 0 = 4096 */
+  uint32_t window;   /* alpha, rows kept per (sequence, layer); default 8 */
+  uint32_t max_seqs; /* 0 = 4096 */
   const rkv_allocator *allocator;
 } rkv_qwindow_config;
-#define RKV_QWINDOW_CONFIG_INIT {sizeof(rkv_qwindow_config), 1, 1, 128, 8, 0, NULL}
+#define RKV_QWINDOW_CONFIG_INIT \
+  { sizeof(rkv_qwindow_config), 1, 1, 128, 8, 0, NULL }
 
 RKV_API rkv_status rkv_qwindow_create(const rkv_qwindow_config *cfg, rkv_qwindow **out);
 RKV_API void rkv_qwindow_destroy(rkv_qwindow *w);

@@ -161,13 +161,13 @@ typedef enum rkv_backend_kind {
 typedef struct rkv_backend_config {
   uint32_t struct_size; /* sizeof(rkv_backend_config) */
   rkv_backend_kind kind;
-  int32_t device;       /* CUDA device ordinal */
-  int32_t num_threads;  /* CPU worker threads; 0 = one per core */
+  int32_t device;      /* CUDA device ordinal */
+  int32_t num_threads; /* CPU worker threads; 0 = one per core */
   const rkv_allocator *allocator;
   const rkv_logger *logger;
 } rkv_backend_config;
 #define RKV_BACKEND_CONFIG_INIT \
-  {sizeof(rkv_backend_config), RKV_BACKEND_AUTO, 0, 0, NULL, NULL}
+  { sizeof(rkv_backend_config), RKV_BACKEND_AUTO, 0, 0, NULL, NULL }
 
 typedef struct rkv_backend rkv_backend;
 typedef struct rkv_kv_pool rkv_kv_pool;

@@ -35,7 +35,8 @@ static void fill_block(rkv_kv_pool *pool, int32_t id, float base) {
 
 static float k_at(rkv_kv_pool *pool, int64_t slot, uint32_t d) {
   const rkv_kv_layout *l = rkv_kv_pool_layout(pool);
-  uint8_t *blk = (uint8_t *)rkv_kv_pool_base(pool) + (size_t)(slot / l->block_size) * rkv_kv_block_bytes(l);
+  uint8_t *blk =
+      (uint8_t *)rkv_kv_pool_base(pool) + (size_t)(slot / l->block_size) * rkv_kv_block_bytes(l);
   return rkv_dtype_load(l->dtype, blk + rkv_kv_k_offset(l, (uint32_t)(slot % l->block_size)), d);
 }
 
