@@ -182,6 +182,11 @@ static void bind_rank(int32_t local, int32_t n_local) {
   if (st != RKV_OK)
     fprintf(stderr, "rkv sim: tp local rank %d: not bound (%s%s%s)\n", (int)local,
             rkv_status_str(st), topo ? ": " : "", topo ? rkv_topo_last_error(topo) : err);
+  else
+    fprintf(stderr, "rkv sim: tp local rank %d: bound to NUMA node %d's core(s) #%u..#%u (%s)\n",
+            (int)local, (int)pl[local].core_numa, pl[local].core_first,
+            pl[local].core_first + pl[local].core_count - 1,
+            rkv_topo_place_reason_name(pl[local].reason));
   rkv_topo_destroy(topo);
   free(pl);
 }

@@ -18,6 +18,7 @@
 #   realdiverge  a genuine scheduler divergence: rank 1 at 0.5x blocks with the start-up MIN of
 #             pool sizes switched off (--tp-no-pool-min), so reserve admission differs at plan
 #             0; the first step sync must stop every rank
+#   bind      --tp-bind: every local rank reports its binding (or why not) and the run agrees
 #   die       rank 1 dies mid-run: the job exits non-zero well within the limit, survivors
 #             report the dead peer (threads: always; mpirun may kill them first)
 # Prints `N passed, N failed`; exit 0 only when every check passed.
@@ -147,6 +148,19 @@ case "$mode" in
       r=$((r + 1))
     done
     check "no table printed after a divergence" [ ! -s "$tmp/out" ]
+    ;;
+  bind)
+    run_tp "$tmp/out" "$tmp/err" "$@" "$rkv" sim $shape --compute none --policy rkv \
+      --tp $np $launch --tp-bind
+    rc=$?
+    check "exit status 0 (got $rc)" [ "$rc" -eq 0 ]
+    r=0
+    while [ $r -lt "$np" ]; do
+      check "local rank $r reports its binding" grep -Eq \
+        "tp local rank $r: (bound to NUMA node [0-9]+'s core|not bound \()" "$tmp/err"
+      r=$((r + 1))
+    done
+    agree_checks "$tmp/out" rkv
     ;;
   realdiverge)
     run_tp "$tmp/out" "$tmp/err" "$@" "$rkv" sim $shape --compute none --policy rkv \
