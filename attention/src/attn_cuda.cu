@@ -33,6 +33,8 @@ extern "C" {
 #include "rkv_internal.h"
 }
 #include "backend_impl.h"
+#include "cuda_dtype.cuh"
+#include "cuda_status.h"
 
 namespace {
 
@@ -41,12 +43,6 @@ constexpr int kMaxSplits = 16;     // split-KV partials per stream at most
 constexpr int kMaxThreads = 512;   // CTA size cap (about 120 registers per thread)
 constexpr int kPrefillPairs = 64;  // query pairs per prefill tile (G x rows)
 
-__device__ __forceinline__ float to_f32(__half x) {
-  return __half2float(x);
-}
-__device__ __forceinline__ float to_f32(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
 __device__ __forceinline__ void from_f32(float v, float *d) {
   *d = v;
 }
@@ -57,21 +53,7 @@ __device__ __forceinline__ void from_f32(float v, __nv_bfloat16 *d) {
   *d = __float2bfloat16_rn(v);
 }
 
-// 8 consecutive elements at a 16-byte aligned shared or global address, as f32.
-template <typename T>
-__device__ __forceinline__ void load8(const uint8_t *p, float out[8]) {
-  if constexpr (sizeof(T) == 4) {
-    float4 a = *reinterpret_cast<const float4 *>(p);
-    float4 b = *reinterpret_cast<const float4 *>(p + 16);
-    out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
-    out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
-  } else {
-    uint4 u = *reinterpret_cast<const uint4 *>(p);
-    const T *h = reinterpret_cast<const T *>(&u);
-#pragma unroll
-    for (int i = 0; i < 8; i++) out[i] = to_f32(h[i]);
-  }
-}
+using rkvi_cuda::load8;
 
 __device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
   unsigned s = (unsigned)__cvta_generic_to_shared(smem);
@@ -136,7 +118,7 @@ __device__ __forceinline__ float dot_q_row(const float *q, const uint8_t *row) {
 #pragma unroll 4
   for (int e = 0; e < D; e += 8) {
     float k8[8];
-    load8<T>(row + e * sizeof(T), k8);
+    load8(reinterpret_cast<const T *>(row) + e, k8);
     const float4 a = *reinterpret_cast<const float4 *>(q + e);
     const float4 b = *reinterpret_cast<const float4 *>(q + e + 4);
     acc = fmaf(a.x, k8[0], acc);
@@ -282,7 +264,7 @@ __global__ void __launch_bounds__(kMaxThreads) attn_kernel(AttnParams p) {
             const float w = pr[t];
             if (w == 0.f) continue;
             float v8[8];
-            load8<T>(vbase + t * S::kPitch + ch * 8 * sizeof(T), v8);
+            load8(reinterpret_cast<const T *>(vbase + t * S::kPitch) + ch * 8, v8);
 #pragma unroll
             for (int e = 0; e < 8; e++) acc[k][e] = fmaf(w, v8[e], acc[k][e]);
           }
@@ -437,20 +419,19 @@ __global__ void qwindow_kernel(QwinParams p) {
 
 // ---- host side ------------------------------------------------------------------------------
 
-#define ATTN_LAUNCH_CHECK(err)                                                           \
-  do {                                                                                   \
-    cudaError_t e_ = cudaGetLastError();                                                 \
-    if (e_ != cudaSuccess)                                                               \
-      return rkvi_fail((err), RKV_ERR_CUDA, "attention cuda: launch failed: %s (%s:%d)", \
-                       cudaGetErrorString(e_), __FILE__, __LINE__);                      \
+// Sticky errors (a kernel fault seen at a later launch) poison the backend: cuda_status.h.
+#define ATTN_LAUNCH_CHECK(be, err)                                                               \
+  do {                                                                                           \
+    cudaError_t e_ = cudaGetLastError();                                                         \
+    if (e_ != cudaSuccess)                                                                       \
+      return rkvi_cuda_fail((be), (err), (int)e_, "attention cuda: launch", __FILE__, __LINE__); \
   } while (0)
 
-#define ATTN_CUDA_TRY(err, expr)                                                     \
-  do {                                                                               \
-    cudaError_t e_ = (expr);                                                         \
-    if (e_ != cudaSuccess)                                                           \
-      return rkvi_fail((err), RKV_ERR_CUDA, "attention cuda: %s: %s (%s:%d)", #expr, \
-                       cudaGetErrorString(e_), __FILE__, __LINE__);                  \
+#define ATTN_CUDA_TRY(be, err, expr)                                                             \
+  do {                                                                                           \
+    cudaError_t e_ = (expr);                                                                     \
+    if (e_ != cudaSuccess)                                                                       \
+      return rkvi_cuda_fail((be), (err), (int)e_, "attention cuda: " #expr, __FILE__, __LINE__); \
   } while (0)
 
 size_t part_bytes(uint32_t seqs, uint32_t hq, uint32_t d, int nsplit) {
@@ -500,8 +481,8 @@ rkv_status launch_attn(rkv_kv_pool *pool, const rkv_attn_params *a, bool prefill
                      "attention cuda: GQA group %d too large for head_dim %d", G, D);
   const int dev = b->device;
   int sms = 132, smem_optin = 0;
-  ATTN_CUDA_TRY(err, cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  ATTN_CUDA_TRY(err,
+  ATTN_CUDA_TRY(b, err, cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  ATTN_CUDA_TRY(b, err,
                 cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   const size_t smem = Smem<T, D>::total(p.bs, p.nq);
   if (smem > (size_t)smem_optin)
@@ -512,9 +493,9 @@ rkv_status launch_attn(rkv_kv_pool *pool, const rkv_attn_params *a, bool prefill
   // Only above the default 48 KB (prefill tiles, f32 at head_dim 256): decode shapes then make
   // no call outside the stream at all while a graph is being captured.
   if (smem > 48u * 1024u)
-    ATTN_CUDA_TRY(
-        err, cudaFuncSetAttribute(attn_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  (int)smem));
+    ATTN_CUDA_TRY(b, err,
+                  cudaFuncSetAttribute(attn_kernel<T, D>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   const unsigned streams = (unsigned)a->table.num_streams;
   unsigned gy = 1;
   if (prefill) {
@@ -537,11 +518,11 @@ rkv_status launch_attn(rkv_kv_pool *pool, const rkv_attn_params *a, bool prefill
   }
   if (gy > 65535) gy = 65535;
   attn_kernel<T, D><<<dim3(streams, gy), threads, smem, st>>>(p);
-  ATTN_LAUNCH_CHECK(err);
+  ATTN_LAUNCH_CHECK(b, err);
   if (p.nsplit > 1) {
     constexpr int kMergeThreads = D < 128 ? D : 128;
     merge_kernel<D><<<a->num_seqs * a->num_q_heads, kMergeThreads, 0, st>>>(p);
-    ATTN_LAUNCH_CHECK(err);
+    ATTN_LAUNCH_CHECK(b, err);
   }
   return RKV_OK;
 }
@@ -644,7 +625,7 @@ rkv_status rkvi_attn_cuda_write_kv(rkv_kv_pool *pool, const float *k, const floa
       return rkvi_fail(err, RKV_ERR_UNSUPPORTED, "attention cuda: unsupported dtype: %d",
                        (int)pool->layout.dtype);
   }
-  ATTN_LAUNCH_CHECK(err);
+  ATTN_LAUNCH_CHECK(b, err);
   return RKV_OK;
 }
 
@@ -684,7 +665,7 @@ rkv_status rkv_attn_cuda_qwindow_push(rkv_backend *backend, const rkv_cuda_qwind
   p.max_seqs = (int)w->max_seqs;
   qwindow_kernel<<<dim3(num_seqs, w->num_q_heads), 128, 0,
                    static_cast<cudaStream_t>(backend->stream)>>>(p);
-  ATTN_LAUNCH_CHECK(err);
+  ATTN_LAUNCH_CHECK(backend, err);
   return RKV_OK;
 }
 

@@ -32,41 +32,21 @@ extern "C" {
 #include "rkv_internal.h"
 }
 #include "backend_impl.h"
+#include "cuda_dtype.cuh"
+#include "cuda_status.h"
 
 namespace {
 
-constexpr int kSimTile = 64;                // rows/cols of one similarity tile
-constexpr int kSimK = 32;                   // reduction chunk of the tile kernel
-constexpr int kLogitKeys = 32;              // keys per CTA of the logits kernel
-constexpr int kFinThreads = 512;            // finalize CTA
-constexpr int kMaxWindow = 256;             // window rows the finalize CTA keeps stats for
-constexpr int kMoveWarps = 8;               // rows per CTA of the move kernels
-constexpr double kFixScale = 4294967296.0;  // 2^32: fixed-point column sums
+constexpr int kSimTile = 64;                  // rows/cols of one similarity tile
+constexpr int kSimK = 32;                     // reduction chunk of the tile kernel
+constexpr int kLogitKeys = 32;                // keys per CTA of the logits kernel
+constexpr int kFinThreads = 512;              // finalize CTA
+constexpr int kMaxWindow = 256;               // window rows the finalize CTA keeps stats for
+constexpr int kMoveWarps = 8;                 // rows per CTA of the move kernels
+constexpr int kMaxSimLen = 65535 * kSimTile;  // grid.y of the similarity tiles <= 65535
+constexpr double kFixScale = 4294967296.0;    // 2^32: fixed-point column sums
 
-// ---- dtype loads ----------------------------------------------------------------------------
-
-__device__ __forceinline__ float to_f32(__half x) {
-  return __half2float(x);
-}
-__device__ __forceinline__ float to_f32(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-
-// Loads 8 consecutive elements (16-byte aligned for 16-bit types, 32 for f32) as f32.
-template <typename T>
-__device__ __forceinline__ void load8(const T *p, float out[8]) {
-  if constexpr (sizeof(T) == 4) {
-    float4 a = *reinterpret_cast<const float4 *>(p);
-    float4 b = *reinterpret_cast<const float4 *>(p + 4);
-    out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
-    out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
-  } else {
-    uint4 u = *reinterpret_cast<const uint4 *>(p);
-    const T *h = reinterpret_cast<const T *>(&u);
-#pragma unroll
-    for (int i = 0; i < 8; i++) out[i] = to_f32(h[i]);
-  }
-}
+using rkvi_cuda::load8;
 
 // ---- parameters -----------------------------------------------------------------------------
 
@@ -719,29 +699,35 @@ rkv_status check_params(const rkv_evict_params *p, uint32_t S, uint32_t group, i
     return rkvi_fail(err, RKV_ERR_INVALID_ARG, "evict cuda: group %u not in 1..1024", group);
   if (L <= p->budget)
     return rkvi_fail(err, RKV_ERR_INVALID_ARG, "evict cuda: max_len %d <= budget %d", L, p->budget);
+  // R-KV's similarity grid is ceil(L / 64) tiles along y (limit 65535): refuse here rather
+  // than fail at launch after the first kernels were enqueued.
+  if (p->policy == RKV_EVICT_RKV && L > kMaxSimLen)
+    return rkvi_fail(err, RKV_ERR_UNSUPPORTED, "evict cuda: max_len %d > %d (similarity grid)", L,
+                     kMaxSimLen);
   return RKV_OK;
 }
 
-#define EV_LAUNCH_CHECK(err)                                                         \
-  do {                                                                               \
-    cudaError_t e_ = cudaGetLastError();                                             \
-    if (e_ != cudaSuccess)                                                           \
-      return rkvi_fail((err), RKV_ERR_CUDA, "evict cuda: launch failed: %s (%s:%d)", \
-                       cudaGetErrorString(e_), __FILE__, __LINE__);                  \
+// Sticky errors (a kernel fault seen at a later launch) poison the backend: cuda_status.h.
+#define EV_LAUNCH_CHECK(be, err)                                                             \
+  do {                                                                                       \
+    cudaError_t e_ = cudaGetLastError();                                                     \
+    if (e_ != cudaSuccess)                                                                   \
+      return rkvi_cuda_fail((be), (err), (int)e_, "evict cuda: launch", __FILE__, __LINE__); \
   } while (0)
 
 template <typename T>
-rkv_status launch_all(const EvParams &prm, uint32_t S, cudaStream_t st, char *err) {
+rkv_status launch_all(const EvParams &prm, uint32_t S, rkv_backend *b, char *err) {
+  cudaStream_t st = static_cast<cudaStream_t>(b->stream);
   const unsigned L = (unsigned)prm.max_len;
   const bool scored = prm.policy == RKV_EVICT_RKV || prm.policy == RKV_EVICT_SNAPKV;
   if (prm.policy == RKV_EVICT_RKV) {
     prep_kernel<T><<<dim3((L + 7) / 8, S), 256, 0, st>>>(prm);
-    EV_LAUNCH_CHECK(err);
+    EV_LAUNCH_CHECK(b, err);
   }
   if (scored) {
     size_t smem = (size_t)kLogitKeys * (prm.d + 1) * sizeof(float);
     logits_kernel<T><<<dim3((L + kLogitKeys - 1) / kLogitKeys, S), 128, smem, st>>>(prm);
-    EV_LAUNCH_CHECK(err);
+    EV_LAUNCH_CHECK(b, err);
   }
   if (prm.policy == RKV_EVICT_RKV) {
     const unsigned t = (L + kSimTile - 1) / kSimTile;
@@ -749,17 +735,17 @@ rkv_status launch_all(const EvParams &prm, uint32_t S, cudaStream_t st, char *er
       sim_kernel<T, true><<<dim3(t, t, S), 256, 0, st>>>(prm);
     else
       sim_kernel<T, false><<<dim3(t, t, S), 256, 0, st>>>(prm);
-    EV_LAUNCH_CHECK(err);
+    EV_LAUNCH_CHECK(b, err);
   }
   finalize_kernel<T><<<S, kFinThreads, 0, st>>>(prm);
-  EV_LAUNCH_CHECK(err);
+  EV_LAUNCH_CHECK(b, err);
   const unsigned mb = ((unsigned)prm.budget + kMoveWarps - 1) / kMoveWarps;
   gather_kernel<<<dim3(mb, S), kMoveWarps * 32, 0, st>>>(prm);
-  EV_LAUNCH_CHECK(err);
+  EV_LAUNCH_CHECK(b, err);
   clear_kernel<<<(unsigned)prm.n_clear + S, 32, 0, st>>>(prm);
-  EV_LAUNCH_CHECK(err);
+  EV_LAUNCH_CHECK(b, err);
   scatter_kernel<<<dim3(mb, S), kMoveWarps * 32, 0, st>>>(prm);
-  EV_LAUNCH_CHECK(err);
+  EV_LAUNCH_CHECK(b, err);
   return RKV_OK;
 }
 
@@ -851,14 +837,13 @@ rkv_status rkv_evict_cuda_compress(const rkv_evict_params *p, rkv_kv_pool *pool,
   prm.scratch = static_cast<uint8_t *>(take(c.scratch));
   prm.scratch_scores = static_cast<float *>(take(c.scratch_scores));
 
-  cudaStream_t st = static_cast<cudaStream_t>(b->stream);
   switch (pool->layout.dtype) {
     case RKV_DTYPE_F32:
-      return launch_all<float>(prm, batch->num_streams, st, err);
+      return launch_all<float>(prm, batch->num_streams, b, err);
     case RKV_DTYPE_F16:
-      return launch_all<__half>(prm, batch->num_streams, st, err);
+      return launch_all<__half>(prm, batch->num_streams, b, err);
     case RKV_DTYPE_BF16:
-      return launch_all<__nv_bfloat16>(prm, batch->num_streams, st, err);
+      return launch_all<__nv_bfloat16>(prm, batch->num_streams, b, err);
     default:
       return rkvi_fail(err, RKV_ERR_UNSUPPORTED, "evict cuda: dtype %d", (int)pool->layout.dtype);
   }

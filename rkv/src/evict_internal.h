@@ -21,6 +21,10 @@
 /* Alignment of every workspace region (cache line, and what AVX-512 loads like). */
 #define RKVI_WS_ALIGN 64
 
+static inline size_t rkvi_ws_align_up(size_t x) {
+  return (x + RKVI_WS_ALIGN - 1) & ~(size_t)(RKVI_WS_ALIGN - 1);
+}
+
 /* Sizes (bytes) of the scratch regions the scorer needs for one head of up to max_len
  * tokens; every region is rounded up to RKVI_WS_ALIGN. */
 typedef struct rkvi_head_ws {

@@ -11,22 +11,6 @@
 #include "evict_internal.h"
 #include "qwindow_internal.h"
 
-static size_t align_up(size_t x) {
-  return (x + RKVI_WS_ALIGN - 1) & ~(size_t)(RKVI_WS_ALIGN - 1);
-}
-
-static rkv_status fail(char *err, size_t err_len, rkv_status s, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static rkv_status fail(char *err, size_t err_len, rkv_status s, const char *fmt, ...) {
-  if (err && err_len > 0) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, err_len, fmt, ap);
-    va_end(ap);
-  }
-  return s;
-}
-
 static void *align_ptr(void *p) {
   uintptr_t u = (uintptr_t)p;
   return (void *)((u + RKVI_WS_ALIGN - 1) & ~(uintptr_t)(RKVI_WS_ALIGN - 1));
@@ -64,26 +48,27 @@ rkv_status rkv_evict_select_dense(const rkv_evict_params *p, const float *keys,
   if (err && err_len > 0) err[0] = '\0';
   RKV_TRY(rkv_evict_params_validate(p, err, err_len));
   if (num_kv_heads < 1 || num_q_heads < num_kv_heads || num_q_heads % num_kv_heads != 0)
-    return fail(err, err_len, RKV_ERR_INVALID_ARG,
-                "num_q_heads %u must be a positive multiple of num_kv_heads %u", num_q_heads,
-                num_kv_heads);
+    return rkvi_failn(err, err_len, RKV_ERR_INVALID_ARG,
+                      "num_q_heads %u must be a positive multiple of num_kv_heads %u", num_q_heads,
+                      num_kv_heads);
   if (n < 0 || head_dim < 1 || head_dim > 4096)
-    return fail(err, err_len, RKV_ERR_INVALID_ARG, "bad sizes: n %d, head_dim %u", n, head_dim);
-  if (!keep) return fail(err, err_len, RKV_ERR_INVALID_ARG, "keep is NULL");
+    return rkvi_failn(err, err_len, RKV_ERR_INVALID_ARG, "bad sizes: n %d, head_dim %u", n,
+                      head_dim);
+  if (!keep) return rkvi_failn(err, err_len, RKV_ERR_INVALID_ARG, "keep is NULL");
   const int32_t kept = rkv_evict_kept_count(p, n);
   const bool compress = kept < n;
   if (compress) {
     if (scored(p->policy) && (!keys || !queries))
-      return fail(err, err_len, RKV_ERR_INVALID_ARG, "%s needs keys and queries",
-                  rkv_evict_policy_name(p->policy));
+      return rkvi_failn(err, err_len, RKV_ERR_INVALID_ARG, "%s needs keys and queries",
+                        rkv_evict_policy_name(p->policy));
     if (p->policy == RKV_EVICT_H2O && !acc)
-      return fail(err, err_len, RKV_ERR_INVALID_ARG, "h2o needs accumulated scores");
+      return rkvi_failn(err, err_len, RKV_ERR_INVALID_ARG, "h2o needs accumulated scores");
   }
   size_t need = 0;
   RKV_TRY(rkv_evict_dense_workspace_size(p, head_dim, n, &need));
   if (compress && (!workspace || ws_bytes < need))
-    return fail(err, err_len, RKV_ERR_CAPACITY, "workspace of %zu bytes < %zu needed", ws_bytes,
-                need);
+    return rkvi_failn(err, err_len, RKV_ERR_CAPACITY, "workspace of %zu bytes < %zu needed",
+                      ws_bytes, need);
   const uint32_t group = num_q_heads / num_kv_heads;
   const int32_t n_c = n - p->window;
   rkvi_head_ws ws;
@@ -121,6 +106,7 @@ typedef struct layer_ws {
   rkv_keep_list *lists; /* [kv_heads] */
   rkv_slot_move *moves; /* [kv_heads * budget] */
   int32_t *old_ids;     /* [kv_heads][max_len] (worst case block_size 1) */
+  int32_t *old_nb;      /* [kv_heads] blocks each listed stream had before compaction */
 } layer_ws;
 
 static size_t layer_ws_bytes(const rkv_evict_params *p, uint32_t kv, uint32_t qh, uint32_t d,
@@ -128,23 +114,30 @@ static size_t layer_ws_bytes(const rkv_evict_params *p, uint32_t kv, uint32_t qh
   size_t nh = rkvi_head_ws_bytes(max_len, d, p->window);
   if (nh == 0) return 0;
   size_t n = (size_t)max_len, B = (size_t)p->budget;
-  size_t sz[6] = {(size_t)qh * (size_t)p->window * d * sizeof(float),
+  size_t sz[7] = {(size_t)qh * (size_t)p->window * d * sizeof(float),
                   n * sizeof(float),
                   kv * B * sizeof(int32_t),
                   kv * sizeof(rkv_keep_list),
                   kv * B * sizeof(rkv_slot_move),
-                  kv * n * sizeof(int32_t)};
-  size_t total = nh;
-  char *c = base ? (char *)base + nh : NULL;
-  void **dst[6] = {NULL};
-  if (ws) {
-    rkvi_head_ws_carve(base, max_len, d, p->window, &ws->head);
-    dst[0] = (void **)&ws->q, dst[1] = (void **)&ws->acc, dst[2] = (void **)&ws->keep;
-    dst[3] = (void **)&ws->lists, dst[4] = (void **)&ws->moves, dst[5] = (void **)&ws->old_ids;
+                  kv * n * sizeof(int32_t),
+                  kv * sizeof(int32_t)};
+  /* Region offsets, then typed pointers: storing through (void **) aliases of the float * /
+   * int32_t * fields would break strict aliasing. */
+  size_t off[7], total = nh;
+  for (int i = 0; i < 7; i++) {
+    off[i] = total;
+    total += rkvi_ws_align_up(sz[i]);
   }
-  for (int i = 0; i < 6; i++) {
-    if (ws) *dst[i] = c, c += align_up(sz[i]);
-    total += align_up(sz[i]);
+  if (ws) {
+    char *c = base;
+    rkvi_head_ws_carve(base, max_len, d, p->window, &ws->head);
+    ws->q = (float *)(void *)(c + off[0]);
+    ws->acc = (float *)(void *)(c + off[1]);
+    ws->keep = (int32_t *)(void *)(c + off[2]);
+    ws->lists = (rkv_keep_list *)(void *)(c + off[3]);
+    ws->moves = (rkv_slot_move *)(void *)(c + off[4]);
+    ws->old_ids = (int32_t *)(void *)(c + off[5]);
+    ws->old_nb = (int32_t *)(void *)(c + off[6]);
   }
   return total + RKVI_WS_ALIGN;
 }
@@ -191,29 +184,30 @@ static void load_row(rkv_dtype dt, const void *src, uint32_t d, float *dst) {
 /* Shared checks of the paged entries: CPU pool whose layout matches the manager. */
 static rkv_status check_pool(const rkv_blockmgr *m, const rkv_kv_pool *pool, uint32_t layer,
                              uint32_t num_q_heads, char *err, size_t err_len) {
-  if (!m || !pool) return fail(err, err_len, RKV_ERR_INVALID_ARG, "manager or pool is NULL");
+  if (!m || !pool) return rkvi_failn(err, err_len, RKV_ERR_INVALID_ARG, "manager or pool is NULL");
   if (rkv_backend_get_kind(rkv_kv_pool_backend(pool)) != RKV_BACKEND_CPU)
-    return fail(err, err_len, RKV_ERR_UNSUPPORTED,
-                "CPU eviction needs a CPU KV pool (this one is %s)",
-                rkv_backend_name(rkv_kv_pool_backend(pool)));
+    return rkvi_failn(err, err_len, RKV_ERR_UNSUPPORTED,
+                      "CPU eviction needs a CPU KV pool (this one is %s)",
+                      rkv_backend_name(rkv_kv_pool_backend(pool)));
   const rkv_blockmgr_config *c = rkv_blockmgr_get_config(m);
   const rkv_kv_layout *l = rkv_kv_pool_layout(pool);
   if (l->block_size != c->block_size || l->head_dim != c->head_dim || l->dtype != c->dtype)
-    return fail(err, err_len, RKV_ERR_INVALID_ARG,
-                "pool layout (%s, block %u, dim %u) differs from the manager's (%s, block %u, "
-                "dim %u)",
-                rkv_dtype_name(l->dtype), l->block_size, l->head_dim, rkv_dtype_name(c->dtype),
-                c->block_size, c->head_dim);
+    return rkvi_failn(
+        err, err_len, RKV_ERR_INVALID_ARG,
+        "pool layout (%s, block %u, dim %u) differs from the manager's (%s, block %u, "
+        "dim %u)",
+        rkv_dtype_name(l->dtype), l->block_size, l->head_dim, rkv_dtype_name(c->dtype),
+        c->block_size, c->head_dim);
   if (rkv_kv_pool_num_blocks(pool) < c->num_blocks)
-    return fail(err, err_len, RKV_ERR_INVALID_ARG, "pool has %u blocks, the manager %u",
-                rkv_kv_pool_num_blocks(pool), c->num_blocks);
+    return rkvi_failn(err, err_len, RKV_ERR_INVALID_ARG, "pool has %u blocks, the manager %u",
+                      rkv_kv_pool_num_blocks(pool), c->num_blocks);
   if (layer >= c->num_layers)
-    return fail(err, err_len, RKV_ERR_INVALID_ARG, "layer %u >= num_layers %u", layer,
-                c->num_layers);
+    return rkvi_failn(err, err_len, RKV_ERR_INVALID_ARG, "layer %u >= num_layers %u", layer,
+                      c->num_layers);
   if (num_q_heads < c->num_kv_heads || num_q_heads % c->num_kv_heads != 0)
-    return fail(err, err_len, RKV_ERR_INVALID_ARG,
-                "num_q_heads %u must be a positive multiple of the manager's kv heads %u",
-                num_q_heads, c->num_kv_heads);
+    return rkvi_failn(err, err_len, RKV_ERR_INVALID_ARG,
+                      "num_q_heads %u must be a positive multiple of the manager's kv heads %u",
+                      num_q_heads, c->num_kv_heads);
   return RKV_OK;
 }
 
@@ -234,41 +228,41 @@ rkv_status rkv_evict_layer_ex(const rkv_evict_params *p, rkv_blockmgr *m, rkv_kv
     int32_t len = 0;
     rkv_status s = rkv_blockmgr_stream_len(m, seq, layer, h, &len);
     if (s != RKV_OK)
-      return fail(err, err_len, s, "stream (seq %lld, layer %u, head %u): %s", (long long)seq,
-                  layer, h, rkv_blockmgr_last_error(m));
+      return rkvi_failn(err, err_len, s, "stream (seq %lld, layer %u, head %u): %s", (long long)seq,
+                        layer, h, rkv_blockmgr_last_error(m));
     max_len = len > max_len ? len : max_len;
   }
   if (max_len <= B) return RKV_OK;
   size_t need = 0;
   RKV_TRY(rkv_evict_workspace_size(p, kv, num_q_heads, d, max_len, &need));
   if (!workspace || ws_bytes < need)
-    return fail(err, err_len, RKV_ERR_CAPACITY,
-                "workspace of %zu bytes < %zu needed for streams of %d tokens", ws_bytes, need,
-                max_len);
+    return rkvi_failn(err, err_len, RKV_ERR_CAPACITY,
+                      "workspace of %zu bytes < %zu needed for streams of %d tokens", ws_bytes,
+                      need, max_len);
   layer_ws ws;
   layer_ws_bytes(p, kv, num_q_heads, d, max_len, &ws, align_ptr(workspace));
   const uint32_t group = num_q_heads / kv;
   if (scored(p->policy)) {
     if (!qw)
-      return fail(err, err_len, RKV_ERR_INVALID_ARG, "%s needs a query window",
-                  rkv_evict_policy_name(p->policy));
+      return rkvi_failn(err, err_len, RKV_ERR_INVALID_ARG, "%s needs a query window",
+                        rkv_evict_policy_name(p->policy));
     const rkv_qwindow_config *qc = rkvi_qwindow_config(qw);
     if (qc->num_q_heads != num_q_heads || qc->head_dim != d || qc->window != (uint32_t)W ||
         layer >= qc->num_layers)
-      return fail(err, err_len, RKV_ERR_INVALID_ARG,
-                  "query window shape (layers %u, q heads %u, dim %u, window %u) does not fit "
-                  "layer %u, q heads %u, dim %u, window %d",
-                  qc->num_layers, qc->num_q_heads, qc->head_dim, qc->window, layer, num_q_heads, d,
-                  W);
+      return rkvi_failn(
+          err, err_len, RKV_ERR_INVALID_ARG,
+          "query window shape (layers %u, q heads %u, dim %u, window %u) does not fit "
+          "layer %u, q heads %u, dim %u, window %d",
+          qc->num_layers, qc->num_q_heads, qc->head_dim, qc->window, layer, num_q_heads, d, W);
     uint32_t count = 0;
     rkv_status s = rkv_qwindow_get(qw, seq, layer, ws.q, &count);
     if (s != RKV_OK)
-      return fail(err, err_len, s, "query window of seq %lld layer %u: %s", (long long)seq, layer,
-                  rkv_status_str(s));
+      return rkvi_failn(err, err_len, s, "query window of seq %lld layer %u: %s", (long long)seq,
+                        layer, rkv_status_str(s));
     if (count < (uint32_t)W)
-      return fail(err, err_len, RKV_ERR_STATE,
-                  "query window of seq %lld layer %u holds %u of %d rows", (long long)seq, layer,
-                  count, W);
+      return rkvi_failn(err, err_len, RKV_ERR_STATE,
+                        "query window of seq %lld layer %u holds %u of %d rows", (long long)seq,
+                        layer, count, W);
   }
   const rkv_kv_layout *lay = rkv_kv_pool_layout(pool);
   const size_t block_bytes = rkv_kv_block_bytes(lay);
@@ -296,6 +290,7 @@ rkv_status rkv_evict_layer_ex(const rkv_evict_params *p, rkv_blockmgr *m, rkv_kv
       ws.old_ids[n_old + b] = ids[b];
     }
     n_old += nb;
+    ws.old_nb[n_lists] = nb;
     int32_t *keep = ws.keep + (size_t)n_lists * B;
     rkvi_evict_head(p, len, d, group, ws.q + (size_t)h * group * W * d, ws.acc, &ws.head, keep,
                     NULL);
@@ -303,39 +298,43 @@ rkv_status rkv_evict_layer_ex(const rkv_evict_params *p, rkv_blockmgr *m, rkv_kv
     n_lists++;
     evicted += (uint64_t)(len - B);
   }
-  rkv_blockmgr_stats before, after;
-  rkv_blockmgr_get_stats(m, &before);
   uint32_t n_moves = 0;
   rkv_status s = rkv_blockmgr_compact(m, seq, ws.lists, n_lists, ws.moves,
                                       (uint32_t)((size_t)kv * B), &n_moves);
   if (s != RKV_OK)
-    return fail(err, err_len, s, "compaction of seq %lld layer %u: %s", (long long)seq, layer,
-                rkv_blockmgr_last_error(m));
-  rkv_blockmgr_get_stats(m, &after);
+    return rkvi_failn(err, err_len, s, "compaction of seq %lld layer %u: %s", (long long)seq, layer,
+                      rkv_blockmgr_last_error(m));
   s = rkv_kv_pool_apply_moves(pool, ws.moves, n_moves);
   if (s != RKV_OK) /* The manager already changed: the pool and the tables disagree now. */
-    return fail(err, err_len, RKV_ERR_INTERNAL, "applying %u compaction moves failed: %s (%s)",
-                n_moves, rkv_status_str(s), rkv_backend_last_error(rkv_kv_pool_backend(pool)));
+    return rkvi_failn(err, err_len, RKV_ERR_INTERNAL,
+                      "applying %u compaction moves failed: %s (%s)", n_moves, rkv_status_str(s),
+                      rkv_backend_last_error(rkv_kv_pool_backend(pool)));
   /* Clear the mass of every slot that holds no token any more: freed blocks and the unused
-   * tail of each compacted stream's last block. */
+   * tail of each compacted stream's last block (never shared: every policy keeps the newest
+   * token, so the last block always receives a move). Blocks freed, net of the fresh blocks
+   * that replaced shared ones, are counted here rather than with two rkv_blockmgr_get_stats
+   * calls, whose walk covers every sequence of the manager whenever a block is shared. */
+  int64_t released = 0, fresh = 0;
   for (int32_t i = 0; i < n_old; i++) {
     uint32_t ref = 1;
-    if (rkv_blockmgr_block_ref(m, ws.old_ids[i], &ref) == RKV_OK && ref == 0)
+    if (rkv_blockmgr_block_ref(m, ws.old_ids[i], &ref) == RKV_OK && ref == 0) {
       memset(scores + (size_t)ws.old_ids[i] * bs, 0, bs * sizeof(float));
+      released++;
+    }
   }
-  for (uint32_t i = 0; i < n_lists; i++) {
+  for (uint32_t i = 0, off = 0; i < n_lists; off += (uint32_t)ws.old_nb[i], i++) {
     const int32_t *ids = NULL;
     int32_t nb = 0;
     if (rkv_blockmgr_stream_blocks(m, seq, layer, ws.lists[i].head, &ids, &nb) != RKV_OK || !nb)
       continue;
+    for (int32_t r = 0; r < nb; r++) fresh += ids[r] != ws.old_ids[off + (uint32_t)r];
     int32_t used = B - (nb - 1) * (int32_t)bs;
     memset(scores + (size_t)ids[nb - 1] * bs + used, 0, (bs - (uint32_t)used) * sizeof(float));
   }
   if (res) {
     res->streams_compressed = n_lists;
     res->tokens_evicted = evicted;
-    res->blocks_freed =
-        after.free_blocks > before.free_blocks ? after.free_blocks - before.free_blocks : 0;
+    res->blocks_freed = released > fresh ? (uint32_t)(released - fresh) : 0;
     res->slot_moves = n_moves;
   }
   return RKV_OK;

@@ -34,17 +34,7 @@ rkv_status rkv_evict_policy_parse(const char *name, rkv_evict_policy *out) {
 }
 
 /* Writes the message (when wanted) and returns RKV_ERR_INVALID_ARG. */
-static rkv_status bad(char *err, size_t err_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static rkv_status bad(char *err, size_t err_len, const char *fmt, ...) {
-  if (err && err_len > 0) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, err_len, fmt, ap);
-    va_end(ap);
-  }
-  return RKV_ERR_INVALID_ARG;
-}
+#define bad(err, err_len, ...) rkvi_failn(err, err_len, RKV_ERR_INVALID_ARG, __VA_ARGS__)
 
 rkv_status rkv_evict_params_validate(const rkv_evict_params *p, char *err, size_t err_len) {
   if (err && err_len > 0) err[0] = '\0';
@@ -81,10 +71,6 @@ bool rkv_evict_should_compress(const rkv_evict_params *p, int32_t len, bool afte
   return len >= p->budget + p->buffer;
 }
 
-static size_t align_up(size_t x) {
-  return (x + RKVI_WS_ALIGN - 1) & ~(size_t)(RKVI_WS_ALIGN - 1);
-}
-
 /* Region sizes in carve order; 0 on overflow (n, d and window are caller-controlled). */
 size_t rkvi_head_ws_bytes(int32_t max_len, uint32_t head_dim, int32_t window) {
   if (max_len < 1 || head_dim < 1 || window < 1) return 0;
@@ -104,7 +90,7 @@ size_t rkvi_head_ws_bytes(int32_t max_len, uint32_t head_dim, int32_t window) {
                    n * sizeof(double)};
   size_t total = 0;
   for (int i = 0; i < 17; i++) {
-    size_t a = align_up(sz[i]);
+    size_t a = rkvi_ws_align_up(sz[i]);
     if (total > SIZE_MAX - a) return 0;
     total += a;
   }
@@ -115,21 +101,21 @@ void rkvi_head_ws_carve(void *base, int32_t max_len, uint32_t head_dim, int32_t 
                         rkvi_head_ws *ws) {
   size_t n = (size_t)max_len, d = head_dim, w = (size_t)window, tile = RKVI_SIM_TILE;
   char *c = base;
-  ws->kd = (double *)c, c += align_up(n * d * sizeof(double));
-  ws->qd = (double *)c, c += align_up((size_t)RKVI_LOGIT_ROWS * d * sizeof(double));
-  ws->k = (float *)c, c += align_up(n * d * sizeof(float));
-  ws->kt = (float *)c, c += align_up(d * 64 * sizeof(float));
-  ws->sim = (float *)c, c += align_up(tile * n * sizeof(float));
-  ws->logit = (double *)c, c += align_up(w * n * sizeof(double));
-  ws->imp = (double *)c, c += align_up(n * sizeof(double));
-  ws->imp0 = (double *)c, c += align_up(n * sizeof(double));
-  ws->red = (double *)c, c += align_up(n * sizeof(double));
-  ws->z = (double *)c, c += align_up(n * sizeof(double));
-  ws->heap = (int32_t *)c, c += align_up(n * sizeof(int32_t));
-  ws->mark = (uint8_t *)c, c += align_up(n * sizeof(uint8_t));
-  ws->js = (int32_t *)c, c += align_up(n * sizeof(int32_t));
-  ws->la = (int32_t *)c, c += align_up(n * sizeof(int32_t));
-  ws->jv = (double *)c, c += align_up(n * sizeof(double));
-  ws->lv = (double *)c, c += align_up(n * sizeof(double));
+  ws->kd = (double *)c, c += rkvi_ws_align_up(n * d * sizeof(double));
+  ws->qd = (double *)c, c += rkvi_ws_align_up((size_t)RKVI_LOGIT_ROWS * d * sizeof(double));
+  ws->k = (float *)c, c += rkvi_ws_align_up(n * d * sizeof(float));
+  ws->kt = (float *)c, c += rkvi_ws_align_up(d * 64 * sizeof(float));
+  ws->sim = (float *)c, c += rkvi_ws_align_up(tile * n * sizeof(float));
+  ws->logit = (double *)c, c += rkvi_ws_align_up(w * n * sizeof(double));
+  ws->imp = (double *)c, c += rkvi_ws_align_up(n * sizeof(double));
+  ws->imp0 = (double *)c, c += rkvi_ws_align_up(n * sizeof(double));
+  ws->red = (double *)c, c += rkvi_ws_align_up(n * sizeof(double));
+  ws->z = (double *)c, c += rkvi_ws_align_up(n * sizeof(double));
+  ws->heap = (int32_t *)c, c += rkvi_ws_align_up(n * sizeof(int32_t));
+  ws->mark = (uint8_t *)c, c += rkvi_ws_align_up(n * sizeof(uint8_t));
+  ws->js = (int32_t *)c, c += rkvi_ws_align_up(n * sizeof(int32_t));
+  ws->la = (int32_t *)c, c += rkvi_ws_align_up(n * sizeof(int32_t));
+  ws->jv = (double *)c, c += rkvi_ws_align_up(n * sizeof(double));
+  ws->lv = (double *)c, c += rkvi_ws_align_up(n * sizeof(double));
   ws->s0 = (double *)c;
 }

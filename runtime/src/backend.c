@@ -49,10 +49,15 @@ int rkvi_cuda_device_count(void) {
 rkv_status rkv_backend_create(const rkv_backend_config *cfg, rkv_backend **out) {
   if (!out) return RKV_ERR_INVALID_ARG;
   *out = NULL;
-  rkv_backend_config def = RKV_BACKEND_CONFIG_INIT;
-  if (!cfg) cfg = &def;
-  if (cfg->struct_size < sizeof(uint32_t) * 2 || cfg->struct_size > sizeof(rkv_backend_config))
-    return RKV_ERR_INVALID_ARG;
+  /* Fields past the caller's struct_size (an older, shorter struct) take their defaults and
+   * are never read from the caller's memory. */
+  rkv_backend_config c = RKV_BACKEND_CONFIG_INIT;
+  if (cfg) {
+    if (cfg->struct_size < sizeof(uint32_t) * 2 || cfg->struct_size > sizeof(rkv_backend_config))
+      return RKV_ERR_INVALID_ARG;
+    memcpy(&c, cfg, cfg->struct_size);
+  }
+  cfg = &c;
   if (cfg->kind != RKV_BACKEND_AUTO && cfg->kind != RKV_BACKEND_CPU &&
       cfg->kind != RKV_BACKEND_CUDA)
     return RKV_ERR_INVALID_ARG;
@@ -257,8 +262,13 @@ rkv_status rkv_kv_pool_write_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n
   if (!p || (n && (!ids || !host))) return RKV_ERR_INVALID_ARG;
   RKV_TRY(check_block_ids(p, ids, n));
   if (p->backend->kind == RKV_BACKEND_CUDA) return rkvi_cuda_write_blocks(p, ids, n, host);
-  for (size_t i = 0; i < n; i++)
+  const uint32_t bs = p->layout.block_size;
+  for (size_t i = 0; i < n; i++) {
     memcpy((uint8_t *)p->base + (size_t)ids[i] * p->block_bytes,
            (const uint8_t *)host + i * p->block_bytes, p->block_bytes);
+    /* The blocks hold other tokens now: drop the previous owner's attention mass (as
+     * rkv_attn_write_kv does per slot), or H2O would rank the new tokens by it. */
+    memset(p->scores + (size_t)ids[i] * bs, 0, bs * sizeof(float));
+  }
   return RKV_OK;
 }

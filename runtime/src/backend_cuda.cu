@@ -5,18 +5,14 @@
 
 #include <cstdint>
 #include <cstdio>
-#include <vector>
 
 #include "backend_impl.h"
+#include "cuda_status.h"
 
 namespace {
 
 rkv_status cuda_fail(rkv_backend *b, cudaError_t e, const char *what, const char *file, int line) {
-  if (e == cudaErrorIllegalAddress || e == cudaErrorLaunchFailure ||
-      e == cudaErrorIllegalInstruction || e == cudaErrorMisalignedAddress)
-    b->poisoned = true;  // sticky: the context is unusable from now on
-  return rkvi_fail(b->err, RKV_ERR_CUDA, "%s: %s (%s:%d)%s", what, cudaGetErrorString(e), file,
-                   line, b->poisoned ? " [context poisoned]" : "");
+  return rkvi_cuda_fail(b, nullptr, (int)e, what, file, line);
 }
 
 #define CUDA_TRY(b, expr)                                                        \
@@ -90,6 +86,31 @@ cudaStream_t stream_of(const rkv_backend *b) {
 
 extern "C" {
 
+bool rkvi_cuda_error_sticky(int cuda_error) {
+  switch ((cudaError_t)cuda_error) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorHardwareStackError:
+    case cudaErrorAssert:
+    case cudaErrorLaunchTimeout:
+      return true;
+    default:
+      return false;
+  }
+}
+
+rkv_status rkvi_cuda_fail(rkv_backend *b, char *err, int cuda_error, const char *what,
+                          const char *file, int line) {
+  if (rkvi_cuda_error_sticky(cuda_error)) b->poisoned = true;
+  return rkvi_fail(err ? err : b->err, RKV_ERR_CUDA, "%s: %s (%s:%d)%s", what,
+                   cudaGetErrorString((cudaError_t)cuda_error), file, line,
+                   b->poisoned ? " [context poisoned]" : "");
+}
+
 int rkvi_cuda_device_count(void) {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -124,17 +145,33 @@ rkv_status rkvi_cuda_sync(rkv_backend *b) {
 
 rkv_status rkvi_cuda_pool_alloc(rkv_kv_pool *p) {
   rkv_backend *b = p->backend;
-  size_t slots = (size_t)p->num_blocks * p->layout.block_size;
-  CUDA_TRY(b, cudaMalloc(&p->base, p->bytes));
-  cudaError_t e = cudaMalloc(reinterpret_cast<void **>(&p->scores), slots * sizeof(float));
-  if (e != cudaSuccess) {
-    cudaFree(p->base);
-    p->base = nullptr;
-    return cuda_fail(b, e, "cudaMalloc(scores)", __FILE__, __LINE__);
+  if (b->poisoned) return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA context poisoned earlier");
+  const size_t score_bytes = (size_t)p->num_blocks * p->layout.block_size * sizeof(float);
+  void *base = nullptr, *scores = nullptr;
+  const char *what = "cudaMalloc(base)";
+  cudaError_t e = cudaMalloc(&base, p->bytes);
+  if (e != cudaSuccess) base = nullptr;
+  if (e == cudaSuccess) {
+    what = "cudaMalloc(scores)";
+    e = cudaMalloc(&scores, score_bytes);
+    if (e != cudaSuccess) scores = nullptr;
   }
-  CUDA_TRY(b, cudaMemsetAsync(p->base, 0, p->bytes, stream_of(b)));
-  CUDA_TRY(b, cudaMemsetAsync(p->scores, 0, slots * sizeof(float), stream_of(b)));
-  CUDA_TRY(b, cudaStreamSynchronize(stream_of(b)));
+  if (e == cudaSuccess) {
+    what = "cudaMemsetAsync";
+    e = cudaMemsetAsync(base, 0, p->bytes, stream_of(b));
+  }
+  if (e == cudaSuccess) e = cudaMemsetAsync(scores, 0, score_bytes, stream_of(b));
+  if (e == cudaSuccess) {
+    what = "cudaStreamSynchronize";
+    e = cudaStreamSynchronize(stream_of(b));
+  }
+  if (e != cudaSuccess) {  // all or nothing: no allocation outlives a failed step
+    cudaFree(base);
+    cudaFree(scores);
+    return cuda_fail(b, e, what, __FILE__, __LINE__);
+  }
+  p->base = base;
+  p->scores = static_cast<float *>(scores);
   return RKV_OK;
 }
 
@@ -148,49 +185,61 @@ void rkvi_cuda_pool_free(rkv_kv_pool *p) {
 // compaction kernels of the eviction module instead.
 rkv_status rkvi_cuda_copy_blocks(rkv_kv_pool *p, const rkv_block_copy *ops, size_t n) {
   rkv_backend *b = p->backend;
+  if (b->poisoned) return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA context poisoned earlier");
   if (p->block_bytes % 16) return rkvi_fail(b->err, RKV_ERR_UNSUPPORTED, "block bytes %% 16 != 0");
   rkv_block_copy *d_ops = nullptr;
   CUDA_TRY(b, cudaMallocAsync(&d_ops, n * sizeof *ops, stream_of(b)));
-  CUDA_TRY(b, cudaMemcpyAsync(d_ops, ops, n * sizeof *ops, cudaMemcpyHostToDevice, stream_of(b)));
-  CopyBlocksParams prm{static_cast<uint8_t *>(p->base), p->scores, d_ops, p->block_bytes,
-                       p->layout.block_size};
-  copy_blocks_kernel<<<(unsigned)n, 256, 0, stream_of(b)>>>(prm);
-  CUDA_TRY(b, cudaGetLastError());
-  CUDA_TRY(b, cudaFreeAsync(d_ops, stream_of(b)));
+  cudaError_t e =
+      cudaMemcpyAsync(d_ops, ops, n * sizeof *ops, cudaMemcpyHostToDevice, stream_of(b));
+  if (e == cudaSuccess) {
+    CopyBlocksParams prm{static_cast<uint8_t *>(p->base), p->scores, d_ops, p->block_bytes,
+                         p->layout.block_size};
+    copy_blocks_kernel<<<(unsigned)n, 256, 0, stream_of(b)>>>(prm);
+    e = cudaGetLastError();
+  }
+  cudaFreeAsync(d_ops, stream_of(b));  // also on failure: the staging buffer never leaks
+  if (e != cudaSuccess) return cuda_fail(b, e, "copy_blocks", __FILE__, __LINE__);
   CUDA_TRY(b, cudaStreamSynchronize(stream_of(b)));  // ops buffer is the caller's
   return RKV_OK;
 }
 
 rkv_status rkvi_cuda_apply_moves(rkv_kv_pool *p, const rkv_slot_move *moves, size_t n) {
   rkv_backend *b = p->backend;
+  if (b->poisoned) return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA context poisoned earlier");
   size_t row = (size_t)p->layout.head_dim * rkv_dtype_size(p->layout.dtype);
   if (row % 4) return rkvi_fail(b->err, RKV_ERR_UNSUPPORTED, "row bytes %% 4 != 0");
   size_t scratch_bytes = n * sizeof(rkv_slot_move) + n * 2 * row + n * sizeof(float);
   uint8_t *scratch = nullptr;
   CUDA_TRY(b, cudaMallocAsync(reinterpret_cast<void **>(&scratch), scratch_bytes, stream_of(b)));
-  CUDA_TRY(
-      b, cudaMemcpyAsync(scratch, moves, n * sizeof *moves, cudaMemcpyHostToDevice, stream_of(b)));
-  MovesParams prm{};
-  prm.base = static_cast<uint8_t *>(p->base);
-  prm.scores = p->scores;
-  prm.moves = reinterpret_cast<const rkv_slot_move *>(scratch);
-  prm.scratch = scratch + n * sizeof(rkv_slot_move);
-  prm.scratch_scores = reinterpret_cast<float *>(prm.scratch + n * 2 * row);
-  prm.n = n;
-  prm.block_bytes = p->block_bytes;
-  prm.row_bytes = row;
-  prm.block_size = p->layout.block_size;
-  gather_moves_kernel<<<(unsigned)n, 128, 0, stream_of(b)>>>(prm);
-  CUDA_TRY(b, cudaGetLastError());
-  scatter_moves_kernel<<<(unsigned)n, 128, 0, stream_of(b)>>>(prm);
-  CUDA_TRY(b, cudaGetLastError());
-  CUDA_TRY(b, cudaFreeAsync(scratch, stream_of(b)));
+  cudaError_t e =
+      cudaMemcpyAsync(scratch, moves, n * sizeof *moves, cudaMemcpyHostToDevice, stream_of(b));
+  if (e == cudaSuccess) {
+    MovesParams prm{};
+    prm.base = static_cast<uint8_t *>(p->base);
+    prm.scores = p->scores;
+    prm.moves = reinterpret_cast<const rkv_slot_move *>(scratch);
+    prm.scratch = scratch + n * sizeof(rkv_slot_move);
+    prm.scratch_scores = reinterpret_cast<float *>(prm.scratch + n * 2 * row);
+    prm.n = n;
+    prm.block_bytes = p->block_bytes;
+    prm.row_bytes = row;
+    prm.block_size = p->layout.block_size;
+    gather_moves_kernel<<<(unsigned)n, 128, 0, stream_of(b)>>>(prm);
+    e = cudaGetLastError();
+    if (e == cudaSuccess) {
+      scatter_moves_kernel<<<(unsigned)n, 128, 0, stream_of(b)>>>(prm);
+      e = cudaGetLastError();
+    }
+  }
+  cudaFreeAsync(scratch, stream_of(b));  // also on failure: the staging buffer never leaks
+  if (e != cudaSuccess) return cuda_fail(b, e, "apply_moves", __FILE__, __LINE__);
   CUDA_TRY(b, cudaStreamSynchronize(stream_of(b)));
   return RKV_OK;
 }
 
 rkv_status rkvi_cuda_read_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n, void *host) {
   rkv_backend *b = p->backend;
+  if (b->poisoned) return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA context poisoned earlier");
   for (size_t i = 0; i < n; i++)
     CUDA_TRY(b, cudaMemcpyAsync(static_cast<uint8_t *>(host) + i * p->block_bytes,
                                 static_cast<uint8_t *>(p->base) + (size_t)ids[i] * p->block_bytes,
@@ -201,10 +250,16 @@ rkv_status rkvi_cuda_read_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n, v
 
 rkv_status rkvi_cuda_write_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n, const void *host) {
   rkv_backend *b = p->backend;
-  for (size_t i = 0; i < n; i++)
+  if (b->poisoned) return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA context poisoned earlier");
+  const size_t bs = p->layout.block_size;
+  for (size_t i = 0; i < n; i++) {
     CUDA_TRY(b, cudaMemcpyAsync(static_cast<uint8_t *>(p->base) + (size_t)ids[i] * p->block_bytes,
                                 static_cast<const uint8_t *>(host) + i * p->block_bytes,
                                 p->block_bytes, cudaMemcpyHostToDevice, stream_of(b)));
+    // Like the CPU path: written blocks start with no H2O mass (not the previous owner's).
+    CUDA_TRY(b,
+             cudaMemsetAsync(p->scores + (size_t)ids[i] * bs, 0, bs * sizeof(float), stream_of(b)));
+  }
   CUDA_TRY(b, cudaStreamSynchronize(stream_of(b)));
   return RKV_OK;
 }

@@ -20,7 +20,7 @@
 extern "C" {
 #endif
 
-/* Allocation (alloc == NULL or its fns NULL -> libc). Zeroed variant for convenience. */
+/* Allocation (a == NULL, or either of its fns NULL -> libc for both). Zeroed variant too. */
 void *rkvi_alloc(const rkv_allocator *a, size_t size, size_t align);
 void *rkvi_calloc(const rkv_allocator *a, size_t size, size_t align);
 void rkvi_free(const rkv_allocator *a, void *p, size_t size);
@@ -30,6 +30,10 @@ void *rkvi_realloc(const rkv_allocator *a, void *p, size_t old_size, size_t new_
 /* Formats into a handle's error buffer (RKV_ERRBUF bytes) and returns `s` unchanged. */
 rkv_status rkvi_fail(char *errbuf, rkv_status s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* The same into a caller's buffer of cap bytes (buf NULL or cap 0: text dropped), for entry
+ * points without a handle that take (char *err, size_t err_len). */
+rkv_status rkvi_failn(char *buf, size_t cap, rkv_status s, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 void rkvi_log(const rkv_logger *lg, rkv_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

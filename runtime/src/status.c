@@ -79,13 +79,25 @@ const char *rkv_version_string(void) {
 #endif
 }
 
+static void vfailn(char *buf, size_t cap, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+static void vfailn(char *buf, size_t cap, const char *fmt, va_list ap) {
+  if (buf && cap > 0) vsnprintf(buf, cap, fmt, ap);
+}
+
 rkv_status rkvi_fail(char *errbuf, rkv_status s, const char *fmt, ...) {
-  if (errbuf) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(errbuf, RKV_ERRBUF, fmt, ap);
-    va_end(ap);
-  }
+  va_list ap;
+  va_start(ap, fmt);
+  vfailn(errbuf, RKV_ERRBUF, fmt, ap);
+  va_end(ap);
+  return s;
+}
+
+rkv_status rkvi_failn(char *buf, size_t cap, rkv_status s, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vfailn(buf, cap, fmt, ap);
+  va_end(ap);
   return s;
 }
 
@@ -104,10 +116,16 @@ void rkvi_assert_fail(const char *expr, const char *file, int line) {
   abort();
 }
 
+/* The caller's allocator is used only when it has both functions: with one of them missing,
+ * libc does both, so a block is always freed by the allocator that made it. */
+static bool custom_alloc(const rkv_allocator *a) {
+  return a && a->alloc && a->free;
+}
+
 void *rkvi_alloc(const rkv_allocator *a, size_t size, size_t align) {
   if (size == 0) size = 1;
   if (align < sizeof(void *)) align = sizeof(void *);
-  if (a && a->alloc) return a->alloc(a->ctx, size, align);
+  if (custom_alloc(a)) return a->alloc(a->ctx, size, align);
   void *p = NULL;
   if (posix_memalign(&p, align, size) != 0) return NULL;
   return p;
@@ -121,7 +139,7 @@ void *rkvi_calloc(const rkv_allocator *a, size_t size, size_t align) {
 
 void rkvi_free(const rkv_allocator *a, void *p, size_t size) {
   if (!p) return;
-  if (a && a->free) {
+  if (custom_alloc(a)) {
     a->free(a->ctx, p, size ? size : 1);
     return;
   }

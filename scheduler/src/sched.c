@@ -6,6 +6,7 @@
  * found by id through an open-addressing hash map, and threaded on intrusive doubly linked
  * queues kept in one total order: priority descending, then arrival, then insertion number.
  * The head of `running` is scheduled first; its tail is the preemption victim. */
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -58,8 +59,10 @@ struct rkv_sched {
   uint32_t block_size;
   uint32_t total_blocks;
   uint32_t watermark_blocks;
+  float watermark; /* the block manager's fraction, re-applied to a capped pool */
   uint32_t bm_max_seqs;
-  uint32_t free_limit;
+  uint64_t usable_cap; /* used + limit at the last set_free_blocks_limit; UINT64_MAX = none */
+  uint32_t step_used;  /* the block manager's used blocks, tracked through plan_step */
   char err[RKV_ERRBUF];
 
   /* id -> req map (linear probing, backward-shift deletion) */
@@ -89,12 +92,13 @@ struct rkv_sched {
   int64_t *preempted;       /* [max_seqs] */
   int64_t *swapped_out;     /* [max_seqs] */
   int64_t *swapped_in;      /* [max_seqs] */
-  int64_t *finished;        /* [fin_cap] finished since the last plan */
+  int64_t *finished;        /* [fin_cap] finished since the last plan; fin_cap >= n_fin + live */
   uint32_t fin_cap, n_fin;
-  int64_t *plan_fin;        /* [fin_cap] the copy handed out with the plan */
-  rkv_sched_fork_op *forks; /* [forks_cap] forks since the last plan */
-  rkv_sched_fork_op *plan_forks;
-  uint32_t forks_cap, n_forks;
+  int64_t *plan_fin; /* [plan_fin_cap] the copy handed out with the plan (grown only by step) */
+  uint32_t plan_fin_cap;
+  rkv_sched_fork_op *forks;      /* [forks_cap] forks since the last plan */
+  rkv_sched_fork_op *plan_forks; /* [plan_forks_cap] the copy handed out (grown only by step) */
+  uint32_t forks_cap, n_forks, plan_forks_cap;
 
   rkv_sched_metrics m;
 };
@@ -238,8 +242,25 @@ static uint64_t req_bound(const rkv_sched *s, const req *r) {
   return bound_blocks_of(s, &r->evict, r->target, remaining > 0 ? remaining : 0);
 }
 
+/* Blocks of the pool the scheduler may plan with: the whole pool, or less under an external
+ * limit (tensor parallelism). Every decision that reads the pool's total or free count goes
+ * through here, so ranks with different pools but equal usage decide alike. */
+static uint32_t usable_total(const rkv_sched *s) {
+  return s->usable_cap < s->total_blocks ? (uint32_t)s->usable_cap : s->total_blocks;
+}
+
+/* The block manager's watermark rule (ceil(watermark * total), float error stripped) applied
+ * to the usable pool, so it too is equal on ranks whose physical pools differ. */
+static uint32_t usable_watermark(const rkv_sched *s) {
+  uint32_t total = usable_total(s);
+  if (total == s->total_blocks) return s->watermark_blocks;
+  double wm = (double)s->watermark * total;
+  return (uint32_t)ceil(wm - wm * 1e-6);
+}
+
 static uint32_t reserve_capacity(const rkv_sched *s) {
-  return s->total_blocks > s->watermark_blocks ? s->total_blocks - s->watermark_blocks : 0;
+  uint32_t total = usable_total(s), w = usable_watermark(s);
+  return total > w ? total - w : 0;
 }
 
 static void release_reservation(rkv_sched *s, req *r) {
@@ -249,28 +270,47 @@ static void release_reservation(rkv_sched *s, req *r) {
   }
 }
 
-static uint32_t bm_free(const rkv_sched *s) {
+/* Free blocks of the usable pool during plan_step. The used count is read once per step and
+ * then tracked through every append, free and restore the step makes: the block manager's
+ * stats cost O(blocks + table entries) once any block is shared (a fork), far too much to pay
+ * per scheduled sequence. */
+static uint32_t bm_used(const rkv_sched *s) {
   rkv_blockmgr_stats st;
   rkv_blockmgr_get_stats(s->bm, &st);
-  return st.free_blocks;
+  return st.used_blocks;
 }
 
-/* Makes room for `extra` more finished ids plus a whole plan's worth (report never fails). */
-static rkv_status reserve_finished(rkv_sched *s, uint32_t extra) {
-  uint64_t want = (uint64_t)s->n_fin + extra + s->cfg.max_seqs;
-  if (want <= s->fin_cap) return RKV_OK;
-  if (want > (1u << 30)) return rkvi_fail(s->err, RKV_ERR_NO_MEMORY, "finished list");
-  uint32_t nc = s->fin_cap;
+static uint32_t bm_free(const rkv_sched *s) {
+  uint32_t total = usable_total(s);
+  return total > s->step_used ? total - s->step_used : 0;
+}
+
+/* Grows an array of `elem`-byte entries ([cap + 1] allocated) to hold `want` entries by
+ * doubling. Returns the (possibly moved) array, or NULL with *cap and the array unchanged. */
+static void *grow_array(rkv_sched *s, void *a, size_t elem, uint32_t *cap, uint64_t want) {
+  if (want <= *cap) return a;
+  if (want > (1u << 30)) return NULL;
+  uint32_t nc = *cap ? *cap : 16;
   while (nc < want) nc *= 2;
-  int64_t *a = rkvi_realloc(s->alloc, s->finished, sizeof(int64_t) * (s->fin_cap + 1),
-                            sizeof(int64_t) * (nc + 1), 16);
-  if (!a) return rkvi_fail(s->err, RKV_ERR_NO_MEMORY, "finished list");
-  s->finished = a;
-  int64_t *b = rkvi_realloc(s->alloc, s->plan_fin, sizeof(int64_t) * (s->fin_cap + 1),
-                            sizeof(int64_t) * (nc + 1), 16);
-  if (!b) return rkvi_fail(s->err, RKV_ERR_NO_MEMORY, "finished list");
-  s->plan_fin = b;
-  s->fin_cap = nc;
+  void *n = rkvi_realloc(s->alloc, a, elem * ((size_t)*cap + 1), elem * ((size_t)nc + 1), 16);
+  if (n) *cap = nc;
+  return n;
+}
+
+#define GROW(s, arr, cap, want)                                            \
+  do {                                                                     \
+    void *grown_ = grow_array((s), (arr), sizeof(*(arr)), &(cap), (want)); \
+    if (!grown_ && (want) > (cap)) /* an empty array may stay NULL */      \
+      return rkvi_fail((s)->err, RKV_ERR_NO_MEMORY, "%s of %llu", #arr,    \
+                       (unsigned long long)(want));                        \
+    (arr) = grown_;                                                        \
+  } while (0)
+
+/* Keeps fin_cap >= n_fin + live with `extra` more live requests. Every finished id was a live
+ * request, so once add_request and fork have grown the list, abort, step and report push
+ * ids without allocating (and so without failing halfway). */
+static rkv_status reserve_finished(rkv_sched *s, uint32_t extra) {
+  GROW(s, s->finished, s->fin_cap, (uint64_t)s->n_fin + s->live + extra);
   return RKV_OK;
 }
 
@@ -366,9 +406,16 @@ rkv_status rkv_sched_create(const rkv_sched_config *cfg_in, rkv_blockmgr *m, rkv
   rkv_blockmgr_get_stats(m, &st);
   s->total_blocks = st.total_blocks;
   s->watermark_blocks = st.watermark_blocks;
+  s->watermark = bc->watermark;
   s->bm_max_seqs = bc->max_seqs ? bc->max_seqs : 4096;
-  s->free_limit = UINT32_MAX;
-  s->copies_cap = s->streams * cfg.max_seqs; /* at most one CoW copy per stream per step */
+  s->usable_cap = UINT64_MAX;
+  /* at most one CoW copy per stream per step (checked: 65536 streams x 2^20 seqs wraps) */
+  uint64_t copies_cap = (uint64_t)s->streams * cfg.max_seqs;
+  if (copies_cap > (1u << 30)) {
+    rkvi_free(s->alloc, s, sizeof *s);
+    return cfg_fail(err, err_len, "max_seqs x streams per sequence exceeds 2^30 copy slots");
+  }
+  s->copies_cap = (uint32_t)copies_cap;
 
   uint32_t ms = cfg.max_seqs, hb = cfg.host_blocks;
   s->fin_cap = ms + 16;
@@ -385,6 +432,7 @@ rkv_status rkv_sched_create(const rkv_sched_config *cfg_in, rkv_blockmgr *m, rkv
   ALLOC_ARR(s->swapped_in, ms);
   ALLOC_ARR(s->finished, s->fin_cap);
   ALLOC_ARR(s->plan_fin, s->fin_cap);
+  s->plan_fin_cap = s->fin_cap;
   ALLOC_ARR(s->host_next, hb);
   ALLOC_ARR(s->host_free, hb);
 #undef ALLOC_ARR
@@ -423,9 +471,9 @@ void rkv_sched_destroy(rkv_sched *s) {
   rkvi_free(a, s->swapped_out, sizeof(int64_t) * (ms + 1));
   rkvi_free(a, s->swapped_in, sizeof(int64_t) * (ms + 1));
   rkvi_free(a, s->finished, sizeof(int64_t) * (s->fin_cap + 1));
-  rkvi_free(a, s->plan_fin, sizeof(int64_t) * (s->fin_cap + 1));
-  rkvi_free(a, s->forks, sizeof(*s->forks) * s->forks_cap);
-  rkvi_free(a, s->plan_forks, sizeof(*s->plan_forks) * s->forks_cap);
+  rkvi_free(a, s->plan_fin, sizeof(int64_t) * (s->plan_fin_cap + 1));
+  rkvi_free(a, s->forks, sizeof(*s->forks) * (s->forks_cap + 1));
+  rkvi_free(a, s->plan_forks, sizeof(*s->plan_forks) * (s->plan_forks_cap + 1));
   rkvi_free(a, s->host_next, sizeof(int32_t) * (hb + 1));
   rkvi_free(a, s->host_free, sizeof(int32_t) * (hb + 1));
   rkvi_free(a, s, sizeof *s);
@@ -436,7 +484,17 @@ const char *rkv_sched_last_error(const rkv_sched *s) {
 }
 
 void rkv_sched_set_free_blocks_limit(rkv_sched *s, uint32_t limit) {
-  if (s) s->free_limit = limit;
+  if (!s) return;
+  if (limit == UINT32_MAX) {
+    s->usable_cap = UINT64_MAX;
+    return;
+  }
+  /* A free count is only meaningful against the usage it was measured at: fix it as a cap on
+   * the pool (used + limit) so later frees and appends in this process count exactly as they
+   * do on every other rank. */
+  rkv_blockmgr_stats st;
+  rkv_blockmgr_get_stats(s->bm, &st);
+  s->usable_cap = (uint64_t)st.used_blocks + limit;
 }
 
 uint64_t rkv_sched_bound_blocks(const rkv_sched *s, int64_t prompt_len, int64_t max_new_tokens,
@@ -455,6 +513,11 @@ rkv_status rkv_sched_add_request(rkv_sched *s, const rkv_sched_request *rq) {
   if (rq->id < 0) {
     ret = rkvi_fail(s->err, RKV_ERR_INVALID_ARG, "request id %lld: ids must be >= 0",
                     (long long)rq->id);
+    goto rejected;
+  }
+  if (isnan(rq->arrival)) {
+    /* NaN compares unordered with everything: the queues' total order would break */
+    ret = rkvi_fail(s->err, RKV_ERR_INVALID_ARG, "request %lld: arrival is NaN", (long long)rq->id);
     goto rejected;
   }
   if (rq->prompt_len < 1 || rq->max_new_tokens < 1 || rq->prompt_len > INT32_MAX / 2 ||
@@ -481,15 +544,16 @@ rkv_status rkv_sched_add_request(rkv_sched *s, const rkv_sched_request *rq) {
   }
   uint64_t bound = bound_blocks_of(s, e, rq->prompt_len, rq->max_new_tokens);
   uint64_t prompt_blocks = (uint64_t)s->streams * ceil_div((uint64_t)rq->prompt_len, s->block_size);
-  if (prompt_blocks > s->total_blocks || bound > reserve_capacity(s)) {
+  if (prompt_blocks > usable_total(s) || bound > reserve_capacity(s)) {
     ret = rkvi_fail(s->err, RKV_ERR_CAPACITY,
                     "request %lld can never fit: needs up to %llu blocks (prompt alone %llu), "
                     "pool has %u usable of %u",
                     (long long)rq->id, (unsigned long long)bound, (unsigned long long)prompt_blocks,
-                    reserve_capacity(s), s->total_blocks);
+                    reserve_capacity(s), usable_total(s));
     goto rejected;
   }
   ret = map_reserve(s, s->live + 1);
+  if (ret == RKV_OK) ret = reserve_finished(s, 1);
   if (ret != RKV_OK) goto rejected;
   req *r = rkvi_calloc(s->alloc, sizeof(req), 16);
   if (!r) {
@@ -531,7 +595,6 @@ rkv_status rkv_sched_abort(rkv_sched *s, int64_t id) {
   if (s->outstanding && r->sched_step == s->step_no + 1)
     return rkvi_fail(s->err, RKV_ERR_STATE,
                      "abort: request %lld is in the outstanding plan; report first", (long long)id);
-  RKV_TRY(reserve_finished(s, 1));
   push_finished(s, id);
   drop_request(s, r);
   s->m.num_aborted++;
@@ -566,18 +629,7 @@ rkv_status rkv_sched_fork(rkv_sched *s, int64_t parent, int64_t child, int64_t m
                      "fork: child bound %llu blocks does not fit (%llu of %u reserved)",
                      (unsigned long long)bound, (unsigned long long)s->reserved,
                      reserve_capacity(s));
-  if (s->n_forks == s->forks_cap) {
-    uint32_t nc = s->forks_cap ? s->forks_cap * 2 : 16;
-    rkv_sched_fork_op *a =
-        rkvi_realloc(s->alloc, s->forks, sizeof(*a) * s->forks_cap, sizeof(*a) * nc, 16);
-    if (!a) return rkvi_fail(s->err, RKV_ERR_NO_MEMORY, "fork list");
-    s->forks = a;
-    rkv_sched_fork_op *b =
-        rkvi_realloc(s->alloc, s->plan_forks, sizeof(*b) * s->forks_cap, sizeof(*b) * nc, 16);
-    if (!b) return rkvi_fail(s->err, RKV_ERR_NO_MEMORY, "fork list");
-    s->plan_forks = b;
-    s->forks_cap = nc;
-  }
+  GROW(s, s->forks, s->forks_cap, (uint64_t)s->n_forks + 1);
   RKV_TRY(map_reserve(s, s->live + 1));
   RKV_TRY(reserve_finished(s, 1));
   req *r = rkvi_calloc(s->alloc, sizeof(req), 16);
@@ -619,11 +671,6 @@ rkv_status rkv_sched_fork(rkv_sched *s, int64_t parent, int64_t child, int64_t m
 }
 
 /* ---- planning --------------------------------------------------------------------------- */
-
-/* Free blocks admission may count on. */
-static uint32_t admit_free(const rkv_sched *s, uint32_t free_now) {
-  return free_now < s->free_limit ? free_now : s->free_limit;
-}
 
 static uint32_t stream_blocks_total(rkv_sched *s, const req *r) {
   uint32_t nb = 0;
@@ -678,7 +725,10 @@ static rkv_status preempt(rkv_sched *s, req *r) {
   } else {
     s->m.num_preempt_recompute++;
   }
+  uint32_t held = 0, exclusive = 0;
+  RKV_TRY(rkv_blockmgr_seq_footprint(s->bm, r->id, &held, &exclusive));
   RKV_TRY(rkv_blockmgr_seq_free(s->bm, r->id));
+  s->step_used -= exclusive;
   release_reservation(s, r);
   q_remove(s, r);
   r->preemptions++;
@@ -700,9 +750,11 @@ static rkv_status preempt(rkv_sched *s, req *r) {
 static rkv_status schedule(rkv_sched *s, req *r, uint32_t n) {
   rkv_sched_plan *p = &s->plan;
   bool decode = r->computed >= r->target;
-  uint32_t nc = 0;
+  uint32_t nc = 0, popped = 0;
   RKV_ASSERT(s->copies_cap - p->n_copies >= s->streams);
+  RKV_TRY(rkv_blockmgr_blocks_needed(s->bm, r->id, n, &popped));
   RKV_TRY(rkv_blockmgr_append(s->bm, r->id, n, NULL, s->copies + p->n_copies, &nc));
+  s->step_used += popped;
   p->n_copies += nc;
   rkv_sched_seq *q = &s->seqs[p->n_seqs];
   q->id = r->id;
@@ -738,7 +790,8 @@ static rkv_status plan_step(rkv_sched *s) {
   rkv_sched_plan *p = &s->plan;
   uint32_t tokens_left = s->cfg.max_batched_tokens;
   bool preempted_any = false;
-  uint32_t used_watermark = s->watermark_blocks;
+  uint32_t used_watermark = usable_watermark(s);
+  s->step_used = bm_used(s);
 
   /* 1. running sequences in priority order: decodes first (pass 0), then prefill chunks
    * (pass 1), so a long prompt never starves the decodes of the token budget. Victims are
@@ -763,6 +816,8 @@ static rkv_status plan_step(rkv_sched *s) {
         RKV_TRY(preempt(s, victim));
         preempted_any = true;
         if (self_preempted) break;
+        /* a victim that shared r's partial last block takes r's copy-on-write need with it */
+        RKV_TRY(rkv_blockmgr_blocks_needed(s->bm, r->id, n, &need));
       }
       if (self_preempted) break; /* r was the last unscheduled: nothing follows it */
       RKV_TRY(schedule(s, r, n));
@@ -773,17 +828,21 @@ static rkv_status plan_step(rkv_sched *s) {
 
   /* 2. swapped sequences come back before anything new is admitted */
   while (!preempted_any && s->swapped.head && p->n_seqs < s->cfg.max_seqs && tokens_left &&
-         s->running.n < s->cfg.max_seqs) {
+         s->running.n < s->cfg.max_seqs && rkv_blockmgr_num_seqs(s->bm) < s->bm_max_seqs) {
     r = s->swapped.head;
     uint32_t n = chunk_for(s, r, tokens_left);
     if (!n) break;
-    uint64_t blocks = r->host_n + (uint64_t)s->streams * 2; /* room for the next chunk's edge */
-    if (n > 1) blocks = r->host_n + (uint64_t)s->streams * (ceil_div(n, s->block_size) + 1);
-    uint32_t f = admit_free(s, bm_free(s));
+    /* exactly the restored blocks plus what the chunk adds to each stream: an allowance on
+     * top could exceed a pool that the sequence's own bound fits, and it would never return */
+    uint64_t blocks = 0;
+    for (uint32_t k = 0; k < s->streams; k++)
+      blocks += ceil_div((uint64_t)r->lens[k] + n, s->block_size);
+    uint32_t f = bm_free(s);
     if (blocks + used_watermark > f) break;
     uint64_t bound = req_bound(s, r);
     if (s->cfg.admission == RKV_SCHED_RESERVE && s->reserved + bound > reserve_capacity(s)) break;
     RKV_TRY(rkv_blockmgr_seq_restore(s->bm, r->id, r->lens));
+    s->step_used += r->host_n; /* restore allocates exactly the blocks swapped out */
     const rkv_blockmgr_config *bc = rkv_blockmgr_get_config(s->bm);
     int32_t hb = r->host_head;
     for (uint32_t l = 0; l < bc->num_layers; l++)
@@ -821,10 +880,12 @@ static rkv_status plan_step(rkv_sched *s) {
     r = s->waiting.head;
     uint64_t bound = req_bound(s, r);
     if (bound > reserve_capacity(s)) {
-      /* a recompute grew past anything the pool can hold: it can never run again */
+      /* A recompute grew past anything the usable pool can hold: it can never run again.
+       * Under an external limit the pool may be larger at the next limit call, so give up
+       * only once nothing runs (the running count is the same on every rank). */
+      if (s->usable_cap != UINT64_MAX && s->running.n) break;
       rkvi_log(s->log, RKV_LOG_WARN, "request %lld aborted: recompute needs %llu blocks",
                (long long)r->id, (unsigned long long)bound);
-      RKV_TRY(reserve_finished(s, 1));
       push_finished(s, r->id);
       drop_request(s, r);
       s->m.num_aborted++;
@@ -833,7 +894,7 @@ static rkv_status plan_step(rkv_sched *s) {
     uint32_t n = chunk_for(s, r, tokens_left);
     if (!n) break;
     uint64_t first = rkv_blockmgr_blocks_for_tokens(s->bm, n);
-    uint32_t f = admit_free(s, bm_free(s));
+    uint32_t f = bm_free(s);
     if (first + used_watermark > f) break;
     if (s->cfg.admission == RKV_SCHED_RESERVE && s->reserved + bound > reserve_capacity(s)) break;
     RKV_TRY(rkv_blockmgr_seq_create(s->bm, r->id));
@@ -847,6 +908,7 @@ static rkv_status plan_step(rkv_sched *s) {
     RKV_TRY(schedule(s, r, n));
     tokens_left -= n;
   }
+  RKV_ASSERT_LEVEL(3, s->step_used == bm_used(s));
   return RKV_OK;
 }
 
@@ -857,6 +919,10 @@ rkv_status rkv_sched_step(rkv_sched *s, const rkv_sched_plan **plan) {
   if (s->outstanding)
     return rkvi_fail(s->err, RKV_ERR_STATE, "step %llu was not reported",
                      (unsigned long long)s->step_no);
+  /* The previous plan's arrays die here, so its finished copy may move now, before anything
+   * changes: this step hands out at most every id finished so far plus every live one. */
+  GROW(s, s->plan_fin, s->plan_fin_cap, (uint64_t)s->n_fin + s->live);
+  GROW(s, s->plan_forks, s->plan_forks_cap, s->n_forks);
   rkv_sched_plan *p = &s->plan;
   memset(p, 0, sizeof *p);
   p->step = s->step_no;
@@ -933,7 +999,7 @@ rkv_status rkv_sched_report(rkv_sched *s, const rkv_sched_output *outs, uint32_t
       r->generated++;
       s->m.generation_tokens++;
       if (outs[i].eos || r->generated >= r->max_new) {
-        push_finished(s, r->id); /* reserve_finished keeps room for a whole plan */
+        push_finished(s, r->id);
         drop_request(s, r);
         s->m.num_finished++;
       }
@@ -1054,6 +1120,9 @@ rkv_status rkv_sched_check(const rkv_sched *s_const) {
   RKV_TRY(check_queue(s, &s->running, Q_RUNNING, &n, err));
   RKV_TRY(check_queue(s, &s->swapped, Q_SWAPPED, &n, err));
   if (n != s->live) return rkvi_fail(err, RKV_ERR_CORRUPT, "%u queued but %u live", n, s->live);
+  if ((uint64_t)s->n_fin + s->live > s->fin_cap)
+    return rkvi_fail(err, RKV_ERR_CORRUPT, "finished list: %u ids + %u live > capacity %u",
+                     s->n_fin, s->live, s->fin_cap);
   uint64_t reserved = 0, host_used = 0, map_n = 0;
   for (uint32_t i = 0; i < s->map_cap; i++) {
     const req *r = s->map[i];

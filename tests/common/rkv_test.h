@@ -84,7 +84,8 @@ static inline int rkv_test_finish(void) {
 }
 
 /* For tests that need a GPU: prints why, the closing line, and returns 77 (skip) — or 1 when
- * RKV_TEST_REQUIRE_GPU=1 says a skip is a failure. */
+ * RKV_TEST_REQUIRE_GPU=1 says a skip is a failure, or when host-side checks that ran before the
+ * skip already failed (a skip must never hide a failure). */
 static inline int rkv_test_skip_no_gpu(const char *why) {
   const char *req = getenv("RKV_TEST_REQUIRE_GPU");
   int required = req && strcmp(req, "0") != 0 && req[0] != '\0';
@@ -92,7 +93,7 @@ static inline int rkv_test_skip_no_gpu(const char *why) {
   if (required) rkv_test_failed_++;
   printf("%d passed, %d failed%s\n", rkv_test_passed_, rkv_test_failed_,
          required ? "" : ", 1 skipped");
-  return required ? 1 : 77;
+  return rkv_test_failed_ ? 1 : 77;
 }
 
 /* Deterministic PRNG for tests (splitmix64). */

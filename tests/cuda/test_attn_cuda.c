@@ -8,6 +8,7 @@
 #include <rkv/attention_cuda.h>
 #include <rkv/evict_cuda.h>
 
+#include "cuda_test_util.h"
 #include "rkv_test.h"
 
 /* Checks that run in every build. */
@@ -31,35 +32,9 @@ static void host_checks(void) {
 #ifndef RKV_HAVE_CUDA
 int main(void) {
   host_checks();
-  return rkv_test_skip_no_gpu("librkv built without CUDA");
+  return cuda_test_skip("librkv built without CUDA");
 }
 #else
-#include <cuda_runtime.h>
-
-#define CK(expr)                                               \
-  do {                                                         \
-    cudaError_t e_ = (expr);                                   \
-    if (e_ != cudaSuccess) {                                   \
-      RKV_TEST_FAIL_("%s: %s", #expr, cudaGetErrorString(e_)); \
-      rkv_test_finish();                                       \
-      exit(1);                                                 \
-    }                                                          \
-  } while (0)
-
-static void *dalloc(size_t bytes) {
-  void *p = NULL;
-  CK(cudaMalloc(&p, bytes ? bytes : 16));
-  return p;
-}
-static void *dup_to_dev(const void *h, size_t bytes) {
-  void *d = dalloc(bytes);
-  if (bytes) CK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
-  return d;
-}
-static float frand(uint64_t *s) {
-  return (float)(rkv_test_uniform(s) * 2.0 - 1.0);
-}
-
 typedef struct tcase {
   rkv_dtype dt;
   uint32_t d, bs, hkv, group, seqs;
@@ -409,7 +384,7 @@ int main(void) {
   rkv_backend_config cfg = RKV_BACKEND_CONFIG_INIT;
   cfg.kind = RKV_BACKEND_CUDA;
   rkv_backend *gb = NULL, *cb = NULL;
-  if (rkv_backend_create(&cfg, &gb) != RKV_OK) return rkv_test_skip_no_gpu("no usable CUDA device");
+  if (rkv_backend_create(&cfg, &gb) != RKV_OK) return cuda_test_skip("no usable CUDA device");
   cfg.kind = RKV_BACKEND_CPU;
   cfg.num_threads = 2;
   EXPECT_OK(rkv_backend_create(&cfg, &cb));

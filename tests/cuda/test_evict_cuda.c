@@ -11,7 +11,42 @@
 #include <rkv/evict.h>
 #include <rkv/evict_cuda.h>
 
+#include "cuda_test_util.h"
 #include "rkv_test.h"
+
+/* R-KV's similarity grid has ceil(max_len / 64) tiles along y, at most 65535: a longer max_len
+ * must be refused up front (RKV_ERR_UNSUPPORTED, nothing enqueued), not fail at launch after
+ * the first kernels ran. The size query validates like compress and needs no device (a CPU
+ * pool's layout is enough); without CUDA it always says UNSUPPORTED. */
+static void grid_limit_checks(void) {
+  rkv_backend_config bc = RKV_BACKEND_CONFIG_INIT;
+  bc.kind = RKV_BACKEND_CPU;
+  rkv_backend *be = NULL;
+  EXPECT_OK(rkv_backend_create(&bc, &be));
+  if (!be) return;
+  rkv_kv_layout lay = {RKV_DTYPE_BF16, 16, 128};
+  rkv_kv_pool *pool = NULL;
+  EXPECT_OK(rkv_kv_pool_create(be, &lay, 4, &pool));
+  rkv_evict_params ep = RKV_EVICT_PARAMS_INIT;
+  size_t bytes = 1;
+  const int32_t max_ok = 65535 * 64;
+#ifdef RKV_HAVE_CUDA
+  EXPECT_OK(rkv_evict_cuda_workspace_size(&ep, pool, 1, 4, max_ok, &bytes));
+  EXPECT(bytes > (size_t)max_ok);
+#else
+  EXPECT_STATUS(rkv_evict_cuda_workspace_size(&ep, pool, 1, 4, max_ok, &bytes),
+                RKV_ERR_UNSUPPORTED);
+#endif
+  EXPECT_STATUS(rkv_evict_cuda_workspace_size(&ep, pool, 1, 4, max_ok + 1, &bytes),
+                RKV_ERR_UNSUPPORTED);
+  EXPECT_EQ_INT(bytes, 0);
+#ifdef RKV_HAVE_CUDA
+  ep.policy = RKV_EVICT_SNAPKV; /* no similarity tiles: no such limit */
+  EXPECT_OK(rkv_evict_cuda_workspace_size(&ep, pool, 1, 4, max_ok + 1, &bytes));
+#endif
+  rkv_kv_pool_destroy(pool);
+  rkv_backend_destroy(be);
+}
 
 /* Host helpers that need no GPU. */
 static void host_checks(void) {
@@ -54,40 +89,15 @@ static void host_checks(void) {
                 RKV_ERR_NOT_FOUND);
   EXPECT_OK(rkv_blockmgr_check(m));
   rkv_blockmgr_destroy(m);
+  grid_limit_checks();
 }
 
 #ifndef RKV_HAVE_CUDA
 int main(void) {
   host_checks();
-  return rkv_test_skip_no_gpu("librkv built without CUDA");
+  return cuda_test_skip("librkv built without CUDA");
 }
 #else
-#include <cuda_runtime.h>
-
-#define CK(expr)                                               \
-  do {                                                         \
-    cudaError_t e_ = (expr);                                   \
-    if (e_ != cudaSuccess) {                                   \
-      RKV_TEST_FAIL_("%s: %s", #expr, cudaGetErrorString(e_)); \
-      rkv_test_finish();                                       \
-      exit(1);                                                 \
-    }                                                          \
-  } while (0)
-
-static void *dalloc(size_t bytes) {
-  void *p = NULL;
-  CK(cudaMalloc(&p, bytes ? bytes : 16));
-  return p;
-}
-static void *dup_to_dev(const void *h, size_t bytes) {
-  void *d = dalloc(bytes);
-  if (bytes) CK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
-  return d;
-}
-static float frand(uint64_t *s) {
-  return (float)(rkv_test_uniform(s) * 2.0 - 1.0);
-}
-
 typedef struct ecase {
   rkv_evict_policy policy;
   rkv_dtype dt;
@@ -487,7 +497,7 @@ int main(void) {
   rkv_backend_config cfg = RKV_BACKEND_CONFIG_INIT;
   cfg.kind = RKV_BACKEND_CUDA;
   rkv_backend *gb = NULL, *cb = NULL;
-  if (rkv_backend_create(&cfg, &gb) != RKV_OK) return rkv_test_skip_no_gpu("no usable CUDA device");
+  if (rkv_backend_create(&cfg, &gb) != RKV_OK) return cuda_test_skip("no usable CUDA device");
   cfg.kind = RKV_BACKEND_CPU;
   cfg.num_threads = 1;
   EXPECT_OK(rkv_backend_create(&cfg, &cb));

@@ -71,8 +71,9 @@ static void usage(FILE *f) {
       "  --tp-rank-blocks-scale R:F   rank R's memory holds F x the pool (test heterogeneity)\n"
       "  --tp-inject-divergence STEP  rank 1 perturbs its plan hash of step STEP (test)\n"
       "  --tp-die STEP       rank 1 dies at step STEP without a word (test)\n"
-      "  --tp-no-pool-min    skip the start-up MIN of pool sizes: with unequal pools the\n"
-      "                      schedulers then diverge and the step sync must stop them (test)\n"
+      "  --tp-no-pool-min    skip the start-up MIN of pool sizes: each rank keeps its own\n"
+      "                      pool and the per-step free-block MIN alone keeps the plans\n"
+      "                      equal (test)\n"
       "  --tp-bind           bind each rank's thread to its cores (rkv_topo_place)\n");
 }
 

@@ -98,7 +98,7 @@ typedef struct sim_tp_opts {
   double scale;
   double timeout_s; /* deadline of every collective */
   bool bind;        /* bind each rank's thread with rkv_topo_place + rkv_topo_bind_thread */
-  bool no_pool_min; /* skip the start-up MIN of pool sizes (test: schedulers then diverge) */
+  bool no_pool_min; /* skip the start-up MIN of pool sizes (test: the step MIN suffices) */
 } sim_tp_opts;
 
 /* Per rank and policy, gathered to rank 0 after each policy's run. */

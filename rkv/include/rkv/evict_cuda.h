@@ -69,9 +69,9 @@ typedef struct rkv_evict_cuda_batch {
 
 /* Device workspace bytes rkv_evict_cuda_compress needs for num_streams streams of up to
  * max_len tokens with query group `group`, under params p and the pool's layout.
- * RKV_ERR_INVALID_ARG (bad params or sizes, overflow), RKV_ERR_UNSUPPORTED (no CUDA build, or
- * the layout is outside the closed set head_dim 64/128/256, block 16/32, f32/f16/bf16).
- * Thread-safe. O(1). */
+ * RKV_ERR_INVALID_ARG (bad params or sizes, overflow), RKV_ERR_UNSUPPORTED (no CUDA build,
+ * the layout is outside the closed set head_dim 64/128/256, block 16/32, f32/f16/bf16, window
+ * > 256, or R-KV with max_len > 4,194,240 = 65535 similarity tiles of 64). Thread-safe. O(1). */
 RKV_API rkv_status rkv_evict_cuda_workspace_size(const rkv_evict_params *p, const rkv_kv_pool *pool,
                                                  uint32_t num_streams, uint32_t group,
                                                  int32_t max_len, size_t *bytes);
@@ -87,10 +87,11 @@ RKV_API rkv_status rkv_evict_cuda_workspace_size(const rkv_evict_params *p, cons
  * rkv_evict_cuda_workspace_size bytes (contents need not be initialised; not shared with concurrent
  * calls). RKV_ERR_INVALID_ARG (NULL or malformed batch, policy needs qwin and it is NULL, params,
  * RKV_EVICT_FULL), RKV_ERR_UNSUPPORTED (no CUDA build, pool not on a CUDA backend, layout
- * outside the closed set, window > 256), RKV_ERR_CAPACITY (ws_bytes too small), RKV_ERR_CUDA
- * (launch failed; text with file:line in rkv_backend_last_error). Validation happens before
- * anything is enqueued; device-side descriptors are trusted (a stream with n > max_len is skipped).
- * Enqueued on the backend's stream; returns without waiting. Not thread-safe per backend. */
+ * outside the closed set, window > 256, R-KV max_len > 4,194,240), RKV_ERR_CAPACITY (ws_bytes too
+ * small), RKV_ERR_CUDA (launch failed; text with file:line in rkv_backend_last_error). Validation
+ * happens before anything is enqueued; device-side descriptors are trusted (a stream with n >
+ * max_len is skipped). Enqueued on the backend's stream; returns without waiting. Not thread-safe
+ * per backend. */
 RKV_API rkv_status rkv_evict_cuda_compress(const rkv_evict_params *p, rkv_kv_pool *pool,
                                            const rkv_evict_cuda_batch *batch, void *workspace,
                                            size_t ws_bytes);

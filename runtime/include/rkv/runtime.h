@@ -49,7 +49,8 @@ RKV_API const char *rkv_status_name(rkv_status s);
 
 /* ---- Caller allocator and logging ------------------------------------------------------ */
 
-/* Host memory comes through this when given (NULL allocator or NULL fns = libc).
+/* Host memory comes through this when given (NULL allocator, or either fn NULL = libc for
+ * both, so memory is always freed by the allocator that made it).
  * alloc returns memory aligned to `align` (a power of two) or NULL. */
 typedef struct rkv_allocator {
   void *(*alloc)(void *ctx, size_t size, size_t align);
@@ -206,7 +207,8 @@ RKV_API rkv_status rkv_kv_pool_copy_blocks(rkv_kv_pool *p, const rkv_block_copy 
  * into fresh blocks, so in-order application never reads an overwritten slot. */
 RKV_API rkv_status rkv_kv_pool_apply_moves(rkv_kv_pool *p, const rkv_slot_move *moves, size_t n);
 /* Host <-> pool transfers of whole blocks (swap, tests, tools). `host` holds n_ids blocks
- * back to back, in the order of ids. */
+ * back to back, in the order of ids. write_blocks zeroes the written blocks' per-slot scores
+ * (they hold other tokens now; read_blocks does not save scores). */
 RKV_API rkv_status rkv_kv_pool_read_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n_ids,
                                            void *host);
 RKV_API rkv_status rkv_kv_pool_write_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n_ids,

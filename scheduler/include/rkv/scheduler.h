@@ -72,9 +72,10 @@ typedef struct rkv_sched_request {
 
 /* Creates a scheduler over a caller-owned block manager `m` (borrowed: it must outlive the
  * scheduler, and nobody else may create or free sequences in it while the scheduler runs).
- * cfg NULL = defaults. RKV_ERR_INVALID_ARG (bad config or evict params; text in err when
- * err_len > 0), RKV_ERR_NO_MEMORY. *out = NULL on failure. O(host_blocks + max_seqs *
- * streams_per_seq) memory for the plan arrays, allocated once here. */
+ * cfg NULL = defaults. RKV_ERR_INVALID_ARG (bad config or evict params, or max_seqs x
+ * streams per sequence above 2^30; text in err when err_len > 0), RKV_ERR_NO_MEMORY.
+ * *out = NULL on failure. O(host_blocks + max_seqs * streams_per_seq) memory for the plan
+ * arrays, allocated once here. */
 RKV_API rkv_status rkv_sched_create(const rkv_sched_config *cfg, rkv_blockmgr *m, rkv_sched **out,
                                     char *err, size_t err_len);
 /* Accepts NULL. Frees the scheduler's own memory; the sequences it created in the block
@@ -83,8 +84,8 @@ RKV_API void rkv_sched_destroy(rkv_sched *s);
 /* Text of the last failed call on this handle ("" if none). */
 RKV_API const char *rkv_sched_last_error(const rkv_sched *s);
 
-/* Queues a request (state waiting). RKV_ERR_INVALID_ARG (id < 0, lengths < 1, bad evict
- * params), RKV_ERR_EXISTS (duplicate live id), RKV_ERR_CAPACITY (its bounded footprint can
+/* Queues a request (state waiting). RKV_ERR_INVALID_ARG (id < 0, lengths < 1, NaN arrival, bad
+ * evict params), RKV_ERR_EXISTS (duplicate live id), RKV_ERR_CAPACITY (its bounded footprint can
  * never fit the pool: e.g. a prompt larger than the whole pool), RKV_ERR_NO_MEMORY. A rejected
  * request changes nothing. Amortised O(log live) plus O(waiting) for the ordered insert. */
 RKV_API rkv_status rkv_sched_add_request(rkv_sched *s, const rkv_sched_request *req);
@@ -108,9 +109,21 @@ RKV_API rkv_status rkv_sched_abort(rkv_sched *s, int64_t id);
 RKV_API rkv_status rkv_sched_fork(rkv_sched *s, int64_t parent, int64_t child,
                                   int64_t max_new_tokens);
 
-/* Caps the free blocks admission and swap-in may count on (tensor parallelism: ranks
- * MIN-all-reduce their free blocks and pass the result before each step, so replicas admit
- * identically). UINT32_MAX (the default) = no cap. Sticky until changed. */
+/* Limits the pool the scheduler plans with to min(total, used + limit) blocks, `used` read
+ * from the block manager now: pass a free count measured since the block manager last
+ * changed. Tensor parallelism: ranks MIN-all-reduce their free blocks and pass the result
+ * before each step; ranks whose block managers hold the same used blocks (same calls, same
+ * compressions) then all plan with the smallest rank's pool, whatever their own sizes, and
+ * make identical plans. Every decision that reads the pool's size uses this usable pool:
+ * the free count of admission, swap-in and growth preemption (optimistic mode preempts
+ * once the usable pool is full), reserve admission (usable - watermark, the watermark being
+ * the block manager's fraction of the usable pool), rkv_sched_fork's reserve check,
+ * add_request's RKV_ERR_CAPACITY, and the abort of a waiting recompute whose bound no longer
+ * fits (under a limit only once nothing is running). So a limit below a request's bound
+ * rejects or aborts it: treat the limit as the pool size, not as a transient throttle.
+ * The host (swap) pool is not limited: give replicas equal host_blocks. UINT32_MAX (the
+ * default) = no limit. Sticky until changed. Reads the block manager's stats once (O(1) until
+ * some block is shared, then O(blocks + table entries)). */
 RKV_API void rkv_sched_set_free_blocks_limit(rkv_sched *s, uint32_t limit);
 
 /* ---- Steps ----------------------------------------------------------------------------- */
@@ -186,10 +199,14 @@ typedef struct rkv_sched_plan {
 /* Plans one step: frees nothing the engine still needs, appends the step's tokens to the
  * block manager, preempts when optimistic admission ran out of blocks, swaps in, admits.
  * An empty plan (n_seqs 0) means nothing can run now (idle or blocked).
- * RKV_ERR_STATE if the previous plan was not reported (nothing changes). Any other error
+ * RKV_ERR_STATE if the previous plan was not reported, RKV_ERR_NO_MEMORY if the plan's copy
+ * of the finished / fork lists could not grow (both: nothing changes). Any other error
  * means the block manager refused something its own accounting promised (it was modified
  * behind the scheduler's back, or a bug): the scheduler's state is then undefined.
- * Host work O(scheduled sequences + preempted / swapped blocks), no allocation. */
+ * Host work O(scheduled sequences x streams + preempted / swapped blocks) plus one read of
+ * the block manager's stats (O(blocks + table entries) once some block is shared); no
+ * allocation except that amortised growth, done first, when more requests are live than
+ * ever before. */
 RKV_API rkv_status rkv_sched_step(rkv_sched *s, const rkv_sched_plan **plan);
 
 /* What the engine reports for each scheduled sequence of the last plan (any order; every

@@ -15,9 +15,12 @@
 #             with 0.5x blocks, nobody preempts more than that run, and without the smaller rank
 #             the batch is larger (so the limit really binds)
 #   diverge   rank 1 perturbs one plan hash: every rank exits non-zero naming the divergence
-#   realdiverge  a genuine scheduler divergence: rank 1 at 0.5x blocks with the start-up MIN of
-#             pool sizes switched off (--tp-no-pool-min), so reserve admission differs at plan
-#             0; the first step sync must stop every rank
+#   nopoolmin unequal pools without the start-up MIN of pool sizes (--tp-no-pool-min, rank 1 at
+#             0.5x blocks): the per-step free-block MIN alone makes every scheduler plan with
+#             the smallest pool (rkv_sched_set_free_blocks_limit caps the usable pool), so the
+#             ranks agree and their digests equal those of the same run with the start-up MIN,
+#             for reserve admission (fixed batch) and for optimistic admission with growth
+#             preemptions
 #   bind      --tp-bind: every local rank reports its binding (or why not) and the run agrees
 #   die       rank 1 dies mid-run: the job exits non-zero well within the limit, survivors
 #             report the dead peer (threads: always; mpirun may kill them first)
@@ -162,20 +165,35 @@ case "$mode" in
     done
     agree_checks "$tmp/out" rkv
     ;;
-  realdiverge)
-    run_tp "$tmp/out" "$tmp/err" "$@" "$rkv" sim $shape --compute none --policy rkv \
-      --workload fixed --requests 24 --gen-len 600 --pool-blocks 400 \
-      --tp-rank-blocks-scale 1:0.5 --tp-no-pool-min --tp $np $launch --tp-timeout 20
-    rc=$?
-    cat "$tmp/err"
-    check "exit status non-zero and not killed by the limit (got $rc)" \
-      [ "$rc" -ne 0 -a "$rc" -ne 124 -a "$rc" -ne 137 ]
-    r=0
-    while [ $r -lt "$np" ]; do
-      check "rank $r stops at the first sync after plan 0 naming rank 1" grep -Eq \
-        "tp rank $r: step sync 1 \(checks plan 0\) failed: .*TP step-plan divergence: .* rank 1 step 1 hash [0-9a-f]+;" \
-        "$tmp/err"
-      r=$((r + 1))
+  nopoolmin)
+    for wl in fixed optimistic; do
+      if [ "$wl" = fixed ]; then
+        args="$shape --compute none --policy full,rkv --workload fixed --requests 24
+          --gen-len 600 --pool-blocks 400"
+      else
+        args="$shape --compute none --policy full,rkv --pool-blocks 150 --requests 48
+          --admission optimistic"
+      fi
+      args="$args --tp-rank-blocks-scale 1:0.5 --tp $np $launch --tp-timeout 20"
+      run_tp "$tmp/out" "$tmp/err" "$@" "$rkv" sim $args --tp-no-pool-min
+      rc=$?
+      check "$wl: exit status 0 without the pool MIN (got $rc)" [ "$rc" -eq 0 ]
+      agree_checks "$tmp/out" full rkv
+      run_tp "$tmp/ref" "$tmp/referr" "$@" "$rkv" sim $args
+      check "$wl: reference run with the pool MIN: exit status 0" [ $? -eq 0 ]
+      for pol in full rkv; do
+        d=$(rows "$pol" "$tmp/out" | awk 'NR == 1 { print $10 }')
+        dref=$(rows "$pol" "$tmp/ref" | awk 'NR == 1 { print $10 }')
+        check "$wl $pol: digest ${d:-?} == digest with the pool MIN ${dref:-?}" \
+          [ -n "$d" -a "$d" = "${dref:-x}" ]
+        u0=$(rows "$pol" "$tmp/out" | awk '$2 == 0 { print $4 }')
+        check "$wl $pol: rank 0 kept its own pool as usable (${u0:-?} blocks)" \
+          [ "${u0:-0}" -gt 0 -a "${u0:-0}" -eq "$(rows "$pol" "$tmp/out" | awk '$2 == 0 { print $3 }')" ]
+      done
+      pre=$(rows rkv "$tmp/out" | awk 'NR == 1 { print $8 }')
+      if [ "$wl" = optimistic ]; then
+        check "optimistic: the workload preempts for growth: $pre" [ "${pre:-0}" -gt 0 ]
+      fi
     done
     ;;
   die)

@@ -356,6 +356,45 @@ static void test_no_blocks(void) {
   fx_fini(&f);
 }
 
+/* A fork that then grows privately: compaction replaces the shared leading blocks with fresh
+ * ones and frees the private tail blocks; blocks_freed is the net change of the free list,
+ * and the child still reads its original tokens. */
+static void test_fork_mixed(void) {
+  fixture f;
+  fx_init(&f, 1, 2, 4, 8, 16, RKV_DTYPE_F32, 200, 512);
+  rkv_evict_params p = RKV_EVICT_PARAMS_INIT;
+  p.policy = RKV_EVICT_H2O, p.budget = 40;
+  EXPECT_OK(rkv_blockmgr_seq_create(f.m, 1));
+  fx_append(&f, 1, 0, 48, true); /* 3 full blocks per stream, then shared */
+  EXPECT_OK(rkv_blockmgr_seq_fork(f.m, 1, 2));
+  fx_append(&f, 1, 48, 90, true); /* 138 tokens: 6 more private blocks per stream */
+  const rkv_evict_policy pols[2] = {RKV_EVICT_H2O, RKV_EVICT_STREAMING};
+  for (int pi = 0; pi < 2; pi++) {
+    p.policy = pols[pi];
+    rkv_blockmgr_stats s0, s1;
+    rkv_blockmgr_get_stats(f.m, &s0);
+    rkv_evict_result res;
+    char err[256];
+    EXPECT_OK(rkv_evict_layer_ex(&p, f.m, f.pool, NULL, 4, 1, 0, g_ws, sizeof g_ws, &res, err,
+                                 sizeof err));
+    rkv_blockmgr_get_stats(f.m, &s1);
+    EXPECT_OK(rkv_blockmgr_check(f.m));
+    int64_t delta = (int64_t)s1.free_blocks - (int64_t)s0.free_blocks;
+    EXPECT_EQ_INT(res.blocks_freed, delta > 0 ? delta : 0);
+    if (pi == 0) EXPECT_EQ_INT(res.blocks_freed, 2 * (9 - 3 - 3)); /* 6 private, 3 fresh */
+    static int32_t pos[4096];
+    for (uint32_t h = 0; h < 2; h++) {
+      int32_t len = read_stream(&f, 2, 0, h, pos);
+      EXPECT_EQ_INT(len, 48);
+      int bad = 0;
+      for (int32_t j = 0; j < len; j++) bad += pos[j] != j;
+      EXPECT_EQ_INT(bad, 0);
+    }
+    fx_append(&f, 1, 200 + 100 * pi, 60, false); /* grow again for the next policy */
+  }
+  fx_fini(&f);
+}
+
 static void test_errors(void) {
   fixture f;
   fx_init(&f, 1, 2, 4, 16, 16, RKV_DTYPE_F32, 100, 256);
@@ -459,6 +498,7 @@ int main(void) {
   test_errors();
   test_no_blocks();
   test_fork();
+  test_fork_mixed();
   test_policies();
   return rkv_test_finish();
 }

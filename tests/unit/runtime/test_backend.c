@@ -1,5 +1,8 @@
 /* Backends and KV pools: CPU pool creation, copy-on-write block copies, compaction moves,
- * host transfers, argument validation, the caller allocator, and CUDA availability rules. */
+ * host transfers, argument validation, the caller allocator, and CUDA availability rules.
+ * Review regressions: write_blocks clears the per-slot scores of the blocks it fills; a short
+ * (older) backend config is not read past its struct_size; an allocator with only one of its
+ * two functions is not mixed with libc. */
 #include "rkv_test.h"
 
 typedef struct counting_alloc {
@@ -132,6 +135,73 @@ static void test_backend_kinds(void) {
   EXPECT_STATUS(rkv_backend_sync(NULL), RKV_ERR_INVALID_ARG);
 }
 
+/* write_blocks puts other tokens into the blocks: the previous owner's H2O mass must go. */
+static void test_write_blocks_clears_scores(void) {
+  rkv_backend_config cfg = RKV_BACKEND_CONFIG_INIT;
+  cfg.kind = RKV_BACKEND_CPU;
+  rkv_backend *b = NULL;
+  EXPECT_OK(rkv_backend_create(&cfg, &b));
+  rkv_kv_layout l = {RKV_DTYPE_F32, 4, 8};
+  rkv_kv_pool *p = NULL;
+  EXPECT_OK(rkv_kv_pool_create(b, &l, 4, &p));
+  fill_block(p, 1, 10.0f);
+  fill_block(p, 2, 20.0f);
+  fill_block(p, 3, 30.0f);
+  static uint8_t host[2 * 2 * 4 * 8 * sizeof(float)];
+  for (size_t i = 0; i < sizeof host; i++) host[i] = (uint8_t)i;
+  const int32_t ids[2] = {3, 1};
+  EXPECT_OK(rkv_kv_pool_write_blocks(p, ids, 2, host));
+  const float *sc = rkv_kv_pool_scores(p);
+  int stale = 0;
+  for (uint32_t s = 0; s < 4; s++) stale += sc[4 + s] != 0.0f || sc[12 + s] != 0.0f;
+  EXPECT_EQ_INT(stale, 0);
+  EXPECT(sc[8] == 20.0f && sc[11] == 23.0f); /* block 2 not written: kept */
+  EXPECT(memcmp((uint8_t *)rkv_kv_pool_base(p) + 3 * rkv_kv_block_bytes(&l), host,
+                rkv_kv_block_bytes(&l)) == 0);
+  rkv_kv_pool_destroy(p);
+  rkv_backend_destroy(b);
+}
+
+/* A caller compiled against an older, shorter rkv_backend_config: fields past its
+ * struct_size take defaults (here they hold garbage that would be rejected if read). */
+static void test_short_config(void) {
+  rkv_backend_config cfg;
+  memset(&cfg, 0xff, sizeof cfg); /* num_threads = device = -1 */
+  cfg.struct_size = (uint32_t)offsetof(rkv_backend_config, device);
+  cfg.kind = RKV_BACKEND_CPU;
+  rkv_backend *b = NULL;
+  EXPECT_OK(rkv_backend_create(&cfg, &b));
+  EXPECT_EQ_INT(rkv_backend_get_kind(b), RKV_BACKEND_CPU);
+  rkv_backend_destroy(b);
+}
+
+/* An allocator with only alloc (or only free) set: libc does both, never half each. */
+static void *offset_alloc(void *ctx, size_t size, size_t align) {
+  counting_alloc *c = ctx;
+  c->calls++;
+  uint8_t *p = malloc(size + 2 * align);
+  return p ? (void *)(((uintptr_t)p + 2 * align - 1) & ~(uintptr_t)(align - 1)) : NULL;
+}
+static void test_half_allocator(void) {
+  counting_alloc ca = {0, 0};
+  rkv_allocator only_alloc = {offset_alloc, NULL, &ca}, only_free = {NULL, count_free, &ca};
+  const rkv_allocator *als[2] = {&only_alloc, &only_free};
+  for (int i = 0; i < 2; i++) {
+    rkv_backend_config cfg = RKV_BACKEND_CONFIG_INIT;
+    cfg.kind = RKV_BACKEND_CPU;
+    cfg.allocator = als[i];
+    rkv_backend *b = NULL;
+    EXPECT_OK(rkv_backend_create(&cfg, &b));
+    rkv_kv_layout l = {RKV_DTYPE_F16, 4, 8};
+    rkv_kv_pool *p = NULL;
+    EXPECT_OK(rkv_kv_pool_create(b, &l, 3, &p));
+    rkv_kv_pool_destroy(p);
+    rkv_backend_destroy(b);
+  }
+  EXPECT_EQ_INT(ca.calls, 0);
+  EXPECT_EQ_INT(ca.live, 0);
+}
+
 static void test_build_flags(void) {
   /* The flags are consistent with each other: NCCL needs CUDA. */
   if (rkv_build_has_nccl()) EXPECT(rkv_build_has_cuda());
@@ -143,6 +213,9 @@ int main(void) {
   test_cpu_pool(RKV_DTYPE_F16);
   test_cpu_pool(RKV_DTYPE_BF16);
   test_backend_kinds();
+  test_write_blocks_clears_scores();
+  test_short_config();
+  test_half_allocator();
   test_build_flags();
   return rkv_test_finish();
 }

@@ -45,6 +45,26 @@ typedef struct test_engine {
   rkv_sched_output outs[1024];
 } test_engine;
 
+/* The scheduler tests' block manager: F32 K/V of head_dim 4 (values only matter to the
+ * engine above), everything else given. */
+static inline rkv_blockmgr *te_make_bm(uint32_t blocks, uint32_t bs, uint32_t layers,
+                                       uint32_t heads, float watermark, uint32_t max_seqs,
+                                       bool check_every_op) {
+  rkv_blockmgr_config c = RKV_BLOCKMGR_CONFIG_INIT;
+  c.num_blocks = blocks;
+  c.block_size = bs;
+  c.num_layers = layers;
+  c.num_kv_heads = heads;
+  c.head_dim = 4;
+  c.dtype = RKV_DTYPE_F32;
+  c.watermark = watermark;
+  c.max_seqs = max_seqs;
+  c.check_every_op = check_every_op;
+  rkv_blockmgr *m = NULL;
+  if (rkv_blockmgr_create(&c, &m) != RKV_OK) return NULL;
+  return m;
+}
+
 static inline float te_value(int64_t id, uint32_t stream, int64_t logical, uint32_t e, int kv) {
   return (float)(id * 4096 + logical) + (float)stream * 0.25f + (float)e * 0.001f +
          (kv ? 0.5f : 0.0f);

@@ -8,19 +8,7 @@
 #include "sched_test_engine.h"
 
 static rkv_blockmgr *make_bm(uint32_t blocks, uint32_t bs, uint32_t layers, uint32_t heads) {
-  rkv_blockmgr_config c = RKV_BLOCKMGR_CONFIG_INIT;
-  c.num_blocks = blocks;
-  c.block_size = bs;
-  c.num_layers = layers;
-  c.num_kv_heads = heads;
-  c.head_dim = 4;
-  c.dtype = RKV_DTYPE_F32;
-  c.watermark = 0.0f;
-  c.max_seqs = 64;
-  c.check_every_op = true;
-  rkv_blockmgr *m = NULL;
-  if (rkv_blockmgr_create(&c, &m) != RKV_OK) return NULL;
-  return m;
+  return te_make_bm(blocks, bs, layers, heads, 0.0f, 64, true);
 }
 
 typedef struct run_result {

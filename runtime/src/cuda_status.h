@@ -1,0 +1,26 @@
+/* CUDA runtime errors as rkv_status, for every .cu file of the library (pool kernels,
+ * attention, eviction): one place decides which errors are sticky (a kernel fault: the context
+ * is unusable from then on) and marks the backend poisoned, so a fault first seen by any
+ * module's launch check makes every later call fail fast and say why. CUDA builds only. */
+#ifndef RKV_CUDA_STATUS_H
+#define RKV_CUDA_STATUS_H
+
+#include "backend_impl.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* True for the cudaError_t values after which the CUDA context cannot be used again. */
+bool rkvi_cuda_error_sticky(int cuda_error);
+
+/* RKV_ERR_CUDA with "what: <CUDA message> (file:line)" in err (b->err when err is NULL); a
+ * sticky error also sets b->poisoned and says "[context poisoned]". */
+rkv_status rkvi_cuda_fail(rkv_backend *b, char *err, int cuda_error, const char *what,
+                          const char *file, int line);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* RKV_CUDA_STATUS_H */

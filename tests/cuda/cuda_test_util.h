@@ -1,0 +1,45 @@
+/* Helpers shared by the GPU tests (tests/cuda/test_*.c): the skip that keeps host-check
+ * failures visible, and, in CUDA builds, checked device allocation and upload. Include after
+ * rkv_test.h. */
+#ifndef RKV_CUDA_TEST_UTIL_H
+#define RKV_CUDA_TEST_UTIL_H
+
+#include "rkv_test.h"
+
+/* Skips (77) for want of a GPU, unless a check that ran before (host_checks: every build) has
+ * already failed: then the binary fails (1), so ctest shows the failure instead of a skip. */
+static inline int cuda_test_skip(const char *why) {
+  const int rc = rkv_test_skip_no_gpu(why);
+  return rkv_test_failed_ ? 1 : rc;
+}
+
+#ifdef RKV_HAVE_CUDA
+#include <cuda_runtime.h>
+
+/* A failed CUDA runtime call ends the test (later results would be meaningless). */
+#define CK(expr)                                               \
+  do {                                                         \
+    cudaError_t e_ = (expr);                                   \
+    if (e_ != cudaSuccess) {                                   \
+      RKV_TEST_FAIL_("%s: %s", #expr, cudaGetErrorString(e_)); \
+      rkv_test_finish();                                       \
+      exit(1);                                                 \
+    }                                                          \
+  } while (0)
+
+static inline void *dalloc(size_t bytes) {
+  void *p = NULL;
+  CK(cudaMalloc(&p, bytes ? bytes : 16));
+  return p;
+}
+static inline void *dup_to_dev(const void *h, size_t bytes) {
+  void *d = dalloc(bytes);
+  if (bytes) CK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
+  return d;
+}
+static inline float frand(uint64_t *s) {
+  return (float)(rkv_test_uniform(s) * 2.0 - 1.0);
+}
+#endif /* RKV_HAVE_CUDA */
+
+#endif /* RKV_CUDA_TEST_UTIL_H */
