@@ -1,6 +1,6 @@
-/* Incremental table export: keeps a caller's padded per-sequence mirror of the block tables
- * current by writing only what changed since the last sync (DESIGN-NOTES §1 and §3: per-step
- * host work must not touch every table entry). Change tracking is the per-stream `dirty`
+/* O(1) accounting and incremental table export: keeps a caller's padded per-sequence mirror of the
+ * block tables current by writing only what changed since the last sync (DESIGN-NOTES §1 and §3:
+ * per-step host work must not touch every table entry). Change tracking is the per-stream `dirty`
  * watermark maintained by append, fork, restore and the compactions. */
 #include <string.h>
 
@@ -31,4 +31,8 @@ RKV_API rkv_status rkv_blockmgr_sync_rows(rkv_blockmgr *m, int64_t seq, bool ful
   }
   if (n_written) *n_written = written;
   return RKV_OK;
+}
+
+RKV_API uint32_t rkv_blockmgr_free_blocks(const rkv_blockmgr *m) {
+  return m ? (uint32_t)m->free_top : 0;
 }

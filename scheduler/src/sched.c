@@ -270,14 +270,11 @@ static void release_reservation(rkv_sched *s, req *r) {
   }
 }
 
-/* Free blocks of the usable pool during plan_step. The used count is read once per step and
- * then tracked through every append, free and restore the step makes: the block manager's
- * stats cost O(blocks + table entries) once any block is shared (a fork), far too much to pay
- * per scheduled sequence. */
+/* Free blocks of the usable pool during plan_step. The used count is read once per step (O(1)
+ * from the free list) and then tracked through every append, free and restore the step makes,
+ * so the step's arithmetic never depends on when it re-reads the manager. */
 static uint32_t bm_used(const rkv_sched *s) {
-  rkv_blockmgr_stats st;
-  rkv_blockmgr_get_stats(s->bm, &st);
-  return st.used_blocks;
+  return (uint32_t)(s->total_blocks - rkv_blockmgr_free_blocks(s->bm));
 }
 
 static uint32_t bm_free(const rkv_sched *s) {
@@ -492,9 +489,7 @@ void rkv_sched_set_free_blocks_limit(rkv_sched *s, uint32_t limit) {
   /* A free count is only meaningful against the usage it was measured at: fix it as a cap on
    * the pool (used + limit) so later frees and appends in this process count exactly as they
    * do on every other rank. */
-  rkv_blockmgr_stats st;
-  rkv_blockmgr_get_stats(s->bm, &st);
-  s->usable_cap = (uint64_t)st.used_blocks + limit;
+  s->usable_cap = (uint64_t)bm_used(s) + limit;
 }
 
 uint64_t rkv_sched_bound_blocks(const rkv_sched *s, int64_t prompt_len, int64_t max_new_tokens,
@@ -672,27 +667,15 @@ rkv_status rkv_sched_fork(rkv_sched *s, int64_t parent, int64_t child, int64_t m
 
 /* ---- planning --------------------------------------------------------------------------- */
 
-static uint32_t stream_blocks_total(rkv_sched *s, const req *r) {
-  uint32_t nb = 0;
-  const rkv_blockmgr_config *bc = rkv_blockmgr_get_config(s->bm);
-  for (uint32_t l = 0; l < bc->num_layers; l++)
-    for (uint32_t h = 0; h < bc->num_kv_heads; h++) {
-      const int32_t *ids;
-      int32_t n;
-      if (rkv_blockmgr_stream_blocks(s->bm, r->id, l, h, &ids, &n) == RKV_OK) nb += (uint32_t)n;
-    }
-  return nb;
-}
-
 /* Preempts a running request that is not in this step's plan. */
 static rkv_status preempt(rkv_sched *s, req *r) {
   rkv_sched_plan *p = &s->plan;
   const rkv_blockmgr_config *bc = rkv_blockmgr_get_config(s->bm);
   bool swap = false;
-  if (s->cfg.preempt == RKV_SCHED_PREEMPT_SWAP && r->lens) {
-    uint32_t nb = stream_blocks_total(s, r);
-    swap = nb <= s->host_n_free && p->n_swap_out + nb <= s->cfg.host_blocks;
-  }
+  uint32_t held = 0, exclusive = 0; /* blocks it references; those freed with it */
+  RKV_TRY(rkv_blockmgr_seq_footprint(s->bm, r->id, &held, &exclusive));
+  if (s->cfg.preempt == RKV_SCHED_PREEMPT_SWAP && r->lens)
+    swap = held <= s->host_n_free && p->n_swap_out + held <= s->cfg.host_blocks;
   if (swap) {
     rkv_sched_swap *ops = s->swap_out + p->n_swap_out;
     uint32_t k = 0;
@@ -725,8 +708,6 @@ static rkv_status preempt(rkv_sched *s, req *r) {
   } else {
     s->m.num_preempt_recompute++;
   }
-  uint32_t held = 0, exclusive = 0;
-  RKV_TRY(rkv_blockmgr_seq_footprint(s->bm, r->id, &held, &exclusive));
   RKV_TRY(rkv_blockmgr_seq_free(s->bm, r->id));
   s->step_used -= exclusive;
   release_reservation(s, r);

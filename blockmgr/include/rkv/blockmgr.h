@@ -206,7 +206,11 @@ typedef struct rkv_blockmgr_stats {
   uint32_t peak_used_blocks;    /* since create */
 } rkv_blockmgr_stats;
 
+/* Not a hot path: O(1) unless blocks are shared (then it walks every table to count shared
+ * slots once). Per-step callers use rkv_blockmgr_free_blocks. */
 RKV_API void rkv_blockmgr_get_stats(const rkv_blockmgr *m, rkv_blockmgr_stats *out);
+/* Blocks on the free list now (0 for NULL). O(1): for per-step admission arithmetic. */
+RKV_API uint32_t rkv_blockmgr_free_blocks(const rkv_blockmgr *m);
 /* Blocks the sequence references (`total`, shared counted) and those only it references
  * (`exclusive`, freed if it were freed now). */
 RKV_API rkv_status rkv_blockmgr_seq_footprint(const rkv_blockmgr *m, int64_t seq, uint32_t *total,

@@ -1,4 +1,4 @@
-/* rkv_blockmgr_sync_rows: a caller's padded mirror kept current by deltas equals the manager's
+/* rkv_blockmgr_free_blocks (O(1)) and rkv_blockmgr_sync_rows: a caller's padded mirror kept current by deltas equals the manager's
  * rows after every random op (append, fork + CoW, compact, compact_uniform, free), and steps
  * between block boundaries write no row entry. */
 #include <rkv/blockmgr.h>
@@ -46,6 +46,11 @@ static void test_quiet_steps(void) {
   EXPECT_OK(rkv_blockmgr_sync_rows(m, 1, false, mr.rows, STRIDE, mr.lens, &w));
   EXPECT_EQ_INT(w, S);
   EXPECT(mirror_matches(m, 1, &mr));
+  rkv_blockmgr_stats st;
+  rkv_blockmgr_get_stats(m, &st);
+  EXPECT_EQ_INT(rkv_blockmgr_free_blocks(m), st.free_blocks);
+  EXPECT_EQ_INT(rkv_blockmgr_free_blocks(m), 200 - 3 * S);
+  EXPECT_EQ_INT(rkv_blockmgr_free_blocks(NULL), 0);
   EXPECT_STATUS(rkv_blockmgr_sync_rows(m, 1, false, mr.rows, 2, mr.lens, &w), RKV_ERR_CAPACITY);
   EXPECT_STATUS(rkv_blockmgr_sync_rows(m, 7, false, mr.rows, STRIDE, mr.lens, &w),
                 RKV_ERR_NOT_FOUND);

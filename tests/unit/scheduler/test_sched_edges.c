@@ -308,6 +308,141 @@ static void test_swap_in_exact_need(void) {
   rkv_blockmgr_destroy(m);
 }
 
+/* An allocator that fails about one call in `one_in` (fixed seed) and checks that every free
+ * names the size that was allocated (a grown array recorded with its old size would not). */
+typedef struct flaky {
+  uint64_t rng;
+  uint32_t one_in;
+  uint64_t fails, size_mismatches;
+} flaky;
+
+#define FLAKY_HDR 64 /* covers every alignment the scheduler asks for */
+
+static void *flaky_alloc(void *ctx, size_t size, size_t align) {
+  flaky *f = ctx;
+  if (align > FLAKY_HDR) return NULL;
+  if (f->one_in && rkv_test_rand(&f->rng) % f->one_in == 0) {
+    f->fails++;
+    return NULL;
+  }
+  char *base = aligned_alloc(FLAKY_HDR, FLAKY_HDR + (size + FLAKY_HDR - 1) / FLAKY_HDR * FLAKY_HDR);
+  if (!base) return NULL;
+  memcpy(base, &size, sizeof size);
+  return base + FLAKY_HDR;
+}
+
+static void flaky_free(void *ctx, void *p, size_t size) {
+  flaky *f = ctx;
+  char *base = (char *)p - FLAKY_HDR;
+  size_t had;
+  memcpy(&had, base, sizeof had);
+  if (had != size) f->size_mismatches++;
+  free(base);
+}
+
+/* All-or-nothing under memory failure: a random workload (arrivals, aborts, forks, steps,
+ * reports with random EOS) over an allocator that fails one call in 4. Every failing call
+ * returns RKV_ERR_NO_MEMORY with the invariants intact, and the run still completes. */
+static void test_out_of_memory_changes_nothing(void) {
+  static flaky f;
+  f.rng = 99;
+  f.one_in = 0;
+  rkv_allocator al = {flaky_alloc, flaky_free, &f};
+  rkv_blockmgr *m = make_bm(512, 2, 1, 0);
+  if (!m) return;
+  rkv_sched_config c = RKV_SCHED_CONFIG_INIT;
+  c.admission = RKV_SCHED_OPTIMISTIC;
+  c.preempt = RKV_SCHED_PREEMPT_SWAP;
+  c.host_blocks = 64;
+  c.max_seqs = 8;
+  c.max_batched_tokens = 32;
+  c.evict.policy = RKV_EVICT_FULL;
+  c.allocator = &al;
+  rkv_sched *s = NULL;
+  EXPECT_OK(rkv_sched_create(&c, m, &s, NULL, 0));
+  if (!s) return;
+  f.one_in = 4;
+  uint64_t rng = 5, nomem = 0, added = 0, done = 0;
+  int64_t next = 0;
+  for (int it = 0; it < 4000 && (next < 200 || done < added); it++) {
+    uint64_t dice = rkv_test_rand(&rng) % 8;
+    rkv_status st = RKV_OK;
+    if (dice < 3 && next < 200) {
+      rkv_sched_request r = {next,
+                             1 + (int64_t)(rkv_test_rand(&rng) % 20),
+                             1 + (int64_t)(rkv_test_rand(&rng) % 30),
+                             0,
+                             (double)next,
+                             NULL};
+      st = rkv_sched_add_request(s, &r);
+      if (st == RKV_OK) {
+        next++;
+        added++;
+      }
+    } else if (dice == 3 && next) {
+      /* announced in the next plan's `finished`, which is what `done` counts */
+      st = rkv_sched_abort(s, (int64_t)(rkv_test_rand(&rng) % (uint64_t)next));
+    } else if (dice == 4 && next < 200) {
+      st = rkv_sched_fork(s, (int64_t)(rkv_test_rand(&rng) % (uint64_t)(next + 1)), next, 40);
+      if (st == RKV_OK) {
+        next++;
+        added++;
+      }
+    } else {
+      const rkv_sched_plan *p = NULL;
+      st = rkv_sched_step(s, &p);
+      if (st == RKV_OK) {
+        rkv_sched_output o[8];
+        for (uint32_t i = 0; i < p->n_seqs; i++) {
+          memset(&o[i], 0, sizeof o[i]);
+          o[i].id = p->seqs[i].id;
+          o[i].eos = rkv_test_rand(&rng) % 16 == 0;
+        }
+        done += p->n_finished;
+        EXPECT_OK(rkv_sched_report(s, o, p->n_seqs));
+      }
+    }
+    if (st == RKV_ERR_NO_MEMORY) nomem++;
+    EXPECT(st == RKV_OK || st == RKV_ERR_NO_MEMORY || st == RKV_ERR_NOT_FOUND ||
+           st == RKV_ERR_STATE || st == RKV_ERR_EXISTS || st == RKV_ERR_INVALID_ARG ||
+           st == RKV_ERR_CAPACITY);
+    if (rkv_sched_check(s) != RKV_OK) {
+      EXPECT_OK(rkv_sched_check(s));
+      printf("after %s: %s\n", rkv_status_str(st), rkv_sched_last_error(s));
+      break;
+    }
+  }
+  /* finish what is left without failures: every request is accounted for */
+  f.one_in = 0;
+  for (int it = 0; it < 20000 && done < added; it++) {
+    const rkv_sched_plan *p = NULL;
+    EXPECT_OK(rkv_sched_step(s, &p));
+    if (!p) break;
+    done += p->n_finished;
+    report_all(s, p);
+  }
+  const rkv_sched_plan *p = NULL;
+  EXPECT_OK(rkv_sched_step(s, &p)); /* announces the last finishes */
+  if (p) {
+    done += p->n_finished;
+    report_all(s, p);
+  }
+  printf(
+      "out of memory: %llu failed allocations, %llu calls returned NO_MEMORY, %llu of %llu "
+      "requests done\n",
+      (unsigned long long)f.fails, (unsigned long long)nomem, (unsigned long long)done,
+      (unsigned long long)added);
+  EXPECT(nomem > 20);
+  EXPECT_EQ_INT(done, added);
+  rkv_sched_metrics mt;
+  rkv_sched_get_metrics(s, &mt);
+  EXPECT_EQ_INT(mt.used_blocks, 0);
+  EXPECT_OK(rkv_sched_check(s));
+  rkv_sched_destroy(s);
+  rkv_blockmgr_destroy(m);
+  EXPECT_EQ_INT(f.size_mismatches, 0);
+}
+
 int main(void) {
   test_swap_in_respects_bm_max_seqs();
   test_nan_arrival();
@@ -316,5 +451,6 @@ int main(void) {
   test_fork_list_stays_valid();
   test_growth_need_after_victim();
   test_swap_in_exact_need();
+  test_out_of_memory_changes_nothing();
   return rkv_test_finish();
 }
