@@ -1,6 +1,6 @@
-/* rkv_blockmgr_free_blocks (O(1)) and rkv_blockmgr_sync_rows: a caller's padded mirror kept current by deltas equals the manager's
- * rows after every random op (append, fork + CoW, compact, compact_uniform, free), and steps
- * between block boundaries write no row entry. */
+/* rkv_blockmgr_free_blocks (O(1)) and rkv_blockmgr_sync_rows: a caller's padded mirror kept current
+ * by deltas equals the manager's rows after every random op (append, fork + CoW, compact,
+ * compact_uniform, free), and steps between block boundaries write no row entry. */
 #include <rkv/blockmgr.h>
 
 #include "bm_test_util.h"
