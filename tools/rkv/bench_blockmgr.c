@@ -78,24 +78,18 @@ static int parse(int argc, char **argv, bench_opts *o) {
       o->json = true;
       continue;
     }
-    struct {
-      const char *name;
-      uint64_t *dst, lo, hi;
-    } num[] = {
+    const rkv_tool_u64_opt num[] = {
         {"--layers", &o->layers, 1, 1024},     {"--kv-heads", &o->heads, 1, 1024},
         {"--batch", &o->batch, 1, 4096},       {"--block-size", &o->block_size, 1, 1024},
         {"--budget", &o->budget, 1, 1u << 20}, {"--buffer", &o->buffer, 1, 1u << 20},
         {"--steps", &o->steps, 1, 1u << 20},   {"--reps", &o->reps, 1, 1000},
     };
-    size_t k;
-    for (k = 0; k < sizeof num / sizeof num[0]; k++)
-      if (strcmp(a, num[k].name) == 0) break;
-    if (k == sizeof num / sizeof num[0]) {
+    int r = rkv_tool_parse_u64_opt(cmd, argc, argv, &i, num, sizeof num / sizeof num[0]);
+    if (r < 0) return 2;
+    if (r == 0) {
       fprintf(stderr, "rkv bench blockmgr: unknown option '%s' (--help)\n", a);
       return 2;
     }
-    const char *v = rkv_tool_optval(cmd, argc, argv, &i);
-    if (!v || !rkv_tool_parse_u64(cmd, a, v, num[k].lo, num[k].hi, num[k].dst)) return 2;
   }
   return -1;
 }

@@ -480,11 +480,7 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
   size_t kv_elem = rkv_dtype_size(o->dtype);
   uint64_t planned = 0, prev_hash = 0; /* plans made so far, hash of the latest (TP) */
   for (;;) {
-    if (tp) {
-      rkv_blockmgr_stats bs;
-      rkv_blockmgr_get_stats(bm, &bs);
-      if (!sim_tp_sync(tp, s, planned, prev_hash, bs.free_blocks)) goto done;
-    }
+    if (tp && !sim_tp_sync(tp, s, planned, prev_hash, rkv_blockmgr_free_blocks(bm))) goto done;
     double ts = rkv_tool_now();
     while (next < n && reqs[next].arrival <= clock) {
       rkv_sched_request rq = {
@@ -567,11 +563,7 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
   }
   /* the last plan is checked too: every rank leaves the loop at the same step only if the
    * plans agreed, and this sync proves it */
-  if (tp) {
-    rkv_blockmgr_stats bs;
-    rkv_blockmgr_get_stats(bm, &bs);
-    if (!sim_tp_sync(tp, s, planned, prev_hash, bs.free_blocks)) goto done;
-  }
+  if (tp && !sim_tp_sync(tp, s, planned, prev_hash, rkv_blockmgr_free_blocks(bm))) goto done;
   if (!o->quiet) {
     rkv_sched_metrics mt;
     rkv_sched_get_metrics(s, &mt);

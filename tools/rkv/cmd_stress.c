@@ -59,10 +59,7 @@ static int parse(int argc, char **argv, stress_opts *o) {
       o->json = true;
       continue;
     }
-    struct {
-      const char *name;
-      uint64_t *dst, lo, hi;
-    } num[] = {
+    const rkv_tool_u64_opt num[] = {
         {"--ops", &o->ops, 0, UINT64_C(1) << 40},
         {"--seed", &o->seed, 0, UINT64_MAX},
         {"--blocks", &o->blocks, 1, 1u << 22},
@@ -73,15 +70,12 @@ static int parse(int argc, char **argv, stress_opts *o) {
         {"--max-append", &o->max_append, 1, 4096},
         {"--check-every", &o->check_every, 1, UINT64_C(1) << 40},
     };
-    size_t k;
-    for (k = 0; k < sizeof num / sizeof num[0]; k++)
-      if (strcmp(a, num[k].name) == 0) break;
-    if (k == sizeof num / sizeof num[0]) {
+    int r = rkv_tool_parse_u64_opt(cmd, argc, argv, &i, num, sizeof num / sizeof num[0]);
+    if (r < 0) return 2;
+    if (r == 0) {
       fprintf(stderr, "rkv stress: unknown option '%s' (rkv stress --help)\n", a);
       return 2;
     }
-    const char *v = rkv_tool_optval(cmd, argc, argv, &i);
-    if (!v || !rkv_tool_parse_u64(cmd, a, v, num[k].lo, num[k].hi, num[k].dst)) return 2;
   }
   if (o->layers * o->heads > 4096) {
     fprintf(stderr, "rkv stress: --layers x --kv-heads must be <= 4096\n");

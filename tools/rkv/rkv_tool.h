@@ -24,6 +24,17 @@ bool rkv_tool_parse_i64(const char *cmd, const char *opt, const char *s, int64_t
 bool rkv_tool_parse_f64(const char *cmd, const char *opt, const char *s, double lo, double hi,
                         double *out);
 
+/* A numeric option: name, destination, inclusive range. */
+typedef struct rkv_tool_u64_opt {
+  const char *name;
+  uint64_t *dst;
+  uint64_t lo, hi;
+} rkv_tool_u64_opt;
+/* Parses argv[*i] against a table of numeric options, consuming its value: 1 = parsed,
+ * 0 = not in the table (argv[*i] untouched), -1 = bad or missing value (message printed). */
+int rkv_tool_parse_u64_opt(const char *cmd, int argc, char **argv, int *i,
+                           const rkv_tool_u64_opt *opts, size_t n_opts);
+
 /* Fetches the value of option argv[*i] (advancing *i); prints an error and returns NULL when
  * it is missing. */
 const char *rkv_tool_optval(const char *cmd, int argc, char **argv, int *i);

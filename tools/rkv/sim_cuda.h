@@ -9,6 +9,10 @@
 
 /* ---- host synthesis, implemented in sim_engine.c ---------------------------------------- */
 
+/* Grows *p (realloc, capacity doubling from 64) to hold `need` elements of `elem` bytes;
+ * prints and returns false when out of memory (*p intact). */
+bool sim_grow(void **p, size_t *cap, size_t need, size_t elem);
+
 /* Token ids of request `id` (made on first use, NULL when id is unknown or out of memory). */
 const int32_t *sim_engine_tokens(sim_engine *e, int64_t id);
 /* Releases the token ids of a finished request. */

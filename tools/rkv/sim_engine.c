@@ -74,7 +74,7 @@ static float gauss(uint64_t *s) {
   return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
-static bool grow(void **p, size_t *cap, size_t need, size_t elem) {
+bool sim_grow(void **p, size_t *cap, size_t need, size_t elem) {
   if (need <= *cap) return true;
   size_t nc = *cap ? *cap : 64;
   while (nc < need) nc *= 2;
@@ -228,8 +228,8 @@ static bool compress_uniform(sim_engine *e, const rkv_sched_seq *q, rkv_sched_ou
                                                  e->maps_cap, &nm, e->old, e->old_cap, &no);
     if (st == RKV_ERR_CAPACITY) {
       size_t mc = e->maps_cap, oc = e->old_cap;
-      if (!grow((void **)&e->maps, &mc, nm, sizeof *e->maps) ||
-          !grow((void **)&e->old, &oc, no, sizeof *e->old))
+      if (!sim_grow((void **)&e->maps, &mc, nm, sizeof *e->maps) ||
+          !sim_grow((void **)&e->old, &oc, no, sizeof *e->old))
         return false;
       e->maps_cap = (uint32_t)mc;
       e->old_cap = (uint32_t)oc;
@@ -316,7 +316,7 @@ static bool attend(sim_engine *e, const rkv_sched_plan *p, const uint32_t *sel, 
   if (!check(rkv_blockmgr_export_size(e->bm, l, e->ids, ns, &nnz), "export_size",
              rkv_blockmgr_last_error(e->bm)))
     return false;
-  if (!grow((void **)&e->indices, &e->nnz_cap, nnz + 1, sizeof(int32_t))) return false;
+  if (!sim_grow((void **)&e->indices, &e->nnz_cap, nnz + 1, sizeof(int32_t))) return false;
   rkv_block_table tab;
   if (!check(rkv_blockmgr_export_csr(e->bm, l, e->ids, ns, e->indptr, e->indices,
                                      (uint32_t)e->nnz_cap, e->last_len, &nnz, &tab),
@@ -328,8 +328,8 @@ static bool attend(sim_engine *e, const rkv_sched_plan *p, const uint32_t *sel, 
     rows += p->seqs[sel[i]].n_tokens;
     e->q_indptr[i + 1] = (int32_t)rows;
   }
-  if (!grow((void **)&e->q, &e->q_cap, rows * Hq * d, sizeof(float)) ||
-      !grow((void **)&e->out, &e->out_cap, rows * Hq * d, sizeof(float)))
+  if (!sim_grow((void **)&e->q, &e->q_cap, rows * Hq * d, sizeof(float)) ||
+      !sim_grow((void **)&e->out, &e->out_cap, rows * Hq * d, sizeof(float)))
     return false;
   double t0 = rkv_tool_now();
   size_t r = 0;
@@ -359,7 +359,7 @@ static bool attend(sim_engine *e, const rkv_sched_plan *p, const uint32_t *sel, 
   if (!check(rkv_attn_workspace_size(e->pool, &ap, &ws), "attention workspace",
              rkv_backend_last_error(e->be)))
     return false;
-  if (!grow(&e->ws, &e->ws_cap, ws + 64, 1)) return false;
+  if (!sim_grow(&e->ws, &e->ws_cap, ws + 64, 1)) return false;
   rkv_status st = decode ? rkv_attn_decode(e->pool, &ap, e->ws, e->ws_cap)
                          : rkv_attn_prefill(e->pool, &ap, e->ws, e->ws_cap);
   e->times.attn += rkv_tool_now() - t1;
@@ -376,7 +376,7 @@ static void dup_stat(sim_engine *e, int64_t seq, uint64_t *dups, uint64_t *keys)
   if (rkv_blockmgr_stream_len(e->bm, seq, 0, 0, &n) != RKV_OK || n < 2) return;
   size_t d = e->m.head_dim;
   size_t need = (size_t)n * d;
-  if (!grow((void **)&e->dup_k, &e->dup_cap, need, sizeof(float))) return;
+  if (!sim_grow((void **)&e->dup_k, &e->dup_cap, need, sizeof(float))) return;
   const rkv_kv_layout *lay = rkv_kv_pool_layout(e->pool);
   const char *base = rkv_kv_pool_base(e->pool);
   for (int32_t j = 0; j < n; j++) {
@@ -440,11 +440,11 @@ static bool run_cpu(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *ou
   }
   uint32_t ns = p->n_seqs;
   size_t d = e->m.head_dim, Hkv = e->m.kv_heads;
-  if (!grow((void **)&e->sel, &e->seqs_cap, ns + 1, sizeof(uint32_t))) return false;
-  if (!grow((void **)&e->ids, &e->ids_cap, ns + 1, sizeof(int64_t)) ||
-      !grow((void **)&e->indptr, &e->indptr_cap, ns * Hkv + 1, sizeof(int32_t)) ||
-      !grow((void **)&e->last_len, &e->last_len_cap, ns * Hkv + 1, sizeof(int32_t)) ||
-      !grow((void **)&e->q_indptr, &e->q_indptr_cap, ns + 1, sizeof(int32_t)))
+  if (!sim_grow((void **)&e->sel, &e->seqs_cap, ns + 1, sizeof(uint32_t))) return false;
+  if (!sim_grow((void **)&e->ids, &e->ids_cap, ns + 1, sizeof(int64_t)) ||
+      !sim_grow((void **)&e->indptr, &e->indptr_cap, ns * Hkv + 1, sizeof(int32_t)) ||
+      !sim_grow((void **)&e->last_len, &e->last_len_cap, ns * Hkv + 1, sizeof(int32_t)) ||
+      !sim_grow((void **)&e->q_indptr, &e->q_indptr_cap, ns + 1, sizeof(int32_t)))
     return false;
   for (uint32_t i = 0; i < ns; i++) {
     const rkv_sched_seq *q = &p->seqs[i];
@@ -452,9 +452,9 @@ static bool run_cpu(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *ou
       (void)rkv_qwindow_seq_add(e->qw, q->id);
   }
   size_t rows = p->n_batched_tokens * Hkv;
-  if (!grow((void **)&e->krows, &e->krows_cap, rows * d + 1, sizeof(float)) ||
-      !grow((void **)&e->vrows, &e->vrows_cap, rows * d + 1, sizeof(float)) ||
-      !grow((void **)&e->slots, &e->slots_cap, rows + 1, sizeof(int64_t)))
+  if (!sim_grow((void **)&e->krows, &e->krows_cap, rows * d + 1, sizeof(float)) ||
+      !sim_grow((void **)&e->vrows, &e->vrows_cap, rows * d + 1, sizeof(float)) ||
+      !sim_grow((void **)&e->slots, &e->slots_cap, rows + 1, sizeof(int64_t)))
     return false;
   for (uint32_t l = 0; l < e->m.layers; l++) {
     double t1 = rkv_tool_now();
@@ -497,7 +497,7 @@ static bool run_cpu(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *ou
                                         q->kv_len, &need),
                "evict workspace", NULL))
       return false;
-    if (!grow(&e->ws, &e->ws_cap, need + 64, 1)) return false;
+    if (!sim_grow(&e->ws, &e->ws_cap, need + 64, 1)) return false;
     rkv_blockmgr_stats a, b;
     rkv_blockmgr_get_stats(e->bm, &a);
     dup_stat(e, q->id, &e->times.dup_before, &e->times.keys_before);

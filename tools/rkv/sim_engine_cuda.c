@@ -121,20 +121,6 @@ static bool bm_ok(const sim_cuda *c, rkv_status st, const char *what) {
   return false;
 }
 
-static bool grow(void **p, size_t *cap, size_t need, size_t elem) {
-  if (need <= *cap) return true;
-  size_t nc = *cap ? *cap : 64;
-  while (nc < need) nc *= 2;
-  void *np = realloc(*p, nc * elem);
-  if (!np) {
-    fprintf(stderr, "rkv sim: out of memory (%zu bytes)\n", nc * elem);
-    return false;
-  }
-  *p = np;
-  *cap = nc;
-  return true;
-}
-
 /* Device buffers only grow. Work already enqueued may still read the old buffer, hence the
  * sync before the free (growth stops after the first steps of a run). */
 static bool dev_grow(sim_cuda *c, unsigned char **p, size_t *cap, size_t need) {
@@ -338,7 +324,7 @@ bool sim_cuda_create(sim_engine *host, const sim_model *m, rkv_blockmgr *bm,
 
 static bool run_swaps(sim_cuda *c, const rkv_sched_plan *p) {
   uint32_t n = p->n_swap_out > p->n_swap_in ? p->n_swap_out : p->n_swap_in;
-  if (!grow((void **)&c->swap_ids, &c->swap_ids_cap, n + 1, sizeof(int32_t))) return false;
+  if (!sim_grow((void **)&c->swap_ids, &c->swap_ids_cap, n + 1, sizeof(int32_t))) return false;
   /* read_blocks / write_blocks wait for their copies, so staged memory is free again after */
   if (p->n_swap_out) {
     unsigned char *buf = stage(c, (size_t)p->n_swap_out * c->block_bytes);
@@ -511,10 +497,10 @@ static bool attend(sim_cuda *c, const rkv_sched_plan *p, const uint32_t *sel, ui
 static bool run_forward(sim_cuda *c, const rkv_sched_plan *p) {
   uint32_t ns = p->n_seqs;
   if (!ns) return true;
-  if (!grow((void **)&c->sel, &c->sel_cap, ns, sizeof(uint32_t)) ||
-      !grow((void **)&c->ids, &c->ids_cap, ns, sizeof(int64_t)) ||
-      !grow((void **)&c->gslot, &c->gslot_cap, ns, sizeof(int32_t)) ||
-      !grow((void **)&c->gpos, &c->gpos_cap, ns, sizeof(int64_t)))
+  if (!sim_grow((void **)&c->sel, &c->sel_cap, ns, sizeof(uint32_t)) ||
+      !sim_grow((void **)&c->ids, &c->ids_cap, ns, sizeof(int64_t)) ||
+      !sim_grow((void **)&c->gslot, &c->gslot_cap, ns, sizeof(int32_t)) ||
+      !sim_grow((void **)&c->gpos, &c->gpos_cap, ns, sizeof(int64_t)))
     return false;
   uint32_t nd = 0;
   for (uint32_t i = 0; i < ns; i++)
@@ -565,10 +551,10 @@ static bool plan_seq(sim_cuda *c, const rkv_sched_seq *q, rkv_sched_output *o, u
   rkv_blockmgr_stats a, b;
   rkv_blockmgr_get_stats(c->bm, &a);
   size_t per_seq = (size_t)c->m.layers * c->m.kv_heads;
-  if (!grow((void **)&c->maps, &c->maps_cap, *n_streams + per_seq, sizeof *c->maps) ||
-      !grow((void **)&c->streams, &c->streams_cap, *n_streams + per_seq, sizeof *c->streams) ||
-      !grow((void **)&c->old, &c->old_cap, *n_old + per_seq, sizeof *c->old) ||
-      !grow((void **)&c->newb, &c->newb_cap, *n_new + per_seq, sizeof *c->newb))
+  if (!sim_grow((void **)&c->maps, &c->maps_cap, *n_streams + per_seq, sizeof *c->maps) ||
+      !sim_grow((void **)&c->streams, &c->streams_cap, *n_streams + per_seq, sizeof *c->streams) ||
+      !sim_grow((void **)&c->old, &c->old_cap, *n_old + per_seq, sizeof *c->old) ||
+      !sim_grow((void **)&c->newb, &c->newb_cap, *n_new + per_seq, sizeof *c->newb))
     return false;
   uint32_t nm = 0, no = 0;
   for (;;) {
@@ -577,9 +563,9 @@ static bool plan_seq(sim_cuda *c, const rkv_sched_seq *q, rkv_sched_output *o, u
                                      (uint32_t)(c->maps_cap - *n_streams), &nm, c->old + *n_old,
                                      (uint32_t)(c->old_cap - *n_old), &no);
     if (st == RKV_ERR_CAPACITY) {
-      if (!grow((void **)&c->maps, &c->maps_cap, *n_streams + nm, sizeof *c->maps) ||
-          !grow((void **)&c->streams, &c->streams_cap, *n_streams + nm, sizeof *c->streams) ||
-          !grow((void **)&c->old, &c->old_cap, *n_old + no + 1, sizeof *c->old))
+      if (!sim_grow((void **)&c->maps, &c->maps_cap, *n_streams + nm, sizeof *c->maps) ||
+          !sim_grow((void **)&c->streams, &c->streams_cap, *n_streams + nm, sizeof *c->streams) ||
+          !sim_grow((void **)&c->old, &c->old_cap, *n_old + no + 1, sizeof *c->old))
         return false;
       continue;
     }
@@ -602,7 +588,8 @@ static bool plan_seq(sim_cuda *c, const rkv_sched_seq *q, rkv_sched_output *o, u
                                 (int32_t)*n_old, (int32_t)*n_new, c->streams + *n_streams,
                                 c->newb + *n_new, (uint32_t)(c->newb_cap - *n_new), &nn);
     if (st == RKV_ERR_CAPACITY) {
-      if (!grow((void **)&c->newb, &c->newb_cap, *n_new + nn + 1, sizeof *c->newb)) return false;
+      if (!sim_grow((void **)&c->newb, &c->newb_cap, *n_new + nn + 1, sizeof *c->newb))
+        return false;
       continue;
     }
     if (!bm_ok(c, st, "rkv_evict_cuda_describe")) return false;
@@ -619,7 +606,7 @@ static bool flush(sim_cuda *c, const rkv_evict_params *ev, uint32_t n_streams, u
                   uint32_t n_new, int32_t max_len) {
   if (!n_streams) return true;
   uint32_t nf = 0;
-  if (!grow((void **)&c->freed, &c->freed_cap, n_old + 1, sizeof *c->freed) ||
+  if (!sim_grow((void **)&c->freed, &c->freed_cap, n_old + 1, sizeof *c->freed) ||
       !bm_ok(
           c,
           rkv_evict_cuda_freed_blocks(c->bm, c->old, n_old, c->freed, (uint32_t)c->freed_cap, &nf),

@@ -95,6 +95,17 @@ const char *rkv_tool_optval(const char *cmd, int argc, char **argv, int *i) {
   return argv[*i];
 }
 
+int rkv_tool_parse_u64_opt(const char *cmd, int argc, char **argv, int *i,
+                           const rkv_tool_u64_opt *opts, size_t n_opts) {
+  const char *a = argv[*i];
+  for (size_t k = 0; k < n_opts; k++) {
+    if (strcmp(a, opts[k].name) != 0) continue;
+    const char *v = rkv_tool_optval(cmd, argc, argv, i);
+    return v && rkv_tool_parse_u64(cmd, a, v, opts[k].lo, opts[k].hi, opts[k].dst) ? 1 : -1;
+  }
+  return 0;
+}
+
 void rkv_progress_init(rkv_progress *p, double interval) {
   p->start = p->last = rkv_tool_now();
   p->interval = interval;
