@@ -2,7 +2,7 @@
 
 The documented command (docs/MODEL.md) is
 
-    /usr/bin/python3 tools/model/train.py --minutes 40 --threads 2 --seed 1
+    /usr/bin/python3 tools/model/train.py --minutes 40 --procs 2 --seed 1 --max-steps N
 
 It writes tools/model/weights/adder.safetensors (config, generator version, seed and command in
 the safetensors metadata) and a JSON sidecar next to it with the greedy exact-match accuracy,
@@ -10,6 +10,13 @@ full cache, on held-out problems by digit count. The curriculum widens the digit
 first half of the budget (small problems first), then trains on the whole range with the
 longest problems over-sampled; the learning rate follows a cosine over the time budget. The
 model is never trained with eviction.
+
+Speed: on this kind of machine (2 cores, Debian's torch 1.13 on OpenBLAS) one process with one
+thread per BLAS call is fastest per core; OpenBLAS's own threads on top of torch's OpenMP ones
+halve the throughput. So the script pins OpenBLAS to one thread (before torch loads) and uses the
+cores by data parallelism: --procs worker processes (torch.distributed, gloo over a local file
+store) each run the forward/backward of their share of every batch; one all-reduce sums the
+gradients and every process takes the same optimizer step.
 
 Reproducibility: the data stream is a pure function of --seed (tools/model/task.py) and the
 initialisation is seeded. With --minutes alone the curriculum and learning rate follow the wall
@@ -25,11 +32,16 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 import time
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+# One BLAS thread per process (see above); must precede the torch import.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import task  # noqa: E402
@@ -53,34 +65,62 @@ def digit_range(frac, lo, hi, ramp):
     return lo, min(hi, max(lo, top))
 
 
-def make_batch(seed, start_index, count, lo, hi, long_frac, buckets=1):
-    """The batch's problems as `buckets` groups of similar length (less padding): a list of
-    (tokens [b, T] right-padded with PAD, loss mask over target tokens)."""
-    seqs, masks = [], []
+def batch_problems(seed, start_index, count, lo, hi, long_frac):
+    """The batch's problems as (token ids, loss mask over target tokens) pairs."""
+    out = []
     for j in range(count):
         idx = start_index + j
         # over-sample the longest problems: every (1/long_frac)-th problem uses the top 3 counts
         use_long = long_frac > 0 and (idx % max(1, int(round(1 / long_frac))) == 0)
         plo = max(lo, hi - 2) if use_long else lo
         _, _, _, p, t = task.problem(seed, idx, plo, hi)
-        ids = task.encode(p + t)
-        seqs.append(ids)
-        masks.append([0] * len(p) + [1] * len(t))
-    order = sorted(range(count), key=lambda j: len(seqs[j]))
+        out.append((task.encode(p + t), [0] * len(p) + [1] * len(t)))
+    return out
+
+
+def pad_groups(probs, buckets):
+    """`buckets` groups of similar length (less padding): a list of (tokens [b, T] right-padded
+    with PAD, loss mask)."""
+    order = sorted(range(len(probs)), key=lambda j: len(probs[j][0]))
     groups = []
-    nb = max(1, min(buckets, count))
+    nb = max(1, min(buckets, len(probs)))
     for g in range(nb):
-        idx = order[g * count // nb:(g + 1) * count // nb]
+        idx = order[g * len(probs) // nb:(g + 1) * len(probs) // nb]
         if not idx:
             continue
-        T = max(len(seqs[j]) for j in idx)
+        T = max(len(probs[j][0]) for j in idx)
         x = torch.zeros(len(idx), T, dtype=torch.long)
         m = torch.zeros(len(idx), T, dtype=torch.bool)
         for r, j in enumerate(idx):
-            x[r, : len(seqs[j])] = torch.tensor(seqs[j])
-            m[r, : len(masks[j])] = torch.tensor(masks[j], dtype=torch.bool)
+            ids, mask = probs[j]
+            x[r, : len(ids)] = torch.tensor(ids)
+            m[r, : len(mask)] = torch.tensor(mask, dtype=torch.bool)
         groups.append((x, m))
     return groups
+
+
+def monitor_set(lo, hi, per_digit=4, seed=EVAL_SEED + 1):
+    """A fixed held-out batch for progress lines (teacher-forced, cheap)."""
+    probs = []
+    for n in range(lo, hi + 1):
+        for i in range(per_digit):
+            _, _, _, p, t = task.problem(seed * 100 + n, i, n, n)
+            probs.append((task.encode(p + t), [0] * len(p) + [1] * len(t)))
+    return probs
+
+
+@torch.no_grad()
+def teacher_forced_exact(model, probs):
+    """Share of problems whose every target token is the argmax given the true prefix: a lower
+    bound of greedy exact match (such a problem decodes exactly) at the cost of one forward."""
+    model.eval()
+    ok = 0
+    for x, m in pad_groups(probs, 4):
+        pred = model(x[:, :-1]).argmax(-1)
+        wrong = (pred != x[:, 1:]) & m[:, 1:]
+        ok += int((~wrong.any(dim=1)).sum())
+    model.train()
+    return ok / len(probs)
 
 
 @torch.no_grad()
@@ -100,20 +140,22 @@ def evaluate(model, lo, hi, per_digit, seed=EVAL_SEED):
     return res
 
 
-def main(argv=None):
+def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=40.0, help="wall-clock training budget")
     ap.add_argument("--max-steps", type=int, default=0,
                     help="train exactly this many steps, schedules by step (0 = by wall clock)")
-    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    ap.add_argument("--procs", type=int, default=2,
+                    help="data-parallel worker processes (one per core)")
+    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads per process")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--min-digits", type=int, default=6)
     ap.add_argument("--max-digits", type=int, default=20)
-    ap.add_argument("--ramp", type=float, default=0.5, help="fraction of the budget for the curriculum")
+    ap.add_argument("--ramp", type=float, default=0.2, help="fraction of the budget for the curriculum")
     ap.add_argument("--long-frac", type=float, default=0.25, help="share of top-3-digit problems after the ramp")
-    ap.add_argument("--batch-tokens", type=int, default=6144)
+    ap.add_argument("--batch-tokens", type=int, default=6144, help="tokens per optimizer step (all processes)")
     ap.add_argument("--buckets", type=int, default=2,
-                    help="split each batch into this many length groups (less padding)")
+                    help="split each process's share of a batch into this many length groups")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--d-model", type=int, default=DEFAULT_CONFIG["d_model"])
@@ -122,69 +164,118 @@ def main(argv=None):
     ap.add_argument("--eval-per-digit", type=int, default=20)
     ap.add_argument("--out", default=os.path.join(HERE, "weights", "adder.safetensors"))
     ap.add_argument("--log-every", type=float, default=30.0, help="seconds between progress lines")
+    ap.add_argument("--monitor-every", type=float, default=120.0,
+                    help="seconds between teacher-forced exact-match checks on held-out problems "
+                         "(0 = never)")
     args = ap.parse_args(argv)
+    if args.procs < 1 or args.threads < 1:
+        ap.error("--procs and --threads must be at least 1")
+    return args
 
+
+def sync(rank, procs, values):
+    """Sums a flat float tensor over the processes (in place)."""
+    if procs > 1:
+        dist.all_reduce(values)
+    return values
+
+
+def control(rank, procs, frac, stop):
+    """Rank 0's schedule position and stop decision, shared so every process agrees."""
+    t = torch.tensor([frac, 1.0 if stop else 0.0], dtype=torch.float64)
+    if procs > 1:
+        dist.broadcast(t, 0)
+    return float(t[0]), bool(t[1] > 0.5)
+
+
+def worker(rank, args, argv, store):
+    procs = args.procs
+    if procs > 1:
+        dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=procs)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     cfg = dict(DEFAULT_CONFIG)
     cfg.update(d_model=args.d_model, n_layers=args.layers, d_ff=args.d_ff, vocab_size=len(task.VOCAB))
-    model = TinyLM(cfg)
-    nparams = sum(p.numel() for p in model.parameters())
-    decay = [p for p in model.parameters() if p.dim() == 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    model = TinyLM(cfg)  # same seed on every process: identical initial weights
+    params = list(model.parameters())
+    nparams = sum(p.numel() for p in params)
+    decay = [p for p in params if p.dim() == 2]
+    no_decay = [p for p in params if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.98))
-    command = "/usr/bin/python3 tools/model/train.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    print(f"params {nparams} ({nparams * 4 / 1e6:.2f} MB f32), config {cfg}", flush=True)
+    command = "/usr/bin/python3 tools/model/train.py " + " ".join(shlex.quote(a) for a in argv)
+    log = rank == 0
+    if log:
+        print(f"params {nparams} ({nparams * 4 / 1e6:.2f} MB f32), {procs} process(es) x "
+              f"{args.threads} thread(s), config {cfg}", flush=True)
+    monitor = monitor_set(args.min_digits, args.max_digits) if log and args.monitor_every > 0 else None
 
     budget = args.minutes * 60.0
     t0 = time.time()
-    last_log = t0
+    last_log = last_mon = t0
     step, index, tokens = 0, 0, 0
     seed = train_set_seed(args.seed)
     ema = None
     losses = []
+    monitor_log = []
     while True:
         elapsed = time.time() - t0
-        if elapsed >= budget or (args.max_steps and step >= args.max_steps):
-            break
         # Schedules (curriculum, learning rate) follow the step count when one is given, so a
         # run is reproducible on any machine; else the wall clock.
         frac = step / args.max_steps if args.max_steps else elapsed / budget
+        stop = elapsed >= budget or (args.max_steps and step >= args.max_steps)
+        frac, stop = control(rank, procs, frac, stop)
+        if stop:
+            break
         lo, hi = digit_range(frac, args.min_digits, args.max_digits, args.ramp)
         seq_len = len(task.prompt_text(hi, 1, 1)) + len(task.target_text(hi, 1, 1))
-        count = max(4, args.batch_tokens // seq_len)
-        groups = make_batch(seed, index, count, lo, hi, args.long_frac if frac >= args.ramp else 0.0,
-                            args.buckets)
+        count = max(2 * procs, args.batch_tokens // seq_len)
+        probs = batch_problems(seed, index, count, lo, hi, args.long_frac if frac >= args.ramp else 0.0)
         index += count
+        n_tgt = sum(sum(mk[1:]) for _, mk in probs)
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
         for g in opt.param_groups:
             g["lr"] = lr
-        # mean over all target tokens of the batch, accumulated group by group
-        opt.zero_grad(set_to_none=True)
-        n_tgt = sum(int(m[:, 1:].sum()) for _, m in groups)
+        # mean over all target tokens of the batch: each process sums its share's loss / n_tgt
+        opt.zero_grad(set_to_none=False)
         lv = 0.0
-        for x, m in groups:
+        for x, m in pad_groups(probs[rank::procs], args.buckets):
             logits = model(x[:, :-1])
             tgt = x[:, 1:]
             mk = m[:, 1:]
             loss = F.cross_entropy(logits[mk], tgt[mk], reduction="sum") / n_tgt
             loss.backward()
             lv += float(loss)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        flat = torch.cat([p.grad.reshape(-1) for p in params] + [torch.tensor([lv])])
+        sync(rank, procs, flat)
+        off = 0
+        for p in params:
+            p.grad.copy_(flat[off:off + p.numel()].view_as(p))
+            off += p.numel()
+        lv = float(flat[-1])
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
         tokens += n_tgt
         ema = lv if ema is None else 0.98 * ema + 0.02 * lv
         losses.append(lv)
         now = time.time()
-        if now - last_log >= args.log_every:
+        if monitor is not None and now - last_mon >= args.monitor_every:
+            tf = teacher_forced_exact(model, monitor)
+            monitor_log.append({"step": step, "seconds": round(now - t0, 1), "teacher_forced_exact": tf})
+            last_mon = now = time.time()
+            print(f"step {step} t {now - t0:.0f}s held-out teacher-forced exact match {tf:.3f}", flush=True)
+        if log and now - last_log >= args.log_every:
             last_log = now
             print(f"step {step} t {now - t0:.0f}s digits {lo}-{hi} batch {count} loss {lv:.4f} "
                   f"ema {ema:.4f} lr {lr:.2e} tok/s {tokens / (now - t0):.0f}", flush=True)
     train_s = time.time() - t0
+    if procs > 1:
+        dist.destroy_process_group()
+    if not log:
+        return 0
     print(f"trained {step} steps, {tokens} target tokens in {train_s:.0f}s "
           f"({tokens / max(train_s, 1e-9):.0f} tok/s); first loss {losses[0]:.4f} last ema {ema:.4f}",
           flush=True)
@@ -212,9 +303,11 @@ def main(argv=None):
         "train_seconds": round(train_s, 1),
         "target_tokens": tokens,
         "tokens_per_second": round(tokens / max(train_s, 1e-9), 1),
+        "procs": procs,
         "threads": args.threads,
         "first_loss": round(losses[0], 4),
-        "final_loss_ema": round(ema, 4),
+        "final_loss_ema": float(f"{ema:.4g}"),
+        "monitor": monitor_log,
         "eval_seed": EVAL_SEED,
         "eval_per_digit": args.eval_per_digit,
         "accuracy_by_digits": {str(n): a for n, a in acc.items()},
@@ -226,6 +319,17 @@ def main(argv=None):
         json.dump(side, f, indent=1)
         f.write("\n")
     print(f"wrote {args.out}", flush=True)
+    return 0
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.procs == 1:
+        return worker(0, args, argv, None)
+    with tempfile.TemporaryDirectory(prefix="rkv_train_") as d:
+        # processes rendezvous through a fresh file store: no port to pick or collide on
+        torch.multiprocessing.spawn(worker, args=(args, argv, os.path.join(d, "store")), nprocs=args.procs)
     return 0
 
 

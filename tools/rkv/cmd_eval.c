@@ -860,9 +860,9 @@ int rkv_cmd_eval(int argc, char **argv) {
                                                                o.budgets[bi], er);
       if (ret) break;
       n_res++;
-      if (!o.json)
-        fprintf(stderr, "%s B=%d: %u/%u correct (%.1fs)\n", rkv_evict_policy_name(er->policy),
-                er->budget, er->correct, er->problems, er->seconds);
+      /* progress on stderr in both output modes: a 500-problem sweep takes minutes */
+      fprintf(stderr, "%s B=%d: %u/%u correct (%.1fs)\n", rkv_evict_policy_name(er->policy),
+              er->budget, er->correct, er->problems, er->seconds);
     }
   }
   if (!ret) {

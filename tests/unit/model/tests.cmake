@@ -5,6 +5,7 @@
 #                       committed reference (skips without a numpy interpreter)
 #  model_torch_reference  PyTorch cache path (extend / keep) and the committed reference still
 #                       regenerating identically (skips without torch)
+#  model_train_toy      train.py end to end on a toy size, one vs two data-parallel processes
 #  model_eval_smoke     a small `rkv eval` run (scheduler batching): budgets respected, and
 #                       with trained weights present the full-cache accuracy floor
 #  model_eval_simple_loop  the same through the tool's own batching loop
@@ -30,6 +31,10 @@ if(RKV_NUMPY_PYTHON)
                    --weights ${_model_dir}/data/smoke.safetensors
                    --ref ${_model_dir}/data/smoke_ref.safetensors)
   set_tests_properties(model_torch_reference PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 120
+                       LABELS "unit;model")
+  # train.py on a toy configuration, 1 vs 2 data-parallel processes (skips without torch).
+  add_test(NAME model_train_toy COMMAND ${RKV_NUMPY_PYTHON} ${_model_dir}/check_train.py)
+  set_tests_properties(model_train_toy PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300
                        LABELS "unit;model")
 else()
   add_test(NAME model_numpy_reference
