@@ -1,6 +1,6 @@
 """tools/model/train.py end to end on a toy configuration: one process and two data-parallel
 processes must train the same model (same data, same losses up to summation order), write
-weights the loader reads back, and record the command, steps and accuracy in the sidecar.
+weights the loader reads back, repeat bit for bit when run again, and record the command, steps and accuracy in the sidecar.
 Ends with the "N passed, N failed" line; exit 77 when torch or numpy is missing."""
 
 import json
@@ -22,14 +22,15 @@ except ImportError as e:
     sys.exit(77)
 
 from model import load_model  # noqa: E402
+from safetensors_io import load  # noqa: E402
 
 TOY = ["--max-steps", "6", "--minutes", "5", "--seed", "3", "--d-model", "32", "--layers", "1",
        "--d-ff", "64", "--min-digits", "1", "--max-digits", "3", "--batch-tokens", "512",
        "--warmup", "2", "--eval-per-digit", "2", "--monitor-every", "0", "--log-every", "1000"]
 
 
-def train(out_dir, procs):
-    out = os.path.join(out_dir, f"p{procs}", "toy.safetensors")
+def train(out_dir, procs, tag=""):
+    out = os.path.join(out_dir, f"p{procs}{tag}", "toy.safetensors")
     cmd = [sys.executable, os.path.join(TOOLS, "train.py"), *TOY, "--procs", str(procs), "--out", out]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if r.returncode != 0:
@@ -53,6 +54,7 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         w1, s1 = train(d, 1)
         w2, s2 = train(d, 2)
+        w2b, s2b = train(d, 2, "again")
         expect(s1 is not None and s2 is not None, "train.py runs with --procs 1 and --procs 2")
         if s1 is not None and s2 is not None:
             expect(s1["steps"] == 6 and s2["steps"] == 6, f"--max-steps honoured: {s1['steps']}, {s2['steps']}")
@@ -71,6 +73,11 @@ def main():
             diff = max(float(np.abs(a.detach().numpy() - b.detach().numpy()).max())
                        for a, b in zip(m1.parameters(), m2.parameters()))
             expect(diff < 1e-3, f"1- and 2-process weights agree (max diff {diff:.2e})")
+            if w2b is not None:
+                a, _ = load(w2)
+                b, _ = load(w2b)  # the metadata differs only in the --out path
+                same = a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+                expect(same, "the same --procs 2 command repeats bit for bit")
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 
