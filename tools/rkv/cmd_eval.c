@@ -1,5 +1,6 @@
 /* `rkv eval`: does reasoning still come out right with a fraction of the KV cache? Serves the
- * project's trained test model (tools/model, docs/MODEL.md) through librkv on the CPU backend,
+ * project's trained test model (tools/model, docs/MODEL.md) through librkv on the CPU backend
+ * (or, with --backend cuda, with its KV cache, attention and eviction on a GPU: model_cuda.c),
  * decoding many held-out addition problems at once with continuous batching (new problems
  * are admitted, prefilled and decoded in the same step as running ones), under every
  * eviction policy and budget, and reports exact-match accuracy, mean generated length, peak
@@ -50,6 +51,8 @@ typedef struct eval_opts {
   bool require_bounds;
   double min_full_accuracy; /* < 0: no requirement */
   bool simple_loop;         /* the tool's own batching loop instead of the scheduler */
+  rkv_backend_kind backend; /* where the KV pool lives: CPU or CUDA */
+  bool compare_cpu;         /* CUDA runs repeated on the CPU backend, accuracies compared */
 } eval_opts;
 
 typedef struct eval_result {
@@ -95,10 +98,11 @@ static void eval_usage(void) {
       "                [--window N] [--problems N] [--digits LO-HI] [--seed N] [--batch N]\n"
       "                [--block-size N] [--kv-dtype f32|f16|bf16] [--threads N] [--json]\n"
       "                [--plot FILE.svg] [--show N] [--check] [--simple-loop]\n"
+      "                [--backend cpu|cuda] [--compare-cpu]\n"
       "  Decodes held-out problems of the labelled-addition task (docs/MODEL.md) with the\n"
-      "  trained test model through librkv (CPU backend, paged KV, continuous batching) and\n"
-      "  reports, per policy and budget: exact-match accuracy, mean generated tokens, peak KV\n"
-      "  blocks in use, and generated tokens per second.\n"
+      "  trained test model through librkv (CPU or CUDA backend, paged KV, continuous\n"
+      "  batching) and reports, per policy and budget: exact-match accuracy, mean generated\n"
+      "  tokens, peak KV blocks in use, and generated tokens per second.\n"
       "  --model FILE      weights (default tools/model/weights/adder.safetensors)\n"
       "  --policies LIST   comma list of full,rkv,snapkv,streaming,h2o (default all)\n"
       "  --budgets LIST    comma list of per-stream budgets B (default 32,48,64,96,128)\n"
@@ -111,13 +115,26 @@ static void eval_usage(void) {
       "  --show N          print the first N generations of each run on stderr\n"
       "  --check           run the block manager / scheduler checks after every step (slow)\n"
       "  --simple-loop     batch with the tool's own loop instead of the librkv scheduler\n"
+      "  --backend B       where the KV cache lives: cpu (default) or cuda. cuda: the KV pool,\n"
+      "                    the attention (rkv_attn_*), the query window and eviction\n"
+      "                    (rkv/evict_cuda.h) run on the GPU; the model's dense math stays on\n"
+      "                    the host, and each layer copies its q/k/v rows and block table to\n"
+      "                    the device and the attention output back. Needs --block-size 16 or\n"
+      "                    32 and --window <= 256 (rkv, snapkv); a head_dim under 64 is\n"
+      "                    zero-padded on the device (32 -> 128). h2o runs on cuda too: the\n"
+      "                    CUDA attention accumulates the attention mass it ranks by (float\n"
+      "                    atomics, so its scores may differ from the CPU's in the last bits).\n"
+      "                    Exit 77 (skipped) when this build has no CUDA or no GPU is usable.\n"
+      "  --compare-cpu     with --backend cuda: run every policy and budget on the CPU backend\n"
+      "                    too and exit 3 unless both give the same accuracy\n"
       "  --require-bounds  exit 3 unless every run kept its streams within max(prompt, B +\n"
       "                    buffer) tokens and at most B right after each compression\n"
       "  --min-full-accuracy X  exit 3 when the full-cache accuracy is below X (CI floor)\n"
       "  --json            one JSON object instead of the table\n"
       "  --plot FILE       write an SVG plot of accuracy against budget\n"
       "  Exit status: 0, 1 on a runtime failure, 2 on bad usage, 3 when a --require-bounds /\n"
-      "  --min-full-accuracy check fails.\n",
+      "  --min-full-accuracy / --compare-cpu check fails, 77 when --backend cuda cannot run\n"
+      "  here (no CUDA in this build, or no usable GPU).\n",
       EVAL_SEED_DEFAULT);
 }
 
@@ -181,12 +198,12 @@ static rkv_status eval_compress(const rkv_evict_params *ep, rkv_model_runner *r,
     rkv_blockmgr_stream_len(bm, id, l, 0, &len);
     if (!all_layers && !rkv_evict_should_compress(ep, len, after_prefill)) continue;
     rkv_evict_result er = {0};
-    rkv_status es = rkv_evict_layer(ep, bm, rkv_model_runner_pool(r), rkv_model_runner_qwindow(r),
-                                    (uint32_t)mc->n_heads, id, l, ework, ews, &er);
+    /* rkv_evict_layer on a CPU pool, the rkv/evict_cuda.h flow on a CUDA one */
+    rkv_status es = rkv_model_runner_evict(r, ep, id, l, ework, ews, &er);
     if (es != RKV_OK) {
       fprintf(stderr, "rkv eval: eviction (%s, layer %u) failed: %s (%s)\n",
               rkv_evict_policy_name(ep->policy), l, rkv_status_str(es),
-              rkv_blockmgr_last_error(bm));
+              rkv_model_runner_last_error(r));
       return es;
     }
     *did = true;
@@ -721,10 +738,11 @@ static void write_plot(const char *path, const eval_opts *o, const eval_result *
 }
 
 static bool eval_takes_value(const char *opt) {
-  static const char *const names[] = {"--model",  "--policies",   "--budgets",          "--buffer",
-                                      "--window", "--problems",   "--digits",           "--seed",
-                                      "--batch",  "--block-size", "--kv-dtype",         "--threads",
-                                      "--plot",   "--show",       "--min-full-accuracy"};
+  static const char *const names[] = {
+      "--model",    "--policies", "--budgets", "--buffer", "--window",
+      "--problems", "--digits",   "--seed",    "--batch",  "--block-size",
+      "--kv-dtype", "--threads",  "--plot",    "--show",   "--min-full-accuracy",
+      "--backend"};
   for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
     if (strcmp(opt, names[k]) == 0) return true;
   return false;
@@ -750,6 +768,7 @@ int rkv_cmd_eval(int argc, char **argv) {
   o.kv_dtype = RKV_DTYPE_F32;
   o.threads = 0;
   o.min_full_accuracy = -1.0;
+  o.backend = RKV_BACKEND_CPU;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v;
@@ -763,6 +782,8 @@ int rkv_cmd_eval(int argc, char **argv) {
       o.check = true;
     } else if (strcmp(a, "--simple-loop") == 0) {
       o.simple_loop = true;
+    } else if (strcmp(a, "--compare-cpu") == 0) {
+      o.compare_cpu = true;
     } else if (strcmp(a, "--require-bounds") == 0) {
       o.require_bounds = true;
     } else if (!eval_takes_value(a)) {
@@ -814,6 +835,15 @@ int rkv_cmd_eval(int argc, char **argv) {
       o.threads = (int32_t)u;
     } else if (strcmp(a, "--min-full-accuracy") == 0) {
       if (!rkv_tool_parse_f64("eval", a, v, 0.0, 1.0, &o.min_full_accuracy)) return 2;
+    } else if (strcmp(a, "--backend") == 0) {
+      if (strcmp(v, "cpu") == 0) {
+        o.backend = RKV_BACKEND_CPU;
+      } else if (strcmp(v, "cuda") == 0) {
+        o.backend = RKV_BACKEND_CUDA;
+      } else {
+        fprintf(stderr, "rkv eval: bad value for --backend: '%s' (cpu or cuda)\n", v);
+        return 2;
+      }
     } else if (strcmp(a, "--plot") == 0) {
       o.plot = v;
     } else if (strcmp(a, "--show") == 0) {
@@ -829,29 +859,69 @@ int rkv_cmd_eval(int argc, char **argv) {
       fprintf(stderr, "rkv eval: budget %d must exceed the window %d\n", o.budgets[i], o.window);
       return 2;
     }
+  const bool on_cuda = o.backend == RKV_BACKEND_CUDA;
+  if (o.compare_cpu && !on_cuda) {
+    fprintf(stderr, "rkv eval: --compare-cpu needs --backend cuda\n");
+    return 2;
+  }
+  if (on_cuda && o.block_size != 16 && o.block_size != 32) {
+    fprintf(stderr, "rkv eval: --backend cuda takes --block-size 16 or 32, not %u\n", o.block_size);
+    return 2;
+  }
+  for (int p = 0; on_cuda && p < o.n_policies; p++)
+    if ((o.policies[p] == RKV_EVICT_RKV || o.policies[p] == RKV_EVICT_SNAPKV) && o.window > 256) {
+      fprintf(stderr, "rkv eval: --backend cuda: --window %d > 256 (the GPU eviction's limit)\n",
+              o.window);
+      return 2;
+    }
+
+  /* Backends first: without CUDA or a GPU, --backend cuda is skipped (77) before any work. */
+  rkv_backend_config bc = RKV_BACKEND_CONFIG_INIT;
+  bc.kind = o.backend;
+  bc.num_threads = o.threads;
+  rkv_backend *backend = NULL, *cpu_backend = NULL;
+  rkv_status bst = rkv_backend_create(&bc, &backend);
+  if (bst != RKV_OK) {
+    if (!on_cuda) {
+      fprintf(stderr, "rkv eval: cannot create the CPU backend\n");
+      return 1;
+    }
+    if (!rkv_build_has_cuda())
+      fprintf(stderr,
+              "rkv eval: skipped: --backend cuda: this build of rkv has no CUDA (configure with "
+              "nvcc available and RKV_ENABLE_CUDA=ON)\n");
+    else
+      fprintf(stderr, "rkv eval: skipped: --backend cuda: no usable CUDA device (%s)\n",
+              rkv_status_str(bst));
+    return 77;
+  }
+  if (o.compare_cpu) {
+    rkv_backend_config cc = RKV_BACKEND_CONFIG_INIT;
+    cc.kind = RKV_BACKEND_CPU;
+    cc.num_threads = o.threads;
+    if (rkv_backend_create(&cc, &cpu_backend) != RKV_OK) {
+      fprintf(stderr, "rkv eval: cannot create the CPU backend\n");
+      rkv_backend_destroy(backend);
+      return 1;
+    }
+  }
 
   char err[512] = "";
   rkv_model *model = NULL;
   if (rkv_model_load(o.model_path, &model, err, sizeof err) != RKV_OK) {
     fprintf(stderr, "rkv eval: %s\n", err);
+    rkv_backend_destroy(cpu_backend);
+    rkv_backend_destroy(backend);
     return 1;
   }
   const rkv_model_config *mc = rkv_model_get_config(model);
   if (mc->generator_version && mc->generator_version != RKV_TASK_GENERATOR_VERSION)
     fprintf(stderr, "rkv eval: warning: model trained on task version %d, generator is %d\n",
             mc->generator_version, RKV_TASK_GENERATOR_VERSION);
-  rkv_backend_config bc = RKV_BACKEND_CONFIG_INIT;
-  bc.kind = RKV_BACKEND_CPU;
-  bc.num_threads = o.threads;
-  rkv_backend *backend = NULL;
-  if (rkv_backend_create(&bc, &backend) != RKV_OK) {
-    fprintf(stderr, "rkv eval: cannot create the CPU backend\n");
-    rkv_model_destroy(model);
-    return 1;
-  }
 
   eval_result results[EVAL_MAX_LIST * EVAL_MAX_LIST];
-  int n_res = 0, ret = 0;
+  uint32_t cpu_correct[EVAL_MAX_LIST * EVAL_MAX_LIST]; /* --compare-cpu */
+  int n_res = 0, ret = 0, n_differ = 0;
   for (int p = 0; p < o.n_policies && !ret; p++) {
     const int nb = o.policies[p] == RKV_EVICT_FULL ? 1 : o.n_budgets;
     for (int bi = 0; bi < nb && !ret; bi++) {
@@ -863,6 +933,17 @@ int rkv_cmd_eval(int argc, char **argv) {
       /* progress on stderr in both output modes: a 500-problem sweep takes minutes */
       fprintf(stderr, "%s B=%d: %u/%u correct (%.1fs)\n", rkv_evict_policy_name(er->policy),
               er->budget, er->correct, er->problems, er->seconds);
+      if (cpu_backend) {
+        eval_result cr;
+        ret = (o.simple_loop ? eval_run_simple : eval_run_sched)(&o, model, cpu_backend,
+                                                                 o.policies[p], o.budgets[bi], &cr);
+        if (ret) break;
+        cpu_correct[n_res - 1] = cr.correct;
+        n_differ += cr.correct != er->correct;
+        fprintf(stderr, "%s B=%d on cpu: %u/%u correct (%.1fs)%s\n",
+                rkv_evict_policy_name(cr.policy), cr.budget, cr.correct, cr.problems, cr.seconds,
+                cr.correct != er->correct ? "  DIFFERS from cuda" : ", same as cuda");
+      }
     }
   }
   if (!ret) {
@@ -870,10 +951,11 @@ int rkv_cmd_eval(int argc, char **argv) {
       printf(
           "{\"model\": \"%s\", \"params\": %zu, \"problems\": %u, \"digits\": [%d, %d], "
           "\"seed\": %llu, \"batch\": %u, \"buffer\": %d, \"window\": %d, \"block_size\": %u, "
-          "\"kv_dtype\": \"%s\", \"batching\": \"%s\", \"runs\": [",
+          "\"kv_dtype\": \"%s\", \"batching\": \"%s\", \"backend\": \"%s\", \"runs\": [",
           o.model_path, rkv_model_num_params(model), o.problems, o.min_digits, o.max_digits,
           (unsigned long long)o.seed, o.batch, o.buffer, o.window, o.block_size,
-          rkv_dtype_name(o.kv_dtype), o.simple_loop ? "simple" : "scheduler");
+          rkv_dtype_name(o.kv_dtype), o.simple_loop ? "simple" : "scheduler",
+          on_cuda ? "cuda" : "cpu");
       for (int i = 0; i < n_res; i++) {
         const eval_result *e = &results[i];
         printf(
@@ -899,16 +981,21 @@ int rkv_cmd_eval(int argc, char **argv) {
                  (double)e->by_digits_correct[dgt] / e->by_digits_total[dgt]);
           first = false;
         }
-        printf("}}");
+        printf("}");
+        if (cpu_backend)
+          printf(", \"cpu_accuracy\": %.4f, \"cpu_correct\": %u",
+                 (double)cpu_correct[i] / e->problems, cpu_correct[i]);
+        printf("}");
       }
       printf("\n]}\n");
     } else {
       printf(
           "model %s (%zu params), %u problems, %d-%d digits, seed %llu, batch %u, buffer %d, "
-          "window %d, kv %s, batching by %s\n",
+          "window %d, kv %s, batching by %s%s\n",
           o.model_path, rkv_model_num_params(model), o.problems, o.min_digits, o.max_digits,
           (unsigned long long)o.seed, o.batch, o.buffer, o.window, rkv_dtype_name(o.kv_dtype),
-          o.simple_loop ? "the tool's loop" : "the librkv scheduler");
+          o.simple_loop ? "the tool's loop" : "the librkv scheduler",
+          on_cuda ? ", KV cache on the cuda backend" : "");
       printf("%-10s %6s %9s %9s %11s %10s %8s %6s\n", "policy", "budget", "accuracy", "mean_gen",
              "peak_blocks", "max_stream", "tok/s", "bounds");
       for (int i = 0; i < n_res; i++) {
@@ -943,8 +1030,15 @@ int rkv_cmd_eval(int argc, char **argv) {
         ret = 3;
       }
     }
+    if (n_differ) {
+      fprintf(stderr,
+              "rkv eval: --compare-cpu: %d of %d runs differ in accuracy between cuda and cpu\n",
+              n_differ, n_res);
+      ret = 3;
+    }
   }
-  rkv_backend_destroy(backend);
   rkv_model_destroy(model);
+  rkv_backend_destroy(cpu_backend);
+  rkv_backend_destroy(backend);
   return ret;
 }

@@ -6,7 +6,9 @@
  * per-slot attention mass), the output projection and the SwiGLU MLP; finally the logits.
  * Mirrors tools/model/model.py exactly (same RoPE convention, f32 throughout).
  * Matrices are stored transposed ([in][out]) so the plain loops vectorise; with a BLAS the
- * products are cblas_sgemm calls. */
+ * products are cblas_sgemm calls. When the pool lives on a CUDA backend, the KV write, the
+ * attention, the query window and eviction go through model_cuda.c (same library calls on
+ * device copies of the rows and tables); everything else stays here, on the host. */
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -361,6 +363,7 @@ struct rkv_model_runner {
   uint32_t indices_cap;
   void *ws;
   size_t ws_bytes;
+  rkv_model_cuda *cu; /* device half when the pool is on a CUDA backend, else NULL */
   char err[256];
 };
 
@@ -376,6 +379,7 @@ static rkv_status rfail(rkv_model_runner *r, rkv_status s, const char *fmt, ...)
 
 void rkv_model_runner_destroy(rkv_model_runner *r) {
   if (!r) return;
+  rkv_model_cuda_destroy(r->cu); /* waits for the device before the pool goes */
   rkv_qwindow_destroy(r->qw);
   rkv_kv_pool_destroy(r->pool);
   rkv_blockmgr_destroy(r->bm);
@@ -407,12 +411,22 @@ rkv_status rkv_model_runner_create(const rkv_model *model, rkv_backend *backend,
   r->model = model;
   r->cfg = *cfg;
   rkv_status ret;
+  /* CUDA: the pool's head size is padded to one the kernels take (model.h). */
+  const bool on_cuda = rkv_backend_get_kind(backend) == RKV_BACKEND_CUDA;
+  uint32_t pool_head_dim = (uint32_t)c->head_dim;
+  float qscale = 1.0f;
+  if (on_cuda && rkv_model_cuda_head_dim(pool_head_dim, &pool_head_dim, &qscale) != RKV_OK) {
+    msg(err, err_len, "model runner: head_dim %d is too large for the CUDA kernels (<= 256)",
+        c->head_dim);
+    ret = RKV_ERR_UNSUPPORTED;
+    goto fail;
+  }
   rkv_blockmgr_config bc = RKV_BLOCKMGR_CONFIG_INIT;
   bc.num_blocks = cfg->num_blocks;
   bc.block_size = cfg->block_size;
   bc.num_layers = (uint32_t)c->n_layers;
   bc.num_kv_heads = (uint32_t)c->n_kv_heads;
-  bc.head_dim = (uint32_t)c->head_dim;
+  bc.head_dim = pool_head_dim;
   bc.dtype = cfg->kv_dtype;
   bc.max_seqs = cfg->max_seqs;
   bc.watermark = 0.0f;
@@ -429,7 +443,7 @@ rkv_status rkv_model_runner_create(const rkv_model *model, rkv_backend *backend,
     msg(err, err_len, "kv pool: %s (%s)", rkv_status_str(ret), rkv_backend_last_error(backend));
     goto fail;
   }
-  if (cfg->qwindow) {
+  if (cfg->qwindow && !on_cuda) {
     rkv_qwindow_config qc = RKV_QWINDOW_CONFIG_INIT;
     qc.num_layers = (uint32_t)c->n_layers;
     qc.num_q_heads = (uint32_t)c->n_heads;
@@ -470,6 +484,21 @@ rkv_status rkv_model_runner_create(const rkv_model *model, rkv_backend *backend,
     ret = RKV_ERR_NO_MEMORY;
     goto fail;
   }
+  if (on_cuda) {
+    rkv_model_cuda_config cc;
+    memset(&cc, 0, sizeof cc);
+    cc.num_layers = (uint32_t)c->n_layers;
+    cc.num_q_heads = (uint32_t)c->n_heads;
+    cc.num_kv_heads = (uint32_t)c->n_kv_heads;
+    cc.head_dim = (uint32_t)c->head_dim;
+    cc.max_seqs = cfg->max_seqs;
+    cc.max_rows = cfg->max_rows;
+    cc.qwindow = cfg->qwindow;
+    cc.max_stream_len = cfg->max_stream_len;
+    if ((ret = rkv_model_cuda_create(r->pool, &cc, &r->cu, err, err_len))) goto fail;
+    *out = r;
+    return RKV_OK;
+  }
   /* Attention workspace sized once for the largest batch and stream (no growth later). */
   ret = rkv_attn_workspace_bound(
       r->pool, cfg->max_seqs > cfg->max_rows ? cfg->max_seqs : cfg->max_rows, (uint32_t)c->n_heads,
@@ -502,6 +531,20 @@ rkv_kv_pool *rkv_model_runner_pool(rkv_model_runner *r) {
 rkv_qwindow *rkv_model_runner_qwindow(rkv_model_runner *r) {
   return r ? r->qw : NULL;
 }
+bool rkv_model_runner_on_cuda(const rkv_model_runner *r) {
+  return r && r->cu;
+}
+
+rkv_status rkv_model_runner_evict(rkv_model_runner *r, const rkv_evict_params *ep, int64_t seq,
+                                  uint32_t layer, void *workspace, size_t ws_bytes,
+                                  rkv_evict_result *res) {
+  if (!r) return RKV_ERR_INVALID_ARG;
+  rkv_status s;
+  if (r->cu) return rkv_model_cuda_evict(r->cu, r->bm, ep, seq, layer, res, r->err, sizeof r->err);
+  s = rkv_evict_layer(ep, r->bm, r->pool, r->qw, (uint32_t)r->model->cfg.n_heads, seq, layer,
+                      workspace, ws_bytes, res);
+  return s ? rfail(r, s, "%s", rkv_blockmgr_last_error(r->bm)) : RKV_OK;
+}
 
 rkv_status rkv_model_runner_seq_add(rkv_model_runner *r, int64_t seq) {
   if (!r) return RKV_ERR_INVALID_ARG;
@@ -511,6 +554,10 @@ rkv_status rkv_model_runner_seq_add(rkv_model_runner *r, int64_t seq) {
   if (r->qw && (s = rkv_qwindow_seq_add(r->qw, seq)) != RKV_OK) {
     if (!r->cfg.external_append) rkv_blockmgr_seq_free(r->bm, seq);
     return rfail(r, s, "qwindow_seq_add(%lld): %s", (long long)seq, rkv_qwindow_last_error(r->qw));
+  }
+  if (r->cu && (s = rkv_model_cuda_seq_add(r->cu, seq, r->err, sizeof r->err)) != RKV_OK) {
+    if (!r->cfg.external_append) rkv_blockmgr_seq_free(r->bm, seq);
+    return s;
   }
   return RKV_OK;
 }
@@ -522,6 +569,7 @@ rkv_status rkv_model_runner_seq_remove(rkv_model_runner *r, int64_t seq) {
     rkv_status s2 = rkv_qwindow_seq_remove(r->qw, seq);
     if (s == RKV_OK) s = s2;
   }
+  rkv_model_cuda_seq_remove(r->cu, seq);
   return s ? rfail(r, s, "seq_remove(%lld) failed", (long long)seq) : RKV_OK;
 }
 
@@ -573,6 +621,13 @@ rkv_status rkv_model_runner_step(rkv_model_runner *r, uint32_t n_seqs, const int
     return rfail(r, RKV_ERR_NO_BLOCKS, "step: needs %llu blocks, %u free", (unsigned long long)need,
                  st.free_blocks);
 
+  /* CUDA: each sequence's ring slot and first position for this step's query-window pushes
+   * (checked before anything changes). */
+  if (r->cu) {
+    rkv_status s = rkv_model_cuda_begin_step(r->cu, n_seqs, seqs, pos0, r->err, sizeof r->err);
+    if (s) return s;
+  }
+
   /* Append every sequence's new tokens to all its streams (blocks checked above), or, when a
    * scheduler appended them already, read their slots: the last n positions of each stream. */
   for (uint32_t b = 0; b < n_seqs; b++) {
@@ -623,18 +678,24 @@ rkv_status rkv_model_runner_step(rkv_model_runner *r, uint32_t n_seqs, const int
     rope(r->q, r->pos, rows, nh, hd, c->rope_theta);
     rope(r->k, r->pos, rows, nkv, hd, c->rope_theta);
     /* Scatter each (sequence, kv head)'s new K/V rows into its stream's slots. */
-    for (uint32_t b = 0; b < n_seqs; b++) {
-      const int32_t r0 = q_indptr[b], n = q_indptr[b + 1] - r0;
-      for (int h = 0; h < nkv; h++) {
-        for (int32_t t = 0; t < n; t++) {
-          memcpy(r->kbuf + (size_t)t * hd, r->k + (size_t)(r0 + t) * kd + (size_t)h * hd,
-                 (size_t)hd * sizeof(float));
-          memcpy(r->vbuf + (size_t)t * hd, r->v + (size_t)(r0 + t) * kd + (size_t)h * hd,
-                 (size_t)hd * sizeof(float));
+    if (r->cu) {
+      rkv_status s = rkv_model_cuda_write_kv(r->cu, (uint32_t)l, n_seqs, q_indptr, r->slots,
+                                             r->streams, r->k, r->v, r->err, sizeof r->err);
+      if (s) return s;
+    } else {
+      for (uint32_t b = 0; b < n_seqs; b++) {
+        const int32_t r0 = q_indptr[b], n = q_indptr[b + 1] - r0;
+        for (int h = 0; h < nkv; h++) {
+          for (int32_t t = 0; t < n; t++) {
+            memcpy(r->kbuf + (size_t)t * hd, r->k + (size_t)(r0 + t) * kd + (size_t)h * hd,
+                   (size_t)hd * sizeof(float));
+            memcpy(r->vbuf + (size_t)t * hd, r->v + (size_t)(r0 + t) * kd + (size_t)h * hd,
+                   (size_t)hd * sizeof(float));
+          }
+          const int64_t *sl = r->slots + (size_t)r0 * r->streams + (size_t)(l * nkv + h) * n;
+          rkv_status s = rkv_attn_write_kv(r->pool, r->kbuf, r->vbuf, sl, (uint32_t)n);
+          if (s) return rfail(r, s, "attn_write_kv layer %d: %s", l, rkv_status_str(s));
         }
-        const int64_t *sl = r->slots + (size_t)r0 * r->streams + (size_t)(l * nkv + h) * n;
-        rkv_status s = rkv_attn_write_kv(r->pool, r->kbuf, r->vbuf, sl, (uint32_t)n);
-        if (s) return rfail(r, s, "attn_write_kv layer %d: %s", l, rkv_status_str(s));
       }
     }
     uint32_t nnz = 0;
@@ -655,9 +716,14 @@ rkv_status rkv_model_runner_step(rkv_model_runner *r, uint32_t n_seqs, const int
     p.qwindow = r->qw;
     p.seq_ids = seqs;
     p.layer = (uint32_t)l;
-    s = decode ? rkv_attn_decode(r->pool, &p, r->ws, r->ws_bytes)
-               : rkv_attn_prefill(r->pool, &p, r->ws, r->ws_bytes);
-    if (s) return rfail(r, s, "attention layer %d: %s", l, rkv_status_str(s));
+    if (r->cu) {
+      s = rkv_model_cuda_attention(r->cu, &p, r->err, sizeof r->err);
+      if (s) return s;
+    } else {
+      s = decode ? rkv_attn_decode(r->pool, &p, r->ws, r->ws_bytes)
+                 : rkv_attn_prefill(r->pool, &p, r->ws, r->ws_bytes);
+      if (s) return rfail(r, s, "attention layer %d: %s", l, rkv_status_str(s));
+    }
     matmul(r->h, r->att, L->wo, rows, qd, d);
     for (size_t i = 0; i < (size_t)rows * d; i++) r->x[i] += r->h[i];
     rmsnorm(r->h, r->x, L->mlp_norm, rows, d, c->norm_eps);
