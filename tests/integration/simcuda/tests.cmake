@@ -26,3 +26,31 @@ target_include_directories(simcuda_sim_cuda_emu BEFORE PRIVATE ${_simcuda_emu}
   ${PROJECT_SOURCE_DIR}/tools/rkv ${PROJECT_BINARY_DIR}/tools)
 rkv_register_test(simcuda_sim_cuda_emu LABELS "integration;tool")
 set_tests_properties(simcuda_sim_cuda_emu PROPERTIES TIMEOUT 120)
+
+#  model_eval_cuda_emu          `rkv eval --backend cuda`'s host logic without a GPU
+#                               (tools/rkv/model_cuda.c, model_forward.c, cmd_eval.c against the
+#                               same stand-in runtime and shim): its --json equals the CPU
+#                               backend's apart from "backend" and timings, on the smoke weights
+#                               (both batching loops, f32 and bf16, blocks 16 and 32) and the
+#                               trained weights, with no copy-ordering hazard. Sanitizer builds
+#                               (unoptimised, no BLAS) run fewer smoke problems and skip the
+#                               trained weights.
+if(RKV_SANITIZE)
+  set(_eval_emu_args 12 0)
+else()
+  set(_eval_emu_args 30 10)
+endif()
+rkv_add_test_exe(model_eval_cuda_emu
+  SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_model_eval_emu.c ${_simcuda_emu}/emu_shim.c
+          ${_simcuda_emu}/emu_cmd_eval.c ${_simcuda_emu}/emu_model_forward.c
+          ${_simcuda_emu}/emu_model_cuda.c ${PROJECT_SOURCE_DIR}/tools/rkv/model_st.c
+          ${PROJECT_SOURCE_DIR}/tools/rkv/model_task.c ${PROJECT_SOURCE_DIR}/tools/rkv/tool_util.c)
+target_include_directories(model_eval_cuda_emu BEFORE PRIVATE ${_simcuda_emu}
+  ${PROJECT_SOURCE_DIR}/tools/rkv ${PROJECT_BINARY_DIR}/tools)
+if(RKV_HAVE_BLAS)
+  target_link_libraries(model_eval_cuda_emu PRIVATE rkv_blas_dep)
+  target_compile_definitions(model_eval_cuda_emu PRIVATE RKV_HAVE_BLAS=1)
+endif()
+rkv_register_test(model_eval_cuda_emu COMMAND model_eval_cuda_emu ${_eval_emu_args}
+  LABELS "integration;model")
+set_tests_properties(model_eval_cuda_emu PROPERTIES TIMEOUT 120)

@@ -1,11 +1,11 @@
-/* Stand-in for <cuda_runtime.h> used only by test_sim_cuda_emu (see emu_shim.h): "device"
- * memory is host memory and there is one in-order stream. Copies are queued, as on a GPU, and
- * run when the stream would reach them: at a stream sync, at a free, or before the next
- * (emulated) kernel reads device memory (emu_fake_flush, called by the shim's wrappers). A
+/* Stand-in for <cuda_runtime.h> used only by test_sim_cuda_emu and test_model_eval_emu (see
+ * emu_shim.h): "device" memory is host memory and there is one in-order stream. Copies are queued,
+ * as on a GPU, and run when the stream would reach them: at a stream sync, at a free, or before the
+ * next (emulated) kernel reads device memory (emu_fake_flush, called by the shim's wrappers). A
  * source changed between enqueue and that moment is counted as a hazard (on a device the copy
  * may run at any moment in between). Fresh device buffers are filled with 0xFF bytes (NaN as f32,
  * -1 as int32) so a read of something never uploaded shows up in the comparison. Only what
- * sim_engine_cuda.c calls. */
+ * sim_engine_cuda.c and model_cuda.c call. */
 #ifndef RKV_TEST_FAKE_CUDA_RUNTIME_H
 #define RKV_TEST_FAKE_CUDA_RUNTIME_H
 

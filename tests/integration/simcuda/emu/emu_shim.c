@@ -1,11 +1,12 @@
-/* Host emulations of the GPU-only library entries for test_sim_cuda_emu (emu_shim.h): a CUDA
- * backend request becomes a CPU backend; the device query-window push writes the documented
- * ring layout ([slot][layer][q_head][window][d], token t at row t % window) in host memory; the
- * device eviction follows rkv/evict_cuda.h on a CPU pool: per stream it gathers the old row's
- * keys, reads the group's window rows from qwin + qwin_offset (oldest first, as the host window
- * hands them to rkv_evict_layer), selects with rkv_evict_select_dense (the CPU path's code),
- * gathers every stream's kept K/V/score rows before scattering any (new rows may reuse old
- * blocks of any stream), zeroes new-row slots past the budget and the clear_blocks' scores. */
+/* Host emulations of the GPU-only library entries for test_sim_cuda_emu and test_model_eval_emu
+ * (emu_shim.h): a CUDA backend request becomes a CPU backend that reports itself as CUDA; the
+ * device query-window push writes the documented ring layout ([slot][layer][q_head][window][d],
+ * token t at row t % window) in host memory; the device eviction follows rkv/evict_cuda.h on a
+ * CPU pool: per stream it gathers the old row's keys, reads the group's window rows from qwin +
+ * qwin_offset (oldest first, as the host window hands them to rkv_evict_layer), selects with
+ * rkv_evict_select_dense (the CPU path's code), gathers every stream's kept K/V/score rows before
+ * scattering any (new rows may reuse old blocks of any stream), zeroes new-row slots past the
+ * budget and the clear_blocks' scores. */
 #define EMU_SHIM_IMPL
 #include "emu_shim.h"
 
@@ -128,13 +129,43 @@ unsigned long emu_push_calls(void) {
   return E.pushes;
 }
 
+/* the live backends created for a CUDA request (emu_backend_get_kind) */
+static struct {
+  const rkv_backend *be[16];
+  unsigned n;
+} BE;
+
 rkv_status emu_backend_create(const rkv_backend_config *cfg, rkv_backend **out) {
   rkv_backend_config c = *cfg;
-  if (c.kind == RKV_BACKEND_CUDA) {
+  const bool cuda = c.kind == RKV_BACKEND_CUDA;
+  if (cuda) {
     c.kind = RKV_BACKEND_CPU;
     c.num_threads = 1;
   }
-  return rkv_backend_create(&c, out);
+  rkv_status st = rkv_backend_create(&c, out);
+  if (st != RKV_OK || !cuda) return st;
+  if (BE.n == sizeof BE.be / sizeof BE.be[0]) {
+    rkv_backend_destroy(*out);
+    *out = NULL;
+    return RKV_ERR_CAPACITY;
+  }
+  BE.be[BE.n++] = *out;
+  return RKV_OK;
+}
+
+rkv_backend_kind emu_backend_get_kind(const rkv_backend *b) {
+  for (unsigned i = 0; b && i < BE.n; i++)
+    if (BE.be[i] == b) return RKV_BACKEND_CUDA;
+  return rkv_backend_get_kind(b);
+}
+
+void emu_backend_destroy(rkv_backend *b) {
+  for (unsigned i = 0; b && i < BE.n; i++)
+    if (BE.be[i] == b) { /* forgotten first: a later backend may get the same address */
+      BE.be[i] = BE.be[--BE.n];
+      break;
+    }
+  rkv_backend_destroy(b);
 }
 
 rkv_status emu_kv_pool_create(rkv_backend *b, const rkv_kv_layout *layout, uint32_t num_blocks,

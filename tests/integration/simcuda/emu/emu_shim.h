@@ -1,8 +1,9 @@
-/* Test-only seam for test_sim_cuda_emu: included first by the wrapped simulator sources, it
- * renames the few library entries that need a GPU (a CUDA backend, the device query-window
- * push, the device eviction) to host emulations over a CPU pool (emu_shim.c). Everything else
- * (KV write, attention, tables, compaction, descriptors) is the real library on a CPU pool. The
- * rkv headers are included before the renames so their prototypes keep the real names. */
+/* Test-only seam for test_sim_cuda_emu and test_model_eval_emu: included first by the wrapped
+ * simulator / eval tool sources, it renames the few library entries that need a GPU (a CUDA
+ * backend, the device query-window push, the device eviction) to host emulations over a CPU
+ * pool (emu_shim.c). Everything else (KV write, attention, tables, compaction, descriptors) is
+ * the real library on a CPU pool. The rkv headers are included before the renames so their
+ * prototypes keep the real names. */
 #ifndef RKV_TEST_EMU_SHIM_H
 #define RKV_TEST_EMU_SHIM_H
 
@@ -12,8 +13,12 @@
 #include <rkv/evict_cuda.h>
 #include <rkv/runtime.h>
 
-/* CUDA requests get a one-thread CPU backend. */
+/* CUDA requests get a one-thread CPU backend, which emu_backend_get_kind reports as
+ * RKV_BACKEND_CUDA until emu_backend_destroy (so code that picks its path by the backend's kind,
+ * like the eval tool's model runner, takes the CUDA one). */
 rkv_status emu_backend_create(const rkv_backend_config *cfg, rkv_backend **out);
+rkv_backend_kind emu_backend_get_kind(const rkv_backend *b);
+void emu_backend_destroy(rkv_backend *b);
 /* Real pool; remembered in creation order (emu_pool). */
 rkv_status emu_kv_pool_create(rkv_backend *b, const rkv_kv_layout *layout, uint32_t num_blocks,
                               rkv_kv_pool **out);
@@ -53,6 +58,8 @@ unsigned long emu_push_calls(void);
 
 #ifndef EMU_SHIM_IMPL
 #define rkv_backend_create emu_backend_create
+#define rkv_backend_get_kind emu_backend_get_kind
+#define rkv_backend_destroy emu_backend_destroy
 #define rkv_kv_pool_create emu_kv_pool_create
 #define rkv_attn_cuda_qwindow_push emu_attn_cuda_qwindow_push
 #define rkv_evict_cuda_workspace_size emu_evict_cuda_workspace_size
