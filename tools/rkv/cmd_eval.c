@@ -37,6 +37,7 @@ typedef struct eval_opts {
   int n_budgets;
   int32_t buffer;
   int32_t window;
+  float lambda; /* R-KV joint score weight (importance vs redundancy) */
   uint32_t problems;
   int32_t min_digits, max_digits;
   uint64_t seed;
@@ -93,9 +94,11 @@ typedef struct eval_seq {
 } eval_seq;
 
 static void eval_usage(void) {
+  const rkv_evict_params defaults = RKV_EVICT_PARAMS_INIT;
   printf(
       "usage: rkv eval [--model FILE] [--policies LIST] [--budgets LIST] [--buffer N]\n"
-      "                [--window N] [--problems N] [--digits LO-HI] [--seed N] [--batch N]\n"
+      "                [--window N] [--lambda X] [--problems N] [--digits LO-HI] [--seed N] "
+      "[--batch N]\n"
       "                [--block-size N] [--kv-dtype f32|f16|bf16] [--threads N] [--json]\n"
       "                [--plot FILE.svg] [--show N] [--check] [--simple-loop]\n"
       "                [--backend cpu|cuda] [--compare-cpu]\n"
@@ -108,6 +111,8 @@ static void eval_usage(void) {
       "  --budgets LIST    comma list of per-stream budgets B (default 32,48,64,96,128)\n"
       "  --buffer N        tokens decoded between compressions (default 16)\n"
       "  --window N        alpha: newest tokens kept / query-window rows (default 8)\n"
+      "  --lambda X        R-KV joint score weight in [0, 1]: lambda * importance - (1 -\n"
+      "                    lambda) * redundancy (default %.2f, the paper's)\n"
       "  --problems N      problems per (policy, budget) (default 500)\n"
       "  --digits LO-HI    operand digit range (default 6-20, the trained range)\n"
       "  --seed N          problem-set seed (default %d; training never uses it)\n"
@@ -135,7 +140,7 @@ static void eval_usage(void) {
       "  Exit status: 0, 1 on a runtime failure, 2 on bad usage, 3 when a --require-bounds /\n"
       "  --min-full-accuracy / --compare-cpu check fails, 77 when --backend cuda cannot run\n"
       "  here (no CUDA in this build, or no usable GPU).\n",
-      EVAL_SEED_DEFAULT);
+      (double)defaults.lambda, EVAL_SEED_DEFAULT);
 }
 
 static bool parse_policies(const char *s, eval_opts *o) {
@@ -252,6 +257,7 @@ static int eval_ctx_init(eval_ctx *c, const eval_opts *o, const rkv_model *model
   ep.budget = policy == RKV_EVICT_FULL ? 1 << 20 : budget;
   ep.window = o->window;
   ep.buffer = o->buffer;
+  ep.lambda = o->lambda;
   c->ep = ep;
   char err[512] = "";
   if (policy != RKV_EVICT_FULL && rkv_evict_params_validate(&ep, err, sizeof err) != RKV_OK) {
@@ -742,7 +748,7 @@ static bool eval_takes_value(const char *opt) {
       "--model",    "--policies", "--budgets", "--buffer", "--window",
       "--problems", "--digits",   "--seed",    "--batch",  "--block-size",
       "--kv-dtype", "--threads",  "--plot",    "--show",   "--min-full-accuracy",
-      "--backend"};
+      "--backend",  "--lambda"};
   for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
     if (strcmp(opt, names[k]) == 0) return true;
   return false;
@@ -759,6 +765,8 @@ int rkv_cmd_eval(int argc, char **argv) {
   parse_budgets("32,48,64,96,128", &o);
   o.buffer = 16;
   o.window = 8;
+  const rkv_evict_params defaults = RKV_EVICT_PARAMS_INIT;
+  o.lambda = defaults.lambda;
   o.problems = 500;
   o.min_digits = 6;
   o.max_digits = 20;
@@ -803,6 +811,10 @@ int rkv_cmd_eval(int argc, char **argv) {
     } else if (strcmp(a, "--window") == 0) {
       if (!rkv_tool_parse_u64("eval", a, v, 1, 1024, &u)) return 2;
       o.window = (int32_t)u;
+    } else if (strcmp(a, "--lambda") == 0) {
+      double x;
+      if (!rkv_tool_parse_f64("eval", a, v, 0.0, 1.0, &x)) return 2;
+      o.lambda = (float)x;
     } else if (strcmp(a, "--problems") == 0) {
       if (!rkv_tool_parse_u64("eval", a, v, 1, 1000000, &u)) return 2;
       o.problems = (uint32_t)u;
@@ -950,10 +962,11 @@ int rkv_cmd_eval(int argc, char **argv) {
     if (o.json) {
       printf(
           "{\"model\": \"%s\", \"params\": %zu, \"problems\": %u, \"digits\": [%d, %d], "
-          "\"seed\": %llu, \"batch\": %u, \"buffer\": %d, \"window\": %d, \"block_size\": %u, "
+          "\"seed\": %llu, \"batch\": %u, \"buffer\": %d, \"window\": %d, \"lambda\": %g, "
+          "\"block_size\": %u, "
           "\"kv_dtype\": \"%s\", \"batching\": \"%s\", \"backend\": \"%s\", \"runs\": [",
           o.model_path, rkv_model_num_params(model), o.problems, o.min_digits, o.max_digits,
-          (unsigned long long)o.seed, o.batch, o.buffer, o.window, o.block_size,
+          (unsigned long long)o.seed, o.batch, o.buffer, o.window, (double)o.lambda, o.block_size,
           rkv_dtype_name(o.kv_dtype), o.simple_loop ? "simple" : "scheduler",
           on_cuda ? "cuda" : "cpu");
       for (int i = 0; i < n_res; i++) {
@@ -991,10 +1004,10 @@ int rkv_cmd_eval(int argc, char **argv) {
     } else {
       printf(
           "model %s (%zu params), %u problems, %d-%d digits, seed %llu, batch %u, buffer %d, "
-          "window %d, kv %s, batching by %s%s\n",
+          "window %d, lambda %g, kv %s, batching by %s%s\n",
           o.model_path, rkv_model_num_params(model), o.problems, o.min_digits, o.max_digits,
-          (unsigned long long)o.seed, o.batch, o.buffer, o.window, rkv_dtype_name(o.kv_dtype),
-          o.simple_loop ? "the tool's loop" : "the librkv scheduler",
+          (unsigned long long)o.seed, o.batch, o.buffer, o.window, (double)o.lambda,
+          rkv_dtype_name(o.kv_dtype), o.simple_loop ? "the tool's loop" : "the librkv scheduler",
           on_cuda ? ", KV cache on the cuda backend" : "");
       printf("%-10s %6s %9s %9s %11s %10s %8s %6s\n", "policy", "budget", "accuracy", "mean_gen",
              "peak_blocks", "max_stream", "tok/s", "bounds");

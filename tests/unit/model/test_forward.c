@@ -510,7 +510,7 @@ static void check_model(const char *weights, const char *ref_path) {
   bool have = true;
   for (int i = 0; i < N_REF; i++) {
     char name[32];
-    int64_t a, b, c, g, pl;
+    int64_t a = 0, b = 0, c = 0, g = 0, pl = 0;
     snprintf(name, sizeof name, "tokens.%d", i);
     int64_t sl = 0;
     int32_t *tok = owned[5 * i] = copy_tensor(ref, name, RKV_ST_I32, &a, NULL);
