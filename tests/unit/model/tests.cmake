@@ -42,6 +42,11 @@ if(RKV_NUMPY_PYTHON)
                    --weights ${_adder} --ref ${_model_dir}/data/adder_ref.safetensors)
   set_tests_properties(model_numpy_reference_trained model_torch_reference_trained PROPERTIES
                        SKIP_RETURN_CODE 77 TIMEOUT 120 LABELS "unit;model")
+  # rkv eval --lambda 1 selects exactly what SnapKV selects (plain python3 + the rkv tool).
+  add_test(NAME model_eval_lambda
+           COMMAND ${RKV_NUMPY_PYTHON} ${_model_dir}/check_lambda.py $<TARGET_FILE:rkv>
+                   ${_model_dir}/data/smoke.safetensors)
+  set_tests_properties(model_eval_lambda PROPERTIES TIMEOUT 300 LABELS "integration;model")
   # train.py on a toy configuration, 1 vs 2 data-parallel processes (skips without torch).
   add_test(NAME model_train_toy COMMAND ${RKV_NUMPY_PYTHON} ${_model_dir}/check_train.py)
   set_tests_properties(model_train_toy PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300
