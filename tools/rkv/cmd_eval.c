@@ -236,9 +236,19 @@ typedef struct eval_ctx {
   size_t ews;
   int32_t max_prompt, max_new, max_len;
   uint32_t max_rows;
+  /* one step's inputs and outputs, sized for the batch (rkv_model_runner_step) */
+  int64_t *ids;
+  int32_t *qind, *toks, *prev, *pos0;
+  float *logits;
 } eval_ctx;
 
 static void eval_ctx_fini(eval_ctx *c) {
+  free(c->ids);
+  free(c->qind);
+  free(c->toks);
+  free(c->prev);
+  free(c->pos0);
+  free(c->logits);
   free(c->ework);
   rkv_model_runner_destroy(c->r);
   memset(c, 0, sizeof *c);
@@ -289,6 +299,17 @@ static int eval_ctx_init(eval_ctx *c, const eval_opts *o, const rkv_model *model
     return 1;
   }
   c->bm = rkv_model_runner_blockmgr(c->r);
+  c->ids = malloc(o->batch * sizeof *c->ids);
+  c->qind = malloc((o->batch + 1) * sizeof *c->qind);
+  c->toks = malloc(c->max_rows * sizeof *c->toks);
+  c->prev = malloc(o->batch * sizeof *c->prev);
+  c->pos0 = malloc(o->batch * sizeof *c->pos0);
+  c->logits = malloc((size_t)o->batch * (size_t)mc->vocab_size * sizeof *c->logits);
+  if (!c->ids || !c->qind || !c->toks || !c->prev || !c->pos0 || !c->logits) {
+    fprintf(stderr, "rkv eval: out of memory\n");
+    eval_ctx_fini(c);
+    return 1;
+  }
   if (policy != RKV_EVICT_FULL) {
     if (rkv_evict_workspace_size(&ep, (uint32_t)mc->n_kv_heads, (uint32_t)mc->n_heads,
                                  (uint32_t)mc->head_dim, c->max_len, &c->ews) != RKV_OK ||
@@ -317,8 +338,54 @@ static void eval_finish(const eval_opts *o, eval_ctx *c, eval_result *res, doubl
   }
 }
 
-static void eval_show(const eval_opts *o, const eval_result *res, int64_t id,
-                      const rkv_task_problem *prob, const char *gen, bool ok, uint32_t *shown) {
+static void eval_result_init(eval_result *res, const eval_opts *o, rkv_evict_policy policy,
+                             int32_t budget) {
+  memset(res, 0, sizeof *res);
+  res->policy = policy;
+  res->budget = policy == RKV_EVICT_FULL ? 0 : budget;
+  res->problems = o->problems;
+}
+
+/* Problem `index` of the run's set with its prompt encoded into `tokens` (room for
+ * RKV_TASK_MAX_TEXT) and counted in res. Returns 0 or 1 (error printed). */
+static int eval_problem(const eval_opts *o, const rkv_model *model, uint32_t index,
+                        rkv_task_problem *prob, int32_t *tokens, int32_t *len, eval_result *res) {
+  if (rkv_task_problem_make(o->seed, index, o->min_digits, o->max_digits, prob) != RKV_OK) {
+    fprintf(stderr, "rkv eval: bad digit range\n");
+    return 1;
+  }
+  size_t n = 0;
+  if (rkv_model_encode(model, prob->prompt, tokens, RKV_TASK_MAX_TEXT, &n) != RKV_OK) {
+    fprintf(stderr, "rkv eval: the model's vocabulary cannot encode the prompt\n");
+    return 1;
+  }
+  *len = (int32_t)n;
+  res->prompt_tokens += n;
+  if (*len > res->max_prompt_len) res->max_prompt_len = *len;
+  return 0;
+}
+
+/* Greedy token from one row of logits, appended to the generated text; *eos when it is the
+ * answer's end. */
+static int32_t eval_sample(const rkv_model_config *mc, const float *row, char *gen,
+                           int32_t *gen_len, eval_result *res, bool *eos) {
+  const int32_t t = argmax(row, mc->vocab_size);
+  const char ch = mc->vocab[t];
+  gen[(*gen_len)++] = ch ? ch : '?';
+  gen[*gen_len] = '\0';
+  res->generated_tokens++;
+  *eos = ch == '.';
+  return t;
+}
+
+/* Grades a finished generation (exact match of the answer), by digit count too, and prints
+ * the first --show of them. */
+static void eval_score(const eval_opts *o, eval_result *res, int64_t id,
+                       const rkv_task_problem *prob, const char *gen, uint32_t *shown) {
+  const bool ok = rkv_task_check(prob, gen);
+  res->correct += ok;
+  res->by_digits_total[prob->digits]++;
+  res->by_digits_correct[prob->digits] += ok;
   if ((int)*shown >= o->show) return;
   fprintf(stderr, "[%s B=%d #%lld %s] %s%s\n", rkv_evict_policy_name(res->policy), res->budget,
           (long long)id, ok ? "ok" : "WRONG", prob->prompt, gen);
@@ -329,10 +396,7 @@ static void eval_show(const eval_opts *o, const eval_result *res, int64_t id,
  * Returns 0 or 1 (error printed). */
 static int eval_run_simple(const eval_opts *o, const rkv_model *model, rkv_backend *backend,
                            rkv_evict_policy policy, int32_t budget, eval_result *res) {
-  memset(res, 0, sizeof *res);
-  res->policy = policy;
-  res->budget = policy == RKV_EVICT_FULL ? 0 : budget;
-  res->problems = o->problems;
+  eval_result_init(res, o, policy, budget);
   eval_ctx c;
   if (eval_ctx_init(&c, o, model, backend, policy, budget, false)) return 1;
   const rkv_model_config *mc = c.mc;
@@ -343,16 +407,14 @@ static int eval_run_simple(const eval_opts *o, const rkv_model *model, rkv_backe
   const size_t ews = c.ews;
   const int32_t max_prompt = c.max_prompt, max_new = c.max_new;
 
+  int64_t *ids = c.ids;
+  int32_t *qind = c.qind, *toks = c.toks, *prev = c.prev, *pos0 = c.pos0;
+  float *logits = c.logits;
+
   int rc_ret = 1;
   eval_seq *seqs = calloc(o->batch, sizeof *seqs);
-  int64_t *ids = malloc(o->batch * sizeof *ids);
-  int32_t *qind = malloc((o->batch + 1) * sizeof *qind);
-  int32_t *toks = malloc(c.max_rows * sizeof *toks);
-  int32_t *prev = malloc(o->batch * sizeof *prev);
-  int32_t *pos0 = malloc(o->batch * sizeof *pos0);
   uint32_t *slot_of = malloc(o->batch * sizeof *slot_of);
-  float *logits = malloc((size_t)o->batch * (size_t)mc->vocab_size * sizeof *logits);
-  if (!seqs || !ids || !qind || !toks || !prev || !pos0 || !slot_of || !logits) {
+  if (!seqs || !slot_of) {
     fprintf(stderr, "rkv eval: out of memory\n");
     goto done;
   }
@@ -373,25 +435,14 @@ static int eval_run_simple(const eval_opts *o, const rkv_model *model, rkv_backe
         if (need > free_blocks) continue;
         memset(s, 0, sizeof *s);
         s->id = next_problem;
-        if (rkv_task_problem_make(o->seed, next_problem, o->min_digits, o->max_digits, &s->prob) !=
-            RKV_OK) {
-          fprintf(stderr, "rkv eval: bad digit range\n");
+        if (eval_problem(o, model, next_problem, &s->prob, s->prompt, &s->prompt_len, res))
           goto done;
-        }
-        size_t n = 0;
-        if (rkv_model_encode(model, s->prob.prompt, s->prompt, RKV_TASK_MAX_TEXT, &n) != RKV_OK) {
-          fprintf(stderr, "rkv eval: the model's vocabulary cannot encode the prompt\n");
-          goto done;
-        }
-        s->prompt_len = (int32_t)n;
         s->prefill = true;
         if (rkv_model_runner_seq_add(r, s->id) != RKV_OK) {
           fprintf(stderr, "rkv eval: %s\n", rkv_model_runner_last_error(r));
           goto done;
         }
         free_blocks -= need;
-        res->prompt_tokens += n;
-        if ((int32_t)n > res->max_prompt_len) res->max_prompt_len = (int32_t)n;
         next_problem++;
       }
       if (s->id >= 0) {
@@ -434,14 +485,11 @@ static int eval_run_simple(const eval_opts *o, const rkv_model *model, rkv_backe
       const bool was_prefill = s->prefill;
       s->prefill = false;
       s->pos += fed;
-      const int32_t t = argmax(logits + (size_t)b * (size_t)mc->vocab_size, mc->vocab_size);
+      bool eos = false;
       s->prev_tok = last_fed;
-      s->next_tok = t;
-      const char ch = mc->vocab[t];
-      s->gen[s->gen_len++] = ch ? ch : '?';
-      s->gen[s->gen_len] = '\0';
-      res->generated_tokens++;
-      if (ch == '.' || s->gen_len >= max_new) s->done = true;
+      s->next_tok = eval_sample(mc, logits + (size_t)b * (size_t)mc->vocab_size, s->gen,
+                                &s->gen_len, res, &eos);
+      if (eos || s->gen_len >= max_new) s->done = true;
 
       const int32_t longest = seq_max_len(bm, mc, s->id);
       if (longest > res->max_stream_len) res->max_stream_len = longest;
@@ -463,11 +511,7 @@ static int eval_run_simple(const eval_opts *o, const rkv_model *model, rkv_backe
     for (uint32_t b = 0; b < live; b++) {
       eval_seq *s = &seqs[slot_of[b]];
       if (!s->done) continue;
-      bool ok = rkv_task_check(&s->prob, s->gen);
-      res->correct += ok;
-      res->by_digits_total[s->prob.digits]++;
-      res->by_digits_correct[s->prob.digits] += ok;
-      eval_show(o, res, s->id, &s->prob, s->gen, ok, &shown);
+      eval_score(o, res, s->id, &s->prob, s->gen, &shown);
       rkv_model_runner_seq_remove(r, s->id);
       s->id = -1;
       finished++;
@@ -477,13 +521,7 @@ static int eval_run_simple(const eval_opts *o, const rkv_model *model, rkv_backe
   rc_ret = 0;
 done:
   free(seqs);
-  free(ids);
-  free(qind);
-  free(toks);
-  free(prev);
-  free(pos0);
   free(slot_of);
-  free(logits);
   eval_ctx_fini(&c);
   return rc_ret;
 }
@@ -505,26 +543,20 @@ typedef struct eval_req {
  * Returns 0 or 1 (error printed). */
 static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backend *backend,
                           rkv_evict_policy policy, int32_t budget, eval_result *res) {
-  memset(res, 0, sizeof *res);
-  res->policy = policy;
-  res->budget = policy == RKV_EVICT_FULL ? 0 : budget;
-  res->problems = o->problems;
+  eval_result_init(res, o, policy, budget);
   eval_ctx c;
   if (eval_ctx_init(&c, o, model, backend, policy, budget, true)) return 1;
   const rkv_model_config *mc = c.mc;
   rkv_model_runner *r = c.r;
+  int64_t *ids = c.ids;
+  int32_t *qind = c.qind, *toks = c.toks, *prev = c.prev, *pos0 = c.pos0;
+  float *logits = c.logits;
 
   int rc_ret = 1;
   rkv_sched *sch = NULL;
   eval_req *reqs = calloc(o->problems, sizeof *reqs);
-  int64_t *ids = malloc(o->batch * sizeof *ids);
-  int32_t *qind = malloc((o->batch + 1) * sizeof *qind);
-  int32_t *toks = malloc(c.max_rows * sizeof *toks);
-  int32_t *prev = malloc(o->batch * sizeof *prev);
-  int32_t *pos0 = malloc(o->batch * sizeof *pos0);
   rkv_sched_output *outs = malloc(o->batch * sizeof *outs);
-  float *logits = malloc((size_t)o->batch * (size_t)mc->vocab_size * sizeof *logits);
-  if (!reqs || !ids || !qind || !toks || !prev || !pos0 || !outs || !logits) {
+  if (!reqs || !outs) {
     fprintf(stderr, "rkv eval: out of memory\n");
     goto done;
   }
@@ -542,19 +574,9 @@ static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backen
   }
   for (uint32_t i = 0; i < o->problems; i++) {
     eval_req *q = &reqs[i];
-    if (rkv_task_problem_make(o->seed, i, o->min_digits, o->max_digits, &q->prob) != RKV_OK) {
-      fprintf(stderr, "rkv eval: bad digit range\n");
-      goto done;
-    }
-    size_t n = 0;
-    if (rkv_model_encode(model, q->prob.prompt, q->hist, RKV_TASK_MAX_TEXT, &n) != RKV_OK) {
-      fprintf(stderr, "rkv eval: the model's vocabulary cannot encode the prompt\n");
-      goto done;
-    }
-    q->prompt_len = q->hist_len = (int32_t)n;
-    res->prompt_tokens += n;
-    if ((int32_t)n > res->max_prompt_len) res->max_prompt_len = (int32_t)n;
-    rkv_sched_request rq = {i, (int64_t)n, c.max_new, 0, (double)i, NULL};
+    if (eval_problem(o, model, i, &q->prob, q->hist, &q->prompt_len, res)) goto done;
+    q->hist_len = q->prompt_len;
+    rkv_sched_request rq = {i, (int64_t)q->prompt_len, c.max_new, 0, (double)i, NULL};
     if (rkv_sched_add_request(sch, &rq) != RKV_OK) {
       fprintf(stderr, "rkv eval: add_request %u: %s\n", i, rkv_sched_last_error(sch));
       goto done;
@@ -621,13 +643,9 @@ static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backen
       if (longest > res->max_stream_len) res->max_stream_len = longest;
       bool done_now = false;
       if (ss->samples) {
-        const int32_t t = argmax(logits + (size_t)b * (size_t)mc->vocab_size, mc->vocab_size);
-        const char ch = mc->vocab[t];
+        const int32_t t = eval_sample(mc, logits + (size_t)b * (size_t)mc->vocab_size, q->gen,
+                                      &q->gen_len, res, &out->eos);
         if (q->hist_len < (int32_t)(sizeof q->hist / sizeof q->hist[0])) q->hist[q->hist_len++] = t;
-        q->gen[q->gen_len++] = ch ? ch : '?';
-        q->gen[q->gen_len] = '\0';
-        res->generated_tokens++;
-        out->eos = ch == '.';
         done_now = out->eos || q->gen_len >= c.max_new;
       }
       if (ss->compress && !done_now) {
@@ -639,11 +657,7 @@ static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backen
         out->compressed = did;
       }
       if (done_now) {
-        const bool ok = rkv_task_check(&q->prob, q->gen);
-        res->correct += ok;
-        res->by_digits_total[q->prob.digits]++;
-        res->by_digits_correct[q->prob.digits] += ok;
-        eval_show(o, res, ss->id, &q->prob, q->gen, ok, &shown);
+        eval_score(o, res, ss->id, &q->prob, q->gen, &shown);
         rkv_model_runner_seq_remove(r, ss->id); /* the query window; the scheduler frees KV */
         q->registered = false;
         finished++;
@@ -663,13 +677,7 @@ static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backen
 done:
   rkv_sched_destroy(sch);
   free(reqs);
-  free(ids);
-  free(qind);
-  free(toks);
-  free(prev);
-  free(pos0);
   free(outs);
-  free(logits);
   eval_ctx_fini(&c);
   return rc_ret;
 }

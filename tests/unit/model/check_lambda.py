@@ -6,8 +6,12 @@ must change something (the option is wired through). Plain python3, no numpy.
 Ends with the "N passed, N failed" line."""
 
 import json
+import os
 import subprocess
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "common"))
+from checks import Checks  # noqa: E402
 
 FIELDS = ("correct", "mean_generated", "peak_kv_blocks", "max_stream_len", "compressions",
           "tokens_evicted", "blocks_freed", "accuracy_by_digits")
@@ -25,15 +29,8 @@ def run(rkv, weights, *extra):
 
 def main():
     rkv, weights = sys.argv[1], sys.argv[2]
-    passed = failed = 0
-
-    def expect(cond, what):
-        nonlocal passed, failed
-        if cond:
-            passed += 1
-        else:
-            failed += 1
-            print(f"FAIL: {what}")
+    checks = Checks()
+    expect = checks.expect
 
     snap = run(rkv, weights, "--policies", "snapkv")
     imp = run(rkv, weights, "--policies", "rkv", "--lambda", "1")
@@ -46,8 +43,7 @@ def main():
                        f"B={b} {f}: snapkv {snap[b][f]} vs rkv --lambda 1 {imp[b][f]}")
         expect(any(snap[b][f] != dflt[b][f] for b in snap for f in FIELDS),
                "the default lambda (0.1) changes some selection vs SnapKV")
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return checks.finish()
 
 
 if __name__ == "__main__":

@@ -10,13 +10,13 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "tools", "model"))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "common"))
+from checks import Checks, skip  # noqa: E402
 
 try:
     import numpy as np
 except ImportError:
-    print("SKIP: numpy is not importable by this interpreter")
-    print("0 passed, 0 failed, 1 skipped")
-    sys.exit(77)
+    skip("numpy is not importable by this interpreter")
 
 import task  # noqa: E402
 from model import config_from_metadata, numpy_forward  # noqa: E402
@@ -28,15 +28,8 @@ def main():
     ap.add_argument("--weights", required=True)
     ap.add_argument("--ref", required=True)
     args = ap.parse_args()
-    passed = failed = 0
-
-    def expect(cond, what):
-        nonlocal passed, failed
-        if cond:
-            passed += 1
-        else:
-            failed += 1
-            print(f"FAIL: {what}", file=sys.stderr)
+    checks = Checks()
+    expect = checks.expect
 
     arrays, meta = load(args.weights)
     cfg = config_from_metadata(meta)
@@ -94,8 +87,7 @@ def main():
             expect(False, "a truncated file loads")
         except ValueError:
             expect(True, "")
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return checks.finish()
 
 
 if __name__ == "__main__":

@@ -11,14 +11,14 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "tools", "model"))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "common"))
+from checks import Checks, skip  # noqa: E402
 
 try:
     import numpy as np
     import torch
 except ImportError as e:
-    print(f"SKIP: {e}")
-    print("0 passed, 0 failed, 1 skipped")
-    sys.exit(77)
+    skip(str(e))
 
 import make_reference  # noqa: E402
 import task  # noqa: E402
@@ -31,15 +31,8 @@ def main():
     ap.add_argument("--weights", required=True)
     ap.add_argument("--ref", required=True)
     args = ap.parse_args()
-    passed = failed = 0
-
-    def expect(cond, what):
-        nonlocal passed, failed
-        if cond:
-            passed += 1
-        else:
-            failed += 1
-            print(f"FAIL: {what}", file=sys.stderr)
+    checks = Checks()
+    expect = checks.expect
 
     torch.set_num_threads(1)
     m, _ = load_model(args.weights)
@@ -92,8 +85,7 @@ def main():
             else:
                 expect(np.array_equal(old[k], new[k]), f"{k}: regenerated reference differs "
                        "(regenerate with tools/model/make_reference.py)")
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return checks.finish()
 
 
 if __name__ == "__main__":

@@ -12,14 +12,14 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOOLS = os.path.join(HERE, "..", "..", "..", "tools", "model")
 sys.path.insert(0, TOOLS)
+sys.path.insert(0, os.path.join(HERE, "..", "..", "common"))
+from checks import Checks, skip  # noqa: E402
 
 try:
     import numpy as np
     import torch  # noqa: F401
 except ImportError as e:
-    print(f"SKIP: {e}")
-    print("0 passed, 0 failed, 1 skipped")
-    sys.exit(77)
+    skip(str(e))
 
 from model import load_model  # noqa: E402
 from safetensors_io import load  # noqa: E402
@@ -41,15 +41,8 @@ def train(out_dir, procs, tag=""):
 
 
 def main():
-    passed = failed = 0
-
-    def expect(cond, what):
-        nonlocal passed, failed
-        if cond:
-            passed += 1
-        else:
-            failed += 1
-            print(f"FAIL: {what}")
+    checks = Checks()
+    expect = checks.expect
 
     with tempfile.TemporaryDirectory() as d:
         w1, s1 = train(d, 1)
@@ -78,8 +71,7 @@ def main():
                 b, _ = load(w2b)  # the metadata differs only in the --out path
                 same = a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
                 expect(same, "the same --procs 2 command repeats bit for bit")
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return checks.finish()
 
 
 if __name__ == "__main__":

@@ -7,18 +7,12 @@ import os
 import subprocess
 import sys
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "common"))
+from checks import Checks  # noqa: E402
+
 RKV = sys.argv[1]
-passed = 0
-failed = 0
-
-
-def expect(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL:", what)
+checks = Checks()
+expect = checks.expect
 
 
 def run(*args, ok=True):
@@ -98,5 +92,4 @@ if j:
     expect(sum(len(n["cores"]) for n in j["numa_nodes"]) == j["num_cores"], "cores add up")
     expect(len(j["placement"]) == max(1, len(j["gpus"])), "one rank per GPU (or 1)")
 
-print("%d passed, %d failed" % (passed, failed))
-sys.exit(1 if failed else 0)
+sys.exit(checks.finish())
