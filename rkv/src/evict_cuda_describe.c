@@ -3,6 +3,7 @@
  * device kernels read. Plain C over the block manager's public API, so it builds (and is
  * tested) without CUDA. */
 #include <rkv/evict_cuda.h>
+#include <string.h>
 
 #include "rkv_internal.h"
 
@@ -69,4 +70,37 @@ rkv_status rkv_evict_cuda_freed_blocks(const rkv_blockmgr *m, const int32_t *old
   }
   *n_out = n;
   return n > cap || (n && !out) ? RKV_ERR_CAPACITY : RKV_OK;
+}
+
+static size_t pack_align(size_t x) {
+  return (x + 255u) & ~(size_t)255u;
+}
+
+rkv_status rkv_evict_cuda_pack(const rkv_evict_cuda_stream *streams, uint32_t n_streams,
+                               const int32_t *old_blocks, uint32_t n_old, const int32_t *new_blocks,
+                               uint32_t n_new, const int32_t *freed, uint32_t n_freed, void *host,
+                               size_t host_cap, void *device, rkv_evict_cuda_batch *batch,
+                               size_t *bytes) {
+  if (!bytes || !n_streams || !streams || (n_old && !old_blocks) || (n_new && !new_blocks) ||
+      (n_freed && !freed))
+    return RKV_ERR_INVALID_ARG;
+  const size_t o_old = pack_align((size_t)n_streams * sizeof *streams);
+  const size_t o_new = o_old + pack_align((size_t)n_old * sizeof(int32_t));
+  const size_t o_fr = o_new + pack_align((size_t)n_new * sizeof(int32_t));
+  *bytes = o_fr + (size_t)n_freed * sizeof(int32_t);
+  if (!host) return RKV_OK;
+  if (!device || !batch) return RKV_ERR_INVALID_ARG;
+  if (host_cap < *bytes) return RKV_ERR_CAPACITY;
+  unsigned char *h = host, *d = device;
+  memcpy(h, streams, (size_t)n_streams * sizeof *streams);
+  if (n_old) memcpy(h + o_old, old_blocks, (size_t)n_old * sizeof(int32_t));
+  if (n_new) memcpy(h + o_new, new_blocks, (size_t)n_new * sizeof(int32_t));
+  if (n_freed) memcpy(h + o_fr, freed, (size_t)n_freed * sizeof(int32_t));
+  batch->num_streams = n_streams;
+  batch->streams = (const rkv_evict_cuda_stream *)(void *)d;
+  batch->old_blocks = (const int32_t *)(void *)(d + o_old);
+  batch->new_blocks = (const int32_t *)(void *)(d + o_new);
+  batch->clear_blocks = n_freed ? (const int32_t *)(void *)(d + o_fr) : NULL;
+  batch->n_clear = n_freed;
+  return RKV_OK;
 }

@@ -583,25 +583,18 @@ rkv_status rkv_model_cuda_evict(rkv_model_cuda *c, rkv_blockmgr *bm, const rkv_e
          (long long)seq, layer, rkv_status_str(ret));
     return ret;
   }
-  const size_t o_old = align_up(nm * sizeof(rkv_evict_cuda_stream));
-  const size_t o_new = o_old + align_up(no * sizeof(int32_t));
-  const size_t o_fr = o_new + align_up(nn * sizeof(int32_t));
-  const size_t bytes = o_fr + nf * sizeof(int32_t);
-  memcpy(c->h_ev, c->descs, nm * sizeof(rkv_evict_cuda_stream));
-  memcpy(c->h_ev + o_old, c->old, no * sizeof(int32_t));
-  memcpy(c->h_ev + o_new, c->newb, nn * sizeof(int32_t));
-  memcpy(c->h_ev + o_fr, c->freed, nf * sizeof(int32_t));
-  if ((ret = upload(c, c->d_ev, c->h_ev, bytes, "eviction descriptors", err, err_len))) return ret;
   rkv_evict_cuda_batch b = RKV_EVICT_CUDA_BATCH_INIT;
-  b.num_streams = nm;
+  size_t bytes = 0;
+  ret = rkv_evict_cuda_pack(c->descs, nm, c->old, no, c->newb, nn, c->freed, nf, c->h_ev,
+                            c->ev_bytes, c->d_ev, &b, &bytes);
+  if (ret) {
+    cmsg(err, err_len, "cuda eviction: pack: %s", rkv_status_str(ret));
+    return ret;
+  }
+  if ((ret = upload(c, c->d_ev, c->h_ev, bytes, "eviction descriptors", err, err_len))) return ret;
   b.group = group;
   b.max_len = max_len;
-  b.streams = (const rkv_evict_cuda_stream *)c->d_ev;
-  b.old_blocks = (const int32_t *)(c->d_ev + o_old);
-  b.new_blocks = (const int32_t *)(c->d_ev + o_new);
   b.qwin = ring ? c->ring.data : NULL;
-  b.clear_blocks = nf ? (const int32_t *)(c->d_ev + o_fr) : NULL;
-  b.n_clear = nf;
   if ((ret = be_check(c, rkv_evict_cuda_compress(ep, c->pool, &b, c->d_evws, c->evws_bytes),
                       "rkv_evict_cuda_compress", err, err_len)) ||
       (ret = cu_check(cudaStreamSynchronize(c->cs), "stream sync after eviction", err, err_len)))

@@ -612,10 +612,13 @@ static bool flush(sim_cuda *c, const rkv_evict_params *ev, uint32_t n_streams, u
           rkv_evict_cuda_freed_blocks(c->bm, c->old, n_old, c->freed, (uint32_t)c->freed_cap, &nf),
           "rkv_evict_cuda_freed_blocks"))
     return false;
-  size_t o_old = align_up(n_streams * sizeof *c->streams);
-  size_t o_new = o_old + align_up(n_old * sizeof(int32_t));
-  size_t o_fr = o_new + align_up(n_new * sizeof(int32_t));
-  size_t bytes = o_fr + (nf + 1) * sizeof(int32_t);
+  rkv_evict_cuda_batch b = RKV_EVICT_CUDA_BATCH_INIT;
+  size_t bytes = 0;
+  if (!be_ok(c,
+             rkv_evict_cuda_pack(c->streams, n_streams, c->old, n_old, c->newb, n_new, c->freed, nf,
+                                 NULL, 0, NULL, NULL, &bytes),
+             "rkv_evict_cuda_pack"))
+    return false;
   uint32_t group = c->m.q_heads / c->m.kv_heads;
   size_t ws = 0;
   if (!be_ok(c, rkv_evict_cuda_workspace_size(ev, c->pool, n_streams, group, max_len, &ws),
@@ -624,22 +627,16 @@ static bool flush(sim_cuda *c, const rkv_evict_params *ev, uint32_t n_streams, u
       !dev_grow(c, &c->d_ev, &c->d_ev_cap, bytes))
     return false;
   unsigned char *h = stage(c, bytes);
-  if (!h) return false;
-  memcpy(h, c->streams, n_streams * sizeof *c->streams);
-  memcpy(h + o_old, c->old, n_old * sizeof(int32_t));
-  if (n_new) memcpy(h + o_new, c->newb, n_new * sizeof(int32_t));
-  if (nf) memcpy(h + o_fr, c->freed, nf * sizeof(int32_t));
-  if (!upload(c, c->d_ev, h, bytes)) return false;
-  rkv_evict_cuda_batch b = RKV_EVICT_CUDA_BATCH_INIT;
-  b.num_streams = n_streams;
+  if (!h ||
+      !be_ok(c,
+             rkv_evict_cuda_pack(c->streams, n_streams, c->old, n_old, c->newb, n_new, c->freed, nf,
+                                 h, bytes, c->d_ev, &b, &bytes),
+             "rkv_evict_cuda_pack") ||
+      !upload(c, c->d_ev, h, bytes))
+    return false;
   b.group = group;
   b.max_len = max_len;
-  b.streams = (const rkv_evict_cuda_stream *)c->d_ev;
-  b.old_blocks = (const int32_t *)(c->d_ev + o_old);
-  b.new_blocks = (const int32_t *)(c->d_ev + o_new);
   b.qwin = uses_ring(ev->policy) ? c->ring.data : NULL;
-  b.clear_blocks = nf ? (const int32_t *)(c->d_ev + o_fr) : NULL;
-  b.n_clear = nf;
   return be_ok(c, rkv_evict_cuda_compress(ev, c->pool, &b, c->d_evws, c->d_evws_cap),
                "rkv_evict_cuda_compress");
 }

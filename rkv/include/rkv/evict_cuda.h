@@ -122,6 +122,22 @@ RKV_API rkv_status rkv_evict_cuda_freed_blocks(const rkv_blockmgr *m, const int3
                                                uint32_t n_old, int32_t *out, uint32_t cap,
                                                uint32_t *n_out);
 
+/* Host helper for the single upload a compression needs: lays the four host arrays
+ * (descriptors, old rows, new rows, freed blocks) back to back into `host`, each section
+ * 256-byte aligned, and points *batch's streams, old_blocks, new_blocks and clear_blocks
+ * (NULL when n_freed is 0) at the same offsets from `device`, the buffer the caller then
+ * copies `host` into (*bytes bytes, on the backend's stream). Also sets num_streams and
+ * n_clear; group, max_len, qwin, kept and flags are the caller's. With host == NULL only
+ * *bytes is computed (size the buffers). RKV_ERR_CAPACITY when host_cap < *bytes,
+ * RKV_ERR_INVALID_ARG (NULL arrays with nonzero counts, no streams, no device pointer).
+ * O(bytes). Available without CUDA. */
+RKV_API rkv_status rkv_evict_cuda_pack(const rkv_evict_cuda_stream *streams, uint32_t n_streams,
+                                       const int32_t *old_blocks, uint32_t n_old,
+                                       const int32_t *new_blocks, uint32_t n_new,
+                                       const int32_t *freed, uint32_t n_freed, void *host,
+                                       size_t host_cap, void *device, rkv_evict_cuda_batch *batch,
+                                       size_t *bytes);
+
 #ifdef __cplusplus
 }
 #endif
