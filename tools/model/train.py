@@ -190,14 +190,22 @@ def parse_args(argv):
     return args
 
 
-def sync(rank, procs, values):
-    """Sums a flat float tensor over the processes (in place)."""
-    if procs > 1:
-        dist.all_reduce(values)
-    return values
+def allreduce_grads(params, loss, procs):
+    """Sums every gradient and the loss over the processes in one all-reduce (each process
+    holds its share's sum / the batch's target count, so the sum is the batch mean). Returns
+    the summed loss. Nothing to do with one process."""
+    if procs == 1:
+        return loss
+    flat = torch.cat([p.grad.reshape(-1) for p in params] + [torch.tensor([loss])])
+    dist.all_reduce(flat)
+    off = 0
+    for p in params:
+        p.grad.copy_(flat[off:off + p.numel()].view_as(p))
+        off += p.numel()
+    return float(flat[-1])
 
 
-def control(rank, procs, frac, stop):
+def control(procs, frac, stop):
     """Rank 0's schedule position and stop decision, shared so every process agrees."""
     t = torch.tensor([frac, 1.0 if stop else 0.0], dtype=torch.float64)
     if procs > 1:
@@ -244,7 +252,7 @@ def worker(rank, args, argv, store):
         # run is reproducible on any machine; else the wall clock.
         frac = step / args.max_steps if args.max_steps else elapsed / budget
         stop = elapsed >= budget or (args.max_steps and step >= args.max_steps)
-        frac, stop = control(rank, procs, frac, stop)
+        frac, stop = control(procs, frac, stop)
         if stop:
             break
         lo, hi = digit_range(frac, args.min_digits, args.max_digits, args.ramp)
@@ -266,13 +274,7 @@ def worker(rank, args, argv, store):
             loss = F.cross_entropy(logits[mk], tgt[mk], reduction="sum") / n_tgt
             loss.backward()
             lv += float(loss)
-        flat = torch.cat([p.grad.reshape(-1) for p in params] + [torch.tensor([lv])])
-        sync(rank, procs, flat)
-        off = 0
-        for p in params:
-            p.grad.copy_(flat[off:off + p.numel()].view_as(p))
-            off += p.numel()
-        lv = float(flat[-1])
+        lv = allreduce_grads(params, lv, procs)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
