@@ -88,16 +88,23 @@ static rkv_status check_shape(const rkv_kv_pool *pool, const rkv_attn_params *p,
   if (p->head_dim != l->head_dim)
     return rkvi_fail(e, RKV_ERR_INVALID_ARG, "attention: head_dim %u != pool layout head_dim %u",
                      p->head_dim, l->head_dim);
-  if ((int64_t)p->num_seqs * p->num_kv_heads != (int64_t)p->table.num_streams)
-    return rkvi_fail(e, RKV_ERR_INVALID_ARG,
-                     "attention: table has %d streams, expected num_seqs %u x num_kv_heads %u",
-                     p->table.num_streams, p->num_seqs, p->num_kv_heads);
-  if (p->table.block_size != (int32_t)l->block_size)
-    return rkvi_fail(e, RKV_ERR_INVALID_ARG, "attention: table block_size %d != pool's %u",
-                     p->table.block_size, l->block_size);
+  if (p->rows) {
+    if (p->num_seqs && (!p->rows->rows || !p->rows->lens || !p->rows->seq_row))
+      return rkvi_fail(e, RKV_ERR_INVALID_ARG, "attention: block rows arrays must be non-NULL");
+    if (p->rows->stride == 0)
+      return rkvi_fail(e, RKV_ERR_INVALID_ARG, "attention: block rows stride is 0");
+  } else {
+    if ((int64_t)p->num_seqs * p->num_kv_heads != (int64_t)p->table.num_streams)
+      return rkvi_fail(e, RKV_ERR_INVALID_ARG,
+                       "attention: table has %d streams, expected num_seqs %u x num_kv_heads %u",
+                       p->table.num_streams, p->num_seqs, p->num_kv_heads);
+    if (p->table.block_size != (int32_t)l->block_size)
+      return rkvi_fail(e, RKV_ERR_INVALID_ARG, "attention: table block_size %d != pool's %u",
+                       p->table.block_size, l->block_size);
+    if (p->num_seqs && (!p->table.indptr || !p->table.indices || !p->table.last_len))
+      return rkvi_fail(e, RKV_ERR_INVALID_ARG, "attention: table arrays must be non-NULL");
+  }
   if (p->num_seqs == 0) return RKV_OK;
-  if (!p->table.indptr || !p->table.indices || !p->table.last_len)
-    return rkvi_fail(e, RKV_ERR_INVALID_ARG, "attention: table arrays must be non-NULL");
   if (prefill && !p->q_indptr)
     return rkvi_fail(e, RKV_ERR_INVALID_ARG, "attention prefill: q_indptr must be non-NULL");
   if (!data) return RKV_OK;
@@ -120,16 +127,56 @@ static rkv_status check_shape(const rkv_kv_pool *pool, const rkv_attn_params *p,
 
 /* Full host-side check of the table (CPU pools, or CUDA pools whose arrays the caller made
  * host-readable for workspace sizing), filling the shape facts. */
+/* Validates one stream's row of either table form (the parts the kernels trust). */
+static rkv_status check_stream(const rkv_kv_pool *pool, const rkv_attn_params *p, uint32_t s,
+                               bool check_ids, int64_t *len) {
+  char *e = errbuf(pool);
+  const int32_t bs = (int32_t)pool->layout.block_size;
+  if (p->rows) {
+    const rkv_block_rows *w = p->rows;
+    const int32_t sr = w->seq_row[s / p->num_kv_heads];
+    if (sr < 0)
+      return rkvi_fail(e, RKV_ERR_INVALID_ARG, "attention: seq_row[%u] = %d is negative",
+                       s / p->num_kv_heads, sr);
+    const int64_t n = w->lens[(int64_t)sr + w->stream_offset + s % p->num_kv_heads];
+    if (n < 0 || n > (int64_t)w->stride * bs)
+      return rkvi_fail(e, RKV_ERR_INVALID_ARG,
+                       "attention: stream %u has length %lld, rows hold %u blocks of %d", s,
+                       (long long)n, w->stride, bs);
+  } else {
+    const rkv_block_table *t = &p->table;
+    const int32_t a = t->indptr[s], z = t->indptr[s + 1], ll = t->last_len[s];
+    if (z < a)
+      return rkvi_fail(e, RKV_ERR_INVALID_ARG, "attention: table indptr decreases at stream %u", s);
+    if (z == a ? ll != 0 : (ll < 1 || ll > bs))
+      return rkvi_fail(e, RKV_ERR_INVALID_ARG,
+                       "attention: stream %u has %d blocks and last_len %d (want %s)", s, z - a, ll,
+                       z == a ? "0" : "1..block_size");
+  }
+  const rkvi_stream_ref r = rkvi_attn_stream(p, s, bs);
+  if (check_ids)
+    for (int32_t k = 0; k < r.nblk; k++)
+      if (r.ids[k] < 0 || (uint32_t)r.ids[k] >= pool->num_blocks)
+        return rkvi_fail(e, RKV_ERR_INVALID_ARG,
+                         "attention: stream %u block %d is id %d, outside the pool's %u blocks", s,
+                         k, r.ids[k], pool->num_blocks);
+  if (r.len > MAX_STREAM_LEN)
+    return rkvi_fail(e, RKV_ERR_INVALID_ARG, "attention: stream %u has %lld tokens", s,
+                     (long long)r.len);
+  *len = r.len;
+  return RKV_OK;
+}
+
+/* Full host-side check of the table (CPU pools, or CUDA pools whose arrays the caller made
+ * host-readable for workspace sizing), filling the shape facts. */
 static rkv_status check_table(const rkv_kv_pool *pool, const rkv_attn_params *p, bool prefill,
                               bool check_ids, rkvi_attn_shape *sh) {
   char *e = errbuf(pool);
-  const rkv_block_table *t = &p->table;
-  const int32_t bs = t->block_size;
   memset(sh, 0, sizeof *sh);
   sh->group = p->num_q_heads / p->num_kv_heads;
   sh->tile_rows = 1;
   sh->block_size = pool->layout.block_size;
-  sh->num_items = (uint32_t)t->num_streams;
+  sh->num_items = rkvi_attn_num_streams(p);
   sh->scores = p->accumulate_scores;
   if (p->num_seqs == 0) return RKV_OK;
   if (prefill) {
@@ -148,36 +195,20 @@ static rkv_status check_table(const rkv_kv_pool *pool, const rkv_attn_params *p,
     sh->tile_rows = max_new < (int32_t)RKVI_ATTN_TILE_ROWS ? (max_new > 0 ? (uint32_t)max_new : 1)
                                                            : RKVI_ATTN_TILE_ROWS;
   }
-  if (t->indptr[0] < 0)
+  if (!p->rows && p->table.indptr[0] < 0)
     return rkvi_fail(e, RKV_ERR_INVALID_ARG, "attention: table indptr[0] = %d is negative",
-                     t->indptr[0]);
+                     p->table.indptr[0]);
   double work = 0.0;
-  for (int32_t s = 0; s < t->num_streams; s++) {
-    const int32_t a = t->indptr[s], z = t->indptr[s + 1];
-    if (z < a)
-      return rkvi_fail(e, RKV_ERR_INVALID_ARG, "attention: table indptr decreases at stream %d", s);
-    const int32_t ll = t->last_len[s];
-    if (z == a ? ll != 0 : (ll < 1 || ll > bs))
-      return rkvi_fail(e, RKV_ERR_INVALID_ARG,
-                       "attention: stream %d has %d blocks and last_len %d (want %s)", s, z - a, ll,
-                       z == a ? "0" : "1..block_size");
-    if (check_ids)
-      for (int32_t k = a; k < z; k++)
-        if (t->indices[k] < 0 || (uint32_t)t->indices[k] >= pool->num_blocks)
-          return rkvi_fail(e, RKV_ERR_INVALID_ARG,
-                           "attention: stream %d block %d is id %d, outside the pool's %u blocks",
-                           s, k - a, t->indices[k], pool->num_blocks);
-    const int64_t len = z == a ? 0 : (int64_t)(z - a - 1) * bs + ll;
-    if (len > MAX_STREAM_LEN)
-      return rkvi_fail(e, RKV_ERR_INVALID_ARG, "attention: stream %d has %lld tokens", s,
-                       (long long)len);
+  for (uint32_t s = 0; s < sh->num_items; s++) {
+    int64_t len = 0;
+    RKV_TRY(check_stream(pool, p, s, check_ids, &len));
     int64_t n_new = 1;
     if (prefill) {
       const uint32_t b = (uint32_t)s / p->num_kv_heads;
       n_new = p->q_indptr[b + 1] - p->q_indptr[b];
       if (len < n_new)
         return rkvi_fail(e, RKV_ERR_INVALID_ARG,
-                         "attention prefill: stream %d holds %lld tokens but sequence %u has %lld "
+                         "attention prefill: stream %u holds %lld tokens but sequence %u has %lld "
                          "new rows (write their K/V first)",
                          s, (long long)len, b, (long long)n_new);
     }

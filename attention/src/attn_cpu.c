@@ -425,12 +425,12 @@ typedef struct attn_job {
 
 static ALWAYS_INLINE void item_body(const attn_job *J, uint32_t s, uint8_t *w, uint32_t d) {
   const rkv_attn_params *p = J->p;
-  const rkv_block_table *t = &p->table;
   const uint32_t G = J->group, hq = p->num_q_heads, bs = J->bs;
   const uint32_t b = s / p->num_kv_heads, h = s % p->num_kv_heads;
-  const int32_t blk0 = t->indptr[s], nblk = t->indptr[s + 1] - blk0;
-  const int32_t *ids = t->indices + blk0;
-  const int64_t len = nblk ? (int64_t)(nblk - 1) * bs + t->last_len[s] : 0;
+  const rkvi_stream_ref sr = rkvi_attn_stream(p, s, (int32_t)bs);
+  const int32_t nblk = sr.nblk, last = sr.last;
+  const int32_t *ids = sr.ids;
+  const int64_t len = sr.len;
   int64_t r0 = b, n_new = 1;
   if (J->prefill) {
     r0 = p->q_indptr[b];
@@ -464,7 +464,7 @@ static ALWAYS_INLINE void item_body(const attn_job *J, uint32_t s, uint8_t *w, u
     int64_t j = 0;
     for (int32_t kb = 0; kb < nblk && j < vis_end; kb++) {
       const uint8_t *blk = J->base + (size_t)ids[kb] * J->block_bytes;
-      int64_t n = kb == nblk - 1 ? (int64_t)t->last_len[s] : (int64_t)bs;
+      int64_t n = kb == nblk - 1 ? (int64_t)last : (int64_t)bs;
       if (j + n > vis_end) n = vis_end - j;
       if (kb + 1 < nblk) prefetch(J->base + (size_t)ids[kb + 1] * J->block_bytes, half);
       const float *K = load_rows(J->dt, blk, rows, (size_t)n * d);
@@ -489,7 +489,7 @@ static ALWAYS_INLINE void item_body(const attn_job *J, uint32_t s, uint8_t *w, u
     j = 0;
     for (int32_t kb = 0; kb < nblk && j < vis_end; kb++) {
       const uint8_t *blk = J->base + (size_t)ids[kb] * J->block_bytes + half;
-      int64_t n = kb == nblk - 1 ? (int64_t)t->last_len[s] : (int64_t)bs;
+      int64_t n = kb == nblk - 1 ? (int64_t)last : (int64_t)bs;
       if (j + n > vis_end) n = vis_end - j;
       if (kb + 1 < nblk) prefetch(J->base + (size_t)ids[kb + 1] * J->block_bytes + half, half);
       const float *V = load_rows(J->dt, blk, rows, (size_t)n * d);
@@ -581,7 +581,7 @@ typedef struct attn_worker {
 static void *worker_main(void *arg) {
   attn_worker *wk = arg;
   attn_job *J = wk->job;
-  const uint32_t n = (uint32_t)J->p->table.num_streams;
+  const uint32_t n = rkvi_attn_num_streams(J->p);
   for (;;) {
     uint32_t s = atomic_fetch_add_explicit(&J->next, 1u, memory_order_relaxed);
     if (s >= n) break;
@@ -619,15 +619,15 @@ void rkvi_attn_cpu_run(rkv_kv_pool *pool, const rkv_attn_params *p, const rkvi_a
   J.per_worker = one.per_worker;
   atomic_init(&J.next, 0u);
   J.item = pick_item(d);
-  const rkv_block_table *t = &p->table;
+  const uint32_t n_streams = rkvi_attn_num_streams(p);
   int64_t *off = NULL;
   if (sh->scores) {
     J.mass = (float *)(void *)w0;
     off = (int64_t *)(void *)(w0 + align64((size_t)sh->total_len * sizeof(float)));
     int64_t acc = 0;
-    for (int32_t s = 0; s < t->num_streams; s++) {
+    for (uint32_t s = 0; s < n_streams; s++) {
       off[s] = acc;
-      acc += rkv_block_table_stream_len(t, s);
+      acc += rkvi_attn_stream(p, s, (int32_t)J.bs).len;
     }
     J.mass_off = off;
   }
@@ -651,12 +651,12 @@ void rkvi_attn_cpu_run(rkv_kv_pool *pool, const rkv_attn_params *p, const rkvi_a
   if (sh->scores) {
     float *scores = pool->scores;
     const uint32_t bs = J.bs;
-    for (int32_t s = 0; s < t->num_streams; s++) {
+    for (uint32_t s = 0; s < n_streams; s++) {
       const float *m = J.mass + off[s];
-      const int32_t blk0 = t->indptr[s], nblk = t->indptr[s + 1] - blk0;
-      for (int32_t kb = 0; kb < nblk; kb++) {
-        const uint32_t n = kb == nblk - 1 ? (uint32_t)t->last_len[s] : bs;
-        float *dst = scores + (size_t)t->indices[blk0 + kb] * bs;
+      const rkvi_stream_ref sr = rkvi_attn_stream(p, s, (int32_t)bs);
+      for (int32_t kb = 0; kb < sr.nblk; kb++) {
+        const uint32_t n = kb == sr.nblk - 1 ? (uint32_t)sr.last : bs;
+        float *dst = scores + (size_t)sr.ids[kb] * bs;
         for (uint32_t o = 0; o < n; o++) dst[o] += m[(size_t)kb * bs + o];
       }
     }

@@ -14,6 +14,41 @@
  * group); decode uses one row. */
 #define RKVI_ATTN_TILE_ROWS 8u
 
+/* One stream of a batch, whichever table form holds it. */
+typedef struct rkvi_stream_ref {
+  const int32_t *ids; /* block ids in cache order */
+  int32_t nblk;
+  int32_t last; /* tokens in the last block (0 for an empty stream) */
+  int64_t len;
+} rkvi_stream_ref;
+
+/* Stream s (= b * num_kv_heads + h) of p, from the padded rows when given, else the CSR
+ * table. Host arrays; no validation (attention.c validates first). */
+static inline rkvi_stream_ref rkvi_attn_stream(const rkv_attn_params *p, uint32_t s, int32_t bs) {
+  rkvi_stream_ref r;
+  if (p->rows) {
+    const rkv_block_rows *w = p->rows;
+    const int64_t row =
+        (int64_t)w->seq_row[s / p->num_kv_heads] + w->stream_offset + s % p->num_kv_heads;
+    r.ids = w->rows + row * (int64_t)w->stride;
+    r.len = w->lens[row];
+    r.nblk = (int32_t)((r.len + bs - 1) / bs);
+    r.last = r.nblk ? (int32_t)(r.len - (int64_t)(r.nblk - 1) * bs) : 0;
+    return r;
+  }
+  const rkv_block_table *t = &p->table;
+  r.ids = t->indices + t->indptr[s];
+  r.nblk = t->indptr[s + 1] - t->indptr[s];
+  r.last = t->last_len[s];
+  r.len = r.nblk ? (int64_t)(r.nblk - 1) * bs + r.last : 0;
+  return r;
+}
+
+/* Streams in the batch. */
+static inline uint32_t rkvi_attn_num_streams(const rkv_attn_params *p) {
+  return p->rows ? p->num_seqs * p->num_kv_heads : (uint32_t)p->table.num_streams;
+}
+
 /* Facts about a validated batch that size the workspace. */
 typedef struct rkvi_attn_shape {
   uint32_t group;      /* G = num_q_heads / num_kv_heads */

@@ -82,6 +82,12 @@ struct AttnParams {
   const int32_t *indices;
   const int32_t *last_len;
   const int32_t *q_indptr;  // prefill only
+  // Padded rows form (rkv_block_rows) when rows != NULL; the CSR arrays above are then unused.
+  const int32_t *rows;
+  const int32_t *lens;
+  const int32_t *seq_row;
+  int64_t stride;
+  int stream_offset;
   int prefill;
   int qt;           // query rows per tile (1 for decode)
   int nq;           // query pairs per tile = group * qt
@@ -162,9 +168,22 @@ __global__ void __launch_bounds__(kMaxThreads) attn_kernel(AttnParams p) {
   const int stream = blockIdx.x;
   const int seq = stream / p.hkv, h = stream % p.hkv;
   const int bs = p.bs;
-  const int blk0 = p.indptr[stream], nblk = p.indptr[stream + 1] - blk0;
-  const int64_t len = nblk ? (int64_t)(nblk - 1) * bs + p.last_len[stream] : 0;
-  const int32_t *ids = p.indices + blk0;
+  int nblk, last;
+  int64_t len;
+  const int32_t *ids;
+  if (p.rows) {
+    const int64_t row = (int64_t)p.seq_row[seq] + p.stream_offset + h;
+    ids = p.rows + row * p.stride;
+    len = p.lens[row];
+    nblk = (int)((len + bs - 1) / bs);
+    last = nblk ? (int)(len - (int64_t)(nblk - 1) * bs) : 0;
+  } else {
+    const int blk0 = p.indptr[stream];
+    nblk = p.indptr[stream + 1] - blk0;
+    last = p.last_len[stream];
+    len = nblk ? (int64_t)(nblk - 1) * bs + last : 0;
+    ids = p.indices + blk0;
+  }
   const int tid = threadIdx.x, nthr = blockDim.x;
   const unsigned mask = seg_mask(bs);
   constexpr int kChunks = D / 8;
@@ -227,7 +246,7 @@ __global__ void __launch_bounds__(kMaxThreads) attn_kernel(AttnParams p) {
       cp_async_commit();
       cp_async_wait<1>();
       __syncthreads();
-      const int nvalid = b == nblk - 1 ? p.last_len[stream] : bs;
+      const int nvalid = b == nblk - 1 ? last : bs;
       const int pos0 = b * bs;
       // Logits and the online softmax update: a segment of bs lanes per pair.
       for (int x = tid; x < p.nq * bs; x += nthr) {
@@ -308,7 +327,7 @@ __global__ void __launch_bounds__(kMaxThreads) attn_kernel(AttnParams p) {
         cp_async_wait<0>();
         for (int t = tid; t < bs; t += nthr) ps[t] = 0.f;  // ps reused as mass[bs]
         __syncthreads();
-        const int nvalid = b == nblk - 1 ? p.last_len[stream] : bs;
+        const int nvalid = b == nblk - 1 ? last : bs;
         const int pos0 = b * bs;
         for (int x = tid; x < p.nq * bs; x += nthr) {
           const int i = x / bs, t = x % bs;
@@ -468,6 +487,13 @@ rkv_status launch_attn(rkv_kv_pool *pool, const rkv_attn_params *a, bool prefill
   p.indptr = a->table.indptr;
   p.indices = a->table.indices;
   p.last_len = a->table.last_len;
+  if (a->rows) {
+    p.rows = a->rows->rows;
+    p.lens = a->rows->lens;
+    p.seq_row = a->rows->seq_row;
+    p.stride = a->rows->stride;
+    p.stream_offset = (int)a->rows->stream_offset;
+  }
   p.q_indptr = prefill ? a->q_indptr : nullptr;
   p.prefill = prefill ? 1 : 0;
   p.qt = prefill ? (G >= kPrefillPairs ? 1 : kPrefillPairs / G) : 1;
@@ -496,7 +522,7 @@ rkv_status launch_attn(rkv_kv_pool *pool, const rkv_attn_params *a, bool prefill
     ATTN_CUDA_TRY(b, err,
                   cudaFuncSetAttribute(attn_kernel<T, D>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-  const unsigned streams = (unsigned)a->table.num_streams;
+  const unsigned streams = a->rows ? a->num_seqs * a->num_kv_heads : (unsigned)a->table.num_streams;
   unsigned gy = 1;
   if (prefill) {
     // Enough CTAs in flight to fill the GPU twice over; each loops over its row tiles.

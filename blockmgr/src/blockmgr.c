@@ -415,6 +415,10 @@ RKV_API bool rkv_blockmgr_seq_exists(const rkv_blockmgr *m, int64_t seq) {
   return m && seq >= 0 && bm_find(m, seq) >= 0;
 }
 
+RKV_API int32_t rkv_blockmgr_seq_index(const rkv_blockmgr *m, int64_t seq) {
+  return m && seq >= 0 ? bm_find(m, seq) : -1;
+}
+
 RKV_API uint32_t rkv_blockmgr_num_seqs(const rkv_blockmgr *m) {
   return m ? m->num_seqs : 0;
 }

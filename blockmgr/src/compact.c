@@ -228,3 +228,30 @@ RKV_API rkv_status rkv_blockmgr_compact_uniform(rkv_blockmgr *m, int64_t seq, in
   bm_update_room(m, q);
   return bm_after_op(m);
 }
+
+RKV_API rkv_status rkv_blockmgr_compact_fresh_bound(const rkv_blockmgr *m, int64_t seq,
+                                                    int32_t layer, int32_t keep, uint32_t *out) {
+  if (!m) return RKV_ERR_INVALID_ARG;
+  if (!out) return bm_fail(m, RKV_ERR_INVALID_ARG, "compact_fresh_bound: out is NULL");
+  *out = 0;
+  if (layer >= (int32_t)m->cfg.num_layers)
+    return bm_fail(m, RKV_ERR_INVALID_ARG, "compact_fresh_bound: layer %d >= %u", layer,
+                   m->cfg.num_layers);
+  if (keep < 0) return bm_fail(m, RKV_ERR_INVALID_ARG, "compact_fresh_bound: keep %d < 0", keep);
+  bm_seq *q = NULL;
+  RKV_TRY(bm_get_seq(m, seq, &q));
+  if (m->shared_count == 0) return RKV_OK; /* the common case: nothing shared, nothing to copy */
+  const uint32_t H = m->cfg.num_kv_heads;
+  const uint32_t s0 = layer < 0 ? 0 : (uint32_t)layer * H;
+  const uint32_t s1 = layer < 0 ? m->streams : s0 + H;
+  const int32_t nbn = bm_div_up(keep, m->bs);
+  uint64_t fresh = 0;
+  for (uint32_t s = s0; s < s1; s++) {
+    if (q->len[s] <= keep) continue;
+    const int32_t *row = q->tab + (size_t)s * (size_t)q->cap;
+    const int32_t lead = bm_min32(nbn, q->nblk[s]);
+    for (int32_t r = 0; r < lead; r++) fresh += m->ref[row[r]] > 1;
+  }
+  *out = fresh > UINT32_MAX ? UINT32_MAX : (uint32_t)fresh;
+  return RKV_OK;
+}

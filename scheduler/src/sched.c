@@ -7,6 +7,7 @@
  * queues kept in one total order: priority descending, then arrival, then insertion number.
  * The head of `running` is scheduled first; its tail is the preemption victim. */
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -63,6 +64,11 @@ struct rkv_sched {
   uint32_t bm_max_seqs;
   uint64_t usable_cap; /* used + limit at the last set_free_blocks_limit; UINT64_MAX = none */
   uint32_t step_used;  /* the block manager's used blocks, tracked through plan_step */
+  /* fresh blocks promised to this step's flagged compressions of shared blocks: planned as
+   * used, so nothing else of the step takes them */
+  uint32_t step_promised;
+  uint64_t slot_fill; /* slots of this plan written so far */
+  uint32_t n_started;
   char err[RKV_ERRBUF];
 
   /* id -> req map (linear probing, backward-shift deletion) */
@@ -96,6 +102,13 @@ struct rkv_sched {
   uint32_t fin_cap, n_fin;
   int64_t *plan_fin; /* [plan_fin_cap] the copy handed out with the plan (grown only by step) */
   uint32_t plan_fin_cap;
+  int64_t *slots;        /* [slots_cap] the plan's slot mapping (config.plan_slots) */
+  uint64_t slots_cap;    /* max_batched_tokens x streams */
+  uint64_t *slot_off;    /* [max_seqs] */
+  uint8_t *rows_changed; /* [max_seqs] */
+  int64_t *started;      /* [max_seqs] */
+  int64_t *plan_dropped; /* [plan_dropped_cap] finished + recompute-preempted, per plan */
+  uint32_t plan_dropped_cap;
   rkv_sched_fork_op *forks;      /* [forks_cap] forks since the last plan */
   rkv_sched_fork_op *plan_forks; /* [plan_forks_cap] the copy handed out (grown only by step) */
   uint32_t forks_cap, n_forks, plan_forks_cap;
@@ -279,7 +292,20 @@ static uint32_t bm_used(const rkv_sched *s) {
 
 static uint32_t bm_free(const rkv_sched *s) {
   uint32_t total = usable_total(s);
-  return total > s->step_used ? total - s->step_used : 0;
+  uint64_t taken = (uint64_t)s->step_used + s->step_promised;
+  return total > taken ? (uint32_t)(total - taken) : 0;
+}
+
+/* Fresh blocks the compression this step would flag for r (after appending n tokens) may
+ * take: shared leading blocks are copied, not edited. Zero when nothing is shared or no
+ * compression is due. */
+static rkv_status compress_need(const rkv_sched *s, const req *r, uint32_t n, uint32_t *need) {
+  *need = 0;
+  const bool decode = r->computed >= r->target;
+  const bool samples = decode || r->computed + n >= r->target;
+  if (!samples || !rkv_evict_should_compress(&r->evict, r->kv_len + (int32_t)n, !decode))
+    return RKV_OK;
+  return rkv_blockmgr_compact_fresh_bound(s->bm, r->id, -1, r->evict.budget, need);
 }
 
 /* Grows an array of `elem`-byte entries ([cap + 1] allocated) to hold `want` entries by
@@ -358,9 +384,14 @@ rkv_status rkv_sched_create(const rkv_sched_config *cfg_in, rkv_blockmgr *m, rkv
   rkv_sched_config def = RKV_SCHED_CONFIG_INIT;
   rkv_sched_config cfg = def;
   if (cfg_in) {
-    if (cfg_in->struct_size < sizeof(rkv_sched_config))
-      return cfg_fail(err, err_len, "rkv_sched_create: struct_size too small (old header?)");
-    cfg = *cfg_in;
+    /* version 1 ended at check_every_step; its callers get version 2's defaults after it */
+    if (cfg_in->struct_size < offsetof(rkv_sched_config, plan_slots) ||
+        cfg_in->struct_size > sizeof(rkv_sched_config))
+      return cfg_fail(err, err_len,
+                      "rkv_sched_create: struct_size is not a known version (use "
+                      "RKV_SCHED_CONFIG_INIT)");
+    memcpy(&cfg, cfg_in, cfg_in->struct_size);
+    cfg.struct_size = sizeof(rkv_sched_config);
   }
   if (cfg.max_batched_tokens < 1 || cfg.max_seqs < 1 || cfg.max_seqs > (1u << 20))
     return cfg_fail(err, err_len, "max_batched_tokens must be >= 1 and max_seqs in [1, 2^20]");
@@ -413,6 +444,15 @@ rkv_status rkv_sched_create(const rkv_sched_config *cfg_in, rkv_blockmgr *m, rkv
     return cfg_fail(err, err_len, "max_seqs x streams per sequence exceeds 2^30 copy slots");
   }
   s->copies_cap = (uint32_t)copies_cap;
+  if (cfg.plan_slots) {
+    s->slots_cap = (uint64_t)cfg.max_batched_tokens * s->streams;
+    if (s->slots_cap > ((uint64_t)1 << 28)) {
+      rkvi_free(s->alloc, s, sizeof *s);
+      return cfg_fail(err, err_len,
+                      "plan_slots: max_batched_tokens x streams per sequence exceeds 2^28 slots "
+                      "(lower max_batched_tokens, or turn plan_slots off)");
+    }
+  }
 
   uint32_t ms = cfg.max_seqs, hb = cfg.host_blocks;
   s->fin_cap = ms + 16;
@@ -430,6 +470,12 @@ rkv_status rkv_sched_create(const rkv_sched_config *cfg_in, rkv_blockmgr *m, rkv
   ALLOC_ARR(s->finished, s->fin_cap);
   ALLOC_ARR(s->plan_fin, s->fin_cap);
   s->plan_fin_cap = s->fin_cap;
+  ALLOC_ARR(s->plan_dropped, s->fin_cap);
+  s->plan_dropped_cap = s->fin_cap;
+  ALLOC_ARR(s->slot_off, ms);
+  ALLOC_ARR(s->rows_changed, ms);
+  ALLOC_ARR(s->started, ms);
+  if (cfg.plan_slots) ALLOC_ARR(s->slots, s->slots_cap);
   ALLOC_ARR(s->host_next, hb);
   ALLOC_ARR(s->host_free, hb);
 #undef ALLOC_ARR
@@ -469,6 +515,11 @@ void rkv_sched_destroy(rkv_sched *s) {
   rkvi_free(a, s->swapped_in, sizeof(int64_t) * (ms + 1));
   rkvi_free(a, s->finished, sizeof(int64_t) * (s->fin_cap + 1));
   rkvi_free(a, s->plan_fin, sizeof(int64_t) * (s->plan_fin_cap + 1));
+  rkvi_free(a, s->plan_dropped, sizeof(int64_t) * (s->plan_dropped_cap + 1));
+  rkvi_free(a, s->slot_off, sizeof(uint64_t) * (ms + 1));
+  rkvi_free(a, s->rows_changed, ms + 1);
+  rkvi_free(a, s->started, sizeof(int64_t) * (ms + 1));
+  if (s->slots) rkvi_free(a, s->slots, sizeof(int64_t) * (s->slots_cap + 1));
   rkvi_free(a, s->forks, sizeof(*s->forks) * (s->forks_cap + 1));
   rkvi_free(a, s->plan_forks, sizeof(*s->plan_forks) * (s->plan_forks_cap + 1));
   rkvi_free(a, s->host_next, sizeof(int32_t) * (hb + 1));
@@ -734,7 +785,12 @@ static rkv_status schedule(rkv_sched *s, req *r, uint32_t n) {
   uint32_t nc = 0, popped = 0;
   RKV_ASSERT(s->copies_cap - p->n_copies >= s->streams);
   RKV_TRY(rkv_blockmgr_blocks_needed(s->bm, r->id, n, &popped));
-  RKV_TRY(rkv_blockmgr_append(s->bm, r->id, n, NULL, s->copies + p->n_copies, &nc));
+  int64_t *slots = s->slots ? s->slots + s->slot_fill : NULL;
+  RKV_TRY(rkv_blockmgr_append(s->bm, r->id, n, slots, s->copies + p->n_copies, &nc));
+  s->slot_off[p->n_seqs] = s->slot_fill;
+  if (slots) s->slot_fill += (uint64_t)n * s->streams;
+  s->rows_changed[p->n_seqs] = popped || nc || r->computed == 0;
+  if (r->computed == 0) s->started[s->n_started++] = r->id;
   s->step_used += popped;
   p->n_copies += nc;
   rkv_sched_seq *q = &s->seqs[p->n_seqs];
@@ -773,6 +829,9 @@ static rkv_status plan_step(rkv_sched *s) {
   bool preempted_any = false;
   uint32_t used_watermark = usable_watermark(s);
   s->step_used = bm_used(s);
+  s->step_promised = 0;
+  s->slot_fill = 0;
+  s->n_started = 0;
 
   /* 1. running sequences in priority order: decodes first (pass 0), then prefill chunks
    * (pass 1), so a long prompt never starves the decodes of the token budget. Victims are
@@ -787,21 +846,24 @@ static rkv_status plan_step(rkv_sched *s) {
       }
       uint32_t n = chunk_for(s, r, tokens_left);
       if (!n) break;
-      uint32_t need = 0;
+      uint32_t need = 0, fresh = 0;
       RKV_TRY(rkv_blockmgr_blocks_needed(s->bm, r->id, n, &need));
+      RKV_TRY(compress_need(s, r, n, &fresh));
       bool self_preempted = false;
-      while (need > bm_free(s)) {
+      while ((uint64_t)need + fresh > bm_free(s)) {
         req *victim = s->running.tail;
         while (victim->sched_step == s->step_no + 1) victim = victim->prev; /* r is unscheduled */
         self_preempted = victim == r;
         RKV_TRY(preempt(s, victim));
         preempted_any = true;
         if (self_preempted) break;
-        /* a victim that shared r's partial last block takes r's copy-on-write need with it */
+        /* a victim that shared r's blocks takes r's copy-on-write need with it */
         RKV_TRY(rkv_blockmgr_blocks_needed(s->bm, r->id, n, &need));
+        RKV_TRY(compress_need(s, r, n, &fresh));
       }
       if (self_preempted) break; /* r was the last unscheduled: nothing follows it */
       RKV_TRY(schedule(s, r, n));
+      s->step_promised += fresh;
       tokens_left -= n;
       r = r->next;
     }
@@ -851,6 +913,7 @@ static rkv_status plan_step(rkv_sched *s) {
     s->reserved += bound;
     s->swapped_in[p->n_swapped_in++] = r->id;
     RKV_TRY(schedule(s, r, n));
+    s->rows_changed[p->n_seqs - 1] = 1; /* restored into fresh blocks */
     tokens_left -= n;
   }
 
@@ -893,6 +956,21 @@ static rkv_status plan_step(rkv_sched *s) {
   return RKV_OK;
 }
 
+/* dropped = finished since the last plan, then this step's recompute preemptions (a swapped-out
+ * id keeps its engine state: its KV comes back). */
+static void fill_dropped(rkv_sched *s, rkv_sched_plan *p) {
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < p->n_finished; i++) s->plan_dropped[n++] = p->finished[i];
+  for (uint32_t i = 0; i < p->n_preempted; i++) {
+    bool swapped = false;
+    for (uint32_t j = 0; j < p->n_swapped_out && !swapped; j++)
+      swapped = p->swapped_out[j] == p->preempted[i];
+    if (!swapped) s->plan_dropped[n++] = p->preempted[i];
+  }
+  p->dropped = s->plan_dropped;
+  p->n_dropped = n;
+}
+
 rkv_status rkv_sched_step(rkv_sched *s, const rkv_sched_plan **plan) {
   if (!s) return RKV_ERR_INVALID_ARG;
   if (!plan) return rkvi_fail(s->err, RKV_ERR_INVALID_ARG, "step: plan is NULL");
@@ -903,6 +981,7 @@ rkv_status rkv_sched_step(rkv_sched *s, const rkv_sched_plan **plan) {
   /* The previous plan's arrays die here, so its finished copy may move now, before anything
    * changes: this step hands out at most every id finished so far plus every live one. */
   GROW(s, s->plan_fin, s->plan_fin_cap, (uint64_t)s->n_fin + s->live);
+  GROW(s, s->plan_dropped, s->plan_dropped_cap, (uint64_t)s->n_fin + s->live);
   GROW(s, s->plan_forks, s->plan_forks_cap, s->n_forks);
   rkv_sched_plan *p = &s->plan;
   memset(p, 0, sizeof *p);
@@ -924,6 +1003,11 @@ rkv_status rkv_sched_step(rkv_sched *s, const rkv_sched_plan **plan) {
   p->finished = s->plan_fin;
   p->n_finished = s->n_fin;
   s->n_fin = 0;
+  p->slots = s->slots;
+  p->slot_offset = s->slot_off;
+  p->rows_changed = s->rows_changed;
+  p->started = s->started;
+  p->n_started = s->n_started;
   p->seqs = s->seqs;
   p->copies = s->copies;
   p->swap_out = s->swap_out;
@@ -931,6 +1015,7 @@ rkv_status rkv_sched_step(rkv_sched *s, const rkv_sched_plan **plan) {
   p->preempted = s->preempted;
   p->swapped_out = s->swapped_out;
   p->swapped_in = s->swapped_in;
+  fill_dropped(s, p);
   s->outstanding = true;
   s->m.steps++;
   if (s->running.n > s->m.max_running) s->m.max_running = s->running.n;

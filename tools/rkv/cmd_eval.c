@@ -322,6 +322,25 @@ static int eval_ctx_init(eval_ctx *c, const eval_opts *o, const rkv_model *model
   return 0;
 }
 
+/* Closes an executor step (its compressions) and counts them as eval_compress does. */
+static rkv_status eval_exec_finish(rkv_exec *x, const eval_ctx *c, const rkv_sched_plan *plan,
+                                   rkv_sched_output *outs, eval_result *res) {
+  rkv_status st = rkv_exec_finish(x, outs, plan->n_seqs);
+  if (st != RKV_OK) {
+    fprintf(stderr, "rkv eval: executor finish: %s\n", rkv_exec_last_error(x));
+    return st;
+  }
+  for (uint32_t b = 0; b < plan->n_seqs; b++) {
+    if (!outs[b].compressed) continue;
+    res->compressions++;
+    res->tokens_evicted += outs[b].tokens_evicted;
+    res->blocks_freed += outs[b].blocks_freed;
+    const int32_t len = seq_max_len(c->bm, c->mc, outs[b].id);
+    if (len > res->max_after_compress) res->max_after_compress = len;
+  }
+  return RKV_OK;
+}
+
 /* Budget respected: no stream ever held more than max(prompt, B + buffer) tokens, and each
  * compression left at most B. */
 static void eval_finish(const eval_opts *o, eval_ctx *c, eval_result *res, double t0) {
@@ -554,6 +573,7 @@ static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backen
 
   int rc_ret = 1;
   rkv_sched *sch = NULL;
+  rkv_exec *x = NULL; /* CPU pools: the library executes the plans */
   eval_req *reqs = calloc(o->problems, sizeof *reqs);
   rkv_sched_output *outs = malloc(o->batch * sizeof *outs);
   if (!reqs || !outs) {
@@ -571,6 +591,18 @@ static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backen
   if (rkv_sched_create(&sc, c.bm, &sch, err, sizeof err) != RKV_OK) {
     fprintf(stderr, "rkv eval: scheduler: %s\n", err);
     goto done;
+  }
+  if (!rkv_model_runner_on_cuda(r)) {
+    rkv_exec_config xc = RKV_EXEC_CONFIG_INIT;
+    xc.num_q_heads = (uint32_t)mc->n_heads;
+    xc.max_seqs = o->batch;
+    xc.max_stream_tokens = (uint32_t)c.max_len;
+    xc.evict = c.ep;
+    if (rkv_exec_create(&xc, c.bm, rkv_model_runner_pool(r), &x, err, sizeof err) != RKV_OK) {
+      fprintf(stderr, "rkv eval: executor: %s\n", err);
+      goto done;
+    }
+    rkv_model_runner_use_executor(r, x);
   }
   for (uint32_t i = 0; i < o->problems; i++) {
     eval_req *q = &reqs[i];
@@ -599,8 +631,13 @@ static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backen
     res->steps++;
     if (plan->n_seqs > res->max_running) res->max_running = plan->n_seqs;
     res->preemptions += plan->n_preempted;
-    /* A preempted (recomputed) sequence starts its query window afresh. */
-    for (uint32_t i = 0; i < plan->n_preempted; i++) {
+    if (x && rkv_exec_begin(x, plan) != RKV_OK) {
+      fprintf(stderr, "rkv eval: executor: %s\n", rkv_exec_last_error(x));
+      goto done;
+    }
+    /* A preempted (recomputed) sequence starts its query window afresh (the executor keeps
+     * the windows itself). */
+    for (uint32_t i = 0; !x && i < plan->n_preempted; i++) {
       eval_req *q = &reqs[plan->preempted[i]];
       if (q->registered) rkv_model_runner_seq_remove(r, plan->preempted[i]);
       q->registered = false;
@@ -609,7 +646,7 @@ static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backen
     for (uint32_t b = 0; b < plan->n_seqs; b++) {
       const rkv_sched_seq *ss = &plan->seqs[b];
       eval_req *q = &reqs[ss->id];
-      if (!q->registered) {
+      if (!q->registered && !x) {
         if (rkv_model_runner_seq_add(r, ss->id) != RKV_OK) {
           fprintf(stderr, "rkv eval: %s\n", rkv_model_runner_last_error(r));
           goto done;
@@ -648,7 +685,9 @@ static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backen
         if (q->hist_len < (int32_t)(sizeof q->hist / sizeof q->hist[0])) q->hist[q->hist_len++] = t;
         done_now = out->eos || q->gen_len >= c.max_new;
       }
-      if (ss->compress && !done_now) {
+      if (x) {
+        out->eos = done_now; /* the same end for the scheduler; spares its compression */
+      } else if (ss->compress && !done_now) {
         bool did = false;
         if (eval_compress(ss->evict ? ss->evict : &c.ep, r, mc, ss->id, true,
                           ss->kind == RKV_SCHED_PREFILL, c.ework, c.ews, res, &out->tokens_evicted,
@@ -658,11 +697,12 @@ static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backen
       }
       if (done_now) {
         eval_score(o, res, ss->id, &q->prob, q->gen, &shown);
-        rkv_model_runner_seq_remove(r, ss->id); /* the query window; the scheduler frees KV */
+        if (!x) rkv_model_runner_seq_remove(r, ss->id); /* the query window */
         q->registered = false;
         finished++;
       }
     }
+    if (x && eval_exec_finish(x, &c, plan, outs, res) != RKV_OK) goto done;
     if (rkv_sched_report(sch, outs, plan->n_seqs) != RKV_OK) {
       fprintf(stderr, "rkv eval: scheduler report: %s\n", rkv_sched_last_error(sch));
       goto done;
@@ -675,6 +715,8 @@ static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backen
   eval_finish(o, &c, res, t0);
   rc_ret = 0;
 done:
+  rkv_model_runner_use_executor(r, NULL);
+  rkv_exec_destroy(x);
   rkv_sched_destroy(sch);
   free(reqs);
   free(outs);

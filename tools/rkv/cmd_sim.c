@@ -513,6 +513,8 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
       res->lat_max = lat > res->lat_max ? lat : res->lat_max;
       res->lat_n++;
     }
+    /* every plan goes to the engine, empty ones too: they carry finished ids and swaps */
+    if (!sim_engine_run(eng, p, outs)) goto done;
     if (!p->n_seqs) {
       rkv_sched_report(s, NULL, 0);
       rkv_sched_metrics mt;
@@ -531,7 +533,6 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
               rkv_evict_policy_name(pol), mt.num_waiting);
       goto done;
     }
-    if (!sim_engine_run(eng, p, outs)) goto done;
     sim_cost cost;
     sim_cost_step(&shard, o->gpu, kv_elem, p, &cost);
     ts = rkv_tool_now();

@@ -19,6 +19,7 @@
 #include <rkv/attention.h>
 #include <rkv/blockmgr.h>
 #include <rkv/evict.h>
+#include <rkv/executor.h>
 #include <rkv/qwindow.h>
 #include <rkv/runtime.h>
 
@@ -138,6 +139,10 @@ rkv_status rkv_model_runner_create(const rkv_model *model, rkv_backend *backend,
                                    const rkv_model_runner_config *cfg, rkv_model_runner **out,
                                    char *err, size_t err_len);
 void rkv_model_runner_destroy(rkv_model_runner *r);
+/* Hands K/V writes and attention to the library's executor (CPU pools): rkv_model_runner_step
+ * then runs between rkv_exec_begin and rkv_exec_finish of a plan, with its rows in plan
+ * order, and calls rkv_exec_layer for each layer. NULL detaches. */
+void rkv_model_runner_use_executor(rkv_model_runner *r, rkv_exec *x);
 const char *rkv_model_runner_last_error(const rkv_model_runner *r);
 rkv_blockmgr *rkv_model_runner_blockmgr(rkv_model_runner *r);
 rkv_kv_pool *rkv_model_runner_pool(rkv_model_runner *r);

@@ -364,6 +364,7 @@ struct rkv_model_runner {
   void *ws;
   size_t ws_bytes;
   rkv_model_cuda *cu; /* device half when the pool is on a CUDA backend, else NULL */
+  rkv_exec *exec;     /* when set, the library's executor writes K/V and attends */
   char err[256];
 };
 
@@ -519,6 +520,10 @@ fail:
   return ret;
 }
 
+void rkv_model_runner_use_executor(rkv_model_runner *r, rkv_exec *x) {
+  if (r) r->exec = x;
+}
+
 const char *rkv_model_runner_last_error(const rkv_model_runner *r) {
   return r ? r->err : "";
 }
@@ -579,6 +584,24 @@ uint32_t rkv_model_runner_blocks_needed(const rkv_model_runner *r, int64_t seq, 
   return need;
 }
 
+/* The rest of a layer after attention: output projection and residual, then the SwiGLU MLP
+ * and residual. */
+static void mlp_block(rkv_model_runner *r, const model_layer *L, int rows) {
+  const rkv_model_config *c = &r->model->cfg;
+  const int d = c->d_model, qd = c->n_heads * c->head_dim, ff = c->d_ff;
+  matmul(r->h, r->att, L->wo, rows, qd, d);
+  for (size_t i = 0; i < (size_t)rows * d; i++) r->x[i] += r->h[i];
+  rmsnorm(r->h, r->x, L->mlp_norm, rows, d, c->norm_eps);
+  matmul(r->ff1, r->h, L->w1, rows, d, ff);
+  matmul(r->ff3, r->h, L->w3, rows, d, ff);
+  for (size_t i = 0; i < (size_t)rows * ff; i++) {
+    const float a = r->ff1[i];
+    r->ff1[i] = a / (1.0f + expf(-a)) * r->ff3[i];
+  }
+  matmul(r->h, r->ff1, L->w2, rows, ff, d);
+  for (size_t i = 0; i < (size_t)rows * d; i++) r->x[i] += r->h[i];
+}
+
 rkv_status rkv_model_runner_step(rkv_model_runner *r, uint32_t n_seqs, const int64_t *seqs,
                                  const int32_t *q_indptr, const int32_t *tokens,
                                  const int32_t *prev_tok, const int32_t *pos0, float *logits,
@@ -591,7 +614,7 @@ rkv_status rkv_model_runner_step(rkv_model_runner *r, uint32_t n_seqs, const int
   const rkv_model *m = r->model;
   const rkv_model_config *c = &m->cfg;
   const int d = c->d_model, nh = c->n_heads, nkv = c->n_kv_heads, hd = c->head_dim;
-  const int qd = nh * hd, kd = nkv * hd, ff = c->d_ff, V = c->vocab_size;
+  const int qd = nh * hd, kd = nkv * hd, V = c->vocab_size;
   if (q_indptr[0] != 0) return rfail(r, RKV_ERR_INVALID_ARG, "step: q_indptr[0] != 0");
   bool decode = true;
   uint64_t need = 0;
@@ -599,7 +622,7 @@ rkv_status rkv_model_runner_step(rkv_model_runner *r, uint32_t n_seqs, const int
     int32_t n = q_indptr[b + 1] - q_indptr[b];
     if (n <= 0) return rfail(r, RKV_ERR_INVALID_ARG, "step: sequence %u feeds %d tokens", b, n);
     if (n != 1) decode = false;
-    if (r->cfg.external_append) {
+    if (r->cfg.external_append || r->exec) {
       if (!rkv_blockmgr_seq_exists(r->bm, seqs[b]))
         return rfail(r, RKV_ERR_NOT_FOUND, "step: sequence %lld unknown", (long long)seqs[b]);
       continue;
@@ -633,7 +656,9 @@ rkv_status rkv_model_runner_step(rkv_model_runner *r, uint32_t n_seqs, const int
   for (uint32_t b = 0; b < n_seqs; b++) {
     const int32_t r0 = q_indptr[b], n = q_indptr[b + 1] - r0;
     int64_t *sl = r->slots + (size_t)r0 * r->streams;
-    if (r->cfg.external_append) {
+    if (r->exec) {
+      /* the executor holds the plan's slots */
+    } else if (r->cfg.external_append) {
       for (uint32_t sidx = 0; sidx < r->streams; sidx++) {
         const uint32_t l = sidx / (uint32_t)nkv, h = sidx % (uint32_t)nkv;
         int32_t len = 0;
@@ -677,6 +702,12 @@ rkv_status rkv_model_runner_step(rkv_model_runner *r, uint32_t n_seqs, const int
     matmul(r->v, r->h, L->wv, rows, d, kd);
     rope(r->q, r->pos, rows, nh, hd, c->rope_theta);
     rope(r->k, r->pos, rows, nkv, hd, c->rope_theta);
+    if (r->exec) {
+      rkv_status s = rkv_exec_layer(r->exec, (uint32_t)l, r->q, r->k, r->v, r->att);
+      if (s) return rfail(r, s, "executor layer %d: %s", l, rkv_exec_last_error(r->exec));
+      mlp_block(r, L, rows);
+      continue;
+    }
     /* Scatter each (sequence, kv head)'s new K/V rows into its stream's slots. */
     if (r->cu) {
       rkv_status s = rkv_model_cuda_write_kv(r->cu, (uint32_t)l, n_seqs, q_indptr, r->slots,
@@ -724,17 +755,7 @@ rkv_status rkv_model_runner_step(rkv_model_runner *r, uint32_t n_seqs, const int
                  : rkv_attn_prefill(r->pool, &p, r->ws, r->ws_bytes);
       if (s) return rfail(r, s, "attention layer %d: %s", l, rkv_status_str(s));
     }
-    matmul(r->h, r->att, L->wo, rows, qd, d);
-    for (size_t i = 0; i < (size_t)rows * d; i++) r->x[i] += r->h[i];
-    rmsnorm(r->h, r->x, L->mlp_norm, rows, d, c->norm_eps);
-    matmul(r->ff1, r->h, L->w1, rows, d, ff);
-    matmul(r->ff3, r->h, L->w3, rows, d, ff);
-    for (size_t i = 0; i < (size_t)rows * ff; i++) {
-      const float a = r->ff1[i];
-      r->ff1[i] = a / (1.0f + expf(-a)) * r->ff3[i];
-    }
-    matmul(r->h, r->ff1, L->w2, rows, ff, d);
-    for (size_t i = 0; i < (size_t)rows * d; i++) r->x[i] += r->h[i];
+    mlp_block(r, L, rows);
   }
 
   /* Logits for every row, or only for each sequence's last row. */

@@ -1,17 +1,16 @@
 /* `rkv sim` compute engines. `none` keeps real block accounting but does no tensor math:
  * a flagged compression cuts every stream of the sequence to the budget with
  * rkv_blockmgr_compact_uniform (which tokens survive does not change any block count).
- * `cpu` runs the real kernels on a CPU KV pool: synthetic K/V/Q rows (see sim_tokens and
- * docs/SIMULATOR.md) are written with rkv_attn_write_kv, attention runs per layer over the
- * batch's exported per-head tables (decode and prefill groups), and compression runs
- * rkv_evict_layer per layer. Swaps go through a host buffer. `cuda` (sim_engine_cuda.c, through
- * sim_cuda.h) runs the same step on a GPU with this file's synthesis. */
+ * `cpu` runs the library's plan executor (rkv/executor.h) on a CPU KV pool: this file only
+ * synthesises each layer's Q/K/V rows (see sim_tokens and docs/SIMULATOR.md) and measures;
+ * the executor does swaps, copies, K/V writes, paged attention and compressions. `cuda`
+ * (sim_engine_cuda.c, through sim_cuda.h) runs the same step on a GPU with this file's
+ * synthesis. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <rkv/attention.h>
-#include <rkv/qwindow.h>
+#include <rkv/executor.h>
 
 #include "rkv_tool.h"
 #include "sim.h"
@@ -32,23 +31,13 @@ struct sim_engine {
   /* cpu */
   rkv_backend *be;
   rkv_kv_pool *pool;
-  rkv_qwindow *qw;
-  unsigned char *host;
-  size_t block_bytes;
-  uint32_t host_blocks;
+  rkv_exec *x;
   const sim_req *reqs;
   uint32_t n_reqs;
   int32_t **tokens;        /* [n_reqs] by id, made on first use */
   float *ek, *ev_tab, *mu; /* [L][Hkv][V][d], [L][Hkv][V][d], [L][Hkv][d] */
-  float *krows, *vrows, *q, *out;
-  int64_t *slots;
-  size_t krows_cap, vrows_cap, slots_cap, q_cap, out_cap;
-  int32_t *indptr, *indices, *last_len, *q_indptr;
-  int64_t *ids;
-  uint32_t *sel;
-  size_t nnz_cap, seqs_cap, ids_cap, indptr_cap, last_len_cap, q_indptr_cap;
-  void *ws;
-  size_t ws_cap;
+  float *q, *k, *v, *out;  /* one layer's rows, token-major */
+  size_t q_cap, k_cap, v_cap, out_cap;
   float *dup_k;
   size_t dup_cap;
   /* cuda (sim_engine_cuda.c; the synthesis above is shared) */
@@ -86,10 +75,6 @@ bool sim_grow(void **p, size_t *cap, size_t need, size_t elem) {
   *p = np;
   *cap = nc;
   return true;
-}
-
-static bool uses_qwindow(rkv_evict_policy p) {
-  return p == RKV_EVICT_RKV || p == RKV_EVICT_SNAPKV;
 }
 
 /* The synthetic model's embedding tables (shared by the cpu and cuda engines). */
@@ -150,29 +135,21 @@ bool sim_engine_create(sim_compute kind, const sim_model *m, rkv_blockmgr *bm,
     sim_engine_destroy(e);
     return false;
   }
-  e->block_bytes = rkv_kv_block_bytes(&lay);
-  e->host_blocks = host_blocks;
-  if (host_blocks) {
-    e->host = malloc((size_t)host_blocks * e->block_bytes);
-    if (!e->host) {
-      fprintf(stderr, "rkv sim: host swap pool of %u blocks: out of memory\n", host_blocks);
-      sim_engine_destroy(e);
-      return false;
-    }
+  rkv_exec_config xc = RKV_EXEC_CONFIG_INIT;
+  xc.num_q_heads = m->q_heads;
+  xc.max_seqs = max_seqs;
+  xc.host_blocks = host_blocks;
+  xc.evict = *ev;
+  for (uint32_t i = 0; i < n_reqs; i++) {
+    int64_t len = reqs[i].prompt + reqs[i].gen;
+    if (len > (int64_t)xc.max_stream_tokens) xc.max_stream_tokens = (uint32_t)len;
   }
-  if (uses_qwindow(ev->policy)) {
-    rkv_qwindow_config qc = RKV_QWINDOW_CONFIG_INIT;
-    qc.num_layers = m->layers;
-    qc.num_q_heads = m->q_heads;
-    qc.head_dim = m->head_dim;
-    qc.window = (uint32_t)ev->window;
-    qc.max_seqs = max_seqs;
-    st = rkv_qwindow_create(&qc, &e->qw);
-    if (st != RKV_OK) {
-      fprintf(stderr, "rkv sim: query window: %s\n", rkv_status_str(st));
-      sim_engine_destroy(e);
-      return false;
-    }
+  char err[256];
+  st = rkv_exec_create(&xc, bm, e->pool, &e->x, err, sizeof err);
+  if (st != RKV_OK) {
+    fprintf(stderr, "rkv sim: executor: %s\n", err);
+    sim_engine_destroy(e);
+    return false;
   }
   if (!make_tables(e, m, seed, n_reqs)) {
     sim_engine_destroy(e);
@@ -192,21 +169,12 @@ void sim_engine_destroy(sim_engine *e) {
   free(e->ek);
   free(e->ev_tab);
   free(e->mu);
-  free(e->krows);
-  free(e->vrows);
   free(e->q);
+  free(e->k);
+  free(e->v);
   free(e->out);
-  free(e->slots);
-  free(e->indptr);
-  free(e->indices);
-  free(e->last_len);
-  free(e->q_indptr);
-  free(e->ids);
-  free(e->sel);
-  free(e->ws);
   free(e->dup_k);
-  free(e->host);
-  rkv_qwindow_destroy(e->qw);
+  rkv_exec_destroy(e->x);
   rkv_kv_pool_destroy(e->pool);
   rkv_backend_destroy(e->be);
   sim_cuda_destroy(e->cuda);
@@ -300,73 +268,6 @@ static void make_q(const sim_engine *e, int64_t id, int64_t pos, int32_t tok, ui
   }
 }
 
-static bool check(rkv_status st, const char *what, const char *detail) {
-  if (st == RKV_OK) return true;
-  fprintf(stderr, "rkv sim: %s: %s (%s)\n", what, rkv_status_str(st), detail ? detail : "");
-  return false;
-}
-
-/* One layer's attention over a group of plan seqs (decode or prefill). */
-static bool attend(sim_engine *e, const rkv_sched_plan *p, const uint32_t *sel, uint32_t ns,
-                   bool decode, uint32_t l) {
-  if (!ns) return true;
-  size_t d = e->m.head_dim, Hq = e->m.q_heads, Hkv = e->m.kv_heads;
-  for (uint32_t i = 0; i < ns; i++) e->ids[i] = p->seqs[sel[i]].id;
-  uint32_t nnz = 0;
-  if (!check(rkv_blockmgr_export_size(e->bm, l, e->ids, ns, &nnz), "export_size",
-             rkv_blockmgr_last_error(e->bm)))
-    return false;
-  if (!sim_grow((void **)&e->indices, &e->nnz_cap, nnz + 1, sizeof(int32_t))) return false;
-  rkv_block_table tab;
-  if (!check(rkv_blockmgr_export_csr(e->bm, l, e->ids, ns, e->indptr, e->indices,
-                                     (uint32_t)e->nnz_cap, e->last_len, &nnz, &tab),
-             "export_csr", rkv_blockmgr_last_error(e->bm)))
-    return false;
-  size_t rows = 0;
-  e->q_indptr[0] = 0;
-  for (uint32_t i = 0; i < ns; i++) {
-    rows += p->seqs[sel[i]].n_tokens;
-    e->q_indptr[i + 1] = (int32_t)rows;
-  }
-  if (!sim_grow((void **)&e->q, &e->q_cap, rows * Hq * d, sizeof(float)) ||
-      !sim_grow((void **)&e->out, &e->out_cap, rows * Hq * d, sizeof(float)))
-    return false;
-  double t0 = rkv_tool_now();
-  size_t r = 0;
-  for (uint32_t i = 0; i < ns; i++) {
-    const rkv_sched_seq *q = &p->seqs[sel[i]];
-    const int32_t *tk = tokens_of(e, q->id);
-    if (!tk) return false;
-    for (uint32_t t = 0; t < q->n_tokens; t++, r++)
-      make_q(e, q->id, q->pos + t, tk[q->pos + t], l, e->q + r * Hq * d);
-  }
-  double t1 = rkv_tool_now();
-  e->times.kv_synth += t1 - t0;
-  rkv_attn_params ap = RKV_ATTN_PARAMS_INIT;
-  ap.num_seqs = ns;
-  ap.num_q_heads = (uint32_t)Hq;
-  ap.num_kv_heads = (uint32_t)Hkv;
-  ap.head_dim = (uint32_t)d;
-  ap.q = e->q;
-  ap.out = e->out;
-  ap.table = tab;
-  ap.q_indptr = decode ? NULL : e->q_indptr;
-  ap.accumulate_scores = e->ev.policy == RKV_EVICT_H2O;
-  ap.qwindow = e->qw;
-  ap.seq_ids = e->ids;
-  ap.layer = l;
-  size_t ws = 0;
-  if (!check(rkv_attn_workspace_size(e->pool, &ap, &ws), "attention workspace",
-             rkv_backend_last_error(e->be)))
-    return false;
-  if (!sim_grow(&e->ws, &e->ws_cap, ws + 64, 1)) return false;
-  rkv_status st = decode ? rkv_attn_decode(e->pool, &ap, e->ws, e->ws_cap)
-                         : rkv_attn_prefill(e->pool, &ap, e->ws, e->ws_cap);
-  e->times.attn += rkv_tool_now() - t1;
-  return check(st, decode ? "attention decode" : "attention prefill",
-               rkv_backend_last_error(e->be));
-}
-
 /* Redundancy left in a cache: for the keys of stream (layer 0, kv head 0), the number of
  * near-duplicates (cosine > 0.5, R-KV's threshold T) each has among the others, summed.
  * Counted before and after each compression, so the report can show how much redundancy
@@ -382,7 +283,7 @@ static void dup_stat(sim_engine *e, int64_t seq, uint64_t *dups, uint64_t *keys)
   for (int32_t j = 0; j < n; j++) {
     int64_t slot = 0;
     (void)rkv_blockmgr_stream_slot(e->bm, seq, 0, 0, j, &slot);
-    const char *blk = base + (size_t)(slot / lay->block_size) * e->block_bytes;
+    const char *blk = base + (size_t)(slot / lay->block_size) * rkv_kv_block_bytes(lay);
     const void *row = blk + rkv_kv_k_offset(lay, (uint32_t)(slot % lay->block_size));
     double nn = 0.0;
     float *k = e->dup_k + (size_t)j * d;
@@ -405,116 +306,58 @@ static void dup_stat(sim_engine *e, int64_t seq, uint64_t *dups, uint64_t *keys)
   *keys += (uint64_t)n;
 }
 
-static bool run_cpu(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *outs) {
-  double t0 = rkv_tool_now();
-  for (uint32_t i = 0; i < p->n_swap_out; i++)
-    if (!check(rkv_kv_pool_read_blocks(e->pool, &p->swap_out[i].device, 1,
-                                       e->host + (size_t)p->swap_out[i].host * e->block_bytes),
-               "swap out", NULL))
-      return false;
-  for (uint32_t i = 0; i < p->n_swap_in; i++)
-    if (!check(rkv_kv_pool_write_blocks(e->pool, &p->swap_in[i].device, 1,
-                                        e->host + (size_t)p->swap_in[i].host * e->block_bytes),
-               "swap in", NULL))
-      return false;
-  if (p->n_copies &&
-      !check(rkv_kv_pool_copy_blocks(e->pool, p->copies, p->n_copies), "copies", NULL))
-    return false;
-  e->times.swap += rkv_tool_now() - t0;
-  /* query windows follow the sequences' KV: forked with it, dropped with it, kept across a
-   * swap (the simulator itself never forks; an engine embedding the scheduler would) */
-  for (uint32_t i = 0; i < p->n_forks; i++)
-    if (e->qw) (void)rkv_qwindow_seq_fork(e->qw, p->forks[i].parent, p->forks[i].child);
-  for (uint32_t i = 0; i < p->n_finished; i++) {
-    if (e->qw) (void)rkv_qwindow_seq_remove(e->qw, p->finished[i]);
-    int64_t id = p->finished[i];
-    if (id >= 0 && (uint64_t)id < e->n_reqs) {
-      free(e->tokens[id]);
-      e->tokens[id] = NULL;
-    }
-  }
-  for (uint32_t i = 0; i < p->n_preempted; i++) {
-    bool swapped = false;
-    for (uint32_t j = 0; j < p->n_swapped_out; j++) swapped |= p->swapped_out[j] == p->preempted[i];
-    if (!swapped && e->qw) (void)rkv_qwindow_seq_remove(e->qw, p->preempted[i]);
-  }
-  uint32_t ns = p->n_seqs;
-  size_t d = e->m.head_dim, Hkv = e->m.kv_heads;
-  if (!sim_grow((void **)&e->sel, &e->seqs_cap, ns + 1, sizeof(uint32_t))) return false;
-  if (!sim_grow((void **)&e->ids, &e->ids_cap, ns + 1, sizeof(int64_t)) ||
-      !sim_grow((void **)&e->indptr, &e->indptr_cap, ns * Hkv + 1, sizeof(int32_t)) ||
-      !sim_grow((void **)&e->last_len, &e->last_len_cap, ns * Hkv + 1, sizeof(int32_t)) ||
-      !sim_grow((void **)&e->q_indptr, &e->q_indptr_cap, ns + 1, sizeof(int32_t)))
-    return false;
-  for (uint32_t i = 0; i < ns; i++) {
+static bool exec_ok(const sim_engine *e, rkv_status st, const char *what) {
+  if (st == RKV_OK) return true;
+  fprintf(stderr, "rkv sim: %s: %s (%s)\n", what, rkv_status_str(st), rkv_exec_last_error(e->x));
+  return false;
+}
+
+/* One layer's synthetic rows for the whole plan, token-major as the executor takes them. */
+static bool synth_layer(sim_engine *e, const rkv_sched_plan *p, uint32_t l) {
+  const size_t d = e->m.head_dim, Hkv = e->m.kv_heads, Hq = e->m.q_heads;
+  size_t r = 0;
+  for (uint32_t i = 0; i < p->n_seqs; i++) {
     const rkv_sched_seq *q = &p->seqs[i];
-    if (e->qw && q->kind == RKV_SCHED_PREFILL && q->pos == 0)
-      (void)rkv_qwindow_seq_add(e->qw, q->id);
-  }
-  size_t rows = p->n_batched_tokens * Hkv;
-  if (!sim_grow((void **)&e->krows, &e->krows_cap, rows * d + 1, sizeof(float)) ||
-      !sim_grow((void **)&e->vrows, &e->vrows_cap, rows * d + 1, sizeof(float)) ||
-      !sim_grow((void **)&e->slots, &e->slots_cap, rows + 1, sizeof(int64_t)))
-    return false;
-  for (uint32_t l = 0; l < e->m.layers; l++) {
-    double t1 = rkv_tool_now();
-    size_t r = 0;
-    for (uint32_t i = 0; i < ns; i++) {
-      const rkv_sched_seq *q = &p->seqs[i];
-      const int32_t *tk = tokens_of(e, q->id);
-      if (!tk) return false;
+    const int32_t *tk = tokens_of(e, q->id);
+    if (!tk) return false;
+    for (uint32_t t = 0; t < q->n_tokens; t++, r++) {
+      const int64_t pos = q->pos + t;
       for (uint32_t h = 0; h < Hkv; h++)
-        for (uint32_t t = 0; t < q->n_tokens; t++, r++) {
-          int32_t cpos = q->kv_len - (int32_t)q->n_tokens + (int32_t)t;
-          if (!check(rkv_blockmgr_stream_slot(e->bm, q->id, l, h, cpos, &e->slots[r]),
-                     "stream_slot", rkv_blockmgr_last_error(e->bm)))
-            return false;
-          make_kv(e, q->id, q->pos + t, tk[q->pos + t], l, h, e->krows + r * d, e->vrows + r * d);
-        }
+        make_kv(e, q->id, pos, tk[pos], l, h, e->k + (r * Hkv + h) * d, e->v + (r * Hkv + h) * d);
+      make_q(e, q->id, pos, tk[pos], l, e->q + r * Hq * d);
     }
+  }
+  return true;
+}
+
+static bool run_cpu(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *outs) {
+  for (uint32_t i = 0; i < p->n_finished; i++) sim_engine_drop_tokens(e, p->finished[i]);
+  double t0 = rkv_tool_now();
+  if (!exec_ok(e, rkv_exec_begin(e->x, p), "executor begin")) return false;
+  e->times.swap += rkv_tool_now() - t0;
+  const size_t rows = p->n_batched_tokens, d = e->m.head_dim;
+  if (!sim_grow((void **)&e->q, &e->q_cap, rows * e->m.q_heads * d + 1, sizeof(float)) ||
+      !sim_grow((void **)&e->out, &e->out_cap, rows * e->m.q_heads * d + 1, sizeof(float)) ||
+      !sim_grow((void **)&e->k, &e->k_cap, rows * e->m.kv_heads * d + 1, sizeof(float)) ||
+      !sim_grow((void **)&e->v, &e->v_cap, rows * e->m.kv_heads * d + 1, sizeof(float)))
+    return false;
+  for (uint32_t l = 0; l < e->m.layers && rows; l++) {
+    double t1 = rkv_tool_now();
+    if (!synth_layer(e, p, l)) return false;
     double t2 = rkv_tool_now();
     e->times.kv_synth += t2 - t1;
-    if (!check(rkv_attn_write_kv(e->pool, e->krows, e->vrows, e->slots, (uint32_t)r), "write_kv",
-               rkv_backend_last_error(e->be)))
+    if (!exec_ok(e, rkv_exec_layer(e->x, l, e->q, e->k, e->v, e->out), "executor layer"))
       return false;
     e->times.attn += rkv_tool_now() - t2;
-    uint32_t nd = 0;
-    for (uint32_t i = 0; i < ns; i++)
-      if (p->seqs[i].kind == RKV_SCHED_DECODE) e->sel[nd++] = i;
-    if (!attend(e, p, e->sel, nd, true, l)) return false;
-    uint32_t np = 0;
-    for (uint32_t i = 0; i < ns; i++)
-      if (p->seqs[i].kind == RKV_SCHED_PREFILL) e->sel[np++] = i;
-    if (!attend(e, p, e->sel, np, false, l)) return false;
   }
-  /* compression after this step's attention */
+  /* compression after this step's attention, with the redundancy diagnostic around it */
   double t3 = rkv_tool_now();
-  for (uint32_t i = 0; i < ns; i++) {
-    const rkv_sched_seq *q = &p->seqs[i];
-    if (!q->compress) continue;
-    size_t need = 0;
-    if (!check(rkv_evict_workspace_size(q->evict, e->m.kv_heads, e->m.q_heads, e->m.head_dim,
-                                        q->kv_len, &need),
-               "evict workspace", NULL))
-      return false;
-    if (!sim_grow(&e->ws, &e->ws_cap, need + 64, 1)) return false;
-    rkv_blockmgr_stats a, b;
-    rkv_blockmgr_get_stats(e->bm, &a);
-    dup_stat(e, q->id, &e->times.dup_before, &e->times.keys_before);
-    for (uint32_t l = 0; l < e->m.layers; l++) {
-      rkv_evict_result res;
-      memset(&res, 0, sizeof res);
-      rkv_status st =
-          rkv_evict_layer(q->evict, e->bm, e->pool, uses_qwindow(q->evict->policy) ? e->qw : NULL,
-                          e->m.q_heads, q->id, l, e->ws, e->ws_cap, &res);
-      if (!check(st, "rkv_evict_layer", rkv_blockmgr_last_error(e->bm))) return false;
-      outs[i].tokens_evicted += res.tokens_evicted;
-    }
-    dup_stat(e, q->id, &e->times.dup_after, &e->times.keys_after);
-    rkv_blockmgr_get_stats(e->bm, &b);
-    outs[i].blocks_freed = b.free_blocks - a.free_blocks;
-    outs[i].compressed = true;
-  }
+  for (uint32_t i = 0; i < p->n_seqs; i++)
+    if (p->seqs[i].compress)
+      dup_stat(e, p->seqs[i].id, &e->times.dup_before, &e->times.keys_before);
+  if (!exec_ok(e, rkv_exec_finish(e->x, outs, p->n_seqs), "executor finish")) return false;
+  for (uint32_t i = 0; i < p->n_seqs; i++)
+    if (outs[i].compressed) dup_stat(e, outs[i].id, &e->times.dup_after, &e->times.keys_after);
   e->times.evict += rkv_tool_now() - t3;
   return true;
 }

@@ -18,7 +18,22 @@
 extern "C" {
 #endif
 
-#define RKV_ATTN_PARAMS_VERSION 1
+/* Padded per-stream block tables, the second table form (vLLM's block_tables, one row per
+ * stream): row r holds its stream's block ids in cache order at rows[r * stride ...] and its
+ * length in lens[r]. Stream (b, h) of a batch is row seq_row[b] + stream_offset + h. A caller
+ * that keeps one row group per sequence slot ([slots][streams_per_seq][stride], stream =
+ * layer * kv_heads + head) passes seq_row[b] = slot * streams_per_seq and stream_offset =
+ * layer * kv_heads, and only ever rewrites the entries that changed (rkv_blockmgr_sync_rows):
+ * no per-step table export. All pointers borrowed (device pointers on CUDA). */
+typedef struct rkv_block_rows {
+  const int32_t *rows;    /* [..][stride] */
+  const int32_t *lens;    /* [..] tokens per row */
+  const int32_t *seq_row; /* [num_seqs] */
+  uint32_t stride;        /* entries per row (>= 1) */
+  uint32_t stream_offset;
+} rkv_block_rows;
+
+#define RKV_ATTN_PARAMS_VERSION 2
 /* One layer, a batch of sequences. Q and O are f32, token-major:
  * [rows][num_q_heads][head_dim] where rows = num_seqs (decode) or q_indptr[num_seqs]
  * (prefill). The table has num_seqs * num_kv_heads streams, batch-major (stream = b *
@@ -46,11 +61,15 @@ typedef struct rkv_attn_params {
   rkv_qwindow *qwindow;
   const int64_t *seq_ids; /* [num_seqs] */
   uint32_t layer;
+  /* Version 2: when non-NULL the streams are read from these padded rows and `table` is
+   * ignored (its num_streams and block_size need not be set). On CUDA the lengths must be
+   * host-readable only for rkv_attn_workspace_size (use rkv_attn_workspace_bound instead). */
+  const rkv_block_rows *rows;
 } rkv_attn_params;
 #define RKV_ATTN_PARAMS_INIT                                                                      \
   {                                                                                               \
     sizeof(rkv_attn_params), 0, 0, 0, 0, 0.0f, NULL, NULL, {0, 0, NULL, NULL, NULL}, NULL, false, \
-        NULL, NULL, 0                                                                             \
+        NULL, NULL, 0, NULL                                                                       \
   }
 
 /* Workspace bytes rkv_attn_decode / rkv_attn_prefill need for this batch shape (split-KV

@@ -74,6 +74,10 @@ RKV_API rkv_status rkv_blockmgr_seq_fork(rkv_blockmgr *m, int64_t parent, int64_
 RKV_API rkv_status rkv_blockmgr_seq_restore(rkv_blockmgr *m, int64_t seq, const int32_t *lens);
 RKV_API bool rkv_blockmgr_seq_exists(const rkv_blockmgr *m, int64_t seq);
 RKV_API uint32_t rkv_blockmgr_num_seqs(const rkv_blockmgr *m);
+/* Dense index of a live sequence in [0, max_seqs), stable while it lives (a freed index is
+ * reused by later sequences), or -1 when not live: lets callers keep per-sequence arrays
+ * (table mirrors) without a map of their own. O(1). */
+RKV_API int32_t rkv_blockmgr_seq_index(const rkv_blockmgr *m, int64_t seq);
 /* Writes up to cap live sequence ids (in slot order) and returns how many are live. */
 RKV_API uint32_t rkv_blockmgr_list_seqs(const rkv_blockmgr *m, int64_t *ids, uint32_t cap);
 
@@ -163,6 +167,15 @@ RKV_API rkv_status rkv_blockmgr_compact_uniform(rkv_blockmgr *m, int64_t seq, in
                                                 uint32_t maps_cap, uint32_t *n_maps,
                                                 int32_t *old_blocks, uint32_t old_cap,
                                                 uint32_t *n_old);
+
+/* Upper bound on the fresh blocks a compaction of seq's streams of `layer` (all layers when
+ * layer < 0) down to `keep` tokens each can take, by either compaction: the shared blocks
+ * (ref > 1, e.g. after a fork) among the leading ceil(keep / block_size) blocks of every
+ * stream longer than `keep`. A scheduler reserves this before flagging a compression so the
+ * compression cannot run out of blocks half-way. O(1) while no block is shared, else
+ * O(streams x ceil(keep / block_size)). RKV_ERR_NOT_FOUND, RKV_ERR_INVALID_ARG. */
+RKV_API rkv_status rkv_blockmgr_compact_fresh_bound(const rkv_blockmgr *m, int64_t seq,
+                                                    int32_t layer, int32_t keep, uint32_t *out);
 
 /* ---- Export ---------------------------------------------------------------------------- */
 

@@ -51,11 +51,15 @@ typedef struct rkv_sched_config {
   const rkv_allocator *allocator; /* NULL = libc */
   const rkv_logger *logger;       /* NULL = silent */
   bool check_every_step;          /* run rkv_sched_check after every step/report (tests) */
+  /* Version 2. Plans carry the slot mapping of their appends (plan.slots): int64
+   * [max_batched_tokens x streams per sequence] allocated at create. The executor uses it
+   * instead of looking every slot up again; without it the executor looks slots up itself. */
+  bool plan_slots;
 } rkv_sched_config;
 #define RKV_SCHED_CONFIG_INIT                                                                  \
   {                                                                                            \
     sizeof(rkv_sched_config), 2048, 256, 0, RKV_SCHED_RESERVE, RKV_SCHED_PREEMPT_RECOMPUTE, 0, \
-        RKV_EVICT_PARAMS_INIT, NULL, NULL, false                                               \
+        RKV_EVICT_PARAMS_INIT, NULL, NULL, false, true                                         \
   }
 
 /* One request. `evict` NULL = the engine default (config.evict); when given it is copied. */
@@ -194,6 +198,26 @@ typedef struct rkv_sched_plan {
   const rkv_sched_fork_op *forks; /* [n_forks] forks since the last plan, in call order
                                    * (a child aborted since is also in `finished`) */
   uint32_t n_forks;
+  /* ---- since version 2 (an engine built against version 1 never reads these) ---- */
+  /* The slot mapping the appends of this plan computed (NULL unless config.plan_slots):
+   * the new tokens of seqs[i] live at slots[slot_offset[i] + stream * n_tokens + t] for
+   * stream = layer * kv_heads + head and t < n_tokens. */
+  const int64_t *slots;
+  const uint64_t *slot_offset; /* [n_seqs] */
+  /* [n_seqs] 1 when the sequence's block-table rows changed beyond their lengths since the
+   * previous plan's append (a block taken, a shared block copied, the sequence created or
+   * restored; compactions are the executor's own): table mirrors need only the lengths
+   * where it is 0. */
+  const uint8_t *rows_changed;
+  /* Ids whose KV starts empty in this plan: admitted, or re-admitted after a recompute
+   * preemption (their first chunk has pos 0). Engine state for them starts fresh. */
+  const int64_t *started;
+  uint32_t n_started;
+  /* Ids whose KV is gone since the previous plan: finished, aborted, or preempted by
+   * recompute in this step (not swapped out: that KV comes back). Drop their engine state,
+   * before handling `started` (an id may finish and be added again as a new request). */
+  const int64_t *dropped;
+  uint32_t n_dropped;
 } rkv_sched_plan;
 
 /* Plans one step: frees nothing the engine still needs, appends the step's tokens to the

@@ -1,0 +1,119 @@
+/* librkv executor: runs the scheduler's plans against a KV pool, so that an embedding engine
+ * only produces each layer's Q/K/V (and samples tokens); everything the plan implies for the
+ * KV cache happens here, the same calls on every backend.
+ *
+ * One step (FlashInfer-style plan once, run per layer):
+ *
+ *   rkv_sched_step(sched, &plan);
+ *   rkv_exec_begin(x, plan);                   forks, drops, swaps, copy-on-write copies,
+ *                                              query-window life cycle, table rows by deltas
+ *   for each layer l:                          (the model computes Q/K/V for the plan's rows)
+ *     rkv_exec_layer(x, l, q, k, v, out);      K/V write, paged attention (decode and prefill
+ *                                              groups), query-window push, H2O scores
+ *   (sample; outs[i].eos = the token ended sequence i)
+ *   rkv_exec_finish(x, outs, plan->n_seqs);    flagged compressions; outs filled
+ *   rkv_sched_report(sched, outs, plan->n_seqs);
+ *
+ * Rows: the plan's sequences in plan order, n_tokens rows each (decodes first, then prefill
+ * chunks): rows = plan->n_batched_tokens. q and out are [rows][num_q_heads][head_dim], k and v
+ * [rows][num_kv_heads][head_dim], f32, post-RoPE, token-major (what a QKV projection yields);
+ * host pointers on a CPU pool. An empty plan (n_seqs 0) is still begun and finished: it may
+ * carry finished ids, forks and swaps.
+ *
+ * Memory the executor owns (all allocated at create, through the config's allocator): the
+ * table mirror [max_seqs][streams][max_blocks_per_stream] + lengths, the query window (when
+ * the default policy scores with queries; rkv_exec_qwindow_bytes_per_seq), the host swap pool
+ * (host_blocks blocks), and step scratch that grows with the largest plan seen.
+ *
+ * Errors: every call returns rkv_status with text in rkv_exec_last_error. A failed begin or
+ * layer call changes nothing it has not validated (validation runs first); a compression is
+ * atomic per sequence: its fresh blocks are checked for every layer before the first layer is
+ * touched (the scheduler reserves them when it flags the compression). Calls out of order are
+ * RKV_ERR_STATE. Not internally synchronised: one thread per executor. */
+#ifndef RKV_EXECUTOR_H
+#define RKV_EXECUTOR_H
+
+#include <rkv/attention.h>
+#include <rkv/blockmgr.h>
+#include <rkv/evict.h>
+#include <rkv/runtime.h>
+#include <rkv/scheduler.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct rkv_exec rkv_exec;
+
+#define RKV_EXEC_CONFIG_VERSION 1
+typedef struct rkv_exec_config {
+  uint32_t struct_size;           /* sizeof(rkv_exec_config) */
+  uint32_t num_q_heads;           /* multiple of the block manager's kv heads */
+  float scale;                    /* softmax scale; 0 = 1/sqrt(head_dim) */
+  uint32_t max_seqs;              /* sequences per plan (the scheduler's max_seqs) */
+  uint32_t max_stream_tokens;     /* longest stream a sequence may hold (sizes the table mirror;
+                                   * 0 = the whole pool) */
+  uint32_t host_blocks;           /* swap pool in blocks (the scheduler's host_blocks) */
+  rkv_evict_params evict;         /* the default policy: its window sizes the query window */
+  const rkv_allocator *allocator; /* NULL = libc */
+} rkv_exec_config;
+#define RKV_EXEC_CONFIG_INIT \
+  { sizeof(rkv_exec_config), 0, 0.0f, 256, 0, 0, RKV_EVICT_PARAMS_INIT, NULL }
+
+/* Creates an executor over a pool and the block manager whose ids index it (both borrowed:
+ * they must outlive the executor). Layers, kv heads, head_dim, block size and dtype come from
+ * the block manager and must match the pool. RKV_ERR_INVALID_ARG (text in err), RKV_ERR_NO_MEMORY,
+ * RKV_ERR_UNSUPPORTED (a pool on a backend this release's executor does not drive yet: CUDA).
+ * *out = NULL on failure. */
+RKV_API rkv_status rkv_exec_create(const rkv_exec_config *cfg, rkv_blockmgr *m, rkv_kv_pool *pool,
+                                   rkv_exec **out, char *err, size_t err_len);
+/* Accepts NULL. */
+RKV_API void rkv_exec_destroy(rkv_exec *x);
+/* Text of the last failed call ("" if none). */
+RKV_API const char *rkv_exec_last_error(const rkv_exec *x);
+
+/* Applies everything of the plan that precedes the forward pass, in this order: forks (query
+ * windows), dropped ids, swap-outs, swap-ins, copy-on-write copies, started ids, then brings
+ * the table mirror of every scheduled sequence up to date (only rows that changed) and lays
+ * out the slot mapping. The plan must stay valid until rkv_exec_finish (it does until the next
+ * rkv_sched_step). RKV_ERR_STATE (a step is open), RKV_ERR_INVALID_ARG (a request's policy
+ * needs a query window of another size than the executor keeps, or none is kept),
+ * RKV_ERR_CAPACITY (a stream longer than max_stream_tokens, more than max_seqs sequences),
+ * RKV_ERR_NO_MEMORY (scratch growth, before anything changed). */
+RKV_API rkv_status rkv_exec_begin(rkv_exec *x, const rkv_sched_plan *plan);
+
+/* One layer of the open step: writes the rows' K/V into their slots, runs paged attention
+ * over the per-head tables (decode group, then prefill group) into out, pushes the queries
+ * into the query window and, for H2O, accumulates attention mass. Layers may come in any
+ * order, each once. RKV_ERR_STATE (no open step, layer already run), RKV_ERR_INVALID_ARG. */
+RKV_API rkv_status rkv_exec_layer(rkv_exec *x, uint32_t layer, const float *q, const float *k,
+                                  const float *v, float *out);
+
+/* Runs the plan's flagged compressions (every layer of the sequence, atomically per
+ * sequence) and fills outs[i] for the plan's seqs[i]: id, compressed, tokens_evicted,
+ * blocks_freed. outs[i].eos is read and kept: set it from the sampled token first (or zero the
+ * array); a sequence that ends now is not compressed (its blocks are freed at the report; a
+ * caller may also set eos for a sequence that reaches its length limit). n must equal the
+ * plan's n_seqs. Closes the step. RKV_ERR_STATE (no open step or a layer not run),
+ * RKV_ERR_INVALID_ARG, RKV_ERR_NO_BLOCKS (a compression whose fresh blocks were not reserved: that
+ * sequence is left uncompressed, reported compressed = false, and the step still closes; the
+ * scheduler never causes it). */
+RKV_API rkv_status rkv_exec_finish(rkv_exec *x, rkv_sched_output *outs, uint32_t n);
+
+/* Bytes of query window the executor keeps per live sequence (0 when the default policy
+ * needs none): num_layers x num_q_heads x window x head_dim x 4. Memory planners count it
+ * against the device (R-KV's serving ports lost gigabytes to a static query buffer). */
+RKV_API size_t rkv_exec_qwindow_bytes_per_seq(const rkv_exec *x);
+/* Total bytes the executor allocated (mirror, windows, swap pool, scratch). */
+RKV_API size_t rkv_exec_memory_bytes(const rkv_exec *x);
+
+/* Walks the executor's invariants: every mirror slot belongs to one live sequence of the
+ * block manager and its rows/lengths equal the manager's tables (for sequences synced since
+ * their last change), the slot map matches, the query window passes its own check.
+ * RKV_OK or RKV_ERR_CORRUPT with the first violation in the last error. O(mirror). */
+RKV_API rkv_status rkv_exec_check(const rkv_exec *x);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* RKV_EXECUTOR_H */

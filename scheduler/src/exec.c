@@ -1,0 +1,554 @@
+/* The plan executor (rkv/executor.h): applies a scheduler plan to a KV pool — swaps,
+ * copy-on-write copies, query-window life cycle, the per-head table mirror kept current by
+ * deltas — then runs each layer's K/V write and paged attention and, at the end of the step,
+ * the flagged compressions. Engines only bring Q/K/V.
+ *
+ * The table mirror is indexed by the block manager's dense sequence index
+ * (rkv_blockmgr_seq_index): rows [index][stream][stride] and lengths [index][stream], read by
+ * attention through rkv_block_rows. A mirror entry remembers which id it was synced for;
+ * between syncs a decode step only adds its tokens to the lengths, and a full or delta sync
+ * (rkv_blockmgr_sync_rows) runs only when the plan says the rows changed or this executor
+ * compacted the sequence. */
+#include <string.h>
+
+#include <rkv/executor.h>
+
+#include "rkv_internal.h"
+
+struct rkv_exec {
+  rkv_exec_config cfg;
+  rkv_allocator alloc_copy;
+  const rkv_allocator *al;
+  rkv_blockmgr *bm;
+  rkv_kv_pool *pool;
+  uint32_t L, Hq, Hkv, d, S, bs;
+  float scale;
+  size_t block_bytes;
+
+  /* table mirror */
+  uint32_t nidx;   /* the block manager's max_seqs */
+  uint32_t stride; /* blocks per row */
+  int32_t *rows;   /* [nidx][S][stride] */
+  int32_t *lens;   /* [nidx][S] */
+  int64_t *owner;  /* [nidx] id the entry was synced for, -1 = none */
+  uint8_t *stale;  /* [nidx] compacted since the last sync */
+
+  rkv_qwindow *qw;     /* NULL when the default policy scores without queries */
+  unsigned char *host; /* swap pool [host_blocks][block_bytes] */
+
+  /* the open step */
+  bool open;
+  const rkv_sched_plan *plan;
+  uint8_t *layer_done; /* [L] */
+  uint32_t rows_n;     /* plan rows */
+  bool h2o;
+  int32_t *seq_row;  /* [max_seqs] index * S */
+  int64_t *ids;      /* [max_seqs] */
+  int32_t *q_indptr; /* [max_seqs + 1] prefill group rows, relative */
+  int64_t *wslots;   /* [L][rows * Hkv] */
+  size_t wslots_cap;
+  void *ws;
+  size_t ws_cap;
+  size_t bytes; /* allocated at create */
+
+  char err[RKV_ERRBUF];
+};
+
+static bool needs_queries(rkv_evict_policy p) {
+  return p == RKV_EVICT_RKV || p == RKV_EVICT_SNAPKV;
+}
+
+static rkv_status cfg_err(char *err, size_t len, const char *msg) {
+  return rkvi_failn(err, len, RKV_ERR_INVALID_ARG, "rkv_exec_create: %s", msg);
+}
+
+/* Grows a scratch buffer (contents not kept) to at least `need` bytes. */
+static rkv_status grow(rkv_exec *x, void **p, size_t *cap, size_t need, const char *what) {
+  if (need <= *cap) return RKV_OK;
+  size_t nc = *cap ? *cap : 4096;
+  while (nc < need) nc *= 2;
+  void *n = rkvi_alloc(x->al, nc, 64);
+  if (!n) return rkvi_fail(x->err, RKV_ERR_NO_MEMORY, "executor: %s of %zu bytes", what, nc);
+  rkvi_free(x->al, *p, *cap);
+  *p = n;
+  *cap = nc;
+  return RKV_OK;
+}
+
+void rkv_exec_destroy(rkv_exec *x) {
+  if (!x) return;
+  const rkv_allocator *a = x->al;
+  const size_t n = x->nidx, ms = x->cfg.max_seqs;
+  rkvi_free(a, x->rows, n * x->S * x->stride * sizeof(int32_t));
+  rkvi_free(a, x->lens, n * x->S * sizeof(int32_t));
+  rkvi_free(a, x->owner, n * sizeof(int64_t));
+  rkvi_free(a, x->stale, n);
+  rkvi_free(a, x->host, (size_t)x->cfg.host_blocks * x->block_bytes);
+  rkvi_free(a, x->layer_done, x->L);
+  rkvi_free(a, x->seq_row, ms * sizeof(int32_t));
+  rkvi_free(a, x->ids, ms * sizeof(int64_t));
+  rkvi_free(a, x->q_indptr, (ms + 1) * sizeof(int32_t));
+  rkvi_free(a, x->wslots, x->wslots_cap);
+  rkvi_free(a, x->ws, x->ws_cap);
+  rkv_qwindow_destroy(x->qw);
+  rkvi_free(a, x, sizeof *x);
+}
+
+static rkv_status check_config(const rkv_exec_config *c, const rkv_blockmgr *m,
+                               const rkv_kv_pool *pool, char *err, size_t len) {
+  const rkv_blockmgr_config *bc = rkv_blockmgr_get_config(m);
+  const rkv_kv_layout *pl = rkv_kv_pool_layout(pool);
+  const rkv_kv_layout ml = rkv_blockmgr_kv_layout(m);
+  if (pl->dtype != ml.dtype || pl->block_size != ml.block_size || pl->head_dim != ml.head_dim)
+    return cfg_err(err, len,
+                   "the pool's layout (dtype, block size, head_dim) differs from the "
+                   "block manager's");
+  if (rkv_kv_pool_num_blocks(pool) < bc->num_blocks)
+    return cfg_err(err, len, "the pool has fewer blocks than the block manager");
+  if (c->num_q_heads == 0 || c->num_q_heads % bc->num_kv_heads)
+    return cfg_err(err, len, "num_q_heads must be a positive multiple of the kv heads");
+  if (c->max_seqs == 0 || c->max_seqs > (1u << 20))
+    return cfg_err(err, len, "max_seqs must be in [1, 2^20]");
+  if (!(c->scale >= 0.0f) || c->scale > 1e30f)
+    return cfg_err(err, len, "scale must be finite and >= 0");
+  char e2[RKV_ERRBUF];
+  if (rkv_evict_params_validate(&c->evict, e2, sizeof e2) != RKV_OK)
+    return rkvi_failn(err, len, RKV_ERR_INVALID_ARG, "rkv_exec_create: default policy: %s", e2);
+  return RKV_OK;
+}
+
+rkv_status rkv_exec_create(const rkv_exec_config *cfg, rkv_blockmgr *m, rkv_kv_pool *pool,
+                           rkv_exec **out, char *err, size_t err_len) {
+  if (err && err_len) err[0] = '\0';
+  if (!out) return cfg_err(err, err_len, "out is NULL");
+  *out = NULL;
+  if (!cfg || !m || !pool) return cfg_err(err, err_len, "cfg, block manager and pool are required");
+  if (cfg->struct_size != sizeof(rkv_exec_config))
+    return cfg_err(err, err_len, "struct_size is not a known version (use RKV_EXEC_CONFIG_INIT)");
+  RKV_TRY(check_config(cfg, m, pool, err, err_len));
+  if (rkv_backend_get_kind(rkv_kv_pool_backend(pool)) != RKV_BACKEND_CPU)
+    return rkvi_failn(err, err_len, RKV_ERR_UNSUPPORTED,
+                      "rkv_exec_create: this release's executor drives CPU pools only");
+  const rkv_blockmgr_config *bc = rkv_blockmgr_get_config(m);
+  rkv_allocator ac = {0};
+  if (cfg->allocator) ac = *cfg->allocator;
+  rkv_exec *x = rkvi_calloc(cfg->allocator ? &ac : NULL, sizeof *x, 16);
+  if (!x) return rkvi_failn(err, err_len, RKV_ERR_NO_MEMORY, "rkv_exec_create: out of memory");
+  x->cfg = *cfg;
+  if (cfg->allocator) {
+    x->alloc_copy = *cfg->allocator;
+    x->al = &x->alloc_copy;
+  }
+  x->cfg.allocator = x->al;
+  x->bm = m;
+  x->pool = pool;
+  x->L = bc->num_layers;
+  x->Hkv = bc->num_kv_heads;
+  x->Hq = cfg->num_q_heads;
+  x->d = bc->head_dim;
+  x->S = rkv_blockmgr_streams_per_seq(m);
+  x->bs = bc->block_size;
+  x->scale = cfg->scale;
+  rkv_kv_layout lay = rkv_blockmgr_kv_layout(m);
+  x->block_bytes = rkv_kv_block_bytes(&lay);
+  x->nidx = bc->max_seqs ? bc->max_seqs : 4096;
+  /* Streams of one sequence grow in lockstep and hold distinct blocks, so none can hold more
+   * than the pool's blocks / streams. */
+  uint64_t stride = cfg->max_stream_tokens ? (cfg->max_stream_tokens + x->bs - 1) / x->bs
+                                           : (bc->num_blocks + x->S - 1) / x->S;
+  if (stride == 0) stride = 1;
+  x->stride = (uint32_t)stride;
+  const uint64_t mirror = (uint64_t)x->nidx * x->S * stride;
+  const size_t ms = cfg->max_seqs;
+  rkv_status ret = RKV_ERR_NO_MEMORY;
+  if (mirror > ((uint64_t)1 << 32)) {
+    ret = rkvi_failn(err, err_len, RKV_ERR_INVALID_ARG,
+                     "rkv_exec_create: table mirror of %llu entries (max_seqs x streams x "
+                     "blocks per stream): lower max_stream_tokens",
+                     (unsigned long long)mirror);
+    goto fail;
+  }
+  x->rows = rkvi_alloc(x->al, (size_t)mirror * sizeof(int32_t), 64);
+  x->lens = rkvi_calloc(x->al, (size_t)x->nidx * x->S * sizeof(int32_t), 64);
+  x->owner = rkvi_alloc(x->al, x->nidx * sizeof(int64_t), 16);
+  x->stale = rkvi_calloc(x->al, x->nidx, 16);
+  x->layer_done = rkvi_calloc(x->al, x->L, 16);
+  x->seq_row = rkvi_alloc(x->al, ms * sizeof(int32_t), 16);
+  x->ids = rkvi_alloc(x->al, ms * sizeof(int64_t), 16);
+  x->q_indptr = rkvi_alloc(x->al, (ms + 1) * sizeof(int32_t), 16);
+  if (cfg->host_blocks) x->host = rkvi_alloc(x->al, (size_t)cfg->host_blocks * x->block_bytes, 64);
+  if (!x->rows || !x->lens || !x->owner || !x->stale || !x->layer_done || !x->seq_row || !x->ids ||
+      !x->q_indptr || (cfg->host_blocks && !x->host)) {
+    rkvi_failn(err, err_len, ret,
+               "rkv_exec_create: out of memory for the table mirror / swap pool");
+    goto fail;
+  }
+  for (uint32_t i = 0; i < x->nidx; i++) x->owner[i] = -1;
+  if (needs_queries(cfg->evict.policy)) {
+    rkv_qwindow_config qc = RKV_QWINDOW_CONFIG_INIT;
+    qc.num_layers = x->L;
+    qc.num_q_heads = x->Hq;
+    qc.head_dim = x->d;
+    qc.window = (uint32_t)cfg->evict.window;
+    qc.max_seqs = x->nidx;
+    qc.allocator = x->al;
+    ret = rkv_qwindow_create(&qc, &x->qw);
+    if (ret != RKV_OK) {
+      rkvi_failn(err, err_len, ret, "rkv_exec_create: query window: %s", rkv_status_str(ret));
+      goto fail;
+    }
+  }
+  x->bytes = (size_t)mirror * 4 + (size_t)x->nidx * (x->S * 4 + 9) +
+             (size_t)cfg->host_blocks * x->block_bytes + ms * 16;
+  *out = x;
+  return RKV_OK;
+fail:
+  rkv_exec_destroy(x);
+  return ret;
+}
+
+const char *rkv_exec_last_error(const rkv_exec *x) {
+  return x ? x->err : "NULL executor";
+}
+
+size_t rkv_exec_qwindow_bytes_per_seq(const rkv_exec *x) {
+  if (!x || !x->qw) return 0;
+  return (size_t)x->L * x->Hq * (size_t)x->cfg.evict.window * x->d * sizeof(float);
+}
+
+size_t rkv_exec_memory_bytes(const rkv_exec *x) {
+  return x ? x->bytes + x->wslots_cap + x->ws_cap : 0;
+}
+
+/* ---- begin ------------------------------------------------------------------------------- */
+
+/* Forgets the mirror entry of an id whose KV left the block manager (finished, preempted,
+ * swapped out): the next sequence at that index, even with the same id, syncs in full.
+ * O(index range); runs once per departure. */
+static void forget(rkv_exec *x, int64_t id) {
+  for (uint32_t i = 0; i < x->nidx; i++)
+    if (x->owner[i] == id) x->owner[i] = -1;
+}
+
+/* Everything begin can refuse, checked before it changes anything. */
+static rkv_status validate_plan(rkv_exec *x, const rkv_sched_plan *p) {
+  if (x->open)
+    return rkvi_fail(x->err, RKV_ERR_STATE, "begin: step %llu is still open (finish it)",
+                     (unsigned long long)x->plan->step);
+  if (p->n_seqs > x->cfg.max_seqs)
+    return rkvi_fail(x->err, RKV_ERR_CAPACITY, "begin: plan has %u sequences, max_seqs is %u",
+                     p->n_seqs, x->cfg.max_seqs);
+  if (p->n_swap_out + p->n_swap_in && !x->host)
+    return rkvi_fail(x->err, RKV_ERR_INVALID_ARG, "begin: plan swaps but host_blocks is 0");
+  for (uint32_t i = 0; i < p->n_swap_out; i++)
+    if (p->swap_out[i].host < 0 || (uint32_t)p->swap_out[i].host >= x->cfg.host_blocks)
+      return rkvi_fail(x->err, RKV_ERR_INVALID_ARG, "begin: swap-out to host block %d of %u",
+                       p->swap_out[i].host, x->cfg.host_blocks);
+  for (uint32_t i = 0; i < p->n_swap_in; i++)
+    if (p->swap_in[i].host < 0 || (uint32_t)p->swap_in[i].host >= x->cfg.host_blocks)
+      return rkvi_fail(x->err, RKV_ERR_INVALID_ARG, "begin: swap-in from host block %d of %u",
+                       p->swap_in[i].host, x->cfg.host_blocks);
+  for (uint32_t i = 0; i < p->n_seqs; i++) {
+    const rkv_sched_seq *q = &p->seqs[i];
+    if ((int64_t)q->kv_len > (int64_t)x->stride * x->bs)
+      return rkvi_fail(x->err, RKV_ERR_CAPACITY,
+                       "begin: sequence %lld holds %d tokens per stream, the table mirror %u "
+                       "(raise max_stream_tokens)",
+                       (long long)q->id, q->kv_len, x->stride * x->bs);
+    if (q->evict && needs_queries(q->evict->policy) &&
+        (!x->qw || q->evict->window != x->cfg.evict.window))
+      return rkvi_fail(x->err, RKV_ERR_INVALID_ARG,
+                       "begin: sequence %lld uses %s with window %d; the executor keeps %s",
+                       (long long)q->id, rkv_evict_policy_name(q->evict->policy), q->evict->window,
+                       x->qw ? "another window" : "no query window");
+  }
+  const size_t need = (size_t)p->n_batched_tokens * x->S * sizeof(int64_t);
+  return grow(x, (void **)&x->wslots, &x->wslots_cap, need, "slot mapping");
+}
+
+/* Swap and copy-on-write traffic: device blocks to the host pool and back, then copies. */
+static rkv_status move_blocks(rkv_exec *x, const rkv_sched_plan *p) {
+  for (uint32_t i = 0; i < p->n_swap_out; i++)
+    RKV_TRY(rkv_kv_pool_read_blocks(x->pool, &p->swap_out[i].device, 1,
+                                    x->host + (size_t)p->swap_out[i].host * x->block_bytes));
+  for (uint32_t i = 0; i < p->n_swap_in; i++)
+    RKV_TRY(rkv_kv_pool_write_blocks(x->pool, &p->swap_in[i].device, 1,
+                                     x->host + (size_t)p->swap_in[i].host * x->block_bytes));
+  if (p->n_copies) RKV_TRY(rkv_kv_pool_copy_blocks(x->pool, p->copies, p->n_copies));
+  return RKV_OK;
+}
+
+/* Query windows follow the KV: forked with it, dropped with it, kept across a swap, started
+ * empty. Unknown ids on removal are fine (a sequence dropped before it ever ran). */
+static rkv_status window_lifecycle(rkv_exec *x, const rkv_sched_plan *p) {
+  for (uint32_t i = 0; i < p->n_forks; i++)
+    if (x->qw) {
+      rkv_status st = rkv_qwindow_seq_fork(x->qw, p->forks[i].parent, p->forks[i].child);
+      if (st != RKV_OK && st != RKV_ERR_NOT_FOUND)
+        return rkvi_fail(x->err, st, "begin: query window fork %lld -> %lld: %s",
+                         (long long)p->forks[i].parent, (long long)p->forks[i].child,
+                         rkv_qwindow_last_error(x->qw));
+    }
+  for (uint32_t i = 0; i < p->n_dropped; i++) {
+    if (x->qw) (void)rkv_qwindow_seq_remove(x->qw, p->dropped[i]);
+    forget(x, p->dropped[i]);
+  }
+  for (uint32_t i = 0; i < p->n_swapped_out; i++) forget(x, p->swapped_out[i]);
+  for (uint32_t i = 0; x->qw && i < p->n_started; i++) {
+    rkv_status st = rkv_qwindow_seq_add(x->qw, p->started[i]);
+    if (st != RKV_OK && st != RKV_ERR_EXISTS)
+      return rkvi_fail(x->err, st, "begin: query window of %lld: %s", (long long)p->started[i],
+                       rkv_qwindow_last_error(x->qw));
+  }
+  return RKV_OK;
+}
+
+/* Brings seq i's mirror entry up to date: a full sync for an entry last synced for someone
+ * else, a delta sync when its rows changed, else only the lengths grow. */
+static rkv_status sync_seq(rkv_exec *x, const rkv_sched_plan *p, uint32_t i) {
+  const rkv_sched_seq *q = &p->seqs[i];
+  const int32_t idx = rkv_blockmgr_seq_index(x->bm, q->id);
+  if (idx < 0 || (uint32_t)idx >= x->nidx)
+    return rkvi_fail(x->err, RKV_ERR_NOT_FOUND, "begin: sequence %lld is not in the block manager",
+                     (long long)q->id);
+  int32_t *lens = x->lens + (size_t)idx * x->S;
+  const bool full = x->owner[idx] != q->id;
+  if (full || x->stale[idx] || !p->rows_changed || p->rows_changed[i]) {
+    int32_t *rows = x->rows + (size_t)idx * x->S * x->stride;
+    rkv_status st = rkv_blockmgr_sync_rows(x->bm, q->id, full, rows, x->stride, lens, NULL);
+    if (st != RKV_OK)
+      return rkvi_fail(x->err, st, "begin: table rows of %lld: %s", (long long)q->id,
+                       rkv_blockmgr_last_error(x->bm));
+    x->owner[idx] = q->id;
+    x->stale[idx] = 0;
+  } else {
+    for (uint32_t s = 0; s < x->S; s++) lens[s] += (int32_t)q->n_tokens;
+  }
+  x->seq_row[i] = idx * (int32_t)x->S;
+  x->ids[i] = q->id;
+  return RKV_OK;
+}
+
+/* Lays the plan's slots out as [layer][row][kv head], the order k and v rows arrive in. */
+static rkv_status gather_slots(rkv_exec *x, const rkv_sched_plan *p) {
+  const size_t per_layer = (size_t)p->n_batched_tokens * x->Hkv;
+  uint32_t r0 = 0;
+  for (uint32_t i = 0; i < p->n_seqs; i++) {
+    const rkv_sched_seq *q = &p->seqs[i];
+    const uint32_t n = q->n_tokens;
+    for (uint32_t l = 0; l < x->L; l++) {
+      int64_t *dst = x->wslots + l * per_layer + (size_t)r0 * x->Hkv;
+      for (uint32_t h = 0; h < x->Hkv; h++) {
+        const uint32_t s = l * x->Hkv + h;
+        if (p->slots) {
+          const int64_t *src = p->slots + p->slot_offset[i] + (size_t)s * n;
+          for (uint32_t t = 0; t < n; t++) dst[(size_t)t * x->Hkv + h] = src[t];
+          continue;
+        }
+        for (uint32_t t = 0; t < n; t++) {
+          const int32_t pos = q->kv_len - (int32_t)n + (int32_t)t;
+          rkv_status st =
+              rkv_blockmgr_stream_slot(x->bm, q->id, l, h, pos, &dst[(size_t)t * x->Hkv + h]);
+          if (st != RKV_OK)
+            return rkvi_fail(x->err, st, "begin: slot of %lld: %s", (long long)q->id,
+                             rkv_blockmgr_last_error(x->bm));
+        }
+      }
+    }
+    r0 += n;
+  }
+  return RKV_OK;
+}
+
+rkv_status rkv_exec_begin(rkv_exec *x, const rkv_sched_plan *p) {
+  if (!x) return RKV_ERR_INVALID_ARG;
+  if (!p) return rkvi_fail(x->err, RKV_ERR_INVALID_ARG, "begin: plan is NULL");
+  RKV_TRY(validate_plan(x, p));
+  RKV_TRY(window_lifecycle(x, p));
+  rkv_status st = move_blocks(x, p);
+  if (st != RKV_OK)
+    return rkvi_fail(x->err, st, "begin: swap / copy: %s",
+                     rkv_backend_last_error(rkv_kv_pool_backend(x->pool)));
+  x->h2o = false;
+  uint32_t rows = 0, np = 0;
+  for (uint32_t i = 0; i < p->n_seqs; i++) {
+    RKV_TRY(sync_seq(x, p, i));
+    const rkv_sched_seq *q = &p->seqs[i];
+    x->h2o |= q->evict && q->evict->policy == RKV_EVICT_H2O;
+    if (i >= p->n_decode) {
+      x->q_indptr[np] = (int32_t)(rows - p->n_decode);
+      np++;
+    }
+    rows += q->n_tokens;
+  }
+  x->q_indptr[np] = (int32_t)(rows - p->n_decode);
+  RKV_TRY(gather_slots(x, p));
+  x->rows_n = rows;
+  x->plan = p;
+  memset(x->layer_done, 0, x->L);
+  x->open = true;
+  return RKV_OK;
+}
+
+/* ---- layers ------------------------------------------------------------------------------ */
+
+static rkv_status attend(rkv_exec *x, uint32_t layer, const float *q, float *out, uint32_t first,
+                         uint32_t count, bool prefill) {
+  if (!count) return RKV_OK;
+  const rkv_sched_plan *p = x->plan;
+  const size_t row0 = prefill ? p->n_decode : 0;
+  const rkv_block_rows br = {x->rows, x->lens, x->seq_row + first, x->stride, layer * x->Hkv};
+  rkv_attn_params ap = RKV_ATTN_PARAMS_INIT;
+  ap.num_seqs = count;
+  ap.num_q_heads = x->Hq;
+  ap.num_kv_heads = x->Hkv;
+  ap.head_dim = x->d;
+  ap.scale = x->scale;
+  ap.q = q + row0 * x->Hq * x->d;
+  ap.out = out + row0 * x->Hq * x->d;
+  ap.rows = &br;
+  ap.q_indptr = prefill ? x->q_indptr : NULL;
+  ap.accumulate_scores = x->h2o;
+  ap.qwindow = x->qw;
+  ap.seq_ids = x->ids + first;
+  ap.layer = layer;
+  rkv_backend *be = rkv_kv_pool_backend(x->pool);
+  size_t need = 0;
+  rkv_status st = rkv_attn_workspace_size(x->pool, &ap, &need);
+  if (st == RKV_OK) st = grow(x, &x->ws, &x->ws_cap, need + 64, "attention workspace");
+  if (st == RKV_OK)
+    st = prefill ? rkv_attn_prefill(x->pool, &ap, x->ws, x->ws_cap)
+                 : rkv_attn_decode(x->pool, &ap, x->ws, x->ws_cap);
+  if (st != RKV_OK && st != RKV_ERR_NO_MEMORY)
+    return rkvi_fail(x->err, st, "layer %u %s attention: %s", layer, prefill ? "prefill" : "decode",
+                     rkv_backend_last_error(be));
+  return st;
+}
+
+rkv_status rkv_exec_layer(rkv_exec *x, uint32_t layer, const float *q, const float *k,
+                          const float *v, float *out) {
+  if (!x) return RKV_ERR_INVALID_ARG;
+  if (!x->open) return rkvi_fail(x->err, RKV_ERR_STATE, "layer: no step is open (begin first)");
+  if (layer >= x->L) return rkvi_fail(x->err, RKV_ERR_INVALID_ARG, "layer %u >= %u", layer, x->L);
+  if (x->layer_done[layer])
+    return rkvi_fail(x->err, RKV_ERR_STATE, "layer %u already ran in this step", layer);
+  if (x->rows_n && (!q || !k || !v || !out))
+    return rkvi_fail(x->err, RKV_ERR_INVALID_ARG, "layer %u: q, k, v and out are required", layer);
+  const rkv_sched_plan *p = x->plan;
+  const size_t n = (size_t)x->rows_n * x->Hkv;
+  rkv_status st = rkv_attn_write_kv(x->pool, k, v, x->wslots + layer * n, (uint32_t)n);
+  if (st != RKV_OK)
+    return rkvi_fail(x->err, st, "layer %u K/V write: %s", layer,
+                     rkv_backend_last_error(rkv_kv_pool_backend(x->pool)));
+  RKV_TRY(attend(x, layer, q, out, 0, p->n_decode, false));
+  RKV_TRY(attend(x, layer, q, out, p->n_decode, p->n_seqs - p->n_decode, true));
+  x->layer_done[layer] = 1;
+  return RKV_OK;
+}
+
+/* ---- finish ------------------------------------------------------------------------------ */
+
+/* Compresses every layer of one flagged sequence, or nothing: the fresh blocks its shared
+ * leading blocks need are counted for all layers first. */
+static rkv_status compress_seq(rkv_exec *x, const rkv_sched_seq *q, rkv_sched_output *o) {
+  const rkv_evict_params *ev = q->evict ? q->evict : &x->cfg.evict;
+  if (ev->policy == RKV_EVICT_FULL) return RKV_OK;
+  uint32_t fresh = 0;
+  rkv_status st = rkv_blockmgr_compact_fresh_bound(x->bm, q->id, -1, ev->budget, &fresh);
+  if (st != RKV_OK)
+    return rkvi_fail(x->err, st, "compress %lld: %s", (long long)q->id,
+                     rkv_blockmgr_last_error(x->bm));
+  const uint32_t free0 = rkv_blockmgr_free_blocks(x->bm);
+  if (fresh > free0)
+    return rkvi_fail(x->err, RKV_ERR_NO_BLOCKS,
+                     "compress %lld: its shared blocks need %u fresh blocks, %u free (the "
+                     "scheduler reserves them when it flags a compression)",
+                     (long long)q->id, fresh, free0);
+  size_t need = 0;
+  st = rkv_evict_workspace_size(ev, x->Hkv, x->Hq, x->d, q->kv_len, &need);
+  if (st == RKV_OK) st = grow(x, &x->ws, &x->ws_cap, need + 64, "eviction workspace");
+  if (st != RKV_OK) return st == RKV_ERR_NO_MEMORY ? st : rkvi_fail(x->err, st, "compress: sizes");
+  const rkv_qwindow *qw = needs_queries(ev->policy) ? x->qw : NULL;
+  for (uint32_t l = 0; l < x->L; l++) {
+    rkv_evict_result res;
+    memset(&res, 0, sizeof res);
+    char e2[RKV_ERRBUF] = "";
+    st = rkv_evict_layer_ex(ev, x->bm, x->pool, qw, x->Hq, q->id, l, x->ws, x->ws_cap, &res, e2,
+                            sizeof e2);
+    if (st != RKV_OK) {
+      /* Fresh blocks were checked and the workspace sized: a failure past layer 0 is a bug. */
+      return rkvi_fail(x->err, l ? RKV_ERR_INTERNAL : st, "compress %lld layer %u: %s",
+                       (long long)q->id, l, e2);
+    }
+    o->tokens_evicted += res.tokens_evicted;
+  }
+  o->blocks_freed = rkv_blockmgr_free_blocks(x->bm) - free0;
+  o->compressed = true;
+  const int32_t idx = rkv_blockmgr_seq_index(x->bm, q->id);
+  if (idx >= 0) x->stale[idx] = 1;
+  return RKV_OK;
+}
+
+rkv_status rkv_exec_finish(rkv_exec *x, rkv_sched_output *outs, uint32_t n) {
+  if (!x) return RKV_ERR_INVALID_ARG;
+  if (!x->open) return rkvi_fail(x->err, RKV_ERR_STATE, "finish: no step is open");
+  const rkv_sched_plan *p = x->plan;
+  if (n != p->n_seqs || (n && !outs))
+    return rkvi_fail(x->err, RKV_ERR_INVALID_ARG, "finish: %u outputs for %u scheduled", n,
+                     p->n_seqs);
+  if (p->n_batched_tokens)
+    for (uint32_t l = 0; l < x->L; l++)
+      if (!x->layer_done[l])
+        return rkvi_fail(x->err, RKV_ERR_STATE, "finish: layer %u did not run", l);
+  rkv_status ret = RKV_OK;
+  for (uint32_t i = 0; i < n; i++) {
+    const bool eos = outs[i].eos;
+    memset(&outs[i], 0, sizeof outs[i]);
+    outs[i].id = p->seqs[i].id;
+    outs[i].eos = eos;
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    /* a sequence that ends now frees its blocks at the report: compressing it is wasted work */
+    if (!p->seqs[i].compress || outs[i].eos) continue;
+    rkv_status st = compress_seq(x, &p->seqs[i], &outs[i]);
+    if (st == RKV_ERR_INTERNAL) {
+      ret = st;
+      break;
+    }
+    if (st != RKV_OK && ret == RKV_OK) ret = st;
+  }
+  x->open = false;
+  return ret;
+}
+
+/* ---- check ------------------------------------------------------------------------------- */
+
+rkv_status rkv_exec_check(const rkv_exec *xc) {
+  if (!xc) return RKV_ERR_INVALID_ARG;
+  rkv_exec *x = (rkv_exec *)xc; /* only the error text changes */
+  for (uint32_t i = 0; i < x->nidx; i++) {
+    const int64_t id = x->owner[i];
+    if (id < 0 || x->stale[i]) continue;
+    if (rkv_blockmgr_seq_index(x->bm, id) != (int32_t)i)
+      return rkvi_fail(x->err, RKV_ERR_CORRUPT,
+                       "check: mirror entry %u was synced for %lld, which is not live there", i,
+                       (long long)id);
+    for (uint32_t s = 0; s < x->S; s++) {
+      const int32_t *ids = NULL;
+      int32_t nb = 0, len = 0;
+      (void)rkv_blockmgr_stream_len(x->bm, id, s / x->Hkv, s % x->Hkv, &len);
+      (void)rkv_blockmgr_stream_blocks(x->bm, id, s / x->Hkv, s % x->Hkv, &ids, &nb);
+      const int32_t *row = x->rows + ((size_t)i * x->S + s) * x->stride;
+      if (x->lens[(size_t)i * x->S + s] != len ||
+          (nb && memcmp(row, ids, (size_t)nb * sizeof(int32_t)) != 0))
+        return rkvi_fail(x->err, RKV_ERR_CORRUPT,
+                         "check: mirror of %lld stream %u differs from the block manager "
+                         "(len %d vs %d)",
+                         (long long)id, s, x->lens[(size_t)i * x->S + s], len);
+    }
+  }
+  if (x->qw && rkv_qwindow_check(x->qw) != RKV_OK)
+    return rkvi_fail(x->err, RKV_ERR_CORRUPT, "check: query window: %s",
+                     rkv_qwindow_last_error(x->qw));
+  return RKV_OK;
+}
