@@ -822,6 +822,36 @@ static uint32_t chunk_for(const rkv_sched *s, const req *r, uint32_t tokens_left
   return left < n ? (uint32_t)left : n;
 }
 
+/* The plan lists decodes before prefill chunks (rkv_sched_plan), but a swapped-in sequence
+ * that decodes is scheduled after the running prefills: a stable rotation moves each such
+ * decode in front of the chunks, with everything indexed by plan position. Rare (swap-ins
+ * only) and O(n_seqs) per moved sequence. */
+static void order_decodes_first(rkv_sched *s) {
+  rkv_sched_plan *p = &s->plan;
+  uint32_t first_prefill = 0;
+  while (first_prefill < p->n_seqs && s->seqs[first_prefill].kind == RKV_SCHED_DECODE)
+    first_prefill++;
+  for (uint32_t i = first_prefill + 1; i < p->n_seqs; i++) {
+    if (s->seqs[i].kind != RKV_SCHED_DECODE) continue;
+    const rkv_sched_seq q = s->seqs[i];
+    req *r = s->seq_req[i];
+    const uint64_t off = s->slot_off[i];
+    const uint8_t ch = s->rows_changed[i];
+    for (uint32_t j = i; j > first_prefill; j--) {
+      s->seqs[j] = s->seqs[j - 1];
+      s->seq_req[j] = s->seq_req[j - 1];
+      s->slot_off[j] = s->slot_off[j - 1];
+      s->rows_changed[j] = s->rows_changed[j - 1];
+    }
+    s->seqs[first_prefill] = q;
+    s->seq_req[first_prefill] = r;
+    s->slot_off[first_prefill] = off;
+    s->rows_changed[first_prefill] = ch;
+    first_prefill++;
+  }
+  for (uint32_t i = 0; i < p->n_seqs; i++) s->seq_req[i]->plan_idx = i;
+}
+
 static rkv_status plan_step(rkv_sched *s) {
   req *r;
   rkv_sched_plan *p = &s->plan;
@@ -953,6 +983,7 @@ static rkv_status plan_step(rkv_sched *s) {
     tokens_left -= n;
   }
   RKV_ASSERT_LEVEL(3, s->step_used == bm_used(s));
+  order_decodes_first(s);
   return RKV_OK;
 }
 

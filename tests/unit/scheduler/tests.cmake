@@ -35,3 +35,17 @@ if(RKV_DEBUG LESS 3)
   set_tests_properties(scheduler_sim_paper_batch PROPERTIES TIMEOUT 120 LABELS "unit;scheduler"
     PASS_REGULAR_EXPRESSION "\"policy\": \"full\"[^}]*\"max_batch\": 39,.*\"policy\": \"rkv\"[^}]*\"max_batch\": 563,")
 endif()
+
+# The embedding example (docs/EMBEDDING.md): a toy engine over the executor, public headers
+# only, run to completion under every admission mode, swap and forks, with every check after
+# every step. fork-optimistic with R-KV is the case where a compression of shared blocks must
+# find its fresh blocks reserved.
+rkv_add_test_exe(example_toy_engine SOURCES ${PROJECT_SOURCE_DIR}/docs/examples/toy_engine.c)
+foreach(wl reserve optimistic swap fork fork-optimistic)
+  foreach(pol rkv h2o streaming full)
+    rkv_register_test(example_toy_engine_${wl}_${pol} COMMAND example_toy_engine ${wl} ${pol}
+                      LABELS "unit;scheduler")
+  endforeach()
+endforeach()
+rkv_register_test(example_toy_engine_fork-optimistic_snapkv
+                  COMMAND example_toy_engine fork-optimistic snapkv LABELS "unit;scheduler")
