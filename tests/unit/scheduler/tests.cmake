@@ -49,3 +49,16 @@ foreach(wl reserve optimistic swap fork fork-optimistic)
 endforeach()
 rkv_register_test(example_toy_engine_fork-optimistic_snapkv
                   COMMAND example_toy_engine fork-optimistic snapkv LABELS "unit;scheduler")
+
+# Results pinned across the executor refactor: the simulator's deterministic columns and the
+# trained model's eval counts equal the values recorded with the engines that preceded it.
+find_package(Python3 COMPONENTS Interpreter)
+if(Python3_Interpreter_FOUND AND NOT RKV_SANITIZE)
+  foreach(pin sim_tiny eval_trained)
+    add_test(NAME integration_pinned_${pin}
+             COMMAND ${Python3_EXECUTABLE} ${PROJECT_SOURCE_DIR}/tests/integration/pin_results.py
+                     $<TARGET_FILE:rkv> ${PROJECT_SOURCE_DIR}/tests/integration/pinned/${pin}.json)
+    set_tests_properties(integration_pinned_${pin} PROPERTIES TIMEOUT 600 LABELS "integration"
+                         WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+  endforeach()
+endif()
