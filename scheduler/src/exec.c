@@ -49,7 +49,10 @@ struct rkv_exec {
   size_t wslots_cap;
   void *ws;
   size_t ws_cap;
-  size_t bytes; /* allocated at create */
+  rkv_compact_map *maps; /* bookkeeping mode's compact_uniform output */
+  int32_t *old;
+  size_t maps_cap, old_cap; /* bytes */
+  size_t bytes;             /* allocated at create */
 
   char err[RKV_ERRBUF];
 };
@@ -90,6 +93,8 @@ void rkv_exec_destroy(rkv_exec *x) {
   rkvi_free(a, x->q_indptr, (ms + 1) * sizeof(int32_t));
   rkvi_free(a, x->wslots, x->wslots_cap);
   rkvi_free(a, x->ws, x->ws_cap);
+  rkvi_free(a, x->maps, x->maps_cap);
+  rkvi_free(a, x->old, x->old_cap);
   rkv_qwindow_destroy(x->qw);
   rkvi_free(a, x, sizeof *x);
 }
@@ -97,14 +102,16 @@ void rkv_exec_destroy(rkv_exec *x) {
 static rkv_status check_config(const rkv_exec_config *c, const rkv_blockmgr *m,
                                const rkv_kv_pool *pool, char *err, size_t len) {
   const rkv_blockmgr_config *bc = rkv_blockmgr_get_config(m);
-  const rkv_kv_layout *pl = rkv_kv_pool_layout(pool);
   const rkv_kv_layout ml = rkv_blockmgr_kv_layout(m);
-  if (pl->dtype != ml.dtype || pl->block_size != ml.block_size || pl->head_dim != ml.head_dim)
-    return cfg_err(err, len,
-                   "the pool's layout (dtype, block size, head_dim) differs from the "
-                   "block manager's");
-  if (rkv_kv_pool_num_blocks(pool) < bc->num_blocks)
-    return cfg_err(err, len, "the pool has fewer blocks than the block manager");
+  if (pool) {
+    const rkv_kv_layout *pl = rkv_kv_pool_layout(pool);
+    if (pl->dtype != ml.dtype || pl->block_size != ml.block_size || pl->head_dim != ml.head_dim)
+      return cfg_err(err, len,
+                     "the pool's layout (dtype, block size, head_dim) differs from the "
+                     "block manager's");
+    if (rkv_kv_pool_num_blocks(pool) < bc->num_blocks)
+      return cfg_err(err, len, "the pool has fewer blocks than the block manager");
+  }
   if (c->num_q_heads == 0 || c->num_q_heads % bc->num_kv_heads)
     return cfg_err(err, len, "num_q_heads must be a positive multiple of the kv heads");
   if (c->max_seqs == 0 || c->max_seqs > (1u << 20))
@@ -122,11 +129,11 @@ rkv_status rkv_exec_create(const rkv_exec_config *cfg, rkv_blockmgr *m, rkv_kv_p
   if (err && err_len) err[0] = '\0';
   if (!out) return cfg_err(err, err_len, "out is NULL");
   *out = NULL;
-  if (!cfg || !m || !pool) return cfg_err(err, err_len, "cfg, block manager and pool are required");
+  if (!cfg || !m) return cfg_err(err, err_len, "cfg and block manager are required");
   if (cfg->struct_size != sizeof(rkv_exec_config))
     return cfg_err(err, err_len, "struct_size is not a known version (use RKV_EXEC_CONFIG_INIT)");
   RKV_TRY(check_config(cfg, m, pool, err, err_len));
-  if (rkv_backend_get_kind(rkv_kv_pool_backend(pool)) != RKV_BACKEND_CPU)
+  if (pool && rkv_backend_get_kind(rkv_kv_pool_backend(pool)) != RKV_BACKEND_CPU)
     return rkvi_failn(err, err_len, RKV_ERR_UNSUPPORTED,
                       "rkv_exec_create: this release's executor drives CPU pools only");
   const rkv_blockmgr_config *bc = rkv_blockmgr_get_config(m);
@@ -152,10 +159,14 @@ rkv_status rkv_exec_create(const rkv_exec_config *cfg, rkv_blockmgr *m, rkv_kv_p
   rkv_kv_layout lay = rkv_blockmgr_kv_layout(m);
   x->block_bytes = rkv_kv_block_bytes(&lay);
   x->nidx = bc->max_seqs ? bc->max_seqs : 4096;
-  /* Streams of one sequence grow in lockstep and hold distinct blocks, so none can hold more
-   * than the pool's blocks / streams. */
-  uint64_t stride = cfg->max_stream_tokens ? (cfg->max_stream_tokens + x->bs - 1) / x->bs
-                                           : (bc->num_blocks + x->S - 1) / x->S;
+  /* The first row capacity; begin doubles it when a longer stream shows up. Streams of one
+   * sequence grow in lockstep and hold distinct blocks, so none ever holds more than the
+   * pool's blocks / streams. */
+  const uint64_t most = (bc->num_blocks + x->S - 1) / x->S;
+  uint64_t stride = cfg->max_stream_tokens
+                        ? (cfg->max_stream_tokens + x->bs - 1) / x->bs
+                        : (uint64_t)(cfg->evict.budget + cfg->evict.buffer) / x->bs + 1;
+  if (stride > most) stride = most;
   if (stride == 0) stride = 1;
   x->stride = (uint32_t)stride;
   const uint64_t mirror = (uint64_t)x->nidx * x->S * stride;
@@ -176,15 +187,16 @@ rkv_status rkv_exec_create(const rkv_exec_config *cfg, rkv_blockmgr *m, rkv_kv_p
   x->seq_row = rkvi_alloc(x->al, ms * sizeof(int32_t), 16);
   x->ids = rkvi_alloc(x->al, ms * sizeof(int64_t), 16);
   x->q_indptr = rkvi_alloc(x->al, (ms + 1) * sizeof(int32_t), 16);
-  if (cfg->host_blocks) x->host = rkvi_alloc(x->al, (size_t)cfg->host_blocks * x->block_bytes, 64);
+  const bool host = pool && cfg->host_blocks; /* bookkeeping moves no bytes */
+  if (host) x->host = rkvi_alloc(x->al, (size_t)cfg->host_blocks * x->block_bytes, 64);
   if (!x->rows || !x->lens || !x->owner || !x->stale || !x->layer_done || !x->seq_row || !x->ids ||
-      !x->q_indptr || (cfg->host_blocks && !x->host)) {
+      !x->q_indptr || (host && !x->host)) {
     rkvi_failn(err, err_len, ret,
                "rkv_exec_create: out of memory for the table mirror / swap pool");
     goto fail;
   }
   for (uint32_t i = 0; i < x->nidx; i++) x->owner[i] = -1;
-  if (needs_queries(cfg->evict.policy)) {
+  if (pool && needs_queries(cfg->evict.policy)) {
     rkv_qwindow_config qc = RKV_QWINDOW_CONFIG_INIT;
     qc.num_layers = x->L;
     qc.num_q_heads = x->Hq;
@@ -199,7 +211,7 @@ rkv_status rkv_exec_create(const rkv_exec_config *cfg, rkv_blockmgr *m, rkv_kv_p
     }
   }
   x->bytes = (size_t)mirror * 4 + (size_t)x->nidx * (x->S * 4 + 9) +
-             (size_t)cfg->host_blocks * x->block_bytes + ms * 16;
+             (host ? (size_t)cfg->host_blocks * x->block_bytes : 0) + ms * 16;
   *out = x;
   return RKV_OK;
 fail:
@@ -230,6 +242,28 @@ static void forget(rkv_exec *x, int64_t id) {
     if (x->owner[i] == id) x->owner[i] = -1;
 }
 
+/* Doubles the mirror's row capacity until `blocks` fit (rare: a stream longer than any
+ * before). Every entry is re-synced in full afterwards. Allocates before it changes anything. */
+static rkv_status grow_rows(rkv_exec *x, int64_t blocks) {
+  if (blocks <= (int64_t)x->stride) return RKV_OK;
+  uint64_t stride = x->stride;
+  while ((int64_t)stride < blocks) stride *= 2;
+  const uint64_t entries = (uint64_t)x->nidx * x->S * stride;
+  if (entries > ((uint64_t)1 << 32))
+    return rkvi_fail(x->err, RKV_ERR_CAPACITY,
+                     "begin: a stream of %lld blocks needs a table mirror of %llu entries",
+                     (long long)blocks, (unsigned long long)entries);
+  int32_t *rows = rkvi_alloc(x->al, (size_t)entries * sizeof(int32_t), 64);
+  if (!rows)
+    return rkvi_fail(x->err, RKV_ERR_NO_MEMORY, "begin: table mirror of %llu entries",
+                     (unsigned long long)entries);
+  rkvi_free(x->al, x->rows, (size_t)x->nidx * x->S * x->stride * sizeof(int32_t));
+  x->rows = rows;
+  x->stride = (uint32_t)stride;
+  for (uint32_t i = 0; i < x->nidx; i++) x->owner[i] = -1;
+  return RKV_OK;
+}
+
 /* Everything begin can refuse, checked before it changes anything. */
 static rkv_status validate_plan(rkv_exec *x, const rkv_sched_plan *p) {
   if (x->open)
@@ -238,7 +272,7 @@ static rkv_status validate_plan(rkv_exec *x, const rkv_sched_plan *p) {
   if (p->n_seqs > x->cfg.max_seqs)
     return rkvi_fail(x->err, RKV_ERR_CAPACITY, "begin: plan has %u sequences, max_seqs is %u",
                      p->n_seqs, x->cfg.max_seqs);
-  if (p->n_swap_out + p->n_swap_in && !x->host)
+  if (p->n_swap_out + p->n_swap_in && x->pool && !x->host)
     return rkvi_fail(x->err, RKV_ERR_INVALID_ARG, "begin: plan swaps but host_blocks is 0");
   for (uint32_t i = 0; i < p->n_swap_out; i++)
     if (p->swap_out[i].host < 0 || (uint32_t)p->swap_out[i].host >= x->cfg.host_blocks)
@@ -248,14 +282,11 @@ static rkv_status validate_plan(rkv_exec *x, const rkv_sched_plan *p) {
     if (p->swap_in[i].host < 0 || (uint32_t)p->swap_in[i].host >= x->cfg.host_blocks)
       return rkvi_fail(x->err, RKV_ERR_INVALID_ARG, "begin: swap-in from host block %d of %u",
                        p->swap_in[i].host, x->cfg.host_blocks);
+  int64_t longest = 0;
   for (uint32_t i = 0; i < p->n_seqs; i++) {
     const rkv_sched_seq *q = &p->seqs[i];
-    if ((int64_t)q->kv_len > (int64_t)x->stride * x->bs)
-      return rkvi_fail(x->err, RKV_ERR_CAPACITY,
-                       "begin: sequence %lld holds %d tokens per stream, the table mirror %u "
-                       "(raise max_stream_tokens)",
-                       (long long)q->id, q->kv_len, x->stride * x->bs);
-    if (q->evict && needs_queries(q->evict->policy) &&
+    if (q->kv_len > longest) longest = q->kv_len;
+    if (x->pool && q->evict && needs_queries(q->evict->policy) &&
         (!x->qw || q->evict->window != x->cfg.evict.window))
       return rkvi_fail(x->err, RKV_ERR_INVALID_ARG,
                        "begin: sequence %lld uses %s with window %d; the executor keeps %s",
@@ -263,7 +294,8 @@ static rkv_status validate_plan(rkv_exec *x, const rkv_sched_plan *p) {
                        x->qw ? "another window" : "no query window");
   }
   const size_t need = (size_t)p->n_batched_tokens * x->S * sizeof(int64_t);
-  return grow(x, (void **)&x->wslots, &x->wslots_cap, need, "slot mapping");
+  RKV_TRY(grow(x, (void **)&x->wslots, &x->wslots_cap, need, "slot mapping"));
+  return grow_rows(x, (longest + x->bs - 1) / x->bs);
 }
 
 /* Swap and copy-on-write traffic: device blocks to the host pool and back, then copies. */
@@ -365,7 +397,7 @@ rkv_status rkv_exec_begin(rkv_exec *x, const rkv_sched_plan *p) {
   if (!p) return rkvi_fail(x->err, RKV_ERR_INVALID_ARG, "begin: plan is NULL");
   RKV_TRY(validate_plan(x, p));
   RKV_TRY(window_lifecycle(x, p));
-  rkv_status st = move_blocks(x, p);
+  rkv_status st = x->pool ? move_blocks(x, p) : RKV_OK;
   if (st != RKV_OK)
     return rkvi_fail(x->err, st, "begin: swap / copy: %s",
                      rkv_backend_last_error(rkv_kv_pool_backend(x->pool)));
@@ -432,6 +464,9 @@ rkv_status rkv_exec_layer(rkv_exec *x, uint32_t layer, const float *q, const flo
   if (layer >= x->L) return rkvi_fail(x->err, RKV_ERR_INVALID_ARG, "layer %u >= %u", layer, x->L);
   if (x->layer_done[layer])
     return rkvi_fail(x->err, RKV_ERR_STATE, "layer %u already ran in this step", layer);
+  if (!x->pool)
+    return rkvi_fail(x->err, RKV_ERR_STATE,
+                     "layer: a bookkeeping executor (no pool) runs no layers");
   if (x->rows_n && (!q || !k || !v || !out))
     return rkvi_fail(x->err, RKV_ERR_INVALID_ARG, "layer %u: q, k, v and out are required", layer);
   const rkv_sched_plan *p = x->plan;
@@ -489,6 +524,33 @@ static rkv_status compress_seq(rkv_exec *x, const rkv_sched_seq *q, rkv_sched_ou
   return RKV_OK;
 }
 
+/* Bookkeeping mode: every stream of a flagged sequence is cut to the budget on the host, as a
+ * device engine's first step does (which tokens survive changes no block count). */
+static rkv_status cut_seq(rkv_exec *x, const rkv_sched_seq *q, rkv_sched_output *o) {
+  const rkv_evict_params *ev = q->evict ? q->evict : &x->cfg.evict;
+  if (ev->policy == RKV_EVICT_FULL) return RKV_OK;
+  const uint32_t free0 = rkv_blockmgr_free_blocks(x->bm);
+  uint32_t nm = 0, no = 0;
+  for (;;) {
+    rkv_status st = rkv_blockmgr_compact_uniform(
+        x->bm, q->id, -1, ev->budget, x->maps, (uint32_t)(x->maps_cap / sizeof *x->maps), &nm,
+        x->old, (uint32_t)(x->old_cap / sizeof *x->old), &no);
+    if (st == RKV_OK) break;
+    if (st != RKV_ERR_CAPACITY)
+      return rkvi_fail(x->err, st, "compress %lld: %s", (long long)q->id,
+                       rkv_blockmgr_last_error(x->bm));
+    RKV_TRY(grow(x, (void **)&x->maps, &x->maps_cap, (size_t)nm * sizeof *x->maps, "maps"));
+    RKV_TRY(grow(x, (void **)&x->old, &x->old_cap, (size_t)no * sizeof *x->old, "old rows"));
+  }
+  for (uint32_t i = 0; i < nm; i++)
+    o->tokens_evicted += (uint64_t)(x->maps[i].old_len - x->maps[i].new_len);
+  o->blocks_freed = rkv_blockmgr_free_blocks(x->bm) - free0;
+  o->compressed = true;
+  const int32_t idx = rkv_blockmgr_seq_index(x->bm, q->id);
+  if (idx >= 0) x->stale[idx] = 1;
+  return RKV_OK;
+}
+
 rkv_status rkv_exec_finish(rkv_exec *x, rkv_sched_output *outs, uint32_t n) {
   if (!x) return RKV_ERR_INVALID_ARG;
   if (!x->open) return rkvi_fail(x->err, RKV_ERR_STATE, "finish: no step is open");
@@ -496,7 +558,7 @@ rkv_status rkv_exec_finish(rkv_exec *x, rkv_sched_output *outs, uint32_t n) {
   if (n != p->n_seqs || (n && !outs))
     return rkvi_fail(x->err, RKV_ERR_INVALID_ARG, "finish: %u outputs for %u scheduled", n,
                      p->n_seqs);
-  if (p->n_batched_tokens)
+  if (p->n_batched_tokens && x->pool)
     for (uint32_t l = 0; l < x->L; l++)
       if (!x->layer_done[l])
         return rkvi_fail(x->err, RKV_ERR_STATE, "finish: layer %u did not run", l);
@@ -510,7 +572,8 @@ rkv_status rkv_exec_finish(rkv_exec *x, rkv_sched_output *outs, uint32_t n) {
   for (uint32_t i = 0; i < n; i++) {
     /* a sequence that ends now frees its blocks at the report: compressing it is wasted work */
     if (!p->seqs[i].compress || outs[i].eos) continue;
-    rkv_status st = compress_seq(x, &p->seqs[i], &outs[i]);
+    rkv_status st =
+        x->pool ? compress_seq(x, &p->seqs[i], &outs[i]) : cut_seq(x, &p->seqs[i], &outs[i]);
     if (st == RKV_ERR_INTERNAL) {
       ret = st;
       break;

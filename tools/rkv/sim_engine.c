@@ -1,11 +1,10 @@
-/* `rkv sim` compute engines. `none` keeps real block accounting but does no tensor math:
- * a flagged compression cuts every stream of the sequence to the budget with
- * rkv_blockmgr_compact_uniform (which tokens survive does not change any block count).
- * `cpu` runs the library's plan executor (rkv/executor.h) on a CPU KV pool: this file only
- * synthesises each layer's Q/K/V rows (see sim_tokens and docs/SIMULATOR.md) and measures;
- * the executor does swaps, copies, K/V writes, paged attention and compressions. `cuda`
- * (sim_engine_cuda.c, through sim_cuda.h) runs the same step on a GPU with this file's
- * synthesis. */
+/* `rkv sim` compute engines. `none` keeps real block accounting but does no tensor math: the
+ * executor without a pool (bookkeeping mode) cuts every stream of a flagged sequence to the
+ * budget (which tokens survive does not change any block count). `cpu` runs the library's plan
+ * executor (rkv/executor.h) on a CPU KV pool: this file only synthesises each layer's Q/K/V rows
+ * (see sim_tokens and docs/SIMULATOR.md) and measures; the executor does swaps, copies, K/V writes,
+ * paged attention and compressions. `cuda` (sim_engine_cuda.c, through sim_cuda.h) runs the same
+ * step on a GPU with this file's synthesis. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,11 +22,6 @@ struct sim_engine {
   rkv_evict_params ev;
   uint64_t seed;
   sim_engine_times times;
-  /* none */
-  rkv_compact_map *maps;
-  uint32_t maps_cap;
-  int32_t *old;
-  uint32_t old_cap;
   /* cpu */
   rkv_backend *be;
   rkv_kv_pool *pool;
@@ -95,6 +89,29 @@ static bool make_tables(sim_engine *e, const sim_model *m, uint64_t seed, uint32
   return true;
 }
 
+/* The library's executor over the pool (NULL: bookkeeping only), sized for the workload's
+ * longest request. */
+static bool make_exec(sim_engine *e, const sim_model *m, rkv_blockmgr *bm, rkv_kv_pool *pool,
+                      const rkv_evict_params *ev, uint32_t host_blocks, uint32_t max_seqs) {
+  rkv_exec_config xc = RKV_EXEC_CONFIG_INIT;
+  xc.num_q_heads = m->q_heads;
+  xc.max_seqs = max_seqs;
+  xc.host_blocks = host_blocks;
+  xc.evict = *ev;
+  /* a stream never holds more than the request's bounded footprint (prompt, or B + buffer) */
+  const int64_t cap = (int64_t)ev->budget + ev->buffer;
+  for (uint32_t i = 0; i < e->n_reqs; i++) {
+    int64_t len = e->reqs[i].prompt + e->reqs[i].gen;
+    if (ev->policy != RKV_EVICT_FULL && len > cap)
+      len = e->reqs[i].prompt > cap ? e->reqs[i].prompt : cap;
+    if (len > (int64_t)xc.max_stream_tokens) xc.max_stream_tokens = (uint32_t)len;
+  }
+  char err[256];
+  if (rkv_exec_create(&xc, bm, pool, &e->x, err, sizeof err) == RKV_OK) return true;
+  fprintf(stderr, "rkv sim: executor: %s\n", err);
+  return false;
+}
+
 bool sim_engine_create(sim_compute kind, const sim_model *m, rkv_blockmgr *bm,
                        const rkv_evict_params *ev, uint32_t host_blocks, uint32_t max_seqs,
                        uint64_t seed, const sim_req *reqs, uint32_t n_reqs, int threads,
@@ -110,6 +127,10 @@ bool sim_engine_create(sim_compute kind, const sim_model *m, rkv_blockmgr *bm,
   e->reqs = reqs;
   e->n_reqs = n_reqs;
   if (kind == SIM_COMPUTE_NONE) {
+    if (!make_exec(e, m, bm, NULL, ev, host_blocks, max_seqs)) {
+      sim_engine_destroy(e);
+      return false;
+    }
     *out = e;
     return true;
   }
@@ -135,19 +156,7 @@ bool sim_engine_create(sim_compute kind, const sim_model *m, rkv_blockmgr *bm,
     sim_engine_destroy(e);
     return false;
   }
-  rkv_exec_config xc = RKV_EXEC_CONFIG_INIT;
-  xc.num_q_heads = m->q_heads;
-  xc.max_seqs = max_seqs;
-  xc.host_blocks = host_blocks;
-  xc.evict = *ev;
-  for (uint32_t i = 0; i < n_reqs; i++) {
-    int64_t len = reqs[i].prompt + reqs[i].gen;
-    if (len > (int64_t)xc.max_stream_tokens) xc.max_stream_tokens = (uint32_t)len;
-  }
-  char err[256];
-  st = rkv_exec_create(&xc, bm, e->pool, &e->x, err, sizeof err);
-  if (st != RKV_OK) {
-    fprintf(stderr, "rkv sim: executor: %s\n", err);
+  if (!make_exec(e, m, bm, e->pool, ev, host_blocks, max_seqs)) {
     sim_engine_destroy(e);
     return false;
   }
@@ -161,8 +170,6 @@ bool sim_engine_create(sim_compute kind, const sim_model *m, rkv_blockmgr *bm,
 
 void sim_engine_destroy(sim_engine *e) {
   if (!e) return;
-  free(e->maps);
-  free(e->old);
   if (e->tokens)
     for (uint32_t i = 0; i < e->n_reqs; i++) free(e->tokens[i]);
   free(e->tokens);
@@ -183,39 +190,6 @@ void sim_engine_destroy(sim_engine *e) {
 
 const sim_engine_times *sim_engine_get_times(const sim_engine *e) {
   return &e->times;
-}
-
-/* ---- none ------------------------------------------------------------------------------ */
-
-static bool compress_uniform(sim_engine *e, const rkv_sched_seq *q, rkv_sched_output *o) {
-  rkv_blockmgr_stats a, b;
-  rkv_blockmgr_get_stats(e->bm, &a);
-  for (;;) {
-    uint32_t nm = 0, no = 0;
-    rkv_status st = rkv_blockmgr_compact_uniform(e->bm, q->id, -1, q->evict->budget, e->maps,
-                                                 e->maps_cap, &nm, e->old, e->old_cap, &no);
-    if (st == RKV_ERR_CAPACITY) {
-      size_t mc = e->maps_cap, oc = e->old_cap;
-      if (!sim_grow((void **)&e->maps, &mc, nm, sizeof *e->maps) ||
-          !sim_grow((void **)&e->old, &oc, no, sizeof *e->old))
-        return false;
-      e->maps_cap = (uint32_t)mc;
-      e->old_cap = (uint32_t)oc;
-      continue;
-    }
-    if (st != RKV_OK) {
-      fprintf(stderr, "rkv sim: compact_uniform(seq %lld): %s\n", (long long)q->id,
-              rkv_blockmgr_last_error(e->bm));
-      return false;
-    }
-    for (uint32_t i = 0; i < nm; i++)
-      o->tokens_evicted += (uint64_t)(e->maps[i].old_len - e->maps[i].new_len);
-    break;
-  }
-  rkv_blockmgr_get_stats(e->bm, &b);
-  o->blocks_freed = b.free_blocks - a.free_blocks;
-  o->compressed = true;
-  return true;
 }
 
 /* ---- cpu ------------------------------------------------------------------------------- */
@@ -370,9 +344,11 @@ bool sim_engine_run(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *ou
   if (e->cuda) return sim_cuda_run(e->cuda, p, outs);
   if (e->kind != SIM_COMPUTE_NONE) return run_cpu(e, p, outs);
   double t0 = rkv_tool_now();
-  for (uint32_t i = 0; i < p->n_seqs; i++)
-    if (p->seqs[i].compress && !compress_uniform(e, &p->seqs[i], &outs[i])) return false;
-  e->times.evict += rkv_tool_now() - t0;
+  if (!exec_ok(e, rkv_exec_begin(e->x, p), "executor begin")) return false;
+  double t1 = rkv_tool_now();
+  e->times.swap += t1 - t0;
+  if (!exec_ok(e, rkv_exec_finish(e->x, outs, p->n_seqs), "executor finish")) return false;
+  e->times.evict += rkv_tool_now() - t1;
   return true;
 }
 

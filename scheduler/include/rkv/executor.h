@@ -51,8 +51,9 @@ typedef struct rkv_exec_config {
   uint32_t num_q_heads;           /* multiple of the block manager's kv heads */
   float scale;                    /* softmax scale; 0 = 1/sqrt(head_dim) */
   uint32_t max_seqs;              /* sequences per plan (the scheduler's max_seqs) */
-  uint32_t max_stream_tokens;     /* longest stream a sequence may hold (sizes the table mirror;
-                                   * 0 = the whole pool) */
+  uint32_t max_stream_tokens;     /* expected longest stream: the table mirror's first row
+                                   * capacity (0 = the default policy's B + buffer); doubled,
+                                   * with a full re-sync, when a longer stream shows up */
   uint32_t host_blocks;           /* swap pool in blocks (the scheduler's host_blocks) */
   rkv_evict_params evict;         /* the default policy: its window sizes the query window */
   const rkv_allocator *allocator; /* NULL = libc */
@@ -61,10 +62,13 @@ typedef struct rkv_exec_config {
   { sizeof(rkv_exec_config), 0, 0.0f, 256, 0, 0, RKV_EVICT_PARAMS_INIT, NULL }
 
 /* Creates an executor over a pool and the block manager whose ids index it (both borrowed:
- * they must outlive the executor). Layers, kv heads, head_dim, block size and dtype come from
- * the block manager and must match the pool. RKV_ERR_INVALID_ARG (text in err), RKV_ERR_NO_MEMORY,
- * RKV_ERR_UNSUPPORTED (a pool on a backend this release's executor does not drive yet: CUDA).
- * *out = NULL on failure. */
+ * they must outlive the executor). pool NULL gives a bookkeeping executor: plans are applied
+ * to the table mirror and slot mapping only (no bytes move, rkv_exec_layer is RKV_ERR_STATE
+ * and not required), and a flagged compression cuts every stream to the budget with
+ * rkv_blockmgr_compact_uniform: for simulators, capacity planning and host-cost benchmarks. Layers,
+ * kv heads, head_dim, block size and dtype come from the block manager and must match the pool.
+ * RKV_ERR_INVALID_ARG (text in err), RKV_ERR_NO_MEMORY, RKV_ERR_UNSUPPORTED (a pool on a backend
+ * this release's executor does not drive yet: CUDA). *out = NULL on failure. */
 RKV_API rkv_status rkv_exec_create(const rkv_exec_config *cfg, rkv_blockmgr *m, rkv_kv_pool *pool,
                                    rkv_exec **out, char *err, size_t err_len);
 /* Accepts NULL. */
@@ -78,8 +82,8 @@ RKV_API const char *rkv_exec_last_error(const rkv_exec *x);
  * out the slot mapping. The plan must stay valid until rkv_exec_finish (it does until the next
  * rkv_sched_step). RKV_ERR_STATE (a step is open), RKV_ERR_INVALID_ARG (a request's policy
  * needs a query window of another size than the executor keeps, or none is kept),
- * RKV_ERR_CAPACITY (a stream longer than max_stream_tokens, more than max_seqs sequences),
- * RKV_ERR_NO_MEMORY (scratch growth, before anything changed). */
+ * RKV_ERR_CAPACITY (more than max_seqs sequences), RKV_ERR_NO_MEMORY (scratch or mirror
+ * growth, before anything changed). */
 RKV_API rkv_status rkv_exec_begin(rkv_exec *x, const rkv_sched_plan *plan);
 
 /* One layer of the open step: writes the rows' K/V into their slots, runs paged attention
