@@ -10,6 +10,18 @@ else()
 endif()
 set_tests_properties(evict_crosscheck_numpy PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300
   LABELS "unit;evict")
+# Selection granularity (stream, layer, kvhead, sequence) of `rkv select` on multi-layer
+# inputs against ref_rkv.select_multi; skipped (77) without a numpy interpreter.
+if(RKV_NUMPY_PYTHON)
+  add_test(NAME evict_crosscheck_granularity
+    COMMAND ${RKV_NUMPY_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/crosscheck_granularity.py
+            --rkv $<TARGET_FILE:rkv> --workdir ${CMAKE_CURRENT_BINARY_DIR}/evict_granularity)
+else()
+  add_test(NAME evict_crosscheck_granularity
+    COMMAND sh -c "echo 'SKIP: no python3 that imports numpy'; echo '0 passed, 0 failed, 1 skipped'; exit 77")
+endif()
+set_tests_properties(evict_crosscheck_granularity PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300
+  LABELS "unit;evict")
 # `rkv select --help` prints usage; bad input is a clear error, not a crash.
 add_test(NAME evict_select_help COMMAND rkv select --help)
 set_tests_properties(evict_select_help PROPERTIES TIMEOUT 30 LABELS "unit;evict"
