@@ -66,7 +66,9 @@ static size_t stream_index(const multi_call *c, uint32_t l, uint32_t h) {
 /* Scores stream (l, h) into ws->z (its n - window candidates). */
 static void score_stream(const multi_call *c, uint32_t l, uint32_t h, rkvi_head_ws *ws) {
   const size_t s = stream_index(c, l, h), n = (size_t)c->n, W = (size_t)c->p->window;
-  if (c->keys) memcpy(ws->k, c->keys + s * n * c->d, n * c->d * sizeof(float));
+  /* H2O ranks by the masses alone: its keys are never read, so never copied. */
+  if (c->keys && c->p->policy != RKV_EVICT_H2O)
+    memcpy(ws->k, c->keys + s * n * c->d, n * c->d * sizeof(float));
   const float *q =
       c->queries ? c->queries + ((size_t)l * c->qh + (size_t)h * c->group) * W * c->d : NULL;
   rkvi_head_dump hd = {NULL, NULL, NULL}, *hdp = NULL;

@@ -36,3 +36,9 @@ set_tests_properties(evict_select_bad_npy PROPERTIES TIMEOUT 30 LABELS "unit;evi
 add_test(NAME evict_bench_smoke
   COMMAND rkv bench evict --budgets 64,96 --kv-heads 2 --gqa 2 --head-dim 32 --reps 1)
 set_tests_properties(evict_bench_smoke PROPERTIES TIMEOUT 60 LABELS "unit;evict")
+# The granularity benchmark stays runnable (tiny sizes: a smoke test, not a measurement).
+add_test(NAME evict_bench_granularity_smoke
+  COMMAND rkv bench granularity --layers 2 --kv-heads 2 --gqa 2 --n 80 --budget 64 --head-dim 32
+          --reps 1)
+set_tests_properties(evict_bench_granularity_smoke PROPERTIES TIMEOUT 60 LABELS "unit;evict"
+  PASS_REGULAR_EXPRESSION "sequence")
