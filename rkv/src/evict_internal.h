@@ -60,6 +60,15 @@ typedef struct rkvi_head_dump {
   float *joint;
 } rkvi_head_dump;
 
+/* The selection key of one kv head: the joint score Z of its n - window candidates into
+ * ws->z (R-KV: lambda I - (1 - lambda) R; SnapKV: I; H2O: the accumulated mass), plus the
+ * optional dumps. Split from rkvi_evict_head so that coarser selection granularities rank by
+ * sums of exactly the numbers a per-stream step ranks by. Same inputs as rkvi_evict_head;
+ * requires n > window and a scored policy (R-KV, SnapKV, H2O). */
+void rkvi_evict_head_score(const rkv_evict_params *p, int32_t n, uint32_t d, uint32_t group,
+                           const float *q, const float *acc, rkvi_head_ws *ws,
+                           const rkvi_head_dump *dump);
+
 /* Scores and selects one kv head.
  *  ws->k holds the head's keys [n][d] as f32 (overwritten: normalised in place);
  *  q    [group][window][d] the window queries of the head's query group (R-KV, SnapKV);

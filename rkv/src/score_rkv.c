@@ -125,19 +125,11 @@ static void redundancy(const rkv_evict_params *p, int32_t n, uint32_t d, rkvi_he
   for (int32_t j = 0; j < n; j++) r[j] /= sum;
 }
 
-void rkvi_evict_head(const rkv_evict_params *p, int32_t n, uint32_t d, uint32_t group,
-                     const float *q, const float *acc, rkvi_head_ws *ws, int32_t *keep,
-                     const rkvi_head_dump *dump) {
-  const int32_t B = p->budget, w = p->window;
-  RKV_ASSERT(n > B);
-  if (p->policy == RKV_EVICT_STREAMING) {
-    const int32_t recent = B - p->sinks;
-    int32_t m = 0;
-    for (int32_t j = 0; j < p->sinks; j++) keep[m++] = j;
-    for (int32_t j = n - recent; j < n; j++) keep[m++] = j;
-    return;
-  }
-  const int32_t n_c = n - w;
+void rkvi_evict_head_score(const rkv_evict_params *p, int32_t n, uint32_t d, uint32_t group,
+                           const float *q, const float *acc, rkvi_head_ws *ws,
+                           const rkvi_head_dump *dump) {
+  RKV_ASSERT(n > p->window && p->policy != RKV_EVICT_STREAMING && p->policy != RKV_EVICT_FULL);
+  const int32_t n_c = n - p->window;
   double *z = ws->z;
   if (p->policy == RKV_EVICT_H2O) {
     for (int32_t j = 0; j < n_c; j++) z[j] = acc ? (double)acc[j] : 0.0;
@@ -160,5 +152,20 @@ void rkvi_evict_head(const rkv_evict_params *p, int32_t n, uint32_t d, uint32_t 
       if (dump->joint) dump->joint[j] = (float)z[j];
     }
   }
-  rkvi_select_top(z, n_c, B - w, n, ws->heap, ws->mark, keep);
+}
+
+void rkvi_evict_head(const rkv_evict_params *p, int32_t n, uint32_t d, uint32_t group,
+                     const float *q, const float *acc, rkvi_head_ws *ws, int32_t *keep,
+                     const rkvi_head_dump *dump) {
+  const int32_t B = p->budget, w = p->window;
+  RKV_ASSERT(n > B);
+  if (p->policy == RKV_EVICT_STREAMING) {
+    const int32_t recent = B - p->sinks;
+    int32_t m = 0;
+    for (int32_t j = 0; j < p->sinks; j++) keep[m++] = j;
+    for (int32_t j = n - recent; j < n; j++) keep[m++] = j;
+    return;
+  }
+  rkvi_evict_head_score(p, n, d, group, q, acc, ws, dump);
+  rkvi_select_top(ws->z, n - w, B - w, n, ws->heap, ws->mark, keep);
 }

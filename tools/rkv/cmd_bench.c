@@ -6,7 +6,8 @@
 
 #include "bench.h"
 
-const char rkv_cmd_bench_summary[] = "benchmarks: blockmgr, evict, attention (rkv bench --help)";
+const char rkv_cmd_bench_summary[] =
+    "benchmarks: blockmgr, evict, granularity, attention (rkv bench --help)";
 
 static const struct {
   const char *name;
@@ -15,13 +16,14 @@ static const struct {
 } kBenches[] = {
     {"blockmgr", rkv_bench_blockmgr, "host time per decode step and per compaction"},
     {"evict", rkv_bench_evict, "one-layer compression time vs a same-size sgemm"},
+    {"granularity", rkv_bench_granularity, "dense step of all layers per selection unit vs stream"},
     {"attention", rkv_bench_attention, "paged attention bandwidth vs a memory copy"},
 };
 
 static void usage(FILE *f) {
   fprintf(f, "usage: rkv bench <what> [options]   (rkv bench <what> --help)\n\n");
   for (size_t i = 0; i < sizeof kBenches / sizeof kBenches[0]; i++)
-    fprintf(f, "  %-10s %s\n", kBenches[i].name, kBenches[i].what);
+    fprintf(f, "  %-12s %s\n", kBenches[i].name, kBenches[i].what);
 }
 
 int rkv_cmd_bench(int argc, char **argv) {

@@ -132,6 +132,63 @@ RKV_API rkv_status rkv_evict_select_dense(const rkv_evict_params *p, const float
                                           const rkv_evict_scores *dump, void *workspace,
                                           size_t ws_bytes, char *err, size_t err_len);
 
+/* ---- Selection granularity (dense entry) ------------------------------------------------ */
+
+/* Which streams share one kept set. A stream is one (layer, kv head) of a sequence; the
+ * per-stream step above is RKV_EVICT_GRAN_STREAM. The coarser units rank the candidates of
+ * every member stream by an aggregate of the members' per-stream joint scores Z (the key
+ * rkv_evict_scores.joint dumps), then give every member the same kept positions:
+ *  STREAM   one set per (layer, kv head): Z itself;
+ *  LAYER    one set per layer: the mean over the layer's kv heads of Z;
+ *  KVHEAD   one set per kv head index, shared by all layers: the sum over layers of Z;
+ *  SEQUENCE one set for all layers and heads: the sum over layers of the mean over kv heads.
+ * See docs/EVICTION.md, "Selection granularity". */
+typedef enum rkv_evict_granularity {
+  RKV_EVICT_GRAN_STREAM = 0,
+  RKV_EVICT_GRAN_LAYER = 1,
+  RKV_EVICT_GRAN_KVHEAD = 2,
+  RKV_EVICT_GRAN_SEQUENCE = 3,
+  RKV_EVICT_GRAN_COUNT_
+} rkv_evict_granularity;
+
+/* "stream", "layer", "kvhead", "sequence" ("invalid" out of range). */
+RKV_API const char *rkv_evict_granularity_name(rkv_evict_granularity g);
+/* Parses the names above; RKV_ERR_INVALID_ARG (out untouched) for anything else. */
+RKV_API rkv_status rkv_evict_granularity_parse(const char *name, rkv_evict_granularity *out);
+
+/* Workspace bytes rkv_evict_select_dense_multi needs for n tokens of head_dim (for
+ * RKV_EVICT_GRAN_STREAM exactly rkv_evict_dense_workspace_size; the coarser units add two
+ * score vectors of n doubles). RKV_ERR_INVALID_ARG for invalid parameters, granularity or
+ * sizes. */
+RKV_API rkv_status rkv_evict_dense_multi_workspace_size(const rkv_evict_params *p,
+                                                        rkv_evict_granularity g, uint32_t head_dim,
+                                                        int32_t n, size_t *bytes);
+
+/* One compression step of every layer of one sequence at granularity g, on dense f32 inputs
+ * (all streams hold the same n tokens):
+ *  keys    [num_layers][num_kv_heads][n][head_dim] (NULL allowed for streaming / full / h2o);
+ *  queries [num_layers][num_q_heads][window][head_dim] (R-KV, SnapKV);
+ *  acc     [num_layers][num_kv_heads][n] accumulated attention mass (H2O only);
+ *  keep    [num_layers][num_kv_heads][rkv_evict_kept_count(p, n)] receives each stream's
+ *          kept positions, ascending; all streams of one group get the same positions;
+ *  dump    optional per-stream (not aggregated) scores, each [num_layers][num_kv_heads]
+ *          [n - window], as rkv_evict_select_dense writes them per layer.
+ * Every group keeps the window and the best budget - window candidates by the aggregated
+ * score (ties: the lower position; NaN ranks last). RKV_EVICT_GRAN_STREAM gives exactly
+ * rkv_evict_select_dense of each layer; streaming, full and n <= budget give the same set
+ * at every granularity. Scores each stream once with the per-stream code, so the cost is
+ * num_layers times that of rkv_evict_select_dense plus O(num_layers * num_kv_heads * n).
+ * RKV_ERR_INVALID_ARG (text in err: parameters, granularity, shapes, missing inputs),
+ * RKV_ERR_CAPACITY (ws_bytes too small); nothing is written on failure. Thread-safe on
+ * distinct workspaces. */
+RKV_API rkv_status rkv_evict_select_dense_multi(const rkv_evict_params *p, rkv_evict_granularity g,
+                                                const float *keys, const float *queries,
+                                                const float *acc, uint32_t num_layers,
+                                                uint32_t num_kv_heads, uint32_t num_q_heads,
+                                                int32_t n, uint32_t head_dim, int32_t *keep,
+                                                const rkv_evict_scores *dump, void *workspace,
+                                                size_t ws_bytes, char *err, size_t err_len);
+
 /* ---- H2O score accumulation (CPU path until the attention module feeds it) ------------- */
 
 /* Adds one decode step's attention probabilities to the per-slot score buffer

@@ -85,3 +85,56 @@ def select(policy, K, Q=None, acc=None, budget=1024, window=8, kernel=7, lam=0.1
     else:
         raise ValueError(policy)
     return top_with_window(Z, n, budget, window), Z
+
+
+GRANULARITIES = ("stream", "layer", "kvhead", "sequence")
+
+
+def aggregate(Z, granularity):
+    """Selection granularity (docs/EVICTION.md): Z [L, H, nc] per-stream joint scores of one
+    sequence -> the score each stream's kept set is chosen by, [L, H, nc]. Streams of one
+    group get the same row:
+      stream    Z itself
+      layer     mean over the layer's kv heads
+      kvhead    sum over layers (one set per kv head index)
+      sequence  sum over layers of the mean over kv heads
+    Sums run in ascending index order, f64; a mean is the sum divided by the head count."""
+    L, H, nc = Z.shape
+    if granularity == "stream":
+        return Z.copy()
+    if granularity == "kvhead":
+        A = np.zeros((H, nc))
+        for l in range(L):
+            A = A + Z[l]
+        return np.broadcast_to(A[None], Z.shape).copy()
+    M = np.zeros((L, nc))                              # per-layer head mean
+    for h in range(H):
+        M = M + Z[:, h]
+    M = M / H
+    if granularity == "layer":
+        return np.broadcast_to(M[:, None], Z.shape).copy()
+    if granularity == "sequence":
+        A = np.zeros(nc)
+        for l in range(L):
+            A = A + M[l]
+        return np.broadcast_to(A[None, None], Z.shape).copy()
+    raise ValueError(granularity)
+
+
+def select_multi(policy, granularity, K, Q=None, acc=None, budget=1024, window=8, kernel=7,
+                 lam=0.1, threshold=0.5, sinks=4):
+    """One step of every layer at a granularity. K [L, H, n, d], Q [L, QH, window, d],
+    acc [L, H, n]. Returns kept positions [L, H, min(n, B)] and the aggregated key
+    [L, H, n - window] (None when nothing is scored: streaming or n <= B)."""
+    L, H, n, _ = K.shape
+    Zs = []
+    for l in range(L):
+        keep, Z = select(policy, K[l], None if Q is None else Q[l],
+                         None if acc is None else acc[l], budget, window, kernel, lam,
+                         threshold, sinks)
+        if Z is None:                                  # streaming or n <= B: same everywhere
+            return np.stack([keep] * L), None
+        Zs.append(Z)
+    A = aggregate(np.stack(Zs), granularity)
+    keep = top_with_window(A.reshape(L * H, n - window), n, budget, window)
+    return keep.reshape(L, H, budget), A
