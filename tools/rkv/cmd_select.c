@@ -8,6 +8,7 @@
 #include "rkv_tool.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -68,7 +69,8 @@ static int parse(int argc, char **argv, select_opts *o) {
     } else if (strcmp(a, "--policy") == 0) {
       if (!(v = rkv_tool_optval(cmd, argc, argv, &i))) return 2;
       if (rkv_evict_policy_parse(v, &o->p.policy) != RKV_OK || o->p.policy == RKV_EVICT_FULL) {
-        fprintf(stderr, "rkv select: unknown policy '%s' (rkv, snapkv, streaming, h2o)\n", v);
+        fprintf(stderr, "rkv select: bad value for --policy: '%s' (rkv, snapkv, streaming, h2o)\n",
+                v);
         return 2;
       }
     } else if (strcmp(a, "--keys") == 0) {
@@ -107,7 +109,7 @@ static int parse(int argc, char **argv, select_opts *o) {
     } else if (strcmp(a, "--dtype") == 0) {
       if (!(v = rkv_tool_optval(cmd, argc, argv, &i))) return 2;
       if (rkv_dtype_parse(v, &o->dtype) != RKV_OK) {
-        fprintf(stderr, "rkv select: unknown dtype '%s' (f32, f16, bf16)\n", v);
+        fprintf(stderr, "rkv select: bad value for --dtype: '%s' (f32, f16, bf16)\n", v);
         return 2;
       }
     } else {
@@ -147,6 +149,31 @@ static int save_dump(const char *dir, const char *name, int64_t h, int64_t nc, c
     return 1;
   }
   return 0;
+}
+
+/* NaN or Inf in the inputs (or an f8 value beyond float range) would make every score NaN
+ * and the selection meaningless while still exiting 0: refuse, naming the option, the file
+ * and the first bad element. */
+static bool all_finite(const char *opt, const char *path, const float *x, const rkv_npy *info) {
+  for (size_t i = 0; i < info->count; i++) {
+    if (isfinite(x[i])) continue;
+    size_t idx[RKV_NPY_MAX_DIMS] = {0}, rest = i;
+    for (int dim = info->ndim - 1; dim >= 0; dim--) { /* C order: last dimension fastest */
+      size_t ext = (size_t)info->shape[dim];
+      idx[dim] = rest % ext; /* ext > 0: the array holds element i */
+      rest /= ext;
+    }
+    char where[RKV_NPY_MAX_DIMS * 22 + 1] = "";
+    for (int dim = 0, len = 0; dim < info->ndim; dim++)
+      len += snprintf(where + len, sizeof where - (size_t)len, "%s%zu", dim ? ", " : "", idx[dim]);
+    fprintf(stderr, "rkv select: %s: %s: element [%s] is %s; inputs must be finite\n", opt, path,
+            where,
+            isnan(x[i]) ? "NaN"
+            : x[i] > 0  ? "+Inf"
+                        : "-Inf");
+    return false;
+  }
+  return true;
 }
 
 typedef struct select_state {
@@ -191,9 +218,10 @@ int rkv_cmd_select(int argc, char **argv) {
   rkv_npy ki, qi, si;
   rc = 1;
   if (rkv_npy_load_f32(o.keys, &st.k, &ki, err, sizeof err) != RKV_OK) {
-    fprintf(stderr, "rkv select: %s\n", err);
+    fprintf(stderr, "rkv select: --keys: %s\n", err);
     goto fail;
   }
+  if (!all_finite("--keys", o.keys, st.k, &ki)) goto fail;
   if (ki.ndim != 3 || ki.shape[0] < 1 || ki.shape[0] > 1024 || ki.shape[1] < 1 ||
       ki.shape[1] >= (1 << 24) || ki.shape[2] < 3 || ki.shape[2] > 4096) {
     fprintf(stderr,
@@ -211,9 +239,10 @@ int rkv_cmd_select(int argc, char **argv) {
       goto fail;
     }
     if (rkv_npy_load_f32(o.queries, &st.q, &qi, err, sizeof err) != RKV_OK) {
-      fprintf(stderr, "rkv select: %s\n", err);
+      fprintf(stderr, "rkv select: --queries: %s\n", err);
       goto fail;
     }
+    if (!all_finite("--queries", o.queries, st.q, &qi)) goto fail;
     if (qi.ndim != 3 || qi.shape[0] < H || qi.shape[0] % H != 0 || qi.shape[0] > 65536 ||
         qi.shape[1] < W || qi.shape[2] != d) {
       fprintf(stderr, "rkv select: %s: want [q_heads (a multiple of %u), a >= window %d, d = %u]\n",
@@ -229,9 +258,10 @@ int rkv_cmd_select(int argc, char **argv) {
       goto fail;
     }
     if (rkv_npy_load_f32(o.scores, &st.s, &si, err, sizeof err) != RKV_OK) {
-      fprintf(stderr, "rkv select: %s\n", err);
+      fprintf(stderr, "rkv select: --scores: %s\n", err);
       goto fail;
     }
+    if (!all_finite("--scores", o.scores, st.s, &si)) goto fail;
     if (si.ndim != 2 || si.shape[0] != H || si.shape[1] != n) {
       fprintf(stderr, "rkv select: %s: want [%u, %d]\n", o.scores, H, n);
       goto fail;
