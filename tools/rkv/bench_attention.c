@@ -74,22 +74,14 @@ static void usage(FILE *f) {
 
 static bool parse_list(const char *opt, const char *s, uint64_t *out, int *n) {
   char buf[256];
-  if (!s || strlen(s) >= sizeof buf) {
-    fprintf(stderr, "rkv " CMD ": bad value for %s\n", opt);
-    return false;
-  }
+  if (!rkv_tool_check_list(CMD, opt, s, MAX_LIST, sizeof buf - 1)) return false;
   strcpy(buf, s);
   *n = 0;
   for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-    if (*n == MAX_LIST) {
-      fprintf(stderr, "rkv " CMD ": at most %d values for %s\n", MAX_LIST, opt);
-      return false;
-    }
     if (!rkv_tool_parse_u64(CMD, opt, tok, 1, 1u << 20, &out[*n])) return false;
     (*n)++;
   }
-  if (*n == 0) fprintf(stderr, "rkv " CMD ": empty list for %s\n", opt);
-  return *n > 0;
+  return true;
 }
 
 /* Returns 0 to run, 1 after --help, 2 on a usage error. */

@@ -36,11 +36,14 @@ static bool parse_list(const char *s, int32_t *out, int *n, int cap) {
   *n = 0;
   while (*s) {
     char *end;
+    /* digits only: strtol alone would take blanks and a sign */
+    if (*s < '0' || *s > '9') return false;
     long v = strtol(s, &end, 10);
     if (end == s || v < 16 || v > (1 << 20) || *n >= cap) return false;
     out[(*n)++] = (int32_t)v;
-    s = *end == ',' ? end + 1 : end;
     if (*end && *end != ',') return false;
+    s = *end == ',' ? end + 1 : end;
+    if (*end == ',' && !*s) return false; /* a trailing comma: an empty item */
   }
   return *n > 0;
 }
@@ -258,7 +261,7 @@ int rkv_bench_evict(int argc, char **argv) {
       /* The CUDA benchmark parses the same options itself (bench_evict_cuda.c). */
       if (strcmp(v, "cuda") == 0) return rkvi_bench_evict_cuda(argc, argv);
       if (strcmp(v, "cpu") != 0) {
-        fprintf(stderr, "rkv bench evict: unknown backend '%s' (cpu, cuda)\n", v);
+        fprintf(stderr, "rkv bench evict: bad value for --backend: '%s' (cpu, cuda)\n", v);
         return 2;
       }
     } else if (strcmp(a, "--budgets") == 0) {
@@ -268,7 +271,7 @@ int rkv_bench_evict(int argc, char **argv) {
       }
     } else if (strcmp(a, "--dtype") == 0) {
       if (rkv_dtype_parse(v, &b.dt) != RKV_OK) {
-        fprintf(stderr, "rkv bench evict: unknown dtype '%s'\n", v);
+        fprintf(stderr, "rkv bench evict: bad value for --dtype: '%s' (f32, f16, bf16)\n", v);
         return 2;
       }
     } else if (strcmp(a, "--buffer") == 0) {

@@ -145,31 +145,34 @@ static void eval_usage(void) {
 
 static bool parse_policies(const char *s, eval_opts *o) {
   char buf[256];
+  if (!rkv_tool_check_list("eval", "--policies", s, EVAL_MAX_LIST, sizeof buf - 1)) return false;
   snprintf(buf, sizeof buf, "%s", s);
   o->n_policies = 0;
   for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
     rkv_evict_policy p;
-    if (o->n_policies >= EVAL_MAX_LIST || rkv_evict_policy_parse(t, &p) != RKV_OK) {
-      fprintf(stderr, "rkv eval: bad policy '%s' (full, rkv, snapkv, streaming, h2o)\n", t);
+    if (rkv_evict_policy_parse(t, &p) != RKV_OK) {
+      fprintf(stderr,
+              "rkv eval: bad value for --policies: unknown policy '%s' (full, rkv, snapkv, "
+              "streaming, h2o)\n",
+              t);
       return false;
     }
     o->policies[o->n_policies++] = p;
   }
-  return o->n_policies > 0;
+  return true;
 }
 
 static bool parse_budgets(const char *s, eval_opts *o) {
   char buf[256];
+  if (!rkv_tool_check_list("eval", "--budgets", s, EVAL_MAX_LIST, sizeof buf - 1)) return false;
   snprintf(buf, sizeof buf, "%s", s);
   o->n_budgets = 0;
   for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
     uint64_t v;
-    if (o->n_budgets >= EVAL_MAX_LIST ||
-        !rkv_tool_parse_u64("eval", "--budgets", t, 2, 1 << 20, &v))
-      return false;
+    if (!rkv_tool_parse_u64("eval", "--budgets", t, 2, 1 << 20, &v)) return false;
     o->budgets[o->n_budgets++] = (int32_t)v;
   }
-  return o->n_budgets > 0;
+  return true;
 }
 
 static int32_t argmax(const float *x, int32_t n) {
@@ -918,7 +921,8 @@ int rkv_cmd_eval(int argc, char **argv) {
   }
   for (int i = 0; i < o.n_budgets; i++)
     if (o.budgets[i] <= o.window) {
-      fprintf(stderr, "rkv eval: budget %d must exceed the window %d\n", o.budgets[i], o.window);
+      fprintf(stderr, "rkv eval: --budgets: budget %d must exceed --window %d\n", o.budgets[i],
+              o.window);
       return 2;
     }
   const bool on_cuda = o.backend == RKV_BACKEND_CUDA;
@@ -971,7 +975,7 @@ int rkv_cmd_eval(int argc, char **argv) {
   char err[512] = "";
   rkv_model *model = NULL;
   if (rkv_model_load(o.model_path, &model, err, sizeof err) != RKV_OK) {
-    fprintf(stderr, "rkv eval: %s\n", err);
+    fprintf(stderr, "rkv eval: --model: %s\n", err);
     rkv_backend_destroy(cpu_backend);
     rkv_backend_destroy(backend);
     return 1;

@@ -29,8 +29,9 @@ static void usage(FILE *f) {
           "  show                              state as one JSON line\n"
           "A failing op prints {\"op\": LINE, \"error\": STATUS, \"message\": TEXT} and the\n"
           "script continues with the state unchanged. --trace echoes each op on stderr.\n"
-          "Exit status: 0 ran to the end, 1 a check failed, 2 usage, file or pool error.\n"
-          "See docs/REPLAY.md.\n");
+          "Exit status: 0 ran to the end, 1 a check failed, 2 usage, file or pool error (also a\n"
+          "line over 1 MiB or one holding a NUL byte). Pools are limited to 2^20 blocks,\n"
+          "2^24 tokens and 4096 streams (layers x kv_heads). See docs/REPLAY.md.\n");
 }
 
 typedef struct pending_keep {
@@ -308,6 +309,32 @@ static void run_op(replay_state *r, replay_op *op, int line) {
   if (st != RKV_OK) report_error(line, st, msg);
 }
 
+/* One line (newline kept) into *buf, at most REPLAY_MAX_LINE bytes: getline would keep
+ * growing its buffer on a file without newlines (/dev/zero) until memory runs out. Returns the
+ * length, -1 at end of file, -2 when the line is too long, -3 at a NUL byte (not text), -4
+ * out of memory. */
+static long read_line(FILE *f, char **buf, size_t *cap) {
+  size_t n = 0;
+  int c = EOF;
+  while ((c = getc(f)) != EOF) {
+    if (c == '\0') return -3;
+    if (n == REPLAY_MAX_LINE) return -2;
+    if (n + 2 > *cap) {
+      size_t ncap = *cap ? 2 * *cap : 256;
+      if (ncap > REPLAY_MAX_LINE + 1) ncap = REPLAY_MAX_LINE + 1;
+      char *nb = realloc(*buf, ncap);
+      if (!nb) return -4;
+      *buf = nb;
+      *cap = ncap;
+    }
+    (*buf)[n++] = (char)c;
+    if (c == '\n') break;
+  }
+  if (n == 0) return -1;
+  (*buf)[n] = '\0';
+  return (long)n;
+}
+
 int rkv_cmd_replay(int argc, char **argv) {
   const char *path = NULL;
   replay_state r;
@@ -339,10 +366,23 @@ int rkv_cmd_replay(int argc, char **argv) {
   }
   char *line = NULL, *copy = NULL;
   size_t cap = 0;
-  ssize_t got;
+  long got;
   int line_no = 0, ret = 0;
-  while ((got = getline(&line, &cap, f)) >= 0) {
+  while ((got = read_line(f, &line, &cap)) != -1) {
     line_no++;
+    if (got < 0) {
+      /* A script is text: past this point it is not one, so stop rather than guess. */
+      char msg[96];
+      if (got == -2)
+        snprintf(msg, sizeof msg, "line longer than %u bytes (the replay limit)", REPLAY_MAX_LINE);
+      else if (got == -3)
+        snprintf(msg, sizeof msg, "line holds a NUL byte: not a text script");
+      else
+        snprintf(msg, sizeof msg, "out of memory reading the line");
+      report_error(line_no, RKV_ERR_FORMAT, msg);
+      ret = 2;
+      break;
+    }
     free(copy);
     copy = strdup(line);
     if (!copy) {

@@ -11,6 +11,7 @@
 #include "rkv_tool.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -87,7 +88,8 @@ static int parse(int argc, char **argv, select_opts *o) {
     } else if (strcmp(a, "--policy") == 0) {
       if (!(v = rkv_tool_optval(cmd, argc, argv, &i))) return 2;
       if (rkv_evict_policy_parse(v, &o->p.policy) != RKV_OK || o->p.policy == RKV_EVICT_FULL) {
-        fprintf(stderr, "rkv select: unknown policy '%s' (rkv, snapkv, streaming, h2o)\n", v);
+        fprintf(stderr, "rkv select: bad value for --policy: '%s' (rkv, snapkv, streaming, h2o)\n",
+                v);
         return 2;
       }
     } else if (strcmp(a, "--granularity") == 0) {
@@ -133,7 +135,7 @@ static int parse(int argc, char **argv, select_opts *o) {
     } else if (strcmp(a, "--dtype") == 0) {
       if (!(v = rkv_tool_optval(cmd, argc, argv, &i))) return 2;
       if (rkv_dtype_parse(v, &o->dtype) != RKV_OK) {
-        fprintf(stderr, "rkv select: unknown dtype '%s' (f32, f16, bf16)\n", v);
+        fprintf(stderr, "rkv select: bad value for --dtype: '%s' (f32, f16, bf16)\n", v);
         return 2;
       }
     } else {
@@ -174,6 +176,31 @@ static int save_dump(const char *dir, const char *name, int ndim, const int64_t 
     return 1;
   }
   return 0;
+}
+
+/* NaN or Inf in the inputs (or an f8 value beyond float range) would make every score NaN
+ * and the selection meaningless while still exiting 0: refuse, naming the option, the file
+ * and the first bad element. */
+static bool all_finite(const char *opt, const char *path, const float *x, const rkv_npy *info) {
+  for (size_t i = 0; i < info->count; i++) {
+    if (isfinite(x[i])) continue;
+    size_t idx[RKV_NPY_MAX_DIMS] = {0}, rest = i;
+    for (int dim = info->ndim - 1; dim >= 0; dim--) { /* C order: last dimension fastest */
+      size_t ext = (size_t)info->shape[dim];
+      idx[dim] = rest % ext; /* ext > 0: the array holds element i */
+      rest /= ext;
+    }
+    char where[RKV_NPY_MAX_DIMS * 22 + 1] = "";
+    for (int dim = 0, len = 0; dim < info->ndim; dim++)
+      len += snprintf(where + len, sizeof where - (size_t)len, "%s%zu", dim ? ", " : "", idx[dim]);
+    fprintf(stderr, "rkv select: %s: %s: element [%s] is %s; inputs must be finite\n", opt, path,
+            where,
+            isnan(x[i]) ? "NaN"
+            : x[i] > 0  ? "+Inf"
+                        : "-Inf");
+    return false;
+  }
+  return true;
 }
 
 typedef struct select_state {
@@ -225,9 +252,10 @@ static int load_inputs(const select_opts *o, select_state *st, select_shape *sh)
   char err[512];
   rkv_npy ki, qi, si;
   if (rkv_npy_load_f32(o->keys, &st->k, &ki, err, sizeof err) != RKV_OK) {
-    fprintf(stderr, "rkv select: %s\n", err);
+    fprintf(stderr, "rkv select: --keys: %s\n", err);
     return 1;
   }
+  if (!all_finite("--keys", o->keys, st->k, &ki)) return 1;
   const int off = ki.ndim - 3; /* 1 when the keys have a layer axis */
   if ((ki.ndim != 3 && ki.ndim != 4) || (off && (ki.shape[0] < 1 || ki.shape[0] > 1024)) ||
       ki.shape[off] < 1 || ki.shape[off] > 1024 || ki.shape[off + 1] < 1 ||
@@ -249,9 +277,10 @@ static int load_inputs(const select_opts *o, select_state *st, select_shape *sh)
       return 1;
     }
     if (rkv_npy_load_f32(o->queries, &st->q, &qi, err, sizeof err) != RKV_OK) {
-      fprintf(stderr, "rkv select: %s\n", err);
+      fprintf(stderr, "rkv select: --queries: %s\n", err);
       return 1;
     }
+    if (!all_finite("--queries", o->queries, st->q, &qi)) return 1;
     if (qi.ndim != ki.ndim || (off && qi.shape[0] != sh->L) || qi.shape[off] < sh->H ||
         qi.shape[off] % sh->H != 0 || qi.shape[off] > 65536 || qi.shape[off + 1] < p->window ||
         qi.shape[off + 2] != sh->d) {
@@ -269,9 +298,10 @@ static int load_inputs(const select_opts *o, select_state *st, select_shape *sh)
       return 1;
     }
     if (rkv_npy_load_f32(o->scores, &st->s, &si, err, sizeof err) != RKV_OK) {
-      fprintf(stderr, "rkv select: %s\n", err);
+      fprintf(stderr, "rkv select: --scores: %s\n", err);
       return 1;
     }
+    if (!all_finite("--scores", o->scores, st->s, &si)) return 1;
     if (si.ndim != ki.ndim - 1 || (off && si.shape[0] != sh->L) || si.shape[off] != sh->H ||
         si.shape[off + 1] != sh->n) {
       fprintf(stderr, "rkv select: %s: want [%s%u, %d]\n", o->scores, off ? "layers, " : "", sh->H,

@@ -79,23 +79,19 @@ static void usage(FILE *f) {
 
 static bool parse_policies(const char *s, sim_opts *o) {
   char buf[256];
+  if (!rkv_tool_check_list("sim", "--policy", s, MAX_POLICIES, sizeof buf - 1)) return false;
   snprintf(buf, sizeof buf, "%s", s);
   o->n_policies = 0;
   for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
     rkv_evict_policy p;
     if (rkv_evict_policy_parse(tok, &p) != RKV_OK) {
-      fprintf(stderr, "rkv sim: unknown policy '%s' (full, rkv, snapkv, streaming, h2o)\n", tok);
-      return false;
-    }
-    if (o->n_policies == MAX_POLICIES) {
-      fprintf(stderr, "rkv sim: at most %d policies\n", MAX_POLICIES);
+      fprintf(stderr,
+              "rkv sim: bad value for --policy: unknown policy '%s' (full, rkv, snapkv, "
+              "streaming, h2o)\n",
+              tok);
       return false;
     }
     o->policies[o->n_policies++] = p;
-  }
-  if (!o->n_policies) {
-    fprintf(stderr, "rkv sim: --policy is empty\n");
-    return false;
   }
   return true;
 }
@@ -142,13 +138,15 @@ static void set_defaults(sim_opts *o, const char *model) {
   o->tp.timeout_s = 60.0;
 }
 
+static double kv_block_bytes(const sim_opts *o);
+
 static bool parse_args(int argc, char **argv, sim_opts *o) {
   const char *model = "tiny";
   for (int i = 1; i < argc; i++)
     if (strcmp(argv[i], "--model") == 0 && i + 1 < argc) model = argv[i + 1];
   set_defaults(o, model);
   if (!sim_model_preset(model, &o->model)) {
-    fprintf(stderr, "rkv sim: unknown model '%s' (tiny, llama-8b, qwen-14b)\n", model);
+    fprintf(stderr, "rkv sim: bad value for --model: '%s' (tiny, llama-8b, qwen-14b)\n", model);
     return false;
   }
   double params_b = 0.0;
@@ -371,6 +369,16 @@ static bool parse_args(int argc, char **argv, sim_opts *o) {
   if (params_b > 0) o->model.params = params_b * 1e9;
   if (strcmp(o->wl.gen, "fixed") == 0 && !o->wl.gen_fixed) {
     fprintf(stderr, "rkv sim: --gen fixed needs --gen-len N\n");
+    return false;
+  }
+  /* The swap pool is host_gib / block bytes blocks in a uint32 (and the scheduler takes at
+   * most 2^30): bound it here, where the option is named, not by a cast at run time. */
+  const double host_max_blocks = (double)(1u << 30);
+  if (o->host_gib >= 0 && o->host_gib * 1073741824.0 / kv_block_bytes(o) > host_max_blocks) {
+    fprintf(stderr,
+            "rkv sim: bad value for --host-gib: %g GiB is more than the %.0f-block host pool "
+            "limit (%g GiB for this block shape)\n",
+            o->host_gib, host_max_blocks, host_max_blocks * kv_block_bytes(o) / 1073741824.0);
     return false;
   }
   char err[256];

@@ -32,7 +32,8 @@ static void usage(void) {
       "  --json             one JSON object on stdout\n"
       "  --bind             bind this thread to rank 0's cores (this machine only) and report\n"
       "  --alloc BYTES      allocate a host swap buffer on rank 0's node (pinned when CUDA is\n"
-      "                     usable) and report whether it was bound / pinned\n"
+      "                     usable) and report whether it was bound / pinned; exit 1 when\n"
+      "                     the allocation fails (at most 2^40 bytes)\n"
       "  --verbose          library log lines on stderr\n");
 }
 
@@ -77,6 +78,28 @@ static void json_str(const char *s) {
     putchar(*s);
   }
   putchar('"');
+}
+
+/* --gpu-numa K0,K1,...: one NUMA node (or -1) per rank into out[TOPO_MAX_RANKS]. The list is
+ * split in place of a copy that every path frees; false after naming the option. */
+static bool parse_gpu_list(const char *list, int64_t max_node, int32_t *out, uint32_t *n) {
+  *n = 0;
+  /* 6 characters per entry ("-1," or a node number) is more than any real list needs. */
+  if (!rkv_tool_check_list("topo", "--gpu-numa", list, TOPO_MAX_RANKS, 6 * TOPO_MAX_RANKS))
+    return false;
+  char *dup = strdup(list), *save = NULL;
+  if (!dup) {
+    fprintf(stderr, "rkv topo: --gpu-numa: out of memory\n");
+    return false;
+  }
+  bool ok = true;
+  for (char *tok = strtok_r(dup, ",", &save); tok && ok; tok = strtok_r(NULL, ",", &save)) {
+    int64_t v = 0;
+    ok = rkv_tool_parse_i64("topo", "--gpu-numa", tok, -1, max_node, &v);
+    if (ok) out[(*n)++] = (int32_t)v;
+  }
+  free(dup);
+  return ok;
 }
 
 int rkv_cmd_topo(int argc, char **argv) {
@@ -137,20 +160,9 @@ int rkv_cmd_topo(int argc, char **argv) {
     goto out;
   }
   uint32_t n_list = 0;
-  if (gpu_list) {
-    char *dup = strdup(gpu_list), *save = NULL;
-    if (!dup) goto out;
-    for (char *tok = strtok_r(dup, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-      int64_t v = 0;
-      if (n_list >= TOPO_MAX_RANKS || !rkv_tool_parse_i64("topo", "--gpu-numa", tok, -1,
-                                                          (int64_t)rkv_topo_num_numa(t) - 1, &v)) {
-        free(dup);
-        ret = 2;
-        goto out;
-      }
-      gpu_numa[n_list++] = (int32_t)v;
-    }
-    free(dup);
+  if (gpu_list && !parse_gpu_list(gpu_list, (int64_t)rkv_topo_num_numa(t) - 1, gpu_numa, &n_list)) {
+    ret = 2;
+    goto out;
   }
   uint32_t ngpu = rkv_topo_num_gpus(t);
   uint32_t n = ranks ? (uint32_t)ranks : n_list ? n_list : ngpu ? ngpu : 1;
@@ -172,17 +184,22 @@ int rkv_cmd_topo(int argc, char **argv) {
     snprintf(bind_msg, sizeof bind_msg, "%s%s%s", rkv_status_name(bs), bs ? ": " : "",
              bs ? rkv_topo_last_error(t) : "");
   }
+  bool alloc_failed = false;
   if (alloc_bytes) {
-    rkv_host_buffer hb;
+    /* Zeroed: rkv_topo_host_alloc leaves *out untouched when it fails, and freeing stack
+     * garbage crashed release builds. Only a buffer that was allocated is freed. */
+    rkv_host_buffer hb = {0};
     rkv_status as =
         rkv_topo_host_alloc(t, place[0].numa, (size_t)alloc_bytes, RKV_TOPO_HOST_PIN, &hb);
-    if (as == RKV_OK)
+    if (as == RKV_OK) {
       snprintf(alloc_msg, sizeof alloc_msg, "%llu bytes for NUMA node %d: bound %s, pinned %s",
                (unsigned long long)alloc_bytes, (int)place[0].numa, hb.bound ? "yes" : "no",
                hb.pinned ? "yes" : "no");
-    else
+      rkv_topo_host_free(t, &hb);
+    } else {
       snprintf(alloc_msg, sizeof alloc_msg, "%s: %s", rkv_status_name(as), rkv_topo_last_error(t));
-    rkv_topo_host_free(t, &hb);
+      alloc_failed = true;
+    }
   }
 
   uint32_t nn = rkv_topo_num_numa(t);
@@ -287,7 +304,10 @@ int rkv_cmd_topo(int argc, char **argv) {
     if (rkv_topo_get_source(t) == RKV_TOPO_SOURCE_FALLBACK)
       printf("note: built without hwloc (or hwloc failed): one NUMA node, no binding\n");
   }
-  ret = 0;
+  /* The map is still printed, but the action that was asked for did not happen. */
+  if (alloc_failed)
+    fprintf(stderr, "rkv topo: --alloc %llu: %s\n", (unsigned long long)alloc_bytes, alloc_msg);
+  ret = alloc_failed ? 1 : 0;
 out:
   free(gpu_numa);
   free(place);

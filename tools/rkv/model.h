@@ -26,6 +26,10 @@
 /* ---- safetensors ----------------------------------------------------------------------- */
 
 #define RKV_ST_MAX_DIMS 8
+/* rkv_st_read's limits (docs/MODEL.md, "Input limits"): the safetensors format itself caps
+ * the JSON header at 100 MB; the test model's weights are a few MB, so 1 GiB is generous. */
+#define RKV_ST_MAX_HEADER (UINT64_C(100) << 20)
+#define RKV_ST_MAX_FILE (UINT64_C(1) << 30)
 
 typedef enum rkv_st_dtype {
   RKV_ST_F32 = 0,
@@ -50,11 +54,13 @@ typedef struct rkv_st_file rkv_st_file;
 
 /* Parses a whole file held in memory (copied; the caller keeps `data`). RKV_ERR_FORMAT with
  * a message naming the problem (truncation, JSON syntax, unknown dtype, offsets outside the
- * data or not matching the shape, duplicate names), RKV_ERR_NO_MEMORY. *out = NULL on
- * failure. */
+ * data or not matching the shape, overlapping tensors, duplicate names, a NaN or Inf in an
+ * F32 / F16 / BF16 tensor), RKV_ERR_NO_MEMORY. *out = NULL on failure. */
 rkv_status rkv_st_parse(const void *data, size_t size, rkv_st_file **out, char *err,
                         size_t err_len);
-/* Reads and parses a file: RKV_ERR_IO when it cannot be read, else as rkv_st_parse. */
+/* Reads and parses a file: RKV_ERR_IO when it cannot be read, RKV_ERR_FORMAT when it is
+ * longer than RKV_ST_MAX_FILE or its header length is outside [2, RKV_ST_MAX_HEADER] (checked
+ * before anything that large is allocated), else as rkv_st_parse. */
 rkv_status rkv_st_read(const char *path, rkv_st_file **out, char *err, size_t err_len);
 void rkv_st_free(rkv_st_file *f);
 uint32_t rkv_st_num_tensors(const rkv_st_file *f);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "model.h"
 
@@ -362,6 +363,74 @@ static bool st_metadata(st_parser *p) {
   }
 }
 
+typedef struct st_span {
+  uint64_t begin, end;
+  uint32_t idx;
+} st_span;
+
+static int st_span_cmp(const void *a, const void *b) {
+  const st_span *x = a, *y = b;
+  if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
+  return x->end < y->end ? -1 : x->end > y->end;
+}
+
+/* Two tensors sharing bytes would alias: writing one (or a crafted file) silently changes the
+ * other. Empty tensors occupy nothing and cannot overlap. */
+static rkv_status st_check_overlap(const rkv_st_file *f, char *err, size_t err_len) {
+  st_span *v = malloc(((size_t)f->n_tensors + 1) * sizeof *v);
+  if (!v) {
+    st_msg(err, err_len, "out of memory");
+    return RKV_ERR_NO_MEMORY;
+  }
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < f->n_tensors; i++)
+    if (f->t[i].end > f->t[i].begin) v[n++] = (st_span){f->t[i].begin, f->t[i].end, i};
+  qsort(v, n, sizeof *v, st_span_cmp);
+  rkv_status s = RKV_OK;
+  for (uint32_t k = 1; k < n && s == RKV_OK; k++) {
+    if (v[k].begin >= v[k - 1].end) continue;
+    const rkv_st_tensor *a = &f->t[v[k - 1].idx], *b = &f->t[v[k].idx];
+    st_msg(err, err_len,
+           "safetensors: tensors '%s' [%llu, %llu] and '%s' [%llu, %llu] overlap in the data "
+           "section",
+           a->name, (unsigned long long)a->begin, (unsigned long long)a->end, b->name,
+           (unsigned long long)b->begin, (unsigned long long)b->end);
+    s = RKV_ERR_FORMAT;
+  }
+  free(v);
+  return s;
+}
+
+/* Floating-point tensors must hold finite numbers: a NaN weight turns every logit into NaN
+ * and the evaluation into noise that still exits 0. Checked on the exponent bits, so F16
+ * and BF16 need no conversion. */
+static rkv_status st_check_finite(const rkv_st_file *f, const rkv_st_tensor *t, char *err,
+                                  size_t err_len) {
+  const uint8_t *p = f->buf + f->body + t->begin;
+  uint64_t n = (t->end - t->begin) / (t->dtype == RKV_ST_F32 ? 4 : 2);
+  for (uint64_t i = 0; i < n; i++) {
+    bool bad, nan;
+    if (t->dtype == RKV_ST_F32) {
+      uint32_t u;
+      memcpy(&u, p + 4 * i, 4);
+      bad = (u & 0x7f800000u) == 0x7f800000u;
+      nan = bad && (u & 0x007fffffu);
+    } else {
+      uint16_t h;
+      memcpy(&h, p + 2 * i, 2);
+      uint16_t exp = t->dtype == RKV_ST_F16 ? 0x7c00u : 0x7f80u;
+      bad = (h & exp) == exp;
+      nan = bad && (h & (uint16_t) ~(exp | 0x8000u));
+    }
+    if (bad) {
+      st_msg(err, err_len, "safetensors: tensor '%s' element %llu is %s; weights must be finite",
+             t->name, (unsigned long long)i, nan ? "NaN" : "Inf");
+      return RKV_ERR_FORMAT;
+    }
+  }
+  return RKV_OK;
+}
+
 static rkv_status st_validate(rkv_st_file *f, char *err, size_t err_len) {
   uint64_t data = f->size - f->body;
   for (uint32_t i = 0; i < f->n_tensors; i++) {
@@ -390,7 +459,13 @@ static rkv_status st_validate(rkv_st_file *f, char *err, size_t err_len) {
         return RKV_ERR_FORMAT;
       }
   }
-  return RKV_OK;
+  rkv_status s = st_check_overlap(f, err, err_len);
+  for (uint32_t i = 0; i < f->n_tensors && s == RKV_OK; i++) {
+    rkv_st_dtype dt = f->t[i].dtype;
+    if (dt == RKV_ST_F32 || dt == RKV_ST_F16 || dt == RKV_ST_BF16)
+      s = st_check_finite(f, &f->t[i], err, err_len);
+  }
+  return s;
 }
 
 void rkv_st_free(rkv_st_file *f) {
@@ -476,21 +551,54 @@ rkv_status rkv_st_read(const char *path, rkv_st_file **out, char *err, size_t er
     st_msg(err, err_len, "cannot open '%s': %s", path, strerror(errno));
     return RKV_ERR_IO;
   }
+  /* Sizes are checked before they are allocated: a regular file by its length, anything else
+   * (a pipe, /dev/zero) by the header length in its first 8 bytes and then by the cap. */
+  struct stat sb;
+  bool regular = fstat(fileno(fp), &sb) == 0 && S_ISREG(sb.st_mode);
   uint8_t *buf = NULL;
   size_t len = 0, cap = 0;
   rkv_status s = RKV_OK;
-  for (;;) {
+  if (regular && (uint64_t)sb.st_size > RKV_ST_MAX_FILE) {
+    s = RKV_ERR_FORMAT;
+    st_msg(err, err_len, "'%s' is %llu bytes, over the %llu-byte limit", path,
+           (unsigned long long)sb.st_size, (unsigned long long)RKV_ST_MAX_FILE);
+  }
+  while (s == RKV_OK) {
+    if (len == 8) {
+      uint64_t hlen = 0;
+      for (int j = 7; j >= 0; j--) hlen = hlen << 8 | buf[j];
+      if (hlen < 2 || hlen > RKV_ST_MAX_HEADER || (regular && hlen > (uint64_t)sb.st_size - 8)) {
+        s = RKV_ERR_FORMAT;
+        st_msg(err, err_len,
+               "'%s': header length %llu is outside [2, %llu] or does not fit the file", path,
+               (unsigned long long)hlen, (unsigned long long)RKV_ST_MAX_HEADER);
+        break;
+      }
+    }
     if (len == cap) {
-      cap = cap ? cap * 2 : 1 << 16;
-      uint8_t *nb = realloc(buf, cap);
+      if (cap >= RKV_ST_MAX_FILE) {
+        s = RKV_ERR_FORMAT;
+        st_msg(err, err_len, "'%s' is longer than the %llu-byte limit", path,
+               (unsigned long long)RKV_ST_MAX_FILE);
+        break;
+      }
+      /* 8 bytes first (the header length), then the whole file when its size is known */
+      size_t ncap = cap == 0                                  ? 8
+                    : regular && cap < (size_t)sb.st_size + 1 ? (size_t)sb.st_size + 1
+                    : cap < (1 << 16)                         ? 1 << 16
+                                                              : cap * 2;
+      if (ncap > RKV_ST_MAX_FILE + 1) ncap = (size_t)RKV_ST_MAX_FILE + 1;
+      uint8_t *nb = realloc(buf, ncap);
       if (!nb) {
         s = RKV_ERR_NO_MEMORY;
         st_msg(err, err_len, "out of memory reading '%s'", path);
         break;
       }
       buf = nb;
+      cap = ncap;
     }
-    size_t got = fread(buf + len, 1, cap - len, fp);
+    size_t want = len < 8 ? 8 - len : cap - len;
+    size_t got = fread(buf + len, 1, want, fp);
     len += got;
     if (got == 0) {
       if (ferror(fp)) {

@@ -77,8 +77,10 @@ static bool read_int(cursor *c, int64_t *v) {
   return true;
 }
 
-rkv_status rkv_npy_parse(const uint8_t *buf, size_t len, rkv_npy *out, char *err, size_t err_len) {
-  if (!buf || !out) return npy_fail(err, err_len, RKV_ERR_INVALID_ARG, "NULL argument");
+/* The magic, version and header dict at the start of buf (len bytes, which need not include
+ * the data): fills out's type, shape and count and *data_off, the offset of the data. */
+static rkv_status parse_header(const uint8_t *buf, size_t len, rkv_npy *out, size_t *data_off,
+                               char *err, size_t err_len) {
   memset(out, 0, sizeof *out);
   if (len < 10 || memcmp(buf, "\x93NUMPY", 6) != 0) return BAD("not a .npy file (bad magic)");
   unsigned major = buf[6], minor = buf[7];
@@ -171,14 +173,26 @@ rkv_status rkv_npy_parse(const uint8_t *buf, size_t len, rkv_npy *out, char *err
       return BAD("shape overflows");
     count *= (size_t)out->shape[i];
   }
-  size_t have = len - start - hl;
+  out->count = count;
+  *data_off = start + hl;
+  return RKV_OK;
+}
+
+rkv_status rkv_npy_parse(const uint8_t *buf, size_t len, rkv_npy *out, char *err, size_t err_len) {
+  if (!buf || !out) return npy_fail(err, err_len, RKV_ERR_INVALID_ARG, "NULL argument");
+  size_t off = 0;
+  rkv_status s = parse_header(buf, len, out, &off, err, err_len);
+  if (s != RKV_OK) return s;
+  size_t count = out->count;
+  out->count = 0;
+  size_t have = len - off;
   if (count > have / out->elem_size)
     return BAD("truncated data: %zu elements of %zu bytes need %zu bytes, file has %zu", count,
                out->elem_size, count * out->elem_size, have);
   if (have != count * out->elem_size)
     return BAD("%zu trailing bytes after the data", have - count * out->elem_size);
   out->count = count;
-  out->data = buf + start + hl;
+  out->data = buf + off;
   return RKV_OK;
 }
 
@@ -213,37 +227,84 @@ double rkv_npy_get(const rkv_npy *a, size_t i) {
   }
 }
 
+/* Up to n bytes from f (fewer only at end of file or on an error). */
+static size_t read_upto(FILE *f, uint8_t *dst, size_t n) {
+  size_t got = 0;
+  while (got < n) {
+    size_t k = fread(dst + got, 1, n - got, f);
+    if (k == 0) break;
+    got += k;
+  }
+  return got;
+}
+
 rkv_status rkv_npy_load_f32(const char *path, float **data, rkv_npy *info, char *err,
                             size_t err_len) {
   if (!path || !data || !info) return npy_fail(err, err_len, RKV_ERR_INVALID_ARG, "NULL argument");
   *data = NULL;
+  memset(info, 0, sizeof *info);
   FILE *f = fopen(path, "rb");
   if (!f) return npy_fail(err, err_len, RKV_ERR_IO, "%s: cannot open", path);
-  uint8_t *buf = NULL;
-  size_t len = 0, cap = 0;
-  for (;;) {
-    if (len == cap) {
-      size_t ncap = cap ? cap * 2 : 1 << 16;
-      uint8_t *nb = realloc(buf, ncap);
-      if (!nb) {
-        free(buf);
-        fclose(f);
-        return npy_fail(err, err_len, RKV_ERR_NO_MEMORY, "%s: out of memory", path);
-      }
-      buf = nb, cap = ncap;
+  /* The header says how many bytes follow, so the file is read in that many steps and never
+   * past what it claims: /dev/zero, or a pipe that never ends, cannot exhaust memory. */
+  uint8_t pre[12];
+  size_t len = read_upto(f, pre, sizeof pre);
+  size_t hl = 0, start = 0;
+  if (len >= 10 && memcmp(pre, "\x93NUMPY", 6) == 0 && pre[6] >= 1 && pre[6] <= 3 && pre[7] == 0) {
+    start = pre[6] == 1 ? 10 : 12;
+    hl = (size_t)pre[8] | (size_t)pre[9] << 8;
+    if (pre[6] != 1 && len >= 12) hl |= (size_t)pre[10] << 16 | (size_t)pre[11] << 24;
+  }
+  if (hl > RKV_NPY_MAX_HEADER) {
+    fclose(f);
+    return npy_fail(err, err_len, RKV_ERR_FORMAT, "%s: header length %zu exceeds the %u-byte limit",
+                    path, hl, RKV_NPY_MAX_HEADER);
+  }
+  rkv_status s = RKV_OK;
+  char why[200] = "";
+  size_t head = start + hl < len ? len : start + hl, off = 0, bytes = 0;
+  uint8_t *buf = malloc(head + 1);
+  if (!buf) s = RKV_ERR_NO_MEMORY;
+  if (s == RKV_OK) {
+    memcpy(buf, pre, len);
+    len += read_upto(f, buf + len, head - len);
+    /* The magic, version and dict (a short file fails here with the parser's message). */
+    s = parse_header(buf, len, info, &off, why, sizeof why);
+  }
+  if (s == RKV_OK) {
+    bytes = info->count * info->elem_size; /* parse_header keeps count below SIZE_MAX / 16 */
+    if (bytes > RKV_NPY_MAX_DATA) {
+      s = RKV_ERR_FORMAT;
+      snprintf(why, sizeof why, "%zu data bytes exceed the %llu-byte limit", bytes,
+               (unsigned long long)RKV_NPY_MAX_DATA);
     }
-    size_t got = fread(buf + len, 1, cap - len, f);
-    len += got;
-    if (got == 0) break;
+  }
+  if (s == RKV_OK) {
+    /* One byte more than the header describes: its presence means trailing data. */
+    uint8_t *nb = realloc(buf, off + bytes + 1);
+    if (!nb) {
+      s = RKV_ERR_NO_MEMORY;
+    } else {
+      buf = nb;
+      if (len < off + bytes + 1) len += read_upto(f, buf + len, off + bytes + 1 - len);
+    }
   }
   int ioerr = ferror(f);
   fclose(f);
-  if (ioerr) {
+  if (s == RKV_ERR_NO_MEMORY) {
+    free(buf);
+    return npy_fail(err, err_len, s, "%s: out of memory", path);
+  }
+  if (s == RKV_OK && ioerr) {
     free(buf);
     return npy_fail(err, err_len, RKV_ERR_IO, "%s: read error", path);
   }
-  char why[200];
-  rkv_status s = rkv_npy_parse(buf, len, info, why, sizeof why);
+  if (s == RKV_OK && len > off + bytes) {
+    s = RKV_ERR_FORMAT;
+    snprintf(why, sizeof why, "trailing bytes after the %zu data bytes the header describes",
+             bytes);
+  }
+  if (s == RKV_OK) s = rkv_npy_parse(buf, len, info, why, sizeof why);
   if (s != RKV_OK) {
     free(buf);
     return npy_fail(err, err_len, s, "%s: %s", path, why);

@@ -12,6 +12,11 @@
 #include <rkv/runtime.h>
 
 #define RKV_NPY_MAX_DIMS 8
+/* rkv_npy_load_f32's limits (docs/EVICTION.md, "Input limits"): numpy itself writes headers
+ * of a few hundred bytes; 1 GiB of data is a long context of one layer (8 kv heads x 256K
+ * tokens x d 128 in f32) for `rkv select`. */
+#define RKV_NPY_MAX_HEADER (1u << 20)
+#define RKV_NPY_MAX_DATA (UINT64_C(1) << 30)
 
 typedef enum rkv_npy_type {
   RKV_NPY_F4 = 0,
@@ -38,7 +43,9 @@ rkv_status rkv_npy_parse(const uint8_t *buf, size_t len, rkv_npy *out, char *err
 double rkv_npy_get(const rkv_npy *a, size_t i);
 
 /* Reads a whole file and converts it to f32: *data (malloc'd, caller frees) [count].
- * RKV_ERR_IO (cannot read), RKV_ERR_FORMAT, RKV_ERR_NO_MEMORY. */
+ * RKV_ERR_IO (cannot read), RKV_ERR_FORMAT, RKV_ERR_NO_MEMORY. Reads only as many bytes as
+ * the header describes (plus one to detect trailing data), after checking them against
+ * RKV_NPY_MAX_HEADER and RKV_NPY_MAX_DATA. */
 rkv_status rkv_npy_load_f32(const char *path, float **data, rkv_npy *info, char *err,
                             size_t err_len);
 

@@ -6,6 +6,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Input limits (docs/REPLAY.md): replay scripts describe bugs and pin behaviour, so a few
+ * dozen blocks is typical; these bound what a hostile or mistyped script can make the tool
+ * allocate (a 2^31-block pool took 16 GB) before anything is allocated. */
+#define REPLAY_MAX_BLOCKS (1u << 20) /* pool blocks= */
+#define REPLAY_MAX_TOKENS (1u << 24) /* blocks x block_size, and positions in one keep line */
+#define REPLAY_MAX_STREAMS 4096u     /* layers x kv_heads */
+#define REPLAY_MAX_LINE (1u << 20)   /* bytes in one script line, newline included */
+
 typedef enum replay_kind {
   REPLAY_POOL,
   REPLAY_CREATE,

@@ -58,7 +58,9 @@ static int parse_positions(const char *s, replay_op *op, char *msg, size_t size)
         return fail(msg, size, "keep: bad position '%s'", item);
       hi = lo;
     }
-    if ((uint64_t)(hi - lo) + op->npos >= (1u << 26)) return fail(msg, size, "keep: list too long");
+    if ((uint64_t)(hi - lo) + op->npos >= REPLAY_MAX_TOKENS)
+      return fail(msg, size, "keep: more than %u positions (the replay limit)",
+                  REPLAY_MAX_TOKENS - 1);
     size_t need = op->npos + (size_t)(hi - lo) + 1;
     if (need > cap) {
       size_t ncap = cap ? cap : 64;
@@ -112,6 +114,15 @@ static int parse_pool(char **w, int n, replay_op *op, char *msg, size_t size) {
   }
   if (!op->blocks || !op->block_size || !op->layers || !op->kv_heads)
     return fail(msg, size, "pool: blocks, block_size, layers and kv_heads are required");
+  if (op->blocks > REPLAY_MAX_BLOCKS)
+    return fail(msg, size, "pool: blocks=%u exceeds the replay limit of %u", op->blocks,
+                REPLAY_MAX_BLOCKS);
+  if ((uint64_t)op->blocks * op->block_size > REPLAY_MAX_TOKENS)
+    return fail(msg, size, "pool: blocks x block_size = %llu exceeds the replay limit of %u tokens",
+                (unsigned long long)op->blocks * op->block_size, REPLAY_MAX_TOKENS);
+  if ((uint64_t)op->layers * op->kv_heads > REPLAY_MAX_STREAMS)
+    return fail(msg, size, "pool: layers x kv_heads = %llu exceeds the replay limit of %u streams",
+                (unsigned long long)op->layers * op->kv_heads, REPLAY_MAX_STREAMS);
   return 0;
 }
 

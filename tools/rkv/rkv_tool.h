@@ -16,13 +16,20 @@
 double rkv_tool_now(void);
 
 /* Option value parsers: print "rkv <cmd>: bad value for --opt: '...'" and return false on a
- * malformed or out-of-range value. */
+ * malformed or out-of-range value. Integers are decimal digits only (a leading '-' for i64);
+ * f64 takes finite decimal numbers, never hexadecimal, inf or nan. */
 bool rkv_tool_parse_u64(const char *cmd, const char *opt, const char *s, uint64_t lo, uint64_t hi,
                         uint64_t *out);
 bool rkv_tool_parse_i64(const char *cmd, const char *opt, const char *s, int64_t lo, int64_t hi,
                         int64_t *out);
 bool rkv_tool_parse_f64(const char *cmd, const char *opt, const char *s, double lo, double hi,
                         double *out);
+
+/* Checks the shape of a comma list before it is split: not empty, no empty item, at most
+ * max_items items and max_len characters. Prints "rkv <cmd>: bad value for --opt: '...'
+ * (why)" and returns false otherwise. */
+bool rkv_tool_check_list(const char *cmd, const char *opt, const char *s, size_t max_items,
+                         size_t max_len);
 
 /* A numeric option: name, destination, inclusive range. */
 typedef struct rkv_tool_u64_opt {

@@ -36,6 +36,25 @@ static bool parse_ts(const char *s, double *out) {
   return true;
 }
 
+/* Largest prompt or generation a trace line may ask for: the --prompt-len / --gen-cap limit;
+ * the engines allocate prompt + gen tokens per request. */
+#define TRACE_MAX_TOKENS (INT64_C(1) << 30)
+
+/* A token count column: decimal digits with optional blanks around them (the published
+ * traces end lines with CR LF). */
+static bool parse_count(const char *s, int64_t *out) {
+  while (*s == ' ' || *s == '\t') s++;
+  if (*s < '0' || *s > '9') return false;
+  int64_t v = 0;
+  for (; *s >= '0' && *s <= '9'; s++) {
+    v = v * 10 + (*s - '0');
+    if (v > TRACE_MAX_TOKENS) return false;
+  }
+  while (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n') s++;
+  *out = v;
+  return *s == '\0';
+}
+
 static bool load_trace(const char *path, uint32_t n, sim_req *reqs, uint32_t *got) {
   FILE *f = fopen(path, "r");
   if (!f) {
@@ -49,16 +68,38 @@ static bool load_trace(const char *path, uint32_t n, sim_req *reqs, uint32_t *go
   bool ok = true;
   while (k < n && fgets(line, sizeof line, f)) {
     lineno++;
+    size_t len = strlen(line);
+    if (len + 1 == sizeof line && line[len - 1] != '\n') {
+      fprintf(stderr, "rkv sim: %s:%ld: line longer than %zu bytes\n", path, lineno,
+              sizeof line - 2);
+      ok = false;
+      break;
+    }
     if (lineno == 1 && strncmp(line, "TIMESTAMP", 9) == 0) continue;
     char *c1 = strchr(line, ',');
     char *c2 = c1 ? strchr(c1 + 1, ',') : NULL;
     double ts;
-    if (!c1 || !c2 || !(*c1 = '\0', parse_ts(line, &ts))) {
+    if (!c1 || !c2 || !(*c1 = '\0', *c2 = '\0', parse_ts(line, &ts))) {
       fprintf(stderr, "rkv sim: %s:%ld: malformed line\n", path, lineno);
       ok = false;
       break;
     }
-    long long ctx = atoll(c1 + 1), gen = atoll(c2 + 1);
+    /* sscanf takes "nan" and "inf" for the seconds: a NaN arrival never compares <= the clock
+     * and the simulation would wait for it forever. */
+    if (!isfinite(ts) || (k > 0 && !isfinite(ts - t0))) {
+      fprintf(stderr, "rkv sim: %s:%ld: timestamp '%s' is not a finite time\n", path, lineno, line);
+      ok = false;
+      break;
+    }
+    int64_t ctx, gen;
+    if (!parse_count(c1 + 1, &ctx) || !parse_count(c2 + 1, &gen)) {
+      fprintf(stderr,
+              "rkv sim: %s:%ld: ContextTokens and GeneratedTokens must be integers in "
+              "[0, %lld]\n",
+              path, lineno, (long long)TRACE_MAX_TOKENS);
+      ok = false;
+      break;
+    }
     if (k == 0) t0 = ts;
     reqs[k].id = k;
     reqs[k].arrival = ts - t0;
@@ -98,7 +139,9 @@ bool sim_workload_build(const sim_workload_opts *o, sim_req **out, uint32_t *n_o
                "%s/tools/data/azure-llm-inference-2023/AzureLLMInferenceTrace_%s.csv",
                RKV_SOURCE_DIR, o->kind + 6);
     } else {
-      fprintf(stderr, "rkv sim: unknown workload '%s'\n", o->kind);
+      fprintf(stderr,
+              "rkv sim: bad value for --workload: '%s' (azure-conv, azure-code, poisson, fixed)\n",
+              o->kind);
       free(r);
       return false;
     }
@@ -108,8 +151,18 @@ bool sim_workload_build(const sim_workload_opts *o, sim_req **out, uint32_t *n_o
     }
     if (n < o->n) fprintf(stderr, "rkv sim: trace has only %u requests (asked for %u)\n", n, o->n);
     double last = n ? r[n - 1].arrival : 0.0;
-    if (o->span > 0.0 && last > 0.0)
-      for (uint32_t i = 0; i < n; i++) r[i].arrival *= o->span / last;
+    if (o->span > 0.0 && last > 0.0) {
+      double scale = o->span / last;
+      for (uint32_t i = 0; i < n; i++) {
+        r[i].arrival *= scale;
+        if (!isfinite(r[i].arrival)) { /* a tiny last offset overflows the scale */
+          fprintf(stderr, "rkv sim: trace '%s': arrivals cannot be rescaled to --span %g\n", path,
+                  o->span);
+          free(r);
+          return false;
+        }
+      }
+    }
     for (uint32_t i = 0; i < n; i++)
       if (o->prompt_cap > 0 && r[i].prompt > o->prompt_cap) r[i].prompt = o->prompt_cap;
   } else if (strcmp(o->kind, "poisson") == 0) {
@@ -129,7 +182,8 @@ bool sim_workload_build(const sim_workload_opts *o, sim_req **out, uint32_t *n_o
       r[i].gen = 1;
     }
   } else {
-    fprintf(stderr, "rkv sim: unknown workload '%s' (azure-conv, azure-code, poisson, fixed)\n",
+    fprintf(stderr,
+            "rkv sim: bad value for --workload: '%s' (azure-conv, azure-code, poisson, fixed)\n",
             o->kind);
     free(r);
     return false;

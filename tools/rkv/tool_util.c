@@ -1,5 +1,6 @@
 /* Implementation of the shared tool helpers declared in rkv_tool.h. */
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -18,15 +19,17 @@ static void bad_value(const char *cmd, const char *opt, const char *s, const cha
 
 bool rkv_tool_parse_u64(const char *cmd, const char *opt, const char *s, uint64_t lo, uint64_t hi,
                         uint64_t *out) {
-  if (!s || !*s || *s == '-') {
-    bad_value(cmd, opt, s, "expected a non-negative integer");
+  /* Decimal digits only: base 0 would read "010" as 8 and accept "0x10"; strtoull alone
+   * would also take leading blanks, '+' and '-' (negated modulo 2^64). */
+  if (!s || *s < '0' || *s > '9') {
+    bad_value(cmd, opt, s, "expected a non-negative decimal integer");
     return false;
   }
   errno = 0;
   char *end = NULL;
-  unsigned long long v = strtoull(s, &end, 0);
+  unsigned long long v = strtoull(s, &end, 10);
   if (errno || *end) {
-    bad_value(cmd, opt, s, "expected a non-negative integer");
+    bad_value(cmd, opt, s, "expected a non-negative decimal integer");
     return false;
   }
   if (v < lo || v > hi) {
@@ -42,15 +45,16 @@ bool rkv_tool_parse_u64(const char *cmd, const char *opt, const char *s, uint64_
 
 bool rkv_tool_parse_i64(const char *cmd, const char *opt, const char *s, int64_t lo, int64_t hi,
                         int64_t *out) {
-  if (!s || !*s) {
-    bad_value(cmd, opt, s, "expected an integer");
+  const char *digits = s && *s == '-' ? s + 1 : s;
+  if (!digits || *digits < '0' || *digits > '9') {
+    bad_value(cmd, opt, s, "expected a decimal integer");
     return false;
   }
   errno = 0;
   char *end = NULL;
-  long long v = strtoll(s, &end, 0);
+  long long v = strtoll(s, &end, 10);
   if (errno || *end) {
-    bad_value(cmd, opt, s, "expected an integer");
+    bad_value(cmd, opt, s, "expected a decimal integer");
     return false;
   }
   if (v < lo || v > hi) {
@@ -69,11 +73,16 @@ bool rkv_tool_parse_f64(const char *cmd, const char *opt, const char *s, double 
     bad_value(cmd, opt, s, "expected a number");
     return false;
   }
+  /* strtod also reads hexadecimal ("0x1p4"), "inf" and "nan": none is a decimal number. */
+  if (strpbrk(s, "xXnN")) {
+    bad_value(cmd, opt, s, "expected a finite decimal number");
+    return false;
+  }
   errno = 0;
   char *end = NULL;
   double v = strtod(s, &end);
-  if (errno || *end || v != v) {
-    bad_value(cmd, opt, s, "expected a number");
+  if (errno || *end || end == s || !isfinite(v)) {
+    bad_value(cmd, opt, s, "expected a finite decimal number");
     return false;
   }
   if (v < lo || v > hi) {
@@ -84,6 +93,35 @@ bool rkv_tool_parse_f64(const char *cmd, const char *opt, const char *s, double 
   }
   *out = v;
   return true;
+}
+
+bool rkv_tool_check_list(const char *cmd, const char *opt, const char *s, size_t max_items,
+                         size_t max_len) {
+  /* strtok would skip empty items silently ("32,,64", ",", a trailing comma): a typo must not
+   * quietly drop a value or leave the default list in place. */
+  const char *why = NULL;
+  char buf[96];
+  size_t len = s ? strlen(s) : 0;
+  if (len == 0) {
+    why = "empty list";
+  } else if (len > max_len) {
+    snprintf(buf, sizeof buf, "list longer than %zu characters", max_len);
+    why = buf;
+  } else {
+    size_t items = 1;
+    for (size_t i = 0; i < len && !why; i++) {
+      if (s[i] != ',') continue;
+      items++;
+      if (i == 0 || i + 1 == len || s[i + 1] == ',') why = "empty item in the comma list";
+    }
+    if (!why && items > max_items) {
+      snprintf(buf, sizeof buf, "more than %zu items", max_items);
+      why = buf;
+    }
+  }
+  if (!why) return true;
+  bad_value(cmd, opt, s, why);
+  return false;
 }
 
 const char *rkv_tool_optval(const char *cmd, int argc, char **argv, int *i) {

@@ -5,7 +5,8 @@
  * references (tests/unit/model/data/smoke_ref.safetensors, adder_ref.safetensors) come from
  * tools/model/make_reference.py over the committed smoke and trained weights. Also: the C task
  * generator reproduces the Python one byte for byte, the answer checker, and the safetensors reader
- * on malformed input (clear status, no crash). */
+ * on malformed input (clear status, no crash; overlapping tensors and non-finite floats are
+ * malformed too). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -374,8 +375,49 @@ static void check_safetensors(const char *weights) {
     if (s != RKV_ERR_FORMAT) fprintf(stderr, "bad header %zu accepted: %s\n", i, bad[i]);
     EXPECT_STATUS(s, RKV_ERR_FORMAT);
   }
+  /* Tensors that share bytes (the reader used to accept them), and non-finite floats: each
+   * is FORMAT with a message that says so. */
+  static const char overlap[] =
+      "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+      "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}";
+  EXPECT_STATUS(parse_text(overlap, d, 16), RKV_ERR_FORMAT);
+  EXPECT_OK(
+      parse_text("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                 "\"e\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[4,4]},"
+                 "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}",
+                 d, 16));
+  {
+    static const char *const kinds[] = {"F32", "F16", "BF16"};
+    /* NaN, +Inf, -Inf of each width, little endian, after a finite element */
+    static const uint8_t f32[3][4] = {{0, 0, 0xc0, 0x7f}, {0, 0, 0x80, 0x7f}, {0, 0, 0x80, 0xff}};
+    static const uint8_t f16[3][2] = {{0x00, 0x7e}, {0x00, 0x7c}, {0x00, 0xfc}};
+    static const uint8_t bf16[3][2] = {{0xc0, 0x7f}, {0x80, 0x7f}, {0x80, 0xff}};
+    for (int k = 0; k < 3; k++)
+      for (int v = 0; v < 3; v++) {
+        uint8_t data[8] = {0};
+        size_t w = k == 0 ? 4 : 2;
+        memcpy(data + w, k == 0 ? f32[v] : k == 1 ? f16[v] : bf16[v], w);
+        char json[128];
+        snprintf(json, sizeof json,
+                 "{\"w\":{\"dtype\":\"%s\",\"shape\":[2],\"data_offsets\":[0,%zu]}}", kinds[k],
+                 2 * w);
+        rkv_status s = parse_text(json, data, 2 * w);
+        if (s != RKV_ERR_FORMAT) fprintf(stderr, "non-finite %s value %d accepted\n", kinds[k], v);
+        EXPECT_STATUS(s, RKV_ERR_FORMAT);
+        memset(data, 0, sizeof data); /* and the same tensor with finite values is fine */
+        EXPECT_OK(parse_text(json, data, 2 * w));
+      }
+  }
   rkv_st_file *f = NULL;
   char err[256];
+  {
+    size_t hl = strlen(overlap);
+    unsigned char buf[256] = {0};
+    for (int j = 0; j < 8; j++) buf[j] = (unsigned char)((uint64_t)hl >> (8 * j));
+    memcpy(buf + 8, overlap, hl);
+    EXPECT_STATUS(rkv_st_parse(buf, 8 + hl + 16, &f, err, sizeof err), RKV_ERR_FORMAT);
+    EXPECT(strstr(err, "overlap") != NULL);
+  }
   unsigned char tiny[7] = {0};
   EXPECT_STATUS(rkv_st_parse(tiny, sizeof tiny, &f, err, sizeof err), RKV_ERR_FORMAT);
   unsigned char huge[16] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
