@@ -28,9 +28,10 @@ if(RKV_ENABLE_NCCL AND RKV_HAVE_CUDA)
   find_library(RKV_NCCL_LIBRARY nccl
     HINTS ${CUDAToolkit_LIBRARY_DIR} /usr/local/cuda/lib64 /usr/local/cuda/lib)
   if(RKV_NCCL_INCLUDE AND RKV_NCCL_LIBRARY)
+    # nccl.h only: libnccl is opened with dlopen (runtime/src/comm_nccl.c), never linked, so
+    # programs that use librkv do not need it to start.
     add_library(rkv_nccl_dep INTERFACE IMPORTED)
     target_include_directories(rkv_nccl_dep INTERFACE ${RKV_NCCL_INCLUDE})
-    target_link_libraries(rkv_nccl_dep INTERFACE ${RKV_NCCL_LIBRARY})
     set(RKV_HAVE_NCCL ON)
   endif()
 endif()
