@@ -10,7 +10,10 @@ if(RKV_ENABLE_CUDA)
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)
     set(CMAKE_CUDA_ARCHITECTURES 90)
-    set(CMAKE_CUDA_RUNTIME_LIBRARY Shared)
+    # The CUDA runtime is linked statically everywhere (librkv.so, the tools, the tests): a
+    # program that uses librkv then needs no CUDA library to link or start, and libcuda is
+    # only dlopen'ed by cudart when a CUDA backend is created (docs/PACKAGING.md).
+    set(CMAKE_CUDA_RUNTIME_LIBRARY Static)
     set(CMAKE_CUDA_STANDARD 17)
     set(CMAKE_CUDA_STANDARD_REQUIRED ON)
     enable_language(CUDA)
