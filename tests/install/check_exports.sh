@@ -34,10 +34,14 @@ if [ -n "$bad" ]; then
   fail=1
 fi
 
-# RKV_API declarations: the function name is the last identifier before the first '(' on the
-# declaration's first line.
-declared=$(for d in "$@"; do cat "$d"/rkv/*.h; done | grep '^RKV_API' |
-  sed -E 's/\(.*//; s/.*[^A-Za-z0-9_]([A-Za-z0-9_]+)$/\1/' | sort -u)
+# RKV_API declarations: the function name is the last identifier before the first '(' (the
+# lines of a declaration are joined up to that '(', in case the name was wrapped).
+declared=$(for d in "$@"; do cat "$d"/rkv/*.h; done |
+  awk '/^RKV_API/ { decl = "" } /^RKV_API/ || decl != "" {
+         decl = decl " " $0
+         if (index(decl, "(")) { print decl; decl = "" }
+       }' |
+  sed -E 's/\(.*//; s/[[:space:]]+$//; s/.*[^A-Za-z0-9_]([A-Za-z0-9_]+)$/\1/' | sort -u)
 nd=$(echo "$declared" | grep -c .)
 missing=$(echo "$declared" | while read -r f; do echo "$syms" | grep -qx "$f" || echo "$f"; done)
 echo "$nd functions declared RKV_API in the public headers"
