@@ -10,7 +10,10 @@ if(RKV_ENABLE_CUDA)
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)
     set(CMAKE_CUDA_ARCHITECTURES 90)
-    set(CMAKE_CUDA_RUNTIME_LIBRARY Shared)
+    # The CUDA runtime is linked statically everywhere (librkv.so, the tools, the tests): a
+    # program that uses librkv then needs no CUDA library to link or start, and libcuda is
+    # only dlopen'ed by cudart when a CUDA backend is created (docs/PACKAGING.md).
+    set(CMAKE_CUDA_RUNTIME_LIBRARY Static)
     set(CMAKE_CUDA_STANDARD 17)
     set(CMAKE_CUDA_STANDARD_REQUIRED ON)
     enable_language(CUDA)
@@ -28,9 +31,10 @@ if(RKV_ENABLE_NCCL AND RKV_HAVE_CUDA)
   find_library(RKV_NCCL_LIBRARY nccl
     HINTS ${CUDAToolkit_LIBRARY_DIR} /usr/local/cuda/lib64 /usr/local/cuda/lib)
   if(RKV_NCCL_INCLUDE AND RKV_NCCL_LIBRARY)
+    # nccl.h only: libnccl is opened with dlopen (runtime/src/comm_nccl.c), never linked, so
+    # programs that use librkv do not need it to start.
     add_library(rkv_nccl_dep INTERFACE IMPORTED)
     target_include_directories(rkv_nccl_dep INTERFACE ${RKV_NCCL_INCLUDE})
-    target_link_libraries(rkv_nccl_dep INTERFACE ${RKV_NCCL_LIBRARY})
     set(RKV_HAVE_NCCL ON)
   endif()
 endif()

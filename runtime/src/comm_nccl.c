@@ -13,6 +13,8 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 #pragma GCC diagnostic pop
+#include <dlfcn.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -22,6 +24,75 @@
 #endif
 
 #include "comm_impl.h"
+
+/* libnccl is opened on the first NCCL communicator instead of being linked: it is a CUDA
+ * library, and a link-time dependency would make every program that uses librkv.so need it
+ * to start, CPU-only ones included (docs/PACKAGING.md). The table is process-wide because the
+ * library is; it is written once (pthread_once) and only read afterwards. Only the functions
+ * below are used; NCCL_CONFIG_INITIALIZER and the types come from nccl.h as before. */
+typedef struct nccl_api {
+  ncclResult_t (*GetUniqueId)(ncclUniqueId *id);
+  ncclResult_t (*CommInitRankConfig)(ncclComm_t *comm, int nranks, ncclUniqueId id, int rank,
+                                     ncclConfig_t *config);
+  ncclResult_t (*CommFinalize)(ncclComm_t comm);
+  ncclResult_t (*CommDestroy)(ncclComm_t comm);
+  ncclResult_t (*CommAbort)(ncclComm_t comm);
+  ncclResult_t (*CommGetAsyncError)(ncclComm_t comm, ncclResult_t *async_error);
+  const char *(*GetErrorString)(ncclResult_t result);
+  const char *(*GetLastError)(ncclComm_t comm);
+  ncclResult_t (*AllReduce)(const void *send, void *recv, size_t count, ncclDataType_t type,
+                            ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream);
+  ncclResult_t (*AllGather)(const void *send, void *recv, size_t count, ncclDataType_t type,
+                            ncclComm_t comm, cudaStream_t stream);
+} nccl_api;
+
+#ifndef RKV_NCCL_SONAME
+#define RKV_NCCL_SONAME "libnccl.so.2"
+#endif
+
+static nccl_api g_nccl;
+static bool g_nccl_loaded;
+static char g_nccl_error[512];
+static pthread_once_t g_nccl_once = PTHREAD_ONCE_INIT;
+
+/* Resolves one symbol into *slot (a function pointer of the right type). memcpy because ISO C
+ * has no conversion from dlsym's object pointer to a function pointer. */
+static bool nccl_sym(void *lib, const char *name, void *slot, size_t size) {
+  void *sym = dlsym(lib, name);
+  if (!sym) {
+    snprintf(g_nccl_error, sizeof g_nccl_error, "%s has no %s (NCCL >= 2.14 is needed)",
+             RKV_NCCL_SONAME, name);
+    return false;
+  }
+  memcpy(slot, &sym, size);
+  return true;
+}
+
+#define NCCL_SYM(lib, f) nccl_sym(lib, "nccl" #f, &g_nccl.f, sizeof g_nccl.f)
+
+static void nccl_load(void) {
+  /* The soname first (ld.so.conf, LD_LIBRARY_PATH, the caller's runpath), then the library
+   * configure found, for toolkits that are not in the loader's search path. */
+  void *lib = dlopen(RKV_NCCL_SONAME, RTLD_NOW | RTLD_LOCAL);
+#ifdef RKV_NCCL_FALLBACK_PATH
+  if (!lib) lib = dlopen(RKV_NCCL_FALLBACK_PATH, RTLD_NOW | RTLD_LOCAL);
+#endif
+  if (!lib) {
+    const char *why = dlerror();
+    snprintf(g_nccl_error, sizeof g_nccl_error, "cannot load %s: %s", RKV_NCCL_SONAME,
+             why ? why : "unknown error");
+    return;
+  }
+  if (NCCL_SYM(lib, GetUniqueId) && NCCL_SYM(lib, CommInitRankConfig) &&
+      NCCL_SYM(lib, CommFinalize) && NCCL_SYM(lib, CommDestroy) && NCCL_SYM(lib, CommAbort) &&
+      NCCL_SYM(lib, CommGetAsyncError) && NCCL_SYM(lib, GetErrorString) &&
+      NCCL_SYM(lib, GetLastError) && NCCL_SYM(lib, AllReduce) && NCCL_SYM(lib, AllGather)) {
+    g_nccl_loaded = true;
+    return;
+  }
+  /* Kept open: a partly resolved library is never used, and closing it could run NCCL's
+   * destructors in a process that did not ask for NCCL. */
+}
 
 typedef struct nccl_impl {
   ncclComm_t comm; /* NULL after an abort */
@@ -38,9 +109,9 @@ typedef struct nccl_impl {
 
 static rkv_status nccl_fail(rkv_comm *c, ncclResult_t r, const char *what) {
   nccl_impl *n = c->impl;
-  const char *last = n && n->comm ? ncclGetLastError(n->comm) : NULL;
+  const char *last = n && n->comm ? g_nccl.GetLastError(n->comm) : NULL;
   return rkvi_fail(c->err, RKV_ERR_COMM, "comm nccl rank %d: %s: %s%s%s", (int)c->rank, what,
-                   ncclGetErrorString(r), last && last[0] ? ": " : "", last ? last : "");
+                   g_nccl.GetErrorString(r), last && last[0] ? ": " : "", last ? last : "");
 }
 
 static rkv_status cuda_fail(rkv_comm *c, cudaError_t e, const char *what) {
@@ -50,7 +121,7 @@ static rkv_status cuda_fail(rkv_comm *c, cudaError_t e, const char *what) {
 
 static void abort_comm(nccl_impl *n) {
   if (n && n->comm) {
-    ncclCommAbort(n->comm);
+    g_nccl.CommAbort(n->comm);
     n->comm = NULL;
   }
 }
@@ -69,7 +140,7 @@ static rkv_status wait_async(rkv_comm *c, const char *what) {
   double deadline = rkvi_comm_now() + c->timeout_s;
   for (uint64_t it = 0;; it++) {
     ncclResult_t st = ncclSuccess;
-    ncclResult_t r = ncclCommGetAsyncError(n->comm, &st);
+    ncclResult_t r = g_nccl.CommGetAsyncError(n->comm, &st);
     if (r != ncclSuccess) st = r;
     if (st == ncclSuccess) return RKV_OK;
     if (st != ncclInProgress) {
@@ -95,7 +166,7 @@ static rkv_status wait_stream(rkv_comm *c, const char *what) {
       return s;
     }
     ncclResult_t st = ncclSuccess;
-    if (ncclCommGetAsyncError(n->comm, &st) == ncclSuccess && st != ncclSuccess &&
+    if (g_nccl.CommGetAsyncError(n->comm, &st) == ncclSuccess && st != ncclSuccess &&
         st != ncclInProgress) {
       rkv_status s = nccl_fail(c, st, what);
       abort_comm(n);
@@ -125,8 +196,8 @@ static rkv_status run_collective(rkv_comm *c, bool gather, rkv_comm_op op, uint3
     goto out;
   }
   ncclResult_t r =
-      gather ? ncclAllGather(d_send, d_gather, count, ncclUint64, n->comm, n->stream)
-             : ncclAllReduce(d_send, d_recv, count, ncclUint64, kOps[op], n->comm, n->stream);
+      gather ? g_nccl.AllGather(d_send, d_gather, count, ncclUint64, n->comm, n->stream)
+             : g_nccl.AllReduce(d_send, d_recv, count, ncclUint64, kOps[op], n->comm, n->stream);
   if (r != ncclSuccess && r != ncclInProgress) {
     ret = nccl_fail(c, r, what);
     abort_comm(n);
@@ -177,11 +248,11 @@ static void nccl_destroy(rkv_comm *c) {
   nccl_impl *n = c->impl;
   if (!n) return;
   if (n->comm && !c->failed) {
-    ncclResult_t r = ncclCommFinalize(n->comm);
+    ncclResult_t r = g_nccl.CommFinalize(n->comm);
     if (r == ncclInProgress)
       r = wait_async(c, "ncclCommFinalize") == RKV_OK ? ncclSuccess : ncclInternalError;
     if (n->comm && r == ncclSuccess) {
-      ncclCommDestroy(n->comm);
+      g_nccl.CommDestroy(n->comm);
       n->comm = NULL;
     }
   }
@@ -224,7 +295,7 @@ static rkv_status bootstrap_mpi(rkv_comm *c, const rkv_comm_config *cfg, ncclUni
   ncclUniqueId *buf = rkvi_calloc(rkvi_comm_alloc(c), sizeof(*buf), _Alignof(max_align_t));
   if (!buf) return rkvi_fail(c->err, RKV_ERR_NO_MEMORY, "comm nccl: out of host memory");
   if (rank == 0) {
-    ncclResult_t r = ncclGetUniqueId(buf);
+    ncclResult_t r = g_nccl.GetUniqueId(buf);
     if (r != ncclSuccess) {
       rkvi_free(rkvi_comm_alloc(c), buf, sizeof(*buf));
       return nccl_fail(c, r, "ncclGetUniqueId");
@@ -261,7 +332,7 @@ static rkv_status bootstrap_file(rkv_comm *c, const rkv_comm_config *cfg, ncclUn
   c->size = cfg->world_size;
   const char *path = cfg->nccl_id_path;
   if (c->rank == 0) {
-    ncclResult_t r = ncclGetUniqueId(id);
+    ncclResult_t r = g_nccl.GetUniqueId(id);
     if (r != ncclSuccess) return nccl_fail(c, r, "ncclGetUniqueId");
     if (c->size == 1 || !path) return RKV_OK;
     char tmp[4096];
@@ -316,6 +387,10 @@ rkv_status rkvi_comm_nccl_init(rkv_comm *c, const rkv_comm_config *cfg) {
                      (int)cfg->cuda_device, ndev,
                      e == cudaSuccess ? "out of range" : cudaGetErrorString(e));
 
+  pthread_once(&g_nccl_once, nccl_load);
+  if (!g_nccl_loaded)
+    return rkvi_fail(c->err, RKV_ERR_UNSUPPORTED, "rkv_comm_create(nccl): %s", g_nccl_error);
+
   ncclUniqueId id;
   memset(&id, 0, sizeof id);
   bool owns_mpi_init = false;
@@ -364,7 +439,7 @@ rkv_status rkvi_comm_nccl_init(rkv_comm *c, const rkv_comm_config *cfg) {
   }
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   config.blocking = 0;
-  ncclResult_t r = ncclCommInitRankConfig(&n->comm, c->size, id, c->rank, &config);
+  ncclResult_t r = g_nccl.CommInitRankConfig(&n->comm, c->size, id, c->rank, &config);
   if (r != ncclSuccess && r != ncclInProgress) {
     ret = nccl_fail(c, r, "ncclCommInitRankConfig");
     goto fail;

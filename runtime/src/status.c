@@ -72,11 +72,13 @@ bool rkv_build_has_blas(void) {
 }
 
 const char *rkv_version_string(void) {
-#ifdef RKV_VERSION_STRING
   return RKV_VERSION_STRING;
-#else
-  return "unknown";
-#endif
+}
+
+void rkv_version(int *major, int *minor, int *patch) {
+  if (major) *major = RKV_VERSION_MAJOR;
+  if (minor) *minor = RKV_VERSION_MINOR;
+  if (patch) *patch = RKV_VERSION_PATCH;
 }
 
 static void vfailn(char *buf, size_t cap, const char *fmt, va_list ap)

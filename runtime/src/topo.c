@@ -103,8 +103,9 @@ static bool parse_busid(const char *s, unsigned *dom, unsigned *bus, unsigned *d
   return sscanf(s, "%x:%x.%x", bus, dev, fn) == 3;
 }
 
-#ifdef RKV_HAVE_CUDA
-/* Matches CUDA ordinals to the listed GPUs by bus id; no driver means no matches. */
+#if defined(RKV_HAVE_CUDA) && defined(RKV_HAVE_HWLOC)
+/* Matches CUDA ordinals to the listed GPUs by bus id; no driver means no matches. Only the
+ * hwloc loader lists GPUs, so without hwloc there is nothing to match (and no caller). */
 static void match_cuda_devices(rkv_topo *t) {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <rkv/version.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -79,7 +81,11 @@ RKV_API bool rkv_build_has_nccl(void);
 RKV_API bool rkv_build_has_hwloc(void);
 RKV_API bool rkv_build_has_mpi(void);
 RKV_API bool rkv_build_has_blas(void);
+/* The version of the library the program runs with, "MAJOR.MINOR.PATCH" (<rkv/version.h>
+ * has the one it was compiled against). */
 RKV_API const char *rkv_version_string(void);
+/* The same as numbers; any pointer may be NULL. */
+RKV_API void rkv_version(int *major, int *minor, int *patch);
 
 /* ---- KV dtypes and block layout -------------------------------------------------------- */
 
