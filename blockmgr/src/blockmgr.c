@@ -459,8 +459,71 @@ static rkv_status bm_plan_append(const rkv_blockmgr *m, const bm_seq *q, uint32_
   return RKV_OK;
 }
 
-RKV_API rkv_status rkv_blockmgr_append(rkv_blockmgr *m, int64_t seq, uint32_t n, int64_t *slots,
-                                       rkv_block_copy *copies, uint32_t *n_copies) {
+/* Where the slot of token t of stream s goes: out[s * ss + t * ts] for stream-major output,
+ * or with the stream split into (layer, head) for a batch's layer-major slot mapping. */
+typedef struct bm_slot_out {
+  int64_t *base;
+  size_t layer_stride, token_stride; /* head stride 1 (batch layout) */
+  bool batch;                        /* false: base + s * n + t */
+} bm_slot_out;
+
+static inline int64_t *bm_slot_ptr(const rkv_blockmgr *m, const bm_slot_out *o, uint32_t s,
+                                   uint32_t n) {
+  if (!o->batch) return o->base + (size_t)s * n;
+  const uint32_t H = m->cfg.num_kv_heads;
+  return o->base + (size_t)(s / H) * o->layer_stride + s % H;
+}
+
+/* The decode step that crosses a block boundary (one token, no shared tail): every stream
+ * whose last block is full takes a fresh block, in two tight passes, since under lockstep
+ * growth all streams of a sequence cross together (one step in block_size). */
+static rkv_status bm_append_boundary(rkv_blockmgr *m, bm_seq *q, const bm_slot_out *o) {
+  const uint32_t S = m->streams;
+  const int32_t bs = m->bs;
+  int32_t *restrict len = q->len, *restrict nblk = q->nblk;
+  int32_t need = 0, maxnb = 0, maxlen = 0;
+  for (uint32_t s = 0; s < S; s++) {
+    const bool full = len[s] == nblk[s] * bs;
+    need += full;
+    const int32_t nb = nblk[s] + full;
+    maxnb = nb > maxnb ? nb : maxnb;
+    maxlen = len[s] > maxlen ? len[s] : maxlen;
+  }
+  if (maxlen > INT32_MAX - 1)
+    return bm_fail(m, RKV_ERR_INVALID_ARG, "append: a stream would exceed 2^31 tokens");
+  if (need > m->free_top)
+    return bm_fail(m, RKV_ERR_NO_BLOCKS, "append: needs %d blocks, %d free", need, m->free_top);
+  RKV_TRY(bm_grow(m, q, maxnb));
+  const uint32_t H = m->cfg.num_kv_heads;
+  int64_t room = INT32_MAX;
+  for (uint32_t s = 0; s < S; s++) {
+    int32_t nb = nblk[s];
+    if (len[s] == nb * bs) {
+      const int32_t id = m->free_ids[--m->free_top];
+      m->ref[id] = 1;
+      q->tab[(size_t)s * (size_t)q->cap + (size_t)nb] = id;
+      if (nb < q->dirty[s]) q->dirty[s] = nb;
+      q->tbase[s] = (id - nb) * bs;
+      nblk[s] = ++nb;
+    }
+    const int64_t slot = (int64_t)q->tbase[s] + len[s];
+    if (o && o->batch)
+      o->base[(size_t)(s / H) * o->layer_stride + s % H] = slot;
+    else if (o)
+      o->base[s] = slot;
+    len[s] += 1;
+    const int64_t r = (int64_t)nb * bs - len[s];
+    room = r < room ? r : room;
+  }
+  const uint32_t used = (uint32_t)(m->nblocks - m->free_top);
+  if (used > m->peak_used) m->peak_used = used;
+  q->room = (int32_t)room;
+  m->tokens += S;
+  return bm_after_op(m);
+}
+
+static rkv_status bm_append(rkv_blockmgr *m, int64_t seq, uint32_t n, const bm_slot_out *o,
+                            rkv_block_copy *copies, uint32_t *n_copies) {
   if (!m) return RKV_ERR_INVALID_ARG;
   if (n_copies) *n_copies = 0;
   if (n == 0) return bm_fail(m, RKV_ERR_INVALID_ARG, "append: n == 0");
@@ -468,21 +531,29 @@ RKV_API rkv_status rkv_blockmgr_append(rkv_blockmgr *m, int64_t seq, uint32_t n,
   RKV_TRY(bm_get_seq(m, seq, &q));
   const uint32_t S = m->streams;
   const int32_t bs = m->bs;
+  const size_t tstride = o && o->batch ? o->token_stride : 1;
   if (!q->maybe_shared_tail && n <= (uint32_t)q->room) {
     /* Fast path: every stream has n free slots in its last block, which it owns alone. */
-    int32_t *len = q->len;
-    if (slots && n == 1) { /* the decode step: a loop the compiler vectorises */
-      const int32_t *tb = q->tbase;
+    int32_t *restrict len = q->len;
+    const int32_t *restrict tb = q->tbase;
+    if (o && o->batch && n == 1) { /* the decode step into a batch: vector loops per layer */
+      const uint32_t H = m->cfg.num_kv_heads;
+      for (uint32_t l = 0, s0 = 0; s0 < S; l++, s0 += H) {
+        int64_t *restrict out = o->base + (size_t)l * o->layer_stride;
+        for (uint32_t h = 0; h < H; h++) out[h] = (int64_t)tb[s0 + h] + len[s0 + h];
+      }
+      for (uint32_t s = 0; s < S; s++) len[s] += 1;
+    } else if (o && !o->batch && n == 1) { /* the decode step: a loop the compiler vectorises */
+      int64_t *slots = o->base;
       for (uint32_t s = 0; s < S; s++) {
         slots[s] = (int64_t)tb[s] + len[s];
         len[s] += 1;
       }
-    } else if (slots) {
-      const int32_t *tb = q->tbase;
+    } else if (o) {
       for (uint32_t s = 0; s < S; s++) {
-        int64_t *out = slots + (size_t)s * n;
+        int64_t *out = bm_slot_ptr(m, o, s, n);
         int64_t base = (int64_t)tb[s] + len[s];
-        for (uint32_t t = 0; t < n; t++) out[t] = base + t;
+        for (uint32_t t = 0; t < n; t++) out[t * tstride] = base + t;
         len[s] += (int32_t)n;
       }
     } else {
@@ -492,6 +563,7 @@ RKV_API rkv_status rkv_blockmgr_append(rkv_blockmgr *m, int64_t seq, uint32_t n,
     m->tokens += (uint64_t)n * S;
     return bm_after_op(m);
   }
+  if (!q->maybe_shared_tail && n == 1) return bm_append_boundary(m, q, o);
   int64_t need, ncow;
   int32_t maxnb;
   RKV_TRY(bm_plan_append(m, q, n, &need, &ncow, &maxnb));
@@ -523,11 +595,11 @@ RKV_API rkv_status rkv_blockmgr_append(rkv_blockmgr *m, int64_t seq, uint32_t n,
       for (int32_t j = nb; j < newnb; j++) row[j] = bm_pop(m);
       bm_mark_dirty(q, s, nb);
     }
-    if (slots) {
-      int64_t *out = slots + (size_t)s * n;
+    if (o) {
+      int64_t *out = bm_slot_ptr(m, o, s, n);
       int32_t pos = len;
       for (uint32_t t = 0; t < n; t++, pos++)
-        out[t] = (int64_t)row[bm_blk(m, pos)] * bs + bm_off(m, pos);
+        out[t * tstride] = (int64_t)row[bm_blk(m, pos)] * bs + bm_off(m, pos);
     }
     q->nblk[s] = newnb > nb ? newnb : nb;
     q->len[s] = newlen;
@@ -541,6 +613,23 @@ RKV_API rkv_status rkv_blockmgr_append(rkv_blockmgr *m, int64_t seq, uint32_t n,
   m->tokens += (uint64_t)n * S;
   if (n_copies) *n_copies = nc;
   return bm_after_op(m);
+}
+
+RKV_API rkv_status rkv_blockmgr_append(rkv_blockmgr *m, int64_t seq, uint32_t n, int64_t *slots,
+                                       rkv_block_copy *copies, uint32_t *n_copies) {
+  const bm_slot_out o = {slots, 0, 0, false};
+  return bm_append(m, seq, n, slots ? &o : NULL, copies, n_copies);
+}
+
+RKV_API rkv_status rkv_blockmgr_append_batch(rkv_blockmgr *m, int64_t seq, uint32_t n,
+                                             int64_t *slots, size_t layer_stride,
+                                             rkv_block_copy *copies, uint32_t *n_copies) {
+  if (m && slots && layer_stride < (size_t)n * m->cfg.num_kv_heads)
+    return bm_fail(m, RKV_ERR_INVALID_ARG,
+                   "append_batch: layer_stride %zu < %u tokens x %u kv heads", layer_stride, n,
+                   m->cfg.num_kv_heads);
+  const bm_slot_out o = {slots, layer_stride, m ? m->cfg.num_kv_heads : 0, true};
+  return bm_append(m, seq, n, slots ? &o : NULL, copies, n_copies);
 }
 
 RKV_API rkv_status rkv_blockmgr_blocks_needed(const rkv_blockmgr *m, int64_t seq, uint32_t n,

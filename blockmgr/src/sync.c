@@ -20,11 +20,14 @@ RKV_API rkv_status rkv_blockmgr_sync_rows(rkv_blockmgr *m, int64_t seq, bool ful
   uint32_t written = 0;
   for (uint32_t s = 0; s < S; s++) {
     lens[s] = q->len[s];
-    int32_t from = full ? 0 : q->dirty[s];
-    int32_t nb = q->nblk[s];
-    if (from < nb) {
-      memcpy(rows + (size_t)s * stride + from, q->tab + (size_t)s * (size_t)q->cap + from,
-             (size_t)(nb - from) * sizeof(int32_t));
+    const int32_t from = full ? 0 : q->dirty[s], nb = q->nblk[s];
+    int32_t *dst = rows + (size_t)s * stride;
+    const int32_t *src = q->tab + (size_t)s * (size_t)q->cap;
+    if (from == nb - 1) { /* the common delta: the one block a boundary step added */
+      dst[from] = src[from];
+      written++;
+    } else if (from < nb) {
+      memcpy(dst + from, src + from, (size_t)(nb - from) * sizeof(int32_t));
       written += (uint32_t)(nb - from);
     }
     q->dirty[s] = INT32_MAX;

@@ -45,8 +45,10 @@ struct rkv_exec {
   int32_t *seq_row;  /* [max_seqs] index * S */
   int64_t *ids;      /* [max_seqs] */
   int32_t *q_indptr; /* [max_seqs + 1] prefill group rows, relative */
-  int64_t *wslots;   /* [L][rows * Hkv] */
+  int64_t *wslots;   /* [L][rows * Hkv] when the plan carries no slot mapping */
   size_t wslots_cap;
+  const int64_t *slots; /* the step's slot mapping, layer l at slots + l * slot_layer_stride */
+  size_t slot_layer_stride;
   void *ws;
   size_t ws_cap;
   rkv_compact_map *maps; /* bookkeeping mode's compact_uniform output */
@@ -294,7 +296,7 @@ static rkv_status validate_plan(rkv_exec *x, const rkv_sched_plan *p) {
                        x->qw ? "another window" : "no query window");
   }
   const size_t need = (size_t)p->n_batched_tokens * x->S * sizeof(int64_t);
-  RKV_TRY(grow(x, (void **)&x->wslots, &x->wslots_cap, need, "slot mapping"));
+  if (!p->slots) RKV_TRY(grow(x, (void **)&x->wslots, &x->wslots_cap, need, "slot mapping"));
   return grow_rows(x, (longest + x->bs - 1) / x->bs);
 }
 
@@ -361,32 +363,31 @@ static rkv_status sync_seq(rkv_exec *x, const rkv_sched_plan *p, uint32_t i) {
   return RKV_OK;
 }
 
-/* Lays the plan's slots out as [layer][row][kv head], the order k and v rows arrive in. */
-static rkv_status gather_slots(rkv_exec *x, const rkv_sched_plan *p) {
+/* The slot mapping as [layer][row][kv head], the order k and v rows arrive in: the plan's own
+ * when the scheduler wrote one (nothing to do), else looked up here (slow path). */
+static rkv_status layout_slots(rkv_exec *x, const rkv_sched_plan *p) {
+  if (p->slots) {
+    x->slots = p->slots;
+    x->slot_layer_stride = p->slot_layer_stride;
+    return RKV_OK;
+  }
   const size_t per_layer = (size_t)p->n_batched_tokens * x->Hkv;
+  x->slots = x->wslots;
+  x->slot_layer_stride = per_layer;
   uint32_t r0 = 0;
   for (uint32_t i = 0; i < p->n_seqs; i++) {
     const rkv_sched_seq *q = &p->seqs[i];
     const uint32_t n = q->n_tokens;
-    for (uint32_t l = 0; l < x->L; l++) {
-      int64_t *dst = x->wslots + l * per_layer + (size_t)r0 * x->Hkv;
-      for (uint32_t h = 0; h < x->Hkv; h++) {
-        const uint32_t s = l * x->Hkv + h;
-        if (p->slots) {
-          const int64_t *src = p->slots + p->slot_offset[i] + (size_t)s * n;
-          for (uint32_t t = 0; t < n; t++) dst[(size_t)t * x->Hkv + h] = src[t];
-          continue;
-        }
+    for (uint32_t l = 0; l < x->L; l++)
+      for (uint32_t h = 0; h < x->Hkv; h++)
         for (uint32_t t = 0; t < n; t++) {
-          const int32_t pos = q->kv_len - (int32_t)n + (int32_t)t;
+          int64_t *dst = x->wslots + l * per_layer + ((size_t)r0 + t) * x->Hkv + h;
           rkv_status st =
-              rkv_blockmgr_stream_slot(x->bm, q->id, l, h, pos, &dst[(size_t)t * x->Hkv + h]);
+              rkv_blockmgr_stream_slot(x->bm, q->id, l, h, q->kv_len - (int32_t)(n - t), dst);
           if (st != RKV_OK)
             return rkvi_fail(x->err, st, "begin: slot of %lld: %s", (long long)q->id,
                              rkv_blockmgr_last_error(x->bm));
         }
-      }
-    }
     r0 += n;
   }
   return RKV_OK;
@@ -414,7 +415,7 @@ rkv_status rkv_exec_begin(rkv_exec *x, const rkv_sched_plan *p) {
     rows += q->n_tokens;
   }
   x->q_indptr[np] = (int32_t)(rows - p->n_decode);
-  RKV_TRY(gather_slots(x, p));
+  RKV_TRY(layout_slots(x, p));
   x->rows_n = rows;
   x->plan = p;
   memset(x->layer_done, 0, x->L);
@@ -471,7 +472,8 @@ rkv_status rkv_exec_layer(rkv_exec *x, uint32_t layer, const float *q, const flo
     return rkvi_fail(x->err, RKV_ERR_INVALID_ARG, "layer %u: q, k, v and out are required", layer);
   const rkv_sched_plan *p = x->plan;
   const size_t n = (size_t)x->rows_n * x->Hkv;
-  rkv_status st = rkv_attn_write_kv(x->pool, k, v, x->wslots + layer * n, (uint32_t)n);
+  rkv_status st =
+      rkv_attn_write_kv(x->pool, k, v, x->slots + layer * x->slot_layer_stride, (uint32_t)n);
   if (st != RKV_OK)
     return rkvi_fail(x->err, st, "layer %u K/V write: %s", layer,
                      rkv_backend_last_error(rkv_kv_pool_backend(x->pool)));

@@ -67,7 +67,6 @@ struct rkv_sched {
   /* fresh blocks promised to this step's flagged compressions of shared blocks: planned as
    * used, so nothing else of the step takes them */
   uint32_t step_promised;
-  uint64_t slot_fill; /* slots of this plan written so far */
   uint32_t n_started;
   char err[RKV_ERRBUF];
 
@@ -102,9 +101,9 @@ struct rkv_sched {
   uint32_t fin_cap, n_fin;
   int64_t *plan_fin; /* [plan_fin_cap] the copy handed out with the plan (grown only by step) */
   uint32_t plan_fin_cap;
-  int64_t *slots;        /* [slots_cap] the plan's slot mapping (config.plan_slots) */
-  uint64_t slots_cap;    /* max_batched_tokens x streams */
-  uint64_t *slot_off;    /* [max_seqs] */
+  int64_t *slots;     /* [layers][max_batched_tokens][kv_heads] the plan's slot mapping */
+  uint64_t slots_cap; /* max_batched_tokens x streams (0 without config.plan_slots) */
+  uint32_t kv_heads;
   uint8_t *rows_changed; /* [max_seqs] */
   int64_t *started;      /* [max_seqs] */
   int64_t *plan_dropped; /* [plan_dropped_cap] finished + recompute-preempted, per plan */
@@ -429,6 +428,7 @@ rkv_status rkv_sched_create(const rkv_sched_config *cfg_in, rkv_blockmgr *m, rkv
   s->cfg.logger = s->log;
   s->bm = m;
   s->streams = rkv_blockmgr_streams_per_seq(m);
+  s->kv_heads = rkv_blockmgr_get_config(m)->num_kv_heads;
   s->block_size = bc->block_size;
   rkv_blockmgr_stats st;
   rkv_blockmgr_get_stats(m, &st);
@@ -472,7 +472,6 @@ rkv_status rkv_sched_create(const rkv_sched_config *cfg_in, rkv_blockmgr *m, rkv
   s->plan_fin_cap = s->fin_cap;
   ALLOC_ARR(s->plan_dropped, s->fin_cap);
   s->plan_dropped_cap = s->fin_cap;
-  ALLOC_ARR(s->slot_off, ms);
   ALLOC_ARR(s->rows_changed, ms);
   ALLOC_ARR(s->started, ms);
   if (cfg.plan_slots) ALLOC_ARR(s->slots, s->slots_cap);
@@ -516,7 +515,6 @@ void rkv_sched_destroy(rkv_sched *s) {
   rkvi_free(a, s->finished, sizeof(int64_t) * (s->fin_cap + 1));
   rkvi_free(a, s->plan_fin, sizeof(int64_t) * (s->plan_fin_cap + 1));
   rkvi_free(a, s->plan_dropped, sizeof(int64_t) * (s->plan_dropped_cap + 1));
-  rkvi_free(a, s->slot_off, sizeof(uint64_t) * (ms + 1));
   rkvi_free(a, s->rows_changed, ms + 1);
   rkvi_free(a, s->started, sizeof(int64_t) * (ms + 1));
   if (s->slots) rkvi_free(a, s->slots, sizeof(int64_t) * (s->slots_cap + 1));
@@ -785,10 +783,10 @@ static rkv_status schedule(rkv_sched *s, req *r, uint32_t n) {
   uint32_t nc = 0, popped = 0;
   RKV_ASSERT(s->copies_cap - p->n_copies >= s->streams);
   RKV_TRY(rkv_blockmgr_blocks_needed(s->bm, r->id, n, &popped));
-  int64_t *slots = s->slots ? s->slots + s->slot_fill : NULL;
-  RKV_TRY(rkv_blockmgr_append(s->bm, r->id, n, slots, s->copies + p->n_copies, &nc));
-  s->slot_off[p->n_seqs] = s->slot_fill;
-  if (slots) s->slot_fill += (uint64_t)n * s->streams;
+  int64_t *slots = s->slots ? s->slots + (size_t)p->n_batched_tokens * s->kv_heads : NULL;
+  RKV_TRY(rkv_blockmgr_append_batch(s->bm, r->id, n, slots,
+                                    (size_t)s->cfg.max_batched_tokens * s->kv_heads,
+                                    s->copies + p->n_copies, &nc));
   s->rows_changed[p->n_seqs] = popped || nc || r->computed == 0;
   if (r->computed == 0) s->started[s->n_started++] = r->id;
   s->step_used += popped;
@@ -826,28 +824,50 @@ static uint32_t chunk_for(const rkv_sched *s, const req *r, uint32_t tokens_left
  * that decodes is scheduled after the running prefills: a stable rotation moves each such
  * decode in front of the chunks, with everything indexed by plan position. Rare (swap-ins
  * only) and O(n_seqs) per moved sequence. */
+/* Moves the slot row `from` (a decode's one token) to row `to` < from in every layer,
+ * shifting the rows between one down. */
+static void rotate_slot_row(rkv_sched *s, uint32_t to, uint32_t from) {
+  if (!s->slots) return;
+  const uint32_t H = s->kv_heads, L = s->streams / H;
+  int64_t keep[256];
+  for (uint32_t l = 0; l < L; l++) {
+    int64_t *base = s->slots + (size_t)l * s->cfg.max_batched_tokens * H;
+    for (uint32_t h0 = 0; h0 < H; h0 += 256) {
+      const uint32_t w = H - h0 < 256 ? H - h0 : 256;
+      memcpy(keep, base + (size_t)from * H + h0, w * sizeof(int64_t));
+      for (uint32_t r = from; r > to; r--)
+        memcpy(base + (size_t)r * H + h0, base + (size_t)(r - 1) * H + h0, w * sizeof(int64_t));
+      memcpy(base + (size_t)to * H + h0, keep, w * sizeof(int64_t));
+    }
+  }
+}
+
 static void order_decodes_first(rkv_sched *s) {
   rkv_sched_plan *p = &s->plan;
   uint32_t first_prefill = 0;
   while (first_prefill < p->n_seqs && s->seqs[first_prefill].kind == RKV_SCHED_DECODE)
     first_prefill++;
-  for (uint32_t i = first_prefill + 1; i < p->n_seqs; i++) {
+  uint32_t row_fp = 0; /* plan row of the first prefill chunk */
+  for (uint32_t i = 0; i < first_prefill; i++) row_fp += s->seqs[i].n_tokens;
+  uint32_t row_i = row_fp;
+  for (uint32_t i = first_prefill; i < p->n_seqs; i++) {
+    const uint32_t n_i = s->seqs[i].n_tokens;
+    row_i += n_i; /* rows of seqs[0..i] */
     if (s->seqs[i].kind != RKV_SCHED_DECODE) continue;
+    rotate_slot_row(s, row_fp, row_i - 1);
     const rkv_sched_seq q = s->seqs[i];
     req *r = s->seq_req[i];
-    const uint64_t off = s->slot_off[i];
     const uint8_t ch = s->rows_changed[i];
     for (uint32_t j = i; j > first_prefill; j--) {
       s->seqs[j] = s->seqs[j - 1];
       s->seq_req[j] = s->seq_req[j - 1];
-      s->slot_off[j] = s->slot_off[j - 1];
       s->rows_changed[j] = s->rows_changed[j - 1];
     }
     s->seqs[first_prefill] = q;
     s->seq_req[first_prefill] = r;
-    s->slot_off[first_prefill] = off;
     s->rows_changed[first_prefill] = ch;
     first_prefill++;
+    row_fp++;
   }
   for (uint32_t i = 0; i < p->n_seqs; i++) s->seq_req[i]->plan_idx = i;
 }
@@ -860,7 +880,6 @@ static rkv_status plan_step(rkv_sched *s) {
   uint32_t used_watermark = usable_watermark(s);
   s->step_used = bm_used(s);
   s->step_promised = 0;
-  s->slot_fill = 0;
   s->n_started = 0;
 
   /* 1. running sequences in priority order: decodes first (pass 0), then prefill chunks
@@ -1035,7 +1054,7 @@ rkv_status rkv_sched_step(rkv_sched *s, const rkv_sched_plan **plan) {
   p->n_finished = s->n_fin;
   s->n_fin = 0;
   p->slots = s->slots;
-  p->slot_offset = s->slot_off;
+  p->slot_layer_stride = s->slots ? (uint64_t)s->cfg.max_batched_tokens * s->kv_heads : 0;
   p->rows_changed = s->rows_changed;
   p->started = s->started;
   p->n_started = s->n_started;

@@ -7,6 +7,7 @@ int rkv_bench_blockmgr(int argc, char **argv);
 int rkv_bench_evict(int argc, char **argv);
 int rkv_bench_granularity(int argc, char **argv);
 int rkv_bench_attention(int argc, char **argv);
+int rkv_bench_step(int argc, char **argv);
 int rkvi_bench_evict_cuda(int argc, char **argv); /* bench_evict_cuda.c: --backend cuda */
 
 #endif /* RKV_TOOL_BENCH_H */

@@ -18,6 +18,7 @@ static const struct {
     {"evict", rkv_bench_evict, "one-layer compression time vs a same-size sgemm"},
     {"granularity", rkv_bench_granularity, "dense step of all layers per selection unit vs stream"},
     {"attention", rkv_bench_attention, "paged attention bandwidth vs a memory copy"},
+    {"step", rkv_bench_step, "host cost of a decode step: scheduler + executor bookkeeping"},
 };
 
 static void usage(FILE *f) {

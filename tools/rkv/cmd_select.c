@@ -171,7 +171,7 @@ static int save_dump(const char *dir, const char *name, int ndim, const int64_t 
                      const float *x) {
   char path[4096], err[256];
   snprintf(path, sizeof path, "%s/%s", dir, name);
-  if (rkv_npy_save(path, "<f4", ndim, shape + 3 - ndim, x, err, sizeof err) != RKV_OK) {
+  if (rkv_npy_save(path, "<f4", ndim, shape + (3 - ndim), x, err, sizeof err) != RKV_OK) {
     fprintf(stderr, "rkv select: %s\n", err);
     return 1;
   }
@@ -588,7 +588,7 @@ int rkv_cmd_select(int argc, char **argv) {
       goto fail;
   }
   const int64_t shape[3] = {L, H, kept};
-  if (rkv_npy_save(o.out, "<i8", sh.ndim - 1, shape + 4 - sh.ndim, st.kept, err, sizeof err) !=
+  if (rkv_npy_save(o.out, "<i8", sh.ndim - 1, shape + (4 - sh.ndim), st.kept, err, sizeof err) !=
       RKV_OK) {
     fprintf(stderr, "rkv select: %s\n", err);
     goto fail;

@@ -96,6 +96,14 @@ RKV_API uint32_t rkv_blockmgr_list_seqs(const rkv_blockmgr *m, int64_t *ids, uin
  * amortised doubling of the sequence's row capacity. */
 RKV_API rkv_status rkv_blockmgr_append(rkv_blockmgr *m, int64_t seq, uint32_t n, int64_t *slots,
                                        rkv_block_copy *copies, uint32_t *n_copies);
+/* rkv_blockmgr_append with the slot mapping laid out for a batch, the order K/V rows come
+ * out of a QKV projection: the slot of token t of stream (layer l, head h) goes to
+ * slots[l * layer_stride + t * num_kv_heads + h]. Pass slots already offset to the
+ * sequence's first row (row * num_kv_heads) and layer_stride = rows of the batch x kv heads;
+ * layer_stride >= n * num_kv_heads (else RKV_ERR_INVALID_ARG). Everything else as append. */
+RKV_API rkv_status rkv_blockmgr_append_batch(rkv_blockmgr *m, int64_t seq, uint32_t n,
+                                             int64_t *slots, size_t layer_stride,
+                                             rkv_block_copy *copies, uint32_t *n_copies);
 /* Blocks an append of n tokens would take from the free list (new blocks + CoW copies). */
 RKV_API rkv_status rkv_blockmgr_blocks_needed(const rkv_blockmgr *m, int64_t seq, uint32_t n,
                                               uint32_t *out);

@@ -52,7 +52,7 @@ typedef struct rkv_sched_config {
   const rkv_logger *logger;       /* NULL = silent */
   bool check_every_step;          /* run rkv_sched_check after every step/report (tests) */
   /* Version 2. Plans carry the slot mapping of their appends (plan.slots): int64
-   * [max_batched_tokens x streams per sequence] allocated at create. The executor uses it
+   * [layers][max_batched_tokens][kv_heads] allocated at create. The executor uses it
    * instead of looking every slot up again; without it the executor looks slots up itself. */
   bool plan_slots;
 } rkv_sched_config;
@@ -199,11 +199,13 @@ typedef struct rkv_sched_plan {
                                    * (a child aborted since is also in `finished`) */
   uint32_t n_forks;
   /* ---- since version 2 (an engine built against version 1 never reads these) ---- */
-  /* The slot mapping the appends of this plan computed (NULL unless config.plan_slots):
-   * the new tokens of seqs[i] live at slots[slot_offset[i] + stream * n_tokens + t] for
-   * stream = layer * kv_heads + head and t < n_tokens. */
+  /* The slot mapping the appends of this plan computed (NULL unless config.plan_slots), laid
+   * out the way K/V rows leave a QKV projection: token t of seqs[i] at plan row
+   * row_i + t (row_i = the n_tokens of the sequences before it) has, in layer l and kv head
+   * h, the global slot slots[l * slot_layer_stride + (row_i + t) * kv_heads + h]. So
+   * slots + l * slot_layer_stride is layer l's whole slot mapping, [n_batched_tokens][kv_heads]. */
   const int64_t *slots;
-  const uint64_t *slot_offset; /* [n_seqs] */
+  uint64_t slot_layer_stride; /* max_batched_tokens x kv_heads */
   /* [n_seqs] 1 when the sequence's block-table rows changed beyond their lengths since the
    * previous plan's append (a block taken, a shared block copied, the sequence created or
    * restored; compactions are the executor's own): table mirrors need only the lengths
