@@ -474,6 +474,18 @@ static inline int64_t *bm_slot_ptr(const rkv_blockmgr *m, const bm_slot_out *o, 
   return o->base + (size_t)(s / H) * o->layer_stride + s % H;
 }
 
+/* The decode step's slots, layer-major: restrict-qualified parameters so the compiler may
+ * vectorise (the arrays never alias). */
+static void bm_decode_slots(int64_t *restrict out, size_t layer_stride, const int32_t *restrict tb,
+                            const int32_t *restrict len, uint32_t L, uint32_t H) {
+  for (uint32_t l = 0; l < L; l++, out += layer_stride, tb += H, len += H)
+    for (uint32_t h = 0; h < H; h++) out[h] = (int64_t)tb[h] + len[h];
+}
+
+static void bm_add_one(int32_t *restrict len, uint32_t S) {
+  for (uint32_t s = 0; s < S; s++) len[s] += 1;
+}
+
 /* The decode step that crosses a block boundary (one token, no shared tail): every stream
  * whose last block is full takes a fresh block, in two tight passes, since under lockstep
  * growth all streams of a sequence cross together (one step in block_size). */
@@ -536,13 +548,10 @@ static rkv_status bm_append(rkv_blockmgr *m, int64_t seq, uint32_t n, const bm_s
     /* Fast path: every stream has n free slots in its last block, which it owns alone. */
     int32_t *restrict len = q->len;
     const int32_t *restrict tb = q->tbase;
-    if (o && o->batch && n == 1) { /* the decode step into a batch: vector loops per layer */
-      const uint32_t H = m->cfg.num_kv_heads;
-      for (uint32_t l = 0, s0 = 0; s0 < S; l++, s0 += H) {
-        int64_t *restrict out = o->base + (size_t)l * o->layer_stride;
-        for (uint32_t h = 0; h < H; h++) out[h] = (int64_t)tb[s0 + h] + len[s0 + h];
-      }
-      for (uint32_t s = 0; s < S; s++) len[s] += 1;
+    if (o && o->batch && n == 1) { /* the decode step into a batch */
+      bm_decode_slots(o->base, o->layer_stride, tb, len, S / m->cfg.num_kv_heads,
+                      m->cfg.num_kv_heads);
+      bm_add_one(len, S);
     } else if (o && !o->batch && n == 1) { /* the decode step: a loop the compiler vectorises */
       int64_t *slots = o->base;
       for (uint32_t s = 0; s < S; s++) {

@@ -182,7 +182,8 @@ RKV_API rkv_status rkv_blockmgr_compact_uniform(rkv_blockmgr *m, int64_t seq, in
     const int32_t *row = q->tab + (size_t)s * (size_t)q->cap;
     nm++;
     no += (uint64_t)q->nblk[s];
-    for (int32_t r = 0; r < nbn; r++) fresh += m->ref[row[r]] > 1;
+    /* ref lookups are cache misses over a large pool: only needed once something is shared */
+    for (int32_t r = 0; m->shared_count && r < nbn; r++) fresh += m->ref[row[r]] > 1;
   }
   if (n_maps) *n_maps = (uint32_t)nm;
   if (n_old) *n_old = no > UINT32_MAX ? UINT32_MAX : (uint32_t)no;
@@ -207,7 +208,7 @@ RKV_API rkv_status rkv_blockmgr_compact_uniform(rkv_blockmgr *m, int64_t seq, in
     mp->old_n_blocks = q->nblk[s];
     memcpy(old_blocks + oi, row, (size_t)q->nblk[s] * sizeof(int32_t));
     oi += (uint32_t)q->nblk[s];
-    for (int32_t r = 0; r < nbn; r++) {
+    for (int32_t r = 0; m->shared_count && r < nbn; r++) {
       if (m->ref[row[r]] > 1) {
         int32_t old = row[r];
         row[r] = bm_pop(m);

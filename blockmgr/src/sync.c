@@ -1,7 +1,7 @@
 /* O(1) accounting and incremental table export: keeps a caller's padded per-sequence mirror of the
- * block tables current by writing only what changed since the last sync (DESIGN-NOTES §1 and §3:
- * per-step host work must not touch every table entry). Change tracking is the per-stream `dirty`
- * watermark maintained by append, fork, restore and the compactions. */
+ * block tables current by writing only what changed since the last sync (docs/ARCHITECTURE.md,
+ * "Hot paths and budgets": per-step host work must not touch every table entry). Change tracking is
+ * the per-stream `dirty` watermark maintained by append, fork, restore and the compactions. */
 #include <string.h>
 
 #include "blockmgr_impl.h"
@@ -13,7 +13,9 @@ RKV_API rkv_status rkv_blockmgr_sync_rows(rkv_blockmgr *m, int64_t seq, bool ful
   bm_seq *q = NULL;
   RKV_TRY(bm_get_seq(m, seq, &q));
   const uint32_t S = m->streams;
-  for (uint32_t s = 0; s < S; s++)
+  /* a row never holds more blocks than the sequence's row capacity: skip the walk when that
+   * already fits */
+  for (uint32_t s = 0; (uint32_t)q->cap > stride && s < S; s++)
     if ((uint32_t)q->nblk[s] > stride)
       return bm_fail(m, RKV_ERR_CAPACITY, "sync_rows: stream %u has %d blocks > stride %u", s,
                      q->nblk[s], stride);
