@@ -1,7 +1,7 @@
 /* Private layout of the block manager shared by its source files (blockmgr.c: handles,
  * sequences, append, export, stats; compact.c: the two compactions; check.c: the invariant
- * walker). Everything is plain arrays (DESIGN-NOTES §6): no per-block objects, no per-token
- * allocation. */
+ * walker). Everything is plain arrays (docs/ARCHITECTURE.md, "Memory: who owns what"): no
+ * per-block objects, no per-token allocation. */
 #ifndef RKV_BLOCKMGR_IMPL_H
 #define RKV_BLOCKMGR_IMPL_H
 

@@ -1,7 +1,7 @@
 // GPU eviction: R-KV / SnapKV / H2O / StreamingLLM selection and the compaction moves for a
 // batch of streams whose keys live in a CUDA KV pool (public API in rkv/evict_cuda.h; the
-// semantics are docs/RKV-ALGORITHM.md and the CPU path in score_rkv.c / select.c, which the
-// GPU tests compare against).
+// semantics are docs/EVICTION.md, "The algorithm, exactly", and the CPU path in score_rkv.c /
+// select.c, which the GPU tests compare against).
 //
 // Kernels, in launch order (one launch each for the whole batch, all on the backend stream):
 //   1. prep        one warp per key: 1 / (||k|| + 1e-8), zero the column sums, j*(i) = -1

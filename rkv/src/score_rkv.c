@@ -1,8 +1,9 @@
 /* One compression step for one kv head on keys gathered as f32 rows: R-KV importance and
  * redundancy, the joint score, SnapKV (importance only), H2O (accumulated mass) and
- * StreamingLLM (sinks + newest), then selection. Follows RKV-ALGORITHM.md step by step; the
- * comments name the step. Reductions run in double; the similarity tiles in f32 (BLAS or the
- * blocked kernel), which is the only O(n^2 d) work; the window logits are f64 products. */
+ * StreamingLLM (sinks + newest), then selection. Follows docs/EVICTION.md, "The algorithm,
+ * exactly", step by step; the comments name its steps. Reductions run in double; the
+ * similarity tiles in f32 (BLAS or the blocked kernel), which is the only O(n^2 d) work; the
+ * window logits are f64 products. */
 #include <math.h>
 #include <string.h>
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Straightforward PyTorch implementation of one R-KV / SnapKV / StreamingLLM / H2O
-compression step over a batch of dense streams (docs/RKV-ALGORITHM.md), timed with CUDA events.
+compression step over a batch of dense streams (docs/EVICTION.md, "The algorithm, exactly"),
+timed with CUDA events.
 
 `rkv bench evict --backend cuda` runs it with the same shapes as the librkv kernels and reads
 the line `torch_ms_median <ms>`. It is the reference a user would write without librkv: dense

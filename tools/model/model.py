@@ -298,9 +298,9 @@ if torch is not None:
 
 
 def streaming_evictor(budget, buffer, sinks=4):
-    """StreamingLLM with librkv's trigger (docs/RKV-ALGORITHM.md): a cache that reached
-    budget + buffer after a decode step, or at least budget after the prompt, keeps its
-    first `sinks` entries and the newest budget - sinks, in cache order."""
+    """StreamingLLM with librkv's trigger (docs/EVICTION.md, "When a stream is compressed"): a
+    cache that reached budget + buffer after a decode step, or at least budget after the
+    prompt, keeps its first `sinks` entries and the newest budget - sinks, in cache order."""
 
     def evict(cache, after_prefill):
         n = cache.length()

@@ -10,7 +10,7 @@
  * which compress; the model runner reads the slots it appended), or with --simple-loop the
  * tool's own loop (one step = every live sequence feeds its next token, newly admitted ones
  * their whole prompt). Either way compression runs right after the step whose attention saw
- * the full cache, as docs/RKV-ALGORITHM.md prescribes. */
+ * the full cache, as docs/EVICTION.md ("The algorithm, exactly") prescribes. */
 #include "rkv_tool.h"
 
 #include <math.h>

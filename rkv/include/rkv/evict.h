@@ -2,7 +2,7 @@
  * H2O, full) behind one policy interface. Scoring reads keys block by block through the block
  * manager's per-stream tables straight from a KV pool; the result is a per-stream keep list
  * handed to the block manager's compaction, which frees whole tail blocks.
- * Semantics: docs/RKV-ALGORITHM.md of the project (followed exactly). */
+ * Semantics: docs/EVICTION.md, "The algorithm, exactly" (followed exactly). */
 #ifndef RKV_EVICT_H
 #define RKV_EVICT_H
 
@@ -189,7 +189,7 @@ RKV_API rkv_status rkv_evict_select_dense_multi(const rkv_evict_params *p, rkv_e
                                                 const rkv_evict_scores *dump, void *workspace,
                                                 size_t ws_bytes, char *err, size_t err_len);
 
-/* ---- H2O score accumulation (CPU path until the attention module feeds it) ------------- */
+/* ---- H2O score accumulation (standalone CPU path) -------------------------------------- */
 
 /* Adds one decode step's attention probabilities to the per-slot score buffer
  * (rkv_kv_pool_scores(pool)) of every stream of (seq, layer): for kv head h and each query
@@ -197,7 +197,10 @@ RKV_API rkv_status rkv_evict_select_dense_multi(const rkv_evict_params *p, rkv_e
  * slot of each key (summed over the group). q [num_q_heads][head_dim] f32, borrowed.
  * Reads keys block by block; no workspace, no allocation (two passes, online softmax).
  * CPU pools only (RKV_ERR_UNSUPPORTED otherwise); RKV_ERR_INVALID_ARG (shapes, layer),
- * RKV_ERR_NOT_FOUND (seq). O(n * d * num_q_heads). */
+ * RKV_ERR_NOT_FOUND (seq). O(n * d * num_q_heads).
+ * Serving paths do not need it: rkv_attn_decode / rkv_attn_prefill with accumulate_scores add
+ * the same mass while they attend (CPU and CUDA pools). This is the standalone path for
+ * callers that run their own attention over a CPU pool, and for the tests. */
 RKV_API rkv_status rkv_evict_h2o_accumulate(const rkv_blockmgr *m, rkv_kv_pool *pool, int64_t seq,
                                             uint32_t layer, const float *q, uint32_t num_q_heads);
 

@@ -1,6 +1,7 @@
 /* librkv eviction on the GPU: R-KV, SnapKV, StreamingLLM and H2O selection plus the compaction
  * moves, for a batch of streams whose keys stay in a CUDA KV pool. Semantics are those of the
- * CPU path (rkv/evict.h, docs/RKV-ALGORITHM.md); only where the numbers are computed differs.
+ * CPU path (rkv/evict.h; docs/EVICTION.md, "The algorithm, exactly"); only where the numbers
+ * are computed differs.
  *
  * Flow with a uniform budget (the serving path; no host round trip inside one compression):
  *   1. rkv_blockmgr_compact_uniform(m, seq, layer, budget, maps, ..., old_blocks, ...) cuts

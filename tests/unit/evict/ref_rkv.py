@@ -1,5 +1,6 @@
-"""Independent NumPy reference of one compression step (docs: RKV-ALGORITHM.md), written from
-the algorithm text, vectorised, in float64. Used by crosscheck_select.py against `rkv select`.
+"""Independent NumPy reference of one compression step (docs/EVICTION.md, "The algorithm,
+exactly"), written from the algorithm text, vectorised, in float64. Used by
+crosscheck_select.py against `rkv select`.
 
 Shapes: K [H, n, d] keys in cache order; Q [QH, window, d] the window queries (QH a multiple
 of H; query head q belongs to kv head q // (QH // H)); acc [H, n] accumulated mass (H2O).
