@@ -28,7 +28,7 @@ function(rkv_add_module name)
   endif()
   add_library(rkv_${name} OBJECT ${srcs})
   target_include_directories(rkv_${name} PUBLIC ${CMAKE_CURRENT_SOURCE_DIR}/include
-                             PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/src ${PROJECT_SOURCE_DIR}/runtime/src)
+                             PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/src ${PROJECT_SOURCE_DIR}/runtime/internal)
   target_compile_options(rkv_${name} PRIVATE $<$<COMPILE_LANGUAGE:C>:${RKV_C_WARNINGS}>)
   target_compile_definitions(rkv_${name} PRIVATE RKV_DEBUG=${RKV_DEBUG} $<$<BOOL:${RKV_HAVE_CUDA}>:RKV_HAVE_CUDA=1>)
   target_link_libraries(rkv_${name} PUBLIC ${M_DEPS} PRIVATE ${M_PRIVATE_DEPS})

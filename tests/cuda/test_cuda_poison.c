@@ -16,7 +16,7 @@ int main(void) {
   return cuda_test_skip("librkv built without CUDA");
 }
 #else
-/* Private (runtime/src/cuda_status.h); declared here because tests see public headers only. */
+/* Private (runtime/internal/cuda_status.h); declared here because tests see public headers only. */
 bool rkvi_cuda_error_sticky(int cuda_error);
 
 static void host_checks(void) {

@@ -1,5 +1,5 @@
 /* rkv_blockmgr_check can fail: each test corrupts one piece of the manager's private state
- * (through the private header; tests.cmake adds blockmgr/src and runtime/src to this test's
+ * (through the private header; tests.cmake adds blockmgr/src and runtime/internal to this test's
  * include path), expects RKV_ERR_CORRUPT with a message naming the violation, restores the
  * state and expects RKV_OK again. */
 #include "blockmgr_impl.h"

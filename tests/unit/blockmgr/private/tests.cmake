@@ -3,5 +3,5 @@
 # collide with tests/unit/blockmgr/tests.cmake (the tool tests).
 if(TARGET blockmgr_test_check)
   target_include_directories(blockmgr_test_check PRIVATE ${PROJECT_SOURCE_DIR}/blockmgr/src
-                             ${PROJECT_SOURCE_DIR}/runtime/src)
+                             ${PROJECT_SOURCE_DIR}/runtime/internal)
 endif()

@@ -1,6 +1,7 @@
 /* Private helpers shared by every librkv module (not installed): allocation through the
  * caller's allocator, per-handle error text, logging, assert levels, cleanup macros.
- * Modules include it from runtime/src (their CMake target adds that directory privately). */
+ * Modules include it from runtime/internal, the one directory of internals shared across
+ * modules (their CMake target adds it privately; no module sees another module's src/). */
 #ifndef RKV_INTERNAL_H
 #define RKV_INTERNAL_H
 
