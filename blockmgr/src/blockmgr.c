@@ -69,10 +69,16 @@ static void bm_map_erase(rkv_blockmgr *m, int64_t id) {
   }
 }
 
-rkv_status bm_get_seq(const rkv_blockmgr *m, int64_t id, bm_seq **out) {
+rkv_status bm_get_seq_raw(const rkv_blockmgr *m, int64_t id, bm_seq **out) {
   int32_t s = id >= 0 ? bm_find(m, id) : -1;
   if (s < 0) return bm_fail(m, RKV_ERR_NOT_FOUND, "sequence %lld not found", (long long)id);
   *out = &m->seqs[s];
+  return RKV_OK;
+}
+
+rkv_status bm_get_seq(const rkv_blockmgr *m, int64_t id, bm_seq **out) {
+  RKV_TRY(bm_get_seq_raw(m, id, out));
+  bm_settle(m, *out);
   return RKV_OK;
 }
 
@@ -285,6 +291,7 @@ static bm_seq *bm_commit_slot(rkv_blockmgr *m, int64_t id, int32_t slot) {
   bm_seq *q = &m->seqs[slot];
   q->id = id;
   q->room = 0;
+  q->pend = 0;
   q->maybe_shared_tail = false;
   bm_map_insert(m, id, slot);
   m->num_seqs++;
@@ -540,10 +547,18 @@ static rkv_status bm_append(rkv_blockmgr *m, int64_t seq, uint32_t n, const bm_s
   if (n_copies) *n_copies = 0;
   if (n == 0) return bm_fail(m, RKV_ERR_INVALID_ARG, "append: n == 0");
   bm_seq *q = NULL;
-  RKV_TRY(bm_get_seq(m, seq, &q));
+  RKV_TRY(bm_get_seq_raw(m, seq, &q));
   const uint32_t S = m->streams;
   const int32_t bs = m->bs;
   const size_t tstride = o && o->batch ? o->token_stride : 1;
+  if (!o && !q->maybe_shared_tail && n <= (uint32_t)q->room) {
+    /* lockstep growth inside every stream's last block: O(1), lengths settle on first read */
+    q->pend += (int32_t)n;
+    q->room -= (int32_t)n;
+    m->tokens += (uint64_t)n * S;
+    return bm_after_op(m);
+  }
+  bm_settle(m, q);
   if (!q->maybe_shared_tail && n <= (uint32_t)q->room) {
     /* Fast path: every stream has n free slots in its last block, which it owns alone. */
     int32_t *restrict len = q->len;
@@ -646,13 +661,14 @@ RKV_API rkv_status rkv_blockmgr_blocks_needed(const rkv_blockmgr *m, int64_t seq
   if (!m) return RKV_ERR_INVALID_ARG;
   if (!out) return bm_fail(m, RKV_ERR_INVALID_ARG, "blocks_needed: out is NULL");
   bm_seq *q = NULL;
-  RKV_TRY(bm_get_seq(m, seq, &q));
+  RKV_TRY(bm_get_seq_raw(m, seq, &q));
   int64_t need, ncow;
   int32_t maxnb;
   if (n == 0 || (!q->maybe_shared_tail && n <= (uint32_t)q->room)) {
     *out = 0;
     return RKV_OK;
   }
+  bm_settle(m, q);
   RKV_TRY(bm_plan_append(m, q, n, &need, &ncow, &maxnb));
   *out = need > UINT32_MAX ? UINT32_MAX : (uint32_t)need;
   return RKV_OK;
@@ -662,8 +678,9 @@ RKV_API bool rkv_blockmgr_can_append(const rkv_blockmgr *m, int64_t seq, uint32_
   if (!m || seq < 0) return false;
   int32_t s = bm_find(m, seq);
   if (s < 0) return false;
-  const bm_seq *q = &m->seqs[s];
+  bm_seq *q = &m->seqs[s];
   if (n == 0 || (!q->maybe_shared_tail && n <= (uint32_t)q->room)) return true;
+  bm_settle(m, q);
   int64_t need, ncow;
   int32_t maxnb;
   if (bm_plan_append(m, q, n, &need, &ncow, &maxnb) != RKV_OK) return false;
@@ -822,8 +839,9 @@ RKV_API void rkv_blockmgr_get_stats(const rkv_blockmgr *m, rkv_blockmgr_stats *o
     uint16_t *fill = m->fill; /* handle-owned scratch */
     memset(fill, 0, (size_t)m->nblocks * sizeof(uint16_t));
     for (uint32_t i = 0; i < m->max_seqs; i++) {
-      const bm_seq *q = &m->seqs[i];
+      bm_seq *q = &m->seqs[i];
       if (q->id < 0) continue;
+      bm_settle(m, q);
       for (uint32_t s = 0; s < m->streams; s++) {
         const int32_t *row = q->tab + (size_t)s * (size_t)q->cap;
         int32_t nb = q->nblk[s];

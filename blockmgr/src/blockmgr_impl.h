@@ -28,6 +28,10 @@ typedef struct bm_seq {
    * rkv_blockmgr_sync_rows of this sequence (INT32_MAX = unchanged): lets the caller's
    * device-side table mirror be updated by deltas instead of re-exported every step. */
   int32_t *dirty;
+  /* Tokens appended to every stream that len[] does not show yet: the decode step without a
+   * slot mapping only bumps this (streams grow in lockstep), and the first call that reads
+   * len[] settles it (bm_settle). */
+  int32_t pend;
 } bm_seq;
 
 /* Per-stream metadata arrays of a sequence (nblk, len, tbase, dirty), one allocation. */
@@ -76,6 +80,17 @@ rkv_status bm_fail(const rkv_blockmgr *m, rkv_status s, const char *fmt, ...)
 int32_t bm_find(const rkv_blockmgr *m, int64_t id);
 /* Looks up a sequence for a call; sets NOT_FOUND / INVALID_ARG text. */
 rkv_status bm_get_seq(const rkv_blockmgr *m, int64_t id, bm_seq **out);
+/* Folds the lockstep tokens of the fast append into every stream's length. O(streams) once per
+ * pending run; lengths are logically unchanged, so const handles may call it. */
+static inline void bm_settle(const rkv_blockmgr *m, bm_seq *q) {
+  if (!q->pend) return;
+  const int32_t n = q->pend;
+  int32_t *len = q->len;
+  for (uint32_t s = 0; s < m->streams; s++) len[s] += n;
+  q->pend = 0;
+}
+/* Looks a sequence up without settling its lengths (the append fast path). */
+rkv_status bm_get_seq_raw(const rkv_blockmgr *m, int64_t id, bm_seq **out);
 /* Pops a free block with ref 1 (caller checked free_top). */
 static inline int32_t bm_pop(rkv_blockmgr *m) {
   int32_t b = m->free_ids[--m->free_top];

@@ -42,8 +42,9 @@ RKV_API rkv_status rkv_blockmgr_check(const rkv_blockmgr *m) {
   uint32_t live = 0;
   uint64_t tokens = 0;
   for (uint32_t i = 0; i < m->max_seqs; i++) {
-    const bm_seq *q = &m->seqs[i];
+    bm_seq *q = &m->seqs[i];
     if (q->id < 0) continue;
+    bm_settle(m, q);
     live++;
     if (bm_find(m, q->id) != (int32_t)i)
       BM_CORRUPT("sequence %lld (slot %u) not reachable through the id map", (long long)q->id, i);
