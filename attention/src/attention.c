@@ -89,7 +89,8 @@ static rkv_status check_shape(const rkv_kv_pool *pool, const rkv_attn_params *p,
     return rkvi_fail(e, RKV_ERR_INVALID_ARG, "attention: head_dim %u != pool layout head_dim %u",
                      p->head_dim, l->head_dim);
   if (p->rows) {
-    if (p->num_seqs && (!p->rows->rows || !p->rows->lens || !p->rows->seq_row))
+    if (p->num_seqs &&
+        (!p->rows->rows || !(p->rows->lens || p->rows->seq_lens) || !p->rows->seq_row))
       return rkvi_fail(e, RKV_ERR_INVALID_ARG, "attention: block rows arrays must be non-NULL");
     if (p->rows->stride == 0)
       return rkvi_fail(e, RKV_ERR_INVALID_ARG, "attention: block rows stride is 0");
@@ -138,7 +139,8 @@ static rkv_status check_stream(const rkv_kv_pool *pool, const rkv_attn_params *p
     if (sr < 0)
       return rkvi_fail(e, RKV_ERR_INVALID_ARG, "attention: seq_row[%u] = %d is negative",
                        s / p->num_kv_heads, sr);
-    const int64_t n = w->lens[(int64_t)sr + w->stream_offset + s % p->num_kv_heads];
+    const int64_t n = w->seq_lens ? w->seq_lens[s / p->num_kv_heads]
+                                  : w->lens[(int64_t)sr + w->stream_offset + s % p->num_kv_heads];
     if (n < 0 || n > (int64_t)w->stride * bs)
       return rkvi_fail(e, RKV_ERR_INVALID_ARG,
                        "attention: stream %u has length %lld, rows hold %u blocks of %d", s,
@@ -425,5 +427,79 @@ rkv_status rkv_attn_write_kv(rkv_kv_pool *pool, const float *k, const float *v,
     /* A new token starts with no accumulated attention mass (the slot may be recycled). */
     pool->scores[slot] = 0.0f;
   }
+  return RKV_OK;
+}
+
+/* ---- KV write through block rows -------------------------------------------------------- */
+
+static void store_row(const rkv_kv_pool *pool, int64_t slot, const float *k, const float *v) {
+  const rkv_kv_layout *l = &pool->layout;
+  const uint32_t d = l->head_dim, bs = l->block_size;
+  const size_t esz = rkv_dtype_size(l->dtype);
+  uint8_t *blk = (uint8_t *)pool->base + (size_t)(slot / bs) * pool->block_bytes;
+  const uint32_t o = (uint32_t)(slot % bs);
+  void *kd = blk + (size_t)o * d * esz, *vd = blk + ((size_t)bs + o) * d * esz;
+  if (l->dtype == RKV_DTYPE_F32) {
+    memcpy(kd, k, (size_t)d * sizeof(float));
+    memcpy(vd, v, (size_t)d * sizeof(float));
+  } else {
+    for (uint32_t j = 0; j < d; j++) {
+      rkv_dtype_store(l->dtype, kd, j, k[j]);
+      rkv_dtype_store(l->dtype, vd, j, v[j]);
+    }
+  }
+  pool->scores[slot] = 0.0f; /* a new token starts with no attention mass */
+}
+
+/* Slot of position pos of stream (b, h), or -1 when the rows do not hold it. */
+static int64_t rows_slot(const rkv_kv_pool *pool, const rkv_attn_params *ap, uint32_t b, uint32_t h,
+                         int64_t back) {
+  const int32_t bs = (int32_t)pool->layout.block_size;
+  const rkvi_stream_ref r = rkvi_attn_stream(ap, b * ap->num_kv_heads + h, bs);
+  const int64_t pos = r.len - back;
+  if (pos < 0) return -1;
+  const int32_t id = r.ids[pos / bs];
+  if (id < 0 || (uint32_t)id >= pool->num_blocks) return -1;
+  return (int64_t)id * bs + pos % bs;
+}
+
+rkv_status rkv_attn_write_kv_rows(rkv_kv_pool *pool, const float *k, const float *v,
+                                  uint32_t num_seqs, uint32_t num_kv_heads, const int32_t *q_indptr,
+                                  const rkv_block_rows *rows) {
+  if (!pool) return RKV_ERR_INVALID_ARG;
+  if (num_seqs == 0) return RKV_OK;
+  char *e = errbuf(pool);
+  if (!k || !v || !rows || !rows->rows || !rows->seq_row || !(rows->lens || rows->seq_lens) ||
+      !num_kv_heads)
+    return rkvi_fail(e, RKV_ERR_INVALID_ARG,
+                     "attn write_kv_rows: k, v, rows (rows, seq_row, lens or seq_lens) and "
+                     "num_kv_heads are required");
+  if (is_cuda(pool))
+    return rkvi_attn_cuda_write_kv_rows(pool, k, v, num_seqs, num_kv_heads, q_indptr, rows, e);
+  /* Only the stream view of rkv_attn_params is used: rows, num_kv_heads. */
+  rkv_attn_params ap = RKV_ATTN_PARAMS_INIT;
+  ap.num_seqs = num_seqs;
+  ap.num_kv_heads = num_kv_heads;
+  ap.rows = rows;
+  const uint32_t d = pool->layout.head_dim;
+  for (int pass = 0; pass < 2; pass++) /* validate every slot, then write */
+    for (uint32_t b = 0; b < num_seqs; b++) {
+      const int32_t r0 = q_indptr ? q_indptr[b] : (int32_t)b;
+      const int32_t n = q_indptr ? q_indptr[b + 1] - r0 : 1;
+      if (r0 < 0 || n < 0)
+        return rkvi_fail(e, RKV_ERR_INVALID_ARG, "attn write_kv_rows: q_indptr at %u", b);
+      for (uint32_t h = 0; h < num_kv_heads; h++)
+        for (int32_t t = 0; t < n; t++) {
+          const int64_t slot = rows_slot(pool, &ap, b, h, (int64_t)n - t);
+          if (slot < 0)
+            return rkvi_fail(e, RKV_ERR_INVALID_ARG,
+                             "attn write_kv_rows: sequence %u head %u has no slot for new row %d "
+                             "(stream too short or block id outside the pool)",
+                             b, h, t);
+          if (!pass) continue;
+          const size_t row = ((size_t)(r0 + t) * num_kv_heads + h) * d;
+          store_row(pool, slot, k + row, v + row);
+        }
+    }
   return RKV_OK;
 }

@@ -31,7 +31,7 @@ static inline rkvi_stream_ref rkvi_attn_stream(const rkv_attn_params *p, uint32_
     const int64_t row =
         (int64_t)w->seq_row[s / p->num_kv_heads] + w->stream_offset + s % p->num_kv_heads;
     r.ids = w->rows + row * (int64_t)w->stride;
-    r.len = w->lens[row];
+    r.len = w->seq_lens ? w->seq_lens[s / p->num_kv_heads] : w->lens[row];
     r.nblk = (int32_t)((r.len + bs - 1) / bs);
     r.last = r.nblk ? (int32_t)(r.len - (int64_t)(r.nblk - 1) * bs) : 0;
     return r;

@@ -86,6 +86,7 @@ struct AttnParams {
   const int32_t *rows;
   const int32_t *lens;
   const int32_t *seq_row;
+  const int32_t *seq_lens;  // NULL: per-row lens
   int64_t stride;
   int stream_offset;
   int prefill;
@@ -174,7 +175,7 @@ __global__ void __launch_bounds__(kMaxThreads) attn_kernel(AttnParams p) {
   if (p.rows) {
     const int64_t row = (int64_t)p.seq_row[seq] + p.stream_offset + h;
     ids = p.rows + row * p.stride;
-    len = p.lens[row];
+    len = p.seq_lens ? p.seq_lens[seq] : p.lens[row];
     nblk = (int)((len + bs - 1) / bs);
     last = nblk ? (int)(len - (int64_t)(nblk - 1) * bs) : 0;
   } else {
@@ -401,6 +402,52 @@ __global__ void write_kv_kernel(WriteParams p) {
   if (lane == 0) p.scores[slot] = 0.f;  // a new token starts with no attention mass
 }
 
+struct WriteRowsParams {
+  uint8_t *base;
+  float *scores;
+  size_t block_bytes;
+  int bs, d, hkv;
+  uint32_t num_blocks;
+  const float *k;
+  const float *v;
+  const int32_t *q_indptr;  // NULL: one row per sequence
+  const int32_t *rows, *lens, *seq_row, *seq_lens;
+  int64_t stride;
+  int stream_offset;
+};
+
+// CTA per (sequence, kv head), a warp per new row: the slot of the stream's position
+// len - n + t comes from its block row, as rkv_attn_write_kv_rows' CPU path computes it.
+template <typename T>
+__global__ void write_kv_rows_kernel(WriteRowsParams p) {
+  const int b = blockIdx.x, h = blockIdx.y;
+  int64_t r0 = b, n = 1;
+  if (p.q_indptr) {
+    r0 = p.q_indptr[b];
+    n = p.q_indptr[b + 1] - r0;
+  }
+  const int64_t row = (int64_t)p.seq_row[b] + p.stream_offset + h;
+  const int64_t len = p.seq_lens ? p.seq_lens[b] : p.lens[row];
+  const int32_t *ids = p.rows + row * p.stride;
+  const int lane = threadIdx.x % 32, nw = blockDim.x / 32;
+  for (int64_t t = threadIdx.x / 32; t < n; t += nw) {
+    const int64_t pos = len - n + t;
+    if (pos < 0) continue;
+    const int32_t id = ids[pos / p.bs];
+    if (id < 0 || (uint32_t)id >= p.num_blocks) continue;
+    const int o = (int)(pos % p.bs);
+    uint8_t *blk = p.base + (size_t)id * p.block_bytes;
+    T *kd = reinterpret_cast<T *>(blk) + (size_t)o * p.d;
+    T *vd = reinterpret_cast<T *>(blk) + ((size_t)p.bs + o) * p.d;
+    const size_t src = ((size_t)(r0 + t) * p.hkv + h) * p.d;
+    for (int e = lane; e < p.d; e += 32) {
+      from_f32(p.k[src + e], kd + e);
+      from_f32(p.v[src + e], vd + e);
+    }
+    if (lane == 0) p.scores[(int64_t)id * p.bs + o] = 0.f;
+  }
+}
+
 // ---- query window ring ----------------------------------------------------------------------
 
 struct QwinParams {
@@ -491,6 +538,7 @@ rkv_status launch_attn(rkv_kv_pool *pool, const rkv_attn_params *a, bool prefill
     p.rows = a->rows->rows;
     p.lens = a->rows->lens;
     p.seq_row = a->rows->seq_row;
+    p.seq_lens = a->rows->seq_lens;
     p.stride = a->rows->stride;
     p.stream_offset = (int)a->rows->stream_offset;
   }
@@ -646,6 +694,52 @@ rkv_status rkvi_attn_cuda_write_kv(rkv_kv_pool *pool, const float *k, const floa
       break;
     case RKV_DTYPE_BF16:
       write_kv_kernel<__nv_bfloat16><<<grid, 256, 0, st>>>(p);
+      break;
+    default:
+      return rkvi_fail(err, RKV_ERR_UNSUPPORTED, "attention cuda: unsupported dtype: %d",
+                       (int)pool->layout.dtype);
+  }
+  ATTN_LAUNCH_CHECK(b, err);
+  return RKV_OK;
+}
+
+rkv_status rkvi_attn_cuda_write_kv_rows(rkv_kv_pool *pool, const float *k, const float *v,
+                                        uint32_t num_seqs, uint32_t num_kv_heads,
+                                        const int32_t *q_indptr, const rkv_block_rows *rows,
+                                        char *err) {
+  rkv_backend *b = pool->backend;
+  if (b->poisoned) return rkvi_fail(err, RKV_ERR_CUDA, "attention cuda: context poisoned earlier");
+  if (num_kv_heads > 65535)
+    return rkvi_fail(err, RKV_ERR_UNSUPPORTED, "attention cuda: %u kv heads", num_kv_heads);
+  WriteRowsParams p{};
+  p.base = static_cast<uint8_t *>(pool->base);
+  p.scores = pool->scores;
+  p.block_bytes = pool->block_bytes;
+  p.bs = (int)pool->layout.block_size;
+  p.d = (int)pool->layout.head_dim;
+  p.hkv = (int)num_kv_heads;
+  p.num_blocks = pool->num_blocks;
+  p.k = k;
+  p.v = v;
+  p.q_indptr = q_indptr;
+  p.rows = rows->rows;
+  p.lens = rows->lens;
+  p.seq_row = rows->seq_row;
+  p.seq_lens = rows->seq_lens;
+  p.stride = rows->stride;
+  p.stream_offset = (int)rows->stream_offset;
+  cudaStream_t st = static_cast<cudaStream_t>(b->stream);
+  const dim3 grid(num_seqs, num_kv_heads);
+  const unsigned threads = q_indptr ? 256 : 32;
+  switch (pool->layout.dtype) {
+    case RKV_DTYPE_F32:
+      write_kv_rows_kernel<float><<<grid, threads, 0, st>>>(p);
+      break;
+    case RKV_DTYPE_F16:
+      write_kv_rows_kernel<__half><<<grid, threads, 0, st>>>(p);
+      break;
+    case RKV_DTYPE_BF16:
+      write_kv_rows_kernel<__nv_bfloat16><<<grid, threads, 0, st>>>(p);
       break;
     default:
       return rkvi_fail(err, RKV_ERR_UNSUPPORTED, "attention cuda: unsupported dtype: %d",

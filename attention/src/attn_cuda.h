@@ -36,6 +36,10 @@ rkv_status rkvi_attn_cuda_prefill(rkv_kv_pool *pool, const rkv_attn_params *p, v
                                   size_t ws_bytes, char *err);
 rkv_status rkvi_attn_cuda_write_kv(rkv_kv_pool *pool, const float *k, const float *v,
                                    const int64_t *slots, uint32_t n_rows, char *err);
+rkv_status rkvi_attn_cuda_write_kv_rows(rkv_kv_pool *pool, const float *k, const float *v,
+                                        uint32_t num_seqs, uint32_t num_kv_heads,
+                                        const int32_t *q_indptr, const rkv_block_rows *rows,
+                                        char *err);
 rkv_status rkvi_attn_cuda_workspace_bound(const rkv_kv_pool *pool, uint32_t max_seqs,
                                           uint32_t num_q_heads, uint32_t head_dim, int64_t max_len,
                                           size_t *bytes);

@@ -25,6 +25,14 @@ rkv_status rkvi_attn_cuda_write_kv(rkv_kv_pool *pool, const float *k, const floa
   return rkvi_fail(err, RKV_ERR_UNSUPPORTED, "attention: librkv was built without CUDA");
 }
 
+rkv_status rkvi_attn_cuda_write_kv_rows(rkv_kv_pool *pool, const float *k, const float *v,
+                                        uint32_t num_seqs, uint32_t num_kv_heads,
+                                        const int32_t *q_indptr, const rkv_block_rows *rows,
+                                        char *err) {
+  (void)pool, (void)k, (void)v, (void)num_seqs, (void)num_kv_heads, (void)q_indptr, (void)rows;
+  return rkvi_fail(err, RKV_ERR_UNSUPPORTED, "attention: librkv was built without CUDA");
+}
+
 rkv_status rkvi_attn_cuda_workspace_bound(const rkv_kv_pool *pool, uint32_t max_seqs,
                                           uint32_t num_q_heads, uint32_t head_dim, int64_t max_len,
                                           size_t *bytes) {

@@ -32,6 +32,10 @@ struct rkv_exec {
   int32_t *lens;   /* [nidx][S] */
   int64_t *owner;  /* [nidx] id the entry was synced for, -1 = none */
   uint8_t *stale;  /* [nidx] compacted since the last sync */
+  /* [nidx] every stream of the entry has xlen[] tokens (lockstep): lens[] is then not kept
+   * current, and a step's length update is one add */
+  uint8_t *uniform;
+  int32_t *xlen;
 
   rkv_qwindow *qw;     /* NULL when the default policy scores without queries */
   unsigned char *host; /* swap pool [host_blocks][block_bytes] */
@@ -42,12 +46,14 @@ struct rkv_exec {
   uint8_t *layer_done; /* [L] */
   uint32_t rows_n;     /* plan rows */
   bool h2o;
-  int32_t *seq_row;  /* [max_seqs] index * S */
-  int64_t *ids;      /* [max_seqs] */
-  int32_t *q_indptr; /* [max_seqs + 1] prefill group rows, relative */
-  int64_t *wslots;   /* [L][rows * Hkv] when the plan carries no slot mapping */
-  size_t wslots_cap;
-  const int64_t *slots; /* the step's slot mapping, layer l at slots + l * slot_layer_stride */
+  int32_t *seq_row;     /* [max_seqs] index * S */
+  int32_t *blen;        /* [max_seqs] the step's uniform lengths, plan order */
+  int32_t *all_indptr;  /* [max_seqs + 1] rows of every plan sequence */
+  bool all_uniform;     /* every scheduled sequence's streams share one length */
+  int64_t *ids;         /* [max_seqs] */
+  int32_t *q_indptr;    /* [max_seqs + 1] prefill group rows, relative */
+  const int64_t *slots; /* the plan's slot mapping (layer l at slots + l * stride), or NULL:
+                         * K/V writes then find their slots through the mirror */
   size_t slot_layer_stride;
   void *ws;
   size_t ws_cap;
@@ -93,7 +99,10 @@ void rkv_exec_destroy(rkv_exec *x) {
   rkvi_free(a, x->seq_row, ms * sizeof(int32_t));
   rkvi_free(a, x->ids, ms * sizeof(int64_t));
   rkvi_free(a, x->q_indptr, (ms + 1) * sizeof(int32_t));
-  rkvi_free(a, x->wslots, x->wslots_cap);
+  rkvi_free(a, x->uniform, n);
+  rkvi_free(a, x->xlen, n * sizeof(int32_t));
+  rkvi_free(a, x->blen, ms * sizeof(int32_t));
+  rkvi_free(a, x->all_indptr, (ms + 1) * sizeof(int32_t));
   rkvi_free(a, x->ws, x->ws_cap);
   rkvi_free(a, x->maps, x->maps_cap);
   rkvi_free(a, x->old, x->old_cap);
@@ -185,14 +194,19 @@ rkv_status rkv_exec_create(const rkv_exec_config *cfg, rkv_blockmgr *m, rkv_kv_p
   x->lens = rkvi_calloc(x->al, (size_t)x->nidx * x->S * sizeof(int32_t), 64);
   x->owner = rkvi_alloc(x->al, x->nidx * sizeof(int64_t), 16);
   x->stale = rkvi_calloc(x->al, x->nidx, 16);
+  x->uniform = rkvi_calloc(x->al, x->nidx, 16);
+  x->xlen = rkvi_calloc(x->al, x->nidx * sizeof(int32_t), 16);
+  x->blen = rkvi_alloc(x->al, ms * sizeof(int32_t), 16);
+  x->all_indptr = rkvi_alloc(x->al, (ms + 1) * sizeof(int32_t), 16);
   x->layer_done = rkvi_calloc(x->al, x->L, 16);
   x->seq_row = rkvi_alloc(x->al, ms * sizeof(int32_t), 16);
   x->ids = rkvi_alloc(x->al, ms * sizeof(int64_t), 16);
   x->q_indptr = rkvi_alloc(x->al, (ms + 1) * sizeof(int32_t), 16);
   const bool host = pool && cfg->host_blocks; /* bookkeeping moves no bytes */
   if (host) x->host = rkvi_alloc(x->al, (size_t)cfg->host_blocks * x->block_bytes, 64);
-  if (!x->rows || !x->lens || !x->owner || !x->stale || !x->layer_done || !x->seq_row || !x->ids ||
-      !x->q_indptr || (host && !x->host)) {
+  if (!x->rows || !x->lens || !x->owner || !x->stale || !x->uniform || !x->xlen || !x->blen ||
+      !x->all_indptr || !x->layer_done || !x->seq_row || !x->ids || !x->q_indptr ||
+      (host && !x->host)) {
     rkvi_failn(err, err_len, ret,
                "rkv_exec_create: out of memory for the table mirror / swap pool");
     goto fail;
@@ -231,7 +245,7 @@ size_t rkv_exec_qwindow_bytes_per_seq(const rkv_exec *x) {
 }
 
 size_t rkv_exec_memory_bytes(const rkv_exec *x) {
-  return x ? x->bytes + x->wslots_cap + x->ws_cap : 0;
+  return x ? x->bytes + x->ws_cap + x->maps_cap + x->old_cap : 0;
 }
 
 /* ---- begin ------------------------------------------------------------------------------- */
@@ -295,8 +309,6 @@ static rkv_status validate_plan(rkv_exec *x, const rkv_sched_plan *p) {
                        (long long)q->id, rkv_evict_policy_name(q->evict->policy), q->evict->window,
                        x->qw ? "another window" : "no query window");
   }
-  const size_t need = (size_t)p->n_batched_tokens * x->S * sizeof(int64_t);
-  if (!p->slots) RKV_TRY(grow(x, (void **)&x->wslots, &x->wslots_cap, need, "slot mapping"));
   return grow_rows(x, (longest + x->bs - 1) / x->bs);
 }
 
@@ -355,42 +367,32 @@ static rkv_status sync_seq(rkv_exec *x, const rkv_sched_plan *p, uint32_t i) {
                        rkv_blockmgr_last_error(x->bm));
     x->owner[idx] = q->id;
     x->stale[idx] = 0;
+    uint8_t same = 1;
+    for (uint32_t s = 1; s < x->S; s++) same &= lens[s] == lens[0];
+    x->uniform[idx] = same;
+    x->xlen[idx] = lens[0];
+  } else if (x->uniform[idx]) {
+    x->xlen[idx] += (int32_t)q->n_tokens;
   } else {
     for (uint32_t s = 0; s < x->S; s++) lens[s] += (int32_t)q->n_tokens;
   }
   x->seq_row[i] = idx * (int32_t)x->S;
   x->ids[i] = q->id;
+  x->blen[i] = x->xlen[idx];
+  x->all_uniform &= x->uniform[idx];
   return RKV_OK;
 }
 
-/* The slot mapping as [layer][row][kv head], the order k and v rows arrive in: the plan's own
- * when the scheduler wrote one (nothing to do), else looked up here (slow path). */
-static rkv_status layout_slots(rkv_exec *x, const rkv_sched_plan *p) {
-  if (p->slots) {
-    x->slots = p->slots;
-    x->slot_layer_stride = p->slot_layer_stride;
-    return RKV_OK;
-  }
-  const size_t per_layer = (size_t)p->n_batched_tokens * x->Hkv;
-  x->slots = x->wslots;
-  x->slot_layer_stride = per_layer;
-  uint32_t r0 = 0;
+/* A batch mixing lockstep and non-lockstep sequences reads per-stream lengths: bring the
+ * lockstep ones' lens[] up to date for this step (rare: only non-uniform compactions make
+ * such sequences). */
+static void materialize_lens(rkv_exec *x, const rkv_sched_plan *p) {
   for (uint32_t i = 0; i < p->n_seqs; i++) {
-    const rkv_sched_seq *q = &p->seqs[i];
-    const uint32_t n = q->n_tokens;
-    for (uint32_t l = 0; l < x->L; l++)
-      for (uint32_t h = 0; h < x->Hkv; h++)
-        for (uint32_t t = 0; t < n; t++) {
-          int64_t *dst = x->wslots + l * per_layer + ((size_t)r0 + t) * x->Hkv + h;
-          rkv_status st =
-              rkv_blockmgr_stream_slot(x->bm, q->id, l, h, q->kv_len - (int32_t)(n - t), dst);
-          if (st != RKV_OK)
-            return rkvi_fail(x->err, st, "begin: slot of %lld: %s", (long long)q->id,
-                             rkv_blockmgr_last_error(x->bm));
-        }
-    r0 += n;
+    const int32_t idx = x->seq_row[i] / (int32_t)x->S;
+    if (!x->uniform[idx]) continue;
+    int32_t *lens = x->lens + (size_t)idx * x->S;
+    for (uint32_t s = 0; s < x->S; s++) lens[s] = x->xlen[idx];
   }
-  return RKV_OK;
 }
 
 rkv_status rkv_exec_begin(rkv_exec *x, const rkv_sched_plan *p) {
@@ -403,6 +405,7 @@ rkv_status rkv_exec_begin(rkv_exec *x, const rkv_sched_plan *p) {
     return rkvi_fail(x->err, st, "begin: swap / copy: %s",
                      rkv_backend_last_error(rkv_kv_pool_backend(x->pool)));
   x->h2o = false;
+  x->all_uniform = true;
   uint32_t rows = 0, np = 0;
   for (uint32_t i = 0; i < p->n_seqs; i++) {
     RKV_TRY(sync_seq(x, p, i));
@@ -412,10 +415,14 @@ rkv_status rkv_exec_begin(rkv_exec *x, const rkv_sched_plan *p) {
       x->q_indptr[np] = (int32_t)(rows - p->n_decode);
       np++;
     }
+    x->all_indptr[i] = (int32_t)rows;
     rows += q->n_tokens;
   }
   x->q_indptr[np] = (int32_t)(rows - p->n_decode);
-  RKV_TRY(layout_slots(x, p));
+  x->all_indptr[p->n_seqs] = (int32_t)rows;
+  if (!x->all_uniform) materialize_lens(x, p);
+  x->slots = p->slots;
+  x->slot_layer_stride = p->slot_layer_stride;
   x->rows_n = rows;
   x->plan = p;
   memset(x->layer_done, 0, x->L);
@@ -430,7 +437,8 @@ static rkv_status attend(rkv_exec *x, uint32_t layer, const float *q, float *out
   if (!count) return RKV_OK;
   const rkv_sched_plan *p = x->plan;
   const size_t row0 = prefill ? p->n_decode : 0;
-  const rkv_block_rows br = {x->rows, x->lens, x->seq_row + first, x->stride, layer * x->Hkv};
+  const rkv_block_rows br = {x->rows,   x->lens,        x->seq_row + first,
+                             x->stride, layer * x->Hkv, x->all_uniform ? x->blen + first : NULL};
   rkv_attn_params ap = RKV_ATTN_PARAMS_INIT;
   ap.num_seqs = count;
   ap.num_q_heads = x->Hq;
@@ -472,8 +480,14 @@ rkv_status rkv_exec_layer(rkv_exec *x, uint32_t layer, const float *q, const flo
     return rkvi_fail(x->err, RKV_ERR_INVALID_ARG, "layer %u: q, k, v and out are required", layer);
   const rkv_sched_plan *p = x->plan;
   const size_t n = (size_t)x->rows_n * x->Hkv;
-  rkv_status st =
-      rkv_attn_write_kv(x->pool, k, v, x->slots + layer * x->slot_layer_stride, (uint32_t)n);
+  rkv_status st;
+  if (x->slots) {
+    st = rkv_attn_write_kv(x->pool, k, v, x->slots + layer * x->slot_layer_stride, (uint32_t)n);
+  } else {
+    const rkv_block_rows br = {x->rows,   x->lens,        x->seq_row,
+                               x->stride, layer * x->Hkv, x->all_uniform ? x->blen : NULL};
+    st = rkv_attn_write_kv_rows(x->pool, k, v, p->n_seqs, x->Hkv, x->all_indptr, &br);
+  }
   if (st != RKV_OK)
     return rkvi_fail(x->err, st, "layer %u K/V write: %s", layer,
                      rkv_backend_last_error(rkv_kv_pool_backend(x->pool)));
@@ -606,12 +620,12 @@ rkv_status rkv_exec_check(const rkv_exec *xc) {
       (void)rkv_blockmgr_stream_len(x->bm, id, s / x->Hkv, s % x->Hkv, &len);
       (void)rkv_blockmgr_stream_blocks(x->bm, id, s / x->Hkv, s % x->Hkv, &ids, &nb);
       const int32_t *row = x->rows + ((size_t)i * x->S + s) * x->stride;
-      if (x->lens[(size_t)i * x->S + s] != len ||
-          (nb && memcmp(row, ids, (size_t)nb * sizeof(int32_t)) != 0))
+      const int32_t mine = x->uniform[i] ? x->xlen[i] : x->lens[(size_t)i * x->S + s];
+      if (mine != len || (nb && memcmp(row, ids, (size_t)nb * sizeof(int32_t)) != 0))
         return rkvi_fail(x->err, RKV_ERR_CORRUPT,
                          "check: mirror of %lld stream %u differs from the block manager "
                          "(len %d vs %d)",
-                         (long long)id, s, x->lens[(size_t)i * x->S + s], len);
+                         (long long)id, s, mine, len);
     }
   }
   if (x->qw && rkv_qwindow_check(x->qw) != RKV_OK)

@@ -27,10 +27,13 @@ extern "C" {
  * no per-step table export. All pointers borrowed (device pointers on CUDA). */
 typedef struct rkv_block_rows {
   const int32_t *rows;    /* [..][stride] */
-  const int32_t *lens;    /* [..] tokens per row */
+  const int32_t *lens;    /* [..] tokens per row (unused when seq_lens is given) */
   const int32_t *seq_row; /* [num_seqs] */
   uint32_t stride;        /* entries per row (>= 1) */
   uint32_t stream_offset;
+  /* [num_seqs] or NULL: every stream of batch sequence b holds seq_lens[b] tokens. Streams of a
+   * sequence grow in lockstep, so a decode step's length update is one int per sequence. */
+  const int32_t *seq_lens;
 } rkv_block_rows;
 
 #define RKV_ATTN_PARAMS_VERSION 2
@@ -94,6 +97,19 @@ RKV_API rkv_status rkv_attn_prefill(rkv_kv_pool *pool, const rkv_attn_params *p,
  * slot slots[i] (converted to the pool dtype). Slots must be distinct and in range. */
 RKV_API rkv_status rkv_attn_write_kv(rkv_kv_pool *pool, const float *k, const float *v,
                                      const int64_t *slots, uint32_t n_rows);
+
+/* Writes the K/V rows of a batch into the positions its streams just grew by, finding each
+ * slot through padded block rows instead of a slot mapping: row r of sequence b (rows
+ * q_indptr[b] .. q_indptr[b+1], or row b when q_indptr is NULL) and kv head h go to position
+ * len - n_b + t of stream (b, h), where len is the stream's length in `rows` (the new tokens
+ * already appended) and n_b the sequence's row count. k and v are [n_rows][num_kv_heads]
+ * [head_dim] f32, the layout a QKV projection yields. Each stream's last blocks must be its
+ * own (appends guarantee it). CPU pools: every length and block id is validated first;
+ * RKV_ERR_INVALID_ARG (a stream shorter than its new rows, an id outside the pool). CUDA: the
+ * arrays are device pointers, enqueued on the backend's stream. O(n_rows x kv_heads x d). */
+RKV_API rkv_status rkv_attn_write_kv_rows(rkv_kv_pool *pool, const float *k, const float *v,
+                                          uint32_t num_seqs, uint32_t num_kv_heads,
+                                          const int32_t *q_indptr, const rkv_block_rows *rows);
 
 /* Closed dispatch of the CUDA kernels: RKV_OK if (head_dim, block_size, dtype) is supported
  * by CUDA (head_dim 64/128/256, block 16/32, f16/bf16/f32), else RKV_ERR_UNSUPPORTED with the

@@ -52,14 +52,16 @@ typedef struct rkv_sched_config {
   const rkv_logger *logger;       /* NULL = silent */
   bool check_every_step;          /* run rkv_sched_check after every step/report (tests) */
   /* Version 2. Plans carry the slot mapping of their appends (plan.slots): int64
-   * [layers][max_batched_tokens][kv_heads] allocated at create. The executor uses it
-   * instead of looking every slot up again; without it the executor looks slots up itself. */
+   * [layers][max_batched_tokens][kv_heads] allocated at create, 256 slots written per
+   * sequence per decode step. Off by default: the executor's K/V write finds each slot through
+   * its table mirror (rkv_attn_write_kv_rows), so a decode append costs O(1) per sequence.
+   * For engines with their own K/V write. */
   bool plan_slots;
 } rkv_sched_config;
 #define RKV_SCHED_CONFIG_INIT                                                                  \
   {                                                                                            \
     sizeof(rkv_sched_config), 2048, 256, 0, RKV_SCHED_RESERVE, RKV_SCHED_PREEMPT_RECOMPUTE, 0, \
-        RKV_EVICT_PARAMS_INIT, NULL, NULL, false, true                                         \
+        RKV_EVICT_PARAMS_INIT, NULL, NULL, false, false                                        \
   }
 
 /* One request. `evict` NULL = the engine default (config.evict); when given it is copied. */
