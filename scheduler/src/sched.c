@@ -777,12 +777,14 @@ static rkv_status preempt(rkv_sched *s, req *r) {
 }
 
 /* Appends n tokens for r and records it in the plan. */
-static rkv_status schedule(rkv_sched *s, req *r, uint32_t n) {
+/* `popped` is rkv_blockmgr_blocks_needed(r, n) when the caller just computed it, else
+ * UINT32_MAX. */
+static rkv_status schedule(rkv_sched *s, req *r, uint32_t n, uint32_t popped) {
   rkv_sched_plan *p = &s->plan;
   bool decode = r->computed >= r->target;
-  uint32_t nc = 0, popped = 0;
+  uint32_t nc = 0;
   RKV_ASSERT(s->copies_cap - p->n_copies >= s->streams);
-  RKV_TRY(rkv_blockmgr_blocks_needed(s->bm, r->id, n, &popped));
+  if (popped == UINT32_MAX) RKV_TRY(rkv_blockmgr_blocks_needed(s->bm, r->id, n, &popped));
   int64_t *slots = s->slots ? s->slots + (size_t)p->n_batched_tokens * s->kv_heads : NULL;
   RKV_TRY(rkv_blockmgr_append_batch(s->bm, r->id, n, slots,
                                     (size_t)s->cfg.max_batched_tokens * s->kv_heads,
@@ -910,8 +912,8 @@ static rkv_status plan_step(rkv_sched *s) {
         RKV_TRY(rkv_blockmgr_blocks_needed(s->bm, r->id, n, &need));
         RKV_TRY(compress_need(s, r, n, &fresh));
       }
-      if (self_preempted) break; /* r was the last unscheduled: nothing follows it */
-      RKV_TRY(schedule(s, r, n));
+      if (self_preempted) break;        /* r was the last unscheduled: nothing follows it */
+      RKV_TRY(schedule(s, r, n, need)); /* need is current: recomputed after each preemption */
       s->step_promised += fresh;
       tokens_left -= n;
       r = r->next;
@@ -961,7 +963,7 @@ static rkv_status plan_step(rkv_sched *s) {
     r->reserved = true;
     s->reserved += bound;
     s->swapped_in[p->n_swapped_in++] = r->id;
-    RKV_TRY(schedule(s, r, n));
+    RKV_TRY(schedule(s, r, n, UINT32_MAX));
     s->rows_changed[p->n_seqs - 1] = 1; /* restored into fresh blocks */
     tokens_left -= n;
   }
@@ -998,7 +1000,7 @@ static rkv_status plan_step(rkv_sched *s) {
     s->reserved += bound;
     r->kv_len = 0;
     r->computed = 0;
-    RKV_TRY(schedule(s, r, n));
+    RKV_TRY(schedule(s, r, n, UINT32_MAX));
     tokens_left -= n;
   }
   RKV_ASSERT_LEVEL(3, s->step_used == bm_used(s));
