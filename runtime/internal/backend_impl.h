@@ -21,6 +21,7 @@ struct rkv_backend {
   void *stream;  /* cudaStream_t on CUDA */
   bool poisoned; /* a sticky CUDA error happened; every later call fails */
   char err[RKV_ERRBUF];
+  struct rkvi_emu *emu; /* emulated device state (buffer_emu.c); NULL on real backends */
 };
 
 struct rkv_kv_pool {
@@ -47,6 +48,11 @@ rkv_status rkvi_cuda_write_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n, 
 int rkvi_cuda_device_count(void);
 
 const rkv_allocator *rkvi_backend_allocator(const rkv_backend *b);
+
+/* Emulated device (buffer_emu.c): runs the queued transfers at the sync and reports the first
+ * hazard recorded since the previous report (RKV_ERR_STATE); fini also frees the state. */
+rkv_status rkvi_emu_sync(rkv_backend *b);
+void rkvi_emu_fini(rkv_backend *b);
 
 #ifdef __cplusplus
 }

@@ -98,6 +98,7 @@ rkv_status rkv_backend_create(const rkv_backend_config *cfg, rkv_backend **out) 
 
 void rkv_backend_destroy(rkv_backend *b) {
   if (!b) return;
+  if (b->emu) rkvi_emu_fini(b);
   if (b->kind == RKV_BACKEND_CUDA) rkvi_cuda_backend_fini(b);
   rkv_allocator a = b->alloc;
   bool has = b->has_alloc;
@@ -110,6 +111,7 @@ rkv_backend_kind rkv_backend_get_kind(const rkv_backend *b) {
 
 const char *rkv_backend_name(const rkv_backend *b) {
   if (!b) return "none";
+  if (b->emu) return "emu";
   return b->kind == RKV_BACKEND_CUDA ? "cuda" : "cpu";
 }
 
@@ -119,6 +121,7 @@ const char *rkv_backend_last_error(const rkv_backend *b) {
 
 rkv_status rkv_backend_sync(rkv_backend *b) {
   if (!b) return RKV_ERR_INVALID_ARG;
+  if (b->emu) return rkvi_emu_sync(b);
   return b->kind == RKV_BACKEND_CUDA ? rkvi_cuda_sync(b) : RKV_OK;
 }
 
