@@ -7,9 +7,12 @@
 #include <rkv/attention.h>
 #include <rkv/attention_cuda.h>
 #include <rkv/blockmgr.h>
+#include <rkv/buffer.h>
+#include <rkv/buffer_emu.h>
 #include <rkv/comm.h>
 #include <rkv/evict.h>
 #include <rkv/evict_cuda.h>
+#include <rkv/executor.h>
 #include <rkv/qwindow.h>
 #include <rkv/runtime.h>
 #include <rkv/scheduler.h>
