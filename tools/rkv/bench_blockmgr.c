@@ -34,14 +34,9 @@ typedef struct stat2 {
   double min, median;
 } stat2;
 
-static int cmp_dbl(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
 static stat2 summarize(double *v, size_t n) {
-  qsort(v, n, sizeof *v, cmp_dbl);
-  stat2 s = {v[0], n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2])};
+  const double med = rkv_tool_median(v, n); /* sorts v */
+  stat2 s = {v[0], med};
   return s;
 }
 

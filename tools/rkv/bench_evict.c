@@ -48,16 +48,6 @@ static bool parse_list(const char *s, int32_t *out, int *n, int cap) {
   return *n > 0;
 }
 
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmp_double);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 typedef struct bench_cfg {
   uint32_t kv, gqa, d, bs;
   int32_t buffer;
@@ -132,7 +122,7 @@ static double sgemm_gflops(int32_t n, uint32_t d, uint32_t kv, int reps) {
     t[r] = rkv_tool_now() - t0;
   }
   free(a), free(c);
-  return 2.0 * n * n * d * kv / median(t, reps) * 1e-9;
+  return 2.0 * n * n * d * kv / rkv_tool_median(t, reps) * 1e-9;
 #else
   (void)n, (void)d, (void)kv, (void)reps;
   return 0;
@@ -230,7 +220,8 @@ static int bench_budget(const bench_cfg *b, int32_t B) {
     return 1;
   }
   ctx_free(&c);
-  double mr = median(t_rkv, reps), ms = median(t_snap, reps), mc2 = median(t_comp, reps);
+  double mr = rkv_tool_median(t_rkv, reps), ms = rkv_tool_median(t_snap, reps),
+         mc2 = rkv_tool_median(t_comp, reps);
   double flops = 2.0 * n * n * b->d * b->kv;
   double sim = mr > ms ? flops / (mr - ms) * 1e-9 : 0;
   double ref = sgemm_gflops(n, b->d, b->kv, reps);

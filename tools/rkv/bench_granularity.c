@@ -22,16 +22,6 @@ static void usage(FILE *f) {
           "  vs_stream median ms / stream mode's median ms, same run\n");
 }
 
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmp_double);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 static float frand(uint64_t *s) {
   uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -67,9 +57,9 @@ static int bench_policy(const gran_cfg *c, rkv_evict_policy pol, const float *k,
       }
     }
   }
-  double base = median(t[0], c->reps);
+  double base = rkv_tool_median(t[0], c->reps);
   for (int g = 0; g < RKV_EVICT_GRAN_COUNT_; g++) {
-    double m = g ? median(t[g], c->reps) : base;
+    double m = g ? rkv_tool_median(t[g], c->reps) : base;
     printf("%-8s %-9s %10.3f %9.3f\n", rkv_evict_policy_name(pol),
            rkv_evict_granularity_name((rkv_evict_granularity)g), m * 1e3, m / base);
   }

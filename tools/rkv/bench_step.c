@@ -57,16 +57,6 @@ static int parse(int argc, char **argv, step_cfg *c) {
   return -1;
 }
 
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-
-static double median(double *v, uint64_t n) {
-  qsort(v, (size_t)n, sizeof *v, cmp_double);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 /* The reference: +1 on every stream length of the batch (volatile sink keeps it). */
 static double ref_pass(int32_t *lens, size_t n) {
   double t0 = rkv_tool_now();
@@ -121,8 +111,9 @@ int rkv_bench_step(int argc, char **argv) {
   for (uint64_t i = 0; i < c.batch; i++) {
     /* prompts spread over [B - buffer, B): the first compressions (at B + buffer) fall on
      * different steps, and so do all later ones */
-    rkv_sched_request rq = {
-        (int64_t)i, (int64_t)(c.budget - c.buffer + i * c.buffer / c.batch), 1 << 29, 0, (double)i, NULL};
+    rkv_sched_request rq = {(int64_t)i, (int64_t)(c.budget - c.buffer + i * c.buffer / c.batch),
+                            1 << 29,    0,
+                            (double)i,  NULL};
     if (rkv_sched_add_request(s, &rq) != RKV_OK) {
       fprintf(stderr, "rkv bench step: %s\n", rkv_sched_last_error(s));
       goto done;
@@ -171,8 +162,10 @@ int rkv_bench_step(int argc, char **argv) {
   double *tt = malloc(c.steps * sizeof *tt);
   if (!tt) goto done;
   for (uint64_t i = 0; i < c.steps; i++) tt[i] = ts[i] + tx[i];
-  const double sched_ns = median(ts, c.steps) * per, exec_ns = median(tx, c.steps) * per;
-  const double total_ns = median(tt, c.steps) * per, ref_ns = median(tr, c.steps) * per;
+  const double sched_ns = rkv_tool_median(ts, c.steps) * per,
+               exec_ns = rkv_tool_median(tx, c.steps) * per;
+  const double total_ns = rkv_tool_median(tt, c.steps) * per,
+               ref_ns = rkv_tool_median(tr, c.steps) * per;
   free(tt);
   if (c.json) {
     printf(

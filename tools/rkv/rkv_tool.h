@@ -31,6 +31,9 @@ bool rkv_tool_parse_f64(const char *cmd, const char *opt, const char *s, double 
 bool rkv_tool_check_list(const char *cmd, const char *opt, const char *s, size_t max_items,
                          size_t max_len);
 
+/* Median of v[0..n) (n >= 1); sorts v in place (v[0] is then the minimum). */
+double rkv_tool_median(double *v, size_t n);
+
 /* A numeric option: name, destination, inclusive range. */
 typedef struct rkv_tool_u64_opt {
   const char *name;

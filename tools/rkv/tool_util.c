@@ -174,3 +174,13 @@ rkv_logger rkv_tool_stderr_logger(rkv_log_level level) {
   rkv_logger lg = {stderr_log, NULL, level};
   return lg;
 }
+
+static int cmp_double(const void *a, const void *b) {
+  const double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+double rkv_tool_median(double *v, size_t n) {
+  qsort(v, n, sizeof *v, cmp_double);
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
