@@ -62,3 +62,10 @@ if(Python3_Interpreter_FOUND AND NOT RKV_SANITIZE)
                          WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
   endforeach()
 endif()
+
+# `rkv bench step` still runs (a smoke run at a small shape; timings are not checked here).
+add_test(NAME scheduler_bench_step_smoke
+         COMMAND $<TARGET_FILE:rkv> bench step --layers 2 --kv-heads 2 --batch 8 --budget 32
+                 --buffer 8 --block-size 4 --steps 16 --json)
+set_tests_properties(scheduler_bench_step_smoke PROPERTIES TIMEOUT 60 LABELS "unit;scheduler"
+                     PASS_REGULAR_EXPRESSION "\"bench\": \"step\".*\"total_ns\"")
