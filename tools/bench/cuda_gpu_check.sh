@@ -35,6 +35,8 @@
 # (bench attention on the CPU backend, rkv sim --compute none at the same shapes) check the
 # parsers.
 set -u
+# Run by `sh` (the old usage): continue under bash.
+if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 
 usage() {
   cat <<'EOF'
@@ -74,7 +76,10 @@ while [ $# -gt 0 ]; do
     --dry-run) DRY=1 ;;
     -h | --help) usage; exit 0 ;;
     -*) echo "cuda_gpu_check: unknown option '$1'" >&2; usage >&2; exit 64 ;;
-    *) O=$1 ;;
+    *)
+      # The old usage took the build tree as its argument: a bare argument holding a
+      # CMakeCache.txt still means that.
+      if [ -f "$1/CMakeCache.txt" ]; then B=$1; else O=$1; fi ;;
   esac
   shift
 done
