@@ -13,6 +13,22 @@ static inline int cuda_test_skip(const char *why) {
   return rkv_test_failed_ ? 1 : rc;
 }
 
+/* RKV_CUDA_TEST_EVERY=N (N > 1) runs only every N-th case of a test's case list (the first,
+ * the (N+1)-th, ...): a spread over dtypes and head sizes that stays short under
+ * compute-sanitizer (tools/bench/cuda_gpu_check.sh). Unset, 0 or 1: every case. Call once per
+ * case, first thing in the case function. */
+static inline bool cuda_test_case_selected(void) {
+  static long every = -1, seen = 0;
+  if (every < 0) {
+    const char *e = getenv("RKV_CUDA_TEST_EVERY");
+    every = e ? strtol(e, NULL, 10) : 1;
+    if (every < 1) every = 1;
+    if (every > 1)
+      fprintf(stderr, "  RKV_CUDA_TEST_EVERY=%ld: every %ld-th case only\n", every, every);
+  }
+  return seen++ % every == 0;
+}
+
 #ifdef RKV_HAVE_CUDA
 #include <cuda_runtime.h>
 

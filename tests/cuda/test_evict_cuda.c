@@ -132,6 +132,7 @@ static int32_t seq_len(const ecase *c, uint32_t s) {
 }
 
 static void run_case(rkv_backend *cb, rkv_backend *gb, const ecase *c, uint64_t seed) {
+  if (!cuda_test_case_selected()) return;
   uint64_t rng = seed;
   char tag[200];
   const uint32_t nseq = c->seqs ? c->seqs : 1;

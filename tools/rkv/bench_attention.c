@@ -7,7 +7,14 @@
  * dtype size, twice) + Q + O (f32). The copy moves that many bytes: it reads and writes
  * them, so its traffic is twice the bytes. Both GB/s columns count traffic (read + write),
  * and "ratio" = attention GB/s / copy GB/s. Blocks are shuffled over the pool, so the
- * kernel's accesses are as scattered as a long-running server's. */
+ * kernel's accesses are as scattered as a long-running server's. On CUDA a second reference,
+ * a plain cudaMemcpyAsync device-to-device copy of the same bytes inside the pool (the
+ * bandwidth ceiling; rkv_kv_pool_copy_blocks also uploads its op list on every call), gives
+ * the "of_d2d" column, which `--json` reports as fraction_of_copy.
+ *
+ * Large CUDA pools (tens of GB) are filled from a random prefix (--fill-mib, default 64 on
+ * CUDA) copied over the rest on the device: drawing every element on the host would take
+ * minutes at 256 x 16K. The values stay random, never zeros. */
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -42,6 +49,8 @@ typedef struct bench_opts {
   uint64_t prefill; /* new rows per sequence; 0 = decode */
   uint64_t repeat;  /* measurements per shape, best kept */
   uint64_t seed;
+  uint64_t fill_mib; /* random prefix of the pool, copied over the rest; 0 = all random */
+  bool json;         /* one JSON object per shape (docs/GPU-CHECK.md rows) */
 } bench_opts;
 
 static void usage(FILE *f) {
@@ -68,7 +77,13 @@ static void usage(FILE *f) {
           "  --scores             also accumulate H2O scores\n"
           "  --prefill N          time rkv_attn_prefill with the last N tokens of each context\n"
           "                       as new rows (causal), instead of decode; K+V counted once\n"
-          "  --seed N             data seed (default 1)\n\n"
+          "  --seed N             data seed (default 1)\n"
+          "  --fill-mib N         draw random K/V for the first N MiB of pool blocks only and\n"
+          "                       copy them over the rest (default 0 = every block drawn on\n"
+          "                       CPU, 64 on CUDA, where a 256 x 16K pool is tens of GB)\n"
+          "  --json               one JSON object per shape on stdout (name, shape, seconds,\n"
+          "                       gbps, copy_gbps, fraction_of_copy; on CUDA the copy is a\n"
+          "                       device-to-device cudaMemcpy, and pool_copy_* the block copy)\n\n"
           "Shape defaults: a Llama-3-8B layer (32 q / 8 kv heads, d 128, bf16, block 16).\n");
 }
 
@@ -96,7 +111,7 @@ static int parse(int argc, char **argv, bench_opts *o) {
   o->repeat = 1;
   o->max_kv_mib = 0;
   o->seed = 1;
-  bool have_max = false;
+  bool have_max = false, have_fill = false;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v;
     uint64_t u;
@@ -105,6 +120,12 @@ static int parse(int argc, char **argv, bench_opts *o) {
       return 1;
     } else if (strcmp(a, "--scores") == 0) {
       o->scores = true;
+    } else if (strcmp(a, "--json") == 0) {
+      o->json = true;
+    } else if (strcmp(a, "--fill-mib") == 0) {
+      if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return 2;
+      if (!rkv_tool_parse_u64(CMD, a, v, 0, UINT64_C(1) << 30, &o->fill_mib)) return 2;
+      have_fill = true;
     } else if (strcmp(a, "--backend") == 0) {
       if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return 2;
       if (strcmp(v, "cpu") == 0) {
@@ -174,6 +195,7 @@ static int parse(int argc, char **argv, bench_opts *o) {
       return 2;
     }
   if (!have_max) o->max_kv_mib = o->kind == RKV_BACKEND_CPU ? 512 : 0;
+  if (!have_fill) o->fill_mib = o->kind == RKV_BACKEND_CPU ? 0 : 64;
   return 0;
 }
 
@@ -261,6 +283,7 @@ static void threaded_copy(unsigned char *dst, const unsigned char *src, size_t n
 
 typedef struct result {
   double attn_s, copy_s;
+  double d2d_s; /* CUDA: cudaMemcpy device-to-device of the same bytes (0 on CPU) */
   double bytes;
   int iters;
 } result;
@@ -327,8 +350,14 @@ static int run_shape(rkv_backend *be, const bench_opts *o, uint32_t batch, uint3
     fprintf(stderr, "rkv " CMD ": out of host memory\n");
     goto done;
   }
-  for (uint32_t b0 = 0; b0 < nblocks; b0 += chunk_blocks) {
-    uint32_t n = nblocks - b0 < chunk_blocks ? nblocks - b0 : chunk_blocks;
+  /* Random blocks: all of them, or a prefix of fill_mib MiB copied over the rest. */
+  uint32_t drawn = nblocks;
+  if (o->fill_mib) {
+    const uint64_t want = (o->fill_mib << 20) / bb;
+    drawn = want < 1 ? 1u : want < nblocks ? (uint32_t)want : nblocks;
+  }
+  for (uint32_t b0 = 0; b0 < drawn; b0 += chunk_blocks) {
+    uint32_t n = drawn - b0 < chunk_blocks ? drawn - b0 : chunk_blocks;
     for (size_t e = 0; e < (size_t)n * bb / esz; e++) {
       float x = (float)((double)(rng_next(&rng) >> 11) * (2.0 / 9007199254740992.0) - 1.0);
       rkv_dtype_store(o->dtype, host, e, x);
@@ -338,6 +367,25 @@ static int run_shape(rkv_backend *be, const bench_opts *o, uint32_t batch, uint3
       fprintf(stderr, "rkv " CMD ": write_blocks: %s\n", rkv_backend_last_error(be));
       goto done;
     }
+  }
+  if (drawn < nblocks) {
+    const uint32_t per_call = 1u << 20;
+    ops = malloc(sizeof *ops * per_call);
+    if (!ops) {
+      fprintf(stderr, "rkv " CMD ": out of host memory\n");
+      goto done;
+    }
+    for (uint32_t b0 = drawn; b0 < nblocks; b0 += per_call) {
+      const uint32_t n = nblocks - b0 < per_call ? nblocks - b0 : per_call;
+      for (uint32_t i = 0; i < n; i++)
+        ops[i].src = (int32_t)((b0 + i) % drawn), ops[i].dst = (int32_t)(b0 + i);
+      if ((st = rkv_kv_pool_copy_blocks(pool, ops, n)) != RKV_OK) {
+        fprintf(stderr, "rkv " CMD ": fill (copy_blocks): %s\n", rkv_backend_last_error(be));
+        goto done;
+      }
+    }
+    free(ops);
+    ops = NULL;
   }
   /* Scattered table: streams take blocks from a shuffled permutation of the whole pool. */
   for (uint32_t i = 0; i < nblocks; i++) ids[i] = (int32_t)i;
@@ -430,6 +478,28 @@ static int run_shape(rkv_backend *be, const bench_opts *o, uint32_t batch, uint3
     (void)copy_it;
     if (a_s < r->attn_s) r->attn_s = a_s, r->iters = it;
     if (c_s < r->copy_s) r->copy_s = c_s;
+#ifdef RKV_HAVE_CUDA
+    if (kind == RKV_BACKEND_CUDA) {
+      /* The ceiling: one plain device-to-device copy, first half of the pool into the second. */
+      unsigned char *base = rkv_kv_pool_base(pool);
+      const double cap = (double)used * (double)bb;
+      const size_t dbytes = (size_t)(r->bytes < cap ? r->bytes : cap);
+      cudaStream_t cs = (cudaStream_t)rkv_backend_stream(be);
+      int d_it = 0;
+      double d_s = 0.0;
+      bool ok = true;
+      TIME_LOOP(o->min_time, d_it, d_s, rkv_backend_sync(be),
+                ok &= cudaMemcpyAsync(base + (size_t)used * bb, base, dbytes,
+                                      cudaMemcpyDeviceToDevice, cs) == cudaSuccess);
+      (void)d_it;
+      if (!ok) {
+        fprintf(stderr, "rkv " CMD ": cudaMemcpyAsync (device to device) failed\n");
+        goto done;
+      }
+      d_s *= r->bytes / (double)dbytes;
+      if (r->d2d_s == 0.0 || d_s < r->d2d_s) r->d2d_s = d_s;
+    }
+#endif
   }
   ret = 0;
 done:
@@ -468,18 +538,30 @@ int rkv_bench_attention(int argc, char **argv) {
     }
   }
   long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  const bool cuda = o.kind == RKV_BACKEND_CUDA;
+  /* With --json the header goes to stderr and stdout holds only the rows. */
+  FILE *hf = o.json ? stderr : stdout;
   if (o.prefill)
-    printf("# prefill: %llu new rows per sequence (causal)\n", (unsigned long long)o.prefill);
-  printf(
-      "# rkv bench attention: backend %s, %s KV, %u q / %u kv heads, head_dim %u, block %u, "
-      "threads %d (cores %ld)%s\n",
-      rkv_backend_name(be), rkv_dtype_name(o.dtype), o.q_heads, o.kv_heads, o.head_dim, o.block,
-      o.threads, cores, o.scores ? ", scores" : "");
-  if (o.repeat > 1) printf("# best of %llu measurements per shape\n", (unsigned long long)o.repeat);
-  printf("# GB/s = (read + written bytes) / time; copy = %s of the same bytes\n",
-         o.kind == RKV_BACKEND_CUDA ? "rkv_kv_pool_copy_blocks" : "threaded memcpy");
-  printf("%6s %6s %10s %12s %10s %10s %7s\n", "batch", "ctx", "MB/call", "us/call", "attn_GB/s",
-         "copy_GB/s", "ratio");
+    fprintf(hf, "# prefill: %llu new rows per sequence (causal)\n", (unsigned long long)o.prefill);
+  fprintf(hf,
+          "# rkv bench attention: backend %s, %s KV, %u q / %u kv heads, head_dim %u, block %u, "
+          "threads %d (cores %ld)%s\n",
+          rkv_backend_name(be), rkv_dtype_name(o.dtype), o.q_heads, o.kv_heads, o.head_dim, o.block,
+          o.threads, cores, o.scores ? ", scores" : "");
+  if (o.repeat > 1)
+    fprintf(hf, "# best of %llu measurements per shape\n", (unsigned long long)o.repeat);
+  if (o.fill_mib)
+    fprintf(hf, "# K/V: random first %llu MiB of the pool, copied over the rest\n",
+            (unsigned long long)o.fill_mib);
+  fprintf(hf, "# GB/s = (read + written bytes) / time; copy = %s of the same bytes%s\n",
+          cuda ? "rkv_kv_pool_copy_blocks" : "threaded memcpy",
+          cuda ? "; d2d = cudaMemcpy device to device (the ceiling)" : "");
+  if (!o.json) {
+    printf("%6s %6s %10s %12s %10s %10s %7s", "batch", "ctx", "MB/call", "us/call", "attn_GB/s",
+           "copy_GB/s", "ratio");
+    if (cuda) printf(" %10s %7s", "d2d_GB/s", "of_d2d");
+    printf("\n");
+  }
   int failed = 0;
   for (int bi = 0; bi < o.n_batches; bi++)
     for (int ci = 0; ci < o.n_ctxs; ci++) {
@@ -487,8 +569,8 @@ int rkv_bench_attention(int argc, char **argv) {
       const double kv_mib =
           2.0 * batch * o.kv_heads * (double)ctx * o.head_dim * rkv_dtype_size(o.dtype) / 1048576.0;
       if (!o.explicit_shapes && o.max_kv_mib && kv_mib > (double)o.max_kv_mib) {
-        printf("%6u %6u   skipped: KV %.0f MiB > --max-kv-mib %llu\n", batch, ctx, kv_mib,
-               (unsigned long long)o.max_kv_mib);
+        fprintf(hf, "%6u %6u   skipped: KV %.0f MiB > --max-kv-mib %llu\n", batch, ctx, kv_mib,
+                (unsigned long long)o.max_kv_mib);
         continue;
       }
       result r;
@@ -498,8 +580,30 @@ int rkv_bench_attention(int argc, char **argv) {
         continue;
       }
       const double ag = r.bytes / r.attn_s / 1e9, cg = 2.0 * r.bytes / r.copy_s / 1e9;
-      printf("%6u %6u %10.2f %12.1f %10.2f %10.2f %7.3f\n", batch, ctx, r.bytes / 1e6,
-             r.attn_s * 1e6, ag, cg, ag / cg);
+      const double dg = r.d2d_s > 0 ? 2.0 * r.bytes / r.d2d_s / 1e9 : 0.0;
+      if (o.json) {
+        /* Rows of docs/GPU-CHECK.md: fraction_of_copy against the strictest copy measured. */
+        const double ref = cuda ? dg : cg;
+        printf(
+            "{\"name\": \"attn_%s\", \"backend\": \"%s\", \"shape\": {\"batch\": %u, \"ctx\": %u, "
+            "\"q_heads\": %u, \"kv_heads\": %u, \"head_dim\": %u, \"block\": %u, \"dtype\": "
+            "\"%s\", \"prefill\": %llu, \"scores\": %s}, \"bytes\": %.0f, \"seconds\": %.9g, "
+            "\"iters\": %d, \"gbps\": %.6g, \"copy\": \"%s\", \"copy_gbps\": %.6g, "
+            "\"fraction_of_copy\": %.6g",
+            o.prefill ? "prefill" : "decode", rkv_backend_name(be), batch, ctx, o.q_heads,
+            o.kv_heads, o.head_dim, o.block, rkv_dtype_name(o.dtype), (unsigned long long)o.prefill,
+            o.scores ? "true" : "false", r.bytes, r.attn_s, r.iters, ag,
+            cuda ? "cudaMemcpy device to device" : "threaded memcpy", ref,
+            ref > 0 ? ag / ref : 0.0);
+        if (cuda)
+          printf(", \"pool_copy_gbps\": %.6g, \"fraction_of_pool_copy\": %.6g", cg, ag / cg);
+        printf("}\n");
+      } else {
+        printf("%6u %6u %10.2f %12.1f %10.2f %10.2f %7.3f", batch, ctx, r.bytes / 1e6,
+               r.attn_s * 1e6, ag, cg, ag / cg);
+        if (cuda) printf(" %10.2f %7.3f", dg, dg > 0 ? ag / dg : 0.0);
+        printf("\n");
+      }
       fflush(stdout);
     }
   rkv_backend_destroy(be);
