@@ -69,3 +69,11 @@ add_test(NAME scheduler_bench_step_smoke
                  --buffer 8 --block-size 4 --steps 16 --json)
 set_tests_properties(scheduler_bench_step_smoke PROPERTIES TIMEOUT 60 LABELS "unit;scheduler"
                      PASS_REGULAR_EXPRESSION "\"bench\": \"step\".*\"total_ns\"")
+
+# Issue 17, finding 4: with more requests than max_seqs some plans are empty but carry finished
+# ids; the simulator hands every plan to the executor, so query-window slots are freed (this
+# exited with "sequence 5 has no query window" when empty plans skipped the engine).
+add_test(NAME scheduler_sim_empty_plans_free_windows
+         COMMAND $<TARGET_FILE:rkv> sim --requests 8 --max-seqs 4 --policy rkv --quiet)
+set_tests_properties(scheduler_sim_empty_plans_free_windows PROPERTIES TIMEOUT 120
+                     LABELS "unit;scheduler" PASS_REGULAR_EXPRESSION "rkv +[0-9.]+ +[0-9.]+ +[0-9]+ +[0-9]+ +8/8")
