@@ -25,7 +25,7 @@ rkv_add_test_exe(simcuda_sim_cuda_emu
 target_include_directories(simcuda_sim_cuda_emu BEFORE PRIVATE ${_simcuda_emu}
   ${PROJECT_SOURCE_DIR}/tools/rkv ${PROJECT_BINARY_DIR}/tools)
 rkv_register_test(simcuda_sim_cuda_emu LABELS "integration;tool")
-set_tests_properties(simcuda_sim_cuda_emu PROPERTIES TIMEOUT 120)
+set_tests_properties(simcuda_sim_cuda_emu PROPERTIES TIMEOUT 300) # ~120 s under ASan on a loaded 2-core machine
 
 #  model_eval_cuda_emu          `rkv eval --backend cuda`'s host logic without a GPU
 #                               (tools/rkv/model_cuda.c, model_forward.c, cmd_eval.c against the
@@ -53,4 +53,4 @@ if(RKV_HAVE_BLAS)
 endif()
 rkv_register_test(model_eval_cuda_emu COMMAND model_eval_cuda_emu ${_eval_emu_args}
   LABELS "integration;model")
-set_tests_properties(model_eval_cuda_emu PROPERTIES TIMEOUT 120)
+set_tests_properties(model_eval_cuda_emu PROPERTIES TIMEOUT 300) # ~50 s alone under ASan on 2 cores
