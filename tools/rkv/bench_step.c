@@ -16,20 +16,23 @@
 static void usage(FILE *f) {
   fprintf(f,
           "usage: rkv bench step [--layers 32] [--kv-heads 8] [--batch 256] [--block-size 16]\n"
-          "                      [--budget 1024] [--buffer 128] [--steps 512] [--json]\n\n"
+          "                      [--budget 1024] [--buffer 128] [--steps 512] [--plan-slots]\n"
+          "                      [--json]\n\n"
           "Steady-state decode of `batch` sequences under R-KV (prompts spread over\n"
           "[budget - buffer, budget) so compressions are spread over the steps), timed per\n"
           "step and reported per sequence:\n"
           "  sched_ns  rkv_sched_step + rkv_sched_report\n"
           "  exec_ns   rkv_exec_begin + rkv_exec_finish (bookkeeping executor: table-mirror\n"
-          "            deltas, slot layout, host cut of the flagged compressions)\n"
+          "            deltas, host cut of the flagged compressions)\n"
           "  total_ns  both; the budget is 500 ns per sequence per step\n"
-          "  ref_ns    one pass incrementing every stream length of the batch, same run\n");
+          "  ref_ns    one pass incrementing every stream length of the batch, same run\n"
+          "--plan-slots: the scheduler also writes the plan's slot mapping (256 int64 per\n"
+          "sequence per step), what engines with their own K/V write ask for.\n");
 }
 
 typedef struct step_cfg {
   uint64_t layers, kv_heads, batch, bs, budget, buffer, steps;
-  bool json;
+  bool json, plan_slots;
 } step_cfg;
 
 static int parse(int argc, char **argv, step_cfg *c) {
@@ -45,6 +48,8 @@ static int parse(int argc, char **argv, step_cfg *c) {
     if (r > 0) continue;
     if (!strcmp(argv[i], "--json")) {
       c->json = true;
+    } else if (!strcmp(argv[i], "--plan-slots")) {
+      c->plan_slots = true;
     } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
       usage(stdout);
       return 0;
@@ -66,7 +71,7 @@ static double ref_pass(int32_t *lens, size_t n) {
 }
 
 int rkv_bench_step(int argc, char **argv) {
-  step_cfg c = {32, 8, 256, 16, 1024, 128, 512, false};
+  step_cfg c = {32, 8, 256, 16, 1024, 128, 512, false, false};
   int rc = parse(argc, argv, &c);
   if (rc >= 0) return rc;
   const uint64_t streams = c.layers * c.kv_heads;
@@ -85,6 +90,7 @@ int rkv_bench_step(int argc, char **argv) {
   sc.max_seqs = (uint32_t)c.batch;
   sc.max_batched_tokens = 8192;
   sc.evict = ev;
+  sc.plan_slots = c.plan_slots;
   rkv_exec_config xc = RKV_EXEC_CONFIG_INIT;
   xc.num_q_heads = (uint32_t)(c.kv_heads * 4);
   xc.max_seqs = (uint32_t)c.batch;
@@ -171,12 +177,13 @@ int rkv_bench_step(int argc, char **argv) {
     printf(
         "{\"bench\": \"step\", \"layers\": %llu, \"kv_heads\": %llu, \"batch\": %llu, "
         "\"block_size\": %llu, \"budget\": %llu, \"buffer\": %llu, \"steps\": %llu, "
-        "\"compressions\": %llu, \"sched_ns\": %.1f, \"exec_ns\": %.1f, \"total_ns\": %.1f, "
+        "\"plan_slots\": %s, \"compressions\": %llu, \"sched_ns\": %.1f, \"exec_ns\": %.1f, "
+        "\"total_ns\": %.1f, "
         "\"ref_ns\": %.1f, \"total_vs_ref\": %.2f}\n",
         (unsigned long long)c.layers, (unsigned long long)c.kv_heads, (unsigned long long)c.batch,
         (unsigned long long)c.bs, (unsigned long long)c.budget, (unsigned long long)c.buffer,
-        (unsigned long long)c.steps, (unsigned long long)compressions, sched_ns, exec_ns, total_ns,
-        ref_ns, total_ns / ref_ns);
+        (unsigned long long)c.steps, c.plan_slots ? "true" : "false",
+        (unsigned long long)compressions, sched_ns, exec_ns, total_ns, ref_ns, total_ns / ref_ns);
   } else {
     printf(
         "decode step, %llu layers x %llu kv heads, batch %llu, block %llu, B = %llu + %llu "
