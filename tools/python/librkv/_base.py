@@ -135,8 +135,10 @@ def view(owner, addr, shape, dtype, strides=None, readonly=False, track=True):
     for s in shape:
         n *= int(s)
     if n == 0 or not addr:
-        # numpy rejects a NULL data pointer only for non-empty arrays; keep empty views simple
-        return np.empty(shape, dtype=dtype)
+        # nothing to share (and the C pointer may be NULL): an empty array of the same kind
+        arr = np.empty(shape, dtype=dtype)
+        arr.flags.writeable = not readonly
+        return arr
     # structured dtypes travel as raw records ("|V<itemsize>") and are viewed afterwards
     typestr = "|V%d" % dtype.itemsize if dtype.fields else dtype.str
     holder = _ArrayHolder(owner, addr, shape, typestr, strides, readonly)
