@@ -64,7 +64,7 @@ def _load():
         except OSError as e:
             raise LibraryNotFoundError(
                 "librkv: %s=%s cannot be loaded: %s" % (ENV_VAR, env, e)) from None
-        path = env
+        path = os.path.abspath(env) if os.sep in env else env
     else:
         lib = None
         tried = []
