@@ -49,15 +49,19 @@ class Handle:
     """Base of every object that owns a C handle.
 
     ``close()`` destroys the handle now (idempotent); otherwise the garbage collector does.
-    Objects built over a handle (a scheduler over a block manager, an executor over a pool)
-    keep it alive, and ``close()`` refuses (RKV_ERR_STATE) while such a dependent is open or
-    a numpy view of the handle's memory is alive: close or delete those first.
+    Objects built over a handle (a pool over a backend, a scheduler over a block manager, an
+    executor over both) hold it, and it is destroyed only after them, whatever order the
+    collector finalises them in. ``close()`` refuses (RKV_ERR_STATE) while such a dependent is
+    open or a numpy view of the handle's memory is alive: close or delete those first.
     """
     _destroy_fn = None
     _kind = "handle"
 
     def __init__(self):
         self._h = None
+        self._parents = []        # handles this one borrows (strong references)
+        self._open_children = 0   # open handles borrowing this one
+        self._orphaned = False    # finalised while children were open: destroyed after them
         self._dependents = weakref.WeakSet()
         self._views = weakref.WeakSet()
 
@@ -76,33 +80,48 @@ class Handle:
         """True once close() ran (or creation failed)."""
         return self._h is None
 
-    def _add_dependent(self, obj):
-        self._dependents.add(obj)
+    def _borrow(self, parent):
+        """Records that this (open) handle uses parent's C object."""
+        self._parents.append(parent)
+        parent._dependents.add(self)
+        parent._open_children += 1
+
+    def _destroy(self):
+        h, self._h = self._h, None
+        getattr(_lib.lib(), self._destroy_fn)(h)
+        for p in self._parents:
+            p._child_gone()
+
+    def _child_gone(self):
+        self._open_children -= 1
+        if self._open_children == 0 and self._orphaned and self._h is not None:
+            self._destroy()
 
     def close(self):
         """Destroys the C object. Raises RkvError (RKV_ERR_STATE) while an object built over
         it is open or a numpy view of its memory is alive."""
         if self._h is None:
             return
-        live = [d for d in self._dependents if not d.closed]
-        if live:
+        if self._open_children:
+            live = sorted(type(d).__name__ for d in self._dependents if not d.closed)
             raise RkvError(Status.ERR_STATE, "%s.close" % self._kind,
-                           "still used by %s: close it first" % ", ".join(
-                               sorted(type(d).__name__ for d in live)))
+                           "still used by %s: close it first" % ", ".join(live))
         views = len(self._views)
         if views:
             raise RkvError(Status.ERR_STATE, "%s.close" % self._kind,
                            "%d numpy view(s) of its memory are alive: delete them first" % views)
-        h, self._h = self._h, None
-        getattr(_lib.lib(), self._destroy_fn)(h)
+        self._destroy()
 
     def __del__(self):
-        # Dependents and views hold references to this object, so by the time the collector
-        # gets here none is alive. At interpreter exit module globals may be gone: best effort.
+        # The collector may finalise a handle before the handles that borrow it (objects of
+        # one unreachable cycle are finalised in any order): then it waits for them.
         try:
-            if self._h is not None and self._destroy_fn is not None:
-                h, self._h = self._h, None
-                getattr(_lib.lib(), self._destroy_fn)(h)
+            if self._h is None or self._destroy_fn is None:
+                return
+            if self._open_children:
+                self._orphaned = True
+                return
+            self._destroy()
         except Exception:
             pass
 

@@ -56,9 +56,9 @@ class Executor(Handle):
               "rkv_exec_create", err.raw)
         self._set(h.value)
         self.bm, self.pool = bm, pool
-        bm._add_dependent(self)
+        self._borrow(bm)
         if pool is not None:
-            pool._add_dependent(self)
+            self._borrow(pool)
         c = bm.config
         self.num_layers, self.num_kv_heads, self.head_dim = (c["num_layers"], c["num_kv_heads"],
                                                              c["head_dim"])

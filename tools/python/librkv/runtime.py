@@ -158,7 +158,7 @@ class KVPool(Handle):
               "rkv_kv_pool_create", lambda: backend.last_error)
         self._set(h.value)
         self.backend = backend
-        backend._add_dependent(self)
+        self._borrow(backend)
         self._own_backend = False
 
     @classmethod

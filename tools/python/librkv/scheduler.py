@@ -215,7 +215,7 @@ class Scheduler(Handle):
               "rkv_sched_create", err.raw)
         self._set(h.value)
         self.bm = bm
-        bm._add_dependent(self)
+        self._borrow(bm)
         self._gen = 0
         self._plan = None
 

@@ -173,3 +173,32 @@ def test_dependents_block_close():
     pool.close()
     s.close()
     bm.close()
+
+
+def test_collector_destroys_children_first(monkeypatch):
+    """Objects of one unreachable cycle are finalised in any order: a handle finalised before
+    the handles borrowing it waits for them (else the C pool would outlive its backend)."""
+    order = []
+    real = librkv._base.Handle._destroy
+
+    def spy(self):
+        order.append(type(self).__name__)
+        real(self)
+
+    monkeypatch.setattr(librkv._base.Handle, "_destroy", spy)
+    for _ in range(3):
+        bm, pool = make_pool()
+        s = librkv.Scheduler(bm, max_batched_tokens=16, max_seqs=2)
+        x = librkv.Executor.for_scheduler(s, pool, 2)
+        objs = [bm.__dict__, pool.backend, s, x, pool]
+        objs.append(objs)  # a cycle holding everything
+        for o in (bm, pool.backend, s, x, pool):
+            o.__dict__["cycle"] = objs
+        del bm, pool, s, x, o, objs
+        gc.collect()
+    assert len(order) == 15
+    for i in range(0, 15, 5):
+        got = order[i:i + 5]
+        assert got.index("Executor") < got.index("KVPool") < got.index("Backend")
+        assert got.index("Executor") < got.index("BlockManager")
+        assert got.index("Scheduler") < got.index("BlockManager")

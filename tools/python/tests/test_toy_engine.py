@@ -2,6 +2,7 @@
 same serve() loop over Scheduler + Executor, the same harness (every check after every step,
 forks every fifth step, the B + buffer bound after a compression). Each workload runs to
 completion; where the C example is built, its summary line must equal the Python run's."""
+import os
 import re
 import subprocess
 
@@ -114,7 +115,10 @@ def c_summary(wl, policy):
     exe = b / "tests" / "example_toy_engine" if b else None
     if exe is None or not exe.is_file():
         return None
-    p = subprocess.run([str(exe), wl, policy], capture_output=True, text=True, timeout=300)
+    # a sanitizer build's example carries its own ASan runtime: not the one preloaded for python
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    p = subprocess.run([str(exe), wl, policy], capture_output=True, text=True, timeout=300,
+                       env=env)
     assert p.returncode == 0, p.stdout + p.stderr
     m = re.search(r": (\d+) steps, (\d+) finished, (\d+) forks, (\d+) preemptions \((\d+) swap\), "
                   r"(\d+) aborted, (\d+) compressions, (\d+) bound checks, query window (\d+) "
