@@ -322,9 +322,8 @@ class Scheduler(Handle):
     def close(self):
         """Destroys the scheduler (its sequences in the block manager are freed too); the
         last plan's views become invalid."""
-        if not self.closed:
-            self._gen += 1
         super().close()
+        self._gen += 1
 
 
 def _outputs_arg(outs, what):
