@@ -29,6 +29,9 @@ foreach(d ${RKV_PUBLIC_INCLUDE_DIRS})
 endforeach()
 install(FILES ${PROJECT_SOURCE_DIR}/LICENSE ${PROJECT_SOURCE_DIR}/docs/PACKAGING.md
         DESTINATION ${CMAKE_INSTALL_DOCDIR})
+# The Python bindings (pure Python over librkv.so; docs/PYTHON.md), where Debian's python3 looks.
+install(DIRECTORY ${PROJECT_SOURCE_DIR}/tools/python/librkv DESTINATION lib/python3/dist-packages
+        FILES_MATCHING PATTERN "*.py" PATTERN "__pycache__" EXCLUDE)
 
 # ---- pkg-config ------------------------------------------------------------------------------
 # Libs.private turns RKV_STATIC_LINK_ITEMS into -L/-l flags (-L only outside the linker's own
