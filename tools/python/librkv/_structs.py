@@ -260,7 +260,7 @@ class SchedConfig(Structure):
 
 SCHED_CONFIG_INIT = dict(max_batched_tokens=2048, max_seqs=256, max_prefill_chunk=0,
                          admission=Admission.RESERVE, preempt=PreemptMode.RECOMPUTE,
-                         host_blocks=0, check_every_step=False, plan_slots=True)
+                         host_blocks=0, check_every_step=False, plan_slots=False)
 
 
 class SchedRequest(Structure):

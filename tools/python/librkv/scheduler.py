@@ -182,7 +182,7 @@ class Scheduler(Handle):
 
     ``Scheduler(bm, max_batched_tokens=2048, max_seqs=256, max_prefill_chunk=0,
     admission="reserve", preempt="recompute", host_blocks=0, evict=None,
-    check_every_step=False, plan_slots=True)``: the defaults are RKV_SCHED_CONFIG_INIT's;
+    check_every_step=False, plan_slots=False)``: the defaults are RKV_SCHED_CONFIG_INIT's;
     admission "reserve" | "optimistic", preempt "recompute" | "swap", evict an EvictParams,
     a dict of its fields or a policy name (None = RKV_EVICT_PARAMS_INIT). The block manager
     is borrowed: it stays open while the scheduler is.
