@@ -79,7 +79,8 @@ def test_view_feeds_attention():
     bm = librkv.BlockManager(64, block_size=bs, num_layers=L, num_kv_heads=H, head_dim=D,
                              dtype="f32")
     pool = librkv.KVPool.for_blockmgr(bm)
-    s = librkv.Scheduler(bm, max_batched_tokens=64, max_seqs=4, evict="full")
+    s = librkv.Scheduler(bm, max_batched_tokens=64, max_seqs=4, evict="full",
+                         plan_slots=True)  # the test reads the slots the executor wrote
     x = librkv.Executor.for_scheduler(s, pool, QH)
     s.add_request(3, 7, 4)
     rng = np.random.default_rng(7)
