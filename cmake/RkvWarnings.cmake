@@ -4,7 +4,13 @@ set(RKV_C_WARNINGS -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissi
 if(RKV_WERROR)
   list(APPEND RKV_C_WARNINGS -Werror)
 endif()
-if(RKV_SANITIZE)
+if(RKV_SANITIZE AND RKV_TSAN)
+  # ThreadSanitizer (the tsan preset): the tests whose code runs threads (CPU attention
+  # workers, thread-local TP ranks). Everything else RKV_SANITIZE implies (no BLAS, tests that
+  # preload a sanitizer runtime skipped) holds too.
+  add_compile_options(-fsanitize=thread -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=thread)
+elseif(RKV_SANITIZE)
   add_compile_options(-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
   add_link_options(-fsanitize=address,undefined -fno-sanitize-recover=all)
 endif()
