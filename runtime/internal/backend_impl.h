@@ -48,6 +48,9 @@ rkv_status rkvi_cuda_write_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n, 
 int rkvi_cuda_device_count(void);
 
 const rkv_allocator *rkvi_backend_allocator(const rkv_backend *b);
+/* A caller's backend config (any struct_size from the first release on, NULL = defaults)
+ * with the defaults filled in; RKV_ERR_INVALID_ARG for an unknown struct_size. */
+rkv_status rkvi_backend_config_load(const rkv_backend_config *cfg, rkv_backend_config *out);
 
 /* Emulated device (buffer_emu.c): runs the queued transfers at the sync and reports the first
  * hazard recorded since the previous report (RKV_ERR_STATE); fini also frees the state. */

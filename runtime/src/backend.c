@@ -46,17 +46,23 @@ int rkvi_cuda_device_count(void) {
 }
 #endif
 
+rkv_status rkvi_backend_config_load(const rkv_backend_config *cfg, rkv_backend_config *out) {
+  /* Fields past the caller's struct_size (an older, shorter struct) take their defaults and
+   * are never read from the caller's memory. */
+  const rkv_backend_config def = RKV_BACKEND_CONFIG_INIT;
+  *out = def;
+  if (!cfg) return RKV_OK;
+  if (cfg->struct_size < sizeof(uint32_t) * 2 || cfg->struct_size > sizeof(rkv_backend_config))
+    return RKV_ERR_INVALID_ARG;
+  memcpy(out, cfg, cfg->struct_size);
+  return RKV_OK;
+}
+
 rkv_status rkv_backend_create(const rkv_backend_config *cfg, rkv_backend **out) {
   if (!out) return RKV_ERR_INVALID_ARG;
   *out = NULL;
-  /* Fields past the caller's struct_size (an older, shorter struct) take their defaults and
-   * are never read from the caller's memory. */
-  rkv_backend_config c = RKV_BACKEND_CONFIG_INIT;
-  if (cfg) {
-    if (cfg->struct_size < sizeof(uint32_t) * 2 || cfg->struct_size > sizeof(rkv_backend_config))
-      return RKV_ERR_INVALID_ARG;
-    memcpy(&c, cfg, cfg->struct_size);
-  }
+  rkv_backend_config c;
+  RKV_TRY(rkvi_backend_config_load(cfg, &c));
   cfg = &c;
   if (cfg->kind != RKV_BACKEND_AUTO && cfg->kind != RKV_BACKEND_CPU &&
       cfg->kind != RKV_BACKEND_CUDA)

@@ -72,12 +72,8 @@ static bool overlaps(uintptr_t a, size_t an, uintptr_t b, size_t bn) {
 rkv_status rkv_backend_create_emulated(const rkv_backend_config *cfg, rkv_backend **out) {
   if (!out) return RKV_ERR_INVALID_ARG;
   *out = NULL;
-  rkv_backend_config c = RKV_BACKEND_CONFIG_INIT;
-  if (cfg) {
-    if (cfg->struct_size < sizeof(uint32_t) * 2 || cfg->struct_size > sizeof(rkv_backend_config))
-      return RKV_ERR_INVALID_ARG;
-    memcpy(&c, cfg, cfg->struct_size);
-  }
+  rkv_backend_config c;
+  RKV_TRY(rkvi_backend_config_load(cfg, &c));
   if (c.kind != RKV_BACKEND_AUTO && c.kind != RKV_BACKEND_CPU) return RKV_ERR_INVALID_ARG;
   c.kind = RKV_BACKEND_CPU;
   rkv_backend *b = NULL;
