@@ -381,6 +381,36 @@ static rkv_status check_distinct(const rkv_kv_pool *pool, const int64_t *slots, 
   return s;
 }
 
+/* Stores one token's K and V rows at a global slot (converted to the pool's dtype); the slot's
+ * H2O mass restarts at zero, since the slot may be recycled. The caller validated the slot. */
+static void store_row(const rkv_kv_pool *pool, int64_t slot, const float *k, const float *v) {
+  const rkv_kv_layout *l = &pool->layout;
+  const uint32_t d = l->head_dim, bs = l->block_size;
+  const size_t esz = rkv_dtype_size(l->dtype);
+  uint8_t *blk = (uint8_t *)pool->base + (size_t)(slot / bs) * pool->block_bytes;
+  const uint32_t o = (uint32_t)(slot % bs);
+  void *kd = blk + (size_t)o * d * esz, *vd = blk + ((size_t)bs + o) * d * esz;
+  switch (l->dtype) {
+    case RKV_DTYPE_F32:
+      memcpy(kd, k, (size_t)d * sizeof(float));
+      memcpy(vd, v, (size_t)d * sizeof(float));
+      break;
+    case RKV_DTYPE_F16:
+      for (uint32_t j = 0; j < d; j++) {
+        ((uint16_t *)kd)[j] = rkv_f32_to_f16(k[j]);
+        ((uint16_t *)vd)[j] = rkv_f32_to_f16(v[j]);
+      }
+      break;
+    default:
+      for (uint32_t j = 0; j < d; j++) {
+        ((uint16_t *)kd)[j] = rkv_f32_to_bf16(k[j]);
+        ((uint16_t *)vd)[j] = rkv_f32_to_bf16(v[j]);
+      }
+      break;
+  }
+  pool->scores[slot] = 0.0f;
+}
+
 rkv_status rkv_attn_write_kv(rkv_kv_pool *pool, const float *k, const float *v,
                              const int64_t *slots, uint32_t n_rows) {
   if (!pool) return RKV_ERR_INVALID_ARG;
@@ -397,71 +427,12 @@ rkv_status rkv_attn_write_kv(rkv_kv_pool *pool, const float *k, const float *v,
                        "attn write_kv: row %u slot %lld outside [0, %lld)", i, (long long)slots[i],
                        (long long)nslots);
   RKV_TRY(check_distinct(pool, slots, n_rows));
-  const uint32_t d = l->head_dim, bs = l->block_size;
-  const size_t esz = rkv_dtype_size(l->dtype);
-  uint8_t *base = pool->base;
-  for (uint32_t i = 0; i < n_rows; i++) {
-    const int64_t slot = slots[i];
-    uint8_t *blk = base + (size_t)(slot / bs) * pool->block_bytes;
-    const uint32_t o = (uint32_t)(slot % bs);
-    void *kd = blk + (size_t)o * d * esz, *vd = blk + ((size_t)bs + o) * d * esz;
-    const float *ks = k + (size_t)i * d, *vs = v + (size_t)i * d;
-    switch (l->dtype) {
-      case RKV_DTYPE_F32:
-        memcpy(kd, ks, (size_t)d * sizeof(float));
-        memcpy(vd, vs, (size_t)d * sizeof(float));
-        break;
-      case RKV_DTYPE_F16:
-        for (uint32_t j = 0; j < d; j++) {
-          ((uint16_t *)kd)[j] = rkv_f32_to_f16(ks[j]);
-          ((uint16_t *)vd)[j] = rkv_f32_to_f16(vs[j]);
-        }
-        break;
-      default:
-        for (uint32_t j = 0; j < d; j++) {
-          ((uint16_t *)kd)[j] = rkv_f32_to_bf16(ks[j]);
-          ((uint16_t *)vd)[j] = rkv_f32_to_bf16(vs[j]);
-        }
-        break;
-    }
-    /* A new token starts with no accumulated attention mass (the slot may be recycled). */
-    pool->scores[slot] = 0.0f;
-  }
+  const size_t d = l->head_dim;
+  for (uint32_t i = 0; i < n_rows; i++) store_row(pool, slots[i], k + i * d, v + i * d);
   return RKV_OK;
 }
 
 /* ---- KV write through block rows -------------------------------------------------------- */
-
-static void store_row(const rkv_kv_pool *pool, int64_t slot, const float *k, const float *v) {
-  const rkv_kv_layout *l = &pool->layout;
-  const uint32_t d = l->head_dim, bs = l->block_size;
-  const size_t esz = rkv_dtype_size(l->dtype);
-  uint8_t *blk = (uint8_t *)pool->base + (size_t)(slot / bs) * pool->block_bytes;
-  const uint32_t o = (uint32_t)(slot % bs);
-  void *kd = blk + (size_t)o * d * esz, *vd = blk + ((size_t)bs + o) * d * esz;
-  if (l->dtype == RKV_DTYPE_F32) {
-    memcpy(kd, k, (size_t)d * sizeof(float));
-    memcpy(vd, v, (size_t)d * sizeof(float));
-  } else {
-    for (uint32_t j = 0; j < d; j++) {
-      rkv_dtype_store(l->dtype, kd, j, k[j]);
-      rkv_dtype_store(l->dtype, vd, j, v[j]);
-    }
-  }
-  pool->scores[slot] = 0.0f; /* a new token starts with no attention mass */
-}
-
-/* Slot of position pos of stream (b, h), or -1 when the rows do not hold it. */
-static int64_t rows_slot(const rkv_kv_pool *pool, const rkv_attn_params *ap, uint32_t b, uint32_t h,
-                         int64_t back) {
-  const int32_t bs = (int32_t)pool->layout.block_size;
-  const rkvi_stream_ref r = rkvi_attn_stream(ap, b * ap->num_kv_heads + h, bs);
-  const int64_t pos = r.len - back;
-  if (pos < 0) return -1;
-  const int32_t id = r.ids[pos / bs];
-  if (id < 0 || (uint32_t)id >= pool->num_blocks) return -1;
-  return (int64_t)id * bs + pos % bs;
-}
 
 rkv_status rkv_attn_write_kv_rows(rkv_kv_pool *pool, const float *k, const float *v,
                                   uint32_t num_seqs, uint32_t num_kv_heads, const int32_t *q_indptr,
@@ -481,25 +452,37 @@ rkv_status rkv_attn_write_kv_rows(rkv_kv_pool *pool, const float *k, const float
   ap.num_seqs = num_seqs;
   ap.num_kv_heads = num_kv_heads;
   ap.rows = rows;
-  const uint32_t d = pool->layout.head_dim;
-  for (int pass = 0; pass < 2; pass++) /* validate every slot, then write */
+  const int32_t bs = (int32_t)pool->layout.block_size;
+  const size_t d = pool->layout.head_dim;
+  for (int pass = 0; pass < 2; pass++) /* validate every stream, then write */
     for (uint32_t b = 0; b < num_seqs; b++) {
       const int32_t r0 = q_indptr ? q_indptr[b] : (int32_t)b;
       const int32_t n = q_indptr ? q_indptr[b + 1] - r0 : 1;
       if (r0 < 0 || n < 0)
         return rkvi_fail(e, RKV_ERR_INVALID_ARG, "attn write_kv_rows: q_indptr at %u", b);
-      for (uint32_t h = 0; h < num_kv_heads; h++)
-        for (int32_t t = 0; t < n; t++) {
-          const int64_t slot = rows_slot(pool, &ap, b, h, (int64_t)n - t);
-          if (slot < 0)
+      for (uint32_t h = 0; h < num_kv_heads; h++) {
+        const rkvi_stream_ref sr = rkvi_attn_stream(&ap, b * num_kv_heads + h, bs);
+        const int64_t first = sr.len - n; /* position of the sequence's first new row */
+        if (!pass) {
+          if (first < 0)
             return rkvi_fail(e, RKV_ERR_INVALID_ARG,
-                             "attn write_kv_rows: sequence %u head %u has no slot for new row %d "
-                             "(stream too short or block id outside the pool)",
-                             b, h, t);
-          if (!pass) continue;
-          const size_t row = ((size_t)(r0 + t) * num_kv_heads + h) * d;
-          store_row(pool, slot, k + row, v + row);
+                             "attn write_kv_rows: sequence %u head %u holds %lld tokens, fewer "
+                             "than its %d new rows",
+                             b, h, (long long)sr.len, n);
+          for (int64_t j = n ? first / bs : 0; n && j < sr.nblk; j++)
+            if (sr.ids[j] < 0 || (uint32_t)sr.ids[j] >= pool->num_blocks)
+              return rkvi_fail(e, RKV_ERR_INVALID_ARG,
+                               "attn write_kv_rows: sequence %u head %u block %lld is id %d, "
+                               "outside the pool's %u blocks",
+                               b, h, (long long)j, sr.ids[j], pool->num_blocks);
+          continue;
         }
+        for (int32_t t = 0; t < n; t++) {
+          const int64_t pos = first + t;
+          const size_t row = ((size_t)(r0 + t) * num_kv_heads + h) * d;
+          store_row(pool, (int64_t)sr.ids[pos / bs] * bs + pos % bs, k + row, v + row);
+        }
+      }
     }
   return RKV_OK;
 }

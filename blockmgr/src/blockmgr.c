@@ -466,8 +466,9 @@ static rkv_status bm_plan_append(const rkv_blockmgr *m, const bm_seq *q, uint32_
   return RKV_OK;
 }
 
-/* Where the slot of token t of stream s goes: out[s * ss + t * ts] for stream-major output,
- * or with the stream split into (layer, head) for a batch's layer-major slot mapping. */
+/* Where the slot of token t of stream s goes: base[s * n + t] for stream-major output, or
+ * base[layer * layer_stride + t * token_stride + head] for a batch's layer-major mapping
+ * (bm_slot_ptr gives the t = 0 entry; tokens follow at token_stride, 1 when stream-major). */
 typedef struct bm_slot_out {
   int64_t *base;
   size_t layer_stride, token_stride; /* head stride 1 (batch layout) */
@@ -513,7 +514,6 @@ static rkv_status bm_append_boundary(rkv_blockmgr *m, bm_seq *q, const bm_slot_o
   if (need > m->free_top)
     return bm_fail(m, RKV_ERR_NO_BLOCKS, "append: needs %d blocks, %d free", need, m->free_top);
   RKV_TRY(bm_grow(m, q, maxnb));
-  const uint32_t H = m->cfg.num_kv_heads;
   int64_t room = INT32_MAX;
   for (uint32_t s = 0; s < S; s++) {
     int32_t nb = nblk[s];
@@ -525,11 +525,7 @@ static rkv_status bm_append_boundary(rkv_blockmgr *m, bm_seq *q, const bm_slot_o
       q->tbase[s] = (id - nb) * bs;
       nblk[s] = ++nb;
     }
-    const int64_t slot = (int64_t)q->tbase[s] + len[s];
-    if (o && o->batch)
-      o->base[(size_t)(s / H) * o->layer_stride + s % H] = slot;
-    else if (o)
-      o->base[s] = slot;
+    if (o) *bm_slot_ptr(m, o, s, 1) = (int64_t)q->tbase[s] + len[s];
     len[s] += 1;
     const int64_t r = (int64_t)nb * bs - len[s];
     room = r < room ? r : room;

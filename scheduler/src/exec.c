@@ -44,7 +44,6 @@ struct rkv_exec {
   bool open;
   const rkv_sched_plan *plan;
   uint8_t *layer_done; /* [L] */
-  uint32_t rows_n;     /* plan rows */
   bool h2o;
   int32_t *seq_row;     /* [max_seqs] index * S */
   int32_t *blen;        /* [max_seqs] the step's uniform lengths, plan order */
@@ -423,7 +422,6 @@ rkv_status rkv_exec_begin(rkv_exec *x, const rkv_sched_plan *p) {
   if (!x->all_uniform) materialize_lens(x, p);
   x->slots = p->slots;
   x->slot_layer_stride = p->slot_layer_stride;
-  x->rows_n = rows;
   x->plan = p;
   memset(x->layer_done, 0, x->L);
   x->open = true;
@@ -476,10 +474,10 @@ rkv_status rkv_exec_layer(rkv_exec *x, uint32_t layer, const float *q, const flo
   if (!x->pool)
     return rkvi_fail(x->err, RKV_ERR_STATE,
                      "layer: a bookkeeping executor (no pool) runs no layers");
-  if (x->rows_n && (!q || !k || !v || !out))
+  if (x->plan->n_batched_tokens && (!q || !k || !v || !out))
     return rkvi_fail(x->err, RKV_ERR_INVALID_ARG, "layer %u: q, k, v and out are required", layer);
   const rkv_sched_plan *p = x->plan;
-  const size_t n = (size_t)x->rows_n * x->Hkv;
+  const size_t n = (size_t)p->n_batched_tokens * x->Hkv;
   rkv_status st;
   if (x->slots) {
     st = rkv_attn_write_kv(x->pool, k, v, x->slots + layer * x->slot_layer_stride, (uint32_t)n);
@@ -499,11 +497,10 @@ rkv_status rkv_exec_layer(rkv_exec *x, uint32_t layer, const float *q, const flo
 
 /* ---- finish ------------------------------------------------------------------------------ */
 
-/* Compresses every layer of one flagged sequence, or nothing: the fresh blocks its shared
- * leading blocks need are counted for all layers first. */
-static rkv_status compress_seq(rkv_exec *x, const rkv_sched_seq *q, rkv_sched_output *o) {
-  const rkv_evict_params *ev = q->evict ? q->evict : &x->cfg.evict;
-  if (ev->policy == RKV_EVICT_FULL) return RKV_OK;
+/* Scores and compacts every layer of a flagged sequence, or nothing: the fresh blocks its
+ * shared leading blocks need are counted for all layers before the first is touched. */
+static rkv_status evict_layers(rkv_exec *x, const rkv_sched_seq *q, const rkv_evict_params *ev,
+                               rkv_sched_output *o) {
   uint32_t fresh = 0;
   rkv_status st = rkv_blockmgr_compact_fresh_bound(x->bm, q->id, -1, ev->budget, &fresh);
   if (st != RKV_OK)
@@ -533,19 +530,13 @@ static rkv_status compress_seq(rkv_exec *x, const rkv_sched_seq *q, rkv_sched_ou
     }
     o->tokens_evicted += res.tokens_evicted;
   }
-  o->blocks_freed = rkv_blockmgr_free_blocks(x->bm) - free0;
-  o->compressed = true;
-  const int32_t idx = rkv_blockmgr_seq_index(x->bm, q->id);
-  if (idx >= 0) x->stale[idx] = 1;
   return RKV_OK;
 }
 
 /* Bookkeeping mode: every stream of a flagged sequence is cut to the budget on the host, as a
  * device engine's first step does (which tokens survive changes no block count). */
-static rkv_status cut_seq(rkv_exec *x, const rkv_sched_seq *q, rkv_sched_output *o) {
-  const rkv_evict_params *ev = q->evict ? q->evict : &x->cfg.evict;
-  if (ev->policy == RKV_EVICT_FULL) return RKV_OK;
-  const uint32_t free0 = rkv_blockmgr_free_blocks(x->bm);
+static rkv_status cut_streams(rkv_exec *x, const rkv_sched_seq *q, const rkv_evict_params *ev,
+                              rkv_sched_output *o) {
   uint32_t nm = 0, no = 0;
   for (;;) {
     rkv_status st = rkv_blockmgr_compact_uniform(
@@ -560,6 +551,16 @@ static rkv_status cut_seq(rkv_exec *x, const rkv_sched_seq *q, rkv_sched_output 
   }
   for (uint32_t i = 0; i < nm; i++)
     o->tokens_evicted += (uint64_t)(x->maps[i].old_len - x->maps[i].new_len);
+  return RKV_OK;
+}
+
+/* One flagged compression, with the pool (scores and moves) or without (cuts only); the
+ * mirror entry re-syncs at the next begin. */
+static rkv_status compress_seq(rkv_exec *x, const rkv_sched_seq *q, rkv_sched_output *o) {
+  const rkv_evict_params *ev = q->evict ? q->evict : &x->cfg.evict;
+  if (ev->policy == RKV_EVICT_FULL) return RKV_OK;
+  const uint32_t free0 = rkv_blockmgr_free_blocks(x->bm);
+  RKV_TRY(x->pool ? evict_layers(x, q, ev, o) : cut_streams(x, q, ev, o));
   o->blocks_freed = rkv_blockmgr_free_blocks(x->bm) - free0;
   o->compressed = true;
   const int32_t idx = rkv_blockmgr_seq_index(x->bm, q->id);
@@ -588,8 +589,7 @@ rkv_status rkv_exec_finish(rkv_exec *x, rkv_sched_output *outs, uint32_t n) {
   for (uint32_t i = 0; i < n; i++) {
     /* a sequence that ends now frees its blocks at the report: compressing it is wasted work */
     if (!p->seqs[i].compress || outs[i].eos) continue;
-    rkv_status st =
-        x->pool ? compress_seq(x, &p->seqs[i], &outs[i]) : cut_seq(x, &p->seqs[i], &outs[i]);
+    rkv_status st = compress_seq(x, &p->seqs[i], &outs[i]);
     if (st == RKV_ERR_INTERNAL) {
       ret = st;
       break;

@@ -822,10 +822,6 @@ static uint32_t chunk_for(const rkv_sched *s, const req *r, uint32_t tokens_left
   return left < n ? (uint32_t)left : n;
 }
 
-/* The plan lists decodes before prefill chunks (rkv_sched_plan), but a swapped-in sequence
- * that decodes is scheduled after the running prefills: a stable rotation moves each such
- * decode in front of the chunks, with everything indexed by plan position. Rare (swap-ins
- * only) and O(n_seqs) per moved sequence. */
 /* Moves the slot row `from` (a decode's one token) to row `to` < from in every layer,
  * shifting the rows between one down. */
 static void rotate_slot_row(rkv_sched *s, uint32_t to, uint32_t from) {
@@ -844,6 +840,10 @@ static void rotate_slot_row(rkv_sched *s, uint32_t to, uint32_t from) {
   }
 }
 
+/* The plan lists decodes before prefill chunks (rkv_sched_plan), but a swapped-in sequence
+ * that decodes is scheduled after the running prefills (swap-ins wait for the running passes
+ * to show no preemption): a stable rotation moves each such decode in front of the chunks,
+ * with everything indexed by plan position. Rare (swap-ins only), O(n_seqs) per move. */
 static void order_decodes_first(rkv_sched *s) {
   rkv_sched_plan *p = &s->plan;
   uint32_t first_prefill = 0;

@@ -602,6 +602,30 @@ static void mlp_block(rkv_model_runner *r, const model_layer *L, int rows) {
   for (size_t i = 0; i < (size_t)rows * d; i++) r->x[i] += r->h[i];
 }
 
+/* The slots of seq's n new tokens, [streams][n]: appended here, or, when a scheduler appended
+ * them already, read back as the last n positions of each stream. */
+static rkv_status take_slots(rkv_model_runner *r, int64_t seq, int32_t n, int64_t *sl) {
+  if (!r->cfg.external_append) {
+    rkv_status s = rkv_blockmgr_append(r->bm, seq, (uint32_t)n, sl, NULL, NULL);
+    return s ? rfail(r, s, "append(%lld, %d): %s", (long long)seq, n,
+                     rkv_blockmgr_last_error(r->bm))
+             : RKV_OK;
+  }
+  const uint32_t nkv = (uint32_t)r->model->cfg.n_kv_heads;
+  for (uint32_t sidx = 0; sidx < r->streams; sidx++) {
+    const uint32_t l = sidx / nkv, h = sidx % nkv;
+    int32_t len = 0;
+    rkv_status s = rkv_blockmgr_stream_len(r->bm, seq, l, h, &len);
+    if (s == RKV_OK && len < n) s = RKV_ERR_STATE;
+    for (int32_t t = 0; s == RKV_OK && t < n; t++)
+      s = rkv_blockmgr_stream_slot(r->bm, seq, l, h, len - n + t, &sl[(size_t)sidx * n + t]);
+    if (s)
+      return rfail(r, s, "sequence %lld stream %u: %d new tokens not appended", (long long)seq,
+                   sidx, n);
+  }
+  return RKV_OK;
+}
+
 rkv_status rkv_model_runner_step(rkv_model_runner *r, uint32_t n_seqs, const int64_t *seqs,
                                  const int32_t *q_indptr, const int32_t *tokens,
                                  const int32_t *prev_tok, const int32_t *pos0, float *logits,
@@ -651,31 +675,13 @@ rkv_status rkv_model_runner_step(rkv_model_runner *r, uint32_t n_seqs, const int
     if (s) return s;
   }
 
-  /* Append every sequence's new tokens to all its streams (blocks checked above), or, when a
-   * scheduler appended them already, read their slots: the last n positions of each stream. */
+  /* Every sequence's slots for its new tokens (blocks checked above); with an executor, its
+   * K/V write finds them itself. */
   for (uint32_t b = 0; b < n_seqs; b++) {
     const int32_t r0 = q_indptr[b], n = q_indptr[b + 1] - r0;
-    int64_t *sl = r->slots + (size_t)r0 * r->streams;
-    if (r->exec) {
-      /* the executor holds the plan's slots */
-    } else if (r->cfg.external_append) {
-      for (uint32_t sidx = 0; sidx < r->streams; sidx++) {
-        const uint32_t l = sidx / (uint32_t)nkv, h = sidx % (uint32_t)nkv;
-        int32_t len = 0;
-        rkv_status s = rkv_blockmgr_stream_len(r->bm, seqs[b], l, h, &len);
-        if (s == RKV_OK && len < n) s = RKV_ERR_STATE;
-        for (int32_t t = 0; s == RKV_OK && t < n; t++)
-          s = rkv_blockmgr_stream_slot(r->bm, seqs[b], l, h, len - n + t,
-                                       &sl[(size_t)sidx * n + t]);
-        if (s)
-          return rfail(r, s, "sequence %lld stream %u: %d new tokens not appended",
-                       (long long)seqs[b], sidx, n);
-      }
-    } else {
-      rkv_status s = rkv_blockmgr_append(r->bm, seqs[b], (uint32_t)n, sl, NULL, NULL);
-      if (s)
-        return rfail(r, s, "append(%lld, %d): %s", (long long)seqs[b], n,
-                     rkv_blockmgr_last_error(r->bm));
+    if (!r->exec) {
+      rkv_status s = take_slots(r, seqs[b], n, r->slots + (size_t)r0 * r->streams);
+      if (s) return s;
     }
     for (int32_t t = 0; t < n; t++) {
       r->pos[r0 + t] = pos0[b] + t;

@@ -89,8 +89,8 @@ static bool make_tables(sim_engine *e, const sim_model *m, uint64_t seed, uint32
   return true;
 }
 
-/* The library's executor over the pool (NULL: bookkeeping only), sized for the workload's
- * longest request. */
+/* The library's executor over the pool (NULL: bookkeeping only). Its table mirror starts at
+ * the policy's B + buffer per stream and grows itself when a prompt is longer. */
 static bool make_exec(sim_engine *e, const sim_model *m, rkv_blockmgr *bm, rkv_kv_pool *pool,
                       const rkv_evict_params *ev, uint32_t host_blocks, uint32_t max_seqs) {
   rkv_exec_config xc = RKV_EXEC_CONFIG_INIT;
@@ -98,14 +98,6 @@ static bool make_exec(sim_engine *e, const sim_model *m, rkv_blockmgr *bm, rkv_k
   xc.max_seqs = max_seqs;
   xc.host_blocks = host_blocks;
   xc.evict = *ev;
-  /* a stream never holds more than the request's bounded footprint (prompt, or B + buffer) */
-  const int64_t cap = (int64_t)ev->budget + ev->buffer;
-  for (uint32_t i = 0; i < e->n_reqs; i++) {
-    int64_t len = e->reqs[i].prompt + e->reqs[i].gen;
-    if (ev->policy != RKV_EVICT_FULL && len > cap)
-      len = e->reqs[i].prompt > cap ? e->reqs[i].prompt : cap;
-    if (len > (int64_t)xc.max_stream_tokens) xc.max_stream_tokens = (uint32_t)len;
-  }
   char err[256];
   if (rkv_exec_create(&xc, bm, pool, &e->x, err, sizeof err) == RKV_OK) return true;
   fprintf(stderr, "rkv sim: executor: %s\n", err);
