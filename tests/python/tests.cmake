@@ -16,6 +16,9 @@
 #  python_install     `cmake --install` into a fresh prefix, then `import librkv` from there;
 #                     `pip install tools/python` into a venv (offline)
 #  python_torch       DLPack / torch views (skipped without PyTorch)
+#  python_model_client  tools/model/serve.py (the trained model in PyTorch, librkv holding
+#                     the KV cache through the binding) generates exactly what `rkv eval`
+#                     does: 100 problems, full and R-KV B = 192 (skipped without PyTorch)
 # Sanitizer builds: the instrumented librkv.so runs inside python with the ASan runtime
 # preloaded (leak detection off: the interpreter keeps its allocations).
 set(_py_dir ${PROJECT_SOURCE_DIR}/tools/python)
@@ -27,8 +30,9 @@ if(RKV_SANITIZE)
   execute_process(COMMAND ${CMAKE_C_COMPILER} -print-file-name=libclang_rt.asan-x86_64.so
                   OUTPUT_VARIABLE _py_asan OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
   if(_py_asan AND IS_ABSOLUTE "${_py_asan}" AND EXISTS "${_py_asan}")
+    # the model client's 100 problems take minutes instrumented; 16 exercise the same paths
     list(APPEND _py_env LD_PRELOAD=${_py_asan} ASAN_OPTIONS=detect_leaks=0
-         UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1)
+         UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 RKV_CLIENT_PROBLEMS=16)
   else()
     set(_py_skip "no ASan runtime to preload into python for this sanitizer build")
   endif()

@@ -48,6 +48,8 @@ typedef struct eval_opts {
   bool json;
   const char *plot;
   int show;
+  const char *generations_path; /* --generations */
+  FILE *generations;            /* open while the runs go: one JSON line per finished problem */
   bool check;
   bool require_bounds;
   double min_full_accuracy; /* < 0: no requirement */
@@ -101,7 +103,7 @@ static void eval_usage(void) {
       "[--batch N]\n"
       "                [--block-size N] [--kv-dtype f32|f16|bf16] [--threads N] [--json]\n"
       "                [--plot FILE.svg] [--show N] [--check] [--simple-loop]\n"
-      "                [--backend cpu|cuda] [--compare-cpu]\n"
+      "                [--backend cpu|cuda] [--compare-cpu] [--generations FILE]\n"
       "  Decodes held-out problems of the labelled-addition task (docs/MODEL.md) with the\n"
       "  trained test model through librkv (CPU or CUDA backend, paged KV, continuous\n"
       "  batching) and reports, per policy and budget: exact-match accuracy, mean generated\n"
@@ -118,6 +120,9 @@ static void eval_usage(void) {
       "  --seed N          problem-set seed (default %d; training never uses it)\n"
       "  --batch N         sequences decoded at once (default 32)\n"
       "  --show N          print the first N generations of each run on stderr\n"
+      "  --generations FILE  write every generation as a JSON line {policy, budget, id,\n"
+      "                    digits, correct, text}, in the order problems finish (what a\n"
+      "                    client of the library must reproduce token for token)\n"
       "  --check           run the block manager / scheduler checks after every step (slow)\n"
       "  --simple-loop     batch with the tool's own loop instead of the librkv scheduler\n"
       "  --backend B       where the KV cache lives: cpu (default) or cuda. cuda: the KV pool,\n"
@@ -400,6 +405,27 @@ static int32_t eval_sample(const rkv_model_config *mc, const float *row, char *g
   return t;
 }
 
+/* One --generations line; the text JSON-escaped (the vocabulary has newlines). */
+static void write_generation(FILE *f, const eval_result *res, int64_t id,
+                             const rkv_task_problem *prob, bool ok, const char *gen) {
+  fprintf(f,
+          "{\"policy\": \"%s\", \"budget\": %d, \"id\": %lld, \"digits\": %d, \"correct\": %s, "
+          "\"text\": \"",
+          rkv_evict_policy_name(res->policy), res->budget, (long long)id, prob->digits,
+          ok ? "true" : "false");
+  for (const char *c = gen; *c; c++) {
+    if (*c == '"' || *c == '\\')
+      fprintf(f, "\\%c", *c);
+    else if (*c == '\n')
+      fputs("\\n", f);
+    else if ((unsigned char)*c < 0x20)
+      fprintf(f, "\\u%04x", (unsigned)(unsigned char)*c);
+    else
+      fputc(*c, f);
+  }
+  fputs("\"}\n", f);
+}
+
 /* Grades a finished generation (exact match of the answer), by digit count too, and prints
  * the first --show of them. */
 static void eval_score(const eval_opts *o, eval_result *res, int64_t id,
@@ -408,6 +434,7 @@ static void eval_score(const eval_opts *o, eval_result *res, int64_t id,
   res->correct += ok;
   res->by_digits_total[prob->digits]++;
   res->by_digits_correct[prob->digits] += ok;
+  if (o->generations) write_generation(o->generations, res, id, prob, ok, gen);
   if ((int)*shown >= o->show) return;
   fprintf(stderr, "[%s B=%d #%lld %s] %s%s\n", rkv_evict_policy_name(res->policy), res->budget,
           (long long)id, ok ? "ok" : "WRONG", prob->prompt, gen);
@@ -798,10 +825,10 @@ static void write_plot(const char *path, const eval_opts *o, const eval_result *
 
 static bool eval_takes_value(const char *opt) {
   static const char *const names[] = {
-      "--model",    "--policies", "--budgets", "--buffer", "--window",
-      "--problems", "--digits",   "--seed",    "--batch",  "--block-size",
-      "--kv-dtype", "--threads",  "--plot",    "--show",   "--min-full-accuracy",
-      "--backend",  "--lambda"};
+      "--model",    "--policies", "--budgets",    "--buffer", "--window",
+      "--problems", "--digits",   "--seed",       "--batch",  "--block-size",
+      "--kv-dtype", "--threads",  "--plot",       "--show",   "--min-full-accuracy",
+      "--backend",  "--lambda",   "--generations"};
   for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
     if (strcmp(opt, names[k]) == 0) return true;
   return false;
@@ -911,6 +938,8 @@ int rkv_cmd_eval(int argc, char **argv) {
       }
     } else if (strcmp(a, "--plot") == 0) {
       o.plot = v;
+    } else if (strcmp(a, "--generations") == 0) {
+      o.generations_path = v;
     } else if (strcmp(a, "--show") == 0) {
       if (!rkv_tool_parse_u64("eval", a, v, 0, 1000000, &u)) return 2;
       o.show = (int)u;
@@ -985,6 +1014,13 @@ int rkv_cmd_eval(int argc, char **argv) {
     fprintf(stderr, "rkv eval: warning: model trained on task version %d, generator is %d\n",
             mc->generator_version, RKV_TASK_GENERATOR_VERSION);
 
+  if (o.generations_path && !(o.generations = fopen(o.generations_path, "w"))) {
+    fprintf(stderr, "rkv eval: --generations: cannot write '%s'\n", o.generations_path);
+    rkv_model_destroy(model);
+    rkv_backend_destroy(cpu_backend);
+    rkv_backend_destroy(backend);
+    return 1;
+  }
   eval_result results[EVAL_MAX_LIST * EVAL_MAX_LIST];
   uint32_t cpu_correct[EVAL_MAX_LIST * EVAL_MAX_LIST]; /* --compare-cpu */
   int n_res = 0, ret = 0, n_differ = 0;
@@ -1103,6 +1139,10 @@ int rkv_cmd_eval(int argc, char **argv) {
               n_differ, n_res);
       ret = 3;
     }
+  }
+  if (o.generations && fclose(o.generations) != 0) {
+    fprintf(stderr, "rkv eval: --generations: write error on '%s'\n", o.generations_path);
+    if (!ret) ret = 1;
   }
   rkv_model_destroy(model);
   rkv_backend_destroy(cpu_backend);
