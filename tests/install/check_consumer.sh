@@ -4,6 +4,8 @@
 #   pkgconfig  plain cc command lines from `pkg-config rkv`: shared, and static (librkv.a)
 #   cmake      the consumer's CMake project through find_package(Rkv): Rkv::rkv and
 #              Rkv::rkv_static, plus the version / component probes in its CMakeLists.txt
+# Each mode also builds the executor's toy engine loop (docs/examples/toy_engine.c, the loop
+# docs/EMBEDDING.md walks through) against the prefix and serves its swap and fork workloads.
 # Both check with ldd that the shared consumer loads librkv.so.<major> from the prefix and no
 # CUDA library, and that the static one needs no librkv.so at all.
 # usage: check_consumer.sh pkgconfig|cmake BUILD_DIR WORK_DIR [COMPONENTS [ABSENT]]
@@ -72,6 +74,7 @@ run() {
 }
 
 src=$here/consumer/consumer.c
+toy=$(cd "$here/../../docs/examples" && pwd)/toy_engine.c
 if [ "$mode" = pkgconfig ]; then
   export PKG_CONFIG_PATH="$(echo "$prefix"/lib*/pkgconfig)"
   cflags=$(pkg-config --cflags rkv) || fail "pkg-config --cflags rkv"
@@ -90,15 +93,19 @@ if [ "$mode" = pkgconfig ]; then
   # shellcheck disable=SC2086
   $cc -std=c11 $flags -o "$work/consumer_static" "$src" $cflags -Wl,-Bstatic -lrkv -Wl,-Bdynamic \
     -Wl,--as-needed $slibs || fail "static link"
+  # shellcheck disable=SC2086
+  $cc -std=c11 $flags -o "$work/toy_engine" "$toy" $cflags $libs -lm -Wl,-rpath,"$libdir" ||
+    fail "toy engine link"
 elif [ "$mode" = cmake ]; then
   "$cmake" -S "$here/consumer" -B "$work/cmake" -DCMAKE_PREFIX_PATH="$prefix" \
     -DCMAKE_C_COMPILER="$cc" -DCMAKE_C_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="$flags" \
     -DCMAKE_BUILD_TYPE=Release "-DRKV_COMPONENTS=$components" "-DRKV_ABSENT=$absent" \
+    "-DRKV_TOY_ENGINE=$toy" \
     >"$work/configure.log" 2>&1 || { cat "$work/configure.log"; fail "consumer configure"; }
   grep -E "Rkv |fails as it must" "$work/configure.log"
   "$cmake" --build "$work/cmake" >"$work/build.log" 2>&1 ||
     { cat "$work/build.log"; fail "consumer build"; }
-  cp "$work/cmake/consumer_shared" "$work/cmake/consumer_static" "$work/"
+  cp "$work/cmake/consumer_shared" "$work/cmake/consumer_static" "$work/cmake/toy_engine" "$work/"
 else
   fail "unknown mode $mode"
 fi
@@ -107,6 +114,13 @@ ldd_check "$work/consumer_shared" shared
 ldd_check "$work/consumer_static" static
 run "$work/consumer_shared"
 run "$work/consumer_static"
+ldd_check "$work/toy_engine" shared
+for wl in "swap rkv" "fork-optimistic snapkv"; do
+  # shellcheck disable=SC2086
+  out=$("$work/toy_engine" $wl 2>&1) || { echo "$out"; fail "toy_engine $wl"; }
+  echo "$out"
+  echo "$out" | grep -q ": ok$" || fail "toy_engine $wl did not finish"
+done
 if [ "$mode" = pkgconfig ]; then
   # rkv.pc's cuda variable says what the library reports at run time.
   built=no

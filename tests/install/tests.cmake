@@ -4,7 +4,9 @@
 #                             library among its NEEDED entries
 #  install_consumer_pkgconfig install into a fresh prefix; tests/install/consumer/consumer.c
 #                             built there with plain cc and `pkg-config rkv` (shared and static),
-#                             run; ldd: librkv from the prefix, no CUDA library
+#                             run; ldd: librkv from the prefix, no CUDA library; and the
+#                             executor's toy engine loop (docs/examples/toy_engine.c) built
+#                             and served there (swap and fork-optimistic workloads)
 #  install_consumer_cmake     the same through find_package(Rkv) (Rkv::rkv, Rkv::rkv_static),
 #                             and find_package failing for a newer major version and for a
 #                             component that was not built
