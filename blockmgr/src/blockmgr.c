@@ -203,6 +203,10 @@ RKV_API rkv_status rkv_blockmgr_create(const rkv_blockmgr_config *cfg, rkv_block
   }
   m->free_slot_top = c.max_seqs;
   for (uint32_t i = 0; i < hcap; i++) m->hmap[i] = -1;
+  if (c.prefix_cache && bm_pc_create(m) != RKV_OK) {
+    rkv_blockmgr_destroy(m);
+    return RKV_ERR_NO_MEMORY;
+  }
   rkvi_log(m->cfg.logger, RKV_LOG_DEBUG,
            "blockmgr: %u blocks x %u slots, %u layers x %u kv heads, max_seqs %u", c.num_blocks,
            c.block_size, c.num_layers, c.num_kv_heads, c.max_seqs);
@@ -232,6 +236,7 @@ RKV_API void rkv_blockmgr_destroy(rkv_blockmgr *m) {
   rkvi_free(al, m->free_slots, m->max_seqs * sizeof(int32_t));
   rkvi_free(al, m->hmap, ((size_t)m->hmask + 1) * sizeof(int32_t));
   rkvi_free(al, m->mark, m->streams * sizeof(uint32_t));
+  bm_pc_destroy(m);
   rkvi_free(al, m, sizeof *m);
 }
 
@@ -259,11 +264,9 @@ RKV_API rkv_kv_layout rkv_blockmgr_kv_layout(const rkv_blockmgr *m) {
 
 /* ---- Sequences ------------------------------------------------------------------------- */
 
-static rkv_status bm_grow(rkv_blockmgr *m, bm_seq *q, int32_t need);
-
 /* Takes a free slot for a new id, making sure its per-stream arrays exist. Nothing changes on
  * failure. The slot is not yet live (no id, not in the map). */
-static rkv_status bm_reserve_slot(rkv_blockmgr *m, int64_t id, int32_t *slot) {
+rkv_status bm_reserve_slot(rkv_blockmgr *m, int64_t id, int32_t *slot) {
   if (id < 0) return bm_fail(m, RKV_ERR_INVALID_ARG, "sequence id %lld < 0", (long long)id);
   if (bm_find(m, id) >= 0)
     return bm_fail(m, RKV_ERR_EXISTS, "sequence %lld already exists", (long long)id);
@@ -286,20 +289,21 @@ static rkv_status bm_reserve_slot(rkv_blockmgr *m, int64_t id, int32_t *slot) {
 }
 
 /* Makes a reserved slot live under id. */
-static bm_seq *bm_commit_slot(rkv_blockmgr *m, int64_t id, int32_t slot) {
+bm_seq *bm_commit_slot(rkv_blockmgr *m, int64_t id, int32_t slot) {
   m->free_slot_top--;
   bm_seq *q = &m->seqs[slot];
   q->id = id;
   q->room = 0;
   q->pend = 0;
   q->maybe_shared_tail = false;
+  q->protect = 0;
   bm_map_insert(m, id, slot);
   m->num_seqs++;
   return q;
 }
 
 /* Grows q's row capacity to at least need blocks (one allocation, rows copied). */
-static rkv_status bm_grow(rkv_blockmgr *m, bm_seq *q, int32_t need) {
+rkv_status bm_grow(rkv_blockmgr *m, bm_seq *q, int32_t need) {
   if (need <= q->cap) return RKV_OK;
   int64_t cap = (int64_t)q->cap * 2;
   if (cap < 4) cap = 4;
@@ -379,6 +383,7 @@ RKV_API rkv_status rkv_blockmgr_seq_fork(rkv_blockmgr *m, int64_t parent, int64_
     m->tokens += (uint64_t)p->len[s];
   }
   c->room = p->room;
+  c->protect = p->protect;
   c->maybe_shared_tail = true;
   p->maybe_shared_tail = true;
   return bm_after_op(m);
@@ -398,11 +403,12 @@ RKV_API rkv_status rkv_blockmgr_seq_restore(rkv_blockmgr *m, int64_t seq, const 
   }
   int32_t slot = -1;
   RKV_TRY(bm_reserve_slot(m, seq, &slot));
-  if (total > m->free_top)
+  if (total > bm_avail(m))
     return bm_fail(m, RKV_ERR_NO_BLOCKS, "seq_restore: needs %lld blocks, %d free",
-                   (long long)total, m->free_top);
+                   (long long)total, bm_avail(m));
   bm_seq *q = &m->seqs[slot];
   RKV_TRY(bm_grow(m, q, maxnb));
+  bm_reserve_free(m, (int32_t)total);
   q = bm_commit_slot(m, seq, slot);
   for (uint32_t s = 0; s < m->streams; s++) {
     int32_t *row = q->tab + (size_t)s * (size_t)q->cap;
@@ -511,9 +517,10 @@ static rkv_status bm_append_boundary(rkv_blockmgr *m, bm_seq *q, const bm_slot_o
   }
   if (maxlen > INT32_MAX - 1)
     return bm_fail(m, RKV_ERR_INVALID_ARG, "append: a stream would exceed 2^31 tokens");
-  if (need > m->free_top)
-    return bm_fail(m, RKV_ERR_NO_BLOCKS, "append: needs %d blocks, %d free", need, m->free_top);
+  if (need > bm_avail(m))
+    return bm_fail(m, RKV_ERR_NO_BLOCKS, "append: needs %d blocks, %d free", need, bm_avail(m));
   RKV_TRY(bm_grow(m, q, maxnb));
+  bm_reserve_free(m, need);
   int64_t room = INT32_MAX;
   for (uint32_t s = 0; s < S; s++) {
     int32_t nb = nblk[s];
@@ -530,7 +537,7 @@ static rkv_status bm_append_boundary(rkv_blockmgr *m, bm_seq *q, const bm_slot_o
     const int64_t r = (int64_t)nb * bs - len[s];
     room = r < room ? r : room;
   }
-  const uint32_t used = (uint32_t)(m->nblocks - m->free_top);
+  const uint32_t used = bm_used(m);
   if (used > m->peak_used) m->peak_used = used;
   q->room = (int32_t)room;
   m->tokens += S;
@@ -591,10 +598,11 @@ static rkv_status bm_append(rkv_blockmgr *m, int64_t seq, uint32_t n, const bm_s
     return bm_fail(m, RKV_ERR_INVALID_ARG,
                    "append: sequence %lld shares %lld partial blocks but copies is NULL",
                    (long long)seq, (long long)ncow);
-  if (need > m->free_top)
+  if (need > bm_avail(m))
     return bm_fail(m, RKV_ERR_NO_BLOCKS, "append: needs %lld blocks, %d free", (long long)need,
-                   m->free_top);
+                   bm_avail(m));
   RKV_TRY(bm_grow(m, q, maxnb));
+  bm_reserve_free(m, (int32_t)need);
   uint32_t nc = 0;
   int64_t room = INT32_MAX;
   for (uint32_t s = 0; s < S; s++) {
@@ -680,7 +688,7 @@ RKV_API bool rkv_blockmgr_can_append(const rkv_blockmgr *m, int64_t seq, uint32_
   int64_t need, ncow;
   int32_t maxnb;
   if (bm_plan_append(m, q, n, &need, &ncow, &maxnb) != RKV_OK) return false;
-  return need <= m->free_top;
+  return need <= bm_avail(m);
 }
 
 /* ---- Streams --------------------------------------------------------------------------- */
@@ -820,8 +828,8 @@ RKV_API void rkv_blockmgr_get_stats(const rkv_blockmgr *m, rkv_blockmgr_stats *o
   if (!m || !out) return;
   memset(out, 0, sizeof *out);
   out->total_blocks = (uint32_t)m->nblocks;
-  out->free_blocks = (uint32_t)m->free_top;
-  out->used_blocks = (uint32_t)(m->nblocks - m->free_top);
+  out->free_blocks = (uint32_t)bm_avail(m);
+  out->used_blocks = bm_used(m);
   /* The float watermark carries ~1e-7 relative error (0.1f * 10 = 1.0000000149): strip it so
    * exact products do not round up a whole block. */
   double wm = (double)m->cfg.watermark * m->nblocks;

@@ -32,7 +32,10 @@ typedef struct bm_seq {
    * slot mapping only bumps this (streams grow in lockstep), and the first call that reads
    * len[] settles it (bm_settle). */
   int32_t pend;
+  int32_t protect; /* positions [0, protect) of every stream are immutable (seq_protect) */
 } bm_seq;
+
+typedef struct bm_prefix bm_prefix; /* prefix.c */
 
 /* Per-stream metadata arrays of a sequence (nblk, len, tbase, dirty), one allocation. */
 #define BM_META_ARRAYS 4
@@ -64,6 +67,13 @@ struct rkv_blockmgr {
   int32_t *hmap;  /* [hcap] slot index or -1 */
   uint32_t hmask; /* hcap - 1, hcap a power of two >= 2 * max_seqs */
 
+  /* Prefix cache (prefix.c; NULL without config.prefix_cache). pc_group [nblocks] is the
+   * cached group of each block or -1, and pc_parked the blocks no sequence holds that stay
+   * cached (on its LRU list): both read by the inline hooks below. */
+  bm_prefix *pc;
+  int32_t *pc_group;
+  int32_t pc_parked;
+
   /* Scratch owned by the handle so non-hot calls need no allocation. */
   uint16_t *fill; /* [nblocks] get_stats: occupied slots per block */
   uint32_t *mark; /* [streams] compact: "stream already listed" stamps */
@@ -91,23 +101,56 @@ static inline void bm_settle(const rkv_blockmgr *m, bm_seq *q) {
 }
 /* Looks a sequence up without settling its lengths (the append fast path). */
 rkv_status bm_get_seq_raw(const rkv_blockmgr *m, int64_t id, bm_seq **out);
-/* Pops a free block with ref 1 (caller checked free_top). */
+/* Blocks a call may take: the free list plus parked cached blocks (reclaimed on demand). */
+static inline int32_t bm_avail(const rkv_blockmgr *m) {
+  return m->free_top + m->pc_parked;
+}
+/* Blocks held by sequences. */
+static inline uint32_t bm_used(const rkv_blockmgr *m) {
+  return (uint32_t)(m->nblocks - bm_avail(m));
+}
+/* Moves parked cached groups, oldest first, to the free list until it holds `need` blocks
+ * (prefix.c; the caller checked need <= bm_avail). */
+void bm_pc_refill(rkv_blockmgr *m, int32_t need);
+/* Makes the next `need` pops plain free-list pops: every call that pops blocks calls it once,
+ * after its capacity check and before its first mutation. */
+static inline void bm_reserve_free(rkv_blockmgr *m, int32_t need) {
+  if (need > m->free_top && m->pc_parked) bm_pc_refill(m, need);
+}
+/* Pops a free block with ref 1 (caller ran bm_reserve_free). */
 static inline int32_t bm_pop(rkv_blockmgr *m) {
   int32_t b = m->free_ids[--m->free_top];
   m->ref[b] = 1;
-  uint32_t used = (uint32_t)(m->nblocks - m->free_top);
+  uint32_t used = bm_used(m);
   if (used > m->peak_used) m->peak_used = used;
   return b;
 }
-/* Drops one reference; a block reaching 0 goes back to the free stack. */
+/* Parks a cached block whose last reference dropped (prefix.c). */
+void bm_pc_park(rkv_blockmgr *m, int32_t b);
+/* Drops the cached group of block b (its content is about to change; prefix.c). */
+void bm_pc_forget(rkv_blockmgr *m, int32_t b);
+/* Drops one reference; a block reaching 0 goes back to the free stack, or is parked while a
+ * cached group holds it. */
 static inline void bm_unref(rkv_blockmgr *m, int32_t b) {
   uint32_t r = --m->ref[b];
   if (r == 1) {
     m->shared_count--;
   } else if (r == 0) {
-    m->free_ids[m->free_top++] = b;
+    if (m->pc_group && m->pc_group[b] >= 0)
+      bm_pc_park(m, b);
+    else
+      m->free_ids[m->free_top++] = b;
   }
 }
+/* Block b (ref 1, about to be rewritten in place) stops being findable by content. */
+static inline void bm_content_changes(rkv_blockmgr *m, int32_t b) {
+  if (m->pc_group && m->pc_group[b] >= 0) bm_pc_forget(m, b);
+}
+/* prefix.c: cache state for create/destroy and the invariant walk. owner[b] is BM_FREE_MARK
+ * for free-listed blocks (check.c); parked blocks must be exactly the cached ones with ref 0. */
+rkv_status bm_pc_create(rkv_blockmgr *m);
+void bm_pc_destroy(rkv_blockmgr *m);
+rkv_status bm_pc_check(const rkv_blockmgr *m, const uint8_t *free_listed);
 static inline void bm_addref(rkv_blockmgr *m, int32_t b) {
   if (++m->ref[b] == 2) m->shared_count++;
 }
@@ -137,6 +180,11 @@ static inline void bm_mark_dirty(bm_seq *q, uint32_t s, int32_t pos) {
 }
 /* Recomputes a sequence's fast-path room. */
 void bm_update_room(const rkv_blockmgr *m, bm_seq *q);
+/* Sequence slots (blockmgr.c): reserve a free slot for a new id (nothing changes on
+ * failure), grow a row capacity, make a reserved slot live. */
+rkv_status bm_reserve_slot(rkv_blockmgr *m, int64_t id, int32_t *slot);
+rkv_status bm_grow(rkv_blockmgr *m, bm_seq *q, int32_t need);
+bm_seq *bm_commit_slot(rkv_blockmgr *m, int64_t id, int32_t slot);
 /* Runs check() after a successful mutation when configured (check_every_op or RKV_DEBUG>=3). */
 rkv_status bm_after_op(rkv_blockmgr *m);
 

@@ -17,7 +17,8 @@ RKV_API rkv_status rkv_blockmgr_check(const rkv_blockmgr *m) {
   int32_t *first_stream = rkvi_alloc(m->al, nb * sizeof(int32_t), 64);
   int32_t *owner = rkvi_alloc(m->al, nb * sizeof(int32_t), 64); /* last slot, or free mark */
   uint8_t *slot_seen = rkvi_calloc(m->al, m->max_seqs, 64);
-  if (!cnt || !first_stream || !owner || !slot_seen) {
+  uint8_t *free_listed = rkvi_calloc(m->al, nb, 64);
+  if (!cnt || !first_stream || !owner || !slot_seen || !free_listed) {
     ret = bm_fail(m, RKV_ERR_NO_MEMORY, "check: out of memory for scratch");
     goto done;
   }
@@ -37,6 +38,7 @@ RKV_API rkv_status rkv_blockmgr_check(const rkv_blockmgr *m) {
     if (owner[b] == BM_FREE_MARK) BM_CORRUPT("block %d twice in the free list", b);
     if (m->ref[b] != 0) BM_CORRUPT("free block %d has ref %u", b, m->ref[b]);
     owner[b] = BM_FREE_MARK;
+    free_listed[b] = 1;
   }
 
   uint32_t live = 0;
@@ -85,6 +87,10 @@ RKV_API rkv_status rkv_blockmgr_check(const rkv_blockmgr *m) {
     }
     if (room != q->room)
       BM_CORRUPT("seq %lld: room %d, recomputed %lld", (long long)q->id, q->room, (long long)room);
+    for (uint32_t s = 0; s < m->streams; s++)
+      if (q->protect < 0 || q->protect > q->len[s])
+        BM_CORRUPT("seq %lld: protected prefix %d, stream %u holds %d", (long long)q->id,
+                   q->protect, s, q->len[s]);
   }
   if (live != m->num_seqs) BM_CORRUPT("num_seqs %u but %u live slots", m->num_seqs, live);
   if (tokens != m->tokens)
@@ -94,14 +100,15 @@ RKV_API rkv_status rkv_blockmgr_check(const rkv_blockmgr *m) {
   uint32_t used = 0, shared = 0;
   for (size_t b = 0; b < nb; b++) {
     if (owner[b] == BM_FREE_MARK) continue;
+    if (cnt[b] == 0 && m->ref[b] == 0 && m->pc_group && m->pc_group[b] >= 0) continue; /* parked */
     if (cnt[b] == 0) BM_CORRUPT("block %zu neither free nor referenced (ref %u)", b, m->ref[b]);
     if (cnt[b] != m->ref[b])
       BM_CORRUPT("block %zu has ref %u but %u table references", b, m->ref[b], cnt[b]);
     used++;
     shared += cnt[b] > 1;
   }
-  if ((uint64_t)used + (uint64_t)m->free_top != nb)
-    BM_CORRUPT("free %d + used %u != total %zu", m->free_top, used, nb);
+  if ((uint64_t)used + (uint64_t)bm_avail(m) != nb)
+    BM_CORRUPT("free %d + parked %d + used %u != total %zu", m->free_top, m->pc_parked, used, nb);
   if (shared != m->shared_count)
     BM_CORRUPT("shared_count %u, recomputed %u", m->shared_count, shared);
   if (m->peak_used < used) BM_CORRUPT("peak %u below used %u", m->peak_used, used);
@@ -125,11 +132,13 @@ RKV_API rkv_status rkv_blockmgr_check(const rkv_blockmgr *m) {
   }
   if (occupied != live) BM_CORRUPT("id map holds %u entries for %u sequences", occupied, live);
 #undef BM_CORRUPT
+  ret = bm_pc_check(m, free_listed);
 
 done:
   rkvi_free(m->al, cnt, nb * sizeof(uint32_t));
   rkvi_free(m->al, first_stream, nb * sizeof(int32_t));
   rkvi_free(m->al, owner, nb * sizeof(int32_t));
   rkvi_free(m->al, slot_seen, m->max_seqs);
+  rkvi_free(m->al, free_listed, nb);
   return ret;
 }

@@ -67,6 +67,10 @@ RKV_API rkv_status rkv_blockmgr_compact(rkv_blockmgr *m, int64_t seq, const rkv_
     int32_t k = (int32_t)kl->n;
     const int32_t *pos = kl->pos;
     if (k && !pos) return bm_fail(m, RKV_ERR_INVALID_ARG, "compact: list %u pos is NULL", l);
+    if (q->protect && (k < q->protect || pos[q->protect - 1] != q->protect - 1))
+      return bm_fail(m, RKV_ERR_INVALID_ARG,
+                     "compact: list %u moves or drops protected positions [0, %d) of sequence %lld",
+                     l, q->protect, (long long)seq);
     const int32_t *row = q->tab + (size_t)s * (size_t)q->cap;
     int32_t prev = -1;
     for (int32_t r = 0, lo = 0; lo < k; r++, lo += bs) {
@@ -89,12 +93,13 @@ RKV_API rkv_status rkv_blockmgr_compact(rkv_blockmgr *m, int64_t seq, const rkv_
     }
   }
   if (n_moves) *n_moves = nmov > UINT32_MAX ? UINT32_MAX : (uint32_t)nmov;
-  if (fresh > m->free_top)
+  if (fresh > bm_avail(m))
     return bm_fail(m, RKV_ERR_NO_BLOCKS, "compact: needs %lld fresh blocks, %d free",
-                   (long long)fresh, m->free_top);
+                   (long long)fresh, bm_avail(m));
   if (nmov > moves_cap)
     return bm_fail(m, RKV_ERR_CAPACITY, "compact: %llu moves, capacity %u",
                    (unsigned long long)nmov, moves_cap);
+  bm_reserve_free(m, (int32_t)fresh);
 
   /* Pass 2: pop fresh blocks, emit moves, set lengths. Row positions above r still hold the
    * old blocks while r is processed; only r's own old block is replaced, after its moves. */
@@ -111,6 +116,9 @@ RKV_API rkv_status rkv_blockmgr_compact(rkv_blockmgr *m, int64_t seq, const rkv_
       int32_t lo = r * bs, hi = bm_min32(k, lo + bs);
       int32_t old = row[r];
       bool fr = bm_needs_fresh(m, row, pos, k, r);
+      /* A block rewritten in place, or left partly filled (appends would overwrite it),
+       * stops being findable by content. */
+      if (!fr && (hi - lo < bs || pos[hi - 1] != hi - 1)) bm_content_changes(m, old);
       int32_t dstb = fr ? bm_pop(m) : old;
       int64_t dbase = (int64_t)dstb * bs - lo; /* dst slot of position i = dbase + i */
       if (m->bs_shift >= 0) { /* the usual power-of-two block: no division per token */
@@ -169,11 +177,18 @@ RKV_API rkv_status rkv_blockmgr_compact_uniform(rkv_blockmgr *m, int64_t seq, in
     return bm_fail(m, RKV_ERR_INVALID_ARG, "compact_uniform: NULL array with nonzero capacity");
   bm_seq *q = NULL;
   RKV_TRY(bm_get_seq(m, seq, &q));
+  if (keep < q->protect)
+    return bm_fail(
+        m, RKV_ERR_INVALID_ARG,
+        "compact_uniform: keep %d would cut protected positions [0, %d) of sequence %lld", keep,
+        q->protect, (long long)seq);
   const uint32_t H = m->cfg.num_kv_heads;
   const int32_t bs = m->bs;
   uint32_t s0 = layer < 0 ? 0 : (uint32_t)layer * H;
   uint32_t s1 = layer < 0 ? m->streams : s0 + H;
   int32_t nbn = bm_div_up(keep, bs);
+  /* Blocks wholly inside the protected prefix are never rewritten: no copy, no invalidation. */
+  const int32_t fixed = q->protect / bs;
 
   uint64_t nm = 0, no = 0;
   int64_t fresh = 0;
@@ -183,17 +198,18 @@ RKV_API rkv_status rkv_blockmgr_compact_uniform(rkv_blockmgr *m, int64_t seq, in
     nm++;
     no += (uint64_t)q->nblk[s];
     /* ref lookups are cache misses over a large pool: only needed once something is shared */
-    for (int32_t r = 0; m->shared_count && r < nbn; r++) fresh += m->ref[row[r]] > 1;
+    for (int32_t r = fixed; m->shared_count && r < nbn; r++) fresh += m->ref[row[r]] > 1;
   }
   if (n_maps) *n_maps = (uint32_t)nm;
   if (n_old) *n_old = no > UINT32_MAX ? UINT32_MAX : (uint32_t)no;
-  if (fresh > m->free_top)
+  if (fresh > bm_avail(m))
     return bm_fail(m, RKV_ERR_NO_BLOCKS, "compact_uniform: needs %lld fresh blocks, %d free",
-                   (long long)fresh, m->free_top);
+                   (long long)fresh, bm_avail(m));
   if (nm > maps_cap || no > old_cap)
     return bm_fail(m, RKV_ERR_CAPACITY,
                    "compact_uniform: needs %llu maps (cap %u) and %llu old ids (cap %u)",
                    (unsigned long long)nm, maps_cap, (unsigned long long)no, old_cap);
+  bm_reserve_free(m, (int32_t)fresh);
 
   uint32_t mi = 0, oi = 0;
   for (uint32_t s = s0; s < s1; s++) {
@@ -208,11 +224,13 @@ RKV_API rkv_status rkv_blockmgr_compact_uniform(rkv_blockmgr *m, int64_t seq, in
     mp->old_n_blocks = q->nblk[s];
     memcpy(old_blocks + oi, row, (size_t)q->nblk[s] * sizeof(int32_t));
     oi += (uint32_t)q->nblk[s];
-    for (int32_t r = 0; m->shared_count && r < nbn; r++) {
-      if (m->ref[row[r]] > 1) {
+    for (int32_t r = fixed; (m->shared_count || m->pc_group) && r < nbn; r++) {
+      if (m->shared_count && m->ref[row[r]] > 1) {
         int32_t old = row[r];
         row[r] = bm_pop(m);
         bm_unref(m, old);
+      } else {
+        bm_content_changes(m, row[r]); /* the device may move kept tokens into it */
       }
     }
     m->tokens -= (uint64_t)(q->len[s] - keep);
@@ -242,6 +260,7 @@ RKV_API rkv_status rkv_blockmgr_compact_fresh_bound(const rkv_blockmgr *m, int64
   bm_seq *q = NULL;
   RKV_TRY(bm_get_seq(m, seq, &q));
   if (m->shared_count == 0) return RKV_OK; /* the common case: nothing shared, nothing to copy */
+  const int32_t fixed = q->protect / m->bs;
   const uint32_t H = m->cfg.num_kv_heads;
   const uint32_t s0 = layer < 0 ? 0 : (uint32_t)layer * H;
   const uint32_t s1 = layer < 0 ? m->streams : s0 + H;
@@ -251,7 +270,7 @@ RKV_API rkv_status rkv_blockmgr_compact_fresh_bound(const rkv_blockmgr *m, int64
     if (q->len[s] <= keep) continue;
     const int32_t *row = q->tab + (size_t)s * (size_t)q->cap;
     const int32_t lead = bm_min32(nbn, q->nblk[s]);
-    for (int32_t r = 0; r < lead; r++) fresh += m->ref[row[r]] > 1;
+    for (int32_t r = fixed; r < lead; r++) fresh += m->ref[row[r]] > 1;
   }
   *out = fresh > UINT32_MAX ? UINT32_MAX : (uint32_t)fresh;
   return RKV_OK;

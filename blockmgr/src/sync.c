@@ -39,5 +39,5 @@ RKV_API rkv_status rkv_blockmgr_sync_rows(rkv_blockmgr *m, int64_t seq, bool ful
 }
 
 RKV_API uint32_t rkv_blockmgr_free_blocks(const rkv_blockmgr *m) {
-  return m ? (uint32_t)m->free_top : 0;
+  return m ? (uint32_t)bm_avail(m) : 0;
 }

@@ -19,7 +19,7 @@ extern "C" {
 
 typedef struct rkv_blockmgr rkv_blockmgr;
 
-#define RKV_BLOCKMGR_CONFIG_VERSION 1
+#define RKV_BLOCKMGR_CONFIG_VERSION 2
 typedef struct rkv_blockmgr_config {
   uint32_t struct_size;  /* sizeof(rkv_blockmgr_config) */
   uint32_t num_blocks;   /* blocks in the pool (>= 1, < 2^31 / block_size) */
@@ -33,9 +33,15 @@ typedef struct rkv_blockmgr_config {
   bool check_every_op;   /* run rkv_blockmgr_check after every mutation (slow; tests) */
   const rkv_allocator *allocator; /* NULL = libc */
   const rkv_logger *logger;       /* NULL = silent */
+  /* v2: keep full prompt blocks findable by content hash after their sequences free them
+   * ("Prefix caching" below). Needs num_blocks + 2 * num_blocks / streams int32s more. */
+  bool prefix_cache;
 } rkv_blockmgr_config;
-#define RKV_BLOCKMGR_CONFIG_INIT \
-  { sizeof(rkv_blockmgr_config), 0, 16, 1, 1, 128, RKV_DTYPE_BF16, 0, 0.01f, false, NULL, NULL }
+#define RKV_BLOCKMGR_CONFIG_INIT                                                                \
+  {                                                                                             \
+    sizeof(rkv_blockmgr_config), 0, 16, 1, 1, 128, RKV_DTYPE_BF16, 0, 0.01f, false, NULL, NULL, \
+        false                                                                                   \
+  }
 
 /* Creates a manager. RKV_ERR_INVALID_ARG on a bad config (the reason goes to cfg->logger at
  * RKV_LOG_ERROR; rkv_blockmgr_validate_config returns it as text), RKV_ERR_NO_MEMORY.
@@ -212,11 +218,87 @@ RKV_API rkv_status rkv_blockmgr_export_csr(const rkv_blockmgr *m, uint32_t layer
 RKV_API rkv_status rkv_blockmgr_sync_rows(rkv_blockmgr *m, int64_t seq, bool full, int32_t *rows,
                                           uint32_t stride, int32_t *lens, uint32_t *n_written);
 
+/* ---- Prefix caching and protected prefixes -----------------------------------------------
+ *
+ * With per-head tables, a cached prefix block is a group: the streams_per_seq physical blocks
+ * at one logical block index of one sequence, all holding K/V of the same block_size prompt
+ * tokens. A group is found by its chained content hash (rkv_prefix_hash_blocks): hash i
+ * covers tokens [0, (i + 1) * block_size), so equal hashes mean equal prefixes (up to 64-bit
+ * collisions, which the caller may rule out with hashes of its own). A request whose prompt
+ * starts with cached groups shares them (reference counts, in every stream) and computes only
+ * the rest.
+ *
+ * Cached groups outlive their sequences: a block whose last reference drops while it belongs
+ * to a group is not free-listed but kept on an LRU list, still counted as free
+ * (free_blocks, admission) and reclaimed, oldest first, when the free list runs dry; taking
+ * one block of a group drops the whole group from the table. A group also leaves the table the
+ * moment any of its blocks changes content: compaction that moves tokens into it or leaves it
+ * partly filled (appends would then overwrite it), a uniform compaction that may rewrite it.
+ * No lookup can map stale K/V. Shared blocks are never edited in place (compaction copies
+ * them first, as after a fork).
+ *
+ * A protected prefix: positions [0, n) of every stream of a sequence are immutable. Compaction
+ * must keep them in place (rkv_blockmgr_compact rejects a list that does not), the uniform
+ * variant never rewrites the blocks they fill, and eviction selects among the tokens after
+ * them (the budget counts the rest). Protecting a cached prefix keeps it shared and cached
+ * while its requests compress; not protecting it makes compaction copy the shared blocks
+ * (giving up sharing for that request). Works with or without prefix_cache. */
+
+/* Chained hashes of the full blocks of tokens[0, n): out[i] = H(out[i - 1] (salt for i = 0),
+ * tokens of block i), for i < min(n / block_size, cap). Returns the number of full blocks
+ * (n / block_size, even when cap is smaller). Pure: the same tokens, block size and salt give
+ * the same hashes in every process. */
+RKV_API uint32_t rkv_prefix_hash_blocks(const int32_t *tokens, uint32_t n, uint32_t block_size,
+                                        uint64_t salt, uint64_t *out, uint32_t cap);
+/* Leading hashes[0, n) present in the cache, as a count of groups (0 without prefix_cache).
+ * Changes nothing (a lookup does not refresh LRU order; sharing does). O(hit). */
+RKV_API rkv_status rkv_blockmgr_prefix_match(const rkv_blockmgr *m, const uint64_t *hashes,
+                                             uint32_t n, uint32_t *hit);
+/* Blocks the pool must supply to share the first `hit` cached groups (those held only by the
+ * LRU list stop counting as free). O(hit * streams). */
+RKV_API rkv_status rkv_blockmgr_prefix_cost(const rkv_blockmgr *m, const uint64_t *hashes,
+                                            uint32_t hit, uint32_t *blocks);
+/* Creates sequence seq sharing the cached groups of hashes[0, hit) in every stream (each
+ * stream then holds hit * block_size tokens) and marks them used most recently. hit must not
+ * exceed rkv_blockmgr_prefix_match. RKV_ERR_NOT_FOUND (a hash not cached), the errors of
+ * seq_create, RKV_ERR_NO_MEMORY; nothing changes on failure. O(hit * streams). */
+RKV_API rkv_status rkv_blockmgr_seq_create_cached(rkv_blockmgr *m, int64_t seq,
+                                                  const uint64_t *hashes, uint32_t hit);
+/* Registers the sequence's groups 0 .. n - 1 under hashes[0, n): the caller states that group
+ * i holds the K/V of the tokens hashes[i] covers (written, or being written in the step that
+ * appended them). Groups already cached, groups whose blocks belong to another hash, and groups
+ * not yet full in every stream are skipped; *inserted (may be NULL) counts the new entries.
+ * RKV_ERR_STATE without prefix_cache. Never allocates. O(n * streams). */
+RKV_API rkv_status rkv_blockmgr_prefix_insert(rkv_blockmgr *m, int64_t seq, const uint64_t *hashes,
+                                              uint32_t n, uint32_t *inserted);
+/* Drops every cached group (their unreferenced blocks return to the free list). */
+RKV_API void rkv_blockmgr_prefix_clear(rkv_blockmgr *m);
+
+/* Protects positions [0, n) of every stream of seq (see above); n = 0 removes the protection.
+ * n must not exceed the shortest stream. RKV_ERR_NOT_FOUND, RKV_ERR_INVALID_ARG. O(1). */
+RKV_API rkv_status rkv_blockmgr_seq_protect(rkv_blockmgr *m, int64_t seq, int32_t n);
+/* The protected prefix of seq (0 if none or not live). O(1). */
+RKV_API int32_t rkv_blockmgr_seq_protected(const rkv_blockmgr *m, int64_t seq);
+
+typedef struct rkv_prefix_stats {
+  uint32_t struct_size;        /* sizeof(rkv_prefix_stats), set by the caller */
+  uint32_t entries;            /* cached groups */
+  uint32_t cached_blocks;      /* blocks in cached groups */
+  uint32_t reclaimable_blocks; /* of those, held by no sequence (on the LRU list) */
+  uint64_t lookups;            /* rkv_blockmgr_seq_create_cached calls */
+  uint64_t hit_groups;         /* groups shared by them */
+  uint64_t inserted;           /* groups registered */
+  uint64_t invalidated;        /* groups dropped because their content changed */
+  uint64_t reclaimed;          /* groups dropped to reuse their memory */
+} rkv_prefix_stats;
+/* Fills out (all zero without prefix_cache). RKV_ERR_INVALID_ARG on a bad struct_size. */
+RKV_API rkv_status rkv_blockmgr_prefix_stats(const rkv_blockmgr *m, rkv_prefix_stats *out);
+
 /* ---- Accounting ------------------------------------------------------------------------ */
 
 typedef struct rkv_blockmgr_stats {
   uint32_t total_blocks;
-  uint32_t free_blocks;
+  uint32_t free_blocks;      /* free list + cached blocks no sequence holds (reclaimable) */
   uint32_t used_blocks;      /* total - free */
   uint32_t watermark_blocks; /* ceil(watermark * total) */
   uint32_t shared_blocks;    /* blocks with ref > 1 */
@@ -230,7 +312,8 @@ typedef struct rkv_blockmgr_stats {
 /* Not a hot path: O(1) unless blocks are shared (then it walks every table to count shared
  * slots once). Per-step callers use rkv_blockmgr_free_blocks. */
 RKV_API void rkv_blockmgr_get_stats(const rkv_blockmgr *m, rkv_blockmgr_stats *out);
-/* Blocks on the free list now (0 for NULL). O(1): for per-step admission arithmetic. */
+/* Blocks available now: the free list plus cached blocks no sequence holds (0 for NULL).
+ * O(1): for per-step admission arithmetic. */
 RKV_API uint32_t rkv_blockmgr_free_blocks(const rkv_blockmgr *m);
 /* Blocks the sequence references (`total`, shared counted) and those only it references
  * (`exclusive`, freed if it were freed now). */

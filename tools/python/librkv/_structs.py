@@ -142,12 +142,13 @@ class BlockManagerConfig(Structure):
     _fields_ = [("struct_size", c_uint32), ("num_blocks", c_uint32), ("block_size", c_uint32),
                 ("num_layers", c_uint32), ("num_kv_heads", c_uint32), ("head_dim", c_uint32),
                 ("dtype", c_int), ("max_seqs", c_uint32), ("watermark", c_float),
-                ("check_every_op", c_bool), ("allocator", c_void_p), ("logger", c_void_p)]
+                ("check_every_op", c_bool), ("allocator", c_void_p), ("logger", c_void_p),
+                ("prefix_cache", c_bool)]
 
 
 BLOCKMGR_CONFIG_INIT = dict(num_blocks=0, block_size=16, num_layers=1, num_kv_heads=1,
                             head_dim=128, dtype=DType.BF16, max_seqs=0, watermark=0.01,
-                            check_every_op=False)
+                            check_every_op=False, prefix_cache=False)
 
 
 class KeepList(Structure):

@@ -27,7 +27,7 @@ class BlockManager(Handle):
     """A block manager (rkv_blockmgr).
 
     ``BlockManager(num_blocks, block_size=16, num_layers=1, num_kv_heads=1, head_dim=128,
-    dtype="bf16", max_seqs=0, watermark=0.01, check_every_op=False)``: the keyword defaults
+    dtype="bf16", max_seqs=0, watermark=0.01, check_every_op=False, prefix_cache=False)``: the keyword defaults
     are RKV_BLOCKMGR_CONFIG_INIT's. A stream is one (layer, kv head) of a sequence; every call
     is all-or-nothing and a failure raises RkvError with the manager's last error.
     """
