@@ -102,9 +102,9 @@ typedef struct layer_ws {
   rkvi_head_ws head;
   float *q;             /* [q_heads][window][d] */
   float *acc;           /* [max_len] */
-  int32_t *keep;        /* [kv_heads][budget] */
+  int32_t *keep;        /* [kv_heads][max_len]: protected prefix + budget */
   rkv_keep_list *lists; /* [kv_heads] */
-  rkv_slot_move *moves; /* [kv_heads * budget] */
+  rkv_slot_move *moves; /* [kv_heads * max_len] */
   int32_t *old_ids;     /* [kv_heads][max_len] (worst case block_size 1) */
   int32_t *old_nb;      /* [kv_heads] blocks each listed stream had before compaction */
 } layer_ws;
@@ -113,12 +113,13 @@ static size_t layer_ws_bytes(const rkv_evict_params *p, uint32_t kv, uint32_t qh
                              int32_t max_len, layer_ws *ws, void *base) {
   size_t nh = rkvi_head_ws_bytes(max_len, d, p->window);
   if (nh == 0) return 0;
-  size_t n = (size_t)max_len, B = (size_t)p->budget;
+  /* Keep lists and moves hold a protected prefix too (up to the whole stream). */
+  size_t n = (size_t)max_len;
   size_t sz[7] = {(size_t)qh * (size_t)p->window * d * sizeof(float),
                   n * sizeof(float),
-                  kv * B * sizeof(int32_t),
+                  kv * n * sizeof(int32_t),
                   kv * sizeof(rkv_keep_list),
-                  kv * B * sizeof(rkv_slot_move),
+                  kv * n * sizeof(rkv_slot_move),
                   kv * n * sizeof(int32_t),
                   kv * sizeof(int32_t)};
   /* Region offsets, then typed pointers: storing through (void **) aliases of the float * /
@@ -223,6 +224,9 @@ rkv_status rkv_evict_layer_ex(const rkv_evict_params *p, rkv_blockmgr *m, rkv_kv
   const rkv_blockmgr_config *c = rkv_blockmgr_get_config(m);
   const uint32_t kv = c->num_kv_heads, d = c->head_dim, bs = c->block_size;
   const int32_t B = p->budget, W = p->window;
+  /* A protected prefix stays as it is; selection runs on the tokens after it, and the budget
+   * counts those (blockmgr.h, "protected prefixes"). */
+  const int32_t P = rkv_blockmgr_seq_protected(m, seq);
   int32_t max_len = 0;
   for (uint32_t h = 0; h < kv; h++) {
     int32_t len = 0;
@@ -232,7 +236,7 @@ rkv_status rkv_evict_layer_ex(const rkv_evict_params *p, rkv_blockmgr *m, rkv_kv
                         layer, h, rkv_blockmgr_last_error(m));
     max_len = len > max_len ? len : max_len;
   }
-  if (max_len <= B) return RKV_OK;
+  if (max_len - P <= B) return RKV_OK;
   size_t need = 0;
   RKV_TRY(rkv_evict_workspace_size(p, kv, num_q_heads, d, max_len, &need));
   if (!workspace || ws_bytes < need)
@@ -275,32 +279,38 @@ rkv_status rkv_evict_layer_ex(const rkv_evict_params *p, rkv_blockmgr *m, rkv_kv
     int32_t len = 0, nb = 0;
     const int32_t *ids = NULL;
     RKV_TRY(rkv_blockmgr_stream_len(m, seq, layer, h, &len));
-    if (len <= B) continue;
+    if (len - P <= B) continue;
     RKV_TRY(rkv_blockmgr_stream_blocks(m, seq, layer, h, &ids, &nb));
-    /* Gather the stream's keys (and H2O mass) in cache order, block by block. */
+    /* Gather the keys (and H2O mass) after the protected prefix, block by block: position
+     * pos lands at index pos - P. */
     for (int32_t b = 0; b < nb; b++) {
       const char *blk = base + (size_t)ids[b] * block_bytes;
       int32_t first = b * (int32_t)bs, cnt = len - first < (int32_t)bs ? len - first : (int32_t)bs;
+      int32_t o0 = first < P ? P - first : 0;
+      if (o0 > cnt) o0 = cnt;
       if (scored(p->policy))
-        for (int32_t o = 0; o < cnt; o++)
+        for (int32_t o = o0; o < cnt; o++)
           load_row(lay->dtype, blk + rkv_kv_k_offset(lay, (uint32_t)o), d,
-                   ws.head.k + (size_t)(first + o) * d);
-      if (p->policy == RKV_EVICT_H2O)
-        memcpy(ws.acc + first, scores + (size_t)ids[b] * bs, (size_t)cnt * sizeof(float));
+                   ws.head.k + (size_t)(first + o - P) * d);
+      if (p->policy == RKV_EVICT_H2O && o0 < cnt)
+        memcpy(ws.acc + first + o0 - P, scores + (size_t)ids[b] * bs + o0,
+               (size_t)(cnt - o0) * sizeof(float));
       ws.old_ids[n_old + b] = ids[b];
     }
     n_old += nb;
     ws.old_nb[n_lists] = nb;
-    int32_t *keep = ws.keep + (size_t)n_lists * B;
-    rkvi_evict_head(p, len, d, group, ws.q + (size_t)h * group * W * d, ws.acc, &ws.head, keep,
-                    NULL);
-    ws.lists[n_lists] = (rkv_keep_list){layer, h, keep, (uint32_t)B};
+    int32_t *keep = ws.keep + (size_t)n_lists * max_len;
+    for (int32_t i = 0; i < P; i++) keep[i] = i;
+    rkvi_evict_head(p, len - P, d, group, ws.q + (size_t)h * group * W * d, ws.acc, &ws.head,
+                    keep + P, NULL);
+    for (int32_t i = P; i < P + B; i++) keep[i] += P;
+    ws.lists[n_lists] = (rkv_keep_list){layer, h, keep, (uint32_t)(P + B)};
     n_lists++;
-    evicted += (uint64_t)(len - B);
+    evicted += (uint64_t)(len - P - B);
   }
   uint32_t n_moves = 0;
   rkv_status s = rkv_blockmgr_compact(m, seq, ws.lists, n_lists, ws.moves,
-                                      (uint32_t)((size_t)kv * B), &n_moves);
+                                      (uint32_t)((size_t)kv * max_len), &n_moves);
   if (s != RKV_OK)
     return rkvi_failn(err, err_len, s, "compaction of seq %lld layer %u: %s", (long long)seq, layer,
                       rkv_blockmgr_last_error(m));
@@ -328,7 +338,7 @@ rkv_status rkv_evict_layer_ex(const rkv_evict_params *p, rkv_blockmgr *m, rkv_kv
     if (rkv_blockmgr_stream_blocks(m, seq, layer, ws.lists[i].head, &ids, &nb) != RKV_OK || !nb)
       continue;
     for (int32_t r = 0; r < nb; r++) fresh += ids[r] != ws.old_ids[off + (uint32_t)r];
-    int32_t used = B - (nb - 1) * (int32_t)bs;
+    int32_t used = P + B - (nb - 1) * (int32_t)bs;
     memset(scores + (size_t)ids[nb - 1] * bs + used, 0, (bs - (uint32_t)used) * sizeof(float));
   }
   if (res) {

@@ -34,7 +34,7 @@ typedef struct rkv_blockmgr_config {
   const rkv_allocator *allocator; /* NULL = libc */
   const rkv_logger *logger;       /* NULL = silent */
   /* v2: keep full prompt blocks findable by content hash after their sequences free them
-   * ("Prefix caching" below). Needs num_blocks + 2 * num_blocks / streams int32s more. */
+   * ("Prefix caching" below). About 4 int32 more per block. */
   bool prefix_cache;
 } rkv_blockmgr_config;
 #define RKV_BLOCKMGR_CONFIG_INIT                                                                \

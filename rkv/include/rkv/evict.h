@@ -64,7 +64,10 @@ RKV_API rkv_status rkv_evict_workspace_size(const rkv_evict_params *p, uint32_t 
                                             int32_t max_len, size_t *bytes);
 
 /* Compresses every stream of (seq, layer) longer than the budget down to exactly `budget`
- * tokens: scores keys read block by block from `pool` through m's tables, selects per kv
+ * tokens. A protected prefix of P tokens (rkv_blockmgr_seq_protect) stays in place and out of
+ * the count: a stream compresses when it holds more than P + budget tokens, and keeps the P
+ * plus the best `budget` of the rest (the newest `window` among them), scored over the rest
+ * only. Scores keys read block by block from `pool` through m's tables, selects per kv
  * head, compacts with rkv_blockmgr_compact and applies the move plan to the pool (K, V and
  * the per-slot scores). The query window comes from `qw` (R-KV, SnapKV; may be NULL for
  * streaming/h2o/full); H2O reads rkv_kv_pool_scores(pool). CPU pools only (a CUDA pool is

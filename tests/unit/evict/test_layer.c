@@ -493,8 +493,72 @@ static void test_h2o_accumulate(void) {
   fx_fini(&f);
 }
 
+/* A protected prefix (rkv_blockmgr_seq_protect) stays in place, and the rest is selected as
+ * the dense entry selects over the tokens after it alone, keeping P + B. */
+static void test_protected(void) {
+  const rkv_evict_policy pols[4] = {RKV_EVICT_RKV, RKV_EVICT_SNAPKV, RKV_EVICT_STREAMING,
+                                    RKV_EVICT_H2O};
+  for (int pi = 0; pi < 4; pi++) {
+    fixture f;
+    const uint32_t kv = 2, d = 32, bs = 16;
+    fx_init(&f, 1, kv, 4, d, bs, RKV_DTYPE_F32, 200, 512);
+    rkv_evict_params p = RKV_EVICT_PARAMS_INIT;
+    p.policy = pols[pi], p.budget = 60, p.buffer = 20;
+    const int32_t P = 37, n = 150, B = p.budget, m = n - P;
+    EXPECT_OK(rkv_blockmgr_seq_create(f.m, 1));
+    EXPECT_OK(rkv_qwindow_seq_add(f.qw, 1));
+    fx_append(&f, 1, 0, n, true);
+    fx_push_queries(&f, 1, 0, 8);
+    EXPECT_OK(rkv_blockmgr_seq_protect(f.m, 1, P));
+    int64_t before[2][64];
+    for (uint32_t h = 0; h < kv; h++)
+      for (int32_t j = 0; j < P; j++) rkv_blockmgr_stream_slot(f.m, 1, 0, h, j, &before[h][j]);
+    /* dense reference over positions [P, n) */
+    for (uint32_t h = 0; h < kv; h++)
+      for (int32_t j = 0; j < m; j++) {
+        memcpy(g_dense_k + ((size_t)h * m + j) * d, f.k[h] + (size_t)(P + j) * d,
+               d * sizeof(float));
+        g_dense_acc[(size_t)h * m + j] = f.acc[h][P + j];
+      }
+    uint32_t cnt = 0;
+    EXPECT_OK(rkv_qwindow_get(f.qw, 1, 0, g_q, &cnt));
+    char err[256];
+    EXPECT_OK(rkv_evict_select_dense(&p, g_dense_k, g_q, g_dense_acc, kv, f.qh, m, d, g_keep, NULL,
+                                     g_ws, sizeof g_ws, err, sizeof err));
+    size_t need = 0;
+    EXPECT_OK(rkv_evict_workspace_size(&p, kv, f.qh, d, n, &need));
+    rkv_evict_result res;
+    rkv_status st =
+        rkv_evict_layer_ex(&p, f.m, f.pool, f.qw, f.qh, 1, 0, g_ws, need, &res, err, sizeof err);
+    if (st != RKV_OK) RKV_TEST_FAIL_("protected %d: %s", pi, err);
+    EXPECT_EQ_INT(res.tokens_evicted, (uint64_t)kv * (m - B));
+    int bad = 0;
+    static int32_t pos[4096];
+    for (uint32_t h = 0; h < kv; h++) {
+      EXPECT_EQ_INT(read_stream(&f, 1, 0, h, pos), P + B);
+      for (int32_t j = 0; j < P; j++) {
+        int64_t slot;
+        rkv_blockmgr_stream_slot(f.m, 1, 0, h, j, &slot);
+        bad += pos[j] != j || slot != before[h][j];
+      }
+      for (int32_t j = 0; j < B; j++) bad += pos[P + j] != P + g_keep[(size_t)h * B + j];
+    }
+    if (bad)
+      RKV_TEST_FAIL_("%s: %d protected or selected positions differ",
+                     rkv_evict_policy_name(p.policy), bad);
+    else
+      rkv_test_passed_++;
+    /* at P + B nothing more happens */
+    EXPECT_OK(
+        rkv_evict_layer_ex(&p, f.m, f.pool, f.qw, f.qh, 1, 0, g_ws, need, &res, err, sizeof err));
+    EXPECT_EQ_INT(res.streams_compressed, 0);
+    fx_fini(&f);
+  }
+}
+
 int main(void) {
   test_h2o_accumulate();
+  test_protected();
   test_errors();
   test_no_blocks();
   test_fork();
