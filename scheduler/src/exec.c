@@ -502,7 +502,8 @@ rkv_status rkv_exec_layer(rkv_exec *x, uint32_t layer, const float *q, const flo
 static rkv_status evict_layers(rkv_exec *x, const rkv_sched_seq *q, const rkv_evict_params *ev,
                                rkv_sched_output *o) {
   uint32_t fresh = 0;
-  rkv_status st = rkv_blockmgr_compact_fresh_bound(x->bm, q->id, -1, ev->budget, &fresh);
+  const int32_t keep = rkv_blockmgr_seq_protected(x->bm, q->id) + ev->budget;
+  rkv_status st = rkv_blockmgr_compact_fresh_bound(x->bm, q->id, -1, keep, &fresh);
   if (st != RKV_OK)
     return rkvi_fail(x->err, st, "compress %lld: %s", (long long)q->id,
                      rkv_blockmgr_last_error(x->bm));
@@ -533,15 +534,17 @@ static rkv_status evict_layers(rkv_exec *x, const rkv_sched_seq *q, const rkv_ev
   return RKV_OK;
 }
 
-/* Bookkeeping mode: every stream of a flagged sequence is cut to the budget on the host, as a
- * device engine's first step does (which tokens survive changes no block count). */
+/* Bookkeeping mode: every stream of a flagged sequence is cut to the budget (after its
+ * protected prefix) on the host, as a device engine's first step does (which tokens survive
+ * changes no block count). */
 static rkv_status cut_streams(rkv_exec *x, const rkv_sched_seq *q, const rkv_evict_params *ev,
                               rkv_sched_output *o) {
   uint32_t nm = 0, no = 0;
+  const int32_t keep = rkv_blockmgr_seq_protected(x->bm, q->id) + ev->budget;
   for (;;) {
     rkv_status st = rkv_blockmgr_compact_uniform(
-        x->bm, q->id, -1, ev->budget, x->maps, (uint32_t)(x->maps_cap / sizeof *x->maps), &nm,
-        x->old, (uint32_t)(x->old_cap / sizeof *x->old), &no);
+        x->bm, q->id, -1, keep, x->maps, (uint32_t)(x->maps_cap / sizeof *x->maps), &nm, x->old,
+        (uint32_t)(x->old_cap / sizeof *x->old), &no);
     if (st == RKV_OK) break;
     if (st != RKV_ERR_CAPACITY)
       return rkvi_fail(x->err, st, "compress %lld: %s", (long long)q->id,
