@@ -42,6 +42,12 @@ typedef struct req {
   int32_t host_head; /* first host block of the chain, -1 = none */
   uint32_t host_n;
   int32_t *lens; /* [streams] per-stream lengths at swap-out (swap mode only) */
+  /* prefix (rkv_sched_set_prefix): the prompt's chained block hashes, and the tokens they
+   * cover, protected under RKV_SCHED_PREFIX_PROTECT */
+  uint64_t *hashes;
+  uint32_t n_hashes;
+  int32_t protect;
+  bool starting; /* admitted this step: its first chunk announces it in plan.started */
 } req;
 
 typedef struct queue {
@@ -113,6 +119,7 @@ struct rkv_sched {
   uint32_t forks_cap, n_forks, plan_forks_cap;
 
   rkv_sched_metrics m;
+  rkv_sched_prefix_stats prefix;
 };
 
 /* ---- small helpers ---------------------------------------------------------------------- */
@@ -224,6 +231,7 @@ static void map_del(rkv_sched *s, int64_t id) {
 
 static void req_free(rkv_sched *s, req *r) {
   if (r->lens) rkvi_free(s->alloc, r->lens, sizeof(int32_t) * s->streams);
+  if (r->hashes) rkvi_free(s->alloc, r->hashes, sizeof(uint64_t) * r->n_hashes);
   rkvi_free(s->alloc, r, sizeof(req));
 }
 
@@ -235,23 +243,36 @@ static bool evicts(const rkv_evict_params *e) {
   return e->policy != RKV_EVICT_FULL;
 }
 
-static uint64_t bound_tokens(const rkv_evict_params *e, int64_t prefill, int64_t remaining) {
+/* Tokens of r's protected prefix held now (a prefix protects only what is computed). */
+static int32_t protected_now(const req *r) {
+  return r->protect < r->kv_len ? r->protect : r->kv_len;
+}
+
+/* Whether r's streams, at len tokens, compress: the protected prefix does not count. */
+static bool compress_due(const req *r, int32_t len, bool after_prefill) {
+  const int32_t prot = r->protect < len ? r->protect : len;
+  return rkv_evict_should_compress(&r->evict, len - prot, after_prefill);
+}
+
+static uint64_t bound_tokens(const rkv_evict_params *e, int32_t protect, int64_t prefill,
+                             int64_t remaining) {
   int64_t total = prefill + remaining;
   if (!evicts(e)) return (uint64_t)total;
-  int64_t cap = (int64_t)e->budget + e->buffer;
+  int64_t cap = (int64_t)protect + e->budget + e->buffer;
   int64_t peak = prefill > cap ? prefill : cap;
   return (uint64_t)(total < peak ? total : peak);
 }
 
-static uint64_t bound_blocks_of(const rkv_sched *s, const rkv_evict_params *e, int64_t prefill,
-                                int64_t remaining) {
-  return (uint64_t)s->streams * ceil_div(bound_tokens(e, prefill, remaining), s->block_size);
+static uint64_t bound_blocks_of(const rkv_sched *s, const rkv_evict_params *e, int32_t protect,
+                                int64_t prefill, int64_t remaining) {
+  return (uint64_t)s->streams *
+         ceil_div(bound_tokens(e, protect, prefill, remaining), s->block_size);
 }
 
 /* Bound of a request's next admission: its (re)prefill plus what it may still generate. */
 static uint64_t req_bound(const rkv_sched *s, const req *r) {
   int64_t remaining = r->max_new - r->generated;
-  return bound_blocks_of(s, &r->evict, r->target, remaining > 0 ? remaining : 0);
+  return bound_blocks_of(s, &r->evict, r->protect, r->target, remaining > 0 ? remaining : 0);
 }
 
 /* Blocks of the pool the scheduler may plan with: the whole pool, or less under an external
@@ -302,9 +323,10 @@ static rkv_status compress_need(const rkv_sched *s, const req *r, uint32_t n, ui
   *need = 0;
   const bool decode = r->computed >= r->target;
   const bool samples = decode || r->computed + n >= r->target;
-  if (!samples || !rkv_evict_should_compress(&r->evict, r->kv_len + (int32_t)n, !decode))
-    return RKV_OK;
-  return rkv_blockmgr_compact_fresh_bound(s->bm, r->id, -1, r->evict.budget, need);
+  const int32_t len = r->kv_len + (int32_t)n;
+  if (!samples || !compress_due(r, len, !decode)) return RKV_OK;
+  const int32_t prot = r->protect < len ? r->protect : len;
+  return rkv_blockmgr_compact_fresh_bound(s->bm, r->id, -1, prot + r->evict.budget, need);
 }
 
 /* Grows an array of `elem`-byte entries ([cap + 1] allocated) to hold `want` entries by
@@ -401,6 +423,11 @@ rkv_status rkv_sched_create(const rkv_sched_config *cfg_in, rkv_blockmgr *m, rkv
   if (cfg.preempt != RKV_SCHED_PREEMPT_RECOMPUTE && cfg.preempt != RKV_SCHED_PREEMPT_SWAP)
     return cfg_fail(err, err_len, "preempt must be recompute or swap");
   if (cfg.host_blocks > (1u << 30)) return cfg_fail(err, err_len, "host_blocks too large");
+  if (cfg.prefix_rule != RKV_SCHED_PREFIX_PROTECT && cfg.prefix_rule != RKV_SCHED_PREFIX_COPY)
+    return cfg_fail(err, err_len, "prefix_rule must be protect or copy");
+  if (cfg.prefix_cache && !rkv_blockmgr_get_config(m)->prefix_cache)
+    return cfg_fail(err, err_len,
+                    "prefix_cache needs a block manager created with prefix_cache (blockmgr.h)");
   char e2[RKV_ERRBUF];
   if (rkv_evict_params_validate(&cfg.evict, e2, sizeof e2) != RKV_OK) {
     if (err && err_len) snprintf(err, err_len, "default evict params: %s", e2);
@@ -544,7 +571,7 @@ void rkv_sched_set_free_blocks_limit(rkv_sched *s, uint32_t limit) {
 uint64_t rkv_sched_bound_blocks(const rkv_sched *s, int64_t prompt_len, int64_t max_new_tokens,
                                 const rkv_evict_params *evict) {
   if (!s || prompt_len < 0 || max_new_tokens < 0) return 0;
-  return bound_blocks_of(s, evict ? evict : &s->cfg.evict, prompt_len, max_new_tokens);
+  return bound_blocks_of(s, evict ? evict : &s->cfg.evict, 0, prompt_len, max_new_tokens);
 }
 
 rkv_status rkv_sched_add_request(rkv_sched *s, const rkv_sched_request *rq) {
@@ -586,7 +613,7 @@ rkv_status rkv_sched_add_request(rkv_sched *s, const rkv_sched_request *rq) {
     ret = rkvi_fail(s->err, RKV_ERR_EXISTS, "request id %lld is already live", (long long)rq->id);
     goto rejected;
   }
-  uint64_t bound = bound_blocks_of(s, e, rq->prompt_len, rq->max_new_tokens);
+  uint64_t bound = bound_blocks_of(s, e, 0, rq->prompt_len, rq->max_new_tokens);
   uint64_t prompt_blocks = (uint64_t)s->streams * ceil_div((uint64_t)rq->prompt_len, s->block_size);
   if (prompt_blocks > usable_total(s) || bound > reserve_capacity(s)) {
     ret = rkvi_fail(s->err, RKV_ERR_CAPACITY,
@@ -629,6 +656,52 @@ rkv_status rkv_sched_add_request(rkv_sched *s, const rkv_sched_request *rq) {
 rejected:
   s->m.num_rejected++;
   return ret;
+}
+
+rkv_status rkv_sched_set_prefix(rkv_sched *s, int64_t id, const uint64_t *block_hashes,
+                                uint32_t n) {
+  if (!s) return RKV_ERR_INVALID_ARG;
+  req *r = map_find(s, id);
+  if (!r)
+    return rkvi_fail(s->err, RKV_ERR_NOT_FOUND, "set_prefix: request %lld is not live",
+                     (long long)id);
+  if (r->q != Q_WAITING || r->preemptions || r->generated)
+    return rkvi_fail(s->err, RKV_ERR_STATE,
+                     "set_prefix: request %lld must be waiting and never have run", (long long)id);
+  if ((n && !block_hashes) || (uint64_t)n * s->block_size > (uint64_t)r->prompt_len)
+    return rkvi_fail(s->err, RKV_ERR_INVALID_ARG,
+                     "set_prefix: %u block hashes of %u tokens for a prompt of %lld tokens%s", n,
+                     s->block_size, (long long)r->prompt_len,
+                     n && !block_hashes ? " (hashes is NULL)" : "");
+  const int32_t protect =
+      s->cfg.prefix_rule == RKV_SCHED_PREFIX_PROTECT ? (int32_t)(n * s->block_size) : 0;
+  const uint64_t bound = bound_blocks_of(s, &r->evict, protect, r->prompt_len, r->max_new);
+  if (bound > reserve_capacity(s))
+    return rkvi_fail(s->err, RKV_ERR_CAPACITY,
+                     "set_prefix: request %lld with %d protected tokens can never fit: needs up "
+                     "to %llu blocks, %u usable",
+                     (long long)id, protect, (unsigned long long)bound, reserve_capacity(s));
+  uint64_t *h = NULL;
+  if (n) {
+    h = rkvi_alloc(s->alloc, sizeof(uint64_t) * n, 16);
+    if (!h) return rkvi_fail(s->err, RKV_ERR_NO_MEMORY, "set_prefix: %u hashes", n);
+    memcpy(h, block_hashes, sizeof(uint64_t) * n);
+  }
+  if (r->hashes) rkvi_free(s->alloc, r->hashes, sizeof(uint64_t) * r->n_hashes);
+  r->hashes = h;
+  r->n_hashes = n;
+  r->protect = protect;
+  return RKV_OK;
+}
+
+rkv_status rkv_sched_get_prefix_stats(const rkv_sched *s, rkv_sched_prefix_stats *out) {
+  if (!s || !out || out->struct_size < sizeof(uint32_t) ||
+      out->struct_size > sizeof(rkv_sched_prefix_stats))
+    return RKV_ERR_INVALID_ARG;
+  rkv_sched_prefix_stats st = s->prefix;
+  st.struct_size = out->struct_size;
+  memcpy(out, &st, out->struct_size);
+  return RKV_OK;
 }
 
 rkv_status rkv_sched_abort(rkv_sched *s, int64_t id) {
@@ -693,6 +766,8 @@ rkv_status rkv_sched_fork(rkv_sched *s, int64_t parent, int64_t child, int64_t m
   int32_t *lens = r->lens;
   *r = tmp;
   r->lens = lens;
+  r->hashes = NULL; /* running: the child never needs them (its protection is inherited) */
+  r->n_hashes = 0;
   r->order = s->next_order++;
   r->prev = r->next = NULL;
   r->q = Q_NONE;
@@ -715,6 +790,24 @@ rkv_status rkv_sched_fork(rkv_sched *s, int64_t parent, int64_t child, int64_t m
 }
 
 /* ---- planning --------------------------------------------------------------------------- */
+
+/* Cached groups r's admission may share, and the blocks that takes from the free pool (the
+ * groups no sequence holds). At least the prompt's last token is computed, and its last
+ * `window` for a policy that reads the query window: the window then holds the queries a
+ * run without the cache sees. */
+static rkv_status prefix_hit(const rkv_sched *s, const req *r, uint32_t *hit, uint32_t *cost) {
+  *hit = *cost = 0;
+  if (!s->cfg.prefix_cache || !r->n_hashes) return RKV_OK;
+  const bool queries = r->evict.policy == RKV_EVICT_RKV || r->evict.policy == RKV_EVICT_SNAPKV;
+  const int64_t keep = queries && r->evict.window > 1 ? r->evict.window : 1;
+  const int64_t most = r->target > keep ? (r->target - keep) / s->block_size : 0;
+  uint32_t h = 0;
+  RKV_TRY(rkv_blockmgr_prefix_match(s->bm, r->hashes, r->n_hashes, &h));
+  if ((int64_t)h > most) h = (uint32_t)most;
+  if (h) RKV_TRY(rkv_blockmgr_prefix_cost(s->bm, r->hashes, h, cost));
+  *hit = h;
+  return RKV_OK;
+}
 
 /* Preempts a running request that is not in this step's plan. */
 static rkv_status preempt(rkv_sched *s, req *r) {
@@ -776,6 +869,20 @@ static rkv_status preempt(rkv_sched *s, req *r) {
   return RKV_OK;
 }
 
+/* After a prefill chunk: registers the prompt's blocks it completed (the executor writes
+ * them in this step, before anything reads them) and extends the protected prefix over what
+ * is computed. Neither call allocates. */
+static rkv_status prefill_prefix(rkv_sched *s, req *r) {
+  if (!r->n_hashes) return RKV_OK;
+  if (s->cfg.prefix_cache) {
+    uint64_t full = (uint64_t)r->kv_len / s->block_size;
+    if (full > r->n_hashes) full = r->n_hashes;
+    RKV_TRY(rkv_blockmgr_prefix_insert(s->bm, r->id, r->hashes, (uint32_t)full, NULL));
+  }
+  if (r->protect) RKV_TRY(rkv_blockmgr_seq_protect(s->bm, r->id, protected_now(r)));
+  return RKV_OK;
+}
+
 /* Appends n tokens for r and records it in the plan. */
 /* `popped` is rkv_blockmgr_blocks_needed(r, n) when the caller just computed it, else
  * UINT32_MAX. */
@@ -789,8 +896,9 @@ static rkv_status schedule(rkv_sched *s, req *r, uint32_t n, uint32_t popped) {
   RKV_TRY(rkv_blockmgr_append_batch(s->bm, r->id, n, slots,
                                     (size_t)s->cfg.max_batched_tokens * s->kv_heads,
                                     s->copies + p->n_copies, &nc));
-  s->rows_changed[p->n_seqs] = popped || nc || r->computed == 0;
-  if (r->computed == 0) s->started[s->n_started++] = r->id;
+  s->rows_changed[p->n_seqs] = popped || nc || r->starting;
+  if (r->starting) s->started[s->n_started++] = r->id;
+  r->starting = false;
   s->step_used += popped;
   p->n_copies += nc;
   rkv_sched_seq *q = &s->seqs[p->n_seqs];
@@ -802,7 +910,8 @@ static rkv_status schedule(rkv_sched *s, req *r, uint32_t n, uint32_t popped) {
   r->kv_len += (int32_t)n;
   q->kv_len = r->kv_len;
   q->samples = decode || r->computed >= r->target;
-  q->compress = q->samples && rkv_evict_should_compress(&r->evict, r->kv_len, !decode);
+  q->compress = q->samples && compress_due(r, r->kv_len, !decode);
+  if (!decode) RKV_TRY(prefill_prefix(s, r));
   q->evict = req_evict(r);
   s->seq_req[p->n_seqs] = r;
   r->sched_step = s->step_no + 1;
@@ -936,6 +1045,7 @@ static rkv_status plan_step(rkv_sched *s) {
     uint64_t bound = req_bound(s, r);
     if (s->cfg.admission == RKV_SCHED_RESERVE && s->reserved + bound > reserve_capacity(s)) break;
     RKV_TRY(rkv_blockmgr_seq_restore(s->bm, r->id, r->lens));
+    if (r->protect) RKV_TRY(rkv_blockmgr_seq_protect(s->bm, r->id, protected_now(r)));
     s->step_used += r->host_n; /* restore allocates exactly the blocks swapped out */
     const rkv_blockmgr_config *bc = rkv_blockmgr_get_config(s->bm);
     int32_t hb = r->host_head;
@@ -986,20 +1096,33 @@ static rkv_status plan_step(rkv_sched *s) {
       s->m.num_aborted++;
       continue;
     }
+    /* the cached groups its prompt starts with are shared, not computed */
+    uint32_t hit = 0, hit_cost = 0;
+    RKV_TRY(prefix_hit(s, r, &hit, &hit_cost));
+    r->computed = (int64_t)hit * s->block_size;
     uint32_t n = chunk_for(s, r, tokens_left);
+    r->computed = 0;
     if (!n) break;
-    uint64_t first = rkv_blockmgr_blocks_for_tokens(s->bm, n);
+    uint64_t first = rkv_blockmgr_blocks_for_tokens(s->bm, n) + hit_cost;
     uint32_t f = bm_free(s);
     if (first + used_watermark > f) break;
     if (s->cfg.admission == RKV_SCHED_RESERVE && s->reserved + bound > reserve_capacity(s)) break;
-    RKV_TRY(rkv_blockmgr_seq_create(s->bm, r->id));
+    RKV_TRY(rkv_blockmgr_seq_create_cached(s->bm, r->id, r->hashes, hit));
+    s->step_used += hit_cost;
     q_remove(s, r);
     q_insert(s, Q_RUNNING, r);
     r->bound = bound;
     r->reserved = true;
     s->reserved += bound;
-    r->kv_len = 0;
-    r->computed = 0;
+    r->kv_len = (int32_t)hit * (int32_t)s->block_size;
+    r->computed = r->kv_len;
+    r->starting = true;
+    if (r->n_hashes) {
+      s->prefix.admissions++;
+      s->prefix.admissions_hit += hit > 0;
+      s->prefix.hashed_tokens += (uint64_t)r->n_hashes * s->block_size;
+      s->prefix.hit_tokens += (uint64_t)r->kv_len;
+    }
     RKV_TRY(schedule(s, r, n, UINT32_MAX));
     tokens_left -= n;
   }
@@ -1265,6 +1388,11 @@ rkv_status rkv_sched_check(const rkv_sched *s_const) {
       if (!evicts(&r->evict) && (int64_t)len != r->computed)
         return rkvi_fail(err, RKV_ERR_CORRUPT, "request %lld: full policy lost tokens",
                          (long long)r->id);
+      const int32_t prot = rkv_blockmgr_seq_protected(s->bm, r->id);
+      if (prot != protected_now(r))
+        return rkvi_fail(err, RKV_ERR_CORRUPT,
+                         "request %lld: %d tokens protected in the block manager, %d expected",
+                         (long long)r->id, prot, protected_now(r));
     }
     uint32_t chain = 0;
     for (int32_t h = r->host_head; h >= 0; h = s->host_next[h]) {

@@ -38,6 +38,16 @@ typedef enum rkv_sched_preempt_mode {
                                     * (falls back to recompute when the host pool is full) */
 } rkv_sched_preempt_mode;
 
+/* What eviction may do to a prompt prefix a request shares through the prefix cache
+ * (rkv_sched_set_prefix). */
+typedef enum rkv_sched_prefix_rule {
+  RKV_SCHED_PREFIX_PROTECT = 0, /* the hashed prefix is protected: compression selects only
+                                 * among the tokens after it and the budget counts those; the
+                                 * prefix stays shared and cached (TensorRT-LLM's rule) */
+  RKV_SCHED_PREFIX_COPY = 1,    /* compression may evict prefix tokens too: shared blocks are
+                                 * copied first, so the request gives up sharing them */
+} rkv_sched_prefix_rule;
+
 #define RKV_SCHED_CONFIG_VERSION 1
 typedef struct rkv_sched_config {
   uint32_t struct_size;        /* sizeof(rkv_sched_config) */
@@ -57,11 +67,20 @@ typedef struct rkv_sched_config {
    * its table mirror (rkv_attn_write_kv_rows), so a decode append costs O(1) per sequence.
    * For engines with their own K/V write. */
   bool plan_slots;
+  /* Version 3. Prefix caching: a request admitted with block hashes (rkv_sched_set_prefix)
+   * shares the cached groups its prompt starts with and prefills only the rest; its full
+   * prompt blocks are registered for later requests. Needs a block manager created with
+   * prefix_cache. The reserve bound stays the unshared one: a shared block outlives the
+   * request that reserved it when that one finishes first. */
+  bool prefix_cache;
+  /* What compression may do to a hashed prefix, whether or not prefix_cache is on (so runs
+   * with and without the cache evict the same tokens). */
+  rkv_sched_prefix_rule prefix_rule;
 } rkv_sched_config;
 #define RKV_SCHED_CONFIG_INIT                                                                  \
   {                                                                                            \
     sizeof(rkv_sched_config), 2048, 256, 0, RKV_SCHED_RESERVE, RKV_SCHED_PREEMPT_RECOMPUTE, 0, \
-        RKV_EVICT_PARAMS_INIT, NULL, NULL, false, false                                        \
+        RKV_EVICT_PARAMS_INIT, NULL, NULL, false, false, false, RKV_SCHED_PREFIX_PROTECT       \
   }
 
 /* One request. `evict` NULL = the engine default (config.evict); when given it is copied. */
@@ -95,6 +114,30 @@ RKV_API const char *rkv_sched_last_error(const rkv_sched *s);
  * never fit the pool: e.g. a prompt larger than the whole pool), RKV_ERR_NO_MEMORY. A rejected
  * request changes nothing. Amortised O(log live) plus O(waiting) for the ordered insert. */
 RKV_API rkv_status rkv_sched_add_request(rkv_sched *s, const rkv_sched_request *req);
+/* Attaches the prompt's chained block hashes (rkv_prefix_hash_blocks over its first
+ * n * block_size tokens; copied) to a waiting request that has not run yet. At admission
+ * (config.prefix_cache) the request shares the cached groups its prompt starts with, and
+ * prefills from there; at least the last token of the prompt is always computed (the last
+ * `window` tokens for policies that read the query window, so the window is the one a run
+ * without the cache sees). Its full prompt blocks are registered as they are planned. Under
+ * RKV_SCHED_PREFIX_PROTECT the first n * block_size tokens become its protected prefix
+ * (rkv_blockmgr_seq_protect), with or without the cache. n = 0 detaches.
+ * RKV_ERR_NOT_FOUND, RKV_ERR_STATE (not waiting, or it ran before), RKV_ERR_INVALID_ARG
+ * (n * block_size > prompt_len, hashes NULL with n > 0), RKV_ERR_NO_MEMORY; nothing changes
+ * on failure. */
+RKV_API rkv_status rkv_sched_set_prefix(rkv_sched *s, int64_t id, const uint64_t *block_hashes,
+                                        uint32_t n);
+
+typedef struct rkv_sched_prefix_stats {
+  uint32_t struct_size;    /* sizeof(rkv_sched_prefix_stats), set by the caller */
+  uint64_t admissions;     /* admissions (first and after recompute) of hashed requests */
+  uint64_t admissions_hit; /* of those, with at least one cached group */
+  uint64_t hashed_tokens;  /* prompt tokens covered by hashes at those admissions */
+  uint64_t hit_tokens;     /* of those, taken from the cache instead of computed */
+} rkv_sched_prefix_stats;
+/* RKV_ERR_INVALID_ARG on NULL or a bad struct_size. */
+RKV_API rkv_status rkv_sched_get_prefix_stats(const rkv_sched *s, rkv_sched_prefix_stats *out);
+
 /* Aborts a live request in any state; its blocks (device and host) are freed now.
  * RKV_ERR_NOT_FOUND. Not valid between step and report for a scheduled request
  * (RKV_ERR_STATE). */

@@ -16,8 +16,8 @@ Failures raise RkvError (``.status``, ``.call``, ``.detail`` = the library's mes
 from ._base import RkvError
 from ._lib import LibraryNotFoundError, library_path
 from ._structs import (Admission, BackendKind, DType, EvictParams, EvictPolicy, Granularity,
-                       PreemptMode, RequestState, SeqKind, Status)
-from .blockmgr import AppendResult, BlockManager, CsrTable
+                       PreemptMode, PrefixRule, RequestState, SeqKind, Status)
+from .blockmgr import AppendResult, BlockManager, CsrTable, prefix_hash_blocks
 from .executor import Executor
 from .runtime import (Backend, KVPool, Layout, bf16_to_f32, build_info, f32_to_bf16,
                       numpy_kv_dtype, status_name, status_str, version, version_info)
@@ -29,8 +29,8 @@ __version__ = "0.2.0"
 __all__ = [
     "Admission", "AppendResult", "Backend", "BackendKind", "BlockManager", "CsrTable", "DType",
     "EvictParams", "EvictPolicy", "Executor", "Granularity", "KVPool", "Layout",
-    "LibraryNotFoundError", "Plan", "PreemptMode", "RequestState", "RkvError", "Scheduler",
+    "LibraryNotFoundError", "Plan", "PreemptMode", "PrefixRule", "RequestState", "RkvError", "Scheduler",
     "SeqKind", "Status", "bf16_to_f32", "build_info", "evict", "f32_to_bf16", "library_path",
-    "new_outputs", "numpy_kv_dtype", "output_dtype", "seq_dtype", "status_name", "status_str",
+    "new_outputs", "numpy_kv_dtype", "output_dtype", "prefix_hash_blocks", "seq_dtype", "status_name", "status_str",
     "version", "version_info",
 ]

@@ -76,6 +76,12 @@ class PreemptMode(enum.IntEnum):
     SWAP = 1
 
 
+class PrefixRule(enum.IntEnum):
+    """rkv_sched_prefix_rule."""
+    PROTECT = 0
+    COPY = 1
+
+
 class SeqKind(enum.IntEnum):
     """rkv_sched_kind: what a scheduled sequence runs this step."""
     PREFILL = 0
@@ -164,6 +170,14 @@ class BlockManagerStats(Structure):
                 ("shared_blocks", c_uint32), ("num_seqs", c_uint32),
                 ("allocated_slots", c_uint64), ("token_slots", c_uint64),
                 ("fragmentation_slots", c_uint64), ("peak_used_blocks", c_uint32)]
+
+
+class PrefixStats(Structure):
+    """rkv_prefix_stats."""
+    _fields_ = [("struct_size", c_uint32), ("entries", c_uint32), ("cached_blocks", c_uint32),
+                ("reclaimable_blocks", c_uint32), ("lookups", c_uint64),
+                ("hit_groups", c_uint64), ("inserted", c_uint64), ("invalidated", c_uint64),
+                ("reclaimed", c_uint64)]
 
 
 # ---- evict.h -------------------------------------------------------------------------------
@@ -256,12 +270,21 @@ class SchedConfig(Structure):
                 ("max_seqs", c_uint32), ("max_prefill_chunk", c_uint32),
                 ("admission", c_int), ("preempt", c_int), ("host_blocks", c_uint32),
                 ("evict", EvictParams), ("allocator", c_void_p), ("logger", c_void_p),
-                ("check_every_step", c_bool), ("plan_slots", c_bool)]
+                ("check_every_step", c_bool), ("plan_slots", c_bool),
+                ("prefix_cache", c_bool), ("prefix_rule", c_int)]
 
 
 SCHED_CONFIG_INIT = dict(max_batched_tokens=2048, max_seqs=256, max_prefill_chunk=0,
                          admission=Admission.RESERVE, preempt=PreemptMode.RECOMPUTE,
-                         host_blocks=0, check_every_step=False, plan_slots=False)
+                         host_blocks=0, check_every_step=False, plan_slots=False,
+                         prefix_cache=False, prefix_rule=PrefixRule.PROTECT)
+
+
+class SchedPrefixStats(Structure):
+    """rkv_sched_prefix_stats."""
+    _fields_ = [("struct_size", c_uint32), ("admissions", c_uint64),
+                ("admissions_hit", c_uint64), ("hashed_tokens", c_uint64),
+                ("hit_tokens", c_uint64)]
 
 
 class SchedRequest(Structure):

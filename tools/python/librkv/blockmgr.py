@@ -6,6 +6,7 @@ from collections import namedtuple
 from . import _lib
 from ._base import Handle, RkvError, as_ptr, check
 from ._structs import (BLOCKMGR_CONFIG_INIT, BlockManagerConfig, BlockManagerStats, DType,
+                       PrefixStats,
                        KeepList, Status, parse_enum, struct_dict)
 from .runtime import Layout
 
@@ -290,6 +291,70 @@ class BlockManager(Handle):
                     "rkv_blockmgr_seq_footprint")
         return t.value, e.value
 
+    # ---- prefix caching (blockmgr.h, "Prefix caching and protected prefixes") ----
+
+    @staticmethod
+    def _hashes(hashes):
+        import numpy as np
+        return np.ascontiguousarray(hashes, dtype=np.uint64).reshape(-1)
+
+    def prefix_match(self, hashes):
+        """How many leading block hashes are cached (0 without prefix_cache)."""
+        h = self._hashes(hashes)
+        hit = ctypes.c_uint32()
+        self._check(_lib.lib().rkv_blockmgr_prefix_match(self.handle, as_ptr(h), h.shape[0],
+                                                         ctypes.byref(hit)),
+                    "rkv_blockmgr_prefix_match")
+        return hit.value
+
+    def prefix_cost(self, hashes, hit):
+        """Blocks sharing the first `hit` cached groups takes from the free pool."""
+        h = self._hashes(hashes)
+        n = ctypes.c_uint32()
+        self._check(_lib.lib().rkv_blockmgr_prefix_cost(self.handle, as_ptr(h), int(hit),
+                                                        ctypes.byref(n)),
+                    "rkv_blockmgr_prefix_cost")
+        return n.value
+
+    def seq_create_cached(self, seq, hashes, hit):
+        """Creates seq sharing the cached groups of hashes[:hit] in every stream."""
+        h = self._hashes(hashes)
+        if int(hit) > h.shape[0]:
+            raise ValueError("seq_create_cached: hit %d > %d hashes" % (int(hit), h.shape[0]))
+        self._check(_lib.lib().rkv_blockmgr_seq_create_cached(self.handle, int(seq), as_ptr(h),
+                                                              int(hit)),
+                    "rkv_blockmgr_seq_create_cached")
+
+    def prefix_insert(self, seq, hashes):
+        """Registers seq's full leading groups under hashes; returns how many were new."""
+        h = self._hashes(hashes)
+        n = ctypes.c_uint32()
+        self._check(_lib.lib().rkv_blockmgr_prefix_insert(self.handle, int(seq), as_ptr(h),
+                                                          h.shape[0], ctypes.byref(n)),
+                    "rkv_blockmgr_prefix_insert")
+        return n.value
+
+    def prefix_clear(self):
+        """Drops every cached group."""
+        _lib.lib().rkv_blockmgr_prefix_clear(self.handle)
+
+    def seq_protect(self, seq, n):
+        """Protects positions [0, n) of every stream of seq (0 removes the protection)."""
+        self._check(_lib.lib().rkv_blockmgr_seq_protect(self.handle, int(seq), int(n)),
+                    "rkv_blockmgr_seq_protect")
+
+    def seq_protected(self, seq):
+        """The protected prefix of seq (0 when none)."""
+        return _lib.lib().rkv_blockmgr_seq_protected(self.handle, int(seq))
+
+    def prefix_stats(self):
+        """rkv_prefix_stats as a dict."""
+        st = PrefixStats()
+        st.struct_size = ctypes.sizeof(PrefixStats)
+        self._check(_lib.lib().rkv_blockmgr_prefix_stats(self.handle, ctypes.byref(st)),
+                    "rkv_blockmgr_prefix_stats")
+        return {k: getattr(st, k) for k, _ in st._fields_ if k != "struct_size"}
+
     def blocks_for_tokens(self, tokens):
         """Blocks that hold `tokens` in every stream of one sequence."""
         return _lib.lib().rkv_blockmgr_blocks_for_tokens(self.handle, int(tokens))
@@ -298,3 +363,16 @@ class BlockManager(Handle):
         """Walks every invariant; RkvError (RKV_ERR_CORRUPT, the first violation) if one
         fails."""
         self._check(_lib.lib().rkv_blockmgr_check(self.handle), "rkv_blockmgr_check")
+
+
+def prefix_hash_blocks(tokens, block_size, salt=0):
+    """Chained hashes of the full blocks of a token prompt (rkv_prefix_hash_blocks), as a
+    uint64 array: what BlockManager.prefix_* and Scheduler.set_prefix take."""
+    import numpy as np
+    t = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
+    n = t.shape[0] // int(block_size) if int(block_size) > 0 else 0
+    out = np.zeros(n, dtype=np.uint64)
+    _lib.lib().rkv_prefix_hash_blocks(as_ptr(t) if t.shape[0] else None, t.shape[0],
+                                      int(block_size), int(salt),
+                                      as_ptr(out) if n else None, n)
+    return out

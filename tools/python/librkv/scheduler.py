@@ -3,8 +3,9 @@ import ctypes
 
 from . import _lib
 from ._base import Handle, RkvError, as_ptr, check, view
-from ._structs import (SCHED_CONFIG_INIT, Admission, EvictParams, PreemptMode, RequestState,
-                       SchedConfig, SchedForkOp, SchedMetrics, SchedOutput, SchedPlan,
+from ._structs import (SCHED_CONFIG_INIT, Admission, EvictParams, PreemptMode, PrefixRule,
+                       RequestState,
+                       SchedConfig, SchedForkOp, SchedPrefixStats, SchedMetrics, SchedOutput, SchedPlan,
                        SchedRequest, SchedRequestInfo, SchedSeq, SchedSwap, Status,
                        numpy_dtype, parse_enum)
 from .blockmgr import BlockManager
@@ -205,6 +206,7 @@ class Scheduler(Handle):
         cfg.evict = EvictParams.coerce(vals.pop("evict"), "Scheduler evict")
         vals["admission"] = parse_enum(Admission, vals["admission"], "Scheduler admission")
         vals["preempt"] = parse_enum(PreemptMode, vals["preempt"], "Scheduler preempt")
+        vals["prefix_rule"] = parse_enum(PrefixRule, vals["prefix_rule"], "Scheduler prefix_rule")
         for k, v in vals.items():
             setattr(cfg, k, v)
         self._config = dict(vals, evict=cfg.evict.copy())
@@ -239,6 +241,26 @@ class Scheduler(Handle):
                           float(arrival), ctypes.pointer(ev) if ev is not None else None)
         self._check(_lib.lib().rkv_sched_add_request(self.handle, ctypes.byref(rq)),
                     "rkv_sched_add_request")
+
+    def set_prefix(self, id, hashes):
+        """Attaches the prompt's block hashes (prefix_hash_blocks) to a waiting request: it
+        shares cached prompt blocks at admission (prefix_cache) and, under the protect rule,
+        keeps them out of eviction."""
+        import numpy as np
+        h = np.ascontiguousarray(hashes, dtype=np.uint64).reshape(-1)
+        self._check(_lib.lib().rkv_sched_set_prefix(self.handle, int(id),
+                                                    as_ptr(h) if h.shape[0] else None,
+                                                    h.shape[0]),
+                    "rkv_sched_set_prefix")
+
+    def prefix_stats(self):
+        """rkv_sched_prefix_stats as a dict (admissions, admissions_hit, hashed_tokens,
+        hit_tokens)."""
+        st = SchedPrefixStats()
+        st.struct_size = ctypes.sizeof(SchedPrefixStats)
+        self._check(_lib.lib().rkv_sched_get_prefix_stats(self.handle, ctypes.byref(st)),
+                    "rkv_sched_get_prefix_stats")
+        return {k: getattr(st, k) for k, _ in st._fields_ if k != "struct_size"}
 
     def abort(self, id):
         """Aborts a live request; its blocks are freed now."""

@@ -23,7 +23,8 @@ STRUCTS = {
     "rkv_sched_swap": S.SchedSwap, "rkv_sched_fork_op": S.SchedForkOp,
     "rkv_sched_plan": S.SchedPlan, "rkv_sched_output": S.SchedOutput,
     "rkv_sched_request_info": S.SchedRequestInfo, "rkv_sched_metrics": S.SchedMetrics,
-    "rkv_exec_config": S.ExecConfig,
+    "rkv_exec_config": S.ExecConfig, "rkv_prefix_stats": S.PrefixStats,
+    "rkv_sched_prefix_stats": S.SchedPrefixStats,
 }
 
 # (C type, initialiser macro, Python defaults)
@@ -40,6 +41,7 @@ ENUMS = [
     (S.Status, "RKV_"), (S.DType, "RKV_DTYPE_"), (S.BackendKind, "RKV_BACKEND_"),
     (S.EvictPolicy, "RKV_EVICT_"), (S.Granularity, "RKV_EVICT_GRAN_"),
     (S.Admission, "RKV_SCHED_"), (S.PreemptMode, "RKV_SCHED_PREEMPT_"),
+    (S.PrefixRule, "RKV_SCHED_PREFIX_"),
     (S.SeqKind, "RKV_SCHED_"), (S.RequestState, "RKV_SCHED_"),
 ]
 
