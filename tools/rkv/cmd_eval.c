@@ -1,6 +1,6 @@
 /* `rkv eval`: does reasoning still come out right with a fraction of the KV cache? Serves the
  * project's trained test model (tools/model, docs/MODEL.md) through librkv on the CPU backend
- * (or, with --backend cuda, with its KV cache, attention and eviction on a GPU: model_cuda.c),
+ * (or, with --backend cuda, with its KV cache on a GPU: the library executor's device path),
  * decoding many held-out addition problems at once with continuous batching (new problems
  * are admitted, prefilled and decoded in the same step as running ones), under every
  * eviction policy and budget, and reports exact-match accuracy, mean generated length, peak
@@ -125,8 +125,9 @@ static void eval_usage(void) {
       "  --backend B       where the KV cache lives: cpu (default) or cuda. cuda: the KV pool,\n"
       "                    the attention (rkv_attn_*), the query window and eviction\n"
       "                    (rkv/evict_cuda.h) run on the GPU; the model's dense math stays on\n"
-      "                    the host, and each layer copies its q/k/v rows and block table to\n"
-      "                    the device and the attention output back. Needs --block-size 16 or\n"
+      "                    the host, and each layer copies its q/k/v rows to the device and\n"
+      "                    the attention output back (the scheduler loop only; emu: the same\n"
+      "                    path on an emulated device, for tests). Needs --block-size 16 or\n"
       "                    32 and --window <= 256 (rkv, snapkv); a head_dim under 64 is\n"
       "                    zero-padded on the device (32 -> 128). h2o runs on cuda too: the\n"
       "                    CUDA attention accumulates the attention mass it ranks by (float\n"

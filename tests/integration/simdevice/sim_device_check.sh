@@ -51,7 +51,7 @@ field() { grep -o "\"$2\": [a-z0-9.e+-]*" "$1" | sed 's/^[^:]*: //'; }
 if [ "$mode" = nogpu ]; then
   run nogpu --compute cuda --policy full,rkv
   if [ "$rc" -eq 0 ]; then
-    skip "a GPU is usable here (simcuda_sim_gpu_matches_cpu covers it)"
+    skip "a GPU is usable here (sim_cuda_gpu_matches_cpu covers it)"
   fi
   cat "$tmp/nogpu.err"
   [ "$rc" -eq 1 ] && ok "exit status 1" || bad "exit status $rc, want 1"
