@@ -280,6 +280,7 @@ if has_stage test; then
         row "{\"name\": \"ctest\", \"shape\": {\"test\": $(jstr "$name")}, \"status\": $(jstr "$st"), \"seconds\": $(jnum "$secs")}"
       done
     summ="$(grep -m1 'tests passed' "$W/out")${excl:+ (left out: $excl, no NCCL in this build)}"
+    gpu_failed=$(sed -n 's/^[[:space:]]*[0-9]* - \([^ ]*\) .*/\1/p' "$W/out" | tr '\n' ' ')
     # The executor's device path, host logic on the emulated device (no GPU needed, seconds).
     run 120 ctest --test-dir "$B" -R '^(scheduler_test_exec_device|sim_emu_matches_cpu)$' -j 2 \
       --output-on-failure
@@ -291,7 +292,7 @@ if has_stage test; then
     elif [ "$trc" = 124 ]; then
       stage test timeout "$t" "ctest did not finish in ${to}s; $summ"
     else
-      stage test fail "$t" "$summ; failed: $(sed -n 's/^[[:space:]]*[0-9]* - \([^ ]*\) .*/\1/p' "$W/out" | tr '\n' ' ')"
+      stage test fail "$t" "$summ; failed: $gpu_failed$(sed -n 's/^[[:space:]]*[0-9]* - \([^ ]*\) .*/\1/p' "$W/out" | tr '\n' ' ')"
     fi
   fi
 fi
