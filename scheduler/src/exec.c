@@ -13,6 +13,7 @@
 
 #include <rkv/executor.h>
 
+#include "exec_device.h"
 #include "rkv_internal.h"
 
 struct rkv_exec {
@@ -37,7 +38,8 @@ struct rkv_exec {
   uint8_t *uniform;
   int32_t *xlen;
 
-  rkv_qwindow *qw;     /* NULL when the default policy scores without queries */
+  rkv_qwindow *qw;     /* NULL when the default policy scores without queries, or on a device */
+  rkvi_xdev *dev;      /* device-side state when the pool's memory is not the host's */
   unsigned char *host; /* swap pool [host_blocks][block_bytes] */
 
   /* the open step */
@@ -106,6 +108,7 @@ void rkv_exec_destroy(rkv_exec *x) {
   rkvi_free(a, x->maps, x->maps_cap);
   rkvi_free(a, x->old, x->old_cap);
   rkv_qwindow_destroy(x->qw);
+  rkvi_xdev_destroy(x->dev);
   rkvi_free(a, x, sizeof *x);
 }
 
@@ -134,6 +137,27 @@ static rkv_status check_config(const rkv_exec_config *c, const rkv_blockmgr *m,
   return RKV_OK;
 }
 
+/* The device half (exec_device.c) for a pool whose memory the host cannot read: it keeps the
+ * query window as a device ring, so no host window is made. */
+static rkv_status make_device(rkv_exec *x, char *err, size_t err_len) {
+  rkvi_xdev_config dc;
+  memset(&dc, 0, sizeof dc);
+  dc.bm = x->bm;
+  dc.pool = x->pool;
+  dc.al = x->al;
+  dc.L = x->L;
+  dc.Hq = x->Hq;
+  dc.Hkv = x->Hkv;
+  dc.d = x->d;
+  dc.S = x->S;
+  dc.bs = x->bs;
+  dc.nidx = x->nidx;
+  dc.max_seqs = x->cfg.max_seqs;
+  dc.window = needs_queries(x->cfg.evict.policy) ? (uint32_t)x->cfg.evict.window : 0;
+  dc.scale = x->scale;
+  return rkvi_xdev_create(&dc, &x->dev, err, err_len);
+}
+
 rkv_status rkv_exec_create(const rkv_exec_config *cfg, rkv_blockmgr *m, rkv_kv_pool *pool,
                            rkv_exec **out, char *err, size_t err_len) {
   if (err && err_len) err[0] = '\0';
@@ -143,9 +167,6 @@ rkv_status rkv_exec_create(const rkv_exec_config *cfg, rkv_blockmgr *m, rkv_kv_p
   if (cfg->struct_size != sizeof(rkv_exec_config))
     return cfg_err(err, err_len, "struct_size is not a known version (use RKV_EXEC_CONFIG_INIT)");
   RKV_TRY(check_config(cfg, m, pool, err, err_len));
-  if (pool && rkv_backend_get_kind(rkv_kv_pool_backend(pool)) != RKV_BACKEND_CPU)
-    return rkvi_failn(err, err_len, RKV_ERR_UNSUPPORTED,
-                      "rkv_exec_create: this release's executor drives CPU pools only");
   const rkv_blockmgr_config *bc = rkv_blockmgr_get_config(m);
   rkv_allocator ac = {0};
   if (cfg->allocator) ac = *cfg->allocator;
@@ -211,7 +232,10 @@ rkv_status rkv_exec_create(const rkv_exec_config *cfg, rkv_blockmgr *m, rkv_kv_p
     goto fail;
   }
   for (uint32_t i = 0; i < x->nidx; i++) x->owner[i] = -1;
-  if (pool && needs_queries(cfg->evict.policy)) {
+  if (rkvi_xdev_wanted(pool)) {
+    ret = make_device(x, err, err_len);
+    if (ret != RKV_OK) goto fail;
+  } else if (pool && needs_queries(cfg->evict.policy)) {
     rkv_qwindow_config qc = RKV_QWINDOW_CONFIG_INIT;
     qc.num_layers = x->L;
     qc.num_q_heads = x->Hq;
@@ -244,7 +268,7 @@ size_t rkv_exec_qwindow_bytes_per_seq(const rkv_exec *x) {
 }
 
 size_t rkv_exec_memory_bytes(const rkv_exec *x) {
-  return x ? x->bytes + x->ws_cap + x->maps_cap + x->old_cap : 0;
+  return x ? x->bytes + x->ws_cap + x->maps_cap + x->old_cap + rkvi_xdev_memory_bytes(x->dev) : 0;
 }
 
 /* ---- begin ------------------------------------------------------------------------------- */
@@ -279,6 +303,10 @@ static rkv_status grow_rows(rkv_exec *x, int64_t blocks) {
   return RKV_OK;
 }
 
+static bool has_window(const rkv_exec *x) {
+  return x->qw || rkvi_xdev_has_window(x->dev);
+}
+
 /* Everything begin can refuse, checked before it changes anything. */
 static rkv_status validate_plan(rkv_exec *x, const rkv_sched_plan *p) {
   if (x->open)
@@ -302,11 +330,11 @@ static rkv_status validate_plan(rkv_exec *x, const rkv_sched_plan *p) {
     const rkv_sched_seq *q = &p->seqs[i];
     if (q->kv_len > longest) longest = q->kv_len;
     if (x->pool && q->evict && needs_queries(q->evict->policy) &&
-        (!x->qw || q->evict->window != x->cfg.evict.window))
+        (!has_window(x) || q->evict->window != x->cfg.evict.window))
       return rkvi_fail(x->err, RKV_ERR_INVALID_ARG,
                        "begin: sequence %lld uses %s with window %d; the executor keeps %s",
                        (long long)q->id, rkv_evict_policy_name(q->evict->policy), q->evict->window,
-                       x->qw ? "another window" : "no query window");
+                       has_window(x) ? "another window" : "no query window");
   }
   return grow_rows(x, (longest + x->bs - 1) / x->bs);
 }
@@ -326,6 +354,8 @@ static rkv_status move_blocks(rkv_exec *x, const rkv_sched_plan *p) {
 /* Query windows follow the KV: forked with it, dropped with it, kept across a swap, started
  * empty. Unknown ids on removal are fine (a sequence dropped before it ever ran). */
 static rkv_status window_lifecycle(rkv_exec *x, const rkv_sched_plan *p) {
+  if (x->dev && rkvi_xdev_windows(x->dev, p) != RKV_OK)
+    return rkvi_fail(x->err, RKV_ERR_NO_MEMORY, "begin: %s", rkvi_xdev_last_error(x->dev));
   for (uint32_t i = 0; i < p->n_forks; i++)
     if (x->qw) {
       rkv_status st = rkv_qwindow_seq_fork(x->qw, p->forks[i].parent, p->forks[i].child);
@@ -360,10 +390,12 @@ static rkv_status sync_seq(rkv_exec *x, const rkv_sched_plan *p, uint32_t i) {
   const bool full = x->owner[idx] != q->id;
   if (full || x->stale[idx] || !p->rows_changed || p->rows_changed[i]) {
     int32_t *rows = x->rows + (size_t)idx * x->S * x->stride;
-    rkv_status st = rkv_blockmgr_sync_rows(x->bm, q->id, full, rows, x->stride, lens, NULL);
+    uint32_t written = 0;
+    rkv_status st = rkv_blockmgr_sync_rows(x->bm, q->id, full, rows, x->stride, lens, &written);
     if (st != RKV_OK)
       return rkvi_fail(x->err, st, "begin: table rows of %lld: %s", (long long)q->id,
                        rkv_blockmgr_last_error(x->bm));
+    if (x->dev && (full || written)) rkvi_xdev_mark(x->dev, idx); /* rows go up by deltas */
     x->owner[idx] = q->id;
     x->stale[idx] = 0;
     uint8_t same = 1;
@@ -394,6 +426,25 @@ static void materialize_lens(rkv_exec *x, const rkv_sched_plan *p) {
   }
 }
 
+/* The step's uploads on a device: the rows sync_seq marked, lengths, metadata. */
+static rkv_status device_begin(rkv_exec *x, const rkv_sched_plan *p) {
+  rkvi_xdev_step st;
+  memset(&st, 0, sizeof st);
+  st.plan = p;
+  st.rows = x->rows;
+  st.lens = x->lens;
+  st.stride = x->stride;
+  st.seq_row = x->seq_row;
+  st.blen = x->all_uniform ? x->blen : NULL;
+  st.all_indptr = x->all_indptr;
+  st.q_indptr = x->q_indptr;
+  st.h2o = x->h2o;
+  for (uint32_t i = 0; i < p->n_seqs; i++)
+    if (p->seqs[i].kv_len > st.longest) st.longest = p->seqs[i].kv_len;
+  rkv_status s = rkvi_xdev_begin(x->dev, &st);
+  return s == RKV_OK ? RKV_OK : rkvi_fail(x->err, s, "%s", rkvi_xdev_last_error(x->dev));
+}
+
 rkv_status rkv_exec_begin(rkv_exec *x, const rkv_sched_plan *p) {
   if (!x) return RKV_ERR_INVALID_ARG;
   if (!p) return rkvi_fail(x->err, RKV_ERR_INVALID_ARG, "begin: plan is NULL");
@@ -420,6 +471,7 @@ rkv_status rkv_exec_begin(rkv_exec *x, const rkv_sched_plan *p) {
   x->q_indptr[np] = (int32_t)(rows - p->n_decode);
   x->all_indptr[p->n_seqs] = (int32_t)rows;
   if (!x->all_uniform) materialize_lens(x, p);
+  if (x->dev) RKV_TRY(device_begin(x, p));
   x->slots = p->slots;
   x->slot_layer_stride = p->slot_layer_stride;
   x->plan = p;
@@ -479,6 +531,12 @@ rkv_status rkv_exec_layer(rkv_exec *x, uint32_t layer, const float *q, const flo
   const rkv_sched_plan *p = x->plan;
   const size_t n = (size_t)p->n_batched_tokens * x->Hkv;
   rkv_status st;
+  if (x->dev) {
+    st = rkvi_xdev_layer(x->dev, layer, q, k, v, out);
+    if (st != RKV_OK) return rkvi_fail(x->err, st, "%s", rkvi_xdev_last_error(x->dev));
+    x->layer_done[layer] = 1;
+    return RKV_OK;
+  }
   if (x->slots) {
     st = rkv_attn_write_kv(x->pool, k, v, x->slots + layer * x->slot_layer_stride, (uint32_t)n);
   } else {
@@ -589,6 +647,11 @@ rkv_status rkv_exec_finish(rkv_exec *x, rkv_sched_output *outs, uint32_t n) {
     outs[i].id = p->seqs[i].id;
     outs[i].eos = eos;
   }
+  if (x->dev) {
+    ret = rkvi_xdev_finish(x->dev, &x->cfg, outs, x->stale);
+    x->open = false;
+    return ret == RKV_OK ? RKV_OK : rkvi_fail(x->err, ret, "%s", rkvi_xdev_last_error(x->dev));
+  }
   for (uint32_t i = 0; i < n; i++) {
     /* a sequence that ends now frees its blocks at the report: compressing it is wasted work */
     if (!p->seqs[i].compress || outs[i].eos) continue;
@@ -631,6 +694,8 @@ rkv_status rkv_exec_check(const rkv_exec *xc) {
                          (long long)id, s, mine, len);
     }
   }
+  if (x->dev && rkvi_xdev_check(x->dev, x->rows, x->stride, x->owner, x->stale) != RKV_OK)
+    return rkvi_fail(x->err, RKV_ERR_CORRUPT, "%s", rkvi_xdev_last_error(x->dev));
   if (x->qw && rkv_qwindow_check(x->qw) != RKV_OK)
     return rkvi_fail(x->err, RKV_ERR_CORRUPT, "check: query window: %s",
                      rkv_qwindow_last_error(x->qw));

@@ -9,7 +9,10 @@
 # Stages (--stages picks a subset; default all, in this order):
 #   env        GPU model, driver, CUDA, compute-sanitizer, PyTorch versions (nvidia-smi, nvcc)
 #   build      configure + build of the `gpu` preset (CUDA and GPU tests required), --jobs jobs
-#   test       ctest -L gpu (GPU tests required: a skip fails)
+#   test       ctest -L gpu (GPU tests required: a skip fails; sim_cuda_gpu_matches_cpu and
+#              model_eval_cuda run the executor's CUDA path through the tools), then the
+#              executor's device-path tests on the emulated device (scheduler_test_exec_device,
+#              sim_emu_matches_cpu) in the same gpu-preset build
 #   eval       rkv eval --backend cuda --compare-cpu on the trained model (accuracies must match)
 #   sanitize   compute-sanitizer memcheck + racecheck on a subset of the GPU tests and two
 #              small tool runs (skipped with a note where compute-sanitizer is missing)
@@ -277,12 +280,19 @@ if has_stage test; then
         row "{\"name\": \"ctest\", \"shape\": {\"test\": $(jstr "$name")}, \"status\": $(jstr "$st"), \"seconds\": $(jnum "$secs")}"
       done
     summ="$(grep -m1 'tests passed' "$W/out")${excl:+ (left out: $excl, no NCCL in this build)}"
+    gpu_failed=$(sed -n 's/^[[:space:]]*[0-9]* - \([^ ]*\) .*/\1/p' "$W/out" | tr '\n' ' ')
+    # The executor's device path, host logic on the emulated device (no GPU needed, seconds).
+    run 120 ctest --test-dir "$B" -R '^(scheduler_test_exec_device|sim_emu_matches_cpu)$' -j 2 \
+      --output-on-failure
+    erc=$?
+    summ="$summ; emulated device path: $(grep -m1 'tests passed' "$W/out")"
+    [ "$trc" = 0 ] && [ "$erc" != 0 ] && trc=$erc
     if [ "$trc" = 0 ]; then
       stage test pass "$t" "$summ"
     elif [ "$trc" = 124 ]; then
       stage test timeout "$t" "ctest did not finish in ${to}s; $summ"
     else
-      stage test fail "$t" "$summ; failed: $(sed -n 's/^[[:space:]]*[0-9]* - \([^ ]*\) .*/\1/p' "$W/out" | tr '\n' ' ')"
+      stage test fail "$t" "$summ; failed: $gpu_failed$(sed -n 's/^[[:space:]]*[0-9]* - \([^ ]*\) .*/\1/p' "$W/out" | tr '\n' ' ')"
     fi
   fi
 fi
@@ -522,7 +532,8 @@ if has_stage evict; then
   fi
 fi
 
-# ---- sim: the paper's fixed-batch table, measured (--compute cuda) -------------------------
+# ---- sim: the paper's fixed-batch table, measured (--compute cuda: the library's executor
+# over a CUDA pool, the tool only synthesising Q/K/V) ----------------------------------------
 # Llama-8B heads at ONE layer with a 2 GiB pool (64 GiB / 32 layers), so the batches are the
 # paper's (full 31, R-KV 450), 16,384 generated tokens, B = 1024, buffer 128. Full runs its
 # whole wave; R-KV runs two prefixes and takes the steady state from their difference (every

@@ -1,6 +1,6 @@
 /* `rkv eval`: does reasoning still come out right with a fraction of the KV cache? Serves the
  * project's trained test model (tools/model, docs/MODEL.md) through librkv on the CPU backend
- * (or, with --backend cuda, with its KV cache, attention and eviction on a GPU: model_cuda.c),
+ * (or, with --backend cuda, with its KV cache on a GPU: the library executor's device path),
  * decoding many held-out addition problems at once with continuous batching (new problems
  * are admitted, prefilled and decoded in the same step as running ones), under every
  * eviction policy and budget, and reports exact-match accuracy, mean generated length, peak
@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <rkv/buffer_emu.h>
 #include <rkv/evict.h>
 #include <rkv/scheduler.h>
 
@@ -56,6 +57,7 @@ typedef struct eval_opts {
   bool simple_loop;         /* the tool's own batching loop instead of the scheduler */
   rkv_backend_kind backend; /* where the KV pool lives: CPU or CUDA */
   bool compare_cpu;         /* CUDA runs repeated on the CPU backend, accuracies compared */
+  bool emulate;             /* --backend emu: the CUDA path on the emulated device */
 } eval_opts;
 
 typedef struct eval_result {
@@ -128,8 +130,9 @@ static void eval_usage(void) {
       "  --backend B       where the KV cache lives: cpu (default) or cuda. cuda: the KV pool,\n"
       "                    the attention (rkv_attn_*), the query window and eviction\n"
       "                    (rkv/evict_cuda.h) run on the GPU; the model's dense math stays on\n"
-      "                    the host, and each layer copies its q/k/v rows and block table to\n"
-      "                    the device and the attention output back. Needs --block-size 16 or\n"
+      "                    the host, and each layer copies its q/k/v rows to the device and\n"
+      "                    the attention output back (the scheduler loop only; emu: the same\n"
+      "                    path on an emulated device, for tests). Needs --block-size 16 or\n"
       "                    32 and --window <= 256 (rkv, snapkv); a head_dim under 64 is\n"
       "                    zero-padded on the device (32 -> 128). h2o runs on cuda too: the\n"
       "                    CUDA attention accumulates the attention mass it ranks by (float\n"
@@ -583,7 +586,6 @@ typedef struct eval_req {
   int32_t prompt_len;
   char gen[RKV_TASK_MAX_TEXT + 64];
   int32_t gen_len;
-  bool registered; /* query window row allocated */
 } eval_req;
 
 /* One (policy, budget) over all problems, batched by the librkv scheduler (reserve
@@ -603,7 +605,7 @@ static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backen
 
   int rc_ret = 1;
   rkv_sched *sch = NULL;
-  rkv_exec *x = NULL; /* CPU pools: the library executes the plans */
+  rkv_exec *x = NULL; /* the library executes the plans, on every backend */
   eval_req *reqs = calloc(o->problems, sizeof *reqs);
   rkv_sched_output *outs = malloc(o->batch * sizeof *outs);
   if (!reqs || !outs) {
@@ -622,9 +624,10 @@ static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backen
     fprintf(stderr, "rkv eval: scheduler: %s\n", err);
     goto done;
   }
-  if (!rkv_model_runner_on_cuda(r)) {
+  {
     rkv_exec_config xc = RKV_EXEC_CONFIG_INIT;
     xc.num_q_heads = (uint32_t)mc->n_heads;
+    xc.scale = rkv_model_runner_attn_scale(r);
     xc.max_seqs = o->batch;
     xc.max_stream_tokens = (uint32_t)c.max_len;
     xc.evict = c.ep;
@@ -661,28 +664,15 @@ static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backen
     res->steps++;
     if (plan->n_seqs > res->max_running) res->max_running = plan->n_seqs;
     res->preemptions += plan->n_preempted;
-    if (x && rkv_exec_begin(x, plan) != RKV_OK) {
+    /* the executor keeps the query windows, preemptions included */
+    if (rkv_exec_begin(x, plan) != RKV_OK) {
       fprintf(stderr, "rkv eval: executor: %s\n", rkv_exec_last_error(x));
       goto done;
-    }
-    /* A preempted (recomputed) sequence starts its query window afresh (the executor keeps
-     * the windows itself). */
-    for (uint32_t i = 0; !x && i < plan->n_preempted; i++) {
-      eval_req *q = &reqs[plan->preempted[i]];
-      if (q->registered) rkv_model_runner_seq_remove(r, plan->preempted[i]);
-      q->registered = false;
     }
     qind[0] = 0;
     for (uint32_t b = 0; b < plan->n_seqs; b++) {
       const rkv_sched_seq *ss = &plan->seqs[b];
       eval_req *q = &reqs[ss->id];
-      if (!q->registered && !x) {
-        if (rkv_model_runner_seq_add(r, ss->id) != RKV_OK) {
-          fprintf(stderr, "rkv eval: %s\n", rkv_model_runner_last_error(r));
-          goto done;
-        }
-        q->registered = true;
-      }
       const int32_t p0 = (int32_t)ss->pos, n = (int32_t)ss->n_tokens;
       if (p0 + n > q->hist_len) {
         fprintf(stderr, "rkv eval: plan feeds positions %d..%d of request %lld, known %d\n", p0,
@@ -715,24 +705,13 @@ static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backen
         if (q->hist_len < (int32_t)(sizeof q->hist / sizeof q->hist[0])) q->hist[q->hist_len++] = t;
         done_now = out->eos || q->gen_len >= c.max_new;
       }
-      if (x) {
-        out->eos = done_now; /* the same end for the scheduler; spares its compression */
-      } else if (ss->compress && !done_now) {
-        bool did = false;
-        if (eval_compress(ss->evict ? ss->evict : &c.ep, r, mc, ss->id, true,
-                          ss->kind == RKV_SCHED_PREFILL, c.ework, c.ews, res, &out->tokens_evicted,
-                          &out->blocks_freed, &did) != RKV_OK)
-          goto done;
-        out->compressed = did;
-      }
+      out->eos = done_now; /* the same end for the scheduler; spares its compression */
       if (done_now) {
         eval_score(o, res, ss->id, &q->prob, q->gen, &shown);
-        if (!x) rkv_model_runner_seq_remove(r, ss->id); /* the query window */
-        q->registered = false;
         finished++;
       }
     }
-    if (x && eval_exec_finish(x, &c, plan, outs, res) != RKV_OK) goto done;
+    if (eval_exec_finish(x, &c, plan, outs, res) != RKV_OK) goto done;
     if (rkv_sched_report(sch, outs, plan->n_seqs) != RKV_OK) {
       fprintf(stderr, "rkv eval: scheduler report: %s\n", rkv_sched_last_error(sch));
       goto done;
@@ -930,10 +909,11 @@ int rkv_cmd_eval(int argc, char **argv) {
     } else if (strcmp(a, "--backend") == 0) {
       if (strcmp(v, "cpu") == 0) {
         o.backend = RKV_BACKEND_CPU;
-      } else if (strcmp(v, "cuda") == 0) {
+      } else if (strcmp(v, "cuda") == 0 || strcmp(v, "emu") == 0) {
         o.backend = RKV_BACKEND_CUDA;
+        o.emulate = v[0] == 'e';
       } else {
-        fprintf(stderr, "rkv eval: bad value for --backend: '%s' (cpu or cuda)\n", v);
+        fprintf(stderr, "rkv eval: bad value for --backend: '%s' (cpu, cuda or emu)\n", v);
         return 2;
       }
     } else if (strcmp(a, "--plot") == 0) {
@@ -959,6 +939,10 @@ int rkv_cmd_eval(int argc, char **argv) {
     fprintf(stderr, "rkv eval: --compare-cpu needs --backend cuda\n");
     return 2;
   }
+  if (on_cuda && o.simple_loop) { /* the device path is the executor's, which runs plans */
+    fprintf(stderr, "rkv eval: --backend cuda runs the scheduler loop only (no --simple-loop)\n");
+    return 2;
+  }
   if (on_cuda && o.block_size != 16 && o.block_size != 32) {
     fprintf(stderr, "rkv eval: --backend cuda takes --block-size 16 or 32, not %u\n", o.block_size);
     return 2;
@@ -972,10 +956,11 @@ int rkv_cmd_eval(int argc, char **argv) {
 
   /* Backends first: without CUDA or a GPU, --backend cuda is skipped (77) before any work. */
   rkv_backend_config bc = RKV_BACKEND_CONFIG_INIT;
-  bc.kind = o.backend;
+  bc.kind = o.emulate ? RKV_BACKEND_CPU : o.backend;
   bc.num_threads = o.threads;
   rkv_backend *backend = NULL, *cpu_backend = NULL;
-  rkv_status bst = rkv_backend_create(&bc, &backend);
+  rkv_status bst =
+      o.emulate ? rkv_backend_create_emulated(&bc, &backend) : rkv_backend_create(&bc, &backend);
   if (bst != RKV_OK) {
     if (!on_cuda) {
       fprintf(stderr, "rkv eval: cannot create the CPU backend\n");
@@ -1058,7 +1043,9 @@ int rkv_cmd_eval(int argc, char **argv) {
           o.model_path, rkv_model_num_params(model), o.problems, o.min_digits, o.max_digits,
           (unsigned long long)o.seed, o.batch, o.buffer, o.window, (double)o.lambda, o.block_size,
           rkv_dtype_name(o.kv_dtype), o.simple_loop ? "simple" : "scheduler",
-          on_cuda ? "cuda" : "cpu");
+          o.emulate ? "emu"
+          : on_cuda ? "cuda"
+                    : "cpu");
       for (int i = 0; i < n_res; i++) {
         const eval_result *e = &results[i];
         printf(

@@ -52,7 +52,8 @@ static void usage(FILE *f) {
       "  --max-batched-tokens N --max-seqs N --max-prefill-chunk N\n"
       "compute and output:\n"
       "  --compute none|cpu|cuda   none: block accounting only, timed by the cost model\n"
-      "                      (default cpu for tiny, none otherwise)\n"
+      "                      (default cpu for tiny, none otherwise); emu: the cuda engine on\n"
+      "                      an emulated device with the CPU kernels (tests without a GPU)\n"
       "  --gpu h100|a100|h200      GPU of the roofline cost model (default h100)\n"
       "  --threads N         CPU kernel threads (0 = all cores)\n"
       "  --steps N           stop each policy after N steps\n"
@@ -289,8 +290,10 @@ static bool parse_args(int argc, char **argv, sim_opts *o) {
         o->compute = SIM_COMPUTE_CPU;
       else if (strcmp(v, "cuda") == 0)
         o->compute = SIM_COMPUTE_CUDA;
+      else if (strcmp(v, "emu") == 0)
+        o->compute = SIM_COMPUTE_EMU;
       else {
-        fprintf(stderr, "rkv sim: bad --compute '%s' (none, cpu, cuda)\n", v);
+        fprintf(stderr, "rkv sim: bad --compute '%s' (none, cpu, cuda, emu)\n", v);
         return false;
       }
     } else if (strcmp(a, "--gpu") == 0) {
@@ -612,7 +615,8 @@ static double gib(double blocks, double bb) {
 }
 
 static const char *compute_name(sim_compute c) {
-  return c == SIM_COMPUTE_NONE ? "none" : c == SIM_COMPUTE_CPU ? "cpu" : "cuda";
+  static const char *const names[] = {"none", "cpu", "cuda", "emu"};
+  return names[c];
 }
 
 /* Per-rank memory and agreement under --tp: one row per policy and rank. */

@@ -5,8 +5,8 @@
  *    previous-token embedding) loaded from such a file;
  *  - a runner that decodes batches of sequences through librkv: KV in a blockmgr-managed pool,
  *    attention by rkv_attn_prefill / rkv_attn_decode, the query window filled by attention;
- *    the pool may live on a CUDA backend (model_cuda.c: dense math on the host, per layer the
- *    rows and tables copied to the device, eviction by rkv/evict_cuda.h);
+ *    the pool may live on a device (dense math on the host, per layer the rows copied to the
+ *    device and handed to the library's executor);
  *  - the task generator and answer checker (tools/model/task.py, byte-identical problems).
  * Errors: functions return rkv_status and write a message into err / the runner's last error. */
 #ifndef RKV_TOOL_MODEL_H
@@ -130,17 +130,15 @@ typedef struct rkv_model_runner rkv_model_runner;
 
 /* The pool lives on `backend`. Borrowed: model and backend outlive the runner.
  * CPU backend: host pool, host query window, attention and eviction on the host.
- * CUDA backend (model_cuda.c): the pool and a device query-window ring live on the GPU; the
- * dense math (embeddings, projections, RoPE, MLP, logits) stays on the host; each step copies
- * per layer the new K/V rows with their slots, the CSR table and the query rows to device
- * buffers allocated at creation (sized for max_rows / max_seqs / num_blocks), runs the same
- * rkv_attn_write_kv / rkv_attn_decode / rkv_attn_prefill, pushes the query rows into the
- * ring (rkv_attn_cuda_qwindow_push) and copies the attention output back (one stream sync
- * per layer). The CUDA kernels take head_dim 64/128/256 only: a smaller model head_dim is
- * zero-padded on the device (rkv_model_cuda_head_dim), which changes no dot product. The
- * block manager is then created with the padded head_dim (it only sizes the pool's blocks).
- * RKV_ERR_UNSUPPORTED for a CUDA backend without CUDA in this build, a head_dim over 256, or
- * a block size / dtype outside the kernels' set. */
+ * Device backend (CUDA, or the emulated device): the runner only steps through the library's
+ * executor (rkv_model_runner_use_executor), which keeps the pool, the table mirror and the
+ * query-window ring on the device and runs the kernels; the dense math (embeddings,
+ * projections, RoPE, MLP, logits) stays on the host. Per layer the runner pads Q/K/V into
+ * pinned staging, copies them into DEVICE buffers (<rkv/buffer.h>), calls rkv_exec_layer and
+ * copies the attention output back (one stream sync per layer: the next projection needs it).
+ * The CUDA kernels take head_dim 64/128/256 only: a smaller model head_dim is zero-padded
+ * (rkv_model_cuda_head_dim), which changes no dot product; the block manager is created with
+ * the padded head_dim and the executor with rkv_model_runner_attn_scale. */
 rkv_status rkv_model_runner_create(const rkv_model *model, rkv_backend *backend,
                                    const rkv_model_runner_config *cfg, rkv_model_runner **out,
                                    char *err, size_t err_len);
@@ -152,19 +150,14 @@ void rkv_model_runner_use_executor(rkv_model_runner *r, rkv_exec *x);
 const char *rkv_model_runner_last_error(const rkv_model_runner *r);
 rkv_blockmgr *rkv_model_runner_blockmgr(rkv_model_runner *r);
 rkv_kv_pool *rkv_model_runner_pool(rkv_model_runner *r);
-/* NULL when cfg.qwindow == 0 or on a CUDA backend (the window is a device ring there). */
+/* NULL when cfg.qwindow == 0 or on a device (the executor keeps the window there). */
 rkv_qwindow *rkv_model_runner_qwindow(rkv_model_runner *r);
-/* True when the pool lives on a CUDA backend. */
+/* True when the pool lives on a device (CUDA or the emulated device). */
 bool rkv_model_runner_on_cuda(const rkv_model_runner *r);
 
 /* Compresses the streams of (seq, layer) longer than ep->budget to exactly ep->budget tokens
- * on the pool's backend. CPU: rkv_evict_layer with the host query window and `workspace`
- * (rkv_evict_workspace_size bytes). CUDA: rkv_blockmgr_compact_uniform, then
- * rkv_evict_cuda_describe / _freed_blocks on the host, the descriptors copied to the device,
- * rkv_evict_cuda_compress reading the device ring, and a stream sync (`workspace` unused; the
- * device workspace is the runner's). Parameters, ring and workspace are checked before the
- * block manager changes; a device failure after the cut leaves the pool behind the tables
- * (the caller gives up). res->slot_moves is 0 on CUDA (the device moves the tokens). */
+ * with rkv_evict_layer, the host query window and `workspace` (rkv_evict_workspace_size
+ * bytes). Host pools only (RKV_ERR_UNSUPPORTED on a device: there the executor compresses). */
 rkv_status rkv_model_runner_evict(rkv_model_runner *r, const rkv_evict_params *ep, int64_t seq,
                                   uint32_t layer, void *workspace, size_t ws_bytes,
                                   rkv_evict_result *res);
@@ -189,7 +182,7 @@ rkv_status rkv_model_runner_step(rkv_model_runner *r, uint32_t n_seqs, const int
                                  const int32_t *prev_tok, const int32_t *pos0, float *logits,
                                  bool all_rows);
 
-/* ---- the runner's CUDA half (model_cuda.c; used by model_forward.c only) ---------------- */
+/* ---- device pools ---------------------------------------------------------------------- */
 
 /* Device head size for a model head_dim: head_dim itself when it is 64, 128 or 256; else the
  * smallest of those that is head_dim times a power of 4 (32 -> 128, 16 -> 64), else the
@@ -200,43 +193,9 @@ rkv_status rkv_model_runner_step(rkv_model_runner *r, uint32_t n_seqs, const int
  * RKV_ERR_UNSUPPORTED above 256. Plain arithmetic: every build. */
 rkv_status rkv_model_cuda_head_dim(uint32_t head_dim, uint32_t *padded, float *qscale);
 
-typedef struct rkv_model_cuda rkv_model_cuda;
-
-typedef struct rkv_model_cuda_config {
-  uint32_t num_layers, num_q_heads, num_kv_heads;
-  uint32_t head_dim; /* the model's */
-  uint32_t max_seqs; /* sequences per step and ring slots */
-  uint32_t max_rows; /* tokens per step */
-  uint32_t qwindow;  /* ring rows (alpha); 0 = no ring */
-  int32_t max_stream_len;
-} rkv_model_cuda_config;
-
-/* Device buffers for a runner whose pool (padded head_dim) is on a CUDA backend. Without CUDA
- * in the build: RKV_ERR_UNSUPPORTED. err gets the reason. */
-rkv_status rkv_model_cuda_create(rkv_kv_pool *pool, const rkv_model_cuda_config *cfg,
-                                 rkv_model_cuda **out, char *err, size_t err_len);
-void rkv_model_cuda_destroy(rkv_model_cuda *c);
-/* Ring slot of a sequence (the device twin of rkv_qwindow_seq_add / _remove). */
-rkv_status rkv_model_cuda_seq_add(rkv_model_cuda *c, int64_t seq, char *err, size_t err_len);
-void rkv_model_cuda_seq_remove(rkv_model_cuda *c, int64_t seq);
-/* Start of a step: uploads each sequence's ring slot and first logical position. */
-rkv_status rkv_model_cuda_begin_step(rkv_model_cuda *c, uint32_t n_seqs, const int64_t *seqs,
-                                     const int32_t *pos0, char *err, size_t err_len);
-/* One layer's KV write: row t of sequence b (rows q_indptr[b]..) of head h goes to slot
- * slots[q_indptr[b] * streams + (layer * kv_heads + h) * n_b + t]; k, v are
- * [rows][kv_heads * head_dim] host f32 (the runner's layout). */
-rkv_status rkv_model_cuda_write_kv(rkv_model_cuda *c, uint32_t layer, uint32_t n_seqs,
-                                   const int32_t *q_indptr, const int64_t *slots, uint32_t streams,
-                                   const float *k, const float *v, char *err, size_t err_len);
-/* One layer's attention: p is the host-side call the CPU path would make (host q, out,
- * table, q_indptr; qwindow ignored). Uploads q (padded, times qscale), the table and
- * q_indptr, runs rkv_attn_decode (p->q_indptr == NULL) or rkv_attn_prefill on the device,
- * pushes the query rows into the ring, and copies the output back into p->out. */
-rkv_status rkv_model_cuda_attention(rkv_model_cuda *c, const rkv_attn_params *p, char *err,
-                                    size_t err_len);
-rkv_status rkv_model_cuda_evict(rkv_model_cuda *c, rkv_blockmgr *bm, const rkv_evict_params *ep,
-                                int64_t seq, uint32_t layer, rkv_evict_result *res, char *err,
-                                size_t err_len);
+/* The softmax scale the executor must use for this runner: 0 (its default) on a host pool;
+ * on a device pool the model's 1/sqrt(head_dim) divided by qscale (see above). */
+float rkv_model_runner_attn_scale(const rkv_model_runner *r);
 
 /* ---- the task (tools/model/task.py) ---------------------------------------------------- */
 

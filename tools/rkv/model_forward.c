@@ -6,9 +6,10 @@
  * per-slot attention mass), the output projection and the SwiGLU MLP; finally the logits.
  * Mirrors tools/model/model.py exactly (same RoPE convention, f32 throughout).
  * Matrices are stored transposed ([in][out]) so the plain loops vectorise; with a BLAS the
- * products are cblas_sgemm calls. When the pool lives on a CUDA backend, the KV write, the
- * attention, the query window and eviction go through model_cuda.c (same library calls on
- * device copies of the rows and tables); everything else stays here, on the host. */
+ * products are cblas_sgemm calls. When the pool lives on a device (CUDA, or the emulated device
+ * of <rkv/buffer_emu.h>), the library's executor does the KV write, attention, the query window
+ * and eviction on the device; this file pads each layer's Q/K/V into pinned staging, copies them
+ * into DEVICE buffers and the attention output back (<rkv/buffer.h>: no CUDA call here). */
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -20,7 +21,29 @@
 #include <cblas.h>
 #endif
 
+#include <rkv/buffer.h>
+
 #include "model.h"
+
+rkv_status rkv_model_cuda_head_dim(uint32_t head_dim, uint32_t *padded, float *qscale) {
+  static const uint32_t sizes[] = {64, 128, 256};
+  const size_t n = sizeof sizes / sizeof sizes[0];
+  if (!padded || !qscale || head_dim == 0) return RKV_ERR_INVALID_ARG;
+  uint32_t pick = 0;
+  /* First choice: padded = head_dim * 4^k, so that qscale = 2^k is exact. */
+  for (size_t i = 0; i < n && !pick; i++) {
+    const uint32_t sz = sizes[i];
+    if (sz < head_dim || sz % head_dim) continue;
+    const uint32_t ratio = sz / head_dim;
+    if ((ratio & (ratio - 1)) == 0 && (ratio & 0x55555555u)) pick = sz;
+  }
+  for (size_t i = 0; i < n && !pick; i++)
+    if (sizes[i] >= head_dim) pick = sizes[i];
+  if (!pick) return RKV_ERR_UNSUPPORTED;
+  *padded = pick;
+  *qscale = (float)sqrt((double)pick / (double)head_dim);
+  return RKV_OK;
+}
 
 typedef struct model_layer {
   float *attn_norm; /* [d] */
@@ -363,8 +386,13 @@ struct rkv_model_runner {
   uint32_t indices_cap;
   void *ws;
   size_t ws_bytes;
-  rkv_model_cuda *cu; /* device half when the pool is on a CUDA backend, else NULL */
-  rkv_exec *exec;     /* when set, the library's executor writes K/V and attends */
+  rkv_exec *exec; /* when set, the library's executor writes K/V and attends */
+  /* device pools: rows padded to dpad (pads stay zero) in pinned staging [q][k][v] and the
+   * attention output, and their DEVICE twins */
+  bool on_device;
+  uint32_t dpad;
+  float qscale;
+  rkv_buffer *stage, *hout, *dq, *dk, *dv, *dout;
   char err[256];
 };
 
@@ -380,7 +408,8 @@ static rkv_status rfail(rkv_model_runner *r, rkv_status s, const char *fmt, ...)
 
 void rkv_model_runner_destroy(rkv_model_runner *r) {
   if (!r) return;
-  rkv_model_cuda_destroy(r->cu); /* waits for the device before the pool goes */
+  rkv_buffer *bufs[] = {r->stage, r->hout, r->dq, r->dk, r->dv, r->dout};
+  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) rkv_buffer_destroy(bufs[i]);
   rkv_qwindow_destroy(r->qw);
   rkv_kv_pool_destroy(r->pool);
   rkv_blockmgr_destroy(r->bm);
@@ -394,6 +423,22 @@ void rkv_model_runner_destroy(rkv_model_runner *r) {
   free(r->last_len);
   free(r->ws);
   free(r);
+}
+
+/* Staging and DEVICE rows for max_rows tokens, padded; fresh pinned memory is zeroed once so
+ * the pads stay zero (only the first head_dim columns are ever written). */
+static rkv_status make_device_rows(rkv_model_runner *r, rkv_backend *be) {
+  const rkv_model_config *c = &r->model->cfg;
+  const size_t R = r->cfg.max_rows, D = r->dpad;
+  const size_t qb = R * (size_t)c->n_heads * D * 4, kb = R * (size_t)c->n_kv_heads * D * 4;
+  rkv_status st = rkv_buffer_create(be, RKV_BUFFER_HOST_PINNED, qb + 2 * kb, &r->stage);
+  if (st == RKV_OK) st = rkv_buffer_create(be, RKV_BUFFER_HOST_PINNED, qb, &r->hout);
+  if (st == RKV_OK) st = rkv_buffer_create(be, RKV_BUFFER_DEVICE, qb, &r->dq);
+  if (st == RKV_OK) st = rkv_buffer_create(be, RKV_BUFFER_DEVICE, kb, &r->dk);
+  if (st == RKV_OK) st = rkv_buffer_create(be, RKV_BUFFER_DEVICE, kb, &r->dv);
+  if (st == RKV_OK) st = rkv_buffer_create(be, RKV_BUFFER_DEVICE, qb, &r->dout);
+  if (st == RKV_OK) memset(rkv_buffer_ptr(r->stage), 0, qb + 2 * kb);
+  return st;
 }
 
 rkv_status rkv_model_runner_create(const rkv_model *model, rkv_backend *backend,
@@ -412,8 +457,9 @@ rkv_status rkv_model_runner_create(const rkv_model *model, rkv_backend *backend,
   r->model = model;
   r->cfg = *cfg;
   rkv_status ret;
-  /* CUDA: the pool's head size is padded to one the kernels take (model.h). */
-  const bool on_cuda = rkv_backend_get_kind(backend) == RKV_BACKEND_CUDA;
+  /* Device: the pool's head size is padded to one the CUDA kernels take (model.h). */
+  const bool on_cuda = !rkv_backend_device_is_host(backend);
+  r->on_device = on_cuda;
   uint32_t pool_head_dim = (uint32_t)c->head_dim;
   float qscale = 1.0f;
   if (on_cuda && rkv_model_cuda_head_dim(pool_head_dim, &pool_head_dim, &qscale) != RKV_OK) {
@@ -486,17 +532,13 @@ rkv_status rkv_model_runner_create(const rkv_model *model, rkv_backend *backend,
     goto fail;
   }
   if (on_cuda) {
-    rkv_model_cuda_config cc;
-    memset(&cc, 0, sizeof cc);
-    cc.num_layers = (uint32_t)c->n_layers;
-    cc.num_q_heads = (uint32_t)c->n_heads;
-    cc.num_kv_heads = (uint32_t)c->n_kv_heads;
-    cc.head_dim = (uint32_t)c->head_dim;
-    cc.max_seqs = cfg->max_seqs;
-    cc.max_rows = cfg->max_rows;
-    cc.qwindow = cfg->qwindow;
-    cc.max_stream_len = cfg->max_stream_len;
-    if ((ret = rkv_model_cuda_create(r->pool, &cc, &r->cu, err, err_len))) goto fail;
+    r->dpad = pool_head_dim;
+    r->qscale = qscale;
+    if ((ret = make_device_rows(r, backend)) != RKV_OK) {
+      msg(err, err_len, "device buffers: %s (%s)", rkv_status_str(ret),
+          rkv_backend_last_error(backend));
+      goto fail;
+    }
     *out = r;
     return RKV_OK;
   }
@@ -537,17 +579,22 @@ rkv_qwindow *rkv_model_runner_qwindow(rkv_model_runner *r) {
   return r ? r->qw : NULL;
 }
 bool rkv_model_runner_on_cuda(const rkv_model_runner *r) {
-  return r && r->cu;
+  return r && r->on_device;
+}
+
+float rkv_model_runner_attn_scale(const rkv_model_runner *r) {
+  if (!r || !r->on_device) return 0.0f;
+  return 1.0f / sqrtf((float)r->model->cfg.head_dim) / r->qscale;
 }
 
 rkv_status rkv_model_runner_evict(rkv_model_runner *r, const rkv_evict_params *ep, int64_t seq,
                                   uint32_t layer, void *workspace, size_t ws_bytes,
                                   rkv_evict_result *res) {
   if (!r) return RKV_ERR_INVALID_ARG;
-  rkv_status s;
-  if (r->cu) return rkv_model_cuda_evict(r->cu, r->bm, ep, seq, layer, res, r->err, sizeof r->err);
-  s = rkv_evict_layer(ep, r->bm, r->pool, r->qw, (uint32_t)r->model->cfg.n_heads, seq, layer,
-                      workspace, ws_bytes, res);
+  if (r->on_device)
+    return rfail(r, RKV_ERR_UNSUPPORTED, "eviction on a device runs in the executor");
+  rkv_status s = rkv_evict_layer(ep, r->bm, r->pool, r->qw, (uint32_t)r->model->cfg.n_heads, seq,
+                                 layer, workspace, ws_bytes, res);
   return s ? rfail(r, s, "%s", rkv_blockmgr_last_error(r->bm)) : RKV_OK;
 }
 
@@ -560,10 +607,6 @@ rkv_status rkv_model_runner_seq_add(rkv_model_runner *r, int64_t seq) {
     if (!r->cfg.external_append) rkv_blockmgr_seq_free(r->bm, seq);
     return rfail(r, s, "qwindow_seq_add(%lld): %s", (long long)seq, rkv_qwindow_last_error(r->qw));
   }
-  if (r->cu && (s = rkv_model_cuda_seq_add(r->cu, seq, r->err, sizeof r->err)) != RKV_OK) {
-    if (!r->cfg.external_append) rkv_blockmgr_seq_free(r->bm, seq);
-    return s;
-  }
   return RKV_OK;
 }
 
@@ -574,7 +617,6 @@ rkv_status rkv_model_runner_seq_remove(rkv_model_runner *r, int64_t seq) {
     rkv_status s2 = rkv_qwindow_seq_remove(r->qw, seq);
     if (s == RKV_OK) s = s2;
   }
-  rkv_model_cuda_seq_remove(r->cu, seq);
   return s ? rfail(r, s, "seq_remove(%lld) failed", (long long)seq) : RKV_OK;
 }
 
@@ -626,6 +668,40 @@ static rkv_status take_slots(rkv_model_runner *r, int64_t seq, int32_t n, int64_
   return RKV_OK;
 }
 
+/* Copies n rows of w floats into rows of stride D (pads untouched), times scale. */
+static void pad_rows(float *dst, const float *src, size_t n, size_t w, size_t D, float scale) {
+  for (size_t i = 0; i < n; i++)
+    for (size_t j = 0; j < w; j++) dst[i * D + j] = src[i * w + j] * scale;
+}
+
+/* One layer on a device: padded rows through pinned staging into DEVICE buffers, the
+ * executor's kernels, the output back (the sync is also what frees the staging for the next
+ * layer). Errors of the transfers read like the executor's. */
+static rkv_status device_layer(rkv_model_runner *r, uint32_t l, int rows) {
+  const rkv_model_config *c = &r->model->cfg;
+  const size_t hd = (size_t)c->head_dim, D = r->dpad, R = r->cfg.max_rows;
+  const size_t qn = (size_t)rows * (size_t)c->n_heads, kn = (size_t)rows * (size_t)c->n_kv_heads;
+  const size_t qcap = R * (size_t)c->n_heads * D * 4, kcap = R * (size_t)c->n_kv_heads * D * 4;
+  unsigned char *st = rkv_buffer_ptr(r->stage);
+  pad_rows((float *)st, r->q, qn, hd, D, r->qscale);
+  pad_rows((float *)(st + qcap), r->k, kn, hd, D, 1.0f);
+  pad_rows((float *)(st + qcap + kcap), r->v, kn, hd, D, 1.0f);
+  rkv_backend *be = rkv_buffer_backend(r->stage);
+  rkv_status s = rkv_buffer_copy(r->dq, 0, r->stage, 0, qn * D * 4);
+  if (!s) s = rkv_buffer_copy(r->dk, 0, r->stage, qcap, kn * D * 4);
+  if (!s) s = rkv_buffer_copy(r->dv, 0, r->stage, qcap + kcap, kn * D * 4);
+  if (s) return rfail(r, s, "layer %u: copy to device: %s", l, rkv_backend_last_error(be));
+  s = rkv_exec_layer(r->exec, l, rkv_buffer_ptr(r->dq), rkv_buffer_ptr(r->dk),
+                     rkv_buffer_ptr(r->dv), rkv_buffer_ptr(r->dout));
+  if (s) return rfail(r, s, "executor layer %u: %s", l, rkv_exec_last_error(r->exec));
+  s = rkv_buffer_copy(r->hout, 0, r->dout, 0, qn * D * 4);
+  if (!s) s = rkv_backend_sync(be);
+  if (s) return rfail(r, s, "layer %u: output to host: %s", l, rkv_backend_last_error(be));
+  const float *o = rkv_buffer_ptr(r->hout);
+  for (size_t i = 0; i < qn; i++) memcpy(r->att + i * hd, o + i * D, hd * sizeof(float));
+  return RKV_OK;
+}
+
 rkv_status rkv_model_runner_step(rkv_model_runner *r, uint32_t n_seqs, const int64_t *seqs,
                                  const int32_t *q_indptr, const int32_t *tokens,
                                  const int32_t *prev_tok, const int32_t *pos0, float *logits,
@@ -668,12 +744,8 @@ rkv_status rkv_model_runner_step(rkv_model_runner *r, uint32_t n_seqs, const int
     return rfail(r, RKV_ERR_NO_BLOCKS, "step: needs %llu blocks, %u free", (unsigned long long)need,
                  st.free_blocks);
 
-  /* CUDA: each sequence's ring slot and first position for this step's query-window pushes
-   * (checked before anything changes). */
-  if (r->cu) {
-    rkv_status s = rkv_model_cuda_begin_step(r->cu, n_seqs, seqs, pos0, r->err, sizeof r->err);
-    if (s) return s;
-  }
+  if (r->on_device && !r->exec)
+    return rfail(r, RKV_ERR_STATE, "step: a runner on a device steps through an executor");
 
   /* Every sequence's slots for its new tokens (blocks checked above); with an executor, its
    * K/V write finds them itself. */
@@ -709,17 +781,16 @@ rkv_status rkv_model_runner_step(rkv_model_runner *r, uint32_t n_seqs, const int
     rope(r->q, r->pos, rows, nh, hd, c->rope_theta);
     rope(r->k, r->pos, rows, nkv, hd, c->rope_theta);
     if (r->exec) {
-      rkv_status s = rkv_exec_layer(r->exec, (uint32_t)l, r->q, r->k, r->v, r->att);
-      if (s) return rfail(r, s, "executor layer %d: %s", l, rkv_exec_last_error(r->exec));
+      rkv_status s = r->on_device ? device_layer(r, (uint32_t)l, rows)
+                                  : rkv_exec_layer(r->exec, (uint32_t)l, r->q, r->k, r->v, r->att);
+      if (s && !r->on_device)
+        return rfail(r, s, "executor layer %d: %s", l, rkv_exec_last_error(r->exec));
+      if (s) return s;
       mlp_block(r, L, rows);
       continue;
     }
     /* Scatter each (sequence, kv head)'s new K/V rows into its stream's slots. */
-    if (r->cu) {
-      rkv_status s = rkv_model_cuda_write_kv(r->cu, (uint32_t)l, n_seqs, q_indptr, r->slots,
-                                             r->streams, r->k, r->v, r->err, sizeof r->err);
-      if (s) return s;
-    } else {
+    {
       for (uint32_t b = 0; b < n_seqs; b++) {
         const int32_t r0 = q_indptr[b], n = q_indptr[b + 1] - r0;
         for (int h = 0; h < nkv; h++) {
@@ -753,14 +824,9 @@ rkv_status rkv_model_runner_step(rkv_model_runner *r, uint32_t n_seqs, const int
     p.qwindow = r->qw;
     p.seq_ids = seqs;
     p.layer = (uint32_t)l;
-    if (r->cu) {
-      s = rkv_model_cuda_attention(r->cu, &p, r->err, sizeof r->err);
-      if (s) return s;
-    } else {
-      s = decode ? rkv_attn_decode(r->pool, &p, r->ws, r->ws_bytes)
-                 : rkv_attn_prefill(r->pool, &p, r->ws, r->ws_bytes);
-      if (s) return rfail(r, s, "attention layer %d: %s", l, rkv_status_str(s));
-    }
+    s = decode ? rkv_attn_decode(r->pool, &p, r->ws, r->ws_bytes)
+               : rkv_attn_prefill(r->pool, &p, r->ws, r->ws_bytes);
+    if (s) return rfail(r, s, "attention layer %d: %s", l, rkv_status_str(s));
     mlp_block(r, L, rows);
   }
 

@@ -143,7 +143,10 @@ uint64_t sim_tp_plan_hash(sim_tp_rank *t, uint64_t k, const rkv_sched_plan *p);
 typedef enum sim_compute {
   SIM_COMPUTE_NONE = 0,
   SIM_COMPUTE_CPU = 1,
-  SIM_COMPUTE_CUDA = 2
+  SIM_COMPUTE_CUDA = 2,
+  /* the cuda engine on the emulated device (<rkv/buffer_emu.h>): its host logic, with the CPU
+   * kernels, on machines without a GPU (tests) */
+  SIM_COMPUTE_EMU = 3
 } sim_compute;
 
 typedef struct sim_engine sim_engine;

@@ -3,17 +3,19 @@
  * budget (which tokens survive does not change any block count). `cpu` runs the library's plan
  * executor (rkv/executor.h) on a CPU KV pool: this file only synthesises each layer's Q/K/V rows
  * (see sim_tokens and docs/SIMULATOR.md) and measures; the executor does swaps, copies, K/V writes,
- * paged attention and compressions. `cuda` (sim_engine_cuda.c, through sim_cuda.h) runs the same
- * step on a GPU with this file's synthesis. */
+ * paged attention and compressions. `cuda` is the same executor over a CUDA KV pool: the rows
+ * are synthesised into pinned staging and copied into DEVICE buffers (<rkv/buffer.h>), and the
+ * executor runs the kernels; `emu` is that engine on the emulated device (the CPU kernels behind
+ * device memory), which tests its host logic without a GPU. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <rkv/buffer_emu.h>
 #include <rkv/executor.h>
 
 #include "rkv_tool.h"
 #include "sim.h"
-#include "sim_cuda.h"
 
 struct sim_engine {
   sim_compute kind;
@@ -34,8 +36,10 @@ struct sim_engine {
   size_t q_cap, k_cap, v_cap, out_cap;
   float *dup_k;
   size_t dup_cap;
-  /* cuda (sim_engine_cuda.c; the synthesis above is shared) */
-  sim_cuda *cuda;
+  /* cuda / emu: pinned staging in two halves (the host fills one layer's rows while the
+   * copies of the previous layer may still be queued) and the DEVICE rows */
+  rkv_buffer *stage, *dq, *dk, *dv, *dout;
+  bool half_busy[2];
 };
 
 static uint64_t mix(uint64_t z) {
@@ -57,7 +61,9 @@ static float gauss(uint64_t *s) {
   return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
-bool sim_grow(void **p, size_t *cap, size_t need, size_t elem) {
+/* Grows *p (realloc, capacity doubling from 64) to hold `need` elements of `elem` bytes;
+ * prints and returns false when out of memory (*p intact). */
+static bool sim_grow(void **p, size_t *cap, size_t need, size_t elem) {
   if (need <= *cap) return true;
   size_t nc = *cap ? *cap : 64;
   while (nc < need) nc *= 2;
@@ -100,7 +106,53 @@ static bool make_exec(sim_engine *e, const sim_model *m, rkv_blockmgr *bm, rkv_k
   xc.evict = *ev;
   char err[256];
   if (rkv_exec_create(&xc, bm, pool, &e->x, err, sizeof err) == RKV_OK) return true;
-  fprintf(stderr, "rkv sim: executor: %s\n", err);
+  if (e->kind == SIM_COMPUTE_CUDA)
+    fprintf(stderr,
+            "rkv sim: --compute cuda: %s (the CUDA kernels take head_dim 64/128/256, block "
+            "size 16/32, window <= 256)\n",
+            err);
+  else
+    fprintf(stderr, "rkv sim: executor: %s\n", err);
+  return false;
+}
+
+/* The backend and KV pool of a computing engine. A missing GPU is one line on stderr. */
+static bool make_pool(sim_engine *e, sim_compute kind, rkv_blockmgr *bm, int threads) {
+  rkv_backend_config bc = RKV_BACKEND_CONFIG_INIT;
+  bc.kind = kind == SIM_COMPUTE_CUDA ? RKV_BACKEND_CUDA : RKV_BACKEND_CPU;
+  bc.num_threads = threads;
+  rkv_status st = kind == SIM_COMPUTE_EMU ? rkv_backend_create_emulated(&bc, &e->be)
+                                          : rkv_backend_create(&bc, &e->be);
+  if (st != RKV_OK && kind == SIM_COMPUTE_CUDA) {
+    fprintf(stderr,
+            rkv_build_has_cuda()
+                ? "rkv sim: --compute cuda: no usable GPU (CUDA backend: %s); use --compute cpu "
+                  "or none\n"
+                : "rkv sim: --compute cuda: this build of rkv has no CUDA (configure with nvcc "
+                  "available and RKV_ENABLE_CUDA=ON); use --compute cpu or none (%s)\n",
+            rkv_status_str(st));
+    return false;
+  }
+  rkv_kv_layout lay = rkv_blockmgr_kv_layout(bm);
+  const rkv_blockmgr_config *c = rkv_blockmgr_get_config(bm);
+  if (st == RKV_OK) st = rkv_kv_pool_create(e->be, &lay, c->num_blocks, &e->pool);
+  if (st == RKV_OK) return true;
+  fprintf(stderr, "rkv sim: %s KV pool of %u blocks (%.3f GiB): %s (%s)\n",
+          kind == SIM_COMPUTE_CUDA ? "GPU" : "CPU", c->num_blocks,
+          (double)c->num_blocks * (double)rkv_kv_block_bytes(&lay) / 1073741824.0,
+          rkv_status_str(st), e->be ? rkv_backend_last_error(e->be) : "");
+  return false;
+}
+
+/* The device engines' transfer buffers, empty until the first step sizes them. */
+static bool make_device_rows(sim_engine *e) {
+  rkv_buffer **dev[] = {&e->dq, &e->dk, &e->dv, &e->dout};
+  rkv_status st = rkv_buffer_create(e->be, RKV_BUFFER_HOST_PINNED, 0, &e->stage);
+  for (size_t i = 0; i < 4 && st == RKV_OK; i++)
+    st = rkv_buffer_create(e->be, RKV_BUFFER_DEVICE, 0, dev[i]);
+  if (st == RKV_OK) return true;
+  fprintf(stderr, "rkv sim: device buffers: %s (%s)\n", rkv_status_str(st),
+          rkv_backend_last_error(e->be));
   return false;
 }
 
@@ -118,41 +170,13 @@ bool sim_engine_create(sim_compute kind, const sim_model *m, rkv_blockmgr *bm,
   e->seed = seed;
   e->reqs = reqs;
   e->n_reqs = n_reqs;
-  if (kind == SIM_COMPUTE_NONE) {
-    if (!make_exec(e, m, bm, NULL, ev, host_blocks, max_seqs)) {
-      sim_engine_destroy(e);
-      return false;
-    }
-    *out = e;
-    return true;
-  }
-  if (kind == SIM_COMPUTE_CUDA) {
-    if (!sim_cuda_create(e, m, bm, ev, host_blocks, max_seqs, &e->times, &e->cuda) ||
-        !make_tables(e, m, seed, n_reqs)) {
-      sim_engine_destroy(e);
-      return false;
-    }
-    *out = e;
-    return true;
-  }
-  rkv_backend_config bc = RKV_BACKEND_CONFIG_INIT;
-  bc.kind = RKV_BACKEND_CPU;
-  bc.num_threads = threads;
-  rkv_status st = rkv_backend_create(&bc, &e->be);
-  rkv_kv_layout lay = rkv_blockmgr_kv_layout(bm);
-  const rkv_blockmgr_config *c = rkv_blockmgr_get_config(bm);
-  if (st == RKV_OK) st = rkv_kv_pool_create(e->be, &lay, c->num_blocks, &e->pool);
-  if (st != RKV_OK) {
-    fprintf(stderr, "rkv sim: CPU KV pool of %u blocks: %s (%s)\n", c->num_blocks,
-            rkv_status_str(st), e->be ? rkv_backend_last_error(e->be) : "");
-    sim_engine_destroy(e);
-    return false;
-  }
-  if (!make_exec(e, m, bm, e->pool, ev, host_blocks, max_seqs)) {
-    sim_engine_destroy(e);
-    return false;
-  }
-  if (!make_tables(e, m, seed, n_reqs)) {
+  const bool ok = kind == SIM_COMPUTE_NONE
+                      ? make_exec(e, m, bm, NULL, ev, host_blocks, max_seqs)
+                      : make_pool(e, kind, bm, threads) &&
+                            (kind == SIM_COMPUTE_CPU || make_device_rows(e)) &&
+                            make_exec(e, m, bm, e->pool, ev, host_blocks, max_seqs) &&
+                            make_tables(e, m, seed, n_reqs);
+  if (!ok) {
     sim_engine_destroy(e);
     return false;
   }
@@ -174,9 +198,10 @@ void sim_engine_destroy(sim_engine *e) {
   free(e->out);
   free(e->dup_k);
   rkv_exec_destroy(e->x);
+  rkv_buffer *bufs[] = {e->stage, e->dq, e->dk, e->dv, e->dout};
+  for (size_t i = 0; i < 5; i++) rkv_buffer_destroy(bufs[i]);
   rkv_kv_pool_destroy(e->pool);
   rkv_backend_destroy(e->be);
-  sim_cuda_destroy(e->cuda);
   free(e);
 }
 
@@ -279,7 +304,8 @@ static bool exec_ok(const sim_engine *e, rkv_status st, const char *what) {
 }
 
 /* One layer's synthetic rows for the whole plan, token-major as the executor takes them. */
-static bool synth_layer(sim_engine *e, const rkv_sched_plan *p, uint32_t l) {
+static bool synth_layer(sim_engine *e, const rkv_sched_plan *p, uint32_t l, float *qr, float *k,
+                        float *v) {
   const size_t d = e->m.head_dim, Hkv = e->m.kv_heads, Hq = e->m.q_heads;
   size_t r = 0;
   for (uint32_t i = 0; i < p->n_seqs; i++) {
@@ -289,11 +315,18 @@ static bool synth_layer(sim_engine *e, const rkv_sched_plan *p, uint32_t l) {
     for (uint32_t t = 0; t < q->n_tokens; t++, r++) {
       const int64_t pos = q->pos + t;
       for (uint32_t h = 0; h < Hkv; h++)
-        make_kv(e, q->id, pos, tk[pos], l, h, e->k + (r * Hkv + h) * d, e->v + (r * Hkv + h) * d);
-      make_q(e, q->id, pos, tk[pos], l, e->q + r * Hq * d);
+        make_kv(e, q->id, pos, tk[pos], l, h, k + (r * Hkv + h) * d, v + (r * Hkv + h) * d);
+      make_q(e, q->id, pos, tk[pos], l, qr + r * Hq * d);
     }
   }
   return true;
+}
+
+static void sim_engine_drop_tokens(sim_engine *e, int64_t id) {
+  if (id >= 0 && (uint64_t)id < e->n_reqs) {
+    free(e->tokens[id]);
+    e->tokens[id] = NULL;
+  }
 }
 
 static bool run_cpu(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *outs) {
@@ -309,7 +342,7 @@ static bool run_cpu(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *ou
     return false;
   for (uint32_t l = 0; l < e->m.layers && rows; l++) {
     double t1 = rkv_tool_now();
-    if (!synth_layer(e, p, l)) return false;
+    if (!synth_layer(e, p, l, e->q, e->k, e->v)) return false;
     double t2 = rkv_tool_now();
     e->times.kv_synth += t2 - t1;
     if (!exec_ok(e, rkv_exec_layer(e->x, l, e->q, e->k, e->v, e->out), "executor layer"))
@@ -328,12 +361,84 @@ static bool run_cpu(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *ou
   return true;
 }
 
+static bool dev_ok(const sim_engine *e, rkv_status st, const char *what) {
+  if (st == RKV_OK) return true;
+  fprintf(stderr, "rkv sim: %s: %s (%s)\n", what, rkv_status_str(st),
+          rkv_backend_last_error(e->be));
+  return false;
+}
+
+/* One layer on a device: rows synthesised into a free half of the pinned arena, copied into the
+ * DEVICE rows, handed to the executor (which enqueues its kernels and returns). */
+static bool device_layer(sim_engine *e, const rkv_sched_plan *p, uint32_t l, size_t qb, size_t kb) {
+  const uint32_t h = l & 1;
+  if (e->half_busy[h]) { /* its copies from two layers ago must have run */
+    if (!dev_ok(e, rkv_backend_sync(e->be), "stream sync")) return false;
+    e->half_busy[0] = e->half_busy[1] = false;
+  }
+  const size_t off = h * (qb + 2 * kb);
+  unsigned char *st = (unsigned char *)rkv_buffer_ptr(e->stage) + off;
+  const double t0 = rkv_tool_now();
+  if (!synth_layer(e, p, l, (float *)st, (float *)(st + qb), (float *)(st + qb + kb))) return false;
+  const double t1 = rkv_tool_now();
+  e->times.kv_synth += t1 - t0;
+  if (!dev_ok(e, rkv_buffer_copy(e->dq, 0, e->stage, off, qb), "copy to device") ||
+      !dev_ok(e, rkv_buffer_copy(e->dk, 0, e->stage, off + qb, kb), "copy to device") ||
+      !dev_ok(e, rkv_buffer_copy(e->dv, 0, e->stage, off + qb + kb, kb), "copy to device"))
+    return false;
+  e->half_busy[h] = true;
+  bool ok = exec_ok(e,
+                    rkv_exec_layer(e->x, l, rkv_buffer_ptr(e->dq), rkv_buffer_ptr(e->dk),
+                                   rkv_buffer_ptr(e->dv), rkv_buffer_ptr(e->dout)),
+                    "executor layer");
+  e->times.attn += rkv_tool_now() - t1;
+  return ok;
+}
+
+/* Sizes the transfer buffers for a plan (growth waits for the stream: first steps only). */
+static bool device_reserve(sim_engine *e, size_t qb, size_t kb) {
+  const size_t need[] = {2 * (qb + 2 * kb), qb, kb, kb, qb};
+  rkv_buffer *b[] = {e->stage, e->dq, e->dk, e->dv, e->dout};
+  for (size_t i = 0; i < 5; i++) {
+    if (need[i] <= rkv_buffer_size(b[i])) continue;
+    size_t n = 65536;
+    while (n < need[i]) n *= 2;
+    if (!dev_ok(e, rkv_buffer_reserve(b[i], n), "device buffer")) return false;
+  }
+  e->half_busy[0] = e->half_busy[1] = false; /* a growth synchronised */
+  return true;
+}
+
+/* cuda / emu: the executor over a device pool; the model's rows travel through pinned
+ * staging. The stream is synchronised after the forward pass (so the attention time is a wall
+ * time that includes the GPU work) and by finish. */
+static bool run_device(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *outs) {
+  for (uint32_t i = 0; i < p->n_finished; i++) sim_engine_drop_tokens(e, p->finished[i]);
+  double t0 = rkv_tool_now();
+  if (!exec_ok(e, rkv_exec_begin(e->x, p), "executor begin")) return false;
+  e->times.swap += rkv_tool_now() - t0;
+  const size_t rows = p->n_batched_tokens, d = e->m.head_dim;
+  const size_t qb = rows * e->m.q_heads * d * sizeof(float);
+  const size_t kb = rows * e->m.kv_heads * d * sizeof(float);
+  if (rows && !device_reserve(e, qb, kb)) return false;
+  for (uint32_t l = 0; l < e->m.layers && rows; l++)
+    if (!device_layer(e, p, l, qb, kb)) return false;
+  const double t1 = rkv_tool_now();
+  if (!dev_ok(e, rkv_backend_sync(e->be), "forward (stream sync)")) return false;
+  e->half_busy[0] = e->half_busy[1] = false;
+  const double t2 = rkv_tool_now();
+  e->times.attn += t2 - t1;
+  if (!exec_ok(e, rkv_exec_finish(e->x, outs, p->n_seqs), "executor finish")) return false;
+  e->times.evict += rkv_tool_now() - t2;
+  return true;
+}
+
 bool sim_engine_run(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *outs) {
   for (uint32_t i = 0; i < p->n_seqs; i++) {
     memset(&outs[i], 0, sizeof outs[i]);
     outs[i].id = p->seqs[i].id;
   }
-  if (e->cuda) return sim_cuda_run(e->cuda, p, outs);
+  if (e->kind == SIM_COMPUTE_CUDA || e->kind == SIM_COMPUTE_EMU) return run_device(e, p, outs);
   if (e->kind != SIM_COMPUTE_NONE) return run_cpu(e, p, outs);
   double t0 = rkv_tool_now();
   if (!exec_ok(e, rkv_exec_begin(e->x, p), "executor begin")) return false;
@@ -342,27 +447,4 @@ bool sim_engine_run(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *ou
   if (!exec_ok(e, rkv_exec_finish(e->x, outs, p->n_seqs), "executor finish")) return false;
   e->times.evict += rkv_tool_now() - t1;
   return true;
-}
-
-/* ---- the synthesis, for the cuda engine (sim_cuda.h) ------------------------------------ */
-
-const int32_t *sim_engine_tokens(sim_engine *e, int64_t id) {
-  return tokens_of(e, id);
-}
-
-void sim_engine_drop_tokens(sim_engine *e, int64_t id) {
-  if (id >= 0 && (uint64_t)id < e->n_reqs) {
-    free(e->tokens[id]);
-    e->tokens[id] = NULL;
-  }
-}
-
-void sim_engine_make_kv(const sim_engine *e, int64_t id, int64_t pos, int32_t tok, uint32_t l,
-                        uint32_t h, float *k, float *v) {
-  make_kv(e, id, pos, tok, l, h, k, v);
-}
-
-void sim_engine_make_q(const sim_engine *e, int64_t id, int64_t pos, int32_t tok, uint32_t l,
-                       float *q) {
-  make_q(e, id, pos, tok, l, q);
 }

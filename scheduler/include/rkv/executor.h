@@ -17,13 +17,29 @@
  * Rows: the plan's sequences in plan order, n_tokens rows each (decodes first, then prefill
  * chunks): rows = plan->n_batched_tokens. q and out are [rows][num_q_heads][head_dim], k and v
  * [rows][num_kv_heads][head_dim], f32, post-RoPE, token-major (what a QKV projection yields);
- * host pointers on a CPU pool. An empty plan (n_seqs 0) is still begun and finished: it may
- * carry finished ids, forks and swaps.
+ * host pointers on a CPU pool, DEVICE pointers (rkv_buffer memory of the pool's backend) on a
+ * device pool. An empty plan (n_seqs 0) is still begun and finished: it may carry finished ids,
+ * forks and swaps.
+ *
+ * Device pools (CUDA, or the emulated device of <rkv/buffer_emu.h>; docs/ARCHITECTURE.md,
+ * "The executor on a device"): the executor keeps the table mirror on the device too, brought
+ * up to date by begin with uploads of only the entries that changed, plus one upload of the
+ * step's metadata through a pinned arena; each layer enqueues the K/V write, paged attention,
+ * the push into a device query-window ring and H2O mass on the backend's stream without
+ * waiting; finish cuts the flagged sequences on the host and compresses all of them with one
+ * batched device launch per parameter set (rkv/evict_cuda.h), then synchronises the stream
+ * once. out is therefore readable by the device right after rkv_exec_layer (stream order) and
+ * by the host after rkv_backend_sync or rkv_exec_finish. With shared blocks (forks) a device
+ * compression takes fresh blocks for every shared leading block (within the scheduler's
+ * reservation), so its freed-block counts may differ from a CPU pool's.
  *
  * Memory the executor owns (all allocated at create, through the config's allocator): the
  * table mirror [max_seqs][streams][max_blocks_per_stream] + lengths, the query window (when
  * the default policy scores with queries; rkv_exec_qwindow_bytes_per_seq), the host swap pool
- * (host_blocks blocks), and step scratch that grows with the largest plan seen.
+ * (host_blocks blocks), and step scratch that grows with the largest plan seen. On a device
+ * pool also rkv_buffers of the pool's backend: the device mirror, the query-window ring (one
+ * slot per scheduled sequence, doubled when swapped-out sequences hold theirs), a pinned
+ * staging arena and workspaces, grown in the first steps of a run.
  *
  * Errors: every call returns rkv_status with text in rkv_exec_last_error. A failed begin or
  * layer call changes nothing it has not validated (validation runs first); a compression is
@@ -67,8 +83,9 @@ typedef struct rkv_exec_config {
  * and not required), and a flagged compression cuts every stream to the budget with
  * rkv_blockmgr_compact_uniform: for simulators, capacity planning and host-cost benchmarks. Layers,
  * kv heads, head_dim, block size and dtype come from the block manager and must match the pool.
- * RKV_ERR_INVALID_ARG (text in err), RKV_ERR_NO_MEMORY, RKV_ERR_UNSUPPORTED (a pool on a backend
- * this release's executor does not drive yet: CUDA). *out = NULL on failure. */
+ * RKV_ERR_INVALID_ARG (text in err), RKV_ERR_NO_MEMORY, RKV_ERR_UNSUPPORTED (a CUDA pool whose
+ * head_dim / block size / dtype lies outside the CUDA kernels' set, or a query window over
+ * 256 rows), RKV_ERR_CUDA (device memory). *out = NULL on failure. */
 RKV_API rkv_status rkv_exec_create(const rkv_exec_config *cfg, rkv_blockmgr *m, rkv_kv_pool *pool,
                                    rkv_exec **out, char *err, size_t err_len);
 /* Accepts NULL. */

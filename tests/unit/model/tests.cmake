@@ -96,8 +96,7 @@ set_tests_properties(model_eval_simple_loop PROPERTIES SKIP_RETURN_CODE 77 TIMEO
 # model_eval_cuda (label gpu): `rkv eval --backend cuda` on the smoke weights, each run repeated
 # on the CPU backend (--compare-cpu: equal accuracies or exit 3). Skips (77) without CUDA in the
 # build or without a usable GPU; under RKV_REQUIRE_GPU_TESTS (gpu preset) a skip fails. The
-# runner's CUDA half is linked into model_test_forward too (that test stays on the CPU).
-target_sources(model_test_forward PRIVATE ${PROJECT_SOURCE_DIR}/tools/rkv/model_cuda.c)
+# runner on a device steps through the library's executor (its CUDA path).
 add_test(NAME model_eval_cuda
          COMMAND rkv eval --backend cuda --compare-cpu --model ${_model_dir}/data/smoke.safetensors
                  --digits 1-3 --problems 20 --policies full,rkv,streaming --budgets 32 --buffer 8

@@ -77,3 +77,4 @@ add_test(NAME scheduler_sim_empty_plans_free_windows
          COMMAND $<TARGET_FILE:rkv> sim --requests 8 --max-seqs 4 --policy rkv --quiet)
 set_tests_properties(scheduler_sim_empty_plans_free_windows PROPERTIES TIMEOUT 120
                      LABELS "unit;scheduler" PASS_REGULAR_EXPRESSION "rkv +[0-9.]+ +[0-9.]+ +[0-9]+ +[0-9]+ +8/8")
+

@@ -1,13 +1,15 @@
 #!/bin/sh
-# Checks of `rkv sim --compute cuda` (tools/rkv/sim_engine_cuda.c), run by ctest
-# (tests/integration/simcuda/tests.cmake).
+# Checks of `rkv sim --compute cuda|emu` (the executor over a device pool: tools/rkv/sim_engine.c,
+# scheduler/src/exec_device.c), run by ctest (tests/integration/simdevice/tests.cmake).
 #   nogpu: without a usable GPU (or in a build without CUDA) the engine must refuse with one
 #          clear line on stderr, exit 1 and print no table; where a GPU is usable it skips (77).
 #   match: with a GPU, the scheduling results (steps, batch, preemptions, compressions, evicted
 #          tokens, freed blocks, ...) of --compute cuda must equal those of --compute cpu for
 #          the same workload: the scheduler only sees block counts, which do not depend on the
 #          backend. Skips (77) without a GPU unless RKV_TEST_REQUIRE_GPU=1.
-# usage: sim_cuda_check.sh PATH/TO/rkv nogpu|match
+#   emu:   the same comparison with --compute emu (the cuda engine's host logic on the emulated
+#          device, the CPU kernels behind device memory): runs everywhere.
+# usage: sim_device_check.sh PATH/TO/rkv nogpu|match|emu
 set -u
 rkv=$1
 mode=$2
@@ -49,7 +51,7 @@ field() { grep -o "\"$2\": [a-z0-9.e+-]*" "$1" | sed 's/^[^:]*: //'; }
 if [ "$mode" = nogpu ]; then
   run nogpu --compute cuda --policy full,rkv
   if [ "$rc" -eq 0 ]; then
-    skip "a GPU is usable here (simcuda_sim_gpu_matches_cpu covers it)"
+    skip "a GPU is usable here (sim_cuda_gpu_matches_cpu covers it)"
   fi
   cat "$tmp/nogpu.err"
   [ "$rc" -eq 1 ] && ok "exit status 1" || bad "exit status $rc, want 1"
@@ -70,8 +72,10 @@ if [ "$mode" = nogpu ]; then
   finish
 fi
 
-[ "$mode" = match ] || {
-  echo "usage: $0 RKV nogpu|match"
+dev=cuda
+[ "$mode" = emu ] && dev=emu
+[ "$mode" = match ] || [ "$mode" = emu ] || {
+  echo "usage: $0 RKV nogpu|match|emu"
   exit 2
 }
 
@@ -83,12 +87,12 @@ for cfg in "--policy full,rkv --pool-blocks 256 --admission optimistic" \
   "--policy full,rkv,snapkv,streaming,h2o --pool-blocks 256 --admission optimistic --preempt swap"; do
   i=$((i + 1))
   # shellcheck disable=SC2086
-  run cuda$i --compute cuda --json $cfg
+  run cuda$i --compute $dev --json $cfg
   if [ "$rc" -ne 0 ]; then
     if grep -Eq -e "$NOGPU_RE" "$tmp/cuda$i.err"; then
       skip "$(cat "$tmp/cuda$i.err")"
     fi
-    bad "config $i: --compute cuda failed ($rc): $(cat "$tmp/cuda$i.err")"
+    bad "config $i: --compute $dev failed ($rc): $(cat "$tmp/cuda$i.err")"
     continue
   fi
   # shellcheck disable=SC2086
@@ -97,15 +101,15 @@ for cfg in "--policy full,rkv --pool-blocks 256 --admission optimistic" \
     bad "config $i: --compute cpu failed ($rc): $(cat "$tmp/cpu$i.err")"
     continue
   fi
-  grep -q '"compute": "cuda"' "$tmp/cuda$i.out" && ok "config $i: ran on cuda" ||
-    bad "config $i: JSON does not say compute cuda"
+  grep -q "\"compute\": \"$dev\"" "$tmp/cuda$i.out" && ok "config $i: ran on $dev" ||
+    bad "config $i: JSON does not say compute $dev"
   for k in $KEYS; do
     a=$(field "$tmp/cuda$i.out" "$k" | tr '\n' ' ')
     b=$(field "$tmp/cpu$i.out" "$k" | tr '\n' ' ')
     if [ -n "$b" ] && [ "$a" = "$b" ]; then
       ok "config $i: $k [$a]"
     else
-      bad "config $i: $k cuda [$a] != cpu [$b]"
+      bad "config $i: $k $dev [$a] != cpu [$b]"
     fi
   done
   # the comparison must cover what it claims: preemptions and compressions happened

@@ -1,0 +1,816 @@
+/* The executor's device path (exec_device.h): the table mirror, the step metadata, the
+ * query-window ring and the workspaces live in rkv_buffer objects of the pool's backend, and
+ * every kernel reads device memory.
+ *
+ * One step, in stream order, with one sync at its end:
+ *   begin   the pinned arena gets the step metadata (per-sequence mirror row, lockstep
+ *           lengths, row ranges, ring slots, first positions) and the rows of the mirror
+ *           entries the host rewrote (nothing else: a decode step between block boundaries
+ *           uploads no row), then one copy per piece;
+ *   layer   K/V write through the device rows, paged attention (decode group, prefill
+ *           group), one query-window push for the whole batch (H2O mass rides on attention);
+ *   finish  every flagged compression is cut on the host (rkv_blockmgr_compact_uniform), its
+ *           descriptors packed into the arena and launched as one rkv_evict_cuda_compress per
+ *           parameter set; then the sync that frees the arena for the next step.
+ * On the emulated device (<rkv/buffer_emu.h>) the pool is a CPU pool: the kernels are the CPU
+ * ones on the host bytes rkv_emu_view returns for each device range, and the two kernels the
+ * library has only for CUDA (ring push, batched compression) have host twins below that
+ * follow their documented semantics. The host logic is the same code on both. */
+#include <string.h>
+
+#include <rkv/attention_cuda.h>
+#include <rkv/buffer.h>
+#include <rkv/buffer_emu.h>
+#include <rkv/evict_cuda.h>
+
+#include "exec_device.h"
+#include "rkv_internal.h"
+
+#define XALIGN ((size_t)RKV_BUFFER_ALIGN)
+
+struct rkvi_xdev {
+  rkvi_xdev_config c;
+  rkv_backend *be;
+  bool emu; /* kernels are host twins over rkv_emu_view */
+  /* device state */
+  rkv_buffer *rows;  /* [nidx][S][stride] int32 */
+  rkv_buffer *lens;  /* [nidx][S] int32 */
+  rkv_buffer *meta;  /* the step metadata (layout: off_*) */
+  rkv_buffer *ring;  /* [slots][L][Hq][window][d] f32, or NULL */
+  rkv_buffer *ws;    /* attention workspace */
+  rkv_buffer *ev;    /* packed compression descriptors */
+  rkv_buffer *evws;  /* compression workspace (CUDA) */
+  rkv_buffer *stage; /* pinned arena: the step's uploads */
+  bool in_flight;    /* copies from the arena were enqueued since the last sync */
+  /* ring slots: the sequence holding each and its newest pushed position */
+  uint32_t slots;
+  int64_t *slot_seq, *slot_last;
+  /* marked mirror entries */
+  uint8_t *marked; /* [nidx] */
+  int32_t *mlist;  /* [nidx] */
+  uint32_t n_marked;
+  /* the open step */
+  const rkv_sched_plan *plan;
+  uint32_t stride;
+  bool lockstep, h2o;
+  size_t off_seq_row, off_blen, off_all, off_qi, off_slot, off_pos;
+  int32_t *hslot; /* [max_seqs] */
+  /* compression scratch (host), grown */
+  rkv_compact_map *maps;
+  rkv_evict_cuda_stream *streams;
+  int32_t *old, *newb, *freed;
+  size_t maps_cap, streams_cap, old_cap, newb_cap, freed_cap; /* elements */
+  char err[RKV_ERRBUF];
+};
+
+static size_t up(size_t x) {
+  return (x + XALIGN - 1) & ~(XALIGN - 1);
+}
+
+static bool needs_queries(rkv_evict_policy p) {
+  return p == RKV_EVICT_RKV || p == RKV_EVICT_SNAPKV;
+}
+
+static rkv_status be_fail(rkvi_xdev *d, rkv_status st, const char *what) {
+  return rkvi_fail(d->err, st, "%s: %s (%s)", what, rkv_status_str(st),
+                   rkv_backend_last_error(d->be));
+}
+
+bool rkvi_xdev_wanted(const rkv_kv_pool *pool) {
+  return pool && !rkv_backend_device_is_host(rkv_kv_pool_backend(pool));
+}
+
+const char *rkvi_xdev_last_error(const rkvi_xdev *d) {
+  return d ? d->err : "";
+}
+
+bool rkvi_xdev_has_window(const rkvi_xdev *d) {
+  return d && d->ring;
+}
+
+/* Grows a host scratch array to hold `need` elements (contents kept). */
+static rkv_status hgrow(rkvi_xdev *d, void **p, size_t *cap, size_t need, size_t elem) {
+  if (need <= *cap) return RKV_OK;
+  size_t nc = *cap ? *cap : 64;
+  while (nc < need) nc *= 2;
+  void *n = rkvi_realloc(d->c.al, *p, *cap * elem, nc * elem, 16);
+  if (!n)
+    return rkvi_fail(d->err, RKV_ERR_NO_MEMORY, "device path: host scratch of %zu bytes",
+                     nc * elem);
+  *p = n;
+  *cap = nc;
+  return RKV_OK;
+}
+
+/* Grows a buffer to at least `need` bytes, to a power of two (growth waits for the stream:
+ * it happens in the first steps of a run only). */
+static rkv_status bgrow(rkvi_xdev *d, rkv_buffer *b, size_t need, const char *what) {
+  if (need <= rkv_buffer_size(b)) return RKV_OK;
+  size_t n = 4096;
+  while (n < need) n *= 2;
+  rkv_status st = rkv_buffer_reserve(b, n);
+  return st == RKV_OK ? RKV_OK : be_fail(d, st, what);
+}
+
+/* The host address of device range [p, p + bytes) for a host twin of a kernel (the emulated
+ * device), or p itself for a real kernel. */
+static rkv_status dev_at(rkvi_xdev *d, const void *p, size_t bytes, void **out) {
+  if (!d->emu || !p || !bytes) {
+    *out = (void *)p;
+    return RKV_OK;
+  }
+  rkv_status st = rkv_emu_view(d->be, p, bytes, out);
+  return st == RKV_OK ? RKV_OK : be_fail(d, st, "device access");
+}
+
+static size_t ring_slot_elems(const rkvi_xdev *d) {
+  return (size_t)d->c.L * d->c.Hq * d->c.window * d->c.d;
+}
+
+/* ---- create / destroy -------------------------------------------------------------------- */
+
+void rkvi_xdev_destroy(rkvi_xdev *d) {
+  if (!d) return;
+  const rkv_allocator *a = d->c.al;
+  rkv_buffer *bufs[] = {d->rows, d->lens, d->meta, d->ring, d->ws, d->ev, d->evws, d->stage};
+  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) rkv_buffer_destroy(bufs[i]);
+  rkvi_free(a, d->slot_seq, d->slots * sizeof(int64_t));
+  rkvi_free(a, d->slot_last, d->slots * sizeof(int64_t));
+  rkvi_free(a, d->marked, d->c.nidx);
+  rkvi_free(a, d->mlist, d->c.nidx * sizeof(int32_t));
+  rkvi_free(a, d->hslot, d->c.max_seqs * sizeof(int32_t));
+  rkvi_free(a, d->maps, d->maps_cap * sizeof *d->maps);
+  rkvi_free(a, d->streams, d->streams_cap * sizeof *d->streams);
+  rkvi_free(a, d->old, d->old_cap * sizeof(int32_t));
+  rkvi_free(a, d->newb, d->newb_cap * sizeof(int32_t));
+  rkvi_free(a, d->freed, d->freed_cap * sizeof(int32_t));
+  rkvi_free(a, d, sizeof *d);
+}
+
+/* The kernels' closed set, checked once so that no step fails on a shape. */
+static rkv_status check_cuda_shape(const rkvi_xdev_config *c, char *err, size_t len) {
+  const rkv_kv_layout *l = rkv_kv_pool_layout(c->pool);
+  char why[RKV_ERRBUF] = "";
+  if (rkv_attn_cuda_supported(l->head_dim, l->block_size, l->dtype, why, sizeof why) != RKV_OK)
+    return rkvi_failn(err, len, RKV_ERR_UNSUPPORTED, "rkv_exec_create: %s", why);
+  if (c->window > 256)
+    return rkvi_failn(err, len, RKV_ERR_UNSUPPORTED,
+                      "rkv_exec_create: query window %u > 256 (the CUDA eviction's limit)",
+                      c->window);
+  return RKV_OK;
+}
+
+static rkv_status make_buffers(rkvi_xdev *d) {
+  rkv_buffer **dev[] = {&d->rows, &d->lens, &d->meta, &d->ws, &d->ev, &d->evws};
+  for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
+    RKV_TRY(rkv_buffer_create(d->be, RKV_BUFFER_DEVICE, 0, dev[i]));
+  RKV_TRY(rkv_buffer_create(d->be, RKV_BUFFER_HOST_PINNED, 0, &d->stage));
+  RKV_TRY(rkv_buffer_reserve(d->lens, (size_t)d->c.nidx * d->c.S * sizeof(int32_t)));
+  if (!d->c.window) return RKV_OK;
+  size_t bytes = ring_slot_elems(d) * sizeof(float) * d->slots;
+  RKV_TRY(rkv_buffer_create(d->be, RKV_BUFFER_DEVICE, bytes, &d->ring));
+  return RKV_OK;
+}
+
+rkv_status rkvi_xdev_create(const rkvi_xdev_config *cfg, rkvi_xdev **out, char *err,
+                            size_t err_len) {
+  *out = NULL;
+  const bool emu = rkv_backend_is_emulated(rkv_kv_pool_backend(cfg->pool));
+  if (!emu) RKV_TRY(check_cuda_shape(cfg, err, err_len));
+  rkvi_xdev *d = rkvi_calloc(cfg->al, sizeof *d, 16);
+  if (!d) return rkvi_failn(err, err_len, RKV_ERR_NO_MEMORY, "rkv_exec_create: out of memory");
+  d->c = *cfg;
+  d->be = rkv_kv_pool_backend(cfg->pool);
+  d->emu = emu;
+  /* One ring slot per scheduled sequence to start with; swapped-out sequences keep theirs, so
+   * the ring doubles when a start finds none free. */
+  d->slots = cfg->window ? cfg->max_seqs : 0;
+  d->slot_seq = rkvi_alloc(cfg->al, (d->slots + 1) * sizeof(int64_t), 16);
+  d->slot_last = rkvi_alloc(cfg->al, (d->slots + 1) * sizeof(int64_t), 16);
+  d->marked = rkvi_calloc(cfg->al, cfg->nidx, 16);
+  d->mlist = rkvi_alloc(cfg->al, cfg->nidx * sizeof(int32_t), 16);
+  d->hslot = rkvi_alloc(cfg->al, cfg->max_seqs * sizeof(int32_t), 16);
+  rkv_status st = RKV_ERR_NO_MEMORY;
+  if (d->slot_seq && d->slot_last && d->marked && d->mlist && d->hslot) st = make_buffers(d);
+  if (st != RKV_OK) {
+    rkvi_failn(err, err_len, st, "rkv_exec_create: device state: %s (%s)", rkv_status_str(st),
+               rkv_backend_last_error(d->be));
+    rkvi_xdev_destroy(d);
+    return st;
+  }
+  for (uint32_t i = 0; i < d->slots; i++) d->slot_seq[i] = d->slot_last[i] = -1;
+  *out = d;
+  return RKV_OK;
+}
+
+size_t rkvi_xdev_memory_bytes(const rkvi_xdev *d) {
+  if (!d) return 0;
+  const rkv_buffer *b[] = {d->rows, d->lens, d->meta, d->ring, d->ws, d->ev, d->evws, d->stage};
+  size_t n = 0;
+  for (size_t i = 0; i < sizeof b / sizeof b[0]; i++) n += b[i] ? rkv_buffer_size(b[i]) : 0;
+  return n + (size_t)d->slots * 16 + (size_t)d->c.nidx * 5;
+}
+
+/* ---- ring slots (the device twin of rkv_qwindow_seq_add / _remove / _fork) -------------- */
+
+static int32_t slot_find(const rkvi_xdev *d, int64_t id) {
+  for (uint32_t i = 0; i < d->slots; i++)
+    if (d->slot_seq[i] == id) return (int32_t)i;
+  return -1;
+}
+
+/* Doubles the ring (its contents move with it: slots keep their offsets). */
+static rkv_status ring_grow(rkvi_xdev *d) {
+  const uint32_t ns = d->slots * 2;
+  int64_t *seq = rkvi_realloc(d->c.al, d->slot_seq, (d->slots + 1) * sizeof(int64_t),
+                              (ns + 1) * sizeof(int64_t), 16);
+  if (!seq) return rkvi_fail(d->err, RKV_ERR_NO_MEMORY, "query-window ring: slot table");
+  d->slot_seq = seq;
+  int64_t *last = rkvi_realloc(d->c.al, d->slot_last, (d->slots + 1) * sizeof(int64_t),
+                               (ns + 1) * sizeof(int64_t), 16);
+  if (!last) return rkvi_fail(d->err, RKV_ERR_NO_MEMORY, "query-window ring: slot table");
+  d->slot_last = last;
+  rkv_status st = rkv_buffer_reserve(d->ring, ring_slot_elems(d) * sizeof(float) * ns);
+  if (st != RKV_OK) return be_fail(d, st, "query-window ring growth");
+  for (uint32_t i = d->slots; i < ns; i++) d->slot_seq[i] = d->slot_last[i] = -1;
+  d->slots = ns;
+  return RKV_OK;
+}
+
+/* The slot of id, taken (and cleared: a kernel reads all `window` rows of it) when new. */
+static rkv_status slot_get(rkvi_xdev *d, int64_t id, int32_t *out) {
+  int32_t s = slot_find(d, id);
+  if (s < 0) {
+    s = slot_find(d, -1);
+    if (s < 0) {
+      s = (int32_t)d->slots;
+      RKV_TRY(ring_grow(d));
+    }
+    const size_t bytes = ring_slot_elems(d) * sizeof(float);
+    rkv_status st = rkv_buffer_fill(d->ring, (size_t)s * bytes, 0, bytes);
+    if (st != RKV_OK) return be_fail(d, st, "query-window clear");
+    d->slot_seq[s] = id;
+    d->slot_last[s] = -1;
+  }
+  *out = s;
+  return RKV_OK;
+}
+
+rkv_status rkvi_xdev_windows(rkvi_xdev *d, const rkv_sched_plan *p) {
+  if (!d->ring) return RKV_OK;
+  const size_t bytes = ring_slot_elems(d) * sizeof(float);
+  for (uint32_t i = 0; i < p->n_forks; i++) {
+    const int32_t ps = slot_find(d, p->forks[i].parent);
+    if (ps < 0) continue; /* as the host window: a parent without one forks nothing */
+    int32_t cs = -1;
+    RKV_TRY(slot_get(d, p->forks[i].child, &cs));
+    rkv_status st =
+        rkv_buffer_copy(d->ring, (size_t)cs * bytes, d->ring, (size_t)ps * bytes, bytes);
+    if (st != RKV_OK) return be_fail(d, st, "query-window fork");
+    d->slot_last[cs] = d->slot_last[ps];
+  }
+  for (uint32_t i = 0; i < p->n_dropped; i++) {
+    const int32_t s = slot_find(d, p->dropped[i]);
+    if (s >= 0) d->slot_seq[s] = -1;
+  }
+  for (uint32_t i = 0; i < p->n_started; i++) {
+    int32_t s = -1;
+    RKV_TRY(slot_get(d, p->started[i], &s));
+  }
+  return RKV_OK;
+}
+
+/* ---- begin: delta uploads and the step metadata ------------------------------------------ */
+
+void rkvi_xdev_mark(rkvi_xdev *d, int32_t idx) {
+  if (d->marked[idx]) return;
+  d->marked[idx] = 1;
+  d->mlist[d->n_marked++] = idx;
+}
+
+/* Lays out the arena: metadata sections first, then one row group per marked entry, then (for
+ * a batch that is not lockstep) every sequence's lengths. */
+static size_t arena_layout(rkvi_xdev *d, const rkvi_xdev_step *st, size_t *rows_at,
+                           size_t *lens_at) {
+  const rkv_sched_plan *p = st->plan;
+  const size_t n = p->n_seqs, np = n - p->n_decode;
+  d->off_seq_row = 0;
+  d->off_blen = up(n * 4);
+  d->off_all = d->off_blen + up(n * 4);
+  d->off_qi = d->off_all + up((n + 1) * 4);
+  d->off_slot = d->off_qi + up((np + 1) * 4);
+  d->off_pos = d->off_slot + up(n * 4);
+  const size_t meta = d->off_pos + up(n * 8);
+  *rows_at = meta;
+  *lens_at = meta + d->n_marked * up((size_t)d->c.S * st->stride * 4);
+  return *lens_at + (st->blen ? 0 : n * up((size_t)d->c.S * 4));
+}
+
+static rkv_status fill_meta(rkvi_xdev *d, const rkvi_xdev_step *st, unsigned char *h) {
+  const rkv_sched_plan *p = st->plan;
+  const size_t n = p->n_seqs;
+  memcpy(h + d->off_seq_row, st->seq_row, n * 4);
+  if (st->blen) memcpy(h + d->off_blen, st->blen, n * 4);
+  memcpy(h + d->off_all, st->all_indptr, (n + 1) * 4);
+  memcpy(h + d->off_qi, st->q_indptr, (n - p->n_decode + 1) * 4);
+  int64_t *pos = (int64_t *)(h + d->off_pos);
+  for (uint32_t i = 0; i < n; i++) {
+    const rkv_sched_seq *q = &p->seqs[i];
+    int32_t s = -1;
+    if (d->ring) {
+      RKV_TRY(slot_get(d, q->id, &s));
+      if (q->n_tokens) d->slot_last[s] = q->pos + q->n_tokens - 1;
+    }
+    d->hslot[i] = s;
+    pos[i] = q->pos;
+  }
+  memcpy(h + d->off_slot, d->hslot, n * 4);
+  return RKV_OK;
+}
+
+static rkv_status enqueue_uploads(rkvi_xdev *d, const rkvi_xdev_step *st, size_t meta,
+                                  size_t rows_at, size_t lens_at) {
+  rkv_status e = rkv_buffer_copy(d->meta, 0, d->stage, 0, meta);
+  const size_t entry = (size_t)d->c.S * st->stride * 4, stage_entry = up(entry);
+  for (uint32_t i = 0; e == RKV_OK && i < d->n_marked; i++)
+    e = rkv_buffer_copy(d->rows, (size_t)d->mlist[i] * entry, d->stage, rows_at + i * stage_entry,
+                        entry);
+  const size_t le = (size_t)d->c.S * 4;
+  for (uint32_t i = 0; e == RKV_OK && !st->blen && i < st->plan->n_seqs; i++) {
+    const size_t idx = (size_t)st->seq_row[i] / d->c.S;
+    e = rkv_buffer_copy(d->lens, idx * le, d->stage, lens_at + i * up(le), le);
+  }
+  return e == RKV_OK ? RKV_OK : be_fail(d, e, "begin: upload");
+}
+
+rkv_status rkvi_xdev_begin(rkvi_xdev *d, const rkvi_xdev_step *st) {
+  const rkv_sched_plan *p = st->plan;
+  rkv_status e = RKV_OK;
+  /* a step that did not reach its finish may have left copies from the arena in flight */
+  if (d->in_flight && (e = rkv_backend_sync(d->be)) != RKV_OK) return be_fail(d, e, "begin: sync");
+  d->in_flight = false;
+  size_t rows_at = 0, lens_at = 0;
+  const size_t total = arena_layout(d, st, &rows_at, &lens_at);
+  const size_t mirror = (size_t)d->c.nidx * d->c.S * st->stride * 4;
+  size_t ws = 0;
+  const uint32_t most = p->n_seqs > p->n_decode ? p->n_seqs : p->n_decode;
+  if (p->n_seqs &&
+      (e = rkv_attn_workspace_bound(d->c.pool, most, d->c.Hq, d->c.d, st->longest, &ws)) != RKV_OK)
+    return be_fail(d, e, "begin: attention workspace");
+  RKV_TRY(bgrow(d, d->stage, total, "begin: staging arena"));
+  RKV_TRY(bgrow(d, d->meta, lens_at, "begin: step metadata"));
+  RKV_TRY(bgrow(d, d->ws, ws + 64, "begin: attention workspace"));
+  if (mirror > rkv_buffer_size(d->rows) &&
+      (e = rkv_buffer_reserve(d->rows, mirror)) != RKV_OK) /* exact: the mirror doubles itself */
+    return be_fail(d, e, "begin: device table mirror");
+  unsigned char *h = rkv_buffer_ptr(d->stage);
+  RKV_TRY(fill_meta(d, st, h));
+  const size_t entry = (size_t)d->c.S * st->stride * 4;
+  for (uint32_t i = 0; i < d->n_marked; i++)
+    memcpy(h + rows_at + i * up(entry), st->rows + (size_t)d->mlist[i] * d->c.S * st->stride,
+           entry);
+  for (uint32_t i = 0; !st->blen && i < p->n_seqs; i++)
+    memcpy(h + lens_at + i * up((size_t)d->c.S * 4), st->lens + st->seq_row[i], (size_t)d->c.S * 4);
+  e = enqueue_uploads(d, st, rows_at, rows_at, lens_at);
+  for (uint32_t i = 0; i < d->n_marked; i++) d->marked[d->mlist[i]] = 0;
+  d->n_marked = 0;
+  d->in_flight = true;
+  if (e != RKV_OK) return e;
+  d->plan = p;
+  d->stride = st->stride;
+  d->lockstep = st->blen != NULL;
+  d->h2o = st->h2o;
+  return RKV_OK;
+}
+
+/* ---- layer ------------------------------------------------------------------------------- */
+
+/* Pointers of the step's device state as the kernels see them. */
+typedef struct xview {
+  int32_t *rows, *lens, *seq_row, *blen, *all, *qi, *slot;
+  int64_t *pos;
+  void *ws;
+  size_t ws_bytes;
+  float *ring;
+} xview;
+
+static rkv_status view_state(rkvi_xdev *d, xview *v) {
+  unsigned char *m = NULL;
+  const size_t meta = d->off_pos + up((size_t)d->plan->n_seqs * 8);
+  RKV_TRY(dev_at(d, rkv_buffer_ptr(d->meta), meta, (void **)&m));
+  RKV_TRY(dev_at(d, rkv_buffer_ptr(d->rows), (size_t)d->c.nidx * d->c.S * d->stride * 4,
+                 (void **)&v->rows));
+  RKV_TRY(dev_at(d, rkv_buffer_ptr(d->lens), (size_t)d->c.nidx * d->c.S * 4, (void **)&v->lens));
+  v->ws_bytes = rkv_buffer_size(d->ws);
+  RKV_TRY(dev_at(d, rkv_buffer_ptr(d->ws), v->ws_bytes, &v->ws));
+  v->ring = NULL;
+  if (d->ring)
+    RKV_TRY(dev_at(d, rkv_buffer_ptr(d->ring), rkv_buffer_size(d->ring), (void **)&v->ring));
+  v->seq_row = (int32_t *)(m + d->off_seq_row);
+  v->blen = d->lockstep ? (int32_t *)(m + d->off_blen) : NULL;
+  v->all = (int32_t *)(m + d->off_all);
+  v->qi = (int32_t *)(m + d->off_qi);
+  v->slot = (int32_t *)(m + d->off_slot);
+  v->pos = (int64_t *)(m + d->off_pos);
+  return RKV_OK;
+}
+
+static rkv_status attend(rkvi_xdev *d, const xview *v, uint32_t layer, const float *q, float *out,
+                         uint32_t first, uint32_t count, bool prefill) {
+  if (!count) return RKV_OK;
+  const size_t row0 = prefill ? d->plan->n_decode : 0, qrow = (size_t)d->c.Hq * d->c.d;
+  const rkv_block_rows br = {v->rows,   v->lens,          v->seq_row + first,
+                             d->stride, layer * d->c.Hkv, v->blen ? v->blen + first : NULL};
+  rkv_attn_params ap = RKV_ATTN_PARAMS_INIT;
+  ap.num_seqs = count;
+  ap.num_q_heads = d->c.Hq;
+  ap.num_kv_heads = d->c.Hkv;
+  ap.head_dim = d->c.d;
+  ap.scale = d->c.scale;
+  ap.q = q + row0 * qrow;
+  ap.out = out + row0 * qrow;
+  ap.rows = &br;
+  ap.q_indptr = prefill ? v->qi : NULL;
+  ap.accumulate_scores = d->h2o;
+  ap.layer = layer;
+  rkv_status st = prefill ? rkv_attn_prefill(d->c.pool, &ap, v->ws, v->ws_bytes)
+                          : rkv_attn_decode(d->c.pool, &ap, v->ws, v->ws_bytes);
+  if (st != RKV_OK)
+    return rkvi_fail(d->err, st, "layer %u %s attention: %s", layer, prefill ? "prefill" : "decode",
+                     rkv_backend_last_error(d->be));
+  return RKV_OK;
+}
+
+/* Host twin of rkv_attn_cuda_qwindow_push (attention_cuda.h) for the emulated device: row r of
+ * sequence b goes to ring row (pos[b] + r) % window; only the last `window` rows count. */
+static void push_host(const rkvi_xdev *d, const xview *v, uint32_t layer, const float *q) {
+  const size_t D = d->c.d, W = d->c.window, Hq = d->c.Hq;
+  for (uint32_t b = 0; b < d->plan->n_seqs; b++) {
+    const int32_t r0 = v->all[b], n = v->all[b + 1] - r0, s = v->slot[b];
+    for (int32_t r = n > (int32_t)W ? n - (int32_t)W : 0; r < n; r++) {
+      const size_t row = (size_t)((v->pos[b] + r) % (int64_t)W);
+      for (size_t j = 0; j < Hq; j++)
+        memcpy(v->ring + ((((size_t)s * d->c.L + layer) * Hq + j) * W + row) * D,
+               q + (((size_t)r0 + (size_t)r) * Hq + j) * D, D * sizeof(float));
+    }
+  }
+}
+
+static rkv_status push_window(rkvi_xdev *d, const xview *v, uint32_t layer, const float *q) {
+  if (!d->ring || !d->plan->n_seqs) return RKV_OK;
+  if (d->emu) {
+    push_host(d, v, layer, q);
+    return RKV_OK;
+  }
+  const rkv_cuda_qwindow w = {v->ring, d->slots, d->c.L, d->c.Hq, d->c.window, d->c.d};
+  rkv_status st =
+      rkv_attn_cuda_qwindow_push(d->be, &w, layer, q, v->all, v->slot, v->pos, d->plan->n_seqs);
+  return st == RKV_OK ? RKV_OK : be_fail(d, st, "query-window push");
+}
+
+rkv_status rkvi_xdev_layer(rkvi_xdev *d, uint32_t layer, const float *q, const float *k,
+                           const float *v, float *out) {
+  const rkv_sched_plan *p = d->plan;
+  const size_t rows = p->n_batched_tokens;
+  if (!rows) return RKV_OK;
+  const size_t qb = rows * d->c.Hq * d->c.d * 4, kb = rows * d->c.Hkv * d->c.d * 4;
+  xview xv;
+  float *hq = NULL, *hk = NULL, *hv = NULL, *ho = NULL;
+  RKV_TRY(dev_at(d, q, qb, (void **)&hq));
+  RKV_TRY(dev_at(d, k, kb, (void **)&hk));
+  RKV_TRY(dev_at(d, v, kb, (void **)&hv));
+  RKV_TRY(dev_at(d, out, qb, (void **)&ho));
+  RKV_TRY(view_state(d, &xv));
+  const rkv_block_rows br = {xv.rows, xv.lens, xv.seq_row, d->stride, layer * d->c.Hkv, xv.blen};
+  rkv_status st = rkv_attn_write_kv_rows(d->c.pool, hk, hv, p->n_seqs, d->c.Hkv, xv.all, &br);
+  if (st != RKV_OK)
+    return rkvi_fail(d->err, st, "layer %u K/V write: %s", layer, rkv_backend_last_error(d->be));
+  RKV_TRY(attend(d, &xv, layer, hq, ho, 0, p->n_decode, false));
+  RKV_TRY(attend(d, &xv, layer, hq, ho, p->n_decode, p->n_seqs - p->n_decode, true));
+  return push_window(d, &xv, layer, hq);
+}
+
+/* ---- finish: batched compression --------------------------------------------------------- */
+
+/* A batch being built: every flagged sequence with the same parameters. */
+typedef struct xbatch {
+  const rkv_evict_params *ev;
+  uint32_t n_streams, n_old, n_new;
+  int32_t max_len;
+} xbatch;
+
+/* Host half for one sequence: the fresh-block check, the cut, its descriptors. */
+static rkv_status plan_seq(rkvi_xdev *d, const rkv_sched_seq *q, const rkv_evict_params *ev,
+                           xbatch *b, rkv_sched_output *o) {
+  uint32_t fresh = 0;
+  rkv_status st = rkv_blockmgr_compact_fresh_bound(d->c.bm, q->id, -1, ev->budget, &fresh);
+  if (st != RKV_OK)
+    return rkvi_fail(d->err, st, "compress %lld: %s", (long long)q->id,
+                     rkv_blockmgr_last_error(d->c.bm));
+  const uint32_t free0 = rkv_blockmgr_free_blocks(d->c.bm);
+  if (fresh > free0)
+    return rkvi_fail(d->err, RKV_ERR_NO_BLOCKS,
+                     "compress %lld: its shared blocks need %u fresh blocks, %u free (the "
+                     "scheduler reserves them when it flags a compression)",
+                     (long long)q->id, fresh, free0);
+  const int32_t slot = needs_queries(ev->policy) ? slot_find(d, q->id) : -1;
+  if (needs_queries(ev->policy) && slot < 0)
+    return rkvi_fail(d->err, RKV_ERR_STATE, "compress %lld: no query window", (long long)q->id);
+  const size_t per = (size_t)d->c.L * d->c.Hkv;
+  RKV_TRY(hgrow(d, (void **)&d->maps, &d->maps_cap, b->n_streams + per, sizeof *d->maps));
+  RKV_TRY(hgrow(d, (void **)&d->streams, &d->streams_cap, b->n_streams + per, sizeof *d->streams));
+  uint32_t nm = 0, no = 0, nn = 0;
+  for (;;) {
+    RKV_TRY(hgrow(d, (void **)&d->old, &d->old_cap, b->n_old + no + per, sizeof(int32_t)));
+    st = rkv_blockmgr_compact_uniform(d->c.bm, q->id, -1, ev->budget, d->maps + b->n_streams,
+                                      (uint32_t)(d->maps_cap - b->n_streams), &nm,
+                                      d->old + b->n_old, (uint32_t)(d->old_cap - b->n_old), &no);
+    if (st != RKV_ERR_CAPACITY) break;
+  }
+  if (st != RKV_OK)
+    return rkvi_fail(d->err, st, "compress %lld: %s", (long long)q->id,
+                     rkv_blockmgr_last_error(d->c.bm));
+  /* cut: from here on a failure is the executor's bug, not the plan's */
+  const rkv_compact_map *mp = d->maps + b->n_streams;
+  for (uint32_t i = 0; i < nm; i++) {
+    o->tokens_evicted += (uint64_t)(mp[i].old_len - mp[i].new_len);
+    if (mp[i].old_len > b->max_len) b->max_len = mp[i].old_len;
+  }
+  const int64_t qoff = slot >= 0 ? (int64_t)slot * (int64_t)ring_slot_elems(d) : 0;
+  for (;;) {
+    RKV_TRY(hgrow(d, (void **)&d->newb, &d->newb_cap, b->n_new + nn + 1, sizeof(int32_t)));
+    st = rkv_evict_cuda_describe(d->c.bm, q->id, mp, nm, d->c.Hq, ev->window, qoff,
+                                 (int32_t)b->n_old, (int32_t)b->n_new, d->streams + b->n_streams,
+                                 d->newb + b->n_new, (uint32_t)(d->newb_cap - b->n_new), &nn);
+    if (st != RKV_ERR_CAPACITY) break;
+  }
+  if (st != RKV_OK)
+    return rkvi_fail(d->err, RKV_ERR_INTERNAL, "compress %lld: describe: %s", (long long)q->id,
+                     rkv_status_str(st));
+  b->n_streams += nm;
+  b->n_old += no;
+  b->n_new += nn;
+  return RKV_OK;
+}
+
+/* Host twin of rkv_evict_cuda_compress (evict_cuda.h) for the emulated device. Per stream:
+ * gather the old row's keys and H2O mass, read the group's window rows oldest first (as the
+ * host window hands them to the CPU eviction; the GPU does not care about their order),
+ * select with rkv_evict_select_dense (the CPU path's code); then scatter every stream's kept
+ * tokens, gathered before any is written (new rows may reuse old blocks of any stream), zero
+ * the scores of new-row slots past the budget and of the freed blocks. */
+typedef struct emu_scratch {
+  float *keys, *qs, *acc, *ksc;
+  int32_t *keep;
+  unsigned char *kv;
+  void *ws;
+  size_t sz[7];
+} emu_scratch;
+
+static void emu_free(const rkvi_xdev *d, emu_scratch *s) {
+  void *p[] = {s->keys, s->qs, s->acc, s->ksc, s->keep, s->kv, s->ws};
+  for (size_t i = 0; i < 7; i++) rkvi_free(d->c.al, p[i], s->sz[i]);
+}
+
+static rkv_status emu_alloc(const rkvi_xdev *d, const rkv_evict_params *ev, uint32_t ns,
+                            int32_t nmax, emu_scratch *s) {
+  memset(s, 0, sizeof *s);
+  const size_t D = d->c.d, G = d->c.Hq / d->c.Hkv, B = (size_t)ev->budget;
+  const size_t row = D * rkv_dtype_size(rkv_kv_pool_layout(d->c.pool)->dtype);
+  size_t dws = 0;
+  RKV_TRY(rkv_evict_dense_workspace_size(ev, (uint32_t)D, nmax, &dws));
+  s->sz[0] = (size_t)nmax * D * 4;
+  s->sz[1] = G * (size_t)ev->window * D * 4 + 4;
+  s->sz[2] = (size_t)nmax * 4;
+  s->sz[3] = ns * B * 4;
+  s->sz[4] = B * 4;
+  s->sz[5] = ns * B * 2 * row;
+  s->sz[6] = dws + 64;
+  void **p[] = {
+      (void **)&s->keys, (void **)&s->qs, (void **)&s->acc, (void **)&s->ksc, (void **)&s->keep,
+      (void **)&s->kv,   &s->ws};
+  for (size_t i = 0; i < 7; i++)
+    if (!(*p[i] = rkvi_alloc(d->c.al, s->sz[i] ? s->sz[i] : 1, 64))) return RKV_ERR_NO_MEMORY;
+  return RKV_OK;
+}
+
+/* Window rows of one stream's query group, oldest first. */
+static void emu_queries(const rkvi_xdev *d, const float *ring, const rkv_evict_cuda_stream *st,
+                        uint32_t G, float *qs) {
+  const size_t W = d->c.window, D = d->c.d;
+  const int64_t slot = st->qwin_offset / (int64_t)ring_slot_elems(d);
+  const int64_t oldest = d->slot_last[slot] - (int64_t)W + 1;
+  for (uint32_t g = 0; g < G; g++)
+    for (size_t i = 0; i < W; i++) {
+      const size_t r = (size_t)((((oldest + (int64_t)i) % (int64_t)W) + (int64_t)W) % (int64_t)W);
+      memcpy(qs + ((size_t)g * W + i) * D, ring + st->qwin_offset + ((size_t)g * W + r) * D,
+             D * sizeof(float));
+    }
+}
+
+static rkv_status emu_gather(const rkvi_xdev *d, const rkv_evict_params *ev,
+                             const rkv_evict_cuda_batch *b, const float *ring, emu_scratch *s) {
+  const rkv_kv_layout *lay = rkv_kv_pool_layout(d->c.pool);
+  const size_t bs = lay->block_size, D = lay->head_dim, bb = rkv_kv_block_bytes(lay);
+  const size_t row = D * rkv_dtype_size(lay->dtype), B = (size_t)ev->budget;
+  const unsigned char *base = rkv_kv_pool_base(d->c.pool);
+  const float *scores = rkv_kv_pool_scores(d->c.pool);
+  for (uint32_t i = 0; i < b->num_streams; i++) {
+    const rkv_evict_cuda_stream *st = &b->streams[i];
+    const int32_t n = st->old_len;
+    if (n <= ev->budget) continue;
+    for (int32_t j = 0; j < n; j++) {
+      const size_t blk = (size_t)b->old_blocks[st->old_offset + j / (int32_t)bs];
+      const uint32_t off = (uint32_t)(j % (int32_t)bs);
+      const unsigned char *k = base + blk * bb + rkv_kv_k_offset(lay, off);
+      for (size_t t = 0; t < D; t++) s->keys[(size_t)j * D + t] = rkv_dtype_load(lay->dtype, k, t);
+      s->acc[j] = scores[blk * bs + off];
+    }
+    if (needs_queries(ev->policy)) emu_queries(d, ring, st, b->group, s->qs);
+    char e2[RKV_ERRBUF] = "";
+    rkv_status r = rkv_evict_select_dense(ev, s->keys, s->qs, s->acc, 1, b->group, n, (uint32_t)D,
+                                          s->keep, NULL, s->ws, s->sz[6], e2, sizeof e2);
+    if (r != RKV_OK) return r;
+    for (size_t t = 0; t < B; t++) {
+      const int32_t j = s->keep[t];
+      const size_t blk = (size_t)b->old_blocks[st->old_offset + j / (int32_t)bs];
+      const uint32_t off = (uint32_t)(j % (int32_t)bs);
+      unsigned char *dst = s->kv + ((size_t)i * B + t) * 2 * row;
+      memcpy(dst, base + blk * bb + rkv_kv_k_offset(lay, off), row);
+      memcpy(dst + row, base + blk * bb + rkv_kv_v_offset(lay, off), row);
+      s->ksc[(size_t)i * B + t] = scores[blk * bs + off];
+    }
+  }
+  return RKV_OK;
+}
+
+static void emu_scatter(const rkvi_xdev *d, const rkv_evict_params *ev,
+                        const rkv_evict_cuda_batch *b, const emu_scratch *s) {
+  const rkv_kv_layout *lay = rkv_kv_pool_layout(d->c.pool);
+  const size_t bs = lay->block_size, bb = rkv_kv_block_bytes(lay);
+  const size_t row = lay->head_dim * rkv_dtype_size(lay->dtype), B = (size_t)ev->budget;
+  unsigned char *base = rkv_kv_pool_base(d->c.pool);
+  float *scores = rkv_kv_pool_scores(d->c.pool);
+  const size_t nb = (B + bs - 1) / bs;
+  for (uint32_t i = 0; i < b->num_streams; i++) {
+    const rkv_evict_cuda_stream *st = &b->streams[i];
+    if (st->old_len <= ev->budget) continue;
+    for (size_t t = 0; t < nb * bs; t++) {
+      const size_t blk = (size_t)b->new_blocks[st->new_offset + (int32_t)(t / bs)];
+      const uint32_t off = (uint32_t)(t % bs);
+      float *sc = &scores[blk * bs + off];
+      if (t >= B) {
+        *sc = 0.0f;
+        continue;
+      }
+      const unsigned char *src = s->kv + ((size_t)i * B + t) * 2 * row;
+      memcpy(base + blk * bb + rkv_kv_k_offset(lay, off), src, row);
+      memcpy(base + blk * bb + rkv_kv_v_offset(lay, off), src + row, row);
+      *sc = s->ksc[(size_t)i * B + t];
+    }
+  }
+  for (uint32_t i = 0; i < b->n_clear; i++)
+    memset(&scores[(size_t)b->clear_blocks[i] * bs], 0, bs * sizeof(float));
+}
+
+/* The launch on the emulated device: the descriptors are read where the GPU would read them,
+ * in the device buffer the arena was copied into. */
+static rkv_status emu_compress(rkvi_xdev *d, const rkv_evict_params *ev,
+                               const rkv_evict_cuda_batch *db, size_t bytes) {
+  unsigned char *h = NULL;
+  const unsigned char *dev = rkv_buffer_ptr(d->ev);
+  RKV_TRY(dev_at(d, dev, bytes, (void **)&h));
+  float *ring = NULL;
+  if (d->ring)
+    RKV_TRY(dev_at(d, rkv_buffer_ptr(d->ring), rkv_buffer_size(d->ring), (void **)&ring));
+  rkv_evict_cuda_batch b = *db;
+  b.streams = (const rkv_evict_cuda_stream *)(h + ((const unsigned char *)db->streams - dev));
+  b.old_blocks = (const int32_t *)(h + ((const unsigned char *)db->old_blocks - dev));
+  b.new_blocks = (const int32_t *)(h + ((const unsigned char *)db->new_blocks - dev));
+  if (db->clear_blocks)
+    b.clear_blocks = (const int32_t *)(h + ((const unsigned char *)db->clear_blocks - dev));
+  emu_scratch s;
+  rkv_status st = emu_alloc(d, ev, b.num_streams, b.max_len, &s);
+  if (st == RKV_OK) st = emu_gather(d, ev, &b, ring, &s);
+  if (st == RKV_OK) emu_scatter(d, ev, &b, &s);
+  emu_free(d, &s);
+  return st == RKV_OK
+             ? RKV_OK
+             : rkvi_fail(d->err, RKV_ERR_INTERNAL, "emulated compression: %s", rkv_status_str(st));
+}
+
+/* Device half: one launch over every stream planned so far. */
+static rkv_status flush(rkvi_xdev *d, xbatch *x) {
+  if (!x->n_streams) return RKV_OK;
+  uint32_t nf = 0;
+  RKV_TRY(hgrow(d, (void **)&d->freed, &d->freed_cap, x->n_old + 1, sizeof(int32_t)));
+  rkv_status st =
+      rkv_evict_cuda_freed_blocks(d->c.bm, d->old, x->n_old, d->freed, (uint32_t)d->freed_cap, &nf);
+  rkv_evict_cuda_batch b = RKV_EVICT_CUDA_BATCH_INIT;
+  size_t bytes = 0;
+  if (st == RKV_OK)
+    st = rkv_evict_cuda_pack(d->streams, x->n_streams, d->old, x->n_old, d->newb, x->n_new,
+                             d->freed, nf, NULL, 0, NULL, NULL, &bytes);
+  if (st != RKV_OK)
+    return rkvi_fail(d->err, RKV_ERR_INTERNAL, "compress: descriptors: %s", rkv_status_str(st));
+  const uint32_t group = d->c.Hq / d->c.Hkv;
+  size_t ws = 0;
+  if (!d->emu && (st = rkv_evict_cuda_workspace_size(x->ev, d->c.pool, x->n_streams, group,
+                                                     x->max_len, &ws)) != RKV_OK)
+    return be_fail(d, st, "compress: workspace");
+  /* The arena may still feed this step's uploads: a growth waits for them. */
+  RKV_TRY(bgrow(d, d->stage, bytes, "compress: staging arena"));
+  RKV_TRY(bgrow(d, d->ev, bytes, "compress: descriptors"));
+  RKV_TRY(bgrow(d, d->evws, ws + 64, "compress: workspace"));
+  if (d->in_flight && (st = rkv_backend_sync(d->be)) != RKV_OK)
+    return be_fail(d, st, "compress: sync before reusing the arena");
+  d->in_flight = false;
+  st = rkv_evict_cuda_pack(d->streams, x->n_streams, d->old, x->n_old, d->newb, x->n_new, d->freed,
+                           nf, rkv_buffer_ptr(d->stage), rkv_buffer_size(d->stage),
+                           rkv_buffer_ptr(d->ev), &b, &bytes);
+  if (st == RKV_OK) st = rkv_buffer_copy(d->ev, 0, d->stage, 0, bytes);
+  if (st != RKV_OK) return be_fail(d, st, "compress: upload");
+  d->in_flight = true;
+  b.group = group;
+  b.max_len = x->max_len;
+  b.qwin = needs_queries(x->ev->policy) ? rkv_buffer_ptr(d->ring) : NULL;
+  if (d->emu) return emu_compress(d, x->ev, &b, bytes);
+  st = rkv_evict_cuda_compress(x->ev, d->c.pool, &b, rkv_buffer_ptr(d->evws),
+                               rkv_buffer_size(d->evws));
+  return st == RKV_OK ? RKV_OK : be_fail(d, st, "compress: launch");
+}
+
+static bool same_params(const rkv_evict_params *a, const rkv_evict_params *b) {
+  return a->policy == b->policy && a->budget == b->budget && a->window == b->window &&
+         a->buffer == b->buffer && a->kernel == b->kernel && a->lambda == b->lambda &&
+         a->threshold == b->threshold && a->sinks == b->sinks;
+}
+
+static rkv_status compress_all(rkvi_xdev *d, const rkv_exec_config *cfg, rkv_sched_output *outs,
+                               uint8_t *stale) {
+  const rkv_sched_plan *p = d->plan;
+  xbatch x = {NULL, 0, 0, 0, 0};
+  rkv_status ret = RKV_OK;
+  for (uint32_t i = 0; i < p->n_seqs; i++) {
+    const rkv_sched_seq *q = &p->seqs[i];
+    /* a sequence that ends now frees its blocks at the report: compressing it is wasted work */
+    if (!q->compress || outs[i].eos) continue;
+    const rkv_evict_params *ev = q->evict ? q->evict : &cfg->evict;
+    if (ev->policy == RKV_EVICT_FULL) continue;
+    if (x.ev && !same_params(x.ev, ev)) {
+      RKV_TRY(flush(d, &x));
+      memset(&x, 0, sizeof x);
+    }
+    x.ev = ev;
+    const uint32_t free0 = rkv_blockmgr_free_blocks(d->c.bm);
+    rkv_status st = plan_seq(d, q, ev, &x, &outs[i]);
+    if (st == RKV_ERR_INTERNAL || st == RKV_ERR_NO_MEMORY) return st;
+    if (st != RKV_OK) { /* refused before the cut: this one stays as it is */
+      if (ret == RKV_OK) ret = st;
+      continue;
+    }
+    outs[i].blocks_freed = rkv_blockmgr_free_blocks(d->c.bm) - free0;
+    outs[i].compressed = true;
+    const int32_t idx = rkv_blockmgr_seq_index(d->c.bm, q->id);
+    if (idx >= 0) stale[idx] = 1;
+  }
+  RKV_TRY(flush(d, &x));
+  return ret;
+}
+
+rkv_status rkvi_xdev_finish(rkvi_xdev *d, const rkv_exec_config *cfg, rkv_sched_output *outs,
+                            uint8_t *stale) {
+  rkv_status ret = compress_all(d, cfg, outs, stale);
+  /* The step's one sync: the arena is free again and every kernel's fault surfaces here. */
+  rkv_status st = rkv_backend_sync(d->be);
+  d->in_flight = false;
+  d->plan = NULL;
+  if (st != RKV_OK) return be_fail(d, st, "finish: sync");
+  return ret;
+}
+
+rkv_status rkvi_xdev_check(rkvi_xdev *d, const int32_t *rows, uint32_t stride, const int64_t *owner,
+                           const uint8_t *stale) {
+  const size_t entry = (size_t)d->c.S * stride, bytes = (size_t)d->c.nidx * entry * 4;
+  /* after the mirror doubled no entry is owned until the next begin re-syncs it */
+  if (rkv_buffer_size(d->rows) < bytes) return RKV_OK;
+  int32_t *h = rkvi_alloc(d->c.al, bytes ? bytes : 1, 64);
+  if (!h) return rkvi_fail(d->err, RKV_ERR_NO_MEMORY, "check: %zu bytes", bytes);
+  rkv_status st = rkv_buffer_download(d->rows, 0, h, bytes);
+  if (st == RKV_OK) st = rkv_backend_sync(d->be);
+  d->in_flight = false;
+  if (st != RKV_OK) {
+    rkvi_free(d->c.al, h, bytes ? bytes : 1);
+    return be_fail(d, st, "check: device mirror download");
+  }
+  for (uint32_t i = 0; i < d->c.nidx && st == RKV_OK; i++) {
+    /* an entry rewritten on the host but not yet uploaded differs until the next begin */
+    if (owner[i] < 0 || stale[i] || d->marked[i]) continue;
+    if (memcmp(h + i * entry, rows + i * entry, entry * 4) != 0)
+      st = rkvi_fail(d->err, RKV_ERR_CORRUPT,
+                     "check: device mirror entry %u (sequence %lld) differs from the host's", i,
+                     (long long)owner[i]);
+  }
+  rkvi_free(d->c.al, h, bytes ? bytes : 1);
+  return st;
+}

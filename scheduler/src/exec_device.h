@@ -1,0 +1,69 @@
+/* The executor's device path (exec_device.c), used when the pool's backend keeps DEVICE memory
+ * apart from the host (CUDA, or the emulated device of <rkv/buffer_emu.h>): exec.c keeps the
+ * host table mirror and the plan bookkeeping; this half keeps the device copies in rkv_buffer
+ * objects of the pool's backend (table mirror updated by deltas, step metadata, query-window
+ * ring, workspaces) and launches the kernels. On the emulated device the kernels are the CPU
+ * ones reading device memory through rkv_emu_view, so the host logic of the CUDA path (staging,
+ * delta uploads, stream order, the syncs) runs in tests without a GPU. Private to the
+ * scheduler module. */
+#ifndef RKV_EXEC_DEVICE_H
+#define RKV_EXEC_DEVICE_H
+
+#include <rkv/executor.h>
+
+typedef struct rkvi_xdev rkvi_xdev;
+
+typedef struct rkvi_xdev_config {
+  rkv_blockmgr *bm;
+  rkv_kv_pool *pool;
+  const rkv_allocator *al;
+  uint32_t L, Hq, Hkv, d, S, bs;
+  uint32_t nidx;     /* mirror entries (the block manager's max_seqs) */
+  uint32_t max_seqs; /* sequences per plan */
+  uint32_t window;   /* query-window rows; 0 = no ring (the policy scores without queries) */
+  float scale;
+} rkvi_xdev_config;
+
+/* The host state of one step that the device half needs (borrowed for the call). */
+typedef struct rkvi_xdev_step {
+  const rkv_sched_plan *plan;
+  const int32_t *rows, *lens; /* the host mirror: [nidx][S][stride], [nidx][S] */
+  uint32_t stride;
+  const int32_t *seq_row;    /* [n_seqs] entry * S */
+  const int32_t *blen;       /* [n_seqs] lockstep lengths, or NULL: per-stream lens */
+  const int32_t *all_indptr; /* [n_seqs + 1] */
+  const int32_t *q_indptr;   /* [prefill seqs + 1], relative to the first prefill row */
+  int64_t longest;           /* longest stream of the batch, tokens */
+  bool h2o;
+} rkvi_xdev_step;
+
+/* True when the pool's backend needs the device path. */
+bool rkvi_xdev_wanted(const rkv_kv_pool *pool);
+rkv_status rkvi_xdev_create(const rkvi_xdev_config *cfg, rkvi_xdev **out, char *err,
+                            size_t err_len);
+void rkvi_xdev_destroy(rkvi_xdev *d);
+bool rkvi_xdev_has_window(const rkvi_xdev *d);
+size_t rkvi_xdev_memory_bytes(const rkvi_xdev *d);
+/* Text of the last failure (the executor copies it into its own). */
+const char *rkvi_xdev_last_error(const rkvi_xdev *d);
+
+/* Ring slots follow the KV: forked, dropped, kept across swaps, started afresh. */
+rkv_status rkvi_xdev_windows(rkvi_xdev *d, const rkv_sched_plan *p);
+/* Mirror entry `idx` was rewritten on the host: its rows go up with the next begin. */
+void rkvi_xdev_mark(rkvi_xdev *d, int32_t idx);
+/* Stages and enqueues the step's uploads: the marked entries' rows, per-stream lengths when
+ * the batch is not lockstep, and the step metadata (one copy). */
+rkv_status rkvi_xdev_begin(rkvi_xdev *d, const rkvi_xdev_step *st);
+/* One layer: q/k/v/out are DEVICE pointers of the pool's backend. */
+rkv_status rkvi_xdev_layer(rkvi_xdev *d, uint32_t layer, const float *q, const float *k,
+                           const float *v, float *out);
+/* The step's flagged compressions as one batched launch per parameter set; fills outs. Every
+ * compression is checked for fresh blocks before any is cut. Ends the step with a sync. */
+rkv_status rkvi_xdev_finish(rkvi_xdev *d, const rkv_exec_config *cfg, rkv_sched_output *outs,
+                            uint8_t *stale);
+/* Compares every owned, current entry of the device mirror with the host one (downloads the
+ * mirror and syncs: for rkv_exec_check). */
+rkv_status rkvi_xdev_check(rkvi_xdev *d, const int32_t *rows, uint32_t stride, const int64_t *owner,
+                           const uint8_t *stale);
+
+#endif /* RKV_EXEC_DEVICE_H */
