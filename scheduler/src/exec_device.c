@@ -502,6 +502,13 @@ typedef struct xbatch {
 /* Host half for one sequence: the fresh-block check, the cut, its descriptors. */
 static rkv_status plan_seq(rkvi_xdev *d, const rkv_sched_seq *q, const rkv_evict_params *ev,
                            xbatch *b, rkv_sched_output *o) {
+  /* The device selection ranks every position of a stream; keeping a prefix out of it needs
+   * a kernel change (the CPU path has it). */
+  if (rkv_blockmgr_seq_protected(d->c.bm, q->id) > 0)
+    return rkvi_fail(d->err, RKV_ERR_UNSUPPORTED,
+                     "compress %lld: a protected prefix (prefix caching's protect rule) is not "
+                     "supported by the device eviction yet; use the copy rule on a device",
+                     (long long)q->id);
   uint32_t fresh = 0;
   rkv_status st = rkv_blockmgr_compact_fresh_bound(d->c.bm, q->id, -1, ev->budget, &fresh);
   if (st != RKV_OK)
