@@ -14,8 +14,7 @@ const char rkv_cmd_sim_summary[] =
     "serving simulator: compare eviction policies (KV memory, batch, throughput)";
 
 static void usage(FILE *f) {
-  fprintf(
-      f,
+  fputs(
       "usage: rkv sim [options]\n"
       "Simulates continuous-batching serving with R-KV-style eviction and compares policies.\n\n"
       "model:\n"
@@ -42,6 +41,9 @@ static void usage(FILE *f) {
       " (default tiny 768/0.8/2048)\n"
       "  --gen-len N         fixed generation length (implies --gen fixed)\n"
       "  --seed N            (default 1)\n"
+      "  --prefixes K        shared-prefix workload: every prompt starts with one of K system\n"
+      "                      prompts (0 = none, the default)\n"
+      "  --prefix-len LO-HI  system prompt lengths in tokens (default 1024-4096)\n"
       "eviction and scheduling:\n"
       "  --policy LIST       comma list of full,rkv,snapkv,streaming,h2o (default"
       " full,rkv,snapkv,streaming)\n"
@@ -50,6 +52,12 @@ static void usage(FILE *f) {
       "  --preempt recompute|swap         (default recompute)\n"
       "  --host-gib X        host swap pool (default 0; 4 x the pool's blocks with swap)\n"
       "  --max-batched-tokens N --max-seqs N --max-prefill-chunk N\n"
+      "  --prefix-cache on|off   share cached system-prompt blocks between requests (default\n"
+      "                      off); the report gives prefill tokens computed and the hit rate\n"
+      "  --prefix-rule protect|copy   what compression may do to a shared prefix: protect it\n"
+      "                      (the budget counts the rest; default) or copy it first (evictable)\n",
+      f);
+  fputs(
       "compute and output:\n"
       "  --compute none|cpu|cuda   none: block accounting only, timed by the cost model\n"
       "                      (default cpu for tiny, none otherwise); emu: the cuda engine on\n"
@@ -75,7 +83,8 @@ static void usage(FILE *f) {
       "  --tp-no-pool-min    skip the start-up MIN of pool sizes: each rank keeps its own\n"
       "                      pool and the per-step free-block MIN alone keeps the plans\n"
       "                      equal (test)\n"
-      "  --tp-bind           bind each rank's thread to its cores (rkv_topo_place)\n");
+      "  --tp-bind           bind each rank's thread to its cores (rkv_topo_place)\n",
+      f);
 }
 
 static bool parse_policies(const char *s, sim_opts *o) {
@@ -116,6 +125,9 @@ static void set_defaults(sim_opts *o, const char *model) {
   o->wl.prompt_len = 128;
   o->wl.prompt_cap = tiny ? 128 : 0;
   o->wl.seed = 1;
+  o->wl.prefix_lo = 1024;
+  o->wl.prefix_hi = 4096;
+  o->prefix_rule = RKV_SCHED_PREFIX_PROTECT;
   o->policies[0] = RKV_EVICT_FULL;
   o->policies[1] = RKV_EVICT_RKV;
   o->policies[2] = RKV_EVICT_SNAPKV;
@@ -256,6 +268,35 @@ static bool parse_args(int argc, char **argv, sim_opts *o) {
       U64(1, 1u << 30, o->ev.buffer);
     } else if (strcmp(a, "--window") == 0) {
       U64(1, 1u << 20, o->ev.window);
+    } else if (strcmp(a, "--prefixes") == 0) {
+      U64(0, 1u << 20, o->wl.n_prefixes);
+    } else if (strcmp(a, "--prefix-len") == 0) {
+      VAL();
+      long long lo, hi;
+      char extra;
+      if (sscanf(v, "%lld-%lld%c", &lo, &hi, &extra) != 2 || lo < 1 || hi < lo || hi > (1 << 24)) {
+        fprintf(stderr, "rkv sim: bad --prefix-len '%s' (LO-HI, 1 <= LO <= HI <= 16777216)\n", v);
+        return false;
+      }
+      o->wl.prefix_lo = lo;
+      o->wl.prefix_hi = hi;
+    } else if (strcmp(a, "--prefix-cache") == 0) {
+      VAL();
+      if (strcmp(v, "on") && strcmp(v, "off")) {
+        fprintf(stderr, "rkv sim: bad --prefix-cache '%s' (on, off)\n", v);
+        return false;
+      }
+      o->prefix_cache = strcmp(v, "on") == 0;
+    } else if (strcmp(a, "--prefix-rule") == 0) {
+      VAL();
+      if (strcmp(v, "protect") == 0) {
+        o->prefix_rule = RKV_SCHED_PREFIX_PROTECT;
+      } else if (strcmp(v, "copy") == 0) {
+        o->prefix_rule = RKV_SCHED_PREFIX_COPY;
+      } else {
+        fprintf(stderr, "rkv sim: bad --prefix-rule '%s' (protect, copy)\n", v);
+        return false;
+      }
     } else if (strcmp(a, "--admission") == 0) {
       VAL();
       if (strcmp(v, "reserve") == 0)
@@ -409,6 +450,26 @@ static bool tl_push(sim_result *r, float t, uint32_t used, uint32_t running) {
   return true;
 }
 
+/* Block hashes of every system prompt of a shared-prefix workload, [prefixes][*n_hashes]
+ * (each prompt's full blocks, the rest zero). */
+static bool prefix_hashes(const sim_opts *o, uint64_t **out, uint32_t *n_hashes) {
+  *out = NULL;
+  *n_hashes = 0;
+  if (!o->wl.n_prefixes) return true;
+  const uint32_t per = (uint32_t)(o->wl.prefix_hi / o->block_size) + 1;
+  uint64_t *h = calloc((size_t)o->wl.n_prefixes * per, sizeof *h);
+  if (!h) {
+    fprintf(stderr, "rkv sim: out of memory for the system prompts' hashes\n");
+    return false;
+  }
+  for (uint32_t k = 0; k < o->wl.n_prefixes; k++)
+    sim_prefix_hashes(o->wl.seed, (int32_t)k, sim_system_prompt_len(&o->wl, k), o->block_size,
+                      h + (size_t)k * per, per);
+  *out = h;
+  *n_hashes = per;
+  return true;
+}
+
 bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evict_policy pol,
                     sim_tp_rank *tp, sim_result *res) {
   memset(res, 0, sizeof *res);
@@ -448,11 +509,14 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
   bc.head_dim = o->model.head_dim;
   bc.dtype = o->dtype;
   bc.max_seqs = o->max_seqs;
+  bc.prefix_cache = o->prefix_cache;
   rkv_blockmgr *bm = NULL;
   rkv_sched *s = NULL;
   sim_engine *eng = NULL;
   rkv_sched_output *outs = NULL;
   double *arrival = NULL;
+  uint64_t *hashes = NULL; /* [prefixes][n_hashes] */
+  uint32_t n_hashes = 0;
   bool ok = false;
   rkv_status st = rkv_blockmgr_create(&bc, &bm);
   if (st != RKV_OK) {
@@ -469,6 +533,8 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
   sc.evict = o->ev;
   sc.evict.policy = pol;
   sc.check_every_step = o->check;
+  sc.prefix_cache = o->prefix_cache;
+  sc.prefix_rule = o->prefix_rule;
   char err[256];
   if (rkv_sched_create(&sc, bm, &s, err, sizeof err) != RKV_OK) {
     fprintf(stderr, "rkv sim: scheduler: %s\n", err);
@@ -479,7 +545,7 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
     goto done;
   outs = calloc(o->max_seqs + 1, sizeof *outs);
   arrival = calloc(n + 1, sizeof *arrival);
-  if (!outs || !arrival) goto done;
+  if (!outs || !arrival || !prefix_hashes(o, &hashes, &n_hashes)) goto done;
   for (uint32_t i = 0; i < n; i++)
     if (reqs[i].id >= 0 && reqs[i].id < n) arrival[reqs[i].id] = reqs[i].arrival;
   rkv_progress prog;
@@ -505,6 +571,15 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
       } else if (st != RKV_OK) {
         fprintf(stderr, "rkv sim: add_request: %s\n", rkv_sched_last_error(s));
         goto done;
+      } else if (reqs[next].sys >= 0 && n_hashes) {
+        /* the system prompt's full blocks, which its requests may share */
+        const uint32_t nb = (uint32_t)(reqs[next].sys_len / o->block_size);
+        st = rkv_sched_set_prefix(s, reqs[next].id, hashes + (size_t)reqs[next].sys * n_hashes,
+                                  nb < n_hashes ? nb : n_hashes);
+        if (st != RKV_OK) {
+          fprintf(stderr, "rkv sim: set_prefix: %s\n", rkv_sched_last_error(s));
+          goto done;
+        }
       }
       next++;
     }
@@ -585,6 +660,8 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
   res->model_time = clock;
   res->mean_blocks = clock > 0 ? res->mean_blocks / clock : 0.0;
   rkv_sched_get_metrics(s, &res->m);
+  res->prefix.struct_size = sizeof res->prefix;
+  (void)rkv_sched_get_prefix_stats(s, &res->prefix);
   res->et = *sim_engine_get_times(eng);
   if (o->check && rkv_sched_check(s) != RKV_OK) {
     fprintf(stderr, "rkv sim: check: %s\n", rkv_sched_last_error(s));
@@ -602,6 +679,7 @@ done:
   if (!ok && tp && !tp->handled && !rkv_comm_is_failed(tp->comm)) rkv_comm_abort(tp->comm, 1);
   free(outs);
   free(arrival);
+  free(hashes);
   sim_engine_destroy(eng);
   rkv_sched_destroy(s);
   rkv_blockmgr_destroy(bm);
@@ -701,6 +779,19 @@ static void print_table(const sim_opts *o, const sim_result *r, uint32_t np, uin
                full->peak_blocks ? (double)r[i].peak_blocks / full->peak_blocks : 0.0);
     printf("\n");
   }
+  if (o->wl.n_prefixes) {
+    printf("shared prefixes: %u system prompts of %lld-%lld tokens, prefix cache %s, rule %s:",
+           o->wl.n_prefixes, (long long)o->wl.prefix_lo, (long long)o->wl.prefix_hi,
+           o->prefix_cache ? "on" : "off",
+           o->prefix_rule == RKV_SCHED_PREFIX_COPY ? "copy" : "protect");
+    for (uint32_t i = 0; i < np; i++)
+      printf("  %s prefill %llu tok, hit %.1f%%;", rkv_evict_policy_name(r[i].policy),
+             (unsigned long long)r[i].m.prompt_tokens,
+             r[i].prefix.hashed_tokens
+                 ? 100.0 * (double)r[i].prefix.hit_tokens / (double)r[i].prefix.hashed_tokens
+                 : 0.0);
+    printf("\n");
+  }
   bool any_dup = false;
   for (uint32_t i = 0; i < np; i++) any_dup |= r[i].et.keys_after > 0;
   if (any_dup) {
@@ -737,12 +828,16 @@ static void print_json(const sim_opts *o, const sim_result *r, uint32_t np, uint
       "  \"config\": {\"dtype\": \"%s\", \"block_size\": %u, \"pool_blocks\": %llu, "
       "\"pool_gib\": %.6g, \"workload\": \"%s\", \"requests\": %u, \"gen\": \"%s\", "
       "\"budget\": %d, \"buffer\": %d, \"window\": %d, \"admission\": \"%s\", "
-      "\"preempt\": \"%s\", \"compute\": \"%s\", \"gpu\": \"%s\", \"seed\": %llu},\n",
+      "\"preempt\": \"%s\", \"compute\": \"%s\", \"gpu\": \"%s\", \"seed\": %llu, "
+      "\"prefixes\": %u, \"prefix_len\": [%lld, %lld], \"prefix_cache\": %s, "
+      "\"prefix_rule\": \"%s\"},\n",
       rkv_dtype_name(o->dtype), o->block_size, (unsigned long long)r[0].pool_blocks,
       gib((double)r[0].pool_blocks, r[0].block_bytes), o->wl.trace ? o->wl.trace : o->wl.kind,
       n_req, o->wl.gen, o->ev.budget, o->ev.buffer, o->ev.window,
       rkv_sched_admission_name(o->admission), rkv_sched_preempt_mode_name(o->preempt),
-      compute_name(o->compute), o->gpu->name, (unsigned long long)o->wl.seed);
+      compute_name(o->compute), o->gpu->name, (unsigned long long)o->wl.seed, o->wl.n_prefixes,
+      (long long)o->wl.prefix_lo, (long long)o->wl.prefix_hi, o->prefix_cache ? "true" : "false",
+      o->prefix_rule == RKV_SCHED_PREFIX_COPY ? "copy" : "protect");
   printf("  \"policies\": [\n");
   for (uint32_t i = 0; i < np; i++) {
     const sim_result *x = &r[i];
@@ -757,7 +852,9 @@ static void print_json(const sim_opts *o, const sim_result *r, uint32_t np, uint
         "\"mean_latency_s\": %.6g, \"max_latency_s\": %.6g, "
         "\"wall_seconds\": %.6g, \"host_tokens_per_s\": %.6g, \"evict_seconds\": %.6g, "
         "\"attention_seconds\": %.6g, \"sched_seconds\": %.6g, \"synth_seconds\": %.6g, "
-        "\"swap_seconds\": %.6g, \"dup_before\": %.6g, \"dup_after\": %.6g}%s\n",
+        "\"swap_seconds\": %.6g, \"dup_before\": %.6g, \"dup_after\": %.6g, "
+        "\"prefix_hashed_tokens\": %llu, \"prefix_hit_tokens\": %llu, "
+        "\"prefix_admissions\": %llu, \"prefix_admissions_hit\": %llu}%s\n",
         rkv_evict_policy_name(x->policy), x->complete ? "true" : "false",
         (unsigned long long)x->steps, gib(x->peak_blocks, x->block_bytes),
         gib(x->mean_blocks, x->block_bytes), x->peak_blocks, x->max_running, x->m.max_running,
@@ -769,7 +866,10 @@ static void print_json(const sim_opts *o, const sim_result *r, uint32_t np, uint
         x->lat_n ? x->lat_sum / (double)x->lat_n : 0.0, x->lat_max, x->wall,
         x->wall > 0 ? gen / x->wall : 0.0, x->et.evict, x->et.attn, x->sched_wall, x->et.kv_synth,
         x->et.swap, x->et.keys_before ? (double)x->et.dup_before / x->et.keys_before : 0.0,
-        x->et.keys_after ? (double)x->et.dup_after / x->et.keys_after : 0.0, i + 1 < np ? "," : "");
+        x->et.keys_after ? (double)x->et.dup_after / x->et.keys_after : 0.0,
+        (unsigned long long)x->prefix.hashed_tokens, (unsigned long long)x->prefix.hit_tokens,
+        (unsigned long long)x->prefix.admissions, (unsigned long long)x->prefix.admissions_hit,
+        i + 1 < np ? "," : "");
   }
   printf("  ]");
   if (r[0].tp.size > 0) {

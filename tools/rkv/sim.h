@@ -52,7 +52,9 @@ typedef struct sim_req {
   int64_t id;
   double arrival; /* seconds */
   int64_t prompt;
-  int64_t gen; /* tokens the request will generate (EOS after exactly this many) */
+  int64_t gen;     /* tokens the request will generate (EOS after exactly this many) */
+  int32_t sys;     /* shared system prompt its prompt starts with (-1 = none) */
+  int64_t sys_len; /* that system prompt's tokens (included in prompt) */
 } sim_req;
 
 typedef struct sim_workload_opts {
@@ -69,8 +71,15 @@ typedef struct sim_workload_opts {
   int64_t prompt_len; /* poisson / fixed prompts */
   int64_t prompt_cap; /* clip trace prompts (0 = no clip) */
   uint64_t seed;
+  /* shared-prefix workload: every prompt starts with one of n_prefixes system prompts of
+   * prefix_lo..prefix_hi tokens (0 = none) */
+  uint32_t n_prefixes;
+  int64_t prefix_lo, prefix_hi;
 } sim_workload_opts;
 
+/* Length of system prompt k of a shared-prefix workload (drawn once per prompt from the
+ * seed, in prefix_lo..prefix_hi). */
+int64_t sim_system_prompt_len(const sim_workload_opts *o, uint32_t k);
 /* Builds the request list (sorted by arrival). Returns false with a message on stderr. */
 bool sim_workload_build(const sim_workload_opts *o, sim_req **out, uint32_t *n_out);
 
@@ -80,6 +89,17 @@ bool sim_workload_build(const sim_workload_opts *o, sim_req **out, uint32_t *n_o
 
 /* Writes the first `len` synthetic token ids of request `id` (deterministic in (seed, id)). */
 void sim_tokens(uint64_t seed, int64_t id, int32_t *out, int64_t len);
+/* The identity whose token stream (sim_tokens) and K/V a request's position pos belongs to:
+ * its system prompt's (-1 - sys) inside it, else the request's own id. */
+static inline int64_t sim_token_owner(const sim_req *r, int64_t pos) {
+  return r->sys >= 0 && pos < r->sys_len ? -1 - (int64_t)r->sys : r->id;
+}
+/* Tokens of request r, [0, len): its system prompt's, then its own stream. */
+void sim_req_tokens(uint64_t seed, const sim_req *r, int32_t *out, int64_t len);
+/* Chained block hashes of system prompt `sys` (its full blocks; rkv_prefix_hash_blocks).
+ * Returns the block count (written up to cap). */
+uint32_t sim_prefix_hashes(uint64_t seed, int32_t sys, int64_t sys_len, uint32_t block_size,
+                           uint64_t *out, uint32_t cap);
 
 /* ---- tensor parallelism (sim_tp.c, docs/TP.md) ---------------------------------------- */
 
@@ -198,6 +218,8 @@ typedef struct sim_opts {
   bool json, quiet, check;
   const char *plot;
   sim_tp_opts tp;
+  bool prefix_cache;                 /* --prefix-cache on */
+  rkv_sched_prefix_rule prefix_rule; /* --prefix-rule */
 } sim_opts;
 
 typedef struct sim_sample {
@@ -220,7 +242,8 @@ typedef struct sim_result {
   uint64_t steps, rejected;
   double lat_sum, lat_max;
   uint64_t lat_n;
-  bool complete; /* every request finished (not cut by --steps) */
+  bool complete;                 /* every request finished (not cut by --steps) */
+  rkv_sched_prefix_stats prefix; /* hashed / hit prompt tokens (shared-prefix workloads) */
   sim_sample *tl;
   size_t tl_n, tl_cap;
   /* tensor parallelism (rank 0's view; tp.size == 0 in a single-rank run) */

@@ -31,6 +31,7 @@ struct sim_engine {
   const sim_req *reqs;
   uint32_t n_reqs;
   int32_t **tokens;        /* [n_reqs] by id, made on first use */
+  const sim_req **by_id;   /* [n_reqs] request records by id */
   float *ek, *ev_tab, *mu; /* [L][Hkv][V][d], [L][Hkv][V][d], [L][Hkv][d] */
   float *q, *k, *v, *out;  /* one layer's rows, token-major */
   size_t q_cap, k_cap, v_cap, out_cap;
@@ -80,6 +81,11 @@ static bool sim_grow(void **p, size_t *cap, size_t need, size_t elem) {
 /* The synthetic model's embedding tables (shared by the cpu and cuda engines). */
 static bool make_tables(sim_engine *e, const sim_model *m, uint64_t seed, uint32_t n_reqs) {
   e->tokens = calloc(n_reqs, sizeof(int32_t *));
+  e->by_id = calloc(n_reqs ? n_reqs : 1, sizeof *e->by_id);
+  if (!e->by_id) {
+    fprintf(stderr, "rkv sim: out of memory for the request index\n");
+    return false;
+  }
   size_t d = m->head_dim, tab = (size_t)m->layers * m->kv_heads * SIM_VOCAB * d;
   e->ek = malloc(tab * sizeof(float));
   e->ev_tab = malloc(tab * sizeof(float));
@@ -88,6 +94,10 @@ static bool make_tables(sim_engine *e, const sim_model *m, uint64_t seed, uint32
     fprintf(stderr, "rkv sim: out of memory for the synthetic model tables\n");
     return false;
   }
+  /* ids are trace indices 0..n-1 (the array is sorted by arrival) */
+  for (uint32_t i = 0; i < n_reqs; i++)
+    if (e->reqs[i].id >= 0 && (uint64_t)e->reqs[i].id < n_reqs)
+      e->by_id[e->reqs[i].id] = &e->reqs[i];
   uint64_t s = seed * 31 + 7;
   for (size_t i = 0; i < tab; i++) e->ek[i] = gauss(&s);
   for (size_t i = 0; i < tab; i++) e->ev_tab[i] = gauss(&s);
@@ -189,6 +199,7 @@ void sim_engine_destroy(sim_engine *e) {
   if (e->tokens)
     for (uint32_t i = 0; i < e->n_reqs; i++) free(e->tokens[i]);
   free(e->tokens);
+  free(e->by_id);
   free(e->ek);
   free(e->ev_tab);
   free(e->mu);
@@ -212,10 +223,7 @@ const sim_engine_times *sim_engine_get_times(const sim_engine *e) {
 /* ---- cpu ------------------------------------------------------------------------------- */
 
 static const sim_req *req_of(const sim_engine *e, int64_t id) {
-  /* ids are trace indices 0..n-1; the array is sorted by arrival, so search */
-  for (uint32_t i = 0; i < e->n_reqs; i++)
-    if (e->reqs[i].id == id) return &e->reqs[i];
-  return NULL;
+  return id >= 0 && (uint64_t)id < e->n_reqs ? e->by_id[id] : NULL;
 }
 
 static const int32_t *tokens_of(sim_engine *e, int64_t id) {
@@ -226,7 +234,7 @@ static const int32_t *tokens_of(sim_engine *e, int64_t id) {
     int64_t len = r->prompt + r->gen + 1;
     e->tokens[id] = malloc(sizeof(int32_t) * (size_t)len);
     if (!e->tokens[id]) return NULL;
-    sim_tokens(e->seed, id, e->tokens[id], len);
+    sim_req_tokens(e->seed, r, e->tokens[id], len);
   }
   return e->tokens[id];
 }
@@ -311,12 +319,15 @@ static bool synth_layer(sim_engine *e, const rkv_sched_plan *p, uint32_t l, floa
   for (uint32_t i = 0; i < p->n_seqs; i++) {
     const rkv_sched_seq *q = &p->seqs[i];
     const int32_t *tk = tokens_of(e, q->id);
-    if (!tk) return false;
+    const sim_req *rq = req_of(e, q->id);
+    if (!tk || !rq) return false;
     for (uint32_t t = 0; t < q->n_tokens; t++, r++) {
       const int64_t pos = q->pos + t;
+      /* a shared system prompt has one K/V for every request that starts with it */
+      const int64_t owner = sim_token_owner(rq, pos);
       for (uint32_t h = 0; h < Hkv; h++)
-        make_kv(e, q->id, pos, tk[pos], l, h, k + (r * Hkv + h) * d, v + (r * Hkv + h) * d);
-      make_q(e, q->id, pos, tk[pos], l, qr + r * Hq * d);
+        make_kv(e, owner, pos, tk[pos], l, h, k + (r * Hkv + h) * d, v + (r * Hkv + h) * d);
+      make_q(e, owner, pos, tk[pos], l, qr + r * Hq * d);
     }
   }
   return true;

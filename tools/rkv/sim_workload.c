@@ -13,6 +13,8 @@
 #define RKV_SOURCE_DIR "."
 #endif
 
+static void add_system_prompts(const sim_workload_opts *o, sim_req *r, uint32_t n);
+
 static uint64_t sm64(uint64_t *s) {
   uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -211,10 +213,47 @@ bool sim_workload_build(const sim_workload_opts *o, sim_req **out, uint32_t *n_o
   }
   for (uint32_t i = 0; i < n; i++)
     if (o->gen_cap > 0 && r[i].gen > o->gen_cap) r[i].gen = o->gen_cap;
+  add_system_prompts(o, r, n);
   qsort(r, n, sizeof *r, cmp_arrival);
   *out = r;
   *n_out = n;
   return true;
+}
+
+int64_t sim_system_prompt_len(const sim_workload_opts *o, uint32_t k) {
+  uint64_t st = o->seed ^ 0x5157E3ull ^ ((uint64_t)k * 0x9E3779B97F4A7C15ull);
+  const uint64_t span = (uint64_t)(o->prefix_hi - o->prefix_lo) + 1;
+  return o->prefix_lo + (int64_t)(sm64(&st) % span);
+}
+
+/* Shared-prefix workloads: each request's prompt gets one of the system prompts in front
+ * (chosen from the seed and its id, so every policy run sees the same assignment). */
+static void add_system_prompts(const sim_workload_opts *o, sim_req *r, uint32_t n) {
+  for (uint32_t i = 0; i < n; i++) {
+    r[i].sys = -1;
+    r[i].sys_len = 0;
+    if (!o->n_prefixes) continue;
+    uint64_t st = o->seed ^ 0xA11CEull ^ ((uint64_t)r[i].id * 0xBF58476D1CE4E5B9ull);
+    r[i].sys = (int32_t)(sm64(&st) % o->n_prefixes);
+    r[i].sys_len = sim_system_prompt_len(o, (uint32_t)r[i].sys);
+    r[i].prompt += r[i].sys_len;
+  }
+}
+
+void sim_req_tokens(uint64_t seed, const sim_req *r, int32_t *out, int64_t len) {
+  const int64_t k = r->sys >= 0 ? (r->sys_len < len ? r->sys_len : len) : 0;
+  if (k) sim_tokens(seed, -1 - (int64_t)r->sys, out, k);
+  if (len > k) sim_tokens(seed, r->id, out + k, len - k);
+}
+
+uint32_t sim_prefix_hashes(uint64_t seed, int32_t sys, int64_t sys_len, uint32_t block_size,
+                           uint64_t *out, uint32_t cap) {
+  int32_t *t = malloc(sizeof(int32_t) * (size_t)(sys_len > 0 ? sys_len : 1));
+  if (!t) return 0;
+  sim_tokens(seed, -1 - (int64_t)sys, t, sys_len);
+  const uint32_t nb = rkv_prefix_hash_blocks(t, (uint32_t)sys_len, block_size, 0, out, cap);
+  free(t);
+  return nb;
 }
 
 /* The synthetic "reasoning text": segments of 8..32 tokens; after the first, a segment repeats
