@@ -58,6 +58,9 @@ typedef struct eval_opts {
   rkv_backend_kind backend; /* where the KV pool lives: CPU or CUDA */
   bool compare_cpu;         /* CUDA runs repeated on the CPU backend, accuracies compared */
   bool emulate;             /* --backend emu: the CUDA path on the emulated device */
+  uint32_t repeat;          /* requests per problem (shared prompts) */
+  bool prefix_cache;        /* share cached prompt blocks */
+  int prefix_rule;          /* -1: prompts carry no hashes; else an rkv_sched_prefix_rule */
 } eval_opts;
 
 typedef struct eval_result {
@@ -79,6 +82,8 @@ typedef struct eval_result {
   uint32_t max_running;
   double seconds;
   bool budget_ok;
+  uint64_t prefill_tokens; /* prompt tokens computed (the scheduler's count) */
+  uint64_t hit_tokens;     /* prompt tokens taken from the prefix cache */
   uint32_t by_digits_total[RKV_TASK_MAX_DIGITS + 1];
   uint32_t by_digits_correct[RKV_TASK_MAX_DIGITS + 1];
 } eval_result;
@@ -106,6 +111,7 @@ static void eval_usage(void) {
       "                [--block-size N] [--kv-dtype f32|f16|bf16] [--threads N] [--json]\n"
       "                [--plot FILE.svg] [--show N] [--check] [--simple-loop]\n"
       "                [--backend cpu|cuda] [--compare-cpu] [--generations FILE]\n"
+      "                [--repeat K] [--prefix-cache on|off] [--prefix-rule protect|copy]\n"
       "  Decodes held-out problems of the labelled-addition task (docs/MODEL.md) with the\n"
       "  trained test model through librkv (CPU or CUDA backend, paged KV, continuous\n"
       "  batching) and reports, per policy and budget: exact-match accuracy, mean generated\n"
@@ -125,7 +131,17 @@ static void eval_usage(void) {
       "  --generations FILE  write every generation as a JSON line {policy, budget, id,\n"
       "                    digits, correct, text}, in the order problems finish (what a\n"
       "                    client of the library must reproduce token for token)\n"
-      "  --check           run the block manager / scheduler checks after every step (slow)\n"
+      "  --check           run the block manager / scheduler checks after every step (slow)\n",
+      (double)defaults.lambda, EVAL_SEED_DEFAULT);
+  fputs(
+      "  --repeat K        submit every problem K times (shared prompts; default 1)\n"
+      "  --prefix-cache on|off  share the cached blocks of identical prompt prefixes (default\n"
+      "                    off; needs the scheduler loop). Greedy decoding: the tokens must\n"
+      "                    equal a run with the cache off and the same --prefix-rule\n"
+      "  --prefix-rule R   what compression may do to a prompt's full blocks: protect (kept,\n"
+      "                    the budget counts the rest) or copy (evictable; shared blocks are\n"
+      "                    copied first). Default: protect with --prefix-cache on, else\n"
+      "                    none (prompts evictable, no hashes)\n"
       "  --simple-loop     batch with the tool's own loop instead of the librkv scheduler\n"
       "  --backend B       where the KV cache lives: cpu (default) or cuda. cuda: the KV pool,\n"
       "                    the attention (rkv_attn_*), the query window and eviction\n"
@@ -148,7 +164,7 @@ static void eval_usage(void) {
       "  Exit status: 0, 1 on a runtime failure, 2 on bad usage, 3 when a --require-bounds /\n"
       "  --min-full-accuracy / --compare-cpu check fails, 77 when --backend cuda cannot run\n"
       "  here (no CUDA in this build, or no usable GPU).\n",
-      (double)defaults.lambda, EVAL_SEED_DEFAULT);
+      stdout);
 }
 
 static bool parse_policies(const char *s, eval_opts *o) {
@@ -305,6 +321,7 @@ static int eval_ctx_init(eval_ctx *c, const eval_opts *o, const rkv_model *model
   rc.qwindow = (uint32_t)o->window;
   rc.accumulate_scores = policy == RKV_EVICT_H2O;
   rc.external_append = external_append;
+  rc.prefix_cache = o->prefix_cache;
   if (rkv_model_runner_create(model, backend, &rc, &c->r, err, sizeof err) != RKV_OK) {
     fprintf(stderr, "rkv eval: %s\n", err);
     return 1;
@@ -373,7 +390,7 @@ static void eval_result_init(eval_result *res, const eval_opts *o, rkv_evict_pol
   memset(res, 0, sizeof *res);
   res->policy = policy;
   res->budget = policy == RKV_EVICT_FULL ? 0 : budget;
-  res->problems = o->problems;
+  res->problems = o->problems * o->repeat;
 }
 
 /* Problem `index` of the run's set with its prompt encoded into `tokens` (room for
@@ -606,7 +623,8 @@ static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backen
   int rc_ret = 1;
   rkv_sched *sch = NULL;
   rkv_exec *x = NULL; /* the library executes the plans, on every backend */
-  eval_req *reqs = calloc(o->problems, sizeof *reqs);
+  const uint32_t n_req = o->problems * o->repeat;
+  eval_req *reqs = calloc(n_req, sizeof *reqs);
   rkv_sched_output *outs = malloc(o->batch * sizeof *outs);
   if (!reqs || !outs) {
     fprintf(stderr, "rkv eval: out of memory\n");
@@ -619,6 +637,9 @@ static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backen
   sc.preempt = RKV_SCHED_PREEMPT_RECOMPUTE;
   sc.evict = c.ep;
   sc.check_every_step = o->check;
+  sc.prefix_cache = o->prefix_cache;
+  sc.prefix_rule =
+      o->prefix_rule == RKV_SCHED_PREFIX_COPY ? RKV_SCHED_PREFIX_COPY : RKV_SCHED_PREFIX_PROTECT;
   char err[512] = "";
   if (rkv_sched_create(&sc, c.bm, &sch, err, sizeof err) != RKV_OK) {
     fprintf(stderr, "rkv eval: scheduler: %s\n", err);
@@ -637,28 +658,38 @@ static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backen
     }
     rkv_model_runner_use_executor(r, x);
   }
-  for (uint32_t i = 0; i < o->problems; i++) {
+  for (uint32_t i = 0; i < n_req; i++) {
     eval_req *q = &reqs[i];
-    if (eval_problem(o, model, i, &q->prob, q->hist, &q->prompt_len, res)) goto done;
+    if (eval_problem(o, model, i / o->repeat, &q->prob, q->hist, &q->prompt_len, res)) goto done;
     q->hist_len = q->prompt_len;
     rkv_sched_request rq = {i, (int64_t)q->prompt_len, c.max_new, 0, (double)i, NULL};
     if (rkv_sched_add_request(sch, &rq) != RKV_OK) {
       fprintf(stderr, "rkv eval: add_request %u: %s\n", i, rkv_sched_last_error(sch));
       goto done;
     }
+    if (o->prefix_rule >= 0) {
+      /* the prompt's full blocks: shared through the cache, protected under that rule */
+      uint64_t h[RKV_TASK_MAX_TEXT];
+      const uint32_t nh = rkv_prefix_hash_blocks(q->hist, (uint32_t)q->prompt_len, o->block_size, 0,
+                                                 h, RKV_TASK_MAX_TEXT);
+      if (rkv_sched_set_prefix(sch, i, h, nh) != RKV_OK) {
+        fprintf(stderr, "rkv eval: set_prefix %u: %s\n", i, rkv_sched_last_error(sch));
+        goto done;
+      }
+    }
   }
 
   uint32_t finished = 0, shown = 0;
   const double t0 = rkv_tool_now();
-  while (finished < o->problems) {
+  while (finished < n_req) {
     const rkv_sched_plan *plan = NULL;
     if (rkv_sched_step(sch, &plan) != RKV_OK) {
       fprintf(stderr, "rkv eval: scheduler step: %s\n", rkv_sched_last_error(sch));
       goto done;
     }
     if (plan->n_seqs == 0) {
-      fprintf(stderr, "rkv eval: the scheduler planned nothing with %u problems left\n",
-              o->problems - finished);
+      fprintf(stderr, "rkv eval: the scheduler planned nothing with %u requests left\n",
+              n_req - finished);
       goto done;
     }
     res->steps++;
@@ -722,6 +753,12 @@ static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backen
     }
   }
   eval_finish(o, &c, res, t0);
+  rkv_sched_metrics sm;
+  rkv_sched_get_metrics(sch, &sm);
+  res->prefill_tokens = sm.prompt_tokens;
+  rkv_sched_prefix_stats ps;
+  ps.struct_size = sizeof ps;
+  if (rkv_sched_get_prefix_stats(sch, &ps) == RKV_OK) res->hit_tokens = ps.hit_tokens;
   rc_ret = 0;
 done:
   rkv_model_runner_use_executor(r, NULL);
@@ -804,10 +841,11 @@ static void write_plot(const char *path, const eval_opts *o, const eval_result *
 
 static bool eval_takes_value(const char *opt) {
   static const char *const names[] = {
-      "--model",    "--policies", "--budgets",    "--buffer", "--window",
-      "--problems", "--digits",   "--seed",       "--batch",  "--block-size",
-      "--kv-dtype", "--threads",  "--plot",       "--show",   "--min-full-accuracy",
-      "--backend",  "--lambda",   "--generations"};
+      "--model",      "--policies", "--budgets",     "--buffer", "--window",
+      "--problems",   "--digits",   "--seed",        "--batch",  "--block-size",
+      "--kv-dtype",   "--threads",  "--plot",        "--show",   "--min-full-accuracy",
+      "--backend",    "--lambda",   "--generations", "--repeat", "--prefix-cache",
+      "--prefix-rule"};
   for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
     if (strcmp(opt, names[k]) == 0) return true;
   return false;
@@ -835,6 +873,8 @@ int rkv_cmd_eval(int argc, char **argv) {
   o.kv_dtype = RKV_DTYPE_F32;
   o.threads = 0;
   o.min_full_accuracy = -1.0;
+  o.repeat = 1;
+  o.prefix_rule = -1;
   o.backend = RKV_BACKEND_CPU;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -920,6 +960,24 @@ int rkv_cmd_eval(int argc, char **argv) {
       o.plot = v;
     } else if (strcmp(a, "--generations") == 0) {
       o.generations_path = v;
+    } else if (strcmp(a, "--repeat") == 0) {
+      if (!rkv_tool_parse_u64("eval", a, v, 1, 64, &u)) return 2;
+      o.repeat = (uint32_t)u;
+    } else if (strcmp(a, "--prefix-cache") == 0) {
+      if (strcmp(v, "on") && strcmp(v, "off")) {
+        fprintf(stderr, "rkv eval: bad value for --prefix-cache: '%s' (on or off)\n", v);
+        return 2;
+      }
+      o.prefix_cache = strcmp(v, "on") == 0;
+    } else if (strcmp(a, "--prefix-rule") == 0) {
+      if (strcmp(v, "protect") == 0) {
+        o.prefix_rule = RKV_SCHED_PREFIX_PROTECT;
+      } else if (strcmp(v, "copy") == 0) {
+        o.prefix_rule = RKV_SCHED_PREFIX_COPY;
+      } else {
+        fprintf(stderr, "rkv eval: bad value for --prefix-rule: '%s' (protect or copy)\n", v);
+        return 2;
+      }
     } else if (strcmp(a, "--show") == 0) {
       if (!rkv_tool_parse_u64("eval", a, v, 0, 1000000, &u)) return 2;
       o.show = (int)u;
@@ -935,6 +993,19 @@ int rkv_cmd_eval(int argc, char **argv) {
       return 2;
     }
   const bool on_cuda = o.backend == RKV_BACKEND_CUDA;
+  if (o.prefix_cache && o.prefix_rule < 0) o.prefix_rule = RKV_SCHED_PREFIX_PROTECT;
+  if (o.simple_loop && (o.repeat > 1 || o.prefix_rule >= 0)) {
+    fprintf(stderr,
+            "rkv eval: --repeat, --prefix-cache and --prefix-rule need the scheduler loop (drop "
+            "--simple-loop)\n");
+    return 2;
+  }
+  if ((on_cuda || o.emulate) && o.prefix_rule == RKV_SCHED_PREFIX_PROTECT) {
+    fprintf(stderr,
+            "rkv eval: --prefix-rule protect is not supported on a device yet (its eviction "
+            "ranks every position); use --prefix-rule copy\n");
+    return 2;
+  }
   if (o.compare_cpu && !on_cuda) {
     fprintf(stderr, "rkv eval: --compare-cpu needs --backend cuda\n");
     return 2;
@@ -1039,13 +1110,18 @@ int rkv_cmd_eval(int argc, char **argv) {
           "{\"model\": \"%s\", \"params\": %zu, \"problems\": %u, \"digits\": [%d, %d], "
           "\"seed\": %llu, \"batch\": %u, \"buffer\": %d, \"window\": %d, \"lambda\": %g, "
           "\"block_size\": %u, "
-          "\"kv_dtype\": \"%s\", \"batching\": \"%s\", \"backend\": \"%s\", \"runs\": [",
+          "\"kv_dtype\": \"%s\", \"batching\": \"%s\", \"backend\": \"%s\", \"repeat\": %u, "
+          "\"prefix_cache\": %s, \"prefix_rule\": \"%s\", \"runs\": [",
           o.model_path, rkv_model_num_params(model), o.problems, o.min_digits, o.max_digits,
           (unsigned long long)o.seed, o.batch, o.buffer, o.window, (double)o.lambda, o.block_size,
           rkv_dtype_name(o.kv_dtype), o.simple_loop ? "simple" : "scheduler",
           o.emulate ? "emu"
           : on_cuda ? "cuda"
-                    : "cpu");
+                    : "cpu",
+          o.repeat, o.prefix_cache ? "true" : "false",
+          o.prefix_rule < 0                        ? "none"
+          : o.prefix_rule == RKV_SCHED_PREFIX_COPY ? "copy"
+                                                   : "protect");
       for (int i = 0; i < n_res; i++) {
         const eval_result *e = &results[i];
         printf(
@@ -1055,6 +1131,7 @@ int rkv_cmd_eval(int argc, char **argv) {
             "\"budget_respected\": %s, \"compressions\": %llu, \"tokens_evicted\": %llu, "
             "\"blocks_freed\": %llu, \"steps\": %llu, \"max_running\": %u, "
             "\"preemptions\": %llu, \"seconds\": %.3f, \"tokens_per_s\": %.1f, "
+            "\"prompt_tokens_computed\": %llu, \"prefix_hit_tokens\": %llu, "
             "\"accuracy_by_digits\": {",
             i ? "," : "", rkv_evict_policy_name(e->policy), e->budget,
             (double)e->correct / e->problems, e->correct, e->problems,
@@ -1063,7 +1140,8 @@ int rkv_cmd_eval(int argc, char **argv) {
             (unsigned long long)e->compressions, (unsigned long long)e->tokens_evicted,
             (unsigned long long)e->blocks_freed, (unsigned long long)e->steps, e->max_running,
             (unsigned long long)e->preemptions, e->seconds,
-            e->seconds > 0 ? (double)e->generated_tokens / e->seconds : 0.0);
+            e->seconds > 0 ? (double)e->generated_tokens / e->seconds : 0.0,
+            (unsigned long long)e->prefill_tokens, (unsigned long long)e->hit_tokens);
         bool first = true;
         for (int dgt = 0; dgt <= RKV_TASK_MAX_DIGITS; dgt++) {
           if (!e->by_digits_total[dgt]) continue;

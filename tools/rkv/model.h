@@ -124,6 +124,7 @@ typedef struct rkv_model_runner_config {
    * seq_remove only touch the query window, and a step's new tokens are taken to be already
    * appended, i.e. the last n positions of every stream of the sequence. */
   bool external_append;
+  bool prefix_cache; /* the block manager keeps a prefix cache (the scheduler's prefix_cache) */
 } rkv_model_runner_config;
 
 typedef struct rkv_model_runner rkv_model_runner;

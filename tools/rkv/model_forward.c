@@ -478,6 +478,7 @@ rkv_status rkv_model_runner_create(const rkv_model *model, rkv_backend *backend,
   bc.max_seqs = cfg->max_seqs;
   bc.watermark = 0.0f;
   bc.check_every_op = cfg->check_every_op;
+  bc.prefix_cache = cfg->prefix_cache;
   ret = rkv_blockmgr_create(&bc, &r->bm);
   if (ret) {
     msg(err, err_len, "blockmgr: %s", rkv_status_str(ret));

@@ -9,6 +9,8 @@
 #  model_eval_smoke     a small `rkv eval` run (scheduler batching): budgets respected, and
 #                       with trained weights present the full-cache accuracy floor
 #  model_eval_simple_loop  the same through the tool's own batching loop
+#  model_eval_prefix_cache  `rkv eval --repeat 2`: the prefix cache on generates exactly what
+#                       it generates off (full cache; R-KV under the same protection)
 set(_model_dir ${PROJECT_SOURCE_DIR}/tests/unit/model)
 set(_model_srcs ${PROJECT_SOURCE_DIR}/tools/rkv/model_st.c
     ${PROJECT_SOURCE_DIR}/tools/rkv/model_forward.c ${PROJECT_SOURCE_DIR}/tools/rkv/model_task.c)
@@ -47,6 +49,9 @@ if(RKV_NUMPY_PYTHON)
            COMMAND ${RKV_NUMPY_PYTHON} ${_model_dir}/check_lambda.py $<TARGET_FILE:rkv>
                    ${_model_dir}/data/smoke.safetensors)
   set_tests_properties(model_eval_lambda PROPERTIES TIMEOUT 300 LABELS "integration;model")
+  add_test(NAME model_eval_prefix_cache
+           COMMAND ${RKV_NUMPY_PYTHON} ${_model_dir}/check_prefix.py $<TARGET_FILE:rkv> ${_adder})
+  set_tests_properties(model_eval_prefix_cache PROPERTIES TIMEOUT 300 LABELS "integration;model")
   # train.py on a toy configuration, 1 vs 2 data-parallel processes (skips without torch).
   add_test(NAME model_train_toy COMMAND ${RKV_NUMPY_PYTHON} ${_model_dir}/check_train.py)
   set_tests_properties(model_train_toy PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300
