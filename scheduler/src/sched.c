@@ -662,6 +662,15 @@ rkv_status rkv_sched_fork(rkv_sched *s, int64_t parent, int64_t child, int64_t m
   if (map_find(s, child))
     return rkvi_fail(s->err, RKV_ERR_EXISTS, "fork: child id %lld is already live",
                      (long long)child);
+  /* The next plan lists forks before the ids it drops (a child aborted before that plan is
+   * dropped after its fork), so an id finished since the last plan cannot be a child yet: the
+   * engine would fork into state it has not dropped. */
+  for (uint32_t i = 0; i < s->n_fin; i++)
+    if (s->finished[i] == child)
+      return rkvi_fail(s->err, RKV_ERR_EXISTS,
+                       "fork: child id %lld finished since the last plan; reuse it after the "
+                       "next step",
+                       (long long)child);
   if (s->running.n >= s->cfg.max_seqs || rkv_blockmgr_num_seqs(s->bm) >= s->bm_max_seqs)
     return rkvi_fail(s->err, RKV_ERR_CAPACITY, "fork: %u sequences already running", s->running.n);
   req tmp = *pr;

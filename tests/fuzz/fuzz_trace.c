@@ -1,8 +1,8 @@
 /* Fuzz target for the `rkv sim --trace` reader (tools/rkv/sim_workload.c, compiled in here):
  * the input is written to a file and loaded as an Azure-format CSV trace (TIMESTAMP,
  * ContextTokens, GeneratedTokens) with generations from the trace and a span rescale. A load
- * either fails (message on stderr) or yields requests sorted by arrival with finite arrivals
- * and token counts in [1, 2^30]. */
+ * either fails (message on stderr: run with -close_fd_mask=2) or yields requests sorted by arrival
+ * with finite arrivals and token counts in [1, 2^30]. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -16,8 +16,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   const char *path = fuzz_file_write(data, size);
   if (!path) return 0;
-  static int quiet;
-  if (!quiet) quiet = freopen("/dev/null", "w", stderr) != NULL;
   sim_workload_opts o = {0};
   o.kind = "azure-conv";
   o.trace = path;

@@ -108,7 +108,9 @@ RKV_API rkv_status rkv_sched_abort(rkv_sched *s, int64_t id);
  * engine can fork per-sequence state (query window, sampler). The child reserves its own
  * whole-life bound, as if nothing were shared.
  * RKV_ERR_NOT_FOUND (parent not live), RKV_ERR_STATE (parent not running, or in the
- * outstanding plan), RKV_ERR_EXISTS (child id live), RKV_ERR_INVALID_ARG (child < 0,
+ * outstanding plan), RKV_ERR_EXISTS (child id live, or finished since the last plan: the next
+ * plan drops its engine state after its forks, so such an id may be a child only after the
+ * next step), RKV_ERR_INVALID_ARG (child < 0,
  * max_new_tokens <= tokens already generated), RKV_ERR_CAPACITY (max_seqs running),
  * RKV_ERR_NO_BLOCKS (reserve mode: the child's bound does not fit now; retry later),
  * RKV_ERR_NO_MEMORY. Nothing changes on error. O(blocks of the parent). */
