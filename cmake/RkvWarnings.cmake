@@ -14,6 +14,12 @@ elseif(RKV_SANITIZE)
   add_compile_options(-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
   add_link_options(-fsanitize=address,undefined -fno-sanitize-recover=all)
 endif()
+if(RKV_FUZZ)
+  # Coverage feedback from the library too, not only from the harnesses: every C object is
+  # instrumented (the fuzz targets then link libFuzzer itself with -fsanitize=fuzzer).
+  add_compile_options($<$<COMPILE_LANGUAGE:C>:-fsanitize=fuzzer-no-link>)
+  add_link_options(-fsanitize=fuzzer-no-link)
+endif()
 
 # rkv_add_module(NAME SOURCES... [DEPS ...] [CUDA_SOURCES ...])
 # An object library rkv_<name>: public headers in <module>/include, private in <module>/src.

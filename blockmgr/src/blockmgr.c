@@ -264,6 +264,23 @@ RKV_API rkv_kv_layout rkv_blockmgr_kv_layout(const rkv_blockmgr *m) {
 
 /* ---- Sequences ------------------------------------------------------------------------- */
 
+/* Gives a dead slot its per-stream arrays (kept across seq_free) and a row capacity of at
+ * least `blocks` (a live sequence always has a table, so row pointers are never computed from
+ * NULL). Capacity only: nothing observable changes, whether it succeeds or not. */
+static rkv_status bm_prepare_slot(rkv_blockmgr *m, bm_seq *q, int32_t blocks) {
+  if (!q->nblk) {
+    int32_t *meta = rkvi_alloc(m->al, BM_META_ARRAYS * (size_t)m->streams * sizeof(int32_t), 64);
+    if (!meta) return bm_fail(m, RKV_ERR_NO_MEMORY, "out of memory for sequence metadata");
+    q->nblk = meta;
+    q->len = meta + m->streams;
+    q->tbase = meta + 2 * (size_t)m->streams;
+    q->dirty = meta + 3 * (size_t)m->streams;
+  }
+  if (blocks < 1) blocks = 1;
+  if (blocks > m->nblocks) blocks = m->nblocks; /* no row can hold more distinct blocks */
+  return bm_grow(m, q, blocks);
+}
+
 /* Takes a free slot for a new id, making sure its per-stream arrays exist. Nothing changes on
  * failure. The slot is not yet live (no id, not in the map). */
 rkv_status bm_reserve_slot(rkv_blockmgr *m, int64_t id, int32_t *slot) {
@@ -273,17 +290,7 @@ rkv_status bm_reserve_slot(rkv_blockmgr *m, int64_t id, int32_t *slot) {
   if (m->free_slot_top == 0)
     return bm_fail(m, RKV_ERR_CAPACITY, "max_seqs (%u) sequences already live", m->max_seqs);
   int32_t s = m->free_slots[m->free_slot_top - 1];
-  bm_seq *q = &m->seqs[s];
-  if (!q->nblk) {
-    int32_t *meta = rkvi_alloc(m->al, BM_META_ARRAYS * (size_t)m->streams * sizeof(int32_t), 64);
-    if (!meta) return bm_fail(m, RKV_ERR_NO_MEMORY, "out of memory for sequence metadata");
-    q->nblk = meta;
-    q->len = meta + m->streams;
-    q->tbase = meta + 2 * (size_t)m->streams;
-    q->dirty = meta + 3 * (size_t)m->streams;
-  }
-  /* A live sequence always has a table, so row pointers are never computed from NULL. */
-  if (!q->tab) RKV_TRY(bm_grow(m, q, 1));
+  RKV_TRY(bm_prepare_slot(m, &m->seqs[s], 1));
   *slot = s;
   return RKV_OK;
 }
@@ -334,6 +341,14 @@ RKV_API rkv_status rkv_blockmgr_seq_create(rkv_blockmgr *m, int64_t seq) {
   bm_seq *q = bm_commit_slot(m, seq, slot);
   memset(q->nblk, 0, BM_META_ARRAYS * (size_t)m->streams * sizeof(int32_t));
   return bm_after_op(m);
+}
+
+RKV_API rkv_status rkv_blockmgr_reserve_seq(rkv_blockmgr *m, uint32_t i, int32_t blocks) {
+  if (!m) return RKV_ERR_INVALID_ARG;
+  if (i >= m->free_slot_top)
+    return bm_fail(m, RKV_ERR_CAPACITY, "reserve_seq: creation %u ahead, %u slots free", i,
+                   m->free_slot_top);
+  return bm_prepare_slot(m, &m->seqs[m->free_slots[m->free_slot_top - 1 - i]], blocks);
 }
 
 RKV_API rkv_status rkv_blockmgr_seq_free(rkv_blockmgr *m, int64_t seq) {
@@ -689,6 +704,21 @@ RKV_API bool rkv_blockmgr_can_append(const rkv_blockmgr *m, int64_t seq, uint32_
   int32_t maxnb;
   if (bm_plan_append(m, q, n, &need, &ncow, &maxnb) != RKV_OK) return false;
   return need <= bm_avail(m);
+}
+
+RKV_API rkv_status rkv_blockmgr_reserve_append(rkv_blockmgr *m, int64_t seq, uint32_t n) {
+  if (!m) return RKV_ERR_INVALID_ARG;
+  bm_seq *q = NULL;
+  RKV_TRY(bm_get_seq_raw(m, seq, &q));
+  /* within room no stream takes a block: the rows keep their length (a copy-on-write replaces
+   * a block in place) */
+  if (n <= (uint32_t)q->room) return RKV_OK;
+  bm_settle(m, q);
+  int64_t longest = 0;
+  for (uint32_t s = 0; s < m->streams; s++)
+    if (q->len[s] > longest) longest = q->len[s];
+  const int64_t blocks = (longest + n + m->bs - 1) / m->bs;
+  return bm_grow(m, q, blocks < m->nblocks ? (int32_t)blocks : m->nblocks);
 }
 
 /* ---- Streams --------------------------------------------------------------------------- */

@@ -125,6 +125,31 @@ const char *rkv_qwindow_last_error(const rkv_qwindow *w) {
   return w ? w->err : "";
 }
 
+/* Allocates a free entry's rings on its first use; they are kept after seq_remove, so a
+ * churning workload allocates once per entry. */
+static rkv_status prepare(rkv_qwindow *w, qw_seq *s) {
+  if (s->data) return RKV_OK;
+  const rkv_allocator *a = qw_alloc(w);
+  const uint32_t L = w->cfg.num_layers;
+  s->data = rkvi_alloc(a, w->seq_floats * sizeof(float), 64);
+  s->head = rkvi_alloc(a, L * sizeof(uint32_t), 0);
+  s->count = rkvi_alloc(a, L * sizeof(uint32_t), 0);
+  if (s->data && s->head && s->count) return RKV_OK;
+  rkvi_free(a, s->data, w->seq_floats * sizeof(float));
+  rkvi_free(a, s->head, L * sizeof(uint32_t));
+  rkvi_free(a, s->count, L * sizeof(uint32_t));
+  s->data = NULL, s->head = NULL, s->count = NULL;
+  return rkvi_fail(w->err, RKV_ERR_NO_MEMORY, "no memory for a query window of %zu floats",
+                   w->seq_floats);
+}
+
+rkv_status rkv_qwindow_reserve(rkv_qwindow *w, uint32_t n) {
+  if (!w) return RKV_ERR_INVALID_ARG;
+  for (uint32_t i = 0; i < n && i < w->n_free; i++)
+    RKV_TRY(prepare(w, &w->seqs[w->free_ids[w->n_free - 1 - i]]));
+  return RKV_OK;
+}
+
 /* Takes a free entry, allocates its rings (first use) and links it into the table. */
 static rkv_status insert(rkv_qwindow *w, int64_t id, qw_seq **out) {
   if (id < 0) return rkvi_fail(w->err, RKV_ERR_INVALID_ARG, "sequence id %lld < 0", (long long)id);
@@ -136,22 +161,8 @@ static rkv_status insert(rkv_qwindow *w, int64_t id, qw_seq **out) {
                      w->cfg.max_seqs);
   int32_t e = w->free_ids[w->n_free - 1];
   qw_seq *s = &w->seqs[e];
-  const rkv_allocator *a = qw_alloc(w);
   uint32_t L = w->cfg.num_layers;
-  if (!s->data) {
-    /* Kept after seq_remove, so a churning workload allocates once per entry. */
-    s->data = rkvi_alloc(a, w->seq_floats * sizeof(float), 64);
-    s->head = rkvi_alloc(a, L * sizeof(uint32_t), 0);
-    s->count = rkvi_alloc(a, L * sizeof(uint32_t), 0);
-    if (!s->data || !s->head || !s->count) {
-      rkvi_free(a, s->data, w->seq_floats * sizeof(float));
-      rkvi_free(a, s->head, L * sizeof(uint32_t));
-      rkvi_free(a, s->count, L * sizeof(uint32_t));
-      s->data = NULL, s->head = NULL, s->count = NULL;
-      return rkvi_fail(w->err, RKV_ERR_NO_MEMORY, "no memory for a query window of %zu floats",
-                       w->seq_floats);
-    }
-  }
+  RKV_TRY(prepare(w, s));
   w->n_free--;
   s->id = id;
   memset(s->head, 0, L * sizeof(uint32_t));

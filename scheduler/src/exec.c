@@ -336,6 +336,13 @@ static rkv_status validate_plan(rkv_exec *x, const rkv_sched_plan *p) {
                        (long long)q->id, rkv_evict_policy_name(q->evict->policy), q->evict->window,
                        has_window(x) ? "another window" : "no query window");
   }
+  /* forks register before drops free entries, starts after: n_forks + n_started fresh
+   * entries at most (rkv_qwindow_reserve) */
+  if (x->qw) {
+    const rkv_status st = rkv_qwindow_reserve(x->qw, p->n_forks + p->n_started);
+    if (st != RKV_OK)
+      return rkvi_fail(x->err, st, "begin: query windows: %s", rkv_qwindow_last_error(x->qw));
+  }
   return grow_rows(x, (longest + x->bs - 1) / x->bs);
 }
 
@@ -482,38 +489,64 @@ rkv_status rkv_exec_begin(rkv_exec *x, const rkv_sched_plan *p) {
 
 /* ---- layers ------------------------------------------------------------------------------ */
 
-static rkv_status attend(rkv_exec *x, uint32_t layer, const float *q, float *out, uint32_t first,
-                         uint32_t count, bool prefill) {
-  if (!count) return RKV_OK;
+/* One attention group of the open step (decodes, or prefill chunks) for a layer. */
+typedef struct attn_group {
+  rkv_block_rows br;
+  rkv_attn_params ap;
+  bool prefill;
+} attn_group;
+
+static void attn_group_init(rkv_exec *x, attn_group *g, uint32_t layer, const float *q, float *out,
+                            bool prefill) {
   const rkv_sched_plan *p = x->plan;
+  const uint32_t first = prefill ? p->n_decode : 0;
   const size_t row0 = prefill ? p->n_decode : 0;
   const rkv_block_rows br = {x->rows,   x->lens,        x->seq_row + first,
                              x->stride, layer * x->Hkv, x->all_uniform ? x->blen + first : NULL};
+  g->br = br;
+  g->prefill = prefill;
   rkv_attn_params ap = RKV_ATTN_PARAMS_INIT;
-  ap.num_seqs = count;
+  ap.num_seqs = prefill ? p->n_seqs - p->n_decode : p->n_decode;
   ap.num_q_heads = x->Hq;
   ap.num_kv_heads = x->Hkv;
   ap.head_dim = x->d;
   ap.scale = x->scale;
   ap.q = q + row0 * x->Hq * x->d;
   ap.out = out + row0 * x->Hq * x->d;
-  ap.rows = &br;
+  ap.rows = &g->br;
   ap.q_indptr = prefill ? x->q_indptr : NULL;
   ap.accumulate_scores = x->h2o;
   ap.qwindow = x->qw;
   ap.seq_ids = x->ids + first;
   ap.layer = layer;
-  rkv_backend *be = rkv_kv_pool_backend(x->pool);
+  g->ap = ap;
+}
+
+static rkv_status attend(rkv_exec *x, const attn_group *g) {
+  if (!g->ap.num_seqs) return RKV_OK;
+  const rkv_status st = g->prefill ? rkv_attn_prefill(x->pool, &g->ap, x->ws, x->ws_cap)
+                                   : rkv_attn_decode(x->pool, &g->ap, x->ws, x->ws_cap);
+  if (st != RKV_OK)
+    return rkvi_fail(x->err, st, "layer %u %s attention: %s", g->ap.layer,
+                     g->prefill ? "prefill" : "decode",
+                     rkv_backend_last_error(rkv_kv_pool_backend(x->pool)));
+  return RKV_OK;
+}
+
+/* Grows the workspace for both groups before the layer writes anything: a failed growth
+ * after the K/V write or the decode group's query-window push could not be retried. */
+static rkv_status attn_workspace(rkv_exec *x, const attn_group *g) {
   size_t need = 0;
-  rkv_status st = rkv_attn_workspace_size(x->pool, &ap, &need);
-  if (st == RKV_OK) st = grow(x, &x->ws, &x->ws_cap, need + 64, "attention workspace");
-  if (st == RKV_OK)
-    st = prefill ? rkv_attn_prefill(x->pool, &ap, x->ws, x->ws_cap)
-                 : rkv_attn_decode(x->pool, &ap, x->ws, x->ws_cap);
-  if (st != RKV_OK && st != RKV_ERR_NO_MEMORY)
-    return rkvi_fail(x->err, st, "layer %u %s attention: %s", layer, prefill ? "prefill" : "decode",
-                     rkv_backend_last_error(be));
-  return st;
+  for (int i = 0; i < 2; i++) {
+    size_t n = 0;
+    if (!g[i].ap.num_seqs) continue;
+    const rkv_status st = rkv_attn_workspace_size(x->pool, &g[i].ap, &n);
+    if (st != RKV_OK)
+      return rkvi_fail(x->err, st, "layer %u attention workspace: %s", g[i].ap.layer,
+                       rkv_backend_last_error(rkv_kv_pool_backend(x->pool)));
+    if (n > need) need = n;
+  }
+  return grow(x, &x->ws, &x->ws_cap, need + 64, "attention workspace");
 }
 
 rkv_status rkv_exec_layer(rkv_exec *x, uint32_t layer, const float *q, const float *k,
@@ -530,6 +563,10 @@ rkv_status rkv_exec_layer(rkv_exec *x, uint32_t layer, const float *q, const flo
     return rkvi_fail(x->err, RKV_ERR_INVALID_ARG, "layer %u: q, k, v and out are required", layer);
   const rkv_sched_plan *p = x->plan;
   const size_t n = (size_t)p->n_batched_tokens * x->Hkv;
+  attn_group g[2];
+  attn_group_init(x, &g[0], layer, q, out, false);
+  attn_group_init(x, &g[1], layer, q, out, true);
+  RKV_TRY(attn_workspace(x, g));
   rkv_status st;
   if (x->dev) {
     st = rkvi_xdev_layer(x->dev, layer, q, k, v, out);
@@ -547,8 +584,8 @@ rkv_status rkv_exec_layer(rkv_exec *x, uint32_t layer, const float *q, const flo
   if (st != RKV_OK)
     return rkvi_fail(x->err, st, "layer %u K/V write: %s", layer,
                      rkv_backend_last_error(rkv_kv_pool_backend(x->pool)));
-  RKV_TRY(attend(x, layer, q, out, 0, p->n_decode, false));
-  RKV_TRY(attend(x, layer, q, out, p->n_decode, p->n_seqs - p->n_decode, true));
+  RKV_TRY(attend(x, &g[0]));
+  RKV_TRY(attend(x, &g[1]));
   x->layer_done[layer] = 1;
   return RKV_OK;
 }
@@ -629,6 +666,32 @@ static rkv_status compress_seq(rkv_exec *x, const rkv_sched_seq *q, rkv_sched_ou
   return RKV_OK;
 }
 
+/* Grows the scratch of every compression the step will run before the first one, so a
+ * failed growth leaves the step open and nothing compressed (the finish may be retried). */
+static rkv_status compress_scratch(rkv_exec *x, const rkv_sched_plan *p,
+                                   const rkv_sched_output *outs) {
+  size_t ws = 0, old = 0;
+  for (uint32_t i = 0; i < p->n_seqs; i++) {
+    const rkv_sched_seq *q = &p->seqs[i];
+    const rkv_evict_params *ev = q->evict ? q->evict : &x->cfg.evict;
+    if (!q->compress || outs[i].eos || ev->policy == RKV_EVICT_FULL) continue;
+    size_t need = 0;
+    uint32_t held = 0, excl = 0;
+    rkv_status st = x->pool ? rkv_evict_workspace_size(ev, x->Hkv, x->Hq, x->d, q->kv_len, &need)
+                            : rkv_blockmgr_seq_footprint(x->bm, q->id, &held, &excl);
+    if (st != RKV_OK)
+      return rkvi_fail(x->err, st, "finish: compression of %lld: sizes", (long long)q->id);
+    if (need > ws) ws = need;
+    if (held > old) old = held;
+  }
+  if (ws) RKV_TRY(grow(x, &x->ws, &x->ws_cap, ws + 64, "eviction workspace"));
+  if (old) {
+    RKV_TRY(grow(x, (void **)&x->maps, &x->maps_cap, (size_t)x->S * sizeof *x->maps, "maps"));
+    RKV_TRY(grow(x, (void **)&x->old, &x->old_cap, (size_t)old * sizeof *x->old, "old rows"));
+  }
+  return RKV_OK;
+}
+
 rkv_status rkv_exec_finish(rkv_exec *x, rkv_sched_output *outs, uint32_t n) {
   if (!x) return RKV_ERR_INVALID_ARG;
   if (!x->open) return rkvi_fail(x->err, RKV_ERR_STATE, "finish: no step is open");
@@ -640,6 +703,7 @@ rkv_status rkv_exec_finish(rkv_exec *x, rkv_sched_output *outs, uint32_t n) {
     for (uint32_t l = 0; l < x->L; l++)
       if (!x->layer_done[l])
         return rkvi_fail(x->err, RKV_ERR_STATE, "finish: layer %u did not run", l);
+  RKV_TRY(compress_scratch(x, p, outs));
   rkv_status ret = RKV_OK;
   for (uint32_t i = 0; i < n; i++) {
     const bool eos = outs[i].eos;

@@ -735,6 +735,15 @@ rkv_status rkv_sched_fork(rkv_sched *s, int64_t parent, int64_t child, int64_t m
   if (map_find(s, child))
     return rkvi_fail(s->err, RKV_ERR_EXISTS, "fork: child id %lld is already live",
                      (long long)child);
+  /* The next plan lists forks before the ids it drops (a child aborted before that plan is
+   * dropped after its fork), so an id finished since the last plan cannot be a child yet: the
+   * engine would fork into state it has not dropped. */
+  for (uint32_t i = 0; i < s->n_fin; i++)
+    if (s->finished[i] == child)
+      return rkvi_fail(s->err, RKV_ERR_EXISTS,
+                       "fork: child id %lld finished since the last plan; reuse it after the "
+                       "next step",
+                       (long long)child);
   if (s->running.n >= s->cfg.max_seqs || rkv_blockmgr_num_seqs(s->bm) >= s->bm_max_seqs)
     return rkvi_fail(s->err, RKV_ERR_CAPACITY, "fork: %u sequences already running", s->running.n);
   req tmp = *pr;
@@ -1131,6 +1140,67 @@ static rkv_status plan_step(rkv_sched *s) {
   return RKV_OK;
 }
 
+/* Row capacity a sequence restored from r->lens needs to take an n-token chunk. */
+static int32_t restore_blocks(const rkv_sched *s, const req *r, uint32_t n) {
+  int64_t longest = 0;
+  for (uint32_t k = 0; k < s->streams; k++)
+    if (r->lens[k] > longest) longest = r->lens[k];
+  const uint64_t b = ceil_div((uint64_t)longest + n, s->block_size);
+  return b > INT32_MAX ? INT32_MAX : (int32_t)b;
+}
+
+/* Takes every allocation plan_step's block-manager calls could make before the first of them
+ * changes anything, so a failed step changes nothing (issue 17, finding 1: an admission that
+ * failed half-way left earlier admissions counted as computed, their prefill never planned).
+ * Row capacity for the largest chunk each running sequence may append; the sequence slots the
+ * swap-ins and admissions may create, in the order plan_step considers them. Those slots are
+ * the top of the block manager's free-slot stack as it stands now because a step creates
+ * sequences only when it preempted (freed) none. Capacity only; a sequence the step then
+ * leaves out keeps capacity it would have needed at its next step. */
+static rkv_status reserve_step(rkv_sched *s) {
+  const uint32_t budget = s->cfg.max_batched_tokens;
+  for (req *r = s->running.head; r; r = r->next) {
+    const uint32_t n = chunk_for(s, r, budget);
+    if (n) RKV_TRY(rkv_blockmgr_reserve_append(s->bm, r->id, n));
+  }
+  /* each new sequence takes a place among the running, a token of the budget and a block of
+   * every stream */
+  const uint32_t used = bm_used(s), total = usable_total(s);
+  uint64_t room = total > used ? (total - used) / s->streams : 0;
+  if (room > budget) room = budget;
+  if (room > s->cfg.max_seqs - s->running.n) room = s->cfg.max_seqs - s->running.n;
+  const uint32_t bm_live = rkv_blockmgr_num_seqs(s->bm);
+  if (room > s->bm_max_seqs - bm_live) room = s->bm_max_seqs - bm_live;
+  uint32_t i = 0;
+  for (req *r = s->swapped.head; r && i < room; r = r->next, i++)
+    RKV_TRY(rkv_blockmgr_reserve_seq(s->bm, i, restore_blocks(s, r, chunk_for(s, r, budget))));
+  for (req *r = s->waiting.head; r && i < room; r = r->next) {
+    if (req_bound(s, r) > reserve_capacity(s)) continue; /* aborted, or the loop stops */
+    /* a prefix hit (known only at admission: earlier admissions register groups) puts the
+     * first chunk after up to all its hashed blocks */
+    uint64_t span = chunk_for(s, r, budget);
+    if (s->cfg.prefix_cache && r->n_hashes) {
+      span += (uint64_t)r->n_hashes * s->block_size;
+      if (span > (uint64_t)r->target) span = (uint64_t)r->target;
+    }
+    const uint64_t b = ceil_div(span, s->block_size);
+    RKV_TRY(rkv_blockmgr_reserve_seq(s->bm, i++, (int32_t)b));
+  }
+  return RKV_OK;
+}
+
+/* The walker run by check_every_step: a walk that cannot get its scratch memory is skipped,
+ * since failing the call after it succeeded would break all-or-nothing. */
+static rkv_status after_call_check(rkv_sched *s) {
+  if (!s->cfg.check_every_step) return RKV_OK;
+  const rkv_status st = rkv_sched_check(s);
+  if (st == RKV_ERR_NO_MEMORY) {
+    rkvi_log(s->log, RKV_LOG_WARN, "scheduler: invariant walk skipped: no memory");
+    return RKV_OK;
+  }
+  return st;
+}
+
 /* dropped = finished since the last plan, then this step's recompute preemptions (a swapped-out
  * id keeps its engine state: its KV comes back). */
 static void fill_dropped(rkv_sched *s, rkv_sched_plan *p) {
@@ -1158,10 +1228,14 @@ rkv_status rkv_sched_step(rkv_sched *s, const rkv_sched_plan **plan) {
   GROW(s, s->plan_fin, s->plan_fin_cap, (uint64_t)s->n_fin + s->live);
   GROW(s, s->plan_dropped, s->plan_dropped_cap, (uint64_t)s->n_fin + s->live);
   GROW(s, s->plan_forks, s->plan_forks_cap, s->n_forks);
+  rkv_status ret = reserve_step(s);
+  if (ret != RKV_OK)
+    return rkvi_fail(s->err, ret, "step %llu: %s", (unsigned long long)s->step_no,
+                     rkv_blockmgr_last_error(s->bm));
   rkv_sched_plan *p = &s->plan;
   memset(p, 0, sizeof *p);
   p->step = s->step_no;
-  rkv_status ret = plan_step(s);
+  ret = plan_step(s);
   if (ret != RKV_OK) {
     /* Only block-manager failures that its own accounting excluded get here (a bug, or a
      * manager shared with someone else); the queues are consistent but the step is lost. */
@@ -1195,8 +1269,7 @@ rkv_status rkv_sched_step(rkv_sched *s, const rkv_sched_plan **plan) {
   s->m.steps++;
   if (s->running.n > s->m.max_running) s->m.max_running = s->running.n;
   *plan = p;
-  if (s->cfg.check_every_step) RKV_TRY(rkv_sched_check(s));
-  return RKV_OK;
+  return after_call_check(s);
 }
 
 rkv_status rkv_sched_report(rkv_sched *s, const rkv_sched_output *outs, uint32_t n) {
@@ -1248,8 +1321,7 @@ rkv_status rkv_sched_report(rkv_sched *s, const rkv_sched_output *outs, uint32_t
   }
   s->outstanding = false;
   s->step_no++;
-  if (s->cfg.check_every_step) RKV_TRY(rkv_sched_check(s));
-  return RKV_OK;
+  return after_call_check(s);
 }
 
 /* ---- queries ---------------------------------------------------------------------------- */
@@ -1377,6 +1449,14 @@ rkv_status rkv_sched_check(const rkv_sched *s_const) {
     if (exists != (r->q == Q_RUNNING))
       return rkvi_fail(err, RKV_ERR_CORRUPT, "request %lld: block-manager sequence %s",
                        (long long)r->id, exists ? "exists while not running" : "missing");
+    /* a request counted in a plan nobody holds: its tokens were appended and counted as
+     * computed, but no engine will ever run them (issue 17, finding 1) */
+    if (r->sched_step && !(s->outstanding && r->sched_step == s->step_no + 1))
+      return rkvi_fail(err, RKV_ERR_CORRUPT,
+                       "request %lld: scheduled in step %llu, a plan that was never handed out "
+                       "(now at step %llu, %s)",
+                       (long long)r->id, (unsigned long long)r->sched_step - 1,
+                       (unsigned long long)s->step_no, s->outstanding ? "outstanding" : "idle");
     if (r->computed > r->target + r->generated || r->generated > r->max_new)
       return rkvi_fail(err, RKV_ERR_CORRUPT, "request %lld: progress counters", (long long)r->id);
     if (exists) {
@@ -1416,7 +1496,9 @@ rkv_status rkv_sched_check(const rkv_sched *s_const) {
   if (rkv_blockmgr_num_seqs(s->bm) != s->running.n)
     return rkvi_fail(err, RKV_ERR_CORRUPT, "block manager holds %u sequences, %u running",
                      rkv_blockmgr_num_seqs(s->bm), s->running.n);
-  if (rkv_blockmgr_check(s->bm) != RKV_OK)
-    return rkvi_fail(err, RKV_ERR_CORRUPT, "block manager: %s", rkv_blockmgr_last_error(s->bm));
+  const rkv_status bst = rkv_blockmgr_check(s->bm);
+  if (bst != RKV_OK)
+    return rkvi_fail(err, bst == RKV_ERR_NO_MEMORY ? bst : RKV_ERR_CORRUPT, "block manager: %s",
+                     rkv_blockmgr_last_error(s->bm));
   return RKV_OK;
 }

@@ -116,6 +116,24 @@ RKV_API rkv_status rkv_blockmgr_blocks_needed(const rkv_blockmgr *m, int64_t seq
 /* True iff rkv_blockmgr_append(seq, n) would not return RKV_ERR_NO_BLOCKS. */
 RKV_API bool rkv_blockmgr_can_append(const rkv_blockmgr *m, int64_t seq, uint32_t n);
 
+/* ---- Reservations ---------------------------------------------------------------------- */
+
+/* For callers that change several sequences in one all-or-nothing operation (a scheduler
+ * step): these take, up front, the allocations the later calls would make, so a failure comes
+ * before the first change. Capacity only: nothing observable changes, whether they succeed or
+ * fail (RKV_ERR_NO_MEMORY). */
+
+/* Grows seq's tables so that appends totalling up to n tokens allocate nothing.
+ * RKV_ERR_NOT_FOUND, RKV_ERR_INVALID_ARG, RKV_ERR_NO_MEMORY. O(1) while the tokens fit the
+ * blocks every stream holds, else O(streams_per_seq). */
+RKV_API rkv_status rkv_blockmgr_reserve_append(rkv_blockmgr *m, int64_t seq, uint32_t n);
+/* Prepares the slot the (i+1)-th sequence creation from now (seq_create, seq_fork or
+ * seq_restore, counting from 0) will take, provided no sequence is freed in between: its
+ * per-stream arrays and a row capacity of `blocks`, so that creation, and appends that keep
+ * every row within `blocks`, allocate nothing. RKV_ERR_CAPACITY (fewer than i + 1 slots free),
+ * RKV_ERR_NO_MEMORY. O(1) plus the allocation. */
+RKV_API rkv_status rkv_blockmgr_reserve_seq(rkv_blockmgr *m, uint32_t i, int32_t blocks);
+
 /* ---- Streams --------------------------------------------------------------------------- */
 
 RKV_API rkv_status rkv_blockmgr_stream_len(const rkv_blockmgr *m, int64_t seq, uint32_t layer,

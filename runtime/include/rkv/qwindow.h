@@ -33,8 +33,14 @@ RKV_API const char *rkv_qwindow_last_error(const rkv_qwindow *w);
  * RKV_ERR_CAPACITY. */
 RKV_API rkv_status rkv_qwindow_seq_add(rkv_qwindow *w, int64_t seq);
 RKV_API rkv_status rkv_qwindow_seq_remove(rkv_qwindow *w, int64_t seq);
-/* Copies the ring of parent into child (fork). */
+/* Copies the ring of parent into child (fork). RKV_ERR_NO_MEMORY (nothing changes). */
 RKV_API rkv_status rkv_qwindow_seq_fork(rkv_qwindow *w, int64_t parent, int64_t child);
+/* Allocates now the rings the next n registrations (seq_add, seq_fork) would allocate, so a
+ * caller that registers several sequences in one all-or-nothing operation fails, if at all,
+ * before the first. Registrations interleaved with removals stay covered: a removed entry
+ * keeps its rings. Capacity only (nothing observable changes). At most the free entries are
+ * prepared. RKV_ERR_NO_MEMORY (entries prepared so far stay prepared). */
+RKV_API rkv_status rkv_qwindow_reserve(rkv_qwindow *w, uint32_t n);
 /* Pushes n query rows for one layer: q [n][num_q_heads][head_dim] (token-major, the layout
  * a QKV projection produces). Only the last `window` rows are retained. O(n*q_heads*d). */
 RKV_API rkv_status rkv_qwindow_push(rkv_qwindow *w, int64_t seq, uint32_t layer, const float *q,

@@ -41,8 +41,10 @@
  * slot per scheduled sequence, doubled when swapped-out sequences hold theirs), a pinned
  * staging arena and workspaces, grown in the first steps of a run.
  *
- * Errors: every call returns rkv_status with text in rkv_exec_last_error. A failed begin or
- * layer call changes nothing it has not validated (validation runs first); a compression is
+ * Errors: every call returns rkv_status with text in rkv_exec_last_error. A failed begin,
+ * layer or finish call changes nothing (validation and every allocation come first: the
+ * query windows a plan registers, the mirror, the attention workspace of both groups, the
+ * scratch of every flagged compression), so RKV_ERR_NO_MEMORY may be retried; a compression is
  * atomic per sequence: its fresh blocks are checked for every layer before the first layer is
  * touched (the scheduler reserves them when it flags the compression). Calls out of order are
  * RKV_ERR_STATE. Not internally synchronised: one thread per executor. */

@@ -151,7 +151,9 @@ RKV_API rkv_status rkv_sched_abort(rkv_sched *s, int64_t id);
  * engine can fork per-sequence state (query window, sampler). The child reserves its own
  * whole-life bound, as if nothing were shared.
  * RKV_ERR_NOT_FOUND (parent not live), RKV_ERR_STATE (parent not running, or in the
- * outstanding plan), RKV_ERR_EXISTS (child id live), RKV_ERR_INVALID_ARG (child < 0,
+ * outstanding plan), RKV_ERR_EXISTS (child id live, or finished since the last plan: the next
+ * plan drops its engine state after its forks, so such an id may be a child only after the
+ * next step), RKV_ERR_INVALID_ARG (child < 0,
  * max_new_tokens <= tokens already generated), RKV_ERR_CAPACITY (max_seqs running),
  * RKV_ERR_NO_BLOCKS (reserve mode: the child's bound does not fit now; retry later),
  * RKV_ERR_NO_MEMORY. Nothing changes on error. O(blocks of the parent). */
@@ -270,14 +272,16 @@ typedef struct rkv_sched_plan {
 /* Plans one step: frees nothing the engine still needs, appends the step's tokens to the
  * block manager, preempts when optimistic admission ran out of blocks, swaps in, admits.
  * An empty plan (n_seqs 0) means nothing can run now (idle or blocked).
- * RKV_ERR_STATE if the previous plan was not reported, RKV_ERR_NO_MEMORY if the plan's copy
- * of the finished / fork lists could not grow (both: nothing changes). Any other error
- * means the block manager refused something its own accounting promised (it was modified
- * behind the scheduler's back, or a bug): the scheduler's state is then undefined.
- * Host work O(scheduled sequences x streams + preempted / swapped blocks) plus one read of
- * the block manager's stats (O(blocks + table entries) once some block is shared); no
- * allocation except that amortised growth, done first, when more requests are live than
- * ever before. */
+ * RKV_ERR_STATE if the previous plan was not reported, RKV_ERR_NO_MEMORY if the plan's
+ * arrays or the block manager's tables could not grow (both: nothing changes, and the same
+ * step may be retried: every allocation the step may need, in the scheduler and in the block
+ * manager, is taken before its first change). Any other error means the block manager refused
+ * something its own accounting promised (it was modified behind the scheduler's back, or a
+ * bug): the scheduler's state is then undefined.
+ * Host work O(running sequences + scheduled sequences x streams + preempted / swapped blocks)
+ * plus one read of the block manager's stats (O(blocks + table entries) once some block is
+ * shared); no allocation except amortised growth: the plan's lists when more requests are
+ * live than ever before, block-table rows when a stream outgrows its capacity. */
 RKV_API rkv_status rkv_sched_step(rkv_sched *s, const rkv_sched_plan **plan);
 
 /* What the engine reports for each scheduled sequence of the last plan (any order; every
@@ -369,9 +373,12 @@ RKV_API rkv_status rkv_sched_metrics_prometheus(const rkv_sched_metrics *m, char
 RKV_API uint64_t rkv_sched_plan_hash(const rkv_sched_plan *p);
 
 /* Walks every invariant: queue membership and counts, each running/scheduled request has a
- * block-manager sequence of the recorded length and no waiting/swapped one does, host pool
- * chains disjoint and conserved, reserved-block sum, then rkv_blockmgr_check. RKV_OK or
- * RKV_ERR_CORRUPT with the first violation in the last error. O(everything). */
+ * block-manager sequence of the recorded length and no waiting/swapped one does, only the
+ * outstanding plan's requests are marked scheduled (a request counted as computed in a plan
+ * nobody holds would decode a prompt whose K/V was never written), host pool chains disjoint
+ * and conserved, reserved-block sum, then rkv_blockmgr_check. RKV_OK, RKV_ERR_CORRUPT with the
+ * first violation in the last error, or RKV_ERR_NO_MEMORY (the block manager's walk could not
+ * get its scratch). O(everything). */
 RKV_API rkv_status rkv_sched_check(const rkv_sched *s);
 
 RKV_API const char *rkv_sched_admission_name(rkv_sched_admission a);
