@@ -854,6 +854,28 @@ RKV_API rkv_status rkv_blockmgr_export_csr(const rkv_blockmgr *m, uint32_t layer
 /* Not a hot path. O(1) while no block is shared (token_slots is then the sum of lengths, kept
  * incrementally); otherwise O(num_blocks + table entries): a shared block's occupied slots are
  * the most any referencing stream fills, and only a walk finds them. */
+/* Occupied slots when blocks are shared, without a walk over every block: every block but a
+ * row's last is full, so used blocks x block_size, less the empty slots of partial last blocks
+ * held by one row, is exact. False (walk instead) when a partial last block is shared: another
+ * row may hold it as a full inner block (a fork compacted in place, its parent grew on).
+ * O(live sequences x streams); prefix sharing shares full blocks only. */
+static bool bm_partial_slots(const rkv_blockmgr *m, uint64_t *tok) {
+  uint64_t empty = 0;
+  for (uint32_t i = 0; i < m->max_seqs; i++) {
+    bm_seq *q = &m->seqs[i];
+    if (q->id < 0) continue;
+    bm_settle(m, q);
+    for (uint32_t s = 0; s < m->streams; s++) {
+      const int32_t nb = q->nblk[s], f = q->len[s] - (nb - 1) * m->bs;
+      if (!nb || f == m->bs) continue;
+      if (m->ref[q->tab[(size_t)s * (size_t)q->cap + (size_t)nb - 1]] > 1) return false;
+      empty += (uint64_t)(m->bs - f);
+    }
+  }
+  *tok = (uint64_t)bm_used(m) * (uint64_t)m->bs - empty;
+  return true;
+}
+
 RKV_API void rkv_blockmgr_get_stats(const rkv_blockmgr *m, rkv_blockmgr_stats *out) {
   if (!m || !out) return;
   memset(out, 0, sizeof *out);
@@ -869,7 +891,7 @@ RKV_API void rkv_blockmgr_get_stats(const rkv_blockmgr *m, rkv_blockmgr_stats *o
   out->allocated_slots = (uint64_t)out->used_blocks * (uint64_t)m->bs;
   out->peak_used_blocks = m->peak_used;
   uint64_t tok = m->tokens;
-  if (m->shared_count) {
+  if (m->shared_count && !bm_partial_slots(m, &tok)) {
     uint16_t *fill = m->fill; /* handle-owned scratch */
     memset(fill, 0, (size_t)m->nblocks * sizeof(uint16_t));
     for (uint32_t i = 0; i < m->max_seqs; i++) {

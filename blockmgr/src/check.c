@@ -112,6 +112,27 @@ RKV_API rkv_status rkv_blockmgr_check(const rkv_blockmgr *m) {
   if (shared != m->shared_count)
     BM_CORRUPT("shared_count %u, recomputed %u", m->shared_count, shared);
   if (m->peak_used < used) BM_CORRUPT("peak %u below used %u", m->peak_used, used);
+  /* occupied slots as the stats count them: each used block's fullest row (the stats take a
+   * shortcut while only full blocks are shared) */
+  for (size_t b = 0; b < nb; b++) first_stream[b] = 0;
+  for (uint32_t i = 0; i < m->max_seqs; i++) {
+    const bm_seq *q = &m->seqs[i];
+    if (q->id < 0) continue;
+    for (uint32_t s = 0; s < m->streams; s++) {
+      const int32_t *row = q->tab + (size_t)s * (size_t)q->cap;
+      for (int32_t j = 0; j < q->nblk[s]; j++) {
+        const int32_t f = j + 1 < q->nblk[s] ? bs : q->len[s] - j * bs;
+        if (f > first_stream[row[j]]) first_stream[row[j]] = f;
+      }
+    }
+  }
+  uint64_t occupied_slots = 0;
+  for (size_t b = 0; b < nb; b++) occupied_slots += (uint64_t)first_stream[b];
+  rkv_blockmgr_stats st;
+  rkv_blockmgr_get_stats(m, &st);
+  if (st.token_slots != occupied_slots)
+    BM_CORRUPT("stats count %llu occupied slots, the tables %llu",
+               (unsigned long long)st.token_slots, (unsigned long long)occupied_slots);
 
   if (m->free_slot_top != m->max_seqs - live)
     BM_CORRUPT("%u free slots with %u of %u live", m->free_slot_top, live, m->max_seqs);

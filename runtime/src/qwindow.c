@@ -214,7 +214,7 @@ rkv_status rkv_qwindow_seq_fork(rkv_qwindow *w, int64_t parent, int64_t child) {
     return rkvi_fail(w->err, RKV_ERR_NOT_FOUND, "parent sequence %lld has no query window",
                      (long long)parent);
   int64_t pid = p->id;
-  qw_seq *c;
+  qw_seq *c = NULL;
   RKV_TRY(insert(w, child, &c));
   p = find_seq(w, pid); /* insert does not move entries, but stay obviously correct */
   uint32_t L = w->cfg.num_layers;

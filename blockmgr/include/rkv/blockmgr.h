@@ -327,8 +327,9 @@ typedef struct rkv_blockmgr_stats {
   uint32_t peak_used_blocks;    /* since create */
 } rkv_blockmgr_stats;
 
-/* Not a hot path: O(1) unless blocks are shared (then it walks every table to count shared
- * slots once). Per-step callers use rkv_blockmgr_free_blocks. */
+/* O(1) while no block is shared; O(live sequences x streams) while only full blocks are
+ * shared (prefix caching); a walk over every table when a partly filled block is shared (a
+ * fork). Per-step callers that need only counts use rkv_blockmgr_free_blocks. */
 RKV_API void rkv_blockmgr_get_stats(const rkv_blockmgr *m, rkv_blockmgr_stats *out);
 /* Blocks available now: the free list plus cached blocks no sequence holds (0 for NULL).
  * O(1): for per-step admission arithmetic. */
