@@ -80,11 +80,15 @@ dev=cuda
 }
 
 KEYS="complete steps peak_blocks max_batch max_running preemptions finished rejected
-generation_tokens prompt_tokens compressions evicted_tokens compaction_freed_blocks"
+generation_tokens prompt_tokens compressions evicted_tokens compaction_freed_blocks
+prefix_hit_tokens"
 i=0
-# 1: recompute preemption under a small pool; 2: swap preemption, every policy
+# 1: recompute preemption under a small pool; 2: swap preemption, every policy; 3: shared
+# system prompts through the prefix cache (copy rule: the device selection takes no protected
+# prefix)
 for cfg in "--policy full,rkv --pool-blocks 256 --admission optimistic" \
-  "--policy full,rkv,snapkv,streaming,h2o --pool-blocks 256 --admission optimistic --preempt swap"; do
+  "--policy full,rkv,snapkv,streaming,h2o --pool-blocks 256 --admission optimistic --preempt swap" \
+  "--policy full,rkv --pool-blocks 256 --admission optimistic --prefixes 3 --prefix-len 100-300 --prefix-cache on --prefix-rule copy"; do
   i=$((i + 1))
   # shellcheck disable=SC2086
   run cuda$i --compute $dev --json $cfg

@@ -84,6 +84,18 @@ case "$mode" in
     pre=$(rows rkv "$tmp/out" | awk 'NR == 1 { print $8 }')
     check "the workload preempts (NO_BLOCKS) on every rank: $pre" [ "${pre:-0}" -gt 0 ]
     ;;
+  prefix)
+    # prefix caching under memory pressure: hits, parking and reclaims decide alike on every
+    # rank (equal pools after the start-up MIN)
+    args="$shape --compute none --policy full,rkv --pool-blocks 150 --requests 48
+      --admission optimistic --prefixes 3 --prefix-len 40-100 --prefix-cache on --tp $np $launch"
+    run_tp "$tmp/out" "$tmp/err" "$@" "$rkv" sim $args
+    rc=$?
+    check "exit status 0 (got $rc)" [ "$rc" -eq 0 ]
+    agree_checks "$tmp/out" full rkv
+    hit=$(grep -c "hit [1-9]" "$tmp/out")
+    check "the prefix cache hits" [ "${hit:-0}" -gt 0 ]
+    ;;
   agreecpu)
     args="$shape --compute cpu --policy rkv --requests 16 --gen-mean 300 --gen-cap 512
       --budget 64 --buffer 32 --head-dim 32 --pool-blocks 40 --admission optimistic
