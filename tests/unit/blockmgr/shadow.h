@@ -287,8 +287,8 @@ static inline int bms_pc_init_(bm_shadow *s, uint64_t seed) {
   s->taken = calloc(s->gcap, 1);
   size_t ntok = (size_t)BMS_TMPL_MAX_BLOCKS * s->bs;
   int32_t *tok = calloc(BMS_TMPL * ntok, sizeof *tok);
-  if (!s->grp || !s->bgrp || !s->park || !s->pre_parked || !s->pre_key || !s->inval ||
-      !s->taken || !tok) {
+  if (!s->grp || !s->bgrp || !s->park || !s->pre_parked || !s->pre_key || !s->inval || !s->taken ||
+      !tok) {
     free(tok);
     return -1;
   }
@@ -574,15 +574,14 @@ static inline int bms_pc_stats_(bm_shadow *s) {
       st.reclaimable_blocks != s->nparked || st.lookups != w->lookups ||
       st.hit_groups != w->hit_groups || st.inserted != w->inserted ||
       st.invalidated != w->invalidated || st.reclaimed != w->reclaimed)
-    return BMS_FAIL(s,
-                    "prefix_stats %s: entries %u cached %u reclaimable %u lookups %" PRIu64
-                    " hits %" PRIu64 " inserted %" PRIu64 " invalidated %" PRIu64
-                    " reclaimed %" PRIu64 "; model %u %u %u %" PRIu64 " %" PRIu64 " %" PRIu64
-                    " %" PRIu64 " %" PRIu64,
-                    rkv_status_name(rc), st.entries, st.cached_blocks, st.reclaimable_blocks,
-                    st.lookups, st.hit_groups, st.inserted, st.invalidated, st.reclaimed, entries,
-                    entries * s->S, s->nparked, w->lookups, w->hit_groups, w->inserted,
-                    w->invalidated, w->reclaimed);
+    return BMS_FAIL(
+        s,
+        "prefix_stats %s: entries %u cached %u reclaimable %u lookups %" PRIu64 " hits %" PRIu64
+        " inserted %" PRIu64 " invalidated %" PRIu64 " reclaimed %" PRIu64
+        "; model %u %u %u %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64,
+        rkv_status_name(rc), st.entries, st.cached_blocks, st.reclaimable_blocks, st.lookups,
+        st.hit_groups, st.inserted, st.invalidated, st.reclaimed, entries, entries * s->S,
+        s->nparked, w->lookups, w->hit_groups, w->inserted, w->invalidated, w->reclaimed);
   return 0;
 }
 
@@ -598,27 +597,35 @@ static inline int bms_pc_reclaim_ok_(bm_shadow *s, uint32_t need, const uint8_t 
   for (uint32_t g = 0; g < s->gcap; g++) {
     if (!gone[g]) continue;
     if (s->pre_parked[g] == 0)
-      return BMS_FAIL(s, "prefix cache: group %u (hash %016" PRIx64 ") vanished with no block "
-                         "parked and no content change", g, s->grp[g].hash);
+      return BMS_FAIL(s,
+                      "prefix cache: group %u (hash %016" PRIx64
+                      ") vanished with no block "
+                      "parked and no content change",
+                      g, s->grp[g].hash);
     n++;
     sum += s->pre_parked[g];
     if (s->pre_key[g] > maxkey) maxkey = s->pre_key[g];
     for (uint32_t h = 0; h < s->gcap; h++)
       if (s->grp[h].live && !gone[h] && !s->inval[h] && s->pre_parked[h] &&
           s->pre_key[h] < s->pre_key[g])
-        return BMS_FAIL(s, "prefix cache: reclaimed group %u (parked at op %" PRIu64
-                           ") before older group %u (op %" PRIu64 ")",
+        return BMS_FAIL(s,
+                        "prefix cache: reclaimed group %u (parked at op %" PRIu64
+                        ") before older group %u (op %" PRIu64 ")",
                         g, s->pre_key[g], h, s->pre_key[h]);
   }
   if (n == 0) {
     if (need > s->pre_plain + amb_parked)
-      return BMS_FAIL(s, "prefix cache: an op needing %u blocks with %u on the free list "
-                         "reclaimed nothing", need, s->pre_plain);
+      return BMS_FAIL(s,
+                      "prefix cache: an op needing %u blocks with %u on the free list "
+                      "reclaimed nothing",
+                      need, s->pre_plain);
     return 0;
   }
   if (need <= s->pre_plain)
-    return BMS_FAIL(s, "prefix cache: %u groups reclaimed though the free list held %u of %u "
-                       "blocks needed", n, s->pre_plain, need);
+    return BMS_FAIL(s,
+                    "prefix cache: %u groups reclaimed though the free list held %u of %u "
+                    "blocks needed",
+                    n, s->pre_plain, need);
   if (amb_parked) return 0;
   if (sum < need)
     return BMS_FAIL(s, "prefix cache: reclaim left %" PRIu64 " of %u blocks needed", sum, need);
@@ -639,8 +646,11 @@ static inline int bms_pc_end_(bm_shadow *s, uint32_t need) {
     bool present = bms_pc_cached_(s, s->grp[g].hash);
     if (s->inval[g]) {
       if (present)
-        ret = BMS_FAIL(s, "prefix cache: group %u (hash %016" PRIx64 ") still cached after its "
-                          "content changed", g, s->grp[g].hash);
+        ret = BMS_FAIL(s,
+                       "prefix cache: group %u (hash %016" PRIx64
+                       ") still cached after its "
+                       "content changed",
+                       g, s->grp[g].hash);
       n_inval++;
       if (s->pre_parked[g]) {
         amb++;
@@ -697,8 +707,8 @@ static inline int bms_pc_verify_all_(bm_shadow *s) {
     }
     rkv_status st = rkv_blockmgr_prefix_cost(s->m, &G->hash, 1, &cost);
     if (!bms_pc_cached_(s, G->hash) || st != RKV_OK || cost != want)
-      return BMS_FAIL(s, "cached group %u: match/cost %s %u, model cost %u", g,
-                      rkv_status_name(st), cost, want);
+      return BMS_FAIL(s, "cached group %u: match/cost %s %u, model cost %u", g, rkv_status_name(st),
+                      cost, want);
   }
   return bms_pc_stats_(s);
 }
@@ -992,6 +1002,13 @@ static inline int bms_append_ex(bm_shadow *s, int64_t id, uint32_t n, bool with_
       if (bms_check_fresh_(s, ids[j], "append")) return -1;
   }
   if (seen_cows != n_copies) return BMS_FAIL(s, "append: stray copy ops");
+  /* A partial tail written in place changes content: its group (a sharer registered the
+   * block full) must go. */
+  for (uint32_t k = 0; s->pc && k < s->S; k++) {
+    const bms_stream *t = &q->st[k];
+    if (t->len % (int32_t)s->bs != 0 && s->ref[t->row[t->nrow - 1]] == 1)
+      bms_pc_touch_(s, t->row[t->nrow - 1]);
+  }
   /* Apply the copies to the slot map (as the pool would), then write the new tokens. */
   for (uint32_t c = 0; c < n_copies; c++)
     memcpy(&s->slot_tok[(size_t)s->copies[c].dst * s->bs],
@@ -1013,9 +1030,10 @@ static inline int bms_append_ex(bm_shadow *s, int64_t id, uint32_t n, bool with_
         return BMS_FAIL(s, "append: slots[%u][%u] = %" PRId64 ", expected %" PRId64, k, i,
                         s->slots[(size_t)k * n + i], slot);
       /* cached blocks are full: a write into one means a group was left partly filled */
-      if (s->pc && s->bgrp[slot / s->bs] >= 0 && !s->taken[s->bgrp[slot / s->bs]])
-        return BMS_FAIL(s, "append: stream %u writes into block %" PRId64 " of cached group %d",
-                        k, slot / s->bs, s->bgrp[slot / s->bs]);
+      if (s->pc && s->bgrp[slot / s->bs] >= 0 && !s->taken[s->bgrp[slot / s->bs]] &&
+          !s->inval[s->bgrp[slot / s->bs]])
+        return BMS_FAIL(s, "append: stream %u writes into block %" PRId64 " of cached group %d", k,
+                        slot / s->bs, s->bgrp[slot / s->bs]);
       s->slot_tok[slot] = t->tok[p] = s->next_tok++;
     }
     t->len += (int32_t)n;
@@ -1087,7 +1105,8 @@ static inline int bms_compact_ex(bm_shadow *s, int64_t id, const rkv_keep_list *
         want = RKV_ERR_INVALID_ARG;
       else if (!bms_keep_valid_(L->pos, L->n, q->st[k].len))
         want = RKV_ERR_INVALID_ARG;
-      else if (q->protect && ((int32_t)L->n < q->protect || L->pos[q->protect - 1] != q->protect - 1))
+      else if (q->protect &&
+               ((int32_t)L->n < q->protect || L->pos[q->protect - 1] != q->protect - 1))
         want = RKV_ERR_INVALID_ARG; /* protected positions must stay in place */
       if (want != RKV_OK) break;
       uint32_t mv = 0;
@@ -1490,8 +1509,8 @@ static inline int bms_prefix_match(bm_shadow *s, const uint64_t *hashes, uint32_
 }
 
 /* rkv_blockmgr_seq_create_cached: the new sequence maps exactly the registered tokens. */
-static inline int bms_create_cached(bm_shadow *s, int64_t id, const uint64_t *hashes,
-                                    uint32_t hit, rkv_status *out) {
+static inline int bms_create_cached(bm_shadow *s, int64_t id, const uint64_t *hashes, uint32_t hit,
+                                    rkv_status *out) {
   rkv_status want = RKV_OK;
   if ((uint64_t)hit * s->bs >= (1ull << 31))
     want = RKV_ERR_INVALID_ARG;
@@ -1547,7 +1566,8 @@ static inline int bms_prefix_insert(bm_shadow *s, int64_t id, const uint64_t *ha
   rkv_status st = rkv_blockmgr_prefix_insert(s->m, id, hashes, n, &got);
   *out = st;
   if (bms_expect_(s, "prefix_insert", st, want)) return -1;
-  if (want != RKV_OK) return got == 0 ? bms_verify_unchanged_(s, id) : BMS_FAIL(s, "insert: %u", got);
+  if (want != RKV_OK)
+    return got == 0 ? bms_verify_unchanged_(s, id) : BMS_FAIL(s, "insert: %u", got);
   for (uint32_t i = 0; i < n; i++) {
     bool ok = bms_pc_find_(s, hashes[i]) < 0;
     for (uint32_t k = 0; ok && k < s->S; k++)
@@ -1682,7 +1702,6 @@ static inline int bms_random_prefix_op(bm_shadow *s, uint64_t *rng, int *kind, r
   *kind = BMS_OP_PCLEAR;
   return bms_prefix_clear(s);
 }
-
 
 /* One malformed or impossible call that must fail with the predicted status and change
  * nothing (the drivers check both). */
