@@ -631,6 +631,10 @@ static rkv_status bm_append(rkv_blockmgr *m, int64_t seq, uint32_t n, const bm_s
       row[nb - 1] = fresh;
       bm_unref(m, old);
       bm_mark_dirty(q, s, nb - 1);
+    } else if (q->maybe_shared_tail && bm_off(m, len) != 0) {
+      /* A tail left partly filled while shared can have been registered since by the
+       * sequence that held it full; the sharer that writes into it now changes its content. */
+      bm_content_changes(m, row[nb - 1]);
     }
     int32_t newlen = len + (int32_t)n;
     int32_t newnb = bm_nblocks(m, newlen);

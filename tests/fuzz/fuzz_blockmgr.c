@@ -1,7 +1,10 @@
 /* libFuzzer target for the block manager: the input bytes pick a tiny configuration (1-2
- * layers, 1-2 kv heads, block size 1-4, 1-32 blocks, 2-9 sequences) and then an operation
+ * layers, 1-2 kv heads, block size 1-4, 1-32 blocks, 2-9 sequences, prefix cache on when bit 4
+ * of the first byte is set) and then an operation
  * sequence (create, append, fork, compact with byte-seeded keep lists, compact_uniform, free,
- * restore, malformed calls), each mirrored by the shadow model of
+ * restore, malformed calls; with a prefix cache also template requests through
+ * seq_create_cached, prefix_insert, protect, prefix_match / prefix_cost, prefix_clear and
+ * compactions keeping the protected prefix), each mirrored by the shadow model of
  * tests/unit/blockmgr/shadow.h, with rkv_blockmgr_check after every operation and a final
  * free-everything leak check. Any disagreement prints the reason and aborts.
  * Under gcc, tests/fuzz/replay_main.c replays the committed corpus in corpus/fuzz_blockmgr/.
@@ -49,6 +52,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   cfg.max_seqs = 2u + (b1 >> 5);
   cfg.head_dim = 4;
   cfg.watermark = 0.0f;
+  cfg.prefix_cache = (b0 & 0x10u) != 0;
   rkv_blockmgr *m = NULL;
   if (rkv_blockmgr_create(&cfg, &m) != RKV_OK) {
     fprintf(stderr, "fuzz_blockmgr: create failed: valid config rejected\n");
@@ -64,7 +68,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     rkv_status st;
     int r = 0;
     const char *what = "?";
-    switch (op % 10) {
+    /* with a prefix cache, op values 10..15 decode the prefix operations */
+    switch (cfg.prefix_cache ? op % 16 : op % 10) {
       case 0:
         what = "create";
         r = bms_create(&s, id, &st);
@@ -114,10 +119,49 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         r = bms_random_bad_op(&s, &rng, &st);
         break;
       }
-      default:
+      case 9:
         what = "verify";
         r = bms_verify_all(&s);
         break;
+      case 10: { /* a request for a template: match, share, compute the rest, insert */
+        what = "create_cached";
+        uint64_t rng = ((uint64_t)next_byte(&c) << 8) ^ at;
+        int skew = (a >> 3) % 3 == 2 ? -1 : (a >> 3) % 3 == 1 ? 1 : 0;
+        r = bms_prompt(&s, &rng, id, (a >> 5) % BMS_TMPL, skew, &st);
+        break;
+      }
+      case 11: {
+        what = "prefix_insert";
+        uint32_t t = (a >> 3) % BMS_TMPL;
+        r = bms_prefix_insert(&s, id, s.tmpl_hash[t], next_byte(&c) % (s.tmpl_blocks[t] + 1), &st);
+        break;
+      }
+      case 12:
+        what = "protect";
+        r = bms_protect(&s, id, (int32_t)(next_byte(&c) % 24u) - 2, &st);
+        break;
+      case 13: {
+        what = "prefix_match";
+        uint32_t t = (a >> 3) % BMS_TMPL;
+        r = bms_prefix_match(&s, s.tmpl_hash[t], s.tmpl_blocks[t],
+                             next_byte(&c) % (s.tmpl_blocks[t] + 2), NULL);
+        break;
+      }
+      case 14:
+        what = "prefix_clear";
+        r = bms_prefix_clear(&s);
+        break;
+      default: { /* compaction that keeps the protected prefix in place */
+        what = "compact (protected)";
+        bms_seq *q = bms_find(&s, id);
+        uint64_t rng = ((uint64_t)next_byte(&c) << 8) ^ at;
+        if (!q) break;
+        int nl = bms_random_lists(&s, &rng, q);
+        if (nl < 0) abort();
+        bms_keep_protected_(&s, q, (uint32_t)nl);
+        r = bms_compact(&s, id, s.lists, (uint32_t)nl, &st);
+        break;
+      }
     }
     if (r != 0) die(&s, at, what);
     if (rkv_blockmgr_check(m) != RKV_OK) {

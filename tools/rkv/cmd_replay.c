@@ -27,6 +27,14 @@ static void usage(FILE *f) {
           "  compact_uniform SEQ LAYER KEEP    cut every stream of LAYER (-1: all) to KEEP\n"
           "  check                             rkv_blockmgr_check\n"
           "  show                              state as one JSON line\n"
+          "Prefix caching (pool ... prefix_cache=1):\n"
+          "  hash NAME i,j,k-l,...             names the block hashes of a token list\n"
+          "  match NAME                        prints the cached hit and its cost\n"
+          "  create_cached SEQ NAME [HIT]      new sequence sharing HIT cached groups\n"
+          "                                    (default: the whole hit)\n"
+          "  insert SEQ NAME                   registers SEQ's full blocks under NAME\n"
+          "  protect SEQ N                     protects positions [0, N) of SEQ\n"
+          "  prefix_clear | prefix_stats       drop every group | print the counters\n"
           "A failing op prints {\"op\": LINE, \"error\": STATUS, \"message\": TEXT} and the\n"
           "script continues with the state unchanged. --trace echoes each op on stderr.\n"
           "Exit status: 0 ran to the end, 1 a check failed, 2 usage, file or pool error (also a\n"
@@ -41,8 +49,17 @@ typedef struct pending_keep {
   uint32_t n;
 } pending_keep;
 
+/* A named chain of block hashes (`hash NAME TOKENS`). */
+typedef struct named_hash {
+  char *name;
+  uint64_t *h;
+  uint32_t n;
+} named_hash;
+
 typedef struct replay_state {
   rkv_blockmgr *m;
+  named_hash *hashes;
+  size_t n_hashes;
   const rkv_blockmgr_config *cfg;
   pending_keep *keeps;
   size_t n_keeps, cap_keeps;
@@ -186,6 +203,99 @@ static rkv_status do_uniform(replay_state *r, const replay_op *op, uint32_t *n_m
   return st;
 }
 
+static const named_hash *find_hash(const replay_state *r, const char *name) {
+  for (size_t i = 0; i < r->n_hashes; i++)
+    if (strcmp(r->hashes[i].name, name) == 0) return &r->hashes[i];
+  return NULL;
+}
+
+/* hash NAME TOKENS: a later line of the same name replaces the chain. */
+static rkv_status do_hash(replay_state *r, const replay_op *op, uint32_t *n, char *msg,
+                          size_t size) {
+  uint32_t bs = r->cfg->block_size, full = op->npos / bs;
+  uint64_t *h = calloc((size_t)full + 1, sizeof *h);
+  named_hash *e = (named_hash *)find_hash(r, op->name);
+  if (!e) {
+    named_hash *q = realloc(r->hashes, (r->n_hashes + 1) * sizeof *q);
+    char *name = strdup(op->name);
+    if (q) r->hashes = q;
+    if (!q || !name || !h) {
+      free(name);
+      free(h);
+      snprintf(msg, size, "hash: out of memory");
+      return RKV_ERR_NO_MEMORY;
+    }
+    e = &r->hashes[r->n_hashes++];
+    e->name = name;
+    e->h = NULL;
+  } else if (!h) {
+    snprintf(msg, size, "hash: out of memory");
+    return RKV_ERR_NO_MEMORY;
+  }
+  rkv_prefix_hash_blocks(op->pos, op->npos, bs, 0, h, full);
+  free(e->h);
+  e->h = h;
+  e->n = *n = full;
+  return RKV_OK;
+}
+
+static rkv_status named(const replay_state *r, const replay_op *op, const named_hash **e, char *msg,
+                        size_t size) {
+  *e = find_hash(r, op->name);
+  if (*e) return RKV_OK;
+  snprintf(msg, size, "no hash named '%s' (define it with a hash line)", op->name);
+  return RKV_ERR_NOT_FOUND;
+}
+
+static rkv_status do_match(replay_state *r, const replay_op *op, int line, char *msg, size_t size) {
+  const named_hash *e;
+  uint32_t hit = 0, cost = 0;
+  rkv_status st = named(r, op, &e, msg, size);
+  if (st == RKV_OK) st = rkv_blockmgr_prefix_match(r->m, e->h, e->n, &hit);
+  if (st == RKV_OK) st = rkv_blockmgr_prefix_cost(r->m, e->h, hit, &cost);
+  if (st == RKV_OK)
+    printf("{\"op\": %d, \"match\": \"%s\", \"blocks\": %u, \"hit\": %u, \"cost\": %u}\n", line,
+           e->name, e->n, hit, cost);
+  return st;
+}
+
+static rkv_status do_create_cached(replay_state *r, const replay_op *op, uint32_t *hit, char *msg,
+                                   size_t size) {
+  const named_hash *e;
+  rkv_status st = named(r, op, &e, msg, size);
+  if (st != RKV_OK) return st;
+  *hit = (uint32_t)op->arg;
+  if (op->arg < 0) rkv_blockmgr_prefix_match(r->m, e->h, e->n, hit);
+  if (*hit > e->n) {
+    snprintf(msg, size, "create_cached: HIT %u, but '%s' names %u blocks", *hit, e->name, e->n);
+    return RKV_ERR_INVALID_ARG;
+  }
+  return rkv_blockmgr_seq_create_cached(r->m, op->seq, e->h, *hit);
+}
+
+static rkv_status do_insert(replay_state *r, const replay_op *op, int line, char *msg,
+                            size_t size) {
+  const named_hash *e;
+  uint32_t added = 0;
+  rkv_status st = named(r, op, &e, msg, size);
+  if (st == RKV_OK) st = rkv_blockmgr_prefix_insert(r->m, op->seq, e->h, e->n, &added);
+  if (st == RKV_OK) printf("{\"op\": %d, \"inserted\": %u}\n", line, added);
+  return st;
+}
+
+static void do_prefix_stats(replay_state *r, int line) {
+  rkv_prefix_stats ps;
+  memset(&ps, 0, sizeof ps);
+  ps.struct_size = sizeof ps;
+  rkv_blockmgr_prefix_stats(r->m, &ps);
+  printf(
+      "{\"op\": %d, \"entries\": %u, \"cached_blocks\": %u, \"reclaimable_blocks\": %u, "
+      "\"free_blocks\": %u, \"lookups\": %" PRIu64 ", \"hit_groups\": %" PRIu64
+      ", \"inserted\": %" PRIu64 ", \"invalidated\": %" PRIu64 ", \"reclaimed\": %" PRIu64 "}\n",
+      line, ps.entries, ps.cached_blocks, ps.reclaimable_blocks, rkv_blockmgr_free_blocks(r->m),
+      ps.lookups, ps.hit_groups, ps.inserted, ps.invalidated, ps.reclaimed);
+}
+
 static int cmp_i64(const void *a, const void *b) {
   int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
   return (x > y) - (x < y);
@@ -207,7 +317,11 @@ static void do_show(replay_state *r, int line) {
       "\"seqs\": [",
       line, st.free_blocks, st.used_blocks, st.shared_blocks);
   for (uint32_t i = 0; i < n; i++) {
-    printf("%s{\"id\": %" PRId64 ", \"streams\": [", i ? ", " : "", ids[i]);
+    printf("%s{\"id\": %" PRId64, i ? ", " : "", ids[i]);
+    /* only when set, so scripts without protection print what they always printed */
+    if (rkv_blockmgr_seq_protected(r->m, ids[i]))
+      printf(", \"protected\": %d", rkv_blockmgr_seq_protected(r->m, ids[i]));
+    printf(", \"streams\": [");
     for (uint32_t l = 0; l < r->cfg->num_layers; l++)
       for (uint32_t h = 0; h < r->cfg->num_kv_heads; h++) {
         int32_t len = 0, nb = 0;
@@ -240,6 +354,7 @@ static bool create_pool(replay_state *r, const replay_op *op, int line) {
   cfg.head_dim = op->head_dim;
   cfg.watermark = 0.0f;
   cfg.max_seqs = 1024;
+  cfg.prefix_cache = op->prefix_cache;
   char why[256] = "";
   rkv_status st = rkv_blockmgr_validate_config(&cfg, why, sizeof why);
   if (st == RKV_OK) st = rkv_blockmgr_create(&cfg, &r->m);
@@ -257,7 +372,7 @@ static bool create_pool(replay_state *r, const replay_op *op, int line) {
 static void run_op(replay_state *r, replay_op *op, int line) {
   char msg[512] = "";
   rkv_status st = RKV_OK;
-  uint32_t n_copies = 0, n_moves = 0, n_maps = 0;
+  uint32_t n_copies = 0, n_moves = 0, n_maps = 0, count = 0;
   switch (op->kind) {
     case REPLAY_POOL:
       st = RKV_ERR_STATE;
@@ -297,6 +412,27 @@ static void run_op(replay_state *r, replay_op *op, int line) {
     case REPLAY_SHOW:
       do_show(r, line);
       break;
+    case REPLAY_HASH:
+      st = do_hash(r, op, &count, msg, sizeof msg);
+      break;
+    case REPLAY_MATCH:
+      st = do_match(r, op, line, msg, sizeof msg);
+      break;
+    case REPLAY_CREATE_CACHED:
+      st = do_create_cached(r, op, &count, msg, sizeof msg);
+      break;
+    case REPLAY_INSERT:
+      st = do_insert(r, op, line, msg, sizeof msg);
+      break;
+    case REPLAY_PROTECT:
+      st = rkv_blockmgr_seq_protect(r->m, op->seq, (int32_t)op->arg);
+      break;
+    case REPLAY_PREFIX_CLEAR:
+      rkv_blockmgr_prefix_clear(r->m);
+      break;
+    case REPLAY_PREFIX_STATS:
+      do_prefix_stats(r, line);
+      break;
   }
   if (st != RKV_OK && !msg[0]) snprintf(msg, sizeof msg, "%s", rkv_blockmgr_last_error(r->m));
   if (r->trace) {
@@ -304,6 +440,8 @@ static void run_op(replay_state *r, replay_op *op, int line) {
     if (st == RKV_OK && op->kind == REPLAY_APPEND) fprintf(stderr, " (%u copies)", n_copies);
     if (st == RKV_OK && op->kind == REPLAY_COMPACT) fprintf(stderr, " (%u moves)", n_moves);
     if (st == RKV_OK && op->kind == REPLAY_UNIFORM) fprintf(stderr, " (%u streams cut)", n_maps);
+    if (st == RKV_OK && op->kind == REPLAY_HASH) fprintf(stderr, " (%u full blocks)", count);
+    if (st == RKV_OK && op->kind == REPLAY_CREATE_CACHED) fprintf(stderr, " (%u groups)", count);
     fprintf(stderr, "\n");
   }
   if (st != RKV_OK) report_error(line, st, msg);
@@ -434,6 +572,11 @@ int rkv_cmd_replay(int argc, char **argv) {
   drop_keeps(&r, 0);
   for (size_t i = 0; i < r.n_keeps; i++) free(r.keeps[i].pos);
   free(r.keeps);
+  for (size_t i = 0; i < r.n_hashes; i++) {
+    free(r.hashes[i].name);
+    free(r.hashes[i].h);
+  }
+  free(r.hashes);
   rkv_blockmgr_destroy(r.m);
   if (ret == 0 && r.check_failed) ret = 1;
   return ret;

@@ -21,7 +21,7 @@ static void usage(FILE *f) {
   fprintf(f,
           "usage: rkv stress [--ops N] [--seed S] [--blocks B] [--layers L] [--kv-heads H]\n"
           "                  [--block-size N] [--max-seqs M] [--max-append N]\n"
-          "                  [--check-every K] [--json]\n\n"
+          "                  [--check-every K] [--prefix-cache] [--json]\n\n"
           "Runs N random block-manager operations (create, append of 1..max-append tokens,\n"
           "fork, compact with random keep lists, compact_uniform, restore, free, and malformed\n"
           "calls that must fail and change nothing) on a pool small enough to run out of\n"
@@ -38,13 +38,21 @@ static void usage(FILE *f) {
           "  --max-seqs M     live sequences at once (default 64)\n"
           "  --max-append N   largest append (default 40)\n"
           "  --check-every K  full invariant walk every K ops (default 1000)\n"
+          "  --prefix-cache   enable config.prefix_cache and mix in prefix operations (a fifth\n"
+          "                   of the ops): requests for a few shared prompt templates\n"
+          "                   (prefix_match, prefix_cost, seq_create_cached, the rest of the\n"
+          "                   prompt appended, prefix_insert, often seq_protect), re-inserts,\n"
+          "                   protect (also past the shortest stream), prefix_clear; compactions\n"
+          "                   then mostly keep the protected prefix and sometimes break it. The\n"
+          "                   model predicts hits, costs, cached groups, parked blocks,\n"
+          "                   invalidations and reclaims (oldest parked group first)\n"
           "  --json           print the summary as one JSON object\n\n"
           "Exit status: 0 clean, 1 violation, 2 usage error.\n");
 }
 
 typedef struct stress_opts {
   uint64_t ops, seed, blocks, layers, heads, block_size, max_seqs, max_append, check_every;
-  bool json;
+  bool json, prefix_cache;
 } stress_opts;
 
 static int parse(int argc, char **argv, stress_opts *o) {
@@ -57,6 +65,10 @@ static int parse(int argc, char **argv, stress_opts *o) {
     }
     if (strcmp(a, "--json") == 0) {
       o->json = true;
+      continue;
+    }
+    if (strcmp(a, "--prefix-cache") == 0) {
+      o->prefix_cache = true;
       continue;
     }
     const rkv_tool_u64_opt num[] = {
@@ -89,7 +101,7 @@ static int parse(int argc, char **argv, stress_opts *o) {
 }
 
 int rkv_cmd_stress(int argc, char **argv) {
-  stress_opts o = {1000000, 1, 512, 2, 4, 8, 64, 40, 1000, false};
+  stress_opts o = {1000000, 1, 512, 2, 4, 8, 64, 40, 1000, false, false};
   int pr = parse(argc, argv, &o);
   if (pr >= 0) return pr;
 
@@ -101,6 +113,7 @@ int rkv_cmd_stress(int argc, char **argv) {
   cfg.head_dim = 128;
   cfg.max_seqs = (uint32_t)o.max_seqs;
   cfg.watermark = 0.0f;
+  cfg.prefix_cache = o.prefix_cache;
   rkv_blockmgr *m = NULL;
   char why[256] = "";
   rkv_status st = rkv_blockmgr_validate_config(&cfg, why, sizeof why);
@@ -162,6 +175,8 @@ int rkv_cmd_stress(int argc, char **argv) {
     fprintf(stderr, "rkv stress: VIOLATION at op %" PRIu64 " (seed %" PRIu64 "): %s\n", i, o.seed,
             s.err);
   }
+  /* the prefix kinds only exist with a prefix cache: the default report stays as it was */
+  const int nkinds = o.prefix_cache ? BMS_OP_KINDS : BMS_OP_STD_KINDS;
   double ops_s = elapsed > 0 ? (double)c.ops / elapsed : 0;
   double frag_mean = frag_samples ? frag_sum / (double)frag_samples : 0;
   double frag_end =
@@ -175,13 +190,18 @@ int rkv_cmd_stress(int argc, char **argv) {
            bad ? "false" : "true", c.ops, o.seed, elapsed, ops_s, o.check_every, c.full_checks,
            cfg.num_blocks, cfg.block_size, cfg.num_layers, cfg.num_kv_heads, cfg.max_seqs,
            o.max_append);
-    for (int k = 0; k < BMS_OP_KINDS; k++)
+    for (int k = 0; k < nkinds; k++)
       printf("%s\"%s\": {\"attempted\": %" PRIu64 ", \"ok\": %" PRIu64 "}", k ? ", " : "",
              bms_op_name(k), c.kind[k], c.ok[k]);
     printf("}, \"no_blocks\": %" PRIu64
            ", \"peak_used_blocks\": %u, "
            "\"fragmentation_mean\": %.4f, \"fragmentation_end\": %.4f, \"leaked_blocks\": %u",
            c.no_blocks, end.peak_used_blocks, frag_mean, frag_end, leaked);
+    if (o.prefix_cache)
+      printf(", \"prefix_cache\": {\"inserted\": %" PRIu64 ", \"lookups\": %" PRIu64
+             ", \"hit_groups\": %" PRIu64 ", \"invalidated\": %" PRIu64 ", \"reclaimed\": %" PRIu64
+             "}",
+             s.pst.inserted, s.pst.lookups, s.pst.hit_groups, s.pst.invalidated, s.pst.reclaimed);
     if (bad) {
       printf(", \"error\": \"");
       for (const char *p = s.err; *p; p++)
@@ -202,8 +222,12 @@ int rkv_cmd_stress(int argc, char **argv) {
            " ops + at the end (%" PRIu64 " walks)\n",
            o.check_every, c.full_checks);
     printf("  %-16s %12s %12s\n", "op", "attempted", "ok");
-    for (int k = 0; k < BMS_OP_KINDS; k++)
+    for (int k = 0; k < nkinds; k++)
       printf("  %-16s %12" PRIu64 " %12" PRIu64 "\n", bms_op_name(k), c.kind[k], c.ok[k]);
+    if (o.prefix_cache)
+      printf("  prefix cache    %" PRIu64 " groups inserted, %" PRIu64 " lookups sharing %" PRIu64
+             " groups, %" PRIu64 " invalidated, %" PRIu64 " reclaimed\n",
+             s.pst.inserted, s.pst.lookups, s.pst.hit_groups, s.pst.invalidated, s.pst.reclaimed);
     printf("  NO_BLOCKS       %" PRIu64 "\n", c.no_blocks);
     printf("  peak used       %u / %u blocks\n", end.peak_used_blocks, cfg.num_blocks);
     printf("  fragmentation   %.2f%% mean at checks, %.2f%% at end (unused slots in used blocks)\n",

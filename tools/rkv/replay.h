@@ -3,6 +3,7 @@
 #ifndef RKV_TOOL_REPLAY_H
 #define RKV_TOOL_REPLAY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -24,18 +25,31 @@ typedef enum replay_kind {
   REPLAY_UNIFORM,
   REPLAY_FREE,
   REPLAY_CHECK,
-  REPLAY_SHOW
+  REPLAY_SHOW,
+  /* prefix caching */
+  REPLAY_HASH,
+  REPLAY_MATCH,
+  REPLAY_CREATE_CACHED,
+  REPLAY_INSERT,
+  REPLAY_PROTECT,
+  REPLAY_PREFIX_CLEAR,
+  REPLAY_PREFIX_STATS
 } replay_kind;
 
 typedef struct replay_op {
   replay_kind kind;
-  int64_t seq;  /* create/append/fork(parent)/keep/compact/compact_uniform/free */
-  int64_t arg;  /* append: n; fork: child; keep: layer; compact_uniform: layer (-1 = all) */
-  int64_t arg2; /* keep: head; compact_uniform: keep */
-  int32_t *pos; /* keep: positions in list order (malloc'd, caller frees); NULL when empty */
+  int64_t seq;      /* create/append/fork(parent)/keep/compact/compact_uniform/free/
+                       create_cached/insert/protect */
+  int64_t arg;      /* append: n; fork: child; keep: layer; compact_uniform: layer (-1 = all);
+                       protect: n; create_cached: hit (-1 = what prefix_match finds) */
+  int64_t arg2;     /* keep: head; compact_uniform: keep */
+  int32_t *pos;     /* keep: positions in list order; hash: the tokens (malloc'd, caller frees);
+                       NULL when empty */
+  const char *name; /* hash/match/create_cached/insert: hash name (points into the line) */
   uint32_t npos;
   /* pool */
   uint32_t blocks, block_size, layers, kv_heads, head_dim;
+  bool prefix_cache;
 } replay_op;
 
 /* Parses one script line (modified in place: comments are cut off). Returns 1 for a blank or

@@ -31,7 +31,7 @@ static int parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out) {
 }
 
 /* "i,j,k-l,..." (ranges inclusive, ascending) or "-" / nothing for an empty list. */
-static int parse_positions(const char *s, replay_op *op, char *msg, size_t size) {
+static int parse_positions(const char *s, const char *cmd, replay_op *op, char *msg, size_t size) {
   op->pos = NULL;
   op->npos = 0;
   if (!s || strcmp(s, "-") == 0) return 0;
@@ -42,7 +42,7 @@ static int parse_positions(const char *s, replay_op *op, char *msg, size_t size)
     size_t len = comma ? (size_t)(comma - p) : strlen(p);
     char item[64];
     if (len == 0 || len >= sizeof item)
-      return fail(msg, size, "keep: bad position item near '%.20s'", p);
+      return fail(msg, size, "%s: bad position item near '%.20s'", cmd, p);
     memcpy(item, p, len);
     item[len] = '\0';
     int64_t lo, hi;
@@ -51,22 +51,22 @@ static int parse_positions(const char *s, replay_op *op, char *msg, size_t size)
       *dash = '\0';
       if (parse_i64(item, INT32_MIN, INT32_MAX, &lo) ||
           parse_i64(dash + 1, INT32_MIN, INT32_MAX, &hi))
-        return fail(msg, size, "keep: bad range '%.*s'", (int)len, p);
-      if (hi < lo) return fail(msg, size, "keep: descending range '%.*s'", (int)len, p);
+        return fail(msg, size, "%s: bad range '%.*s'", cmd, (int)len, p);
+      if (hi < lo) return fail(msg, size, "%s: descending range '%.*s'", cmd, (int)len, p);
     } else {
       if (parse_i64(item, INT32_MIN, INT32_MAX, &lo))
-        return fail(msg, size, "keep: bad position '%s'", item);
+        return fail(msg, size, "%s: bad position '%s'", cmd, item);
       hi = lo;
     }
     if ((uint64_t)(hi - lo) + op->npos >= REPLAY_MAX_TOKENS)
-      return fail(msg, size, "keep: more than %u positions (the replay limit)",
+      return fail(msg, size, "%s: more than %u positions (the replay limit)", cmd,
                   REPLAY_MAX_TOKENS - 1);
     size_t need = op->npos + (size_t)(hi - lo) + 1;
     if (need > cap) {
       size_t ncap = cap ? cap : 64;
       while (ncap < need) ncap *= 2;
       int32_t *q = realloc(op->pos, ncap * sizeof *q);
-      if (!q) return fail(msg, size, "keep: out of memory");
+      if (!q) return fail(msg, size, "%s: out of memory", cmd);
       op->pos = q;
       cap = ncap;
     }
@@ -74,7 +74,7 @@ static int parse_positions(const char *s, replay_op *op, char *msg, size_t size)
     p += len;
     if (*p == ',') {
       p++;
-      if (!*p) return fail(msg, size, "keep: trailing comma");
+      if (!*p) return fail(msg, size, "%s: trailing comma", cmd);
     }
   }
   return 0;
@@ -97,7 +97,7 @@ static int parse_pool(char **w, int n, replay_op *op, char *msg, size_t size) {
     if (!eq) return fail(msg, size, "pool: expected key=value, got '%s'", w[i]);
     *eq = '\0';
     int64_t v;
-    if (parse_i64(eq + 1, 1, INT32_MAX, &v))
+    if (parse_i64(eq + 1, strcmp(w[i], "prefix_cache") == 0 ? 0 : 1, INT32_MAX, &v))
       return fail(msg, size, "pool: bad value for %s: '%s'", w[i], eq + 1);
     if (strcmp(w[i], "blocks") == 0)
       op->blocks = (uint32_t)v;
@@ -109,6 +109,8 @@ static int parse_pool(char **w, int n, replay_op *op, char *msg, size_t size) {
       op->kv_heads = (uint32_t)v;
     else if (strcmp(w[i], "head_dim") == 0)
       op->head_dim = (uint32_t)v;
+    else if (strcmp(w[i], "prefix_cache") == 0 && v <= 1)
+      op->prefix_cache = v == 1;
     else
       return fail(msg, size, "pool: unknown key '%s'", w[i]);
   }
@@ -124,6 +126,43 @@ static int parse_pool(char **w, int n, replay_op *op, char *msg, size_t size) {
     return fail(msg, size, "pool: layers x kv_heads = %llu exceeds the replay limit of %u streams",
                 (unsigned long long)op->layers * op->kv_heads, REPLAY_MAX_STREAMS);
   return 0;
+}
+
+/* Hash names are identifiers so that they cannot be mistaken for numbers. */
+static int parse_name(const char *w, const char *cmd, replay_op *op, char *msg, size_t size) {
+  bool ok = (*w >= 'a' && *w <= 'z') || (*w >= 'A' && *w <= 'Z') || *w == '_';
+  for (const char *p = w; ok && *p; p++)
+    ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+         *p == '_';
+  if (!ok || strlen(w) > 63)
+    return fail(msg, size, "%s: bad hash name '%.64s' (a letter or _, then letters, digits, _)",
+                cmd, w);
+  op->name = w;
+  return 0;
+}
+
+/* hash NAME TOKENS | match NAME | create_cached SEQ NAME [HIT] | insert SEQ NAME */
+static int parse_prefix(char **w, int n, replay_op *op, char *msg, size_t size) {
+  const char *cmd = w[0];
+  op->arg = -1;
+  if (strcmp(cmd, "hash") == 0) {
+    op->kind = REPLAY_HASH;
+    if (want_words(n, 1, 2, cmd, msg, size) || parse_name(w[1], cmd, op, msg, size)) return -1;
+    return parse_positions(n > 2 ? w[2] : NULL, cmd, op, msg, size);
+  }
+  if (strcmp(cmd, "match") == 0) {
+    op->kind = REPLAY_MATCH;
+    if (want_words(n, 1, 1, cmd, msg, size)) return -1;
+    return parse_name(w[1], cmd, op, msg, size);
+  }
+  bool cached = strcmp(cmd, "create_cached") == 0;
+  op->kind = cached ? REPLAY_CREATE_CACHED : REPLAY_INSERT;
+  if (want_words(n, 2, cached ? 3 : 2, cmd, msg, size)) return -1;
+  if (parse_i64(w[1], INT64_MIN, INT64_MAX, &op->seq))
+    return fail(msg, size, "%s: SEQ is not an integer: '%s'", cmd, w[1]);
+  if (n > 3 && parse_i64(w[3], 0, UINT32_MAX, &op->arg))
+    return fail(msg, size, "%s: HIT is not a group count: '%s'", cmd, w[3]);
+  return parse_name(w[2], cmd, op, msg, size);
 }
 
 int rkv_replay_parse_line(char *line, replay_op *op, char *msg, size_t msg_size) {
@@ -145,10 +184,17 @@ int rkv_replay_parse_line(char *line, replay_op *op, char *msg, size_t msg_size)
     replay_kind kind;
     int nargs;
   } simple[] = {
-      {"create", REPLAY_CREATE, 1}, {"append", REPLAY_APPEND, 2},
-      {"fork", REPLAY_FORK, 2},     {"compact", REPLAY_COMPACT, 1},
-      {"free", REPLAY_FREE, 1},     {"compact_uniform", REPLAY_UNIFORM, 3},
-      {"check", REPLAY_CHECK, 0},   {"show", REPLAY_SHOW, 0},
+      {"create", REPLAY_CREATE, 1},
+      {"append", REPLAY_APPEND, 2},
+      {"fork", REPLAY_FORK, 2},
+      {"compact", REPLAY_COMPACT, 1},
+      {"free", REPLAY_FREE, 1},
+      {"compact_uniform", REPLAY_UNIFORM, 3},
+      {"check", REPLAY_CHECK, 0},
+      {"show", REPLAY_SHOW, 0},
+      {"protect", REPLAY_PROTECT, 2},
+      {"prefix_clear", REPLAY_PREFIX_CLEAR, 0},
+      {"prefix_stats", REPLAY_PREFIX_STATS, 0},
   };
   if (strcmp(cmd, "pool") == 0) {
     op->kind = REPLAY_POOL;
@@ -163,8 +209,11 @@ int rkv_replay_parse_line(char *line, replay_op *op, char *msg, size_t msg_size)
     op->seq = v[0];
     op->arg = v[1];
     op->arg2 = v[2];
-    return parse_positions(n > 4 ? w[4] : NULL, op, msg, msg_size);
+    return parse_positions(n > 4 ? w[4] : NULL, "keep", op, msg, msg_size);
   }
+  if (strcmp(cmd, "hash") == 0 || strcmp(cmd, "match") == 0 || strcmp(cmd, "create_cached") == 0 ||
+      strcmp(cmd, "insert") == 0)
+    return parse_prefix(w, n, op, msg, msg_size);
   for (size_t k = 0; k < sizeof simple / sizeof simple[0]; k++) {
     if (strcmp(cmd, simple[k].name) != 0) continue;
     op->kind = simple[k].kind;
@@ -177,6 +226,8 @@ int rkv_replay_parse_line(char *line, replay_op *op, char *msg, size_t msg_size)
     op->arg2 = v[2];
     if (op->kind == REPLAY_APPEND && (op->arg < 0 || op->arg > UINT32_MAX))
       return fail(msg, msg_size, "append: token count %lld out of range", (long long)op->arg);
+    if (op->kind == REPLAY_PROTECT && (op->arg < INT32_MIN || op->arg > INT32_MAX))
+      return fail(msg, msg_size, "protect: N out of range");
     if (op->kind == REPLAY_UNIFORM && (op->arg < INT32_MIN || op->arg > INT32_MAX ||
                                        op->arg2 < INT32_MIN || op->arg2 > INT32_MAX))
       return fail(msg, msg_size, "compact_uniform: LAYER or KEEP out of range");

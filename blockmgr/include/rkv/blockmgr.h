@@ -251,7 +251,9 @@ RKV_API rkv_status rkv_blockmgr_sync_rows(rkv_blockmgr *m, int64_t seq, bool ful
  * (free_blocks, admission) and reclaimed, oldest first, when the free list runs dry; taking
  * one block of a group drops the whole group from the table. A group also leaves the table the
  * moment any of its blocks changes content: compaction that moves tokens into it or leaves it
- * partly filled (appends would then overwrite it), a uniform compaction that may rewrite it.
+ * partly filled (appends would then overwrite it), a uniform compaction that may rewrite it, an
+append into it by a sequence that holds it partly filled (kept in place by its compaction while
+another sequence, which registered it full, shared it).
  * No lookup can map stale K/V. Shared blocks are never edited in place (compaction copies
  * them first, as after a fork).
  *

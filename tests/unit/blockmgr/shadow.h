@@ -45,8 +45,23 @@ typedef struct bms_stream {
 typedef struct bms_seq {
   int64_t id;
   bool live;
-  bms_stream *st; /* [streams per seq] */
+  bms_stream *st;  /* [streams per seq] */
+  int32_t protect; /* protected prefix (rkv_blockmgr_seq_protect) */
+  int32_t tmpl;    /* prompt template its leading blocks still hold, or -1 (prefix ops) */
 } bms_seq;
+
+/* A cached group as the model sees it: the hash the caller registered, the block of every
+ * stream, and the tokens those blocks held when registered (a lookup must map exactly them). */
+typedef struct bms_group {
+  bool live;
+  uint64_t hash;
+  int32_t *blk;  /* [S] */
+  uint64_t *tok; /* [S * bs] */
+} bms_group;
+
+/* Prompt templates for the prefix ops: a shared system prefix followed by per-template blocks,
+ * so templates hit each other's groups as well as their own. */
+enum { BMS_TMPL = 4, BMS_TMPL_MAX_BLOCKS = 6 };
 
 enum {
   BMS_OP_CREATE,
@@ -57,8 +72,15 @@ enum {
   BMS_OP_FREE,
   BMS_OP_RESTORE,
   BMS_OP_BAD,
+  /* prefix-cache kinds: only with config.prefix_cache */
+  BMS_OP_CACHED,
+  BMS_OP_INSERT,
+  BMS_OP_PROTECT,
+  BMS_OP_MATCH,
+  BMS_OP_PCLEAR,
   BMS_OP_KINDS
 };
+#define BMS_OP_STD_KINDS BMS_OP_CACHED
 
 static inline const char *bms_op_name(int k) {
   switch (k) {
@@ -78,6 +100,16 @@ static inline const char *bms_op_name(int k) {
       return "restore";
     case BMS_OP_BAD:
       return "bad_input";
+    case BMS_OP_CACHED:
+      return "create_cached";
+    case BMS_OP_INSERT:
+      return "prefix_insert";
+    case BMS_OP_PROTECT:
+      return "protect";
+    case BMS_OP_MATCH:
+      return "prefix_match";
+    case BMS_OP_PCLEAR:
+      return "prefix_clear";
     default:
       return "?";
   }
@@ -120,6 +152,25 @@ typedef struct bm_shadow {
   uint64_t *tmp_tok;
   size_t tmp_cap;
   int32_t *lens; /* [S] */
+  /* Prefix cache (config.prefix_cache): groups by the model's own bookkeeping, the parked
+   * blocks (cached, ref 0, still free) with the op that parked them, and the counters of
+   * rkv_prefix_stats as the model predicts them. */
+  bool pc;
+  uint32_t gcap;    /* groups that can exist at once: nblocks / S */
+  bms_group *grp;   /* [gcap] */
+  int32_t *bgrp;    /* [nblocks] group of each block, -1 if none */
+  uint64_t *park;   /* [nblocks] op number that parked the block */
+  uint32_t nparked; /* cached blocks with model ref 0 */
+  uint64_t opno;
+  rkv_prefix_stats pst;
+  /* per-op snapshot (bms_pc_begin_) and marks for bms_pc_end_ */
+  uint32_t pre_plain;   /* free-list blocks before the op: free minus parked */
+  uint32_t *pre_parked; /* [gcap] parked blocks of each group before the op */
+  uint64_t *pre_key;    /* [gcap] oldest park among them (LRU position) */
+  uint8_t *inval;       /* [gcap] content changes in this op by the documented rules */
+  uint8_t *taken;       /* [gcap] one of its blocks was handed out fresh in this op */
+  uint32_t tmpl_blocks[BMS_TMPL];
+  uint64_t tmpl_hash[BMS_TMPL][BMS_TMPL_MAX_BLOCKS];
   char err[1024];
 } bm_shadow;
 
@@ -207,7 +258,70 @@ static inline void bms_fini(bm_shadow *s) {
   free(s->lists);
   free(s->tmp_tok);
   free(s->lens);
+  for (uint32_t g = 0; s->grp && g < s->gcap; g++) {
+    free(s->grp[g].blk);
+    free(s->grp[g].tok);
+  }
+  free(s->grp);
+  free(s->bgrp);
+  free(s->park);
+  free(s->pre_parked);
+  free(s->pre_key);
+  free(s->inval);
+  free(s->taken);
   memset(s, 0, sizeof *s);
+}
+
+/* Prefix-cache state and the prompt templates: BMS_TMPL token strings sharing a system
+ * prefix of 1..2 blocks, each 1..BMS_TMPL_MAX_BLOCKS blocks long. Returns -1 when out of
+ * memory or when rkv_prefix_hash_blocks breaks its contract (equal prefixes, equal hashes). */
+static inline int bms_pc_init_(bm_shadow *s, uint64_t seed) {
+  s->pc = true;
+  s->gcap = s->nblocks / s->S ? s->nblocks / s->S : 1;
+  s->grp = calloc(s->gcap, sizeof *s->grp);
+  s->bgrp = malloc(s->nblocks * sizeof *s->bgrp);
+  s->park = calloc(s->nblocks, sizeof *s->park);
+  s->pre_parked = calloc(s->gcap, sizeof *s->pre_parked);
+  s->pre_key = calloc(s->gcap, sizeof *s->pre_key);
+  s->inval = calloc(s->gcap, 1);
+  s->taken = calloc(s->gcap, 1);
+  size_t ntok = (size_t)BMS_TMPL_MAX_BLOCKS * s->bs;
+  int32_t *tok = calloc(BMS_TMPL * ntok, sizeof *tok);
+  if (!s->grp || !s->bgrp || !s->park || !s->pre_parked || !s->pre_key || !s->inval || !s->taken ||
+      !tok) {
+    free(tok);
+    return -1;
+  }
+  for (uint32_t b = 0; b < s->nblocks; b++) s->bgrp[b] = -1;
+  for (uint32_t g = 0; g < s->gcap; g++) {
+    s->grp[g].blk = calloc(s->S, sizeof *s->grp[g].blk);
+    s->grp[g].tok = calloc((size_t)s->S * s->bs, sizeof *s->grp[g].tok);
+    if (!s->grp[g].blk || !s->grp[g].tok) {
+      free(tok);
+      return -1;
+    }
+  }
+  uint64_t rng = seed ^ 0x7072656669787ull;
+  uint32_t sys = 1 + bms_below(&rng, 2);
+  int bad = 0;
+  for (uint32_t t = 0; t < BMS_TMPL; t++) {
+    int32_t *x = tok + t * ntok;
+    s->tmpl_blocks[t] = sys + bms_below(&rng, BMS_TMPL_MAX_BLOCKS - sys + 1);
+    for (size_t i = 0; i < ntok; i++)
+      x[i] = i < (size_t)sys * s->bs ? (int32_t)i : (int32_t)(1000 * (t + 1) + i);
+    uint32_t full =
+        rkv_prefix_hash_blocks(x, s->tmpl_blocks[t] * s->bs, s->bs, 0, s->tmpl_hash[t], 64);
+    bad |= full != s->tmpl_blocks[t];
+  }
+  for (uint32_t t = 1; t < BMS_TMPL; t++)
+    for (uint32_t i = 0; i < sys; i++) bad |= s->tmpl_hash[t][i] != s->tmpl_hash[0][i];
+  for (uint32_t t = 0; t < BMS_TMPL; t++)
+    for (uint32_t i = sys; i < s->tmpl_blocks[t]; i++)
+      for (uint32_t u = 0; u < t; u++)
+        for (uint32_t j = 0; j < s->tmpl_blocks[u]; j++)
+          bad |= s->tmpl_hash[t][i] == s->tmpl_hash[u][j];
+  free(tok);
+  return bad ? -1 : 0;
 }
 
 /* Mirrors an empty manager `m` (just created). Returns 0, or -1 when out of memory. */
@@ -243,6 +357,10 @@ static inline int bms_init(bm_shadow *s, rkv_blockmgr *m, uint64_t seed) {
       bms_fini(s);
       return -1;
     }
+  }
+  if (c->prefix_cache && bms_pc_init_(s, seed) != 0) {
+    bms_fini(s);
+    return -1;
   }
   return 0;
 }
@@ -282,14 +400,26 @@ static inline int bms_check_fresh_(bm_shadow *s, int32_t b, const char *what) {
     return BMS_FAIL(s, "%s: new block %d was not free (model ref %u)", what, b, s->ref[b]);
   if (s->mark[b] == s->stamp) return BMS_FAIL(s, "%s: block %d handed out twice", what, b);
   s->mark[b] = s->stamp;
+  if (s->pc && s->bgrp[b] >= 0) s->taken[s->bgrp[b]] = 1; /* only a reclaimed group's */
   return 0;
 }
 
+/* A cached block leaving ref 0 stops being parked; one reaching it is parked now (the op
+ * number orders the LRU list up to ties within one op). */
 static inline void bms_ref_inc_(bm_shadow *s, int32_t b) {
-  if (s->ref[b]++ == 0) s->nfree--;
+  if (s->ref[b]++ == 0) {
+    s->nfree--;
+    if (s->pc && s->bgrp[b] >= 0) s->nparked--;
+  }
 }
 static inline void bms_ref_dec_(bm_shadow *s, int32_t b) {
-  if (--s->ref[b] == 0) s->nfree++;
+  if (--s->ref[b] == 0) {
+    s->nfree++;
+    if (s->pc && s->bgrp[b] >= 0) {
+      s->nparked++;
+      s->park[b] = s->opno;
+    }
+  }
 }
 
 static inline void bms_note_peak_(bm_shadow *s) {
@@ -354,6 +484,9 @@ static inline int bms_verify_stream(bm_shadow *s, const bms_seq *q, uint32_t k) 
 
 static inline int bms_verify_seq(bm_shadow *s, const bms_seq *q) {
   if (!rkv_blockmgr_seq_exists(s->m, q->id)) return BMS_FAIL(s, "seq %" PRId64 " vanished", q->id);
+  if (rkv_blockmgr_seq_protected(s->m, q->id) != q->protect)
+    return BMS_FAIL(s, "seq %" PRId64 ": seq_protected %d, model %d", q->id,
+                    rkv_blockmgr_seq_protected(s->m, q->id), q->protect);
   for (uint32_t k = 0; k < s->S; k++)
     if (bms_verify_stream(s, q, k)) return -1;
   return 0;
@@ -371,6 +504,215 @@ static inline int bms_verify_counts(bm_shadow *s) {
   return 0;
 }
 
+/* ---- Prefix cache: the model's groups and what the header lets it predict ----------------
+ *
+ * The model keeps its own table of groups (hash, block per stream, tokens at registration)
+ * and applies the documented rules: parked blocks count as free; a compaction that reuses a
+ * block and moves tokens into it or leaves it partly filled drops its group, and so does a
+ * uniform compaction of an unshared block past the protected prefix; shared blocks are copied
+ * and stay cached. Reclaim is checked at the level the header documents rather than by
+ * copying the library's list: a call needing `need` blocks from a free list holding fewer
+ * reclaims parked groups, oldest parked block first (ties within one op are unordered), and
+ * stops as soon as the free list holds `need`. After each op the model asks the manager which
+ * of its groups are still cached, accepts a reclaim set only if it obeys that rule, and then
+ * compares every counter of rkv_prefix_stats. */
+
+static inline int bms_pc_find_(const bm_shadow *s, uint64_t h) {
+  for (uint32_t g = 0; g < s->gcap; g++)
+    if (s->grp[g].live && s->grp[g].hash == h) return (int)g;
+  return -1;
+}
+
+static inline void bms_pc_drop_(bm_shadow *s, uint32_t g) {
+  bms_group *G = &s->grp[g];
+  for (uint32_t k = 0; k < s->S; k++) {
+    if (s->ref[G->blk[k]] == 0) s->nparked--;
+    s->bgrp[G->blk[k]] = -1;
+  }
+  G->live = false;
+}
+
+/* The group (if any) of block b changes content in this op. */
+static inline void bms_pc_touch_(bm_shadow *s, int32_t b) {
+  if (s->pc && s->bgrp[b] >= 0) s->inval[s->bgrp[b]] = 1;
+}
+
+/* Snapshot before a call: LRU positions and the free list as the manager splits it. */
+static inline void bms_pc_begin_(bm_shadow *s) {
+  if (!s->pc) return;
+  s->opno++;
+  s->pre_plain = s->nfree - s->nparked;
+  for (uint32_t g = 0; g < s->gcap; g++) {
+    s->inval[g] = s->taken[g] = 0;
+    s->pre_parked[g] = 0;
+    s->pre_key[g] = UINT64_MAX;
+    if (!s->grp[g].live) continue;
+    for (uint32_t k = 0; k < s->S; k++) {
+      int32_t b = s->grp[g].blk[k];
+      if (s->ref[b] != 0) continue;
+      s->pre_parked[g]++;
+      if (s->park[b] < s->pre_key[g]) s->pre_key[g] = s->park[b];
+    }
+  }
+}
+
+static inline bool bms_pc_cached_(bm_shadow *s, uint64_t h) {
+  uint32_t hit = 99;
+  return rkv_blockmgr_prefix_match(s->m, &h, 1, &hit) == RKV_OK && hit == 1;
+}
+
+/* Every counter of rkv_prefix_stats against the model. */
+static inline int bms_pc_stats_(bm_shadow *s) {
+  rkv_prefix_stats st;
+  memset(&st, 0xAB, sizeof st);
+  st.struct_size = sizeof st;
+  rkv_status rc = rkv_blockmgr_prefix_stats(s->m, &st);
+  uint32_t entries = 0;
+  for (uint32_t g = 0; s->pc && g < s->gcap; g++) entries += s->grp[g].live;
+  const rkv_prefix_stats *w = &s->pst;
+  if (rc != RKV_OK || st.entries != entries || st.cached_blocks != entries * s->S ||
+      st.reclaimable_blocks != s->nparked || st.lookups != w->lookups ||
+      st.hit_groups != w->hit_groups || st.inserted != w->inserted ||
+      st.invalidated != w->invalidated || st.reclaimed != w->reclaimed)
+    return BMS_FAIL(
+        s,
+        "prefix_stats %s: entries %u cached %u reclaimable %u lookups %" PRIu64 " hits %" PRIu64
+        " inserted %" PRIu64 " invalidated %" PRIu64 " reclaimed %" PRIu64
+        "; model %u %u %u %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64,
+        rkv_status_name(rc), st.entries, st.cached_blocks, st.reclaimable_blocks, st.lookups,
+        st.hit_groups, st.inserted, st.invalidated, st.reclaimed, entries, entries * s->S,
+        s->nparked, w->lookups, w->hit_groups, w->inserted, w->invalidated, w->reclaimed);
+  return 0;
+}
+
+/* Reclaim rule for the groups the manager dropped that no content change explains: each had
+ * parked blocks, none is younger than a parked group that stayed, and the last one was needed
+ * (without it the free list would have held fewer than `need`). `amb` = groups the rules
+ * invalidate that were also parked: the manager may have reclaimed them first, which only
+ * loosens the count checks. */
+static inline int bms_pc_reclaim_ok_(bm_shadow *s, uint32_t need, const uint8_t *gone,
+                                     uint32_t amb_parked) {
+  uint64_t sum = s->pre_plain, maxkey = 0;
+  uint32_t n = 0;
+  for (uint32_t g = 0; g < s->gcap; g++) {
+    if (!gone[g]) continue;
+    if (s->pre_parked[g] == 0)
+      return BMS_FAIL(s,
+                      "prefix cache: group %u (hash %016" PRIx64
+                      ") vanished with no block "
+                      "parked and no content change",
+                      g, s->grp[g].hash);
+    n++;
+    sum += s->pre_parked[g];
+    if (s->pre_key[g] > maxkey) maxkey = s->pre_key[g];
+    for (uint32_t h = 0; h < s->gcap; h++)
+      if (s->grp[h].live && !gone[h] && !s->inval[h] && s->pre_parked[h] &&
+          s->pre_key[h] < s->pre_key[g])
+        return BMS_FAIL(s,
+                        "prefix cache: reclaimed group %u (parked at op %" PRIu64
+                        ") before older group %u (op %" PRIu64 ")",
+                        g, s->pre_key[g], h, s->pre_key[h]);
+  }
+  if (n == 0) {
+    if (need > s->pre_plain + amb_parked)
+      return BMS_FAIL(s,
+                      "prefix cache: an op needing %u blocks with %u on the free list "
+                      "reclaimed nothing",
+                      need, s->pre_plain);
+    return 0;
+  }
+  if (need <= s->pre_plain)
+    return BMS_FAIL(s,
+                    "prefix cache: %u groups reclaimed though the free list held %u of %u "
+                    "blocks needed",
+                    n, s->pre_plain, need);
+  if (amb_parked) return 0;
+  if (sum < need)
+    return BMS_FAIL(s, "prefix cache: reclaim left %" PRIu64 " of %u blocks needed", sum, need);
+  for (uint32_t g = 0; g < s->gcap; g++)
+    if (gone[g] && s->pre_key[g] == maxkey && sum - s->pre_parked[g] < need) return 0;
+  return BMS_FAIL(s, "prefix cache: reclaimed more groups than the %u blocks needed", need);
+}
+
+/* After a call (or a failed one, need 0): reconciles the model's groups with the manager's. */
+static inline int bms_pc_end_(bm_shadow *s, uint32_t need) {
+  if (!s->pc) return 0;
+  uint8_t *gone = calloc(s->gcap, 1);
+  if (!gone) return BMS_FAIL(s, "out of memory");
+  uint32_t n_inval = 0, n_gone = 0, amb = 0, amb_parked = 0;
+  int ret = 0;
+  for (uint32_t g = 0; !ret && g < s->gcap; g++) {
+    if (!s->grp[g].live) continue;
+    bool present = bms_pc_cached_(s, s->grp[g].hash);
+    if (s->inval[g]) {
+      if (present)
+        ret = BMS_FAIL(s,
+                       "prefix cache: group %u (hash %016" PRIx64
+                       ") still cached after its "
+                       "content changed",
+                       g, s->grp[g].hash);
+      n_inval++;
+      if (s->pre_parked[g]) {
+        amb++;
+        amb_parked += s->pre_parked[g];
+      }
+    } else if (!present) {
+      gone[g] = 1;
+      n_gone++;
+    } else if (s->taken[g]) {
+      ret = BMS_FAIL(s, "prefix cache: a block of cached group %u was handed out", g);
+    }
+  }
+  if (!ret) ret = bms_pc_reclaim_ok_(s, need, gone, amb_parked);
+  if (!ret) {
+    rkv_prefix_stats st;
+    memset(&st, 0, sizeof st);
+    st.struct_size = sizeof st;
+    rkv_blockmgr_prefix_stats(s->m, &st);
+    uint64_t inv = s->pst.invalidated + n_inval, rec = s->pst.reclaimed + n_gone;
+    /* a parked group due for invalidation may have been reclaimed first instead */
+    if (amb && st.invalidated + st.reclaimed == inv + rec && st.reclaimed >= rec &&
+        st.reclaimed <= rec + amb) {
+      inv = st.invalidated;
+      rec = st.reclaimed;
+    }
+    s->pst.invalidated = inv;
+    s->pst.reclaimed = rec;
+    for (uint32_t g = 0; g < s->gcap; g++)
+      if (s->grp[g].live && (gone[g] || s->inval[g])) bms_pc_drop_(s, g);
+    ret = bms_pc_stats_(s);
+  }
+  free(gone);
+  return ret;
+}
+
+/* Full walk of the cache: membership and cost of every group, its blocks still hold the
+ * tokens they held when registered (no lookup can map stale K/V), parked count. */
+static inline int bms_pc_verify_all_(bm_shadow *s) {
+  if (!s->pc) return bms_pc_stats_(s);
+  uint32_t parked = 0;
+  for (uint32_t b = 0; b < s->nblocks; b++) parked += s->bgrp[b] >= 0 && s->ref[b] == 0;
+  if (parked != s->nparked)
+    return BMS_FAIL(s, "model: %u parked blocks counted, %u found", s->nparked, parked);
+  for (uint32_t g = 0; g < s->gcap; g++) {
+    const bms_group *G = &s->grp[g];
+    if (!G->live) continue;
+    uint32_t cost = 99, want = 0;
+    for (uint32_t k = 0; k < s->S; k++) {
+      want += s->ref[G->blk[k]] == 0;
+      for (uint32_t i = 0; i < s->bs; i++)
+        if (s->slot_tok[(size_t)G->blk[k] * s->bs + i] != G->tok[(size_t)k * s->bs + i])
+          return BMS_FAIL(s, "cached group %u stream %u: block %d slot %u changed content", g, k,
+                          G->blk[k], i);
+    }
+    rkv_status st = rkv_blockmgr_prefix_cost(s->m, &G->hash, 1, &cost);
+    if (!bms_pc_cached_(s, G->hash) || st != RKV_OK || cost != want)
+      return BMS_FAIL(s, "cached group %u: match/cost %s %u, model cost %u", g, rkv_status_name(st),
+                      cost, want);
+  }
+  return bms_pc_stats_(s);
+}
+
 /* Everything: rkv_blockmgr_check, every stream of every sequence, every block's ref count
  * (which proves free = total - |union of referenced blocks|), stats, footprints, the live
  * id list, and one layer's CSR export over all live sequences. O(everything). */
@@ -379,7 +721,7 @@ static inline int bms_verify_all(bm_shadow *s) {
   if (st != RKV_OK)
     return BMS_FAIL(s, "rkv_blockmgr_check: %s: %s", rkv_status_name(st),
                     rkv_blockmgr_last_error(s->m));
-  if (bms_verify_counts(s)) return -1;
+  if (bms_verify_counts(s) || bms_pc_verify_all_(s)) return -1;
   uint32_t shared = 0, nfree = 0;
   for (uint32_t b = 0; b < s->nblocks; b++) {
     uint32_t r = 99;
@@ -483,7 +825,7 @@ static inline int bms_verify_all(bm_shadow *s) {
 
 /* After a call that should have failed: the status matched; now prove nothing changed. */
 static inline int bms_verify_unchanged_(bm_shadow *s, int64_t id) {
-  if (bms_verify_counts(s)) return -1;
+  if (bms_verify_counts(s) || bms_pc_end_(s, 0)) return -1;
   bms_seq *q = bms_find(s, id);
   return q ? bms_verify_seq(s, q) : 0;
 }
@@ -504,6 +846,7 @@ static inline int bms_create(bm_shadow *s, int64_t id, rkv_status *out) {
     want = RKV_ERR_EXISTS;
   else if (s->nlive >= s->max_seqs)
     want = RKV_ERR_CAPACITY;
+  bms_pc_begin_(s);
   rkv_status st = rkv_blockmgr_seq_create(s->m, id);
   *out = st;
   if (bms_expect_(s, "seq_create", st, want)) return -1;
@@ -511,13 +854,17 @@ static inline int bms_create(bm_shadow *s, int64_t id, rkv_status *out) {
   bms_seq *q = bms_free_slot_(s);
   q->live = true;
   q->id = id;
+  q->protect = 0;
+  q->tmpl = -1;
   for (uint32_t k = 0; k < s->S; k++) q->st[k].len = q->st[k].nrow = 0;
   s->nlive++;
+  if (bms_pc_end_(s, 0)) return -1;
   return bms_verify_seq(s, q);
 }
 
 static inline int bms_free(bm_shadow *s, int64_t id, rkv_status *out) {
   bms_seq *q = bms_find(s, id);
+  bms_pc_begin_(s);
   rkv_status st = rkv_blockmgr_seq_free(s->m, id);
   *out = st;
   if (bms_expect_(s, "seq_free", st, q ? RKV_OK : RKV_ERR_NOT_FOUND)) return -1;
@@ -529,6 +876,7 @@ static inline int bms_free(bm_shadow *s, int64_t id, rkv_status *out) {
   q->live = false;
   s->nlive--;
   if (rkv_blockmgr_seq_exists(s->m, id)) return BMS_FAIL(s, "seq %" PRId64 " still exists", id);
+  if (bms_pc_end_(s, 0)) return -1;
   return bms_verify_counts(s);
 }
 
@@ -543,6 +891,7 @@ static inline int bms_fork(bm_shadow *s, int64_t parent, int64_t child, rkv_stat
     want = RKV_ERR_EXISTS;
   else if (s->nlive >= s->max_seqs)
     want = RKV_ERR_CAPACITY;
+  bms_pc_begin_(s);
   rkv_status st = rkv_blockmgr_seq_fork(s->m, parent, child);
   *out = st;
   if (bms_expect_(s, "seq_fork", st, want)) return -1;
@@ -560,8 +909,10 @@ static inline int bms_fork(bm_shadow *s, int64_t parent, int64_t child, rkv_stat
   }
   c->live = true;
   c->id = child;
+  c->protect = p->protect; /* the child holds the same immutable prefix */
+  c->tmpl = p->tmpl;
   s->nlive++;
-  if (bms_verify_counts(s)) return -1;
+  if (bms_verify_counts(s) || bms_pc_end_(s, 0)) return -1;
   return bms_verify_seq(s, c);
 }
 
@@ -612,6 +963,7 @@ static inline int bms_append_ex(bm_shadow *s, int64_t id, uint32_t n, bool with_
       !bms_grow_((void **)&s->slots, &s->slots_cap, (size_t)s->S * (n ? n : 1), sizeof *s->slots))
     return BMS_FAIL(s, "out of memory");
   uint32_t n_copies = 12345;
+  bms_pc_begin_(s);
   rkv_status st =
       rkv_blockmgr_append(s->m, id, n, with_slots ? s->slots : NULL, with_copies ? s->copies : NULL,
                           with_copies ? &n_copies : NULL);
@@ -650,6 +1002,13 @@ static inline int bms_append_ex(bm_shadow *s, int64_t id, uint32_t n, bool with_
       if (bms_check_fresh_(s, ids[j], "append")) return -1;
   }
   if (seen_cows != n_copies) return BMS_FAIL(s, "append: stray copy ops");
+  /* A partial tail written in place changes content: its group (a sharer registered the
+   * block full) must go. */
+  for (uint32_t k = 0; s->pc && k < s->S; k++) {
+    const bms_stream *t = &q->st[k];
+    if (t->len % (int32_t)s->bs != 0 && s->ref[t->row[t->nrow - 1]] == 1)
+      bms_pc_touch_(s, t->row[t->nrow - 1]);
+  }
   /* Apply the copies to the slot map (as the pool would), then write the new tokens. */
   for (uint32_t c = 0; c < n_copies; c++)
     memcpy(&s->slot_tok[(size_t)s->copies[c].dst * s->bs],
@@ -670,12 +1029,17 @@ static inline int bms_append_ex(bm_shadow *s, int64_t id, uint32_t n, bool with_
       if (with_slots && s->slots[(size_t)k * n + i] != slot)
         return BMS_FAIL(s, "append: slots[%u][%u] = %" PRId64 ", expected %" PRId64, k, i,
                         s->slots[(size_t)k * n + i], slot);
+      /* cached blocks are full: a write into one means a group was left partly filled */
+      if (s->pc && s->bgrp[slot / s->bs] >= 0 && !s->taken[s->bgrp[slot / s->bs]] &&
+          !s->inval[s->bgrp[slot / s->bs]])
+        return BMS_FAIL(s, "append: stream %u writes into block %" PRId64 " of cached group %d", k,
+                        slot / s->bs, s->bgrp[slot / s->bs]);
       s->slot_tok[slot] = t->tok[p] = s->next_tok++;
     }
     t->len += (int32_t)n;
   }
   bms_note_peak_(s);
-  if (bms_verify_counts(s)) return -1;
+  if (bms_verify_counts(s) || bms_pc_end_(s, need)) return -1;
   return bms_verify_seq(s, q);
 }
 
@@ -741,6 +1105,9 @@ static inline int bms_compact_ex(bm_shadow *s, int64_t id, const rkv_keep_list *
         want = RKV_ERR_INVALID_ARG;
       else if (!bms_keep_valid_(L->pos, L->n, q->st[k].len))
         want = RKV_ERR_INVALID_ARG;
+      else if (q->protect &&
+               ((int32_t)L->n < q->protect || L->pos[q->protect - 1] != q->protect - 1))
+        want = RKV_ERR_INVALID_ARG; /* protected positions must stay in place */
       if (want != RKV_OK) break;
       uint32_t mv = 0;
       fresh += bms_compact_need_(s, &q->st[k], L->pos, L->n, &mv);
@@ -761,6 +1128,7 @@ static inline int bms_compact_ex(bm_shadow *s, int64_t id, const rkv_keep_list *
     mv_cap = (uint32_t)moves_cap_override;
     if (mv_cap == 0) mv_buf = NULL;
   }
+  bms_pc_begin_(s);
   rkv_status st = rkv_blockmgr_compact(s->m, id, lists, n_lists, mv_buf, mv_cap, &n_moves);
   *out = st;
   if (bms_expect_(s, "compact", st, want)) return -1;
@@ -791,6 +1159,8 @@ static inline int bms_compact_ex(bm_shadow *s, int64_t id, const rkv_keep_list *
       } else if (ids[j] != t->row[j]) {
         return BMS_FAIL(s, "compact: stream %u row[%d] changed %d -> %d (ref %u, in place %d)", k,
                         j, t->row[j], ids[j], s->ref[t->row[j]], (int)inplace);
+      } else if (!inplace || hi - lo < bs) {
+        bms_pc_touch_(s, t->row[j]); /* tokens move in, or appends will overwrite the rest */
       }
     }
   }
@@ -829,7 +1199,8 @@ static inline int bms_compact_ex(bm_shadow *s, int64_t id, const rkv_keep_list *
     s->slot_tok[dst] = s->slot_tok[src];
   }
   bms_note_peak_(s);
-  if (bms_verify_counts(s)) return -1;
+  q->tmpl = -1;
+  if (bms_verify_counts(s) || bms_pc_end_(s, fresh)) return -1;
   return bms_verify_seq(s, q);
 }
 
@@ -848,9 +1219,11 @@ static inline int bms_compact_uniform_ex(bm_shadow *s, int64_t id, int32_t layer
   rkv_status want = RKV_OK;
   uint32_t fresh = 0, touched = 0, old_total = 0, old_touched = 0;
   int32_t bs = (int32_t)s->bs;
+  /* blocks wholly inside the protected prefix are never rewritten */
+  const int32_t fixed = q ? q->protect / bs : 0;
   if (!q) {
     want = RKV_ERR_NOT_FOUND;
-  } else if (layer >= (int32_t)s->layers || keep < 0) {
+  } else if (layer >= (int32_t)s->layers || keep < 0 || keep < q->protect) {
     want = RKV_ERR_INVALID_ARG;
   } else {
     for (uint32_t k = 0; k < s->S; k++) {
@@ -860,7 +1233,7 @@ static inline int bms_compact_uniform_ex(bm_shadow *s, int64_t id, int32_t layer
       if (t->len <= keep) continue;
       touched++;
       old_touched += (uint32_t)t->nrow;
-      for (int32_t j = 0; j < bms_ceil_div(keep, bs); j++) fresh += s->ref[t->row[j]] > 1;
+      for (int32_t j = fixed; j < bms_ceil_div(keep, bs); j++) fresh += s->ref[t->row[j]] > 1;
     }
     if (fresh > s->nfree) want = RKV_ERR_NO_BLOCKS;
   }
@@ -872,6 +1245,7 @@ static inline int bms_compact_uniform_ex(bm_shadow *s, int64_t id, int32_t layer
   uint32_t n_maps = 0, n_old = 0;
   uint32_t maps_cap = short_cap == 1 ? touched - 1 : s->S;
   uint32_t old_cap = short_cap == 2 ? old_touched - 1 : (uint32_t)s->old_cap;
+  bms_pc_begin_(s);
   rkv_status st = rkv_blockmgr_compact_uniform(s->m, id, layer, keep, s->maps, maps_cap, &n_maps,
                                                s->old_blocks, old_cap, &n_old);
   *out = st;
@@ -912,9 +1286,12 @@ static inline int bms_compact_uniform_ex(bm_shadow *s, int64_t id, int32_t layer
     if (nr != bms_ceil_div(keep, bs))
       return BMS_FAIL(s, "compact_uniform: stream %u has %d blocks", k, nr);
     for (int32_t j = 0; j < nr; j++) {
-      if (s->ref[t->row[j]] > 1) {
+      if (j >= fixed && s->ref[t->row[j]] > 1) {
         if (bms_check_fresh_(s, ids[j], "compact_uniform (shared leading block)")) return -1;
-      } else if (ids[j] != t->row[j]) {
+      } else if (j >= fixed) {
+        bms_pc_touch_(s, t->row[j]); /* the device may move kept tokens into it */
+      }
+      if ((j < fixed || s->ref[t->row[j]] <= 1) && ids[j] != t->row[j]) {
         return BMS_FAIL(s, "compact_uniform: stream %u row[%d] changed %d -> %d", k, j, t->row[j],
                         ids[j]);
       }
@@ -929,10 +1306,12 @@ static inline int bms_compact_uniform_ex(bm_shadow *s, int64_t id, int32_t layer
     const int32_t *ids;
     int32_t nr;
     if (bms_mgr_row_(s, q, mp->layer * s->heads + mp->head, &ids, &nr)) return -1;
-    /* Selection sampling: a uniformly random sorted subset of `keep` old positions. */
+    /* Selection sampling: a uniformly random sorted subset of `keep` old positions that
+     * holds the protected ones (eviction selects among the tokens after them). */
     int32_t chosen = 0;
     for (int32_t p = 0; p < t->len && chosen < keep; p++) {
-      if (bms_below(&s->rng, (uint32_t)(t->len - p)) < (uint32_t)(keep - chosen)) {
+      if (p < q->protect ||
+          bms_below(&s->rng, (uint32_t)(t->len - p)) < (uint32_t)(keep - chosen)) {
         int64_t src = (int64_t)s->old_blocks[mp->old_offset + p / bs] * bs + p % bs;
         s->tmp_tok[chosen] = s->slot_tok[src];
         if (s->tmp_tok[chosen] != t->tok[p])
@@ -950,15 +1329,16 @@ static inline int bms_compact_uniform_ex(bm_shadow *s, int64_t id, int32_t layer
       s->slot_tok[bms_slot_(s, t->row, p)] = s->tmp_tok[p];
     }
   }
-  /* Every written block must be private now. */
+  /* Every written block must be private now (the protected ones are not written). */
   for (uint32_t i = 0; i < n_maps; i++) {
     const bms_stream *t = &q->st[s->maps[i].layer * s->heads + s->maps[i].head];
-    for (int32_t j = 0; j < t->nrow; j++)
+    for (int32_t j = fixed; j < t->nrow; j++)
       if (s->ref[t->row[j]] != 1)
         return BMS_FAIL(s, "compact_uniform: cut stream keeps shared block %d", t->row[j]);
   }
   bms_note_peak_(s);
-  if (bms_verify_counts(s)) return -1;
+  q->tmpl = -1;
+  if (bms_verify_counts(s) || bms_pc_end_(s, fresh)) return -1;
   return bms_verify_seq(s, q);
 }
 
@@ -987,6 +1367,7 @@ static inline int bms_restore(bm_shadow *s, int64_t id, const int32_t *lens, rkv
     else if (need > s->nfree)
       want = RKV_ERR_NO_BLOCKS;
   }
+  bms_pc_begin_(s);
   rkv_status st = rkv_blockmgr_seq_restore(s->m, id, lens);
   *out = st;
   if (bms_expect_(s, "seq_restore", st, want)) return -1;
@@ -994,6 +1375,8 @@ static inline int bms_restore(bm_shadow *s, int64_t id, const int32_t *lens, rkv
   bms_seq *q = bms_free_slot_(s);
   q->live = true;
   q->id = id;
+  q->protect = 0;
+  q->tmpl = -1;
   s->nlive++;
   bms_next_stamp_(s);
   for (uint32_t k = 0; k < s->S; k++) {
@@ -1017,7 +1400,7 @@ static inline int bms_restore(bm_shadow *s, int64_t id, const int32_t *lens, rkv
       s->slot_tok[bms_slot_(s, t->row, p)] = t->tok[p] = s->next_tok++;
   }
   bms_note_peak_(s);
-  if (bms_verify_counts(s)) return -1;
+  if (bms_verify_counts(s) || bms_pc_end_(s, need)) return -1;
   return bms_verify_seq(s, q);
 }
 
@@ -1092,6 +1475,232 @@ static inline int64_t bms_pick_unused_(bm_shadow *s, uint64_t *rng) {
     int64_t id = (int64_t)bms_below(rng, 4 * s->max_seqs + 4);
     if (!bms_find(s, id)) return id;
   }
+}
+
+/* ---- Prefix-cache drivers ------------------------------------------------------------ */
+
+/* Leading hashes the model holds: the hit rkv_blockmgr_prefix_match must return. */
+static inline uint32_t bms_pc_hit_(const bm_shadow *s, const uint64_t *hashes, uint32_t n) {
+  uint32_t i = 0;
+  while (s->pc && i < n && bms_pc_find_(s, hashes[i]) >= 0) i++;
+  return i;
+}
+
+/* prefix_match over hashes[0, n), then prefix_cost of the first `cost_n` (a cost_n past the
+ * hit must be RKV_ERR_NOT_FOUND). Neither call changes anything. */
+static inline int bms_prefix_match(bm_shadow *s, const uint64_t *hashes, uint32_t n,
+                                   uint32_t cost_n, uint32_t *hit_out) {
+  uint32_t want = bms_pc_hit_(s, hashes, n), hit = 99, cost = 99, want_cost = 0;
+  bms_pc_begin_(s);
+  rkv_status st = rkv_blockmgr_prefix_match(s->m, hashes, n, &hit);
+  if (st != RKV_OK || hit != want)
+    return BMS_FAIL(s, "prefix_match: %s hit %u, model %u", rkv_status_name(st), hit, want);
+  if (hit_out) *hit_out = hit;
+  rkv_status want_st = bms_pc_hit_(s, hashes, cost_n) < cost_n ? RKV_ERR_NOT_FOUND : RKV_OK;
+  for (uint32_t i = 0; want_st == RKV_OK && i < cost_n; i++) {
+    const bms_group *G = &s->grp[bms_pc_find_(s, hashes[i])];
+    for (uint32_t k = 0; k < s->S; k++) want_cost += s->ref[G->blk[k]] == 0;
+  }
+  st = rkv_blockmgr_prefix_cost(s->m, hashes, cost_n, &cost);
+  if (bms_expect_(s, "prefix_cost", st, want_st)) return -1;
+  if (st == RKV_OK && cost != want_cost)
+    return BMS_FAIL(s, "prefix_cost(%u): %u blocks, model %u", cost_n, cost, want_cost);
+  return bms_verify_counts(s) || bms_pc_end_(s, 0) ? -1 : 0;
+}
+
+/* rkv_blockmgr_seq_create_cached: the new sequence maps exactly the registered tokens. */
+static inline int bms_create_cached(bm_shadow *s, int64_t id, const uint64_t *hashes, uint32_t hit,
+                                    rkv_status *out) {
+  rkv_status want = RKV_OK;
+  if ((uint64_t)hit * s->bs >= (1ull << 31))
+    want = RKV_ERR_INVALID_ARG;
+  else if (bms_pc_hit_(s, hashes, hit) < hit)
+    want = RKV_ERR_NOT_FOUND;
+  else if (id < 0)
+    want = RKV_ERR_INVALID_ARG;
+  else if (bms_find(s, id))
+    want = RKV_ERR_EXISTS;
+  else if (s->nlive >= s->max_seqs)
+    want = RKV_ERR_CAPACITY;
+  bms_pc_begin_(s);
+  rkv_status st = rkv_blockmgr_seq_create_cached(s->m, id, hashes, hit);
+  *out = st;
+  if (bms_expect_(s, "seq_create_cached", st, want)) return -1;
+  if (want != RKV_OK) return bms_verify_unchanged_(s, id);
+  bms_seq *q = bms_free_slot_(s);
+  int32_t len = (int32_t)(hit * s->bs);
+  for (uint32_t k = 0; k < s->S; k++) {
+    bms_stream *t = &q->st[k];
+    if (!bms_stream_reserve_(t, len, (int32_t)hit)) return BMS_FAIL(s, "out of memory");
+    for (uint32_t i = 0; i < hit; i++) {
+      const bms_group *G = &s->grp[bms_pc_find_(s, hashes[i])];
+      t->row[i] = G->blk[k];
+      bms_copy_(t->tok + (size_t)i * s->bs, G->tok + (size_t)k * s->bs, s->bs * sizeof *t->tok);
+      bms_ref_inc_(s, G->blk[k]);
+    }
+    t->nrow = (int32_t)hit;
+    t->len = len;
+  }
+  q->live = true;
+  q->id = id;
+  q->protect = 0;
+  q->tmpl = -1;
+  s->nlive++;
+  if (s->pc) {
+    s->pst.lookups++;
+    s->pst.hit_groups += hit;
+  }
+  bms_note_peak_(s);
+  if (bms_verify_counts(s) || bms_pc_end_(s, 0)) return -1;
+  return bms_verify_seq(s, q);
+}
+
+/* rkv_blockmgr_prefix_insert: registers group i of id under hashes[i] unless the hash is
+ * cached, some stream lacks a full block i, or one of its blocks is in a group already. */
+static inline int bms_prefix_insert(bm_shadow *s, int64_t id, const uint64_t *hashes, uint32_t n,
+                                    rkv_status *out) {
+  bms_seq *q = bms_find(s, id);
+  rkv_status want = !s->pc ? RKV_ERR_STATE : !q ? RKV_ERR_NOT_FOUND : RKV_OK;
+  uint32_t got = 99, added = 0;
+  bms_pc_begin_(s);
+  rkv_status st = rkv_blockmgr_prefix_insert(s->m, id, hashes, n, &got);
+  *out = st;
+  if (bms_expect_(s, "prefix_insert", st, want)) return -1;
+  if (want != RKV_OK)
+    return got == 0 ? bms_verify_unchanged_(s, id) : BMS_FAIL(s, "insert: %u", got);
+  for (uint32_t i = 0; i < n; i++) {
+    bool ok = bms_pc_find_(s, hashes[i]) < 0;
+    for (uint32_t k = 0; ok && k < s->S; k++)
+      ok = q->st[k].nrow > (int32_t)i && q->st[k].len >= (int32_t)((i + 1) * s->bs) &&
+           s->bgrp[q->st[k].row[i]] < 0;
+    if (!ok) continue;
+    uint32_t g = 0;
+    while (g < s->gcap && s->grp[g].live) g++;
+    if (g == s->gcap) return BMS_FAIL(s, "model: more groups than nblocks / streams");
+    bms_group *G = &s->grp[g];
+    G->live = true;
+    G->hash = hashes[i];
+    for (uint32_t k = 0; k < s->S; k++) {
+      G->blk[k] = q->st[k].row[i];
+      s->bgrp[G->blk[k]] = (int32_t)g;
+      bms_copy_(G->tok + (size_t)k * s->bs, s->slot_tok + (size_t)G->blk[k] * s->bs,
+                s->bs * sizeof *G->tok);
+    }
+    added++;
+  }
+  s->pst.inserted += added;
+  if (got != added) return BMS_FAIL(s, "prefix_insert: %u inserted, model %u", got, added);
+  return bms_pc_end_(s, 0);
+}
+
+/* rkv_blockmgr_prefix_clear: every group goes, no counter moves. */
+static inline int bms_prefix_clear(bm_shadow *s) {
+  bms_pc_begin_(s);
+  rkv_blockmgr_prefix_clear(s->m);
+  for (uint32_t g = 0; s->pc && g < s->gcap; g++)
+    if (s->grp[g].live) bms_pc_drop_(s, g);
+  return bms_verify_counts(s) || bms_pc_end_(s, 0) ? -1 : 0;
+}
+
+/* rkv_blockmgr_seq_protect: n in [0, shortest stream]. */
+static inline int bms_protect(bm_shadow *s, int64_t id, int32_t n, rkv_status *out) {
+  bms_seq *q = bms_find(s, id);
+  rkv_status want = q ? RKV_OK : RKV_ERR_NOT_FOUND;
+  for (uint32_t k = 0; q && k < s->S; k++)
+    if (n > q->st[k].len) want = RKV_ERR_INVALID_ARG;
+  if (q && n < 0) want = RKV_ERR_INVALID_ARG;
+  bms_pc_begin_(s);
+  rkv_status st = rkv_blockmgr_seq_protect(s->m, id, n);
+  *out = st;
+  if (bms_expect_(s, "seq_protect", st, want)) return -1;
+  if (want != RKV_OK) return bms_verify_unchanged_(s, id);
+  q->protect = n;
+  if (bms_pc_end_(s, 0)) return -1;
+  return bms_verify_seq(s, q);
+}
+
+/* Forces every list to keep the protected prefix of q in place (what an eviction policy that
+ * honours protection produces): positions [0, p) followed by the list's positions >= p. */
+static inline void bms_keep_protected_(bm_shadow *s, const bms_seq *q, uint32_t n_lists) {
+  int32_t p = q->protect;
+  for (uint32_t l = 0; p > 0 && l < n_lists; l++) {
+    rkv_keep_list *L = &s->lists[l];
+    int32_t *pos = (int32_t *)L->pos;
+    uint32_t j = 0;
+    while (j < L->n && pos[j] < p) j++;
+    memmove(pos + p, pos + j, (L->n - j) * sizeof *pos);
+    for (int32_t i = 0; i < p; i++) pos[i] = i;
+    L->n = (uint32_t)p + (L->n - j);
+  }
+}
+
+/* A request for template t as a scheduler admits it: match, share the hit, compute the rest
+ * of the prompt (plus a partial block now and then), register the prompt's full blocks,
+ * and often protect the shared prefix. `skew` (0 most of the time) asks for one group more
+ * than the hit (RKV_ERR_NOT_FOUND when the hit is short of the template) or fewer. */
+static inline int bms_prompt(bm_shadow *s, uint64_t *rng, int64_t id, uint32_t t, int skew,
+                             rkv_status *st) {
+  const uint64_t *h = s->tmpl_hash[t];
+  uint32_t nb = s->tmpl_blocks[t], hit = 0;
+  if (bms_prefix_match(s, h, nb, bms_below(rng, nb + 1), &hit)) return -1;
+  uint32_t ask = hit;
+  if (skew > 0 && ask < nb) ask++;
+  if (skew < 0 && ask > 0) ask = bms_below(rng, ask);
+  if (bms_create_cached(s, id, h, ask, st)) return -1;
+  if (*st != RKV_OK) return 0;
+  uint32_t rest = (nb - ask) * s->bs + (bms_below(rng, 4) == 0 ? bms_below(rng, s->bs) : 0);
+  rkv_status a = RKV_OK;
+  if (rest && bms_append(s, id, rest, bms_below(rng, 2) != 0, &a)) return -1;
+  if (a != RKV_OK) return 0; /* out of blocks: the request waits with what it shares */
+  bms_seq *q = bms_find(s, id);
+  q->tmpl = (int32_t)t;
+  if (bms_prefix_insert(s, id, h, nb, &a)) return -1;
+  if (bms_below(rng, 2)) return bms_protect(s, id, (int32_t)(ask * s->bs), &a);
+  return 0;
+}
+
+/* One random prefix-cache operation (only with config.prefix_cache); returns its kind. */
+static inline int bms_random_prefix_op(bm_shadow *s, uint64_t *rng, int *kind, rkv_status *st) {
+  uint32_t r = bms_below(rng, 100);
+  *st = RKV_OK;
+  bms_seq *q = s->nlive ? bms_find(s, bms_pick_live_(s, rng)) : NULL;
+  if (r < 45 || !q) {
+    *kind = BMS_OP_CACHED;
+    int64_t id = bms_below(rng, 16) == 0 && q ? q->id : bms_pick_unused_(s, rng);
+    int skew = bms_below(rng, 8) == 0 ? (bms_below(rng, 2) ? 1 : -1) : 0;
+    return bms_prompt(s, rng, id, bms_below(rng, BMS_TMPL), skew, st);
+  }
+  if (r < 60) {
+    *kind = BMS_OP_INSERT;
+    /* a sequence still holding its template re-registers it (groups dropped since come
+     * back); others register nothing, or an unknown id fails */
+    uint32_t n = q->tmpl >= 0 ? s->tmpl_blocks[q->tmpl] : 0;
+    const uint64_t *h = q->tmpl >= 0 ? s->tmpl_hash[q->tmpl] : NULL;
+    int64_t id = bms_below(rng, 8) == 0 ? bms_pick_unused_(s, rng) : q->id;
+    return bms_prefix_insert(s, id, h, n, st);
+  }
+  if (r < 80) {
+    *kind = BMS_OP_PROTECT;
+    int32_t shortest = INT32_MAX;
+    for (uint32_t k = 0; k < s->S; k++)
+      if (q->st[k].len < shortest) shortest = q->st[k].len;
+    uint32_t mode = bms_below(rng, 8);
+    int32_t n = mode == 0   ? shortest + 1 + (int32_t)bms_below(rng, 3)
+                : mode == 1 ? -1
+                : mode == 2 ? 0
+                            : (int32_t)bms_below(rng, (uint32_t)shortest + 1);
+    if (mode > 3) n -= n % (int32_t)s->bs; /* block-aligned, as a cached prefix is */
+    int64_t id = bms_below(rng, 16) == 0 ? bms_pick_unused_(s, rng) : q->id;
+    return bms_protect(s, id, n, st);
+  }
+  if (r < 96) {
+    *kind = BMS_OP_MATCH;
+    uint32_t t = bms_below(rng, BMS_TMPL);
+    return bms_prefix_match(s, s->tmpl_hash[t], s->tmpl_blocks[t],
+                            bms_below(rng, s->tmpl_blocks[t] + 1), NULL);
+  }
+  *kind = BMS_OP_PCLEAR;
+  return bms_prefix_clear(s);
 }
 
 /* One malformed or impossible call that must fail with the predicted status and change
@@ -1178,7 +1787,9 @@ static inline int bms_random_op(bm_shadow *s, uint64_t *rng, uint32_t max_append
   uint32_t r = bms_below(rng, 1000);
   uint32_t pressure = (s->nblocks - s->nfree) * 100u / s->nblocks;  /* percent used */
   uint32_t p_free = 40 + (pressure > 60 ? (pressure - 60) * 8 : 0); /* per mille */
-  if (s->nlive == 0 || r < 60) {
+  if (s->pc && r % 5 == 0) { /* a fifth of the ops with a prefix cache */
+    ret = bms_random_prefix_op(s, rng, &kind, &st);
+  } else if (s->nlive == 0 || r < 60) {
     kind = BMS_OP_CREATE;
     int64_t id = bms_below(rng, 8) == 0 ? bms_pick_live_(s, rng) : bms_pick_unused_(s, rng);
     ret = bms_create(s, id, &st);
@@ -1193,6 +1804,8 @@ static inline int bms_random_op(bm_shadow *s, uint64_t *rng, uint32_t max_append
     bms_seq *q = bms_find(s, bms_pick_live_(s, rng));
     int nl = bms_random_lists(s, rng, q);
     if (nl < 0) return BMS_FAIL(s, "out of memory");
+    /* mostly honour the protected prefix; the rest must fail with INVALID_ARG */
+    if (q->protect && bms_below(rng, 8) != 0) bms_keep_protected_(s, q, (uint32_t)nl);
     if (bms_below(rng, 16) == 0) { /* a too-small move buffer (CAPACITY when anything moves) */
       ret = bms_compact_ex(s, q->id, s->lists, (uint32_t)nl, 0, &st);
     } else {
@@ -1205,7 +1818,10 @@ static inline int bms_random_op(bm_shadow *s, uint64_t *rng, uint32_t max_append
     for (uint32_t k = 0; k < s->S; k++)
       if (q->st[k].len > maxlen) maxlen = q->st[k].len;
     int32_t layer = bms_below(rng, 3) == 0 ? -1 : (int32_t)bms_below(rng, s->layers);
-    ret = bms_compact_uniform(s, q->id, layer, (int32_t)bms_below(rng, (uint32_t)maxlen + 2), &st);
+    int32_t keep = (int32_t)bms_below(rng, (uint32_t)maxlen + 2);
+    if (q->protect && bms_below(rng, 8) != 0)
+      keep = q->protect + (int32_t)bms_below(rng, (uint32_t)(maxlen - q->protect) + 2);
+    ret = bms_compact_uniform(s, q->id, layer, keep, &st);
   } else if (r < 420 + p_free) {
     kind = BMS_OP_RESTORE;
     uint32_t maxlen = 1 + bms_below(rng, 3 * max_append);

@@ -24,6 +24,7 @@ enum { CHECK_EVERY = 1000, CHECK_ALL_FIRST = 100000, FULL_WALK_FIRST_EVERY = 64 
 typedef struct run_cfg {
   const char *name;
   uint32_t blocks, block_size, layers, heads, max_seqs, max_append;
+  bool prefix_cache; /* config.prefix_cache: the mix adds the prefix-cache ops */
 } run_cfg;
 
 /* Runs `ops` random operations on a fresh manager; returns after the first mismatch. */
@@ -36,6 +37,7 @@ static void run(const run_cfg *rc, uint64_t seed, uint64_t ops) {
   cfg.head_dim = 8;
   cfg.max_seqs = rc->max_seqs;
   cfg.watermark = 0.0f;
+  cfg.prefix_cache = rc->prefix_cache;
   rkv_blockmgr *m = NULL;
   EXPECT_OK(rkv_blockmgr_create(&cfg, &m));
   if (!m) return;
@@ -79,12 +81,16 @@ static void run(const run_cfg *rc, uint64_t seed, uint64_t ops) {
   }
   /* The mix must actually exercise every path, or the test could pass vacuously. */
   if (!bad && ops >= 100000) {
-    for (int k = 0; k < BMS_OP_KINDS; k++) {
+    for (int k = 0; k < (rc->prefix_cache ? BMS_OP_KINDS : BMS_OP_STD_KINDS); k++) {
       if (k == BMS_OP_BAD) continue;
       if (c.ok[k] == 0)
         RKV_TEST_FAIL_("%s: no successful %s in %" PRIu64 " ops", rc->name, bms_op_name(k), ops);
     }
     EXPECT(c.no_blocks > ops / 100);
+    /* groups must come and go every way the header names, or the reclaim and invalidation
+     * checks never ran */
+    if (rc->prefix_cache)
+      EXPECT(s.pst.hit_groups > 0 && s.pst.invalidated > 0 && s.pst.reclaimed > 0);
     EXPECT(c.kind[BMS_OP_BAD] > ops / 100);
     EXPECT(s.peak_used == s.nblocks || s.peak_used + rc->max_append > s.nblocks);
   }
@@ -152,11 +158,14 @@ int main(int argc, char **argv) {
   if (argc > 1) seed = strtoull(argv[1], NULL, 0);
   if (argc > 2) ops = strtoull(argv[2], NULL, 0);
   directed();
-  const run_cfg main_cfg = {"2x2 heads, block 4, 300 blocks", 300, 4, 2, 2, 24, 40};
+  const run_cfg main_cfg = {"2x2 heads, block 4, 300 blocks", 300, 4, 2, 2, 24, 40, false};
   run(&main_cfg, seed, ops);
-  const run_cfg odd_cfg = {"1x3 heads, block 1, 64 blocks", 64, 1, 1, 3, 6, 12};
+  const run_cfg odd_cfg = {"1x3 heads, block 1, 64 blocks", 64, 1, 1, 3, 6, 12, false};
   run(&odd_cfg, seed + 1, ops / 10);
-  const run_cfg big_cfg = {"3x1 heads, block 16, 40 blocks", 40, 16, 3, 1, 8, 40};
+  const run_cfg big_cfg = {"3x1 heads, block 16, 40 blocks", 40, 16, 3, 1, 8, 40, false};
   run(&big_cfg, seed + 2, ops / 10);
+  const run_cfg pc_cfg = {
+      "prefix cache, 2x2 heads, block 4, 200 blocks", 200, 4, 2, 2, 16, 24, true};
+  run(&pc_cfg, seed + 3, ops / 5);
   return rkv_test_finish();
 }

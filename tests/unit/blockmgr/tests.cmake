@@ -26,6 +26,15 @@ add_test(NAME blockmgr_stress_odd_shape
 set_tests_properties(blockmgr_stress_odd_shape PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77
                      LABELS "unit;blockmgr")
 
+# Prefix cache on: template requests sharing cached groups, inserts, protection, clears, and
+# compactions that keep (or break) protected prefixes, against the shadow's prefix model.
+add_test(NAME blockmgr_stress_prefix
+         COMMAND $<TARGET_FILE:rkv> stress --prefix-cache --ops 300000 --seed 5 --blocks 96
+                 --layers 2 --kv-heads 2 --block-size 2 --max-seqs 12 --max-append 9
+                 --check-every 10)
+set_tests_properties(blockmgr_stress_prefix PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77
+                     LABELS "unit;blockmgr")
+
 add_test(NAME blockmgr_bench_smoke
          COMMAND $<TARGET_FILE:rkv> bench blockmgr --layers 2 --kv-heads 2 --batch 8 --steps 64
                  --budget 64 --buffer 16 --reps 2)
