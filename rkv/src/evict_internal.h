@@ -100,6 +100,42 @@ void rkvi_mark_above(const float *u, int32_t m, float thr, int32_t row, int32_t 
 /* True when this build links a BLAS. */
 bool rkvi_have_blas(void);
 
+/* ---- the policy table (policies.c) ---- */
+
+/* Host scorer of one kv head: the joint scores of the n - window candidates into ws->z; a
+ * scorer that computes importance (redundancy) leaves it in ws->imp (ws->red) for the dumps.
+ * Same inputs as rkvi_evict_head; n > window. */
+typedef void (*rkvi_score_fn)(const rkv_evict_params *p, int32_t n, uint32_t d, uint32_t group,
+                              const float *q, const float *acc, rkvi_head_ws *ws);
+/* Positional selection: the budget kept positions of a stream of n > budget tokens,
+ * ascending, with no scores. */
+typedef void (*rkvi_keep_fn)(const rkv_evict_params *p, int32_t n, int32_t *keep);
+
+/* One policy. Adding a policy is its file (a scorer or a positional keep) and one row. */
+typedef struct rkvi_policy {
+  const char *name;
+  const char *aliases[2]; /* other spellings rkv_evict_policy_parse accepts */
+  bool evicts;
+  bool needs_queries;  /* the scorer reads the window queries */
+  bool needs_mass;     /* the scorer reads accumulated attention mass */
+  bool redundancy;     /* the scorer leaves redundancy in ws->red (dumps) */
+  bool device;         /* the CUDA kernels implement it (evict_cuda.cu) */
+  rkvi_score_fn score; /* NULL for positional and non-evicting policies */
+  rkvi_keep_fn keep;   /* positional policies */
+} rkvi_policy;
+
+/* The row of a valid policy id (callers validated it). */
+const rkvi_policy *rkvi_policy_of(rkv_evict_policy p);
+
+/* Scorers and keeps of the built-in policies (score_rkv.c, policy_h2o.c, policy_streaming.c). */
+void rkvi_score_rkv(const rkv_evict_params *p, int32_t n, uint32_t d, uint32_t group,
+                    const float *q, const float *acc, rkvi_head_ws *ws);
+void rkvi_score_snapkv(const rkv_evict_params *p, int32_t n, uint32_t d, uint32_t group,
+                       const float *q, const float *acc, rkvi_head_ws *ws);
+void rkvi_score_h2o(const rkv_evict_params *p, int32_t n, uint32_t d, uint32_t group,
+                    const float *q, const float *acc, rkvi_head_ws *ws);
+void rkvi_keep_streaming(const rkv_evict_params *p, int32_t n, int32_t *keep);
+
 /* Top-k selection: keeps the `k` positions j < n_cand with the highest z (ties: lower
  * position), plus positions [n_cand, n); writes the kept positions ascending into keep.
  * heap [k] and mark [n] are scratch. */

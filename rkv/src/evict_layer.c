@@ -17,12 +17,16 @@ static void *align_ptr(void *p) {
 }
 
 static bool scored(rkv_evict_policy p) {
-  return p == RKV_EVICT_RKV || p == RKV_EVICT_SNAPKV;
+  return rkvi_policy_of(p)->needs_queries;
+}
+
+static bool mass(rkv_evict_policy p) {
+  return rkvi_policy_of(p)->needs_mass;
 }
 
 int32_t rkv_evict_kept_count(const rkv_evict_params *p, int32_t n) {
   if (!p || n < 0 || rkv_evict_params_validate(p, NULL, 0) != RKV_OK) return 0;
-  if (p->policy == RKV_EVICT_FULL || n <= p->budget) return n;
+  if (!rkvi_policy_of(p->policy)->evicts || n <= p->budget) return n;
   return p->budget;
 }
 
@@ -61,7 +65,7 @@ rkv_status rkv_evict_select_dense(const rkv_evict_params *p, const float *keys,
     if (scored(p->policy) && (!keys || !queries))
       return rkvi_failn(err, err_len, RKV_ERR_INVALID_ARG, "%s needs keys and queries",
                         rkv_evict_policy_name(p->policy));
-    if (p->policy == RKV_EVICT_H2O && !acc)
+    if (mass(p->policy) && !acc)
       return rkvi_failn(err, err_len, RKV_ERR_INVALID_ARG, "h2o needs accumulated scores");
   }
   size_t need = 0;
@@ -220,7 +224,7 @@ rkv_status rkv_evict_layer_ex(const rkv_evict_params *p, rkv_blockmgr *m, rkv_kv
   if (res) memset(res, 0, sizeof *res);
   RKV_TRY(rkv_evict_params_validate(p, err, err_len));
   RKV_TRY(check_pool(m, pool, layer, num_q_heads, err, err_len));
-  if (p->policy == RKV_EVICT_FULL) return RKV_OK;
+  if (!rkvi_policy_of(p->policy)->evicts) return RKV_OK;
   const rkv_blockmgr_config *c = rkv_blockmgr_get_config(m);
   const uint32_t kv = c->num_kv_heads, d = c->head_dim, bs = c->block_size;
   const int32_t B = p->budget, W = p->window;
@@ -292,7 +296,7 @@ rkv_status rkv_evict_layer_ex(const rkv_evict_params *p, rkv_blockmgr *m, rkv_kv
         for (int32_t o = o0; o < cnt; o++)
           load_row(lay->dtype, blk + rkv_kv_k_offset(lay, (uint32_t)o), d,
                    ws.head.k + (size_t)(first + o - P) * d);
-      if (p->policy == RKV_EVICT_H2O && o0 < cnt)
+      if (mass(p->policy) && o0 < cnt)
         memcpy(ws.acc + first + o0 - P, scores + (size_t)ids[b] * bs + o0,
                (size_t)(cnt - o0) * sizeof(float));
       ws.old_ids[n_old + b] = ids[b];

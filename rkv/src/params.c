@@ -1,37 +1,10 @@
-/* Eviction parameters: policy names, validation with clear messages, the compression trigger
- * and the workspace size queries of the dense and paged entries. */
+/* Eviction parameters: validation with clear messages, the compression trigger and the
+ * workspace size queries of the dense and paged entries (policy names: policies.c). */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "evict_internal.h"
-
-static const char *const kPolicyNames[RKV_EVICT_POLICY_COUNT_] = {"full", "rkv", "snapkv",
-                                                                  "streaming", "h2o"};
-
-const char *rkv_evict_policy_name(rkv_evict_policy p) {
-  if ((int)p < 0 || p >= RKV_EVICT_POLICY_COUNT_) return "invalid";
-  return kPolicyNames[p];
-}
-
-rkv_status rkv_evict_policy_parse(const char *name, rkv_evict_policy *out) {
-  if (!name || !out) return RKV_ERR_INVALID_ARG;
-  for (int i = 0; i < RKV_EVICT_POLICY_COUNT_; i++) {
-    if (strcmp(name, kPolicyNames[i]) == 0) {
-      *out = (rkv_evict_policy)i;
-      return RKV_OK;
-    }
-  }
-  if (strcmp(name, "r-kv") == 0 || strcmp(name, "r1kv") == 0) {
-    *out = RKV_EVICT_RKV;
-    return RKV_OK;
-  }
-  if (strcmp(name, "streamingllm") == 0) {
-    *out = RKV_EVICT_STREAMING;
-    return RKV_OK;
-  }
-  return RKV_ERR_INVALID_ARG;
-}
 
 /* Writes the message (when wanted) and returns RKV_ERR_INVALID_ARG. */
 #define bad(err, err_len, ...) rkvi_failn(err, err_len, RKV_ERR_INVALID_ARG, __VA_ARGS__)
@@ -66,7 +39,7 @@ rkv_status rkv_evict_params_validate(const rkv_evict_params *p, char *err, size_
 
 bool rkv_evict_should_compress(const rkv_evict_params *p, int32_t len, bool after_prefill) {
   if (!p || rkv_evict_params_validate(p, NULL, 0) != RKV_OK) return false;
-  if (p->policy == RKV_EVICT_FULL) return false;
+  if (!rkvi_policy_of(p->policy)->evicts) return false;
   if (after_prefill) return len >= p->budget;
   return len >= p->budget + p->buffer;
 }

@@ -1,9 +1,9 @@
 /* One compression step for one kv head on keys gathered as f32 rows: R-KV importance and
- * redundancy, the joint score, SnapKV (importance only), H2O (accumulated mass) and
- * StreamingLLM (sinks + newest), then selection. Follows docs/EVICTION.md, "The algorithm,
- * exactly", step by step; the comments name its steps. Reductions run in double; the
- * similarity tiles in f32 (BLAS or the blocked kernel), which is the only O(n^2 d) work; the
- * window logits are f64 products. */
+ * redundancy and the joint score, SnapKV (importance only), then selection; the policy table
+ * (policies.c) picks the scorer (H2O: policy_h2o.c, StreamingLLM: policy_streaming.c). Follows
+ * docs/EVICTION.md, "The algorithm, exactly", step by step; the comments name its steps. Reductions
+ * run in double; the similarity tiles in f32 (BLAS or the blocked kernel), which is the only O(n^2
+ * d) work; the window logits are f64 products. */
 #include <math.h>
 #include <string.h>
 
@@ -126,47 +126,46 @@ static void redundancy(const rkv_evict_params *p, int32_t n, uint32_t d, rkvi_he
   for (int32_t j = 0; j < n; j++) r[j] /= sum;
 }
 
+void rkvi_score_rkv(const rkv_evict_params *p, int32_t n, uint32_t d, uint32_t group,
+                    const float *q, const float *acc, rkvi_head_ws *ws) {
+  (void)acc;
+  const int32_t n_c = n - p->window;
+  importance(p, n, d, group, q, ws);
+  redundancy(p, n, d, ws);
+  const double lam = p->lambda;
+  for (int32_t j = 0; j < n_c; j++) ws->z[j] = lam * ws->imp[j] - (1.0 - lam) * ws->red[j];
+}
+
+void rkvi_score_snapkv(const rkv_evict_params *p, int32_t n, uint32_t d, uint32_t group,
+                       const float *q, const float *acc, rkvi_head_ws *ws) {
+  (void)acc;
+  importance(p, n, d, group, q, ws);
+  memcpy(ws->z, ws->imp, (size_t)(n - p->window) * sizeof(double));
+}
+
 void rkvi_evict_head_score(const rkv_evict_params *p, int32_t n, uint32_t d, uint32_t group,
                            const float *q, const float *acc, rkvi_head_ws *ws,
                            const rkvi_head_dump *dump) {
-  RKV_ASSERT(n > p->window && p->policy != RKV_EVICT_STREAMING && p->policy != RKV_EVICT_FULL);
-  const int32_t n_c = n - p->window;
-  double *z = ws->z;
-  if (p->policy == RKV_EVICT_H2O) {
-    for (int32_t j = 0; j < n_c; j++) z[j] = acc ? (double)acc[j] : 0.0;
-  } else {
-    importance(p, n, d, group, q, ws);
-    if (p->policy == RKV_EVICT_RKV) {
-      redundancy(p, n, d, ws);
-      const double lam = p->lambda;
-      for (int32_t j = 0; j < n_c; j++) z[j] = lam * ws->imp[j] - (1.0 - lam) * ws->red[j];
-    } else {
-      for (int32_t j = 0; j < n_c; j++) z[j] = ws->imp[j];
-    }
-  }
-  if (dump) {
-    for (int32_t j = 0; j < n_c; j++) {
-      bool scored = p->policy == RKV_EVICT_RKV || p->policy == RKV_EVICT_SNAPKV;
-      if (dump->importance) dump->importance[j] = scored ? (float)ws->imp[j] : 0.0f;
-      if (dump->redundancy)
-        dump->redundancy[j] = p->policy == RKV_EVICT_RKV ? (float)ws->red[j] : 0.0f;
-      if (dump->joint) dump->joint[j] = (float)z[j];
-    }
+  const rkvi_policy *pol = rkvi_policy_of(p->policy);
+  RKV_ASSERT(n > p->window && pol->score);
+  pol->score(p, n, d, group, q, acc, ws);
+  if (!dump) return;
+  for (int32_t j = 0; j < n - p->window; j++) {
+    if (dump->importance) dump->importance[j] = pol->needs_queries ? (float)ws->imp[j] : 0.0f;
+    if (dump->redundancy) dump->redundancy[j] = pol->redundancy ? (float)ws->red[j] : 0.0f;
+    if (dump->joint) dump->joint[j] = (float)ws->z[j];
   }
 }
 
 void rkvi_evict_head(const rkv_evict_params *p, int32_t n, uint32_t d, uint32_t group,
                      const float *q, const float *acc, rkvi_head_ws *ws, int32_t *keep,
                      const rkvi_head_dump *dump) {
-  const int32_t B = p->budget, w = p->window;
-  RKV_ASSERT(n > B);
-  if (p->policy == RKV_EVICT_STREAMING) {
-    const int32_t recent = B - p->sinks;
-    int32_t m = 0;
-    for (int32_t j = 0; j < p->sinks; j++) keep[m++] = j;
-    for (int32_t j = n - recent; j < n; j++) keep[m++] = j;
+  const rkvi_policy *pol = rkvi_policy_of(p->policy);
+  RKV_ASSERT(n > p->budget);
+  if (pol->keep) {
+    pol->keep(p, n, keep);
     return;
   }
   rkvi_evict_head_score(p, n, d, group, q, acc, ws, dump);
-  rkvi_select_top(ws->z, n - w, B - w, n, ws->heap, ws->mark, keep);
+  rkvi_select_top(ws->z, n - p->window, p->budget - p->window, n, ws->heap, ws->mark, keep);
 }

@@ -67,7 +67,7 @@ static size_t stream_index(const multi_call *c, uint32_t l, uint32_t h) {
 static void score_stream(const multi_call *c, uint32_t l, uint32_t h, rkvi_head_ws *ws) {
   const size_t s = stream_index(c, l, h), n = (size_t)c->n, W = (size_t)c->p->window;
   /* H2O ranks by the masses alone: its keys are never read, so never copied. */
-  if (c->keys && c->p->policy != RKV_EVICT_H2O)
+  if (c->keys && rkvi_policy_of(c->p->policy)->needs_queries)
     memcpy(ws->k, c->keys + s * n * c->d, n * c->d * sizeof(float));
   const float *q =
       c->queries ? c->queries + ((size_t)l * c->qh + (size_t)h * c->group) * W * c->d : NULL;
@@ -148,11 +148,13 @@ rkv_status rkv_evict_select_dense_multi(const rkv_evict_params *p, rkv_evict_gra
   if (!keep) return bad("keep is NULL");
   const int32_t kept = rkv_evict_kept_count(p, n);
   const bool compress = kept < n;
-  const bool scored = p->policy == RKV_EVICT_RKV || p->policy == RKV_EVICT_SNAPKV;
+  const rkvi_policy *pol = rkvi_policy_of(p->policy);
+  const bool scored = pol->needs_queries;
   if (compress) {
     if (scored && (!keys || !queries))
       return bad("%s needs keys and queries", rkv_evict_policy_name(p->policy));
-    if (p->policy == RKV_EVICT_H2O && !acc) return bad("h2o needs accumulated scores");
+    if (pol->needs_mass && !acc)
+      return bad("%s needs accumulated scores", rkv_evict_policy_name(p->policy));
   }
   size_t need = 0;
   RKV_TRY(rkv_evict_dense_multi_workspace_size(p, g, head_dim, n, &need));
@@ -171,7 +173,7 @@ rkv_status rkv_evict_select_dense_multi(const rkv_evict_params *p, rkv_evict_gra
   char *base = align_ptr(workspace);
   rkvi_head_ws ws;
   rkvi_head_ws_carve(base, n, head_dim, p->window, &ws);
-  if (p->policy == RKV_EVICT_STREAMING) {
+  if (pol->keep) {
     /* No score: the set depends on n alone, so every unit gives it. */
     for (uint32_t l = 0; l < num_layers; l++)
       for (uint32_t h = 0; h < num_kv_heads; h++)

@@ -47,12 +47,13 @@ struct rkv_exec {
   const rkv_sched_plan *plan;
   uint8_t *layer_done; /* [L] */
   bool h2o;
-  int32_t *seq_row;     /* [max_seqs] index * S */
-  int32_t *blen;        /* [max_seqs] the step's uniform lengths, plan order */
-  int32_t *all_indptr;  /* [max_seqs + 1] rows of every plan sequence */
-  bool all_uniform;     /* every scheduled sequence's streams share one length */
-  int64_t *ids;         /* [max_seqs] */
-  int32_t *q_indptr;    /* [max_seqs + 1] prefill group rows, relative */
+  bool mass[RKV_EVICT_POLICY_COUNT_]; /* the policy table's needs_attention_mass, per id */
+  int32_t *seq_row;                   /* [max_seqs] index * S */
+  int32_t *blen;                      /* [max_seqs] the step's uniform lengths, plan order */
+  int32_t *all_indptr;                /* [max_seqs + 1] rows of every plan sequence */
+  bool all_uniform;                   /* every scheduled sequence's streams share one length */
+  int64_t *ids;                       /* [max_seqs] */
+  int32_t *q_indptr;                  /* [max_seqs + 1] prefill group rows, relative */
   const int64_t *slots; /* the plan's slot mapping (layer l at slots + l * stride), or NULL:
                          * K/V writes then find their slots through the mirror */
   size_t slot_layer_stride;
@@ -67,7 +68,7 @@ struct rkv_exec {
 };
 
 static bool needs_queries(rkv_evict_policy p) {
-  return p == RKV_EVICT_RKV || p == RKV_EVICT_SNAPKV;
+  return rkvi_needs_queries(p);
 }
 
 static rkv_status cfg_err(char *err, size_t len, const char *msg) {
@@ -173,6 +174,8 @@ rkv_status rkv_exec_create(const rkv_exec_config *cfg, rkv_blockmgr *m, rkv_kv_p
   rkv_exec *x = rkvi_calloc(cfg->allocator ? &ac : NULL, sizeof *x, 16);
   if (!x) return rkvi_failn(err, err_len, RKV_ERR_NO_MEMORY, "rkv_exec_create: out of memory");
   x->cfg = *cfg;
+  for (int i = 0; i < RKV_EVICT_POLICY_COUNT_; i++)
+    x->mass[i] = rkvi_policy_info((rkv_evict_policy)i).needs_attention_mass;
   if (cfg->allocator) {
     x->alloc_copy = *cfg->allocator;
     x->al = &x->alloc_copy;
@@ -467,7 +470,8 @@ rkv_status rkv_exec_begin(rkv_exec *x, const rkv_sched_plan *p) {
   for (uint32_t i = 0; i < p->n_seqs; i++) {
     RKV_TRY(sync_seq(x, p, i));
     const rkv_sched_seq *q = &p->seqs[i];
-    x->h2o |= q->evict && q->evict->policy == RKV_EVICT_H2O;
+    x->h2o |= q->evict && (unsigned)q->evict->policy < RKV_EVICT_POLICY_COUNT_ &&
+              x->mass[q->evict->policy];
     if (i >= p->n_decode) {
       x->q_indptr[np] = (int32_t)(rows - p->n_decode);
       np++;
@@ -656,7 +660,7 @@ static rkv_status cut_streams(rkv_exec *x, const rkv_sched_seq *q, const rkv_evi
  * mirror entry re-syncs at the next begin. */
 static rkv_status compress_seq(rkv_exec *x, const rkv_sched_seq *q, rkv_sched_output *o) {
   const rkv_evict_params *ev = q->evict ? q->evict : &x->cfg.evict;
-  if (ev->policy == RKV_EVICT_FULL) return RKV_OK;
+  if (!rkvi_policy_info(ev->policy).evicts) return RKV_OK;
   const uint32_t free0 = rkv_blockmgr_free_blocks(x->bm);
   RKV_TRY(x->pool ? evict_layers(x, q, ev, o) : cut_streams(x, q, ev, o));
   o->blocks_freed = rkv_blockmgr_free_blocks(x->bm) - free0;
@@ -674,7 +678,7 @@ static rkv_status compress_scratch(rkv_exec *x, const rkv_sched_plan *p,
   for (uint32_t i = 0; i < p->n_seqs; i++) {
     const rkv_sched_seq *q = &p->seqs[i];
     const rkv_evict_params *ev = q->evict ? q->evict : &x->cfg.evict;
-    if (!q->compress || outs[i].eos || ev->policy == RKV_EVICT_FULL) continue;
+    if (!q->compress || outs[i].eos || !rkvi_policy_info(ev->policy).evicts) continue;
     size_t need = 0;
     uint32_t held = 0, excl = 0;
     rkv_status st = x->pool ? rkv_evict_workspace_size(ev, x->Hkv, x->Hq, x->d, q->kv_len, &need)

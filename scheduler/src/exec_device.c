@@ -68,7 +68,7 @@ static size_t up(size_t x) {
 }
 
 static bool needs_queries(rkv_evict_policy p) {
-  return p == RKV_EVICT_RKV || p == RKV_EVICT_SNAPKV;
+  return rkvi_needs_queries(p);
 }
 
 static rkv_status be_fail(rkvi_xdev *d, rkv_status st, const char *what) {
@@ -502,6 +502,11 @@ typedef struct xbatch {
 /* Host half for one sequence: the fresh-block check, the cut, its descriptors. */
 static rkv_status plan_seq(rkvi_xdev *d, const rkv_sched_seq *q, const rkv_evict_params *ev,
                            xbatch *b, rkv_sched_output *o) {
+  if (!rkvi_policy_info(ev->policy).device_variant)
+    return rkvi_fail(d->err, RKV_ERR_UNSUPPORTED,
+                     "compress %lld: policy %s has no device variant (the policy table's device "
+                     "column)",
+                     (long long)q->id, rkv_evict_policy_name(ev->policy));
   /* The device selection ranks every position of a stream; keeping a prefix out of it needs
    * a kernel change (the CPU path has it). */
   if (rkv_blockmgr_seq_protected(d->c.bm, q->id) > 0)
@@ -763,7 +768,7 @@ static rkv_status compress_all(rkvi_xdev *d, const rkv_exec_config *cfg, rkv_sch
     /* a sequence that ends now frees its blocks at the report: compressing it is wasted work */
     if (!q->compress || outs[i].eos) continue;
     const rkv_evict_params *ev = q->evict ? q->evict : &cfg->evict;
-    if (ev->policy == RKV_EVICT_FULL) continue;
+    if (!rkvi_policy_info(ev->policy).evicts) continue;
     if (x.ev && !same_params(x.ev, ev)) {
       RKV_TRY(flush(d, &x));
       memset(&x, 0, sizeof x);

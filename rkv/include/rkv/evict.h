@@ -26,6 +26,20 @@ typedef enum rkv_evict_policy {
 RKV_API const char *rkv_evict_policy_name(rkv_evict_policy p);
 RKV_API rkv_status rkv_evict_policy_parse(const char *name, rkv_evict_policy *out);
 
+/* What a policy reads and where it runs: one row of the library's policy table
+ * (docs/EVICTION.md, "Adding a policy"). Engines use it instead of testing policy ids. */
+typedef struct rkv_evict_policy_info {
+  uint32_t struct_size;      /* sizeof(rkv_evict_policy_info), set by the caller */
+  const char *name;          /* rkv_evict_policy_name */
+  bool evicts;               /* false: FULL, never compresses */
+  bool needs_query_window;   /* scores read the last `window` queries (rkv_qwindow) */
+  bool needs_attention_mass; /* scores read accumulated attention mass (the pool's scores) */
+  bool positional;           /* keeps by position alone: no scores */
+  bool device_variant;       /* the CUDA eviction kernels implement it */
+} rkv_evict_policy_info;
+/* RKV_ERR_INVALID_ARG for an unknown policy, NULL out or a bad struct_size. */
+RKV_API rkv_status rkv_evict_policy_get_info(rkv_evict_policy p, rkv_evict_policy_info *out);
+
 #define RKV_EVICT_PARAMS_VERSION 1
 typedef struct rkv_evict_params {
   uint32_t struct_size; /* sizeof(rkv_evict_params) */

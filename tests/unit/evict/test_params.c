@@ -1,6 +1,7 @@
 /* Eviction parameters: policy names round-trip, every validation rule with its message, the
  * compression trigger (steady state at B + buffer, after prefill at >= B, never for full),
  * kept counts and workspace size queries. */
+#include <stddef.h>
 #include <string.h>
 
 #include <rkv/evict.h>
@@ -133,10 +134,57 @@ static void test_counts_and_sizes(void) {
   EXPECT_STATUS(rkv_evict_dense_workspace_size(&p, 64, 300, &a), RKV_ERR_INVALID_ARG);
 }
 
+/* The policy table as engines see it: each row's flags, names round-trip, errors. */
+static void test_policy_info(void) {
+  /* evicts, query window, attention mass, positional, device */
+  const bool want[RKV_EVICT_POLICY_COUNT_][5] = {
+      [RKV_EVICT_FULL] = {false, false, false, false, true},
+      [RKV_EVICT_RKV] = {true, true, false, false, true},
+      [RKV_EVICT_SNAPKV] = {true, true, false, false, true},
+      [RKV_EVICT_STREAMING] = {true, false, false, true, true},
+      [RKV_EVICT_H2O] = {true, false, true, false, true},
+  };
+  for (int i = 0; i < RKV_EVICT_POLICY_COUNT_; i++) {
+    rkv_evict_policy_info info;
+    memset(&info, 0xAB, sizeof info);
+    info.struct_size = sizeof info;
+    EXPECT_OK(rkv_evict_policy_get_info((rkv_evict_policy)i, &info));
+    EXPECT(strcmp(info.name, rkv_evict_policy_name((rkv_evict_policy)i)) == 0);
+    const bool got[5] = {info.evicts, info.needs_query_window, info.needs_attention_mass,
+                         info.positional, info.device_variant};
+    for (int f = 0; f < 5; f++) EXPECT_EQ_INT(got[f], want[i][f]);
+    rkv_evict_policy back;
+    EXPECT_OK(rkv_evict_policy_parse(info.name, &back));
+    EXPECT_EQ_INT(back, i);
+    /* the trigger follows the table: a policy that never evicts never compresses */
+    rkv_evict_params p = RKV_EVICT_PARAMS_INIT;
+    p.policy = (rkv_evict_policy)i;
+    EXPECT_EQ_INT(rkv_evict_should_compress(&p, 1 << 20, false), info.evicts);
+  }
+  rkv_evict_policy_info info;
+  info.struct_size = sizeof info;
+  EXPECT_STATUS(rkv_evict_policy_get_info(RKV_EVICT_POLICY_COUNT_, &info), RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rkv_evict_policy_get_info((rkv_evict_policy)-1, &info), RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rkv_evict_policy_get_info(RKV_EVICT_RKV, NULL), RKV_ERR_INVALID_ARG);
+  info.struct_size = sizeof info + 8;
+  EXPECT_STATUS(rkv_evict_policy_get_info(RKV_EVICT_RKV, &info), RKV_ERR_INVALID_ARG);
+  /* an older, shorter struct gets its prefix only */
+  union {
+    rkv_evict_policy_info info;
+    unsigned char b[sizeof(rkv_evict_policy_info)];
+  } u;
+  memset(&u, 0xCD, sizeof u);
+  u.info.struct_size = (uint32_t)offsetof(rkv_evict_policy_info, evicts);
+  EXPECT_OK(rkv_evict_policy_get_info(RKV_EVICT_RKV, &u.info));
+  EXPECT_EQ_INT(u.b[offsetof(rkv_evict_policy_info, evicts)], 0xCD);
+  EXPECT(strcmp(u.info.name, "rkv") == 0);
+}
+
 int main(void) {
   test_names();
   test_validate();
   test_trigger();
   test_counts_and_sizes();
+  test_policy_info();
   return rkv_test_finish();
 }
