@@ -138,6 +138,7 @@ RKV_API rkv_status rkv_blockmgr_compact(rkv_blockmgr *m, int64_t seq, const rkv_
       if (fr) {
         row[r] = dstb;
         bm_unref(m, old); /* was shared: stays referenced by the other sequence */
+        bm_mark_dirty(q, s, r);
       }
     }
     if (k % bs != 0 && m->ref[row[nbn - 1]] > 1) shared_tail = true;
@@ -152,7 +153,8 @@ RKV_API rkv_status rkv_blockmgr_compact(rkv_blockmgr *m, int64_t seq, const rkv_
     for (int32_t j = nbn; j < q->nblk[s]; j++) bm_unref(m, row[j]);
     q->nblk[s] = nbn;
     bm_set_tbase(m, q, s);
-    bm_mark_dirty(q, s, 0); /* rare: the compacted row is re-sent whole */
+    /* the leading blocks keep their ids (only fresh copies, marked above, replace one): a
+     * mirror needs the new lengths, not the rows again */
   }
   /* A shared block kept in place as a partial tail must be copied before the next write. */
   if (shared_tail) q->maybe_shared_tail = true;
@@ -229,6 +231,7 @@ RKV_API rkv_status rkv_blockmgr_compact_uniform(rkv_blockmgr *m, int64_t seq, in
         int32_t old = row[r];
         row[r] = bm_pop(m);
         bm_unref(m, old);
+        bm_mark_dirty(q, s, r);
       } else {
         bm_content_changes(m, row[r]); /* the device may move kept tokens into it */
       }
@@ -242,7 +245,6 @@ RKV_API rkv_status rkv_blockmgr_compact_uniform(rkv_blockmgr *m, int64_t seq, in
     for (int32_t j = nbn; j < q->nblk[s]; j++) bm_unref(m, row[j]);
     q->nblk[s] = nbn;
     bm_set_tbase(m, q, s);
-    bm_mark_dirty(q, s, 0); /* rare: the compacted row is re-sent whole */
   }
   bm_update_room(m, q);
   return bm_after_op(m);
