@@ -12,9 +12,9 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  rkv_npy a;
+  rt_npy a;
   char err[256];
-  rkv_status s = rkv_npy_parse(data, size, &a, err, sizeof err);
+  rkv_status s = rt_npy_parse(data, size, &a, err, sizeof err);
   if (s != RKV_OK) {
     if (s != RKV_ERR_FORMAT || err[0] == '\0') abort();
     return 0;
@@ -23,11 +23,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   for (int i = 0; i < a.ndim; i++) count *= (size_t)a.shape[i];
   if (count != a.count || a.data < data || a.data + a.count * a.elem_size != data + size) abort();
   double sum = 0;
-  for (size_t i = 0; i < a.count; i++) sum += rkv_npy_get(&a, i);
+  for (size_t i = 0; i < a.count; i++) sum += rt_npy_get(&a, i);
   (void)sum;
   static const char *const kDescr[] = {"<f4", "<f8", "<f2", "<i8", "<i4"};
   char hdr[1024];
-  size_t hl = rkv_npy_format_header(hdr, sizeof hdr, kDescr[a.type], a.ndim, a.shape);
+  size_t hl = rt_npy_format_header(hdr, sizeof hdr, kDescr[a.type], a.ndim, a.shape);
   if (hl == 0) return 0; /* a shape too long to re-emit in a v1 header */
   size_t n = hl + a.count * a.elem_size;
   if (n > (64u << 20)) return 0;
@@ -35,8 +35,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (!buf) return 0;
   memcpy(buf, hdr, hl);
   memcpy(buf + hl, a.data, a.count * a.elem_size);
-  rkv_npy b;
-  if (rkv_npy_parse(buf, n, &b, err, sizeof err) != RKV_OK || b.ndim != a.ndim ||
+  rt_npy b;
+  if (rt_npy_parse(buf, n, &b, err, sizeof err) != RKV_OK || b.ndim != a.ndim ||
       b.type != a.type || b.count != a.count)
     abort();
   for (int i = 0; i < a.ndim; i++)

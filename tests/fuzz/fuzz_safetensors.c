@@ -10,25 +10,25 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  rkv_st_file *f = NULL;
+  rt_st_file *f = NULL;
   char err[256] = "";
-  if (rkv_st_parse(data, size, &f, err, sizeof err) != RKV_OK) {
+  if (rt_st_parse(data, size, &f, err, sizeof err) != RKV_OK) {
     if (f || err[0] == '\0') abort();
     return 0;
   }
-  const uint32_t n = rkv_st_num_tensors(f);
+  const uint32_t n = rt_st_num_tensors(f);
   unsigned sum = 0;
   for (uint32_t i = 0; i < n; i++) {
-    const rkv_st_tensor *t = rkv_st_tensor_at(f, i);
-    const uint8_t *p = rkv_st_data(f, t);
+    const rt_st_tensor *t = rt_st_tensor_at(f, i);
+    const uint8_t *p = rt_st_data(f, t);
     if (t->end < t->begin || t->end - t->begin > size) abort();
     const size_t bytes = (size_t)(t->end - t->begin);
     if (bytes && !p) abort();
     for (size_t b = 0; b < bytes; b++) sum += p[b];
-    if (rkv_st_find(f, t->name) != t) abort();
+    if (rt_st_find(f, t->name) != t) abort();
   }
   (void)sum;
-  (void)rkv_st_meta(f, "format");
-  rkv_st_free(f);
+  (void)rt_st_meta(f, "format");
+  rt_st_free(f);
   return 0;
 }

@@ -20,7 +20,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (!path) return 0;
   fuzz_quiet_stdout();
   char a0[] = "replay", *argv[] = {a0, (char *)path, NULL};
-  const int rc = rkv_cmd_replay(2, argv);
+  const int rc = rt_cmd_replay(2, argv);
   if (rc == 1 || (rc != 0 && rc != 2)) abort();
   return 0;
 }

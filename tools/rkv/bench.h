@@ -1,13 +1,13 @@
 /* Benchmarks reachable as `rkv bench <what>`: each reports ratios against a reference measured
  * in the same run (see docs/BENCHMARKS.md). */
-#ifndef RKV_TOOL_BENCH_H
-#define RKV_TOOL_BENCH_H
+#ifndef RT_BENCH_H
+#define RT_BENCH_H
 
-int rkv_bench_blockmgr(int argc, char **argv);
-int rkv_bench_evict(int argc, char **argv);
-int rkv_bench_granularity(int argc, char **argv);
-int rkv_bench_attention(int argc, char **argv);
-int rkv_bench_step(int argc, char **argv);
+int rt_bench_blockmgr(int argc, char **argv);
+int rt_bench_evict(int argc, char **argv);
+int rt_bench_granularity(int argc, char **argv);
+int rt_bench_attention(int argc, char **argv);
+int rt_bench_step(int argc, char **argv);
 int rkvi_bench_evict_cuda(int argc, char **argv); /* bench_evict_cuda.c: --backend cuda */
 
-#endif /* RKV_TOOL_BENCH_H */
+#endif /* RT_BENCH_H */

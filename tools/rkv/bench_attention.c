@@ -89,11 +89,11 @@ static void usage(FILE *f) {
 
 static bool parse_list(const char *opt, const char *s, uint64_t *out, int *n) {
   char buf[256];
-  if (!rkv_tool_check_list(CMD, opt, s, MAX_LIST, sizeof buf - 1)) return false;
+  if (!rt_check_list(CMD, opt, s, MAX_LIST, sizeof buf - 1)) return false;
   strcpy(buf, s);
   *n = 0;
   for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-    if (!rkv_tool_parse_u64(CMD, opt, tok, 1, 1u << 20, &out[*n])) return false;
+    if (!rt_parse_u64(CMD, opt, tok, 1, 1u << 20, &out[*n])) return false;
     (*n)++;
   }
   return true;
@@ -123,11 +123,11 @@ static int parse(int argc, char **argv, bench_opts *o) {
     } else if (strcmp(a, "--json") == 0) {
       o->json = true;
     } else if (strcmp(a, "--fill-mib") == 0) {
-      if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return 2;
-      if (!rkv_tool_parse_u64(CMD, a, v, 0, UINT64_C(1) << 30, &o->fill_mib)) return 2;
+      if (!(v = rt_optval(CMD, argc, argv, &i))) return 2;
+      if (!rt_parse_u64(CMD, a, v, 0, UINT64_C(1) << 30, &o->fill_mib)) return 2;
       have_fill = true;
     } else if (strcmp(a, "--backend") == 0) {
-      if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return 2;
+      if (!(v = rt_optval(CMD, argc, argv, &i))) return 2;
       if (strcmp(v, "cpu") == 0) {
         o->kind = RKV_BACKEND_CPU;
       } else if (strcmp(v, "cuda") == 0) {
@@ -137,46 +137,46 @@ static int parse(int argc, char **argv, bench_opts *o) {
         return 2;
       }
     } else if (strcmp(a, "--dtype") == 0) {
-      if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return 2;
+      if (!(v = rt_optval(CMD, argc, argv, &i))) return 2;
       if (rkv_dtype_parse(v, &o->dtype) != RKV_OK) {
         fprintf(stderr, "rkv " CMD ": bad value for --dtype: '%s' (f32, f16, bf16)\n", v);
         return 2;
       }
     } else if (strcmp(a, "--batch") == 0 || strcmp(a, "--ctx") == 0) {
-      if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return 2;
+      if (!(v = rt_optval(CMD, argc, argv, &i))) return 2;
       bool batch = a[2] == 'b';
       if (!parse_list(a, v, batch ? o->batches : o->ctxs, batch ? &o->n_batches : &o->n_ctxs))
         return 2;
       o->explicit_shapes = true;
     } else if (strcmp(a, "--q-heads") == 0 || strcmp(a, "--kv-heads") == 0 ||
                strcmp(a, "--head-dim") == 0 || strcmp(a, "--block") == 0) {
-      if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return 2;
-      if (!rkv_tool_parse_u64(CMD, a, v, 1, 4096, &u)) return 2;
+      if (!(v = rt_optval(CMD, argc, argv, &i))) return 2;
+      if (!rt_parse_u64(CMD, a, v, 1, 4096, &u)) return 2;
       uint32_t *dst = strcmp(a, "--q-heads") == 0    ? &o->q_heads
                       : strcmp(a, "--kv-heads") == 0 ? &o->kv_heads
                       : strcmp(a, "--head-dim") == 0 ? &o->head_dim
                                                      : &o->block;
       *dst = (uint32_t)u;
     } else if (strcmp(a, "--max-kv-mib") == 0) {
-      if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return 2;
-      if (!rkv_tool_parse_u64(CMD, a, v, 1, UINT64_C(1) << 30, &o->max_kv_mib)) return 2;
+      if (!(v = rt_optval(CMD, argc, argv, &i))) return 2;
+      if (!rt_parse_u64(CMD, a, v, 1, UINT64_C(1) << 30, &o->max_kv_mib)) return 2;
       have_max = true;
     } else if (strcmp(a, "--threads") == 0) {
-      if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return 2;
-      if (!rkv_tool_parse_u64(CMD, a, v, 0, 256, &u)) return 2;
+      if (!(v = rt_optval(CMD, argc, argv, &i))) return 2;
+      if (!rt_parse_u64(CMD, a, v, 0, 256, &u)) return 2;
       o->threads = (int32_t)u;
     } else if (strcmp(a, "--min-time") == 0) {
-      if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return 2;
-      if (!rkv_tool_parse_f64(CMD, a, v, 0.0, 600.0, &o->min_time)) return 2;
+      if (!(v = rt_optval(CMD, argc, argv, &i))) return 2;
+      if (!rt_parse_f64(CMD, a, v, 0.0, 600.0, &o->min_time)) return 2;
     } else if (strcmp(a, "--repeat") == 0) {
-      if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return 2;
-      if (!rkv_tool_parse_u64(CMD, a, v, 1, 1000, &o->repeat)) return 2;
+      if (!(v = rt_optval(CMD, argc, argv, &i))) return 2;
+      if (!rt_parse_u64(CMD, a, v, 1, 1000, &o->repeat)) return 2;
     } else if (strcmp(a, "--prefill") == 0) {
-      if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return 2;
-      if (!rkv_tool_parse_u64(CMD, a, v, 1, 1u << 20, &o->prefill)) return 2;
+      if (!(v = rt_optval(CMD, argc, argv, &i))) return 2;
+      if (!rt_parse_u64(CMD, a, v, 1, 1u << 20, &o->prefill)) return 2;
     } else if (strcmp(a, "--seed") == 0) {
-      if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return 2;
-      if (!rkv_tool_parse_u64(CMD, a, v, 0, UINT64_MAX, &o->seed)) return 2;
+      if (!(v = rt_optval(CMD, argc, argv, &i))) return 2;
+      if (!rt_parse_u64(CMD, a, v, 0, UINT64_MAX, &o->seed)) return 2;
     } else {
       fprintf(stderr, "rkv " CMD ": unknown option '%s'\n", a);
       usage(stderr);
@@ -295,17 +295,17 @@ typedef struct result {
     body;                                                    \
     sync;                                                    \
     int it_ = 0;                                             \
-    double t0_ = rkv_tool_now(), el_ = 0.0;                  \
+    double t0_ = rt_now(), el_ = 0.0;                        \
     while (it_ < 3 || el_ < (min_time)) {                    \
       body;                                                  \
       it_++;                                                 \
       if (it_ % 4 == 0 || it_ < 4) {                         \
         sync;                                                \
-        el_ = rkv_tool_now() - t0_;                          \
+        el_ = rt_now() - t0_;                                \
       }                                                      \
     }                                                        \
     sync;                                                    \
-    el_ = rkv_tool_now() - t0_;                              \
+    el_ = rt_now() - t0_;                                    \
     (iters_out) = it_;                                       \
     (secs_out) = el_ / it_;                                  \
   } while (0)
@@ -511,7 +511,7 @@ done:
   return ret;
 }
 
-int rkv_bench_attention(int argc, char **argv) {
+int rt_bench_attention(int argc, char **argv) {
   bench_opts o;
   int rc = parse(argc, argv, &o);
   if (rc) return rc == 1 ? 0 : 2;

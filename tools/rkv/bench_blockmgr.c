@@ -35,7 +35,7 @@ typedef struct stat2 {
 } stat2;
 
 static stat2 summarize(double *v, size_t n) {
-  const double med = rkv_tool_median(v, n); /* sorts v */
+  const double med = rt_median(v, n); /* sorts v */
   stat2 s = {v[0], med};
   return s;
 }
@@ -73,13 +73,13 @@ static int parse(int argc, char **argv, bench_opts *o) {
       o->json = true;
       continue;
     }
-    const rkv_tool_u64_opt num[] = {
+    const rt_u64_opt num[] = {
         {"--layers", &o->layers, 1, 1024},     {"--kv-heads", &o->heads, 1, 1024},
         {"--batch", &o->batch, 1, 4096},       {"--block-size", &o->block_size, 1, 1024},
         {"--budget", &o->budget, 1, 1u << 20}, {"--buffer", &o->buffer, 1, 1u << 20},
         {"--steps", &o->steps, 1, 1u << 20},   {"--reps", &o->reps, 1, 1000},
     };
-    int r = rkv_tool_parse_u64_opt(cmd, argc, argv, &i, num, sizeof num / sizeof num[0]);
+    int r = rt_parse_u64_opt(cmd, argc, argv, &i, num, sizeof num / sizeof num[0]);
     if (r < 0) return 2;
     if (r == 0) {
       fprintf(stderr, "rkv bench blockmgr: unknown option '%s' (--help)\n", a);
@@ -144,7 +144,7 @@ static bool bench_append(const bench_opts *o, bench_result *r) {
     for (int with = 0; ok && with < 3; with++) { /* 0 no slots, 1 slots, 2 no slots + sync */
       rkv_blockmgr *m = make_mgr(o, blocks);
       ok = m && fill(m, o, 0);
-      double t0 = rkv_tool_now();
+      double t0 = rt_now();
       for (uint64_t step = 0; ok && step < o->steps; step++)
         for (uint64_t b = 0; b < o->batch; b++) {
           uint32_t nc;
@@ -159,16 +159,16 @@ static bool bench_append(const bench_opts *o, bench_result *r) {
             break;
           }
         }
-      double dt = (rkv_tool_now() - t0) / (double)o->steps;
+      double dt = (rt_now() - t0) / (double)o->steps;
       (with == 0 ? t_none : with == 1 ? t_slots : t_sync)[rep] = dt;
       rkv_blockmgr_destroy(m);
     }
-    double t0 = rkv_tool_now();
+    double t0 = rt_now();
     for (uint64_t step = 0; step < o->steps; step++) {
       for (size_t i = 0; i < (size_t)S * o->batch; i++) lens[i]++;
       BENCH_CLOBBER();
     }
-    t_ref[rep] = (rkv_tool_now() - t0) / (double)o->steps;
+    t_ref[rep] = (rt_now() - t0) / (double)o->steps;
   }
   if (ok) {
     r->append_slots = summarize(t_slots, o->reps);
@@ -230,7 +230,7 @@ static bool bench_export_compact(const bench_opts *o, bench_result *r) {
   r->export_bytes = bytes;
   r->nnz_all = (uint64_t)nnz * L;
   for (uint64_t rep = 0; ok && rep < o->reps; rep++) {
-    double t0 = rkv_tool_now();
+    double t0 = rt_now();
     for (uint32_t l = 0; ok && l < L; l++) {
       uint32_t got = 0;
       rkv_status st =
@@ -241,16 +241,16 @@ static bool bench_export_compact(const bench_opts *o, bench_result *r) {
         ok = false;
       }
     }
-    double t1 = rkv_tool_now();
+    double t1 = rt_now();
     t_all[rep] = t1 - t0;
     uint32_t got = 0;
     rkv_blockmgr_export_csr(m, (uint32_t)(rep % L), ids, (uint32_t)o->batch, indptr, indices, nnz,
                             last, &got, NULL);
-    t_layer[rep] = rkv_tool_now() - t1;
-    t0 = rkv_tool_now();
+    t_layer[rep] = rt_now() - t1;
+    t0 = rt_now();
     memcpy(dst, src, bytes);
     BENCH_CLOBBER();
-    t_ref[rep] = rkv_tool_now() - t0;
+    t_ref[rep] = rt_now() - t0;
   }
 
   /* Keep lists: K sets of S random sorted subsets of `keep` of `full` positions, generated
@@ -276,7 +276,7 @@ static bool bench_export_compact(const bench_opts *o, bench_result *r) {
   uint64_t total_moves = 0;
   for (uint64_t rep = 0; ok && rep < o->reps; rep++) {
     for (int uni = 0; ok && uni < 2; uni++) {
-      double t0 = rkv_tool_now();
+      double t0 = rt_now();
       for (uint64_t b = 0; ok && b < o->batch; b++) {
         rkv_status st;
         uint32_t n = 0, n_old = 0;
@@ -294,7 +294,7 @@ static bool bench_export_compact(const bench_opts *o, bench_result *r) {
           ok = false;
         }
       }
-      (uni ? t_uni : t_cmp)[rep] = (rkv_tool_now() - t0) / (double)o->batch;
+      (uni ? t_uni : t_cmp)[rep] = (rt_now() - t0) / (double)o->batch;
       /* Grow back to budget + buffer (untimed) for the next compaction. */
       for (uint64_t b = 0; ok && b < o->batch; b++)
         if (rkv_blockmgr_append(m, (int64_t)b, full - keep, NULL, NULL, NULL) != RKV_OK) ok = false;
@@ -332,7 +332,7 @@ static void json_stat(const char *name, stat2 s, double scale, const char *sep) 
   printf("\"%s\": {\"min\": %.4f, \"median\": %.4f}%s", name, s.min * scale, s.median * scale, sep);
 }
 
-int rkv_bench_blockmgr(int argc, char **argv) {
+int rt_bench_blockmgr(int argc, char **argv) {
   bench_opts o = {32, 8, 256, 16, 1024, 128, 256, 7, false};
   int pr = parse(argc, argv, &o);
   if (pr >= 0) return pr;

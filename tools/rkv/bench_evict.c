@@ -115,14 +115,14 @@ static double sgemm_gflops(int32_t n, uint32_t d, uint32_t kv, int reps) {
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, (int)d, 1.0f, a, (int)d, a, (int)d,
               0.0f, c, n); /* warm-up: thread pool start */
   for (int r = 0; r < reps; r++) {
-    double t0 = rkv_tool_now();
+    double t0 = rt_now();
     for (uint32_t h = 0; h < kv; h++)
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, (int)d, 1.0f, a, (int)d, a, (int)d,
                   0.0f, c, n);
-    t[r] = rkv_tool_now() - t0;
+    t[r] = rt_now() - t0;
   }
   free(a), free(c);
-  return 2.0 * n * n * d * kv / rkv_tool_median(t, reps) * 1e-9;
+  return 2.0 * n * n * d * kv / rt_median(t, reps) * 1e-9;
 #else
   (void)n, (void)d, (void)kv, (void)reps;
   return 0;
@@ -178,10 +178,10 @@ static int bench_budget(const bench_cfg *b, int32_t B) {
     for (int pol = 0; pol < 2; pol++) {
       p.policy = pol == 0 ? RKV_EVICT_RKV : RKV_EVICT_SNAPKV;
       rkv_evict_result res;
-      double t0 = rkv_tool_now();
+      double t0 = rt_now();
       s = rkv_evict_layer_ex(&p, c.m, c.pool, c.qw, qh, 0, 0, c.ws, c.ws_bytes, &res, err,
                              sizeof err);
-      double t1 = rkv_tool_now();
+      double t1 = rt_now();
       if (s == RKV_OK && res.streams_compressed != b->kv) s = RKV_ERR_INTERNAL;
       if (s == RKV_OK) s = feed(&c, b, (uint32_t)b->buffer);
       if (s != RKV_OK) {
@@ -206,10 +206,10 @@ static int bench_budget(const bench_cfg *b, int32_t B) {
       lists[h] = (rkv_keep_list){0, h, k, (uint32_t)B};
     }
     uint32_t nm = 0;
-    double t0 = rkv_tool_now();
+    double t0 = rt_now();
     s = rkv_blockmgr_compact(c.m, 0, lists, b->kv, moves, b->kv * (uint32_t)B, &nm);
     if (s == RKV_OK) s = rkv_kv_pool_apply_moves(c.pool, moves, nm);
-    t_comp[r] = rkv_tool_now() - t0;
+    t_comp[r] = rt_now() - t0;
     if (s == RKV_OK) s = feed(&c, b, (uint32_t)b->buffer);
   }
   free(keep), free(lists), free(moves);
@@ -220,8 +220,7 @@ static int bench_budget(const bench_cfg *b, int32_t B) {
     return 1;
   }
   ctx_free(&c);
-  double mr = rkv_tool_median(t_rkv, reps), ms = rkv_tool_median(t_snap, reps),
-         mc2 = rkv_tool_median(t_comp, reps);
+  double mr = rt_median(t_rkv, reps), ms = rt_median(t_snap, reps), mc2 = rt_median(t_comp, reps);
   double flops = 2.0 * n * n * b->d * b->kv;
   double sim = mr > ms ? flops / (mr - ms) * 1e-9 : 0;
   double ref = sgemm_gflops(n, b->d, b->kv, reps);
@@ -235,7 +234,7 @@ static int bench_budget(const bench_cfg *b, int32_t B) {
   return 0;
 }
 
-int rkv_bench_evict(int argc, char **argv) {
+int rt_bench_evict(int argc, char **argv) {
   const char *cmd = "bench evict";
   bench_cfg b = {8, 4, 128, 16, 128, RKV_DTYPE_BF16, 5};
   int32_t budgets[16] = {512, 1024, 2048};
@@ -247,7 +246,7 @@ int rkv_bench_evict(int argc, char **argv) {
       usage(stdout);
       return 0;
     }
-    if (!(v = rkv_tool_optval(cmd, argc, argv, &i))) return 2;
+    if (!(v = rt_optval(cmd, argc, argv, &i))) return 2;
     if (strcmp(a, "--backend") == 0) {
       /* The CUDA benchmark parses the same options itself (bench_evict_cuda.c). */
       if (strcmp(v, "cuda") == 0) return rkvi_bench_evict_cuda(argc, argv);
@@ -266,22 +265,22 @@ int rkv_bench_evict(int argc, char **argv) {
         return 2;
       }
     } else if (strcmp(a, "--buffer") == 0) {
-      if (!rkv_tool_parse_u64(cmd, a, v, 1, 1 << 16, &u)) return 2;
+      if (!rt_parse_u64(cmd, a, v, 1, 1 << 16, &u)) return 2;
       b.buffer = (int32_t)u;
     } else if (strcmp(a, "--head-dim") == 0) {
-      if (!rkv_tool_parse_u64(cmd, a, v, 1, 4096, &u)) return 2;
+      if (!rt_parse_u64(cmd, a, v, 1, 4096, &u)) return 2;
       b.d = (uint32_t)u;
     } else if (strcmp(a, "--kv-heads") == 0) {
-      if (!rkv_tool_parse_u64(cmd, a, v, 1, 256, &u)) return 2;
+      if (!rt_parse_u64(cmd, a, v, 1, 256, &u)) return 2;
       b.kv = (uint32_t)u;
     } else if (strcmp(a, "--gqa") == 0) {
-      if (!rkv_tool_parse_u64(cmd, a, v, 1, 64, &u)) return 2;
+      if (!rt_parse_u64(cmd, a, v, 1, 64, &u)) return 2;
       b.gqa = (uint32_t)u;
     } else if (strcmp(a, "--block-size") == 0) {
-      if (!rkv_tool_parse_u64(cmd, a, v, 1, 1024, &u)) return 2;
+      if (!rt_parse_u64(cmd, a, v, 1, 1024, &u)) return 2;
       b.bs = (uint32_t)u;
     } else if (strcmp(a, "--reps") == 0) {
-      if (!rkv_tool_parse_u64(cmd, a, v, 1, 64, &u)) return 2;
+      if (!rt_parse_u64(cmd, a, v, 1, 64, &u)) return 2;
       b.reps = (int)u;
     } else {
       fprintf(stderr, "rkv bench evict: unknown option '%s'\n", a);

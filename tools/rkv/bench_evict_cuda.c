@@ -100,26 +100,26 @@ static bool parse(int argc, char **argv, opts *o) {
     bool done = false;
     for (size_t k = 0; k < sizeof nums / sizeof nums[0] && !done; k++)
       if (!strcmp(a, nums[k].name)) {
-        if (!(v = rkv_tool_optval(CMD, argc, argv, &i)) ||
-            !rkv_tool_parse_u64(CMD, a, v, nums[k].lo, nums[k].hi, nums[k].dst))
+        if (!(v = rt_optval(CMD, argc, argv, &i)) ||
+            !rt_parse_u64(CMD, a, v, nums[k].lo, nums[k].hi, nums[k].dst))
           return false;
         done = true;
       }
     if (done) continue;
     if (!strcmp(a, "--policy")) {
-      if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return false;
+      if (!(v = rt_optval(CMD, argc, argv, &i))) return false;
       if (rkv_evict_policy_parse(v, &o->policy) != RKV_OK || o->policy == RKV_EVICT_FULL) {
         fprintf(stderr, "rkv %s: bad value for --policy: '%s'\n", CMD, v);
         return false;
       }
     } else if (!strcmp(a, "--dtype")) {
-      if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return false;
+      if (!(v = rt_optval(CMD, argc, argv, &i))) return false;
       if (rkv_dtype_parse(v, &o->dt) != RKV_OK) {
         fprintf(stderr, "rkv %s: bad value for --dtype: '%s'\n", CMD, v);
         return false;
       }
     } else if (!strcmp(a, "--backend")) {
-      if (!(v = rkv_tool_optval(CMD, argc, argv, &i))) return false; /* dispatched already */
+      if (!(v = rt_optval(CMD, argc, argv, &i))) return false; /* dispatched already */
     } else if (!strcmp(a, "--no-torch")) {
       o->torch = false;
     } else {
@@ -246,12 +246,12 @@ int rkvi_bench_evict_cuda(int argc, char **argv) {
   freed = malloc(sizeof *freed * streams * bps);
   if (!maps || !st || !old_all || !new_all || !freed) goto done;
   uint32_t tot_maps = 0, tot_old = 0, tot_new = 0, n_freed = 0;
-  double t_plan = rkv_tool_now();
+  double t_plan = rt_now();
   for (uint64_t s = 0; s < o.seqs; s++) {
     RK(rkv_blockmgr_seq_create(m, (int64_t)s));
     RK(rkv_blockmgr_append(m, (int64_t)s, (uint32_t)n, NULL, NULL, NULL));
   }
-  double t_fill = rkv_tool_now();
+  double t_fill = rt_now();
   for (uint64_t s = 0; s < o.seqs; s++) {
     uint32_t nm = 0, no = 0, nn = 0;
     RK(rkv_blockmgr_compact_uniform(m, (int64_t)s, -1, (int32_t)o.budget, maps + tot_maps,
@@ -265,7 +265,7 @@ int rkvi_bench_evict_cuda(int argc, char **argv) {
     tot_maps += nm, tot_old += no, tot_new += nn;
   }
   RK(rkv_evict_cuda_freed_blocks(m, old_all, tot_old, freed, (uint32_t)(streams * bps), &n_freed));
-  t_plan = rkv_tool_now() - t_fill;
+  t_plan = rt_now() - t_fill;
   CU(cudaMalloc(&d_streams, sizeof *st * tot_maps));
   CU(cudaMalloc(&d_old, sizeof *old_all * tot_old));
   CU(cudaMalloc(&d_new, sizeof *new_all * tot_new));

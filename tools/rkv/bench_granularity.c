@@ -46,20 +46,20 @@ static int bench_policy(const gran_cfg *c, rkv_evict_policy pol, const float *k,
   char err[256];
   for (int r = 0; r < c->reps; r++) {
     for (int g = 0; g < RKV_EVICT_GRAN_COUNT_; g++) {
-      double t0 = rkv_tool_now();
+      double t0 = rt_now();
       rkv_status s = rkv_evict_select_dense_multi(&p, (rkv_evict_granularity)g, k, q, acc, c->L,
                                                   c->kv, c->kv * c->gqa, c->n, c->d, keep, NULL, ws,
                                                   ws_bytes, err, sizeof err);
-      t[g][r] = rkv_tool_now() - t0;
+      t[g][r] = rt_now() - t0;
       if (s != RKV_OK) {
         fprintf(stderr, "rkv bench granularity: %s\n", err);
         return 1;
       }
     }
   }
-  double base = rkv_tool_median(t[0], c->reps);
+  double base = rt_median(t[0], c->reps);
   for (int g = 0; g < RKV_EVICT_GRAN_COUNT_; g++) {
-    double m = g ? rkv_tool_median(t[g], c->reps) : base;
+    double m = g ? rt_median(t[g], c->reps) : base;
     printf("%-8s %-9s %10.3f %9.3f\n", rkv_evict_policy_name(pol),
            rkv_evict_granularity_name((rkv_evict_granularity)g), m * 1e3, m / base);
   }
@@ -67,7 +67,7 @@ static int bench_policy(const gran_cfg *c, rkv_evict_policy pol, const float *k,
   return 0;
 }
 
-int rkv_bench_granularity(int argc, char **argv) {
+int rt_bench_granularity(int argc, char **argv) {
   const char *cmd = "bench granularity";
   gran_cfg c = {32, 8, 4, 128, 1152, 1024, 3};
   const char *pols = "rkv,snapkv,h2o";
@@ -78,7 +78,7 @@ int rkv_bench_granularity(int argc, char **argv) {
       usage(stdout);
       return 0;
     }
-    if (!(v = rkv_tool_optval(cmd, argc, argv, &i))) return 2;
+    if (!(v = rt_optval(cmd, argc, argv, &i))) return 2;
     if (strcmp(a, "--policies") == 0) {
       pols = v;
       continue;
@@ -96,7 +96,7 @@ int rkv_bench_granularity(int argc, char **argv) {
       usage(stderr);
       return 2;
     }
-    if (!rkv_tool_parse_u64(cmd, a, v, kOpts[o].lo, kOpts[o].hi, &u)) return 2;
+    if (!rt_parse_u64(cmd, a, v, kOpts[o].lo, kOpts[o].hi, &u)) return 2;
     uint32_t *u32[] = {&c.L, &c.kv, &c.gqa, NULL, NULL, &c.d, NULL};
     if (u32[o]) *u32[o] = (uint32_t)u;
     if (o == 3) c.n = (int32_t)u;

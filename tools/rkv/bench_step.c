@@ -36,14 +36,14 @@ typedef struct step_cfg {
 } step_cfg;
 
 static int parse(int argc, char **argv, step_cfg *c) {
-  const rkv_tool_u64_opt opts[] = {
+  const rt_u64_opt opts[] = {
       {"--layers", &c->layers, 1, 256},      {"--kv-heads", &c->kv_heads, 1, 64},
       {"--batch", &c->batch, 1, 4096},       {"--block-size", &c->bs, 1, 256},
       {"--budget", &c->budget, 16, 1 << 20}, {"--buffer", &c->buffer, 1, 1 << 16},
       {"--steps", &c->steps, 1, 1 << 20},
   };
   for (int i = 1; i < argc; i++) {
-    int r = rkv_tool_parse_u64_opt("bench step", argc, argv, &i, opts, sizeof opts / sizeof *opts);
+    int r = rt_parse_u64_opt("bench step", argc, argv, &i, opts, sizeof opts / sizeof *opts);
     if (r < 0) return 2;
     if (r > 0) continue;
     if (!strcmp(argv[i], "--json")) {
@@ -64,13 +64,13 @@ static int parse(int argc, char **argv, step_cfg *c) {
 
 /* The reference: +1 on every stream length of the batch (volatile sink keeps it). */
 static double ref_pass(int32_t *lens, size_t n) {
-  double t0 = rkv_tool_now();
+  double t0 = rt_now();
   for (size_t i = 0; i < n; i++) lens[i]++;
   __asm__ volatile("" : : "r"(lens) : "memory");
-  return rkv_tool_now() - t0;
+  return rt_now() - t0;
 }
 
-int rkv_bench_step(int argc, char **argv) {
+int rt_bench_step(int argc, char **argv) {
   step_cfg c = {32, 8, 256, 16, 1024, 128, 512, false, false};
   int rc = parse(argc, argv, &c);
   if (rc >= 0) return rc;
@@ -128,27 +128,27 @@ int rkv_bench_step(int argc, char **argv) {
   /* prefill and warm-up (every sequence decoding, one compression cycle), then the timed steps */
   const uint64_t warm = c.buffer + 64;
   uint64_t timed = 0, decode_steps = 0, compressions = 0;
-  rkv_progress pr = {0};
-  rkv_progress_init(&pr, 1.0);
+  rt_progress pr = {0};
+  rt_progress_init(&pr, 1.0);
   while (timed < c.steps) {
     const rkv_sched_plan *p = NULL;
-    double t0 = rkv_tool_now();
+    double t0 = rt_now();
     if (rkv_sched_step(s, &p) != RKV_OK) {
       fprintf(stderr, "rkv bench step: %s\n", rkv_sched_last_error(s));
       goto done;
     }
-    double t1 = rkv_tool_now();
+    double t1 = rt_now();
     for (uint32_t i = 0; i < p->n_seqs; i++) outs[i].eos = false;
     if (rkv_exec_begin(x, p) != RKV_OK || rkv_exec_finish(x, outs, p->n_seqs) != RKV_OK) {
       fprintf(stderr, "rkv bench step: %s\n", rkv_exec_last_error(x));
       goto done;
     }
-    double t2 = rkv_tool_now();
+    double t2 = rt_now();
     if (rkv_sched_report(s, outs, p->n_seqs) != RKV_OK) {
       fprintf(stderr, "rkv bench step: %s\n", rkv_sched_last_error(s));
       goto done;
     }
-    double t3 = rkv_tool_now();
+    double t3 = rt_now();
     const bool all_decode = p->n_seqs == c.batch && p->n_decode == c.batch;
     decode_steps += all_decode;
     if (!all_decode || decode_steps <= warm) continue;
@@ -157,7 +157,7 @@ int rkv_bench_step(int argc, char **argv) {
     tx[timed] = t2 - t1;
     tr[timed] = ref_pass(lens, c.batch * streams);
     timed++;
-    if (!c.json) rkv_progress_update(&pr, "bench step", timed, c.steps, timed == c.steps);
+    if (!c.json) rt_progress_update(&pr, "bench step", timed, c.steps, timed == c.steps);
   }
   if (rkv_sched_check(s) != RKV_OK || rkv_exec_check(x) != RKV_OK) {
     fprintf(stderr, "rkv bench step: check failed: %s / %s\n", rkv_sched_last_error(s),
@@ -168,10 +168,8 @@ int rkv_bench_step(int argc, char **argv) {
   double *tt = malloc(c.steps * sizeof *tt);
   if (!tt) goto done;
   for (uint64_t i = 0; i < c.steps; i++) tt[i] = ts[i] + tx[i];
-  const double sched_ns = rkv_tool_median(ts, c.steps) * per,
-               exec_ns = rkv_tool_median(tx, c.steps) * per;
-  const double total_ns = rkv_tool_median(tt, c.steps) * per,
-               ref_ns = rkv_tool_median(tr, c.steps) * per;
+  const double sched_ns = rt_median(ts, c.steps) * per, exec_ns = rt_median(tx, c.steps) * per;
+  const double total_ns = rt_median(tt, c.steps) * per, ref_ns = rt_median(tr, c.steps) * per;
   free(tt);
   if (c.json) {
     printf(

@@ -6,7 +6,7 @@
 
 #include "bench.h"
 
-const char rkv_cmd_bench_summary[] =
+const char rt_cmd_bench_summary[] =
     "benchmarks: blockmgr, evict, granularity, attention (rkv bench --help)";
 
 static const struct {
@@ -14,11 +14,11 @@ static const struct {
   int (*run)(int argc, char **argv);
   const char *what;
 } kBenches[] = {
-    {"blockmgr", rkv_bench_blockmgr, "host time per decode step and per compaction"},
-    {"evict", rkv_bench_evict, "one-layer compression time vs a same-size sgemm"},
-    {"granularity", rkv_bench_granularity, "dense step of all layers per selection unit vs stream"},
-    {"attention", rkv_bench_attention, "paged attention bandwidth vs a memory copy"},
-    {"step", rkv_bench_step, "host cost of a decode step: scheduler + executor bookkeeping"},
+    {"blockmgr", rt_bench_blockmgr, "host time per decode step and per compaction"},
+    {"evict", rt_bench_evict, "one-layer compression time vs a same-size sgemm"},
+    {"granularity", rt_bench_granularity, "dense step of all layers per selection unit vs stream"},
+    {"attention", rt_bench_attention, "paged attention bandwidth vs a memory copy"},
+    {"step", rt_bench_step, "host cost of a decode step: scheduler + executor bookkeeping"},
 };
 
 static void usage(FILE *f) {
@@ -27,7 +27,7 @@ static void usage(FILE *f) {
     fprintf(f, "  %-12s %s\n", kBenches[i].name, kBenches[i].what);
 }
 
-int rkv_cmd_bench(int argc, char **argv) {
+int rt_cmd_bench(int argc, char **argv) {
   if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
     usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;

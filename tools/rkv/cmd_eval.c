@@ -24,7 +24,7 @@
 
 #include "model.h"
 
-const char rkv_cmd_eval_summary[] =
+const char rt_cmd_eval_summary[] =
     "accuracy of the test model under each eviction policy and budget";
 
 #define EVAL_MAX_LIST 16
@@ -84,16 +84,16 @@ typedef struct eval_result {
   bool budget_ok;
   uint64_t prefill_tokens; /* prompt tokens computed (the scheduler's count) */
   uint64_t hit_tokens;     /* prompt tokens taken from the prefix cache */
-  uint32_t by_digits_total[RKV_TASK_MAX_DIGITS + 1];
-  uint32_t by_digits_correct[RKV_TASK_MAX_DIGITS + 1];
+  uint32_t by_digits_total[RT_TASK_MAX_DIGITS + 1];
+  uint32_t by_digits_correct[RT_TASK_MAX_DIGITS + 1];
 } eval_result;
 
 typedef struct eval_seq {
   int64_t id;
-  rkv_task_problem prob;
-  int32_t prompt[RKV_TASK_MAX_TEXT];
+  rt_task_problem prob;
+  int32_t prompt[RT_TASK_MAX_TEXT];
   int32_t prompt_len;
-  char gen[RKV_TASK_MAX_TEXT + 64];
+  char gen[RT_TASK_MAX_TEXT + 64];
   int32_t gen_len;
   int32_t pos;      /* tokens fed so far = logical position of the next one */
   int32_t next_tok; /* token to feed next (decode) */
@@ -169,7 +169,7 @@ static void eval_usage(void) {
 
 static bool parse_policies(const char *s, eval_opts *o) {
   char buf[256];
-  if (!rkv_tool_check_list("eval", "--policies", s, EVAL_MAX_LIST, sizeof buf - 1)) return false;
+  if (!rt_check_list("eval", "--policies", s, EVAL_MAX_LIST, sizeof buf - 1)) return false;
   snprintf(buf, sizeof buf, "%s", s);
   o->n_policies = 0;
   for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
@@ -188,12 +188,12 @@ static bool parse_policies(const char *s, eval_opts *o) {
 
 static bool parse_budgets(const char *s, eval_opts *o) {
   char buf[256];
-  if (!rkv_tool_check_list("eval", "--budgets", s, EVAL_MAX_LIST, sizeof buf - 1)) return false;
+  if (!rt_check_list("eval", "--budgets", s, EVAL_MAX_LIST, sizeof buf - 1)) return false;
   snprintf(buf, sizeof buf, "%s", s);
   o->n_budgets = 0;
   for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
     uint64_t v;
-    if (!rkv_tool_parse_u64("eval", "--budgets", t, 2, 1 << 20, &v)) return false;
+    if (!rt_parse_u64("eval", "--budgets", t, 2, 1 << 20, &v)) return false;
     o->budgets[o->n_budgets++] = (int32_t)v;
   }
   return true;
@@ -207,7 +207,7 @@ static int32_t argmax(const float *x, int32_t n) {
 }
 
 /* Longest stream of a sequence (all layers and heads). */
-static int32_t seq_max_len(rkv_blockmgr *bm, const rkv_model_config *mc, int64_t id) {
+static int32_t seq_max_len(rkv_blockmgr *bm, const rt_model_config *mc, int64_t id) {
   int32_t best = 0;
   for (uint32_t l = 0; l < (uint32_t)mc->n_layers; l++)
     for (uint32_t h = 0; h < (uint32_t)mc->n_kv_heads; h++) {
@@ -219,11 +219,11 @@ static int32_t seq_max_len(rkv_blockmgr *bm, const rkv_model_config *mc, int64_t
 
 /* Compresses the layers of sequence `id` (every layer when `all_layers`, else those whose
  * streams reached the trigger) and accumulates the outcome. Returns RKV_OK or the failure. */
-static rkv_status eval_compress(const rkv_evict_params *ep, rkv_model_runner *r,
-                                const rkv_model_config *mc, int64_t id, bool all_layers,
+static rkv_status eval_compress(const rkv_evict_params *ep, rt_model_runner *r,
+                                const rt_model_config *mc, int64_t id, bool all_layers,
                                 bool after_prefill, void *ework, size_t ews, eval_result *res,
                                 uint64_t *evicted, uint32_t *freed, bool *did) {
-  rkv_blockmgr *bm = rkv_model_runner_blockmgr(r);
+  rkv_blockmgr *bm = rt_model_runner_blockmgr(r);
   *did = false;
   for (uint32_t l = 0; l < (uint32_t)mc->n_layers; l++) {
     int32_t len = 0;
@@ -231,11 +231,11 @@ static rkv_status eval_compress(const rkv_evict_params *ep, rkv_model_runner *r,
     if (!all_layers && !rkv_evict_should_compress(ep, len, after_prefill)) continue;
     rkv_evict_result er = {0};
     /* rkv_evict_layer on a CPU pool, the rkv/evict_cuda.h flow on a CUDA one */
-    rkv_status es = rkv_model_runner_evict(r, ep, id, l, ework, ews, &er);
+    rkv_status es = rt_model_runner_evict(r, ep, id, l, ework, ews, &er);
     if (es != RKV_OK) {
       fprintf(stderr, "rkv eval: eviction (%s, layer %u) failed: %s (%s)\n",
               rkv_evict_policy_name(ep->policy), l, rkv_status_str(es),
-              rkv_model_runner_last_error(r));
+              rt_model_runner_last_error(r));
       return es;
     }
     *did = true;
@@ -255,15 +255,15 @@ static rkv_status eval_compress(const rkv_evict_params *ep, rkv_model_runner *r,
 
 /* What one (policy, budget) run needs, whichever loop drives it. */
 typedef struct eval_ctx {
-  const rkv_model_config *mc;
+  const rt_model_config *mc;
   rkv_evict_params ep;
-  rkv_model_runner *r;
+  rt_model_runner *r;
   rkv_blockmgr *bm;
   void *ework;
   size_t ews;
   int32_t max_prompt, max_new, max_len;
   uint32_t max_rows;
-  /* one step's inputs and outputs, sized for the batch (rkv_model_runner_step) */
+  /* one step's inputs and outputs, sized for the batch (rt_model_runner_step) */
   int64_t *ids;
   int32_t *qind, *toks, *prev, *pos0;
   float *logits;
@@ -277,18 +277,18 @@ static void eval_ctx_fini(eval_ctx *c) {
   free(c->pos0);
   free(c->logits);
   free(c->ework);
-  rkv_model_runner_destroy(c->r);
+  rt_model_runner_destroy(c->r);
   memset(c, 0, sizeof *c);
 }
 
 /* Parameters, runner (pool, block manager, query window) and eviction workspace for a run.
  * Returns 0 or 1 (error printed). */
-static int eval_ctx_init(eval_ctx *c, const eval_opts *o, const rkv_model *model,
+static int eval_ctx_init(eval_ctx *c, const eval_opts *o, const rt_model *model,
                          rkv_backend *backend, rkv_evict_policy policy, int32_t budget,
                          bool external_append) {
   memset(c, 0, sizeof *c);
-  c->mc = rkv_model_get_config(model);
-  const rkv_model_config *mc = c->mc;
+  c->mc = rt_model_get_config(model);
+  const rt_model_config *mc = c->mc;
   rkv_evict_params ep = RKV_EVICT_PARAMS_INIT;
   ep.policy = policy;
   ep.budget = policy == RKV_EVICT_FULL ? 1 << 20 : budget;
@@ -309,7 +309,7 @@ static int eval_ctx_init(eval_ctx *c, const eval_opts *o, const rkv_model *model
       (uint32_t)((c->max_len + (int32_t)o->block_size - 1) / (int32_t)o->block_size) + 1;
   c->max_rows = o->batch * (uint32_t)c->max_prompt;
 
-  rkv_model_runner_config rc = {0};
+  rt_model_runner_config rc = {0};
   rc.max_seqs = o->batch;
   rc.max_rows = c->max_rows;
   /* Sized for every live sequence at full length, so nothing ever has to be preempted; the
@@ -322,11 +322,11 @@ static int eval_ctx_init(eval_ctx *c, const eval_opts *o, const rkv_model *model
   rc.accumulate_scores = policy == RKV_EVICT_H2O;
   rc.external_append = external_append;
   rc.prefix_cache = o->prefix_cache;
-  if (rkv_model_runner_create(model, backend, &rc, &c->r, err, sizeof err) != RKV_OK) {
+  if (rt_model_runner_create(model, backend, &rc, &c->r, err, sizeof err) != RKV_OK) {
     fprintf(stderr, "rkv eval: %s\n", err);
     return 1;
   }
-  c->bm = rkv_model_runner_blockmgr(c->r);
+  c->bm = rt_model_runner_blockmgr(c->r);
   c->ids = malloc(o->batch * sizeof *c->ids);
   c->qind = malloc((o->batch + 1) * sizeof *c->qind);
   c->toks = malloc(c->max_rows * sizeof *c->toks);
@@ -372,7 +372,7 @@ static rkv_status eval_exec_finish(rkv_exec *x, const eval_ctx *c, const rkv_sch
 /* Budget respected: no stream ever held more than max(prompt, B + buffer) tokens, and each
  * compression left at most B. */
 static void eval_finish(const eval_opts *o, eval_ctx *c, eval_result *res, double t0) {
-  res->seconds = rkv_tool_now() - t0;
+  res->seconds = rt_now() - t0;
   rkv_blockmgr_stats st;
   rkv_blockmgr_get_stats(c->bm, &st);
   res->peak_blocks = st.peak_used_blocks;
@@ -394,15 +394,15 @@ static void eval_result_init(eval_result *res, const eval_opts *o, rkv_evict_pol
 }
 
 /* Problem `index` of the run's set with its prompt encoded into `tokens` (room for
- * RKV_TASK_MAX_TEXT) and counted in res. Returns 0 or 1 (error printed). */
-static int eval_problem(const eval_opts *o, const rkv_model *model, uint32_t index,
-                        rkv_task_problem *prob, int32_t *tokens, int32_t *len, eval_result *res) {
-  if (rkv_task_problem_make(o->seed, index, o->min_digits, o->max_digits, prob) != RKV_OK) {
+ * RT_TASK_MAX_TEXT) and counted in res. Returns 0 or 1 (error printed). */
+static int eval_problem(const eval_opts *o, const rt_model *model, uint32_t index,
+                        rt_task_problem *prob, int32_t *tokens, int32_t *len, eval_result *res) {
+  if (rt_task_problem_make(o->seed, index, o->min_digits, o->max_digits, prob) != RKV_OK) {
     fprintf(stderr, "rkv eval: bad digit range\n");
     return 1;
   }
   size_t n = 0;
-  if (rkv_model_encode(model, prob->prompt, tokens, RKV_TASK_MAX_TEXT, &n) != RKV_OK) {
+  if (rt_model_encode(model, prob->prompt, tokens, RT_TASK_MAX_TEXT, &n) != RKV_OK) {
     fprintf(stderr, "rkv eval: the model's vocabulary cannot encode the prompt\n");
     return 1;
   }
@@ -414,8 +414,8 @@ static int eval_problem(const eval_opts *o, const rkv_model *model, uint32_t ind
 
 /* Greedy token from one row of logits, appended to the generated text; *eos when it is the
  * answer's end. */
-static int32_t eval_sample(const rkv_model_config *mc, const float *row, char *gen,
-                           int32_t *gen_len, eval_result *res, bool *eos) {
+static int32_t eval_sample(const rt_model_config *mc, const float *row, char *gen, int32_t *gen_len,
+                           eval_result *res, bool *eos) {
   const int32_t t = argmax(row, mc->vocab_size);
   const char ch = mc->vocab[t];
   gen[(*gen_len)++] = ch ? ch : '?';
@@ -427,7 +427,7 @@ static int32_t eval_sample(const rkv_model_config *mc, const float *row, char *g
 
 /* One --generations line; the text JSON-escaped (the vocabulary has newlines). */
 static void write_generation(FILE *f, const eval_result *res, int64_t id,
-                             const rkv_task_problem *prob, bool ok, const char *gen) {
+                             const rt_task_problem *prob, bool ok, const char *gen) {
   fprintf(f,
           "{\"policy\": \"%s\", \"budget\": %d, \"id\": %lld, \"digits\": %d, \"correct\": %s, "
           "\"text\": \"",
@@ -449,8 +449,8 @@ static void write_generation(FILE *f, const eval_result *res, int64_t id,
 /* Grades a finished generation (exact match of the answer), by digit count too, and prints
  * the first --show of them. */
 static void eval_score(const eval_opts *o, eval_result *res, int64_t id,
-                       const rkv_task_problem *prob, const char *gen, uint32_t *shown) {
-  const bool ok = rkv_task_check(prob, gen);
+                       const rt_task_problem *prob, const char *gen, uint32_t *shown) {
+  const bool ok = rt_task_check(prob, gen);
   res->correct += ok;
   res->by_digits_total[prob->digits]++;
   res->by_digits_correct[prob->digits] += ok;
@@ -463,13 +463,13 @@ static void eval_score(const eval_opts *o, eval_result *res, int64_t id,
 
 /* The tool's own batching loop (--simple-loop): one (policy, budget) over all problems.
  * Returns 0 or 1 (error printed). */
-static int eval_run_simple(const eval_opts *o, const rkv_model *model, rkv_backend *backend,
+static int eval_run_simple(const eval_opts *o, const rt_model *model, rkv_backend *backend,
                            rkv_evict_policy policy, int32_t budget, eval_result *res) {
   eval_result_init(res, o, policy, budget);
   eval_ctx c;
   if (eval_ctx_init(&c, o, model, backend, policy, budget, false)) return 1;
-  const rkv_model_config *mc = c.mc;
-  rkv_model_runner *r = c.r;
+  const rt_model_config *mc = c.mc;
+  rt_model_runner *r = c.r;
   rkv_blockmgr *bm = c.bm;
   const rkv_evict_params ep = c.ep;
   void *ework = c.ework;
@@ -490,7 +490,7 @@ static int eval_run_simple(const eval_opts *o, const rkv_model *model, rkv_backe
   for (uint32_t i = 0; i < o->batch; i++) seqs[i].id = -1;
 
   uint32_t next_problem = 0, finished = 0, shown = 0;
-  const double t0 = rkv_tool_now();
+  const double t0 = rt_now();
   while (finished < o->problems) {
     /* Admit new problems into free batch slots while the pool has room for their prompt. */
     rkv_blockmgr_stats st;
@@ -507,8 +507,8 @@ static int eval_run_simple(const eval_opts *o, const rkv_model *model, rkv_backe
         if (eval_problem(o, model, next_problem, &s->prob, s->prompt, &s->prompt_len, res))
           goto done;
         s->prefill = true;
-        if (rkv_model_runner_seq_add(r, s->id) != RKV_OK) {
-          fprintf(stderr, "rkv eval: %s\n", rkv_model_runner_last_error(r));
+        if (rt_model_runner_seq_add(r, s->id) != RKV_OK) {
+          fprintf(stderr, "rkv eval: %s\n", rt_model_runner_last_error(r));
           goto done;
         }
         free_blocks -= need;
@@ -542,9 +542,9 @@ static int eval_run_simple(const eval_opts *o, const rkv_model *model, rkv_backe
     }
     res->steps++;
     if (live > res->max_running) res->max_running = live;
-    rkv_status stt = rkv_model_runner_step(r, live, ids, qind, toks, prev, pos0, logits, false);
+    rkv_status stt = rt_model_runner_step(r, live, ids, qind, toks, prev, pos0, logits, false);
     if (stt != RKV_OK) {
-      fprintf(stderr, "rkv eval: step failed: %s\n", rkv_model_runner_last_error(r));
+      fprintf(stderr, "rkv eval: step failed: %s\n", rt_model_runner_last_error(r));
       goto done;
     }
     for (uint32_t b = 0; b < live; b++) {
@@ -581,7 +581,7 @@ static int eval_run_simple(const eval_opts *o, const rkv_model *model, rkv_backe
       eval_seq *s = &seqs[slot_of[b]];
       if (!s->done) continue;
       eval_score(o, res, s->id, &s->prob, s->gen, &shown);
-      rkv_model_runner_seq_remove(r, s->id);
+      rt_model_runner_seq_remove(r, s->id);
       s->id = -1;
       finished++;
     }
@@ -597,11 +597,11 @@ done:
 
 /* Per-request state of a scheduler-driven run (indexed by request id = problem index). */
 typedef struct eval_req {
-  rkv_task_problem prob;
-  int32_t hist[RKV_TASK_MAX_TEXT * 2]; /* prompt + generated tokens: token at each position */
+  rt_task_problem prob;
+  int32_t hist[RT_TASK_MAX_TEXT * 2]; /* prompt + generated tokens: token at each position */
   int32_t hist_len;
   int32_t prompt_len;
-  char gen[RKV_TASK_MAX_TEXT + 64];
+  char gen[RT_TASK_MAX_TEXT + 64];
   int32_t gen_len;
 } eval_req;
 
@@ -609,13 +609,13 @@ typedef struct eval_req {
  * admission: a request is admitted only when its whole-life KV bound fits, so nothing is
  * preempted; compression flagged by the plan runs right after the step's attention).
  * Returns 0 or 1 (error printed). */
-static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backend *backend,
+static int eval_run_sched(const eval_opts *o, const rt_model *model, rkv_backend *backend,
                           rkv_evict_policy policy, int32_t budget, eval_result *res) {
   eval_result_init(res, o, policy, budget);
   eval_ctx c;
   if (eval_ctx_init(&c, o, model, backend, policy, budget, true)) return 1;
-  const rkv_model_config *mc = c.mc;
-  rkv_model_runner *r = c.r;
+  const rt_model_config *mc = c.mc;
+  rt_model_runner *r = c.r;
   int64_t *ids = c.ids;
   int32_t *qind = c.qind, *toks = c.toks, *prev = c.prev, *pos0 = c.pos0;
   float *logits = c.logits;
@@ -648,15 +648,15 @@ static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backen
   {
     rkv_exec_config xc = RKV_EXEC_CONFIG_INIT;
     xc.num_q_heads = (uint32_t)mc->n_heads;
-    xc.scale = rkv_model_runner_attn_scale(r);
+    xc.scale = rt_model_runner_attn_scale(r);
     xc.max_seqs = o->batch;
     xc.max_stream_tokens = (uint32_t)c.max_len;
     xc.evict = c.ep;
-    if (rkv_exec_create(&xc, c.bm, rkv_model_runner_pool(r), &x, err, sizeof err) != RKV_OK) {
+    if (rkv_exec_create(&xc, c.bm, rt_model_runner_pool(r), &x, err, sizeof err) != RKV_OK) {
       fprintf(stderr, "rkv eval: executor: %s\n", err);
       goto done;
     }
-    rkv_model_runner_use_executor(r, x);
+    rt_model_runner_use_executor(r, x);
   }
   for (uint32_t i = 0; i < n_req; i++) {
     eval_req *q = &reqs[i];
@@ -669,9 +669,9 @@ static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backen
     }
     if (o->prefix_rule >= 0) {
       /* the prompt's full blocks: shared through the cache, protected under that rule */
-      uint64_t h[RKV_TASK_MAX_TEXT];
+      uint64_t h[RT_TASK_MAX_TEXT];
       const uint32_t nh = rkv_prefix_hash_blocks(q->hist, (uint32_t)q->prompt_len, o->block_size, 0,
-                                                 h, RKV_TASK_MAX_TEXT);
+                                                 h, RT_TASK_MAX_TEXT);
       if (rkv_sched_set_prefix(sch, i, h, nh) != RKV_OK) {
         fprintf(stderr, "rkv eval: set_prefix %u: %s\n", i, rkv_sched_last_error(sch));
         goto done;
@@ -680,7 +680,7 @@ static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backen
   }
 
   uint32_t finished = 0, shown = 0;
-  const double t0 = rkv_tool_now();
+  const double t0 = rt_now();
   while (finished < n_req) {
     const rkv_sched_plan *plan = NULL;
     if (rkv_sched_step(sch, &plan) != RKV_OK) {
@@ -716,9 +716,9 @@ static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backen
       prev[b] = p0 ? q->hist[p0 - 1] : 0;
       pos0[b] = p0;
     }
-    if (rkv_model_runner_step(r, plan->n_seqs, ids, qind, toks, prev, pos0, logits, false) !=
+    if (rt_model_runner_step(r, plan->n_seqs, ids, qind, toks, prev, pos0, logits, false) !=
         RKV_OK) {
-      fprintf(stderr, "rkv eval: step failed: %s\n", rkv_model_runner_last_error(r));
+      fprintf(stderr, "rkv eval: step failed: %s\n", rt_model_runner_last_error(r));
       goto done;
     }
     for (uint32_t b = 0; b < plan->n_seqs; b++) {
@@ -761,7 +761,7 @@ static int eval_run_sched(const eval_opts *o, const rkv_model *model, rkv_backen
   if (rkv_sched_get_prefix_stats(sch, &ps) == RKV_OK) res->hit_tokens = ps.hit_tokens;
   rc_ret = 0;
 done:
-  rkv_model_runner_use_executor(r, NULL);
+  rt_model_runner_use_executor(r, NULL);
   rkv_exec_destroy(x);
   rkv_sched_destroy(sch);
   free(reqs);
@@ -851,7 +851,7 @@ static bool eval_takes_value(const char *opt) {
   return false;
 }
 
-int rkv_cmd_eval(int argc, char **argv) {
+int rt_cmd_eval(int argc, char **argv) {
   eval_opts o;
   memset(&o, 0, sizeof o);
   static char default_model[1024];
@@ -896,7 +896,7 @@ int rkv_cmd_eval(int argc, char **argv) {
     } else if (!eval_takes_value(a)) {
       fprintf(stderr, "rkv eval: unknown option '%s' (see rkv eval --help)\n", a);
       return 2;
-    } else if (!(v = rkv_tool_optval("eval", argc, argv, &i))) {
+    } else if (!(v = rt_optval("eval", argc, argv, &i))) {
       return 2;
     } else if (strcmp(a, "--model") == 0) {
       o.model_path = v;
@@ -905,36 +905,36 @@ int rkv_cmd_eval(int argc, char **argv) {
     } else if (strcmp(a, "--budgets") == 0) {
       if (!parse_budgets(v, &o)) return 2;
     } else if (strcmp(a, "--buffer") == 0) {
-      if (!rkv_tool_parse_u64("eval", a, v, 1, 1 << 20, &u)) return 2;
+      if (!rt_parse_u64("eval", a, v, 1, 1 << 20, &u)) return 2;
       o.buffer = (int32_t)u;
     } else if (strcmp(a, "--window") == 0) {
-      if (!rkv_tool_parse_u64("eval", a, v, 1, 1024, &u)) return 2;
+      if (!rt_parse_u64("eval", a, v, 1, 1024, &u)) return 2;
       o.window = (int32_t)u;
     } else if (strcmp(a, "--lambda") == 0) {
       double x;
-      if (!rkv_tool_parse_f64("eval", a, v, 0.0, 1.0, &x)) return 2;
+      if (!rt_parse_f64("eval", a, v, 0.0, 1.0, &x)) return 2;
       o.lambda = (float)x;
     } else if (strcmp(a, "--problems") == 0) {
-      if (!rkv_tool_parse_u64("eval", a, v, 1, 1000000, &u)) return 2;
+      if (!rt_parse_u64("eval", a, v, 1, 1000000, &u)) return 2;
       o.problems = (uint32_t)u;
     } else if (strcmp(a, "--digits") == 0) {
       int lo, hi;
       char extra;
-      if (sscanf(v, "%d-%d%c", &lo, &hi, &extra) != 2 || lo < RKV_TASK_MIN_DIGITS ||
-          hi > RKV_TASK_MAX_DIGITS || lo > hi) {
+      if (sscanf(v, "%d-%d%c", &lo, &hi, &extra) != 2 || lo < RT_TASK_MIN_DIGITS ||
+          hi > RT_TASK_MAX_DIGITS || lo > hi) {
         fprintf(stderr, "rkv eval: bad value for --digits: '%s' (LO-HI within %d-%d)\n", v,
-                RKV_TASK_MIN_DIGITS, RKV_TASK_MAX_DIGITS);
+                RT_TASK_MIN_DIGITS, RT_TASK_MAX_DIGITS);
         return 2;
       }
       o.min_digits = lo;
       o.max_digits = hi;
     } else if (strcmp(a, "--seed") == 0) {
-      if (!rkv_tool_parse_u64("eval", a, v, 0, UINT64_MAX, &o.seed)) return 2;
+      if (!rt_parse_u64("eval", a, v, 0, UINT64_MAX, &o.seed)) return 2;
     } else if (strcmp(a, "--batch") == 0) {
-      if (!rkv_tool_parse_u64("eval", a, v, 1, 4096, &u)) return 2;
+      if (!rt_parse_u64("eval", a, v, 1, 4096, &u)) return 2;
       o.batch = (uint32_t)u;
     } else if (strcmp(a, "--block-size") == 0) {
-      if (!rkv_tool_parse_u64("eval", a, v, 1, 1024, &u)) return 2;
+      if (!rt_parse_u64("eval", a, v, 1, 1024, &u)) return 2;
       o.block_size = (uint32_t)u;
     } else if (strcmp(a, "--kv-dtype") == 0) {
       if (rkv_dtype_parse(v, &o.kv_dtype) != RKV_OK) {
@@ -942,10 +942,10 @@ int rkv_cmd_eval(int argc, char **argv) {
         return 2;
       }
     } else if (strcmp(a, "--threads") == 0) {
-      if (!rkv_tool_parse_u64("eval", a, v, 0, 1024, &u)) return 2;
+      if (!rt_parse_u64("eval", a, v, 0, 1024, &u)) return 2;
       o.threads = (int32_t)u;
     } else if (strcmp(a, "--min-full-accuracy") == 0) {
-      if (!rkv_tool_parse_f64("eval", a, v, 0.0, 1.0, &o.min_full_accuracy)) return 2;
+      if (!rt_parse_f64("eval", a, v, 0.0, 1.0, &o.min_full_accuracy)) return 2;
     } else if (strcmp(a, "--backend") == 0) {
       if (strcmp(v, "cpu") == 0) {
         o.backend = RKV_BACKEND_CPU;
@@ -961,7 +961,7 @@ int rkv_cmd_eval(int argc, char **argv) {
     } else if (strcmp(a, "--generations") == 0) {
       o.generations_path = v;
     } else if (strcmp(a, "--repeat") == 0) {
-      if (!rkv_tool_parse_u64("eval", a, v, 1, 64, &u)) return 2;
+      if (!rt_parse_u64("eval", a, v, 1, 64, &u)) return 2;
       o.repeat = (uint32_t)u;
     } else if (strcmp(a, "--prefix-cache") == 0) {
       if (strcmp(v, "on") && strcmp(v, "off")) {
@@ -979,7 +979,7 @@ int rkv_cmd_eval(int argc, char **argv) {
         return 2;
       }
     } else if (strcmp(a, "--show") == 0) {
-      if (!rkv_tool_parse_u64("eval", a, v, 0, 1000000, &u)) return 2;
+      if (!rt_parse_u64("eval", a, v, 0, 1000000, &u)) return 2;
       o.show = (int)u;
     } else {
       fprintf(stderr, "rkv eval: unknown option '%s' (see rkv eval --help)\n", a);
@@ -1058,21 +1058,21 @@ int rkv_cmd_eval(int argc, char **argv) {
   }
 
   char err[512] = "";
-  rkv_model *model = NULL;
-  if (rkv_model_load(o.model_path, &model, err, sizeof err) != RKV_OK) {
+  rt_model *model = NULL;
+  if (rt_model_load(o.model_path, &model, err, sizeof err) != RKV_OK) {
     fprintf(stderr, "rkv eval: --model: %s\n", err);
     rkv_backend_destroy(cpu_backend);
     rkv_backend_destroy(backend);
     return 1;
   }
-  const rkv_model_config *mc = rkv_model_get_config(model);
-  if (mc->generator_version && mc->generator_version != RKV_TASK_GENERATOR_VERSION)
+  const rt_model_config *mc = rt_model_get_config(model);
+  if (mc->generator_version && mc->generator_version != RT_TASK_GENERATOR_VERSION)
     fprintf(stderr, "rkv eval: warning: model trained on task version %d, generator is %d\n",
-            mc->generator_version, RKV_TASK_GENERATOR_VERSION);
+            mc->generator_version, RT_TASK_GENERATOR_VERSION);
 
   if (o.generations_path && !(o.generations = fopen(o.generations_path, "w"))) {
     fprintf(stderr, "rkv eval: --generations: cannot write '%s'\n", o.generations_path);
-    rkv_model_destroy(model);
+    rt_model_destroy(model);
     rkv_backend_destroy(cpu_backend);
     rkv_backend_destroy(backend);
     return 1;
@@ -1112,7 +1112,7 @@ int rkv_cmd_eval(int argc, char **argv) {
           "\"block_size\": %u, "
           "\"kv_dtype\": \"%s\", \"batching\": \"%s\", \"backend\": \"%s\", \"repeat\": %u, "
           "\"prefix_cache\": %s, \"prefix_rule\": \"%s\", \"runs\": [",
-          o.model_path, rkv_model_num_params(model), o.problems, o.min_digits, o.max_digits,
+          o.model_path, rt_model_num_params(model), o.problems, o.min_digits, o.max_digits,
           (unsigned long long)o.seed, o.batch, o.buffer, o.window, (double)o.lambda, o.block_size,
           rkv_dtype_name(o.kv_dtype), o.simple_loop ? "simple" : "scheduler",
           o.emulate ? "emu"
@@ -1143,7 +1143,7 @@ int rkv_cmd_eval(int argc, char **argv) {
             e->seconds > 0 ? (double)e->generated_tokens / e->seconds : 0.0,
             (unsigned long long)e->prefill_tokens, (unsigned long long)e->hit_tokens);
         bool first = true;
-        for (int dgt = 0; dgt <= RKV_TASK_MAX_DIGITS; dgt++) {
+        for (int dgt = 0; dgt <= RT_TASK_MAX_DIGITS; dgt++) {
           if (!e->by_digits_total[dgt]) continue;
           printf("%s\"%d\": %.4f", first ? "" : ", ", dgt,
                  (double)e->by_digits_correct[dgt] / e->by_digits_total[dgt]);
@@ -1160,7 +1160,7 @@ int rkv_cmd_eval(int argc, char **argv) {
       printf(
           "model %s (%zu params), %u problems, %d-%d digits, seed %llu, batch %u, buffer %d, "
           "window %d, lambda %g, kv %s, batching by %s%s\n",
-          o.model_path, rkv_model_num_params(model), o.problems, o.min_digits, o.max_digits,
+          o.model_path, rt_model_num_params(model), o.problems, o.min_digits, o.max_digits,
           (unsigned long long)o.seed, o.batch, o.buffer, o.window, (double)o.lambda,
           rkv_dtype_name(o.kv_dtype), o.simple_loop ? "the tool's loop" : "the librkv scheduler",
           on_cuda ? ", KV cache on the cuda backend" : "");
@@ -1209,7 +1209,7 @@ int rkv_cmd_eval(int argc, char **argv) {
     fprintf(stderr, "rkv eval: --generations: write error on '%s'\n", o.generations_path);
     if (!ret) ret = 1;
   }
-  rkv_model_destroy(model);
+  rt_model_destroy(model);
   rkv_backend_destroy(cpu_backend);
   rkv_backend_destroy(backend);
   return ret;

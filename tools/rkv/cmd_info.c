@@ -4,9 +4,9 @@
 
 #include "rkv_tool.h"
 
-const char rkv_cmd_info_summary[] = "print the build's version and optional components";
+const char rt_cmd_info_summary[] = "print the build's version and optional components";
 
-int rkv_cmd_info(int argc, char **argv) {
+int rt_cmd_info(int argc, char **argv) {
   int json = 0;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--json") == 0) {

@@ -12,7 +12,7 @@
 
 #include "replay.h"
 
-const char rkv_cmd_replay_summary[] = "run a block-manager script and print its state as JSON";
+const char rt_cmd_replay_summary[] = "run a block-manager script and print its state as JSON";
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -473,7 +473,7 @@ static long read_line(FILE *f, char **buf, size_t *cap) {
   return (long)n;
 }
 
-int rkv_cmd_replay(int argc, char **argv) {
+int rt_cmd_replay(int argc, char **argv) {
   const char *path = NULL;
   replay_state r;
   memset(&r, 0, sizeof r);
@@ -529,7 +529,7 @@ int rkv_cmd_replay(int argc, char **argv) {
     }
     replay_op op;
     char msg[256];
-    int pr = rkv_replay_parse_line(line, &op, msg, sizeof msg);
+    int pr = rt_replay_parse_line(line, &op, msg, sizeof msg);
     if (pr == 1) {
       free(op.pos);
       continue;

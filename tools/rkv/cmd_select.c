@@ -20,7 +20,7 @@
 
 #include "npy.h"
 
-const char rkv_cmd_select_summary[] =
+const char rt_cmd_select_summary[] =
     "run one eviction step (rkv, snapkv, streaming, h2o) on .npy keys through paged blocks";
 
 static void usage(FILE *f) {
@@ -86,34 +86,34 @@ static int parse(int argc, char **argv, select_opts *o) {
     } else if (strcmp(a, "-v") == 0 || strcmp(a, "--verbose") == 0) {
       o->verbose = true;
     } else if (strcmp(a, "--policy") == 0) {
-      if (!(v = rkv_tool_optval(cmd, argc, argv, &i))) return 2;
+      if (!(v = rt_optval(cmd, argc, argv, &i))) return 2;
       if (rkv_evict_policy_parse(v, &o->p.policy) != RKV_OK || o->p.policy == RKV_EVICT_FULL) {
         fprintf(stderr, "rkv select: bad value for --policy: '%s' (rkv, snapkv, streaming, h2o)\n",
                 v);
         return 2;
       }
     } else if (strcmp(a, "--granularity") == 0) {
-      if (!(v = rkv_tool_optval(cmd, argc, argv, &i))) return 2;
+      if (!(v = rt_optval(cmd, argc, argv, &i))) return 2;
       if (rkv_evict_granularity_parse(v, &o->gran) != RKV_OK) {
         fprintf(stderr, "rkv select: unknown granularity '%s' (stream, layer, kvhead, sequence)\n",
                 v);
         return 2;
       }
     } else if (strcmp(a, "--keys") == 0) {
-      if (!(o->keys = rkv_tool_optval(cmd, argc, argv, &i))) return 2;
+      if (!(o->keys = rt_optval(cmd, argc, argv, &i))) return 2;
     } else if (strcmp(a, "--queries") == 0) {
-      if (!(o->queries = rkv_tool_optval(cmd, argc, argv, &i))) return 2;
+      if (!(o->queries = rt_optval(cmd, argc, argv, &i))) return 2;
     } else if (strcmp(a, "--scores") == 0) {
-      if (!(o->scores = rkv_tool_optval(cmd, argc, argv, &i))) return 2;
+      if (!(o->scores = rt_optval(cmd, argc, argv, &i))) return 2;
     } else if (strcmp(a, "--out") == 0) {
-      if (!(o->out = rkv_tool_optval(cmd, argc, argv, &i))) return 2;
+      if (!(o->out = rt_optval(cmd, argc, argv, &i))) return 2;
     } else if (strcmp(a, "--dump-scores") == 0) {
-      if (!(o->dump = rkv_tool_optval(cmd, argc, argv, &i))) return 2;
+      if (!(o->dump = rt_optval(cmd, argc, argv, &i))) return 2;
     } else if (strcmp(a, "--budget") == 0 || strcmp(a, "--window") == 0 ||
                strcmp(a, "--kernel") == 0 || strcmp(a, "--sinks") == 0 ||
                strcmp(a, "--block-size") == 0) {
-      if (!(v = rkv_tool_optval(cmd, argc, argv, &i))) return 2;
-      if (!rkv_tool_parse_i64(cmd, a, v, 0, 1 << 24, &iv)) return 2;
+      if (!(v = rt_optval(cmd, argc, argv, &i))) return 2;
+      if (!rt_parse_i64(cmd, a, v, 0, 1 << 24, &iv)) return 2;
       if (a[2] == 'b' && a[3] == 'u') o->p.budget = (int32_t)iv;
       if (a[2] == 'w') o->p.window = (int32_t)iv;
       if (a[2] == 'k') o->p.kernel = (int32_t)iv;
@@ -126,14 +126,14 @@ static int parse(int argc, char **argv, select_opts *o) {
         o->block_size = (uint32_t)iv;
       }
     } else if (strcmp(a, "--lambda") == 0 || strcmp(a, "--threshold") == 0) {
-      if (!(v = rkv_tool_optval(cmd, argc, argv, &i))) return 2;
-      if (!rkv_tool_parse_f64(cmd, a, v, -1e9, 1e9, &dv)) return 2;
+      if (!(v = rt_optval(cmd, argc, argv, &i))) return 2;
+      if (!rt_parse_f64(cmd, a, v, -1e9, 1e9, &dv)) return 2;
       if (a[2] == 'l')
         o->p.lambda = (float)dv;
       else
         o->p.threshold = (float)dv;
     } else if (strcmp(a, "--dtype") == 0) {
-      if (!(v = rkv_tool_optval(cmd, argc, argv, &i))) return 2;
+      if (!(v = rt_optval(cmd, argc, argv, &i))) return 2;
       if (rkv_dtype_parse(v, &o->dtype) != RKV_OK) {
         fprintf(stderr, "rkv select: bad value for --dtype: '%s' (f32, f16, bf16)\n", v);
         return 2;
@@ -171,7 +171,7 @@ static int save_dump(const char *dir, const char *name, int ndim, const int64_t 
                      const float *x) {
   char path[4096], err[256];
   snprintf(path, sizeof path, "%s/%s", dir, name);
-  if (rkv_npy_save(path, "<f4", ndim, shape + (3 - ndim), x, err, sizeof err) != RKV_OK) {
+  if (rt_npy_save(path, "<f4", ndim, shape + (3 - ndim), x, err, sizeof err) != RKV_OK) {
     fprintf(stderr, "rkv select: %s\n", err);
     return 1;
   }
@@ -181,16 +181,16 @@ static int save_dump(const char *dir, const char *name, int ndim, const int64_t 
 /* NaN or Inf in the inputs (or an f8 value beyond float range) would make every score NaN
  * and the selection meaningless while still exiting 0: refuse, naming the option, the file
  * and the first bad element. */
-static bool all_finite(const char *opt, const char *path, const float *x, const rkv_npy *info) {
+static bool all_finite(const char *opt, const char *path, const float *x, const rt_npy *info) {
   for (size_t i = 0; i < info->count; i++) {
     if (isfinite(x[i])) continue;
-    size_t idx[RKV_NPY_MAX_DIMS] = {0}, rest = i;
+    size_t idx[RT_NPY_MAX_DIMS] = {0}, rest = i;
     for (int dim = info->ndim - 1; dim >= 0; dim--) { /* C order: last dimension fastest */
       size_t ext = (size_t)info->shape[dim];
       idx[dim] = rest % ext; /* ext > 0: the array holds element i */
       rest /= ext;
     }
-    char where[RKV_NPY_MAX_DIMS * 22 + 1] = "";
+    char where[RT_NPY_MAX_DIMS * 22 + 1] = "";
     for (int dim = 0, len = 0; dim < info->ndim; dim++)
       len += snprintf(where + len, sizeof where - (size_t)len, "%s%zu", dim ? ", " : "", idx[dim]);
     fprintf(stderr, "rkv select: %s: %s: element [%s] is %s; inputs must be finite\n", opt, path,
@@ -250,8 +250,8 @@ static int load_inputs(const select_opts *o, select_state *st, select_shape *sh)
   const rkv_evict_params *p = &o->p;
   bool scored = p->policy == RKV_EVICT_RKV || p->policy == RKV_EVICT_SNAPKV;
   char err[512];
-  rkv_npy ki, qi, si;
-  if (rkv_npy_load_f32(o->keys, &st->k, &ki, err, sizeof err) != RKV_OK) {
+  rt_npy ki, qi, si;
+  if (rt_npy_load_f32(o->keys, &st->k, &ki, err, sizeof err) != RKV_OK) {
     fprintf(stderr, "rkv select: --keys: %s\n", err);
     return 1;
   }
@@ -276,7 +276,7 @@ static int load_inputs(const select_opts *o, select_state *st, select_shape *sh)
       fprintf(stderr, "rkv select: policy %s needs --queries\n", rkv_evict_policy_name(p->policy));
       return 1;
     }
-    if (rkv_npy_load_f32(o->queries, &st->q, &qi, err, sizeof err) != RKV_OK) {
+    if (rt_npy_load_f32(o->queries, &st->q, &qi, err, sizeof err) != RKV_OK) {
       fprintf(stderr, "rkv select: --queries: %s\n", err);
       return 1;
     }
@@ -297,7 +297,7 @@ static int load_inputs(const select_opts *o, select_state *st, select_shape *sh)
       fprintf(stderr, "rkv select: policy h2o needs --scores\n");
       return 1;
     }
-    if (rkv_npy_load_f32(o->scores, &st->s, &si, err, sizeof err) != RKV_OK) {
+    if (rt_npy_load_f32(o->scores, &st->s, &si, err, sizeof err) != RKV_OK) {
       fprintf(stderr, "rkv select: --scores: %s\n", err);
       return 1;
     }
@@ -365,7 +365,7 @@ fail:
   return 1;
 }
 
-int rkv_cmd_select(int argc, char **argv) {
+int rt_cmd_select(int argc, char **argv) {
   select_opts o;
   memset(&o, 0, sizeof o);
   int rc = parse(argc, argv, &o);
@@ -494,7 +494,7 @@ int rkv_cmd_select(int argc, char **argv) {
   TRY_TOOL(rkv_evict_dense_multi_workspace_size(p, o.gran, d, n, &dwsb), "dense workspace size");
   st.dense_ws_mem = malloc(dwsb);
   if (!st.dense_ws_mem) goto fail;
-  double t0 = rkv_tool_now();
+  double t0 = rt_now();
   rkv_status s =
       rkv_evict_select_dense_multi(p, o.gran, st.kr, st.qlast, st.s, L, H, QH, n, d, st.keep_dense,
                                    NULL, st.dense_ws_mem, dwsb, err, sizeof err);
@@ -502,10 +502,10 @@ int rkv_cmd_select(int argc, char **argv) {
     fprintf(stderr, "rkv select: dense selection failed: %s\n", err);
     goto fail;
   }
-  double t1 = rkv_tool_now();
+  double t1 = rt_now();
   rkv_evict_result res;
   if (compress_layers(&o, &st, &sh, seq, &res)) goto fail;
-  double t2 = rkv_tool_now();
+  double t2 = rt_now();
   s = rkv_blockmgr_check(st.m);
   if (s != RKV_OK) {
     fprintf(stderr, "rkv select: block manager check failed: %s\n", rkv_blockmgr_last_error(st.m));
@@ -588,7 +588,7 @@ int rkv_cmd_select(int argc, char **argv) {
       goto fail;
   }
   const int64_t shape[3] = {L, H, kept};
-  if (rkv_npy_save(o.out, "<i8", sh.ndim - 1, shape + (4 - sh.ndim), st.kept, err, sizeof err) !=
+  if (rt_npy_save(o.out, "<i8", sh.ndim - 1, shape + (4 - sh.ndim), st.kept, err, sizeof err) !=
       RKV_OK) {
     fprintf(stderr, "rkv select: %s\n", err);
     goto fail;

@@ -10,7 +10,7 @@
 #include "rkv_tool.h"
 #include "sim.h"
 
-const char rkv_cmd_sim_summary[] =
+const char rt_cmd_sim_summary[] =
     "serving simulator: compare eviction policies (KV memory, batch, throughput)";
 
 static void usage(FILE *f) {
@@ -89,7 +89,7 @@ static void usage(FILE *f) {
 
 static bool parse_policies(const char *s, sim_opts *o) {
   char buf[256];
-  if (!rkv_tool_check_list("sim", "--policy", s, MAX_POLICIES, sizeof buf - 1)) return false;
+  if (!rt_check_list("sim", "--policy", s, MAX_POLICIES, sizeof buf - 1)) return false;
   snprintf(buf, sizeof buf, "%s", s);
   o->n_policies = 0;
   for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
@@ -170,18 +170,18 @@ static bool parse_args(int argc, char **argv, sim_opts *o) {
     uint64_t u;
     double f;
 #define VAL() \
-  if (!(v = rkv_tool_optval(C, argc, argv, &i))) return false
-#define U64(lo, hi, dst)                                            \
-  do {                                                              \
-    VAL();                                                          \
-    if (!rkv_tool_parse_u64(C, a, v, (lo), (hi), &u)) return false; \
-    dst = u;                                                        \
+  if (!(v = rt_optval(C, argc, argv, &i))) return false
+#define U64(lo, hi, dst)                                      \
+  do {                                                        \
+    VAL();                                                    \
+    if (!rt_parse_u64(C, a, v, (lo), (hi), &u)) return false; \
+    dst = u;                                                  \
   } while (0)
-#define F64(lo, hi, dst)                                            \
-  do {                                                              \
-    VAL();                                                          \
-    if (!rkv_tool_parse_f64(C, a, v, (lo), (hi), &f)) return false; \
-    dst = f;                                                        \
+#define F64(lo, hi, dst)                                      \
+  do {                                                        \
+    VAL();                                                    \
+    if (!rt_parse_f64(C, a, v, (lo), (hi), &f)) return false; \
+    dst = f;                                                  \
   } while (0)
     if (strcmp(a, "--model") == 0) {
       VAL();
@@ -548,17 +548,17 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
   if (!outs || !arrival || !prefix_hashes(o, &hashes, &n_hashes)) goto done;
   for (uint32_t i = 0; i < n; i++)
     if (reqs[i].id >= 0 && reqs[i].id < n) arrival[reqs[i].id] = reqs[i].arrival;
-  rkv_progress prog;
-  rkv_progress_init(&prog, 1.0);
+  rt_progress prog;
+  rt_progress_init(&prog, 1.0);
   char label[64];
   snprintf(label, sizeof label, "sim %s", rkv_evict_policy_name(pol));
-  double clock = 0.0, w0 = rkv_tool_now();
+  double clock = 0.0, w0 = rt_now();
   uint32_t next = 0;
   size_t kv_elem = rkv_dtype_size(o->dtype);
   uint64_t planned = 0, prev_hash = 0; /* plans made so far, hash of the latest (TP) */
   for (;;) {
     if (tp && !sim_tp_sync(tp, s, planned, prev_hash, rkv_blockmgr_free_blocks(bm))) goto done;
-    double ts = rkv_tool_now();
+    double ts = rt_now();
     while (next < n && reqs[next].arrival <= clock) {
       rkv_sched_request rq = {
           reqs[next].id, reqs[next].prompt, reqs[next].gen, 0, reqs[next].arrival, NULL};
@@ -585,7 +585,7 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
     }
     const rkv_sched_plan *p = NULL;
     st = rkv_sched_step(s, &p);
-    res->sched_wall += rkv_tool_now() - ts;
+    res->sched_wall += rt_now() - ts;
     if (st != RKV_OK) {
       fprintf(stderr, "rkv sim: step: %s\n", rkv_sched_last_error(s));
       goto done;
@@ -621,9 +621,9 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
     }
     sim_cost cost;
     sim_cost_step(&shard, o->gpu, kv_elem, p, &cost);
-    ts = rkv_tool_now();
+    ts = rt_now();
     st = rkv_sched_report(s, outs, p->n_seqs);
-    res->sched_wall += rkv_tool_now() - ts;
+    res->sched_wall += rt_now() - ts;
     if (st != RKV_OK) {
       fprintf(stderr, "rkv sim: report: %s\n", rkv_sched_last_error(s));
       goto done;
@@ -645,7 +645,7 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
     res->model_evict_flops += cost.evict_flops;
     res->steps++;
     if (!tl_push(res, (float)clock, held, p->n_seqs)) goto done;
-    if (!o->quiet) rkv_progress_update(&prog, label, mt.num_finished, n, false);
+    if (!o->quiet) rt_progress_update(&prog, label, mt.num_finished, n, false);
     if (o->max_steps && res->steps >= o->max_steps) break;
   }
   /* the last plan is checked too: every rank leaves the loop at the same step only if the
@@ -654,9 +654,9 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
   if (!o->quiet) {
     rkv_sched_metrics mt;
     rkv_sched_get_metrics(s, &mt);
-    rkv_progress_update(&prog, label, mt.num_finished, n, true);
+    rt_progress_update(&prog, label, mt.num_finished, n, true);
   }
-  res->wall = rkv_tool_now() - w0;
+  res->wall = rt_now() - w0;
   res->model_time = clock;
   res->mean_blocks = clock > 0 ? res->mean_blocks / clock : 0.0;
   rkv_sched_get_metrics(s, &res->m);
@@ -986,7 +986,7 @@ bool sim_report(const sim_opts *o, const sim_result *r, uint32_t np, uint32_t n_
   return !o->plot || write_svg(o->plot, o, r, np);
 }
 
-int rkv_cmd_sim(int argc, char **argv) {
+int rt_cmd_sim(int argc, char **argv) {
   for (int i = 1; i < argc; i++)
     if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
       usage(stdout);

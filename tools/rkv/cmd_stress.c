@@ -14,7 +14,7 @@
 
 #include "../../tests/unit/blockmgr/shadow.h"
 
-const char rkv_cmd_stress_summary[] =
+const char rt_cmd_stress_summary[] =
     "random block-manager operations checked against a shadow model (leaks, invariants)";
 
 static void usage(FILE *f) {
@@ -71,7 +71,7 @@ static int parse(int argc, char **argv, stress_opts *o) {
       o->prefix_cache = true;
       continue;
     }
-    const rkv_tool_u64_opt num[] = {
+    const rt_u64_opt num[] = {
         {"--ops", &o->ops, 0, UINT64_C(1) << 40},
         {"--seed", &o->seed, 0, UINT64_MAX},
         {"--blocks", &o->blocks, 1, 1u << 22},
@@ -82,7 +82,7 @@ static int parse(int argc, char **argv, stress_opts *o) {
         {"--max-append", &o->max_append, 1, 4096},
         {"--check-every", &o->check_every, 1, UINT64_C(1) << 40},
     };
-    int r = rkv_tool_parse_u64_opt(cmd, argc, argv, &i, num, sizeof num / sizeof num[0]);
+    int r = rt_parse_u64_opt(cmd, argc, argv, &i, num, sizeof num / sizeof num[0]);
     if (r < 0) return 2;
     if (r == 0) {
       fprintf(stderr, "rkv stress: unknown option '%s' (rkv stress --help)\n", a);
@@ -100,7 +100,7 @@ static int parse(int argc, char **argv, stress_opts *o) {
   return -1;
 }
 
-int rkv_cmd_stress(int argc, char **argv) {
+int rt_cmd_stress(int argc, char **argv) {
   stress_opts o = {1000000, 1, 512, 2, 4, 8, 64, 40, 1000, false, false};
   int pr = parse(argc, argv, &o);
   if (pr >= 0) return pr;
@@ -131,13 +131,13 @@ int rkv_cmd_stress(int argc, char **argv) {
   bms_counts c;
   memset(&c, 0, sizeof c);
   uint64_t rng = o.seed;
-  rkv_progress prog;
-  rkv_progress_init(&prog, 1.0);
+  rt_progress prog;
+  rt_progress_init(&prog, 1.0);
   double frag_sum = 0;
   uint64_t frag_samples = 0;
   int bad = 0;
   uint64_t i = 0;
-  double t0 = rkv_tool_now();
+  double t0 = rt_now();
   for (; i < o.ops; i++) {
     if (bms_random_op(&s, &rng, (uint32_t)o.max_append, &c) != 0) {
       bad = 1;
@@ -156,10 +156,10 @@ int rkv_cmd_stress(int argc, char **argv) {
         frag_samples++;
       }
     }
-    if ((i & 1023) == 0) rkv_progress_update(&prog, "stress", i, o.ops, false);
+    if ((i & 1023) == 0) rt_progress_update(&prog, "stress", i, o.ops, false);
   }
-  double elapsed = rkv_tool_now() - t0;
-  rkv_progress_update(&prog, "stress", i, o.ops, true);
+  double elapsed = rt_now() - t0;
+  rt_progress_update(&prog, "stress", i, o.ops, true);
   if (!bad) {
     c.full_checks++;
     if (bms_verify_all(&s) != 0) bad = 1;

@@ -11,7 +11,7 @@
 
 #include <rkv/topo.h>
 
-const char rkv_cmd_topo_summary[] = "print NUMA nodes, cores, GPUs and the TP rank placement";
+const char rt_cmd_topo_summary[] = "print NUMA nodes, cores, GPUs and the TP rank placement";
 
 #define TOPO_MAX_RANKS 1024
 
@@ -85,8 +85,7 @@ static void json_str(const char *s) {
 static bool parse_gpu_list(const char *list, int64_t max_node, int32_t *out, uint32_t *n) {
   *n = 0;
   /* 6 characters per entry ("-1," or a node number) is more than any real list needs. */
-  if (!rkv_tool_check_list("topo", "--gpu-numa", list, TOPO_MAX_RANKS, 6 * TOPO_MAX_RANKS))
-    return false;
+  if (!rt_check_list("topo", "--gpu-numa", list, TOPO_MAX_RANKS, 6 * TOPO_MAX_RANKS)) return false;
   char *dup = strdup(list), *save = NULL;
   if (!dup) {
     fprintf(stderr, "rkv topo: --gpu-numa: out of memory\n");
@@ -95,14 +94,14 @@ static bool parse_gpu_list(const char *list, int64_t max_node, int32_t *out, uin
   bool ok = true;
   for (char *tok = strtok_r(dup, ",", &save); tok && ok; tok = strtok_r(NULL, ",", &save)) {
     int64_t v = 0;
-    ok = rkv_tool_parse_i64("topo", "--gpu-numa", tok, -1, max_node, &v);
+    ok = rt_parse_i64("topo", "--gpu-numa", tok, -1, max_node, &v);
     if (ok) out[(*n)++] = (int32_t)v;
   }
   free(dup);
   return ok;
 }
 
-int rkv_cmd_topo(int argc, char **argv) {
+int rt_cmd_topo(int argc, char **argv) {
   const char *synthetic = NULL, *gpu_list = NULL, *xml = NULL;
   bool json = false, verbose = false, bind = false;
   int64_t ranks = 0;
@@ -119,25 +118,24 @@ int rkv_cmd_topo(int argc, char **argv) {
     } else if (strcmp(a, "--bind") == 0) {
       bind = true;
     } else if (strcmp(a, "--alloc") == 0) {
-      const char *v = rkv_tool_optval("topo", argc, argv, &i);
-      if (!v || !rkv_tool_parse_u64("topo", "--alloc", v, 1, UINT64_C(1) << 40, &alloc_bytes))
-        return 2;
+      const char *v = rt_optval("topo", argc, argv, &i);
+      if (!v || !rt_parse_u64("topo", "--alloc", v, 1, UINT64_C(1) << 40, &alloc_bytes)) return 2;
     } else if (strcmp(a, "--synthetic") == 0) {
-      if (!(synthetic = rkv_tool_optval("topo", argc, argv, &i))) return 2;
+      if (!(synthetic = rt_optval("topo", argc, argv, &i))) return 2;
     } else if (strcmp(a, "--xml") == 0) {
-      if (!(xml = rkv_tool_optval("topo", argc, argv, &i))) return 2;
+      if (!(xml = rt_optval("topo", argc, argv, &i))) return 2;
     } else if (strcmp(a, "--gpu-numa") == 0) {
-      if (!(gpu_list = rkv_tool_optval("topo", argc, argv, &i))) return 2;
+      if (!(gpu_list = rt_optval("topo", argc, argv, &i))) return 2;
     } else if (strcmp(a, "--ranks") == 0) {
-      const char *v = rkv_tool_optval("topo", argc, argv, &i);
-      if (!v || !rkv_tool_parse_i64("topo", "--ranks", v, 1, TOPO_MAX_RANKS, &ranks)) return 2;
+      const char *v = rt_optval("topo", argc, argv, &i);
+      if (!v || !rt_parse_i64("topo", "--ranks", v, 1, TOPO_MAX_RANKS, &ranks)) return 2;
     } else {
       fprintf(stderr, "rkv topo: unknown option '%s' (see rkv topo --help)\n", a);
       return 2;
     }
   }
 
-  rkv_logger lg = rkv_tool_stderr_logger(RKV_LOG_INFO);
+  rkv_logger lg = rt_stderr_logger(RKV_LOG_INFO);
   rkv_topo_config cfg = RKV_TOPO_CONFIG_INIT;
   cfg.synthetic = synthetic;
   cfg.xml_path = xml;

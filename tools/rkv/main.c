@@ -5,7 +5,7 @@
 
 #include <rkv/runtime.h>
 
-#include "rkv_commands.h"
+#include "rt_commands.h"
 
 typedef struct command {
   const char *name;
@@ -13,7 +13,7 @@ typedef struct command {
   const char *summary;
 } command;
 
-static const command kCommands[] = {RKV_COMMAND_ROWS};
+static const command kCommands[] = {RT_COMMAND_ROWS};
 
 static void usage(FILE *f) {
   fprintf(f,

@@ -25,7 +25,7 @@
 
 #include "model.h"
 
-rkv_status rkv_model_cuda_head_dim(uint32_t head_dim, uint32_t *padded, float *qscale) {
+rkv_status rt_model_cuda_head_dim(uint32_t head_dim, uint32_t *padded, float *qscale) {
   static const uint32_t sizes[] = {64, 128, 256};
   const size_t n = sizeof sizes / sizeof sizes[0];
   if (!padded || !qscale || head_dim == 0) return RKV_ERR_INVALID_ARG;
@@ -57,8 +57,8 @@ typedef struct model_layer {
   float *w2;        /* [ff][d] */
 } model_layer;
 
-struct rkv_model {
-  rkv_model_config cfg;
+struct rt_model {
+  rt_model_config cfg;
   float *tok_emb;  /* [V][d] */
   float *prev_emb; /* [V][d] or NULL */
   float *final_norm;
@@ -82,9 +82,9 @@ static void msg(char *err, size_t err_len, const char *fmt, ...) {
 
 /* ---- loading --------------------------------------------------------------------------- */
 
-static rkv_status meta_int(const rkv_st_file *f, const char *key, int32_t lo, int32_t hi,
+static rkv_status meta_int(const rt_st_file *f, const char *key, int32_t lo, int32_t hi,
                            int32_t *out, char *err, size_t err_len) {
-  const char *v = rkv_st_meta(f, key);
+  const char *v = rt_st_meta(f, key);
   if (!v) {
     msg(err, err_len, "model metadata lacks '%s'", key);
     return RKV_ERR_FORMAT;
@@ -100,9 +100,9 @@ static rkv_status meta_int(const rkv_st_file *f, const char *key, int32_t lo, in
   return RKV_OK;
 }
 
-static rkv_status meta_float(const rkv_st_file *f, const char *key, double lo, double hi,
-                             float *out, char *err, size_t err_len) {
-  const char *v = rkv_st_meta(f, key);
+static rkv_status meta_float(const rt_st_file *f, const char *key, double lo, double hi, float *out,
+                             char *err, size_t err_len) {
+  const char *v = rt_st_meta(f, key);
   if (!v) {
     msg(err, err_len, "model metadata lacks '%s'", key);
     return RKV_ERR_FORMAT;
@@ -117,7 +117,7 @@ static rkv_status meta_float(const rkv_st_file *f, const char *key, double lo, d
   return RKV_OK;
 }
 
-static float *model_own(rkv_model *m, size_t n) {
+static float *model_own(rt_model *m, size_t n) {
   float **no = realloc(m->owned, (m->n_owned + 1) * sizeof *no);
   if (!no) return NULL;
   m->owned = no;
@@ -129,17 +129,17 @@ static float *model_own(rkv_model *m, size_t n) {
 
 /* Copies tensor `name` of shape [rows][cols] (cols = 0: a vector of rows) into fresh memory,
  * transposed to [cols][rows] when transpose. */
-static rkv_status load_tensor(rkv_model *m, const rkv_st_file *f, const char *name, int64_t rows,
+static rkv_status load_tensor(rt_model *m, const rt_st_file *f, const char *name, int64_t rows,
                               int64_t cols, bool transpose, float **out, char *err,
                               size_t err_len) {
-  const rkv_st_tensor *t = rkv_st_find(f, name);
+  const rt_st_tensor *t = rt_st_find(f, name);
   if (!t) {
     msg(err, err_len, "model file lacks tensor '%s'", name);
     return RKV_ERR_FORMAT;
   }
   bool shape_ok =
-      t->dtype == RKV_ST_F32 && (cols ? (t->ndim == 2 && t->shape[0] == rows && t->shape[1] == cols)
-                                      : (t->ndim == 1 && t->shape[0] == rows));
+      t->dtype == RT_ST_F32 && (cols ? (t->ndim == 2 && t->shape[0] == rows && t->shape[1] == cols)
+                                     : (t->ndim == 1 && t->shape[0] == rows));
   if (!shape_ok) {
     char want[48], got[96];
     if (cols)
@@ -152,7 +152,7 @@ static rkv_status load_tensor(rkv_model *m, const rkv_st_file *f, const char *na
                             (long long)t->shape[i]);
     snprintf(got + k, sizeof got - k, "]");
     msg(err, err_len, "tensor '%s': expected F32 %s, found %s %s", name, want,
-        t->dtype == RKV_ST_F32 ? "F32" : "non-F32", got);
+        t->dtype == RT_ST_F32 ? "F32" : "non-F32", got);
     return RKV_ERR_FORMAT;
   }
   size_t n = (size_t)rows * (size_t)(cols ? cols : 1);
@@ -161,7 +161,7 @@ static rkv_status load_tensor(rkv_model *m, const rkv_st_file *f, const char *na
     msg(err, err_len, "out of memory");
     return RKV_ERR_NO_MEMORY;
   }
-  const unsigned char *src = rkv_st_data(f, t);
+  const unsigned char *src = rt_st_data(f, t);
   if (transpose && cols) {
     for (int64_t r = 0; r < rows; r++)
       for (int64_t c = 0; c < cols; c++)
@@ -175,7 +175,7 @@ static rkv_status load_tensor(rkv_model *m, const rkv_st_file *f, const char *na
   return RKV_OK;
 }
 
-void rkv_model_destroy(rkv_model *m) {
+void rt_model_destroy(rt_model *m) {
   if (!m) return;
   for (size_t i = 0; i < m->n_owned; i++) free(m->owned[i]);
   free(m->owned);
@@ -183,9 +183,9 @@ void rkv_model_destroy(rkv_model *m) {
   free(m);
 }
 
-static rkv_status model_vocab(rkv_model *m, const rkv_st_file *f, char *err, size_t err_len) {
-  rkv_model_config *c = &m->cfg;
-  const char *v = rkv_st_meta(f, "vocab_codes");
+static rkv_status model_vocab(rt_model *m, const rt_st_file *f, char *err, size_t err_len) {
+  rt_model_config *c = &m->cfg;
+  const char *v = rt_st_meta(f, "vocab_codes");
   if (!v) {
     msg(err, err_len, "model metadata lacks 'vocab_codes'");
     return RKV_ERR_FORMAT;
@@ -196,7 +196,7 @@ static rkv_status model_vocab(rkv_model *m, const rkv_st_file *f, char *err, siz
   while (*s) {
     char *end;
     long code = strtol(s, &end, 10);
-    if (end == s || code < 0 || code > 127 || n >= RKV_MODEL_MAX_VOCAB) {
+    if (end == s || code < 0 || code > 127 || n >= RT_MODEL_MAX_VOCAB) {
       msg(err, err_len, "model metadata 'vocab_codes' is malformed near '%.16s'", s);
       return RKV_ERR_FORMAT;
     }
@@ -219,19 +219,19 @@ static rkv_status model_vocab(rkv_model *m, const rkv_st_file *f, char *err, siz
   return RKV_OK;
 }
 
-rkv_status rkv_model_load(const char *path, rkv_model **out, char *err, size_t err_len) {
+rkv_status rt_model_load(const char *path, rt_model **out, char *err, size_t err_len) {
   if (!out || !path) return RKV_ERR_INVALID_ARG;
   *out = NULL;
-  rkv_st_file *f = NULL;
-  rkv_status ret = rkv_st_read(path, &f, err, err_len);
+  rt_st_file *f = NULL;
+  rkv_status ret = rt_st_read(path, &f, err, err_len);
   if (ret != RKV_OK) return ret;
-  rkv_model *m = calloc(1, sizeof *m);
+  rt_model *m = calloc(1, sizeof *m);
   if (!m) {
-    rkv_st_free(f);
+    rt_st_free(f);
     return RKV_ERR_NO_MEMORY;
   }
-  rkv_model_config *c = &m->cfg;
-  if ((ret = meta_int(f, "vocab_size", 2, RKV_MODEL_MAX_VOCAB, &c->vocab_size, err, err_len)) ||
+  rt_model_config *c = &m->cfg;
+  if ((ret = meta_int(f, "vocab_size", 2, RT_MODEL_MAX_VOCAB, &c->vocab_size, err, err_len)) ||
       (ret = meta_int(f, "d_model", 1, 8192, &c->d_model, err, err_len)) ||
       (ret = meta_int(f, "n_layers", 1, 256, &c->n_layers, err, err_len)) ||
       (ret = meta_int(f, "n_heads", 1, 256, &c->n_heads, err, err_len)) ||
@@ -242,7 +242,7 @@ rkv_status rkv_model_load(const char *path, rkv_model **out, char *err, size_t e
       (ret = meta_float(f, "rope_theta", 1.0, 1e9, &c->rope_theta, err, err_len)) ||
       (ret = meta_float(f, "norm_eps", 0.0, 1.0, &c->norm_eps, err, err_len)))
     goto fail;
-  if (rkv_st_meta(f, "generator_version") &&
+  if (rt_st_meta(f, "generator_version") &&
       (ret = meta_int(f, "generator_version", 0, 1000000, &c->generator_version, err, err_len)))
     goto fail;
   if (c->head_dim % 2 || c->n_heads % c->n_kv_heads) {
@@ -284,34 +284,34 @@ rkv_status rkv_model_load(const char *path, rkv_model **out, char *err, size_t e
     LOAD(w2, d, ff, true);
 #undef LOAD
   }
-  rkv_st_free(f);
+  rt_st_free(f);
   *out = m;
   return RKV_OK;
 fail:
-  rkv_st_free(f);
-  rkv_model_destroy(m);
+  rt_st_free(f);
+  rt_model_destroy(m);
   return ret;
 }
 
-const rkv_model_config *rkv_model_get_config(const rkv_model *m) {
+const rt_model_config *rt_model_get_config(const rt_model *m) {
   return m ? &m->cfg : NULL;
 }
-size_t rkv_model_num_params(const rkv_model *m) {
+size_t rt_model_num_params(const rt_model *m) {
   return m ? m->n_params : 0;
 }
 
-int32_t rkv_model_token(const rkv_model *m, char c) {
+int32_t rt_model_token(const rt_model *m, char c) {
   return m ? m->char_to_id[(unsigned char)c] : -1;
 }
 
-rkv_status rkv_model_encode(const rkv_model *m, const char *text, int32_t *ids, size_t cap,
-                            size_t *n) {
+rkv_status rt_model_encode(const rt_model *m, const char *text, int32_t *ids, size_t cap,
+                           size_t *n) {
   if (!m || !text || !n) return RKV_ERR_INVALID_ARG;
   size_t len = strlen(text);
   *n = len;
   if (len > cap) return RKV_ERR_CAPACITY;
   for (size_t i = 0; i < len; i++) {
-    int32_t id = rkv_model_token(m, text[i]);
+    int32_t id = rt_model_token(m, text[i]);
     if (id < 0) return RKV_ERR_INVALID_ARG;
     ids[i] = id;
   }
@@ -370,9 +370,9 @@ static void rope(float *x, const int32_t *pos, int n, int heads, int hd, double 
 
 /* ---- the runner ------------------------------------------------------------------------ */
 
-struct rkv_model_runner {
-  const rkv_model *model;
-  rkv_model_runner_config cfg;
+struct rt_model_runner {
+  const rt_model *model;
+  rt_model_runner_config cfg;
   rkv_blockmgr *bm;
   rkv_kv_pool *pool;
   rkv_qwindow *qw;
@@ -396,9 +396,9 @@ struct rkv_model_runner {
   char err[256];
 };
 
-static rkv_status rfail(rkv_model_runner *r, rkv_status s, const char *fmt, ...)
+static rkv_status rfail(rt_model_runner *r, rkv_status s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-static rkv_status rfail(rkv_model_runner *r, rkv_status s, const char *fmt, ...) {
+static rkv_status rfail(rt_model_runner *r, rkv_status s, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(r->err, sizeof r->err, fmt, ap);
@@ -406,7 +406,7 @@ static rkv_status rfail(rkv_model_runner *r, rkv_status s, const char *fmt, ...)
   return s;
 }
 
-void rkv_model_runner_destroy(rkv_model_runner *r) {
+void rt_model_runner_destroy(rt_model_runner *r) {
   if (!r) return;
   rkv_buffer *bufs[] = {r->stage, r->hout, r->dq, r->dk, r->dv, r->dout};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) rkv_buffer_destroy(bufs[i]);
@@ -427,8 +427,8 @@ void rkv_model_runner_destroy(rkv_model_runner *r) {
 
 /* Staging and DEVICE rows for max_rows tokens, padded; fresh pinned memory is zeroed once so
  * the pads stay zero (only the first head_dim columns are ever written). */
-static rkv_status make_device_rows(rkv_model_runner *r, rkv_backend *be) {
-  const rkv_model_config *c = &r->model->cfg;
+static rkv_status make_device_rows(rt_model_runner *r, rkv_backend *be) {
+  const rt_model_config *c = &r->model->cfg;
   const size_t R = r->cfg.max_rows, D = r->dpad;
   const size_t qb = R * (size_t)c->n_heads * D * 4, kb = R * (size_t)c->n_kv_heads * D * 4;
   rkv_status st = rkv_buffer_create(be, RKV_BUFFER_HOST_PINNED, qb + 2 * kb, &r->stage);
@@ -441,9 +441,9 @@ static rkv_status make_device_rows(rkv_model_runner *r, rkv_backend *be) {
   return st;
 }
 
-rkv_status rkv_model_runner_create(const rkv_model *model, rkv_backend *backend,
-                                   const rkv_model_runner_config *cfg, rkv_model_runner **out,
-                                   char *err, size_t err_len) {
+rkv_status rt_model_runner_create(const rt_model *model, rkv_backend *backend,
+                                  const rt_model_runner_config *cfg, rt_model_runner **out,
+                                  char *err, size_t err_len) {
   if (!out) return RKV_ERR_INVALID_ARG;
   *out = NULL;
   if (!model || !backend || !cfg || !cfg->max_seqs || !cfg->max_rows || !cfg->num_blocks ||
@@ -451,8 +451,8 @@ rkv_status rkv_model_runner_create(const rkv_model *model, rkv_backend *backend,
     msg(err, err_len, "model runner: missing model/backend or a zero size in the config");
     return RKV_ERR_INVALID_ARG;
   }
-  const rkv_model_config *c = &model->cfg;
-  rkv_model_runner *r = calloc(1, sizeof *r);
+  const rt_model_config *c = &model->cfg;
+  rt_model_runner *r = calloc(1, sizeof *r);
   if (!r) return RKV_ERR_NO_MEMORY;
   r->model = model;
   r->cfg = *cfg;
@@ -462,7 +462,7 @@ rkv_status rkv_model_runner_create(const rkv_model *model, rkv_backend *backend,
   r->on_device = on_cuda;
   uint32_t pool_head_dim = (uint32_t)c->head_dim;
   float qscale = 1.0f;
-  if (on_cuda && rkv_model_cuda_head_dim(pool_head_dim, &pool_head_dim, &qscale) != RKV_OK) {
+  if (on_cuda && rt_model_cuda_head_dim(pool_head_dim, &pool_head_dim, &qscale) != RKV_OK) {
     msg(err, err_len, "model runner: head_dim %d is too large for the CUDA kernels (<= 256)",
         c->head_dim);
     ret = RKV_ERR_UNSUPPORTED;
@@ -559,38 +559,38 @@ rkv_status rkv_model_runner_create(const rkv_model *model, rkv_backend *backend,
   *out = r;
   return RKV_OK;
 fail:
-  rkv_model_runner_destroy(r);
+  rt_model_runner_destroy(r);
   return ret;
 }
 
-void rkv_model_runner_use_executor(rkv_model_runner *r, rkv_exec *x) {
+void rt_model_runner_use_executor(rt_model_runner *r, rkv_exec *x) {
   if (r) r->exec = x;
 }
 
-const char *rkv_model_runner_last_error(const rkv_model_runner *r) {
+const char *rt_model_runner_last_error(const rt_model_runner *r) {
   return r ? r->err : "";
 }
-rkv_blockmgr *rkv_model_runner_blockmgr(rkv_model_runner *r) {
+rkv_blockmgr *rt_model_runner_blockmgr(rt_model_runner *r) {
   return r ? r->bm : NULL;
 }
-rkv_kv_pool *rkv_model_runner_pool(rkv_model_runner *r) {
+rkv_kv_pool *rt_model_runner_pool(rt_model_runner *r) {
   return r ? r->pool : NULL;
 }
-rkv_qwindow *rkv_model_runner_qwindow(rkv_model_runner *r) {
+rkv_qwindow *rt_model_runner_qwindow(rt_model_runner *r) {
   return r ? r->qw : NULL;
 }
-bool rkv_model_runner_on_cuda(const rkv_model_runner *r) {
+bool rt_model_runner_on_cuda(const rt_model_runner *r) {
   return r && r->on_device;
 }
 
-float rkv_model_runner_attn_scale(const rkv_model_runner *r) {
+float rt_model_runner_attn_scale(const rt_model_runner *r) {
   if (!r || !r->on_device) return 0.0f;
   return 1.0f / sqrtf((float)r->model->cfg.head_dim) / r->qscale;
 }
 
-rkv_status rkv_model_runner_evict(rkv_model_runner *r, const rkv_evict_params *ep, int64_t seq,
-                                  uint32_t layer, void *workspace, size_t ws_bytes,
-                                  rkv_evict_result *res) {
+rkv_status rt_model_runner_evict(rt_model_runner *r, const rkv_evict_params *ep, int64_t seq,
+                                 uint32_t layer, void *workspace, size_t ws_bytes,
+                                 rkv_evict_result *res) {
   if (!r) return RKV_ERR_INVALID_ARG;
   if (r->on_device)
     return rfail(r, RKV_ERR_UNSUPPORTED, "eviction on a device runs in the executor");
@@ -599,7 +599,7 @@ rkv_status rkv_model_runner_evict(rkv_model_runner *r, const rkv_evict_params *e
   return s ? rfail(r, s, "%s", rkv_blockmgr_last_error(r->bm)) : RKV_OK;
 }
 
-rkv_status rkv_model_runner_seq_add(rkv_model_runner *r, int64_t seq) {
+rkv_status rt_model_runner_seq_add(rt_model_runner *r, int64_t seq) {
   if (!r) return RKV_ERR_INVALID_ARG;
   rkv_status s = RKV_OK;
   if (!r->cfg.external_append && (s = rkv_blockmgr_seq_create(r->bm, seq)) != RKV_OK)
@@ -611,7 +611,7 @@ rkv_status rkv_model_runner_seq_add(rkv_model_runner *r, int64_t seq) {
   return RKV_OK;
 }
 
-rkv_status rkv_model_runner_seq_remove(rkv_model_runner *r, int64_t seq) {
+rkv_status rt_model_runner_seq_remove(rt_model_runner *r, int64_t seq) {
   if (!r) return RKV_ERR_INVALID_ARG;
   rkv_status s = r->cfg.external_append ? RKV_OK : rkv_blockmgr_seq_free(r->bm, seq);
   if (r->qw) {
@@ -621,7 +621,7 @@ rkv_status rkv_model_runner_seq_remove(rkv_model_runner *r, int64_t seq) {
   return s ? rfail(r, s, "seq_remove(%lld) failed", (long long)seq) : RKV_OK;
 }
 
-uint32_t rkv_model_runner_blocks_needed(const rkv_model_runner *r, int64_t seq, uint32_t n) {
+uint32_t rt_model_runner_blocks_needed(const rt_model_runner *r, int64_t seq, uint32_t n) {
   uint32_t need = 0;
   if (!r || rkv_blockmgr_blocks_needed(r->bm, seq, n, &need) != RKV_OK) return UINT32_MAX;
   return need;
@@ -629,8 +629,8 @@ uint32_t rkv_model_runner_blocks_needed(const rkv_model_runner *r, int64_t seq, 
 
 /* The rest of a layer after attention: output projection and residual, then the SwiGLU MLP
  * and residual. */
-static void mlp_block(rkv_model_runner *r, const model_layer *L, int rows) {
-  const rkv_model_config *c = &r->model->cfg;
+static void mlp_block(rt_model_runner *r, const model_layer *L, int rows) {
+  const rt_model_config *c = &r->model->cfg;
   const int d = c->d_model, qd = c->n_heads * c->head_dim, ff = c->d_ff;
   matmul(r->h, r->att, L->wo, rows, qd, d);
   for (size_t i = 0; i < (size_t)rows * d; i++) r->x[i] += r->h[i];
@@ -647,7 +647,7 @@ static void mlp_block(rkv_model_runner *r, const model_layer *L, int rows) {
 
 /* The slots of seq's n new tokens, [streams][n]: appended here, or, when a scheduler appended
  * them already, read back as the last n positions of each stream. */
-static rkv_status take_slots(rkv_model_runner *r, int64_t seq, int32_t n, int64_t *sl) {
+static rkv_status take_slots(rt_model_runner *r, int64_t seq, int32_t n, int64_t *sl) {
   if (!r->cfg.external_append) {
     rkv_status s = rkv_blockmgr_append(r->bm, seq, (uint32_t)n, sl, NULL, NULL);
     return s ? rfail(r, s, "append(%lld, %d): %s", (long long)seq, n,
@@ -678,8 +678,8 @@ static void pad_rows(float *dst, const float *src, size_t n, size_t w, size_t D,
 /* One layer on a device: padded rows through pinned staging into DEVICE buffers, the
  * executor's kernels, the output back (the sync is also what frees the staging for the next
  * layer). Errors of the transfers read like the executor's. */
-static rkv_status device_layer(rkv_model_runner *r, uint32_t l, int rows) {
-  const rkv_model_config *c = &r->model->cfg;
+static rkv_status device_layer(rt_model_runner *r, uint32_t l, int rows) {
+  const rt_model_config *c = &r->model->cfg;
   const size_t hd = (size_t)c->head_dim, D = r->dpad, R = r->cfg.max_rows;
   const size_t qn = (size_t)rows * (size_t)c->n_heads, kn = (size_t)rows * (size_t)c->n_kv_heads;
   const size_t qcap = R * (size_t)c->n_heads * D * 4, kcap = R * (size_t)c->n_kv_heads * D * 4;
@@ -703,17 +703,17 @@ static rkv_status device_layer(rkv_model_runner *r, uint32_t l, int rows) {
   return RKV_OK;
 }
 
-rkv_status rkv_model_runner_step(rkv_model_runner *r, uint32_t n_seqs, const int64_t *seqs,
-                                 const int32_t *q_indptr, const int32_t *tokens,
-                                 const int32_t *prev_tok, const int32_t *pos0, float *logits,
-                                 bool all_rows) {
+rkv_status rt_model_runner_step(rt_model_runner *r, uint32_t n_seqs, const int64_t *seqs,
+                                const int32_t *q_indptr, const int32_t *tokens,
+                                const int32_t *prev_tok, const int32_t *pos0, float *logits,
+                                bool all_rows) {
   if (!r) return RKV_ERR_INVALID_ARG;
   if (!n_seqs || !seqs || !q_indptr || !tokens || !prev_tok || !pos0 || !logits)
     return rfail(r, RKV_ERR_INVALID_ARG, "step: NULL argument or empty batch");
   if (n_seqs > r->cfg.max_seqs)
     return rfail(r, RKV_ERR_CAPACITY, "step: %u sequences > max_seqs %u", n_seqs, r->cfg.max_seqs);
-  const rkv_model *m = r->model;
-  const rkv_model_config *c = &m->cfg;
+  const rt_model *m = r->model;
+  const rt_model_config *c = &m->cfg;
   const int d = c->d_model, nh = c->n_heads, nkv = c->n_kv_heads, hd = c->head_dim;
   const int qd = nh * hd, kd = nkv * hd, V = c->vocab_size;
   if (q_indptr[0] != 0) return rfail(r, RKV_ERR_INVALID_ARG, "step: q_indptr[0] != 0");
@@ -728,7 +728,7 @@ rkv_status rkv_model_runner_step(rkv_model_runner *r, uint32_t n_seqs, const int
         return rfail(r, RKV_ERR_NOT_FOUND, "step: sequence %lld unknown", (long long)seqs[b]);
       continue;
     }
-    uint32_t nb = rkv_model_runner_blocks_needed(r, seqs[b], (uint32_t)n);
+    uint32_t nb = rt_model_runner_blocks_needed(r, seqs[b], (uint32_t)n);
     if (nb == UINT32_MAX)
       return rfail(r, RKV_ERR_NOT_FOUND, "step: sequence %lld unknown", (long long)seqs[b]);
     need += nb;

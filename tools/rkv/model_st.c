@@ -13,13 +13,13 @@
 
 #define ST_MAX_DEPTH 32
 
-struct rkv_st_file {
+struct rt_st_file {
   uint8_t *buf; /* the whole file */
   size_t size;
   size_t body; /* offset of the data section */
   char *arena; /* decoded strings (each no longer than its JSON spelling) */
   size_t arena_used, arena_cap;
-  rkv_st_tensor *t;
+  rt_st_tensor *t;
   uint32_t n_tensors, cap_tensors;
   const char **meta_k;
   const char **meta_v;
@@ -29,18 +29,18 @@ struct rkv_st_file {
 typedef struct st_parser {
   const uint8_t *s;
   size_t n, i;
-  rkv_st_file *f;
+  rt_st_file *f;
   char *err;
   size_t err_len;
   rkv_status st;
 } st_parser;
 
-static const char *const st_dtype_names[RKV_ST_DTYPE_COUNT_] = {"F32", "F16", "BF16",
-                                                                "I32", "I64", "U8"};
+static const char *const st_dtype_names[RT_ST_DTYPE_COUNT_] = {"F32", "F16", "BF16",
+                                                               "I32", "I64", "U8"};
 
-size_t rkv_st_dtype_size(rkv_st_dtype dt) {
-  static const size_t sz[RKV_ST_DTYPE_COUNT_] = {4, 2, 2, 4, 8, 1};
-  return (unsigned)dt < RKV_ST_DTYPE_COUNT_ ? sz[dt] : 0;
+size_t rt_st_dtype_size(rt_st_dtype dt) {
+  static const size_t sz[RT_ST_DTYPE_COUNT_] = {4, 2, 2, 4, 8, 1};
+  return (unsigned)dt < RT_ST_DTYPE_COUNT_ ? sz[dt] : 0;
 }
 
 static void st_msg(char *err, size_t err_len, const char *fmt, ...)
@@ -255,10 +255,10 @@ static bool st_int_array(st_parser *p, int64_t *vals, uint32_t cap, uint32_t *co
 }
 
 static bool st_tensor(st_parser *p, const char *name) {
-  rkv_st_file *f = p->f;
+  rt_st_file *f = p->f;
   if (f->n_tensors == f->cap_tensors) {
     uint32_t cap = f->cap_tensors ? f->cap_tensors * 2 : 16;
-    rkv_st_tensor *t = realloc(f->t, cap * sizeof *t);
+    rt_st_tensor *t = realloc(f->t, cap * sizeof *t);
     if (!t) {
       p->st = RKV_ERR_NO_MEMORY;
       st_msg(p->err, p->err_len, "out of memory");
@@ -267,7 +267,7 @@ static bool st_tensor(st_parser *p, const char *name) {
     f->t = t;
     f->cap_tensors = cap;
   }
-  rkv_st_tensor *t = &f->t[f->n_tensors];
+  rt_st_tensor *t = &f->t[f->n_tensors];
   memset(t, 0, sizeof *t);
   t->name = name;
   bool have_dtype = false, have_shape = false, have_off = false;
@@ -281,7 +281,7 @@ static bool st_tensor(st_parser *p, const char *name) {
         const char *dt;
         if (!st_string(p, &dt)) return false;
         int found = -1;
-        for (int j = 0; j < RKV_ST_DTYPE_COUNT_; j++)
+        for (int j = 0; j < RT_ST_DTYPE_COUNT_; j++)
           if (strcmp(dt, st_dtype_names[j]) == 0) found = j;
         if (found < 0) {
           p->st = RKV_ERR_FORMAT;
@@ -289,10 +289,10 @@ static bool st_tensor(st_parser *p, const char *name) {
                  dt);
           return false;
         }
-        t->dtype = (rkv_st_dtype)found;
+        t->dtype = (rt_st_dtype)found;
         have_dtype = true;
       } else if (strcmp(key, "shape") == 0) {
-        if (!st_int_array(p, t->shape, RKV_ST_MAX_DIMS, &t->ndim)) return false;
+        if (!st_int_array(p, t->shape, RT_ST_MAX_DIMS, &t->ndim)) return false;
         have_shape = true;
       } else if (strcmp(key, "data_offsets") == 0) {
         int64_t off[2];
@@ -328,7 +328,7 @@ static bool st_tensor(st_parser *p, const char *name) {
 }
 
 static bool st_metadata(st_parser *p) {
-  rkv_st_file *f = p->f;
+  rt_st_file *f = p->f;
   if (!st_expect(p, '{')) return false;
   if (st_peek(p, '}')) {
     p->i++;
@@ -376,7 +376,7 @@ static int st_span_cmp(const void *a, const void *b) {
 
 /* Two tensors sharing bytes would alias: writing one (or a crafted file) silently changes the
  * other. Empty tensors occupy nothing and cannot overlap. */
-static rkv_status st_check_overlap(const rkv_st_file *f, char *err, size_t err_len) {
+static rkv_status st_check_overlap(const rt_st_file *f, char *err, size_t err_len) {
   st_span *v = malloc(((size_t)f->n_tensors + 1) * sizeof *v);
   if (!v) {
     st_msg(err, err_len, "out of memory");
@@ -389,7 +389,7 @@ static rkv_status st_check_overlap(const rkv_st_file *f, char *err, size_t err_l
   rkv_status s = RKV_OK;
   for (uint32_t k = 1; k < n && s == RKV_OK; k++) {
     if (v[k].begin >= v[k - 1].end) continue;
-    const rkv_st_tensor *a = &f->t[v[k - 1].idx], *b = &f->t[v[k].idx];
+    const rt_st_tensor *a = &f->t[v[k - 1].idx], *b = &f->t[v[k].idx];
     st_msg(err, err_len,
            "safetensors: tensors '%s' [%llu, %llu] and '%s' [%llu, %llu] overlap in the data "
            "section",
@@ -404,13 +404,13 @@ static rkv_status st_check_overlap(const rkv_st_file *f, char *err, size_t err_l
 /* Floating-point tensors must hold finite numbers: a NaN weight turns every logit into NaN
  * and the evaluation into noise that still exits 0. Checked on the exponent bits, so F16
  * and BF16 need no conversion. */
-static rkv_status st_check_finite(const rkv_st_file *f, const rkv_st_tensor *t, char *err,
+static rkv_status st_check_finite(const rt_st_file *f, const rt_st_tensor *t, char *err,
                                   size_t err_len) {
   const uint8_t *p = f->buf + f->body + t->begin;
-  uint64_t n = (t->end - t->begin) / (t->dtype == RKV_ST_F32 ? 4 : 2);
+  uint64_t n = (t->end - t->begin) / (t->dtype == RT_ST_F32 ? 4 : 2);
   for (uint64_t i = 0; i < n; i++) {
     bool bad, nan;
-    if (t->dtype == RKV_ST_F32) {
+    if (t->dtype == RT_ST_F32) {
       uint32_t u;
       memcpy(&u, p + 4 * i, 4);
       bad = (u & 0x7f800000u) == 0x7f800000u;
@@ -418,7 +418,7 @@ static rkv_status st_check_finite(const rkv_st_file *f, const rkv_st_tensor *t, 
     } else {
       uint16_t h;
       memcpy(&h, p + 2 * i, 2);
-      uint16_t exp = t->dtype == RKV_ST_F16 ? 0x7c00u : 0x7f80u;
+      uint16_t exp = t->dtype == RT_ST_F16 ? 0x7c00u : 0x7f80u;
       bad = (h & exp) == exp;
       nan = bad && (h & (uint16_t) ~(exp | 0x8000u));
     }
@@ -431,10 +431,10 @@ static rkv_status st_check_finite(const rkv_st_file *f, const rkv_st_tensor *t, 
   return RKV_OK;
 }
 
-static rkv_status st_validate(rkv_st_file *f, char *err, size_t err_len) {
+static rkv_status st_validate(rt_st_file *f, char *err, size_t err_len) {
   uint64_t data = f->size - f->body;
   for (uint32_t i = 0; i < f->n_tensors; i++) {
-    const rkv_st_tensor *t = &f->t[i];
+    const rt_st_tensor *t = &f->t[i];
     uint64_t count = 1;
     for (uint32_t d = 0; d < t->ndim; d++) {
       uint64_t s = (uint64_t)t->shape[d];
@@ -444,7 +444,7 @@ static rkv_status st_validate(rkv_st_file *f, char *err, size_t err_len) {
       }
       count *= s;
     }
-    uint64_t bytes = count * rkv_st_dtype_size(t->dtype);
+    uint64_t bytes = count * rt_st_dtype_size(t->dtype);
     if (t->begin > t->end || t->end > data || t->end - t->begin != bytes) {
       st_msg(err, err_len,
              "safetensors: tensor '%s' data_offsets [%llu, %llu] do not hold %llu bytes inside "
@@ -461,14 +461,14 @@ static rkv_status st_validate(rkv_st_file *f, char *err, size_t err_len) {
   }
   rkv_status s = st_check_overlap(f, err, err_len);
   for (uint32_t i = 0; i < f->n_tensors && s == RKV_OK; i++) {
-    rkv_st_dtype dt = f->t[i].dtype;
-    if (dt == RKV_ST_F32 || dt == RKV_ST_F16 || dt == RKV_ST_BF16)
+    rt_st_dtype dt = f->t[i].dtype;
+    if (dt == RT_ST_F32 || dt == RT_ST_F16 || dt == RT_ST_BF16)
       s = st_check_finite(f, &f->t[i], err, err_len);
   }
   return s;
 }
 
-void rkv_st_free(rkv_st_file *f) {
+void rt_st_free(rt_st_file *f) {
   if (!f) return;
   free(f->buf);
   free(f->arena);
@@ -478,8 +478,7 @@ void rkv_st_free(rkv_st_file *f) {
   free(f);
 }
 
-rkv_status rkv_st_parse(const void *data, size_t size, rkv_st_file **out, char *err,
-                        size_t err_len) {
+rkv_status rt_st_parse(const void *data, size_t size, rt_st_file **out, char *err, size_t err_len) {
   if (!out || (!data && size)) return RKV_ERR_INVALID_ARG;
   *out = NULL;
   if (size < 8) {
@@ -494,12 +493,12 @@ rkv_status rkv_st_parse(const void *data, size_t size, rkv_st_file **out, char *
            (unsigned long long)hlen, size);
     return RKV_ERR_FORMAT;
   }
-  rkv_st_file *f = calloc(1, sizeof *f);
+  rt_st_file *f = calloc(1, sizeof *f);
   if (!f) return RKV_ERR_NO_MEMORY;
   f->buf = malloc(size);
   f->arena = malloc((size_t)hlen + 1);
   if (!f->buf || !f->arena) {
-    rkv_st_free(f);
+    rt_st_free(f);
     st_msg(err, err_len, "out of memory");
     return RKV_ERR_NO_MEMORY;
   }
@@ -536,14 +535,14 @@ rkv_status rkv_st_parse(const void *data, size_t size, rkv_st_file **out, char *
   }
   rkv_status s = ok ? st_validate(f, err, err_len) : p.st;
   if (s != RKV_OK) {
-    rkv_st_free(f);
+    rt_st_free(f);
     return s;
   }
   *out = f;
   return RKV_OK;
 }
 
-rkv_status rkv_st_read(const char *path, rkv_st_file **out, char *err, size_t err_len) {
+rkv_status rt_st_read(const char *path, rt_st_file **out, char *err, size_t err_len) {
   if (!out || !path) return RKV_ERR_INVALID_ARG;
   *out = NULL;
   FILE *fp = fopen(path, "rb");
@@ -558,28 +557,28 @@ rkv_status rkv_st_read(const char *path, rkv_st_file **out, char *err, size_t er
   uint8_t *buf = NULL;
   size_t len = 0, cap = 0;
   rkv_status s = RKV_OK;
-  if (regular && (uint64_t)sb.st_size > RKV_ST_MAX_FILE) {
+  if (regular && (uint64_t)sb.st_size > RT_ST_MAX_FILE) {
     s = RKV_ERR_FORMAT;
     st_msg(err, err_len, "'%s' is %llu bytes, over the %llu-byte limit", path,
-           (unsigned long long)sb.st_size, (unsigned long long)RKV_ST_MAX_FILE);
+           (unsigned long long)sb.st_size, (unsigned long long)RT_ST_MAX_FILE);
   }
   while (s == RKV_OK) {
     if (len == 8) {
       uint64_t hlen = 0;
       for (int j = 7; j >= 0; j--) hlen = hlen << 8 | buf[j];
-      if (hlen < 2 || hlen > RKV_ST_MAX_HEADER || (regular && hlen > (uint64_t)sb.st_size - 8)) {
+      if (hlen < 2 || hlen > RT_ST_MAX_HEADER || (regular && hlen > (uint64_t)sb.st_size - 8)) {
         s = RKV_ERR_FORMAT;
         st_msg(err, err_len,
                "'%s': header length %llu is outside [2, %llu] or does not fit the file", path,
-               (unsigned long long)hlen, (unsigned long long)RKV_ST_MAX_HEADER);
+               (unsigned long long)hlen, (unsigned long long)RT_ST_MAX_HEADER);
         break;
       }
     }
     if (len == cap) {
-      if (cap >= RKV_ST_MAX_FILE) {
+      if (cap >= RT_ST_MAX_FILE) {
         s = RKV_ERR_FORMAT;
         st_msg(err, err_len, "'%s' is longer than the %llu-byte limit", path,
-               (unsigned long long)RKV_ST_MAX_FILE);
+               (unsigned long long)RT_ST_MAX_FILE);
         break;
       }
       /* 8 bytes first (the header length), then the whole file when its size is known */
@@ -587,7 +586,7 @@ rkv_status rkv_st_read(const char *path, rkv_st_file **out, char *err, size_t er
                     : regular && cap < (size_t)sb.st_size + 1 ? (size_t)sb.st_size + 1
                     : cap < (1 << 16)                         ? 1 << 16
                                                               : cap * 2;
-      if (ncap > RKV_ST_MAX_FILE + 1) ncap = (size_t)RKV_ST_MAX_FILE + 1;
+      if (ncap > RT_ST_MAX_FILE + 1) ncap = (size_t)RT_ST_MAX_FILE + 1;
       uint8_t *nb = realloc(buf, ncap);
       if (!nb) {
         s = RKV_ERR_NO_MEMORY;
@@ -610,7 +609,7 @@ rkv_status rkv_st_read(const char *path, rkv_st_file **out, char *err, size_t er
   }
   fclose(fp);
   if (s == RKV_OK) {
-    s = rkv_st_parse(buf, len, out, err, err_len);
+    s = rt_st_parse(buf, len, out, err, err_len);
     if (s == RKV_ERR_FORMAT && err && err_len) {
       char tmp[512];
       snprintf(tmp, sizeof tmp, "%s: %s", path, err);
@@ -621,26 +620,26 @@ rkv_status rkv_st_read(const char *path, rkv_st_file **out, char *err, size_t er
   return s;
 }
 
-uint32_t rkv_st_num_tensors(const rkv_st_file *f) {
+uint32_t rt_st_num_tensors(const rt_st_file *f) {
   return f ? f->n_tensors : 0;
 }
 
-const rkv_st_tensor *rkv_st_tensor_at(const rkv_st_file *f, uint32_t i) {
+const rt_st_tensor *rt_st_tensor_at(const rt_st_file *f, uint32_t i) {
   return f && i < f->n_tensors ? &f->t[i] : NULL;
 }
 
-const rkv_st_tensor *rkv_st_find(const rkv_st_file *f, const char *name) {
+const rt_st_tensor *rt_st_find(const rt_st_file *f, const char *name) {
   if (!f || !name) return NULL;
   for (uint32_t i = 0; i < f->n_tensors; i++)
     if (strcmp(f->t[i].name, name) == 0) return &f->t[i];
   return NULL;
 }
 
-const void *rkv_st_data(const rkv_st_file *f, const rkv_st_tensor *t) {
+const void *rt_st_data(const rt_st_file *f, const rt_st_tensor *t) {
   return f && t ? f->buf + f->body + t->begin : NULL;
 }
 
-const char *rkv_st_meta(const rkv_st_file *f, const char *key) {
+const char *rt_st_meta(const rt_st_file *f, const char *key) {
   if (!f || !key) return NULL;
   for (uint32_t i = 0; i < f->n_meta; i++)
     if (strcmp(f->meta_k[i], key) == 0) return f->meta_v[i];

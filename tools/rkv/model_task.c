@@ -16,9 +16,9 @@ static uint64_t task_mix(uint64_t *state) {
   return z ^ (z >> 31);
 }
 
-rkv_status rkv_task_problem_make(uint64_t seed, uint64_t index, int32_t lo, int32_t hi,
-                                 rkv_task_problem *p) {
-  if (!p || lo < RKV_TASK_MIN_DIGITS || hi > RKV_TASK_MAX_DIGITS || lo > hi)
+rkv_status rt_task_problem_make(uint64_t seed, uint64_t index, int32_t lo, int32_t hi,
+                                rt_task_problem *p) {
+  if (!p || lo < RT_TASK_MIN_DIGITS || hi > RT_TASK_MAX_DIGITS || lo > hi)
     return RKV_ERR_INVALID_ARG;
   memset(p, 0, sizeof *p);
   uint64_t s0 = seed * 0x100000001B3ull + index;
@@ -33,7 +33,7 @@ rkv_status rkv_task_problem_make(uint64_t seed, uint64_t index, int32_t lo, int3
   }
   /* Column sums, least significant first; sum[] is most significant first. */
   int carry = 0;
-  char lines[RKV_TASK_MAX_DIGITS * 10 + 1];
+  char lines[RT_TASK_MAX_DIGITS * 10 + 1];
   for (int i = 0; i < n; i++) {
     const int da = p->a[n - 1 - i] - '0', db = p->b[n - 1 - i] - '0';
     const int s = da + db + carry;
@@ -71,7 +71,7 @@ rkv_status rkv_task_problem_make(uint64_t seed, uint64_t index, int32_t lo, int3
   q[k++] = '\n';
   q[k] = '\0';
 
-  char ans[2 * (RKV_TASK_MAX_DIGITS + 1) + 1];
+  char ans[2 * (RT_TASK_MAX_DIGITS + 1) + 1];
   for (int j = 0; j <= n; j++) {
     ans[2 * j] = (char)('A' + n - j);
     ans[2 * j + 1] = p->sum[j];
@@ -91,7 +91,7 @@ static const char *strip_zeros(const char *s, size_t *len) {
   return s;
 }
 
-bool rkv_task_check(const rkv_task_problem *p, const char *generated) {
+bool rt_task_check(const rt_task_problem *p, const char *generated) {
   if (!p || !generated) return false;
   /* The last occurrence of the answer phrase, as task.parse_answer's rfind. */
   const char *at = NULL;

@@ -79,7 +79,7 @@ static bool read_int(cursor *c, int64_t *v) {
 
 /* The magic, version and header dict at the start of buf (len bytes, which need not include
  * the data): fills out's type, shape and count and *data_off, the offset of the data. */
-static rkv_status parse_header(const uint8_t *buf, size_t len, rkv_npy *out, size_t *data_off,
+static rkv_status parse_header(const uint8_t *buf, size_t len, rt_npy *out, size_t *data_off,
                                char *err, size_t err_len) {
   memset(out, 0, sizeof *out);
   if (len < 10 || memcmp(buf, "\x93NUMPY", 6) != 0) return BAD("not a .npy file (bad magic)");
@@ -120,7 +120,7 @@ static rkv_status parse_header(const uint8_t *buf, size_t len, rkv_npy *out, siz
       if (!eat(&c, '(')) return BAD("malformed 'shape'");
       out->ndim = 0;
       while (!eat(&c, ')')) {
-        if (out->ndim >= RKV_NPY_MAX_DIMS) return BAD("more than %d dimensions", RKV_NPY_MAX_DIMS);
+        if (out->ndim >= RT_NPY_MAX_DIMS) return BAD("more than %d dimensions", RT_NPY_MAX_DIMS);
         int64_t v;
         if (!read_int(&c, &v)) return BAD("malformed 'shape' entry");
         out->shape[out->ndim++] = v;
@@ -147,13 +147,13 @@ static rkv_status parse_header(const uint8_t *buf, size_t len, rkv_npy *out, siz
   if (fortran) return BAD("Fortran-order arrays are unsupported (use C order)");
   static const struct {
     const char *d;
-    rkv_npy_type t;
+    rt_npy_type t;
     size_t size;
-  } kTypes[] = {{"<f4", RKV_NPY_F4, 4},
-                {"<f8", RKV_NPY_F8, 8},
-                {"<f2", RKV_NPY_F2, 2},
-                {"<i8", RKV_NPY_I8, 8},
-                {"<i4", RKV_NPY_I4, 4}};
+  } kTypes[] = {{"<f4", RT_NPY_F4, 4},
+                {"<f8", RT_NPY_F8, 8},
+                {"<f2", RT_NPY_F2, 2},
+                {"<i8", RT_NPY_I8, 8},
+                {"<i4", RT_NPY_I4, 4}};
   int found = 0;
   for (size_t i = 0; i < sizeof kTypes / sizeof kTypes[0]; i++) {
     if (strcmp(descr, kTypes[i].d) == 0) {
@@ -178,7 +178,7 @@ static rkv_status parse_header(const uint8_t *buf, size_t len, rkv_npy *out, siz
   return RKV_OK;
 }
 
-rkv_status rkv_npy_parse(const uint8_t *buf, size_t len, rkv_npy *out, char *err, size_t err_len) {
+rkv_status rt_npy_parse(const uint8_t *buf, size_t len, rt_npy *out, char *err, size_t err_len) {
   if (!buf || !out) return npy_fail(err, err_len, RKV_ERR_INVALID_ARG, "NULL argument");
   size_t off = 0;
   rkv_status s = parse_header(buf, len, out, &off, err, err_len);
@@ -196,25 +196,25 @@ rkv_status rkv_npy_parse(const uint8_t *buf, size_t len, rkv_npy *out, char *err
   return RKV_OK;
 }
 
-double rkv_npy_get(const rkv_npy *a, size_t i) {
+double rt_npy_get(const rt_npy *a, size_t i) {
   const uint8_t *p = a->data + i * a->elem_size;
   switch (a->type) {
-    case RKV_NPY_F4: {
+    case RT_NPY_F4: {
       float f;
       memcpy(&f, p, 4);
       return f;
     }
-    case RKV_NPY_F8: {
+    case RT_NPY_F8: {
       double d;
       memcpy(&d, p, 8);
       return d;
     }
-    case RKV_NPY_F2: {
+    case RT_NPY_F2: {
       uint16_t h;
       memcpy(&h, p, 2);
       return rkv_f16_to_f32(h);
     }
-    case RKV_NPY_I8: {
+    case RT_NPY_I8: {
       int64_t v;
       memcpy(&v, p, 8);
       return (double)v;
@@ -238,8 +238,8 @@ static size_t read_upto(FILE *f, uint8_t *dst, size_t n) {
   return got;
 }
 
-rkv_status rkv_npy_load_f32(const char *path, float **data, rkv_npy *info, char *err,
-                            size_t err_len) {
+rkv_status rt_npy_load_f32(const char *path, float **data, rt_npy *info, char *err,
+                           size_t err_len) {
   if (!path || !data || !info) return npy_fail(err, err_len, RKV_ERR_INVALID_ARG, "NULL argument");
   *data = NULL;
   memset(info, 0, sizeof *info);
@@ -255,10 +255,10 @@ rkv_status rkv_npy_load_f32(const char *path, float **data, rkv_npy *info, char 
     hl = (size_t)pre[8] | (size_t)pre[9] << 8;
     if (pre[6] != 1 && len >= 12) hl |= (size_t)pre[10] << 16 | (size_t)pre[11] << 24;
   }
-  if (hl > RKV_NPY_MAX_HEADER) {
+  if (hl > RT_NPY_MAX_HEADER) {
     fclose(f);
     return npy_fail(err, err_len, RKV_ERR_FORMAT, "%s: header length %zu exceeds the %u-byte limit",
-                    path, hl, RKV_NPY_MAX_HEADER);
+                    path, hl, RT_NPY_MAX_HEADER);
   }
   rkv_status s = RKV_OK;
   char why[200] = "";
@@ -273,10 +273,10 @@ rkv_status rkv_npy_load_f32(const char *path, float **data, rkv_npy *info, char 
   }
   if (s == RKV_OK) {
     bytes = info->count * info->elem_size; /* parse_header keeps count below SIZE_MAX / 16 */
-    if (bytes > RKV_NPY_MAX_DATA) {
+    if (bytes > RT_NPY_MAX_DATA) {
       s = RKV_ERR_FORMAT;
       snprintf(why, sizeof why, "%zu data bytes exceed the %llu-byte limit", bytes,
-               (unsigned long long)RKV_NPY_MAX_DATA);
+               (unsigned long long)RT_NPY_MAX_DATA);
     }
   }
   if (s == RKV_OK) {
@@ -304,7 +304,7 @@ rkv_status rkv_npy_load_f32(const char *path, float **data, rkv_npy *info, char 
     snprintf(why, sizeof why, "trailing bytes after the %zu data bytes the header describes",
              bytes);
   }
-  if (s == RKV_OK) s = rkv_npy_parse(buf, len, info, why, sizeof why);
+  if (s == RKV_OK) s = rt_npy_parse(buf, len, info, why, sizeof why);
   if (s != RKV_OK) {
     free(buf);
     return npy_fail(err, err_len, s, "%s: %s", path, why);
@@ -314,18 +314,18 @@ rkv_status rkv_npy_load_f32(const char *path, float **data, rkv_npy *info, char 
     free(buf);
     return npy_fail(err, err_len, RKV_ERR_NO_MEMORY, "%s: out of memory", path);
   }
-  for (size_t i = 0; i < info->count; i++) out[i] = (float)rkv_npy_get(info, i);
+  for (size_t i = 0; i < info->count; i++) out[i] = (float)rt_npy_get(info, i);
   info->data = NULL; /* the buffer goes away */
   free(buf);
   *data = out;
   return RKV_OK;
 }
 
-size_t rkv_npy_format_header(char *buf, size_t cap, const char *descr, int ndim,
-                             const int64_t *shape) {
+size_t rt_npy_format_header(char *buf, size_t cap, const char *descr, int ndim,
+                            const int64_t *shape) {
   char dict[512], dims[400] = "";
   size_t dl = 0;
-  for (int i = 0; i < ndim && i < RKV_NPY_MAX_DIMS; i++) {
+  for (int i = 0; i < ndim && i < RT_NPY_MAX_DIMS; i++) {
     int w = snprintf(dims + dl, sizeof dims - dl, "%lld%s", (long long)shape[i],
                      ndim == 1      ? ","
                      : i + 1 < ndim ? ", "
@@ -348,11 +348,11 @@ size_t rkv_npy_format_header(char *buf, size_t cap, const char *descr, int ndim,
   return total;
 }
 
-rkv_status rkv_npy_save(const char *path, const char *descr, int ndim, const int64_t *shape,
-                        const void *data, char *err, size_t err_len) {
+rkv_status rt_npy_save(const char *path, const char *descr, int ndim, const int64_t *shape,
+                       const void *data, char *err, size_t err_len) {
   size_t esz = strcmp(descr, "<i8") == 0 || strcmp(descr, "<f8") == 0 ? 8 : 4;
   char hdr[1024];
-  size_t hl = rkv_npy_format_header(hdr, sizeof hdr, descr, ndim, shape);
+  size_t hl = rt_npy_format_header(hdr, sizeof hdr, descr, ndim, shape);
   if (hl == 0) return npy_fail(err, err_len, RKV_ERR_INVALID_ARG, "%s: shape too long", path);
   size_t count = 1;
   for (int i = 0; i < ndim; i++) count *= (size_t)shape[i];

@@ -1,7 +1,7 @@
 /* Private to `rkv replay`: the parsed form of one script line and the line parser
  * (tools/rkv/replay_parse.c). The script format is documented in docs/REPLAY.md. */
-#ifndef RKV_TOOL_REPLAY_H
-#define RKV_TOOL_REPLAY_H
+#ifndef RT_REPLAY_H
+#define RT_REPLAY_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -55,6 +55,6 @@ typedef struct replay_op {
 /* Parses one script line (modified in place: comments are cut off). Returns 1 for a blank or
  * comment-only line, 0 with *op filled, or -1 with a message in msg (syntax only: whether
  * keep positions are sorted and in range is checked when the line runs). */
-int rkv_replay_parse_line(char *line, replay_op *op, char *msg, size_t msg_size);
+int rt_replay_parse_line(char *line, replay_op *op, char *msg, size_t msg_size);
 
-#endif /* RKV_TOOL_REPLAY_H */
+#endif /* RT_REPLAY_H */

@@ -165,7 +165,7 @@ static int parse_prefix(char **w, int n, replay_op *op, char *msg, size_t size) 
   return parse_name(w[2], cmd, op, msg, size);
 }
 
-int rkv_replay_parse_line(char *line, replay_op *op, char *msg, size_t msg_size) {
+int rt_replay_parse_line(char *line, replay_op *op, char *msg, size_t msg_size) {
   memset(op, 0, sizeof *op);
   char *hash = strchr(line, '#');
   if (hash) *hash = '\0';

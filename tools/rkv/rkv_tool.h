@@ -1,8 +1,8 @@
 /* Shared helpers for the `rkv` subcommands: the generated command prototypes, option
  * parsing with clear errors, a monotonic clock, and progress lines on stderr. Every
  * tools/rkv/cmd_<name>.c includes this first. */
-#ifndef RKV_TOOL_H
-#define RKV_TOOL_H
+#ifndef RT_H
+#define RT_H
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -10,57 +10,57 @@
 
 #include <rkv/runtime.h>
 
-#include "rkv_commands.h"
+#include "rt_commands.h"
 
 /* Seconds on a monotonic clock. */
-double rkv_tool_now(void);
+double rt_now(void);
 
 /* Option value parsers: print "rkv <cmd>: bad value for --opt: '...'" and return false on a
  * malformed or out-of-range value. Integers are decimal digits only (a leading '-' for i64);
  * f64 takes finite decimal numbers, never hexadecimal, inf or nan. */
-bool rkv_tool_parse_u64(const char *cmd, const char *opt, const char *s, uint64_t lo, uint64_t hi,
-                        uint64_t *out);
-bool rkv_tool_parse_i64(const char *cmd, const char *opt, const char *s, int64_t lo, int64_t hi,
-                        int64_t *out);
-bool rkv_tool_parse_f64(const char *cmd, const char *opt, const char *s, double lo, double hi,
-                        double *out);
+bool rt_parse_u64(const char *cmd, const char *opt, const char *s, uint64_t lo, uint64_t hi,
+                  uint64_t *out);
+bool rt_parse_i64(const char *cmd, const char *opt, const char *s, int64_t lo, int64_t hi,
+                  int64_t *out);
+bool rt_parse_f64(const char *cmd, const char *opt, const char *s, double lo, double hi,
+                  double *out);
 
 /* Checks the shape of a comma list before it is split: not empty, no empty item, at most
  * max_items items and max_len characters. Prints "rkv <cmd>: bad value for --opt: '...'
  * (why)" and returns false otherwise. */
-bool rkv_tool_check_list(const char *cmd, const char *opt, const char *s, size_t max_items,
-                         size_t max_len);
+bool rt_check_list(const char *cmd, const char *opt, const char *s, size_t max_items,
+                   size_t max_len);
 
 /* Median of v[0..n) (n >= 1); sorts v in place (v[0] is then the minimum). */
-double rkv_tool_median(double *v, size_t n);
+double rt_median(double *v, size_t n);
 
 /* A numeric option: name, destination, inclusive range. */
-typedef struct rkv_tool_u64_opt {
+typedef struct rt_u64_opt {
   const char *name;
   uint64_t *dst;
   uint64_t lo, hi;
-} rkv_tool_u64_opt;
+} rt_u64_opt;
 /* Parses argv[*i] against a table of numeric options, consuming its value: 1 = parsed,
  * 0 = not in the table (argv[*i] untouched), -1 = bad or missing value (message printed). */
-int rkv_tool_parse_u64_opt(const char *cmd, int argc, char **argv, int *i,
-                           const rkv_tool_u64_opt *opts, size_t n_opts);
+int rt_parse_u64_opt(const char *cmd, int argc, char **argv, int *i, const rt_u64_opt *opts,
+                     size_t n_opts);
 
 /* Fetches the value of option argv[*i] (advancing *i); prints an error and returns NULL when
  * it is missing. */
-const char *rkv_tool_optval(const char *cmd, int argc, char **argv, int *i);
+const char *rt_optval(const char *cmd, int argc, char **argv, int *i);
 
 /* Progress on stderr at most every `interval` seconds (pass the state struct zeroed). */
-typedef struct rkv_progress {
+typedef struct rt_progress {
   double start;
   double last;
   double interval;
-} rkv_progress;
-void rkv_progress_init(rkv_progress *p, double interval);
+} rt_progress;
+void rt_progress_init(rt_progress *p, double interval);
 /* Prints "\r<label> done/total (pct) rate/s eta" when due; final=true prints a newline. */
-void rkv_progress_update(rkv_progress *p, const char *label, uint64_t done, uint64_t total,
-                         bool final);
+void rt_progress_update(rt_progress *p, const char *label, uint64_t done, uint64_t total,
+                        bool final);
 
 /* A logger that prints library messages on stderr at the given level. */
-rkv_logger rkv_tool_stderr_logger(rkv_log_level level);
+rkv_logger rt_stderr_logger(rkv_log_level level);
 
-#endif /* RKV_TOOL_H */
+#endif /* RT_H */

@@ -2,8 +2,8 @@
  * model, workloads (Azure traces, Poisson, fixed batch) with reasoning-length generations,
  * the synthetic token/K/V model, the compute engines (none / cpu / cuda) and the report
  * writers (table, JSON, SVG). docs/SIMULATOR.md describes every rule used here. */
-#ifndef RKV_TOOL_SIM_H
-#define RKV_TOOL_SIM_H
+#ifndef RT_SIM_H
+#define RT_SIM_H
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -261,4 +261,4 @@ int sim_tp_main(const sim_opts *o, const sim_req *reqs, uint32_t n);
 /* World size announced by mpirun in the environment (0 when not under a launcher). */
 int sim_tp_env_world_size(void);
 
-#endif /* RKV_TOOL_SIM_H */
+#endif /* RT_SIM_H */

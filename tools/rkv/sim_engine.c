@@ -342,9 +342,9 @@ static void sim_engine_drop_tokens(sim_engine *e, int64_t id) {
 
 static bool run_cpu(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *outs) {
   for (uint32_t i = 0; i < p->n_finished; i++) sim_engine_drop_tokens(e, p->finished[i]);
-  double t0 = rkv_tool_now();
+  double t0 = rt_now();
   if (!exec_ok(e, rkv_exec_begin(e->x, p), "executor begin")) return false;
-  e->times.swap += rkv_tool_now() - t0;
+  e->times.swap += rt_now() - t0;
   const size_t rows = p->n_batched_tokens, d = e->m.head_dim;
   if (!sim_grow((void **)&e->q, &e->q_cap, rows * e->m.q_heads * d + 1, sizeof(float)) ||
       !sim_grow((void **)&e->out, &e->out_cap, rows * e->m.q_heads * d + 1, sizeof(float)) ||
@@ -352,23 +352,23 @@ static bool run_cpu(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *ou
       !sim_grow((void **)&e->v, &e->v_cap, rows * e->m.kv_heads * d + 1, sizeof(float)))
     return false;
   for (uint32_t l = 0; l < e->m.layers && rows; l++) {
-    double t1 = rkv_tool_now();
+    double t1 = rt_now();
     if (!synth_layer(e, p, l, e->q, e->k, e->v)) return false;
-    double t2 = rkv_tool_now();
+    double t2 = rt_now();
     e->times.kv_synth += t2 - t1;
     if (!exec_ok(e, rkv_exec_layer(e->x, l, e->q, e->k, e->v, e->out), "executor layer"))
       return false;
-    e->times.attn += rkv_tool_now() - t2;
+    e->times.attn += rt_now() - t2;
   }
   /* compression after this step's attention, with the redundancy diagnostic around it */
-  double t3 = rkv_tool_now();
+  double t3 = rt_now();
   for (uint32_t i = 0; i < p->n_seqs; i++)
     if (p->seqs[i].compress)
       dup_stat(e, p->seqs[i].id, &e->times.dup_before, &e->times.keys_before);
   if (!exec_ok(e, rkv_exec_finish(e->x, outs, p->n_seqs), "executor finish")) return false;
   for (uint32_t i = 0; i < p->n_seqs; i++)
     if (outs[i].compressed) dup_stat(e, outs[i].id, &e->times.dup_after, &e->times.keys_after);
-  e->times.evict += rkv_tool_now() - t3;
+  e->times.evict += rt_now() - t3;
   return true;
 }
 
@@ -389,9 +389,9 @@ static bool device_layer(sim_engine *e, const rkv_sched_plan *p, uint32_t l, siz
   }
   const size_t off = h * (qb + 2 * kb);
   unsigned char *st = (unsigned char *)rkv_buffer_ptr(e->stage) + off;
-  const double t0 = rkv_tool_now();
+  const double t0 = rt_now();
   if (!synth_layer(e, p, l, (float *)st, (float *)(st + qb), (float *)(st + qb + kb))) return false;
-  const double t1 = rkv_tool_now();
+  const double t1 = rt_now();
   e->times.kv_synth += t1 - t0;
   if (!dev_ok(e, rkv_buffer_copy(e->dq, 0, e->stage, off, qb), "copy to device") ||
       !dev_ok(e, rkv_buffer_copy(e->dk, 0, e->stage, off + qb, kb), "copy to device") ||
@@ -402,7 +402,7 @@ static bool device_layer(sim_engine *e, const rkv_sched_plan *p, uint32_t l, siz
                     rkv_exec_layer(e->x, l, rkv_buffer_ptr(e->dq), rkv_buffer_ptr(e->dk),
                                    rkv_buffer_ptr(e->dv), rkv_buffer_ptr(e->dout)),
                     "executor layer");
-  e->times.attn += rkv_tool_now() - t1;
+  e->times.attn += rt_now() - t1;
   return ok;
 }
 
@@ -425,22 +425,22 @@ static bool device_reserve(sim_engine *e, size_t qb, size_t kb) {
  * time that includes the GPU work) and by finish. */
 static bool run_device(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *outs) {
   for (uint32_t i = 0; i < p->n_finished; i++) sim_engine_drop_tokens(e, p->finished[i]);
-  double t0 = rkv_tool_now();
+  double t0 = rt_now();
   if (!exec_ok(e, rkv_exec_begin(e->x, p), "executor begin")) return false;
-  e->times.swap += rkv_tool_now() - t0;
+  e->times.swap += rt_now() - t0;
   const size_t rows = p->n_batched_tokens, d = e->m.head_dim;
   const size_t qb = rows * e->m.q_heads * d * sizeof(float);
   const size_t kb = rows * e->m.kv_heads * d * sizeof(float);
   if (rows && !device_reserve(e, qb, kb)) return false;
   for (uint32_t l = 0; l < e->m.layers && rows; l++)
     if (!device_layer(e, p, l, qb, kb)) return false;
-  const double t1 = rkv_tool_now();
+  const double t1 = rt_now();
   if (!dev_ok(e, rkv_backend_sync(e->be), "forward (stream sync)")) return false;
   e->half_busy[0] = e->half_busy[1] = false;
-  const double t2 = rkv_tool_now();
+  const double t2 = rt_now();
   e->times.attn += t2 - t1;
   if (!exec_ok(e, rkv_exec_finish(e->x, outs, p->n_seqs), "executor finish")) return false;
-  e->times.evict += rkv_tool_now() - t2;
+  e->times.evict += rt_now() - t2;
   return true;
 }
 
@@ -451,11 +451,11 @@ bool sim_engine_run(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *ou
   }
   if (e->kind == SIM_COMPUTE_CUDA || e->kind == SIM_COMPUTE_EMU) return run_device(e, p, outs);
   if (e->kind != SIM_COMPUTE_NONE) return run_cpu(e, p, outs);
-  double t0 = rkv_tool_now();
+  double t0 = rt_now();
   if (!exec_ok(e, rkv_exec_begin(e->x, p), "executor begin")) return false;
-  double t1 = rkv_tool_now();
+  double t1 = rt_now();
   e->times.swap += t1 - t0;
   if (!exec_ok(e, rkv_exec_finish(e->x, outs, p->n_seqs), "executor finish")) return false;
-  e->times.evict += rkv_tool_now() - t1;
+  e->times.evict += rt_now() - t1;
   return true;
 }

@@ -65,10 +65,10 @@ bool sim_tp_sync(sim_tp_rank *t, rkv_sched *s, uint64_t k, uint64_t prev_hash,
     t->handled = true;
     return false;
   }
-  double t0 = rkv_tool_now();
+  double t0 = rt_now();
   uint64_t global_free = 0;
   rkv_status st = rkv_comm_step_sync(t->comm, k, prev_hash, local_free, &global_free);
-  double dt = rkv_tool_now() - t0;
+  double dt = rt_now() - t0;
   t->st.sync_s += dt;
   t->st.sync_max_s = dt > t->st.sync_max_s ? dt : t->st.sync_max_s;
   t->st.syncs++;

@@ -7,7 +7,7 @@
 
 #include "rkv_tool.h"
 
-double rkv_tool_now(void) {
+double rt_now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
@@ -17,8 +17,8 @@ static void bad_value(const char *cmd, const char *opt, const char *s, const cha
   fprintf(stderr, "rkv %s: bad value for %s: '%s' (%s)\n", cmd, opt, s ? s : "", why);
 }
 
-bool rkv_tool_parse_u64(const char *cmd, const char *opt, const char *s, uint64_t lo, uint64_t hi,
-                        uint64_t *out) {
+bool rt_parse_u64(const char *cmd, const char *opt, const char *s, uint64_t lo, uint64_t hi,
+                  uint64_t *out) {
   /* Decimal digits only: base 0 would read "010" as 8 and accept "0x10"; strtoull alone
    * would also take leading blanks, '+' and '-' (negated modulo 2^64). */
   if (!s || *s < '0' || *s > '9') {
@@ -43,8 +43,8 @@ bool rkv_tool_parse_u64(const char *cmd, const char *opt, const char *s, uint64_
   return true;
 }
 
-bool rkv_tool_parse_i64(const char *cmd, const char *opt, const char *s, int64_t lo, int64_t hi,
-                        int64_t *out) {
+bool rt_parse_i64(const char *cmd, const char *opt, const char *s, int64_t lo, int64_t hi,
+                  int64_t *out) {
   const char *digits = s && *s == '-' ? s + 1 : s;
   if (!digits || *digits < '0' || *digits > '9') {
     bad_value(cmd, opt, s, "expected a decimal integer");
@@ -67,8 +67,8 @@ bool rkv_tool_parse_i64(const char *cmd, const char *opt, const char *s, int64_t
   return true;
 }
 
-bool rkv_tool_parse_f64(const char *cmd, const char *opt, const char *s, double lo, double hi,
-                        double *out) {
+bool rt_parse_f64(const char *cmd, const char *opt, const char *s, double lo, double hi,
+                  double *out) {
   if (!s || !*s) {
     bad_value(cmd, opt, s, "expected a number");
     return false;
@@ -95,8 +95,8 @@ bool rkv_tool_parse_f64(const char *cmd, const char *opt, const char *s, double 
   return true;
 }
 
-bool rkv_tool_check_list(const char *cmd, const char *opt, const char *s, size_t max_items,
-                         size_t max_len) {
+bool rt_check_list(const char *cmd, const char *opt, const char *s, size_t max_items,
+                   size_t max_len) {
   /* strtok would skip empty items silently ("32,,64", ",", a trailing comma): a typo must not
    * quietly drop a value or leave the default list in place. */
   const char *why = NULL;
@@ -124,7 +124,7 @@ bool rkv_tool_check_list(const char *cmd, const char *opt, const char *s, size_t
   return false;
 }
 
-const char *rkv_tool_optval(const char *cmd, int argc, char **argv, int *i) {
+const char *rt_optval(const char *cmd, int argc, char **argv, int *i) {
   if (*i + 1 >= argc) {
     fprintf(stderr, "rkv %s: option %s needs a value\n", cmd, argv[*i]);
     return NULL;
@@ -133,25 +133,25 @@ const char *rkv_tool_optval(const char *cmd, int argc, char **argv, int *i) {
   return argv[*i];
 }
 
-int rkv_tool_parse_u64_opt(const char *cmd, int argc, char **argv, int *i,
-                           const rkv_tool_u64_opt *opts, size_t n_opts) {
+int rt_parse_u64_opt(const char *cmd, int argc, char **argv, int *i, const rt_u64_opt *opts,
+                     size_t n_opts) {
   const char *a = argv[*i];
   for (size_t k = 0; k < n_opts; k++) {
     if (strcmp(a, opts[k].name) != 0) continue;
-    const char *v = rkv_tool_optval(cmd, argc, argv, i);
-    return v && rkv_tool_parse_u64(cmd, a, v, opts[k].lo, opts[k].hi, opts[k].dst) ? 1 : -1;
+    const char *v = rt_optval(cmd, argc, argv, i);
+    return v && rt_parse_u64(cmd, a, v, opts[k].lo, opts[k].hi, opts[k].dst) ? 1 : -1;
   }
   return 0;
 }
 
-void rkv_progress_init(rkv_progress *p, double interval) {
-  p->start = p->last = rkv_tool_now();
+void rt_progress_init(rt_progress *p, double interval) {
+  p->start = p->last = rt_now();
   p->interval = interval;
 }
 
-void rkv_progress_update(rkv_progress *p, const char *label, uint64_t done, uint64_t total,
-                         bool final) {
-  double now = rkv_tool_now();
+void rt_progress_update(rt_progress *p, const char *label, uint64_t done, uint64_t total,
+                        bool final) {
+  double now = rt_now();
   if (!final && now - p->last < p->interval) return;
   p->last = now;
   double el = now - p->start;
@@ -170,7 +170,7 @@ static void stderr_log(void *ctx, rkv_log_level level, const char *msg) {
   fprintf(stderr, "[librkv %s] %s\n", kNames[level <= RKV_LOG_DEBUG ? level : 0], msg);
 }
 
-rkv_logger rkv_tool_stderr_logger(rkv_log_level level) {
+rkv_logger rt_stderr_logger(rkv_log_level level) {
   rkv_logger lg = {stderr_log, NULL, level};
   return lg;
 }
@@ -180,7 +180,7 @@ static int cmp_double(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
-double rkv_tool_median(double *v, size_t n) {
+double rt_median(double *v, size_t n) {
   qsort(v, n, sizeof *v, cmp_double);
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }

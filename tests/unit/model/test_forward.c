@@ -33,22 +33,22 @@ typedef struct ref_seq {
 } ref_seq;
 
 /* Copies of the reference tensors (the file's data need not be aligned). */
-static void *copy_tensor(const rkv_st_file *f, const char *name, rkv_st_dtype dt, int64_t *n0,
+static void *copy_tensor(const rt_st_file *f, const char *name, rt_st_dtype dt, int64_t *n0,
                          int64_t *n1) {
-  const rkv_st_tensor *t = rkv_st_find(f, name);
+  const rt_st_tensor *t = rt_st_find(f, name);
   if (!t || t->dtype != dt) return NULL;
   size_t bytes = (size_t)(t->end - t->begin);
   void *p = malloc(bytes ? bytes : 1);
   if (!p) return NULL;
-  memcpy(p, rkv_st_data(f, t), bytes);
+  memcpy(p, rt_st_data(f, t), bytes);
   *n0 = t->ndim > 0 ? t->shape[0] : 1;
   if (n1) *n1 = t->ndim > 1 ? t->shape[1] : 1;
   return p;
 }
 
-static rkv_model_runner *make_runner(const rkv_model *m, rkv_backend *be, uint32_t seqs,
+static rt_model_runner *make_runner(const rt_model *m, rkv_backend *be, uint32_t seqs,
                                      uint32_t rows) {
-  rkv_model_runner_config rc = {0};
+  rt_model_runner_config rc = {0};
   rc.max_seqs = seqs;
   rc.max_rows = rows;
   rc.num_blocks = 2048;
@@ -58,9 +58,9 @@ static rkv_model_runner *make_runner(const rkv_model *m, rkv_backend *be, uint32
   rc.qwindow = 8;
   rc.accumulate_scores = true;
   rc.check_every_op = true;
-  rkv_model_runner *r = NULL;
+  rt_model_runner *r = NULL;
   char err[256] = "";
-  rkv_status s = rkv_model_runner_create(m, be, &rc, &r, err, sizeof err);
+  rkv_status s = rt_model_runner_create(m, be, &rc, &r, err, sizeof err);
   if (s != RKV_OK) fprintf(stderr, "runner: %s\n", err);
   EXPECT_OK(s);
   return r;
@@ -77,12 +77,12 @@ static double max_diff(const float *a, const float *b, size_t n) {
 
 /* Feeds reference sequence `ref` to a fresh sequence in chunks of the given sizes (cycled),
  * collecting every row's logits, and compares with the reference. */
-static void check_chunked(const rkv_model *m, rkv_backend *be, const ref_seq *ref, int V,
+static void check_chunked(const rt_model *m, rkv_backend *be, const ref_seq *ref, int V,
                           const int32_t *chunks, int n_chunks, const char *label) {
-  rkv_model_runner *r = make_runner(m, be, 1, 1024);
+  rt_model_runner *r = make_runner(m, be, 1, 1024);
   if (!r) return;
   float *got = malloc((size_t)ref->len * V * sizeof(float));
-  EXPECT_OK(rkv_model_runner_seq_add(r, 7));
+  EXPECT_OK(rt_model_runner_seq_add(r, 7));
   int32_t done = 0, k = 0;
   bool ok = true;
   while (done < ref->len && ok) {
@@ -91,10 +91,10 @@ static void check_chunked(const rkv_model *m, rkv_backend *be, const ref_seq *re
     int64_t id = 7;
     int32_t qi[2] = {0, n};
     int32_t prev = done ? ref->tokens[done - 1] : 0;
-    rkv_status s = rkv_model_runner_step(r, 1, &id, qi, ref->tokens + done, &prev, &done,
+    rkv_status s = rt_model_runner_step(r, 1, &id, qi, ref->tokens + done, &prev, &done,
                                          got + (size_t)done * V, true);
     if (s != RKV_OK) {
-      fprintf(stderr, "%s: step at %d: %s\n", label, done, rkv_model_runner_last_error(r));
+      fprintf(stderr, "%s: step at %d: %s\n", label, done, rt_model_runner_last_error(r));
       ok = false;
     }
     done += n;
@@ -105,21 +105,21 @@ static void check_chunked(const rkv_model *m, rkv_backend *be, const ref_seq *re
     printf("%s: %d tokens, max |logit diff| = %.3g\n", label, ref->len, d);
     EXPECT_NEAR(d, 0.0, TOL);
   }
-  EXPECT_OK(rkv_blockmgr_check(rkv_model_runner_blockmgr(r)));
-  EXPECT_OK(rkv_model_runner_seq_remove(r, 7));
+  EXPECT_OK(rkv_blockmgr_check(rt_model_runner_blockmgr(r)));
+  EXPECT_OK(rt_model_runner_seq_remove(r, 7));
   free(got);
-  rkv_model_runner_destroy(r);
+  rt_model_runner_destroy(r);
 }
 
 /* All reference sequences in one batch: prompts prefilled together, then the targets
  * teacher-forced one token per step (sequences that ran out simply leave the batch). */
-static void check_batched(const rkv_model *m, rkv_backend *be, const ref_seq *refs, int V) {
-  rkv_model_runner *r = make_runner(m, be, N_REF, 1024);
+static void check_batched(const rt_model *m, rkv_backend *be, const ref_seq *refs, int V) {
+  rt_model_runner *r = make_runner(m, be, N_REF, 1024);
   if (!r) return;
   float *got[N_REF];
   for (int i = 0; i < N_REF; i++) {
     got[i] = malloc((size_t)refs[i].len * V * sizeof(float));
-    EXPECT_OK(rkv_model_runner_seq_add(r, 100 + i));
+    EXPECT_OK(rt_model_runner_seq_add(r, 100 + i));
   }
   float *rows = malloc((size_t)1024 * V * sizeof(float));
   int32_t fed[N_REF] = {0};
@@ -140,9 +140,9 @@ static void check_batched(const rkv_model *m, rkv_backend *be, const ref_seq *re
       nb++;
     }
     if (!nb) break;
-    rkv_status s = rkv_model_runner_step(r, nb, ids, qi, toks, prev, pos, rows, true);
+    rkv_status s = rt_model_runner_step(r, nb, ids, qi, toks, prev, pos, rows, true);
     if (s != RKV_OK) {
-      fprintf(stderr, "batched step %d: %s\n", step, rkv_model_runner_last_error(r));
+      fprintf(stderr, "batched step %d: %s\n", step, rt_model_runner_last_error(r));
       ok = false;
       break;
     }
@@ -161,28 +161,28 @@ static void check_batched(const rkv_model *m, rkv_backend *be, const ref_seq *re
   }
   for (int i = 0; i < N_REF; i++) free(got[i]);
   free(rows);
-  rkv_model_runner_destroy(r);
+  rt_model_runner_destroy(r);
 }
 
 /* Greedy decoding of all prompts at once, with the full cache (ep NULL) or compressing after
  * every step as rkv_evict_should_compress says (the eviction moves K/V inside the pool; the
  * survivors keep their post-RoPE keys, new tokens their logical positions); must equal the
  * Python generation (TinyLM.generate, with streaming_evictor for StreamingLLM). */
-static void check_greedy(const rkv_model *m, rkv_backend *be, const ref_seq *refs, int V,
+static void check_greedy(const rt_model *m, rkv_backend *be, const ref_seq *refs, int V,
                          const rkv_evict_params *ep) {
-  rkv_model_runner *r = make_runner(m, be, N_REF, 1024);
+  rt_model_runner *r = make_runner(m, be, N_REF, 1024);
   if (!r) return;
   int32_t *gen[N_REF];
   int32_t glen[N_REF] = {0}, last[N_REF] = {0}, prevt[N_REF] = {0}, fedn[N_REF] = {0};
   bool fin[N_REF] = {false};
   for (int i = 0; i < N_REF; i++) {
     gen[i] = calloc(1024, sizeof(int32_t));
-    EXPECT_OK(rkv_model_runner_seq_add(r, 200 + i));
+    EXPECT_OK(rt_model_runner_seq_add(r, 200 + i));
   }
-  const int32_t eos = rkv_model_token(m, '.');
+  const int32_t eos = rt_model_token(m, '.');
   float *logits = malloc((size_t)N_REF * V * sizeof(float));
   bool ok = true;
-  const rkv_model_config *mc = rkv_model_get_config(m);
+  const rt_model_config *mc = rt_model_get_config(m);
   size_t ews = 0;
   void *ework = NULL;
   uint64_t compressions = 0;
@@ -213,9 +213,9 @@ static void check_greedy(const rkv_model *m, rkv_backend *be, const ref_seq *ref
       nb++;
     }
     if (!nb) break;
-    rkv_status s = rkv_model_runner_step(r, nb, ids, qi, toks, prev, pos, logits, false);
+    rkv_status s = rt_model_runner_step(r, nb, ids, qi, toks, prev, pos, logits, false);
     if (s != RKV_OK) {
-      fprintf(stderr, "greedy step %d: %s\n", step, rkv_model_runner_last_error(r));
+      fprintf(stderr, "greedy step %d: %s\n", step, rt_model_runner_last_error(r));
       ok = false;
       break;
     }
@@ -232,14 +232,14 @@ static void check_greedy(const rkv_model *m, rkv_backend *be, const ref_seq *ref
       const int32_t want_len = ep ? refs[i].stream_len : refs[i].greedy_len;
       if (best == eos || glen[i] >= want_len) fin[i] = true;
       if (!ep || fin[i]) continue;
-      rkv_blockmgr *bm = rkv_model_runner_blockmgr(r);
+      rkv_blockmgr *bm = rt_model_runner_blockmgr(r);
       for (uint32_t l = 0; l < (uint32_t)mc->n_layers && ok; l++) {
         int32_t len = 0;
         EXPECT_OK(rkv_blockmgr_stream_len(bm, ids[b], l, 0, &len));
         if (!rkv_evict_should_compress(ep, len, step == 0)) continue;
         rkv_evict_result er = {0};
         rkv_status es =
-            rkv_evict_layer(ep, bm, rkv_model_runner_pool(r), rkv_model_runner_qwindow(r),
+            rkv_evict_layer(ep, bm, rt_model_runner_pool(r), rt_model_runner_qwindow(r),
                             (uint32_t)mc->n_heads, ids[b], l, ework, ews, &er);
         EXPECT_OK(es);
         if (es != RKV_OK) ok = false;
@@ -264,29 +264,29 @@ static void check_greedy(const rkv_model *m, rkv_backend *be, const ref_seq *ref
     printf("%s seq %d: %d tokens, %s\n", what, i, glen[i], same ? "identical" : "DIFFERENT");
     EXPECT(same);
   }
-  EXPECT_OK(rkv_blockmgr_check(rkv_model_runner_blockmgr(r)));
+  EXPECT_OK(rkv_blockmgr_check(rt_model_runner_blockmgr(r)));
   for (int i = 0; i < N_REF; i++) free(gen[i]);
   free(ework);
   free(logits);
-  rkv_model_runner_destroy(r);
+  rt_model_runner_destroy(r);
 }
 
-static void check_task(const rkv_st_file *ref) {
-  const rkv_st_tensor *t = rkv_st_find(ref, "task_text");
-  const char *seed_s = rkv_st_meta(ref, "task_seed");
-  const char *count_s = rkv_st_meta(ref, "task_count");
+static void check_task(const rt_st_file *ref) {
+  const rt_st_tensor *t = rt_st_find(ref, "task_text");
+  const char *seed_s = rt_st_meta(ref, "task_seed");
+  const char *count_s = rt_st_meta(ref, "task_count");
   EXPECT(t && seed_s && count_s);
   if (!t || !seed_s || !count_s) return;
   const size_t n = (size_t)(t->end - t->begin);
-  const char *py = rkv_st_data(ref, t);
+  const char *py = rt_st_data(ref, t);
   const uint64_t seed = strtoull(seed_s, NULL, 10);
   const int count = atoi(count_s);
   size_t off = 0;
   int mismatches = 0;
-  static rkv_task_problem p;
+  static rt_task_problem p;
   for (int i = 0; i < count; i++) {
     EXPECT_OK(
-        rkv_task_problem_make(seed, (uint64_t)i, RKV_TASK_MIN_DIGITS, RKV_TASK_MAX_DIGITS, &p));
+        rt_task_problem_make(seed, (uint64_t)i, RT_TASK_MIN_DIGITS, RT_TASK_MAX_DIGITS, &p));
     size_t lp = strlen(p.prompt), lt = strlen(p.target);
     if (off + lp + lt > n || memcmp(py + off, p.prompt, lp) != 0 ||
         memcmp(py + off + lp, p.target, lt) != 0) {
@@ -299,28 +299,28 @@ static void check_task(const rkv_st_file *ref) {
       if (off >= n || py[off] != '|') mismatches++;
       off++;
     }
-    EXPECT(rkv_task_check(&p, p.target));
+    EXPECT(rt_task_check(&p, p.target));
   }
   EXPECT_EQ_INT(mismatches, 0);
   EXPECT_EQ_INT(off, n);
 
   /* The checker rejects a wrong digit, a missing EOS, a malformed label. */
-  EXPECT_OK(rkv_task_problem_make(5, 3, 8, 8, &p));
-  char buf[RKV_TASK_MAX_TEXT];
+  EXPECT_OK(rt_task_problem_make(5, 3, 8, 8, &p));
+  char buf[RT_TASK_MAX_TEXT];
   snprintf(buf, sizeof buf, "%s", p.target);
-  EXPECT(rkv_task_check(&p, buf));
+  EXPECT(rt_task_check(&p, buf));
   size_t L = strlen(buf);
   buf[L - 2] = buf[L - 2] == '9' ? '0' : (char)(buf[L - 2] + 1);
-  EXPECT(!rkv_task_check(&p, buf));
+  EXPECT(!rt_task_check(&p, buf));
   snprintf(buf, sizeof buf, "%s", p.target);
   buf[L - 1] = '\0';
-  EXPECT(!rkv_task_check(&p, buf));
+  EXPECT(!rt_task_check(&p, buf));
   snprintf(buf, sizeof buf, "%s", p.target);
   buf[L - 3] = '7';
-  EXPECT(!rkv_task_check(&p, buf));
-  EXPECT(!rkv_task_check(&p, "so the answer is ."));
-  EXPECT_STATUS(rkv_task_problem_make(1, 0, 0, 5, &p), RKV_ERR_INVALID_ARG);
-  EXPECT_STATUS(rkv_task_problem_make(1, 0, 5, 26, &p), RKV_ERR_INVALID_ARG);
+  EXPECT(!rt_task_check(&p, buf));
+  EXPECT(!rt_task_check(&p, "so the answer is ."));
+  EXPECT_STATUS(rt_task_problem_make(1, 0, 0, 5, &p), RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rt_task_problem_make(1, 0, 5, 26, &p), RKV_ERR_INVALID_ARG);
 }
 
 static rkv_status parse_text(const char *json, const void *data, size_t data_len) {
@@ -330,11 +330,11 @@ static rkv_status parse_text(const char *json, const void *data, size_t data_len
   for (int j = 0; j < 8; j++) buf[j] = (unsigned char)((uint64_t)hl >> (8 * j));
   memcpy(buf + 8, json, hl);
   if (data_len) memcpy(buf + 8 + hl, data, data_len);
-  rkv_st_file *f = NULL;
+  rt_st_file *f = NULL;
   char err[256] = "";
-  rkv_status s = rkv_st_parse(buf, n, &f, err, sizeof err);
+  rkv_status s = rt_st_parse(buf, n, &f, err, sizeof err);
   EXPECT(s == RKV_OK ? f != NULL : (f == NULL && err[0] != '\0'));
-  rkv_st_free(f);
+  rt_st_free(f);
   free(buf);
   return s;
 }
@@ -408,27 +408,27 @@ static void check_safetensors(const char *weights) {
         EXPECT_OK(parse_text(json, data, 2 * w));
       }
   }
-  rkv_st_file *f = NULL;
+  rt_st_file *f = NULL;
   char err[256];
   {
     size_t hl = strlen(overlap);
     unsigned char buf[256] = {0};
     for (int j = 0; j < 8; j++) buf[j] = (unsigned char)((uint64_t)hl >> (8 * j));
     memcpy(buf + 8, overlap, hl);
-    EXPECT_STATUS(rkv_st_parse(buf, 8 + hl + 16, &f, err, sizeof err), RKV_ERR_FORMAT);
+    EXPECT_STATUS(rt_st_parse(buf, 8 + hl + 16, &f, err, sizeof err), RKV_ERR_FORMAT);
     EXPECT(strstr(err, "overlap") != NULL);
   }
   unsigned char tiny[7] = {0};
-  EXPECT_STATUS(rkv_st_parse(tiny, sizeof tiny, &f, err, sizeof err), RKV_ERR_FORMAT);
+  EXPECT_STATUS(rt_st_parse(tiny, sizeof tiny, &f, err, sizeof err), RKV_ERR_FORMAT);
   unsigned char huge[16] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
-  EXPECT_STATUS(rkv_st_parse(huge, sizeof huge, &f, err, sizeof err), RKV_ERR_FORMAT);
-  EXPECT_STATUS(rkv_st_read(DATA_DIR "does-not-exist.safetensors", &f, err, sizeof err),
+  EXPECT_STATUS(rt_st_parse(huge, sizeof huge, &f, err, sizeof err), RKV_ERR_FORMAT);
+  EXPECT_STATUS(rt_st_read(DATA_DIR "does-not-exist.safetensors", &f, err, sizeof err),
                 RKV_ERR_IO);
   EXPECT(f == NULL);
 
   /* Mutations of the real weights' header: every outcome is OK or FORMAT, never a crash; the
    * model loader on a file with a mangled tensor fails cleanly. */
-  EXPECT_OK(rkv_st_read(weights, &f, err, sizeof err));
+  EXPECT_OK(rt_st_read(weights, &f, err, sizeof err));
   if (!f) return;
   FILE *fp = fopen(weights, "rb");
   unsigned char *orig = NULL;
@@ -441,7 +441,7 @@ static void check_safetensors(const char *weights) {
     if (fread(orig, 1, n, fp) != n) n = 0;
     fclose(fp);
   }
-  rkv_st_free(f);
+  rt_st_free(f);
   EXPECT(n > 8);
   if (n <= 8) {
     free(orig);
@@ -468,9 +468,9 @@ static void check_safetensors(const char *weights) {
       if (w) {
         EXPECT_EQ_INT(fwrite(cp, 1, n, w), n);
         fclose(w);
-        rkv_model *badm = NULL;
+        rt_model *badm = NULL;
         char e2[256] = "";
-        rkv_status st = rkv_model_load(path, &badm, e2, sizeof e2);
+        rkv_status st = rt_model_load(path, &badm, e2, sizeof e2);
         printf("mangled model %d: %s (%s)\n", k, rkv_status_name(st), e2);
         /* the shape edit may also break data_offsets: FORMAT either way */
         EXPECT_STATUS(st, RKV_ERR_FORMAT);
@@ -498,17 +498,17 @@ static void check_safetensors(const char *weights) {
     }
     if (it % 10 == 0) len = (size_t)(rkv_test_rand(&rng) % n); /* truncation */
     if (it % 97 == 0) mut[(size_t)(rkv_test_rand(&rng) % 8)] ^= 0x10;
-    rkv_status s = rkv_st_parse(mut, len, &f, err, sizeof err);
+    rkv_status s = rt_st_parse(mut, len, &f, err, sizeof err);
     uint64_t mhl = 0;
     for (int j = 7; j >= 0; j--) mhl = mhl << 8 | mut[j];
     if (s == RKV_OK) {
       okc++;
       /* Every accepted tensor lies inside the data section. */
-      for (uint32_t i = 0; i < rkv_st_num_tensors(f); i++) {
-        const rkv_st_tensor *t = rkv_st_tensor_at(f, i);
+      for (uint32_t i = 0; i < rt_st_num_tensors(f); i++) {
+        const rt_st_tensor *t = rt_st_tensor_at(f, i);
         if (t->end > len - 8 - mhl) other++;
       }
-      rkv_st_free(f);
+      rt_st_free(f);
     } else if (s == RKV_ERR_FORMAT) {
       fmt++;
     } else {
@@ -526,15 +526,15 @@ static void check_safetensors(const char *weights) {
 static void check_model(const char *weights, const char *ref_path) {
   printf("== %s vs %s\n", weights, ref_path);
   char err[512] = "";
-  rkv_model *m = NULL;
-  rkv_status s = rkv_model_load(weights, &m, err, sizeof err);
+  rt_model *m = NULL;
+  rkv_status s = rt_model_load(weights, &m, err, sizeof err);
   if (s != RKV_OK) fprintf(stderr, "load: %s\n", err);
   EXPECT_OK(s);
-  rkv_model *none = NULL;
-  EXPECT_STATUS(rkv_model_load(ref_path, &none, err, sizeof err), RKV_ERR_FORMAT);
+  rt_model *none = NULL;
+  EXPECT_STATUS(rt_model_load(ref_path, &none, err, sizeof err), RKV_ERR_FORMAT);
   EXPECT(none == NULL);
-  rkv_st_file *ref = NULL;
-  EXPECT_OK(rkv_st_read(ref_path, &ref, err, sizeof err));
+  rt_st_file *ref = NULL;
+  EXPECT_OK(rt_st_read(ref_path, &ref, err, sizeof err));
   rkv_backend_config bc = RKV_BACKEND_CONFIG_INIT;
   bc.kind = RKV_BACKEND_CPU;
   bc.num_threads = 1;
@@ -542,11 +542,11 @@ static void check_model(const char *weights, const char *ref_path) {
   EXPECT_OK(rkv_backend_create(&bc, &be));
   if (!m || !ref || !be) {
     rkv_backend_destroy(be);
-    rkv_st_free(ref);
-    rkv_model_destroy(m);
+    rt_st_free(ref);
+    rt_model_destroy(m);
     return;
   }
-  const int V = rkv_model_get_config(m)->vocab_size;
+  const int V = rt_model_get_config(m)->vocab_size;
   ref_seq refs[N_REF];
   void *owned[5 * N_REF] = {0};
   bool have = true;
@@ -555,15 +555,15 @@ static void check_model(const char *weights, const char *ref_path) {
     int64_t a = 0, b = 0, c = 0, g = 0, pl = 0;
     snprintf(name, sizeof name, "tokens.%d", i);
     int64_t sl = 0;
-    int32_t *tok = owned[5 * i] = copy_tensor(ref, name, RKV_ST_I32, &a, NULL);
+    int32_t *tok = owned[5 * i] = copy_tensor(ref, name, RT_ST_I32, &a, NULL);
     snprintf(name, sizeof name, "logits.%d", i);
-    float *lg = owned[5 * i + 1] = copy_tensor(ref, name, RKV_ST_F32, &b, &c);
+    float *lg = owned[5 * i + 1] = copy_tensor(ref, name, RT_ST_F32, &b, &c);
     snprintf(name, sizeof name, "greedy.%d", i);
-    int32_t *gr = owned[5 * i + 2] = copy_tensor(ref, name, RKV_ST_I32, &g, NULL);
+    int32_t *gr = owned[5 * i + 2] = copy_tensor(ref, name, RT_ST_I32, &g, NULL);
     snprintf(name, sizeof name, "prompt.%d", i);
-    int32_t *pr = owned[5 * i + 3] = copy_tensor(ref, name, RKV_ST_I32, &pl, NULL);
+    int32_t *pr = owned[5 * i + 3] = copy_tensor(ref, name, RT_ST_I32, &pl, NULL);
     snprintf(name, sizeof name, "stream.%d", i);
-    int32_t *sg = owned[5 * i + 4] = copy_tensor(ref, name, RKV_ST_I32, &sl, NULL);
+    int32_t *sg = owned[5 * i + 4] = copy_tensor(ref, name, RT_ST_I32, &sl, NULL);
     if (!tok || !lg || !gr || !pr || !sg || a != b || c != V) {
       have = false;
       continue;
@@ -587,7 +587,7 @@ static void check_model(const char *weights, const char *ref_path) {
     check_greedy(m, be, refs, V, NULL);
     rkv_evict_params ep = RKV_EVICT_PARAMS_INIT;
     ep.policy = RKV_EVICT_STREAMING;
-    const char *b_s = rkv_st_meta(ref, "stream_budget"), *f_s = rkv_st_meta(ref, "stream_buffer");
+    const char *b_s = rt_st_meta(ref, "stream_budget"), *f_s = rt_st_meta(ref, "stream_buffer");
     EXPECT(b_s && f_s);
     ep.budget = b_s ? atoi(b_s) : 32;
     ep.buffer = f_s ? atoi(f_s) : 16;
@@ -598,8 +598,8 @@ static void check_model(const char *weights, const char *ref_path) {
   for (size_t i = 0; i < sizeof owned / sizeof owned[0]; i++) free(owned[i]);
   check_task(ref);
   rkv_backend_destroy(be);
-  rkv_st_free(ref);
-  rkv_model_destroy(m);
+  rt_st_free(ref);
+  rt_model_destroy(m);
 }
 
 int main(void) {
