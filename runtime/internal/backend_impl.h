@@ -44,6 +44,13 @@ rkv_status rkvi_cuda_copy_blocks(rkv_kv_pool *p, const rkv_block_copy *ops, size
 rkv_status rkvi_cuda_apply_moves(rkv_kv_pool *p, const rkv_slot_move *moves, size_t n);
 rkv_status rkvi_cuda_read_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n, void *host);
 rkv_status rkvi_cuda_write_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n, const void *host);
+/* The CUDA events behind rkv_backend_timer (timer.c): a pair made with timing enabled, one
+ * recorded on the backend's stream, the milliseconds between them once the stop event is
+ * reached (the host waits for it). */
+rkv_status rkvi_cuda_event_pair_create(rkv_backend *b, void **start, void **stop);
+void rkvi_cuda_event_pair_destroy(void *start, void *stop);
+rkv_status rkvi_cuda_event_record(rkv_backend *b, void *event);
+rkv_status rkvi_cuda_event_elapsed(rkv_backend *b, void *start, void *stop, float *ms);
 /* Number of CUDA devices (0 when the driver or a device is missing). */
 int rkvi_cuda_device_count(void);
 

@@ -41,6 +41,21 @@ rkv_status rkvi_cuda_write_blocks(rkv_kv_pool *p, const int32_t *i, size_t n, co
   (void)i, (void)n, (void)h;
   return rkvi_cuda_backend_init(p->backend);
 }
+rkv_status rkvi_cuda_event_pair_create(rkv_backend *b, void **start, void **stop) {
+  *start = *stop = NULL;
+  return rkvi_cuda_backend_init(b);
+}
+void rkvi_cuda_event_pair_destroy(void *start, void *stop) {
+  (void)start, (void)stop;
+}
+rkv_status rkvi_cuda_event_record(rkv_backend *b, void *event) {
+  (void)event;
+  return rkvi_cuda_backend_init(b);
+}
+rkv_status rkvi_cuda_event_elapsed(rkv_backend *b, void *start, void *stop, float *ms) {
+  (void)start, (void)stop, (void)ms;
+  return rkvi_cuda_backend_init(b);
+}
 int rkvi_cuda_device_count(void) {
   return 0;
 }

@@ -137,6 +137,39 @@ void rkvi_cuda_backend_fini(rkv_backend *b) {
   b->stream = nullptr;
 }
 
+rkv_status rkvi_cuda_event_pair_create(rkv_backend *b, void **start, void **stop) {
+  cudaEvent_t e0 = nullptr, e1 = nullptr;
+  *start = *stop = nullptr;
+  cudaError_t e = cudaEventCreate(&e0);
+  if (e == cudaSuccess) e = cudaEventCreate(&e1);
+  if (e != cudaSuccess) {
+    if (e0) cudaEventDestroy(e0);
+    return cuda_fail(b, e, "cudaEventCreate", __FILE__, __LINE__);
+  }
+  *start = e0;
+  *stop = e1;
+  return RKV_OK;
+}
+
+void rkvi_cuda_event_pair_destroy(void *start, void *stop) {
+  if (start) cudaEventDestroy(static_cast<cudaEvent_t>(start));
+  if (stop) cudaEventDestroy(static_cast<cudaEvent_t>(stop));
+}
+
+rkv_status rkvi_cuda_event_record(rkv_backend *b, void *event) {
+  if (b->poisoned) return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA context poisoned earlier");
+  CUDA_TRY(b, cudaEventRecord(static_cast<cudaEvent_t>(event), stream_of(b)));
+  return RKV_OK;
+}
+
+rkv_status rkvi_cuda_event_elapsed(rkv_backend *b, void *start, void *stop, float *ms) {
+  if (b->poisoned) return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA context poisoned earlier");
+  CUDA_TRY(b, cudaEventSynchronize(static_cast<cudaEvent_t>(stop)));
+  CUDA_TRY(b, cudaEventElapsedTime(ms, static_cast<cudaEvent_t>(start),
+                                   static_cast<cudaEvent_t>(stop)));
+  return RKV_OK;
+}
+
 rkv_status rkvi_cuda_sync(rkv_backend *b) {
   if (b->poisoned) return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA context poisoned earlier");
   CUDA_TRY(b, cudaStreamSynchronize(stream_of(b)));

@@ -109,6 +109,30 @@ rkv_status rkv_buffer_create(rkv_backend *backend, rkv_buffer_kind kind, size_t 
   return RKV_OK;
 }
 
+rkv_status rkv_buffer_wrap(rkv_backend *backend, rkv_buffer_kind kind, void *ptr, size_t bytes,
+                           rkv_buffer **out) {
+  if (!out) return RKV_ERR_INVALID_ARG;
+  *out = NULL;
+  if (!backend) return RKV_ERR_INVALID_ARG;
+  if (kind != RKV_BUFFER_DEVICE && kind != RKV_BUFFER_HOST_PINNED)
+    return rkvi_fail(backend->err, RKV_ERR_INVALID_ARG, "unknown buffer kind %d", (int)kind);
+  if (backend->emu)
+    return rkvi_fail(backend->err, RKV_ERR_UNSUPPORTED,
+                     "wrap: the emulated device only uses memory rkv_buffer_create made");
+  if ((!ptr && bytes) || (uintptr_t)ptr % RKV_BUFFER_ALIGN)
+    return rkvi_fail(backend->err, RKV_ERR_INVALID_ARG, "wrap: %p is NULL or not a multiple of %d",
+                     ptr, RKV_BUFFER_ALIGN);
+  rkv_buffer *buf = rkvi_calloc(rkvi_backend_allocator(backend), sizeof *buf, 0);
+  if (!buf) return rkvi_fail(backend->err, RKV_ERR_NO_MEMORY, "buffer handle");
+  buf->backend = backend;
+  buf->kind = kind;
+  buf->ptr = buf->store = bytes ? ptr : NULL;
+  buf->size = bytes;
+  buf->borrowed = true;
+  *out = buf;
+  return RKV_OK;
+}
+
 /* The stream may still read or write the memory about to go: let it finish. A failed sync
  * leaves its text in the backend; the memory is freed all the same (destroy cannot fail). */
 static void drain(rkv_backend *b) {
@@ -122,7 +146,7 @@ void rkv_buffer_destroy(rkv_buffer *buf) {
   rkv_backend *b = buf->backend;
   drain(b);
   if (b->emu) rkvi_emu_unlink(buf);
-  mem_free(buf, buf->size, buf->ptr, buf->store);
+  if (!buf->borrowed) mem_free(buf, buf->size, buf->ptr, buf->store);
   rkvi_free(rkvi_backend_allocator(b), buf, sizeof *buf);
 }
 
@@ -240,6 +264,11 @@ rkv_status rkv_buffer_reserve(rkv_buffer *buf, size_t bytes) {
   if (!buf) return RKV_ERR_INVALID_ARG;
   if (bytes <= buf->size) return RKV_OK;
   rkv_backend *b = buf->backend;
+  if (buf->borrowed)
+    return rkvi_fail(b->err, RKV_ERR_INVALID_ARG,
+                     "reserve: a wrapped buffer of %zu bytes cannot grow to %zu (the caller owns "
+                     "its memory)",
+                     buf->size, bytes);
   const path p = path_of(b);
   /* Queued work may still read or write the old memory. */
   if (p == PATH_CUDA) RKV_TRY(rkvi_cuda_sync(b));

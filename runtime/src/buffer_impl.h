@@ -17,8 +17,9 @@ struct rkv_buffer {
   rkv_backend *backend;
   rkv_buffer_kind kind;
   size_t size;
-  void *ptr;   /* what rkv_buffer_ptr hands out */
-  void *store; /* where the bytes are for the host: == ptr except for emulated DEVICE buffers */
+  void *ptr;     /* what rkv_buffer_ptr hands out */
+  void *store;   /* where the bytes are for the host: == ptr except for emulated DEVICE buffers */
+  bool borrowed; /* rkv_buffer_wrap: the caller owns the memory */
   /* the emulated device's list of live buffers (rkv_emu_view looks addresses up in it) */
   struct rkv_buffer *emu_prev, *emu_next;
 };

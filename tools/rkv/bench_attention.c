@@ -8,9 +8,10 @@
  * them, so its traffic is twice the bytes. Both GB/s columns count traffic (read + write),
  * and "ratio" = attention GB/s / copy GB/s. Blocks are shuffled over the pool, so the
  * kernel's accesses are as scattered as a long-running server's. On CUDA a second reference,
- * a plain cudaMemcpyAsync device-to-device copy of the same bytes inside the pool (the
- * bandwidth ceiling; rkv_kv_pool_copy_blocks also uploads its op list on every call), gives
- * the "of_d2d" column, which `--json` reports as fraction_of_copy.
+ * a plain device-to-device copy of the same bytes inside the pool (rkv_buffer_copy over the
+ * pool's memory, a cudaMemcpyAsync: the bandwidth ceiling; rkv_kv_pool_copy_blocks also
+ * uploads its op list on every call), gives the "of_d2d" column, which `--json` reports as
+ * fraction_of_copy. Buffers and copies go through <rkv/buffer.h>.
  *
  * Large CUDA pools (tens of GB) are filled from a random prefix (--fill-mib, default 64 on
  * CUDA) copied over the rest on the device: drawing every element on the host would take
@@ -24,12 +25,9 @@
 #include "rkv_tool.h"
 
 #include <rkv/attention.h>
+#include <rkv/buffer.h>
 
 #include "bench.h"
-
-#ifdef RKV_HAVE_CUDA
-#include <cuda_runtime_api.h>
-#endif
 
 #define CMD "bench attention"
 #define MAX_LIST 8
@@ -208,36 +206,16 @@ static uint64_t rng_next(uint64_t *s) {
 
 /* ---- Buffers on the backend's side (host memory on CPU, device memory on CUDA) ---------- */
 
-static void *buf_alloc(rkv_backend_kind kind, size_t bytes) {
-#ifdef RKV_HAVE_CUDA
-  if (kind == RKV_BACKEND_CUDA) {
-    void *p = NULL;
-    return cudaMalloc(&p, bytes ? bytes : 1) == cudaSuccess ? p : NULL;
+/* A DEVICE buffer of the backend holding `bytes` host bytes (at least one byte, so that its
+ * address is never NULL); NULL on failure. The caller syncs before src goes. */
+static rkv_buffer *buf_upload(rkv_backend *be, const void *src, size_t bytes) {
+  rkv_buffer *b = NULL;
+  if (rkv_buffer_create(be, RKV_BUFFER_DEVICE, bytes ? bytes : 1, &b) != RKV_OK) return NULL;
+  if (rkv_buffer_upload(b, 0, src, bytes) != RKV_OK) {
+    rkv_buffer_destroy(b);
+    return NULL;
   }
-#endif
-  (void)kind;
-  return malloc(bytes ? bytes : 1);
-}
-
-static void buf_free(rkv_backend_kind kind, void *p) {
-#ifdef RKV_HAVE_CUDA
-  if (kind == RKV_BACKEND_CUDA) {
-    cudaFree(p);
-    return;
-  }
-#endif
-  (void)kind;
-  free(p);
-}
-
-/* Copies host data into a backend buffer made by buf_alloc. */
-static bool buf_upload(rkv_backend_kind kind, void *dst, const void *src, size_t bytes) {
-#ifdef RKV_HAVE_CUDA
-  if (kind == RKV_BACKEND_CUDA) return cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice) == 0;
-#endif
-  (void)kind;
-  memcpy(dst, src, bytes);
-  return true;
+  return b;
 }
 
 /* ---- Threaded memcpy reference (CPU) ---------------------------------------------------- */
@@ -321,8 +299,8 @@ static int run_shape(rkv_backend *be, const bench_opts *o, uint32_t batch, uint3
   rkv_kv_layout lay = {o->dtype, bs, d};
   rkv_kv_pool *pool = NULL;
   int ret = 1;
-  void *dq = NULL, *dout = NULL, *dindptr = NULL, *dindices = NULL, *dlast = NULL, *ws = NULL;
-  void *dqi = NULL;
+  rkv_buffer *dq = NULL, *dout = NULL, *dindptr = NULL, *dindices = NULL, *dlast = NULL;
+  rkv_buffer *ws = NULL, *dqi = NULL, *pool_mem = NULL;
   int32_t *q_indptr = NULL;
   const uint32_t new_rows = o->prefill ? (uint32_t)o->prefill : 1u, rows = batch * new_rows;
   if (new_rows > ctx) {
@@ -402,23 +380,19 @@ static int run_shape(rkv_backend *be, const bench_opts *o, uint32_t batch, uint3
   for (uint32_t b = 0; b <= batch; b++) q_indptr[b] = (int32_t)(b * new_rows);
 
   const size_t qbytes = sizeof(float) * (size_t)rows * Hq * d;
-  dqi = buf_alloc(kind, sizeof(int32_t) * (batch + 1));
-  dq = buf_alloc(kind, qbytes);
-  dout = buf_alloc(kind, qbytes);
-  dindptr = buf_alloc(kind, sizeof(int32_t) * (S + 1));
-  dindices = buf_alloc(kind, sizeof(int32_t) * used);
-  dlast = buf_alloc(kind, sizeof(int32_t) * S);
-  if (!dq || !dout || !dindptr || !dindices || !dlast || !dqi || !buf_upload(kind, dq, q, qbytes) ||
-      !buf_upload(kind, dqi, q_indptr, sizeof(int32_t) * (batch + 1)) ||
-      !buf_upload(kind, dindptr, indptr, sizeof(int32_t) * (S + 1)) ||
-      !buf_upload(kind, dindices, ids, sizeof(int32_t) * used) ||
-      !buf_upload(kind, dlast, last, sizeof(int32_t) * S)) {
+  dqi = buf_upload(be, q_indptr, sizeof(int32_t) * (batch + 1));
+  dq = buf_upload(be, q, qbytes);
+  dindptr = buf_upload(be, indptr, sizeof(int32_t) * (S + 1));
+  dindices = buf_upload(be, ids, sizeof(int32_t) * used);
+  dlast = buf_upload(be, last, sizeof(int32_t) * S);
+  if (rkv_buffer_create(be, RKV_BUFFER_DEVICE, qbytes ? qbytes : 1, &dout) != RKV_OK) dout = NULL;
+  if (!dq || !dout || !dindptr || !dindices || !dlast || !dqi || rkv_backend_sync(be) != RKV_OK) {
     fprintf(stderr, "rkv " CMD ": buffer allocation or upload failed\n");
     goto done;
   }
   rkv_attn_params p = RKV_ATTN_PARAMS_INIT;
   p.num_seqs = batch, p.num_q_heads = Hq, p.num_kv_heads = H, p.head_dim = d;
-  p.q = dq, p.out = dout;
+  p.q = rkv_buffer_ptr(dq), p.out = rkv_buffer_ptr(dout);
   p.accumulate_scores = o->scores;
   rkv_status (*const fn)(rkv_kv_pool *, const rkv_attn_params *, void *, size_t) =
       o->prefill ? rkv_attn_prefill : rkv_attn_decode;
@@ -432,12 +406,13 @@ static int run_shape(rkv_backend *be, const bench_opts *o, uint32_t batch, uint3
             rkv_backend_last_error(be));
     goto done;
   }
-  ws = buf_alloc(kind, wsb);
-  rkv_block_table dev_t = {(int32_t)S, (int32_t)bs, dindptr, dindices, dlast};
+  if (rkv_buffer_create(be, RKV_BUFFER_DEVICE, wsb ? wsb : 1, &ws) != RKV_OK) goto done;
+  void *wsp = rkv_buffer_ptr(ws);
+  rkv_block_table dev_t = {(int32_t)S, (int32_t)bs, rkv_buffer_ptr(dindptr),
+                           rkv_buffer_ptr(dindices), rkv_buffer_ptr(dlast)};
   p.table = dev_t;
-  p.q_indptr = o->prefill ? dqi : NULL;
-  if (!ws) goto done;
-  if ((st = fn(pool, &p, ws, wsb)) != RKV_OK) {
+  p.q_indptr = o->prefill ? rkv_buffer_ptr(dqi) : NULL;
+  if ((st = fn(pool, &p, wsp, wsb)) != RKV_OK) {
     fprintf(stderr, "rkv " CMD ": %s: %s (%s)\n", o->prefill ? "prefill" : "decode",
             rkv_status_str(st), rkv_backend_last_error(be));
     goto done;
@@ -467,7 +442,7 @@ static int run_shape(rkv_backend *be, const bench_opts *o, uint32_t batch, uint3
   for (uint64_t rep = 0; rep < o->repeat; rep++) {
     int it = 0, copy_it = 0;
     double a_s = 0.0, c_s = 0.0;
-    TIME_LOOP(o->min_time, it, a_s, rkv_backend_sync(be), fn(pool, &p, ws, wsb));
+    TIME_LOOP(o->min_time, it, a_s, rkv_backend_sync(be), fn(pool, &p, wsp, wsb));
     if (kind == RKV_BACKEND_CUDA) {
       TIME_LOOP(o->min_time, copy_it, c_s, rkv_backend_sync(be),
                 rkv_kv_pool_copy_blocks(pool, ops, nops));
@@ -478,35 +453,37 @@ static int run_shape(rkv_backend *be, const bench_opts *o, uint32_t batch, uint3
     (void)copy_it;
     if (a_s < r->attn_s) r->attn_s = a_s, r->iters = it;
     if (c_s < r->copy_s) r->copy_s = c_s;
-#ifdef RKV_HAVE_CUDA
     if (kind == RKV_BACKEND_CUDA) {
-      /* The ceiling: one plain device-to-device copy, first half of the pool into the second. */
-      unsigned char *base = rkv_kv_pool_base(pool);
+      /* The ceiling: one plain device-to-device copy, first half of the pool into the second,
+       * through a buffer over the pool's memory. */
       const double cap = (double)used * (double)bb;
       const size_t dbytes = (size_t)(r->bytes < cap ? r->bytes : cap);
-      cudaStream_t cs = (cudaStream_t)rkv_backend_stream(be);
+      if (!pool_mem && rkv_buffer_wrap(be, RKV_BUFFER_DEVICE, rkv_kv_pool_base(pool),
+                                       (size_t)nblocks * bb, &pool_mem) != RKV_OK) {
+        fprintf(stderr, "rkv " CMD ": wrap the pool: %s\n", rkv_backend_last_error(be));
+        goto done;
+      }
       int d_it = 0;
       double d_s = 0.0;
       bool ok = true;
       TIME_LOOP(o->min_time, d_it, d_s, rkv_backend_sync(be),
-                ok &= cudaMemcpyAsync(base + (size_t)used * bb, base, dbytes,
-                                      cudaMemcpyDeviceToDevice, cs) == cudaSuccess);
+                ok &= rkv_buffer_copy(pool_mem, (size_t)used * bb, pool_mem, 0, dbytes) == RKV_OK);
       (void)d_it;
       if (!ok) {
-        fprintf(stderr, "rkv " CMD ": cudaMemcpyAsync (device to device) failed\n");
+        fprintf(stderr, "rkv " CMD ": device-to-device copy failed: %s\n",
+                rkv_backend_last_error(be));
         goto done;
       }
       d_s *= r->bytes / (double)dbytes;
       if (r->d2d_s == 0.0 || d_s < r->d2d_s) r->d2d_s = d_s;
     }
-#endif
   }
   ret = 0;
 done:
   free(csrc), free(cdst), free(ops), free(host), free(ids), free(indptr), free(last), free(q);
-  free(q_indptr), buf_free(kind, dqi);
-  buf_free(kind, ws), buf_free(kind, dq), buf_free(kind, dout);
-  buf_free(kind, dindptr), buf_free(kind, dindices), buf_free(kind, dlast);
+  free(q_indptr), rkv_buffer_destroy(dqi), rkv_buffer_destroy(pool_mem);
+  rkv_buffer_destroy(ws), rkv_buffer_destroy(dq), rkv_buffer_destroy(dout);
+  rkv_buffer_destroy(dindptr), rkv_buffer_destroy(dindices), rkv_buffer_destroy(dlast);
   rkv_kv_pool_destroy(pool);
   return ret;
 }

@@ -1,9 +1,10 @@
 /* `rkv bench evict --backend cuda`: time of one GPU compression (every layer of a batch of
  * sequences at B + buffer tokens cut back to B) through the public API
  * (rkv_blockmgr_compact_uniform, rkv_evict_cuda_describe, rkv_evict_cuda_compress), timed with
- * CUDA events on the backend stream; and, when `python3 -c "import torch"` works with a GPU, the
- * speed-up over a straightforward PyTorch implementation of the same math on dense tensors
- * (tools/bench/evict_torch.py, same shapes, torch.cuda.Event timing), run through popen.
+ * the backend's stream timer (CUDA events; rkv_backend_timer), device memory through rkv_buffer;
+ * and, when `python3 -c "import torch"` works with a GPU, the speed-up over a straightforward
+ * PyTorch implementation of the same math on dense tensors (tools/bench/evict_torch.py, same
+ * shapes, torch.cuda.Event timing), run through popen.
  *
  * The host plan (compact_uniform + describe + uploads) happens once; the device part is then
  * replayed on the same descriptors (later replays score keys that earlier ones moved: the work
@@ -16,6 +17,7 @@
 
 #include <rkv/attention_cuda.h>
 #include <rkv/blockmgr.h>
+#include <rkv/buffer.h>
 #include <rkv/evict_cuda.h>
 
 #include "bench.h"
@@ -42,19 +44,6 @@ static void usage(FILE *f) {
           "  --no-torch     skip the PyTorch comparison\n");
 }
 
-#ifndef RKV_HAVE_CUDA
-int rkvi_bench_evict_cuda(int argc, char **argv) {
-  for (int i = 1; i < argc; i++)
-    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-      usage(stdout);
-      return 0;
-    }
-  fprintf(stderr, "rkv %s: not built with CUDA\n", CMD);
-  return 2;
-}
-#else
-#include <cuda_runtime.h>
-
 typedef struct opts {
   rkv_evict_policy policy;
   uint64_t seqs, layers, kvh, qh, d, bs, budget, buffer, window, iters;
@@ -67,14 +56,6 @@ static int cmp_f(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
-#define CU(expr)                                                               \
-  do {                                                                         \
-    cudaError_t e_ = (expr);                                                   \
-    if (e_ != cudaSuccess) {                                                   \
-      fprintf(stderr, "rkv %s: %s: %s\n", CMD, #expr, cudaGetErrorString(e_)); \
-      goto done;                                                               \
-    }                                                                          \
-  } while (0)
 #define RK(expr)                                                               \
   do {                                                                         \
     rkv_status s_ = (expr);                                                    \
@@ -167,25 +148,39 @@ static double torch_ms(const opts *o, uint64_t streams) {
   return ms;
 }
 
+/* A DEVICE buffer holding `bytes` host bytes (at least `min_bytes` long); the upload reads src
+ * by the next rkv_backend_sync. */
+static rkv_status device_copy(rkv_backend *be, const void *src, size_t bytes, size_t min_bytes,
+                              rkv_buffer **out) {
+  rkv_status s =
+      rkv_buffer_create(be, RKV_BUFFER_DEVICE, bytes > min_bytes ? bytes : min_bytes, out);
+  return s == RKV_OK ? rkv_buffer_upload(*out, 0, src, bytes) : s;
+}
+
 int rkvi_bench_evict_cuda(int argc, char **argv) {
   for (int i = 1; i < argc; i++)
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
       usage(stdout);
       return 0;
     }
+  if (!rkv_build_has_cuda()) {
+    fprintf(stderr, "rkv %s: not built with CUDA\n", CMD);
+    return 2;
+  }
   opts o;
   if (!parse(argc, argv, &o)) return 2;
   int rc = 1;
   rkv_backend *be = NULL;
   rkv_blockmgr *m = NULL;
   rkv_kv_pool *pool = NULL;
-  void *ws = NULL, *d_streams = NULL, *d_old = NULL, *d_new = NULL, *d_clear = NULL;
-  float *d_ring = NULL, *times = NULL;
+  rkv_buffer *ws = NULL, *d_streams = NULL, *d_old = NULL, *d_new = NULL, *d_clear = NULL;
+  rkv_buffer *d_ring = NULL;
+  rkv_backend_timer *timer = NULL;
+  float *times = NULL;
   uint8_t *host = NULL;
   rkv_compact_map *maps = NULL;
   rkv_evict_cuda_stream *st = NULL;
   int32_t *old_all = NULL, *new_all = NULL, *freed = NULL, *ids = NULL;
-  cudaEvent_t e0 = NULL, e1 = NULL;
 
   const uint64_t n = o.budget + o.buffer, G = o.qh / o.kvh;
   const uint64_t sps = o.layers * o.kvh, streams = o.seqs * sps;
@@ -232,10 +227,10 @@ int rkvi_bench_evict_cuda(int argc, char **argv) {
       rng = rng * 6364136223846793005ull + 1442695040888963407ull;
       hr[i] = (float)((double)(rng >> 11) / 9007199254740992.0 * 3.0 - 1.5);
     }
-    cudaError_t e = cudaMalloc((void **)&d_ring, ring_bytes);
-    if (e == cudaSuccess) e = cudaMemcpy(d_ring, hr, ring_bytes, cudaMemcpyHostToDevice);
+    rkv_status e = device_copy(be, hr, ring_bytes, 1, &d_ring);
+    if (e == RKV_OK) e = rkv_backend_sync(be); /* hr is read by then */
     free(hr);
-    CU(e);
+    RK(e);
   }
 
   /* Host plan: fill every sequence to B + buffer, cut every stream of every layer to B. */
@@ -266,14 +261,11 @@ int rkvi_bench_evict_cuda(int argc, char **argv) {
   }
   RK(rkv_evict_cuda_freed_blocks(m, old_all, tot_old, freed, (uint32_t)(streams * bps), &n_freed));
   t_plan = rt_now() - t_fill;
-  CU(cudaMalloc(&d_streams, sizeof *st * tot_maps));
-  CU(cudaMalloc(&d_old, sizeof *old_all * tot_old));
-  CU(cudaMalloc(&d_new, sizeof *new_all * tot_new));
-  CU(cudaMalloc(&d_clear, sizeof *freed * (n_freed ? n_freed : 1)));
-  CU(cudaMemcpy(d_streams, st, sizeof *st * tot_maps, cudaMemcpyHostToDevice));
-  CU(cudaMemcpy(d_old, old_all, sizeof *old_all * tot_old, cudaMemcpyHostToDevice));
-  CU(cudaMemcpy(d_new, new_all, sizeof *new_all * tot_new, cudaMemcpyHostToDevice));
-  if (n_freed) CU(cudaMemcpy(d_clear, freed, sizeof *freed * n_freed, cudaMemcpyHostToDevice));
+  RK(device_copy(be, st, sizeof *st * tot_maps, 1, &d_streams));
+  RK(device_copy(be, old_all, sizeof *old_all * tot_old, 1, &d_old));
+  RK(device_copy(be, new_all, sizeof *new_all * tot_new, 1, &d_new));
+  RK(device_copy(be, freed, sizeof *freed * n_freed, sizeof *freed, &d_clear));
+  RK(rkv_backend_sync(be));
 
   rkv_evict_params p = RKV_EVICT_PARAMS_INIT;
   p.policy = o.policy;
@@ -284,18 +276,16 @@ int rkvi_bench_evict_cuda(int argc, char **argv) {
   b.num_streams = tot_maps;
   b.group = (uint32_t)G;
   b.max_len = (int32_t)n;
-  b.streams = d_streams;
-  b.old_blocks = d_old;
-  b.new_blocks = d_new;
-  b.qwin = d_ring;
-  b.clear_blocks = d_clear;
+  b.streams = rkv_buffer_ptr(d_streams);
+  b.old_blocks = rkv_buffer_ptr(d_old);
+  b.new_blocks = rkv_buffer_ptr(d_new);
+  b.qwin = rkv_buffer_ptr(d_ring);
+  b.clear_blocks = rkv_buffer_ptr(d_clear);
   b.n_clear = n_freed;
   size_t ws_bytes = 0;
   RK(rkv_evict_cuda_workspace_size(&p, pool, tot_maps, (uint32_t)G, (int32_t)n, &ws_bytes));
-  CU(cudaMalloc(&ws, ws_bytes));
-  CU(cudaEventCreate(&e0));
-  CU(cudaEventCreate(&e1));
-  cudaStream_t cs = (cudaStream_t)rkv_backend_stream(be);
+  RK(rkv_buffer_create(be, RKV_BUFFER_DEVICE, ws_bytes ? ws_bytes : 1, &ws));
+  RK(rkv_backend_timer_create(be, &timer));
   times = malloc(sizeof *times * o.iters);
   if (!times) goto done;
   printf(
@@ -314,14 +304,14 @@ int rkvi_bench_evict_cuda(int argc, char **argv) {
   const int variants = o.policy == RKV_EVICT_RKV ? 2 : 1;
   for (int var = 0; var < variants; var++) {
     b.flags = var ? RKV_EVICT_CUDA_TENSOR_CORES : 0u;
-    for (int w = 0; w < 3; w++) RK(rkv_evict_cuda_compress(&p, pool, &b, ws, ws_bytes));
+    void *wsp = rkv_buffer_ptr(ws);
+    for (int w = 0; w < 3; w++) RK(rkv_evict_cuda_compress(&p, pool, &b, wsp, ws_bytes));
     RK(rkv_backend_sync(be));
     for (uint64_t it = 0; it < o.iters; it++) {
-      CU(cudaEventRecord(e0, cs));
-      RK(rkv_evict_cuda_compress(&p, pool, &b, ws, ws_bytes));
-      CU(cudaEventRecord(e1, cs));
-      CU(cudaEventSynchronize(e1));
-      CU(cudaEventElapsedTime(&times[it], e0, e1));
+      RK(rkv_backend_timer_start(timer));
+      RK(rkv_evict_cuda_compress(&p, pool, &b, wsp, ws_bytes));
+      RK(rkv_backend_timer_stop(timer));
+      RK(rkv_backend_timer_elapsed_ms(timer, &times[it]));
     }
     qsort(times, o.iters, sizeof *times, cmp_f);
     const double med = times[o.iters / 2];
@@ -344,10 +334,9 @@ int rkvi_bench_evict_cuda(int argc, char **argv) {
   }
   rc = 0;
 done:
-  if (e0) cudaEventDestroy(e0);
-  if (e1) cudaEventDestroy(e1);
-  cudaFree(ws), cudaFree(d_streams), cudaFree(d_old), cudaFree(d_new), cudaFree(d_clear);
-  cudaFree(d_ring);
+  rkv_backend_timer_destroy(timer);
+  rkv_buffer_destroy(ws), rkv_buffer_destroy(d_streams), rkv_buffer_destroy(d_old);
+  rkv_buffer_destroy(d_new), rkv_buffer_destroy(d_clear), rkv_buffer_destroy(d_ring);
   free(times), free(host), free(ids), free(maps), free(st), free(old_all), free(new_all);
   free(freed);
   rkv_kv_pool_destroy(pool);
@@ -355,4 +344,3 @@ done:
   rkv_backend_destroy(be);
   return rc;
 }
-#endif

@@ -101,6 +101,39 @@ RKV_API rkv_status rkv_buffer_fill(rkv_buffer *dst, size_t off, uint8_t value, s
  * size and contents. Round requests up yourself if they creep upward. */
 RKV_API rkv_status rkv_buffer_reserve(rkv_buffer *buf, size_t bytes);
 
+/* A buffer over memory the caller owns (a KV pool's rkv_kv_pool_base, a framework's tensor),
+ * so that the transfers above reach it: `ptr` must be `bytes` of memory of `kind` on this
+ * backend (device memory of its device on CUDA, host memory on the CPU backend) and a multiple
+ * of RKV_BUFFER_ALIGN. rkv_buffer_destroy frees only the handle (after waiting for the
+ * stream); rkv_buffer_reserve cannot grow it (RKV_ERR_INVALID_ARG). The emulated device
+ * refuses (RKV_ERR_UNSUPPORTED): its device memory is only what rkv_buffer_create made, so
+ * that every device address it hands out faults on the host. *out = NULL on failure. */
+RKV_API rkv_status rkv_buffer_wrap(rkv_backend *backend, rkv_buffer_kind kind, void *ptr,
+                                   size_t bytes, rkv_buffer **out);
+
+/* ---- Timing on the backend's stream ----------------------------------------------------
+ * A pair of marks: start and stop are recorded where the stream has got to when they are
+ * called, elapsed_ms waits for the stop mark and returns the time the stream took between
+ * them. On CUDA these are CUDA events (cudaEventRecord, cudaEventElapsedTime: device time,
+ * resolution about half a microsecond); on the CPU backend and the emulated device, whose
+ * work is done by the time the stream is synchronised, each mark synchronises the backend
+ * (rkv_backend_sync, so its errors and the emulator's hazards surface there) and reads a
+ * monotonic host clock. Work queued before start is therefore never counted on any backend.
+ * A timer belongs to one backend; destroy it before the backend. */
+typedef struct rkv_backend_timer rkv_backend_timer;
+
+/* The handle comes from the backend's allocator. *out = NULL on failure. */
+RKV_API rkv_status rkv_backend_timer_create(rkv_backend *backend, rkv_backend_timer **out);
+/* NULL is a no-op. */
+RKV_API void rkv_backend_timer_destroy(rkv_backend_timer *t);
+/* Records the start mark; a timer may be started again, which forgets the previous stop. */
+RKV_API rkv_status rkv_backend_timer_start(rkv_backend_timer *t);
+/* Records the stop mark; RKV_ERR_STATE before a start. */
+RKV_API rkv_status rkv_backend_timer_stop(rkv_backend_timer *t);
+/* Waits for the stop mark and writes the milliseconds between the marks to *ms;
+ * RKV_ERR_STATE unless both marks are recorded. */
+RKV_API rkv_status rkv_backend_timer_elapsed_ms(rkv_backend_timer *t, float *ms);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,8 +1,8 @@
-/* A miniature engine for the scheduler tests: executes plans against a real CPU KV pool
- * (swap ops through a host buffer, K/V rows whose values encode (request, stream, logical
- * position), compaction with a keep-sinks-and-newest rule applied with the block manager's
- * move plan), snapshots every running sequence's KV after each step, and verifies that a
- * swapped-in sequence's KV equals its snapshot bit for bit. Header-only, test use only. */
+/* The scheduler tests' engine: the library executor (rkv/executor.h) over a real CPU KV pool,
+ * fed by a toy model whose K/V rows name their writer, stream and logical position, plus the
+ * harness checks after every step: the executor's own invariant walk, every cached row is a
+ * row some ancestor of the sequence wrote to that stream in order, and a swapped-in sequence's
+ * KV equals its snapshot from before the swap bit for bit. Header-only, test use only. */
 #ifndef SCHED_TEST_ENGINE_H
 #define SCHED_TEST_ENGINE_H
 
@@ -10,43 +10,44 @@
 #include <string.h>
 
 #include <rkv/blockmgr.h>
+#include <rkv/executor.h>
 #include <rkv/scheduler.h>
 
 #include "rkv_test.h"
 
 #define TE_MAX_IDS 512
-#define TE_CODE 1000000 /* slot code = writer id * TE_CODE + logical position */
 
 typedef struct te_snap {
-  int64_t id;       /* -1 = unused */
-  int32_t *lens;    /* [streams] */
-  float *kv;        /* [streams][cap_tokens][2][head_dim] */
-  int64_t *logical; /* [streams][cap_tokens] logical position of each cached token */
+  int64_t id;    /* -1 = unused */
+  int32_t *lens; /* [streams] */
+  float *kv;     /* [streams][cap_tokens][2][head_dim] */
 } te_snap;
 
 typedef struct test_engine {
   rkv_blockmgr *bm;
   rkv_backend *be;
   rkv_kv_pool *pool;
-  unsigned char *host; /* host swap pool [host_blocks][block_bytes] */
-  size_t block_bytes;
+  rkv_exec *x;
   uint32_t streams, block_size, head_dim, layers, kv_heads;
   int32_t cap_tokens;
-  /* writer and logical position of each slot's token (a code), for the value rule */
-  int64_t *slot_logical; /* [num_blocks * block_size] */
+  float *q, *k, *v, *out; /* one layer's rows, rows_cap of them */
+  uint32_t rows_cap;
+  float *row_buf;                /* [cap_tokens][2][head_dim]: one stream read back */
+  int64_t parent[2][TE_MAX_IDS]; /* fork edges child -> parent, n_parents of them */
+  uint32_t n_parents;
   te_snap snaps[TE_MAX_IDS];
   uint64_t rng;
   double eos_prob;
   uint64_t swap_checks; /* sequences verified after swap-in */
   uint64_t swap_failures;
   uint64_t compressions;
-  uint64_t value_failures; /* cached rows whose content is not what was written there */
+  uint64_t value_failures; /* cached rows that are not what their stream's writers wrote */
   uint64_t copies;
   rkv_sched_output outs[1024];
 } test_engine;
 
-/* The scheduler tests' block manager: F32 K/V of head_dim 4 (values only matter to the
- * engine above), everything else given. */
+/* The scheduler tests' block manager: F32 K/V of head_dim 4 (the toy model's rows), everything
+ * else given. */
 static inline rkv_blockmgr *te_make_bm(uint32_t blocks, uint32_t bs, uint32_t layers,
                                        uint32_t heads, float watermark, uint32_t max_seqs,
                                        bool check_every_op) {
@@ -65,9 +66,11 @@ static inline rkv_blockmgr *te_make_bm(uint32_t blocks, uint32_t bs, uint32_t la
   return m;
 }
 
+/* Element e of the K (kv 0) or V (kv 1) row that sequence `id` writes at logical position
+ * `logical` of `stream`: small integers, exact in f32, so a row read back says who wrote it. */
 static inline float te_value(int64_t id, uint32_t stream, int64_t logical, uint32_t e, int kv) {
-  return (float)(id * 4096 + logical) + (float)stream * 0.25f + (float)e * 0.001f +
-         (kv ? 0.5f : 0.0f);
+  const float fields[4] = {(float)id, (float)logical, (float)stream, kv ? -1.0f : 1.0f};
+  return fields[e % 4];
 }
 
 static inline te_snap *te_snap_of(test_engine *t, int64_t id, bool create) {
@@ -82,7 +85,9 @@ static inline te_snap *te_snap_of(test_engine *t, int64_t id, bool create) {
   return NULL;
 }
 
-static inline int te_init(test_engine *t, rkv_blockmgr *bm, uint32_t host_blocks,
+/* The executor is configured from the scheduler's config: its default policy sizes the query
+ * window, its host_blocks the swap pool. */
+static inline int te_init(test_engine *t, rkv_blockmgr *bm, const rkv_sched_config *sc,
                           int32_t cap_tokens, double eos_prob, uint64_t seed) {
   memset(t, 0, sizeof *t);
   t->bm = bm;
@@ -95,20 +100,27 @@ static inline int te_init(test_engine *t, rkv_blockmgr *bm, uint32_t host_blocks
   t->cap_tokens = cap_tokens;
   t->eos_prob = eos_prob;
   t->rng = seed;
+  for (int i = 0; i < TE_MAX_IDS; i++) t->snaps[i].id = -1;
   rkv_backend_config bc = RKV_BACKEND_CONFIG_INIT;
   bc.kind = RKV_BACKEND_CPU;
   bc.num_threads = 1;
   if (rkv_backend_create(&bc, &t->be) != RKV_OK) return 1;
   rkv_kv_layout lay = rkv_blockmgr_kv_layout(bm);
   if (rkv_kv_pool_create(t->be, &lay, c->num_blocks, &t->pool) != RKV_OK) return 1;
-  t->block_bytes = rkv_kv_block_bytes(&lay);
-  t->host = calloc((size_t)host_blocks + 1, t->block_bytes);
-  t->slot_logical = calloc((size_t)c->num_blocks * c->block_size, sizeof(int64_t));
+  rkv_exec_config xc = RKV_EXEC_CONFIG_INIT;
+  xc.num_q_heads = t->kv_heads;
+  xc.max_seqs = sc->max_seqs;
+  xc.host_blocks = sc->host_blocks;
+  xc.evict = sc->evict;
+  char err[256];
+  if (rkv_exec_create(&xc, bm, t->pool, &t->x, err, sizeof err) != RKV_OK) {
+    fprintf(stderr, "rkv_exec_create: %s\n", err);
+    return 1;
+  }
+  t->row_buf = calloc((size_t)cap_tokens * 2 * t->head_dim, sizeof(float));
   for (int i = 0; i < TE_MAX_IDS; i++) {
-    t->snaps[i].id = -1;
     t->snaps[i].lens = calloc(t->streams, sizeof(int32_t));
     t->snaps[i].kv = calloc((size_t)t->streams * cap_tokens * 2 * t->head_dim, sizeof(float));
-    t->snaps[i].logical = calloc((size_t)t->streams * cap_tokens, sizeof(int64_t));
   }
   return 0;
 }
@@ -117,71 +129,61 @@ static inline void te_fini(test_engine *t) {
   for (int i = 0; i < TE_MAX_IDS; i++) {
     free(t->snaps[i].lens);
     free(t->snaps[i].kv);
-    free(t->snaps[i].logical);
   }
-  free(t->host);
-  free(t->slot_logical);
+  free(t->q), free(t->k), free(t->v), free(t->out), free(t->row_buf);
+  rkv_exec_destroy(t->x);
   rkv_kv_pool_destroy(t->pool);
   rkv_backend_destroy(t->be);
 }
 
-/* Reads stream st of seq into (kv, logical) rows. */
-static inline void te_read_stream(test_engine *t, int64_t id, uint32_t st, int32_t len, float *kv,
-                                  int64_t *logical) {
-  const float *base = rkv_kv_pool_base(t->pool);
+/* Reads the first len rows of stream st of seq as [len][K row, V row], through the tables. */
+static inline void te_read_stream(test_engine *t, int64_t id, uint32_t st, int32_t len, float *kv) {
+  const char *base = rkv_kv_pool_base(t->pool);
   const rkv_kv_layout *lay = rkv_kv_pool_layout(t->pool);
-  uint32_t l = st / t->kv_heads, h = st % t->kv_heads;
+  const size_t bb = rkv_kv_block_bytes(lay), row = sizeof(float) * t->head_dim;
   for (int32_t p = 0; p < len; p++) {
     int64_t slot = -1;
-    (void)rkv_blockmgr_stream_slot(t->bm, id, l, h, p, &slot);
-    int64_t blk = slot / t->block_size;
+    (void)rkv_blockmgr_stream_slot(t->bm, id, st / t->kv_heads, st % t->kv_heads, p, &slot);
+    const char *b = base + (size_t)(slot / t->block_size) * bb;
     uint32_t off = (uint32_t)(slot % t->block_size);
-    const char *b = (const char *)base + (size_t)blk * t->block_bytes;
-    memcpy(kv + (size_t)p * 2 * t->head_dim, b + rkv_kv_k_offset(lay, off),
-           sizeof(float) * t->head_dim);
-    memcpy(kv + ((size_t)p * 2 + 1) * t->head_dim, b + rkv_kv_v_offset(lay, off),
-           sizeof(float) * t->head_dim);
-    logical[p] = t->slot_logical[slot];
+    memcpy(kv + (size_t)p * 2 * t->head_dim, b + rkv_kv_k_offset(lay, off), row);
+    memcpy(kv + ((size_t)p * 2 + 1) * t->head_dim, b + rkv_kv_v_offset(lay, off), row);
   }
 }
 
-/* Executes a plan and reports it. Returns the report status. */
-static inline rkv_status te_run(test_engine *t, rkv_sched *s, const rkv_sched_plan *p) {
-  /* 0: a fork's child starts as its parent was at the last report */
-  size_t row_f = (size_t)2 * t->head_dim;
+static inline bool te_is_ancestor(const test_engine *t, int64_t writer, int64_t id) {
+  for (uint32_t hops = 0; hops <= t->n_parents; hops++) {
+    if (writer == id) return true;
+    int64_t up = -1;
+    for (uint32_t i = 0; i < t->n_parents && up < 0; i++)
+      if (t->parent[0][i] == id) up = t->parent[1][i];
+    if (up < 0) return false;
+    id = up;
+  }
+  return false;
+}
+
+/* Forks: the child starts as its parent was at the last report (snapshot) and reads the rows
+ * its parent wrote. */
+static inline void te_note_forks(test_engine *t, const rkv_sched_plan *p) {
+  const size_t row = (size_t)2 * t->head_dim;
   for (uint32_t i = 0; i < p->n_forks; i++) {
+    if (t->n_parents < TE_MAX_IDS) {
+      t->parent[0][t->n_parents] = p->forks[i].child;
+      t->parent[1][t->n_parents++] = p->forks[i].parent;
+    }
     te_snap *ps = te_snap_of(t, p->forks[i].parent, false);
     te_snap *cs = ps ? te_snap_of(t, p->forks[i].child, true) : NULL;
     if (!cs) continue;
     memcpy(cs->lens, ps->lens, sizeof(int32_t) * t->streams);
-    memcpy(cs->kv, ps->kv, sizeof(float) * t->streams * (size_t)t->cap_tokens * row_f);
-    memcpy(cs->logical, ps->logical, sizeof(int64_t) * t->streams * (size_t)t->cap_tokens);
+    memcpy(cs->kv, ps->kv, sizeof(float) * t->streams * (size_t)t->cap_tokens * row);
   }
-  /* 1-2: swaps through the host buffer */
-  for (uint32_t i = 0; i < p->n_swap_out; i++) {
-    int32_t dev = p->swap_out[i].device;
-    if (rkv_kv_pool_read_blocks(t->pool, &dev, 1,
-                                t->host + (size_t)p->swap_out[i].host * t->block_bytes) != RKV_OK)
-      return RKV_ERR_INTERNAL;
-  }
-  /* the logical map of swapped tokens lives on in the snapshot taken after the last step */
-  for (uint32_t i = 0; i < p->n_swap_in; i++) {
-    int32_t dev = p->swap_in[i].device;
-    if (rkv_kv_pool_write_blocks(t->pool, &dev, 1,
-                                 t->host + (size_t)p->swap_in[i].host * t->block_bytes) != RKV_OK)
-      return RKV_ERR_INTERNAL;
-  }
-  if (p->n_copies && rkv_kv_pool_copy_blocks(t->pool, p->copies, p->n_copies) != RKV_OK)
-    return RKV_ERR_INTERNAL;
-  for (uint32_t i = 0; i < p->n_copies; i++)
-    for (uint32_t o = 0; o < t->block_size; o++)
-      t->slot_logical[(int64_t)p->copies[i].dst * t->block_size + o] =
-          t->slot_logical[(int64_t)p->copies[i].src * t->block_size + o];
-  t->copies += p->n_copies;
-  /* verify swapped-in sequences against their snapshot, and restore the logical map */
-  size_t row = (size_t)2 * t->head_dim;
-  float *tmp = malloc(sizeof(float) * (size_t)t->cap_tokens * row);
-  int64_t *lg = malloc(sizeof(int64_t) * (size_t)t->cap_tokens);
+}
+
+/* After begin swapped them in: every saved row of a swapped-in sequence is back, bit for bit
+ * (the streams already hold this step's new slots after the saved rows). */
+static inline void te_check_swap_ins(test_engine *t, const rkv_sched_plan *p) {
+  const size_t row = (size_t)2 * t->head_dim;
   for (uint32_t i = 0; i < p->n_swapped_in; i++) {
     te_snap *sn = te_snap_of(t, p->swapped_in[i], false);
     t->swap_checks++;
@@ -190,7 +192,6 @@ static inline rkv_status te_run(test_engine *t, rkv_sched *s, const rkv_sched_pl
       continue;
     }
     for (uint32_t st = 0; st < t->streams; st++) {
-      /* the restored stream already holds this step's new tokens after the saved ones */
       int32_t len = -1;
       (void)rkv_blockmgr_stream_len(t->bm, sn->id, st / t->kv_heads, st % t->kv_heads, &len);
       if (len < sn->lens[st]) {
@@ -199,91 +200,65 @@ static inline rkv_status te_run(test_engine *t, rkv_sched *s, const rkv_sched_pl
         t->swap_failures++;
         break;
       }
-      len = sn->lens[st];
-      for (int32_t q = 0; q < len; q++) {
-        int64_t slot;
-        (void)rkv_blockmgr_stream_slot(t->bm, sn->id, st / t->kv_heads, st % t->kv_heads, q, &slot);
-        t->slot_logical[slot] = sn->logical[(size_t)st * t->cap_tokens + q];
-      }
-      te_read_stream(t, sn->id, st, len, tmp, lg);
-      if (memcmp(tmp, sn->kv + (size_t)st * t->cap_tokens * row, sizeof(float) * len * row)) {
+      te_read_stream(t, sn->id, st, sn->lens[st], t->row_buf);
+      if (memcmp(t->row_buf, sn->kv + (size_t)st * t->cap_tokens * row,
+                 sizeof(float) * (size_t)sn->lens[st] * row)) {
         fprintf(stderr, "swap-in of %lld: stream %u content differs\n", (long long)sn->id, st);
         t->swap_failures++;
         break;
       }
     }
   }
-  /* 4: write the new tokens' K/V */
-  const rkv_kv_layout *lay = rkv_kv_pool_layout(t->pool);
-  char *base = rkv_kv_pool_base(t->pool);
+}
+
+static inline bool te_grow_rows(test_engine *t, uint32_t rows) {
+  if (rows <= t->rows_cap) return true;
+  const size_t n = (size_t)rows * t->kv_heads * t->head_dim * sizeof(float);
+  free(t->q), free(t->k), free(t->v), free(t->out);
+  t->q = malloc(n), t->k = malloc(n), t->v = malloc(n), t->out = malloc(n);
+  t->rows_cap = t->q && t->k && t->v && t->out ? rows : 0;
+  return t->rows_cap != 0;
+}
+
+/* The toy model: layer l's rows in plan order; K/V name (sequence, stream, logical position),
+ * queries are small and vary so that attention and the query window see distinct rows. */
+static inline void te_layer_rows(test_engine *t, const rkv_sched_plan *p, uint32_t l) {
+  size_t r = 0;
+  const uint32_t H = t->kv_heads, d = t->head_dim;
   for (uint32_t i = 0; i < p->n_seqs; i++) {
     const rkv_sched_seq *q = &p->seqs[i];
-    for (uint32_t st = 0; st < t->streams; st++)
-      for (uint32_t k = 0; k < q->n_tokens; k++) {
-        int64_t slot;
-        int32_t pos = q->kv_len - (int32_t)q->n_tokens + (int32_t)k;
-        if (rkv_blockmgr_stream_slot(t->bm, q->id, st / t->kv_heads, st % t->kv_heads, pos,
-                                     &slot) != RKV_OK)
-          return RKV_ERR_INTERNAL;
-        char *b = base + (size_t)(slot / t->block_size) * t->block_bytes;
-        uint32_t off = (uint32_t)(slot % t->block_size);
-        float *kr = (float *)(b + rkv_kv_k_offset(lay, off));
-        float *vr = (float *)(b + rkv_kv_v_offset(lay, off));
-        for (uint32_t e = 0; e < t->head_dim; e++) {
-          kr[e] = te_value(q->id, st, q->pos + k, e, 0);
-          vr[e] = te_value(q->id, st, q->pos + k, e, 1);
+    for (uint32_t k = 0; k < q->n_tokens; k++, r++)
+      for (uint32_t h = 0; h < H; h++)
+        for (uint32_t e = 0; e < d; e++) {
+          const size_t at = (r * H + h) * d + e;
+          t->k[at] = te_value(q->id, l * H + h, q->pos + k, e, 0);
+          t->v[at] = te_value(q->id, l * H + h, q->pos + k, e, 1);
+          t->q[at] = 0.01f * (float)((q->pos + k + e + h) % 7);
         }
-        t->slot_logical[slot] = q->id * TE_CODE + q->pos + (int64_t)k;
-      }
   }
-  /* 5: compression: keep 4 sinks + the newest (budget - 4), compact, apply moves */
-  for (uint32_t i = 0; i < p->n_seqs; i++) {
-    const rkv_sched_seq *q = &p->seqs[i];
-    rkv_sched_output *o = &t->outs[i];
-    memset(o, 0, sizeof *o);
-    o->id = q->id;
-    o->eos = rkv_test_uniform(&t->rng) < t->eos_prob;
-    if (!q->compress) continue;
-    int32_t B = q->evict->budget, n = q->kv_len;
-    if (n <= B) {
-      o->compressed = true;
-      continue;
-    }
-    int32_t *pos = malloc(sizeof(int32_t) * (size_t)B);
-    for (int32_t k = 0; k < B; k++) pos[k] = k < 4 ? k : n - (B - k);
-    rkv_keep_list *lists = malloc(sizeof(rkv_keep_list) * t->streams);
-    for (uint32_t st = 0; st < t->streams; st++) {
-      lists[st].layer = st / t->kv_heads;
-      lists[st].head = st % t->kv_heads;
-      lists[st].pos = pos;
-      lists[st].n = (uint32_t)B;
-    }
-    uint32_t cap = (uint32_t)B * t->streams, nm = 0;
-    rkv_slot_move *mv = malloc(sizeof(rkv_slot_move) * cap);
-    rkv_blockmgr_stats a, b2;
-    rkv_blockmgr_get_stats(t->bm, &a);
-    rkv_status st = rkv_blockmgr_compact(t->bm, q->id, lists, t->streams, mv, cap, &nm);
-    if (st == RKV_OK) {
-      for (uint32_t k = 0; k < nm; k++) t->slot_logical[mv[k].dst] = t->slot_logical[mv[k].src];
-      st = rkv_kv_pool_apply_moves(t->pool, mv, nm);
-    }
-    rkv_blockmgr_get_stats(t->bm, &b2);
-    free(mv);
-    free(lists);
-    free(pos);
-    if (st == RKV_ERR_NO_BLOCKS) continue; /* shared blocks need fresh ones: retried later */
-    if (st != RKV_OK) {
-      free(tmp);
-      free(lg);
-      return st;
-    }
-    o->compressed = true;
-    o->tokens_evicted = (uint64_t)(n - B) * t->streams;
-    o->blocks_freed = b2.free_blocks - a.free_blocks;
-    t->compressions++;
+}
+
+/* A cached stream is valid when each row is a K/V pair written to this stream by the sequence
+ * or an ancestor, at strictly increasing logical positions (eviction keeps order). */
+static inline bool te_stream_valid(const test_engine *t, int64_t id, uint32_t st, const float *kv,
+                                   int32_t len) {
+  const uint32_t d = t->head_dim;
+  int64_t prev = -1;
+  for (int32_t q = 0; q < len; q++) {
+    const float *kr = kv + (size_t)q * 2 * d, *vr = kr + d;
+    const int64_t w = (int64_t)kr[0], lg = (int64_t)kr[1];
+    for (uint32_t e = 0; e < d; e++)
+      if (kr[e] != te_value(w, st, lg, e, 0) || vr[e] != te_value(w, st, lg, e, 1)) return false;
+    if (lg <= prev || !te_is_ancestor(t, w, id)) return false;
+    prev = lg;
   }
-  rkv_status rs = rkv_sched_report(s, t->outs, p->n_seqs);
-  /* snapshot every running sequence (the source of truth for later swap-ins) */
+  return true;
+}
+
+/* After the report: snapshot every live sequence (the source of truth for later swap-ins)
+ * and check its rows. */
+static inline void te_snapshot(test_engine *t, rkv_sched *s) {
+  const size_t row = (size_t)2 * t->head_dim;
   for (int i = 0; i < TE_MAX_IDS; i++) {
     rkv_sched_request_info info;
     if (t->snaps[i].id >= 0 && (rkv_sched_get_request(s, t->snaps[i].id, &info) != RKV_OK ||
@@ -300,18 +275,41 @@ static inline rkv_status te_run(test_engine *t, rkv_sched *s, const rkv_sched_pl
       if (len > t->cap_tokens) len = t->cap_tokens;
       sn->lens[st] = len;
       float *kv = sn->kv + (size_t)st * t->cap_tokens * row;
-      int64_t *lgc = sn->logical + (size_t)st * t->cap_tokens;
-      te_read_stream(t, ids[i], st, len, kv, lgc);
-      for (int32_t q = 0; q < len; q++)
-        /* forked children hold their parent's rows: the code names the writer */
-        if (kv[(size_t)q * row] != te_value(lgc[q] / TE_CODE, st, lgc[q] % TE_CODE, 0, 0) ||
-            kv[(size_t)q * row + t->head_dim] !=
-                te_value(lgc[q] / TE_CODE, st, lgc[q] % TE_CODE, 0, 1))
-          t->value_failures++;
+      te_read_stream(t, ids[i], st, len, kv);
+      if (!te_stream_valid(t, ids[i], st, kv, len)) t->value_failures++;
     }
   }
-  free(tmp);
-  free(lg);
+}
+
+static inline rkv_status te_fail(const test_engine *t, const char *what, rkv_status st) {
+  fprintf(stderr, "test engine: %s: %s: %s\n", what, rkv_status_name(st),
+          rkv_exec_last_error(t->x));
+  return st;
+}
+
+/* Executes a plan through the executor and reports it. Returns the first failing status. */
+static inline rkv_status te_run(test_engine *t, rkv_sched *s, const rkv_sched_plan *p) {
+  te_note_forks(t, p);
+  rkv_status st = rkv_exec_begin(t->x, p);
+  if (st != RKV_OK) return te_fail(t, "begin", st);
+  te_check_swap_ins(t, p);
+  t->copies += p->n_copies;
+  if (!te_grow_rows(t, p->n_batched_tokens)) return RKV_ERR_NO_MEMORY;
+  for (uint32_t l = 0; l < t->layers; l++) {
+    te_layer_rows(t, p, l);
+    if ((st = rkv_exec_layer(t->x, l, t->q, t->k, t->v, t->out)) != RKV_OK)
+      return te_fail(t, "layer", st);
+  }
+  for (uint32_t i = 0; i < p->n_seqs; i++) {
+    memset(&t->outs[i], 0, sizeof t->outs[i]);
+    t->outs[i].eos = rkv_test_uniform(&t->rng) < t->eos_prob;
+  }
+  if ((st = rkv_exec_finish(t->x, t->outs, p->n_seqs)) != RKV_OK) return te_fail(t, "finish", st);
+  for (uint32_t i = 0; i < p->n_seqs; i++)
+    t->compressions += t->outs[i].compressed && t->outs[i].tokens_evicted > 0;
+  rkv_status rs = rkv_sched_report(s, t->outs, p->n_seqs);
+  if ((st = rkv_exec_check(t->x)) != RKV_OK) return te_fail(t, "check", st);
+  te_snapshot(t, s);
   return rs;
 }
 

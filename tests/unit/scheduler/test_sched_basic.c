@@ -199,7 +199,7 @@ static uint32_t reserve_batch(rkv_evict_policy pol, uint32_t *preemptions, uint6
   rkv_sched *s = NULL;
   rkv_sched_create(&c, m, &s, NULL, 0);
   test_engine t;
-  te_init(&t, m, 0, 256, 0.0, 1);
+  te_init(&t, m, &c, 256, 0.0, 1);
   for (int i = 0; i < 40; i++) {
     rkv_sched_request r = mkreq(i, 8, 72); /* full: 80 tokens = 20 blocks x 2 streams */
     EXPECT_OK(rkv_sched_add_request(s, &r));

@@ -41,7 +41,7 @@ static run_result run_pressure(rkv_sched_preempt_mode mode, rkv_evict_policy pol
   char err[256];
   EXPECT_OK(rkv_sched_create(&c, m, &s, err, sizeof err));
   test_engine t;
-  te_init(&t, m, c.host_blocks, 256, 0.0, 7);
+  te_init(&t, m, &c, 256, 0.0, 7);
   static const int32_t prio[] = {0, 5, 1, 3, 2, 4};
   for (uint32_t i = 0; i < nreq; i++) {
     rkv_sched_request r = {(int64_t)i,  8 + i,     pol == RKV_EVICT_FULL ? 100 : 150,
@@ -142,7 +142,7 @@ static void test_fork_cow(void) {
   rkv_sched *s = NULL;
   EXPECT_OK(rkv_sched_create(&c, m, &s, NULL, 0));
   test_engine t;
-  te_init(&t, m, 0, 64, 0.0, 3);
+  te_init(&t, m, &c, 64, 0.0, 3);
   rkv_sched_request r = {1, 10, 20, 0, 0.0, NULL};
   EXPECT_OK(rkv_sched_add_request(s, &r));
   EXPECT_STATUS(rkv_sched_fork(s, 1, 2, 20), RKV_ERR_STATE); /* still waiting */

@@ -56,7 +56,7 @@ static outcome run_random(uint64_t seed) {
     return o;
   }
   test_engine t;
-  te_init(&t, m, c.host_blocks, 256, 0.02, seed ^ 0x55);
+  te_init(&t, m, &c, 256, 0.02, seed ^ 0x55);
   rkv_evict_params other = c.evict; /* a per-request override */
   other.policy = RKV_EVICT_STREAMING;
   other.budget = 12;

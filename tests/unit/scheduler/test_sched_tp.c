@@ -51,7 +51,7 @@ static tp_result run_pair(rkv_sched_admission adm, uint32_t nreq, bool with_limi
   static test_engine t[2];
   for (int k = 0; k < 2; k++) {
     EXPECT_OK(rkv_sched_create(&c, m[k], &s[k], NULL, 0));
-    EXPECT_EQ_INT(te_init(&t[k], m[k], 0, 256, 0.0, 11), 0);
+    EXPECT_EQ_INT(te_init(&t[k], m[k], &c, 256, 0.0, 11), 0);
   }
   if (!s[0] || !s[1]) return res;
   uint32_t lim = 0;
