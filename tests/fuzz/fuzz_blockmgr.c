@@ -5,7 +5,7 @@
  * restore, malformed calls; with a prefix cache also template requests through
  * seq_create_cached, prefix_insert, protect, prefix_match / prefix_cost, prefix_clear and
  * compactions keeping the protected prefix), each mirrored by the shadow model of
- * tests/unit/blockmgr/shadow.h, with rkv_blockmgr_check after every operation and a final
+ * tools/rkv/shadow.h, with rkv_blockmgr_check after every operation and a final
  * free-everything leak check. Any disagreement prints the reason and aborts.
  * Under gcc, tests/fuzz/replay_main.c replays the committed corpus in corpus/fuzz_blockmgr/.
  *
@@ -22,7 +22,7 @@
 
 #include <rkv/blockmgr.h>
 
-#include "../unit/blockmgr/shadow.h"
+#include "shadow.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -9,8 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../../tools/rkv/cmd_replay.c"
-#include "../../tools/rkv/replay_parse.c"
+#include "rt_commands.h"
 #include "fuzz_file.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -1,6 +1,6 @@
 /* `rkv stress`: random mixes of create / append / fork / compact / compact_uniform / restore /
  * free and malformed calls against one block manager, every call checked against the shadow
- * model of tests/unit/blockmgr/shadow.h (the same model the property test and the fuzz target
+ * model of shadow.h (the same model the property test and the fuzz target
  * use), with the full invariant walk (rkv_blockmgr_check + every block, stream and token)
  * every K ops and at the end. Frees everything at the end and requires 0 leaked blocks.
  * Summary as a table, or one JSON object with --json; non-zero exit on any violation. */
@@ -12,7 +12,7 @@
 
 #include <rkv/blockmgr.h>
 
-#include "../../tests/unit/blockmgr/shadow.h"
+#include "shadow.h"
 
 const char rt_cmd_stress_summary[] =
     "random block-manager operations checked against a shadow model (leaks, invariants)";

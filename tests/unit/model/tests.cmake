@@ -1,6 +1,6 @@
-# Test model (tools/model, tools/rkv/model_*.c): extra wiring and script / tool tests.
+# Test model (tools/model, tools/rkv/model_*.c in rkv_toolkit): script and tool tests.
 #  model_test_forward   C forward pass vs the PyTorch reference (auto-registered from
-#                       test_forward.c; here it gets the tool's model sources)
+#                       test_forward.c)
 #  model_numpy_reference  numpy twin of the model + the Python task generator against the same
 #                       committed reference (skips without a numpy interpreter)
 #  model_torch_reference  PyTorch cache path (extend / keep) and the committed reference still
@@ -12,14 +12,7 @@
 #  model_eval_prefix_cache  `rkv eval --repeat 2`: the prefix cache on generates exactly what
 #                       it generates off (full cache; R-KV under the same protection)
 set(_model_dir ${PROJECT_SOURCE_DIR}/tests/unit/model)
-set(_model_srcs ${PROJECT_SOURCE_DIR}/tools/rkv/model_st.c
-    ${PROJECT_SOURCE_DIR}/tools/rkv/model_forward.c ${PROJECT_SOURCE_DIR}/tools/rkv/model_task.c)
-target_sources(model_test_forward PRIVATE ${_model_srcs})
-target_include_directories(model_test_forward PRIVATE ${PROJECT_SOURCE_DIR}/tools/rkv)
-if(RKV_HAVE_BLAS)
-  target_link_libraries(model_test_forward PRIVATE rkv_blas_dep)
-  target_compile_definitions(model_test_forward PRIVATE RKV_HAVE_BLAS=1)
-endif()
+# model_test_forward reaches the tool's model code through rkv_toolkit (every test links it).
 set_tests_properties(model_test_forward PROPERTIES TIMEOUT 300) # ~80 s alone under ASan on 2 cores
 
 if(RKV_NUMPY_PYTHON)
