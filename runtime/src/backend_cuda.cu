@@ -165,8 +165,8 @@ rkv_status rkvi_cuda_event_record(rkv_backend *b, void *event) {
 rkv_status rkvi_cuda_event_elapsed(rkv_backend *b, void *start, void *stop, float *ms) {
   if (b->poisoned) return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA context poisoned earlier");
   CUDA_TRY(b, cudaEventSynchronize(static_cast<cudaEvent_t>(stop)));
-  CUDA_TRY(b, cudaEventElapsedTime(ms, static_cast<cudaEvent_t>(start),
-                                   static_cast<cudaEvent_t>(stop)));
+  CUDA_TRY(
+      b, cudaEventElapsedTime(ms, static_cast<cudaEvent_t>(start), static_cast<cudaEvent_t>(stop)));
   return RKV_OK;
 }
 

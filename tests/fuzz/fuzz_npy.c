@@ -36,8 +36,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   memcpy(buf, hdr, hl);
   memcpy(buf + hl, a.data, a.count * a.elem_size);
   rt_npy b;
-  if (rt_npy_parse(buf, n, &b, err, sizeof err) != RKV_OK || b.ndim != a.ndim ||
-      b.type != a.type || b.count != a.count)
+  if (rt_npy_parse(buf, n, &b, err, sizeof err) != RKV_OK || b.ndim != a.ndim || b.type != a.type ||
+      b.count != a.count)
     abort();
   for (int i = 0; i < a.ndim; i++)
     if (b.shape[i] != a.shape[i]) abort();

@@ -9,8 +9,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "rt_commands.h"
 #include "fuzz_file.h"
+#include "rt_commands.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -88,7 +88,7 @@ i=0
 # prefix)
 for cfg in "--policy full,rkv --pool-blocks 256 --admission optimistic" \
   "--policy full,rkv,snapkv,streaming,h2o --pool-blocks 256 --admission optimistic --preempt swap" \
-  "--policy full,rkv --pool-blocks 256 --admission optimistic --prefixes 3 --prefix-len 100-300 --prefix-cache on --prefix-rule copy"; do
+  "--policy full,rkv --pool-blocks 256 --admission optimistic --requests 16 --prefixes 3 --prefix-len 100-300 --prefix-cache on --prefix-rule copy"; do
   i=$((i + 1))
   # shellcheck disable=SC2086
   run cuda$i --compute $dev --json $cfg

@@ -19,7 +19,12 @@ rkv_register_test(sim_cuda_gpu_matches_cpu COMMAND sh ${_simdev} $<TARGET_FILE:r
 set_tests_properties(sim_cuda_gpu_matches_cpu PROPERTIES TIMEOUT 300)
 rkv_register_test(sim_emu_matches_cpu COMMAND sh ${_simdev} $<TARGET_FILE:rkv> emu
                   LABELS "integration;tool")
-set_tests_properties(sim_emu_matches_cpu PROPERTIES TIMEOUT 300)
+# unoptimised and instrumented (sanitizer builds) the two engines take minutes
+if(RKV_SANITIZE)
+  set_tests_properties(sim_emu_matches_cpu PROPERTIES TIMEOUT 900)
+else()
+  set_tests_properties(sim_emu_matches_cpu PROPERTIES TIMEOUT 300)
+endif()
 add_test(NAME model_eval_emu
          COMMAND rkv eval --backend emu --compare-cpu
                  --model ${PROJECT_SOURCE_DIR}/tests/unit/model/data/smoke.safetensors --digits 1-3

@@ -47,7 +47,7 @@ static void *copy_tensor(const rt_st_file *f, const char *name, rt_st_dtype dt, 
 }
 
 static rt_model_runner *make_runner(const rt_model *m, rkv_backend *be, uint32_t seqs,
-                                     uint32_t rows) {
+                                    uint32_t rows) {
   rt_model_runner_config rc = {0};
   rc.max_seqs = seqs;
   rc.max_rows = rows;
@@ -92,7 +92,7 @@ static void check_chunked(const rt_model *m, rkv_backend *be, const ref_seq *ref
     int32_t qi[2] = {0, n};
     int32_t prev = done ? ref->tokens[done - 1] : 0;
     rkv_status s = rt_model_runner_step(r, 1, &id, qi, ref->tokens + done, &prev, &done,
-                                         got + (size_t)done * V, true);
+                                        got + (size_t)done * V, true);
     if (s != RKV_OK) {
       fprintf(stderr, "%s: step at %d: %s\n", label, done, rt_model_runner_last_error(r));
       ok = false;
@@ -238,9 +238,8 @@ static void check_greedy(const rt_model *m, rkv_backend *be, const ref_seq *refs
         EXPECT_OK(rkv_blockmgr_stream_len(bm, ids[b], l, 0, &len));
         if (!rkv_evict_should_compress(ep, len, step == 0)) continue;
         rkv_evict_result er = {0};
-        rkv_status es =
-            rkv_evict_layer(ep, bm, rt_model_runner_pool(r), rt_model_runner_qwindow(r),
-                            (uint32_t)mc->n_heads, ids[b], l, ework, ews, &er);
+        rkv_status es = rkv_evict_layer(ep, bm, rt_model_runner_pool(r), rt_model_runner_qwindow(r),
+                                        (uint32_t)mc->n_heads, ids[b], l, ework, ews, &er);
         EXPECT_OK(es);
         if (es != RKV_OK) ok = false;
         for (uint32_t h = 0; h < (uint32_t)mc->n_kv_heads; h++) {
@@ -285,8 +284,7 @@ static void check_task(const rt_st_file *ref) {
   int mismatches = 0;
   static rt_task_problem p;
   for (int i = 0; i < count; i++) {
-    EXPECT_OK(
-        rt_task_problem_make(seed, (uint64_t)i, RT_TASK_MIN_DIGITS, RT_TASK_MAX_DIGITS, &p));
+    EXPECT_OK(rt_task_problem_make(seed, (uint64_t)i, RT_TASK_MIN_DIGITS, RT_TASK_MAX_DIGITS, &p));
     size_t lp = strlen(p.prompt), lt = strlen(p.target);
     if (off + lp + lt > n || memcmp(py + off, p.prompt, lp) != 0 ||
         memcmp(py + off + lp, p.target, lt) != 0) {
@@ -422,8 +420,7 @@ static void check_safetensors(const char *weights) {
   EXPECT_STATUS(rt_st_parse(tiny, sizeof tiny, &f, err, sizeof err), RKV_ERR_FORMAT);
   unsigned char huge[16] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
   EXPECT_STATUS(rt_st_parse(huge, sizeof huge, &f, err, sizeof err), RKV_ERR_FORMAT);
-  EXPECT_STATUS(rt_st_read(DATA_DIR "does-not-exist.safetensors", &f, err, sizeof err),
-                RKV_ERR_IO);
+  EXPECT_STATUS(rt_st_read(DATA_DIR "does-not-exist.safetensors", &f, err, sizeof err), RKV_ERR_IO);
   EXPECT(f == NULL);
 
   /* Mutations of the real weights' header: every outcome is OK or FORMAT, never a crash; the

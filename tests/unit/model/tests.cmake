@@ -42,8 +42,16 @@ if(RKV_NUMPY_PYTHON)
            COMMAND ${RKV_NUMPY_PYTHON} ${_model_dir}/check_lambda.py $<TARGET_FILE:rkv>
                    ${_model_dir}/data/smoke.safetensors)
   set_tests_properties(model_eval_lambda PROPERTIES TIMEOUT 300 LABELS "integration;model")
+  # sanitizer builds (no BLAS, instrumented): the smoke model on its short problems
+  if(RKV_SANITIZE)
+    set(_prefix_args ${_model_dir}/data/smoke.safetensors --problems 6 --digits 1-3 --budget 24
+        --block-size 4 --floor 0)
+  else()
+    set(_prefix_args ${_adder})
+  endif()
   add_test(NAME model_eval_prefix_cache
-           COMMAND ${RKV_NUMPY_PYTHON} ${_model_dir}/check_prefix.py $<TARGET_FILE:rkv> ${_adder})
+           COMMAND ${RKV_NUMPY_PYTHON} ${_model_dir}/check_prefix.py $<TARGET_FILE:rkv>
+                   ${_prefix_args})
   set_tests_properties(model_eval_prefix_cache PROPERTIES TIMEOUT 300 LABELS "integration;model")
   # train.py on a toy configuration, 1 vs 2 data-parallel processes (skips without torch).
   add_test(NAME model_train_toy COMMAND ${RKV_NUMPY_PYTHON} ${_model_dir}/check_train.py)
