@@ -163,27 +163,28 @@ RKV_API rkv_status rkv_blockmgr_compact(rkv_blockmgr *m, int64_t seq, const rkv_
   return bm_after_op(m);
 }
 
-RKV_API rkv_status rkv_blockmgr_compact_uniform(rkv_blockmgr *m, int64_t seq, int32_t layer,
-                                                int32_t keep, rkv_compact_map *maps,
-                                                uint32_t maps_cap, uint32_t *n_maps,
-                                                int32_t *old_blocks, uint32_t old_cap,
-                                                uint32_t *n_old) {
-  if (!m) return RKV_ERR_INVALID_ARG;
+/* The uniform cut of compact_uniform and truncate: every stream of the layer (all with -1)
+ * longer than keep is cut to keep. With report, the map of every cut stream and its old row go
+ * to maps / old_blocks (the device moves the kept tokens itself); without, nothing is written
+ * and *removed counts the tokens cut. */
+static rkv_status bm_cut(rkv_blockmgr *m, const char *what, int64_t seq, int32_t layer,
+                         int32_t keep, bool report, rkv_compact_map *maps, uint32_t maps_cap,
+                         uint32_t *n_maps, int32_t *old_blocks, uint32_t old_cap, uint32_t *n_old,
+                         uint64_t *removed) {
   if (n_maps) *n_maps = 0;
   if (n_old) *n_old = 0;
+  if (removed) *removed = 0;
   if (layer >= (int64_t)m->cfg.num_layers)
-    return bm_fail(m, RKV_ERR_INVALID_ARG, "compact_uniform: layer %d >= %u", layer,
-                   m->cfg.num_layers);
-  if (keep < 0) return bm_fail(m, RKV_ERR_INVALID_ARG, "compact_uniform: keep %d < 0", keep);
+    return bm_fail(m, RKV_ERR_INVALID_ARG, "%s: layer %d >= %u", what, layer, m->cfg.num_layers);
+  if (keep < 0) return bm_fail(m, RKV_ERR_INVALID_ARG, "%s: keep %d < 0", what, keep);
   if ((maps_cap && !maps) || (old_cap && !old_blocks))
-    return bm_fail(m, RKV_ERR_INVALID_ARG, "compact_uniform: NULL array with nonzero capacity");
+    return bm_fail(m, RKV_ERR_INVALID_ARG, "%s: NULL array with nonzero capacity", what);
   bm_seq *q = NULL;
   RKV_TRY(bm_get_seq(m, seq, &q));
   if (keep < q->protect)
-    return bm_fail(
-        m, RKV_ERR_INVALID_ARG,
-        "compact_uniform: keep %d would cut protected positions [0, %d) of sequence %lld", keep,
-        q->protect, (long long)seq);
+    return bm_fail(m, RKV_ERR_INVALID_ARG,
+                   "%s: keep %d would cut protected positions [0, %d) of sequence %lld", what, keep,
+                   q->protect, (long long)seq);
   const uint32_t H = m->cfg.num_kv_heads;
   const int32_t bs = m->bs;
   uint32_t s0 = layer < 0 ? 0 : (uint32_t)layer * H;
@@ -205,27 +206,29 @@ RKV_API rkv_status rkv_blockmgr_compact_uniform(rkv_blockmgr *m, int64_t seq, in
   if (n_maps) *n_maps = (uint32_t)nm;
   if (n_old) *n_old = no > UINT32_MAX ? UINT32_MAX : (uint32_t)no;
   if (fresh > bm_avail(m))
-    return bm_fail(m, RKV_ERR_NO_BLOCKS, "compact_uniform: needs %lld fresh blocks, %d free",
+    return bm_fail(m, RKV_ERR_NO_BLOCKS, "%s: needs %lld fresh blocks, %d free", what,
                    (long long)fresh, bm_avail(m));
-  if (nm > maps_cap || no > old_cap)
-    return bm_fail(m, RKV_ERR_CAPACITY,
-                   "compact_uniform: needs %llu maps (cap %u) and %llu old ids (cap %u)",
-                   (unsigned long long)nm, maps_cap, (unsigned long long)no, old_cap);
+  if (report && (nm > maps_cap || no > old_cap))
+    return bm_fail(m, RKV_ERR_CAPACITY, "%s: needs %llu maps (cap %u) and %llu old ids (cap %u)",
+                   what, (unsigned long long)nm, maps_cap, (unsigned long long)no, old_cap);
   bm_reserve_free(m, (int32_t)fresh);
 
   uint32_t mi = 0, oi = 0;
+  uint64_t cut = 0;
   for (uint32_t s = s0; s < s1; s++) {
     if (q->len[s] <= keep) continue;
     int32_t *row = q->tab + (size_t)s * (size_t)q->cap;
-    rkv_compact_map *mp = &maps[mi++];
-    mp->layer = s / H;
-    mp->head = s % H;
-    mp->old_len = q->len[s];
-    mp->new_len = keep;
-    mp->old_offset = (int32_t)oi;
-    mp->old_n_blocks = q->nblk[s];
-    memcpy(old_blocks + oi, row, (size_t)q->nblk[s] * sizeof(int32_t));
-    oi += (uint32_t)q->nblk[s];
+    if (report) {
+      rkv_compact_map *mp = &maps[mi++];
+      mp->layer = s / H;
+      mp->head = s % H;
+      mp->old_len = q->len[s];
+      mp->new_len = keep;
+      mp->old_offset = (int32_t)oi;
+      mp->old_n_blocks = q->nblk[s];
+      memcpy(old_blocks + oi, row, (size_t)q->nblk[s] * sizeof(int32_t));
+      oi += (uint32_t)q->nblk[s];
+    }
     for (int32_t r = fixed; (m->shared_count || m->pc_group) && r < nbn; r++) {
       if (m->shared_count && m->ref[row[r]] > 1) {
         int32_t old = row[r];
@@ -236,18 +239,40 @@ RKV_API rkv_status rkv_blockmgr_compact_uniform(rkv_blockmgr *m, int64_t seq, in
         bm_content_changes(m, row[r]); /* the device may move kept tokens into it */
       }
     }
-    m->tokens -= (uint64_t)(q->len[s] - keep);
+    cut += (uint64_t)(q->len[s] - keep);
     q->len[s] = keep;
+    if (q->nblk[s] <= nbn) bm_set_tbase(m, q, s); /* a fresh copy may be its last block */
   }
-  for (uint32_t i = 0; i < mi; i++) {
-    uint32_t s = maps[i].layer * H + maps[i].head;
-    int32_t *row = q->tab + (size_t)s * (size_t)q->cap;
+  /* Tails return whole only after every fresh pop (a fresh block is never an old block of this
+   * call, whose tokens a device may still be moving). A stream that was not cut holds at most
+   * nbn blocks. */
+  for (uint32_t s = s0; s < s1; s++) {
+    if (q->nblk[s] <= nbn) continue;
+    const int32_t *row = q->tab + (size_t)s * (size_t)q->cap;
     for (int32_t j = nbn; j < q->nblk[s]; j++) bm_unref(m, row[j]);
     q->nblk[s] = nbn;
     bm_set_tbase(m, q, s);
   }
+  m->tokens -= cut;
+  if (removed) *removed = cut;
   bm_update_room(m, q);
   return bm_after_op(m);
+}
+
+RKV_API rkv_status rkv_blockmgr_compact_uniform(rkv_blockmgr *m, int64_t seq, int32_t layer,
+                                                int32_t keep, rkv_compact_map *maps,
+                                                uint32_t maps_cap, uint32_t *n_maps,
+                                                int32_t *old_blocks, uint32_t old_cap,
+                                                uint32_t *n_old) {
+  if (!m) return RKV_ERR_INVALID_ARG;
+  return bm_cut(m, "compact_uniform", seq, layer, keep, true, maps, maps_cap, n_maps, old_blocks,
+                old_cap, n_old, NULL);
+}
+
+RKV_API rkv_status rkv_blockmgr_truncate(rkv_blockmgr *m, int64_t seq, int32_t layer, int32_t keep,
+                                         uint64_t *removed) {
+  if (!m) return RKV_ERR_INVALID_ARG;
+  return bm_cut(m, "truncate", seq, layer, keep, false, NULL, 0, NULL, NULL, 0, NULL, removed);
 }
 
 RKV_API rkv_status rkv_blockmgr_compact_fresh_bound(const rkv_blockmgr *m, int64_t seq,

@@ -59,10 +59,7 @@ struct rkv_exec {
   size_t slot_layer_stride;
   void *ws;
   size_t ws_cap;
-  rkv_compact_map *maps; /* bookkeeping mode's compact_uniform output */
-  int32_t *old;
-  size_t maps_cap, old_cap; /* bytes */
-  size_t bytes;             /* allocated at create */
+  size_t bytes; /* allocated at create */
 
   char err[RKV_ERRBUF];
 };
@@ -106,8 +103,6 @@ void rkv_exec_destroy(rkv_exec *x) {
   rkvi_free(a, x->blen, ms * sizeof(int32_t));
   rkvi_free(a, x->all_indptr, (ms + 1) * sizeof(int32_t));
   rkvi_free(a, x->ws, x->ws_cap);
-  rkvi_free(a, x->maps, x->maps_cap);
-  rkvi_free(a, x->old, x->old_cap);
   rkv_qwindow_destroy(x->qw);
   rkvi_xdev_destroy(x->dev);
   rkvi_free(a, x, sizeof *x);
@@ -271,7 +266,7 @@ size_t rkv_exec_qwindow_bytes_per_seq(const rkv_exec *x) {
 }
 
 size_t rkv_exec_memory_bytes(const rkv_exec *x) {
-  return x ? x->bytes + x->ws_cap + x->maps_cap + x->old_cap + rkvi_xdev_memory_bytes(x->dev) : 0;
+  return x ? x->bytes + x->ws_cap + rkvi_xdev_memory_bytes(x->dev) : 0;
 }
 
 /* ---- begin ------------------------------------------------------------------------------- */
@@ -638,21 +633,13 @@ static rkv_status evict_layers(rkv_exec *x, const rkv_sched_seq *q, const rkv_ev
  * changes no block count). */
 static rkv_status cut_streams(rkv_exec *x, const rkv_sched_seq *q, const rkv_evict_params *ev,
                               rkv_sched_output *o) {
-  uint32_t nm = 0, no = 0;
   const int32_t keep = rkv_blockmgr_seq_protected(x->bm, q->id) + ev->budget;
-  for (;;) {
-    rkv_status st = rkv_blockmgr_compact_uniform(
-        x->bm, q->id, -1, keep, x->maps, (uint32_t)(x->maps_cap / sizeof *x->maps), &nm, x->old,
-        (uint32_t)(x->old_cap / sizeof *x->old), &no);
-    if (st == RKV_OK) break;
-    if (st != RKV_ERR_CAPACITY)
-      return rkvi_fail(x->err, st, "compress %lld: %s", (long long)q->id,
-                       rkv_blockmgr_last_error(x->bm));
-    RKV_TRY(grow(x, (void **)&x->maps, &x->maps_cap, (size_t)nm * sizeof *x->maps, "maps"));
-    RKV_TRY(grow(x, (void **)&x->old, &x->old_cap, (size_t)no * sizeof *x->old, "old rows"));
-  }
-  for (uint32_t i = 0; i < nm; i++)
-    o->tokens_evicted += (uint64_t)(x->maps[i].old_len - x->maps[i].new_len);
+  uint64_t cut = 0;
+  const rkv_status st = rkv_blockmgr_truncate(x->bm, q->id, -1, keep, &cut);
+  if (st != RKV_OK)
+    return rkvi_fail(x->err, st, "compress %lld: %s", (long long)q->id,
+                     rkv_blockmgr_last_error(x->bm));
+  o->tokens_evicted += cut;
   return RKV_OK;
 }
 
@@ -674,25 +661,19 @@ static rkv_status compress_seq(rkv_exec *x, const rkv_sched_seq *q, rkv_sched_ou
  * failed growth leaves the step open and nothing compressed (the finish may be retried). */
 static rkv_status compress_scratch(rkv_exec *x, const rkv_sched_plan *p,
                                    const rkv_sched_output *outs) {
-  size_t ws = 0, old = 0;
+  size_t ws = 0;
   for (uint32_t i = 0; i < p->n_seqs; i++) {
     const rkv_sched_seq *q = &p->seqs[i];
     const rkv_evict_params *ev = q->evict ? q->evict : &x->cfg.evict;
     if (!q->compress || outs[i].eos || !rkvi_policy_info(ev->policy).evicts) continue;
+    if (!x->pool) continue; /* the bookkeeping cut (rkv_blockmgr_truncate) needs no scratch */
     size_t need = 0;
-    uint32_t held = 0, excl = 0;
-    rkv_status st = x->pool ? rkv_evict_workspace_size(ev, x->Hkv, x->Hq, x->d, q->kv_len, &need)
-                            : rkv_blockmgr_seq_footprint(x->bm, q->id, &held, &excl);
+    const rkv_status st = rkv_evict_workspace_size(ev, x->Hkv, x->Hq, x->d, q->kv_len, &need);
     if (st != RKV_OK)
       return rkvi_fail(x->err, st, "finish: compression of %lld: sizes", (long long)q->id);
     if (need > ws) ws = need;
-    if (held > old) old = held;
   }
   if (ws) RKV_TRY(grow(x, &x->ws, &x->ws_cap, ws + 64, "eviction workspace"));
-  if (old) {
-    RKV_TRY(grow(x, (void **)&x->maps, &x->maps_cap, (size_t)x->S * sizeof *x->maps, "maps"));
-    RKV_TRY(grow(x, (void **)&x->old, &x->old_cap, (size_t)old * sizeof *x->old, "old rows"));
-  }
   return RKV_OK;
 }
 

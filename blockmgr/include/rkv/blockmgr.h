@@ -200,6 +200,14 @@ RKV_API rkv_status rkv_blockmgr_compact_uniform(rkv_blockmgr *m, int64_t seq, in
                                                 int32_t *old_blocks, uint32_t old_cap,
                                                 uint32_t *n_old);
 
+/* compact_uniform without its report, for engines that move no K/V (bookkeeping,
+ * simulators): every stream of `layer` (all when layer < 0) longer than keep is cut to keep;
+ * tails return whole, shared leading blocks are replaced by fresh ones as there. *removed (may
+ * be NULL) = tokens cut. Same errors as compact_uniform, nothing changed on failure; no
+ * RKV_ERR_CAPACITY (nothing is reported). O(streams) plus the blocks returned. */
+RKV_API rkv_status rkv_blockmgr_truncate(rkv_blockmgr *m, int64_t seq, int32_t layer, int32_t keep,
+                                         uint64_t *removed);
+
 /* Upper bound on the fresh blocks a compaction of seq's streams of `layer` (all layers when
  * layer < 0) down to `keep` tokens each can take, by either compaction: the shared blocks
  * (ref > 1, e.g. after a fork) among the leading ceil(keep / block_size) blocks of every

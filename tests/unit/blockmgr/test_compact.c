@@ -453,7 +453,56 @@ static void test_random_content(int32_t block_size) {
   rkv_blockmgr_destroy(m);
 }
 
+/* rkv_blockmgr_truncate is compact_uniform without the report: on twin managers driven
+ * alike (appends, a fork for shared leading blocks), every cut leaves the same state, it
+ * counts the tokens cut, and its errors change nothing. */
+static void test_truncate(void) {
+  rkv_blockmgr *a = bmt_make(256, 4, 2, 2, 8), *b = bmt_make(256, 4, 2, 2, 8);
+  rkv_blockmgr *ms[2] = {a, b};
+  for (int k = 0; k < 2; k++) {
+    EXPECT_OK(rkv_blockmgr_seq_create(ms[k], 1));
+    EXPECT_OK(rkv_blockmgr_append(ms[k], 1, 23, NULL, NULL, NULL));
+    EXPECT_OK(rkv_blockmgr_seq_fork(ms[k], 1, 2));
+    EXPECT_OK(rkv_blockmgr_seq_create(ms[k], 3));
+    EXPECT_OK(rkv_blockmgr_append(ms[k], 3, 9, NULL, NULL, NULL));
+  }
+  rkv_compact_map maps[4];
+  int32_t old[64];
+  uint32_t nm, no;
+  const int32_t keeps[4] = {17, 10, 6, 3};
+  for (int i = 0; i < 4; i++) {
+    const int64_t seq = i % 2 ? 2 : 1;
+    const int32_t layer = i == 1 ? 1 : -1;
+    uint64_t want = 0;
+    for (uint32_t l = 0; l < 2; l++)
+      for (uint32_t h = 0; h < 2; h++) {
+        const int32_t len = bmt_len(a, seq, l, h);
+        if ((layer < 0 || (uint32_t)layer == l) && len > keeps[i])
+          want += (uint64_t)(len - keeps[i]);
+      }
+    EXPECT_OK(rkv_blockmgr_compact_uniform(a, seq, layer, keeps[i], maps, 4, &nm, old, 64, &no));
+    uint64_t removed = 99;
+    EXPECT_OK(rkv_blockmgr_truncate(b, seq, layer, keeps[i], &removed));
+    EXPECT_EQ_INT(removed, want);
+    EXPECT(bmt_digest(a) == bmt_digest(b));
+    EXPECT_OK(rkv_blockmgr_check(b));
+  }
+  uint64_t d = bmt_digest(b), removed = 7;
+  EXPECT_STATUS(rkv_blockmgr_truncate(b, 9, -1, 4, &removed), RKV_ERR_NOT_FOUND);
+  EXPECT_STATUS(rkv_blockmgr_truncate(b, 3, 2, 4, &removed), RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rkv_blockmgr_truncate(b, 3, -1, -1, NULL), RKV_ERR_INVALID_ARG);
+  EXPECT_OK(rkv_blockmgr_seq_protect(b, 3, 8));
+  EXPECT_STATUS(rkv_blockmgr_truncate(b, 3, -1, 7, &removed), RKV_ERR_INVALID_ARG);
+  EXPECT_EQ_INT(removed, 0);
+  EXPECT(bmt_digest(b) == d);
+  EXPECT_OK(rkv_blockmgr_truncate(b, 3, -1, 8, NULL));
+  EXPECT_EQ_INT(bmt_len(b, 3, 1, 1), 8);
+  rkv_blockmgr_destroy(a);
+  rkv_blockmgr_destroy(b);
+}
+
 int main(void) {
+  test_truncate();
   test_plan_by_hand();
   test_validation();
   test_shared();
