@@ -9,7 +9,7 @@
 RKV_API rkv_status rkv_blockmgr_sync_rows(rkv_blockmgr *m, int64_t seq, bool full, int32_t *rows,
                                           uint32_t stride, int32_t *lens, uint32_t *n_written) {
   if (!m) return RKV_ERR_INVALID_ARG;
-  if (!rows || !lens) return bm_fail(m, RKV_ERR_INVALID_ARG, "sync_rows: rows or lens is NULL");
+  if (!rows) return bm_fail(m, RKV_ERR_INVALID_ARG, "sync_rows: rows is NULL");
   bm_seq *q = NULL;
   RKV_TRY(bm_get_seq(m, seq, &q));
   const uint32_t S = m->streams;
@@ -21,7 +21,7 @@ RKV_API rkv_status rkv_blockmgr_sync_rows(rkv_blockmgr *m, int64_t seq, bool ful
                      q->nblk[s], stride);
   uint32_t written = 0;
   for (uint32_t s = 0; s < S; s++) {
-    lens[s] = q->len[s];
+    if (lens) lens[s] = q->len[s];
     const int32_t from = full ? 0 : q->dirty[s], nb = q->nblk[s];
     int32_t *dst = rows + (size_t)s * stride;
     const int32_t *src = q->tab + (size_t)s * (size_t)q->cap;

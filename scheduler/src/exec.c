@@ -393,7 +393,18 @@ static rkv_status sync_seq(rkv_exec *x, const rkv_sched_plan *p, uint32_t i) {
                      (long long)q->id);
   int32_t *lens = x->lens + (size_t)idx * x->S;
   const bool full = x->owner[idx] != q->id;
-  if (full || x->stale[idx] || !p->rows_changed || p->rows_changed[i]) {
+  if (!full && !x->stale[idx] && x->uniform[idx] && p->rows_changed && p->rows_changed[i]) {
+    /* a boundary (or copy-on-write) of a lockstep sequence: appends keep its streams in
+     * lockstep, so the new row entries go over and the one length grows */
+    uint32_t written = 0;
+    rkv_status st = rkv_blockmgr_sync_rows(
+        x->bm, q->id, false, x->rows + (size_t)idx * x->S * x->stride, x->stride, NULL, &written);
+    if (st != RKV_OK)
+      return rkvi_fail(x->err, st, "begin: table rows of %lld: %s", (long long)q->id,
+                       rkv_blockmgr_last_error(x->bm));
+    if (x->dev && written) rkvi_xdev_mark(x->dev, idx);
+    x->xlen[idx] += (int32_t)q->n_tokens;
+  } else if (full || x->stale[idx] || !p->rows_changed || p->rows_changed[i]) {
     int32_t *rows = x->rows + (size_t)idx * x->S * x->stride;
     uint32_t written = 0;
     rkv_status st = rkv_blockmgr_sync_rows(x->bm, q->id, full, rows, x->stride, lens, &written);
@@ -459,6 +470,12 @@ rkv_status rkv_exec_begin(rkv_exec *x, const rkv_sched_plan *p) {
   if (st != RKV_OK)
     return rkvi_fail(x->err, st, "begin: swap / copy: %s",
                      rkv_backend_last_error(rkv_kv_pool_backend(x->pool)));
+  /* a sequence restored from the host has its lengths re-read (it may share a mirror entry
+   * with its past self) */
+  for (uint32_t i = 0; i < p->n_swapped_in; i++) {
+    const int32_t idx = rkv_blockmgr_seq_index(x->bm, p->swapped_in[i]);
+    if (idx >= 0 && (uint32_t)idx < x->nidx) x->stale[idx] = 1;
+  }
   x->h2o = false;
   x->all_uniform = true;
   uint32_t rows = 0, np = 0;

@@ -48,6 +48,7 @@ typedef struct req {
   uint32_t n_hashes;
   int32_t protect;
   bool starting; /* admitted this step: its first chunk announces it in plan.started */
+  bool evicts;   /* the policy table: its policy ever compresses */
 } req;
 
 typedef struct queue {
@@ -259,9 +260,13 @@ static int32_t protected_now(const req *r) {
 }
 
 /* Whether r's streams, at len tokens, compress: the protected prefix does not count. */
+/* rkv_evict_should_compress without re-validating the request's parameters (validated when
+ * it was added) on every sequence of every step. */
 static bool compress_due(const req *r, int32_t len, bool after_prefill) {
+  if (!r->evicts) return false;
   const int32_t prot = r->protect < len ? r->protect : len;
-  return rkv_evict_should_compress(&r->evict, len - prot, after_prefill);
+  const int64_t rest = (int64_t)len - prot;
+  return rest >= (int64_t)r->evict.budget + (after_prefill ? 0 : r->evict.buffer);
 }
 
 static uint64_t bound_tokens(const rkv_evict_params *e, int32_t protect, int64_t prefill,
@@ -656,6 +661,7 @@ rkv_status rkv_sched_add_request(rkv_sched *s, const rkv_sched_request *rq) {
   r->arrival = rq->arrival;
   r->order = s->next_order++;
   r->evict = *e;
+  r->evicts = evicts(e);
   r->evict.struct_size = sizeof(rkv_evict_params);
   r->target = rq->prompt_len;
   r->host_head = -1;
@@ -1171,6 +1177,9 @@ static rkv_status reserve_step(rkv_sched *s) {
   const uint32_t budget = s->cfg.max_batched_tokens;
   for (req *r = s->running.head; r; r = r->next) {
     const uint32_t n = chunk_for(s, r, budget);
+    /* a decode token inside a partly filled block takes no block in any stream (the streams
+     * grow in lockstep): no row capacity to check */
+    if (n == 1 && r->computed >= r->target && r->kv_len % (int32_t)s->block_size) continue;
     if (n) RKV_TRY(rkv_blockmgr_reserve_append(s->bm, r->id, n));
   }
   /* each new sequence takes a place among the running, a token of the budget and a block of

@@ -236,9 +236,11 @@ RKV_API rkv_status rkv_blockmgr_export_csr(const rkv_blockmgr *m, uint32_t layer
  * caller keeps, per sequence, a padded mirror rows [streams_per_seq][stride] (int32 block ids,
  * stream = layer * kv_heads + head) and lens [streams_per_seq]. This writes only the row
  * entries that changed since the previous sync of this sequence (all entries when `full`, e.g.
- * for a new mirror), and every stream's length. A decode step between block boundaries writes
- * no row entry; a boundary step writes one per stream; a compaction re-sends compacted rows.
- * *n_written (may be NULL) = row entries written. RKV_ERR_CAPACITY when a row has more than
+ * for a new mirror), and every stream's length (lens may be NULL for a caller that tracks
+ * lengths itself, e.g. one per sequence while its streams grow in lockstep). A decode step
+ * between block boundaries writes no row entry; a boundary step writes one per stream; a
+ * compaction re-sends only the blocks it replaced. *n_written (may be NULL) = row entries
+ * written. RKV_ERR_CAPACITY when a row has more than
  * `stride` blocks (nothing written), RKV_ERR_NOT_FOUND, RKV_ERR_INVALID_ARG.
  * Hot path: O(streams_per_seq + entries written), no allocation. */
 RKV_API rkv_status rkv_blockmgr_sync_rows(rkv_blockmgr *m, int64_t seq, bool full, int32_t *rows,
