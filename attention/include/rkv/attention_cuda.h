@@ -1,6 +1,11 @@
 /* librkv attention, CUDA-only extras: the device query window that R-KV / SnapKV score
  * importance with when the KV cache lives on a GPU (the host rkv_qwindow serves CPU pools).
  *
+ * Deprecated as an engine interface: the executor (rkv/executor.h) keeps the device ring
+ * itself (slots per sequence, pushes per layer, copies on fork) and is the one query-window
+ * owner on a device. These calls keep working in this release and will become internal in
+ * the next one.
+ *
  * The ring is caller-owned device memory, f32, laid out
  *   [max_seqs][num_layers][num_q_heads][window][head_dim]
  * and indexed by a caller-chosen sequence slot (the scheduler's batch slot). Row order inside

@@ -1,5 +1,10 @@
 /* librkv eviction on the GPU: R-KV, SnapKV, StreamingLLM and H2O selection plus the compaction
- * moves, for a batch of streams whose keys stay in a CUDA KV pool. Semantics are those of the
+ * moves, for a batch of streams whose keys stay in a CUDA KV pool.
+ *
+ * Deprecated as an engine interface: the executor (rkv/executor.h) runs device compressions
+ * itself, one batched launch per step in rkv_exec_finish, over the same kernels. These calls
+ * keep working in this release for engines that drive them directly, and will become
+ * internal in the next one. Semantics are those of the
  * CPU path (rkv/evict.h; docs/EVICTION.md, "The algorithm, exactly"); only where the numbers
  * are computed differs.
  *
