@@ -277,6 +277,12 @@ RKV_API rkv_status rkv_blockmgr_truncate(rkv_blockmgr *m, int64_t seq, int32_t l
 
 RKV_API rkv_status rkv_blockmgr_compact_fresh_bound(const rkv_blockmgr *m, int64_t seq,
                                                     int32_t layer, int32_t keep, uint32_t *out) {
+  return rkv_blockmgr_compact_fresh_bound_after(m, seq, layer, keep, 0, out);
+}
+
+RKV_API rkv_status rkv_blockmgr_compact_fresh_bound_after(const rkv_blockmgr *m, int64_t seq,
+                                                          int32_t layer, int32_t keep,
+                                                          uint32_t pending, uint32_t *out) {
   if (!m) return RKV_ERR_INVALID_ARG;
   if (!out) return bm_fail(m, RKV_ERR_INVALID_ARG, "compact_fresh_bound: out is NULL");
   *out = 0;
@@ -294,7 +300,7 @@ RKV_API rkv_status rkv_blockmgr_compact_fresh_bound(const rkv_blockmgr *m, int64
   const int32_t nbn = bm_div_up(keep, m->bs);
   uint64_t fresh = 0;
   for (uint32_t s = s0; s < s1; s++) {
-    if (q->len[s] <= keep) continue;
+    if ((int64_t)q->len[s] + pending <= keep) continue;
     const int32_t *row = q->tab + (size_t)s * (size_t)q->cap;
     const int32_t lead = bm_min32(nbn, q->nblk[s]);
     for (int32_t r = fixed; r < lead; r++) fresh += m->ref[row[r]] > 1;

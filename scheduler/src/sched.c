@@ -341,7 +341,8 @@ static rkv_status compress_need(const rkv_sched *s, const req *r, uint32_t n, ui
   const int32_t len = r->kv_len + (int32_t)n;
   if (!samples || !compress_due(r, len, !decode)) return RKV_OK;
   const int32_t prot = r->protect < len ? r->protect : len;
-  return rkv_blockmgr_compact_fresh_bound(s->bm, r->id, -1, prot + r->evict.budget, need);
+  /* after this step's append: a stream at or under the budget now may exceed it then */
+  return rkv_blockmgr_compact_fresh_bound_after(s->bm, r->id, -1, prot + r->evict.budget, n, need);
 }
 
 /* Grows an array of `elem`-byte entries ([cap + 1] allocated) to hold `want` entries by
@@ -1128,7 +1129,14 @@ static rkv_status plan_step(rkv_sched *s) {
     uint32_t n = chunk_for(s, r, tokens_left);
     r->computed = 0;
     if (!n) break;
-    uint64_t first = rkv_blockmgr_blocks_for_tokens(s->bm, n) + hit_cost;
+    /* copy rule: a compression right after this chunk copies the shared groups it keeps */
+    uint64_t cfresh = 0;
+    if (hit && s->cfg.prefix_rule == RKV_SCHED_PREFIX_COPY &&
+        compress_due(r, (int32_t)(hit * s->block_size + n), true)) {
+      const uint64_t lead = ceil_div((uint64_t)r->evict.budget, s->block_size);
+      cfresh = (uint64_t)s->streams * (hit < lead ? hit : lead);
+    }
+    uint64_t first = rkv_blockmgr_blocks_for_tokens(s->bm, n) + hit_cost + cfresh;
     uint32_t f = bm_free(s);
     if (first + used_watermark > f) break;
     if (s->cfg.admission == RKV_SCHED_RESERVE && s->reserved + bound > reserve_capacity(s)) break;
@@ -1149,6 +1157,7 @@ static rkv_status plan_step(rkv_sched *s) {
       s->prefix.hit_tokens += (uint64_t)r->kv_len;
     }
     RKV_TRY(schedule(s, r, n, UINT32_MAX));
+    s->step_promised += (uint32_t)cfresh;
     tokens_left -= n;
   }
   RKV_ASSERT_LEVEL(3, s->step_used == bm_used(s));
