@@ -214,14 +214,15 @@ RKV_API rkv_status rkv_blockmgr_truncate(rkv_blockmgr *m, int64_t seq, int32_t l
  * stream longer than `keep`. A scheduler reserves this before flagging a compression so the
  * compression cannot run out of blocks half-way. O(1) while no block is shared, else
  * O(streams x ceil(keep / block_size)). RKV_ERR_NOT_FOUND, RKV_ERR_INVALID_ARG. */
+RKV_API rkv_status rkv_blockmgr_compact_fresh_bound(const rkv_blockmgr *m, int64_t seq,
+                                                    int32_t layer, int32_t keep, uint32_t *out);
 /* The same bound for the compaction that follows an append of `pending` more tokens to every
  * stream: a stream counts once len + pending > keep (the appended tokens go to blocks of its
- * own). What a scheduler reserves when it plans the append and the compression together. */
+ * own). What a scheduler reserves when it plans the append and the compression together:
+ * compact_fresh_bound before the append skips a stream the append takes over the budget. */
 RKV_API rkv_status rkv_blockmgr_compact_fresh_bound_after(const rkv_blockmgr *m, int64_t seq,
                                                           int32_t layer, int32_t keep,
                                                           uint32_t pending, uint32_t *out);
-RKV_API rkv_status rkv_blockmgr_compact_fresh_bound(const rkv_blockmgr *m, int64_t seq,
-                                                    int32_t layer, int32_t keep, uint32_t *out);
 
 /* ---- Export ---------------------------------------------------------------------------- */
 
