@@ -527,8 +527,9 @@ static void attn_group_init(rkv_exec *x, attn_group *g, uint32_t layer, const fl
   ap.num_kv_heads = x->Hkv;
   ap.head_dim = x->d;
   ap.scale = x->scale;
-  ap.q = q + row0 * x->Hq * x->d;
-  ap.out = out + row0 * x->Hq * x->d;
+  /* a group with no rows may come with no arrays (nothing to offset) */
+  ap.q = q ? q + row0 * x->Hq * x->d : NULL;
+  ap.out = out ? out + row0 * x->Hq * x->d : NULL;
   ap.rows = &g->br;
   ap.q_indptr = prefill ? x->q_indptr : NULL;
   ap.accumulate_scores = x->h2o;
