@@ -64,10 +64,6 @@ struct rkv_exec {
   char err[RKV_ERRBUF];
 };
 
-static bool needs_queries(rkv_evict_policy p) {
-  return rkvi_needs_queries(p);
-}
-
 static rkv_status cfg_err(char *err, size_t len, const char *msg) {
   return rkvi_failn(err, len, RKV_ERR_INVALID_ARG, "rkv_exec_create: %s", msg);
 }
@@ -149,7 +145,7 @@ static rkv_status make_device(rkv_exec *x, char *err, size_t err_len) {
   dc.bs = x->bs;
   dc.nidx = x->nidx;
   dc.max_seqs = x->cfg.max_seqs;
-  dc.window = needs_queries(x->cfg.evict.policy) ? (uint32_t)x->cfg.evict.window : 0;
+  dc.window = rkvi_needs_queries(x->cfg.evict.policy) ? (uint32_t)x->cfg.evict.window : 0;
   dc.scale = x->scale;
   return rkvi_xdev_create(&dc, &x->dev, err, err_len);
 }
@@ -233,7 +229,7 @@ rkv_status rkv_exec_create(const rkv_exec_config *cfg, rkv_blockmgr *m, rkv_kv_p
   if (rkvi_xdev_wanted(pool)) {
     ret = make_device(x, err, err_len);
     if (ret != RKV_OK) goto fail;
-  } else if (pool && needs_queries(cfg->evict.policy)) {
+  } else if (pool && rkvi_needs_queries(cfg->evict.policy)) {
     rkv_qwindow_config qc = RKV_QWINDOW_CONFIG_INIT;
     qc.num_layers = x->L;
     qc.num_q_heads = x->Hq;
@@ -327,7 +323,7 @@ static rkv_status validate_plan(rkv_exec *x, const rkv_sched_plan *p) {
   for (uint32_t i = 0; i < p->n_seqs; i++) {
     const rkv_sched_seq *q = &p->seqs[i];
     if (q->kv_len > longest) longest = q->kv_len;
-    if (x->pool && q->evict && needs_queries(q->evict->policy) &&
+    if (x->pool && q->evict && rkvi_needs_queries(q->evict->policy) &&
         (!has_window(x) || q->evict->window != x->cfg.evict.window))
       return rkvi_fail(x->err, RKV_ERR_INVALID_ARG,
                        "begin: sequence %lld uses %s with window %d; the executor keeps %s",
@@ -393,25 +389,21 @@ static rkv_status sync_seq(rkv_exec *x, const rkv_sched_plan *p, uint32_t i) {
                      (long long)q->id);
   int32_t *lens = x->lens + (size_t)idx * x->S;
   const bool full = x->owner[idx] != q->id;
-  if (!full && !x->stale[idx] && x->uniform[idx] && p->rows_changed && p->rows_changed[i]) {
-    /* a boundary (or copy-on-write) of a lockstep sequence: appends keep its streams in
-     * lockstep, so the new row entries go over and the one length grows */
+  const bool resync = full || x->stale[idx] || !p->rows_changed || p->rows_changed[i];
+  /* a lockstep sequence whose rows an append changed (boundary, copy-on-write) stays in
+   * lockstep: only the new row entries go over, its one length grows below */
+  const bool lockstep = resync && !full && !x->stale[idx] && x->uniform[idx] && p->rows_changed;
+  if (resync) {
     uint32_t written = 0;
-    rkv_status st = rkv_blockmgr_sync_rows(
-        x->bm, q->id, false, x->rows + (size_t)idx * x->S * x->stride, x->stride, NULL, &written);
-    if (st != RKV_OK)
-      return rkvi_fail(x->err, st, "begin: table rows of %lld: %s", (long long)q->id,
-                       rkv_blockmgr_last_error(x->bm));
-    if (x->dev && written) rkvi_xdev_mark(x->dev, idx);
-    x->xlen[idx] += (int32_t)q->n_tokens;
-  } else if (full || x->stale[idx] || !p->rows_changed || p->rows_changed[i]) {
-    int32_t *rows = x->rows + (size_t)idx * x->S * x->stride;
-    uint32_t written = 0;
-    rkv_status st = rkv_blockmgr_sync_rows(x->bm, q->id, full, rows, x->stride, lens, &written);
+    rkv_status st =
+        rkv_blockmgr_sync_rows(x->bm, q->id, full, x->rows + (size_t)idx * x->S * x->stride,
+                               x->stride, lockstep ? NULL : lens, &written);
     if (st != RKV_OK)
       return rkvi_fail(x->err, st, "begin: table rows of %lld: %s", (long long)q->id,
                        rkv_blockmgr_last_error(x->bm));
     if (x->dev && (full || written)) rkvi_xdev_mark(x->dev, idx); /* rows go up by deltas */
+  }
+  if (resync && !lockstep) {
     x->owner[idx] = q->id;
     x->stale[idx] = 0;
     uint8_t same = 1;
@@ -629,7 +621,7 @@ static rkv_status evict_layers(rkv_exec *x, const rkv_sched_seq *q, const rkv_ev
   st = rkv_evict_workspace_size(ev, x->Hkv, x->Hq, x->d, q->kv_len, &need);
   if (st == RKV_OK) st = grow(x, &x->ws, &x->ws_cap, need + 64, "eviction workspace");
   if (st != RKV_OK) return st == RKV_ERR_NO_MEMORY ? st : rkvi_fail(x->err, st, "compress: sizes");
-  const rkv_qwindow *qw = needs_queries(ev->policy) ? x->qw : NULL;
+  const rkv_qwindow *qw = rkvi_needs_queries(ev->policy) ? x->qw : NULL;
   for (uint32_t l = 0; l < x->L; l++) {
     rkv_evict_result res;
     memset(&res, 0, sizeof res);

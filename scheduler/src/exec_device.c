@@ -67,10 +67,6 @@ static size_t up(size_t x) {
   return (x + XALIGN - 1) & ~(XALIGN - 1);
 }
 
-static bool needs_queries(rkv_evict_policy p) {
-  return rkvi_needs_queries(p);
-}
-
 static rkv_status be_fail(rkvi_xdev *d, rkv_status st, const char *what) {
   return rkvi_fail(d->err, st, "%s: %s (%s)", what, rkv_status_str(st),
                    rkv_backend_last_error(d->be));
@@ -525,8 +521,8 @@ static rkv_status plan_seq(rkvi_xdev *d, const rkv_sched_seq *q, const rkv_evict
                      "compress %lld: its shared blocks need %u fresh blocks, %u free (the "
                      "scheduler reserves them when it flags a compression)",
                      (long long)q->id, fresh, free0);
-  const int32_t slot = needs_queries(ev->policy) ? slot_find(d, q->id) : -1;
-  if (needs_queries(ev->policy) && slot < 0)
+  const int32_t slot = rkvi_needs_queries(ev->policy) ? slot_find(d, q->id) : -1;
+  if (rkvi_needs_queries(ev->policy) && slot < 0)
     return rkvi_fail(d->err, RKV_ERR_STATE, "compress %lld: no query window", (long long)q->id);
   const size_t per = (size_t)d->c.L * d->c.Hkv;
   RKV_TRY(hgrow(d, (void **)&d->maps, &d->maps_cap, b->n_streams + per, sizeof *d->maps));
@@ -638,7 +634,7 @@ static rkv_status emu_gather(const rkvi_xdev *d, const rkv_evict_params *ev,
       for (size_t t = 0; t < D; t++) s->keys[(size_t)j * D + t] = rkv_dtype_load(lay->dtype, k, t);
       s->acc[j] = scores[blk * bs + off];
     }
-    if (needs_queries(ev->policy)) emu_queries(d, ring, st, b->group, s->qs);
+    if (rkvi_needs_queries(ev->policy)) emu_queries(d, ring, st, b->group, s->qs);
     char e2[RKV_ERRBUF] = "";
     rkv_status r = rkv_evict_select_dense(ev, s->keys, s->qs, s->acc, 1, b->group, n, (uint32_t)D,
                                           s->keep, NULL, s->ws, s->sz[6], e2, sizeof e2);
@@ -745,7 +741,7 @@ static rkv_status flush(rkvi_xdev *d, xbatch *x) {
   d->in_flight = true;
   b.group = group;
   b.max_len = x->max_len;
-  b.qwin = needs_queries(x->ev->policy) ? rkv_buffer_ptr(d->ring) : NULL;
+  b.qwin = rkvi_needs_queries(x->ev->policy) ? rkv_buffer_ptr(d->ring) : NULL;
   if (d->emu) return emu_compress(d, x->ev, &b, bytes);
   st = rkv_evict_cuda_compress(x->ev, d->c.pool, &b, rkv_buffer_ptr(d->evws),
                                rkv_buffer_size(d->evws));

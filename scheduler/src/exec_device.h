@@ -9,23 +9,11 @@
 #ifndef RKV_EXEC_DEVICE_H
 #define RKV_EXEC_DEVICE_H
 
-#include <string.h>
-
 #include <rkv/executor.h>
 
-typedef struct rkvi_xdev rkvi_xdev;
+#include "policy_info.h"
 
-/* What a policy reads, from the library's policy table (rkv_evict_policy_get_info). */
-static inline rkv_evict_policy_info rkvi_policy_info(rkv_evict_policy p) {
-  rkv_evict_policy_info info;
-  memset(&info, 0, sizeof info);
-  info.struct_size = sizeof info;
-  (void)rkv_evict_policy_get_info(p, &info);
-  return info;
-}
-static inline bool rkvi_needs_queries(rkv_evict_policy p) {
-  return rkvi_policy_info(p).needs_query_window;
-}
+typedef struct rkvi_xdev rkvi_xdev;
 
 typedef struct rkvi_xdev_config {
   rkv_blockmgr *bm;

@@ -13,6 +13,7 @@
 
 #include <rkv/scheduler.h>
 
+#include "policy_info.h"
 #include "rkv_internal.h"
 
 typedef enum { Q_NONE = 0, Q_WAITING, Q_RUNNING, Q_SWAPPED } queue_id;
@@ -240,18 +241,8 @@ static const rkv_evict_params *req_evict(const req *r) {
   return &r->evict;
 }
 
-/* From the library's policy table: whether the policy ever compresses, and whether its
- * scores read the query window. */
-static rkv_evict_policy_info policy_info(rkv_evict_policy p) {
-  rkv_evict_policy_info info;
-  memset(&info, 0, sizeof info);
-  info.struct_size = sizeof info;
-  (void)rkv_evict_policy_get_info(p, &info);
-  return info;
-}
-
 static bool evicts(const rkv_evict_params *e) {
-  return policy_info(e->policy).evicts;
+  return rkvi_policy_info(e->policy).evicts;
 }
 
 /* Tokens of r's protected prefix held now (a prefix protects only what is computed). */
@@ -824,7 +815,7 @@ rkv_status rkv_sched_fork(rkv_sched *s, int64_t parent, int64_t child, int64_t m
 static rkv_status prefix_hit(const rkv_sched *s, const req *r, uint32_t *hit, uint32_t *cost) {
   *hit = *cost = 0;
   if (!s->cfg.prefix_cache || !r->n_hashes) return RKV_OK;
-  const bool queries = policy_info(r->evict.policy).needs_query_window;
+  const bool queries = rkvi_needs_queries(r->evict.policy);
   const int64_t keep = queries && r->evict.window > 1 ? r->evict.window : 1;
   const int64_t most = r->target > keep ? (r->target - keep) / s->block_size : 0;
   uint32_t h = 0;
