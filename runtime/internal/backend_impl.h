@@ -44,6 +44,9 @@ rkv_status rkvi_cuda_copy_blocks(rkv_kv_pool *p, const rkv_block_copy *ops, size
 rkv_status rkvi_cuda_apply_moves(rkv_kv_pool *p, const rkv_slot_move *moves, size_t n);
 rkv_status rkvi_cuda_read_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n, void *host);
 rkv_status rkvi_cuda_write_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n, const void *host);
+/* Scores of whole blocks between the pool and the host (to_host: pool -> host). */
+rkv_status rkvi_cuda_scores_copy(rkv_kv_pool *p, const int32_t *ids, size_t n, float *host,
+                                 bool to_host);
 /* The CUDA events behind rkv_backend_timer (timer.c): a pair made with timing enabled, one
  * recorded on the backend's stream, the milliseconds between them once the stop event is
  * reached (the host waits for it). */

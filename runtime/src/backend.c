@@ -41,6 +41,10 @@ rkv_status rkvi_cuda_write_blocks(rkv_kv_pool *p, const int32_t *i, size_t n, co
   (void)i, (void)n, (void)h;
   return rkvi_cuda_backend_init(p->backend);
 }
+rkv_status rkvi_cuda_scores_copy(rkv_kv_pool *p, const int32_t *i, size_t n, float *h, bool t) {
+  (void)i, (void)n, (void)h, (void)t;
+  return rkvi_cuda_backend_init(p->backend);
+}
 rkv_status rkvi_cuda_event_pair_create(rkv_backend *b, void **start, void **stop) {
   *start = *stop = NULL;
   return rkvi_cuda_backend_init(b);
@@ -279,6 +283,28 @@ rkv_status rkv_kv_pool_read_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n,
     memcpy((uint8_t *)host + i * p->block_bytes,
            (uint8_t *)p->base + (size_t)ids[i] * p->block_bytes, p->block_bytes);
   return RKV_OK;
+}
+
+static rkv_status scores_copy(rkv_kv_pool *p, const int32_t *ids, size_t n, float *host,
+                              bool to_host) {
+  if (!p || (n && (!ids || !host))) return RKV_ERR_INVALID_ARG;
+  RKV_TRY(check_block_ids(p, ids, n));
+  if (p->backend->kind == RKV_BACKEND_CUDA) return rkvi_cuda_scores_copy(p, ids, n, host, to_host);
+  const size_t bs = p->layout.block_size;
+  for (size_t i = 0; i < n; i++) {
+    float *pool = p->scores + (size_t)ids[i] * bs, *h = host + i * bs;
+    memcpy(to_host ? h : pool, to_host ? pool : h, bs * sizeof(float));
+  }
+  return RKV_OK;
+}
+
+rkv_status rkv_kv_pool_read_scores(rkv_kv_pool *p, const int32_t *ids, size_t n, float *host) {
+  return scores_copy(p, ids, n, host, true);
+}
+
+rkv_status rkv_kv_pool_write_scores(rkv_kv_pool *p, const int32_t *ids, size_t n,
+                                    const float *host) {
+  return scores_copy(p, ids, n, (float *)host, false); /* only read from */
 }
 
 rkv_status rkv_kv_pool_write_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n,

@@ -297,4 +297,19 @@ rkv_status rkvi_cuda_write_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n, 
   return RKV_OK;
 }
 
+rkv_status rkvi_cuda_scores_copy(rkv_kv_pool *p, const int32_t *ids, size_t n, float *host,
+                                 bool to_host) {
+  rkv_backend *b = p->backend;
+  if (b->poisoned) return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA context poisoned earlier");
+  const size_t bs = p->layout.block_size, bytes = bs * sizeof(float);
+  for (size_t i = 0; i < n; i++) {
+    float *dev = p->scores + (size_t)ids[i] * bs, *h = host + i * bs;
+    CUDA_TRY(b, cudaMemcpyAsync(to_host ? h : dev, to_host ? dev : h, bytes,
+                                to_host ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice,
+                                stream_of(b)));
+  }
+  CUDA_TRY(b, cudaStreamSynchronize(stream_of(b)));
+  return RKV_OK;
+}
+
 }  // extern "C"

@@ -41,6 +41,8 @@ struct rkv_exec {
   rkv_qwindow *qw;     /* NULL when the default policy scores without queries, or on a device */
   rkvi_xdev *dev;      /* device-side state when the pool's memory is not the host's */
   unsigned char *host; /* swap pool [host_blocks][block_bytes] */
+  float *host_scores;  /* [host_blocks][block_size] the swapped slots' attention mass: a
+                        * swap restores H2O's ranking with the KV */
 
   /* the open step */
   bool open;
@@ -90,6 +92,7 @@ void rkv_exec_destroy(rkv_exec *x) {
   rkvi_free(a, x->owner, n * sizeof(int64_t));
   rkvi_free(a, x->stale, n);
   rkvi_free(a, x->host, (size_t)x->cfg.host_blocks * x->block_bytes);
+  rkvi_free(a, x->host_scores, (size_t)x->cfg.host_blocks * x->bs * sizeof(float));
   rkvi_free(a, x->layer_done, x->L);
   rkvi_free(a, x->seq_row, ms * sizeof(int32_t));
   rkvi_free(a, x->ids, ms * sizeof(int64_t));
@@ -218,9 +221,11 @@ rkv_status rkv_exec_create(const rkv_exec_config *cfg, rkv_blockmgr *m, rkv_kv_p
   x->q_indptr = rkvi_alloc(x->al, (ms + 1) * sizeof(int32_t), 16);
   const bool host = pool && cfg->host_blocks; /* bookkeeping moves no bytes */
   if (host) x->host = rkvi_alloc(x->al, (size_t)cfg->host_blocks * x->block_bytes, 64);
+  if (host)
+    x->host_scores = rkvi_calloc(x->al, (size_t)cfg->host_blocks * x->bs * sizeof(float), 64);
   if (!x->rows || !x->lens || !x->owner || !x->stale || !x->uniform || !x->xlen || !x->blen ||
       !x->all_indptr || !x->layer_done || !x->seq_row || !x->ids || !x->q_indptr ||
-      (host && !x->host)) {
+      (host && (!x->host || !x->host_scores))) {
     rkvi_failn(err, err_len, ret,
                "rkv_exec_create: out of memory for the table mirror / swap pool");
     goto fail;
@@ -244,7 +249,8 @@ rkv_status rkv_exec_create(const rkv_exec_config *cfg, rkv_blockmgr *m, rkv_kv_p
     }
   }
   x->bytes = (size_t)mirror * 4 + (size_t)x->nidx * (x->S * 4 + 9) +
-             (host ? (size_t)cfg->host_blocks * x->block_bytes : 0) + ms * 16;
+             (host ? (size_t)cfg->host_blocks * x->block_bytes : 0) +
+             (x->host_scores ? (size_t)cfg->host_blocks * x->bs * sizeof(float) : 0) + ms * 16;
   *out = x;
   return RKV_OK;
 fail:
@@ -342,12 +348,20 @@ static rkv_status validate_plan(rkv_exec *x, const rkv_sched_plan *p) {
 
 /* Swap and copy-on-write traffic: device blocks to the host pool and back, then copies. */
 static rkv_status move_blocks(rkv_exec *x, const rkv_sched_plan *p) {
-  for (uint32_t i = 0; i < p->n_swap_out; i++)
-    RKV_TRY(rkv_kv_pool_read_blocks(x->pool, &p->swap_out[i].device, 1,
-                                    x->host + (size_t)p->swap_out[i].host * x->block_bytes));
-  for (uint32_t i = 0; i < p->n_swap_in; i++)
-    RKV_TRY(rkv_kv_pool_write_blocks(x->pool, &p->swap_in[i].device, 1,
-                                     x->host + (size_t)p->swap_in[i].host * x->block_bytes));
+  const size_t bs = x->bs;
+  for (uint32_t i = 0; i < p->n_swap_out; i++) {
+    const rkv_sched_swap *o = &p->swap_out[i];
+    RKV_TRY(rkv_kv_pool_read_blocks(x->pool, &o->device, 1,
+                                    x->host + (size_t)o->host * x->block_bytes));
+    RKV_TRY(rkv_kv_pool_read_scores(x->pool, &o->device, 1, x->host_scores + (size_t)o->host * bs));
+  }
+  for (uint32_t i = 0; i < p->n_swap_in; i++) {
+    const rkv_sched_swap *o = &p->swap_in[i];
+    RKV_TRY(rkv_kv_pool_write_blocks(x->pool, &o->device, 1,
+                                     x->host + (size_t)o->host * x->block_bytes));
+    RKV_TRY(
+        rkv_kv_pool_write_scores(x->pool, &o->device, 1, x->host_scores + (size_t)o->host * bs));
+  }
   if (p->n_copies) RKV_TRY(rkv_kv_pool_copy_blocks(x->pool, p->copies, p->n_copies));
   return RKV_OK;
 }

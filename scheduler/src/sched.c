@@ -34,11 +34,18 @@ typedef struct req {
   int32_t kv_len;   /* per-stream cached tokens */
   uint32_t preemptions;
   uint32_t compressions;
-  uint64_t bound;      /* bound of the current admission (reserved while running) */
-  bool reserved;       /* bound counted in s->reserved */
-  uint64_t sched_step; /* step + 1 of the plan that scheduled it (0 = none) */
-  uint32_t plan_idx;
+  uint64_t bound; /* bound of the current admission (reserved while running) */
+  bool reserved;  /* bound counted in s->reserved */
+  /* the outstanding plans it is in: sched[step & 1] = step + 1 of a plan that scheduled it
+   * (0 = none), at position idx[step & 1]; two with config.overlap (the plan in flight and
+   * the one made while it runs) */
+  uint64_t sched[2];
+  uint32_t idx[2];
   bool reported;
+  bool draining; /* overlap: ended (eos) in the plan in flight while already in the next one,
+                  * whose extra token is discarded; freed when that plan is reported */
+  bool deferred; /* overlap: its append in the newest plan waits for the compression the
+                  * plan in flight applies (done by that plan's report) */
   /* swap */
   int32_t host_head; /* first host block of the chain, -1 = none */
   uint32_t host_n;
@@ -51,6 +58,30 @@ typedef struct req {
   bool starting; /* admitted this step: its first chunk announces it in plan.started */
   bool evicts;   /* the policy table: its policy ever compresses */
 } req;
+
+/* One plan's arrays. config.overlap keeps two: the plan made while the previous one still
+ * executes must not overwrite what the engine is reading. */
+typedef struct plan_buf {
+  rkv_sched_plan plan;
+  rkv_sched_seq *seqs;                /* [max_seqs] */
+  req **seq_req;                      /* [max_seqs] */
+  rkv_block_copy *copies;             /* [copies_cap] */
+  rkv_sched_swap *swap_out, *swap_in; /* [host_blocks] */
+  int64_t *preempted, *swapped_out;   /* [max_seqs] */
+  int64_t *swapped_in;                /* [max_seqs] */
+  int64_t *fin;                       /* [fin_cap] the finished ids handed out (grown by step) */
+  int64_t *dropped;                   /* [dropped_cap] finished + recompute-preempted */
+  rkv_sched_fork_op *forks;           /* [forks_cap] the forks handed out (grown by step) */
+  uint32_t fin_cap, dropped_cap, forks_cap;
+  int64_t *slots;        /* [layers][max_batched_tokens][kv_heads] the plan's slot mapping */
+  uint8_t *rows_changed; /* [max_seqs] */
+  int64_t *started;      /* [max_seqs] */
+  uint32_t n_started;
+  uint8_t *deferred; /* [max_seqs] overlap: the sequence's append waits for the in-flight
+                      * plan's compression of it (made by that plan's report) */
+  uint32_t promised; /* fresh blocks promised to this plan's flagged compressions: still
+                      * taken while the plan is in flight (overlap) */
+} plan_buf;
 
 typedef struct queue {
   req *head, *tail;
@@ -92,33 +123,18 @@ struct rkv_sched {
   int32_t *host_free; /* [host_blocks] free stack */
   uint32_t host_n_free;
 
-  /* plan storage, sized at create */
-  rkv_sched_plan plan;
-  bool outstanding;
-  uint64_t step_no;
-  rkv_sched_seq *seqs;    /* [max_seqs] */
-  req **seq_req;          /* [max_seqs] */
-  rkv_block_copy *copies; /* [copies_cap] */
+  /* plan storage, sized at create: one buffer, two with config.overlap */
+  plan_buf pb[2];
+  plan_buf *cur;    /* the buffer of the plan being made (plan_step and its helpers) */
+  uint64_t step_no; /* number of the next plan */
+  uint32_t n_out;   /* plans handed out and not reported (the oldest is reported next) */
   uint32_t copies_cap;
-  rkv_sched_swap *swap_out; /* [host_blocks] */
-  rkv_sched_swap *swap_in;  /* [host_blocks] */
-  int64_t *preempted;       /* [max_seqs] */
-  int64_t *swapped_out;     /* [max_seqs] */
-  int64_t *swapped_in;      /* [max_seqs] */
-  int64_t *finished;        /* [fin_cap] finished since the last plan; fin_cap >= n_fin + live */
+  int64_t *finished; /* [fin_cap] finished since the last plan; fin_cap >= n_fin + live */
   uint32_t fin_cap, n_fin;
-  int64_t *plan_fin; /* [plan_fin_cap] the copy handed out with the plan (grown only by step) */
-  uint32_t plan_fin_cap;
-  int64_t *slots;     /* [layers][max_batched_tokens][kv_heads] the plan's slot mapping */
   uint64_t slots_cap; /* max_batched_tokens x streams (0 without config.plan_slots) */
   uint32_t kv_heads;
-  uint8_t *rows_changed; /* [max_seqs] */
-  int64_t *started;      /* [max_seqs] */
-  int64_t *plan_dropped; /* [plan_dropped_cap] finished + recompute-preempted, per plan */
-  uint32_t plan_dropped_cap;
-  rkv_sched_fork_op *forks;      /* [forks_cap] forks since the last plan */
-  rkv_sched_fork_op *plan_forks; /* [plan_forks_cap] the copy handed out (grown only by step) */
-  uint32_t forks_cap, n_forks, plan_forks_cap;
+  rkv_sched_fork_op *forks; /* [forks_cap] forks since the last plan */
+  uint32_t forks_cap, n_forks;
 
   rkv_sched_metrics m;
   rkv_sched_prefix_stats prefix;
@@ -322,6 +338,18 @@ static uint32_t bm_free(const rkv_sched *s) {
   return total > taken ? (uint32_t)(total - taken) : 0;
 }
 
+/* Under the copy rule a prefix hit may share r's registered prompt blocks after its
+ * compression was flagged (an admission later in the same step, or with overlap in the next
+ * step, made while this one runs): the copies its compaction then makes are promised too. At
+ * most one per kept block of each stream that a hash names. */
+static uint32_t hit_promise(const rkv_sched *s, const req *r, int32_t len) {
+  if (!s->cfg.prefix_cache || s->cfg.prefix_rule != RKV_SCHED_PREFIX_COPY || !r->n_hashes) return 0;
+  uint64_t named = (uint64_t)len / s->block_size;
+  if (named > r->n_hashes) named = r->n_hashes;
+  const uint64_t lead = ceil_div((uint64_t)r->evict.budget, s->block_size);
+  return (uint32_t)(s->streams * (named < lead ? named : lead));
+}
+
 /* Fresh blocks the compression this step would flag for r (after appending n tokens) may
  * take: shared leading blocks are copied, not edited. Zero when nothing is shared or no
  * compression is due. */
@@ -333,7 +361,10 @@ static rkv_status compress_need(const rkv_sched *s, const req *r, uint32_t n, ui
   if (!samples || !compress_due(r, len, !decode)) return RKV_OK;
   const int32_t prot = r->protect < len ? r->protect : len;
   /* after this step's append: a stream at or under the budget now may exceed it then */
-  return rkv_blockmgr_compact_fresh_bound_after(s->bm, r->id, -1, prot + r->evict.budget, n, need);
+  RKV_TRY(
+      rkv_blockmgr_compact_fresh_bound_after(s->bm, r->id, -1, prot + r->evict.budget, n, need));
+  *need += hit_promise(s, r, len);
+  return RKV_OK;
 }
 
 /* Grows an array of `elem`-byte entries ([cap + 1] allocated) to hold `want` entries by
@@ -386,6 +417,30 @@ static void drop_request(rkv_sched *s, req *r) {
   req_free(s, r);
 }
 
+/* ---- plans in flight (config.overlap) ------------------------------------------------ */
+
+static plan_buf *buf_of(rkv_sched *s, uint64_t step) {
+  return &s->pb[s->cfg.overlap ? step & 1 : 0];
+}
+
+static bool in_plan(const req *r, uint64_t step) {
+  return r->sched[step & 1] == step + 1;
+}
+
+/* Whether r is in a plan handed out and not reported yet. */
+static bool outstanding(const rkv_sched *s, const req *r) {
+  for (uint32_t k = 1; k <= s->n_out; k++)
+    if (in_plan(r, s->step_no - k)) return true;
+  return false;
+}
+
+/* r's entry in the plan in flight while the next one is made (overlap), else NULL. */
+static const rkv_sched_seq *in_flight(rkv_sched *s, const req *r) {
+  if (!s->n_out) return NULL;
+  const uint64_t f = s->step_no - 1;
+  return in_plan(r, f) ? &buf_of(s, f)->seqs[r->idx[f & 1]] : NULL;
+}
+
 /* ---- lifecycle -------------------------------------------------------------------------- */
 
 const char *rkv_sched_admission_name(rkv_sched_admission a) {
@@ -432,6 +487,10 @@ rkv_status rkv_sched_create(const rkv_sched_config *cfg_in, rkv_blockmgr *m, rkv
   if (cfg.host_blocks > (1u << 30)) return cfg_fail(err, err_len, "host_blocks too large");
   if (cfg.prefix_rule != RKV_SCHED_PREFIX_PROTECT && cfg.prefix_rule != RKV_SCHED_PREFIX_COPY)
     return cfg_fail(err, err_len, "prefix_rule must be protect or copy");
+  if (cfg.overlap && cfg.plan_slots)
+    return cfg_fail(err, err_len,
+                    "overlap and plan_slots exclude each other: a plan made while another runs "
+                    "learns some slots only at that plan's report");
   if (cfg.prefix_cache && !rkv_blockmgr_get_config(m)->prefix_cache)
     return cfg_fail(err, err_len,
                     "prefix_cache needs a block manager created with prefix_cache (blockmgr.h)");
@@ -493,22 +552,27 @@ rkv_status rkv_sched_create(const rkv_sched_config *cfg_in, rkv_blockmgr *m, rkv
   rkv_status ret = RKV_OK;
 #define ALLOC_ARR(p, n) \
   if (!((p) = rkvi_calloc(s->alloc, sizeof(*(p)) * ((size_t)(n) + 1), 16))) goto oom
-  ALLOC_ARR(s->seqs, ms);
-  ALLOC_ARR(s->seq_req, ms);
-  ALLOC_ARR(s->copies, s->copies_cap);
-  ALLOC_ARR(s->swap_out, hb);
-  ALLOC_ARR(s->swap_in, hb);
-  ALLOC_ARR(s->preempted, ms);
-  ALLOC_ARR(s->swapped_out, ms);
-  ALLOC_ARR(s->swapped_in, ms);
+  for (uint32_t b = 0; b < (cfg.overlap ? 2u : 1u); b++) {
+    plan_buf *pb = &s->pb[b];
+    ALLOC_ARR(pb->seqs, ms);
+    ALLOC_ARR(pb->seq_req, ms);
+    ALLOC_ARR(pb->copies, s->copies_cap);
+    ALLOC_ARR(pb->swap_out, hb);
+    ALLOC_ARR(pb->swap_in, hb);
+    ALLOC_ARR(pb->preempted, ms);
+    ALLOC_ARR(pb->swapped_out, ms);
+    ALLOC_ARR(pb->swapped_in, ms);
+    ALLOC_ARR(pb->fin, s->fin_cap);
+    pb->fin_cap = s->fin_cap;
+    ALLOC_ARR(pb->dropped, s->fin_cap);
+    pb->dropped_cap = s->fin_cap;
+    ALLOC_ARR(pb->rows_changed, ms);
+    ALLOC_ARR(pb->started, ms);
+    ALLOC_ARR(pb->deferred, ms);
+    if (cfg.plan_slots) ALLOC_ARR(pb->slots, s->slots_cap);
+  }
+  s->cur = &s->pb[0];
   ALLOC_ARR(s->finished, s->fin_cap);
-  ALLOC_ARR(s->plan_fin, s->fin_cap);
-  s->plan_fin_cap = s->fin_cap;
-  ALLOC_ARR(s->plan_dropped, s->fin_cap);
-  s->plan_dropped_cap = s->fin_cap;
-  ALLOC_ARR(s->rows_changed, ms);
-  ALLOC_ARR(s->started, ms);
-  if (cfg.plan_slots) ALLOC_ARR(s->slots, s->slots_cap);
   ALLOC_ARR(s->host_next, hb);
   ALLOC_ARR(s->host_free, hb);
 #undef ALLOC_ARR
@@ -538,22 +602,26 @@ void rkv_sched_destroy(rkv_sched *s) {
   uint32_t ms = s->cfg.max_seqs, hb = s->cfg.host_blocks;
   const rkv_allocator *a = s->alloc;
   rkvi_free(a, s->map, sizeof(req *) * s->map_cap);
-  rkvi_free(a, s->seqs, sizeof(*s->seqs) * (ms + 1));
-  rkvi_free(a, s->seq_req, sizeof(*s->seq_req) * (ms + 1));
-  rkvi_free(a, s->copies, sizeof(*s->copies) * (s->copies_cap + 1));
-  rkvi_free(a, s->swap_out, sizeof(*s->swap_out) * (hb + 1));
-  rkvi_free(a, s->swap_in, sizeof(*s->swap_in) * (hb + 1));
-  rkvi_free(a, s->preempted, sizeof(int64_t) * (ms + 1));
-  rkvi_free(a, s->swapped_out, sizeof(int64_t) * (ms + 1));
-  rkvi_free(a, s->swapped_in, sizeof(int64_t) * (ms + 1));
+  for (uint32_t b = 0; b < 2; b++) {
+    plan_buf *pb = &s->pb[b];
+    rkvi_free(a, pb->seqs, sizeof(*pb->seqs) * (ms + 1));
+    rkvi_free(a, pb->seq_req, sizeof(*pb->seq_req) * (ms + 1));
+    rkvi_free(a, pb->copies, sizeof(*pb->copies) * (s->copies_cap + 1));
+    rkvi_free(a, pb->swap_out, sizeof(*pb->swap_out) * (hb + 1));
+    rkvi_free(a, pb->swap_in, sizeof(*pb->swap_in) * (hb + 1));
+    rkvi_free(a, pb->preempted, sizeof(int64_t) * (ms + 1));
+    rkvi_free(a, pb->swapped_out, sizeof(int64_t) * (ms + 1));
+    rkvi_free(a, pb->swapped_in, sizeof(int64_t) * (ms + 1));
+    rkvi_free(a, pb->fin, sizeof(int64_t) * (pb->fin_cap + 1));
+    rkvi_free(a, pb->dropped, sizeof(int64_t) * (pb->dropped_cap + 1));
+    rkvi_free(a, pb->rows_changed, ms + 1);
+    rkvi_free(a, pb->started, sizeof(int64_t) * (ms + 1));
+    rkvi_free(a, pb->deferred, ms + 1);
+    if (pb->slots) rkvi_free(a, pb->slots, sizeof(int64_t) * (s->slots_cap + 1));
+    rkvi_free(a, pb->forks, sizeof(*pb->forks) * (pb->forks_cap + 1));
+  }
   rkvi_free(a, s->finished, sizeof(int64_t) * (s->fin_cap + 1));
-  rkvi_free(a, s->plan_fin, sizeof(int64_t) * (s->plan_fin_cap + 1));
-  rkvi_free(a, s->plan_dropped, sizeof(int64_t) * (s->plan_dropped_cap + 1));
-  rkvi_free(a, s->rows_changed, ms + 1);
-  rkvi_free(a, s->started, sizeof(int64_t) * (ms + 1));
-  if (s->slots) rkvi_free(a, s->slots, sizeof(int64_t) * (s->slots_cap + 1));
   rkvi_free(a, s->forks, sizeof(*s->forks) * (s->forks_cap + 1));
-  rkvi_free(a, s->plan_forks, sizeof(*s->plan_forks) * (s->plan_forks_cap + 1));
   rkvi_free(a, s->host_next, sizeof(int32_t) * (hb + 1));
   rkvi_free(a, s->host_free, sizeof(int32_t) * (hb + 1));
   rkvi_free(a, s, sizeof *s);
@@ -717,9 +785,9 @@ rkv_status rkv_sched_abort(rkv_sched *s, int64_t id) {
   req *r = map_find(s, id);
   if (!r)
     return rkvi_fail(s->err, RKV_ERR_NOT_FOUND, "abort: request %lld is not live", (long long)id);
-  if (s->outstanding && r->sched_step == s->step_no + 1)
+  if (outstanding(s, r))
     return rkvi_fail(s->err, RKV_ERR_STATE,
-                     "abort: request %lld is in the outstanding plan; report first", (long long)id);
+                     "abort: request %lld is in an outstanding plan; report first", (long long)id);
   push_finished(s, id);
   drop_request(s, r);
   s->m.num_aborted++;
@@ -731,7 +799,7 @@ rkv_status rkv_sched_fork(rkv_sched *s, int64_t parent, int64_t child, int64_t m
   req *pr = map_find(s, parent);
   if (!pr)
     return rkvi_fail(s->err, RKV_ERR_NOT_FOUND, "fork: parent %lld is not live", (long long)parent);
-  if (pr->q != Q_RUNNING || (s->outstanding && pr->sched_step == s->step_no + 1))
+  if (pr->q != Q_RUNNING || outstanding(s, pr))
     return rkvi_fail(s->err, RKV_ERR_STATE,
                      "fork: parent %lld must be running and not in the outstanding plan",
                      (long long)parent);
@@ -788,7 +856,7 @@ rkv_status rkv_sched_fork(rkv_sched *s, int64_t parent, int64_t child, int64_t m
   r->order = s->next_order++;
   r->prev = r->next = NULL;
   r->q = Q_NONE;
-  r->sched_step = 0;
+  r->sched[0] = r->sched[1] = 0;
   r->reported = false;
   r->preemptions = 0;
   r->compressions = 0;
@@ -828,15 +896,19 @@ static rkv_status prefix_hit(const rkv_sched *s, const req *r, uint32_t *hit, ui
 
 /* Preempts a running request that is not in this step's plan. */
 static rkv_status preempt(rkv_sched *s, req *r) {
-  rkv_sched_plan *p = &s->plan;
+  rkv_sched_plan *p = &s->cur->plan;
   const rkv_blockmgr_config *bc = rkv_blockmgr_get_config(s->bm);
   bool swap = false;
   uint32_t held = 0, exclusive = 0; /* blocks it references; those freed with it */
   RKV_TRY(rkv_blockmgr_seq_footprint(s->bm, r->id, &held, &exclusive));
-  if (s->cfg.preempt == RKV_SCHED_PREEMPT_SWAP && r->lens)
+  /* With a plan in flight whose compressions take fresh blocks (copies of shared ones), the
+   * victim's freed blocks may be written by them before this plan's swap-out reads them:
+   * such a victim is recomputed instead. */
+  const bool fresh_in_flight = s->n_out && buf_of(s, s->step_no - 1)->promised;
+  if (s->cfg.preempt == RKV_SCHED_PREEMPT_SWAP && r->lens && !fresh_in_flight)
     swap = held <= s->host_n_free && p->n_swap_out + held <= s->cfg.host_blocks;
   if (swap) {
-    rkv_sched_swap *ops = s->swap_out + p->n_swap_out;
+    rkv_sched_swap *ops = s->cur->swap_out + p->n_swap_out;
     uint32_t k = 0;
     int32_t prev = -1;
     r->host_head = -1;
@@ -863,7 +935,7 @@ static rkv_status preempt(rkv_sched *s, req *r) {
     p->n_swap_out += k;
     s->m.swapped_out_blocks += k;
     s->m.num_preempt_swap++;
-    s->swapped_out[p->n_swapped_out++] = r->id;
+    s->cur->swapped_out[p->n_swapped_out++] = r->id;
   } else {
     s->m.num_preempt_recompute++;
   }
@@ -873,7 +945,7 @@ static rkv_status preempt(rkv_sched *s, req *r) {
   q_remove(s, r);
   r->preemptions++;
   s->m.num_preemptions++;
-  s->preempted[p->n_preempted++] = r->id;
+  s->cur->preempted[p->n_preempted++] = r->id;
   if (swap) {
     q_insert(s, Q_SWAPPED, r);
   } else {
@@ -900,25 +972,18 @@ static rkv_status prefill_prefix(rkv_sched *s, req *r) {
   return RKV_OK;
 }
 
-/* Appends n tokens for r and records it in the plan. */
-/* `popped` is rkv_blockmgr_blocks_needed(r, n) when the caller just computed it, else
- * UINT32_MAX. */
-static rkv_status schedule(rkv_sched *s, req *r, uint32_t n, uint32_t popped) {
-  rkv_sched_plan *p = &s->plan;
-  bool decode = r->computed >= r->target;
-  uint32_t nc = 0;
-  RKV_ASSERT(s->copies_cap - p->n_copies >= s->streams);
-  if (popped == UINT32_MAX) RKV_TRY(rkv_blockmgr_blocks_needed(s->bm, r->id, n, &popped));
-  int64_t *slots = s->slots ? s->slots + (size_t)p->n_batched_tokens * s->kv_heads : NULL;
-  RKV_TRY(rkv_blockmgr_append_batch(s->bm, r->id, n, slots,
-                                    (size_t)s->cfg.max_batched_tokens * s->kv_heads,
-                                    s->copies + p->n_copies, &nc));
-  s->rows_changed[p->n_seqs] = popped || nc || r->starting;
-  if (r->starting) s->started[s->n_started++] = r->id;
+/* Records r's n tokens as the next entry of the plan being made (its blocks are appended, or,
+ * deferred, will be by the in-flight plan's report). */
+static rkv_status record_seq(rkv_sched *s, req *r, uint32_t n, bool changed, bool deferred) {
+  plan_buf *b = s->cur;
+  rkv_sched_plan *p = &b->plan;
+  const bool decode = r->computed >= r->target;
+  b->rows_changed[p->n_seqs] = changed || r->starting;
+  b->deferred[p->n_seqs] = deferred;
+  r->deferred = deferred;
+  if (r->starting) b->started[b->n_started++] = r->id;
   r->starting = false;
-  s->step_used += popped;
-  p->n_copies += nc;
-  rkv_sched_seq *q = &s->seqs[p->n_seqs];
+  rkv_sched_seq *q = &b->seqs[p->n_seqs];
   q->id = r->id;
   q->kind = decode ? RKV_SCHED_DECODE : RKV_SCHED_PREFILL;
   q->n_tokens = n;
@@ -930,15 +995,63 @@ static rkv_status schedule(rkv_sched *s, req *r, uint32_t n, uint32_t popped) {
   q->compress = q->samples && compress_due(r, r->kv_len, !decode);
   if (!decode) RKV_TRY(prefill_prefix(s, r));
   q->evict = req_evict(r);
-  s->seq_req[p->n_seqs] = r;
-  r->sched_step = s->step_no + 1;
-  r->plan_idx = p->n_seqs;
+  b->seq_req[p->n_seqs] = r;
+  r->sched[s->step_no & 1] = s->step_no + 1;
+  r->idx[s->step_no & 1] = p->n_seqs;
   r->reported = false;
   p->n_seqs++;
   if (decode) p->n_decode++;
   p->n_batched_tokens += n;
   if (!decode) s->m.prompt_tokens += n;
   return RKV_OK;
+}
+
+/* Appends n tokens for r and records it in the plan. */
+/* `popped` is rkv_blockmgr_blocks_needed(r, n) when the caller just computed it, else
+ * UINT32_MAX. */
+static rkv_status schedule(rkv_sched *s, req *r, uint32_t n, uint32_t popped) {
+  rkv_sched_plan *p = &s->cur->plan;
+  uint32_t nc = 0;
+  RKV_ASSERT(s->copies_cap - p->n_copies >= s->streams);
+  if (popped == UINT32_MAX) RKV_TRY(rkv_blockmgr_blocks_needed(s->bm, r->id, n, &popped));
+  int64_t *slots = s->cur->slots ? s->cur->slots + (size_t)p->n_batched_tokens * s->kv_heads : NULL;
+  RKV_TRY(rkv_blockmgr_append_batch(s->bm, r->id, n, slots,
+                                    (size_t)s->cfg.max_batched_tokens * s->kv_heads,
+                                    s->cur->copies + p->n_copies, &nc));
+  s->step_used += popped;
+  p->n_copies += nc;
+  return record_seq(s, r, n, popped || nc, false);
+}
+
+/* Overlap: r's compression in the plan in flight (fl) has not run when this plan is made, so
+ * its next token cannot be appended yet. With a uniform budget its length after the
+ * compression is known (protected prefix + budget): this plan says so, and the report of the
+ * plan in flight appends the token (rkv_sched_report). That append takes at most a new tail
+ * block per stream, promised now; a sequence sharing blocks (its compaction's copies vary)
+ * waits a step instead. *done says whether r was scheduled. */
+static rkv_status schedule_deferred(rkv_sched *s, req *r, const rkv_sched_seq *fl, bool *done) {
+  *done = false;
+  uint32_t held = 0, exclusive = 0;
+  RKV_TRY(rkv_blockmgr_seq_footprint(s->bm, r->id, &held, &exclusive));
+  if (held != exclusive) return RKV_OK;
+  const int32_t keep = protected_now(r) + r->evict.budget, bs = (int32_t)s->block_size;
+  /* the uncut length counts too: an engine that ends the sequence skips its compression */
+  const uint32_t need = keep % bs == 0 || fl->kv_len % bs == 0 ? s->streams : 0;
+  const uint32_t fresh = compress_due(r, keep + 1, false) ? hit_promise(s, r, keep + 1) : 0;
+  if ((uint64_t)need + fresh > bm_free(s)) return RKV_OK;
+  s->step_promised += need + fresh;
+  s->cur->promised += fresh;
+  if (keep < r->kv_len) r->kv_len = keep;
+  *done = true;
+  return record_seq(s, r, 1, true, true);
+}
+
+/* The preemption victim: the last running sequence in no plan it could still be read by
+ * (this one, or the one in flight). NULL when there is none. */
+static req *victim_of(rkv_sched *s) {
+  req *v = s->running.tail;
+  while (v && (in_plan(v, s->step_no) || in_flight(s, v))) v = v->prev;
+  return v;
 }
 
 static uint32_t chunk_for(const rkv_sched *s, const req *r, uint32_t tokens_left) {
@@ -951,11 +1064,11 @@ static uint32_t chunk_for(const rkv_sched *s, const req *r, uint32_t tokens_left
 /* Moves the slot row `from` (a decode's one token) to row `to` < from in every layer,
  * shifting the rows between one down. */
 static void rotate_slot_row(rkv_sched *s, uint32_t to, uint32_t from) {
-  if (!s->slots) return;
+  if (!s->cur->slots) return;
   const uint32_t H = s->kv_heads, L = s->streams / H;
   int64_t keep[256];
   for (uint32_t l = 0; l < L; l++) {
-    int64_t *base = s->slots + (size_t)l * s->cfg.max_batched_tokens * H;
+    int64_t *base = s->cur->slots + (size_t)l * s->cfg.max_batched_tokens * H;
     for (uint32_t h0 = 0; h0 < H; h0 += 256) {
       const uint32_t w = H - h0 < 256 ? H - h0 : 256;
       memcpy(keep, base + (size_t)from * H + h0, w * sizeof(int64_t));
@@ -971,44 +1084,48 @@ static void rotate_slot_row(rkv_sched *s, uint32_t to, uint32_t from) {
  * to show no preemption): a stable rotation moves each such decode in front of the chunks,
  * with everything indexed by plan position. Rare (swap-ins only), O(n_seqs) per move. */
 static void order_decodes_first(rkv_sched *s) {
-  rkv_sched_plan *p = &s->plan;
+  rkv_sched_plan *p = &s->cur->plan;
   uint32_t first_prefill = 0;
-  while (first_prefill < p->n_seqs && s->seqs[first_prefill].kind == RKV_SCHED_DECODE)
+  while (first_prefill < p->n_seqs && s->cur->seqs[first_prefill].kind == RKV_SCHED_DECODE)
     first_prefill++;
   uint32_t row_fp = 0; /* plan row of the first prefill chunk */
-  for (uint32_t i = 0; i < first_prefill; i++) row_fp += s->seqs[i].n_tokens;
+  for (uint32_t i = 0; i < first_prefill; i++) row_fp += s->cur->seqs[i].n_tokens;
   uint32_t row_i = row_fp;
   for (uint32_t i = first_prefill; i < p->n_seqs; i++) {
-    const uint32_t n_i = s->seqs[i].n_tokens;
+    const uint32_t n_i = s->cur->seqs[i].n_tokens;
     row_i += n_i; /* rows of seqs[0..i] */
-    if (s->seqs[i].kind != RKV_SCHED_DECODE) continue;
+    if (s->cur->seqs[i].kind != RKV_SCHED_DECODE) continue;
     rotate_slot_row(s, row_fp, row_i - 1);
-    const rkv_sched_seq q = s->seqs[i];
-    req *r = s->seq_req[i];
-    const uint8_t ch = s->rows_changed[i];
+    const rkv_sched_seq q = s->cur->seqs[i];
+    req *r = s->cur->seq_req[i];
+    const uint8_t ch = s->cur->rows_changed[i], df = s->cur->deferred[i];
     for (uint32_t j = i; j > first_prefill; j--) {
-      s->seqs[j] = s->seqs[j - 1];
-      s->seq_req[j] = s->seq_req[j - 1];
-      s->rows_changed[j] = s->rows_changed[j - 1];
+      s->cur->seqs[j] = s->cur->seqs[j - 1];
+      s->cur->seq_req[j] = s->cur->seq_req[j - 1];
+      s->cur->rows_changed[j] = s->cur->rows_changed[j - 1];
+      s->cur->deferred[j] = s->cur->deferred[j - 1];
     }
-    s->seqs[first_prefill] = q;
-    s->seq_req[first_prefill] = r;
-    s->rows_changed[first_prefill] = ch;
+    s->cur->seqs[first_prefill] = q;
+    s->cur->seq_req[first_prefill] = r;
+    s->cur->rows_changed[first_prefill] = ch;
+    s->cur->deferred[first_prefill] = df;
     first_prefill++;
     row_fp++;
   }
-  for (uint32_t i = 0; i < p->n_seqs; i++) s->seq_req[i]->plan_idx = i;
+  for (uint32_t i = 0; i < p->n_seqs; i++) s->cur->seq_req[i]->idx[s->step_no & 1] = i;
 }
 
 static rkv_status plan_step(rkv_sched *s) {
   req *r;
-  rkv_sched_plan *p = &s->plan;
+  rkv_sched_plan *p = &s->cur->plan;
   uint32_t tokens_left = s->cfg.max_batched_tokens;
   bool preempted_any = false;
   uint32_t used_watermark = usable_watermark(s);
   s->step_used = bm_used(s);
-  s->step_promised = 0;
-  s->n_started = 0;
+  /* the plan in flight (overlap) has not run its compressions yet: their promise stands */
+  s->step_promised = s->n_out ? buf_of(s, s->step_no - 1)->promised : 0;
+  s->cur->promised = 0;
+  s->cur->n_started = 0;
 
   /* 1. running sequences in priority order: decodes first (pass 0), then prefill chunks
    * (pass 1), so a long prompt never starves the decodes of the token budget. Victims are
@@ -1017,20 +1134,35 @@ static rkv_status plan_step(rkv_sched *s) {
     r = s->running.head;
     while (r && p->n_seqs < s->cfg.max_seqs && tokens_left) {
       bool decode = r->computed >= r->target;
-      if (r->sched_step == s->step_no + 1 || decode != (pass == 0)) {
+      /* with a plan in flight: a sequence that ends in it (its length limit, or an eos
+       * reported since) has no next token */
+      const rkv_sched_seq *fl = in_flight(s, r);
+      if (in_plan(r, s->step_no) || decode != (pass == 0) || r->draining ||
+          (fl && fl->samples && r->generated + 1 >= r->max_new)) {
         r = r->next;
         continue;
       }
       uint32_t n = chunk_for(s, r, tokens_left);
       if (!n) break;
+      if (fl && fl->compress) {
+        bool done = false;
+        RKV_TRY(schedule_deferred(s, r, fl, &done));
+        tokens_left -= done;
+        r = r->next;
+        continue;
+      }
       uint32_t need = 0, fresh = 0;
       RKV_TRY(rkv_blockmgr_blocks_needed(s->bm, r->id, n, &need));
       RKV_TRY(compress_need(s, r, n, &fresh));
-      bool self_preempted = false;
+      bool self_preempted = false, no_victim = false;
+      req *next = NULL;
       while ((uint64_t)need + fresh > bm_free(s)) {
-        req *victim = s->running.tail;
-        while (victim->sched_step == s->step_no + 1) victim = victim->prev; /* r is unscheduled */
+        req *victim = victim_of(s);
+        /* everything else runs in the plan in flight: r waits for the next step */
+        no_victim = !victim;
+        if (no_victim) break;
         self_preempted = victim == r;
+        if (self_preempted) next = r->next; /* all after it are in this plan or in flight */
         RKV_TRY(preempt(s, victim));
         preempted_any = true;
         if (self_preempted) break;
@@ -1038,9 +1170,13 @@ static rkv_status plan_step(rkv_sched *s) {
         RKV_TRY(rkv_blockmgr_blocks_needed(s->bm, r->id, n, &need));
         RKV_TRY(compress_need(s, r, n, &fresh));
       }
-      if (self_preempted) break;        /* r was the last unscheduled: nothing follows it */
+      if (self_preempted || no_victim) {
+        r = self_preempted ? next : r->next;
+        continue;
+      }
       RKV_TRY(schedule(s, r, n, need)); /* need is current: recomputed after each preemption */
       s->step_promised += fresh;
+      s->cur->promised += fresh;
       tokens_left -= n;
       r = r->next;
     }
@@ -1073,8 +1209,8 @@ static rkv_status plan_step(rkv_sched *s) {
         RKV_TRY(rkv_blockmgr_stream_blocks(s->bm, r->id, l, h, &ids, &nb));
         for (int32_t b = 0; b < nb; b++) {
           RKV_ASSERT(hb >= 0);
-          s->swap_in[p->n_swap_in].device = ids[b];
-          s->swap_in[p->n_swap_in].host = hb;
+          s->cur->swap_in[p->n_swap_in].device = ids[b];
+          s->cur->swap_in[p->n_swap_in].host = hb;
           p->n_swap_in++;
           int32_t nx = s->host_next[hb];
           s->host_free[s->host_n_free++] = hb;
@@ -1089,9 +1225,9 @@ static rkv_status plan_step(rkv_sched *s) {
     r->bound = bound;
     r->reserved = true;
     s->reserved += bound;
-    s->swapped_in[p->n_swapped_in++] = r->id;
+    s->cur->swapped_in[p->n_swapped_in++] = r->id;
     RKV_TRY(schedule(s, r, n, UINT32_MAX));
-    s->rows_changed[p->n_seqs - 1] = 1; /* restored into fresh blocks */
+    s->cur->rows_changed[p->n_seqs - 1] = 1; /* restored into fresh blocks */
     tokens_left -= n;
   }
 
@@ -1149,6 +1285,7 @@ static rkv_status plan_step(rkv_sched *s) {
     }
     RKV_TRY(schedule(s, r, n, UINT32_MAX));
     s->step_promised += (uint32_t)cfresh;
+    s->cur->promised += (uint32_t)cfresh;
     tokens_left -= n;
   }
   RKV_ASSERT_LEVEL(3, s->step_used == bm_used(s));
@@ -1222,16 +1359,18 @@ static rkv_status after_call_check(rkv_sched *s) {
 
 /* dropped = finished since the last plan, then this step's recompute preemptions (a swapped-out
  * id keeps its engine state: its KV comes back). */
-static void fill_dropped(rkv_sched *s, rkv_sched_plan *p) {
+static void fill_dropped(rkv_sched *s, plan_buf *b) {
+  rkv_sched_plan *p = &b->plan;
   uint32_t n = 0;
-  for (uint32_t i = 0; i < p->n_finished; i++) s->plan_dropped[n++] = p->finished[i];
+  (void)s;
+  for (uint32_t i = 0; i < p->n_finished; i++) b->dropped[n++] = p->finished[i];
   for (uint32_t i = 0; i < p->n_preempted; i++) {
     bool swapped = false;
     for (uint32_t j = 0; j < p->n_swapped_out && !swapped; j++)
       swapped = p->swapped_out[j] == p->preempted[i];
-    if (!swapped) s->plan_dropped[n++] = p->preempted[i];
+    if (!swapped) b->dropped[n++] = p->preempted[i];
   }
-  p->dropped = s->plan_dropped;
+  p->dropped = b->dropped;
   p->n_dropped = n;
 }
 
@@ -1239,19 +1378,22 @@ rkv_status rkv_sched_step(rkv_sched *s, const rkv_sched_plan **plan) {
   if (!s) return RKV_ERR_INVALID_ARG;
   if (!plan) return rkvi_fail(s->err, RKV_ERR_INVALID_ARG, "step: plan is NULL");
   *plan = NULL;
-  if (s->outstanding)
-    return rkvi_fail(s->err, RKV_ERR_STATE, "step %llu was not reported",
-                     (unsigned long long)s->step_no);
-  /* The previous plan's arrays die here, so its finished copy may move now, before anything
+  if (s->n_out >= (s->cfg.overlap ? 2u : 1u))
+    return rkvi_fail(s->err, RKV_ERR_STATE, "step %llu was not reported%s",
+                     (unsigned long long)(s->step_no - s->n_out),
+                     s->cfg.overlap ? " (overlap: one plan in flight at most)" : "");
+  plan_buf *b = buf_of(s, s->step_no);
+  /* This buffer's previous plan is reported, so its arrays may move now, before anything
    * changes: this step hands out at most every id finished so far plus every live one. */
-  GROW(s, s->plan_fin, s->plan_fin_cap, (uint64_t)s->n_fin + s->live);
-  GROW(s, s->plan_dropped, s->plan_dropped_cap, (uint64_t)s->n_fin + s->live);
-  GROW(s, s->plan_forks, s->plan_forks_cap, s->n_forks);
+  GROW(s, b->fin, b->fin_cap, (uint64_t)s->n_fin + s->live);
+  GROW(s, b->dropped, b->dropped_cap, (uint64_t)s->n_fin + s->live);
+  GROW(s, b->forks, b->forks_cap, s->n_forks);
   rkv_status ret = reserve_step(s);
   if (ret != RKV_OK)
     return rkvi_fail(s->err, ret, "step %llu: %s", (unsigned long long)s->step_no,
                      rkv_blockmgr_last_error(s->bm));
-  rkv_sched_plan *p = &s->plan;
+  s->cur = b;
+  rkv_sched_plan *p = &b->plan;
   memset(p, 0, sizeof *p);
   p->step = s->step_no;
   ret = plan_step(s);
@@ -1263,50 +1405,85 @@ rkv_status rkv_sched_step(rkv_sched *s, const rkv_sched_plan **plan) {
                 rkv_blockmgr_last_error(s->bm));
     return ret;
   }
-  if (s->n_forks) memcpy(s->plan_forks, s->forks, sizeof(*s->forks) * s->n_forks);
-  p->forks = s->plan_forks;
+  if (s->n_forks) memcpy(b->forks, s->forks, sizeof(*s->forks) * s->n_forks);
+  p->forks = b->forks;
   p->n_forks = s->n_forks;
   s->n_forks = 0;
-  memcpy(s->plan_fin, s->finished, sizeof(int64_t) * s->n_fin);
-  p->finished = s->plan_fin;
+  memcpy(b->fin, s->finished, sizeof(int64_t) * s->n_fin);
+  p->finished = b->fin;
   p->n_finished = s->n_fin;
   s->n_fin = 0;
-  p->slots = s->slots;
-  p->slot_layer_stride = s->slots ? (uint64_t)s->cfg.max_batched_tokens * s->kv_heads : 0;
-  p->rows_changed = s->rows_changed;
-  p->started = s->started;
-  p->n_started = s->n_started;
-  p->seqs = s->seqs;
-  p->copies = s->copies;
-  p->swap_out = s->swap_out;
-  p->swap_in = s->swap_in;
-  p->preempted = s->preempted;
-  p->swapped_out = s->swapped_out;
-  p->swapped_in = s->swapped_in;
-  fill_dropped(s, p);
-  s->outstanding = true;
+  p->slots = b->slots;
+  p->slot_layer_stride = b->slots ? (uint64_t)s->cfg.max_batched_tokens * s->kv_heads : 0;
+  p->rows_changed = b->rows_changed;
+  p->started = b->started;
+  p->n_started = b->n_started;
+  p->seqs = b->seqs;
+  p->copies = b->copies;
+  p->swap_out = b->swap_out;
+  p->swap_in = b->swap_in;
+  p->preempted = b->preempted;
+  p->swapped_out = b->swapped_out;
+  p->swapped_in = b->swapped_in;
+  fill_dropped(s, b);
+  s->step_no++;
+  s->n_out++;
   s->m.steps++;
   if (s->running.n > s->m.max_running) s->m.max_running = s->running.n;
   *plan = p;
   return after_call_check(s);
 }
 
+/* The appends the report of plan `step` owes the next plan (overlap): each deferred sequence
+ * takes its token after its compression (or after its uncut stream when the engine did not
+ * compress it), and the next plan's length and flag are corrected in that case. Blocks were
+ * promised and row capacity reserved when the next plan was made, so this cannot fail. */
+static rkv_status append_deferred(rkv_sched *s, uint64_t step) {
+  plan_buf *nb = buf_of(s, step + 1);
+  for (uint32_t i = 0; i < nb->plan.n_seqs; i++) {
+    if (!nb->deferred[i]) continue;
+    req *r = nb->seq_req[i];
+    rkv_sched_seq *q = &nb->seqs[i];
+    int32_t len = 0;
+    uint32_t popped = 0, nc = 0;
+    RKV_TRY(rkv_blockmgr_stream_len(s->bm, r->id, 0, 0, &len));
+    RKV_TRY(rkv_blockmgr_blocks_needed(s->bm, r->id, 1, &popped));
+    RKV_TRY(rkv_blockmgr_append_batch(s->bm, r->id, 1, NULL, 0, NULL, &nc));
+    if (nc)
+      return rkvi_fail(s->err, RKV_ERR_INTERNAL, "deferred append of %lld copied blocks",
+                       (long long)r->id);
+    r->deferred = false;
+    nb->deferred[i] = 0;
+    if (len + 1 != q->kv_len) { /* the compression did not run */
+      r->kv_len = len + 1;
+      q->kv_len = r->kv_len;
+      q->compress = !r->draining && compress_due(r, r->kv_len, false);
+    }
+  }
+  return RKV_OK;
+}
+
 rkv_status rkv_sched_report(rkv_sched *s, const rkv_sched_output *outs, uint32_t n) {
   if (!s) return RKV_ERR_INVALID_ARG;
-  if (!s->outstanding) return rkvi_fail(s->err, RKV_ERR_STATE, "report: no plan outstanding");
-  rkv_sched_plan *p = &s->plan;
+  if (!s->n_out) return rkvi_fail(s->err, RKV_ERR_STATE, "report: no plan outstanding");
+  const uint64_t step = s->step_no - s->n_out; /* the oldest outstanding plan */
+  plan_buf *b = buf_of(s, step);
+  const rkv_sched_plan *p = &b->plan;
   if (n != p->n_seqs || (n && !outs))
-    return rkvi_fail(s->err, RKV_ERR_INVALID_ARG, "report: %u outputs for %u scheduled", n,
-                     p->n_seqs);
+    return rkvi_fail(s->err, RKV_ERR_INVALID_ARG,
+                     "report: %u outputs for %u scheduled in step %llu", n, p->n_seqs,
+                     (unsigned long long)step);
   rkv_status ret = RKV_OK;
   uint32_t i = 0;
   for (; i < n; i++) {
     req *r = map_find(s, outs[i].id);
-    if (!r || r->sched_step != s->step_no + 1 || r->reported) {
-      ret = rkvi_fail(s->err, RKV_ERR_INVALID_ARG, "report: id %lld is %s", (long long)outs[i].id,
+    if (!r || !in_plan(r, step) || r->reported) {
+      ret = rkvi_fail(s->err, RKV_ERR_INVALID_ARG, "report: id %lld is %s in step %llu",
+                      (long long)outs[i].id,
                       !r            ? "unknown"
                       : r->reported ? "reported twice"
-                                    : "not scheduled");
+                                    : "not scheduled",
+                      (unsigned long long)step);
       break;
     }
     r->reported = true;
@@ -1315,14 +1492,22 @@ rkv_status rkv_sched_report(rkv_sched *s, const rkv_sched_output *outs, uint32_t
     for (uint32_t j = 0; j < i; j++) map_find(s, outs[j].id)->reported = false;
     return ret;
   }
+  const bool next_out = s->n_out > 1; /* the plan made while this one ran */
   for (i = 0; i < n; i++) {
     req *r = map_find(s, outs[i].id);
-    const rkv_sched_seq *q = &s->seqs[r->plan_idx];
-    r->sched_step = 0;
+    const rkv_sched_seq *q = &b->seqs[r->idx[step & 1]];
+    r->sched[step & 1] = 0;
     r->reported = false;
+    if (r->draining) { /* the token after its end: discarded */
+      push_finished(s, r->id);
+      drop_request(s, r);
+      s->m.num_finished++;
+      continue;
+    }
     if (outs[i].compressed) {
       int32_t len = r->kv_len;
-      if (rkv_blockmgr_stream_len(s->bm, r->id, 0, 0, &len) == RKV_OK) r->kv_len = len;
+      if (!r->deferred && rkv_blockmgr_stream_len(s->bm, r->id, 0, 0, &len) == RKV_OK)
+        r->kv_len = len;
       r->compressions++;
       s->m.compressions++;
       s->m.evicted_tokens += outs[i].tokens_evicted;
@@ -1332,14 +1517,18 @@ rkv_status rkv_sched_report(rkv_sched *s, const rkv_sched_output *outs, uint32_t
       r->generated++;
       s->m.generation_tokens++;
       if (outs[i].eos || r->generated >= r->max_new) {
-        push_finished(s, r->id);
-        drop_request(s, r);
-        s->m.num_finished++;
+        if (next_out && in_plan(r, step + 1)) {
+          r->draining = true; /* the next plan already runs it: freed at its report */
+        } else {
+          push_finished(s, r->id);
+          drop_request(s, r);
+          s->m.num_finished++;
+        }
       }
     }
   }
-  s->outstanding = false;
-  s->step_no++;
+  if (next_out) RKV_TRY(append_deferred(s, step));
+  s->n_out--;
   return after_call_check(s);
 }
 
@@ -1452,6 +1641,8 @@ rkv_status rkv_sched_check(const rkv_sched *s_const) {
   RKV_TRY(check_queue(s, &s->running, Q_RUNNING, &n, err));
   RKV_TRY(check_queue(s, &s->swapped, Q_SWAPPED, &n, err));
   if (n != s->live) return rkvi_fail(err, RKV_ERR_CORRUPT, "%u queued but %u live", n, s->live);
+  if (s->n_out > (s->cfg.overlap ? 2u : 1u) || s->n_out > s->step_no)
+    return rkvi_fail(err, RKV_ERR_CORRUPT, "%u plans outstanding", s->n_out);
   if ((uint64_t)s->n_fin + s->live > s->fin_cap)
     return rkvi_fail(err, RKV_ERR_CORRUPT, "finished list: %u ids + %u live > capacity %u",
                      s->n_fin, s->live, s->fin_cap);
@@ -1470,20 +1661,53 @@ rkv_status rkv_sched_check(const rkv_sched *s_const) {
                        (long long)r->id, exists ? "exists while not running" : "missing");
     /* a request counted in a plan nobody holds: its tokens were appended and counted as
      * computed, but no engine will ever run them (issue 17, finding 1) */
-    if (r->sched_step && !(s->outstanding && r->sched_step == s->step_no + 1))
+    for (uint32_t k = 0; k < 2; k++) {
+      if (!r->sched[k]) continue;
+      const uint64_t st = r->sched[k] - 1;
+      const bool held = (st & 1) == k && st < s->step_no && st >= s->step_no - s->n_out;
+      if (!held)
+        return rkvi_fail(err, RKV_ERR_CORRUPT,
+                         "request %lld: scheduled in step %llu, a plan that was never handed out "
+                         "(next step %llu, %u outstanding)",
+                         (long long)r->id, (unsigned long long)st, (unsigned long long)s->step_no,
+                         s->n_out);
+      const plan_buf *b = buf_of(s, st);
+      if (r->idx[k] >= b->plan.n_seqs || b->seq_req[r->idx[k]] != r ||
+          b->seqs[r->idx[k]].id != r->id)
+        return rkvi_fail(err, RKV_ERR_CORRUPT, "request %lld: not at its place in plan %llu",
+                         (long long)r->id, (unsigned long long)st);
+    }
+    /* overlap: an ended sequence waits for the one plan made before its end was reported,
+     * and is in no later one; a deferred append waits only for the plan in flight's
+     * compression of it */
+    const uint64_t newest = s->step_no - 1;
+    if (r->draining && (!outstanding(s, r) || (s->n_out == 2 && in_plan(r, newest))))
       return rkvi_fail(err, RKV_ERR_CORRUPT,
-                       "request %lld: scheduled in step %llu, a plan that was never handed out "
-                       "(now at step %llu, %s)",
-                       (long long)r->id, (unsigned long long)r->sched_step - 1,
-                       (unsigned long long)s->step_no, s->outstanding ? "outstanding" : "idle");
-    if (r->computed > r->target + r->generated || r->generated > r->max_new)
+                       "request %lld: ended, but not in exactly the plan after its end",
+                       (long long)r->id);
+    int32_t expect_len = r->kv_len;
+    if (r->deferred) {
+      const plan_buf *nb = s->n_out == 2 ? buf_of(s, newest) : NULL;
+      const plan_buf *fb = s->n_out == 2 ? buf_of(s, newest - 1) : NULL;
+      if (!nb || !in_plan(r, newest) || !in_plan(r, newest - 1) ||
+          !nb->deferred[r->idx[newest & 1]] || !fb->seqs[r->idx[(newest - 1) & 1]].compress)
+        return rkvi_fail(err, RKV_ERR_CORRUPT,
+                         "request %lld: a deferred append without a compression in flight",
+                         (long long)r->id);
+      expect_len = fb->seqs[r->idx[(newest - 1) & 1]].kv_len;
+    }
+    /* a token sampled in the plan in flight counts as computed by the newer plan already */
+    int64_t pending = 0;
+    if (s->n_out == 2 && in_plan(r, s->step_no - 2))
+      pending = buf_of(s, s->step_no - 2)->seqs[r->idx[(s->step_no - 2) & 1]].samples;
+    if (r->computed > r->target + r->generated + pending || r->generated > r->max_new)
       return rkvi_fail(err, RKV_ERR_CORRUPT, "request %lld: progress counters", (long long)r->id);
     if (exists) {
       int32_t len = -1;
       (void)rkv_blockmgr_stream_len(s->bm, r->id, 0, 0, &len);
-      if (len != r->kv_len)
+      if (len != expect_len)
         return rkvi_fail(err, RKV_ERR_CORRUPT, "request %lld: kv_len %d but stream holds %d",
-                         (long long)r->id, r->kv_len, len);
+                         (long long)r->id, expect_len, len);
       if (!evicts(&r->evict) && (int64_t)len != r->computed)
         return rkvi_fail(err, RKV_ERR_CORRUPT, "request %lld: full policy lost tokens",
                          (long long)r->id);

@@ -214,11 +214,19 @@ RKV_API rkv_status rkv_kv_pool_copy_blocks(rkv_kv_pool *p, const rkv_block_copy 
 RKV_API rkv_status rkv_kv_pool_apply_moves(rkv_kv_pool *p, const rkv_slot_move *moves, size_t n);
 /* Host <-> pool transfers of whole blocks (swap, tests, tools). `host` holds n_ids blocks
  * back to back, in the order of ids. write_blocks zeroes the written blocks' per-slot scores
- * (they hold other tokens now; read_blocks does not save scores). */
+ * (they hold other tokens now; read_blocks does not save scores: rkv_kv_pool_read_scores
+ * below does). */
 RKV_API rkv_status rkv_kv_pool_read_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n_ids,
                                            void *host);
 RKV_API rkv_status rkv_kv_pool_write_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n_ids,
                                             const void *host);
+/* The per-slot scores of whole blocks to and from the host, [n_ids][block_size] f32 in the
+ * order of ids: a swap that keeps H2O's ranking saves them next to read_blocks and puts them
+ * back after write_blocks. Block ids are validated. */
+RKV_API rkv_status rkv_kv_pool_read_scores(rkv_kv_pool *p, const int32_t *ids, size_t n_ids,
+                                           float *host);
+RKV_API rkv_status rkv_kv_pool_write_scores(rkv_kv_pool *p, const int32_t *ids, size_t n_ids,
+                                            const float *host);
 
 #ifdef __cplusplus
 }

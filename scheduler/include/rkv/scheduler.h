@@ -76,11 +76,26 @@ typedef struct rkv_sched_config {
   /* What compression may do to a hashed prefix, whether or not prefix_cache is on (so runs
    * with and without the cache evict the same tokens). */
   rkv_sched_prefix_rule prefix_rule;
+  /* Version 4. Overlap scheduling (vLLM's async scheduling, SGLang's overlap scheduler): step
+   * N+1 may be planned while step N is still executing, so the host's planning hides behind
+   * the device's step. At most one plan in flight: rkv_sched_step may be called once more
+   * before the previous plan is reported, and rkv_sched_report reports the oldest plan. The
+   * new plan assumes every token sampled in the plan in flight is not an end of sequence;
+   * a sequence reported ended (eos) while already in the new plan runs there once more, its
+   * token is discarded (not counted, not to be emitted), and it is freed at that plan's
+   * report. A sequence the plan in flight compresses gets its next token at the known
+   * post-compression length (protected prefix + budget): the append waits for the report
+   * of the plan in flight, so the new plan is complete, and may be begun, only after that
+   * report (the order rkv_exec needs anyway: finish N, report N, begin N+1). Sequences in the
+   * plan in flight are never preempted by the new plan; one whose compression would copy
+   * shared blocks waits a step. Per-sequence results equal sync mode's. Off by default;
+   * plan_slots must be off. docs/OVERLAP.md. */
+  bool overlap;
 } rkv_sched_config;
-#define RKV_SCHED_CONFIG_INIT                                                                  \
-  {                                                                                            \
-    sizeof(rkv_sched_config), 2048, 256, 0, RKV_SCHED_RESERVE, RKV_SCHED_PREEMPT_RECOMPUTE, 0, \
-        RKV_EVICT_PARAMS_INIT, NULL, NULL, false, false, false, RKV_SCHED_PREFIX_PROTECT       \
+#define RKV_SCHED_CONFIG_INIT                                                                   \
+  {                                                                                             \
+    sizeof(rkv_sched_config), 2048, 256, 0, RKV_SCHED_RESERVE, RKV_SCHED_PREEMPT_RECOMPUTE, 0,  \
+        RKV_EVICT_PARAMS_INIT, NULL, NULL, false, false, false, RKV_SCHED_PREFIX_PROTECT, false \
   }
 
 /* One request. `evict` NULL = the engine default (config.evict); when given it is copied. */

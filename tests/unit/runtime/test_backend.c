@@ -158,6 +158,16 @@ static void test_write_blocks_clears_scores(void) {
   EXPECT(sc[8] == 20.0f && sc[11] == 23.0f); /* block 2 not written: kept */
   EXPECT(memcmp((uint8_t *)rkv_kv_pool_base(p) + 3 * rkv_kv_block_bytes(&l), host,
                 rkv_kv_block_bytes(&l)) == 0);
+  /* a swap keeps the mass: read_scores saves it, write_scores puts it back after the write */
+  float saved[2 * 4];
+  const int32_t from[2] = {2, 0}, to[2] = {3, 1};
+  EXPECT_OK(rkv_kv_pool_read_scores(p, from, 2, saved));
+  EXPECT(saved[0] == 20.0f && saved[3] == 23.0f && saved[4] == 0.0f);
+  EXPECT_OK(rkv_kv_pool_write_scores(p, to, 2, saved));
+  EXPECT(sc[12] == 20.0f && sc[15] == 23.0f && sc[4] == 0.0f);
+  const int32_t bad[1] = {4};
+  EXPECT_STATUS(rkv_kv_pool_read_scores(p, bad, 1, saved), RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rkv_kv_pool_write_scores(p, to, 1, NULL), RKV_ERR_INVALID_ARG);
   rkv_kv_pool_destroy(p);
   rkv_backend_destroy(b);
 }

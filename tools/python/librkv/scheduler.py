@@ -47,7 +47,9 @@ class Plan:
     """One step's plan (rkv_sched_plan), returned by Scheduler.step.
 
     The array attributes are read-only zero-copy numpy views of the scheduler's plan arrays:
-    they are valid until the next Scheduler.step (or close); reading an attribute of a stale
+    they are valid until the next Scheduler.step (with overlap=True, until the step after it:
+    the plan in flight stays valid while the next one is made) or close; reading an attribute
+    of a stale
     Plan raises RkvError (RKV_ERR_STATE), but arrays taken earlier are not guarded: copy what
     must outlive the step. Scalars (step, n_seqs, n_decode, n_batched_tokens and the counts)
     are plain ints.
@@ -88,7 +90,7 @@ class Plan:
     @property
     def stale(self):
         """True once the scheduler has stepped again (or closed): the views are invalid."""
-        return self._sched.closed or self._sched._gen != self._gen
+        return self._sched.closed or self._sched._gen - self._gen >= self._sched._plans_live
 
     def _live(self, what):
         if self.stale:
@@ -183,7 +185,8 @@ class Scheduler(Handle):
 
     ``Scheduler(bm, max_batched_tokens=2048, max_seqs=256, max_prefill_chunk=0,
     admission="reserve", preempt="recompute", host_blocks=0, evict=None,
-    check_every_step=False, plan_slots=False)``: the defaults are RKV_SCHED_CONFIG_INIT's;
+    check_every_step=False, plan_slots=False, prefix_cache=False, prefix_rule="protect",
+    overlap=False)``: the defaults are RKV_SCHED_CONFIG_INIT's;
     admission "reserve" | "optimistic", preempt "recompute" | "swap", evict an EvictParams,
     a dict of its fields or a policy name (None = RKV_EVICT_PARAMS_INIT). The block manager
     is borrowed: it stays open while the scheduler is.
@@ -220,6 +223,7 @@ class Scheduler(Handle):
         self._borrow(bm)
         self._gen = 0
         self._plan = None
+        self._plans_live = 2 if vals["overlap"] else 1 # overlap: the plan in flight too
 
     def _check(self, st, call):
         return check(st, call, lambda: self.last_error)
@@ -278,7 +282,9 @@ class Scheduler(Handle):
         _lib.lib().rkv_sched_set_free_blocks_limit(self.handle, int(limit))
 
     def step(self):
-        """Plans one step and returns its Plan (the previous plan's views become invalid)."""
+        """Plans one step and returns its Plan (the previous plan's views become invalid;
+        with overlap=True this may be called once while the previous plan is unreported, and
+        the views of that plan stay valid until the next step)."""
         ptr = ctypes.POINTER(SchedPlan)()
         st = _lib.lib().rkv_sched_step(self.handle, ctypes.byref(ptr))
         if st == 0:
@@ -288,7 +294,7 @@ class Scheduler(Handle):
         return self._plan
 
     def report(self, outs):
-        """Applies the engine's results for the last plan: outs is a structured array of
+        """Applies the engine's results for the oldest unreported plan: outs is a structured array of
         output_dtype() with one record per scheduled sequence (Executor.finish returns it)."""
         import numpy as np
         outs = _outputs_arg(outs, "Scheduler.report")
