@@ -60,6 +60,7 @@ typedef struct eval_opts {
   bool emulate;             /* --backend emu: the CUDA path on the emulated device */
   uint32_t repeat;          /* requests per problem (shared prompts) */
   bool prefix_cache;        /* share cached prompt blocks */
+  bool overlap;             /* plan step N+1 while step N runs (rkv_sched_config.overlap) */
   int prefix_rule;          /* -1: prompts carry no hashes; else an rkv_sched_prefix_rule */
 } eval_opts;
 
@@ -112,6 +113,7 @@ static void eval_usage(void) {
       "                [--plot FILE.svg] [--show N] [--check] [--simple-loop]\n"
       "                [--backend cpu|cuda] [--compare-cpu] [--generations FILE]\n"
       "                [--repeat K] [--prefix-cache on|off] [--prefix-rule protect|copy]\n"
+      "                [--overlap on|off]\n"
       "  Decodes held-out problems of the labelled-addition task (docs/MODEL.md) with the\n"
       "  trained test model through librkv (CPU or CUDA backend, paged KV, continuous\n"
       "  batching) and reports, per policy and budget: exact-match accuracy, mean generated\n"
@@ -142,6 +144,9 @@ static void eval_usage(void) {
       "                    the budget counts the rest) or copy (evictable; shared blocks are\n"
       "                    copied first). Default: protect with --prefix-cache on, else\n"
       "                    none (prompts evictable, no hashes)\n"
+      "  --overlap on|off  overlap scheduling: plan step N+1 before step N's compressions and\n"
+      "                    report (default off). Greedy decoding: the tokens must equal sync\n"
+      "                    mode's; a sequence ended in step N may run once more, discarded\n"
       "  --simple-loop     batch with the tool's own loop instead of the librkv scheduler\n"
       "  --backend B       where the KV cache lives: cpu (default) or cuda. cuda: the KV pool,\n"
       "                    the attention (rkv_attn_*), the query window and eviction\n"
@@ -603,6 +608,7 @@ typedef struct eval_req {
   int32_t prompt_len;
   char gen[RT_TASK_MAX_TEXT + 64];
   int32_t gen_len;
+  bool ended; /* scored: a plan made ahead (--overlap) may still run it once, discarded */
 } eval_req;
 
 /* One (policy, budget) over all problems, batched by the librkv scheduler (reserve
@@ -638,6 +644,7 @@ static int eval_run_sched(const eval_opts *o, const rt_model *model, rkv_backend
   sc.evict = c.ep;
   sc.check_every_step = o->check;
   sc.prefix_cache = o->prefix_cache;
+  sc.overlap = o->overlap;
   sc.prefix_rule =
       o->prefix_rule == RKV_SCHED_PREFIX_COPY ? RKV_SCHED_PREFIX_COPY : RKV_SCHED_PREFIX_PROTECT;
   char err[512] = "";
@@ -681,18 +688,22 @@ static int eval_run_sched(const eval_opts *o, const rt_model *model, rkv_backend
 
   uint32_t finished = 0, shown = 0;
   const double t0 = rt_now();
+  const rkv_sched_plan *plan = NULL; /* made ahead (--overlap) or at the top */
+  bool made_ahead = false;
   while (finished < n_req) {
-    const rkv_sched_plan *plan = NULL;
-    if (rkv_sched_step(sch, &plan) != RKV_OK) {
-      fprintf(stderr, "rkv eval: scheduler step: %s\n", rkv_sched_last_error(sch));
-      goto done;
+    if (!plan) {
+      made_ahead = false;
+      if (rkv_sched_step(sch, &plan) != RKV_OK) {
+        fprintf(stderr, "rkv eval: scheduler step: %s\n", rkv_sched_last_error(sch));
+        goto done;
+      }
     }
-    if (plan->n_seqs == 0) {
+    if (plan->n_seqs == 0 && !made_ahead) {
       fprintf(stderr, "rkv eval: the scheduler planned nothing with %u requests left\n",
               n_req - finished);
       goto done;
     }
-    res->steps++;
+    res->steps += plan->n_seqs > 0;
     if (plan->n_seqs > res->max_running) res->max_running = plan->n_seqs;
     res->preemptions += plan->n_preempted;
     /* the executor keeps the query windows, preemptions included */
@@ -716,8 +727,8 @@ static int eval_run_sched(const eval_opts *o, const rt_model *model, rkv_backend
       prev[b] = p0 ? q->hist[p0 - 1] : 0;
       pos0[b] = p0;
     }
-    if (rt_model_runner_step(r, plan->n_seqs, ids, qind, toks, prev, pos0, logits, false) !=
-        RKV_OK) {
+    if (plan->n_seqs && rt_model_runner_step(r, plan->n_seqs, ids, qind, toks, prev, pos0, logits,
+                                             false) != RKV_OK) {
       fprintf(stderr, "rkv eval: step failed: %s\n", rt_model_runner_last_error(r));
       goto done;
     }
@@ -727,6 +738,10 @@ static int eval_run_sched(const eval_opts *o, const rt_model *model, rkv_backend
       rkv_sched_output *out = &outs[b];
       memset(out, 0, sizeof *out);
       out->id = ss->id;
+      if (q->ended) { /* the token after its end, in a plan made before the end was known */
+        out->eos = true;
+        continue;
+      }
       const int32_t longest = seq_max_len(c.bm, mc, ss->id);
       if (longest > res->max_stream_len) res->max_stream_len = longest;
       bool done_now = false;
@@ -739,8 +754,16 @@ static int eval_run_sched(const eval_opts *o, const rt_model *model, rkv_backend
       out->eos = done_now; /* the same end for the scheduler; spares its compression */
       if (done_now) {
         eval_score(o, res, ss->id, &q->prob, q->gen, &shown);
+        q->ended = true;
         finished++;
       }
+    }
+    /* --overlap: the next step is planned while this one's compressions are still to run
+     * (on a GPU, while its kernels run); it assumes no sequence of this step ended */
+    const rkv_sched_plan *ahead = NULL;
+    if (o->overlap && finished < n_req && rkv_sched_step(sch, &ahead) != RKV_OK) {
+      fprintf(stderr, "rkv eval: scheduler step (overlap): %s\n", rkv_sched_last_error(sch));
+      goto done;
     }
     if (eval_exec_finish(x, &c, plan, outs, res) != RKV_OK) goto done;
     if (rkv_sched_report(sch, outs, plan->n_seqs) != RKV_OK) {
@@ -751,6 +774,8 @@ static int eval_run_sched(const eval_opts *o, const rt_model *model, rkv_backend
       fprintf(stderr, "rkv eval: scheduler check failed: %s\n", rkv_sched_last_error(sch));
       goto done;
     }
+    plan = ahead;
+    made_ahead = ahead != NULL;
   }
   eval_finish(o, &c, res, t0);
   rkv_sched_metrics sm;
@@ -841,11 +866,11 @@ static void write_plot(const char *path, const eval_opts *o, const eval_result *
 
 static bool eval_takes_value(const char *opt) {
   static const char *const names[] = {
-      "--model",      "--policies", "--budgets",     "--buffer", "--window",
-      "--problems",   "--digits",   "--seed",        "--batch",  "--block-size",
-      "--kv-dtype",   "--threads",  "--plot",        "--show",   "--min-full-accuracy",
-      "--backend",    "--lambda",   "--generations", "--repeat", "--prefix-cache",
-      "--prefix-rule"};
+      "--model",       "--policies", "--budgets",     "--buffer", "--window",
+      "--problems",    "--digits",   "--seed",        "--batch",  "--block-size",
+      "--kv-dtype",    "--threads",  "--plot",        "--show",   "--min-full-accuracy",
+      "--backend",     "--lambda",   "--generations", "--repeat", "--prefix-cache",
+      "--prefix-rule", "--overlap"};
   for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
     if (strcmp(opt, names[k]) == 0) return true;
   return false;
@@ -969,6 +994,12 @@ int rt_cmd_eval(int argc, char **argv) {
         return 2;
       }
       o.prefix_cache = strcmp(v, "on") == 0;
+    } else if (strcmp(a, "--overlap") == 0) {
+      if (strcmp(v, "on") && strcmp(v, "off")) {
+        fprintf(stderr, "rkv eval: bad value for --overlap: '%s' (on or off)\n", v);
+        return 2;
+      }
+      o.overlap = strcmp(v, "on") == 0;
     } else if (strcmp(a, "--prefix-rule") == 0) {
       if (strcmp(v, "protect") == 0) {
         o.prefix_rule = RKV_SCHED_PREFIX_PROTECT;
@@ -994,10 +1025,10 @@ int rt_cmd_eval(int argc, char **argv) {
     }
   const bool on_cuda = o.backend == RKV_BACKEND_CUDA;
   if (o.prefix_cache && o.prefix_rule < 0) o.prefix_rule = RKV_SCHED_PREFIX_PROTECT;
-  if (o.simple_loop && (o.repeat > 1 || o.prefix_rule >= 0)) {
+  if (o.simple_loop && (o.repeat > 1 || o.prefix_rule >= 0 || o.overlap)) {
     fprintf(stderr,
-            "rkv eval: --repeat, --prefix-cache and --prefix-rule need the scheduler loop (drop "
-            "--simple-loop)\n");
+            "rkv eval: --repeat, --prefix-cache, --prefix-rule and --overlap need the scheduler "
+            "loop (drop --simple-loop)\n");
     return 2;
   }
   if ((on_cuda || o.emulate) && o.prefix_rule == RKV_SCHED_PREFIX_PROTECT) {

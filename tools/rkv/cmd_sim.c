@@ -55,7 +55,9 @@ static void usage(FILE *f) {
       "  --prefix-cache on|off   share cached system-prompt blocks between requests (default\n"
       "                      off); the report gives prefill tokens computed and the hit rate\n"
       "  --prefix-rule protect|copy   what compression may do to a shared prefix: protect it\n"
-      "                      (the budget counts the rest; default) or copy it first (evictable)\n",
+      "                      (the budget counts the rest; default) or copy it first (evictable)\n"
+      "  --overlap on|off    overlap scheduling: plan step N+1 while step N runs (default off);\n"
+      "                      the report gives the host planning time it hid per step\n",
       f);
   fputs(
       "compute and output:\n"
@@ -287,6 +289,13 @@ static bool parse_args(int argc, char **argv, sim_opts *o) {
         return false;
       }
       o->prefix_cache = strcmp(v, "on") == 0;
+    } else if (strcmp(a, "--overlap") == 0) {
+      VAL();
+      if (strcmp(v, "on") && strcmp(v, "off")) {
+        fprintf(stderr, "rkv sim: bad --overlap '%s' (on, off)\n", v);
+        return false;
+      }
+      o->overlap = strcmp(v, "on") == 0;
     } else if (strcmp(a, "--prefix-rule") == 0) {
       VAL();
       if (strcmp(v, "protect") == 0) {
@@ -470,6 +479,78 @@ static bool prefix_hashes(const sim_opts *o, uint64_t **out, uint32_t *n_hashes)
   return true;
 }
 
+/* One policy run's loop state, shared by the plans it makes. */
+typedef struct sim_loop {
+  const sim_opts *o;
+  const sim_req *reqs;
+  uint32_t n;
+  rkv_evict_policy pol;
+  rkv_sched *s;
+  rkv_blockmgr *bm;
+  sim_tp_rank *tp;
+  sim_result *res;
+  const double *arrival;
+  const uint64_t *hashes; /* [prefixes][n_hashes] */
+  uint32_t n_hashes;
+  uint32_t next;               /* first request not added yet */
+  double clock;                /* modelled seconds */
+  uint64_t planned, prev_hash; /* plans made so far, hash of the latest (TP) */
+} sim_loop;
+
+/* Adds the requests that have arrived by the modelled clock, then plans a step: *secs = the
+ * wall time of rkv_sched_step. Latencies of the ids it reports finished end now. */
+static bool sim_plan(sim_loop *L, const rkv_sched_plan **out, double *secs) {
+  const sim_opts *o = L->o;
+  if (L->tp && !sim_tp_sync(L->tp, L->s, L->planned, L->prev_hash, rkv_blockmgr_free_blocks(L->bm)))
+    return false;
+  double ts = rt_now();
+  while (L->next < L->n && L->reqs[L->next].arrival <= L->clock) {
+    const sim_req *q = &L->reqs[L->next];
+    rkv_sched_request rq = {q->id, q->prompt, q->gen, 0, q->arrival, NULL};
+    rkv_status st = rkv_sched_add_request(L->s, &rq);
+    if (st == RKV_ERR_CAPACITY) {
+      L->res->rejected++;
+      if (L->res->rejected == 1 && !o->quiet)
+        fprintf(stderr, "\nrkv sim: %s: %s (counted as rejected)\n", rkv_evict_policy_name(L->pol),
+                rkv_sched_last_error(L->s));
+    } else if (st != RKV_OK) {
+      fprintf(stderr, "rkv sim: add_request: %s\n", rkv_sched_last_error(L->s));
+      return false;
+    } else if (q->sys >= 0 && L->n_hashes) {
+      /* the system prompt's full blocks, which its requests may share */
+      const uint32_t nb = (uint32_t)(q->sys_len / o->block_size);
+      st = rkv_sched_set_prefix(L->s, q->id, L->hashes + (size_t)q->sys * L->n_hashes,
+                                nb < L->n_hashes ? nb : L->n_hashes);
+      if (st != RKV_OK) {
+        fprintf(stderr, "rkv sim: set_prefix: %s\n", rkv_sched_last_error(L->s));
+        return false;
+      }
+    }
+    L->next++;
+  }
+  const double t_step = rt_now();
+  const rkv_status st = rkv_sched_step(L->s, out);
+  const double now = rt_now();
+  *secs = now - t_step;
+  L->res->plan_wall += *secs;
+  L->res->sched_wall += now - ts;
+  if (st != RKV_OK) {
+    fprintf(stderr, "rkv sim: step: %s\n", rkv_sched_last_error(L->s));
+    return false;
+  }
+  const rkv_sched_plan *p = *out;
+  if (L->tp) L->prev_hash = sim_tp_plan_hash(L->tp, L->planned, p);
+  L->planned++;
+  for (uint32_t i = 0; i < p->n_finished; i++) {
+    int64_t id = p->finished[i];
+    double lat = L->clock - (id >= 0 && id < L->n ? L->arrival[id] : L->clock);
+    L->res->lat_sum += lat;
+    L->res->lat_max = lat > L->res->lat_max ? lat : L->res->lat_max;
+    L->res->lat_n++;
+  }
+  return true;
+}
+
 bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evict_policy pol,
                     sim_tp_rank *tp, sim_result *res) {
   memset(res, 0, sizeof *res);
@@ -535,6 +616,7 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
   sc.check_every_step = o->check;
   sc.prefix_cache = o->prefix_cache;
   sc.prefix_rule = o->prefix_rule;
+  sc.overlap = o->overlap;
   char err[256];
   if (rkv_sched_create(&sc, bm, &s, err, sizeof err) != RKV_OK) {
     fprintf(stderr, "rkv sim: scheduler: %s\n", err);
@@ -552,62 +634,38 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
   rt_progress_init(&prog, 1.0);
   char label[64];
   snprintf(label, sizeof label, "sim %s", rkv_evict_policy_name(pol));
-  double clock = 0.0, w0 = rt_now();
-  uint32_t next = 0;
+  sim_loop L = {o, reqs, n, pol, s, bm, tp, res, arrival, hashes, n_hashes, 0, 0.0, 0, 0};
+  double w0 = rt_now();
+  double clock_host = 0.0; /* the modelled clock with the scheduler's host time on it */
   size_t kv_elem = rkv_dtype_size(o->dtype);
-  uint64_t planned = 0, prev_hash = 0; /* plans made so far, hash of the latest (TP) */
+  const rkv_sched_plan *p = NULL; /* the plan to run (made ahead under --overlap) */
   for (;;) {
-    if (tp && !sim_tp_sync(tp, s, planned, prev_hash, rkv_blockmgr_free_blocks(bm))) goto done;
-    double ts = rt_now();
-    while (next < n && reqs[next].arrival <= clock) {
-      rkv_sched_request rq = {
-          reqs[next].id, reqs[next].prompt, reqs[next].gen, 0, reqs[next].arrival, NULL};
-      st = rkv_sched_add_request(s, &rq);
-      if (st == RKV_ERR_CAPACITY) {
-        res->rejected++;
-        if (res->rejected == 1 && !o->quiet)
-          fprintf(stderr, "\nrkv sim: %s: %s (counted as rejected)\n", rkv_evict_policy_name(pol),
-                  rkv_sched_last_error(s));
-      } else if (st != RKV_OK) {
-        fprintf(stderr, "rkv sim: add_request: %s\n", rkv_sched_last_error(s));
-        goto done;
-      } else if (reqs[next].sys >= 0 && n_hashes) {
-        /* the system prompt's full blocks, which its requests may share */
-        const uint32_t nb = (uint32_t)(reqs[next].sys_len / o->block_size);
-        st = rkv_sched_set_prefix(s, reqs[next].id, hashes + (size_t)reqs[next].sys * n_hashes,
-                                  nb < n_hashes ? nb : n_hashes);
-        if (st != RKV_OK) {
-          fprintf(stderr, "rkv sim: set_prefix: %s\n", rkv_sched_last_error(s));
-          goto done;
-        }
-      }
-      next++;
+    double plan_s = 0.0;
+    if (!p) { /* made with nothing in flight: its planning is on the critical path */
+      if (!sim_plan(&L, &p, &plan_s)) goto done;
+      clock_host += plan_s;
     }
-    const rkv_sched_plan *p = NULL;
-    st = rkv_sched_step(s, &p);
-    res->sched_wall += rt_now() - ts;
-    if (st != RKV_OK) {
-      fprintf(stderr, "rkv sim: step: %s\n", rkv_sched_last_error(s));
+    if (!sim_engine_launch(eng, p, outs)) goto done;
+    /* overlap: the next plan is made while this one runs (it sees the arrivals so far) */
+    const rkv_sched_plan *ahead = NULL;
+    double ahead_s = 0.0;
+    if (o->overlap && p->n_seqs && !(o->max_steps && res->steps + 1 >= o->max_steps) &&
+        !sim_plan(&L, &ahead, &ahead_s))
       goto done;
-    }
-    if (tp) prev_hash = sim_tp_plan_hash(tp, planned, p);
-    planned++;
-    for (uint32_t i = 0; i < p->n_finished; i++) {
-      int64_t id = p->finished[i];
-      double lat = clock - (id >= 0 && id < n ? arrival[id] : clock);
-      res->lat_sum += lat;
-      res->lat_max = lat > res->lat_max ? lat : res->lat_max;
-      res->lat_n++;
-    }
+    if (!sim_engine_finish(eng, p, outs)) goto done;
     /* every plan goes to the engine, empty ones too: they carry finished ids and swaps */
-    if (!sim_engine_run(eng, p, outs)) goto done;
     if (!p->n_seqs) {
+      double ts = rt_now();
       rkv_sched_report(s, NULL, 0);
+      res->sched_wall += rt_now() - ts;
+      p = NULL;
       rkv_sched_metrics mt;
       rkv_sched_get_metrics(s, &mt);
-      if (next < n) {
-        if (mt.num_running + mt.num_waiting + mt.num_swapped == 0 || reqs[next].arrival > clock) {
-          clock = clock > reqs[next].arrival ? clock : reqs[next].arrival;
+      if (L.next < n) {
+        if (mt.num_running + mt.num_waiting + mt.num_swapped == 0 ||
+            reqs[L.next].arrival > L.clock) {
+          L.clock = L.clock > reqs[L.next].arrival ? L.clock : reqs[L.next].arrival;
+          clock_host = clock_host > L.clock ? clock_host : L.clock;
           continue;
         }
       }
@@ -621,13 +679,19 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
     }
     sim_cost cost;
     sim_cost_step(&shard, o->gpu, kv_elem, p, &cost);
-    ts = rt_now();
+    double ts = rt_now();
     st = rkv_sched_report(s, outs, p->n_seqs);
-    res->sched_wall += rt_now() - ts;
+    const double report_s = rt_now() - ts;
+    res->sched_wall += report_s;
+    res->report_wall += report_s;
     if (st != RKV_OK) {
       fprintf(stderr, "rkv sim: report: %s\n", rkv_sched_last_error(s));
       goto done;
     }
+    /* the host's planning of the next step runs beside this one's device time */
+    const double overlapped = ahead ? (ahead_s < cost.total ? ahead_s : cost.total) : 0.0;
+    clock_host += cost.total + (ahead ? ahead_s - overlapped : 0.0) + report_s;
+    res->hidden_host += overlapped;
     rkv_sched_metrics mt;
     rkv_sched_get_metrics(s, &mt);
     /* memory held during this step: after its appends, before its compressions' frees are
@@ -639,26 +703,28 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
     if (held > res->peak_blocks) res->peak_blocks = held;
     res->mean_blocks += (double)held * cost.total;
     if (p->n_seqs > res->max_running) res->max_running = p->n_seqs;
-    clock += cost.total;
+    L.clock += cost.total;
     res->model_evict += cost.evict;
     res->model_attn_flops += cost.attn_flops;
     res->model_evict_flops += cost.evict_flops;
     res->steps++;
-    if (!tl_push(res, (float)clock, held, p->n_seqs)) goto done;
+    if (!tl_push(res, (float)L.clock, held, p->n_seqs)) goto done;
     if (!o->quiet) rt_progress_update(&prog, label, mt.num_finished, n, false);
+    p = ahead;
     if (o->max_steps && res->steps >= o->max_steps) break;
   }
   /* the last plan is checked too: every rank leaves the loop at the same step only if the
    * plans agreed, and this sync proves it */
-  if (tp && !sim_tp_sync(tp, s, planned, prev_hash, rkv_blockmgr_free_blocks(bm))) goto done;
+  if (tp && !sim_tp_sync(tp, s, L.planned, L.prev_hash, rkv_blockmgr_free_blocks(bm))) goto done;
   if (!o->quiet) {
     rkv_sched_metrics mt;
     rkv_sched_get_metrics(s, &mt);
     rt_progress_update(&prog, label, mt.num_finished, n, true);
   }
   res->wall = rt_now() - w0;
-  res->model_time = clock;
-  res->mean_blocks = clock > 0 ? res->mean_blocks / clock : 0.0;
+  res->model_time = L.clock;
+  res->model_time_host = clock_host;
+  res->mean_blocks = L.clock > 0 ? res->mean_blocks / L.clock : 0.0;
   rkv_sched_get_metrics(s, &res->m);
   res->prefix.struct_size = sizeof res->prefix;
   (void)rkv_sched_get_prefix_stats(s, &res->prefix);
@@ -792,6 +858,18 @@ static void print_table(const sim_opts *o, const sim_result *r, uint32_t np, uin
                  : 0.0);
     printf("\n");
   }
+  printf("scheduler host time (%s): ", o->overlap ? "overlap on" : "overlap off");
+  for (uint32_t i = 0; i < np; i++) {
+    const sim_result *x = &r[i];
+    const double steps = x->steps ? (double)x->steps : 1.0;
+    printf(
+        " %s plan %.1f us + report %.1f us per step, hidden %.1f us, model tok/s with host "
+        "%.1f;",
+        rkv_evict_policy_name(x->policy), 1e6 * x->plan_wall / steps, 1e6 * x->report_wall / steps,
+        1e6 * x->hidden_host / steps,
+        x->model_time_host > 0 ? (double)x->m.generation_tokens / x->model_time_host : 0.0);
+  }
+  printf("\n");
   bool any_dup = false;
   for (uint32_t i = 0; i < np; i++) any_dup |= r[i].et.keys_after > 0;
   if (any_dup) {
@@ -830,14 +908,14 @@ static void print_json(const sim_opts *o, const sim_result *r, uint32_t np, uint
       "\"budget\": %d, \"buffer\": %d, \"window\": %d, \"admission\": \"%s\", "
       "\"preempt\": \"%s\", \"compute\": \"%s\", \"gpu\": \"%s\", \"seed\": %llu, "
       "\"prefixes\": %u, \"prefix_len\": [%lld, %lld], \"prefix_cache\": %s, "
-      "\"prefix_rule\": \"%s\"},\n",
+      "\"prefix_rule\": \"%s\", \"overlap\": %s},\n",
       rkv_dtype_name(o->dtype), o->block_size, (unsigned long long)r[0].pool_blocks,
       gib((double)r[0].pool_blocks, r[0].block_bytes), o->wl.trace ? o->wl.trace : o->wl.kind,
       n_req, o->wl.gen, o->ev.budget, o->ev.buffer, o->ev.window,
       rkv_sched_admission_name(o->admission), rkv_sched_preempt_mode_name(o->preempt),
       compute_name(o->compute), o->gpu->name, (unsigned long long)o->wl.seed, o->wl.n_prefixes,
       (long long)o->wl.prefix_lo, (long long)o->wl.prefix_hi, o->prefix_cache ? "true" : "false",
-      o->prefix_rule == RKV_SCHED_PREFIX_COPY ? "copy" : "protect");
+      o->prefix_rule == RKV_SCHED_PREFIX_COPY ? "copy" : "protect", o->overlap ? "true" : "false");
   printf("  \"policies\": [\n");
   for (uint32_t i = 0; i < np; i++) {
     const sim_result *x = &r[i];
@@ -854,7 +932,9 @@ static void print_json(const sim_opts *o, const sim_result *r, uint32_t np, uint
         "\"attention_seconds\": %.6g, \"sched_seconds\": %.6g, \"synth_seconds\": %.6g, "
         "\"swap_seconds\": %.6g, \"dup_before\": %.6g, \"dup_after\": %.6g, "
         "\"prefix_hashed_tokens\": %llu, \"prefix_hit_tokens\": %llu, "
-        "\"prefix_admissions\": %llu, \"prefix_admissions_hit\": %llu}%s\n",
+        "\"prefix_admissions\": %llu, \"prefix_admissions_hit\": %llu, "
+        "\"plan_seconds\": %.6g, \"report_seconds\": %.6g, \"hidden_host_seconds\": %.6g, "
+        "\"model_seconds_with_host\": %.6g, \"model_tokens_per_s_with_host\": %.6g}%s\n",
         rkv_evict_policy_name(x->policy), x->complete ? "true" : "false",
         (unsigned long long)x->steps, gib(x->peak_blocks, x->block_bytes),
         gib(x->mean_blocks, x->block_bytes), x->peak_blocks, x->max_running, x->m.max_running,
@@ -869,7 +949,8 @@ static void print_json(const sim_opts *o, const sim_result *r, uint32_t np, uint
         x->et.keys_after ? (double)x->et.dup_after / x->et.keys_after : 0.0,
         (unsigned long long)x->prefix.hashed_tokens, (unsigned long long)x->prefix.hit_tokens,
         (unsigned long long)x->prefix.admissions, (unsigned long long)x->prefix.admissions_hit,
-        i + 1 < np ? "," : "");
+        x->plan_wall, x->report_wall, x->hidden_host, x->model_time_host,
+        x->model_time_host > 0 ? gen / x->model_time_host : 0.0, i + 1 < np ? "," : "");
   }
   printf("  ]");
   if (r[0].tp.size > 0) {

@@ -188,8 +188,11 @@ bool sim_engine_create(sim_compute kind, const sim_model *m, rkv_blockmgr *bm,
                        sim_engine **out);
 void sim_engine_destroy(sim_engine *e);
 /* Executes a plan (swaps, copies, K/V writes, attention, compressions) and fills outs
- * [plan->n_seqs]. Returns false with a message on stderr. */
-bool sim_engine_run(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *outs);
+ * [plan->n_seqs], in two halves so that the next plan may be made between them (overlap
+ * scheduling): launch begins it and runs its layers (on a device: enqueued, not waited for);
+ * finish waits, compresses and fills outs. Return false with a message on stderr. */
+bool sim_engine_launch(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *outs);
+bool sim_engine_finish(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *outs);
 const sim_engine_times *sim_engine_get_times(const sim_engine *e);
 
 /* ---- a whole run (cmd_sim.c) ------------------------------------------------------------ */
@@ -220,6 +223,7 @@ typedef struct sim_opts {
   sim_tp_opts tp;
   bool prefix_cache;                 /* --prefix-cache on */
   rkv_sched_prefix_rule prefix_rule; /* --prefix-rule */
+  bool overlap;                      /* --overlap on: plan step N+1 while N runs */
 } sim_opts;
 
 typedef struct sim_sample {
@@ -238,6 +242,11 @@ typedef struct sim_result {
   rkv_sched_metrics m;
   double model_time, model_evict, model_attn_flops, model_evict_flops;
   double wall, sched_wall;
+  /* host time of the scheduler (measured) against the modelled device step: plan_wall =
+   * rkv_sched_step, report_wall = rkv_sched_report; model_time_host = the modelled run with
+   * them on the host's critical path (sync: plan + step + report; overlap: the next plan
+   * hides behind the step), hidden_host = planning time overlap hid */
+  double plan_wall, report_wall, model_time_host, hidden_host;
   sim_engine_times et;
   uint64_t steps, rejected;
   double lat_sum, lat_max;

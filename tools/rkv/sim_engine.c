@@ -340,7 +340,7 @@ static void sim_engine_drop_tokens(sim_engine *e, int64_t id) {
   }
 }
 
-static bool run_cpu(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *outs) {
+static bool launch_cpu(sim_engine *e, const rkv_sched_plan *p) {
   for (uint32_t i = 0; i < p->n_finished; i++) sim_engine_drop_tokens(e, p->finished[i]);
   double t0 = rt_now();
   if (!exec_ok(e, rkv_exec_begin(e->x, p), "executor begin")) return false;
@@ -360,6 +360,10 @@ static bool run_cpu(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *ou
       return false;
     e->times.attn += rt_now() - t2;
   }
+  return true;
+}
+
+static bool finish_cpu(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *outs) {
   /* compression after this step's attention, with the redundancy diagnostic around it */
   double t3 = rt_now();
   for (uint32_t i = 0; i < p->n_seqs; i++)
@@ -423,7 +427,7 @@ static bool device_reserve(sim_engine *e, size_t qb, size_t kb) {
 /* cuda / emu: the executor over a device pool; the model's rows travel through pinned
  * staging. The stream is synchronised after the forward pass (so the attention time is a wall
  * time that includes the GPU work) and by finish. */
-static bool run_device(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *outs) {
+static bool launch_device(sim_engine *e, const rkv_sched_plan *p) {
   for (uint32_t i = 0; i < p->n_finished; i++) sim_engine_drop_tokens(e, p->finished[i]);
   double t0 = rt_now();
   if (!exec_ok(e, rkv_exec_begin(e->x, p), "executor begin")) return false;
@@ -434,6 +438,10 @@ static bool run_device(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output 
   if (rows && !device_reserve(e, qb, kb)) return false;
   for (uint32_t l = 0; l < e->m.layers && rows; l++)
     if (!device_layer(e, p, l, qb, kb)) return false;
+  return true;
+}
+
+static bool finish_device(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *outs) {
   const double t1 = rt_now();
   if (!dev_ok(e, rkv_backend_sync(e->be), "forward (stream sync)")) return false;
   e->half_busy[0] = e->half_busy[1] = false;
@@ -444,17 +452,27 @@ static bool run_device(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output 
   return true;
 }
 
-bool sim_engine_run(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *outs) {
+static bool device_kind(const sim_engine *e) {
+  return e->kind == SIM_COMPUTE_CUDA || e->kind == SIM_COMPUTE_EMU;
+}
+
+bool sim_engine_launch(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *outs) {
   for (uint32_t i = 0; i < p->n_seqs; i++) {
     memset(&outs[i], 0, sizeof outs[i]);
     outs[i].id = p->seqs[i].id;
   }
-  if (e->kind == SIM_COMPUTE_CUDA || e->kind == SIM_COMPUTE_EMU) return run_device(e, p, outs);
-  if (e->kind != SIM_COMPUTE_NONE) return run_cpu(e, p, outs);
+  if (device_kind(e)) return launch_device(e, p);
+  if (e->kind != SIM_COMPUTE_NONE) return launch_cpu(e, p);
   double t0 = rt_now();
   if (!exec_ok(e, rkv_exec_begin(e->x, p), "executor begin")) return false;
+  e->times.swap += rt_now() - t0;
+  return true;
+}
+
+bool sim_engine_finish(sim_engine *e, const rkv_sched_plan *p, rkv_sched_output *outs) {
+  if (device_kind(e)) return finish_device(e, p, outs);
+  if (e->kind != SIM_COMPUTE_NONE) return finish_cpu(e, p, outs);
   double t1 = rt_now();
-  e->times.swap += t1 - t0;
   if (!exec_ok(e, rkv_exec_finish(e->x, outs, p->n_seqs), "executor finish")) return false;
   e->times.evict += rt_now() - t1;
   return true;

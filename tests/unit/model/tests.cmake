@@ -11,6 +11,8 @@
 #  model_eval_simple_loop  the same through the tool's own batching loop
 #  model_eval_prefix_cache  `rkv eval --repeat 2`: the prefix cache on generates exactly what
 #                       it generates off (full cache; R-KV under the same protection)
+#  model_eval_overlap   `rkv eval --overlap on` generates exactly what sync mode does, every
+#                       policy, prefix cache off and on
 set(_model_dir ${PROJECT_SOURCE_DIR}/tests/unit/model)
 # model_test_forward reaches the tool's model code through rkv_toolkit (every test links it).
 set_tests_properties(model_test_forward PROPERTIES TIMEOUT 300) # ~80 s alone under ASan on 2 cores
@@ -44,15 +46,22 @@ if(RKV_NUMPY_PYTHON)
   set_tests_properties(model_eval_lambda PROPERTIES TIMEOUT 300 LABELS "integration;model")
   # sanitizer builds (no BLAS, instrumented): the smoke model on its short problems
   if(RKV_SANITIZE)
-    set(_prefix_args ${_model_dir}/data/smoke.safetensors --problems 6 --digits 1-3 --budget 24
-        --block-size 4 --floor 0)
+    set(_small_args ${_model_dir}/data/smoke.safetensors --problems 6 --digits 1-3 --budget 24
+        --block-size 4)
+    set(_prefix_args ${_small_args} --floor 0)
   else()
+    set(_small_args ${_adder})
     set(_prefix_args ${_adder})
   endif()
   add_test(NAME model_eval_prefix_cache
            COMMAND ${RKV_NUMPY_PYTHON} ${_model_dir}/check_prefix.py $<TARGET_FILE:rkv>
                    ${_prefix_args})
   set_tests_properties(model_eval_prefix_cache PROPERTIES TIMEOUT 300 LABELS "integration;model")
+  # overlap scheduling generates exactly what sync mode generates, every policy (same args)
+  add_test(NAME model_eval_overlap
+           COMMAND ${RKV_NUMPY_PYTHON} ${_model_dir}/check_overlap.py $<TARGET_FILE:rkv>
+                   ${_small_args})
+  set_tests_properties(model_eval_overlap PROPERTIES TIMEOUT 300 LABELS "integration;model")
   # train.py on a toy configuration, 1 vs 2 data-parallel processes (skips without torch).
   add_test(NAME model_train_toy COMMAND ${RKV_NUMPY_PYTHON} ${_model_dir}/check_train.py)
   set_tests_properties(model_train_toy PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300
