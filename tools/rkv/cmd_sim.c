@@ -639,11 +639,13 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
   double clock_host = 0.0; /* the modelled clock with the scheduler's host time on it */
   size_t kv_elem = rkv_dtype_size(o->dtype);
   const rkv_sched_plan *p = NULL; /* the plan to run (made ahead under --overlap) */
+  bool made_ahead = false;
   for (;;) {
     double plan_s = 0.0;
     if (!p) { /* made with nothing in flight: its planning is on the critical path */
       if (!sim_plan(&L, &p, &plan_s)) goto done;
       clock_host += plan_s;
+      made_ahead = false;
     }
     if (!sim_engine_launch(eng, p, outs)) goto done;
     /* overlap: the next plan is made while this one runs (it sees the arrivals so far) */
@@ -659,6 +661,8 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
       rkv_sched_report(s, NULL, 0);
       res->sched_wall += rt_now() - ts;
       p = NULL;
+      /* made ahead, it could not use what the plan in flight frees: plan again now */
+      if (made_ahead) continue;
       rkv_sched_metrics mt;
       rkv_sched_get_metrics(s, &mt);
       if (L.next < n) {
@@ -673,8 +677,11 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
         res->complete = true;
         break;
       }
-      fprintf(stderr, "rkv sim: %s: no progress with %u waiting and nothing running\n",
-              rkv_evict_policy_name(pol), mt.num_waiting);
+      fprintf(stderr,
+              "rkv sim: %s: no progress with %u waiting, %u swapped and nothing running (%u of "
+              "%u blocks used)\n",
+              rkv_evict_policy_name(pol), mt.num_waiting, mt.num_swapped, mt.used_blocks,
+              mt.total_blocks);
       goto done;
     }
     sim_cost cost;
@@ -711,6 +718,7 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
     if (!tl_push(res, (float)L.clock, held, p->n_seqs)) goto done;
     if (!o->quiet) rt_progress_update(&prog, label, mt.num_finished, n, false);
     p = ahead;
+    made_ahead = ahead != NULL;
     if (o->max_steps && res->steps >= o->max_steps) break;
   }
   /* the last plan is checked too: every rank leaves the loop at the same step only if the

@@ -85,8 +85,9 @@ prefix_hit_tokens"
 i=0
 # 1: recompute preemption under a small pool; 2: swap preemption, every policy; 3: shared
 # system prompts through the prefix cache (copy rule: the device selection takes no protected
-# prefix)
+# prefix); 4: overlap scheduling with swap preemption
 for cfg in "--policy full,rkv --pool-blocks 256 --admission optimistic" \
+  "--policy full,rkv,h2o --pool-blocks 256 --admission optimistic --preempt swap --overlap on" \
   "--policy full,rkv,snapkv,streaming,h2o --pool-blocks 256 --admission optimistic --preempt swap" \
   "--policy full,rkv --pool-blocks 256 --admission optimistic --requests 16 --prefixes 3 --prefix-len 100-300 --prefix-cache on --prefix-rule copy"; do
   i=$((i + 1))
