@@ -3,12 +3,13 @@
  * eviction policy and budget, plan slots, with fuzz_exec a CPU pool or the bookkeeping
  * executor) and then scheduler calls in any order: add_request (per-request policies), abort,
  * fork, set_free_blocks_limit, step and report as separate calls (so requests are added,
- * aborted and forked while a plan is outstanding), steps and reports out of turn. The engine's
- * outputs come from the input too (EOS; with fuzz_sched whether a flagged compression runs,
- * cut on the host with rkv_blockmgr_compact_uniform; with fuzz_exec the Q/K/V rows the
- * executor writes and attends over). rkv_sched_check runs after every call that leaves no plan
- * outstanding, rkv_exec_check after every executed step; a corruption, an unexpected status or
- * a failed executor call aborts. */
+ * aborted and forked while a plan is outstanding), steps and reports out of turn, and with
+ * overlap scheduling a second step while a plan is in flight (the new plan starts when the
+ * old one is reported). The engine's outputs come from the input too (EOS; with fuzz_sched whether
+ * a flagged compression runs, cut on the host with rkv_blockmgr_compact_uniform; with fuzz_exec the
+ * Q/K/V rows the executor writes and attends over); a plan's outputs and compressions are made when
+ * it is reported. rkv_sched_check runs after every call, rkv_exec_check after every executed step;
+ * a corruption, an unexpected status or a failed executor call aborts. */
 #ifndef RKV_FUZZ_SERVE_H
 #define RKV_FUZZ_SERVE_H
 
@@ -44,7 +45,10 @@ typedef struct fz_world {
   rkv_exec *x; /* fuzz_exec only */
   rkv_evict_params ev[5];
   uint32_t layers, kv_heads, q_heads;
-  const rkv_sched_plan *plan; /* outstanding */
+  bool overlap;
+  const rkv_sched_plan *plans[2]; /* outstanding, oldest first (two with overlap) */
+  uint32_t n_plans;
+  const rkv_sched_plan *plan; /* the oldest outstanding (plans[0]) or NULL */
   rkv_sched_output outs[FZ_MAX_SEQS];
   float q[FZ_MAX_TOKENS * 4 * FZ_HEAD_DIM], out[FZ_MAX_TOKENS * 4 * FZ_HEAD_DIM];
   float k[FZ_MAX_TOKENS * 2 * FZ_HEAD_DIM], v[FZ_MAX_TOKENS * 2 * FZ_HEAD_DIM];
@@ -70,8 +74,9 @@ static void fz_expect(const char *what, rkv_status st, const rkv_sched *s, bool 
   fz_die(what, st, rkv_sched_last_error(s));
 }
 
+/* Compressions cut streams only inside fz_report, right before the report reads them, so
+ * the walk holds after every call, plans in flight included. */
 static void fz_check(fz_world *w) {
-  if (w->plan) return; /* compressions cut streams the report has not read yet */
   const rkv_status st = rkv_sched_check(w->s);
   if (st != RKV_OK) fz_die("rkv_sched_check", st, rkv_sched_last_error(w->s));
 }
@@ -83,9 +88,12 @@ static float fz_val(uint32_t seed, uint32_t i) {
   return (float)((z ^ (z >> 15)) & 0xFFFF) / 32768.0f - 1.0f;
 }
 
-/* Runs the executor over the outstanding plan: begin, every layer, finish. */
-static void fz_execute(fz_world *w, fz_cursor *c) {
+/* Starts the oldest outstanding plan on the executor: begin and every layer (the engine's
+ * forward pass; with overlap the next plan may be made after this). */
+static void fz_launch(fz_world *w, fz_cursor *c) {
   const rkv_sched_plan *p = w->plan;
+  memset(w->outs, 0, sizeof w->outs);
+  if (!w->x) return;
   rkv_status st = rkv_exec_begin(w->x, p);
   if (st != RKV_OK) fz_die("rkv_exec_begin", st, rkv_exec_last_error(w->x));
   const uint32_t seed = fz_byte(c);
@@ -100,12 +108,21 @@ static void fz_execute(fz_world *w, fz_cursor *c) {
     st = rkv_exec_layer(w->x, l, w->q, w->k, w->v, w->out);
     if (st != RKV_OK) fz_die("rkv_exec_layer", st, rkv_exec_last_error(w->x));
   }
+  st = rkv_exec_check(w->x);
+  if (st != RKV_OK) fz_die("rkv_exec_check after begin", st, rkv_exec_last_error(w->x));
+}
+
+/* Ends the oldest plan on the executor: EOS from the input, then finish (its compressions). */
+static void fz_finish(fz_world *w, fz_cursor *c) {
+  const rkv_sched_plan *p = w->plan;
+  rkv_status st;
   const uint8_t eos = fz_byte(c);
   for (uint32_t i = 0; i < p->n_seqs; i++)
     w->outs[i].eos = p->seqs[i].samples && (eos >> (i % 8)) & 1;
   st = rkv_exec_finish(w->x, w->outs, p->n_seqs);
   if (st != RKV_OK) fz_die("rkv_exec_finish", st, rkv_exec_last_error(w->x));
-  st = rkv_exec_check(w->x);
+  /* the mirror is current unless a plan made since has appended (overlap) */
+  st = w->n_plans == 1 ? rkv_exec_check(w->x) : RKV_OK;
   if (st != RKV_OK) fz_die("rkv_exec_check", st, rkv_exec_last_error(w->x));
 }
 
@@ -134,26 +151,31 @@ static void fz_outputs(fz_world *w, fz_cursor *c) {
   }
 }
 
+/* A step: with nothing outstanding the new plan starts at once; with overlap one plan may be
+ * in flight, and the new one starts when that one is reported. */
 static void fz_step(fz_world *w, fz_cursor *c) {
   const rkv_sched_plan *p = NULL;
   const rkv_status st = rkv_sched_step(w->s, &p);
-  if (w->plan) {
+  if (w->n_plans >= (w->overlap ? 2u : 1u)) {
     if (st != RKV_ERR_STATE) fz_die("step with a plan outstanding", st, rkv_sched_last_error(w->s));
     return;
   }
   fz_expect("rkv_sched_step", st, w->s, true);
-  w->plan = p;
+  w->plans[w->n_plans++] = p;
+  w->plan = w->plans[0];
   if (rkv_sched_check(w->s) != RKV_OK)
     fz_die("check after step", RKV_ERR_CORRUPT, rkv_sched_last_error(w->s));
-  memset(w->outs, 0, sizeof w->outs);
-  if (w->x)
-    fz_execute(w, c);
-  else
-    fz_outputs(w, c);
+  if (w->n_plans == 1) fz_launch(w, c);
 }
 
 static void fz_report(fz_world *w, fz_cursor *c) {
   const uint32_t n = w->plan ? w->plan->n_seqs : 0;
+  if (w->plan) {
+    if (w->x)
+      fz_finish(w, c);
+    else
+      fz_outputs(w, c);
+  }
   const uint8_t b = fz_byte(c);
   if (w->plan && n && (b & 0xF) == 0xF) { /* a bad report: a duplicate id changes nothing */
     rkv_sched_output bad[FZ_MAX_SEQS];
@@ -167,7 +189,10 @@ static void fz_report(fz_world *w, fz_cursor *c) {
     return;
   }
   fz_expect("rkv_sched_report", st, w->s, true);
-  w->plan = NULL;
+  w->plans[0] = w->plans[1];
+  w->n_plans--;
+  w->plan = w->n_plans ? w->plans[0] : NULL;
+  if (w->plan) fz_launch(w, c); /* the plan made while the reported one ran */
 }
 
 static int fz_run(const uint8_t *data, size_t size, bool with_exec) {
@@ -204,7 +229,10 @@ static int fz_run(const uint8_t *data, size_t size, bool with_exec) {
   sc.admission = (b0 >> 4) & 1 ? RKV_SCHED_OPTIMISTIC : RKV_SCHED_RESERVE;
   sc.preempt = (b0 >> 5) & 1 ? RKV_SCHED_PREEMPT_SWAP : RKV_SCHED_PREEMPT_RECOMPUTE;
   sc.host_blocks = (b1 >> 7) ? 24 : 0;
-  sc.plan_slots = (b0 >> 6) & 1;
+  /* bit 6: plan slots, or overlap scheduling when max_seqs is even (they exclude each other) */
+  w.overlap = ((b0 >> 6) & 1) && (b2 & 1);
+  sc.plan_slots = ((b0 >> 6) & 1) && !w.overlap;
+  sc.overlap = w.overlap;
   sc.evict = w.ev[b3 % 5];
   if (rkv_sched_create(&sc, w.bm, &w.s, NULL, 0) != RKV_OK) abort();
   if (with_exec) {
@@ -267,14 +295,14 @@ static int fz_run(const uint8_t *data, size_t size, bool with_exec) {
   /* drain: report what is outstanding, then run until nothing is live or 64 steps pass */
   rkv_sched_set_free_blocks_limit(w.s, UINT32_MAX);
   for (int i = 0; i < 64; i++) {
-    if (w.plan) fz_report(&w, &c);
+    while (w.plan) fz_report(&w, &c);
     fz_check(&w);
     rkv_sched_metrics m;
     rkv_sched_get_metrics(w.s, &m);
     if (!m.num_running && !m.num_waiting && !m.num_swapped) break;
     fz_step(&w, &c);
   }
-  if (w.plan) fz_report(&w, &c);
+  while (w.plan) fz_report(&w, &c);
   fz_check(&w);
   rkv_exec_destroy(w.x);
   rkv_sched_destroy(w.s);
