@@ -3,7 +3,8 @@
 #  tp_sim_threads_np{2,4}_<mode> `rkv sim --tp N` with N threads: every build, no MPI needed
 #  tp_sim_mpi_np{2,4}_<mode>     the same under mpirun, one rank per process (MPI builds with an
 #                                mpirun; --oversubscribe --allow-run-as-root: CI has 2 cores)
-# Modes (tp_sim_test.sh): agree, agreecpu, match, fewer, diverge, nopoolmin, die, bind, prefix. Each run is
+# Modes (tp_sim_test.sh): agree, agreecpu, match, fewer, diverge, nopoolmin, die, bind, prefix,
+# overlap. Each run is
 # a fraction of a second except die (a 3 s collective deadline); every test has a TIMEOUT and
 # the script itself kills a run after 100 s, so a hang fails instead of stalling CI.
 rkv_add_test_exe(tp_comm_local SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_comm_local.c)
@@ -15,7 +16,7 @@ set(_rkv_tp_script ${CMAKE_CURRENT_LIST_DIR}/tp_sim_test.sh)
 # the topology tests' LeakSanitizer suppressions apply (ASan builds).
 set(_rkv_tp_lsan
     "LSAN_OPTIONS=suppressions=${PROJECT_SOURCE_DIR}/tests/unit/topo/lsan.supp:fast_unwind_on_malloc=0")
-set(_rkv_tp_modes agree agreecpu match fewer diverge nopoolmin die bind prefix)
+set(_rkv_tp_modes agree agreecpu match fewer diverge nopoolmin die bind prefix overlap)
 foreach(np 2 4)
   foreach(mode ${_rkv_tp_modes})
     rkv_register_test(tp_sim_threads_np${np}_${mode}

@@ -96,6 +96,19 @@ case "$mode" in
     hit=$(grep -c "hit [1-9]" "$tmp/out")
     check "the prefix cache hits" [ "${hit:-0}" -gt 0 ]
     ;;
+  overlap)
+    # overlap scheduling with the prefix cache (and swap allowed), the real CPU kernels: the
+    # plans made while a step is in flight agree on every rank
+    args="$shape --compute cpu --policy rkv,h2o --requests 10 --gen-mean 300 --gen-cap 384
+      --budget 64 --buffer 32 --head-dim 32 --pool-blocks 60 --admission optimistic
+      --preempt swap --prefixes 2 --prefix-len 40-80 --prefix-cache on --overlap on
+      --tp $np $launch"
+    run_tp "$tmp/out" "$tmp/err" "$@" "$rkv" sim $args
+    rc=$?
+    check "exit status 0 (got $rc)" [ "$rc" -eq 0 ]
+    agree_checks "$tmp/out" rkv h2o
+    check "overlap on" grep -q "overlap on" "$tmp/out"
+    ;;
   agreecpu)
     args="$shape --compute cpu --policy rkv --requests 16 --gen-mean 300 --gen-cap 512
       --budget 64 --buffer 32 --head-dim 32 --pool-blocks 40 --admission optimistic
