@@ -154,8 +154,7 @@ typedef struct rkv_sched_prefix_stats {
 RKV_API rkv_status rkv_sched_get_prefix_stats(const rkv_sched *s, rkv_sched_prefix_stats *out);
 
 /* Aborts a live request in any state; its blocks (device and host) are freed now.
- * RKV_ERR_NOT_FOUND. Not valid between step and report for a scheduled request
- * (RKV_ERR_STATE). */
+ * RKV_ERR_NOT_FOUND. Not valid for a request in an unreported plan (RKV_ERR_STATE). */
 RKV_API rkv_status rkv_sched_abort(rkv_sched *s, int64_t id);
 
 /* Forks a running request (parallel sampling, beam search): `child` shares every block of
@@ -228,7 +227,8 @@ typedef struct rkv_sched_fork_op {
 } rkv_sched_fork_op;
 
 /* A step's plan. Every array is owned by the scheduler and valid until the next
- * rkv_sched_step / rkv_sched_destroy. The engine executes, in this order:
+ * rkv_sched_step (with config.overlap: until the step after that) / rkv_sched_destroy. The
+ * engine executes, in this order:
  *  0. forks (engine-side state only: the blocks are already shared), then drops `finished`,
  *  1. swap_out (device -> host), 2. swap_in (host -> device), 3. copies (CoW, whole blocks),
  *  4. forward over seqs (write K/V, attention), 5. for seqs with compress, evict each layer,
@@ -286,8 +286,10 @@ typedef struct rkv_sched_plan {
 
 /* Plans one step: frees nothing the engine still needs, appends the step's tokens to the
  * block manager, preempts when optimistic admission ran out of blocks, swaps in, admits.
- * An empty plan (n_seqs 0) means nothing can run now (idle or blocked).
- * RKV_ERR_STATE if the previous plan was not reported, RKV_ERR_NO_MEMORY if the plan's
+ * An empty plan (n_seqs 0) means nothing can run now (idle or blocked; with a plan in flight
+ * also: everything running ends in it, so plan again after its report).
+ * RKV_ERR_STATE if the previous plan was not reported (with config.overlap: if two plans are
+ * unreported), RKV_ERR_NO_MEMORY if the plan's
  * arrays or the block manager's tables could not grow (both: nothing changes, and the same
  * step may be retried: every allocation the step may need, in the scheduler and in the block
  * manager, is taken before its first change). Any other error means the block manager refused
@@ -299,8 +301,8 @@ typedef struct rkv_sched_plan {
  * live than ever before, block-table rows when a stream outgrows its capacity. */
 RKV_API rkv_status rkv_sched_step(rkv_sched *s, const rkv_sched_plan **plan);
 
-/* What the engine reports for each scheduled sequence of the last plan (any order; every
- * scheduled id exactly once). */
+/* What the engine reports for each scheduled sequence of the oldest unreported plan (any
+ * order; every scheduled id exactly once). */
 typedef struct rkv_sched_output {
   int64_t id;
   bool eos;                /* the sampled token ended the sequence (ignored if !samples) */
@@ -309,9 +311,12 @@ typedef struct rkv_sched_output {
   uint32_t blocks_freed;
 } rkv_sched_output;
 
-/* Applies the engine's results: tokens generated, finishes (max_new_tokens or eos; blocks
- * freed now), compressions (per-stream lengths re-read from the block manager). All-or-
- * nothing: RKV_ERR_INVALID_ARG (unknown / duplicate / missing id: nothing applied),
+/* Applies the engine's results for the oldest unreported plan: tokens generated, finishes
+ * (max_new_tokens or eos; blocks freed now), compressions (per-stream lengths re-read from the
+ * block manager). With a newer plan outstanding (config.overlap) a sequence ending now that
+ * the newer plan runs is freed at that plan's report instead (its token there is discarded),
+ * and the tokens the newer plan deferred behind this plan's compressions are appended now.
+ * All-or-nothing: RKV_ERR_INVALID_ARG (unknown / duplicate / missing id: nothing applied),
  * RKV_ERR_STATE (no plan outstanding). O(n). */
 RKV_API rkv_status rkv_sched_report(rkv_sched *s, const rkv_sched_output *outs, uint32_t n);
 
