@@ -87,7 +87,7 @@ i=0
 # system prompts through the prefix cache (copy rule: the device selection takes no protected
 # prefix); 4: overlap scheduling with swap preemption
 for cfg in "--policy full,rkv --pool-blocks 256 --admission optimistic" \
-  "--policy full,rkv,h2o --pool-blocks 256 --admission optimistic --preempt swap --overlap on" \
+  "--policy rkv,h2o --pool-blocks 160 --requests 12 --admission optimistic --preempt swap --overlap on" \
   "--policy full,rkv,snapkv,streaming,h2o --pool-blocks 256 --admission optimistic --preempt swap" \
   "--policy full,rkv --pool-blocks 256 --admission optimistic --requests 16 --prefixes 3 --prefix-len 100-300 --prefix-cache on --prefix-rule copy"; do
   i=$((i + 1))
