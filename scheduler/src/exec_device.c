@@ -215,19 +215,38 @@ static int32_t slot_find(const rkvi_xdev *d, int64_t id) {
   return -1;
 }
 
-/* Doubles the ring (its contents move with it: slots keep their offsets). */
+bool rkvi_xdev_window_of(const rkvi_xdev *d, int64_t id) {
+  return d && d->ring && slot_find(d, id) >= 0;
+}
+
+uint32_t rkvi_xdev_windows_live(const rkvi_xdev *d) {
+  uint32_t n = 0;
+  for (uint32_t i = 0; d && d->ring && i < d->slots; i++) n += d->slot_seq[i] >= 0;
+  return n;
+}
+
+/* Doubles the ring (its contents move with it: slots keep their offsets). All or nothing: the
+ * slot tables are replaced only once the ring has grown. */
 static rkv_status ring_grow(rkvi_xdev *d) {
   const uint32_t ns = d->slots * 2;
-  int64_t *seq = rkvi_realloc(d->c.al, d->slot_seq, (d->slots + 1) * sizeof(int64_t),
-                              (ns + 1) * sizeof(int64_t), 16);
-  if (!seq) return rkvi_fail(d->err, RKV_ERR_NO_MEMORY, "query-window ring: slot table");
+  const size_t old_b = (d->slots + 1) * sizeof(int64_t), new_b = (ns + 1) * sizeof(int64_t);
+  int64_t *seq = rkvi_alloc(d->c.al, new_b, 16), *last = rkvi_alloc(d->c.al, new_b, 16);
+  rkv_status st = seq && last ? RKV_OK : RKV_ERR_NO_MEMORY;
+  if (st != RKV_OK)
+    rkvi_fail(d->err, st, "query-window ring: slot table of %u", ns);
+  else if ((st = rkv_buffer_reserve(d->ring, ring_slot_elems(d) * sizeof(float) * ns)) != RKV_OK)
+    be_fail(d, st, "query-window ring growth");
+  if (st != RKV_OK) {
+    rkvi_free(d->c.al, seq, new_b);
+    rkvi_free(d->c.al, last, new_b);
+    return st;
+  }
+  memcpy(seq, d->slot_seq, old_b);
+  memcpy(last, d->slot_last, old_b);
+  rkvi_free(d->c.al, d->slot_seq, old_b);
+  rkvi_free(d->c.al, d->slot_last, old_b);
   d->slot_seq = seq;
-  int64_t *last = rkvi_realloc(d->c.al, d->slot_last, (d->slots + 1) * sizeof(int64_t),
-                               (ns + 1) * sizeof(int64_t), 16);
-  if (!last) return rkvi_fail(d->err, RKV_ERR_NO_MEMORY, "query-window ring: slot table");
   d->slot_last = last;
-  rkv_status st = rkv_buffer_reserve(d->ring, ring_slot_elems(d) * sizeof(float) * ns);
-  if (st != RKV_OK) return be_fail(d, st, "query-window ring growth");
   for (uint32_t i = d->slots; i < ns; i++) d->slot_seq[i] = d->slot_last[i] = -1;
   d->slots = ns;
   return RKV_OK;
@@ -284,22 +303,65 @@ void rkvi_xdev_mark(rkvi_xdev *d, int32_t idx) {
   d->mlist[d->n_marked++] = idx;
 }
 
-/* Lays out the arena: metadata sections first, then one row group per marked entry, then (for
- * a batch that is not lockstep) every sequence's lengths. */
+/* The arena's layout for a step of n sequences (np prefill chunks), `marked` mirror entries to
+ * upload and, when `lens`, every sequence's lengths: metadata sections first (offsets in off[6]:
+ * seq_row, blen, all, qi, slot, pos), then one row group per marked entry, then the lengths.
+ * Returns the total; *rows_at and *lens_at are where the row groups and the lengths start. */
+static size_t arena_size(const rkvi_xdev *d, size_t n, size_t np, size_t marked, uint32_t stride,
+                         bool lens, size_t off[6], size_t *rows_at, size_t *lens_at) {
+  off[0] = 0;
+  off[1] = up(n * 4);
+  off[2] = off[1] + up(n * 4);
+  off[3] = off[2] + up((n + 1) * 4);
+  off[4] = off[3] + up((np + 1) * 4);
+  off[5] = off[4] + up(n * 4);
+  const size_t meta = off[5] + up(n * 8);
+  *rows_at = meta;
+  *lens_at = meta + marked * up((size_t)d->c.S * stride * 4);
+  return *lens_at + (lens ? n * up((size_t)d->c.S * 4) : 0);
+}
+
+/* Lays out the arena of this step (rkvi_xdev_step). */
 static size_t arena_layout(rkvi_xdev *d, const rkvi_xdev_step *st, size_t *rows_at,
                            size_t *lens_at) {
   const rkv_sched_plan *p = st->plan;
-  const size_t n = p->n_seqs, np = n - p->n_decode;
-  d->off_seq_row = 0;
-  d->off_blen = up(n * 4);
-  d->off_all = d->off_blen + up(n * 4);
-  d->off_qi = d->off_all + up((n + 1) * 4);
-  d->off_slot = d->off_qi + up((np + 1) * 4);
-  d->off_pos = d->off_slot + up(n * 4);
-  const size_t meta = d->off_pos + up(n * 8);
-  *rows_at = meta;
-  *lens_at = meta + d->n_marked * up((size_t)d->c.S * st->stride * 4);
-  return *lens_at + (st->blen ? 0 : n * up((size_t)d->c.S * 4));
+  size_t off[6];
+  const size_t total = arena_size(d, p->n_seqs, p->n_seqs - p->n_decode, d->n_marked, st->stride,
+                                  !st->blen, off, rows_at, lens_at);
+  d->off_seq_row = off[0];
+  d->off_blen = off[1];
+  d->off_all = off[2];
+  d->off_qi = off[3];
+  d->off_slot = off[4];
+  d->off_pos = off[5];
+  return total;
+}
+
+rkv_status rkvi_xdev_prepare(rkvi_xdev *d, const rkv_sched_plan *p, uint32_t windows,
+                             uint32_t stride, int64_t longest) {
+  rkv_status e = RKV_OK;
+  /* a step that did not reach its finish may have left copies from the arena in flight */
+  if (d->in_flight && (e = rkv_backend_sync(d->be)) != RKV_OK) return be_fail(d, e, "begin: sync");
+  d->in_flight = false;
+  while (d->ring && d->slots < windows) RKV_TRY(ring_grow(d));
+  /* sync_seq marks at most one entry per scheduled sequence */
+  size_t marked = (size_t)d->n_marked + p->n_seqs, off[6], rows_at = 0, lens_at = 0;
+  if (marked > d->c.nidx) marked = d->c.nidx;
+  const size_t total = arena_size(d, p->n_seqs, p->n_seqs - p->n_decode, marked, stride, true, off,
+                                  &rows_at, &lens_at);
+  size_t ws = 0;
+  const uint32_t most = p->n_seqs > p->n_decode ? p->n_seqs : p->n_decode;
+  if (p->n_seqs &&
+      (e = rkv_attn_workspace_bound(d->c.pool, most, d->c.Hq, d->c.d, longest, &ws)) != RKV_OK)
+    return be_fail(d, e, "begin: attention workspace");
+  RKV_TRY(bgrow(d, d->stage, total, "begin: staging arena"));
+  RKV_TRY(bgrow(d, d->meta, lens_at, "begin: step metadata"));
+  RKV_TRY(bgrow(d, d->ws, ws + 64, "begin: attention workspace"));
+  const size_t mirror = (size_t)d->c.nidx * d->c.S * stride * 4;
+  if (mirror > rkv_buffer_size(d->rows) &&
+      (e = rkv_buffer_reserve(d->rows, mirror)) != RKV_OK) /* exact: the mirror doubles itself */
+    return be_fail(d, e, "begin: device table mirror");
+  return RKV_OK;
 }
 
 static rkv_status fill_meta(rkvi_xdev *d, const rkvi_xdev_step *st, unsigned char *h) {
