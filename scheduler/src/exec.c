@@ -992,7 +992,8 @@ static rkv_status compress_scratch(rkv_exec *x, const rkv_sched_plan *p,
     const rkv_sched_seq *q = &p->seqs[i];
     const rkv_evict_params *ev = q->evict ? q->evict : &x->cfg.evict;
     if (!q->compress || outs[i].eos || !rkvi_policy_info(ev->policy).evicts) continue;
-    if (!x->pool) continue; /* the bookkeeping cut (rkv_blockmgr_truncate) needs no scratch */
+    /* the bookkeeping cut (rkv_blockmgr_truncate) needs no scratch, a device its own */
+    if (!x->pool || x->dev) continue;
     size_t need = 0;
     const rkv_status st = rkv_evict_workspace_size(ev, x->Hkv, x->Hq, x->d, q->kv_len, &need);
     if (st != RKV_OK)
@@ -1015,6 +1016,10 @@ rkv_status rkv_exec_finish(rkv_exec *x, rkv_sched_output *outs, uint32_t n) {
       if (!x->layer_done[l])
         return rkvi_fail(x->err, RKV_ERR_STATE, "finish: layer %u did not run", l);
   RKV_TRY(compress_scratch(x, p, outs));
+  if (x->dev) {
+    const rkv_status st = rkvi_xdev_finish_prepare(x->dev, &x->cfg, outs);
+    if (st != RKV_OK) return rkvi_fail(x->err, st, "finish: %s", rkvi_xdev_last_error(x->dev));
+  }
   rkv_status ret = RKV_OK;
   for (uint32_t i = 0; i < n; i++) {
     const bool eos = outs[i].eos;

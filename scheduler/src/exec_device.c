@@ -55,7 +55,9 @@ struct rkvi_xdev {
   bool lockstep, h2o;
   size_t off_seq_row, off_blen, off_all, off_qi, off_slot, off_pos;
   int32_t *hslot; /* [max_seqs] */
-  /* compression scratch (host), grown */
+  /* compression scratch (host), grown by rkvi_xdev_finish_prepare before anything is cut */
+  void *escr[7]; /* the emulated compression's (emu_scratch), sizes in escr_cap */
+  size_t escr_cap[7];
   rkv_compact_map *maps;
   rkv_evict_cuda_stream *streams;
   int32_t *old, *newb, *freed;
@@ -130,8 +132,8 @@ void rkvi_xdev_destroy(rkvi_xdev *d) {
   const rkv_allocator *a = d->c.al;
   rkv_buffer *bufs[] = {d->rows, d->lens, d->meta, d->ring, d->ws, d->ev, d->evws, d->stage};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) rkv_buffer_destroy(bufs[i]);
-  rkvi_free(a, d->slot_seq, d->slots * sizeof(int64_t));
-  rkvi_free(a, d->slot_last, d->slots * sizeof(int64_t));
+  rkvi_free(a, d->slot_seq, (d->slots + 1) * sizeof(int64_t));
+  rkvi_free(a, d->slot_last, (d->slots + 1) * sizeof(int64_t));
   rkvi_free(a, d->marked, d->c.nidx);
   rkvi_free(a, d->mlist, d->c.nidx * sizeof(int32_t));
   rkvi_free(a, d->hslot, d->c.max_seqs * sizeof(int32_t));
@@ -140,6 +142,7 @@ void rkvi_xdev_destroy(rkvi_xdev *d) {
   rkvi_free(a, d->old, d->old_cap * sizeof(int32_t));
   rkvi_free(a, d->newb, d->newb_cap * sizeof(int32_t));
   rkvi_free(a, d->freed, d->freed_cap * sizeof(int32_t));
+  for (size_t i = 0; i < 7; i++) rkvi_free(a, d->escr[i], d->escr_cap[i]);
   rkvi_free(a, d, sizeof *d);
 }
 
@@ -637,30 +640,54 @@ typedef struct emu_scratch {
   size_t sz[7];
 } emu_scratch;
 
-static void emu_free(const rkvi_xdev *d, emu_scratch *s) {
-  void *p[] = {s->keys, s->qs, s->acc, s->ksc, s->keep, s->kv, s->ws};
-  for (size_t i = 0; i < 7; i++) rkvi_free(d->c.al, p[i], s->sz[i]);
-}
-
-static rkv_status emu_alloc(const rkvi_xdev *d, const rkv_evict_params *ev, uint32_t ns,
-                            int32_t nmax, emu_scratch *s) {
-  memset(s, 0, sizeof *s);
+/* The scratch bytes of one emulated compression of ns streams of up to nmax tokens under ev. */
+static rkv_status emu_sizes(const rkvi_xdev *d, const rkv_evict_params *ev, uint32_t ns,
+                            int32_t nmax, size_t sz[7]) {
   const size_t D = d->c.d, G = d->c.Hq / d->c.Hkv, B = (size_t)ev->budget;
   const size_t row = D * rkv_dtype_size(rkv_kv_pool_layout(d->c.pool)->dtype);
   size_t dws = 0;
   RKV_TRY(rkv_evict_dense_workspace_size(ev, (uint32_t)D, nmax, &dws));
-  s->sz[0] = (size_t)nmax * D * 4;
-  s->sz[1] = G * (size_t)ev->window * D * 4 + 4;
-  s->sz[2] = (size_t)nmax * 4;
-  s->sz[3] = ns * B * 4;
-  s->sz[4] = B * 4;
-  s->sz[5] = ns * B * 2 * row;
-  s->sz[6] = dws + 64;
-  void **p[] = {
-      (void **)&s->keys, (void **)&s->qs, (void **)&s->acc, (void **)&s->ksc, (void **)&s->keep,
-      (void **)&s->kv,   &s->ws};
+  sz[0] = (size_t)nmax * D * 4;
+  sz[1] = G * (size_t)ev->window * D * 4 + 4;
+  sz[2] = (size_t)nmax * 4;
+  sz[3] = ns * B * 4;
+  sz[4] = B * 4;
+  sz[5] = ns * B * 2 * row;
+  sz[6] = dws + 64;
+  return RKV_OK;
+}
+
+/* Grows the persistent scratch to `sz` (contents not kept); all or nothing per array. */
+static rkv_status emu_reserve(rkvi_xdev *d, const size_t sz[7]) {
+  for (size_t i = 0; i < 7; i++) {
+    const size_t need = sz[i] ? sz[i] : 1;
+    if (need <= d->escr_cap[i]) continue;
+    void *n = rkvi_alloc(d->c.al, need, 64);
+    if (!n)
+      return rkvi_fail(d->err, RKV_ERR_NO_MEMORY, "emulated compression: scratch of %zu bytes",
+                       need);
+    rkvi_free(d->c.al, d->escr[i], d->escr_cap[i]);
+    d->escr[i] = n;
+    d->escr_cap[i] = need;
+  }
+  return RKV_OK;
+}
+
+/* The scratch of one launch, out of the persistent arrays rkvi_xdev_finish_prepare sized. */
+static rkv_status emu_alloc(const rkvi_xdev *d, const rkv_evict_params *ev, uint32_t ns,
+                            int32_t nmax, emu_scratch *s) {
+  memset(s, 0, sizeof *s);
+  RKV_TRY(emu_sizes(d, ev, ns, nmax, s->sz));
   for (size_t i = 0; i < 7; i++)
-    if (!(*p[i] = rkvi_alloc(d->c.al, s->sz[i] ? s->sz[i] : 1, 64))) return RKV_ERR_NO_MEMORY;
+    if (s->sz[i] > d->escr_cap[i]) return RKV_ERR_INTERNAL; /* sized before the cuts */
+  s->keys = d->escr[0];
+  s->qs = d->escr[1];
+  s->acc = d->escr[2];
+  s->ksc = d->escr[3];
+  s->keep = d->escr[4];
+  s->kv = d->escr[5];
+  s->ws = d->escr[6];
+  s->sz[6] = d->escr_cap[6];
   return RKV_OK;
 }
 
@@ -763,7 +790,6 @@ static rkv_status emu_compress(rkvi_xdev *d, const rkv_evict_params *ev,
   rkv_status st = emu_alloc(d, ev, b.num_streams, b.max_len, &s);
   if (st == RKV_OK) st = emu_gather(d, ev, &b, ring, &s);
   if (st == RKV_OK) emu_scatter(d, ev, &b, &s);
-  emu_free(d, &s);
   return st == RKV_OK
              ? RKV_OK
              : rkvi_fail(d->err, RKV_ERR_INTERNAL, "emulated compression: %s", rkv_status_str(st));
@@ -846,6 +872,74 @@ static rkv_status compress_all(rkvi_xdev *d, const rkv_exec_config *cfg, rkv_sch
   }
   RKV_TRY(flush(d, &x));
   return ret;
+}
+
+/* The compressions compress_all will run: flagged, not ending now, with an evicting policy. */
+static const rkv_evict_params *flagged(const rkvi_xdev *d, const rkv_exec_config *cfg,
+                                       const rkv_sched_output *outs, uint32_t i) {
+  const rkv_sched_seq *q = &d->plan->seqs[i];
+  const rkv_evict_params *ev = q->evict ? q->evict : &cfg->evict;
+  return q->compress && !outs[i].eos && rkvi_policy_info(ev->policy).evicts ? ev : NULL;
+}
+
+rkv_status rkvi_xdev_finish_prepare(rkvi_xdev *d, const rkv_exec_config *cfg,
+                                    const rkv_sched_output *outs) {
+  const rkv_sched_plan *p = d->plan;
+  const uint32_t per = d->c.L * d->c.Hkv, bs = d->c.bs;
+  uint64_t n_streams = 0, n_old = 0, n_new = 0;
+  int32_t max_len = 0;
+  for (uint32_t i = 0; i < p->n_seqs; i++) {
+    const rkv_evict_params *ev = flagged(d, cfg, outs, i);
+    if (!ev) continue;
+    const int64_t id = p->seqs[i].id;
+    uint32_t total = 0, excl = 0;
+    if (rkv_blockmgr_seq_footprint(d->c.bm, id, &total, &excl) != RKV_OK) continue;
+    for (uint32_t l = 0; l < d->c.L; l++)
+      for (uint32_t h = 0; h < d->c.Hkv; h++) {
+        int32_t len = 0;
+        (void)rkv_blockmgr_stream_len(d->c.bm, id, l, h, &len);
+        if (len > max_len) max_len = len;
+      }
+    n_streams += per;
+    n_old += total;
+    n_new += (uint64_t)per * ((uint64_t)ev->budget + bs - 1) / bs;
+  }
+  if (!n_streams) return RKV_OK;
+  if (n_streams + n_old + n_new > ((uint64_t)1 << 31))
+    return rkvi_fail(d->err, RKV_ERR_CAPACITY, "compress: %llu streams of %llu blocks",
+                     (unsigned long long)n_streams, (unsigned long long)n_old);
+  /* plan_seq's and flush's host arrays */
+  RKV_TRY(hgrow(d, (void **)&d->maps, &d->maps_cap, n_streams + per, sizeof *d->maps));
+  RKV_TRY(hgrow(d, (void **)&d->streams, &d->streams_cap, n_streams + per, sizeof *d->streams));
+  RKV_TRY(hgrow(d, (void **)&d->old, &d->old_cap, n_old + per, sizeof(int32_t)));
+  RKV_TRY(hgrow(d, (void **)&d->newb, &d->newb_cap, n_new + 1, sizeof(int32_t)));
+  RKV_TRY(hgrow(d, (void **)&d->freed, &d->freed_cap, n_old + 1, sizeof(int32_t)));
+  /* the packed descriptors (in the arena and on the device) and the launch's scratch */
+  size_t bytes = 0;
+  rkv_status st =
+      rkv_evict_cuda_pack(d->streams, (uint32_t)n_streams, d->old, (uint32_t)n_old, d->newb,
+                          (uint32_t)n_new, d->freed, (uint32_t)n_old, NULL, 0, NULL, NULL, &bytes);
+  if (st != RKV_OK) return rkvi_fail(d->err, RKV_ERR_INTERNAL, "compress: descriptor size");
+  RKV_TRY(bgrow(d, d->stage, bytes, "compress: staging arena"));
+  RKV_TRY(bgrow(d, d->ev, bytes, "compress: descriptors"));
+  size_t ws = 0, esz[7] = {0};
+  for (uint32_t i = 0; i < p->n_seqs; i++) {
+    const rkv_evict_params *ev = flagged(d, cfg, outs, i);
+    if (!ev) continue;
+    if (d->emu) {
+      size_t sz[7];
+      if (emu_sizes(d, ev, (uint32_t)n_streams, max_len, sz) != RKV_OK) continue;
+      for (size_t k = 0; k < 7; k++) esz[k] = sz[k] > esz[k] ? sz[k] : esz[k];
+    } else {
+      size_t n = 0;
+      if (rkv_evict_cuda_workspace_size(ev, d->c.pool, (uint32_t)n_streams, d->c.Hq / d->c.Hkv,
+                                        max_len, &n) == RKV_OK &&
+          n > ws)
+        ws = n;
+    }
+  }
+  if (d->emu) RKV_TRY(emu_reserve(d, esz));
+  return bgrow(d, d->evws, ws + 64, "compress: workspace");
 }
 
 rkv_status rkvi_xdev_finish(rkvi_xdev *d, const rkv_exec_config *cfg, rkv_sched_output *outs,

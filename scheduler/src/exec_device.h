@@ -70,6 +70,12 @@ rkv_status rkvi_xdev_begin(rkvi_xdev *d, const rkvi_xdev_step *st);
 /* One layer: q/k/v/out are DEVICE pointers of the pool's backend. */
 rkv_status rkvi_xdev_layer(rkvi_xdev *d, uint32_t layer, const float *q, const float *k,
                            const float *v, float *out);
+/* Grows, before the first compression of the open step is cut, everything rkvi_xdev_finish
+ * will allocate for the flagged sequences of outs (host arrays, the arena, the descriptor and
+ * workspace buffers, the emulated compression's scratch): a failure leaves every sequence as
+ * it was and the step open. Capacity only. */
+rkv_status rkvi_xdev_finish_prepare(rkvi_xdev *d, const rkv_exec_config *cfg,
+                                    const rkv_sched_output *outs);
 /* The step's flagged compressions as one batched launch per parameter set; fills outs. Every
  * compression is checked for fresh blocks before any is cut. Ends the step with a sync. */
 rkv_status rkvi_xdev_finish(rkvi_xdev *d, const rkv_exec_config *cfg, rkv_sched_output *outs,
