@@ -23,6 +23,7 @@ struct rkv_exec {
   rkv_blockmgr *bm;
   rkv_kv_pool *pool;
   uint32_t L, Hq, Hkv, d, S, bs;
+  int32_t bs_shift; /* log2(bs) when bs is a power of two, else -1 (blocks_of) */
   float scale;
   size_t block_bytes;
 
@@ -180,6 +181,9 @@ rkv_status rkv_exec_create(const rkv_exec_config *cfg, rkv_blockmgr *m, rkv_kv_p
   x->d = bc->head_dim;
   x->S = rkv_blockmgr_streams_per_seq(m);
   x->bs = bc->block_size;
+  x->bs_shift = -1;
+  for (int32_t k = 0; k < 31; k++)
+    if (x->bs == (1u << k)) x->bs_shift = k;
   x->scale = cfg->scale;
   rkv_kv_layout lay = rkv_blockmgr_kv_layout(m);
   x->block_bytes = rkv_kv_block_bytes(&lay);
@@ -355,8 +359,11 @@ static plan_id *pid(const plan_ids *s, int64_t id) {
   return &s->t[h];
 }
 
-static int32_t blocks_of(int64_t tokens, uint32_t bs) {
-  return (int32_t)((tokens + bs - 1) / bs);
+/* Blocks that hold `tokens` (>= 0, < 2^31 + 2^31) tokens: a shift for the usual block sizes
+ * (this runs for every scheduled sequence of every plan). */
+static int32_t blocks_of(const rkv_exec *x, int64_t tokens) {
+  if (x->bs_shift >= 0) return (int32_t)((tokens + x->bs - 1) >> x->bs_shift);
+  return (int32_t)((tokens + x->bs - 1) / x->bs);
 }
 
 #define BAD(...) rkvi_fail(x->err, RKV_ERR_INVALID_ARG, "begin: " __VA_ARGS__)
@@ -391,6 +398,7 @@ static rkv_status check_seqs(rkv_exec *x, const rkv_sched_plan *p, const plan_id
     const int32_t idx = q->id >= 0 ? rkv_blockmgr_seq_index(x->bm, q->id) : -1;
     if (idx < 0 || (uint32_t)idx >= x->nidx)
       return BAD("seqs[%u].id %lld is not a sequence of the block manager", i, (long long)q->id);
+    x->seq_row[i] = idx; /* for check_mirror and sync_seq (which makes it the row) */
     plan_id *e = pid(ids, q->id);
     if (e->flags & PID_SEQ)
       return BAD("seqs[%u].id %lld is also seqs[%u].id", i, (long long)q->id, e->at);
@@ -551,52 +559,58 @@ static rkv_status check_moves(rkv_exec *x, const rkv_sched_plan *p, uint64_t *ho
 }
 
 /* Every scheduled sequence against the block manager and the mirror entry that sync_seq will
- * bring up to date: a sequence of the block manager; one whose entry only grows (rows
- * unchanged) grows from exactly what the mirror holds (kv_len - n_tokens) without taking a
- * block; one that re-syncs holds kv_len tokens in the block manager. *blocks = the longest row
- * a sync will write, *tokens = the longest kv_len. */
+ * bring up to date. The lengths the entry holds are those of the block manager before the
+ * step's append whenever the entry is this sequence's (after a compression too: finish
+ * re-reads them, see refresh_lens); then the sequence must grow from exactly those by
+ * n_tokens (kv_len - n_tokens tokens before the step), and with rows_changed 0 no stream may
+ * take a block. A sequence new to its entry must hold kv_len tokens in the block manager.
+ * *blocks = the longest row a sync will write, *tokens = the longest kv_len. O(1) per
+ * sequence, O(streams) for a non-lockstep entry, O(streams) lookups for one new to its entry. */
 static rkv_status check_mirror(rkv_exec *x, const rkv_sched_plan *p, const plan_ids *ids,
                                int64_t *blocks, int64_t *tokens) {
+  /* the flags that change how an entry syncs come from these lists only */
+  const bool lists = p->n_dropped || p->n_swapped_out || p->n_swapped_in;
   for (uint32_t i = 0; i < p->n_seqs; i++) {
     const rkv_sched_seq *q = &p->seqs[i];
-    const int32_t idx = rkv_blockmgr_seq_index(x->bm, q->id); /* checked by check_seqs */
-    const uint32_t f = pid(ids, q->id)->flags;
+    const int32_t idx = x->seq_row[i]; /* check_seqs */
+    const uint32_t f = lists ? pid(ids, q->id)->flags : 0;
     /* as window_lifecycle and begin leave the entry for sync_seq */
     const bool full = x->owner[idx] != q->id || (f & (PID_DROPPED | PID_SWAPPED_OUT));
     const bool stale = x->stale[idx] || (f & PID_SWAPPED_IN);
     const bool resync = full || stale || !p->rows_changed || p->rows_changed[i];
-    const bool lockstep = resync && !full && !stale && x->uniform[idx] && p->rows_changed;
     const int32_t before = q->kv_len - (int32_t)q->n_tokens;
     if (q->kv_len > *tokens) *tokens = q->kv_len;
-    if (!resync || lockstep) {
+    if (!full && !(f & PID_SWAPPED_IN)) {
+      const bool uni = x->uniform[idx];
       const int32_t *lens = x->lens + (size_t)idx * x->S;
-      const int32_t had = x->uniform[idx] ? x->xlen[idx] : lens[0];
+      const int32_t had = uni ? x->xlen[idx] : lens[0];
       if (had != before)
         return BAD(
             "seqs[%u] (%lld): kv_len %d - n_tokens %u = %d tokens before the step, the "
             "block manager's streams held %d",
             i, (long long)q->id, q->kv_len, q->n_tokens, before, had);
-    }
-    if (!resync) { /* the rows stay as they are: no stream may take a block */
-      const bool uni = x->uniform[idx];
-      const int32_t *lens = x->lens + (size_t)idx * x->S;
+      int64_t most = 0;
       for (uint32_t s = 0; s < (uni ? 1u : x->S); s++) {
-        const int32_t had = uni ? x->xlen[idx] : lens[s];
-        if (blocks_of(had + (int64_t)q->n_tokens, x->bs) != blocks_of(had, x->bs))
+        const int32_t was = uni ? had : lens[s];
+        const int32_t nb = blocks_of(x, was + (int64_t)q->n_tokens);
+        if (!resync && nb != blocks_of(x, was))
           return BAD(
               "seqs[%u] (%lld): stream %u grows from %d to %lld tokens, a new block, but "
               "rows_changed is 0",
-              i, (long long)q->id, s, had, (long long)had + q->n_tokens);
+              i, (long long)q->id, s, was, (long long)was + q->n_tokens);
+        if (nb > most) most = nb;
       }
-      continue;
+      if (most > *blocks) *blocks = most;
+      if (!resync) continue;
     }
     int32_t len = -1;
     (void)rkv_blockmgr_stream_len(x->bm, q->id, 0, 0, &len);
     if (len != q->kv_len)
       return BAD("seqs[%u] (%lld): kv_len %d, the block manager's streams hold %d", i,
                  (long long)q->id, q->kv_len, len);
-    int64_t most = blocks_of(q->kv_len, x->bs); /* lockstep: every stream holds kv_len */
-    for (uint32_t s = 0; !lockstep && s < x->S; s++) {
+    if (!full && !(f & PID_SWAPPED_IN)) continue; /* rows bounded above */
+    int64_t most = blocks_of(x, q->kv_len);
+    for (uint32_t s = 0; s < x->S; s++) {
       const int32_t *b = NULL;
       int32_t nb = 0;
       (void)rkv_blockmgr_stream_blocks(x->bm, q->id, s / x->Hkv, s % x->Hkv, &b, &nb);
@@ -696,13 +710,11 @@ static rkv_status window_lifecycle(rkv_exec *x, const rkv_sched_plan *p) {
 }
 
 /* Brings seq i's mirror entry up to date: a full sync for an entry last synced for someone
- * else, a delta sync when its rows changed, else only the lengths grow. */
+ * else, a delta sync when its rows changed, else only the lengths grow. validate_plan left
+ * the entry's index in seq_row[i] and checked that nothing here can fail. */
 static rkv_status sync_seq(rkv_exec *x, const rkv_sched_plan *p, uint32_t i) {
   const rkv_sched_seq *q = &p->seqs[i];
-  const int32_t idx = rkv_blockmgr_seq_index(x->bm, q->id);
-  if (idx < 0 || (uint32_t)idx >= x->nidx)
-    return rkvi_fail(x->err, RKV_ERR_NOT_FOUND, "begin: sequence %lld is not in the block manager",
-                     (long long)q->id);
+  const int32_t idx = x->seq_row[i];
   int32_t *lens = x->lens + (size_t)idx * x->S;
   const bool full = x->owner[idx] != q->id;
   const bool resync = full || x->stale[idx] || !p->rows_changed || p->rows_changed[i];
@@ -969,17 +981,65 @@ static rkv_status cut_streams(rkv_exec *x, const rkv_sched_seq *q, const rkv_evi
   return RKV_OK;
 }
 
+/* After a compaction the entry's rows re-sync at the next begin (stale stays set), but its
+ * lengths become the block manager's now, so that begin can hold the next plan's kv_len and
+ * n_tokens against them and bound its rows without a lookup per stream (check_mirror). */
+static void set_uniform(rkv_exec *x, int32_t idx) {
+  const int32_t *lens = x->lens + (size_t)idx * x->S;
+  uint8_t same = 1;
+  for (uint32_t s = 1; s < x->S; s++) same &= lens[s] == lens[0];
+  x->uniform[idx] = same;
+  x->xlen[idx] = lens[0];
+}
+
+/* Re-read from the block manager: O(streams) lookups (after a scored compaction, which costs
+ * far more). */
+static void refresh_lens(rkv_exec *x, int32_t idx, int64_t id) {
+  int32_t *lens = x->lens + (size_t)idx * x->S;
+  for (uint32_t s = 0; s < x->S; s++)
+    (void)rkv_blockmgr_stream_len(x->bm, id, s / x->Hkv, s % x->Hkv, &lens[s]);
+  set_uniform(x, idx);
+}
+
+/* After a uniform cut to `keep` tokens (rkv_blockmgr_truncate, _compact_uniform) of an entry
+ * that was current: every stream holds min(its length, keep). O(1) for a lockstep entry. */
+static void cut_lens(rkv_exec *x, int32_t idx, int32_t keep) {
+  if (x->uniform[idx]) {
+    if (x->xlen[idx] > keep) x->xlen[idx] = keep;
+    return;
+  }
+  int32_t *lens = x->lens + (size_t)idx * x->S;
+  for (uint32_t s = 0; s < x->S; s++)
+    if (lens[s] > keep) lens[s] = keep;
+  set_uniform(x, idx);
+}
+
 /* One flagged compression, with the pool (scores and moves) or without (cuts only); the
  * mirror entry re-syncs at the next begin. */
 static rkv_status compress_seq(rkv_exec *x, const rkv_sched_seq *q, rkv_sched_output *o) {
   const rkv_evict_params *ev = q->evict ? q->evict : &x->cfg.evict;
   if (!rkvi_policy_info(ev->policy).evicts) return RKV_OK;
   const uint32_t free0 = rkv_blockmgr_free_blocks(x->bm);
-  RKV_TRY(x->pool ? evict_layers(x, q, ev, o) : cut_streams(x, q, ev, o));
+  const int32_t keep = rkv_blockmgr_seq_protected(x->bm, q->id) + ev->budget;
+  const rkv_status st = x->pool ? evict_layers(x, q, ev, o) : cut_streams(x, q, ev, o);
+  const int32_t idx = rkv_blockmgr_seq_index(x->bm, q->id);
+  if (st != RKV_OK) {
+    /* refused before layer 0 changed anything, or a bug part-way: re-read what is there */
+    if (st == RKV_ERR_INTERNAL && idx >= 0) {
+      x->stale[idx] = 1;
+      refresh_lens(x, idx, q->id);
+    }
+    return st;
+  }
   o->blocks_freed = rkv_blockmgr_free_blocks(x->bm) - free0;
   o->compressed = true;
-  const int32_t idx = rkv_blockmgr_seq_index(x->bm, q->id);
-  if (idx >= 0) x->stale[idx] = 1;
+  if (idx >= 0) {
+    x->stale[idx] = 1;
+    if (x->pool)
+      refresh_lens(x, idx, q->id);
+    else
+      cut_lens(x, idx, keep);
+  }
   return RKV_OK;
 }
 
@@ -1029,18 +1089,28 @@ rkv_status rkv_exec_finish(rkv_exec *x, rkv_sched_output *outs, uint32_t n) {
   }
   if (x->dev) {
     ret = rkvi_xdev_finish(x->dev, &x->cfg, outs, x->stale);
-    x->open = false;
-    return ret == RKV_OK ? RKV_OK : rkvi_fail(x->err, ret, "%s", rkvi_xdev_last_error(x->dev));
-  }
-  for (uint32_t i = 0; i < n; i++) {
-    /* a sequence that ends now frees its blocks at the report: compressing it is wasted work */
-    if (!p->seqs[i].compress || outs[i].eos) continue;
-    rkv_status st = compress_seq(x, &p->seqs[i], &outs[i]);
-    if (st == RKV_ERR_INTERNAL) {
-      ret = st;
-      break;
+    if (ret != RKV_OK) rkvi_fail(x->err, ret, "%s", rkvi_xdev_last_error(x->dev));
+    /* a device compression is the uniform cut to the budget (no protected prefix there) */
+    for (uint32_t i = 0; i < n; i++) {
+      const int32_t idx = x->seq_row[i] / (int32_t)x->S;
+      if (!x->stale[idx]) continue;
+      const rkv_evict_params *ev = p->seqs[i].evict ? p->seqs[i].evict : &x->cfg.evict;
+      if (outs[i].compressed && ret == RKV_OK)
+        cut_lens(x, idx, ev->budget);
+      else
+        refresh_lens(x, idx, p->seqs[i].id);
     }
-    if (st != RKV_OK && ret == RKV_OK) ret = st;
+  } else {
+    for (uint32_t i = 0; i < n; i++) {
+      /* a sequence that ends now frees its blocks at the report: compressing it is wasted */
+      if (!p->seqs[i].compress || outs[i].eos) continue;
+      rkv_status st = compress_seq(x, &p->seqs[i], &outs[i]);
+      if (st == RKV_ERR_INTERNAL) {
+        ret = st;
+        break;
+      }
+      if (st != RKV_OK && ret == RKV_OK) ret = st;
+    }
   }
   x->open = false;
   return ret;

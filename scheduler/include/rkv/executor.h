@@ -114,11 +114,11 @@ RKV_API const char *rkv_exec_last_error(const rkv_exec *x);
  *    window size; n_batched_tokens is the sum of n_tokens; slot_layer_stride >=
  *    n_batched_tokens x kv heads when slots are given;
  *  - kv_len against the block manager: a sequence whose table rows re-sync holds kv_len
- *    tokens there; one whose mirror entry only grows (rows_changed 0, or a lockstep entry)
- *    held exactly kv_len - n_tokens before the step, and with rows_changed 0 no stream takes
- *    a block (a boundary needs rows_changed 1). Where the entry re-syncs in full for another
- *    reason (a sequence new to its entry, after a compression or swap-in) n_tokens is only
- *    bounded as above;
+ *    tokens there; one that was scheduled before (its mirror entry knows its lengths, after a
+ *    compression too) held exactly kv_len - n_tokens before the step, and with rows_changed 0
+ *    no stream takes a block (a boundary needs rows_changed 1). For a sequence new to its
+ *    mirror entry (admitted, forked, swapped in, or every one after the mirror grew) n_tokens
+ *    is only bounded as above;
  *  - started and swapped_in ids are scheduled sequences, each listed once; dropped ids are not
  *    live in the block manager unless started again;
  *  - with query windows (a pool whose default policy reads queries): a fork's parent has a

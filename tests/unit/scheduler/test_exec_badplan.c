@@ -6,11 +6,13 @@
  * handed to rkv_exec_begin first. Each must be refused with RKV_ERR_INVALID_ARG, leave
  * rkv_exec_check passing and the pool's bytes as they were, and the real plan's begin must then
  * succeed: every step's plan, attention output, finish output and pool bytes must equal the
- * reference run's, which never saw a bad plan.
+ * reference run's, which never saw a bad plan. Both on a CPU pool and on a pool of the emulated
+ * device (<rkv/buffer_emu.h>: the executor's device path, Q/K/V in DEVICE rows).
  *   test_exec_badplan [KIND]   (no argument: every kind) */
 #include <stdlib.h>
 #include <string.h>
 
+#include <rkv/buffer_emu.h>
 #include <rkv/executor.h>
 #include <rkv/scheduler.h>
 
@@ -22,6 +24,8 @@ enum { PER_KIND = 12, CAP = 64, RKV_TEST_WALK = 320 };
 static const int64_t FOREIGN = 1000000; /* an id nobody uses */
 /* Varies which sequence a corruption hits from one bad plan to the next. */
 static uint32_t SALT;
+/* The pool is on the emulated device. */
+static bool EMU;
 
 /* ---- a plan copy with room to add one id to each list -------------------------------------- */
 
@@ -69,6 +73,7 @@ typedef struct engine {
   rkv_kv_pool *pool;
   rkv_sched *s;
   rkv_exec *x;
+  rkv_buffer *dq, *dk, *dv, *dout; /* DEVICE rows on the emulated device */
   rkv_evict_params ev[5];
   int64_t next_id;
   /* the previous step: who ran, and who was compressed (their mirror entries re-sync) */
@@ -156,7 +161,14 @@ static bool engine_make(engine *e) {
   rkv_kv_layout lay = rkv_blockmgr_kv_layout(e->bm);
   if (sizeof e->pool_bytes != NUM_BLOCKS * rkv_kv_block_bytes(&lay)) return false;
   char err[256] = "";
-  return rkv_backend_create(&bec, &e->be) == RKV_OK &&
+  const size_t qb = sizeof e->q, kb = sizeof e->k;
+  if (EMU && (rkv_backend_create_emulated(&bec, &e->be) != RKV_OK ||
+              rkv_buffer_create(e->be, RKV_BUFFER_DEVICE, qb, &e->dq) != RKV_OK ||
+              rkv_buffer_create(e->be, RKV_BUFFER_DEVICE, kb, &e->dk) != RKV_OK ||
+              rkv_buffer_create(e->be, RKV_BUFFER_DEVICE, kb, &e->dv) != RKV_OK ||
+              rkv_buffer_create(e->be, RKV_BUFFER_DEVICE, qb, &e->dout) != RKV_OK))
+    return false;
+  return (EMU || rkv_backend_create(&bec, &e->be) == RKV_OK) &&
          rkv_kv_pool_create(e->be, &lay, NUM_BLOCKS, &e->pool) == RKV_OK &&
          rkv_sched_create(&c, e->bm, &e->s, err, sizeof err) == RKV_OK &&
          rkv_exec_create(&xc, e->bm, e->pool, &e->x, err, sizeof err) == RKV_OK;
@@ -164,6 +176,8 @@ static bool engine_make(engine *e) {
 
 static void engine_free(engine *e) {
   rkv_exec_destroy(e->x);
+  rkv_buffer *b[] = {e->dq, e->dk, e->dv, e->dout};
+  for (size_t i = 0; i < 4; i++) rkv_buffer_destroy(b[i]);
   rkv_sched_destroy(e->s);
   rkv_kv_pool_destroy(e->pool);
   rkv_backend_destroy(e->be);
@@ -184,23 +198,29 @@ static bool is_child(const rkv_sched_plan *p, int64_t id) {
   return false;
 }
 
-/* seqs[i] ran in the previous step and was not compressed there, and this plan neither starts,
- * restores nor forks it: its mirror entry is current, so this step only grows it. */
-static bool current(const engine *e, const rkv_sched_plan *p, uint32_t i) {
+/* seqs[i] ran in the previous step and this plan neither starts, restores nor forks it: the
+ * executor's mirror entry is its own and knows its lengths (a compression in the previous step
+ * re-syncs the rows, not the lengths); with `uncompressed` also its rows are current, so this
+ * step only grows them. */
+static bool known(const engine *e, const rkv_sched_plan *p, uint32_t i, bool uncompressed) {
   const int64_t id = p->seqs[i].id;
   if (in_list(p->started, p->n_started, id) || in_list(p->swapped_in, p->n_swapped_in, id) ||
       is_child(p, id))
     return false;
   for (uint32_t j = 0; j < e->prev_n; j++)
-    if (e->prev_ids[j] == id) return !e->prev_compressed[j];
+    if (e->prev_ids[j] == id) return !uncompressed || !e->prev_compressed[j];
   return false;
+}
+
+static bool current(const engine *e, const rkv_sched_plan *p, uint32_t i) {
+  return known(e, p, i, true);
 }
 
 /* A scheduled sequence that holds a query window before this plan (ran before, not started). */
 static int find_running(const engine *e, const rkv_sched_plan *p) {
   for (uint32_t j = 0; j < p->n_seqs; j++) {
     const uint32_t i = (j + SALT) % p->n_seqs;
-    if (current(e, p, i)) return (int)i;
+    if (known(e, p, i, false)) return (int)i;
   }
   return -1;
 }
@@ -247,13 +267,13 @@ static bool k_kv_len_minus(plan_copy *c, const engine *e) {
 
 /* A prefill chunk one token longer (the sum kept consistent): its cache would have held one
  * token fewer before the step. Detectable where the executor knows that length: a sequence
- * that starts now, or one whose mirror entry is current. */
+ * that starts now, or one that ran in the previous step. */
 static bool k_n_tokens_plus(plan_copy *c, const engine *e) {
   rkv_sched_plan *p = &c->p;
   const uint32_t np = p->n_seqs - p->n_decode;
   for (uint32_t j = 0; j < np; j++) {
     const uint32_t i = p->n_decode + (j + SALT) % np;
-    if (!in_list(p->started, p->n_started, c->seqs[i].id) && !current(e, p, i)) continue;
+    if (!in_list(p->started, p->n_started, c->seqs[i].id) && !known(e, p, i, false)) continue;
     c->seqs[i].n_tokens++;
     p->n_batched_tokens++;
     return true;
@@ -327,7 +347,7 @@ static bool k_fork_child(plan_copy *c, const engine *e) {
   rkv_sched_plan *p = &c->p;
   if (!p->n_forks) return false;
   for (uint32_t i = 0; i < p->n_seqs; i++)
-    if (current(e, p, i) && c->seqs[i].id != c->forks[0].parent) {
+    if (known(e, p, i, false) && c->seqs[i].id != c->forks[0].parent) {
       c->forks[0].child = c->seqs[i].id;
       return true;
     }
@@ -467,6 +487,23 @@ static void fill_qkv(engine *e, const rkv_sched_plan *p, uint32_t l) {
     }
 }
 
+/* One layer: host rows on a CPU pool; on the emulated device up into DEVICE rows, and the
+ * output back down (read after the sync). */
+static rkv_status layer(engine *e, const rkv_sched_plan *p, uint32_t l) {
+  if (!EMU) return rkv_exec_layer(e->x, l, e->q, e->k, e->v, e->out);
+  const size_t qb = (size_t)p->n_batched_tokens * Q_HEADS * HEAD_DIM * 4;
+  const size_t kb = (size_t)p->n_batched_tokens * KV_HEADS * HEAD_DIM * 4;
+  if (rkv_buffer_upload(e->dq, 0, e->q, qb) != RKV_OK ||
+      rkv_buffer_upload(e->dk, 0, e->k, kb) != RKV_OK ||
+      rkv_buffer_upload(e->dv, 0, e->v, kb) != RKV_OK)
+    return RKV_ERR_INTERNAL;
+  rkv_status st = rkv_exec_layer(e->x, l, rkv_buffer_ptr(e->dq), rkv_buffer_ptr(e->dk),
+                                 rkv_buffer_ptr(e->dv), rkv_buffer_ptr(e->dout));
+  if (st == RKV_OK) st = rkv_buffer_download(e->dout, 0, e->out, qb);
+  const rkv_status y = rkv_backend_sync(e->be);
+  return st != RKV_OK ? st : y;
+}
+
 /* The first running request (not the i-th skipped), or -1. */
 static int64_t pick_running(engine *e, uint32_t skip) {
   for (int64_t id = 0; id < e->next_id; id++) {
@@ -590,7 +627,7 @@ static void run(int k, record *rec, result *r) {
     for (uint32_t l = 0; st == RKV_OK && p->n_seqs && l < LAYERS; l++) {
       fill_qkv(e, p, l);
       memset(e->out, 0, sizeof e->out);
-      st = rkv_exec_layer(e->x, l, e->q, e->k, e->v, e->out);
+      st = layer(e, p, l);
       h = mix_bytes(h, e->out, (size_t)p->n_batched_tokens * Q_HEADS * HEAD_DIM * 4);
     }
     if (st == RKV_OK) {
@@ -644,32 +681,40 @@ static void run(int k, record *rec, result *r) {
     }
   }
 out:
+  if (e && e->be && rkv_emu_hazards(e->be) && r->same) {
+    snprintf(r->why, sizeof r->why, "emulated device hazard: %s", rkv_emu_hazard_text(e->be));
+    r->same = false;
+  }
   if (e) engine_free(e);
   free(e);
 }
 
 int main(int argc, char **argv) {
-  result r;
-  run(-1, &REF, &r);
-  EXPECT(r.same);
-  if (!r.same) {
-    fprintf(stderr, "reference run: %s\n", r.why);
-    return rkv_test_finish();
-  }
-  printf("reference: %u steps\n", REF.n);
   int failed = 0;
-  for (int k = 0; k < NKINDS; k++) {
-    if (argc > 1 && strcmp(argv[1], KINDS[k].name) != 0) continue;
-    run(k, &REF, &r);
-    const bool ok = r.applied > 0 && r.refused_all && r.same;
-    printf("%-34s %s: %u bad plans%s%s\n", KINDS[k].name, ok ? "ok  " : "FAIL", r.applied,
-           r.why[0] ? "; " : "", r.why);
-    for (uint32_t i = 0; i < r.n_msgs; i++) printf("    %s\n", r.msgs[i]);
-    EXPECT(r.applied > 0);
-    EXPECT(r.refused_all);
+  for (int emu = 0; emu < 2; emu++) {
+    EMU = emu;
+    result r;
+    memset(&REF, 0, sizeof REF);
+    run(-1, &REF, &r);
     EXPECT(r.same);
-    failed += !ok;
+    if (!r.same) {
+      fprintf(stderr, "reference run%s: %s\n", EMU ? " (emulated device)" : "", r.why);
+      continue;
+    }
+    printf("%s pool: reference of %u steps\n", EMU ? "emulated device" : "CPU", REF.n);
+    for (int k = 0; k < NKINDS; k++) {
+      if (argc > 1 && strcmp(argv[1], KINDS[k].name) != 0) continue;
+      run(k, &REF, &r);
+      const bool ok = r.applied > 0 && r.refused_all && r.same;
+      printf("%-34s %s: %u bad plans%s%s\n", KINDS[k].name, ok ? "ok  " : "FAIL", r.applied,
+             r.why[0] ? "; " : "", r.why);
+      for (uint32_t i = 0; i < r.n_msgs; i++) printf("    %s\n", r.msgs[i]);
+      EXPECT(r.applied > 0);
+      EXPECT(r.refused_all);
+      EXPECT(r.same);
+      failed += !ok;
+    }
   }
-  printf("bad plans: %d of %d kinds failed\n", failed, NKINDS);
+  printf("bad plans: %d of %d kinds x 2 pools failed\n", failed, NKINDS);
   return rkv_test_finish();
 }
