@@ -40,6 +40,7 @@ struct rkv_exec {
   int32_t *xlen;
 
   rkv_qwindow *qw;     /* NULL when the default policy scores without queries, or on a device */
+  uint32_t qw_live;    /* windows registered in qw (its capacity is nidx) */
   rkvi_xdev *dev;      /* device-side state when the pool's memory is not the host's */
   unsigned char *host; /* swap pool [host_blocks][block_bytes] */
 
@@ -485,7 +486,7 @@ static rkv_status check_ids(rkv_exec *x, const rkv_sched_plan *p, const plan_ids
                  i, (long long)id);
   }
   const bool win = has_window(x);
-  uint32_t live = win && x->dev ? rkvi_xdev_windows_live(x->dev) : 0;
+  uint32_t live = !win ? 0 : x->qw ? x->qw_live : rkvi_xdev_windows_live(x->dev);
   for (uint32_t i = 0; i < p->n_forks; i++) {
     const int64_t par = p->forks[i].parent, child = p->forks[i].child;
     if (par < 0 || child < 0 || par == child)
@@ -654,6 +655,12 @@ static rkv_status validate_plan(rkv_exec *x, const rkv_sched_plan *p) {
   RKV_TRY(check_mirror(x, p, &ids, &blocks, &tokens));
   uint32_t stride = x->stride;
   RKV_TRY(rows_stride(x, blocks, &stride));
+  /* the host window holds nidx sequences (running and swapped out); the device ring grows */
+  if (x->qw && peak > x->nidx)
+    return rkvi_fail(x->err, RKV_ERR_CAPACITY,
+                     "begin: the plan needs %u query windows at once, the executor keeps %u "
+                     "(the block manager's max_seqs)",
+                     peak, x->nidx);
   /* forks register before drops free entries, starts after: n_forks + n_started fresh
    * entries at most (rkv_qwindow_reserve) */
   if (x->qw) {
@@ -685,26 +692,30 @@ static rkv_status move_blocks(rkv_exec *x, const rkv_sched_plan *p) {
 /* Query windows follow the KV: forked with it, dropped with it, kept across a swap, started
  * empty. Unknown ids on removal are fine (a sequence dropped before it ever ran). */
 static rkv_status window_lifecycle(rkv_exec *x, const rkv_sched_plan *p) {
-  if (x->dev && rkvi_xdev_windows(x->dev, p) != RKV_OK)
-    return rkvi_fail(x->err, RKV_ERR_NO_MEMORY, "begin: %s", rkvi_xdev_last_error(x->dev));
-  for (uint32_t i = 0; i < p->n_forks; i++)
-    if (x->qw) {
-      rkv_status st = rkv_qwindow_seq_fork(x->qw, p->forks[i].parent, p->forks[i].child);
-      if (st != RKV_OK && st != RKV_ERR_NOT_FOUND)
-        return rkvi_fail(x->err, st, "begin: query window fork %lld -> %lld: %s",
-                         (long long)p->forks[i].parent, (long long)p->forks[i].child,
-                         rkv_qwindow_last_error(x->qw));
-    }
+  if (x->dev) {
+    const rkv_status st = rkvi_xdev_windows(x->dev, p); /* only a failed transfer */
+    if (st != RKV_OK) return rkvi_fail(x->err, st, "begin: %s", rkvi_xdev_last_error(x->dev));
+  }
+  /* validate_plan checked the windows and reserved their memory: nothing here can fail */
+  for (uint32_t i = 0; x->qw && i < p->n_forks; i++) {
+    rkv_status st = rkv_qwindow_seq_fork(x->qw, p->forks[i].parent, p->forks[i].child);
+    if (st != RKV_OK)
+      return rkvi_fail(x->err, RKV_ERR_INTERNAL, "begin: query window fork %lld -> %lld: %s",
+                       (long long)p->forks[i].parent, (long long)p->forks[i].child,
+                       rkv_qwindow_last_error(x->qw));
+    x->qw_live++;
+  }
   for (uint32_t i = 0; i < p->n_dropped; i++) {
-    if (x->qw) (void)rkv_qwindow_seq_remove(x->qw, p->dropped[i]);
+    if (x->qw && rkv_qwindow_seq_remove(x->qw, p->dropped[i]) == RKV_OK) x->qw_live--;
     forget(x, p->dropped[i]);
   }
   for (uint32_t i = 0; i < p->n_swapped_out; i++) forget(x, p->swapped_out[i]);
   for (uint32_t i = 0; x->qw && i < p->n_started; i++) {
     rkv_status st = rkv_qwindow_seq_add(x->qw, p->started[i]);
-    if (st != RKV_OK && st != RKV_ERR_EXISTS)
-      return rkvi_fail(x->err, st, "begin: query window of %lld: %s", (long long)p->started[i],
-                       rkv_qwindow_last_error(x->qw));
+    if (st != RKV_OK)
+      return rkvi_fail(x->err, RKV_ERR_INTERNAL, "begin: query window of %lld: %s",
+                       (long long)p->started[i], rkv_qwindow_last_error(x->qw));
+    x->qw_live++;
   }
   return RKV_OK;
 }

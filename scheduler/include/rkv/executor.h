@@ -100,7 +100,8 @@ RKV_API const char *rkv_exec_last_error(const rkv_exec *x);
  * the table mirror of every scheduled sequence up to date (only rows that changed) and lays
  * out the slot mapping. The plan must stay valid until rkv_exec_finish (it does until the next
  * rkv_sched_step). RKV_ERR_STATE (a step is open), RKV_ERR_CAPACITY (more than max_seqs
- * sequences, or a table mirror over 2^32 entries), RKV_ERR_NO_MEMORY (scratch, query
+ * sequences, a table mirror over 2^32 entries, or more host query windows live at once, running
+ * and swapped out, than the block manager's max_seqs), RKV_ERR_NO_MEMORY (scratch, query
  * windows, device buffers or mirror growth), RKV_ERR_INVALID_ARG for a plan this scheduler did
  * not make for this block manager and executor, with a message naming the field and value.
  * Every refusal comes before anything changes (query windows, pool bytes, the mirror); a plan
