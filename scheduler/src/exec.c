@@ -23,6 +23,7 @@ struct rkv_exec {
   rkv_blockmgr *bm;
   rkv_kv_pool *pool;
   uint32_t L, Hq, Hkv, d, S, bs;
+  int32_t bs_shift; /* log2(bs) when bs is a power of two, else -1 (blocks_of) */
   float scale;
   size_t block_bytes;
 
@@ -39,6 +40,7 @@ struct rkv_exec {
   int32_t *xlen;
 
   rkv_qwindow *qw;     /* NULL when the default policy scores without queries, or on a device */
+  uint32_t qw_live;    /* windows registered in qw (its capacity is nidx) */
   rkvi_xdev *dev;      /* device-side state when the pool's memory is not the host's */
   unsigned char *host; /* swap pool [host_blocks][block_bytes] */
   float *host_scores;  /* [host_blocks][block_size] the swapped slots' attention mass: a
@@ -183,6 +185,9 @@ rkv_status rkv_exec_create(const rkv_exec_config *cfg, rkv_blockmgr *m, rkv_kv_p
   x->d = bc->head_dim;
   x->S = rkv_blockmgr_streams_per_seq(m);
   x->bs = bc->block_size;
+  x->bs_shift = -1;
+  for (int32_t k = 0; k < 31; k++)
+    if (x->bs == (1u << k)) x->bs_shift = k;
   x->scale = cfg->scale;
   rkv_kv_layout lay = rkv_blockmgr_kv_layout(m);
   x->block_bytes = rkv_kv_block_bytes(&lay);
@@ -281,10 +286,9 @@ static void forget(rkv_exec *x, int64_t id) {
     if (x->owner[i] == id) x->owner[i] = -1;
 }
 
-/* Doubles the mirror's row capacity until `blocks` fit (rare: a stream longer than any
- * before). Every entry is re-synced in full afterwards. Allocates before it changes anything. */
-static rkv_status grow_rows(rkv_exec *x, int64_t blocks) {
-  if (blocks <= (int64_t)x->stride) return RKV_OK;
+/* The row capacity (blocks per stream) that fits `blocks`: the current one, doubled as often as
+ * needed. RKV_ERR_CAPACITY when the mirror would outgrow 2^32 entries. */
+static rkv_status rows_stride(rkv_exec *x, int64_t blocks, uint32_t *out) {
   uint64_t stride = x->stride;
   while ((int64_t)stride < blocks) stride *= 2;
   const uint64_t entries = (uint64_t)x->nidx * x->S * stride;
@@ -292,13 +296,22 @@ static rkv_status grow_rows(rkv_exec *x, int64_t blocks) {
     return rkvi_fail(x->err, RKV_ERR_CAPACITY,
                      "begin: a stream of %lld blocks needs a table mirror of %llu entries",
                      (long long)blocks, (unsigned long long)entries);
+  *out = (uint32_t)stride;
+  return RKV_OK;
+}
+
+/* Grows the mirror's row capacity to `stride` (rare: a stream longer than any before). Every
+ * entry is re-synced in full afterwards. Allocates before it changes anything. */
+static rkv_status grow_rows(rkv_exec *x, uint32_t stride) {
+  if (stride <= x->stride) return RKV_OK;
+  const uint64_t entries = (uint64_t)x->nidx * x->S * stride;
   int32_t *rows = rkvi_alloc(x->al, (size_t)entries * sizeof(int32_t), 64);
   if (!rows)
     return rkvi_fail(x->err, RKV_ERR_NO_MEMORY, "begin: table mirror of %llu entries",
                      (unsigned long long)entries);
   rkvi_free(x->al, x->rows, (size_t)x->nidx * x->S * x->stride * sizeof(int32_t));
   x->rows = rows;
-  x->stride = (uint32_t)stride;
+  x->stride = stride;
   for (uint32_t i = 0; i < x->nidx; i++) x->owner[i] = -1;
   return RKV_OK;
 }
@@ -307,7 +320,319 @@ static bool has_window(const rkv_exec *x) {
   return x->qw || rkvi_xdev_has_window(x->dev);
 }
 
-/* Everything begin can refuse, checked before it changes anything. */
+/* Whether id has a query window now. The host window has no lookup of its own: a fork of id
+ * onto itself is refused with RKV_ERR_EXISTS exactly when id has one (RKV_ERR_NOT_FOUND when
+ * not), and changes nothing either way. O(1). */
+static bool window_now(rkv_exec *x, int64_t id) {
+  if (x->qw) return rkv_qwindow_seq_fork(x->qw, id, id) == RKV_ERR_EXISTS;
+  return rkvi_xdev_window_of(x->dev, id);
+}
+
+/* ---- plan validation ---------------------------------------------------------------------- */
+
+/* What the plan does with an id: validate_plan's table, an open-addressing set in the step
+ * scratch sized for the plan's lists. */
+enum {
+  PID_SEQ = 1u,         /* in seqs (at = its index) */
+  PID_STARTED = 2u,     /* in started */
+  PID_DROPPED = 4u,     /* in dropped */
+  PID_CHILD = 8u,       /* a fork child of this plan: holds a window after the forks */
+  PID_SWAPPED_IN = 16u, /* in swapped_in */
+  PID_SWAPPED_OUT = 32u,
+  PID_COUNTED = 64u /* a dropped id whose window was counted as freed */
+};
+
+typedef struct plan_id {
+  int64_t id; /* -1 = empty */
+  uint32_t flags;
+  uint32_t at;
+} plan_id;
+
+typedef struct plan_ids {
+  plan_id *t;
+  uint32_t mask;
+} plan_ids;
+
+/* The entry of id (>= 0), added empty when new; the table has room for every id of the plan. */
+static plan_id *pid(const plan_ids *s, int64_t id) {
+  uint64_t z = (uint64_t)id * 0x9E3779B97F4A7C15ull;
+  uint32_t h = (uint32_t)(z >> 32) & s->mask;
+  while (s->t[h].id >= 0 && s->t[h].id != id) h = (h + 1) & s->mask;
+  if (s->t[h].id < 0) {
+    s->t[h].id = id;
+    s->t[h].flags = 0;
+    s->t[h].at = 0;
+  }
+  return &s->t[h];
+}
+
+/* Blocks that hold `tokens` (>= 0, < 2^31 + 2^31) tokens: a shift for the usual block sizes
+ * (this runs for every scheduled sequence of every plan). */
+static int32_t blocks_of(const rkv_exec *x, int64_t tokens) {
+  if (x->bs_shift >= 0) return (int32_t)((tokens + x->bs - 1) >> x->bs_shift);
+  return (int32_t)((tokens + x->bs - 1) / x->bs);
+}
+
+#define BAD(...) rkvi_fail(x->err, RKV_ERR_INVALID_ARG, "begin: " __VA_ARGS__)
+
+/* Arrays with a count must be there. */
+static rkv_status check_arrays(rkv_exec *x, const rkv_sched_plan *p) {
+  const struct {
+    const char *name;
+    uint32_t n;
+    const void *a;
+  } arr[] = {{"seqs", p->n_seqs, p->seqs},
+             {"copies", p->n_copies, p->copies},
+             {"swap_out", p->n_swap_out, p->swap_out},
+             {"swap_in", p->n_swap_in, p->swap_in},
+             {"swapped_out", p->n_swapped_out, p->swapped_out},
+             {"swapped_in", p->n_swapped_in, p->swapped_in},
+             {"forks", p->n_forks, p->forks},
+             {"started", p->n_started, p->started},
+             {"dropped", p->n_dropped, p->dropped}};
+  for (size_t i = 0; i < sizeof arr / sizeof arr[0]; i++)
+    if (arr[i].n && !arr[i].a) return BAD("plan.%s is NULL with %u entries", arr[i].name, arr[i].n);
+  return RKV_OK;
+}
+
+/* seqs: each sequence on its own, its group, and the token counts. */
+static rkv_status check_seqs(rkv_exec *x, const rkv_sched_plan *p, const plan_ids *ids) {
+  if (p->n_decode > p->n_seqs) return BAD("n_decode %u > n_seqs %u", p->n_decode, p->n_seqs);
+  uint64_t tokens = 0;
+  for (uint32_t i = 0; i < p->n_seqs; i++) {
+    const rkv_sched_seq *q = &p->seqs[i];
+    const bool decode = i < p->n_decode;
+    const int32_t idx = q->id >= 0 ? rkv_blockmgr_seq_index(x->bm, q->id) : -1;
+    if (idx < 0 || (uint32_t)idx >= x->nidx)
+      return BAD("seqs[%u].id %lld is not a sequence of the block manager", i, (long long)q->id);
+    x->seq_row[i] = idx; /* for check_mirror and sync_seq (which makes it the row) */
+    plan_id *e = pid(ids, q->id);
+    if (e->flags & PID_SEQ)
+      return BAD("seqs[%u].id %lld is also seqs[%u].id", i, (long long)q->id, e->at);
+    e->flags |= PID_SEQ;
+    e->at = i;
+    if (q->kind != (decode ? RKV_SCHED_DECODE : RKV_SCHED_PREFILL))
+      return BAD("seqs[%u] (%lld): kind %d in the %s group (n_decode %u)", i, (long long)q->id,
+                 (int)q->kind, decode ? "decode" : "prefill", p->n_decode);
+    if (q->n_tokens == 0 || (decode && q->n_tokens != 1))
+      return BAD("seqs[%u] (%lld): n_tokens %u in the %s group", i, (long long)q->id, q->n_tokens,
+                 decode ? "decode" : "prefill");
+    if ((int64_t)q->kv_len < (int64_t)q->n_tokens)
+      return BAD("seqs[%u] (%lld): kv_len %d < n_tokens %u", i, (long long)q->id, q->kv_len,
+                 q->n_tokens);
+    if (q->pos < 0 || q->pos < (int64_t)q->kv_len - q->n_tokens)
+      return BAD("seqs[%u] (%lld): pos %lld before its cache position %lld", i, (long long)q->id,
+                 (long long)q->pos, (long long)q->kv_len - q->n_tokens);
+    if (q->evict) {
+      if ((unsigned)q->evict->policy >= RKV_EVICT_POLICY_COUNT_)
+        return BAD("seqs[%u] (%lld): evict->policy %d is not a policy", i, (long long)q->id,
+                   (int)q->evict->policy);
+      char e2[RKV_ERRBUF] = "";
+      if (q->compress && rkv_evict_params_validate(q->evict, e2, sizeof e2) != RKV_OK)
+        return BAD("seqs[%u] (%lld): evict: %s", i, (long long)q->id, e2);
+      if (x->pool && rkvi_needs_queries(q->evict->policy) &&
+          (!has_window(x) || q->evict->window != x->cfg.evict.window))
+        return BAD("sequence %lld uses %s with window %d; the executor keeps %s", (long long)q->id,
+                   rkv_evict_policy_name(q->evict->policy), q->evict->window,
+                   has_window(x) ? "another window" : "no query window");
+    }
+    tokens += q->n_tokens;
+  }
+  if (tokens != p->n_batched_tokens)
+    return BAD("n_batched_tokens %u, but the sequences' n_tokens sum to %llu", p->n_batched_tokens,
+               (unsigned long long)tokens);
+  if (tokens > INT32_MAX) return BAD("n_batched_tokens %llu > 2^31", (unsigned long long)tokens);
+  if (p->slots && tokens && p->slot_layer_stride < tokens * x->Hkv)
+    return BAD("slot_layer_stride %llu < n_batched_tokens %llu x %u kv heads",
+               (unsigned long long)p->slot_layer_stride, (unsigned long long)tokens, x->Hkv);
+  return RKV_OK;
+}
+
+/* started, swapped_in, swapped_out, dropped, forks: the id lists against seqs, the block
+ * manager and (when the executor keeps them) the query windows: a fork's parent has one and
+ * its child none, a started id has none once the drops ran, every scheduled sequence has one
+ * afterwards. *peak = most windows live at once during the begin (forks come before drops). */
+static rkv_status check_ids(rkv_exec *x, const rkv_sched_plan *p, const plan_ids *ids,
+                            uint32_t *peak) {
+  for (uint32_t i = 0; i < p->n_started; i++) {
+    const int64_t id = p->started[i];
+    plan_id *e = id >= 0 ? pid(ids, id) : NULL;
+    if (!e || !(e->flags & PID_SEQ))
+      return BAD("started[%u] %lld is not a scheduled sequence", i, (long long)id);
+    if (e->flags & PID_STARTED) return BAD("started[%u] %lld is listed twice", i, (long long)id);
+    e->flags |= PID_STARTED;
+    /* its KV starts in this plan: nothing evicted yet, the chunk ends the cache */
+    const rkv_sched_seq *q = &p->seqs[e->at];
+    if (q->pos + q->n_tokens != q->kv_len)
+      return BAD("started[%u] %lld: pos %lld + n_tokens %u != kv_len %d", i, (long long)id,
+                 (long long)q->pos, q->n_tokens, q->kv_len);
+  }
+  for (uint32_t i = 0; i < p->n_swapped_in; i++) {
+    const int64_t id = p->swapped_in[i];
+    plan_id *e = id >= 0 ? pid(ids, id) : NULL;
+    if (!e || !(e->flags & PID_SEQ))
+      return BAD("swapped_in[%u] %lld is not a scheduled sequence", i, (long long)id);
+    if (e->flags & (PID_SWAPPED_IN | PID_STARTED))
+      return BAD("swapped_in[%u] %lld is listed twice or also started", i, (long long)id);
+    e->flags |= PID_SWAPPED_IN;
+  }
+  for (uint32_t i = 0; i < p->n_swapped_out; i++) {
+    if (p->swapped_out[i] < 0)
+      return BAD("swapped_out[%u] %lld < 0", i, (long long)p->swapped_out[i]);
+    pid(ids, p->swapped_out[i])->flags |= PID_SWAPPED_OUT;
+  }
+  for (uint32_t i = 0; i < p->n_dropped; i++) {
+    const int64_t id = p->dropped[i];
+    if (id < 0) return BAD("dropped[%u] %lld < 0", i, (long long)id);
+    plan_id *e = pid(ids, id);
+    e->flags |= PID_DROPPED;
+    /* dropping a live sequence's state would leave it without a window or mirror */
+    if (rkv_blockmgr_seq_index(x->bm, id) >= 0 && !(e->flags & PID_STARTED))
+      return BAD("dropped[%u] %lld is a live sequence of the block manager (and not started again)",
+                 i, (long long)id);
+  }
+  const bool win = has_window(x);
+  uint32_t live = !win ? 0 : x->qw ? x->qw_live : rkvi_xdev_windows_live(x->dev);
+  for (uint32_t i = 0; i < p->n_forks; i++) {
+    const int64_t par = p->forks[i].parent, child = p->forks[i].child;
+    if (par < 0 || child < 0 || par == child)
+      return BAD("forks[%u]: %lld -> %lld", i, (long long)par, (long long)child);
+    if (!win) continue;
+    const plan_id *pe = pid(ids, par);
+    if (!(pe->flags & PID_CHILD) && !window_now(x, par))
+      return BAD("forks[%u]: parent %lld has no query window", i, (long long)par);
+    plan_id *ce = pid(ids, child);
+    if ((ce->flags & PID_CHILD) || window_now(x, child))
+      return BAD("forks[%u]: child %lld already has a query window", i, (long long)child);
+    ce->flags |= PID_CHILD;
+    live++;
+  }
+  *peak = live;
+  if (!win) return RKV_OK;
+  for (uint32_t i = 0; i < p->n_dropped; i++) {
+    plan_id *e = pid(ids, p->dropped[i]);
+    if (e->flags & PID_COUNTED) continue;
+    e->flags |= PID_COUNTED;
+    if ((e->flags & PID_CHILD) || window_now(x, e->id)) live--;
+  }
+  for (uint32_t i = 0; i < p->n_started; i++) {
+    const plan_id *e = pid(ids, p->started[i]);
+    if (((e->flags & PID_CHILD) || window_now(x, e->id)) && !(e->flags & PID_DROPPED))
+      return BAD("started[%u] %lld already has a query window (and is not dropped first)", i,
+                 (long long)e->id);
+    live++;
+  }
+  if (live > *peak) *peak = live;
+  for (uint32_t i = 0; i < p->n_seqs; i++) {
+    const plan_id *e = pid(ids, p->seqs[i].id);
+    if (!(e->flags & PID_STARTED) && !(e->flags & PID_CHILD) && !window_now(x, e->id))
+      return BAD("seqs[%u] (%lld) has no query window (neither started nor forked)", i,
+                 (long long)e->id);
+  }
+  return RKV_OK;
+}
+
+/* copies and swaps: block ids inside the block manager's pool and the host pool; no host block
+ * written twice by one swap-out. `hostmap` has host_blocks bits, cleared. */
+static rkv_status check_moves(rkv_exec *x, const rkv_sched_plan *p, uint64_t *hostmap) {
+  const int64_t nb = rkv_blockmgr_get_config(x->bm)->num_blocks;
+  for (uint32_t i = 0; i < p->n_copies; i++) {
+    const rkv_block_copy *c = &p->copies[i];
+    if (c->src < 0 || c->src >= nb || c->dst < 0 || c->dst >= nb || c->src == c->dst)
+      return BAD("copies[%u]: block %d -> %d (the pool has %lld)", i, (int)c->src, (int)c->dst,
+                 (long long)nb);
+  }
+  if (!x->pool) return RKV_OK; /* bookkeeping moves no bytes */
+  if (p->n_swap_out + p->n_swap_in && !x->host) return BAD("plan swaps but host_blocks is 0");
+  const uint32_t hb = x->cfg.host_blocks;
+  for (uint32_t i = 0; i < p->n_swap_out; i++) {
+    const rkv_sched_swap *w = &p->swap_out[i];
+    if (w->host < 0 || (uint32_t)w->host >= hb)
+      return BAD("swap-out to host block %d of %u", w->host, hb);
+    if (w->device < 0 || w->device >= nb)
+      return BAD("swap_out[%u]: device block %d (the pool has %lld)", i, w->device, (long long)nb);
+    uint64_t *word = &hostmap[(uint32_t)w->host / 64], bit = 1ull << ((uint32_t)w->host % 64);
+    if (*word & bit) return BAD("swap_out[%u]: host block %d is written twice", i, w->host);
+    *word |= bit;
+  }
+  for (uint32_t i = 0; i < p->n_swap_in; i++) {
+    const rkv_sched_swap *w = &p->swap_in[i];
+    if (w->host < 0 || (uint32_t)w->host >= hb)
+      return BAD("swap-in from host block %d of %u", w->host, hb);
+    if (w->device < 0 || w->device >= nb)
+      return BAD("swap_in[%u]: device block %d (the pool has %lld)", i, w->device, (long long)nb);
+  }
+  return RKV_OK;
+}
+
+/* Every scheduled sequence against the block manager and the mirror entry that sync_seq will
+ * bring up to date. The lengths the entry holds are those of the block manager before the
+ * step's append whenever the entry is this sequence's (after a compression too: finish
+ * re-reads them, see refresh_lens); then the sequence must grow from exactly those by
+ * n_tokens (kv_len - n_tokens tokens before the step), and with rows_changed 0 no stream may
+ * take a block. A sequence new to its entry must hold kv_len tokens in the block manager.
+ * *blocks = the longest row a sync will write, *tokens = the longest kv_len. O(1) per
+ * sequence, O(streams) for a non-lockstep entry, O(streams) lookups for one new to its entry. */
+static rkv_status check_mirror(rkv_exec *x, const rkv_sched_plan *p, const plan_ids *ids,
+                               int64_t *blocks, int64_t *tokens) {
+  /* the flags that change how an entry syncs come from these lists only */
+  const bool lists = p->n_dropped || p->n_swapped_out || p->n_swapped_in;
+  for (uint32_t i = 0; i < p->n_seqs; i++) {
+    const rkv_sched_seq *q = &p->seqs[i];
+    const int32_t idx = x->seq_row[i]; /* check_seqs */
+    const uint32_t f = lists ? pid(ids, q->id)->flags : 0;
+    /* as window_lifecycle and begin leave the entry for sync_seq */
+    const bool full = x->owner[idx] != q->id || (f & (PID_DROPPED | PID_SWAPPED_OUT));
+    const bool stale = x->stale[idx] || (f & PID_SWAPPED_IN);
+    const bool resync = full || stale || !p->rows_changed || p->rows_changed[i];
+    const int32_t before = q->kv_len - (int32_t)q->n_tokens;
+    if (q->kv_len > *tokens) *tokens = q->kv_len;
+    if (!full && !(f & PID_SWAPPED_IN)) {
+      const bool uni = x->uniform[idx];
+      const int32_t *lens = x->lens + (size_t)idx * x->S;
+      const int32_t had = uni ? x->xlen[idx] : lens[0];
+      if (had != before)
+        return BAD(
+            "seqs[%u] (%lld): kv_len %d - n_tokens %u = %d tokens before the step, the "
+            "block manager's streams held %d",
+            i, (long long)q->id, q->kv_len, q->n_tokens, before, had);
+      int64_t most = 0;
+      for (uint32_t s = 0; s < (uni ? 1u : x->S); s++) {
+        const int32_t was = uni ? had : lens[s];
+        const int32_t nb = blocks_of(x, was + (int64_t)q->n_tokens);
+        if (!resync && nb != blocks_of(x, was))
+          return BAD(
+              "seqs[%u] (%lld): stream %u grows from %d to %lld tokens, a new block, but "
+              "rows_changed is 0",
+              i, (long long)q->id, s, was, (long long)was + q->n_tokens);
+        if (nb > most) most = nb;
+      }
+      if (most > *blocks) *blocks = most;
+      if (!resync) continue;
+    }
+    int32_t len = -1;
+    (void)rkv_blockmgr_stream_len(x->bm, q->id, 0, 0, &len);
+    if (len != q->kv_len)
+      return BAD("seqs[%u] (%lld): kv_len %d, the block manager's streams hold %d", i,
+                 (long long)q->id, q->kv_len, len);
+    if (!full && !(f & PID_SWAPPED_IN)) continue; /* rows bounded above */
+    int64_t most = blocks_of(x, q->kv_len);
+    for (uint32_t s = 0; s < x->S; s++) {
+      const int32_t *b = NULL;
+      int32_t nb = 0;
+      (void)rkv_blockmgr_stream_blocks(x->bm, q->id, s / x->Hkv, s % x->Hkv, &b, &nb);
+      if (nb > most) most = nb;
+    }
+    if (most > *blocks) *blocks = most;
+  }
+  return RKV_OK;
+}
+
+/* Everything begin could refuse or fail on, checked before it changes anything, and every
+ * allocation it needs (the id table, query windows, the device's buffers, the mirror). A plan
+ * that passes cannot make a later stage of begin fail (on a device, a failed transfer of the
+ * backend still can: RKV_ERR_CUDA). O(plan lists + scheduled sequences, and streams for each
+ * sequence whose rows re-sync in full). */
 static rkv_status validate_plan(rkv_exec *x, const rkv_sched_plan *p) {
   if (x->open)
     return rkvi_fail(x->err, RKV_ERR_STATE, "begin: step %llu is still open (finish it)",
@@ -315,27 +640,33 @@ static rkv_status validate_plan(rkv_exec *x, const rkv_sched_plan *p) {
   if (p->n_seqs > x->cfg.max_seqs)
     return rkvi_fail(x->err, RKV_ERR_CAPACITY, "begin: plan has %u sequences, max_seqs is %u",
                      p->n_seqs, x->cfg.max_seqs);
-  if (p->n_swap_out + p->n_swap_in && x->pool && !x->host)
-    return rkvi_fail(x->err, RKV_ERR_INVALID_ARG, "begin: plan swaps but host_blocks is 0");
-  for (uint32_t i = 0; i < p->n_swap_out; i++)
-    if (p->swap_out[i].host < 0 || (uint32_t)p->swap_out[i].host >= x->cfg.host_blocks)
-      return rkvi_fail(x->err, RKV_ERR_INVALID_ARG, "begin: swap-out to host block %d of %u",
-                       p->swap_out[i].host, x->cfg.host_blocks);
-  for (uint32_t i = 0; i < p->n_swap_in; i++)
-    if (p->swap_in[i].host < 0 || (uint32_t)p->swap_in[i].host >= x->cfg.host_blocks)
-      return rkvi_fail(x->err, RKV_ERR_INVALID_ARG, "begin: swap-in from host block %d of %u",
-                       p->swap_in[i].host, x->cfg.host_blocks);
-  int64_t longest = 0;
-  for (uint32_t i = 0; i < p->n_seqs; i++) {
-    const rkv_sched_seq *q = &p->seqs[i];
-    if (q->kv_len > longest) longest = q->kv_len;
-    if (x->pool && q->evict && rkvi_needs_queries(q->evict->policy) &&
-        (!has_window(x) || q->evict->window != x->cfg.evict.window))
-      return rkvi_fail(x->err, RKV_ERR_INVALID_ARG,
-                       "begin: sequence %lld uses %s with window %d; the executor keeps %s",
-                       (long long)q->id, rkv_evict_policy_name(q->evict->policy), q->evict->window,
-                       has_window(x) ? "another window" : "no query window");
-  }
+  RKV_TRY(check_arrays(x, p));
+  /* the id table (load <= 1/2) and the swap-out bitmap, in the step scratch */
+  const uint64_t n_ids = (uint64_t)p->n_seqs + p->n_started + p->n_dropped + 2ull * p->n_forks +
+                         p->n_swapped_in + p->n_swapped_out;
+  if (n_ids > ((uint64_t)1 << 26)) return BAD("plan lists of %llu ids", (unsigned long long)n_ids);
+  uint32_t cap = 16;
+  while (cap < 2 * n_ids) cap *= 2;
+  const size_t words = x->pool && p->n_swap_out ? (x->cfg.host_blocks + 63u) / 64u : 0;
+  RKV_TRY(grow(x, &x->ws, &x->ws_cap, (size_t)cap * sizeof(plan_id) + words * 8, "plan scratch"));
+  plan_ids ids = {(plan_id *)x->ws, cap - 1};
+  for (uint32_t i = 0; i < cap; i++) ids.t[i].id = -1;
+  uint64_t *hostmap = (uint64_t *)(ids.t + cap);
+  memset(hostmap, 0, words * 8);
+  uint32_t peak = 0;
+  int64_t blocks = 0, tokens = 0;
+  RKV_TRY(check_seqs(x, p, &ids));
+  RKV_TRY(check_ids(x, p, &ids, &peak));
+  RKV_TRY(check_moves(x, p, hostmap));
+  RKV_TRY(check_mirror(x, p, &ids, &blocks, &tokens));
+  uint32_t stride = x->stride;
+  RKV_TRY(rows_stride(x, blocks, &stride));
+  /* the host window holds nidx sequences (running and swapped out); the device ring grows */
+  if (x->qw && peak > x->nidx)
+    return rkvi_fail(x->err, RKV_ERR_CAPACITY,
+                     "begin: the plan needs %u query windows at once, the executor keeps %u "
+                     "(the block manager's max_seqs)",
+                     peak, x->nidx);
   /* forks register before drops free entries, starts after: n_forks + n_started fresh
    * entries at most (rkv_qwindow_reserve) */
   if (x->qw) {
@@ -343,8 +674,14 @@ static rkv_status validate_plan(rkv_exec *x, const rkv_sched_plan *p) {
     if (st != RKV_OK)
       return rkvi_fail(x->err, st, "begin: query windows: %s", rkv_qwindow_last_error(x->qw));
   }
-  return grow_rows(x, (longest + x->bs - 1) / x->bs);
+  if (x->dev) {
+    const rkv_status st = rkvi_xdev_prepare(x->dev, p, peak, stride, tokens);
+    if (st != RKV_OK) return rkvi_fail(x->err, st, "%s", rkvi_xdev_last_error(x->dev));
+  }
+  return grow_rows(x, stride);
 }
+
+#undef BAD
 
 /* Swap and copy-on-write traffic: device blocks to the host pool and back, then copies. */
 static rkv_status move_blocks(rkv_exec *x, const rkv_sched_plan *p) {
@@ -369,38 +706,40 @@ static rkv_status move_blocks(rkv_exec *x, const rkv_sched_plan *p) {
 /* Query windows follow the KV: forked with it, dropped with it, kept across a swap, started
  * empty. Unknown ids on removal are fine (a sequence dropped before it ever ran). */
 static rkv_status window_lifecycle(rkv_exec *x, const rkv_sched_plan *p) {
-  if (x->dev && rkvi_xdev_windows(x->dev, p) != RKV_OK)
-    return rkvi_fail(x->err, RKV_ERR_NO_MEMORY, "begin: %s", rkvi_xdev_last_error(x->dev));
-  for (uint32_t i = 0; i < p->n_forks; i++)
-    if (x->qw) {
-      rkv_status st = rkv_qwindow_seq_fork(x->qw, p->forks[i].parent, p->forks[i].child);
-      if (st != RKV_OK && st != RKV_ERR_NOT_FOUND)
-        return rkvi_fail(x->err, st, "begin: query window fork %lld -> %lld: %s",
-                         (long long)p->forks[i].parent, (long long)p->forks[i].child,
-                         rkv_qwindow_last_error(x->qw));
-    }
+  if (x->dev) {
+    const rkv_status st = rkvi_xdev_windows(x->dev, p); /* only a failed transfer */
+    if (st != RKV_OK) return rkvi_fail(x->err, st, "begin: %s", rkvi_xdev_last_error(x->dev));
+  }
+  /* validate_plan checked the windows and reserved their memory: nothing here can fail */
+  for (uint32_t i = 0; x->qw && i < p->n_forks; i++) {
+    rkv_status st = rkv_qwindow_seq_fork(x->qw, p->forks[i].parent, p->forks[i].child);
+    if (st != RKV_OK)
+      return rkvi_fail(x->err, RKV_ERR_INTERNAL, "begin: query window fork %lld -> %lld: %s",
+                       (long long)p->forks[i].parent, (long long)p->forks[i].child,
+                       rkv_qwindow_last_error(x->qw));
+    x->qw_live++;
+  }
   for (uint32_t i = 0; i < p->n_dropped; i++) {
-    if (x->qw) (void)rkv_qwindow_seq_remove(x->qw, p->dropped[i]);
+    if (x->qw && rkv_qwindow_seq_remove(x->qw, p->dropped[i]) == RKV_OK) x->qw_live--;
     forget(x, p->dropped[i]);
   }
   for (uint32_t i = 0; i < p->n_swapped_out; i++) forget(x, p->swapped_out[i]);
   for (uint32_t i = 0; x->qw && i < p->n_started; i++) {
     rkv_status st = rkv_qwindow_seq_add(x->qw, p->started[i]);
-    if (st != RKV_OK && st != RKV_ERR_EXISTS)
-      return rkvi_fail(x->err, st, "begin: query window of %lld: %s", (long long)p->started[i],
-                       rkv_qwindow_last_error(x->qw));
+    if (st != RKV_OK)
+      return rkvi_fail(x->err, RKV_ERR_INTERNAL, "begin: query window of %lld: %s",
+                       (long long)p->started[i], rkv_qwindow_last_error(x->qw));
+    x->qw_live++;
   }
   return RKV_OK;
 }
 
 /* Brings seq i's mirror entry up to date: a full sync for an entry last synced for someone
- * else, a delta sync when its rows changed, else only the lengths grow. */
+ * else, a delta sync when its rows changed, else only the lengths grow. validate_plan left
+ * the entry's index in seq_row[i] and checked that nothing here can fail. */
 static rkv_status sync_seq(rkv_exec *x, const rkv_sched_plan *p, uint32_t i) {
   const rkv_sched_seq *q = &p->seqs[i];
-  const int32_t idx = rkv_blockmgr_seq_index(x->bm, q->id);
-  if (idx < 0 || (uint32_t)idx >= x->nidx)
-    return rkvi_fail(x->err, RKV_ERR_NOT_FOUND, "begin: sequence %lld is not in the block manager",
-                     (long long)q->id);
+  const int32_t idx = x->seq_row[i];
   int32_t *lens = x->lens + (size_t)idx * x->S;
   const bool full = x->owner[idx] != q->id;
   const bool resync = full || x->stale[idx] || !p->rows_changed || p->rows_changed[i];
@@ -667,17 +1006,65 @@ static rkv_status cut_streams(rkv_exec *x, const rkv_sched_seq *q, const rkv_evi
   return RKV_OK;
 }
 
+/* After a compaction the entry's rows re-sync at the next begin (stale stays set), but its
+ * lengths become the block manager's now, so that begin can hold the next plan's kv_len and
+ * n_tokens against them and bound its rows without a lookup per stream (check_mirror). */
+static void set_uniform(rkv_exec *x, int32_t idx) {
+  const int32_t *lens = x->lens + (size_t)idx * x->S;
+  uint8_t same = 1;
+  for (uint32_t s = 1; s < x->S; s++) same &= lens[s] == lens[0];
+  x->uniform[idx] = same;
+  x->xlen[idx] = lens[0];
+}
+
+/* Re-read from the block manager: O(streams) lookups (after a scored compaction, which costs
+ * far more). */
+static void refresh_lens(rkv_exec *x, int32_t idx, int64_t id) {
+  int32_t *lens = x->lens + (size_t)idx * x->S;
+  for (uint32_t s = 0; s < x->S; s++)
+    (void)rkv_blockmgr_stream_len(x->bm, id, s / x->Hkv, s % x->Hkv, &lens[s]);
+  set_uniform(x, idx);
+}
+
+/* After a uniform cut to `keep` tokens (rkv_blockmgr_truncate, _compact_uniform) of an entry
+ * that was current: every stream holds min(its length, keep). O(1) for a lockstep entry. */
+static void cut_lens(rkv_exec *x, int32_t idx, int32_t keep) {
+  if (x->uniform[idx]) {
+    if (x->xlen[idx] > keep) x->xlen[idx] = keep;
+    return;
+  }
+  int32_t *lens = x->lens + (size_t)idx * x->S;
+  for (uint32_t s = 0; s < x->S; s++)
+    if (lens[s] > keep) lens[s] = keep;
+  set_uniform(x, idx);
+}
+
 /* One flagged compression, with the pool (scores and moves) or without (cuts only); the
  * mirror entry re-syncs at the next begin. */
 static rkv_status compress_seq(rkv_exec *x, const rkv_sched_seq *q, rkv_sched_output *o) {
   const rkv_evict_params *ev = q->evict ? q->evict : &x->cfg.evict;
   if (!rkvi_policy_info(ev->policy).evicts) return RKV_OK;
   const uint32_t free0 = rkv_blockmgr_free_blocks(x->bm);
-  RKV_TRY(x->pool ? evict_layers(x, q, ev, o) : cut_streams(x, q, ev, o));
+  const int32_t keep = rkv_blockmgr_seq_protected(x->bm, q->id) + ev->budget;
+  const rkv_status st = x->pool ? evict_layers(x, q, ev, o) : cut_streams(x, q, ev, o);
+  const int32_t idx = rkv_blockmgr_seq_index(x->bm, q->id);
+  if (st != RKV_OK) {
+    /* refused before layer 0 changed anything, or a bug part-way: re-read what is there */
+    if (st == RKV_ERR_INTERNAL && idx >= 0) {
+      x->stale[idx] = 1;
+      refresh_lens(x, idx, q->id);
+    }
+    return st;
+  }
   o->blocks_freed = rkv_blockmgr_free_blocks(x->bm) - free0;
   o->compressed = true;
-  const int32_t idx = rkv_blockmgr_seq_index(x->bm, q->id);
-  if (idx >= 0) x->stale[idx] = 1;
+  if (idx >= 0) {
+    x->stale[idx] = 1;
+    if (x->pool)
+      refresh_lens(x, idx, q->id);
+    else
+      cut_lens(x, idx, keep);
+  }
   return RKV_OK;
 }
 
@@ -690,7 +1077,8 @@ static rkv_status compress_scratch(rkv_exec *x, const rkv_sched_plan *p,
     const rkv_sched_seq *q = &p->seqs[i];
     const rkv_evict_params *ev = q->evict ? q->evict : &x->cfg.evict;
     if (!q->compress || outs[i].eos || !rkvi_policy_info(ev->policy).evicts) continue;
-    if (!x->pool) continue; /* the bookkeeping cut (rkv_blockmgr_truncate) needs no scratch */
+    /* the bookkeeping cut (rkv_blockmgr_truncate) needs no scratch, a device its own */
+    if (!x->pool || x->dev) continue;
     size_t need = 0;
     const rkv_status st = rkv_evict_workspace_size(ev, x->Hkv, x->Hq, x->d, q->kv_len, &need);
     if (st != RKV_OK)
@@ -713,6 +1101,10 @@ rkv_status rkv_exec_finish(rkv_exec *x, rkv_sched_output *outs, uint32_t n) {
       if (!x->layer_done[l])
         return rkvi_fail(x->err, RKV_ERR_STATE, "finish: layer %u did not run", l);
   RKV_TRY(compress_scratch(x, p, outs));
+  if (x->dev) {
+    const rkv_status st = rkvi_xdev_finish_prepare(x->dev, &x->cfg, outs);
+    if (st != RKV_OK) return rkvi_fail(x->err, st, "finish: %s", rkvi_xdev_last_error(x->dev));
+  }
   rkv_status ret = RKV_OK;
   for (uint32_t i = 0; i < n; i++) {
     const bool eos = outs[i].eos;
@@ -722,18 +1114,28 @@ rkv_status rkv_exec_finish(rkv_exec *x, rkv_sched_output *outs, uint32_t n) {
   }
   if (x->dev) {
     ret = rkvi_xdev_finish(x->dev, &x->cfg, outs, x->stale);
-    x->open = false;
-    return ret == RKV_OK ? RKV_OK : rkvi_fail(x->err, ret, "%s", rkvi_xdev_last_error(x->dev));
-  }
-  for (uint32_t i = 0; i < n; i++) {
-    /* a sequence that ends now frees its blocks at the report: compressing it is wasted work */
-    if (!p->seqs[i].compress || outs[i].eos) continue;
-    rkv_status st = compress_seq(x, &p->seqs[i], &outs[i]);
-    if (st == RKV_ERR_INTERNAL) {
-      ret = st;
-      break;
+    if (ret != RKV_OK) rkvi_fail(x->err, ret, "%s", rkvi_xdev_last_error(x->dev));
+    /* a device compression is the uniform cut to the budget (no protected prefix there) */
+    for (uint32_t i = 0; i < n; i++) {
+      const int32_t idx = x->seq_row[i] / (int32_t)x->S;
+      if (!x->stale[idx]) continue;
+      const rkv_evict_params *ev = p->seqs[i].evict ? p->seqs[i].evict : &x->cfg.evict;
+      if (outs[i].compressed && ret == RKV_OK)
+        cut_lens(x, idx, ev->budget);
+      else
+        refresh_lens(x, idx, p->seqs[i].id);
     }
-    if (st != RKV_OK && ret == RKV_OK) ret = st;
+  } else {
+    for (uint32_t i = 0; i < n; i++) {
+      /* a sequence that ends now frees its blocks at the report: compressing it is wasted */
+      if (!p->seqs[i].compress || outs[i].eos) continue;
+      rkv_status st = compress_seq(x, &p->seqs[i], &outs[i]);
+      if (st == RKV_ERR_INTERNAL) {
+        ret = st;
+        break;
+      }
+      if (st != RKV_OK && ret == RKV_OK) ret = st;
+    }
   }
   x->open = false;
   return ret;

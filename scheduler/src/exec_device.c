@@ -55,7 +55,9 @@ struct rkvi_xdev {
   bool lockstep, h2o;
   size_t off_seq_row, off_blen, off_all, off_qi, off_slot, off_pos;
   int32_t *hslot; /* [max_seqs] */
-  /* compression scratch (host), grown */
+  /* compression scratch (host), grown by rkvi_xdev_finish_prepare before anything is cut */
+  void *escr[7]; /* the emulated compression's (emu_scratch), sizes in escr_cap */
+  size_t escr_cap[7];
   rkv_compact_map *maps;
   rkv_evict_cuda_stream *streams;
   int32_t *old, *newb, *freed;
@@ -130,8 +132,8 @@ void rkvi_xdev_destroy(rkvi_xdev *d) {
   const rkv_allocator *a = d->c.al;
   rkv_buffer *bufs[] = {d->rows, d->lens, d->meta, d->ring, d->ws, d->ev, d->evws, d->stage};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) rkv_buffer_destroy(bufs[i]);
-  rkvi_free(a, d->slot_seq, d->slots * sizeof(int64_t));
-  rkvi_free(a, d->slot_last, d->slots * sizeof(int64_t));
+  rkvi_free(a, d->slot_seq, (d->slots + 1) * sizeof(int64_t));
+  rkvi_free(a, d->slot_last, (d->slots + 1) * sizeof(int64_t));
   rkvi_free(a, d->marked, d->c.nidx);
   rkvi_free(a, d->mlist, d->c.nidx * sizeof(int32_t));
   rkvi_free(a, d->hslot, d->c.max_seqs * sizeof(int32_t));
@@ -140,6 +142,7 @@ void rkvi_xdev_destroy(rkvi_xdev *d) {
   rkvi_free(a, d->old, d->old_cap * sizeof(int32_t));
   rkvi_free(a, d->newb, d->newb_cap * sizeof(int32_t));
   rkvi_free(a, d->freed, d->freed_cap * sizeof(int32_t));
+  for (size_t i = 0; i < 7; i++) rkvi_free(a, d->escr[i], d->escr_cap[i]);
   rkvi_free(a, d, sizeof *d);
 }
 
@@ -215,19 +218,38 @@ static int32_t slot_find(const rkvi_xdev *d, int64_t id) {
   return -1;
 }
 
-/* Doubles the ring (its contents move with it: slots keep their offsets). */
+bool rkvi_xdev_window_of(const rkvi_xdev *d, int64_t id) {
+  return d && d->ring && slot_find(d, id) >= 0;
+}
+
+uint32_t rkvi_xdev_windows_live(const rkvi_xdev *d) {
+  uint32_t n = 0;
+  for (uint32_t i = 0; d && d->ring && i < d->slots; i++) n += d->slot_seq[i] >= 0;
+  return n;
+}
+
+/* Doubles the ring (its contents move with it: slots keep their offsets). All or nothing: the
+ * slot tables are replaced only once the ring has grown. */
 static rkv_status ring_grow(rkvi_xdev *d) {
   const uint32_t ns = d->slots * 2;
-  int64_t *seq = rkvi_realloc(d->c.al, d->slot_seq, (d->slots + 1) * sizeof(int64_t),
-                              (ns + 1) * sizeof(int64_t), 16);
-  if (!seq) return rkvi_fail(d->err, RKV_ERR_NO_MEMORY, "query-window ring: slot table");
+  const size_t old_b = (d->slots + 1) * sizeof(int64_t), new_b = (ns + 1) * sizeof(int64_t);
+  int64_t *seq = rkvi_alloc(d->c.al, new_b, 16), *last = rkvi_alloc(d->c.al, new_b, 16);
+  rkv_status st = seq && last ? RKV_OK : RKV_ERR_NO_MEMORY;
+  if (st != RKV_OK)
+    rkvi_fail(d->err, st, "query-window ring: slot table of %u", ns);
+  else if ((st = rkv_buffer_reserve(d->ring, ring_slot_elems(d) * sizeof(float) * ns)) != RKV_OK)
+    be_fail(d, st, "query-window ring growth");
+  if (st != RKV_OK) {
+    rkvi_free(d->c.al, seq, new_b);
+    rkvi_free(d->c.al, last, new_b);
+    return st;
+  }
+  memcpy(seq, d->slot_seq, old_b);
+  memcpy(last, d->slot_last, old_b);
+  rkvi_free(d->c.al, d->slot_seq, old_b);
+  rkvi_free(d->c.al, d->slot_last, old_b);
   d->slot_seq = seq;
-  int64_t *last = rkvi_realloc(d->c.al, d->slot_last, (d->slots + 1) * sizeof(int64_t),
-                               (ns + 1) * sizeof(int64_t), 16);
-  if (!last) return rkvi_fail(d->err, RKV_ERR_NO_MEMORY, "query-window ring: slot table");
   d->slot_last = last;
-  rkv_status st = rkv_buffer_reserve(d->ring, ring_slot_elems(d) * sizeof(float) * ns);
-  if (st != RKV_OK) return be_fail(d, st, "query-window ring growth");
   for (uint32_t i = d->slots; i < ns; i++) d->slot_seq[i] = d->slot_last[i] = -1;
   d->slots = ns;
   return RKV_OK;
@@ -284,22 +306,65 @@ void rkvi_xdev_mark(rkvi_xdev *d, int32_t idx) {
   d->mlist[d->n_marked++] = idx;
 }
 
-/* Lays out the arena: metadata sections first, then one row group per marked entry, then (for
- * a batch that is not lockstep) every sequence's lengths. */
+/* The arena's layout for a step of n sequences (np prefill chunks), `marked` mirror entries to
+ * upload and, when `lens`, every sequence's lengths: metadata sections first (offsets in off[6]:
+ * seq_row, blen, all, qi, slot, pos), then one row group per marked entry, then the lengths.
+ * Returns the total; *rows_at and *lens_at are where the row groups and the lengths start. */
+static size_t arena_size(const rkvi_xdev *d, size_t n, size_t np, size_t marked, uint32_t stride,
+                         bool lens, size_t off[6], size_t *rows_at, size_t *lens_at) {
+  off[0] = 0;
+  off[1] = up(n * 4);
+  off[2] = off[1] + up(n * 4);
+  off[3] = off[2] + up((n + 1) * 4);
+  off[4] = off[3] + up((np + 1) * 4);
+  off[5] = off[4] + up(n * 4);
+  const size_t meta = off[5] + up(n * 8);
+  *rows_at = meta;
+  *lens_at = meta + marked * up((size_t)d->c.S * stride * 4);
+  return *lens_at + (lens ? n * up((size_t)d->c.S * 4) : 0);
+}
+
+/* Lays out the arena of this step (rkvi_xdev_step). */
 static size_t arena_layout(rkvi_xdev *d, const rkvi_xdev_step *st, size_t *rows_at,
                            size_t *lens_at) {
   const rkv_sched_plan *p = st->plan;
-  const size_t n = p->n_seqs, np = n - p->n_decode;
-  d->off_seq_row = 0;
-  d->off_blen = up(n * 4);
-  d->off_all = d->off_blen + up(n * 4);
-  d->off_qi = d->off_all + up((n + 1) * 4);
-  d->off_slot = d->off_qi + up((np + 1) * 4);
-  d->off_pos = d->off_slot + up(n * 4);
-  const size_t meta = d->off_pos + up(n * 8);
-  *rows_at = meta;
-  *lens_at = meta + d->n_marked * up((size_t)d->c.S * st->stride * 4);
-  return *lens_at + (st->blen ? 0 : n * up((size_t)d->c.S * 4));
+  size_t off[6];
+  const size_t total = arena_size(d, p->n_seqs, p->n_seqs - p->n_decode, d->n_marked, st->stride,
+                                  !st->blen, off, rows_at, lens_at);
+  d->off_seq_row = off[0];
+  d->off_blen = off[1];
+  d->off_all = off[2];
+  d->off_qi = off[3];
+  d->off_slot = off[4];
+  d->off_pos = off[5];
+  return total;
+}
+
+rkv_status rkvi_xdev_prepare(rkvi_xdev *d, const rkv_sched_plan *p, uint32_t windows,
+                             uint32_t stride, int64_t longest) {
+  rkv_status e = RKV_OK;
+  /* a step that did not reach its finish may have left copies from the arena in flight */
+  if (d->in_flight && (e = rkv_backend_sync(d->be)) != RKV_OK) return be_fail(d, e, "begin: sync");
+  d->in_flight = false;
+  while (d->ring && d->slots < windows) RKV_TRY(ring_grow(d));
+  /* sync_seq marks at most one entry per scheduled sequence */
+  size_t marked = (size_t)d->n_marked + p->n_seqs, off[6], rows_at = 0, lens_at = 0;
+  if (marked > d->c.nidx) marked = d->c.nidx;
+  const size_t total = arena_size(d, p->n_seqs, p->n_seqs - p->n_decode, marked, stride, true, off,
+                                  &rows_at, &lens_at);
+  size_t ws = 0;
+  const uint32_t most = p->n_seqs > p->n_decode ? p->n_seqs : p->n_decode;
+  if (p->n_seqs &&
+      (e = rkv_attn_workspace_bound(d->c.pool, most, d->c.Hq, d->c.d, longest, &ws)) != RKV_OK)
+    return be_fail(d, e, "begin: attention workspace");
+  RKV_TRY(bgrow(d, d->stage, total, "begin: staging arena"));
+  RKV_TRY(bgrow(d, d->meta, lens_at, "begin: step metadata"));
+  RKV_TRY(bgrow(d, d->ws, ws + 64, "begin: attention workspace"));
+  const size_t mirror = (size_t)d->c.nidx * d->c.S * stride * 4;
+  if (mirror > rkv_buffer_size(d->rows) &&
+      (e = rkv_buffer_reserve(d->rows, mirror)) != RKV_OK) /* exact: the mirror doubles itself */
+    return be_fail(d, e, "begin: device table mirror");
+  return RKV_OK;
 }
 
 static rkv_status fill_meta(rkvi_xdev *d, const rkvi_xdev_step *st, unsigned char *h) {
@@ -575,30 +640,54 @@ typedef struct emu_scratch {
   size_t sz[7];
 } emu_scratch;
 
-static void emu_free(const rkvi_xdev *d, emu_scratch *s) {
-  void *p[] = {s->keys, s->qs, s->acc, s->ksc, s->keep, s->kv, s->ws};
-  for (size_t i = 0; i < 7; i++) rkvi_free(d->c.al, p[i], s->sz[i]);
-}
-
-static rkv_status emu_alloc(const rkvi_xdev *d, const rkv_evict_params *ev, uint32_t ns,
-                            int32_t nmax, emu_scratch *s) {
-  memset(s, 0, sizeof *s);
+/* The scratch bytes of one emulated compression of ns streams of up to nmax tokens under ev. */
+static rkv_status emu_sizes(const rkvi_xdev *d, const rkv_evict_params *ev, uint32_t ns,
+                            int32_t nmax, size_t sz[7]) {
   const size_t D = d->c.d, G = d->c.Hq / d->c.Hkv, B = (size_t)ev->budget;
   const size_t row = D * rkv_dtype_size(rkv_kv_pool_layout(d->c.pool)->dtype);
   size_t dws = 0;
   RKV_TRY(rkv_evict_dense_workspace_size(ev, (uint32_t)D, nmax, &dws));
-  s->sz[0] = (size_t)nmax * D * 4;
-  s->sz[1] = G * (size_t)ev->window * D * 4 + 4;
-  s->sz[2] = (size_t)nmax * 4;
-  s->sz[3] = ns * B * 4;
-  s->sz[4] = B * 4;
-  s->sz[5] = ns * B * 2 * row;
-  s->sz[6] = dws + 64;
-  void **p[] = {
-      (void **)&s->keys, (void **)&s->qs, (void **)&s->acc, (void **)&s->ksc, (void **)&s->keep,
-      (void **)&s->kv,   &s->ws};
+  sz[0] = (size_t)nmax * D * 4;
+  sz[1] = G * (size_t)ev->window * D * 4 + 4;
+  sz[2] = (size_t)nmax * 4;
+  sz[3] = ns * B * 4;
+  sz[4] = B * 4;
+  sz[5] = ns * B * 2 * row;
+  sz[6] = dws + 64;
+  return RKV_OK;
+}
+
+/* Grows the persistent scratch to `sz` (contents not kept); all or nothing per array. */
+static rkv_status emu_reserve(rkvi_xdev *d, const size_t sz[7]) {
+  for (size_t i = 0; i < 7; i++) {
+    const size_t need = sz[i] ? sz[i] : 1;
+    if (need <= d->escr_cap[i]) continue;
+    void *n = rkvi_alloc(d->c.al, need, 64);
+    if (!n)
+      return rkvi_fail(d->err, RKV_ERR_NO_MEMORY, "emulated compression: scratch of %zu bytes",
+                       need);
+    rkvi_free(d->c.al, d->escr[i], d->escr_cap[i]);
+    d->escr[i] = n;
+    d->escr_cap[i] = need;
+  }
+  return RKV_OK;
+}
+
+/* The scratch of one launch, out of the persistent arrays rkvi_xdev_finish_prepare sized. */
+static rkv_status emu_alloc(const rkvi_xdev *d, const rkv_evict_params *ev, uint32_t ns,
+                            int32_t nmax, emu_scratch *s) {
+  memset(s, 0, sizeof *s);
+  RKV_TRY(emu_sizes(d, ev, ns, nmax, s->sz));
   for (size_t i = 0; i < 7; i++)
-    if (!(*p[i] = rkvi_alloc(d->c.al, s->sz[i] ? s->sz[i] : 1, 64))) return RKV_ERR_NO_MEMORY;
+    if (s->sz[i] > d->escr_cap[i]) return RKV_ERR_INTERNAL; /* sized before the cuts */
+  s->keys = d->escr[0];
+  s->qs = d->escr[1];
+  s->acc = d->escr[2];
+  s->ksc = d->escr[3];
+  s->keep = d->escr[4];
+  s->kv = d->escr[5];
+  s->ws = d->escr[6];
+  s->sz[6] = d->escr_cap[6];
   return RKV_OK;
 }
 
@@ -701,7 +790,6 @@ static rkv_status emu_compress(rkvi_xdev *d, const rkv_evict_params *ev,
   rkv_status st = emu_alloc(d, ev, b.num_streams, b.max_len, &s);
   if (st == RKV_OK) st = emu_gather(d, ev, &b, ring, &s);
   if (st == RKV_OK) emu_scatter(d, ev, &b, &s);
-  emu_free(d, &s);
   return st == RKV_OK
              ? RKV_OK
              : rkvi_fail(d->err, RKV_ERR_INTERNAL, "emulated compression: %s", rkv_status_str(st));
@@ -784,6 +872,74 @@ static rkv_status compress_all(rkvi_xdev *d, const rkv_exec_config *cfg, rkv_sch
   }
   RKV_TRY(flush(d, &x));
   return ret;
+}
+
+/* The compressions compress_all will run: flagged, not ending now, with an evicting policy. */
+static const rkv_evict_params *flagged(const rkvi_xdev *d, const rkv_exec_config *cfg,
+                                       const rkv_sched_output *outs, uint32_t i) {
+  const rkv_sched_seq *q = &d->plan->seqs[i];
+  const rkv_evict_params *ev = q->evict ? q->evict : &cfg->evict;
+  return q->compress && !outs[i].eos && rkvi_policy_info(ev->policy).evicts ? ev : NULL;
+}
+
+rkv_status rkvi_xdev_finish_prepare(rkvi_xdev *d, const rkv_exec_config *cfg,
+                                    const rkv_sched_output *outs) {
+  const rkv_sched_plan *p = d->plan;
+  const uint32_t per = d->c.L * d->c.Hkv, bs = d->c.bs;
+  uint64_t n_streams = 0, n_old = 0, n_new = 0;
+  int32_t max_len = 0;
+  for (uint32_t i = 0; i < p->n_seqs; i++) {
+    const rkv_evict_params *ev = flagged(d, cfg, outs, i);
+    if (!ev) continue;
+    const int64_t id = p->seqs[i].id;
+    uint32_t total = 0, excl = 0;
+    if (rkv_blockmgr_seq_footprint(d->c.bm, id, &total, &excl) != RKV_OK) continue;
+    for (uint32_t l = 0; l < d->c.L; l++)
+      for (uint32_t h = 0; h < d->c.Hkv; h++) {
+        int32_t len = 0;
+        (void)rkv_blockmgr_stream_len(d->c.bm, id, l, h, &len);
+        if (len > max_len) max_len = len;
+      }
+    n_streams += per;
+    n_old += total;
+    n_new += (uint64_t)per * ((uint64_t)ev->budget + bs - 1) / bs;
+  }
+  if (!n_streams) return RKV_OK;
+  if (n_streams + n_old + n_new > ((uint64_t)1 << 31))
+    return rkvi_fail(d->err, RKV_ERR_CAPACITY, "compress: %llu streams of %llu blocks",
+                     (unsigned long long)n_streams, (unsigned long long)n_old);
+  /* plan_seq's and flush's host arrays */
+  RKV_TRY(hgrow(d, (void **)&d->maps, &d->maps_cap, n_streams + per, sizeof *d->maps));
+  RKV_TRY(hgrow(d, (void **)&d->streams, &d->streams_cap, n_streams + per, sizeof *d->streams));
+  RKV_TRY(hgrow(d, (void **)&d->old, &d->old_cap, n_old + per, sizeof(int32_t)));
+  RKV_TRY(hgrow(d, (void **)&d->newb, &d->newb_cap, n_new + 1, sizeof(int32_t)));
+  RKV_TRY(hgrow(d, (void **)&d->freed, &d->freed_cap, n_old + 1, sizeof(int32_t)));
+  /* the packed descriptors (in the arena and on the device) and the launch's scratch */
+  size_t bytes = 0;
+  rkv_status st =
+      rkv_evict_cuda_pack(d->streams, (uint32_t)n_streams, d->old, (uint32_t)n_old, d->newb,
+                          (uint32_t)n_new, d->freed, (uint32_t)n_old, NULL, 0, NULL, NULL, &bytes);
+  if (st != RKV_OK) return rkvi_fail(d->err, RKV_ERR_INTERNAL, "compress: descriptor size");
+  RKV_TRY(bgrow(d, d->stage, bytes, "compress: staging arena"));
+  RKV_TRY(bgrow(d, d->ev, bytes, "compress: descriptors"));
+  size_t ws = 0, esz[7] = {0};
+  for (uint32_t i = 0; i < p->n_seqs; i++) {
+    const rkv_evict_params *ev = flagged(d, cfg, outs, i);
+    if (!ev) continue;
+    if (d->emu) {
+      size_t sz[7];
+      if (emu_sizes(d, ev, (uint32_t)n_streams, max_len, sz) != RKV_OK) continue;
+      for (size_t k = 0; k < 7; k++) esz[k] = sz[k] > esz[k] ? sz[k] : esz[k];
+    } else {
+      size_t n = 0;
+      if (rkv_evict_cuda_workspace_size(ev, d->c.pool, (uint32_t)n_streams, d->c.Hq / d->c.Hkv,
+                                        max_len, &n) == RKV_OK &&
+          n > ws)
+        ws = n;
+    }
+  }
+  if (d->emu) RKV_TRY(emu_reserve(d, esz));
+  return bgrow(d, d->evws, ws + 64, "compress: workspace");
 }
 
 rkv_status rkvi_xdev_finish(rkvi_xdev *d, const rkv_exec_config *cfg, rkv_sched_output *outs,

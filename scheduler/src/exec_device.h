@@ -49,7 +49,18 @@ size_t rkvi_xdev_memory_bytes(const rkvi_xdev *d);
 /* Text of the last failure (the executor copies it into its own). */
 const char *rkvi_xdev_last_error(const rkvi_xdev *d);
 
-/* Ring slots follow the KV: forked, dropped, kept across swaps, started afresh. */
+/* Whether id holds a ring slot (a query window), and how many slots are held. O(slots). */
+bool rkvi_xdev_window_of(const rkvi_xdev *d, int64_t id);
+uint32_t rkvi_xdev_windows_live(const rkvi_xdev *d);
+/* Takes, before the begin of plan p changes anything, everything its rkvi_xdev_windows and
+ * rkvi_xdev_begin will need: the wait for the last step's copies from the arena, ring slots for
+ * `windows` windows live at once, the staging arena, metadata and attention workspace for p
+ * (`longest` = its longest kv_len), and a device mirror of `stride` blocks per row. Capacity
+ * only: nothing observable changes, whether it succeeds or not. */
+rkv_status rkvi_xdev_prepare(rkvi_xdev *d, const rkv_sched_plan *p, uint32_t windows,
+                             uint32_t stride, int64_t longest);
+/* Ring slots follow the KV: forked, dropped, kept across swaps, started afresh. After
+ * rkvi_xdev_prepare only a failed transfer of the backend fails it. */
 rkv_status rkvi_xdev_windows(rkvi_xdev *d, const rkv_sched_plan *p);
 /* Mirror entry `idx` was rewritten on the host: its rows go up with the next begin. */
 void rkvi_xdev_mark(rkvi_xdev *d, int32_t idx);
@@ -59,6 +70,12 @@ rkv_status rkvi_xdev_begin(rkvi_xdev *d, const rkvi_xdev_step *st);
 /* One layer: q/k/v/out are DEVICE pointers of the pool's backend. */
 rkv_status rkvi_xdev_layer(rkvi_xdev *d, uint32_t layer, const float *q, const float *k,
                            const float *v, float *out);
+/* Grows, before the first compression of the open step is cut, everything rkvi_xdev_finish
+ * will allocate for the flagged sequences of outs (host arrays, the arena, the descriptor and
+ * workspace buffers, the emulated compression's scratch): a failure leaves every sequence as
+ * it was and the step open. Capacity only. */
+rkv_status rkvi_xdev_finish_prepare(rkvi_xdev *d, const rkv_exec_config *cfg,
+                                    const rkv_sched_output *outs);
 /* The step's flagged compressions as one batched launch per parameter set; fills outs. Every
  * compression is checked for fresh blocks before any is cut. Ends the step with a sync. */
 rkv_status rkvi_xdev_finish(rkvi_xdev *d, const rkv_exec_config *cfg, rkv_sched_output *outs,

@@ -99,10 +99,35 @@ RKV_API const char *rkv_exec_last_error(const rkv_exec *x);
  * windows), dropped ids, swap-outs, swap-ins, copy-on-write copies, started ids, then brings
  * the table mirror of every scheduled sequence up to date (only rows that changed) and lays
  * out the slot mapping. The plan must stay valid until rkv_exec_finish (it does until the next
- * rkv_sched_step). RKV_ERR_STATE (a step is open), RKV_ERR_INVALID_ARG (a request's policy
- * needs a query window of another size than the executor keeps, or none is kept),
- * RKV_ERR_CAPACITY (more than max_seqs sequences), RKV_ERR_NO_MEMORY (scratch or mirror
- * growth, before anything changed). */
+ * rkv_sched_step). RKV_ERR_STATE (a step is open), RKV_ERR_CAPACITY (more than max_seqs
+ * sequences, a table mirror over 2^32 entries, or more host query windows live at once, running
+ * and swapped out, than the block manager's max_seqs), RKV_ERR_NO_MEMORY (scratch, query
+ * windows, device buffers or mirror growth), RKV_ERR_INVALID_ARG for a plan this scheduler did
+ * not make for this block manager and executor, with a message naming the field and value.
+ * Every refusal comes before anything changes (query windows, pool bytes, the mirror); a plan
+ * that passes cannot make a later stage fail (on a device, a failed transfer of the backend
+ * still can: RKV_ERR_CUDA). Checked, in O(the plan's lists + scheduled sequences):
+ *  - arrays with a non-zero count are not NULL; n_seqs <= max_seqs; n_decode <= n_seqs;
+ *  - seqs: ids held by the block manager, none twice; the first n_decode are RKV_SCHED_DECODE
+ *    with n_tokens 1, the rest RKV_SCHED_PREFILL with n_tokens >= 1; n_tokens <= kv_len;
+ *    pos >= kv_len - n_tokens (== for a started id); evict, when given, names a policy (and
+ *    validates when compress is set), and a policy that reads queries uses the executor's
+ *    window size; n_batched_tokens is the sum of n_tokens; slot_layer_stride >=
+ *    n_batched_tokens x kv heads when slots are given;
+ *  - kv_len against the block manager: a sequence whose table rows re-sync holds kv_len
+ *    tokens there; one that was scheduled before (its mirror entry knows its lengths, after a
+ *    compression too) held exactly kv_len - n_tokens before the step, and with rows_changed 0
+ *    no stream takes a block (a boundary needs rows_changed 1). For a sequence new to its
+ *    mirror entry (admitted, forked, swapped in, or every one after the mirror grew) n_tokens
+ *    is only bounded as above;
+ *  - started and swapped_in ids are scheduled sequences, each listed once; dropped ids are not
+ *    live in the block manager unless started again;
+ *  - with query windows (a pool whose default policy reads queries): a fork's parent has a
+ *    window (or is an earlier fork's child) and its child none; a started id has none once the
+ *    drops ran; every scheduled sequence has one afterwards (started, forked or kept);
+ *  - copies: src and dst distinct block ids of the block manager's pool; with a pool, swaps:
+ *    device ids in the pool, host ids below host_blocks, no host block written twice by one
+ *    swap-out. */
 RKV_API rkv_status rkv_exec_begin(rkv_exec *x, const rkv_sched_plan *plan);
 
 /* One layer of the open step: writes the rows' K/V into their slots, runs paged attention

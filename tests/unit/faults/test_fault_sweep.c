@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <rkv/buffer_emu.h>
 #include <rkv/executor.h>
 #include <rkv/scheduler.h>
 
@@ -36,13 +37,13 @@ typedef struct fault {
   uint64_t bad_frees;
 } fault;
 
-#define HDR 64 /* >= every alignment librkv asks for; holds the block's size */
+#define HDR 256 /* >= every alignment librkv asks for (RKV_BUFFER_ALIGN); holds the size */
 
-static void *f_alloc(void *ctx, size_t size, size_t align) {
-  fault *f = ctx;
-  if (!f->paused) {
+static void *f_take(fault *f, size_t size, size_t align, bool counted) {
+  if (counted && !f->paused) {
     f->count++;
     if (f->fail_at && (f->count == f->fail_at || (f->persistent && f->count > f->fail_at))) {
+      if (getenv("FAIL_ABORT") && f->count == (uint64_t)atoll(getenv("FAIL_ABORT"))) abort();
       f->injected_in_call++;
       f->injected++;
       return NULL;
@@ -54,6 +55,18 @@ static void *f_alloc(void *ctx, size_t size, size_t align) {
   memcpy(p, &size, sizeof size);
   f->live++;
   return (char *)p + HDR;
+}
+
+static void *f_alloc(void *ctx, size_t size, size_t align) {
+  return f_take(ctx, size, align, true);
+}
+
+/* The emulated device's allocator: its buffers' memory (device and pinned, RKV_BUFFER_ALIGN:
+ * what cudaMalloc / cudaHostAlloc give on a GPU) fails like any other allocation; its own
+ * bookkeeping (the queue of transfers and the host bytes each saves to check the async rule,
+ * buffer handles) has no counterpart on a GPU and is never failed. */
+static void *f_alloc_dev(void *ctx, size_t size, size_t align) {
+  return f_take(ctx, size, align, align == RKV_BUFFER_ALIGN);
 }
 
 static void f_free(void *ctx, void *ptr, size_t size) {
@@ -78,22 +91,41 @@ typedef struct scenario {
   bool pool;       /* CPU pool; else the bookkeeping executor */
   bool plan_slots; /* plans carry the slot mapping (the executor then writes through it) */
   bool checks;     /* check_every_op and check_every_step: the walkers allocate inside calls */
+  bool emu;        /* the pool lives on the emulated device (<rkv/buffer_emu.h>) */
+  bool prefix;     /* prefix caching: requests share system prompts (rkv_sched_set_prefix) */
+  rkv_sched_prefix_rule rule;
   uint32_t requests;
   uint32_t burst; /* step of a late burst of two more requests */
   uint32_t max_steps;
 } scenario;
 
+#define PROTECT RKV_SCHED_PREFIX_PROTECT
+#define COPY RKV_SCHED_PREFIX_COPY
 static const scenario SCENARIOS[] = {
     {"optimistic-swap-pool", RKV_SCHED_OPTIMISTIC, RKV_SCHED_PREEMPT_SWAP, 40, 56, true, false,
-     false, 12, 40, 400},
+     false, false, false, PROTECT, 12, 40, 400},
     {"optimistic-recompute-bookkeeping", RKV_SCHED_OPTIMISTIC, RKV_SCHED_PREEMPT_RECOMPUTE, 0, 48,
-     false, true, false, 12, 40, 400},
+     false, true, false, false, false, PROTECT, 12, 40, 400},
     {"reserve-swap-pool-slots-checks", RKV_SCHED_RESERVE, RKV_SCHED_PREEMPT_SWAP, 24, 72, true,
-     true, true, 3, 16, 80},
+     true, true, false, false, PROTECT, 3, 16, 80},
+    {"prefix-protect-optimistic-swap-pool", RKV_SCHED_OPTIMISTIC, RKV_SCHED_PREEMPT_SWAP, 160, 56,
+     true, false, false, false, true, PROTECT, 10, 30, 400},
+    {"prefix-copy-optimistic-recompute-pool-slots", RKV_SCHED_OPTIMISTIC,
+     RKV_SCHED_PREEMPT_RECOMPUTE, 0, 48, true, true, false, false, true, COPY, 10, 30, 400},
+    {"emu-device-prefix-copy-optimistic-swap", RKV_SCHED_OPTIMISTIC, RKV_SCHED_PREEMPT_SWAP, 40, 56,
+     true, false, false, true, true, COPY, 10, 30, 400},
 };
 
 static const rkv_evict_policy POLICIES[] = {RKV_EVICT_RKV, RKV_EVICT_SNAPKV, RKV_EVICT_STREAMING,
                                             RKV_EVICT_H2O, RKV_EVICT_FULL};
+
+/* Prefix scenarios: every request starts with one of two system prompts (2 and 3 blocks) */
+enum { N_SYS = 2, MAX_SYS_BLOCKS = 3 };
+static const uint32_t SYS_LEN[N_SYS] = {2 * BLOCK, 3 * BLOCK};
+
+static int32_t sys_token(uint32_t sys, uint32_t pos) {
+  return (int32_t)(1000 * (sys + 1) + pos);
+}
 
 static rkv_evict_params policy_params(rkv_evict_policy pol) {
   rkv_evict_params e = RKV_EVICT_PARAMS_INIT;
@@ -128,12 +160,16 @@ typedef struct run {
   uint64_t nomem_calls, swallowed;
   uint32_t forks;                                            /* forks that succeeded */
   enum { PH_IDLE, PH_STEPPED, PH_BEGUN, PH_FINISHED } phase; /* where the step stands */
+  rkv_allocator dev_al; /* the emulated device's: only its buffers' memory fails */
   rkv_blockmgr *bm;
   rkv_sched *s;
   rkv_backend *be;
   rkv_kv_pool *pool;
   rkv_exec *x;
+  rkv_buffer *dq, *dk, *dv, *dout; /* the engine's DEVICE rows on the emulated device */
   rkv_evict_params ev[5];
+  uint64_t sys_hash[N_SYS][MAX_SYS_BLOCKS];
+  uint8_t sys_of[MAX_IDS]; /* the system prompt of each id (prefix scenarios) */
   int64_t ids[MAX_IDS];
   uint32_t n_ids;
   int64_t next_id;
@@ -244,6 +280,25 @@ static uint64_t digest(run *r) {
                  (uint64_t)(r->x != NULL) << 2 | (uint64_t)(r->pool != NULL) << 3);
   if (r->bm) h = digest_bm(r, h);
   if (r->s) h = digest_sched(r, h);
+  if (r->sc->prefix && r->bm && r->s) {
+    rkv_prefix_stats ps;
+    memset(&ps, 0, sizeof ps);
+    ps.struct_size = sizeof ps;
+    (void)rkv_blockmgr_prefix_stats(r->bm, &ps);
+    const uint64_t f[] = {ps.entries,    ps.cached_blocks, ps.reclaimable_blocks, ps.lookups,
+                          ps.hit_groups, ps.inserted,      ps.invalidated,        ps.reclaimed};
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) h = mix(h, f[i]);
+    rkv_sched_prefix_stats ss;
+    memset(&ss, 0, sizeof ss);
+    ss.struct_size = sizeof ss;
+    (void)rkv_sched_get_prefix_stats(r->s, &ss);
+    h = mix(mix(mix(mix(h, ss.admissions), ss.admissions_hit), ss.hashed_tokens), ss.hit_tokens);
+    for (uint32_t k = 0; k < N_SYS; k++) {
+      uint32_t hit = 0;
+      (void)rkv_blockmgr_prefix_match(r->bm, r->sys_hash[k], SYS_LEN[k] / BLOCK, &hit);
+      h = mix(h, hit);
+    }
+  }
   if (r->pool) {
     const uint32_t nb = r->sc->num_blocks;
     rkv_kv_layout lay = rkv_blockmgr_kv_layout(r->bm);
@@ -368,11 +423,19 @@ static float hashf(uint64_t a, uint64_t b) {
   return (float)((double)(z >> 11) / 9007199254740992.0 * 2.0 - 1.0);
 }
 
+/* What the model sees at (id, pos): in prefix scenarios the system prompt's tokens are the
+ * same for every request that starts with it (so are their Q/K/V). */
+static uint64_t token_of(const run *r, int64_t id, int64_t pos) {
+  if (r->sc->prefix && id < MAX_IDS && pos < (int64_t)SYS_LEN[r->sys_of[id]])
+    return (uint64_t)sys_token(r->sys_of[id], (uint32_t)pos);
+  return (uint64_t)id << 32 | (uint64_t)pos;
+}
+
 static void fill_qkv(run *r, const rkv_sched_plan *p, uint32_t l) {
   uint32_t row = 0;
   for (uint32_t i = 0; i < p->n_seqs; i++)
     for (uint32_t t = 0; t < p->seqs[i].n_tokens; t++, row++) {
-      const uint64_t tok = (uint64_t)p->seqs[i].id << 32 | (uint64_t)(p->seqs[i].pos + t);
+      const uint64_t tok = token_of(r, p->seqs[i].id, p->seqs[i].pos + (int64_t)t);
       for (uint32_t e = 0; e < Q_HEADS * HEAD_DIM; e++)
         r->q[row * Q_HEADS * HEAD_DIM + e] = hashf(tok, l * 4096u + e);
       for (uint32_t e = 0; e < KV_HEADS * HEAD_DIM; e++) {
@@ -382,10 +445,28 @@ static void fill_qkv(run *r, const rkv_sched_plan *p, uint32_t l) {
     }
 }
 
+/* On the emulated device Q/K/V go up into DEVICE rows and the output comes back down (the
+ * transfers and the sync allocate only the emulator's uncounted bookkeeping). */
+static rkv_status run_layer_emu(run *r, const rkv_sched_plan *p, uint32_t l) {
+  const size_t qb = (size_t)p->n_batched_tokens * Q_HEADS * HEAD_DIM * 4;
+  const size_t kb = (size_t)p->n_batched_tokens * KV_HEADS * HEAD_DIM * 4;
+  rkv_status st = rkv_buffer_upload(r->dq, 0, r->q, qb);
+  if (st == RKV_OK) st = rkv_buffer_upload(r->dk, 0, r->k, kb);
+  if (st == RKV_OK) st = rkv_buffer_upload(r->dv, 0, r->v, kb);
+  if (st != RKV_OK) return RKV_ERR_INTERNAL;
+  st = rkv_exec_layer(r->x, l, rkv_buffer_ptr(r->dq), rkv_buffer_ptr(r->dk), rkv_buffer_ptr(r->dv),
+                      rkv_buffer_ptr(r->dout));
+  /* the host's rows must stay put until the copies ran, whatever the layer returned */
+  const rkv_status t = rkv_buffer_download(r->dout, 0, r->out, qb);
+  const rkv_status y = rkv_backend_sync(r->be);
+  return st != RKV_OK ? st : t != RKV_OK || y != RKV_OK ? RKV_ERR_INTERNAL : RKV_OK;
+}
+
 static rkv_status run_layer(run *r, const rkv_sched_plan *p, uint32_t l, uint64_t *out) {
   fill_qkv(r, p, l);
   memset(r->out, 0, sizeof r->out);
-  const rkv_status st = rkv_exec_layer(r->x, l, r->q, r->k, r->v, r->out);
+  const rkv_status st =
+      r->sc->emu ? run_layer_emu(r, p, l) : rkv_exec_layer(r->x, l, r->q, r->k, r->v, r->out);
   *out =
       st == RKV_OK ? mix_bytes(l, r->out, (size_t)p->n_batched_tokens * Q_HEADS * HEAD_DIM * 4) : 0;
   return st;
@@ -424,14 +505,28 @@ static int64_t pick(run *r, rkv_sched_state state, uint32_t skip) {
   return -1;
 }
 
-/* The backend and pool are not under test: created with the plain allocator, uncounted. */
+/* The backend and pool are not under test: created with the plain allocator, uncounted. The
+ * emulated device's takes the run's allocator for the buffers the executor grows (the
+ * engine's own DEVICE rows are made here, uncounted). */
 static rkv_status make_pool(run *r) {
   rkv_backend_config bec = RKV_BACKEND_CONFIG_INIT;
   bec.kind = RKV_BACKEND_CPU;
   bec.num_threads = 1;
   rkv_kv_layout lay = rkv_blockmgr_kv_layout(r->bm);
   r->f.paused = true;
-  rkv_status st = rkv_backend_create(&bec, &r->be);
+  rkv_status st;
+  if (r->sc->emu) {
+    bec.allocator = &r->dev_al;
+    st = rkv_backend_create_emulated(&bec, &r->be);
+    const size_t qb = MAX_TOKENS * Q_HEADS * HEAD_DIM * 4,
+                 kb = MAX_TOKENS * KV_HEADS * HEAD_DIM * 4;
+    if (st == RKV_OK) st = rkv_buffer_create(r->be, RKV_BUFFER_DEVICE, qb, &r->dq);
+    if (st == RKV_OK) st = rkv_buffer_create(r->be, RKV_BUFFER_DEVICE, kb, &r->dk);
+    if (st == RKV_OK) st = rkv_buffer_create(r->be, RKV_BUFFER_DEVICE, kb, &r->dv);
+    if (st == RKV_OK) st = rkv_buffer_create(r->be, RKV_BUFFER_DEVICE, qb, &r->dout);
+  } else {
+    st = rkv_backend_create(&bec, &r->be);
+  }
   if (st == RKV_OK) st = rkv_kv_pool_create(r->be, &lay, r->sc->num_blocks, &r->pool);
   if (st == RKV_OK) r->pool_copy = malloc((size_t)r->sc->num_blocks * rkv_kv_block_bytes(&lay));
   r->f.paused = false;
@@ -450,6 +545,7 @@ static void create_all(run *r) {
   bc.max_seqs = 16;
   bc.watermark = 0.02f;
   bc.check_every_op = sc->checks;
+  bc.prefix_cache = sc->prefix;
   bc.allocator = &r->al;
   CALL(r, "blockmgr_create", st_ = rkv_blockmgr_create(&bc, &r->bm));
   if (sc->pool) CALL(r, "pool_create", st_ = make_pool(r));
@@ -464,6 +560,8 @@ static void create_all(run *r) {
   c.allocator = &r->al;
   c.check_every_step = sc->checks;
   c.plan_slots = sc->plan_slots;
+  c.prefix_cache = sc->prefix;
+  c.prefix_rule = sc->rule;
   CALL(r, "sched_create", st_ = rkv_sched_create(&c, r->bm, &r->s, NULL, 0));
   rkv_exec_config xc = RKV_EXEC_CONFIG_INIT;
   xc.num_q_heads = Q_HEADS;
@@ -477,12 +575,20 @@ static void create_all(run *r) {
 static void destroy_all(run *r) {
   r->f.paused = true;
   rkv_exec_destroy(r->x);
+  rkv_buffer *bufs[] = {r->dq, r->dk, r->dv, r->dout};
+  for (size_t i = 0; i < 4; i++) rkv_buffer_destroy(bufs[i]);
+  if (r->be && rkv_emu_hazards(r->be)) {
+    r->f.paused = false;
+    violation(r, "end", "the emulated device saw a hazard:", rkv_emu_hazard_text(r->be));
+    r->f.paused = true;
+  }
   rkv_sched_destroy(r->s);
   rkv_kv_pool_destroy(r->pool);
   rkv_backend_destroy(r->be);
   rkv_blockmgr_destroy(r->bm);
   free(r->pool_copy);
   r->x = NULL, r->s = NULL, r->pool = NULL, r->be = NULL, r->bm = NULL, r->pool_copy = NULL;
+  r->dq = r->dk = r->dv = r->dout = NULL;
   r->f.paused = false;
 }
 
@@ -501,8 +607,14 @@ static void steps(run *r) {
       rq.priority = (int32_t)(i % 3 == 2);
       rq.arrival = (double)step;
       rq.evict = &r->ev[i % 5];
+      const uint32_t sys = i % N_SYS;
+      if (sc->prefix) rq.prompt_len = SYS_LEN[sys] + 1 + rq.prompt_len % 8;
+      if (rq.id < MAX_IDS) r->sys_of[rq.id] = (uint8_t)sys;
       track(r, rq.id);
       CALL(r, "add_request", st_ = rkv_sched_add_request(r->s, &rq));
+      if (sc->prefix)
+        CALL(r, "set_prefix",
+             st_ = rkv_sched_set_prefix(r->s, rq.id, r->sys_hash[sys], SYS_LEN[sys] / BLOCK));
     }
     if (step % 9 == 5) {
       const int64_t parent = pick(r, RKV_SCHED_RUNNING, step % 2);
@@ -513,6 +625,7 @@ static void steps(run *r) {
         r->f.paused = true;
         (void)rkv_sched_get_request(r->s, parent, &info);
         r->f.paused = false;
+        if (child < MAX_IDS && parent < MAX_IDS) r->sys_of[child] = r->sys_of[parent];
         CALL(r, "fork", st_ = rkv_sched_fork(r->s, parent, child, info.generated + 5));
         r->forks += r->want->status[r->call - 1] == RKV_OK;
       }
@@ -551,12 +664,24 @@ static void steps(run *r) {
   }
 }
 
-static void run_once(run *r) {
+/* A run's allocators, policies and system prompts. */
+static void run_init(run *r) {
   for (uint32_t i = 0; i < 5; i++) r->ev[i] = policy_params(POLICIES[i]);
   r->al.alloc = f_alloc;
   r->al.free = f_free;
   r->al.ctx = &r->f;
+  r->dev_al = r->al;
+  r->dev_al.alloc = f_alloc_dev;
   r->next_id = 1;
+  for (uint32_t k = 0; k < N_SYS; k++) {
+    int32_t toks[MAX_SYS_BLOCKS * BLOCK];
+    for (uint32_t p = 0; p < SYS_LEN[k]; p++) toks[p] = sys_token(k, p);
+    (void)rkv_prefix_hash_blocks(toks, SYS_LEN[k], BLOCK, 0, r->sys_hash[k], MAX_SYS_BLOCKS);
+  }
+}
+
+static void run_once(run *r) {
+  run_init(r);
   create_all(r);
   if (!r->dead) steps(r);
   destroy_all(r);
@@ -579,17 +704,17 @@ static void sweep(const scenario *sc) {
   r->record = true;
   TRACE.empty = mix(mix(0x5eed, 0), 0);
   /* the fault-free run: its allocation count bounds k */
-  for (uint32_t i = 0; i < 5; i++) r->ev[i] = policy_params(POLICIES[i]);
-  r->al.alloc = f_alloc;
-  r->al.free = f_free;
-  r->al.ctx = &r->f;
-  r->next_id = 1;
+  run_init(r);
   create_all(r);
   rkv_sched_metrics m;
   memset(&m, 0, sizeof m);
+  rkv_sched_prefix_stats ps;
+  memset(&ps, 0, sizeof ps);
+  ps.struct_size = sizeof ps;
   if (!r->dead) {
     steps(r);
     rkv_sched_get_metrics(r->s, &m);
+    (void)rkv_sched_get_prefix_stats(r->s, &ps);
   }
   destroy_all(r);
   const uint64_t total = r->f.count;
@@ -597,11 +722,14 @@ static void sweep(const scenario *sc) {
   EXPECT(total > 0);
   printf(
       "%s: fault-free: %u calls, %llu allocations; %llu steps, %llu finished, %llu aborted, "
-      "%llu preempted (%llu swap, %llu recompute), %llu compressions, %u forks\n",
+      "%llu preempted (%llu swap, %llu recompute), %llu compressions, %u forks, %llu of %llu "
+      "hashed admissions hit the prefix cache (%llu tokens)\n",
       sc->name, TRACE.n, (unsigned long long)total, (unsigned long long)m.steps,
       (unsigned long long)m.num_finished, (unsigned long long)m.num_aborted,
       (unsigned long long)m.num_preemptions, (unsigned long long)m.num_preempt_swap,
-      (unsigned long long)m.num_preempt_recompute, (unsigned long long)m.compressions, r->forks);
+      (unsigned long long)m.num_preempt_recompute, (unsigned long long)m.compressions, r->forks,
+      (unsigned long long)ps.admissions_hit, (unsigned long long)ps.admissions,
+      (unsigned long long)ps.hit_tokens);
   free(r);
   if (violations) return;
   for (int persistent = 0; persistent < 2; persistent++) {
@@ -636,8 +764,9 @@ static void sweep(const scenario *sc) {
   }
 }
 
-int main(void) {
-  for (size_t i = 0; i < sizeof SCENARIOS / sizeof SCENARIOS[0]; i++) sweep(&SCENARIOS[i]);
+int main(int argc, char **argv) {
+  for (size_t i = 0; i < sizeof SCENARIOS / sizeof SCENARIOS[0]; i++)
+    if (argc < 2 || strcmp(argv[1], SCENARIOS[i].name) == 0) sweep(&SCENARIOS[i]);
   printf("fault sweep: %d violations\n", violations);
   return rkv_test_finish();
 }

@@ -1,7 +1,7 @@
 # Allocation-failure tests (tests/CMakeLists.txt registers each test_*.c here as
 # faults_<name>): the sweep fails every allocation of a serving workload in turn and holds
-# every failed call to "nothing changed", then the run to the fault-free results. CI budget:
-# well under a minute in the ci and asan presets.
+# every failed call to "nothing changed", then the run to the fault-free results. Six scenarios
+# (docs/TESTING.md); CI budget: about 10 s in the ci preset, under a minute under ASan.
 if(TARGET faults_test_fault_sweep)
   set_tests_properties(faults_test_fault_sweep PROPERTIES TIMEOUT 300)
 endif()
