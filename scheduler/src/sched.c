@@ -962,8 +962,9 @@ static rkv_status preempt(rkv_sched *s, req *r) {
  * them in this step, before anything reads them) and extends the protected prefix over what
  * is computed. Neither call allocates. */
 static rkv_status prefill_prefix(rkv_sched *s, req *r) {
-  if (!r->n_hashes) return RKV_OK;
-  if (s->cfg.prefix_cache) {
+  /* a fork child carries its parent's protection without hashes: a recompute re-protects */
+  if (!r->n_hashes && !r->protect) return RKV_OK;
+  if (s->cfg.prefix_cache && r->n_hashes) {
     uint64_t full = (uint64_t)r->kv_len / s->block_size;
     if (full > r->n_hashes) full = r->n_hashes;
     RKV_TRY(rkv_blockmgr_prefix_insert(s->bm, r->id, r->hashes, (uint32_t)full, NULL));

@@ -108,7 +108,7 @@ static const scenario SCENARIOS[] = {
      false, true, false, false, false, PROTECT, 12, 40, 400},
     {"reserve-swap-pool-slots-checks", RKV_SCHED_RESERVE, RKV_SCHED_PREEMPT_SWAP, 24, 72, true,
      true, true, false, false, PROTECT, 3, 16, 80},
-    {"prefix-protect-optimistic-swap-pool", RKV_SCHED_OPTIMISTIC, RKV_SCHED_PREEMPT_SWAP, 160, 56,
+    {"prefix-protect-optimistic-swap-pool", RKV_SCHED_OPTIMISTIC, RKV_SCHED_PREEMPT_SWAP, 40, 56,
      true, false, false, false, true, PROTECT, 10, 30, 400},
     {"prefix-copy-optimistic-recompute-pool-slots", RKV_SCHED_OPTIMISTIC,
      RKV_SCHED_PREEMPT_RECOMPUTE, 0, 48, true, true, false, false, true, COPY, 10, 30, 400},
