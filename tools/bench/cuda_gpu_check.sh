@@ -10,7 +10,8 @@
 #   env        GPU model, driver, CUDA, compute-sanitizer, PyTorch versions (nvidia-smi, nvcc)
 #   build      configure + build of the `gpu` preset (CUDA and GPU tests required), --jobs jobs
 #   test       ctest -L gpu (GPU tests required: a skip fails; sim_cuda_gpu_matches_cpu and
-#              model_eval_cuda run the executor's CUDA path through the tools), then the
+#              model_eval_cuda run the executor's CUDA path through the tools, the former
+#              also under overlap scheduling with swap), then the
 #              executor's device-path tests on the emulated device (scheduler_test_exec_device,
 #              sim_emu_matches_cpu) in the same gpu-preset build
 #   eval       rkv eval --backend cuda --compare-cpu on the trained model (accuracies must match)
