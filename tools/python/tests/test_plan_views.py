@@ -114,3 +114,36 @@ def test_fork_and_abort_in_plans():
     s.check()
     x.check()
     assert "rkv_sched_steps" in s.metrics_prometheus() or "rkv_" in s.metrics_prometheus()
+
+
+def test_overlap_plans_in_flight():
+    """overlap=True: one more step while a plan is unreported; its views stay valid until the
+    step after; reports go to the oldest plan; the executor runs the loop of docs/OVERLAP.md."""
+    bm, s = make(plan_slots=False, overlap=True,
+                 evict=librkv.EvictParams("streaming", budget=8, window=4, buffer=2, sinks=2))
+    with pytest.raises(librkv.RkvError):
+        make(plan_slots=True, overlap=True)  # they exclude each other
+    for i in range(4):
+        s.add_request(i, 6 + i, 20)
+    x = librkv.Executor.for_scheduler(s, None, H)
+    p = s.step()
+    steps = 0
+    while True:
+        x.begin(p)
+        nxt = s.step() if s.metrics()["num_running"] else None
+        if nxt is not None:
+            assert not p.stale and not nxt.stale  # both plans readable while one is in flight
+            assert nxt.step == p.step + 1
+            with pytest.raises(librkv.RkvError):
+                s.step()  # two unreported plans at most
+        s.report(x.finish())
+        s.check()
+        steps += 1
+        m = s.metrics()
+        if nxt is None:
+            if not (m["num_running"] or m["num_waiting"]):
+                break
+            nxt = s.step()
+        p = nxt
+    assert s.metrics()["num_finished"] == 4 and s.metrics()["generation_tokens"] == 80
+    assert steps < 200
