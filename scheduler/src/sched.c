@@ -55,8 +55,10 @@ typedef struct req {
   uint64_t *hashes;
   uint32_t n_hashes;
   int32_t protect;
-  bool starting; /* admitted this step: its first chunk announces it in plan.started */
-  bool evicts;   /* the policy table: its policy ever compresses */
+  uint32_t hit_groups; /* hashes[0..hit_groups) are cached groups it shared at admission and
+                        * reserves through the group counts, not in its own bound */
+  bool starting;       /* admitted this step: its first chunk announces it in plan.started */
+  bool evicts;         /* the policy table: its policy ever compresses */
 } req;
 
 /* One plan's arrays. config.overlap keeps two: the plan made while the previous one still
@@ -116,7 +118,13 @@ struct rkv_sched {
   uint64_t next_order;
 
   queue waiting, running, swapped;
-  uint64_t reserved;
+  uint64_t reserved; /* the running requests' own bounds + streams x grp_n (shared groups) */
+  /* shared prefix groups under the protect rule: hash -> running requests that hit it (open
+   * addressing, count 0 = empty); each group with a count is reserved once */
+  uint64_t *grp_key;
+  uint32_t *grp_cnt;
+  uint32_t grp_cap, grp_n;
+  uint64_t hashes_live; /* block hashes attached to live requests: bounds grp_n */
 
   /* host pool */
   int32_t *host_next; /* [host_blocks] chain links */
@@ -250,6 +258,7 @@ static void map_del(rkv_sched *s, int64_t id) {
 static void req_free(rkv_sched *s, req *r) {
   if (r->lens) rkvi_free(s->alloc, r->lens, sizeof(int32_t) * s->streams);
   if (r->hashes) rkvi_free(s->alloc, r->hashes, sizeof(uint64_t) * r->n_hashes);
+  s->hashes_live -= r->n_hashes;
   rkvi_free(s->alloc, r, sizeof(req));
 }
 
@@ -318,11 +327,104 @@ static uint32_t reserve_capacity(const rkv_sched *s) {
   return total > w ? total - w : 0;
 }
 
+/* ---- shared prefix groups in the reservation ----------------------------------------------
+ * Under the protect rule with the prefix cache, a request that shares h cached groups at
+ * admission holds them unchanged for its whole run (a protected prefix is never compacted).
+ * Its own bound leaves them out; each group is reserved once, while any running request that
+ * hit it runs. The group's first owner (the request that computed it) still counts it in its
+ * own bound, so a group is reserved at most twice, whatever the number of sharers, and never
+ * under-counted when the owner finishes first. */
+
+static bool groups_counted(const rkv_sched *s) {
+  return s->cfg.prefix_cache && s->cfg.prefix_rule == RKV_SCHED_PREFIX_PROTECT;
+}
+
+static uint32_t grp_slot(const rkv_sched *s, uint64_t key) {
+  uint32_t i = (uint32_t)(mix64(key) & (s->grp_cap - 1));
+  while (s->grp_cnt[i] && s->grp_key[i] != key) i = (i + 1) & (s->grp_cap - 1);
+  return i;
+}
+
+static uint32_t grp_count(const rkv_sched *s, uint64_t key) {
+  return s->grp_cap ? s->grp_cnt[grp_slot(s, key)] : 0;
+}
+
+/* Room for every hash live requests carry (grp_n never exceeds it): taken by set_prefix, so
+ * admission and release never allocate. */
+static rkv_status grp_reserve(rkv_sched *s, uint64_t keys) {
+  if (keys * 2 <= s->grp_cap) return RKV_OK;
+  uint64_t cap = s->grp_cap ? s->grp_cap : 64;
+  while (keys * 2 > cap) cap *= 2;
+  if (cap > (1u << 30)) return rkvi_fail(s->err, RKV_ERR_NO_MEMORY, "prefix group map full");
+  uint64_t *nk = rkvi_calloc(s->alloc, sizeof(uint64_t) * cap, 16);
+  uint32_t *nc = nk ? rkvi_calloc(s->alloc, sizeof(uint32_t) * cap, 16) : NULL;
+  if (!nc) {
+    rkvi_free(s->alloc, nk, sizeof(uint64_t) * cap);
+    return rkvi_fail(s->err, RKV_ERR_NO_MEMORY, "prefix group map of %llu entries",
+                     (unsigned long long)cap);
+  }
+  uint64_t *ok = s->grp_key;
+  uint32_t *oc = s->grp_cnt, old = s->grp_cap;
+  s->grp_key = nk;
+  s->grp_cnt = nc;
+  s->grp_cap = (uint32_t)cap;
+  for (uint32_t i = 0; i < old; i++)
+    if (oc[i]) {
+      const uint32_t j = grp_slot(s, ok[i]);
+      s->grp_key[j] = ok[i];
+      s->grp_cnt[j] = oc[i];
+    }
+  rkvi_free(s->alloc, ok, sizeof(uint64_t) * old);
+  rkvi_free(s->alloc, oc, sizeof(uint32_t) * old);
+  return RKV_OK;
+}
+
+/* Groups among r's first h hashes no running request has hit yet: reserved anew if r runs. */
+static uint32_t grp_new(const rkv_sched *s, const req *r, uint32_t h) {
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < h; i++) n += grp_count(s, r->hashes[i]) == 0;
+  return n;
+}
+
+static void grp_take(rkv_sched *s, req *r, uint32_t h) {
+  for (uint32_t i = 0; i < h; i++) {
+    const uint32_t j = grp_slot(s, r->hashes[i]);
+    if (!s->grp_cnt[j]++) {
+      s->grp_key[j] = r->hashes[i];
+      s->grp_n++;
+      s->reserved += s->streams;
+    }
+  }
+  r->hit_groups = h;
+}
+
+static void grp_drop(rkv_sched *s, req *r) {
+  const uint32_t mask = s->grp_cap - 1;
+  for (uint32_t i = 0; i < r->hit_groups; i++) {
+    uint32_t j = grp_slot(s, r->hashes[i]);
+    RKV_ASSERT(s->grp_cnt[j] > 0);
+    if (--s->grp_cnt[j]) continue;
+    s->grp_n--;
+    s->reserved -= s->streams;
+    /* backward-shift deletion: re-place the rest of the cluster */
+    for (uint32_t k = (j + 1) & mask; s->grp_cnt[k]; k = (k + 1) & mask) {
+      const uint64_t key = s->grp_key[k];
+      const uint32_t cnt = s->grp_cnt[k];
+      s->grp_cnt[k] = 0;
+      const uint32_t to = grp_slot(s, key);
+      s->grp_key[to] = key;
+      s->grp_cnt[to] = cnt;
+    }
+  }
+  r->hit_groups = 0;
+}
+
 static void release_reservation(rkv_sched *s, req *r) {
   if (r->reserved) {
     s->reserved -= r->bound;
     r->reserved = false;
   }
+  if (r->hit_groups) grp_drop(s, r);
 }
 
 /* Free blocks of the usable pool during plan_step. The used count is read once per step (O(1)
@@ -622,6 +724,8 @@ void rkv_sched_destroy(rkv_sched *s) {
   }
   rkvi_free(a, s->finished, sizeof(int64_t) * (s->fin_cap + 1));
   rkvi_free(a, s->forks, sizeof(*s->forks) * (s->forks_cap + 1));
+  rkvi_free(a, s->grp_key, sizeof(uint64_t) * s->grp_cap);
+  rkvi_free(a, s->grp_cnt, sizeof(uint32_t) * s->grp_cap);
   rkvi_free(a, s->host_next, sizeof(int32_t) * (hb + 1));
   rkvi_free(a, s->host_free, sizeof(int32_t) * (hb + 1));
   rkvi_free(a, s, sizeof *s);
@@ -757,6 +861,7 @@ rkv_status rkv_sched_set_prefix(rkv_sched *s, int64_t id, const uint64_t *block_
                      "set_prefix: request %lld with %d protected tokens can never fit: needs up "
                      "to %llu blocks, %u usable",
                      (long long)id, protect, (unsigned long long)bound, reserve_capacity(s));
+  if (groups_counted(s)) RKV_TRY(grp_reserve(s, s->hashes_live - r->n_hashes + n));
   uint64_t *h = NULL;
   if (n) {
     h = rkvi_alloc(s->alloc, sizeof(uint64_t) * n, 16);
@@ -764,6 +869,7 @@ rkv_status rkv_sched_set_prefix(rkv_sched *s, int64_t id, const uint64_t *block_
     memcpy(h, block_hashes, sizeof(uint64_t) * n);
   }
   if (r->hashes) rkvi_free(s->alloc, r->hashes, sizeof(uint64_t) * r->n_hashes);
+  s->hashes_live += (uint64_t)n - r->n_hashes;
   r->hashes = h;
   r->n_hashes = n;
   r->protect = protect;
@@ -857,6 +963,7 @@ rkv_status rkv_sched_fork(rkv_sched *s, int64_t parent, int64_t child, int64_t m
   r->prev = r->next = NULL;
   r->q = Q_NONE;
   r->sched[0] = r->sched[1] = 0;
+  r->hit_groups = 0; /* its bound is the full one: nothing it shares is left out */
   r->reported = false;
   r->preemptions = 0;
   r->compressions = 0;
@@ -1267,14 +1374,21 @@ static rkv_status plan_step(rkv_sched *s) {
     uint64_t first = rkv_blockmgr_blocks_for_tokens(s->bm, n) + hit_cost + cfresh;
     uint32_t f = bm_free(s);
     if (first + used_watermark > f) break;
-    if (s->cfg.admission == RKV_SCHED_RESERVE && s->reserved + bound > reserve_capacity(s)) break;
+    /* shared groups leave its own bound and are reserved once (groups_counted) */
+    const uint32_t shared = groups_counted(s) ? hit : 0;
+    const uint64_t own = bound - (uint64_t)s->streams * shared;
+    const uint64_t fresh_groups = (uint64_t)s->streams * grp_new(s, r, shared);
+    if (s->cfg.admission == RKV_SCHED_RESERVE &&
+        s->reserved + own + fresh_groups > reserve_capacity(s))
+      break;
     RKV_TRY(rkv_blockmgr_seq_create_cached(s->bm, r->id, r->hashes, hit));
     s->step_used += hit_cost;
     q_remove(s, r);
     q_insert(s, Q_RUNNING, r);
-    r->bound = bound;
+    r->bound = own;
     r->reserved = true;
-    s->reserved += bound;
+    s->reserved += own;
+    grp_take(s, r, shared);
     r->kv_len = (int32_t)hit * (int32_t)s->block_size;
     r->computed = r->kv_len;
     r->starting = true;
@@ -1647,12 +1761,21 @@ rkv_status rkv_sched_check(const rkv_sched *s_const) {
   if ((uint64_t)s->n_fin + s->live > s->fin_cap)
     return rkvi_fail(err, RKV_ERR_CORRUPT, "finished list: %u ids + %u live > capacity %u",
                      s->n_fin, s->live, s->fin_cap);
-  uint64_t reserved = 0, host_used = 0, map_n = 0;
+  uint64_t reserved = 0, host_used = 0, map_n = 0, hit_total = 0;
   for (uint32_t i = 0; i < s->map_cap; i++) {
     const req *r = s->map[i];
     if (!r) continue;
     map_n++;
     if (r->reserved) reserved += r->bound;
+    hit_total += r->hit_groups;
+    if (r->hit_groups && (!r->reserved || r->hit_groups > r->n_hashes))
+      return rkvi_fail(err, RKV_ERR_CORRUPT, "request %lld: %u shared groups counted, %s",
+                       (long long)r->id, r->hit_groups,
+                       r->reserved ? "more than its hashes" : "not running");
+    for (uint32_t g = 0; g < r->hit_groups; g++)
+      if (!grp_count(s, r->hashes[g]))
+        return rkvi_fail(err, RKV_ERR_CORRUPT, "request %lld: shared group %u not counted",
+                         (long long)r->id, g);
     if (r->reserved != (r->q == Q_RUNNING))
       return rkvi_fail(err, RKV_ERR_CORRUPT, "request %lld: reservation vs state",
                        (long long)r->id);
@@ -1731,8 +1854,21 @@ rkv_status rkv_sched_check(const rkv_sched *s_const) {
   if (map_n != s->live)
     return rkvi_fail(err, RKV_ERR_CORRUPT, "map holds %llu, live %u", (unsigned long long)map_n,
                      s->live);
+  /* every counted group once, its count the requests that hit it */
+  uint64_t counts = 0, keys = 0;
+  for (uint32_t i = 0; i < s->grp_cap; i++) {
+    counts += s->grp_cnt[i];
+    keys += s->grp_cnt[i] > 0;
+  }
+  if (counts != hit_total || keys != s->grp_n || keys > s->hashes_live)
+    return rkvi_fail(err, RKV_ERR_CORRUPT,
+                     "shared groups: %llu counted in %llu keys (recorded %u), requests hold %llu",
+                     (unsigned long long)counts, (unsigned long long)keys, s->grp_n,
+                     (unsigned long long)hit_total);
+  reserved += (uint64_t)s->streams * s->grp_n;
   if (reserved != s->reserved)
-    return rkvi_fail(err, RKV_ERR_CORRUPT, "reserved %llu but requests sum to %llu",
+    return rkvi_fail(err, RKV_ERR_CORRUPT,
+                     "reserved %llu but requests and shared groups sum to %llu",
                      (unsigned long long)s->reserved, (unsigned long long)reserved);
   if (host_used + s->host_n_free != s->cfg.host_blocks)
     return rkvi_fail(err, RKV_ERR_CORRUPT, "host pool: %llu used + %u free != %u",

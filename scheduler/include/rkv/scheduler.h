@@ -70,8 +70,10 @@ typedef struct rkv_sched_config {
   /* Version 3. Prefix caching: a request admitted with block hashes (rkv_sched_set_prefix)
    * shares the cached groups its prompt starts with and prefills only the rest; its full
    * prompt blocks are registered for later requests. Needs a block manager created with
-   * prefix_cache. The reserve bound stays the unshared one: a shared block outlives the
-   * request that reserved it when that one finishes first. */
+   * prefix_cache. Under RKV_SCHED_PREFIX_PROTECT reserve admission counts the hit: the
+   * shared groups leave the request's own bound (rkv_sched_request_info.bound_blocks) and
+   * each is reserved once while any request that shared it runs (docs/PREFIX-CACHING.md);
+   * under RKV_SCHED_PREFIX_COPY a sharer reserves its unshared bound. */
   bool prefix_cache;
   /* What compression may do to a hashed prefix, whether or not prefix_cache is on (so runs
    * with and without the cache evict the same tokens). */
@@ -337,7 +339,9 @@ typedef struct rkv_sched_request_info {
   int32_t kv_len;    /* per-stream cached tokens (after eviction) */
   uint32_t preemptions;
   uint32_t compressions;
-  uint64_t bound_blocks; /* whole-life footprint bound used by admission */
+  uint64_t bound_blocks; /* whole-life footprint bound used by admission (its own part:
+                          * prefix groups it shares under the protect rule are reserved
+                          * once for all their sharers, not here) */
 } rkv_sched_request_info;
 
 /* RKV_ERR_NOT_FOUND for an id that is not live. */
@@ -362,7 +366,8 @@ typedef struct rkv_sched_metrics {
   uint32_t total_blocks;
   uint32_t host_used_blocks;
   uint32_t host_total_blocks;
-  uint64_t reserved_blocks; /* sum of admitted sequences' bounds (reserve mode) */
+  uint64_t reserved_blocks; /* sum of admitted sequences' bounds, plus the shared prefix
+                             * groups once each (reserve mode) */
   uint64_t steps;
   uint64_t num_preemptions; /* recompute + swap */
   uint64_t num_preempt_recompute;

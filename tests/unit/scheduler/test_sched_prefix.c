@@ -288,8 +288,97 @@ static void test_errors(void) {
   rkv_blockmgr_destroy(bm);
 }
 
+/* Reserve admission counts the hit: a request that shares h cached groups (protect rule)
+ * reserves its own bound less h groups per stream, and each shared group is reserved once
+ * while any request that hit it runs, also after the request that computed it has finished.
+ * Against the same workload without the cache: more run at once, none is ever preempted, and
+ * the reservation equals the running requests' own bounds plus the shared groups. */
+static uint32_t reserve_run(bool cache, bool *sum_ok) {
+  enum { SYS = 64, N = 10, STREAMS = LAYERS * KV_HEADS };
+  rkv_evict_params ev = RKV_EVICT_PARAMS_INIT;
+  ev.policy = RKV_EVICT_RKV, ev.budget = 16, ev.window = 6, ev.buffer = 8;
+  rkv_blockmgr_config bc = RKV_BLOCKMGR_CONFIG_INIT;
+  bc.num_blocks = 200, bc.block_size = BLOCK, bc.num_layers = LAYERS;
+  bc.num_kv_heads = KV_HEADS, bc.head_dim = HEAD_DIM, bc.dtype = RKV_DTYPE_F32;
+  bc.max_seqs = 64, bc.prefix_cache = cache, bc.watermark = 0.0f;
+  rkv_sched_config sc = RKV_SCHED_CONFIG_INIT;
+  sc.max_batched_tokens = 256, sc.max_seqs = MAX_SEQS, sc.admission = RKV_SCHED_RESERVE;
+  sc.evict = ev, sc.prefix_cache = cache, sc.prefix_rule = RKV_SCHED_PREFIX_PROTECT;
+  sc.check_every_step = true;
+  rkv_exec_config xc = RKV_EXEC_CONFIG_INIT;
+  xc.num_q_heads = Q_HEADS, xc.max_seqs = MAX_SEQS, xc.evict = ev;
+  rkv_blockmgr *bm = NULL;
+  rkv_sched *s = NULL;
+  rkv_exec *x = NULL;
+  char err[256] = "";
+  EXPECT_OK(rkv_blockmgr_create(&bc, &bm));
+  EXPECT_OK(rkv_sched_create(&sc, bm, &s, err, sizeof err));
+  EXPECT_OK(rkv_exec_create(&xc, bm, NULL, &x, err, sizeof err)); /* bookkeeping */
+  for (int64_t id = 0; id < N; id++) {
+    /* the first request ends first: the groups it computed stay reserved for the others */
+    rkv_sched_request rq = {id, SYS + 4, id == 0 ? 3 : 40, 0, (double)id, NULL};
+    EXPECT_OK(rkv_sched_add_request(s, &rq));
+    int32_t toks[SYS + 4];
+    for (int32_t p = 0; p < SYS + 4; p++) toks[p] = p < SYS ? 7 * p : 1000 * (int32_t)id + p;
+    uint64_t h[SYS / BLOCK];
+    EXPECT_EQ_INT(rkv_prefix_hash_blocks(toks, SYS, BLOCK, 0, h, SYS / BLOCK), SYS / BLOCK);
+    EXPECT_OK(rkv_sched_set_prefix(s, id, h, SYS / BLOCK));
+  }
+  rkv_sched_output outs[MAX_SEQS];
+  uint32_t most = 0;
+  *sum_ok = true;
+  for (int guard = 0; guard < 2000; guard++) {
+    const rkv_sched_plan *p = NULL;
+    EXPECT_OK(rkv_sched_step(s, &p));
+    EXPECT_OK(rkv_exec_begin(x, p));
+    memset(outs, 0, sizeof outs);
+    EXPECT_OK(rkv_exec_finish(x, outs, p->n_seqs));
+    EXPECT_OK(rkv_sched_report(s, outs, p->n_seqs));
+    rkv_sched_metrics m;
+    rkv_sched_get_metrics(s, &m);
+    if (m.num_running > most) most = m.num_running;
+    /* own bounds of the running + the distinct shared groups (one system prompt: the most
+     * groups any of them hit) */
+    uint64_t own = 0;
+    int64_t groups = 0;
+    for (int64_t id = 0; id < N; id++) {
+      rkv_sched_request_info info;
+      if (rkv_sched_get_request(s, id, &info) != RKV_OK || info.state != RKV_SCHED_RUNNING)
+        continue;
+      own += info.bound_blocks;
+      /* its whole-life bound with the protected prefix: SYS + B + buffer tokens per stream */
+      const int64_t full = STREAMS * ((SYS + 16 + 8 + BLOCK - 1) / BLOCK);
+      const int64_t g = (full - (int64_t)info.bound_blocks) / STREAMS;
+      if (id != 0 && g > groups) groups = g;
+    }
+    if (m.reserved_blocks != own + (uint64_t)(groups * STREAMS)) *sum_ok = false;
+    EXPECT_EQ_INT(m.num_preemptions, 0);
+    if (!p->n_seqs && !m.num_running && !m.num_waiting) {
+      EXPECT_EQ_INT(m.num_finished, N);
+      EXPECT_EQ_INT(m.reserved_blocks, 0);
+      break;
+    }
+  }
+  EXPECT_OK(rkv_sched_check(s));
+  rkv_exec_destroy(x);
+  rkv_sched_destroy(s);
+  rkv_blockmgr_destroy(bm);
+  return most;
+}
+
+static void test_reserve_counts_hits(void) {
+  bool ok_on = false, ok_off = false;
+  const uint32_t on = reserve_run(true, &ok_on), off = reserve_run(false, &ok_off);
+  fprintf(stderr, "reserve admission: %u run at once sharing the cached prefix, %u without\n", on,
+          off);
+  EXPECT(ok_on && ok_off);
+  EXPECT_EQ_INT(off, 2);
+  EXPECT(on >= 4);
+}
+
 int main(void) {
   test_errors();
+  test_reserve_counts_hits();
   test_on_equals_off();
   test_workloads();
   return rkv_test_finish();
