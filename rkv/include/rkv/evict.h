@@ -94,7 +94,8 @@ RKV_API rkv_status rkv_evict_workspace_size(const rkv_evict_params *p, uint32_t 
  * After compaction the per-slot scores of slots that hold no token any more are zeroed.
  * Streams of length <= budget are untouched; FULL returns at once. Not thread-safe on one
  * manager (it mutates it); thread-safe across managers with distinct workspaces.
- * Cost per compressed stream O(n^2 d / 2) (R-KV), O(G window n d) (SnapKV), O(n) otherwise. */
+ * Cost per compressed stream O(n^2 d / 2) (R-KV), O(G window n d) (SnapKV), O(n) otherwise.
+ * rkv_evict_seq (below) compresses every layer of a sequence at once, at a granularity. */
 RKV_API rkv_status rkv_evict_layer(const rkv_evict_params *p, rkv_blockmgr *m, rkv_kv_pool *pool,
                                    const rkv_qwindow *qw, uint32_t num_q_heads, int64_t seq,
                                    uint32_t layer, void *workspace, size_t ws_bytes,
