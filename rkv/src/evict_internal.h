@@ -142,4 +142,55 @@ void rkvi_keep_streaming(const rkv_evict_params *p, int32_t n, int32_t *keep);
 void rkvi_select_top(const double *z, int32_t n_cand, int32_t k, int32_t n, int32_t *heap,
                      uint8_t *mark, int32_t *keep);
 
+/* ---- selection granularity (select_multi.c), shared by the dense and paged entries ---- */
+
+/* Loads the inputs of stream (layer, head) of one job and scores it into ws->z with
+ * rkvi_evict_head_score; the dense and the paged entries differ only in where the keys,
+ * queries and masses come from. */
+typedef void (*rkvi_stream_scorer)(void *ctx, uint32_t layer, uint32_t head, rkvi_head_ws *ws);
+
+/* One step of every stream of a sequence: layers x kv streams of n tokens each, n > budget. */
+typedef struct rkvi_gran_job {
+  const rkv_evict_params *p;
+  uint32_t layers, kv;
+  int32_t n;
+  rkvi_stream_scorer score; /* unused by positional policies */
+  void *ctx;
+  int32_t *keep; /* stream (l, h) writes its budget positions at keep + (l * kv + h) * stride */
+  size_t stride;
+} rkvi_gran_job;
+
+/* Bytes of the two f64 score vectors the coarser units need besides one head's scratch (0
+ * for RKV_EVICT_GRAN_STREAM); aligned. */
+size_t rkvi_gran_extra_bytes(rkv_evict_granularity g, int32_t n);
+
+/* Selects every stream of the job at granularity g (docs/EVICTION.md, "Selection
+ * granularity"): the one implementation of the aggregation. total and lay are the scratch of
+ * rkvi_gran_extra_bytes (unused for streams and positional policies). Never fails. */
+void rkvi_select_granular(const rkvi_gran_job *j, rkv_evict_granularity g, rkvi_head_ws *ws,
+                          double *total, double *lay);
+
+/* ---- paged-entry helpers shared by rkv_evict_layer and rkv_evict_seq (evict_layer.c) ---- */
+
+/* CPU pool whose layout matches the manager; layer < num_layers; num_q_heads a multiple of
+ * the manager's kv heads. */
+rkv_status rkvi_check_pool(const rkv_blockmgr *m, const rkv_kv_pool *pool, uint32_t layer,
+                           uint32_t num_q_heads, char *err, size_t err_len);
+
+/* Gathers positions [P, len) of one stream (block ids ids[0..nb)) from the pool: keys as f32
+ * into k (when non-NULL) and masses into acc (when non-NULL), position pos at index pos - P. */
+void rkvi_gather_stream(const rkv_kv_pool *pool, const int32_t *ids, int32_t nb, int32_t len,
+                        int32_t P, float *k, float *acc);
+
+/* What follows rkv_blockmgr_compact of n_lists streams that all kept `kept` tokens: applies
+ * the move plan to the pool, zeroes the masses of slots that hold no token any more (freed
+ * blocks, the unused tail of each last block) and fills res (blocks freed net of fresh ones).
+ * old_ids are the listed streams' block rows before compaction, back to back, old_nb[i] long.
+ * RKV_ERR_INTERNAL (text in err) if the pool rejects the plan. */
+rkv_status rkvi_after_compact(rkv_blockmgr *m, rkv_kv_pool *pool, int64_t seq,
+                              const rkv_keep_list *lists, uint32_t n_lists, int32_t kept,
+                              const int32_t *old_ids, const int32_t *old_nb,
+                              const rkv_slot_move *moves, uint32_t n_moves, uint64_t evicted,
+                              rkv_evict_result *res, char *err, size_t err_len);
+
 #endif /* RKV_EVICT_INTERNAL_H */

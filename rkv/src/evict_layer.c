@@ -186,9 +186,31 @@ static void load_row(rkv_dtype dt, const void *src, uint32_t d, float *dst) {
   }
 }
 
-/* Shared checks of the paged entries: CPU pool whose layout matches the manager. */
-static rkv_status check_pool(const rkv_blockmgr *m, const rkv_kv_pool *pool, uint32_t layer,
-                             uint32_t num_q_heads, char *err, size_t err_len) {
+void rkvi_gather_stream(const rkv_kv_pool *pool, const int32_t *ids, int32_t nb, int32_t len,
+                        int32_t P, float *k, float *acc) {
+  const rkv_kv_layout *lay = rkv_kv_pool_layout(pool);
+  const size_t block_bytes = rkv_kv_block_bytes(lay);
+  const char *base = rkv_kv_pool_base((rkv_kv_pool *)pool);
+  const float *scores = rkv_kv_pool_scores((rkv_kv_pool *)pool);
+  const int32_t bs = (int32_t)lay->block_size;
+  const uint32_t d = lay->head_dim;
+  for (int32_t b = 0; b < nb; b++) {
+    const char *blk = base + (size_t)ids[b] * block_bytes;
+    int32_t first = b * bs, cnt = len - first < bs ? len - first : bs;
+    int32_t o0 = first < P ? P - first : 0;
+    if (o0 > cnt) o0 = cnt;
+    if (k)
+      for (int32_t o = o0; o < cnt; o++)
+        load_row(lay->dtype, blk + rkv_kv_k_offset(lay, (uint32_t)o), d,
+                 k + (size_t)(first + o - P) * d);
+    if (acc && o0 < cnt)
+      memcpy(acc + first + o0 - P, scores + (size_t)ids[b] * (size_t)bs + o0,
+             (size_t)(cnt - o0) * sizeof(float));
+  }
+}
+
+rkv_status rkvi_check_pool(const rkv_blockmgr *m, const rkv_kv_pool *pool, uint32_t layer,
+                           uint32_t num_q_heads, char *err, size_t err_len) {
   if (!m || !pool) return rkvi_failn(err, err_len, RKV_ERR_INVALID_ARG, "manager or pool is NULL");
   if (rkv_backend_get_kind(rkv_kv_pool_backend(pool)) != RKV_BACKEND_CPU)
     return rkvi_failn(err, err_len, RKV_ERR_UNSUPPORTED,
@@ -223,10 +245,10 @@ rkv_status rkv_evict_layer_ex(const rkv_evict_params *p, rkv_blockmgr *m, rkv_kv
   if (err && err_len > 0) err[0] = '\0';
   if (res) memset(res, 0, sizeof *res);
   RKV_TRY(rkv_evict_params_validate(p, err, err_len));
-  RKV_TRY(check_pool(m, pool, layer, num_q_heads, err, err_len));
+  RKV_TRY(rkvi_check_pool(m, pool, layer, num_q_heads, err, err_len));
   if (!rkvi_policy_of(p->policy)->evicts) return RKV_OK;
   const rkv_blockmgr_config *c = rkv_blockmgr_get_config(m);
-  const uint32_t kv = c->num_kv_heads, d = c->head_dim, bs = c->block_size;
+  const uint32_t kv = c->num_kv_heads, d = c->head_dim;
   const int32_t B = p->budget, W = p->window;
   /* A protected prefix stays as it is; selection runs on the tokens after it, and the budget
    * counts those (blockmgr.h, "protected prefixes"). */
@@ -272,10 +294,6 @@ rkv_status rkv_evict_layer_ex(const rkv_evict_params *p, rkv_blockmgr *m, rkv_kv
                         "query window of seq %lld layer %u holds %u of %d rows", (long long)seq,
                         layer, count, W);
   }
-  const rkv_kv_layout *lay = rkv_kv_pool_layout(pool);
-  const size_t block_bytes = rkv_kv_block_bytes(lay);
-  char *base = rkv_kv_pool_base(pool);
-  float *scores = rkv_kv_pool_scores(pool);
   uint32_t n_lists = 0;
   uint64_t evicted = 0;
   int32_t n_old = 0;
@@ -285,22 +303,10 @@ rkv_status rkv_evict_layer_ex(const rkv_evict_params *p, rkv_blockmgr *m, rkv_kv
     RKV_TRY(rkv_blockmgr_stream_len(m, seq, layer, h, &len));
     if (len - P <= B) continue;
     RKV_TRY(rkv_blockmgr_stream_blocks(m, seq, layer, h, &ids, &nb));
-    /* Gather the keys (and H2O mass) after the protected prefix, block by block: position
-     * pos lands at index pos - P. */
-    for (int32_t b = 0; b < nb; b++) {
-      const char *blk = base + (size_t)ids[b] * block_bytes;
-      int32_t first = b * (int32_t)bs, cnt = len - first < (int32_t)bs ? len - first : (int32_t)bs;
-      int32_t o0 = first < P ? P - first : 0;
-      if (o0 > cnt) o0 = cnt;
-      if (scored(p->policy))
-        for (int32_t o = o0; o < cnt; o++)
-          load_row(lay->dtype, blk + rkv_kv_k_offset(lay, (uint32_t)o), d,
-                   ws.head.k + (size_t)(first + o - P) * d);
-      if (mass(p->policy) && o0 < cnt)
-        memcpy(ws.acc + first + o0 - P, scores + (size_t)ids[b] * bs + o0,
-               (size_t)(cnt - o0) * sizeof(float));
-      ws.old_ids[n_old + b] = ids[b];
-    }
+    /* Keys (and H2O mass) after the protected prefix: position pos lands at index pos - P. */
+    rkvi_gather_stream(pool, ids, nb, len, P, scored(p->policy) ? ws.head.k : NULL,
+                       mass(p->policy) ? ws.acc : NULL);
+    memcpy(ws.old_ids + n_old, ids, (size_t)nb * sizeof(int32_t));
     n_old += nb;
     ws.old_nb[n_lists] = nb;
     int32_t *keep = ws.keep + (size_t)n_lists * max_len;
@@ -318,7 +324,18 @@ rkv_status rkv_evict_layer_ex(const rkv_evict_params *p, rkv_blockmgr *m, rkv_kv
   if (s != RKV_OK)
     return rkvi_failn(err, err_len, s, "compaction of seq %lld layer %u: %s", (long long)seq, layer,
                       rkv_blockmgr_last_error(m));
-  s = rkv_kv_pool_apply_moves(pool, ws.moves, n_moves);
+  return rkvi_after_compact(m, pool, seq, ws.lists, n_lists, P + B, ws.old_ids, ws.old_nb, ws.moves,
+                            n_moves, evicted, res, err, err_len);
+}
+
+rkv_status rkvi_after_compact(rkv_blockmgr *m, rkv_kv_pool *pool, int64_t seq,
+                              const rkv_keep_list *lists, uint32_t n_lists, int32_t kept,
+                              const int32_t *old_ids, const int32_t *old_nb,
+                              const rkv_slot_move *moves, uint32_t n_moves, uint64_t evicted,
+                              rkv_evict_result *res, char *err, size_t err_len) {
+  const uint32_t bs = rkv_kv_pool_layout(pool)->block_size;
+  float *scores = rkv_kv_pool_scores(pool);
+  rkv_status s = rkv_kv_pool_apply_moves(pool, moves, n_moves);
   if (s != RKV_OK) /* The manager already changed: the pool and the tables disagree now. */
     return rkvi_failn(err, err_len, RKV_ERR_INTERNAL,
                       "applying %u compaction moves failed: %s (%s)", n_moves, rkv_status_str(s),
@@ -328,21 +345,23 @@ rkv_status rkv_evict_layer_ex(const rkv_evict_params *p, rkv_blockmgr *m, rkv_kv
    * token, so the last block always receives a move). Blocks freed, net of the fresh blocks
    * that replaced shared ones, are counted here rather than with two rkv_blockmgr_get_stats
    * calls, whose walk covers every sequence of the manager whenever a block is shared. */
-  int64_t released = 0, fresh = 0;
-  for (int32_t i = 0; i < n_old; i++) {
+  int64_t released = 0, fresh = 0, n_old = 0;
+  for (uint32_t i = 0; i < n_lists; i++) n_old += old_nb[i];
+  for (int64_t i = 0; i < n_old; i++) {
     uint32_t ref = 1;
-    if (rkv_blockmgr_block_ref(m, ws.old_ids[i], &ref) == RKV_OK && ref == 0) {
-      memset(scores + (size_t)ws.old_ids[i] * bs, 0, bs * sizeof(float));
+    if (rkv_blockmgr_block_ref(m, old_ids[i], &ref) == RKV_OK && ref == 0) {
+      memset(scores + (size_t)old_ids[i] * bs, 0, bs * sizeof(float));
       released++;
     }
   }
-  for (uint32_t i = 0, off = 0; i < n_lists; off += (uint32_t)ws.old_nb[i], i++) {
+  for (uint32_t i = 0, off = 0; i < n_lists; off += (uint32_t)old_nb[i], i++) {
     const int32_t *ids = NULL;
     int32_t nb = 0;
-    if (rkv_blockmgr_stream_blocks(m, seq, layer, ws.lists[i].head, &ids, &nb) != RKV_OK || !nb)
+    if (rkv_blockmgr_stream_blocks(m, seq, lists[i].layer, lists[i].head, &ids, &nb) != RKV_OK ||
+        !nb)
       continue;
-    for (int32_t r = 0; r < nb; r++) fresh += ids[r] != ws.old_ids[off + (uint32_t)r];
-    int32_t used = P + B - (nb - 1) * (int32_t)bs;
+    for (int32_t r = 0; r < nb; r++) fresh += ids[r] != old_ids[off + (uint32_t)r];
+    int32_t used = kept - (nb - 1) * (int32_t)bs;
     memset(scores + (size_t)ids[nb - 1] * bs + used, 0, (bs - (uint32_t)used) * sizeof(float));
   }
   if (res) {
@@ -365,7 +384,7 @@ rkv_status rkv_evict_layer(const rkv_evict_params *p, rkv_blockmgr *m, rkv_kv_po
 
 rkv_status rkv_evict_h2o_accumulate(const rkv_blockmgr *m, rkv_kv_pool *pool, int64_t seq,
                                     uint32_t layer, const float *q, uint32_t num_q_heads) {
-  RKV_TRY(check_pool(m, pool, layer, num_q_heads, NULL, 0));
+  RKV_TRY(rkvi_check_pool(m, pool, layer, num_q_heads, NULL, 0));
   if (!q) return RKV_ERR_INVALID_ARG;
   const rkv_blockmgr_config *c = rkv_blockmgr_get_config(m);
   const uint32_t kv = c->num_kv_heads, d = c->head_dim, bs = c->block_size;

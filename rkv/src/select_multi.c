@@ -43,29 +43,95 @@ rkv_status rkv_evict_dense_multi_workspace_size(const rkv_evict_params *p, rkv_e
   size_t h = rkvi_head_ws_bytes(len, head_dim, p->window);
   if (h == 0) return RKV_ERR_INVALID_ARG;
   /* The group total and one layer's head sum (rkvi_head_ws_bytes already bounds n). */
-  size_t extra =
-      g == RKV_EVICT_GRAN_STREAM ? 0 : 2 * rkvi_ws_align_up((size_t)len * sizeof(double));
-  *bytes = h + extra + RKVI_WS_ALIGN;
+  *bytes = h + rkvi_gran_extra_bytes(g, len) + RKVI_WS_ALIGN;
   return RKV_OK;
 }
+
+/* ---- the aggregation (one implementation for the dense and the paged entries) ---------- */
+
+size_t rkvi_gran_extra_bytes(rkv_evict_granularity g, int32_t n) {
+  if (g == RKV_EVICT_GRAN_STREAM) return 0;
+  return 2 * rkvi_ws_align_up((size_t)(n > 0 ? n : 1) * sizeof(double));
+}
+
+static int32_t *keep_row(const rkvi_gran_job *j, uint32_t l, uint32_t h) {
+  return j->keep + ((size_t)l * j->kv + h) * j->stride;
+}
+
+/* One group: layers [l0, l1) x heads [h0, h1). total = sum over its layers of (the mean over
+ * its heads when it spans the layer's heads, else the single head's) Z; selected once, copied
+ * to every member. */
+static void select_group(const rkvi_gran_job *j, uint32_t l0, uint32_t l1, uint32_t h0, uint32_t h1,
+                         rkvi_head_ws *ws, double *total, double *lay) {
+  const rkv_evict_params *p = j->p;
+  const int32_t n_c = j->n - p->window;
+  const double heads = (double)(h1 - h0);
+  for (int32_t i = 0; i < n_c; i++) total[i] = 0.0;
+  for (uint32_t l = l0; l < l1; l++) {
+    for (int32_t i = 0; i < n_c; i++) lay[i] = 0.0;
+    for (uint32_t h = h0; h < h1; h++) {
+      j->score(j->ctx, l, h, ws);
+      for (int32_t i = 0; i < n_c; i++) lay[i] += ws->z[i];
+    }
+    /* The mean as documented (sum, then one division; exact for a single head), not a
+     * multiply by 1/H, so a reference written from the text rounds the same way. */
+    for (int32_t i = 0; i < n_c; i++) total[i] += lay[i] / heads;
+  }
+  int32_t *first = keep_row(j, l0, h0);
+  rkvi_select_top(total, n_c, p->budget - p->window, j->n, ws->heap, ws->mark, first);
+  for (uint32_t l = l0; l < l1; l++)
+    for (uint32_t h = h0; h < h1; h++)
+      if (l != l0 || h != h0) memcpy(keep_row(j, l, h), first, (size_t)p->budget * sizeof(int32_t));
+}
+
+void rkvi_select_granular(const rkvi_gran_job *j, rkv_evict_granularity g, rkvi_head_ws *ws,
+                          double *total, double *lay) {
+  const rkv_evict_params *p = j->p;
+  const rkvi_policy *pol = rkvi_policy_of(p->policy);
+  if (pol->keep) {
+    /* No score: the set depends on n alone, so every unit gives it. */
+    for (uint32_t l = 0; l < j->layers; l++)
+      for (uint32_t h = 0; h < j->kv; h++) pol->keep(p, j->n, keep_row(j, l, h));
+    return;
+  }
+  switch (g) {
+    case RKV_EVICT_GRAN_STREAM:
+      /* score + select is rkvi_evict_head, so this is rkv_evict_layer's per-stream step */
+      for (uint32_t l = 0; l < j->layers; l++) {
+        for (uint32_t h = 0; h < j->kv; h++) {
+          j->score(j->ctx, l, h, ws);
+          rkvi_select_top(ws->z, j->n - p->window, p->budget - p->window, j->n, ws->heap, ws->mark,
+                          keep_row(j, l, h));
+        }
+      }
+      break;
+    case RKV_EVICT_GRAN_LAYER:
+      for (uint32_t l = 0; l < j->layers; l++) select_group(j, l, l + 1, 0, j->kv, ws, total, lay);
+      break;
+    case RKV_EVICT_GRAN_KVHEAD:
+      for (uint32_t h = 0; h < j->kv; h++) select_group(j, 0, j->layers, h, h + 1, ws, total, lay);
+      break;
+    default: /* RKV_EVICT_GRAN_SEQUENCE */
+      select_group(j, 0, j->layers, 0, j->kv, ws, total, lay);
+      break;
+  }
+}
+
+/* ---- the dense entry -------------------------------------------------------------------- */
 
 /* The borrowed inputs of one call and where stream (l, h) finds its rows. */
 typedef struct multi_call {
   const rkv_evict_params *p;
   const float *keys, *queries, *acc;
   uint32_t kv, qh, d, group;
-  int32_t n, kept;
-  int32_t *keep;
+  int32_t n;
   const rkv_evict_scores *dump;
 } multi_call;
 
-static size_t stream_index(const multi_call *c, uint32_t l, uint32_t h) {
-  return (size_t)l * c->kv + h;
-}
-
-/* Scores stream (l, h) into ws->z (its n - window candidates). */
-static void score_stream(const multi_call *c, uint32_t l, uint32_t h, rkvi_head_ws *ws) {
-  const size_t s = stream_index(c, l, h), n = (size_t)c->n, W = (size_t)c->p->window;
+/* Scores stream (l, h) into ws->z (its n - window candidates): an rkvi_stream_scorer. */
+static void score_stream(void *ctx, uint32_t l, uint32_t h, rkvi_head_ws *ws) {
+  const multi_call *c = ctx;
+  const size_t s = (size_t)l * c->kv + h, n = (size_t)c->n, W = (size_t)c->p->window;
   /* H2O ranks by the masses alone: its keys are never read, so never copied. */
   if (c->keys && rkvi_policy_of(c->p->policy)->needs_queries)
     memcpy(ws->k, c->keys + s * n * c->d, n * c->d * sizeof(float));
@@ -80,35 +146,6 @@ static void score_stream(const multi_call *c, uint32_t l, uint32_t h, rkvi_head_
     hdp = &hd;
   }
   rkvi_evict_head_score(c->p, c->n, c->d, c->group, q, c->acc ? c->acc + s * n : NULL, ws, hdp);
-}
-
-static int32_t *keep_row(const multi_call *c, uint32_t l, uint32_t h) {
-  return c->keep + stream_index(c, l, h) * (size_t)c->kept;
-}
-
-/* One group: layers [l0, l1) x heads [h0, h1). total = sum over its layers of (the mean over
- * its heads when it spans the layer's heads, else the single head's) Z; selected once, copied
- * to every member. */
-static void select_group(const multi_call *c, uint32_t l0, uint32_t l1, uint32_t h0, uint32_t h1,
-                         rkvi_head_ws *ws, double *total, double *lay) {
-  const int32_t n_c = c->n - c->p->window;
-  const double heads = (double)(h1 - h0);
-  for (int32_t j = 0; j < n_c; j++) total[j] = 0.0;
-  for (uint32_t l = l0; l < l1; l++) {
-    for (int32_t j = 0; j < n_c; j++) lay[j] = 0.0;
-    for (uint32_t h = h0; h < h1; h++) {
-      score_stream(c, l, h, ws);
-      for (int32_t j = 0; j < n_c; j++) lay[j] += ws->z[j];
-    }
-    /* The mean as documented (sum, then one division; exact for a single head), not a
-     * multiply by 1/H, so a reference written from the text rounds the same way. */
-    for (int32_t j = 0; j < n_c; j++) total[j] += lay[j] / heads;
-  }
-  int32_t *first = keep_row(c, l0, h0);
-  rkvi_select_top(total, n_c, c->p->budget - c->p->window, c->n, ws->heap, ws->mark, first);
-  for (uint32_t l = l0; l < l1; l++)
-    for (uint32_t h = h0; h < h1; h++)
-      if (l != l0 || h != h0) memcpy(keep_row(c, l, h), first, (size_t)c->kept * sizeof(int32_t));
 }
 
 static void *align_ptr(void *p) {
@@ -169,42 +206,13 @@ rkv_status rkv_evict_select_dense_multi(const rkv_evict_params *p, rkv_evict_gra
   }
   multi_call c = {
       p, keys, queries, acc, num_kv_heads, num_q_heads, head_dim, num_q_heads / num_kv_heads,
-      n, kept, keep,    dump};
+      n, dump};
   char *base = align_ptr(workspace);
   rkvi_head_ws ws;
   rkvi_head_ws_carve(base, n, head_dim, p->window, &ws);
-  if (pol->keep) {
-    /* No score: the set depends on n alone, so every unit gives it. */
-    for (uint32_t l = 0; l < num_layers; l++)
-      for (uint32_t h = 0; h < num_kv_heads; h++)
-        rkvi_evict_head(p, n, head_dim, c.group, NULL, NULL, &ws, keep_row(&c, l, h), NULL);
-    return RKV_OK;
-  }
-  const int32_t n_c = n - p->window;
-  if (g == RKV_EVICT_GRAN_STREAM) {
-    for (uint32_t l = 0; l < num_layers; l++) {
-      for (uint32_t h = 0; h < num_kv_heads; h++) {
-        score_stream(&c, l, h, &ws);
-        rkvi_select_top(ws.z, n_c, p->budget - p->window, n, ws.heap, ws.mark, keep_row(&c, l, h));
-      }
-    }
-    return RKV_OK;
-  }
-  size_t vec = rkvi_ws_align_up((size_t)n * sizeof(double));
   double *total = (double *)(void *)(base + rkvi_head_ws_bytes(n, head_dim, p->window));
-  double *lay = (double *)(void *)((char *)total + vec);
-  switch (g) {
-    case RKV_EVICT_GRAN_LAYER:
-      for (uint32_t l = 0; l < num_layers; l++)
-        select_group(&c, l, l + 1, 0, num_kv_heads, &ws, total, lay);
-      break;
-    case RKV_EVICT_GRAN_KVHEAD:
-      for (uint32_t h = 0; h < num_kv_heads; h++)
-        select_group(&c, 0, num_layers, h, h + 1, &ws, total, lay);
-      break;
-    default: /* RKV_EVICT_GRAN_SEQUENCE */
-      select_group(&c, 0, num_layers, 0, num_kv_heads, &ws, total, lay);
-      break;
-  }
+  double *lay = (double *)(void *)((char *)total + rkvi_gran_extra_bytes(g, n) / 2);
+  rkvi_gran_job j = {p, num_layers, num_kv_heads, n, score_stream, &c, keep, (size_t)kept};
+  rkvi_select_granular(&j, g, &ws, total, lay);
   return RKV_OK;
 }

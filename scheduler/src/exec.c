@@ -9,6 +9,7 @@
  * between syncs a decode step only adds its tokens to the lengths, and a full or delta sync
  * (rkv_blockmgr_sync_rows) runs only when the plan says the rows changed or this executor
  * compacted the sequence. */
+#include <stddef.h>
 #include <string.h>
 
 #include <rkv/executor.h>
@@ -131,6 +132,18 @@ static rkv_status check_config(const rkv_exec_config *c, const rkv_blockmgr *m,
   char e2[RKV_ERRBUF];
   if (rkv_evict_params_validate(&c->evict, e2, sizeof e2) != RKV_OK)
     return rkvi_failn(err, len, RKV_ERR_INVALID_ARG, "rkv_exec_create: default policy: %s", e2);
+  if ((int)c->granularity < 0 || c->granularity >= RKV_EVICT_GRAN_COUNT_)
+    return rkvi_failn(err, len, RKV_ERR_INVALID_ARG,
+                      "rkv_exec_create: unknown granularity %d (stream, layer, kvhead, sequence)",
+                      (int)c->granularity);
+  /* the device kernels select per stream; a coarser unit would need every layer's scores
+   * before any compaction on the device, which they do not do yet */
+  if (c->granularity != RKV_EVICT_GRAN_STREAM && rkvi_xdev_wanted(pool))
+    return rkvi_failn(err, len, RKV_ERR_UNSUPPORTED,
+                      "rkv_exec_create: granularity %s needs a CPU pool (the %s pool's device "
+                      "compression selects per stream only)",
+                      rkv_evict_granularity_name(c->granularity),
+                      rkv_backend_name(rkv_kv_pool_backend(pool)));
   return RKV_OK;
 }
 
@@ -161,8 +174,14 @@ rkv_status rkv_exec_create(const rkv_exec_config *cfg, rkv_blockmgr *m, rkv_kv_p
   if (!out) return cfg_err(err, err_len, "out is NULL");
   *out = NULL;
   if (!cfg || !m) return cfg_err(err, err_len, "cfg and block manager are required");
-  if (cfg->struct_size != sizeof(rkv_exec_config))
+  /* version 1 ended at allocator; its callers get version 2's defaults after it */
+  if (cfg->struct_size != offsetof(rkv_exec_config, granularity) &&
+      cfg->struct_size != sizeof(rkv_exec_config))
     return cfg_err(err, err_len, "struct_size is not a known version (use RKV_EXEC_CONFIG_INIT)");
+  rkv_exec_config full = RKV_EXEC_CONFIG_INIT;
+  memcpy(&full, cfg, cfg->struct_size);
+  full.struct_size = sizeof(rkv_exec_config);
+  cfg = &full;
   RKV_TRY(check_config(cfg, m, pool, err, err_len));
   const rkv_blockmgr_config *bc = rkv_blockmgr_get_config(m);
   rkv_allocator ac = {0};
@@ -954,6 +973,29 @@ rkv_status rkv_exec_layer(rkv_exec *x, uint32_t layer, const float *q, const flo
 
 /* ---- finish ------------------------------------------------------------------------------ */
 
+/* Workspace of one flagged compression at the executor's granularity. */
+static rkv_status evict_ws_size(const rkv_exec *x, const rkv_evict_params *ev, int32_t len,
+                                size_t *need) {
+  if (x->cfg.granularity == RKV_EVICT_GRAN_STREAM)
+    return rkv_evict_workspace_size(ev, x->Hkv, x->Hq, x->d, len, need);
+  return rkv_evict_seq_workspace_size(ev, x->cfg.granularity, x->L, x->Hkv, x->Hq, x->d, len, need);
+}
+
+/* A coarser granularity: every layer in one rkv_evict_seq call, which changes nothing when it
+ * fails (the fresh blocks were checked by the caller too). */
+static rkv_status evict_grouped(rkv_exec *x, const rkv_sched_seq *q, const rkv_evict_params *ev,
+                                const rkv_qwindow *qw, rkv_sched_output *o) {
+  rkv_evict_result res;
+  char e2[RKV_ERRBUF] = "";
+  const rkv_status st = rkv_evict_seq(ev, x->cfg.granularity, x->bm, x->pool, qw, x->Hq, q->id,
+                                      x->ws, x->ws_cap, &res, e2, sizeof e2);
+  if (st != RKV_OK)
+    return rkvi_fail(x->err, st, "compress %lld (%s): %s", (long long)q->id,
+                     rkv_evict_granularity_name(x->cfg.granularity), e2);
+  o->tokens_evicted += res.tokens_evicted;
+  return RKV_OK;
+}
+
 /* Scores and compacts every layer of a flagged sequence, or nothing: the fresh blocks its
  * shared leading blocks need are counted for all layers before the first is touched. */
 static rkv_status evict_layers(rkv_exec *x, const rkv_sched_seq *q, const rkv_evict_params *ev,
@@ -971,10 +1013,11 @@ static rkv_status evict_layers(rkv_exec *x, const rkv_sched_seq *q, const rkv_ev
                      "scheduler reserves them when it flags a compression)",
                      (long long)q->id, fresh, free0);
   size_t need = 0;
-  st = rkv_evict_workspace_size(ev, x->Hkv, x->Hq, x->d, q->kv_len, &need);
+  st = evict_ws_size(x, ev, q->kv_len, &need);
   if (st == RKV_OK) st = grow(x, &x->ws, &x->ws_cap, need + 64, "eviction workspace");
   if (st != RKV_OK) return st == RKV_ERR_NO_MEMORY ? st : rkvi_fail(x->err, st, "compress: sizes");
   const rkv_qwindow *qw = rkvi_needs_queries(ev->policy) ? x->qw : NULL;
+  if (x->cfg.granularity != RKV_EVICT_GRAN_STREAM) return evict_grouped(x, q, ev, qw, o);
   for (uint32_t l = 0; l < x->L; l++) {
     rkv_evict_result res;
     memset(&res, 0, sizeof res);
@@ -1080,7 +1123,7 @@ static rkv_status compress_scratch(rkv_exec *x, const rkv_sched_plan *p,
     /* the bookkeeping cut (rkv_blockmgr_truncate) needs no scratch, a device its own */
     if (!x->pool || x->dev) continue;
     size_t need = 0;
-    const rkv_status st = rkv_evict_workspace_size(ev, x->Hkv, x->Hq, x->d, q->kv_len, &need);
+    const rkv_status st = evict_ws_size(x, ev, q->kv_len, &need);
     if (st != RKV_OK)
       return rkvi_fail(x->err, st, "finish: compression of %lld: sizes", (long long)q->id);
     if (need > ws) ws = need;

@@ -62,6 +62,7 @@ typedef struct eval_opts {
   bool prefix_cache;        /* share cached prompt blocks */
   bool overlap;             /* plan step N+1 while step N runs (rkv_sched_config.overlap) */
   int prefix_rule;          /* -1: prompts carry no hashes; else an rkv_sched_prefix_rule */
+  rkv_evict_granularity granularity; /* which streams share a kept set (the executor's) */
 } eval_opts;
 
 typedef struct eval_result {
@@ -113,7 +114,7 @@ static void eval_usage(void) {
       "                [--plot FILE.svg] [--show N] [--check] [--simple-loop]\n"
       "                [--backend cpu|cuda] [--compare-cpu] [--generations FILE]\n"
       "                [--repeat K] [--prefix-cache on|off] [--prefix-rule protect|copy]\n"
-      "                [--overlap on|off]\n"
+      "                [--overlap on|off] [--granularity stream|layer|kvhead|sequence]\n"
       "  Decodes held-out problems of the labelled-addition task (docs/MODEL.md) with the\n"
       "  trained test model through librkv (CPU or CUDA backend, paged KV, continuous\n"
       "  batching) and reports, per policy and budget: exact-match accuracy, mean generated\n"
@@ -148,6 +149,10 @@ static void eval_usage(void) {
       "                    report (default off). Greedy decoding: the tokens must equal sync\n"
       "                    mode's; a sequence ended in step N may run once more, discarded\n"
       "  --simple-loop     batch with the tool's own loop instead of the librkv scheduler\n"
+      "  --granularity G   which streams share one kept set: stream (default: each (layer, kv\n"
+      "                    head) its own), layer, kvhead or sequence (docs/EVICTION.md,\n"
+      "                    \"Selection granularity\"); the executor runs rkv_evict_seq for the\n"
+      "                    coarser units. Scheduler loop on the cpu backend only\n"
       "  --backend B       where the KV cache lives: cpu (default) or cuda. cuda: the KV pool,\n"
       "                    the attention (rkv_attn_*), the query window and eviction\n"
       "                    (rkv/evict_cuda.h) run on the GPU; the model's dense math stays on\n"
@@ -659,6 +664,7 @@ static int eval_run_sched(const eval_opts *o, const rt_model *model, rkv_backend
     xc.max_seqs = o->batch;
     xc.max_stream_tokens = (uint32_t)c.max_len;
     xc.evict = c.ep;
+    xc.granularity = o->granularity;
     if (rkv_exec_create(&xc, c.bm, rt_model_runner_pool(r), &x, err, sizeof err) != RKV_OK) {
       fprintf(stderr, "rkv eval: executor: %s\n", err);
       goto done;
@@ -870,7 +876,7 @@ static bool eval_takes_value(const char *opt) {
       "--problems",    "--digits",   "--seed",        "--batch",  "--block-size",
       "--kv-dtype",    "--threads",  "--plot",        "--show",   "--min-full-accuracy",
       "--backend",     "--lambda",   "--generations", "--repeat", "--prefix-cache",
-      "--prefix-rule", "--overlap"};
+      "--prefix-rule", "--overlap",  "--granularity"};
   for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
     if (strcmp(opt, names[k]) == 0) return true;
   return false;
@@ -1009,6 +1015,14 @@ int rt_cmd_eval(int argc, char **argv) {
         fprintf(stderr, "rkv eval: bad value for --prefix-rule: '%s' (protect or copy)\n", v);
         return 2;
       }
+    } else if (strcmp(a, "--granularity") == 0) {
+      if (rkv_evict_granularity_parse(v, &o.granularity) != RKV_OK) {
+        fprintf(stderr,
+                "rkv eval: bad value for --granularity: '%s' (stream, layer, kvhead or "
+                "sequence)\n",
+                v);
+        return 2;
+      }
     } else if (strcmp(a, "--show") == 0) {
       if (!rt_parse_u64("eval", a, v, 0, 1000000, &u)) return 2;
       o.show = (int)u;
@@ -1029,6 +1043,20 @@ int rt_cmd_eval(int argc, char **argv) {
     fprintf(stderr,
             "rkv eval: --repeat, --prefix-cache, --prefix-rule and --overlap need the scheduler "
             "loop (drop --simple-loop)\n");
+    return 2;
+  }
+  if (o.granularity != RKV_EVICT_GRAN_STREAM && o.simple_loop) {
+    fprintf(stderr,
+            "rkv eval: --granularity %s needs the scheduler loop (the tool's own loop compresses "
+            "layer by layer, per stream; drop --simple-loop)\n",
+            rkv_evict_granularity_name(o.granularity));
+    return 2;
+  }
+  if (o.granularity != RKV_EVICT_GRAN_STREAM && (on_cuda || o.emulate)) {
+    fprintf(stderr,
+            "rkv eval: --granularity %s runs on the cpu backend only (the device eviction "
+            "selects per stream)\n",
+            rkv_evict_granularity_name(o.granularity));
     return 2;
   }
   if ((on_cuda || o.emulate) && o.prefix_rule == RKV_SCHED_PREFIX_PROTECT) {
@@ -1142,7 +1170,7 @@ int rt_cmd_eval(int argc, char **argv) {
           "\"seed\": %llu, \"batch\": %u, \"buffer\": %d, \"window\": %d, \"lambda\": %g, "
           "\"block_size\": %u, "
           "\"kv_dtype\": \"%s\", \"batching\": \"%s\", \"backend\": \"%s\", \"repeat\": %u, "
-          "\"prefix_cache\": %s, \"prefix_rule\": \"%s\", \"runs\": [",
+          "\"prefix_cache\": %s, \"prefix_rule\": \"%s\", \"granularity\": \"%s\", \"runs\": [",
           o.model_path, rt_model_num_params(model), o.problems, o.min_digits, o.max_digits,
           (unsigned long long)o.seed, o.batch, o.buffer, o.window, (double)o.lambda, o.block_size,
           rkv_dtype_name(o.kv_dtype), o.simple_loop ? "simple" : "scheduler",
@@ -1152,11 +1180,13 @@ int rt_cmd_eval(int argc, char **argv) {
           o.repeat, o.prefix_cache ? "true" : "false",
           o.prefix_rule < 0                        ? "none"
           : o.prefix_rule == RKV_SCHED_PREFIX_COPY ? "copy"
-                                                   : "protect");
+                                                   : "protect",
+          rkv_evict_granularity_name(o.granularity));
       for (int i = 0; i < n_res; i++) {
         const eval_result *e = &results[i];
         printf(
-            "%s\n  {\"policy\": \"%s\", \"budget\": %d, \"accuracy\": %.4f, \"correct\": %u, "
+            "%s\n  {\"policy\": \"%s\", \"budget\": %d, \"granularity\": \"%s\", "
+            "\"accuracy\": %.4f, \"correct\": %u, "
             "\"problems\": %u, \"mean_generated\": %.1f, \"peak_kv_blocks\": %u, "
             "\"max_stream_len\": %d, \"max_after_compress\": %d, \"max_prompt_len\": %d, "
             "\"budget_respected\": %s, \"compressions\": %llu, \"tokens_evicted\": %llu, "
@@ -1165,13 +1195,13 @@ int rt_cmd_eval(int argc, char **argv) {
             "\"prompt_tokens_computed\": %llu, \"prefix_hit_tokens\": %llu, "
             "\"accuracy_by_digits\": {",
             i ? "," : "", rkv_evict_policy_name(e->policy), e->budget,
-            (double)e->correct / e->problems, e->correct, e->problems,
-            (double)e->generated_tokens / e->problems, e->peak_blocks, e->max_stream_len,
-            e->max_after_compress, e->max_prompt_len, e->budget_ok ? "true" : "false",
-            (unsigned long long)e->compressions, (unsigned long long)e->tokens_evicted,
-            (unsigned long long)e->blocks_freed, (unsigned long long)e->steps, e->max_running,
-            (unsigned long long)e->preemptions, e->seconds,
-            e->seconds > 0 ? (double)e->generated_tokens / e->seconds : 0.0,
+            rkv_evict_granularity_name(o.granularity), (double)e->correct / e->problems, e->correct,
+            e->problems, (double)e->generated_tokens / e->problems, e->peak_blocks,
+            e->max_stream_len, e->max_after_compress, e->max_prompt_len,
+            e->budget_ok ? "true" : "false", (unsigned long long)e->compressions,
+            (unsigned long long)e->tokens_evicted, (unsigned long long)e->blocks_freed,
+            (unsigned long long)e->steps, e->max_running, (unsigned long long)e->preemptions,
+            e->seconds, e->seconds > 0 ? (double)e->generated_tokens / e->seconds : 0.0,
             (unsigned long long)e->prefill_tokens, (unsigned long long)e->hit_tokens);
         bool first = true;
         for (int dgt = 0; dgt <= RT_TASK_MAX_DIGITS; dgt++) {
@@ -1190,10 +1220,11 @@ int rt_cmd_eval(int argc, char **argv) {
     } else {
       printf(
           "model %s (%zu params), %u problems, %d-%d digits, seed %llu, batch %u, buffer %d, "
-          "window %d, lambda %g, kv %s, batching by %s%s\n",
+          "window %d, lambda %g, kv %s, granularity %s, batching by %s%s\n",
           o.model_path, rt_model_num_params(model), o.problems, o.min_digits, o.max_digits,
           (unsigned long long)o.seed, o.batch, o.buffer, o.window, (double)o.lambda,
-          rkv_dtype_name(o.kv_dtype), o.simple_loop ? "the tool's loop" : "the librkv scheduler",
+          rkv_dtype_name(o.kv_dtype), rkv_evict_granularity_name(o.granularity),
+          o.simple_loop ? "the tool's loop" : "the librkv scheduler",
           on_cuda ? ", KV cache on the cuda backend" : "");
       printf("%-10s %6s %9s %9s %11s %10s %8s %6s\n", "policy", "budget", "accuracy", "mean_gen",
              "peak_blocks", "max_stream", "tok/s", "bounds");

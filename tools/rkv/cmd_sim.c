@@ -57,7 +57,10 @@ static void usage(FILE *f) {
       "  --prefix-rule protect|copy   what compression may do to a shared prefix: protect it\n"
       "                      (the budget counts the rest; default) or copy it first (evictable)\n"
       "  --overlap on|off    overlap scheduling: plan step N+1 while step N runs (default off);\n"
-      "                      the report gives the host planning time it hid per step\n",
+      "                      the report gives the host planning time it hid per step\n"
+      "  --granularity stream|layer|kvhead|sequence   which streams of a sequence share one\n"
+      "                      kept set (docs/EVICTION.md; default stream). --compute cpu runs\n"
+      "                      rkv_evict_seq; none cuts uniformly (no effect); cuda/emu refuse\n",
       f);
   fputs(
       "compute and output:\n"
@@ -296,6 +299,12 @@ static bool parse_args(int argc, char **argv, sim_opts *o) {
         return false;
       }
       o->overlap = strcmp(v, "on") == 0;
+    } else if (strcmp(a, "--granularity") == 0) {
+      VAL();
+      if (rkv_evict_granularity_parse(v, &o->granularity) != RKV_OK) {
+        fprintf(stderr, "rkv sim: bad --granularity '%s' (stream, layer, kvhead, sequence)\n", v);
+        return false;
+      }
     } else if (strcmp(a, "--prefix-rule") == 0) {
       VAL();
       if (strcmp(v, "protect") == 0) {
@@ -409,6 +418,14 @@ static bool parse_args(int argc, char **argv, sim_opts *o) {
 #undef VAL
 #undef U64
 #undef F64
+  }
+  if (o->granularity != RKV_EVICT_GRAN_STREAM &&
+      (o->compute == SIM_COMPUTE_CUDA || o->compute == SIM_COMPUTE_EMU)) {
+    fprintf(stderr,
+            "rkv sim: --granularity %s needs --compute cpu (or none); the device eviction "
+            "selects per stream\n",
+            rkv_evict_granularity_name(o->granularity));
+    return false;
   }
   if (o->model.q_heads % o->model.kv_heads) {
     fprintf(stderr, "rkv sim: q heads (%u) must be a multiple of kv heads (%u)\n", o->model.q_heads,
@@ -622,8 +639,8 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
     fprintf(stderr, "rkv sim: scheduler: %s\n", err);
     goto done;
   }
-  if (!sim_engine_create(o->compute, &shard, bm, &sc.evict, host_blocks, o->max_seqs, o->wl.seed,
-                         reqs, n, o->threads, &eng))
+  if (!sim_engine_create(o->compute, &shard, bm, &sc.evict, o->granularity, host_blocks,
+                         o->max_seqs, o->wl.seed, reqs, n, o->threads, &eng))
     goto done;
   outs = calloc(o->max_seqs + 1, sizeof *outs);
   arrival = calloc(n + 1, sizeof *arrival);
@@ -916,14 +933,15 @@ static void print_json(const sim_opts *o, const sim_result *r, uint32_t np, uint
       "\"budget\": %d, \"buffer\": %d, \"window\": %d, \"admission\": \"%s\", "
       "\"preempt\": \"%s\", \"compute\": \"%s\", \"gpu\": \"%s\", \"seed\": %llu, "
       "\"prefixes\": %u, \"prefix_len\": [%lld, %lld], \"prefix_cache\": %s, "
-      "\"prefix_rule\": \"%s\", \"overlap\": %s},\n",
+      "\"prefix_rule\": \"%s\", \"overlap\": %s, \"granularity\": \"%s\"},\n",
       rkv_dtype_name(o->dtype), o->block_size, (unsigned long long)r[0].pool_blocks,
       gib((double)r[0].pool_blocks, r[0].block_bytes), o->wl.trace ? o->wl.trace : o->wl.kind,
       n_req, o->wl.gen, o->ev.budget, o->ev.buffer, o->ev.window,
       rkv_sched_admission_name(o->admission), rkv_sched_preempt_mode_name(o->preempt),
       compute_name(o->compute), o->gpu->name, (unsigned long long)o->wl.seed, o->wl.n_prefixes,
       (long long)o->wl.prefix_lo, (long long)o->wl.prefix_hi, o->prefix_cache ? "true" : "false",
-      o->prefix_rule == RKV_SCHED_PREFIX_COPY ? "copy" : "protect", o->overlap ? "true" : "false");
+      o->prefix_rule == RKV_SCHED_PREFIX_COPY ? "copy" : "protect", o->overlap ? "true" : "false",
+      rkv_evict_granularity_name(o->granularity));
   printf("  \"policies\": [\n");
   for (uint32_t i = 0; i < np; i++) {
     const sim_result *x = &r[i];

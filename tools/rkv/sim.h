@@ -183,9 +183,9 @@ typedef struct sim_engine_times {
 
 /* Creates the engine for one policy run. `reqs` lives as long as the engine (token ids). */
 bool sim_engine_create(sim_compute kind, const sim_model *m, rkv_blockmgr *bm,
-                       const rkv_evict_params *ev, uint32_t host_blocks, uint32_t max_seqs,
-                       uint64_t seed, const sim_req *reqs, uint32_t n_reqs, int threads,
-                       sim_engine **out);
+                       const rkv_evict_params *ev, rkv_evict_granularity granularity,
+                       uint32_t host_blocks, uint32_t max_seqs, uint64_t seed, const sim_req *reqs,
+                       uint32_t n_reqs, int threads, sim_engine **out);
 void sim_engine_destroy(sim_engine *e);
 /* Executes a plan (swaps, copies, K/V writes, attention, compressions) and fills outs
  * [plan->n_seqs], in two halves so that the next plan may be made between them (overlap
@@ -224,6 +224,7 @@ typedef struct sim_opts {
   bool prefix_cache;                 /* --prefix-cache on */
   rkv_sched_prefix_rule prefix_rule; /* --prefix-rule */
   bool overlap;                      /* --overlap on: plan step N+1 while N runs */
+  rkv_evict_granularity granularity; /* --granularity (the executor's; --compute cpu) */
 } sim_opts;
 
 typedef struct sim_sample {

@@ -108,8 +108,10 @@ static bool make_tables(sim_engine *e, const sim_model *m, uint64_t seed, uint32
 /* The library's executor over the pool (NULL: bookkeeping only). Its table mirror starts at
  * the policy's B + buffer per stream and grows itself when a prompt is longer. */
 static bool make_exec(sim_engine *e, const sim_model *m, rkv_blockmgr *bm, rkv_kv_pool *pool,
-                      const rkv_evict_params *ev, uint32_t host_blocks, uint32_t max_seqs) {
+                      const rkv_evict_params *ev, rkv_evict_granularity g, uint32_t host_blocks,
+                      uint32_t max_seqs) {
   rkv_exec_config xc = RKV_EXEC_CONFIG_INIT;
+  xc.granularity = g;
   xc.num_q_heads = m->q_heads;
   xc.max_seqs = max_seqs;
   xc.host_blocks = host_blocks;
@@ -167,9 +169,9 @@ static bool make_device_rows(sim_engine *e) {
 }
 
 bool sim_engine_create(sim_compute kind, const sim_model *m, rkv_blockmgr *bm,
-                       const rkv_evict_params *ev, uint32_t host_blocks, uint32_t max_seqs,
-                       uint64_t seed, const sim_req *reqs, uint32_t n_reqs, int threads,
-                       sim_engine **out) {
+                       const rkv_evict_params *ev, rkv_evict_granularity granularity,
+                       uint32_t host_blocks, uint32_t max_seqs, uint64_t seed, const sim_req *reqs,
+                       uint32_t n_reqs, int threads, sim_engine **out) {
   *out = NULL;
   sim_engine *e = calloc(1, sizeof *e);
   if (!e) return false;
@@ -181,10 +183,10 @@ bool sim_engine_create(sim_compute kind, const sim_model *m, rkv_blockmgr *bm,
   e->reqs = reqs;
   e->n_reqs = n_reqs;
   const bool ok = kind == SIM_COMPUTE_NONE
-                      ? make_exec(e, m, bm, NULL, ev, host_blocks, max_seqs)
+                      ? make_exec(e, m, bm, NULL, ev, granularity, host_blocks, max_seqs)
                       : make_pool(e, kind, bm, threads) &&
                             (kind == SIM_COMPUTE_CPU || make_device_rows(e)) &&
-                            make_exec(e, m, bm, e->pool, ev, host_blocks, max_seqs) &&
+                            make_exec(e, m, bm, e->pool, ev, granularity, host_blocks, max_seqs) &&
                             make_tables(e, m, seed, n_reqs);
   if (!ok) {
     sim_engine_destroy(e);

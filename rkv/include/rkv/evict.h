@@ -94,7 +94,8 @@ RKV_API rkv_status rkv_evict_workspace_size(const rkv_evict_params *p, uint32_t 
  * After compaction the per-slot scores of slots that hold no token any more are zeroed.
  * Streams of length <= budget are untouched; FULL returns at once. Not thread-safe on one
  * manager (it mutates it); thread-safe across managers with distinct workspaces.
- * Cost per compressed stream O(n^2 d / 2) (R-KV), O(G window n d) (SnapKV), O(n) otherwise. */
+ * Cost per compressed stream O(n^2 d / 2) (R-KV), O(G window n d) (SnapKV), O(n) otherwise.
+ * rkv_evict_seq (below) compresses every layer of a sequence at once, at a granularity. */
 RKV_API rkv_status rkv_evict_layer(const rkv_evict_params *p, rkv_blockmgr *m, rkv_kv_pool *pool,
                                    const rkv_qwindow *qw, uint32_t num_q_heads, int64_t seq,
                                    uint32_t layer, void *workspace, size_t ws_bytes,
@@ -205,6 +206,46 @@ RKV_API rkv_status rkv_evict_select_dense_multi(const rkv_evict_params *p, rkv_e
                                                 int32_t n, uint32_t head_dim, int32_t *keep,
                                                 const rkv_evict_scores *dump, void *workspace,
                                                 size_t ws_bytes, char *err, size_t err_len);
+
+/* ---- Selection granularity (paged entry) ------------------------------------------------ */
+
+/* Workspace bytes rkv_evict_seq needs for a sequence of num_layers x num_kv_heads streams of
+ * up to max_len tokens each (about num_layers x num_kv_heads x max_len x 20 bytes on top of
+ * rkv_evict_workspace_size's scratch: every stream's keep list and moves are held until the
+ * one compaction). RKV_ERR_INVALID_ARG for invalid parameters, granularity or sizes (also
+ * when layers x kv heads x max_len exceeds 2^32). */
+RKV_API rkv_status rkv_evict_seq_workspace_size(const rkv_evict_params *p, rkv_evict_granularity g,
+                                                uint32_t num_layers, uint32_t num_kv_heads,
+                                                uint32_t num_q_heads, uint32_t head_dim,
+                                                int32_t max_len, size_t *bytes);
+
+/* One compression step of every layer of sequence seq at granularity g, over a CPU pool:
+ * rkv_evict_layer for all layers at once, with groups of streams sharing one kept set as
+ * rkv_evict_select_dense_multi defines them (docs/EVICTION.md, "Selection granularity").
+ * Every stream (positions after the protected prefix P, rkv_blockmgr_seq_protect) is gathered
+ * from the pool and scored by the per-stream scorer rkv_evict_layer uses; the scores are
+ * aggregated by the dense multi entry's code; each stream then keeps its P protected tokens
+ * in place plus its group's `budget` positions, and all streams are compacted by one
+ * rkv_blockmgr_compact call and the move plan applied (K, V, per-slot scores; the scores of
+ * slots that hold no token any more are zeroed). RKV_EVICT_GRAN_STREAM keeps exactly what
+ * rkv_evict_layer keeps, layer by layer.
+ * The streams must be in lockstep (all of seq's streams hold the same number of tokens, as in
+ * an engine that appends to every stream each step): RKV_ERR_STATE otherwise. A sequence
+ * compresses when its streams hold more than P + budget tokens, else nothing happens (as does
+ * nothing for FULL). The sequence compresses whole or not at all: every check, including the
+ * fresh blocks that shared leading blocks (forks) need in every layer, comes before the first
+ * change. res sums over all streams. Errors (text in err): RKV_ERR_INVALID_ARG (params,
+ * granularity, shapes, query window shape), RKV_ERR_UNSUPPORTED (not a CPU pool),
+ * RKV_ERR_NOT_FOUND (seq unknown to the manager or the window), RKV_ERR_STATE (streams not in
+ * lockstep, a window with fewer than `window` rows in some layer), RKV_ERR_CAPACITY (ws_bytes
+ * < rkv_evict_seq_workspace_size for the streams' length), RKV_ERR_NO_BLOCKS (fresh blocks),
+ * all changing nothing; RKV_ERR_INTERNAL if the pool rejects the move plan after the tables
+ * changed. Not thread-safe on one manager. Cost: num_layers x rkv_evict_layer's scoring plus
+ * O(num_layers x num_kv_heads x len) for the sums, copies and compaction. */
+RKV_API rkv_status rkv_evict_seq(const rkv_evict_params *p, rkv_evict_granularity g,
+                                 rkv_blockmgr *m, rkv_kv_pool *pool, const rkv_qwindow *qw,
+                                 uint32_t num_q_heads, int64_t seq, void *workspace,
+                                 size_t ws_bytes, rkv_evict_result *res, char *err, size_t err_len);
 
 /* ---- H2O score accumulation (standalone CPU path) -------------------------------------- */
 

@@ -63,7 +63,7 @@ extern "C" {
 
 typedef struct rkv_exec rkv_exec;
 
-#define RKV_EXEC_CONFIG_VERSION 1
+#define RKV_EXEC_CONFIG_VERSION 2
 typedef struct rkv_exec_config {
   uint32_t struct_size;           /* sizeof(rkv_exec_config) */
   uint32_t num_q_heads;           /* multiple of the block manager's kv heads */
@@ -75,9 +75,19 @@ typedef struct rkv_exec_config {
   uint32_t host_blocks;           /* swap pool in blocks (the scheduler's host_blocks) */
   rkv_evict_params evict;         /* the default policy: its window sizes the query window */
   const rkv_allocator *allocator; /* NULL = libc */
+  /* v2: which streams of a flagged sequence share one kept set (rkv_evict_granularity;
+   * docs/EVICTION.md, "Selection granularity"). STREAM (the default, and what a version-1
+   * struct gets) compresses layer by layer with rkv_evict_layer; the coarser units run
+   * rkv_evict_seq on CPU pools. A device pool (CUDA or emulated) takes STREAM only: the device
+   * kernels select per stream, so rkv_exec_create refuses another unit there with
+   * RKV_ERR_UNSUPPORTED. Bookkeeping executors (pool NULL) cut uniformly: no unit applies. */
+  rkv_evict_granularity granularity;
 } rkv_exec_config;
-#define RKV_EXEC_CONFIG_INIT \
-  { sizeof(rkv_exec_config), 0, 0.0f, 256, 0, 0, RKV_EVICT_PARAMS_INIT, NULL }
+#define RKV_EXEC_CONFIG_INIT                                                  \
+  {                                                                           \
+    sizeof(rkv_exec_config), 0, 0.0f, 256, 0, 0, RKV_EVICT_PARAMS_INIT, NULL, \
+        RKV_EVICT_GRAN_STREAM                                                 \
+  }
 
 /* Creates an executor over a pool and the block manager whose ids index it (both borrowed:
  * they must outlive the executor). pool NULL gives a bookkeeping executor: plans are applied
@@ -85,9 +95,11 @@ typedef struct rkv_exec_config {
  * and not required), and a flagged compression cuts every stream to the budget with
  * rkv_blockmgr_compact_uniform: for simulators, capacity planning and host-cost benchmarks. Layers,
  * kv heads, head_dim, block size and dtype come from the block manager and must match the pool.
+ * struct_size may be that of version 1 (up to allocator; granularity is then STREAM).
  * RKV_ERR_INVALID_ARG (text in err), RKV_ERR_NO_MEMORY, RKV_ERR_UNSUPPORTED (a CUDA pool whose
- * head_dim / block size / dtype lies outside the CUDA kernels' set, or a query window over
- * 256 rows), RKV_ERR_CUDA (device memory). *out = NULL on failure. */
+ * head_dim / block size / dtype lies outside the CUDA kernels' set, a query window over
+ * 256 rows, or a granularity other than STREAM on a device pool), RKV_ERR_CUDA (device
+ * memory). *out = NULL on failure. */
 RKV_API rkv_status rkv_exec_create(const rkv_exec_config *cfg, rkv_blockmgr *m, rkv_kv_pool *pool,
                                    rkv_exec **out, char *err, size_t err_len);
 /* Accepts NULL. */

@@ -108,6 +108,38 @@ add_test(NAME model_eval_simple_loop
 set_tests_properties(model_eval_simple_loop PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 120
                      LABELS "integration;model")
 
+# Selection granularity in the scheduler loop (the executor runs rkv_evict_seq): R-KV and H2O
+# at granularity layer and sequence must keep every stream within its bounds
+# (--require-bounds) with --check on every step; kvhead runs with the prefix cache on, so the
+# prompt's full blocks are protected (--check only: eval's bound does not count a protected
+# prefix, with any granularity). The JSON reports the unit. A coarser unit with --simple-loop
+# or on a device is a usage error (2).
+if(RKV_SANITIZE)
+  set(_gran_problems 6)
+else()
+  set(_gran_problems 16)
+endif()
+foreach(_gran layer sequence kvhead)
+  if(_gran STREQUAL "kvhead")
+    set(_gran_extra --prefix-cache on)
+  else()
+    set(_gran_extra --require-bounds)
+  endif()
+  # a pass regex alone would ignore the exit status (3 when a bound breaks): check both
+  add_test(NAME model_eval_granularity_${_gran}
+           COMMAND sh -c "out=$(\"$@\"); rc=$?; echo \"$out\"; [ $rc -eq 0 ] && echo \"$out\" | grep -q '\"granularity\": \"${_gran}\", \"accuracy\"'"
+                   sh $<TARGET_FILE:rkv> eval --model ${_eval_model} --digits ${_eval_digits}
+                   --problems ${_gran_problems} --policies rkv,h2o --budgets 32,64 --buffer 16
+                   --batch 8 --granularity ${_gran} ${_gran_extra} --check --json)
+  set_tests_properties(model_eval_granularity_${_gran} PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300
+                       LABELS "integration;model")
+endforeach()
+add_test(NAME model_eval_granularity_usage
+  COMMAND sh -c "\"$0\" eval --model \"$1\" --problems 2 --granularity kvhead --simple-loop 2>&1; [ $? -eq 2 ] || exit 1; \"$0\" eval --model \"$1\" --problems 2 --granularity kvhead --backend emu 2>&1; [ $? -eq 2 ] || exit 1; \"$0\" eval --model \"$1\" --problems 2 --granularity head 2>&1; [ $? -eq 2 ]"
+          $<TARGET_FILE:rkv> ${_model_dir}/data/smoke.safetensors)
+set_tests_properties(model_eval_granularity_usage PROPERTIES TIMEOUT 60 LABELS "unit;model"
+                     PASS_REGULAR_EXPRESSION "cpu backend only")
+
 # model_eval_cuda (label gpu): `rkv eval --backend cuda` on the smoke weights, each run repeated
 # on the CPU backend (--compare-cpu: equal accuracies or exit 3). Skips (77) without CUDA in the
 # build or without a usable GPU; under RKV_REQUIRE_GPU_TESTS (gpu preset) a skip fails. The

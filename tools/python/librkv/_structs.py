@@ -365,11 +365,12 @@ class ExecConfig(Structure):
     """rkv_exec_config."""
     _fields_ = [("struct_size", c_uint32), ("num_q_heads", c_uint32), ("scale", c_float),
                 ("max_seqs", c_uint32), ("max_stream_tokens", c_uint32),
-                ("host_blocks", c_uint32), ("evict", EvictParams), ("allocator", c_void_p)]
+                ("host_blocks", c_uint32), ("evict", EvictParams), ("allocator", c_void_p),
+                ("granularity", c_int)]
 
 
 EXEC_CONFIG_INIT = dict(num_q_heads=0, scale=0.0, max_seqs=256, max_stream_tokens=0,
-                        host_blocks=0)
+                        host_blocks=0, granularity=0)
 
 
 def struct_dict(s):

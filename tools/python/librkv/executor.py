@@ -4,7 +4,7 @@ import ctypes
 
 from . import _lib
 from ._base import Handle, RkvError, as_ptr, check
-from ._structs import EXEC_CONFIG_INIT, EvictParams, ExecConfig, Status
+from ._structs import EXEC_CONFIG_INIT, EvictParams, ExecConfig, Granularity, Status, parse_enum
 from .blockmgr import BlockManager
 from .runtime import KVPool
 from .scheduler import Plan, Scheduler, _outputs_arg, new_outputs
@@ -14,7 +14,8 @@ class Executor(Handle):
     """An executor over a block manager and a CPU KV pool (rkv_exec).
 
     ``Executor(bm, pool, num_q_heads, scale=0.0, max_seqs=256, max_stream_tokens=0,
-    host_blocks=0, evict=None)``: defaults are RKV_EXEC_CONFIG_INIT's; give it the
+    host_blocks=0, evict=None, granularity="stream")``: defaults are RKV_EXEC_CONFIG_INIT's
+    (granularity: stream, layer, kvhead or sequence; CPU pools only for the coarser ones); give it the
     scheduler's max_seqs, host_blocks and evict (``Executor.for_scheduler`` copies them).
     pool None makes a bookkeeping executor (no bytes move; ``layer`` is not called).
 
@@ -46,6 +47,8 @@ class Executor(Handle):
         cfg = ExecConfig()
         cfg.struct_size = ctypes.sizeof(ExecConfig)
         cfg.evict = EvictParams.coerce(vals.pop("evict"), "Executor evict")
+        vals["granularity"] = int(parse_enum(Granularity, vals["granularity"],
+                                             "Executor granularity"))
         for k, v in vals.items():
             setattr(cfg, k, v)
         err = ctypes.create_string_buffer(256)
