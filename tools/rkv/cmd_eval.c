@@ -75,6 +75,8 @@ typedef struct eval_result {
   uint32_t peak_blocks;
   int32_t max_stream_len;     /* longest stream seen (before the step's compression) */
   int32_t max_after_compress; /* longest stream right after any compression */
+  int32_t max_protect;        /* longest protected prompt prefix (protect rule): kept on top
+                               * of the budget */
   int32_t max_prompt_len;
   uint64_t compressions;
   uint64_t tokens_evicted;
@@ -389,9 +391,10 @@ static void eval_finish(const eval_opts *o, eval_ctx *c, eval_result *res, doubl
   if (res->policy == RKV_EVICT_FULL) {
     res->budget_ok = true;
   } else {
-    int32_t bound = res->budget + o->buffer;
+    int32_t bound = res->max_protect + res->budget + o->buffer;
     if (res->max_prompt_len > bound) bound = res->max_prompt_len;
-    res->budget_ok = res->max_stream_len <= bound && res->max_after_compress <= res->budget;
+    res->budget_ok =
+        res->max_stream_len <= bound && res->max_after_compress <= res->max_protect + res->budget;
   }
 }
 
@@ -685,6 +688,9 @@ static int eval_run_sched(const eval_opts *o, const rt_model *model, rkv_backend
       uint64_t h[RT_TASK_MAX_TEXT];
       const uint32_t nh = rkv_prefix_hash_blocks(q->hist, (uint32_t)q->prompt_len, o->block_size, 0,
                                                  h, RT_TASK_MAX_TEXT);
+      const int32_t prot = (int32_t)(nh * o->block_size);
+      if (o->prefix_rule == RKV_SCHED_PREFIX_PROTECT && prot > res->max_protect)
+        res->max_protect = prot;
       if (rkv_sched_set_prefix(sch, i, h, nh) != RKV_OK) {
         fprintf(stderr, "rkv eval: set_prefix %u: %s\n", i, rkv_sched_last_error(sch));
         goto done;

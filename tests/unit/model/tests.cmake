@@ -111,19 +111,18 @@ set_tests_properties(model_eval_simple_loop PROPERTIES SKIP_RETURN_CODE 77 TIMEO
 # Selection granularity in the scheduler loop (the executor runs rkv_evict_seq): R-KV and H2O
 # at granularity layer and sequence must keep every stream within its bounds
 # (--require-bounds) with --check on every step; kvhead runs with the prefix cache on, so the
-# prompt's full blocks are protected (--check only: eval's bound does not count a protected
-# prefix, with any granularity). The JSON reports the unit. A coarser unit with --simple-loop
-# or on a device is a usage error (2).
+# prompt's full blocks are protected (the bound then counts the protected prefix on top of the
+# budget). The JSON reports the unit. A coarser unit with --simple-loop or on a device is a
+# usage error (2).
 if(RKV_SANITIZE)
   set(_gran_problems 6)
 else()
   set(_gran_problems 16)
 endif()
 foreach(_gran layer sequence kvhead)
+  set(_gran_extra --require-bounds)
   if(_gran STREQUAL "kvhead")
-    set(_gran_extra --prefix-cache on)
-  else()
-    set(_gran_extra --require-bounds)
+    list(APPEND _gran_extra --prefix-cache on)
   endif()
   # a pass regex alone would ignore the exit status (3 when a bound breaks): check both
   add_test(NAME model_eval_granularity_${_gran}
