@@ -2,9 +2,8 @@
 """rkv eval with overlap scheduling (docs/OVERLAP.md): the next step is planned while the
 current one's compressions and report are still to come. Greedy decoding makes the claim
 exact: for every policy, overlap on generates exactly the tokens of overlap off (the same
-generations, the same correct count), with the prefix cache off and on; and overlap planned
-ahead (it took no more steps than a handful beyond sync's: the extra ones are the tokens a
-late end discards).
+generations, the same correct count), with the prefix cache off and on; and under overlap the
+executor's device path (the emulated device) generates exactly what the CPU pool does.
 usage: check_overlap.py RKV WEIGHTS [--problems N] [--digits LO-HI] [--budget B]
                         [--block-size N]"""
 import argparse
@@ -68,6 +67,17 @@ def main():
                       "sync, %d overlap" % (pol, label, sync[pol]["correct"],
                                             sync[pol]["problems"], len(a), sync[pol]["steps"],
                                             over[pol]["steps"]))
+        # the executor's device path (emulated device) under overlap: the same tokens as the
+        # CPU pool (copy rule: the device selection takes no protected prefix)
+        cpu, g_cpu = run(tmp, "cpu", ["--prefix-rule", "copy", "--overlap", "on"])
+        emu, g_emu = run(tmp, "emu", ["--prefix-rule", "copy", "--overlap", "on", "--backend",
+                                      "emu"])
+        for pol in POLICIES.split(","):
+            a, b = by_request(g_cpu, pol), by_request(g_emu, pol)
+            if not a or a != b:
+                fails.append("%s: overlap on the emulated device differs from the CPU pool" % pol)
+            else:
+                print("%-9s: overlap, emulated device = CPU pool, %d generations" % (pol, len(a)))
     for f in fails:
         print("FAIL: " + f)
     print("%d passed, %d failed" % (0 if fails else 1, len(fails)))

@@ -12,7 +12,8 @@
 #  model_eval_prefix_cache  `rkv eval --repeat 2`: the prefix cache on generates exactly what
 #                       it generates off (full cache; R-KV under the same protection)
 #  model_eval_overlap   `rkv eval --overlap on` generates exactly what sync mode does, every
-#                       policy, prefix cache off and on
+#                       policy, prefix cache off and on; and on the emulated device what the
+#                       CPU pool does
 set(_model_dir ${PROJECT_SOURCE_DIR}/tests/unit/model)
 # model_test_forward reaches the tool's model code through rkv_toolkit (every test links it).
 set_tests_properties(model_test_forward PROPERTIES TIMEOUT 300) # ~80 s alone under ASan on 2 cores
