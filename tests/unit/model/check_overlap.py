@@ -69,9 +69,10 @@ def main():
                                             over[pol]["steps"]))
         # the executor's device path (emulated device) under overlap: the same tokens as the
         # CPU pool (copy rule: the device selection takes no protected prefix)
-        cpu, g_cpu = run(tmp, "cpu", ["--prefix-rule", "copy", "--overlap", "on"])
-        emu, g_emu = run(tmp, "emu", ["--prefix-rule", "copy", "--overlap", "on", "--backend",
-                                      "emu"])
+        # (block size 16: the device kernels take 16 or 32; the last --block-size counts)
+        dev = ["--prefix-rule", "copy", "--overlap", "on", "--block-size", "16"]
+        cpu, g_cpu = run(tmp, "cpu", dev)
+        emu, g_emu = run(tmp, "emu", dev + ["--backend", "emu"])
         for pol in POLICIES.split(","):
             a, b = by_request(g_cpu, pol), by_request(g_emu, pol)
             if not a or a != b:
