@@ -53,6 +53,14 @@ static int64_t find_slot(const rkv_qwindow *w, int64_t id) {
   return -1;
 }
 
+bool rkvi_qwindow_has(const rkv_qwindow *w, int64_t seq) {
+  return find_slot(w, seq) >= 0;
+}
+
+uint32_t rkvi_qwindow_live(const rkv_qwindow *w) {
+  return w->live;
+}
+
 static qw_seq *find_seq(const rkv_qwindow *w, int64_t id) {
   int64_t h = find_slot(w, id);
   return h < 0 ? NULL : &w->seqs[w->slot[h]];

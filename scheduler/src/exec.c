@@ -15,6 +15,7 @@
 #include <rkv/executor.h>
 
 #include "exec_device.h"
+#include "qwindow_internal.h"
 #include "rkv_internal.h"
 
 struct rkv_exec {
@@ -41,7 +42,6 @@ struct rkv_exec {
   int32_t *xlen;
 
   rkv_qwindow *qw;     /* NULL when the default policy scores without queries, or on a device */
-  uint32_t qw_live;    /* windows registered in qw (its capacity is nidx) */
   rkvi_xdev *dev;      /* device-side state when the pool's memory is not the host's */
   unsigned char *host; /* swap pool [host_blocks][block_bytes] */
   float *host_scores;  /* [host_blocks][block_size] the swapped slots' attention mass: a
@@ -339,12 +339,9 @@ static bool has_window(const rkv_exec *x) {
   return x->qw || rkvi_xdev_has_window(x->dev);
 }
 
-/* Whether id has a query window now. The host window has no lookup of its own: a fork of id
- * onto itself is refused with RKV_ERR_EXISTS exactly when id has one (RKV_ERR_NOT_FOUND when
- * not), and changes nothing either way. O(1). */
-static bool window_now(rkv_exec *x, int64_t id) {
-  if (x->qw) return rkv_qwindow_seq_fork(x->qw, id, id) == RKV_ERR_EXISTS;
-  return rkvi_xdev_window_of(x->dev, id);
+/* Whether id has a query window now. O(1). */
+static bool window_now(const rkv_exec *x, int64_t id) {
+  return x->qw ? rkvi_qwindow_has(x->qw, id) : rkvi_xdev_window_of(x->dev, id);
 }
 
 /* ---- plan validation ---------------------------------------------------------------------- */
@@ -511,7 +508,7 @@ static rkv_status check_ids(rkv_exec *x, const rkv_sched_plan *p, const plan_ids
                  i, (long long)id);
   }
   const bool win = has_window(x);
-  uint32_t live = !win ? 0 : x->qw ? x->qw_live : rkvi_xdev_windows_live(x->dev);
+  uint32_t live = !win ? 0 : x->qw ? rkvi_qwindow_live(x->qw) : rkvi_xdev_windows_live(x->dev);
   for (uint32_t i = 0; i < p->n_forks; i++) {
     const int64_t par = p->forks[i].parent, child = p->forks[i].child;
     if (par < 0 || child < 0 || par == child)
@@ -736,10 +733,9 @@ static rkv_status window_lifecycle(rkv_exec *x, const rkv_sched_plan *p) {
       return rkvi_fail(x->err, RKV_ERR_INTERNAL, "begin: query window fork %lld -> %lld: %s",
                        (long long)p->forks[i].parent, (long long)p->forks[i].child,
                        rkv_qwindow_last_error(x->qw));
-    x->qw_live++;
   }
   for (uint32_t i = 0; i < p->n_dropped; i++) {
-    if (x->qw && rkv_qwindow_seq_remove(x->qw, p->dropped[i]) == RKV_OK) x->qw_live--;
+    if (x->qw) (void)rkv_qwindow_seq_remove(x->qw, p->dropped[i]); /* may never have run */
     forget(x, p->dropped[i]);
   }
   for (uint32_t i = 0; i < p->n_swapped_out; i++) forget(x, p->swapped_out[i]);
@@ -748,7 +744,6 @@ static rkv_status window_lifecycle(rkv_exec *x, const rkv_sched_plan *p) {
     if (st != RKV_OK)
       return rkvi_fail(x->err, RKV_ERR_INTERNAL, "begin: query window of %lld: %s",
                        (long long)p->started[i], rkv_qwindow_last_error(x->qw));
-    x->qw_live++;
   }
   return RKV_OK;
 }

@@ -79,8 +79,6 @@ typedef struct plan_buf {
   uint8_t *rows_changed; /* [max_seqs] */
   int64_t *started;      /* [max_seqs] */
   uint32_t n_started;
-  uint8_t *deferred; /* [max_seqs] overlap: the sequence's append waits for the in-flight
-                      * plan's compression of it (made by that plan's report) */
   uint32_t promised; /* fresh blocks promised to this plan's flagged compressions: still
                       * taken while the plan is in flight (overlap) */
 } plan_buf;
@@ -519,6 +517,13 @@ static void drop_request(rkv_sched *s, req *r) {
   req_free(s, r);
 }
 
+/* A request that ended: its id goes to the next plan's finished list, its blocks are freed. */
+static void finish_request(rkv_sched *s, req *r) {
+  push_finished(s, r->id);
+  drop_request(s, r);
+  s->m.num_finished++;
+}
+
 /* ---- plans in flight (config.overlap) ------------------------------------------------ */
 
 static plan_buf *buf_of(rkv_sched *s, uint64_t step) {
@@ -670,7 +675,6 @@ rkv_status rkv_sched_create(const rkv_sched_config *cfg_in, rkv_blockmgr *m, rkv
     pb->dropped_cap = s->fin_cap;
     ALLOC_ARR(pb->rows_changed, ms);
     ALLOC_ARR(pb->started, ms);
-    ALLOC_ARR(pb->deferred, ms);
     if (cfg.plan_slots) ALLOC_ARR(pb->slots, s->slots_cap);
   }
   s->cur = &s->pb[0];
@@ -718,7 +722,6 @@ void rkv_sched_destroy(rkv_sched *s) {
     rkvi_free(a, pb->dropped, sizeof(int64_t) * (pb->dropped_cap + 1));
     rkvi_free(a, pb->rows_changed, ms + 1);
     rkvi_free(a, pb->started, sizeof(int64_t) * (ms + 1));
-    rkvi_free(a, pb->deferred, ms + 1);
     if (pb->slots) rkvi_free(a, pb->slots, sizeof(int64_t) * (s->slots_cap + 1));
     rkvi_free(a, pb->forks, sizeof(*pb->forks) * (pb->forks_cap + 1));
   }
@@ -1087,7 +1090,6 @@ static rkv_status record_seq(rkv_sched *s, req *r, uint32_t n, bool changed, boo
   rkv_sched_plan *p = &b->plan;
   const bool decode = r->computed >= r->target;
   b->rows_changed[p->n_seqs] = changed || r->starting;
-  b->deferred[p->n_seqs] = deferred;
   r->deferred = deferred;
   if (r->starting) b->started[b->n_started++] = r->id;
   r->starting = false;
@@ -1206,17 +1208,15 @@ static void order_decodes_first(rkv_sched *s) {
     rotate_slot_row(s, row_fp, row_i - 1);
     const rkv_sched_seq q = s->cur->seqs[i];
     req *r = s->cur->seq_req[i];
-    const uint8_t ch = s->cur->rows_changed[i], df = s->cur->deferred[i];
+    const uint8_t ch = s->cur->rows_changed[i];
     for (uint32_t j = i; j > first_prefill; j--) {
       s->cur->seqs[j] = s->cur->seqs[j - 1];
       s->cur->seq_req[j] = s->cur->seq_req[j - 1];
       s->cur->rows_changed[j] = s->cur->rows_changed[j - 1];
-      s->cur->deferred[j] = s->cur->deferred[j - 1];
     }
     s->cur->seqs[first_prefill] = q;
     s->cur->seq_req[first_prefill] = r;
     s->cur->rows_changed[first_prefill] = ch;
-    s->cur->deferred[first_prefill] = df;
     first_prefill++;
     row_fp++;
   }
@@ -1474,10 +1474,9 @@ static rkv_status after_call_check(rkv_sched *s) {
 
 /* dropped = finished since the last plan, then this step's recompute preemptions (a swapped-out
  * id keeps its engine state: its KV comes back). */
-static void fill_dropped(rkv_sched *s, plan_buf *b) {
+static void fill_dropped(plan_buf *b) {
   rkv_sched_plan *p = &b->plan;
   uint32_t n = 0;
-  (void)s;
   for (uint32_t i = 0; i < p->n_finished; i++) b->dropped[n++] = p->finished[i];
   for (uint32_t i = 0; i < p->n_preempted; i++) {
     bool swapped = false;
@@ -1540,7 +1539,7 @@ rkv_status rkv_sched_step(rkv_sched *s, const rkv_sched_plan **plan) {
   p->preempted = b->preempted;
   p->swapped_out = b->swapped_out;
   p->swapped_in = b->swapped_in;
-  fill_dropped(s, b);
+  fill_dropped(b);
   s->step_no++;
   s->n_out++;
   s->m.steps++;
@@ -1556,19 +1555,17 @@ rkv_status rkv_sched_step(rkv_sched *s, const rkv_sched_plan **plan) {
 static rkv_status append_deferred(rkv_sched *s, uint64_t step) {
   plan_buf *nb = buf_of(s, step + 1);
   for (uint32_t i = 0; i < nb->plan.n_seqs; i++) {
-    if (!nb->deferred[i]) continue;
     req *r = nb->seq_req[i];
+    if (!r->deferred) continue;
     rkv_sched_seq *q = &nb->seqs[i];
     int32_t len = 0;
-    uint32_t popped = 0, nc = 0;
+    uint32_t nc = 0;
     RKV_TRY(rkv_blockmgr_stream_len(s->bm, r->id, 0, 0, &len));
-    RKV_TRY(rkv_blockmgr_blocks_needed(s->bm, r->id, 1, &popped));
     RKV_TRY(rkv_blockmgr_append_batch(s->bm, r->id, 1, NULL, 0, NULL, &nc));
     if (nc)
       return rkvi_fail(s->err, RKV_ERR_INTERNAL, "deferred append of %lld copied blocks",
                        (long long)r->id);
     r->deferred = false;
-    nb->deferred[i] = 0;
     if (len + 1 != q->kv_len) { /* the compression did not run */
       r->kv_len = len + 1;
       q->kv_len = r->kv_len;
@@ -1614,9 +1611,7 @@ rkv_status rkv_sched_report(rkv_sched *s, const rkv_sched_output *outs, uint32_t
     r->sched[step & 1] = 0;
     r->reported = false;
     if (r->draining) { /* the token after its end: discarded */
-      push_finished(s, r->id);
-      drop_request(s, r);
-      s->m.num_finished++;
+      finish_request(s, r);
       continue;
     }
     if (outs[i].compressed) {
@@ -1632,13 +1627,10 @@ rkv_status rkv_sched_report(rkv_sched *s, const rkv_sched_output *outs, uint32_t
       r->generated++;
       s->m.generation_tokens++;
       if (outs[i].eos || r->generated >= r->max_new) {
-        if (next_out && in_plan(r, step + 1)) {
+        if (next_out && in_plan(r, step + 1))
           r->draining = true; /* the next plan already runs it: freed at its report */
-        } else {
-          push_finished(s, r->id);
-          drop_request(s, r);
-          s->m.num_finished++;
-        }
+        else
+          finish_request(s, r);
       }
     }
   }
@@ -1814,7 +1806,7 @@ rkv_status rkv_sched_check(const rkv_sched *s_const) {
       const plan_buf *nb = s->n_out == 2 ? buf_of(s, newest) : NULL;
       const plan_buf *fb = s->n_out == 2 ? buf_of(s, newest - 1) : NULL;
       if (!nb || !in_plan(r, newest) || !in_plan(r, newest - 1) ||
-          !nb->deferred[r->idx[newest & 1]] || !fb->seqs[r->idx[(newest - 1) & 1]].compress)
+          !fb->seqs[r->idx[(newest - 1) & 1]].compress)
         return rkvi_fail(err, RKV_ERR_CORRUPT,
                          "request %lld: a deferred append without a compression in flight",
                          (long long)r->id);

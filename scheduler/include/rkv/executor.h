@@ -169,8 +169,11 @@ RKV_API size_t rkv_exec_memory_bytes(const rkv_exec *x);
 
 /* Walks the executor's invariants: every mirror slot belongs to one live sequence of the
  * block manager and its rows/lengths equal the manager's tables (for sequences synced since
- * their last change), the slot map matches, the query window passes its own check.
- * RKV_OK or RKV_ERR_CORRUPT with the first violation in the last error. O(mirror). */
+ * their last change), the slot map matches, the query window passes its own check. Call it
+ * right after begin, or between steps while no plan has been made since the last finish: a
+ * plan appends to the block manager, and the mirror catches up only at its begin (with
+ * overlap scheduling the next plan exists from before the finish on). RKV_OK or
+ * RKV_ERR_CORRUPT with the first violation in the last error. O(mirror). */
 RKV_API rkv_status rkv_exec_check(const rkv_exec *x);
 
 #ifdef __cplusplus
