@@ -12,7 +12,8 @@ Contents (safetensors): for each fixed problem i (seed REF_SEED, digit counts RE
   stream.i  I32 [G']     greedy continuation under StreamingLLM eviction (budget STREAM_BUDGET,
                          buffer STREAM_BUFFER, 4 sinks, librkv's trigger)
 plus task_text U8 [...]: the prompt + target of TASK_COUNT problems of set TASK_SEED over
-1-25 digits, joined by '|', which the C generator must reproduce byte for byte.
+1-25 digits, joined by '|', which the C generator must reproduce byte for byte, and
+task_text_v2 the same in generator version 2.
 Regenerate whenever the smoke weights or the task generator change.
 """
 
@@ -71,6 +72,11 @@ def main(argv=None):
         _, _, _, p, t = task.problem(TASK_SEED, i, task.MIN_DIGITS, task.MAX_DIGITS)
         texts.append(p + t)
     out["task_text"] = np.frombuffer("|".join(texts).encode("ascii"), dtype=np.uint8)
+    texts = []
+    for i in range(TASK_COUNT):  # generator version 2, which the C generator must match too
+        _, _, _, p, t = task.problem(TASK_SEED, i, task.MIN_DIGITS, task.MAX_DIGITS, 2)
+        texts.append(p + t)
+    out["task_text_v2"] = np.frombuffer("|".join(texts).encode("ascii"), dtype=np.uint8)
     meta_out = {"weights": os.path.basename(args.weights), "ref_seed": str(REF_SEED),
                 "ref_digits": ",".join(map(str, REF_DIGITS)), "task_seed": str(TASK_SEED),
                 "task_count": str(TASK_COUNT), "stream_budget": str(STREAM_BUDGET),

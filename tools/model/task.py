@@ -14,7 +14,8 @@ held-out evaluation and `rkv eval` never depend on Python's random module.
 import argparse
 import sys
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 1  # the default format; version 2 is selected per call (version=2)
+VERSIONS = (1, 2)
 
 # Character vocabulary. Index 0 is padding and never appears in text. Column labels: operand a
 # uses 'A'.., operand b uses 'a'..; the answer reuses the uppercase labels.
@@ -110,16 +111,51 @@ def answer_text(n, a, b):
     return "".join(upper(n - k) + s[k] for k in range(n + 1))
 
 
-def target_text(n, a, b):
+# Version 2: the column lines of version 1 with reasoning-style self-talk around them and no
+# verification pass. The talk restates each column's arithmetic (and, when a carry comes in,
+# an abandoned first sum), then the canonical line is written; nothing later needs the talk.
+# No '.' inside the trace: '.' is the end-of-sequence token.
+V2_INTRO = "ok, let me add these column by column, from the right\n"
+V2_FORGOT = ", hmm, i forgot the carry, {t} plus 1 is {s}"
+V2_OVER = ", that is ten or more, so i write {d} and carry 1\n"
+V2_UNDER = ", that is under ten, so i write {d} and carry 0\n"
+V2_OUTRO = "all columns done, the last carry is {c}, "
+
+
+def column_talk(n, a, b):
+    """Version 2's trace before the answer: per column the talk, then the version-1 line."""
+    da = str(a).zfill(n)[::-1]
+    db = str(b).zfill(n)[::-1]
+    carry = 0
+    out = [V2_INTRO]
+    for i in range(n):
+        x, y = int(da[i]), int(db[i])
+        t = x + y
+        s = t + carry
+        out.append(f"{upper(i)}: {x} plus {y} is {t}")
+        if carry:
+            out.append(V2_FORGOT.format(t=t, s=s))
+        out.append((V2_OVER if s >= 10 else V2_UNDER).format(d=s % 10))
+        out.append(f"{upper(i)}{x}+{y}+{carry}={s // 10}{s % 10};\n")
+        carry = s // 10
+    out.append(V2_OUTRO.format(c=carry))
+    return "".join(out)
+
+
+def target_text(n, a, b, version=1):
     """Everything the model generates after the prompt, EOS included."""
+    if version == 2:
+        return column_talk(n, a, b) + ANSWER + answer_text(n, a, b) + EOS
+    if version != 1:
+        raise ValueError(f"generator version {version} not in {VERSIONS}")
     lines, _ = column_lines(n, a, b)
     return lines + "\n" + VERIFY + lines + "\n" + ANSWER + answer_text(n, a, b) + EOS
 
 
-def problem(seed, index, lo, hi):
+def problem(seed, index, lo, hi, version=1):
     """(n, a, b, prompt, target) of problem `index` of the set `seed` with digits in [lo, hi]."""
     n, a, b = make_operands(seed, index, lo, hi)
-    return n, a, b, prompt_text(n, a, b), target_text(n, a, b)
+    return n, a, b, prompt_text(n, a, b), target_text(n, a, b, version)
 
 
 def parse_answer(generated):

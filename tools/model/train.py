@@ -45,8 +45,8 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import task  # noqa: E402
-from model import DEFAULT_CONFIG, TinyLM, config_to_metadata  # noqa: E402
-from safetensors_io import save  # noqa: E402
+from model import DEFAULT_CONFIG, TinyLM, config_from_metadata, config_to_metadata  # noqa: E402
+from safetensors_io import load, save  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EVAL_SEED = 20261122  # held-out problem set (training draws from seed-derived sets)
@@ -65,7 +65,7 @@ def digit_range(frac, lo, hi, ramp):
     return lo, min(hi, max(lo, top))
 
 
-def batch_problems(seed, start_index, count, lo, hi, long_frac):
+def batch_problems(seed, start_index, count, lo, hi, long_frac, version):
     """The batch's problems as (token ids, loss mask over target tokens) pairs."""
     out = []
     for j in range(count):
@@ -73,7 +73,7 @@ def batch_problems(seed, start_index, count, lo, hi, long_frac):
         # over-sample the longest problems: every (1/long_frac)-th problem uses the top 3 counts
         use_long = long_frac > 0 and (idx % max(1, int(round(1 / long_frac))) == 0)
         plo = max(lo, hi - 2) if use_long else lo
-        _, _, _, p, t = task.problem(seed, idx, plo, hi)
+        _, _, _, p, t = task.problem(seed, idx, plo, hi, version)
         out.append((task.encode(p + t), [0] * len(p) + [1] * len(t)))
     return out
 
@@ -99,12 +99,12 @@ def pad_groups(probs, buckets):
     return groups
 
 
-def monitor_set(lo, hi, per_digit=4, seed=EVAL_SEED + 1):
+def monitor_set(lo, hi, version, per_digit=4, seed=EVAL_SEED + 1):
     """A fixed held-out batch for progress lines (teacher-forced, cheap)."""
     probs = []
     for n in range(lo, hi + 1):
         for i in range(per_digit):
-            _, _, _, p, t = task.problem(seed * 100 + n, i, n, n)
+            _, _, _, p, t = task.problem(seed * 100 + n, i, n, n, version)
             probs.append((task.encode(p + t), [0] * len(p) + [1] * len(t)))
     return probs
 
@@ -124,15 +124,15 @@ def teacher_forced_exact(model, probs):
 
 
 @torch.no_grad()
-def evaluate(model, lo, hi, per_digit, seed=EVAL_SEED):
+def evaluate(model, lo, hi, per_digit, version, seed=EVAL_SEED):
     """Greedy exact match with the full cache, by digit count (equal-length prompts batch)."""
     model.eval()
     res = {}
     eos = task.STOI[task.EOS]
     for n in range(lo, hi + 1):
-        probs = [task.problem(seed * 100 + n, i, n, n) for i in range(per_digit)]
+        probs = [task.problem(seed * 100 + n, i, n, n, version) for i in range(per_digit)]
         prompts = torch.tensor([task.encode(p[3]) for p in probs])
-        max_new = len(probs[0][4]) + 8
+        max_new = max(len(p[4]) for p in probs) + 8  # version 2's length varies with carries
         outs = model.generate(prompts, max_new, eos)
         ok = sum(task.is_correct(a, b, task.decode(o)) for (_, a, b, _, _), o in zip(probs, outs))
         res[n] = ok / per_digit
@@ -166,6 +166,11 @@ def parse_args(argv):
                     help="data-parallel worker processes (one per core)")
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads per process")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--task-version", type=int, default=1, choices=task.VERSIONS,
+                    help="generator version of the task (docs/MODEL.md); 2 writes adder2.* by default")
+    ap.add_argument("--init", default=None,
+                    help="start from these weights (safetensors of the same config) instead of a "
+                         "seeded random initialisation")
     ap.add_argument("--min-digits", type=int, default=6)
     ap.add_argument("--max-digits", type=int, default=20)
     ap.add_argument("--ramp", type=float, default=0.2, help="fraction of the budget for the curriculum")
@@ -179,7 +184,9 @@ def parse_args(argv):
     ap.add_argument("--layers", type=int, default=DEFAULT_CONFIG["n_layers"])
     ap.add_argument("--d-ff", type=int, default=DEFAULT_CONFIG["d_ff"])
     ap.add_argument("--eval-per-digit", type=int, default=20)
-    ap.add_argument("--out", default=os.path.join(HERE, "weights", "adder.safetensors"))
+    ap.add_argument("--out", default=None,
+                    help="weights file (default tools/model/weights/adder.safetensors, "
+                         "adder2.safetensors for --task-version 2)")
     ap.add_argument("--log-every", type=float, default=30.0, help="seconds between progress lines")
     ap.add_argument("--monitor-every", type=float, default=120.0,
                     help="seconds between teacher-forced exact-match checks on held-out problems "
@@ -187,6 +194,9 @@ def parse_args(argv):
     args = ap.parse_args(argv)
     if args.procs < 1 or args.threads < 1:
         ap.error("--procs and --threads must be at least 1")
+    if args.out is None:
+        name = "adder.safetensors" if args.task_version == 1 else f"adder{args.task_version}.safetensors"
+        args.out = os.path.join(HERE, "weights", name)
     return args
 
 
@@ -223,6 +233,12 @@ def worker(rank, args, argv, store):
     cfg = dict(DEFAULT_CONFIG)
     cfg.update(d_model=args.d_model, n_layers=args.layers, d_ff=args.d_ff, vocab_size=len(task.VOCAB))
     model = TinyLM(cfg)  # same seed on every process: identical initial weights
+    if args.init:
+        arrays, meta = load(args.init)
+        if config_from_metadata(meta) != cfg:
+            raise SystemExit(f"train.py: --init {args.init}: config {config_from_metadata(meta)} "
+                             f"differs from {cfg}")
+        model.load_arrays(arrays)
     params = list(model.parameters())
     nparams = sum(p.numel() for p in params)
     decay = [p for p in params if p.dim() == 2]
@@ -236,7 +252,8 @@ def worker(rank, args, argv, store):
         warn_slow_blas()
         print(f"params {nparams} ({nparams * 4 / 1e6:.2f} MB f32), {procs} process(es) x "
               f"{args.threads} thread(s), config {cfg}", flush=True)
-    monitor = monitor_set(args.min_digits, args.max_digits) if log and args.monitor_every > 0 else None
+    version = args.task_version
+    monitor = monitor_set(args.min_digits, args.max_digits, version) if log and args.monitor_every > 0 else None
 
     budget = args.minutes * 60.0
     t0 = time.time()
@@ -256,9 +273,10 @@ def worker(rank, args, argv, store):
         if stop:
             break
         lo, hi = digit_range(frac, args.min_digits, args.max_digits, args.ramp)
-        seq_len = len(task.prompt_text(hi, 1, 1)) + len(task.target_text(hi, 1, 1))
+        seq_len = len(task.prompt_text(hi, 1, 1)) + len(task.target_text(hi, 1, 1, version))
         count = max(2 * procs, args.batch_tokens // seq_len)
-        probs = batch_problems(seed, index, count, lo, hi, args.long_frac if frac >= args.ramp else 0.0)
+        probs = batch_problems(seed, index, count, lo, hi, args.long_frac if frac >= args.ramp else 0.0,
+                               version)
         index += count
         n_tgt = sum(sum(mk[1:]) for _, mk in probs)
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
@@ -301,7 +319,7 @@ def worker(rank, args, argv, store):
           flush=True)
 
     t1 = time.time()
-    acc = evaluate(model, args.min_digits, args.max_digits, args.eval_per_digit)
+    acc = evaluate(model, args.min_digits, args.max_digits, args.eval_per_digit, version)
     overall = sum(acc.values()) / len(acc)
     print("held-out greedy exact match (full cache): " +
           " ".join(f"{n}:{a:.2f}" for n, a in acc.items()) + f"  overall {overall:.3f} "
@@ -309,13 +327,15 @@ def worker(rank, args, argv, store):
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     meta = config_to_metadata(cfg)
-    meta.update(generator_version=str(task.GENERATOR_VERSION), seed=str(args.seed),
+    meta.update(generator_version=str(version), seed=str(args.seed),
                 train_command=command, steps=str(step), vocab_codes=",".join(str(ord(c)) for c in task.VOCAB))
     save(args.out, model.state_arrays(), meta)
     side = {
         "weights": os.path.basename(args.out),
         "command": command,
-        "generator_version": task.GENERATOR_VERSION,
+        "generator_version": version,
+        "init": args.init,
+        "digits": [args.min_digits, args.max_digits],
         "seed": args.seed,
         "config": cfg,
         "params": nparams,

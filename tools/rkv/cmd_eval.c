@@ -22,6 +22,7 @@
 #include <rkv/evict.h>
 #include <rkv/scheduler.h>
 
+#include "eval_oracle.h"
 #include "model.h"
 
 const char rt_cmd_eval_summary[] =
@@ -29,18 +30,24 @@ const char rt_cmd_eval_summary[] =
 
 #define EVAL_MAX_LIST 16
 #define EVAL_SEED_DEFAULT 777
+/* `--policies oracle`: not a library policy; the tool drives H2O's selection with its own
+ * scores (eval_oracle.h). */
+#define EVAL_ORACLE ((rkv_evict_policy)RKV_EVICT_POLICY_COUNT_)
 
 typedef struct eval_opts {
   const char *model_path;
   rkv_evict_policy policies[EVAL_MAX_LIST];
   int n_policies;
   int32_t budgets[EVAL_MAX_LIST];
+  double budget_pct[EVAL_MAX_LIST]; /* > 0: this budget is a share of each problem's length */
   int n_budgets;
   int32_t buffer;
   int32_t window;
   float lambda; /* R-KV joint score weight (importance vs redundancy) */
   uint32_t problems;
   int32_t min_digits, max_digits;
+  bool digits_given;    /* --digits; else the trained range of the weights' task version */
+  int32_t task_version; /* the generator the weights were trained on (1 when unknown) */
   uint64_t seed;
   uint32_t batch;
   uint32_t block_size;
@@ -67,7 +74,12 @@ typedef struct eval_opts {
 
 typedef struct eval_result {
   rkv_evict_policy policy;
-  int32_t budget; /* 0 for full */
+  int32_t budget;         /* 0 for full; the largest request budget of a --budgets N% run */
+  double budget_pct;      /* > 0: each request's budget is this share of its problem's length */
+  double budget_sum;      /* request budgets summed (their mean is reported) */
+  int32_t max_over;       /* worst (stream length - what the request's budget allows), per-request
+                           * budgets (N%): > 0 breaks the bounds */
+  int32_t max_over_after; /* worst (length right after a compression - protected - budget) */
   uint32_t problems;
   uint32_t correct;
   uint64_t generated_tokens;
@@ -121,15 +133,22 @@ static void eval_usage(void) {
       "  trained test model through librkv (CPU or CUDA backend, paged KV, continuous\n"
       "  batching) and reports, per policy and budget: exact-match accuracy, mean generated\n"
       "  tokens, peak KV blocks in use, and generated tokens per second.\n"
-      "  --model FILE      weights (default tools/model/weights/adder.safetensors)\n"
-      "  --policies LIST   comma list of full,rkv,snapkv,streaming,h2o (default all)\n"
-      "  --budgets LIST    comma list of per-stream budgets B (default 32,48,64,96,128)\n"
+      "  --model FILE      weights (default tools/model/weights/adder.safetensors; the v2\n"
+      "                    model is adder2.safetensors). The task version comes from the\n"
+      "                    weights' metadata (docs/MODEL.md)\n"
+      "  --policies LIST   comma list of full,rkv,snapkv,streaming,h2o (default those five)\n"
+      "                    and oracle: keeps what the rest of the trace reads, known from the\n"
+      "                    task's structure (an upper-bound proxy; version-2 models, cpu)\n"
+      "  --budgets LIST    comma list of per-stream budgets B (default 32,48,64,96,128); N%%\n"
+      "                    sets each request's B to N%% of its problem's length (prompt +\n"
+      "                    reference trace), e.g. 10%%,15%%,20%%,30%%\n"
       "  --buffer N        tokens decoded between compressions (default 16)\n"
       "  --window N        alpha: newest tokens kept / query-window rows (default 8)\n"
       "  --lambda X        R-KV joint score weight in [0, 1]: lambda * importance - (1 -\n"
       "                    lambda) * redundancy (default %.2f, the paper's)\n"
       "  --problems N      problems per (policy, budget) (default 500)\n"
-      "  --digits LO-HI    operand digit range (default 6-20, the trained range)\n"
+      "  --digits LO-HI    operand digit range (default the trained range: 6-20 for a\n"
+      "                    version-1 model, 6-14 for version 2)\n"
       "  --seed N          problem-set seed (default %d; training never uses it)\n"
       "  --batch N         sequences decoded at once (default 32)\n"
       "  --show N          print the first N generations of each run on stderr\n"
@@ -179,17 +198,26 @@ static void eval_usage(void) {
       stdout);
 }
 
+static const char *eval_policy_name(rkv_evict_policy p) {
+  return p == EVAL_ORACLE ? "oracle" : rkv_evict_policy_name(p);
+}
+
+/* The library policy a run uses: the oracle drives H2O's selection. */
+static rkv_evict_policy eval_lib_policy(rkv_evict_policy p) {
+  return p == EVAL_ORACLE ? RKV_EVICT_H2O : p;
+}
+
 static bool parse_policies(const char *s, eval_opts *o) {
   char buf[256];
   if (!rt_check_list("eval", "--policies", s, EVAL_MAX_LIST, sizeof buf - 1)) return false;
   snprintf(buf, sizeof buf, "%s", s);
   o->n_policies = 0;
   for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-    rkv_evict_policy p;
-    if (rkv_evict_policy_parse(t, &p) != RKV_OK) {
+    rkv_evict_policy p = EVAL_ORACLE;
+    if (strcmp(t, "oracle") != 0 && rkv_evict_policy_parse(t, &p) != RKV_OK) {
       fprintf(stderr,
               "rkv eval: bad value for --policies: unknown policy '%s' (full, rkv, snapkv, "
-              "streaming, h2o)\n",
+              "streaming, h2o, oracle)\n",
               t);
       return false;
     }
@@ -204,8 +232,18 @@ static bool parse_budgets(const char *s, eval_opts *o) {
   snprintf(buf, sizeof buf, "%s", s);
   o->n_budgets = 0;
   for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+    const size_t tl = strlen(t);
+    if (tl > 1 && t[tl - 1] == '%') { /* a share of each problem's reference length */
+      t[tl - 1] = '\0';
+      double pct;
+      if (!rt_parse_f64("eval", "--budgets", t, 0.1, 100.0, &pct)) return false;
+      o->budget_pct[o->n_budgets] = pct;
+      o->budgets[o->n_budgets++] = 0;
+      continue;
+    }
     uint64_t v;
     if (!rt_parse_u64("eval", "--budgets", t, 2, 1 << 20, &v)) return false;
+    o->budget_pct[o->n_budgets] = 0.0;
     o->budgets[o->n_budgets++] = (int32_t)v;
   }
   return true;
@@ -265,6 +303,21 @@ static rkv_status eval_compress(const rkv_evict_params *ep, rt_model_runner *r,
   return RKV_OK;
 }
 
+/* Longest prompt and reference target of the run's digit range (model.h's bounds). */
+static int32_t eval_max_prompt(const eval_opts *o) {
+  return 4 * o->max_digits + 4;
+}
+static int32_t eval_max_target(const eval_opts *o) {
+  return o->task_version == 2 ? 118 * o->max_digits + 164 : 22 * o->max_digits + 42;
+}
+
+/* A request's budget under --budgets N%: that share of its problem's reference length (prompt
+ * + target), above the window. */
+static int32_t eval_pct_budget(const eval_opts *o, double pct, int32_t len) {
+  const int32_t b = (int32_t)(pct / 100.0 * (double)len + 0.5);
+  return b > o->window ? b : o->window + 1;
+}
+
 /* What one (policy, budget) run needs, whichever loop drives it. */
 typedef struct eval_ctx {
   const rt_model_config *mc;
@@ -302,7 +355,7 @@ static int eval_ctx_init(eval_ctx *c, const eval_opts *o, const rt_model *model,
   c->mc = rt_model_get_config(model);
   const rt_model_config *mc = c->mc;
   rkv_evict_params ep = RKV_EVICT_PARAMS_INIT;
-  ep.policy = policy;
+  ep.policy = eval_lib_policy(policy);
   ep.budget = policy == RKV_EVICT_FULL ? 1 << 20 : budget;
   ep.window = o->window;
   ep.buffer = o->buffer;
@@ -310,11 +363,12 @@ static int eval_ctx_init(eval_ctx *c, const eval_opts *o, const rt_model *model,
   c->ep = ep;
   char err[512] = "";
   if (policy != RKV_EVICT_FULL && rkv_evict_params_validate(&ep, err, sizeof err) != RKV_OK) {
-    fprintf(stderr, "rkv eval: %s budget %d: %s\n", rkv_evict_policy_name(policy), budget, err);
+    fprintf(stderr, "rkv eval: %s budget %d: %s\n", eval_policy_name(policy), budget, err);
     return 1;
   }
-  c->max_prompt = 4 * o->max_digits + 4;
-  c->max_new = 22 * o->max_digits + 64;
+  c->max_prompt = eval_max_prompt(o);
+  /* room past the reference target for a wrong trace (version 1 keeps its published 22) */
+  c->max_new = eval_max_target(o) + (o->task_version == 2 ? 64 : 22);
   c->max_len = c->max_prompt + c->max_new + 1;
   const uint32_t streams = (uint32_t)(mc->n_layers * mc->n_kv_heads);
   const uint32_t blocks_per_stream =
@@ -331,7 +385,7 @@ static int eval_ctx_init(eval_ctx *c, const eval_opts *o, const rt_model *model,
   rc.kv_dtype = o->kv_dtype;
   rc.max_stream_len = c->max_len;
   rc.qwindow = (uint32_t)o->window;
-  rc.accumulate_scores = policy == RKV_EVICT_H2O;
+  rc.accumulate_scores = ep.policy == RKV_EVICT_H2O;
   rc.external_append = external_append;
   rc.prefix_cache = o->prefix_cache;
   if (rt_model_runner_create(model, backend, &rc, &c->r, err, sizeof err) != RKV_OK) {
@@ -395,14 +449,30 @@ static void eval_finish(const eval_opts *o, eval_ctx *c, eval_result *res, doubl
     if (res->max_prompt_len > bound) bound = res->max_prompt_len;
     res->budget_ok =
         res->max_stream_len <= bound && res->max_after_compress <= res->max_protect + res->budget;
+    /* per-request budgets: each request against its own (the lines above hold for the
+     * largest, which every request's is at most) */
+    if (res->budget_pct > 0) res->budget_ok = res->max_over <= 0 && res->max_over_after <= 0;
   }
 }
 
+/* The budget as the table and progress lines show it: "-", "B" or "N%". */
+static const char *eval_budget_label(const eval_result *e, char *buf, size_t n) {
+  if (e->policy == RKV_EVICT_FULL)
+    snprintf(buf, n, "-");
+  else if (e->budget_pct > 0)
+    snprintf(buf, n, "%g%%", e->budget_pct);
+  else
+    snprintf(buf, n, "%d", e->budget);
+  return buf;
+}
+
 static void eval_result_init(eval_result *res, const eval_opts *o, rkv_evict_policy policy,
-                             int32_t budget) {
+                             int32_t budget, double pct) {
   memset(res, 0, sizeof *res);
   res->policy = policy;
   res->budget = policy == RKV_EVICT_FULL ? 0 : budget;
+  res->budget_pct = policy == RKV_EVICT_FULL ? 0.0 : pct;
+  res->max_over = res->max_over_after = INT32_MIN;
   res->problems = o->problems * o->repeat;
 }
 
@@ -410,7 +480,8 @@ static void eval_result_init(eval_result *res, const eval_opts *o, rkv_evict_pol
  * RT_TASK_MAX_TEXT) and counted in res. Returns 0 or 1 (error printed). */
 static int eval_problem(const eval_opts *o, const rt_model *model, uint32_t index,
                         rt_task_problem *prob, int32_t *tokens, int32_t *len, eval_result *res) {
-  if (rt_task_problem_make(o->seed, index, o->min_digits, o->max_digits, prob) != RKV_OK) {
+  if (rt_task_problem_make(o->seed, index, o->min_digits, o->max_digits, o->task_version, prob) !=
+      RKV_OK) {
     fprintf(stderr, "rkv eval: bad digit range\n");
     return 1;
   }
@@ -444,7 +515,7 @@ static void write_generation(FILE *f, const eval_result *res, int64_t id,
   fprintf(f,
           "{\"policy\": \"%s\", \"budget\": %d, \"id\": %lld, \"digits\": %d, \"correct\": %s, "
           "\"text\": \"",
-          rkv_evict_policy_name(res->policy), res->budget, (long long)id, prob->digits,
+          eval_policy_name(res->policy), res->budget, (long long)id, prob->digits,
           ok ? "true" : "false");
   for (const char *c = gen; *c; c++) {
     if (*c == '"' || *c == '\\')
@@ -469,16 +540,19 @@ static void eval_score(const eval_opts *o, eval_result *res, int64_t id,
   res->by_digits_correct[prob->digits] += ok;
   if (o->generations) write_generation(o->generations, res, id, prob, ok, gen);
   if ((int)*shown >= o->show) return;
-  fprintf(stderr, "[%s B=%d #%lld %s] %s%s\n", rkv_evict_policy_name(res->policy), res->budget,
-          (long long)id, ok ? "ok" : "WRONG", prob->prompt, gen);
+  char bl[24];
+  fprintf(stderr, "[%s B=%s #%lld %s] %s%s\n", eval_policy_name(res->policy),
+          eval_budget_label(res, bl, sizeof bl), (long long)id, ok ? "ok" : "WRONG", prob->prompt,
+          gen);
   (*shown)++;
 }
 
 /* The tool's own batching loop (--simple-loop): one (policy, budget) over all problems.
  * Returns 0 or 1 (error printed). */
 static int eval_run_simple(const eval_opts *o, const rt_model *model, rkv_backend *backend,
-                           rkv_evict_policy policy, int32_t budget, eval_result *res) {
-  eval_result_init(res, o, policy, budget);
+                           rkv_evict_policy policy, int32_t budget, double pct, eval_result *res) {
+  (void)pct; /* rt_cmd_eval refuses --budgets N% with --simple-loop */
+  eval_result_init(res, o, policy, budget, 0.0);
   eval_ctx c;
   if (eval_ctx_init(&c, o, model, backend, policy, budget, false)) return 1;
   const rt_model_config *mc = c.mc;
@@ -616,16 +690,56 @@ typedef struct eval_req {
   int32_t prompt_len;
   char gen[RT_TASK_MAX_TEXT + 64];
   int32_t gen_len;
-  bool ended; /* scored: a plan made ahead (--overlap) may still run it once, discarded */
+  int32_t budget;  /* its eviction budget (per request under --budgets N%) */
+  int32_t protect; /* its protected prompt prefix (prefix rule protect) */
+  bool ended;      /* scored: a plan made ahead (--overlap) may still run it once, discarded */
 } eval_req;
+
+/* Oracle hooks around a step (eval_oracle.h): the mirror follows every append; before the
+ * compressions the oracle's values replace the flagged sequences' scores. */
+static int eval_oracle_before(rt_oracle *orc, const eval_ctx *c, const rkv_sched_plan *plan) {
+  float *scores = rkv_kv_pool_scores(rt_model_runner_pool(c->r));
+  for (uint32_t b = 0; b < plan->n_seqs; b++) {
+    const rkv_sched_seq *ss = &plan->seqs[b];
+    const int32_t now = (int32_t)ss->pos + (int32_t)ss->n_tokens;
+    rkv_status st = rt_oracle_append(orc, (uint32_t)ss->id, ss);
+    if (st == RKV_OK && ss->compress)
+      st = rt_oracle_score(orc, (uint32_t)ss->id, ss->id, c->bm, scores, now);
+    if (st != RKV_OK) {
+      fprintf(stderr, "rkv eval: oracle: request %lld: %s\n", (long long)ss->id,
+              rkv_status_str(st));
+      return 1;
+    }
+  }
+  return 0;
+}
+
+static int eval_oracle_after(rt_oracle *orc, const eval_ctx *c, const rkv_sched_plan *plan,
+                             const rkv_sched_output *outs) {
+  const float *scores = rkv_kv_pool_scores(rt_model_runner_pool(c->r));
+  for (uint32_t b = 0; b < plan->n_seqs; b++) {
+    const rkv_sched_seq *ss = &plan->seqs[b];
+    if (!outs[b].compressed) continue;
+    char err[256] = "";
+    const int32_t now = (int32_t)ss->pos + (int32_t)ss->n_tokens;
+    if (rt_oracle_after(orc, (uint32_t)ss->id, ss->id, c->bm, scores, ss->evict, now, err,
+                        sizeof err) != RKV_OK) {
+      fprintf(stderr, "rkv eval: %s\n", err[0] ? err : "oracle: stream lookup failed");
+      return 1;
+    }
+  }
+  return 0;
+}
 
 /* One (policy, budget) over all problems, batched by the librkv scheduler (reserve
  * admission: a request is admitted only when its whole-life KV bound fits, so nothing is
  * preempted; compression flagged by the plan runs right after the step's attention).
  * Returns 0 or 1 (error printed). */
 static int eval_run_sched(const eval_opts *o, const rt_model *model, rkv_backend *backend,
-                          rkv_evict_policy policy, int32_t budget, eval_result *res) {
-  eval_result_init(res, o, policy, budget);
+                          rkv_evict_policy policy, int32_t budget, double pct, eval_result *res) {
+  if (pct > 0) /* the largest request budget: sizes the defaults and workspaces */
+    budget = eval_pct_budget(o, pct, eval_max_prompt(o) + eval_max_target(o));
+  eval_result_init(res, o, policy, budget, pct);
   eval_ctx c;
   if (eval_ctx_init(&c, o, model, backend, policy, budget, true)) return 1;
   const rt_model_config *mc = c.mc;
@@ -640,7 +754,10 @@ static int eval_run_sched(const eval_opts *o, const rt_model *model, rkv_backend
   const uint32_t n_req = o->problems * o->repeat;
   eval_req *reqs = calloc(n_req, sizeof *reqs);
   rkv_sched_output *outs = malloc(o->batch * sizeof *outs);
-  if (!reqs || !outs) {
+  rt_oracle *orc = policy == EVAL_ORACLE ? rt_oracle_create(n_req, (uint32_t)mc->n_layers,
+                                                            (uint32_t)mc->n_kv_heads, c.max_len)
+                                         : NULL;
+  if (!reqs || !outs || (policy == EVAL_ORACLE && !orc)) {
     fprintf(stderr, "rkv eval: out of memory\n");
     goto done;
   }
@@ -678,7 +795,21 @@ static int eval_run_sched(const eval_opts *o, const rt_model *model, rkv_backend
     eval_req *q = &reqs[i];
     if (eval_problem(o, model, i / o->repeat, &q->prob, q->hist, &q->prompt_len, res)) goto done;
     q->hist_len = q->prompt_len;
-    rkv_sched_request rq = {i, (int64_t)q->prompt_len, c.max_new, 0, (double)i, NULL};
+    rkv_evict_params rep = c.ep; /* copied by the scheduler */
+    q->budget = budget;
+    if (pct > 0 && policy != RKV_EVICT_FULL)
+      rep.budget = q->budget =
+          eval_pct_budget(o, pct, q->prompt_len + (int32_t)strlen(q->prob.target));
+    res->budget_sum += q->budget;
+    rkv_sched_request rq = {i,         (int64_t)q->prompt_len, c.max_new, 0,
+                            (double)i, pct > 0 ? &rep : NULL};
+    if (orc && rt_oracle_set_problem(orc, i, &q->prob, q->prompt_len) != RKV_OK) {
+      fprintf(stderr,
+              "rkv eval: oracle: the task's generator version %d has no oracle (needs "
+              "2)\n",
+              q->prob.version);
+      goto done;
+    }
     if (rkv_sched_add_request(sch, &rq) != RKV_OK) {
       fprintf(stderr, "rkv eval: add_request %u: %s\n", i, rkv_sched_last_error(sch));
       goto done;
@@ -689,6 +820,7 @@ static int eval_run_sched(const eval_opts *o, const rt_model *model, rkv_backend
       const uint32_t nh = rkv_prefix_hash_blocks(q->hist, (uint32_t)q->prompt_len, o->block_size, 0,
                                                  h, RT_TASK_MAX_TEXT);
       const int32_t prot = (int32_t)(nh * o->block_size);
+      if (o->prefix_rule == RKV_SCHED_PREFIX_PROTECT) q->protect = prot;
       if (o->prefix_rule == RKV_SCHED_PREFIX_PROTECT && prot > res->max_protect)
         res->max_protect = prot;
       if (rkv_sched_set_prefix(sch, i, h, nh) != RKV_OK) {
@@ -756,6 +888,9 @@ static int eval_run_sched(const eval_opts *o, const rt_model *model, rkv_backend
       }
       const int32_t longest = seq_max_len(c.bm, mc, ss->id);
       if (longest > res->max_stream_len) res->max_stream_len = longest;
+      int32_t allowed = q->protect + q->budget + o->buffer;
+      if (q->prompt_len > allowed) allowed = q->prompt_len;
+      if (longest - allowed > res->max_over) res->max_over = longest - allowed;
       bool done_now = false;
       if (ss->samples) {
         const int32_t t = eval_sample(mc, logits + (size_t)b * (size_t)mc->vocab_size, q->gen,
@@ -777,7 +912,15 @@ static int eval_run_sched(const eval_opts *o, const rt_model *model, rkv_backend
       fprintf(stderr, "rkv eval: scheduler step (overlap): %s\n", rkv_sched_last_error(sch));
       goto done;
     }
+    if (orc && eval_oracle_before(orc, &c, plan)) goto done;
     if (eval_exec_finish(x, &c, plan, outs, res) != RKV_OK) goto done;
+    if (orc && eval_oracle_after(orc, &c, plan, outs)) goto done;
+    for (uint32_t b = 0; b < plan->n_seqs; b++) {
+      if (!outs[b].compressed) continue;
+      const eval_req *q = &reqs[outs[b].id];
+      const int32_t over = seq_max_len(c.bm, mc, outs[b].id) - q->protect - q->budget;
+      if (over > res->max_over_after) res->max_over_after = over;
+    }
     if (rkv_sched_report(sch, outs, plan->n_seqs) != RKV_OK) {
       fprintf(stderr, "rkv eval: scheduler report: %s\n", rkv_sched_last_error(sch));
       goto done;
@@ -799,6 +942,7 @@ static int eval_run_sched(const eval_opts *o, const rt_model *model, rkv_backend
   rc_ret = 0;
 done:
   rt_model_runner_use_executor(r, NULL);
+  rt_oracle_destroy(orc);
   rkv_exec_destroy(x);
   rkv_sched_destroy(sch);
   free(reqs);
@@ -814,10 +958,15 @@ static void write_plot(const char *path, const eval_opts *o, const eval_result *
     return;
   }
   const double W = 640, H = 420, L = 60, R = 130, T = 30, B = 50;
-  int32_t bmin = o->budgets[0], bmax = o->budgets[0];
+  /* x: the budget, or its share of the sequence for N% runs */
+#define OX(i) (o->budget_pct[i] > 0 ? o->budget_pct[i] : (double)o->budgets[i])
+#define RX(e) ((e).budget_pct > 0 ? (e).budget_pct : (double)(e).budget)
+  double bmin = OX(0), bmax = OX(0);
+  bool share = false;
   for (int i = 0; i < o->n_budgets; i++) {
-    if (o->budgets[i] < bmin) bmin = o->budgets[i];
-    if (o->budgets[i] > bmax) bmax = o->budgets[i];
+    if (OX(i) < bmin) bmin = OX(i);
+    if (OX(i) > bmax) bmax = OX(i);
+    share |= o->budget_pct[i] > 0;
   }
   if (bmax == bmin) bmax = bmin + 1;
 #define PX(b) (L + ((double)(b)-bmin) / (double)(bmax - bmin) * (W - L - R))
@@ -837,15 +986,15 @@ static void write_plot(const char *path, const eval_opts *o, const eval_result *
     fprintf(f, "<text x=\"%g\" y=\"%g\" text-anchor=\"end\">%.1f</text>\n", L - 6, y + 4, k / 10.0);
   }
   for (int i = 0; i < o->n_budgets; i++)
-    fprintf(f, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">%d</text>\n", PX(o->budgets[i]),
-            H - B + 18, o->budgets[i]);
-  fprintf(f, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">budget B (tokens per stream)</text>\n",
-          (L + W - R) / 2, H - 12);
+    fprintf(f, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">%g%s</text>\n", PX(OX(i)),
+            H - B + 18, OX(i), o->budget_pct[i] > 0 ? "%" : "");
+  fprintf(f, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">%s</text>\n", (L + W - R) / 2, H - 12,
+          share ? "budget (share of each sequence)" : "budget B (tokens per stream)");
   static const char *const colors[] = {"#000000", "#d62728", "#1f77b4", "#2ca02c", "#9467bd"};
   int legend = 0;
   for (int p = 0; p < o->n_policies; p++) {
     rkv_evict_policy pol = o->policies[p];
-    const char *col = colors[(int)pol % 5];
+    const char *col = pol == EVAL_ORACLE ? "#ff7f0e" : colors[(int)pol % 5];
     if (pol == RKV_EVICT_FULL) {
       for (int i = 0; i < n; i++)
         if (res[i].policy == pol) {
@@ -859,19 +1008,21 @@ static void write_plot(const char *path, const eval_opts *o, const eval_result *
       fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\" points=\"", col);
       for (int i = 0; i < n; i++)
         if (res[i].policy == pol)
-          fprintf(f, "%g,%g ", PX(res[i].budget), PY((double)res[i].correct / res[i].problems));
+          fprintf(f, "%g,%g ", PX(RX(res[i])), PY((double)res[i].correct / res[i].problems));
       fprintf(f, "\"/>\n");
       for (int i = 0; i < n; i++)
         if (res[i].policy == pol)
-          fprintf(f, "<circle cx=\"%g\" cy=\"%g\" r=\"3\" fill=\"%s\"/>\n", PX(res[i].budget),
+          fprintf(f, "<circle cx=\"%g\" cy=\"%g\" r=\"3\" fill=\"%s\"/>\n", PX(RX(res[i])),
                   PY((double)res[i].correct / res[i].problems), col);
     }
     fprintf(f, "<text x=\"%g\" y=\"%g\" fill=\"%s\">%s</text>\n", W - R + 12, T + 16.0 * legend + 4,
-            col, rkv_evict_policy_name(pol));
+            col, eval_policy_name(pol));
     legend++;
   }
 #undef PX
 #undef PY
+#undef OX
+#undef RX
   fprintf(f, "</svg>\n");
   fclose(f);
 }
@@ -965,6 +1116,7 @@ int rt_cmd_eval(int argc, char **argv) {
       }
       o.min_digits = lo;
       o.max_digits = hi;
+      o.digits_given = true;
     } else if (strcmp(a, "--seed") == 0) {
       if (!rt_parse_u64("eval", a, v, 0, UINT64_MAX, &o.seed)) return 2;
     } else if (strcmp(a, "--batch") == 0) {
@@ -1037,8 +1189,24 @@ int rt_cmd_eval(int argc, char **argv) {
       return 2;
     }
   }
+  bool any_pct = false, any_oracle = false;
+  for (int i = 0; i < o.n_budgets; i++) any_pct |= o.budget_pct[i] > 0;
+  for (int p = 0; p < o.n_policies; p++) any_oracle |= o.policies[p] == EVAL_ORACLE;
+  if (any_pct && o.simple_loop) {
+    fprintf(stderr,
+            "rkv eval: --budgets N%% sets a budget per request: the scheduler loop only "
+            "(drop --simple-loop)\n");
+    return 2;
+  }
+  if (any_oracle && (o.simple_loop || o.overlap || o.prefix_cache || o.prefix_rule >= 0 ||
+                     o.backend != RKV_BACKEND_CPU || o.granularity != RKV_EVICT_GRAN_STREAM)) {
+    fprintf(stderr,
+            "rkv eval: --policies oracle runs the scheduler loop on the cpu backend, "
+            "stream granularity, without --overlap or a prefix rule\n");
+    return 2;
+  }
   for (int i = 0; i < o.n_budgets; i++)
-    if (o.budgets[i] <= o.window) {
+    if (o.budget_pct[i] == 0 && o.budgets[i] <= o.window) {
       fprintf(stderr, "rkv eval: --budgets: budget %d must exceed --window %d\n", o.budgets[i],
               o.window);
       return 2;
@@ -1131,9 +1299,27 @@ int rt_cmd_eval(int argc, char **argv) {
     return 1;
   }
   const rt_model_config *mc = rt_model_get_config(model);
-  if (mc->generator_version && mc->generator_version != RT_TASK_GENERATOR_VERSION)
-    fprintf(stderr, "rkv eval: warning: model trained on task version %d, generator is %d\n",
+  if (mc->generator_version > RT_TASK_GENERATOR_VERSION) {
+    fprintf(stderr, "rkv eval: --model: trained on task version %d; this rkv knows 1..%d\n",
             mc->generator_version, RT_TASK_GENERATOR_VERSION);
+    rt_model_destroy(model);
+    rkv_backend_destroy(cpu_backend);
+    rkv_backend_destroy(backend);
+    return 1;
+  }
+  o.task_version = mc->generator_version ? mc->generator_version : 1;
+  if (!o.digits_given && o.task_version == 2) o.max_digits = 14; /* its trained range, 6-14 */
+  for (int p = 0; p < o.n_policies; p++)
+    if (o.policies[p] == EVAL_ORACLE && o.task_version != 2) {
+      fprintf(stderr,
+              "rkv eval: --policies oracle needs a model of task version 2 (this one "
+              "knows version %d)\n",
+              o.task_version);
+      rt_model_destroy(model);
+      rkv_backend_destroy(cpu_backend);
+      rkv_backend_destroy(backend);
+      return 2;
+    }
 
   if (o.generations_path && !(o.generations = fopen(o.generations_path, "w"))) {
     fprintf(stderr, "rkv eval: --generations: cannot write '%s'\n", o.generations_path);
@@ -1150,21 +1336,22 @@ int rt_cmd_eval(int argc, char **argv) {
     for (int bi = 0; bi < nb && !ret; bi++) {
       eval_result *er = &results[n_res];
       ret = (o.simple_loop ? eval_run_simple : eval_run_sched)(&o, model, backend, o.policies[p],
-                                                               o.budgets[bi], er);
+                                                               o.budgets[bi], o.budget_pct[bi], er);
       if (ret) break;
       n_res++;
       /* progress on stderr in both output modes: a 500-problem sweep takes minutes */
-      fprintf(stderr, "%s B=%d: %u/%u correct (%.1fs)\n", rkv_evict_policy_name(er->policy),
-              er->budget, er->correct, er->problems, er->seconds);
+      char bl[24];
+      fprintf(stderr, "%s B=%s: %u/%u correct (%.1fs)\n", eval_policy_name(er->policy),
+              eval_budget_label(er, bl, sizeof bl), er->correct, er->problems, er->seconds);
       if (cpu_backend) {
         eval_result cr;
-        ret = (o.simple_loop ? eval_run_simple : eval_run_sched)(&o, model, cpu_backend,
-                                                                 o.policies[p], o.budgets[bi], &cr);
+        ret = (o.simple_loop ? eval_run_simple : eval_run_sched)(
+            &o, model, cpu_backend, o.policies[p], o.budgets[bi], o.budget_pct[bi], &cr);
         if (ret) break;
         cpu_correct[n_res - 1] = cr.correct;
         n_differ += cr.correct != er->correct;
-        fprintf(stderr, "%s B=%d on cpu: %u/%u correct (%.1fs)%s\n",
-                rkv_evict_policy_name(cr.policy), cr.budget, cr.correct, cr.problems, cr.seconds,
+        fprintf(stderr, "%s B=%d on cpu: %u/%u correct (%.1fs)%s\n", eval_policy_name(cr.policy),
+                cr.budget, cr.correct, cr.problems, cr.seconds,
                 cr.correct != er->correct ? "  DIFFERS from cuda" : ", same as cuda");
       }
     }
@@ -1191,7 +1378,8 @@ int rt_cmd_eval(int argc, char **argv) {
       for (int i = 0; i < n_res; i++) {
         const eval_result *e = &results[i];
         printf(
-            "%s\n  {\"policy\": \"%s\", \"budget\": %d, \"granularity\": \"%s\", "
+            "%s\n  {\"policy\": \"%s\", \"budget\": %d, \"budget_pct\": %g, "
+            "\"mean_budget\": %.1f, \"granularity\": \"%s\", "
             "\"accuracy\": %.4f, \"correct\": %u, "
             "\"problems\": %u, \"mean_generated\": %.1f, \"peak_kv_blocks\": %u, "
             "\"max_stream_len\": %d, \"max_after_compress\": %d, \"max_prompt_len\": %d, "
@@ -1200,7 +1388,8 @@ int rt_cmd_eval(int argc, char **argv) {
             "\"preemptions\": %llu, \"seconds\": %.3f, \"tokens_per_s\": %.1f, "
             "\"prompt_tokens_computed\": %llu, \"prefix_hit_tokens\": %llu, "
             "\"accuracy_by_digits\": {",
-            i ? "," : "", rkv_evict_policy_name(e->policy), e->budget,
+            i ? "," : "", eval_policy_name(e->policy), e->budget, e->budget_pct,
+            e->problems ? e->budget_sum / e->problems : 0.0,
             rkv_evict_granularity_name(o.granularity), (double)e->correct / e->problems, e->correct,
             e->problems, (double)e->generated_tokens / e->problems, e->peak_blocks,
             e->max_stream_len, e->max_after_compress, e->max_prompt_len,
@@ -1236,12 +1425,9 @@ int rt_cmd_eval(int argc, char **argv) {
              "peak_blocks", "max_stream", "tok/s", "bounds");
       for (int i = 0; i < n_res; i++) {
         const eval_result *e = &results[i];
-        char bud[16];
-        if (e->policy == RKV_EVICT_FULL)
-          snprintf(bud, sizeof bud, "-");
-        else
-          snprintf(bud, sizeof bud, "%d", e->budget);
-        printf("%-10s %6s %9.3f %9.1f %11u %10d %8.0f %6s\n", rkv_evict_policy_name(e->policy), bud,
+        char bud[24];
+        eval_budget_label(e, bud, sizeof bud);
+        printf("%-10s %6s %9.3f %9.1f %11u %10d %8.0f %6s\n", eval_policy_name(e->policy), bud,
                (double)e->correct / e->problems, (double)e->generated_tokens / e->problems,
                e->peak_blocks, e->max_stream_len,
                e->seconds > 0 ? (double)e->generated_tokens / e->seconds : 0.0,
@@ -1255,7 +1441,7 @@ int rt_cmd_eval(int argc, char **argv) {
         fprintf(stderr,
                 "rkv eval: %s B=%d broke its bounds: longest stream %d (allowed max(prompt %d, "
                 "B + buffer %d)), %d after a compression\n",
-                rkv_evict_policy_name(e->policy), e->budget, e->max_stream_len, e->max_prompt_len,
+                eval_policy_name(e->policy), e->budget, e->max_stream_len, e->max_prompt_len,
                 e->budget + o.buffer, e->max_after_compress);
         ret = 3;
       }

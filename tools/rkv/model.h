@@ -199,25 +199,32 @@ float rt_model_runner_attn_scale(const rt_model_runner *r);
 
 /* ---- the task (tools/model/task.py) ---------------------------------------------------- */
 
-#define RT_TASK_GENERATOR_VERSION 1
+#define RT_TASK_GENERATOR_VERSION 2 /* the newest format; weights say which one they know */
 #define RT_TASK_MIN_DIGITS 1
 #define RT_TASK_MAX_DIGITS 25
-/* Prompt / target lengths for n digits: 4n + 4 and 22n + 42 characters (n <= 25 fits). */
-#define RT_TASK_MAX_TEXT 640
+/* Prompt length 4n + 4; target 22n + 42 characters (version 1), at most 118n + 164 (version
+ * 2: the longest column talk is 118 characters). n <= 25 fits, with the terminator. */
+#define RT_TASK_MAX_TEXT 3136
 
 typedef struct rt_task_problem {
   int32_t digits;
+  int32_t version;                /* generator version: 1 or 2 (docs/MODEL.md) */
   char a[RT_TASK_MAX_DIGITS + 1]; /* decimal, most significant first */
   char b[RT_TASK_MAX_DIGITS + 1];
   char sum[RT_TASK_MAX_DIGITS + 2]; /* digits + 1 characters (leading carry kept) */
   char prompt[RT_TASK_MAX_TEXT];
   char target[RT_TASK_MAX_TEXT];
+  /* Where the target's parts start (offsets into target): column i's talk (version 2 only)
+   * and its 10-character line (the first pass in version 1), and the answer's first label. */
+  int32_t talk_at[RT_TASK_MAX_DIGITS];
+  int32_t line_at[RT_TASK_MAX_DIGITS];
+  int32_t answer_at;
 } rt_task_problem;
 
-/* Problem `index` of the set `seed` with a digit count in [lo, hi] (task.problem).
- * RKV_ERR_INVALID_ARG for a range outside 1..25. */
+/* Problem `index` of the set `seed` with a digit count in [lo, hi] in generator `version`
+ * (task.problem). RKV_ERR_INVALID_ARG for a range outside 1..25 or a version other than 1, 2. */
 rkv_status rt_task_problem_make(uint64_t seed, uint64_t index, int32_t lo, int32_t hi,
-                                rt_task_problem *p);
+                                int32_t version, rt_task_problem *p);
 /* True iff `generated` holds a well-formed labelled answer equal to the problem's sum
  * (task.is_correct). */
 bool rt_task_check(const rt_task_problem *p, const char *generated);

@@ -1,6 +1,7 @@
 /* The labelled-addition task of tools/model/task.py in C: the same splitmix64 streams give
  * byte-identical prompts and targets (tests/unit/model checks it against the Python output), so
  * `rkv eval` draws its held-out problems without Python. Also the answer checker. */
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -8,6 +9,12 @@
 
 #define TASK_VERIFY "wait, let me verify:"
 #define TASK_ANSWER "so the answer is "
+/* Version 2's self-talk (task.V2_*); no '.' inside: '.' ends the sequence. */
+#define TASK_V2_INTRO "ok, let me add these column by column, from the right\n"
+#define TASK_V2_FORGOT ", hmm, i forgot the carry, %d plus 1 is %d"
+#define TASK_V2_OVER ", that is ten or more, so i write %d and carry 1\n"
+#define TASK_V2_UNDER ", that is under ten, so i write %d and carry 0\n"
+#define TASK_V2_OUTRO "all columns done, the last carry is %d, "
 
 static uint64_t task_mix(uint64_t *state) {
   uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
@@ -16,11 +23,46 @@ static uint64_t task_mix(uint64_t *state) {
   return z ^ (z >> 31);
 }
 
+/* Appends printf-style text at *k of buf (size cap); false when it would not fit. */
+static bool task_put(char *buf, size_t cap, size_t *k, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  const int w = vsnprintf(buf + *k, cap - *k, fmt, ap);
+  va_end(ap);
+  if (w < 0 || (size_t)w >= cap - *k) return false;
+  *k += (size_t)w;
+  return true;
+}
+
+/* Version 2's trace before the answer (task.column_talk): per column the self-talk, then the
+ * version-1 line. */
+static bool task_talk(rt_task_problem *p, char *out, size_t cap, size_t *k) {
+  const int n = p->digits;
+  int carry = 0;
+  if (!task_put(out, cap, k, "%s", TASK_V2_INTRO)) return false;
+  for (int i = 0; i < n; i++) {
+    const int x = p->a[n - 1 - i] - '0', y = p->b[n - 1 - i] - '0';
+    const int t = x + y, s = t + carry;
+    const char lab = (char)('A' + i);
+    p->talk_at[i] = (int32_t)*k;
+    if (!task_put(out, cap, k, "%c: %d plus %d is %d", lab, x, y, t)) return false;
+    if (carry && !task_put(out, cap, k, TASK_V2_FORGOT, t, s)) return false;
+    if (!task_put(out, cap, k, s >= 10 ? TASK_V2_OVER : TASK_V2_UNDER, s % 10)) return false;
+    p->line_at[i] = (int32_t)*k;
+    if (!task_put(out, cap, k, "%c%d+%d+%d=%d%d;\n", lab, x, y, carry, s / 10, s % 10))
+      return false;
+    carry = s / 10;
+  }
+  return task_put(out, cap, k, TASK_V2_OUTRO, carry);
+}
+
 rkv_status rt_task_problem_make(uint64_t seed, uint64_t index, int32_t lo, int32_t hi,
-                                rt_task_problem *p) {
-  if (!p || lo < RT_TASK_MIN_DIGITS || hi > RT_TASK_MAX_DIGITS || lo > hi)
+                                int32_t version, rt_task_problem *p) {
+  if (!p || lo < RT_TASK_MIN_DIGITS || hi > RT_TASK_MAX_DIGITS || lo > hi ||
+      (version != 1 && version != 2))
     return RKV_ERR_INVALID_ARG;
   memset(p, 0, sizeof *p);
+  p->version = version;
   uint64_t s0 = seed * 0x100000001B3ull + index;
   uint64_t rng = task_mix(&s0);
   const int n = lo + (int)(task_mix(&rng) % (uint64_t)(hi - lo + 1));
@@ -77,9 +119,20 @@ rkv_status rt_task_problem_make(uint64_t seed, uint64_t index, int32_t lo, int32
     ans[2 * j + 1] = p->sum[j];
   }
   ans[2 * (n + 1)] = '\0';
-  snprintf(p->target, sizeof p->target, "%s\n%s%s\n%s%s.", lines, TASK_VERIFY, lines, TASK_ANSWER,
-           ans);
-  return RKV_OK;
+  size_t t = 0;
+  const size_t cap = sizeof p->target;
+  bool fits;
+  if (version == 2) {
+    fits = task_talk(p, p->target, cap, &t) && task_put(p->target, cap, &t, "%s", TASK_ANSWER);
+    p->answer_at = (int32_t)t;
+    fits = fits && task_put(p->target, cap, &t, "%s.", ans);
+  } else {
+    for (int i = 0; i < n; i++) p->line_at[i] = 10 * i;
+    p->answer_at = (int32_t)(2 * (10 * n + 1) + strlen(TASK_VERIFY) + strlen(TASK_ANSWER));
+    fits = task_put(p->target, cap, &t, "%s\n%s%s\n%s%s.", lines, TASK_VERIFY, lines, TASK_ANSWER,
+                    ans);
+  }
+  return fits ? RKV_OK : RKV_ERR_INTERNAL; /* RT_TASK_MAX_TEXT holds 25 digits of either */
 }
 
 /* Digits of a decimal string without leading zeros ("" for zero). */

@@ -52,6 +52,14 @@ def main():
     expect("|".join(texts).encode("ascii") == ref["task_text"].tobytes(),
            "task generator output differs from the reference")
     expect(int(rmeta["generator_version"]) == task.GENERATOR_VERSION, "generator version changed")
+    texts = []
+    for j in range(count):
+        _, a, b, p, t = task.problem(seed, j, task.MIN_DIGITS, task.MAX_DIGITS, 2)
+        texts.append(p + t)
+        expect(task.is_correct(a, b, t), f"checker rejects the version-2 target of problem {j}")
+        expect("." not in t[:-1], f"version-2 problem {j} has an EOS inside its trace")
+    expect("|".join(texts).encode("ascii") == ref["task_text_v2"].tobytes(),
+           "version-2 task generator output differs from the reference")
 
     # Answer parsing: labels required, leading zeros ignored, last answer wins, EOS required.
     _, a, b, p, t = task.problem(5, 3, 8, 8)

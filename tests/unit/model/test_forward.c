@@ -270,8 +270,10 @@ static void check_greedy(const rt_model *m, rkv_backend *be, const ref_seq *refs
   rt_model_runner_destroy(r);
 }
 
-static void check_task(const rt_st_file *ref) {
-  const rt_st_tensor *t = rt_st_find(ref, "task_text");
+/* The C generator reproduces the Python one's text (tensor `name`, problems joined by '|')
+ * byte for byte in generator `version`, and its checker accepts every target. */
+static void check_task_text(const rt_st_file *ref, const char *name, int32_t version) {
+  const rt_st_tensor *t = rt_st_find(ref, name);
   const char *seed_s = rt_st_meta(ref, "task_seed");
   const char *count_s = rt_st_meta(ref, "task_count");
   EXPECT(t && seed_s && count_s);
@@ -284,11 +286,12 @@ static void check_task(const rt_st_file *ref) {
   int mismatches = 0;
   static rt_task_problem p;
   for (int i = 0; i < count; i++) {
-    EXPECT_OK(rt_task_problem_make(seed, (uint64_t)i, RT_TASK_MIN_DIGITS, RT_TASK_MAX_DIGITS, &p));
+    EXPECT_OK(rt_task_problem_make(seed, (uint64_t)i, RT_TASK_MIN_DIGITS, RT_TASK_MAX_DIGITS,
+                                   version, &p));
     size_t lp = strlen(p.prompt), lt = strlen(p.target);
     if (off + lp + lt > n || memcmp(py + off, p.prompt, lp) != 0 ||
         memcmp(py + off + lp, p.target, lt) != 0) {
-      if (!mismatches) fprintf(stderr, "task problem %d differs from Python\n", i);
+      if (!mismatches) fprintf(stderr, "%s: problem %d differs from Python\n", name, i);
       mismatches++;
       break;
     }
@@ -298,12 +301,25 @@ static void check_task(const rt_st_file *ref) {
       off++;
     }
     EXPECT(rt_task_check(&p, p.target));
+    /* the recorded parts: each column's line where the generator says, the answer after */
+    for (int c = 0; c < p.digits; c++) {
+      EXPECT(p.target[p.line_at[c]] == (char)('A' + c) && p.target[p.line_at[c] + 9] == ';');
+      if (version == 2) EXPECT(p.target[p.talk_at[c]] == (char)('A' + c));
+    }
+    EXPECT(p.target[p.answer_at] == (char)('A' + p.digits) &&
+           strncmp(p.target + p.answer_at - 17, "so the answer is ", 17) == 0);
   }
   EXPECT_EQ_INT(mismatches, 0);
   EXPECT_EQ_INT(off, n);
+}
+
+static void check_task(const rt_st_file *ref) {
+  check_task_text(ref, "task_text", 1);
+  check_task_text(ref, "task_text_v2", 2);
+  static rt_task_problem p;
 
   /* The checker rejects a wrong digit, a missing EOS, a malformed label. */
-  EXPECT_OK(rt_task_problem_make(5, 3, 8, 8, &p));
+  EXPECT_OK(rt_task_problem_make(5, 3, 8, 8, 1, &p));
   char buf[RT_TASK_MAX_TEXT];
   snprintf(buf, sizeof buf, "%s", p.target);
   EXPECT(rt_task_check(&p, buf));
@@ -317,8 +333,15 @@ static void check_task(const rt_st_file *ref) {
   buf[L - 3] = '7';
   EXPECT(!rt_task_check(&p, buf));
   EXPECT(!rt_task_check(&p, "so the answer is ."));
-  EXPECT_STATUS(rt_task_problem_make(1, 0, 0, 5, &p), RKV_ERR_INVALID_ARG);
-  EXPECT_STATUS(rt_task_problem_make(1, 0, 5, 26, &p), RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rt_task_problem_make(1, 0, 0, 5, 1, &p), RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rt_task_problem_make(1, 0, 5, 26, 1, &p), RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rt_task_problem_make(1, 0, 5, 6, 3, &p), RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rt_task_problem_make(1, 0, 5, 6, 0, &p), RKV_ERR_INVALID_ARG);
+  /* version 2 at the longest: fits RT_TASK_MAX_TEXT, and its checker works the same */
+  for (uint64_t i = 0; i < 200; i++) {
+    EXPECT_OK(rt_task_problem_make(11, i, 25, 25, 2, &p));
+    EXPECT(rt_task_check(&p, p.target));
+  }
 }
 
 static rkv_status parse_text(const char *json, const void *data, size_t data_len) {

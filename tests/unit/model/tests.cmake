@@ -152,3 +152,35 @@ set_tests_properties(model_eval_cuda PROPERTIES TIMEOUT 300 LABELS "gpu;model")
 if(NOT RKV_REQUIRE_GPU_TESTS)
   set_tests_properties(model_eval_cuda PROPERTIES SKIP_RETURN_CODE 77)
 endif()
+
+# Budgets as a share of each problem's length (--budgets N%): a budget per request through
+# rkv_sched_request.evict, each request's stream held to its own bound (--require-bounds);
+# the JSON names the share. With --simple-loop it is a usage error (2).
+add_test(NAME model_eval_budget_share
+         COMMAND sh -c "out=$(\"$@\"); rc=$?; echo \"$out\"; [ $rc -eq 0 ] && echo \"$out\" | grep -q '\"budget_pct\": 40,'"
+                 sh $<TARGET_FILE:rkv> eval --model ${_model_dir}/data/smoke.safetensors
+                 --digits 1-3 --problems 12 --policies full,rkv,h2o,streaming --budgets 40%,60%
+                 --buffer 8 --batch 4 --check --require-bounds --json)
+set_tests_properties(model_eval_budget_share PROPERTIES TIMEOUT 120 LABELS "integration;model")
+add_test(NAME model_eval_budget_share_usage
+  COMMAND sh -c "\"$0\" eval --model \"$1\" --problems 2 --budgets 30% --simple-loop 2>&1; [ $? -eq 2 ] || exit 1; \"$0\" eval --model \"$1\" --problems 2 --budgets 0% 2>&1; [ $? -eq 2 ] || exit 1; \"$0\" eval --model \"$1\" --problems 2 --policies oracle 2>&1; [ $? -eq 2 ]"
+          $<TARGET_FILE:rkv> ${_model_dir}/data/smoke.safetensors)
+set_tests_properties(model_eval_budget_share_usage PROPERTIES TIMEOUT 60 LABELS "unit;model"
+                     PASS_REGULAR_EXPRESSION "oracle needs a model of task version 2")
+
+# The oracle (version-2 model): every compression is checked against the oracle's own mirror
+# of the kept positions (a divergence exits 1), streams stay within their per-request bounds,
+# and with the structure's tokens kept the model must still answer: at 30% of the sequence
+# the oracle's accuracy is at least the floor (check_oracle.py).
+set(_adder2 ${PROJECT_SOURCE_DIR}/tools/model/weights/adder2.safetensors)
+if(EXISTS ${_adder2} AND RKV_NUMPY_PYTHON)
+  if(RKV_SANITIZE)
+    set(_oracle_args --problems 2 --digits 6-6 --floor 0)
+  else()
+    set(_oracle_args --problems 24 --digits 6-14 --floor 0.8)
+  endif()
+  add_test(NAME model_eval_oracle
+           COMMAND ${RKV_NUMPY_PYTHON} ${_model_dir}/check_oracle.py $<TARGET_FILE:rkv> ${_adder2}
+                   ${_oracle_args})
+  set_tests_properties(model_eval_oracle PROPERTIES TIMEOUT 600 LABELS "integration;model")
+endif()
