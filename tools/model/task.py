@@ -2,7 +2,9 @@
 
 A problem is written as a prompt (the two operands, every digit tagged with its column label)
 followed by a reasoning trace: one fixed-width line per column with its carries, a redundant
-"wait, let me verify:" pass repeating every line, and the labelled answer. Two properties make
+"wait, let me verify:" pass repeating every line, and the labelled answer (generator version
+1). Version 2 replaces the verification pass by self-talk around each column's line that
+nothing later reads (docs/MODEL.md). Two properties make
 KV eviction matter: the operands the last lines need appear at the very start, and the
 verification pass duplicates earlier tokens. The format is documented in docs/MODEL.md; the C
 side (tools/rkv/model_task.c) generates byte-identical problems from the same seeds.
@@ -200,11 +202,13 @@ def main(argv=None):
     ap.add_argument("--count", type=int, default=3)
     ap.add_argument("--min-digits", type=int, default=6)
     ap.add_argument("--max-digits", type=int, default=20)
+    ap.add_argument("--version", type=int, default=GENERATOR_VERSION, choices=VERSIONS,
+                    help="generator version (docs/MODEL.md)")
     ap.add_argument("--tsv", action="store_true",
                     help="one line per problem: index n a b len(prompt) len(target) (cross-checks)")
     args = ap.parse_args(argv)
     for i in range(args.count):
-        n, a, b, p, t = problem(args.seed, i, args.min_digits, args.max_digits)
+        n, a, b, p, t = problem(args.seed, i, args.min_digits, args.max_digits, args.version)
         assert is_correct(a, b, t)
         if args.tsv:
             print(f"{i}\t{n}\t{a}\t{b}\t{len(p)}\t{len(t)}")

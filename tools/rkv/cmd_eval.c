@@ -47,6 +47,7 @@ typedef struct eval_opts {
   uint32_t problems;
   int32_t min_digits, max_digits;
   bool digits_given;    /* --digits; else the trained range of the weights' task version */
+  bool budgets_given;   /* --budgets; else absolute ones (version 1) or shares (version 2) */
   int32_t task_version; /* the generator the weights were trained on (1 when unknown) */
   uint64_t seed;
   uint32_t batch;
@@ -141,7 +142,8 @@ static void eval_usage(void) {
       "                    task's structure (an upper-bound proxy; version-2 models, cpu)\n"
       "  --budgets LIST    comma list of per-stream budgets B (default 32,48,64,96,128); N%%\n"
       "                    sets each request's B to N%% of its problem's length (prompt +\n"
-      "                    reference trace), e.g. 10%%,15%%,20%%,30%%\n"
+      "                    reference trace); default for a version-2 model:\n"
+      "                    10%%,15%%,20%%,30%%,45%%,60%%\n"
       "  --buffer N        tokens decoded between compressions (default 16)\n"
       "  --window N        alpha: newest tokens kept / query-window rows (default 8)\n"
       "  --lambda X        R-KV joint score weight in [0, 1]: lambda * importance - (1 -\n"
@@ -1092,6 +1094,7 @@ int rt_cmd_eval(int argc, char **argv) {
       if (!parse_policies(v, &o)) return 2;
     } else if (strcmp(a, "--budgets") == 0) {
       if (!parse_budgets(v, &o)) return 2;
+      o.budgets_given = true;
     } else if (strcmp(a, "--buffer") == 0) {
       if (!rt_parse_u64("eval", a, v, 1, 1 << 20, &u)) return 2;
       o.buffer = (int32_t)u;
@@ -1309,6 +1312,18 @@ int rt_cmd_eval(int argc, char **argv) {
   }
   o.task_version = mc->generator_version ? mc->generator_version : 1;
   if (!o.digits_given && o.task_version == 2) o.max_digits = 14; /* its trained range, 6-14 */
+  if (!o.budgets_given && o.task_version == 2) {
+    parse_budgets("10%,15%,20%,30%,45%,60%", &o);
+    if (o.simple_loop) {
+      fprintf(stderr,
+              "rkv eval: a version-2 model's default budgets are shares (N%%): give "
+              "--budgets in tokens with --simple-loop\n");
+      rt_model_destroy(model);
+      rkv_backend_destroy(cpu_backend);
+      rkv_backend_destroy(backend);
+      return 2;
+    }
+  }
   for (int p = 0; p < o.n_policies; p++)
     if (o.policies[p] == EVAL_ORACLE && o.task_version != 2) {
       fprintf(stderr,
