@@ -24,7 +24,7 @@ typedef struct fixture {
   rkv_blockmgr *m;
   rkv_kv_pool *pool;
   rkv_qwindow *qw;
-  rkv_buffer *ring;                       /* emulated device: [MAXSEQ][L][QH][W][D] f32 */
+  rkv_buffer *ring;                         /* emulated device: [MAXSEQ][L][QH][W][D] f32 */
   float host_ring[MAXSEQ * L * QH * W * D]; /* its source, unchanged while uploads are queued */
   uint64_t rng;
 } fixture;
@@ -47,8 +47,7 @@ static inline void fx_init(fixture *f, rkv_dtype dt, uint32_t num_blocks, uint64
   rkv_qwindow_config qc = RKV_QWINDOW_CONFIG_INIT;
   qc.num_layers = L, qc.num_q_heads = QH, qc.head_dim = D, qc.window = W;
   EXPECT_OK(rkv_qwindow_create(&qc, &f->qw));
-  if (emu)
-    EXPECT_OK(rkv_buffer_create(f->be, RKV_BUFFER_DEVICE, sizeof f->host_ring, &f->ring));
+  if (emu) EXPECT_OK(rkv_buffer_create(f->be, RKV_BUFFER_DEVICE, sizeof f->host_ring, &f->ring));
 }
 
 static inline void fx_fini(fixture *f) {
@@ -150,7 +149,8 @@ static inline rkv_evictor_window fx_window(fixture *f, int64_t id, int32_t oldes
   return win;
 }
 
-static inline rkv_evictor *fx_evictor(fixture *f, const rkv_evict_params *p, rkv_evict_granularity g) {
+static inline rkv_evictor *fx_evictor(fixture *f, const rkv_evict_params *p,
+                                      rkv_evict_granularity g) {
   rkv_evictor_config c = RKV_EVICTOR_CONFIG_INIT;
   c.num_q_heads = QH, c.params = *p, c.granularity = g, c.max_seqs = MAXSEQ;
   c.qwindow = f->qw;

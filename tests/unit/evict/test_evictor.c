@@ -36,8 +36,8 @@ static void direct(fixture *f, const rkv_evict_params *p, rkv_evict_granularity 
   EXPECT_OK(rkv_evict_workspace_size(p, KV, QH, D, n, &need));
   for (uint32_t l = 0; l < L; l++) {
     if (layer >= 0 && l != (uint32_t)layer) continue;
-    if (rkv_evict_layer_ex(p, f->m, f->pool, f->qw, QH, seq, l, g_ws, need, &r, err,
-                           sizeof err) != RKV_OK)
+    if (rkv_evict_layer_ex(p, f->m, f->pool, f->qw, QH, seq, l, g_ws, need, &r, err, sizeof err) !=
+        RKV_OK)
       RKV_TEST_FAIL_("rkv_evict_layer %u: %s", l, err);
     sum->streams_compressed += r.streams_compressed;
     sum->tokens_evicted += r.tokens_evicted;
@@ -140,27 +140,21 @@ static void test_create_errors(fixture *f) {
   char err[256] = "";
   rkv_evictor_config bad = c;
   bad.num_q_heads = 3;
-  EXPECT_STATUS(rkv_evictor_create(&bad, f->m, f->pool, &ev, err, sizeof err),
-                RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rkv_evictor_create(&bad, f->m, f->pool, &ev, err, sizeof err), RKV_ERR_INVALID_ARG);
   EXPECT(ev == NULL && strstr(err, "num_q_heads") != NULL);
   bad = c, bad.struct_size = 8;
-  EXPECT_STATUS(rkv_evictor_create(&bad, f->m, f->pool, &ev, err, sizeof err),
-                RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rkv_evictor_create(&bad, f->m, f->pool, &ev, err, sizeof err), RKV_ERR_INVALID_ARG);
   EXPECT(strstr(err, "struct_size") != NULL);
   bad = c, bad.max_seqs = 0;
-  EXPECT_STATUS(rkv_evictor_create(&bad, f->m, f->pool, &ev, err, sizeof err),
-                RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rkv_evictor_create(&bad, f->m, f->pool, &ev, err, sizeof err), RKV_ERR_INVALID_ARG);
   bad = c, bad.params.window = 0;
-  EXPECT_STATUS(rkv_evictor_create(&bad, f->m, f->pool, &ev, err, sizeof err),
-                RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rkv_evictor_create(&bad, f->m, f->pool, &ev, err, sizeof err), RKV_ERR_INVALID_ARG);
   EXPECT(strstr(err, "params") != NULL);
   bad = c, bad.granularity = RKV_EVICT_GRAN_COUNT_;
-  EXPECT_STATUS(rkv_evictor_create(&bad, f->m, f->pool, &ev, err, sizeof err),
-                RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rkv_evictor_create(&bad, f->m, f->pool, &ev, err, sizeof err), RKV_ERR_INVALID_ARG);
   EXPECT(strstr(err, "granularity") != NULL);
   EXPECT_STATUS(rkv_evictor_create(&c, f->m, NULL, &ev, err, sizeof err), RKV_ERR_INVALID_ARG);
-  EXPECT_STATUS(rkv_evictor_create(&c, f->m, f->pool, NULL, err, sizeof err),
-                RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rkv_evictor_create(&c, f->m, f->pool, NULL, err, sizeof err), RKV_ERR_INVALID_ARG);
   EXPECT(ev == NULL);
 }
 
