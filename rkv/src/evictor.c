@@ -46,7 +46,7 @@ static rkv_status check_kernels(const rkv_evictor *ev, const rkv_evict_params *p
   return rkvi_failn(err, len, RKV_ERR_UNSUPPORTED,
                     "the %s pool's device kernels do not take this layout or window (head_dim "
                     "64/128/256, block 16/32, window <= 256): %s",
-                    rkv_backend_name(ev->be), rkv_backend_last_error(ev->be));
+                    rkv_backend_name(ev->be), rkv_status_str(st));
 }
 
 static rkv_status check_config(const rkv_evictor_config *c, const rkv_blockmgr *m,

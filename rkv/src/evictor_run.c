@@ -178,6 +178,11 @@ rkv_status rkv_evictor_run(rkv_evictor *ev, rkv_evictor_result *results, uint32_
   for (uint32_t i = 0; i < ev->n_q; i++) results[i].seq = ev->q[i].seq;
   ev->err[0] = '\0';
   const rkv_status ret = ev->device ? rkvi_evdev_run(ev, results) : host_run(ev, results);
+  /* past a cut something broke (a bug, a device fault): no result may read as a success */
+  const bool broken = ret != RKV_OK && ret != RKV_ERR_NO_BLOCKS && ret != RKV_ERR_NOT_FOUND &&
+                      ret != RKV_ERR_STATE && ret != RKV_ERR_UNSUPPORTED;
+  for (uint32_t i = 0; broken && i < ev->n_q; i++)
+    if (results[i].status == RKV_OK) results[i].status = ret;
   *n_results = ev->n_q;
   ev->n_q = 0;
   return ret;

@@ -125,7 +125,8 @@ typedef struct rkv_evictor_result {
  * nothing and keeping the queue: RKV_ERR_INVALID_ARG (NULL results or n_results),
  * RKV_ERR_STATE (nothing queued), RKV_ERR_CAPACITY (cap < queued). RKV_ERR_INTERNAL (or a
  * backend's status, e.g. RKV_ERR_CUDA) when something failed after a sequence was cut: a bug
- * or a device fault, the state is then undefined. On a device pool the work is enqueued on
+ * or a device fault, the state is then undefined and every result that did not fail on its
+ * own carries that status. On a device pool the work is enqueued on
  * the backend's stream and the call returns without waiting for it; the staging memory it
  * used is reused by the next run after it waits for the stream. Cost: the compressions
  * (docs/EVICTION.md, "Cost") plus O(queued) host work. */
@@ -133,9 +134,10 @@ RKV_API rkv_status rkv_evictor_run(rkv_evictor *ev, rkv_evictor_result *results,
                                    uint32_t *n_results);
 
 /* Checks the evictor's own invariants (queue within max_seqs, no sequence twice, every queued
- * layer and parameter set valid, scratch within its accounting) and the query window it
- * borrows: RKV_ERR_CORRUPT with the text in rkv_evictor_last_error. The block manager has its
- * own rkv_blockmgr_check. O(queued^2 + query-window check). */
+ * layer and parameter set valid, a device window for every queued device compression that
+ * reads queries, device state matching the pool's backend) and the query window it borrows:
+ * RKV_ERR_CORRUPT with the text in rkv_evictor_last_error. The block manager has its own
+ * rkv_blockmgr_check. O(queued^2 + the query-window check). */
 RKV_API rkv_status rkv_evictor_check(const rkv_evictor *ev);
 /* Host and device bytes the evictor holds (its scratch grows to the largest run seen). */
 RKV_API size_t rkv_evictor_memory_bytes(const rkv_evictor *ev);
