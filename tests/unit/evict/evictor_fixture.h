@@ -15,7 +15,14 @@
 
 #include "rkv_test.h"
 
-enum { L = 3, KV = 2, QH = 4, D = 16, BS = 8, W = 8, MAXSEQ = 4 };
+/* head_dim and block size: a test of the CUDA kernels' closed set overrides them */
+#ifndef EVF_HEAD_DIM
+#define EVF_HEAD_DIM 16
+#endif
+#ifndef EVF_BLOCK
+#define EVF_BLOCK 8
+#endif
+enum { L = 3, KV = 2, QH = 4, D = EVF_HEAD_DIM, BS = EVF_BLOCK, W = 8, MAXSEQ = 4 };
 
 typedef struct fixture {
   rkv_dtype dt;
@@ -126,10 +133,9 @@ static inline void fx_seq(fixture *f, int64_t id, int32_t n, uint32_t rows) {
     }
 }
 
-/* The device window of sequence id: the host window's rows, oldest first, stored as a ring
- * whose oldest row is `oldest` (what rkv_attn_cuda_qwindow_push leaves), uploaded. */
-static inline rkv_evictor_window fx_window(fixture *f, int64_t id, int32_t oldest) {
-  rkv_evictor_window win = {NULL, 0};
+/* The host image of sequence id's device window: the host window's rows, oldest first,
+ * stored as a ring whose oldest row is `oldest` (what rkv_attn_cuda_qwindow_push leaves). */
+static inline float *fx_ring_image(fixture *f, int64_t id, int32_t oldest) {
   const size_t slot = (size_t)L * QH * W * D;
   float *dst = f->host_ring + (size_t)(id - 1) * slot;
   float tmp[QH * W * D];
@@ -141,6 +147,14 @@ static inline rkv_evictor_window fx_window(fixture *f, int64_t id, int32_t oldes
         memcpy(dst + (((size_t)l * QH + h) * W + (oldest + k) % W) * D,
                tmp + ((size_t)h * W + k) * D, D * sizeof(float));
   }
+  return dst;
+}
+
+/* The device window of sequence id on the emulated device: its ring image, uploaded. */
+static inline rkv_evictor_window fx_window(fixture *f, int64_t id, int32_t oldest) {
+  rkv_evictor_window win = {NULL, 0};
+  const size_t slot = (size_t)L * QH * W * D;
+  float *dst = fx_ring_image(f, id, oldest);
   EXPECT_OK(rkv_buffer_upload(f->ring, (size_t)(id - 1) * slot * sizeof(float), dst,
                               slot * sizeof(float)));
   EXPECT_OK(rkv_backend_sync(f->be));
