@@ -22,6 +22,13 @@ static rkv_status be_fail(rkv_evictor *ev, rkv_status st, const char *what) {
                    rkv_backend_last_error(ev->be));
 }
 
+/* After the first cut every failure breaks the run: a device fault keeps the backend's
+ * RKV_ERR_CUDA, anything else is RKV_ERR_INTERNAL (rkv/evictor.h: only those two mean that). */
+static rkv_status broke(rkv_evictor *ev, rkv_status st, const char *what) {
+  rkvi_fail(ev->err, st, "%s: %s (%s)", what, rkv_status_str(st), rkv_backend_last_error(ev->be));
+  return st == RKV_ERR_CUDA ? st : RKV_ERR_INTERNAL;
+}
+
 /* Grows a host array to hold `need` elements (contents kept). */
 static rkv_status hgrow(rkv_evictor *ev, void **p, size_t *cap, size_t need, size_t elem) {
   if (need <= *cap) return RKV_OK;
@@ -242,20 +249,20 @@ static rkv_status flush(rkv_evictor *ev, evbatch *x) {
     return rkvi_fail(ev->err, RKV_ERR_INTERNAL, "run: descriptors: %s", rkv_status_str(st));
   /* the arena may still feed the previous launch's upload */
   if (d->in_flight && (st = rkv_backend_sync(ev->be)) != RKV_OK)
-    return be_fail(ev, st, "run: sync before reusing the arena");
+    return broke(ev, st, "run: sync before reusing the arena");
   d->in_flight = false;
   st = rkvi_evict_cuda_pack(d->streams, x->n_streams, d->old, x->n_old, d->newb, x->n_new, d->freed,
                             nf, rkv_buffer_ptr(d->stage), rkv_buffer_size(d->stage),
                             rkv_buffer_ptr(d->desc), &b, &bytes);
   if (st == RKV_OK) st = rkv_buffer_copy(d->desc, 0, d->stage, 0, bytes);
-  if (st != RKV_OK) return be_fail(ev, st, "run: upload");
+  if (st != RKV_OK) return broke(ev, st, "run: upload");
   d->in_flight = true;
   b.group = ev->Hq / ev->Hkv;
   b.max_len = x->max_len;
   b.qwin = rkvi_evictor_policy(x->p->policy).needs_query_window ? (const float *)x->qbase : NULL;
   if (ev->emu) return rkvi_evemu_compress(ev, x->p, &b, bytes);
   st = rkvi_evict_cuda_compress(x->p, ev->pool, &b, rkv_buffer_ptr(d->ws), rkv_buffer_size(d->ws));
-  return st == RKV_OK ? RKV_OK : be_fail(ev, st, "run: launch");
+  return st == RKV_OK ? RKV_OK : broke(ev, st, "run: launch");
 }
 
 static bool same_params(const rkv_evict_params *a, const rkv_evict_params *b) {

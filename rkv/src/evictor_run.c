@@ -111,7 +111,11 @@ static rkv_status host_one(rkv_evictor *ev, const rkvi_evq *q, rkv_evictor_resul
   if (qw) RKV_TRY(host_windows(ev, q));
   RKV_TRY(host_fresh(ev, q));
   size_t need = 0;
-  if (ws_size(ev, p, longest(ev, q), &need) != RKV_OK || need > ev->ws_cap)
+  const rkv_status sz = ws_size(ev, p, longest(ev, q), &need);
+  if (sz != RKV_OK)
+    return rkvi_fail(ev->err, sz, "compress %lld: no workspace size for its streams",
+                     (long long)q->seq);
+  if (need > ev->ws_cap)
     return rkvi_fail(ev->err, RKV_ERR_INTERNAL, "compress %lld: workspace not reserved",
                      (long long)q->seq);
   char e2[RKV_ERRBUF] = "";
@@ -179,8 +183,7 @@ rkv_status rkv_evictor_run(rkv_evictor *ev, rkv_evictor_result *results, uint32_
   ev->err[0] = '\0';
   const rkv_status ret = ev->device ? rkvi_evdev_run(ev, results) : host_run(ev, results);
   /* past a cut something broke (a bug, a device fault): no result may read as a success */
-  const bool broken = ret != RKV_OK && ret != RKV_ERR_NO_BLOCKS && ret != RKV_ERR_NOT_FOUND &&
-                      ret != RKV_ERR_STATE && ret != RKV_ERR_UNSUPPORTED;
+  const bool broken = ret == RKV_ERR_INTERNAL || ret == RKV_ERR_CUDA;
   for (uint32_t i = 0; broken && i < ev->n_q; i++)
     if (results[i].status == RKV_OK) results[i].status = ret;
   *n_results = ev->n_q;

@@ -1133,8 +1133,8 @@ static rkv_status run_compressions(rkv_exec *x, const rkv_sched_plan *p, rkv_sch
     outs[i].id = p->seqs[i].id;
     outs[i].eos = eos;
   }
-  const bool broken = st != RKV_OK && st != RKV_ERR_NO_BLOCKS && st != RKV_ERR_NOT_FOUND &&
-                      st != RKV_ERR_STATE && st != RKV_ERR_UNSUPPORTED;
+  /* rkv/evictor.h: only these mean that a run broke after a cut */
+  const bool broken = st == RKV_ERR_INTERNAL || st == RKV_ERR_CUDA;
   apply_results(x, p, outs, n, broken);
   if (st != RKV_OK && (ret == RKV_OK || broken)) {
     ret = st;

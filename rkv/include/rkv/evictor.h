@@ -109,7 +109,8 @@ typedef struct rkv_evictor_result {
    * for shared leading blocks), RKV_ERR_NOT_FOUND (it left the block manager or the window
    * since add), RKV_ERR_STATE (a window with fewer than `window` rows; streams out of
    * lockstep at a coarser granularity), RKV_ERR_UNSUPPORTED (device pool: a protected prefix,
-   * rkv_blockmgr_seq_protect). */
+   * rkv_blockmgr_seq_protect), RKV_ERR_INVALID_ARG (its streams too long to size). Only
+   * RKV_ERR_INTERNAL and RKV_ERR_CUDA mean otherwise: the run broke (see rkv_evictor_run). */
   rkv_status status;
   bool compressed;             /* the compression ran (false for FULL and on failure) */
   uint32_t streams_compressed; /* streams over their budget that were compacted */
@@ -123,10 +124,10 @@ typedef struct rkv_evictor_result {
  * clear). Returns RKV_OK when every sequence's status is RKV_OK, else the first failing
  * sequence's status with its text in rkv_evictor_last_error (the others ran). Also, changing
  * nothing and keeping the queue: RKV_ERR_INVALID_ARG (NULL results or n_results),
- * RKV_ERR_STATE (nothing queued), RKV_ERR_CAPACITY (cap < queued). RKV_ERR_INTERNAL (or a
- * backend's status, e.g. RKV_ERR_CUDA) when something failed after a sequence was cut: a bug
- * or a device fault, the state is then undefined and every result that did not fail on its
- * own carries that status. On a device pool the work is enqueued on
+ * RKV_ERR_STATE (nothing queued), RKV_ERR_CAPACITY (cap < queued). RKV_ERR_INTERNAL or
+ * RKV_ERR_CUDA (and only these) when something failed after a sequence was cut: a bug or a
+ * device fault; the state is then undefined and every result that did not fail on its own
+ * carries that status. On a device pool the work is enqueued on
  * the backend's stream and the call returns without waiting for it; the staging memory it
  * used is reused by the next run after it waits for the stream. Cost: the compressions
  * (docs/EVICTION.md, "Cost") plus O(queued) host work. */
