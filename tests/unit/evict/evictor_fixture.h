@@ -242,4 +242,88 @@ static inline int fx_check_seq(fixture *f, int64_t seq, int32_t len) {
   return bad;
 }
 
+/* An allocator that fails its fail_at-th allocation (0: never). */
+typedef struct fx_fault {
+  uint64_t count, fail_at;
+  bool failed;
+} fx_fault;
+
+static inline void *fx_fault_alloc(void *ctx, size_t size, size_t align) {
+  fx_fault *f = ctx;
+  if (f->fail_at && ++f->count == f->fail_at) {
+    f->failed = true;
+    return NULL;
+  }
+  void *p = NULL;
+  return posix_memalign(&p, align < sizeof(void *) ? sizeof(void *) : align, size) ? NULL : p;
+}
+
+static inline void fx_fault_free(void *ctx, void *p, size_t size) {
+  (void)ctx, (void)size;
+  free(p);
+}
+
+/* Queues sequences 1 and 2 (with their device windows on the emulated device). */
+static inline void fx_queue_two(fixture *f, rkv_evictor *ev) {
+  for (int64_t s = 1; s <= 2; s++) {
+    rkv_evictor_window win = {NULL, 0};
+    if (f->emu) win = fx_window(f, s, (int32_t)s);
+    EXPECT_OK(rkv_evictor_add(ev, s, RKV_EVICTOR_ALL_LAYERS, NULL, f->emu ? &win : NULL));
+  }
+}
+
+/* Every allocation a first run makes fails in turn: the run returns RKV_ERR_NO_MEMORY,
+ * changes nothing and keeps its queue; the retry then equals a fault-free run. */
+static inline void fx_nomem_sweep(bool emu) {
+  int failures = 0;
+  for (uint64_t k = 1; k < 64; k++) {
+    fixture f, t;
+    for (int i = 0; i < 2; i++) {
+      fixture *x = i ? &t : &f;
+      fx_init(x, RKV_DTYPE_F32, 300, 21, emu);
+      fx_seq(x, 1, 90, W + 1);
+      fx_seq(x, 2, 75, W + 2);
+    }
+    rkv_evict_params p = RKV_EVICT_PARAMS_INIT;
+    p.budget = 40, p.window = W;
+    fx_fault fl = {0, 0, false};
+    const rkv_allocator al = {fx_fault_alloc, fx_fault_free, &fl};
+    rkv_evictor_config c = RKV_EVICTOR_CONFIG_INIT;
+    c.num_q_heads = QH, c.params = p, c.max_seqs = MAXSEQ, c.qwindow = f.qw, c.allocator = &al;
+    rkv_evictor *ev = NULL, *tw = fx_evictor(&t, &p, RKV_EVICT_GRAN_STREAM);
+    EXPECT_OK(rkv_evictor_create(&c, f.m, f.pool, &ev, NULL, 0));
+    fx_queue_two(&f, ev);
+    fx_queue_two(&t, tw);
+    fl.fail_at = k;
+    rkv_evictor_result res[MAXSEQ];
+    uint32_t nr = 0;
+    const rkv_status st = rkv_evictor_run(ev, res, MAXSEQ, &nr);
+    const bool failed = fl.failed;
+    fl.fail_at = 0;
+    if (failed) {
+      failures++;
+      EXPECT_STATUS(st, RKV_ERR_NO_MEMORY);
+      EXPECT_EQ_INT(rkv_evictor_queued(ev), 2);
+      EXPECT_OK(rkv_evictor_check(ev));
+      expect_same(&f, &t, true, true, "run out of memory");
+      EXPECT_OK(rkv_evictor_run(ev, res, MAXSEQ, &nr));
+    } else {
+      EXPECT_OK(st);
+    }
+    EXPECT(nr == 2 && res[0].compressed && res[1].compressed);
+    EXPECT_OK(rkv_evictor_run(tw, res, MAXSEQ, &nr));
+    EXPECT_OK(rkv_backend_sync(f.be));
+    EXPECT_OK(rkv_backend_sync(t.be));
+    expect_same(&f, &t, true, true, "retry after out of memory");
+    rkv_evictor_destroy(ev);
+    rkv_evictor_destroy(tw);
+    fx_fini(&f);
+    fx_fini(&t);
+    if (!failed) break;
+  }
+  fprintf(stderr, "out of memory (%s): %d allocations of a first run failed in turn\n",
+          emu ? "emulated device" : "cpu", failures);
+  EXPECT(failures >= 2); /* the sweep reached the run's allocations */
+}
+
 #endif /* RKV_TEST_EVICTOR_FIXTURE_H */

@@ -9,7 +9,9 @@
  *    granularity, bad parameters, a window the evictor does not have, a double add, a full
  *    queue, run with nothing queued, too few results;
  *  - a sequence that runs out of fresh blocks (a fork) is left unchanged while the others of
- *    the run compress, and a sequence freed between add and run is reported, not touched.
+ *    the run compress, and a sequence freed between add and run is reported, not touched;
+ *  - every allocation of a first run failed in turn: RKV_ERR_NO_MEMORY, nothing changed, the
+ *    queue kept, and the retry equals a fault-free run.
  * rkv_evictor_check and rkv_blockmgr_check after every run. */
 #include "evictor_fixture.h"
 
@@ -304,6 +306,7 @@ int main(void) {
   test_bad_input();
   test_noop();
   test_no_blocks();
+  fx_nomem_sweep(false);
   test_equals_direct();
   return rkv_test_finish();
 }

@@ -8,7 +8,9 @@
  *  - FULL and at-budget sequences change nothing;
  *  - bad input changes nothing: a coarser granularity (create), a missing or malformed device
  *    window, a protected prefix (refused at run), a policy without a window;
- *  - a fork whose fresh blocks are missing stays unchanged while the other sequence compresses.
+ *  - a fork whose fresh blocks are missing stays unchanged while the other sequence compresses;
+ *  - every allocation of a first run failed in turn changes nothing; the retry equals a
+ *    fault-free run.
  * rkv_evictor_check and rkv_blockmgr_check after every run. */
 #include "evictor_fixture.h"
 
@@ -196,6 +198,7 @@ int main(void) {
   test_bad_input();
   test_noop();
   test_no_blocks();
+  fx_nomem_sweep(true);
   test_equals_cpu();
   return rkv_test_finish();
 }
