@@ -25,7 +25,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include <rkv/evict_cuda.h>
+#include "evict_cuda_internal.h"
 
 // rkv_internal.h has no extern "C" of its own: give its helpers C linkage here.
 extern "C" {
@@ -753,9 +753,9 @@ rkv_status launch_all(const EvParams &prm, uint32_t S, rkv_backend *b, char *err
 
 extern "C" {
 
-rkv_status rkv_evict_cuda_workspace_size(const rkv_evict_params *p, const rkv_kv_pool *pool,
-                                         uint32_t num_streams, uint32_t group, int32_t max_len,
-                                         size_t *bytes) {
+rkv_status rkvi_evict_cuda_workspace_size(const rkv_evict_params *p, const rkv_kv_pool *pool,
+                                          uint32_t num_streams, uint32_t group, int32_t max_len,
+                                          size_t *bytes) {
   char err[RKV_ERRBUF];
   if (!pool || !bytes) return RKV_ERR_INVALID_ARG;
   *bytes = 0;
@@ -767,9 +767,9 @@ rkv_status rkv_evict_cuda_workspace_size(const rkv_evict_params *p, const rkv_kv
   return RKV_OK;
 }
 
-rkv_status rkv_evict_cuda_compress(const rkv_evict_params *p, rkv_kv_pool *pool,
-                                   const rkv_evict_cuda_batch *batch, void *workspace,
-                                   size_t ws_bytes) {
+rkv_status rkvi_evict_cuda_compress(const rkv_evict_params *p, rkv_kv_pool *pool,
+                                    const rkv_evict_cuda_batch *batch, void *workspace,
+                                    size_t ws_bytes) {
   if (!pool) return RKV_ERR_INVALID_ARG;
   rkv_backend *b = pool->backend;
   char *err = b->err;

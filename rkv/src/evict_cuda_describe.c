@@ -2,16 +2,16 @@
  * rkv_blockmgr_compact_uniform returned into the per-stream descriptors and new rows the
  * device kernels read. Plain C over the block manager's public API, so it builds (and is
  * tested) without CUDA. */
-#include <rkv/evict_cuda.h>
 #include <string.h>
+#include "evict_cuda_internal.h"
 
 #include "rkv_internal.h"
 
-rkv_status rkv_evict_cuda_describe(const rkv_blockmgr *m, int64_t seq, const rkv_compact_map *maps,
-                                   uint32_t n_maps, uint32_t num_q_heads, int32_t window,
-                                   int64_t qwin_seq_offset, int32_t old_base, int32_t new_base,
-                                   rkv_evict_cuda_stream *streams, int32_t *new_blocks,
-                                   uint32_t new_cap, uint32_t *n_new) {
+rkv_status rkvi_evict_cuda_describe(const rkv_blockmgr *m, int64_t seq, const rkv_compact_map *maps,
+                                    uint32_t n_maps, uint32_t num_q_heads, int32_t window,
+                                    int64_t qwin_seq_offset, int32_t old_base, int32_t new_base,
+                                    rkv_evict_cuda_stream *streams, int32_t *new_blocks,
+                                    uint32_t new_cap, uint32_t *n_new) {
   if (!m || (n_maps && (!maps || !streams)) || !n_new || window <= 0 || old_base < 0 ||
       new_base < 0 || qwin_seq_offset < 0)
     return RKV_ERR_INVALID_ARG;
@@ -53,9 +53,9 @@ rkv_status rkv_evict_cuda_describe(const rkv_blockmgr *m, int64_t seq, const rkv
   return RKV_OK;
 }
 
-rkv_status rkv_evict_cuda_freed_blocks(const rkv_blockmgr *m, const int32_t *old_blocks,
-                                       uint32_t n_old, int32_t *out, uint32_t cap,
-                                       uint32_t *n_out) {
+rkv_status rkvi_evict_cuda_freed_blocks(const rkv_blockmgr *m, const int32_t *old_blocks,
+                                        uint32_t n_old, int32_t *out, uint32_t cap,
+                                        uint32_t *n_out) {
   if (!m || (n_old && !old_blocks) || !n_out) return RKV_ERR_INVALID_ARG;
   uint32_t n = 0;
   for (uint32_t i = 0; i < n_old; i++) {
@@ -76,11 +76,11 @@ static size_t pack_align(size_t x) {
   return (x + 255u) & ~(size_t)255u;
 }
 
-rkv_status rkv_evict_cuda_pack(const rkv_evict_cuda_stream *streams, uint32_t n_streams,
-                               const int32_t *old_blocks, uint32_t n_old, const int32_t *new_blocks,
-                               uint32_t n_new, const int32_t *freed, uint32_t n_freed, void *host,
-                               size_t host_cap, void *device, rkv_evict_cuda_batch *batch,
-                               size_t *bytes) {
+rkv_status rkvi_evict_cuda_pack(const rkv_evict_cuda_stream *streams, uint32_t n_streams,
+                                const int32_t *old_blocks, uint32_t n_old,
+                                const int32_t *new_blocks, uint32_t n_new, const int32_t *freed,
+                                uint32_t n_freed, void *host, size_t host_cap, void *device,
+                                rkv_evict_cuda_batch *batch, size_t *bytes) {
   if (!bytes || !n_streams || !streams || (n_old && !old_blocks) || (n_new && !new_blocks) ||
       (n_freed && !freed))
     return RKV_ERR_INVALID_ARG;

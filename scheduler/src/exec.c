@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <string.h>
 
+#include <rkv/evictor.h>
 #include <rkv/executor.h>
 
 #include "exec_device.h"
@@ -41,11 +42,14 @@ struct rkv_exec {
   uint8_t *uniform;
   int32_t *xlen;
 
-  rkv_qwindow *qw;     /* NULL when the default policy scores without queries, or on a device */
-  rkvi_xdev *dev;      /* device-side state when the pool's memory is not the host's */
-  unsigned char *host; /* swap pool [host_blocks][block_bytes] */
-  float *host_scores;  /* [host_blocks][block_size] the swapped slots' attention mass: a
-                        * swap restores H2O's ranking with the KV */
+  rkv_qwindow *qw;  /* NULL when the default policy scores without queries, or on a device */
+  rkvi_xdev *dev;   /* device-side state when the pool's memory is not the host's */
+  rkv_evictor *evr; /* runs the compressions on the pool (any backend); NULL without one */
+  rkv_evictor_result *eres; /* [max_seqs] the last run's results */
+  uint32_t *eidx;           /* [max_seqs] plan index of each queued compression */
+  unsigned char *host;      /* swap pool [host_blocks][block_bytes] */
+  float *host_scores;       /* [host_blocks][block_size] the swapped slots' attention mass: a
+                             * swap restores H2O's ranking with the KV */
 
   /* the open step */
   bool open;
@@ -62,7 +66,7 @@ struct rkv_exec {
   const int64_t *slots; /* the plan's slot mapping (layer l at slots + l * stride), or NULL:
                          * K/V writes then find their slots through the mirror */
   size_t slot_layer_stride;
-  void *ws;
+  void *ws; /* plan, attention scratch */
   size_t ws_cap;
   size_t bytes; /* allocated at create */
 
@@ -105,6 +109,9 @@ void rkv_exec_destroy(rkv_exec *x) {
   rkvi_free(a, x->blen, ms * sizeof(int32_t));
   rkvi_free(a, x->all_indptr, (ms + 1) * sizeof(int32_t));
   rkvi_free(a, x->ws, x->ws_cap);
+  rkvi_free(a, x->eres, ms * sizeof *x->eres);
+  rkvi_free(a, x->eidx, ms * sizeof *x->eidx);
+  rkv_evictor_destroy(x->evr);
   rkv_qwindow_destroy(x->qw);
   rkvi_xdev_destroy(x->dev);
   rkvi_free(a, x, sizeof *x);
@@ -166,6 +173,25 @@ static rkv_status make_device(rkv_exec *x, char *err, size_t err_len) {
   dc.window = rkvi_needs_queries(x->cfg.evict.policy) ? (uint32_t)x->cfg.evict.window : 0;
   dc.scale = x->scale;
   return rkvi_xdev_create(&dc, &x->dev, err, err_len);
+}
+
+/* The evictor every compression on the pool goes through (CPU and device pools alike). */
+static rkv_status make_evictor(rkv_exec *x, char *err, size_t err_len) {
+  rkv_evictor_config ec = RKV_EVICTOR_CONFIG_INIT;
+  ec.num_q_heads = x->Hq;
+  ec.params = x->cfg.evict;
+  ec.granularity = x->cfg.granularity;
+  ec.max_seqs = x->cfg.max_seqs;
+  ec.qwindow = x->qw;
+  ec.allocator = x->al;
+  const size_t ms = x->cfg.max_seqs;
+  x->eres = rkvi_alloc(x->al, ms * sizeof *x->eres, 16);
+  x->eidx = rkvi_alloc(x->al, ms * sizeof *x->eidx, 16);
+  if (!x->eres || !x->eidx)
+    return rkvi_failn(err, err_len, RKV_ERR_NO_MEMORY, "rkv_exec_create: out of memory");
+  char e2[RKV_ERRBUF] = "";
+  const rkv_status st = rkv_evictor_create(&ec, x->bm, x->pool, &x->evr, e2, sizeof e2);
+  return st == RKV_OK ? RKV_OK : rkvi_failn(err, err_len, st, "rkv_exec_create: evictor: %s", e2);
 }
 
 rkv_status rkv_exec_create(const rkv_exec_config *cfg, rkv_blockmgr *m, rkv_kv_pool *pool,
@@ -272,6 +298,7 @@ rkv_status rkv_exec_create(const rkv_exec_config *cfg, rkv_blockmgr *m, rkv_kv_p
       goto fail;
     }
   }
+  if (pool && (ret = make_evictor(x, err, err_len)) != RKV_OK) goto fail;
   x->bytes = (size_t)mirror * 4 + (size_t)x->nidx * (x->S * 4 + 9) +
              (host ? (size_t)cfg->host_blocks * x->block_bytes : 0) +
              (x->host_scores ? (size_t)cfg->host_blocks * x->bs * sizeof(float) : 0) + ms * 16;
@@ -292,7 +319,9 @@ size_t rkv_exec_qwindow_bytes_per_seq(const rkv_exec *x) {
 }
 
 size_t rkv_exec_memory_bytes(const rkv_exec *x) {
-  return x ? x->bytes + x->ws_cap + rkvi_xdev_memory_bytes(x->dev) : 0;
+  return x ? x->bytes + x->ws_cap + rkv_evictor_memory_bytes(x->evr) +
+                 rkvi_xdev_memory_bytes(x->dev)
+           : 0;
 }
 
 /* ---- begin ------------------------------------------------------------------------------- */
@@ -968,67 +997,6 @@ rkv_status rkv_exec_layer(rkv_exec *x, uint32_t layer, const float *q, const flo
 
 /* ---- finish ------------------------------------------------------------------------------ */
 
-/* Workspace of one flagged compression at the executor's granularity. */
-static rkv_status evict_ws_size(const rkv_exec *x, const rkv_evict_params *ev, int32_t len,
-                                size_t *need) {
-  if (x->cfg.granularity == RKV_EVICT_GRAN_STREAM)
-    return rkv_evict_workspace_size(ev, x->Hkv, x->Hq, x->d, len, need);
-  return rkv_evict_seq_workspace_size(ev, x->cfg.granularity, x->L, x->Hkv, x->Hq, x->d, len, need);
-}
-
-/* A coarser granularity: every layer in one rkv_evict_seq call, which changes nothing when it
- * fails (the fresh blocks were checked by the caller too). */
-static rkv_status evict_grouped(rkv_exec *x, const rkv_sched_seq *q, const rkv_evict_params *ev,
-                                const rkv_qwindow *qw, rkv_sched_output *o) {
-  rkv_evict_result res;
-  char e2[RKV_ERRBUF] = "";
-  const rkv_status st = rkv_evict_seq(ev, x->cfg.granularity, x->bm, x->pool, qw, x->Hq, q->id,
-                                      x->ws, x->ws_cap, &res, e2, sizeof e2);
-  if (st != RKV_OK)
-    return rkvi_fail(x->err, st, "compress %lld (%s): %s", (long long)q->id,
-                     rkv_evict_granularity_name(x->cfg.granularity), e2);
-  o->tokens_evicted += res.tokens_evicted;
-  return RKV_OK;
-}
-
-/* Scores and compacts every layer of a flagged sequence, or nothing: the fresh blocks its
- * shared leading blocks need are counted for all layers before the first is touched. */
-static rkv_status evict_layers(rkv_exec *x, const rkv_sched_seq *q, const rkv_evict_params *ev,
-                               rkv_sched_output *o) {
-  uint32_t fresh = 0;
-  const int32_t keep = rkv_blockmgr_seq_protected(x->bm, q->id) + ev->budget;
-  rkv_status st = rkv_blockmgr_compact_fresh_bound(x->bm, q->id, -1, keep, &fresh);
-  if (st != RKV_OK)
-    return rkvi_fail(x->err, st, "compress %lld: %s", (long long)q->id,
-                     rkv_blockmgr_last_error(x->bm));
-  const uint32_t free0 = rkv_blockmgr_free_blocks(x->bm);
-  if (fresh > free0)
-    return rkvi_fail(x->err, RKV_ERR_NO_BLOCKS,
-                     "compress %lld: its shared blocks need %u fresh blocks, %u free (the "
-                     "scheduler reserves them when it flags a compression)",
-                     (long long)q->id, fresh, free0);
-  size_t need = 0;
-  st = evict_ws_size(x, ev, q->kv_len, &need);
-  if (st == RKV_OK) st = grow(x, &x->ws, &x->ws_cap, need + 64, "eviction workspace");
-  if (st != RKV_OK) return st == RKV_ERR_NO_MEMORY ? st : rkvi_fail(x->err, st, "compress: sizes");
-  const rkv_qwindow *qw = rkvi_needs_queries(ev->policy) ? x->qw : NULL;
-  if (x->cfg.granularity != RKV_EVICT_GRAN_STREAM) return evict_grouped(x, q, ev, qw, o);
-  for (uint32_t l = 0; l < x->L; l++) {
-    rkv_evict_result res;
-    memset(&res, 0, sizeof res);
-    char e2[RKV_ERRBUF] = "";
-    st = rkv_evict_layer_ex(ev, x->bm, x->pool, qw, x->Hq, q->id, l, x->ws, x->ws_cap, &res, e2,
-                            sizeof e2);
-    if (st != RKV_OK) {
-      /* Fresh blocks were checked and the workspace sized: a failure past layer 0 is a bug. */
-      return rkvi_fail(x->err, l ? RKV_ERR_INTERNAL : st, "compress %lld layer %u: %s",
-                       (long long)q->id, l, e2);
-    }
-    o->tokens_evicted += res.tokens_evicted;
-  }
-  return RKV_OK;
-}
-
 /* Bookkeeping mode: every stream of a flagged sequence is cut to the budget (after its
  * protected prefix) on the host, as a device engine's first step does (which tokens survive
  * changes no block count). */
@@ -1077,54 +1045,102 @@ static void cut_lens(rkv_exec *x, int32_t idx, int32_t keep) {
   set_uniform(x, idx);
 }
 
-/* One flagged compression, with the pool (scores and moves) or without (cuts only); the
- * mirror entry re-syncs at the next begin. */
+/* Bookkeeping mode: one flagged compression cuts the streams; the mirror entry re-syncs at
+ * the next begin. */
 static rkv_status compress_seq(rkv_exec *x, const rkv_sched_seq *q, rkv_sched_output *o) {
   const rkv_evict_params *ev = q->evict ? q->evict : &x->cfg.evict;
   if (!rkvi_policy_info(ev->policy).evicts) return RKV_OK;
   const uint32_t free0 = rkv_blockmgr_free_blocks(x->bm);
   const int32_t keep = rkv_blockmgr_seq_protected(x->bm, q->id) + ev->budget;
-  const rkv_status st = x->pool ? evict_layers(x, q, ev, o) : cut_streams(x, q, ev, o);
-  const int32_t idx = rkv_blockmgr_seq_index(x->bm, q->id);
-  if (st != RKV_OK) {
-    /* refused before layer 0 changed anything, or a bug part-way: re-read what is there */
-    if (st == RKV_ERR_INTERNAL && idx >= 0) {
-      x->stale[idx] = 1;
-      refresh_lens(x, idx, q->id);
-    }
-    return st;
-  }
+  RKV_TRY(cut_streams(x, q, ev, o));
   o->blocks_freed = rkv_blockmgr_free_blocks(x->bm) - free0;
   o->compressed = true;
+  const int32_t idx = rkv_blockmgr_seq_index(x->bm, q->id);
   if (idx >= 0) {
     x->stale[idx] = 1;
-    if (x->pool)
-      refresh_lens(x, idx, q->id);
-    else
-      cut_lens(x, idx, keep);
+    cut_lens(x, idx, keep);
   }
   return RKV_OK;
 }
 
-/* Grows the scratch of every compression the step will run before the first one, so a
- * failed growth leaves the step open and nothing compressed (the finish may be retried). */
-static rkv_status compress_scratch(rkv_exec *x, const rkv_sched_plan *p,
-                                   const rkv_sched_output *outs) {
-  size_t ws = 0;
+/* Queues the step's flagged compressions (not ending now, an evicting policy) on the evictor,
+ * in plan order. A refusal leaves that sequence as it is and is the step's status. */
+static rkv_status queue_compressions(rkv_exec *x, const rkv_sched_plan *p,
+                                     const rkv_sched_output *outs) {
+  rkv_status ret = RKV_OK;
+  uint32_t n = 0;
   for (uint32_t i = 0; i < p->n_seqs; i++) {
     const rkv_sched_seq *q = &p->seqs[i];
     const rkv_evict_params *ev = q->evict ? q->evict : &x->cfg.evict;
+    /* a sequence that ends now frees its blocks at the report: compressing it is wasted */
     if (!q->compress || outs[i].eos || !rkvi_policy_info(ev->policy).evicts) continue;
-    /* the bookkeeping cut (rkv_blockmgr_truncate) needs no scratch, a device its own */
-    if (!x->pool || x->dev) continue;
-    size_t need = 0;
-    const rkv_status st = evict_ws_size(x, ev, q->kv_len, &need);
-    if (st != RKV_OK)
-      return rkvi_fail(x->err, st, "finish: compression of %lld: sizes", (long long)q->id);
-    if (need > ws) ws = need;
+    rkv_evictor_window win = {NULL, 0};
+    rkv_status st = RKV_OK;
+    if (x->dev && rkvi_needs_queries(ev->policy) && !rkvi_xdev_window(x->dev, q->id, &win))
+      st = rkvi_fail(x->err, RKV_ERR_STATE, "compress %lld: no query window", (long long)q->id);
+    if (st == RKV_OK &&
+        (st = rkv_evictor_add(x->evr, q->id, RKV_EVICTOR_ALL_LAYERS, ev, &win)) != RKV_OK)
+      rkvi_fail(x->err, st, "%s", rkv_evictor_last_error(x->evr));
+    if (st == RKV_OK)
+      x->eidx[n++] = i;
+    else if (ret == RKV_OK)
+      ret = st;
   }
-  if (ws) RKV_TRY(grow(x, &x->ws, &x->ws_cap, ws + 64, "eviction workspace"));
-  return RKV_OK;
+  return ret;
+}
+
+/* After a run: each queued sequence's outcome into its output and its mirror entry (a device
+ * compression is the uniform cut to the budget, no protected prefix there; a host one is
+ * re-read). */
+static void apply_results(rkv_exec *x, const rkv_sched_plan *p, rkv_sched_output *outs, uint32_t n,
+                          bool broken) {
+  for (uint32_t k = 0; k < n; k++) {
+    const uint32_t i = x->eidx[k];
+    const rkv_evictor_result *r = &x->eres[k];
+    const rkv_sched_seq *q = &p->seqs[i];
+    outs[i].compressed = r->compressed;
+    outs[i].tokens_evicted = r->tokens_evicted;
+    outs[i].blocks_freed = r->blocks_freed;
+    const int32_t idx = rkv_blockmgr_seq_index(x->bm, q->id);
+    if (idx < 0 || (!r->compressed && !broken)) continue;
+    x->stale[idx] = 1;
+    const rkv_evict_params *ev = q->evict ? q->evict : &x->cfg.evict;
+    if (x->dev && r->compressed && !broken)
+      cut_lens(x, idx, ev->budget);
+    else
+      refresh_lens(x, idx, q->id);
+  }
+}
+
+/* The step's compressions through the evictor: queued, run, applied. A run that could not
+ * allocate changes nothing and leaves the step open (*ran false). */
+static rkv_status run_compressions(rkv_exec *x, const rkv_sched_plan *p, rkv_sched_output *outs,
+                                   bool *ran) {
+  *ran = false;
+  rkv_status ret = queue_compressions(x, p, outs);
+  const uint32_t queued = rkv_evictor_queued(x->evr);
+  uint32_t n = 0;
+  rkv_status st = RKV_OK;
+  if (queued) st = rkv_evictor_run(x->evr, x->eres, x->cfg.max_seqs, &n);
+  if (st != RKV_OK && rkv_evictor_queued(x->evr)) { /* refused before any change */
+    rkv_evictor_clear(x->evr);
+    return rkvi_fail(x->err, st, "finish: %s", rkv_evictor_last_error(x->evr));
+  }
+  *ran = true;
+  for (uint32_t i = 0; i < p->n_seqs; i++) {
+    const bool eos = outs[i].eos;
+    memset(&outs[i], 0, sizeof outs[i]);
+    outs[i].id = p->seqs[i].id;
+    outs[i].eos = eos;
+  }
+  /* rkv/evictor.h: only these mean that a run broke after a cut */
+  const bool broken = st == RKV_ERR_INTERNAL || st == RKV_ERR_CUDA;
+  apply_results(x, p, outs, n, broken);
+  if (st != RKV_OK && (ret == RKV_OK || broken)) {
+    ret = st;
+    rkvi_fail(x->err, st, "%s", rkv_evictor_last_error(x->evr));
+  }
+  return ret;
 }
 
 rkv_status rkv_exec_finish(rkv_exec *x, rkv_sched_output *outs, uint32_t n) {
@@ -1138,42 +1154,29 @@ rkv_status rkv_exec_finish(rkv_exec *x, rkv_sched_output *outs, uint32_t n) {
     for (uint32_t l = 0; l < x->L; l++)
       if (!x->layer_done[l])
         return rkvi_fail(x->err, RKV_ERR_STATE, "finish: layer %u did not run", l);
-  RKV_TRY(compress_scratch(x, p, outs));
-  if (x->dev) {
-    const rkv_status st = rkvi_xdev_finish_prepare(x->dev, &x->cfg, outs);
-    if (st != RKV_OK) return rkvi_fail(x->err, st, "finish: %s", rkvi_xdev_last_error(x->dev));
-  }
   rkv_status ret = RKV_OK;
-  for (uint32_t i = 0; i < n; i++) {
-    const bool eos = outs[i].eos;
-    memset(&outs[i], 0, sizeof outs[i]);
-    outs[i].id = p->seqs[i].id;
-    outs[i].eos = eos;
-  }
-  if (x->dev) {
-    ret = rkvi_xdev_finish(x->dev, &x->cfg, outs, x->stale);
-    if (ret != RKV_OK) rkvi_fail(x->err, ret, "%s", rkvi_xdev_last_error(x->dev));
-    /* a device compression is the uniform cut to the budget (no protected prefix there) */
-    for (uint32_t i = 0; i < n; i++) {
-      const int32_t idx = x->seq_row[i] / (int32_t)x->S;
-      if (!x->stale[idx]) continue;
-      const rkv_evict_params *ev = p->seqs[i].evict ? p->seqs[i].evict : &x->cfg.evict;
-      if (outs[i].compressed && ret == RKV_OK)
-        cut_lens(x, idx, ev->budget);
-      else
-        refresh_lens(x, idx, p->seqs[i].id);
-    }
+  if (x->evr) {
+    bool ran = false;
+    ret = run_compressions(x, p, outs, &ran);
+    if (!ran) return ret;
   } else {
+    for (uint32_t i = 0; i < n; i++) {
+      const bool eos = outs[i].eos;
+      memset(&outs[i], 0, sizeof outs[i]);
+      outs[i].id = p->seqs[i].id;
+      outs[i].eos = eos;
+    }
     for (uint32_t i = 0; i < n; i++) {
       /* a sequence that ends now frees its blocks at the report: compressing it is wasted */
       if (!p->seqs[i].compress || outs[i].eos) continue;
-      rkv_status st = compress_seq(x, &p->seqs[i], &outs[i]);
-      if (st == RKV_ERR_INTERNAL) {
-        ret = st;
-        break;
-      }
+      const rkv_status st = compress_seq(x, &p->seqs[i], &outs[i]);
       if (st != RKV_OK && ret == RKV_OK) ret = st;
     }
+  }
+  if (x->dev) {
+    /* the step's one sync: the arenas are free again and every kernel's fault surfaces */
+    const rkv_status st = rkvi_xdev_finish(x->dev);
+    if (st != RKV_OK) ret = rkvi_fail(x->err, st, "%s", rkvi_xdev_last_error(x->dev));
   }
   x->open = false;
   return ret;

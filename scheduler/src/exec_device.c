@@ -9,19 +9,18 @@
  *           uploads no row), then one copy per piece;
  *   layer   K/V write through the device rows, paged attention (decode group, prefill
  *           group), one query-window push for the whole batch (H2O mass rides on attention);
- *   finish  every flagged compression is cut on the host (rkv_blockmgr_compact_uniform), its
- *           descriptors packed into the arena and launched as one rkv_evict_cuda_compress per
- *           parameter set; then the sync that frees the arena for the next step.
+ *   finish  the executor's evictor (rkv/evictor.h) compresses the flagged sequences, one
+ *           batched launch per parameter set reading this ring (rkvi_xdev_window); then the
+ *           sync that frees the arena for the next step.
  * On the emulated device (<rkv/buffer_emu.h>) the pool is a CPU pool: the kernels are the CPU
- * ones on the host bytes rkv_emu_view returns for each device range, and the two kernels the
- * library has only for CUDA (ring push, batched compression) have host twins below that
- * follow their documented semantics. The host logic is the same code on both. */
+ * ones on the host bytes rkv_emu_view returns for each device range, and the ring push, which
+ * the library has only for CUDA, has a host twin below that follows its documented semantics
+ * (the batched compression's twin is the evictor's). The host logic is the same code on both. */
 #include <string.h>
 
 #include <rkv/attention_cuda.h>
 #include <rkv/buffer.h>
 #include <rkv/buffer_emu.h>
-#include <rkv/evict_cuda.h>
 
 #include "exec_device.h"
 #include "rkv_internal.h"
@@ -38,8 +37,6 @@ struct rkvi_xdev {
   rkv_buffer *meta;  /* the step metadata (layout: off_*) */
   rkv_buffer *ring;  /* [slots][L][Hq][window][d] f32, or NULL */
   rkv_buffer *ws;    /* attention workspace */
-  rkv_buffer *ev;    /* packed compression descriptors */
-  rkv_buffer *evws;  /* compression workspace (CUDA) */
   rkv_buffer *stage; /* pinned arena: the step's uploads */
   bool in_flight;    /* copies from the arena were enqueued since the last sync */
   /* ring slots: the sequence holding each and its newest pushed position */
@@ -55,13 +52,6 @@ struct rkvi_xdev {
   bool lockstep, h2o;
   size_t off_seq_row, off_blen, off_all, off_qi, off_slot, off_pos;
   int32_t *hslot; /* [max_seqs] */
-  /* compression scratch (host), grown by rkvi_xdev_finish_prepare before anything is cut */
-  void *escr[7]; /* the emulated compression's (emu_scratch), sizes in escr_cap */
-  size_t escr_cap[7];
-  rkv_compact_map *maps;
-  rkv_evict_cuda_stream *streams;
-  int32_t *old, *newb, *freed;
-  size_t maps_cap, streams_cap, old_cap, newb_cap, freed_cap; /* elements */
   char err[RKV_ERRBUF];
 };
 
@@ -84,20 +74,6 @@ const char *rkvi_xdev_last_error(const rkvi_xdev *d) {
 
 bool rkvi_xdev_has_window(const rkvi_xdev *d) {
   return d && d->ring;
-}
-
-/* Grows a host scratch array to hold `need` elements (contents kept). */
-static rkv_status hgrow(rkvi_xdev *d, void **p, size_t *cap, size_t need, size_t elem) {
-  if (need <= *cap) return RKV_OK;
-  size_t nc = *cap ? *cap : 64;
-  while (nc < need) nc *= 2;
-  void *n = rkvi_realloc(d->c.al, *p, *cap * elem, nc * elem, 16);
-  if (!n)
-    return rkvi_fail(d->err, RKV_ERR_NO_MEMORY, "device path: host scratch of %zu bytes",
-                     nc * elem);
-  *p = n;
-  *cap = nc;
-  return RKV_OK;
 }
 
 /* Grows a buffer to at least `need` bytes, to a power of two (growth waits for the stream:
@@ -130,19 +106,13 @@ static size_t ring_slot_elems(const rkvi_xdev *d) {
 void rkvi_xdev_destroy(rkvi_xdev *d) {
   if (!d) return;
   const rkv_allocator *a = d->c.al;
-  rkv_buffer *bufs[] = {d->rows, d->lens, d->meta, d->ring, d->ws, d->ev, d->evws, d->stage};
+  rkv_buffer *bufs[] = {d->rows, d->lens, d->meta, d->ring, d->ws, d->stage};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) rkv_buffer_destroy(bufs[i]);
   rkvi_free(a, d->slot_seq, (d->slots + 1) * sizeof(int64_t));
   rkvi_free(a, d->slot_last, (d->slots + 1) * sizeof(int64_t));
   rkvi_free(a, d->marked, d->c.nidx);
   rkvi_free(a, d->mlist, d->c.nidx * sizeof(int32_t));
   rkvi_free(a, d->hslot, d->c.max_seqs * sizeof(int32_t));
-  rkvi_free(a, d->maps, d->maps_cap * sizeof *d->maps);
-  rkvi_free(a, d->streams, d->streams_cap * sizeof *d->streams);
-  rkvi_free(a, d->old, d->old_cap * sizeof(int32_t));
-  rkvi_free(a, d->newb, d->newb_cap * sizeof(int32_t));
-  rkvi_free(a, d->freed, d->freed_cap * sizeof(int32_t));
-  for (size_t i = 0; i < 7; i++) rkvi_free(a, d->escr[i], d->escr_cap[i]);
   rkvi_free(a, d, sizeof *d);
 }
 
@@ -160,7 +130,7 @@ static rkv_status check_cuda_shape(const rkvi_xdev_config *c, char *err, size_t 
 }
 
 static rkv_status make_buffers(rkvi_xdev *d) {
-  rkv_buffer **dev[] = {&d->rows, &d->lens, &d->meta, &d->ws, &d->ev, &d->evws};
+  rkv_buffer **dev[] = {&d->rows, &d->lens, &d->meta, &d->ws};
   for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
     RKV_TRY(rkv_buffer_create(d->be, RKV_BUFFER_DEVICE, 0, dev[i]));
   RKV_TRY(rkv_buffer_create(d->be, RKV_BUFFER_HOST_PINNED, 0, &d->stage));
@@ -204,7 +174,7 @@ rkv_status rkvi_xdev_create(const rkvi_xdev_config *cfg, rkvi_xdev **out, char *
 
 size_t rkvi_xdev_memory_bytes(const rkvi_xdev *d) {
   if (!d) return 0;
-  const rkv_buffer *b[] = {d->rows, d->lens, d->meta, d->ring, d->ws, d->ev, d->evws, d->stage};
+  const rkv_buffer *b[] = {d->rows, d->lens, d->meta, d->ring, d->ws, d->stage};
   size_t n = 0;
   for (size_t i = 0; i < sizeof b / sizeof b[0]; i++) n += b[i] ? rkv_buffer_size(b[i]) : 0;
   return n + (size_t)d->slots * 16 + (size_t)d->c.nidx * 5;
@@ -551,406 +521,24 @@ rkv_status rkvi_xdev_layer(rkvi_xdev *d, uint32_t layer, const float *q, const f
   return push_window(d, &xv, layer, hq);
 }
 
-/* ---- finish: batched compression --------------------------------------------------------- */
+/* ---- finish ------------------------------------------------------------------------------ */
 
-/* A batch being built: every flagged sequence with the same parameters. */
-typedef struct xbatch {
-  const rkv_evict_params *ev;
-  uint32_t n_streams, n_old, n_new;
-  int32_t max_len;
-} xbatch;
-
-/* Host half for one sequence: the fresh-block check, the cut, its descriptors. */
-static rkv_status plan_seq(rkvi_xdev *d, const rkv_sched_seq *q, const rkv_evict_params *ev,
-                           xbatch *b, rkv_sched_output *o) {
-  if (!rkvi_policy_info(ev->policy).device_variant)
-    return rkvi_fail(d->err, RKV_ERR_UNSUPPORTED,
-                     "compress %lld: policy %s has no device variant (the policy table's device "
-                     "column)",
-                     (long long)q->id, rkv_evict_policy_name(ev->policy));
-  /* The device selection ranks every position of a stream; keeping a prefix out of it needs
-   * a kernel change (the CPU path has it). */
-  if (rkv_blockmgr_seq_protected(d->c.bm, q->id) > 0)
-    return rkvi_fail(d->err, RKV_ERR_UNSUPPORTED,
-                     "compress %lld: a protected prefix (prefix caching's protect rule) is not "
-                     "supported by the device eviction yet; use the copy rule on a device",
-                     (long long)q->id);
-  uint32_t fresh = 0;
-  rkv_status st = rkv_blockmgr_compact_fresh_bound(d->c.bm, q->id, -1, ev->budget, &fresh);
-  if (st != RKV_OK)
-    return rkvi_fail(d->err, st, "compress %lld: %s", (long long)q->id,
-                     rkv_blockmgr_last_error(d->c.bm));
-  const uint32_t free0 = rkv_blockmgr_free_blocks(d->c.bm);
-  if (fresh > free0)
-    return rkvi_fail(d->err, RKV_ERR_NO_BLOCKS,
-                     "compress %lld: its shared blocks need %u fresh blocks, %u free (the "
-                     "scheduler reserves them when it flags a compression)",
-                     (long long)q->id, fresh, free0);
-  const int32_t slot = rkvi_needs_queries(ev->policy) ? slot_find(d, q->id) : -1;
-  if (rkvi_needs_queries(ev->policy) && slot < 0)
-    return rkvi_fail(d->err, RKV_ERR_STATE, "compress %lld: no query window", (long long)q->id);
-  const size_t per = (size_t)d->c.L * d->c.Hkv;
-  RKV_TRY(hgrow(d, (void **)&d->maps, &d->maps_cap, b->n_streams + per, sizeof *d->maps));
-  RKV_TRY(hgrow(d, (void **)&d->streams, &d->streams_cap, b->n_streams + per, sizeof *d->streams));
-  uint32_t nm = 0, no = 0, nn = 0;
-  for (;;) {
-    RKV_TRY(hgrow(d, (void **)&d->old, &d->old_cap, b->n_old + no + per, sizeof(int32_t)));
-    st = rkv_blockmgr_compact_uniform(d->c.bm, q->id, -1, ev->budget, d->maps + b->n_streams,
-                                      (uint32_t)(d->maps_cap - b->n_streams), &nm,
-                                      d->old + b->n_old, (uint32_t)(d->old_cap - b->n_old), &no);
-    if (st != RKV_ERR_CAPACITY) break;
-  }
-  if (st != RKV_OK)
-    return rkvi_fail(d->err, st, "compress %lld: %s", (long long)q->id,
-                     rkv_blockmgr_last_error(d->c.bm));
-  /* cut: from here on a failure is the executor's bug, not the plan's */
-  const rkv_compact_map *mp = d->maps + b->n_streams;
-  for (uint32_t i = 0; i < nm; i++) {
-    o->tokens_evicted += (uint64_t)(mp[i].old_len - mp[i].new_len);
-    if (mp[i].old_len > b->max_len) b->max_len = mp[i].old_len;
-  }
-  const int64_t qoff = slot >= 0 ? (int64_t)slot * (int64_t)ring_slot_elems(d) : 0;
-  for (;;) {
-    RKV_TRY(hgrow(d, (void **)&d->newb, &d->newb_cap, b->n_new + nn + 1, sizeof(int32_t)));
-    st = rkv_evict_cuda_describe(d->c.bm, q->id, mp, nm, d->c.Hq, ev->window, qoff,
-                                 (int32_t)b->n_old, (int32_t)b->n_new, d->streams + b->n_streams,
-                                 d->newb + b->n_new, (uint32_t)(d->newb_cap - b->n_new), &nn);
-    if (st != RKV_ERR_CAPACITY) break;
-  }
-  if (st != RKV_OK)
-    return rkvi_fail(d->err, RKV_ERR_INTERNAL, "compress %lld: describe: %s", (long long)q->id,
-                     rkv_status_str(st));
-  b->n_streams += nm;
-  b->n_old += no;
-  b->n_new += nn;
-  return RKV_OK;
+bool rkvi_xdev_window(const rkvi_xdev *d, int64_t id, rkv_evictor_window *out) {
+  const int32_t slot = d->ring ? slot_find(d, id) : -1;
+  if (slot < 0) return false;
+  const int64_t W = (int64_t)d->c.window;
+  out->rows = (const float *)rkv_buffer_ptr(d->ring) + (size_t)slot * ring_slot_elems(d);
+  /* the newest query sits in ring row slot_last % W, so the oldest in the next one */
+  out->oldest = (int32_t)(((d->slot_last[slot] + 1) % W + W) % W);
+  return true;
 }
 
-/* Host twin of rkv_evict_cuda_compress (evict_cuda.h) for the emulated device. Per stream:
- * gather the old row's keys and H2O mass, read the group's window rows oldest first (as the
- * host window hands them to the CPU eviction; the GPU does not care about their order),
- * select with rkv_evict_select_dense (the CPU path's code); then scatter every stream's kept
- * tokens, gathered before any is written (new rows may reuse old blocks of any stream), zero
- * the scores of new-row slots past the budget and of the freed blocks. */
-typedef struct emu_scratch {
-  float *keys, *qs, *acc, *ksc;
-  int32_t *keep;
-  unsigned char *kv;
-  void *ws;
-  size_t sz[7];
-} emu_scratch;
-
-/* The scratch bytes of one emulated compression of ns streams of up to nmax tokens under ev. */
-static rkv_status emu_sizes(const rkvi_xdev *d, const rkv_evict_params *ev, uint32_t ns,
-                            int32_t nmax, size_t sz[7]) {
-  const size_t D = d->c.d, G = d->c.Hq / d->c.Hkv, B = (size_t)ev->budget;
-  const size_t row = D * rkv_dtype_size(rkv_kv_pool_layout(d->c.pool)->dtype);
-  size_t dws = 0;
-  RKV_TRY(rkv_evict_dense_workspace_size(ev, (uint32_t)D, nmax, &dws));
-  sz[0] = (size_t)nmax * D * 4;
-  sz[1] = G * (size_t)ev->window * D * 4 + 4;
-  sz[2] = (size_t)nmax * 4;
-  sz[3] = ns * B * 4;
-  sz[4] = B * 4;
-  sz[5] = ns * B * 2 * row;
-  sz[6] = dws + 64;
-  return RKV_OK;
-}
-
-/* Grows the persistent scratch to `sz` (contents not kept); all or nothing per array. */
-static rkv_status emu_reserve(rkvi_xdev *d, const size_t sz[7]) {
-  for (size_t i = 0; i < 7; i++) {
-    const size_t need = sz[i] ? sz[i] : 1;
-    if (need <= d->escr_cap[i]) continue;
-    void *n = rkvi_alloc(d->c.al, need, 64);
-    if (!n)
-      return rkvi_fail(d->err, RKV_ERR_NO_MEMORY, "emulated compression: scratch of %zu bytes",
-                       need);
-    rkvi_free(d->c.al, d->escr[i], d->escr_cap[i]);
-    d->escr[i] = n;
-    d->escr_cap[i] = need;
-  }
-  return RKV_OK;
-}
-
-/* The scratch of one launch, out of the persistent arrays rkvi_xdev_finish_prepare sized. */
-static rkv_status emu_alloc(const rkvi_xdev *d, const rkv_evict_params *ev, uint32_t ns,
-                            int32_t nmax, emu_scratch *s) {
-  memset(s, 0, sizeof *s);
-  RKV_TRY(emu_sizes(d, ev, ns, nmax, s->sz));
-  for (size_t i = 0; i < 7; i++)
-    if (s->sz[i] > d->escr_cap[i]) return RKV_ERR_INTERNAL; /* sized before the cuts */
-  s->keys = d->escr[0];
-  s->qs = d->escr[1];
-  s->acc = d->escr[2];
-  s->ksc = d->escr[3];
-  s->keep = d->escr[4];
-  s->kv = d->escr[5];
-  s->ws = d->escr[6];
-  s->sz[6] = d->escr_cap[6];
-  return RKV_OK;
-}
-
-/* Window rows of one stream's query group, oldest first. */
-static void emu_queries(const rkvi_xdev *d, const float *ring, const rkv_evict_cuda_stream *st,
-                        uint32_t G, float *qs) {
-  const size_t W = d->c.window, D = d->c.d;
-  const int64_t slot = st->qwin_offset / (int64_t)ring_slot_elems(d);
-  const int64_t oldest = d->slot_last[slot] - (int64_t)W + 1;
-  for (uint32_t g = 0; g < G; g++)
-    for (size_t i = 0; i < W; i++) {
-      const size_t r = (size_t)((((oldest + (int64_t)i) % (int64_t)W) + (int64_t)W) % (int64_t)W);
-      memcpy(qs + ((size_t)g * W + i) * D, ring + st->qwin_offset + ((size_t)g * W + r) * D,
-             D * sizeof(float));
-    }
-}
-
-static rkv_status emu_gather(const rkvi_xdev *d, const rkv_evict_params *ev,
-                             const rkv_evict_cuda_batch *b, const float *ring, emu_scratch *s) {
-  const rkv_kv_layout *lay = rkv_kv_pool_layout(d->c.pool);
-  const size_t bs = lay->block_size, D = lay->head_dim, bb = rkv_kv_block_bytes(lay);
-  const size_t row = D * rkv_dtype_size(lay->dtype), B = (size_t)ev->budget;
-  const unsigned char *base = rkv_kv_pool_base(d->c.pool);
-  const float *scores = rkv_kv_pool_scores(d->c.pool);
-  for (uint32_t i = 0; i < b->num_streams; i++) {
-    const rkv_evict_cuda_stream *st = &b->streams[i];
-    const int32_t n = st->old_len;
-    if (n <= ev->budget) continue;
-    for (int32_t j = 0; j < n; j++) {
-      const size_t blk = (size_t)b->old_blocks[st->old_offset + j / (int32_t)bs];
-      const uint32_t off = (uint32_t)(j % (int32_t)bs);
-      const unsigned char *k = base + blk * bb + rkv_kv_k_offset(lay, off);
-      for (size_t t = 0; t < D; t++) s->keys[(size_t)j * D + t] = rkv_dtype_load(lay->dtype, k, t);
-      s->acc[j] = scores[blk * bs + off];
-    }
-    if (rkvi_needs_queries(ev->policy)) emu_queries(d, ring, st, b->group, s->qs);
-    char e2[RKV_ERRBUF] = "";
-    rkv_status r = rkv_evict_select_dense(ev, s->keys, s->qs, s->acc, 1, b->group, n, (uint32_t)D,
-                                          s->keep, NULL, s->ws, s->sz[6], e2, sizeof e2);
-    if (r != RKV_OK) return r;
-    for (size_t t = 0; t < B; t++) {
-      const int32_t j = s->keep[t];
-      const size_t blk = (size_t)b->old_blocks[st->old_offset + j / (int32_t)bs];
-      const uint32_t off = (uint32_t)(j % (int32_t)bs);
-      unsigned char *dst = s->kv + ((size_t)i * B + t) * 2 * row;
-      memcpy(dst, base + blk * bb + rkv_kv_k_offset(lay, off), row);
-      memcpy(dst + row, base + blk * bb + rkv_kv_v_offset(lay, off), row);
-      s->ksc[(size_t)i * B + t] = scores[blk * bs + off];
-    }
-  }
-  return RKV_OK;
-}
-
-static void emu_scatter(const rkvi_xdev *d, const rkv_evict_params *ev,
-                        const rkv_evict_cuda_batch *b, const emu_scratch *s) {
-  const rkv_kv_layout *lay = rkv_kv_pool_layout(d->c.pool);
-  const size_t bs = lay->block_size, bb = rkv_kv_block_bytes(lay);
-  const size_t row = lay->head_dim * rkv_dtype_size(lay->dtype), B = (size_t)ev->budget;
-  unsigned char *base = rkv_kv_pool_base(d->c.pool);
-  float *scores = rkv_kv_pool_scores(d->c.pool);
-  const size_t nb = (B + bs - 1) / bs;
-  for (uint32_t i = 0; i < b->num_streams; i++) {
-    const rkv_evict_cuda_stream *st = &b->streams[i];
-    if (st->old_len <= ev->budget) continue;
-    for (size_t t = 0; t < nb * bs; t++) {
-      const size_t blk = (size_t)b->new_blocks[st->new_offset + (int32_t)(t / bs)];
-      const uint32_t off = (uint32_t)(t % bs);
-      float *sc = &scores[blk * bs + off];
-      if (t >= B) {
-        *sc = 0.0f;
-        continue;
-      }
-      const unsigned char *src = s->kv + ((size_t)i * B + t) * 2 * row;
-      memcpy(base + blk * bb + rkv_kv_k_offset(lay, off), src, row);
-      memcpy(base + blk * bb + rkv_kv_v_offset(lay, off), src + row, row);
-      *sc = s->ksc[(size_t)i * B + t];
-    }
-  }
-  for (uint32_t i = 0; i < b->n_clear; i++)
-    memset(&scores[(size_t)b->clear_blocks[i] * bs], 0, bs * sizeof(float));
-}
-
-/* The launch on the emulated device: the descriptors are read where the GPU would read them,
- * in the device buffer the arena was copied into. */
-static rkv_status emu_compress(rkvi_xdev *d, const rkv_evict_params *ev,
-                               const rkv_evict_cuda_batch *db, size_t bytes) {
-  unsigned char *h = NULL;
-  const unsigned char *dev = rkv_buffer_ptr(d->ev);
-  RKV_TRY(dev_at(d, dev, bytes, (void **)&h));
-  float *ring = NULL;
-  if (d->ring)
-    RKV_TRY(dev_at(d, rkv_buffer_ptr(d->ring), rkv_buffer_size(d->ring), (void **)&ring));
-  rkv_evict_cuda_batch b = *db;
-  b.streams = (const rkv_evict_cuda_stream *)(h + ((const unsigned char *)db->streams - dev));
-  b.old_blocks = (const int32_t *)(h + ((const unsigned char *)db->old_blocks - dev));
-  b.new_blocks = (const int32_t *)(h + ((const unsigned char *)db->new_blocks - dev));
-  if (db->clear_blocks)
-    b.clear_blocks = (const int32_t *)(h + ((const unsigned char *)db->clear_blocks - dev));
-  emu_scratch s;
-  rkv_status st = emu_alloc(d, ev, b.num_streams, b.max_len, &s);
-  if (st == RKV_OK) st = emu_gather(d, ev, &b, ring, &s);
-  if (st == RKV_OK) emu_scatter(d, ev, &b, &s);
-  return st == RKV_OK
-             ? RKV_OK
-             : rkvi_fail(d->err, RKV_ERR_INTERNAL, "emulated compression: %s", rkv_status_str(st));
-}
-
-/* Device half: one launch over every stream planned so far. */
-static rkv_status flush(rkvi_xdev *d, xbatch *x) {
-  if (!x->n_streams) return RKV_OK;
-  uint32_t nf = 0;
-  RKV_TRY(hgrow(d, (void **)&d->freed, &d->freed_cap, x->n_old + 1, sizeof(int32_t)));
-  rkv_status st =
-      rkv_evict_cuda_freed_blocks(d->c.bm, d->old, x->n_old, d->freed, (uint32_t)d->freed_cap, &nf);
-  rkv_evict_cuda_batch b = RKV_EVICT_CUDA_BATCH_INIT;
-  size_t bytes = 0;
-  if (st == RKV_OK)
-    st = rkv_evict_cuda_pack(d->streams, x->n_streams, d->old, x->n_old, d->newb, x->n_new,
-                             d->freed, nf, NULL, 0, NULL, NULL, &bytes);
-  if (st != RKV_OK)
-    return rkvi_fail(d->err, RKV_ERR_INTERNAL, "compress: descriptors: %s", rkv_status_str(st));
-  const uint32_t group = d->c.Hq / d->c.Hkv;
-  size_t ws = 0;
-  if (!d->emu && (st = rkv_evict_cuda_workspace_size(x->ev, d->c.pool, x->n_streams, group,
-                                                     x->max_len, &ws)) != RKV_OK)
-    return be_fail(d, st, "compress: workspace");
-  /* The arena may still feed this step's uploads: a growth waits for them. */
-  RKV_TRY(bgrow(d, d->stage, bytes, "compress: staging arena"));
-  RKV_TRY(bgrow(d, d->ev, bytes, "compress: descriptors"));
-  RKV_TRY(bgrow(d, d->evws, ws + 64, "compress: workspace"));
-  if (d->in_flight && (st = rkv_backend_sync(d->be)) != RKV_OK)
-    return be_fail(d, st, "compress: sync before reusing the arena");
-  d->in_flight = false;
-  st = rkv_evict_cuda_pack(d->streams, x->n_streams, d->old, x->n_old, d->newb, x->n_new, d->freed,
-                           nf, rkv_buffer_ptr(d->stage), rkv_buffer_size(d->stage),
-                           rkv_buffer_ptr(d->ev), &b, &bytes);
-  if (st == RKV_OK) st = rkv_buffer_copy(d->ev, 0, d->stage, 0, bytes);
-  if (st != RKV_OK) return be_fail(d, st, "compress: upload");
-  d->in_flight = true;
-  b.group = group;
-  b.max_len = x->max_len;
-  b.qwin = rkvi_needs_queries(x->ev->policy) ? rkv_buffer_ptr(d->ring) : NULL;
-  if (d->emu) return emu_compress(d, x->ev, &b, bytes);
-  st = rkv_evict_cuda_compress(x->ev, d->c.pool, &b, rkv_buffer_ptr(d->evws),
-                               rkv_buffer_size(d->evws));
-  return st == RKV_OK ? RKV_OK : be_fail(d, st, "compress: launch");
-}
-
-static bool same_params(const rkv_evict_params *a, const rkv_evict_params *b) {
-  return a->policy == b->policy && a->budget == b->budget && a->window == b->window &&
-         a->buffer == b->buffer && a->kernel == b->kernel && a->lambda == b->lambda &&
-         a->threshold == b->threshold && a->sinks == b->sinks;
-}
-
-static rkv_status compress_all(rkvi_xdev *d, const rkv_exec_config *cfg, rkv_sched_output *outs,
-                               uint8_t *stale) {
-  const rkv_sched_plan *p = d->plan;
-  xbatch x = {NULL, 0, 0, 0, 0};
-  rkv_status ret = RKV_OK;
-  for (uint32_t i = 0; i < p->n_seqs; i++) {
-    const rkv_sched_seq *q = &p->seqs[i];
-    /* a sequence that ends now frees its blocks at the report: compressing it is wasted work */
-    if (!q->compress || outs[i].eos) continue;
-    const rkv_evict_params *ev = q->evict ? q->evict : &cfg->evict;
-    if (!rkvi_policy_info(ev->policy).evicts) continue;
-    if (x.ev && !same_params(x.ev, ev)) {
-      RKV_TRY(flush(d, &x));
-      memset(&x, 0, sizeof x);
-    }
-    x.ev = ev;
-    const uint32_t free0 = rkv_blockmgr_free_blocks(d->c.bm);
-    rkv_status st = plan_seq(d, q, ev, &x, &outs[i]);
-    if (st == RKV_ERR_INTERNAL || st == RKV_ERR_NO_MEMORY) return st;
-    if (st != RKV_OK) { /* refused before the cut: this one stays as it is */
-      if (ret == RKV_OK) ret = st;
-      continue;
-    }
-    outs[i].blocks_freed = rkv_blockmgr_free_blocks(d->c.bm) - free0;
-    outs[i].compressed = true;
-    const int32_t idx = rkv_blockmgr_seq_index(d->c.bm, q->id);
-    if (idx >= 0) stale[idx] = 1;
-  }
-  RKV_TRY(flush(d, &x));
-  return ret;
-}
-
-/* The compressions compress_all will run: flagged, not ending now, with an evicting policy. */
-static const rkv_evict_params *flagged(const rkvi_xdev *d, const rkv_exec_config *cfg,
-                                       const rkv_sched_output *outs, uint32_t i) {
-  const rkv_sched_seq *q = &d->plan->seqs[i];
-  const rkv_evict_params *ev = q->evict ? q->evict : &cfg->evict;
-  return q->compress && !outs[i].eos && rkvi_policy_info(ev->policy).evicts ? ev : NULL;
-}
-
-rkv_status rkvi_xdev_finish_prepare(rkvi_xdev *d, const rkv_exec_config *cfg,
-                                    const rkv_sched_output *outs) {
-  const rkv_sched_plan *p = d->plan;
-  const uint32_t per = d->c.L * d->c.Hkv, bs = d->c.bs;
-  uint64_t n_streams = 0, n_old = 0, n_new = 0;
-  int32_t max_len = 0;
-  for (uint32_t i = 0; i < p->n_seqs; i++) {
-    const rkv_evict_params *ev = flagged(d, cfg, outs, i);
-    if (!ev) continue;
-    const int64_t id = p->seqs[i].id;
-    uint32_t total = 0, excl = 0;
-    if (rkv_blockmgr_seq_footprint(d->c.bm, id, &total, &excl) != RKV_OK) continue;
-    for (uint32_t l = 0; l < d->c.L; l++)
-      for (uint32_t h = 0; h < d->c.Hkv; h++) {
-        int32_t len = 0;
-        (void)rkv_blockmgr_stream_len(d->c.bm, id, l, h, &len);
-        if (len > max_len) max_len = len;
-      }
-    n_streams += per;
-    n_old += total;
-    n_new += (uint64_t)per * ((uint64_t)ev->budget + bs - 1) / bs;
-  }
-  if (!n_streams) return RKV_OK;
-  if (n_streams + n_old + n_new > ((uint64_t)1 << 31))
-    return rkvi_fail(d->err, RKV_ERR_CAPACITY, "compress: %llu streams of %llu blocks",
-                     (unsigned long long)n_streams, (unsigned long long)n_old);
-  /* plan_seq's and flush's host arrays */
-  RKV_TRY(hgrow(d, (void **)&d->maps, &d->maps_cap, n_streams + per, sizeof *d->maps));
-  RKV_TRY(hgrow(d, (void **)&d->streams, &d->streams_cap, n_streams + per, sizeof *d->streams));
-  RKV_TRY(hgrow(d, (void **)&d->old, &d->old_cap, n_old + per, sizeof(int32_t)));
-  RKV_TRY(hgrow(d, (void **)&d->newb, &d->newb_cap, n_new + 1, sizeof(int32_t)));
-  RKV_TRY(hgrow(d, (void **)&d->freed, &d->freed_cap, n_old + 1, sizeof(int32_t)));
-  /* the packed descriptors (in the arena and on the device) and the launch's scratch */
-  size_t bytes = 0;
-  rkv_status st =
-      rkv_evict_cuda_pack(d->streams, (uint32_t)n_streams, d->old, (uint32_t)n_old, d->newb,
-                          (uint32_t)n_new, d->freed, (uint32_t)n_old, NULL, 0, NULL, NULL, &bytes);
-  if (st != RKV_OK) return rkvi_fail(d->err, RKV_ERR_INTERNAL, "compress: descriptor size");
-  RKV_TRY(bgrow(d, d->stage, bytes, "compress: staging arena"));
-  RKV_TRY(bgrow(d, d->ev, bytes, "compress: descriptors"));
-  size_t ws = 0, esz[7] = {0};
-  for (uint32_t i = 0; i < p->n_seqs; i++) {
-    const rkv_evict_params *ev = flagged(d, cfg, outs, i);
-    if (!ev) continue;
-    if (d->emu) {
-      size_t sz[7];
-      if (emu_sizes(d, ev, (uint32_t)n_streams, max_len, sz) != RKV_OK) continue;
-      for (size_t k = 0; k < 7; k++) esz[k] = sz[k] > esz[k] ? sz[k] : esz[k];
-    } else {
-      size_t n = 0;
-      if (rkv_evict_cuda_workspace_size(ev, d->c.pool, (uint32_t)n_streams, d->c.Hq / d->c.Hkv,
-                                        max_len, &n) == RKV_OK &&
-          n > ws)
-        ws = n;
-    }
-  }
-  if (d->emu) RKV_TRY(emu_reserve(d, esz));
-  return bgrow(d, d->evws, ws + 64, "compress: workspace");
-}
-
-rkv_status rkvi_xdev_finish(rkvi_xdev *d, const rkv_exec_config *cfg, rkv_sched_output *outs,
-                            uint8_t *stale) {
-  rkv_status ret = compress_all(d, cfg, outs, stale);
+rkv_status rkvi_xdev_finish(rkvi_xdev *d) {
   /* The step's one sync: the arena is free again and every kernel's fault surfaces here. */
   rkv_status st = rkv_backend_sync(d->be);
   d->in_flight = false;
   d->plan = NULL;
-  if (st != RKV_OK) return be_fail(d, st, "finish: sync");
-  return ret;
+  return st == RKV_OK ? RKV_OK : be_fail(d, st, "finish: sync");
 }
 
 rkv_status rkvi_xdev_check(rkvi_xdev *d, const int32_t *rows, uint32_t stride, const int64_t *owner,

@@ -9,6 +9,7 @@
 #ifndef RKV_EXEC_DEVICE_H
 #define RKV_EXEC_DEVICE_H
 
+#include <rkv/evictor.h>
 #include <rkv/executor.h>
 
 #include "policy_info.h"
@@ -70,16 +71,11 @@ rkv_status rkvi_xdev_begin(rkvi_xdev *d, const rkvi_xdev_step *st);
 /* One layer: q/k/v/out are DEVICE pointers of the pool's backend. */
 rkv_status rkvi_xdev_layer(rkvi_xdev *d, uint32_t layer, const float *q, const float *k,
                            const float *v, float *out);
-/* Grows, before the first compression of the open step is cut, everything rkvi_xdev_finish
- * will allocate for the flagged sequences of outs (host arrays, the arena, the descriptor and
- * workspace buffers, the emulated compression's scratch): a failure leaves every sequence as
- * it was and the step open. Capacity only. */
-rkv_status rkvi_xdev_finish_prepare(rkvi_xdev *d, const rkv_exec_config *cfg,
-                                    const rkv_sched_output *outs);
-/* The step's flagged compressions as one batched launch per parameter set; fills outs. Every
- * compression is checked for fresh blocks before any is cut. Ends the step with a sync. */
-rkv_status rkvi_xdev_finish(rkvi_xdev *d, const rkv_exec_config *cfg, rkv_sched_output *outs,
-                            uint8_t *stale);
+/* The query window of id for the evictor: its ring slot and the row of its oldest query
+ * (false when id holds no slot). */
+bool rkvi_xdev_window(const rkvi_xdev *d, int64_t id, rkv_evictor_window *out);
+/* Ends the step: the one sync, after which the staging arena is free again. */
+rkv_status rkvi_xdev_finish(rkvi_xdev *d);
 /* Compares every owned, current entry of the device mirror with the host one (downloads the
  * mirror and syncs: for rkv_exec_check). */
 rkv_status rkvi_xdev_check(rkvi_xdev *d, const int32_t *rows, uint32_t stride, const int64_t *owner,

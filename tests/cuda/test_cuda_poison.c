@@ -5,6 +5,9 @@
  * must mark the backend poisoned, and every later call (attention, eviction, sync) must fail
  * fast and say so. A fault ruins the process's CUDA context, hence a binary of its own.
  * Without a GPU only the sticky-error classification is checked (CUDA builds). */
+/* Drives the deprecated device calls directly to provoke their failures. */
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+
 #include <rkv/attention.h>
 #include <rkv/evict_cuda.h>
 

@@ -7,6 +7,9 @@
  * 16/32, GQA 1/4/8, several tile counts), SnapKV, StreamingLLM, H2O, a forked sequence (shared
  * blocks replaced by fresh ones: moves across streams through scratch), and the kept-position
  * output. Skips (77) without a CUDA build or device. */
+/* Tests the deprecated calls themselves: they must keep working this release. */
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+
 #include <rkv/attention_cuda.h>
 #include <rkv/evict.h>
 #include <rkv/evict_cuda.h>

@@ -9,11 +9,12 @@
  * The ring is caller-owned device memory, f32, laid out
  *   [max_seqs][num_layers][num_q_heads][window][head_dim]
  * and indexed by a caller-chosen sequence slot (the scheduler's batch slot). Row order inside
- * one (slot, layer, head) is a ring: token position t lives at row t % window. Eviction does not
- * care about the order (rkv/evict_cuda.h reads all `window` rows), so no head pointer is kept.
+ * one (slot, layer, head) is a ring: token position t lives at row t % window. The CUDA eviction
+ * does not care about the order (it reads all `window` rows), so no head pointer is kept.
  * The ring of (slot, layer) starts at element ((slot * num_layers + layer) * num_q_heads) *
- * window * head_dim: pass slot * num_layers * num_q_heads * window * head_dim as
- * rkv_evict_cuda_describe's qwin_seq_offset. Without a CUDA build the push returns
+ * window * head_dim: a sequence's window for rkv_evictor_add (rkv/evictor.h) is the ring's
+ * address plus slot * num_layers * num_q_heads * window * head_dim elements, with `oldest` =
+ * (newest position + 1) % window. Without a CUDA build the push returns
  * RKV_ERR_UNSUPPORTED. */
 #ifndef RKV_ATTENTION_CUDA_H
 #define RKV_ATTENTION_CUDA_H

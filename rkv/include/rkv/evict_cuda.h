@@ -1,10 +1,13 @@
 /* librkv eviction on the GPU: R-KV, SnapKV, StreamingLLM and H2O selection plus the compaction
  * moves, for a batch of streams whose keys stay in a CUDA KV pool.
  *
- * Deprecated as an engine interface: the executor (rkv/executor.h) runs device compressions
- * itself, one batched launch per step in rkv_exec_finish, over the same kernels. These calls
- * keep working in this release for engines that drive them directly, and will become
- * internal in the next one. Semantics are those of the
+ * Deprecated: rkv_evictor (rkv/evictor.h) is the one eviction entry point on every backend;
+ * on a device pool it runs this protocol itself (one batched launch per parameter set), and
+ * the executor (rkv/executor.h) compresses through it. The functions below carry
+ * RKV_DEPRECATED (a compiler warning at every use); they keep working in this release for
+ * engines that drive them directly, and will become internal in the next one. The types stay.
+ * rkv_blockmgr_compact_uniform (step 1) is a block-manager primitive with uses of its own
+ * (replay, simulators) and is not deprecated. Semantics are those of the
  * CPU path (rkv/evict.h; docs/EVICTION.md, "The algorithm, exactly"); only where the numbers
  * are computed differs.
  *
@@ -30,6 +33,8 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+#define RKV_EVICT_CUDA_DEPRECATED RKV_DEPRECATED("use rkv_evictor (rkv/evictor.h)")
 
 /* One stream to compress (plain data, copied to the device by the caller). */
 typedef struct rkv_evict_cuda_stream {
@@ -78,9 +83,9 @@ typedef struct rkv_evict_cuda_batch {
  * RKV_ERR_INVALID_ARG (bad params or sizes, overflow), RKV_ERR_UNSUPPORTED (no CUDA build,
  * the layout is outside the closed set head_dim 64/128/256, block 16/32, f32/f16/bf16, window
  * > 256, or R-KV with max_len > 4,194,240 = 65535 similarity tiles of 64). Thread-safe. O(1). */
-RKV_API rkv_status rkv_evict_cuda_workspace_size(const rkv_evict_params *p, const rkv_kv_pool *pool,
-                                                 uint32_t num_streams, uint32_t group,
-                                                 int32_t max_len, size_t *bytes);
+RKV_API RKV_EVICT_CUDA_DEPRECATED rkv_status
+rkv_evict_cuda_workspace_size(const rkv_evict_params *p, const rkv_kv_pool *pool,
+                              uint32_t num_streams, uint32_t group, int32_t max_len, size_t *bytes);
 
 /* Scores, selects and compacts every stream of the batch with n > budget: afterwards the
  * first `budget` slots of its new row hold, in position order, the kept tokens: the
@@ -98,9 +103,9 @@ RKV_API rkv_status rkv_evict_cuda_workspace_size(const rkv_evict_params *p, cons
  * happens before anything is enqueued; device-side descriptors are trusted (a stream with n >
  * max_len is skipped). Enqueued on the backend's stream; returns without waiting. Not thread-safe
  * per backend. */
-RKV_API rkv_status rkv_evict_cuda_compress(const rkv_evict_params *p, rkv_kv_pool *pool,
-                                           const rkv_evict_cuda_batch *batch, void *workspace,
-                                           size_t ws_bytes);
+RKV_API RKV_EVICT_CUDA_DEPRECATED rkv_status
+rkv_evict_cuda_compress(const rkv_evict_params *p, rkv_kv_pool *pool,
+                        const rkv_evict_cuda_batch *batch, void *workspace, size_t ws_bytes);
 
 /* Host helper for step 2: from the maps and old rows that rkv_blockmgr_compact_uniform just
  * returned for `seq`, writes one descriptor per map into streams[] and the new rows (read
@@ -111,12 +116,11 @@ RKV_API rkv_status rkv_evict_cuda_compress(const rkv_evict_params *p, rkv_kv_poo
  * new_base + blocks written before it, so several sequences can share one batch.
  * RKV_ERR_CAPACITY (*n_new = blocks needed), RKV_ERR_NOT_FOUND, RKV_ERR_INVALID_ARG.
  * O(maps + new blocks). Available without CUDA (plain host code). */
-RKV_API rkv_status rkv_evict_cuda_describe(const rkv_blockmgr *m, int64_t seq,
-                                           const rkv_compact_map *maps, uint32_t n_maps,
-                                           uint32_t num_q_heads, int32_t window,
-                                           int64_t qwin_seq_offset, int32_t old_base,
-                                           int32_t new_base, rkv_evict_cuda_stream *streams,
-                                           int32_t *new_blocks, uint32_t new_cap, uint32_t *n_new);
+RKV_API RKV_EVICT_CUDA_DEPRECATED rkv_status rkv_evict_cuda_describe(
+    const rkv_blockmgr *m, int64_t seq, const rkv_compact_map *maps, uint32_t n_maps,
+    uint32_t num_q_heads, int32_t window, int64_t qwin_seq_offset, int32_t old_base,
+    int32_t new_base, rkv_evict_cuda_stream *streams, int32_t *new_blocks, uint32_t new_cap,
+    uint32_t *n_new);
 
 /* Host helper: writes into out[] the ids among old_blocks[0..n_old) that are free now (ref 0
  * in m), each id once: the blocks step 1 returned to the free list; pass them as the batch's
@@ -124,9 +128,11 @@ RKV_API rkv_status rkv_evict_cuda_describe(const rkv_blockmgr *m, int64_t seq,
  * RKV_ERR_INVALID_ARG (NULL, bad id). O(n_old) plus a scan of the output per freed id (old
  * rows of one compression hold each id once, so the scan only guards against misuse).
  * Available without CUDA. */
-RKV_API rkv_status rkv_evict_cuda_freed_blocks(const rkv_blockmgr *m, const int32_t *old_blocks,
-                                               uint32_t n_old, int32_t *out, uint32_t cap,
-                                               uint32_t *n_out);
+RKV_API RKV_EVICT_CUDA_DEPRECATED rkv_status rkv_evict_cuda_freed_blocks(const rkv_blockmgr *m,
+                                                                         const int32_t *old_blocks,
+                                                                         uint32_t n_old,
+                                                                         int32_t *out, uint32_t cap,
+                                                                         uint32_t *n_out);
 
 /* Host helper for the single upload a compression needs: lays the four host arrays
  * (descriptors, old rows, new rows, freed blocks) back to back into `host`, each section
@@ -137,12 +143,11 @@ RKV_API rkv_status rkv_evict_cuda_freed_blocks(const rkv_blockmgr *m, const int3
  * *bytes is computed (size the buffers). RKV_ERR_CAPACITY when host_cap < *bytes,
  * RKV_ERR_INVALID_ARG (NULL arrays with nonzero counts, no streams, no device pointer).
  * O(bytes). Available without CUDA. */
-RKV_API rkv_status rkv_evict_cuda_pack(const rkv_evict_cuda_stream *streams, uint32_t n_streams,
-                                       const int32_t *old_blocks, uint32_t n_old,
-                                       const int32_t *new_blocks, uint32_t n_new,
-                                       const int32_t *freed, uint32_t n_freed, void *host,
-                                       size_t host_cap, void *device, rkv_evict_cuda_batch *batch,
-                                       size_t *bytes);
+RKV_API RKV_EVICT_CUDA_DEPRECATED rkv_status
+rkv_evict_cuda_pack(const rkv_evict_cuda_stream *streams, uint32_t n_streams,
+                    const int32_t *old_blocks, uint32_t n_old, const int32_t *new_blocks,
+                    uint32_t n_new, const int32_t *freed, uint32_t n_freed, void *host,
+                    size_t host_cap, void *device, rkv_evict_cuda_batch *batch, size_t *bytes);
 
 #ifdef __cplusplus
 }

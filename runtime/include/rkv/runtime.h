@@ -22,6 +22,14 @@ extern "C" {
 #define RKV_API __attribute__((visibility("default")))
 #endif
 
+/* Marks a public call that still works in this release and goes away (or becomes internal) in
+ * a later one: compilers that know the attribute warn at every use, naming the replacement. */
+#if defined(__GNUC__) || defined(__clang__)
+#define RKV_DEPRECATED(msg) __attribute__((deprecated(msg)))
+#else
+#define RKV_DEPRECATED(msg)
+#endif
+
 /* ---- Status ---------------------------------------------------------------------------- */
 
 typedef enum rkv_status {

@@ -26,12 +26,12 @@
  * up to date by begin with uploads of only the entries that changed, plus one upload of the
  * step's metadata through a pinned arena; each layer enqueues the K/V write, paged attention,
  * the push into a device query-window ring and H2O mass on the backend's stream without
- * waiting; finish cuts the flagged sequences on the host and compresses all of them with one
- * batched device launch per parameter set (rkv/evict_cuda.h), then synchronises the stream
- * once. out is therefore readable by the device right after rkv_exec_layer (stream order) and
- * by the host after rkv_backend_sync or rkv_exec_finish. With shared blocks (forks) a device
- * compression takes fresh blocks for every shared leading block (within the scheduler's
- * reservation), so its freed-block counts may differ from a CPU pool's.
+ * waiting; finish queues the flagged sequences on the executor's evictor (rkv/evictor.h), which
+ * cuts them on the host and compresses all of them with one batched device launch per
+ * parameter set, then synchronises the stream once. out is therefore readable by the device right
+ * after rkv_exec_layer (stream order) and by the host after rkv_backend_sync or rkv_exec_finish.
+ * With shared blocks (forks) a device compression takes fresh blocks for every shared leading block
+ * (within the scheduler's reservation), so its freed-block counts may differ from a CPU pool's.
  *
  * Memory the executor owns (all allocated at create, through the config's allocator): the
  * table mirror [max_seqs][streams][max_blocks_per_stream] + lengths, the query window (when
@@ -78,9 +78,10 @@ typedef struct rkv_exec_config {
   /* v2: which streams of a flagged sequence share one kept set (rkv_evict_granularity;
    * docs/EVICTION.md, "Selection granularity"). STREAM (the default, and what a version-1
    * struct gets) compresses layer by layer with rkv_evict_layer; the coarser units run
-   * rkv_evict_seq on CPU pools. A device pool (CUDA or emulated) takes STREAM only: the device
-   * kernels select per stream, so rkv_exec_create refuses another unit there with
-   * RKV_ERR_UNSUPPORTED. Bookkeeping executors (pool NULL) cut uniformly: no unit applies. */
+   * rkv_evict_seq on CPU pools (both through the executor's rkv_evictor). A device pool (CUDA or
+   * emulated) takes STREAM only: the device kernels select per stream, so rkv_exec_create refuses
+   * another unit there with RKV_ERR_UNSUPPORTED. Bookkeeping executors (pool NULL) cut uniformly:
+   * no unit applies. */
   rkv_evict_granularity granularity;
 } rkv_exec_config;
 #define RKV_EXEC_CONFIG_INIT                                                  \

@@ -12,6 +12,7 @@
 #include <rkv/comm.h>
 #include <rkv/evict.h>
 #include <rkv/evict_cuda.h>
+#include <rkv/evictor.h>
 #include <rkv/executor.h>
 #include <rkv/qwindow.h>
 #include <rkv/runtime.h>

@@ -1,0 +1,317 @@
+/* The evictor's device path (rkv/evictor.h) for pools whose memory is not the host's (CUDA, or
+ * the emulated device of <rkv/buffer_emu.h>). A run, in stream order and without waiting:
+ *   host    every queued sequence is checked (fresh blocks, protected prefix), cut to its
+ *           budget (rkv_blockmgr_compact_uniform: tails freed now, shared leading blocks
+ *           replaced) and described (one descriptor per stream, the old and new rows);
+ *   upload  the descriptors of every sequence with the same parameters are packed into one
+ *           pinned arena and copied up once;
+ *   launch  one batched compression per parameter set scores the old rows, selects per stream
+ *           and moves the kept tokens into the new rows (the CUDA kernels, or their host twin
+ *           evictor_emu.c on the emulated device).
+ * Stream order makes the early free safe: any later writer of a freed block is enqueued after
+ * the launch. */
+#include <stdint.h>
+#include <string.h>
+
+#include <rkv/buffer_emu.h>
+
+#include "evictor_internal.h"
+
+static rkv_status be_fail(rkv_evictor *ev, rkv_status st, const char *what) {
+  return rkvi_fail(ev->err, st, "%s: %s (%s)", what, rkv_status_str(st),
+                   rkv_backend_last_error(ev->be));
+}
+
+/* After the first cut every failure breaks the run: a device fault keeps the backend's
+ * RKV_ERR_CUDA, anything else is RKV_ERR_INTERNAL (rkv/evictor.h: only those two mean that). */
+static rkv_status broke(rkv_evictor *ev, rkv_status st, const char *what) {
+  rkvi_fail(ev->err, st, "%s: %s (%s)", what, rkv_status_str(st), rkv_backend_last_error(ev->be));
+  return st == RKV_ERR_CUDA ? st : RKV_ERR_INTERNAL;
+}
+
+/* Grows a host array to hold `need` elements (contents kept). */
+static rkv_status hgrow(rkv_evictor *ev, void **p, size_t *cap, size_t need, size_t elem) {
+  if (need <= *cap) return RKV_OK;
+  size_t nc = *cap ? *cap : 64;
+  while (nc < need) nc *= 2;
+  void *n = rkvi_realloc(ev->al, *p, *cap * elem, nc * elem, 16);
+  if (!n) return rkvi_fail(ev->err, RKV_ERR_NO_MEMORY, "run: host scratch of %zu bytes", nc * elem);
+  *p = n;
+  *cap = nc;
+  return RKV_OK;
+}
+
+/* Grows a buffer to at least `need` bytes, to a power of two (growth waits for the stream: it
+ * happens in the first runs only). */
+static rkv_status bgrow(rkv_evictor *ev, rkv_buffer *b, size_t need, const char *what) {
+  if (need <= rkv_buffer_size(b)) return RKV_OK;
+  size_t n = 4096;
+  while (n < need) n *= 2;
+  const rkv_status st = rkv_buffer_reserve(b, n);
+  return st == RKV_OK ? RKV_OK : be_fail(ev, st, what);
+}
+
+rkv_status rkvi_evdev_create(rkv_evictor *ev) {
+  rkvi_evdev *d = rkvi_calloc(ev->al, sizeof *d, 16);
+  if (!d) return rkvi_fail(ev->err, RKV_ERR_NO_MEMORY, "device state");
+  ev->dev = d;
+  rkv_status st = rkv_buffer_create(ev->be, RKV_BUFFER_DEVICE, 0, &d->desc);
+  if (st == RKV_OK) st = rkv_buffer_create(ev->be, RKV_BUFFER_DEVICE, 0, &d->ws);
+  if (st == RKV_OK) st = rkv_buffer_create(ev->be, RKV_BUFFER_HOST_PINNED, 0, &d->stage);
+  return st == RKV_OK ? RKV_OK : be_fail(ev, st, "device buffers");
+}
+
+void rkvi_evdev_destroy(rkv_evictor *ev) {
+  rkvi_evdev *d = ev->dev;
+  if (!d) return;
+  const rkv_allocator *a = ev->al;
+  rkv_buffer_destroy(d->desc);
+  rkv_buffer_destroy(d->ws);
+  rkv_buffer_destroy(d->stage);
+  rkvi_free(a, d->maps, d->maps_cap * sizeof *d->maps);
+  rkvi_free(a, d->streams, d->streams_cap * sizeof *d->streams);
+  rkvi_free(a, d->oldest, d->oldest_cap * sizeof(int32_t));
+  rkvi_free(a, d->old, d->old_cap * sizeof(int32_t));
+  rkvi_free(a, d->newb, d->newb_cap * sizeof(int32_t));
+  rkvi_free(a, d->freed, d->freed_cap * sizeof(int32_t));
+  for (size_t i = 0; i < 7; i++) rkvi_free(a, d->escr[i], d->escr_cap[i]);
+  rkvi_free(a, d, sizeof *d);
+  ev->dev = NULL;
+}
+
+size_t rkvi_evdev_memory_bytes(const rkv_evictor *ev) {
+  const rkvi_evdev *d = ev->dev;
+  if (!d) return 0;
+  size_t n = rkv_buffer_size(d->desc) + rkv_buffer_size(d->ws) + rkv_buffer_size(d->stage);
+  n += d->maps_cap * sizeof *d->maps + d->streams_cap * sizeof *d->streams;
+  n += (d->oldest_cap + d->old_cap + d->newb_cap + d->freed_cap) * sizeof(int32_t);
+  for (size_t i = 0; i < 7; i++) n += d->escr_cap[i];
+  return n;
+}
+
+/* ---- reserve: every allocation of a run before its first cut ----------------------------- */
+
+typedef struct evsize {
+  uint64_t streams, old, fresh;
+  int32_t max_len;
+} evsize;
+
+/* What one queued compression adds to a run's arrays (an unknown sequence adds nothing: it
+ * fails at run without a cut). */
+static void size_one(const rkv_evictor *ev, const rkvi_evq *q, evsize *s) {
+  uint32_t total = 0, excl = 0;
+  if (rkv_blockmgr_seq_footprint(ev->bm, q->seq, &total, &excl) != RKV_OK) return;
+  const uint32_t l0 = q->layer < 0 ? 0 : (uint32_t)q->layer;
+  const uint32_t l1 = q->layer < 0 ? ev->L : l0 + 1;
+  for (uint32_t l = l0; l < l1; l++)
+    for (uint32_t h = 0; h < ev->Hkv; h++) {
+      int32_t len = 0;
+      (void)rkv_blockmgr_stream_len(ev->bm, q->seq, l, h, &len);
+      if (len > s->max_len) s->max_len = len;
+    }
+  const uint64_t per = (uint64_t)(l1 - l0) * ev->Hkv;
+  s->streams += per;
+  s->old += total;
+  s->fresh += per * (((uint64_t)q->params.budget + ev->bs - 1) / ev->bs);
+}
+
+/* The launch's scratch: the CUDA workspace or the emulated kernel's arrays, for the largest
+ * parameter set queued. */
+static rkv_status reserve_kernel(rkv_evictor *ev, const evsize *s) {
+  size_t ws = 0, esz[7] = {0};
+  for (uint32_t i = 0; i < ev->n_q; i++) {
+    const rkv_evict_params *p = &ev->q[i].params;
+    if (!rkvi_evictor_policy(p->policy).evicts) continue;
+    if (ev->emu) {
+      size_t sz[7];
+      if (rkvi_evemu_sizes(ev, p, (uint32_t)s->streams, s->max_len, sz) != RKV_OK) continue;
+      for (size_t k = 0; k < 7; k++) esz[k] = sz[k] > esz[k] ? sz[k] : esz[k];
+    } else {
+      size_t n = 0;
+      if (rkvi_evict_cuda_workspace_size(p, ev->pool, (uint32_t)s->streams, ev->Hq / ev->Hkv,
+                                         s->max_len, &n) == RKV_OK &&
+          n > ws)
+        ws = n;
+    }
+  }
+  if (ev->emu) RKV_TRY(rkvi_evemu_reserve(ev, esz));
+  return bgrow(ev, ev->dev->ws, ws + 64, "run: workspace");
+}
+
+rkv_status rkvi_evdev_reserve(rkv_evictor *ev) {
+  rkvi_evdev *d = ev->dev;
+  evsize s = {0, 0, 0, 0};
+  for (uint32_t i = 0; i < ev->n_q; i++)
+    if (rkvi_evictor_policy(ev->q[i].params.policy).evicts) size_one(ev, &ev->q[i], &s);
+  if (!s.streams) return RKV_OK;
+  const uint32_t per = ev->L * ev->Hkv;
+  if (s.streams + s.old + s.fresh > ((uint64_t)1 << 31))
+    return rkvi_fail(ev->err, RKV_ERR_CAPACITY, "run: %llu streams of %llu blocks",
+                     (unsigned long long)s.streams, (unsigned long long)s.old);
+  RKV_TRY(hgrow(ev, (void **)&d->maps, &d->maps_cap, s.streams + per, sizeof *d->maps));
+  RKV_TRY(hgrow(ev, (void **)&d->streams, &d->streams_cap, s.streams + per, sizeof *d->streams));
+  RKV_TRY(hgrow(ev, (void **)&d->oldest, &d->oldest_cap, s.streams + per, sizeof(int32_t)));
+  RKV_TRY(hgrow(ev, (void **)&d->old, &d->old_cap, s.old + per, sizeof(int32_t)));
+  RKV_TRY(hgrow(ev, (void **)&d->newb, &d->newb_cap, s.fresh + 1, sizeof(int32_t)));
+  RKV_TRY(hgrow(ev, (void **)&d->freed, &d->freed_cap, s.old + 1, sizeof(int32_t)));
+  size_t bytes = 0;
+  if (rkvi_evict_cuda_pack(d->streams, (uint32_t)s.streams, d->old, (uint32_t)s.old, d->newb,
+                           (uint32_t)s.fresh, d->freed, (uint32_t)s.old, NULL, 0, NULL, NULL,
+                           &bytes) != RKV_OK)
+    return rkvi_fail(ev->err, RKV_ERR_INTERNAL, "run: descriptor size");
+  RKV_TRY(bgrow(ev, d->stage, bytes, "run: staging arena"));
+  RKV_TRY(bgrow(ev, d->desc, bytes, "run: descriptors"));
+  return reserve_kernel(ev, &s);
+}
+
+/* ---- run --------------------------------------------------------------------------------- */
+
+/* A launch being built: every queued sequence with the same parameters. */
+typedef struct evbatch {
+  const rkv_evict_params *p;
+  uint32_t n_streams, n_old, n_new;
+  int32_t max_len;
+  uintptr_t qbase; /* the lowest window address of the run: descriptors are offsets from it */
+} evbatch;
+
+/* Refusals before the cut: the sequence stays as it is. */
+static rkv_status precheck(rkv_evictor *ev, const rkvi_evq *q) {
+  if (!rkv_blockmgr_seq_exists(ev->bm, q->seq))
+    return rkvi_fail(ev->err, RKV_ERR_NOT_FOUND,
+                     "compress %lld: the sequence left the block manager", (long long)q->seq);
+  /* The device selection ranks every position of a stream; keeping a prefix out of it needs
+   * a kernel change (the CPU path has it). */
+  if (rkv_blockmgr_seq_protected(ev->bm, q->seq) > 0)
+    return rkvi_fail(ev->err, RKV_ERR_UNSUPPORTED,
+                     "compress %lld: a protected prefix (prefix caching's protect rule) is not "
+                     "supported by the device eviction yet; use the copy rule on a device",
+                     (long long)q->seq);
+  uint32_t fresh = 0;
+  if (rkv_blockmgr_compact_fresh_bound(ev->bm, q->seq, q->layer, q->params.budget, &fresh) !=
+      RKV_OK)
+    return rkvi_fail(ev->err, RKV_ERR_INTERNAL, "compress %lld: %s", (long long)q->seq,
+                     rkv_blockmgr_last_error(ev->bm));
+  const uint32_t free0 = rkv_blockmgr_free_blocks(ev->bm);
+  if (fresh > free0)
+    return rkvi_fail(ev->err, RKV_ERR_NO_BLOCKS,
+                     "compress %lld: its shared blocks need %u fresh blocks, %u free",
+                     (long long)q->seq, fresh, free0);
+  return RKV_OK;
+}
+
+/* Host half for one sequence: the checks, the cut, its descriptors. */
+static rkv_status plan_one(rkv_evictor *ev, const rkvi_evq *q, evbatch *b, rkv_evictor_result *r) {
+  rkvi_evdev *d = ev->dev;
+  RKV_TRY(precheck(ev, q));
+  uint32_t nm = 0, no = 0, nn = 0;
+  rkv_status st =
+      rkv_blockmgr_compact_uniform(ev->bm, q->seq, q->layer, q->params.budget,
+                                   d->maps + b->n_streams, (uint32_t)(d->maps_cap - b->n_streams),
+                                   &nm, d->old + b->n_old, (uint32_t)(d->old_cap - b->n_old), &no);
+  if (st != RKV_OK) /* RKV_ERR_CAPACITY: the reservation was short */
+    return rkvi_fail(ev->err, RKV_ERR_INTERNAL, "compress %lld: %s", (long long)q->seq,
+                     rkv_blockmgr_last_error(ev->bm));
+  /* cut: from here on a failure is the evictor's bug, not the caller's */
+  const rkv_compact_map *mp = d->maps + b->n_streams;
+  for (uint32_t i = 0; i < nm; i++) {
+    r->tokens_evicted += (uint64_t)(mp[i].old_len - mp[i].new_len);
+    r->streams_compressed += mp[i].old_len > mp[i].new_len;
+    if (mp[i].old_len > b->max_len) b->max_len = mp[i].old_len;
+  }
+  const int64_t qoff =
+      q->win.rows ? (int64_t)(((uintptr_t)q->win.rows - b->qbase) / sizeof(float)) : 0;
+  st = rkvi_evict_cuda_describe(ev->bm, q->seq, mp, nm, ev->Hq, q->params.window, qoff,
+                                (int32_t)b->n_old, (int32_t)b->n_new, d->streams + b->n_streams,
+                                d->newb + b->n_new, (uint32_t)(d->newb_cap - b->n_new), &nn);
+  if (st != RKV_OK)
+    return rkvi_fail(ev->err, RKV_ERR_INTERNAL, "compress %lld: describe: %s", (long long)q->seq,
+                     rkv_status_str(st));
+  for (uint32_t i = 0; i < nm; i++) d->oldest[b->n_streams + i] = q->win.oldest;
+  b->n_streams += nm;
+  b->n_old += no;
+  b->n_new += nn;
+  return RKV_OK;
+}
+
+/* Device half: one upload and one launch over every stream planned so far. */
+static rkv_status flush(rkv_evictor *ev, evbatch *x) {
+  rkvi_evdev *d = ev->dev;
+  if (!x->n_streams) return RKV_OK;
+  uint32_t nf = 0;
+  rkv_status st =
+      rkvi_evict_cuda_freed_blocks(ev->bm, d->old, x->n_old, d->freed, (uint32_t)d->freed_cap, &nf);
+  rkv_evict_cuda_batch b = RKV_EVICT_CUDA_BATCH_INIT;
+  size_t bytes = 0;
+  if (st == RKV_OK)
+    st = rkvi_evict_cuda_pack(d->streams, x->n_streams, d->old, x->n_old, d->newb, x->n_new,
+                              d->freed, nf, NULL, 0, NULL, NULL, &bytes);
+  if (st != RKV_OK || bytes > rkv_buffer_size(d->stage) || bytes > rkv_buffer_size(d->desc))
+    return rkvi_fail(ev->err, RKV_ERR_INTERNAL, "run: descriptors: %s", rkv_status_str(st));
+  /* the arena may still feed the previous launch's upload */
+  if (d->in_flight && (st = rkv_backend_sync(ev->be)) != RKV_OK)
+    return broke(ev, st, "run: sync before reusing the arena");
+  d->in_flight = false;
+  st = rkvi_evict_cuda_pack(d->streams, x->n_streams, d->old, x->n_old, d->newb, x->n_new, d->freed,
+                            nf, rkv_buffer_ptr(d->stage), rkv_buffer_size(d->stage),
+                            rkv_buffer_ptr(d->desc), &b, &bytes);
+  if (st == RKV_OK) st = rkv_buffer_copy(d->desc, 0, d->stage, 0, bytes);
+  if (st != RKV_OK) return broke(ev, st, "run: upload");
+  d->in_flight = true;
+  b.group = ev->Hq / ev->Hkv;
+  b.max_len = x->max_len;
+  b.qwin = rkvi_evictor_policy(x->p->policy).needs_query_window ? (const float *)x->qbase : NULL;
+  if (ev->emu) return rkvi_evemu_compress(ev, x->p, &b, bytes);
+  st = rkvi_evict_cuda_compress(x->p, ev->pool, &b, rkv_buffer_ptr(d->ws), rkv_buffer_size(d->ws));
+  return st == RKV_OK ? RKV_OK : broke(ev, st, "run: launch");
+}
+
+static bool same_params(const rkv_evict_params *a, const rkv_evict_params *b) {
+  return a->policy == b->policy && a->budget == b->budget && a->window == b->window &&
+         a->buffer == b->buffer && a->kernel == b->kernel && a->lambda == b->lambda &&
+         a->threshold == b->threshold && a->sinks == b->sinks;
+}
+
+/* The lowest window address of the run (offsets from it are never negative). */
+static uintptr_t window_base(const rkv_evictor *ev) {
+  uintptr_t base = UINTPTR_MAX;
+  for (uint32_t i = 0; i < ev->n_q; i++)
+    if (ev->q[i].win.rows && (uintptr_t)ev->q[i].win.rows < base)
+      base = (uintptr_t)ev->q[i].win.rows;
+  return base == UINTPTR_MAX ? 0 : base;
+}
+
+/* Sequences are grouped by parameter set in queue order: a new set flushes the batch. */
+rkv_status rkvi_evdev_run(rkv_evictor *ev, rkv_evictor_result *res) {
+  evbatch x;
+  memset(&x, 0, sizeof x);
+  x.qbase = window_base(ev);
+  rkv_status ret = RKV_OK;
+  char first[RKV_ERRBUF] = "";
+  for (uint32_t i = 0; i < ev->n_q; i++) {
+    const rkvi_evq *q = &ev->q[i];
+    if (!rkvi_evictor_policy(q->params.policy).evicts) continue;
+    if (x.p && !same_params(x.p, &q->params)) {
+      RKV_TRY(flush(ev, &x));
+      const uintptr_t base = x.qbase;
+      memset(&x, 0, sizeof x);
+      x.qbase = base;
+    }
+    x.p = &q->params;
+    const uint32_t free0 = rkv_blockmgr_free_blocks(ev->bm);
+    res[i].status = plan_one(ev, q, &x, &res[i]);
+    if (res[i].status == RKV_ERR_INTERNAL) return RKV_ERR_INTERNAL;
+    if (res[i].status != RKV_OK) { /* refused before the cut: this one stays as it is */
+      if (ret == RKV_OK) {
+        ret = res[i].status;
+        memcpy(first, ev->err, sizeof first);
+      }
+      continue;
+    }
+    const uint32_t free1 = rkv_blockmgr_free_blocks(ev->bm);
+    res[i].blocks_freed = free1 > free0 ? free1 - free0 : 0;
+    res[i].compressed = true;
+  }
+  RKV_TRY(flush(ev, &x));
+  if (ret != RKV_OK) memcpy(ev->err, first, sizeof first);
+  return ret;
+}

@@ -1,0 +1,80 @@
+/* The evictor's state, shared by its host half (evictor.c), its device half
+ * (evictor_device.c) and the emulated device's twin of the batched kernel (evictor_emu.c).
+ * Private to the rkv module. */
+#ifndef RKV_EVICTOR_INTERNAL_H
+#define RKV_EVICTOR_INTERNAL_H
+
+#include <rkv/buffer.h>
+#include <rkv/evictor.h>
+
+#include "evict_cuda_internal.h"
+#include "rkv_internal.h"
+
+/* One queued compression. */
+typedef struct rkvi_evq {
+  int64_t seq;
+  int32_t layer; /* RKV_EVICTOR_ALL_LAYERS or one layer */
+  rkv_evict_params params;
+  rkv_evictor_window win; /* device pools, policies that read queries */
+} rkvi_evq;
+
+/* Device half: buffers of the pool's backend and the host arrays of one batched launch. */
+typedef struct rkvi_evdev {
+  rkv_buffer *desc;  /* DEVICE: the packed descriptors of a launch */
+  rkv_buffer *ws;    /* DEVICE: the CUDA kernels' workspace */
+  rkv_buffer *stage; /* HOST_PINNED: the descriptors before their one upload */
+  bool in_flight;    /* the last run's upload from stage may still be pending */
+  /* one launch (grown before the first cut of a run) */
+  rkv_compact_map *maps;
+  rkv_evict_cuda_stream *streams;
+  int32_t *oldest; /* [streams] the ring row of each stream's oldest query (emulated device) */
+  int32_t *old, *newb, *freed;
+  size_t maps_cap, streams_cap, oldest_cap, old_cap, newb_cap, freed_cap; /* elements */
+  /* the emulated kernel's scratch (evictor_emu.c) */
+  void *escr[7];
+  size_t escr_cap[7];
+} rkvi_evdev;
+
+struct rkv_evictor {
+  rkv_evictor_config cfg;
+  rkv_allocator alloc_copy;
+  const rkv_allocator *al;
+  rkv_blockmgr *bm;
+  rkv_kv_pool *pool;
+  rkv_backend *be;
+  uint32_t L, Hq, Hkv, d, bs;
+  bool device; /* the pool's memory is not the host's: the batched path */
+  bool emu;    /* the emulated device: the batched kernel's host twin */
+  rkvi_evq *q; /* [max_seqs] */
+  uint32_t n_q;
+  /* host path scratch: the eviction workspace and one layer's window (the row check) */
+  void *ws;
+  size_t ws_cap;
+  float *qbuf;
+  size_t qbuf_cap; /* bytes */
+  rkvi_evdev *dev;
+  char err[RKV_ERRBUF];
+};
+
+/* The policy table's row, as the public query returns it. */
+rkv_evict_policy_info rkvi_evictor_policy(rkv_evict_policy p);
+
+/* Device half (evictor_device.c). */
+rkv_status rkvi_evdev_create(rkv_evictor *ev);
+void rkvi_evdev_destroy(rkv_evictor *ev);
+size_t rkvi_evdev_memory_bytes(const rkv_evictor *ev);
+/* Grows everything a run of the queue will allocate; capacity only, nothing observable. */
+rkv_status rkvi_evdev_reserve(rkv_evictor *ev);
+/* Cuts every queued sequence on the host and launches one batch per parameter set. */
+rkv_status rkvi_evdev_run(rkv_evictor *ev, rkv_evictor_result *res);
+
+/* The emulated device's twin of rkvi_evict_cuda_compress (evictor_emu.c): the scratch a
+ * launch of ns streams of up to nmax tokens needs, and the launch itself over the batch as
+ * uploaded (descriptors read from device memory, `bytes` of them). */
+rkv_status rkvi_evemu_sizes(const rkv_evictor *ev, const rkv_evict_params *p, uint32_t ns,
+                            int32_t nmax, size_t sz[7]);
+rkv_status rkvi_evemu_reserve(rkv_evictor *ev, const size_t sz[7]);
+rkv_status rkvi_evemu_compress(rkv_evictor *ev, const rkv_evict_params *p,
+                               const rkv_evict_cuda_batch *db, size_t bytes);
+
+#endif /* RKV_EVICTOR_INTERNAL_H */

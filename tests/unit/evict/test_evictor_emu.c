@@ -1,0 +1,204 @@
+/* rkv_evictor on the emulated device (<rkv/buffer_emu.h>): the device path's host logic (the
+ * uniform cut, descriptors, one packed upload and one batched launch per parameter set, the
+ * query windows read from DEVICE memory as rotated rings) against the same evictor on a CPU
+ * pool built identically:
+ *  - every device policy, f32 and f16, three sequences in one run (two parameter sets, so two
+ *    launches), one layer alone: the same lengths, block tables, K/V rows, per-slot masses of
+ *    every slot and free blocks as the CPU run; no copy hazard, nothing left queued;
+ *  - FULL and at-budget sequences change nothing;
+ *  - bad input changes nothing: a coarser granularity (create), a missing or malformed device
+ *    window, a protected prefix (refused at run), a policy without a window;
+ *  - a fork whose fresh blocks are missing stays unchanged while the other sequence compresses;
+ *  - every allocation of a first run failed in turn changes nothing; the retry equals a
+ *    fault-free run.
+ * rkv_evictor_check and rkv_blockmgr_check after every run. */
+#include "evictor_fixture.h"
+
+static void run_ok(rkv_evictor *ev, rkv_evictor_result *res, uint32_t want) {
+  uint32_t nr = 0;
+  const rkv_status st = rkv_evictor_run(ev, res, MAXSEQ, &nr);
+  if (st != RKV_OK) RKV_TEST_FAIL_("run: %s", rkv_evictor_last_error(ev));
+  EXPECT_EQ_INT(nr, want);
+}
+
+/* Sequences 1..3 in a CPU fixture and an emulated one; sequence 3 gets its own parameters. */
+static void compare_case(rkv_evict_policy pol, rkv_dtype dt, int32_t layer) {
+  fixture c, e;
+  const int32_t n[3] = {90, 75, 60};
+  for (int k = 0; k < 2; k++) {
+    fixture *f = k ? &e : &c;
+    fx_init(f, dt, 400, 31 + (uint64_t)pol, k == 1);
+    for (int64_t s = 1; s <= 3; s++) fx_seq(f, s, n[s - 1], W + 3 * (uint32_t)s);
+  }
+  rkv_evict_params p = RKV_EVICT_PARAMS_INIT, p3;
+  p.policy = pol, p.budget = 40, p.window = W;
+  p3 = p, p3.budget = 33, p3.lambda = 0.3f;
+  rkv_evictor *ec = fx_evictor(&c, &p, RKV_EVICT_GRAN_STREAM);
+  rkv_evictor *ee = fx_evictor(&e, &p, RKV_EVICT_GRAN_STREAM);
+  for (int64_t s = 1; s <= 3; s++) {
+    const rkv_evict_params *ps = s == 3 ? &p3 : NULL;
+    const rkv_evictor_window win = fx_window(&e, s, (int32_t)(s * 3) % W);
+    EXPECT_OK(rkv_evictor_add(ec, s, layer, ps, NULL));
+    EXPECT_OK(rkv_evictor_add(ee, s, layer, ps, &win));
+  }
+  EXPECT_OK(rkv_evictor_check(ee));
+  rkv_evictor_result rc[MAXSEQ], re[MAXSEQ];
+  run_ok(ec, rc, 3);
+  run_ok(ee, re, 3);
+  EXPECT_OK(rkv_backend_sync(e.be));
+  EXPECT_EQ_INT(rkv_emu_hazards(e.be), 0);
+  for (int i = 0; i < 3; i++) {
+    EXPECT(rc[i].seq == re[i].seq && re[i].status == RKV_OK);
+    EXPECT(rc[i].compressed == re[i].compressed);
+    EXPECT_EQ_INT(re[i].tokens_evicted, rc[i].tokens_evicted);
+    EXPECT_EQ_INT(re[i].streams_compressed, rc[i].streams_compressed);
+    EXPECT_EQ_INT(re[i].blocks_freed, rc[i].blocks_freed);
+  }
+  if (pol != RKV_EVICT_FULL) EXPECT(re[0].tokens_evicted > 0 && re[2].tokens_evicted > 0);
+  char what[96];
+  snprintf(what, sizeof what, "emu %s %s layer %d", rkv_evict_policy_name(pol), rkv_dtype_name(dt),
+           layer);
+  expect_same(&c, &e, true, false, what);
+  EXPECT_OK(rkv_evictor_check(ee));
+  EXPECT_OK(rkv_blockmgr_check(e.m));
+  rkv_evictor_destroy(ec);
+  rkv_evictor_destroy(ee);
+  fx_fini(&c);
+  fx_fini(&e);
+}
+
+static void test_equals_cpu(void) {
+  const rkv_evict_policy pols[5] = {RKV_EVICT_FULL, RKV_EVICT_RKV, RKV_EVICT_SNAPKV,
+                                    RKV_EVICT_STREAMING, RKV_EVICT_H2O};
+  for (int pi = 0; pi < 5; pi++) {
+    compare_case(pols[pi], RKV_DTYPE_F32, RKV_EVICTOR_ALL_LAYERS);
+    compare_case(pols[pi], RKV_DTYPE_F16, RKV_EVICTOR_ALL_LAYERS);
+    compare_case(pols[pi], RKV_DTYPE_F32, 2);
+  }
+}
+
+/* FULL and a sequence at its budget: no change, no launch. */
+static void test_noop(void) {
+  fixture f, t;
+  for (int k = 0; k < 2; k++) {
+    fixture *x = k ? &t : &f;
+    fx_init(x, RKV_DTYPE_F32, 200, 5, true);
+    fx_seq(x, 1, 70, W);
+    fx_seq(x, 2, 40, W);
+  }
+  rkv_evict_params p = RKV_EVICT_PARAMS_INIT, full;
+  p.budget = 40, p.window = W;
+  full = p, full.policy = RKV_EVICT_FULL;
+  rkv_evictor *ev = fx_evictor(&f, &p, RKV_EVICT_GRAN_STREAM);
+  const rkv_evictor_window w2 = fx_window(&f, 2, 0);
+  EXPECT_OK(rkv_evictor_add(ev, 1, RKV_EVICTOR_ALL_LAYERS, &full, NULL));
+  EXPECT_OK(rkv_evictor_add(ev, 2, RKV_EVICTOR_ALL_LAYERS, NULL, &w2));
+  rkv_evictor_result res[MAXSEQ];
+  run_ok(ev, res, 2);
+  EXPECT(!res[0].compressed && res[0].tokens_evicted == 0);
+  EXPECT(res[1].tokens_evicted == 0 && res[1].blocks_freed == 0);
+  EXPECT_OK(rkv_backend_sync(f.be));
+  expect_same(&f, &t, true, true, "emu FULL / at budget");
+  EXPECT_OK(rkv_evictor_check(ev));
+  rkv_evictor_destroy(ev);
+  fx_fini(&f);
+  fx_fini(&t);
+}
+
+static void test_bad_input(void) {
+  fixture f, t;
+  for (int k = 0; k < 2; k++) {
+    fixture *x = k ? &t : &f;
+    fx_init(x, RKV_DTYPE_F32, 200, 9, true);
+    fx_seq(x, 1, 60, W);
+    fx_seq(x, 2, 60, W);
+    EXPECT_OK(rkv_blockmgr_seq_protect(x->m, 2, 4));
+  }
+  rkv_evict_params p = RKV_EVICT_PARAMS_INIT;
+  p.budget = 40, p.window = W;
+  rkv_evictor_config c = RKV_EVICTOR_CONFIG_INIT;
+  c.num_q_heads = QH, c.params = p, c.granularity = RKV_EVICT_GRAN_KVHEAD;
+  rkv_evictor *ev = NULL;
+  char err[256] = "";
+  EXPECT_STATUS(rkv_evictor_create(&c, f.m, f.pool, &ev, err, sizeof err), RKV_ERR_UNSUPPORTED);
+  EXPECT(ev == NULL && strstr(err, "needs a CPU pool") != NULL);
+  ev = fx_evictor(&f, &p, RKV_EVICT_GRAN_STREAM);
+  rkv_evictor_window win = fx_window(&f, 1, 2);
+  EXPECT_STATUS(rkv_evictor_add(ev, 1, RKV_EVICTOR_ALL_LAYERS, NULL, NULL), RKV_ERR_INVALID_ARG);
+  EXPECT(strstr(rkv_evictor_last_error(ev), "device window") != NULL);
+  rkv_evictor_window bad = win;
+  bad.oldest = W;
+  EXPECT_STATUS(rkv_evictor_add(ev, 1, RKV_EVICTOR_ALL_LAYERS, NULL, &bad), RKV_ERR_INVALID_ARG);
+  bad = win, bad.rows = NULL;
+  EXPECT_STATUS(rkv_evictor_add(ev, 1, 0, NULL, &bad), RKV_ERR_INVALID_ARG);
+  EXPECT_EQ_INT(rkv_evictor_queued(ev), 0);
+  /* streaming reads no window: none needed */
+  rkv_evict_params st = p;
+  st.policy = RKV_EVICT_STREAMING;
+  EXPECT_OK(rkv_evictor_add(ev, 1, RKV_EVICTOR_ALL_LAYERS, &st, NULL));
+  EXPECT_STATUS(rkv_evictor_add(ev, 1, RKV_EVICTOR_ALL_LAYERS, NULL, &win), RKV_ERR_EXISTS);
+  const rkv_evictor_window w2 = fx_window(&f, 2, 0);
+  EXPECT_OK(rkv_evictor_add(ev, 2, RKV_EVICTOR_ALL_LAYERS, NULL, &w2));
+  EXPECT_OK(rkv_evictor_check(ev));
+  expect_same(&f, &t, true, true, "emu refused adds");
+  /* 2 holds a protected prefix, which the device selection does not take: unchanged */
+  rkv_evictor_result res[MAXSEQ];
+  uint32_t nr = 0;
+  EXPECT_STATUS(rkv_evictor_run(ev, res, MAXSEQ, &nr), RKV_ERR_UNSUPPORTED);
+  EXPECT(strstr(rkv_evictor_last_error(ev), "protected prefix") != NULL);
+  EXPECT(res[0].status == RKV_OK && res[0].tokens_evicted == (uint64_t)L * KV * 20);
+  EXPECT(res[1].status == RKV_ERR_UNSUPPORTED && !res[1].compressed);
+  EXPECT_OK(rkv_backend_sync(f.be));
+  EXPECT_EQ_INT(fx_check_seq(&f, 1, 40), 0);
+  EXPECT_EQ_INT(fx_check_seq(&f, 2, 60), 0);
+  EXPECT_OK(rkv_blockmgr_check(f.m));
+  EXPECT_OK(rkv_evictor_check(ev));
+  rkv_evictor_destroy(ev);
+  fx_fini(&f);
+  fx_fini(&t);
+}
+
+/* Out of fresh blocks for a fork: that sequence stays, the other compresses (twin: the other
+ * alone). */
+static void test_no_blocks(void) {
+  fixture f, t;
+  for (int k = 0; k < 2; k++) {
+    fixture *x = k ? &t : &f;
+    fx_init(x, RKV_DTYPE_F32, 30 + 30 + 12 + 2, 12, true);
+    fx_seq(x, 1, 40, W);
+    EXPECT_OK(rkv_blockmgr_seq_fork(x->m, 1, 2));
+    fx_seq(x, 3, 40, W);
+  }
+  EXPECT_EQ_INT(rkv_blockmgr_free_blocks(f.m), 14);
+  rkv_evict_params p = RKV_EVICT_PARAMS_INIT;
+  p.budget = 24, p.window = W, p.policy = RKV_EVICT_H2O;
+  rkv_evictor *ev = fx_evictor(&f, &p, RKV_EVICT_GRAN_STREAM);
+  rkv_evictor *tw = fx_evictor(&t, &p, RKV_EVICT_GRAN_STREAM);
+  EXPECT_OK(rkv_evictor_add(ev, 1, RKV_EVICTOR_ALL_LAYERS, NULL, NULL));
+  EXPECT_OK(rkv_evictor_add(ev, 3, RKV_EVICTOR_ALL_LAYERS, NULL, NULL));
+  EXPECT_OK(rkv_evictor_add(tw, 3, RKV_EVICTOR_ALL_LAYERS, NULL, NULL));
+  rkv_evictor_result res[MAXSEQ];
+  uint32_t nr = 0;
+  EXPECT_STATUS(rkv_evictor_run(ev, res, MAXSEQ, &nr), RKV_ERR_NO_BLOCKS);
+  EXPECT(res[0].status == RKV_ERR_NO_BLOCKS && !res[0].compressed);
+  EXPECT(res[1].status == RKV_OK && res[1].compressed);
+  run_ok(tw, res, 1);
+  EXPECT_OK(rkv_backend_sync(f.be));
+  EXPECT_OK(rkv_backend_sync(t.be));
+  expect_same(&f, &t, true, true, "emu out of blocks");
+  EXPECT_OK(rkv_blockmgr_check(f.m));
+  EXPECT_OK(rkv_evictor_check(ev));
+  rkv_evictor_destroy(ev);
+  rkv_evictor_destroy(tw);
+  fx_fini(&f);
+  fx_fini(&t);
+}
+
+int main(void) {
+  test_bad_input();
+  test_noop();
+  test_no_blocks();
+  fx_nomem_sweep(true);
+  test_equals_cpu();
+  return rkv_test_finish();
+}
