@@ -113,11 +113,12 @@ def answer_text(n, a, b):
     return "".join(upper(n - k) + s[k] for k in range(n + 1))
 
 
-# Version 2: the column lines of version 1 with reasoning-style self-talk around them and no
-# verification pass. The talk restates each column's arithmetic (and, when a carry comes in,
-# an abandoned first sum), then the canonical line is written; nothing later needs the talk.
-# No '.' inside the trace: '.' is the end-of-sequence token.
+# Version 2: the column lines of version 1, each followed by reasoning-style self-talk that
+# restates it (and, when a carry came in, an abandoned first sum), and no verification pass.
+# Nothing later reads the talk: the next line reads the prompt and the carry, the answer
+# reads the lines. No '.' inside the trace: '.' is the end-of-sequence token.
 V2_INTRO = "ok, let me add these column by column, from the right\n"
+V2_SO = " so {x} plus {y} is {t}"
 V2_FORGOT = ", hmm, i forgot the carry, {t} plus 1 is {s}"
 V2_OVER = ", that is ten or more, so i write {d} and carry 1\n"
 V2_UNDER = ", that is under ten, so i write {d} and carry 0\n"
@@ -125,7 +126,7 @@ V2_OUTRO = "all columns done, the last carry is {c}, "
 
 
 def column_talk(n, a, b):
-    """Version 2's trace before the answer: per column the talk, then the version-1 line."""
+    """Version 2's trace before the answer: per column the version-1 line, then the talk."""
     da = str(a).zfill(n)[::-1]
     db = str(b).zfill(n)[::-1]
     carry = 0
@@ -134,11 +135,11 @@ def column_talk(n, a, b):
         x, y = int(da[i]), int(db[i])
         t = x + y
         s = t + carry
-        out.append(f"{upper(i)}: {x} plus {y} is {t}")
+        out.append(f"{upper(i)}{x}+{y}+{carry}={s // 10}{s % 10};")
+        out.append(V2_SO.format(x=x, y=y, t=t))
         if carry:
             out.append(V2_FORGOT.format(t=t, s=s))
         out.append((V2_OVER if s >= 10 else V2_UNDER).format(d=s % 10))
-        out.append(f"{upper(i)}{x}+{y}+{carry}={s // 10}{s % 10};\n")
         carry = s // 10
     out.append(V2_OUTRO.format(c=carry))
     return "".join(out)

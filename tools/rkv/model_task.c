@@ -11,6 +11,7 @@
 #define TASK_ANSWER "so the answer is "
 /* Version 2's self-talk (task.V2_*); no '.' inside: '.' ends the sequence. */
 #define TASK_V2_INTRO "ok, let me add these column by column, from the right\n"
+#define TASK_V2_SO " so %d plus %d is %d"
 #define TASK_V2_FORGOT ", hmm, i forgot the carry, %d plus 1 is %d"
 #define TASK_V2_OVER ", that is ten or more, so i write %d and carry 1\n"
 #define TASK_V2_UNDER ", that is under ten, so i write %d and carry 0\n"
@@ -34,8 +35,8 @@ static bool task_put(char *buf, size_t cap, size_t *k, const char *fmt, ...) {
   return true;
 }
 
-/* Version 2's trace before the answer (task.column_talk): per column the self-talk, then the
- * version-1 line. */
+/* Version 2's trace before the answer (task.column_talk): per column the version-1 line, then
+ * the self-talk restating it. */
 static bool task_talk(rt_task_problem *p, char *out, size_t cap, size_t *k) {
   const int n = p->digits;
   int carry = 0;
@@ -44,13 +45,12 @@ static bool task_talk(rt_task_problem *p, char *out, size_t cap, size_t *k) {
     const int x = p->a[n - 1 - i] - '0', y = p->b[n - 1 - i] - '0';
     const int t = x + y, s = t + carry;
     const char lab = (char)('A' + i);
+    p->line_at[i] = (int32_t)*k;
+    if (!task_put(out, cap, k, "%c%d+%d+%d=%d%d;", lab, x, y, carry, s / 10, s % 10)) return false;
     p->talk_at[i] = (int32_t)*k;
-    if (!task_put(out, cap, k, "%c: %d plus %d is %d", lab, x, y, t)) return false;
+    if (!task_put(out, cap, k, TASK_V2_SO, x, y, t)) return false;
     if (carry && !task_put(out, cap, k, TASK_V2_FORGOT, t, s)) return false;
     if (!task_put(out, cap, k, s >= 10 ? TASK_V2_OVER : TASK_V2_UNDER, s % 10)) return false;
-    p->line_at[i] = (int32_t)*k;
-    if (!task_put(out, cap, k, "%c%d+%d+%d=%d%d;\n", lab, x, y, carry, s / 10, s % 10))
-      return false;
     carry = s / 10;
   }
   return task_put(out, cap, k, TASK_V2_OUTRO, carry);

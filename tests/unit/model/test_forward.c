@@ -304,7 +304,9 @@ static void check_task_text(const rt_st_file *ref, const char *name, int32_t ver
     /* the recorded parts: each column's line where the generator says, the answer after */
     for (int c = 0; c < p.digits; c++) {
       EXPECT(p.target[p.line_at[c]] == (char)('A' + c) && p.target[p.line_at[c] + 9] == ';');
-      if (version == 2) EXPECT(p.target[p.talk_at[c]] == (char)('A' + c));
+      if (version == 2)
+        EXPECT(p.talk_at[c] == p.line_at[c] + 10 &&
+               strncmp(p.target + p.talk_at[c], " so ", 4) == 0);
     }
     EXPECT(p.target[p.answer_at] == (char)('A' + p.digits) &&
            strncmp(p.target + p.answer_at - 17, "so the answer is ", 17) == 0);
