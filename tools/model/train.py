@@ -65,7 +65,7 @@ def digit_range(frac, lo, hi, ramp):
     return lo, min(hi, max(lo, top))
 
 
-def batch_problems(seed, start_index, count, lo, hi, long_frac, version):
+def batch_problems(seed, start_index, count, lo, hi, long_frac, version, rehearse=0.0):
     """The batch's problems as (token ids, loss mask over target tokens) pairs."""
     out = []
     for j in range(count):
@@ -73,7 +73,9 @@ def batch_problems(seed, start_index, count, lo, hi, long_frac, version):
         # over-sample the longest problems: every (1/long_frac)-th problem uses the top 3 counts
         use_long = long_frac > 0 and (idx % max(1, int(round(1 / long_frac))) == 0)
         plo = max(lo, hi - 2) if use_long else lo
-        _, _, _, p, t = task.problem(seed, idx, plo, hi, version)
+        # rehearsal: every (1/rehearse)-th problem in version 1, whose lookups version 2 reuses
+        v = 1 if rehearse > 0 and idx % max(2, int(round(1 / rehearse))) == 1 else version
+        _, _, _, p, t = task.problem(seed, idx, plo, hi, v)
         out.append((task.encode(p + t), [0] * len(p) + [1] * len(t)))
     return out
 
@@ -119,6 +121,23 @@ def teacher_forced_exact(model, probs):
         pred = model(x[:, :-1]).argmax(-1)
         wrong = (pred != x[:, 1:]) & m[:, 1:]
         ok += int((~wrong.any(dim=1)).sum())
+    model.train()
+    return ok / len(probs)
+
+
+@torch.no_grad()
+def teacher_forced_answer(model, probs):
+    """Like teacher_forced_exact over the answer's tokens only (what exact match grades)."""
+    model.eval()
+    ok = 0
+    start = task.encode(task.ANSWER)
+    for x, m in pad_groups(probs, 4):
+        pred = model(x[:, :-1]).argmax(-1)
+        for r in range(x.shape[0]):
+            ids = x[r].tolist()
+            k = max(i for i in range(len(ids) - len(start)) if ids[i:i + len(start)] == start)
+            span = slice(k + len(start) - 1, int(m[r].nonzero().max()))
+            ok += bool((pred[r, span] == x[r, 1:][span]).all())
     model.train()
     return ok / len(probs)
 
@@ -171,6 +190,9 @@ def parse_args(argv):
     ap.add_argument("--init", default=None,
                     help="start from these weights (safetensors of the same config) instead of a "
                          "seeded random initialisation")
+    ap.add_argument("--rehearse", type=float, default=0.0,
+                    help="share of each batch drawn from generator version 1 (with --init from "
+                         "the version-1 weights: keeps the lookups version 2 reuses)")
     ap.add_argument("--min-digits", type=int, default=6)
     ap.add_argument("--max-digits", type=int, default=20)
     ap.add_argument("--ramp", type=float, default=0.2, help="fraction of the budget for the curriculum")
@@ -276,7 +298,7 @@ def worker(rank, args, argv, store):
         seq_len = len(task.prompt_text(hi, 1, 1)) + len(task.target_text(hi, 1, 1, version))
         count = max(2 * procs, args.batch_tokens // seq_len)
         probs = batch_problems(seed, index, count, lo, hi, args.long_frac if frac >= args.ramp else 0.0,
-                               version)
+                               version, args.rehearse)
         index += count
         n_tgt = sum(sum(mk[1:]) for _, mk in probs)
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
@@ -302,9 +324,12 @@ def worker(rank, args, argv, store):
         now = time.time()
         if monitor is not None and now - last_mon >= args.monitor_every:
             tf = teacher_forced_exact(model, monitor)
-            monitor_log.append({"step": step, "seconds": round(now - t0, 1), "teacher_forced_exact": tf})
+            ta = teacher_forced_answer(model, monitor)
+            monitor_log.append({"step": step, "seconds": round(now - t0, 1), "teacher_forced_exact": tf,
+                                "teacher_forced_answer": ta})
             last_mon = now = time.time()
-            print(f"step {step} t {now - t0:.0f}s held-out teacher-forced exact match {tf:.3f}", flush=True)
+            print(f"step {step} t {now - t0:.0f}s held-out teacher-forced exact match {tf:.3f}, "
+                  f"answer only {ta:.3f}", flush=True)
         if log and now - last_log >= args.log_every:
             last_log = now
             print(f"step {step} t {now - t0:.0f}s digits {lo}-{hi} batch {count} loss {lv:.4f} "
@@ -335,6 +360,7 @@ def worker(rank, args, argv, store):
         "command": command,
         "generator_version": version,
         "init": args.init,
+        "rehearse": args.rehearse,
         "digits": [args.min_digits, args.max_digits],
         "seed": args.seed,
         "config": cfg,

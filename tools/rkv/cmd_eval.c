@@ -150,7 +150,7 @@ static void eval_usage(void) {
       "                    lambda) * redundancy (default %.2f, the paper's)\n"
       "  --problems N      problems per (policy, budget) (default 500)\n"
       "  --digits LO-HI    operand digit range (default the trained range: 6-20 for a\n"
-      "                    version-1 model, 6-12 for version 2)\n"
+      "                    version-1 model, 6-10 for version 2)\n"
       "  --seed N          problem-set seed (default %d; training never uses it)\n"
       "  --batch N         sequences decoded at once (default 32)\n"
       "  --show N          print the first N generations of each run on stderr\n"
@@ -1311,7 +1311,7 @@ int rt_cmd_eval(int argc, char **argv) {
     return 1;
   }
   o.task_version = mc->generator_version ? mc->generator_version : 1;
-  if (!o.digits_given && o.task_version == 2) o.max_digits = 12; /* its trained range, 6-12 */
+  if (!o.digits_given && o.task_version == 2) o.max_digits = 10; /* its trained range, 6-10 */
   if (!o.budgets_given && o.task_version == 2) {
     parse_budgets("10%,15%,20%,30%,45%,60%", &o);
     if (o.simple_loop) {

@@ -20,7 +20,7 @@ def main():
     ap.add_argument("rkv")
     ap.add_argument("weights")
     ap.add_argument("--problems", type=int, default=24)
-    ap.add_argument("--digits", default="6-12")
+    ap.add_argument("--digits", default="6-10")
     ap.add_argument("--floor", type=float, default=0.8)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

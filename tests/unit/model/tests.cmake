@@ -177,7 +177,7 @@ if(EXISTS ${_adder2} AND RKV_NUMPY_PYTHON)
   if(RKV_SANITIZE)
     set(_oracle_args --problems 2 --digits 6-6 --floor 0)
   else()
-    set(_oracle_args --problems 24 --digits 6-12 --floor 0.8)
+    set(_oracle_args --problems 24 --digits 6-10 --floor 0.8)
   endif()
   add_test(NAME model_eval_oracle
            COMMAND ${RKV_NUMPY_PYTHON} ${_model_dir}/check_oracle.py $<TARGET_FILE:rkv> ${_adder2}
