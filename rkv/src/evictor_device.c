@@ -186,17 +186,7 @@ static rkv_status precheck(rkv_evictor *ev, const rkvi_evq *q) {
                      "compress %lld: a protected prefix (prefix caching's protect rule) is not "
                      "supported by the device eviction yet; use the copy rule on a device",
                      (long long)q->seq);
-  uint32_t fresh = 0;
-  if (rkv_blockmgr_compact_fresh_bound(ev->bm, q->seq, q->layer, q->params.budget, &fresh) !=
-      RKV_OK)
-    return rkvi_fail(ev->err, RKV_ERR_INTERNAL, "compress %lld: %s", (long long)q->seq,
-                     rkv_blockmgr_last_error(ev->bm));
-  const uint32_t free0 = rkv_blockmgr_free_blocks(ev->bm);
-  if (fresh > free0)
-    return rkvi_fail(ev->err, RKV_ERR_NO_BLOCKS,
-                     "compress %lld: its shared blocks need %u fresh blocks, %u free",
-                     (long long)q->seq, fresh, free0);
-  return RKV_OK;
+  return rkvi_evictor_fresh_check(ev, q); /* no protected prefix here: keep = budget */
 }
 
 /* Host half for one sequence: the checks, the cut, its descriptors. */

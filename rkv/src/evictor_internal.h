@@ -59,6 +59,10 @@ struct rkv_evictor {
 /* The policy table's row, as the public query returns it. */
 rkv_evict_policy_info rkvi_evictor_policy(rkv_evict_policy p);
 
+/* RKV_ERR_NO_BLOCKS (before any change) unless the fresh blocks the compaction of q's shared
+ * leading blocks needs are free (evictor_run.c; both backends). */
+rkv_status rkvi_evictor_fresh_check(rkv_evictor *ev, const rkvi_evq *q);
+
 /* Device half (evictor_device.c). */
 rkv_status rkvi_evdev_create(rkv_evictor *ev);
 void rkvi_evdev_destroy(rkv_evictor *ev);

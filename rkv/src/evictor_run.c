@@ -77,8 +77,9 @@ static rkv_status host_windows(rkv_evictor *ev, const rkvi_evq *q) {
   return RKV_OK;
 }
 
-/* The fresh blocks shared leading blocks (a fork) need, for every layer at once. */
-static rkv_status host_fresh(rkv_evictor *ev, const rkvi_evq *q) {
+/* The fresh blocks shared leading blocks (a fork) need, for every layer at once: refused
+ * with RKV_ERR_NO_BLOCKS before any change when they are not free (both backends). */
+rkv_status rkvi_evictor_fresh_check(rkv_evictor *ev, const rkvi_evq *q) {
   uint32_t fresh = 0;
   const int32_t keep = rkv_blockmgr_seq_protected(ev->bm, q->seq) + q->params.budget;
   if (rkv_blockmgr_compact_fresh_bound(ev->bm, q->seq, q->layer, keep, &fresh) != RKV_OK)
@@ -109,7 +110,7 @@ static rkv_status host_one(rkv_evictor *ev, const rkvi_evq *q, rkv_evictor_resul
                      (long long)q->seq);
   const rkv_qwindow *qw = info.needs_query_window ? ev->cfg.qwindow : NULL;
   if (qw) RKV_TRY(host_windows(ev, q));
-  RKV_TRY(host_fresh(ev, q));
+  RKV_TRY(rkvi_evictor_fresh_check(ev, q));
   size_t need = 0;
   const rkv_status sz = ws_size(ev, p, longest(ev, q), &need);
   if (sz != RKV_OK)
