@@ -184,3 +184,14 @@ if(EXISTS ${_adder2} AND RKV_NUMPY_PYTHON)
                    ${_oracle_args})
   set_tests_properties(model_eval_oracle PROPERTIES TIMEOUT 600 LABELS "integration;model")
 endif()
+# The oracle's mechanics without trained version-2 weights: the smoke weights relabelled as
+# version 2 (their generations are not version-2 traces; every compression's mirror check,
+# the per-request bounds and the bookkeeping still run).
+if(RKV_NUMPY_PYTHON)
+  add_test(NAME model_eval_oracle_mechanics
+           COMMAND ${RKV_NUMPY_PYTHON} ${_model_dir}/check_oracle.py $<TARGET_FILE:rkv>
+                   ${_model_dir}/data/smoke.safetensors --relabel --problems 8 --digits 1-3
+                   --share 10 --floor 0)
+  set_tests_properties(model_eval_oracle_mechanics PROPERTIES TIMEOUT 300
+                       LABELS "integration;model")
+endif()
