@@ -31,15 +31,9 @@ static rkv_status ws_size(const rkv_evictor *ev, const rkv_evict_params *p, int3
 
 /* Grows a scratch buffer (contents not kept) to at least `need` bytes. */
 static rkv_status grow(rkv_evictor *ev, void **p, size_t *cap, size_t need, const char *what) {
-  if (need <= *cap) return RKV_OK;
-  size_t nc = *cap ? *cap : 4096;
-  while (nc < need) nc *= 2;
-  void *n = rkvi_alloc(ev->al, nc, 64);
-  if (!n) return rkvi_fail(ev->err, RKV_ERR_NO_MEMORY, "run: %s of %zu bytes", what, nc);
-  rkvi_free(ev->al, *p, *cap);
-  *p = n;
-  *cap = nc;
-  return RKV_OK;
+  size_t tried = 0;
+  if (rkvi_grow_scratch(ev->al, p, cap, need, &tried)) return RKV_OK;
+  return rkvi_fail(ev->err, RKV_ERR_NO_MEMORY, "run: %s of %zu bytes", what, tried);
 }
 
 /* The workspace of the largest queued compression and one layer's window. */

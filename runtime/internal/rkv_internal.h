@@ -27,6 +27,10 @@ void *rkvi_calloc(const rkv_allocator *a, size_t size, size_t align);
 void rkvi_free(const rkv_allocator *a, void *p, size_t size);
 /* Grows an array to new_size bytes, copying old_size bytes; NULL on failure (old intact). */
 void *rkvi_realloc(const rkv_allocator *a, void *p, size_t old_size, size_t new_size, size_t align);
+/* Grows a scratch buffer (contents not kept, 64-byte aligned) of *cap bytes to at least
+ * `need`, doubling from 4 KiB. False on allocation failure, with *p and *cap untouched; a
+ * failed size goes to *tried when tried is not NULL. */
+bool rkvi_grow_scratch(const rkv_allocator *a, void **p, size_t *cap, size_t need, size_t *tried);
 
 /* Formats into a handle's error buffer (RKV_ERRBUF bytes) and returns `s` unchanged. */
 rkv_status rkvi_fail(char *errbuf, rkv_status s, const char *fmt, ...)

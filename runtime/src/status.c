@@ -148,6 +148,21 @@ void rkvi_free(const rkv_allocator *a, void *p, size_t size) {
   free(p);
 }
 
+bool rkvi_grow_scratch(const rkv_allocator *a, void **p, size_t *cap, size_t need, size_t *tried) {
+  if (need <= *cap) return true;
+  size_t nc = *cap ? *cap : 4096;
+  while (nc < need) nc *= 2;
+  void *n = rkvi_alloc(a, nc, 64);
+  if (!n) {
+    if (tried) *tried = nc;
+    return false;
+  }
+  rkvi_free(a, *p, *cap);
+  *p = n;
+  *cap = nc;
+  return true;
+}
+
 void *rkvi_realloc(const rkv_allocator *a, void *p, size_t old_size, size_t new_size,
                    size_t align) {
   void *q = rkvi_alloc(a, new_size, align);

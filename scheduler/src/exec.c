@@ -79,15 +79,9 @@ static rkv_status cfg_err(char *err, size_t len, const char *msg) {
 
 /* Grows a scratch buffer (contents not kept) to at least `need` bytes. */
 static rkv_status grow(rkv_exec *x, void **p, size_t *cap, size_t need, const char *what) {
-  if (need <= *cap) return RKV_OK;
-  size_t nc = *cap ? *cap : 4096;
-  while (nc < need) nc *= 2;
-  void *n = rkvi_alloc(x->al, nc, 64);
-  if (!n) return rkvi_fail(x->err, RKV_ERR_NO_MEMORY, "executor: %s of %zu bytes", what, nc);
-  rkvi_free(x->al, *p, *cap);
-  *p = n;
-  *cap = nc;
-  return RKV_OK;
+  size_t tried = 0;
+  if (rkvi_grow_scratch(x->al, p, cap, need, &tried)) return RKV_OK;
+  return rkvi_fail(x->err, RKV_ERR_NO_MEMORY, "executor: %s of %zu bytes", what, tried);
 }
 
 void rkv_exec_destroy(rkv_exec *x) {

@@ -418,25 +418,6 @@ static int eval_ctx_init(eval_ctx *c, const eval_opts *o, const rt_model *model,
   return 0;
 }
 
-/* Closes an executor step (its compressions) and counts them as eval_compress does. */
-static rkv_status eval_exec_finish(rkv_exec *x, const eval_ctx *c, const rkv_sched_plan *plan,
-                                   rkv_sched_output *outs, eval_result *res) {
-  rkv_status st = rkv_exec_finish(x, outs, plan->n_seqs);
-  if (st != RKV_OK) {
-    fprintf(stderr, "rkv eval: executor finish: %s\n", rkv_exec_last_error(x));
-    return st;
-  }
-  for (uint32_t b = 0; b < plan->n_seqs; b++) {
-    if (!outs[b].compressed) continue;
-    res->compressions++;
-    res->tokens_evicted += outs[b].tokens_evicted;
-    res->blocks_freed += outs[b].blocks_freed;
-    const int32_t len = seq_max_len(c->bm, c->mc, outs[b].id);
-    if (len > res->max_after_compress) res->max_after_compress = len;
-  }
-  return RKV_OK;
-}
-
 /* Budget respected: no stream ever held more than max(prompt, B + buffer) tokens, and each
  * compression left at most B. */
 static void eval_finish(const eval_opts *o, eval_ctx *c, eval_result *res, double t0) {
@@ -697,6 +678,29 @@ typedef struct eval_req {
   bool ended;      /* scored: a plan made ahead (--overlap) may still run it once, discarded */
 } eval_req;
 
+/* Closes an executor step (its compressions) and counts them as eval_compress does, each
+ * compressed request against its own protected prefix + budget. */
+static rkv_status eval_exec_finish(rkv_exec *x, const eval_ctx *c, const rkv_sched_plan *plan,
+                                   const eval_req *reqs, rkv_sched_output *outs, eval_result *res) {
+  rkv_status st = rkv_exec_finish(x, outs, plan->n_seqs);
+  if (st != RKV_OK) {
+    fprintf(stderr, "rkv eval: executor finish: %s\n", rkv_exec_last_error(x));
+    return st;
+  }
+  for (uint32_t b = 0; b < plan->n_seqs; b++) {
+    if (!outs[b].compressed) continue;
+    res->compressions++;
+    res->tokens_evicted += outs[b].tokens_evicted;
+    res->blocks_freed += outs[b].blocks_freed;
+    const int32_t len = seq_max_len(c->bm, c->mc, outs[b].id);
+    if (len > res->max_after_compress) res->max_after_compress = len;
+    const eval_req *q = &reqs[outs[b].id];
+    if (len - q->protect - q->budget > res->max_over_after)
+      res->max_over_after = len - q->protect - q->budget;
+  }
+  return RKV_OK;
+}
+
 /* Oracle hooks around a step (eval_oracle.h): the mirror follows every append; before the
  * compressions the oracle's values replace the flagged sequences' scores. */
 static int eval_oracle_before(rt_oracle *orc, const eval_ctx *c, const rkv_sched_plan *plan) {
@@ -915,14 +919,8 @@ static int eval_run_sched(const eval_opts *o, const rt_model *model, rkv_backend
       goto done;
     }
     if (orc && eval_oracle_before(orc, &c, plan)) goto done;
-    if (eval_exec_finish(x, &c, plan, outs, res) != RKV_OK) goto done;
+    if (eval_exec_finish(x, &c, plan, reqs, outs, res) != RKV_OK) goto done;
     if (orc && eval_oracle_after(orc, &c, plan, outs)) goto done;
-    for (uint32_t b = 0; b < plan->n_seqs; b++) {
-      if (!outs[b].compressed) continue;
-      const eval_req *q = &reqs[outs[b].id];
-      const int32_t over = seq_max_len(c.bm, mc, outs[b].id) - q->protect - q->budget;
-      if (over > res->max_over_after) res->max_over_after = over;
-    }
     if (rkv_sched_report(sch, outs, plan->n_seqs) != RKV_OK) {
       fprintf(stderr, "rkv eval: scheduler report: %s\n", rkv_sched_last_error(sch));
       goto done;
