@@ -107,7 +107,7 @@ int main(void) {
   /* one table and one metadata array per sequence at least: the second creation's are there */
   EXPECT(step_allocs >= 2 * REQUESTS);
 
-  uint32_t failed_steps = 0;
+  uint32_t failed_steps = 0, tolerated = 0;
   for (uint64_t k = 1; k <= step_allocs; k++) {
     make(&w);
     w.f.fail_at = w.f.count + k;
@@ -115,9 +115,20 @@ int main(void) {
     const rkv_status st = rkv_sched_step(w.s, &p);
     EXPECT(w.f.failed);
     if (st == RKV_OK) {
-      fprintf(stderr, "FAIL: allocation %llu of the step failed but the step succeeded\n",
-              (unsigned long long)k);
-      rkv_test_failed_++;
+      /* At RKV_DEBUG >= 3 each block-manager mutation also runs the invariant walk, whose
+       * scratch comes from the same allocator; a walk that cannot allocate skips itself, so
+       * the step may succeed. It must then be the fault-free step. Below that level every
+       * allocation of the step is one it needs. */
+      if (RKV_DEBUG >= 3) {
+        tolerated++;
+        plan_text(p, got, sizeof got);
+        EXPECT_STREQ(got, want);
+        EXPECT_OK(rkv_sched_check(w.s));
+      } else {
+        fprintf(stderr, "FAIL: allocation %llu of the step failed but the step succeeded\n",
+                (unsigned long long)k);
+        rkv_test_failed_++;
+      }
       destroy(&w);
       continue;
     }
@@ -143,7 +154,10 @@ int main(void) {
     EXPECT_OK(rkv_sched_check(w.s));
     destroy(&w);
   }
-  printf("%u of %llu allocations of the admitting step failed it, each then retried\n",
-         failed_steps, (unsigned long long)step_allocs);
+  printf(
+      "%u of %llu allocations of the admitting step failed it, each then retried; %u were "
+      "the debug walk's scratch\n",
+      failed_steps, (unsigned long long)step_allocs, tolerated);
+  EXPECT(failed_steps > 0);
   return rkv_test_finish();
 }
