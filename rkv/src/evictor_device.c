@@ -270,38 +270,41 @@ static uintptr_t window_base(const rkv_evictor *ev) {
   return base == UINTPTR_MAX ? 0 : base;
 }
 
-/* Sequences are grouped by parameter set in queue order: a new set flushes the batch. */
+/* One launch per distinct parameter set: queued A, B, A makes two, the sets in the order they
+ * first appear and each set's sequences in queue order. */
 rkv_status rkvi_evdev_run(rkv_evictor *ev, rkv_evictor_result *res) {
-  evbatch x;
-  memset(&x, 0, sizeof x);
-  x.qbase = window_base(ev);
+  const uintptr_t qbase = window_base(ev);
   rkv_status ret = RKV_OK;
   char first[RKV_ERRBUF] = "";
-  for (uint32_t i = 0; i < ev->n_q; i++) {
-    const rkvi_evq *q = &ev->q[i];
-    if (!rkvi_evictor_policy(q->params.policy).evicts) continue;
-    if (x.p && !same_params(x.p, &q->params)) {
-      RKV_TRY(flush(ev, &x));
-      const uintptr_t base = x.qbase;
-      memset(&x, 0, sizeof x);
-      x.qbase = base;
-    }
-    x.p = &q->params;
-    const uint32_t free0 = rkv_blockmgr_free_blocks(ev->bm);
-    res[i].status = plan_one(ev, q, &x, &res[i]);
-    if (res[i].status == RKV_ERR_INTERNAL) return RKV_ERR_INTERNAL;
-    if (res[i].status != RKV_OK) { /* refused before the cut: this one stays as it is */
-      if (ret == RKV_OK) {
-        ret = res[i].status;
-        memcpy(first, ev->err, sizeof first);
+  for (uint32_t lead = 0; lead < ev->n_q; lead++) {
+    const rkv_evict_params *p = &ev->q[lead].params;
+    if (!rkvi_evictor_policy(p->policy).evicts) continue;
+    bool seen = false; /* an earlier entry with these parameters launched them already */
+    for (uint32_t j = 0; j < lead && !seen; j++) seen = same_params(&ev->q[j].params, p);
+    if (seen) continue;
+    evbatch x;
+    memset(&x, 0, sizeof x);
+    x.qbase = qbase;
+    x.p = p;
+    for (uint32_t i = lead; i < ev->n_q; i++) {
+      const rkvi_evq *q = &ev->q[i];
+      if (!same_params(&q->params, p)) continue;
+      const uint32_t free0 = rkv_blockmgr_free_blocks(ev->bm);
+      res[i].status = plan_one(ev, q, &x, &res[i]);
+      if (res[i].status == RKV_ERR_INTERNAL) return RKV_ERR_INTERNAL;
+      if (res[i].status != RKV_OK) { /* refused before the cut: this one stays as it is */
+        if (ret == RKV_OK) {
+          ret = res[i].status;
+          memcpy(first, ev->err, sizeof first);
+        }
+        continue;
       }
-      continue;
+      const uint32_t free1 = rkv_blockmgr_free_blocks(ev->bm);
+      res[i].blocks_freed = free1 > free0 ? free1 - free0 : 0;
+      res[i].compressed = true;
     }
-    const uint32_t free1 = rkv_blockmgr_free_blocks(ev->bm);
-    res[i].blocks_freed = free1 > free0 ? free1 - free0 : 0;
-    res[i].compressed = true;
+    RKV_TRY(flush(ev, &x));
   }
-  RKV_TRY(flush(ev, &x));
   if (ret != RKV_OK) memcpy(ev->err, first, sizeof first);
   return ret;
 }
