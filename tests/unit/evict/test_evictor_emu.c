@@ -3,9 +3,8 @@
  * query windows read from DEVICE memory as rotated rings) against the same evictor on a CPU
  * pool built identically:
  *  - every device policy, f32 and f16, three sequences in one run (parameter sets A, B, A:
- *    two launches, A's sequences in one), one layer alone: the same lengths, block tables, K/V
- * rows, per-slot masses of every slot and free blocks as the CPU run; no copy hazard, nothing left
- * queued;
+ *    two launches), one layer alone: the same lengths, block tables, K/V rows, per-slot
+ *    masses of every slot and free blocks as the CPU run; no copy hazard, nothing left queued;
  *  - FULL and at-budget sequences change nothing;
  *  - bad input changes nothing: a coarser granularity (create), a missing or malformed device
  *    window, a protected prefix (refused at run), a policy without a window;
