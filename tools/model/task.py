@@ -135,7 +135,7 @@ def column_talk(n, a, b):
         x, y = int(da[i]), int(db[i])
         t = x + y
         s = t + carry
-        out.append(f"{upper(i)}{x}+{y}+{carry}={s // 10}{s % 10};")
+        out.append(f"{upper(i)}{x}+{lower(i)}{y}+{carry}={s % 10},{s // 10};")
         out.append(V2_SO.format(x=x, y=y, t=t))
         if carry:
             out.append(V2_FORGOT.format(t=t, s=s))
@@ -153,6 +153,33 @@ def target_text(n, a, b, version=1):
         raise ValueError(f"generator version {version} not in {VERSIONS}")
     lines, _ = column_lines(n, a, b)
     return lines + "\n" + VERIFY + lines + "\n" + ANSWER + answer_text(n, a, b) + EOS
+
+
+def graded_spans(target):
+    """Per character of a target text: 2 for a digit copied from far back (an operand digit in a
+    column line, an answer digit), 1 for the rest of a column line (from its label through ';')
+    and of the answer (after ANSWER, EOS included), 0 elsewhere. Exact match depends on classes
+    1 and 2; train.py can weight them in the loss."""
+    out = [0] * len(target)
+    k = target.rfind(ANSWER)
+    body_end = k if k >= 0 else len(target)
+    i = 0
+    while i < body_end:
+        if "A" <= target[i] <= "Z" and (i == 0 or target[i - 1] in "\n;:"):
+            j = target.find(";", i, body_end)
+            j = body_end - 1 if j < 0 else j
+            for q in range(i, j + 1):
+                # an operand digit follows its label (a: 'C9', b in version 2: 'c3') or, in
+                # version 1, the '+' after a's digit
+                far = target[q].isdigit() and (target[q - 1].isalpha() or q == i + 3)
+                out[q] = 2 if far else 1
+            i = j + 1
+        else:
+            i += 1
+    if k >= 0:
+        for q in range(k + len(ANSWER), len(target)):
+            out[q] = 2 if target[q].isdigit() else 1
+    return out
 
 
 def problem(seed, index, lo, hi, version=1):

@@ -65,8 +65,19 @@ def digit_range(frac, lo, hi, ramp):
     return lo, min(hi, max(lo, top))
 
 
-def batch_problems(seed, start_index, count, lo, hi, long_frac, version, rehearse=0.0):
-    """The batch's problems as (token ids, loss mask over target tokens) pairs."""
+def target_weights(prompt, target, graded_weight, lookup_weight):
+    """Loss weight per token: 0 on the prompt, `graded_weight` on the line and answer tokens
+    exact match depends on, `lookup_weight` on those of them copied from far back (operand and
+    answer digits), 1 on the rest of the target."""
+    if graded_weight == 1.0 and lookup_weight == 1.0:
+        return [0] * len(prompt) + [1] * len(target)
+    w = (1.0, graded_weight, lookup_weight)
+    return [0] * len(prompt) + [w[g] for g in task.graded_spans(target)]
+
+
+def batch_problems(seed, start_index, count, lo, hi, long_frac, version, rehearse=0.0, graded_weight=1.0,
+                   lookup_weight=1.0):
+    """The batch's problems as (token ids, loss weight per token) pairs; weight 0 is no target."""
     out = []
     for j in range(count):
         idx = start_index + j
@@ -76,7 +87,7 @@ def batch_problems(seed, start_index, count, lo, hi, long_frac, version, rehears
         # rehearsal: every (1/rehearse)-th problem in version 1, whose lookups version 2 reuses
         v = 1 if rehearse > 0 and idx % max(2, int(round(1 / rehearse))) == 1 else version
         _, _, _, p, t = task.problem(seed, idx, plo, hi, v)
-        out.append((task.encode(p + t), [0] * len(p) + [1] * len(t)))
+        out.append((task.encode(p + t), target_weights(p, t, graded_weight, lookup_weight)))
     return out
 
 
@@ -92,11 +103,11 @@ def pad_groups(probs, buckets):
             continue
         T = max(len(probs[j][0]) for j in idx)
         x = torch.zeros(len(idx), T, dtype=torch.long)
-        m = torch.zeros(len(idx), T, dtype=torch.bool)
+        m = torch.zeros(len(idx), T, dtype=torch.float32)
         for r, j in enumerate(idx):
             ids, mask = probs[j]
             x[r, : len(ids)] = torch.tensor(ids)
-            m[r, : len(mask)] = torch.tensor(mask, dtype=torch.bool)
+            m[r, : len(mask)] = torch.tensor(mask, dtype=torch.float32)
         groups.append((x, m))
     return groups
 
@@ -119,7 +130,7 @@ def teacher_forced_exact(model, probs):
     ok = 0
     for x, m in pad_groups(probs, 4):
         pred = model(x[:, :-1]).argmax(-1)
-        wrong = (pred != x[:, 1:]) & m[:, 1:]
+        wrong = (pred != x[:, 1:]) & (m[:, 1:] > 0)
         ok += int((~wrong.any(dim=1)).sum())
     model.train()
     return ok / len(probs)
@@ -181,6 +192,9 @@ def parse_args(argv):
     ap.add_argument("--minutes", type=float, default=40.0, help="wall-clock training budget")
     ap.add_argument("--max-steps", type=int, default=0,
                     help="train exactly this many steps, schedules by step (0 = by wall clock)")
+    ap.add_argument("--stop-step", type=int, default=0,
+                    help="stop after this many steps, schedules still following --max-steps (a "
+                         "reproducible cut of a longer run)")
     ap.add_argument("--procs", type=int, default=2,
                     help="data-parallel worker processes (one per core)")
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads per process")
@@ -193,6 +207,12 @@ def parse_args(argv):
     ap.add_argument("--rehearse", type=float, default=0.0,
                     help="share of each batch drawn from generator version 1 (with --init from "
                          "the version-1 weights: keeps the lookups version 2 reuses)")
+    ap.add_argument("--graded-weight", type=float, default=1.0,
+                    help="loss weight of the column-line and answer tokens (exact match depends on "
+                         "them); the other target tokens weigh 1")
+    ap.add_argument("--lookup-weight", type=float, default=None,
+                    help="loss weight of the operand and answer digits, which are copied from far "
+                         "back (default: --graded-weight)")
     ap.add_argument("--min-digits", type=int, default=6)
     ap.add_argument("--max-digits", type=int, default=20)
     ap.add_argument("--ramp", type=float, default=0.2, help="fraction of the budget for the curriculum")
@@ -216,6 +236,8 @@ def parse_args(argv):
     args = ap.parse_args(argv)
     if args.procs < 1 or args.threads < 1:
         ap.error("--procs and --threads must be at least 1")
+    if args.lookup_weight is None:
+        args.lookup_weight = args.graded_weight
     if args.out is None:
         name = "adder.safetensors" if args.task_version == 1 else f"adder{args.task_version}.safetensors"
         args.out = os.path.join(HERE, "weights", name)
@@ -243,6 +265,10 @@ def control(procs, frac, stop):
     if procs > 1:
         dist.broadcast(t, 0)
     return float(t[0]), bool(t[1] > 0.5)
+
+
+def partial_path(out):
+    return os.path.splitext(out)[0] + ".partial.safetensors"
 
 
 def worker(rank, args, argv, store):
@@ -290,7 +316,8 @@ def worker(rank, args, argv, store):
         # Schedules (curriculum, learning rate) follow the step count when one is given, so a
         # run is reproducible on any machine; else the wall clock.
         frac = step / args.max_steps if args.max_steps else elapsed / budget
-        stop = elapsed >= budget or (args.max_steps and step >= args.max_steps)
+        stop = elapsed >= budget or (args.max_steps and step >= args.max_steps) or \
+            (args.stop_step and step >= args.stop_step)
         frac, stop = control(procs, frac, stop)
         if stop:
             break
@@ -298,20 +325,23 @@ def worker(rank, args, argv, store):
         seq_len = len(task.prompt_text(hi, 1, 1)) + len(task.target_text(hi, 1, 1, version))
         count = max(2 * procs, args.batch_tokens // seq_len)
         probs = batch_problems(seed, index, count, lo, hi, args.long_frac if frac >= args.ramp else 0.0,
-                               version, args.rehearse)
+                               version, args.rehearse, args.graded_weight, args.lookup_weight)
         index += count
-        n_tgt = sum(sum(mk[1:]) for _, mk in probs)
+        n_tgt = sum(sum(1 for w in mk[1:] if w > 0) for _, mk in probs)
+        w_tgt = sum(sum(mk[1:]) for _, mk in probs)
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
         for g in opt.param_groups:
             g["lr"] = lr
-        # mean over all target tokens of the batch: each process sums its share's loss / n_tgt
+        # weighted mean over all target tokens of the batch: each process sums its share's
+        # weighted loss / the batch's total weight
         opt.zero_grad(set_to_none=False)
         lv = 0.0
         for x, m in pad_groups(probs[rank::procs], args.buckets):
             logits = model(x[:, :-1])
             tgt = x[:, 1:]
-            mk = m[:, 1:]
-            loss = F.cross_entropy(logits[mk], tgt[mk], reduction="sum") / n_tgt
+            w = m[:, 1:]
+            mk = w > 0
+            loss = (F.cross_entropy(logits[mk], tgt[mk], reduction="none") * w[mk]).sum() / w_tgt
             loss.backward()
             lv += float(loss)
         lv = allreduce_grads(params, lv, procs)
@@ -330,6 +360,9 @@ def worker(rank, args, argv, store):
             last_mon = now = time.time()
             print(f"step {step} t {now - t0:.0f}s held-out teacher-forced exact match {tf:.3f}, "
                   f"answer only {ta:.3f}", flush=True)
+            # a checkpoint per progress check, so a long run can be inspected (diagnose.py)
+            # or abandoned early; replaced by the final file at the end
+            save(partial_path(args.out), model.state_arrays(), config_to_metadata(cfg))
         if log and now - last_log >= args.log_every:
             last_log = now
             print(f"step {step} t {now - t0:.0f}s digits {lo}-{hi} batch {count} loss {lv:.4f} "
@@ -355,12 +388,16 @@ def worker(rank, args, argv, store):
     meta.update(generator_version=str(version), seed=str(args.seed),
                 train_command=command, steps=str(step), vocab_codes=",".join(str(ord(c)) for c in task.VOCAB))
     save(args.out, model.state_arrays(), meta)
+    if os.path.exists(partial_path(args.out)):
+        os.remove(partial_path(args.out))
     side = {
         "weights": os.path.basename(args.out),
         "command": command,
         "generator_version": version,
         "init": args.init,
         "rehearse": args.rehearse,
+        "graded_weight": args.graded_weight,
+        "lookup_weight": args.lookup_weight,
         "digits": [args.min_digits, args.max_digits],
         "seed": args.seed,
         "config": cfg,

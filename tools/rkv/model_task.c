@@ -35,9 +35,10 @@ static bool task_put(char *buf, size_t cap, size_t *k, const char *fmt, ...) {
   return true;
 }
 
-/* Version 2's trace before the answer (task.column_talk): per column the version-1 line, then
- * the self-talk restating it. */
-static bool task_talk(rt_task_problem *p, const char *lines, char *out, size_t cap, size_t *k) {
+/* Version 2's trace before the answer (task.column_talk): per column its line, which names
+ * operand b's label and writes the sum digit right after '=' (each a key no other digit has),
+ * then the self-talk restating it. */
+static bool task_talk(rt_task_problem *p, char *out, size_t cap, size_t *k) {
   const int n = p->digits;
   int carry = 0;
   if (!task_put(out, cap, k, "%s", TASK_V2_INTRO)) return false;
@@ -45,7 +46,9 @@ static bool task_talk(rt_task_problem *p, const char *lines, char *out, size_t c
     const int x = p->a[n - 1 - i] - '0', y = p->b[n - 1 - i] - '0';
     const int t = x + y, s = t + carry;
     p->line_at[i] = (int32_t)*k;
-    if (!task_put(out, cap, k, "%.10s", lines + 10 * i)) return false; /* version 1's line */
+    if (!task_put(out, cap, k, "%c%d+%c%d+%d=%d,%d;", 'A' + i, x, 'a' + i, y, carry, s % 10,
+                  s / 10))
+      return false;
     p->talk_at[i] = (int32_t)*k;
     if (!task_put(out, cap, k, TASK_V2_SO, x, y, t)) return false;
     if (carry && !task_put(out, cap, k, TASK_V2_FORGOT, t, s)) return false;
@@ -122,8 +125,7 @@ rkv_status rt_task_problem_make(uint64_t seed, uint64_t index, int32_t lo, int32
   const size_t cap = sizeof p->target;
   bool fits;
   if (version == 2) {
-    fits =
-        task_talk(p, lines, p->target, cap, &t) && task_put(p->target, cap, &t, "%s", TASK_ANSWER);
+    fits = task_talk(p, p->target, cap, &t) && task_put(p->target, cap, &t, "%s", TASK_ANSWER);
     p->answer_at = (int32_t)t;
     fits = fits && task_put(p->target, cap, &t, "%s.", ans);
   } else {

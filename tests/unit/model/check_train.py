@@ -29,9 +29,10 @@ TOY = ["--max-steps", "6", "--minutes", "5", "--seed", "3", "--d-model", "32", "
        "--warmup", "2", "--eval-per-digit", "2", "--monitor-every", "0", "--log-every", "1000"]
 
 
-def train(out_dir, procs, tag=""):
+def train(out_dir, procs, tag="", extra=()):
     out = os.path.join(out_dir, f"p{procs}{tag}", "toy.safetensors")
-    cmd = [sys.executable, os.path.join(TOOLS, "train.py"), *TOY, "--procs", str(procs), "--out", out]
+    cmd = [sys.executable, os.path.join(TOOLS, "train.py"), *TOY, *extra, "--procs", str(procs),
+           "--out", out]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if r.returncode != 0:
         print(r.stdout + r.stderr)
@@ -44,7 +45,21 @@ def main():
     checks = Checks()
     expect = checks.expect
 
+    # the loss weights' classes: operand and answer digits 2, the rest of lines and answer 1
+    import task
+    t2 = "ok\nA8+a1+0=9,0; so 8\nall done, so the answer is B0A9."
+    want2 = "000" + "121121111111" + "0" * len(" so 8\nall done, " + task.ANSWER) + "1212" + "1"
+    expect("".join(map(str, task.graded_spans(t2))) == want2, "graded_spans, version 2")
+    t1 = "A8+1+0=09;\nwait, let me verify:A8+1+0=09;\nso the answer is B0A9."
+    want1 = ("1212111111" + "0" * len("\nwait, let me verify:") + "1212111111" + "0" * len("\n" + task.ANSWER)
+             + "1212" + "1")
+    expect("".join(map(str, task.graded_spans(t1))) == want1, "graded_spans, version 1")
+
     with tempfile.TemporaryDirectory() as d:
+        _, sv = train(d, 1, "v2", ["--task-version", "2", "--graded-weight", "4", "--lookup-weight", "8",
+                                    "--stop-step", "3"])
+        expect(sv is not None and sv["steps"] == 3 and sv["graded_weight"] == 4.0 and
+               sv["lookup_weight"] == 8.0, "version 2 with loss weights; --stop-step cuts the run")
         w1, s1 = train(d, 1)
         w2, s2 = train(d, 2)
         w2b, s2b = train(d, 2, "again")

@@ -6,6 +6,8 @@
 #  model_torch_reference  PyTorch cache path (extend / keep) and the committed reference still
 #                       regenerating identically (skips without torch)
 #  model_train_toy      train.py end to end on a toy size, one vs two data-parallel processes
+#  model_diagnose       tools/model/diagnose.py (teacher-forced errors by token class) on the
+#                       smoke weights
 #  model_eval_smoke     a small `rkv eval` run (scheduler batching): budgets respected, and
 #                       with trained weights present the full-cache accuracy floor
 #  model_eval_simple_loop  the same through the tool's own batching loop
@@ -63,6 +65,13 @@ if(RKV_NUMPY_PYTHON)
            COMMAND ${RKV_NUMPY_PYTHON} ${_model_dir}/check_overlap.py $<TARGET_FILE:rkv>
                    ${_small_args})
   set_tests_properties(model_eval_overlap PROPERTIES TIMEOUT 300 LABELS "integration;model")
+  # diagnose.py: the smoke weights decode their 1-3 digit problems exactly, so teacher forcing
+  # gets every token of all 12 right (skips without torch).
+  add_test(NAME model_diagnose
+           COMMAND ${RKV_NUMPY_PYTHON} ${PROJECT_SOURCE_DIR}/tools/model/diagnose.py
+                   ${_model_dir}/data/smoke.safetensors --version 1 --digits 1-3 --per-digit 4)
+  set_tests_properties(model_diagnose PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 120
+                       PASS_REGULAR_EXPRESSION "teacher-forced exact 12/12" LABELS "unit;model")
   # train.py on a toy configuration, 1 vs 2 data-parallel processes (skips without torch).
   add_test(NAME model_train_toy COMMAND ${RKV_NUMPY_PYTHON} ${_model_dir}/check_train.py)
   set_tests_properties(model_train_toy PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300
