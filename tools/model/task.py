@@ -85,12 +85,18 @@ def lower(i):
     return chr(ord("a") + i)
 
 
-def prompt_text(n, a, b):
-    """'Q:' + labelled a (most significant first) + '+' + labelled b + newline."""
+def prompt_text(n, a, b, version=1):
+    """'Q:' + labelled a (most significant first) + '+' + labelled b + newline. Version 1 labels
+    b's digits in lower case ('c3'); version 2 writes b's labels in upper case with a ':'
+    before the digit ('C:3'), so that a's digit is the only one right after its label and b's
+    the only one after ':'."""
     da = str(a).zfill(n)
     db = str(b).zfill(n)
     pa = "".join(upper(n - 1 - k) + da[k] for k in range(n))
-    pb = "".join(lower(n - 1 - k) + db[k] for k in range(n))
+    if version == 2:
+        pb = "".join(upper(n - 1 - k) + ":" + db[k] for k in range(n))
+    else:
+        pb = "".join(lower(n - 1 - k) + db[k] for k in range(n))
     return "Q:" + pa + "+" + pb + "\n"
 
 
@@ -135,7 +141,7 @@ def column_talk(n, a, b):
         x, y = int(da[i]), int(db[i])
         t = x + y
         s = t + carry
-        out.append(f"{upper(i)}{x}+{lower(i)}{y}+{carry}={s % 10},{s // 10};")
+        out.append(f"{upper(i)}{x}+{upper(i)}:{y}+{carry}={s % 10},{s // 10};")
         out.append(V2_SO.format(x=x, y=y, t=t))
         if carry:
             out.append(V2_FORGOT.format(t=t, s=s))
@@ -171,7 +177,8 @@ def graded_spans(target):
             for q in range(i, j + 1):
                 # an operand digit follows its label (a: 'C9', b in version 2: 'c3') or, in
                 # version 1, the '+' after a's digit
-                far = target[q].isdigit() and (target[q - 1].isalpha() or q == i + 3)
+                far = target[q].isdigit() and (target[q - 1].isalpha() or target[q - 1] == ":" or
+                                               q == i + 3)
                 out[q] = 2 if far else 1
             i = j + 1
         else:
@@ -185,7 +192,7 @@ def graded_spans(target):
 def problem(seed, index, lo, hi, version=1):
     """(n, a, b, prompt, target) of problem `index` of the set `seed` with digits in [lo, hi]."""
     n, a, b = make_operands(seed, index, lo, hi)
-    return n, a, b, prompt_text(n, a, b), target_text(n, a, b, version)
+    return n, a, b, prompt_text(n, a, b, version), target_text(n, a, b, version)
 
 
 def parse_answer(generated):

@@ -322,7 +322,7 @@ def worker(rank, args, argv, store):
         if stop:
             break
         lo, hi = digit_range(frac, args.min_digits, args.max_digits, args.ramp)
-        seq_len = len(task.prompt_text(hi, 1, 1)) + len(task.target_text(hi, 1, 1, version))
+        seq_len = len(task.prompt_text(hi, 1, 1, version)) + len(task.target_text(hi, 1, 1, version))
         count = max(2 * procs, args.batch_tokens // seq_len)
         probs = batch_problems(seed, index, count, lo, hi, args.long_frac if frac >= args.ramp else 0.0,
                                version, args.rehearse, args.graded_weight, args.lookup_weight)

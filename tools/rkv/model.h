@@ -202,10 +202,10 @@ float rt_model_runner_attn_scale(const rt_model_runner *r);
 #define RT_TASK_GENERATOR_VERSION 2 /* the newest format; weights say which one they know */
 #define RT_TASK_MIN_DIGITS 1
 #define RT_TASK_MAX_DIGITS 25
-/* Prompt length 4n + 4; target 22n + 42 characters (version 1), at most 120n + 164 (version
- * 2: the longest column, line and talk, is 120 characters). n <= 25 fits, with the
- * terminator. */
-#define RT_TASK_MAX_TEXT 3168
+/* Prompt length 4n + 4 (version 1), 5n + 4 (version 2); target 22n + 42 characters (version
+ * 1), at most 121n + 164 (version 2: the longest column, line and talk, is 121 characters).
+ * n <= 25 fits, with the terminator. */
+#define RT_TASK_MAX_TEXT 3200
 
 typedef struct rt_task_problem {
   int32_t digits;
@@ -216,7 +216,7 @@ typedef struct rt_task_problem {
   char prompt[RT_TASK_MAX_TEXT];
   char target[RT_TASK_MAX_TEXT];
   /* Where the target's parts start (offsets into target): column i's line (10 characters, the
-   * first pass, in version 1; 12 in version 2), the talk after it (version 2 only), the
+   * first pass, in version 1; 13 in version 2), the talk after it (version 2 only), the
    * answer's first label. */
   int32_t talk_at[RT_TASK_MAX_DIGITS];
   int32_t line_at[RT_TASK_MAX_DIGITS];

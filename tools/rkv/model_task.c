@@ -36,8 +36,8 @@ static bool task_put(char *buf, size_t cap, size_t *k, const char *fmt, ...) {
 }
 
 /* Version 2's trace before the answer (task.column_talk): per column its line, which names
- * operand b's label and writes the sum digit right after '=' (each a key no other digit has),
- * then the self-talk restating it. */
+ * operand b's label and writes b's digit after ':' and the sum digit right after '=' (each a
+ * key no other digit has), then the self-talk restating it. */
 static bool task_talk(rt_task_problem *p, char *out, size_t cap, size_t *k) {
   const int n = p->digits;
   int carry = 0;
@@ -46,7 +46,7 @@ static bool task_talk(rt_task_problem *p, char *out, size_t cap, size_t *k) {
     const int x = p->a[n - 1 - i] - '0', y = p->b[n - 1 - i] - '0';
     const int t = x + y, s = t + carry;
     p->line_at[i] = (int32_t)*k;
-    if (!task_put(out, cap, k, "%c%d+%c%d+%d=%d,%d;", 'A' + i, x, 'a' + i, y, carry, s % 10,
+    if (!task_put(out, cap, k, "%c%d+%c:%d+%d=%d,%d;", 'A' + i, x, 'A' + i, y, carry, s % 10,
                   s / 10))
       return false;
     p->talk_at[i] = (int32_t)*k;
@@ -108,8 +108,9 @@ rkv_status rt_task_problem_make(uint64_t seed, uint64_t index, int32_t lo, int32
     q[k++] = p->a[j];
   }
   q[k++] = '+';
-  for (int j = 0; j < n; j++) {
-    q[k++] = (char)('a' + n - 1 - j);
+  for (int j = 0; j < n; j++) { /* version 2: 'C:3', version 1: 'c3' (task.prompt_text) */
+    q[k++] = (char)((version == 2 ? 'A' : 'a') + n - 1 - j);
+    if (version == 2) q[k++] = ':';
     q[k++] = p->b[j];
   }
   q[k++] = '\n';

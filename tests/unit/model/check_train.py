@@ -47,8 +47,8 @@ def main():
 
     # the loss weights' classes: operand and answer digits 2, the rest of lines and answer 1
     import task
-    t2 = "ok\nA8+a1+0=9,0; so 8\nall done, so the answer is B0A9."
-    want2 = "000" + "121121111111" + "0" * len(" so 8\nall done, " + task.ANSWER) + "1212" + "1"
+    t2 = "ok\nA8+A:1+0=9,0; so 8\nall done, so the answer is B0A9."
+    want2 = "000" + "1211121111111" + "0" * len(" so 8\nall done, " + task.ANSWER) + "1212" + "1"
     expect("".join(map(str, task.graded_spans(t2))) == want2, "graded_spans, version 2")
     t1 = "A8+1+0=09;\nwait, let me verify:A8+1+0=09;\nso the answer is B0A9."
     want1 = ("1212111111" + "0" * len("\nwait, let me verify:") + "1212111111" + "0" * len("\n" + task.ANSWER)
