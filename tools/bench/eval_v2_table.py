@@ -59,32 +59,30 @@ def main(argv=None):
       f"per request. Full cache: **{100 * fa:.1f}%** ({full['correct']}/{full['problems']}), "
       f"mean generation {full['mean_generated']:.0f} tokens. One cell's standard error is at "
       f"most ±{se:.1f} points.")
-    w("")
-    w("| policy | " + " | ".join(fmt_pct(s) for s in shares) + " |")
-    w("|---|" + "---:|" * len(shares))
-    for p in pols:
-        row = [f"{100 * cell[(p, s)]['accuracy']:.1f}" if (p, s) in cell else "" for s in shares]
-        w(f"| {NAMES[p]} | " + " | ".join(row) + " |")
-    w("")
-    w("Share of the full cache's accuracy (accuracy / full):")
-    w("")
-    w("| policy | " + " | ".join(fmt_pct(s) for s in shares) + " |")
-    w("|---|" + "---:|" * len(shares))
-    for p in pols:
-        row = [f"{cell[(p, s)]['accuracy'] / fa:.2f}" if (p, s) in cell and fa else "" for s in shares]
-        w(f"| {NAMES[p]} | " + " | ".join(row) + " |")
-    if "oracle" in pols:
+
+    def table(title, rows, key="policy"):
+        """A table by budget share: rows of (name, [cell text per share])."""
+        if title:
+            w("")
+            w(title)
         w("")
-        w("Gap to the oracle in points (oracle − policy):")
-        w("")
-        w("| policy | " + " | ".join(fmt_pct(s) for s in shares) + " |")
+        w(f"| {key} | " + " | ".join(fmt_pct(s) for s in shares) + " |")
         w("|---|" + "---:|" * len(shares))
-        for p in pols:
-            if p == "oracle":
-                continue
-            row = [f"{100 * (cell[('oracle', s)]['accuracy'] - cell[(p, s)]['accuracy']):+.1f}"
-                   if (p, s) in cell and ("oracle", s) in cell else "" for s in shares]
-            w(f"| {NAMES[p]} | " + " | ".join(row) + " |")
+        for name, cells in rows:
+            w(f"| {name} | " + " | ".join(cells) + " |")
+
+    def cells(p, fmt):
+        return [fmt(cell[(p, s)], s) if (p, s) in cell else "" for s in shares]
+
+    table(None, [(NAMES[p], cells(p, lambda r, s: f"{100 * r['accuracy']:.1f}")) for p in pols])
+    if fa:
+        table("Share of the full cache's accuracy (accuracy / full):",
+              [(NAMES[p], cells(p, lambda r, s: f"{r['accuracy'] / fa:.2f}")) for p in pols])
+    if "oracle" in pols:
+        gap = lambda r, s: (f"{100 * (cell[('oracle', s)]['accuracy'] - r['accuracy']):+.1f}"  # noqa: E731
+                            if ("oracle", s) in cell else "")
+        table("Gap to the oracle in points (oracle − policy):",
+              [(NAMES[p], cells(p, gap)) for p in pols if p != "oracle"])
     w("")
     w("Peak KV blocks in use (full cache: "
       f"{full['peak_kv_blocks']}) and decode tokens/s (full cache: {full['tokens_per_s']:.0f}):")
@@ -117,13 +115,8 @@ def main(argv=None):
         rows.sort(key=lambda r: float(r[0].split()[0]))
         extra.append(("R-KV by λ (importance weight; 1 − λ weighs redundancy)", "λ", rows))
     for title, key, rows in extra:
-        w("")
-        w(f"{title}:")
-        w("")
-        w(f"| {key} | " + " | ".join(fmt_pct(s) for s in shares) + " |")
-        w("|---|" + "---:|" * len(shares))
-        for name, rs in rows:
-            w(f"| {name} | " + " | ".join(f"{100 * r['accuracy']:.1f}" if r else "" for r in rs) + " |")
+        table(f"{title}:", [(name, [f"{100 * r['accuracy']:.1f}" if r else "" for r in rs])
+                            for name, rs in rows], key)
 
     w("")
     ok = [s for s in shares if s <= 30 and ("rkv", s) in cell and fa and

@@ -267,6 +267,15 @@ def control(procs, frac, stop):
     return float(t[0]), bool(t[1] > 0.5)
 
 
+def weights_metadata(cfg, version, seed, command, step):
+    """What a weights file records: the configuration, the task version and vocabulary the C
+    loader needs, and how it was made."""
+    meta = config_to_metadata(cfg)
+    meta.update(generator_version=str(version), seed=str(seed), train_command=command, steps=str(step),
+                vocab_codes=",".join(str(ord(c)) for c in task.VOCAB))
+    return meta
+
+
 def partial_path(out):
     return os.path.splitext(out)[0] + ".partial.safetensors"
 
@@ -362,7 +371,8 @@ def worker(rank, args, argv, store):
                   f"answer only {ta:.3f}", flush=True)
             # a checkpoint per progress check, so a long run can be inspected (diagnose.py)
             # or abandoned early; replaced by the final file at the end
-            save(partial_path(args.out), model.state_arrays(), config_to_metadata(cfg))
+            save(partial_path(args.out), model.state_arrays(), weights_metadata(cfg, version, args.seed,
+                                                                                 command, step))
         if log and now - last_log >= args.log_every:
             last_log = now
             print(f"step {step} t {now - t0:.0f}s digits {lo}-{hi} batch {count} loss {lv:.4f} "
@@ -384,10 +394,7 @@ def worker(rank, args, argv, store):
           f"({time.time() - t1:.0f}s)", flush=True)
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    meta = config_to_metadata(cfg)
-    meta.update(generator_version=str(version), seed=str(args.seed),
-                train_command=command, steps=str(step), vocab_codes=",".join(str(ord(c)) for c in task.VOCAB))
-    save(args.out, model.state_arrays(), meta)
+    save(args.out, model.state_arrays(), weights_metadata(cfg, version, args.seed, command, step))
     if os.path.exists(partial_path(args.out)):
         os.remove(partial_path(args.out))
     side = {

@@ -307,10 +307,10 @@ static rkv_status eval_compress(const rkv_evict_params *ep, rt_model_runner *r,
 
 /* Longest prompt and reference target of the run's digit range (model.h's bounds). */
 static int32_t eval_max_prompt(const eval_opts *o) {
-  return 4 * o->max_digits + 4;
+  return RT_TASK_PROMPT_MAX(o->max_digits, o->task_version);
 }
 static int32_t eval_max_target(const eval_opts *o) {
-  return o->task_version == 2 ? 118 * o->max_digits + 164 : 22 * o->max_digits + 42;
+  return RT_TASK_TARGET_MAX(o->max_digits, o->task_version);
 }
 
 /* A request's budget under --budgets N%: that share of its problem's reference length (prompt

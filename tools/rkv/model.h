@@ -206,6 +206,10 @@ float rt_model_runner_attn_scale(const rt_model_runner *r);
  * 1), at most 121n + 164 (version 2: the longest column, line and talk, is 121 characters).
  * n <= 25 fits, with the terminator. */
 #define RT_TASK_MAX_TEXT 3200
+/* The longest prompt and reference target of n digits in a generator version (the bounds
+ * above, for sizing). */
+#define RT_TASK_PROMPT_MAX(n, version) (((version) == 2 ? 5 : 4) * (n) + 4)
+#define RT_TASK_TARGET_MAX(n, version) ((version) == 2 ? 121 * (n) + 164 : 22 * (n) + 42)
 
 typedef struct rt_task_problem {
   int32_t digits;

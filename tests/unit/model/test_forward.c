@@ -346,6 +346,14 @@ static void check_task(const rt_st_file *ref) {
     EXPECT_OK(rt_task_problem_make(11, i, 25, 25, 2, &p));
     EXPECT(rt_task_check(&p, p.target));
   }
+  /* the sizing bounds hold for every digit count of both versions */
+  for (int32_t v = 1; v <= 2; v++)
+    for (int32_t n = RT_TASK_MIN_DIGITS; n <= RT_TASK_MAX_DIGITS; n++)
+      for (uint64_t i = 0; i < 40; i++) {
+        EXPECT_OK(rt_task_problem_make(13, i, n, n, v, &p));
+        EXPECT(strlen(p.prompt) <= (size_t)RT_TASK_PROMPT_MAX(n, v));
+        EXPECT(strlen(p.target) <= (size_t)RT_TASK_TARGET_MAX(n, v));
+      }
 }
 
 static rkv_status parse_text(const char *json, const void *data, size_t data_len) {
