@@ -3,20 +3,24 @@ of each problem's length (`--budgets 10%,15%,...`): docs/BENCHMARKS.md, "The v2 
 
     /usr/bin/python3 tools/bench/eval_v2_table.py --policies docs/bench/eval-adder2.json \
         [--granularity docs/bench/eval-adder2-gran-layer.json ...] \
-        [--lambda docs/bench/eval-adder2-lambda-0.3.json ...]
+        [--lambda docs/bench/eval-adder2-lambda-0.3.json ...] \
+        [--hindsight docs/bench/oracle-hindsight-adder2-0.json ...]
 
-Prints: accuracy per policy and budget share (full cache and the oracle included, with the
-binomial standard error of one cell), each policy's share of the full cache's accuracy, the
-oracle gap, peak KV blocks and decode tokens/s; R-KV per selection granularity; R-KV per λ;
-and the paper's criterion (R-KV at <= 30% of the sequence keeps >= 90% of full accuracy)."""
+Prints: accuracy per policy and budget share (full cache, the structural oracle and, from
+--hindsight files, the hindsight oracle included, with the binomial standard error of one
+cell), each policy's share of the full cache's accuracy, the gap to the oracle (the hindsight
+one when given), peak KV blocks and decode tokens/s; R-KV per selection granularity; R-KV per
+λ; and the paper's criterion (R-KV at <= 30% of the sequence keeps >= 90% of full
+accuracy)."""
 
 import argparse
 import json
 import math
 import sys
 
-ORDER = ["oracle", "rkv", "snapkv", "streaming", "h2o"]
-NAMES = {"full": "full cache", "oracle": "oracle", "rkv": "R-KV", "snapkv": "SnapKV",
+ORDER = ["hindsight", "oracle", "rkv", "snapkv", "streaming", "h2o"]
+NAMES = {"full": "full cache", "hindsight": "hindsight oracle", "oracle": "structural oracle",
+         "rkv": "R-KV", "snapkv": "SnapKV",
          "streaming": "StreamingLLM", "h2o": "H2O"}
 
 
@@ -32,6 +36,22 @@ def pct_runs(d):
     return cell, full
 
 
+def merge_hindsight(paths, cell):
+    """Adds the hindsight oracle's runs (several files: disjoint problem ranges) to cell as
+    policy "hindsight"; returns how many problems they cover."""
+    acc = {}
+    n = 0
+    for path in paths:
+        h = load(path)
+        n += h["problems"]
+        for r in h["runs"]:
+            c, t = acc.get(r["budget_pct"], (0, 0))
+            acc[r["budget_pct"]] = (c + r["correct"], t + r["problems"])
+    for pct, (c, t) in acc.items():
+        cell[("hindsight", pct)] = {"accuracy": c / t, "correct": c, "problems": t}
+    return n
+
+
 def fmt_pct(p):
     return f"{p:g}%"
 
@@ -41,9 +61,12 @@ def main(argv=None):
     ap.add_argument("--policies", required=True, help="the run with every policy (and full)")
     ap.add_argument("--granularity", nargs="*", default=[], help="R-KV runs at other units")
     ap.add_argument("--lambda", dest="lambdas", nargs="*", default=[], help="R-KV runs at other λ")
+    ap.add_argument("--hindsight", nargs="*", default=[],
+                    help="tools/model/oracle_hindsight.py --json files (merged: problem ranges)")
     args = ap.parse_args(argv)
     d = load(args.policies)
     cell, full = pct_runs(d)
+    hind_n = merge_hindsight(args.hindsight, cell)
     if full is None:
         sys.exit("eval_v2_table.py: the --policies file has no full-cache run")
     shares = sorted({p for (_, p) in cell})
@@ -58,7 +81,10 @@ def main(argv=None):
       f"{d['batch']}; a budget is a share of each problem's reference length (prompt + trace), "
       f"per request. Full cache: **{100 * fa:.1f}%** ({full['correct']}/{full['problems']}), "
       f"mean generation {full['mean_generated']:.0f} tokens. One cell's standard error is at "
-      f"most ±{se:.1f} points.")
+      f"most ±{se:.1f} points." + (
+          f" The hindsight oracle ran on the first {hind_n} of these problems (PyTorch, "
+          f"tools/model/oracle_hindsight.py; one cell's standard error ±"
+          f"{100 * math.sqrt(0.25 / hind_n):.1f} points)." if hind_n else ""))
 
     def table(title, rows, key="policy"):
         """A table by budget share: rows of (name, [cell text per share])."""
@@ -78,18 +104,19 @@ def main(argv=None):
     if fa:
         table("Share of the full cache's accuracy (accuracy / full):",
               [(NAMES[p], cells(p, lambda r, s: f"{r['accuracy'] / fa:.2f}")) for p in pols])
-    if "oracle" in pols:
-        gap = lambda r, s: (f"{100 * (cell[('oracle', s)]['accuracy'] - r['accuracy']):+.1f}"  # noqa: E731
-                            if ("oracle", s) in cell else "")
-        table("Gap to the oracle in points (oracle − policy):",
-              [(NAMES[p], cells(p, gap)) for p in pols if p != "oracle"])
+    ref = "hindsight" if "hindsight" in pols else "oracle" if "oracle" in pols else None
+    if ref:
+        gap = lambda r, s: (f"{100 * (cell[(ref, s)]['accuracy'] - r['accuracy']):+.1f}"  # noqa: E731
+                            if (ref, s) in cell else "")
+        table(f"Gap to the {NAMES[ref]} in points ({NAMES[ref]} − policy):",
+              [(NAMES[p], cells(p, gap)) for p in pols if p != ref])
     w("")
     w("Peak KV blocks in use (full cache: "
       f"{full['peak_kv_blocks']}) and decode tokens/s (full cache: {full['tokens_per_s']:.0f}):")
     w("")
     w("| policy | " + " | ".join(f"{fmt_pct(s)} blocks | tok/s" for s in shares) + " |")
     w("|---|" + "---:|---:|" * len(shares))
-    for p in pols:
+    for p in (p for p in pols if p != "hindsight"):  # not served through librkv
         row = []
         for s in shares:
             r = cell.get((p, s))

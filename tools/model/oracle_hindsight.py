@@ -14,7 +14,7 @@ Same problems as `rkv eval` (seed, index, digit range, version 2 generator), bud
 of each problem's reference length (rounded as `rkv eval --budgets N%` does).
 
   /usr/bin/python3 tools/model/oracle_hindsight.py WEIGHTS [--budgets 10%,15%,20%,30%,45%,60%]
-      [--problems 500] [--digits 6-10] [--seed 777] [--buffer 16] [--window 8] [--batch 16]
+      [--problems 500] [--first 0] [--digits 6-10] [--seed 777] [--buffer 16] [--window 8] [--batch 16]
       [--json FILE] [--min-accuracy X]
 
 Progress on stderr; a table on stdout (and JSON with --json). CPU, one thread.
@@ -147,6 +147,8 @@ def main(argv=None):
     ap.add_argument("weights")
     ap.add_argument("--budgets", default="10%,15%,20%,30%,45%,60%")
     ap.add_argument("--problems", type=int, default=500)
+    ap.add_argument("--first", type=int, default=0,
+                    help="index of the first problem (split a run across processes)")
     ap.add_argument("--digits", default="6-10")
     ap.add_argument("--seed", type=int, default=777)
     ap.add_argument("--buffer", type=int, default=16)
@@ -165,7 +167,8 @@ def main(argv=None):
                  "is for version 2")
     lo, hi = (int(v) for v in args.digits.split("-"))
     shares = [float(s.rstrip("%")) for s in args.budgets.split(",")]
-    probs = [task.problem(args.seed, i, lo, hi, version) for i in range(args.problems)]
+    probs = [task.problem(args.seed, i, lo, hi, version)
+             for i in range(args.first, args.first + args.problems)]
     by_n = {}
     for i, pr in enumerate(probs):
         by_n.setdefault(pr[0], []).append(i)
@@ -192,7 +195,8 @@ def main(argv=None):
             done += len(chunk)
             print(f"oracle_hindsight.py: {done}/{len(probs)} problems, {time.time() - t0:.0f}s, "
                   + " ".join(f"{s:g}%:{correct[s]}" for s in shares), file=sys.stderr, flush=True)
-    res = {"weights": args.weights, "problems": len(probs), "digits": [lo, hi], "seed": args.seed,
+    res = {"weights": args.weights, "problems": len(probs), "first": args.first, "digits": [lo, hi],
+           "seed": args.seed,
            "buffer": args.buffer, "window": args.window, "seconds": round(time.time() - t0, 1),
            "runs": [{"policy": "oracle_hindsight", "budget_pct": s, "correct": correct[s],
                      "problems": len(probs), "accuracy": correct[s] / len(probs)} for s in shares]}
