@@ -250,22 +250,14 @@ if torch is not None:
             logits = self.extend(cache, prompts, torch.zeros(B, dtype=torch.long))[:, -1]
             if evict is not None:
                 evict(cache, True)
-            out = [[] for _ in range(B)]
-            done = [False] * B
-            last = prompts[:, -1]
-            for _ in range(max_new):
-                nxt = logits.argmax(-1)
-                for b in range(B):
-                    if not done[b]:
-                        out[b].append(int(nxt[b]))
-                        done[b] = int(nxt[b]) == eos_id
-                if all(done):
-                    break
-                logits = self.extend(cache, nxt[:, None], last)[:, -1]
+
+            def advance(nxt, last):
+                lg = self.extend(cache, nxt[:, None], last)[:, -1]
                 if evict is not None:
                     evict(cache, False)
-                last = nxt
-            return out
+                return lg
+
+            return greedy_loop(logits, prompts[:, -1], advance, max_new, eos_id)
 
 
         def state_arrays(self):
@@ -295,6 +287,26 @@ if torch is not None:
                     blk.mlp_norm.weight.copy_(torch.from_numpy(arrays[f"layers.{i}.mlp_norm"]))
                     for w in ("wq", "wk", "wv", "wo", "w1", "w2", "w3"):
                         getattr(blk, w).weight.copy_(torch.from_numpy(arrays[f"layers.{i}.{w}"]))
+
+
+def greedy_loop(logits, last, advance, max_new, eos_id):
+    """Greedy decoding after the prompt: logits [B, V] of the prompt's last position, last [B]
+    its last token; advance(next [B], last [B]) feeds the next tokens and returns their logits.
+    Returns a list of generated id lists (EOS included when produced); a row stops at EOS."""
+    B = logits.shape[0]
+    out = [[] for _ in range(B)]
+    done = [False] * B
+    for _ in range(max_new):
+        nxt = logits.argmax(-1)
+        for b in range(B):
+            if not done[b]:
+                out[b].append(int(nxt[b]))
+                done[b] = int(nxt[b]) == eos_id
+        if all(done):
+            break
+        logits = advance(nxt, last)
+        last = nxt
+    return out
 
 
 def streaming_evictor(budget, buffer, sinks=4):

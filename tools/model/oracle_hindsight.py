@@ -36,7 +36,7 @@ except ImportError as e:
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import task  # noqa: E402
-from model import load_model  # noqa: E402
+from model import greedy_loop, load_model  # noqa: E402
 
 
 def budget_of(share, length, window):
@@ -76,11 +76,8 @@ def decode(model, prompts, budgets, fut, max_new, buffer, window):
     B, P = prompts.shape
     L = len(model.layers)
     nkv = model.layers[0].nkv
-    eos = task.STOI[task.EOS]
     ks, vs = [None] * L, [None] * L
     valid = [None] * L  # [B, Hkv, T] bool
-    out = [[] for _ in range(B)]
-    done = [False] * B
 
     def step(tokens, prev, p0):
         n = tokens.shape[1]
@@ -124,22 +121,16 @@ def decode(model, prompts, budgets, fut, max_new, buffer, window):
                     valid[li][b, h] = row
 
     logits = step(prompts, torch.zeros(B, dtype=torch.long), 0)
-    pos = P
-    compress(pos, True)
-    last = prompts[:, -1]
-    for _ in range(max_new):
-        nxt = logits.argmax(-1)
-        for b in range(B):
-            if not done[b]:
-                out[b].append(int(nxt[b]))
-                done[b] = int(nxt[b]) == eos
-        if all(done):
-            break
-        logits = step(nxt[:, None], last, pos)
-        pos += 1
-        compress(pos, False)
-        last = nxt
-    return out
+    compress(P, True)
+    pos = [P]
+
+    def advance(nxt, last):
+        lg = step(nxt[:, None], last, pos[0])
+        pos[0] += 1
+        compress(pos[0], False)
+        return lg
+
+    return greedy_loop(logits, prompts[:, -1], advance, max_new, task.STOI[task.EOS])
 
 
 def main(argv=None):
