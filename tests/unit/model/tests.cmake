@@ -8,6 +8,8 @@
 #  model_train_toy      train.py end to end on a toy size, one vs two data-parallel processes
 #  model_diagnose       tools/model/diagnose.py (teacher-forced errors by token class) on the
 #                       smoke weights
+#  model_eval_oracle, model_oracle_hindsight, model_eval_v2_table  the version-2 model's
+#                       oracles and tables (registered when adder2.safetensors exists)
 #  model_eval_smoke     a small `rkv eval` run (scheduler batching): budgets respected, and
 #                       with trained weights present the full-cache accuracy floor
 #  model_eval_simple_loop  the same through the tool's own batching loop
