@@ -22,10 +22,7 @@ except ImportError as e:  # the tests treat 77 as skipped
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import task  # noqa: E402
-from model import TinyLM, config_from_metadata  # noqa: E402
-from safetensors_io import load  # noqa: E402
-
-EVAL_SEED = 20261122
+from model import load_model  # noqa: E402
 
 
 def classes(target):
@@ -57,16 +54,15 @@ def main(argv=None):
     args = ap.parse_args(argv)
     lo, hi = (int(v) for v in args.digits.split("-"))
     torch.set_num_threads(1)
-    arrays, meta = load(args.weights)
-    model = TinyLM(config_from_metadata(meta))
-    model.load_arrays(arrays)
+    model, _ = load_model(args.weights)
     model.eval()
     wrong, total = {}, {}
     exact = 0
     count = 0
     for n in range(lo, hi + 1):
         for i in range(args.per_digit):
-            _, _, _, p, t = task.problem(EVAL_SEED * 100 + n + 1, i, n, n, args.version)
+            # the problems of train.py's progress checks (monitor_set)
+            _, _, _, p, t = task.problem((task.EVAL_SEED + 1) * 100 + n, i, n, n, args.version)
             x = torch.tensor([task.encode(p + t)])
             pred = model(x[:, :-1]).argmax(-1)[0].tolist()
             ids = x[0].tolist()

@@ -153,10 +153,13 @@ if torch is not None:
         budget), so attention needs no per-head lengths.
         """
 
-        def __init__(self, n_layers):
+        def __init__(self, n_layers, masked=False):
             self.k = [None] * n_layers
             self.v = [None] * n_layers
             self.pos = [None] * n_layers
+            # masked: entries are dropped by clearing valid[l] [B, Hkv, T] (bool) instead of
+            # by keep(), so rows and heads may hold different counts
+            self.valid = [None] * n_layers if masked else None
             self.next_pos = 0
 
         def length(self):
@@ -224,9 +227,9 @@ if torch is not None:
             x = self.embed(tokens, prev)
             t_old = cache.length()
             # new token t sees every cached entry and the new ones up to itself
-            mask = torch.ones(n, t_old + n, dtype=torch.bool)
-            mask[:, t_old:] = torch.ones(n, n, dtype=torch.bool).tril()
-            mask = mask[None, None]
+            causal = torch.ones(n, t_old + n, dtype=torch.bool)
+            causal[:, t_old:] = torch.ones(n, n, dtype=torch.bool).tril()
+            mask = causal[None, None]
             for li, blk in enumerate(self.layers):
                 q, k, v = blk.qkv(x, cos, sin)
                 pos = positions[:, None, :].expand(B, blk.nkv, n)
@@ -235,6 +238,11 @@ if torch is not None:
                     v = torch.cat([cache.v[li], v], dim=2)
                     pos = torch.cat([cache.pos[li], pos], dim=2)
                 cache.k[li], cache.v[li], cache.pos[li] = k, v, pos.clone()
+                if cache.valid is not None:
+                    new = torch.ones(B, blk.nkv, n, dtype=torch.bool)
+                    old = cache.valid[li]
+                    cache.valid[li] = new if old is None else torch.cat([old, new], dim=2)
+                    mask = cache.valid[li][:, :, None, :] & causal[None, None]  # [B, Hkv, n, T]
                 x = blk.finish(x, blk.attend(q, k, v, mask))
             cache.next_pos = p0 + n
             return self.lm_head(self.final_norm(x))

@@ -36,7 +36,7 @@ except ImportError as e:
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import task  # noqa: E402
-from model import greedy_loop, load_model  # noqa: E402
+from model import KVCache, greedy_loop, load_model  # noqa: E402
 
 
 def budget_of(share, length, window):
@@ -73,28 +73,11 @@ def decode(model, prompts, budgets, fut, max_new, buffer, window):
     """Greedy decoding of a batch of equal-length prompts, each row compressed to its own budget
     by the oracle. Evicted entries stay in the tensors, masked out (rows keep different
     counts). Returns generated id lists."""
-    B, P = prompts.shape
+    B = prompts.shape[0]
     L = len(model.layers)
     nkv = model.layers[0].nkv
-    ks, vs = [None] * L, [None] * L
-    valid = [None] * L  # [B, Hkv, T] bool
-
-    def step(tokens, prev, p0):
-        n = tokens.shape[1]
-        cos, sin = model._rope(torch.arange(p0, p0 + n)[None, :])
-        x = model.embed(tokens, prev)
-        for li, blk in enumerate(model.layers):
-            q, k, v = blk.qkv(x, cos, sin)
-            ks[li] = k if ks[li] is None else torch.cat([ks[li], k], dim=2)
-            vs[li] = v if vs[li] is None else torch.cat([vs[li], v], dim=2)
-            new = torch.ones(B, nkv, n, dtype=torch.bool)
-            valid[li] = new if valid[li] is None else torch.cat([valid[li], new], dim=2)
-            T = ks[li].shape[2]
-            causal = torch.ones(n, T, dtype=torch.bool)
-            causal[:, T - n:] = torch.ones(n, n, dtype=torch.bool).tril()
-            mask = valid[li][:, :, None, :] & causal[None, None]  # [B, Hkv, n, T]
-            x = blk.finish(x, blk.attend(q, ks[li], vs[li], mask))
-        return model.lm_head(model.final_norm(x))[:, -1]
+    cache = KVCache(L, masked=True)
+    valid = cache.valid  # [B, Hkv, T] bool per layer, cleared by compress
 
     def compress(now, after_prefill):
         for b in range(B):
@@ -120,14 +103,12 @@ def decode(model, prompts, budgets, fut, max_new, buffer, window):
                     row[rest[order]] = True
                     valid[li][b, h] = row
 
-    logits = step(prompts, torch.zeros(B, dtype=torch.long), 0)
-    compress(P, True)
-    pos = [P]
+    logits = model.extend(cache, prompts, torch.zeros(B, dtype=torch.long))[:, -1]
+    compress(cache.next_pos, True)
 
     def advance(nxt, last):
-        lg = step(nxt[:, None], last, pos[0])
-        pos[0] += 1
-        compress(pos[0], False)
+        lg = model.extend(cache, nxt[:, None], last)[:, -1]
+        compress(cache.next_pos, False)
         return lg
 
     return greedy_loop(logits, prompts[:, -1], advance, max_new, task.STOI[task.EOS])

@@ -27,6 +27,10 @@ STOI = {c: i for i, c in enumerate(VOCAB)}
 MIN_DIGITS = 1
 MAX_DIGITS = 25  # label alphabet bound: column n (final carry) needs letter n
 
+# The held-out problem sets (train.py's evaluation and progress checks, diagnose.py); the
+# training sets derive from --seed and never use it.
+EVAL_SEED = 20261122
+
 VERIFY = "wait, let me verify:"
 ANSWER = "so the answer is "
 EOS = "."
@@ -175,8 +179,8 @@ def graded_spans(target):
             j = target.find(";", i, body_end)
             j = body_end - 1 if j < 0 else j
             for q in range(i, j + 1):
-                # an operand digit follows its label (a: 'C9', b in version 2: 'c3') or, in
-                # version 1, the '+' after a's digit
+                # an operand digit follows its label (a: 'C9') or, for b, ':' in version 2
+                # ('C:3') and the '+' after a's digit in version 1 ('C9+3')
                 far = target[q].isdigit() and (target[q - 1].isalpha() or target[q - 1] == ":" or
                                                q == i + 3)
                 out[q] = 2 if far else 1

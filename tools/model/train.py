@@ -49,7 +49,7 @@ from model import DEFAULT_CONFIG, TinyLM, config_from_metadata, config_to_metada
 from safetensors_io import load, save  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-EVAL_SEED = 20261122  # held-out problem set (training draws from seed-derived sets)
+EVAL_SEED = task.EVAL_SEED  # held-out problem sets (training draws from seed-derived sets)
 
 
 def train_set_seed(seed):

@@ -66,16 +66,15 @@ rkv_status rt_oracle_set_problem(rt_oracle *o, uint32_t req, const rt_task_probl
   const int32_t n = p->digits, P = prompt_len, cap = o->max_len;
   for (int32_t i = 0; i < n; i++) {
     const int32_t line = P + p->line_at[i];
-    const int32_t line_done = P + p->talk_at[i];                 /* after its ';' */
+    const int32_t talk = P + p->talk_at[i];                      /* right after the line's ';' */
     const int32_t answered = P + p->answer_at + 2 * (n - i) + 2; /* after label i's digit */
     /* version 2's prompt: 'Q:' a as 'C9' pairs, '+', b as 'C:3' triples */
     const int32_t a_at = 2 + 2 * (n - 1 - i), b_at = 2 * n + 3 + 3 * (n - 1 - i);
     /* the talk runs to the next line (or the closing words), which reads its carry */
-    const int32_t talk = P + p->talk_at[i];
     const int32_t talk_end = i + 1 < n ? P + p->line_at[i + 1] : P + p->answer_at;
-    need_range(need, cap, a_at, a_at + 2, line_done); /* label + operand digit */
-    need_range(need, cap, b_at, b_at + 3, line_done);
-    need_range(need, cap, line, line_done, answered);     /* the line */
+    need_range(need, cap, a_at, a_at + 2, talk); /* label + operand digit: until the line */
+    need_range(need, cap, b_at, b_at + 3, talk);
+    need_range(need, cap, line, talk, answered);          /* the line */
     need_range(need, cap, talk, talk_end, talk_end + 10); /* its talk: until the next line */
   }
   return RKV_OK;

@@ -202,14 +202,13 @@ float rt_model_runner_attn_scale(const rt_model_runner *r);
 #define RT_TASK_GENERATOR_VERSION 2 /* the newest format; weights say which one they know */
 #define RT_TASK_MIN_DIGITS 1
 #define RT_TASK_MAX_DIGITS 25
-/* Prompt length 4n + 4 (version 1), 5n + 4 (version 2); target 22n + 42 characters (version
- * 1), at most 121n + 164 (version 2: the longest column, line and talk, is 121 characters).
- * n <= 25 fits, with the terminator. */
-#define RT_TASK_MAX_TEXT 3200
-/* The longest prompt and reference target of n digits in a generator version (the bounds
- * above, for sizing). */
+/* The longest prompt and reference target of n digits in a generator version: prompt 4n + 4
+ * (version 1) or 5n + 4 (version 2); target 22n + 42 (version 1) or at most 121n + 164
+ * (version 2: the longest column, line and talk, is 121 characters). */
 #define RT_TASK_PROMPT_MAX(n, version) (((version) == 2 ? 5 : 4) * (n) + 4)
 #define RT_TASK_TARGET_MAX(n, version) ((version) == 2 ? 121 * (n) + 164 : 22 * (n) + 42)
+/* Text buffers: the longest of either, with the terminator. */
+#define RT_TASK_MAX_TEXT (RT_TASK_TARGET_MAX(RT_TASK_MAX_DIGITS, 2) + 1)
 
 typedef struct rt_task_problem {
   int32_t digits;
