@@ -74,7 +74,9 @@ struct EvParams {
   int sinks;
   int group;
   int max_len;
-  double scale;  // 1 / sqrt(d)
+  int gran;              // rkv_evict_granularity
+  int layers, kv_heads;  // a coarser granularity: streams come as whole sequences of these
+  double scale;          // 1 / sqrt(d)
   // workspace, each region [S][...]
   float *invnorm;              // [S][L]
   unsigned long long *colsum;  // [S][L] fixed point, 2^-32 units
@@ -401,8 +403,13 @@ __device__ __forceinline__ unsigned long long order_key(double v) {
   return (u >> 63) ? ~u : (u | 0x8000000000000000ull);
 }
 
+// What one launch of finalize_kernel does: a stream granularity runs both phases in one
+// launch; a coarser one scores, aggregates each group's scores (group_kernel), then selects.
+constexpr int kPhaseScore = 1;
+constexpr int kPhaseSelect = 2;
+
 template <typename T>
-__global__ void __launch_bounds__(kFinThreads) finalize_kernel(EvParams p) {
+__global__ void __launch_bounds__(kFinThreads) finalize_kernel(EvParams p, int phase) {
   __shared__ FinShared sh;
   const int s = blockIdx.x;
   const int n = active_len(p, s);
@@ -413,6 +420,7 @@ __global__ void __launch_bounds__(kFinThreads) finalize_kernel(EvParams p) {
   if (tid == 0) sh.carry = 0;
 
   if (p.policy == RKV_EVICT_STREAMING) {
+    if (!(phase & kPhaseSelect)) return;
     const int recent = B - p.sinks;
     for (int i = tid; i < B; i += nthr) kept[i] = i < p.sinks ? i : n - recent + (i - p.sinks);
   } else {
@@ -420,7 +428,9 @@ __global__ void __launch_bounds__(kFinThreads) finalize_kernel(EvParams p) {
     const size_t off = (size_t)s * p.max_len;
     double *z = p.z + off;
     const rkv_evict_cuda_stream st = p.streams[s];
-    if (p.policy == RKV_EVICT_H2O) {
+    if (!(phase & kPhaseScore)) {
+      // z holds the group's aggregate (group_kernel)
+    } else if (p.policy == RKV_EVICT_H2O) {
       for (int j = tid; j < nc; j += nthr) z[j] = (double)p.scores[old_slot(p, st, j)];
     } else {
       // Steps 1-2: softmax of each window row over the candidates (a warp per row).
@@ -500,6 +510,7 @@ __global__ void __launch_bounds__(kFinThreads) finalize_kernel(EvParams p) {
         }
       }
     }
+    if (!(phase & kPhaseSelect)) return;
     __syncthreads();
 
     // Step 5: the kc-th largest key by an 8-bit radix select over the candidates' scores.
@@ -570,6 +581,38 @@ __global__ void __launch_bounds__(kFinThreads) finalize_kernel(EvParams p) {
   __syncthreads();
   if (p.kept_out)
     for (int i = tid; i < B; i += nthr) p.kept_out[(size_t)s * B + i] = kept[i];
+}
+
+// ---- 4b. a coarser granularity: one score per group ---------------------------------------
+
+// One thread per candidate position of one group: the sum over the group's layers of the
+// mean over its heads of the members' scores, added in the CPU's order (heads ascending, then
+// layers ascending; sum then one division, docs/EVICTION.md), so the aggregate is the CPU's
+// bit for bit for equal member scores. Written back into every member's z: each member then
+// selects the same positions. Reads of a position happen before its writes, in one thread.
+__global__ void group_kernel(EvParams p) {
+  const int per_seq = p.layers * p.kv_heads;
+  const int per_group = p.gran == RKV_EVICT_GRAN_LAYER    ? p.kv_heads
+                        : p.gran == RKV_EVICT_GRAN_KVHEAD ? p.layers
+                                                          : per_seq;
+  const int groups = per_seq / per_group;
+  const int seq = blockIdx.y / groups, k = blockIdx.y % groups;
+  int l0 = 0, l1 = p.layers, h0 = 0, h1 = p.kv_heads;
+  if (p.gran == RKV_EVICT_GRAN_LAYER) l0 = k, l1 = k + 1;
+  if (p.gran == RKV_EVICT_GRAN_KVHEAD) h0 = k, h1 = k + 1;
+  const int first = seq * per_seq;
+  const int n = active_len(p, first + l0 * p.kv_heads + h0);
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (n == 0 || j >= n - p.window) return;
+  const double heads = (double)(h1 - h0);
+  double total = 0.0;
+  for (int l = l0; l < l1; l++) {
+    double lay = 0.0;
+    for (int h = h0; h < h1; h++) lay += p.z[(size_t)(first + l * p.kv_heads + h) * p.max_len + j];
+    total += lay / heads;
+  }
+  for (int l = l0; l < l1; l++)
+    for (int h = h0; h < h1; h++) p.z[(size_t)(first + l * p.kv_heads + h) * p.max_len + j] = total;
 }
 
 // ---- 5/6. compaction moves ------------------------------------------------------------------
@@ -707,6 +750,25 @@ rkv_status check_params(const rkv_evict_params *p, uint32_t S, uint32_t group, i
   return RKV_OK;
 }
 
+// A batch's selection granularity (the version-2 fields, or STREAM for a version-1 batch).
+struct Grouping {
+  uint32_t granularity, layers, kv_heads;
+};
+
+rkv_status check_grouping(const Grouping &g, uint32_t S, char *err) {
+  if (g.granularity >= RKV_EVICT_GRAN_COUNT_)
+    return rkvi_fail(err, RKV_ERR_INVALID_ARG, "evict cuda: granularity %u unknown", g.granularity);
+  if (g.granularity == RKV_EVICT_GRAN_STREAM) return RKV_OK;
+  if (g.layers == 0 || g.kv_heads == 0 || g.layers > 65535 || g.kv_heads > 65535 ||
+      (uint64_t)g.layers * g.kv_heads > S || S % (g.layers * g.kv_heads) != 0)
+    return rkvi_fail(err, RKV_ERR_INVALID_ARG,
+                     "evict cuda: granularity %s needs whole sequences of layers x kv_heads "
+                     "streams (%u x %u) and got %u streams",
+                     rkv_evict_granularity_name((rkv_evict_granularity)g.granularity), g.layers,
+                     g.kv_heads, S);
+  return RKV_OK;
+}
+
 // Sticky errors (a kernel fault seen at a later launch) poison the backend: cuda_status.h.
 #define EV_LAUNCH_CHECK(be, err)                                                             \
   do {                                                                                       \
@@ -737,8 +799,22 @@ rkv_status launch_all(const EvParams &prm, uint32_t S, rkv_backend *b, char *err
       sim_kernel<T, false><<<dim3(t, t, S), 256, 0, st>>>(prm);
     EV_LAUNCH_CHECK(b, err);
   }
-  finalize_kernel<T><<<S, kFinThreads, 0, st>>>(prm);
-  EV_LAUNCH_CHECK(b, err);
+  if (prm.gran == RKV_EVICT_GRAN_STREAM || prm.policy == RKV_EVICT_STREAMING) {
+    finalize_kernel<T><<<S, kFinThreads, 0, st>>>(prm, kPhaseScore | kPhaseSelect);
+    EV_LAUNCH_CHECK(b, err);
+  } else {
+    finalize_kernel<T><<<S, kFinThreads, 0, st>>>(prm, kPhaseScore);
+    EV_LAUNCH_CHECK(b, err);
+    const int per_seq = prm.layers * prm.kv_heads;
+    const int per_group = prm.gran == RKV_EVICT_GRAN_LAYER    ? prm.kv_heads
+                          : prm.gran == RKV_EVICT_GRAN_KVHEAD ? prm.layers
+                                                              : per_seq;
+    const unsigned groups = S / (unsigned)per_seq * (unsigned)(per_seq / per_group);
+    group_kernel<<<dim3((L + 255) / 256, groups), 256, 0, st>>>(prm);
+    EV_LAUNCH_CHECK(b, err);
+    finalize_kernel<T><<<S, kFinThreads, 0, st>>>(prm, kPhaseSelect);
+    EV_LAUNCH_CHECK(b, err);
+  }
   const unsigned mb = ((unsigned)prm.budget + kMoveWarps - 1) / kMoveWarps;
   gather_kernel<<<dim3(mb, S), kMoveWarps * 32, 0, st>>>(prm);
   EV_LAUNCH_CHECK(b, err);
@@ -776,9 +852,13 @@ rkv_status rkvi_evict_cuda_compress(const rkv_evict_params *p, rkv_kv_pool *pool
   if (b->kind != RKV_BACKEND_CUDA)
     return rkvi_fail(err, RKV_ERR_UNSUPPORTED, "evict cuda: pool is not on a CUDA backend");
   if (b->poisoned) return rkvi_fail(err, RKV_ERR_CUDA, "evict cuda: CUDA context poisoned earlier");
-  if (!batch || batch->struct_size < sizeof(rkv_evict_cuda_batch))
+  if (!batch || batch->struct_size < RKV_EVICT_CUDA_BATCH_V1_SIZE)
     return rkvi_fail(err, RKV_ERR_INVALID_ARG, "evict cuda: batch NULL or struct_size too small");
   RKV_TRY(check_params(p, batch->num_streams, batch->group, batch->max_len, err));
+  Grouping gr = {RKV_EVICT_GRAN_STREAM, 1, 1};
+  if (batch->struct_size >= sizeof(rkv_evict_cuda_batch))
+    gr = {batch->granularity, batch->layers, batch->kv_heads};
+  RKV_TRY(check_grouping(gr, batch->num_streams, err));
   RKV_TRY(check_layout(&pool->layout, err));
   if (batch->n_clear > (1u << 30))
     return rkvi_fail(err, RKV_ERR_INVALID_ARG, "evict cuda: n_clear %u too large", batch->n_clear);
@@ -819,6 +899,9 @@ rkv_status rkvi_evict_cuda_compress(const rkv_evict_params *p, rkv_kv_pool *pool
   prm.sinks = p->sinks;
   prm.group = (int)batch->group;
   prm.max_len = batch->max_len;
+  prm.gran = (int)gr.granularity;
+  prm.layers = (int)gr.layers;
+  prm.kv_heads = (int)gr.kv_heads;
   prm.scale = 1.0 / std::sqrt((double)prm.d);
   uintptr_t a = (reinterpret_cast<uintptr_t>(workspace) + kAlign - 1) / kAlign * kAlign;
   auto take = [&a](size_t bytes) {

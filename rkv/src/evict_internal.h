@@ -170,6 +170,12 @@ size_t rkvi_gran_extra_bytes(rkv_evict_granularity g, int32_t n);
 void rkvi_select_granular(const rkvi_gran_job *j, rkv_evict_granularity g, rkvi_head_ws *ws,
                           double *total, double *lay);
 
+/* The common length of every stream of seq (L layers x kv heads) into *len; RKV_ERR_STATE
+ * (text in err) unless they all hold the same number of tokens, which a selection shared
+ * across streams needs (evict_seq.c; the evictor's device path checks it too). */
+rkv_status rkvi_lockstep_len(const rkv_blockmgr *m, int64_t seq, uint32_t L, uint32_t kv,
+                             int32_t *len, char *err, size_t err_len);
+
 /* ---- paged-entry helpers shared by rkv_evict_layer and rkv_evict_seq (evict_layer.c) ---- */
 
 /* CPU pool whose layout matches the manager; layer < num_layers; num_q_heads a multiple of

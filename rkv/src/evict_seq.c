@@ -123,8 +123,8 @@ static void score_paged(void *vc, uint32_t l, uint32_t h, rkvi_head_ws *ws) {
 
 /* The common length of every stream of seq into *len, or an error: the streams must be in
  * lockstep (what an engine that appends one token to every stream per step has). */
-static rkv_status lockstep_len(const rkv_blockmgr *m, int64_t seq, uint32_t L, uint32_t kv,
-                               int32_t *len, char *err, size_t err_len) {
+rkv_status rkvi_lockstep_len(const rkv_blockmgr *m, int64_t seq, uint32_t L, uint32_t kv,
+                             int32_t *len, char *err, size_t err_len) {
   int32_t first = 0;
   for (uint32_t l = 0; l < L; l++) {
     for (uint32_t h = 0; h < kv; h++) {
@@ -137,8 +137,8 @@ static rkv_status lockstep_len(const rkv_blockmgr *m, int64_t seq, uint32_t L, u
       if (n != first)
         return rkvi_failn(err, err_len, RKV_ERR_STATE,
                           "seq %lld: stream (layer %u, head %u) holds %d tokens, stream (0, 0) "
-                          "%d; rkv_evict_seq needs streams in lockstep (rkv_evict_layer "
-                          "compresses unequal ones per layer)",
+                          "%d; a selection shared across streams needs them in lockstep (the "
+                          "stream granularity compresses unequal ones)",
                           (long long)seq, l, h, n, first);
     }
   }
@@ -218,7 +218,7 @@ rkv_status rkv_evict_seq(const rkv_evict_params *p, rkv_evict_granularity g, rkv
   /* A protected prefix stays in place and out of the count, as in rkv_evict_layer. */
   const int32_t P = rkv_blockmgr_seq_protected(m, seq);
   int32_t len = 0;
-  RKV_TRY(lockstep_len(m, seq, L, kv, &len, err, err_len));
+  RKV_TRY(rkvi_lockstep_len(m, seq, L, kv, &len, err, err_len));
   if (len - P <= B) return RKV_OK;
   size_t need = 0;
   RKV_TRY(rkv_evict_seq_workspace_size(p, g, L, kv, num_q_heads, d, len, &need));

@@ -75,12 +75,6 @@ static rkv_status check_config(const rkv_evictor_config *c, const rkv_blockmgr *
                       "sequence)",
                       (int)c->granularity);
   const bool device = !rkv_backend_device_is_host(rkv_kv_pool_backend(pool));
-  if (device && c->granularity != RKV_EVICT_GRAN_STREAM)
-    return rkvi_failn(err, len, RKV_ERR_UNSUPPORTED,
-                      "rkv_evictor_create: granularity %s needs a CPU pool (the %s pool's device "
-                      "compression selects per stream only)",
-                      rkv_evict_granularity_name(c->granularity),
-                      rkv_backend_name(rkv_kv_pool_backend(pool)));
   return device ? RKV_OK : check_qwindow(c, bc, err, len);
 }
 

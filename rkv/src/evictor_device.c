@@ -6,8 +6,10 @@
  *   upload  the descriptors of every sequence with the same parameters are packed into one
  *           pinned arena and copied up once;
  *   launch  one batched compression per parameter set scores the old rows, selects per stream
- *           and moves the kept tokens into the new rows (the CUDA kernels, or their host twin
- *           evictor_emu.c on the emulated device).
+ *           (or per group of streams at a coarser granularity: every stream of a sequence is
+ *           listed, so the launch aggregates the group's scores itself) and moves the kept
+ *           tokens into the new rows (the CUDA kernels, or their host twin evictor_emu.c on the
+ *           emulated device).
  * Stream order makes the early free safe: any later writer of a freed block is enqueued after
  * the launch. */
 #include <stdint.h>
@@ -15,6 +17,7 @@
 
 #include <rkv/buffer_emu.h>
 
+#include "evict_internal.h"
 #include "evictor_internal.h"
 
 static rkv_status be_fail(rkv_evictor *ev, rkv_status st, const char *what) {
@@ -124,7 +127,9 @@ static rkv_status reserve_kernel(rkv_evictor *ev, const evsize *s) {
     if (!rkvi_evictor_policy(p->policy).evicts) continue;
     if (ev->emu) {
       size_t sz[7];
-      if (rkvi_evemu_sizes(ev, p, (uint32_t)s->streams, s->max_len, sz) != RKV_OK) continue;
+      if (rkvi_evemu_sizes(ev, p, ev->cfg.granularity, (uint32_t)s->streams, s->max_len, sz) !=
+          RKV_OK)
+        continue;
       for (size_t k = 0; k < 7; k++) esz[k] = sz[k] > esz[k] ? sz[k] : esz[k];
     } else {
       size_t n = 0;
@@ -186,6 +191,11 @@ static rkv_status precheck(rkv_evictor *ev, const rkvi_evq *q) {
                      "compress %lld: a protected prefix (prefix caching's protect rule) is not "
                      "supported by the device eviction yet; use the copy rule on a device",
                      (long long)q->seq);
+  /* A shared selection needs every stream listed, all of one length (the batch's rule) */
+  int32_t len = 0;
+  if (ev->cfg.granularity != RKV_EVICT_GRAN_STREAM &&
+      rkvi_lockstep_len(ev->bm, q->seq, ev->L, ev->Hkv, &len, ev->err, sizeof ev->err) != RKV_OK)
+    return RKV_ERR_STATE;
   return rkvi_evictor_fresh_check(ev, q); /* no protected prefix here: keep = budget */
 }
 
@@ -249,6 +259,9 @@ static rkv_status flush(rkv_evictor *ev, evbatch *x) {
   d->in_flight = true;
   b.group = ev->Hq / ev->Hkv;
   b.max_len = x->max_len;
+  b.granularity = (uint32_t)ev->cfg.granularity;
+  b.layers = ev->L;
+  b.kv_heads = ev->Hkv;
   b.qwin = rkvi_evictor_policy(x->p->policy).needs_query_window ? (const float *)x->qbase : NULL;
   if (ev->emu) return rkvi_evemu_compress(ev, x->p, &b, bytes);
   st = rkvi_evict_cuda_compress(x->p, ev->pool, &b, rkv_buffer_ptr(d->ws), rkv_buffer_size(d->ws));

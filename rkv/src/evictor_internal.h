@@ -73,10 +73,10 @@ rkv_status rkvi_evdev_reserve(rkv_evictor *ev);
 rkv_status rkvi_evdev_run(rkv_evictor *ev, rkv_evictor_result *res);
 
 /* The emulated device's twin of rkvi_evict_cuda_compress (evictor_emu.c): the scratch a
- * launch of ns streams of up to nmax tokens needs, and the launch itself over the batch as
- * uploaded (descriptors read from device memory, `bytes` of them). */
-rkv_status rkvi_evemu_sizes(const rkv_evictor *ev, const rkv_evict_params *p, uint32_t ns,
-                            int32_t nmax, size_t sz[7]);
+ * launch of ns streams of up to nmax tokens at granularity g needs, and the launch itself over the
+ * batch as uploaded (descriptors read from device memory, `bytes` of them). */
+rkv_status rkvi_evemu_sizes(const rkv_evictor *ev, const rkv_evict_params *p,
+                            rkv_evict_granularity g, uint32_t ns, int32_t nmax, size_t sz[7]);
 rkv_status rkvi_evemu_reserve(rkv_evictor *ev, const size_t sz[7]);
 rkv_status rkvi_evemu_compress(rkv_evictor *ev, const rkv_evict_params *p,
                                const rkv_evict_cuda_batch *db, size_t bytes);

@@ -137,14 +137,6 @@ static rkv_status check_config(const rkv_exec_config *c, const rkv_blockmgr *m,
     return rkvi_failn(err, len, RKV_ERR_INVALID_ARG,
                       "rkv_exec_create: unknown granularity %d (stream, layer, kvhead, sequence)",
                       (int)c->granularity);
-  /* the device kernels select per stream; a coarser unit would need every layer's scores
-   * before any compaction on the device, which they do not do yet */
-  if (c->granularity != RKV_EVICT_GRAN_STREAM && rkvi_xdev_wanted(pool))
-    return rkvi_failn(err, len, RKV_ERR_UNSUPPORTED,
-                      "rkv_exec_create: granularity %s needs a CPU pool (the %s pool's device "
-                      "compression selects per stream only)",
-                      rkv_evict_granularity_name(c->granularity),
-                      rkv_backend_name(rkv_kv_pool_backend(pool)));
   return RKV_OK;
 }
 

@@ -4,8 +4,10 @@
  * rotated rings in device memory; every policy, f32 / f16 / bf16, and one layer alone. After
  * the run the CUDA pool is read back: lengths, block tables, K/V rows and masses of every kept
  * token, every slot's mass and the free blocks equal the CPU run's (the kernels select like the
- * CPU except on scores tied to ~1e-12, which random keys do not produce). Also: a coarser
- * granularity is refused on a CUDA pool. Skips (77) without a CUDA build or device. */
+ * CPU except on scores tied to ~1e-12, which random keys do not produce). Every coarser
+ * granularity (layer, kvhead, sequence: the group kernel sums the members' scores) the same
+ * way, in bf16. Also: a window over 256 is refused. Skips (77) without a CUDA build or
+ * device. */
 #define EVF_HEAD_DIM 64
 #define EVF_BLOCK 16
 #include "../unit/evict/evictor_fixture.h"
@@ -32,9 +34,9 @@ static void pool_to_host(rkv_kv_pool *gp, fixture *f, int32_t *ids) {
 }
 
 static rkv_evictor *make(rkv_blockmgr *m, rkv_kv_pool *pool, const rkv_qwindow *qw,
-                         const rkv_evict_params *p) {
+                         const rkv_evict_params *p, rkv_evict_granularity g) {
   rkv_evictor_config c = RKV_EVICTOR_CONFIG_INIT;
-  c.num_q_heads = QH, c.params = *p, c.max_seqs = MAXSEQ, c.qwindow = qw;
+  c.num_q_heads = QH, c.params = *p, c.max_seqs = MAXSEQ, c.qwindow = qw, c.granularity = g;
   rkv_evictor *ev = NULL;
   char err[256] = "";
   if (rkv_evictor_create(&c, m, pool, &ev, err, sizeof err) != RKV_OK)
@@ -42,7 +44,8 @@ static rkv_evictor *make(rkv_blockmgr *m, rkv_kv_pool *pool, const rkv_qwindow *
   return ev;
 }
 
-static void run_case(rkv_backend *gb, rkv_evict_policy pol, rkv_dtype dt, int32_t layer) {
+static void run_case(rkv_backend *gb, rkv_evict_policy pol, rkv_dtype dt, int32_t layer,
+                     rkv_evict_granularity gran) {
   fixture c, g;
   const int32_t n[3] = {90, 75, 60};
   for (int k = 0; k < 2; k++) {
@@ -62,7 +65,7 @@ static void run_case(rkv_backend *gb, rkv_evict_policy pol, rkv_dtype dt, int32_
   rkv_evict_params p = RKV_EVICT_PARAMS_INIT, p3;
   p.policy = pol, p.budget = 40, p.window = W;
   p3 = p, p3.budget = 33, p3.lambda = 0.3f;
-  rkv_evictor *ec = make(c.m, c.pool, c.qw, &p), *eg = make(g.m, gp, NULL, &p);
+  rkv_evictor *ec = make(c.m, c.pool, c.qw, &p, gran), *eg = make(g.m, gp, NULL, &p, gran);
   for (int64_t s = 1; s <= 3; s++) {
     const rkv_evict_params *ps = s == 3 ? &p3 : NULL;
     const rkv_evictor_window win = {ring + (size_t)(s - 1) * L * QH * W * D, (int32_t)(s * 3) % W};
@@ -83,8 +86,8 @@ static void run_case(rkv_backend *gb, rkv_evict_policy pol, rkv_dtype dt, int32_
   }
   pool_to_host(gp, &g, ids);
   char what[96];
-  snprintf(what, sizeof what, "cuda %s %s layer %d", rkv_evict_policy_name(pol), rkv_dtype_name(dt),
-           layer);
+  snprintf(what, sizeof what, "cuda %s %s layer %d granularity %s", rkv_evict_policy_name(pol),
+           rkv_dtype_name(dt), layer, rkv_evict_granularity_name(gran));
   expect_same(&c, &g, true, false, what);
   EXPECT_OK(rkv_evictor_check(eg));
   EXPECT_OK(rkv_blockmgr_check(g.m));
@@ -103,12 +106,9 @@ static void test_refusals(rkv_backend *gb) {
   rkv_kv_pool *gp = NULL;
   EXPECT_OK(rkv_kv_pool_create(gb, &lay, 64, &gp));
   rkv_evictor_config c = RKV_EVICTOR_CONFIG_INIT;
-  c.num_q_heads = QH, c.params.budget = 40, c.params.window = W;
-  c.granularity = RKV_EVICT_GRAN_LAYER;
+  c.num_q_heads = QH, c.params.window = 300, c.params.budget = 400;
   rkv_evictor *ev = NULL;
   char err[256] = "";
-  EXPECT_STATUS(rkv_evictor_create(&c, f.m, gp, &ev, err, sizeof err), RKV_ERR_UNSUPPORTED);
-  c.granularity = RKV_EVICT_GRAN_STREAM, c.params.window = 300, c.params.budget = 400;
   EXPECT_STATUS(rkv_evictor_create(&c, f.m, gp, &ev, err, sizeof err), RKV_ERR_UNSUPPORTED);
   EXPECT(ev == NULL && strstr(err, "256") != NULL);
   rkv_kv_pool_destroy(gp);
@@ -125,8 +125,11 @@ int main(void) {
                                     RKV_EVICT_STREAMING, RKV_EVICT_H2O};
   const rkv_dtype dts[3] = {RKV_DTYPE_F32, RKV_DTYPE_F16, RKV_DTYPE_BF16};
   for (int pi = 0; pi < 5; pi++) {
-    for (int di = 0; di < 3; di++) run_case(gb, pols[pi], dts[di], RKV_EVICTOR_ALL_LAYERS);
-    run_case(gb, pols[pi], RKV_DTYPE_F32, 1);
+    for (int di = 0; di < 3; di++)
+      run_case(gb, pols[pi], dts[di], RKV_EVICTOR_ALL_LAYERS, RKV_EVICT_GRAN_STREAM);
+    run_case(gb, pols[pi], RKV_DTYPE_F32, 1, RKV_EVICT_GRAN_STREAM);
+    for (int gi = RKV_EVICT_GRAN_LAYER; gi < RKV_EVICT_GRAN_COUNT_; gi++)
+      run_case(gb, pols[pi], RKV_DTYPE_BF16, RKV_EVICTOR_ALL_LAYERS, (rkv_evict_granularity)gi);
   }
   rkv_backend_destroy(gb);
   return rkv_test_finish();

@@ -175,7 +175,8 @@ static void eval_usage(void) {
       "  --granularity G   which streams share one kept set: stream (default: each (layer, kv\n"
       "                    head) its own), layer, kvhead or sequence (docs/EVICTION.md,\n"
       "                    \"Selection granularity\"); the executor runs rkv_evict_seq for the\n"
-      "                    coarser units. Scheduler loop on the cpu backend only\n"
+      "                    coarser units (the batched launch aggregates on a device).\n"
+      "                    Scheduler loop only\n"
       "  --backend B       where the KV cache lives: cpu (default) or cuda. cuda: the KV pool,\n"
       "                    the attention (rkv_attn_*), the query window and eviction\n"
       "                    (rkv/evict_cuda.h) run on the GPU; the model's dense math stays on\n"
@@ -1224,13 +1225,6 @@ int rt_cmd_eval(int argc, char **argv) {
     fprintf(stderr,
             "rkv eval: --granularity %s needs the scheduler loop (the tool's own loop compresses "
             "layer by layer, per stream; drop --simple-loop)\n",
-            rkv_evict_granularity_name(o.granularity));
-    return 2;
-  }
-  if (o.granularity != RKV_EVICT_GRAN_STREAM && (on_cuda || o.emulate)) {
-    fprintf(stderr,
-            "rkv eval: --granularity %s runs on the cpu backend only (the device eviction "
-            "selects per stream)\n",
             rkv_evict_granularity_name(o.granularity));
     return 2;
   }

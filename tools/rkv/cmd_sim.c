@@ -60,7 +60,8 @@ static void usage(FILE *f) {
       "                      the report gives the host planning time it hid per step\n"
       "  --granularity stream|layer|kvhead|sequence   which streams of a sequence share one\n"
       "                      kept set (docs/EVICTION.md; default stream). --compute cpu runs\n"
-      "                      rkv_evict_seq; none cuts uniformly (no effect); cuda/emu refuse\n",
+      "                      rkv_evict_seq; none cuts uniformly (no effect); cuda/emu aggregate\n"
+      "                      each group's scores in the batched launch\n",
       f);
   fputs(
       "compute and output:\n"
@@ -418,14 +419,6 @@ static bool parse_args(int argc, char **argv, sim_opts *o) {
 #undef VAL
 #undef U64
 #undef F64
-  }
-  if (o->granularity != RKV_EVICT_GRAN_STREAM &&
-      (o->compute == SIM_COMPUTE_CUDA || o->compute == SIM_COMPUTE_EMU)) {
-    fprintf(stderr,
-            "rkv sim: --granularity %s needs --compute cpu (or none); the device eviction "
-            "selects per stream\n",
-            rkv_evict_granularity_name(o->granularity));
-    return false;
   }
   if (o->model.q_heads % o->model.kv_heads) {
     fprintf(stderr, "rkv sim: q heads (%u) must be a multiple of kv heads (%u)\n", o->model.q_heads,

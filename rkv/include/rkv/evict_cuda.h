@@ -26,6 +26,8 @@
 #ifndef RKV_EVICT_CUDA_H
 #define RKV_EVICT_CUDA_H
 
+#include <stddef.h>
+
 #include <rkv/blockmgr.h>
 #include <rkv/evict.h>
 #include <rkv/runtime.h>
@@ -45,7 +47,7 @@ typedef struct rkv_evict_cuda_stream {
   int64_t qwin_offset; /* element offset in qwin of the group's window [group][window][d] */
 } rkv_evict_cuda_stream;
 
-#define RKV_EVICT_CUDA_BATCH_VERSION 1
+#define RKV_EVICT_CUDA_BATCH_VERSION 2
 /* A batch of streams compressed by one call. All pointers are DEVICE pointers borrowed for
  * the duration of the enqueued work (keep them alive until the stream passes it). */
 typedef struct rkv_evict_cuda_batch {
@@ -69,9 +71,20 @@ typedef struct rkv_evict_cuda_batch {
   const int32_t *clear_blocks;
   uint32_t n_clear;
   uint32_t flags; /* RKV_EVICT_CUDA_* bits; 0 = defaults */
+  /* Version 2. Selection granularity (rkv_evict_granularity; docs/EVICTION.md, "Selection
+   * granularity"): RKV_EVICT_GRAN_STREAM (0) selects per stream. A coarser one keeps one set
+   * per group: streams then come as whole sequences, `layers` x `kv_heads` consecutive
+   * descriptors each in (layer, head) order, all of one old_len (the evictor's lockstep
+   * rule), and every member of a group keeps the positions the group's aggregated score
+   * picks. A caller built against version 1 (struct_size of the fields above) gets STREAM. */
+  uint32_t granularity;
+  uint32_t layers;
+  uint32_t kv_heads;
 } rkv_evict_cuda_batch;
 #define RKV_EVICT_CUDA_BATCH_INIT \
-  { sizeof(rkv_evict_cuda_batch), 0, 1, 0, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0 }
+  { sizeof(rkv_evict_cuda_batch), 0, 1, 0, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, 0, 1, 1 }
+/* struct_size of a version-1 batch (no granularity fields), which compress still accepts. */
+#define RKV_EVICT_CUDA_BATCH_V1_SIZE offsetof(rkv_evict_cuda_batch, granularity)
 
 /* R-KV similarity K^K^T on tensor cores as three TF32 products per value pair (hi*hi + hi*lo +
  * lo*hi): ~21-bit products instead of f32's 24, several times faster than the default f32
@@ -139,8 +152,8 @@ RKV_API RKV_EVICT_CUDA_DEPRECATED rkv_status rkv_evict_cuda_freed_blocks(const r
  * 256-byte aligned, and points *batch's streams, old_blocks, new_blocks and clear_blocks
  * (NULL when n_freed is 0) at the same offsets from `device`, the buffer the caller then
  * copies `host` into (*bytes bytes, on the backend's stream). Also sets num_streams and
- * n_clear; group, max_len, qwin, kept and flags are the caller's. With host == NULL only
- * *bytes is computed (size the buffers). RKV_ERR_CAPACITY when host_cap < *bytes,
+ * n_clear; group, max_len, qwin, kept, flags and the granularity fields are the caller's. With host
+ * == NULL only *bytes is computed (size the buffers). RKV_ERR_CAPACITY when host_cap < *bytes,
  * RKV_ERR_INVALID_ARG (NULL arrays with nonzero counts, no streams, no device pointer).
  * O(bytes). Available without CUDA. */
 RKV_API RKV_EVICT_CUDA_DEPRECATED rkv_status

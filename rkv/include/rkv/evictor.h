@@ -41,8 +41,10 @@ typedef struct rkv_evictor_config {
   uint32_t num_q_heads;    /* the model's query heads: a positive multiple of the kv heads
                             * (layers, kv heads and head_dim are the block manager's) */
   rkv_evict_params params; /* used by every add that passes no parameters of its own */
-  /* Which streams share one kept set (rkv/evict.h). Coarser than STREAM only on host pools
-   * (RKV_ERR_UNSUPPORTED on a device pool: the device kernels select per stream). */
+  /* Which streams share one kept set (rkv/evict.h). Every backend: on a device pool the
+   * batched launch aggregates each group's scores on the device. Coarser than STREAM, adds
+   * take whole sequences (RKV_EVICTOR_ALL_LAYERS) and a run needs their streams in
+   * lockstep. */
   rkv_evict_granularity granularity;
   uint32_t max_seqs; /* sequences queued between two runs, >= 1 */
   /* Host pools: the query windows R-KV and SnapKV read (NULL when no policy used needs one;
@@ -58,8 +60,8 @@ typedef struct rkv_evictor_config {
  * must be the block manager's (dtype, block size, head_dim) with at least its blocks. On a CUDA
  * pool the layout must be in the kernels' closed set (head_dim 64/128/256, block 16/32) and
  * window <= 256. RKV_ERR_INVALID_ARG (text in err: NULLs, struct_size, shapes, parameters,
- * granularity, max_seqs), RKV_ERR_UNSUPPORTED (a coarser granularity or a layout the device
- * kernels do not take on a device pool), RKV_ERR_NO_MEMORY. O(max_seqs). */
+ * granularity, max_seqs), RKV_ERR_UNSUPPORTED (a layout the device kernels do not take on a
+ * device pool), RKV_ERR_NO_MEMORY. O(max_seqs). */
 RKV_API rkv_status rkv_evictor_create(const rkv_evictor_config *cfg, rkv_blockmgr *bm,
                                       rkv_kv_pool *pool, rkv_evictor **out, char *err,
                                       size_t err_len);

@@ -78,9 +78,9 @@ typedef struct rkv_exec_config {
   /* v2: which streams of a flagged sequence share one kept set (rkv_evict_granularity;
    * docs/EVICTION.md, "Selection granularity"). STREAM (the default, and what a version-1
    * struct gets) compresses layer by layer with rkv_evict_layer; the coarser units run
-   * rkv_evict_seq on CPU pools (both through the executor's rkv_evictor). A device pool (CUDA or
-   * emulated) takes STREAM only: the device kernels select per stream, so rkv_exec_create refuses
-   * another unit there with RKV_ERR_UNSUPPORTED. Bookkeeping executors (pool NULL) cut uniformly:
+   * rkv_evict_seq on CPU pools (both through the executor's rkv_evictor). On a device pool (CUDA
+   * or emulated) the evictor's batched launch aggregates each group's scores itself (every unit
+   * since version 2 of rkv_evict_cuda_batch). Bookkeeping executors (pool NULL) cut uniformly:
    * no unit applies. */
   rkv_evict_granularity granularity;
 } rkv_exec_config;

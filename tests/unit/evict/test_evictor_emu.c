@@ -6,8 +6,11 @@
  *    two launches), one layer alone: the same lengths, block tables, K/V rows, per-slot
  *    masses of every slot and free blocks as the CPU run; no copy hazard, nothing left queued;
  *  - FULL and at-budget sequences change nothing;
- *  - bad input changes nothing: a coarser granularity (create), a missing or malformed device
- *    window, a protected prefix (refused at run), a policy without a window;
+ *  - every coarser granularity (layer, kvhead, sequence; whole sequences in the launch, the
+ *    groups' scores aggregated on the device side) equals the CPU evictor's rkv_evict_seq the
+ *    same way, and its groups hold one set; streams out of lockstep are refused at run;
+ *  - bad input changes nothing: a missing or malformed device window, a protected prefix
+ *    (refused at run), a policy without a window;
  *  - a fork whose fresh blocks are missing stays unchanged while the other sequence compresses;
  *  - every allocation of a first run failed in turn changes nothing; the retry equals a
  *    fault-free run.
@@ -23,7 +26,8 @@ static void run_ok(rkv_evictor *ev, rkv_evictor_result *res, uint32_t want) {
 
 /* Sequences 1..3 in a CPU fixture and an emulated one; sequence 2 gets its own parameters, so
  * the device path batches 1 and 3 (A, B, A). */
-static void compare_case(rkv_evict_policy pol, rkv_dtype dt, int32_t layer) {
+static void compare_case(rkv_evict_policy pol, rkv_dtype dt, int32_t layer,
+                         rkv_evict_granularity g) {
   fixture c, e;
   const int32_t n[3] = {90, 75, 60};
   for (int k = 0; k < 2; k++) {
@@ -34,8 +38,8 @@ static void compare_case(rkv_evict_policy pol, rkv_dtype dt, int32_t layer) {
   rkv_evict_params p = RKV_EVICT_PARAMS_INIT, p3;
   p.policy = pol, p.budget = 40, p.window = W;
   p3 = p, p3.budget = 33, p3.lambda = 0.3f;
-  rkv_evictor *ec = fx_evictor(&c, &p, RKV_EVICT_GRAN_STREAM);
-  rkv_evictor *ee = fx_evictor(&e, &p, RKV_EVICT_GRAN_STREAM);
+  rkv_evictor *ec = fx_evictor(&c, &p, g);
+  rkv_evictor *ee = fx_evictor(&e, &p, g);
   for (int64_t s = 1; s <= 3; s++) {
     const rkv_evict_params *ps = s == 2 ? &p3 : NULL;
     const rkv_evictor_window win = fx_window(&e, s, (int32_t)(s * 3) % W);
@@ -57,8 +61,8 @@ static void compare_case(rkv_evict_policy pol, rkv_dtype dt, int32_t layer) {
   }
   if (pol != RKV_EVICT_FULL) EXPECT(re[0].tokens_evicted > 0 && re[2].tokens_evicted > 0);
   char what[96];
-  snprintf(what, sizeof what, "emu %s %s layer %d", rkv_evict_policy_name(pol), rkv_dtype_name(dt),
-           layer);
+  snprintf(what, sizeof what, "emu %s %s layer %d granularity %s", rkv_evict_policy_name(pol),
+           rkv_dtype_name(dt), layer, rkv_evict_granularity_name(g));
   expect_same(&c, &e, true, false, what);
   EXPECT_OK(rkv_evictor_check(ee));
   EXPECT_OK(rkv_blockmgr_check(e.m));
@@ -72,10 +76,92 @@ static void test_equals_cpu(void) {
   const rkv_evict_policy pols[5] = {RKV_EVICT_FULL, RKV_EVICT_RKV, RKV_EVICT_SNAPKV,
                                     RKV_EVICT_STREAMING, RKV_EVICT_H2O};
   for (int pi = 0; pi < 5; pi++) {
-    compare_case(pols[pi], RKV_DTYPE_F32, RKV_EVICTOR_ALL_LAYERS);
-    compare_case(pols[pi], RKV_DTYPE_F16, RKV_EVICTOR_ALL_LAYERS);
-    compare_case(pols[pi], RKV_DTYPE_F32, 2);
+    compare_case(pols[pi], RKV_DTYPE_F32, RKV_EVICTOR_ALL_LAYERS, RKV_EVICT_GRAN_STREAM);
+    compare_case(pols[pi], RKV_DTYPE_F16, RKV_EVICTOR_ALL_LAYERS, RKV_EVICT_GRAN_STREAM);
+    compare_case(pols[pi], RKV_DTYPE_F32, 2, RKV_EVICT_GRAN_STREAM);
+    /* a coarser unit: every stream of a sequence in the launch, the group's scores summed */
+    for (int g = RKV_EVICT_GRAN_LAYER; g < RKV_EVICT_GRAN_COUNT_; g++)
+      compare_case(pols[pi], g == RKV_EVICT_GRAN_KVHEAD ? RKV_DTYPE_F16 : RKV_DTYPE_F32,
+                   RKV_EVICTOR_ALL_LAYERS, (rkv_evict_granularity)g);
   }
+}
+
+/* At a coarser unit the groups of a compressed sequence keep one set: on a sequence whose
+ * stream-granularity selection differs between streams, every stream of a group (here the
+ * whole sequence) holds the same original positions afterwards. Guards the comparison above
+ * against a launch that selected per stream on both sides. */
+static void test_groups_share(void) {
+  fixture f;
+  fx_init(&f, RKV_DTYPE_F32, 300, 77, true);
+  fx_seq(&f, 1, 90, W + 3);
+  rkv_evict_params p = RKV_EVICT_PARAMS_INIT;
+  p.budget = 40, p.window = W;
+  rkv_evictor *ev = fx_evictor(&f, &p, RKV_EVICT_GRAN_SEQUENCE);
+  const rkv_evictor_window win = fx_window(&f, 1, 5);
+  EXPECT_OK(rkv_evictor_add(ev, 1, RKV_EVICTOR_ALL_LAYERS, NULL, &win));
+  rkv_evictor_result res[MAXSEQ];
+  run_ok(ev, res, 1);
+  EXPECT_OK(rkv_backend_sync(f.be));
+  EXPECT_EQ_INT(fx_check_seq(&f, 1, 40), 0);
+  int differ = 0;
+  for (uint32_t s = 1; s < L * KV; s++)
+    for (int32_t j = 0; j < 40; j++) {
+      int64_t a, b;
+      rkv_blockmgr_stream_slot(f.m, 1, 0, 0, j, &a);
+      rkv_blockmgr_stream_slot(f.m, 1, s / KV, s % KV, j, &b);
+      differ += get_pos(&f, a) != get_pos(&f, b);
+    }
+  EXPECT_EQ_INT(differ, 0);
+  rkv_evictor_destroy(ev);
+  fx_fini(&f);
+}
+
+/* A coarser unit on streams out of lockstep (layer 1 compressed alone at stream granularity):
+ * refused at run with RKV_ERR_STATE, nothing changed; the other sequence compresses. */
+static void test_lockstep(void) {
+  fixture f, t;
+  for (int k = 0; k < 2; k++) {
+    fixture *x = k ? &t : &f;
+    fx_init(x, RKV_DTYPE_F32, 300, 41, true);
+    fx_seq(x, 1, 70, W + 1);
+    fx_seq(x, 2, 70, W + 2);
+  }
+  rkv_evict_params p = RKV_EVICT_PARAMS_INIT;
+  p.budget = 40, p.window = W;
+  for (int k = 0; k < 2; k++) {
+    fixture *x = k ? &t : &f;
+    rkv_evictor *one = fx_evictor(x, &p, RKV_EVICT_GRAN_STREAM);
+    const rkv_evictor_window w1 = fx_window(x, 1, 0);
+    EXPECT_OK(rkv_evictor_add(one, 1, 1, NULL, &w1));
+    rkv_evictor_result r1[MAXSEQ];
+    run_ok(one, r1, 1);
+    EXPECT_OK(rkv_backend_sync(x->be));
+    rkv_evictor_destroy(one);
+  }
+  rkv_evictor *ev = fx_evictor(&f, &p, RKV_EVICT_GRAN_LAYER);
+  rkv_evictor *tw = fx_evictor(&t, &p, RKV_EVICT_GRAN_LAYER);
+  const rkv_evictor_window w1 = fx_window(&f, 1, 0), w2 = fx_window(&f, 2, 1);
+  const rkv_evictor_window t2 = fx_window(&t, 2, 1);
+  EXPECT_STATUS(rkv_evictor_add(ev, 1, 0, NULL, &w1), RKV_ERR_INVALID_ARG); /* one layer */
+  EXPECT_OK(rkv_evictor_add(ev, 1, RKV_EVICTOR_ALL_LAYERS, NULL, &w1));
+  EXPECT_OK(rkv_evictor_add(ev, 2, RKV_EVICTOR_ALL_LAYERS, NULL, &w2));
+  EXPECT_OK(rkv_evictor_add(tw, 2, RKV_EVICTOR_ALL_LAYERS, NULL, &t2));
+  rkv_evictor_result res[MAXSEQ];
+  uint32_t nr = 0;
+  EXPECT_STATUS(rkv_evictor_run(ev, res, MAXSEQ, &nr), RKV_ERR_STATE);
+  EXPECT(strstr(rkv_evictor_last_error(ev), "lockstep") != NULL);
+  EXPECT(res[0].status == RKV_ERR_STATE && !res[0].compressed);
+  EXPECT(res[1].status == RKV_OK && res[1].compressed);
+  run_ok(tw, res, 1);
+  EXPECT_OK(rkv_backend_sync(f.be));
+  EXPECT_OK(rkv_backend_sync(t.be));
+  expect_same(&f, &t, true, true, "emu coarser unit out of lockstep");
+  EXPECT_OK(rkv_evictor_check(ev));
+  EXPECT_OK(rkv_blockmgr_check(f.m));
+  rkv_evictor_destroy(ev);
+  rkv_evictor_destroy(tw);
+  fx_fini(&f);
+  fx_fini(&t);
 }
 
 /* FULL and a sequence at its budget: no change, no launch. */
@@ -117,13 +203,7 @@ static void test_bad_input(void) {
   }
   rkv_evict_params p = RKV_EVICT_PARAMS_INIT;
   p.budget = 40, p.window = W;
-  rkv_evictor_config c = RKV_EVICTOR_CONFIG_INIT;
-  c.num_q_heads = QH, c.params = p, c.granularity = RKV_EVICT_GRAN_KVHEAD;
-  rkv_evictor *ev = NULL;
-  char err[256] = "";
-  EXPECT_STATUS(rkv_evictor_create(&c, f.m, f.pool, &ev, err, sizeof err), RKV_ERR_UNSUPPORTED);
-  EXPECT(ev == NULL && strstr(err, "needs a CPU pool") != NULL);
-  ev = fx_evictor(&f, &p, RKV_EVICT_GRAN_STREAM);
+  rkv_evictor *ev = fx_evictor(&f, &p, RKV_EVICT_GRAN_STREAM);
   rkv_evictor_window win = fx_window(&f, 1, 2);
   EXPECT_STATUS(rkv_evictor_add(ev, 1, RKV_EVICTOR_ALL_LAYERS, NULL, NULL), RKV_ERR_INVALID_ARG);
   EXPECT(strstr(rkv_evictor_last_error(ev), "device window") != NULL);
@@ -200,6 +280,8 @@ int main(void) {
   test_noop();
   test_no_blocks();
   fx_nomem_sweep(true);
+  test_groups_share();
+  test_lockstep();
   test_equals_cpu();
   return rkv_test_finish();
 }

@@ -1,8 +1,9 @@
 /* The executor's selection granularity (rkv_exec_config.granularity, version 2):
  *  - create: a version-1 struct_size is accepted (granularity stream), an unknown unit and any
- *    other size are RKV_ERR_INVALID_ARG, a coarser unit on a device pool (the emulated device)
- *    is RKV_ERR_UNSUPPORTED with a message, bookkeeping (pool NULL) takes any unit;
- *  - a scheduler run on a CPU pool at each unit (R-KV and H2O): every V row carries its token's
+ *    other size are RKV_ERR_INVALID_ARG, a device pool (the emulated device) and bookkeeping
+ *    (pool NULL) take any unit;
+ *  - a scheduler run on a CPU pool and on the emulated device (the executor's device path: the
+ *    evictor's batched launch) at each unit (R-KV and H2O): every V row carries its token's
  *    logical index, so after each flagged compression the positions every stream kept are
  *    read back: all streams of a group (a layer, a kv head index, the sequence) hold the same
  *    positions, every stream holds exactly the budget, the newest `window` tokens are kept; at
@@ -11,6 +12,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 
+#include <rkv/buffer.h>
 #include <rkv/buffer_emu.h>
 #include <rkv/executor.h>
 #include <rkv/scheduler.h>
@@ -86,14 +88,7 @@ static void test_create(void) {
     EXPECT_OK(rkv_exec_create(&xc, bm, NULL, &x, err, sizeof err));
     rkv_exec_destroy(x);
     x = NULL;
-    rkv_status st = rkv_exec_create(&xc, bm, pe, &x, err, sizeof err);
-    if (g == RKV_EVICT_GRAN_STREAM) {
-      EXPECT_OK(st);
-    } else {
-      EXPECT_STATUS(st, RKV_ERR_UNSUPPORTED);
-      EXPECT(strstr(err, "CPU pool") != NULL && strstr(err, "granularity") != NULL);
-      EXPECT(x == NULL);
-    }
+    EXPECT_OK(rkv_exec_create(&xc, bm, pe, &x, err, sizeof err)); /* the device path too */
     rkv_exec_destroy(x);
   }
   rkv_kv_pool_destroy(pc);
@@ -186,13 +181,13 @@ static bool check_compressed(engine *e, int64_t id, int64_t newest, rkv_evict_gr
   return differ;
 }
 
-static void run(rkv_evict_granularity g, rkv_evict_policy pol) {
+static void run(rkv_evict_granularity g, rkv_evict_policy pol, bool emu) {
   engine e;
   memset(&e, 0, sizeof e);
   e.bm = make_bm();
   rkv_backend_config bec = RKV_BACKEND_CONFIG_INIT;
   bec.kind = RKV_BACKEND_CPU;
-  EXPECT_OK(rkv_backend_create(&bec, &e.be));
+  EXPECT_OK(emu ? rkv_backend_create_emulated(&bec, &e.be) : rkv_backend_create(&bec, &e.be));
   rkv_kv_layout lay = rkv_blockmgr_kv_layout(e.bm);
   EXPECT_OK(rkv_kv_pool_create(e.be, &lay, 600, &e.pool));
   const rkv_evict_params ev = params(pol);
@@ -210,6 +205,13 @@ static void run(rkv_evict_granularity g, rkv_evict_policy pol) {
   }
   static float q[MAX_ROWS * QH * D], k[MAX_ROWS * KVH * D], v[MAX_ROWS * KVH * D],
       out[MAX_ROWS * QH * D];
+  rkv_buffer *dq = NULL, *dk = NULL, *dv = NULL, *dout = NULL;
+  if (emu) {
+    EXPECT_OK(rkv_buffer_create(e.be, RKV_BUFFER_DEVICE, sizeof q, &dq));
+    EXPECT_OK(rkv_buffer_create(e.be, RKV_BUFFER_DEVICE, sizeof k, &dk));
+    EXPECT_OK(rkv_buffer_create(e.be, RKV_BUFFER_DEVICE, sizeof v, &dv));
+    EXPECT_OK(rkv_buffer_create(e.be, RKV_BUFFER_DEVICE, sizeof out, &dout));
+  }
   rkv_sched_output outs[MAX_SEQS];
   int bad = 0, compressions = 0, differ = 0;
   for (int step = 0; step < 2000; step++) {
@@ -224,13 +226,23 @@ static void run(rkv_evict_granularity g, rkv_evict_policy pol) {
     }
     for (uint32_t l = 0; l < LAYERS && p->n_seqs; l++) {
       make_qkv(p, l, q, k, v);
-      EXPECT_OK(rkv_exec_layer(e.x, l, q, k, v, out));
+      if (emu) { /* a device pool takes DEVICE rows; sync: the next layer rewrites the host rows */
+        EXPECT_OK(rkv_buffer_upload(dq, 0, q, sizeof q));
+        EXPECT_OK(rkv_buffer_upload(dk, 0, k, sizeof k));
+        EXPECT_OK(rkv_buffer_upload(dv, 0, v, sizeof v));
+        EXPECT_OK(rkv_exec_layer(e.x, l, rkv_buffer_ptr(dq), rkv_buffer_ptr(dk), rkv_buffer_ptr(dv),
+                                 rkv_buffer_ptr(dout)));
+        EXPECT_OK(rkv_backend_sync(e.be));
+      } else {
+        EXPECT_OK(rkv_exec_layer(e.x, l, q, k, v, out));
+      }
     }
     memset(outs, 0, sizeof outs);
     if (rkv_exec_finish(e.x, outs, p->n_seqs) != RKV_OK) {
       RKV_TEST_FAIL_("finish: %s", rkv_exec_last_error(e.x));
       break;
     }
+    if (emu) EXPECT_OK(rkv_backend_sync(e.be)); /* the launch ran before the pool is read */
     for (uint32_t i = 0; i < p->n_seqs; i++) {
       if (!outs[i].compressed) continue;
       compressions++;
@@ -245,16 +257,22 @@ static void run(rkv_evict_granularity g, rkv_evict_policy pol) {
   }
   EXPECT_OK(rkv_sched_check(e.s));
   if (getenv("RKV_TEST_VERBOSE"))
-    printf("%s %s: %d compressions, %d differ\n", rkv_evict_policy_name(pol),
-           rkv_evict_granularity_name(g), compressions, differ);
+    printf("%s %s %s: %d compressions, %d differ\n", emu ? "emulated device" : "cpu",
+           rkv_evict_policy_name(pol), rkv_evict_granularity_name(g), compressions, differ);
   EXPECT(compressions > 10);
   if (g == RKV_EVICT_GRAN_STREAM && pol != RKV_EVICT_STREAMING) EXPECT(differ > 0);
   if (g == RKV_EVICT_GRAN_SEQUENCE) EXPECT_EQ_INT(differ, 0);
   if (bad)
-    RKV_TEST_FAIL_("%s %s: %d budget, window or shared-set violations in %d compressions",
-                   rkv_evict_policy_name(pol), rkv_evict_granularity_name(g), bad, compressions);
+    RKV_TEST_FAIL_("%s %s %s: %d budget, window or shared-set violations in %d compressions",
+                   emu ? "emulated device" : "cpu", rkv_evict_policy_name(pol),
+                   rkv_evict_granularity_name(g), bad, compressions);
   else
     rkv_test_passed_++;
+  if (emu) EXPECT_EQ_INT(rkv_emu_hazards(e.be), 0);
+  rkv_buffer_destroy(dq);
+  rkv_buffer_destroy(dk);
+  rkv_buffer_destroy(dv);
+  rkv_buffer_destroy(dout);
   engine_free(&e);
 }
 
@@ -262,6 +280,7 @@ int main(void) {
   test_create();
   const rkv_evict_policy pols[2] = {RKV_EVICT_RKV, RKV_EVICT_H2O};
   for (int pi = 0; pi < 2; pi++)
-    for (int g = 0; g < RKV_EVICT_GRAN_COUNT_; g++) run((rkv_evict_granularity)g, pols[pi]);
+    for (int g = 0; g < RKV_EVICT_GRAN_COUNT_; g++)
+      for (int emu = 0; emu < 2; emu++) run((rkv_evict_granularity)g, pols[pi], emu == 1);
   return rkv_test_finish();
 }
