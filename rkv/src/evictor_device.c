@@ -284,24 +284,23 @@ static uintptr_t window_base(const rkv_evictor *ev) {
 }
 
 /* One launch per distinct parameter set: queued A, B, A makes two, the sets in the order they
- * first appear and each set's sequences in queue order. */
+ * first appear and each set's sequences in queue order. O(queue x distinct sets). */
 rkv_status rkvi_evdev_run(rkv_evictor *ev, rkv_evictor_result *res) {
   const uintptr_t qbase = window_base(ev);
   rkv_status ret = RKV_OK;
   char first[RKV_ERRBUF] = "";
+  for (uint32_t i = 0; i < ev->n_q; i++) ev->q[i].batched = false;
   for (uint32_t lead = 0; lead < ev->n_q; lead++) {
     const rkv_evict_params *p = &ev->q[lead].params;
-    if (!rkvi_evictor_policy(p->policy).evicts) continue;
-    bool seen = false; /* an earlier entry with these parameters launched them already */
-    for (uint32_t j = 0; j < lead && !seen; j++) seen = same_params(&ev->q[j].params, p);
-    if (seen) continue;
+    if (ev->q[lead].batched || !rkvi_evictor_policy(p->policy).evicts) continue;
     evbatch x;
     memset(&x, 0, sizeof x);
     x.qbase = qbase;
     x.p = p;
     for (uint32_t i = lead; i < ev->n_q; i++) {
-      const rkvi_evq *q = &ev->q[i];
-      if (!same_params(&q->params, p)) continue;
+      rkvi_evq *q = &ev->q[i];
+      if (q->batched || !same_params(&q->params, p)) continue;
+      q->batched = true;
       const uint32_t free0 = rkv_blockmgr_free_blocks(ev->bm);
       res[i].status = plan_one(ev, q, &x, &res[i]);
       if (res[i].status == RKV_ERR_INTERNAL) return RKV_ERR_INTERNAL;

@@ -16,6 +16,7 @@ typedef struct rkvi_evq {
   int32_t layer; /* RKV_EVICTOR_ALL_LAYERS or one layer */
   rkv_evict_params params;
   rkv_evictor_window win; /* device pools, policies that read queries */
+  bool batched;           /* device run: already in a launch of its parameter set */
 } rkvi_evq;
 
 /* Device half: buffers of the pool's backend and the host arrays of one batched launch. */
