@@ -36,17 +36,25 @@ def pct_runs(d):
     return cell, full
 
 
-def merge_hindsight(paths, cell):
-    """Adds the hindsight oracle's runs (several files: disjoint problem ranges) to cell as
-    policy "hindsight"; returns how many problems they cover."""
+def merge_hindsight(paths, cell, d):
+    """Adds the hindsight oracle's runs (several files: problem ranges that must tile 0..N
+    without overlap, on the eval's problem set) to cell as policy "hindsight"; returns N."""
     acc = {}
-    n = 0
+    ranges = []
     for path in paths:
         h = load(path)
-        n += h["problems"]
+        for k in ("seed", "digits", "buffer", "window"):
+            if h[k] != d[k]:
+                sys.exit(f"eval_v2_table.py: {path}: {k} {h[k]} is not the eval's {d[k]}")
+        ranges.append((h["first"], h["first"] + h["problems"], path))
         for r in h["runs"]:
             c, t = acc.get(r["budget_pct"], (0, 0))
             acc[r["budget_pct"]] = (c + r["correct"], t + r["problems"])
+    n = 0
+    for lo, hi, path in sorted(ranges):
+        if lo != n:
+            sys.exit(f"eval_v2_table.py: {path} starts at problem {lo}, not {n} (gap or overlap)")
+        n = hi
     for pct, (c, t) in acc.items():
         cell[("hindsight", pct)] = {"accuracy": c / t, "correct": c, "problems": t}
     return n
@@ -66,7 +74,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     d = load(args.policies)
     cell, full = pct_runs(d)
-    hind_n = merge_hindsight(args.hindsight, cell)
+    hind_n = merge_hindsight(args.hindsight, cell, d)
     if full is None:
         sys.exit("eval_v2_table.py: the --policies file has no full-cache run")
     shares = sorted({p for (_, p) in cell})
@@ -82,7 +90,8 @@ def main(argv=None):
       f"per request. Full cache: **{100 * fa:.1f}%** ({full['correct']}/{full['problems']}), "
       f"mean generation {full['mean_generated']:.0f} tokens. One cell's standard error is at "
       f"most ±{se:.1f} points." + (
-          f" The hindsight oracle ran on the first {hind_n} of these problems (PyTorch, "
+          (f" The hindsight oracle ran on all {hind_n} problems (PyTorch, " if hind_n == n else
+           f" The hindsight oracle ran on the first {hind_n} of these problems (PyTorch, ") +
           f"tools/model/oracle_hindsight.py; one cell's standard error ±"
           f"{100 * math.sqrt(0.25 / hind_n):.1f} points)." if hind_n else ""))
 
