@@ -143,6 +143,20 @@ static rkv_status reserve_kernel(rkv_evictor *ev, const evsize *s) {
   return bgrow(ev, ev->dev->ws, ws + 64, "run: workspace");
 }
 
+static bool same_params(const rkv_evict_params *a, const rkv_evict_params *b);
+
+/* Launches a run of the queue makes: its distinct parameter sets that evict. */
+static uint32_t launches(const rkv_evictor *ev) {
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < ev->n_q; i++) {
+    const rkv_evict_params *p = &ev->q[i].params;
+    bool seen = !rkvi_evictor_policy(p->policy).evicts;
+    for (uint32_t j = 0; j < i && !seen; j++) seen = same_params(&ev->q[j].params, p);
+    n += !seen;
+  }
+  return n;
+}
+
 rkv_status rkvi_evdev_reserve(rkv_evictor *ev) {
   rkvi_evdev *d = ev->dev;
   evsize s = {0, 0, 0, 0};
@@ -164,6 +178,9 @@ rkv_status rkvi_evdev_reserve(rkv_evictor *ev) {
                            (uint32_t)s.fresh, d->freed, (uint32_t)s.old, NULL, 0, NULL, NULL,
                            &bytes) != RKV_OK)
     return rkvi_fail(ev->err, RKV_ERR_INTERNAL, "run: descriptor size");
+  /* every launch packs at its own offset: per launch up to 4 sections' alignment and its
+   * offset's (rkvi_evict_cuda_pack aligns sections to 256 bytes) */
+  bytes += (size_t)launches(ev) * 5 * 256;
   RKV_TRY(bgrow(ev, d->stage, bytes, "run: staging arena"));
   RKV_TRY(bgrow(ev, d->desc, bytes, "run: descriptors"));
   return reserve_kernel(ev, &s);
@@ -245,25 +262,31 @@ static rkv_status flush(rkv_evictor *ev, evbatch *x) {
   if (st == RKV_OK)
     st = rkvi_evict_cuda_pack(d->streams, x->n_streams, d->old, x->n_old, d->newb, x->n_new,
                               d->freed, nf, NULL, 0, NULL, NULL, &bytes);
-  if (st != RKV_OK || bytes > rkv_buffer_size(d->stage) || bytes > rkv_buffer_size(d->desc))
+  const size_t at = (d->arena_used + 255) / 256 * 256;
+  if (st != RKV_OK || at + bytes > rkv_buffer_size(d->stage) ||
+      at + bytes > rkv_buffer_size(d->desc))
     return rkvi_fail(ev->err, RKV_ERR_INTERNAL, "run: descriptors: %s", rkv_status_str(st));
-  /* the arena may still feed the previous launch's upload */
-  if (d->in_flight && (st = rkv_backend_sync(ev->be)) != RKV_OK)
+  /* A run's first launch reuses the arena from 0: the last run's upload may still read it,
+   * unless the backend synced since (an engine's end-of-step sync usually has). */
+  if (at == 0 && d->in_flight && rkv_backend_sync_count(ev->be) == d->upload_syncs &&
+      (st = rkv_backend_sync(ev->be)) != RKV_OK)
     return broke(ev, st, "run: sync before reusing the arena");
   d->in_flight = false;
+  unsigned char *stage = rkv_buffer_ptr(d->stage), *desc = rkv_buffer_ptr(d->desc);
   st = rkvi_evict_cuda_pack(d->streams, x->n_streams, d->old, x->n_old, d->newb, x->n_new, d->freed,
-                            nf, rkv_buffer_ptr(d->stage), rkv_buffer_size(d->stage),
-                            rkv_buffer_ptr(d->desc), &b, &bytes);
-  if (st == RKV_OK) st = rkv_buffer_copy(d->desc, 0, d->stage, 0, bytes);
+                            nf, stage + at, rkv_buffer_size(d->stage) - at, desc + at, &b, &bytes);
+  if (st == RKV_OK) st = rkv_buffer_copy(d->desc, at, d->stage, at, bytes);
   if (st != RKV_OK) return broke(ev, st, "run: upload");
   d->in_flight = true;
+  d->upload_syncs = rkv_backend_sync_count(ev->be);
+  d->arena_used = at + bytes;
   b.group = ev->Hq / ev->Hkv;
   b.max_len = x->max_len;
   b.granularity = (uint32_t)ev->cfg.granularity;
   b.layers = ev->L;
   b.kv_heads = ev->Hkv;
   b.qwin = rkvi_evictor_policy(x->p->policy).needs_query_window ? (const float *)x->qbase : NULL;
-  if (ev->emu) return rkvi_evemu_compress(ev, x->p, &b, bytes);
+  if (ev->emu) return rkvi_evemu_compress(ev, x->p, &b, at + bytes);
   st = rkvi_evict_cuda_compress(x->p, ev->pool, &b, rkv_buffer_ptr(d->ws), rkv_buffer_size(d->ws));
   return st == RKV_OK ? RKV_OK : broke(ev, st, "run: launch");
 }
@@ -289,6 +312,7 @@ rkv_status rkvi_evdev_run(rkv_evictor *ev, rkv_evictor_result *res) {
   const uintptr_t qbase = window_base(ev);
   rkv_status ret = RKV_OK;
   char first[RKV_ERRBUF] = "";
+  ev->dev->arena_used = 0;
   for (uint32_t i = 0; i < ev->n_q; i++) ev->q[i].batched = false;
   for (uint32_t lead = 0; lead < ev->n_q; lead++) {
     const rkv_evict_params *p = &ev->q[lead].params;

@@ -208,12 +208,12 @@ static void emu_scatter(const rkv_evictor *ev, const rkv_evict_params *p,
 }
 
 /* The launch: descriptors are read where the GPU would read them, in the device buffer the
- * arena was copied into (`bytes` of it). */
+ * arena was copied into (its first `end` bytes; this launch's part is at an offset). */
 rkv_status rkvi_evemu_compress(rkv_evictor *ev, const rkv_evict_params *p,
-                               const rkv_evict_cuda_batch *db, size_t bytes) {
+                               const rkv_evict_cuda_batch *db, size_t end) {
   unsigned char *h = NULL;
   const unsigned char *dev = rkv_buffer_ptr(ev->dev->desc);
-  rkv_status st = rkv_emu_view(ev->be, dev, bytes, (void **)&h);
+  rkv_status st = rkv_emu_view(ev->be, dev, end, (void **)&h);
   if (st != RKV_OK)
     return rkvi_fail(ev->err, RKV_ERR_INTERNAL, "emulated compression: descriptors: %s",
                      rkv_status_str(st));

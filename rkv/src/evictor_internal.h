@@ -24,7 +24,12 @@ typedef struct rkvi_evdev {
   rkv_buffer *desc;  /* DEVICE: the packed descriptors of a launch */
   rkv_buffer *ws;    /* DEVICE: the CUDA kernels' workspace */
   rkv_buffer *stage; /* HOST_PINNED: the descriptors before their one upload */
-  bool in_flight;    /* the last run's upload from stage may still be pending */
+  /* The arena: each launch of a run packs its descriptors at its own offset (no launch waits
+   * for another's upload); the next run reuses it from 0 once the backend has synced since
+   * the last upload (rkv_backend_sync_count past upload_syncs), else it syncs first. */
+  bool in_flight;        /* an upload from stage may still be pending */
+  uint64_t upload_syncs; /* rkv_backend_sync_count at the last upload */
+  size_t arena_used;     /* bytes of the arena this run's launches took */
   /* one launch (grown before the first cut of a run) */
   rkv_compact_map *maps;
   rkv_evict_cuda_stream *streams;
@@ -75,11 +80,12 @@ rkv_status rkvi_evdev_run(rkv_evictor *ev, rkv_evictor_result *res);
 
 /* The emulated device's twin of rkvi_evict_cuda_compress (evictor_emu.c): the scratch a
  * launch of ns streams of up to nmax tokens at granularity g needs, and the launch itself over the
- * batch as uploaded (descriptors read from device memory, `bytes` of them). */
+ * batch as uploaded (descriptors read from device memory: the first `end` bytes of the
+ * descriptor buffer hold them). */
 rkv_status rkvi_evemu_sizes(const rkv_evictor *ev, const rkv_evict_params *p,
                             rkv_evict_granularity g, uint32_t ns, int32_t nmax, size_t sz[7]);
 rkv_status rkvi_evemu_reserve(rkv_evictor *ev, const size_t sz[7]);
 rkv_status rkvi_evemu_compress(rkv_evictor *ev, const rkv_evict_params *p,
-                               const rkv_evict_cuda_batch *db, size_t bytes);
+                               const rkv_evict_cuda_batch *db, size_t end);
 
 #endif /* RKV_EVICTOR_INTERNAL_H */

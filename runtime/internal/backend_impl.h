@@ -18,8 +18,9 @@ struct rkv_backend {
   bool has_alloc;
   rkv_logger logger;
   bool has_logger;
-  void *stream;  /* cudaStream_t on CUDA */
-  bool poisoned; /* a sticky CUDA error happened; every later call fails */
+  void *stream;   /* cudaStream_t on CUDA */
+  bool poisoned;  /* a sticky CUDA error happened; every later call fails */
+  uint64_t syncs; /* rkv_backend_sync calls that returned RKV_OK */
   char err[RKV_ERRBUF];
   struct rkvi_emu *emu; /* emulated device state (buffer_emu.c); NULL on real backends */
 };

@@ -146,8 +146,17 @@ const char *rkv_backend_last_error(const rkv_backend *b) {
 
 rkv_status rkv_backend_sync(rkv_backend *b) {
   if (!b) return RKV_ERR_INVALID_ARG;
-  if (b->emu) return rkvi_emu_sync(b);
-  return b->kind == RKV_BACKEND_CUDA ? rkvi_cuda_sync(b) : RKV_OK;
+  rkv_status st = RKV_OK;
+  if (b->emu)
+    st = rkvi_emu_sync(b);
+  else if (b->kind == RKV_BACKEND_CUDA)
+    st = rkvi_cuda_sync(b);
+  if (st == RKV_OK) b->syncs++;
+  return st;
+}
+
+uint64_t rkv_backend_sync_count(const rkv_backend *b) {
+  return b ? b->syncs : 0;
 }
 
 void *rkv_backend_stream(const rkv_backend *b) {

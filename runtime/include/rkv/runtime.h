@@ -197,6 +197,11 @@ RKV_API const char *rkv_backend_name(const rkv_backend *b);
 RKV_API const char *rkv_backend_last_error(const rkv_backend *b);
 /* Waits for all work the backend queued (no-op on CPU). */
 RKV_API rkv_status rkv_backend_sync(rkv_backend *b);
+/* How many rkv_backend_sync calls on b have returned RKV_OK. Work enqueued before such a call
+ * is complete, so a caller that read n when it enqueued a transfer knows the transfer is done
+ * once this exceeds n, without waiting: a fence for reusing a staging buffer when someone else
+ * (an engine's end-of-step sync) already waited. 0 for NULL. */
+RKV_API uint64_t rkv_backend_sync_count(const rkv_backend *b);
 /* The backend's CUDA stream as an opaque value (NULL on CPU). */
 RKV_API void *rkv_backend_stream(const rkv_backend *b);
 

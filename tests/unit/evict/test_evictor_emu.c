@@ -6,6 +6,8 @@
  *    two launches), one layer alone: the same lengths, block tables, K/V rows, per-slot
  *    masses of every slot and free blocks as the CPU run; no copy hazard, nothing left queued;
  *  - FULL and at-budget sequences change nothing;
+ *  - a run's launches never wait for each other; a run reuses the descriptor arena without a
+ *    sync when the backend synced since the last upload, and syncs first otherwise;
  *  - every coarser granularity (layer, kvhead, sequence; whole sequences in the launch, the
  *    groups' scores aggregated on the device side) equals the CPU evictor's rkv_evict_seq the
  *    same way, and its groups hold one set; streams out of lockstep are refused at run;
@@ -49,7 +51,9 @@ static void compare_case(rkv_evict_policy pol, rkv_dtype dt, int32_t layer,
   EXPECT_OK(rkv_evictor_check(ee));
   rkv_evictor_result rc[MAXSEQ], re[MAXSEQ];
   run_ok(ec, rc, 3);
+  const uint64_t syncs = rkv_backend_sync_count(e.be);
   run_ok(ee, re, 3);
+  EXPECT_EQ_INT(rkv_backend_sync_count(e.be), syncs); /* two launches, no wait between them */
   EXPECT_OK(rkv_backend_sync(e.be));
   EXPECT_EQ_INT(rkv_emu_hazards(e.be), 0);
   for (int i = 0; i < 3; i++) {
@@ -239,6 +243,44 @@ static void test_bad_input(void) {
   fx_fini(&t);
 }
 
+/* The arena between runs: a run reuses it without waiting once the backend synced since the
+ * last upload (an engine's end-of-step sync), and syncs first otherwise; the results equal a
+ * CPU evictor's either way. */
+static void test_arena_reuse(void) {
+  fixture c, e;
+  for (int k = 0; k < 2; k++) {
+    fixture *f = k ? &e : &c;
+    fx_init(f, RKV_DTYPE_F32, 400, 55, k == 1);
+    for (int64_t s = 1; s <= 3; s++) fx_seq(f, s, 70 + 5 * (int32_t)s, W + (uint32_t)s);
+  }
+  rkv_evict_params p = RKV_EVICT_PARAMS_INIT;
+  p.budget = 40, p.window = W;
+  rkv_evictor *ec = fx_evictor(&c, &p, RKV_EVICT_GRAN_STREAM);
+  rkv_evictor *ee = fx_evictor(&e, &p, RKV_EVICT_GRAN_STREAM);
+  rkv_evictor_window win[4];
+  for (int64_t s = 1; s <= 3; s++) win[s] = fx_window(&e, s, (int32_t)s);
+  rkv_evictor_result res[MAXSEQ];
+  for (int64_t s = 1; s <= 3; s++) {
+    EXPECT_OK(rkv_evictor_add(ec, s, RKV_EVICTOR_ALL_LAYERS, NULL, NULL));
+    EXPECT_OK(rkv_evictor_add(ee, s, RKV_EVICTOR_ALL_LAYERS, NULL, &win[s]));
+    run_ok(ec, res, 1);
+    const uint64_t before = rkv_backend_sync_count(e.be);
+    run_ok(ee, res, 1);
+    /* run 1: nothing in flight; run 2: the first upload may be pending, so it syncs; run 3:
+     * the caller synced after run 2, so it does not */
+    EXPECT_EQ_INT(rkv_backend_sync_count(e.be) - before, s == 2 ? 1 : 0);
+    if (s == 2) EXPECT_OK(rkv_backend_sync(e.be));
+  }
+  EXPECT_OK(rkv_backend_sync(e.be));
+  EXPECT_EQ_INT(rkv_emu_hazards(e.be), 0);
+  expect_same(&c, &e, true, false, "emu arena reuse");
+  EXPECT_OK(rkv_evictor_check(ee));
+  rkv_evictor_destroy(ec);
+  rkv_evictor_destroy(ee);
+  fx_fini(&c);
+  fx_fini(&e);
+}
+
 /* Out of fresh blocks for a fork: that sequence stays, the other compresses (twin: the other
  * alone). */
 static void test_no_blocks(void) {
@@ -282,6 +324,7 @@ int main(void) {
   fx_nomem_sweep(true);
   test_groups_share();
   test_lockstep();
+  test_arena_reuse();
   test_equals_cpu();
   return rkv_test_finish();
 }

@@ -133,6 +133,14 @@ static void test_backend_kinds(void) {
   rkv_backend_destroy(NULL);
   rkv_kv_pool_destroy(NULL);
   EXPECT_STATUS(rkv_backend_sync(NULL), RKV_ERR_INVALID_ARG);
+  /* the sync count: every successful sync, none for NULL */
+  EXPECT_EQ_INT(rkv_backend_sync_count(NULL), 0);
+  EXPECT_OK(rkv_backend_create(NULL, &b));
+  EXPECT_EQ_INT(rkv_backend_sync_count(b), 0);
+  EXPECT_OK(rkv_backend_sync(b));
+  EXPECT_OK(rkv_backend_sync(b));
+  EXPECT_EQ_INT(rkv_backend_sync_count(b), 2);
+  rkv_backend_destroy(b);
 }
 
 /* write_blocks puts other tokens into the blocks: the previous owner's H2O mass must go. */

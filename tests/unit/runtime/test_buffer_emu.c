@@ -43,12 +43,16 @@ static bool all_bytes(const uint8_t *p, size_t n, uint8_t v) {
   return true;
 }
 
+/* A failed sync is not counted by rkv_backend_sync_count; the next, clean one is. */
 #define EXPECT_HAZARD(b, needle)                               \
   do {                                                         \
+    const uint64_t syncs_ = rkv_backend_sync_count(b);         \
     EXPECT_STATUS(rkv_backend_sync(b), RKV_ERR_STATE);         \
     EXPECT(strstr(rkv_backend_last_error(b), needle) != NULL); \
     EXPECT(strstr(rkv_emu_hazard_text(b), needle) != NULL);    \
+    EXPECT_EQ_INT(rkv_backend_sync_count(b), syncs_);          \
     EXPECT_OK(rkv_backend_sync(b)); /* reported once */        \
+    EXPECT_EQ_INT(rkv_backend_sync_count(b), syncs_ + 1);      \
   } while (0)
 
 static void test_create(void) {

@@ -8,7 +8,9 @@
  *   - both executors pass rkv_exec_check (the device one compares its device table mirror,
  *     kept by delta uploads, with the host mirror);
  *   - a decode step whose tables did not change uploads only the step metadata (one queued
- *     copy after begin: the rows go up by deltas, never as a full export).
+ *     copy after begin: the rows go up by deltas, never as a full export);
+ *   - the step waited for the device once (rkv_backend_sync_count), in its finish: the
+ *     evictor's next run reuses its descriptor arena without another sync.
  * At the end the emulator saw no copy hazard. Workloads: reserve, optimistic admission with
  * swap preemption, and forks; every policy. Plus the refusals: host pointers where the device
  * path wants device memory, and the emulated kernels' bounds.
@@ -244,6 +246,7 @@ static int one_step(engine *a, engine *b, xfer *t, float *ref, rkv_sched_output 
     CHECK(rkv_exec_begin(a->x, pa) == RKV_OK, "%s", rkv_exec_last_error(a->x));
   }
   rs->swaps += pb->n_swap_in + pb->n_swap_out;
+  const uint64_t syncs0 = rkv_backend_sync_count(b->be);
   CHECK(rkv_exec_begin(b->x, pb) == RKV_OK, "%s", rkv_exec_last_error(b->x));
   const size_t pending = rkv_emu_pending(b->be);
   if (quiet_step(pb, *compressed_before)) {
@@ -263,6 +266,9 @@ static int one_step(engine *a, engine *b, xfer *t, float *ref, rkv_sched_output 
     oa[i].eos = ob[i].eos = pb->seqs[i].samples && eos_of(&pb->seqs[i]);
   if (lock) CHECK(rkv_exec_finish(a->x, oa, pa->n_seqs) == RKV_OK, "%s", rkv_exec_last_error(a->x));
   CHECK(rkv_exec_finish(b->x, ob, pb->n_seqs) == RKV_OK, "%s", rkv_exec_last_error(b->x));
+  /* one wait per step, the finish's: the evictor reuses its arena without syncing again */
+  CHECK(rkv_backend_sync_count(b->be) - syncs0 == 1, "step %llu: %llu syncs",
+        (unsigned long long)pb->step, (unsigned long long)(rkv_backend_sync_count(b->be) - syncs0));
   /* finish synced: the outputs are in pinned memory now */
   const unsigned char *outs = rkv_buffer_ptr(t->outs);
   for (uint32_t l = 0; lock && l < LAYERS && pb->n_seqs; l++)
