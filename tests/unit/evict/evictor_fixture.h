@@ -133,6 +133,18 @@ static inline void fx_seq(fixture *f, int64_t id, int32_t n, uint32_t rows) {
     }
 }
 
+/* Two fixtures built alike (a on the emulated device when emu_a, b when emu_b): sequences
+ * 1..nseq of lens[i] tokens with rows[i] query rows pushed per layer. Same seed, same bytes. */
+static inline void fx_twins(fixture *a, fixture *b, bool emu_a, bool emu_b, rkv_dtype dt,
+                            uint32_t num_blocks, uint64_t seed, const int32_t *lens,
+                            const uint32_t *rows, int nseq) {
+  for (int k = 0; k < 2; k++) {
+    fixture *f = k ? b : a;
+    fx_init(f, dt, num_blocks, seed, k ? emu_b : emu_a);
+    for (int i = 0; i < nseq; i++) fx_seq(f, i + 1, lens[i], rows[i]);
+  }
+}
+
 /* The host image of sequence id's device window: the host window's rows, oldest first,
  * stored as a ring whose oldest row is `oldest` (what rkv_attn_cuda_qwindow_push leaves). */
 static inline float *fx_ring_image(fixture *f, int64_t id, int32_t oldest) {
@@ -278,12 +290,8 @@ static inline void fx_nomem_sweep(bool emu) {
   int failures = 0;
   for (uint64_t k = 1; k < 64; k++) {
     fixture f, t;
-    for (int i = 0; i < 2; i++) {
-      fixture *x = i ? &t : &f;
-      fx_init(x, RKV_DTYPE_F32, 300, 21, emu);
-      fx_seq(x, 1, 90, W + 1);
-      fx_seq(x, 2, 75, W + 2);
-    }
+    fx_twins(&f, &t, emu, emu, RKV_DTYPE_F32, 300, 21, (const int32_t[]){90, 75},
+             (const uint32_t[]){W + 1, W + 2}, 2);
     rkv_evict_params p = RKV_EVICT_PARAMS_INIT;
     p.budget = 40, p.window = W;
     fx_fault fl = {0, 0, false};

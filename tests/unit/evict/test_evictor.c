@@ -51,12 +51,10 @@ static void compare_case(rkv_evict_policy pol, rkv_dtype dt, rkv_evict_granulari
                          int32_t layer) {
   fixture a, b;
   const int32_t n[3] = {90, 75, 60};
-  for (int k = 0; k < 2; k++) {
-    fixture *f = k ? &b : &a;
-    fx_init(f, dt, 400, 77 + (uint64_t)pol, false);
-    for (int64_t s = 1; s <= 3; s++) fx_seq(f, s, n[s - 1], W + (uint32_t)s);
-    EXPECT_OK(rkv_blockmgr_seq_protect(f->m, 2, 5));
-  }
+  fx_twins(&a, &b, false, false, dt, 400, 77 + (uint64_t)pol, n,
+           (const uint32_t[]){W + 1, W + 2, W + 3}, 3);
+  EXPECT_OK(rkv_blockmgr_seq_protect(a.m, 2, 5));
+  EXPECT_OK(rkv_blockmgr_seq_protect(b.m, 2, 5));
   rkv_evict_params p = RKV_EVICT_PARAMS_INIT;
   p.policy = pol, p.budget = 40, p.window = W;
   rkv_evict_result want = {0};
@@ -108,12 +106,8 @@ static void test_equals_direct(void) {
 /* FULL, and a sequence at its budget, run and change nothing. */
 static void test_noop(void) {
   fixture f, t;
-  for (int k = 0; k < 2; k++) {
-    fixture *x = k ? &t : &f;
-    fx_init(x, RKV_DTYPE_F32, 200, 5, false);
-    fx_seq(x, 1, 70, W);
-    fx_seq(x, 2, 40, W);
-  }
+  fx_twins(&f, &t, false, false, RKV_DTYPE_F32, 200, 5, (const int32_t[]){70, 40},
+           (const uint32_t[]){W, W}, 2);
   rkv_evict_params p = RKV_EVICT_PARAMS_INIT;
   p.budget = 40, p.window = W;
   rkv_evictor *ev = fx_evictor(&f, &p, RKV_EVICT_GRAN_STREAM);

@@ -31,12 +31,8 @@ static void run_ok(rkv_evictor *ev, rkv_evictor_result *res, uint32_t want) {
 static void compare_case(rkv_evict_policy pol, rkv_dtype dt, int32_t layer,
                          rkv_evict_granularity g) {
   fixture c, e;
-  const int32_t n[3] = {90, 75, 60};
-  for (int k = 0; k < 2; k++) {
-    fixture *f = k ? &e : &c;
-    fx_init(f, dt, 400, 31 + (uint64_t)pol, k == 1);
-    for (int64_t s = 1; s <= 3; s++) fx_seq(f, s, n[s - 1], W + 3 * (uint32_t)s);
-  }
+  fx_twins(&c, &e, false, true, dt, 400, 31 + (uint64_t)pol, (const int32_t[]){90, 75, 60},
+           (const uint32_t[]){W + 3, W + 6, W + 9}, 3);
   rkv_evict_params p = RKV_EVICT_PARAMS_INIT, p3;
   p.policy = pol, p.budget = 40, p.window = W;
   p3 = p, p3.budget = 33, p3.lambda = 0.3f;
@@ -124,12 +120,8 @@ static void test_groups_share(void) {
  * refused at run with RKV_ERR_STATE, nothing changed; the other sequence compresses. */
 static void test_lockstep(void) {
   fixture f, t;
-  for (int k = 0; k < 2; k++) {
-    fixture *x = k ? &t : &f;
-    fx_init(x, RKV_DTYPE_F32, 300, 41, true);
-    fx_seq(x, 1, 70, W + 1);
-    fx_seq(x, 2, 70, W + 2);
-  }
+  fx_twins(&f, &t, true, true, RKV_DTYPE_F32, 300, 41, (const int32_t[]){70, 70},
+           (const uint32_t[]){W + 1, W + 2}, 2);
   rkv_evict_params p = RKV_EVICT_PARAMS_INIT;
   p.budget = 40, p.window = W;
   for (int k = 0; k < 2; k++) {
@@ -171,12 +163,8 @@ static void test_lockstep(void) {
 /* FULL and a sequence at its budget: no change, no launch. */
 static void test_noop(void) {
   fixture f, t;
-  for (int k = 0; k < 2; k++) {
-    fixture *x = k ? &t : &f;
-    fx_init(x, RKV_DTYPE_F32, 200, 5, true);
-    fx_seq(x, 1, 70, W);
-    fx_seq(x, 2, 40, W);
-  }
+  fx_twins(&f, &t, true, true, RKV_DTYPE_F32, 200, 5, (const int32_t[]){70, 40},
+           (const uint32_t[]){W, W}, 2);
   rkv_evict_params p = RKV_EVICT_PARAMS_INIT, full;
   p.budget = 40, p.window = W;
   full = p, full.policy = RKV_EVICT_FULL;
@@ -248,11 +236,8 @@ static void test_bad_input(void) {
  * CPU evictor's either way. */
 static void test_arena_reuse(void) {
   fixture c, e;
-  for (int k = 0; k < 2; k++) {
-    fixture *f = k ? &e : &c;
-    fx_init(f, RKV_DTYPE_F32, 400, 55, k == 1);
-    for (int64_t s = 1; s <= 3; s++) fx_seq(f, s, 70 + 5 * (int32_t)s, W + (uint32_t)s);
-  }
+  fx_twins(&c, &e, false, true, RKV_DTYPE_F32, 400, 55, (const int32_t[]){75, 80, 85},
+           (const uint32_t[]){W + 1, W + 2, W + 3}, 3);
   rkv_evict_params p = RKV_EVICT_PARAMS_INIT;
   p.budget = 40, p.window = W;
   rkv_evictor *ec = fx_evictor(&c, &p, RKV_EVICT_GRAN_STREAM);
