@@ -8,8 +8,9 @@
 #  model_train_toy      train.py end to end on a toy size, one vs two data-parallel processes
 #  model_diagnose       tools/model/diagnose.py (teacher-forced errors by token class) on the
 #                       smoke weights
-#  model_eval_oracle, model_oracle_hindsight, model_eval_v2_table  the version-2 model's
-#                       oracles and tables (registered when adder2.safetensors exists)
+#  model_eval_oracle, model_oracle_hindsight, model_eval_v2_table, model_eval_adder2_one
+#                       the version-2 model's oracles and tables, the one-command weights'
+#                       floor (registered when adder2.safetensors exists)
 #  model_eval_smoke     a small `rkv eval` run (scheduler batching): budgets respected, and
 #                       with trained weights present the full-cache accuracy floor
 #  model_eval_simple_loop  the same through the tool's own batching loop
@@ -210,6 +211,12 @@ if(EXISTS ${_adder2} AND RKV_NUMPY_PYTHON)
                    ${RKV_NUMPY_PYTHON} ${PROJECT_SOURCE_DIR}/tools/bench/eval_v2_table.py ${_bench})
   set_tests_properties(model_eval_v2_table PROPERTIES TIMEOUT 60 LABELS "unit;model"
                        PASS_REGULAR_EXPRESSION "hindsight oracle ran on all 500.*\\| R-KV \\| 0\\.0 \\| 0\\.0 \\| 1\\.0 \\| 27\\.4 \\| 74\\.2 \\| 92\\.8 \\|.*criterion")
+  # The one-command (<= 40 minutes) version-2 weights: a full-cache floor on 24 problems.
+  add_test(NAME model_eval_adder2_one
+           COMMAND rkv eval --model ${PROJECT_SOURCE_DIR}/tools/model/weights/adder2-one.safetensors
+                   --problems 24 --digits 6-8 --policies full --threads 1
+                   --min-full-accuracy 0.85)
+  set_tests_properties(model_eval_adder2_one PROPERTIES TIMEOUT 300 LABELS "integration;model")
   add_test(NAME model_oracle_hindsight
            COMMAND ${RKV_NUMPY_PYTHON} ${PROJECT_SOURCE_DIR}/tools/model/oracle_hindsight.py
                    ${_adder2} --problems 8 --digits 6-7 --budgets 60% --batch 8
