@@ -168,8 +168,16 @@ add_test(NAME model_eval_cuda
                  --digits 1-3 --problems 20 --policies full,rkv,streaming --budgets 32 --buffer 8
                  --check --require-bounds --min-full-accuracy 0.9)
 set_tests_properties(model_eval_cuda PROPERTIES TIMEOUT 300 LABELS "gpu;model")
+# The same at a coarser unit: the evictor's batched launch aggregates each group's scores
+# (group_kernel) between scoring and selection.
+add_test(NAME model_eval_cuda_granularity
+         COMMAND rkv eval --backend cuda --compare-cpu --model ${_model_dir}/data/smoke.safetensors
+                 --digits 1-3 --problems 20 --policies rkv,h2o --budgets 32 --buffer 8
+                 --granularity sequence --check --require-bounds)
+set_tests_properties(model_eval_cuda_granularity PROPERTIES TIMEOUT 300 LABELS "gpu;model")
 if(NOT RKV_REQUIRE_GPU_TESTS)
   set_tests_properties(model_eval_cuda PROPERTIES SKIP_RETURN_CODE 77)
+  set_tests_properties(model_eval_cuda_granularity PROPERTIES SKIP_RETURN_CODE 77)
 endif()
 
 # Budgets as a share of each problem's length (--budgets N%): a budget per request through
