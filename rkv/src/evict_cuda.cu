@@ -590,12 +590,15 @@ __global__ void __launch_bounds__(kFinThreads) finalize_kernel(EvParams p, int p
 // layers ascending; sum then one division, docs/EVICTION.md), so the aggregate is the CPU's
 // bit for bit for equal member scores. Written back into every member's z: each member then
 // selects the same positions. Reads of a position happen before its writes, in one thread.
+// Groups per sequence at a coarser granularity: one per layer, per kv head, or one.
+__host__ __device__ inline int groups_per_seq(const EvParams &p) {
+  return p.gran == RKV_EVICT_GRAN_LAYER    ? p.layers
+         : p.gran == RKV_EVICT_GRAN_KVHEAD ? p.kv_heads
+                                           : 1;
+}
+
 __global__ void group_kernel(EvParams p) {
-  const int per_seq = p.layers * p.kv_heads;
-  const int per_group = p.gran == RKV_EVICT_GRAN_LAYER    ? p.kv_heads
-                        : p.gran == RKV_EVICT_GRAN_KVHEAD ? p.layers
-                                                          : per_seq;
-  const int groups = per_seq / per_group;
+  const int per_seq = p.layers * p.kv_heads, groups = groups_per_seq(p);
   const int seq = blockIdx.y / groups, k = blockIdx.y % groups;
   int l0 = 0, l1 = p.layers, h0 = 0, h1 = p.kv_heads;
   if (p.gran == RKV_EVICT_GRAN_LAYER) l0 = k, l1 = k + 1;
@@ -805,11 +808,7 @@ rkv_status launch_all(const EvParams &prm, uint32_t S, rkv_backend *b, char *err
   } else {
     finalize_kernel<T><<<S, kFinThreads, 0, st>>>(prm, kPhaseScore);
     EV_LAUNCH_CHECK(b, err);
-    const int per_seq = prm.layers * prm.kv_heads;
-    const int per_group = prm.gran == RKV_EVICT_GRAN_LAYER    ? prm.kv_heads
-                          : prm.gran == RKV_EVICT_GRAN_KVHEAD ? prm.layers
-                                                              : per_seq;
-    const unsigned groups = S / (unsigned)per_seq * (unsigned)(per_seq / per_group);
+    const unsigned groups = S / (unsigned)(prm.layers * prm.kv_heads) * groups_per_seq(prm);
     group_kernel<<<dim3((L + 255) / 256, groups), 256, 0, st>>>(prm);
     EV_LAUNCH_CHECK(b, err);
     finalize_kernel<T><<<S, kFinThreads, 0, st>>>(prm, kPhaseSelect);

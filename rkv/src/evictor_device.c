@@ -145,20 +145,25 @@ static rkv_status reserve_kernel(rkv_evictor *ev, const evsize *s) {
 
 static bool same_params(const rkv_evict_params *a, const rkv_evict_params *b);
 
-/* Launches a run of the queue makes: its distinct parameter sets that evict. */
-static uint32_t launches(const rkv_evictor *ev) {
+/* Gives every queued entry that evicts the index of its parameter set's launch, sets in the
+ * order they first appear (queued A, B, A: launches 0, 1, 0); returns how many. O(queue x
+ * distinct sets). */
+static uint32_t group_launches(rkv_evictor *ev) {
   uint32_t n = 0;
-  for (uint32_t i = 0; i < ev->n_q; i++) {
-    const rkv_evict_params *p = &ev->q[i].params;
-    bool seen = !rkvi_evictor_policy(p->policy).evicts;
-    for (uint32_t j = 0; j < i && !seen; j++) seen = same_params(&ev->q[j].params, p);
-    n += !seen;
+  for (uint32_t i = 0; i < ev->n_q; i++) ev->q[i].launch = UINT32_MAX;
+  for (uint32_t lead = 0; lead < ev->n_q; lead++) {
+    const rkv_evict_params *p = &ev->q[lead].params;
+    if (ev->q[lead].launch != UINT32_MAX || !rkvi_evictor_policy(p->policy).evicts) continue;
+    for (uint32_t i = lead; i < ev->n_q; i++)
+      if (ev->q[i].launch == UINT32_MAX && same_params(&ev->q[i].params, p)) ev->q[i].launch = n;
+    n++;
   }
   return n;
 }
 
 rkv_status rkvi_evdev_reserve(rkv_evictor *ev) {
   rkvi_evdev *d = ev->dev;
+  d->launches = group_launches(ev);
   evsize s = {0, 0, 0, 0};
   for (uint32_t i = 0; i < ev->n_q; i++)
     if (rkvi_evictor_policy(ev->q[i].params.policy).evicts) size_one(ev, &ev->q[i], &s);
@@ -180,7 +185,7 @@ rkv_status rkvi_evdev_reserve(rkv_evictor *ev) {
     return rkvi_fail(ev->err, RKV_ERR_INTERNAL, "run: descriptor size");
   /* every launch packs at its own offset: per launch up to 4 sections' alignment and its
    * offset's (rkvi_evict_cuda_pack aligns sections to 256 bytes) */
-  bytes += (size_t)launches(ev) * 5 * 256;
+  bytes += (size_t)d->launches * 5 * 256;
   RKV_TRY(bgrow(ev, d->stage, bytes, "run: staging arena"));
   RKV_TRY(bgrow(ev, d->desc, bytes, "run: descriptors"));
   return reserve_kernel(ev, &s);
@@ -306,25 +311,22 @@ static uintptr_t window_base(const rkv_evictor *ev) {
   return base == UINTPTR_MAX ? 0 : base;
 }
 
-/* One launch per distinct parameter set: queued A, B, A makes two, the sets in the order they
- * first appear and each set's sequences in queue order. O(queue x distinct sets). */
+/* One launch per distinct parameter set (rkvi_evdev_reserve grouped them): queued A, B, A
+ * makes two, the sets in the order they first appear and each set's sequences in queue
+ * order. O(queue x launches). */
 rkv_status rkvi_evdev_run(rkv_evictor *ev, rkv_evictor_result *res) {
   const uintptr_t qbase = window_base(ev);
   rkv_status ret = RKV_OK;
   char first[RKV_ERRBUF] = "";
   ev->dev->arena_used = 0;
-  for (uint32_t i = 0; i < ev->n_q; i++) ev->q[i].batched = false;
-  for (uint32_t lead = 0; lead < ev->n_q; lead++) {
-    const rkv_evict_params *p = &ev->q[lead].params;
-    if (ev->q[lead].batched || !rkvi_evictor_policy(p->policy).evicts) continue;
+  for (uint32_t k = 0; k < ev->dev->launches; k++) {
     evbatch x;
     memset(&x, 0, sizeof x);
     x.qbase = qbase;
-    x.p = p;
-    for (uint32_t i = lead; i < ev->n_q; i++) {
-      rkvi_evq *q = &ev->q[i];
-      if (q->batched || !same_params(&q->params, p)) continue;
-      q->batched = true;
+    for (uint32_t i = 0; i < ev->n_q; i++) {
+      const rkvi_evq *q = &ev->q[i];
+      if (q->launch != k) continue;
+      if (!x.p) x.p = &q->params;
       const uint32_t free0 = rkv_blockmgr_free_blocks(ev->bm);
       res[i].status = plan_one(ev, q, &x, &res[i]);
       if (res[i].status == RKV_ERR_INTERNAL) return RKV_ERR_INTERNAL;

@@ -16,7 +16,7 @@ typedef struct rkvi_evq {
   int32_t layer; /* RKV_EVICTOR_ALL_LAYERS or one layer */
   rkv_evict_params params;
   rkv_evictor_window win; /* device pools, policies that read queries */
-  bool batched;           /* device run: already in a launch of its parameter set */
+  uint32_t launch;        /* device run: its parameter set's launch (rkvi_evdev_reserve) */
 } rkvi_evq;
 
 /* Device half: buffers of the pool's backend and the host arrays of one batched launch. */
@@ -30,6 +30,7 @@ typedef struct rkvi_evdev {
   bool in_flight;        /* an upload from stage may still be pending */
   uint64_t upload_syncs; /* rkv_backend_sync_count at the last upload */
   size_t arena_used;     /* bytes of the arena this run's launches took */
+  uint32_t launches;     /* distinct parameter sets that evict in the queue (reserve) */
   /* one launch (grown before the first cut of a run) */
   rkv_compact_map *maps;
   rkv_evict_cuda_stream *streams;
@@ -73,7 +74,9 @@ rkv_status rkvi_evictor_fresh_check(rkv_evictor *ev, const rkvi_evq *q);
 rkv_status rkvi_evdev_create(rkv_evictor *ev);
 void rkvi_evdev_destroy(rkv_evictor *ev);
 size_t rkvi_evdev_memory_bytes(const rkv_evictor *ev);
-/* Grows everything a run of the queue will allocate; capacity only, nothing observable. */
+/* Groups the queue into launches (one per distinct parameter set that evicts) and grows
+ * everything a run of it will allocate; capacity only, nothing observable. Every
+ * rkvi_evdev_run follows one. */
 rkv_status rkvi_evdev_reserve(rkv_evictor *ev);
 /* Cuts every queued sequence on the host and launches one batch per parameter set. */
 rkv_status rkvi_evdev_run(rkv_evictor *ev, rkv_evictor_result *res);
