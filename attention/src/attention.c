@@ -113,6 +113,10 @@ static rkv_status check_shape(const rkv_kv_pool *pool, const rkv_attn_params *p,
     return rkvi_fail(e, RKV_ERR_INVALID_ARG, "attention: q and out must be non-NULL");
   if (p->qwindow) {
     const rkv_qwindow_config *qc = rkvi_qwindow_config(p->qwindow);
+    if (!rkvi_qwindow_host(p->qwindow))
+      return rkvi_fail(e, RKV_ERR_INVALID_ARG,
+                       "attention: the qwindow lives in device memory (push it with "
+                       "rkv_qwindow_plan / rkv_qwindow_push_planned)");
     if (!p->seq_ids)
       return rkvi_fail(e, RKV_ERR_INVALID_ARG, "attention: qwindow given without seq_ids");
     if (qc->num_q_heads != p->num_q_heads || qc->head_dim != p->head_dim ||

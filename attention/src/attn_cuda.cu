@@ -1,6 +1,6 @@
 // CUDA paged attention: the launchers of attn_cuda.h (decode with split-KV, prefill/extend with
-// a causal mask, KV write) and the device query-window push of rkv/attention_cuda.h. The CPU
-// reference (attn_cpu.c) defines the numbers; tests/cuda compares the two.
+// a causal mask, KV write). The CPU reference (attn_cpu.c) defines the numbers; tests/cuda
+// compares the two. (The query-window push is the query window's own: runtime/src.)
 //
 // One kernel serves decode and prefill. A CTA owns one stream (sequence x kv head) and a set of
 // NQ "query pairs" (query head g of the GQA group x query row), so the G heads of a group share
@@ -448,41 +448,6 @@ __global__ void write_kv_rows_kernel(WriteRowsParams p) {
   }
 }
 
-// ---- query window ring ----------------------------------------------------------------------
-
-struct QwinParams {
-  float *ring;
-  int layers, hq, d, window, layer;
-  const float *q;
-  const int32_t *q_indptr;  // NULL: one row per sequence
-  const int32_t *seq_slots;
-  const int64_t *pos;
-  int max_seqs;
-};
-
-// CTA per (sequence, query head): the last `window` of the sequence's new rows land at ring
-// row (pos + r) % window.
-__global__ void qwindow_kernel(QwinParams p) {
-  const int b = blockIdx.x, qh = blockIdx.y;
-  const int slot = p.seq_slots[b];
-  if (slot < 0 || slot >= p.max_seqs) return;
-  int64_t r0 = b, n = 1;
-  if (p.q_indptr) {
-    r0 = p.q_indptr[b];
-    n = p.q_indptr[b + 1] - r0;
-  }
-  const int64_t first = n > p.window ? n - p.window : 0;
-  const int64_t base_pos = p.pos[b];
-  if (base_pos < 0) return;
-  float *ring = p.ring + (((size_t)slot * p.layers + p.layer) * p.hq + qh) * (size_t)p.window * p.d;
-  for (int64_t r = first; r < n; r++) {
-    const int64_t at = (base_pos + r) % p.window;
-    const float *src = p.q + ((size_t)(r0 + r) * p.hq + qh) * p.d;
-    float *dst = ring + (size_t)at * p.d;
-    for (int e = threadIdx.x; e < p.d; e += blockDim.x) dst[e] = src[e];
-  }
-}
-
 // ---- host side ------------------------------------------------------------------------------
 
 // Sticky errors (a kernel fault seen at a later launch) poison the backend: cuda_status.h.
@@ -746,46 +711,6 @@ rkv_status rkvi_attn_cuda_write_kv_rows(rkv_kv_pool *pool, const float *k, const
                        (int)pool->layout.dtype);
   }
   ATTN_LAUNCH_CHECK(b, err);
-  return RKV_OK;
-}
-
-rkv_status rkv_attn_cuda_qwindow_push(rkv_backend *backend, const rkv_cuda_qwindow *w,
-                                      uint32_t layer, const float *q, const int32_t *q_indptr,
-                                      const int32_t *seq_slots, const int64_t *pos,
-                                      uint32_t num_seqs) {
-  if (!backend) return RKV_ERR_INVALID_ARG;
-  char *err = backend->err;
-  if (backend->kind != RKV_BACKEND_CUDA)
-    return rkvi_fail(err, RKV_ERR_UNSUPPORTED, "qwindow push: backend is not CUDA");
-  if (backend->poisoned)
-    return rkvi_fail(err, RKV_ERR_CUDA, "qwindow push: CUDA context poisoned earlier");
-  if (!w || !w->data || w->num_layers == 0 || w->num_q_heads == 0 || w->head_dim == 0 ||
-      w->window == 0 || w->max_seqs == 0)
-    return rkvi_fail(err, RKV_ERR_INVALID_ARG, "qwindow push: ring NULL or with a zero size");
-  if (layer >= w->num_layers)
-    return rkvi_fail(err, RKV_ERR_INVALID_ARG, "qwindow push: layer %u >= %u layers", layer,
-                     w->num_layers);
-  if (w->num_q_heads > 65535)
-    return rkvi_fail(err, RKV_ERR_INVALID_ARG, "qwindow push: %u query heads > 65535",
-                     w->num_q_heads);
-  if (num_seqs == 0) return RKV_OK;
-  if (!q || !seq_slots || !pos)
-    return rkvi_fail(err, RKV_ERR_INVALID_ARG, "qwindow push: q, seq_slots, pos must be non-NULL");
-  QwinParams p{};
-  p.ring = w->data;
-  p.layers = (int)w->num_layers;
-  p.hq = (int)w->num_q_heads;
-  p.d = (int)w->head_dim;
-  p.window = (int)w->window;
-  p.layer = (int)layer;
-  p.q = q;
-  p.q_indptr = q_indptr;
-  p.seq_slots = seq_slots;
-  p.pos = pos;
-  p.max_seqs = (int)w->max_seqs;
-  qwindow_kernel<<<dim3(num_seqs, w->num_q_heads), 128, 0,
-                   static_cast<cudaStream_t>(backend->stream)>>>(p);
-  ATTN_LAUNCH_CHECK(backend, err);
   return RKV_OK;
 }
 

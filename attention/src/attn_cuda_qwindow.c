@@ -1,13 +1,11 @@
-/* Host side of the device query window (rkv/attention_cuda.h): the ring size helper, which
- * every build has, and the push entry point's stand-in for builds without CUDA (the real one
- * is in attn_cuda.cu). */
+/* The deprecated device query-window entry points of rkv/attention_cuda.h: the ring size
+ * helper and the push, which now forwards to the query window's own kernel (the runtime's
+ * rkvi_qwindow_cuda_push, the device half of rkv_qwindow_push_planned), so there is one push
+ * and one ring layout. */
 #include <rkv/attention_cuda.h>
 
+#include "qwindow_internal.h"
 #include "rkv_internal.h"
-
-#ifndef RKV_HAVE_CUDA
-#include "backend_impl.h"
-#endif
 
 rkv_status rkv_attn_cuda_qwindow_bytes(const rkv_cuda_qwindow *w, size_t *bytes) {
   if (!bytes) return RKV_ERR_INVALID_ARG;
@@ -23,15 +21,14 @@ rkv_status rkv_attn_cuda_qwindow_bytes(const rkv_cuda_qwindow *w, size_t *bytes)
   return RKV_OK;
 }
 
-#ifndef RKV_HAVE_CUDA
 rkv_status rkv_attn_cuda_qwindow_push(rkv_backend *backend, const rkv_cuda_qwindow *w,
                                       uint32_t layer, const float *q, const int32_t *q_indptr,
                                       const int32_t *seq_slots, const int64_t *pos,
                                       uint32_t num_seqs) {
-  (void)w, (void)layer, (void)q, (void)q_indptr, (void)seq_slots, (void)pos, (void)num_seqs;
-  if (backend)
-    return rkvi_fail(backend->err, RKV_ERR_UNSUPPORTED,
-                     "qwindow push: librkv was built without CUDA");
-  return RKV_ERR_UNSUPPORTED;
+  if (!backend) return RKV_ERR_INVALID_ARG;
+  if (!w)
+    return rkvi_qwindow_cuda_push(backend, NULL, layer, q, q_indptr, seq_slots, pos, num_seqs);
+  const rkvi_qwindow_ring r = {w->data,        w->max_seqs, w->num_layers,
+                               w->num_q_heads, w->window,   w->head_dim};
+  return rkvi_qwindow_cuda_push(backend, &r, layer, q, q_indptr, seq_slots, pos, num_seqs);
 }
-#endif

@@ -24,9 +24,17 @@ static rkv_status cfg_err(char *err, size_t len, rkv_status st, const char *msg)
   return rkvi_failn(err, len, st, "rkv_evictor_create: %s", msg);
 }
 
+/* The window must match the model and live where the pool's kernels read: host memory for a
+ * host pool, the pool's own backend for a device pool. */
 static rkv_status check_qwindow(const rkv_evictor_config *c, const rkv_blockmgr_config *bc,
-                                char *err, size_t len) {
+                                const rkv_kv_pool *pool, char *err, size_t len) {
   if (!c->qwindow) return RKV_OK;
+  const rkv_backend *be = rkv_kv_pool_backend(pool);
+  if (!rkv_backend_device_is_host(be) && rkvi_qwindow_backend(c->qwindow) != be)
+    return RKV_OK; /* ignored, as version 1 documented: deprecated adds name device windows */
+  if (!rkvi_qwindow_host(c->qwindow) && rkv_backend_device_is_host(be))
+    return cfg_err(err, len, RKV_ERR_INVALID_ARG,
+                   "a host pool's query window must live in host memory");
   const rkv_qwindow_config *qc = rkvi_qwindow_config(c->qwindow);
   if (qc->num_layers != bc->num_layers || qc->num_q_heads != c->num_q_heads ||
       qc->head_dim != bc->head_dim)
@@ -74,8 +82,7 @@ static rkv_status check_config(const rkv_evictor_config *c, const rkv_blockmgr *
                       "rkv_evictor_create: unknown granularity %d (stream, layer, kvhead, "
                       "sequence)",
                       (int)c->granularity);
-  const bool device = !rkv_backend_device_is_host(rkv_kv_pool_backend(pool));
-  return device ? RKV_OK : check_qwindow(c, bc, err, len);
+  return check_qwindow(c, bc, pool, err, len);
 }
 
 void rkv_evictor_destroy(rkv_evictor *ev) {
@@ -118,7 +125,8 @@ rkv_status rkv_evictor_create(const rkv_evictor_config *cfg, rkv_blockmgr *bm, r
   ev->bs = bc->block_size;
   ev->device = !rkv_backend_device_is_host(ev->be);
   ev->emu = rkv_backend_is_emulated(ev->be);
-  if (ev->device) ev->cfg.qwindow = NULL; /* device windows come with each add */
+  if (ev->device && ev->cfg.qwindow && rkvi_qwindow_backend(ev->cfg.qwindow) != ev->be)
+    ev->cfg.qwindow = NULL; /* a host window on a device pool: ignored (check_qwindow) */
   rkv_status st = check_kernels(ev, &cfg->params, err, err_len);
   if (st == RKV_OK) {
     ev->q = rkvi_alloc(ev->al, (size_t)cfg->max_seqs * sizeof *ev->q, 16);
@@ -157,12 +165,8 @@ void rkv_evictor_clear(rkv_evictor *ev) {
 
 static rkv_status check_window(rkv_evictor *ev, int64_t seq, const rkv_evict_params *p,
                                const rkv_evictor_window *win) {
-  if (ev->device) {
-    if (!win || !win->rows)
-      return rkvi_fail(ev->err, RKV_ERR_INVALID_ARG,
-                       "add %lld: policy %s reads queries: the sequence's device window is "
-                       "required",
-                       (long long)seq, rkv_evict_policy_name(p->policy));
+  /* deprecated: a device window named by the caller instead of read from the evictor's */
+  if (ev->device && win && win->rows) {
     if (win->oldest < 0 || win->oldest >= p->window)
       return rkvi_fail(ev->err, RKV_ERR_INVALID_ARG, "add %lld: window row %d not in [0, %d)",
                        (long long)seq, win->oldest, p->window);
@@ -173,7 +177,7 @@ static rkv_status check_window(rkv_evictor *ev, int64_t seq, const rkv_evict_par
     return rkvi_fail(ev->err, RKV_ERR_INVALID_ARG,
                      "add %lld: policy %s reads a query window of %d rows and the evictor has %s",
                      (long long)seq, rkv_evict_policy_name(p->policy), p->window,
-                     qw ? "one of another size" : "none");
+                     qw ? "one of another size" : "none (give it one, rkv_evictor_config.qwindow)");
   if (!rkvi_qwindow_has(qw, seq))
     return rkvi_fail(ev->err, RKV_ERR_NOT_FOUND, "add %lld: no query window for the sequence",
                      (long long)seq);
@@ -216,6 +220,11 @@ rkv_status rkv_evictor_add(rkv_evictor *ev, int64_t seq, int32_t layer,
   q->seq = seq;
   q->layer = layer;
   q->params = *p;
-  if (win && ev->device && info.needs_query_window) q->win = *win;
+  if (ev->device && info.evicts && info.needs_query_window) {
+    if (win && win->rows)
+      q->win = *win;
+    else
+      q->from_window = true; /* found in the evictor's window when it runs */
+  }
   return RKV_OK;
 }

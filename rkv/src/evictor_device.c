@@ -19,6 +19,7 @@
 
 #include "evict_internal.h"
 #include "evictor_internal.h"
+#include "qwindow_internal.h"
 
 static rkv_status be_fail(rkv_evictor *ev, rkv_status st, const char *what) {
   return rkvi_fail(ev->err, st, "%s: %s (%s)", what, rkv_status_str(st),
@@ -206,6 +207,9 @@ static rkv_status precheck(rkv_evictor *ev, const rkvi_evq *q) {
   if (!rkv_blockmgr_seq_exists(ev->bm, q->seq))
     return rkvi_fail(ev->err, RKV_ERR_NOT_FOUND,
                      "compress %lld: the sequence left the block manager", (long long)q->seq);
+  if (q->from_window && !q->win.rows)
+    return rkvi_fail(ev->err, RKV_ERR_NOT_FOUND,
+                     "compress %lld: the sequence left the query window", (long long)q->seq);
   /* The device selection ranks every position of a stream; keeping a prefix out of it needs
    * a kernel change (the CPU path has it). */
   if (rkv_blockmgr_seq_protected(ev->bm, q->seq) > 0)
@@ -302,6 +306,20 @@ static bool same_params(const rkv_evict_params *a, const rkv_evict_params *b) {
          a->threshold == b->threshold && a->sinks == b->sinks;
 }
 
+/* Where the windows read from the evictor's query window are now (registrations since the add
+ * may have moved its storage). One that left the window keeps no rows, and its compression
+ * fails as not found. */
+static void resolve_windows(rkv_evictor *ev) {
+  for (uint32_t i = 0; i < ev->n_q; i++) {
+    rkvi_evq *q = &ev->q[i];
+    if (!q->from_window) continue;
+    q->win.rows = NULL;
+    q->win.oldest = 0;
+    if (ev->cfg.qwindow)
+      (void)rkvi_qwindow_rows(ev->cfg.qwindow, q->seq, &q->win.rows, &q->win.oldest);
+  }
+}
+
 /* The lowest window address of the run (offsets from it are never negative). */
 static uintptr_t window_base(const rkv_evictor *ev) {
   uintptr_t base = UINTPTR_MAX;
@@ -315,6 +333,7 @@ static uintptr_t window_base(const rkv_evictor *ev) {
  * makes two, the sets in the order they first appear and each set's sequences in queue
  * order. O(queue x launches). */
 rkv_status rkvi_evdev_run(rkv_evictor *ev, rkv_evictor_result *res) {
+  resolve_windows(ev);
   const uintptr_t qbase = window_base(ev);
   rkv_status ret = RKV_OK;
   char first[RKV_ERRBUF] = "";

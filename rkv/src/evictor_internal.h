@@ -16,6 +16,7 @@ typedef struct rkvi_evq {
   int32_t layer; /* RKV_EVICTOR_ALL_LAYERS or one layer */
   rkv_evict_params params;
   rkv_evictor_window win; /* device pools, policies that read queries */
+  bool from_window;       /* win is looked up in the evictor's query window at the run */
   uint32_t launch;        /* device run: its parameter set's launch (rkvi_evdev_reserve) */
 } rkvi_evq;
 

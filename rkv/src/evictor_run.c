@@ -201,7 +201,7 @@ static rkv_status check_item(const rkv_evictor *ev, uint32_t i, char *why, size_
     if (ev->q[k].seq == q->seq)
       return rkvi_failn(why, len, RKV_ERR_CORRUPT, "sequence %lld queued twice", (long long)q->seq);
   const rkv_evict_policy_info info = rkvi_evictor_policy(q->params.policy);
-  if (ev->device && info.evicts && info.needs_query_window && !q->win.rows)
+  if (ev->device && info.evicts && info.needs_query_window && !q->win.rows && !q->from_window)
     return rkvi_failn(why, len, RKV_ERR_CORRUPT, "queued %lld: no device window",
                       (long long)q->seq);
   return RKV_OK;

@@ -1,41 +1,28 @@
 /* The query window: per (sequence, layer) a ring of the last `window` query rows of every
  * query head, which R-KV and SnapKV score importance with. Sequences are found through an
  * open-addressing table (linear probing, tombstone-free backward-shift deletion) sized for
- * max_seqs; each sequence's rings are one allocation made when it is added, so pushes (once
- * per layer per step) never allocate. */
+ * max_seqs, and own an entry: a slot of one array [entries][layers][q_heads][window][d] in the
+ * memory of the window's backend (qwindow_store.c), query row t of a ring at row t % window.
+ * The host keeps, per (entry, layer), how many rows were pushed, so pushes never allocate and
+ * a device needs no bookkeeping of its own. The batched push is qwindow_batch.c. */
 #include <string.h>
 
-#include "qwindow_internal.h"
-#include "rkv_internal.h"
-
-typedef struct qw_seq {
-  int64_t id;
-  float *data;     /* [layers][window][q_heads][d]: ring rows, token-major like push */
-  uint32_t *head;  /* [layers] next row to write */
-  uint32_t *count; /* [layers] rows filled (<= window) */
-} qw_seq;
-
-struct rkv_qwindow {
-  rkv_qwindow_config cfg;
-  rkv_allocator alloc;
-  bool has_alloc;
-  size_t row_floats; /* q_heads * d */
-  size_t seq_floats; /* layers * window * row_floats */
-  uint32_t cap;      /* hash slots: a power of two >= 2 * max_seqs */
-  uint32_t live;
-  int32_t *slot;     /* [cap] index into seqs or -1 */
-  qw_seq *seqs;      /* [max_seqs] */
-  int32_t *free_ids; /* [max_seqs] stack of unused seqs entries */
-  uint32_t n_free;
-  char err[RKV_ERRBUF];
-};
+#include "qwindow_impl.h"
 
 static const rkv_allocator *qw_alloc(const rkv_qwindow *w) {
-  return w->has_alloc ? &w->alloc : NULL;
+  return rkvi_qw_alloc(w);
 }
 
 const rkv_qwindow_config *rkvi_qwindow_config(const rkv_qwindow *w) {
   return &w->cfg;
+}
+
+rkv_backend *rkvi_qwindow_backend(const rkv_qwindow *w) {
+  return w->be;
+}
+
+bool rkvi_qwindow_host(const rkv_qwindow *w) {
+  return w->host;
 }
 
 static uint32_t hash_id(int64_t id) {
@@ -48,9 +35,14 @@ static int64_t find_slot(const rkv_qwindow *w, int64_t id) {
   uint32_t mask = w->cap - 1;
   for (uint32_t h = hash_id(id) & mask, probes = 0; probes < w->cap; h = (h + 1) & mask, probes++) {
     if (w->slot[h] < 0) return -1;
-    if (w->seqs[w->slot[h]].id == id) return h;
+    if (w->ids[w->slot[h]] == id) return h;
   }
   return -1;
+}
+
+int32_t rkvi_qw_entry(const rkv_qwindow *w, int64_t id) {
+  int64_t h = find_slot(w, id);
+  return h < 0 ? -1 : w->slot[h];
 }
 
 bool rkvi_qwindow_has(const rkv_qwindow *w, int64_t seq) {
@@ -61,29 +53,35 @@ uint32_t rkvi_qwindow_live(const rkv_qwindow *w) {
   return w->live;
 }
 
-static qw_seq *find_seq(const rkv_qwindow *w, int64_t id) {
-  int64_t h = find_slot(w, id);
-  return h < 0 ? NULL : &w->seqs[w->slot[h]];
-}
-
 void rkv_qwindow_destroy(rkv_qwindow *w) {
   if (!w) return;
   const rkv_allocator *a = qw_alloc(w);
-  uint32_t L = w->cfg.num_layers, ms = w->cfg.max_seqs;
-  if (w->seqs) {
-    for (uint32_t i = 0; i < ms; i++) {
-      qw_seq *s = &w->seqs[i];
-      rkvi_free(a, s->data, w->seq_floats * sizeof(float));
-      rkvi_free(a, s->head, L * sizeof(uint32_t));
-      rkvi_free(a, s->count, L * sizeof(uint32_t));
-    }
-  }
+  const size_t ms = w->cfg.max_seqs, L = w->cfg.num_layers;
+  rkvi_qw_store_free(w);
+  rkvi_qw_plan_free(w);
   rkvi_free(a, w->slot, (size_t)w->cap * sizeof(int32_t));
-  rkvi_free(a, w->seqs, (size_t)ms * sizeof(qw_seq));
-  rkvi_free(a, w->free_ids, (size_t)ms * sizeof(int32_t));
+  rkvi_free(a, w->ids, ms * sizeof(int64_t));
+  rkvi_free(a, w->next, ms * L * sizeof(int64_t));
+  rkvi_free(a, w->free_ids, ms * sizeof(int32_t));
   rkv_allocator copy = w->alloc;
   bool has = w->has_alloc;
   rkvi_free(has ? &copy : NULL, w, sizeof *w);
+}
+
+static rkv_status check_config(const rkv_qwindow_config *cfg) {
+  if (cfg->struct_size != sizeof(rkv_qwindow_config) &&
+      cfg->struct_size != RKV_QWINDOW_CONFIG_V1_SIZE)
+    return RKV_ERR_INVALID_ARG;
+  if (cfg->num_layers < 1 || cfg->num_q_heads < 1 || cfg->head_dim < 1 || cfg->window < 1 ||
+      cfg->num_layers > 4096 || cfg->num_q_heads > 4096 || cfg->head_dim > 4096 ||
+      cfg->window > 65536 || cfg->max_seqs > (1u << 24))
+    return RKV_ERR_INVALID_ARG;
+  size_t entry;
+  if (rkvi_mul_size((size_t)cfg->num_q_heads * cfg->head_dim, (size_t)cfg->window * cfg->num_layers,
+                    &entry) ||
+      entry > SIZE_MAX / sizeof(float) / (cfg->max_seqs ? cfg->max_seqs : 4096))
+    return RKV_ERR_INVALID_ARG;
+  return RKV_OK;
 }
 
 rkv_status rkv_qwindow_create(const rkv_qwindow_config *cfg, rkv_qwindow **out) {
@@ -91,40 +89,40 @@ rkv_status rkv_qwindow_create(const rkv_qwindow_config *cfg, rkv_qwindow **out) 
   *out = NULL;
   rkv_qwindow_config def = RKV_QWINDOW_CONFIG_INIT;
   if (!cfg) cfg = &def;
-  if (cfg->struct_size != sizeof(rkv_qwindow_config)) return RKV_ERR_INVALID_ARG;
-  if (cfg->num_layers < 1 || cfg->num_q_heads < 1 || cfg->head_dim < 1 || cfg->window < 1 ||
-      cfg->num_layers > 4096 || cfg->num_q_heads > 4096 || cfg->head_dim > 4096 ||
-      cfg->window > 65536 || cfg->max_seqs > (1u << 24))
-    return RKV_ERR_INVALID_ARG;
-  size_t row = (size_t)cfg->num_q_heads * cfg->head_dim, seqf;
-  if (rkvi_mul_size(row, (size_t)cfg->window * cfg->num_layers, &seqf) ||
-      seqf > SIZE_MAX / sizeof(float))
-    return RKV_ERR_INVALID_ARG;
+  if (check_config(cfg) != RKV_OK) return RKV_ERR_INVALID_ARG;
   rkv_qwindow *w = rkvi_calloc(cfg->allocator, sizeof *w, 0);
   if (!w) return RKV_ERR_NO_MEMORY;
-  w->cfg = *cfg;
+  memcpy(&w->cfg, cfg, cfg->struct_size); /* a version-1 struct leaves backend NULL */
+  w->cfg.struct_size = sizeof(rkv_qwindow_config);
   if (w->cfg.max_seqs == 0) w->cfg.max_seqs = 4096;
   if (cfg->allocator) {
     w->alloc = *cfg->allocator;
     w->has_alloc = true;
   }
   w->cfg.allocator = NULL; /* the copy above is what we use; the caller's may go away */
-  w->row_floats = row;
-  w->seq_floats = seqf;
+  w->be = w->cfg.backend;
+  w->host = !w->be || rkv_backend_device_is_host(w->be);
+  w->row_floats = (size_t)cfg->num_q_heads * cfg->head_dim;
+  w->ring_floats = w->row_floats * cfg->window;
+  w->entry_floats = w->ring_floats * cfg->num_layers;
   w->cap = 2;
   while (w->cap < 2 * w->cfg.max_seqs) w->cap *= 2;
   const rkv_allocator *a = qw_alloc(w);
-  uint32_t ms = w->cfg.max_seqs;
+  const size_t ms = w->cfg.max_seqs, L = cfg->num_layers;
   w->slot = rkvi_alloc(a, (size_t)w->cap * sizeof(int32_t), 0);
-  w->seqs = rkvi_calloc(a, (size_t)ms * sizeof(qw_seq), 0);
-  w->free_ids = rkvi_alloc(a, (size_t)ms * sizeof(int32_t), 0);
-  if (!w->slot || !w->seqs || !w->free_ids) {
+  w->ids = rkvi_alloc(a, ms * sizeof(int64_t), 0);
+  w->next = rkvi_alloc(a, ms * L * sizeof(int64_t), 0);
+  w->free_ids = rkvi_alloc(a, ms * sizeof(int32_t), 0);
+  if (!w->slot || !w->ids || !w->next || !w->free_ids || rkvi_qw_store_init(w) != RKV_OK) {
     rkv_qwindow_destroy(w);
     return RKV_ERR_NO_MEMORY;
   }
   for (uint32_t i = 0; i < w->cap; i++) w->slot[i] = -1;
-  for (uint32_t i = 0; i < ms; i++) w->free_ids[i] = (int32_t)(ms - 1 - i);
-  w->n_free = ms;
+  for (size_t i = 0; i < ms; i++) {
+    w->ids[i] = -1;
+    w->free_ids[i] = (int32_t)(ms - 1 - i); /* entries are taken lowest first */
+  }
+  w->n_free = (uint32_t)ms;
   *out = w;
   return RKV_OK;
 }
@@ -133,33 +131,19 @@ const char *rkv_qwindow_last_error(const rkv_qwindow *w) {
   return w ? w->err : "";
 }
 
-/* Allocates a free entry's rings on its first use; they are kept after seq_remove, so a
- * churning workload allocates once per entry. */
-static rkv_status prepare(rkv_qwindow *w, qw_seq *s) {
-  if (s->data) return RKV_OK;
-  const rkv_allocator *a = qw_alloc(w);
-  const uint32_t L = w->cfg.num_layers;
-  s->data = rkvi_alloc(a, w->seq_floats * sizeof(float), 64);
-  s->head = rkvi_alloc(a, L * sizeof(uint32_t), 0);
-  s->count = rkvi_alloc(a, L * sizeof(uint32_t), 0);
-  if (s->data && s->head && s->count) return RKV_OK;
-  rkvi_free(a, s->data, w->seq_floats * sizeof(float));
-  rkvi_free(a, s->head, L * sizeof(uint32_t));
-  rkvi_free(a, s->count, L * sizeof(uint32_t));
-  s->data = NULL, s->head = NULL, s->count = NULL;
-  return rkvi_fail(w->err, RKV_ERR_NO_MEMORY, "no memory for a query window of %zu floats",
-                   w->seq_floats);
-}
-
 rkv_status rkv_qwindow_reserve(rkv_qwindow *w, uint32_t n) {
   if (!w) return RKV_ERR_INVALID_ARG;
-  for (uint32_t i = 0; i < n && i < w->n_free; i++)
-    RKV_TRY(prepare(w, &w->seqs[w->free_ids[w->n_free - 1 - i]]));
-  return RKV_OK;
+  int32_t top = -1;
+  for (uint32_t i = 0; i < n && i < w->n_free; i++) {
+    const int32_t e = w->free_ids[w->n_free - 1 - i];
+    if (e > top) top = e;
+  }
+  return top < 0 ? RKV_OK : rkvi_qw_store_grow(w, (uint32_t)top + 1);
 }
 
-/* Takes a free entry, allocates its rings (first use) and links it into the table. */
-static rkv_status insert(rkv_qwindow *w, int64_t id, qw_seq **out) {
+/* Takes a free entry, makes sure the storage holds it, links it into the table and empties
+ * its rings. */
+static rkv_status insert(rkv_qwindow *w, int64_t id, int32_t *out) {
   if (id < 0) return rkvi_fail(w->err, RKV_ERR_INVALID_ARG, "sequence id %lld < 0", (long long)id);
   if (find_slot(w, id) >= 0)
     return rkvi_fail(w->err, RKV_ERR_EXISTS, "sequence %lld already has a query window",
@@ -167,26 +151,28 @@ static rkv_status insert(rkv_qwindow *w, int64_t id, qw_seq **out) {
   if (w->n_free == 0)
     return rkvi_fail(w->err, RKV_ERR_CAPACITY, "query window full: %u sequences live",
                      w->cfg.max_seqs);
-  int32_t e = w->free_ids[w->n_free - 1];
-  qw_seq *s = &w->seqs[e];
-  uint32_t L = w->cfg.num_layers;
-  RKV_TRY(prepare(w, s));
+  const int32_t e = w->free_ids[w->n_free - 1];
+  RKV_TRY(rkvi_qw_store_grow(w, (uint32_t)e + 1));
   w->n_free--;
-  s->id = id;
-  memset(s->head, 0, L * sizeof(uint32_t));
-  memset(s->count, 0, L * sizeof(uint32_t));
+  w->ids[e] = id;
+  memset(w->next + (size_t)e * w->cfg.num_layers, 0, w->cfg.num_layers * sizeof(int64_t));
   uint32_t mask = w->cap - 1, h = hash_id(id) & mask;
   while (w->slot[h] >= 0) h = (h + 1) & mask;
   w->slot[h] = e;
   w->live++;
-  *out = s;
+  w->planned = false;
+  *out = e;
   return RKV_OK;
 }
 
 rkv_status rkv_qwindow_seq_add(rkv_qwindow *w, int64_t seq) {
   if (!w) return RKV_ERR_INVALID_ARG;
-  qw_seq *s;
-  return insert(w, seq, &s);
+  int32_t e;
+  RKV_TRY(insert(w, seq, &e));
+  /* a device kernel reads all `window` rows of a ring: never leave it stale bytes */
+  rkv_status st = rkvi_qw_store_clear(w, e);
+  if (st != RKV_OK) (void)rkv_qwindow_seq_remove(w, seq);
+  return st;
 }
 
 rkv_status rkv_qwindow_seq_remove(rkv_qwindow *w, int64_t seq) {
@@ -197,13 +183,14 @@ rkv_status rkv_qwindow_seq_remove(rkv_qwindow *w, int64_t seq) {
                      (long long)seq);
   uint32_t mask = w->cap - 1, h = (uint32_t)hs;
   int32_t e = w->slot[h];
-  w->seqs[e].id = -1;
+  w->ids[e] = -1;
   w->free_ids[w->n_free++] = e;
   w->live--;
+  w->planned = false;
   /* Backward-shift deletion keeps every probe chain unbroken without tombstones. */
   w->slot[h] = -1;
   for (uint32_t j = (h + 1) & mask; w->slot[j] >= 0; j = (j + 1) & mask) {
-    uint32_t home = hash_id(w->seqs[w->slot[j]].id) & mask;
+    uint32_t home = hash_id(w->ids[w->slot[j]]) & mask;
     /* Entry j may move to the hole h iff its home is not cyclically in (h, j]. */
     bool stays = (h < j) ? (home > h && home <= j) : (home > h || home <= j);
     if (!stays) {
@@ -217,19 +204,33 @@ rkv_status rkv_qwindow_seq_remove(rkv_qwindow *w, int64_t seq) {
 
 rkv_status rkv_qwindow_seq_fork(rkv_qwindow *w, int64_t parent, int64_t child) {
   if (!w) return RKV_ERR_INVALID_ARG;
-  qw_seq *p = find_seq(w, parent);
-  if (!p)
+  const int32_t p = rkvi_qw_entry(w, parent);
+  if (p < 0)
     return rkvi_fail(w->err, RKV_ERR_NOT_FOUND, "parent sequence %lld has no query window",
                      (long long)parent);
-  int64_t pid = p->id;
-  qw_seq *c = NULL;
+  int32_t c = -1;
   RKV_TRY(insert(w, child, &c));
-  p = find_seq(w, pid); /* insert does not move entries, but stay obviously correct */
-  uint32_t L = w->cfg.num_layers;
-  memcpy(c->data, p->data, w->seq_floats * sizeof(float));
-  memcpy(c->head, p->head, L * sizeof(uint32_t));
-  memcpy(c->count, p->count, L * sizeof(uint32_t));
+  rkv_status st = rkvi_qw_store_copy(w, c, p);
+  if (st != RKV_OK) {
+    (void)rkv_qwindow_seq_remove(w, child);
+    return st;
+  }
+  const size_t L = w->cfg.num_layers;
+  memcpy(w->next + (size_t)c * L, w->next + (size_t)p * L, L * sizeof(int64_t));
   return RKV_OK;
+}
+
+/* Copies n rows of q (token-major) into ring `ring` ([q_heads][window][d]) from ring row
+ * (pos % window) on: the head-major layout the evictor's kernels read. */
+void rkvi_qw_copy_rows(const rkv_qwindow *w, float *ring, int64_t pos, const float *q, uint32_t n) {
+  const uint32_t W = w->cfg.window, H = w->cfg.num_q_heads, D = w->cfg.head_dim;
+  /* Rows older than the last W would be overwritten anyway: skip them. */
+  const uint32_t first = n > W ? n - W : 0;
+  for (uint32_t t = first; t < n; t++) {
+    const size_t row = (size_t)((pos + t) % W);
+    for (uint32_t h = 0; h < H; h++)
+      memcpy(ring + ((size_t)h * W + row) * D, q + ((size_t)t * H + h) * D, D * sizeof(float));
+  }
 }
 
 rkv_status rkv_qwindow_push(rkv_qwindow *w, int64_t seq, uint32_t layer, const float *q,
@@ -241,42 +242,51 @@ rkv_status rkv_qwindow_push(rkv_qwindow *w, int64_t seq, uint32_t layer, const f
   if (layer >= w->cfg.num_layers)
     return rkvi_fail(w->err, RKV_ERR_INVALID_ARG, "layer %u >= num_layers %u", layer,
                      w->cfg.num_layers);
-  qw_seq *s = find_seq(w, seq);
-  if (!s)
+  if (!w->host)
+    return rkvi_fail(w->err, RKV_ERR_UNSUPPORTED,
+                     "push: the window lives in device memory (rkv_qwindow_plan and "
+                     "rkv_qwindow_push_planned push on every backend)");
+  const int32_t e = rkvi_qw_entry(w, seq);
+  if (e < 0)
     return rkvi_fail(w->err, RKV_ERR_NOT_FOUND, "sequence %lld has no query window",
                      (long long)seq);
-  const uint32_t W = w->cfg.window;
-  const size_t row = w->row_floats;
-  float *ring = s->data + (size_t)layer * W * row;
-  /* Rows older than the last W would be overwritten anyway: skip them. */
-  uint32_t first = n > W ? n - W : 0;
-  uint32_t h = (uint32_t)((s->head[layer] + (uint64_t)first) % W);
-  for (uint32_t t = first; t < n; t++) {
-    memcpy(ring + (size_t)h * row, q + (size_t)t * row, row * sizeof(float));
-    h = h + 1 == W ? 0 : h + 1;
-  }
-  s->head[layer] = (uint32_t)((s->head[layer] + (uint64_t)n) % W);
-  uint64_t c = (uint64_t)s->count[layer] + n;
-  s->count[layer] = c > W ? W : (uint32_t)c;
+  int64_t *next = &w->next[(size_t)e * w->cfg.num_layers + layer];
+  rkvi_qw_copy_rows(w, rkvi_qw_ring(w, e, layer), *next, q, n);
+  *next += n;
   return RKV_OK;
+}
+
+bool rkvi_qwindow_rows(const rkv_qwindow *w, int64_t seq, const float **rows, int32_t *oldest) {
+  const int32_t e = rkvi_qw_entry(w, seq);
+  if (e < 0) return false;
+  *rows = rkvi_qw_ring(w, e, 0);
+  *oldest = (int32_t)(w->next[(size_t)e * w->cfg.num_layers] % w->cfg.window);
+  return true;
 }
 
 rkv_status rkv_qwindow_get(const rkv_qwindow *w, int64_t seq, uint32_t layer, float *out,
                            uint32_t *count) {
   if (!w || !out || !count) return RKV_ERR_INVALID_ARG;
   if (layer >= w->cfg.num_layers) return RKV_ERR_INVALID_ARG;
-  const qw_seq *s = find_seq(w, seq);
-  if (!s) return RKV_ERR_NOT_FOUND;
+  const int32_t e = rkvi_qw_entry(w, seq);
+  if (e < 0) return RKV_ERR_NOT_FOUND;
   const uint32_t W = w->cfg.window, H = w->cfg.num_q_heads, D = w->cfg.head_dim;
-  const size_t row = w->row_floats;
-  const float *ring = s->data + (size_t)layer * W * row;
-  uint32_t c = s->count[layer];
-  uint32_t oldest = (s->head[layer] + W - c) % W;
-  for (uint32_t r = 0; r < c; r++) {
-    const float *src = ring + (size_t)((oldest + r) % W) * row;
-    for (uint32_t h = 0; h < H; h++)
-      memcpy(out + ((size_t)h * W + r) * D, src + (size_t)h * D, D * sizeof(float));
+  const int64_t next = w->next[(size_t)e * w->cfg.num_layers + layer];
+  const uint32_t c = next < W ? (uint32_t)next : W;
+  const float *ring = NULL;
+  float *tmp = NULL;
+  if (w->host) {
+    ring = rkvi_qw_ring(w, e, layer);
+  } else {
+    RKV_TRY(rkvi_qw_store_read((rkv_qwindow *)w, e, layer, &tmp));
+    ring = tmp;
   }
+  const uint32_t oldest = (uint32_t)((next - c) % W);
+  for (uint32_t h = 0; h < H; h++)
+    for (uint32_t r = 0; r < c; r++)
+      memcpy(out + ((size_t)h * W + r) * D, ring + ((size_t)h * W + (oldest + r) % W) * D,
+             D * sizeof(float));
+  if (tmp) rkvi_free(qw_alloc(w), tmp, w->ring_floats * sizeof(float));
   *count = c;
   return RKV_OK;
 }
@@ -290,20 +300,23 @@ rkv_status rkv_qwindow_check(const rkv_qwindow *w) {
     if (e < 0) continue;
     if ((uint32_t)e >= ms)
       return rkvi_fail(err, RKV_ERR_CORRUPT, "hash slot %u points at entry %d", h, e);
-    const qw_seq *s = &w->seqs[e];
-    if (s->id < 0 || !s->data)
+    if (w->ids[e] < 0)
       return rkvi_fail(err, RKV_ERR_CORRUPT, "hash slot %u points at a dead entry %d", h, e);
-    if (find_slot(w, s->id) != (int64_t)h)
+    if ((uint32_t)e >= w->entries)
+      return rkvi_fail(err, RKV_ERR_CORRUPT, "entry %d of sequence %lld beyond the storage (%u)", e,
+                       (long long)w->ids[e], w->entries);
+    if (find_slot(w, w->ids[e]) != (int64_t)h)
       return rkvi_fail(err, RKV_ERR_CORRUPT, "sequence %lld not reachable from its home",
-                       (long long)s->id);
+                       (long long)w->ids[e]);
     for (uint32_t l = 0; l < w->cfg.num_layers; l++)
-      if (s->count[l] > w->cfg.window || s->head[l] >= w->cfg.window)
-        return rkvi_fail(err, RKV_ERR_CORRUPT, "sequence %lld layer %u: count %u head %u",
-                         (long long)s->id, l, s->count[l], s->head[l]);
+      if (w->next[(size_t)e * w->cfg.num_layers + l] < 0)
+        return rkvi_fail(err, RKV_ERR_CORRUPT, "sequence %lld layer %u: %lld rows pushed",
+                         (long long)w->ids[e], l,
+                         (long long)w->next[(size_t)e * w->cfg.num_layers + l]);
     seen++;
   }
   if (seen != w->live || w->live + w->n_free != ms)
     return rkvi_fail(err, RKV_ERR_CORRUPT, "%u reachable, %u live, %u free of %u", seen, w->live,
                      w->n_free, ms);
-  return RKV_OK;
+  return rkvi_qw_plan_check(w);
 }

@@ -42,9 +42,10 @@ struct rkv_exec {
   uint8_t *uniform;
   int32_t *xlen;
 
-  rkv_qwindow *qw;  /* NULL when the default policy scores without queries, or on a device */
-  rkvi_xdev *dev;   /* device-side state when the pool's memory is not the host's */
-  rkv_evictor *evr; /* runs the compressions on the pool (any backend); NULL without one */
+  rkv_qwindow *qw;          /* NULL when the default policy scores without queries; on the pool's
+                             * backend (device memory on a device pool) */
+  rkvi_xdev *dev;           /* device-side state when the pool's memory is not the host's */
+  rkv_evictor *evr;         /* runs the compressions on the pool (any backend); NULL without one */
   rkv_evictor_result *eres; /* [max_seqs] the last run's results */
   uint32_t *eidx;           /* [max_seqs] plan index of each queued compression */
   unsigned char *host;      /* swap pool [host_blocks][block_bytes] */
@@ -140,8 +141,7 @@ static rkv_status check_config(const rkv_exec_config *c, const rkv_blockmgr *m,
   return RKV_OK;
 }
 
-/* The device half (exec_device.c) for a pool whose memory the host cannot read: it keeps the
- * query window as a device ring, so no host window is made. */
+/* The device half (exec_device.c) for a pool whose memory the host cannot read. */
 static rkv_status make_device(rkv_exec *x, char *err, size_t err_len) {
   rkvi_xdev_config dc;
   memset(&dc, 0, sizeof dc);
@@ -158,7 +158,27 @@ static rkv_status make_device(rkv_exec *x, char *err, size_t err_len) {
   dc.max_seqs = x->cfg.max_seqs;
   dc.window = rkvi_needs_queries(x->cfg.evict.policy) ? (uint32_t)x->cfg.evict.window : 0;
   dc.scale = x->scale;
+  dc.qw = x->qw;
   return rkvi_xdev_create(&dc, &x->dev, err, err_len);
+}
+
+/* The query window, in the memory of the pool's backend when that is a device's. Its plan
+ * arrays are taken now (an empty plan), so no step's plan allocates on the host. */
+static rkv_status make_window(rkv_exec *x, char *err, size_t err_len) {
+  rkv_qwindow_config qc = RKV_QWINDOW_CONFIG_INIT;
+  qc.num_layers = x->L;
+  qc.num_q_heads = x->Hq;
+  qc.head_dim = x->d;
+  qc.window = (uint32_t)x->cfg.evict.window;
+  qc.max_seqs = x->nidx;
+  qc.allocator = x->al;
+  qc.backend = rkvi_xdev_wanted(x->pool) ? rkv_kv_pool_backend(x->pool) : NULL;
+  rkv_status st = rkv_qwindow_create(&qc, &x->qw);
+  if (st == RKV_OK) st = rkv_qwindow_plan(x->qw, NULL, NULL, 0);
+  if (st != RKV_OK)
+    return rkvi_failn(err, err_len, st, "rkv_exec_create: query window: %s (%s)",
+                      rkv_status_str(st), x->qw ? rkv_qwindow_last_error(x->qw) : "");
+  return RKV_OK;
 }
 
 /* The evictor every compression on the pool goes through (CPU and device pools alike). */
@@ -267,23 +287,10 @@ rkv_status rkv_exec_create(const rkv_exec_config *cfg, rkv_blockmgr *m, rkv_kv_p
     goto fail;
   }
   for (uint32_t i = 0; i < x->nidx; i++) x->owner[i] = -1;
-  if (rkvi_xdev_wanted(pool)) {
-    ret = make_device(x, err, err_len);
-    if (ret != RKV_OK) goto fail;
-  } else if (pool && rkvi_needs_queries(cfg->evict.policy)) {
-    rkv_qwindow_config qc = RKV_QWINDOW_CONFIG_INIT;
-    qc.num_layers = x->L;
-    qc.num_q_heads = x->Hq;
-    qc.head_dim = x->d;
-    qc.window = (uint32_t)cfg->evict.window;
-    qc.max_seqs = x->nidx;
-    qc.allocator = x->al;
-    ret = rkv_qwindow_create(&qc, &x->qw);
-    if (ret != RKV_OK) {
-      rkvi_failn(err, err_len, ret, "rkv_exec_create: query window: %s", rkv_status_str(ret));
-      goto fail;
-    }
-  }
+  if (pool && rkvi_needs_queries(cfg->evict.policy) &&
+      (ret = make_window(x, err, err_len)) != RKV_OK)
+    goto fail;
+  if (rkvi_xdev_wanted(pool) && (ret = make_device(x, err, err_len)) != RKV_OK) goto fail;
   if (pool && (ret = make_evictor(x, err, err_len)) != RKV_OK) goto fail;
   x->bytes = (size_t)mirror * 4 + (size_t)x->nidx * (x->S * 4 + 9) +
              (host ? (size_t)cfg->host_blocks * x->block_bytes : 0) +
@@ -351,12 +358,12 @@ static rkv_status grow_rows(rkv_exec *x, uint32_t stride) {
 }
 
 static bool has_window(const rkv_exec *x) {
-  return x->qw || rkvi_xdev_has_window(x->dev);
+  return x->qw != NULL;
 }
 
 /* Whether id has a query window now. O(1). */
 static bool window_now(const rkv_exec *x, int64_t id) {
-  return x->qw ? rkvi_qwindow_has(x->qw, id) : rkvi_xdev_window_of(x->dev, id);
+  return x->qw && rkvi_qwindow_has(x->qw, id);
 }
 
 /* ---- plan validation ---------------------------------------------------------------------- */
@@ -523,7 +530,7 @@ static rkv_status check_ids(rkv_exec *x, const rkv_sched_plan *p, const plan_ids
                  i, (long long)id);
   }
   const bool win = has_window(x);
-  uint32_t live = !win ? 0 : x->qw ? rkvi_qwindow_live(x->qw) : rkvi_xdev_windows_live(x->dev);
+  uint32_t live = win ? rkvi_qwindow_live(x->qw) : 0;
   for (uint32_t i = 0; i < p->n_forks; i++) {
     const int64_t par = p->forks[i].parent, child = p->forks[i].child;
     if (par < 0 || child < 0 || par == child)
@@ -692,7 +699,7 @@ static rkv_status validate_plan(rkv_exec *x, const rkv_sched_plan *p) {
   RKV_TRY(check_mirror(x, p, &ids, &blocks, &tokens));
   uint32_t stride = x->stride;
   RKV_TRY(rows_stride(x, blocks, &stride));
-  /* the host window holds nidx sequences (running and swapped out); the device ring grows */
+  /* the window holds nidx sequences (running and swapped out) */
   if (x->qw && peak > x->nidx)
     return rkvi_fail(x->err, RKV_ERR_CAPACITY,
                      "begin: the plan needs %u query windows at once, the executor keeps %u "
@@ -706,7 +713,7 @@ static rkv_status validate_plan(rkv_exec *x, const rkv_sched_plan *p) {
       return rkvi_fail(x->err, st, "begin: query windows: %s", rkv_qwindow_last_error(x->qw));
   }
   if (x->dev) {
-    const rkv_status st = rkvi_xdev_prepare(x->dev, p, peak, stride, tokens);
+    const rkv_status st = rkvi_xdev_prepare(x->dev, p, stride, tokens);
     if (st != RKV_OK) return rkvi_fail(x->err, st, "%s", rkvi_xdev_last_error(x->dev));
   }
   return grow_rows(x, stride);
@@ -737,17 +744,14 @@ static rkv_status move_blocks(rkv_exec *x, const rkv_sched_plan *p) {
 /* Query windows follow the KV: forked with it, dropped with it, kept across a swap, started
  * empty. Unknown ids on removal are fine (a sequence dropped before it ever ran). */
 static rkv_status window_lifecycle(rkv_exec *x, const rkv_sched_plan *p) {
-  if (x->dev) {
-    const rkv_status st = rkvi_xdev_windows(x->dev, p); /* only a failed transfer */
-    if (st != RKV_OK) return rkvi_fail(x->err, st, "begin: %s", rkvi_xdev_last_error(x->dev));
-  }
-  /* validate_plan checked the windows and reserved their memory: nothing here can fail */
+  /* validate_plan checked the windows and reserved their memory: only a device's failed
+   * transfer (a fork's copy, a start's clear) fails here */
   for (uint32_t i = 0; x->qw && i < p->n_forks; i++) {
     rkv_status st = rkv_qwindow_seq_fork(x->qw, p->forks[i].parent, p->forks[i].child);
     if (st != RKV_OK)
-      return rkvi_fail(x->err, RKV_ERR_INTERNAL, "begin: query window fork %lld -> %lld: %s",
-                       (long long)p->forks[i].parent, (long long)p->forks[i].child,
-                       rkv_qwindow_last_error(x->qw));
+      return rkvi_fail(x->err, st == RKV_ERR_CUDA ? st : RKV_ERR_INTERNAL,
+                       "begin: query window fork %lld -> %lld: %s", (long long)p->forks[i].parent,
+                       (long long)p->forks[i].child, rkv_qwindow_last_error(x->qw));
   }
   for (uint32_t i = 0; i < p->n_dropped; i++) {
     if (x->qw) (void)rkv_qwindow_seq_remove(x->qw, p->dropped[i]); /* may never have run */
@@ -757,8 +761,9 @@ static rkv_status window_lifecycle(rkv_exec *x, const rkv_sched_plan *p) {
   for (uint32_t i = 0; x->qw && i < p->n_started; i++) {
     rkv_status st = rkv_qwindow_seq_add(x->qw, p->started[i]);
     if (st != RKV_OK)
-      return rkvi_fail(x->err, RKV_ERR_INTERNAL, "begin: query window of %lld: %s",
-                       (long long)p->started[i], rkv_qwindow_last_error(x->qw));
+      return rkvi_fail(x->err, st == RKV_ERR_CUDA ? st : RKV_ERR_INTERNAL,
+                       "begin: query window of %lld: %s", (long long)p->started[i],
+                       rkv_qwindow_last_error(x->qw));
   }
   return RKV_OK;
 }
@@ -825,6 +830,7 @@ static rkv_status device_begin(rkv_exec *x, const rkv_sched_plan *p) {
   st.lens = x->lens;
   st.stride = x->stride;
   st.seq_row = x->seq_row;
+  st.ids = x->ids;
   st.blen = x->all_uniform ? x->blen : NULL;
   st.all_indptr = x->all_indptr;
   st.q_indptr = x->q_indptr;
@@ -868,6 +874,12 @@ rkv_status rkv_exec_begin(rkv_exec *x, const rkv_sched_plan *p) {
   x->q_indptr[np] = (int32_t)(rows - p->n_decode);
   x->all_indptr[p->n_seqs] = (int32_t)rows;
   if (!x->all_uniform) materialize_lens(x, p);
+  if (x->qw && !x->dev) { /* a device's plan rides in its step upload (device_begin) */
+    /* every sequence has a window (validate_plan) and the arrays exist (make_window) */
+    st = rkv_qwindow_plan(x->qw, x->ids, x->all_indptr, p->n_seqs);
+    if (st != RKV_OK)
+      return rkvi_fail(x->err, st, "begin: query-window plan: %s", rkv_qwindow_last_error(x->qw));
+  }
   if (x->dev) RKV_TRY(device_begin(x, p));
   x->slots = p->slots;
   x->slot_layer_stride = p->slot_layer_stride;
@@ -907,7 +919,6 @@ static void attn_group_init(rkv_exec *x, attn_group *g, uint32_t layer, const fl
   ap.rows = &g->br;
   ap.q_indptr = prefill ? x->q_indptr : NULL;
   ap.accumulate_scores = x->h2o;
-  ap.qwindow = x->qw;
   ap.seq_ids = x->ids + first;
   ap.layer = layer;
   g->ap = ap;
@@ -940,6 +951,19 @@ static rkv_status attn_workspace(rkv_exec *x, const attn_group *g) {
   return grow(x, &x->ws, &x->ws_cap, need + 64, "attention workspace");
 }
 
+/* The layer's query rows into the query window (one batched push on every backend), which
+ * ends the layer. */
+static rkv_status push_window(rkv_exec *x, uint32_t layer, const float *q) {
+  if (x->qw) {
+    const rkv_status st = rkv_qwindow_push_planned(x->qw, layer, q);
+    if (st != RKV_OK)
+      return rkvi_fail(x->err, st, "layer %u query-window push: %s", layer,
+                       rkv_qwindow_last_error(x->qw));
+  }
+  x->layer_done[layer] = 1;
+  return RKV_OK;
+}
+
 rkv_status rkv_exec_layer(rkv_exec *x, uint32_t layer, const float *q, const float *k,
                           const float *v, float *out) {
   if (!x) return RKV_ERR_INVALID_ARG;
@@ -962,8 +986,7 @@ rkv_status rkv_exec_layer(rkv_exec *x, uint32_t layer, const float *q, const flo
   if (x->dev) {
     st = rkvi_xdev_layer(x->dev, layer, q, k, v, out);
     if (st != RKV_OK) return rkvi_fail(x->err, st, "%s", rkvi_xdev_last_error(x->dev));
-    x->layer_done[layer] = 1;
-    return RKV_OK;
+    return push_window(x, layer, q);
   }
   if (x->slots) {
     st = rkv_attn_write_kv(x->pool, k, v, x->slots + layer * x->slot_layer_stride, (uint32_t)n);
@@ -977,8 +1000,7 @@ rkv_status rkv_exec_layer(rkv_exec *x, uint32_t layer, const float *q, const flo
                      rkv_backend_last_error(rkv_kv_pool_backend(x->pool)));
   RKV_TRY(attend(x, &g[0]));
   RKV_TRY(attend(x, &g[1]));
-  x->layer_done[layer] = 1;
-  return RKV_OK;
+  return push_window(x, layer, q);
 }
 
 /* ---- finish ------------------------------------------------------------------------------ */
@@ -1060,13 +1082,9 @@ static rkv_status queue_compressions(rkv_exec *x, const rkv_sched_plan *p,
     const rkv_evict_params *ev = q->evict ? q->evict : &x->cfg.evict;
     /* a sequence that ends now frees its blocks at the report: compressing it is wasted */
     if (!q->compress || outs[i].eos || !rkvi_policy_info(ev->policy).evicts) continue;
-    rkv_evictor_window win = {NULL, 0};
-    rkv_status st = RKV_OK;
-    if (x->dev && rkvi_needs_queries(ev->policy) && !rkvi_xdev_window(x->dev, q->id, &win))
-      st = rkvi_fail(x->err, RKV_ERR_STATE, "compress %lld: no query window", (long long)q->id);
-    if (st == RKV_OK &&
-        (st = rkv_evictor_add(x->evr, q->id, RKV_EVICTOR_ALL_LAYERS, ev, &win)) != RKV_OK)
-      rkvi_fail(x->err, st, "%s", rkv_evictor_last_error(x->evr));
+    /* the evictor reads each sequence's window from the executor's query window */
+    const rkv_status st = rkv_evictor_add(x->evr, q->id, RKV_EVICTOR_ALL_LAYERS, ev, NULL);
+    if (st != RKV_OK) rkvi_fail(x->err, st, "%s", rkv_evictor_last_error(x->evr));
     if (st == RKV_OK)
       x->eidx[n++] = i;
     else if (ret == RKV_OK)

@@ -1,21 +1,22 @@
-/* The executor's device path (exec_device.h): the table mirror, the step metadata, the
- * query-window ring and the workspaces live in rkv_buffer objects of the pool's backend, and
- * every kernel reads device memory.
+/* The executor's device path (exec_device.h): the table mirror, the step metadata and the
+ * workspaces live in rkv_buffer objects of the pool's backend, and every kernel reads device
+ * memory. (The query window is the library's rkv_qwindow on the same backend: exec.c plans and
+ * pushes it as on a CPU pool.)
  *
  * One step, in stream order, with one sync at its end:
  *   begin   the pinned arena gets the step metadata (per-sequence mirror row, lockstep
- *           lengths, row ranges, ring slots, first positions) and the rows of the mirror
+ *           lengths, row ranges) and the rows of the mirror
  *           entries the host rewrote (nothing else: a decode step between block boundaries
  *           uploads no row), then one copy per piece;
  *   layer   K/V write through the device rows, paged attention (decode group, prefill
- *           group), one query-window push for the whole batch (H2O mass rides on attention);
+ *           group; H2O mass rides on attention); exec.c then pushes the query window;
  *   finish  the executor's evictor (rkv/evictor.h) compresses the flagged sequences, one
- *           batched launch per parameter set reading this ring (rkvi_xdev_window); then the
- *           sync that frees the arena for the next step.
+ *           batched launch per parameter set reading the query window; then the sync that
+ *           frees the arena for the next step.
  * On the emulated device (<rkv/buffer_emu.h>) the pool is a CPU pool: the kernels are the CPU
- * ones on the host bytes rkv_emu_view returns for each device range, and the ring push, which
- * the library has only for CUDA, has a host twin below that follows its documented semantics
- * (the batched compression's twin is the evictor's). The host logic is the same code on both. */
+ * ones on the host bytes rkv_emu_view returns for each device range (the query window's push
+ * and the batched compression have their twins in the window and the evictor). The host logic
+ * is the same code on both. */
 #include <string.h>
 
 #include <rkv/attention_cuda.h>
@@ -23,6 +24,7 @@
 #include <rkv/buffer_emu.h>
 
 #include "exec_device.h"
+#include "qwindow_internal.h"
 #include "rkv_internal.h"
 
 #define XALIGN ((size_t)RKV_BUFFER_ALIGN)
@@ -35,13 +37,9 @@ struct rkvi_xdev {
   rkv_buffer *rows;  /* [nidx][S][stride] int32 */
   rkv_buffer *lens;  /* [nidx][S] int32 */
   rkv_buffer *meta;  /* the step metadata (layout: off_*) */
-  rkv_buffer *ring;  /* [slots][L][Hq][window][d] f32, or NULL */
   rkv_buffer *ws;    /* attention workspace */
   rkv_buffer *stage; /* pinned arena: the step's uploads */
   bool in_flight;    /* copies from the arena were enqueued since the last sync */
-  /* ring slots: the sequence holding each and its newest pushed position */
-  uint32_t slots;
-  int64_t *slot_seq, *slot_last;
   /* marked mirror entries */
   uint8_t *marked; /* [nidx] */
   int32_t *mlist;  /* [nidx] */
@@ -50,8 +48,7 @@ struct rkvi_xdev {
   const rkv_sched_plan *plan;
   uint32_t stride;
   bool lockstep, h2o;
-  size_t off_seq_row, off_blen, off_all, off_qi, off_slot, off_pos;
-  int32_t *hslot; /* [max_seqs] */
+  size_t off_seq_row, off_blen, off_all, off_qi, off_qw;
   char err[RKV_ERRBUF];
 };
 
@@ -70,10 +67,6 @@ bool rkvi_xdev_wanted(const rkv_kv_pool *pool) {
 
 const char *rkvi_xdev_last_error(const rkvi_xdev *d) {
   return d ? d->err : "";
-}
-
-bool rkvi_xdev_has_window(const rkvi_xdev *d) {
-  return d && d->ring;
 }
 
 /* Grows a buffer to at least `need` bytes, to a power of two (growth waits for the stream:
@@ -97,22 +90,15 @@ static rkv_status dev_at(rkvi_xdev *d, const void *p, size_t bytes, void **out) 
   return st == RKV_OK ? RKV_OK : be_fail(d, st, "device access");
 }
 
-static size_t ring_slot_elems(const rkvi_xdev *d) {
-  return (size_t)d->c.L * d->c.Hq * d->c.window * d->c.d;
-}
-
 /* ---- create / destroy -------------------------------------------------------------------- */
 
 void rkvi_xdev_destroy(rkvi_xdev *d) {
   if (!d) return;
   const rkv_allocator *a = d->c.al;
-  rkv_buffer *bufs[] = {d->rows, d->lens, d->meta, d->ring, d->ws, d->stage};
+  rkv_buffer *bufs[] = {d->rows, d->lens, d->meta, d->ws, d->stage};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) rkv_buffer_destroy(bufs[i]);
-  rkvi_free(a, d->slot_seq, (d->slots + 1) * sizeof(int64_t));
-  rkvi_free(a, d->slot_last, (d->slots + 1) * sizeof(int64_t));
   rkvi_free(a, d->marked, d->c.nidx);
   rkvi_free(a, d->mlist, d->c.nidx * sizeof(int32_t));
-  rkvi_free(a, d->hslot, d->c.max_seqs * sizeof(int32_t));
   rkvi_free(a, d, sizeof *d);
 }
 
@@ -134,11 +120,7 @@ static rkv_status make_buffers(rkvi_xdev *d) {
   for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
     RKV_TRY(rkv_buffer_create(d->be, RKV_BUFFER_DEVICE, 0, dev[i]));
   RKV_TRY(rkv_buffer_create(d->be, RKV_BUFFER_HOST_PINNED, 0, &d->stage));
-  RKV_TRY(rkv_buffer_reserve(d->lens, (size_t)d->c.nidx * d->c.S * sizeof(int32_t)));
-  if (!d->c.window) return RKV_OK;
-  size_t bytes = ring_slot_elems(d) * sizeof(float) * d->slots;
-  RKV_TRY(rkv_buffer_create(d->be, RKV_BUFFER_DEVICE, bytes, &d->ring));
-  return RKV_OK;
+  return rkv_buffer_reserve(d->lens, (size_t)d->c.nidx * d->c.S * sizeof(int32_t));
 }
 
 rkv_status rkvi_xdev_create(const rkvi_xdev_config *cfg, rkvi_xdev **out, char *err,
@@ -151,121 +133,26 @@ rkv_status rkvi_xdev_create(const rkvi_xdev_config *cfg, rkvi_xdev **out, char *
   d->c = *cfg;
   d->be = rkv_kv_pool_backend(cfg->pool);
   d->emu = emu;
-  /* One ring slot per scheduled sequence to start with; swapped-out sequences keep theirs, so
-   * the ring doubles when a start finds none free. */
-  d->slots = cfg->window ? cfg->max_seqs : 0;
-  d->slot_seq = rkvi_alloc(cfg->al, (d->slots + 1) * sizeof(int64_t), 16);
-  d->slot_last = rkvi_alloc(cfg->al, (d->slots + 1) * sizeof(int64_t), 16);
   d->marked = rkvi_calloc(cfg->al, cfg->nidx, 16);
   d->mlist = rkvi_alloc(cfg->al, cfg->nidx * sizeof(int32_t), 16);
-  d->hslot = rkvi_alloc(cfg->al, cfg->max_seqs * sizeof(int32_t), 16);
   rkv_status st = RKV_ERR_NO_MEMORY;
-  if (d->slot_seq && d->slot_last && d->marked && d->mlist && d->hslot) st = make_buffers(d);
+  if (d->marked && d->mlist) st = make_buffers(d);
   if (st != RKV_OK) {
     rkvi_failn(err, err_len, st, "rkv_exec_create: device state: %s (%s)", rkv_status_str(st),
                rkv_backend_last_error(d->be));
     rkvi_xdev_destroy(d);
     return st;
   }
-  for (uint32_t i = 0; i < d->slots; i++) d->slot_seq[i] = d->slot_last[i] = -1;
   *out = d;
   return RKV_OK;
 }
 
 size_t rkvi_xdev_memory_bytes(const rkvi_xdev *d) {
   if (!d) return 0;
-  const rkv_buffer *b[] = {d->rows, d->lens, d->meta, d->ring, d->ws, d->stage};
+  const rkv_buffer *b[] = {d->rows, d->lens, d->meta, d->ws, d->stage};
   size_t n = 0;
   for (size_t i = 0; i < sizeof b / sizeof b[0]; i++) n += b[i] ? rkv_buffer_size(b[i]) : 0;
-  return n + (size_t)d->slots * 16 + (size_t)d->c.nidx * 5;
-}
-
-/* ---- ring slots (the device twin of rkv_qwindow_seq_add / _remove / _fork) -------------- */
-
-static int32_t slot_find(const rkvi_xdev *d, int64_t id) {
-  for (uint32_t i = 0; i < d->slots; i++)
-    if (d->slot_seq[i] == id) return (int32_t)i;
-  return -1;
-}
-
-bool rkvi_xdev_window_of(const rkvi_xdev *d, int64_t id) {
-  return d && d->ring && slot_find(d, id) >= 0;
-}
-
-uint32_t rkvi_xdev_windows_live(const rkvi_xdev *d) {
-  uint32_t n = 0;
-  for (uint32_t i = 0; d && d->ring && i < d->slots; i++) n += d->slot_seq[i] >= 0;
-  return n;
-}
-
-/* Doubles the ring (its contents move with it: slots keep their offsets). All or nothing: the
- * slot tables are replaced only once the ring has grown. */
-static rkv_status ring_grow(rkvi_xdev *d) {
-  const uint32_t ns = d->slots * 2;
-  const size_t old_b = (d->slots + 1) * sizeof(int64_t), new_b = (ns + 1) * sizeof(int64_t);
-  int64_t *seq = rkvi_alloc(d->c.al, new_b, 16), *last = rkvi_alloc(d->c.al, new_b, 16);
-  rkv_status st = seq && last ? RKV_OK : RKV_ERR_NO_MEMORY;
-  if (st != RKV_OK)
-    rkvi_fail(d->err, st, "query-window ring: slot table of %u", ns);
-  else if ((st = rkv_buffer_reserve(d->ring, ring_slot_elems(d) * sizeof(float) * ns)) != RKV_OK)
-    be_fail(d, st, "query-window ring growth");
-  if (st != RKV_OK) {
-    rkvi_free(d->c.al, seq, new_b);
-    rkvi_free(d->c.al, last, new_b);
-    return st;
-  }
-  memcpy(seq, d->slot_seq, old_b);
-  memcpy(last, d->slot_last, old_b);
-  rkvi_free(d->c.al, d->slot_seq, old_b);
-  rkvi_free(d->c.al, d->slot_last, old_b);
-  d->slot_seq = seq;
-  d->slot_last = last;
-  for (uint32_t i = d->slots; i < ns; i++) d->slot_seq[i] = d->slot_last[i] = -1;
-  d->slots = ns;
-  return RKV_OK;
-}
-
-/* The slot of id, taken (and cleared: a kernel reads all `window` rows of it) when new. */
-static rkv_status slot_get(rkvi_xdev *d, int64_t id, int32_t *out) {
-  int32_t s = slot_find(d, id);
-  if (s < 0) {
-    s = slot_find(d, -1);
-    if (s < 0) {
-      s = (int32_t)d->slots;
-      RKV_TRY(ring_grow(d));
-    }
-    const size_t bytes = ring_slot_elems(d) * sizeof(float);
-    rkv_status st = rkv_buffer_fill(d->ring, (size_t)s * bytes, 0, bytes);
-    if (st != RKV_OK) return be_fail(d, st, "query-window clear");
-    d->slot_seq[s] = id;
-    d->slot_last[s] = -1;
-  }
-  *out = s;
-  return RKV_OK;
-}
-
-rkv_status rkvi_xdev_windows(rkvi_xdev *d, const rkv_sched_plan *p) {
-  if (!d->ring) return RKV_OK;
-  const size_t bytes = ring_slot_elems(d) * sizeof(float);
-  for (uint32_t i = 0; i < p->n_forks; i++) {
-    const int32_t ps = slot_find(d, p->forks[i].parent);
-    if (ps < 0) continue; /* as the host window: a parent without one forks nothing */
-    int32_t cs = -1;
-    RKV_TRY(slot_get(d, p->forks[i].child, &cs));
-    rkv_status st =
-        rkv_buffer_copy(d->ring, (size_t)cs * bytes, d->ring, (size_t)ps * bytes, bytes);
-    if (st != RKV_OK) return be_fail(d, st, "query-window fork");
-    d->slot_last[cs] = d->slot_last[ps];
-  }
-  for (uint32_t i = 0; i < p->n_dropped; i++) {
-    const int32_t s = slot_find(d, p->dropped[i]);
-    if (s >= 0) d->slot_seq[s] = -1;
-  }
-  for (uint32_t i = 0; i < p->n_started; i++) {
-    int32_t s = -1;
-    RKV_TRY(slot_get(d, p->started[i], &s));
-  }
-  return RKV_OK;
+  return n + (size_t)d->c.nidx * 5;
 }
 
 /* ---- begin: delta uploads and the step metadata ------------------------------------------ */
@@ -277,18 +164,18 @@ void rkvi_xdev_mark(rkvi_xdev *d, int32_t idx) {
 }
 
 /* The arena's layout for a step of n sequences (np prefill chunks), `marked` mirror entries to
- * upload and, when `lens`, every sequence's lengths: metadata sections first (offsets in off[6]:
- * seq_row, blen, all, qi, slot, pos), then one row group per marked entry, then the lengths.
+ * upload and, when `lens`, every sequence's lengths: metadata sections first (offsets in off[5]:
+ * seq_row, blen, all, qi, the query window's plan), then one row group per marked entry, then
+ * the lengths.
  * Returns the total; *rows_at and *lens_at are where the row groups and the lengths start. */
 static size_t arena_size(const rkvi_xdev *d, size_t n, size_t np, size_t marked, uint32_t stride,
-                         bool lens, size_t off[6], size_t *rows_at, size_t *lens_at) {
+                         bool lens, size_t off[5], size_t *rows_at, size_t *lens_at) {
   off[0] = 0;
   off[1] = up(n * 4);
   off[2] = off[1] + up(n * 4);
   off[3] = off[2] + up((n + 1) * 4);
   off[4] = off[3] + up((np + 1) * 4);
-  off[5] = off[4] + up(n * 4);
-  const size_t meta = off[5] + up(n * 8);
+  const size_t meta = off[4] + (d->c.qw ? up(rkvi_qwindow_meta_bytes((uint32_t)n)) : 0);
   *rows_at = meta;
   *lens_at = meta + marked * up((size_t)d->c.S * stride * 4);
   return *lens_at + (lens ? n * up((size_t)d->c.S * 4) : 0);
@@ -298,27 +185,25 @@ static size_t arena_size(const rkvi_xdev *d, size_t n, size_t np, size_t marked,
 static size_t arena_layout(rkvi_xdev *d, const rkvi_xdev_step *st, size_t *rows_at,
                            size_t *lens_at) {
   const rkv_sched_plan *p = st->plan;
-  size_t off[6];
+  size_t off[5];
   const size_t total = arena_size(d, p->n_seqs, p->n_seqs - p->n_decode, d->n_marked, st->stride,
                                   !st->blen, off, rows_at, lens_at);
   d->off_seq_row = off[0];
   d->off_blen = off[1];
   d->off_all = off[2];
   d->off_qi = off[3];
-  d->off_slot = off[4];
-  d->off_pos = off[5];
+  d->off_qw = off[4];
   return total;
 }
 
-rkv_status rkvi_xdev_prepare(rkvi_xdev *d, const rkv_sched_plan *p, uint32_t windows,
-                             uint32_t stride, int64_t longest) {
+rkv_status rkvi_xdev_prepare(rkvi_xdev *d, const rkv_sched_plan *p, uint32_t stride,
+                             int64_t longest) {
   rkv_status e = RKV_OK;
   /* a step that did not reach its finish may have left copies from the arena in flight */
   if (d->in_flight && (e = rkv_backend_sync(d->be)) != RKV_OK) return be_fail(d, e, "begin: sync");
   d->in_flight = false;
-  while (d->ring && d->slots < windows) RKV_TRY(ring_grow(d));
   /* sync_seq marks at most one entry per scheduled sequence */
-  size_t marked = (size_t)d->n_marked + p->n_seqs, off[6], rows_at = 0, lens_at = 0;
+  size_t marked = (size_t)d->n_marked + p->n_seqs, off[5], rows_at = 0, lens_at = 0;
   if (marked > d->c.nidx) marked = d->c.nidx;
   const size_t total = arena_size(d, p->n_seqs, p->n_seqs - p->n_decode, marked, stride, true, off,
                                   &rows_at, &lens_at);
@@ -337,6 +222,8 @@ rkv_status rkvi_xdev_prepare(rkvi_xdev *d, const rkv_sched_plan *p, uint32_t win
   return RKV_OK;
 }
 
+/* The step metadata into the arena, with the query window's plan (validate_plan made sure
+ * every sequence holds a window, so the plan cannot fail). */
 static rkv_status fill_meta(rkvi_xdev *d, const rkvi_xdev_step *st, unsigned char *h) {
   const rkv_sched_plan *p = st->plan;
   const size_t n = p->n_seqs;
@@ -344,19 +231,13 @@ static rkv_status fill_meta(rkvi_xdev *d, const rkvi_xdev_step *st, unsigned cha
   if (st->blen) memcpy(h + d->off_blen, st->blen, n * 4);
   memcpy(h + d->off_all, st->all_indptr, (n + 1) * 4);
   memcpy(h + d->off_qi, st->q_indptr, (n - p->n_decode + 1) * 4);
-  int64_t *pos = (int64_t *)(h + d->off_pos);
-  for (uint32_t i = 0; i < n; i++) {
-    const rkv_sched_seq *q = &p->seqs[i];
-    int32_t s = -1;
-    if (d->ring) {
-      RKV_TRY(slot_get(d, q->id, &s));
-      if (q->n_tokens) d->slot_last[s] = q->pos + q->n_tokens - 1;
-    }
-    d->hslot[i] = s;
-    pos[i] = q->pos;
-  }
-  memcpy(h + d->off_slot, d->hslot, n * 4);
-  return RKV_OK;
+  if (!d->c.qw) return RKV_OK;
+  const rkv_status s =
+      rkvi_qwindow_plan_staged(d->c.qw, st->ids, st->all_indptr, p->n_seqs, h + d->off_qw,
+                               (unsigned char *)rkv_buffer_ptr(d->meta) + d->off_qw);
+  return s == RKV_OK ? RKV_OK
+                     : rkvi_fail(d->err, s, "begin: query-window plan: %s",
+                                 rkv_qwindow_last_error(d->c.qw));
 }
 
 static rkv_status enqueue_uploads(rkvi_xdev *d, const rkvi_xdev_step *st, size_t meta,
@@ -418,31 +299,24 @@ rkv_status rkvi_xdev_begin(rkvi_xdev *d, const rkvi_xdev_step *st) {
 
 /* Pointers of the step's device state as the kernels see them. */
 typedef struct xview {
-  int32_t *rows, *lens, *seq_row, *blen, *all, *qi, *slot;
-  int64_t *pos;
+  int32_t *rows, *lens, *seq_row, *blen, *all, *qi;
   void *ws;
   size_t ws_bytes;
-  float *ring;
 } xview;
 
 static rkv_status view_state(rkvi_xdev *d, xview *v) {
   unsigned char *m = NULL;
-  const size_t meta = d->off_pos + up((size_t)d->plan->n_seqs * 8);
+  const size_t meta = d->off_qi + up(((size_t)d->plan->n_seqs - d->plan->n_decode + 1) * 4);
   RKV_TRY(dev_at(d, rkv_buffer_ptr(d->meta), meta, (void **)&m));
   RKV_TRY(dev_at(d, rkv_buffer_ptr(d->rows), (size_t)d->c.nidx * d->c.S * d->stride * 4,
                  (void **)&v->rows));
   RKV_TRY(dev_at(d, rkv_buffer_ptr(d->lens), (size_t)d->c.nidx * d->c.S * 4, (void **)&v->lens));
   v->ws_bytes = rkv_buffer_size(d->ws);
   RKV_TRY(dev_at(d, rkv_buffer_ptr(d->ws), v->ws_bytes, &v->ws));
-  v->ring = NULL;
-  if (d->ring)
-    RKV_TRY(dev_at(d, rkv_buffer_ptr(d->ring), rkv_buffer_size(d->ring), (void **)&v->ring));
   v->seq_row = (int32_t *)(m + d->off_seq_row);
   v->blen = d->lockstep ? (int32_t *)(m + d->off_blen) : NULL;
   v->all = (int32_t *)(m + d->off_all);
   v->qi = (int32_t *)(m + d->off_qi);
-  v->slot = (int32_t *)(m + d->off_slot);
-  v->pos = (int64_t *)(m + d->off_pos);
   return RKV_OK;
 }
 
@@ -472,33 +346,6 @@ static rkv_status attend(rkvi_xdev *d, const xview *v, uint32_t layer, const flo
   return RKV_OK;
 }
 
-/* Host twin of rkv_attn_cuda_qwindow_push (attention_cuda.h) for the emulated device: row r of
- * sequence b goes to ring row (pos[b] + r) % window; only the last `window` rows count. */
-static void push_host(const rkvi_xdev *d, const xview *v, uint32_t layer, const float *q) {
-  const size_t D = d->c.d, W = d->c.window, Hq = d->c.Hq;
-  for (uint32_t b = 0; b < d->plan->n_seqs; b++) {
-    const int32_t r0 = v->all[b], n = v->all[b + 1] - r0, s = v->slot[b];
-    for (int32_t r = n > (int32_t)W ? n - (int32_t)W : 0; r < n; r++) {
-      const size_t row = (size_t)((v->pos[b] + r) % (int64_t)W);
-      for (size_t j = 0; j < Hq; j++)
-        memcpy(v->ring + ((((size_t)s * d->c.L + layer) * Hq + j) * W + row) * D,
-               q + (((size_t)r0 + (size_t)r) * Hq + j) * D, D * sizeof(float));
-    }
-  }
-}
-
-static rkv_status push_window(rkvi_xdev *d, const xview *v, uint32_t layer, const float *q) {
-  if (!d->ring || !d->plan->n_seqs) return RKV_OK;
-  if (d->emu) {
-    push_host(d, v, layer, q);
-    return RKV_OK;
-  }
-  const rkv_cuda_qwindow w = {v->ring, d->slots, d->c.L, d->c.Hq, d->c.window, d->c.d};
-  rkv_status st =
-      rkv_attn_cuda_qwindow_push(d->be, &w, layer, q, v->all, v->slot, v->pos, d->plan->n_seqs);
-  return st == RKV_OK ? RKV_OK : be_fail(d, st, "query-window push");
-}
-
 rkv_status rkvi_xdev_layer(rkvi_xdev *d, uint32_t layer, const float *q, const float *k,
                            const float *v, float *out) {
   const rkv_sched_plan *p = d->plan;
@@ -517,21 +364,10 @@ rkv_status rkvi_xdev_layer(rkvi_xdev *d, uint32_t layer, const float *q, const f
   if (st != RKV_OK)
     return rkvi_fail(d->err, st, "layer %u K/V write: %s", layer, rkv_backend_last_error(d->be));
   RKV_TRY(attend(d, &xv, layer, hq, ho, 0, p->n_decode, false));
-  RKV_TRY(attend(d, &xv, layer, hq, ho, p->n_decode, p->n_seqs - p->n_decode, true));
-  return push_window(d, &xv, layer, hq);
+  return attend(d, &xv, layer, hq, ho, p->n_decode, p->n_seqs - p->n_decode, true);
 }
 
 /* ---- finish ------------------------------------------------------------------------------ */
-
-bool rkvi_xdev_window(const rkvi_xdev *d, int64_t id, rkv_evictor_window *out) {
-  const int32_t slot = d->ring ? slot_find(d, id) : -1;
-  if (slot < 0) return false;
-  const int64_t W = (int64_t)d->c.window;
-  out->rows = (const float *)rkv_buffer_ptr(d->ring) + (size_t)slot * ring_slot_elems(d);
-  /* the newest query sits in ring row slot_last % W, so the oldest in the next one */
-  out->oldest = (int32_t)(((d->slot_last[slot] + 1) % W + W) % W);
-  return true;
-}
 
 rkv_status rkvi_xdev_finish(rkvi_xdev *d) {
   /* The step's one sync: the arena is free again and every kernel's fault surfaces here. */

@@ -6,7 +6,9 @@
  * token, every slot's mass and the free blocks equal the CPU run's (the kernels select like the
  * CPU except on scores tied to ~1e-12, which random keys do not produce). Every coarser
  * granularity (layer, kvhead, sequence: the group kernel sums the members' scores) the same
- * way, in bf16. Also: a window over 256 is refused. Skips (77) without a CUDA build or
+ * way, in bf16. The same with the evictor's own query window in device memory (an rkv_qwindow
+ * on the CUDA backend filled by its batched push; adds name no window), f32 and bf16. Also: a
+ * window over 256 is refused. Skips (77) without a CUDA build or
  * device. */
 #define EVF_HEAD_DIM 64
 #define EVF_BLOCK 16
@@ -44,8 +46,40 @@ static rkv_evictor *make(rkv_blockmgr *m, rkv_kv_pool *pool, const rkv_qwindow *
   return ev;
 }
 
+/* The host windows of sequences 1..3 in an rkv_qwindow on the CUDA backend: each layer's W
+ * rows, oldest first, through one plan and one batched push per layer. */
+static rkv_qwindow *device_windows(rkv_backend *gb, fixture *f) {
+  rkv_qwindow_config qc = RKV_QWINDOW_CONFIG_INIT;
+  qc.num_layers = L, qc.num_q_heads = QH, qc.head_dim = D, qc.window = W, qc.backend = gb;
+  rkv_qwindow *w = NULL;
+  EXPECT_OK(rkv_qwindow_create(&qc, &w));
+  if (!w) return NULL;
+  static float hq[L][3 * W][QH * D], tmp[QH * W * D];
+  int64_t ids[3];
+  int32_t ip[4] = {0, W, 2 * W, 3 * W};
+  for (int64_t s = 1; s <= 3; s++) {
+    ids[s - 1] = s;
+    EXPECT_OK(rkv_qwindow_seq_add(w, s));
+    for (uint32_t l = 0; l < L; l++) {
+      uint32_t cnt = 0;
+      EXPECT_OK(rkv_qwindow_get(f->qw, s, l, tmp, &cnt));
+      EXPECT_EQ_INT(cnt, W);
+      for (uint32_t r = 0; r < W; r++)
+        for (uint32_t h = 0; h < QH; h++)
+          memcpy(&hq[l][(s - 1) * W + r][h * D], tmp + ((size_t)h * W + r) * D, D * sizeof(float));
+    }
+  }
+  float *dq = dup_to_dev(hq, sizeof hq);
+  EXPECT_OK(rkv_qwindow_plan(w, ids, ip, 3));
+  for (uint32_t l = 0; l < L; l++)
+    EXPECT_OK(rkv_qwindow_push_planned(w, l, dq + (size_t)l * 3 * W * QH * D));
+  EXPECT_OK(rkv_backend_sync(gb));
+  CK(cudaFree(dq));
+  return w;
+}
+
 static void run_case(rkv_backend *gb, rkv_evict_policy pol, rkv_dtype dt, int32_t layer,
-                     rkv_evict_granularity gran) {
+                     rkv_evict_granularity gran, bool own) {
   fixture c, g;
   const int32_t n[3] = {90, 75, 60};
   for (int k = 0; k < 2; k++) {
@@ -65,12 +99,13 @@ static void run_case(rkv_backend *gb, rkv_evict_policy pol, rkv_dtype dt, int32_
   rkv_evict_params p = RKV_EVICT_PARAMS_INIT, p3;
   p.policy = pol, p.budget = 40, p.window = W;
   p3 = p, p3.budget = 33, p3.lambda = 0.3f;
-  rkv_evictor *ec = make(c.m, c.pool, c.qw, &p, gran), *eg = make(g.m, gp, NULL, &p, gran);
+  rkv_qwindow *gqw = own ? device_windows(gb, &g) : NULL;
+  rkv_evictor *ec = make(c.m, c.pool, c.qw, &p, gran), *eg = make(g.m, gp, gqw, &p, gran);
   for (int64_t s = 1; s <= 3; s++) {
     const rkv_evict_params *ps = s == 3 ? &p3 : NULL;
     const rkv_evictor_window win = {ring + (size_t)(s - 1) * L * QH * W * D, (int32_t)(s * 3) % W};
     EXPECT_OK(rkv_evictor_add(ec, s, layer, ps, NULL));
-    EXPECT_OK(rkv_evictor_add(eg, s, layer, ps, &win));
+    EXPECT_OK(rkv_evictor_add(eg, s, layer, ps, own ? NULL : &win));
   }
   rkv_evictor_result rc[MAXSEQ], rg[MAXSEQ];
   uint32_t nc = 0, ng = 0;
@@ -86,13 +121,15 @@ static void run_case(rkv_backend *gb, rkv_evict_policy pol, rkv_dtype dt, int32_
   }
   pool_to_host(gp, &g, ids);
   char what[96];
-  snprintf(what, sizeof what, "cuda %s %s layer %d granularity %s", rkv_evict_policy_name(pol),
-           rkv_dtype_name(dt), layer, rkv_evict_granularity_name(gran));
+  snprintf(what, sizeof what, "cuda %s %s layer %d granularity %s%s", rkv_evict_policy_name(pol),
+           rkv_dtype_name(dt), layer, rkv_evict_granularity_name(gran),
+           own ? ", the evictor's window" : "");
   expect_same(&c, &g, true, false, what);
   EXPECT_OK(rkv_evictor_check(eg));
   EXPECT_OK(rkv_blockmgr_check(g.m));
   rkv_evictor_destroy(ec);
   rkv_evictor_destroy(eg);
+  rkv_qwindow_destroy(gqw);
   CK(cudaFree(ring));
   rkv_kv_pool_destroy(gp);
   fx_fini(&c);
@@ -126,10 +163,13 @@ int main(void) {
   const rkv_dtype dts[3] = {RKV_DTYPE_F32, RKV_DTYPE_F16, RKV_DTYPE_BF16};
   for (int pi = 0; pi < 5; pi++) {
     for (int di = 0; di < 3; di++)
-      run_case(gb, pols[pi], dts[di], RKV_EVICTOR_ALL_LAYERS, RKV_EVICT_GRAN_STREAM);
-    run_case(gb, pols[pi], RKV_DTYPE_F32, 1, RKV_EVICT_GRAN_STREAM);
+      run_case(gb, pols[pi], dts[di], RKV_EVICTOR_ALL_LAYERS, RKV_EVICT_GRAN_STREAM, false);
+    run_case(gb, pols[pi], RKV_DTYPE_F32, 1, RKV_EVICT_GRAN_STREAM, false);
     for (int gi = RKV_EVICT_GRAN_LAYER; gi < RKV_EVICT_GRAN_COUNT_; gi++)
-      run_case(gb, pols[pi], RKV_DTYPE_BF16, RKV_EVICTOR_ALL_LAYERS, (rkv_evict_granularity)gi);
+      run_case(gb, pols[pi], RKV_DTYPE_BF16, RKV_EVICTOR_ALL_LAYERS, (rkv_evict_granularity)gi,
+               false);
+    run_case(gb, pols[pi], RKV_DTYPE_F32, RKV_EVICTOR_ALL_LAYERS, RKV_EVICT_GRAN_STREAM, true);
+    run_case(gb, pols[pi], RKV_DTYPE_BF16, RKV_EVICTOR_ALL_LAYERS, RKV_EVICT_GRAN_SEQUENCE, true);
   }
   rkv_backend_destroy(gb);
   return rkv_test_finish();

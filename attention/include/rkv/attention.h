@@ -59,8 +59,8 @@ typedef struct rkv_attn_params {
    * heads, to rkv_kv_pool_scores(pool)[slot]. */
   bool accumulate_scores;
   /* Query window push (R-KV / SnapKV): when qwindow != NULL, the batch's query rows are
-   * pushed into qwindow for (seq_ids[b], layer). CPU backend only (CUDA keeps a device
-   * window: see rkv_attn_cuda_qwindow_push). */
+   * pushed into qwindow for (seq_ids[b], layer). A window in host memory only (one in
+   * device memory is pushed with rkv_qwindow_plan / rkv_qwindow_push_planned). */
   rkv_qwindow *qwindow;
   const int64_t *seq_ids; /* [num_seqs] */
   uint32_t layer;

@@ -1,10 +1,10 @@
-/* librkv attention, CUDA-only extras: the device query window that R-KV / SnapKV score
- * importance with when the KV cache lives on a GPU (the host rkv_qwindow serves CPU pools).
+/* librkv attention, CUDA-only extras: a caller-owned device query-window ring.
  *
- * Deprecated as an engine interface: the executor (rkv/executor.h) keeps the device ring
- * itself (slots per sequence, pushes per layer, copies on fork) and is the one query-window
- * owner on a device. These calls keep working in this release and will become internal in
- * the next one.
+ * Deprecated: rkv_qwindow (rkv/qwindow.h) with a backend keeps its rings in that backend's
+ * device memory, owns the sequence -> slot map, and pushes a batch with one launch of the
+ * same kernel (rkv_qwindow_plan, rkv_qwindow_push_planned); the executor uses it. These calls
+ * keep working in this release (the push forwards to that kernel) and will be removed in the
+ * next one.
  *
  * The ring is caller-owned device memory, f32, laid out
  *   [max_seqs][num_layers][num_q_heads][window][head_dim]

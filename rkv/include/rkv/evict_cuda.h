@@ -124,10 +124,10 @@ rkv_evict_cuda_compress(const rkv_evict_params *p, rkv_kv_pool *pool,
  * returned for `seq`, writes one descriptor per map into streams[] and the new rows (read
  * from m) back to back into new_blocks[]. Query windows are addressed as a per-sequence array
  * [num_layers][num_q_heads][window][head_dim] starting at element qwin_seq_offset (the layout
- * of the device ring pushed by rkv_attn_cuda_qwindow_push: pass seq_slot * layers * q_heads *
- * window * d). Descriptors' old_offset is maps[i].old_offset + old_base and new_offset is
- * new_base + blocks written before it, so several sequences can share one batch.
- * RKV_ERR_CAPACITY (*n_new = blocks needed), RKV_ERR_NOT_FOUND, RKV_ERR_INVALID_ARG.
+ * of a device rkv_qwindow's entries and of the ring pushed by rkv_attn_cuda_qwindow_push: pass
+ * seq_slot * layers * q_heads * window * d). Descriptors' old_offset is maps[i].old_offset +
+ * old_base and new_offset is new_base + blocks written before it, so several sequences can share
+ * one batch. RKV_ERR_CAPACITY (*n_new = blocks needed), RKV_ERR_NOT_FOUND, RKV_ERR_INVALID_ARG.
  * O(maps + new blocks). Available without CUDA (plain host code). */
 RKV_API RKV_EVICT_CUDA_DEPRECATED rkv_status rkv_evict_cuda_describe(
     const rkv_blockmgr *m, int64_t seq, const rkv_compact_map *maps, uint32_t n_maps,

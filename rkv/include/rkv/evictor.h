@@ -47,9 +47,11 @@ typedef struct rkv_evictor_config {
    * lockstep. */
   rkv_evict_granularity granularity;
   uint32_t max_seqs; /* sequences queued between two runs, >= 1 */
-  /* Host pools: the query windows R-KV and SnapKV read (NULL when no policy used needs one;
-   * an add whose policy needs it is then refused). Ignored on device pools, where every add
-   * names its sequence's window (rkv_evictor_window). Borrowed for the evictor's lifetime. */
+  /* The query windows R-KV and SnapKV read (NULL when no policy used needs one; an add whose
+   * policy needs it is then refused). Host memory for a host pool; for a device pool a window
+   * on the pool's own backend (rkv_qwindow_config.backend), read by the batched launch where it
+   * lies (any other window is ignored there, as in version 1, whose device adds named their
+   * windows). Borrowed for the evictor's lifetime. */
   const rkv_qwindow *qwindow;
   const rkv_allocator *allocator; /* NULL = malloc/free */
 } rkv_evictor_config;
@@ -74,7 +76,8 @@ RKV_API const char *rkv_evictor_last_error(const rkv_evictor *ev);
 /* Every layer of the sequence (the layer argument of rkv_evictor_add). */
 #define RKV_EVICTOR_ALL_LAYERS (-1)
 
-/* Where a sequence's query window is on a device pool (policies that read queries): */
+/* Deprecated (the evictor's own query window replaces it; kept working in this release):
+ * where a sequence's query window is on a device pool, for an add that names it itself. */
 typedef struct rkv_evictor_window {
   /* DEVICE pointer (of the pool's backend) to the sequence's window, f32
    * [layers][num_q_heads][window][head_dim], e.g. one slot of a ring pushed by
@@ -89,11 +92,12 @@ typedef struct rkv_evictor_window {
 
 /* Queues one compression of `seq`: every layer (RKV_EVICTOR_ALL_LAYERS) or one layer (only at
  * STREAM granularity). params: this compression's parameters (copied), NULL = the config's.
- * win: the sequence's device window when the pool is a device pool and the policy reads
- * queries (required then, ignored otherwise). Nothing happens until rkv_evictor_run.
+ * win: NULL: the window is the sequence's in the evictor's query window, on every backend.
+ * Deprecated: a device window named by the caller (read instead of the evictor's when
+ * win->rows is set on a device pool; ignored otherwise). Nothing happens until rkv_evictor_run.
  * Refused, queueing nothing (text in rkv_evictor_last_error): RKV_ERR_INVALID_ARG (NULL ev,
  * layer out of range or a single layer at a coarser granularity, invalid params, a policy that
- * needs a query window the evictor has none for, a missing or malformed win),
+ * needs a query window the evictor has none for, a malformed win),
  * RKV_ERR_NOT_FOUND (seq unknown to the block manager, or to the query window),
  * RKV_ERR_EXISTS (seq already queued), RKV_ERR_CAPACITY (max_seqs queued), RKV_ERR_UNSUPPORTED
  * (on a device pool: a policy without a device variant). O(queued). */

@@ -25,7 +25,8 @@
  * "The executor on a device"): the executor keeps the table mirror on the device too, brought
  * up to date by begin with uploads of only the entries that changed, plus one upload of the
  * step's metadata through a pinned arena; each layer enqueues the K/V write, paged attention,
- * the push into a device query-window ring and H2O mass on the backend's stream without
+ * the query-window push (an rkv_qwindow on the pool's backend) and H2O mass on the backend's
+ * stream without
  * waiting; finish queues the flagged sequences on the executor's evictor (rkv/evictor.h), which
  * cuts them on the host and compresses all of them with one batched device launch per
  * parameter set, then synchronises the stream once. out is therefore readable by the device right
@@ -35,11 +36,11 @@
  *
  * Memory the executor owns (all allocated at create, through the config's allocator): the
  * table mirror [max_seqs][streams][max_blocks_per_stream] + lengths, the query window (when
- * the default policy scores with queries; rkv_exec_qwindow_bytes_per_seq), the host swap pool
- * (host_blocks blocks), and step scratch that grows with the largest plan seen. On a device
- * pool also rkv_buffers of the pool's backend: the device mirror, the query-window ring (one
- * slot per scheduled sequence, doubled when swapped-out sequences hold theirs), a pinned
- * staging arena and workspaces, grown in the first steps of a run.
+ * the default policy scores with queries; rkv_exec_qwindow_bytes_per_seq per sequence, in the
+ * memory of the pool's backend, growing by doubling up to the block manager's max_seqs), the
+ * host swap pool (host_blocks blocks), and step scratch that grows with the largest plan seen.
+ * On a device pool also rkv_buffers of the pool's backend: the device mirror, a pinned staging
+ * arena and workspaces, grown in the first steps of a run.
  *
  * Errors: every call returns rkv_status with text in rkv_exec_last_error. A failed begin,
  * layer or finish call changes nothing (validation and every allocation come first: the

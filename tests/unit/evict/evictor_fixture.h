@@ -1,9 +1,10 @@
 /* Fixture of the evictor tests (test_evictor.c, test_evictor_emu.c): a block manager and a KV
  * pool on the CPU backend or on the emulated device, sequences written through scattered
  * blocks with each token's original position in its V row, their query windows (an
- * rkv_qwindow on the host, and on the emulated device a ring of DEVICE memory holding the
- * same rows rotated), and state comparisons. Two fixtures built with the same seed hold the
- * same bytes. */
+ * rkv_qwindow on the host; on the emulated device also the same rows in an rkv_qwindow on the
+ * device, pushed by the batched push, and a caller's ring of DEVICE memory holding them
+ * rotated, for the deprecated adds that name a window), and state comparisons. Two fixtures built
+ * with the same seed hold the same bytes. */
 #ifndef RKV_TEST_EVICTOR_FIXTURE_H
 #define RKV_TEST_EVICTOR_FIXTURE_H
 
@@ -31,7 +32,9 @@ typedef struct fixture {
   rkv_blockmgr *m;
   rkv_kv_pool *pool;
   rkv_qwindow *qw;
-  rkv_buffer *ring;                         /* emulated device: [MAXSEQ][L][QH][W][D] f32 */
+  rkv_qwindow *dqw; /* emulated device: the same windows in DEVICE memory */
+  rkv_buffer *qdev; /* emulated device: the query rows the batched push reads */
+  rkv_buffer *ring; /* emulated device: [MAXSEQ][L][QH][W][D] f32 */
   float host_ring[MAXSEQ * L * QH * W * D]; /* its source, unchanged while uploads are queued */
   uint64_t rng;
 } fixture;
@@ -54,14 +57,20 @@ static inline void fx_init(fixture *f, rkv_dtype dt, uint32_t num_blocks, uint64
   rkv_qwindow_config qc = RKV_QWINDOW_CONFIG_INIT;
   qc.num_layers = L, qc.num_q_heads = QH, qc.head_dim = D, qc.window = W;
   EXPECT_OK(rkv_qwindow_create(&qc, &f->qw));
-  if (emu) EXPECT_OK(rkv_buffer_create(f->be, RKV_BUFFER_DEVICE, sizeof f->host_ring, &f->ring));
+  if (!emu) return;
+  EXPECT_OK(rkv_buffer_create(f->be, RKV_BUFFER_DEVICE, sizeof f->host_ring, &f->ring));
+  EXPECT_OK(rkv_buffer_create(f->be, RKV_BUFFER_DEVICE, 0, &f->qdev));
+  qc.backend = f->be;
+  EXPECT_OK(rkv_qwindow_create(&qc, &f->dqw));
 }
 
 static inline void fx_fini(fixture *f) {
   if (f->ring) {
     EXPECT_OK(rkv_backend_sync(f->be));
     rkv_buffer_destroy(f->ring);
+    rkv_buffer_destroy(f->qdev);
   }
+  rkv_qwindow_destroy(f->dqw);
   rkv_qwindow_destroy(f->qw);
   rkv_kv_pool_destroy(f->pool);
   rkv_blockmgr_destroy(f->m);
@@ -125,12 +134,27 @@ static inline void fx_seq(fixture *f, int64_t id, int32_t n, uint32_t rows) {
   EXPECT_OK(rkv_blockmgr_seq_create(f->m, id));
   EXPECT_OK(rkv_qwindow_seq_add(f->qw, id));
   fx_append(f, id, 0, n);
-  float q[QH * D];
+  const size_t row = QH * D;
+  float *q = malloc((size_t)L * rows * row * sizeof(float)); /* [L][rows][QH][D] */
   for (uint32_t l = 0; l < L; l++)
     for (uint32_t r = 0; r < rows; r++) {
-      for (size_t i = 0; i < QH * D; i++) q[i] = (float)rkv_test_uniform(&f->rng) * 2 - 1;
-      EXPECT_OK(rkv_qwindow_push(f->qw, id, l, q, 1));
+      float *qr = q + ((size_t)l * rows + r) * row;
+      for (size_t i = 0; i < row; i++) qr[i] = (float)rkv_test_uniform(&f->rng) * 2 - 1;
+      EXPECT_OK(rkv_qwindow_push(f->qw, id, l, qr, 1));
     }
+  if (f->dqw) { /* the device window: every layer's rows in one batched push per layer */
+    const int64_t ids[1] = {id};
+    const int32_t ip[2] = {0, (int32_t)rows};
+    EXPECT_OK(rkv_qwindow_seq_add(f->dqw, id));
+    EXPECT_OK(rkv_buffer_reserve(f->qdev, (size_t)L * rows * row * sizeof(float)));
+    EXPECT_OK(rkv_buffer_upload(f->qdev, 0, q, (size_t)L * rows * row * sizeof(float)));
+    EXPECT_OK(rkv_qwindow_plan(f->dqw, ids, ip, 1));
+    for (uint32_t l = 0; l < L; l++)
+      EXPECT_OK(rkv_qwindow_push_planned(
+          f->dqw, l, (const float *)rkv_buffer_ptr(f->qdev) + (size_t)l * rows * row));
+    EXPECT_OK(rkv_backend_sync(f->be)); /* the upload reads q */
+  }
+  free(q);
 }
 
 /* Two fixtures built alike (a on the emulated device when emu_a, b when emu_b): sequences
@@ -175,16 +199,23 @@ static inline rkv_evictor_window fx_window(fixture *f, int64_t id, int32_t oldes
   return win;
 }
 
-static inline rkv_evictor *fx_evictor(fixture *f, const rkv_evict_params *p,
-                                      rkv_evict_granularity g) {
+/* An evictor reading the host window (on the emulated device: ignored, adds name their
+ * windows), or with `own` the device window (adds name none). */
+static inline rkv_evictor *fx_evictor_win(fixture *f, const rkv_evict_params *p,
+                                          rkv_evict_granularity g, bool own) {
   rkv_evictor_config c = RKV_EVICTOR_CONFIG_INIT;
   c.num_q_heads = QH, c.params = *p, c.granularity = g, c.max_seqs = MAXSEQ;
-  c.qwindow = f->qw;
+  c.qwindow = own ? f->dqw : f->qw;
   rkv_evictor *ev = NULL;
   char err[256] = "";
   const rkv_status st = rkv_evictor_create(&c, f->m, f->pool, &ev, err, sizeof err);
   if (st != RKV_OK) RKV_TEST_FAIL_("rkv_evictor_create: %s", err);
   return ev;
+}
+
+static inline rkv_evictor *fx_evictor(fixture *f, const rkv_evict_params *p,
+                                      rkv_evict_granularity g) {
+  return fx_evictor_win(f, p, g, false);
 }
 
 /* Differences between two fixtures: free blocks, every live sequence's lengths and contents

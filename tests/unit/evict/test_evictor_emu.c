@@ -11,6 +11,8 @@
  *  - every coarser granularity (layer, kvhead, sequence; whole sequences in the launch, the
  *    groups' scores aggregated on the device side) equals the CPU evictor's rkv_evict_seq the
  *    same way, and its groups hold one set; streams out of lockstep are refused at run;
+ *  - the same with the evictor's own query window on the device (an rkv_qwindow on the
+ *    backend, filled by the batched push; adds name no window) as with named rings;
  *  - bad input changes nothing: a missing or malformed device window, a protected prefix
  *    (refused at run), a policy without a window;
  *  - a fork whose fresh blocks are missing stays unchanged while the other sequence compresses;
@@ -28,8 +30,8 @@ static void run_ok(rkv_evictor *ev, rkv_evictor_result *res, uint32_t want) {
 
 /* Sequences 1..3 in a CPU fixture and an emulated one; sequence 2 gets its own parameters, so
  * the device path batches 1 and 3 (A, B, A). */
-static void compare_case(rkv_evict_policy pol, rkv_dtype dt, int32_t layer,
-                         rkv_evict_granularity g) {
+static void compare_case(rkv_evict_policy pol, rkv_dtype dt, int32_t layer, rkv_evict_granularity g,
+                         bool own) {
   fixture c, e;
   fx_twins(&c, &e, false, true, dt, 400, 31 + (uint64_t)pol, (const int32_t[]){90, 75, 60},
            (const uint32_t[]){W + 3, W + 6, W + 9}, 3);
@@ -37,12 +39,12 @@ static void compare_case(rkv_evict_policy pol, rkv_dtype dt, int32_t layer,
   p.policy = pol, p.budget = 40, p.window = W;
   p3 = p, p3.budget = 33, p3.lambda = 0.3f;
   rkv_evictor *ec = fx_evictor(&c, &p, g);
-  rkv_evictor *ee = fx_evictor(&e, &p, g);
+  rkv_evictor *ee = fx_evictor_win(&e, &p, g, own);
   for (int64_t s = 1; s <= 3; s++) {
     const rkv_evict_params *ps = s == 2 ? &p3 : NULL;
     const rkv_evictor_window win = fx_window(&e, s, (int32_t)(s * 3) % W);
     EXPECT_OK(rkv_evictor_add(ec, s, layer, ps, NULL));
-    EXPECT_OK(rkv_evictor_add(ee, s, layer, ps, &win));
+    EXPECT_OK(rkv_evictor_add(ee, s, layer, ps, own ? NULL : &win));
   }
   EXPECT_OK(rkv_evictor_check(ee));
   rkv_evictor_result rc[MAXSEQ], re[MAXSEQ];
@@ -61,8 +63,9 @@ static void compare_case(rkv_evict_policy pol, rkv_dtype dt, int32_t layer,
   }
   if (pol != RKV_EVICT_FULL) EXPECT(re[0].tokens_evicted > 0 && re[2].tokens_evicted > 0);
   char what[96];
-  snprintf(what, sizeof what, "emu %s %s layer %d granularity %s", rkv_evict_policy_name(pol),
-           rkv_dtype_name(dt), layer, rkv_evict_granularity_name(g));
+  snprintf(what, sizeof what, "emu %s %s layer %d granularity %s%s", rkv_evict_policy_name(pol),
+           rkv_dtype_name(dt), layer, rkv_evict_granularity_name(g),
+           own ? ", the evictor's window" : "");
   expect_same(&c, &e, true, false, what);
   EXPECT_OK(rkv_evictor_check(ee));
   EXPECT_OK(rkv_blockmgr_check(e.m));
@@ -76,13 +79,17 @@ static void test_equals_cpu(void) {
   const rkv_evict_policy pols[5] = {RKV_EVICT_FULL, RKV_EVICT_RKV, RKV_EVICT_SNAPKV,
                                     RKV_EVICT_STREAMING, RKV_EVICT_H2O};
   for (int pi = 0; pi < 5; pi++) {
-    compare_case(pols[pi], RKV_DTYPE_F32, RKV_EVICTOR_ALL_LAYERS, RKV_EVICT_GRAN_STREAM);
-    compare_case(pols[pi], RKV_DTYPE_F16, RKV_EVICTOR_ALL_LAYERS, RKV_EVICT_GRAN_STREAM);
-    compare_case(pols[pi], RKV_DTYPE_F32, 2, RKV_EVICT_GRAN_STREAM);
+    /* the evictor's own device query window (adds name none), then the deprecated adds that
+     * name a caller's ring */
+    for (int own = 1; own >= 0; own--) {
+      compare_case(pols[pi], RKV_DTYPE_F32, RKV_EVICTOR_ALL_LAYERS, RKV_EVICT_GRAN_STREAM, own);
+      compare_case(pols[pi], RKV_DTYPE_F32, 2, RKV_EVICT_GRAN_STREAM, own);
+    }
+    compare_case(pols[pi], RKV_DTYPE_F16, RKV_EVICTOR_ALL_LAYERS, RKV_EVICT_GRAN_STREAM, false);
     /* a coarser unit: every stream of a sequence in the launch, the group's scores summed */
     for (int g = RKV_EVICT_GRAN_LAYER; g < RKV_EVICT_GRAN_COUNT_; g++)
       compare_case(pols[pi], g == RKV_EVICT_GRAN_KVHEAD ? RKV_DTYPE_F16 : RKV_DTYPE_F32,
-                   RKV_EVICTOR_ALL_LAYERS, (rkv_evict_granularity)g);
+                   RKV_EVICTOR_ALL_LAYERS, (rkv_evict_granularity)g, g == RKV_EVICT_GRAN_SEQUENCE);
   }
 }
 
@@ -197,8 +204,9 @@ static void test_bad_input(void) {
   p.budget = 40, p.window = W;
   rkv_evictor *ev = fx_evictor(&f, &p, RKV_EVICT_GRAN_STREAM);
   rkv_evictor_window win = fx_window(&f, 1, 2);
+  /* the host window is ignored on a device pool: no window named, none of its own */
   EXPECT_STATUS(rkv_evictor_add(ev, 1, RKV_EVICTOR_ALL_LAYERS, NULL, NULL), RKV_ERR_INVALID_ARG);
-  EXPECT(strstr(rkv_evictor_last_error(ev), "device window") != NULL);
+  EXPECT(strstr(rkv_evictor_last_error(ev), "has none") != NULL);
   rkv_evictor_window bad = win;
   bad.oldest = W;
   EXPECT_STATUS(rkv_evictor_add(ev, 1, RKV_EVICTOR_ALL_LAYERS, NULL, &bad), RKV_ERR_INVALID_ARG);
