@@ -246,7 +246,17 @@ static rkv_status bm_cut(rkv_blockmgr *m, const char *what, int64_t seq, int32_t
   /* Tails return whole only after every fresh pop (a fresh block is never an old block of this
    * call, whose tokens a device may still be moving). A stream that was not cut holds at most
    * nbn blocks. */
+  /* Rows are [stream][block] and a tail's blocks are anywhere in the pool: fetch the row a
+   * few streams ahead, and the reference counts of its tail once the row is in, so the
+   * misses overlap. */
+  enum { AHEAD = 4 };
   for (uint32_t s = s0; s < s1; s++) {
+    if (s + 2 * AHEAD < s1)
+      __builtin_prefetch(q->tab + (size_t)(s + 2 * AHEAD) * (size_t)q->cap + nbn, 0);
+    if (s + AHEAD < s1 && q->nblk[s + AHEAD] > nbn) {
+      const int32_t *ahead = q->tab + (size_t)(s + AHEAD) * (size_t)q->cap;
+      for (int32_t j = nbn; j < q->nblk[s + AHEAD]; j++) __builtin_prefetch(&m->ref[ahead[j]], 1);
+    }
     if (q->nblk[s] <= nbn) continue;
     const int32_t *row = q->tab + (size_t)s * (size_t)q->cap;
     for (int32_t j = nbn; j < q->nblk[s]; j++) bm_unref(m, row[j]);
