@@ -210,6 +210,11 @@ static rkv_status precheck(rkv_evictor *ev, const rkvi_evq *q) {
   if (q->from_window && !q->win.rows)
     return rkvi_fail(ev->err, RKV_ERR_NOT_FOUND,
                      "compress %lld: the sequence left the query window", (long long)q->seq);
+  /* as on a CPU pool: scores read all `window` rows, so all must have been pushed */
+  if (q->from_window && q->win_pushed < q->params.window)
+    return rkvi_fail(ev->err, RKV_ERR_STATE,
+                     "compress %lld: its query window holds %lld of %d rows", (long long)q->seq,
+                     (long long)q->win_pushed, q->params.window);
   /* The device selection ranks every position of a stream; keeping a prefix out of it needs
    * a kernel change (the CPU path has it). */
   if (rkv_blockmgr_seq_protected(ev->bm, q->seq) > 0)
@@ -315,8 +320,10 @@ static void resolve_windows(rkv_evictor *ev) {
     if (!q->from_window) continue;
     q->win.rows = NULL;
     q->win.oldest = 0;
+    q->win_pushed = 0;
     if (ev->cfg.qwindow)
-      (void)rkvi_qwindow_rows(ev->cfg.qwindow, q->seq, &q->win.rows, &q->win.oldest);
+      (void)rkvi_qwindow_rows(ev->cfg.qwindow, q->seq, &q->win.rows, &q->win.oldest,
+                              &q->win_pushed);
   }
 }
 

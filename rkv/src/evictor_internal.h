@@ -17,6 +17,7 @@ typedef struct rkvi_evq {
   rkv_evict_params params;
   rkv_evictor_window win; /* device pools, policies that read queries */
   bool from_window;       /* win is looked up in the evictor's query window at the run */
+  int64_t win_pushed;     /* then: the fewest rows pushed into one of its layers */
   uint32_t launch;        /* device run: its parameter set's launch (rkvi_evdev_reserve) */
 } rkvi_evq;
 

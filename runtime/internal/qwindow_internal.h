@@ -22,10 +22,12 @@ rkv_backend *rkvi_qwindow_backend(const rkv_qwindow *w);
  * host's). */
 bool rkvi_qwindow_host(const rkv_qwindow *w);
 /* Where seq's rings are in the window's memory (a DEVICE pointer on a device backend):
- * [num_layers][num_q_heads][window][head_dim], query row t of a ring at row t % window, and
- * the row of its oldest query once the ring is full (layer 0's; the executor pushes every
- * layer each step). Valid until the next registration or reserve. False when seq has none. */
-bool rkvi_qwindow_rows(const rkv_qwindow *w, int64_t seq, const float **rows, int32_t *oldest);
+ * [num_layers][num_q_heads][window][head_dim], query row t of a ring at row t % window; the
+ * row of its oldest query once the ring is full (layer 0's; the executor pushes every layer
+ * each step); and the fewest rows pushed into any of its layers (a ring holds the last
+ * `window` of them). Valid until the next registration or reserve. False when seq has none. */
+bool rkvi_qwindow_rows(const rkv_qwindow *w, int64_t seq, const float **rows, int32_t *oldest,
+                       int64_t *pushed);
 
 /* For an engine that uploads its own step metadata in one copy (the executor's device path):
  * rkv_qwindow_plan, except that on a device the plan's metadata (rkvi_qwindow_meta_bytes(n)

@@ -256,11 +256,16 @@ rkv_status rkv_qwindow_push(rkv_qwindow *w, int64_t seq, uint32_t layer, const f
   return RKV_OK;
 }
 
-bool rkvi_qwindow_rows(const rkv_qwindow *w, int64_t seq, const float **rows, int32_t *oldest) {
+bool rkvi_qwindow_rows(const rkv_qwindow *w, int64_t seq, const float **rows, int32_t *oldest,
+                       int64_t *pushed) {
   const int32_t e = rkvi_qw_entry(w, seq);
   if (e < 0) return false;
+  const int64_t *next = w->next + (size_t)e * w->cfg.num_layers;
   *rows = rkvi_qw_ring(w, e, 0);
-  *oldest = (int32_t)(w->next[(size_t)e * w->cfg.num_layers] % w->cfg.window);
+  *oldest = (int32_t)(next[0] % w->cfg.window);
+  int64_t least = next[0];
+  for (uint32_t l = 1; l < w->cfg.num_layers; l++) least = next[l] < least ? next[l] : least;
+  *pushed = least;
   return true;
 }
 

@@ -12,7 +12,8 @@
  *    groups' scores aggregated on the device side) equals the CPU evictor's rkv_evict_seq the
  *    same way, and its groups hold one set; streams out of lockstep are refused at run;
  *  - the same with the evictor's own query window on the device (an rkv_qwindow on the
- *    backend, filled by the batched push; adds name no window) as with named rings;
+ *    backend, filled by the batched push; adds name no window) as with named rings; a
+ *    sequence whose window holds fewer than `window` rows is refused (RKV_ERR_STATE), alone;
  *  - bad input changes nothing: a missing or malformed device window, a protected prefix
  *    (refused at run), a policy without a window;
  *  - a fork whose fresh blocks are missing stays unchanged while the other sequence compresses;
@@ -239,6 +240,34 @@ static void test_bad_input(void) {
   fx_fini(&t);
 }
 
+/* The evictor's own device window must hold `window` rows, as the host window must on a CPU
+ * pool: a sequence with fewer is refused at run with RKV_ERR_STATE and stays as it is, while
+ * the other sequence of the run compresses. */
+static void test_short_window(void) {
+  fixture f;
+  fx_init(&f, RKV_DTYPE_F32, 200, 21, true);
+  fx_seq(&f, 1, 60, W - 3);
+  fx_seq(&f, 2, 60, W);
+  rkv_evict_params p = RKV_EVICT_PARAMS_INIT;
+  p.budget = 40, p.window = W;
+  rkv_evictor *ev = fx_evictor_win(&f, &p, RKV_EVICT_GRAN_STREAM, true);
+  EXPECT_OK(rkv_evictor_add(ev, 1, RKV_EVICTOR_ALL_LAYERS, NULL, NULL));
+  EXPECT_OK(rkv_evictor_add(ev, 2, RKV_EVICTOR_ALL_LAYERS, NULL, NULL));
+  rkv_evictor_result res[MAXSEQ];
+  uint32_t nr = 0;
+  EXPECT_STATUS(rkv_evictor_run(ev, res, MAXSEQ, &nr), RKV_ERR_STATE);
+  EXPECT(strstr(rkv_evictor_last_error(ev), "holds 5 of 8 rows") != NULL);
+  EXPECT(nr == 2 && res[0].status == RKV_ERR_STATE && !res[0].compressed);
+  EXPECT(res[1].status == RKV_OK && res[1].compressed);
+  EXPECT_OK(rkv_backend_sync(f.be));
+  EXPECT_EQ_INT(fx_check_seq(&f, 1, 60), 0);
+  EXPECT_EQ_INT(fx_check_seq(&f, 2, 40), 0);
+  EXPECT_OK(rkv_evictor_check(ev));
+  EXPECT_OK(rkv_blockmgr_check(f.m));
+  rkv_evictor_destroy(ev);
+  fx_fini(&f);
+}
+
 /* The arena between runs: a run reuses it without waiting once the backend synced since the
  * last upload (an engine's end-of-step sync), and syncs first otherwise; the results equal a
  * CPU evictor's either way. */
@@ -312,6 +341,7 @@ static void test_no_blocks(void) {
 
 int main(void) {
   test_bad_input();
+  test_short_window();
   test_noop();
   test_no_blocks();
   fx_nomem_sweep(true);
