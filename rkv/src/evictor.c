@@ -24,14 +24,18 @@ static rkv_status cfg_err(char *err, size_t len, rkv_status st, const char *msg)
   return rkvi_failn(err, len, st, "rkv_evictor_create: %s", msg);
 }
 
+/* A device pool's evictor ignores a window that is not on the pool's backend, as version 1
+ * documented (its adds name their device windows, deprecated). */
+static bool window_ignored(const rkv_qwindow *qw, const rkv_backend *be) {
+  return qw && !rkv_backend_device_is_host(be) && rkvi_qwindow_backend(qw) != be;
+}
+
 /* The window must match the model and live where the pool's kernels read: host memory for a
  * host pool, the pool's own backend for a device pool. */
 static rkv_status check_qwindow(const rkv_evictor_config *c, const rkv_blockmgr_config *bc,
                                 const rkv_kv_pool *pool, char *err, size_t len) {
-  if (!c->qwindow) return RKV_OK;
   const rkv_backend *be = rkv_kv_pool_backend(pool);
-  if (!rkv_backend_device_is_host(be) && rkvi_qwindow_backend(c->qwindow) != be)
-    return RKV_OK; /* ignored, as version 1 documented: deprecated adds name device windows */
+  if (!c->qwindow || window_ignored(c->qwindow, be)) return RKV_OK;
   if (!rkvi_qwindow_host(c->qwindow) && rkv_backend_device_is_host(be))
     return cfg_err(err, len, RKV_ERR_INVALID_ARG,
                    "a host pool's query window must live in host memory");
@@ -125,8 +129,7 @@ rkv_status rkv_evictor_create(const rkv_evictor_config *cfg, rkv_blockmgr *bm, r
   ev->bs = bc->block_size;
   ev->device = !rkv_backend_device_is_host(ev->be);
   ev->emu = rkv_backend_is_emulated(ev->be);
-  if (ev->device && ev->cfg.qwindow && rkvi_qwindow_backend(ev->cfg.qwindow) != ev->be)
-    ev->cfg.qwindow = NULL; /* a host window on a device pool: ignored (check_qwindow) */
+  if (window_ignored(ev->cfg.qwindow, ev->be)) ev->cfg.qwindow = NULL;
   rkv_status st = check_kernels(ev, &cfg->params, err, err_len);
   if (st == RKV_OK) {
     ev->q = rkvi_alloc(ev->al, (size_t)cfg->max_seqs * sizeof *ev->q, 16);

@@ -282,17 +282,14 @@ static rkv_status flush(rkv_evictor *ev, evbatch *x) {
     return rkvi_fail(ev->err, RKV_ERR_INTERNAL, "run: descriptors: %s", rkv_status_str(st));
   /* A run's first launch reuses the arena from 0: the last run's upload may still read it,
    * unless the backend synced since (an engine's end-of-step sync usually has). */
-  if (at == 0 && d->in_flight && rkv_backend_sync_count(ev->be) == d->upload_syncs &&
-      (st = rkv_backend_sync(ev->be)) != RKV_OK)
+  if (at == 0 && (st = rkvi_fence_wait(&d->staged, ev->be)) != RKV_OK)
     return broke(ev, st, "run: sync before reusing the arena");
-  d->in_flight = false;
   unsigned char *stage = rkv_buffer_ptr(d->stage), *desc = rkv_buffer_ptr(d->desc);
   st = rkvi_evict_cuda_pack(d->streams, x->n_streams, d->old, x->n_old, d->newb, x->n_new, d->freed,
                             nf, stage + at, rkv_buffer_size(d->stage) - at, desc + at, &b, &bytes);
   if (st == RKV_OK) st = rkv_buffer_copy(d->desc, at, d->stage, at, bytes);
   if (st != RKV_OK) return broke(ev, st, "run: upload");
-  d->in_flight = true;
-  d->upload_syncs = rkv_backend_sync_count(ev->be);
+  rkvi_fence_arm(&d->staged, ev->be);
   d->arena_used = at + bytes;
   b.group = ev->Hq / ev->Hkv;
   b.max_len = x->max_len;

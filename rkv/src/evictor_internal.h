@@ -9,6 +9,7 @@
 
 #include "evict_cuda_internal.h"
 #include "rkv_internal.h"
+#include "stage_fence.h"
 
 /* One queued compression. */
 typedef struct rkvi_evq {
@@ -28,11 +29,10 @@ typedef struct rkvi_evdev {
   rkv_buffer *stage; /* HOST_PINNED: the descriptors before their one upload */
   /* The arena: each launch of a run packs its descriptors at its own offset (no launch waits
    * for another's upload); the next run reuses it from 0 once the backend has synced since
-   * the last upload (rkv_backend_sync_count past upload_syncs), else it syncs first. */
-  bool in_flight;        /* an upload from stage may still be pending */
-  uint64_t upload_syncs; /* rkv_backend_sync_count at the last upload */
-  size_t arena_used;     /* bytes of the arena this run's launches took */
-  uint32_t launches;     /* distinct parameter sets that evict in the queue (reserve) */
+   * the last upload (the fence), else it syncs first. */
+  rkvi_fence staged;
+  size_t arena_used; /* bytes of the arena this run's launches took */
+  uint32_t launches; /* distinct parameter sets that evict in the queue (reserve) */
   /* one launch (grown before the first cut of a run) */
   rkv_compact_map *maps;
   rkv_evict_cuda_stream *streams;

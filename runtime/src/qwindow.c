@@ -9,10 +9,6 @@
 
 #include "qwindow_impl.h"
 
-static const rkv_allocator *qw_alloc(const rkv_qwindow *w) {
-  return rkvi_qw_alloc(w);
-}
-
 const rkv_qwindow_config *rkvi_qwindow_config(const rkv_qwindow *w) {
   return &w->cfg;
 }
@@ -55,7 +51,7 @@ uint32_t rkvi_qwindow_live(const rkv_qwindow *w) {
 
 void rkv_qwindow_destroy(rkv_qwindow *w) {
   if (!w) return;
-  const rkv_allocator *a = qw_alloc(w);
+  const rkv_allocator *a = rkvi_qw_alloc(w);
   const size_t ms = w->cfg.max_seqs, L = w->cfg.num_layers;
   rkvi_qw_store_free(w);
   rkvi_qw_plan_free(w);
@@ -107,7 +103,7 @@ rkv_status rkv_qwindow_create(const rkv_qwindow_config *cfg, rkv_qwindow **out) 
   w->entry_floats = w->ring_floats * cfg->num_layers;
   w->cap = 2;
   while (w->cap < 2 * w->cfg.max_seqs) w->cap *= 2;
-  const rkv_allocator *a = qw_alloc(w);
+  const rkv_allocator *a = rkvi_qw_alloc(w);
   const size_t ms = w->cfg.max_seqs, L = cfg->num_layers;
   w->slot = rkvi_alloc(a, (size_t)w->cap * sizeof(int32_t), 0);
   w->ids = rkvi_alloc(a, ms * sizeof(int64_t), 0);
@@ -291,7 +287,7 @@ rkv_status rkv_qwindow_get(const rkv_qwindow *w, int64_t seq, uint32_t layer, fl
     for (uint32_t r = 0; r < c; r++)
       memcpy(out + ((size_t)h * W + r) * D, ring + ((size_t)h * W + (oldest + r) % W) * D,
              D * sizeof(float));
-  if (tmp) rkvi_free(qw_alloc(w), tmp, w->ring_floats * sizeof(float));
+  if (tmp) rkvi_free(rkvi_qw_alloc(w), tmp, w->ring_floats * sizeof(float));
   *count = c;
   return RKV_OK;
 }

@@ -87,17 +87,13 @@ static rkv_status plan_arrays(rkv_qwindow *w) {
 /* The device copy of the plan: pos, slots and indptr in one upload. */
 static rkv_status plan_upload(rkv_qwindow *w) {
   const size_t bytes = meta_bytes(w->pn, &w->off_slots, &w->off_indptr);
-  rkv_status st = RKV_OK;
   /* the last plan's upload may still read the arena unless the backend synced since */
-  if (w->pin_flight && rkv_backend_sync_count(w->be) == w->pin_syncs &&
-      (st = rkv_backend_sync(w->be)) != RKV_OK)
-    return be_fail(w, st, "plan: sync before reusing the arena");
-  w->pin_flight = false;
+  rkv_status st = rkvi_fence_wait(&w->staged, w->be);
+  if (st != RKV_OK) return be_fail(w, st, "plan: sync before reusing the arena");
   meta_fill(w, rkv_buffer_ptr(w->pstage));
   st = rkv_buffer_copy(w->pmeta, 0, w->pstage, 0, bytes);
   if (st != RKV_OK) return be_fail(w, st, "plan upload");
-  w->pin_flight = true;
-  w->pin_syncs = rkv_backend_sync_count(w->be);
+  rkvi_fence_arm(&w->staged, w->be);
   w->meta_dev = rkv_buffer_ptr(w->pmeta);
   return RKV_OK;
 }
@@ -105,6 +101,7 @@ static rkv_status plan_upload(rkv_qwindow *w) {
 /* The host half of a plan: validated, then the entries, positions and row ranges recorded. */
 static rkv_status plan_host(rkv_qwindow *w, const int64_t *seqs, const int32_t *indptr,
                             uint32_t n) {
+  w->planned = false; /* the last plan is gone, whether this one succeeds or not */
   if (n && (!seqs || !indptr))
     return rkvi_fail(w->err, RKV_ERR_INVALID_ARG, "plan: seqs and indptr are required");
   if (n > w->cfg.max_seqs)
@@ -115,7 +112,7 @@ static rkv_status plan_host(rkv_qwindow *w, const int64_t *seqs, const int32_t *
   RKV_TRY(plan_arrays(w));
   const uint32_t gen = w->pgen + 1 ? w->pgen + 1 : 1; /* 0 marks "never planned" */
   for (uint32_t b = 0; b < n; b++) {
-    const int32_t e = rkvi_qw_entry(w, seqs[b]);
+    const int32_t e = w->pentry[b] = rkvi_qw_entry(w, seqs[b]);
     rkv_status bad = RKV_OK;
     if (e < 0)
       bad = rkvi_fail(w->err, RKV_ERR_NOT_FOUND, "plan: sequence %lld has no query window",
@@ -128,25 +125,20 @@ static rkv_status plan_host(rkv_qwindow *w, const int64_t *seqs, const int32_t *
                       indptr[b + 1], b, indptr[b]);
     if (bad != RKV_OK) {
       /* undo the stamps: they are the only thing this pass wrote */
-      for (uint32_t i = 0; i < b; i++) w->pstamp[rkvi_qw_entry(w, seqs[i])] = gen - 1;
+      for (uint32_t i = 0; i < b; i++) w->pstamp[w->pentry[i]] = gen - 1;
       return bad;
     }
     w->pstamp[e] = gen;
   }
   w->pgen = gen;
   const size_t L = w->cfg.num_layers;
-  for (uint32_t b = 0; b < n; b++) {
-    const int32_t e = rkvi_qw_entry(w, seqs[b]);
-    w->pentry[b] = e;
-    w->ppos[b] = w->next[(size_t)e * L];
-  }
+  for (uint32_t b = 0; b < n; b++) w->ppos[b] = w->next[(size_t)w->pentry[b] * L];
   if (n)
     memcpy(w->pindptr, indptr, ((size_t)n + 1) * sizeof(int32_t));
   else
     w->pindptr[0] = 0;
   w->pn = n;
   memset(w->pdone, 0, L);
-  w->planned = false;
   return RKV_OK;
 }
 

@@ -7,6 +7,7 @@
 
 #include "qwindow_internal.h"
 #include "rkv_internal.h"
+#include "stage_fence.h"
 
 struct rkv_qwindow {
   rkv_qwindow_config cfg;
@@ -41,8 +42,7 @@ struct rkv_qwindow {
   size_t off_slots, off_indptr;
   const void *meta_dev; /* where the pushes read the plan's metadata: pmeta, or a caller's
                          * upload (rkvi_qwindow_plan_staged) */
-  bool pin_flight;      /* an upload from pstage may still be pending */
-  uint64_t pin_syncs;   /* rkv_backend_sync_count at that upload */
+  rkvi_fence staged;    /* pstage's last upload */
   char err[RKV_ERRBUF];
 };
 

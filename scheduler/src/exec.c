@@ -835,8 +835,6 @@ static rkv_status device_begin(rkv_exec *x, const rkv_sched_plan *p) {
   st.all_indptr = x->all_indptr;
   st.q_indptr = x->q_indptr;
   st.h2o = x->h2o;
-  for (uint32_t i = 0; i < p->n_seqs; i++)
-    if (p->seqs[i].kv_len > st.longest) st.longest = p->seqs[i].kv_len;
   rkv_status s = rkvi_xdev_begin(x->dev, &st);
   return s == RKV_OK ? RKV_OK : rkvi_fail(x->err, s, "%s", rkvi_xdev_last_error(x->dev));
 }

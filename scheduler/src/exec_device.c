@@ -26,6 +26,7 @@
 #include "exec_device.h"
 #include "qwindow_internal.h"
 #include "rkv_internal.h"
+#include "stage_fence.h"
 
 #define XALIGN ((size_t)RKV_BUFFER_ALIGN)
 
@@ -39,7 +40,7 @@ struct rkvi_xdev {
   rkv_buffer *meta;  /* the step metadata (layout: off_*) */
   rkv_buffer *ws;    /* attention workspace */
   rkv_buffer *stage; /* pinned arena: the step's uploads */
-  bool in_flight;    /* copies from the arena were enqueued since the last sync */
+  rkvi_fence staged; /* the arena's last upload (stage_fence.h) */
   /* marked mirror entries */
   uint8_t *marked; /* [nidx] */
   int32_t *mlist;  /* [nidx] */
@@ -198,10 +199,9 @@ static size_t arena_layout(rkvi_xdev *d, const rkvi_xdev_step *st, size_t *rows_
 
 rkv_status rkvi_xdev_prepare(rkvi_xdev *d, const rkv_sched_plan *p, uint32_t stride,
                              int64_t longest) {
-  rkv_status e = RKV_OK;
   /* a step that did not reach its finish may have left copies from the arena in flight */
-  if (d->in_flight && (e = rkv_backend_sync(d->be)) != RKV_OK) return be_fail(d, e, "begin: sync");
-  d->in_flight = false;
+  rkv_status e = rkvi_fence_wait(&d->staged, d->be);
+  if (e != RKV_OK) return be_fail(d, e, "begin: sync");
   /* sync_seq marks at most one entry per scheduled sequence */
   size_t marked = (size_t)d->n_marked + p->n_seqs, off[5], rows_at = 0, lens_at = 0;
   if (marked > d->c.nidx) marked = d->c.nidx;
@@ -257,24 +257,11 @@ static rkv_status enqueue_uploads(rkvi_xdev *d, const rkvi_xdev_step *st, size_t
 
 rkv_status rkvi_xdev_begin(rkvi_xdev *d, const rkvi_xdev_step *st) {
   const rkv_sched_plan *p = st->plan;
-  rkv_status e = RKV_OK;
-  /* a step that did not reach its finish may have left copies from the arena in flight */
-  if (d->in_flight && (e = rkv_backend_sync(d->be)) != RKV_OK) return be_fail(d, e, "begin: sync");
-  d->in_flight = false;
   size_t rows_at = 0, lens_at = 0;
+  /* rkvi_xdev_prepare waited for the arena and sized every buffer for this plan */
   const size_t total = arena_layout(d, st, &rows_at, &lens_at);
-  const size_t mirror = (size_t)d->c.nidx * d->c.S * st->stride * 4;
-  size_t ws = 0;
-  const uint32_t most = p->n_seqs > p->n_decode ? p->n_seqs : p->n_decode;
-  if (p->n_seqs &&
-      (e = rkv_attn_workspace_bound(d->c.pool, most, d->c.Hq, d->c.d, st->longest, &ws)) != RKV_OK)
-    return be_fail(d, e, "begin: attention workspace");
-  RKV_TRY(bgrow(d, d->stage, total, "begin: staging arena"));
-  RKV_TRY(bgrow(d, d->meta, lens_at, "begin: step metadata"));
-  RKV_TRY(bgrow(d, d->ws, ws + 64, "begin: attention workspace"));
-  if (mirror > rkv_buffer_size(d->rows) &&
-      (e = rkv_buffer_reserve(d->rows, mirror)) != RKV_OK) /* exact: the mirror doubles itself */
-    return be_fail(d, e, "begin: device table mirror");
+  if (total > rkv_buffer_size(d->stage) || lens_at > rkv_buffer_size(d->meta))
+    return rkvi_fail(d->err, RKV_ERR_INTERNAL, "begin: the arena was not prepared for this plan");
   unsigned char *h = rkv_buffer_ptr(d->stage);
   RKV_TRY(fill_meta(d, st, h));
   const size_t entry = (size_t)d->c.S * st->stride * 4;
@@ -283,10 +270,10 @@ rkv_status rkvi_xdev_begin(rkvi_xdev *d, const rkvi_xdev_step *st) {
            entry);
   for (uint32_t i = 0; !st->blen && i < p->n_seqs; i++)
     memcpy(h + lens_at + i * up((size_t)d->c.S * 4), st->lens + st->seq_row[i], (size_t)d->c.S * 4);
-  e = enqueue_uploads(d, st, rows_at, rows_at, lens_at);
+  const rkv_status e = enqueue_uploads(d, st, rows_at, rows_at, lens_at);
   for (uint32_t i = 0; i < d->n_marked; i++) d->marked[d->mlist[i]] = 0;
   d->n_marked = 0;
-  d->in_flight = true;
+  rkvi_fence_arm(&d->staged, d->be);
   if (e != RKV_OK) return e;
   d->plan = p;
   d->stride = st->stride;
@@ -372,7 +359,6 @@ rkv_status rkvi_xdev_layer(rkvi_xdev *d, uint32_t layer, const float *q, const f
 rkv_status rkvi_xdev_finish(rkvi_xdev *d) {
   /* The step's one sync: the arena is free again and every kernel's fault surfaces here. */
   rkv_status st = rkv_backend_sync(d->be);
-  d->in_flight = false;
   d->plan = NULL;
   return st == RKV_OK ? RKV_OK : be_fail(d, st, "finish: sync");
 }
@@ -386,7 +372,6 @@ rkv_status rkvi_xdev_check(rkvi_xdev *d, const int32_t *rows, uint32_t stride, c
   if (!h) return rkvi_fail(d->err, RKV_ERR_NO_MEMORY, "check: %zu bytes", bytes);
   rkv_status st = rkv_buffer_download(d->rows, 0, h, bytes);
   if (st == RKV_OK) st = rkv_backend_sync(d->be);
-  d->in_flight = false;
   if (st != RKV_OK) {
     rkvi_free(d->c.al, h, bytes ? bytes : 1);
     return be_fail(d, st, "check: device mirror download");

@@ -39,7 +39,6 @@ typedef struct rkvi_xdev_step {
   const int32_t *blen;       /* [n_seqs] lockstep lengths, or NULL: per-stream lens */
   const int32_t *all_indptr; /* [n_seqs + 1] */
   const int32_t *q_indptr;   /* [prefill seqs + 1], relative to the first prefill row */
-  int64_t longest;           /* longest stream of the batch, tokens */
   bool h2o;
 } rkvi_xdev_step;
 

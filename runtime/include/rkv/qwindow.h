@@ -60,8 +60,9 @@ RKV_API rkv_status rkv_qwindow_push(rkv_qwindow *w, int64_t seq, uint32_t layer,
  * sequences (each holding a window, none twice) whose new query rows are rows
  * [indptr[b], indptr[b+1]) of each layer's q array; host arrays, read during the call. On a
  * device backend the plan uploads its metadata (one copy, into the window's own memory). A
- * registration (seq_add, seq_remove, seq_fork) ends the plan. RKV_ERR_NOT_FOUND (a sequence
- * without a window), RKV_ERR_INVALID_ARG (a repeat, a decreasing indptr), nothing changes. */
+ * registration (seq_add, seq_remove, seq_fork) ends the plan, and so does the next plan call,
+ * even a refused one. RKV_ERR_NOT_FOUND (a sequence without a window), RKV_ERR_INVALID_ARG (a
+ * repeat, a decreasing indptr): no window changes, and no plan is left. */
 RKV_API rkv_status rkv_qwindow_plan(rkv_qwindow *w, const int64_t *seqs, const int32_t *indptr,
                                     uint32_t n);
 /* Pushes the planned rows of one layer: q [indptr[n]][num_q_heads][head_dim] in the memory of
