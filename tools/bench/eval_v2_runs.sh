@@ -1,14 +1,16 @@
 #!/bin/sh
-# Every `rkv eval` run behind docs/BENCHMARKS.md, "The v2 model": the policy table (full, the
-# structural oracle, R-KV, SnapKV, StreamingLLM, H2O at budgets of 10-60% of each problem's
-# length), R-KV at each selection granularity (15-45%), and a λ sweep (15%, 30%); then the
-# markdown tables (tools/bench/eval_v2_table.py). Two runs at a time, one thread each;
-# progress on stderr. The hindsight oracle is tools/model/oracle_hindsight.py (torch).
+# Every run behind docs/BENCHMARKS.md, "The v2 model": the policy table (full, the structural
+# oracle, R-KV, SnapKV, StreamingLLM, H2O at budgets of 10-60% of each problem's length), R-KV
+# at each selection granularity (15-45%), a λ sweep (15%, 30%), then the hindsight oracle
+# (tools/model/oracle_hindsight.py, PyTorch) at every budget, and the markdown tables
+# (tools/bench/eval_v2_table.py). Two runs at a time, one thread each; progress on stderr.
 #
 #   sh tools/bench/eval_v2_runs.sh [RKV] [WEIGHTS] [OUTDIR] [PROBLEMS]
 #
 # Defaults: build/release/tools/rkv, tools/model/weights/adder2.safetensors, docs/bench, 500.
-# Run from the repository root.
+# Run from the repository root. The hindsight oracle needs a python3 with torch
+# (RKV_TORCH_PYTHON, default /usr/bin/python3); without one it is skipped with a message and
+# the tables leave its row out.
 set -eu
 rkv=${1:-build/release/tools/rkv}
 weights=${2:-tools/model/weights/adder2.safetensors}
@@ -47,5 +49,31 @@ wait $q1 || fail=1
 wait $q2 || fail=1
 [ $fail -eq 0 ] || { echo "eval_v2_runs.sh: a run failed" >&2; exit 1; }
 here=$(dirname "$0")
+py=${RKV_TORCH_PYTHON:-/usr/bin/python3}
+hind=""
+if "$py" -c "import torch" 2>/dev/null; then
+  # two processes over halves of the problem set (oracle_hindsight.py --first); the table
+  # merges the ranges
+  half=$(((problems + 1) / 2))
+  rm -f "$out"/oracle-hindsight-adder2-*.json # an earlier run's ranges would overlap these
+  echo "eval_v2_runs.sh: hindsight oracle ..." >&2
+  start=$(date +%s)
+  "$py" "$here/../model/oracle_hindsight.py" "$weights" --problems "$half" --first 0 \
+    --budgets $shares --batch 16 --json "$out/oracle-hindsight-adder2-0.json" >/dev/null &
+  h1=$!
+  "$py" "$here/../model/oracle_hindsight.py" "$weights" --problems $((problems - half)) \
+    --first "$half" --budgets $shares --batch 16 \
+    --json "$out/oracle-hindsight-adder2-$half.json" >/dev/null &
+  h2=$!
+  wait $h1 || fail=1
+  wait $h2 || fail=1
+  [ $fail -eq 0 ] || { echo "eval_v2_runs.sh: the hindsight oracle failed" >&2; exit 1; }
+  echo "eval_v2_runs.sh: hindsight oracle done in $(($(date +%s) - start)) s" >&2
+  hind="$out/oracle-hindsight-adder2-0.json $out/oracle-hindsight-adder2-$half.json"
+else
+  echo "eval_v2_runs.sh: no torch in $py: the hindsight oracle is skipped" >&2
+fi
+# shellcheck disable=SC2086 # the file lists split on purpose
 python3 "$here/eval_v2_table.py" --policies "$out/eval-adder2.json" \
-  --granularity "$out"/eval-adder2-gran-*.json --lambda "$out"/eval-adder2-lambda-*.json
+  --granularity "$out"/eval-adder2-gran-*.json --lambda "$out"/eval-adder2-lambda-*.json \
+  ${hind:+--hindsight $hind}

@@ -165,12 +165,27 @@ def target_text(n, a, b, version=1):
     return lines + "\n" + VERIFY + lines + "\n" + ANSWER + answer_text(n, a, b) + EOS
 
 
-def graded_spans(target):
+def graded_spans(target, talk=False):
     """Per character of a target text: 2 for a digit copied from far back (an operand digit in a
     column line, an answer digit), 1 for the rest of a column line (from its label through ';')
     and of the answer (after ANSWER, EOS included), 0 elsewhere. Exact match depends on classes
-    1 and 2; train.py can weight them in the loss."""
+    1 and 2; train.py can weight them in the loss.
+
+    talk=True also makes class 1 of what version 2's trace decides outside the lines: every
+    digit of the talk (the sums and carries the model evidently reads back when it writes the
+    next line) and the whole outro, whose first character is the decision to stop adding
+    columns (otherwise a weight-1 token competing with the next line's graded label)."""
     out = [0] * len(target)
+    if talk:
+        outro = V2_OUTRO.split("{")[0]
+        end = target.rfind(ANSWER)
+        end = len(target) if end < 0 else end
+        for q in range(end):
+            if target[q].isdigit():
+                out[q] = 1
+        k = target.rfind(outro, 0, end)
+        for q in range(k, end) if k >= 0 else ():
+            out[q] = 1
     k = target.rfind(ANSWER)
     body_end = k if k >= 0 else len(target)
     i = 0

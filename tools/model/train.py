@@ -65,18 +65,19 @@ def digit_range(frac, lo, hi, ramp):
     return lo, min(hi, max(lo, top))
 
 
-def target_weights(prompt, target, graded_weight, lookup_weight):
+def target_weights(prompt, target, graded_weight, lookup_weight, grade_talk=False):
     """Loss weight per token: 0 on the prompt, `graded_weight` on the line and answer tokens
-    exact match depends on, `lookup_weight` on those of them copied from far back (operand and
-    answer digits), 1 on the rest of the target."""
+    exact match depends on (with grade_talk, also version 2's talk digits and outro),
+    `lookup_weight` on those of them copied from far back (operand and answer digits), 1 on the
+    rest of the target."""
     if graded_weight == 1.0 and lookup_weight == 1.0:
         return [0] * len(prompt) + [1] * len(target)
     w = (1.0, graded_weight, lookup_weight)
-    return [0] * len(prompt) + [w[g] for g in task.graded_spans(target)]
+    return [0] * len(prompt) + [w[g] for g in task.graded_spans(target, grade_talk)]
 
 
 def batch_problems(seed, start_index, count, lo, hi, long_frac, version, rehearse=0.0, graded_weight=1.0,
-                   lookup_weight=1.0):
+                   lookup_weight=1.0, grade_talk=False):
     """The batch's problems as (token ids, loss weight per token) pairs; weight 0 is no target."""
     out = []
     for j in range(count):
@@ -87,7 +88,7 @@ def batch_problems(seed, start_index, count, lo, hi, long_frac, version, rehears
         # rehearsal: every (1/rehearse)-th problem in version 1, whose lookups version 2 reuses
         v = 1 if rehearse > 0 and idx % max(2, int(round(1 / rehearse))) == 1 else version
         _, _, _, p, t = task.problem(seed, idx, plo, hi, v)
-        out.append((task.encode(p + t), target_weights(p, t, graded_weight, lookup_weight)))
+        out.append((task.encode(p + t), target_weights(p, t, graded_weight, lookup_weight, grade_talk and v == 2)))
     return out
 
 
@@ -213,6 +214,9 @@ def parse_args(argv):
     ap.add_argument("--lookup-weight", type=float, default=None,
                     help="loss weight of the operand and answer digits, which are copied from far "
                          "back (default: --graded-weight)")
+    ap.add_argument("--grade-talk", action="store_true",
+                    help="version 2: the talk's digits and the outro weigh --graded-weight too "
+                         "(task.graded_spans)")
     ap.add_argument("--min-digits", type=int, default=6)
     ap.add_argument("--max-digits", type=int, default=20)
     ap.add_argument("--ramp", type=float, default=0.2, help="fraction of the budget for the curriculum")
@@ -226,6 +230,14 @@ def parse_args(argv):
     ap.add_argument("--layers", type=int, default=DEFAULT_CONFIG["n_layers"])
     ap.add_argument("--d-ff", type=int, default=DEFAULT_CONFIG["d_ff"])
     ap.add_argument("--eval-per-digit", type=int, default=20)
+    ap.add_argument("--average", type=float, nargs="+", default=[], metavar="DECAY",
+                    help="also keep an exponential moving average of the weights per DECAY (e.g. "
+                         "0.99: about the last 100 steps); at the end the last weights and each "
+                         "average are decoded greedily on a validation set apart from the held-out "
+                         "one, and the best is written (ties keep the earlier candidate, the last "
+                         "weights first)")
+    ap.add_argument("--select-per-digit", type=int, default=10,
+                    help="validation problems per digit count for --average's choice")
     ap.add_argument("--out", default=None,
                     help="weights file (default tools/model/weights/adder.safetensors, "
                          "adder2.safetensors for --task-version 2)")
@@ -236,6 +248,8 @@ def parse_args(argv):
     args = ap.parse_args(argv)
     if args.procs < 1 or args.threads < 1:
         ap.error("--procs and --threads must be at least 1")
+    if any(not 0.0 < d < 1.0 for d in args.average):
+        ap.error("--average decays must lie strictly between 0 and 1")
     if args.lookup_weight is None:
         args.lookup_weight = args.graded_weight
     if args.out is None:
@@ -265,6 +279,38 @@ def control(procs, frac, stop):
     if procs > 1:
         dist.broadcast(t, 0)
     return float(t[0]), bool(t[1] > 0.5)
+
+
+@torch.no_grad()
+def update_averages(averages, decays, params):
+    """One step of each exponential moving average of the weights (rank 0 keeps them; every
+    process holds the same weights)."""
+    for d, avg in zip(decays, averages.values()):
+        for a, p in zip(avg, params):
+            a.mul_(d).add_(p.detach(), alpha=1.0 - d)
+
+
+@torch.no_grad()
+def choose_weights(model, params, averages, args, version):
+    """Loads into `model` whichever of the last weights and the averages decodes best (greedy
+    exact match, full cache) on a validation set drawn apart from the held-out evaluation's
+    problems, so the reported held-out accuracy stays unbiased. Returns what it saw."""
+    cands = {"last": [p.detach().clone() for p in params], **averages}
+    t = time.time()
+    seen = {}
+    for name, tensors in cands.items():
+        for p, v in zip(params, tensors):
+            p.copy_(v)
+        res = evaluate(model, args.min_digits, args.max_digits, args.select_per_digit, version,
+                       seed=EVAL_SEED + 1)
+        seen[name] = sum(res.values()) / len(res)
+    chosen = max(seen, key=lambda k: seen[k])  # the first of equals: dicts keep insertion order
+    for p, v in zip(params, cands[chosen]):
+        p.copy_(v)
+    print("validation greedy exact match: " + " ".join(f"{k} {v:.3f}" for k, v in seen.items()) +
+          f"; writing {chosen} ({time.time() - t:.0f}s)", flush=True)
+    return {"decays": list(args.average), "validation_seed": EVAL_SEED + 1,
+            "validation_per_digit": args.select_per_digit, "validation": seen, "chosen": chosen}
 
 
 def weights_metadata(cfg, version, seed, command, step):
@@ -318,6 +364,7 @@ def worker(rank, args, argv, store):
     step, index, tokens = 0, 0, 0
     seed = train_set_seed(args.seed)
     ema = None
+    averages = {f"ema{d:g}": [p.detach().clone() for p in params] for d in args.average} if log else {}
     losses = []
     monitor_log = []
     while True:
@@ -334,7 +381,7 @@ def worker(rank, args, argv, store):
         seq_len = len(task.prompt_text(hi, 1, 1, version)) + len(task.target_text(hi, 1, 1, version))
         count = max(2 * procs, args.batch_tokens // seq_len)
         probs = batch_problems(seed, index, count, lo, hi, args.long_frac if frac >= args.ramp else 0.0,
-                               version, args.rehearse, args.graded_weight, args.lookup_weight)
+                               version, args.rehearse, args.graded_weight, args.lookup_weight, args.grade_talk)
         index += count
         n_tgt = sum(sum(1 for w in mk[1:] if w > 0) for _, mk in probs)
         w_tgt = sum(sum(mk[1:]) for _, mk in probs)
@@ -356,6 +403,7 @@ def worker(rank, args, argv, store):
         lv = allreduce_grads(params, lv, procs)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        update_averages(averages, args.average, params)
         step += 1
         tokens += n_tgt
         ema = lv if ema is None else 0.98 * ema + 0.02 * lv
@@ -386,6 +434,7 @@ def worker(rank, args, argv, store):
           f"({tokens / max(train_s, 1e-9):.0f} tok/s); first loss {losses[0]:.4f} last ema {ema:.4f}",
           flush=True)
 
+    selection = choose_weights(model, params, averages, args, version) if averages else None
     t1 = time.time()
     acc = evaluate(model, args.min_digits, args.max_digits, args.eval_per_digit, version)
     overall = sum(acc.values()) / len(acc)
@@ -405,6 +454,7 @@ def worker(rank, args, argv, store):
         "rehearse": args.rehearse,
         "graded_weight": args.graded_weight,
         "lookup_weight": args.lookup_weight,
+        "grade_talk": args.grade_talk,
         "digits": [args.min_digits, args.max_digits],
         "seed": args.seed,
         "config": cfg,
@@ -418,6 +468,7 @@ def worker(rank, args, argv, store):
         "first_loss": round(losses[0], 4),
         "final_loss_ema": float(f"{ema:.4g}"),
         "monitor": monitor_log,
+        "average": selection,
         "eval_seed": EVAL_SEED,
         "eval_per_digit": args.eval_per_digit,
         "accuracy_by_digits": {str(n): a for n, a in acc.items()},

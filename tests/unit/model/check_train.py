@@ -1,6 +1,7 @@
 """tools/model/train.py end to end on a toy configuration: one process and two data-parallel
 processes must train the same model (same data, same losses up to summation order), write
-weights the loader reads back, repeat bit for bit when run again, and record the command, steps and accuracy in the sidecar.
+weights the loader reads back, repeat bit for bit when run again, pick among the last
+weights and their moving averages by validation (--average), and record the command, steps and accuracy in the sidecar.
 Ends with the "N passed, N failed" line; exit 77 when torch or numpy is missing."""
 
 import json
@@ -50,6 +51,14 @@ def main():
     t2 = "ok\nA8+A:1+0=9,0; so 8\nall done, so the answer is B0A9."
     want2 = "000" + "1211121111111" + "0" * len(" so 8\nall done, " + task.ANSWER) + "1212" + "1"
     expect("".join(map(str, task.graded_spans(t2))) == want2, "graded_spans, version 2")
+    # --grade-talk: version 2's talk digits and its outro (the decision to stop) join class 1
+    outro = "all columns done, the last carry is 0, "
+    t3 = "ok\nA8+A:1+0=9,0; so 8 plus 1 is 9\n" + outro + task.ANSWER + "B0A9."
+    want3 = ("000" + "1211121111111" + "0000" + "1" + "000000" + "1" + "0000" + "1" + "0" + "1" * len(outro) +
+             "0" * len(task.ANSWER) + "1212" + "1")
+    expect("".join(map(str, task.graded_spans(t3, talk=True))) == want3, "graded_spans, version 2, talk graded")
+    expect("".join(map(str, task.graded_spans(t3))).startswith("000121112111111100000000"),
+           "graded_spans without talk=True leaves the talk ungraded")
     t1 = "A8+1+0=09;\nwait, let me verify:A8+1+0=09;\nso the answer is B0A9."
     want1 = ("1212111111" + "0" * len("\nwait, let me verify:") + "1212111111" + "0" * len("\n" + task.ANSWER)
              + "1212" + "1")
@@ -57,9 +66,18 @@ def main():
 
     with tempfile.TemporaryDirectory() as d:
         _, sv = train(d, 1, "v2", ["--task-version", "2", "--graded-weight", "4", "--lookup-weight", "8",
-                                    "--stop-step", "3"])
+                                    "--grade-talk", "--stop-step", "3"])
         expect(sv is not None and sv["steps"] == 3 and sv["graded_weight"] == 4.0 and
-               sv["lookup_weight"] == 8.0, "version 2 with loss weights; --stop-step cuts the run")
+               sv["lookup_weight"] == 8.0 and sv["grade_talk"] is True, "version 2 with loss weights (talk graded); --stop-step cuts the run")
+        wa, sa = train(d, 2, "avg", ["--average", "0.9", "0.5", "--select-per-digit", "2"])
+        sel = (sa or {}).get("average") or {}
+        seen = sel.get("validation", {})
+        expect(set(seen) == {"last", "ema0.9", "ema0.5"} and sel.get("chosen") in seen and
+               seen[sel["chosen"]] == max(seen.values()) and
+               list(seen).index(sel["chosen"]) == min(i for i, v in enumerate(seen.values())
+                                                      if v == max(seen.values())),
+               f"--average: the last weights and each average validated, the first best written ({sel})")
+        expect(sa is not None and sa["steps"] == 6, "--average trains the same schedule")
         w1, s1 = train(d, 1)
         w2, s2 = train(d, 2)
         w2b, s2b = train(d, 2, "again")
@@ -86,6 +104,13 @@ def main():
                 b, _ = load(w2b)  # the metadata differs only in the --out path
                 same = a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
                 expect(same, "the same --procs 2 command repeats bit for bit")
+            if wa is not None and sel.get("chosen"):
+                # averaging never changes the training itself: the last weights are w2's
+                c, _ = load(wa)
+                a, _ = load(w2)
+                same = all(np.array_equal(a[k], c[k]) for k in a)
+                expect(same == (sel["chosen"] == "last"),
+                       f"--average writes the chosen weights ({sel['chosen']}; equal to the last: {same})")
     return checks.finish()
 
 
