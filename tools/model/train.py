@@ -303,7 +303,8 @@ def choose_weights(model, params, averages, args, version):
             p.copy_(v)
         res = evaluate(model, args.min_digits, args.max_digits, args.select_per_digit, version,
                        seed=EVAL_SEED + 1)
-        seen[name] = sum(res.values()) / len(res)
+        # rounded: equal counts summed in another order must still tie
+        seen[name] = round(sum(res.values()) / len(res), 9)
     chosen = max(seen, key=lambda k: seen[k])  # the first of equals: dicts keep insertion order
     for p, v in zip(params, cands[chosen]):
         p.copy_(v)
