@@ -58,12 +58,13 @@ if "$py" -c "import torch" 2>/dev/null; then
   rm -f "$out"/oracle-hindsight-adder2-*.json # an earlier run's ranges would overlap these
   echo "eval_v2_runs.sh: hindsight oracle ..." >&2
   start=$(date +%s)
-  "$py" "$here/../model/oracle_hindsight.py" "$weights" --problems "$half" --first 0 \
-    --budgets $shares --batch 16 --json "$out/oracle-hindsight-adder2-0.json" >/dev/null &
+  hindsight() { # first problem, count
+    "$py" "$here/../model/oracle_hindsight.py" "$weights" --first "$1" --problems "$2" \
+      --budgets $shares --batch 16 --json "$out/oracle-hindsight-adder2-$1.json" >/dev/null
+  }
+  hindsight 0 "$half" &
   h1=$!
-  "$py" "$here/../model/oracle_hindsight.py" "$weights" --problems $((problems - half)) \
-    --first "$half" --budgets $shares --batch 16 \
-    --json "$out/oracle-hindsight-adder2-$half.json" >/dev/null &
+  hindsight "$half" $((problems - half)) &
   h2=$!
   wait $h1 || fail=1
   wait $h2 || fail=1

@@ -176,18 +176,15 @@ def graded_spans(target, talk=False):
     next line) and the whole outro, whose first character is the decision to stop adding
     columns (otherwise a weight-1 token competing with the next line's graded label)."""
     out = [0] * len(target)
-    if talk:
-        outro = V2_OUTRO.split("{")[0]
-        end = target.rfind(ANSWER)
-        end = len(target) if end < 0 else end
-        for q in range(end):
-            if target[q].isdigit():
-                out[q] = 1
-        k = target.rfind(outro, 0, end)
-        for q in range(k, end) if k >= 0 else ():
-            out[q] = 1
     k = target.rfind(ANSWER)
     body_end = k if k >= 0 else len(target)
+    if talk:  # the lines below overwrite their own digits
+        for q in range(body_end):
+            if target[q].isdigit():
+                out[q] = 1
+        o = target.rfind(V2_OUTRO.split("{")[0], 0, body_end)
+        for q in range(o, body_end) if o >= 0 else ():
+            out[q] = 1
     i = 0
     while i < body_end:
         if "A" <= target[i] <= "Z" and (i == 0 or target[i - 1] in "\n;:"):

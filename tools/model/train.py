@@ -282,10 +282,10 @@ def control(procs, frac, stop):
 
 
 @torch.no_grad()
-def update_averages(averages, decays, params):
+def update_averages(averages, params):
     """One step of each exponential moving average of the weights (rank 0 keeps them; every
     process holds the same weights)."""
-    for d, avg in zip(decays, averages.values()):
+    for d, avg in averages.values():
         for a, p in zip(avg, params):
             a.mul_(d).add_(p.detach(), alpha=1.0 - d)
 
@@ -295,7 +295,7 @@ def choose_weights(model, params, averages, args, version):
     """Loads into `model` whichever of the last weights and the averages decodes best (greedy
     exact match, full cache) on a validation set drawn apart from the held-out evaluation's
     problems, so the reported held-out accuracy stays unbiased. Returns what it saw."""
-    cands = {"last": [p.detach().clone() for p in params], **averages}
+    cands = {"last": [p.detach().clone() for p in params], **{k: v for k, (_, v) in averages.items()}}
     t = time.time()
     seen = {}
     for name, tensors in cands.items():
@@ -365,7 +365,8 @@ def worker(rank, args, argv, store):
     step, index, tokens = 0, 0, 0
     seed = train_set_seed(args.seed)
     ema = None
-    averages = {f"ema{d:g}": [p.detach().clone() for p in params] for d in args.average} if log else {}
+    # name -> (decay, weights)
+    averages = {f"ema{d:g}": (d, [p.detach().clone() for p in params]) for d in args.average} if log else {}
     losses = []
     monitor_log = []
     while True:
@@ -404,7 +405,7 @@ def worker(rank, args, argv, store):
         lv = allreduce_grads(params, lv, procs)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        update_averages(averages, args.average, params)
+        update_averages(averages, params)
         step += 1
         tokens += n_tgt
         ema = lv if ema is None else 0.98 * ema + 0.02 * lv
