@@ -1,7 +1,7 @@
 #!/bin/sh
 # Every run behind docs/BENCHMARKS.md, "The v2 model": the policy table (full, the structural
 # oracle, R-KV, SnapKV, StreamingLLM, H2O at budgets of 10-60% of each problem's length), R-KV
-# at each selection granularity (15-45%), a λ sweep (15%, 30%), then the hindsight oracle
+# at each selection granularity (15-60%), a λ sweep (15%, 30%), then the hindsight oracle
 # (tools/model/oracle_hindsight.py, PyTorch) at every budget, and the markdown tables
 # (tools/bench/eval_v2_table.py). Two runs at a time, one thread each; progress on stderr.
 #
@@ -37,7 +37,7 @@ run() { # name, then rkv eval arguments
 q1=$!
 (
   for g in layer kvhead sequence; do
-    run eval-adder2-gran-$g --policies rkv --budgets 15%,20%,30%,45% --granularity $g
+    run eval-adder2-gran-$g --policies rkv --budgets 15%,20%,30%,45%,60% --granularity $g
   done
   for l in 0 0.3 1; do
     run eval-adder2-lambda-$l --policies rkv --budgets 15%,30% --lambda $l

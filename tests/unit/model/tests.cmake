@@ -8,9 +8,11 @@
 #  model_train_toy      train.py end to end on a toy size, one vs two data-parallel processes
 #  model_diagnose       tools/model/diagnose.py (teacher-forced errors by token class) on the
 #                       smoke weights
-#  model_eval_oracle, model_oracle_hindsight, model_eval_v2_table, model_eval_adder2_one
-#                       the version-2 model's oracles and tables, the one-command weights'
-#                       floor (registered when adder2.safetensors exists)
+#  model_eval_oracle, model_oracle_hindsight, model_eval_v2_table, model_eval_v2_stages_table,
+#  model_eval_adder2_floor
+#                       the version-2 model's oracles and tables (and the three-stage weights'
+#                       tables kept for comparison), its full-cache floor (registered when
+#                       adder2.safetensors exists)
 #  model_eval_smoke     a small `rkv eval` run (scheduler batching): budgets respected, and
 #                       with trained weights present the full-cache accuracy floor
 #  model_eval_simple_loop  the same through the tool's own batching loop
@@ -212,20 +214,27 @@ if(EXISTS ${_adder2} AND RKV_NUMPY_PYTHON)
            COMMAND ${RKV_NUMPY_PYTHON} ${_model_dir}/check_oracle.py $<TARGET_FILE:rkv> ${_adder2}
                    ${_oracle_args})
   set_tests_properties(model_eval_oracle PROPERTIES TIMEOUT 600 LABELS "integration;model")
-  # the v2 tables of docs/BENCHMARKS.md from the committed runs (plain python3)
+  # the v2 tables of docs/BENCHMARKS.md from the committed runs (plain python3); the
+  # three-stage weights' runs (docs/bench/adder2-stages) are kept for comparison
+  set(_v2_table_cmd "\"$0\" \"$1\" --policies \"$2\"/eval-adder2.json --granularity \"$2\"/eval-adder2-gran-*.json --lambda \"$2\"/eval-adder2-lambda-*.json --hindsight \"$2\"/oracle-hindsight-adder2-*.json")
   set(_bench ${PROJECT_SOURCE_DIR}/docs/bench)
   add_test(NAME model_eval_v2_table
-           COMMAND sh -c "\"$0\" \"$1\" --policies \"$2\"/eval-adder2.json --granularity \"$2\"/eval-adder2-gran-*.json --lambda \"$2\"/eval-adder2-lambda-*.json --hindsight \"$2\"/oracle-hindsight-adder2-*.json"
+           COMMAND sh -c "${_v2_table_cmd}"
                    ${RKV_NUMPY_PYTHON} ${PROJECT_SOURCE_DIR}/tools/bench/eval_v2_table.py ${_bench})
   set_tests_properties(model_eval_v2_table PROPERTIES TIMEOUT 60 LABELS "unit;model"
+                       PASS_REGULAR_EXPRESSION "hindsight oracle ran on all 500.*\\| R-KV \\| 0\\.0 \\| 0\\.0 \\| 0\\.0 \\| 8\\.2 \\| 37\\.0 \\| 65\\.0 \\|.*criterion")
+  add_test(NAME model_eval_v2_stages_table
+           COMMAND sh -c "${_v2_table_cmd}"
+                   ${RKV_NUMPY_PYTHON} ${PROJECT_SOURCE_DIR}/tools/bench/eval_v2_table.py
+                   ${_bench}/adder2-stages)
+  set_tests_properties(model_eval_v2_stages_table PROPERTIES TIMEOUT 60 LABELS "unit;model"
                        PASS_REGULAR_EXPRESSION "hindsight oracle ran on all 500.*\\| R-KV \\| 0\\.0 \\| 0\\.0 \\| 1\\.0 \\| 27\\.4 \\| 74\\.2 \\| 92\\.8 \\|.*criterion")
-  # The one-command (<= 40 minutes) version-2 weights: a full-cache floor on 24 problems
-  # (23/24 when committed).
-  add_test(NAME model_eval_adder2_one
-           COMMAND rkv eval --model ${PROJECT_SOURCE_DIR}/tools/model/weights/adder2-one.safetensors
-                   --problems 24 --digits 6-8 --policies full --threads 1
-                   --min-full-accuracy 0.9)
-  set_tests_properties(model_eval_adder2_one PROPERTIES TIMEOUT 300 LABELS "integration;model")
+  # The version-2 weights (one train.py command of <= 40 minutes): a full-cache floor on 24
+  # problems (23/24 when committed).
+  add_test(NAME model_eval_adder2_floor
+           COMMAND rkv eval --model ${_adder2} --problems 24 --digits 6-8 --policies full
+                   --threads 1 --min-full-accuracy 0.9)
+  set_tests_properties(model_eval_adder2_floor PROPERTIES TIMEOUT 300 LABELS "integration;model")
   add_test(NAME model_oracle_hindsight
            COMMAND ${RKV_NUMPY_PYTHON} ${PROJECT_SOURCE_DIR}/tools/model/oracle_hindsight.py
                    ${_adder2} --problems 8 --digits 6-7 --budgets 60% --batch 8
