@@ -230,6 +230,10 @@ __global__ void __launch_bounds__(kMaxThreads) attn_kernel(AttnParams p) {
       lim[i] = p.prefill ? (int)(len - n_new + t0 + i / p.group) : (int)(len - 1);
       if (i >= nq) lim[i] = -1;
     }
+    // The block loop's barriers publish m_s / l_s / lim / qs to other warps, but an empty range
+    // (a split past the stream's end, an empty stream) runs no iteration: the output phase
+    // would read them unsynchronised.
+    __syncthreads();
     float acc[kMaxIt][8];
 #pragma unroll
     for (int k = 0; k < kMaxIt; k++)
@@ -531,10 +535,12 @@ rkv_status launch_attn(rkv_kv_pool *pool, const rkv_attn_params *a, bool prefill
                      smem, G, smem_optin);
   // Only above the default 48 KB (prefill tiles, f32 at head_dim 256): decode shapes then make
   // no call outside the stream at all while a graph is being captured.
+  // The attribute belongs to the function, not the launch: always the device's opt-in
+  // maximum, so a concurrent or captured launch with a larger carve-out never finds it lowered.
   if (smem > 48u * 1024u)
     ATTN_CUDA_TRY(b, err,
                   cudaFuncSetAttribute(attn_kernel<T, D>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin));
   const unsigned streams = a->rows ? a->num_seqs * a->num_kv_heads : (unsigned)a->table.num_streams;
   unsigned gy = 1;
   if (prefill) {

@@ -171,13 +171,13 @@ __global__ void logits_kernel(EvParams p) {
   const float *q = p.qwin + st.qwin_offset;
   const float *kr = ks + jj * pitch;
   for (int a = threadIdx.x / kLogitKeys; a < p.window; a += blockDim.x / kLogitKeys) {
-    double best = 0.0;
+    double best = -INFINITY;  // as the CPU: a NaN logit never wins the max over the group
     for (int g = 0; g < p.group; g++) {
       const float *qr = q + ((size_t)g * p.window + a) * p.d;
       double acc = 0.0;
       for (int e = 0; e < p.d; e++) acc += (double)__ldg(qr + e) * (double)kr[e];
       acc *= p.scale;
-      if (g == 0 || acc > best) best = acc;
+      if (acc > best) best = acc;
     }
     p.logits[((size_t)s * p.window + a) * p.max_len + j] = best;
   }

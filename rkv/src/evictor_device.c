@@ -59,10 +59,16 @@ rkv_status rkvi_evdev_create(rkv_evictor *ev) {
   rkvi_evdev *d = rkvi_calloc(ev->al, sizeof *d, 16);
   if (!d) return rkvi_fail(ev->err, RKV_ERR_NO_MEMORY, "device state");
   ev->dev = d;
+  d->launch_streams = RKVI_EVDEV_LAUNCH_STREAMS;
   rkv_status st = rkv_buffer_create(ev->be, RKV_BUFFER_DEVICE, 0, &d->desc);
   if (st == RKV_OK) st = rkv_buffer_create(ev->be, RKV_BUFFER_DEVICE, 0, &d->ws);
   if (st == RKV_OK) st = rkv_buffer_create(ev->be, RKV_BUFFER_HOST_PINNED, 0, &d->stage);
   return st == RKV_OK ? RKV_OK : be_fail(ev, st, "device buffers");
+}
+
+void rkvi_evictor_set_launch_streams(rkv_evictor *ev, uint32_t n) {
+  if (ev && ev->dev)
+    ev->dev->launch_streams = n && n < RKVI_EVDEV_LAUNCH_STREAMS ? n : RKVI_EVDEV_LAUNCH_STREAMS;
 }
 
 void rkvi_evdev_destroy(rkv_evictor *ev) {
@@ -100,6 +106,11 @@ typedef struct evsize {
   int32_t max_len;
 } evsize;
 
+/* The streams one queued compression puts in its launch: every layer's, or one layer's. */
+static uint32_t entry_streams(const rkv_evictor *ev, const rkvi_evq *q) {
+  return (q->layer < 0 ? ev->L : 1) * ev->Hkv;
+}
+
 /* What one queued compression adds to a run's arrays (an unknown sequence adds nothing: it
  * fails at run without a cut). */
 static void size_one(const rkv_evictor *ev, const rkvi_evq *q, evsize *s) {
@@ -113,7 +124,7 @@ static void size_one(const rkv_evictor *ev, const rkvi_evq *q, evsize *s) {
       (void)rkv_blockmgr_stream_len(ev->bm, q->seq, l, h, &len);
       if (len > s->max_len) s->max_len = len;
     }
-  const uint64_t per = (uint64_t)(l1 - l0) * ev->Hkv;
+  const uint64_t per = entry_streams(ev, q);
   s->streams += per;
   s->old += total;
   s->fresh += per * (((uint64_t)q->params.budget + ev->bs - 1) / ev->bs);
@@ -123,19 +134,19 @@ static void size_one(const rkv_evictor *ev, const rkvi_evq *q, evsize *s) {
  * parameter set queued. */
 static rkv_status reserve_kernel(rkv_evictor *ev, const evsize *s) {
   size_t ws = 0, esz[7] = {0};
+  const uint32_t ns =
+      s->streams < ev->dev->launch_streams ? (uint32_t)s->streams : ev->dev->launch_streams;
   for (uint32_t i = 0; i < ev->n_q; i++) {
     const rkv_evict_params *p = &ev->q[i].params;
     if (!rkvi_evictor_policy(p->policy).evicts) continue;
     if (ev->emu) {
       size_t sz[7];
-      if (rkvi_evemu_sizes(ev, p, ev->cfg.granularity, (uint32_t)s->streams, s->max_len, sz) !=
-          RKV_OK)
-        continue;
+      if (rkvi_evemu_sizes(ev, p, ev->cfg.granularity, ns, s->max_len, sz) != RKV_OK) continue;
       for (size_t k = 0; k < 7; k++) esz[k] = sz[k] > esz[k] ? sz[k] : esz[k];
     } else {
       size_t n = 0;
-      if (rkvi_evict_cuda_workspace_size(p, ev->pool, (uint32_t)s->streams, ev->Hq / ev->Hkv,
-                                         s->max_len, &n) == RKV_OK &&
+      if (rkvi_evict_cuda_workspace_size(p, ev->pool, ns, ev->Hq / ev->Hkv, s->max_len, &n) ==
+              RKV_OK &&
           n > ws)
         ws = n;
     }
@@ -170,6 +181,11 @@ rkv_status rkvi_evdev_reserve(rkv_evictor *ev) {
     if (rkvi_evictor_policy(ev->q[i].params.policy).evicts) size_one(ev, &ev->q[i], &s);
   if (!s.streams) return RKV_OK;
   const uint32_t per = ev->L * ev->Hkv;
+  if (per > d->launch_streams)
+    return rkvi_fail(ev->err, RKV_ERR_UNSUPPORTED,
+                     "run: a sequence of %u streams (layers x kv heads) exceeds one device "
+                     "launch's %u",
+                     per, d->launch_streams);
   if (s.streams + s.old + s.fresh > ((uint64_t)1 << 31))
     return rkvi_fail(ev->err, RKV_ERR_CAPACITY, "run: %llu streams of %llu blocks",
                      (unsigned long long)s.streams, (unsigned long long)s.old);
@@ -185,8 +201,11 @@ rkv_status rkvi_evdev_reserve(rkv_evictor *ev) {
                            &bytes) != RKV_OK)
     return rkvi_fail(ev->err, RKV_ERR_INTERNAL, "run: descriptor size");
   /* every launch packs at its own offset: per launch up to 4 sections' alignment and its
-   * offset's (rkvi_evict_cuda_pack aligns sections to 256 bytes) */
-  bytes += (size_t)d->launches * 5 * 256;
+   * offset's (rkvi_evict_cuda_pack aligns sections to 256 bytes). A parameter set splits
+   * where the next sequence would overfill a launch, so two consecutive launches of a set
+   * hold more than launch_streams streams: at most 2 x streams / launch_streams + 1 each. */
+  const uint64_t splits = 2 * s.streams / d->launch_streams;
+  bytes += ((size_t)d->launches + (size_t)splits) * 5 * 256;
   RKV_TRY(bgrow(ev, d->stage, bytes, "run: staging arena"));
   RKV_TRY(bgrow(ev, d->desc, bytes, "run: descriptors"));
   return reserve_kernel(ev, &s);
@@ -335,7 +354,8 @@ static uintptr_t window_base(const rkv_evictor *ev) {
 
 /* One launch per distinct parameter set (rkvi_evdev_reserve grouped them): queued A, B, A
  * makes two, the sets in the order they first appear and each set's sequences in queue
- * order. O(queue x launches). */
+ * order; a set of more than launch_streams streams continues in a further launch.
+ * O(queue x launches). */
 rkv_status rkvi_evdev_run(rkv_evictor *ev, rkv_evictor_result *res) {
   resolve_windows(ev);
   const uintptr_t qbase = window_base(ev);
@@ -350,6 +370,14 @@ rkv_status rkvi_evdev_run(rkv_evictor *ev, rkv_evictor_result *res) {
       const rkvi_evq *q = &ev->q[i];
       if (q->launch != k) continue;
       if (!x.p) x.p = &q->params;
+      if (x.n_streams + entry_streams(ev, q) > ev->dev->launch_streams) {
+        /* this launch is full: it goes now, and the set continues in a fresh one */
+        RKV_TRY(flush(ev, &x));
+        const rkv_evict_params *p = x.p;
+        memset(&x, 0, sizeof x);
+        x.p = p;
+        x.qbase = qbase;
+      }
       const uint32_t free0 = rkv_blockmgr_free_blocks(ev->bm);
       res[i].status = plan_one(ev, q, &x, &res[i]);
       if (res[i].status == RKV_ERR_INTERNAL) return RKV_ERR_INTERNAL;

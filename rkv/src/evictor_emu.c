@@ -217,6 +217,9 @@ rkv_status rkvi_evemu_compress(rkv_evictor *ev, const rkv_evict_params *p,
   if (st != RKV_OK)
     return rkvi_fail(ev->err, RKV_ERR_INTERNAL, "emulated compression: descriptors: %s",
                      rkv_status_str(st));
+  if (db->num_streams > ev->dev->launch_streams) /* the CUDA grids' limit, kept here too */
+    return rkvi_fail(ev->err, RKV_ERR_INTERNAL, "emulated compression: %u streams > %u",
+                     db->num_streams, ev->dev->launch_streams);
   rkv_evict_cuda_batch b = *db;
   b.streams = (const rkv_evict_cuda_stream *)(h + ((const unsigned char *)db->streams - dev));
   b.old_blocks = (const int32_t *)(h + ((const unsigned char *)db->old_blocks - dev));

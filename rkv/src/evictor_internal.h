@@ -23,6 +23,9 @@ typedef struct rkvi_evq {
 } rkvi_evq;
 
 /* Device half: buffers of the pool's backend and the host arrays of one batched launch. */
+/* The CUDA kernels put a launch's streams on a grid's y or z dimension (at most 65535). */
+#define RKVI_EVDEV_LAUNCH_STREAMS 65535u
+
 typedef struct rkvi_evdev {
   rkv_buffer *desc;  /* DEVICE: the packed descriptors of a launch */
   rkv_buffer *ws;    /* DEVICE: the CUDA kernels' workspace */
@@ -33,6 +36,9 @@ typedef struct rkvi_evdev {
   rkvi_fence staged;
   size_t arena_used; /* bytes of the arena this run's launches took */
   uint32_t launches; /* distinct parameter sets that evict in the queue (reserve) */
+  /* The most streams one launch takes (RKVI_EVDEV_LAUNCH_STREAMS; tests lower it): a
+   * parameter set with more is split into several launches at sequence boundaries. */
+  uint32_t launch_streams;
   /* one launch (grown before the first cut of a run) */
   rkv_compact_map *maps;
   rkv_evict_cuda_stream *streams;
@@ -80,8 +86,12 @@ size_t rkvi_evdev_memory_bytes(const rkv_evictor *ev);
  * everything a run of it will allocate; capacity only, nothing observable. Every
  * rkvi_evdev_run follows one. */
 rkv_status rkvi_evdev_reserve(rkv_evictor *ev);
-/* Cuts every queued sequence on the host and launches one batch per parameter set. */
+/* Cuts every queued sequence on the host and launches one batch per parameter set (several
+ * when a set holds more than launch_streams streams). */
 rkv_status rkvi_evdev_run(rkv_evictor *ev, rkv_evictor_result *res);
+/* Tests only: lowers the streams per launch (0 restores the default), so a small run splits
+ * its launches the way a serving batch of 65535+ streams does. */
+void rkvi_evictor_set_launch_streams(rkv_evictor *ev, uint32_t n);
 
 /* The emulated device's twin of rkvi_evict_cuda_compress (evictor_emu.c): the scratch a
  * launch of ns streams of up to nmax tokens at granularity g needs, and the launch itself over the

@@ -15,7 +15,8 @@ extern "C" {
 bool rkvi_cuda_error_sticky(int cuda_error);
 
 /* RKV_ERR_CUDA with "what: <CUDA message> (file:line)" in err (b->err when err is NULL); a
- * sticky error also sets b->poisoned and says "[context poisoned]". */
+ * sticky error also sets b->poisoned and says "[context poisoned]"; any other error is cleared
+ * from the thread's last-error slot, so a later launch check does not report it again. */
 rkv_status rkvi_cuda_fail(rkv_backend *b, char *err, int cuda_error, const char *what,
                           const char *file, int line);
 

@@ -105,7 +105,12 @@ bool rkvi_cuda_error_sticky(int cuda_error) {
 
 rkv_status rkvi_cuda_fail(rkv_backend *b, char *err, int cuda_error, const char *what,
                           const char *file, int line) {
-  if (rkvi_cuda_error_sticky(cuda_error)) b->poisoned = true;
+  // A failed runtime call also leaves its error in the thread's last-error slot: a non-sticky
+  // one is cleared, or the next launch check would report it as that launch's failure.
+  if (rkvi_cuda_error_sticky(cuda_error))
+    b->poisoned = true;
+  else
+    (void)cudaGetLastError();
   return rkvi_fail(err ? err : b->err, RKV_ERR_CUDA, "%s: %s (%s:%d)%s", what,
                    cudaGetErrorString((cudaError_t)cuda_error), file, line,
                    b->poisoned ? " [context poisoned]" : "");

@@ -221,8 +221,9 @@ rkv_status rkv_qwindow_push_planned(rkv_qwindow *w, uint32_t layer, const float 
                        (long long)w->ids[w->pentry[b]], layer, (long long)have,
                        (long long)w->ppos[b]);
   }
-  if (w->pn && !w->host) {
-    RKV_TRY(push_device(w, layer, q));
+  if (!w->host) {
+    /* a plan of zero rows moves nothing: no launch (and q may be NULL), as on the host */
+    if (w->pindptr[w->pn] > w->pindptr[0]) RKV_TRY(push_device(w, layer, q));
   } else {
     for (uint32_t b = 0; b < w->pn; b++)
       rkvi_qw_copy_rows(w, rkvi_qw_ring(w, w->pentry[b], layer), w->ppos[b],

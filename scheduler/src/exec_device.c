@@ -271,10 +271,11 @@ rkv_status rkvi_xdev_begin(rkvi_xdev *d, const rkvi_xdev_step *st) {
   for (uint32_t i = 0; !st->blen && i < p->n_seqs; i++)
     memcpy(h + lens_at + i * up((size_t)d->c.S * 4), st->lens + st->seq_row[i], (size_t)d->c.S * 4);
   const rkv_status e = enqueue_uploads(d, st, rows_at, rows_at, lens_at);
+  rkvi_fence_arm(&d->staged, d->be); /* part of the upload may be queued even on failure */
+  /* a failed upload keeps its marks: the next begin uploads those entries again */
+  if (e != RKV_OK) return e;
   for (uint32_t i = 0; i < d->n_marked; i++) d->marked[d->mlist[i]] = 0;
   d->n_marked = 0;
-  rkvi_fence_arm(&d->staged, d->be);
-  if (e != RKV_OK) return e;
   d->plan = p;
   d->stride = st->stride;
   d->lockstep = st->blen != NULL;

@@ -126,4 +126,26 @@ static inline void qwr_random_run(rkv_backend *be, uint64_t seed, const char *wh
   rkv_qwindow_destroy(ref);
 }
 
+/* A plan whose sequences bring no rows pushes nothing and needs no q (NULL), on every backend
+ * alike: no launch on a device. */
+static inline void qwr_zero_rows(rkv_backend *be, const char *what) {
+  rkv_qwindow *w = qwr_make(be, 4);
+  if (!w) return;
+  const int64_t ids[2] = {1, 2};
+  const int32_t ip[3] = {0, 0, 0};
+  int bad = rkv_qwindow_seq_add(w, 1) != RKV_OK;
+  bad += rkv_qwindow_seq_add(w, 2) != RKV_OK;
+  bad += rkv_qwindow_plan(w, ids, ip, 2) != RKV_OK;
+  for (uint32_t l = 0; l < L; l++) bad += rkv_qwindow_push_planned(w, l, NULL) != RKV_OK;
+  float out[H * W * D];
+  for (uint32_t l = 0; l < L; l++) {
+    uint32_t c = 9;
+    bad += rkv_qwindow_get(w, 1, l, out, &c) != RKV_OK || c != 0;
+  }
+  bad += rkv_qwindow_check(w) != RKV_OK;
+  if (bad)
+    RKV_TEST_FAIL_("%s: a zero-row plan: %d failures (%s)", what, bad, rkv_qwindow_last_error(w));
+  rkv_qwindow_destroy(w);
+}
+
 #endif /* RKV_TEST_QWINDOW_RUN_H */

@@ -43,6 +43,18 @@ static inline bool cuda_test_case_selected(void) {
     }                                                          \
   } while (0)
 
+/* The library works on its backend's stream, which is non-blocking: the legacy default stream
+ * of cudaMemset / cudaMemcpy is not ordered with it (a memset may still be running, a
+ * pageable upload still in flight, when the call returns). A test's own transfer therefore
+ * waits for the whole device before (the library's work it reads or overwrites is done) and
+ * after (it has landed before the library's next launch). */
+#define CK_DEV(expr)             \
+  do {                           \
+    CK(cudaDeviceSynchronize()); \
+    CK(expr);                    \
+    CK(cudaDeviceSynchronize()); \
+  } while (0)
+
 static inline void *dalloc(size_t bytes) {
   void *p = NULL;
   CK(cudaMalloc(&p, bytes ? bytes : 16));
@@ -50,7 +62,7 @@ static inline void *dalloc(size_t bytes) {
 }
 static inline void *dup_to_dev(const void *h, size_t bytes) {
   void *d = dalloc(bytes);
-  if (bytes) CK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
+  if (bytes) CK_DEV(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
   return d;
 }
 static inline float frand(uint64_t *s) {

@@ -160,7 +160,7 @@ static void run_case(rkv_backend *cb, rkv_backend *gb, const tcase *c, uint64_t 
         *got = malloc(qn * sizeof *got);
   for (size_t i = 0; i < qn; i++) q[i] = 2.0f * frand(&rng);
   float *d_q = dup_to_dev(q, qn * sizeof *q), *d_out = dalloc(qn * sizeof(float));
-  CK(cudaMemset(d_out, 0xFF, qn * sizeof(float))); /* NaN poison */
+  CK_DEV(cudaMemset(d_out, 0xFF, qn * sizeof(float))); /* NaN poison */
   for (size_t i = 0; i < qn; i++) ref[i] = NAN;
 
   rkv_attn_params p = RKV_ATTN_PARAMS_INIT;
@@ -209,7 +209,7 @@ static void run_case(rkv_backend *cb, rkv_backend *gb, const tcase *c, uint64_t 
                     : rkv_attn_decode(b.gpu, &p, wg, ws_gpu);
     CK(cudaStreamEndCapture(cs, &graph));
     CK(cudaGraphInstantiate(&exec, graph, 0));
-    CK(cudaMemset(d_out, 0xFF, qn * sizeof(float)));
+    CK_DEV(cudaMemset(d_out, 0xFF, qn * sizeof(float)));
     CK(cudaGraphLaunch(exec, cs));
     CK(cudaStreamSynchronize(cs));
     CK(cudaGraphExecDestroy(exec));
@@ -221,7 +221,7 @@ static void run_case(rkv_backend *cb, rkv_backend *gb, const tcase *c, uint64_t 
   EXPECT_OK(st);
   if (st != RKV_OK) fprintf(stderr, "  %s\n", rkv_backend_last_error(gb));
   EXPECT_OK(rkv_backend_sync(gb));
-  CK(cudaMemcpy(got, d_out, qn * sizeof(float), cudaMemcpyDeviceToHost));
+  CK_DEV(cudaMemcpy(got, d_out, qn * sizeof(float), cudaMemcpyDeviceToHost));
   char what[160];
   snprintf(what, sizeof what, "%s %s d=%u bs=%u G=%u hkv=%u seqs=%u split=%d scores=%d out",
            c->prefill ? "prefill" : "decode", rkv_dtype_name(c->dt), c->d, c->bs, c->group, c->hkv,
@@ -232,7 +232,7 @@ static void run_case(rkv_backend *cb, rkv_backend *gb, const tcase *c, uint64_t 
   if (c->scores) {
     const size_t ns = (size_t)b.num_blocks * c->bs;
     float *sc = malloc(ns * sizeof *sc);
-    CK(cudaMemcpy(sc, rkv_kv_pool_scores(b.gpu), ns * sizeof(float), cudaMemcpyDeviceToHost));
+    CK_DEV(cudaMemcpy(sc, rkv_kv_pool_scores(b.gpu), ns * sizeof(float), cudaMemcpyDeviceToHost));
     snprintf(what, sizeof what, "%s %s d=%u G=%u scores", c->prefill ? "prefill" : "decode",
              rkv_dtype_name(c->dt), c->d, c->group);
     EXPECT(compare(what, sc, rkv_kv_pool_scores(b.cpu), ns, 1e-5, 1e-4) == 0);
@@ -271,7 +271,7 @@ static void test_write_kv(rkv_backend *cb, rkv_backend *gb, rkv_dtype dt, uint32
   float seed_sc[9 * 32];
   for (uint32_t i = 0; i < ns; i++) seed_sc[i] = 1.0f + (float)i;
   memcpy(rkv_kv_pool_scores(cp), seed_sc, ns * sizeof(float));
-  CK(cudaMemcpy(rkv_kv_pool_scores(gp), seed_sc, ns * sizeof(float), cudaMemcpyHostToDevice));
+  CK_DEV(cudaMemcpy(rkv_kv_pool_scores(gp), seed_sc, ns * sizeof(float), cudaMemcpyHostToDevice));
   EXPECT_OK(rkv_attn_write_kv(cp, k, v, slots, n));
   float *dk = dup_to_dev(k, (size_t)n * d * sizeof *k),
         *dv = dup_to_dev(v, (size_t)n * d * sizeof *v);
@@ -286,7 +286,7 @@ static void test_write_kv(rkv_backend *cb, rkv_backend *gb, rkv_dtype dt, uint32
   EXPECT(memcmp(hc, hg, bb * nb) == 0);
   /* Written slots restart their H2O mass at zero; others keep theirs. */
   float sc[9 * 32];
-  CK(cudaMemcpy(sc, rkv_kv_pool_scores(gp), ns * sizeof(float), cudaMemcpyDeviceToHost));
+  CK_DEV(cudaMemcpy(sc, rkv_kv_pool_scores(gp), ns * sizeof(float), cudaMemcpyDeviceToHost));
   EXPECT(memcmp(sc, rkv_kv_pool_scores(cp), ns * sizeof(float)) == 0);
   free(hc), free(hg), free(k), free(v);
   cudaFree(dk), cudaFree(dv), cudaFree(ds);
@@ -300,7 +300,7 @@ static void test_qwindow(rkv_backend *gb, uint64_t seed) {
   size_t bytes = 0;
   EXPECT_OK(rkv_attn_cuda_qwindow_bytes(&w, &bytes));
   w.data = dalloc(bytes);
-  CK(cudaMemset(w.data, 0xFF, bytes));
+  CK_DEV(cudaMemset(w.data, 0xFF, bytes));
   const size_t nf = bytes / sizeof(float);
   float *model = malloc(bytes), *got = malloc(bytes);
   memset(model, 0xFF, bytes);
@@ -336,7 +336,7 @@ static void test_qwindow(rkv_backend *gb, uint64_t seed) {
              q + (size_t)b * row + (size_t)h * w.head_dim, w.head_dim * sizeof(float));
   EXPECT_STATUS(rkv_attn_cuda_qwindow_push(gb, &w, 2, dq, NULL, dsl, dpos, 2), RKV_ERR_INVALID_ARG);
   EXPECT_OK(rkv_backend_sync(gb));
-  CK(cudaMemcpy(got, w.data, bytes, cudaMemcpyDeviceToHost));
+  CK_DEV(cudaMemcpy(got, w.data, bytes, cudaMemcpyDeviceToHost));
   EXPECT(memcmp(got, model, bytes) == 0);
   (void)nf;
   free(model), free(got), free(q);

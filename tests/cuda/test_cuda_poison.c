@@ -50,7 +50,7 @@ int main(void) {
   int32_t *d_indptr = dup_to_dev(indptr, sizeof indptr), *d_bad = dup_to_dev(bad, sizeof bad),
           *d_good = dup_to_dev(good, sizeof good), *d_last = dup_to_dev(last, sizeof last);
   float *d_q = dalloc(d * sizeof(float)), *d_out = dalloc(d * sizeof(float));
-  CK(cudaMemset(d_q, 0, d * sizeof(float)));
+  CK_DEV(cudaMemset(d_q, 0, d * sizeof(float)));
   rkv_attn_params p = RKV_ATTN_PARAMS_INIT;
   p.num_seqs = 1;
   p.num_q_heads = 1;

@@ -210,7 +210,7 @@ static void run_case(rkv_backend *cb, rkv_backend *gb, const ecase *c, uint64_t 
   float *sc = malloc(slots_total * sizeof *sc);
   for (size_t i = 0; i < slots_total; i++) sc[i] = (float)rkv_test_uniform(&rng);
   memcpy(rkv_kv_pool_scores(pc), sc, slots_total * sizeof *sc);
-  CK(cudaMemcpy(rkv_kv_pool_scores(pg), sc, slots_total * sizeof *sc, cudaMemcpyHostToDevice));
+  CK_DEV(cudaMemcpy(rkv_kv_pool_scores(pg), sc, slots_total * sizeof *sc, cudaMemcpyHostToDevice));
 
   /* Original rows per (sequence, stream) by position (K|V), for identification. */
   const size_t orig_stride = (size_t)c->n * 2 * rb; /* one stream */
@@ -241,7 +241,7 @@ static void run_case(rkv_backend *cb, rkv_backend *gb, const ecase *c, uint64_t 
   size_t ring_bytes = 0;
   EXPECT_OK(rkv_attn_cuda_qwindow_bytes(&ring, &ring_bytes));
   ring.data = dalloc(ring_bytes);
-  CK(cudaMemset(ring.data, 0xFF, ring_bytes));
+  CK_DEV(cudaMemset(ring.data, 0xFF, ring_bytes));
   const size_t qrow = (size_t)hq * c->d, qn = (size_t)nseq * c->window * qrow;
   float *q_host = malloc(qn * sizeof *q_host);
   float *dq = dalloc(qn * sizeof *q_host);
@@ -257,7 +257,7 @@ static void run_case(rkv_backend *cb, rkv_backend *gb, const ecase *c, uint64_t 
     for (uint32_t q = 0; q < nseq; q++)
       EXPECT_OK(
           rkv_qwindow_push(qw, q, l, q_host + (size_t)q * c->window * qrow, (uint32_t)c->window));
-    CK(cudaMemcpy(dq, q_host, qn * sizeof *q_host, cudaMemcpyHostToDevice));
+    CK_DEV(cudaMemcpy(dq, q_host, qn * sizeof *q_host, cudaMemcpyHostToDevice));
     EXPECT_OK(rkv_attn_cuda_qwindow_push(gb, &ring, l, dq, dqi, dslot, dpos, nseq));
   }
 
@@ -326,7 +326,7 @@ static void run_case(rkv_backend *cb, rkv_backend *gb, const ecase *c, uint64_t 
   batch.new_blocks = dup_to_dev(new_blocks, n_new * sizeof *new_blocks);
   batch.qwin = ring.data;
   int32_t *d_kept = dalloc((size_t)n_maps * c->budget * sizeof(int32_t));
-  CK(cudaMemset(d_kept, 0xFF, (size_t)n_maps * c->budget * sizeof(int32_t)));
+  CK_DEV(cudaMemset(d_kept, 0xFF, (size_t)n_maps * c->budget * sizeof(int32_t)));
   batch.kept = d_kept;
   batch.clear_blocks = n_freed ? dup_to_dev(freed, n_freed * sizeof *freed) : NULL;
   batch.n_clear = n_freed;
@@ -334,7 +334,7 @@ static void run_case(rkv_backend *cb, rkv_backend *gb, const ecase *c, uint64_t 
   size_t wsg = 0;
   EXPECT_OK(rkv_evict_cuda_workspace_size(&p, pg, n_maps, c->group, batch.max_len, &wsg));
   void *wg = dalloc(wsg);
-  CK(cudaMemset(wg, 0xFF, wsg)); /* stale workspace must not matter */
+  CK_DEV(cudaMemset(wg, 0xFF, wsg)); /* stale workspace must not matter */
   EXPECT_STATUS(rkv_evict_cuda_compress(&p, pg, &batch, wg, wsg - 1), RKV_ERR_CAPACITY);
   rkv_status s;
   if (c->graph) {
@@ -363,10 +363,12 @@ static void run_case(rkv_backend *cb, rkv_backend *gb, const ecase *c, uint64_t 
   EXPECT_OK(rkv_kv_pool_read_blocks(pc, all_ids, cfg.num_blocks, ic));
   EXPECT_OK(rkv_kv_pool_read_blocks(pg, all_ids, cfg.num_blocks, ig));
   float *scg = malloc(slots_total * sizeof *scg);
-  CK(cudaMemcpy(scg, rkv_kv_pool_scores(pg), slots_total * sizeof *scg, cudaMemcpyDeviceToHost));
+  CK_DEV(
+      cudaMemcpy(scg, rkv_kv_pool_scores(pg), slots_total * sizeof *scg, cudaMemcpyDeviceToHost));
   const float *scc = rkv_kv_pool_scores(pc);
   int32_t *kept = malloc((size_t)n_maps * c->budget * sizeof *kept);
-  CK(cudaMemcpy(kept, d_kept, (size_t)n_maps * c->budget * sizeof *kept, cudaMemcpyDeviceToHost));
+  CK_DEV(
+      cudaMemcpy(kept, d_kept, (size_t)n_maps * c->budget * sizeof *kept, cudaMemcpyDeviceToHost));
   uint8_t *rowc = malloc(2 * rb), *rowg = malloc(2 * rb);
   int32_t *pc_pos = malloc((size_t)c->budget * sizeof *pc_pos);
   int32_t *pg_pos = malloc((size_t)c->budget * sizeof *pg_pos);

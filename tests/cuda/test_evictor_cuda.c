@@ -25,14 +25,14 @@ enum { NBLK = 400 };
 
 static void pool_to_device(fixture *f, rkv_kv_pool *gp, int32_t *ids) {
   EXPECT_OK(rkv_kv_pool_write_blocks(gp, ids, NBLK, rkv_kv_pool_base(f->pool)));
-  CK(cudaMemcpy(rkv_kv_pool_scores(gp), rkv_kv_pool_scores(f->pool), (size_t)NBLK * BS * 4,
-                cudaMemcpyHostToDevice));
+  CK_DEV(cudaMemcpy(rkv_kv_pool_scores(gp), rkv_kv_pool_scores(f->pool), (size_t)NBLK * BS * 4,
+                    cudaMemcpyHostToDevice));
 }
 
 static void pool_to_host(rkv_kv_pool *gp, fixture *f, int32_t *ids) {
   EXPECT_OK(rkv_kv_pool_read_blocks(gp, ids, NBLK, rkv_kv_pool_base(f->pool)));
-  CK(cudaMemcpy(rkv_kv_pool_scores(f->pool), rkv_kv_pool_scores(gp), (size_t)NBLK * BS * 4,
-                cudaMemcpyDeviceToHost));
+  CK_DEV(cudaMemcpy(rkv_kv_pool_scores(f->pool), rkv_kv_pool_scores(gp), (size_t)NBLK * BS * 4,
+                    cudaMemcpyDeviceToHost));
 }
 
 static rkv_evictor *make(rkv_blockmgr *m, rkv_kv_pool *pool, const rkv_qwindow *qw,

@@ -2,8 +2,8 @@
  * batched push's kernel against the per-sequence push of a host window, through the same
  * randomised run of starts, forks, drops and mixed decode / prefill steps the runtime unit
  * test gives the host, CPU-backend and emulated-device windows (tests/common/qwindow_run.h);
- * then the per-sequence push refused on a device window. Skips (77) without a CUDA build or
- * device. */
+ * a plan of zero rows pushed with no q; then the per-sequence push refused on a device window.
+ * Skips (77) without a CUDA build or device. */
 #include "cuda_test_util.h"
 #include "qwindow_run.h"
 #include "rkv_test.h"
@@ -14,6 +14,7 @@ int main(void) {
   rkv_backend *gb = NULL;
   if (rkv_backend_create(&cfg, &gb) != RKV_OK) return cuda_test_skip("no usable CUDA device");
   qwr_random_run(gb, 11, "cuda");
+  qwr_zero_rows(gb, "cuda");
   rkv_qwindow *w = qwr_make(gb, 2);
   if (w) {
     float q[ROW] = {0};

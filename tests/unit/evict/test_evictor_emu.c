@@ -31,8 +31,12 @@ static void run_ok(rkv_evictor *ev, rkv_evictor_result *res, uint32_t want) {
 
 /* Sequences 1..3 in a CPU fixture and an emulated one; sequence 2 gets its own parameters, so
  * the device path batches 1 and 3 (A, B, A). */
-static void compare_case(rkv_evict_policy pol, rkv_dtype dt, int32_t layer, rkv_evict_granularity g,
-                         bool own) {
+/* Internal (evictor_internal.h), for tests: the most streams one device launch takes. */
+void rkvi_evictor_set_launch_streams(rkv_evictor *ev, uint32_t n);
+
+/* launch_streams: 0 for the default (65535); lower splits a parameter set's launch. */
+static void compare_at(rkv_evict_policy pol, rkv_dtype dt, int32_t layer, rkv_evict_granularity g,
+                       bool own, uint32_t launch_streams) {
   fixture c, e;
   fx_twins(&c, &e, false, true, dt, 400, 31 + (uint64_t)pol, (const int32_t[]){90, 75, 60},
            (const uint32_t[]){W + 3, W + 6, W + 9}, 3);
@@ -41,6 +45,7 @@ static void compare_case(rkv_evict_policy pol, rkv_dtype dt, int32_t layer, rkv_
   p3 = p, p3.budget = 33, p3.lambda = 0.3f;
   rkv_evictor *ec = fx_evictor(&c, &p, g);
   rkv_evictor *ee = fx_evictor_win(&e, &p, g, own);
+  rkvi_evictor_set_launch_streams(ee, launch_streams);
   for (int64_t s = 1; s <= 3; s++) {
     const rkv_evict_params *ps = s == 2 ? &p3 : NULL;
     const rkv_evictor_window win = fx_window(&e, s, (int32_t)(s * 3) % W);
@@ -52,7 +57,7 @@ static void compare_case(rkv_evict_policy pol, rkv_dtype dt, int32_t layer, rkv_
   run_ok(ec, rc, 3);
   const uint64_t syncs = rkv_backend_sync_count(e.be);
   run_ok(ee, re, 3);
-  EXPECT_EQ_INT(rkv_backend_sync_count(e.be), syncs); /* two launches, no wait between them */
+  EXPECT_EQ_INT(rkv_backend_sync_count(e.be), syncs); /* the launches never wait */
   EXPECT_OK(rkv_backend_sync(e.be));
   EXPECT_EQ_INT(rkv_emu_hazards(e.be), 0);
   for (int i = 0; i < 3; i++) {
@@ -64,9 +69,9 @@ static void compare_case(rkv_evict_policy pol, rkv_dtype dt, int32_t layer, rkv_
   }
   if (pol != RKV_EVICT_FULL) EXPECT(re[0].tokens_evicted > 0 && re[2].tokens_evicted > 0);
   char what[96];
-  snprintf(what, sizeof what, "emu %s %s layer %d granularity %s%s", rkv_evict_policy_name(pol),
+  snprintf(what, sizeof what, "emu %s %s layer %d granularity %s%s%s", rkv_evict_policy_name(pol),
            rkv_dtype_name(dt), layer, rkv_evict_granularity_name(g),
-           own ? ", the evictor's window" : "");
+           own ? ", the evictor's window" : "", launch_streams ? ", split launches" : "");
   expect_same(&c, &e, true, false, what);
   EXPECT_OK(rkv_evictor_check(ee));
   EXPECT_OK(rkv_blockmgr_check(e.m));
@@ -74,6 +79,11 @@ static void compare_case(rkv_evict_policy pol, rkv_dtype dt, int32_t layer, rkv_
   rkv_evictor_destroy(ee);
   fx_fini(&c);
   fx_fini(&e);
+}
+
+static void compare_case(rkv_evict_policy pol, rkv_dtype dt, int32_t layer, rkv_evict_granularity g,
+                         bool own) {
+  compare_at(pol, dt, layer, g, own, 0);
 }
 
 static void test_equals_cpu(void) {
@@ -92,6 +102,40 @@ static void test_equals_cpu(void) {
       compare_case(pols[pi], g == RKV_EVICT_GRAN_KVHEAD ? RKV_DTYPE_F16 : RKV_DTYPE_F32,
                    RKV_EVICTOR_ALL_LAYERS, (rkv_evict_granularity)g, g == RKV_EVICT_GRAN_SEQUENCE);
   }
+}
+
+/* A parameter set with more streams than one launch takes (65535 on CUDA: a batch of 256
+ * sequences of 32 layers x 8 kv heads has 65536) continues in further launches, split between
+ * sequences: with room for one sequence per launch, A, B, A makes three, and the result is
+ * still the CPU's, at stream and whole-sequence granularity. Room for less than a sequence
+ * is refused at run, nothing changed. */
+static void test_split_launches(void) {
+  const rkv_evict_policy pols[3] = {RKV_EVICT_RKV, RKV_EVICT_SNAPKV, RKV_EVICT_H2O};
+  for (int pi = 0; pi < 3; pi++) {
+    compare_at(pols[pi], RKV_DTYPE_F32, RKV_EVICTOR_ALL_LAYERS, RKV_EVICT_GRAN_STREAM, true,
+               L * KV);
+    compare_at(pols[pi], RKV_DTYPE_F32, RKV_EVICTOR_ALL_LAYERS, RKV_EVICT_GRAN_SEQUENCE, false,
+               L * KV + 1);
+  }
+  fixture f, t;
+  fx_twins(&f, &t, true, true, RKV_DTYPE_F32, 300, 43, (const int32_t[]){70, 70},
+           (const uint32_t[]){W + 1, W + 2}, 2);
+  rkv_evict_params p = RKV_EVICT_PARAMS_INIT;
+  p.budget = 40, p.window = W;
+  rkv_evictor *ev = fx_evictor(&f, &p, RKV_EVICT_GRAN_STREAM);
+  rkvi_evictor_set_launch_streams(ev, L * KV - 1);
+  const rkv_evictor_window w1 = fx_window(&f, 1, 0);
+  EXPECT_OK(rkv_evictor_add(ev, 1, RKV_EVICTOR_ALL_LAYERS, NULL, &w1));
+  rkv_evictor_result r[MAXSEQ];
+  uint32_t nr = 9;
+  EXPECT_EQ_INT(rkv_evictor_run(ev, r, MAXSEQ, &nr), RKV_ERR_UNSUPPORTED);
+  EXPECT(strstr(rkv_evictor_last_error(ev), "exceeds one device launch") != NULL);
+  EXPECT_OK(rkv_backend_sync(f.be));
+  expect_same(&f, &t, false, false, "a sequence larger than a launch");
+  EXPECT_OK(rkv_evictor_check(ev));
+  rkv_evictor_destroy(ev);
+  fx_fini(&f);
+  fx_fini(&t);
 }
 
 /* At a coarser unit the groups of a compressed sequence keep one set: on a sequence whose
@@ -349,5 +393,6 @@ int main(void) {
   test_lockstep();
   test_arena_reuse();
   test_equals_cpu();
+  test_split_launches();
   return rkv_test_finish();
 }

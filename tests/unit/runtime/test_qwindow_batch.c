@@ -33,6 +33,7 @@ static void test_random(mem_kind k) {
   static const char *names[3] = {"host", "cpu backend", "emulated device"};
   rkv_backend *be = make_backend(k);
   qwr_random_run(be, 7 + (uint64_t)k, names[k]);
+  qwr_zero_rows(be, names[k]);
   if (k == MEM_EMU) EXPECT_EQ_INT(rkv_emu_hazards(be), 0);
   rkv_backend_destroy(be);
 }
