@@ -721,22 +721,48 @@ static rkv_status validate_plan(rkv_exec *x, const rkv_sched_plan *p) {
 
 #undef BAD
 
+/* One direction of a plan's swaps. Entries whose host blocks are consecutive, ascending or
+ * descending, move as one pool transfer of up to SWAP_RUN blocks: a CUDA pool then syncs once
+ * per run, not once per block. Runs are the common case: a swap-out takes host blocks off the
+ * scheduler's free stack in order, and a swap-in pushes them back in that order, so the next
+ * swap-out takes them in reverse. Within one direction the entries touch distinct blocks on
+ * both sides (host blocks checked by check_moves, device blocks fresh or owned), so a run may
+ * move them in either order. */
+enum { SWAP_RUN = 256 };
+
+static uint32_t swap_run(const rkv_sched_swap *w, uint32_t n, int32_t ids[SWAP_RUN],
+                         int32_t *host0) {
+  const int32_t h = w[0].host, dir = n > 1 && w[1].host == h - 1 ? -1 : 1;
+  uint32_t k = 1;
+  while (k < n && k < SWAP_RUN && w[k].host == h + dir * (int32_t)k) k++;
+  for (uint32_t j = 0; j < k; j++) ids[dir > 0 ? j : k - 1 - j] = w[j].device;
+  *host0 = dir > 0 ? h : h - (int32_t)(k - 1);
+  return k;
+}
+
+static rkv_status swap_dir(rkv_exec *x, const rkv_sched_swap *w, uint32_t n, bool out) {
+  int32_t ids[SWAP_RUN];
+  for (uint32_t i = 0; i < n;) {
+    int32_t h0 = 0;
+    const uint32_t k = swap_run(w + i, n - i, ids, &h0);
+    unsigned char *kv = x->host + (size_t)h0 * x->block_bytes;
+    float *mass = x->host_scores + (size_t)h0 * x->bs;
+    if (out) {
+      RKV_TRY(rkv_kv_pool_read_blocks(x->pool, ids, k, kv));
+      RKV_TRY(rkv_kv_pool_read_scores(x->pool, ids, k, mass));
+    } else {
+      RKV_TRY(rkv_kv_pool_write_blocks(x->pool, ids, k, kv));
+      RKV_TRY(rkv_kv_pool_write_scores(x->pool, ids, k, mass));
+    }
+    i += k;
+  }
+  return RKV_OK;
+}
+
 /* Swap and copy-on-write traffic: device blocks to the host pool and back, then copies. */
 static rkv_status move_blocks(rkv_exec *x, const rkv_sched_plan *p) {
-  const size_t bs = x->bs;
-  for (uint32_t i = 0; i < p->n_swap_out; i++) {
-    const rkv_sched_swap *o = &p->swap_out[i];
-    RKV_TRY(rkv_kv_pool_read_blocks(x->pool, &o->device, 1,
-                                    x->host + (size_t)o->host * x->block_bytes));
-    RKV_TRY(rkv_kv_pool_read_scores(x->pool, &o->device, 1, x->host_scores + (size_t)o->host * bs));
-  }
-  for (uint32_t i = 0; i < p->n_swap_in; i++) {
-    const rkv_sched_swap *o = &p->swap_in[i];
-    RKV_TRY(rkv_kv_pool_write_blocks(x->pool, &o->device, 1,
-                                     x->host + (size_t)o->host * x->block_bytes));
-    RKV_TRY(
-        rkv_kv_pool_write_scores(x->pool, &o->device, 1, x->host_scores + (size_t)o->host * bs));
-  }
+  RKV_TRY(swap_dir(x, p->swap_out, p->n_swap_out, true));
+  RKV_TRY(swap_dir(x, p->swap_in, p->n_swap_in, false));
   if (p->n_copies) RKV_TRY(rkv_kv_pool_copy_blocks(x->pool, p->copies, p->n_copies));
   return RKV_OK;
 }
