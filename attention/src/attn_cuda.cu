@@ -33,6 +33,7 @@ extern "C" {
 #include "rkv_internal.h"
 }
 #include "backend_impl.h"
+#include "cuda_device.cuh"
 #include "cuda_dtype.cuh"
 #include "cuda_status.h"
 
@@ -590,6 +591,7 @@ rkv_status dispatch_d(rkv_kv_pool *pool, const rkv_attn_params *a, bool prefill,
 
 rkv_status dispatch(rkv_kv_pool *pool, const rkv_attn_params *a, bool prefill, void *ws,
                     size_t ws_bytes, char *err) {
+  rkvi_cuda::DeviceScope dev_scope(pool->backend);
   if (pool->backend->poisoned)
     return rkvi_fail(err, RKV_ERR_CUDA, "attention cuda: CUDA context poisoned earlier");
   if (pool->layout.block_size != 16 && pool->layout.block_size != 32)
@@ -641,6 +643,7 @@ rkv_status rkvi_attn_cuda_workspace_bound(const rkv_kv_pool *pool, uint32_t max_
 rkv_status rkvi_attn_cuda_write_kv(rkv_kv_pool *pool, const float *k, const float *v,
                                    const int64_t *slots, uint32_t n_rows, char *err) {
   rkv_backend *b = pool->backend;
+  rkvi_cuda::DeviceScope dev_scope(b);
   if (b->poisoned) return rkvi_fail(err, RKV_ERR_CUDA, "attention cuda: context poisoned earlier");
   if (n_rows == 0) return RKV_OK;
   WriteParams p{};
@@ -679,6 +682,7 @@ rkv_status rkvi_attn_cuda_write_kv_rows(rkv_kv_pool *pool, const float *k, const
                                         const int32_t *q_indptr, const rkv_block_rows *rows,
                                         char *err) {
   rkv_backend *b = pool->backend;
+  rkvi_cuda::DeviceScope dev_scope(b);
   if (b->poisoned) return rkvi_fail(err, RKV_ERR_CUDA, "attention cuda: context poisoned earlier");
   if (num_kv_heads > 65535)
     return rkvi_fail(err, RKV_ERR_UNSUPPORTED, "attention cuda: %u kv heads", num_kv_heads);

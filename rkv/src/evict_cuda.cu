@@ -32,6 +32,7 @@ extern "C" {
 #include "rkv_internal.h"
 }
 #include "backend_impl.h"
+#include "cuda_device.cuh"
 #include "cuda_dtype.cuh"
 #include "cuda_status.h"
 
@@ -850,6 +851,7 @@ rkv_status rkvi_evict_cuda_compress(const rkv_evict_params *p, rkv_kv_pool *pool
   char *err = b->err;
   if (b->kind != RKV_BACKEND_CUDA)
     return rkvi_fail(err, RKV_ERR_UNSUPPORTED, "evict cuda: pool is not on a CUDA backend");
+  rkvi_cuda::DeviceScope dev_scope(b);
   if (b->poisoned) return rkvi_fail(err, RKV_ERR_CUDA, "evict cuda: CUDA context poisoned earlier");
   if (!batch || batch->struct_size < RKV_EVICT_CUDA_BATCH_V1_SIZE)
     return rkvi_fail(err, RKV_ERR_INVALID_ARG, "evict cuda: batch NULL or struct_size too small");

@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "backend_impl.h"
+#include "cuda_device.cuh"
 #include "cuda_status.h"
 
 namespace {
@@ -130,7 +131,10 @@ rkv_status rkvi_cuda_backend_init(rkv_backend *b) {
   if (n <= 0) return rkvi_fail(b->err, RKV_ERR_CUDA, "no CUDA device available");
   if (b->device >= n)
     return rkvi_fail(b->err, RKV_ERR_INVALID_ARG, "CUDA device %d out of range (%d)", b->device, n);
-  CUDA_TRY(b, cudaSetDevice(b->device));
+  // The stream belongs to the backend's device; the caller's current device is kept.
+  rkvi_cuda::DeviceScope dev_scope(b);
+  if (!dev_scope.ok())
+    return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA device %d cannot be made current", b->device);
   cudaStream_t s;
   CUDA_TRY(b, cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   b->stream = s;
@@ -138,11 +142,13 @@ rkv_status rkvi_cuda_backend_init(rkv_backend *b) {
 }
 
 void rkvi_cuda_backend_fini(rkv_backend *b) {
+  rkvi_cuda::DeviceScope dev_scope(b);
   if (b->stream) cudaStreamDestroy(stream_of(b));
   b->stream = nullptr;
 }
 
 rkv_status rkvi_cuda_event_pair_create(rkv_backend *b, void **start, void **stop) {
+  rkvi_cuda::DeviceScope dev_scope(b);
   cudaEvent_t e0 = nullptr, e1 = nullptr;
   *start = *stop = nullptr;
   cudaError_t e = cudaEventCreate(&e0);
@@ -162,12 +168,14 @@ void rkvi_cuda_event_pair_destroy(void *start, void *stop) {
 }
 
 rkv_status rkvi_cuda_event_record(rkv_backend *b, void *event) {
+  rkvi_cuda::DeviceScope dev_scope(b);
   if (b->poisoned) return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA context poisoned earlier");
   CUDA_TRY(b, cudaEventRecord(static_cast<cudaEvent_t>(event), stream_of(b)));
   return RKV_OK;
 }
 
 rkv_status rkvi_cuda_event_elapsed(rkv_backend *b, void *start, void *stop, float *ms) {
+  rkvi_cuda::DeviceScope dev_scope(b);
   if (b->poisoned) return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA context poisoned earlier");
   CUDA_TRY(b, cudaEventSynchronize(static_cast<cudaEvent_t>(stop)));
   CUDA_TRY(
@@ -176,6 +184,7 @@ rkv_status rkvi_cuda_event_elapsed(rkv_backend *b, void *start, void *stop, floa
 }
 
 rkv_status rkvi_cuda_sync(rkv_backend *b) {
+  rkvi_cuda::DeviceScope dev_scope(b);
   if (b->poisoned) return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA context poisoned earlier");
   CUDA_TRY(b, cudaStreamSynchronize(stream_of(b)));
   return RKV_OK;
@@ -183,6 +192,7 @@ rkv_status rkvi_cuda_sync(rkv_backend *b) {
 
 rkv_status rkvi_cuda_pool_alloc(rkv_kv_pool *p) {
   rkv_backend *b = p->backend;
+  rkvi_cuda::DeviceScope dev_scope(b);
   if (b->poisoned) return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA context poisoned earlier");
   const size_t score_bytes = (size_t)p->num_blocks * p->layout.block_size * sizeof(float);
   void *base = nullptr, *scores = nullptr;
@@ -214,6 +224,7 @@ rkv_status rkvi_cuda_pool_alloc(rkv_kv_pool *p) {
 }
 
 void rkvi_cuda_pool_free(rkv_kv_pool *p) {
+  rkvi_cuda::DeviceScope dev_scope(p->backend);
   cudaFree(p->base);
   cudaFree(p->scores);
 }
@@ -223,6 +234,7 @@ void rkvi_cuda_pool_free(rkv_kv_pool *p) {
 // compaction kernels of the eviction module instead.
 rkv_status rkvi_cuda_copy_blocks(rkv_kv_pool *p, const rkv_block_copy *ops, size_t n) {
   rkv_backend *b = p->backend;
+  rkvi_cuda::DeviceScope dev_scope(b);
   if (b->poisoned) return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA context poisoned earlier");
   if (p->block_bytes % 16) return rkvi_fail(b->err, RKV_ERR_UNSUPPORTED, "block bytes %% 16 != 0");
   rkv_block_copy *d_ops = nullptr;
@@ -243,6 +255,7 @@ rkv_status rkvi_cuda_copy_blocks(rkv_kv_pool *p, const rkv_block_copy *ops, size
 
 rkv_status rkvi_cuda_apply_moves(rkv_kv_pool *p, const rkv_slot_move *moves, size_t n) {
   rkv_backend *b = p->backend;
+  rkvi_cuda::DeviceScope dev_scope(b);
   if (b->poisoned) return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA context poisoned earlier");
   size_t row = (size_t)p->layout.head_dim * rkv_dtype_size(p->layout.dtype);
   if (row % 4) return rkvi_fail(b->err, RKV_ERR_UNSUPPORTED, "row bytes %% 4 != 0");
@@ -277,6 +290,7 @@ rkv_status rkvi_cuda_apply_moves(rkv_kv_pool *p, const rkv_slot_move *moves, siz
 
 rkv_status rkvi_cuda_read_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n, void *host) {
   rkv_backend *b = p->backend;
+  rkvi_cuda::DeviceScope dev_scope(b);
   if (b->poisoned) return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA context poisoned earlier");
   for (size_t i = 0; i < n; i++)
     CUDA_TRY(b, cudaMemcpyAsync(static_cast<uint8_t *>(host) + i * p->block_bytes,
@@ -288,6 +302,7 @@ rkv_status rkvi_cuda_read_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n, v
 
 rkv_status rkvi_cuda_write_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n, const void *host) {
   rkv_backend *b = p->backend;
+  rkvi_cuda::DeviceScope dev_scope(b);
   if (b->poisoned) return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA context poisoned earlier");
   const size_t bs = p->layout.block_size;
   for (size_t i = 0; i < n; i++) {
@@ -305,6 +320,7 @@ rkv_status rkvi_cuda_write_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n, 
 rkv_status rkvi_cuda_scores_copy(rkv_kv_pool *p, const int32_t *ids, size_t n, float *host,
                                  bool to_host) {
   rkv_backend *b = p->backend;
+  rkvi_cuda::DeviceScope dev_scope(b);
   if (b->poisoned) return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA context poisoned earlier");
   const size_t bs = p->layout.block_size, bytes = bs * sizeof(float);
   for (size_t i = 0; i < n; i++) {

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include "buffer_impl.h"
+#include "cuda_device.cuh"
 #include "cuda_status.h"
 
 namespace {
@@ -13,11 +14,8 @@ cudaStream_t stream_of(const rkv_backend *b) {
   return static_cast<cudaStream_t>(b->stream);
 }
 
-// A failed call leaves its error as the thread's last error too; a non-sticky one (out of
-// memory, invalid value) is cleared so the next kernel launch check does not report it as
-// its own.
+// rkvi_cuda_fail also clears a non-sticky error from the thread's last-error slot.
 rkv_status fail(rkv_backend *b, cudaError_t e, const char *what, int line) {
-  (void)cudaGetLastError();
   return rkvi_cuda_fail(b, nullptr, (int)e, what, __FILE__, line);
 }
 
@@ -30,6 +28,7 @@ rkv_status poisoned(rkv_backend *b) {
 extern "C" {
 
 rkv_status rkvi_cuda_buffer_alloc(rkv_backend *b, rkv_buffer_kind kind, size_t bytes, void **out) {
+  rkvi_cuda::DeviceScope dev_scope(b);
   if (b->poisoned) return poisoned(b);
   void *p = nullptr;
   if (kind == RKV_BUFFER_DEVICE) {
@@ -45,13 +44,14 @@ rkv_status rkvi_cuda_buffer_alloc(rkv_backend *b, rkv_buffer_kind kind, size_t b
 
 // The caller has synced the stream (rkv_buffer_destroy, rkv_buffer_reserve).
 void rkvi_cuda_buffer_free(rkv_backend *b, rkv_buffer_kind kind, void *p) {
-  (void)b;
+  rkvi_cuda::DeviceScope dev_scope(b);
   cudaError_t e = kind == RKV_BUFFER_DEVICE ? cudaFree(p) : cudaFreeHost(p);
   if (e != cudaSuccess) (void)cudaGetLastError();  // nothing to report to: destroy is void
 }
 
 rkv_status rkvi_cuda_buffer_memcpy(rkv_backend *b, void *dst, const void *src, size_t bytes,
                                    rkvi_copy_dir dir) {
+  rkvi_cuda::DeviceScope dev_scope(b);
   if (b->poisoned) return poisoned(b);
   const cudaMemcpyKind k = dir == RKVI_COPY_H2D   ? cudaMemcpyHostToDevice
                            : dir == RKVI_COPY_D2H ? cudaMemcpyDeviceToHost
@@ -62,6 +62,7 @@ rkv_status rkvi_cuda_buffer_memcpy(rkv_backend *b, void *dst, const void *src, s
 }
 
 rkv_status rkvi_cuda_buffer_fill(rkv_backend *b, void *dst, uint8_t value, size_t bytes) {
+  rkvi_cuda::DeviceScope dev_scope(b);
   if (b->poisoned) return poisoned(b);
   cudaError_t e = cudaMemsetAsync(dst, value, bytes, stream_of(b));
   if (e != cudaSuccess) return fail(b, e, "cudaMemsetAsync", __LINE__);

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "cuda_device.cuh"
 #include "cuda_status.h"
 #include "qwindow_internal.h"
 
@@ -52,6 +53,7 @@ extern "C" rkv_status rkvi_qwindow_cuda_push(rkv_backend *be, const rkvi_qwindow
   char *err = be->err;
   if (be->kind != RKV_BACKEND_CUDA)
     return rkvi_fail(err, RKV_ERR_UNSUPPORTED, "query window push: backend is not CUDA");
+  rkvi_cuda::DeviceScope dev_scope(be);
   if (be->poisoned)
     return rkvi_fail(err, RKV_ERR_CUDA, "query window push: CUDA context poisoned earlier");
   if (!r || !r->data || !r->layers || !r->hq || !r->d || !r->window || !r->nslots)

@@ -1000,18 +1000,18 @@ rkv_status rkv_exec_layer(rkv_exec *x, uint32_t layer, const float *q, const flo
                      "layer: a bookkeeping executor (no pool) runs no layers");
   if (x->plan->n_batched_tokens && (!q || !k || !v || !out))
     return rkvi_fail(x->err, RKV_ERR_INVALID_ARG, "layer %u: q, k, v and out are required", layer);
+  rkv_status st;
+  if (x->dev) { /* the device half has its own workspace in device memory */
+    st = rkvi_xdev_layer(x->dev, layer, q, k, v, out);
+    if (st != RKV_OK) return rkvi_fail(x->err, st, "%s", rkvi_xdev_last_error(x->dev));
+    return push_window(x, layer, q);
+  }
   const rkv_sched_plan *p = x->plan;
   const size_t n = (size_t)p->n_batched_tokens * x->Hkv;
   attn_group g[2];
   attn_group_init(x, &g[0], layer, q, out, false);
   attn_group_init(x, &g[1], layer, q, out, true);
   RKV_TRY(attn_workspace(x, g));
-  rkv_status st;
-  if (x->dev) {
-    st = rkvi_xdev_layer(x->dev, layer, q, k, v, out);
-    if (st != RKV_OK) return rkvi_fail(x->err, st, "%s", rkvi_xdev_last_error(x->dev));
-    return push_window(x, layer, q);
-  }
   if (x->slots) {
     st = rkv_attn_write_kv(x->pool, k, v, x->slots + layer * x->slot_layer_stride, (uint32_t)n);
   } else {

@@ -1,0 +1,49 @@
+// The backend's device for the length of one library call, then the caller's again: a thread
+// that drives backends on several devices, or keeps its own current device, gets every call on
+// the right one (streams, allocations and launches belong to the device that is current).
+// Costs one cudaGetDevice when the backend's device is already current, and is safe inside a
+// stream capture. CUDA sources only.
+#ifndef RKV_CUDA_DEVICE_CUH
+#define RKV_CUDA_DEVICE_CUH
+
+#include <cuda_runtime.h>
+
+#include "backend_impl.h"
+
+namespace rkvi_cuda {
+
+class DeviceScope {
+ public:
+  explicit DeviceScope(const rkv_backend *b) {
+    int cur = -1;
+    if (cudaGetDevice(&cur) != cudaSuccess) {
+      (void)cudaGetLastError();  // the call that follows reports what is wrong
+      return;
+    }
+    if (cur == b->device) {
+      ok_ = true;
+      return;
+    }
+    if (cudaSetDevice(b->device) == cudaSuccess) {
+      prev_ = cur;
+      ok_ = true;
+    } else {
+      (void)cudaGetLastError();
+    }
+  }
+  // Whether the backend's device is current (false: the calls that follow may fail).
+  bool ok() const { return ok_; }
+  ~DeviceScope() {
+    if (prev_ >= 0) (void)cudaSetDevice(prev_);
+  }
+  DeviceScope(const DeviceScope &) = delete;
+  DeviceScope &operator=(const DeviceScope &) = delete;
+
+ private:
+  int prev_ = -1;
+  bool ok_ = false;
+};
+
+}  // namespace rkvi_cuda
+
+#endif  // RKV_CUDA_DEVICE_CUH
