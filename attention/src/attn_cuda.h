@@ -4,8 +4,9 @@
  * backend is CUDA, p->head_dim equals the pool layout's head_dim, num_q_heads %
  * num_kv_heads == 0, num_streams == num_seqs * num_kv_heads, table.block_size equals the
  * layout's, scale is already resolved (never 0), and (head_dim, block_size, dtype) passed
- * rkv_attn_cuda_supported. The launcher itself checks ws != NULL and ws_bytes against what it
- * needs (the host cannot, lengths live on the device). Table arrays,
+ * rkv_attn_cuda_supported. The workspace only enables split-KV decode: the launcher picks
+ * the most splits (up to 16) whose partials fit in ws_bytes, down to no split (ws may be NULL);
+ * a small workspace costs speed, never correctness. Table arrays,
  * q, q_indptr, out, k, v and slots are device pointers (never read on the host here), so
  * table contents (indptr, indices, last_len) are NOT validated for CUDA pools.
  *
