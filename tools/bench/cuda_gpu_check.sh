@@ -11,9 +11,8 @@
 #   build      configure + build of the `gpu` preset (CUDA and GPU tests required), --jobs jobs
 #   test       ctest -L gpu (GPU tests required: a skip fails; sim_cuda_gpu_matches_cpu and
 #              model_eval_cuda run the executor's CUDA path through the tools, the former
-#              also under overlap scheduling with swap), then the
-#              executor's device-path tests on the emulated device (scheduler_test_exec_device,
-#              sim_emu_matches_cpu) in the same gpu-preset build
+#              also under overlap scheduling with swap), stopped at the stage's end; then the
+#              NCCL and poison tests last and alone, 30 s each (either may hang or fault)
 #   eval       rkv eval --backend cuda --compare-cpu on the trained model (accuracies must match)
 #   sanitize   compute-sanitizer memcheck + racecheck on a subset of the GPU tests and two
 #              small tool runs (skipped with a note where compute-sanitizer is missing)
@@ -25,7 +24,8 @@
 #              16K generations) at one layer, measured
 #
 # Output (at most 8 files: what the device tool brings back): OUT_DIR/gpu.json (device,
-# stages, rows: name, shape, seconds, gbps, fraction_of_copy, ...), summary.txt (the lines
+# stages, rows: name, shape, seconds, gbps, fraction_of_copy, ...; rewritten after every
+# stage; the commit from RKV_GPU_CHECK_COMMIT, else git), summary.txt (the lines
 # printed), log.txt (every command with the end of its output), ctest-gpu.xml, eval-cuda.json.
 # OUT_DIR defaults to $OUT when set, else ./gpu-check-out.
 #
@@ -100,11 +100,11 @@ cd "$ROOT" || exit 64
 case "$B" in /*) ;; *) B=$ROOT/$B ;; esac
 mkdir -p "$O" || exit 64
 O=$(cd "$O" && pwd)
-rm -f "$O/gpu.json" "$O/summary.txt" "$O/log.txt" "$O/ctest-gpu.xml" "$O/eval-cuda.json"
+rm -f "$O/gpu.json" "$O/gpu.json.tmp" "$O/summary.txt" "$O/log.txt" "$O/ctest-gpu.xml" "$O/eval-cuda.json"
 W=$(mktemp -d "${TMPDIR:-/tmp}/rkv-gpu-check.XXXXXX") || exit 64
 trap 'rm -rf "$W"' EXIT
 : >"$W/rows" && : >"$W/stages"
-export PATH="$PATH:/usr/local/cuda/bin:/usr/local/nvidia/bin"
+export PATH="$PATH:/usr/local/cuda/bin:/usr/local/cuda/compute-sanitizer:/usr/local/nvidia/bin"
 RKV=$B/tools/rkv
 [ "$DRY" = 1 ] && export CUDA_VISIBLE_DEVICES=
 T0=$(date +%s.%N 2>/dev/null || date +%s)
@@ -163,6 +163,23 @@ run() {
   printf '[exit %d]\n' "$rc" >>"$O/log.txt"
   return $rc
 }
+# gpu.json from the stages and rows so far.
+write_json() {
+  local commit
+  commit=${RKV_GPU_CHECK_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}
+  {
+    printf '{\n  "schema": "rkv-gpu-check/1",\n  "date": "%s",\n  "commit": "%s",\n  "dry_run": %s,\n' \
+      "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$commit" "$([ "$DRY" = 1 ] && echo true || echo false)"
+    printf '  "device": {"gpu": %s, "driver": %s, "memory": %s, "cuda": %s, "compute_sanitizer": %s, "torch": %s, "kernel": %s, "cores": %s},\n' \
+      "$(jstr "$GPU_NAME")" "$(jstr "$GPU_DRIVER")" "$(jstr "$GPU_MEM")" "$(jstr "$CUDA_VER")" \
+      "$(jstr "$SAN_VER")" "$(jstr "$TORCH_VER")" "$(jstr "$(uname -r)")" "$(nproc)"
+    printf '  "wall_seconds": %s,\n  "stages": [\n' "$(since "$T0")"
+    sed '$!s/$/,/; s/^/    /' "$W/stages"
+    printf '  ],\n  "rows": [\n'
+    sed '$!s/$/,/; s/^/    /' "$W/rows"
+    printf '  ]\n}\n'
+  } >"$O/gpu.json.tmp" && mv "$O/gpu.json.tmp" "$O/gpu.json"
+}
 # stage NAME STATUS START NOTE: records and prints one summary line.
 stage() {
   local secs
@@ -170,12 +187,20 @@ stage() {
   printf '{"name": "%s", "status": "%s", "seconds": %s, "note": %s}\n' "$1" "$2" "$secs" \
     "$(jstr "$4")" >>"$W/stages"
   say "$(printf '[%-9s] %-7s %6ss  %s' "$1" "$2" "$secs" "$4")"
+  write_json
   case "$2" in
     fail | timeout)
       case "$1" in build | test | eval | sanitize) RC_CORRECT=1 ;; *) RC_BENCH=1 ;; esac ;;
   esac
 }
 have_rkv() { [ -x "$RKV" ]; }
+# One row per test in a ctest run's output ($W/out).
+ctest_rows() {
+  sed -n 's/^ *[0-9]*\/[0-9]* Test *#[0-9]*: *\([^ ]*\) \.*\** *\([A-Za-z][A-Za-z *]*[a-z]\) *\([0-9.]*\) sec.*/\1 \2 \3/p' "$W/out" |
+    while read -r name st secs; do
+      row "{\"name\": \"ctest\", \"shape\": {\"test\": $(jstr "$name")}, \"status\": $(jstr "$st"), \"seconds\": $(jnum "$secs")}"
+    done
+}
 
 say "== rkv GPU check: $(date -u +%Y-%m-%dT%H:%M:%SZ), out $O, build $B, budget ${BUDGET}s$([ "$DRY" = 1 ] && echo ', DRY RUN (no GPU work)')$([ "$QUICK" = 1 ] && echo ', quick sizes')"
 : >"$O/log.txt"
@@ -208,9 +233,15 @@ if has_stage env; then
       break
     fi
   done
-  logcmd "uname -r; nproc"
-  { uname -r; nproc; } >>"$O/log.txt" 2>&1
-  stage env pass "$t" "gpu: $GPU_NAME, driver $GPU_DRIVER, memory ${GPU_MEM:-?}; nvcc $CUDA_VER; compute-sanitizer $SAN_VER; torch $TORCH_VER; kernel $(uname -r), $(nproc) cores"
+  logcmd "uname -r; nproc; cmake --version; command -v cmake make ninja gcc g++"
+  { uname -r; nproc; cmake --version | head -1; command -v cmake make ninja gcc g++; } >>"$O/log.txt" 2>&1
+  CMAKE_VER=$(cmake --version 2>/dev/null | head -1 | sed 's/^cmake version //')
+  # Without cmake nothing can be built: said here, first, not as an empty configure error.
+  if [ -z "$CMAKE_VER" ]; then
+    stage env fail "$t" "cmake not found on PATH: no build is possible; gpu: $GPU_NAME; nvcc $CUDA_VER"
+  else
+    stage env pass "$t" "gpu: $GPU_NAME, driver $GPU_DRIVER, memory ${GPU_MEM:-?}; nvcc $CUDA_VER; cmake $CMAKE_VER; compute-sanitizer $SAN_VER; torch $TORCH_VER; kernel $(uname -r), $(nproc) cores"
+  fi
 fi
 
 # ---- build -------------------------------------------------------------------------------
@@ -245,7 +276,7 @@ if has_stage build; then
         brc=$?
         if [ "$brc" = 0 ]; then
           stage build pass "$t" "configure ${tc}s + build with $JOBS jobs ($(grep -c 'Building' "$W/out") objects)"
-        elif [ "$brc" = 124 ]; then
+        elif [ "$brc" = 124 ] || [ "$brc" = 137 ]; then
           stage build timeout "$t" "build did not finish in ${to}s"
         else
           stage build fail "$t" "build failed (exit $brc): $(grep -m1 -E 'error' "$W/out")"
@@ -258,7 +289,7 @@ fi
 # ---- test: ctest -L gpu ------------------------------------------------------------------
 if has_stage test; then
   t=$(now)
-  to=$(stage_timeout 200)
+  to=$(stage_timeout 220)
   if [ ! -f "$B/CTestTestfile.cmake" ]; then
     stage test skip "$t" "no build tree at $B"
   elif [ "$DRY" = 1 ]; then
@@ -273,27 +304,48 @@ if has_stage test; then
     if have_rkv && "$RKV" info 2>/dev/null | grep -q '^nccl no'; then
       excl=comm_test_comm_nccl
     fi
-    RKV_TEST_REQUIRE_GPU=1 run "$to" ctest --test-dir "$B" -L gpu ${excl:+-E "$excl"} -j 1 \
-      --timeout 180 --output-on-failure --output-junit "$O/ctest-gpu.xml"
+    # Two tests run last and alone, each under its own short timeout: the NCCL test aborts a
+    # communicator whose peer never comes (NCCL aborts have hung), and the poison test faults
+    # the context on purpose. ctest's --timeout does not shorten a test's own TIMEOUT
+    # property, so the main run also gets --stop-time: a hung test is killed at the stage's
+    # end, and the JUnit file and failure list are still written.
+    run 30 ctest --test-dir "$B" -N -L gpu
+    late=
+    for n in comm_test_comm_nccl cuda_test_cuda_poison; do
+      [ "$n" != "$excl" ] && grep -qE "Test +#[0-9]+: $n\$" "$W/out" && late="$late $n"
+    done
+    main_to=$((to - 30 * $(echo $late | wc -w)))
+    [ "$main_to" -lt 30 ] && main_to=30
+    stop=$(date -d "@$(($(date +%s) + main_to - 5))" +%H:%M:%S 2>/dev/null)
+    skip_re=$(echo "$excl $late" | sed 's/^ *//; s/ *$//; s/  */|/g')
+    RKV_TEST_REQUIRE_GPU=1 run "$main_to" ctest --test-dir "$B" -L gpu ${skip_re:+-E "^($skip_re)\$"} \
+      -j 1 ${stop:+--stop-time "$stop"} --output-on-failure --output-junit "$O/ctest-gpu.xml"
     trc=$?
-    sed -n 's/^ *[0-9]*\/[0-9]* Test *#[0-9]*: *\([^ ]*\) \.*\** *\([A-Za-z][A-Za-z *]*[a-z]\) *\([0-9.]*\) sec.*/\1 \2 \3/p' "$W/out" |
-      while read -r name st secs; do
-        row "{\"name\": \"ctest\", \"shape\": {\"test\": $(jstr "$name")}, \"status\": $(jstr "$st"), \"seconds\": $(jnum "$secs")}"
-      done
+    ctest_rows
     summ="$(grep -m1 'tests passed' "$W/out")${excl:+ (left out: $excl, no NCCL in this build)}"
     gpu_failed=$(sed -n 's/^[[:space:]]*[0-9]* - \([^ ]*\) .*/\1/p' "$W/out" | tr '\n' ' ')
-    # The executor's device path, host logic on the emulated device (no GPU needed, seconds).
-    run 120 ctest --test-dir "$B" -R '^(scheduler_test_exec_device|sim_emu_matches_cpu)$' -j 2 \
-      --output-on-failure
-    erc=$?
-    summ="$summ; emulated device path: $(grep -m1 'tests passed' "$W/out")"
-    [ "$trc" = 0 ] && [ "$erc" != 0 ] && trc=$erc
+    for n in $late; do
+      lt=$(stage_timeout 30)
+      if [ "$lt" = 0 ]; then
+        summ="$summ; $n: no time"
+        continue
+      fi
+      RKV_TEST_REQUIRE_GPU=1 run "$lt" ctest --test-dir "$B" -R "^$n\$" --output-on-failure
+      lrc=$?
+      ctest_rows
+      case "$lrc" in
+        0) summ="$summ; $n passed" ;;
+        124 | 137) summ="$summ; $n timed out (${lt}s)" gpu_failed="$gpu_failed$n " ;;
+        *) summ="$summ; $n failed" gpu_failed="$gpu_failed$n " ;;
+      esac
+      [ "$trc" = 0 ] && [ "$lrc" != 0 ] && trc=1
+    done
     if [ "$trc" = 0 ]; then
       stage test pass "$t" "$summ"
-    elif [ "$trc" = 124 ]; then
-      stage test timeout "$t" "ctest did not finish in ${to}s; $summ"
+    elif [ "$trc" = 124 ] || [ "$trc" = 137 ]; then
+      stage test timeout "$t" "ctest did not finish in ${main_to}s; $summ"
     else
-      stage test fail "$t" "$summ; failed: $gpu_failed$(sed -n 's/^[[:space:]]*[0-9]* - \([^ ]*\) .*/\1/p' "$W/out" | tr '\n' ' ')"
+      stage test fail "$t" "$summ; failed: $gpu_failed"
     fi
   fi
 fi
@@ -325,7 +377,7 @@ if has_stage eval; then
       differ=$(grep -c 'DIFFERS from cuda' "$W/out")
       case "$erc" in
         0) stage eval pass "$t" "$same runs with the same accuracy on cuda and cpu" ;;
-        124) stage eval timeout "$t" "did not finish in ${to}s ($same same, $differ differ so far)" ;;
+        124 | 137) stage eval timeout "$t" "did not finish in ${to}s ($same same, $differ differ so far)" ;;
         3) stage eval fail "$t" "$differ runs differ between cuda and cpu, or bounds broken: $(grep -m1 'rkv eval:' "$W/out")" ;;
         *) stage eval fail "$t" "exit $erc: $(grep -m1 'rkv eval' "$W/out")" ;;
       esac
@@ -449,7 +501,7 @@ if has_stage attention; then
     cp_gbps=$(jget copy_gbps <"$W/att")
     if [ "$arc" = 0 ]; then
       stage attention pass "$t" "$fr; d2d copy ${cp_gbps} GB/s"
-    elif [ "$arc" = 124 ]; then
+    elif [ "$arc" = 124 ] || [ "$arc" = 137 ]; then
       stage attention timeout "$t" "$n shapes in ${to}s; $fr"
     else
       stage attention fail "$t" "exit $arc, $n shapes: $(grep -m1 'rkv bench' "$W/out")"
@@ -462,12 +514,11 @@ fi
 EV_SEQS=4 EV_LAYERS=32
 if has_stage evict; then
   t=$(now)
-  to=$(stage_timeout 150)
   torch_note=
   for py in python3 /usr/bin/python3; do
     if $py -c 'import torch' 2>/dev/null; then
       # The reference's own CPU self-check against a literal loop (needs no GPU).
-      if run 120 "$py" tools/bench/evict_torch.py --check; then
+      if run "$(stage_timeout 60)" "$py" tools/bench/evict_torch.py --check; then
         torch_note="torch --check ok"
       else
         torch_note="torch --check FAILED"
@@ -477,6 +528,7 @@ if has_stage evict; then
     fi
   done
   [ -n "$torch_note" ] || torch_note="no python3 with torch"
+  to=$(stage_timeout 150) # after the check: the bench's share is what is left
   if ! have_rkv; then
     stage evict skip "$t" "no $RKV; $torch_note"
   elif [ "$to" = 0 ]; then
@@ -525,7 +577,7 @@ if has_stage evict; then
       fi
       if [ "$erc" = 0 ]; then
         stage evict pass "$t" "${best:-no timing parsed}; torch ${torch_ms:-unavailable} ms; $torch_note"
-      elif [ "$erc" = 124 ]; then
+      elif [ "$erc" = 124 ] || [ "$erc" = 137 ]; then
         stage evict timeout "$t" "bench evict did not finish in ${half}s; $torch_note"
       else
         stage evict fail "$t" "exit $erc: $(grep -m1 'rkv bench' "$W/evict_rkv"); $torch_note"
@@ -553,7 +605,8 @@ if has_stage sim; then
     SIM="sim --model llama-8b --layers 1 --workload fixed --prompt-len 128 --gen-len 16384 --pool-gib 2 --budget 1024 --buffer 128 --window 8 --gpu h100 --json --quiet --compute $comp"
     s1=${SIM_RKV_STEPS%,*} s2=${SIM_RKV_STEPS#*,}
     ok=0 failed=0 notes=
-    for spec in "full 31 0 64" "rkv 450 $s1 512" "rkv 450 $s2 512"; do
+    # The R-KV prefixes first: their difference is the steady state, the run's main number.
+    for spec in "rkv 450 $s1 512" "rkv 450 $s2 512" "full 31 0 64"; do
       set -- $spec
       left=$(awk -v a="$t" -v b="$(now)" -v s="$to" 'BEGIN { printf "%d", s - (b - a) }')
       if [ "$left" -lt 10 ]; then
@@ -575,9 +628,12 @@ if has_stage sim; then
       ok=$((ok + 1))
       echo "$1 $3 $l" >>"$W/sim"
       # The GPU engine must schedule exactly as block accounting alone does (docs/SIMULATOR.md).
-      if [ "$comp" = cuda ]; then
+      nt=$(stage_timeout 60)
+      if [ "$comp" = cuda ] && [ "$nt" = 0 ]; then
+        notes="$notes; $1 steps ${3}: no time to repeat with --compute none"
+      elif [ "$comp" = cuda ]; then
         # shellcheck disable=SC2086
-        run 60 "$RKV" ${SIM%--compute cuda} --compute none --policy "$1" --requests "$2" \
+        run "$nt" "$RKV" ${SIM%--compute cuda} --compute none --policy "$1" --requests "$2" \
           --max-seqs "$4" $steps_opt
         ln=$(grep -m1 '"policy"' "$W/out")
         for k in steps max_batch compressions generation_tokens evicted_tokens compaction_freed_blocks; do
@@ -602,7 +658,8 @@ if has_stage sim; then
         END {
           if (n == 2 && w[2] > w[1]) {
             r = (g[2] - g[1]) / (w[2] - w[1]); rn = ((w[2] - s[2]) - (w[1] - s[1]) > 0) ? (g[2] - g[1]) / ((w[2] - s[2]) - (w[1] - s[1])) : 0
-            printf "%.6g %.6g %.6g %.6g", r, rn, (fw > 0 ? r / (fg / fw) : 0), (fw - fs > 0 && rn > 0 ? rn / (fg / (fw - fs)) : 0)
+            # a ratio to full is null when the full run is missing
+            printf "%.6g %.6g %s %s", r, rn, (fw > 0 && fg > 0 ? sprintf("%.6g", r / (fg / fw)) : "null"), (fw - fs > 0 && fg > 0 && rn > 0 ? sprintf("%.6g", rn / (fg / (fw - fs))) : "null")
           } else if (n == 2) print "null null null null" # the longer prefix was not slower: noise
         }' "$W/sim")
       if [ -n "$derived" ]; then
@@ -626,21 +683,9 @@ if has_stage sim; then
   fi
 fi
 
-# ---- gpu.json ------------------------------------------------------------------------------
-commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-{
-  printf '{\n  "schema": "rkv-gpu-check/1",\n  "date": "%s",\n  "commit": "%s",\n  "dry_run": %s,\n' \
-    "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$commit" "$([ "$DRY" = 1 ] && echo true || echo false)"
-  printf '  "device": {"gpu": %s, "driver": %s, "memory": %s, "cuda": %s, "compute_sanitizer": %s, "torch": %s, "kernel": %s, "cores": %s},\n' \
-    "$(jstr "$GPU_NAME")" "$(jstr "$GPU_DRIVER")" "$(jstr "$GPU_MEM")" "$(jstr "$CUDA_VER")" \
-    "$(jstr "$SAN_VER")" "$(jstr "$TORCH_VER")" "$(jstr "$(uname -r)")" "$(nproc)"
-  printf '  "wall_seconds": %s,\n  "stages": [\n' "$(since "$T0")"
-  sed '$!s/$/,/; s/^/    /' "$W/stages"
-  printf '  ],\n  "rows": [\n'
-  sed '$!s/$/,/; s/^/    /' "$W/rows"
-  printf '  ]\n}\n'
-} >"$O/gpu.json"
-
+# ---- gpu.json (rewritten after every stage: a run killed at the tool's limit keeps the rows of
+# the stages it finished) --------------------------------------------------------------------
+write_json
 rc=0
 [ "$RC_BENCH" = 1 ] && rc=2
 [ "$RC_CORRECT" = 1 ] && rc=1

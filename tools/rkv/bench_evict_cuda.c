@@ -329,6 +329,7 @@ int rkvi_bench_evict_cuda(int argc, char **argv) {
     printf("\n");
   }
   if (o.torch) {
+    fflush(stdout); /* the GPU timings stay on record if the reference is killed */
     double tm = torch_ms(&o, streams);
     if (tm > 0)
       printf("torch reference: median %.3f ms; speed-up of the fastest variant %.2fx\n", tm,

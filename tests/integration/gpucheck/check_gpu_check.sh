@@ -5,9 +5,9 @@
 #                                                   GPU tests, nvidia-smi, compute-sanitizer and
 #                                                   python3 (mock/): every parser, the derived
 #                                                   numbers and the exit status
-#   check_gpu_check.sh mockfail ...                 the same with a cuda/cpu accuracy mismatch
-#                                                   and a racecheck hazard: exit 1, later stages
-#                                                   still run
+#   check_gpu_check.sh mockfail ...                 the same with a cuda/cpu accuracy mismatch,
+#                                                   a racecheck hazard and a hung poison test:
+#                                                   exit 1, later stages still run
 set -u
 mode=$1 script=$2 build=$3 work=$4
 here=$(cd "$(dirname "$0")" && pwd)
@@ -38,11 +38,19 @@ EOT
       chmod +x "$mb/tests/$t"
       printf 'add_test(%s "%s")\nset_tests_properties(%s PROPERTIES LABELS "gpu")\n' "$t" "$mb/tests/$t" "$t" >>"$mb/CTestTestfile.cmake"
     done
+    # the poison test runs last and alone under a short timeout: mockfail's hangs
+    cat >"$mb/tests/cuda_test_cuda_poison" <<'EOT'
+#!/bin/sh
+case ",${MOCK_FAIL:-}," in *,hang,*) sleep 100 ;; esac
+echo "1 passed, 0 failed"
+EOT
+    chmod +x "$mb/tests/cuda_test_cuda_poison"
+    printf 'add_test(cuda_test_cuda_poison "%s")\nset_tests_properties(cuda_test_cuda_poison PROPERTIES LABELS "gpu" TIMEOUT 600)\n' "$mb/tests/cuda_test_cuda_poison" >>"$mb/CTestTestfile.cmake"
     # a GPU test binary the sanitize stage runs without ctest knowing it
     printf '#!/bin/sh\necho "1 passed, 0 failed"\n' >"$mb/tests/cuda_test_qwindow_cuda"
     chmod +x "$mb/tests/cuda_test_qwindow_cuda"
     printf 'add_test(not_gpu "/bin/true")\n' >>"$mb/CTestTestfile.cmake"
-    [ "$mode" = mockfail ] && export MOCK_FAIL=eval,racecheck,test
+    [ "$mode" = mockfail ] && export MOCK_FAIL=eval,racecheck,test,hang
     PATH="$here/mock/bin:$PATH" bash "$script" --reuse-build --build-dir "$mb" --out "$out" --budget 300
     rc=$?
     if [ "$mode" = mock ]; then
@@ -84,7 +92,8 @@ if mode == "dry":
     want(len([r for r in att if r["backend"] == "cuda" and r["seconds"] is None]) == 12, "12 GPU placeholders")
     want(any(r["backend"] == "cpu" and r["gbps"] > 0 for r in att), "a CPU row through the parser")
     sim = named("sim_fixed_batch")
-    want([r["max_batch"] for r in sim] == [31, 450, 450], "sim batches 31/450: %s" % [r.get("max_batch") for r in sim])
+    # the R-KV prefixes run first (their difference is the steady state), then full
+    want([r["max_batch"] for r in sim] == [450, 450, 31], "sim batches 450/31: %s" % [r.get("max_batch") for r in sim])
     want(len(named("sim_rkv_steady_state")) == 1, "steady-state row")
 else:
     want(d["dry_run"] is False, "dry_run flag")
@@ -92,7 +101,8 @@ else:
     want(d["device"]["compute_sanitizer"].startswith("Version 2025"), "sanitizer version")
     want(len(att) == 10 and all(0.79 < r["fraction_of_copy"] < 0.86 for r in att), "10 attention rows")
     ct = named("ctest")
-    want(sorted(r["shape"]["test"] for r in ct) == ["cuda_test_attn_cuda", "cuda_test_evict_cuda"], "ctest rows %s" % ct)
+    tests = ["cuda_test_attn_cuda", "cuda_test_evict_cuda"] + (["cuda_test_cuda_poison"] if mode == "mock" else [])
+    want([r["shape"]["test"] for r in ct] == tests, "ctest rows %s" % ct)
     ev = {r["shape"]["similarity"]: r for r in named("evict_rkv")}
     want(abs(ev["simt"]["speedup_vs_torch"] - 10) < 1e-6 and abs(ev["tensor_cores"]["speedup_vs_torch"] - 25) < 1e-6, "speed-ups %s" % ev)
     for r in ev.values():
@@ -113,6 +123,7 @@ else:
         want(st["eval"] == "fail" and st["sanitize"] == "fail" and st["test"] == "fail", "failing stages %s" % st)
         note = [x["note"] for x in d["stages"] if x["name"] == "test"][0]
         want("failed: cuda_test_evict_cuda" in note, "failed test named: %s" % note)
+        want("cuda_test_cuda_poison timed out" in note, "the hung test timed out alone: %s" % note)
         want(st["attention"] == "pass" and st["evict"] == "pass" and st["sim"] == "pass", "later stages ran %s" % st)
         want([r["status"] for r in san if r["shape"]["tool"] == "racecheck"] == ["fail", "fail"], "racecheck rows fail")
 for e in errs:
