@@ -10,8 +10,9 @@
  * On a host pool a run compresses sequence after sequence with the CPU code (rkv_evict_layer
  * per layer at stream granularity, rkv_evict_seq at a coarser one: the same results, byte for
  * byte). On a device pool the host cuts every queued sequence to its budget and the device
- * scores, selects and moves the kept tokens in ONE batched launch per distinct parameter set,
- * enqueued on the backend's stream without waiting. The executor (rkv/executor.h) runs its
+ * scores, selects and moves the kept tokens in ONE batched launch per distinct parameter set
+ * (split between sequences past 65535 streams, the CUDA grids' limit), enqueued on the
+ * backend's stream without waiting. The executor (rkv/executor.h) runs its
  * compressions through an evictor; engines that drive eviction themselves use this instead of
  * rkv_evict_layer / rkv_evict_seq / the deprecated calls of <rkv/evict_cuda.h>.
  *
