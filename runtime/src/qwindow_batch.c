@@ -221,10 +221,11 @@ rkv_status rkv_qwindow_push_planned(rkv_qwindow *w, uint32_t layer, const float 
                        (long long)w->ids[w->pentry[b]], layer, (long long)have,
                        (long long)w->ppos[b]);
   }
-  if (!w->host) {
-    /* a plan of zero rows moves nothing: no launch (and q may be NULL), as on the host */
-    if (w->pindptr[w->pn] > w->pindptr[0]) RKV_TRY(push_device(w, layer, q));
-  } else {
+  /* a plan of zero rows moves nothing (q may be NULL then): no copy, no launch */
+  const bool rows = w->pindptr[w->pn] > w->pindptr[0];
+  if (rows && !w->host) {
+    RKV_TRY(push_device(w, layer, q));
+  } else if (rows) {
     for (uint32_t b = 0; b < w->pn; b++)
       rkvi_qw_copy_rows(w, rkvi_qw_ring(w, w->pentry[b], layer), w->ppos[b],
                         q + (size_t)w->pindptr[b] * w->row_floats,
