@@ -489,40 +489,18 @@ static rkv_status bm_plan_append(const rkv_blockmgr *m, const bm_seq *q, uint32_
 
 /* Where the slot of token t of stream s goes: base[s * n + t] for stream-major output, or
  * base[layer * layer_stride + t * token_stride + head] for a batch's layer-major mapping
- * (bm_slot_next gives each stream's t = 0 entry in turn; tokens follow at token_stride, 1 when
- * stream-major). */
+ * (bm_slot_ptr gives the t = 0 entry; tokens follow at token_stride, 1 when stream-major). */
 typedef struct bm_slot_out {
   int64_t *base;
   size_t layer_stride, token_stride; /* head stride 1 (batch layout) */
   bool batch;                        /* false: base + s * n + t */
 } bm_slot_out;
 
-/* Walks the streams' t = 0 entries in stream order without a division per stream (the batch
- * layout's layer and head of stream s are s / H and s % H): heads are `stride` apart inside a
- * run of `run` streams, runs `jump` apart (one run of every stream when stream-major). */
-typedef struct bm_slot_cursor {
-  int64_t *p, *run_start;
-  size_t stride, jump;
-  uint32_t i, run;
-} bm_slot_cursor;
-
-static inline bm_slot_cursor bm_slot_cursor_at(const rkv_blockmgr *m, const bm_slot_out *o,
-                                               uint32_t n) {
-  bm_slot_cursor c = {o->base, o->base, n, 0, 0, m->streams};
-  if (o->batch) c.stride = 1, c.jump = o->layer_stride, c.run = m->cfg.num_kv_heads;
-  return c;
-}
-
-static inline int64_t *bm_slot_next(bm_slot_cursor *c) {
-  int64_t *at = c->p;
-  if (++c->i == c->run) {
-    c->i = 0;
-    c->run_start += c->jump;
-    c->p = c->run_start;
-  } else {
-    c->p += c->stride;
-  }
-  return at;
+static inline int64_t *bm_slot_ptr(const rkv_blockmgr *m, const bm_slot_out *o, uint32_t s,
+                                   uint32_t n) {
+  if (!o->batch) return o->base + (size_t)s * n;
+  const uint32_t H = m->cfg.num_kv_heads;
+  return o->base + (size_t)(s / H) * o->layer_stride + s % H;
 }
 
 /* The decode step's slots, layer-major: restrict-qualified parameters so the compiler may
@@ -568,8 +546,6 @@ static rkv_status bm_append_boundary(rkv_blockmgr *m, bm_seq *q, const bm_slot_o
   const int32_t *restrict fids = m->free_ids;
   const size_t cap = (size_t)q->cap;
   int32_t top = m->free_top;
-  bm_slot_cursor cur = {0};
-  if (o) cur = bm_slot_cursor_at(m, o, 1);
   for (uint32_t s = 0; s < S; s++) {
     if (s + AHEAD < S) {
       __builtin_prefetch(&tab[(size_t)(s + AHEAD) * cap + (size_t)nblk[s + AHEAD]], 1);
@@ -584,7 +560,7 @@ static rkv_status bm_append_boundary(rkv_blockmgr *m, bm_seq *q, const bm_slot_o
       tbase[s] = (id - nb) * bs;
       nblk[s] = ++nb;
     }
-    if (o) *bm_slot_next(&cur) = (int64_t)tbase[s] + len[s];
+    if (o) *bm_slot_ptr(m, o, s, 1) = (int64_t)q->tbase[s] + len[s];
     len[s] += 1;
     const int64_t r = (int64_t)nb * bs - len[s];
     room = r < room ? r : room;
@@ -630,9 +606,8 @@ static rkv_status bm_append(rkv_blockmgr *m, int64_t seq, uint32_t n, const bm_s
         len[s] += 1;
       }
     } else if (o) {
-      bm_slot_cursor cur = bm_slot_cursor_at(m, o, n);
       for (uint32_t s = 0; s < S; s++) {
-        int64_t *out = bm_slot_next(&cur);
+        int64_t *out = bm_slot_ptr(m, o, s, n);
         int64_t base = (int64_t)tb[s] + len[s];
         for (uint32_t t = 0; t < n; t++) out[t * tstride] = base + t;
         len[s] += (int32_t)n;
@@ -658,8 +633,6 @@ static rkv_status bm_append(rkv_blockmgr *m, int64_t seq, uint32_t n, const bm_s
   RKV_TRY(bm_grow(m, q, maxnb));
   bm_reserve_free(m, (int32_t)need);
   uint32_t nc = 0;
-  bm_slot_cursor cur = {0};
-  if (o) cur = bm_slot_cursor_at(m, o, n);
   int64_t room = INT32_MAX;
   for (uint32_t s = 0; s < S; s++) {
     int32_t *row = q->tab + (size_t)s * (size_t)q->cap;
@@ -684,7 +657,7 @@ static rkv_status bm_append(rkv_blockmgr *m, int64_t seq, uint32_t n, const bm_s
       bm_mark_dirty(q, s, nb);
     }
     if (o) {
-      int64_t *out = bm_slot_next(&cur);
+      int64_t *out = bm_slot_ptr(m, o, s, n);
       int32_t pos = len;
       for (uint32_t t = 0; t < n; t++, pos++)
         out[t * tstride] = (int64_t)row[bm_blk(m, pos)] * bs + bm_off(m, pos);

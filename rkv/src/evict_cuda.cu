@@ -740,8 +740,9 @@ rkv_status check_params(const rkv_evict_params *p, uint32_t S, uint32_t group, i
     return rkvi_fail(err, RKV_ERR_INVALID_ARG, "evict cuda: policy full never compresses");
   if (p->window > kMaxWindow)
     return rkvi_fail(err, RKV_ERR_UNSUPPORTED, "evict cuda: window %d > %d", p->window, kMaxWindow);
-  if (S == 0 || S > 65535)
-    return rkvi_fail(err, RKV_ERR_INVALID_ARG, "evict cuda: num_streams %u not in 1..65535", S);
+  if (S == 0 || S > RKVI_EVICT_CUDA_MAX_STREAMS)
+    return rkvi_fail(err, RKV_ERR_INVALID_ARG, "evict cuda: num_streams %u not in 1..%u", S,
+                     RKVI_EVICT_CUDA_MAX_STREAMS);
   if (group == 0 || group > 1024)
     return rkvi_fail(err, RKV_ERR_INVALID_ARG, "evict cuda: group %u not in 1..1024", group);
   if (L <= p->budget)

@@ -7,6 +7,10 @@
 
 #include <rkv/evict_cuda.h>
 
+/* The most streams one compression launch takes: the kernels put them on a grid's y or z
+ * dimension. The evictor splits larger batches (evictor_device.c). */
+#define RKVI_EVICT_CUDA_MAX_STREAMS 65535u
+
 #ifdef __cplusplus
 extern "C" {
 #endif

@@ -59,7 +59,7 @@ rkv_status rkvi_evdev_create(rkv_evictor *ev) {
   rkvi_evdev *d = rkvi_calloc(ev->al, sizeof *d, 16);
   if (!d) return rkvi_fail(ev->err, RKV_ERR_NO_MEMORY, "device state");
   ev->dev = d;
-  d->launch_streams = RKVI_EVDEV_LAUNCH_STREAMS;
+  d->launch_streams = RKVI_EVICT_CUDA_MAX_STREAMS;
   rkv_status st = rkv_buffer_create(ev->be, RKV_BUFFER_DEVICE, 0, &d->desc);
   if (st == RKV_OK) st = rkv_buffer_create(ev->be, RKV_BUFFER_DEVICE, 0, &d->ws);
   if (st == RKV_OK) st = rkv_buffer_create(ev->be, RKV_BUFFER_HOST_PINNED, 0, &d->stage);
@@ -68,7 +68,8 @@ rkv_status rkvi_evdev_create(rkv_evictor *ev) {
 
 void rkvi_evictor_set_launch_streams(rkv_evictor *ev, uint32_t n) {
   if (ev && ev->dev)
-    ev->dev->launch_streams = n && n < RKVI_EVDEV_LAUNCH_STREAMS ? n : RKVI_EVDEV_LAUNCH_STREAMS;
+    ev->dev->launch_streams =
+        n && n < RKVI_EVICT_CUDA_MAX_STREAMS ? n : RKVI_EVICT_CUDA_MAX_STREAMS;
 }
 
 void rkvi_evdev_destroy(rkv_evictor *ev) {
@@ -221,6 +222,13 @@ typedef struct evbatch {
   uintptr_t qbase; /* the lowest window address of the run: descriptors are offsets from it */
 } evbatch;
 
+/* An empty launch of parameter set p (NULL: the set's first sequence names it). */
+static void batch_start(evbatch *x, const rkv_evict_params *p, uintptr_t qbase) {
+  memset(x, 0, sizeof *x);
+  x->p = p;
+  x->qbase = qbase;
+}
+
 /* Refusals before the cut: the sequence stays as it is. */
 static rkv_status precheck(rkv_evictor *ev, const rkvi_evq *q) {
   if (!rkv_blockmgr_seq_exists(ev->bm, q->seq))
@@ -364,8 +372,7 @@ rkv_status rkvi_evdev_run(rkv_evictor *ev, rkv_evictor_result *res) {
   ev->dev->arena_used = 0;
   for (uint32_t k = 0; k < ev->dev->launches; k++) {
     evbatch x;
-    memset(&x, 0, sizeof x);
-    x.qbase = qbase;
+    batch_start(&x, NULL, qbase);
     for (uint32_t i = 0; i < ev->n_q; i++) {
       const rkvi_evq *q = &ev->q[i];
       if (q->launch != k) continue;
@@ -373,10 +380,7 @@ rkv_status rkvi_evdev_run(rkv_evictor *ev, rkv_evictor_result *res) {
       if (x.n_streams + entry_streams(ev, q) > ev->dev->launch_streams) {
         /* this launch is full: it goes now, and the set continues in a fresh one */
         RKV_TRY(flush(ev, &x));
-        const rkv_evict_params *p = x.p;
-        memset(&x, 0, sizeof x);
-        x.p = p;
-        x.qbase = qbase;
+        batch_start(&x, x.p, qbase);
       }
       const uint32_t free0 = rkv_blockmgr_free_blocks(ev->bm);
       res[i].status = plan_one(ev, q, &x, &res[i]);

@@ -23,9 +23,6 @@ typedef struct rkvi_evq {
 } rkvi_evq;
 
 /* Device half: buffers of the pool's backend and the host arrays of one batched launch. */
-/* The CUDA kernels put a launch's streams on a grid's y or z dimension (at most 65535). */
-#define RKVI_EVDEV_LAUNCH_STREAMS 65535u
-
 typedef struct rkvi_evdev {
   rkv_buffer *desc;  /* DEVICE: the packed descriptors of a launch */
   rkv_buffer *ws;    /* DEVICE: the CUDA kernels' workspace */
@@ -36,7 +33,7 @@ typedef struct rkvi_evdev {
   rkvi_fence staged;
   size_t arena_used; /* bytes of the arena this run's launches took */
   uint32_t launches; /* distinct parameter sets that evict in the queue (reserve) */
-  /* The most streams one launch takes (RKVI_EVDEV_LAUNCH_STREAMS; tests lower it): a
+  /* The most streams one launch takes (RKVI_EVICT_CUDA_MAX_STREAMS; tests lower it): a
    * parameter set with more is split into several launches at sequence boundaries. */
   uint32_t launch_streams;
   /* one launch (grown before the first cut of a run) */

@@ -210,8 +210,9 @@ rkv_status rkv_qwindow_push_planned(rkv_qwindow *w, uint32_t layer, const float 
   if (w->pdone[layer])
     return rkvi_fail(w->err, RKV_ERR_STATE, "push: layer %u was pushed under this plan", layer);
   const size_t L = w->cfg.num_layers;
-  if (w->pn && w->pindptr[w->pn] > w->pindptr[0] && !q)
-    return rkvi_fail(w->err, RKV_ERR_INVALID_ARG, "push: q is NULL");
+  /* a plan of zero rows moves nothing (q may be NULL then): no copy, no launch */
+  const bool rows = w->pindptr[w->pn] > w->pindptr[0];
+  if (rows && !q) return rkvi_fail(w->err, RKV_ERR_INVALID_ARG, "push: q is NULL");
   for (uint32_t b = 0; b < w->pn; b++) {
     const int64_t have = w->next[(size_t)w->pentry[b] * L + layer];
     if (have != w->ppos[b])
@@ -221,8 +222,6 @@ rkv_status rkv_qwindow_push_planned(rkv_qwindow *w, uint32_t layer, const float 
                        (long long)w->ids[w->pentry[b]], layer, (long long)have,
                        (long long)w->ppos[b]);
   }
-  /* a plan of zero rows moves nothing (q may be NULL then): no copy, no launch */
-  const bool rows = w->pindptr[w->pn] > w->pindptr[0];
   if (rows && !w->host) {
     RKV_TRY(push_device(w, layer, q));
   } else if (rows) {

@@ -29,12 +29,12 @@ static void run_ok(rkv_evictor *ev, rkv_evictor_result *res, uint32_t want) {
   EXPECT_EQ_INT(nr, want);
 }
 
-/* Sequences 1..3 in a CPU fixture and an emulated one; sequence 2 gets its own parameters, so
- * the device path batches 1 and 3 (A, B, A). */
 /* Internal (evictor_internal.h), for tests: the most streams one device launch takes. */
 void rkvi_evictor_set_launch_streams(rkv_evictor *ev, uint32_t n);
 
-/* launch_streams: 0 for the default (65535); lower splits a parameter set's launch. */
+/* Sequences 1..3 in a CPU fixture and an emulated one; sequence 2 gets its own parameters, so
+ * the device path batches 1 and 3 (A, B, A). launch_streams: 0 for the default (65535); lower
+ * splits a parameter set's launch. */
 static void compare_at(rkv_evict_policy pol, rkv_dtype dt, int32_t layer, rkv_evict_granularity g,
                        bool own, uint32_t launch_streams) {
   fixture c, e;
