@@ -503,16 +503,55 @@ static inline int64_t *bm_slot_ptr(const rkv_blockmgr *m, const bm_slot_out *o, 
   return o->base + (size_t)(s / H) * o->layer_stride + s % H;
 }
 
-/* The decode step's slots, layer-major: restrict-qualified parameters so the compiler may
- * vectorise (the arrays never alias). */
-static void bm_decode_slots(int64_t *restrict out, size_t layer_stride, const int32_t *restrict tb,
-                            const int32_t *restrict len, uint32_t L, uint32_t H) {
+/* The decode step's slots, layer-major, with the lengths' pending tokens settled in the same
+ * pass (one read and one write of len instead of three passes). restrict-qualified parameters
+ * so the compiler may vectorise (the arrays never alias). */
+static inline __attribute__((always_inline)) void
+bm_decode_slots_h(int64_t *restrict out, size_t layer_stride, const int32_t *restrict tb,
+                  int32_t *restrict len, int32_t pend, uint32_t L, uint32_t H) {
   for (uint32_t l = 0; l < L; l++, out += layer_stride, tb += H, len += H)
-    for (uint32_t h = 0; h < H; h++) out[h] = (int64_t)tb[h] + len[h];
+    for (uint32_t h = 0; h < H; h++) {
+      const int32_t t = len[h] + pend;
+      /* tb + t is the slot itself, in [0, num_blocks * block_size) < 2^31: summed in 32 bits
+       * and widened as unsigned, it costs an unpack with zero instead of a sign extension */
+      out[h] = (uint32_t)(tb[h] + t);
+      len[h] = t + 1;
+    }
 }
 
-static void bm_add_one(int32_t *restrict len, uint32_t S) {
-  for (uint32_t s = 0; s < S; s++) len[s] += 1;
+/* A constant H unrolls each layer's row into whole vectors; a run-time H left the compiler a
+ * vector loop with its checks and remainder per layer. */
+static void bm_decode_slots(int64_t *out, size_t layer_stride, const int32_t *tb, int32_t *len,
+                            int32_t pend, uint32_t L, uint32_t H) {
+  switch (H) {
+  case 1: bm_decode_slots_h(out, layer_stride, tb, len, pend, L, 1); break;
+  case 2: bm_decode_slots_h(out, layer_stride, tb, len, pend, L, 2); break;
+  case 4: bm_decode_slots_h(out, layer_stride, tb, len, pend, L, 4); break;
+  case 8: bm_decode_slots_h(out, layer_stride, tb, len, pend, L, 8); break;
+  case 16: bm_decode_slots_h(out, layer_stride, tb, len, pend, L, 16); break;
+  default: bm_decode_slots_h(out, layer_stride, tb, len, pend, L, H); break;
+  }
+}
+
+/* What a one-token append into a sequence without shared tails takes: the streams whose last
+ * block is full (each takes one block), the row length needed and the longest stream. One
+ * branch-free pass over settled lengths, for the step's blocks_needed and for the append. */
+static int32_t bm_full_streams(const rkv_blockmgr *m, const bm_seq *q, int32_t *maxnb,
+                               int32_t *maxlen) {
+  const uint32_t S = m->streams;
+  const int32_t bs = m->bs;
+  const int32_t *restrict len = q->len, *restrict nblk = q->nblk;
+  int32_t need = 0, mnb = 0, mlen = 0;
+  for (uint32_t s = 0; s < S; s++) {
+    const int32_t full = len[s] == nblk[s] * bs;
+    need += full;
+    const int32_t nb = nblk[s] + full;
+    mnb = nb > mnb ? nb : mnb;
+    mlen = len[s] > mlen ? len[s] : mlen;
+  }
+  *maxnb = mnb;
+  *maxlen = mlen;
+  return need;
 }
 
 /* The decode step that crosses a block boundary (one token, no shared tail): every stream
@@ -522,14 +561,8 @@ static rkv_status bm_append_boundary(rkv_blockmgr *m, bm_seq *q, const bm_slot_o
   const uint32_t S = m->streams;
   const int32_t bs = m->bs;
   int32_t *restrict len = q->len, *restrict nblk = q->nblk;
-  int32_t need = 0, maxnb = 0, maxlen = 0;
-  for (uint32_t s = 0; s < S; s++) {
-    const bool full = len[s] == nblk[s] * bs;
-    need += full;
-    const int32_t nb = nblk[s] + full;
-    maxnb = nb > maxnb ? nb : maxnb;
-    maxlen = len[s] > maxlen ? len[s] : maxlen;
-  }
+  int32_t maxnb, maxlen;
+  const int32_t need = bm_full_streams(m, q, &maxnb, &maxlen);
   if (maxlen > INT32_MAX - 1)
     return bm_fail(m, RKV_ERR_INVALID_ARG, "append: a stream would exceed 2^31 tokens");
   if (need > bm_avail(m))
@@ -560,10 +593,19 @@ static rkv_status bm_append_boundary(rkv_blockmgr *m, bm_seq *q, const bm_slot_o
       tbase[s] = (id - nb) * bs;
       nblk[s] = ++nb;
     }
-    if (o) *bm_slot_ptr(m, o, s, 1) = (int64_t)q->tbase[s] + len[s];
-    len[s] += 1;
-    const int64_t r = (int64_t)nb * bs - len[s];
+    const int64_t r = (int64_t)nb * bs - (len[s] + 1);
     room = r < room ? r : room;
+  }
+  /* The slots and the lengths in a second pass over the (now cached) rows: written inside the
+   * loop above, a batch's slot address cost a division per stream. */
+  if (o && o->batch) {
+    bm_decode_slots(o->base, o->layer_stride, tbase, len, 0, S / m->cfg.num_kv_heads,
+                    m->cfg.num_kv_heads);
+  } else {
+    for (uint32_t s = 0; s < S; s++) {
+      if (o) o->base[s] = (int64_t)tbase[s] + len[s];
+      len[s] += 1;
+    }
   }
   m->free_top = top;
   const uint32_t used = bm_used(m);
@@ -590,16 +632,21 @@ static rkv_status bm_append(rkv_blockmgr *m, int64_t seq, uint32_t n, const bm_s
     m->tokens += (uint64_t)n * S;
     return bm_after_op(m);
   }
+  if (!q->maybe_shared_tail && n <= (uint32_t)q->room && o && o->batch && n == 1) {
+    /* the decode step into a batch, every stream's last block private with room */
+    bm_decode_slots(o->base, o->layer_stride, q->tbase, q->len, q->pend, S / m->cfg.num_kv_heads,
+                    m->cfg.num_kv_heads);
+    q->pend = 0;
+    q->room -= 1;
+    m->tokens += S;
+    return bm_after_op(m);
+  }
   bm_settle(m, q);
   if (!q->maybe_shared_tail && n <= (uint32_t)q->room) {
     /* Fast path: every stream has n free slots in its last block, which it owns alone. */
     int32_t *restrict len = q->len;
     const int32_t *restrict tb = q->tbase;
-    if (o && o->batch && n == 1) { /* the decode step into a batch */
-      bm_decode_slots(o->base, o->layer_stride, tb, len, S / m->cfg.num_kv_heads,
-                      m->cfg.num_kv_heads);
-      bm_add_one(len, S);
-    } else if (o && !o->batch && n == 1) { /* the decode step: a loop the compiler vectorises */
+    if (o && !o->batch && n == 1) { /* the decode step: a loop the compiler vectorises */
       int64_t *slots = o->base;
       for (uint32_t s = 0; s < S; s++) {
         slots[s] = (int64_t)tb[s] + len[s];
@@ -706,6 +753,14 @@ RKV_API rkv_status rkv_blockmgr_blocks_needed(const rkv_blockmgr *m, int64_t seq
     return RKV_OK;
   }
   bm_settle(m, q);
+  if (n == 1 && !q->maybe_shared_tail) {
+    int32_t maxlen;
+    const int32_t full = bm_full_streams(m, q, &maxnb, &maxlen);
+    if (maxlen < INT32_MAX) {
+      *out = (uint32_t)full;
+      return RKV_OK;
+    }
+  }
   RKV_TRY(bm_plan_append(m, q, n, &need, &ncow, &maxnb));
   *out = need > UINT32_MAX ? UINT32_MAX : (uint32_t)need;
   return RKV_OK;

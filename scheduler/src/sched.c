@@ -675,7 +675,11 @@ rkv_status rkv_sched_create(const rkv_sched_config *cfg_in, rkv_blockmgr *m, rkv
     pb->dropped_cap = s->fin_cap;
     ALLOC_ARR(pb->rows_changed, ms);
     ALLOC_ARR(pb->started, ms);
-    if (cfg.plan_slots) ALLOC_ARR(pb->slots, s->slots_cap);
+    /* cache-line aligned: with 8 kv heads a decode row's slots of one layer are one line, not
+     * two half lines each written with a read-for-ownership */
+    if (cfg.plan_slots &&
+        !(pb->slots = rkvi_calloc(s->alloc, sizeof(int64_t) * (s->slots_cap + 1), 64)))
+      goto oom;
   }
   s->cur = &s->pb[0];
   ALLOC_ARR(s->finished, s->fin_cap);
