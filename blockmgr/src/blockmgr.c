@@ -503,33 +503,43 @@ static inline int64_t *bm_slot_ptr(const rkv_blockmgr *m, const bm_slot_out *o, 
   return o->base + (size_t)(s / H) * o->layer_stride + s % H;
 }
 
-/* The decode step's slots, layer-major, with the lengths' pending tokens settled in the same
- * pass (one read and one write of len instead of three passes). restrict-qualified parameters
- * so the compiler may vectorise (the arrays never alias). */
-static inline __attribute__((always_inline)) void
-bm_decode_slots_h(int64_t *restrict out, size_t layer_stride, const int32_t *restrict tb,
-                  int32_t *restrict len, int32_t pend, uint32_t L, uint32_t H) {
+/* The decode step's slots, layer-major: the token goes to position len + pend of every stream
+ * (pend: the sequence's tokens not yet settled into len). len is only read: the caller counts
+ * the token in pend, so the step writes no length (the lengths settle on first read).
+ * restrict-qualified parameters so the compiler may vectorise (the arrays never alias). */
+static inline __attribute__((always_inline)) void bm_decode_slots_h(
+    int64_t *restrict out, size_t layer_stride, const int32_t *restrict tb,
+    const int32_t *restrict len, int32_t pend, uint32_t L, uint32_t H) {
   for (uint32_t l = 0; l < L; l++, out += layer_stride, tb += H, len += H)
-    for (uint32_t h = 0; h < H; h++) {
-      const int32_t t = len[h] + pend;
-      /* tb + t is the slot itself, in [0, num_blocks * block_size) < 2^31: summed in 32 bits
-       * and widened as unsigned, it costs an unpack with zero instead of a sign extension */
-      out[h] = (uint32_t)(tb[h] + t);
-      len[h] = t + 1;
-    }
+    for (uint32_t h = 0; h < H; h++)
+      /* tb + len + pend is the slot itself, in [0, num_blocks * block_size) < 2^31: summed in
+       * 32 bits and widened as unsigned, it costs an unpack with zero, not a sign extension */
+      out[h] = (uint32_t)(tb[h] + len[h] + pend);
 }
 
 /* A constant H unrolls each layer's row into whole vectors; a run-time H left the compiler a
  * vector loop with its checks and remainder per layer. */
-static void bm_decode_slots(int64_t *out, size_t layer_stride, const int32_t *tb, int32_t *len,
-                            int32_t pend, uint32_t L, uint32_t H) {
+static void bm_decode_slots(int64_t *out, size_t layer_stride, const int32_t *tb,
+                            const int32_t *len, int32_t pend, uint32_t L, uint32_t H) {
   switch (H) {
-  case 1: bm_decode_slots_h(out, layer_stride, tb, len, pend, L, 1); break;
-  case 2: bm_decode_slots_h(out, layer_stride, tb, len, pend, L, 2); break;
-  case 4: bm_decode_slots_h(out, layer_stride, tb, len, pend, L, 4); break;
-  case 8: bm_decode_slots_h(out, layer_stride, tb, len, pend, L, 8); break;
-  case 16: bm_decode_slots_h(out, layer_stride, tb, len, pend, L, 16); break;
-  default: bm_decode_slots_h(out, layer_stride, tb, len, pend, L, H); break;
+    case 1:
+      bm_decode_slots_h(out, layer_stride, tb, len, pend, L, 1);
+      break;
+    case 2:
+      bm_decode_slots_h(out, layer_stride, tb, len, pend, L, 2);
+      break;
+    case 4:
+      bm_decode_slots_h(out, layer_stride, tb, len, pend, L, 4);
+      break;
+    case 8:
+      bm_decode_slots_h(out, layer_stride, tb, len, pend, L, 8);
+      break;
+    case 16:
+      bm_decode_slots_h(out, layer_stride, tb, len, pend, L, 16);
+      break;
+    default:
+      bm_decode_slots_h(out, layer_stride, tb, len, pend, L, H);
+      break;
   }
 }
 
@@ -560,7 +570,8 @@ static int32_t bm_full_streams(const rkv_blockmgr *m, const bm_seq *q, int32_t *
 static rkv_status bm_append_boundary(rkv_blockmgr *m, bm_seq *q, const bm_slot_out *o) {
   const uint32_t S = m->streams;
   const int32_t bs = m->bs;
-  int32_t *restrict len = q->len, *restrict nblk = q->nblk;
+  const int32_t *restrict len = q->len;
+  int32_t *restrict nblk = q->nblk;
   int32_t maxnb, maxlen;
   const int32_t need = bm_full_streams(m, q, &maxnb, &maxlen);
   if (maxlen > INT32_MAX - 1)
@@ -596,17 +607,15 @@ static rkv_status bm_append_boundary(rkv_blockmgr *m, bm_seq *q, const bm_slot_o
     const int64_t r = (int64_t)nb * bs - (len[s] + 1);
     room = r < room ? r : room;
   }
-  /* The slots and the lengths in a second pass over the (now cached) rows: written inside the
-   * loop above, a batch's slot address cost a division per stream. */
-  if (o && o->batch) {
+  /* The slots in a second pass over the (now cached) rows: written inside the loop above, a
+   * batch's slot address cost a division per stream. The token is counted in pend (settled
+   * on entry, so 0 before): no length is written. */
+  if (o && o->batch)
     bm_decode_slots(o->base, o->layer_stride, tbase, len, 0, S / m->cfg.num_kv_heads,
                     m->cfg.num_kv_heads);
-  } else {
-    for (uint32_t s = 0; s < S; s++) {
-      if (o) o->base[s] = (int64_t)tbase[s] + len[s];
-      len[s] += 1;
-    }
-  }
+  else if (o)
+    for (uint32_t s = 0; s < S; s++) o->base[s] = (int64_t)tbase[s] + len[s];
+  q->pend = 1;
   m->free_top = top;
   const uint32_t used = bm_used(m);
   if (used > m->peak_used) m->peak_used = used;
@@ -636,7 +645,7 @@ static rkv_status bm_append(rkv_blockmgr *m, int64_t seq, uint32_t n, const bm_s
     /* the decode step into a batch, every stream's last block private with room */
     bm_decode_slots(o->base, o->layer_stride, q->tbase, q->len, q->pend, S / m->cfg.num_kv_heads,
                     m->cfg.num_kv_heads);
-    q->pend = 0;
+    q->pend += 1;
     q->room -= 1;
     m->tokens += S;
     return bm_after_op(m);

@@ -1,8 +1,9 @@
 /* Scheduler property test: random workloads (admission mode, preemption mode, host pool,
  * eviction policy, request sizes, priorities, arrivals between steps, random EOS and aborts)
  * run to completion with rkv_sched_check after every step and every report; the engine checks
- * every cached K/V row and every swap-in. Then: no leaks, reserve mode never preempts, and the
- * same seed replays to the same plan-hash sequence (the tensor-parallel replica property). */
+ * every cached K/V row and every swap-in (half the seeds write K/V through plan slots). Then: no
+ * leaks, reserve mode never preempts, and the same seed replays to the same plan-hash sequence (the
+ * tensor-parallel replica property). */
 #include <rkv/scheduler.h>
 
 #include "rkv_test.h"
@@ -48,6 +49,9 @@ static outcome run_random(uint64_t seed) {
   c.evict.window = 2;
   c.evict.sinks = 2;
   c.check_every_step = true;
+  /* every other seed, the executor writes K/V through the plan's slot mapping (the engine's
+   * row checks then verify those slots); from the seed, so the workloads stay as they were */
+  c.plan_slots = (seed >> 1) & 1;
   rkv_sched *s = NULL;
   char err[256];
   if (rkv_sched_create(&c, m, &s, err, sizeof err) != RKV_OK) {
