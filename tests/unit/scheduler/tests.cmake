@@ -77,6 +77,19 @@ add_test(NAME scheduler_bench_step_smoke
 set_tests_properties(scheduler_bench_step_smoke PROPERTIES TIMEOUT 60 LABELS "unit;scheduler"
                      PASS_REGULAR_EXPRESSION "\"bench\": \"step\".*\"total_ns\"")
 
+# tools/bench/step_counts.sh (the deterministic per-step counts BENCHMARKS.md reports) still
+# runs and prints its JSON; skipped without valgrind, and not built under sanitizers (their
+# runtimes do not run under valgrind).
+if(NOT RKV_SANITIZE)
+add_test(NAME scheduler_bench_step_counts_smoke
+         COMMAND ${PROJECT_SOURCE_DIR}/tools/bench/step_counts.sh --rkv $<TARGET_FILE:rkv>
+                 --layers 2 --kv-heads 2 --batch 8 --budget 32 --buffer 8 --block-size 4
+                 --plan-slots)
+set_tests_properties(scheduler_bench_step_counts_smoke PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77
+                     LABELS "unit;scheduler"
+                     PASS_REGULAR_EXPRESSION "\"bench\": \"step_counts\".*\"instructions\": [1-9]")
+endif()
+
 # Issue 17, finding 4: with more requests than max_seqs some plans are empty but carry finished
 # ids; the simulator hands every plan to the executor, so query-window slots are freed (this
 # exited with "sequence 5 has no query window" when empty plans skipped the engine).
