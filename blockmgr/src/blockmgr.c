@@ -610,11 +610,10 @@ static rkv_status bm_append_boundary(rkv_blockmgr *m, bm_seq *q, const bm_slot_o
   /* The slots in a second pass over the (now cached) rows: written inside the loop above, a
    * batch's slot address cost a division per stream. The token is counted in pend (settled
    * on entry, so 0 before): no length is written. */
-  if (o && o->batch)
-    bm_decode_slots(o->base, o->layer_stride, tbase, len, 0, S / m->cfg.num_kv_heads,
-                    m->cfg.num_kv_heads);
-  else if (o)
-    for (uint32_t s = 0; s < S; s++) o->base[s] = (int64_t)tbase[s] + len[s];
+  if (o) {
+    const uint32_t H = m->cfg.num_kv_heads;
+    bm_decode_slots(o->base, o->batch ? o->layer_stride : H, tbase, len, 0, S / H, H);
+  }
   q->pend = 1;
   m->free_top = top;
   const uint32_t used = bm_used(m);
@@ -634,20 +633,18 @@ static rkv_status bm_append(rkv_blockmgr *m, int64_t seq, uint32_t n, const bm_s
   const uint32_t S = m->streams;
   const int32_t bs = m->bs;
   const size_t tstride = o && o->batch ? o->token_stride : 1;
-  if (!o && !q->maybe_shared_tail && n <= (uint32_t)q->room) {
-    /* lockstep growth inside every stream's last block: O(1), lengths settle on first read */
+  if (!q->maybe_shared_tail && n <= (uint32_t)q->room && (!o || n == 1)) {
+    /* Lockstep growth inside every stream's last block, which it owns alone: the tokens are
+     * counted in pend (the lengths settle on first read), so without slots this is O(1); a
+     * decode step's slots take one pass (stream-major output is the batch layout with a layer
+     * stride of num_kv_heads). */
+    if (o) {
+      const uint32_t H = m->cfg.num_kv_heads;
+      bm_decode_slots(o->base, o->batch ? o->layer_stride : H, q->tbase, q->len, q->pend, S / H, H);
+    }
     q->pend += (int32_t)n;
     q->room -= (int32_t)n;
     m->tokens += (uint64_t)n * S;
-    return bm_after_op(m);
-  }
-  if (!q->maybe_shared_tail && n <= (uint32_t)q->room && o && o->batch && n == 1) {
-    /* the decode step into a batch, every stream's last block private with room */
-    bm_decode_slots(o->base, o->layer_stride, q->tbase, q->len, q->pend, S / m->cfg.num_kv_heads,
-                    m->cfg.num_kv_heads);
-    q->pend += 1;
-    q->room -= 1;
-    m->tokens += S;
     return bm_after_op(m);
   }
   bm_settle(m, q);
@@ -655,13 +652,7 @@ static rkv_status bm_append(rkv_blockmgr *m, int64_t seq, uint32_t n, const bm_s
     /* Fast path: every stream has n free slots in its last block, which it owns alone. */
     int32_t *restrict len = q->len;
     const int32_t *restrict tb = q->tbase;
-    if (o && !o->batch && n == 1) { /* the decode step: a loop the compiler vectorises */
-      int64_t *slots = o->base;
-      for (uint32_t s = 0; s < S; s++) {
-        slots[s] = (int64_t)tb[s] + len[s];
-        len[s] += 1;
-      }
-    } else if (o) {
+    if (o) {
       for (uint32_t s = 0; s < S; s++) {
         int64_t *out = bm_slot_ptr(m, o, s, n);
         int64_t base = (int64_t)tb[s] + len[s];
