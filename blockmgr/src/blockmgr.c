@@ -4,6 +4,7 @@
  * check.c. Design: docs/ARCHITECTURE.md (plain arrays, LIFO free stack, one [streams][cap]
  * table matrix per sequence, amortised doubling). */
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -590,22 +591,42 @@ static rkv_status bm_append_boundary(rkv_blockmgr *m, bm_seq *q, const bm_slot_o
   const int32_t *restrict fids = m->free_ids;
   const size_t cap = (size_t)q->cap;
   int32_t top = m->free_top;
-  for (uint32_t s = 0; s < S; s++) {
-    if (s + AHEAD < S) {
-      __builtin_prefetch(&tab[(size_t)(s + AHEAD) * cap + (size_t)nblk[s + AHEAD]], 1);
-      if (top > AHEAD) __builtin_prefetch(&ref[fids[top - 1 - AHEAD]], 1);
-    }
-    int32_t nb = nblk[s];
-    if (len[s] == nb * bs) {
-      const int32_t id = fids[--top];
+  if (need == (int32_t)S) {
+    /* Lockstep, the common case: every stream is full and takes the next id off the free
+     * stack, without a branch, and is left with bs - 1 free slots. */
+    const int32_t *restrict ids = fids + top - 1; /* stream s takes ids[-s] */
+    for (uint32_t s = 0; s < S; s++) {
+      if (s + AHEAD < S) {
+        __builtin_prefetch(&tab[(size_t)(s + AHEAD) * cap + (size_t)nblk[s + AHEAD]], 1);
+        __builtin_prefetch(&ref[ids[-(ptrdiff_t)(s + AHEAD)]], 1);
+      }
+      const int32_t nb = nblk[s], id = ids[-(ptrdiff_t)s];
       ref[id] = 1;
       tab[(size_t)s * cap + (size_t)nb] = id;
-      if (nb < dirty[s]) dirty[s] = nb;
+      dirty[s] = nb < dirty[s] ? nb : dirty[s];
       tbase[s] = (id - nb) * bs;
-      nblk[s] = ++nb;
+      nblk[s] = nb + 1;
     }
-    const int64_t r = (int64_t)nb * bs - (len[s] + 1);
-    room = r < room ? r : room;
+    top -= (int32_t)S;
+    room = bs - 1;
+  } else {
+    for (uint32_t s = 0; s < S; s++) {
+      if (s + AHEAD < S) {
+        __builtin_prefetch(&tab[(size_t)(s + AHEAD) * cap + (size_t)nblk[s + AHEAD]], 1);
+        if (top > AHEAD) __builtin_prefetch(&ref[fids[top - 1 - AHEAD]], 1);
+      }
+      int32_t nb = nblk[s];
+      if (len[s] == nb * bs) {
+        const int32_t id = fids[--top];
+        ref[id] = 1;
+        tab[(size_t)s * cap + (size_t)nb] = id;
+        if (nb < dirty[s]) dirty[s] = nb;
+        tbase[s] = (id - nb) * bs;
+        nblk[s] = ++nb;
+      }
+      const int64_t r = (int64_t)nb * bs - (len[s] + 1);
+      room = r < room ? r : room;
+    }
   }
   /* The slots in a second pass over the (now cached) rows: written inside the loop above, a
    * batch's slot address cost a division per stream. The token is counted in pend (settled

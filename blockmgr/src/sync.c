@@ -11,7 +11,8 @@ RKV_API rkv_status rkv_blockmgr_sync_rows(rkv_blockmgr *m, int64_t seq, bool ful
   if (!m) return RKV_ERR_INVALID_ARG;
   if (!rows) return bm_fail(m, RKV_ERR_INVALID_ARG, "sync_rows: rows is NULL");
   bm_seq *q = NULL;
-  RKV_TRY(bm_get_seq(m, seq, &q));
+  /* without settling: a step's tokens stay pending, and lens reports them */
+  RKV_TRY(bm_get_seq_raw(m, seq, &q));
   const uint32_t S = m->streams;
   /* a row never holds more blocks than the sequence's row capacity: skip the walk when that
    * already fits */
@@ -32,7 +33,7 @@ RKV_API rkv_status rkv_blockmgr_sync_rows(rkv_blockmgr *m, int64_t seq, bool ful
         __builtin_prefetch(rows + (size_t)a * stride + f, 1);
       }
     }
-    if (lens) lens[s] = q->len[s];
+    if (lens) lens[s] = q->len[s] + q->pend;
     const int32_t from = full ? 0 : q->dirty[s], nb = q->nblk[s];
     int32_t *dst = rows + (size_t)s * stride;
     const int32_t *src = q->tab + (size_t)s * (size_t)q->cap;

@@ -30,6 +30,37 @@ static int mirror_matches(const rkv_blockmgr *m, int64_t seq, const mirror *mr) 
   return 1;
 }
 
+/* Without check_every_op nothing reads the lengths between appends, so a step's tokens stay
+ * pending on the sequence: the lengths sync_rows reports count them, and reading them changes
+ * nothing the next sync reports. */
+static void test_pending_lengths(void) {
+  rkv_blockmgr_config c = RKV_BLOCKMGR_CONFIG_INIT;
+  c.num_blocks = 200;
+  c.block_size = 8;
+  c.num_layers = L;
+  c.num_kv_heads = H;
+  c.max_seqs = MAXSEQ;
+  rkv_blockmgr *m = NULL;
+  EXPECT_OK(rkv_blockmgr_create(&c, &m));
+  if (!m) return;
+  static mirror mr;
+  int64_t slots[S];
+  EXPECT_OK(rkv_blockmgr_seq_create(m, 1));
+  EXPECT_OK(rkv_blockmgr_append(m, 1, 2, NULL, NULL, NULL));
+  EXPECT_OK(rkv_blockmgr_append(m, 1, 1, NULL, NULL, NULL));  /* pending */
+  EXPECT_OK(rkv_blockmgr_append(m, 1, 1, slots, NULL, NULL)); /* pending, with slots */
+  EXPECT_OK(rkv_blockmgr_sync_rows(m, 1, true, mr.rows, STRIDE, mr.lens, NULL));
+  for (uint32_t s = 0; s < S; s++) EXPECT_EQ_INT(mr.lens[s], 4);
+  EXPECT(mirror_matches(m, 1, &mr));
+  for (int t = 0; t < 5; t++) /* across a block boundary (8), still without a read */
+    EXPECT_OK(rkv_blockmgr_append(m, 1, 1, t % 2 ? slots : NULL, NULL, NULL));
+  EXPECT_OK(rkv_blockmgr_sync_rows(m, 1, false, mr.rows, STRIDE, mr.lens, NULL));
+  for (uint32_t s = 0; s < S; s++) EXPECT_EQ_INT(mr.lens[s], 9);
+  EXPECT(mirror_matches(m, 1, &mr));
+  EXPECT_OK(rkv_blockmgr_check(m));
+  rkv_blockmgr_destroy(m);
+}
+
 static void test_quiet_steps(void) {
   rkv_blockmgr *m = bmt_make(200, 4, L, H, MAXSEQ);
   static mirror mr;
@@ -132,6 +163,7 @@ static void test_random_ops(void) {
 }
 
 int main(void) {
+  test_pending_lengths();
   test_quiet_steps();
   test_random_ops();
   return rkv_test_finish();
