@@ -465,10 +465,40 @@ RKV_API uint32_t rkv_blockmgr_list_seqs(const rkv_blockmgr *m, int64_t *ids, uin
 
 /* ---- Append ---------------------------------------------------------------------------- */
 
+/* What a one-token append into a sequence without shared tails takes: the streams whose last
+ * block is full (each takes one block), the row length needed and the longest stream. One
+ * branch-free pass over settled lengths, for the planner and the boundary append. */
+static int32_t bm_full_streams(const rkv_blockmgr *m, const bm_seq *q, int32_t *maxnb,
+                               int32_t *maxlen) {
+  const uint32_t S = m->streams;
+  const int32_t bs = m->bs;
+  const int32_t *restrict len = q->len, *restrict nblk = q->nblk;
+  int32_t need = 0, mnb = 0, mlen = 0;
+  for (uint32_t s = 0; s < S; s++) {
+    const int32_t full = len[s] == nblk[s] * bs;
+    need += full;
+    const int32_t nb = nblk[s] + full;
+    mnb = nb > mnb ? nb : mnb;
+    mlen = len[s] > mlen ? len[s] : mlen;
+  }
+  *maxnb = mnb;
+  *maxlen = mlen;
+  return need;
+}
+
 /* Planning pass shared by append, blocks_needed and can_append: blocks to pop (new + CoW),
  * CoW copies, and the largest row afterwards. INVALID_ARG on length overflow. */
 static rkv_status bm_plan_append(const rkv_blockmgr *m, const bm_seq *q, uint32_t n,
                                  int64_t *blocks, int64_t *cows, int32_t *maxnb) {
+  if (n == 1 && !q->maybe_shared_tail) { /* the decode step: one branch-free pass */
+    int32_t maxlen;
+    const int32_t full = bm_full_streams(m, q, maxnb, &maxlen);
+    if (maxlen < INT32_MAX) {
+      *blocks = full;
+      *cows = 0;
+      return RKV_OK;
+    }
+  }
   int64_t total = 0, ncow = 0;
   int32_t mx = 0;
   for (uint32_t s = 0; s < m->streams; s++) {
@@ -518,56 +548,33 @@ static inline __attribute__((always_inline)) void bm_decode_slots_h(
       out[h] = (uint32_t)(tb[h] + len[h] + pend);
 }
 
-/* A constant H unrolls each layer's row into whole vectors; a run-time H left the compiler a
- * vector loop with its checks and remainder per layer. */
-static void bm_decode_slots(int64_t *out, size_t layer_stride, const int32_t *tb,
-                            const int32_t *len, int32_t pend, uint32_t L, uint32_t H) {
+/* The decode step's slots for output o (stream-major output is the batch layout with a layer
+ * stride of num_kv_heads). A constant H unrolls each layer's row into whole vectors; a run-time
+ * H left the compiler a vector loop with its checks and remainder per layer. */
+static void bm_decode_slots(const rkv_blockmgr *m, const bm_slot_out *o, const int32_t *tb,
+                            const int32_t *len, int32_t pend) {
+  const uint32_t H = m->cfg.num_kv_heads, L = m->cfg.num_layers;
+  const size_t ls = o->batch ? o->layer_stride : H;
+#define BM_SLOTS_CASE(k)                                 \
+  case k:                                                \
+    bm_decode_slots_h(o->base, ls, tb, len, pend, L, k); \
+    return;
   switch (H) {
-    case 1:
-      bm_decode_slots_h(out, layer_stride, tb, len, pend, L, 1);
-      break;
-    case 2:
-      bm_decode_slots_h(out, layer_stride, tb, len, pend, L, 2);
-      break;
-    case 4:
-      bm_decode_slots_h(out, layer_stride, tb, len, pend, L, 4);
-      break;
-    case 8:
-      bm_decode_slots_h(out, layer_stride, tb, len, pend, L, 8);
-      break;
-    case 16:
-      bm_decode_slots_h(out, layer_stride, tb, len, pend, L, 16);
-      break;
+    BM_SLOTS_CASE(1)
+    BM_SLOTS_CASE(2)
+    BM_SLOTS_CASE(4)
+    BM_SLOTS_CASE(8)
+    BM_SLOTS_CASE(16)
     default:
-      bm_decode_slots_h(out, layer_stride, tb, len, pend, L, H);
-      break;
+      bm_decode_slots_h(o->base, ls, tb, len, pend, L, H);
   }
-}
-
-/* What a one-token append into a sequence without shared tails takes: the streams whose last
- * block is full (each takes one block), the row length needed and the longest stream. One
- * branch-free pass over settled lengths, for the step's blocks_needed and for the append. */
-static int32_t bm_full_streams(const rkv_blockmgr *m, const bm_seq *q, int32_t *maxnb,
-                               int32_t *maxlen) {
-  const uint32_t S = m->streams;
-  const int32_t bs = m->bs;
-  const int32_t *restrict len = q->len, *restrict nblk = q->nblk;
-  int32_t need = 0, mnb = 0, mlen = 0;
-  for (uint32_t s = 0; s < S; s++) {
-    const int32_t full = len[s] == nblk[s] * bs;
-    need += full;
-    const int32_t nb = nblk[s] + full;
-    mnb = nb > mnb ? nb : mnb;
-    mlen = len[s] > mlen ? len[s] : mlen;
-  }
-  *maxnb = mnb;
-  *maxlen = mlen;
-  return need;
+#undef BM_SLOTS_CASE
 }
 
 /* The decode step that crosses a block boundary (one token, no shared tail): every stream
- * whose last block is full takes a fresh block, in two tight passes, since under lockstep
- * growth all streams of a sequence cross together (one step in block_size). */
+ * whose last block is full takes a fresh block. Passes: count, pop, slots. Under lockstep
+ * growth all streams of a sequence cross together (one step in block_size), and the pop pass
+ * has a branch-free form for that. */
 static rkv_status bm_append_boundary(rkv_blockmgr *m, bm_seq *q, const bm_slot_out *o) {
   const uint32_t S = m->streams;
   const int32_t bs = m->bs;
@@ -631,10 +638,7 @@ static rkv_status bm_append_boundary(rkv_blockmgr *m, bm_seq *q, const bm_slot_o
   /* The slots in a second pass over the (now cached) rows: written inside the loop above, a
    * batch's slot address cost a division per stream. The token is counted in pend (settled
    * on entry, so 0 before): no length is written. */
-  if (o) {
-    const uint32_t H = m->cfg.num_kv_heads;
-    bm_decode_slots(o->base, o->batch ? o->layer_stride : H, tbase, len, 0, S / H, H);
-  }
+  if (o) bm_decode_slots(m, o, tbase, len, 0);
   q->pend = 1;
   m->free_top = top;
   const uint32_t used = bm_used(m);
@@ -657,12 +661,8 @@ static rkv_status bm_append(rkv_blockmgr *m, int64_t seq, uint32_t n, const bm_s
   if (!q->maybe_shared_tail && n <= (uint32_t)q->room && (!o || n == 1)) {
     /* Lockstep growth inside every stream's last block, which it owns alone: the tokens are
      * counted in pend (the lengths settle on first read), so without slots this is O(1); a
-     * decode step's slots take one pass (stream-major output is the batch layout with a layer
-     * stride of num_kv_heads). */
-    if (o) {
-      const uint32_t H = m->cfg.num_kv_heads;
-      bm_decode_slots(o->base, o->batch ? o->layer_stride : H, q->tbase, q->len, q->pend, S / H, H);
-    }
+     * decode step's slots take one pass. */
+    if (o) bm_decode_slots(m, o, q->tbase, q->len, q->pend);
     q->pend += (int32_t)n;
     q->room -= (int32_t)n;
     m->tokens += (uint64_t)n * S;
@@ -670,18 +670,15 @@ static rkv_status bm_append(rkv_blockmgr *m, int64_t seq, uint32_t n, const bm_s
   }
   bm_settle(m, q);
   if (!q->maybe_shared_tail && n <= (uint32_t)q->room) {
-    /* Fast path: every stream has n free slots in its last block, which it owns alone. */
+    /* Several tokens with slots, every stream with n free slots in its last block, which it
+     * owns alone (without slots, or for one token, the path above took it). */
     int32_t *restrict len = q->len;
     const int32_t *restrict tb = q->tbase;
-    if (o) {
-      for (uint32_t s = 0; s < S; s++) {
-        int64_t *out = bm_slot_ptr(m, o, s, n);
-        int64_t base = (int64_t)tb[s] + len[s];
-        for (uint32_t t = 0; t < n; t++) out[t * tstride] = base + t;
-        len[s] += (int32_t)n;
-      }
-    } else {
-      for (uint32_t s = 0; s < S; s++) len[s] += (int32_t)n;
+    for (uint32_t s = 0; s < S; s++) {
+      int64_t *out = bm_slot_ptr(m, o, s, n);
+      int64_t base = (int64_t)tb[s] + len[s];
+      for (uint32_t t = 0; t < n; t++) out[t * tstride] = base + t;
+      len[s] += (int32_t)n;
     }
     q->room -= (int32_t)n;
     m->tokens += (uint64_t)n * S;
@@ -774,14 +771,6 @@ RKV_API rkv_status rkv_blockmgr_blocks_needed(const rkv_blockmgr *m, int64_t seq
     return RKV_OK;
   }
   bm_settle(m, q);
-  if (n == 1 && !q->maybe_shared_tail) {
-    int32_t maxlen;
-    const int32_t full = bm_full_streams(m, q, &maxnb, &maxlen);
-    if (maxlen < INT32_MAX) {
-      *out = (uint32_t)full;
-      return RKV_OK;
-    }
-  }
   RKV_TRY(bm_plan_append(m, q, n, &need, &ncow, &maxnb));
   *out = need > UINT32_MAX ? UINT32_MAX : (uint32_t)need;
   return RKV_OK;

@@ -1,4 +1,4 @@
-/* Helpers shared by the block manager unit tests: a manager factory with check_every_op on,
+/* Helpers shared by the block manager unit tests: a manager factory (check_every_op on, or off),
  * and a digest of every observable piece of state (stats, every sequence's lengths and rows,
  * every block's ref count) so "a failed call changed nothing" is one comparison. */
 #ifndef BM_TEST_UTIL_H
@@ -8,15 +8,18 @@
 
 #include "rkv_test.h"
 
-static inline rkv_blockmgr *bmt_make(uint32_t num_blocks, uint32_t block_size, uint32_t layers,
-                                     uint32_t heads, uint32_t max_seqs) {
+/* A manager with the invariant walk after every operation, or without it: then nothing reads
+ * a sequence's lengths between calls, so appended tokens stay pending (what engines see
+ * between steps). Exits on failure. */
+static inline rkv_blockmgr *bmt_make_opt(uint32_t num_blocks, uint32_t block_size, uint32_t layers,
+                                         uint32_t heads, uint32_t max_seqs, bool check_every_op) {
   rkv_blockmgr_config c = RKV_BLOCKMGR_CONFIG_INIT;
   c.num_blocks = num_blocks;
   c.block_size = block_size;
   c.num_layers = layers;
   c.num_kv_heads = heads;
   c.max_seqs = max_seqs;
-  c.check_every_op = true;
+  c.check_every_op = check_every_op;
   rkv_blockmgr *m = NULL;
   rkv_status st = rkv_blockmgr_create(&c, &m);
   if (st != RKV_OK) {
@@ -24,6 +27,11 @@ static inline rkv_blockmgr *bmt_make(uint32_t num_blocks, uint32_t block_size, u
     exit(1);
   }
   return m;
+}
+
+static inline rkv_blockmgr *bmt_make(uint32_t num_blocks, uint32_t block_size, uint32_t layers,
+                                     uint32_t heads, uint32_t max_seqs) {
+  return bmt_make_opt(num_blocks, block_size, layers, heads, max_seqs, true);
 }
 
 static inline uint64_t bmt_mix(uint64_t h, uint64_t v) {

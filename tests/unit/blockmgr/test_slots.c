@@ -43,16 +43,7 @@ static int check_slots(const rkv_blockmgr *m, int64_t seq, uint32_t H, const int
 
 static void run_case(slot_case c) {
   const uint32_t H = c.heads, S = L * H;
-  rkv_blockmgr_config bc = RKV_BLOCKMGR_CONFIG_INIT;
-  bc.num_blocks = 64 * S;
-  bc.block_size = c.block_size;
-  bc.num_layers = L;
-  bc.num_kv_heads = H;
-  bc.max_seqs = 2 * SEQS;
-  bc.check_every_op = c.check_every_op;
-  rkv_blockmgr *m = NULL;
-  EXPECT_OK(rkv_blockmgr_create(&bc, &m));
-  if (!m) return;
+  rkv_blockmgr *m = bmt_make_opt(64 * S, c.block_size, L, H, 2 * SEQS, c.check_every_op);
   uint64_t rng = c.seed;
   const size_t layer_stride = (size_t)ROWS * MAXN * H + 3; /* not a multiple of anything */
   int64_t *slots = malloc(sizeof(int64_t) * (L * layer_stride + (size_t)S * MAXN));

@@ -34,15 +34,7 @@ static int mirror_matches(const rkv_blockmgr *m, int64_t seq, const mirror *mr) 
  * pending on the sequence: the lengths sync_rows reports count them, and reading them changes
  * nothing the next sync reports. */
 static void test_pending_lengths(void) {
-  rkv_blockmgr_config c = RKV_BLOCKMGR_CONFIG_INIT;
-  c.num_blocks = 200;
-  c.block_size = 8;
-  c.num_layers = L;
-  c.num_kv_heads = H;
-  c.max_seqs = MAXSEQ;
-  rkv_blockmgr *m = NULL;
-  EXPECT_OK(rkv_blockmgr_create(&c, &m));
-  if (!m) return;
+  rkv_blockmgr *m = bmt_make_opt(200, 8, L, H, MAXSEQ, false);
   static mirror mr;
   int64_t slots[S];
   EXPECT_OK(rkv_blockmgr_seq_create(m, 1));
