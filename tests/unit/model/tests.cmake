@@ -100,8 +100,9 @@ else()
   set(_eval_digits 1-3)
 endif()
 set(_eval_floor 0.9)
-# Sanitizer builds run unoptimised without BLAS (~50x slower): there the small smoke model on
-# its own range exercises the same code paths (6 trained-model problems took ~2 min).
+# Sanitizer builds run instrumented without BLAS (at -O0 ~50x slower; the presets now build
+# them at -O1): there the small smoke model on its own range exercises the same code paths (6
+# trained-model problems took ~2 min at -O0).
 if(RKV_SANITIZE)
   set(_eval_model ${_model_dir}/data/smoke.safetensors)
   set(_eval_digits 1-3)
