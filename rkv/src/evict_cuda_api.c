@@ -20,7 +20,10 @@ rkv_status rkv_evict_cuda_describe(const rkv_blockmgr *m, int64_t seq, const rkv
                                    int64_t qwin_seq_offset, int32_t old_base, int32_t new_base,
                                    rkv_evict_cuda_stream *streams, int32_t *new_blocks,
                                    uint32_t new_cap, uint32_t *n_new) {
-  return rkvi_evict_cuda_describe(m, seq, maps, n_maps, num_q_heads, window, qwin_seq_offset,
+  /* The protocol cuts every stream to the budget, so the kernels would rank and rewrite a
+   * protected prefix (shared cached blocks among them); rkv_evictor supports it. */
+  if (m && rkv_blockmgr_seq_protected(m, seq) > 0) return RKV_ERR_UNSUPPORTED;
+  return rkvi_evict_cuda_describe(m, seq, 0, maps, n_maps, num_q_heads, window, qwin_seq_offset,
                                   old_base, new_base, streams, new_blocks, new_cap, n_new);
 }
 

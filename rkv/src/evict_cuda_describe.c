@@ -7,9 +7,10 @@
 
 #include "rkv_internal.h"
 
-rkv_status rkvi_evict_cuda_describe(const rkv_blockmgr *m, int64_t seq, const rkv_compact_map *maps,
-                                    uint32_t n_maps, uint32_t num_q_heads, int32_t window,
-                                    int64_t qwin_seq_offset, int32_t old_base, int32_t new_base,
+rkv_status rkvi_evict_cuda_describe(const rkv_blockmgr *m, int64_t seq, int32_t protect,
+                                    const rkv_compact_map *maps, uint32_t n_maps,
+                                    uint32_t num_q_heads, int32_t window, int64_t qwin_seq_offset,
+                                    int32_t old_base, int32_t new_base,
                                     rkv_evict_cuda_stream *streams, int32_t *new_blocks,
                                     uint32_t new_cap, uint32_t *n_new) {
   if (!m || (n_maps && (!maps || !streams)) || !n_new || window <= 0 || old_base < 0 ||
@@ -18,6 +19,8 @@ rkv_status rkvi_evict_cuda_describe(const rkv_blockmgr *m, int64_t seq, const rk
   const rkv_blockmgr_config *cfg = rkv_blockmgr_get_config(m);
   const uint32_t kvh = cfg->num_kv_heads;
   if (num_q_heads == 0 || num_q_heads % kvh != 0) return RKV_ERR_INVALID_ARG;
+  if (protect < 0 || protect % (int32_t)cfg->block_size != 0) return RKV_ERR_INVALID_ARG;
+  const int32_t fixed = protect / (int32_t)cfg->block_size; /* blocks the kernels never see */
   if (!rkv_blockmgr_seq_exists(m, seq)) return RKV_ERR_NOT_FOUND;
   const uint32_t group = num_q_heads / kvh;
   const int64_t row = (int64_t)window * cfg->head_dim; /* elements of one head's window */
@@ -30,7 +33,10 @@ rkv_status rkvi_evict_cuda_describe(const rkv_blockmgr *m, int64_t seq, const rk
     if (maps[i].layer >= cfg->num_layers || maps[i].head >= kvh) return RKV_ERR_INVALID_ARG;
     rkv_status s = rkv_blockmgr_stream_blocks(m, seq, maps[i].layer, maps[i].head, &ids, &nb);
     if (s != RKV_OK) return s;
-    need += (uint64_t)nb;
+    /* a cut stream kept its protected blocks and had tokens after them */
+    if (fixed && (maps[i].old_len <= protect || maps[i].old_n_blocks <= fixed || nb < fixed))
+      return RKV_ERR_INVALID_ARG;
+    need += (uint64_t)(nb - fixed);
   }
   if (need + (uint64_t)new_base > INT32_MAX) return RKV_ERR_INVALID_ARG;
   *n_new = (uint32_t)need;
@@ -42,13 +48,13 @@ rkv_status rkvi_evict_cuda_describe(const rkv_blockmgr *m, int64_t seq, const rk
     int32_t nb;
     (void)rkv_blockmgr_stream_blocks(m, seq, maps[i].layer, maps[i].head, &ids, &nb);
     rkv_evict_cuda_stream *d = &streams[i];
-    d->old_len = maps[i].old_len;
-    d->old_offset = old_base + maps[i].old_offset;
+    d->old_len = maps[i].old_len - protect;
+    d->old_offset = old_base + maps[i].old_offset + fixed;
     d->new_offset = new_base + (int32_t)w;
     d->kv_head = (int32_t)maps[i].head;
     d->qwin_offset = qwin_seq_offset +
                      ((int64_t)maps[i].layer * num_q_heads + (int64_t)maps[i].head * group) * row;
-    for (int32_t b = 0; b < nb; b++) new_blocks[w++] = ids[b];
+    for (int32_t b = fixed; b < nb; b++) new_blocks[w++] = ids[b];
   }
   return RKV_OK;
 }

@@ -21,9 +21,16 @@ rkv_status rkvi_evict_cuda_workspace_size(const rkv_evict_params *p, const rkv_k
 rkv_status rkvi_evict_cuda_compress(const rkv_evict_params *p, rkv_kv_pool *pool,
                                     const rkv_evict_cuda_batch *batch, void *workspace,
                                     size_t ws_bytes);
-rkv_status rkvi_evict_cuda_describe(const rkv_blockmgr *m, int64_t seq, const rkv_compact_map *maps,
-                                    uint32_t n_maps, uint32_t num_q_heads, int32_t window,
-                                    int64_t qwin_seq_offset, int32_t old_base, int32_t new_base,
+/* protect: the sequence's protected prefix, whole blocks (the evictor passes
+ * rkv_blockmgr_seq_protected; the public describe refuses a protected sequence). Each stream is
+ * described from its first unprotected block on: the kernels select among positions [protect,
+ * old_len) as a stream of old_len - protect tokens, and the new row lists the fresh ids after the
+ * protected blocks (ceil(budget / block_size) of them when the cut kept protect + budget tokens),
+ * so the protected blocks are never read for selection nor written. */
+rkv_status rkvi_evict_cuda_describe(const rkv_blockmgr *m, int64_t seq, int32_t protect,
+                                    const rkv_compact_map *maps, uint32_t n_maps,
+                                    uint32_t num_q_heads, int32_t window, int64_t qwin_seq_offset,
+                                    int32_t old_base, int32_t new_base,
                                     rkv_evict_cuda_stream *streams, int32_t *new_blocks,
                                     uint32_t new_cap, uint32_t *n_new);
 rkv_status rkvi_evict_cuda_freed_blocks(const rkv_blockmgr *m, const int32_t *old_blocks,

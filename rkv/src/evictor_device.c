@@ -1,8 +1,10 @@
 /* The evictor's device path (rkv/evictor.h) for pools whose memory is not the host's (CUDA, or
  * the emulated device of <rkv/buffer_emu.h>). A run, in stream order and without waiting:
  *   host    every queued sequence is checked (fresh blocks, protected prefix), cut to its
- *           budget (rkv_blockmgr_compact_uniform: tails freed now, shared leading blocks
- *           replaced) and described (one descriptor per stream, the old and new rows);
+ *           protected prefix + budget (rkv_blockmgr_compact_uniform: tails freed now, shared
+ *           leading blocks after the prefix replaced) and described (one descriptor per
+ *           stream, the old and new rows from the first block after the protected prefix, so
+ *           the kernels select among the tokens after it, as the CPU path does);
  *   upload  the descriptors of every sequence with the same parameters are packed into one
  *           pinned arena and copied up once;
  *   launch  one batched compression per parameter set scores the old rows, selects per stream
@@ -242,28 +244,31 @@ static rkv_status precheck(rkv_evictor *ev, const rkvi_evq *q) {
     return rkvi_fail(ev->err, RKV_ERR_STATE,
                      "compress %lld: its query window holds %lld of %d rows", (long long)q->seq,
                      (long long)q->win_pushed, q->params.window);
-  /* The device selection ranks every position of a stream; keeping a prefix out of it needs
-   * a kernel change (the CPU path has it). */
-  if (rkv_blockmgr_seq_protected(ev->bm, q->seq) > 0)
+  /* The kernels see each stream from its first unprotected block on (describe): a prefix
+   * that ends inside a block would leave that block's tail to them. Prefix caching protects
+   * whole blocks. */
+  const int32_t P = rkv_blockmgr_seq_protected(ev->bm, q->seq);
+  if (P % (int32_t)ev->bs != 0)
     return rkvi_fail(ev->err, RKV_ERR_UNSUPPORTED,
-                     "compress %lld: a protected prefix (prefix caching's protect rule) is not "
-                     "supported by the device eviction yet; use the copy rule on a device",
-                     (long long)q->seq);
+                     "compress %lld: a protected prefix of %d tokens is not whole %u-token "
+                     "blocks (the device eviction protects whole blocks, as prefix caching does)",
+                     (long long)q->seq, P, ev->bs);
   /* A shared selection needs every stream listed, all of one length (the batch's rule) */
   int32_t len = 0;
   if (ev->cfg.granularity != RKV_EVICT_GRAN_STREAM &&
       rkvi_lockstep_len(ev->bm, q->seq, ev->L, ev->Hkv, &len, ev->err, sizeof ev->err) != RKV_OK)
     return RKV_ERR_STATE;
-  return rkvi_evictor_fresh_check(ev, q); /* no protected prefix here: keep = budget */
+  return rkvi_evictor_fresh_check(ev, q);
 }
 
 /* Host half for one sequence: the checks, the cut, its descriptors. */
 static rkv_status plan_one(rkv_evictor *ev, const rkvi_evq *q, evbatch *b, rkv_evictor_result *r) {
   rkvi_evdev *d = ev->dev;
   RKV_TRY(precheck(ev, q));
+  const int32_t P = rkv_blockmgr_seq_protected(ev->bm, q->seq);
   uint32_t nm = 0, no = 0, nn = 0;
   rkv_status st =
-      rkv_blockmgr_compact_uniform(ev->bm, q->seq, q->layer, q->params.budget,
+      rkv_blockmgr_compact_uniform(ev->bm, q->seq, q->layer, P + q->params.budget,
                                    d->maps + b->n_streams, (uint32_t)(d->maps_cap - b->n_streams),
                                    &nm, d->old + b->n_old, (uint32_t)(d->old_cap - b->n_old), &no);
   if (st != RKV_OK) /* RKV_ERR_CAPACITY: the reservation was short */
@@ -274,11 +279,11 @@ static rkv_status plan_one(rkv_evictor *ev, const rkvi_evq *q, evbatch *b, rkv_e
   for (uint32_t i = 0; i < nm; i++) {
     r->tokens_evicted += (uint64_t)(mp[i].old_len - mp[i].new_len);
     r->streams_compressed += mp[i].old_len > mp[i].new_len;
-    if (mp[i].old_len > b->max_len) b->max_len = mp[i].old_len;
+    if (mp[i].old_len - P > b->max_len) b->max_len = mp[i].old_len - P;
   }
   const int64_t qoff =
       q->win.rows ? (int64_t)(((uintptr_t)q->win.rows - b->qbase) / sizeof(float)) : 0;
-  st = rkvi_evict_cuda_describe(ev->bm, q->seq, mp, nm, ev->Hq, q->params.window, qoff,
+  st = rkvi_evict_cuda_describe(ev->bm, q->seq, P, mp, nm, ev->Hq, q->params.window, qoff,
                                 (int32_t)b->n_old, (int32_t)b->n_new, d->streams + b->n_streams,
                                 d->newb + b->n_new, (uint32_t)(d->newb_cap - b->n_new), &nn);
   if (st != RKV_OK)

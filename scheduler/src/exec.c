@@ -1118,8 +1118,7 @@ static rkv_status queue_compressions(rkv_exec *x, const rkv_sched_plan *p,
 }
 
 /* After a run: each queued sequence's outcome into its output and its mirror entry (a device
- * compression is the uniform cut to the budget, no protected prefix there; a host one is
- * re-read). */
+ * compression is the uniform cut to its protected prefix + budget; a host one is re-read). */
 static void apply_results(rkv_exec *x, const rkv_sched_plan *p, rkv_sched_output *outs, uint32_t n,
                           bool broken) {
   for (uint32_t k = 0; k < n; k++) {
@@ -1134,7 +1133,7 @@ static void apply_results(rkv_exec *x, const rkv_sched_plan *p, rkv_sched_output
     x->stale[idx] = 1;
     const rkv_evict_params *ev = q->evict ? q->evict : &x->cfg.evict;
     if (x->dev && r->compressed && !broken)
-      cut_lens(x, idx, ev->budget);
+      cut_lens(x, idx, rkv_blockmgr_seq_protected(x->bm, q->id) + ev->budget);
     else
       refresh_lens(x, idx, q->id);
   }

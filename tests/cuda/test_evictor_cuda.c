@@ -7,9 +7,10 @@
  * CPU except on scores tied to ~1e-12, which random keys do not produce). Every coarser
  * granularity (layer, kvhead, sequence: the group kernel sums the members' scores) the same
  * way, in bf16. The same with the evictor's own query window in device memory (an rkv_qwindow
- * on the CUDA backend filled by its batched push; adds name no window), f32 and bf16. Also: a
- * window over 256 is refused. Skips (77) without a CUDA build or
- * device. */
+ * on the CUDA backend filled by its batched push; adds name no window), f32 and bf16. With a
+ * protected prefix of one block (prefix caching's protect rule): selection after it, every
+ * policy, f32 per stream and bf16 per sequence. Also: a window over 256 is refused. Skips (77)
+ * without a CUDA build or device. */
 #define EVF_HEAD_DIM 64
 #define EVF_BLOCK 16
 #include "../unit/evict/evictor_fixture.h"
@@ -78,14 +79,16 @@ static rkv_qwindow *device_windows(rkv_backend *gb, fixture *f) {
   return w;
 }
 
+/* prot: tokens every sequence protects (whole blocks), 0 for none. */
 static void run_case(rkv_backend *gb, rkv_evict_policy pol, rkv_dtype dt, int32_t layer,
-                     rkv_evict_granularity gran, bool own) {
+                     rkv_evict_granularity gran, bool own, int32_t prot) {
   fixture c, g;
   const int32_t n[3] = {90, 75, 60};
   for (int k = 0; k < 2; k++) {
     fixture *f = k ? &g : &c;
     fx_init(f, dt, NBLK, 41 + (uint64_t)pol, false);
     for (int64_t s = 1; s <= 3; s++) fx_seq(f, s, n[s - 1], W + 3 * (uint32_t)s);
+    for (int64_t s = 1; prot && s <= 3; s++) EXPECT_OK(rkv_blockmgr_seq_protect(f->m, s, prot));
   }
   int32_t ids[NBLK];
   for (int32_t i = 0; i < NBLK; i++) ids[i] = i;
@@ -121,9 +124,9 @@ static void run_case(rkv_backend *gb, rkv_evict_policy pol, rkv_dtype dt, int32_
   }
   pool_to_host(gp, &g, ids);
   char what[96];
-  snprintf(what, sizeof what, "cuda %s %s layer %d granularity %s%s", rkv_evict_policy_name(pol),
-           rkv_dtype_name(dt), layer, rkv_evict_granularity_name(gran),
-           own ? ", the evictor's window" : "");
+  snprintf(what, sizeof what, "cuda %s %s layer %d granularity %s%s protect %d",
+           rkv_evict_policy_name(pol), rkv_dtype_name(dt), layer, rkv_evict_granularity_name(gran),
+           own ? ", the evictor's window" : "", prot);
   expect_same(&c, &g, true, false, what);
   EXPECT_OK(rkv_evictor_check(eg));
   EXPECT_OK(rkv_blockmgr_check(g.m));
@@ -163,13 +166,17 @@ int main(void) {
   const rkv_dtype dts[3] = {RKV_DTYPE_F32, RKV_DTYPE_F16, RKV_DTYPE_BF16};
   for (int pi = 0; pi < 5; pi++) {
     for (int di = 0; di < 3; di++)
-      run_case(gb, pols[pi], dts[di], RKV_EVICTOR_ALL_LAYERS, RKV_EVICT_GRAN_STREAM, false);
-    run_case(gb, pols[pi], RKV_DTYPE_F32, 1, RKV_EVICT_GRAN_STREAM, false);
+      run_case(gb, pols[pi], dts[di], RKV_EVICTOR_ALL_LAYERS, RKV_EVICT_GRAN_STREAM, false, 0);
+    run_case(gb, pols[pi], RKV_DTYPE_F32, 1, RKV_EVICT_GRAN_STREAM, false, 0);
     for (int gi = RKV_EVICT_GRAN_LAYER; gi < RKV_EVICT_GRAN_COUNT_; gi++)
       run_case(gb, pols[pi], RKV_DTYPE_BF16, RKV_EVICTOR_ALL_LAYERS, (rkv_evict_granularity)gi,
-               false);
-    run_case(gb, pols[pi], RKV_DTYPE_F32, RKV_EVICTOR_ALL_LAYERS, RKV_EVICT_GRAN_STREAM, true);
-    run_case(gb, pols[pi], RKV_DTYPE_BF16, RKV_EVICTOR_ALL_LAYERS, RKV_EVICT_GRAN_SEQUENCE, true);
+               false, 0);
+    run_case(gb, pols[pi], RKV_DTYPE_F32, RKV_EVICTOR_ALL_LAYERS, RKV_EVICT_GRAN_STREAM, true, 0);
+    run_case(gb, pols[pi], RKV_DTYPE_BF16, RKV_EVICTOR_ALL_LAYERS, RKV_EVICT_GRAN_SEQUENCE, true,
+             0);
+    run_case(gb, pols[pi], RKV_DTYPE_F32, RKV_EVICTOR_ALL_LAYERS, RKV_EVICT_GRAN_STREAM, true, BS);
+    run_case(gb, pols[pi], RKV_DTYPE_BF16, RKV_EVICTOR_ALL_LAYERS, RKV_EVICT_GRAN_SEQUENCE, false,
+             BS);
   }
   rkv_backend_destroy(gb);
   return rkv_test_finish();

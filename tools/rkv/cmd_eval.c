@@ -1228,12 +1228,6 @@ int rt_cmd_eval(int argc, char **argv) {
             rkv_evict_granularity_name(o.granularity));
     return 2;
   }
-  if ((on_cuda || o.emulate) && o.prefix_rule == RKV_SCHED_PREFIX_PROTECT) {
-    fprintf(stderr,
-            "rkv eval: --prefix-rule protect is not supported on a device yet (its eviction "
-            "ranks every position); use --prefix-rule copy\n");
-    return 2;
-  }
   if (o.compare_cpu && !on_cuda) {
     fprintf(stderr, "rkv eval: --compare-cpu needs --backend cuda\n");
     return 2;

@@ -127,7 +127,9 @@ rkv_evict_cuda_compress(const rkv_evict_params *p, rkv_kv_pool *pool,
  * of a device rkv_qwindow's entries and of the ring pushed by rkv_attn_cuda_qwindow_push: pass
  * seq_slot * layers * q_heads * window * d). Descriptors' old_offset is maps[i].old_offset +
  * old_base and new_offset is new_base + blocks written before it, so several sequences can share
- * one batch. RKV_ERR_CAPACITY (*n_new = blocks needed), RKV_ERR_NOT_FOUND, RKV_ERR_INVALID_ARG.
+ * one batch. RKV_ERR_CAPACITY (*n_new = blocks needed), RKV_ERR_NOT_FOUND, RKV_ERR_INVALID_ARG,
+ * RKV_ERR_UNSUPPORTED for a sequence with a protected prefix (rkv_blockmgr_seq_protect: this
+ * protocol would rank and rewrite it; rkv_evictor compresses such sequences on a device).
  * O(maps + new blocks). Available without CUDA (plain host code). */
 RKV_API RKV_EVICT_CUDA_DEPRECATED rkv_status rkv_evict_cuda_describe(
     const rkv_blockmgr *m, int64_t seq, const rkv_compact_map *maps, uint32_t n_maps,

@@ -116,8 +116,9 @@ typedef struct rkv_evictor_result {
    * for shared leading blocks), RKV_ERR_NOT_FOUND (it left the block manager or the window
    * since add), RKV_ERR_STATE (a window with fewer than `window` rows; streams out of
    * lockstep at a coarser granularity), RKV_ERR_UNSUPPORTED (device pool: a protected prefix,
-   * rkv_blockmgr_seq_protect), RKV_ERR_INVALID_ARG (its streams too long to size). Only
-   * RKV_ERR_INTERNAL and RKV_ERR_CUDA mean otherwise: the run broke (see rkv_evictor_run). */
+   * rkv_blockmgr_seq_protect, that ends inside a block), RKV_ERR_INVALID_ARG (its streams too long
+   * to size). Only RKV_ERR_INTERNAL and RKV_ERR_CUDA mean otherwise: the run broke (see
+   * rkv_evictor_run). */
   rkv_status status;
   bool compressed;             /* the compression ran (false for FULL and on failure) */
   uint32_t streams_compressed; /* streams over their budget that were compacted */

@@ -14,8 +14,12 @@
  *  - the same with the evictor's own query window on the device (an rkv_qwindow on the
  *    backend, filled by the batched push; adds name no window) as with named rings; a
  *    sequence whose window holds fewer than `window` rows is refused (RKV_ERR_STATE), alone;
- *  - bad input changes nothing: a missing or malformed device window, a protected prefix
- *    (refused at run), a policy without a window;
+ *  - a protected prefix of whole blocks (prefix caching's protect rule), shared with a fork
+ *    as a cached prefix is shared: every policy at stream and sequence granularity equals the
+ *    CPU evictor (selection among the tokens after the prefix, P + budget kept), and the
+ *    protected blocks stay the same ids, shared, their bytes untouched;
+ *  - bad input changes nothing: a missing or malformed device window, a protected prefix that
+ *    ends inside a block (refused at run), a policy without a window;
  *  - a fork whose fresh blocks are missing stays unchanged while the other sequence compresses;
  *  - every allocation of a first run failed in turn changes nothing; the retry equals a
  *    fault-free run.
@@ -101,6 +105,98 @@ static void test_equals_cpu(void) {
     for (int g = RKV_EVICT_GRAN_LAYER; g < RKV_EVICT_GRAN_COUNT_; g++)
       compare_case(pols[pi], g == RKV_EVICT_GRAN_KVHEAD ? RKV_DTYPE_F16 : RKV_DTYPE_F32,
                    RKV_EVICTOR_ALL_LAYERS, (rkv_evict_granularity)g, g == RKV_EVICT_GRAN_SEQUENCE);
+  }
+}
+
+/* The protect rule on a device: sequences 1..3 protect 2, 1 and 2 blocks; 4 shares exactly
+ * 1's protected blocks (a fork cut back to them), as a prefix-cache hit shares its cached
+ * groups. The device run must equal the CPU run (stream contents, block ids, free blocks),
+ * keep P + budget per stream, and leave the protected blocks in place: the same ids in 1 and
+ * 4, their bytes as before the run. */
+static void protect_case(rkv_evict_policy pol, rkv_evict_granularity g) {
+  fixture c, e;
+  fx_twins(&c, &e, false, true, RKV_DTYPE_F32, 400, 71 + (uint64_t)pol,
+           (const int32_t[]){90, 75, 60}, (const uint32_t[]){W + 3, W + 6, W + 9}, 3);
+  const int32_t prot[3] = {2 * BS, BS, 2 * BS};
+  for (int k = 0; k < 2; k++) {
+    fixture *x = k ? &e : &c;
+    for (int64_t s = 1; s <= 3; s++) EXPECT_OK(rkv_blockmgr_seq_protect(x->m, s, prot[s - 1]));
+    /* the fork inherits the protection, so the cut keeps the shared protected blocks */
+    EXPECT_OK(rkv_blockmgr_seq_fork(x->m, 1, 4));
+    EXPECT_OK(rkv_blockmgr_truncate(x->m, 4, RKV_EVICTOR_ALL_LAYERS, prot[0], NULL));
+  }
+  /* the protected bytes of sequence 1 (all its protected blocks, every stream) before */
+  const size_t bb = rkv_kv_block_bytes(rkv_kv_pool_layout(e.pool));
+  enum { NPB = L * KV * 2 };
+  int32_t pids[NPB];
+  unsigned char *before = malloc(NPB * bb);
+  for (uint32_t s = 0; s < L * KV; s++) {
+    const int32_t *ids = NULL;
+    int32_t nb = 0;
+    EXPECT_OK(rkv_blockmgr_stream_blocks(e.m, 1, s / KV, s % KV, &ids, &nb));
+    for (int b = 0; b < 2; b++) {
+      pids[s * 2 + b] = ids[b];
+      memcpy(before + (s * 2 + b) * bb,
+             (const unsigned char *)rkv_kv_pool_base(e.pool) + (size_t)ids[b] * bb, bb);
+    }
+  }
+  rkv_evict_params p = RKV_EVICT_PARAMS_INIT;
+  p.policy = pol, p.budget = 40, p.window = W;
+  rkv_evictor *ec = fx_evictor(&c, &p, g);
+  rkv_evictor *ee = fx_evictor_win(&e, &p, g, true);
+  for (int64_t s = 1; s <= 3; s++) {
+    EXPECT_OK(rkv_evictor_add(ec, s, RKV_EVICTOR_ALL_LAYERS, NULL, NULL));
+    EXPECT_OK(rkv_evictor_add(ee, s, RKV_EVICTOR_ALL_LAYERS, NULL, NULL));
+  }
+  rkv_evictor_result rc[MAXSEQ], re[MAXSEQ];
+  run_ok(ec, rc, 3);
+  run_ok(ee, re, 3);
+  EXPECT_OK(rkv_backend_sync(e.be));
+  EXPECT_EQ_INT(rkv_emu_hazards(e.be), 0);
+  for (int i = 0; i < 3; i++) {
+    EXPECT(re[i].status == RKV_OK && re[i].compressed);
+    EXPECT_EQ_INT(re[i].tokens_evicted, rc[i].tokens_evicted);
+    EXPECT_EQ_INT(re[i].blocks_freed, rc[i].blocks_freed);
+    for (uint32_t s = 0; s < L * KV; s++) {
+      int32_t len = 0;
+      EXPECT_OK(rkv_blockmgr_stream_len(e.m, i + 1, s / KV, s % KV, &len));
+      EXPECT_EQ_INT(len, prot[i] + p.budget);
+    }
+  }
+  char what[96];
+  snprintf(what, sizeof what, "emu protect %s granularity %s", rkv_evict_policy_name(pol),
+           rkv_evict_granularity_name(g));
+  expect_same(&c, &e, true, false, what);
+  int moved = 0;
+  for (uint32_t s = 0; s < L * KV; s++) {
+    const int32_t *i1 = NULL, *i4 = NULL;
+    int32_t n1 = 0, n4 = 0;
+    EXPECT_OK(rkv_blockmgr_stream_blocks(e.m, 1, s / KV, s % KV, &i1, &n1));
+    EXPECT_OK(rkv_blockmgr_stream_blocks(e.m, 4, s / KV, s % KV, &i4, &n4));
+    for (int b = 0; b < 2; b++) {
+      moved += i1[b] != pids[s * 2 + b] || i4[b] != pids[s * 2 + b];
+      moved +=
+          memcmp(before + (s * 2 + b) * bb,
+                 (const unsigned char *)rkv_kv_pool_base(e.pool) + (size_t)pids[s * 2 + b] * bb,
+                 bb) != 0;
+    }
+  }
+  EXPECT_EQ_INT(moved, 0);
+  EXPECT_OK(rkv_evictor_check(ee));
+  EXPECT_OK(rkv_blockmgr_check(e.m));
+  free(before);
+  rkv_evictor_destroy(ec);
+  rkv_evictor_destroy(ee);
+  fx_fini(&c);
+  fx_fini(&e);
+}
+
+static void test_protected_equals_cpu(void) {
+  const rkv_evict_policy pols[4] = {RKV_EVICT_RKV, RKV_EVICT_SNAPKV, RKV_EVICT_STREAMING,
+                                    RKV_EVICT_H2O};
+  for (int pi = 0; pi < 4; pi++) {
+    protect_case(pols[pi], RKV_EVICT_GRAN_STREAM);
+    protect_case(pols[pi], RKV_EVICT_GRAN_SEQUENCE);
   }
 }
 
@@ -267,7 +363,7 @@ static void test_bad_input(void) {
   EXPECT_OK(rkv_evictor_add(ev, 2, RKV_EVICTOR_ALL_LAYERS, NULL, &w2));
   EXPECT_OK(rkv_evictor_check(ev));
   expect_same(&f, &t, true, true, "emu refused adds");
-  /* 2 holds a protected prefix, which the device selection does not take: unchanged */
+  /* 2 protects 4 tokens, half a block, which the device selection does not take: unchanged */
   rkv_evictor_result res[MAXSEQ];
   uint32_t nr = 0;
   EXPECT_STATUS(rkv_evictor_run(ev, res, MAXSEQ, &nr), RKV_ERR_UNSUPPORTED);
@@ -393,6 +489,7 @@ int main(void) {
   test_lockstep();
   test_arena_reuse();
   test_equals_cpu();
+  test_protected_equals_cpu();
   test_split_launches();
   return rkv_test_finish();
 }

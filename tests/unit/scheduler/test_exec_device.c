@@ -12,8 +12,10 @@
  *   - the step waited for the device once (rkv_backend_sync_count), in its finish: the
  *     evictor's next run reuses its descriptor arena without another sync.
  * At the end the emulator saw no copy hazard. Workloads: reserve, optimistic admission with
- * swap preemption, and forks; every policy. Plus the refusals: host pointers where the device
- * path wants device memory, and the emulated kernels' bounds.
+ * swap preemption, forks, and prefix caching under the protect rule (three system prompts of
+ * four blocks, shared through the cache and protected: the device compression selects after
+ * them, and at every step must hold what the CPU one holds); every policy. Plus the refusals: host
+ * pointers where the device path wants device memory, and the emulated kernels' bounds.
  *   test_exec_device [WORKLOAD POLICY]   (no argument: every combination) */
 #include <stdio.h>
 #include <stdlib.h>
@@ -84,9 +86,19 @@ static void engine_free(engine *e) {
 }
 
 typedef struct setup {
-  bool optimistic, swap, forks;
+  bool optimistic, swap, forks, prefix;
   rkv_evict_params ev;
 } setup;
+
+enum { PREFIX_BLOCKS = 4, PREFIXES = 3 };
+
+/* The prefix workload's request i: a prompt of PREFIX_BLOCKS blocks of system prompt i %
+ * PREFIXES, then its own tokens; the chained hashes of the system prompt's blocks. */
+static void prefix_hashes(int64_t i, uint64_t *hashes) {
+  int32_t tok[PREFIX_BLOCKS * BLOCK];
+  for (int32_t j = 0; j < PREFIX_BLOCKS * BLOCK; j++) tok[j] = (int32_t)(i % PREFIXES) * 1000 + j;
+  (void)rkv_prefix_hash_blocks(tok, PREFIX_BLOCKS * BLOCK, BLOCK, 0, hashes, PREFIX_BLOCKS);
+}
 
 static int engine_make(engine *e, const setup *su, bool emulated) {
   rkv_blockmgr_config bc = RKV_BLOCKMGR_CONFIG_INIT;
@@ -97,6 +109,7 @@ static int engine_make(engine *e, const setup *su, bool emulated) {
   bc.head_dim = HEAD_DIM;
   bc.dtype = RKV_DTYPE_F32;
   bc.max_seqs = 256;
+  bc.prefix_cache = su->prefix;
   rkv_backend_config bec = RKV_BACKEND_CONFIG_INIT;
   bec.kind = RKV_BACKEND_CPU;
   bec.num_threads = 2;
@@ -108,6 +121,8 @@ static int engine_make(engine *e, const setup *su, bool emulated) {
   sc.preempt = su->swap ? RKV_SCHED_PREEMPT_SWAP : RKV_SCHED_PREEMPT_RECOMPUTE;
   sc.host_blocks = su->swap ? 400 : 0;
   sc.evict = su->ev;
+  sc.prefix_cache = su->prefix;
+  sc.prefix_rule = RKV_SCHED_PREFIX_PROTECT;
   rkv_exec_config xc = RKV_EXEC_CONFIG_INIT;
   xc.num_q_heads = Q_HEADS;
   xc.max_seqs = MAX_SEQS;
@@ -125,7 +140,14 @@ static int engine_make(engine *e, const setup *su, bool emulated) {
   CHECK(rkv_exec_create(&xc, e->bm, e->pool, &e->x, err, sizeof err) == RKV_OK, "%s", err);
   for (int64_t i = 0; i < REQUESTS; i++) {
     rkv_sched_request rq = {i, 8 + (i * 7) % 40, 40 + (i * 13) % 90, 0, (double)i, NULL};
+    if (su->prefix) rq.prompt_len += PREFIX_BLOCKS * BLOCK;
     CHECK(rkv_sched_add_request(e->s, &rq) == RKV_OK, "%s", rkv_sched_last_error(e->s));
+    if (su->prefix) {
+      uint64_t h[PREFIX_BLOCKS];
+      prefix_hashes(i, h);
+      CHECK(rkv_sched_set_prefix(e->s, i, h, PREFIX_BLOCKS) == RKV_OK, "%s",
+            rkv_sched_last_error(e->s));
+    }
   }
   return 0;
 }
@@ -326,6 +348,7 @@ static int run(const char *wl, rkv_evict_policy pol) {
   su.optimistic = !strcmp(wl, "swap");
   su.swap = su.optimistic;
   su.forks = !strcmp(wl, "fork");
+  su.prefix = !strcmp(wl, "prefix");
   su.ev = (rkv_evict_params)RKV_EVICT_PARAMS_INIT;
   su.ev.policy = pol;
   su.ev.budget = 24;
@@ -389,6 +412,14 @@ out:
   if (!ret && su.swap && !rs.swaps) {
     fprintf(stderr, "FAIL: the swap workload swapped nothing\n");
     ret = 1;
+  }
+  if (!ret && su.prefix) {
+    rkv_sched_prefix_stats ps = {sizeof ps, 0, 0, 0, 0};
+    if (rkv_sched_get_prefix_stats(b.s, &ps) != RKV_OK || ps.admissions_hit < REQUESTS / 2) {
+      fprintf(stderr, "FAIL: the prefix workload shared %llu of %llu admissions\n",
+              (unsigned long long)ps.admissions_hit, (unsigned long long)ps.admissions);
+      ret = 1;
+    }
   }
   xfer_free(&t);
   engine_free(&a);
@@ -460,11 +491,11 @@ int main(int argc, char **argv) {
     if (rkv_evict_policy_parse(argv[2], &p) != RKV_OK) return 2;
     return run(argv[1], p);
   }
-  static const char *wls[] = {"reserve", "swap", "fork"};
+  static const char *wls[] = {"reserve", "swap", "fork", "prefix"};
   static const rkv_evict_policy pols[] = {RKV_EVICT_RKV, RKV_EVICT_SNAPKV, RKV_EVICT_H2O,
                                           RKV_EVICT_STREAMING, RKV_EVICT_FULL};
   int bad = refusals();
-  for (size_t w = 0; w < 3; w++)
+  for (size_t w = 0; w < 4; w++)
     for (size_t p = 0; p < 5; p++) bad |= run(wls[w], pols[p]);
   return bad || fails ? 1 : 0;
 }
