@@ -90,6 +90,11 @@ static void host_checks(void) {
   EXPECT_EQ_INT(n_freed, 4u * (4 - 2)); /* 50 tokens = 4 blocks, 20 = 2 */
   EXPECT_STATUS(rkv_evict_cuda_describe(m, 8, maps, n_maps, 8, 8, 0, 0, 0, st, nb, 16, &n_new),
                 RKV_ERR_NOT_FOUND);
+  /* this protocol cuts to the budget, through a protected prefix: refused (rkv_evictor
+   * compresses such sequences) */
+  EXPECT_OK(rkv_blockmgr_seq_protect(m, 7, 16));
+  EXPECT_STATUS(rkv_evict_cuda_describe(m, 7, maps, n_maps, 8, 8, 0, 0, 0, st, nb, 16, &n_new),
+                RKV_ERR_UNSUPPORTED);
   EXPECT_OK(rkv_blockmgr_check(m));
   rkv_blockmgr_destroy(m);
   grid_limit_checks();
