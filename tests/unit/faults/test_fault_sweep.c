@@ -114,6 +114,8 @@ static const scenario SCENARIOS[] = {
      RKV_SCHED_PREEMPT_RECOMPUTE, 0, 48, true, true, false, false, true, COPY, 10, 30, 400},
     {"emu-device-prefix-copy-optimistic-swap", RKV_SCHED_OPTIMISTIC, RKV_SCHED_PREEMPT_SWAP, 40, 56,
      true, false, false, true, true, COPY, 10, 30, 400},
+    {"emu-device-prefix-protect-optimistic-swap", RKV_SCHED_OPTIMISTIC, RKV_SCHED_PREEMPT_SWAP, 40,
+     56, true, false, false, true, true, PROTECT, 10, 30, 400},
 };
 
 static const rkv_evict_policy POLICIES[] = {RKV_EVICT_RKV, RKV_EVICT_SNAPKV, RKV_EVICT_STREAMING,
