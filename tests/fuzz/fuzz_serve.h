@@ -1,7 +1,8 @@
 /* The driver of fuzz_sched and fuzz_exec: the input picks a tiny configuration (block size,
  * layers, kv heads, pool and host pool sizes, admission and preemption modes, the default
- * eviction policy and budget, plan slots, with fuzz_exec a CPU pool or the bookkeeping
- * executor) and then scheduler calls in any order: add_request (per-request policies), abort,
+ * eviction policy and budget, plan slots, with fuzz_exec a CPU pool, a pool on the emulated
+ * device (<rkv/buffer_emu.h>: the executor's device path, Q/K/V uploaded to DEVICE rows, no
+ * copy hazard allowed) or the bookkeeping executor) and then scheduler calls in any order: add_request (per-request policies), abort,
  * fork, set_free_blocks_limit, step and report as separate calls (so requests are added,
  * aborted and forked while a plan is outstanding), steps and reports out of turn, and with
  * overlap scheduling a second step while a plan is in flight (the new plan starts when the
@@ -18,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <rkv/buffer_emu.h>
 #include <rkv/executor.h>
 #include <rkv/scheduler.h>
 
@@ -42,7 +44,8 @@ typedef struct fz_world {
   rkv_sched *s;
   rkv_backend *be;
   rkv_kv_pool *pool;
-  rkv_exec *x; /* fuzz_exec only */
+  rkv_exec *x;                 /* fuzz_exec only */
+  rkv_buffer *dq, *dk, *dv, *dout; /* DEVICE rows on the emulated device */
   rkv_evict_params ev[5];
   uint32_t layers, kv_heads, q_heads;
   bool overlap;
@@ -100,12 +103,24 @@ static void fz_launch(fz_world *w, fz_cursor *c) {
   const size_t nq = (size_t)p->n_batched_tokens * w->q_heads * FZ_HEAD_DIM;
   const size_t nk = (size_t)p->n_batched_tokens * w->kv_heads * FZ_HEAD_DIM;
   for (uint32_t l = 0; w->pool && p->n_seqs && l < w->layers; l++) {
+    /* the last layer's uploads read q, k and v until a sync (the async rule) */
+    if (w->dq && (st = rkv_backend_sync(w->be)) != RKV_OK)
+      fz_die("rkv_backend_sync", st, rkv_backend_last_error(w->be));
     for (size_t i = 0; i < nq; i++) w->q[i] = fz_val(seed + l, (uint32_t)i);
     for (size_t i = 0; i < nk; i++) {
       w->k[i] = fz_val(seed + 100 + l, (uint32_t)i);
       w->v[i] = fz_val(seed + 200 + l, (uint32_t)i);
     }
-    st = rkv_exec_layer(w->x, l, w->q, w->k, w->v, w->out);
+    if (w->dq) {
+      st = rkv_buffer_upload(w->dq, 0, w->q, nq * sizeof(float));
+      if (st == RKV_OK) st = rkv_buffer_upload(w->dk, 0, w->k, nk * sizeof(float));
+      if (st == RKV_OK) st = rkv_buffer_upload(w->dv, 0, w->v, nk * sizeof(float));
+      if (st != RKV_OK) fz_die("rkv_buffer_upload", st, rkv_backend_last_error(w->be));
+      st = rkv_exec_layer(w->x, l, rkv_buffer_ptr(w->dq), rkv_buffer_ptr(w->dk),
+                          rkv_buffer_ptr(w->dv), rkv_buffer_ptr(w->dout));
+    } else {
+      st = rkv_exec_layer(w->x, l, w->q, w->k, w->v, w->out);
+    }
     if (st != RKV_OK) fz_die("rkv_exec_layer", st, rkv_exec_last_error(w->x));
   }
   st = rkv_exec_check(w->x);
@@ -241,8 +256,15 @@ static int fz_run(const uint8_t *data, size_t size, bool with_exec) {
       bec.kind = RKV_BACKEND_CPU;
       bec.num_threads = 1;
       rkv_kv_layout lay = rkv_blockmgr_kv_layout(w.bm);
-      if (rkv_backend_create(&bec, &w.be) != RKV_OK ||
+      const bool emu = (b3 >> 7) & 1; /* the pool on the emulated device */
+      if ((emu ? rkv_backend_create_emulated(&bec, &w.be) : rkv_backend_create(&bec, &w.be)) !=
+              RKV_OK ||
           rkv_kv_pool_create(w.be, &lay, bc.num_blocks, &w.pool) != RKV_OK)
+        abort();
+      if (emu && (rkv_buffer_create(w.be, RKV_BUFFER_DEVICE, sizeof w.q, &w.dq) != RKV_OK ||
+                  rkv_buffer_create(w.be, RKV_BUFFER_DEVICE, sizeof w.k, &w.dk) != RKV_OK ||
+                  rkv_buffer_create(w.be, RKV_BUFFER_DEVICE, sizeof w.v, &w.dv) != RKV_OK ||
+                  rkv_buffer_create(w.be, RKV_BUFFER_DEVICE, sizeof w.out, &w.dout) != RKV_OK))
         abort();
     }
     rkv_exec_config xc = RKV_EXEC_CONFIG_INIT;
@@ -304,9 +326,15 @@ static int fz_run(const uint8_t *data, size_t size, bool with_exec) {
   }
   while (w.plan) fz_report(&w, &c);
   fz_check(&w);
+  if (w.dq && (rkv_backend_sync(w.be) != RKV_OK || rkv_emu_hazards(w.be) != 0)) {
+    fprintf(stderr, "fuzz: emulated device: %s\n", rkv_emu_hazard_text(w.be));
+    abort();
+  }
   rkv_exec_destroy(w.x);
   rkv_sched_destroy(w.s);
   if (rkv_blockmgr_num_seqs(w.bm) != 0) abort(); /* the scheduler frees what it created */
+  rkv_buffer *bufs[4] = {w.dq, w.dk, w.dv, w.dout};
+  for (int i = 0; i < 4; i++) rkv_buffer_destroy(bufs[i]);
   rkv_kv_pool_destroy(w.pool);
   rkv_backend_destroy(w.be);
   rkv_blockmgr_destroy(w.bm);
