@@ -2,7 +2,8 @@
  * layers, kv heads, pool and host pool sizes, admission and preemption modes, the default
  * eviction policy and budget, plan slots, with fuzz_exec a CPU pool, a pool on the emulated
  * device (<rkv/buffer_emu.h>: the executor's device path, Q/K/V uploaded to DEVICE rows, no
- * copy hazard allowed) or the bookkeeping executor) and then scheduler calls in any order: add_request (per-request policies), abort,
+ * copy hazard allowed) or the bookkeeping executor; prefix caching under the protect or copy
+ * rule, requests then starting with one of three system prompts) and then scheduler calls in any order: add_request (per-request policies), abort,
  * fork, set_free_blocks_limit, step and report as separate calls (so requests are added,
  * aborted and forked while a plan is outstanding), steps and reports out of turn, and with
  * overlap scheduling a second step while a plan is in flight (the new plan starts when the
@@ -49,6 +50,7 @@ typedef struct fz_world {
   rkv_evict_params ev[5];
   uint32_t layers, kv_heads, q_heads;
   bool overlap;
+  bool prefix; /* prefix caching: add_request reads one more byte, the request's prefix */
   const rkv_sched_plan *plans[2]; /* outstanding, oldest first (two with overlap) */
   uint32_t n_plans;
   const rkv_sched_plan *plan; /* the oldest outstanding (plans[0]) or NULL */
@@ -158,8 +160,10 @@ static void fz_outputs(fz_world *w, fz_cursor *c) {
     if (ev->policy == RKV_EVICT_FULL) continue;
     uint32_t nm = 0, no = 0;
     const uint32_t free0 = rkv_blockmgr_free_blocks(w->bm);
+    /* the engine's cut keeps the protected prefix (prefix caching's protect rule) */
+    const int32_t keep = rkv_blockmgr_seq_protected(w->bm, o->id) + ev->budget;
     const rkv_status st =
-        rkv_blockmgr_compact_uniform(w->bm, o->id, -1, ev->budget, maps, 16, &nm, old, 1024, &no);
+        rkv_blockmgr_compact_uniform(w->bm, o->id, -1, keep, maps, 16, &nm, old, 1024, &no);
     if (st != RKV_OK) fz_die("compact_uniform", st, rkv_blockmgr_last_error(w->bm));
     o->compressed = true;
     o->blocks_freed = rkv_blockmgr_free_blocks(w->bm) - free0;
@@ -210,6 +214,20 @@ static void fz_report(fz_world *w, fz_cursor *c) {
   if (w->plan) fz_launch(w, c); /* the plan made while the reported one ran */
 }
 
+/* The prefix of a request just added, from byte f: its first f % 4 blocks are those of system
+ * prompt (f >> 2) % 3 (chained hashes, as rkv_prefix_hash_blocks makes them: equal prompts,
+ * equal hashes), so later requests share the cached groups. */
+static void fz_prefix(fz_world *w, int64_t id, uint8_t f) {
+  uint64_t h[3], x = 0x51ED270B27A1F3C5ull * (1u + (f >> 2) % 3);
+  const uint32_t n = f % 4;
+  for (uint32_t i = 0; i < n; i++) {
+    x ^= x >> 29;
+    x *= 0xBF58476D1CE4E5B9ull;
+    h[i] = x += i + 1;
+  }
+  fz_expect("set_prefix", rkv_sched_set_prefix(w->s, id, n ? h : NULL, n), w->s, false);
+}
+
 static int fz_run(const uint8_t *data, size_t size, bool with_exec) {
   if (size < 4) return 0;
   fz_cursor c = {data, size, 0};
@@ -228,6 +246,8 @@ static int fz_run(const uint8_t *data, size_t size, bool with_exec) {
   bc.num_blocks = 4u + (b1 & 63u);
   bc.max_seqs = 16;
   bc.watermark = (b1 & 64) ? 0.05f : 0.0f;
+  w.prefix = (b3 >> 6) & 1;
+  bc.prefix_cache = w.prefix;
   if (rkv_blockmgr_create(&bc, &w.bm) != RKV_OK) abort();
   const int32_t budget = 3 + (b3 >> 3) % 8;
   for (int i = 0; i < 5; i++)
@@ -249,6 +269,8 @@ static int fz_run(const uint8_t *data, size_t size, bool with_exec) {
   sc.plan_slots = ((b0 >> 6) & 1) && !w.overlap;
   sc.overlap = w.overlap;
   sc.evict = w.ev[b3 % 5];
+  sc.prefix_cache = w.prefix;
+  sc.prefix_rule = (b2 & 4) ? RKV_SCHED_PREFIX_COPY : RKV_SCHED_PREFIX_PROTECT;
   if (rkv_sched_create(&sc, w.bm, &w.s, NULL, 0) != RKV_OK) abort();
   if (with_exec) {
     if ((b0 >> 7) & 1) {
@@ -286,7 +308,12 @@ static int fz_run(const uint8_t *data, size_t size, bool with_exec) {
             a % 32,          1 + b % 24, 1 + (b >> 5) * 4 + e % 4, (int32_t)(e >> 6) - 1,
             (double)(e % 5), NULL};
         if (e & 0x20) rq.evict = &w.ev[(e >> 2) % 5];
-        fz_expect("add_request", rkv_sched_add_request(w.s, &rq), w.s, false);
+        const rkv_status st = rkv_sched_add_request(w.s, &rq);
+        fz_expect("add_request", st, w.s, false);
+        if (w.prefix) {
+          const uint8_t f = fz_byte(&c);
+          if (st == RKV_OK) fz_prefix(&w, rq.id, f);
+        }
         break;
       }
       case 2:
