@@ -3,15 +3,16 @@
  * eviction policy and budget, plan slots, with fuzz_exec a CPU pool, a pool on the emulated
  * device (<rkv/buffer_emu.h>: the executor's device path, Q/K/V uploaded to DEVICE rows, no
  * copy hazard allowed) or the bookkeeping executor; prefix caching under the protect or copy
- * rule, requests then starting with one of three system prompts) and then scheduler calls in any order: add_request (per-request policies), abort,
- * fork, set_free_blocks_limit, step and report as separate calls (so requests are added,
- * aborted and forked while a plan is outstanding), steps and reports out of turn, and with
- * overlap scheduling a second step while a plan is in flight (the new plan starts when the
- * old one is reported). The engine's outputs come from the input too (EOS; with fuzz_sched whether
- * a flagged compression runs, cut on the host with rkv_blockmgr_compact_uniform; with fuzz_exec the
- * Q/K/V rows the executor writes and attends over); a plan's outputs and compressions are made when
- * it is reported. rkv_sched_check runs after every call, rkv_exec_check after every executed step;
- * a corruption, an unexpected status or a failed executor call aborts. */
+ * rule, requests then starting with one of three system prompts) and then scheduler calls in any
+ * order: add_request (per-request policies), abort, fork, set_free_blocks_limit, step and report as
+ * separate calls (so requests are added, aborted and forked while a plan is outstanding), steps and
+ * reports out of turn, and with overlap scheduling a second step while a plan is in flight (the new
+ * plan starts when the old one is reported). The engine's outputs come from the input too (EOS;
+ * with fuzz_sched whether a flagged compression runs, cut on the host with
+ * rkv_blockmgr_compact_uniform; with fuzz_exec the Q/K/V rows the executor writes and attends
+ * over); a plan's outputs and compressions are made when it is reported. rkv_sched_check runs after
+ * every call, rkv_exec_check after every executed step; a corruption, an unexpected status or a
+ * failed executor call aborts. */
 #ifndef RKV_FUZZ_SERVE_H
 #define RKV_FUZZ_SERVE_H
 
@@ -45,7 +46,7 @@ typedef struct fz_world {
   rkv_sched *s;
   rkv_backend *be;
   rkv_kv_pool *pool;
-  rkv_exec *x;                 /* fuzz_exec only */
+  rkv_exec *x;                     /* fuzz_exec only */
   rkv_buffer *dq, *dk, *dv, *dout; /* DEVICE rows on the emulated device */
   rkv_evict_params ev[5];
   uint32_t layers, kv_heads, q_heads;
