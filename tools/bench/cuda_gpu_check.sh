@@ -375,8 +375,9 @@ if has_stage eval; then
       done
       same=$(grep -c ', same as cuda' "$W/out")
       differ=$(grep -c 'DIFFERS from cuda' "$W/out")
+      ident=$(grep -c 'generations identical' "$W/out")
       case "$erc" in
-        0) stage eval pass "$t" "$same runs with the same accuracy on cuda and cpu" ;;
+        0) stage eval pass "$t" "$same runs with the same accuracy on cuda and cpu ($ident with identical generations)" ;;
         124 | 137) stage eval timeout "$t" "did not finish in ${to}s ($same same, $differ differ so far)" ;;
         3) stage eval fail "$t" "$differ runs differ between cuda and cpu, or bounds broken: $(grep -m1 'rkv eval:' "$W/out")" ;;
         *) stage eval fail "$t" "exit $erc: $(grep -m1 'rkv eval' "$W/out")" ;;

@@ -119,6 +119,8 @@ else:
         want(all(v in ("pass", "skip") for v in st.values()) and st["build"] == "skip", "stages %s" % st)
         want(all(r["status"] == "pass" for r in san), "sanitizer rows pass")
         want(all(r["accuracy"] == r["cpu_accuracy"] for r in named("eval_cuda")), "eval accuracies")
+        en = [x["note"] for x in d["stages"] if x["name"] == "eval"][0]
+        want("2 runs with the same accuracy" in en and "(1 with identical generations)" in en, "eval note: %s" % en)
     else:
         want(st["eval"] == "fail" and st["sanitize"] == "fail" and st["test"] == "fail", "failing stages %s" % st)
         note = [x["note"] for x in d["stages"] if x["name"] == "test"][0]

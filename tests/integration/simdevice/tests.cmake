@@ -9,7 +9,8 @@
 #                             on the emulated device): runs without a GPU
 #  model_eval_emu             `rkv eval --backend emu --compare-cpu`: the device runner's host
 #                             logic (padding, staging, the executor's device path) on the
-#                             emulated device, every run's accuracy equal to the CPU backend's
+#                             emulated device, every run's accuracy and every problem's
+#                             generated text equal to the CPU backend's
 set(_simdev ${CMAKE_CURRENT_LIST_DIR}/sim_device_check.sh)
 add_test(NAME sim_cuda_no_gpu COMMAND sh ${_simdev} $<TARGET_FILE:rkv> nogpu)
 set_tests_properties(sim_cuda_no_gpu PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 60
