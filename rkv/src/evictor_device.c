@@ -231,8 +231,8 @@ static void batch_start(evbatch *x, const rkv_evict_params *p, uintptr_t qbase) 
   x->qbase = qbase;
 }
 
-/* Refusals before the cut: the sequence stays as it is. */
-static rkv_status precheck(rkv_evictor *ev, const rkvi_evq *q) {
+/* Refusals before the cut: the sequence stays as it is. *protect: its protected prefix. */
+static rkv_status precheck(rkv_evictor *ev, const rkvi_evq *q, int32_t *protect) {
   if (!rkv_blockmgr_seq_exists(ev->bm, q->seq))
     return rkvi_fail(ev->err, RKV_ERR_NOT_FOUND,
                      "compress %lld: the sequence left the block manager", (long long)q->seq);
@@ -247,7 +247,7 @@ static rkv_status precheck(rkv_evictor *ev, const rkvi_evq *q) {
   /* The kernels see each stream from its first unprotected block on (describe): a prefix
    * that ends inside a block would leave that block's tail to them. Prefix caching protects
    * whole blocks. */
-  const int32_t P = rkv_blockmgr_seq_protected(ev->bm, q->seq);
+  const int32_t P = *protect = rkv_blockmgr_seq_protected(ev->bm, q->seq);
   if (P % (int32_t)ev->bs != 0)
     return rkvi_fail(ev->err, RKV_ERR_UNSUPPORTED,
                      "compress %lld: a protected prefix of %d tokens is not whole %u-token "
@@ -264,8 +264,8 @@ static rkv_status precheck(rkv_evictor *ev, const rkvi_evq *q) {
 /* Host half for one sequence: the checks, the cut, its descriptors. */
 static rkv_status plan_one(rkv_evictor *ev, const rkvi_evq *q, evbatch *b, rkv_evictor_result *r) {
   rkvi_evdev *d = ev->dev;
-  RKV_TRY(precheck(ev, q));
-  const int32_t P = rkv_blockmgr_seq_protected(ev->bm, q->seq);
+  int32_t P = 0;
+  RKV_TRY(precheck(ev, q, &P));
   uint32_t nm = 0, no = 0, nn = 0;
   rkv_status st =
       rkv_blockmgr_compact_uniform(ev->bm, q->seq, q->layer, P + q->params.budget,

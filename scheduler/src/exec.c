@@ -1029,12 +1029,16 @@ rkv_status rkv_exec_layer(rkv_exec *x, uint32_t layer, const float *q, const flo
 
 /* ---- finish ------------------------------------------------------------------------------ */
 
-/* Bookkeeping mode: every stream of a flagged sequence is cut to the budget (after its
- * protected prefix) on the host, as a device engine's first step does (which tokens survive
- * changes no block count). */
-static rkv_status cut_streams(rkv_exec *x, const rkv_sched_seq *q, const rkv_evict_params *ev,
+/* Tokens every stream of a sequence holds after its compression: the protected prefix (never
+ * compressed) plus the budget. */
+static int32_t compress_keep(const rkv_exec *x, int64_t id, const rkv_evict_params *ev) {
+  return rkv_blockmgr_seq_protected(x->bm, id) + ev->budget;
+}
+
+/* Bookkeeping mode: every stream of a flagged sequence is cut to `keep` on the host, as a
+ * device engine's first step does (which tokens survive changes no block count). */
+static rkv_status cut_streams(rkv_exec *x, const rkv_sched_seq *q, int32_t keep,
                               rkv_sched_output *o) {
-  const int32_t keep = rkv_blockmgr_seq_protected(x->bm, q->id) + ev->budget;
   uint64_t cut = 0;
   const rkv_status st = rkv_blockmgr_truncate(x->bm, q->id, -1, keep, &cut);
   if (st != RKV_OK)
@@ -1083,8 +1087,8 @@ static rkv_status compress_seq(rkv_exec *x, const rkv_sched_seq *q, rkv_sched_ou
   const rkv_evict_params *ev = q->evict ? q->evict : &x->cfg.evict;
   if (!rkvi_policy_info(ev->policy).evicts) return RKV_OK;
   const uint32_t free0 = rkv_blockmgr_free_blocks(x->bm);
-  const int32_t keep = rkv_blockmgr_seq_protected(x->bm, q->id) + ev->budget;
-  RKV_TRY(cut_streams(x, q, ev, o));
+  const int32_t keep = compress_keep(x, q->id, ev);
+  RKV_TRY(cut_streams(x, q, keep, o));
   o->blocks_freed = rkv_blockmgr_free_blocks(x->bm) - free0;
   o->compressed = true;
   const int32_t idx = rkv_blockmgr_seq_index(x->bm, q->id);
@@ -1133,7 +1137,7 @@ static void apply_results(rkv_exec *x, const rkv_sched_plan *p, rkv_sched_output
     x->stale[idx] = 1;
     const rkv_evict_params *ev = q->evict ? q->evict : &x->cfg.evict;
     if (x->dev && r->compressed && !broken)
-      cut_lens(x, idx, rkv_blockmgr_seq_protected(x->bm, q->id) + ev->budget);
+      cut_lens(x, idx, compress_keep(x, q->id, ev));
     else
       refresh_lens(x, idx, q->id);
   }

@@ -216,16 +216,15 @@ static void fz_report(fz_world *w, fz_cursor *c) {
 }
 
 /* The prefix of a request just added, from byte f: its first f % 4 blocks are those of system
- * prompt (f >> 2) % 3 (chained hashes, as rkv_prefix_hash_blocks makes them: equal prompts,
- * equal hashes), so later requests share the cached groups. */
+ * prompt (f >> 2) % 3, hashed by rkv_prefix_hash_blocks, so later requests share the cached
+ * groups. */
 static void fz_prefix(fz_world *w, int64_t id, uint8_t f) {
-  uint64_t h[3], x = 0x51ED270B27A1F3C5ull * (1u + (f >> 2) % 3);
-  const uint32_t n = f % 4;
-  for (uint32_t i = 0; i < n; i++) {
-    x ^= x >> 29;
-    x *= 0xBF58476D1CE4E5B9ull;
-    h[i] = x += i + 1;
-  }
+  enum { MAXB = 3, MAXBS = 4 }; /* blocks of a system prompt; the largest block size */
+  const uint32_t bs = rkv_blockmgr_get_config(w->bm)->block_size, n = f % 4;
+  int32_t tok[MAXB * MAXBS];
+  for (uint32_t j = 0; j < MAXB * bs; j++) tok[j] = (int32_t)((f >> 2) % 3 * 1000 + j);
+  uint64_t h[MAXB];
+  (void)rkv_prefix_hash_blocks(tok, MAXB * bs, bs, 0, h, MAXB);
   fz_expect("set_prefix", rkv_sched_set_prefix(w->s, id, n ? h : NULL, n), w->s, false);
 }
 
