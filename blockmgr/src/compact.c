@@ -290,31 +290,51 @@ RKV_API rkv_status rkv_blockmgr_compact_fresh_bound(const rkv_blockmgr *m, int64
   return rkv_blockmgr_compact_fresh_bound_after(m, seq, layer, keep, 0, out);
 }
 
-RKV_API rkv_status rkv_blockmgr_compact_fresh_bound_after(const rkv_blockmgr *m, int64_t seq,
-                                                          int32_t layer, int32_t keep,
-                                                          uint32_t pending, uint32_t *out) {
+/* Fresh blocks a compaction to keep may take after `pending` more tokens per stream: leading
+ * blocks after the protected prefix that are shared, or with `cached` in the prefix table or
+ * among the first `registering` of their stream (a later hit may share those). */
+static rkv_status bm_copy_bound(const rkv_blockmgr *m, const char *what, int64_t seq, int32_t layer,
+                                int32_t keep, uint32_t pending, bool cached, uint32_t registering,
+                                uint32_t *out) {
   if (!m) return RKV_ERR_INVALID_ARG;
-  if (!out) return bm_fail(m, RKV_ERR_INVALID_ARG, "compact_fresh_bound: out is NULL");
+  if (!out) return bm_fail(m, RKV_ERR_INVALID_ARG, "%s: out is NULL", what);
   *out = 0;
   if (layer >= (int32_t)m->cfg.num_layers)
-    return bm_fail(m, RKV_ERR_INVALID_ARG, "compact_fresh_bound: layer %d >= %u", layer,
-                   m->cfg.num_layers);
-  if (keep < 0) return bm_fail(m, RKV_ERR_INVALID_ARG, "compact_fresh_bound: keep %d < 0", keep);
+    return bm_fail(m, RKV_ERR_INVALID_ARG, "%s: layer %d >= %u", what, layer, m->cfg.num_layers);
+  if (keep < 0) return bm_fail(m, RKV_ERR_INVALID_ARG, "%s: keep %d < 0", what, keep);
   bm_seq *q = NULL;
   RKV_TRY(bm_get_seq(m, seq, &q));
-  if (m->shared_count == 0) return RKV_OK; /* the common case: nothing shared, nothing to copy */
+  const int32_t *group = cached ? m->pc_group : NULL;
+  /* the common case: nothing shared or cached, nothing to copy */
+  if (m->shared_count == 0 && !group && registering == 0) return RKV_OK;
   const int32_t fixed = q->protect / m->bs;
   const uint32_t H = m->cfg.num_kv_heads;
   const uint32_t s0 = layer < 0 ? 0 : (uint32_t)layer * H;
   const uint32_t s1 = layer < 0 ? m->streams : s0 + H;
   const int32_t nbn = bm_div_up(keep, m->bs);
+  const int32_t named = registering < (uint32_t)nbn ? (int32_t)registering : nbn;
   uint64_t fresh = 0;
   for (uint32_t s = s0; s < s1; s++) {
     if ((int64_t)q->len[s] + pending <= keep) continue;
     const int32_t *row = q->tab + (size_t)s * (size_t)q->cap;
+    /* blocks the pending tokens add are the stream's own: only named ones can be shared */
     const int32_t lead = bm_min32(nbn, q->nblk[s]);
-    for (int32_t r = fixed; r < lead; r++) fresh += m->ref[row[r]] > 1;
+    if (named > fixed) fresh += (uint64_t)(named - fixed);
+    for (int32_t r = named > fixed ? named : fixed; r < lead; r++)
+      fresh += m->ref[row[r]] > 1 || (group && group[row[r]] >= 0);
   }
   *out = fresh > UINT32_MAX ? UINT32_MAX : (uint32_t)fresh;
   return RKV_OK;
+}
+
+RKV_API rkv_status rkv_blockmgr_compact_fresh_bound_after(const rkv_blockmgr *m, int64_t seq,
+                                                          int32_t layer, int32_t keep,
+                                                          uint32_t pending, uint32_t *out) {
+  return bm_copy_bound(m, "compact_fresh_bound", seq, layer, keep, pending, false, 0, out);
+}
+
+RKV_API rkv_status rkv_blockmgr_compact_copy_bound(const rkv_blockmgr *m, int64_t seq,
+                                                   int32_t layer, int32_t keep, uint32_t pending,
+                                                   uint32_t registering, uint32_t *out) {
+  return bm_copy_bound(m, "compact_copy_bound", seq, layer, keep, pending, true, registering, out);
 }

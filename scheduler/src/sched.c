@@ -441,7 +441,8 @@ static uint32_t bm_free(const rkv_sched *s) {
 /* Under the copy rule a prefix hit may share r's registered prompt blocks after its
  * compression was flagged (an admission later in the same step, or with overlap in the next
  * step, made while this one runs): the copies its compaction then makes are promised too. At
- * most one per kept block of each stream that a hash names. */
+ * most one per kept block of each stream that a hash names. For a sequence not yet in the
+ * block manager (an admission, a swap-in); compress_need asks the block manager. */
 static uint32_t hit_promise(const rkv_sched *s, const req *r, int32_t len) {
   if (!s->cfg.prefix_cache || s->cfg.prefix_rule != RKV_SCHED_PREFIX_COPY || !r->n_hashes) return 0;
   uint64_t named = (uint64_t)len / s->block_size;
@@ -450,21 +451,43 @@ static uint32_t hit_promise(const rkv_sched *s, const req *r, int32_t len) {
   return (uint32_t)(s->streams * (named < lead ? named : lead));
 }
 
+/* Whether a chunk of n tokens, with r at `computed` tokens of its target and kv_len cached,
+ * flags a compression (record_seq's rule): it samples and the streams then exceed the budget.
+ * *len is the length after the chunk. */
+static bool compress_flagged(const req *r, int64_t computed, int32_t kv_len, uint32_t n,
+                             int32_t *len) {
+  const bool decode = computed >= r->target;
+  *len = kv_len + (int32_t)n;
+  return (decode || computed + n >= r->target) && compress_due(r, *len, !decode);
+}
+
 /* Fresh blocks the compression this step would flag for r (after appending n tokens) may
  * take: shared leading blocks are copied, not edited. Zero when nothing is shared or no
  * compression is due. */
 static rkv_status compress_need(const rkv_sched *s, const req *r, uint32_t n, uint32_t *need) {
   *need = 0;
-  const bool decode = r->computed >= r->target;
-  const bool samples = decode || r->computed + n >= r->target;
-  const int32_t len = r->kv_len + (int32_t)n;
-  if (!samples || !compress_due(r, len, !decode)) return RKV_OK;
-  const int32_t prot = r->protect < len ? r->protect : len;
+  int32_t len = 0;
+  if (!compress_flagged(r, r->computed, r->kv_len, n, &len)) return RKV_OK;
+  const int32_t prot = r->protect < len ? r->protect : len, keep = prot + r->evict.budget;
   /* after this step's append: a stream at or under the budget now may exceed it then */
-  RKV_TRY(
-      rkv_blockmgr_compact_fresh_bound_after(s->bm, r->id, -1, prot + r->evict.budget, n, need));
-  *need += hit_promise(s, r, len);
-  return RKV_OK;
+  if (!s->cfg.prefix_cache || s->cfg.prefix_rule != RKV_SCHED_PREFIX_COPY)
+    return rkv_blockmgr_compact_fresh_bound_after(s->bm, r->id, -1, keep, n, need);
+  /* copy rule: also the cached blocks (its earlier chunks', or a fork parent's it holds) and
+   * those this chunk registers, which a later admission's hit may share */
+  const bool decode = r->computed >= r->target;
+  uint64_t named = decode ? 0 : (uint64_t)len / s->block_size;
+  if (named > r->n_hashes) named = r->n_hashes;
+  return rkv_blockmgr_compact_copy_bound(s->bm, r->id, -1, keep, n, (uint32_t)named, need);
+}
+
+/* compress_need for a sequence that enters the pool this step with `cached` tokens (an
+ * admission, whose cached tokens are its prefix hit; a swap-in, restored into fresh blocks):
+ * only blocks a hash names are shared, by the hit now or by a later hit on the blocks its
+ * chunk registers, and hit_promise counts each of those once. */
+static uint32_t start_need(const rkv_sched *s, const req *r, int64_t computed, int32_t cached,
+                           uint32_t n) {
+  int32_t len = 0;
+  return compress_flagged(r, computed, cached, n, &len) ? hit_promise(s, r, len) : 0;
 }
 
 /* Grows an array of `elem`-byte entries ([cap + 1] allocated) to hold `want` entries by
@@ -1305,8 +1328,9 @@ static rkv_status plan_step(rkv_sched *s) {
     uint64_t blocks = 0;
     for (uint32_t k = 0; k < s->streams; k++)
       blocks += ceil_div((uint64_t)r->lens[k] + n, s->block_size);
+    const uint32_t fresh = start_need(s, r, r->computed, r->kv_len, n);
     uint32_t f = bm_free(s);
-    if (blocks + used_watermark > f) break;
+    if (blocks + fresh + used_watermark > f) break;
     uint64_t bound = req_bound(s, r);
     if (s->cfg.admission == RKV_SCHED_RESERVE && s->reserved + bound > reserve_capacity(s)) break;
     RKV_TRY(rkv_blockmgr_seq_restore(s->bm, r->id, r->lens));
@@ -1340,6 +1364,8 @@ static rkv_status plan_step(rkv_sched *s) {
     s->cur->swapped_in[p->n_swapped_in++] = r->id;
     RKV_TRY(schedule(s, r, n, UINT32_MAX));
     s->cur->rows_changed[p->n_seqs - 1] = 1; /* restored into fresh blocks */
+    s->step_promised += fresh;
+    s->cur->promised += fresh;
     tokens_left -= n;
   }
 
@@ -1368,13 +1394,10 @@ static rkv_status plan_step(rkv_sched *s) {
     uint32_t n = chunk_for(s, r, tokens_left);
     r->computed = 0;
     if (!n) break;
-    /* copy rule: a compression right after this chunk copies the shared groups it keeps */
-    uint64_t cfresh = 0;
-    if (hit && s->cfg.prefix_rule == RKV_SCHED_PREFIX_COPY &&
-        compress_due(r, (int32_t)(hit * s->block_size + n), true)) {
-      const uint64_t lead = ceil_div((uint64_t)r->evict.budget, s->block_size);
-      cfresh = (uint64_t)s->streams * (hit < lead ? hit : lead);
-    }
+    /* copy rule: a compression right after this chunk copies the shared groups it keeps,
+     * those of its hit and those a later admission's hit shares */
+    const int32_t cached = (int32_t)(hit * s->block_size);
+    const uint64_t cfresh = start_need(s, r, cached, cached, n);
     uint64_t first = rkv_blockmgr_blocks_for_tokens(s->bm, n) + hit_cost + cfresh;
     uint32_t f = bm_free(s);
     if (first + used_watermark > f) break;

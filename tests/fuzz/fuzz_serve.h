@@ -2,13 +2,13 @@
  * layers, kv heads, pool and host pool sizes, admission and preemption modes, the default
  * eviction policy and budget, plan slots, with fuzz_exec a CPU pool, a pool on the emulated
  * device (<rkv/buffer_emu.h>: the executor's device path, Q/K/V uploaded to DEVICE rows, no
- * copy hazard allowed) or the bookkeeping executor; prefix caching under the protect rule,
- * requests then starting with one of three system prompts) and then scheduler calls in any
- * order: add_request (per-request policies), abort, fork, set_free_blocks_limit, step and report as
- * separate calls (so requests are added, aborted and forked while a plan is outstanding), steps and
- * reports out of turn, and with overlap scheduling a second step while a plan is in flight (the new
- * plan starts when the old one is reported). The engine's outputs come from the input too (EOS;
- * with fuzz_sched whether a flagged compression runs, cut on the host with
+ * copy hazard allowed) or the bookkeeping executor; prefix caching under the protect or the
+ * copy rule, requests then starting with one of three system prompts) and then scheduler calls in
+ * any order: add_request (per-request policies), abort, fork, set_free_blocks_limit, step and
+ * report as separate calls (so requests are added, aborted and forked while a plan is outstanding),
+ * steps and reports out of turn, and with overlap scheduling a second step while a plan is in
+ * flight (the new plan starts when the old one is reported). The engine's outputs come from the
+ * input too (EOS; with fuzz_sched whether a flagged compression runs, cut on the host with
  * rkv_blockmgr_compact_uniform; with fuzz_exec the Q/K/V rows the executor writes and attends
  * over); a plan's outputs and compressions are made when it is reported. rkv_sched_check runs after
  * every call, rkv_exec_check after every executed step; a corruption, an unexpected status or a
@@ -270,9 +270,8 @@ static int fz_run(const uint8_t *data, size_t size, bool with_exec) {
   sc.overlap = w.overlap;
   sc.evict = w.ev[b3 % 5];
   sc.prefix_cache = w.prefix;
-  /* The protect rule only: under the copy rule fuzz_exec found a compression that ran out of
-   * fresh blocks in the bookkeeping executor (docs/TESTING.md, "Fuzzing": open). */
-  sc.prefix_rule = RKV_SCHED_PREFIX_PROTECT;
+  /* either prefix rule (copy: a compression copies the shared blocks it keeps) */
+  sc.prefix_rule = (b2 & 4) ? RKV_SCHED_PREFIX_COPY : RKV_SCHED_PREFIX_PROTECT;
   if (rkv_sched_create(&sc, w.bm, &w.s, NULL, 0) != RKV_OK) abort();
   if (with_exec) {
     if ((b0 >> 7) & 1) {

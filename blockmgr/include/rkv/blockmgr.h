@@ -223,6 +223,17 @@ RKV_API rkv_status rkv_blockmgr_compact_fresh_bound(const rkv_blockmgr *m, int64
 RKV_API rkv_status rkv_blockmgr_compact_fresh_bound_after(const rkv_blockmgr *m, int64_t seq,
                                                           int32_t layer, int32_t keep,
                                                           uint32_t pending, uint32_t *out);
+/* The same bound when prefix-cache hits may share seq's blocks before the compaction runs
+ * (rkv_blockmgr_seq_create_cached between planning a compaction and running it, where the
+ * caller lets compactions rewrite cached blocks: a scheduler's prefix copy rule). A leading
+ * block then counts when it is shared, when its group is in the prefix table, or when it is
+ * among the first `registering` blocks of its stream (those a prefix_insert made before the
+ * compaction registers); each at most once. Equals compact_fresh_bound_after when nothing is
+ * cached and registering is 0. O(streams x ceil(keep / block_size)) once anything is shared
+ * or cached. RKV_ERR_NOT_FOUND, RKV_ERR_INVALID_ARG. */
+RKV_API rkv_status rkv_blockmgr_compact_copy_bound(const rkv_blockmgr *m, int64_t seq,
+                                                   int32_t layer, int32_t keep, uint32_t pending,
+                                                   uint32_t registering, uint32_t *out);
 
 /* ---- Export ---------------------------------------------------------------------------- */
 

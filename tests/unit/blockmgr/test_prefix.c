@@ -468,8 +468,66 @@ static void test_random_content(void) {
   rkv_blockmgr_destroy(m);
 }
 
+/* The fresh-block bound when later hits may share a sequence's blocks before its compaction
+ * (a scheduler's copy rule): cached blocks count, and so do the first `registering` blocks a
+ * prefix_insert will register; a hit after the bound never makes the compaction take more. */
+static void test_copy_bound(void) {
+  rkv_blockmgr *m = make_cached(64, 8);
+  int32_t a[22], b[22];
+  uint64_t ha[8], hb[8];
+  prompt(a, 22, 0, 22);
+  prompt(b, 22, 1, 12);
+  serve_prompt(m, 1, a, 22, ha); /* 5 cached blocks of 6 per stream */
+  uint32_t fresh = 99, copy = 99;
+  EXPECT_OK(rkv_blockmgr_compact_fresh_bound_after(m, 1, -1, 16, 0, &fresh));
+  EXPECT_OK(rkv_blockmgr_compact_copy_bound(m, 1, -1, 16, 0, 0, &copy));
+  EXPECT_EQ_INT(fresh, 0);                 /* nothing shared yet */
+  EXPECT_EQ_INT(copy, 4 * LAYERS * HEADS); /* the 4 kept blocks are all cached */
+  EXPECT_OK(rkv_blockmgr_compact_copy_bound(m, 1, 0, 16, 0, 0, &copy));
+  EXPECT_EQ_INT(copy, 4 * HEADS); /* one layer */
+  EXPECT_OK(rkv_blockmgr_compact_copy_bound(m, 1, -1, 24, 0, 0, &copy));
+  EXPECT_EQ_INT(copy, 0); /* no stream is cut */
+  EXPECT_OK(rkv_blockmgr_compact_copy_bound(m, 1, -1, 24, 3, 0, &copy));
+  EXPECT_EQ_INT(copy, 5 * LAYERS * HEADS); /* the append takes it over: 5 cached kept */
+  /* a hit after the bound shares 3 of them: the cut copies those, within the bound */
+  rkv_prefix_hash_blocks(b, 22, BS, 0, hb, 8);
+  EXPECT_OK(rkv_blockmgr_seq_create_cached(m, 2, hb, 3));
+  EXPECT_OK(rkv_blockmgr_compact_copy_bound(m, 1, -1, 16, 0, 0, &copy));
+  EXPECT_EQ_INT(copy, 4 * LAYERS * HEADS); /* each block once, shared and cached */
+  uint32_t free0 = bmt_free_blocks(m);
+  EXPECT_OK(rkv_blockmgr_truncate(m, 1, -1, 16, NULL));
+  /* 3 copies per stream taken, 2 tail blocks per stream returned */
+  EXPECT_EQ_INT((int64_t)bmt_free_blocks(m) - (int64_t)free0, (2 - 3) * LAYERS * HEADS);
+  EXPECT_OK(rkv_blockmgr_compact_copy_bound(m, 1, -1, 8, 0, 0, &copy));
+  EXPECT_EQ_INT(copy, 0); /* the cut left the cache and shares nothing */
+  /* blocks not registered yet: the first `registering` of each stream */
+  EXPECT_OK(rkv_blockmgr_seq_create(m, 3));
+  EXPECT_OK(rkv_blockmgr_append(m, 3, 10, NULL, NULL, NULL));
+  EXPECT_OK(rkv_blockmgr_compact_copy_bound(m, 3, -1, 8, 0, 0, &copy));
+  EXPECT_EQ_INT(copy, 0);
+  EXPECT_OK(rkv_blockmgr_compact_copy_bound(m, 3, -1, 8, 0, 1, &copy));
+  EXPECT_EQ_INT(copy, 1 * LAYERS * HEADS);
+  EXPECT_OK(rkv_blockmgr_compact_copy_bound(m, 3, -1, 8, 0, 9, &copy));
+  EXPECT_EQ_INT(copy, 2 * LAYERS * HEADS); /* at most the kept blocks */
+  /* blocks wholly inside a protected prefix are never copied */
+  EXPECT_OK(rkv_blockmgr_seq_protect(m, 2, 8));
+  EXPECT_OK(rkv_blockmgr_append(m, 2, 6, NULL, NULL, NULL));
+  EXPECT_OK(rkv_blockmgr_compact_copy_bound(m, 2, -1, 16, 0, 0, &copy));
+  EXPECT_EQ_INT(copy, 1 * LAYERS * HEADS); /* block 2: cached (its own now) */
+  const uint64_t d = digest(m);
+  EXPECT_STATUS(rkv_blockmgr_compact_copy_bound(m, 3, -1, 8, 0, 1, NULL), RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rkv_blockmgr_compact_copy_bound(m, 3, -1, -1, 0, 1, &copy), RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rkv_blockmgr_compact_copy_bound(m, 3, LAYERS, 8, 0, 1, &copy), RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rkv_blockmgr_compact_copy_bound(m, 9, -1, 8, 0, 1, &copy), RKV_ERR_NOT_FOUND);
+  EXPECT(strstr(rkv_blockmgr_last_error(m), "9") != NULL);
+  EXPECT(digest(m) == d);
+  EXPECT_OK(rkv_blockmgr_check(m));
+  rkv_blockmgr_destroy(m);
+}
+
 int main(void) {
   test_hash();
+  test_copy_bound();
   test_hit_share_park();
   test_reclaim_lru();
   test_invalidation();

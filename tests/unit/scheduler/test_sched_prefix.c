@@ -376,8 +376,82 @@ static void test_reserve_counts_hits(void) {
   EXPECT(on >= 4);
 }
 
+/* Copy rule: a request admitted in the same step as the one whose prompt it hits shares
+ * blocks that request's compression (flagged in this step, run at finish) must copy. The
+ * first admission has no hit of its own, so only a promise for later hits on its registered
+ * blocks keeps that compression from running out of fresh blocks. Found by fuzz_exec; every
+ * pool size from the smallest that admits the first request up is served to the end. */
+static bool copy_rule_same_step(uint32_t blocks, uint32_t *hits) {
+  rkv_evict_params ev = RKV_EVICT_PARAMS_INIT;
+  ev.policy = RKV_EVICT_RKV, ev.budget = 10, ev.window = 2, ev.buffer = 5;
+  rkv_blockmgr_config bc = RKV_BLOCKMGR_CONFIG_INIT;
+  bc.num_blocks = blocks, bc.block_size = BLOCK, bc.num_layers = 1, bc.num_kv_heads = 1;
+  bc.head_dim = HEAD_DIM, bc.dtype = RKV_DTYPE_F32, bc.prefix_cache = true, bc.watermark = 0.0f;
+  rkv_sched_config sc = RKV_SCHED_CONFIG_INIT;
+  sc.max_batched_tokens = 64, sc.max_seqs = 4, sc.admission = RKV_SCHED_OPTIMISTIC;
+  sc.evict = ev, sc.prefix_cache = true, sc.prefix_rule = RKV_SCHED_PREFIX_COPY;
+  sc.check_every_step = true;
+  rkv_exec_config xc = RKV_EXEC_CONFIG_INIT;
+  xc.num_q_heads = 2, xc.max_seqs = 4, xc.evict = ev;
+  rkv_blockmgr *bm = NULL;
+  rkv_sched *s = NULL;
+  rkv_exec *x = NULL;
+  char err[256] = "";
+  EXPECT_OK(rkv_blockmgr_create(&bc, &bm));
+  EXPECT_OK(rkv_sched_create(&sc, bm, &s, err, sizeof err));
+  EXPECT_OK(rkv_exec_create(&xc, bm, NULL, &x, err, sizeof err)); /* bookkeeping */
+  int32_t toks[16];
+  for (int32_t i = 0; i < 16; i++) toks[i] = 7 * i;
+  uint64_t h[3];
+  EXPECT_EQ_INT(rkv_prefix_hash_blocks(toks, 12, BLOCK, 0, h, 3), 3);
+  /* 0: 16 tokens, three hashed blocks, compressed right after its prefill (16 > budget);
+   * 1: 10 tokens starting with the same two blocks, admitted behind it in the same step, with
+   * a budget that never compresses it (its own compression's promise would cover 0's) */
+  rkv_evict_params wide = ev;
+  wide.budget = 32;
+  const rkv_sched_request rq[2] = {{0, 16, 4, 0, 0.0, NULL}, {1, 10, 4, 0, 1.0, &wide}};
+  for (int i = 0; i < 2; i++) {
+    EXPECT_OK(rkv_sched_add_request(s, &rq[i]));
+    EXPECT_OK(rkv_sched_set_prefix(s, rq[i].id, h, i ? 2 : 3));
+  }
+  bool ok = true;
+  rkv_sched_output outs[4];
+  for (int guard = 0; guard < 200 && ok; guard++) {
+    const rkv_sched_plan *p = NULL;
+    ok = rkv_sched_step(s, &p) == RKV_OK && rkv_exec_begin(x, p) == RKV_OK;
+    memset(outs, 0, sizeof outs);
+    if (ok && rkv_exec_finish(x, outs, p->n_seqs) != RKV_OK) {
+      fprintf(stderr, "%u blocks: finish: %s\n", blocks, rkv_exec_last_error(x));
+      ok = false;
+    }
+    ok = ok && rkv_sched_report(s, outs, p->n_seqs) == RKV_OK && rkv_exec_check(x) == RKV_OK;
+    rkv_sched_metrics m;
+    rkv_sched_get_metrics(s, &m);
+    if (ok && !p->n_seqs && !m.num_running && !m.num_waiting) {
+      ok = m.num_finished == 2;
+      break;
+    }
+  }
+  rkv_sched_prefix_stats ps;
+  ps.struct_size = sizeof ps;
+  EXPECT_OK(rkv_sched_get_prefix_stats(s, &ps));
+  *hits += ps.admissions_hit;
+  ok = ok && rkv_sched_check(s) == RKV_OK && rkv_blockmgr_check(bm) == RKV_OK;
+  rkv_exec_destroy(x);
+  rkv_sched_destroy(s);
+  rkv_blockmgr_destroy(bm);
+  return ok;
+}
+
+static void test_copy_rule_same_step_hit(void) {
+  uint32_t hits = 0;
+  for (uint32_t blocks = 4; blocks <= 12; blocks++) EXPECT(copy_rule_same_step(blocks, &hits));
+  EXPECT(hits > 0); /* some pool let the second request share the first one's blocks */
+}
+
 int main(void) {
   test_errors();
+  test_copy_rule_same_step_hit();
   test_reserve_counts_hits();
   test_on_equals_off();
   test_workloads();
