@@ -1209,6 +1209,35 @@ static inline int bms_compact(bm_shadow *s, int64_t id, const rkv_keep_list *lis
   return bms_compact_ex(s, id, lists, n_lists, -1, out);
 }
 
+/* rkv_blockmgr_compact_fresh_bound and _compact_copy_bound before a uniform cut, against the
+ * model: the first counts the shared kept blocks after the protected prefix (exactly what the
+ * cut copies, `fresh`); the second also the cached ones and the first `registering` of each
+ * cut stream, each once (registering 0, 1 and 3). */
+static inline int bms_check_bounds_(bm_shadow *s, const bms_seq *q, int64_t id, int32_t layer,
+                                    int32_t keep, uint32_t fresh) {
+  const int32_t bs = (int32_t)s->bs, fixed = q->protect / bs, nbn = bms_ceil_div(keep, bs);
+  uint32_t got = 0;
+  if (rkv_blockmgr_compact_fresh_bound(s->m, id, layer, keep, &got) != RKV_OK || got != fresh)
+    return BMS_FAIL(s, "compact_fresh_bound: %u, model %u (%s)", got, fresh,
+                    rkv_blockmgr_last_error(s->m));
+  const uint32_t regs[3] = {0, 1, 3};
+  for (int i = 0; i < 3; i++) {
+    const int32_t named = (int32_t)regs[i] < nbn ? (int32_t)regs[i] : nbn;
+    uint32_t want = 0;
+    for (uint32_t k = 0; k < s->S; k++) {
+      const bms_stream *t = &q->st[k];
+      if ((layer >= 0 && k / s->heads != (uint32_t)layer) || t->len <= keep) continue;
+      for (int32_t j = fixed; j < nbn; j++)
+        want += j < named || s->ref[t->row[j]] > 1 || (s->pc && s->bgrp[t->row[j]] >= 0);
+    }
+    if (rkv_blockmgr_compact_copy_bound(s->m, id, layer, keep, 0, regs[i], &got) != RKV_OK ||
+        got != want)
+      return BMS_FAIL(s, "compact_copy_bound (registering %u): %u, model %u (%s)", regs[i], got,
+                      want, rkv_blockmgr_last_error(s->m));
+  }
+  return 0;
+}
+
 /* rkv_blockmgr_compact_uniform; the model then plays the device: it picks a random sorted
  * subset of `keep` old positions per cut stream and gathers those tokens into the new row
  * (reading the old rows the call reported). short_cap 1 / 2 passes one map / one old-block
@@ -1236,6 +1265,7 @@ static inline int bms_compact_uniform_ex(bm_shadow *s, int64_t id, int32_t layer
       for (int32_t j = fixed; j < bms_ceil_div(keep, bs); j++) fresh += s->ref[t->row[j]] > 1;
     }
     if (fresh > s->nfree) want = RKV_ERR_NO_BLOCKS;
+    if (bms_check_bounds_(s, q, id, layer, keep, fresh)) return -1;
   }
   if (want != RKV_OK || (short_cap == 1 && touched == 0) || (short_cap == 2 && old_touched == 0))
     short_cap = 0; /* only the capacity is wrong, or the call is not made short */
