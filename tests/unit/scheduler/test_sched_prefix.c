@@ -288,6 +288,16 @@ static void test_errors(void) {
   rkv_blockmgr_destroy(bm);
 }
 
+/* A block manager, a scheduler over it and a bookkeeping executor (no pool). */
+static void make_bookkeeping(const rkv_blockmgr_config *bc, const rkv_sched_config *sc,
+                             const rkv_exec_config *xc, rkv_blockmgr **bm, rkv_sched **s,
+                             rkv_exec **x) {
+  char err[256] = "";
+  EXPECT_OK(rkv_blockmgr_create(bc, bm));
+  EXPECT_OK(rkv_sched_create(sc, *bm, s, err, sizeof err));
+  EXPECT_OK(rkv_exec_create(xc, *bm, NULL, x, err, sizeof err));
+}
+
 /* Reserve admission counts the hit: a request that shares h cached groups (protect rule)
  * reserves its own bound less h groups per stream, and each shared group is reserved once
  * while any request that hit it runs, also after the request that computed it has finished.
@@ -310,10 +320,7 @@ static uint32_t reserve_run(bool cache, bool *sum_ok) {
   rkv_blockmgr *bm = NULL;
   rkv_sched *s = NULL;
   rkv_exec *x = NULL;
-  char err[256] = "";
-  EXPECT_OK(rkv_blockmgr_create(&bc, &bm));
-  EXPECT_OK(rkv_sched_create(&sc, bm, &s, err, sizeof err));
-  EXPECT_OK(rkv_exec_create(&xc, bm, NULL, &x, err, sizeof err)); /* bookkeeping */
+  make_bookkeeping(&bc, &sc, &xc, &bm, &s, &x);
   for (int64_t id = 0; id < N; id++) {
     /* the first request ends first: the groups it computed stay reserved for the others */
     rkv_sched_request rq = {id, SYS + 4, id == 0 ? 3 : 40, 0, (double)id, NULL};
@@ -396,10 +403,7 @@ static bool copy_rule_same_step(uint32_t blocks, uint32_t *hits) {
   rkv_blockmgr *bm = NULL;
   rkv_sched *s = NULL;
   rkv_exec *x = NULL;
-  char err[256] = "";
-  EXPECT_OK(rkv_blockmgr_create(&bc, &bm));
-  EXPECT_OK(rkv_sched_create(&sc, bm, &s, err, sizeof err));
-  EXPECT_OK(rkv_exec_create(&xc, bm, NULL, &x, err, sizeof err)); /* bookkeeping */
+  make_bookkeeping(&bc, &sc, &xc, &bm, &s, &x);
   int32_t toks[16];
   for (int32_t i = 0; i < 16; i++) toks[i] = 7 * i;
   uint64_t h[3];
