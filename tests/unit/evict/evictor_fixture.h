@@ -1,6 +1,6 @@
-/* Fixture of the evictor tests (test_evictor.c, test_evictor_emu.c): a block manager and a KV
- * pool on the CPU backend or on the emulated device, sequences written through scattered
- * blocks with each token's original position in its V row, their query windows (an
+/* Fixture of the evictor tests (test_evictor.c, test_evictor_emu.c, fuzz_evictor.c): a block
+ * manager and a KV pool on the CPU backend or on the emulated device, sequences written through
+ * scattered blocks with each token's original position in its V row, their query windows (an
  * rkv_qwindow on the host; on the emulated device also the same rows in an rkv_qwindow on the
  * device, pushed by the batched push, and a caller's ring of DEVICE memory holding them
  * rotated, for the deprecated adds that name a window), and state comparisons. Two fixtures built
@@ -39,7 +39,10 @@ typedef struct fixture {
   uint64_t rng;
 } fixture;
 
-static inline void fx_init(fixture *f, rkv_dtype dt, uint32_t num_blocks, uint64_t seed, bool emu) {
+/* checks: the block manager's walk after every operation (check_every_op); a caller that
+ * checks between its own operations (the evictor fuzzer) saves a walk per appended token. */
+static inline void fx_init_ex(fixture *f, rkv_dtype dt, uint32_t num_blocks, uint64_t seed,
+                              bool emu, bool checks) {
   memset(f, 0, sizeof *f);
   f->dt = dt, f->rng = seed, f->emu = emu;
   rkv_backend_config bc = RKV_BACKEND_CONFIG_INIT;
@@ -47,7 +50,7 @@ static inline void fx_init(fixture *f, rkv_dtype dt, uint32_t num_blocks, uint64
   EXPECT_OK(emu ? rkv_backend_create_emulated(&bc, &f->be) : rkv_backend_create(&bc, &f->be));
   rkv_blockmgr_config mc = RKV_BLOCKMGR_CONFIG_INIT;
   mc.num_blocks = num_blocks, mc.block_size = BS, mc.num_layers = L, mc.num_kv_heads = KV;
-  mc.head_dim = D, mc.dtype = dt, mc.check_every_op = true, mc.watermark = 0;
+  mc.head_dim = D, mc.dtype = dt, mc.check_every_op = checks, mc.watermark = 0;
   EXPECT_OK(rkv_blockmgr_create(&mc, &f->m));
   rkv_kv_layout lay = rkv_blockmgr_kv_layout(f->m);
   EXPECT_OK(rkv_kv_pool_create(f->be, &lay, num_blocks, &f->pool));
@@ -62,6 +65,10 @@ static inline void fx_init(fixture *f, rkv_dtype dt, uint32_t num_blocks, uint64
   EXPECT_OK(rkv_buffer_create(f->be, RKV_BUFFER_DEVICE, 0, &f->qdev));
   qc.backend = f->be;
   EXPECT_OK(rkv_qwindow_create(&qc, &f->dqw));
+}
+
+static inline void fx_init(fixture *f, rkv_dtype dt, uint32_t num_blocks, uint64_t seed, bool emu) {
+  fx_init_ex(f, dt, num_blocks, seed, emu, true);
 }
 
 static inline void fx_fini(fixture *f) {
@@ -110,7 +117,9 @@ static inline void fx_append(fixture *f, int64_t seq, int32_t at, int32_t n) {
       EXPECT_OK(s);
       return;
     }
+    /* on the emulated device the copy is queued: it must land before the rows written here */
     if (nc) EXPECT_OK(rkv_kv_pool_copy_blocks(f->pool, copies, nc));
+    if (nc && f->emu) EXPECT_OK(rkv_backend_sync(f->be));
     if (t % 3 == 0) EXPECT_OK(rkv_blockmgr_append(f->m, 1000, 1, NULL, NULL, &nc));
     for (uint32_t s2 = 0; s2 < L * KV; s2++) {
       int64_t back = -1;
@@ -128,12 +137,9 @@ static inline void fx_append(fixture *f, int64_t seq, int32_t at, int32_t n) {
   EXPECT_OK(rkv_blockmgr_seq_free(f->m, 1000));
 }
 
-/* Sequence id (1..MAXSEQ) of n tokens with `rows` query rows pushed in every layer (more than
- * W wraps the ring, so the device window's oldest row is not row 0). */
-static inline void fx_seq(fixture *f, int64_t id, int32_t n, uint32_t rows) {
-  EXPECT_OK(rkv_blockmgr_seq_create(f->m, id));
-  EXPECT_OK(rkv_qwindow_seq_add(f->qw, id));
-  fx_append(f, id, 0, n);
+/* `rows` more query rows of sequence id in every layer, random, pushed into the host window
+ * and, on the emulated device, into the device window by one batched push per layer. */
+static inline void fx_push_rows(fixture *f, int64_t id, uint32_t rows) {
   const size_t row = QH * D;
   float *q = malloc((size_t)L * rows * row * sizeof(float)); /* [L][rows][QH][D] */
   for (uint32_t l = 0; l < L; l++)
@@ -145,7 +151,6 @@ static inline void fx_seq(fixture *f, int64_t id, int32_t n, uint32_t rows) {
   if (f->dqw) { /* the device window: every layer's rows in one batched push per layer */
     const int64_t ids[1] = {id};
     const int32_t ip[2] = {0, (int32_t)rows};
-    EXPECT_OK(rkv_qwindow_seq_add(f->dqw, id));
     EXPECT_OK(rkv_buffer_reserve(f->qdev, (size_t)L * rows * row * sizeof(float)));
     EXPECT_OK(rkv_buffer_upload(f->qdev, 0, q, (size_t)L * rows * row * sizeof(float)));
     EXPECT_OK(rkv_qwindow_plan(f->dqw, ids, ip, 1));
@@ -155,6 +160,16 @@ static inline void fx_seq(fixture *f, int64_t id, int32_t n, uint32_t rows) {
     EXPECT_OK(rkv_backend_sync(f->be)); /* the upload reads q */
   }
   free(q);
+}
+
+/* Sequence id (1..MAXSEQ) of n tokens with `rows` query rows pushed in every layer (more than
+ * W wraps the ring, so the device window's oldest row is not row 0). */
+static inline void fx_seq(fixture *f, int64_t id, int32_t n, uint32_t rows) {
+  EXPECT_OK(rkv_blockmgr_seq_create(f->m, id));
+  EXPECT_OK(rkv_qwindow_seq_add(f->qw, id));
+  if (f->dqw) EXPECT_OK(rkv_qwindow_seq_add(f->dqw, id));
+  fx_append(f, id, 0, n);
+  fx_push_rows(f, id, rows);
 }
 
 /* Two fixtures built alike (a on the emulated device when emu_a, b when emu_b): sequences
@@ -218,10 +233,10 @@ static inline rkv_evictor *fx_evictor(fixture *f, const rkv_evict_params *p,
   return fx_evictor_win(f, p, g, false);
 }
 
-/* Differences between two fixtures: free blocks, every live sequence's lengths and contents
+/* Differences between two fixtures' sequences: every live sequence's lengths and contents
  * (K and V rows and mass of every position); with `ids` also the block tables and every
  * slot's mass; with `bytes` the whole pool. */
-static inline int diff_state(fixture *a, fixture *b, bool ids, bool bytes) {
+static inline int diff_seqs(fixture *a, fixture *b, bool ids, bool bytes) {
   int bad = 0;
   const rkv_kv_layout *l = rkv_kv_pool_layout(a->pool);
   const size_t nb = rkv_kv_pool_num_blocks(a->pool);
@@ -231,7 +246,6 @@ static inline int diff_state(fixture *a, fixture *b, bool ids, bool bytes) {
   if (ids || bytes)
     bad += memcmp(rkv_kv_pool_scores(a->pool), rkv_kv_pool_scores(b->pool),
                   nb * BS * sizeof(float)) != 0;
-  bad += rkv_blockmgr_free_blocks(a->m) != rkv_blockmgr_free_blocks(b->m);
   for (int64_t seq = 1; seq <= MAXSEQ; seq++) {
     bad += rkv_blockmgr_seq_exists(a->m, seq) != rkv_blockmgr_seq_exists(b->m, seq);
     if (!rkv_blockmgr_seq_exists(a->m, seq)) continue;
@@ -256,6 +270,12 @@ static inline int diff_state(fixture *a, fixture *b, bool ids, bool bytes) {
     }
   }
   return bad;
+}
+
+/* diff_seqs and the free blocks. */
+static inline int diff_state(fixture *a, fixture *b, bool ids, bool bytes) {
+  return diff_seqs(a, b, ids, bytes) +
+         (rkv_blockmgr_free_blocks(a->m) != rkv_blockmgr_free_blocks(b->m));
 }
 
 static inline void expect_same(fixture *a, fixture *b, bool ids, bool bytes, const char *what) {
