@@ -112,11 +112,11 @@ static void fz_verify(world *w, const char *what) {
       abort();
     }
   }
-  if (w->parted) return; /* each world's own checks only */
   if (rkv_emu_hazards(w->f[1].be) != 0) {
     fprintf(stderr, "fuzz_evictor: after %s: %s\n", what, rkv_emu_hazard_text(w->f[1].be));
     abort();
   }
+  if (w->parted) return; /* each world's own checks only */
   /* by position, not by block id: the two paths return freed tails in different orders, so
    * later allocations take different ids */
   int bad = diff_seqs(&w->f[0], &w->f[1], false, false);
@@ -137,7 +137,7 @@ static rkv_evict_params fz_params(fz_in *c) {
   const rkv_evict_policy pols[5] = {RKV_EVICT_RKV, RKV_EVICT_SNAPKV, RKV_EVICT_STREAMING,
                                     RKV_EVICT_H2O, RKV_EVICT_FULL};
   p.policy = pols[a % 5];
-  p.budget = (int32_t)(b % 64);               /* 0 is refused */
+  p.budget = (int32_t)(b % 64);               /* at most the window is refused */
   p.window = ((a >> 3) & 7) == 7 ? W - 1 : W; /* W - 1: not the query window's size */
   p.buffer = 1 + (int32_t)(e % 24);
   p.lambda = (e & 0x80) ? -0.5f : (float)(e % 11) / 10.0f;
