@@ -2,7 +2,8 @@
 # one ctest test each (python_<name> for test_<name>.py), run by run_pytest.sh with the first
 # python3 that imports numpy and pytest (/usr/bin/python3 first; exit 77 without one) against
 # this build's librkv.so (RKV_LIBRARY) and the package source (PYTHONPATH):
-#  python_blockmgr    block manager round trip (append, fork + copy-on-write, compact, export)
+#  python_blockmgr    block manager round trip (append, fork + copy-on-write, compact, export;
+#                     truncate and the fresh-block bounds of a cut)
 #  python_pool        zero-copy pool views: written through numpy, read by the library
 #                     (read_blocks, copies, moves, paged attention) and the reverse
 #  python_plan_views  plan arrays as numpy views: slots equal the block manager's, read-only,

@@ -250,6 +250,36 @@ class BlockManager(Handle):
                     "rkv_blockmgr_compact")
         return moves[:nm.value].copy()
 
+    def truncate(self, seq, keep, layer=-1):
+        """Cuts every stream of `layer` (all layers with -1) longer than `keep` to its first
+        `keep` tokens: tails return whole, shared leading blocks are replaced by fresh ones
+        (rkv_blockmgr_truncate). Returns the tokens cut; nothing changes on an error."""
+        out = ctypes.c_uint64()
+        self._check(_lib.lib().rkv_blockmgr_truncate(self.handle, int(seq), int(layer),
+                                                     int(keep), ctypes.byref(out)),
+                    "rkv_blockmgr_truncate")
+        return out.value
+
+    def compact_fresh_bound(self, seq, keep, layer=-1, pending=0):
+        """Most fresh blocks a compaction of the sequence to `keep` tokens per stream can take
+        after `pending` more tokens are appended: its shared kept blocks
+        (rkv_blockmgr_compact_fresh_bound_after). What a scheduler reserves first."""
+        out = ctypes.c_uint32()
+        self._check(_lib.lib().rkv_blockmgr_compact_fresh_bound_after(
+            self.handle, int(seq), int(layer), int(keep), int(pending), ctypes.byref(out)),
+                    "rkv_blockmgr_compact_fresh_bound_after")
+        return out.value
+
+    def compact_copy_bound(self, seq, keep, layer=-1, pending=0, registering=0):
+        """compact_fresh_bound when prefix-cache hits may share the sequence's cached blocks
+        (and its first `registering` blocks per stream) before the compaction runs
+        (rkv_blockmgr_compact_copy_bound)."""
+        out = ctypes.c_uint32()
+        self._check(_lib.lib().rkv_blockmgr_compact_copy_bound(
+            self.handle, int(seq), int(layer), int(keep), int(pending), int(registering),
+            ctypes.byref(out)), "rkv_blockmgr_compact_copy_bound")
+        return out.value
+
     def export_csr(self, layer, seqs):
         """One layer's CSR block table over a batch of sequences (CsrTable)."""
         import numpy as np

@@ -1,5 +1,6 @@
 """BlockManager round trip: create, append, fork with copy-on-write, compaction, export,
-restore, free; every invariant checked and every block back on the free list at the end."""
+restore, free, cuts and their fresh-block bounds; every invariant checked and every block back
+on the free list at the end."""
 import numpy as np
 import pytest
 
@@ -111,4 +112,45 @@ def test_no_blocks_changes_nothing():
         bm.append(1, 1)
     assert ei.value.status == librkv.Status.ERR_NO_BLOCKS
     assert bm.stream_len(1, 0, 0) == 4
+    bm.check()
+
+
+def test_cut_and_fresh_bounds():
+    """truncate, compact_fresh_bound and compact_copy_bound: a fork's shared kept blocks, then
+    a prefix-cache hit on blocks nobody shares yet; each cut takes no more fresh blocks than
+    the bound said."""
+    bm = make(num_blocks=96, prefix_cache=True)  # 2 layers x 3 heads = 6 streams, block 4
+    bm.seq_create(1)
+    bm.append(1, 10)                 # 3 blocks per stream, the last partly filled
+    bm.seq_fork(1, 2)
+    assert bm.compact_fresh_bound(2, 8) == 6 * 2      # two shared kept blocks per stream
+    assert bm.compact_fresh_bound(2, 12) == 0         # no stream is over 12
+    assert bm.compact_fresh_bound(2, 12, pending=3) == 6 * 3
+    assert bm.compact_fresh_bound(2, 8, layer=1) == 3 * 2
+    free = bm.free_blocks
+    assert bm.truncate(2, 8) == 6 * 2                 # 2 tokens cut in each stream
+    assert free - bm.free_blocks == 6 * 2             # the copies, within the bound
+    assert bm.stream_lens(2).tolist() == [[8] * 3] * 2
+    assert bm.compact_fresh_bound(1, 4) == 0          # nothing shared any more
+    # cached blocks: sequence 3 registers two groups; a later hit would share them
+    toks = np.arange(12, dtype=np.int32)
+    h = librkv.prefix_hash_blocks(toks, 4)
+    bm.seq_create(3)
+    bm.append(3, 12)
+    assert bm.compact_copy_bound(3, 8) == 0
+    assert bm.compact_copy_bound(3, 8, registering=1) == 6
+    bm.prefix_insert(3, h[:2])
+    assert bm.compact_fresh_bound(3, 8) == 0
+    assert bm.compact_copy_bound(3, 8) == 6 * 2
+    bm.seq_create_cached(4, h, 2)
+    free = bm.free_blocks
+    bm.truncate(3, 8)
+    assert free - bm.free_blocks == 6 * 2 - 6         # 2 copies per stream, tail block back
+    with pytest.raises(librkv.RkvError):
+        bm.compact_copy_bound(9, 8)
+    with pytest.raises(librkv.RkvError):
+        bm.truncate(3, -1)
+    assert bm.stream_lens(3).tolist() == [[8] * 3] * 2
+    for s in (1, 2, 3, 4):
+        bm.seq_free(s)
     bm.check()
