@@ -438,6 +438,13 @@ static uint32_t bm_free(const rkv_sched *s) {
   return total > taken ? (uint32_t)(total - taken) : 0;
 }
 
+/* Blocks of r's first len tokens per stream that a hash names (the prompt blocks it may
+ * register or hit). */
+static uint32_t hashed_blocks(const rkv_sched *s, const req *r, int32_t len) {
+  const uint64_t full = (uint64_t)len / s->block_size;
+  return full < r->n_hashes ? (uint32_t)full : r->n_hashes;
+}
+
 /* Under the copy rule a prefix hit may share r's registered prompt blocks after its
  * compression was flagged (an admission later in the same step, or with overlap in the next
  * step, made while this one runs): the copies its compaction then makes are promised too. At
@@ -445,14 +452,13 @@ static uint32_t bm_free(const rkv_sched *s) {
  * block manager (an admission, a swap-in); compress_need asks the block manager. */
 static uint32_t hit_promise(const rkv_sched *s, const req *r, int32_t len) {
   if (!s->cfg.prefix_cache || s->cfg.prefix_rule != RKV_SCHED_PREFIX_COPY || !r->n_hashes) return 0;
-  uint64_t named = (uint64_t)len / s->block_size;
-  if (named > r->n_hashes) named = r->n_hashes;
+  const uint64_t named = hashed_blocks(s, r, len);
   const uint64_t lead = ceil_div((uint64_t)r->evict.budget, s->block_size);
   return (uint32_t)(s->streams * (named < lead ? named : lead));
 }
 
 /* Whether a chunk of n tokens, with r at `computed` tokens of its target and kv_len cached,
- * flags a compression (record_seq's rule): it samples and the streams then exceed the budget.
+ * flags a compression (record_seq's flag): it samples and the streams then exceed the budget.
  * *len is the length after the chunk. */
 static bool compress_flagged(const req *r, int64_t computed, int32_t kv_len, uint32_t n,
                              int32_t *len) {
@@ -474,10 +480,8 @@ static rkv_status compress_need(const rkv_sched *s, const req *r, uint32_t n, ui
     return rkv_blockmgr_compact_fresh_bound_after(s->bm, r->id, -1, keep, n, need);
   /* copy rule: also the cached blocks (its earlier chunks', or a fork parent's it holds) and
    * those this chunk registers, which a later admission's hit may share */
-  const bool decode = r->computed >= r->target;
-  uint64_t named = decode ? 0 : (uint64_t)len / s->block_size;
-  if (named > r->n_hashes) named = r->n_hashes;
-  return rkv_blockmgr_compact_copy_bound(s->bm, r->id, -1, keep, n, (uint32_t)named, need);
+  const uint32_t named = r->computed >= r->target ? 0 : hashed_blocks(s, r, len);
+  return rkv_blockmgr_compact_copy_bound(s->bm, r->id, -1, keep, n, named, need);
 }
 
 /* compress_need for a sequence that enters the pool this step with `cached` tokens (an
@@ -1102,9 +1106,8 @@ static rkv_status prefill_prefix(rkv_sched *s, req *r) {
   /* a fork child carries its parent's protection without hashes: a recompute re-protects */
   if (!r->n_hashes && !r->protect) return RKV_OK;
   if (s->cfg.prefix_cache && r->n_hashes) {
-    uint64_t full = (uint64_t)r->kv_len / s->block_size;
-    if (full > r->n_hashes) full = r->n_hashes;
-    RKV_TRY(rkv_blockmgr_prefix_insert(s->bm, r->id, r->hashes, (uint32_t)full, NULL));
+    RKV_TRY(
+        rkv_blockmgr_prefix_insert(s->bm, r->id, r->hashes, hashed_blocks(s, r, r->kv_len), NULL));
   }
   if (r->protect) RKV_TRY(rkv_blockmgr_seq_protect(s->bm, r->id, protected_now(r)));
   return RKV_OK;
@@ -1116,6 +1119,8 @@ static rkv_status record_seq(rkv_sched *s, req *r, uint32_t n, bool changed, boo
   plan_buf *b = s->cur;
   rkv_sched_plan *p = &b->plan;
   const bool decode = r->computed >= r->target;
+  int32_t len = 0; /* the promises (compress_need, start_need) read the same rule */
+  const bool compress = compress_flagged(r, r->computed, r->kv_len, n, &len);
   b->rows_changed[p->n_seqs] = changed || r->starting;
   r->deferred = deferred;
   if (r->starting) b->started[b->n_started++] = r->id;
@@ -1129,7 +1134,7 @@ static rkv_status record_seq(rkv_sched *s, req *r, uint32_t n, bool changed, boo
   r->kv_len += (int32_t)n;
   q->kv_len = r->kv_len;
   q->samples = decode || r->computed >= r->target;
-  q->compress = q->samples && compress_due(r, r->kv_len, !decode);
+  q->compress = compress;
   if (!decode) RKV_TRY(prefill_prefix(s, r));
   q->evict = req_evict(r);
   b->seq_req[p->n_seqs] = r;

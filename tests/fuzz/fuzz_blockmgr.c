@@ -22,18 +22,10 @@
 
 #include <rkv/blockmgr.h>
 
+#include "fuzz_cursor.h"
 #include "shadow.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-typedef struct cursor {
-  const uint8_t *p;
-  size_t n, i;
-} cursor;
-
-static uint8_t next_byte(cursor *c) {
-  return c->i < c->n ? c->p[c->i++] : 0;
-}
 
 static void die(const bm_shadow *s, size_t at, const char *what) {
   fprintf(stderr, "fuzz_blockmgr: mismatch at input byte %zu (%s): %s\n", at, what, s->err);
@@ -42,8 +34,8 @@ static void die(const bm_shadow *s, size_t at, const char *what) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < 2) return 0;
-  cursor c = {data, size, 0};
-  uint8_t b0 = next_byte(&c), b1 = next_byte(&c);
+  fz_cursor c = {data, size, 0};
+  uint8_t b0 = fz_byte(&c), b1 = fz_byte(&c);
   rkv_blockmgr_config cfg = RKV_BLOCKMGR_CONFIG_INIT;
   cfg.block_size = 1u + (b0 & 3u);
   cfg.num_layers = 1u + ((b0 >> 2) & 1u);
@@ -63,7 +55,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   uint32_t nops = 0;
   while (c.i < c.n && nops++ < 4096) {
     size_t at = c.i;
-    uint8_t op = next_byte(&c), a = next_byte(&c);
+    uint8_t op = fz_byte(&c), a = fz_byte(&c);
     int64_t id = a & 7;
     rkv_status st;
     int r = 0;
@@ -77,16 +69,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       case 1:
       case 2:
         what = "append";
-        r = bms_append(&s, id, 1u + next_byte(&c) % 12u, (op & 0x10) == 0, &st);
+        r = bms_append(&s, id, 1u + fz_byte(&c) % 12u, (op & 0x10) == 0, &st);
         break;
       case 3:
         what = "fork";
-        r = bms_fork(&s, id, next_byte(&c) & 7, &st);
+        r = bms_fork(&s, id, fz_byte(&c) & 7, &st);
         break;
       case 4: {
         what = "compact";
         bms_seq *q = bms_find(&s, id);
-        uint64_t rng = ((uint64_t)next_byte(&c) << 8) ^ at;
+        uint64_t rng = ((uint64_t)fz_byte(&c) << 8) ^ at;
         if (!q) {
           rkv_keep_list L = {0, 0, NULL, 0};
           r = bms_compact(&s, id, &L, 1, &st);
@@ -99,9 +91,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       }
       case 5: {
         what = "compact_uniform";
-        uint8_t x = next_byte(&c);
+        uint8_t x = fz_byte(&c);
         int32_t layer = (int32_t)(x % (cfg.num_layers + 1)) - 1;
-        r = bms_compact_uniform(&s, id, layer, (int32_t)(next_byte(&c) % 20u), &st);
+        r = bms_compact_uniform(&s, id, layer, (int32_t)(fz_byte(&c) % 20u), &st);
         break;
       }
       case 6:
@@ -110,7 +102,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         break;
       case 7:
         what = "restore";
-        for (uint32_t k = 0; k < s.S; k++) s.lens[k] = (int32_t)(next_byte(&c) % 20u);
+        for (uint32_t k = 0; k < s.S; k++) s.lens[k] = (int32_t)(fz_byte(&c) % 20u);
         r = bms_restore(&s, id, s.lens, &st);
         break;
       case 8: {
@@ -125,7 +117,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         break;
       case 10: { /* a request for a template: match, share, compute the rest, insert */
         what = "create_cached";
-        uint64_t rng = ((uint64_t)next_byte(&c) << 8) ^ at;
+        uint64_t rng = ((uint64_t)fz_byte(&c) << 8) ^ at;
         int skew = (a >> 3) % 3 == 2 ? -1 : (a >> 3) % 3 == 1 ? 1 : 0;
         r = bms_prompt(&s, &rng, id, (a >> 5) % BMS_TMPL, skew, &st);
         break;
@@ -133,18 +125,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       case 11: {
         what = "prefix_insert";
         uint32_t t = (a >> 3) % BMS_TMPL;
-        r = bms_prefix_insert(&s, id, s.tmpl_hash[t], next_byte(&c) % (s.tmpl_blocks[t] + 1), &st);
+        r = bms_prefix_insert(&s, id, s.tmpl_hash[t], fz_byte(&c) % (s.tmpl_blocks[t] + 1), &st);
         break;
       }
       case 12:
         what = "protect";
-        r = bms_protect(&s, id, (int32_t)(next_byte(&c) % 24u) - 2, &st);
+        r = bms_protect(&s, id, (int32_t)(fz_byte(&c) % 24u) - 2, &st);
         break;
       case 13: {
         what = "prefix_match";
         uint32_t t = (a >> 3) % BMS_TMPL;
         r = bms_prefix_match(&s, s.tmpl_hash[t], s.tmpl_blocks[t],
-                             next_byte(&c) % (s.tmpl_blocks[t] + 2), NULL);
+                             fz_byte(&c) % (s.tmpl_blocks[t] + 2), NULL);
         break;
       }
       case 14:
@@ -154,7 +146,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       default: { /* compaction that keeps the protected prefix in place */
         what = "compact (protected)";
         bms_seq *q = bms_find(&s, id);
-        uint64_t rng = ((uint64_t)next_byte(&c) << 8) ^ at;
+        uint64_t rng = ((uint64_t)fz_byte(&c) << 8) ^ at;
         if (!q) break;
         int nl = bms_random_lists(&s, &rng, q);
         if (nl < 0) abort();

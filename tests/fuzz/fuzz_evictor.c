@@ -22,19 +22,11 @@
 #include <stdlib.h>
 
 #include "../unit/evict/evictor_fixture.h"
+#include "fuzz_cursor.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 enum { MAX_LEN = 160, STREAMS = L * KV };
-
-typedef struct fz_in {
-  const uint8_t *p;
-  size_t n, i;
-} fz_in;
-
-static uint8_t fz_u8(fz_in *c) {
-  return c->i < c->n ? c->p[c->i++] : 0;
-}
 
 typedef struct world {
   fixture f[2]; /* 0: CPU pool, 1: emulated device */
@@ -131,8 +123,8 @@ static void fz_verify(world *w, const char *what) {
 
 /* Parameters from three input bytes: mostly valid, sometimes not (a budget at most the
  * window, a window other than the query window's, a negative lambda). */
-static rkv_evict_params fz_params(fz_in *c) {
-  const uint8_t a = fz_u8(c), b = fz_u8(c), e = fz_u8(c);
+static rkv_evict_params fz_params(fz_cursor *c) {
+  const uint8_t a = fz_byte(c), b = fz_byte(c), e = fz_byte(c);
   rkv_evict_params p = RKV_EVICT_PARAMS_INIT;
   const rkv_evict_policy pols[5] = {RKV_EVICT_RKV, RKV_EVICT_SNAPKV, RKV_EVICT_STREAMING,
                                     RKV_EVICT_H2O, RKV_EVICT_FULL};
@@ -146,8 +138,8 @@ static rkv_evict_params fz_params(fz_in *c) {
   return p;
 }
 
-static void fz_add(world *w, fz_in *c) {
-  const uint8_t a = fz_u8(c);
+static void fz_add(world *w, fz_cursor *c) {
+  const uint8_t a = fz_byte(c);
   const int64_t seq = 1 + a % MAXSEQ;
   const int32_t layer = (a >> 2) % 4 == 0 ? RKV_EVICTOR_ALL_LAYERS : (int32_t)((a >> 4) % (L + 1));
   const bool own = (a & 0x80) != 0;
@@ -261,8 +253,8 @@ static void fz_create(world *w, int64_t seq, int32_t n, uint32_t rows) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < 4) return 0;
-  fz_in c = {data, size, 0};
-  const uint8_t b0 = fz_u8(&c), b1 = fz_u8(&c), b2 = fz_u8(&c);
+  fz_cursor c = {data, size, 0};
+  const uint8_t b0 = fz_byte(&c), b1 = fz_byte(&c), b2 = fz_byte(&c);
   const rkv_dtype dts[3] = {RKV_DTYPE_F32, RKV_DTYPE_F16, RKV_DTYPE_BF16};
   const rkv_dtype dt = dts[b0 % 3];
   const rkv_evict_granularity g = (rkv_evict_granularity)((b0 >> 2) % RKV_EVICT_GRAN_COUNT_);
@@ -283,12 +275,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
   const uint32_t nseq = 1 + (b0 >> 5) % 3;
   for (int64_t s = 1; s <= (int64_t)nseq; s++) {
-    const uint8_t x = fz_u8(&c);
+    const uint8_t x = fz_byte(&c);
     fz_create(&w, s, 8 + x % 96, W + x % 5);
   }
   fz_verify(&w, "set-up");
   for (int ops = 0; c.i < c.n && ops < 64 && !w.parted; ops++) {
-    const uint8_t op = fz_u8(&c), a = fz_u8(&c);
+    const uint8_t op = fz_byte(&c), a = fz_byte(&c);
     const int64_t seq = 1 + a % MAXSEQ, other = 1 + (a >> 2) % MAXSEQ;
     const char *what = "?";
     switch (op % 10) {
@@ -314,7 +306,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         break;
       case 6:
         what = "protect";
-        fz_protect(&w, seq, fz_u8(&c));
+        fz_protect(&w, seq, fz_byte(&c));
         break;
       case 7:
         what = "fork";

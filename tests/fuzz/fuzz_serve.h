@@ -25,16 +25,9 @@
 #include <rkv/executor.h>
 #include <rkv/scheduler.h>
 
+#include "fuzz_cursor.h"
+
 enum { FZ_HEAD_DIM = 4, FZ_MAX_TOKENS = 32, FZ_MAX_SEQS = 8, FZ_MAX_OPS = 400 };
-
-typedef struct fz_cursor {
-  const uint8_t *p;
-  size_t n, i;
-} fz_cursor;
-
-static uint8_t fz_byte(fz_cursor *c) {
-  return c->i < c->n ? c->p[c->i++] : 0;
-}
 
 static void fz_die(const char *what, rkv_status st, const char *why) {
   fprintf(stderr, "fuzz: %s: %s: %s\n", what, rkv_status_name(st), why);
