@@ -24,12 +24,23 @@ static bool bm_needs_fresh(const rkv_blockmgr *m, const int32_t *row, const int3
   return pos[last] != last;
 }
 
+/* Row position r's block is cached (prefix table), held by this sequence alone and past the
+ * whole protected blocks: the compaction copies it (when the free list holds every copy of the
+ * call) so the group stays cached; the old block parks, still counted free, and later prompts
+ * hit it. A block kept wholly in place is copied too: the uniform cut, whose device picks the
+ * tokens later, can only copy them all, and both compactions leave the same blocks parked. */
+static bool bm_cached_kept(const rkv_blockmgr *m, const bm_seq *q, const int32_t *row, int32_t r) {
+  return m->pc_group && r >= q->protect / m->bs && m->pc_group[row[r]] >= 0 && m->ref[row[r]] == 1;
+}
+
 /* Move plan correctness. For a destination position i of a reused block (ref 1, or shared and
  * wholly in place), the source is position pos[i] >= i of the same stream; moves are emitted in
  * increasing i, so a slot is overwritten (as destination i) only after every move reading it
  * (sources pos[j] for j <= i, since pos[j] > pos[i] >= i for j > i) has been emitted. Fresh
  * blocks come off the free list: no source lives in them, and tail blocks are only released
- * after every fresh pop of the call, so a fresh block is never a tail block of this plan. */
+ * after every fresh pop of the call, so a fresh block is never a tail block of this plan; a
+ * copied cached block parks instead of going to the free list, and bm_reserve_free made every
+ * pop a free-list pop, so it is not handed out again by this call either. */
 RKV_API rkv_status rkv_blockmgr_compact(rkv_blockmgr *m, int64_t seq, const rkv_keep_list *lists,
                                         uint32_t n_lists, rkv_slot_move *moves, uint32_t moves_cap,
                                         uint32_t *n_moves) {
@@ -47,9 +58,13 @@ RKV_API rkv_status rkv_blockmgr_compact(rkv_blockmgr *m, int64_t seq, const rkv_
     m->mark_epoch = 1;
   }
 
-  /* Pass 1: validate every list, count fresh blocks and moves. */
-  int64_t fresh = 0;
-  uint64_t nmov = 0;
+  /* Pass 1: validate every list, count fresh blocks and moves: those shared blocks need, and
+   * those copies of cached blocks take. The copies are made only when the free list alone
+   * holds every fresh block of the call: no parked group is reclaimed to keep another (nor a
+   * group this sequence half holds, whose held blocks would then need no copy). Deciding it
+   * before pass 2 keeps the choice independent of the order the lists are processed in. */
+  int64_t fresh = 0, cached = 0;
+  uint64_t nmov = 0, cached_mov = 0;
   for (uint32_t l = 0; l < n_lists; l++) {
     const rkv_keep_list *kl = &lists[l];
     if (kl->layer >= m->cfg.num_layers || kl->head >= H)
@@ -89,13 +104,24 @@ RKV_API rkv_status rkv_blockmgr_compact(rkv_blockmgr *m, int64_t seq, const rkv_
         nmov += (uint64_t)(hi - lo);
       } else {
         nmov += (uint64_t)(hi - lo - same);
+        if (bm_cached_kept(m, q, row, r)) {
+          cached++;
+          cached_mov += (uint64_t)same;
+        }
       }
     }
   }
-  if (n_moves) *n_moves = nmov > UINT32_MAX ? UINT32_MAX : (uint32_t)nmov;
-  if (fresh > bm_avail(m))
+  if (fresh > bm_avail(m)) {
+    if (n_moves) *n_moves = nmov > UINT32_MAX ? UINT32_MAX : (uint32_t)nmov;
     return bm_fail(m, RKV_ERR_NO_BLOCKS, "compact: needs %lld fresh blocks, %d free",
                    (long long)fresh, bm_avail(m));
+  }
+  const bool keep_cached = cached && fresh + cached <= m->free_top;
+  if (keep_cached) {
+    fresh += cached;
+    nmov += cached_mov;
+  }
+  if (n_moves) *n_moves = nmov > UINT32_MAX ? UINT32_MAX : (uint32_t)nmov;
   if (nmov > moves_cap)
     return bm_fail(m, RKV_ERR_CAPACITY, "compact: %llu moves, capacity %u",
                    (unsigned long long)nmov, moves_cap);
@@ -115,10 +141,12 @@ RKV_API rkv_status rkv_blockmgr_compact(rkv_blockmgr *m, int64_t seq, const rkv_
     for (int32_t r = 0; r < nbn; r++) {
       int32_t lo = r * bs, hi = bm_min32(k, lo + bs);
       int32_t old = row[r];
-      bool fr = bm_needs_fresh(m, row, pos, k, r);
+      bool fr = bm_needs_fresh(m, row, pos, k, r) || (keep_cached && bm_cached_kept(m, q, row, r));
       /* A block rewritten in place, or left partly filled (appends would overwrite it),
-       * stops being findable by content. */
-      if (!fr && (hi - lo < bs || pos[hi - 1] != hi - 1)) bm_content_changes(m, old);
+       * stops being findable by content. A shared one is only ever left partly filled in
+       * place: the next append copies it, or invalidates it if it is no longer shared. */
+      if (!fr && m->ref[old] == 1 && (hi - lo < bs || pos[hi - 1] != hi - 1))
+        bm_content_changes(m, old);
       int32_t dstb = fr ? bm_pop(m) : old;
       int64_t dbase = (int64_t)dstb * bs - lo; /* dst slot of position i = dbase + i */
       if (m->bs_shift >= 0) { /* the usual power-of-two block: no division per token */
@@ -137,7 +165,7 @@ RKV_API rkv_status rkv_blockmgr_compact(rkv_blockmgr *m, int64_t seq, const rkv_
       }
       if (fr) {
         row[r] = dstb;
-        bm_unref(m, old); /* was shared: stays referenced by the other sequence */
+        bm_unref(m, old); /* stays referenced by its sharer, or parks with its group */
         bm_mark_dirty(q, s, r);
       }
     }
@@ -161,6 +189,28 @@ RKV_API rkv_status rkv_blockmgr_compact(rkv_blockmgr *m, int64_t seq, const rkv_
   bm_update_room(m, q);
   if (n_moves) *n_moves = w;
   return bm_after_op(m);
+}
+
+/* The copies a uniform cut of streams [s0, s1) to keep makes: of shared leading blocks after
+ * the whole protected ones (*shared, always) and of cached ones held alone (*cached, when the
+ * free list holds them all). */
+static void bm_cut_copies(const rkv_blockmgr *m, const bm_seq *q, uint32_t s0, uint32_t s1,
+                          int32_t keep, int64_t *shared, int64_t *cached) {
+  *shared = *cached = 0;
+  /* ref lookups are cache misses over a large pool: only needed once something is shared or
+   * cached */
+  if (!m->shared_count && !m->pc_group) return;
+  const int32_t fixed = q->protect / m->bs, nbn = bm_div_up(keep, m->bs);
+  for (uint32_t s = s0; s < s1; s++) {
+    if (q->len[s] <= keep) continue;
+    const int32_t *row = q->tab + (size_t)s * (size_t)q->cap;
+    for (int32_t r = fixed; r < nbn; r++) {
+      if (m->ref[row[r]] > 1)
+        ++*shared;
+      else if (m->pc_group && m->pc_group[row[r]] >= 0)
+        ++*cached;
+    }
+  }
 }
 
 /* The uniform cut of compact_uniform and truncate: every stream of the layer (all with -1)
@@ -194,15 +244,14 @@ static rkv_status bm_cut(rkv_blockmgr *m, const char *what, int64_t seq, int32_t
   const int32_t fixed = q->protect / bs;
 
   uint64_t nm = 0, no = 0;
-  int64_t fresh = 0;
+  int64_t fresh = 0, cached = 0;
+  const int32_t *group = m->pc_group;
   for (uint32_t s = s0; s < s1; s++) {
     if (q->len[s] <= keep) continue;
-    const int32_t *row = q->tab + (size_t)s * (size_t)q->cap;
     nm++;
     no += (uint64_t)q->nblk[s];
-    /* ref lookups are cache misses over a large pool: only needed once something is shared */
-    for (int32_t r = fixed; m->shared_count && r < nbn; r++) fresh += m->ref[row[r]] > 1;
   }
+  bm_cut_copies(m, q, s0, s1, keep, &fresh, &cached);
   if (n_maps) *n_maps = (uint32_t)nm;
   if (n_old) *n_old = no > UINT32_MAX ? UINT32_MAX : (uint32_t)no;
   if (fresh > bm_avail(m))
@@ -211,6 +260,11 @@ static rkv_status bm_cut(rkv_blockmgr *m, const char *what, int64_t seq, int32_t
   if (report && (nm > maps_cap || no > old_cap))
     return bm_fail(m, RKV_ERR_CAPACITY, "%s: needs %llu maps (cap %u) and %llu old ids (cap %u)",
                    what, (unsigned long long)nm, maps_cap, (unsigned long long)no, old_cap);
+  /* The device may rewrite every leading block after the protected prefix: a cached one is
+   * copied (its group stays cached) when the free list holds all the call's fresh blocks,
+   * else invalidated (see rkv_blockmgr_compact). */
+  const bool keep_cached = cached && fresh + cached <= m->free_top;
+  if (keep_cached) fresh += cached;
   bm_reserve_free(m, (int32_t)fresh);
 
   uint32_t mi = 0, oi = 0;
@@ -229,14 +283,14 @@ static rkv_status bm_cut(rkv_blockmgr *m, const char *what, int64_t seq, int32_t
       memcpy(old_blocks + oi, row, (size_t)q->nblk[s] * sizeof(int32_t));
       oi += (uint32_t)q->nblk[s];
     }
-    for (int32_t r = fixed; (m->shared_count || m->pc_group) && r < nbn; r++) {
-      if (m->shared_count && m->ref[row[r]] > 1) {
-        int32_t old = row[r];
+    for (int32_t r = fixed; (m->shared_count || group) && r < nbn; r++) {
+      const int32_t old = row[r];
+      if (m->ref[old] > 1 || (keep_cached && group[old] >= 0)) {
         row[r] = bm_pop(m);
-        bm_unref(m, old);
+        bm_unref(m, old); /* stays referenced by its sharer, or parks with its group */
         bm_mark_dirty(q, s, r);
       } else {
-        bm_content_changes(m, row[r]); /* the device may move kept tokens into it */
+        bm_content_changes(m, old); /* the device may move kept tokens into it */
       }
     }
     cut += (uint64_t)(q->len[s] - keep);
@@ -337,4 +391,39 @@ RKV_API rkv_status rkv_blockmgr_compact_copy_bound(const rkv_blockmgr *m, int64_
                                                    int32_t layer, int32_t keep, uint32_t pending,
                                                    uint32_t registering, uint32_t *out) {
   return bm_copy_bound(m, "compact_copy_bound", seq, layer, keep, pending, true, registering, out);
+}
+
+/* One decision for a compaction a caller makes in several calls (one per layer), so that it
+ * leaves the cache as one call would: every call copies its cached blocks when the free list
+ * holds the whole compaction's copies (each later call then finds its own), else the groups go
+ * now. */
+RKV_API rkv_status rkv_blockmgr_compact_prepare(rkv_blockmgr *m, int64_t seq, int32_t layer,
+                                                int32_t keep, uint32_t *copies) {
+  if (!m) return RKV_ERR_INVALID_ARG;
+  if (!copies) return bm_fail(m, RKV_ERR_INVALID_ARG, "compact_prepare: copies is NULL");
+  *copies = 0;
+  if (layer >= (int32_t)m->cfg.num_layers)
+    return bm_fail(m, RKV_ERR_INVALID_ARG, "compact_prepare: layer %d >= %u", layer,
+                   m->cfg.num_layers);
+  if (keep < 0) return bm_fail(m, RKV_ERR_INVALID_ARG, "compact_prepare: keep %d < 0", keep);
+  bm_seq *q = NULL;
+  RKV_TRY(bm_get_seq(m, seq, &q));
+  const uint32_t H = m->cfg.num_kv_heads;
+  const uint32_t s0 = layer < 0 ? 0 : (uint32_t)layer * H;
+  const uint32_t s1 = layer < 0 ? m->streams : s0 + H;
+  int64_t shared = 0, cached = 0;
+  bm_cut_copies(m, q, s0, s1, keep, &shared, &cached);
+  if (!cached) return RKV_OK;
+  if (shared + cached <= m->free_top) {
+    *copies = (uint32_t)cached;
+    return RKV_OK;
+  }
+  const int32_t fixed = q->protect / m->bs, nbn = bm_div_up(keep, m->bs);
+  for (uint32_t s = s0; s < s1; s++) {
+    if (q->len[s] <= keep) continue;
+    const int32_t *row = q->tab + (size_t)s * (size_t)q->cap;
+    for (int32_t r = fixed; r < nbn; r++)
+      if (m->ref[row[r]] == 1) bm_content_changes(m, row[r]);
+  }
+  return bm_after_op(m);
 }

@@ -127,6 +127,14 @@ static rkv_status host_one(rkv_evictor *ev, const rkvi_evq *q, rkv_evictor_resul
   }
   const uint32_t l0 = q->layer < 0 ? 0 : (uint32_t)q->layer;
   const uint32_t l1 = q->layer < 0 ? ev->L : l0 + 1;
+  /* One layer per call: the copies of cached blocks are decided once for all of them, as the
+   * device path's one cut decides them */
+  uint32_t copies = 0;
+  const int32_t keep = rkv_blockmgr_seq_protected(ev->bm, q->seq) + p->budget;
+  if (l1 - l0 > 1 &&
+      rkv_blockmgr_compact_prepare(ev->bm, q->seq, q->layer, keep, &copies) != RKV_OK)
+    return rkvi_fail(ev->err, RKV_ERR_INTERNAL, "compress %lld: %s", (long long)q->seq,
+                     rkv_blockmgr_last_error(ev->bm));
   for (uint32_t l = l0; l < l1; l++) {
     memset(&res, 0, sizeof res);
     const rkv_status st = rkv_evict_layer_ex(p, ev->bm, ev->pool, qw, ev->Hq, q->seq, l, ev->ws,

@@ -15,8 +15,10 @@
  * block with ref > 1 copies it first (one copy op, one extra block); compact keeps a shared
  * leading block by reference iff every position it holds in the new stream keeps its token in
  * place (pos[q] == q), else takes a fresh block; compact_uniform replaces every shared leading
- * block of a cut stream. Fresh blocks are taken before tails are freed, so an operation fails
- * with RKV_ERR_NO_BLOCKS exactly when its fresh blocks exceed the free blocks before it.
+ * block of a cut stream. Both also copy every cached leading block held alone after the whole
+ * protected blocks when the free list (parked blocks aside) holds all the call's fresh blocks.
+ * Fresh blocks are taken before tails are freed, so an operation fails with RKV_ERR_NO_BLOCKS
+ * exactly when its shared blocks' copies exceed the free blocks before it.
  *
  * Every driver returns 0 when the manager agreed with the model and -1 (text in s->err) on a
  * mismatch. Users decide what a mismatch means (count, abort, exit status). */
@@ -507,15 +509,17 @@ static inline int bms_verify_counts(bm_shadow *s) {
 /* ---- Prefix cache: the model's groups and what the header lets it predict ----------------
  *
  * The model keeps its own table of groups (hash, block per stream, tokens at registration)
- * and applies the documented rules: parked blocks count as free; a compaction that reuses a
- * block and moves tokens into it or leaves it partly filled drops its group, and so does a
- * uniform compaction of an unshared block past the protected prefix; shared blocks are copied
- * and stay cached. Reclaim is checked at the level the header documents rather than by
- * copying the library's list: a call needing `need` blocks from a free list holding fewer
- * reclaims parked groups, oldest parked block first (ties within one op are unordered), and
- * stops as soon as the free list holds `need`. After each op the model asks the manager which
- * of its groups are still cached, accepts a reclaim set only if it obeys that rule, and then
- * compares every counter of rkv_prefix_stats. */
+ * and applies the documented rules: parked blocks count as free; a compaction copies the
+ * cached blocks it keeps (held alone, past the protected prefix) when the free list holds all
+ * its fresh blocks, and they stay cached; without that room, one that reuses an unshared block
+ * and moves tokens into it or leaves it partly filled drops its group, and so does a uniform
+ * compaction of an unshared block past the protected prefix; shared blocks are copied and
+ * stay cached (one left partly filled in place keeps its group until an append). Reclaim is checked
+ * at the level the header documents rather than by copying the library's list: a call needing
+ * `need` blocks from a free list holding fewer reclaims parked groups, oldest parked block first
+ * (ties within one op are unordered), and stops as soon as the free list holds `need`. After each
+ * op the model asks the manager which of its groups are still cached, accepts a reclaim set only if
+ * it obeys that rule, and then compares every counter of rkv_prefix_stats. */
 
 static inline int bms_pc_find_(const bm_shadow *s, uint64_t h) {
   for (uint32_t g = 0; g < s->gcap; g++)
@@ -1048,10 +1052,21 @@ static inline int bms_append(bm_shadow *s, int64_t id, uint32_t n, bool with_slo
   return bms_append_ex(s, id, n, with_slots, true, out);
 }
 
-/* Fresh blocks a compaction of stream t keeping pos[0..n) needs, and the moves it implies
- * (tokens whose slot changes). Returns the fresh count. */
-static inline uint32_t bms_compact_need_(const bm_shadow *s, const bms_stream *t,
-                                         const int32_t *pos, uint32_t n, uint32_t *moves) {
+/* Leading block j of stream t is cached, held by this sequence alone and past the whole
+ * protected blocks: the manager copies it (in place or not), when the free list holds every
+ * fresh block of the call. */
+static inline bool bms_cached_kept_(const bm_shadow *s, const bms_stream *t, int32_t j,
+                                    int32_t protect) {
+  return s->pc && j >= protect / (int32_t)s->bs && s->bgrp[t->row[j]] >= 0 &&
+         s->ref[t->row[j]] == 1;
+}
+
+/* Fresh blocks a compaction of stream t keeping pos[0..n) needs for its shared blocks, and the
+ * moves that implies (tokens whose slot changes); *cached / *cached_moves: the copies of cached
+ * blocks it makes when the pool holds them all, and the moves those add. */
+static inline uint32_t bms_compact_need_(const bm_shadow *s, const bms_stream *t, int32_t protect,
+                                         const int32_t *pos, uint32_t n, uint32_t *moves,
+                                         uint32_t *cached, uint32_t *cached_moves) {
   int32_t bs = (int32_t)s->bs, nb = bms_ceil_div((int32_t)n, bs);
   uint32_t fresh = 0, mv = 0;
   for (int32_t j = 0; j < nb; j++) {
@@ -1068,6 +1083,10 @@ static inline uint32_t bms_compact_need_(const bm_shadow *s, const bms_stream *t
       mv += (uint32_t)(hi - lo);
     } else {
       mv += out_of_place;
+      if (bms_cached_kept_(s, t, j, protect)) {
+        (*cached)++;
+        *cached_moves += (uint32_t)(hi - lo) - out_of_place;
+      }
     }
   }
   if (moves) *moves = mv;
@@ -1087,7 +1106,8 @@ static inline int bms_compact_ex(bm_shadow *s, int64_t id, const rkv_keep_list *
                                  uint32_t n_lists, int64_t moves_cap_override, rkv_status *out) {
   bms_seq *q = bms_find(s, id);
   rkv_status want = RKV_OK;
-  uint32_t fresh = 0, need_moves = 0, total_n = 0;
+  uint32_t fresh = 0, need_moves = 0, total_n = 0, cached = 0, cached_moves = 0;
+  bool keep_cached = false;
   if (!q) {
     want = RKV_ERR_NOT_FOUND;
   } else {
@@ -1110,11 +1130,18 @@ static inline int bms_compact_ex(bm_shadow *s, int64_t id, const rkv_keep_list *
         want = RKV_ERR_INVALID_ARG; /* protected positions must stay in place */
       if (want != RKV_OK) break;
       uint32_t mv = 0;
-      fresh += bms_compact_need_(s, &q->st[k], L->pos, L->n, &mv);
+      fresh +=
+          bms_compact_need_(s, &q->st[k], q->protect, L->pos, L->n, &mv, &cached, &cached_moves);
       need_moves += mv;
       total_n += L->n;
     }
     if (want == RKV_OK && fresh > s->nfree) want = RKV_ERR_NO_BLOCKS;
+    /* copies of cached blocks: all or none, from the free list alone, never a failure */
+    keep_cached = want == RKV_OK && cached && fresh + cached <= s->nfree - s->nparked;
+    if (keep_cached) {
+      fresh += cached;
+      need_moves += cached_moves;
+    }
     if (want == RKV_OK && moves_cap_override >= 0 && (uint64_t)moves_cap_override < need_moves)
       want = RKV_ERR_CAPACITY;
   }
@@ -1154,13 +1181,16 @@ static inline int bms_compact_ex(bm_shadow *s, int64_t id, const rkv_keep_list *
       int32_t lo = j * bs, hi = (j + 1) * bs < (int32_t)L->n ? (j + 1) * bs : (int32_t)L->n;
       bool inplace = true;
       for (int32_t p = lo; p < hi; p++) inplace = inplace && L->pos[p] == p;
-      if (s->ref[t->row[j]] > 1 && !inplace) {
-        if (bms_check_fresh_(s, ids[j], "compact (shared leading block)")) return -1;
+      if ((s->ref[t->row[j]] > 1 && !inplace) ||
+          (keep_cached && bms_cached_kept_(s, t, j, q->protect))) {
+        if (bms_check_fresh_(s, ids[j], "compact (shared or cached leading block)")) return -1;
       } else if (ids[j] != t->row[j]) {
         return BMS_FAIL(s, "compact: stream %u row[%d] changed %d -> %d (ref %u, in place %d)", k,
                         j, t->row[j], ids[j], s->ref[t->row[j]], (int)inplace);
-      } else if (!inplace || hi - lo < bs) {
-        bms_pc_touch_(s, t->row[j]); /* tokens move in, or appends will overwrite the rest */
+      } else if (s->ref[t->row[j]] == 1 && (!inplace || hi - lo < bs)) {
+        /* tokens move in, or appends will overwrite the rest (a shared block left partly
+         * filled keeps its group: the next append copies it or invalidates it) */
+        bms_pc_touch_(s, t->row[j]);
       }
     }
   }
@@ -1246,7 +1276,8 @@ static inline int bms_compact_uniform_ex(bm_shadow *s, int64_t id, int32_t layer
                                          int short_cap, rkv_status *out) {
   bms_seq *q = bms_find(s, id);
   rkv_status want = RKV_OK;
-  uint32_t fresh = 0, touched = 0, old_total = 0, old_touched = 0;
+  uint32_t fresh = 0, cached = 0, touched = 0, old_total = 0, old_touched = 0;
+  bool keep_cached = false;
   int32_t bs = (int32_t)s->bs;
   /* blocks wholly inside the protected prefix are never rewritten */
   const int32_t fixed = q ? q->protect / bs : 0;
@@ -1262,14 +1293,22 @@ static inline int bms_compact_uniform_ex(bm_shadow *s, int64_t id, int32_t layer
       if (t->len <= keep) continue;
       touched++;
       old_touched += (uint32_t)t->nrow;
-      for (int32_t j = fixed; j < bms_ceil_div(keep, bs); j++) fresh += s->ref[t->row[j]] > 1;
+      for (int32_t j = fixed; j < bms_ceil_div(keep, bs); j++) {
+        fresh += s->ref[t->row[j]] > 1;
+        cached += s->ref[t->row[j]] == 1 && s->pc && s->bgrp[t->row[j]] >= 0;
+      }
     }
     if (fresh > s->nfree) want = RKV_ERR_NO_BLOCKS;
     if (bms_check_bounds_(s, q, id, layer, keep, fresh)) return -1;
+    /* the device may rewrite every leading block: cached ones are copied (all or none,
+     * from the free list alone) */
+    keep_cached = cached && fresh + cached <= s->nfree - s->nparked;
   }
   if (want != RKV_OK || (short_cap == 1 && touched == 0) || (short_cap == 2 && old_touched == 0))
     short_cap = 0; /* only the capacity is wrong, or the call is not made short */
   if (short_cap) want = RKV_ERR_CAPACITY;
+  if (want != RKV_OK) keep_cached = false;
+  if (keep_cached) fresh += cached;
   if (!bms_grow_((void **)&s->old_blocks, &s->old_cap, old_total + 1, sizeof *s->old_blocks))
     return BMS_FAIL(s, "out of memory");
   uint32_t n_maps = 0, n_old = 0;
@@ -1316,12 +1355,15 @@ static inline int bms_compact_uniform_ex(bm_shadow *s, int64_t id, int32_t layer
     if (nr != bms_ceil_div(keep, bs))
       return BMS_FAIL(s, "compact_uniform: stream %u has %d blocks", k, nr);
     for (int32_t j = 0; j < nr; j++) {
-      if (j >= fixed && s->ref[t->row[j]] > 1) {
-        if (bms_check_fresh_(s, ids[j], "compact_uniform (shared leading block)")) return -1;
+      const bool copied =
+          j >= fixed && (s->ref[t->row[j]] > 1 || (keep_cached && s->bgrp[t->row[j]] >= 0));
+      if (copied) {
+        if (bms_check_fresh_(s, ids[j], "compact_uniform (shared or cached leading block)"))
+          return -1;
       } else if (j >= fixed) {
         bms_pc_touch_(s, t->row[j]); /* the device may move kept tokens into it */
       }
-      if ((j < fixed || s->ref[t->row[j]] <= 1) && ids[j] != t->row[j]) {
+      if (!copied && ids[j] != t->row[j]) {
         return BMS_FAIL(s, "compact_uniform: stream %u row[%d] changed %d -> %d", k, j, t->row[j],
                         ids[j]);
       }

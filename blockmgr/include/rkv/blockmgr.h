@@ -161,8 +161,10 @@ typedef struct rkv_keep_list {
 /* Packs each listed stream's kept tokens, in position order, into its leading
  * ceil(n / block_size) blocks and returns the tail blocks whole to the free list. A leading
  * block shared with another sequence is never written: it is kept by reference when its whole
- * content stays in place, else replaced by a fresh block. Fresh blocks are taken before any
- * tail is freed, so a plan never writes a block it still reads.
+ * content stays in place, else replaced by a fresh block. A cached one (prefix caching) held
+ * by this sequence alone is copied too, when the free list holds the copies (see
+ * rkv_blockmgr_compact_prepare). Fresh blocks are taken before any tail is freed, so a plan
+ * never writes a block it still reads.
  *  moves: room for the move plan (src slot -> dst slot); applied in order it is correct (every
  *         move goes to a lower-or-equal position of its stream or into a fresh block); size
  *         bound: sum of the lists' n. May be NULL only with moves_cap 0 when nothing moves.
@@ -178,13 +180,13 @@ RKV_API rkv_status rkv_blockmgr_compact(rkv_blockmgr *m, int64_t seq, const rkv_
 /* Uniform-budget compaction planned before any score is known (the GPU path): every stream
  * of `layer` (or of all layers when layer < 0) longer than `keep` tokens is cut to exactly
  * `keep` tokens; its blocks past ceil(keep / block_size) are freed now, and shared leading
- * blocks are replaced by fresh ones (the device will rewrite them). For each such stream the
- * old row is reported so a device kernel can move selected tokens (src from the old row, dst
- * from the new row read with rkv_blockmgr_stream_blocks or an exported table):
- *  maps:       [streams touched] one record each;
- *  old_blocks: the old rows back to back, maps[i].old_offset .. + maps[i].old_n_blocks.
- * Sizes: at most streams_per_seq maps and the sequence's total blocks of old ids; pass
- * caps, RKV_ERR_CAPACITY reports the need in *n_maps / *n_old. */
+ * blocks are replaced by fresh ones (the device will rewrite them), and so are cached ones
+ * held alone when the free list holds the copies (rkv_blockmgr_compact_prepare). For each such
+ * stream the old row is reported so a device kernel can move selected tokens (src from the old row,
+ * dst from the new row read with rkv_blockmgr_stream_blocks or an exported table): maps: [streams
+ * touched] one record each; old_blocks: the old rows back to back, maps[i].old_offset .. +
+ * maps[i].old_n_blocks. Sizes: at most streams_per_seq maps and the sequence's total blocks of old
+ * ids; pass caps, RKV_ERR_CAPACITY reports the need in *n_maps / *n_old. */
 typedef struct rkv_compact_map {
   uint32_t layer;
   uint32_t head;
@@ -202,17 +204,19 @@ RKV_API rkv_status rkv_blockmgr_compact_uniform(rkv_blockmgr *m, int64_t seq, in
 
 /* compact_uniform without its report, for engines that move no K/V (bookkeeping,
  * simulators): every stream of `layer` (all when layer < 0) longer than keep is cut to keep;
- * tails return whole, shared leading blocks are replaced by fresh ones as there. *removed (may
+ * tails return whole, shared (and cached) leading blocks are replaced as there. *removed (may
  * be NULL) = tokens cut. Same errors as compact_uniform, nothing changed on failure; no
  * RKV_ERR_CAPACITY (nothing is reported). O(streams) plus the blocks returned. */
 RKV_API rkv_status rkv_blockmgr_truncate(rkv_blockmgr *m, int64_t seq, int32_t layer, int32_t keep,
                                          uint64_t *removed);
 
 /* Upper bound on the fresh blocks a compaction of seq's streams of `layer` (all layers when
- * layer < 0) down to `keep` tokens each can take, by either compaction: the shared blocks
+ * layer < 0) down to `keep` tokens each needs, by either compaction: the shared blocks
  * (ref > 1, e.g. after a fork) among the leading ceil(keep / block_size) blocks of every
  * stream longer than `keep`. A scheduler reserves this before flagging a compression so the
- * compression cannot run out of blocks half-way. O(1) while no block is shared, else
+ * compression cannot run out of blocks half-way. (Copies of cached blocks are not counted:
+ * a compaction makes them only from a free list that holds them, and their originals park,
+ * so the blocks counted free after it are the same.) O(1) while no block is shared, else
  * O(streams x ceil(keep / block_size)). RKV_ERR_NOT_FOUND, RKV_ERR_INVALID_ARG. */
 RKV_API rkv_status rkv_blockmgr_compact_fresh_bound(const rkv_blockmgr *m, int64_t seq,
                                                     int32_t layer, int32_t keep, uint32_t *out);
@@ -225,15 +229,33 @@ RKV_API rkv_status rkv_blockmgr_compact_fresh_bound_after(const rkv_blockmgr *m,
                                                           uint32_t pending, uint32_t *out);
 /* The same bound when prefix-cache hits may share seq's blocks before the compaction runs
  * (rkv_blockmgr_seq_create_cached between planning a compaction and running it, where the
- * caller lets compactions rewrite cached blocks: a scheduler's prefix copy rule). A leading
- * block then counts when it is shared, when its group is in the prefix table, or when it is
- * among the first `registering` blocks of its stream (those a prefix_insert made before the
- * compaction registers); each at most once. Equals compact_fresh_bound_after when nothing is
- * cached and registering is 0. O(streams x ceil(keep / block_size)) once anything is shared
- * or cached. RKV_ERR_NOT_FOUND, RKV_ERR_INVALID_ARG. */
+ * caller lets compactions select among cached blocks: a scheduler's prefix copy rule). A
+ * leading block then counts when it is shared, when its group is in the prefix table (the
+ * compaction copies it), or when it is among the first `registering` blocks of its stream
+ * (those a prefix_insert made before the compaction registers); each at most once. With this
+ * many blocks free (not parked) when it runs, the compaction also keeps every group cached. Equals
+ * compact_fresh_bound_after when nothing is cached and registering is 0. O(streams x ceil(keep /
+ * block_size)) once anything is shared or cached. RKV_ERR_NOT_FOUND, RKV_ERR_INVALID_ARG. */
 RKV_API rkv_status rkv_blockmgr_compact_copy_bound(const rkv_blockmgr *m, int64_t seq,
                                                    int32_t layer, int32_t keep, uint32_t pending,
                                                    uint32_t registering, uint32_t *out);
+
+/* Copies of cached blocks. A compaction (either kind) does not rewrite a leading block after
+ * the whole protected blocks that is in a cached group and held by seq alone: it copies it,
+ * kept in place or not, and the original parks with its group (counted free), so the next
+ * prompt with that prefix still hits. It does so when the free list alone (no parked group
+ * reclaimed) holds every fresh block of the call; otherwise it rewrites those blocks in place
+ * and their groups leave the table. Either way it never fails for want of these copies.
+ *
+ * A caller that compacts one sequence in several calls (rkv_blockmgr_compact per layer) calls
+ * this first with the whole compaction's layer (-1: all) and keep (the tokens each stream
+ * keeps): when the free list holds all its copies, nothing changes and *copies = their
+ * number (every call then finds room for its own); else the groups those blocks are in leave
+ * the table now and *copies = 0, so the calls rewrite in place. The cache then ends as one
+ * compact_uniform call to keep would leave it. RKV_ERR_NOT_FOUND, RKV_ERR_INVALID_ARG;
+ * O(streams x ceil(keep / block_size)) once anything is shared or cached. */
+RKV_API rkv_status rkv_blockmgr_compact_prepare(rkv_blockmgr *m, int64_t seq, int32_t layer,
+                                                int32_t keep, uint32_t *copies);
 
 /* ---- Export ---------------------------------------------------------------------------- */
 
@@ -277,11 +299,13 @@ RKV_API rkv_status rkv_blockmgr_sync_rows(rkv_blockmgr *m, int64_t seq, bool ful
  * Cached groups outlive their sequences: a block whose last reference drops while it belongs
  * to a group is not free-listed but kept on an LRU list, still counted as free
  * (free_blocks, admission) and reclaimed, oldest first, when the free list runs dry; taking
- * one block of a group drops the whole group from the table. A group also leaves the table the
- * moment any of its blocks changes content: compaction that moves tokens into it or leaves it
- * partly filled (appends would then overwrite it), a uniform compaction that may rewrite it, an
-append into it by a sequence that holds it partly filled (kept in place by its compaction while
-another sequence, which registered it full, shared it).
+ * one block of a group drops the whole group from the table. Compaction copies the cached
+ * blocks it keeps (a sequence compressing its own prompt leaves that prompt cached for the
+ * next request) while the free list holds the copies. A group leaves the table the moment
+ * any of its blocks changes content: compaction without room for those copies, which moves
+ * tokens into it or leaves it partly filled (appends would then overwrite it), or may rewrite
+ * it (the uniform cut); an append into it by a sequence that holds it partly filled (kept in
+ * place by its compaction while another sequence, which registered it full, shared it).
  * No lookup can map stale K/V. Shared blocks are never edited in place (compaction copies
  * them first, as after a fork).
  *

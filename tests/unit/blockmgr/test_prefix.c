@@ -178,47 +178,208 @@ static void test_reclaim_lru(void) {
   rkv_blockmgr_destroy(m);
 }
 
-static void test_invalidation(void) {
+/* Keep lists for every stream: 0..3 and 5..14 of a 16-token prompt (block 0 in place, block
+ * 1 rewritten, blocks 2 and 3 partly). */
+static uint32_t keep_but_4_15(int32_t *pos, rkv_keep_list *lists) {
+  uint32_t k = 0;
+  for (int i = 0; i < 16; i++)
+    if (i != 4 && i != 15) pos[k++] = i;
+  for (uint32_t s = 0; s < LAYERS * HEADS; s++)
+    lists[s] = (rkv_keep_list){s / HEADS, s % HEADS, pos, k};
+  return k;
+}
+
+/* Compaction copies the cached blocks it would change (when the free list holds every copy):
+ * the originals park with their groups, and the next request with the prompt hits them. */
+static void test_compaction_keeps_cache(void) {
+  enum { S = LAYERS * HEADS };
   rkv_blockmgr *m = make_cached(64, 8);
-  int32_t a[16];
+  int32_t a[16], pos[16];
   uint64_t ha[4];
   prompt(a, 16, 0, 16);
   serve_prompt(m, 1, a, 16, ha);
-  /* keep 0..3 and 5..14 in every stream: block 0 in place, block 1 rewritten, 2 and 3 partly */
-  int32_t pos[14], k = 0;
-  for (int i = 0; i < 16; i++)
-    if (i != 4 && i != 15) pos[k++] = i;
-  rkv_keep_list lists[LAYERS * HEADS];
-  for (uint32_t s = 0; s < LAYERS * HEADS; s++)
-    lists[s] = (rkv_keep_list){s / HEADS, s % HEADS, pos, (uint32_t)k};
+  int32_t before[S][4], n = 0;
+  for (uint32_t s = 0; s < S; s++)
+    memcpy(before[s], bmt_row(m, 1, s / HEADS, s % HEADS, &n), sizeof before[s]);
+  rkv_keep_list lists[S];
+  keep_but_4_15(pos, lists);
   rkv_slot_move mv[64];
   uint32_t nm = 0;
-  EXPECT_OK(rkv_blockmgr_compact(m, 1, lists, LAYERS * HEADS, mv, 64, &nm));
+  EXPECT_OK(rkv_blockmgr_compact(m, 1, lists, S, mv, 64, &nm));
+  /* every kept token moves: all four blocks are copied, block 0 too though it stays in place
+   * (a uniform cut could not know it does, and both leave the same blocks parked) */
+  EXPECT_EQ_INT(nm, S * 14);
+  for (uint32_t i = 0; i < nm; i++)
+    for (uint32_t s = 0; s < S; s++)
+      for (int j = 0; j < 4; j++) EXPECT(mv[i].dst / BS != before[s][j]); /* originals intact */
+  for (uint32_t s = 0; s < S; s++) {
+    const int32_t *row = bmt_row(m, 1, s / HEADS, s % HEADS, &n);
+    EXPECT_EQ_INT(n, 4);
+    for (int j = 0; j < 4; j++) EXPECT(row[j] != before[s][j]);
+  }
+  uint32_t hit = 9;
+  EXPECT_OK(rkv_blockmgr_prefix_match(m, ha, 4, &hit));
+  EXPECT_EQ_INT(hit, 4);
+  EXPECT_EQ_INT(pstats(m).invalidated, 0);
+  EXPECT_EQ_INT(pstats(m).reclaimable_blocks, 4 * S);
+  EXPECT_EQ_INT(64 - bmt_free_blocks(m), 4 * S); /* the parked originals count free */
+  /* a new request with the prompt maps the original blocks */
+  EXPECT_OK(rkv_blockmgr_seq_create_cached(m, 2, ha, 4));
+  for (uint32_t s = 0; s < S; s++) {
+    const int32_t *row = bmt_row(m, 2, s / HEADS, s % HEADS, &n);
+    EXPECT_EQ_INT(n, 4);
+    for (int j = 0; j < 4; j++) EXPECT_EQ_INT(row[j], before[s][j]);
+  }
+  EXPECT_EQ_INT(pstats(m).reclaimable_blocks, 0);
+
+  /* A shared cached block is copied, not edited, as before: the original stays cached. */
+  EXPECT_OK(rkv_blockmgr_append(m, 2, 3, NULL, NULL, NULL));
+  EXPECT_OK(rkv_blockmgr_seq_fork(m, 2, 4));
+  int32_t p2[3] = {1, 2, 5};
+  for (uint32_t s = 0; s < S; s++) lists[s] = (rkv_keep_list){s / HEADS, s % HEADS, p2, 3};
+  EXPECT_OK(rkv_blockmgr_compact(m, 2, lists, S, mv, 64, &nm));
+  EXPECT_OK(rkv_blockmgr_prefix_match(m, ha, 4, &hit));
+  EXPECT_EQ_INT(hit, 4);
+  int32_t n2, n4;
+  EXPECT(bmt_row(m, 2, 0, 0, &n2)[0] != before[0][0]);
+  EXPECT(bmt_row(m, 4, 0, 0, &n4)[0] == before[0][0]);
+  EXPECT_OK(rkv_blockmgr_seq_free(m, 4));
+
+  /* A uniform cut (the device may rewrite every kept block) copies the cached ones too. */
+  EXPECT_OK(rkv_blockmgr_seq_free(m, 2));
+  EXPECT_OK(rkv_blockmgr_seq_create_cached(m, 3, ha, 4));
+  EXPECT_OK(rkv_blockmgr_append(m, 3, 2, NULL, NULL, NULL));
+  EXPECT_OK(rkv_blockmgr_seq_free(m, 1)); /* seq 3 alone holds the groups */
+  rkv_compact_map maps[S];
+  int32_t old[64];
+  uint32_t nmaps, nold;
+  EXPECT_OK(rkv_blockmgr_compact_uniform(m, 3, -1, 6, maps, S, &nmaps, old, 64, &nold));
+  for (uint32_t s = 0; s < S; s++) {
+    const int32_t *row = bmt_row(m, 3, s / HEADS, s % HEADS, &n);
+    EXPECT_EQ_INT(n, 2);
+    EXPECT(row[0] != before[s][0] && row[1] != before[s][1]);
+  }
+  EXPECT_OK(rkv_blockmgr_prefix_match(m, ha, 4, &hit));
+  EXPECT_EQ_INT(hit, 4);
+  EXPECT_EQ_INT(pstats(m).invalidated, 0);
+  EXPECT_EQ_INT(pstats(m).reclaimable_blocks, 4 * S);
+  EXPECT_OK(rkv_blockmgr_check(m));
+  rkv_blockmgr_destroy(m);
+}
+
+/* Without room on the free list for every copy, compaction rewrites cached blocks in place and
+ * their groups leave the table (parked groups are not reclaimed to keep others). */
+static void test_invalidation(void) {
+  enum { S = LAYERS * HEADS };
+  rkv_blockmgr *m = make_cached(4 * S + 2 * S, 8); /* the prompt, then room for 2 of 3 copies */
+  int32_t a[16], pos[16];
+  uint64_t ha[4];
+  prompt(a, 16, 0, 16);
+  serve_prompt(m, 1, a, 16, ha);
+  rkv_keep_list lists[S];
+  keep_but_4_15(pos, lists);
+  rkv_slot_move mv[64];
+  uint32_t nm = 0;
+  uint64_t d = digest(m);
+  EXPECT_STATUS(rkv_blockmgr_compact(m, 1, lists, S, mv, 20, &nm), RKV_ERR_CAPACITY);
+  EXPECT_EQ_INT(nm, S * 10); /* positions 4..13 take tokens 5..14 */
+  EXPECT(digest(m) == d);
+  EXPECT_OK(rkv_blockmgr_compact(m, 1, lists, S, mv, 64, &nm));
   uint32_t hit = 9;
   EXPECT_OK(rkv_blockmgr_prefix_match(m, ha, 4, &hit));
   EXPECT_EQ_INT(hit, 1);
   EXPECT_EQ_INT(pstats(m).entries, 1);
   EXPECT_EQ_INT(pstats(m).invalidated, 3);
 
-  /* A shared cached block is copied, not edited: the original stays cached. */
-  EXPECT_OK(rkv_blockmgr_seq_create_cached(m, 2, ha, 1));
-  EXPECT_OK(rkv_blockmgr_append(m, 2, 3, NULL, NULL, NULL));
-  int32_t p2[3] = {1, 2, 5};
-  for (uint32_t s = 0; s < LAYERS * HEADS; s++)
-    lists[s] = (rkv_keep_list){s / HEADS, s % HEADS, p2, 3};
-  EXPECT_OK(rkv_blockmgr_compact(m, 2, lists, LAYERS * HEADS, mv, 64, &nm));
-  EXPECT_OK(rkv_blockmgr_prefix_match(m, ha, 4, &hit));
-  EXPECT_EQ_INT(hit, 1);
-  int32_t n1, n2;
-  EXPECT(bmt_row(m, 2, 0, 0, &n2)[0] != bmt_row(m, 1, 0, 0, &n1)[0]);
-
-  /* uniform compaction may rewrite every kept block it owns alone */
-  rkv_compact_map maps[8];
+  /* a uniform cut without room for the copy of block 0 invalidates it */
+  EXPECT_OK(rkv_blockmgr_seq_create(m, 2));
+  EXPECT_OK(rkv_blockmgr_append(m, 2, 2 * BS, NULL, NULL, NULL)); /* the free list: empty */
+  rkv_compact_map maps[S];
   int32_t old[64];
   uint32_t nmaps, nold;
-  EXPECT_OK(rkv_blockmgr_compact_uniform(m, 1, -1, 6, maps, 8, &nmaps, old, 64, &nold));
+  EXPECT_OK(rkv_blockmgr_compact_uniform(m, 1, -1, 3, maps, S, &nmaps, old, 64, &nold));
   EXPECT_OK(rkv_blockmgr_prefix_match(m, ha, 4, &hit));
   EXPECT_EQ_INT(hit, 0);
+  EXPECT_EQ_INT(pstats(m).invalidated, 4);
+  EXPECT_OK(rkv_blockmgr_check(m));
+  rkv_blockmgr_destroy(m);
+}
+
+/* compact_prepare: a compaction in one call per layer leaves the cache as one uniform cut
+ * does, with room on the free list for the copies and without. */
+static void prepare_case(uint32_t num_blocks, uint32_t filler_tokens, bool room) {
+  enum { S = LAYERS * HEADS };
+  rkv_blockmgr *m[2] = {make_cached(num_blocks, 8), make_cached(num_blocks, 8)};
+  int32_t a[16];
+  uint64_t ha[4];
+  prompt(a, 16, 0, 16);
+  for (int i = 0; i < 2; i++) {
+    serve_prompt(m[i], 1, a, 16, ha);
+    if (filler_tokens) {
+      EXPECT_OK(rkv_blockmgr_seq_create(m[i], 2));
+      EXPECT_OK(rkv_blockmgr_append(m[i], 2, filler_tokens, NULL, NULL, NULL));
+    }
+  }
+  /* keep 10 tokens: positions 0..9 (blocks 0 and 1 in place, block 2 partly) */
+  int32_t pos[10];
+  for (int i = 0; i < 10; i++) pos[i] = i;
+  uint32_t copies = 99;
+  EXPECT_OK(rkv_blockmgr_compact_prepare(m[0], 1, -1, 10, &copies));
+  EXPECT_EQ_INT(copies, room ? 3 * S : 0);
+  EXPECT_EQ_INT(pstats(m[0]).entries, room ? 4 : 1); /* without room: groups 0..2 went now */
+  rkv_slot_move mv[64];
+  uint32_t nm = 0;
+  for (uint32_t l = 0; l < LAYERS; l++) {
+    rkv_keep_list lists[HEADS];
+    for (uint32_t h = 0; h < HEADS; h++) lists[h] = (rkv_keep_list){l, h, pos, 10};
+    EXPECT_OK(rkv_blockmgr_compact(m[0], 1, lists, HEADS, mv, 64, &nm));
+  }
+  rkv_compact_map maps[S];
+  int32_t old[64];
+  uint32_t nmaps, nold;
+  EXPECT_OK(rkv_blockmgr_compact_uniform(m[1], 1, -1, 10, maps, S, &nmaps, old, 64, &nold));
+  rkv_prefix_stats p0 = pstats(m[0]), p1 = pstats(m[1]);
+  EXPECT_EQ_INT(p0.entries, p1.entries);
+  EXPECT_EQ_INT(p0.reclaimable_blocks, p1.reclaimable_blocks);
+  EXPECT_EQ_INT(p0.invalidated, p1.invalidated);
+  EXPECT_EQ_INT(p0.invalidated, room ? 0 : 3);
+  EXPECT_EQ_INT(bmt_free_blocks(m[0]), bmt_free_blocks(m[1]));
+  uint32_t hit0 = 9, hit1 = 9;
+  EXPECT_OK(rkv_blockmgr_prefix_match(m[0], ha, 4, &hit0));
+  EXPECT_OK(rkv_blockmgr_prefix_match(m[1], ha, 4, &hit1));
+  EXPECT_EQ_INT(hit0, hit1);
+  EXPECT_EQ_INT(hit0, room ? 4 : 0);
+  for (int i = 0; i < 2; i++) {
+    EXPECT_OK(rkv_blockmgr_check(m[i]));
+    rkv_blockmgr_destroy(m[i]);
+  }
+}
+
+static void test_compact_prepare(void) {
+  enum { S = LAYERS * HEADS };
+  prepare_case(64, 0, true);
+  prepare_case(4 * S + 3 * S, 0, true);       /* exactly room for the three copies */
+  prepare_case(4 * S + 3 * S, 2 * BS, false); /* the filler took 2 blocks per stream */
+  rkv_blockmgr *m = make_cached(64, 8);
+  int32_t a[16];
+  uint64_t ha[4];
+  prompt(a, 16, 0, 16);
+  serve_prompt(m, 1, a, 16, ha);
+  uint32_t copies = 99;
+  uint64_t d = digest(m);
+  EXPECT_STATUS(rkv_blockmgr_compact_prepare(m, 1, -1, 8, NULL), RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rkv_blockmgr_compact_prepare(m, 1, LAYERS, 8, &copies), RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rkv_blockmgr_compact_prepare(m, 1, -1, -1, &copies), RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rkv_blockmgr_compact_prepare(m, 9, -1, 8, &copies), RKV_ERR_NOT_FOUND);
+  EXPECT_STATUS(rkv_blockmgr_compact_prepare(NULL, 1, -1, 8, &copies), RKV_ERR_INVALID_ARG);
+  EXPECT_OK(rkv_blockmgr_compact_prepare(m, 1, 1, 16, &copies)); /* nothing longer than keep */
+  EXPECT_EQ_INT(copies, 0);
+  EXPECT_OK(rkv_blockmgr_compact_prepare(m, 1, 1, 8, &copies)); /* one layer: its streams */
+  EXPECT_EQ_INT(copies, 2 * HEADS);
+  EXPECT(digest(m) == d);
+  EXPECT_OK(rkv_blockmgr_seq_protect(m, 1, 4)); /* block 0 is protected: never copied */
+  EXPECT_OK(rkv_blockmgr_compact_prepare(m, 1, -1, 8, &copies));
+  EXPECT_EQ_INT(copies, S);
   rkv_blockmgr_destroy(m);
 }
 
@@ -254,14 +415,16 @@ static void test_protect(void) {
                 RKV_ERR_INVALID_ARG);
   EXPECT(digest(m) == d);
 
-  /* keeping the prefix in place and selecting after it: the protected groups stay cached */
+  /* keeping the prefix in place and selecting after it: the protected groups stay cached,
+   * and so do the two after them (block 2 is copied, block 3 parks as a tail) */
   int32_t good[10] = {0, 1, 2, 3, 4, 5, 6, 7, 12, 20};
   for (uint32_t s = 0; s < LAYERS * HEADS; s++)
     lists[s] = (rkv_keep_list){s / HEADS, s % HEADS, good, 10};
   EXPECT_OK(rkv_blockmgr_compact(m, 1, lists, LAYERS * HEADS, mv, 64, &nm));
   uint32_t hit = 0;
   EXPECT_OK(rkv_blockmgr_prefix_match(m, ha, 4, &hit));
-  EXPECT_EQ_INT(hit, 2);
+  EXPECT_EQ_INT(hit, 4);
+  EXPECT_EQ_INT(pstats(m).reclaimable_blocks, 2 * LAYERS * HEADS);
   /* a fork inherits the protection, and a uniform compaction copies nothing protected */
   EXPECT_OK(rkv_blockmgr_seq_fork(m, 1, 2));
   EXPECT_EQ_INT(rkv_blockmgr_seq_protected(m, 2), 8);
@@ -272,7 +435,8 @@ static void test_protect(void) {
   EXPECT_EQ_INT(fresh, LAYERS * HEADS); /* block 2 holds position 8: shared, copied */
   EXPECT_OK(rkv_blockmgr_compact_uniform(m, 1, -1, 9, maps, 8, &nmaps, old, 64, &nold));
   EXPECT_OK(rkv_blockmgr_prefix_match(m, ha, 4, &hit));
-  EXPECT_EQ_INT(hit, 2);
+  EXPECT_EQ_INT(hit, 4); /* the protected groups, and the two parked ones */
+  EXPECT_EQ_INT(pstats(m).invalidated, 0);
   int32_t n1, n2;
   EXPECT(bmt_row(m, 1, 0, 0, &n1)[1] == bmt_row(m, 2, 0, 0, &n2)[1]); /* still shared */
   EXPECT(bmt_row(m, 1, 0, 0, &n1)[2] != bmt_row(m, 2, 0, 0, &n2)[2]); /* copied */
@@ -530,7 +694,9 @@ int main(void) {
   test_copy_bound();
   test_hit_share_park();
   test_reclaim_lru();
+  test_compaction_keeps_cache();
   test_invalidation();
+  test_compact_prepare();
   test_protect();
   test_errors();
   test_random_content();

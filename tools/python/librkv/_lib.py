@@ -181,6 +181,7 @@ def _declare(L):
       P(c_u32))
     f("rkv_blockmgr_compact_copy_bound", c_int, c_void_p, c_i64, c_i32, c_i32, c_u32, c_u32,
       P(c_u32))
+    f("rkv_blockmgr_compact_prepare", c_int, c_void_p, c_i64, c_i32, c_i32, P(c_u32))
     f("rkv_blockmgr_export_size", c_int, c_void_p, c_u32, c_void_p, c_u32, P(c_u32))
     f("rkv_blockmgr_export_csr", c_int, c_void_p, c_u32, c_void_p, c_u32, c_void_p, c_void_p,
       c_u32, c_void_p, P(c_u32), c_void_p)

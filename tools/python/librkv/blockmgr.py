@@ -280,6 +280,17 @@ class BlockManager(Handle):
             ctypes.byref(out)), "rkv_blockmgr_compact_copy_bound")
         return out.value
 
+    def compact_prepare(self, seq, keep, layer=-1):
+        """Before compacting the sequence to `keep` tokens per stream in one call per layer:
+        returns how many cached blocks the calls will copy (their groups stay cached), or 0
+        after dropping those groups when the free list cannot hold the copies
+        (rkv_blockmgr_compact_prepare)."""
+        out = ctypes.c_uint32()
+        self._check(_lib.lib().rkv_blockmgr_compact_prepare(
+            self.handle, int(seq), int(layer), int(keep), ctypes.byref(out)),
+                    "rkv_blockmgr_compact_prepare")
+        return out.value
+
     def export_csr(self, layer, seqs):
         """One layer's CSR block table over a batch of sequences (CsrTable)."""
         import numpy as np

@@ -154,3 +154,24 @@ def test_cut_and_fresh_bounds():
     for s in (1, 2, 3, 4):
         bm.seq_free(s)
     bm.check()
+
+
+def test_compaction_keeps_cached_prompt():
+    """A sequence compacting its own cached prompt copies the blocks it keeps: the next
+    request with the prompt still hits all of it. compact_prepare says how many copies."""
+    bm = make(num_blocks=96, prefix_cache=True)  # 6 streams, block 4
+    toks = np.arange(12, dtype=np.int32)
+    h = librkv.prefix_hash_blocks(toks, 4)
+    bm.seq_create(1)
+    bm.append(1, 12)
+    bm.prefix_insert(1, h)
+    assert bm.compact_prepare(1, 8) == 6 * 2         # blocks 0 and 1 of every stream
+    assert bm.compact_prepare(1, 8, layer=0) == 3 * 2
+    free = bm.free_blocks
+    bm.truncate(1, 8)
+    assert bm.free_blocks == free + 6                # copies for parked originals, tails back
+    assert bm.prefix_match(h) == 3                   # the whole prompt still hits
+    with pytest.raises(librkv.RkvError):
+        bm.compact_prepare(9, 8)
+    bm.seq_free(1)
+    bm.check()
