@@ -484,6 +484,18 @@ static rkv_status compress_need(const rkv_sched *s, const req *r, uint32_t n, ui
   return rkv_blockmgr_compact_copy_bound(s->bm, r->id, -1, keep, n, named, need);
 }
 
+/* Fresh blocks the compression of r that the report of the plan in flight re-flags in this
+ * plan may take, if the engine skips the one flagged there (append_deferred): its shared kept
+ * blocks, and under the copy rule the cached ones, which this plan's hits may share before it
+ * runs. A stream holds one more token then than it does now. */
+static rkv_status skipped_need(const rkv_sched *s, const req *r, int32_t keep, uint32_t *need) {
+  *need = 0;
+  if (r->draining) return RKV_OK;
+  if (!s->cfg.prefix_cache || s->cfg.prefix_rule != RKV_SCHED_PREFIX_COPY)
+    return rkv_blockmgr_compact_fresh_bound_after(s->bm, r->id, -1, keep, 1, need);
+  return rkv_blockmgr_compact_copy_bound(s->bm, r->id, -1, keep, 1, 0, need);
+}
+
 /* compress_need for a sequence that enters the pool this step with `cached` tokens (an
  * admission, whose cached tokens are its prefix hit; a swap-in, restored into fresh blocks):
  * only blocks a hash names are shared, by the hit now or by a later hit on the blocks its
@@ -1179,7 +1191,13 @@ static rkv_status schedule_deferred(rkv_sched *s, req *r, const rkv_sched_seq *f
   const int32_t keep = protected_now(r) + r->evict.budget, bs = (int32_t)s->block_size;
   /* the uncut length counts too: an engine that ends the sequence skips its compression */
   const uint32_t need = keep % bs == 0 || fl->kv_len % bs == 0 ? s->streams : 0;
-  const uint32_t fresh = compress_due(r, keep + 1, false) ? hit_promise(s, r, keep + 1) : 0;
+  const uint32_t ran = compress_due(r, keep + 1, false) ? hit_promise(s, r, keep + 1) : 0;
+  /* an engine that skips the compression in flight leaves it due, and the report re-flags it
+   * in this plan (append_deferred), after this plan's hits may have shared its blocks: its
+   * copies are promised here too */
+  uint32_t skipped = 0;
+  RKV_TRY(skipped_need(s, r, keep, &skipped));
+  const uint32_t fresh = ran > skipped ? ran : skipped;
   if ((uint64_t)need + fresh > bm_free(s)) return RKV_OK;
   s->step_promised += need + fresh;
   s->cur->promised += fresh;

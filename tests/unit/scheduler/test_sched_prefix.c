@@ -447,6 +447,122 @@ static bool copy_rule_same_step(uint32_t blocks, uint32_t *hits) {
   return ok;
 }
 
+/* Copy rule under overlap scheduling: request 0's compression is flagged in plan N; plan N+1,
+ * made while N runs, schedules 0 after its compression and admits request 1, which hits 0's
+ * cached prompt blocks, and `extra` requests that take free blocks. The engine skips 0's
+ * compression in N (allowed), so the report of N re-flags it in N+1, where 0's kept blocks
+ * are now shared: N+1 must have promised those copies (before the fix, 1 extra request and
+ * 8-10 blocks ran out: "needs 2 fresh blocks, 0 free"). An engine without an executor
+ * (uniform host cuts) serves every request to the end at every pool size. Found by fuzz_sched
+ * (corpus: overlap_skipped_compress_hit). */
+static bool copy_rule_skipped_compress(uint32_t blocks, uint32_t extra, uint32_t *hits) {
+  rkv_evict_params ev = RKV_EVICT_PARAMS_INIT;
+  ev.policy = RKV_EVICT_RKV, ev.budget = 10, ev.window = 2, ev.buffer = 5;
+  rkv_blockmgr_config bc = RKV_BLOCKMGR_CONFIG_INIT;
+  bc.num_blocks = blocks, bc.block_size = BLOCK, bc.num_layers = 1, bc.num_kv_heads = 1;
+  bc.head_dim = HEAD_DIM, bc.dtype = RKV_DTYPE_F32, bc.prefix_cache = true, bc.watermark = 0.0f;
+  rkv_sched_config sc = RKV_SCHED_CONFIG_INIT;
+  sc.max_batched_tokens = 64, sc.max_seqs = 4, sc.admission = RKV_SCHED_OPTIMISTIC;
+  sc.evict = ev, sc.prefix_cache = true, sc.prefix_rule = RKV_SCHED_PREFIX_COPY;
+  sc.overlap = true, sc.check_every_step = true;
+  rkv_blockmgr *bm = NULL;
+  rkv_sched *s = NULL;
+  EXPECT_OK(rkv_blockmgr_create(&bc, &bm));
+  EXPECT_OK(rkv_sched_create(&sc, bm, &s, NULL, 0));
+  int32_t toks[16];
+  for (int32_t i = 0; i < 16; i++) toks[i] = 7 * i;
+  uint64_t h[3];
+  EXPECT_EQ_INT(rkv_prefix_hash_blocks(toks, 12, BLOCK, 0, h, 3), 3);
+  rkv_evict_params wide = ev; /* request 1 never compresses: only 0's copies are at stake */
+  wide.budget = 32;
+  const rkv_sched_request rq[2] = {{0, 16, 6, 0, 0.0, NULL}, {1, 12, 4, 0, 1.0, &wide}};
+  EXPECT_OK(rkv_sched_add_request(s, &rq[0]));
+  EXPECT_OK(rkv_sched_set_prefix(s, 0, h, 3));
+  const rkv_sched_plan *out[2] = {NULL, NULL};
+  uint32_t n_out = 0;
+  bool ok = true, skipped = false, added = false;
+  for (int guard = 0; guard < 200 && ok; guard++) {
+    const rkv_sched_plan *p = NULL;
+    if (n_out < 2) {
+      ok = rkv_sched_step(s, &p) == RKV_OK;
+      if (ok) out[n_out++] = p;
+      if (!ok) fprintf(stderr, "%u blocks: step: %s\n", blocks, rkv_sched_last_error(s));
+    }
+    if (!added) { /* after the first plan: admitted in the next one, made in flight */
+      EXPECT_OK(rkv_sched_add_request(s, &rq[1]));
+      EXPECT_OK(rkv_sched_set_prefix(s, 1, h, 3));
+      for (uint32_t e = 0; e < extra; e++) { /* requests that take the free blocks */
+        const rkv_sched_request rx = {2 + e, 6, 2, 0, 2.0 + e, &wide};
+        EXPECT_OK(rkv_sched_add_request(s, &rx));
+      }
+      added = true;
+      continue;
+    }
+    if (!ok || !n_out) break;
+    p = out[0];
+    rkv_sched_output outs[4];
+    memset(outs, 0, sizeof outs);
+    for (uint32_t i = 0; i < p->n_seqs && ok; i++) {
+      rkv_sched_output *o = &outs[i];
+      o->id = p->seqs[i].id;
+      if (!p->seqs[i].compress) continue;
+      if (o->id == 0 && !skipped) { /* the engine skips 0's first compression */
+        skipped = true;
+        continue;
+      }
+      rkv_compact_map maps[4];
+      int32_t old[64];
+      uint32_t nm = 0, no = 0;
+      const uint32_t free0 = rkv_blockmgr_free_blocks(bm);
+      const int32_t keep = rkv_blockmgr_seq_protected(bm, o->id) + p->seqs[i].evict->budget;
+      const rkv_status st =
+          rkv_blockmgr_compact_uniform(bm, o->id, -1, keep, maps, 4, &nm, old, 64, &no);
+      if (st != RKV_OK) {
+        fprintf(stderr, "%u blocks: compress %lld: %s\n", blocks, (long long)o->id,
+                rkv_blockmgr_last_error(bm));
+        ok = false;
+      }
+      o->compressed = true;
+      o->blocks_freed = rkv_blockmgr_free_blocks(bm) - free0;
+    }
+    if (ok && rkv_sched_report(s, outs, p->n_seqs) != RKV_OK) {
+      fprintf(stderr, "%u blocks: report: %s\n", blocks, rkv_sched_last_error(s));
+      ok = false;
+    }
+    out[0] = out[1];
+    n_out--;
+    rkv_sched_metrics m;
+    rkv_sched_get_metrics(s, &m);
+    if (ok && !n_out && !m.num_running && !m.num_waiting) {
+      ok = m.num_finished == 2 + extra;
+      break;
+    }
+  }
+  rkv_sched_prefix_stats ps;
+  ps.struct_size = sizeof ps;
+  EXPECT_OK(rkv_sched_get_prefix_stats(s, &ps));
+  *hits += ps.admissions_hit;
+  ok = ok && skipped && rkv_sched_check(s) == RKV_OK && rkv_blockmgr_check(bm) == RKV_OK;
+  if (!ok) {
+    rkv_sched_metrics m;
+    rkv_sched_get_metrics(s, &m);
+    fprintf(stderr, "%u blocks, %u extra: skipped %d, finished %llu, running %u, waiting %u\n",
+            blocks, extra, (int)skipped, (unsigned long long)m.num_finished, m.num_running,
+            m.num_waiting);
+  }
+  rkv_sched_destroy(s);
+  rkv_blockmgr_destroy(bm);
+  return ok;
+}
+
+static void test_copy_rule_skipped_compress(void) {
+  uint32_t hits = 0;
+  for (uint32_t extra = 0; extra <= 3; extra++)
+    for (uint32_t blocks = 7; blocks <= 20; blocks++)
+      EXPECT(copy_rule_skipped_compress(blocks, extra, &hits));
+  EXPECT(hits > 0);
+}
+
 static void test_copy_rule_same_step_hit(void) {
   uint32_t hits = 0;
   for (uint32_t blocks = 4; blocks <= 12; blocks++) EXPECT(copy_rule_same_step(blocks, &hits));
@@ -456,6 +572,7 @@ static void test_copy_rule_same_step_hit(void) {
 int main(void) {
   test_errors();
   test_copy_rule_same_step_hit();
+  test_copy_rule_skipped_compress();
   test_reserve_counts_hits();
   test_on_equals_off();
   test_workloads();
