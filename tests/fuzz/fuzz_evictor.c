@@ -5,7 +5,11 @@
  * granularity, the pool size, the default parameters and up to three starting sequences, then
  * operations on both worlds: append tokens, push query rows, protect whole blocks, fork (the
  * windows too), free, add (a layer or all, parameters from the input, valid or not), run
- * (sometimes with a short result array), clear. Both must return the same status everywhere
+ * (sometimes with a short result array), clear; with the prefix cache on (half the inputs),
+ * register a sequence's leading blocks under one of two prompt templates' hashes and create
+ * a sequence that hits them. Both worlds must hold the same cached groups: a compaction copies
+ * the cached blocks it keeps on both paths (the CPU's per-layer calls decide it once, as the
+ * device's cut does). Both must return the same status everywhere
  * and the same results; an add or run that fails as a call queues and changes nothing; a
  * sequence whose own result failed keeps its lengths and blocks; after every operation the
  * two states are equal (lengths, each position's K/V rows and mass) with no copy hazard on the
@@ -14,7 +18,10 @@
  * (the kernels write whole kept blocks), the CPU only those it rewrites. So a sequence that
  * shares blocks may free fewer blocks on the device, or find too few there (RKV_ERR_NO_BLOCKS
  * where the CPU succeeds: the worlds then part and the input ends), and free blocks are
- * compared only while neither world shares a block.
+ * compared only while neither world shares a block. After such a compression the two worlds
+ * may also park different blocks (the CPU still holds what the device copied), so their free
+ * lists, and with them whether a later compaction has room to copy cached blocks, may differ:
+ * from then on a hit that differs parts the worlds too.
  * Any other difference prints and aborts. Under gcc, tests/fuzz/replay_main.c replays the
  * corpus. */
 #include <stdint.h>
@@ -32,6 +39,7 @@ typedef struct world {
   fixture f[2]; /* 0: CPU pool, 1: emulated device */
   rkv_evictor *ev[2];
   bool parted; /* a shared sequence compressed on the CPU only: stop comparing */
+  bool loose;  /* a shared sequence compressed: the caches may differ from now on */
 } world;
 
 static uint32_t shared_blocks(const fixture *f) {
@@ -188,6 +196,7 @@ static void fz_run(world *w, uint8_t a) {
         fz_abort("a failed compression changed its sequence", x->status, y->status, w);
     }
     const bool shared = shares[x->seq - 1];
+    if (shared && x->status == RKV_OK) w->loose = true;
     if (shared && x->status == RKV_OK && y->status == RKV_ERR_NO_BLOCKS) {
       w->parted = true; /* the device's extra copies did not fit */
       continue;
@@ -245,6 +254,53 @@ static void fz_protect(world *w, int64_t seq, uint8_t blocks) {
   fz_same("protect", st[0], st[1], w);
 }
 
+/* The block hashes of prompt template t (two templates, four blocks each). */
+static void fz_hashes(uint32_t t, uint64_t h[4]) {
+  for (uint32_t i = 0; i < 4; i++) h[i] = 0x5EED0000u + 16u * t + i;
+}
+
+/* Registers seq's first 1..4 blocks under template a & 1 in both worlds. */
+static void fz_register(world *w, int64_t seq, uint8_t a) {
+  uint64_t h[4];
+  fz_hashes(a & 1, h);
+  rkv_status st[2];
+  uint32_t ins[2] = {0, 0};
+  for (int k = 0; k < 2; k++)
+    st[k] = rkv_blockmgr_prefix_insert(w->f[k].m, seq, h, 1 + (a >> 1) % 4, &ins[k]);
+  fz_same("register", st[0], st[1], w);
+  if (ins[0] != ins[1]) fz_abort("registered groups differ", st[0], st[1], w);
+}
+
+/* A new sequence seq hitting template a & 1's cached groups in both worlds, with a full query
+ * window. The worlds must hit the same number of groups. */
+static void fz_hit(world *w, int64_t seq, uint8_t a) {
+  if (rkv_blockmgr_seq_exists(w->f[0].m, seq)) return;
+  uint64_t h[4];
+  fz_hashes(a & 1, h);
+  uint32_t hit[2] = {0, 0};
+  for (int k = 0; k < 2; k++) EXPECT_OK(rkv_blockmgr_prefix_match(w->f[k].m, h, 4, &hit[k]));
+  if (hit[0] != hit[1]) {
+    if (!w->loose) {
+      fprintf(stderr, "fuzz_evictor: the caches differ: cpu hits %u groups, device %u\n", hit[0],
+              hit[1]);
+      abort();
+    }
+    w->parted = true;
+    return;
+  }
+  if (!hit[0]) return;
+  rkv_status st[2];
+  for (int k = 0; k < 2; k++) {
+    fixture *f = &w->f[k];
+    st[k] = rkv_blockmgr_seq_create_cached(f->m, seq, h, hit[k]);
+    if (st[k] != RKV_OK) continue;
+    EXPECT_OK(rkv_qwindow_seq_add(f->qw, seq));
+    if (f->dqw) EXPECT_OK(rkv_qwindow_seq_add(f->dqw, seq));
+    fx_push_rows(f, seq, W);
+  }
+  fz_same("hit", st[0], st[1], w);
+}
+
 /* A sequence id that exists in neither world gets a fresh one (windows included). */
 static void fz_create(world *w, int64_t seq, int32_t n, uint32_t rows) {
   if (rkv_blockmgr_seq_exists(w->f[0].m, seq) || !room_for(w, n)) return;
@@ -259,10 +315,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   const rkv_dtype dt = dts[b0 % 3];
   const rkv_evict_granularity g = (rkv_evict_granularity)((b0 >> 2) % RKV_EVICT_GRAN_COUNT_);
   const uint32_t blocks = 60 + 8u * (b1 % 48); /* 60 .. 436: tight pools fail fresh copies */
+  const bool prefix = (b1 / 48) % 2;
   rkv_test_failed_ = 0;
   world w;
   memset(&w, 0, sizeof w);
-  for (int k = 0; k < 2; k++) fx_init_ex(&w.f[k], dt, blocks, 1 + b2, k == 1, false);
+  for (int k = 0; k < 2; k++) fx_init_pc(&w.f[k], dt, blocks, 1 + b2, k == 1, false, prefix);
   rkv_evict_params p = fz_params(&c);
   if (rkv_evict_params_validate(&p, NULL, 0) != RKV_OK) { /* the defaults must be valid */
     const rkv_evict_policy pol = p.policy;
@@ -283,7 +340,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const uint8_t op = fz_byte(&c), a = fz_byte(&c);
     const int64_t seq = 1 + a % MAXSEQ, other = 1 + (a >> 2) % MAXSEQ;
     const char *what = "?";
-    switch (op % 10) {
+    switch (op % 12) {
       case 0:
       case 1:
         what = "add";
@@ -318,6 +375,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
           fz_create(&w, seq, 8 + (a >> 2) % 64, W);
         else
           fz_free(&w, seq);
+        break;
+      case 10:
+        what = "register";
+        fz_register(&w, seq, a >> 2);
+        break;
+      case 11:
+        what = "hit";
+        fz_hit(&w, seq, a >> 2);
         break;
       default:
         what = "clear";

@@ -80,6 +80,7 @@ enum {
   BMS_OP_PROTECT,
   BMS_OP_MATCH,
   BMS_OP_PCLEAR,
+  BMS_OP_PREPARE,
   BMS_OP_KINDS
 };
 #define BMS_OP_STD_KINDS BMS_OP_CACHED
@@ -112,6 +113,8 @@ static inline const char *bms_op_name(int k) {
       return "prefix_match";
     case BMS_OP_PCLEAR:
       return "prefix_clear";
+    case BMS_OP_PREPARE:
+      return "compact_prepare";
     default:
       return "?";
   }
@@ -1691,6 +1694,53 @@ static inline int bms_protect(bm_shadow *s, int64_t id, int32_t n, rkv_status *o
   return bms_verify_seq(s, q);
 }
 
+/* rkv_blockmgr_compact_prepare: the model counts, over the streams a cut of `layer` to `keep`
+ * would cut, the shared and the cached (held alone) leading blocks after the whole protected
+ * ones. With room on the free list (parked blocks aside) for all their copies nothing changes
+ * and the cached count comes back; else the cached ones' groups go and 0 comes back. */
+static inline int bms_compact_prepare(bm_shadow *s, int64_t id, int32_t layer, int32_t keep,
+                                      rkv_status *out) {
+  bms_seq *q = bms_find(s, id);
+  rkv_status want = RKV_OK;
+  uint32_t shared = 0, cached = 0;
+  if (layer >= (int32_t)s->layers || keep < 0) { /* arguments first, then the sequence */
+    want = RKV_ERR_INVALID_ARG;
+  } else if (!q) {
+    want = RKV_ERR_NOT_FOUND;
+  } else {
+    const int32_t bs = (int32_t)s->bs, fixed = q->protect / bs, nbn = bms_ceil_div(keep, bs);
+    for (uint32_t k = 0; k < s->S; k++) {
+      const bms_stream *t = &q->st[k];
+      if ((layer >= 0 && k / s->heads != (uint32_t)layer) || t->len <= keep) continue;
+      for (int32_t j = fixed; j < nbn; j++) {
+        shared += s->ref[t->row[j]] > 1;
+        cached += s->ref[t->row[j]] == 1 && s->pc && s->bgrp[t->row[j]] >= 0;
+      }
+    }
+  }
+  bms_pc_begin_(s);
+  uint32_t copies = 99;
+  rkv_status st = rkv_blockmgr_compact_prepare(s->m, id, layer, keep, &copies);
+  *out = st;
+  if (bms_expect_(s, "compact_prepare", st, want)) return -1;
+  if (want != RKV_OK) return bms_verify_unchanged_(s, id);
+  const bool room = shared + cached <= s->nfree - s->nparked;
+  if (copies != (room ? cached : 0))
+    return BMS_FAIL(s, "compact_prepare: %u copies, model %u (%u shared, %u cached, room %d)",
+                    copies, room ? cached : 0, shared, cached, (int)room);
+  if (cached && !room) {
+    const int32_t bs = (int32_t)s->bs, fixed = q->protect / bs, nbn = bms_ceil_div(keep, bs);
+    for (uint32_t k = 0; k < s->S; k++) {
+      const bms_stream *t = &q->st[k];
+      if ((layer >= 0 && k / s->heads != (uint32_t)layer) || t->len <= keep) continue;
+      for (int32_t j = fixed; j < nbn; j++)
+        if (s->ref[t->row[j]] == 1) bms_pc_touch_(s, t->row[j]);
+    }
+  }
+  if (bms_verify_counts(s) || bms_pc_end_(s, 0)) return -1;
+  return bms_verify_seq(s, q);
+}
+
 /* Forces every list to keep the protected prefix of q in place (what an eviction policy that
  * honours protection produces): positions [0, p) followed by the list's positions >= p. */
 static inline void bms_keep_protected_(bm_shadow *s, const bms_seq *q, uint32_t n_lists) {
@@ -1751,7 +1801,7 @@ static inline int bms_random_prefix_op(bm_shadow *s, uint64_t *rng, int *kind, r
     int64_t id = bms_below(rng, 8) == 0 ? bms_pick_unused_(s, rng) : q->id;
     return bms_prefix_insert(s, id, h, n, st);
   }
-  if (r < 80) {
+  if (r < 72) {
     *kind = BMS_OP_PROTECT;
     int32_t shortest = INT32_MAX;
     for (uint32_t k = 0; k < s->S; k++)
@@ -1764,6 +1814,16 @@ static inline int bms_random_prefix_op(bm_shadow *s, uint64_t *rng, int *kind, r
     if (mode > 3) n -= n % (int32_t)s->bs; /* block-aligned, as a cached prefix is */
     int64_t id = bms_below(rng, 16) == 0 ? bms_pick_unused_(s, rng) : q->id;
     return bms_protect(s, id, n, st);
+  }
+  if (r < 80) {
+    *kind = BMS_OP_PREPARE; /* any layer or all, any keep up to the longest stream + 2 */
+    int32_t maxlen = 0;
+    for (uint32_t k = 0; k < s->S; k++)
+      if (q->st[k].len > maxlen) maxlen = q->st[k].len;
+    int32_t layer = bms_below(rng, 2) ? -1 : (int32_t)bms_below(rng, s->layers + 1);
+    int32_t keep = (int32_t)bms_below(rng, (uint32_t)maxlen + 3) - (bms_below(rng, 32) == 0);
+    int64_t id = bms_below(rng, 16) == 0 ? bms_pick_unused_(s, rng) : q->id;
+    return bms_compact_prepare(s, id, layer, keep, st);
   }
   if (r < 96) {
     *kind = BMS_OP_MATCH;

@@ -40,9 +40,10 @@ typedef struct fixture {
 } fixture;
 
 /* checks: the block manager's walk after every operation (check_every_op); a caller that
- * checks between its own operations (the evictor fuzzer) saves a walk per appended token. */
-static inline void fx_init_ex(fixture *f, rkv_dtype dt, uint32_t num_blocks, uint64_t seed,
-                              bool emu, bool checks) {
+ * checks between its own operations (the evictor fuzzer) saves a walk per appended token.
+ * prefix_cache: the block manager's (the evictor fuzzer registers and hits groups). */
+static inline void fx_init_pc(fixture *f, rkv_dtype dt, uint32_t num_blocks, uint64_t seed,
+                              bool emu, bool checks, bool prefix_cache) {
   memset(f, 0, sizeof *f);
   f->dt = dt, f->rng = seed, f->emu = emu;
   rkv_backend_config bc = RKV_BACKEND_CONFIG_INIT;
@@ -51,6 +52,7 @@ static inline void fx_init_ex(fixture *f, rkv_dtype dt, uint32_t num_blocks, uin
   rkv_blockmgr_config mc = RKV_BLOCKMGR_CONFIG_INIT;
   mc.num_blocks = num_blocks, mc.block_size = BS, mc.num_layers = L, mc.num_kv_heads = KV;
   mc.head_dim = D, mc.dtype = dt, mc.check_every_op = checks, mc.watermark = 0;
+  mc.prefix_cache = prefix_cache;
   EXPECT_OK(rkv_blockmgr_create(&mc, &f->m));
   rkv_kv_layout lay = rkv_blockmgr_kv_layout(f->m);
   EXPECT_OK(rkv_kv_pool_create(f->be, &lay, num_blocks, &f->pool));
@@ -65,6 +67,11 @@ static inline void fx_init_ex(fixture *f, rkv_dtype dt, uint32_t num_blocks, uin
   EXPECT_OK(rkv_buffer_create(f->be, RKV_BUFFER_DEVICE, 0, &f->qdev));
   qc.backend = f->be;
   EXPECT_OK(rkv_qwindow_create(&qc, &f->dqw));
+}
+
+static inline void fx_init_ex(fixture *f, rkv_dtype dt, uint32_t num_blocks, uint64_t seed,
+                              bool emu, bool checks) {
+  fx_init_pc(f, dt, num_blocks, seed, emu, checks, false);
 }
 
 static inline void fx_init(fixture *f, rkv_dtype dt, uint32_t num_blocks, uint64_t seed, bool emu) {
