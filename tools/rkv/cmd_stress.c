@@ -42,10 +42,11 @@ static void usage(FILE *f) {
           "                   of the ops): requests for a few shared prompt templates\n"
           "                   (prefix_match, prefix_cost, seq_create_cached, the rest of the\n"
           "                   prompt appended, prefix_insert, often seq_protect), re-inserts,\n"
-          "                   protect (also past the shortest stream), prefix_clear; compactions\n"
-          "                   then mostly keep the protected prefix and sometimes break it. The\n"
-          "                   model predicts hits, costs, cached groups, parked blocks,\n"
-          "                   invalidations and reclaims (oldest parked group first)\n"
+          "                   protect (also past the shortest stream), compact_prepare,\n"
+          "                   prefix_clear; compactions then mostly keep the protected prefix\n"
+          "                   and sometimes break it. The model predicts hits, costs, cached\n"
+          "                   groups, parked blocks, the copies compactions make of cached\n"
+          "                   blocks, invalidations and reclaims (oldest parked group first)\n"
           "  --json           print the summary as one JSON object\n\n"
           "Exit status: 0 clean, 1 violation, 2 usage error.\n");
 }

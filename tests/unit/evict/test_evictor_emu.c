@@ -191,6 +191,58 @@ static void protect_case(rkv_evict_policy pol, rkv_evict_granularity g) {
   fx_fini(&e);
 }
 
+/* Prefix caching: a sequence compressing its own registered prompt. The CPU evictor compacts
+ * one layer per call, the device path cuts all layers at once; with `free_list` blocks free,
+ * both keep the cached groups (copies of the 3 kept cached blocks of 6 streams: 18) or both
+ * drop them. Between 14 and 17 free blocks each layer's call alone finds room (the previous
+ * layers' uncached tails come back), which the CPU path took before it decided once per
+ * sequence (rkv_blockmgr_compact_prepare). */
+static void cached_case(uint32_t free_list) {
+  enum { LEN = 40, HELD = L * KV * (LEN / BS) };
+  fixture c, e;
+  for (int k = 0; k < 2; k++) {
+    fixture *x = k ? &e : &c;
+    fx_init_pc(x, RKV_DTYPE_F32, HELD + free_list, 11, k == 1, true, true);
+    fx_seq(x, 1, LEN, W);
+    const uint64_t h[4] = {101, 102, 103, 104}; /* the first four of its five blocks */
+    uint32_t ins = 0;
+    EXPECT_OK(rkv_blockmgr_prefix_insert(x->m, 1, h, 4, &ins));
+    EXPECT_EQ_INT(ins, 4);
+    EXPECT_EQ_INT(rkv_blockmgr_free_blocks(x->m), free_list);
+  }
+  rkv_evict_params p = RKV_EVICT_PARAMS_INIT;
+  p.policy = RKV_EVICT_RKV, p.budget = 3 * BS, p.window = W;
+  rkv_evictor *ec = fx_evictor(&c, &p, RKV_EVICT_GRAN_STREAM);
+  rkv_evictor *ee = fx_evictor_win(&e, &p, RKV_EVICT_GRAN_STREAM, true);
+  EXPECT_OK(rkv_evictor_add(ec, 1, RKV_EVICTOR_ALL_LAYERS, NULL, NULL));
+  EXPECT_OK(rkv_evictor_add(ee, 1, RKV_EVICTOR_ALL_LAYERS, NULL, NULL));
+  rkv_evictor_result rc[MAXSEQ], re[MAXSEQ];
+  run_ok(ec, rc, 1);
+  run_ok(ee, re, 1);
+  EXPECT_OK(rkv_backend_sync(e.be));
+  EXPECT_EQ_INT(rkv_emu_hazards(e.be), 0);
+  EXPECT(rc[0].compressed && re[0].compressed);
+  const uint64_t h[4] = {101, 102, 103, 104};
+  uint32_t hc = 9, he = 9;
+  EXPECT_OK(rkv_blockmgr_prefix_match(c.m, h, 4, &hc));
+  EXPECT_OK(rkv_blockmgr_prefix_match(e.m, h, 4, &he));
+  EXPECT_EQ_INT(hc, he);
+  EXPECT_EQ_INT(hc, free_list >= 18 ? 4 : 0);
+  char what[64];
+  snprintf(what, sizeof what, "cached copies, %u free", free_list);
+  expect_same(&c, &e, false, false, what);
+  EXPECT_OK(rkv_blockmgr_check(e.m));
+  rkv_evictor_destroy(ec);
+  rkv_evictor_destroy(ee);
+  fx_fini(&c);
+  fx_fini(&e);
+}
+
+static void test_cached_copies_equal_cpu(void) {
+  const uint32_t frees[5] = {12, 14, 16, 18, 24};
+  for (int i = 0; i < 5; i++) cached_case(frees[i]);
+}
+
 static void test_protected_equals_cpu(void) {
   const rkv_evict_policy pols[4] = {RKV_EVICT_RKV, RKV_EVICT_SNAPKV, RKV_EVICT_STREAMING,
                                     RKV_EVICT_H2O};
@@ -490,6 +542,7 @@ int main(void) {
   test_arena_reuse();
   test_equals_cpu();
   test_protected_equals_cpu();
+  test_cached_copies_equal_cpu();
   test_split_launches();
   return rkv_test_finish();
 }
