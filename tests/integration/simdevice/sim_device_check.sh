@@ -83,14 +83,15 @@ KEYS="complete steps peak_blocks max_batch max_running preemptions finished reje
 generation_tokens prompt_tokens compressions evicted_tokens compaction_freed_blocks
 prefix_hit_tokens"
 i=0
-# 1: recompute preemption under a small pool; 2: swap preemption, every policy; 3: shared
-# system prompts through the prefix cache, copy rule; 4: overlap scheduling with swap
-# preemption; 5: shared system prompts, protect rule (the device selection runs after the
-# protected blocks)
+# 1: recompute preemption under a small pool; 2: overlap scheduling with swap preemption;
+# 3: swap preemption, every policy; 4: shared system prompts through the prefix cache, copy
+# rule (compactions copy the cached prompt blocks they keep: the CPU's per-layer calls and
+# the device's single cut must keep the same groups, so the hits match); 5: shared system
+# prompts, protect rule (the device selection runs after the protected blocks)
 for cfg in "--policy full,rkv --pool-blocks 256 --admission optimistic" \
   "--policy rkv,h2o --pool-blocks 160 --requests 12 --admission optimistic --preempt swap --overlap on" \
   "--policy full,rkv,snapkv,streaming,h2o --pool-blocks 256 --admission optimistic --preempt swap" \
-  "--policy full,rkv --pool-blocks 256 --admission optimistic --requests 16 --prefixes 3 --prefix-len 100-300 --prefix-cache on --prefix-rule copy" \
+  "--policy full,rkv,h2o --pool-blocks 256 --admission optimistic --requests 16 --prefixes 3 --prefix-len 100-300 --prefix-cache on --prefix-rule copy" \
   "--policy full,rkv,h2o --pool-blocks 256 --admission optimistic --requests 16 --prefixes 3 --prefix-len 100-300 --prefix-cache on --prefix-rule protect"; do
   i=$((i + 1))
   # shellcheck disable=SC2086
