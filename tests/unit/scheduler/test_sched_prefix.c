@@ -383,21 +383,32 @@ static void test_reserve_counts_hits(void) {
   EXPECT(on >= 4);
 }
 
+/* The copy-rule tests' set-up: R-KV at budget 10 over one stream of `blocks` blocks, the
+ * prefix cache, optimistic admission, every check after every step. */
+static void copy_rule_configs(uint32_t blocks, rkv_evict_params *ev, rkv_blockmgr_config *bc,
+                              rkv_sched_config *sc) {
+  *ev = (rkv_evict_params)RKV_EVICT_PARAMS_INIT;
+  ev->policy = RKV_EVICT_RKV, ev->budget = 10, ev->window = 2, ev->buffer = 5;
+  *bc = (rkv_blockmgr_config)RKV_BLOCKMGR_CONFIG_INIT;
+  bc->num_blocks = blocks, bc->block_size = BLOCK, bc->num_layers = 1, bc->num_kv_heads = 1;
+  bc->head_dim = HEAD_DIM, bc->dtype = RKV_DTYPE_F32, bc->prefix_cache = true;
+  bc->watermark = 0.0f;
+  *sc = (rkv_sched_config)RKV_SCHED_CONFIG_INIT;
+  sc->max_batched_tokens = 64, sc->max_seqs = 4, sc->admission = RKV_SCHED_OPTIMISTIC;
+  sc->evict = *ev, sc->prefix_cache = true, sc->prefix_rule = RKV_SCHED_PREFIX_COPY;
+  sc->check_every_step = true;
+}
+
 /* Copy rule: a request admitted in the same step as the one whose prompt it hits shares
  * blocks that request's compression (flagged in this step, run at finish) must copy. The
  * first admission has no hit of its own, so only a promise for later hits on its registered
  * blocks keeps that compression from running out of fresh blocks. Found by fuzz_exec; every
  * pool size from the smallest that admits the first request up is served to the end. */
 static bool copy_rule_same_step(uint32_t blocks, uint32_t *hits) {
-  rkv_evict_params ev = RKV_EVICT_PARAMS_INIT;
-  ev.policy = RKV_EVICT_RKV, ev.budget = 10, ev.window = 2, ev.buffer = 5;
-  rkv_blockmgr_config bc = RKV_BLOCKMGR_CONFIG_INIT;
-  bc.num_blocks = blocks, bc.block_size = BLOCK, bc.num_layers = 1, bc.num_kv_heads = 1;
-  bc.head_dim = HEAD_DIM, bc.dtype = RKV_DTYPE_F32, bc.prefix_cache = true, bc.watermark = 0.0f;
-  rkv_sched_config sc = RKV_SCHED_CONFIG_INIT;
-  sc.max_batched_tokens = 64, sc.max_seqs = 4, sc.admission = RKV_SCHED_OPTIMISTIC;
-  sc.evict = ev, sc.prefix_cache = true, sc.prefix_rule = RKV_SCHED_PREFIX_COPY;
-  sc.check_every_step = true;
+  rkv_evict_params ev;
+  rkv_blockmgr_config bc;
+  rkv_sched_config sc;
+  copy_rule_configs(blocks, &ev, &bc, &sc);
   rkv_exec_config xc = RKV_EXEC_CONFIG_INIT;
   xc.num_q_heads = 2, xc.max_seqs = 4, xc.evict = ev;
   rkv_blockmgr *bm = NULL;
@@ -456,15 +467,11 @@ static bool copy_rule_same_step(uint32_t blocks, uint32_t *hits) {
  * (uniform host cuts) serves every request to the end at every pool size. Found by fuzz_sched
  * (corpus: overlap_skipped_compress_hit). */
 static bool copy_rule_skipped_compress(uint32_t blocks, uint32_t extra, uint32_t *hits) {
-  rkv_evict_params ev = RKV_EVICT_PARAMS_INIT;
-  ev.policy = RKV_EVICT_RKV, ev.budget = 10, ev.window = 2, ev.buffer = 5;
-  rkv_blockmgr_config bc = RKV_BLOCKMGR_CONFIG_INIT;
-  bc.num_blocks = blocks, bc.block_size = BLOCK, bc.num_layers = 1, bc.num_kv_heads = 1;
-  bc.head_dim = HEAD_DIM, bc.dtype = RKV_DTYPE_F32, bc.prefix_cache = true, bc.watermark = 0.0f;
-  rkv_sched_config sc = RKV_SCHED_CONFIG_INIT;
-  sc.max_batched_tokens = 64, sc.max_seqs = 4, sc.admission = RKV_SCHED_OPTIMISTIC;
-  sc.evict = ev, sc.prefix_cache = true, sc.prefix_rule = RKV_SCHED_PREFIX_COPY;
-  sc.overlap = true, sc.check_every_step = true;
+  rkv_evict_params ev;
+  rkv_blockmgr_config bc;
+  rkv_sched_config sc;
+  copy_rule_configs(blocks, &ev, &bc, &sc);
+  sc.overlap = true;
   rkv_blockmgr *bm = NULL;
   rkv_sched *s = NULL;
   EXPECT_OK(rkv_blockmgr_create(&bc, &bm));
