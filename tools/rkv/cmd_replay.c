@@ -25,6 +25,9 @@ static void usage(FILE *f) {
           "  compact SEQ                       compacts the streams given keep lines since\n"
           "                                    the last compact of SEQ\n"
           "  compact_uniform SEQ LAYER KEEP    cut every stream of LAYER (-1: all) to KEEP\n"
+          "  compact_prepare SEQ LAYER KEEP    decide once for compactions of LAYER (-1: all)\n"
+          "                                    to KEEP whether cached blocks are copied;\n"
+          "                                    prints the copies\n"
           "  check                             rkv_blockmgr_check\n"
           "  show                              state as one JSON line\n"
           "Prefix caching (pool ... prefix_cache=1):\n"
@@ -283,6 +286,14 @@ static rkv_status do_insert(replay_state *r, const replay_op *op, int line, char
   return st;
 }
 
+static rkv_status do_prepare(replay_state *r, const replay_op *op, int line) {
+  uint32_t copies = 0;
+  const rkv_status st =
+      rkv_blockmgr_compact_prepare(r->m, op->seq, (int32_t)op->arg, (int32_t)op->arg2, &copies);
+  if (st == RKV_OK) printf("{\"op\": %d, \"copies\": %u}\n", line, copies);
+  return st;
+}
+
 static void do_prefix_stats(replay_state *r, int line) {
   rkv_prefix_stats ps;
   memset(&ps, 0, sizeof ps);
@@ -432,6 +443,9 @@ static void run_op(replay_state *r, replay_op *op, int line) {
       break;
     case REPLAY_PREFIX_STATS:
       do_prefix_stats(r, line);
+      break;
+    case REPLAY_PREPARE:
+      st = do_prepare(r, op, line);
       break;
   }
   if (st != RKV_OK && !msg[0]) snprintf(msg, sizeof msg, "%s", rkv_blockmgr_last_error(r->m));

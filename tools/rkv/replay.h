@@ -33,7 +33,8 @@ typedef enum replay_kind {
   REPLAY_INSERT,
   REPLAY_PROTECT,
   REPLAY_PREFIX_CLEAR,
-  REPLAY_PREFIX_STATS
+  REPLAY_PREFIX_STATS,
+  REPLAY_PREPARE
 } replay_kind;
 
 typedef struct replay_op {

@@ -190,6 +190,7 @@ int rt_replay_parse_line(char *line, replay_op *op, char *msg, size_t msg_size) 
       {"compact", REPLAY_COMPACT, 1},
       {"free", REPLAY_FREE, 1},
       {"compact_uniform", REPLAY_UNIFORM, 3},
+      {"compact_prepare", REPLAY_PREPARE, 3},
       {"check", REPLAY_CHECK, 0},
       {"show", REPLAY_SHOW, 0},
       {"protect", REPLAY_PROTECT, 2},
@@ -228,9 +229,10 @@ int rt_replay_parse_line(char *line, replay_op *op, char *msg, size_t msg_size) 
       return fail(msg, msg_size, "append: token count %lld out of range", (long long)op->arg);
     if (op->kind == REPLAY_PROTECT && (op->arg < INT32_MIN || op->arg > INT32_MAX))
       return fail(msg, msg_size, "protect: N out of range");
-    if (op->kind == REPLAY_UNIFORM && (op->arg < INT32_MIN || op->arg > INT32_MAX ||
-                                       op->arg2 < INT32_MIN || op->arg2 > INT32_MAX))
-      return fail(msg, msg_size, "compact_uniform: LAYER or KEEP out of range");
+    if ((op->kind == REPLAY_UNIFORM || op->kind == REPLAY_PREPARE) &&
+        (op->arg < INT32_MIN || op->arg > INT32_MAX || op->arg2 < INT32_MIN ||
+         op->arg2 > INT32_MAX))
+      return fail(msg, msg_size, "%s: LAYER or KEEP out of range", cmd);
     return 0;
   }
   return fail(msg, msg_size, "unknown op '%s'", cmd);
