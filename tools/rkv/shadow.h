@@ -517,12 +517,14 @@ static inline int bms_verify_counts(bm_shadow *s) {
  * its fresh blocks, and they stay cached; without that room, one that reuses an unshared block
  * and moves tokens into it or leaves it partly filled drops its group, and so does a uniform
  * compaction of an unshared block past the protected prefix; shared blocks are copied and
- * stay cached (one left partly filled in place keeps its group until an append). Reclaim is checked
- * at the level the header documents rather than by copying the library's list: a call needing
- * `need` blocks from a free list holding fewer reclaims parked groups, oldest parked block first
- * (ties within one op are unordered), and stops as soon as the free list holds `need`. After each
- * op the model asks the manager which of its groups are still cached, accepts a reclaim set only if
- * it obeys that rule, and then compares every counter of rkv_prefix_stats. */
+ * stay cached (one left partly filled in place keeps its group until an append).
+ *
+ * Reclaim is checked at the level the header documents rather than by copying the library's
+ * list: a call needing `need` blocks from a free list holding fewer reclaims parked groups,
+ * oldest parked block first (ties within one op are unordered), and stops as soon as the free
+ * list holds `need`. After each op the model asks the manager which of its groups are still
+ * cached, accepts a reclaim set only if it obeys that rule, and then compares every counter
+ * of rkv_prefix_stats. */
 
 static inline int bms_pc_find_(const bm_shadow *s, uint64_t h) {
   for (uint32_t g = 0; g < s->gcap; g++)

@@ -181,12 +181,14 @@ RKV_API rkv_status rkv_blockmgr_compact(rkv_blockmgr *m, int64_t seq, const rkv_
  * of `layer` (or of all layers when layer < 0) longer than `keep` tokens is cut to exactly
  * `keep` tokens; its blocks past ceil(keep / block_size) are freed now, and shared leading
  * blocks are replaced by fresh ones (the device will rewrite them), and so are cached ones
- * held alone when the free list holds the copies (rkv_blockmgr_compact_prepare). For each such
- * stream the old row is reported so a device kernel can move selected tokens (src from the old row,
- * dst from the new row read with rkv_blockmgr_stream_blocks or an exported table): maps: [streams
- * touched] one record each; old_blocks: the old rows back to back, maps[i].old_offset .. +
- * maps[i].old_n_blocks. Sizes: at most streams_per_seq maps and the sequence's total blocks of old
- * ids; pass caps, RKV_ERR_CAPACITY reports the need in *n_maps / *n_old. */
+ * held alone when the free list holds the copies (rkv_blockmgr_compact_prepare). For each
+ * such stream the old row is reported so a device kernel can move selected tokens (src from
+ * the old row, dst from the new row read with rkv_blockmgr_stream_blocks or an exported
+ * table):
+ *  maps:       [streams touched] one record each;
+ *  old_blocks: the old rows back to back, maps[i].old_offset .. + maps[i].old_n_blocks.
+ * Sizes: at most streams_per_seq maps and the sequence's total blocks of old ids; pass
+ * caps, RKV_ERR_CAPACITY reports the need in *n_maps / *n_old. */
 typedef struct rkv_compact_map {
   uint32_t layer;
   uint32_t head;
@@ -232,10 +234,11 @@ RKV_API rkv_status rkv_blockmgr_compact_fresh_bound_after(const rkv_blockmgr *m,
  * caller lets compactions select among cached blocks: a scheduler's prefix copy rule). A
  * leading block then counts when it is shared, when its group is in the prefix table (the
  * compaction copies it), or when it is among the first `registering` blocks of its stream
- * (those a prefix_insert made before the compaction registers); each at most once. With this
- * many blocks free (not parked) when it runs, the compaction also keeps every group cached. Equals
- * compact_fresh_bound_after when nothing is cached and registering is 0. O(streams x ceil(keep /
- * block_size)) once anything is shared or cached. RKV_ERR_NOT_FOUND, RKV_ERR_INVALID_ARG. */
+ * (those a prefix_insert made before the compaction registers); each at most once. With
+ * this many blocks free (not parked) when it runs, the compaction also keeps every group
+ * cached. Equals compact_fresh_bound_after when nothing is cached and registering is 0.
+ * O(streams x ceil(keep / block_size)) once anything is shared or cached.
+ * RKV_ERR_NOT_FOUND, RKV_ERR_INVALID_ARG. */
 RKV_API rkv_status rkv_blockmgr_compact_copy_bound(const rkv_blockmgr *m, int64_t seq,
                                                    int32_t layer, int32_t keep, uint32_t pending,
                                                    uint32_t registering, uint32_t *out);
