@@ -111,17 +111,16 @@ RKV_API rkv_status rkv_blockmgr_compact(rkv_blockmgr *m, int64_t seq, const rkv_
       }
     }
   }
-  if (fresh > bm_avail(m)) {
-    if (n_moves) *n_moves = nmov > UINT32_MAX ? UINT32_MAX : (uint32_t)nmov;
-    return bm_fail(m, RKV_ERR_NO_BLOCKS, "compact: needs %lld fresh blocks, %d free",
-                   (long long)fresh, bm_avail(m));
-  }
+  /* false whenever the shared blocks alone do not fit (free_top <= bm_avail) */
   const bool keep_cached = cached && fresh + cached <= m->free_top;
   if (keep_cached) {
     fresh += cached;
     nmov += cached_mov;
   }
   if (n_moves) *n_moves = nmov > UINT32_MAX ? UINT32_MAX : (uint32_t)nmov;
+  if (fresh > bm_avail(m))
+    return bm_fail(m, RKV_ERR_NO_BLOCKS, "compact: needs %lld fresh blocks, %d free",
+                   (long long)fresh, bm_avail(m));
   if (nmov > moves_cap)
     return bm_fail(m, RKV_ERR_CAPACITY, "compact: %llu moves, capacity %u",
                    (unsigned long long)nmov, moves_cap);
@@ -191,24 +190,47 @@ RKV_API rkv_status rkv_blockmgr_compact(rkv_blockmgr *m, int64_t seq, const rkv_
   return bm_after_op(m);
 }
 
-/* The copies a uniform cut of streams [s0, s1) to keep makes: of shared leading blocks after
- * the whole protected ones (*shared, always) and of cached ones held alone (*cached, when the
- * free list holds them all). */
-static void bm_cut_copies(const rkv_blockmgr *m, const bm_seq *q, uint32_t s0, uint32_t s1,
-                          int32_t keep, int64_t *shared, int64_t *cached) {
-  *shared = *cached = 0;
+/* The checks every call over one layer's streams (all with layer < 0) down to `keep` makes,
+ * in this order, and the sequence and stream range [*s0, *s1) they name. */
+static rkv_status bm_layer_args(const rkv_blockmgr *m, const char *what, int64_t seq, int32_t layer,
+                                int32_t keep, bm_seq **q, uint32_t *s0, uint32_t *s1) {
+  if (layer >= (int32_t)m->cfg.num_layers)
+    return bm_fail(m, RKV_ERR_INVALID_ARG, "%s: layer %d >= %u", what, layer, m->cfg.num_layers);
+  if (keep < 0) return bm_fail(m, RKV_ERR_INVALID_ARG, "%s: keep %d < 0", what, keep);
+  RKV_TRY(bm_get_seq(m, seq, q));
+  const uint32_t H = m->cfg.num_kv_heads;
+  *s0 = layer < 0 ? 0 : (uint32_t)layer * H;
+  *s1 = layer < 0 ? m->streams : *s0 + H;
+  return RKV_OK;
+}
+
+/* The leading blocks a compaction to keep copies, over the streams of [s0, s1) that exceed
+ * keep once `pending` more tokens are appended, after the whole protected blocks: *shared
+ * (ref > 1: always copied) and, with `cached`, *cached (held alone and in a cached group, or
+ * among the first `named` of the stream, which a prefix_insert may register before the
+ * compaction: copied when the free list holds them). The one definition the cut, the bounds
+ * and compact_prepare read. */
+static void bm_lead_copies(const rkv_blockmgr *m, const bm_seq *q, uint32_t s0, uint32_t s1,
+                           int32_t keep, uint32_t pending, bool cached, uint32_t named,
+                           int64_t *n_shared, int64_t *n_cached) {
+  *n_shared = *n_cached = 0;
+  const int32_t *group = cached ? m->pc_group : NULL;
   /* ref lookups are cache misses over a large pool: only needed once something is shared or
    * cached */
-  if (!m->shared_count && !m->pc_group) return;
+  if (!m->shared_count && !group && !named) return;
   const int32_t fixed = q->protect / m->bs, nbn = bm_div_up(keep, m->bs);
+  const int32_t first = named < (uint32_t)nbn ? (int32_t)named : nbn;
   for (uint32_t s = s0; s < s1; s++) {
-    if (q->len[s] <= keep) continue;
+    if ((int64_t)q->len[s] + pending <= keep) continue;
     const int32_t *row = q->tab + (size_t)s * (size_t)q->cap;
-    for (int32_t r = fixed; r < nbn; r++) {
+    /* blocks the pending tokens add are the stream's own: only named ones can be cached */
+    const int32_t lead = bm_min32(nbn, q->nblk[s]);
+    if (first > fixed) *n_cached += first - fixed;
+    for (int32_t r = first > fixed ? first : fixed; r < lead; r++) {
       if (m->ref[row[r]] > 1)
-        ++*shared;
-      else if (m->pc_group && m->pc_group[row[r]] >= 0)
-        ++*cached;
+        ++*n_shared;
+      else if (group && group[row[r]] >= 0)
+        ++*n_cached;
     }
   }
 }
@@ -224,34 +246,28 @@ static rkv_status bm_cut(rkv_blockmgr *m, const char *what, int64_t seq, int32_t
   if (n_maps) *n_maps = 0;
   if (n_old) *n_old = 0;
   if (removed) *removed = 0;
-  if (layer >= (int64_t)m->cfg.num_layers)
-    return bm_fail(m, RKV_ERR_INVALID_ARG, "%s: layer %d >= %u", what, layer, m->cfg.num_layers);
-  if (keep < 0) return bm_fail(m, RKV_ERR_INVALID_ARG, "%s: keep %d < 0", what, keep);
   if ((maps_cap && !maps) || (old_cap && !old_blocks))
     return bm_fail(m, RKV_ERR_INVALID_ARG, "%s: NULL array with nonzero capacity", what);
   bm_seq *q = NULL;
-  RKV_TRY(bm_get_seq(m, seq, &q));
+  uint32_t s0 = 0, s1 = 0;
+  RKV_TRY(bm_layer_args(m, what, seq, layer, keep, &q, &s0, &s1));
   if (keep < q->protect)
     return bm_fail(m, RKV_ERR_INVALID_ARG,
                    "%s: keep %d would cut protected positions [0, %d) of sequence %lld", what, keep,
                    q->protect, (long long)seq);
   const uint32_t H = m->cfg.num_kv_heads;
-  const int32_t bs = m->bs;
-  uint32_t s0 = layer < 0 ? 0 : (uint32_t)layer * H;
-  uint32_t s1 = layer < 0 ? m->streams : s0 + H;
-  int32_t nbn = bm_div_up(keep, bs);
+  const int32_t nbn = bm_div_up(keep, m->bs);
   /* Blocks wholly inside the protected prefix are never rewritten: no copy, no invalidation. */
-  const int32_t fixed = q->protect / bs;
+  const int32_t fixed = q->protect / m->bs;
 
   uint64_t nm = 0, no = 0;
-  int64_t fresh = 0, cached = 0;
-  const int32_t *group = m->pc_group;
   for (uint32_t s = s0; s < s1; s++) {
     if (q->len[s] <= keep) continue;
     nm++;
     no += (uint64_t)q->nblk[s];
   }
-  bm_cut_copies(m, q, s0, s1, keep, &fresh, &cached);
+  int64_t fresh = 0, cached = 0;
+  bm_lead_copies(m, q, s0, s1, keep, 0, true, 0, &fresh, &cached);
   if (n_maps) *n_maps = (uint32_t)nm;
   if (n_old) *n_old = no > UINT32_MAX ? UINT32_MAX : (uint32_t)no;
   if (fresh > bm_avail(m))
@@ -266,6 +282,7 @@ static rkv_status bm_cut(rkv_blockmgr *m, const char *what, int64_t seq, int32_t
   const bool keep_cached = cached && fresh + cached <= m->free_top;
   if (keep_cached) fresh += cached;
   bm_reserve_free(m, (int32_t)fresh);
+  const int32_t *group = m->pc_group;
 
   uint32_t mi = 0, oi = 0;
   uint64_t cut = 0;
@@ -344,39 +361,20 @@ RKV_API rkv_status rkv_blockmgr_compact_fresh_bound(const rkv_blockmgr *m, int64
   return rkv_blockmgr_compact_fresh_bound_after(m, seq, layer, keep, 0, out);
 }
 
-/* Fresh blocks a compaction to keep may take after `pending` more tokens per stream: leading
- * blocks after the protected prefix that are shared, or with `cached` in the prefix table or
- * among the first `registering` of their stream (a later hit may share those). */
+/* Fresh blocks a compaction to keep may take after `pending` more tokens per stream (see
+ * bm_lead_copies): the shared leading blocks, and with `cached` the cached and named ones. */
 static rkv_status bm_copy_bound(const rkv_blockmgr *m, const char *what, int64_t seq, int32_t layer,
                                 int32_t keep, uint32_t pending, bool cached, uint32_t registering,
                                 uint32_t *out) {
   if (!m) return RKV_ERR_INVALID_ARG;
   if (!out) return bm_fail(m, RKV_ERR_INVALID_ARG, "%s: out is NULL", what);
   *out = 0;
-  if (layer >= (int32_t)m->cfg.num_layers)
-    return bm_fail(m, RKV_ERR_INVALID_ARG, "%s: layer %d >= %u", what, layer, m->cfg.num_layers);
-  if (keep < 0) return bm_fail(m, RKV_ERR_INVALID_ARG, "%s: keep %d < 0", what, keep);
   bm_seq *q = NULL;
-  RKV_TRY(bm_get_seq(m, seq, &q));
-  const int32_t *group = cached ? m->pc_group : NULL;
-  /* the common case: nothing shared or cached, nothing to copy */
-  if (m->shared_count == 0 && !group && registering == 0) return RKV_OK;
-  const int32_t fixed = q->protect / m->bs;
-  const uint32_t H = m->cfg.num_kv_heads;
-  const uint32_t s0 = layer < 0 ? 0 : (uint32_t)layer * H;
-  const uint32_t s1 = layer < 0 ? m->streams : s0 + H;
-  const int32_t nbn = bm_div_up(keep, m->bs);
-  const int32_t named = registering < (uint32_t)nbn ? (int32_t)registering : nbn;
-  uint64_t fresh = 0;
-  for (uint32_t s = s0; s < s1; s++) {
-    if ((int64_t)q->len[s] + pending <= keep) continue;
-    const int32_t *row = q->tab + (size_t)s * (size_t)q->cap;
-    /* blocks the pending tokens add are the stream's own: only named ones can be shared */
-    const int32_t lead = bm_min32(nbn, q->nblk[s]);
-    if (named > fixed) fresh += (uint64_t)(named - fixed);
-    for (int32_t r = named > fixed ? named : fixed; r < lead; r++)
-      fresh += m->ref[row[r]] > 1 || (group && group[row[r]] >= 0);
-  }
+  uint32_t s0 = 0, s1 = 0;
+  RKV_TRY(bm_layer_args(m, what, seq, layer, keep, &q, &s0, &s1));
+  int64_t shared = 0, copies = 0;
+  bm_lead_copies(m, q, s0, s1, keep, pending, cached, registering, &shared, &copies);
+  const uint64_t fresh = (uint64_t)(shared + copies);
   *out = fresh > UINT32_MAX ? UINT32_MAX : (uint32_t)fresh;
   return RKV_OK;
 }
@@ -402,17 +400,11 @@ RKV_API rkv_status rkv_blockmgr_compact_prepare(rkv_blockmgr *m, int64_t seq, in
   if (!m) return RKV_ERR_INVALID_ARG;
   if (!copies) return bm_fail(m, RKV_ERR_INVALID_ARG, "compact_prepare: copies is NULL");
   *copies = 0;
-  if (layer >= (int32_t)m->cfg.num_layers)
-    return bm_fail(m, RKV_ERR_INVALID_ARG, "compact_prepare: layer %d >= %u", layer,
-                   m->cfg.num_layers);
-  if (keep < 0) return bm_fail(m, RKV_ERR_INVALID_ARG, "compact_prepare: keep %d < 0", keep);
   bm_seq *q = NULL;
-  RKV_TRY(bm_get_seq(m, seq, &q));
-  const uint32_t H = m->cfg.num_kv_heads;
-  const uint32_t s0 = layer < 0 ? 0 : (uint32_t)layer * H;
-  const uint32_t s1 = layer < 0 ? m->streams : s0 + H;
+  uint32_t s0 = 0, s1 = 0;
+  RKV_TRY(bm_layer_args(m, "compact_prepare", seq, layer, keep, &q, &s0, &s1));
   int64_t shared = 0, cached = 0;
-  bm_cut_copies(m, q, s0, s1, keep, &shared, &cached);
+  bm_lead_copies(m, q, s0, s1, keep, 0, true, 0, &shared, &cached);
   if (!cached) return RKV_OK;
   if (shared + cached <= m->free_top) {
     *copies = (uint32_t)cached;

@@ -467,33 +467,35 @@ static bool compress_flagged(const req *r, int64_t computed, int32_t kv_len, uin
   return (decode || computed + n >= r->target) && compress_due(r, *len, !decode);
 }
 
+/* Fresh blocks a compaction of r to keep, after `pending` more tokens per stream, may take:
+ * the shared leading blocks; under the copy rule also the cached ones (its earlier chunks',
+ * or a fork parent's it holds) and the first `named` per stream (those a chunk registers),
+ * which a later admission's hit may share. The one rule both promises below read. */
+static rkv_status copies_bound(const rkv_sched *s, const req *r, int32_t keep, uint32_t pending,
+                               uint32_t named, uint32_t *need) {
+  if (!s->cfg.prefix_cache || s->cfg.prefix_rule != RKV_SCHED_PREFIX_COPY)
+    return rkv_blockmgr_compact_fresh_bound_after(s->bm, r->id, -1, keep, pending, need);
+  return rkv_blockmgr_compact_copy_bound(s->bm, r->id, -1, keep, pending, named, need);
+}
+
 /* Fresh blocks the compression this step would flag for r (after appending n tokens) may
- * take: shared leading blocks are copied, not edited. Zero when nothing is shared or no
- * compression is due. */
+ * take. Zero when nothing is shared or cached, or no compression is due. */
 static rkv_status compress_need(const rkv_sched *s, const req *r, uint32_t n, uint32_t *need) {
   *need = 0;
   int32_t len = 0;
   if (!compress_flagged(r, r->computed, r->kv_len, n, &len)) return RKV_OK;
   const int32_t prot = r->protect < len ? r->protect : len, keep = prot + r->evict.budget;
   /* after this step's append: a stream at or under the budget now may exceed it then */
-  if (!s->cfg.prefix_cache || s->cfg.prefix_rule != RKV_SCHED_PREFIX_COPY)
-    return rkv_blockmgr_compact_fresh_bound_after(s->bm, r->id, -1, keep, n, need);
-  /* copy rule: also the cached blocks (its earlier chunks', or a fork parent's it holds) and
-   * those this chunk registers, which a later admission's hit may share */
   const uint32_t named = r->computed >= r->target ? 0 : hashed_blocks(s, r, len);
-  return rkv_blockmgr_compact_copy_bound(s->bm, r->id, -1, keep, n, named, need);
+  return copies_bound(s, r, keep, n, named, need);
 }
 
 /* Fresh blocks the compression of r that the report of the plan in flight re-flags in this
- * plan may take, if the engine skips the one flagged there (append_deferred): its shared kept
- * blocks, and under the copy rule the cached ones, which this plan's hits may share before it
- * runs. A stream holds one more token then than it does now. */
+ * plan may take, if the engine skips the one flagged there (append_deferred): a stream holds
+ * one more token then than it does now. */
 static rkv_status skipped_need(const rkv_sched *s, const req *r, int32_t keep, uint32_t *need) {
   *need = 0;
-  if (r->draining) return RKV_OK;
-  if (!s->cfg.prefix_cache || s->cfg.prefix_rule != RKV_SCHED_PREFIX_COPY)
-    return rkv_blockmgr_compact_fresh_bound_after(s->bm, r->id, -1, keep, 1, need);
-  return rkv_blockmgr_compact_copy_bound(s->bm, r->id, -1, keep, 1, 0, need);
+  return r->draining ? RKV_OK : copies_bound(s, r, keep, 1, 0, need);
 }
 
 /* compress_need for a sequence that enters the pool this step with `cached` tokens (an

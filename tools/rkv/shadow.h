@@ -1244,6 +1244,25 @@ static inline int bms_compact(bm_shadow *s, int64_t id, const rkv_keep_list *lis
   return bms_compact_ex(s, id, lists, n_lists, -1, out);
 }
 
+/* Over the streams a cut of `layer` (all when < 0) to keep cuts, the leading blocks after the
+ * whole protected ones: *shared counts those with ref > 1, *cached the cached ones held alone;
+ * with `touch`, every one held alone changes content (its group goes). */
+static inline void bms_cut_leads_(bm_shadow *s, const bms_seq *q, int32_t layer, int32_t keep,
+                                  bool touch, uint32_t *shared, uint32_t *cached) {
+  const int32_t bs = (int32_t)s->bs, fixed = q->protect / bs, nbn = bms_ceil_div(keep, bs);
+  *shared = *cached = 0;
+  for (uint32_t k = 0; k < s->S; k++) {
+    const bms_stream *t = &q->st[k];
+    if ((layer >= 0 && k / s->heads != (uint32_t)layer) || t->len <= keep) continue;
+    for (int32_t j = fixed; j < nbn; j++) {
+      const int32_t b = t->row[j];
+      *shared += s->ref[b] > 1;
+      *cached += s->ref[b] == 1 && s->pc && s->bgrp[b] >= 0;
+      if (touch && s->ref[b] == 1) bms_pc_touch_(s, b);
+    }
+  }
+}
+
 /* rkv_blockmgr_compact_fresh_bound and _compact_copy_bound before a uniform cut, against the
  * model: the first counts the shared kept blocks after the protected prefix (exactly what the
  * cut copies, `fresh`); the second also the cached ones and the first `registering` of each
@@ -1298,11 +1317,8 @@ static inline int bms_compact_uniform_ex(bm_shadow *s, int64_t id, int32_t layer
       if (t->len <= keep) continue;
       touched++;
       old_touched += (uint32_t)t->nrow;
-      for (int32_t j = fixed; j < bms_ceil_div(keep, bs); j++) {
-        fresh += s->ref[t->row[j]] > 1;
-        cached += s->ref[t->row[j]] == 1 && s->pc && s->bgrp[t->row[j]] >= 0;
-      }
     }
+    bms_cut_leads_(s, q, layer, keep, false, &fresh, &cached);
     if (fresh > s->nfree) want = RKV_ERR_NO_BLOCKS;
     if (bms_check_bounds_(s, q, id, layer, keep, fresh)) return -1;
     /* the device may rewrite every leading block: cached ones are copied (all or none,
@@ -1710,15 +1726,7 @@ static inline int bms_compact_prepare(bm_shadow *s, int64_t id, int32_t layer, i
   } else if (!q) {
     want = RKV_ERR_NOT_FOUND;
   } else {
-    const int32_t bs = (int32_t)s->bs, fixed = q->protect / bs, nbn = bms_ceil_div(keep, bs);
-    for (uint32_t k = 0; k < s->S; k++) {
-      const bms_stream *t = &q->st[k];
-      if ((layer >= 0 && k / s->heads != (uint32_t)layer) || t->len <= keep) continue;
-      for (int32_t j = fixed; j < nbn; j++) {
-        shared += s->ref[t->row[j]] > 1;
-        cached += s->ref[t->row[j]] == 1 && s->pc && s->bgrp[t->row[j]] >= 0;
-      }
-    }
+    bms_cut_leads_(s, q, layer, keep, false, &shared, &cached);
   }
   bms_pc_begin_(s);
   uint32_t copies = 99;
@@ -1730,15 +1738,7 @@ static inline int bms_compact_prepare(bm_shadow *s, int64_t id, int32_t layer, i
   if (copies != (room ? cached : 0))
     return BMS_FAIL(s, "compact_prepare: %u copies, model %u (%u shared, %u cached, room %d)",
                     copies, room ? cached : 0, shared, cached, (int)room);
-  if (cached && !room) {
-    const int32_t bs = (int32_t)s->bs, fixed = q->protect / bs, nbn = bms_ceil_div(keep, bs);
-    for (uint32_t k = 0; k < s->S; k++) {
-      const bms_stream *t = &q->st[k];
-      if ((layer >= 0 && k / s->heads != (uint32_t)layer) || t->len <= keep) continue;
-      for (int32_t j = fixed; j < nbn; j++)
-        if (s->ref[t->row[j]] == 1) bms_pc_touch_(s, t->row[j]);
-    }
-  }
+  if (cached && !room) bms_cut_leads_(s, q, layer, keep, true, &shared, &cached);
   if (bms_verify_counts(s) || bms_pc_end_(s, 0)) return -1;
   return bms_verify_seq(s, q);
 }
