@@ -25,12 +25,25 @@ static bool bm_needs_fresh(const rkv_blockmgr *m, const int32_t *row, const int3
 }
 
 /* Row position r's block is cached (prefix table), held by this sequence alone and past the
- * whole protected blocks: the compaction copies it (when the free list holds every copy of the
+ * whole protected blocks: the compaction copies it (when the pool holds every copy of the
  * call) so the group stays cached; the old block parks, still counted free, and later prompts
  * hit it. A block kept wholly in place is copied too: the uniform cut, whose device picks the
  * tokens later, can only copy them all, and both compactions leave the same blocks parked. */
 static bool bm_cached_kept(const rkv_blockmgr *m, const bm_seq *q, const int32_t *row, int32_t r) {
   return m->pc_group && r >= q->protect / m->bs && m->pc_group[row[r]] >= 0 && m->ref[row[r]] == 1;
+}
+
+/* Whether a compaction whose shared blocks take `fresh` blocks also copies its `cached` ones:
+ * when the pool holds them all, parked blocks included. The copies then come off the free list
+ * after the oldest parked groups are reclaimed to make room (bm_reserve_free, before any block
+ * of the call moves): least recently used first, as any allocation takes them, while the
+ * sequence's own prompt was used last. Deciding on the free list alone would drop the newest
+ * groups to keep older ones, and the CPU's per-layer calls, which free one layer's tails
+ * before the next layer's copies, would then decide differently from the device's one cut.
+ * A reclaimed group that held one of these blocks leaves it uncached: that block is rewritten
+ * in place (bm_cached_kept reads the group after the reclaim). */
+static bool bm_copies_fit(const rkv_blockmgr *m, int64_t fresh, int64_t cached) {
+  return cached && fresh + cached <= bm_avail(m);
 }
 
 /* Move plan correctness. For a destination position i of a reused block (ref 1, or shared and
@@ -59,10 +72,9 @@ RKV_API rkv_status rkv_blockmgr_compact(rkv_blockmgr *m, int64_t seq, const rkv_
   }
 
   /* Pass 1: validate every list, count fresh blocks and moves: those shared blocks need, and
-   * those copies of cached blocks take. The copies are made only when the free list alone
-   * holds every fresh block of the call: no parked group is reclaimed to keep another (nor a
-   * group this sequence half holds, whose held blocks would then need no copy). Deciding it
-   * before pass 2 keeps the choice independent of the order the lists are processed in. */
+   * those copies of cached blocks take (bm_copies_fit). Deciding it, and reclaiming for it,
+   * before pass 2 keeps the choice independent of the order the lists are processed in. The
+   * move count is then an upper bound: a block whose group the reclaim dropped moves less. */
   int64_t fresh = 0, cached = 0;
   uint64_t nmov = 0, cached_mov = 0;
   for (uint32_t l = 0; l < n_lists; l++) {
@@ -111,8 +123,7 @@ RKV_API rkv_status rkv_blockmgr_compact(rkv_blockmgr *m, int64_t seq, const rkv_
       }
     }
   }
-  /* false whenever the shared blocks alone do not fit (free_top <= bm_avail) */
-  const bool keep_cached = cached && fresh + cached <= m->free_top;
+  const bool keep_cached = bm_copies_fit(m, fresh, cached);
   if (keep_cached) {
     fresh += cached;
     nmov += cached_mov;
@@ -208,7 +219,7 @@ static rkv_status bm_layer_args(const rkv_blockmgr *m, const char *what, int64_t
  * keep once `pending` more tokens are appended, after the whole protected blocks: *shared
  * (ref > 1: always copied) and, with `cached`, *cached (held alone and in a cached group, or
  * among the first `named` of the stream, which a prefix_insert may register before the
- * compaction: copied when the free list holds them). The one definition the cut, the bounds
+ * compaction: copied when the pool holds them). The one definition the cut, the bounds
  * and compact_prepare read. */
 static void bm_lead_copies(const rkv_blockmgr *m, const bm_seq *q, uint32_t s0, uint32_t s1,
                            int32_t keep, uint32_t pending, bool cached, uint32_t named,
@@ -277,9 +288,9 @@ static rkv_status bm_cut(rkv_blockmgr *m, const char *what, int64_t seq, int32_t
     return bm_fail(m, RKV_ERR_CAPACITY, "%s: needs %llu maps (cap %u) and %llu old ids (cap %u)",
                    what, (unsigned long long)nm, maps_cap, (unsigned long long)no, old_cap);
   /* The device may rewrite every leading block after the protected prefix: a cached one is
-   * copied (its group stays cached) when the free list holds all the call's fresh blocks,
-   * else invalidated (see rkv_blockmgr_compact). */
-  const bool keep_cached = cached && fresh + cached <= m->free_top;
+   * copied (its group stays cached) when the pool holds all the call's fresh blocks, else
+   * invalidated (bm_copies_fit). */
+  const bool keep_cached = bm_copies_fit(m, fresh, cached);
   if (keep_cached) fresh += cached;
   bm_reserve_free(m, (int32_t)fresh);
   const int32_t *group = m->pc_group;
@@ -392,9 +403,9 @@ RKV_API rkv_status rkv_blockmgr_compact_copy_bound(const rkv_blockmgr *m, int64_
 }
 
 /* One decision for a compaction a caller makes in several calls (one per layer), so that it
- * leaves the cache as one call would: every call copies its cached blocks when the free list
- * holds the whole compaction's copies (each later call then finds its own), else the groups go
- * now. */
+ * leaves the cache as one call would: when the pool holds the whole compaction's copies, the
+ * reclaim the one call would make happens now (each later call then finds its copies on the
+ * free list, whatever tails the calls before it freed), else the groups go now. */
 RKV_API rkv_status rkv_blockmgr_compact_prepare(rkv_blockmgr *m, int64_t seq, int32_t layer,
                                                 int32_t keep, uint32_t *copies) {
   if (!m) return RKV_ERR_INVALID_ARG;
@@ -406,9 +417,12 @@ RKV_API rkv_status rkv_blockmgr_compact_prepare(rkv_blockmgr *m, int64_t seq, in
   int64_t shared = 0, cached = 0;
   bm_lead_copies(m, q, s0, s1, keep, 0, true, 0, &shared, &cached);
   if (!cached) return RKV_OK;
-  if (shared + cached <= m->free_top) {
+  if (bm_copies_fit(m, shared, cached)) {
+    bm_reserve_free(m, (int32_t)(shared + cached));
+    /* a reclaimed group may have held some of them: those are rewritten in place */
+    bm_lead_copies(m, q, s0, s1, keep, 0, true, 0, &shared, &cached);
     *copies = (uint32_t)cached;
-    return RKV_OK;
+    return bm_after_op(m);
   }
   const int32_t fixed = q->protect / m->bs, nbn = bm_div_up(keep, m->bs);
   for (uint32_t s = s0; s < s1; s++) {

@@ -16,9 +16,10 @@
  * leading block by reference iff every position it holds in the new stream keeps its token in
  * place (pos[q] == q), else takes a fresh block; compact_uniform replaces every shared leading
  * block of a cut stream. Both also copy every cached leading block held alone after the whole
- * protected blocks when the free list (parked blocks aside) holds all the call's fresh blocks.
- * Fresh blocks are taken before tails are freed, so an operation fails with RKV_ERR_NO_BLOCKS
- * exactly when its shared blocks' copies exceed the free blocks before it.
+ * protected blocks when the pool (parked blocks included) holds all the call's fresh blocks,
+ * reclaiming the oldest parked groups first (a block whose group that reclaim drops is rewritten
+ * in place). Fresh blocks are taken before tails are freed, so an operation fails with
+ * RKV_ERR_NO_BLOCKS exactly when its shared blocks' copies exceed the free blocks before it.
  *
  * Every driver returns 0 when the manager agreed with the model and -1 (text in s->err) on a
  * mismatch. Users decide what a mismatch means (count, abort, exit status). */
@@ -513,8 +514,9 @@ static inline int bms_verify_counts(bm_shadow *s) {
  *
  * The model keeps its own table of groups (hash, block per stream, tokens at registration)
  * and applies the documented rules: parked blocks count as free; a compaction copies the
- * cached blocks it keeps (held alone, past the protected prefix) when the free list holds all
- * its fresh blocks, and they stay cached; without that room, one that reuses an unshared block
+ * cached blocks it keeps (held alone, past the protected prefix) when the pool holds all its
+ * fresh blocks, and they stay cached (unless the reclaim that makes the room drops their
+ * group: then they are rewritten in place); without that room, one that reuses an unshared block
  * and moves tokens into it or leaves it partly filled drops its group, and so does a uniform
  * compaction of an unshared block past the protected prefix; shared blocks are copied and
  * stay cached (one left partly filled in place keeps its group until an append).
@@ -568,6 +570,16 @@ static inline void bms_pc_begin_(bm_shadow *s) {
 static inline bool bms_pc_cached_(bm_shadow *s, uint64_t h) {
   uint32_t hit = 99;
   return rkv_blockmgr_prefix_match(s->m, &h, 1, &hit) == RKV_OK && hit == 1;
+}
+
+/* A block a compaction was to copy but kept in place: allowed only when the reclaim that made
+ * room for the copies dropped its group (it had parked blocks and is gone now; bms_pc_end_
+ * then checks that reclaim's order and size like any other). */
+static inline int bms_pc_reclaimed_(bm_shadow *s, int32_t b, const char *what) {
+  const int32_t g = s->bgrp[b];
+  if (s->pre_parked[g] == 0 || bms_pc_cached_(s, s->grp[g].hash))
+    return BMS_FAIL(s, "%s: cached block %d (group %d) neither copied nor reclaimed", what, b, g);
+  return 0;
 }
 
 /* Every counter of rkv_prefix_stats against the model. */
@@ -1058,7 +1070,7 @@ static inline int bms_append(bm_shadow *s, int64_t id, uint32_t n, bool with_slo
 }
 
 /* Leading block j of stream t is cached, held by this sequence alone and past the whole
- * protected blocks: the manager copies it (in place or not), when the free list holds every
+ * protected blocks: the manager copies it (in place or not), when the pool holds every
  * fresh block of the call. */
 static inline bool bms_cached_kept_(const bm_shadow *s, const bms_stream *t, int32_t j,
                                     int32_t protect) {
@@ -1141,8 +1153,8 @@ static inline int bms_compact_ex(bm_shadow *s, int64_t id, const rkv_keep_list *
       total_n += L->n;
     }
     if (want == RKV_OK && fresh > s->nfree) want = RKV_ERR_NO_BLOCKS;
-    /* copies of cached blocks: all or none, from the free list alone, never a failure */
-    keep_cached = want == RKV_OK && cached && fresh + cached <= s->nfree - s->nparked;
+    /* copies of cached blocks: all or none, parked blocks counted, never a failure */
+    keep_cached = want == RKV_OK && cached && fresh + cached <= s->nfree;
     if (keep_cached) {
       fresh += cached;
       need_moves += cached_moves;
@@ -1167,8 +1179,6 @@ static inline int bms_compact_ex(bm_shadow *s, int64_t id, const rkv_keep_list *
   if (want == RKV_ERR_CAPACITY && n_moves != need_moves)
     return BMS_FAIL(s, "compact: CAPACITY reported %u moves needed, model %u", n_moves, need_moves);
   if (want != RKV_OK) return bms_verify_unchanged_(s, id);
-  if (n_moves != need_moves)
-    return BMS_FAIL(s, "compact: %u moves, model %u (minimal plan)", n_moves, need_moves);
   /* Pass 1: validate new rows with pre-op refs. */
   bms_next_stamp_(s);
   int32_t bs = (int32_t)s->bs;
@@ -1186,12 +1196,15 @@ static inline int bms_compact_ex(bm_shadow *s, int64_t id, const rkv_keep_list *
       int32_t lo = j * bs, hi = (j + 1) * bs < (int32_t)L->n ? (j + 1) * bs : (int32_t)L->n;
       bool inplace = true;
       for (int32_t p = lo; p < hi; p++) inplace = inplace && L->pos[p] == p;
-      if ((s->ref[t->row[j]] > 1 && !inplace) ||
-          (keep_cached && bms_cached_kept_(s, t, j, q->protect))) {
+      const bool copy = keep_cached && bms_cached_kept_(s, t, j, q->protect);
+      if ((s->ref[t->row[j]] > 1 && !inplace) || (copy && ids[j] != t->row[j])) {
         if (bms_check_fresh_(s, ids[j], "compact (shared or cached leading block)")) return -1;
       } else if (ids[j] != t->row[j]) {
         return BMS_FAIL(s, "compact: stream %u row[%d] changed %d -> %d (ref %u, in place %d)", k,
                         j, t->row[j], ids[j], s->ref[t->row[j]], (int)inplace);
+      } else if (copy) {
+        if (bms_pc_reclaimed_(s, t->row[j], "compact")) return -1;
+        for (int32_t p = lo; p < hi; p++) need_moves -= L->pos[p] == p; /* stay in place */
       } else if (s->ref[t->row[j]] == 1 && (!inplace || hi - lo < bs)) {
         /* tokens move in, or appends will overwrite the rest (a shared block left partly
          * filled keeps its group: the next append copies it or invalidates it) */
@@ -1199,6 +1212,8 @@ static inline int bms_compact_ex(bm_shadow *s, int64_t id, const rkv_keep_list *
       }
     }
   }
+  if (n_moves != need_moves)
+    return BMS_FAIL(s, "compact: %u moves, model %u (minimal plan)", n_moves, need_moves);
   /* Pass 2: update refs and rows; remember new kept tokens. */
   for (uint32_t i = 0; i < n_lists; i++) {
     const rkv_keep_list *L = &lists[i];
@@ -1322,8 +1337,8 @@ static inline int bms_compact_uniform_ex(bm_shadow *s, int64_t id, int32_t layer
     if (fresh > s->nfree) want = RKV_ERR_NO_BLOCKS;
     if (bms_check_bounds_(s, q, id, layer, keep, fresh)) return -1;
     /* the device may rewrite every leading block: cached ones are copied (all or none,
-     * from the free list alone) */
-    keep_cached = cached && fresh + cached <= s->nfree - s->nparked;
+     * parked blocks counted) */
+    keep_cached = cached && fresh + cached <= s->nfree;
   }
   if (want != RKV_OK || (short_cap == 1 && touched == 0) || (short_cap == 2 && old_touched == 0))
     short_cap = 0; /* only the capacity is wrong, or the call is not made short */
@@ -1376,11 +1391,15 @@ static inline int bms_compact_uniform_ex(bm_shadow *s, int64_t id, int32_t layer
     if (nr != bms_ceil_div(keep, bs))
       return BMS_FAIL(s, "compact_uniform: stream %u has %d blocks", k, nr);
     for (int32_t j = 0; j < nr; j++) {
-      const bool copied =
-          j >= fixed && (s->ref[t->row[j]] > 1 || (keep_cached && s->bgrp[t->row[j]] >= 0));
+      const bool copy = j >= fixed && keep_cached && s->bgrp[t->row[j]] >= 0 &&
+                        s->ref[t->row[j]] == 1 && ids[j] == t->row[j];
+      const bool copied = !copy && j >= fixed &&
+                          (s->ref[t->row[j]] > 1 || (keep_cached && s->bgrp[t->row[j]] >= 0));
       if (copied) {
         if (bms_check_fresh_(s, ids[j], "compact_uniform (shared or cached leading block)"))
           return -1;
+      } else if (copy) {
+        if (bms_pc_reclaimed_(s, t->row[j], "compact_uniform")) return -1;
       } else if (j >= fixed) {
         bms_pc_touch_(s, t->row[j]); /* the device may move kept tokens into it */
       }
@@ -1712,10 +1731,32 @@ static inline int bms_protect(bm_shadow *s, int64_t id, int32_t n, rkv_status *o
   return bms_verify_seq(s, q);
 }
 
+/* After a prepare that had room: the copies its cut will make (cached blocks whose group
+ * survived the reclaim); every other counted block's group must have been reclaimed. */
+static inline int bms_prepare_kept_(bm_shadow *s, const bms_seq *q, int32_t layer, int32_t keep,
+                                    uint32_t *kept) {
+  const int32_t bs = (int32_t)s->bs, fixed = q->protect / bs, nbn = bms_ceil_div(keep, bs);
+  *kept = 0;
+  for (uint32_t k = 0; k < s->S; k++) {
+    const bms_stream *t = &q->st[k];
+    if ((layer >= 0 && k / s->heads != (uint32_t)layer) || t->len <= keep) continue;
+    for (int32_t j = fixed; j < nbn; j++) {
+      const int32_t b = t->row[j];
+      if (s->ref[b] != 1 || s->bgrp[b] < 0) continue;
+      if (bms_pc_cached_(s, s->grp[s->bgrp[b]].hash))
+        ++*kept;
+      else if (bms_pc_reclaimed_(s, b, "compact_prepare"))
+        return -1;
+    }
+  }
+  return 0;
+}
+
 /* rkv_blockmgr_compact_prepare: the model counts, over the streams a cut of `layer` to `keep`
  * would cut, the shared and the cached (held alone) leading blocks after the whole protected
- * ones. With room on the free list (parked blocks aside) for all their copies nothing changes
- * and the cached count comes back; else the cached ones' groups go and 0 comes back. */
+ * ones. With room in the pool (parked blocks included) for all their copies, the oldest parked
+ * groups are reclaimed until the free list holds them and the cached blocks still cached come
+ * back; else the cached ones' groups go and 0 comes back. */
 static inline int bms_compact_prepare(bm_shadow *s, int64_t id, int32_t layer, int32_t keep,
                                       rkv_status *out) {
   bms_seq *q = bms_find(s, id);
@@ -1734,12 +1775,14 @@ static inline int bms_compact_prepare(bm_shadow *s, int64_t id, int32_t layer, i
   *out = st;
   if (bms_expect_(s, "compact_prepare", st, want)) return -1;
   if (want != RKV_OK) return bms_verify_unchanged_(s, id);
-  const bool room = shared + cached <= s->nfree - s->nparked;
-  if (copies != (room ? cached : 0))
+  const bool room = cached && shared + cached <= s->nfree;
+  uint32_t kept = 0;
+  if (room && bms_prepare_kept_(s, q, layer, keep, &kept)) return -1;
+  if (copies != kept)
     return BMS_FAIL(s, "compact_prepare: %u copies, model %u (%u shared, %u cached, room %d)",
-                    copies, room ? cached : 0, shared, cached, (int)room);
+                    copies, kept, shared, cached, (int)room);
   if (cached && !room) bms_cut_leads_(s, q, layer, keep, true, &shared, &cached);
-  if (bms_verify_counts(s) || bms_pc_end_(s, 0)) return -1;
+  if (bms_verify_counts(s) || bms_pc_end_(s, room ? shared + cached : 0)) return -1;
   return bms_verify_seq(s, q);
 }
 

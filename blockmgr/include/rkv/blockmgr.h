@@ -162,7 +162,7 @@ typedef struct rkv_keep_list {
  * ceil(n / block_size) blocks and returns the tail blocks whole to the free list. A leading
  * block shared with another sequence is never written: it is kept by reference when its whole
  * content stays in place, else replaced by a fresh block. A cached one (prefix caching) held
- * by this sequence alone is copied too, when the free list holds the copies (see
+ * by this sequence alone is copied too, when the pool holds the copies (see
  * rkv_blockmgr_compact_prepare). Fresh blocks are taken before any tail is freed, so a plan
  * never writes a block it still reads.
  *  moves: room for the move plan (src slot -> dst slot); applied in order it is correct (every
@@ -181,7 +181,7 @@ RKV_API rkv_status rkv_blockmgr_compact(rkv_blockmgr *m, int64_t seq, const rkv_
  * of `layer` (or of all layers when layer < 0) longer than `keep` tokens is cut to exactly
  * `keep` tokens; its blocks past ceil(keep / block_size) are freed now, and shared leading
  * blocks are replaced by fresh ones (the device will rewrite them), and so are cached ones
- * held alone when the free list holds the copies (rkv_blockmgr_compact_prepare). For each
+ * held alone when the pool holds the copies (rkv_blockmgr_compact_prepare). For each
  * such stream the old row is reported so a device kernel can move selected tokens (src from
  * the old row, dst from the new row read with rkv_blockmgr_stream_blocks or an exported
  * table):
@@ -235,8 +235,9 @@ RKV_API rkv_status rkv_blockmgr_compact_fresh_bound_after(const rkv_blockmgr *m,
  * leading block then counts when it is shared, when its group is in the prefix table (the
  * compaction copies it), or when it is among the first `registering` blocks of its stream
  * (those a prefix_insert made before the compaction registers); each at most once. With
- * this many blocks free (not parked) when it runs, the compaction also keeps every group
- * cached. Equals compact_fresh_bound_after when nothing is cached and registering is 0.
+ * this many blocks free (parked ones included) when it runs, the compaction also copies
+ * every cached block, reclaiming older parked groups for them if it must. Equals
+ * compact_fresh_bound_after when nothing is cached and registering is 0.
  * O(streams x ceil(keep / block_size)) once anything is shared or cached.
  * RKV_ERR_NOT_FOUND, RKV_ERR_INVALID_ARG. */
 RKV_API rkv_status rkv_blockmgr_compact_copy_bound(const rkv_blockmgr *m, int64_t seq,
@@ -246,17 +247,24 @@ RKV_API rkv_status rkv_blockmgr_compact_copy_bound(const rkv_blockmgr *m, int64_
 /* Copies of cached blocks. A compaction (either kind) does not rewrite a leading block after
  * the whole protected blocks that is in a cached group and held by seq alone: it copies it,
  * kept in place or not, and the original parks with its group (counted free), so the next
- * prompt with that prefix still hits. It does so when the free list alone (no parked group
- * reclaimed) holds every fresh block of the call; otherwise it rewrites those blocks in place
- * and their groups leave the table. Either way it never fails for want of these copies.
+ * prompt with that prefix still hits. It does so when the pool, parked blocks included, holds
+ * every fresh block of the call: the oldest parked groups are then reclaimed, before anything
+ * moves, until the free list holds them (the least recently used prompts go, as for any
+ * allocation; the one being compacted was used last). A block whose group that reclaim drops
+ * (one the sequence half holds, its other blocks parked) is rewritten in place instead (the
+ * need rkv_blockmgr_compact reports with RKV_ERR_CAPACITY counts it as copied: a bound).
+ * Without that room it rewrites those blocks in place and their
+ * groups leave the table. Either way it never fails for want of these copies, and the blocks
+ * counted free after the call are the same.
  *
  * A caller that compacts one sequence in several calls (rkv_blockmgr_compact per layer) calls
  * this first with the whole compaction's layer (-1: all) and keep (the tokens each stream
- * keeps): when the free list holds all its copies, nothing changes and *copies = their
- * number (every call then finds room for its own); else the groups those blocks are in leave
- * the table now and *copies = 0, so the calls rewrite in place. The cache then ends as one
- * compact_uniform call to keep would leave it. RKV_ERR_NOT_FOUND, RKV_ERR_INVALID_ARG;
- * O(streams x ceil(keep / block_size)) once anything is shared or cached. */
+ * keeps): when the pool holds all its copies, the reclaim one call would make happens now and
+ * *copies = the copies the calls will make (every call then finds its own on the free list);
+ * else the groups those blocks are in leave the table now and *copies = 0, so the calls
+ * rewrite in place. The cache then ends as one compact_uniform call to keep would leave it.
+ * RKV_ERR_NOT_FOUND, RKV_ERR_INVALID_ARG; O(streams x ceil(keep / block_size)) once anything
+ * is shared or cached. */
 RKV_API rkv_status rkv_blockmgr_compact_prepare(rkv_blockmgr *m, int64_t seq, int32_t layer,
                                                 int32_t keep, uint32_t *copies);
 
@@ -304,7 +312,8 @@ RKV_API rkv_status rkv_blockmgr_sync_rows(rkv_blockmgr *m, int64_t seq, bool ful
  * (free_blocks, admission) and reclaimed, oldest first, when the free list runs dry; taking
  * one block of a group drops the whole group from the table. Compaction copies the cached
  * blocks it keeps (a sequence compressing its own prompt leaves that prompt cached for the
- * next request) while the free list holds the copies. A group leaves the table the moment
+ * next request) while the pool holds the copies (older parked groups are reclaimed for
+ * them). A group leaves the table the moment
  * any of its blocks changes content: compaction without room for those copies, which moves
  * tokens into it or leaves it partly filled (appends would then overwrite it), or may rewrite
  * it (the uniform cut); an append into it by a sequence that holds it partly filled (kept in

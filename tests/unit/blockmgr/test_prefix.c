@@ -189,7 +189,7 @@ static uint32_t keep_but_4_15(int32_t *pos, rkv_keep_list *lists) {
   return k;
 }
 
-/* Compaction copies the cached blocks it would change (when the free list holds every copy):
+/* Compaction copies the cached blocks it would change (when the pool holds every copy):
  * the originals park with their groups, and the next request with the prompt hits them. */
 static void test_compaction_keeps_cache(void) {
   enum { S = LAYERS * HEADS };
@@ -381,6 +381,104 @@ static void test_compact_prepare(void) {
   EXPECT_OK(rkv_blockmgr_compact_prepare(m, 1, -1, 8, &copies));
   EXPECT_EQ_INT(copies, S);
   rkv_blockmgr_destroy(m);
+}
+
+/* Copies with room only when older parked groups are reclaimed: the compaction (one call per
+ * layer after compact_prepare, or one uniform cut) reclaims them oldest first and keeps the
+ * prompt it compacts cached; with less room than that in the whole pool it rewrites in place
+ * and the older groups stay. */
+static void reclaim_case(uint32_t filler_tokens) {
+  enum { S = LAYERS * HEADS };
+  const bool room = filler_tokens == 0;
+  rkv_blockmgr *m[2] = {make_cached(7 * S, 8), make_cached(7 * S, 8)};
+  int32_t a[16], b[8];
+  uint64_t ha[4], hb[2];
+  prompt(a, 16, 0, 16);
+  prompt(b, 8, 1, 0);
+  for (int i = 0; i < 2; i++) {
+    serve_prompt(m[i], 3, b, 8, hb); /* b's 2 groups, parked first */
+    EXPECT_OK(rkv_blockmgr_seq_free(m[i], 3));
+    serve_prompt(m[i], 1, a, 16, ha); /* a's 4 groups held: S blocks left on the free list */
+    if (filler_tokens) {
+      EXPECT_OK(rkv_blockmgr_seq_create(m[i], 2));
+      EXPECT_OK(rkv_blockmgr_append(m[i], 2, filler_tokens, NULL, NULL, NULL));
+    }
+  }
+  int32_t pos[10];
+  for (int i = 0; i < 10; i++) pos[i] = i;
+  uint32_t copies = 99;
+  EXPECT_OK(rkv_blockmgr_compact_prepare(m[0], 1, -1, 10, &copies));
+  EXPECT_EQ_INT(copies, room ? 3 * S : 0); /* blocks 0..2 of every stream */
+  rkv_slot_move mv[64];
+  uint32_t nm = 0;
+  for (uint32_t l = 0; l < LAYERS; l++) {
+    rkv_keep_list lists[HEADS];
+    for (uint32_t h = 0; h < HEADS; h++) lists[h] = (rkv_keep_list){l, h, pos, 10};
+    EXPECT_OK(rkv_blockmgr_compact(m[0], 1, lists, HEADS, mv, 64, &nm));
+  }
+  rkv_compact_map maps[S];
+  int32_t old[64];
+  uint32_t nmaps, nold;
+  EXPECT_OK(rkv_blockmgr_compact_uniform(m[1], 1, -1, 10, maps, S, &nmaps, old, 64, &nold));
+  for (int i = 0; i < 2; i++) {
+    uint32_t hit_a = 9, hit_b = 9;
+    EXPECT_OK(rkv_blockmgr_prefix_match(m[i], ha, 4, &hit_a));
+    EXPECT_OK(rkv_blockmgr_prefix_match(m[i], hb, 2, &hit_b));
+    EXPECT_EQ_INT(hit_a, room ? 4 : 0);
+    EXPECT_EQ_INT(hit_b, room ? 0 : 2);
+    EXPECT_EQ_INT(pstats(m[i]).reclaimed, room ? 2 : 0);
+    EXPECT_EQ_INT(pstats(m[i]).invalidated, room ? 0 : 3);
+    EXPECT_EQ_INT(bmt_free_blocks(m[i]), 7 * S - 3 * S - filler_tokens / BS * S);
+    EXPECT_OK(rkv_blockmgr_check(m[i]));
+  }
+  EXPECT_EQ_INT(pstats(m[0]).reclaimable_blocks, pstats(m[1]).reclaimable_blocks);
+  for (int i = 0; i < 2; i++) rkv_blockmgr_destroy(m[i]);
+}
+
+/* A reclaim that drops a group the sequence half holds (one layer compacted before, its
+ * originals parked) leaves the held blocks uncached: they are rewritten in place. */
+static void test_reclaim_half_held(void) {
+  enum { S = LAYERS * HEADS };
+  rkv_blockmgr *m = make_cached(4 * S + 3 * HEADS, 8);
+  int32_t a[16];
+  uint64_t ha[4];
+  prompt(a, 16, 0, 16);
+  serve_prompt(m, 1, a, 16, ha);
+  rkv_compact_map maps[S];
+  int32_t old[64];
+  uint32_t nmaps, nold;
+  /* layer 0: its 3 leading blocks per head copied (the free list held all 6), the originals
+   * and its tails (group 3's) park: the free list is empty, 8 blocks are parked */
+  EXPECT_OK(rkv_blockmgr_compact_uniform(m, 1, 0, 10, maps, S, &nmaps, old, 64, &nold));
+  EXPECT_EQ_INT(pstats(m).entries, 4);
+  EXPECT_EQ_INT(pstats(m).reclaimable_blocks, 8);
+  /* 4 blocks: groups 0 and 1 (parked first) are reclaimed; layer 1's blocks of them stay
+   * with sequence 1, uncached */
+  EXPECT_OK(rkv_blockmgr_seq_create(m, 2));
+  EXPECT_OK(rkv_blockmgr_append(m, 2, BS, NULL, NULL, NULL));
+  EXPECT_EQ_INT(pstats(m).reclaimed, 2);
+  /* layer 1: its blocks of group 2 (2 copies) fit only by reclaiming parked blocks, and the
+   * oldest are group 2's own: the reclaim uncaches the blocks to copy, so none is copied */
+  uint32_t copies = 99;
+  EXPECT_OK(rkv_blockmgr_compact_prepare(m, 1, 1, 10, &copies));
+  EXPECT_EQ_INT(copies, 0);
+  EXPECT_EQ_INT(pstats(m).reclaimed, 3);
+  EXPECT_EQ_INT(pstats(m).invalidated, 0);
+  uint32_t hit = 9;
+  EXPECT_OK(rkv_blockmgr_prefix_match(m, ha, 4, &hit));
+  EXPECT_EQ_INT(hit, 0);
+  int32_t n = 0;
+  const int32_t third = bmt_row(m, 1, 1, 0, &n)[2];
+  EXPECT_OK(rkv_blockmgr_compact_uniform(m, 1, 1, 10, maps, S, &nmaps, old, 64, &nold));
+  EXPECT_EQ_INT(bmt_row(m, 1, 1, 0, &n)[2], third); /* in place: no copy was made */
+  EXPECT_OK(rkv_blockmgr_check(m));
+  rkv_blockmgr_destroy(m);
+}
+
+static void test_copies_reclaim(void) {
+  reclaim_case(0);
+  reclaim_case(BS); /* the filler took a block per stream: 2 S in the pool, 3 S needed */
+  test_reclaim_half_held();
 }
 
 static void test_protect(void) {
@@ -697,6 +795,7 @@ int main(void) {
   test_compaction_keeps_cache();
   test_invalidation();
   test_compact_prepare();
+  test_copies_reclaim();
   test_protect();
   test_errors();
   test_random_content();

@@ -196,19 +196,28 @@ static void protect_case(rkv_evict_policy pol, rkv_evict_granularity g) {
  * both keep the cached groups (copies of the 3 kept cached blocks of 6 streams: 18) or both
  * drop them. Between 14 and 17 free blocks each layer's call alone finds room (the previous
  * layers' uncached tails come back), which the CPU path took before it decided once per
- * sequence (rkv_blockmgr_compact_prepare). */
-static void cached_case(uint32_t free_list) {
-  enum { LEN = 40, HELD = L * KV * (LEN / BS) };
+ * sequence (rkv_blockmgr_compact_prepare). With another prompt parked, room counts its
+ * blocks, and both reclaim the same groups of it, sized for the whole compaction (the CPU
+ * path's later layers would need fewer: prepare reclaims for all of them). */
+static void cached_case(uint32_t free_list, bool parked) {
+  enum { LEN = 40, HELD = L * KV * (LEN / BS), OLD = 2 * L * KV };
+  const uint64_t h[4] = {101, 102, 103, 104}; /* the first four of its five blocks */
+  const uint64_t h_old[2] = {201, 202};
   fixture c, e;
   for (int k = 0; k < 2; k++) {
     fixture *x = k ? &e : &c;
-    fx_init_pc(x, RKV_DTYPE_F32, HELD + free_list, 11, k == 1, true, true);
-    fx_seq(x, 1, LEN, W);
-    const uint64_t h[4] = {101, 102, 103, 104}; /* the first four of its five blocks */
+    fx_init_pc(x, RKV_DTYPE_F32, HELD + free_list + (parked ? OLD : 0), 11, k == 1, true, true);
     uint32_t ins = 0;
+    fx_seq(x, 1, LEN, W);
+    if (parked) { /* another prompt's two groups, parked (the only ones on the LRU list) */
+      EXPECT_OK(rkv_blockmgr_seq_create(x->m, 2));
+      EXPECT_OK(rkv_blockmgr_append(x->m, 2, 2 * BS, NULL, NULL, NULL));
+      EXPECT_OK(rkv_blockmgr_prefix_insert(x->m, 2, h_old, 2, &ins));
+      EXPECT_OK(rkv_blockmgr_seq_free(x->m, 2));
+    }
     EXPECT_OK(rkv_blockmgr_prefix_insert(x->m, 1, h, 4, &ins));
     EXPECT_EQ_INT(ins, 4);
-    EXPECT_EQ_INT(rkv_blockmgr_free_blocks(x->m), free_list);
+    EXPECT_EQ_INT(rkv_blockmgr_free_blocks(x->m), free_list + (parked ? OLD : 0));
   }
   rkv_evict_params p = RKV_EVICT_PARAMS_INIT;
   p.policy = RKV_EVICT_RKV, p.budget = 3 * BS, p.window = W;
@@ -222,14 +231,24 @@ static void cached_case(uint32_t free_list) {
   EXPECT_OK(rkv_backend_sync(e.be));
   EXPECT_EQ_INT(rkv_emu_hazards(e.be), 0);
   EXPECT(rc[0].compressed && re[0].compressed);
-  const uint64_t h[4] = {101, 102, 103, 104};
   uint32_t hc = 9, he = 9;
   EXPECT_OK(rkv_blockmgr_prefix_match(c.m, h, 4, &hc));
   EXPECT_OK(rkv_blockmgr_prefix_match(e.m, h, 4, &he));
   EXPECT_EQ_INT(hc, he);
-  EXPECT_EQ_INT(hc, free_list >= 18 ? 4 : 0);
+  const uint32_t pool = free_list + (parked ? OLD : 0);
+  EXPECT_EQ_INT(hc, pool >= 18 ? 4 : 0);
+  if (parked) { /* reclaimed, oldest first, only as far as the copies need: one group per
+                 * 6 missing blocks, the same in both */
+    const uint32_t gone = free_list < 18 && pool >= 18 ? (18 - free_list + 5) / 6 : 0;
+    for (uint32_t g = 0; g < 2; g++) { /* each group alone: a chain stops at its first gap */
+      EXPECT_OK(rkv_blockmgr_prefix_match(c.m, &h_old[g], 1, &hc));
+      EXPECT_OK(rkv_blockmgr_prefix_match(e.m, &h_old[g], 1, &he));
+      EXPECT_EQ_INT(hc, he);
+      EXPECT_EQ_INT(hc, g >= gone);
+    }
+  }
   char what[64];
-  snprintf(what, sizeof what, "cached copies, %u free", free_list);
+  snprintf(what, sizeof what, "cached copies, %u free%s", free_list, parked ? " + parked" : "");
   expect_same(&c, &e, false, false, what);
   EXPECT_OK(rkv_blockmgr_check(e.m));
   rkv_evictor_destroy(ec);
@@ -240,7 +259,11 @@ static void cached_case(uint32_t free_list) {
 
 static void test_cached_copies_equal_cpu(void) {
   const uint32_t frees[5] = {12, 14, 16, 18, 24};
-  for (int i = 0; i < 5; i++) cached_case(frees[i]);
+  for (int i = 0; i < 5; i++) cached_case(frees[i], false);
+  /* 10 free + 12 parked: one layer's call at a time would reclaim one group (the first two
+   * layers' tails come back), the one cut two */
+  const uint32_t parked_frees[5] = {0, 4, 6, 10, 12};
+  for (int i = 0; i < 5; i++) cached_case(parked_frees[i], true);
 }
 
 static void test_protected_equals_cpu(void) {
