@@ -90,6 +90,19 @@ set_tests_properties(scheduler_bench_step_counts_smoke PROPERTIES TIMEOUT 120 SK
                      PASS_REGULAR_EXPRESSION "\"bench\": \"step_counts\".*\"instructions\": [1-9]")
 endif()
 
+# tools/bench/prefix_pressure.py (BENCHMARKS.md, "Copies under memory pressure") still runs
+# and prints its table: the tiny model at a pool that fills and at one that does not, where
+# the prefix cache must hit (76% when added).
+if(RKV_NUMPY_PYTHON)
+add_test(NAME scheduler_bench_prefix_pressure_smoke
+         COMMAND ${RKV_NUMPY_PYTHON} ${PROJECT_SOURCE_DIR}/tools/bench/prefix_pressure.py
+                 $<TARGET_FILE:rkv> --model tiny --prefix-len 16-64 --pool-unit blocks
+                 --pools 96,1024)
+set_tests_properties(scheduler_bench_prefix_pressure_smoke PROPERTIES TIMEOUT 180
+                     LABELS "unit;scheduler"
+                     PASS_REGULAR_EXPRESSION "\\| 96 blocks \\|.*\\| 1024 blocks \\| [0-9]+ \\| [0-9]+ \\| [1-9][0-9]*\\.[0-9]% \\|")
+endif()
+
 # Issue 17, finding 4: with more requests than max_seqs some plans are empty but carry finished
 # ids; the simulator hands every plan to the executor, so query-window slots are freed (this
 # exited with "sequence 5 has no query window" when empty plans skipped the engine).

@@ -1,0 +1,107 @@
+"""Prefix caching under memory pressure in `rkv sim`: what docs/BENCHMARKS.md reports as
+"Copies under memory pressure".
+
+    python3 tools/bench/prefix_pressure.py RKV [--compare OTHER_RKV] [--pools 6,8,12]
+                                           [--json OUT.json] [sim args...]
+
+For each pool size (GiB), runs R-KV with the copy rule on the shared-prefix workload of
+prefix_table.py (default: the Llama-8B shape, 8 system prompts of 1-4K tokens, optimistic
+admission) with the prefix cache off, then on, and prints one markdown row per pool: the cache
+hit rate, prefill tokens computed, mean request latency and modelled decode tokens/s, each
+cache-on figure as a ratio to its cache-off twin of the same run. Small pools are where a
+compaction finds the free list short and must choose between the prompt it compacts and older
+parked ones. --compare runs the cache-on half again with another build (an older librkv, say)
+and adds its columns, so a change of rule is measured in one run. Progress on stderr; --json
+writes every run's results. Other sim arguments replace the defaults of the same name
+(--model tiny --pool-unit blocks --pools 64,128 for a quick run)."""
+
+import argparse
+import json
+import subprocess
+import sys
+
+DEFAULT = ["--model", "llama-8b", "--prefixes", "8", "--prefix-len", "1024-4096",
+           "--policy", "rkv", "--prefix-rule", "copy", "--admission", "optimistic"]
+
+
+def merged(extra):
+    """DEFAULT with every option that extra names replaced by extra's value."""
+    named = {a for a in extra if a.startswith("--")}
+    out, i = [], 0
+    while i < len(DEFAULT):
+        if DEFAULT[i] in named:
+            i += 2
+            continue
+        out += DEFAULT[i:i + 2]
+        i += 2
+    return out + extra
+
+
+def sim(rkv, args):
+    cmd = [rkv, "sim", "--json", "--quiet"] + args
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit("rkv sim failed (%d): %s\n%s" % (p.returncode, " ".join(cmd), p.stderr[-2000:]))
+    pol = json.loads(p.stdout)["policies"]
+    if len(pol) != 1:
+        sys.exit("expected one policy in %s, got %d" % (" ".join(cmd), len(pol)))
+    return pol[0]
+
+
+def hit(p):
+    return 100.0 * p["prefix_hit_tokens"] / p["prefix_hashed_tokens"] if p["prefix_hashed_tokens"] else 0.0
+
+
+def ratio(a, b, digits):
+    return "%.*fx" % (digits, a / b) if b else "-"
+
+
+def cells(p, off):
+    return "%.1f%% | %d (%s) | %.1f (%s) | %.0f (%s)" % (
+        hit(p), p["prompt_tokens"], ratio(p["prompt_tokens"], off["prompt_tokens"], 2),
+        p["mean_latency_s"], ratio(p["mean_latency_s"], off["mean_latency_s"], 2),
+        p["model_tokens_per_s"], ratio(p["model_tokens_per_s"], off["model_tokens_per_s"], 3))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("rkv")
+    ap.add_argument("--compare", help="another rkv build: its cache-on runs get their own columns")
+    ap.add_argument("--pools", default="6,8,10,12,16,24", help="pool sizes, comma separated")
+    ap.add_argument("--pool-unit", choices=("gib", "blocks"), default="gib")
+    ap.add_argument("--json", help="write every run's results here")
+    args, extra = ap.parse_known_args(argv)
+    base = merged(extra)
+    heads = ["pool", "cache off: prefill tokens", "cache off: model tok/s",
+             "hit", "prefill tokens", "mean latency s", "model tok/s"]
+    if args.compare:
+        heads += ["compare: hit", "compare: prefill tokens", "compare: mean latency s",
+                  "compare: model tok/s"]
+    print("| " + " | ".join(heads) + " |")
+    print("|" + "---|" * len(heads))
+    runs = []
+    for pool in args.pools.split(","):
+        size = ["--pool-" + ("gib" if args.pool_unit == "gib" else "blocks"), pool]
+        res = {}
+        for name, rkv, cache in (("off", args.rkv, "off"), ("on", args.rkv, "on"),
+                                 ("compare", args.compare, "on")):
+            if not rkv:
+                continue
+            print("sim: pool %s %s, %s" % (pool, args.pool_unit, name), file=sys.stderr)
+            res[name] = sim(rkv, base + size + ["--prefix-cache", cache])
+        runs.append({"pool": pool, "unit": args.pool_unit, **res})
+        off = res["off"]
+        row = "| %s %s | %d | %.0f | %s" % (pool, args.pool_unit, off["prompt_tokens"],
+                                           off["model_tokens_per_s"], cells(res["on"], off))
+        if args.compare:
+            row += " | " + cells(res["compare"], off)
+        incomplete = [k for k, p in res.items() if not p["complete"]]
+        print(row + " |" + (" (incomplete: %s)" % ", ".join(incomplete) if incomplete else ""))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": base, "runs": runs}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
