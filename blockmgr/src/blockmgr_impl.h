@@ -127,6 +127,8 @@ static inline int32_t bm_pop(rkv_blockmgr *m) {
 }
 /* Parks a cached block whose last reference dropped (prefix.c). */
 void bm_pc_park(rkv_blockmgr *m, int32_t b);
+/* Ends the operation whose parked blocks bm_pc_park orders (bm_after_op calls it). */
+void bm_pc_end_op(rkv_blockmgr *m);
 /* Drops the cached group of block b (its content is about to change; prefix.c). */
 void bm_pc_forget(rkv_blockmgr *m, int32_t b);
 /* Drops one reference; a block reaching 0 goes back to the free stack, or is parked while a

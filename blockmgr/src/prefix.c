@@ -21,6 +21,8 @@ struct bm_prefix {
   int32_t *prev;      /* [nblocks] LRU links of parked blocks (-1 = none) */
   int32_t *next;      /* [nblocks] */
   int32_t head, tail; /* oldest and newest parked block, -1 when none */
+  int32_t seg;        /* the block the current operation parked last (the oldest of its
+                       * segment at the tail of the list), -1 before it parks any */
   uint32_t entries;
   uint64_t lookups, hit_groups, inserted, invalidated, reclaimed;
 };
@@ -83,20 +85,37 @@ static void pc_table_erase(bm_prefix *p, int32_t g) {
 
 /* ---- LRU of parked blocks -------------------------------------------------------------- */
 
+/* Within one operation each block parks as older than those it parked before: the operation's
+ * blocks form one segment at the tail of the list, in the reverse of the order they parked.
+ * Every operation walks a sequence's blocks in increasing logical index (seq_free, the
+ * compactions' originals and then their tails), so its prompt's last blocks are reclaimed
+ * first and its first ones last. Reclaim drops whole groups and a lookup stops at the first
+ * group missing, so front-first reclaim would leave the rest of the prompt cached but out of
+ * reach; tail-first keeps the longest prefix that memory allows findable. */
 void bm_pc_park(rkv_blockmgr *m, int32_t b) {
   bm_prefix *p = m->pc;
-  p->prev[b] = p->tail;
-  p->next[b] = -1;
-  if (p->tail >= 0)
-    p->next[p->tail] = b;
+  const int32_t at = p->seg; /* b goes before it, or last when the operation parked none */
+  p->next[b] = at;
+  p->prev[b] = at >= 0 ? p->prev[at] : p->tail;
+  if (p->prev[b] >= 0)
+    p->next[p->prev[b]] = b;
   else
     p->head = b;
-  p->tail = b;
+  if (at >= 0)
+    p->prev[at] = b;
+  else
+    p->tail = b;
+  p->seg = b;
   m->pc_parked++;
+}
+
+void bm_pc_end_op(rkv_blockmgr *m) {
+  m->pc->seg = -1;
 }
 
 static void pc_unpark(rkv_blockmgr *m, int32_t b) {
   bm_prefix *p = m->pc;
+  if (p->seg == b) p->seg = p->next[b]; /* the rest of the segment, or none */
   if (p->prev[b] >= 0)
     p->next[p->prev[b]] = p->next[b];
   else
@@ -152,7 +171,7 @@ rkv_status bm_pc_create(rkv_blockmgr *m) {
   m->pc = p;
   p->cap = cap;
   p->tmask = tcap - 1;
-  p->head = p->tail = -1;
+  p->head = p->tail = p->seg = -1;
   p->hash = rkvi_alloc(m->al, cap * sizeof(uint64_t), 64);
   p->blocks = rkvi_alloc(m->al, (size_t)cap * m->streams * sizeof(int32_t), 64);
   p->free_grp = rkvi_alloc(m->al, cap * sizeof(int32_t), 64);
@@ -397,6 +416,8 @@ rkv_status bm_pc_check(const rkv_blockmgr *m, const uint8_t *free_listed) {
   }
   if (members != found * m->streams)
     PC_CORRUPT("%u blocks name a group, %u groups x %u streams", members, found, m->streams);
+  /* every operation ends in bm_after_op, which closes its segment */
+  if (p->seg != -1) PC_CORRUPT("LRU: an operation's parked segment (block %d) left open", p->seg);
   int32_t walked = 0, prev = -1;
   for (int32_t b = p->head; b >= 0; prev = b, b = p->next[b]) {
     if (++walked > nb) PC_CORRUPT("the LRU list loops");

@@ -307,17 +307,18 @@ RKV_API rkv_status rkv_blockmgr_sync_rows(rkv_blockmgr *m, int64_t seq, bool ful
  * starts with cached groups shares them (reference counts, in every stream) and computes only
  * the rest.
  *
- * Cached groups outlive their sequences: a block whose last reference drops while it belongs
- * to a group is not free-listed but kept on an LRU list, still counted as free
- * (free_blocks, admission) and reclaimed, oldest first, when the free list runs dry; taking
- * one block of a group drops the whole group from the table. Compaction copies the cached
- * blocks it keeps (a sequence compressing its own prompt leaves that prompt cached for the
- * next request) while the pool holds the copies (older parked groups are reclaimed for
- * them). A group leaves the table the moment
- * any of its blocks changes content: compaction without room for those copies, which moves
- * tokens into it or leaves it partly filled (appends would then overwrite it), or may rewrite
- * it (the uniform cut); an append into it by a sequence that holds it partly filled (kept in
- * place by its compaction while another sequence, which registered it full, shared it).
+ * Cached groups outlive their sequences: a block whose last reference drops while it belongs to
+ * a group is not free-listed but kept on an LRU list, still counted as free (free_blocks,
+ * admission) and reclaimed, oldest first, when the free list runs dry (of the blocks one call
+ * parks, those it reaches last count as oldest: a sequence's last blocks go first, so what stays
+ * cached is still a prefix a lookup finds); taking one block of a group drops the whole group
+ * from the table. Compaction copies the cached blocks it keeps (a sequence compressing its own
+ * prompt leaves that prompt cached for the next request) while the pool holds the copies (older
+ * parked groups are reclaimed for them). A group leaves the table the moment any of its blocks
+ * changes content: compaction without room for those copies, which moves tokens into it or
+ * leaves it partly filled (appends would then overwrite it), or may rewrite it (the uniform
+ * cut); an append into it by a sequence that holds it partly filled (kept in place by its
+ * compaction while another sequence, which registered it full, shared it).
  * No lookup can map stale K/V. Shared blocks are never edited in place (compaction copies
  * them first, as after a fork).
  *

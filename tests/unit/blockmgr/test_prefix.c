@@ -157,20 +157,28 @@ static void test_reclaim_lru(void) {
   EXPECT_OK(rkv_blockmgr_seq_free(m, 2));
   EXPECT_EQ_INT(bmt_free_blocks(m), 24);
   EXPECT_EQ_INT(pstats(m).reclaimable_blocks, 16);
-  /* 12 blocks: 8 from the free list, then the oldest groups (a's) are reclaimed */
+  /* 12 blocks: 8 from the free list, then the oldest prompt (a's) is reclaimed from its
+   * end: its second group goes, its first still hits */
   EXPECT_OK(rkv_blockmgr_seq_create(m, 3));
   EXPECT_OK(rkv_blockmgr_append(m, 3, 3 * BS, NULL, NULL, NULL));
   uint32_t hit = 9;
   EXPECT_OK(rkv_blockmgr_prefix_match(m, ha, 2, &hit));
+  EXPECT_EQ_INT(hit, 1);
+  EXPECT_OK(rkv_blockmgr_prefix_match(m, hb, 2, &hit));
+  EXPECT_EQ_INT(hit, 2);
+  EXPECT_EQ_INT(pstats(m).reclaimed, 1);
+  /* a's first group goes next, b's prompt stays whole */
+  EXPECT_OK(rkv_blockmgr_append(m, 3, BS, NULL, NULL, NULL));
+  EXPECT_EQ_INT(pstats(m).reclaimed, 2);
+  EXPECT_OK(rkv_blockmgr_prefix_match(m, ha, 2, &hit));
   EXPECT_EQ_INT(hit, 0);
   EXPECT_OK(rkv_blockmgr_prefix_match(m, hb, 2, &hit));
   EXPECT_EQ_INT(hit, 2);
-  EXPECT_EQ_INT(pstats(m).reclaimed, 1); /* a's first block went first: its group, then ... */
-  /* ... a's second group is still cached but unreachable (chain broken); it goes next */
+  /* b's next: its second group first */
   EXPECT_OK(rkv_blockmgr_append(m, 3, BS, NULL, NULL, NULL));
-  EXPECT_EQ_INT(pstats(m).reclaimed, 2);
+  EXPECT_EQ_INT(pstats(m).reclaimed, 3);
   EXPECT_OK(rkv_blockmgr_prefix_match(m, hb, 2, &hit));
-  EXPECT_EQ_INT(hit, 2);
+  EXPECT_EQ_INT(hit, 1);
   /* out of blocks is still a normal status and changes nothing */
   uint64_t d = digest(m);
   EXPECT_STATUS(rkv_blockmgr_append(m, 3, 5 * BS, NULL, NULL, NULL), RKV_ERR_NO_BLOCKS);
@@ -452,17 +460,17 @@ static void test_reclaim_half_held(void) {
   EXPECT_OK(rkv_blockmgr_compact_uniform(m, 1, 0, 10, maps, S, &nmaps, old, 64, &nold));
   EXPECT_EQ_INT(pstats(m).entries, 4);
   EXPECT_EQ_INT(pstats(m).reclaimable_blocks, 8);
-  /* 4 blocks: groups 0 and 1 (parked first) are reclaimed; layer 1's blocks of them stay
-   * with sequence 1, uncached */
+  /* 4 blocks: groups 3 and 2 (the prompt's end goes first) are reclaimed; layer 1's blocks
+   * of them stay with sequence 1, uncached */
   EXPECT_OK(rkv_blockmgr_seq_create(m, 2));
   EXPECT_OK(rkv_blockmgr_append(m, 2, BS, NULL, NULL, NULL));
   EXPECT_EQ_INT(pstats(m).reclaimed, 2);
-  /* layer 1: its blocks of group 2 (2 copies) fit only by reclaiming parked blocks, and the
-   * oldest are group 2's own: the reclaim uncaches the blocks to copy, so none is copied */
+  /* layer 1: its blocks of groups 0 and 1 (4 copies) fit only by reclaiming parked blocks,
+   * which are those groups' own: each reclaim uncaches blocks to copy, so none is copied */
   uint32_t copies = 99;
   EXPECT_OK(rkv_blockmgr_compact_prepare(m, 1, 1, 10, &copies));
   EXPECT_EQ_INT(copies, 0);
-  EXPECT_EQ_INT(pstats(m).reclaimed, 3);
+  EXPECT_EQ_INT(pstats(m).reclaimed, 4);
   EXPECT_EQ_INT(pstats(m).invalidated, 0);
   uint32_t hit = 9;
   EXPECT_OK(rkv_blockmgr_prefix_match(m, ha, 4, &hit));
