@@ -91,13 +91,14 @@ set_tests_properties(scheduler_bench_step_counts_smoke PROPERTIES TIMEOUT 120 SK
 endif()
 
 # tools/bench/prefix_pressure.py (BENCHMARKS.md, "Copies under memory pressure") still runs
-# and prints its table: the tiny model at a pool that fills and at one that does not, where
-# the prefix cache must hit (76% when added).
+# and prints its table (and writes its plot): the tiny model at a pool that fills and at one
+# that does not, where the prefix cache must hit (76% when added).
 if(RKV_NUMPY_PYTHON)
 add_test(NAME scheduler_bench_prefix_pressure_smoke
          COMMAND ${RKV_NUMPY_PYTHON} ${PROJECT_SOURCE_DIR}/tools/bench/prefix_pressure.py
                  $<TARGET_FILE:rkv> --model tiny --prefix-len 16-64 --pool-unit blocks
-                 --pools 96,1024)
+                 --pools 96,1024 --compare $<TARGET_FILE:rkv>
+                 --svg ${CMAKE_CURRENT_BINARY_DIR}/prefix_pressure_smoke.svg)
 set_tests_properties(scheduler_bench_prefix_pressure_smoke PROPERTIES TIMEOUT 180
                      LABELS "unit;scheduler"
                      PASS_REGULAR_EXPRESSION "\\| 96 blocks \\|.*\\| 1024 blocks \\| [0-9]+ \\| [0-9]+ \\| [1-9][0-9]*\\.[0-9]% \\|")
