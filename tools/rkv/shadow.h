@@ -1261,21 +1261,31 @@ static inline int bms_compact(bm_shadow *s, int64_t id, const rkv_keep_list *lis
 
 /* Over the streams a cut of `layer` (all when < 0) to keep cuts, the leading blocks after the
  * whole protected ones: *shared counts those with ref > 1, *cached the cached ones held alone;
- * with `touch`, every one held alone changes content (its group goes). */
-static inline void bms_cut_leads_(bm_shadow *s, const bms_seq *q, int32_t layer, int32_t keep,
-                                  bool touch, uint32_t *shared, uint32_t *cached) {
+ * with `touch`, every one held alone changes content (its group goes). With `kept` (after a
+ * call that may have reclaimed), *kept counts the cached ones whose group the manager still
+ * has, and every other one's group must have gone to that call's reclaim: -1 if not. */
+static inline int bms_cut_leads_(bm_shadow *s, const bms_seq *q, int32_t layer, int32_t keep,
+                                 bool touch, uint32_t *shared, uint32_t *cached, uint32_t *kept) {
   const int32_t bs = (int32_t)s->bs, fixed = q->protect / bs, nbn = bms_ceil_div(keep, bs);
   *shared = *cached = 0;
+  if (kept) *kept = 0;
   for (uint32_t k = 0; k < s->S; k++) {
     const bms_stream *t = &q->st[k];
     if ((layer >= 0 && k / s->heads != (uint32_t)layer) || t->len <= keep) continue;
     for (int32_t j = fixed; j < nbn; j++) {
       const int32_t b = t->row[j];
+      const bool alone_cached = s->ref[b] == 1 && s->pc && s->bgrp[b] >= 0;
       *shared += s->ref[b] > 1;
-      *cached += s->ref[b] == 1 && s->pc && s->bgrp[b] >= 0;
+      *cached += alone_cached;
       if (touch && s->ref[b] == 1) bms_pc_touch_(s, b);
+      if (!kept || !alone_cached) continue;
+      if (bms_pc_cached_(s, s->grp[s->bgrp[b]].hash))
+        ++*kept;
+      else if (bms_pc_reclaimed_(s, b, "compact_prepare"))
+        return -1;
     }
   }
+  return 0;
 }
 
 /* rkv_blockmgr_compact_fresh_bound and _compact_copy_bound before a uniform cut, against the
@@ -1333,7 +1343,7 @@ static inline int bms_compact_uniform_ex(bm_shadow *s, int64_t id, int32_t layer
       touched++;
       old_touched += (uint32_t)t->nrow;
     }
-    bms_cut_leads_(s, q, layer, keep, false, &fresh, &cached);
+    bms_cut_leads_(s, q, layer, keep, false, &fresh, &cached, NULL);
     if (fresh > s->nfree) want = RKV_ERR_NO_BLOCKS;
     if (bms_check_bounds_(s, q, id, layer, keep, fresh)) return -1;
     /* the device may rewrite every leading block: cached ones are copied (all or none,
@@ -1731,27 +1741,6 @@ static inline int bms_protect(bm_shadow *s, int64_t id, int32_t n, rkv_status *o
   return bms_verify_seq(s, q);
 }
 
-/* After a prepare that had room: the copies its cut will make (cached blocks whose group
- * survived the reclaim); every other counted block's group must have been reclaimed. */
-static inline int bms_prepare_kept_(bm_shadow *s, const bms_seq *q, int32_t layer, int32_t keep,
-                                    uint32_t *kept) {
-  const int32_t bs = (int32_t)s->bs, fixed = q->protect / bs, nbn = bms_ceil_div(keep, bs);
-  *kept = 0;
-  for (uint32_t k = 0; k < s->S; k++) {
-    const bms_stream *t = &q->st[k];
-    if ((layer >= 0 && k / s->heads != (uint32_t)layer) || t->len <= keep) continue;
-    for (int32_t j = fixed; j < nbn; j++) {
-      const int32_t b = t->row[j];
-      if (s->ref[b] != 1 || s->bgrp[b] < 0) continue;
-      if (bms_pc_cached_(s, s->grp[s->bgrp[b]].hash))
-        ++*kept;
-      else if (bms_pc_reclaimed_(s, b, "compact_prepare"))
-        return -1;
-    }
-  }
-  return 0;
-}
-
 /* rkv_blockmgr_compact_prepare: the model counts, over the streams a cut of `layer` to `keep`
  * would cut, the shared and the cached (held alone) leading blocks after the whole protected
  * ones. With room in the pool (parked blocks included) for all their copies, the oldest parked
@@ -1767,7 +1756,7 @@ static inline int bms_compact_prepare(bm_shadow *s, int64_t id, int32_t layer, i
   } else if (!q) {
     want = RKV_ERR_NOT_FOUND;
   } else {
-    bms_cut_leads_(s, q, layer, keep, false, &shared, &cached);
+    bms_cut_leads_(s, q, layer, keep, false, &shared, &cached, NULL);
   }
   bms_pc_begin_(s);
   uint32_t copies = 99;
@@ -1776,12 +1765,12 @@ static inline int bms_compact_prepare(bm_shadow *s, int64_t id, int32_t layer, i
   if (bms_expect_(s, "compact_prepare", st, want)) return -1;
   if (want != RKV_OK) return bms_verify_unchanged_(s, id);
   const bool room = cached && shared + cached <= s->nfree;
-  uint32_t kept = 0;
-  if (room && bms_prepare_kept_(s, q, layer, keep, &kept)) return -1;
+  uint32_t kept = 0, n_shared = 0, n_cached = 0;
+  if (room && bms_cut_leads_(s, q, layer, keep, false, &n_shared, &n_cached, &kept)) return -1;
   if (copies != kept)
     return BMS_FAIL(s, "compact_prepare: %u copies, model %u (%u shared, %u cached, room %d)",
                     copies, kept, shared, cached, (int)room);
-  if (cached && !room) bms_cut_leads_(s, q, layer, keep, true, &shared, &cached);
+  if (cached && !room) bms_cut_leads_(s, q, layer, keep, true, &n_shared, &n_cached, NULL);
   if (bms_verify_counts(s) || bms_pc_end_(s, room ? shared + cached : 0)) return -1;
   return bms_verify_seq(s, q);
 }

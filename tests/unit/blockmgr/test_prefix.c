@@ -313,6 +313,25 @@ static void test_invalidation(void) {
   rkv_blockmgr_destroy(m);
 }
 
+/* Sequence 1 of two managers alike compacted to positions 0..9 of every stream: one call
+ * per layer on per_layer (after the caller's compact_prepare), one uniform cut on one_cut. */
+static void compact_both_ways(rkv_blockmgr *per_layer, rkv_blockmgr *one_cut) {
+  enum { S = LAYERS * HEADS };
+  int32_t pos[10];
+  for (int i = 0; i < 10; i++) pos[i] = i;
+  rkv_slot_move mv[64];
+  uint32_t nm = 0;
+  for (uint32_t l = 0; l < LAYERS; l++) {
+    rkv_keep_list lists[HEADS];
+    for (uint32_t h = 0; h < HEADS; h++) lists[h] = (rkv_keep_list){l, h, pos, 10};
+    EXPECT_OK(rkv_blockmgr_compact(per_layer, 1, lists, HEADS, mv, 64, &nm));
+  }
+  rkv_compact_map maps[S];
+  int32_t old[64];
+  uint32_t nmaps, nold;
+  EXPECT_OK(rkv_blockmgr_compact_uniform(one_cut, 1, -1, 10, maps, S, &nmaps, old, 64, &nold));
+}
+
 /* compact_prepare: a compaction in one call per layer leaves the cache as one uniform cut
  * does, with room on the free list for the copies and without. */
 static void prepare_case(uint32_t num_blocks, uint32_t filler_tokens, bool room) {
@@ -329,23 +348,11 @@ static void prepare_case(uint32_t num_blocks, uint32_t filler_tokens, bool room)
     }
   }
   /* keep 10 tokens: positions 0..9 (blocks 0 and 1 in place, block 2 partly) */
-  int32_t pos[10];
-  for (int i = 0; i < 10; i++) pos[i] = i;
   uint32_t copies = 99;
   EXPECT_OK(rkv_blockmgr_compact_prepare(m[0], 1, -1, 10, &copies));
   EXPECT_EQ_INT(copies, room ? 3 * S : 0);
   EXPECT_EQ_INT(pstats(m[0]).entries, room ? 4 : 1); /* without room: groups 0..2 went now */
-  rkv_slot_move mv[64];
-  uint32_t nm = 0;
-  for (uint32_t l = 0; l < LAYERS; l++) {
-    rkv_keep_list lists[HEADS];
-    for (uint32_t h = 0; h < HEADS; h++) lists[h] = (rkv_keep_list){l, h, pos, 10};
-    EXPECT_OK(rkv_blockmgr_compact(m[0], 1, lists, HEADS, mv, 64, &nm));
-  }
-  rkv_compact_map maps[S];
-  int32_t old[64];
-  uint32_t nmaps, nold;
-  EXPECT_OK(rkv_blockmgr_compact_uniform(m[1], 1, -1, 10, maps, S, &nmaps, old, 64, &nold));
+  compact_both_ways(m[0], m[1]);
   rkv_prefix_stats p0 = pstats(m[0]), p1 = pstats(m[1]);
   EXPECT_EQ_INT(p0.entries, p1.entries);
   EXPECT_EQ_INT(p0.reclaimable_blocks, p1.reclaimable_blocks);
@@ -412,22 +419,10 @@ static void reclaim_case(uint32_t filler_tokens) {
       EXPECT_OK(rkv_blockmgr_append(m[i], 2, filler_tokens, NULL, NULL, NULL));
     }
   }
-  int32_t pos[10];
-  for (int i = 0; i < 10; i++) pos[i] = i;
   uint32_t copies = 99;
   EXPECT_OK(rkv_blockmgr_compact_prepare(m[0], 1, -1, 10, &copies));
   EXPECT_EQ_INT(copies, room ? 3 * S : 0); /* blocks 0..2 of every stream */
-  rkv_slot_move mv[64];
-  uint32_t nm = 0;
-  for (uint32_t l = 0; l < LAYERS; l++) {
-    rkv_keep_list lists[HEADS];
-    for (uint32_t h = 0; h < HEADS; h++) lists[h] = (rkv_keep_list){l, h, pos, 10};
-    EXPECT_OK(rkv_blockmgr_compact(m[0], 1, lists, HEADS, mv, 64, &nm));
-  }
-  rkv_compact_map maps[S];
-  int32_t old[64];
-  uint32_t nmaps, nold;
-  EXPECT_OK(rkv_blockmgr_compact_uniform(m[1], 1, -1, 10, maps, S, &nmaps, old, 64, &nold));
+  compact_both_ways(m[0], m[1]);
   for (int i = 0; i < 2; i++) {
     uint32_t hit_a = 9, hit_b = 9;
     EXPECT_OK(rkv_blockmgr_prefix_match(m[i], ha, 4, &hit_a));
