@@ -746,6 +746,8 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
   rkv_sched_get_metrics(s, &res->m);
   res->prefix.struct_size = sizeof res->prefix;
   (void)rkv_sched_get_prefix_stats(s, &res->prefix);
+  res->cache.struct_size = sizeof res->cache;
+  (void)rkv_blockmgr_prefix_stats(bm, &res->cache);
   res->et = *sim_engine_get_times(eng);
   if (o->check && rkv_sched_check(s) != RKV_OK) {
     fprintf(stderr, "rkv sim: check: %s\n", rkv_sched_last_error(s));
@@ -952,6 +954,8 @@ static void print_json(const sim_opts *o, const sim_result *r, uint32_t np, uint
         "\"swap_seconds\": %.6g, \"dup_before\": %.6g, \"dup_after\": %.6g, "
         "\"prefix_hashed_tokens\": %llu, \"prefix_hit_tokens\": %llu, "
         "\"prefix_admissions\": %llu, \"prefix_admissions_hit\": %llu, "
+        "\"prefix_groups_inserted\": %llu, \"prefix_groups_reclaimed\": %llu, "
+        "\"prefix_groups_invalidated\": %llu, "
         "\"plan_seconds\": %.6g, \"report_seconds\": %.6g, \"hidden_host_seconds\": %.6g, "
         "\"model_seconds_with_host\": %.6g, \"model_tokens_per_s_with_host\": %.6g}%s\n",
         rkv_evict_policy_name(x->policy), x->complete ? "true" : "false",
@@ -968,6 +972,8 @@ static void print_json(const sim_opts *o, const sim_result *r, uint32_t np, uint
         x->et.keys_after ? (double)x->et.dup_after / x->et.keys_after : 0.0,
         (unsigned long long)x->prefix.hashed_tokens, (unsigned long long)x->prefix.hit_tokens,
         (unsigned long long)x->prefix.admissions, (unsigned long long)x->prefix.admissions_hit,
+        (unsigned long long)x->cache.inserted, (unsigned long long)x->cache.reclaimed,
+        (unsigned long long)x->cache.invalidated,
         x->plan_wall, x->report_wall, x->hidden_host, x->model_time_host,
         x->model_time_host > 0 ? gen / x->model_time_host : 0.0, i + 1 < np ? "," : "");
   }

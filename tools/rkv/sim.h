@@ -254,6 +254,7 @@ typedef struct sim_result {
   uint64_t lat_n;
   bool complete;                 /* every request finished (not cut by --steps) */
   rkv_sched_prefix_stats prefix; /* hashed / hit prompt tokens (shared-prefix workloads) */
+  rkv_prefix_stats cache;        /* the block manager's groups at the end (rank 0) */
   sim_sample *tl;
   size_t tl_n, tl_cap;
   /* tensor parallelism (rank 0's view; tp.size == 0 in a single-rank run) */
