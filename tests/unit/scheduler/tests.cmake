@@ -104,6 +104,16 @@ set_tests_properties(scheduler_bench_prefix_pressure_smoke PROPERTIES TIMEOUT 18
                      PASS_REGULAR_EXPRESSION "\\| 96 blocks \\|.*\\| 1024 blocks \\| [0-9]+ \\| [0-9]+ \\| [1-9][0-9]*\\.[0-9]% \\|")
 endif()
 
+# rkv sim --json reports the block manager's prefix groups: a 64-block pool under the copy rule
+# reclaims parked prompts (30 of 34 groups when added).
+add_test(NAME scheduler_sim_prefix_groups_json
+         COMMAND $<TARGET_FILE:rkv> sim --model tiny --policy rkv --admission optimistic
+                 --prefixes 4 --prefix-len 16-64 --prefix-cache on --prefix-rule copy
+                 --pool-blocks 64 --json --quiet)
+set_tests_properties(scheduler_sim_prefix_groups_json PROPERTIES TIMEOUT 120
+                     LABELS "unit;scheduler"
+                     PASS_REGULAR_EXPRESSION "\"prefix_groups_inserted\": [1-9][0-9]*, \"prefix_groups_reclaimed\": [1-9][0-9]*, \"prefix_groups_invalidated\": [0-9]+")
+
 # Issue 17, finding 4: with more requests than max_seqs some plans are empty but carry finished
 # ids; the simulator hands every plan to the executor, so query-window slots are freed (this
 # exited with "sequence 5 has no query window" when empty plans skipped the engine).
