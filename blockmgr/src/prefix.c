@@ -87,11 +87,14 @@ static void pc_table_erase(bm_prefix *p, int32_t g) {
 
 /* Within one operation each block parks as older than those it parked before: the operation's
  * blocks form one segment at the tail of the list, in the reverse of the order they parked.
- * Every operation walks a sequence's blocks in increasing logical index (seq_free, the
- * compactions' originals and then their tails), so its prompt's last blocks are reclaimed
- * first and its first ones last. Reclaim drops whole groups and a lookup stops at the first
- * group missing, so front-first reclaim would leave the rest of the prompt cached but out of
- * reach; tail-first keeps the longest prefix that memory allows findable. */
+ * Every operation walks each stream's blocks in increasing logical index (seq_free, the
+ * compactions' originals and then their tails), so when the streams are of one length (they
+ * grow in lockstep) the prompt's last groups are reclaimed first and its first ones last; with
+ * streams of different lengths the last stream walked decides the order within its part.
+ * Reclaim drops whole groups and a lookup stops at the first group missing, so front-first
+ * reclaim would leave the rest of the prompt cached but out of reach; end-first keeps the
+ * longest prefix that memory allows findable. Sorting a whole operation's blocks by index
+ * would make that exact for ragged streams too, at a cost on every free. */
 void bm_pc_park(rkv_blockmgr *m, int32_t b) {
   bm_prefix *p = m->pc;
   const int32_t at = p->seg; /* b goes before it, or last when the operation parked none */
