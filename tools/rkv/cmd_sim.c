@@ -973,9 +973,9 @@ static void print_json(const sim_opts *o, const sim_result *r, uint32_t np, uint
         (unsigned long long)x->prefix.hashed_tokens, (unsigned long long)x->prefix.hit_tokens,
         (unsigned long long)x->prefix.admissions, (unsigned long long)x->prefix.admissions_hit,
         (unsigned long long)x->cache.inserted, (unsigned long long)x->cache.reclaimed,
-        (unsigned long long)x->cache.invalidated,
-        x->plan_wall, x->report_wall, x->hidden_host, x->model_time_host,
-        x->model_time_host > 0 ? gen / x->model_time_host : 0.0, i + 1 < np ? "," : "");
+        (unsigned long long)x->cache.invalidated, x->plan_wall, x->report_wall, x->hidden_host,
+        x->model_time_host, x->model_time_host > 0 ? gen / x->model_time_host : 0.0,
+        i + 1 < np ? "," : "");
   }
   printf("  ]");
   if (r[0].tp.size > 0) {
