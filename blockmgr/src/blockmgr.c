@@ -93,7 +93,7 @@ void bm_update_room(const rkv_blockmgr *m, bm_seq *q) {
 }
 
 rkv_status bm_after_op(rkv_blockmgr *m) {
-  if (m->pc) bm_pc_end_op(m);
+  m->pc_seg = -1; /* the operation's parked segment ends (prefix.c) */
   if (!m->cfg.check_every_op && RKV_DEBUG < 3) return RKV_OK;
   rkv_status st = rkv_blockmgr_check(m);
   if (st == RKV_ERR_NO_MEMORY) {

@@ -73,6 +73,9 @@ struct rkv_blockmgr {
   bm_prefix *pc;
   int32_t *pc_group;
   int32_t pc_parked;
+  /* the block the current operation parked last (prefix.c, bm_pc_park), -1 before it parks
+   * any: bm_after_op ends every operation with a plain store */
+  int32_t pc_seg;
 
   /* Scratch owned by the handle so non-hot calls need no allocation. */
   uint16_t *fill; /* [nblocks] get_stats: occupied slots per block */
@@ -127,8 +130,6 @@ static inline int32_t bm_pop(rkv_blockmgr *m) {
 }
 /* Parks a cached block whose last reference dropped (prefix.c). */
 void bm_pc_park(rkv_blockmgr *m, int32_t b);
-/* Ends the operation whose parked blocks bm_pc_park orders (bm_after_op calls it). */
-void bm_pc_end_op(rkv_blockmgr *m);
 /* Drops the cached group of block b (its content is about to change; prefix.c). */
 void bm_pc_forget(rkv_blockmgr *m, int32_t b);
 /* Drops one reference; a block reaching 0 goes back to the free stack, or is parked while a

@@ -418,9 +418,10 @@ RKV_API rkv_status rkv_blockmgr_compact_prepare(rkv_blockmgr *m, int64_t seq, in
   bm_lead_copies(m, q, s0, s1, keep, 0, true, 0, &shared, &cached);
   if (!cached) return RKV_OK;
   if (bm_copies_fit(m, shared, cached)) {
+    const bool reclaims = shared + cached > m->free_top;
     bm_reserve_free(m, (int32_t)(shared + cached));
     /* a reclaimed group may have held some of them: those are rewritten in place */
-    bm_lead_copies(m, q, s0, s1, keep, 0, true, 0, &shared, &cached);
+    if (reclaims) bm_lead_copies(m, q, s0, s1, keep, 0, true, 0, &shared, &cached);
     *copies = (uint32_t)cached;
     return bm_after_op(m);
   }

@@ -21,8 +21,6 @@ struct bm_prefix {
   int32_t *prev;      /* [nblocks] LRU links of parked blocks (-1 = none) */
   int32_t *next;      /* [nblocks] */
   int32_t head, tail; /* oldest and newest parked block, -1 when none */
-  int32_t seg;        /* the block the current operation parked last (the oldest of its
-                       * segment at the tail of the list), -1 before it parks any */
   uint32_t entries;
   uint64_t lookups, hit_groups, inserted, invalidated, reclaimed;
 };
@@ -97,7 +95,7 @@ static void pc_table_erase(bm_prefix *p, int32_t g) {
  * would make that exact for ragged streams too, at a cost on every free. */
 void bm_pc_park(rkv_blockmgr *m, int32_t b) {
   bm_prefix *p = m->pc;
-  const int32_t at = p->seg; /* b goes before it, or last when the operation parked none */
+  const int32_t at = m->pc_seg; /* b goes before it, or last when the operation parked none */
   p->next[b] = at;
   p->prev[b] = at >= 0 ? p->prev[at] : p->tail;
   if (p->prev[b] >= 0)
@@ -108,17 +106,13 @@ void bm_pc_park(rkv_blockmgr *m, int32_t b) {
     p->prev[at] = b;
   else
     p->tail = b;
-  p->seg = b;
+  m->pc_seg = b;
   m->pc_parked++;
-}
-
-void bm_pc_end_op(rkv_blockmgr *m) {
-  m->pc->seg = -1;
 }
 
 static void pc_unpark(rkv_blockmgr *m, int32_t b) {
   bm_prefix *p = m->pc;
-  if (p->seg == b) p->seg = p->next[b]; /* the rest of the segment, or none */
+  if (m->pc_seg == b) m->pc_seg = p->next[b]; /* the rest of the segment, or none */
   if (p->prev[b] >= 0)
     p->next[p->prev[b]] = p->next[b];
   else
@@ -174,7 +168,7 @@ rkv_status bm_pc_create(rkv_blockmgr *m) {
   m->pc = p;
   p->cap = cap;
   p->tmask = tcap - 1;
-  p->head = p->tail = p->seg = -1;
+  p->head = p->tail = m->pc_seg = -1;
   p->hash = rkvi_alloc(m->al, cap * sizeof(uint64_t), 64);
   p->blocks = rkvi_alloc(m->al, (size_t)cap * m->streams * sizeof(int32_t), 64);
   p->free_grp = rkvi_alloc(m->al, cap * sizeof(int32_t), 64);
@@ -420,7 +414,8 @@ rkv_status bm_pc_check(const rkv_blockmgr *m, const uint8_t *free_listed) {
   if (members != found * m->streams)
     PC_CORRUPT("%u blocks name a group, %u groups x %u streams", members, found, m->streams);
   /* every operation ends in bm_after_op, which closes its segment */
-  if (p->seg != -1) PC_CORRUPT("LRU: an operation's parked segment (block %d) left open", p->seg);
+  if (m->pc_seg != -1)
+    PC_CORRUPT("LRU: an operation's parked segment (block %d) left open", m->pc_seg);
   int32_t walked = 0, prev = -1;
   for (int32_t b = p->head; b >= 0; prev = b, b = p->next[b]) {
     if (++walked > nb) PC_CORRUPT("the LRU list loops");

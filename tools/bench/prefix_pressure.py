@@ -18,40 +18,26 @@ defaults of the same name (--model tiny --pool-unit blocks --pools 64,128 for a 
 
 import argparse
 import json
-import subprocess
 import sys
 
-DEFAULT = ["--model", "llama-8b", "--prefixes", "8", "--prefix-len", "1024-4096",
-           "--policy", "rkv", "--prefix-rule", "copy", "--admission", "optimistic"]
+import prefix_table  # the same workload and the same way to run it
+from prefix_table import hit_pct as hit
+
+OVERRIDES = ["--policy", "rkv", "--prefix-rule", "copy", "--admission", "optimistic"]
 
 
-def merged(extra):
-    """DEFAULT with every option that extra names replaced by extra's value."""
+def with_opts(base, extra):
+    """base ("--name value" pairs) without the options extra names, then extra."""
     named = {a for a in extra if a.startswith("--")}
-    out, i = [], 0
-    while i < len(DEFAULT):
-        if DEFAULT[i] in named:
-            i += 2
-            continue
-        out += DEFAULT[i:i + 2]
-        i += 2
-    return out + extra
+    return [x for i in range(0, len(base), 2) if base[i] not in named
+            for x in base[i:i + 2]] + extra
 
 
 def sim(rkv, args):
-    cmd = [rkv, "sim", "--json", "--quiet"] + args
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit("rkv sim failed (%d): %s\n%s" % (p.returncode, " ".join(cmd), p.stderr[-2000:]))
-    pol = json.loads(p.stdout)["policies"]
+    pol = prefix_table.run_sim(rkv, args)["policies"]
     if len(pol) != 1:
-        sys.exit("expected one policy in %s, got %d" % (" ".join(cmd), len(pol)))
+        sys.exit("expected one policy from rkv sim %s, got %d" % (" ".join(args), len(pol)))
     return pol[0]
-
-
-def hit(p):
-    hashed = p["prefix_hashed_tokens"]
-    return 100.0 * p["prefix_hit_tokens"] / hashed if hashed else 0.0
 
 
 def ratio(a, b, digits):
@@ -128,7 +114,7 @@ def main(argv=None):
     ap.add_argument("--labels", default="this build,compare",
                     help="the plot's names for RKV and --compare (comma separated)")
     args, extra = ap.parse_known_args(argv)
-    base = merged(extra)
+    base = with_opts(with_opts(prefix_table.DEFAULT, OVERRIDES), extra)
     unit = "GiB" if args.pool_unit == "gib" else "blocks"
     heads = ["pool", "cache off: prefill tokens", "cache off: model tok/s",
              "hit", "prefill tokens", "mean latency s", "model tok/s"]

@@ -19,12 +19,23 @@ DEFAULT = ["--model", "llama-8b", "--prefixes", "8", "--prefix-len", "1024-4096"
            "--policy", "full,rkv"]
 
 
-def sim(rkv, extra):
-    cmd = [rkv, "sim", "--json", "--quiet"] + DEFAULT + extra
+def run_sim(rkv, args):
+    """`rkv sim --json --quiet ARGS`, parsed; exits with its stderr when it fails."""
+    cmd = [rkv, "sim", "--json", "--quiet"] + args
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         sys.exit("rkv sim failed (%d): %s\n%s" % (p.returncode, " ".join(cmd), p.stderr[-2000:]))
     return json.loads(p.stdout)
+
+
+def sim(rkv, extra):
+    return run_sim(rkv, DEFAULT + extra)
+
+
+def hit_pct(p):
+    """Share of the hashed prompt tokens a policy's run took from the cache, in percent."""
+    hashed = p["prefix_hashed_tokens"]
+    return 100.0 * p["prefix_hit_tokens"] / hashed if hashed else 0.0
 
 
 def main(argv=None):
@@ -54,8 +65,7 @@ def main(argv=None):
                         b = base[key]
                         ratio = "%.2fx tok/s, %.2fx peak" % (
                             tps / b["model_tokens_per_s"], p["peak_blocks"] / b["peak_blocks"])
-                    hit = (100.0 * p["prefix_hit_tokens"] / p["prefix_hashed_tokens"]
-                           if p["prefix_hashed_tokens"] else 0.0)
+                    hit = hit_pct(p)
                     rows.append("| %s | %s | %s | %s | %d | %.1f%% | %.2f | %.2f | %d | %.0f | %s |" % (
                         adm, "R-KV" if key == "rkv" else "full", rule if key == "rkv" else "-",
                         cache, p["prompt_tokens"], hit, p["peak_kv_gib"], p["mean_kv_gib"],
