@@ -59,6 +59,7 @@ typedef struct req {
                         * reserves through the group counts, not in its own bound */
   bool starting;       /* admitted this step: its first chunk announces it in plan.started */
   bool evicts;         /* the policy table: its policy ever compresses */
+  uint32_t passed;     /* waiting: admissions made ahead of it (config.cache_lookahead) */
 } req;
 
 /* One plan's arrays. config.overlap keeps two: the plan made while the previous one still
@@ -635,6 +636,8 @@ rkv_status rkv_sched_create(const rkv_sched_config *cfg_in, rkv_blockmgr *m, rkv
   if (cfg.host_blocks > (1u << 30)) return cfg_fail(err, err_len, "host_blocks too large");
   if (cfg.prefix_rule != RKV_SCHED_PREFIX_PROTECT && cfg.prefix_rule != RKV_SCHED_PREFIX_COPY)
     return cfg_fail(err, err_len, "prefix_rule must be protect or copy");
+  if (cfg.cache_lookahead > 65536)
+    return cfg_fail(err, err_len, "cache_lookahead must be at most 65536");
   if (cfg.overlap && cfg.plan_slots)
     return cfg_fail(err, err_len,
                     "overlap and plan_slots exclude each other: a plan made while another runs "
@@ -1035,18 +1038,58 @@ rkv_status rkv_sched_fork(rkv_sched *s, int64_t parent, int64_t child, int64_t m
  * groups no sequence holds). At least the prompt's last token is computed, and its last
  * `window` for a policy that reads the query window: the window then holds the queries a
  * run without the cache sees. */
-static rkv_status prefix_hit(const rkv_sched *s, const req *r, uint32_t *hit, uint32_t *cost) {
-  *hit = *cost = 0;
+/* The cached groups an admission of r now would share: its prompt's leading cached groups,
+ * short of the tokens it must compute (the last one, or its query window). */
+static rkv_status cached_groups(const rkv_sched *s, const req *r, uint32_t *hit) {
+  *hit = 0;
   if (!s->cfg.prefix_cache || !r->n_hashes) return RKV_OK;
   const bool queries = rkvi_needs_queries(r->evict.policy);
   const int64_t keep = queries && r->evict.window > 1 ? r->evict.window : 1;
   const int64_t most = r->target > keep ? (r->target - keep) / s->block_size : 0;
   uint32_t h = 0;
   RKV_TRY(rkv_blockmgr_prefix_match(s->bm, r->hashes, r->n_hashes, &h));
-  if ((int64_t)h > most) h = (uint32_t)most;
-  if (h) RKV_TRY(rkv_blockmgr_prefix_cost(s->bm, r->hashes, h, cost));
-  *hit = h;
+  *hit = (int64_t)h > most ? (uint32_t)most : h;
   return RKV_OK;
+}
+
+static rkv_status prefix_hit(const rkv_sched *s, const req *r, uint32_t *hit, uint32_t *cost) {
+  *cost = 0;
+  RKV_TRY(cached_groups(s, r, hit));
+  if (*hit) RKV_TRY(rkv_blockmgr_prefix_cost(s->bm, r->hashes, *hit, cost));
+  return RKV_OK;
+}
+
+/* The waiting request to admit next: the head in queue order; with config.cache_lookahead
+ * (and the cache on), the one of the first cache_lookahead of the head's priority whose
+ * prompt starts with the most cached groups, ties and requests passed over cache_lookahead
+ * times going in queue order. */
+static rkv_status admit_pick(const rkv_sched *s, req **out) {
+  req *head = s->waiting.head, *best = head;
+  *out = head;
+  const uint32_t w = (uint32_t)s->cfg.cache_lookahead; /* <= 65536 (create) */
+  if (!w || !s->cfg.prefix_cache) return RKV_OK;
+  uint32_t most = 0, k = 0;
+  for (req *c = head; c && k < w && c->priority == head->priority; c = c->next, k++) {
+    if (c->passed >= w) {
+      best = c;
+      break;
+    }
+    uint32_t h = 0;
+    RKV_TRY(cached_groups(s, c, &h));
+    if (h > most) {
+      most = h;
+      best = c;
+    }
+  }
+  *out = best;
+  return RKV_OK;
+}
+
+/* r is admitted: the requests ahead of it in the queue were passed over once more. */
+static void admit_passed(rkv_sched *s, req *r) {
+  if (r != s->waiting.head) s->prefix.admissions_ahead++;
+  for (req *c = s->waiting.head; c != r; c = c->next) c->passed++;
+  r->passed = 0;
 }
 
 /* Preempts a running request that is not in this step's plan. */
@@ -1398,7 +1441,7 @@ static rkv_status plan_step(rkv_sched *s) {
   while (!preempted_any && !s->swapped.head && s->waiting.head && p->n_seqs < s->cfg.max_seqs &&
          tokens_left && s->running.n < s->cfg.max_seqs &&
          rkv_blockmgr_num_seqs(s->bm) < s->bm_max_seqs) {
-    r = s->waiting.head;
+    RKV_TRY(admit_pick(s, &r));
     uint64_t bound = req_bound(s, r);
     if (bound > reserve_capacity(s)) {
       /* A recompute grew past anything the usable pool can hold: it can never run again.
@@ -1435,6 +1478,7 @@ static rkv_status plan_step(rkv_sched *s) {
       break;
     RKV_TRY(rkv_blockmgr_seq_create_cached(s->bm, r->id, r->hashes, hit));
     s->step_used += hit_cost;
+    admit_passed(s, r);
     q_remove(s, r);
     q_insert(s, Q_RUNNING, r);
     r->bound = own;
@@ -1823,6 +1867,11 @@ rkv_status rkv_sched_check(const rkv_sched *s_const) {
     if (r->reserved != (r->q == Q_RUNNING))
       return rkvi_fail(err, RKV_ERR_CORRUPT, "request %lld: reservation vs state",
                        (long long)r->id);
+    /* passed over at most cache_lookahead times, and only while waiting */
+    if (r->passed > (r->q == Q_WAITING ? s->cfg.cache_lookahead : 0u))
+      return rkvi_fail(err, RKV_ERR_CORRUPT, "request %lld: passed over %u times (%s)",
+                       (long long)r->id, r->passed,
+                       r->q == Q_WAITING ? "more than cache_lookahead" : "not waiting");
     bool exists = rkv_blockmgr_seq_exists(s->bm, r->id);
     if (exists != (r->q == Q_RUNNING))
       return rkvi_fail(err, RKV_ERR_CORRUPT, "request %lld: block-manager sequence %s",

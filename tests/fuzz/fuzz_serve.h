@@ -3,7 +3,8 @@
  * eviction policy and budget, plan slots, with fuzz_exec a CPU pool, a pool on the emulated
  * device (<rkv/buffer_emu.h>: the executor's device path, Q/K/V uploaded to DEVICE rows, no
  * copy hazard allowed) or the bookkeeping executor; prefix caching under the protect or the
- * copy rule, requests then starting with one of three system prompts) and then scheduler calls in
+ * copy rule, requests then starting with one of three system prompts, with or without
+ * cache-aware admission) and then scheduler calls in
  * any order: add_request (per-request policies), abort, fork, set_free_blocks_limit, step and
  * report as separate calls (so requests are added, aborted and forked while a plan is outstanding),
  * steps and reports out of turn, and with overlap scheduling a second step while a plan is in
@@ -265,6 +266,10 @@ static int fz_run(const uint8_t *data, size_t size, bool with_exec) {
   sc.prefix_cache = w.prefix;
   /* either prefix rule (copy: a compression copies the shared blocks it keeps) */
   sc.prefix_rule = (b2 & 4) ? RKV_SCHED_PREFIX_COPY : RKV_SCHED_PREFIX_PROTECT;
+  /* cache-aware admission windows, small ones reaching the no-starvation rule (the low bits
+   * of b3 also pick the policy, through b3 % 5, which every window still reaches) */
+  static const uint8_t lookahead[4] = {0, 1, 2, 8};
+  sc.cache_lookahead = lookahead[b3 & 3];
   if (rkv_sched_create(&sc, w.bm, &w.s, NULL, 0) != RKV_OK) abort();
   if (with_exec) {
     if ((b0 >> 7) & 1) {

@@ -14,6 +14,8 @@
 #  python_errors      RkvError with status and the library's message; argument checks
 #  python_evict       dense selection against tests/unit/evict/ref_rkv.py
 #  python_abi         ctypes mirrors vs the headers (cc prints sizeof/offsetof/*_INIT values)
+#  python_sched_prefix  prefix caching through the scheduler: shared system prompts, and
+#                     cache-aware admission (cache_lookahead) admitting cached prompts first
 #  python_install     `cmake --install` into a fresh prefix, then `import librkv` from there;
 #                     `pip install tools/python` into a venv (offline)
 #  python_torch       DLPack / torch views (skipped without PyTorch)

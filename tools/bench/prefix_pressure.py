@@ -1,23 +1,27 @@
 """Prefix caching under memory pressure in `rkv sim`: what docs/BENCHMARKS.md reports as
 "Copies under memory pressure".
 
-    python3 tools/bench/prefix_pressure.py RKV [--compare OTHER_RKV] [--pools 6,8,12]
-                                           [--json OUT.json] [--svg OUT.svg] [sim args...]
+    python3 tools/bench/prefix_pressure.py RKV [--compare OTHER_RKV] [--compare-args ARGS]
+                                           [--pools 6,8,12] [--json OUT.json] [--svg OUT.svg]
+                                           [sim args...]
 
 For each pool size (GiB), runs R-KV with the copy rule on the shared-prefix workload of
 prefix_table.py (default: the Llama-8B shape, 8 system prompts of 1-4K tokens, optimistic
 admission) with the prefix cache off, then on, and prints one markdown row per pool: the cache
-hit rate, prefill tokens computed, mean request latency and modelled decode tokens/s, each
-cache-on figure as a ratio to its cache-off twin of the same run. Small pools are where a
-compaction finds the free list short and must choose between the prompt it compacts and older
-parked ones. --compare runs the cache-on half again with another build (an older librkv, say)
-and adds its columns, so a change of rule is measured in one run. Progress on stderr; --json
+hit rate, prefill tokens computed, mean request latency, longest queue wait (arrival to
+admission) and modelled decode tokens/s, each cache-on figure as a ratio to its cache-off twin of the same run. Small pools are
+where a compaction finds the free list short and must choose between the prompt it compacts and
+older parked ones. --compare runs the cache-on half again with another build (an older librkv,
+say) and adds its columns, so a change of rule is measured in one run; --compare-args gives that
+run extra sim arguments (alone, it reruns this build: --compare-args "--cache-lookahead 64"
+measures cache-aware admission against arrival order). Progress on stderr; --json
 writes every run's results; --svg plots the hit rate and the prefill tokens computed (as a
 share of cache off) against the pool, one line per build. Other sim arguments replace the
 defaults of the same name (--model tiny --pool-unit blocks --pools 64,128 for a quick run)."""
 
 import argparse
 import json
+import shlex
 import sys
 
 import prefix_table  # the same workload and the same way to run it
@@ -44,10 +48,18 @@ def ratio(a, b, digits):
     return "%.*fx" % (digits, a / b) if b else "-"
 
 
+def wait_cell(p, off):
+    """The longest queue wait; "-" from a build whose sim does not report it."""
+    if "max_wait_s" not in p:
+        return "-"
+    return "%.1f (%s)" % (p["max_wait_s"], ratio(p["max_wait_s"], off["max_wait_s"], 2))
+
+
 def cells(p, off):
-    return "%.1f%% | %d (%s) | %.1f (%s) | %.0f (%s)" % (
+    return "%.1f%% | %d (%s) | %.1f (%s) | %s | %.0f (%s)" % (
         hit(p), p["prompt_tokens"], ratio(p["prompt_tokens"], off["prompt_tokens"], 2),
         p["mean_latency_s"], ratio(p["mean_latency_s"], off["mean_latency_s"], 2),
+        wait_cell(p, off),
         p["model_tokens_per_s"], ratio(p["model_tokens_per_s"], off["model_tokens_per_s"], 3))
 
 
@@ -107,6 +119,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("rkv")
     ap.add_argument("--compare", help="another rkv build: its cache-on runs get their own columns")
+    ap.add_argument("--compare-args", default="",
+                    help="extra sim arguments of the compare runs (without --compare: this "
+                         "build again), e.g. \"--cache-lookahead 64\"")
     ap.add_argument("--pools", default="6,8,10,12,16,24", help="pool sizes, comma separated")
     ap.add_argument("--pool-unit", choices=("gib", "blocks"), default="gib")
     ap.add_argument("--json", help="write every run's results here")
@@ -115,35 +130,37 @@ def main(argv=None):
                     help="the plot's names for RKV and --compare (comma separated)")
     args, extra = ap.parse_known_args(argv)
     base = with_opts(with_opts(prefix_table.DEFAULT, OVERRIDES), extra)
+    cargs = shlex.split(args.compare_args)
+    compare = args.compare or (args.rkv if cargs else None)
     unit = "GiB" if args.pool_unit == "gib" else "blocks"
     heads = ["pool", "cache off: prefill tokens", "cache off: model tok/s",
-             "hit", "prefill tokens", "mean latency s", "model tok/s"]
-    if args.compare:
+             "hit", "prefill tokens", "mean latency s", "max wait s", "model tok/s"]
+    if compare:
         heads += ["compare: hit", "compare: prefill tokens", "compare: mean latency s",
-                  "compare: model tok/s"]
+                  "compare: max wait s", "compare: model tok/s"]
     print("| " + " | ".join(heads) + " |")
     print("|" + "---|" * len(heads))
     runs = []
     for pool in args.pools.split(","):
         size = ["--pool-" + ("gib" if args.pool_unit == "gib" else "blocks"), pool]
         res = {}
-        for name, rkv, cache in (("off", args.rkv, "off"), ("on", args.rkv, "on"),
-                                 ("compare", args.compare, "on")):
+        for name, rkv, cache, more in (("off", args.rkv, "off", []), ("on", args.rkv, "on", []),
+                                       ("compare", compare, "on", cargs)):
             if not rkv:
                 continue
             print("sim: pool %s %s, %s" % (pool, args.pool_unit, name), file=sys.stderr)
-            res[name] = sim(rkv, base + size + ["--prefix-cache", cache])
+            res[name] = sim(rkv, with_opts(base, more) + size + ["--prefix-cache", cache])
         runs.append({"pool": pool, "unit": args.pool_unit, **res})
         off = res["off"]
         row = "| %s %s | %d | %.0f | %s" % (pool, unit, off["prompt_tokens"],
                                            off["model_tokens_per_s"], cells(res["on"], off))
-        if args.compare:
+        if compare:
             row += " | " + cells(res["compare"], off)
         incomplete = [k for k, p in res.items() if not p["complete"]]
         print(row + " |" + (" (incomplete: %s)" % ", ".join(incomplete) if incomplete else ""))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": base, "runs": runs}, f, indent=1)
+            json.dump({"args": base, "compare_args": cargs, "runs": runs}, f, indent=1)
     if args.svg:
         labels = (args.labels.split(",") + ["compare"])[:2]
         svg(args.svg, runs, unit, {"on": labels[0], "compare": labels[1]})

@@ -56,6 +56,9 @@ static void usage(FILE *f) {
       "                      off); the report gives prefill tokens computed and the hit rate\n"
       "  --prefix-rule protect|copy   what compression may do to a shared prefix: protect it\n"
       "                      (the budget counts the rest; default) or copy it first (evictable)\n"
+      "  --cache-lookahead N admit, of the first N waiting requests, the one with the most\n"
+      "                      cached prompt blocks (SGLang's lpm, windowed; 0 = arrival order,\n"
+      "                      the default; needs --prefix-cache on)\n"
       "  --overlap on|off    overlap scheduling: plan step N+1 while step N runs (default off);\n"
       "                      the report gives the host planning time it hid per step\n"
       "  --granularity stream|layer|kvhead|sequence   which streams of a sequence share one\n"
@@ -306,6 +309,8 @@ static bool parse_args(int argc, char **argv, sim_opts *o) {
         fprintf(stderr, "rkv sim: bad --granularity '%s' (stream, layer, kvhead, sequence)\n", v);
         return false;
       }
+    } else if (strcmp(a, "--cache-lookahead") == 0) {
+      U64(0, 65536, o->cache_lookahead);
     } else if (strcmp(a, "--prefix-rule") == 0) {
       VAL();
       if (strcmp(v, "protect") == 0) {
@@ -500,6 +505,7 @@ typedef struct sim_loop {
   sim_tp_rank *tp;
   sim_result *res;
   const double *arrival;
+  uint8_t *admitted;      /* [n] admitted once: its queue wait is counted */
   const uint64_t *hashes; /* [prefixes][n_hashes] */
   uint32_t n_hashes;
   uint32_t next;               /* first request not added yet */
@@ -508,7 +514,8 @@ typedef struct sim_loop {
 } sim_loop;
 
 /* Adds the requests that have arrived by the modelled clock, then plans a step: *secs = the
- * wall time of rkv_sched_step. Latencies of the ids it reports finished end now. */
+ * wall time of rkv_sched_step. Latencies of the ids it reports finished end now, and so do the
+ * queue waits of those it admits for the first time. */
 static bool sim_plan(sim_loop *L, const rkv_sched_plan **out, double *secs) {
   const sim_opts *o = L->o;
   if (L->tp && !sim_tp_sync(L->tp, L->s, L->planned, L->prev_hash, rkv_blockmgr_free_blocks(L->bm)))
@@ -558,6 +565,15 @@ static bool sim_plan(sim_loop *L, const rkv_sched_plan **out, double *secs) {
     L->res->lat_max = lat > L->res->lat_max ? lat : L->res->lat_max;
     L->res->lat_n++;
   }
+  for (uint32_t i = 0; i < p->n_started; i++) {
+    const int64_t id = p->started[i];
+    if (id < 0 || id >= L->n || L->admitted[id]) continue;
+    L->admitted[id] = 1;
+    const double wait = L->clock - L->arrival[id];
+    L->res->wait_sum += wait;
+    L->res->wait_max = wait > L->res->wait_max ? wait : L->res->wait_max;
+    L->res->wait_n++;
+  }
   return true;
 }
 
@@ -606,6 +622,7 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
   sim_engine *eng = NULL;
   rkv_sched_output *outs = NULL;
   double *arrival = NULL;
+  uint8_t *admitted = NULL;
   uint64_t *hashes = NULL; /* [prefixes][n_hashes] */
   uint32_t n_hashes = 0;
   bool ok = false;
@@ -627,6 +644,7 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
   sc.prefix_cache = o->prefix_cache;
   sc.prefix_rule = o->prefix_rule;
   sc.overlap = o->overlap;
+  sc.cache_lookahead = o->cache_lookahead;
   char err[256];
   if (rkv_sched_create(&sc, bm, &s, err, sizeof err) != RKV_OK) {
     fprintf(stderr, "rkv sim: scheduler: %s\n", err);
@@ -637,14 +655,15 @@ bool sim_run_policy(const sim_opts *o, const sim_req *reqs, uint32_t n, rkv_evic
     goto done;
   outs = calloc(o->max_seqs + 1, sizeof *outs);
   arrival = calloc(n + 1, sizeof *arrival);
-  if (!outs || !arrival || !prefix_hashes(o, &hashes, &n_hashes)) goto done;
+  admitted = calloc(n + 1, 1);
+  if (!outs || !arrival || !admitted || !prefix_hashes(o, &hashes, &n_hashes)) goto done;
   for (uint32_t i = 0; i < n; i++)
     if (reqs[i].id >= 0 && reqs[i].id < n) arrival[reqs[i].id] = reqs[i].arrival;
   rt_progress prog;
   rt_progress_init(&prog, 1.0);
   char label[64];
   snprintf(label, sizeof label, "sim %s", rkv_evict_policy_name(pol));
-  sim_loop L = {o, reqs, n, pol, s, bm, tp, res, arrival, hashes, n_hashes, 0, 0.0, 0, 0};
+  sim_loop L = {o, reqs, n, pol, s, bm, tp, res, arrival, admitted, hashes, n_hashes, 0, 0.0, 0, 0};
   double w0 = rt_now();
   double clock_host = 0.0; /* the modelled clock with the scheduler's host time on it */
   size_t kv_elem = rkv_dtype_size(o->dtype);
@@ -765,6 +784,7 @@ done:
   if (!ok && tp && !tp->handled && !rkv_comm_is_failed(tp->comm)) rkv_comm_abort(tp->comm, 1);
   free(outs);
   free(arrival);
+  free(admitted);
   free(hashes);
   sim_engine_destroy(eng);
   rkv_sched_destroy(s);
@@ -866,16 +886,22 @@ static void print_table(const sim_opts *o, const sim_result *r, uint32_t np, uin
     printf("\n");
   }
   if (o->wl.n_prefixes) {
-    printf("shared prefixes: %u system prompts of %lld-%lld tokens, prefix cache %s, rule %s:",
-           o->wl.n_prefixes, (long long)o->wl.prefix_lo, (long long)o->wl.prefix_hi,
-           o->prefix_cache ? "on" : "off",
-           o->prefix_rule == RKV_SCHED_PREFIX_COPY ? "copy" : "protect");
+    printf(
+        "shared prefixes: %u system prompts of %lld-%lld tokens, prefix cache %s, rule %s, "
+        "lookahead %u:",
+        o->wl.n_prefixes, (long long)o->wl.prefix_lo, (long long)o->wl.prefix_hi,
+        o->prefix_cache ? "on" : "off",
+        o->prefix_rule == RKV_SCHED_PREFIX_COPY ? "copy" : "protect", o->cache_lookahead);
     for (uint32_t i = 0; i < np; i++)
-      printf("  %s prefill %llu tok, hit %.1f%%;", rkv_evict_policy_name(r[i].policy),
-             (unsigned long long)r[i].m.prompt_tokens,
-             r[i].prefix.hashed_tokens
-                 ? 100.0 * (double)r[i].prefix.hit_tokens / (double)r[i].prefix.hashed_tokens
-                 : 0.0);
+      printf(
+          "  %s prefill %llu tok, hit %.1f%%, %llu admitted ahead, wait mean %.1f s max "
+          "%.1f s;",
+          rkv_evict_policy_name(r[i].policy), (unsigned long long)r[i].m.prompt_tokens,
+          r[i].prefix.hashed_tokens
+              ? 100.0 * (double)r[i].prefix.hit_tokens / (double)r[i].prefix.hashed_tokens
+              : 0.0,
+          (unsigned long long)r[i].prefix.admissions_ahead,
+          r[i].wait_n ? r[i].wait_sum / (double)r[i].wait_n : 0.0, r[i].wait_max);
     printf("\n");
   }
   printf("scheduler host time (%s): ", o->overlap ? "overlap on" : "overlap off");
@@ -928,15 +954,16 @@ static void print_json(const sim_opts *o, const sim_result *r, uint32_t np, uint
       "\"budget\": %d, \"buffer\": %d, \"window\": %d, \"admission\": \"%s\", "
       "\"preempt\": \"%s\", \"compute\": \"%s\", \"gpu\": \"%s\", \"seed\": %llu, "
       "\"prefixes\": %u, \"prefix_len\": [%lld, %lld], \"prefix_cache\": %s, "
-      "\"prefix_rule\": \"%s\", \"overlap\": %s, \"granularity\": \"%s\"},\n",
+      "\"prefix_rule\": \"%s\", \"cache_lookahead\": %u, \"overlap\": %s, "
+      "\"granularity\": \"%s\"},\n",
       rkv_dtype_name(o->dtype), o->block_size, (unsigned long long)r[0].pool_blocks,
       gib((double)r[0].pool_blocks, r[0].block_bytes), o->wl.trace ? o->wl.trace : o->wl.kind,
       n_req, o->wl.gen, o->ev.budget, o->ev.buffer, o->ev.window,
       rkv_sched_admission_name(o->admission), rkv_sched_preempt_mode_name(o->preempt),
       compute_name(o->compute), o->gpu->name, (unsigned long long)o->wl.seed, o->wl.n_prefixes,
       (long long)o->wl.prefix_lo, (long long)o->wl.prefix_hi, o->prefix_cache ? "true" : "false",
-      o->prefix_rule == RKV_SCHED_PREFIX_COPY ? "copy" : "protect", o->overlap ? "true" : "false",
-      rkv_evict_granularity_name(o->granularity));
+      o->prefix_rule == RKV_SCHED_PREFIX_COPY ? "copy" : "protect", o->cache_lookahead,
+      o->overlap ? "true" : "false", rkv_evict_granularity_name(o->granularity));
   printf("  \"policies\": [\n");
   for (uint32_t i = 0; i < np; i++) {
     const sim_result *x = &r[i];
@@ -948,12 +975,14 @@ static void print_json(const sim_opts *o, const sim_result *r, uint32_t np, uint
         "\"generation_tokens\": %llu, \"prompt_tokens\": %llu, \"compressions\": %llu, "
         "\"evicted_tokens\": %llu, \"compaction_freed_blocks\": %llu, "
         "\"model_seconds\": %.6g, \"model_tokens_per_s\": %.6g, \"model_evict_seconds\": %.6g, "
-        "\"mean_latency_s\": %.6g, \"max_latency_s\": %.6g, "
+        "\"mean_latency_s\": %.6g, \"max_latency_s\": %.6g, \"mean_wait_s\": %.6g, "
+        "\"max_wait_s\": %.6g, "
         "\"wall_seconds\": %.6g, \"host_tokens_per_s\": %.6g, \"evict_seconds\": %.6g, "
         "\"attention_seconds\": %.6g, \"sched_seconds\": %.6g, \"synth_seconds\": %.6g, "
         "\"swap_seconds\": %.6g, \"dup_before\": %.6g, \"dup_after\": %.6g, "
         "\"prefix_hashed_tokens\": %llu, \"prefix_hit_tokens\": %llu, "
         "\"prefix_admissions\": %llu, \"prefix_admissions_hit\": %llu, "
+        "\"prefix_admissions_ahead\": %llu, "
         "\"prefix_groups_inserted\": %llu, \"prefix_groups_reclaimed\": %llu, "
         "\"prefix_groups_invalidated\": %llu, "
         "\"plan_seconds\": %.6g, \"report_seconds\": %.6g, \"hidden_host_seconds\": %.6g, "
@@ -966,16 +995,17 @@ static void print_json(const sim_opts *o, const sim_result *r, uint32_t np, uint
         (unsigned long long)x->m.prompt_tokens, (unsigned long long)x->m.compressions,
         (unsigned long long)x->m.evicted_tokens, (unsigned long long)x->m.compaction_freed_blocks,
         x->model_time, x->model_time > 0 ? gen / x->model_time : 0.0, x->model_evict,
-        x->lat_n ? x->lat_sum / (double)x->lat_n : 0.0, x->lat_max, x->wall,
+        x->lat_n ? x->lat_sum / (double)x->lat_n : 0.0, x->lat_max,
+        x->wait_n ? x->wait_sum / (double)x->wait_n : 0.0, x->wait_max, x->wall,
         x->wall > 0 ? gen / x->wall : 0.0, x->et.evict, x->et.attn, x->sched_wall, x->et.kv_synth,
         x->et.swap, x->et.keys_before ? (double)x->et.dup_before / x->et.keys_before : 0.0,
         x->et.keys_after ? (double)x->et.dup_after / x->et.keys_after : 0.0,
         (unsigned long long)x->prefix.hashed_tokens, (unsigned long long)x->prefix.hit_tokens,
         (unsigned long long)x->prefix.admissions, (unsigned long long)x->prefix.admissions_hit,
-        (unsigned long long)x->cache.inserted, (unsigned long long)x->cache.reclaimed,
-        (unsigned long long)x->cache.invalidated, x->plan_wall, x->report_wall, x->hidden_host,
-        x->model_time_host, x->model_time_host > 0 ? gen / x->model_time_host : 0.0,
-        i + 1 < np ? "," : "");
+        (unsigned long long)x->prefix.admissions_ahead, (unsigned long long)x->cache.inserted,
+        (unsigned long long)x->cache.reclaimed, (unsigned long long)x->cache.invalidated,
+        x->plan_wall, x->report_wall, x->hidden_host, x->model_time_host,
+        x->model_time_host > 0 ? gen / x->model_time_host : 0.0, i + 1 < np ? "," : "");
   }
   printf("  ]");
   if (r[0].tp.size > 0) {

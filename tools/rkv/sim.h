@@ -223,6 +223,7 @@ typedef struct sim_opts {
   sim_tp_opts tp;
   bool prefix_cache;                 /* --prefix-cache on */
   rkv_sched_prefix_rule prefix_rule; /* --prefix-rule */
+  uint32_t cache_lookahead;          /* --cache-lookahead: cache-aware admission window */
   bool overlap;                      /* --overlap on: plan step N+1 while N runs */
   rkv_evict_granularity granularity; /* --granularity (the executor's; --compute cpu) */
 } sim_opts;
@@ -252,6 +253,8 @@ typedef struct sim_result {
   uint64_t steps, rejected;
   double lat_sum, lat_max;
   uint64_t lat_n;
+  double wait_sum, wait_max; /* arrival to first admission (modelled seconds) */
+  uint64_t wait_n;
   bool complete;                 /* every request finished (not cut by --steps) */
   rkv_sched_prefix_stats prefix; /* hashed / hit prompt tokens (shared-prefix workloads) */
   rkv_prefix_stats cache;        /* the block manager's groups at the end (rank 0) */

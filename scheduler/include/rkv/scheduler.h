@@ -48,7 +48,8 @@ typedef enum rkv_sched_prefix_rule {
                                  * copied first, so the request gives up sharing them */
 } rkv_sched_prefix_rule;
 
-#define RKV_SCHED_CONFIG_VERSION 1
+/* The newest layout of rkv_sched_config (each field added later says its version) */
+#define RKV_SCHED_CONFIG_VERSION 5
 typedef struct rkv_sched_config {
   uint32_t struct_size;        /* sizeof(rkv_sched_config) */
   uint32_t max_batched_tokens; /* token budget per step (decode = 1, prefill = chunk) */
@@ -93,11 +94,22 @@ typedef struct rkv_sched_config {
    * shared blocks waits a step. Per-sequence results equal sync mode's. Off by default;
    * plan_slots must be off. docs/OVERLAP.md. */
   bool overlap;
+  /* Version 5. Cache-aware admission (SGLang's longest-prefix-match order, in a window): with
+   * prefix_cache, each admission considers the first cache_lookahead waiting requests of the
+   * head's priority and admits the one whose prompt starts with the most cached blocks (ties:
+   * queue order), so requests for a prompt still in the cache run before it is reclaimed. A
+   * request passed over cache_lookahead times goes first (nobody waits more than that many
+   * admissions longer than in queue order). As in queue order, the admission stops at the
+   * chosen request when it does not fit. O(cache_lookahead x cached blocks) lookups per
+   * admission attempt. 0 = queue order (the default); at most 65536; no effect without
+   * prefix_cache. docs/PREFIX-CACHING.md. 64 bits wide so that it starts past the end of a
+   * version 4 struct, padding included: a version 4 caller's struct_size leaves it 0. */
+  uint64_t cache_lookahead;
 } rkv_sched_config;
-#define RKV_SCHED_CONFIG_INIT                                                                   \
-  {                                                                                             \
-    sizeof(rkv_sched_config), 2048, 256, 0, RKV_SCHED_RESERVE, RKV_SCHED_PREEMPT_RECOMPUTE, 0,  \
-        RKV_EVICT_PARAMS_INIT, NULL, NULL, false, false, false, RKV_SCHED_PREFIX_PROTECT, false \
+#define RKV_SCHED_CONFIG_INIT                                                                      \
+  {                                                                                                \
+    sizeof(rkv_sched_config), 2048, 256, 0, RKV_SCHED_RESERVE, RKV_SCHED_PREEMPT_RECOMPUTE, 0,     \
+        RKV_EVICT_PARAMS_INIT, NULL, NULL, false, false, false, RKV_SCHED_PREFIX_PROTECT, false, 0 \
   }
 
 /* One request. `evict` NULL = the engine default (config.evict); when given it is copied. */
@@ -151,6 +163,9 @@ typedef struct rkv_sched_prefix_stats {
   uint64_t admissions_hit; /* of those, with at least one cached group */
   uint64_t hashed_tokens;  /* prompt tokens covered by hashes at those admissions */
   uint64_t hit_tokens;     /* of those, taken from the cache instead of computed */
+  /* Since version 5: admissions made ahead of an earlier waiting request (cache-aware
+   * admission, config.cache_lookahead) */
+  uint64_t admissions_ahead;
 } rkv_sched_prefix_stats;
 /* RKV_ERR_INVALID_ARG on NULL or a bad struct_size. */
 RKV_API rkv_status rkv_sched_get_prefix_stats(const rkv_sched *s, rkv_sched_prefix_stats *out);

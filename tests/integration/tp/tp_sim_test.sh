@@ -85,16 +85,19 @@ case "$mode" in
     check "the workload preempts (NO_BLOCKS) on every rank: $pre" [ "${pre:-0}" -gt 0 ]
     ;;
   prefix)
-    # prefix caching under memory pressure: hits, parking and reclaims decide alike on every
-    # rank (equal pools after the start-up MIN)
+    # prefix caching under memory pressure: hits, parking, reclaims and cache-aware admission
+    # decide alike on every rank (equal pools after the start-up MIN)
     args="$shape --compute none --policy full,rkv --pool-blocks 150 --requests 48
-      --admission optimistic --prefixes 3 --prefix-len 40-100 --prefix-cache on --tp $np $launch"
+      --admission optimistic --prefixes 3 --prefix-len 40-100 --prefix-cache on
+      --cache-lookahead 8 --tp $np $launch"
     run_tp "$tmp/out" "$tmp/err" "$@" "$rkv" sim $args
     rc=$?
     check "exit status 0 (got $rc)" [ "$rc" -eq 0 ]
     agree_checks "$tmp/out" full rkv
     hit=$(grep -c "hit [1-9]" "$tmp/out")
     check "the prefix cache hits" [ "${hit:-0}" -gt 0 ]
+    ahead=$(grep -c "[1-9][0-9]* admitted ahead" "$tmp/out")
+    check "admissions go ahead of earlier requests" [ "${ahead:-0}" -gt 0 ]
     ;;
   overlap)
     # overlap scheduling with the prefix cache (and swap allowed), the real CPU kernels: the

@@ -414,7 +414,7 @@ out:
     ret = 1;
   }
   if (!ret && su.prefix) {
-    rkv_sched_prefix_stats ps = {sizeof ps, 0, 0, 0, 0};
+    rkv_sched_prefix_stats ps = {sizeof ps, 0, 0, 0, 0, 0};
     if (rkv_sched_get_prefix_stats(b.s, &ps) != RKV_OK || ps.admissions_hit < REQUESTS / 2) {
       fprintf(stderr, "FAIL: the prefix workload shared %llu of %llu admissions\n",
               (unsigned long long)ps.admissions_hit, (unsigned long long)ps.admissions);

@@ -90,14 +90,16 @@ set_tests_properties(scheduler_bench_step_counts_smoke PROPERTIES TIMEOUT 120 SK
                      PASS_REGULAR_EXPRESSION "\"bench\": \"step_counts\".*\"instructions\": [1-9]")
 endif()
 
-# tools/bench/prefix_pressure.py (BENCHMARKS.md, "Copies under memory pressure") still runs
-# and prints its table (and writes its plot): the tiny model at a pool that fills and at one
-# that does not, where the prefix cache must hit (76% when added).
+# tools/bench/prefix_pressure.py (BENCHMARKS.md, "Copies under memory pressure" and
+# "Cache-aware admission") still runs and prints its table (and writes its plot): the tiny
+# model at a pool that fills and at one that does not, where the prefix cache must hit (76%
+# when added); the compare runs add cache-aware admission.
 if(RKV_NUMPY_PYTHON)
 add_test(NAME scheduler_bench_prefix_pressure_smoke
          COMMAND ${RKV_NUMPY_PYTHON} ${PROJECT_SOURCE_DIR}/tools/bench/prefix_pressure.py
                  $<TARGET_FILE:rkv> --model tiny --prefix-len 16-64 --pool-unit blocks
                  --pools 96,1024 --compare $<TARGET_FILE:rkv>
+                 --compare-args "--cache-lookahead 16"
                  --svg ${CMAKE_CURRENT_BINARY_DIR}/prefix_pressure_smoke.svg)
 set_tests_properties(scheduler_bench_prefix_pressure_smoke PROPERTIES TIMEOUT 180
                      LABELS "unit;scheduler"
@@ -113,6 +115,16 @@ add_test(NAME scheduler_sim_prefix_groups_json
 set_tests_properties(scheduler_sim_prefix_groups_json PROPERTIES TIMEOUT 120
                      LABELS "unit;scheduler"
                      PASS_REGULAR_EXPRESSION "\"prefix_groups_inserted\": [1-9][0-9]*, \"prefix_groups_reclaimed\": [1-9][0-9]*, \"prefix_groups_invalidated\": [0-9]+")
+
+# rkv sim --cache-lookahead: at a 64-block pool some admissions go ahead of an earlier request
+# (cache-aware admission, docs/PREFIX-CACHING.md), and the JSON reports the queue waits.
+add_test(NAME scheduler_sim_cache_lookahead_json
+         COMMAND $<TARGET_FILE:rkv> sim --model tiny --policy rkv --admission optimistic
+                 --prefixes 4 --prefix-len 16-64 --prefix-cache on --prefix-rule copy
+                 --pool-blocks 64 --cache-lookahead 16 --check --json --quiet)
+set_tests_properties(scheduler_sim_cache_lookahead_json PROPERTIES TIMEOUT 120
+                     LABELS "unit;scheduler"
+                     PASS_REGULAR_EXPRESSION "\"cache_lookahead\": 16,.*\"mean_wait_s\": [0-9.e+-]+, \"max_wait_s\": [0-9.e+-]+,.*\"prefix_admissions_ahead\": [1-9][0-9]*,")
 
 # Issue 17, finding 4: with more requests than max_seqs some plans are empty but carry finished
 # ids; the simulator hands every plan to the executor, so query-window slots are freed (this

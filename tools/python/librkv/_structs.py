@@ -271,20 +271,22 @@ class SchedConfig(Structure):
                 ("admission", c_int), ("preempt", c_int), ("host_blocks", c_uint32),
                 ("evict", EvictParams), ("allocator", c_void_p), ("logger", c_void_p),
                 ("check_every_step", c_bool), ("plan_slots", c_bool),
-                ("prefix_cache", c_bool), ("prefix_rule", c_int), ("overlap", c_bool)]
+                ("prefix_cache", c_bool), ("prefix_rule", c_int), ("overlap", c_bool),
+                ("cache_lookahead", c_uint64)]
 
 
 SCHED_CONFIG_INIT = dict(max_batched_tokens=2048, max_seqs=256, max_prefill_chunk=0,
                          admission=Admission.RESERVE, preempt=PreemptMode.RECOMPUTE,
                          host_blocks=0, check_every_step=False, plan_slots=False,
-                         prefix_cache=False, prefix_rule=PrefixRule.PROTECT, overlap=False)
+                         prefix_cache=False, prefix_rule=PrefixRule.PROTECT, overlap=False,
+                         cache_lookahead=0)
 
 
 class SchedPrefixStats(Structure):
     """rkv_sched_prefix_stats."""
     _fields_ = [("struct_size", c_uint32), ("admissions", c_uint64),
                 ("admissions_hit", c_uint64), ("hashed_tokens", c_uint64),
-                ("hit_tokens", c_uint64)]
+                ("hit_tokens", c_uint64), ("admissions_ahead", c_uint64)]
 
 
 class SchedRequest(Structure):

@@ -186,7 +186,7 @@ class Scheduler(Handle):
     ``Scheduler(bm, max_batched_tokens=2048, max_seqs=256, max_prefill_chunk=0,
     admission="reserve", preempt="recompute", host_blocks=0, evict=None,
     check_every_step=False, plan_slots=False, prefix_cache=False, prefix_rule="protect",
-    overlap=False)``: the defaults are RKV_SCHED_CONFIG_INIT's;
+    overlap=False, cache_lookahead=0)``: the defaults are RKV_SCHED_CONFIG_INIT's;
     admission "reserve" | "optimistic", preempt "recompute" | "swap", evict an EvictParams,
     a dict of its fields or a policy name (None = RKV_EVICT_PARAMS_INIT). The block manager
     is borrowed: it stays open while the scheduler is.
@@ -259,7 +259,7 @@ class Scheduler(Handle):
 
     def prefix_stats(self):
         """rkv_sched_prefix_stats as a dict (admissions, admissions_hit, hashed_tokens,
-        hit_tokens)."""
+        hit_tokens, admissions_ahead)."""
         st = SchedPrefixStats()
         st.struct_size = ctypes.sizeof(SchedPrefixStats)
         self._check(_lib.lib().rkv_sched_get_prefix_stats(self.handle, ctypes.byref(st)),

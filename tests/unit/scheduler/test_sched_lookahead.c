@@ -1,0 +1,194 @@
+/* Cache-aware admission (rkv_sched_config.cache_lookahead): which waiting request is admitted.
+ *
+ * One request runs at a time (max_seqs 1), under the full policy, through a bookkeeping
+ * executor, with every check after every step. A first request computes system prompt S1,
+ * whose blocks stay cached after it ends; then the queue holds requests for an uncached
+ * prompt S2 and for S1, and the order of plan.started is the admission order:
+ *   - lookahead 0 (and a version 4 config whose struct_size ends before the field, garbage
+ *     past it): arrival order;
+ *   - lookahead 4: the S1 requests first (admissions_ahead counts them);
+ *   - lookahead 2: a request passed over twice goes next (no starvation);
+ *   - a higher-priority uncached head is never passed over for a lower-priority hit;
+ *   - the prefix cache off: arrival order whatever the lookahead;
+ *   - a lookahead above 65536 is refused. */
+#include <stddef.h>
+
+#include <rkv/executor.h>
+#include <rkv/scheduler.h>
+
+#include "rkv_test.h"
+
+enum { BLOCK = 4, SYS = 16, PROMPT = SYS + 4, GEN = 3, MAXN = 12 };
+
+/* The chained hashes of system prompt `sys` (1 or 2; 0 = none). */
+static void sys_hashes(int sys, uint64_t h[SYS / BLOCK]) {
+  int32_t toks[SYS];
+  for (int32_t p = 0; p < SYS; p++) toks[p] = 1000 * sys + p;
+  EXPECT_EQ_INT(rkv_prefix_hash_blocks(toks, SYS, BLOCK, 0, h, SYS / BLOCK), SYS / BLOCK);
+}
+
+typedef struct want_req {
+  int sys; /* its system prompt: 1 (cached), 2 (not), 0 (no hashes) */
+  int32_t priority;
+} want_req;
+
+typedef struct run_cfg {
+  uint64_t lookahead;
+  bool cache;
+  size_t struct_size; /* 0 = sizeof(rkv_sched_config) */
+} run_cfg;
+
+/* Steps until nothing is left; appends each admitted id to order[*n]. */
+static void drain(rkv_sched *s, rkv_exec *x, int64_t *order, uint32_t *n) {
+  rkv_sched_output outs[1];
+  for (int guard = 0; guard < 500; guard++) {
+    const rkv_sched_plan *p = NULL;
+    EXPECT_OK(rkv_sched_step(s, &p));
+    for (uint32_t i = 0; i < p->n_started && *n < MAXN; i++) order[(*n)++] = p->started[i];
+    EXPECT_OK(rkv_exec_begin(x, p));
+    memset(outs, 0, sizeof outs);
+    EXPECT_OK(rkv_exec_finish(x, outs, p->n_seqs));
+    EXPECT_OK(rkv_sched_report(s, outs, p->n_seqs));
+    rkv_sched_metrics m;
+    rkv_sched_get_metrics(s, &m);
+    if (!p->n_seqs && !m.num_running && !m.num_waiting) return;
+  }
+  EXPECT(!"the requests did not finish");
+}
+
+/* Request 0 caches S1; requests 1..n then wait together. Returns the admission order of 1..n
+ * in order[] and the admissions made ahead. */
+static uint64_t admit_order(const run_cfg *c, const want_req *w, uint32_t n, int64_t *order) {
+  rkv_blockmgr_config bc = RKV_BLOCKMGR_CONFIG_INIT;
+  bc.num_blocks = 64, bc.block_size = BLOCK, bc.num_layers = 1, bc.num_kv_heads = 1;
+  bc.head_dim = 4, bc.dtype = RKV_DTYPE_F32, bc.prefix_cache = true, bc.watermark = 0.0f;
+  rkv_sched_config sc = RKV_SCHED_CONFIG_INIT;
+  sc.max_batched_tokens = 64, sc.max_seqs = 1, sc.admission = RKV_SCHED_OPTIMISTIC;
+  sc.prefix_cache = c->cache, sc.check_every_step = true;
+  sc.cache_lookahead = c->lookahead;
+  if (c->struct_size) {
+    memset((char *)&sc + c->struct_size, 0xA5, sizeof sc - c->struct_size);
+    sc.struct_size = (uint32_t)c->struct_size;
+  }
+  rkv_exec_config xc = RKV_EXEC_CONFIG_INIT;
+  xc.num_q_heads = 1, xc.max_seqs = 1;
+  rkv_blockmgr *bm = NULL;
+  rkv_sched *s = NULL;
+  rkv_exec *x = NULL;
+  char err[256] = "";
+  EXPECT_OK(rkv_blockmgr_create(&bc, &bm));
+  EXPECT_OK(rkv_sched_create(&sc, bm, &s, err, sizeof err));
+  EXPECT_OK(rkv_exec_create(&xc, bm, NULL, &x, err, sizeof err));
+  uint64_t h[SYS / BLOCK];
+  int64_t first[MAXN];
+  uint32_t nf = 0;
+  for (uint32_t i = 0; i <= n; i++) {
+    const want_req r0 = {1, 0};
+    const want_req *r = i ? &w[i - 1] : &r0;
+    rkv_sched_request rq = {i, PROMPT, GEN, r->priority, (double)i, NULL};
+    EXPECT_OK(rkv_sched_add_request(s, &rq));
+    if (r->sys) {
+      sys_hashes(r->sys, h);
+      EXPECT_OK(rkv_sched_set_prefix(s, i, h, SYS / BLOCK));
+    }
+    if (!i) drain(s, x, first, &nf); /* S1's blocks stay cached, parked */
+  }
+  EXPECT_EQ_INT(nf, 1);
+  uint32_t no = 0;
+  drain(s, x, order, &no);
+  EXPECT_EQ_INT(no, n);
+  rkv_sched_prefix_stats ps = {sizeof ps, 0, 0, 0, 0, 0};
+  EXPECT_OK(rkv_sched_get_prefix_stats(s, &ps));
+  EXPECT_OK(rkv_sched_check(s));
+  rkv_exec_destroy(x);
+  rkv_sched_destroy(s);
+  rkv_blockmgr_destroy(bm);
+  return ps.admissions_ahead;
+}
+
+static void expect_order(const int64_t *got, const int64_t *want, uint32_t n, const char *what) {
+  for (uint32_t i = 0; i < n; i++)
+    if (got[i] != want[i]) {
+      fprintf(stderr, "FAIL: %s: admission %u is request %lld, expected %lld\n", what, i,
+              (long long)got[i], (long long)want[i]);
+      EXPECT(got[i] == want[i]);
+      return;
+    }
+}
+
+/* 1, 2: uncached S2; 3, 4: cached S1; 5: no hashes. */
+static const want_req MIXED[] = {{2, 0}, {2, 0}, {1, 0}, {1, 0}, {0, 0}};
+
+static void test_arrival_order(void) {
+  const int64_t want[] = {1, 2, 3, 4, 5};
+  int64_t got[MAXN];
+  run_cfg c = {0, true, 0};
+  EXPECT_EQ_INT(admit_order(&c, MIXED, 5, got), 0);
+  expect_order(got, want, 5, "lookahead 0");
+  /* a version 4 caller: the bytes past its struct (0xA5 here) are not read */
+  c.struct_size = offsetof(rkv_sched_config, cache_lookahead);
+  EXPECT_EQ_INT(admit_order(&c, MIXED, 5, got), 0);
+  expect_order(got, want, 5, "a version 4 config");
+  /* without the prefix cache nothing is cached: arrival order */
+  run_cfg off = {4, false, 0};
+  EXPECT_EQ_INT(admit_order(&off, MIXED, 5, got), 0);
+  expect_order(got, want, 5, "lookahead 4, prefix cache off");
+}
+
+static void test_cached_first(void) {
+  /* S1's requests jump the two S2 ones; then S2 (cached by request 1 now) and the rest */
+  const int64_t want[] = {3, 4, 1, 2, 5};
+  int64_t got[MAXN];
+  run_cfg c = {4, true, 0};
+  EXPECT_EQ_INT(admit_order(&c, MIXED, 5, got), 2);
+  expect_order(got, want, 5, "lookahead 4");
+}
+
+static void test_no_starvation(void) {
+  /* 1: uncached; 2..6: cached. Lookahead 2: request 1 is passed over by 2 and 3, then goes. */
+  const want_req w[] = {{2, 0}, {1, 0}, {1, 0}, {1, 0}, {1, 0}, {1, 0}};
+  const int64_t want[] = {2, 3, 1, 4, 5, 6};
+  int64_t got[MAXN];
+  run_cfg c = {2, true, 0};
+  EXPECT_EQ_INT(admit_order(&c, w, 6, got), 2);
+  expect_order(got, want, 6, "lookahead 2, starvation bound");
+}
+
+static void test_priority_first(void) {
+  /* 1: uncached at priority 1 goes before the cached 2 and 3 at priority 0 */
+  const want_req w[] = {{2, 1}, {1, 0}, {1, 0}};
+  const int64_t want[] = {1, 2, 3};
+  int64_t got[MAXN];
+  run_cfg c = {4, true, 0};
+  EXPECT_EQ_INT(admit_order(&c, w, 3, got), 0);
+  expect_order(got, want, 3, "lookahead 4, priorities");
+}
+
+static void test_config_errors(void) {
+  rkv_blockmgr_config bc = RKV_BLOCKMGR_CONFIG_INIT;
+  bc.num_blocks = 16, bc.block_size = BLOCK, bc.num_layers = 1, bc.num_kv_heads = 1;
+  bc.prefix_cache = true;
+  rkv_blockmgr *bm = NULL;
+  EXPECT_OK(rkv_blockmgr_create(&bc, &bm));
+  rkv_sched_config sc = RKV_SCHED_CONFIG_INIT;
+  EXPECT_EQ_INT(sc.cache_lookahead, 0);
+  sc.prefix_cache = true;
+  sc.cache_lookahead = 65537;
+  rkv_sched *s = NULL;
+  char err[256] = "";
+  EXPECT_STATUS(rkv_sched_create(&sc, bm, &s, err, sizeof err), RKV_ERR_INVALID_ARG);
+  EXPECT(s == NULL && strstr(err, "cache_lookahead") != NULL);
+  sc.cache_lookahead = 65536;
+  EXPECT_OK(rkv_sched_create(&sc, bm, &s, err, sizeof err));
+  rkv_sched_destroy(s);
+  rkv_blockmgr_destroy(bm);
+}
+
+int main(void) {
+  test_config_errors();
+  test_arrival_order();
+  test_cached_first();
+  test_no_starvation();
+  test_priority_first();
+  return rkv_test_finish();
+}
