@@ -15,6 +15,7 @@
 
 #include "policy_info.h"
 #include "rkv_internal.h"
+#include "sched_metrics.h"
 
 typedef enum { Q_NONE = 0, Q_WAITING, Q_RUNNING, Q_SWAPPED } queue_id;
 
@@ -935,6 +936,17 @@ rkv_status rkv_sched_get_prefix_stats(const rkv_sched *s, rkv_sched_prefix_stats
   st.struct_size = out->struct_size;
   memcpy(out, &st, out->struct_size);
   return RKV_OK;
+}
+
+rkv_status rkv_sched_prometheus(const rkv_sched *s, char *buf, size_t cap, size_t *written) {
+  if (!s || !written) return RKV_ERR_INVALID_ARG;
+  rkv_sched_metrics m;
+  rkv_sched_get_metrics(s, &m);
+  rkv_prefix_stats c = {sizeof c, 0, 0, 0, 0, 0, 0, 0, 0};
+  RKV_TRY(rkv_blockmgr_prefix_stats(s->bm, &c));
+  const bool cache = s->cfg.prefix_cache;
+  return rkvi_sched_prometheus_render(&m, cache ? &s->prefix : NULL, cache ? &c : NULL, buf, cap,
+                                      written);
 }
 
 rkv_status rkv_sched_abort(rkv_sched *s, int64_t id) {

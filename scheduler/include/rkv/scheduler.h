@@ -407,6 +407,14 @@ RKV_API void rkv_sched_get_metrics(const rkv_sched *s, rkv_sched_metrics *out);
  * RKV_ERR_INVALID_ARG for NULL m or written. */
 RKV_API rkv_status rkv_sched_metrics_prometheus(const rkv_sched_metrics *m, char *buf, size_t cap,
                                                 size_t *written);
+/* Everything a scrape of this scheduler should show, in the same format and with the same
+ * buffer rules: the metrics above (rkv_sched_get_metrics), and with config.prefix_cache the
+ * prefix cache's (vLLM's prefix_cache_queries / prefix_cache_hits as
+ * rkv_prefix_cache_queries_total / rkv_prefix_cache_hits_total, in prompt tokens; the
+ * admissions, those with a hit and those made ahead of an earlier request; the block
+ * manager's cached groups and blocks, and the groups inserted, reclaimed and invalidated).
+ * RKV_ERR_INVALID_ARG for NULL s or written. */
+RKV_API rkv_status rkv_sched_prometheus(const rkv_sched *s, char *buf, size_t cap, size_t *written);
 
 /* 64-bit hash of everything a plan decides (ids, kinds, lengths, flags, ops). Equal plans
  * hash equal across processes and machines. */

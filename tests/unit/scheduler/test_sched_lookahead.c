@@ -10,7 +10,8 @@
  *   - lookahead 2: a request passed over twice goes next (no starvation);
  *   - a higher-priority uncached head is never passed over for a lower-priority hit;
  *   - the prefix cache off: arrival order whatever the lookahead;
- *   - a lookahead above 65536 is refused. */
+ *   - a lookahead above 65536 is refused.
+ * Each run's Prometheus scrape (rkv_sched_prometheus) reports the prefix stats it ends with. */
 #include <stddef.h>
 
 #include <rkv/executor.h>
@@ -54,6 +55,33 @@ static void drain(rkv_sched *s, rkv_exec *x, int64_t *order, uint32_t *n) {
     if (!p->n_seqs && !m.num_running && !m.num_waiting) return;
   }
   EXPECT(!"the requests did not finish");
+}
+
+/* The scrape (rkv_sched_prometheus) holds the scheduler metrics, and the prefix cache's
+ * counters (equal to the stats) only with the cache on; a short buffer gets the needed size. */
+static void prometheus_has(const rkv_sched *s, bool cache, const rkv_sched_prefix_stats *ps) {
+  char buf[16384], line[128];
+  size_t w = 0, need = 0;
+  EXPECT_OK(rkv_sched_prometheus(s, buf, sizeof buf, &w));
+  EXPECT_EQ_INT(w, strlen(buf));
+  EXPECT(strstr(buf, "# TYPE rkv_num_requests_running gauge\n") != NULL);
+  snprintf(line, sizeof line, "\nrkv_prefix_cache_hits_total %llu\n",
+           (unsigned long long)ps->hit_tokens);
+  EXPECT((strstr(buf, line) != NULL) == cache);
+  snprintf(line, sizeof line, "\nrkv_prefix_cache_queries_total %llu\n",
+           (unsigned long long)ps->hashed_tokens);
+  EXPECT((strstr(buf, line) != NULL) == cache);
+  snprintf(line, sizeof line, "\nrkv_prefix_cache_admissions_ahead_total %llu\n",
+           (unsigned long long)ps->admissions_ahead);
+  EXPECT((strstr(buf, line) != NULL) == cache);
+  EXPECT((strstr(buf, "# TYPE rkv_prefix_cache_groups_reclaimed_total counter\n") != NULL) ==
+         cache);
+  char small[16];
+  EXPECT_STATUS(rkv_sched_prometheus(s, small, sizeof small, &need), RKV_ERR_CAPACITY);
+  EXPECT_EQ_INT(need, w);
+  EXPECT_EQ_INT(strlen(small), sizeof small - 1);
+  EXPECT_STATUS(rkv_sched_prometheus(s, buf, sizeof buf, NULL), RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rkv_sched_prometheus(NULL, buf, sizeof buf, &w), RKV_ERR_INVALID_ARG);
 }
 
 /* Request 0 caches S1; requests 1..n then wait together. Returns the admission order of 1..n
@@ -100,6 +128,7 @@ static uint64_t admit_order(const run_cfg *c, const want_req *w, uint32_t n, int
   rkv_sched_prefix_stats ps = {sizeof ps, 0, 0, 0, 0, 0};
   EXPECT_OK(rkv_sched_get_prefix_stats(s, &ps));
   EXPECT_OK(rkv_sched_check(s));
+  prometheus_has(s, c->cache, &ps);
   rkv_exec_destroy(x);
   rkv_sched_destroy(s);
   rkv_blockmgr_destroy(bm);

@@ -231,6 +231,7 @@ def _declare(L):
     f("rkv_sched_bound_blocks", c_u64, c_void_p, c_i64, c_i64, P(S.EvictParams))
     f("rkv_sched_get_metrics", None, c_void_p, P(S.SchedMetrics))
     f("rkv_sched_metrics_prometheus", c_int, P(S.SchedMetrics), c_char_p, c_size, P(c_size))
+    f("rkv_sched_prometheus", c_int, c_void_p, c_char_p, c_size, P(c_size))
     f("rkv_sched_plan_hash", c_u64, P(S.SchedPlan))
     f("rkv_sched_check", c_int, c_void_p)
     f("rkv_sched_admission_name", c_char_p, c_int)

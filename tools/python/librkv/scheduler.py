@@ -329,17 +329,16 @@ class Scheduler(Handle):
         return {k: getattr(m, k) for k, _ in m._fields_}
 
     def metrics_prometheus(self):
-        """The metrics in Prometheus text exposition format."""
-        m = self._metrics_struct()
+        """The metrics in Prometheus text exposition format (rkv_sched_prometheus: with
+        prefix_cache the prefix cache's counters too)."""
         L = _lib.lib()
         need = ctypes.c_size_t()
-        buf = ctypes.create_string_buffer(8192)
-        st = L.rkv_sched_metrics_prometheus(ctypes.byref(m), buf, len(buf), ctypes.byref(need))
+        buf = ctypes.create_string_buffer(16384)
+        st = L.rkv_sched_prometheus(self.handle, buf, len(buf), ctypes.byref(need))
         if st == Status.ERR_CAPACITY:
             buf = ctypes.create_string_buffer(need.value + 1)
-            st = L.rkv_sched_metrics_prometheus(ctypes.byref(m), buf, len(buf),
-                                                ctypes.byref(need))
-        check(st, "rkv_sched_metrics_prometheus")
+            st = L.rkv_sched_prometheus(self.handle, buf, len(buf), ctypes.byref(need))
+        self._check(st, "rkv_sched_prometheus")
         return buf.value.decode()
 
     def check(self):

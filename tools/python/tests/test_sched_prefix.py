@@ -1,6 +1,6 @@
 """Prefix caching through the binding: requests share a cached system prompt, and cache-aware
 admission (cache_lookahead) admits the requests whose prompt is cached ahead of the others,
-counting them in prefix_stats()["admissions_ahead"]."""
+counting them in prefix_stats()["admissions_ahead"] and in the Prometheus scrape."""
 import pytest
 
 import librkv
@@ -27,7 +27,7 @@ def drain(s, x):
     pytest.fail("the requests did not finish")
 
 
-def admission_order(lookahead):
+def admission_order(lookahead, scrape=False):
     bm = librkv.BlockManager(64, block_size=BS, num_layers=1, num_kv_heads=1, head_dim=4,
                              dtype="f32", watermark=0.0, prefix_cache=True)
     s = librkv.Scheduler(bm, max_batched_tokens=64, max_seqs=1, admission="optimistic",
@@ -44,6 +44,8 @@ def admission_order(lookahead):
         s.set_prefix(i, hashes(sys_id))
     order = drain(s, x)
     s.check()
+    if scrape:
+        return order, s.prefix_stats(), s.metrics_prometheus()
     return order, s.prefix_stats()
 
 
@@ -60,6 +62,15 @@ def test_cached_prompts_first():
     assert st["admissions_ahead"] == 2
     assert st["admissions_hit"] == 3
     assert st["hit_tokens"] == 3 * SYS
+
+
+def test_prometheus_prefix_counters():
+    _, st, text = admission_order(4, scrape=True)
+    lines = dict(l.split(" ", 1) for l in text.splitlines() if not l.startswith("#"))
+    assert int(float(lines["rkv_prefix_cache_hits_total"])) == st["hit_tokens"] == 3 * SYS
+    assert int(float(lines["rkv_prefix_cache_queries_total"])) == st["hashed_tokens"]
+    assert int(float(lines["rkv_prefix_cache_admissions_ahead_total"])) == 2
+    assert int(float(lines["rkv_request_success_total"])) == 5
 
 
 def test_lookahead_limit():
