@@ -10,6 +10,10 @@
 /* The most streams one compression launch takes: the kernels put them on a grid's y or z
  * dimension. The evictor splits larger batches (evictor_device.c). */
 #define RKVI_EVICT_CUDA_MAX_STREAMS 65535u
+/* The longest stream (tokens after the protected prefix) R-KV's kernels take: its similarity
+ * tiles of 64 x 64 keys lie on a grid's y dimension. The evictor refuses a longer one before
+ * it cuts anything (evictor_device.c, precheck). */
+#define RKVI_EVICT_CUDA_MAX_SIM_LEN (65535 * 64)
 
 #ifdef __cplusplus
 extern "C" {

@@ -62,6 +62,7 @@ rkv_status rkvi_evdev_create(rkv_evictor *ev) {
   if (!d) return rkvi_fail(ev->err, RKV_ERR_NO_MEMORY, "device state");
   ev->dev = d;
   d->launch_streams = RKVI_EVICT_CUDA_MAX_STREAMS;
+  d->sim_len_max = RKVI_EVICT_CUDA_MAX_SIM_LEN;
   rkv_status st = rkv_buffer_create(ev->be, RKV_BUFFER_DEVICE, 0, &d->desc);
   if (st == RKV_OK) st = rkv_buffer_create(ev->be, RKV_BUFFER_DEVICE, 0, &d->ws);
   if (st == RKV_OK) st = rkv_buffer_create(ev->be, RKV_BUFFER_HOST_PINNED, 0, &d->stage);
@@ -72,6 +73,12 @@ void rkvi_evictor_set_launch_streams(rkv_evictor *ev, uint32_t n) {
   if (ev && ev->dev)
     ev->dev->launch_streams =
         n && n < RKVI_EVICT_CUDA_MAX_STREAMS ? n : RKVI_EVICT_CUDA_MAX_STREAMS;
+}
+
+void rkvi_evictor_set_sim_len_max(rkv_evictor *ev, int32_t n) {
+  if (ev && ev->dev)
+    ev->dev->sim_len_max =
+        n > 0 && n < RKVI_EVICT_CUDA_MAX_SIM_LEN ? n : RKVI_EVICT_CUDA_MAX_SIM_LEN;
 }
 
 void rkvi_evdev_destroy(rkv_evictor *ev) {
@@ -231,6 +238,25 @@ static void batch_start(evbatch *x, const rkv_evict_params *p, uintptr_t qbase) 
   x->qbase = qbase;
 }
 
+/* R-KV's kernels take streams of at most sim_len_max tokens after the prefix: the launch
+ * would refuse a longer one after the cut, so it is refused here, before anything moves. */
+static rkv_status sim_len_check(rkv_evictor *ev, const rkvi_evq *q, int32_t protect) {
+  if (q->params.policy != RKV_EVICT_RKV) return RKV_OK;
+  const uint32_t l0 = q->layer < 0 ? 0 : (uint32_t)q->layer;
+  const uint32_t l1 = q->layer < 0 ? ev->L : l0 + 1;
+  for (uint32_t l = l0; l < l1; l++)
+    for (uint32_t h = 0; h < ev->Hkv; h++) {
+      int32_t len = 0;
+      (void)rkv_blockmgr_stream_len(ev->bm, q->seq, l, h, &len);
+      if (len - protect > ev->dev->sim_len_max)
+        return rkvi_fail(ev->err, RKV_ERR_UNSUPPORTED,
+                         "compress %lld: a stream of %d tokens after its protected prefix is "
+                         "longer than the device R-KV kernels take (%d)",
+                         (long long)q->seq, len - protect, ev->dev->sim_len_max);
+    }
+  return RKV_OK;
+}
+
 /* Refusals before the cut: the sequence stays as it is. *protect: its protected prefix. */
 static rkv_status precheck(rkv_evictor *ev, const rkvi_evq *q, int32_t *protect) {
   if (!rkv_blockmgr_seq_exists(ev->bm, q->seq))
@@ -253,6 +279,7 @@ static rkv_status precheck(rkv_evictor *ev, const rkvi_evq *q, int32_t *protect)
                      "compress %lld: a protected prefix of %d tokens is not whole %u-token "
                      "blocks (the device eviction protects whole blocks, as prefix caching does)",
                      (long long)q->seq, P, ev->bs);
+  RKV_TRY(sim_len_check(ev, q, P));
   /* A shared selection needs every stream listed, all of one length (the batch's rule) */
   int32_t len = 0;
   if (ev->cfg.granularity != RKV_EVICT_GRAN_STREAM &&

@@ -36,6 +36,8 @@ typedef struct rkvi_evdev {
   /* The most streams one launch takes (RKVI_EVICT_CUDA_MAX_STREAMS; tests lower it): a
    * parameter set with more is split into several launches at sequence boundaries. */
   uint32_t launch_streams;
+  /* The longest R-KV stream a launch takes (RKVI_EVICT_CUDA_MAX_SIM_LEN; tests lower it) */
+  int32_t sim_len_max;
   /* one launch (grown before the first cut of a run) */
   rkv_compact_map *maps;
   rkv_evict_cuda_stream *streams;
@@ -89,6 +91,9 @@ rkv_status rkvi_evdev_run(rkv_evictor *ev, rkv_evictor_result *res);
 /* Tests only: lowers the streams per launch (0 restores the default), so a small run splits
  * its launches the way a serving batch of 65535+ streams does. */
 void rkvi_evictor_set_launch_streams(rkv_evictor *ev, uint32_t n);
+/* Tests only: lowers the longest R-KV stream the device path takes (0 restores the default),
+ * so a short stream meets the refusal a 4M-token one would. */
+void rkvi_evictor_set_sim_len_max(rkv_evictor *ev, int32_t n);
 
 /* The emulated device's twin of rkvi_evict_cuda_compress (evictor_emu.c): the scratch a
  * launch of ns streams of up to nmax tokens at granularity g needs, and the launch itself over the

@@ -19,7 +19,8 @@
  *    CPU evictor (selection among the tokens after the prefix, P + budget kept), and the
  *    protected blocks stay the same ids, shared, their bytes untouched;
  *  - bad input changes nothing: a missing or malformed device window, a protected prefix that
- *    ends inside a block (refused at run), a policy without a window;
+ *    ends inside a block (refused at run), a policy without a window, an R-KV stream longer
+ *    than the kernels take (refused at run, before the cut);
  *  - a fork whose fresh blocks are missing stays unchanged while the other sequence compresses;
  *  - every allocation of a first run failed in turn changes nothing; the retry equals a
  *    fault-free run.
@@ -483,6 +484,48 @@ static void test_short_window(void) {
   fx_fini(&f);
 }
 
+/* Internal (evictor_internal.h), for tests: the longest R-KV stream the device path takes. */
+void rkvi_evictor_set_sim_len_max(rkv_evictor *ev, int32_t n);
+
+/* R-KV's device kernels take streams of at most 4,194,240 tokens after the protected prefix
+ * (the similarity grid). A longer one is refused before the cut and stays as it is (the
+ * launch used to refuse it after the host had cut its table), while a StreamingLLM sequence
+ * of the same run, which has no such limit, compresses. The limit lowered to 50 tokens stands
+ * in for the real one; at 60 tokens, and with no hook, both compress. */
+static void test_long_stream(void) {
+  for (int lowered = 1; lowered >= 0; lowered--) {
+    fixture f;
+    fx_init(&f, RKV_DTYPE_F32, 200, 23, true);
+    fx_seq(&f, 1, 60, W);
+    fx_seq(&f, 2, 60, W);
+    rkv_evict_params p = RKV_EVICT_PARAMS_INIT, st = RKV_EVICT_PARAMS_INIT;
+    p.budget = 40, p.window = W;
+    st = p, st.policy = RKV_EVICT_STREAMING;
+    rkv_evictor *ev = fx_evictor_win(&f, &p, RKV_EVICT_GRAN_STREAM, true);
+    rkvi_evictor_set_sim_len_max(ev, lowered ? 50 : 0);
+    EXPECT_OK(rkv_evictor_add(ev, 1, RKV_EVICTOR_ALL_LAYERS, NULL, NULL));
+    EXPECT_OK(rkv_evictor_add(ev, 2, RKV_EVICTOR_ALL_LAYERS, &st, NULL));
+    rkv_evictor_result res[MAXSEQ];
+    uint32_t nr = 0;
+    EXPECT_STATUS(rkv_evictor_run(ev, res, MAXSEQ, &nr), lowered ? RKV_ERR_UNSUPPORTED : RKV_OK);
+    EXPECT_EQ_INT(nr, 2);
+    if (lowered) {
+      EXPECT(strstr(rkv_evictor_last_error(ev), "60 tokens after its protected prefix") != NULL);
+      EXPECT(res[0].status == RKV_ERR_UNSUPPORTED && !res[0].compressed);
+    } else {
+      EXPECT(res[0].status == RKV_OK && res[0].compressed);
+    }
+    EXPECT(res[1].status == RKV_OK && res[1].compressed);
+    EXPECT_OK(rkv_backend_sync(f.be));
+    EXPECT_EQ_INT(fx_check_seq(&f, 1, lowered ? 60 : 40), 0);
+    EXPECT_EQ_INT(fx_check_seq(&f, 2, 40), 0);
+    EXPECT_OK(rkv_evictor_check(ev));
+    EXPECT_OK(rkv_blockmgr_check(f.m));
+    rkv_evictor_destroy(ev);
+    fx_fini(&f);
+  }
+}
+
 /* The arena between runs: a run reuses it without waiting once the backend synced since the
  * last upload (an engine's end-of-step sync), and syncs first otherwise; the results equal a
  * CPU evictor's either way. */
@@ -557,6 +600,7 @@ static void test_no_blocks(void) {
 int main(void) {
   test_bad_input();
   test_short_window();
+  test_long_stream();
   test_noop();
   test_no_blocks();
   fx_nomem_sweep(true);
