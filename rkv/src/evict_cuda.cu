@@ -38,15 +38,15 @@ extern "C" {
 
 namespace {
 
-constexpr int kSimTile = 64;                  // rows/cols of one similarity tile
-constexpr int kSimK = 32;                     // reduction chunk of the tile kernel
-constexpr int kLogitKeys = 32;                // keys per CTA of the logits kernel
-constexpr int kFinThreads = 512;              // finalize CTA
-constexpr int kMaxWindow = 256;               // window rows the finalize CTA keeps stats for
-constexpr int kMoveWarps = 8;                 // rows per CTA of the move kernels
+constexpr int kSimTile = 64;      // rows/cols of one similarity tile
+constexpr int kSimK = 32;         // reduction chunk of the tile kernel
+constexpr int kLogitKeys = 32;    // keys per CTA of the logits kernel
+constexpr int kFinThreads = 512;  // finalize CTA
+constexpr int kMaxWindow = 256;   // window rows the finalize CTA keeps stats for
+constexpr int kMoveWarps = 8;     // rows per CTA of the move kernels
 constexpr int kMaxSimLen = RKVI_EVICT_CUDA_MAX_SIM_LEN;  // grid.y of the similarity tiles
 static_assert(kMaxSimLen == 65535 * kSimTile, "the evictor's limit is the similarity grid's");
-constexpr double kFixScale = 4294967296.0;    // 2^32: fixed-point column sums
+constexpr double kFixScale = 4294967296.0;  // 2^32: fixed-point column sums
 
 using rkvi_cuda::load8;
 
