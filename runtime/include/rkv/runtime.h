@@ -219,11 +219,14 @@ RKV_API rkv_backend *rkv_kv_pool_backend(const rkv_kv_pool *p);
  * slot: the accumulated attention mass H2O-style policies rank by. Decode attention adds to
  * it; copy_blocks and apply_moves carry it with the tokens. Host or device pointer. */
 RKV_API float *rkv_kv_pool_scores(const rkv_kv_pool *p);
-/* Copies whole blocks src -> dst (copy-on-write ops). Block ids are validated. */
+/* Copies whole blocks src -> dst (copy-on-write ops). Block ids are validated. The dsts must
+ * be distinct and none may be a src of the same call: the CUDA backend runs the ops at once
+ * (the CPU one in order). The block manager's copy plans always are. */
 RKV_API rkv_status rkv_kv_pool_copy_blocks(rkv_kv_pool *p, const rkv_block_copy *ops, size_t n);
 /* Applies a compaction move plan: K and V of each src slot to its dst slot, in order.
  * Plans from the block manager only move to lower-or-equal positions of the same stream or
- * into fresh blocks, so in-order application never reads an overwritten slot. */
+ * into fresh blocks, so in-order application never reads an overwritten slot. Each dst slot
+ * appears at most once (the CUDA backend gathers every src, then scatters at once). */
 RKV_API rkv_status rkv_kv_pool_apply_moves(rkv_kv_pool *p, const rkv_slot_move *moves, size_t n);
 /* Host <-> pool transfers of whole blocks (swap, tests, tools). `host` holds n_ids blocks
  * back to back, in the order of ids. write_blocks zeroes the written blocks' per-slot scores
