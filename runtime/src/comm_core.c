@@ -59,6 +59,10 @@ static const rkv_comm_vtbl kSingleVtbl = {single_allreduce, single_allgather, si
 
 /* ---- handle lifetime -------------------------------------------------------------------- */
 
+static size_t diverge_bytes(const rkv_comm *c) {
+  return (size_t)c->size * 2 * sizeof(uint64_t);
+}
+
 static void copy_err(char *dst, size_t len, const char *src) {
   if (!dst || len == 0) return;
   snprintf(dst, len, "%s", src);
@@ -118,6 +122,14 @@ rkv_status rkv_comm_create(const rkv_comm_config *cfg, rkv_comm **out, char *err
       ret = RKV_ERR_INTERNAL;
       break;
   }
+  if (ret == RKV_OK) {
+    c->diverge = rkvi_alloc(rkvi_comm_alloc(c), diverge_bytes(c), _Alignof(uint64_t));
+    if (!c->diverge) {
+      c->v->destroy(c);
+      snprintf(c->err, sizeof c->err, "comm: out of memory");
+      ret = RKV_ERR_NO_MEMORY;
+    }
+  }
   if (ret != RKV_OK) {
     copy_err(err_out, err_len, c->err);
     rkvi_free(cfg->allocator, c, sizeof(*c));
@@ -132,6 +144,7 @@ rkv_status rkv_comm_create(const rkv_comm_config *cfg, rkv_comm **out, char *err
 void rkv_comm_destroy(rkv_comm *c) {
   if (!c) return;
   if (c->v) c->v->destroy(c);
+  rkvi_free(rkvi_comm_alloc(c), c->diverge, diverge_bytes(c));
   rkv_allocator a = c->alloc;
   rkvi_free(c->has_alloc ? &a : NULL, c, sizeof(*c));
 }
@@ -223,35 +236,26 @@ rkv_status rkv_comm_barrier(rkv_comm *c) {
   return rkv_comm_allreduce_u64(c, RKV_COMM_OP_SUM, &one, &sum, 1);
 }
 
-/* Names the ranks whose (step, hash) differs from rank 0's. Runs only after a detected
- * divergence, so it may allocate; on allocation failure the message is just less detailed. */
+/* Names the ranks whose (step, hash) differs from rank 0's (every rank joins its all-gather). */
 static rkv_status report_divergence(rkv_comm *c, uint64_t step, uint64_t hash,
                                     const uint64_t *red) {
   uint64_t mine[2] = {step, hash};
-  size_t bytes = (size_t)c->size * 2 * sizeof(uint64_t);
-  uint64_t *all = rkvi_alloc(rkvi_comm_alloc(c), bytes, _Alignof(uint64_t));
+  uint64_t *all = c->diverge;
   char buf[RKV_ERRBUF];
   int n = snprintf(buf, sizeof buf,
                    "TP step-plan divergence: steps %llu..%llu, hashes %016llx..%016llx differ "
                    "across %d ranks",
                    (unsigned long long)red[1], (unsigned long long)~red[3],
                    (unsigned long long)red[2], (unsigned long long)~red[4], (int)c->size);
-  if (all) {
-    rkv_status s = rkv_comm_allgather_u64(c, mine, all, 2);
-    if (s != RKV_OK) {
-      rkvi_free(rkvi_comm_alloc(c), all, bytes);
-      return s; /* the transport failed too: report that (handle is now failed) */
-    }
-    n = snprintf(buf, sizeof buf, "TP step-plan divergence: rank 0 at step %llu hash %016llx;",
-                 (unsigned long long)all[0], (unsigned long long)all[1]);
-    for (int32_t r = 1; r < c->size && n > 0 && (size_t)n < sizeof buf; r++) {
-      if (all[2 * r] == all[0] && all[2 * r + 1] == all[1]) continue;
-      n += snprintf(buf + n, sizeof buf - (size_t)n, " rank %d step %llu hash %016llx;", (int)r,
-                    (unsigned long long)all[2 * r], (unsigned long long)all[2 * r + 1]);
-    }
-    rkvi_free(rkvi_comm_alloc(c), all, bytes);
+  rkv_status s = rkv_comm_allgather_u64(c, mine, all, 2);
+  if (s != RKV_OK) return s; /* the transport failed too: report that (handle is now failed) */
+  n = snprintf(buf, sizeof buf, "TP step-plan divergence: rank 0 at step %llu hash %016llx;",
+               (unsigned long long)all[0], (unsigned long long)all[1]);
+  for (int32_t r = 1; r < c->size && n > 0 && (size_t)n < sizeof buf; r++) {
+    if (all[2 * r] == all[0] && all[2 * r + 1] == all[1]) continue;
+    n += snprintf(buf + n, sizeof buf - (size_t)n, " rank %d step %llu hash %016llx;", (int)r,
+                  (unsigned long long)all[2 * r], (unsigned long long)all[2 * r + 1]);
   }
-  (void)n;
   rkvi_fail(c->err, RKV_ERR_CORRUPT, "%s schedulers disagree; stopping before KV is corrupted",
             buf);
   rkvi_log(rkvi_comm_logger(c), RKV_LOG_ERROR, "comm rank %d: %s", (int)c->rank, c->err);

@@ -30,6 +30,10 @@ struct rkv_comm {
   rkv_logger logger;
   const rkv_comm_vtbl *v;
   void *impl;
+  /* [size][2]: every rank's (step, hash) when a step sync finds a divergence. Allocated at
+   * create, so every rank joins that all-gather (an allocation failing on one rank only would
+   * pair its next collective with the others' all-gather). */
+  uint64_t *diverge;
   char err[RKV_ERRBUF];
 };
 

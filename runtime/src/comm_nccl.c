@@ -114,7 +114,10 @@ static rkv_status nccl_fail(rkv_comm *c, ncclResult_t r, const char *what) {
                    g_nccl.GetErrorString(r), last && last[0] ? ": " : "", last ? last : "");
 }
 
+/* Reports e and clears the thread's last CUDA error (a sticky one stays): left set, the next
+ * launch check of this thread, in the backend's kernels too, would take it for its own. */
 static rkv_status cuda_fail(rkv_comm *c, cudaError_t e, const char *what) {
+  (void)cudaGetLastError();
   return rkvi_fail(c->err, RKV_ERR_CUDA, "comm nccl rank %d: %s: %s", (int)c->rank, what,
                    cudaGetErrorString(e));
 }
@@ -160,6 +163,9 @@ static rkv_status wait_stream(rkv_comm *c, const char *what) {
   for (uint64_t it = 0;; it++) {
     cudaError_t e = cudaStreamQuery(n->stream);
     if (e == cudaSuccess) return RKV_OK;
+    /* "not ready" is no error: not left for a later launch check to find (as PyTorch) */
+    if (e == cudaErrorNotReady && cudaPeekAtLastError() == cudaErrorNotReady)
+      (void)cudaGetLastError();
     if (e != cudaErrorNotReady) {
       rkv_status s = cuda_fail(c, e, what);
       abort_comm(n);

@@ -1,12 +1,14 @@
 /* rkv_comm kind `local` (runtime/src/comm_local.c): ranks that are threads of one process, the
  * transport behind `rkv sim --tp N` without mpirun. Checks the same contract the MPI tests
  * check: agreement and the MIN over 2000 step syncs, MAX/SUM/all-gather, a divergence reported
- * on every rank naming the culprit (handle stays usable), a silent peer caught by the
+ * on every rank naming the culprit (handle stays usable; also when the culprit can no longer
+ * allocate), a silent peer caught by the
  * deadline, an abort and a mismatched collective failing the others at once, and the
  * configuration errors. Threads record results; the main thread checks them (EXPECT is not
  * thread-safe). */
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -23,6 +25,7 @@ typedef struct rank_ctx {
   int32_t rank, size;
   scenario sc;
   double timeout_s;
+  bool starve; /* its allocator refuses everything once the handle exists */
   /* results */
   rkv_status create_st, st, after_st;
   uint64_t min_errors, syncs, reduce_errors;
@@ -42,16 +45,30 @@ static uint64_t local_free(int32_t r, int32_t size, uint64_t s) {
   return 1000 + (uint64_t)r * 10 + s % 5;
 }
 
+/* An allocator that fails once *ctx is set (the handle is created). */
+static void *starve_alloc(void *ctx, size_t size, size_t align) {
+  (void)align;
+  return *(bool *)ctx ? NULL : malloc(size);
+}
+static void starve_free(void *ctx, void *p, size_t size) {
+  (void)ctx, (void)size;
+  free(p);
+}
+
 static void *rank_main(void *arg) {
   rank_ctx *x = arg;
+  bool starved = false;
+  const rkv_allocator starving = {starve_alloc, starve_free, &starved};
   rkv_comm_config cfg = RKV_COMM_CONFIG_INIT;
   cfg.kind = RKV_COMM_LOCAL;
   cfg.local_group = x->g;
   cfg.rank = x->rank;
   cfg.timeout_s = x->timeout_s;
+  if (x->starve) cfg.allocator = &starving;
   rkv_comm *c = NULL;
   x->create_st = rkv_comm_create(&cfg, &c, x->err, sizeof x->err);
   if (x->create_st != RKV_OK) return NULL;
+  starved = true;
   double t0 = now();
   x->st = RKV_OK;
   switch (x->sc) {
@@ -123,7 +140,7 @@ static void *rank_main(void *arg) {
   return NULL;
 }
 
-static void run(scenario sc, int32_t size, double timeout_s, rank_ctx *x) {
+static void run_starving(scenario sc, int32_t size, double timeout_s, int32_t starve, rank_ctx *x) {
   rkv_comm_local_group *g = NULL;
   EXPECT_OK(rkv_comm_local_group_create(size, NULL, &g));
   if (!g) return;
@@ -135,10 +152,15 @@ static void run(scenario sc, int32_t size, double timeout_s, rank_ctx *x) {
     x[r].size = size;
     x[r].sc = sc;
     x[r].timeout_s = timeout_s;
+    x[r].starve = r == starve;
     EXPECT(pthread_create(&t[r], NULL, rank_main, &x[r]) == 0);
   }
   for (int32_t r = 0; r < size; r++) pthread_join(t[r], NULL);
   rkv_comm_local_group_destroy(g);
+}
+
+static void run(scenario sc, int32_t size, double timeout_s, rank_ctx *x) {
+  run_starving(sc, size, timeout_s, -1, x);
 }
 
 static void test_agree(void) {
@@ -155,16 +177,21 @@ static void test_agree(void) {
   }
 }
 
+/* Rank 2 diverges. Every rank names it, also when rank 2 can no longer allocate: the report's
+ * all-gather needs no allocation, so no rank skips it (one that did would pair its next
+ * collective with the others' all-gather). */
 static void test_diverge(void) {
-  rank_ctx x[MAXR];
-  run(DIVERGE, 4, 30.0, x);
-  for (int32_t r = 0; r < 4; r++) {
-    EXPECT_STATUS(x[r].st, RKV_ERR_CORRUPT);
-    EXPECT_EQ_INT(x[r].syncs, 151); /* every rank stops in the same sync */
-    EXPECT(strstr(x[r].err, "TP step-plan divergence: rank 0 at step 150") != NULL);
-    EXPECT(strstr(x[r].err, "rank 2 step 150 hash") != NULL);
-    EXPECT(strstr(x[r].err, "rank 1 step") == NULL);
-    EXPECT_OK(x[r].after_st);
+  for (int32_t starve = -1; starve <= 2; starve += 3) {
+    rank_ctx x[MAXR];
+    run_starving(DIVERGE, 4, 30.0, starve, x);
+    for (int32_t r = 0; r < 4; r++) {
+      EXPECT_STATUS(x[r].st, RKV_ERR_CORRUPT);
+      EXPECT_EQ_INT(x[r].syncs, 151); /* every rank stops in the same sync */
+      EXPECT(strstr(x[r].err, "TP step-plan divergence: rank 0 at step 150") != NULL);
+      EXPECT(strstr(x[r].err, "rank 2 step 150 hash") != NULL);
+      EXPECT(strstr(x[r].err, "rank 1 step") == NULL);
+      EXPECT_OK(x[r].after_st);
+    }
   }
 }
 
