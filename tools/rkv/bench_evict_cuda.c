@@ -121,9 +121,12 @@ static bool parse(int argc, char **argv, opts *o) {
 }
 
 /* Runs tools/bench/evict_torch.py with the same shapes under the first python3 that imports
- * torch with a GPU (the first python3 on PATH may lack torch); returns its median ms or -1. */
+ * torch with a GPU (the first python3 on PATH may lack torch): $RKV_PYTHON, python3, the GPU
+ * image's venv, Debian's; returns its median ms or -1. */
 static double torch_ms(const opts *o, uint64_t streams) {
-  static const char *const pys[] = {"python3", "/usr/bin/python3"};
+  const char *env = getenv("RKV_PYTHON");
+  const char *const pys[] = {env && env[0] ? env : "python3", "python3",
+                             "/opt/torch/.venv/bin/python3", "/usr/bin/python3"};
   const char *py = NULL;
   char cmd[1024];
   for (size_t i = 0; i < sizeof pys / sizeof pys[0] && !py; i++) {
