@@ -121,19 +121,27 @@ static uint32_t entry_streams(const rkv_evictor *ev, const rkvi_evq *q) {
   return (q->layer < 0 ? ev->L : 1) * ev->Hkv;
 }
 
+/* The longest of the streams one queued compression cuts (0 for an unknown sequence). */
+static int32_t longest_stream(const rkv_evictor *ev, const rkvi_evq *q) {
+  const uint32_t l0 = q->layer < 0 ? 0 : (uint32_t)q->layer;
+  const uint32_t l1 = q->layer < 0 ? ev->L : l0 + 1;
+  int32_t most = 0;
+  for (uint32_t l = l0; l < l1; l++)
+    for (uint32_t h = 0; h < ev->Hkv; h++) {
+      int32_t len = 0;
+      (void)rkv_blockmgr_stream_len(ev->bm, q->seq, l, h, &len);
+      if (len > most) most = len;
+    }
+  return most;
+}
+
 /* What one queued compression adds to a run's arrays (an unknown sequence adds nothing: it
  * fails at run without a cut). */
 static void size_one(const rkv_evictor *ev, const rkvi_evq *q, evsize *s) {
   uint32_t total = 0, excl = 0;
   if (rkv_blockmgr_seq_footprint(ev->bm, q->seq, &total, &excl) != RKV_OK) return;
-  const uint32_t l0 = q->layer < 0 ? 0 : (uint32_t)q->layer;
-  const uint32_t l1 = q->layer < 0 ? ev->L : l0 + 1;
-  for (uint32_t l = l0; l < l1; l++)
-    for (uint32_t h = 0; h < ev->Hkv; h++) {
-      int32_t len = 0;
-      (void)rkv_blockmgr_stream_len(ev->bm, q->seq, l, h, &len);
-      if (len > s->max_len) s->max_len = len;
-    }
+  const int32_t len = longest_stream(ev, q);
+  if (len > s->max_len) s->max_len = len;
   const uint64_t per = entry_streams(ev, q);
   s->streams += per;
   s->old += total;
@@ -242,18 +250,12 @@ static void batch_start(evbatch *x, const rkv_evict_params *p, uintptr_t qbase) 
  * would refuse a longer one after the cut, so it is refused here, before anything moves. */
 static rkv_status sim_len_check(rkv_evictor *ev, const rkvi_evq *q, int32_t protect) {
   if (q->params.policy != RKV_EVICT_RKV) return RKV_OK;
-  const uint32_t l0 = q->layer < 0 ? 0 : (uint32_t)q->layer;
-  const uint32_t l1 = q->layer < 0 ? ev->L : l0 + 1;
-  for (uint32_t l = l0; l < l1; l++)
-    for (uint32_t h = 0; h < ev->Hkv; h++) {
-      int32_t len = 0;
-      (void)rkv_blockmgr_stream_len(ev->bm, q->seq, l, h, &len);
-      if (len - protect > ev->dev->sim_len_max)
-        return rkvi_fail(ev->err, RKV_ERR_UNSUPPORTED,
-                         "compress %lld: a stream of %d tokens after its protected prefix is "
-                         "longer than the device R-KV kernels take (%d)",
-                         (long long)q->seq, len - protect, ev->dev->sim_len_max);
-    }
+  const int32_t n = longest_stream(ev, q) - protect;
+  if (n > ev->dev->sim_len_max)
+    return rkvi_fail(ev->err, RKV_ERR_UNSUPPORTED,
+                     "compress %lld: a stream of %d tokens after its protected prefix is longer "
+                     "than the device R-KV kernels take (%d)",
+                     (long long)q->seq, n, ev->dev->sim_len_max);
   return RKV_OK;
 }
 
