@@ -1071,15 +1071,20 @@ static rkv_status prefix_hit(const rkv_sched *s, const req *r, uint32_t *hit, ui
   return RKV_OK;
 }
 
-/* The waiting request to admit next: the head in queue order; with config.cache_lookahead
- * (and the cache on), the one of the first cache_lookahead of the head's priority whose
- * prompt starts with the most cached groups, ties and requests passed over cache_lookahead
- * times going in queue order. */
-static rkv_status admit_pick(const rkv_sched *s, req **out) {
+/* The cache-aware window (config.cache_lookahead, with the cache on), 0 = queue order. */
+static uint32_t lookahead(const rkv_sched *s) {
+  return s->cfg.prefix_cache ? (uint32_t)s->cfg.cache_lookahead : 0; /* <= 65536 (create) */
+}
+
+/* The waiting request to admit next: the head in queue order (always when fifo); with a
+ * lookahead window, the one of its first requests of the head's priority whose prompt starts
+ * with the most cached groups, ties and requests passed over the window's size going in
+ * queue order. */
+static rkv_status admit_pick(const rkv_sched *s, bool fifo, req **out) {
   req *head = s->waiting.head, *best = head;
   *out = head;
-  const uint32_t w = (uint32_t)s->cfg.cache_lookahead; /* <= 65536 (create) */
-  if (!w || !s->cfg.prefix_cache) return RKV_OK;
+  const uint32_t w = fifo ? 0 : lookahead(s);
+  if (!w) return RKV_OK;
   uint32_t most = 0, k = 0;
   for (req *c = head; c && k < w && c->priority == head->priority; c = c->next, k++) {
     if (c->passed >= w) {
@@ -1095,6 +1100,14 @@ static rkv_status admit_pick(const rkv_sched *s, req **out) {
   }
   *out = best;
   return RKV_OK;
+}
+
+/* The pick r of an admission does not fit: true when the admission should try again in
+ * queue order (r was a cache-aware pick ahead of the head), false when it stops. */
+static bool retry_fifo(const rkv_sched *s, const req *r, bool *fifo) {
+  if (*fifo || r == s->waiting.head) return false;
+  *fifo = true;
+  return true;
 }
 
 /* r is admitted: the requests ahead of it in the queue were passed over once more. */
@@ -1449,17 +1462,23 @@ static rkv_status plan_step(rkv_sched *s) {
     tokens_left -= n;
   }
 
-  /* 3. admission of waiting requests, in order, stopping at the first that does not fit */
+  /* 3. admission of waiting requests, in order (or the cache-aware pick, admit_pick),
+   * stopping at the first that does not fit; a cache-aware pick that does not fit hands its
+   * admission back to the head (fifo), so it never holds up a request that fits */
+  bool fifo = false;
   while (!preempted_any && !s->swapped.head && s->waiting.head && p->n_seqs < s->cfg.max_seqs &&
          tokens_left && s->running.n < s->cfg.max_seqs &&
          rkv_blockmgr_num_seqs(s->bm) < s->bm_max_seqs) {
-    RKV_TRY(admit_pick(s, &r));
+    RKV_TRY(admit_pick(s, fifo, &r));
     uint64_t bound = req_bound(s, r);
     if (bound > reserve_capacity(s)) {
       /* A recompute grew past anything the usable pool can hold: it can never run again.
        * Under an external limit the pool may be larger at the next limit call, so give up
        * only once nothing runs (the running count is the same on every rank). */
-      if (s->usable_cap != UINT64_MAX && s->running.n) break;
+      if (s->usable_cap != UINT64_MAX && s->running.n) {
+        if (retry_fifo(s, r, &fifo)) continue;
+        break;
+      }
       rkvi_log(s->log, RKV_LOG_WARN, "request %lld aborted: recompute needs %llu blocks",
                (long long)r->id, (unsigned long long)bound);
       push_finished(s, r->id);
@@ -1473,24 +1492,33 @@ static rkv_status plan_step(rkv_sched *s) {
     r->computed = (int64_t)hit * s->block_size;
     uint32_t n = chunk_for(s, r, tokens_left);
     r->computed = 0;
-    if (!n) break;
+    if (!n) {
+      if (retry_fifo(s, r, &fifo)) continue;
+      break;
+    }
     /* copy rule: a compression right after this chunk copies the shared groups it keeps,
      * those of its hit and those a later admission's hit shares */
     const int32_t cached = (int32_t)(hit * s->block_size);
     const uint64_t cfresh = start_need(s, r, cached, cached, n);
     uint64_t first = rkv_blockmgr_blocks_for_tokens(s->bm, n) + hit_cost + cfresh;
     uint32_t f = bm_free(s);
-    if (first + used_watermark > f) break;
+    if (first + used_watermark > f) {
+      if (retry_fifo(s, r, &fifo)) continue;
+      break;
+    }
     /* shared groups leave its own bound and are reserved once (groups_counted) */
     const uint32_t shared = groups_counted(s) ? hit : 0;
     const uint64_t own = bound - (uint64_t)s->streams * shared;
     const uint64_t fresh_groups = (uint64_t)s->streams * grp_new(s, r, shared);
     if (s->cfg.admission == RKV_SCHED_RESERVE &&
-        s->reserved + own + fresh_groups > reserve_capacity(s))
+        s->reserved + own + fresh_groups > reserve_capacity(s)) {
+      if (retry_fifo(s, r, &fifo)) continue;
       break;
+    }
     RKV_TRY(rkv_blockmgr_seq_create_cached(s->bm, r->id, r->hashes, hit));
     s->step_used += hit_cost;
     admit_passed(s, r);
+    fifo = false;
     q_remove(s, r);
     q_insert(s, Q_RUNNING, r);
     r->bound = own;
@@ -1525,6 +1553,17 @@ static int32_t restore_blocks(const rkv_sched *s, const req *r, uint32_t n) {
   return b > INT32_MAX ? INT32_MAX : (int32_t)b;
 }
 
+/* Row capacity an admission of r may need: a prefix hit (known only at admission: earlier
+ * admissions register groups) puts the first chunk after up to all its hashed blocks. */
+static uint32_t admit_rows(const rkv_sched *s, const req *r, uint32_t budget) {
+  uint64_t span = chunk_for(s, r, budget);
+  if (s->cfg.prefix_cache && r->n_hashes) {
+    span += (uint64_t)r->n_hashes * s->block_size;
+    if (span > (uint64_t)r->target) span = (uint64_t)r->target;
+  }
+  return (uint32_t)ceil_div(span, s->block_size);
+}
+
 /* Takes every allocation plan_step's block-manager calls could make before the first of them
  * changes anything, so a failed step changes nothing (issue 17, finding 1: an admission that
  * failed half-way left earlier admissions counted as computed, their prefill never planned).
@@ -1553,17 +1592,22 @@ static rkv_status reserve_step(rkv_sched *s) {
   uint32_t i = 0;
   for (req *r = s->swapped.head; r && i < room; r = r->next, i++)
     RKV_TRY(rkv_blockmgr_reserve_seq(s->bm, i, restore_blocks(s, r, chunk_for(s, r, budget))));
-  for (req *r = s->waiting.head; r && i < room; r = r->next) {
-    if (req_bound(s, r) > reserve_capacity(s)) continue; /* aborted, or the loop stops */
-    /* a prefix hit (known only at admission: earlier admissions register groups) puts the
-     * first chunk after up to all its hashed blocks */
-    uint64_t span = chunk_for(s, r, budget);
-    if (s->cfg.prefix_cache && r->n_hashes) {
-      span += (uint64_t)r->n_hashes * s->block_size;
-      if (span > (uint64_t)r->target) span = (uint64_t)r->target;
+  /* The k-th admission (k from 0) takes the k-th request in queue order; with a lookahead
+   * window of w, one of the first k + w (each admission removes one request, and the pick
+   * lies among the first w left; requests the loop aborts create no slot and are skipped
+   * here): its slot gets the largest row of those. */
+  const uint32_t w = lookahead(s) ? lookahead(s) : 1, i0 = i;
+  uint32_t seen = 0, most = 0;
+  req *r = s->waiting.head;
+  for (; i < room; i++) {
+    for (; r && seen < i - i0 + w; r = r->next) {
+      if (req_bound(s, r) > reserve_capacity(s)) continue; /* aborted, or the loop stops */
+      const uint32_t b = admit_rows(s, r, budget);
+      most = w == 1 || b > most ? b : most;
+      seen++;
     }
-    const uint64_t b = ceil_div(span, s->block_size);
-    RKV_TRY(rkv_blockmgr_reserve_seq(s->bm, i++, (int32_t)b));
+    if (seen <= i - i0) break; /* no request left for this slot */
+    RKV_TRY(rkv_blockmgr_reserve_seq(s->bm, i, (int32_t)most));
   }
   return RKV_OK;
 }

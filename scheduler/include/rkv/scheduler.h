@@ -99,11 +99,13 @@ typedef struct rkv_sched_config {
    * head's priority and admits the one whose prompt starts with the most cached blocks (ties:
    * queue order), so requests for a prompt still in the cache run before it is reclaimed. A
    * request passed over cache_lookahead times goes first (nobody waits more than that many
-   * admissions longer than in queue order). As in queue order, the admission stops at the
-   * chosen request when it does not fit. O(cache_lookahead x cached blocks) lookups per
-   * admission attempt. 0 = queue order (the default); at most 65536; no effect without
-   * prefix_cache. docs/PREFIX-CACHING.md. 64 bits wide so that it starts past the end of a
-   * version 4 struct, padding included: a version 4 caller's struct_size leaves it 0. */
+   * admissions longer than in queue order). A pick that does not fit hands that admission
+   * back to the head (queue order), so it never holds up a request that fits; the admission
+   * stops when the head does not fit either. O(cache_lookahead x cached blocks) lookups per
+   * admission attempt (a few dozen is plenty: BENCHMARKS.md). 0 = queue order (the default); at
+   * most 65536; no effect without prefix_cache. docs/PREFIX-CACHING.md. 64 bits wide so that it
+   * starts past the end of a version 4 struct, padding included: a version 4 caller's struct_size
+   * leaves it 0. */
   uint64_t cache_lookahead;
 } rkv_sched_config;
 #define RKV_SCHED_CONFIG_INIT                                                                      \

@@ -10,9 +10,13 @@
  *   - lookahead 2: a request passed over twice goes next (no starvation);
  *   - a higher-priority uncached head is never passed over for a lower-priority hit;
  *   - the prefix cache off: arrival order whatever the lookahead;
- *   - a lookahead above 65536 is refused.
+ *   - a lookahead above 65536 is refused;
+ *   - a step the block manager's allocator fails changes nothing with a window too (its rows
+ *     are reserved for any request the window may pick);
+ *   - a pick that does not fit hands its admission back to the head, which fits.
  * Each run's Prometheus scrape (rkv_sched_prometheus) reports the prefix stats it ends with. */
 #include <stddef.h>
+#include <stdlib.h>
 
 #include <rkv/executor.h>
 #include <rkv/scheduler.h>
@@ -193,6 +197,149 @@ static void test_priority_first(void) {
   expect_order(got, want, 3, "lookahead 4, priorities");
 }
 
+/* Outputs for every sequence of a plan, none ending early. */
+static void report_plain(rkv_sched *s, const rkv_sched_plan *p) {
+  rkv_sched_output o[4];
+  memset(o, 0, sizeof o);
+  for (uint32_t i = 0; i < p->n_seqs; i++) o[i].id = p->seqs[i].id;
+  EXPECT_OK(rkv_sched_report(s, o, p->n_seqs));
+}
+
+/* A 64-token prompt's chained hashes (16 blocks of 4). */
+static void long_hashes(uint64_t h[16]) {
+  int32_t toks[64];
+  for (int32_t i = 0; i < 64; i++) toks[i] = 1000 + i;
+  EXPECT_EQ_INT(rkv_prefix_hash_blocks(toks, 64, BLOCK, 0, h, 16), 16);
+}
+
+/* An allocator that refuses allocations of `limit` bytes or more while armed. */
+typedef struct picky {
+  bool armed;
+  size_t limit;
+} picky;
+static void *picky_alloc(void *ctx, size_t size, size_t align) {
+  const picky *p = ctx;
+  if (p->armed && size >= p->limit) return NULL;
+  return aligned_alloc(align < 16 ? 16 : align, (size + 15) / 16 * 16);
+}
+static void picky_free(void *ctx, void *ptr, size_t size) {
+  (void)ctx, (void)size;
+  free(ptr);
+}
+
+/* A failed step changes nothing, also when the cache-aware pick is not the head: the step
+ * reserves every block-table row before its first change, for any request the window may
+ * pick (it reserved the head's row only, so the pick's longer cached row grew after the
+ * running sequence was appended, and a refusal left it counted in a plan nobody held).
+ * Request 3 (68 tokens, 16 cached blocks) waits behind request 2 (1 token); the block
+ * manager then refuses every allocation of 40 bytes or more. Found by a review. */
+static void test_failed_step_changes_nothing(void) {
+  for (uint64_t w = 0; w <= 4; w += 4) {
+    picky pk = {false, 40};
+    const rkv_allocator al = {picky_alloc, picky_free, &pk};
+    rkv_blockmgr_config bc = RKV_BLOCKMGR_CONFIG_INIT;
+    bc.num_blocks = 64, bc.block_size = BLOCK, bc.num_layers = 1, bc.num_kv_heads = 1;
+    bc.head_dim = 4, bc.dtype = RKV_DTYPE_F32, bc.prefix_cache = true, bc.watermark = 0.0f;
+    bc.allocator = &al;
+    rkv_sched_config sc = RKV_SCHED_CONFIG_INIT;
+    sc.max_batched_tokens = 128, sc.max_seqs = 2, sc.admission = RKV_SCHED_OPTIMISTIC;
+    sc.prefix_cache = true, sc.cache_lookahead = w, sc.evict.policy = RKV_EVICT_FULL;
+    rkv_blockmgr *bm = NULL;
+    rkv_sched *s = NULL;
+    char err[256] = "";
+    EXPECT_OK(rkv_blockmgr_create(&bc, &bm));
+    EXPECT_OK(rkv_sched_create(&sc, bm, &s, err, sizeof err));
+    uint64_t h[16];
+    long_hashes(h);
+    const rkv_sched_request r0 = {0, 68, 1, 0, 0.0, NULL}, rl = {1, 1, 100, 0, 1.0, NULL};
+    const rkv_sched_request rh = {2, 1, 1, 0, 2.0, NULL}, rc = {3, 68, 1, 0, 3.0, NULL};
+    const rkv_sched_plan *p = NULL;
+    EXPECT_OK(rkv_sched_add_request(s, &r0));
+    EXPECT_OK(rkv_sched_set_prefix(s, 0, h, 16));
+    for (int i = 0; i < 4; i++) {
+      EXPECT_OK(rkv_sched_step(s, &p));
+      report_plain(s, p);
+    }
+    EXPECT_OK(rkv_sched_add_request(s, &rl));
+    EXPECT_OK(rkv_sched_step(s, &p));
+    report_plain(s, p);
+    EXPECT_OK(rkv_sched_add_request(s, &rh));
+    EXPECT_OK(rkv_sched_add_request(s, &rc));
+    EXPECT_OK(rkv_sched_set_prefix(s, 3, h, 16));
+    pk.armed = true;
+    const rkv_status st = rkv_sched_step(s, &p);
+    pk.armed = false;
+    if (st != RKV_OK) EXPECT_STATUS(st, RKV_ERR_NO_MEMORY);
+    if (st == RKV_OK) report_plain(s, p);
+    if (rkv_sched_check(s) != RKV_OK)
+      RKV_TEST_FAIL_("lookahead %llu: after a step that returned %s: %s", (unsigned long long)w,
+                     rkv_status_str(st), rkv_sched_last_error(s));
+    for (int i = 0; i < 8; i++) { /* and it goes on */
+      EXPECT_OK(rkv_sched_step(s, &p));
+      report_plain(s, p);
+      EXPECT_OK(rkv_sched_check(s));
+    }
+    rkv_sched_destroy(s);
+    rkv_blockmgr_destroy(bm);
+  }
+}
+
+/* A cache-aware pick that does not fit hands its admission back to the head, so it never
+ * holds up a request that fits: request 3 (93 tokens, 8 cached blocks) does not fit next to
+ * the running request 1 for ~50 steps, request 2 (1 token) ahead of it fits at once and
+ * starts in the first step with or without the window. Found by a review (it waited for 3). */
+static void test_pick_that_does_not_fit(void) {
+  for (uint64_t w = 0; w <= 4; w += 4) {
+    rkv_blockmgr_config bc = RKV_BLOCKMGR_CONFIG_INIT;
+    bc.num_blocks = 40, bc.block_size = BLOCK, bc.num_layers = 1, bc.num_kv_heads = 1;
+    bc.head_dim = 4, bc.dtype = RKV_DTYPE_F32, bc.prefix_cache = true, bc.watermark = 0.0f;
+    rkv_sched_config sc = RKV_SCHED_CONFIG_INIT;
+    sc.max_batched_tokens = 64, sc.max_seqs = 4, sc.admission = RKV_SCHED_OPTIMISTIC;
+    sc.prefix_cache = true, sc.cache_lookahead = w, sc.check_every_step = true;
+    sc.evict.policy = RKV_EVICT_FULL;
+    rkv_blockmgr *bm = NULL;
+    rkv_sched *s = NULL;
+    char err[256] = "";
+    EXPECT_OK(rkv_blockmgr_create(&bc, &bm));
+    EXPECT_OK(rkv_sched_create(&sc, bm, &s, err, sizeof err));
+    int32_t t[32];
+    for (int32_t i = 0; i < 32; i++) t[i] = 7 + i;
+    uint64_t h[8];
+    EXPECT_EQ_INT(rkv_prefix_hash_blocks(t, 32, BLOCK, 0, h, 8), 8);
+    const rkv_sched_request r0 = {0, 33, 1, 0, 0.0, NULL}, rl = {1, 80, 50, 0, 1.0, NULL};
+    const rkv_sched_request rh = {2, 1, 3, 0, 2.0, NULL}, rc = {3, 93, 1, 0, 3.0, NULL};
+    const rkv_sched_plan *p = NULL;
+    EXPECT_OK(rkv_sched_add_request(s, &r0));
+    EXPECT_OK(rkv_sched_set_prefix(s, 0, h, 8));
+    for (int i = 0; i < 3; i++) {
+      EXPECT_OK(rkv_sched_step(s, &p));
+      report_plain(s, p);
+    }
+    EXPECT_OK(rkv_sched_add_request(s, &rl));
+    for (int i = 0; i < 2; i++) {
+      EXPECT_OK(rkv_sched_step(s, &p));
+      report_plain(s, p);
+    }
+    EXPECT_OK(rkv_sched_add_request(s, &rh));
+    EXPECT_OK(rkv_sched_add_request(s, &rc));
+    EXPECT_OK(rkv_sched_set_prefix(s, 3, h, 8));
+    int started_h = -1, started_c = -1;
+    for (int step = 0; step < 200 && started_c < 0; step++) {
+      EXPECT_OK(rkv_sched_step(s, &p));
+      for (uint32_t i = 0; i < p->n_started; i++) {
+        if (p->started[i] == 2) started_h = step;
+        if (p->started[i] == 3) started_c = step;
+      }
+      report_plain(s, p);
+    }
+    if (started_h != 0 || started_c <= 0)
+      RKV_TEST_FAIL_("lookahead %llu: request 2 started in step %d, request 3 in step %d",
+                     (unsigned long long)w, started_h, started_c);
+    rkv_sched_destroy(s);
+    rkv_blockmgr_destroy(bm);
+  }
+}
+
 static void test_config_errors(void) {
   rkv_blockmgr_config bc = RKV_BLOCKMGR_CONFIG_INIT;
   bc.num_blocks = 16, bc.block_size = BLOCK, bc.num_layers = 1, bc.num_kv_heads = 1;
@@ -219,5 +366,7 @@ int main(void) {
   test_cached_first();
   test_no_starvation();
   test_priority_first();
+  test_failed_step_changes_nothing();
+  test_pick_that_does_not_fit();
   return rkv_test_finish();
 }
