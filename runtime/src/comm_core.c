@@ -59,8 +59,9 @@ static const rkv_comm_vtbl kSingleVtbl = {single_allreduce, single_allgather, si
 
 /* ---- handle lifetime -------------------------------------------------------------------- */
 
+/* Bytes of the allocated divergence buffer (0: the inline array serves). */
 static size_t diverge_bytes(const rkv_comm *c) {
-  return (size_t)c->size * 2 * sizeof(uint64_t);
+  return c->size > RKVI_COMM_DIVERGE_INLINE ? (size_t)c->size * 2 * sizeof(uint64_t) : 0;
 }
 
 static void copy_err(char *dst, size_t len, const char *src) {
@@ -123,8 +124,12 @@ rkv_status rkv_comm_create(const rkv_comm_config *cfg, rkv_comm **out, char *err
       break;
   }
   if (ret == RKV_OK) {
-    c->diverge = rkvi_alloc(rkvi_comm_alloc(c), diverge_bytes(c), _Alignof(uint64_t));
+    c->diverge = diverge_bytes(c)
+                     ? rkvi_alloc(rkvi_comm_alloc(c), diverge_bytes(c), _Alignof(uint64_t))
+                     : c->diverge_inline;
     if (!c->diverge) {
+      /* only past RKVI_COMM_DIVERGE_INLINE ranks: this rank fails alone after a collective
+       * init, and its peers time out at their first collective */
       c->v->destroy(c);
       snprintf(c->err, sizeof c->err, "comm: out of memory");
       ret = RKV_ERR_NO_MEMORY;
@@ -144,7 +149,7 @@ rkv_status rkv_comm_create(const rkv_comm_config *cfg, rkv_comm **out, char *err
 void rkv_comm_destroy(rkv_comm *c) {
   if (!c) return;
   if (c->v) c->v->destroy(c);
-  rkvi_free(rkvi_comm_alloc(c), c->diverge, diverge_bytes(c));
+  if (diverge_bytes(c)) rkvi_free(rkvi_comm_alloc(c), c->diverge, diverge_bytes(c));
   rkv_allocator a = c->alloc;
   rkvi_free(c->has_alloc ? &a : NULL, c, sizeof(*c));
 }

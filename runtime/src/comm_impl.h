@@ -18,6 +18,8 @@ typedef struct rkv_comm_vtbl {
   void (*destroy)(rkv_comm *c);
 } rkv_comm_vtbl;
 
+#define RKVI_COMM_DIVERGE_INLINE 64
+
 struct rkv_comm {
   rkv_comm_kind kind;
   int32_t rank;
@@ -30,9 +32,11 @@ struct rkv_comm {
   rkv_logger logger;
   const rkv_comm_vtbl *v;
   void *impl;
-  /* [size][2]: every rank's (step, hash) when a step sync finds a divergence. Allocated at
-   * create, so every rank joins that all-gather (an allocation failing on one rank only would
-   * pair its next collective with the others' all-gather). */
+  /* [size][2]: every rank's (step, hash) when a step sync finds a divergence, so that every
+   * rank joins that all-gather (one that could not allocate would pair its next collective
+   * with the others' all-gather). Worlds of up to RKVI_COMM_DIVERGE_INLINE ranks use the
+   * inline array; larger ones allocate at create. */
+  uint64_t diverge_inline[2 * RKVI_COMM_DIVERGE_INLINE];
   uint64_t *diverge;
   char err[RKV_ERRBUF];
 };

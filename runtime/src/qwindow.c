@@ -163,7 +163,7 @@ static rkv_status insert(rkv_qwindow *w, int64_t id, int32_t *out) {
 
 rkv_status rkv_qwindow_seq_add(rkv_qwindow *w, int64_t seq) {
   if (!w) return RKV_ERR_INVALID_ARG;
-  int32_t e;
+  int32_t e = -1;
   RKV_TRY(insert(w, seq, &e));
   /* a device kernel reads all `window` rows of a ring: never leave it stale bytes */
   rkv_status st = rkvi_qw_store_clear(w, e);
