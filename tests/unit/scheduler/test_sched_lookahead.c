@@ -220,7 +220,8 @@ typedef struct picky {
 static void *picky_alloc(void *ctx, size_t size, size_t align) {
   const picky *p = ctx;
   if (p->armed && size >= p->limit) return NULL;
-  return aligned_alloc(align < 16 ? 16 : align, (size + 15) / 16 * 16);
+  const size_t a = align < 16 ? 16 : align; /* aligned_alloc: size a multiple of a */
+  return aligned_alloc(a, (size + a - 1) / a * a);
 }
 static void picky_free(void *ctx, void *ptr, size_t size) {
   (void)ctx, (void)size;
