@@ -1046,12 +1046,10 @@ rkv_status rkv_sched_fork(rkv_sched *s, int64_t parent, int64_t child, int64_t m
 
 /* ---- planning --------------------------------------------------------------------------- */
 
-/* Cached groups r's admission may share, and the blocks that takes from the free pool (the
- * groups no sequence holds). At least the prompt's last token is computed, and its last
- * `window` for a policy that reads the query window: the window then holds the queries a
- * run without the cache sees. */
-/* The cached groups an admission of r now would share: its prompt's leading cached groups,
- * short of the tokens it must compute (the last one, or its query window). */
+/* Cached groups r's admission now would share: its prompt's leading cached groups, short of
+ * what it must compute. At least the prompt's last token is computed, and its last `window`
+ * for a policy that reads the query window: the window then holds the queries a run without
+ * the cache sees. */
 static rkv_status cached_groups(const rkv_sched *s, const req *r, uint32_t *hit) {
   *hit = 0;
   if (!s->cfg.prefix_cache || !r->n_hashes) return RKV_OK;
@@ -1064,6 +1062,8 @@ static rkv_status cached_groups(const rkv_sched *s, const req *r, uint32_t *hit)
   return RKV_OK;
 }
 
+/* Those groups, and the blocks sharing them takes from the free pool (the groups no sequence
+ * holds). */
 static rkv_status prefix_hit(const rkv_sched *s, const req *r, uint32_t *hit, uint32_t *cost) {
   *cost = 0;
   RKV_TRY(cached_groups(s, r, hit));
@@ -1596,7 +1596,7 @@ static rkv_status reserve_step(rkv_sched *s) {
    * window of w, one of the first k + w (each admission removes one request, and the pick
    * lies among the first w left; requests the loop aborts create no slot and are skipped
    * here): its slot gets the largest row of those. */
-  const uint32_t w = lookahead(s) ? lookahead(s) : 1, i0 = i;
+  const uint32_t w = lookahead(s) > 1 ? lookahead(s) : 1, i0 = i;
   uint32_t seen = 0, most = 0;
   req *r = s->waiting.head;
   for (; i < room; i++) {

@@ -32,6 +32,23 @@ static void sys_hashes(int sys, uint64_t h[SYS / BLOCK]) {
   EXPECT_EQ_INT(rkv_prefix_hash_blocks(toks, SYS, BLOCK, 0, h, SYS / BLOCK), SYS / BLOCK);
 }
 
+/* One stream (1 layer, 1 kv head, head_dim 4, f32) in `blocks` blocks of BLOCK tokens, with the
+ * prefix cache and no watermark. */
+static rkv_blockmgr_config one_stream(uint32_t blocks) {
+  rkv_blockmgr_config bc = RKV_BLOCKMGR_CONFIG_INIT;
+  bc.num_blocks = blocks, bc.block_size = BLOCK, bc.num_layers = 1, bc.num_kv_heads = 1;
+  bc.head_dim = 4, bc.dtype = RKV_DTYPE_F32, bc.prefix_cache = true, bc.watermark = 0.0f;
+  return bc;
+}
+
+/* Optimistic admission with the prefix cache and a window of w. */
+static rkv_sched_config cached_sched(uint32_t tokens, uint32_t seqs, uint64_t w) {
+  rkv_sched_config sc = RKV_SCHED_CONFIG_INIT;
+  sc.max_batched_tokens = tokens, sc.max_seqs = seqs, sc.admission = RKV_SCHED_OPTIMISTIC;
+  sc.prefix_cache = true, sc.cache_lookahead = w;
+  return sc;
+}
+
 typedef struct want_req {
   int sys; /* its system prompt: 1 (cached), 2 (not), 0 (no hashes) */
   int32_t priority;
@@ -91,13 +108,9 @@ static void prometheus_has(const rkv_sched *s, bool cache, const rkv_sched_prefi
 /* Request 0 caches S1; requests 1..n then wait together. Returns the admission order of 1..n
  * in order[] and the admissions made ahead. */
 static uint64_t admit_order(const run_cfg *c, const want_req *w, uint32_t n, int64_t *order) {
-  rkv_blockmgr_config bc = RKV_BLOCKMGR_CONFIG_INIT;
-  bc.num_blocks = 64, bc.block_size = BLOCK, bc.num_layers = 1, bc.num_kv_heads = 1;
-  bc.head_dim = 4, bc.dtype = RKV_DTYPE_F32, bc.prefix_cache = true, bc.watermark = 0.0f;
-  rkv_sched_config sc = RKV_SCHED_CONFIG_INIT;
-  sc.max_batched_tokens = 64, sc.max_seqs = 1, sc.admission = RKV_SCHED_OPTIMISTIC;
+  const rkv_blockmgr_config bc = one_stream(64);
+  rkv_sched_config sc = cached_sched(64, 1, c->lookahead);
   sc.prefix_cache = c->cache, sc.check_every_step = true;
-  sc.cache_lookahead = c->lookahead;
   if (c->struct_size) {
     memset((char *)&sc + c->struct_size, 0xA5, sizeof sc - c->struct_size);
     sc.struct_size = (uint32_t)c->struct_size;
@@ -205,6 +218,15 @@ static void report_plain(rkv_sched *s, const rkv_sched_plan *p) {
   EXPECT_OK(rkv_sched_report(s, o, p->n_seqs));
 }
 
+/* n steps, each plan reported with no sequence ending early. */
+static void steps(rkv_sched *s, int n) {
+  for (int i = 0; i < n; i++) {
+    const rkv_sched_plan *p = NULL;
+    EXPECT_OK(rkv_sched_step(s, &p));
+    report_plain(s, p);
+  }
+}
+
 /* A 64-token prompt's chained hashes (16 blocks of 4). */
 static void long_hashes(uint64_t h[16]) {
   int32_t toks[64];
@@ -238,13 +260,10 @@ static void test_failed_step_changes_nothing(void) {
   for (uint64_t w = 0; w <= 4; w += 4) {
     picky pk = {false, 40};
     const rkv_allocator al = {picky_alloc, picky_free, &pk};
-    rkv_blockmgr_config bc = RKV_BLOCKMGR_CONFIG_INIT;
-    bc.num_blocks = 64, bc.block_size = BLOCK, bc.num_layers = 1, bc.num_kv_heads = 1;
-    bc.head_dim = 4, bc.dtype = RKV_DTYPE_F32, bc.prefix_cache = true, bc.watermark = 0.0f;
+    rkv_blockmgr_config bc = one_stream(64);
     bc.allocator = &al;
-    rkv_sched_config sc = RKV_SCHED_CONFIG_INIT;
-    sc.max_batched_tokens = 128, sc.max_seqs = 2, sc.admission = RKV_SCHED_OPTIMISTIC;
-    sc.prefix_cache = true, sc.cache_lookahead = w, sc.evict.policy = RKV_EVICT_FULL;
+    rkv_sched_config sc = cached_sched(128, 2, w);
+    sc.evict.policy = RKV_EVICT_FULL;
     rkv_blockmgr *bm = NULL;
     rkv_sched *s = NULL;
     char err[256] = "";
@@ -257,13 +276,9 @@ static void test_failed_step_changes_nothing(void) {
     const rkv_sched_plan *p = NULL;
     EXPECT_OK(rkv_sched_add_request(s, &r0));
     EXPECT_OK(rkv_sched_set_prefix(s, 0, h, 16));
-    for (int i = 0; i < 4; i++) {
-      EXPECT_OK(rkv_sched_step(s, &p));
-      report_plain(s, p);
-    }
+    steps(s, 4);
     EXPECT_OK(rkv_sched_add_request(s, &rl));
-    EXPECT_OK(rkv_sched_step(s, &p));
-    report_plain(s, p);
+    steps(s, 1);
     EXPECT_OK(rkv_sched_add_request(s, &rh));
     EXPECT_OK(rkv_sched_add_request(s, &rc));
     EXPECT_OK(rkv_sched_set_prefix(s, 3, h, 16));
@@ -276,8 +291,7 @@ static void test_failed_step_changes_nothing(void) {
       RKV_TEST_FAIL_("lookahead %llu: after a step that returned %s: %s", (unsigned long long)w,
                      rkv_status_str(st), rkv_sched_last_error(s));
     for (int i = 0; i < 8; i++) { /* and it goes on */
-      EXPECT_OK(rkv_sched_step(s, &p));
-      report_plain(s, p);
+      steps(s, 1);
       EXPECT_OK(rkv_sched_check(s));
     }
     rkv_sched_destroy(s);
@@ -291,13 +305,9 @@ static void test_failed_step_changes_nothing(void) {
  * starts in the first step with or without the window. Found by a review (it waited for 3). */
 static void test_pick_that_does_not_fit(void) {
   for (uint64_t w = 0; w <= 4; w += 4) {
-    rkv_blockmgr_config bc = RKV_BLOCKMGR_CONFIG_INIT;
-    bc.num_blocks = 40, bc.block_size = BLOCK, bc.num_layers = 1, bc.num_kv_heads = 1;
-    bc.head_dim = 4, bc.dtype = RKV_DTYPE_F32, bc.prefix_cache = true, bc.watermark = 0.0f;
-    rkv_sched_config sc = RKV_SCHED_CONFIG_INIT;
-    sc.max_batched_tokens = 64, sc.max_seqs = 4, sc.admission = RKV_SCHED_OPTIMISTIC;
-    sc.prefix_cache = true, sc.cache_lookahead = w, sc.check_every_step = true;
-    sc.evict.policy = RKV_EVICT_FULL;
+    const rkv_blockmgr_config bc = one_stream(40);
+    rkv_sched_config sc = cached_sched(64, 4, w);
+    sc.check_every_step = true, sc.evict.policy = RKV_EVICT_FULL;
     rkv_blockmgr *bm = NULL;
     rkv_sched *s = NULL;
     char err[256] = "";
@@ -312,15 +322,9 @@ static void test_pick_that_does_not_fit(void) {
     const rkv_sched_plan *p = NULL;
     EXPECT_OK(rkv_sched_add_request(s, &r0));
     EXPECT_OK(rkv_sched_set_prefix(s, 0, h, 8));
-    for (int i = 0; i < 3; i++) {
-      EXPECT_OK(rkv_sched_step(s, &p));
-      report_plain(s, p);
-    }
+    steps(s, 3);
     EXPECT_OK(rkv_sched_add_request(s, &rl));
-    for (int i = 0; i < 2; i++) {
-      EXPECT_OK(rkv_sched_step(s, &p));
-      report_plain(s, p);
-    }
+    steps(s, 2);
     EXPECT_OK(rkv_sched_add_request(s, &rh));
     EXPECT_OK(rkv_sched_add_request(s, &rc));
     EXPECT_OK(rkv_sched_set_prefix(s, 3, h, 8));
