@@ -55,6 +55,23 @@ static rkv_status cuda_supported_pool(const rkv_kv_pool *pool) {
   return rkv_attn_cuda_supported(l->head_dim, l->block_size, l->dtype, errbuf(pool), RKV_ERRBUF);
 }
 
+static rkv_status check_group(const rkv_kv_pool *pool, uint32_t num_q_heads,
+                              uint32_t num_kv_heads) {
+  if (num_q_heads == 0 || num_kv_heads == 0 || num_q_heads % num_kv_heads != 0)
+    return rkvi_fail(errbuf(pool), RKV_ERR_INVALID_ARG,
+                     "attention: num_q_heads %u must be a positive multiple of num_kv_heads %u",
+                     num_q_heads, num_kv_heads);
+  return RKV_OK;
+}
+
+rkv_status rkv_attn_check_heads(rkv_kv_pool *pool, uint32_t num_q_heads, uint32_t num_kv_heads) {
+  if (!pool) return RKV_ERR_INVALID_ARG;
+  RKV_TRY(check_group(pool, num_q_heads, num_kv_heads));
+  if (!is_cuda(pool)) return RKV_OK;
+  RKV_TRY(cuda_supported_pool(pool));
+  return rkvi_attn_cuda_check_heads(pool, num_q_heads, num_kv_heads, errbuf(pool));
+}
+
 /* Copies the caller's params (any struct_size from the first release on) into *out with the
  * scale resolved. */
 static rkv_status load_params(const rkv_kv_pool *pool, const rkv_attn_params *p,
@@ -81,10 +98,7 @@ static rkv_status check_shape(const rkv_kv_pool *pool, const rkv_attn_params *p,
                               bool data) {
   char *e = errbuf(pool);
   const rkv_kv_layout *l = &pool->layout;
-  if (p->num_q_heads == 0 || p->num_kv_heads == 0 || p->num_q_heads % p->num_kv_heads != 0)
-    return rkvi_fail(e, RKV_ERR_INVALID_ARG,
-                     "attention: num_q_heads %u must be a positive multiple of num_kv_heads %u",
-                     p->num_q_heads, p->num_kv_heads);
+  RKV_TRY(check_group(pool, p->num_q_heads, p->num_kv_heads));
   if (p->head_dim != l->head_dim)
     return rkvi_fail(e, RKV_ERR_INVALID_ARG, "attention: head_dim %u != pool layout head_dim %u",
                      p->head_dim, l->head_dim);

@@ -486,6 +486,33 @@ int pick_threads(int nq, int d) {
   return t;
 }
 
+// What one CTA of attn_kernel<T, D> needs for a GQA group: query rows per tile, threads and
+// dynamic shared memory, against the device's opt-in maximum.
+struct KernelFit {
+  int qt, threads, smem_optin;
+  size_t smem;
+};
+
+template <typename T, int D>
+rkv_status fit_kernel(rkv_backend *b, int G, int bs, bool prefill, KernelFit *f, char *err) {
+  f->qt = prefill ? (G >= kPrefillPairs ? 1 : kPrefillPairs / G) : 1;
+  const int nq = G * f->qt;
+  f->threads = pick_threads(nq, D);
+  if (f->threads > kMaxThreads || nq * (D / 8) > kMaxIt * f->threads)
+    return rkvi_fail(err, RKV_ERR_UNSUPPORTED,
+                     "attention cuda: GQA group %d too large for head_dim %d", G, D);
+  ATTN_CUDA_TRY(
+      b, err,
+      cudaDeviceGetAttribute(&f->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, b->device));
+  f->smem = Smem<T, D>::total(bs, nq);
+  if (f->smem > (size_t)f->smem_optin)
+    return rkvi_fail(err, RKV_ERR_UNSUPPORTED,
+                     "attention cuda: %zu bytes of shared memory needed (GQA group %d, %s), "
+                     "device allows %d",
+                     f->smem, G, prefill ? "prefill" : "decode", f->smem_optin);
+  return RKV_OK;
+}
+
 template <typename T, int D>
 rkv_status launch_attn(rkv_kv_pool *pool, const rkv_attn_params *a, bool prefill, void *ws,
                        size_t ws_bytes, char *err) {
@@ -516,34 +543,22 @@ rkv_status launch_attn(rkv_kv_pool *pool, const rkv_attn_params *a, bool prefill
   }
   p.q_indptr = prefill ? a->q_indptr : nullptr;
   p.prefill = prefill ? 1 : 0;
-  p.qt = prefill ? (G >= kPrefillPairs ? 1 : kPrefillPairs / G) : 1;
+  KernelFit f{};
+  RKV_TRY((fit_kernel<T, D>(b, G, p.bs, prefill, &f, err)));
+  p.qt = f.qt;
   p.nq = G * p.qt;
   p.accumulate = a->accumulate_scores ? 1 : 0;
   p.nsplit = 1;
-
-  const int threads = pick_threads(p.nq, D);
-  if (threads > kMaxThreads || p.nq * (D / 8) > kMaxIt * threads)
-    return rkvi_fail(err, RKV_ERR_UNSUPPORTED,
-                     "attention cuda: GQA group %d too large for head_dim %d", G, D);
-  const int dev = b->device;
-  int sms = 132, smem_optin = 0;
-  ATTN_CUDA_TRY(b, err, cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  ATTN_CUDA_TRY(b, err,
-                cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  const size_t smem = Smem<T, D>::total(p.bs, p.nq);
-  if (smem > (size_t)smem_optin)
-    return rkvi_fail(err, RKV_ERR_UNSUPPORTED,
-                     "attention cuda: %zu bytes of shared memory needed (GQA group %d), device "
-                     "allows %d",
-                     smem, G, smem_optin);
+  int sms = 132;
+  ATTN_CUDA_TRY(b, err, cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, b->device));
   // Only above the default 48 KB (prefill tiles, f32 at head_dim 256): decode shapes then make
   // no call outside the stream at all while a graph is being captured.
   // The attribute belongs to the function, not the launch: always the device's opt-in
   // maximum, so a concurrent or captured launch with a larger carve-out never finds it lowered.
-  if (smem > 48u * 1024u)
+  if (f.smem > 48u * 1024u)
     ATTN_CUDA_TRY(b, err,
                   cudaFuncSetAttribute(attn_kernel<T, D>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin));
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, f.smem_optin));
   const unsigned streams = a->rows ? a->num_seqs * a->num_kv_heads : (unsigned)a->table.num_streams;
   unsigned gy = 1;
   if (prefill) {
@@ -565,7 +580,7 @@ rkv_status launch_attn(rkv_kv_pool *pool, const rkv_attn_params *a, bool prefill
     }
   }
   if (gy > 65535) gy = 65535;
-  attn_kernel<T, D><<<dim3(streams, gy), threads, smem, st>>>(p);
+  attn_kernel<T, D><<<dim3(streams, gy), f.threads, f.smem, st>>>(p);
   ATTN_LAUNCH_CHECK(b, err);
   if (p.nsplit > 1) {
     constexpr int kMergeThreads = D < 128 ? D : 128;
@@ -613,6 +628,29 @@ rkv_status dispatch(rkv_kv_pool *pool, const rkv_attn_params *a, bool prefill, v
   }
 }
 
+template <typename T>
+rkv_status check_heads_d(rkv_kv_pool *pool, int G, char *err) {
+  rkv_backend *b = pool->backend;
+  const int bs = (int)pool->layout.block_size;
+  for (int prefill = 0; prefill < 2; prefill++) {
+    KernelFit f{};
+    rkv_status st = RKV_OK;
+    switch (pool->layout.head_dim) {
+      case 64:
+        st = fit_kernel<T, 64>(b, G, bs, prefill, &f, err);
+        break;
+      case 128:
+        st = fit_kernel<T, 128>(b, G, bs, prefill, &f, err);
+        break;
+      default:
+        st = fit_kernel<T, 256>(b, G, bs, prefill, &f, err);
+        break;
+    }
+    if (st != RKV_OK) return st;
+  }
+  return RKV_OK;
+}
+
 }  // namespace
 
 extern "C" {
@@ -625,6 +663,22 @@ rkv_status rkvi_attn_cuda_decode(rkv_kv_pool *pool, const rkv_attn_params *p, vo
 rkv_status rkvi_attn_cuda_prefill(rkv_kv_pool *pool, const rkv_attn_params *p, void *ws,
                                   size_t ws_bytes, char *err) {
   return dispatch(pool, p, true, ws, ws_bytes, err);
+}
+
+rkv_status rkvi_attn_cuda_check_heads(rkv_kv_pool *pool, uint32_t num_q_heads,
+                                      uint32_t num_kv_heads, char *err) {
+  rkvi_cuda::DeviceScope dev_scope(pool->backend);
+  if (pool->backend->poisoned)
+    return rkvi_fail(err, RKV_ERR_CUDA, "attention cuda: CUDA context poisoned earlier");
+  const int G = (int)(num_q_heads / num_kv_heads);
+  switch (pool->layout.dtype) {
+    case RKV_DTYPE_F32:
+      return check_heads_d<float>(pool, G, err);
+    case RKV_DTYPE_F16:
+      return check_heads_d<__half>(pool, G, err);
+    default:
+      return check_heads_d<__nv_bfloat16>(pool, G, err);
+  }
 }
 
 rkv_status rkvi_attn_cuda_workspace_bound(const rkv_kv_pool *pool, uint32_t max_seqs,

@@ -41,6 +41,11 @@ rkv_status rkvi_attn_cuda_write_kv_rows(rkv_kv_pool *pool, const float *k, const
                                         uint32_t num_seqs, uint32_t num_kv_heads,
                                         const int32_t *q_indptr, const rkv_block_rows *rows,
                                         char *err);
+/* Whether decode and prefill kernels launch for this GQA group on the pool's device (threads
+ * and shared memory); the layout already passed rkv_attn_cuda_supported and num_q_heads is a
+ * positive multiple of num_kv_heads. */
+rkv_status rkvi_attn_cuda_check_heads(rkv_kv_pool *pool, uint32_t num_q_heads,
+                                      uint32_t num_kv_heads, char *err);
 rkv_status rkvi_attn_cuda_workspace_bound(const rkv_kv_pool *pool, uint32_t max_seqs,
                                           uint32_t num_q_heads, uint32_t head_dim, int64_t max_len,
                                           size_t *bytes);

@@ -33,6 +33,12 @@ rkv_status rkvi_attn_cuda_write_kv_rows(rkv_kv_pool *pool, const float *k, const
   return rkvi_fail(err, RKV_ERR_UNSUPPORTED, "attention: librkv was built without CUDA");
 }
 
+rkv_status rkvi_attn_cuda_check_heads(rkv_kv_pool *pool, uint32_t num_q_heads,
+                                      uint32_t num_kv_heads, char *err) {
+  (void)pool, (void)num_q_heads, (void)num_kv_heads;
+  return rkvi_fail(err, RKV_ERR_UNSUPPORTED, "attention: librkv was built without CUDA");
+}
+
 rkv_status rkvi_attn_cuda_workspace_bound(const rkv_kv_pool *pool, uint32_t max_seqs,
                                           uint32_t num_q_heads, uint32_t head_dim, int64_t max_len,
                                           size_t *bytes) {

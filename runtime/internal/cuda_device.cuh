@@ -2,40 +2,25 @@
 // that drives backends on several devices, or keeps its own current device, gets every call on
 // the right one (streams, allocations and launches belong to the device that is current).
 // Costs one cudaGetDevice when the backend's device is already current, and is safe inside a
-// stream capture. CUDA sources only.
+// stream capture. The caller's device is restored only where it has a context (cuda_device.h).
+// CUDA sources only.
 #ifndef RKV_CUDA_DEVICE_CUH
 #define RKV_CUDA_DEVICE_CUH
 
 #include <cuda_runtime.h>
 
 #include "backend_impl.h"
+#include "cuda_device.h"
 
 namespace rkvi_cuda {
 
 class DeviceScope {
  public:
-  explicit DeviceScope(const rkv_backend *b) {
-    int cur = -1;
-    if (cudaGetDevice(&cur) != cudaSuccess) {
-      (void)cudaGetLastError();  // the call that follows reports what is wrong
-      return;
-    }
-    if (cur == b->device) {
-      ok_ = true;
-      return;
-    }
-    if (cudaSetDevice(b->device) == cudaSuccess) {
-      prev_ = cur;
-      ok_ = true;
-    } else {
-      (void)cudaGetLastError();
-    }
-  }
+  explicit DeviceScope(const rkv_backend *b)
+      : ok_(rkvi_cuda_device_enter(b->device, &prev_) == 0) {}
   // Whether the backend's device is current (false: the calls that follow may fail).
   bool ok() const { return ok_; }
-  ~DeviceScope() {
-    if (prev_ >= 0) (void)cudaSetDevice(prev_);
-  }
+  ~DeviceScope() { rkvi_cuda_device_leave(prev_); }
   DeviceScope(const DeviceScope &) = delete;
   DeviceScope &operator=(const DeviceScope &) = delete;
 

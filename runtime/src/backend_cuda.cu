@@ -288,49 +288,4 @@ rkv_status rkvi_cuda_apply_moves(rkv_kv_pool *p, const rkv_slot_move *moves, siz
   return RKV_OK;
 }
 
-rkv_status rkvi_cuda_read_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n, void *host) {
-  rkv_backend *b = p->backend;
-  rkvi_cuda::DeviceScope dev_scope(b);
-  if (b->poisoned) return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA context poisoned earlier");
-  for (size_t i = 0; i < n; i++)
-    CUDA_TRY(b, cudaMemcpyAsync(static_cast<uint8_t *>(host) + i * p->block_bytes,
-                                static_cast<uint8_t *>(p->base) + (size_t)ids[i] * p->block_bytes,
-                                p->block_bytes, cudaMemcpyDeviceToHost, stream_of(b)));
-  CUDA_TRY(b, cudaStreamSynchronize(stream_of(b)));
-  return RKV_OK;
-}
-
-rkv_status rkvi_cuda_write_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n, const void *host) {
-  rkv_backend *b = p->backend;
-  rkvi_cuda::DeviceScope dev_scope(b);
-  if (b->poisoned) return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA context poisoned earlier");
-  const size_t bs = p->layout.block_size;
-  for (size_t i = 0; i < n; i++) {
-    CUDA_TRY(b, cudaMemcpyAsync(static_cast<uint8_t *>(p->base) + (size_t)ids[i] * p->block_bytes,
-                                static_cast<const uint8_t *>(host) + i * p->block_bytes,
-                                p->block_bytes, cudaMemcpyHostToDevice, stream_of(b)));
-    // Like the CPU path: written blocks start with no H2O mass (not the previous owner's).
-    CUDA_TRY(b,
-             cudaMemsetAsync(p->scores + (size_t)ids[i] * bs, 0, bs * sizeof(float), stream_of(b)));
-  }
-  CUDA_TRY(b, cudaStreamSynchronize(stream_of(b)));
-  return RKV_OK;
-}
-
-rkv_status rkvi_cuda_scores_copy(rkv_kv_pool *p, const int32_t *ids, size_t n, float *host,
-                                 bool to_host) {
-  rkv_backend *b = p->backend;
-  rkvi_cuda::DeviceScope dev_scope(b);
-  if (b->poisoned) return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA context poisoned earlier");
-  const size_t bs = p->layout.block_size, bytes = bs * sizeof(float);
-  for (size_t i = 0; i < n; i++) {
-    float *dev = p->scores + (size_t)ids[i] * bs, *h = host + i * bs;
-    CUDA_TRY(b, cudaMemcpyAsync(to_host ? h : dev, to_host ? dev : h, bytes,
-                                to_host ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice,
-                                stream_of(b)));
-  }
-  CUDA_TRY(b, cudaStreamSynchronize(stream_of(b)));
-  return RKV_OK;
-}
-
 }  // extern "C"

@@ -24,6 +24,7 @@
 #endif
 
 #include "comm_impl.h"
+#include "cuda_device.h"
 
 /* libnccl is opened on the first NCCL communicator instead of being linked: it is a CUDA
  * library, and a link-time dependency would make every program that uses librkv.so need it
@@ -191,9 +192,8 @@ static rkv_status run_collective(rkv_comm *c, bool gather, rkv_comm_op op, uint3
   uint64_t *d_send = n->d_buf, *d_recv = n->d_buf + RKV_COMM_MAX_COUNT;
   uint64_t *d_gather = n->d_buf + 2 * RKV_COMM_MAX_COUNT;
   int prev = -1;
-  cudaGetDevice(&prev);
   rkv_status ret = RKV_OK;
-  cudaError_t e = cudaSetDevice(n->device);
+  cudaError_t e = (cudaError_t)rkvi_cuda_device_enter(n->device, &prev);
   if (e == cudaSuccess)
     e = cudaMemcpyAsync(d_send, n->h_send, count * sizeof(uint64_t), cudaMemcpyHostToDevice,
                         n->stream);
@@ -222,7 +222,7 @@ static rkv_status run_collective(rkv_comm *c, bool gather, rkv_comm_op op, uint3
   }
   RKV_TRY_GOTO(wait_stream(c, "staging copy to host"), out);
 out:
-  if (prev >= 0) cudaSetDevice(prev);
+  rkvi_cuda_device_leave(prev);
   return ret;
 }
 
@@ -368,6 +368,14 @@ static rkv_status bootstrap_file(rkv_comm *c, const rkv_comm_config *cfg, ncclUn
   }
 }
 
+/* Rank 0 removes the published id once ncclCommInitRankConfig has returned on it: init is
+ * collective, so every rank has read the file by then (or init failed and they give up too);
+ * a job that reuses the path later cannot meet this job's stale id. */
+static void drop_id_file(const rkv_comm *c, const rkv_comm_config *cfg, rkv_comm_bootstrap boot) {
+  if (boot == RKV_COMM_BOOTSTRAP_FILE && c->rank == 0 && c->size > 1 && cfg->nccl_id_path)
+    (void)remove(cfg->nccl_id_path);
+}
+
 rkv_status rkvi_comm_nccl_init(rkv_comm *c, const rkv_comm_config *cfg) {
   rkv_comm_bootstrap boot = cfg->bootstrap;
   if (boot == RKV_COMM_BOOTSTRAP_AUTO) {
@@ -427,8 +435,7 @@ rkv_status rkvi_comm_nccl_init(rkv_comm *c, const rkv_comm_config *cfg) {
   c->v = &kNcclVtbl;
 
   int prev = -1;
-  cudaGetDevice(&prev);
-  e = cudaSetDevice(n->device);
+  e = (cudaError_t)rkvi_cuda_device_enter(n->device, &prev);
   if (e == cudaSuccess)
     e = cudaMalloc((void **)&n->d_buf, (2 * RKV_COMM_MAX_COUNT * sizeof(uint64_t)) + gather_bytes);
   if (e == cudaSuccess) {
@@ -451,12 +458,13 @@ rkv_status rkvi_comm_nccl_init(rkv_comm *c, const rkv_comm_config *cfg) {
     goto fail;
   }
   ret = wait_async(c, "ncclCommInitRankConfig");
+  drop_id_file(c, cfg, boot);
   if (ret != RKV_OK) goto fail;
-  if (prev >= 0) cudaSetDevice(prev);
+  rkvi_cuda_device_leave(prev);
   return RKV_OK;
 
 fail:
-  if (prev >= 0) cudaSetDevice(prev);
+  rkvi_cuda_device_leave(prev);
   c->failed = true; /* destroy aborts instead of finalising */
   nccl_destroy(c);
   c->failed = false;

@@ -109,6 +109,12 @@ static rkv_status check_cuda_shape(const rkvi_xdev_config *c, char *err, size_t 
   char why[RKV_ERRBUF] = "";
   if (rkv_attn_cuda_supported(l->head_dim, l->block_size, l->dtype, why, sizeof why) != RKV_OK)
     return rkvi_failn(err, len, RKV_ERR_UNSUPPORTED, "rkv_exec_create: %s", why);
+  /* the GQA group's threads and shared memory on this device (a smaller device than the one
+   * the shapes were tuned on refuses here, not at the first step's first layer) */
+  const rkv_status st = rkv_attn_check_heads(c->pool, c->Hq, c->Hkv);
+  if (st != RKV_OK)
+    return rkvi_failn(err, len, st, "rkv_exec_create: %s",
+                      rkv_backend_last_error(rkv_kv_pool_backend(c->pool)));
   if (c->window > 256)
     return rkvi_failn(err, len, RKV_ERR_UNSUPPORTED,
                       "rkv_exec_create: query window %u > 256 (the CUDA eviction's limit)",

@@ -155,6 +155,8 @@ static void run_case(rkv_backend *cb, rkv_backend *gb, const tcase *c, uint64_t 
   batch b;
   if (!batch_make(cb, gb, c, &rng, &b)) return;
   const uint32_t hq = c->hkv * c->group;
+  /* every shape launched here passes the up-front check, and it changes nothing */
+  EXPECT_OK(rkv_attn_check_heads(b.gpu, hq, c->hkv));
   const size_t qn = (size_t)b.rows * hq * c->d;
   float *q = malloc(qn * sizeof *q), *ref = malloc(qn * sizeof *ref),
         *got = malloc(qn * sizeof *got);
@@ -343,6 +345,20 @@ static void test_qwindow(rkv_backend *gb, uint64_t seed) {
   cudaFree(w.data), cudaFree(dq), cudaFree(dqi), cudaFree(dsl), cudaFree(dpos);
 }
 
+/* A GQA group too large for one CTA is refused up front, before any launch. */
+static void test_check_heads(rkv_backend *gb) {
+  const rkv_kv_layout lay = {RKV_DTYPE_BF16, 16, 256};
+  rkv_kv_pool *pool = NULL;
+  EXPECT_OK(rkv_kv_pool_create(gb, &lay, 4, &pool));
+  if (!pool) return;
+  EXPECT_OK(rkv_attn_check_heads(pool, 32, 8));
+  EXPECT_OK(rkv_attn_check_heads(pool, 64, 1));
+  EXPECT_STATUS(rkv_attn_check_heads(pool, 1024, 1), RKV_ERR_UNSUPPORTED);
+  EXPECT(strstr(rkv_backend_last_error(gb), "GQA group 1024") != NULL);
+  EXPECT_STATUS(rkv_attn_check_heads(pool, 12, 8), RKV_ERR_INVALID_ARG);
+  rkv_kv_pool_destroy(pool);
+}
+
 static void test_unsupported(rkv_backend *gb) {
   const rkv_kv_layout bad_d = {RKV_DTYPE_BF16, 16, 96}, bad_bs = {RKV_DTYPE_F16, 8, 128};
   rkv_kv_pool *pool = NULL;
@@ -355,6 +371,8 @@ static void test_unsupported(rkv_backend *gb) {
     p.table.num_streams = 1, p.table.block_size = 16;
     p.table.indptr = z, p.table.indices = z, p.table.last_len = z;
     EXPECT_STATUS(rkv_attn_decode(pool, &p, NULL, 0), RKV_ERR_UNSUPPORTED);
+    EXPECT(strstr(rkv_backend_last_error(gb), "96") != NULL);
+    EXPECT_STATUS(rkv_attn_check_heads(pool, 8, 1), RKV_ERR_UNSUPPORTED);
     EXPECT(strstr(rkv_backend_last_error(gb), "96") != NULL);
     rkv_evict_params ep = RKV_EVICT_PARAMS_INIT;
     size_t bytes = 0;
@@ -440,6 +458,7 @@ int main(void) {
   }
   test_qwindow(gb, seed++);
   test_unsupported(gb);
+  test_check_heads(gb);
   rkv_backend_destroy(cb);
   rkv_backend_destroy(gb);
   return rkv_test_finish();

@@ -449,7 +449,7 @@ if has_stage sanitize; then
     bad=0 unsupported=0 done_n=0 short=0 notes=
     # tool|command; each run gets an equal share of what is left of the stage.
     set -- "memcheck|$B/tests/cuda_test_attn_cuda" "memcheck|$B/tests/cuda_test_evict_cuda" \
-      "memcheck|$B/tests/cuda_test_qwindow_cuda" \
+      "memcheck|$B/tests/cuda_test_qwindow_cuda" "memcheck|$B/tests/cuda_test_pool_cuda" \
       "memcheck|$RKV bench attention --backend cuda --batch 3 --ctx 700,2100 --min-time 0 --json" \
       "memcheck|$RKV bench evict --backend cuda --seqs 2 --layers 2 --iters 2 --no-torch" \
       "racecheck|$B/tests/cuda_test_attn_cuda" "racecheck|$B/tests/cuda_test_evict_cuda"

@@ -86,6 +86,16 @@ RKV_API rkv_status rkv_attn_workspace_bound(const rkv_kv_pool *pool, uint32_t ma
                                             uint32_t num_q_heads, uint32_t head_dim,
                                             int64_t max_len, size_t *bytes);
 
+/* Whether paged attention on this pool runs with these head counts, checked once before
+ * serving rather than at a step's first layer: num_q_heads a positive multiple of num_kv_heads
+ * (RKV_ERR_INVALID_ARG), and on a CUDA pool the kernels' closed set (rkv_attn_cuda_supported)
+ * and what one GQA group needs of the device, in threads and shared memory, for decode and for
+ * prefill (RKV_ERR_UNSUPPORTED: e.g. f32 at head_dim 256 with block 32 on a device with less
+ * shared memory per block than an H100). The CPU reference runs every such shape. Reason in
+ * rkv_backend_last_error of the pool's backend; NULL pool: RKV_ERR_INVALID_ARG. */
+RKV_API rkv_status rkv_attn_check_heads(rkv_kv_pool *pool, uint32_t num_q_heads,
+                                        uint32_t num_kv_heads);
+
 /* Decode: one query row per sequence attends over its streams' whole cache. */
 RKV_API rkv_status rkv_attn_decode(rkv_kv_pool *pool, const rkv_attn_params *p, void *workspace,
                                    size_t ws_bytes);

@@ -71,7 +71,8 @@ typedef struct rkv_comm_config {
   void *cuda_stream;   /* cudaStream_t to order collectives on (each collective then waits
                           for all work queued on it); NULL = the handle's own stream */
   rkv_comm_bootstrap bootstrap;
-  /* FILE bootstrap: a fresh path per job on a filesystem all ranks see; read during create. */
+  /* FILE bootstrap: a fresh path per job on a filesystem all ranks see; read during create,
+   * removed by rank 0 once every rank has joined. */
   const char *nccl_id_path;
   int32_t rank;                      /* FILE bootstrap and LOCAL: this rank (MPI: ignored) */
   int32_t world_size;                /* FILE bootstrap: number of ranks (LOCAL: the group's) */

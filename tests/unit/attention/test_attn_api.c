@@ -70,6 +70,14 @@ static void test_errors(void) {
   EXPECT_STATUS(rkv_attn_prefill(pool, &zero, f.ws, f.wsb), RKV_ERR_INVALID_ARG);
   EXPECT_STATUS(rkv_attn_decode(NULL, &f.p, f.ws, f.wsb), RKV_ERR_INVALID_ARG);
   EXPECT_STATUS(rkv_attn_decode(pool, NULL, f.ws, f.wsb), RKV_ERR_INVALID_ARG);
+  /* The up-front head check: a CPU pool runs any group; a bad ratio is refused with a reason. */
+  EXPECT_OK(rkv_attn_check_heads(pool, 32, 8));
+  EXPECT_OK(rkv_attn_check_heads(pool, 4096, 1));
+  EXPECT_STATUS(rkv_attn_check_heads(pool, 12, 8), RKV_ERR_INVALID_ARG);
+  EXPECT(strstr(rkv_backend_last_error(rkv_kv_pool_backend(pool)), "12") != NULL);
+  EXPECT_STATUS(rkv_attn_check_heads(pool, 0, 1), RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rkv_attn_check_heads(pool, 8, 0), RKV_ERR_INVALID_ARG);
+  EXPECT_STATUS(rkv_attn_check_heads(NULL, 8, 8), RKV_ERR_INVALID_ARG);
   size_t sz = 0;
   EXPECT_STATUS(rkv_attn_workspace_size(pool, &f.p, NULL), RKV_ERR_INVALID_ARG);
   EXPECT_STATUS(rkv_attn_workspace_size(NULL, &f.p, &sz), RKV_ERR_INVALID_ARG);

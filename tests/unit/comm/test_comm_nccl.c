@@ -1,7 +1,7 @@
 /* rkv_comm over NCCL on one GPU: world size 1 collectives and step sync, and the "never
  * hang" rule with a peer that never arrives (world size 2, only rank 0 started: initialisation
- * must time out and abort, not block). Skips (exit 77) without NCCL in the build or without a
- * usable GPU; label gpu. */
+ * must time out and abort, not block, and remove the id file it published). Skips (exit 77) without
+ * NCCL in the build or without a usable GPU; label gpu. */
 #include <stdio.h>
 #include <unistd.h>
 
@@ -53,6 +53,8 @@ int main(void) {
   printf("lonely rank 0: %s: %s\n", rkv_status_name(s), err);
   EXPECT(s == RKV_ERR_TIMEOUT || s == RKV_ERR_COMM);
   EXPECT(c == NULL);
+  /* rank 0 removes the id it published once init returned, failed or not */
+  EXPECT(access(path, F_OK) != 0);
   unlink(path);
   /* And rank 1 of 2 with no id ever published times out in the file handshake. */
   s = make(1, 2, path, 1.0, &c, err, sizeof err);
