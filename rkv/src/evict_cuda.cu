@@ -470,6 +470,7 @@ __global__ void __launch_bounds__(kFinThreads) finalize_kernel(EvParams p, int p
       if (p.policy == RKV_EVICT_SNAPKV) {
         for (int j = tid; j < nc; j += nthr) z[j] = imp[j];
       } else {
+        // R-KV: check_params refused full and rkv_evict_params_validate unknown policies.
         // Step 3: remove each row's S[i][j*(i)] from its column (fixed point, so the
         // result does not depend on the order of the atomics).
         unsigned long long *col = p.colsum + off;

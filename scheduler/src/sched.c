@@ -1343,6 +1343,41 @@ static void order_decodes_first(rkv_sched *s) {
   for (uint32_t i = 0; i < p->n_seqs; i++) s->cur->seq_req[i]->idx[s->step_no & 1] = i;
 }
 
+/* What admitting r this step takes: its first chunk after the cached groups its prompt starts
+ * with (shared, not computed), the blocks that chunk and a compression right after it need,
+ * and its reservation. n = 0 when r does not fit: no tokens for a chunk, too few free blocks,
+ * or (RESERVE) too little capacity left for its bound. */
+typedef struct admission {
+  uint32_t hit, hit_cost, n, shared;
+  uint64_t cfresh, own;
+} admission;
+
+static rkv_status admit_fit(rkv_sched *s, req *r, uint64_t bound, uint32_t tokens_left,
+                            uint32_t used_watermark, admission *a) {
+  memset(a, 0, sizeof *a);
+  uint32_t hit = 0, hit_cost = 0;
+  RKV_TRY(prefix_hit(s, r, &hit, &hit_cost));
+  r->computed = (int64_t)hit * s->block_size;
+  const uint32_t n = chunk_for(s, r, tokens_left);
+  r->computed = 0;
+  if (!n) return RKV_OK;
+  /* copy rule: a compression right after this chunk copies the shared groups it keeps,
+   * those of its hit and those a later admission's hit shares */
+  const int32_t cached = (int32_t)(hit * s->block_size);
+  const uint64_t cfresh = start_need(s, r, cached, cached, n);
+  const uint64_t first = rkv_blockmgr_blocks_for_tokens(s->bm, n) + hit_cost + cfresh;
+  if (first + used_watermark > bm_free(s)) return RKV_OK;
+  /* shared groups leave its own bound and are reserved once (groups_counted) */
+  const uint32_t shared = groups_counted(s) ? hit : 0;
+  const uint64_t own = bound - (uint64_t)s->streams * shared;
+  const uint64_t fresh_groups = (uint64_t)s->streams * grp_new(s, r, shared);
+  if (s->cfg.admission == RKV_SCHED_RESERVE &&
+      s->reserved + own + fresh_groups > reserve_capacity(s))
+    return RKV_OK;
+  *a = (admission){hit, hit_cost, n, shared, cfresh, own};
+  return RKV_OK;
+}
+
 static rkv_status plan_step(rkv_sched *s) {
   req *r;
   rkv_sched_plan *p = &s->cur->plan;
@@ -1486,58 +1521,35 @@ static rkv_status plan_step(rkv_sched *s) {
       s->m.num_aborted++;
       continue;
     }
-    /* the cached groups its prompt starts with are shared, not computed */
-    uint32_t hit = 0, hit_cost = 0;
-    RKV_TRY(prefix_hit(s, r, &hit, &hit_cost));
-    r->computed = (int64_t)hit * s->block_size;
-    uint32_t n = chunk_for(s, r, tokens_left);
-    r->computed = 0;
-    if (!n) {
+    admission a;
+    RKV_TRY(admit_fit(s, r, bound, tokens_left, used_watermark, &a));
+    if (!a.n) {
       if (retry_fifo(s, r, &fifo)) continue;
       break;
     }
-    /* copy rule: a compression right after this chunk copies the shared groups it keeps,
-     * those of its hit and those a later admission's hit shares */
-    const int32_t cached = (int32_t)(hit * s->block_size);
-    const uint64_t cfresh = start_need(s, r, cached, cached, n);
-    uint64_t first = rkv_blockmgr_blocks_for_tokens(s->bm, n) + hit_cost + cfresh;
-    uint32_t f = bm_free(s);
-    if (first + used_watermark > f) {
-      if (retry_fifo(s, r, &fifo)) continue;
-      break;
-    }
-    /* shared groups leave its own bound and are reserved once (groups_counted) */
-    const uint32_t shared = groups_counted(s) ? hit : 0;
-    const uint64_t own = bound - (uint64_t)s->streams * shared;
-    const uint64_t fresh_groups = (uint64_t)s->streams * grp_new(s, r, shared);
-    if (s->cfg.admission == RKV_SCHED_RESERVE &&
-        s->reserved + own + fresh_groups > reserve_capacity(s)) {
-      if (retry_fifo(s, r, &fifo)) continue;
-      break;
-    }
-    RKV_TRY(rkv_blockmgr_seq_create_cached(s->bm, r->id, r->hashes, hit));
-    s->step_used += hit_cost;
+    RKV_TRY(rkv_blockmgr_seq_create_cached(s->bm, r->id, r->hashes, a.hit));
+    s->step_used += a.hit_cost;
     admit_passed(s, r);
     fifo = false;
     q_remove(s, r);
     q_insert(s, Q_RUNNING, r);
-    r->bound = own;
+    r->bound = a.own;
     r->reserved = true;
-    s->reserved += own;
-    grp_take(s, r, shared);
-    r->kv_len = (int32_t)hit * (int32_t)s->block_size;
+    s->reserved += a.own;
+    grp_take(s, r, a.shared);
+    r->kv_len = (int32_t)a.hit * (int32_t)s->block_size;
     r->computed = r->kv_len;
     r->starting = true;
     if (r->n_hashes) {
       s->prefix.admissions++;
-      s->prefix.admissions_hit += hit > 0;
+      s->prefix.admissions_hit += a.hit > 0;
       s->prefix.hashed_tokens += (uint64_t)r->n_hashes * s->block_size;
       s->prefix.hit_tokens += (uint64_t)r->kv_len;
     }
-    RKV_TRY(schedule(s, r, n, UINT32_MAX));
-    s->step_promised += (uint32_t)cfresh;
-    s->cur->promised += (uint32_t)cfresh;
-    tokens_left -= n;
+    RKV_TRY(schedule(s, r, a.n, UINT32_MAX));
+    s->step_promised += (uint32_t)a.cfresh;
+    s->cur->promised += (uint32_t)a.cfresh;
+    tokens_left -= a.n;
   }
   RKV_ASSERT_LEVEL(3, s->step_used == bm_used(s));
   order_decodes_first(s);
