@@ -22,6 +22,8 @@
 #              as a share of the 128 decode steps between two compressions
 #   sim        rkv sim --compute cuda: the paper's fixed-batch table (full vs R-KV, B = 1024,
 #              16K generations) at one layer, measured
+#   swap       rkv bench swap: the pool's host transfers (swap out / in of scattered blocks)
+#              as a fraction of one contiguous copy of the same bytes
 #
 # Output (at most 8 files: what the device tool brings back): OUT_DIR/gpu.json (device,
 # stages, rows: name, shape, seconds, gbps, fraction_of_copy, ...; rewritten after every
@@ -49,7 +51,7 @@ usage: tools/bench/cuda_gpu_check.sh [options] [OUT_DIR]
   --build-dir DIR    build tree (default build/gpu, the gpu preset's)
   --reuse-build      use DIR as it is: no configure, no build (it must hold tools/rkv)
   --jobs N           build jobs (default 16, the gpu preset's)
-  --stages LIST      comma list of env,build,test,eval,sanitize,attention,evict,sim
+  --stages LIST      comma list of env,build,test,eval,sanitize,attention,evict,sim,swap
   --budget S         wall-clock budget of the whole run in seconds (default 500)
   --quick            smaller eval / attention / sim sizes (a rerun on a warm machine)
   --dry-run          no GPU work (also RKV_GPU_CHECK_DRY_RUN=1); see the script's header
@@ -63,7 +65,7 @@ O=${OUT:-}
 B=build/gpu
 REUSE=0
 JOBS=16
-STAGES=env,build,test,eval,sanitize,attention,evict,sim
+STAGES=env,build,test,eval,sanitize,attention,evict,sim,swap
 BUDGET=500
 QUICK=0
 DRY=${RKV_GPU_CHECK_DRY_RUN:-0}
@@ -91,7 +93,7 @@ case "$JOBS" in '' | *[!0-9]*) echo "cuda_gpu_check: --jobs: not a number: '$JOB
 case "$BUDGET" in '' | *[!0-9]*) echo "cuda_gpu_check: --budget: not a number: '$BUDGET'" >&2; exit 64 ;; esac
 for s in $(echo "$STAGES" | tr ',' ' '); do
   case "$s" in
-    env | build | test | eval | sanitize | attention | evict | sim) ;;
+    env | build | test | eval | sanitize | attention | evict | sim | swap) ;;
     *) echo "cuda_gpu_check: --stages: unknown stage '$s'" >&2; exit 64 ;;
   esac
 done
@@ -733,6 +735,39 @@ if has_stage sim; then
       stage sim skip "$t" "$notes"
     else
       stage sim fail "$t" "$notes"
+    fi
+  fi
+fi
+
+# ---- swap: the pool's host transfers (swap preemption) vs one contiguous copy --------------
+# 4,096 and 65,536 blocks of 8 KB (bf16, d 128, block 16; the larger is a 4K-token sequence of
+# 32 layers x 8 kv heads) scattered over the pool, to and from pinned host memory.
+if has_stage swap; then
+  t=$(now)
+  to=$(stage_timeout 30)
+  if ! have_rkv; then
+    stage swap skip "$t" "no $RKV"
+  elif [ "$to" = 0 ]; then
+    stage swap skip "$t" "no time left"
+  else
+    be=cuda blocks=4096,65536
+    [ "$DRY" = 1 ] && be=cpu blocks=64,256
+    run "$to" "$RKV" bench swap --backend "$be" --blocks "$blocks" --min-time 0.1 --json
+    src=$?
+    extra=
+    [ "$DRY" = 1 ] && extra=', "dry_run": true'
+    grep '^{"name": "swap_' "$W/out" | sed "s/}\$/$extra}/" >"$W/swap"
+    while IFS= read -r l; do row "$l"; done <"$W/swap"
+    n=$(wc -l <"$W/swap")
+    fr=$(awk -F'"fraction_of_copy": ' 'NF > 1 { split($2, a, /[,}]/); v = a[1] + 0;
+      if (n == 0 || v < lo) lo = v; if (n == 0 || v > hi) hi = v; n++ }
+      END { if (n) printf "fraction of one contiguous copy %.3f..%.3f over %d rows", lo, hi, n }' "$W/swap")
+    if [ "$src" = 0 ] && [ "$n" -ge 4 ]; then
+      stage swap "$([ "$DRY" = 1 ] && echo skip || echo pass)" "$t" "$([ "$DRY" = 1 ] && echo 'dry run, CPU backend: ')$fr"
+    elif [ "$src" = 124 ] || [ "$src" = 137 ]; then
+      stage swap timeout "$t" "$n rows in ${to}s; $fr"
+    else
+      stage swap fail "$t" "exit $src, $n rows: $(grep -m1 'rkv bench' "$W/out")"
     fi
   fi
 fi

@@ -7,7 +7,7 @@
 #include "bench.h"
 
 const char rt_cmd_bench_summary[] =
-    "benchmarks: blockmgr, evict, granularity, attention (rkv bench --help)";
+    "benchmarks: blockmgr, evict, granularity, attention, step, swap (rkv bench --help)";
 
 static const struct {
   const char *name;
@@ -19,6 +19,7 @@ static const struct {
     {"granularity", rt_bench_granularity, "dense step of all layers per selection unit vs stream"},
     {"attention", rt_bench_attention, "paged attention bandwidth vs a memory copy"},
     {"step", rt_bench_step, "host cost of a decode step: scheduler + executor bookkeeping"},
+    {"swap", rt_bench_swap, "KV pool host transfers (swap out / in) vs one contiguous copy"},
 };
 
 static void usage(FILE *f) {

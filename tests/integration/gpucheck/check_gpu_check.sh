@@ -46,9 +46,11 @@ echo "1 passed, 0 failed"
 EOT
     chmod +x "$mb/tests/cuda_test_cuda_poison"
     printf 'add_test(cuda_test_cuda_poison "%s")\nset_tests_properties(cuda_test_cuda_poison PROPERTIES LABELS "gpu" TIMEOUT 600)\n' "$mb/tests/cuda_test_cuda_poison" >>"$mb/CTestTestfile.cmake"
-    # a GPU test binary the sanitize stage runs without ctest knowing it
-    printf '#!/bin/sh\necho "1 passed, 0 failed"\n' >"$mb/tests/cuda_test_qwindow_cuda"
-    chmod +x "$mb/tests/cuda_test_qwindow_cuda"
+    # GPU test binaries the sanitize stage runs without ctest knowing them
+    for t in cuda_test_qwindow_cuda cuda_test_pool_cuda; do
+      printf '#!/bin/sh\necho "1 passed, 0 failed"\n' >"$mb/tests/$t"
+      chmod +x "$mb/tests/$t"
+    done
     printf 'add_test(not_gpu "/bin/true")\n' >>"$mb/CTestTestfile.cmake"
     [ "$mode" = mockfail ] && export MOCK_FAIL=eval,racecheck,test,hang
     PATH="$here/mock/bin:$PATH" bash "$script" --reuse-build --build-dir "$mb" --out "$out" --budget 300
@@ -68,7 +70,7 @@ j=$out/gpu.json
 n=$(find "$out" -type f | wc -l)
 [ "$n" -le 8 ] || fail "$n files in the output (the device tool brings back 8)"
 grep -q '"schema": "rkv-gpu-check/1"' "$j" || fail "no schema line"
-for s in env build test eval sanitize attention evict sim; do
+for s in env build test eval sanitize attention evict sim swap; do
   grep -q "\"name\": \"$s\", \"status\"" "$j" || fail "stage $s missing"
 done
 if [ -z "$PY" ]; then
@@ -95,6 +97,9 @@ if mode == "dry":
     # the R-KV prefixes run first (their difference is the steady state), then full
     want([r["max_batch"] for r in sim] == [450, 450, 31], "sim batches 450/31: %s" % [r.get("max_batch") for r in sim])
     want(len(named("sim_rkv_steady_state")) == 1, "steady-state row")
+    sw = named("swap_out") + named("swap_in")
+    want(len(sw) == 4 and all(r["backend"] == "cpu" and r["gbps"] > 0 and r["dry_run"] for r in sw),
+         "4 CPU swap rows through the parser: %s" % sw)
 else:
     want(d["dry_run"] is False, "dry_run flag")
     want(d["device"]["gpu"] == "NVIDIA H100 80GB HBM3" and d["device"]["driver"] == "580.159.04", "device")
@@ -114,7 +119,10 @@ else:
     want(len(named("evict_snapkv")) == 1, "snapkv row")
     want(len(named("eval_cuda")) == 2, "eval rows")
     san = named("sanitizer")
-    want(len(san) == 7, "7 sanitizer runs")
+    want(len(san) == 8, "8 sanitizer runs")
+    sw = named("swap_out") + named("swap_in")
+    want(len(sw) == 4 and all(abs(r["fraction_of_copy"] - 20 / 24) < 1e-4 for r in sw)
+         and sorted(r["shape"]["blocks"] for r in sw) == [4096, 4096, 65536, 65536], "swap rows %s" % sw)
     ss = named("sim_rkv_steady_state")
     want(len(ss) == 1 and abs(ss[0]["tokens_per_s"] - 22500) < 1 and abs(ss[0]["ratio_to_full"] - 1.125) < 0.01
          and abs(ss[0]["ratio_to_full_without_synthesis"] - 1.4766) < 0.01, "steady state %s" % ss)
@@ -129,7 +137,8 @@ else:
         note = [x["note"] for x in d["stages"] if x["name"] == "test"][0]
         want("failed: cuda_test_evict_cuda" in note, "failed test named: %s" % note)
         want("cuda_test_cuda_poison timed out" in note, "the hung test timed out alone: %s" % note)
-        want(st["attention"] == "pass" and st["evict"] == "pass" and st["sim"] == "pass", "later stages ran %s" % st)
+        want(st["attention"] == "pass" and st["evict"] == "pass" and st["sim"] == "pass"
+             and st["swap"] == "pass", "later stages ran %s" % st)
         want([r["status"] for r in san if r["shape"]["tool"] == "racecheck"] == ["fail", "fail"], "racecheck rows fail")
 for e in errs:
     print("gpu.json:", e)

@@ -281,6 +281,13 @@ case "$mode" in
     expect "rkv bench evict --budgets 32," 2 "bad --budgets '32,'" "$rkv" bench evict --budgets 32,
     expect "rkv bench evict --dtype nope" 2 "bad value for --dtype: 'nope'" \
       "$rkv" bench evict --dtype nope
+    expect "rkv bench swap --blocks 2,,3" 2 "bad value for --blocks: '2,,3'" \
+      "$rkv" bench swap --blocks 2,,3
+    expect "rkv bench swap --host nope" 2 "bad value for --host: 'nope'" \
+      "$rkv" bench swap --host nope
+    expect "rkv bench swap --blocks 9 --pool-blocks 8" 2 "--blocks 9 exceeds --pool-blocks 8" \
+      "$rkv" bench swap --blocks 9 --pool-blocks 8
+    expect "rkv bench swap --repeat 0" 2 "bad value for --repeat" "$rkv" bench swap --repeat 0
     ;;
   *)
     echo "unknown mode '$mode'"
