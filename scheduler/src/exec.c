@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <string.h>
 
+#include <rkv/buffer.h>
 #include <rkv/evictor.h>
 #include <rkv/executor.h>
 
@@ -49,6 +50,7 @@ struct rkv_exec {
   rkv_evictor_result *eres; /* [max_seqs] the last run's results */
   uint32_t *eidx;           /* [max_seqs] plan index of each queued compression */
   unsigned char *host;      /* swap pool [host_blocks][block_bytes] */
+  rkv_buffer *host_buf;     /* the swap pool's pinned memory on a device backend, or NULL */
   float *host_scores;       /* [host_blocks][block_size] the swapped slots' attention mass: a
                              * swap restores H2O's ranking with the KV */
 
@@ -85,6 +87,17 @@ static rkv_status grow(rkv_exec *x, void **p, size_t *cap, size_t need, const ch
   return rkvi_fail(x->err, RKV_ERR_NO_MEMORY, "executor: %s of %zu bytes", what, tried);
 }
 
+/* The swap pool: pinned memory of a device pool's backend (a swap then moves at the link's
+ * full speed, and the transfer's copies need no staging by the driver), else, or when pinning
+ * fails, host memory from the caller's allocator. */
+static unsigned char *host_pool(rkv_exec *x, rkv_kv_pool *pool, size_t bytes) {
+  rkv_backend *be = rkv_kv_pool_backend(pool);
+  if (!rkv_backend_device_is_host(be) &&
+      rkv_buffer_create(be, RKV_BUFFER_HOST_PINNED, bytes, &x->host_buf) == RKV_OK)
+    return rkv_buffer_ptr(x->host_buf);
+  return rkvi_alloc(x->al, bytes, 64);
+}
+
 void rkv_exec_destroy(rkv_exec *x) {
   if (!x) return;
   const rkv_allocator *a = x->al;
@@ -93,7 +106,10 @@ void rkv_exec_destroy(rkv_exec *x) {
   rkvi_free(a, x->lens, n * x->S * sizeof(int32_t));
   rkvi_free(a, x->owner, n * sizeof(int64_t));
   rkvi_free(a, x->stale, n);
-  rkvi_free(a, x->host, (size_t)x->cfg.host_blocks * x->block_bytes);
+  if (x->host_buf)
+    rkv_buffer_destroy(x->host_buf);
+  else
+    rkvi_free(a, x->host, (size_t)x->cfg.host_blocks * x->block_bytes);
   rkvi_free(a, x->host_scores, (size_t)x->cfg.host_blocks * x->bs * sizeof(float));
   rkvi_free(a, x->layer_done, x->L);
   rkvi_free(a, x->seq_row, ms * sizeof(int32_t));
@@ -276,7 +292,7 @@ rkv_status rkv_exec_create(const rkv_exec_config *cfg, rkv_blockmgr *m, rkv_kv_p
   x->ids = rkvi_alloc(x->al, ms * sizeof(int64_t), 16);
   x->q_indptr = rkvi_alloc(x->al, (ms + 1) * sizeof(int32_t), 16);
   const bool host = pool && cfg->host_blocks; /* bookkeeping moves no bytes */
-  if (host) x->host = rkvi_alloc(x->al, (size_t)cfg->host_blocks * x->block_bytes, 64);
+  if (host) x->host = host_pool(x, pool, (size_t)cfg->host_blocks * x->block_bytes);
   if (host)
     x->host_scores = rkvi_calloc(x->al, (size_t)cfg->host_blocks * x->bs * sizeof(float), 64);
   if (!x->rows || !x->lens || !x->owner || !x->stale || !x->uniform || !x->xlen || !x->blen ||

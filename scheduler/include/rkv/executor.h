@@ -38,7 +38,9 @@
  * table mirror [max_seqs][streams][max_blocks_per_stream] + lengths, the query window (when
  * the default policy scores with queries; rkv_exec_qwindow_bytes_per_seq per sequence, in the
  * memory of the pool's backend, growing by doubling up to the block manager's max_seqs), the
- * host swap pool (host_blocks blocks), and step scratch that grows with the largest plan seen.
+ * host swap pool (host_blocks blocks; on a device pool pinned memory of its backend, an
+ * RKV_BUFFER_HOST_PINNED buffer, unless pinning fails), and step scratch that grows with the
+ * largest plan seen.
  * On a device pool also rkv_buffers of the pool's backend: the device mirror, a pinned staging
  * arena and workspaces, grown in the first steps of a run.
  *
