@@ -19,6 +19,8 @@
 #  python_install     `cmake --install` into a fresh prefix, then `import librkv` from there;
 #                     `pip install tools/python` into a venv (offline)
 #  python_torch       DLPack / torch views (skipped without PyTorch)
+#  python_device      the executor on the emulated device with DeviceArray I/O, in lockstep
+#                     with a CPU pool: equal plans, outputs and attention at every layer
 #  python_model_client  tools/model/serve.py (the trained model in PyTorch, librkv holding
 #                     the KV cache through the binding) generates exactly what `rkv eval`
 #                     does: 100 problems, full and R-KV B = 192 (skipped without PyTorch)

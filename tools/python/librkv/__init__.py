@@ -18,6 +18,7 @@ from ._lib import LibraryNotFoundError, library_path
 from ._structs import (Admission, BackendKind, DType, EvictParams, EvictPolicy, Granularity,
                        PreemptMode, PrefixRule, RequestState, SeqKind, Status)
 from .blockmgr import AppendResult, BlockManager, CsrTable, prefix_hash_blocks
+from .device import DeviceArray
 from .executor import Executor
 from .runtime import (Backend, KVPool, Layout, bf16_to_f32, build_info, f32_to_bf16,
                       numpy_kv_dtype, status_name, status_str, version, version_info)
@@ -28,6 +29,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "Admission", "AppendResult", "Backend", "BackendKind", "BlockManager", "CsrTable", "DType",
+    "DeviceArray",
     "EvictParams", "EvictPolicy", "Executor", "Granularity", "KVPool", "Layout",
     "LibraryNotFoundError", "Plan", "PreemptMode", "PrefixRule", "RequestState", "RkvError", "Scheduler",
     "SeqKind", "Status", "bf16_to_f32", "build_info", "evict", "f32_to_bf16", "library_path",

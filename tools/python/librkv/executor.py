@@ -4,6 +4,7 @@ import ctypes
 
 from . import _lib
 from ._base import Handle, RkvError, as_ptr, check
+from .device import DeviceArray, device_rows
 from ._structs import EXEC_CONFIG_INIT, EvictParams, ExecConfig, Granularity, Status, parse_enum
 from .blockmgr import BlockManager
 from .runtime import KVPool
@@ -66,6 +67,8 @@ class Executor(Handle):
         self.num_layers, self.num_kv_heads, self.head_dim = (c["num_layers"], c["num_kv_heads"],
                                                              c["head_dim"])
         self.num_q_heads = int(num_q_heads)
+        # a device pool (CUDA, emulated) takes device memory in layer(), a CPU pool numpy
+        self._device = pool is not None and not pool.backend.device_is_host
         self._plan = None
         self._layers_done = None
 
@@ -108,9 +111,11 @@ class Executor(Handle):
     def _arg(self, a, name, heads, rows, writable=False):
         import numpy as np
         want = (rows, heads, self.head_dim)
+        if self._device:
+            return device_rows(a, self.pool.backend, want, name, writable)
         if not isinstance(a, np.ndarray):
-            raise TypeError("Executor.layer: %s must be a numpy array %s float32, got %s"
-                            % (name, list(want), type(a).__name__))
+            raise TypeError("Executor.layer: %s must be a numpy array %s float32 (a CPU pool), "
+                            "got %s" % (name, list(want), type(a).__name__))
         if a.dtype != np.float32:
             raise TypeError("Executor.layer: %s must be float32, got %s" % (name, a.dtype))
         if a.shape != want:
@@ -123,7 +128,7 @@ class Executor(Handle):
                              "(np.ascontiguousarray)" % name)
         if writable and not a.flags.writeable:
             raise ValueError("Executor.layer: %s must be writable" % name)
-        return a
+        return a.ctypes.data
 
     def layer(self, layer, q, k, v, out):
         """Runs one layer of the open step: writes k/v into the plan's slots, runs paged
@@ -142,8 +147,9 @@ class Executor(Handle):
         k = self._arg(k, "k", self.num_kv_heads, rows)
         v = self._arg(v, "v", self.num_kv_heads, rows)
         out = self._arg(out, "out", self.num_q_heads, rows, writable=True)
-        self._check(_lib.lib().rkv_exec_layer(self.handle, layer, as_ptr(q), as_ptr(k),
-                                              as_ptr(v), as_ptr(out)), "rkv_exec_layer")
+        ptr = ctypes.c_void_p
+        self._check(_lib.lib().rkv_exec_layer(self.handle, layer, ptr(q), ptr(k), ptr(v),
+                                              ptr(out)), "rkv_exec_layer")
         self._layers_done.add(layer)
 
     def finish(self, eos=None, outs=None):
@@ -176,6 +182,8 @@ class Executor(Handle):
         st = _lib.lib().rkv_exec_finish(self.handle, as_ptr(outs), n)
         if st == 0 or st == Status.ERR_NO_BLOCKS:
             self._plan = None
+        if st == 0 and self.pool is not None:
+            self.pool.backend._inflight.clear()  # finish synchronised the stream
         try:
             self._check(st, "rkv_exec_finish")
         except RkvError as e:
@@ -186,13 +194,15 @@ class Executor(Handle):
     def run(self, plan, qkv, eos=None):
         """Convenience for one whole step after Scheduler.step: begin, every layer with
         ``q, k, v = qkv(plan, layer)`` (arrays as for ``layer``), then finish(eos). eos may be
-        a callable eos(plan) -> bool [n_seqs]. Returns (outs, out of the last layer)."""
+        a callable eos(plan) -> bool [n_seqs]. Returns (outs, out of the last layer: a numpy
+        array, or on a device pool a DeviceArray)."""
         import numpy as np
         self.begin(plan)
         out = None
         if plan.n_seqs and self.pool is not None:
-            out = np.empty((plan.n_batched_tokens, self.num_q_heads, self.head_dim),
-                           dtype=np.float32)
+            shape = (plan.n_batched_tokens, self.num_q_heads, self.head_dim)
+            out = (DeviceArray(self.pool.backend, shape) if self._device
+                   else np.empty(shape, dtype=np.float32))
             for l in range(self.num_layers):
                 q, k, v = qkv(plan, l)
                 self.layer(l, q, k, v, out)

@@ -87,13 +87,16 @@ def _layout_struct(layout):
 class Backend(Handle):
     """A compute backend (rkv_backend). ``Backend("cpu", num_threads=1)``.
 
-    kind: "cpu" (default), "auto" (CUDA when built and a device is present) or "cuda".
-    The Python package's pool views and the executor work on CPU pools only.
+    kind: "cpu" (default), "auto" (CUDA when built and a device is present) or "cuda";
+    ``Backend.emulated()`` is the emulated device (<rkv/buffer_emu.h>: CPU kernels, device
+    memory the host cannot touch), which runs a device pool's code paths without a GPU.
+    Pool views are for CPU pools; the executor takes numpy arrays on a CPU pool and device
+    memory (librkv.DeviceArray, or on CUDA a torch / CuPy CUDA array) on a device pool.
     """
     _destroy_fn = "rkv_backend_destroy"
     _kind = "Backend"
 
-    def __init__(self, kind="cpu", num_threads=0, device=0):
+    def __init__(self, kind="cpu", num_threads=0, device=0, _emulated=False):
         super().__init__()
         cfg = BackendConfig()
         cfg.struct_size = ctypes.sizeof(BackendConfig)
@@ -102,9 +105,32 @@ class Backend(Handle):
         for k, v in init.items():
             setattr(cfg, k, int(v))
         h = ctypes.c_void_p()
-        check(_lib.lib().rkv_backend_create(ctypes.byref(cfg), ctypes.byref(h)),
-              "rkv_backend_create", "kind %s" % BackendKind(cfg.kind).name.lower())
+        create = "rkv_backend_create_emulated" if _emulated else "rkv_backend_create"
+        check(getattr(_lib.lib(), create)(ctypes.byref(cfg), ctypes.byref(h)), create,
+              "kind %s" % ("emulated" if _emulated else BackendKind(cfg.kind).name.lower()))
         self._set(h.value)
+        self._inflight = []  # upload sources the stream may still read (the async rule)
+
+    @classmethod
+    def emulated(cls, num_threads=1):
+        """The emulated device: a CPU backend whose DEVICE memory the host cannot touch and
+        whose transfers run at the next sync, checking the async rule."""
+        return cls("cpu", num_threads=num_threads, _emulated=True)
+
+    @property
+    def device_is_host(self):
+        """True when device memory is host memory (the CPU backend): pools then have numpy
+        views and the executor takes numpy arrays."""
+        return bool(_lib.lib().rkv_backend_device_is_host(self.handle))
+
+    @property
+    def stream(self):
+        """The backend's CUDA stream as an int (``torch.cuda.ExternalStream(b.stream)`` runs
+        a model on it, in order with the library's work), or None without one."""
+        return _lib.lib().rkv_backend_stream(self.handle) or None
+
+    def _keep_until_sync(self, src):
+        self._inflight.append(src)
 
     @property
     def kind(self):
@@ -122,9 +148,10 @@ class Backend(Handle):
         return (_lib.lib().rkv_backend_last_error(self.handle) or b"").decode()
 
     def sync(self):
-        """Waits for queued work (no-op on CPU)."""
+        """Waits for queued work (no-op on CPU); upload sources are free again after it."""
         check(_lib.lib().rkv_backend_sync(self.handle), "rkv_backend_sync",
               lambda: self.last_error)
+        self._inflight.clear()
 
 
 class KVPool(Handle):
