@@ -21,6 +21,8 @@
 #  python_torch       DLPack / torch views (skipped without PyTorch)
 #  python_device      the executor on the emulated device with DeviceArray I/O, in lockstep
 #                     with a CPU pool: equal plans, outputs and attention at every layer
+#  python_device_cuda the same on a CUDA pool, with DeviceArrays and with torch CUDA tensors
+#                     (label gpu too; skipped without a GPU)
 #  python_model_client  tools/model/serve.py (the trained model in PyTorch, librkv holding
 #                     the KV cache through the binding) generates exactly what `rkv eval`
 #                     does: 100 problems, full and R-KV B = 192 (skipped without PyTorch)
@@ -54,5 +56,10 @@ foreach(f ${_py_tests})
              WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
     set_tests_properties(${n} PROPERTIES ENVIRONMENT "${_py_env}")
   endif()
-  set_tests_properties(${n} PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300 LABELS "python")
+  # test_*_cuda.py also runs with the GPU tests (ctest -L gpu)
+  set(_labels python)
+  if(n MATCHES "_cuda$")
+    set(_labels "python;gpu")
+  endif()
+  set_tests_properties(${n} PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300 LABELS "${_labels}")
 endforeach()

@@ -12,30 +12,37 @@ from conftest import ToyModel
 LAYERS, KV_HEADS, Q_HEADS, HEAD_DIM, BLOCK = 2, 2, 4, 16, 4
 
 
-def stack(backend, policy, swap):
+def stack(backend, policy, swap, head_dim=HEAD_DIM, block=BLOCK):
+    """Executor, scheduler, pool and block manager of the toy workload (24 requests)."""
     ev = librkv.EvictParams(policy, budget=32, window=4, buffer=8)
-    bm = librkv.BlockManager(300 if swap else 900, block_size=BLOCK, num_layers=LAYERS,
-                             num_kv_heads=KV_HEADS, head_dim=HEAD_DIM, dtype="f32",
+    blocks = (300 if swap else 900) * BLOCK // block
+    bm = librkv.BlockManager(blocks, block_size=block, num_layers=LAYERS,
+                             num_kv_heads=KV_HEADS, head_dim=head_dim, dtype="f32",
                              max_seqs=256)
     pool = librkv.KVPool(backend, bm.kv_layout, bm.config["num_blocks"])
     s = librkv.Scheduler(bm, max_batched_tokens=128, max_seqs=16, max_prefill_chunk=24,
                          admission="optimistic" if swap else "reserve",
                          preempt="swap" if swap else "recompute",
-                         host_blocks=300 if swap else 0, evict=ev)
+                         host_blocks=blocks if swap else 0, evict=ev)
     x = librkv.Executor.for_scheduler(s, pool, Q_HEADS, max_stream_tokens=128)
     for i in range(24):
         s.add_request(i, 8 + (i * 7) % 40, 30 + (i * 13) % 70, 0, float(i))
     return [x, s, pool, bm]
 
 
-@pytest.mark.parametrize("policy,swap", [("rkv", True), ("h2o", True), ("snapkv", False)])
-def test_emulated_matches_cpu(policy, swap):
-    cpu, emu = librkv.Backend("cpu", num_threads=1), librkv.Backend.emulated()
-    assert cpu.device_is_host and not emu.device_is_host
-    assert cpu.stream is None and emu.stream is None
-    xc, sc, pc, bc = c = stack(cpu, policy, swap)
-    xe, se, pe, be = e = stack(emu, policy, swap)
-    tm = ToyModel(Q_HEADS, KV_HEADS, HEAD_DIM, eos_rate=0.01)
+def lockstep(dev, policy, swap, head_dim=HEAD_DIM, block=BLOCK, to_device=None, tol=0.0):
+    """Runs the workload on a CPU pool and on device backend `dev` side by side: equal plans
+    and outputs at every step, attention outputs equal (within tol) at every layer.
+    to_device(a) makes the device arrays (default: DeviceArray.from_numpy); it returns
+    (array, a function reading it back as numpy)."""
+    cpu = librkv.Backend("cpu", num_threads=1)
+    xc, sc, pc, bc = c = stack(cpu, policy, swap, head_dim, block)
+    xe, se, pe, be = e = stack(dev, policy, swap, head_dim, block)
+    if to_device is None:
+        def to_device(a):
+            d = librkv.DeviceArray.from_numpy(dev, a)
+            return d, d.download
+    tm = ToyModel(Q_HEADS, KV_HEADS, head_dim, eos_rate=0.01)
     steps = compressed = 0
     while True:
         p, q = sc.step(), se.step()
@@ -44,14 +51,15 @@ def test_emulated_matches_cpu(policy, swap):
         xc.begin(p)
         xe.begin(q)
         rows = p.n_batched_tokens
-        out = np.empty((rows, Q_HEADS, HEAD_DIM), dtype=np.float32)
+        out = np.empty((rows, Q_HEADS, head_dim), dtype=np.float32)
         for l in range(LAYERS if p.n_seqs else 0):
             qq, k, v = tm.qkv(p, l)
             xc.layer(l, qq, k, v, out)
-            d = [librkv.DeviceArray.from_numpy(emu, a) for a in (qq, k, v)]
-            od = librkv.DeviceArray(emu, out.shape)
+            d = [to_device(a)[0] for a in (qq, k, v)]
+            od, read = to_device(np.full_like(out, np.nan))
             xe.layer(l, *d, od)
-            np.testing.assert_array_equal(od.download(), out, "layer %d of step %d" % (l, steps))
+            np.testing.assert_allclose(read(), out, rtol=tol, atol=tol,
+                                       err_msg="layer %d of step %d" % (l, steps))
         eos = tm.eos(p)
         oc, oe = xc.finish(eos), xe.finish(eos)
         np.testing.assert_array_equal(oc, oe)
@@ -70,6 +78,14 @@ def test_emulated_matches_cpu(policy, swap):
         assert m["num_preempt_swap"] > 0, "the swap workload should swap"
     for o in c + e:
         o.close()
+
+
+@pytest.mark.parametrize("policy,swap", [("rkv", True), ("h2o", True), ("snapkv", False)])
+def test_emulated_matches_cpu(policy, swap):
+    cpu, emu = librkv.Backend("cpu", num_threads=1), librkv.Backend.emulated()
+    assert cpu.device_is_host and not emu.device_is_host
+    assert cpu.stream is None and emu.stream is None
+    lockstep(emu, policy, swap)
 
 
 def test_device_arrays_and_refusals():
