@@ -266,8 +266,13 @@ int rt_bench_swap(int argc, char **argv) {
   swap_env e;
   rkv_status st = env_create(&o, &e);
   if (st != RKV_OK) {
-    fprintf(stderr, "rkv " CMD ": set-up failed: %s%s%s\n", rkv_status_str(st), e.be ? ": " : "",
-            e.be ? rkv_backend_last_error(e.be) : "");
+    if (!e.be)
+      fprintf(stderr, "rkv " CMD ": no %s backend: %s%s\n",
+              o.kind == RKV_BACKEND_CUDA ? "cuda" : "cpu", rkv_status_str(st),
+              o.kind == RKV_BACKEND_CUDA ? " (a CUDA build and a usable GPU are needed)" : "");
+    else
+      fprintf(stderr, "rkv " CMD ": set-up failed: %s: %s\n", rkv_status_str(st),
+              rkv_backend_last_error(e.be));
     env_destroy(&e, o.pageable);
     return 1;
   }
