@@ -196,6 +196,19 @@ stage() {
   esac
 }
 have_rkv() { [ -x "$RKV" ]; }
+# tool_stage NAME CAP: sets t (the stage's start) and to (its timeout); records a skip and
+# returns 1 when the rkv tool is missing or no time is left.
+tool_stage() {
+  t=$(now)
+  to=$(stage_timeout "$2")
+  if ! have_rkv; then
+    stage "$1" skip "$t" "no $RKV"
+    return 1
+  elif [ "$to" = 0 ]; then
+    stage "$1" skip "$t" "no time left"
+    return 1
+  fi
+}
 # The interpreters to try for PyTorch, first that imports it wins: RKV_PYTHON, the first python3
 # on PATH, the GPU image's venv, Debian's.
 PYTHONS="${RKV_PYTHON:-} python3 /opt/torch/.venv/bin/python3 /usr/bin/python3"
@@ -503,14 +516,8 @@ fi
 
 # ---- attention: decode bandwidth vs a device-to-device copy ------------------------------
 ATT_SHARE_ROW=
-if has_stage attention; then
-  t=$(now)
-  to=$(stage_timeout 150)
-  if ! have_rkv; then
-    stage attention skip "$t" "no $RKV"
-  elif [ "$to" = 0 ]; then
-    stage attention skip "$t" "no time left"
-  elif [ "$DRY" = 1 ]; then
+if has_stage attention && tool_stage attention 150; then
+  if [ "$DRY" = 1 ]; then
     # Placeholders for the GPU shapes, and the CPU backend through the same parser.
     for b in $(echo "$ATT_BATCH" | tr ',' ' '); do
       for c in $(echo "$ATT_CTX" 1088 | tr ',' ' '); do
@@ -641,134 +648,118 @@ fi
 # paper's (full 31, R-KV 450), 16,384 generated tokens, B = 1024, buffer 128. Full runs its
 # whole wave; R-KV runs two prefixes and takes the steady state from their difference (every
 # sequence compresses every 128 steps after step 1024). --compute none in a dry run.
-if has_stage sim; then
-  t=$(now)
-  to=$(stage_timeout 180)
-  if ! have_rkv; then
-    stage sim skip "$t" "no $RKV"
-  elif [ "$to" = 0 ]; then
-    stage sim skip "$t" "no time left"
-  else
-    comp=cuda
-    [ "$DRY" = 1 ] && comp=none
-    SIM="sim --model llama-8b --layers 1 --workload fixed --prompt-len 128 --gen-len 16384 --pool-gib 2 --budget 1024 --buffer 128 --window 8 --gpu h100 --json --quiet --compute $comp"
-    s1=${SIM_RKV_STEPS%,*} s2=${SIM_RKV_STEPS#*,}
-    ok=0 failed=0 short=0 notes=
-    # The R-KV prefixes first: their difference is the steady state, the run's main number.
-    for spec in "rkv 450 $s1 512" "rkv 450 $s2 512" "full 31 0 64"; do
-      set -- $spec
-      left=$(awk -v a="$t" -v b="$(now)" -v s="$to" 'BEGIN { printf "%d", s - (b - a) }')
-      if [ "$left" -lt 10 ]; then
-        notes="$notes; $1 ${3}: no time"
-        short=$((short + 1))
-        continue
-      fi
-      steps_opt=
-      [ "$3" != 0 ] && steps_opt="--steps $3"
+if has_stage sim && tool_stage sim 180; then
+  comp=cuda
+  [ "$DRY" = 1 ] && comp=none
+  SIM="sim --model llama-8b --layers 1 --workload fixed --prompt-len 128 --gen-len 16384 --pool-gib 2 --budget 1024 --buffer 128 --window 8 --gpu h100 --json --quiet --compute $comp"
+  s1=${SIM_RKV_STEPS%,*} s2=${SIM_RKV_STEPS#*,}
+  ok=0 failed=0 short=0 notes=
+  # The R-KV prefixes first: their difference is the steady state, the run's main number.
+  for spec in "rkv 450 $s1 512" "rkv 450 $s2 512" "full 31 0 64"; do
+    set -- $spec
+    left=$(awk -v a="$t" -v b="$(now)" -v s="$to" 'BEGIN { printf "%d", s - (b - a) }')
+    if [ "$left" -lt 10 ]; then
+      notes="$notes; $1 ${3}: no time"
+      short=$((short + 1))
+      continue
+    fi
+    steps_opt=
+    [ "$3" != 0 ] && steps_opt="--steps $3"
+    # shellcheck disable=SC2086
+    run "$left" "$RKV" $SIM --policy "$1" --requests "$2" --max-seqs "$4" $steps_opt
+    src=$?
+    l=$(grep -m1 '"policy"' "$W/out")
+    if [ "$src" = 124 ] || [ "$src" = 137 ]; then
+      short=$((short + 1))
+      notes="$notes; $1 steps ${3}: cut at the stage's end (${left}s)"
+      continue
+    elif [ "$src" != 0 ] || [ -z "$l" ]; then
+      failed=$((failed + 1))
+      notes="$notes; $1 steps ${3}: exit $src $(grep -m1 'rkv sim' "$W/out")"
+      continue
+    fi
+    ok=$((ok + 1))
+    echo "$1 $3 $l" >>"$W/sim"
+    # The GPU engine must schedule exactly as block accounting alone does (docs/SIMULATOR.md).
+    nt=$(stage_timeout 60)
+    if [ "$comp" = cuda ] && [ "$nt" = 0 ]; then
+      notes="$notes; $1 steps ${3}: no time to repeat with --compute none"
+    elif [ "$comp" = cuda ]; then
       # shellcheck disable=SC2086
-      run "$left" "$RKV" $SIM --policy "$1" --requests "$2" --max-seqs "$4" $steps_opt
-      src=$?
-      l=$(grep -m1 '"policy"' "$W/out")
-      if [ "$src" = 124 ] || [ "$src" = 137 ]; then
-        short=$((short + 1))
-        notes="$notes; $1 steps ${3}: cut at the stage's end (${left}s)"
-        continue
-      elif [ "$src" != 0 ] || [ -z "$l" ]; then
-        failed=$((failed + 1))
-        notes="$notes; $1 steps ${3}: exit $src $(grep -m1 'rkv sim' "$W/out")"
-        continue
-      fi
-      ok=$((ok + 1))
-      echo "$1 $3 $l" >>"$W/sim"
-      # The GPU engine must schedule exactly as block accounting alone does (docs/SIMULATOR.md).
-      nt=$(stage_timeout 60)
-      if [ "$comp" = cuda ] && [ "$nt" = 0 ]; then
-        notes="$notes; $1 steps ${3}: no time to repeat with --compute none"
-      elif [ "$comp" = cuda ]; then
-        # shellcheck disable=SC2086
-        run "$nt" "$RKV" ${SIM%--compute cuda} --compute none --policy "$1" --requests "$2" \
-          --max-seqs "$4" $steps_opt
-        ln=$(grep -m1 '"policy"' "$W/out")
-        for k in steps max_batch compressions generation_tokens evicted_tokens compaction_freed_blocks; do
-          a=$(echo "$l" | jget $k) b=$(echo "$ln" | jget $k)
-          if [ "$a" != "$b" ]; then
-            failed=$((failed + 1))
-            notes="$notes; $1 steps ${3}: $k $a on cuda, $b with --compute none"
-            break
-          fi
-        done
-      fi
-      wall=$(echo "$l" | jget wall_seconds) synth=$(echo "$l" | jget synth_seconds) gen=$(echo "$l" | jget generation_tokens)
-      row "{\"name\": \"sim_fixed_batch\", \"shape\": {\"policy\": \"$1\", \"model\": \"llama-8b heads, 1 layer\", \"requests\": $2, \"gen_len\": 16384, \"budget\": 1024, \"buffer\": 128, \"pool_gib\": 2, \"steps_cap\": $3, \"compute\": \"$comp\"}, \"seconds\": $(jnum "$wall"), \"steps\": $(jnum "$(echo "$l" | jget steps)"), \"complete\": $(jbool "$(echo "$l" | jget complete)"), \"max_batch\": $(jnum "$(echo "$l" | jget max_batch)"), \"generation_tokens\": $(jnum "$gen"), \"tokens_per_s\": $(jnum "$(echo "$l" | jget host_tokens_per_s)"), \"tokens_per_s_without_synthesis\": $(jnum "$(awk -v g="$gen" -v w="$wall" -v s="$synth" 'BEGIN { if (w - s > 0) printf "%.6g", g / (w - s) }')"), \"compressions\": $(jnum "$(echo "$l" | jget compressions)"), \"attention_seconds\": $(jnum "$(echo "$l" | jget attention_seconds)"), \"evict_seconds\": $(jnum "$(echo "$l" | jget evict_seconds)"), \"synth_seconds\": $(jnum "$synth"), \"model_tokens_per_s\": $(jnum "$(echo "$l" | jget model_tokens_per_s)")}"
-      notes="$notes; $1$([ "$3" != 0 ] && echo " ${3} steps"): batch $(echo "$l" | jget max_batch), $(echo "$l" | jget steps) steps, ${wall}s"
-    done
-    # R-KV steady state (difference of the two prefixes) against the full wave.
-    if [ -s "$W/sim" ]; then
-      derived=$(awk '
-        function f(s, k,   a) { if (split(s, a, "\"" k "\": ") < 2) return ""; split(a[2], a, /[,}]/); return a[1] + 0 }
-        $1 == "full" { fg = f($0, "generation_tokens"); fw = f($0, "wall_seconds"); fs = f($0, "synth_seconds") }
-        $1 == "rkv" { n++; g[n] = f($0, "generation_tokens"); w[n] = f($0, "wall_seconds"); s[n] = f($0, "synth_seconds"); c[n] = f($0, "compressions") }
-        END {
-          if (n == 2 && w[2] > w[1]) {
-            r = (g[2] - g[1]) / (w[2] - w[1]); rn = ((w[2] - s[2]) - (w[1] - s[1]) > 0) ? (g[2] - g[1]) / ((w[2] - s[2]) - (w[1] - s[1])) : 0
-            # a ratio to full is null when the full run is missing
-            printf "%.6g %.6g %s %s", r, rn, (fw > 0 && fg > 0 ? sprintf("%.6g", r / (fg / fw)) : "null"), (fw - fs > 0 && fg > 0 && rn > 0 ? sprintf("%.6g", rn / (fg / (fw - fs))) : "null")
-          } else if (n == 2) print "null null null null" # the longer prefix was not slower: noise
-        }' "$W/sim")
-      if [ -n "$derived" ]; then
-        set -- $derived
-        row "{\"name\": \"sim_rkv_steady_state\", \"shape\": {\"model\": \"llama-8b heads, 1 layer\", \"requests\": 450, \"steps\": \"$s1..$s2\", \"budget\": 1024, \"compute\": \"$comp\"}, \"tokens_per_s\": $(jnum "$1"), \"tokens_per_s_without_synthesis\": $(jnum "$2"), \"ratio_to_full\": $(jnum "$3"), \"ratio_to_full_without_synthesis\": $(jnum "$4"), \"paper_ratio\": 9.2}"
-        if [ "$1" = null ]; then
-          notes="$notes; R-KV steady state: none (the $s2-step prefix took no longer than the $s1-step one: timing noise)"
-        else
-          notes="$notes; R-KV steady state $1 tok/s = ${3}x full (without host synthesis ${4}x)"
+      run "$nt" "$RKV" ${SIM%--compute cuda} --compute none --policy "$1" --requests "$2" \
+        --max-seqs "$4" $steps_opt
+      ln=$(grep -m1 '"policy"' "$W/out")
+      for k in steps max_batch compressions generation_tokens evicted_tokens compaction_freed_blocks; do
+        a=$(echo "$l" | jget $k) b=$(echo "$ln" | jget $k)
+        if [ "$a" != "$b" ]; then
+          failed=$((failed + 1))
+          notes="$notes; $1 steps ${3}: $k $a on cuda, $b with --compute none"
+          break
         fi
+      done
+    fi
+    wall=$(echo "$l" | jget wall_seconds) synth=$(echo "$l" | jget synth_seconds) gen=$(echo "$l" | jget generation_tokens)
+    row "{\"name\": \"sim_fixed_batch\", \"shape\": {\"policy\": \"$1\", \"model\": \"llama-8b heads, 1 layer\", \"requests\": $2, \"gen_len\": 16384, \"budget\": 1024, \"buffer\": 128, \"pool_gib\": 2, \"steps_cap\": $3, \"compute\": \"$comp\"}, \"seconds\": $(jnum "$wall"), \"steps\": $(jnum "$(echo "$l" | jget steps)"), \"complete\": $(jbool "$(echo "$l" | jget complete)"), \"max_batch\": $(jnum "$(echo "$l" | jget max_batch)"), \"generation_tokens\": $(jnum "$gen"), \"tokens_per_s\": $(jnum "$(echo "$l" | jget host_tokens_per_s)"), \"tokens_per_s_without_synthesis\": $(jnum "$(awk -v g="$gen" -v w="$wall" -v s="$synth" 'BEGIN { if (w - s > 0) printf "%.6g", g / (w - s) }')"), \"compressions\": $(jnum "$(echo "$l" | jget compressions)"), \"attention_seconds\": $(jnum "$(echo "$l" | jget attention_seconds)"), \"evict_seconds\": $(jnum "$(echo "$l" | jget evict_seconds)"), \"synth_seconds\": $(jnum "$synth"), \"model_tokens_per_s\": $(jnum "$(echo "$l" | jget model_tokens_per_s)")}"
+    notes="$notes; $1$([ "$3" != 0 ] && echo " ${3} steps"): batch $(echo "$l" | jget max_batch), $(echo "$l" | jget steps) steps, ${wall}s"
+  done
+  # R-KV steady state (difference of the two prefixes) against the full wave.
+  if [ -s "$W/sim" ]; then
+    derived=$(awk '
+      function f(s, k,   a) { if (split(s, a, "\"" k "\": ") < 2) return ""; split(a[2], a, /[,}]/); return a[1] + 0 }
+      $1 == "full" { fg = f($0, "generation_tokens"); fw = f($0, "wall_seconds"); fs = f($0, "synth_seconds") }
+      $1 == "rkv" { n++; g[n] = f($0, "generation_tokens"); w[n] = f($0, "wall_seconds"); s[n] = f($0, "synth_seconds"); c[n] = f($0, "compressions") }
+      END {
+        if (n == 2 && w[2] > w[1]) {
+          r = (g[2] - g[1]) / (w[2] - w[1]); rn = ((w[2] - s[2]) - (w[1] - s[1]) > 0) ? (g[2] - g[1]) / ((w[2] - s[2]) - (w[1] - s[1])) : 0
+          # a ratio to full is null when the full run is missing
+          printf "%.6g %.6g %s %s", r, rn, (fw > 0 && fg > 0 ? sprintf("%.6g", r / (fg / fw)) : "null"), (fw - fs > 0 && fg > 0 && rn > 0 ? sprintf("%.6g", rn / (fg / (fw - fs))) : "null")
+        } else if (n == 2) print "null null null null" # the longer prefix was not slower: noise
+      }' "$W/sim")
+    if [ -n "$derived" ]; then
+      set -- $derived
+      row "{\"name\": \"sim_rkv_steady_state\", \"shape\": {\"model\": \"llama-8b heads, 1 layer\", \"requests\": 450, \"steps\": \"$s1..$s2\", \"budget\": 1024, \"compute\": \"$comp\"}, \"tokens_per_s\": $(jnum "$1"), \"tokens_per_s_without_synthesis\": $(jnum "$2"), \"ratio_to_full\": $(jnum "$3"), \"ratio_to_full_without_synthesis\": $(jnum "$4"), \"paper_ratio\": 9.2}"
+      if [ "$1" = null ]; then
+        notes="$notes; R-KV steady state: none (the $s2-step prefix took no longer than the $s1-step one: timing noise)"
+      else
+        notes="$notes; R-KV steady state $1 tok/s = ${3}x full (without host synthesis ${4}x)"
       fi
     fi
-    notes=${notes#; }
-    if [ "$failed" = 0 ] && [ "$short" -gt 0 ]; then
-      # Nothing failed, but the budget cut a run: not a failure, not a pass either.
-      stage sim partial "$t" "$notes"
-    elif [ "$failed" = 0 ]; then
-      stage sim "$([ "$DRY" = 1 ] && echo skip || echo pass)" "$t" "$([ "$DRY" = 1 ] && echo 'dry run, --compute none: ')$notes"
-    elif [ "$DRY" = 0 ] && grep -q 'no usable' "$W/out"; then
-      stage sim skip "$t" "$notes"
-    else
-      stage sim fail "$t" "$notes"
-    fi
+  fi
+  notes=${notes#; }
+  if [ "$failed" = 0 ] && [ "$short" -gt 0 ]; then
+    # Nothing failed, but the budget cut a run: not a failure, not a pass either.
+    stage sim partial "$t" "$notes"
+  elif [ "$failed" = 0 ]; then
+    stage sim "$([ "$DRY" = 1 ] && echo skip || echo pass)" "$t" "$([ "$DRY" = 1 ] && echo 'dry run, --compute none: ')$notes"
+  elif [ "$DRY" = 0 ] && grep -q 'no usable' "$W/out"; then
+    stage sim skip "$t" "$notes"
+  else
+    stage sim fail "$t" "$notes"
   fi
 fi
 
 # ---- swap: the pool's host transfers (swap preemption) vs one contiguous copy --------------
 # 4,096 and 65,536 blocks of 8 KB (bf16, d 128, block 16; the larger is a 4K-token sequence of
 # 32 layers x 8 kv heads) scattered over the pool, to and from pinned host memory.
-if has_stage swap; then
-  t=$(now)
-  to=$(stage_timeout 30)
-  if ! have_rkv; then
-    stage swap skip "$t" "no $RKV"
-  elif [ "$to" = 0 ]; then
-    stage swap skip "$t" "no time left"
+if has_stage swap && tool_stage swap 30; then
+  be=cuda blocks=4096,65536
+  [ "$DRY" = 1 ] && be=cpu blocks=64,256
+  run "$to" "$RKV" bench swap --backend "$be" --blocks "$blocks" --min-time 0.1 --json
+  src=$?
+  extra=
+  [ "$DRY" = 1 ] && extra=', "dry_run": true'
+  grep '^{"name": "swap_' "$W/out" | sed "s/}\$/$extra}/" >"$W/swap"
+  while IFS= read -r l; do row "$l"; done <"$W/swap"
+  n=$(wc -l <"$W/swap")
+  fr=$(awk -F'"fraction_of_copy": ' 'NF > 1 { split($2, a, /[,}]/); v = a[1] + 0;
+    if (n == 0 || v < lo) lo = v; if (n == 0 || v > hi) hi = v; n++ }
+    END { if (n) printf "fraction of one contiguous copy %.3f..%.3f over %d rows", lo, hi, n }' "$W/swap")
+  if [ "$src" = 0 ] && [ "$n" -ge 4 ]; then
+    stage swap "$([ "$DRY" = 1 ] && echo skip || echo pass)" "$t" "$([ "$DRY" = 1 ] && echo 'dry run, CPU backend: ')$fr"
+  elif [ "$src" = 124 ] || [ "$src" = 137 ]; then
+    stage swap timeout "$t" "$n rows in ${to}s; $fr"
   else
-    be=cuda blocks=4096,65536
-    [ "$DRY" = 1 ] && be=cpu blocks=64,256
-    run "$to" "$RKV" bench swap --backend "$be" --blocks "$blocks" --min-time 0.1 --json
-    src=$?
-    extra=
-    [ "$DRY" = 1 ] && extra=', "dry_run": true'
-    grep '^{"name": "swap_' "$W/out" | sed "s/}\$/$extra}/" >"$W/swap"
-    while IFS= read -r l; do row "$l"; done <"$W/swap"
-    n=$(wc -l <"$W/swap")
-    fr=$(awk -F'"fraction_of_copy": ' 'NF > 1 { split($2, a, /[,}]/); v = a[1] + 0;
-      if (n == 0 || v < lo) lo = v; if (n == 0 || v > hi) hi = v; n++ }
-      END { if (n) printf "fraction of one contiguous copy %.3f..%.3f over %d rows", lo, hi, n }' "$W/swap")
-    if [ "$src" = 0 ] && [ "$n" -ge 4 ]; then
-      stage swap "$([ "$DRY" = 1 ] && echo skip || echo pass)" "$t" "$([ "$DRY" = 1 ] && echo 'dry run, CPU backend: ')$fr"
-    elif [ "$src" = 124 ] || [ "$src" = 137 ]; then
-      stage swap timeout "$t" "$n rows in ${to}s; $fr"
-    else
-      stage swap fail "$t" "exit $src, $n rows: $(grep -m1 'rkv bench' "$W/out")"
-    fi
+    stage swap fail "$t" "exit $src, $n rows: $(grep -m1 'rkv bench' "$W/out")"
   fi
 fi
 
