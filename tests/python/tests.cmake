@@ -23,6 +23,8 @@
 #                     with a CPU pool: equal plans, outputs and attention at every layer
 #  python_device_cuda the same on a CUDA pool, with DeviceArrays and with torch CUDA tensors
 #                     (label gpu too; skipped without a GPU)
+#  python_model_client_cuda  serve.py with a CUDA pool and the model on the GPU against
+#                     rkv eval --backend cuda (label gpu too; skipped without a GPU)
 #  python_model_client  tools/model/serve.py (the trained model in PyTorch, librkv holding
 #                     the KV cache through the binding) generates exactly what `rkv eval`
 #                     does: 100 problems, full and R-KV B = 192 (skipped without PyTorch)

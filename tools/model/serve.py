@@ -11,15 +11,23 @@ It reproduces `rkv eval` (tools/rkv/cmd_eval.c, the C client of the same library
 token: the same problems (task.py mirrors the C generator), the same scheduler settings, and
 the same layer math in the same float32 order where it matters. `--generations FILE` writes
 the JSON lines `rkv eval --generations` writes, so the two can be compared line by line
-(tests/integration/python_client.py does that in CI).
+(tools/python/tests/test_model_client.py does that in CI).
 
     PYTHONPATH=tools/python RKV_LIBRARY=build/release/lib/librkv.so.0 \\
-        /usr/bin/python3 tools/model/serve.py --policy rkv --budget 192 --problems 100
+        /usr/bin/python3 tools/model/serve.py --policies full,rkv --budget 192 --problems 100
+
+`--backend` puts the KV pool on a device: `emulated` (the emulated device: CPU kernels
+behind device memory, Q/K/V and attention through librkv.DeviceArray; the same tokens as the
+CPU pool) or `cuda` (the model on the GPU too, Q/K/V handed over as torch CUDA tensors on the
+backend's stream; the head dimension zero-padded to the kernels' nearest size, queries scaled
+so that attention and the eviction's scores keep the model's scale, as `rkv eval --backend
+cuda` does).
 
 Needs numpy and torch (Debian: python3-numpy, python3-torch) and the librkv binding.
 """
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -59,10 +67,12 @@ def rope(x, cos, sin):
 
 
 class TorchModel:
-    """The dense half of the model: everything but attention, on [rows, ...] token rows."""
+    """The dense half of the model: everything but attention, on [rows, ...] token rows, on
+    torch device `device`."""
 
-    def __init__(self, lm):
+    def __init__(self, lm, device="cpu"):
         self.lm = lm
+        self.device = torch.device(device)
         c = lm.cfg
         self.cfg = c
         self.nh, self.nkv, self.hd = c["n_heads"], c["n_kv_heads"], c["head_dim"]
@@ -76,10 +86,12 @@ class TorchModel:
                 **{w: getattr(blk, w).weight.detach().t().contiguous()
                    for w in ("wq", "wk", "wv", "wo", "w1", "w2", "w3")},
             })
-        self.tok_emb = lm.tok_emb.weight.detach()
-        self.prev_emb = lm.prev_emb.weight.detach() if lm.prev_emb is not None else None
-        self.final_norm = lm.final_norm.weight.detach()
-        self.lm_head = lm.lm_head.weight.detach().t().contiguous()
+            self.layers[-1] = {k: t.to(self.device) for k, t in self.layers[-1].items()}
+        dev = self.device
+        self.tok_emb = lm.tok_emb.weight.detach().to(dev)
+        self.prev_emb = lm.prev_emb.weight.detach().to(dev) if lm.prev_emb is not None else None
+        self.final_norm = lm.final_norm.weight.detach().to(dev)
+        self.lm_head = lm.lm_head.weight.detach().t().contiguous().to(dev)
 
     def embed(self, tokens, prev):
         x = self.tok_emb[tokens]
@@ -107,6 +119,75 @@ class TorchModel:
         return rmsnorm(x, self.final_norm, self.eps) @ self.lm_head
 
 
+def cuda_head_dim(hd):
+    """The CUDA kernels' head size (64, 128, 256) the model's hd is zero-padded to, and the
+    factor on the queries: the executor's default scale is then 1/sqrt(P), for attention and
+    for the eviction's scores alike, and the factor sqrt(P / hd) brings it back to the model's
+    1/sqrt(hd), exactly in float32 when P / hd is a power of 4 (the factor a power of 2)."""
+    for p in (64, 128, 256):
+        if p >= hd and p % hd == 0 and p // hd in (1, 4, 16, 64):
+            return p, float(np.sqrt(p // hd))
+    raise ValueError("head_dim %d has no exact padding to the CUDA kernels' 64/128/256" % hd)
+
+
+class KVBackend:
+    """Where the KV pool lives and how a layer's Q/K/V reach the executor: "cpu" (numpy views
+    of torch CPU tensors, no copies), "emulated" (librkv.DeviceArray uploads, the attention
+    downloaded), "cuda" (torch CUDA tensors on the backend's stream, zero-padded)."""
+
+    def __init__(self, name, hd, pad=False):
+        self.name, self.hd, self.pad_hd, self.q_factor = name, hd, hd, 1.0
+        self.backend = self.stream = None
+        if name == "emulated":
+            self.backend = librkv.Backend.emulated()
+            if pad:  # the CUDA path's padding on the emulated device (a test of it)
+                self.pad_hd, self.q_factor = cuda_head_dim(hd)
+        elif name == "cuda":
+            self.backend = librkv.Backend("cuda")
+            self.pad_hd, self.q_factor = cuda_head_dim(hd)
+            self.stream = torch.cuda.ExternalStream(self.backend.stream)
+        elif name != "cpu":
+            raise ValueError("backend %r: cpu, emulated or cuda" % name)
+        self.torch_device = torch.device("cuda" if name == "cuda" else "cpu")
+
+    def pool(self, bm):
+        if self.backend is None:
+            return librkv.KVPool.for_blockmgr(bm)  # with its own CPU backend
+        return librkv.KVPool(self.backend, bm.kv_layout, bm.config["num_blocks"])
+
+    def new_out(self, rows, nh):
+        """The attention output of one step's layers."""
+        if self.name == "cpu":
+            return np.empty((rows, nh, self.hd), dtype=np.float32)
+        if self.name == "emulated":
+            return librkv.DeviceArray(self.backend, (rows, nh, self.pad_hd))
+        return torch.empty(rows, nh, self.pad_hd, device=self.torch_device)
+
+    def _pad(self, t, factor=1.0):
+        if self.pad_hd == self.hd:
+            return (t * factor if factor != 1.0 else t).contiguous()
+        z = t.new_zeros(t.shape[:-1] + (self.pad_hd,))
+        z[..., :self.hd] = t * factor if factor != 1.0 else t
+        return z
+
+    def attention(self, x, l, q, k, v, out):
+        """Executor layer l over q, k, v (torch, the model's head_dim) into out (new_out);
+        the attention rows as torch [rows, nh, hd]."""
+        if self.name == "cpu":
+            x.layer(l, q.numpy(), k.numpy(), v.numpy(), out)
+            return torch.from_numpy(out)
+        if self.name == "emulated":
+            x.layer(l, *(librkv.DeviceArray.from_numpy(self.backend, t.numpy()) for t in (
+                self._pad(q, self.q_factor), self._pad(k), self._pad(v))), out)
+            return torch.from_numpy(out.download())[..., :self.hd]
+        x.layer(l, self._pad(q, self.q_factor), self._pad(k), self._pad(v), out)
+        return out[..., :self.hd]
+
+    def close(self):
+        if self.backend is not None:
+            self.backend.close()
+
+
 class Request:
     def __init__(self, rid, n, a, b, prompt):
         self.id, self.digits, self.a, self.b = rid, n, a, b
@@ -118,9 +199,10 @@ class Request:
 class Server:
     """One (policy, budget) run over `problems` problems, as `rkv eval` runs it."""
 
-    def __init__(self, tm, policy, budget, problems, check=False):
+    def __init__(self, tm, policy, budget, problems, check=False, backend="cpu", pad=False):
         c = tm.cfg
         self.tm, self.policy = tm, policy
+        self.kv = KVBackend(backend, c["head_dim"], pad)
         self.budget = 0 if policy == "full" else budget
         self.ep = librkv.EvictParams(policy, budget=FULL_BUDGET if policy == "full" else budget,
                                      window=WINDOW, buffer=BUFFER)
@@ -132,9 +214,9 @@ class Server:
         # sized so nothing is ever preempted, as rkv eval sizes it
         self.bm = librkv.BlockManager(BATCH * streams * blocks_per_stream, block_size=BLOCK_SIZE,
                                       num_layers=c["n_layers"], num_kv_heads=c["n_kv_heads"],
-                                      head_dim=c["head_dim"], dtype="f32", max_seqs=BATCH,
+                                      head_dim=self.kv.pad_hd, dtype="f32", max_seqs=BATCH,
                                       watermark=0.0)
-        self.pool = librkv.KVPool.for_blockmgr(self.bm)
+        self.pool = self.kv.pool(self.bm)
         self.sched = librkv.Scheduler(self.bm, max_batched_tokens=BATCH * self.max_prompt,
                                       max_seqs=BATCH, admission="reserve", preempt="recompute",
                                       evict=self.ep, check_every_step=check)
@@ -152,7 +234,7 @@ class Server:
         self.finished = []  # (request, correct) in finishing order
 
     def close(self):
-        for o in (self.x, self.sched, self.pool, self.bm):
+        for o in (self.x, self.sched, self.pool, self.bm, self.kv):
             o.close()
 
     def rows_of(self, plan):
@@ -167,22 +249,22 @@ class Server:
             toks += h[p0:p0 + n]
             prev += ([h[p0 - 1]] if p0 else [0]) + h[p0:p0 + n - 1]
             pos += range(p0, p0 + n)
-        return torch.tensor(toks), torch.tensor(prev), pos
+        dev = self.tm.device
+        return torch.tensor(toks, device=dev), torch.tensor(prev, device=dev), pos
 
     def forward(self, plan):
         """Runs every layer of the open step; logits [n_seqs, V] of each sequence's last row."""
         tm = self.tm
         toks, prev, pos = self.rows_of(plan)
         cos, sin = rope_tables(pos, tm.hd, tm.cfg["rope_theta"])
-        cos, sin = torch.from_numpy(cos)[:, None, :], torch.from_numpy(sin)[:, None, :]
+        cos = torch.from_numpy(cos)[:, None, :].to(tm.device)
+        sin = torch.from_numpy(sin)[:, None, :].to(tm.device)
         x = tm.embed(toks, prev)
-        out = np.empty((len(pos), tm.nh, tm.hd), dtype=np.float32)
-        att = torch.from_numpy(out)  # the executor writes attention here; torch reads it
+        out = self.kv.new_out(len(pos), tm.nh)  # the executor writes attention here
         for l in range(len(tm.layers)):
             q, k, v = tm.qkv(l, x, cos, sin)
-            self.x.layer(l, q.numpy(), k.numpy(), v.numpy(), out)
-            x = tm.after_attention(l, x, att)
-        last = torch.from_numpy(plan.row_offsets()[1:] - 1)
+            x = tm.after_attention(l, x, self.kv.attention(self.x, l, q, k, v, out))
+        last = torch.from_numpy(plan.row_offsets()[1:] - 1).to(tm.device)
         return tm.logits(x[last])
 
     def sample(self, plan, logits):
@@ -212,7 +294,9 @@ class Server:
                 len(self.reqs) - len(self.finished)))
         self.stats["steps"] += 1
         self.x.begin(plan)
-        with torch.no_grad():
+        # on CUDA the model runs on the backend's stream, in order with the library's kernels
+        with torch.no_grad(), (torch.cuda.stream(self.kv.stream) if self.kv.stream
+                               else contextlib.nullcontext()):
             eos = self.sample(plan, self.forward(plan))
         outs = self.x.finish(eos)
         self.sched.report(outs)
@@ -233,7 +317,7 @@ class Server:
                     len(self.reqs)))
         s = dict(self.stats)
         s.update(policy=self.policy, budget=self.budget, problems=len(self.reqs),
-                 peak_kv_blocks=self.bm.stats()["peak_used_blocks"],
+                 backend=self.kv.name, peak_kv_blocks=self.bm.stats()["peak_used_blocks"],
                  seconds=round(time.perf_counter() - t0, 3))
         return s
 
@@ -258,15 +342,22 @@ def main(argv=None):
     ap.add_argument("--check", action="store_true",
                     help="scheduler and executor checks after every step (slow)")
     ap.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    ap.add_argument("--backend", choices=("cpu", "emulated", "cuda"), default="cpu",
+                    help="where the KV pool lives (default cpu; cuda: the model on the GPU "
+                    "too)")
+    ap.add_argument("--pad-head-dim", action="store_true",
+                    help="emulated: zero-pad the head dimension and scale the queries as the "
+                    "cuda backend does (a CPU test of that path)")
     args = ap.parse_args(argv)
     if args.problems < 1 or args.budget <= WINDOW:
         ap.error("--problems must be >= 1 and --budget > %d (the window)" % WINDOW)
     torch.set_num_threads(1)  # the step is small; threads only add noise
     lm, _ = load_model(args.model)
-    tm = TorchModel(lm)
+    tm = TorchModel(lm, "cuda" if args.backend == "cuda" else "cpu")
     runs, gens = [], []
     for policy in args.policies.split(","):
-        srv = Server(tm, policy, args.budget, args.problems, check=args.check)
+        srv = Server(tm, policy, args.budget, args.problems, check=args.check,
+                     backend=args.backend, pad=args.pad_head_dim)
         try:
             res = srv.run(progress=lambda m: print(m, file=sys.stderr))
         finally:

@@ -63,3 +63,27 @@ def test_python_client_matches_rkv_eval(tmp_path):
     full, rkv_run = py["runs"]
     assert full["correct"] == PROBLEMS, "the full cache solves every held-out problem"
     assert rkv_run["compressions"] > 0 and rkv_run["peak_kv_blocks"] < full["peak_kv_blocks"]
+
+
+def test_python_client_emulated_device(tmp_path):
+    """The same client with its KV pool on the emulated device (DeviceArray I/O) and the CUDA
+    path's zero-padded head dimension and scaled queries (--pad-head-dim): still rkv eval's
+    tokens (12 problems)."""
+    b = build_dir()
+    rkv = b / "tools" / "rkv" if b else None
+    if rkv is None or not rkv.is_file():
+        pytest.skip("no rkv tool in the build tree (RKV_BUILD_DIR)")
+    n = min(PROBLEMS, 12)
+    c_gen, py_gen = tmp_path / "c.jsonl", tmp_path / "py.jsonl"
+    c = run([str(rkv), "eval", "--policies", "full,rkv", "--budgets", str(BUDGET),
+             "--problems", str(n), "--json", "--generations", str(c_gen)])
+    py = run([sys.executable, str(SOURCE_DIR / "tools" / "model" / "serve.py"),
+              "--policies", "full,rkv", "--budget", str(BUDGET), "--problems", str(n),
+              "--backend", "emulated", "--pad-head-dim", "--json", "--generations",
+              str(py_gen)])
+    assert lines(c_gen) == lines(py_gen)
+    for cr, pr in zip(c["runs"], py["runs"]):
+        assert pr["backend"] == "emulated"
+        for k in SAME_STATS:
+            assert cr[k] == pr[k], "%s: %s %s (rkv eval) vs %s (emulated)" % (
+                cr["policy"], k, cr[k], pr[k])
