@@ -355,16 +355,34 @@ if has_stage test; then
     for n in comm_test_comm_nccl cuda_test_cuda_poison; do
       [ "$n" != "$excl" ] && grep -qE "Test +#[0-9]+: $n\$" "$W/out" && late="$late $n"
     done
-    main_to=$((to - 30 * $(echo $late | wc -w)))
+    # The Python GPU tests (python_*: numpy, pytest, PyTorch, model runs) come after the C
+    # ones, in the time the C ones leave (at least 60 s kept for them).
+    nlate=$(echo $late | wc -w) py=$(grep -c '^python_' "$W/gpu_tests")
+    main_to=$((to - 30 * nlate - $([ "$py" -gt 0 ] && echo 60 || echo 0)))
     [ "$main_to" -lt 30 ] && main_to=30
     stop=$(date -d "@$(($(date +%s) + main_to - 5))" +%H:%M:%S 2>/dev/null)
-    skip_re=$(echo "$excl $late" | sed 's/^ *//; s/ *$//; s/  */|/g')
+    skip_re=$(echo "$excl $late $([ "$py" -gt 0 ] && echo 'python_.*')" | sed 's/^ *//; s/ *$//; s/  */|/g')
     RKV_TEST_REQUIRE_GPU=1 run "$main_to" ctest --test-dir "$B" -L gpu ${skip_re:+-E "^($skip_re)\$"} \
       -j 1 ${stop:+--stop-time "$stop"} --output-on-failure --output-junit "$O/ctest-gpu.xml"
     trc=$?
     ctest_rows
     summ="$(grep -m1 'tests passed' "$W/out")${excl:+ (left out: $excl, no NCCL in this build)}"
     gpu_failed=$(sed -n 's/^[[:space:]]*[0-9]* - \([^ ]*\) .*/\1/p' "$W/out" | tr '\n' ' ')
+    if [ "$py" -gt 0 ]; then
+      left=$(awk -v a="$t" -v b="$(now)" -v s="$to" -v r="$((30 * nlate))" 'BEGIN { printf "%d", s - (b - a) - r }')
+      if [ "$left" -lt 15 ]; then
+        summ="$summ; python GPU tests: no time"
+      else
+        RKV_TEST_REQUIRE_GPU=1 run "$left" ctest --test-dir "$B" -L gpu -R '^python_' \
+          --output-on-failure
+        prc=$?
+        ctest_rows
+        summ="$summ; python: $(grep -m1 'tests passed' "$W/out")"
+        # a python test skips (no numpy, pytest or PyTorch's CUDA) without failing
+        gpu_failed="$gpu_failed$(sed -n '/(Skipped)/d; s/^[[:space:]]*[0-9]* - \([^ ]*\) .*/\1/p' "$W/out" | tr '\n' ' ')"
+        [ "$trc" = 0 ] && [ "$prc" != 0 ] && trc=1
+      fi
+    fi
     for n in $late; do
       lt=$(stage_timeout 30)
       if [ "$lt" = 0 ]; then

@@ -38,6 +38,14 @@ EOT
       chmod +x "$mb/tests/$t"
       printf 'add_test(%s "%s")\nset_tests_properties(%s PROPERTIES LABELS "gpu")\n' "$t" "$mb/tests/$t" "$t" >>"$mb/CTestTestfile.cmake"
     done
+    # a Python GPU test runs after the C ones; mockfail's skips (77), which fails nothing
+    cat >"$mb/tests/python_mock_cuda" <<'EOT'
+#!/bin/sh
+case ",${MOCK_FAIL:-}," in *,test,*) echo "SKIP: no pytest"; exit 77 ;; esac
+echo "1 passed"
+EOT
+    chmod +x "$mb/tests/python_mock_cuda"
+    printf 'add_test(python_mock_cuda "%s")\nset_tests_properties(python_mock_cuda PROPERTIES LABELS "python;gpu" SKIP_RETURN_CODE 77)\n' "$mb/tests/python_mock_cuda" >>"$mb/CTestTestfile.cmake"
     # the poison test runs last and alone under a short timeout: mockfail's hangs
     cat >"$mb/tests/cuda_test_cuda_poison" <<'EOT'
 #!/bin/sh
@@ -106,11 +114,14 @@ else:
     want(d["device"]["compute_sanitizer"].startswith("Version 2025"), "sanitizer version")
     want(len(att) == 10 and all(0.79 < r["fraction_of_copy"] < 0.86 for r in att), "10 attention rows")
     ct = named("ctest")
-    tests = ["cuda_test_attn_cuda", "cuda_test_evict_cuda", "cuda_test_cuda_poison"]
+    # the C tests, then the Python one, then the late ones alone
+    tests = ["cuda_test_attn_cuda", "cuda_test_evict_cuda", "python_mock_cuda",
+             "cuda_test_cuda_poison"]
     want([r["shape"]["test"] for r in ct] == tests, "ctest rows %s" % ct)
     # mockfail's poison test hangs: killed with its ctest, it still gets a row
-    want([r["status"] for r in ct] == (["Passed"] * 3 if mode == "mock" else
-                                       ["Passed", "Failed", "Timeout"]), "ctest statuses %s" % ct)
+    want([r["status"] for r in ct] == (["Passed"] * 4 if mode == "mock" else
+                                       ["Passed", "Failed", "Skipped", "Timeout"]),
+         "ctest statuses %s" % ct)
     ev = {r["shape"]["similarity"]: r for r in named("evict_rkv")}
     want(abs(ev["simt"]["speedup_vs_torch"] - 10) < 1e-6 and abs(ev["tensor_cores"]["speedup_vs_torch"] - 25) < 1e-6, "speed-ups %s" % ev)
     for r in ev.values():
@@ -135,7 +146,8 @@ else:
     else:
         want(st["eval"] == "fail" and st["sanitize"] == "fail" and st["test"] == "fail", "failing stages %s" % st)
         note = [x["note"] for x in d["stages"] if x["name"] == "test"][0]
-        want("failed: cuda_test_evict_cuda" in note, "failed test named: %s" % note)
+        want("failed: cuda_test_evict_cuda" in note and "python_mock_cuda" not in
+             note.split("failed:")[1], "failed tests named, the skipped one not: %s" % note)
         want("cuda_test_cuda_poison timed out" in note, "the hung test timed out alone: %s" % note)
         want(st["attention"] == "pass" and st["evict"] == "pass" and st["sim"] == "pass"
              and st["swap"] == "pass", "later stages ran %s" % st)
