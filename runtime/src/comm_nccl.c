@@ -370,7 +370,8 @@ static rkv_status bootstrap_file(rkv_comm *c, const rkv_comm_config *cfg, ncclUn
 
 /* Rank 0 removes the published id once ncclCommInitRankConfig has returned on it: init is
  * collective, so every rank has read the file by then (or init failed and they give up too);
- * a job that reuses the path later cannot meet this job's stale id. */
+ * a job that reuses the path later cannot meet this job's stale id. Also after any failure
+ * past the bootstrap. */
 static void drop_id_file(const rkv_comm *c, const rkv_comm_config *cfg, rkv_comm_bootstrap boot) {
   if (boot == RKV_COMM_BOOTSTRAP_FILE && c->rank == 0 && c->size > 1 && cfg->nccl_id_path)
     (void)remove(cfg->nccl_id_path);
@@ -464,6 +465,7 @@ rkv_status rkvi_comm_nccl_init(rkv_comm *c, const rkv_comm_config *cfg) {
   return RKV_OK;
 
 fail:
+  drop_id_file(c, cfg, boot);
   rkvi_cuda_device_leave(prev);
   c->failed = true; /* destroy aborts instead of finalising */
   nccl_destroy(c);
