@@ -73,7 +73,8 @@ class DeviceArray(Handle):
         if src.shape != self.shape:
             raise ValueError("DeviceArray.upload: shape %s, the array is %s" % (src.shape,
                                                                                  self.shape))
-        self.backend._keep_until_sync(src)
+        if not self.backend.device_is_host:  # the CPU backend copies before returning
+            self.backend._keep_until_sync(src)
         self._check(_lib.lib().rkv_buffer_upload(self.handle, 0, src.ctypes.data, self.nbytes),
                     "rkv_buffer_upload")
 
