@@ -2,20 +2,14 @@
  * and from the host in chunks (read_blocks / write_blocks / read_scores / write_scores), ids in
  * random order across several chunks, repeated ids in a write (the last one wins), and the
  * scores a block write clears. Also the device switch around library calls (cuda_device.h).
- * Skips (77) without a CUDA build or device. */
+ * Every build first runs the same cases with the emulated device in the CUDA pool's place
+ * (its pools are host memory: this checks the cases themselves); then skips (77) without a
+ * CUDA build or device. */
+#include <rkv/buffer_emu.h>
 #include <rkv/runtime.h>
 
 #include "cuda_test_util.h"
 #include "rkv_test.h"
-
-#ifndef RKV_HAVE_CUDA
-int main(void) {
-  return cuda_test_skip("librkv built without CUDA");
-}
-#else
-/* Private (runtime/internal/cuda_device.h); declared here because tests see public headers. */
-int rkvi_cuda_device_enter(int device, int *prev);
-void rkvi_cuda_device_leave(int prev);
 
 static void shuffle(int32_t *v, size_t n, uint64_t *rng) {
   for (size_t i = n; i > 1; i--) {
@@ -76,15 +70,51 @@ static void run_case(rkv_backend *cb, rkv_backend *gb, rkv_dtype dt, uint32_t d,
   EXPECT_OK(rkv_kv_pool_read_scores(gp, rids, n, sg));
   EXPECT(memcmp(sg, sw, n * bs * sizeof(float)) == 0);
   EXPECT(sw[0] == 0.0f && sw[few * bs - 1] == 0.0f);
-  /* A single block, and an empty transfer. */
+  /* A single block (after the block write above), and an empty transfer. */
+  EXPECT_OK(rkv_kv_pool_read_blocks(cp, rids + 1, 1, want));
   EXPECT_OK(rkv_kv_pool_read_blocks(gp, rids + 1, 1, got));
-  EXPECT(memcmp(got, want + bb, bb) == 0);
+  EXPECT(memcmp(got, want, bb) == 0);
   EXPECT_OK(rkv_kv_pool_read_blocks(gp, rids, 0, got));
   free(host), free(got), free(want), free(sh), free(sg), free(sw), free(wids), free(rids);
 out:
   rkv_kv_pool_destroy(cp);
   rkv_kv_pool_destroy(gp);
 }
+
+/* 8 KB blocks: 1,024 per chunk, so 2,600 blocks and their repeats span three chunks; 16 KB
+ * blocks: 512 per chunk; scores rows (64 / 128 bytes) fit one chunk of 4,096 ids or span one
+ * more. */
+static void run_cases(rkv_backend *cb, rkv_backend *gb) {
+  run_case(cb, gb, RKV_DTYPE_BF16, 128, 16, 2600, 11);
+  run_case(cb, gb, RKV_DTYPE_F32, 64, 32, 1300, 12);
+  run_case(cb, gb, RKV_DTYPE_F16, 64, 16, 5000, 13);
+  run_case(cb, gb, RKV_DTYPE_F16, 64, 16, 1, 14);
+}
+
+/* Checks that run in every build: the cases against the emulated device. */
+static void host_checks(rkv_backend *cb) {
+  rkv_backend_config cfg = RKV_BACKEND_CONFIG_INIT;
+  cfg.kind = RKV_BACKEND_CPU;
+  rkv_backend *eb = NULL;
+  EXPECT_OK(rkv_backend_create_emulated(&cfg, &eb));
+  if (eb) run_cases(cb, eb);
+  rkv_backend_destroy(eb);
+}
+
+#ifndef RKV_HAVE_CUDA
+int main(void) {
+  rkv_backend_config cfg = RKV_BACKEND_CONFIG_INIT;
+  cfg.kind = RKV_BACKEND_CPU;
+  rkv_backend *cb = NULL;
+  EXPECT_OK(rkv_backend_create(&cfg, &cb));
+  if (cb) host_checks(cb);
+  rkv_backend_destroy(cb);
+  return cuda_test_skip("librkv built without CUDA");
+}
+#else
+/* Private (runtime/internal/cuda_device.h); declared here because tests see public headers. */
+int rkvi_cuda_device_enter(int device, int *prev);
+void rkvi_cuda_device_leave(int prev);
 
 /* The backend's device is made current for a call and the caller's restored: with one device
  * the switch is a no-op; an ordinal past the last device is refused and changes nothing. */
@@ -114,19 +144,17 @@ static void test_device_switch(void) {
 
 int main(void) {
   rkv_backend_config cfg = RKV_BACKEND_CONFIG_INIT;
-  cfg.kind = RKV_BACKEND_CUDA;
-  rkv_backend *gb = NULL, *cb = NULL;
-  if (rkv_backend_create(&cfg, &gb) != RKV_OK) return cuda_test_skip("no usable CUDA device");
   cfg.kind = RKV_BACKEND_CPU;
+  rkv_backend *gb = NULL, *cb = NULL;
   EXPECT_OK(rkv_backend_create(&cfg, &cb));
   if (!cb) return rkv_test_finish();
-  /* 8 KB blocks: 1,024 per chunk, so 2,600 blocks and their repeats span three chunks; 16 KB
-   * blocks: 512 per chunk; scores rows (64 / 128 bytes) fit one chunk of 4,096 ids or span
-   * one more. */
-  run_case(cb, gb, RKV_DTYPE_BF16, 128, 16, 2600, 11);
-  run_case(cb, gb, RKV_DTYPE_F32, 64, 32, 1300, 12);
-  run_case(cb, gb, RKV_DTYPE_F16, 64, 16, 5000, 13);
-  run_case(cb, gb, RKV_DTYPE_F16, 64, 16, 1, 14);
+  host_checks(cb);
+  cfg.kind = RKV_BACKEND_CUDA;
+  if (rkv_backend_create(&cfg, &gb) != RKV_OK) {
+    rkv_backend_destroy(cb);
+    return cuda_test_skip("no usable CUDA device");
+  }
+  run_cases(cb, gb);
   test_device_switch();
   rkv_backend_destroy(cb);
   rkv_backend_destroy(gb);
