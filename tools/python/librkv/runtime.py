@@ -299,6 +299,11 @@ class KVPool(Handle):
         k, v [n, head_dim] float32, slots [n] int64 (distinct, in range); converted to the
         pool's dtype."""
         import numpy as np
+        if self.backend.kind == BackendKind.CUDA:
+            # the C call reads k, v and slots on the device: host arrays would fault it
+            raise RkvError(Status.ERR_UNSUPPORTED, "KVPool.write_kv",
+                           "a CUDA pool's K/V writes take device arrays: run them through the "
+                           "Executor (Executor.layer)")
         hd = self.layout.head_dim
         k = _f32_rows(k, hd, "KVPool.write_kv: k")
         v = _f32_rows(v, hd, "KVPool.write_kv: v")

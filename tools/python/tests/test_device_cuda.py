@@ -34,6 +34,22 @@ def test_cuda_matches_cpu(swap):
     lockstep(be, "streaming", swap, head_dim=64, block=16, tol=TOL)
 
 
+def test_cuda_pool_host_calls():
+    """What a CUDA pool does from the host: block transfers to and from numpy, and a clear
+    refusal where the C call would read host arrays on the device."""
+    be = cuda_backend()
+    pool = librkv.KVPool(be, ("f32", 16, 64), 40)
+    data = np.random.default_rng(3).standard_normal((5, 2, 16, 64)).astype(np.float32)
+    ids = np.array([7, 3, 39, 0, 21], dtype=np.int32)
+    pool.write_blocks(ids, data)
+    np.testing.assert_array_equal(pool.read_blocks(ids[::-1]), data[::-1])
+    with pytest.raises(librkv.RkvError, match="device arrays"):
+        pool.write_kv(data[0, 0], data[0, 1], np.arange(16))
+    with pytest.raises(librkv.RkvError, match="host views need a CPU pool"):
+        pool.blocks
+    pool.close()
+
+
 def test_cuda_torch_tensors():
     be = cuda_backend()
     torch = pytest.importorskip("torch")
