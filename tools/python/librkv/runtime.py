@@ -273,10 +273,29 @@ class KVPool(Handle):
         """(kDLCPU = 1, 0)."""
         return (1, 0)
 
+    @property
+    def __cuda_array_interface__(self):
+        """A CUDA pool's blocks, [num_blocks, 2, block_size, head_dim] in device memory, for
+        torch or CuPy (bf16 as int16 bits; ``to_torch()`` gives torch.bfloat16). Only CUDA
+        pools have it."""
+        if self.closed or self.backend.kind != BackendKind.CUDA:
+            raise AttributeError("__cuda_array_interface__: only an open CUDA pool has one")
+        import numpy as np
+        lay = self.layout
+        typestr = "<i2" if lay.dtype == DType.BF16 else np.dtype(numpy_kv_dtype(lay.dtype)).str
+        return {"version": 3, "shape": (self.num_blocks, 2, lay.block_size, lay.head_dim),
+                "typestr": typestr, "data": (_lib.lib().rkv_kv_pool_base(self.handle), False),
+                "strides": None, "stream": None}
+
     def to_torch(self):
         """A torch tensor sharing the pool's memory, [num_blocks, 2, block_size, head_dim],
-        dtype float32 / float16 / bfloat16. Requires PyTorch (ImportError otherwise)."""
+        dtype float32 / float16 / bfloat16: a CPU tensor for a CPU pool, a CUDA tensor for a
+        CUDA pool (the library's work on it is ordered by the backend's stream). Requires
+        PyTorch (ImportError otherwise)."""
         import torch
+        if self.backend.kind == BackendKind.CUDA:
+            t = torch.as_tensor(self, device="cuda")  # through __cuda_array_interface__
+            return t.view(torch.bfloat16) if self.layout.dtype == DType.BF16 else t
         blocks = self.blocks
         if self.layout.dtype == DType.BF16:
             return torch.from_dlpack(blocks.view("<i2")).view(torch.bfloat16)

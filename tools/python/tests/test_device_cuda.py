@@ -35,8 +35,8 @@ def test_cuda_matches_cpu(swap):
 
 
 def test_cuda_pool_host_calls():
-    """What a CUDA pool does from the host: block transfers to and from numpy, and a clear
-    refusal where the C call would read host arrays on the device."""
+    """What a CUDA pool does from the host: block transfers to and from numpy, a torch view of
+    its blocks, and a clear refusal where the C call would read host arrays on the device."""
     be = cuda_backend()
     pool = librkv.KVPool(be, ("f32", 16, 64), 40)
     data = np.random.default_rng(3).standard_normal((5, 2, 16, 64)).astype(np.float32)
@@ -47,6 +47,15 @@ def test_cuda_pool_host_calls():
         pool.write_kv(data[0, 0], data[0, 1], np.arange(16))
     with pytest.raises(librkv.RkvError, match="host views need a CPU pool"):
         pool.blocks
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None and torch.cuda.is_available():
+        t = pool.to_torch()  # zero-copy through __cuda_array_interface__
+        assert t.is_cuda and tuple(t.shape) == (40, 2, 16, 64)
+        np.testing.assert_array_equal(t[torch.from_numpy(ids).long().cuda()].cpu().numpy(), data)
+        del t
     pool.close()
 
 
