@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "backend_impl.h"
+#include "copy_stream.h"
 
 const rkv_allocator *rkvi_backend_allocator(const rkv_backend *b) {
   return b && b->has_alloc ? &b->alloc : NULL;
@@ -288,9 +289,11 @@ rkv_status rkv_kv_pool_read_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n,
   if (!p || (n && (!ids || !host))) return RKV_ERR_INVALID_ARG;
   RKV_TRY(check_block_ids(p, ids, n));
   if (p->backend->kind == RKV_BACKEND_CUDA) return rkvi_cuda_read_blocks(p, ids, n, host);
+  const bool stream = n * p->block_bytes >= RKVI_COPY_STREAM_MIN;
   for (size_t i = 0; i < n; i++)
-    memcpy((uint8_t *)host + i * p->block_bytes,
-           (uint8_t *)p->base + (size_t)ids[i] * p->block_bytes, p->block_bytes);
+    rkvi_copy_block((uint8_t *)host + i * p->block_bytes,
+                    (uint8_t *)p->base + (size_t)ids[i] * p->block_bytes, p->block_bytes, stream);
+  rkvi_copy_fence(stream);
   return RKV_OK;
 }
 
@@ -322,12 +325,14 @@ rkv_status rkv_kv_pool_write_blocks(rkv_kv_pool *p, const int32_t *ids, size_t n
   RKV_TRY(check_block_ids(p, ids, n));
   if (p->backend->kind == RKV_BACKEND_CUDA) return rkvi_cuda_write_blocks(p, ids, n, host);
   const uint32_t bs = p->layout.block_size;
+  const bool stream = n * p->block_bytes >= RKVI_COPY_STREAM_MIN;
   for (size_t i = 0; i < n; i++) {
-    memcpy((uint8_t *)p->base + (size_t)ids[i] * p->block_bytes,
-           (const uint8_t *)host + i * p->block_bytes, p->block_bytes);
+    rkvi_copy_block((uint8_t *)p->base + (size_t)ids[i] * p->block_bytes,
+                    (const uint8_t *)host + i * p->block_bytes, p->block_bytes, stream);
     /* The blocks hold other tokens now: drop the previous owner's attention mass (as
      * rkv_attn_write_kv does per slot), or H2O would rank the new tokens by it. */
     memset(p->scores + (size_t)ids[i] * bs, 0, bs * sizeof(float));
   }
+  rkvi_copy_fence(stream);
   return RKV_OK;
 }
