@@ -739,12 +739,13 @@ static rkv_status validate_plan(rkv_exec *x, const rkv_sched_plan *p) {
 
 /* One direction of a plan's swaps. Entries whose host blocks are consecutive, ascending or
  * descending, move as one pool transfer of up to SWAP_RUN blocks: a CUDA pool then syncs once
- * per run, not once per block. Runs are the common case: a swap-out takes host blocks off the
+ * per run, not once per block, and a CPU pool's run of 8 KB blocks is large enough (32 MiB)
+ * for its streaming copy. Runs are the common case: a swap-out takes host blocks off the
  * scheduler's free stack in order, and a swap-in pushes them back in that order, so the next
  * swap-out takes them in reverse. Within one direction the entries touch distinct blocks on
  * both sides (host blocks checked by check_moves, device blocks fresh or owned), so a run may
  * move them in either order. */
-enum { SWAP_RUN = 256 };
+enum { SWAP_RUN = 4096 };
 
 static uint32_t swap_run(const rkv_sched_swap *w, uint32_t n, int32_t ids[SWAP_RUN],
                          int32_t *host0) {
