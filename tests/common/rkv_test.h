@@ -106,5 +106,14 @@ static inline uint64_t rkv_test_rand(uint64_t *s) {
 static inline double rkv_test_uniform(uint64_t *s) {
   return (double)(rkv_test_rand(s) >> 11) * (1.0 / 9007199254740992.0);
 }
+/* Fisher-Yates shuffle of v[0..n) with the PRNG above. */
+static inline void rkv_test_shuffle_i32(int32_t *v, size_t n, uint64_t *s) {
+  for (size_t i = n; i > 1; i--) {
+    const size_t j = rkv_test_rand(s) % i;
+    const int32_t t = v[i - 1];
+    v[i - 1] = v[j];
+    v[j] = t;
+  }
+}
 
 #endif /* RKV_TEST_H */

@@ -11,22 +11,13 @@
 #include "cuda_test_util.h"
 #include "rkv_test.h"
 
-static void shuffle(int32_t *v, size_t n, uint64_t *rng) {
-  for (size_t i = n; i > 1; i--) {
-    const size_t j = rkv_test_rand(rng) % i;
-    const int32_t t = v[i - 1];
-    v[i - 1] = v[j];
-    v[j] = t;
-  }
-}
-
 /* n ids: a permutation of the pool's blocks, then `dups` more drawn from it again. */
 static int32_t *ids_with_dups(uint32_t blocks, size_t dups, uint64_t *rng) {
   int32_t *ids = malloc((blocks + dups) * sizeof *ids);
   for (uint32_t i = 0; i < blocks; i++) ids[i] = (int32_t)i;
-  shuffle(ids, blocks, rng);
+  rkv_test_shuffle_i32(ids, blocks, rng);
   for (size_t i = 0; i < dups; i++) ids[blocks + i] = ids[rkv_test_rand(rng) % blocks];
-  shuffle(ids, blocks + dups, rng);
+  rkv_test_shuffle_i32(ids, blocks + dups, rng);
   return ids;
 }
 

@@ -35,15 +35,6 @@ static void test_alignments(void) {
   free(src), free(got), free(want);
 }
 
-static void shuffle(int32_t *v, size_t n, uint64_t *rng) {
-  for (size_t i = n; i > 1; i--) {
-    const size_t j = rkv_test_rand(rng) % i;
-    const int32_t t = v[i - 1];
-    v[i - 1] = v[j];
-    v[j] = t;
-  }
-}
-
 static void test_pool_round_trip(void) {
   rkv_backend_config cfg = RKV_BACKEND_CONFIG_INIT;
   cfg.kind = RKV_BACKEND_CPU;
@@ -64,8 +55,8 @@ static void test_pool_round_trip(void) {
   uint64_t rng = 9;
   for (size_t i = 0; i < N * bb; i++) host[i] = (unsigned char)(rkv_test_rand(&rng) >> 56);
   for (int32_t i = 0; i < BLOCKS; i++) w[i] = r[i] = i;
-  shuffle(w, BLOCKS, &rng);
-  shuffle(r, BLOCKS, &rng);
+  rkv_test_shuffle_i32(w, BLOCKS, &rng);
+  rkv_test_shuffle_i32(r, BLOCKS, &rng);
   for (int i = BLOCKS; i < N; i++) { /* repeats: the later row wins */
     w[i] = w[rkv_test_rand(&rng) % BLOCKS];
     r[i] = r[rkv_test_rand(&rng) % BLOCKS];
