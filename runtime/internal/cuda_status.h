@@ -24,4 +24,12 @@ rkv_status rkvi_cuda_fail(rkv_backend *b, char *err, int cuda_error, const char 
 }
 #endif
 
+/* Returns rkvi_cuda_fail(b, NULL, ...) from the calling function when the CUDA call expr fails
+ * (the backend's own error text). */
+#define RKVI_CUDA_TRY(b, expr)                                                                   \
+  do {                                                                                           \
+    const cudaError_t e_ = (expr);                                                               \
+    if (e_ != cudaSuccess) return rkvi_cuda_fail((b), NULL, (int)e_, #expr, __FILE__, __LINE__); \
+  } while (0)
+
 #endif /* RKV_CUDA_STATUS_H */

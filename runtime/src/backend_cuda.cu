@@ -16,12 +16,6 @@ rkv_status cuda_fail(rkv_backend *b, cudaError_t e, const char *what, const char
   return rkvi_cuda_fail(b, nullptr, (int)e, what, file, line);
 }
 
-#define CUDA_TRY(b, expr)                                                        \
-  do {                                                                           \
-    cudaError_t e_ = (expr);                                                     \
-    if (e_ != cudaSuccess) return cuda_fail((b), e_, #expr, __FILE__, __LINE__); \
-  } while (0)
-
 struct CopyBlocksParams {
   uint8_t *base;
   float *scores;
@@ -136,7 +130,7 @@ rkv_status rkvi_cuda_backend_init(rkv_backend *b) {
   if (!dev_scope.ok())
     return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA device %d cannot be made current", b->device);
   cudaStream_t s;
-  CUDA_TRY(b, cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  RKVI_CUDA_TRY(b, cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   b->stream = s;
   return RKV_OK;
 }
@@ -170,15 +164,15 @@ void rkvi_cuda_event_pair_destroy(void *start, void *stop) {
 rkv_status rkvi_cuda_event_record(rkv_backend *b, void *event) {
   rkvi_cuda::DeviceScope dev_scope(b);
   if (b->poisoned) return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA context poisoned earlier");
-  CUDA_TRY(b, cudaEventRecord(static_cast<cudaEvent_t>(event), stream_of(b)));
+  RKVI_CUDA_TRY(b, cudaEventRecord(static_cast<cudaEvent_t>(event), stream_of(b)));
   return RKV_OK;
 }
 
 rkv_status rkvi_cuda_event_elapsed(rkv_backend *b, void *start, void *stop, float *ms) {
   rkvi_cuda::DeviceScope dev_scope(b);
   if (b->poisoned) return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA context poisoned earlier");
-  CUDA_TRY(b, cudaEventSynchronize(static_cast<cudaEvent_t>(stop)));
-  CUDA_TRY(
+  RKVI_CUDA_TRY(b, cudaEventSynchronize(static_cast<cudaEvent_t>(stop)));
+  RKVI_CUDA_TRY(
       b, cudaEventElapsedTime(ms, static_cast<cudaEvent_t>(start), static_cast<cudaEvent_t>(stop)));
   return RKV_OK;
 }
@@ -186,7 +180,7 @@ rkv_status rkvi_cuda_event_elapsed(rkv_backend *b, void *start, void *stop, floa
 rkv_status rkvi_cuda_sync(rkv_backend *b) {
   rkvi_cuda::DeviceScope dev_scope(b);
   if (b->poisoned) return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA context poisoned earlier");
-  CUDA_TRY(b, cudaStreamSynchronize(stream_of(b)));
+  RKVI_CUDA_TRY(b, cudaStreamSynchronize(stream_of(b)));
   return RKV_OK;
 }
 
@@ -238,7 +232,7 @@ rkv_status rkvi_cuda_copy_blocks(rkv_kv_pool *p, const rkv_block_copy *ops, size
   if (b->poisoned) return rkvi_fail(b->err, RKV_ERR_CUDA, "CUDA context poisoned earlier");
   if (p->block_bytes % 16) return rkvi_fail(b->err, RKV_ERR_UNSUPPORTED, "block bytes %% 16 != 0");
   rkv_block_copy *d_ops = nullptr;
-  CUDA_TRY(b, cudaMallocAsync(&d_ops, n * sizeof *ops, stream_of(b)));
+  RKVI_CUDA_TRY(b, cudaMallocAsync(&d_ops, n * sizeof *ops, stream_of(b)));
   cudaError_t e =
       cudaMemcpyAsync(d_ops, ops, n * sizeof *ops, cudaMemcpyHostToDevice, stream_of(b));
   if (e == cudaSuccess) {
@@ -249,7 +243,7 @@ rkv_status rkvi_cuda_copy_blocks(rkv_kv_pool *p, const rkv_block_copy *ops, size
   }
   cudaFreeAsync(d_ops, stream_of(b));  // also on failure: the staging buffer never leaks
   if (e != cudaSuccess) return cuda_fail(b, e, "copy_blocks", __FILE__, __LINE__);
-  CUDA_TRY(b, cudaStreamSynchronize(stream_of(b)));  // ops buffer is the caller's
+  RKVI_CUDA_TRY(b, cudaStreamSynchronize(stream_of(b)));  // ops buffer is the caller's
   return RKV_OK;
 }
 
@@ -261,7 +255,8 @@ rkv_status rkvi_cuda_apply_moves(rkv_kv_pool *p, const rkv_slot_move *moves, siz
   if (row % 4) return rkvi_fail(b->err, RKV_ERR_UNSUPPORTED, "row bytes %% 4 != 0");
   size_t scratch_bytes = n * sizeof(rkv_slot_move) + n * 2 * row + n * sizeof(float);
   uint8_t *scratch = nullptr;
-  CUDA_TRY(b, cudaMallocAsync(reinterpret_cast<void **>(&scratch), scratch_bytes, stream_of(b)));
+  RKVI_CUDA_TRY(b,
+                cudaMallocAsync(reinterpret_cast<void **>(&scratch), scratch_bytes, stream_of(b)));
   cudaError_t e =
       cudaMemcpyAsync(scratch, moves, n * sizeof *moves, cudaMemcpyHostToDevice, stream_of(b));
   if (e == cudaSuccess) {
@@ -284,7 +279,7 @@ rkv_status rkvi_cuda_apply_moves(rkv_kv_pool *p, const rkv_slot_move *moves, siz
   }
   cudaFreeAsync(scratch, stream_of(b));  // also on failure: the staging buffer never leaks
   if (e != cudaSuccess) return cuda_fail(b, e, "apply_moves", __FILE__, __LINE__);
-  CUDA_TRY(b, cudaStreamSynchronize(stream_of(b)));
+  RKVI_CUDA_TRY(b, cudaStreamSynchronize(stream_of(b)));
   return RKV_OK;
 }
 

@@ -459,8 +459,8 @@ rkv_status rkvi_comm_nccl_init(rkv_comm *c, const rkv_comm_config *cfg) {
     goto fail;
   }
   ret = wait_async(c, "ncclCommInitRankConfig");
-  drop_id_file(c, cfg, boot);
   if (ret != RKV_OK) goto fail;
+  drop_id_file(c, cfg, boot);
   rkvi_cuda_device_leave(prev);
   return RKV_OK;
 

@@ -17,13 +17,6 @@ constexpr size_t kChunkBytes = size_t{8} << 20;  // staging rows per chunk
 constexpr size_t kChunkIds = 4096;               // bounds scatter's duplicate scan (n^2 / 2)
 constexpr int kThreads = 128;
 
-#define XFER_TRY(b, expr)                                                      \
-  do {                                                                         \
-    cudaError_t e_ = (expr);                                                   \
-    if (e_ != cudaSuccess)                                                     \
-      return rkvi_cuda_fail((b), nullptr, (int)e_, #expr, __FILE__, __LINE__); \
-  } while (0)
-
 // Pool rows of one kind: whole blocks, or one block's scores.
 struct Rows {
   uint8_t *base;
@@ -72,8 +65,8 @@ rkv_status transfer(rkv_backend *b, Rows rows, const Rows *zero, const int32_t *
   if (chunk > n) chunk = n;
   const size_t ids_off = (chunk * rows.row_bytes + 255) / 256 * 256;
   uint8_t *stage = nullptr;
-  XFER_TRY(b,
-           cudaMallocAsync(reinterpret_cast<void **>(&stage), ids_off + chunk * sizeof *ids, st));
+  RKVI_CUDA_TRY(
+      b, cudaMallocAsync(reinterpret_cast<void **>(&stage), ids_off + chunk * sizeof *ids, st));
   int32_t *d_ids = reinterpret_cast<int32_t *>(stage + ids_off);
   cudaError_t e = cudaSuccess;
   // One staging buffer for every chunk: stream order keeps a chunk from overwriting rows the
@@ -103,7 +96,7 @@ rkv_status transfer(rkv_backend *b, Rows rows, const Rows *zero, const int32_t *
   cudaFreeAsync(stage, st);  // also on failure: the staging buffer never leaks
   if (e != cudaSuccess)
     return rkvi_cuda_fail(b, nullptr, (int)e, "pool transfer", __FILE__, __LINE__);
-  XFER_TRY(b, cudaStreamSynchronize(st));  // the host rows are the caller's
+  RKVI_CUDA_TRY(b, cudaStreamSynchronize(st));  // the host rows are the caller's
   return RKV_OK;
 }
 

@@ -103,14 +103,10 @@ void rkvi_xdev_destroy(rkvi_xdev *d) {
   rkvi_free(a, d, sizeof *d);
 }
 
-/* The kernels' closed set, checked once so that no step fails on a shape. */
+/* The kernels' closed set, checked once so that no step fails on a shape: the pool's layout
+ * and the GQA group's threads and shared memory on this device (a smaller device than the one
+ * the shapes were tuned on refuses here, not at the first step's first layer). */
 static rkv_status check_cuda_shape(const rkvi_xdev_config *c, char *err, size_t len) {
-  const rkv_kv_layout *l = rkv_kv_pool_layout(c->pool);
-  char why[RKV_ERRBUF] = "";
-  if (rkv_attn_cuda_supported(l->head_dim, l->block_size, l->dtype, why, sizeof why) != RKV_OK)
-    return rkvi_failn(err, len, RKV_ERR_UNSUPPORTED, "rkv_exec_create: %s", why);
-  /* the GQA group's threads and shared memory on this device (a smaller device than the one
-   * the shapes were tuned on refuses here, not at the first step's first layer) */
   const rkv_status st = rkv_attn_check_heads(c->pool, c->Hq, c->Hkv);
   if (st != RKV_OK)
     return rkvi_failn(err, len, st, "rkv_exec_create: %s",

@@ -148,42 +148,54 @@ class KVBackend:
             self.stream = torch.cuda.ExternalStream(self.backend.stream)
         elif name != "cpu":
             raise ValueError("backend %r: cpu, emulated or cuda" % name)
-        self.torch_device = torch.device("cuda" if name == "cuda" else "cpu")
+        self.ins = None  # the emulated device's Q/K/V arrays of the step
 
     def pool(self, bm):
         if self.backend is None:
             return librkv.KVPool.for_blockmgr(bm)  # with its own CPU backend
         return librkv.KVPool(self.backend, bm.kv_layout, bm.config["num_blocks"])
 
-    def new_out(self, rows, nh):
-        """The attention output of one step's layers."""
+    def new_step(self, rows, nh, nkv):
+        """The attention output of one step's layers (and, on the emulated device, the arrays
+        every layer uploads its Q/K/V into)."""
         if self.name == "cpu":
             return np.empty((rows, nh, self.hd), dtype=np.float32)
         if self.name == "emulated":
+            self._close_ins()
+            self.ins = [librkv.DeviceArray(self.backend, (rows, h, self.pad_hd))
+                        for h in (nh, nkv, nkv)]
             return librkv.DeviceArray(self.backend, (rows, nh, self.pad_hd))
-        return torch.empty(rows, nh, self.pad_hd, device=self.torch_device)
+        return torch.empty(rows, nh, self.pad_hd, device="cuda")
 
     def _pad(self, t, factor=1.0):
+        t = t * factor if factor != 1.0 else t
         if self.pad_hd == self.hd:
-            return (t * factor if factor != 1.0 else t).contiguous()
+            return t.contiguous()
         z = t.new_zeros(t.shape[:-1] + (self.pad_hd,))
-        z[..., :self.hd] = t * factor if factor != 1.0 else t
+        z[..., :self.hd] = t
         return z
 
     def attention(self, x, l, q, k, v, out):
-        """Executor layer l over q, k, v (torch, the model's head_dim) into out (new_out);
+        """Executor layer l over q, k, v (torch, the model's head_dim) into out (new_step);
         the attention rows as torch [rows, nh, hd]."""
         if self.name == "cpu":
             x.layer(l, q.numpy(), k.numpy(), v.numpy(), out)
             return torch.from_numpy(out)
         if self.name == "emulated":
-            x.layer(l, *(librkv.DeviceArray.from_numpy(self.backend, t.numpy()) for t in (
-                self._pad(q, self.q_factor), self._pad(k), self._pad(v))), out)
+            for d, t in zip(self.ins, (self._pad(q, self.q_factor), self._pad(k), self._pad(v))):
+                d.upload(t.numpy())
+            x.layer(l, *self.ins, out)
             return torch.from_numpy(out.download())[..., :self.hd]
         x.layer(l, self._pad(q, self.q_factor), self._pad(k), self._pad(v), out)
         return out[..., :self.hd]
 
+    def _close_ins(self):
+        for d in self.ins or ():
+            d.close()
+        self.ins = None
+
     def close(self):
+        self._close_ins()
         if self.backend is not None:
             self.backend.close()
 
@@ -260,7 +272,7 @@ class Server:
         cos = torch.from_numpy(cos)[:, None, :].to(tm.device)
         sin = torch.from_numpy(sin)[:, None, :].to(tm.device)
         x = tm.embed(toks, prev)
-        out = self.kv.new_out(len(pos), tm.nh)  # the executor writes attention here
+        out = self.kv.new_step(len(pos), tm.nh, tm.nkv)  # the executor writes attention here
         for l in range(len(tm.layers)):
             q, k, v = tm.qkv(l, x, cos, sin)
             x = tm.after_attention(l, x, self.kv.attention(self.x, l, q, k, v, out))

@@ -85,18 +85,6 @@ static void usage(FILE *f) {
           "Shape defaults: a Llama-3-8B layer (32 q / 8 kv heads, d 128, bf16, block 16).\n");
 }
 
-static bool parse_list(const char *opt, const char *s, uint64_t *out, int *n) {
-  char buf[256];
-  if (!rt_check_list(CMD, opt, s, MAX_LIST, sizeof buf - 1)) return false;
-  strcpy(buf, s);
-  *n = 0;
-  for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-    if (!rt_parse_u64(CMD, opt, tok, 1, 1u << 20, &out[*n])) return false;
-    (*n)++;
-  }
-  return true;
-}
-
 /* Returns 0 to run, 1 after --help, 2 on a usage error. */
 static int parse(int argc, char **argv, bench_opts *o) {
   memset(o, 0, sizeof *o);
@@ -143,7 +131,8 @@ static int parse(int argc, char **argv, bench_opts *o) {
     } else if (strcmp(a, "--batch") == 0 || strcmp(a, "--ctx") == 0) {
       if (!(v = rt_optval(CMD, argc, argv, &i))) return 2;
       bool batch = a[2] == 'b';
-      if (!parse_list(a, v, batch ? o->batches : o->ctxs, batch ? &o->n_batches : &o->n_ctxs))
+      if (!rt_parse_u64_list(CMD, a, v, 1, 1u << 20, batch ? o->batches : o->ctxs, MAX_LIST,
+                             batch ? &o->n_batches : &o->n_ctxs))
         return 2;
       o->explicit_shapes = true;
     } else if (strcmp(a, "--q-heads") == 0 || strcmp(a, "--kv-heads") == 0 ||

@@ -56,17 +56,6 @@ static void usage(FILE *f) {
           "                         shape, seconds, gbps, copy_gbps, fraction_of_copy)\n");
 }
 
-static bool parse_sizes(const char *s, swap_opts *o) {
-  if (!rt_check_list(CMD, "--blocks", s, MAX_LIST, 128)) return false;
-  char buf[129];
-  snprintf(buf, sizeof buf, "%s", s);
-  o->n_sizes = 0;
-  for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save))
-    if (!rt_parse_u64(CMD, "--blocks", t, 1, UINT64_C(1) << 24, &o->sizes[o->n_sizes++]))
-      return false;
-  return true;
-}
-
 /* Returns 0 to run, 1 after --help, 2 on a usage error. */
 static int parse(int argc, char **argv, swap_opts *o) {
   memset(o, 0, sizeof *o);
@@ -111,7 +100,9 @@ static int parse(int argc, char **argv, swap_opts *o) {
         return 2;
       }
     } else if (strcmp(a, "--blocks") == 0) {
-      if (!(v = rt_optval(CMD, argc, argv, &i)) || !parse_sizes(v, o)) return 2;
+      if (!(v = rt_optval(CMD, argc, argv, &i)) ||
+          !rt_parse_u64_list(CMD, a, v, 1, UINT64_C(1) << 24, o->sizes, MAX_LIST, &o->n_sizes))
+        return 2;
     } else if (strcmp(a, "--min-time") == 0) {
       if (!(v = rt_optval(CMD, argc, argv, &i))) return 2;
       if (!rt_parse_f64(CMD, a, v, 0.0, 600.0, &o->min_time)) return 2;

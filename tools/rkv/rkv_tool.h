@@ -31,6 +31,11 @@ bool rt_parse_f64(const char *cmd, const char *opt, const char *s, double lo, do
 bool rt_check_list(const char *cmd, const char *opt, const char *s, size_t max_items,
                    size_t max_len);
 
+/* A comma list of integers in [lo, hi] (rt_check_list's shape rules, at most max_items and
+ * 255 characters) into out[0..*n); false after printing why. */
+bool rt_parse_u64_list(const char *cmd, const char *opt, const char *s, uint64_t lo, uint64_t hi,
+                       uint64_t *out, int max_items, int *n);
+
 /* Median of v[0..n) (n >= 1); sorts v in place (v[0] is then the minimum). */
 double rt_median(double *v, size_t n);
 

@@ -124,6 +124,17 @@ bool rt_check_list(const char *cmd, const char *opt, const char *s, size_t max_i
   return false;
 }
 
+bool rt_parse_u64_list(const char *cmd, const char *opt, const char *s, uint64_t lo, uint64_t hi,
+                       uint64_t *out, int max_items, int *n) {
+  char buf[256];
+  if (!rt_check_list(cmd, opt, s, (size_t)max_items, sizeof buf - 1)) return false;
+  snprintf(buf, sizeof buf, "%s", s);
+  *n = 0;
+  for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save))
+    if (!rt_parse_u64(cmd, opt, t, lo, hi, &out[(*n)++])) return false;
+  return true;
+}
+
 const char *rt_optval(const char *cmd, int argc, char **argv, int *i) {
   if (*i + 1 >= argc) {
     fprintf(stderr, "rkv %s: option %s needs a value\n", cmd, argv[*i]);

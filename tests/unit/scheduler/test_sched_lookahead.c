@@ -227,6 +227,21 @@ static void steps(rkv_sched *s, int n) {
   }
 }
 
+/* The scene of a cache-aware pick: request 0 registers the prompt hashed h[0..nh) and runs
+ * `warm` steps, request 1 joins and runs `gap` steps, then request 2 (the head) and request 3
+ * (0's prompt) wait. */
+static void pick_scene(rkv_sched *s, const rkv_sched_request rq[4], const uint64_t *h, uint32_t nh,
+                       int warm, int gap) {
+  EXPECT_OK(rkv_sched_add_request(s, &rq[0]));
+  EXPECT_OK(rkv_sched_set_prefix(s, 0, h, nh));
+  steps(s, warm);
+  EXPECT_OK(rkv_sched_add_request(s, &rq[1]));
+  steps(s, gap);
+  EXPECT_OK(rkv_sched_add_request(s, &rq[2]));
+  EXPECT_OK(rkv_sched_add_request(s, &rq[3]));
+  EXPECT_OK(rkv_sched_set_prefix(s, 3, h, nh));
+}
+
 /* A 64-token prompt's chained hashes (16 blocks of 4). */
 static void long_hashes(uint64_t h[16]) {
   int32_t toks[64];
@@ -271,17 +286,12 @@ static void test_failed_step_changes_nothing(void) {
     EXPECT_OK(rkv_sched_create(&sc, bm, &s, err, sizeof err));
     uint64_t h[16];
     long_hashes(h);
-    const rkv_sched_request r0 = {0, 68, 1, 0, 0.0, NULL}, rl = {1, 1, 100, 0, 1.0, NULL};
-    const rkv_sched_request rh = {2, 1, 1, 0, 2.0, NULL}, rc = {3, 68, 1, 0, 3.0, NULL};
+    const rkv_sched_request rq[4] = {{0, 68, 1, 0, 0.0, NULL},
+                                     {1, 1, 100, 0, 1.0, NULL},
+                                     {2, 1, 1, 0, 2.0, NULL},
+                                     {3, 68, 1, 0, 3.0, NULL}};
     const rkv_sched_plan *p = NULL;
-    EXPECT_OK(rkv_sched_add_request(s, &r0));
-    EXPECT_OK(rkv_sched_set_prefix(s, 0, h, 16));
-    steps(s, 4);
-    EXPECT_OK(rkv_sched_add_request(s, &rl));
-    steps(s, 1);
-    EXPECT_OK(rkv_sched_add_request(s, &rh));
-    EXPECT_OK(rkv_sched_add_request(s, &rc));
-    EXPECT_OK(rkv_sched_set_prefix(s, 3, h, 16));
+    pick_scene(s, rq, h, 16, 4, 1);
     pk.armed = true;
     const rkv_status st = rkv_sched_step(s, &p);
     pk.armed = false;
@@ -317,17 +327,12 @@ static void test_pick_that_does_not_fit(void) {
     for (int32_t i = 0; i < 32; i++) t[i] = 7 + i;
     uint64_t h[8];
     EXPECT_EQ_INT(rkv_prefix_hash_blocks(t, 32, BLOCK, 0, h, 8), 8);
-    const rkv_sched_request r0 = {0, 33, 1, 0, 0.0, NULL}, rl = {1, 80, 50, 0, 1.0, NULL};
-    const rkv_sched_request rh = {2, 1, 3, 0, 2.0, NULL}, rc = {3, 93, 1, 0, 3.0, NULL};
+    const rkv_sched_request rq[4] = {{0, 33, 1, 0, 0.0, NULL},
+                                     {1, 80, 50, 0, 1.0, NULL},
+                                     {2, 1, 3, 0, 2.0, NULL},
+                                     {3, 93, 1, 0, 3.0, NULL}};
     const rkv_sched_plan *p = NULL;
-    EXPECT_OK(rkv_sched_add_request(s, &r0));
-    EXPECT_OK(rkv_sched_set_prefix(s, 0, h, 8));
-    steps(s, 3);
-    EXPECT_OK(rkv_sched_add_request(s, &rl));
-    steps(s, 2);
-    EXPECT_OK(rkv_sched_add_request(s, &rh));
-    EXPECT_OK(rkv_sched_add_request(s, &rc));
-    EXPECT_OK(rkv_sched_set_prefix(s, 3, h, 8));
+    pick_scene(s, rq, h, 8, 3, 2);
     int started_h = -1, started_c = -1;
     for (int step = 0; step < 200 && started_c < 0; step++) {
       EXPECT_OK(rkv_sched_step(s, &p));

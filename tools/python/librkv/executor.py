@@ -183,7 +183,7 @@ class Executor(Handle):
         if st == 0 or st == Status.ERR_NO_BLOCKS:
             self._plan = None
         if st == 0 and self.pool is not None:
-            self.pool.backend._inflight.clear()  # finish synchronised the stream
+            self.pool.backend._synced()  # finish synchronised the stream
         try:
             self._check(st, "rkv_exec_finish")
         except RkvError as e:

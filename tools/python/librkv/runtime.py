@@ -132,6 +132,10 @@ class Backend(Handle):
     def _keep_until_sync(self, src):
         self._inflight.append(src)
 
+    def _synced(self):
+        """The stream was synchronised (sync(), Executor.finish()): upload sources are free."""
+        self._inflight.clear()
+
     @property
     def kind(self):
         """BackendKind of the created backend (AUTO resolves to CPU or CUDA)."""
@@ -151,7 +155,7 @@ class Backend(Handle):
         """Waits for queued work (no-op on CPU); upload sources are free again after it."""
         check(_lib.lib().rkv_backend_sync(self.handle), "rkv_backend_sync",
               lambda: self.last_error)
-        self._inflight.clear()
+        self._synced()
 
 
 class KVPool(Handle):
